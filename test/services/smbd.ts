@@ -1,0 +1,124 @@
+// A real Samba smbd on 127.0.0.1 for SMB tests: its own smb.conf, a free port, share `gem`, one user.
+import { type ChildProcess, spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { existsSync } from 'node:fs';
+import { chmod, chown, mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { freePort, waitForPort } from './ports';
+import { signalTree } from './process-tree';
+import { createUnixUser, deleteUnixUser, unixIds } from './sshd';
+
+const SMBD = '/usr/sbin/smbd';
+
+export interface SmbdService {
+  host: string;
+  port: number;
+  share: string;
+  username: string;
+  password: string;
+  domain?: string;
+  /** The share's folder on this machine. */
+  root: string;
+  stop(): Promise<void>;
+}
+
+function runWithInput(file: string, args: string[], input: string): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(file, args, { stdio: ['pipe', 'ignore', 'pipe'] });
+    let stderr = '';
+    child.stderr.on('data', (chunk) => {
+      stderr += chunk;
+    });
+    child.on('error', reject);
+    child.on('close', (code) =>
+      code === 0 ? resolve() : reject(new Error(`${file} failed (${code}): ${stderr}`)),
+    );
+    child.stdin.end(input);
+  });
+}
+
+/** Starts smbd on a free port of 127.0.0.1. Throws with the apt command if Samba is not installed. */
+export async function startSmbd(): Promise<SmbdService> {
+  if (!existsSync(SMBD)) throw new Error('samba is not installed: apt-get install -y samba smbclient');
+  const dir = await mkdtemp(join(tmpdir(), 'gem-smbd-'));
+  await chmod(dir, 0o755); // the share user must reach the share folder inside it
+  const root = join(dir, 'share');
+  const username = `gemsmb${randomBytes(4).toString('hex')}`;
+  const password = randomBytes(12).toString('hex');
+  let userCreated = false;
+  let child: ChildProcess | undefined;
+  const cleanup = async () => {
+    if (child?.pid !== undefined && child.exitCode === null) {
+      signalTree(child.pid, 'SIGTERM');
+      await new Promise((resolve) => {
+        const timer = setTimeout(resolve, 3000);
+        child?.once('exit', () => {
+          clearTimeout(timer);
+          resolve(undefined);
+        });
+      });
+    }
+    if (userCreated) await deleteUnixUser(username);
+    await rm(dir, { recursive: true, force: true });
+  };
+  try {
+    await mkdir(root);
+    await createUnixUser(username, root, password);
+    userCreated = true;
+    const { uid, gid } = await unixIds(username);
+    await chown(root, uid, gid);
+    for (const sub of ['private', 'lock', 'state', 'cache', 'pid', 'ncalrpc', 'log'])
+      await mkdir(join(dir, sub));
+    const port = await freePort();
+    const config = join(dir, 'smb.conf');
+    await writeFile(
+      config,
+      [
+        '[global]',
+        `smb ports = ${port}`,
+        'interfaces = 127.0.0.1',
+        'bind interfaces only = yes',
+        'disable netbios = yes',
+        'server min protocol = SMB2',
+        `private dir = ${join(dir, 'private')}`,
+        `lock directory = ${join(dir, 'lock')}`,
+        `state directory = ${join(dir, 'state')}`,
+        `cache directory = ${join(dir, 'cache')}`,
+        `pid directory = ${join(dir, 'pid')}`,
+        `ncalrpc dir = ${join(dir, 'ncalrpc')}`,
+        `log file = ${join(dir, 'log', 'smbd.log')}`,
+        `passdb backend = tdbsam:${join(dir, 'private', 'passdb.tdb')}`,
+        'load printers = no',
+        'printing = bsd',
+        'printcap name = /dev/null',
+        'disable spoolss = yes',
+        'map to guest = never',
+        '',
+        '[gem]',
+        `path = ${root}`,
+        'read only = no',
+        `valid users = ${username}`,
+        '',
+      ].join('\n'),
+    );
+    await runWithInput('smbpasswd', ['-c', config, '-s', '-a', username], `${password}\n${password}\n`);
+    child = spawn(SMBD, ['--foreground', '--no-process-group', '--debug-stdout', `--configfile=${config}`], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let log = '';
+    const keep = (chunk: Buffer) => {
+      log = (log + chunk).slice(-4000);
+    };
+    child.stdout?.on('data', keep);
+    child.stderr?.on('data', keep);
+    const started = child;
+    await waitForPort(port, {
+      exited: () => (started.exitCode !== null ? `smbd exited (${started.exitCode}): ${log}` : undefined),
+    });
+    return { host: '127.0.0.1', port, share: 'gem', username, password, root, stop: cleanup };
+  } catch (error) {
+    await cleanup();
+    throw error;
+  }
+}
