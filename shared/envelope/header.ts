@@ -1,0 +1,271 @@
+// The envelope header: the key-less core, the stanzas and the HMAC that binds them (FORMAT.md "Layout").
+
+import { base64url } from 'jose';
+import { buf, concatBytes } from './bytes';
+import { EnvelopeError } from './errors';
+import { deriveSubkey, type Stanza } from './keys';
+
+/** The header's readable-without-keys description of the backup. */
+export interface EnvelopeCore {
+  installationId: string;
+  createdAt: string;
+  chunkSize: number;
+  salt: string;
+  meta: Record<string, string>;
+}
+
+/** A parsed header; `bytes` are its exact bytes including the MAC (what rewrapping and the AAD start from). */
+export interface EnvelopeHeader {
+  core: EnvelopeCore;
+  stanzas: Stanza[];
+  bytes: Uint8Array;
+}
+
+export const DEFAULT_CHUNK_SIZE = 65536;
+export const MIN_CHUNK_SIZE = 1024;
+export const MAX_CHUNK_SIZE = 16777216;
+const MAGIC = new Uint8Array([0x47, 0x45, 0x4d, 0x42, 0x4b, 0x50, 0x00, 0x01]); // "GEMBKP" 0x00 0x01
+const MAX_CORE_LENGTH = 65536;
+const MAX_STANZAS_LENGTH = 1048576;
+const MAC_LENGTH = 32;
+const CORE_START = MAGIC.length + 4;
+
+const utf8 = new TextEncoder();
+const strictUtf8 = new TextDecoder('utf-8', { fatal: true });
+
+/** A new core with a fresh random salt; createdAt defaults to now, chunkSize to 64 KiB. */
+export function newCore(fields: {
+  installationId: string;
+  createdAt?: string;
+  chunkSize?: number;
+  meta?: Record<string, string>;
+}): EnvelopeCore {
+  const core: EnvelopeCore = {
+    installationId: fields.installationId,
+    createdAt: fields.createdAt ?? new Date().toISOString(),
+    chunkSize: fields.chunkSize ?? DEFAULT_CHUNK_SIZE,
+    salt: base64url.encode(crypto.getRandomValues(new Uint8Array(16))),
+    meta: { ...(fields.meta ?? {}) },
+  };
+  return checkCore(core);
+}
+
+/** Serializes core and stanzas into header bytes ending with the MAC keyed from `fileKey`. */
+export async function encodeHeader(
+  core: EnvelopeCore,
+  stanzas: Stanza[],
+  fileKey: Uint8Array,
+): Promise<Uint8Array> {
+  const { installationId, createdAt, chunkSize, salt, meta } = checkCore(core);
+  const coreBytes = utf8.encode(JSON.stringify({ installationId, createdAt, chunkSize, salt, meta }));
+  if (coreBytes.length > MAX_CORE_LENGTH) throw new EnvelopeError('bad_header', 'the core is over 64 KiB');
+  const prefix = concatBytes([MAGIC, uint32(coreBytes.length), coreBytes]);
+  return sealHeader(prefix, salt, stanzas, fileKey);
+}
+
+/**
+ * Parses a header from the start of `bytes` without any key (the MAC is NOT checked). Returns null
+ * when more bytes are needed, throws EnvelopeError when the bytes cannot be a version-1 header.
+ */
+export function tryParseHeader(bytes: Uint8Array): { header: EnvelopeHeader; length: number } | null {
+  for (let i = 0; i < Math.min(6, bytes.length); i++) {
+    if (bytes[i] !== MAGIC[i]) throw new EnvelopeError('not_a_backup', 'this is not a GEM backup file');
+  }
+  if (bytes.length < CORE_START) return null;
+  if (bytes[6] !== MAGIC[6] || bytes[7] !== MAGIC[7]) {
+    const version = (bytes[6]! << 8) | bytes[7]!;
+    throw new EnvelopeError(
+      'unsupported_version',
+      `backup format version ${version} is not supported (only 1)`,
+    );
+  }
+  const coreLength = readUint32(bytes, MAGIC.length);
+  if (coreLength < 1 || coreLength > MAX_CORE_LENGTH)
+    throw new EnvelopeError('bad_header', 'bad core length');
+  const stanzasStart = CORE_START + coreLength + 4;
+  if (bytes.length < stanzasStart) return null;
+  const stanzasLength = readUint32(bytes, stanzasStart - 4);
+  if (stanzasLength < 2 || stanzasLength > MAX_STANZAS_LENGTH) {
+    throw new EnvelopeError('bad_header', 'bad stanzas length');
+  }
+  const length = stanzasStart + stanzasLength + MAC_LENGTH;
+  if (bytes.length < length) return null;
+  const core = checkCore(parseJson(bytes.subarray(CORE_START, CORE_START + coreLength), 'core'));
+  const stanzas = checkStanzas(
+    parseJson(bytes.subarray(stanzasStart, stanzasStart + stanzasLength), 'stanzas'),
+  );
+  return { header: { core, stanzas, bytes: bytes.slice(0, length) }, length };
+}
+
+/** Reads just the header off a stream; `rest` yields every byte after it. */
+export async function readHeader(
+  stream: ReadableStream<Uint8Array>,
+): Promise<{ header: EnvelopeHeader; rest: ReadableStream<Uint8Array> }> {
+  const reader = stream.getReader();
+  let pending: Uint8Array = new Uint8Array(0);
+  try {
+    for (;;) {
+      const parsed = tryParseHeader(pending);
+      if (parsed) {
+        const leftover = pending.subarray(parsed.length);
+        return { header: parsed.header, rest: restOf(leftover, reader) };
+      }
+      const { done, value } = await reader.read();
+      if (done) throw new EnvelopeError('truncated', 'the file ends inside the backup header');
+      pending = pending.length === 0 ? value : concatBytes([pending, value]);
+    }
+  } catch (error) {
+    reader.cancel(error).catch(() => {});
+    throw error;
+  }
+}
+
+function restOf(
+  leftover: Uint8Array,
+  reader: ReadableStreamDefaultReader<Uint8Array>,
+): ReadableStream<Uint8Array> {
+  return new ReadableStream<Uint8Array>({
+    start(controller) {
+      if (leftover.length > 0) controller.enqueue(leftover);
+    },
+    async pull(controller) {
+      const { done, value } = await reader.read();
+      if (done) controller.close();
+      else controller.enqueue(value);
+    },
+    cancel(reason) {
+      return reader.cancel(reason);
+    },
+  });
+}
+
+/** Checks the header MAC with the file key; throws `header_mac` when the header was tampered with or the key is wrong. */
+export async function verifyHeaderMac(header: EnvelopeHeader, fileKey: Uint8Array): Promise<void> {
+  const { bytes } = header;
+  const key = await macKey(fileKey, header.core.salt, ['verify']);
+  const body = bytes.subarray(0, bytes.length - MAC_LENGTH);
+  const ok = await crypto.subtle.verify(
+    'HMAC',
+    key,
+    buf(bytes.subarray(bytes.length - MAC_LENGTH)),
+    buf(body),
+  );
+  if (!ok)
+    throw new EnvelopeError('header_mac', 'the backup header was tampered with, or the file key is wrong');
+}
+
+/**
+ * New header bytes with the same core and other stanzas (e.g. an added escrow stanza). The payload
+ * after the old header stays valid behind the new one, since its AAD covers only magic and core.
+ */
+export async function rewrapHeader(
+  header: EnvelopeHeader,
+  fileKey: Uint8Array,
+  stanzas: Stanza[],
+): Promise<Uint8Array> {
+  await verifyHeaderMac(header, fileKey);
+  return sealHeader(header.bytes.subarray(0, coreEnd(header.bytes)), header.core.salt, stanzas, fileKey);
+}
+
+/** The payload AAD: SHA-256 of magic, coreLength and core, exactly as they are in the header bytes. */
+export async function payloadAad(header: EnvelopeHeader): Promise<Uint8Array> {
+  const digest = await crypto.subtle.digest('SHA-256', buf(header.bytes.subarray(0, coreEnd(header.bytes))));
+  return new Uint8Array(digest);
+}
+
+/** The salt of a core as bytes. */
+export function saltBytes(core: EnvelopeCore): Uint8Array {
+  return base64url.decode(core.salt);
+}
+
+async function sealHeader(
+  prefix: Uint8Array,
+  salt: string,
+  stanzas: Stanza[],
+  fileKey: Uint8Array,
+): Promise<Uint8Array> {
+  checkStanzas(stanzas);
+  const stanzaBytes = utf8.encode(JSON.stringify(stanzas));
+  if (stanzaBytes.length > MAX_STANZAS_LENGTH)
+    throw new EnvelopeError('bad_header', 'the stanzas are over 1 MiB');
+  const body = concatBytes([prefix, uint32(stanzaBytes.length), stanzaBytes]);
+  const key = await macKey(fileKey, salt, ['sign']);
+  const mac = new Uint8Array(await crypto.subtle.sign('HMAC', key, buf(body)));
+  return concatBytes([body, mac]);
+}
+
+async function macKey(fileKey: Uint8Array, salt: string, usages: KeyUsage[]): Promise<CryptoKey> {
+  const raw = await deriveSubkey(fileKey, base64url.decode(salt), 'gem-backup header');
+  return crypto.subtle.importKey('raw', buf(raw), { name: 'HMAC', hash: 'SHA-256' }, false, usages);
+}
+
+function coreEnd(headerBytes: Uint8Array): number {
+  return CORE_START + readUint32(headerBytes, MAGIC.length);
+}
+
+function parseJson(bytes: Uint8Array, what: string): unknown {
+  try {
+    return JSON.parse(strictUtf8.decode(bytes));
+  } catch {
+    throw new EnvelopeError('bad_header', `the header ${what} is not UTF-8 JSON`);
+  }
+}
+
+const HEX32 = /^[0-9a-f]{32}$/;
+const ISO_UTC = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?Z$/;
+const SALT = /^[A-Za-z0-9_-]{22}$/;
+
+function checkCore(value: unknown): EnvelopeCore {
+  const bad = (why: string) => new EnvelopeError('bad_header', `bad header core: ${why}`);
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) throw bad('not an object');
+  const v = value as Record<string, unknown>;
+  const { installationId, createdAt, chunkSize, salt, meta } = v;
+  if (typeof installationId !== 'string' || !HEX32.test(installationId)) throw bad('installationId');
+  if (typeof createdAt !== 'string' || !ISO_UTC.test(createdAt) || Number.isNaN(Date.parse(createdAt))) {
+    throw bad('createdAt');
+  }
+  if (
+    typeof chunkSize !== 'number' ||
+    !Number.isInteger(chunkSize) ||
+    chunkSize < MIN_CHUNK_SIZE ||
+    chunkSize > MAX_CHUNK_SIZE
+  ) {
+    throw bad('chunkSize');
+  }
+  if (typeof salt !== 'string' || !SALT.test(salt)) throw bad('salt');
+  if (typeof meta !== 'object' || meta === null || Array.isArray(meta)) throw bad('meta');
+  const metaCopy: Record<string, string> = {};
+  for (const [k, val] of Object.entries(meta)) {
+    if (typeof val !== 'string') throw bad(`meta.${k} is not a string`);
+    metaCopy[k] = val;
+  }
+  return { installationId, createdAt, chunkSize, salt, meta: metaCopy };
+}
+
+const KNOWN_STANZA_TYPES = new Set(['master-key', 'escrow', 'escrow-keyring']);
+
+function checkStanzas(value: unknown): Stanza[] {
+  if (!Array.isArray(value) || value.length === 0)
+    throw new EnvelopeError('bad_header', 'a header needs a stanza');
+  for (const stanza of value) {
+    const s = stanza as Record<string, unknown> | null;
+    const ok =
+      typeof s === 'object' &&
+      s !== null &&
+      typeof s.type === 'string' &&
+      (!KNOWN_STANZA_TYPES.has(s.type) || (typeof s.kid === 'string' && typeof s.jwe === 'string'));
+    if (!ok) throw new EnvelopeError('bad_header', 'bad stanza');
+  }
+  // Unknown stanza types are kept as they are, so rewrapping does not drop them.
+  return value as Stanza[];
+}
+
+function uint32(n: number): Uint8Array {
+  const out = new Uint8Array(4);
+  new DataView(out.buffer).setUint32(0, n);
+  return out;
+}
+
+function readUint32(bytes: Uint8Array, offset: number): number {
+  return new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength).getUint32(offset);
+}
