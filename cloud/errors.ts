@@ -1,0 +1,31 @@
+// The cloud's one error type and its mapping to the API error shape.
+import type { Context } from 'hono';
+import type { ContentfulStatusCode } from 'hono/utils/http-status';
+import { SignatureError } from '../shared/signing';
+import { ContentMismatchError } from './store/slot-store';
+
+/** An error with a stable code and the HTTP status it answers with. */
+export class CloudError extends Error {
+  constructor(
+    readonly status: ContentfulStatusCode,
+    readonly code: string,
+    message: string,
+  ) {
+    super(message);
+    this.name = 'CloudError';
+  }
+}
+
+/** Turns any thrown error into `{"error":{"code","message"}}`; unknown errors say nothing internal. */
+export function errorResponse(err: unknown, c: Context): Response {
+  if (err instanceof CloudError) return c.json({ error: { code: err.code, message: err.message } }, err.status);
+  if (err instanceof SignatureError) {
+    const status = err.code === 'wrong_body' ? 400 : 401;
+    return c.json({ error: { code: status === 400 ? 'body_mismatch' : 'bad_signature', message: err.message } }, status);
+  }
+  if (err instanceof ContentMismatchError) {
+    return c.json({ error: { code: 'body_mismatch', message: err.message } }, 400);
+  }
+  console.error('cloud: unexpected error', err instanceof Error ? err.message : String(err));
+  return c.json({ error: { code: 'internal', message: 'internal error' } }, 500);
+}

@@ -1,0 +1,103 @@
+// POST /v1/recover: a fresh install gets its keyring and the backup's file key re-wrapped to a one-time key.
+import { Hono } from 'hono';
+import type { JWK } from 'jose';
+import { RECOVER_FILE_KEY_HEADER, RECOVER_KEYRING_HEADER, RecoverRequest, SLOT_HEADERS } from '../../shared/api/cloud';
+import { type EnvelopeHeader, readHeader, unwrapWithX25519, verifyHeaderMac, wrapForX25519 } from '../../shared/envelope';
+import { installationHash } from '../auth/installation-hash';
+import type { CloudVariables } from '../auth/signed';
+import { CloudError } from '../errors';
+import { parseJsonBody } from './json-body';
+
+/**
+ * Answer: 200 with the stored backup file, unchanged, as the body (application/octet-stream), and
+ * two compact JWEs (ECDH-ES+A256KW/A256GCM to `recipient`) in the headers `X-Gem-File-Key` (the
+ * backup's 32-byte file key) and `X-Gem-Keyring` (the installation's keyring JSON). An unknown
+ * installation id and an id without a backup both answer the same 404 after the same lookups.
+ * Rate-limited per client address (429).
+ */
+export const recoverRoutes = new Hono<{ Variables: CloudVariables }>().post('/v1/recover', async (c) => {
+  const deps = c.get('deps');
+  const address = c.req.header('cf-connecting-ip') ?? 'unknown';
+  if (!(await deps.takeRecoveryAttempt(address))) {
+    throw new CloudError(429, 'rate_limited', 'too many recovery attempts; wait a minute');
+  }
+  const body = await parseJsonBody(c.req.raw, RecoverRequest);
+  if (deps.config.escrowPrivateKeys.length === 0) {
+    throw new CloudError(503, 'no_escrow_key', 'no escrow key is configured');
+  }
+  const hash = await installationHash(body.installationId);
+  const slot = await deps.installation(hash).slot();
+  // The same storage read whether or not there is a slot, so both misses look alike.
+  const stored = await deps.store.get(slot?.objectKey ?? `slots/${hash}/none`);
+  if (!slot || !stored) {
+    await stored?.body.cancel();
+    throw new CloudError(404, 'no_backup', 'no recoverable backup for this installation id');
+  }
+  const { header, rest } = await readHeader(stored.body).catch(() => {
+    throw new CloudError(422, 'not_recoverable', 'the stored backup has no readable header');
+  });
+  let wrapped: { fileKey: string; keyring: string };
+  try {
+    wrapped = await rewrapForRecipient(header, deps.config.escrowPrivateKeys, body.recipient as JWK);
+  } catch (err) {
+    await rest.cancel();
+    throw err;
+  }
+  return new Response(prepend(header.bytes, rest), {
+    status: 200,
+    headers: {
+      'content-type': 'application/octet-stream',
+      [RECOVER_FILE_KEY_HEADER]: wrapped.fileKey,
+      [RECOVER_KEYRING_HEADER]: wrapped.keyring,
+      [SLOT_HEADERS.createdAt]: slot.createdAt,
+      [SLOT_HEADERS.size]: String(slot.size),
+      [SLOT_HEADERS.sha256]: slot.sha256,
+    },
+  });
+});
+
+/** Unwraps the escrow stanzas with the escrow private key they name and wraps them again to `recipient`. */
+async function rewrapForRecipient(
+  header: EnvelopeHeader,
+  escrowKeys: JWK[],
+  recipient: JWK,
+): Promise<{ fileKey: string; keyring: string }> {
+  const open = async (type: 'escrow' | 'escrow-keyring'): Promise<Uint8Array> => {
+    for (const stanza of header.stanzas.filter((s) => s.type === type)) {
+      const key = escrowKeys.find((k) => k.kid === stanza.kid);
+      if (key) return unwrapWithX25519(stanza, key);
+    }
+    throw new CloudError(422, 'not_recoverable', `the backup has no ${type} stanza for a current escrow key`);
+  };
+  const fileKey = await open('escrow');
+  await verifyHeaderMac(header, fileKey);
+  const keyring = await open('escrow-keyring');
+  const to: JWK = { kty: 'OKP', crv: 'X25519', x: recipient.x, kid: recipient.kid ?? 'recovery' };
+  const [a, b] = await Promise.all([
+    wrapForX25519(fileKey, to, 'recovery-file-key'),
+    wrapForX25519(keyring, to, 'recovery-keyring'),
+  ]);
+  fileKey.fill(0);
+  keyring.fill(0);
+  return { fileKey: a.jwe, keyring: b.jwe };
+}
+
+function prepend(first: Uint8Array, rest: ReadableStream<Uint8Array>): ReadableStream<Uint8Array> {
+  const reader = rest.getReader();
+  let sentFirst = false;
+  return new ReadableStream<Uint8Array>({
+    async pull(controller) {
+      if (!sentFirst) {
+        sentFirst = true;
+        controller.enqueue(first);
+        return;
+      }
+      const { done, value } = await reader.read();
+      if (done) controller.close();
+      else controller.enqueue(value);
+    },
+    cancel(reason) {
+      return reader.cancel(reason);
+    },
+  });
+}

@@ -1,0 +1,65 @@
+// PUT/GET/HEAD/DELETE /v1/dr/backup: the installation's one slot.
+import { Hono } from 'hono';
+import { AGENT_VERSION_HEADER, BACKUP_CREATED_AT_HEADER, SLOT_HEADERS } from '../../shared/api/cloud';
+import type { SlotMetadata } from '../../shared/api/cloud';
+import { type CloudVariables, requireSignature } from '../auth/signed';
+import { CloudError } from '../errors';
+import { commitToSlot, newBackupKey, refuseIfOlder } from './slot-commit';
+
+/** The slot routes; every one is signed. */
+export const slotRoutes = new Hono<{ Variables: CloudVariables }>()
+  .use('/v1/dr/backup', requireSignature)
+  .put('/v1/dr/backup', async (c) => {
+    const { claims, installationHash, state } = c.get('signed');
+    const { store, config } = c.get('deps');
+    const createdAt = claims.bca;
+    if (!createdAt) throw new CloudError(400, 'bad_request', 'the backup created-at (bca) must be signed');
+    const header = c.req.header(BACKUP_CREATED_AT_HEADER);
+    if (header !== undefined && header !== createdAt) {
+      throw new CloudError(400, 'bad_request', `${BACKUP_CREATED_AT_HEADER} differs from the signed one`);
+    }
+    if (claims.bln > config.maxSlotBytes) {
+      throw new CloudError(413, 'too_large', `a slot holds at most ${config.maxSlotBytes} bytes`);
+    }
+    // Cheap early refusal; the commit below checks again, serialized, after the bytes are in.
+    await refuseIfOlder(state, createdAt);
+    const key = newBackupKey(installationHash, createdAt);
+    const body = c.req.raw.body ?? new Blob([]).stream();
+    await store.put(key, body, claims.bln, claims.bsh);
+    const slot = await commitToSlot(c.get('deps'), state, {
+      objectKey: key,
+      createdAt,
+      size: claims.bln,
+      sha256: claims.bsh,
+      agentVersion: (c.req.header(AGENT_VERSION_HEADER) ?? 'unknown').slice(0, 64),
+      uploadedAt: new Date().toISOString(),
+    });
+    return c.json({ slot }, 201);
+  })
+  .get('/v1/dr/backup', async (c) => {
+    const { state } = c.get('signed');
+    const slot = await state.slot();
+    if (!slot) throw new CloudError(404, 'no_backup', 'this installation has no backup in the cloud');
+    const headers = slotHeaders(slot);
+    if (c.req.method === 'HEAD') return new Response(null, { status: 200, headers });
+    const obj = await c.get('deps').store.get(slot.objectKey);
+    if (!obj) throw new CloudError(404, 'no_backup', 'this installation has no backup in the cloud');
+    return new Response(obj.body, { status: 200, headers });
+  })
+  .delete('/v1/dr/backup', async (c) => {
+    const key = await c.get('signed').state.clearSlot();
+    if (key) await c.get('deps').store.delete(key);
+    return c.json({ deleted: key !== null });
+  });
+
+function slotHeaders(slot: SlotMetadata): Headers {
+  return new Headers({
+    'content-type': 'application/octet-stream',
+    'content-length': String(slot.size),
+    [SLOT_HEADERS.createdAt]: slot.createdAt,
+    [SLOT_HEADERS.size]: String(slot.size),
+    [SLOT_HEADERS.sha256]: slot.sha256,
+    [SLOT_HEADERS.agentVersion]: slot.agentVersion,
+    [SLOT_HEADERS.uploadedAt]: slot.uploadedAt,
+  });
+}

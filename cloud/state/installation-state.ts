@@ -1,0 +1,85 @@
+// The per-installation Durable Object: the ledger over DO storage, swept by an alarm.
+import { DurableObject } from 'cloudflare:workers';
+import type { JWK } from 'jose';
+import { R2SlotStore } from '../store/r2';
+import type { WorkerEnv } from '../worker-env';
+import {
+  type CommitOutcome,
+  type EnrollOutcome,
+  InstallationLedger,
+  type InstallationStateApi,
+  type LedgerStorage,
+  type SlotRecord,
+  type UploadRecord,
+} from './ledger';
+
+/**
+ * One instance per installation (named by the hash of its id). Each method is a few storage calls
+ * with no other I/O, so the DO's input gates serialize them: two uploads finishing at once are
+ * committed one after the other, and the older one cannot overwrite the newer.
+ */
+export class InstallationState extends DurableObject<WorkerEnv> implements InstallationStateApi {
+  private readonly ledger: InstallationLedger;
+
+  constructor(ctx: DurableObjectState, env: WorkerEnv) {
+    super(ctx, env);
+    const storage = ctx.storage;
+    const adapter: LedgerStorage = {
+      get: (key) => storage.get(key),
+      put: (key, value) => storage.put(key, value),
+      delete: (key) => storage.delete(key),
+      list: (prefix) => storage.list({ prefix }),
+      async wakeBy(atMs) {
+        const current = await storage.getAlarm();
+        if (current === null || current > atMs) await storage.setAlarm(atMs);
+      },
+    };
+    this.ledger = new InstallationLedger(adapter, uploadIdleMs(env));
+  }
+
+  enroll(installationId: string, publicKey: JWK): Promise<EnrollOutcome> {
+    return this.ledger.enroll(installationId, publicKey);
+  }
+  publicKey(): Promise<JWK | null> {
+    return this.ledger.publicKey();
+  }
+  admitRequest(jti: string, expiresAtMs: number): Promise<boolean> {
+    return this.ledger.admitRequest(jti, expiresAtMs);
+  }
+  slot(): Promise<SlotRecord | null> {
+    return this.ledger.slot();
+  }
+  commitSlot(next: SlotRecord): Promise<CommitOutcome> {
+    return this.ledger.commitSlot(next);
+  }
+  clearSlot(): Promise<string | null> {
+    return this.ledger.clearSlot();
+  }
+  createUpload(upload: UploadRecord): Promise<void> {
+    return this.ledger.createUpload(upload);
+  }
+  upload(uploadId: string): Promise<UploadRecord | null> {
+    return this.ledger.upload(uploadId);
+  }
+  recordPart(uploadId: string, n: number, part: { size: number; etag: string }): Promise<UploadRecord | null> {
+    return this.ledger.recordPart(uploadId, n, part);
+  }
+  takeUpload(uploadId: string): Promise<UploadRecord | null> {
+    return this.ledger.takeUpload(uploadId);
+  }
+
+  /** Forgets expired request ids and aborts uploads idle for longer than the limit (24 h by default). */
+  async alarm(): Promise<void> {
+    const { abandoned, nextAtMs } = await this.ledger.sweep(Date.now());
+    const store = new R2SlotStore(this.env.SLOTS);
+    for (const upload of abandoned) {
+      await store.abortMultipart(upload.objectKey, upload.storeUploadId).catch(() => {});
+    }
+    if (nextAtMs !== null) await this.ctx.storage.setAlarm(nextAtMs);
+  }
+}
+
+function uploadIdleMs(env: WorkerEnv): number {
+  const seconds = Number(env.UPLOAD_IDLE_SECONDS ?? 86400);
+  return (Number.isFinite(seconds) && seconds > 0 ? seconds : 86400) * 1000;
+}

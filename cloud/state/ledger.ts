@@ -1,0 +1,165 @@
+// One installation's durable state: its enrolled key, seen request ids, the slot pointer and open uploads.
+import type { JWK } from 'jose';
+import type { SlotMetadata } from '../../shared/api/cloud';
+
+/** The slot's metadata plus the object key that holds the backup. */
+export interface SlotRecord extends SlotMetadata {
+  objectKey: string;
+}
+
+/** An open multipart upload. */
+export interface UploadRecord {
+  uploadId: string;
+  objectKey: string;
+  storeUploadId: string;
+  size: number;
+  sha256: string;
+  createdAt: string;
+  agentVersion: string;
+  partSize: number;
+  parts: Record<string, { size: number; etag: string }>;
+  lastActivityAt: number;
+}
+
+/** What the ledger needs from its storage: the Durable Object's storage API, or a stand-in on Node. */
+export interface LedgerStorage {
+  get<T>(key: string): Promise<T | undefined>;
+  put<T>(key: string, value: T): Promise<void>;
+  delete(key: string): Promise<unknown>;
+  list<T>(prefix: string): Promise<Map<string, T>>;
+  /** make sure a sweep runs no later than `atMs` */
+  wakeBy(atMs: number): Promise<void>;
+}
+
+export type EnrollOutcome = 'created' | 'same' | 'conflict';
+export type CommitOutcome = { accepted: true; replacedKey: string | null } | { accepted: false; current: SlotMetadata };
+
+/** The methods the routes call; the Durable Object exposes exactly these over RPC. */
+export interface InstallationStateApi {
+  enroll(installationId: string, publicKey: JWK): Promise<EnrollOutcome>;
+  publicKey(): Promise<JWK | null>;
+  /** records a request id until `expiresAtMs`; false when it was already seen (a replay) */
+  admitRequest(jti: string, expiresAtMs: number): Promise<boolean>;
+  slot(): Promise<SlotRecord | null>;
+  /** switches the slot to `next` unless the slot holds a backup created later */
+  commitSlot(next: SlotRecord): Promise<CommitOutcome>;
+  /** empties the slot; answers the object key to delete */
+  clearSlot(): Promise<string | null>;
+  createUpload(upload: UploadRecord): Promise<void>;
+  upload(uploadId: string): Promise<UploadRecord | null>;
+  recordPart(uploadId: string, n: number, part: { size: number; etag: string }): Promise<UploadRecord | null>;
+  /** forgets an upload (completed or aborted) and answers it */
+  takeUpload(uploadId: string): Promise<UploadRecord | null>;
+}
+
+const KEY = 'key';
+const SLOT = 'slot';
+const JTI = 'jti:';
+const UPLOAD = 'upload:';
+
+/** The ledger over some storage; every method is a short run of storage calls without other I/O. */
+export class InstallationLedger implements InstallationStateApi {
+  constructor(
+    private readonly storage: LedgerStorage,
+    private readonly uploadIdleMs: number,
+  ) {}
+
+  async enroll(installationId: string, publicKey: JWK): Promise<EnrollOutcome> {
+    const current = await this.storage.get<{ installationId: string; publicKey: JWK }>(KEY);
+    if (current) return current.publicKey.x === publicKey.x ? 'same' : 'conflict';
+    await this.storage.put(KEY, { installationId, publicKey: { kty: 'OKP', crv: 'Ed25519', x: publicKey.x } });
+    return 'created';
+  }
+
+  async publicKey(): Promise<JWK | null> {
+    return (await this.storage.get<{ publicKey: JWK }>(KEY))?.publicKey ?? null;
+  }
+
+  async admitRequest(jti: string, expiresAtMs: number): Promise<boolean> {
+    const seen = await this.storage.get<number>(JTI + jti);
+    if (seen !== undefined) return false;
+    await this.storage.put(JTI + jti, expiresAtMs);
+    await this.storage.wakeBy(expiresAtMs);
+    return true;
+  }
+
+  async slot(): Promise<SlotRecord | null> {
+    return (await this.storage.get<SlotRecord>(SLOT)) ?? null;
+  }
+
+  async commitSlot(next: SlotRecord): Promise<CommitOutcome> {
+    const current = await this.slot();
+    if (current && Date.parse(current.createdAt) > Date.parse(next.createdAt)) {
+      return { accepted: false, current: toMetadata(current) };
+    }
+    await this.storage.put(SLOT, next);
+    return { accepted: true, replacedKey: current && current.objectKey !== next.objectKey ? current.objectKey : null };
+  }
+
+  async clearSlot(): Promise<string | null> {
+    const current = await this.slot();
+    if (!current) return null;
+    await this.storage.delete(SLOT);
+    return current.objectKey;
+  }
+
+  async createUpload(upload: UploadRecord): Promise<void> {
+    await this.storage.put(UPLOAD + upload.uploadId, upload);
+    await this.storage.wakeBy(upload.lastActivityAt + this.uploadIdleMs);
+  }
+
+  async upload(uploadId: string): Promise<UploadRecord | null> {
+    return (await this.storage.get<UploadRecord>(UPLOAD + uploadId)) ?? null;
+  }
+
+  async recordPart(uploadId: string, n: number, part: { size: number; etag: string }): Promise<UploadRecord | null> {
+    const upload = await this.upload(uploadId);
+    if (!upload) return null;
+    upload.parts[String(n)] = part;
+    upload.lastActivityAt = Date.now();
+    await this.storage.put(UPLOAD + uploadId, upload);
+    await this.storage.wakeBy(upload.lastActivityAt + this.uploadIdleMs);
+    return upload;
+  }
+
+  async takeUpload(uploadId: string): Promise<UploadRecord | null> {
+    const upload = await this.upload(uploadId);
+    if (upload) await this.storage.delete(UPLOAD + uploadId);
+    return upload;
+  }
+
+  /**
+   * Forgets expired request ids and idle uploads; answers the uploads whose stored parts the caller
+   * must abort, and when the next sweep is due (null: nothing left to expire).
+   */
+  async sweep(nowMs: number): Promise<{ abandoned: UploadRecord[]; nextAtMs: number | null }> {
+    let next: number | null = null;
+    const later = (t: number) => {
+      next = next === null ? t : Math.min(next, t);
+    };
+    for (const [key, expiresAt] of await this.storage.list<number>(JTI)) {
+      if (expiresAt <= nowMs) await this.storage.delete(key);
+      else later(expiresAt);
+    }
+    const abandoned: UploadRecord[] = [];
+    for (const [key, upload] of await this.storage.list<UploadRecord>(UPLOAD)) {
+      const idleUntil = upload.lastActivityAt + this.uploadIdleMs;
+      if (idleUntil <= nowMs) {
+        await this.storage.delete(key);
+        abandoned.push(upload);
+      } else later(idleUntil);
+    }
+    return { abandoned, nextAtMs: next };
+  }
+}
+
+/** The public part of a slot record. */
+export function toMetadata(slot: SlotRecord): SlotMetadata {
+  return {
+    createdAt: slot.createdAt,
+    size: slot.size,
+    sha256: slot.sha256,
+    agentVersion: slot.agentVersion,
+    uploadedAt: slot.uploadedAt,
+  };
+}
