@@ -112,7 +112,7 @@ async function expectGenerated(
 ): Promise<number> {
   let offset = 0;
   let chunkIndex = -1;
-  let expected = new Uint8Array(0);
+  let expected: Uint8Array = new Uint8Array(0);
   for await (const part of stream as unknown as AsyncIterable<Uint8Array>) {
     for (let i = 0; i < part.length; ) {
       const index = Math.floor(offset / CHUNK);

@@ -1,0 +1,299 @@
+// An SFTP server (OpenSSH or any SFTP v3 server) as a backup destination, over ssh2-sftp-client.
+import { createHash } from 'node:crypto';
+import { posix } from 'node:path';
+import { Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import type { SFTPWrapper, Stats } from 'ssh2';
+import SftpClient from 'ssh2-sftp-client';
+import type {
+  BackupSource,
+  ProviderProperties,
+  StorageProvider,
+  StoredObject,
+} from '../../shared/storage/index';
+import { StorageError } from '../../shared/storage/index';
+import { isBackupName } from '../../shared/storage/names';
+import { asStorageError, assertObjectName, SourceCheck, tempNameFor, throwIfAborted } from './checks';
+
+export interface SftpOptions {
+  host: string;
+  /** Default 22. */
+  port?: number;
+  username: string;
+  password?: string;
+  /** OpenSSH-format private key text (PuTTY .ppk keys are refused with 'bad_key_format'). */
+  privateKey?: string;
+  passphrase?: string;
+  /** Folder for the backups, absolute or relative to the user's home; created on put if missing. */
+  remotePath: string;
+  /** Pinned host key, as `ssh-keygen -lf` prints it (`SHA256:base64`); any other key is refused. */
+  hostKeyFingerprint?: string;
+  /** Connect and handshake timeout (default 20 s); a frozen server fails after it as 'unreachable'. */
+  timeoutMs?: number;
+  /** Provider id shown in results (default `sftp`). */
+  id?: string;
+}
+
+const PUTTY_HINT = 'key is in PuTTY format; convert with: puttygen key.ppk -O private-openssh -o key';
+const NETWORK_CODES = new Set([
+  'ECONNREFUSED',
+  'ENOTFOUND',
+  'EAI_AGAIN',
+  'EHOSTUNREACH',
+  'ENETUNREACH',
+  'ETIMEDOUT',
+  'ECONNRESET',
+  'EPIPE',
+]);
+/** SFTP v3 status codes (draft-ietf-secsh-filexfer-02). */
+const SFTP_NO_SUCH_FILE = 2;
+const SFTP_PERMISSION_DENIED = 3;
+
+/** SHA256 fingerprint of a raw host key, formatted like `ssh-keygen -lf`. */
+export function hostKeyFingerprint(key: Buffer): string {
+  return `SHA256:${createHash('sha256').update(key).digest('base64').replace(/=+$/, '')}`;
+}
+
+interface Session {
+  client: SftpClient;
+  sftp: SFTPWrapper;
+}
+
+function call<T>(run: (callback: (error: Error | null | undefined, value: T) => void) => void): Promise<T> {
+  return new Promise((resolve, reject) => run((error, value) => (error ? reject(error) : resolve(value))));
+}
+
+/** Stores backups on an SFTP server: temp name, stream, fsync, rename, stat to confirm the size. */
+export class SftpProvider implements StorageProvider {
+  readonly id: string;
+  readonly properties: ProviderProperties = { atomicReplace: true };
+  private readonly options: SftpOptions;
+  private readonly dir: string;
+
+  constructor(options: SftpOptions) {
+    this.options = options;
+    this.id = options.id ?? 'sftp';
+    this.dir = posix.normalize(options.remotePath.trim() === '' ? '.' : options.remotePath.trim());
+  }
+
+  /** One connection per operation: a broken connection can never poison the next attempt. */
+  private async connect(): Promise<Session> {
+    const { privateKey, hostKeyFingerprint: pinned } = this.options;
+    if (privateKey !== undefined && /^\s*PuTTY-User-Key-File-/.test(privateKey)) {
+      throw new StorageError('bad_key_format', PUTTY_HINT);
+    }
+    let seenHostKey: string | undefined;
+    const client = new SftpClient(this.id);
+    try {
+      const sftp = (await client.connect({
+        host: this.options.host,
+        port: this.options.port ?? 22,
+        username: this.options.username,
+        password: this.options.password,
+        privateKey,
+        passphrase: this.options.passphrase,
+        readyTimeout: this.options.timeoutMs ?? 20_000,
+        keepaliveInterval: 10_000,
+        keepaliveCountMax: 3,
+        hostVerifier: (key: Buffer) => {
+          seenHostKey = hostKeyFingerprint(key);
+          return pinned === undefined || seenHostKey === pinned.trim();
+        },
+      })) as unknown as SFTPWrapper;
+      return { client, sftp };
+    } catch (error) {
+      await client.end().catch(() => undefined);
+      if (pinned !== undefined && seenHostKey !== undefined && seenHostKey !== pinned.trim()) {
+        throw new StorageError(
+          'auth_failed',
+          `the server's host key ${seenHostKey} is not the pinned ${pinned}; refusing to connect`,
+          { cause: error },
+        );
+      }
+      throw this.classify(error);
+    }
+  }
+
+  private async session<T>(run: (session: Session) => Promise<T>): Promise<T> {
+    const session = await this.connect();
+    try {
+      return await run(session);
+    } catch (error) {
+      throw this.classify(error);
+    } finally {
+      await session.client.end().catch(() => undefined);
+    }
+  }
+
+  /** Maps ssh2 / SFTP failures to StorageError codes. */
+  private classify(error: unknown, what = this.dir, signal?: AbortSignal): StorageError {
+    if (error instanceof StorageError) return error;
+    const err = error as { code?: unknown; level?: string; message?: string };
+    const message = String(err?.message ?? error);
+    if (err?.code === SFTP_NO_SUCH_FILE || err?.code === 'ENOENT') {
+      return new StorageError('not_found', `${what} does not exist on the server`, { cause: error });
+    }
+    if (err?.code === SFTP_PERMISSION_DENIED || err?.code === 'EACCES') {
+      return new StorageError('permission_denied', `the server refused access to ${what}`, { cause: error });
+    }
+    if (err?.level === 'client-authentication' || /authentication methods failed/i.test(message)) {
+      return new StorageError('auth_failed', 'the server refused the username, password or key', {
+        cause: error,
+      });
+    }
+    if (/passphrase|decrypt/i.test(message)) {
+      return new StorageError('auth_failed', 'the private key passphrase is missing or wrong', {
+        cause: error,
+      });
+    }
+    if (/cannot parse privatekey|unsupported key format/i.test(message)) {
+      return new StorageError('bad_key_format', 'the private key is not an OpenSSH private key', {
+        cause: error,
+      });
+    }
+    if (
+      (typeof err?.code === 'string' && NETWORK_CODES.has(err.code)) ||
+      err?.level === 'client-socket' ||
+      err?.level === 'client-timeout' ||
+      /timed out|refused connection|address lookup|reset the connection|not connected|no response/i.test(
+        message,
+      )
+    ) {
+      return new StorageError(
+        'unreachable',
+        `cannot reach ${this.options.host}:${this.options.port ?? 22}: ${message}`,
+        {
+          cause: error,
+        },
+      );
+    }
+    if (/no space|quota/i.test(message))
+      return new StorageError('no_space', 'the server is out of space', { cause: error });
+    return asStorageError(error, signal);
+  }
+
+  private path(name: string): string {
+    return posix.join(this.dir, name);
+  }
+
+  private async ensureDir(client: SftpClient): Promise<void> {
+    if (!(await client.exists(this.dir))) await client.mkdir(this.dir, true);
+  }
+
+  async put(
+    name: string,
+    source: BackupSource,
+    options: { signal?: AbortSignal; onProgress?: (bytes: number) => void } = {},
+  ): Promise<StoredObject> {
+    assertObjectName(name);
+    throwIfAborted(options.signal);
+    const { signal } = options;
+    return this.session(async ({ client, sftp }) => {
+      await this.ensureDir(client).catch((error) => {
+        throw this.classify(error, this.dir);
+      });
+      const temp = this.path(tempNameFor(name));
+      const final = this.path(name);
+      const check = new SourceCheck(options.onProgress);
+      const handle = await call<Buffer>((done) => sftp.open(temp, 'w', { mode: 0o600 }, done));
+      let handleOpen = true;
+      try {
+        const sink = sftp.createWriteStream(temp, { handle, autoClose: false } as never);
+        await pipeline(Readable.fromWeb(source.open() as never), check, sink, signal ? { signal } : {});
+        check.verify(source);
+        // Ask the server to flush to disk before the rename makes the backup visible.
+        if (
+          (sftp as unknown as { _extensions: Record<string, string> })._extensions['fsync@openssh.com'] ===
+          '1'
+        ) {
+          await call<void>((done) => sftp.ext_openssh_fsync(handle, done as never));
+        }
+        handleOpen = false;
+        await call<void>((done) => sftp.close(handle, done as never));
+        throwIfAborted(signal);
+        await this.rename(sftp, temp, final);
+      } catch (error) {
+        if (handleOpen) await call<void>((done) => sftp.close(handle, done as never)).catch(() => undefined);
+        await call<void>((done) => sftp.unlink(temp, done as never)).catch(() => undefined);
+        throw this.classify(error, name, signal);
+      }
+      const stats = await call<Stats>((done) => sftp.stat(final, done));
+      if (stats.size !== source.size) {
+        throw new StorageError(
+          'integrity',
+          `${name} is ${stats.size} bytes on the server, expected ${source.size}`,
+        );
+      }
+      return {
+        name,
+        size: stats.size,
+        modifiedAt: new Date(stats.mtime * 1000).toISOString(),
+        sha256: check.sha256(),
+      };
+    });
+  }
+
+  /** posix-rename replaces atomically; plain SFTP v3 rename refuses an existing target, so delete it first. */
+  private async rename(sftp: SFTPWrapper, from: string, to: string): Promise<void> {
+    const extensions = (sftp as unknown as { _extensions: Record<string, string> })._extensions;
+    if (extensions['posix-rename@openssh.com'] === '1') {
+      await call<void>((done) => sftp.ext_openssh_rename(from, to, done as never));
+      return;
+    }
+    await call<void>((done) => sftp.unlink(to, done as never)).catch((error) => {
+      if (error?.code !== SFTP_NO_SUCH_FILE) throw error;
+    });
+    await call<void>((done) => sftp.rename(from, to, done as never));
+  }
+
+  async get(name: string, options: { signal?: AbortSignal } = {}): Promise<ReadableStream<Uint8Array>> {
+    assertObjectName(name);
+    throwIfAborted(options.signal);
+    const { client, sftp } = await this.connect();
+    try {
+      await call<Stats>((done) => sftp.stat(this.path(name), done));
+    } catch (error) {
+      await client.end().catch(() => undefined);
+      throw this.classify(error, name);
+    }
+    const stream = sftp.createReadStream(this.path(name));
+    // The connection lives as long as the download: closed when the reader finishes or cancels.
+    stream.once('close', () => void client.end().catch(() => undefined));
+    if (options.signal) options.signal.addEventListener('abort', () => stream.destroy(), { once: true });
+    return Readable.toWeb(stream) as unknown as ReadableStream<Uint8Array>;
+  }
+
+  async stat(name: string): Promise<StoredObject> {
+    assertObjectName(name);
+    return this.session(async ({ sftp }) => {
+      const stats = await call<Stats>((done) => sftp.stat(this.path(name), done)).catch((error) => {
+        throw this.classify(error, name);
+      });
+      if (!stats.isFile()) throw new StorageError('not_found', `${name} is not a file`);
+      return { name, size: stats.size, modifiedAt: new Date(stats.mtime * 1000).toISOString() };
+    });
+  }
+
+  async list(): Promise<StoredObject[]> {
+    return this.session(async ({ client }) => {
+      if (!(await client.exists(this.dir))) return [];
+      const entries = await client.list(this.dir);
+      return entries
+        .filter((entry) => entry.type === '-' && isBackupName(entry.name))
+        .map((entry) => ({
+          name: entry.name,
+          size: entry.size,
+          modifiedAt: new Date(entry.modifyTime).toISOString(),
+        }));
+    });
+  }
+
+  async delete(name: string): Promise<void> {
+    assertObjectName(name);
+    await this.session(async ({ sftp }) => {
+      await call<void>((done) => sftp.unlink(this.path(name), done as never)).catch((error) => {
+        throw this.classify(error, name);
+      });
+    });
+  }
+}

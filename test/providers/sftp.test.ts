@@ -1,0 +1,139 @@
+// The SFTP provider against a real OpenSSH sshd started for this file.
+import { mkdir, readdir, rm } from 'node:fs/promises';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { type SftpOptions, SftpProvider } from '../../agent/providers/sftp';
+import { runStorageProviderSuite } from '../../shared/storage/conformance';
+import { isStorageError, type StorageErrorCode } from '../../shared/storage/index';
+import { freePort } from '../services/ports';
+import { type SshdService, startSshd } from '../services/sshd';
+
+let sshd: SshdService;
+beforeAll(async () => {
+  sshd = await startSshd();
+});
+afterAll(async () => {
+  await sshd?.stop();
+});
+
+let folders = 0;
+function options(overrides: Partial<SftpOptions> = {}): SftpOptions {
+  return {
+    host: sshd.host,
+    port: sshd.port,
+    username: sshd.passwordUser.username,
+    password: sshd.passwordUser.password,
+    remotePath: 'backups',
+    ...overrides,
+  };
+}
+
+async function failure(
+  promise: Promise<unknown>,
+): Promise<{ code: StorageErrorCode; permanent: boolean; message: string }> {
+  const error = await promise.then(
+    () => undefined,
+    (caught: unknown) => caught,
+  );
+  if (!isStorageError(error)) throw new Error(`expected a StorageError, got ${String(error)}`);
+  return { code: error.code, permanent: error.permanent, message: error.message };
+}
+
+runStorageProviderSuite('sftp (password)', async () => {
+  folders += 1;
+  const remotePath = `suite-${folders}/gem`;
+  const local = join(sshd.root, remotePath);
+  return {
+    provider: new SftpProvider(options({ remotePath })),
+    cleanup: () => rm(join(sshd.root, `suite-${folders}`), { recursive: true, force: true }),
+    rawNames: () => readdir(local).catch(() => []),
+  };
+});
+
+describe('sftp provider', () => {
+  const name = 'gem-backup-2026-03-04-050607.tar.gz';
+  const source = { size: 3, open: () => new Blob(['abc']).stream() };
+
+  it('logs in with an OpenSSH key and pins the right host key', async () => {
+    const provider = new SftpProvider(
+      options({
+        username: sshd.keyUser.username,
+        password: undefined,
+        privateKey: sshd.keyUser.privateKey,
+        hostKeyFingerprint: sshd.hostKeyFingerprint,
+        remotePath: join(sshd.root, 'by-key'),
+      }),
+    );
+    await provider.put(name, source);
+    expect((await provider.list()).map((entry) => entry.name)).toEqual([name]);
+  });
+
+  it('logs in with a passphrase-protected key', async () => {
+    const provider = new SftpProvider(
+      options({
+        username: sshd.keyUser.username,
+        password: undefined,
+        privateKey: sshd.keyUser.encryptedPrivateKey,
+        passphrase: sshd.keyUser.passphrase,
+      }),
+    );
+    expect(Array.isArray(await provider.list())).toBe(true);
+  });
+
+  it("reports a wrong password as permanent 'auth_failed'", async () => {
+    const result = await failure(new SftpProvider(options({ password: 'not-the-password' })).list());
+    expect(result).toMatchObject({ code: 'auth_failed', permanent: true });
+  });
+
+  it("reports a wrong key passphrase as 'auth_failed'", async () => {
+    const provider = new SftpProvider(
+      options({
+        username: sshd.keyUser.username,
+        password: undefined,
+        privateKey: sshd.keyUser.encryptedPrivateKey,
+        passphrase: 'wrong',
+      }),
+    );
+    expect((await failure(provider.list())).code).toBe('auth_failed');
+  });
+
+  it("refuses a PuTTY key with 'bad_key_format' and says how to convert it", async () => {
+    const provider = new SftpProvider(
+      options({
+        username: sshd.keyUser.username,
+        password: undefined,
+        privateKey: sshd.keyUser.puttyPrivateKey,
+      }),
+    );
+    const result = await failure(provider.list());
+    expect(result).toMatchObject({ code: 'bad_key_format', permanent: true });
+    expect(result.message).toContain('puttygen key.ppk -O private-openssh -o key');
+  });
+
+  it('refuses a server whose host key is not the pinned one', async () => {
+    const provider = new SftpProvider(
+      options({ hostKeyFingerprint: 'SHA256:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA' }),
+    );
+    const result = await failure(provider.put(name, source));
+    expect(result).toMatchObject({ code: 'auth_failed', permanent: true });
+    expect(result.message).toContain(sshd.hostKeyFingerprint);
+    expect(await readdir(join(sshd.root, 'backups')).catch(() => [])).not.toContain(name);
+  });
+
+  it("reports a closed port as retryable 'unreachable'", async () => {
+    const result = await failure(new SftpProvider(options({ port: await freePort() })).list());
+    expect(result).toMatchObject({ code: 'unreachable', permanent: false });
+  });
+
+  it("reports a folder it may not write as 'permission_denied'", async () => {
+    await mkdir(join(sshd.root, '..', 'root-only'), { recursive: true });
+    const provider = new SftpProvider(options({ remotePath: join(sshd.root, '..', 'root-only', 'gem') }));
+    expect((await failure(provider.put(name, source))).code).toBe('permission_denied');
+  });
+
+  it('creates a missing remote folder, however deep', async () => {
+    const provider = new SftpProvider(options({ remotePath: 'a/b/c' }));
+    await provider.put(name, source);
+    expect(await readdir(join(sshd.root, 'a', 'b', 'c'))).toEqual([name]);
+  });
+});
