@@ -16,8 +16,22 @@ export class CloudError extends Error {
   }
 }
 
-/** Turns any thrown error into `{"error":{"code","message"}}`; unknown errors say nothing internal. */
-export function errorResponse(err: unknown, c: Context): Response {
+const DRAIN_LIMIT = 1024 * 1024;
+
+/**
+ * Turns any thrown error into `{"error":{"code","message"}}`; unknown errors say nothing internal.
+ * A small request body not read yet is read first: answering before it arrived makes the runtime
+ * reset the connection, and the client would see a reset instead of the refusal.
+ */
+export async function errorResponse(err: unknown, c: Context): Promise<Response> {
+  const request = c.req.raw;
+  if (request.body && !request.bodyUsed && Number(request.headers.get('content-length') ?? 0) <= DRAIN_LIMIT) {
+    await request.arrayBuffer().catch(() => {});
+  }
+  return toErrorResponse(err, c);
+}
+
+function toErrorResponse(err: unknown, c: Context): Response {
   if (err instanceof CloudError) return c.json({ error: { code: err.code, message: err.message } }, err.status);
   if (err instanceof SignatureError) {
     const status = err.code === 'wrong_body' ? 400 : 401;

@@ -1,0 +1,222 @@
+// Test harness for the DR Worker: builds the bundle, runs it under Miniflare on a free port, signs requests.
+import { execFile } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { mkdtemp, rm } from 'node:fs/promises';
+import http from 'node:http';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import { exportJWK, generateKeyPair, type JWK } from 'jose';
+import { Miniflare } from 'miniflare';
+import { BACKUP_CREATED_AT_HEADER } from '../../shared/api/cloud';
+import { signRequest } from '../../shared/signing';
+
+const ROOT = new URL('../../', import.meta.url).pathname;
+export const ENROLLMENT_TOKEN = 'test-enrollment-token';
+
+/** A running Worker: its URL, its R2 bucket (to inspect) and how to stop it. */
+export interface CloudUnderTest {
+  url: string;
+  mf: Miniflare;
+  listSlotObjects(installationId: string): Promise<string[]>;
+  dispose(): Promise<void>;
+}
+
+/** Builds the Worker exactly as `npm run cloud:build` does and starts it under Miniflare on port 0. */
+export async function startCloud(bindings: Record<string, string> = {}): Promise<CloudUnderTest> {
+  const dir = await mkdtemp(join(tmpdir(), 'gem-cloud-test-'));
+  const wrangler = join(ROOT, 'node_modules/wrangler/bin/wrangler.js');
+  await promisify(execFile)(process.execPath, [wrangler, 'deploy', '--dry-run', '--outdir', join(dir, 'dist')], {
+    cwd: ROOT,
+    env: { ...process.env, WRANGLER_SEND_METRICS: 'false', CI: '1' },
+  });
+  const mf = new Miniflare({
+    modules: true,
+    scriptPath: join(dir, 'dist', 'index.js'),
+    modulesRoot: join(dir, 'dist'),
+    compatibilityDate: '2026-04-01',
+    compatibilityFlags: ['nodejs_compat'],
+    r2Buckets: ['SLOTS'],
+    durableObjects: {
+      INSTALLATIONS: { className: 'InstallationState', useSQLite: true },
+      RECOVERY_LIMITER: { className: 'RecoveryRateLimiter', useSQLite: true },
+    },
+    bindings: { ENROLLMENT_TOKEN, ESCROW_PRIVATE_KEYS: '[]', MAX_SLOT_BYTES: '200000000', ...bindings },
+    r2Persist: join(dir, 'r2'),
+    durableObjectsPersist: join(dir, 'do'),
+    host: '127.0.0.1',
+    port: 0,
+  });
+  const url = (await mf.ready).toString().replace(/\/$/, '');
+  return {
+    url,
+    mf,
+    async listSlotObjects(installationId) {
+      const bucket = await mf.getR2Bucket('SLOTS');
+      const hash = createHash('sha256').update(installationId).digest('hex');
+      const listed = await bucket.list({ prefix: `slots/${hash}/` });
+      return listed.objects.map((o) => o.key);
+    },
+    async dispose() {
+      await mf.dispose();
+      await rm(dir, { recursive: true, force: true });
+    },
+  };
+}
+
+/** An installation with a real Ed25519 key pair. */
+export interface TestInstallation {
+  installationId: string;
+  privateJwk: JWK;
+  publicJwk: JWK;
+}
+
+export async function newInstallation(): Promise<TestInstallation> {
+  const { publicKey, privateKey } = await generateKeyPair('EdDSA', { crv: 'Ed25519', extractable: true });
+  return {
+    installationId: createHash('sha256').update(String(Math.random())).digest('hex').slice(0, 32),
+    privateJwk: await exportJWK(privateKey),
+    publicJwk: await exportJWK(publicKey),
+  };
+}
+
+/** The answer of one HTTP exchange, body read whole (tests only read small or hashed bodies). */
+export interface HttpAnswer {
+  status: number;
+  headers: http.IncomingHttpHeaders;
+  body: Buffer;
+  json<T = any>(): T;
+}
+
+/** One request over node:http; `body` may be an async iterable so large uploads stream. */
+export function httpRequest(
+  url: string,
+  opts: {
+    method: string;
+    headers?: Record<string, string>;
+    body?: Uint8Array | AsyncIterable<Uint8Array>;
+    signal?: AbortSignal;
+    /** hash the response body instead of keeping it */
+    hashBody?: boolean;
+  },
+): Promise<HttpAnswer & { sha256?: string; size: number }> {
+  return new Promise((resolve, reject) => {
+    const req = http.request(url, { method: opts.method, headers: opts.headers, signal: opts.signal }, (res) => {
+      const chunks: Buffer[] = [];
+      const hash = createHash('sha256');
+      let size = 0;
+      res.on('data', (c: Buffer) => {
+        size += c.length;
+        if (opts.hashBody) hash.update(c);
+        else chunks.push(c);
+      });
+      res.on('error', reject);
+      res.on('end', () => {
+        const body = Buffer.concat(chunks);
+        resolve({
+          status: res.statusCode ?? 0,
+          headers: res.headers,
+          body,
+          size,
+          sha256: opts.hashBody ? hash.digest('hex') : undefined,
+          json: () => JSON.parse(body.toString('utf8')),
+        });
+      });
+    });
+    req.on('error', reject);
+    const body = opts.body;
+    if (body === undefined) req.end();
+    else if (body instanceof Uint8Array) req.end(body);
+    else {
+      (async () => {
+        for await (const chunk of body) {
+          if (!req.write(chunk)) await new Promise((r) => req.once('drain', r));
+        }
+        req.end();
+      })().catch((err) => req.destroy(err));
+    }
+  });
+}
+
+/** Enrolls an installation with the test enrollment token. */
+export function enroll(cloud: CloudUnderTest, inst: TestInstallation, publicJwk = inst.publicJwk) {
+  const body = Buffer.from(JSON.stringify({ installationId: inst.installationId, publicKey: publicJwk }));
+  return httpRequest(`${cloud.url}/v1/installations`, {
+    method: 'POST',
+    headers: { authorization: `Bearer ${ENROLLMENT_TOKEN}`, 'content-type': 'application/json' },
+    body,
+  });
+}
+
+export function sha256(bytes: Uint8Array): string {
+  return createHash('sha256').update(bytes).digest('hex');
+}
+
+/** The headers of a signed request: what the agent's DR client sends. */
+export async function signedHeaders(
+  inst: TestInstallation,
+  method: string,
+  path: string,
+  body: { sha256: string; length: number },
+  extra: { backupCreatedAt?: string; now?: Date; jti?: string } = {},
+): Promise<Record<string, string>> {
+  const token = await signRequest({
+    installationId: inst.installationId,
+    method,
+    path,
+    bodySha256: body.sha256,
+    bodyLength: body.length,
+    privateJwk: inst.privateJwk,
+    ...extra,
+  });
+  const headers: Record<string, string> = { authorization: `GEM-Signature ${token}` };
+  if (body.length > 0) headers['content-length'] = String(body.length);
+  if (extra.backupCreatedAt) headers[BACKUP_CREATED_AT_HEADER] = extra.backupCreatedAt;
+  return headers;
+}
+
+/** Uploads a small backup in one signed PUT. */
+export async function putBackup(
+  cloud: CloudUnderTest,
+  inst: TestInstallation,
+  bytes: Uint8Array,
+  createdAt: string,
+): Promise<HttpAnswer> {
+  const headers = await signedHeaders(
+    inst,
+    'PUT',
+    '/v1/dr/backup',
+    { sha256: sha256(bytes), length: bytes.length },
+    { backupCreatedAt: createdAt },
+  );
+  return httpRequest(`${cloud.url}/v1/dr/backup`, { method: 'PUT', headers, body: bytes });
+}
+
+/** A signed request without a body (GET, HEAD, DELETE, complete). */
+export async function signedEmpty(cloud: CloudUnderTest, inst: TestInstallation, method: string, path: string) {
+  const headers = await signedHeaders(inst, method, path, { sha256: sha256(new Uint8Array(0)), length: 0 });
+  return httpRequest(`${cloud.url}${path}`, { method, headers, hashBody: method === 'GET' });
+}
+
+/** Deterministic pseudo-random bytes, `total` long, in 1 MiB pieces: never held whole. */
+export async function* generatedBytes(total: number, seed: number, from = 0): AsyncGenerator<Uint8Array> {
+  const block = createHash('sha512').update(`seed-${seed}`).digest();
+  const piece = Buffer.alloc(1024 * 1024);
+  for (let i = 0; i < piece.length; i += block.length) block.copy(piece, i);
+  let offset = from;
+  const end = from + total;
+  while (offset < end) {
+    const n = Math.min(piece.length, end - offset);
+    const out = Buffer.from(piece.subarray(0, n));
+    out.writeUInt32BE(offset >>> 0, 0);
+    yield out;
+    offset += n;
+  }
+}
+
+/** sha256 of generatedBytes(total, seed, from). */
+export async function generatedSha256(total: number, seed: number, from = 0): Promise<string> {
+  const hash = createHash('sha256');
+  for await (const piece of generatedBytes(total, seed, from)) hash.update(piece);
+  return hash.digest('hex');
+}
