@@ -50,10 +50,22 @@ export const nodeChunkCipher: ChunkCipher = {
 
 /** Runs an async step and hands its chunks to a Transform, reporting errors through the callback. */
 function pushAll(stream: Transform, step: Promise<Uint8Array[]>, callback: TransformCallback): void {
-  step.then((chunks) => {
-    for (const chunk of chunks) stream.push(chunk);
-    callback();
-  }, callback);
+  step.then(
+    (chunks) => {
+      for (const chunk of chunks) stream.push(chunk);
+      callback();
+    },
+    (error: unknown) => failOnceRead(stream, error as Error, callback),
+  );
+}
+
+/**
+ * Erroring a Node stream discards output not yet read, so the good chunks released before a bad one
+ * would be lost to the reader; wait until they are read (or the stream is torn down) first.
+ */
+function failOnceRead(stream: Transform, error: Error, callback: TransformCallback): void {
+  if (stream.readableLength === 0 || stream.destroyed) callback(error);
+  else setTimeout(() => failOnceRead(stream, error, callback), 1);
 }
 
 function waterMarks(chunkSize: number) {

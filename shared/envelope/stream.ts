@@ -49,11 +49,25 @@ export async function openStream(
   }
   const transform = new TransformStream<Uint8Array, Uint8Array>({
     async transform(piece, controller) {
-      for (const chunk of await opener.push(piece)) controller.enqueue(chunk);
+      const chunks = await opener.push(piece).catch((error) => failOnceRead(controller, error));
+      for (const chunk of chunks) controller.enqueue(chunk);
     },
     async flush(controller) {
-      for (const chunk of await opener.finish()) controller.enqueue(chunk);
+      const chunks = await opener.finish().catch((error) => failOnceRead(controller, error));
+      for (const chunk of chunks) controller.enqueue(chunk);
     },
   });
   return { header, plaintext: rest.pipeThrough(transform) };
+}
+
+/**
+ * Erroring the stream discards plaintext not yet read, so the good chunks released before a bad one
+ * would be lost to the reader; wait until they are read (the queue is empty) first, then throw.
+ */
+async function failOnceRead(
+  controller: TransformStreamDefaultController<Uint8Array>,
+  error: unknown,
+): Promise<never> {
+  while ((controller.desiredSize ?? 0) < 0) await new Promise((resolve) => setTimeout(resolve, 1));
+  throw error;
 }
