@@ -14,7 +14,7 @@ const MAX_PARTS = 10_000;
 
 /** The multipart routes; every one is signed. */
 export const uploadRoutes = new Hono<{ Variables: CloudVariables }>()
-  .use('/v1/dr/uploads', requireSignature)
+  // '/v1/dr/uploads/*' also matches '/v1/dr/uploads' itself: one registration, so one check per request.
   .use('/v1/dr/uploads/*', requireSignature)
   .post('/v1/dr/uploads', async (c) => {
     const { claims, installationHash, state } = c.get('signed');
