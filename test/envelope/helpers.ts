@@ -66,7 +66,7 @@ export async function drainNode(
 
 /** A copy of `bytes` with bit `bit` of byte `index` flipped. */
 export function flipBit(bytes: Uint8Array, index: number, bit = 0): Uint8Array {
-  const copy = bytes.slice();
+  const copy = new Uint8Array(bytes); // a copy even for a Buffer, whose slice() is a view
   copy[index]! ^= 1 << bit;
   return copy;
 }
