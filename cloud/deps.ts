@@ -45,12 +45,16 @@ export function parseCloudConfig(vars: {
     // A broken secret leaves no escrow key: escrow-key and recovery answer 503 rather than crash.
   }
   return {
-    maxSlotBytes: Number.isSafeInteger(maxSlotBytes) && maxSlotBytes > 0 ? maxSlotBytes : DEFAULT_MAX_SLOT_BYTES,
+    maxSlotBytes:
+      Number.isSafeInteger(maxSlotBytes) && maxSlotBytes > 0 ? maxSlotBytes : DEFAULT_MAX_SLOT_BYTES,
     enrollmentToken: vars.ENROLLMENT_TOKEN ?? '',
     escrowPrivateKeys: escrowPrivateKeys.filter(
-      (k) => k && k.kty === 'OKP' && k.crv === 'X25519' && typeof k.d === 'string' && typeof k.kid === 'string',
+      (k) =>
+        k && k.kty === 'OKP' && k.crv === 'X25519' && typeof k.d === 'string' && typeof k.kid === 'string',
     ),
     recoverPerMinute:
-      Number.isSafeInteger(recoverPerMinute) && recoverPerMinute > 0 ? recoverPerMinute : DEFAULT_RECOVER_PER_MINUTE,
+      Number.isSafeInteger(recoverPerMinute) && recoverPerMinute > 0
+        ? recoverPerMinute
+        : DEFAULT_RECOVER_PER_MINUTE,
   };
 }

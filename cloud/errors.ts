@@ -25,17 +25,25 @@ const DRAIN_LIMIT = 1024 * 1024;
  */
 export async function errorResponse(err: unknown, c: Context): Promise<Response> {
   const request = c.req.raw;
-  if (request.body && !request.bodyUsed && Number(request.headers.get('content-length') ?? 0) <= DRAIN_LIMIT) {
+  if (
+    request.body &&
+    !request.bodyUsed &&
+    Number(request.headers.get('content-length') ?? 0) <= DRAIN_LIMIT
+  ) {
     await request.arrayBuffer().catch(() => {});
   }
   return toErrorResponse(err, c);
 }
 
 function toErrorResponse(err: unknown, c: Context): Response {
-  if (err instanceof CloudError) return c.json({ error: { code: err.code, message: err.message } }, err.status);
+  if (err instanceof CloudError)
+    return c.json({ error: { code: err.code, message: err.message } }, err.status);
   if (err instanceof SignatureError) {
     const status = err.code === 'wrong_body' ? 400 : 401;
-    return c.json({ error: { code: status === 400 ? 'body_mismatch' : 'bad_signature', message: err.message } }, status);
+    return c.json(
+      { error: { code: status === 400 ? 'body_mismatch' : 'bad_signature', message: err.message } },
+      status,
+    );
   }
   if (err instanceof ContentMismatchError) {
     return c.json({ error: { code: 'body_mismatch', message: err.message } }, 400);

@@ -21,7 +21,10 @@ interface R2UploadedPart {
 interface R2MultipartUpload {
   key: string;
   uploadId: string;
-  uploadPart(partNumber: number, value: ReadableStream | ArrayBuffer | Uint8Array | string): Promise<R2UploadedPart>;
+  uploadPart(
+    partNumber: number,
+    value: ReadableStream | ArrayBuffer | Uint8Array | string,
+  ): Promise<R2UploadedPart>;
   abort(): Promise<void>;
   complete(parts: R2UploadedPart[]): Promise<R2Object>;
 }

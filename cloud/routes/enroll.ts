@@ -19,7 +19,10 @@ export const enrollRoutes = new Hono<{ Variables: CloudVariables }>().post('/v1/
   if (outcome === 'conflict') {
     throw new CloudError(409, 'already_enrolled', 'this installation is enrolled with another key');
   }
-  return c.json({ installationId: body.installationId, enrolled: true as const }, outcome === 'created' ? 201 : 200);
+  return c.json(
+    { installationId: body.installationId, enrolled: true as const },
+    outcome === 'created' ? 201 : 200,
+  );
 });
 
 /** Compares two secrets in time independent of where they differ (hashes first, so lengths don't leak). */

@@ -5,7 +5,9 @@ import { CloudError } from '../errors';
 
 /** Publishes only kty/crv/x/kid of each escrow key: the private part never leaves the server. */
 export const escrowRoutes = new Hono<{ Variables: CloudVariables }>().get('/v1/escrow-key', (c) => {
-  const keys = c.get('deps').config.escrowPrivateKeys.map((k) => ({ kty: 'OKP', crv: 'X25519', x: k.x, kid: k.kid }));
+  const keys = c
+    .get('deps')
+    .config.escrowPrivateKeys.map((k) => ({ kty: 'OKP', crv: 'X25519', x: k.x, kid: k.kid }));
   if (keys.length === 0) throw new CloudError(503, 'no_escrow_key', 'no escrow key is configured');
   return c.json({ keys });
 });

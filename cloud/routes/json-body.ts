@@ -27,7 +27,11 @@ export async function parseJsonBody<T extends z.ZodType>(
   }
   const parsed = schema.safeParse(raw);
   if (!parsed.success) {
-    throw new CloudError(422, 'invalid', parsed.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; '));
+    throw new CloudError(
+      422,
+      'invalid',
+      parsed.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; '),
+    );
   }
   return parsed.data;
 }

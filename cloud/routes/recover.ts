@@ -1,8 +1,19 @@
 // POST /v1/recover: a fresh install gets its keyring and the backup's file key re-wrapped to a one-time key.
 import { Hono } from 'hono';
 import type { JWK } from 'jose';
-import { RECOVER_FILE_KEY_HEADER, RECOVER_KEYRING_HEADER, RecoverRequest, SLOT_HEADERS } from '../../shared/api/cloud';
-import { type EnvelopeHeader, readHeader, unwrapWithX25519, verifyHeaderMac, wrapForX25519 } from '../../shared/envelope';
+import {
+  RECOVER_FILE_KEY_HEADER,
+  RECOVER_KEYRING_HEADER,
+  RecoverRequest,
+  SLOT_HEADERS,
+} from '../../shared/api/cloud';
+import {
+  type EnvelopeHeader,
+  readHeader,
+  unwrapWithX25519,
+  verifyHeaderMac,
+  wrapForX25519,
+} from '../../shared/envelope';
 import { installationHash } from '../auth/installation-hash';
 import type { CloudVariables } from '../auth/signed';
 import { CloudError } from '../errors';

@@ -24,7 +24,11 @@ export async function refuseIfOlder(state: InstallationStateApi, createdAt: stri
  * Points the slot at `next` (already complete in storage) and deletes the object it replaces; when a
  * newer backup got there first, deletes `next` instead and answers 409.
  */
-export async function commitToSlot(deps: CloudDeps, state: InstallationStateApi, next: SlotRecord): Promise<SlotMetadata> {
+export async function commitToSlot(
+  deps: CloudDeps,
+  state: InstallationStateApi,
+  next: SlotRecord,
+): Promise<SlotMetadata> {
   const outcome = await state.commitSlot(next);
   if (!outcome.accepted) {
     await deps.store.delete(next.objectKey);

@@ -1,7 +1,7 @@
 // PUT/GET/HEAD/DELETE /v1/dr/backup: the installation's one slot.
 import { Hono } from 'hono';
-import { AGENT_VERSION_HEADER, BACKUP_CREATED_AT_HEADER, SLOT_HEADERS } from '../../shared/api/cloud';
 import type { SlotMetadata } from '../../shared/api/cloud';
+import { AGENT_VERSION_HEADER, BACKUP_CREATED_AT_HEADER, SLOT_HEADERS } from '../../shared/api/cloud';
 import { type CloudVariables, requireSignature } from '../auth/signed';
 import { CloudError } from '../errors';
 import { commitToSlot, newBackupKey, refuseIfOlder } from './slot-commit';

@@ -53,7 +53,8 @@ export const uploadRoutes = new Hono<{ Variables: CloudVariables }>()
     const count = partCount(upload);
     if (n > count) throw new CloudError(400, 'bad_part_number', `this upload has ${count} parts`);
     const expected = Math.min(upload.partSize, upload.size - (n - 1) * upload.partSize);
-    if (claims.bln !== expected) throw new CloudError(400, 'bad_part_size', `part ${n} must be ${expected} bytes`);
+    if (claims.bln !== expected)
+      throw new CloudError(400, 'bad_part_size', `part ${n} must be ${expected} bytes`);
     const body = c.req.raw.body ?? new Blob([]).stream();
     const { etag } = await c
       .get('deps')
@@ -114,7 +115,13 @@ function status(upload: UploadRecord): UploadStatusResponse {
   const parts = Object.entries(upload.parts)
     .map(([n, p]) => ({ n: Number(n), size: p.size, etag: p.etag }))
     .sort((a, b) => a.n - b.n);
-  return { uploadId: upload.uploadId, size: upload.size, partSize: upload.partSize, createdAt: upload.createdAt, parts };
+  return {
+    uploadId: upload.uploadId,
+    size: upload.size,
+    partSize: upload.partSize,
+    createdAt: upload.createdAt,
+    parts,
+  };
 }
 
 function noSuchUpload(): CloudError {

@@ -61,7 +61,11 @@ export class InstallationState extends DurableObject<WorkerEnv> implements Insta
   upload(uploadId: string): Promise<UploadRecord | null> {
     return this.ledger.upload(uploadId);
   }
-  recordPart(uploadId: string, n: number, part: { size: number; etag: string }): Promise<UploadRecord | null> {
+  recordPart(
+    uploadId: string,
+    n: number,
+    part: { size: number; etag: string },
+  ): Promise<UploadRecord | null> {
     return this.ledger.recordPart(uploadId, n, part);
   }
   takeUpload(uploadId: string): Promise<UploadRecord | null> {

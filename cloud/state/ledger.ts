@@ -32,7 +32,9 @@ export interface LedgerStorage {
 }
 
 export type EnrollOutcome = 'created' | 'same' | 'conflict';
-export type CommitOutcome = { accepted: true; replacedKey: string | null } | { accepted: false; current: SlotMetadata };
+export type CommitOutcome =
+  | { accepted: true; replacedKey: string | null }
+  | { accepted: false; current: SlotMetadata };
 
 /** The methods the routes call; the Durable Object exposes exactly these over RPC. */
 export interface InstallationStateApi {
@@ -67,7 +69,10 @@ export class InstallationLedger implements InstallationStateApi {
   async enroll(installationId: string, publicKey: JWK): Promise<EnrollOutcome> {
     const current = await this.storage.get<{ installationId: string; publicKey: JWK }>(KEY);
     if (current) return current.publicKey.x === publicKey.x ? 'same' : 'conflict';
-    await this.storage.put(KEY, { installationId, publicKey: { kty: 'OKP', crv: 'Ed25519', x: publicKey.x } });
+    await this.storage.put(KEY, {
+      installationId,
+      publicKey: { kty: 'OKP', crv: 'Ed25519', x: publicKey.x },
+    });
     return 'created';
   }
 
@@ -93,7 +98,10 @@ export class InstallationLedger implements InstallationStateApi {
       return { accepted: false, current: toMetadata(current) };
     }
     await this.storage.put(SLOT, next);
-    return { accepted: true, replacedKey: current && current.objectKey !== next.objectKey ? current.objectKey : null };
+    return {
+      accepted: true,
+      replacedKey: current && current.objectKey !== next.objectKey ? current.objectKey : null,
+    };
   }
 
   async clearSlot(): Promise<string | null> {
@@ -112,7 +120,11 @@ export class InstallationLedger implements InstallationStateApi {
     return (await this.storage.get<UploadRecord>(UPLOAD + uploadId)) ?? null;
   }
 
-  async recordPart(uploadId: string, n: number, part: { size: number; etag: string }): Promise<UploadRecord | null> {
+  async recordPart(
+    uploadId: string,
+    n: number,
+    part: { size: number; etag: string },
+  ): Promise<UploadRecord | null> {
     const upload = await this.upload(uploadId);
     if (!upload) return null;
     upload.parts[String(n)] = part;

@@ -22,7 +22,10 @@ export class R2SlotStore implements SlotStore {
   }
 
   async get(key: string, firstBytes?: number) {
-    const obj = await this.bucket.get(key, firstBytes ? { range: { offset: 0, length: firstBytes } } : undefined);
+    const obj = await this.bucket.get(
+      key,
+      firstBytes ? { range: { offset: 0, length: firstBytes } } : undefined,
+    );
     return obj ? { body: obj.body, size: obj.size } : null;
   }
 
@@ -65,7 +68,8 @@ export class R2SlotStore implements SlotStore {
         .resumeMultipartUpload(key, uploadId)
         .uploadPart(n, withLength(body.pipeThrough(hashing), length));
     } catch (err) {
-      if (received !== length) throw new ContentMismatchError(`part ${n}: received ${received} of ${length} bytes`);
+      if (received !== length)
+        throw new ContentMismatchError(`part ${n}: received ${received} of ${length} bytes`);
       throw err;
     }
     const actual = toHex(new Uint8Array(await digest.digest));

@@ -34,6 +34,10 @@ export interface SlotStore {
     length: number,
     sha256Hex: string,
   ): Promise<{ etag: string }>;
-  completeMultipart(key: string, uploadId: string, parts: { n: number; etag: string }[]): Promise<StoredObject>;
+  completeMultipart(
+    key: string,
+    uploadId: string,
+    parts: { n: number; etag: string }[],
+  ): Promise<StoredObject>;
   abortMultipart(key: string, uploadId: string): Promise<void>;
 }

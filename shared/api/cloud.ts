@@ -2,7 +2,9 @@
 import { z } from 'zod';
 
 /** 128-bit installation id, lower-case hex. */
-export const InstallationId = z.string().regex(/^[0-9a-f]{32}$/, 'installationId must be 32 lower-case hex chars');
+export const InstallationId = z
+  .string()
+  .regex(/^[0-9a-f]{32}$/, 'installationId must be 32 lower-case hex chars');
 const Sha256Hex = z.string().regex(/^[0-9a-f]{64}$/, 'sha256 must be 64 lower-case hex chars');
 const IsoDate = z.string().refine((s) => !Number.isNaN(Date.parse(s)), 'must be an ISO-8601 date');
 
@@ -68,7 +70,11 @@ export const CreateUploadResponse = z.object({ uploadId: z.string(), partSize: z
 export type CreateUploadResponse = z.infer<typeof CreateUploadResponse>;
 
 /** One received part. */
-export const UploadedPart = z.object({ n: z.number().int().min(1).max(10000), size: z.number().int(), etag: z.string() });
+export const UploadedPart = z.object({
+  n: z.number().int().min(1).max(10000),
+  size: z.number().int(),
+  etag: z.string(),
+});
 export type UploadedPart = z.infer<typeof UploadedPart>;
 
 /** `GET /v1/dr/uploads/:id` answer (for resuming) and `PUT .../parts/:n` answer (`{part}`). */

@@ -129,7 +129,8 @@ export async function verifyRequest(token: string, opts: VerifyRequestOptions): 
   }
   const skew = opts.maxSkewSeconds ?? DEFAULT_MAX_SKEW_SECONDS;
   const nowSeconds = Math.floor(opts.now.getTime() / 1000);
-  if (claims.iat < nowSeconds - skew) throw new SignatureError('expired', 'the request signature has expired');
+  if (claims.iat < nowSeconds - skew)
+    throw new SignatureError('expired', 'the request signature has expired');
   if (claims.iat > nowSeconds + skew) {
     throw new SignatureError('from_the_future', 'the request was signed in the future; check the clock');
   }

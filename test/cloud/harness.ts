@@ -26,10 +26,14 @@ export interface CloudUnderTest {
 export async function startCloud(bindings: Record<string, string> = {}): Promise<CloudUnderTest> {
   const dir = await mkdtemp(join(tmpdir(), 'gem-cloud-test-'));
   const wrangler = join(ROOT, 'node_modules/wrangler/bin/wrangler.js');
-  await promisify(execFile)(process.execPath, [wrangler, 'deploy', '--dry-run', '--outdir', join(dir, 'dist')], {
-    cwd: ROOT,
-    env: { ...process.env, WRANGLER_SEND_METRICS: 'false', CI: '1' },
-  });
+  await promisify(execFile)(
+    process.execPath,
+    [wrangler, 'deploy', '--dry-run', '--outdir', join(dir, 'dist')],
+    {
+      cwd: ROOT,
+      env: { ...process.env, WRANGLER_SEND_METRICS: 'false', CI: '1' },
+    },
+  );
   const mf = new Miniflare({
     modules: true,
     scriptPath: join(dir, 'dist', 'index.js'),
@@ -52,7 +56,7 @@ export async function startCloud(bindings: Record<string, string> = {}): Promise
     url,
     mf,
     async listSlotObjects(installationId) {
-      const bucket = await mf.getR2Bucket('SLOTS');
+      const bucket = (await mf.getR2Bucket('SLOTS')) as unknown as R2Bucket;
       const hash = createHash('sha256').update(installationId).digest('hex');
       const listed = await bucket.list({ prefix: `slots/${hash}/` });
       return listed.objects.map((o) => o.key);
@@ -85,6 +89,7 @@ export interface HttpAnswer {
   status: number;
   headers: http.IncomingHttpHeaders;
   body: Buffer;
+  // biome-ignore lint/suspicious/noExplicitAny: tests read answers field by field and assert on them
   json<T = any>(): T;
 }
 
@@ -101,28 +106,32 @@ export function httpRequest(
   },
 ): Promise<HttpAnswer & { sha256?: string; size: number }> {
   return new Promise((resolve, reject) => {
-    const req = http.request(url, { method: opts.method, headers: opts.headers, signal: opts.signal }, (res) => {
-      const chunks: Buffer[] = [];
-      const hash = createHash('sha256');
-      let size = 0;
-      res.on('data', (c: Buffer) => {
-        size += c.length;
-        if (opts.hashBody) hash.update(c);
-        else chunks.push(c);
-      });
-      res.on('error', reject);
-      res.on('end', () => {
-        const body = Buffer.concat(chunks);
-        resolve({
-          status: res.statusCode ?? 0,
-          headers: res.headers,
-          body,
-          size,
-          sha256: opts.hashBody ? hash.digest('hex') : undefined,
-          json: () => JSON.parse(body.toString('utf8')),
+    const req = http.request(
+      url,
+      { method: opts.method, headers: opts.headers, signal: opts.signal },
+      (res) => {
+        const chunks: Buffer[] = [];
+        const hash = createHash('sha256');
+        let size = 0;
+        res.on('data', (c: Buffer) => {
+          size += c.length;
+          if (opts.hashBody) hash.update(c);
+          else chunks.push(c);
         });
-      });
-    });
+        res.on('error', reject);
+        res.on('end', () => {
+          const body = Buffer.concat(chunks);
+          resolve({
+            status: res.statusCode ?? 0,
+            headers: res.headers,
+            body,
+            size,
+            sha256: opts.hashBody ? hash.digest('hex') : undefined,
+            json: () => JSON.parse(body.toString('utf8')),
+          });
+        });
+      },
+    );
     req.on('error', reject);
     const body = opts.body;
     if (body === undefined) req.end();
@@ -193,7 +202,12 @@ export async function putBackup(
 }
 
 /** A signed request without a body (GET, HEAD, DELETE, complete). */
-export async function signedEmpty(cloud: CloudUnderTest, inst: TestInstallation, method: string, path: string) {
+export async function signedEmpty(
+  cloud: CloudUnderTest,
+  inst: TestInstallation,
+  method: string,
+  path: string,
+) {
   const headers = await signedHeaders(inst, method, path, { sha256: sha256(new Uint8Array(0)), length: 0 });
   return httpRequest(`${cloud.url}${path}`, { method, headers, hashBody: method === 'GET' });
 }

@@ -29,16 +29,35 @@ afterAll(async () => {
 });
 
 /** Sends bytes [from, from+length) of the seeded stream as part n. */
-async function putPart(uploadId: string, n: number, seed: number, from: number, length: number, signal?: AbortSignal) {
+async function putPart(
+  uploadId: string,
+  n: number,
+  seed: number,
+  from: number,
+  length: number,
+  signal?: AbortSignal,
+) {
   const path = `/v1/dr/uploads/${uploadId}/parts/${n}`;
-  const headers = await signedHeaders(inst, 'PUT', path, { sha256: await generatedSha256(length, seed, from), length });
-  return httpRequest(`${cloud.url}${path}`, { method: 'PUT', headers, body: generatedBytes(length, seed, from), signal });
+  const headers = await signedHeaders(inst, 'PUT', path, {
+    sha256: await generatedSha256(length, seed, from),
+    length,
+  });
+  return httpRequest(`${cloud.url}${path}`, {
+    method: 'PUT',
+    headers,
+    body: generatedBytes(length, seed, from),
+    signal,
+  });
 }
 
 async function signedJson(method: string, path: string, value: unknown) {
   const body = Buffer.from(JSON.stringify(value));
   const headers = await signedHeaders(inst, method, path, { sha256: sha256(body), length: body.length });
-  return httpRequest(`${cloud.url}${path}`, { method, headers: { ...headers, 'content-type': 'application/json' }, body });
+  return httpRequest(`${cloud.url}${path}`, {
+    method,
+    headers: { ...headers, 'content-type': 'application/json' },
+    body,
+  });
 }
 
 describe('large backups', () => {
@@ -46,8 +65,18 @@ describe('large backups', () => {
     const size = 20 * MiB + 12345;
     const digest = await generatedSha256(size, 1);
     const createdAt = '2026-11-10T00:00:00.000Z';
-    const headers = await signedHeaders(inst, 'PUT', '/v1/dr/backup', { sha256: digest, length: size }, { backupCreatedAt: createdAt });
-    const put = await httpRequest(`${cloud.url}/v1/dr/backup`, { method: 'PUT', headers, body: generatedBytes(size, 1) });
+    const headers = await signedHeaders(
+      inst,
+      'PUT',
+      '/v1/dr/backup',
+      { sha256: digest, length: size },
+      { backupCreatedAt: createdAt },
+    );
+    const put = await httpRequest(`${cloud.url}/v1/dr/backup`, {
+      method: 'PUT',
+      headers,
+      body: generatedBytes(size, 1),
+    });
     expect(put.status).toBe(201);
     const got = await signedEmpty(cloud, inst, 'GET', '/v1/dr/backup');
     expect(got.size).toBe(size);
@@ -94,7 +123,12 @@ describe('large backups', () => {
       length: partLength(2),
     });
     await expect(
-      httpRequest(`${cloud.url}${path2}`, { method: 'PUT', headers: headers2, body: dropping, signal: abort.signal }),
+      httpRequest(`${cloud.url}${path2}`, {
+        method: 'PUT',
+        headers: headers2,
+        body: dropping,
+        signal: abort.signal,
+      }),
     ).rejects.toThrow();
 
     // The slot still holds the previous backup while the upload is incomplete.
@@ -106,7 +140,9 @@ describe('large backups', () => {
       sha256: sha256(new Uint8Array(0)),
       length: 0,
     });
-    const status = (await httpRequest(`${cloud.url}/v1/dr/uploads/${uploadId}`, { method: 'GET', headers: statusHeaders })).json();
+    const status = (
+      await httpRequest(`${cloud.url}/v1/dr/uploads/${uploadId}`, { method: 'GET', headers: statusHeaders })
+    ).json();
     expect(status.parts.map((p: { n: number }) => p.n)).toEqual([1]);
 
     const early = await signedEmpty(cloud, inst, 'POST', `/v1/dr/uploads/${uploadId}/complete`);
@@ -115,7 +151,8 @@ describe('large backups', () => {
     // Part numbers outside 1..10000 (small bodies: a large refused body would only see a reset).
     expect((await putPart(uploadId, 0, seed, 0, 4096)).status).toBe(400);
     expect((await putPart(uploadId, 10001, seed, 0, 4096)).status).toBe(400);
-    for (const n of [2, 3]) expect((await putPart(uploadId, n, seed, (n - 1) * partSize, partLength(n))).status).toBe(200);
+    for (const n of [2, 3])
+      expect((await putPart(uploadId, n, seed, (n - 1) * partSize, partLength(n))).status).toBe(200);
 
     const done = await signedEmpty(cloud, inst, 'POST', `/v1/dr/uploads/${uploadId}/complete`);
     expect(done.status).toBe(201);
@@ -138,14 +175,23 @@ describe('large backups', () => {
     const { uploadId } = created.json();
     const path = `/v1/dr/uploads/${uploadId}/parts/1`;
     // Signed for seed 3, sent from seed 4.
-    const headers = await signedHeaders(inst, 'PUT', path, { sha256: await generatedSha256(5 * MiB, 3), length: 5 * MiB });
-    const bad = await httpRequest(`${cloud.url}${path}`, { method: 'PUT', headers, body: generatedBytes(5 * MiB, 4) });
+    const headers = await signedHeaders(inst, 'PUT', path, {
+      sha256: await generatedSha256(5 * MiB, 3),
+      length: 5 * MiB,
+    });
+    const bad = await httpRequest(`${cloud.url}${path}`, {
+      method: 'PUT',
+      headers,
+      body: generatedBytes(5 * MiB, 4),
+    });
     expect(bad.status).toBe(400);
     const statusHeaders = await signedHeaders(inst, 'GET', `/v1/dr/uploads/${uploadId}`, {
       sha256: sha256(new Uint8Array(0)),
       length: 0,
     });
-    const status = (await httpRequest(`${cloud.url}/v1/dr/uploads/${uploadId}`, { method: 'GET', headers: statusHeaders })).json();
+    const status = (
+      await httpRequest(`${cloud.url}/v1/dr/uploads/${uploadId}`, { method: 'GET', headers: statusHeaders })
+    ).json();
     expect(status.parts).toEqual([]);
     expect((await signedEmpty(cloud, inst, 'DELETE', `/v1/dr/uploads/${uploadId}`)).status).toBe(200);
     expect((await signedEmpty(cloud, inst, 'GET', `/v1/dr/uploads/${uploadId}`)).status).toBe(404);

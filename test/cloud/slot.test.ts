@@ -67,7 +67,11 @@ describe('the slot', () => {
   it('stores an upload, shows its metadata and gives it back byte for byte', async () => {
     const put = await putBackup(cloud, inst, first, firstCreatedAt);
     expect(put.status).toBe(201);
-    expect(put.json().slot).toMatchObject({ createdAt: firstCreatedAt, size: first.length, sha256: sha256(first) });
+    expect(put.json().slot).toMatchObject({
+      createdAt: firstCreatedAt,
+      size: first.length,
+      sha256: sha256(first),
+    });
     const state = await slotState();
     expect(state).toMatchObject({ status: 200, createdAt: firstCreatedAt, sha256: sha256(first) });
     expect(state.objects).toHaveLength(1);
@@ -87,7 +91,10 @@ describe('the slot', () => {
       { backupCreatedAt: '2026-11-01T11:00:00.000Z' },
     );
     const before = await slotState();
-    const replay = await httpRequest(`${cloud.url}/v1/dr/backup`, { method: 'GET', headers: await getHeaders() });
+    const replay = await httpRequest(`${cloud.url}/v1/dr/backup`, {
+      method: 'GET',
+      headers: await getHeaders(),
+    });
     expect(replay.status).toBe(200);
     const again = await httpRequest(`${cloud.url}/v1/dr/backup`, { method: 'GET', headers: lastGetHeaders! });
     expect(again.status).toBe(401);
@@ -111,20 +118,35 @@ describe('the slot', () => {
       httpRequest(`${cloud.url}/v1/dr/backup`, { method: 'PUT', headers, body: payload });
 
     // Signed by another installation's key but naming ours.
-    const forged = await signedHeaders({ ...other, installationId: inst.installationId }, 'PUT', '/v1/dr/backup', body, {
-      backupCreatedAt: createdAt,
-    });
+    const forged = await signedHeaders(
+      { ...other, installationId: inst.installationId },
+      'PUT',
+      '/v1/dr/backup',
+      body,
+      {
+        backupCreatedAt: createdAt,
+      },
+    );
     expect((await put(forged)).status).toBe(401);
 
     // A flipped body byte: the signed sha256 no longer matches; nothing replaces the slot.
     const flipped = Buffer.from(bytes);
     flipped[1999]! ^= 0x80;
-    const flippedAnswer = await put(await signedHeaders(inst, 'PUT', '/v1/dr/backup', body, { backupCreatedAt: createdAt }), flipped);
+    const flippedAnswer = await put(
+      await signedHeaders(inst, 'PUT', '/v1/dr/backup', body, { backupCreatedAt: createdAt }),
+      flipped,
+    );
     expect(flippedAnswer.status).toBe(400);
     expect(flippedAnswer.json().error.code).toBe('body_mismatch');
 
     const stale = new Date(Date.now() - 10 * 60_000);
-    expect((await put(await signedHeaders(inst, 'PUT', '/v1/dr/backup', body, { backupCreatedAt: createdAt, now: stale }))).status).toBe(401);
+    expect(
+      (
+        await put(
+          await signedHeaders(inst, 'PUT', '/v1/dr/backup', body, { backupCreatedAt: createdAt, now: stale }),
+        )
+      ).status,
+    ).toBe(401);
     const future = new Date(Date.now() + 10 * 60_000);
     const futureAnswer = await put(
       await signedHeaders(inst, 'PUT', '/v1/dr/backup', body, { backupCreatedAt: createdAt, now: future }),
@@ -143,17 +165,30 @@ describe('the slot', () => {
       bca: createdAt,
     };
     const none = `${base64url.encode(JSON.stringify({ alg: 'none', typ: 'gem-request+jwt' }))}.${base64url.encode(JSON.stringify(claims))}.`;
-    expect((await put({ authorization: `GEM-Signature ${none}`, 'content-length': String(bytes.length) })).status).toBe(401);
-    for (const secret of [new TextEncoder().encode(JSON.stringify(inst.publicJwk)), base64url.decode(inst.publicJwk.x!)]) {
-      const hs = await new CompactSign(new TextEncoder().encode(JSON.stringify({ ...claims, jti: randomBytes(16).toString('hex') })))
+    expect(
+      (await put({ authorization: `GEM-Signature ${none}`, 'content-length': String(bytes.length) })).status,
+    ).toBe(401);
+    for (const secret of [
+      new TextEncoder().encode(JSON.stringify(inst.publicJwk)),
+      base64url.decode(inst.publicJwk.x!),
+    ]) {
+      const hs = await new CompactSign(
+        new TextEncoder().encode(JSON.stringify({ ...claims, jti: randomBytes(16).toString('hex') })),
+      )
         .setProtectedHeader({ alg: 'HS256', typ: 'gem-request+jwt' })
         .sign(secret);
-      const answer = await put({ authorization: `GEM-Signature ${hs}`, 'content-length': String(bytes.length) });
+      const answer = await put({
+        authorization: `GEM-Signature ${hs}`,
+        'content-length': String(bytes.length),
+      });
       expect(answer.status).toBe(401);
     }
 
     // Signed for another path.
-    expect((await put(await signedHeaders(inst, 'PUT', '/v1/dr/uploads', body, { backupCreatedAt: createdAt }))).status).toBe(401);
+    expect(
+      (await put(await signedHeaders(inst, 'PUT', '/v1/dr/uploads', body, { backupCreatedAt: createdAt })))
+        .status,
+    ).toBe(401);
     // No signature at all.
     expect((await put({ 'content-length': String(bytes.length) })).status).toBe(401);
 
@@ -170,7 +205,9 @@ describe('the slot', () => {
       { sha256: sha256(bytes), length: bytes.length },
       { backupCreatedAt: '2026-11-01T09:00:00.000Z', now: future },
     );
-    expect((await httpRequest(`${cloud.url}/v1/dr/backup`, { method: 'PUT', headers, body: bytes })).status).toBe(401);
+    expect(
+      (await httpRequest(`${cloud.url}/v1/dr/backup`, { method: 'PUT', headers, body: bytes })).status,
+    ).toBe(401);
     expect((await signedEmpty(cloud, inst, 'HEAD', '/v1/dr/backup')).status).toBe(200);
   });
 
@@ -207,7 +244,9 @@ describe('the slot', () => {
       { sha256: sha256(bytes), length: bytes.length },
       { backupCreatedAt: createdAt },
     );
-    expect((await httpRequest(`${cloud.url}/v1/dr/backup`, { method: 'PUT', headers, body: bytes })).status).toBe(201);
+    expect(
+      (await httpRequest(`${cloud.url}/v1/dr/backup`, { method: 'PUT', headers, body: bytes })).status,
+    ).toBe(201);
     const del = await signedEmpty(cloud, inst, 'DELETE', '/v1/dr/backup');
     expect(del.status).toBe(200);
     const got = await signedEmpty(cloud, inst, 'GET', '/v1/dr/backup');
@@ -226,9 +265,11 @@ describe('the slot', () => {
       { sha256: sha256(new Uint8Array(1)), length: 300_000_000 },
       { backupCreatedAt: '2026-11-07T00:00:00.000Z' },
     );
-    const res = await httpRequest(`${cloud.url}/v1/dr/backup`, { method: 'PUT', headers, body: new Uint8Array(0) }).catch(
-      (err) => err as Error,
-    );
+    const res = await httpRequest(`${cloud.url}/v1/dr/backup`, {
+      method: 'PUT',
+      headers,
+      body: new Uint8Array(0),
+    }).catch((err) => err as Error);
     // The Worker answers 413 without waiting for the body; the client may see the socket closed.
     if (!(res instanceof Error)) expect(res.status).toBe(413);
   });
@@ -236,6 +277,9 @@ describe('the slot', () => {
 
 let lastGetHeaders: Record<string, string> | undefined;
 async function getHeaders() {
-  lastGetHeaders = await signedHeaders(inst, 'GET', '/v1/dr/backup', { sha256: sha256(new Uint8Array(0)), length: 0 });
+  lastGetHeaders = await signedHeaders(inst, 'GET', '/v1/dr/backup', {
+    sha256: sha256(new Uint8Array(0)),
+    length: 0,
+  });
   return lastGetHeaders;
 }
