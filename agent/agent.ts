@@ -1,0 +1,139 @@
+/** Opens an agent over a data dir: embedded cluster (or DATABASE_URL), keyring, catalog, jobs. Used by main.ts and the CLI. */
+import { randomBytes } from 'node:crypto';
+import { existsSync } from 'node:fs';
+import { mkdir, readFile, rm } from 'node:fs/promises';
+import postgres from 'postgres';
+import type { BackupInfo, BackupCatalog as Catalog } from './backup/catalog';
+import { BackupCatalog } from './backup/catalog';
+import type { BackupSources } from './backup/create';
+import { type AgentConfig, type DataPaths, dataPaths } from './config';
+import { type ClusterHandle, ensureDatabase, startCluster } from './db/cluster';
+import { hasGemSchema, seedGemDatabase, writeSampleFolders } from './db/seed';
+import { AuditLog } from './http/audit';
+import type { Job, JobContext } from './jobs/runner';
+import { JobRunner } from './jobs/runner';
+import { KeyStateStore } from './keys/key-state';
+import { Keyring } from './keys/keyring';
+import type { Logger } from './log';
+import { writeSmallFileAtomic } from './system/atomic-file';
+import { PostgresTools, parseDatabaseUrl } from './system/postgres-tools';
+
+/** Something to do after every new, verified backup (auto-upload, retention): failures are recorded, never fatal. */
+export type AfterBackupHook = (backup: BackupInfo, ctx: JobContext) => Promise<void>;
+
+/** Everything the HTTP app, the CLI and the schedulers work with: real dependencies, wired once. */
+export interface Agent {
+  config: AgentConfig;
+  paths: DataPaths;
+  log: Logger;
+  token: string;
+  keyring: Keyring;
+  keyState: KeyStateStore;
+  catalog: Catalog;
+  jobs: JobRunner;
+  audit: AuditLog;
+  sources: BackupSources;
+  /** A pool on GEM's database (the agent's own schema lives there too). */
+  sql: postgres.Sql;
+  databaseUrl: string;
+  afterBackup: AfterBackupHook[];
+  /** Stops what open() started (jobs, pool, the embedded cluster if we own it). */
+  close(): Promise<void>;
+}
+
+export const EMBEDDED_DATABASE = 'gem';
+
+async function loadOrCreateToken(path: string): Promise<string> {
+  try {
+    const text = (await readFile(path, 'utf8')).trim();
+    if (text.length >= 16) return text;
+  } catch {
+    // first start: generate below
+  }
+  const token = randomBytes(32).toString('base64url');
+  await writeSmallFileAtomic(path, `${token}\n`, 0o600);
+  return token;
+}
+
+/**
+ * Opens the agent over `config.dataDir`. Without DATABASE_URL it starts (and on first start creates
+ * and seeds) its own cluster; `ownCluster` says whether close() stops it even if it was running before.
+ */
+export async function openAgent(
+  config: AgentConfig,
+  log: Logger,
+  options: { ownCluster?: boolean } = {},
+): Promise<Agent> {
+  const paths = dataPaths(config.dataDir);
+  await mkdir(config.dataDir, { recursive: true, mode: 0o700 });
+  const keyring = await Keyring.loadOrCreate(paths.keyring, log);
+
+  let cluster: ClusterHandle | undefined;
+  let databaseUrl = config.databaseUrl;
+  if (!databaseUrl) {
+    cluster = await startCluster({ dir: paths.cluster, binDir: config.pgBinDir, log });
+    await ensureDatabase(cluster.url('postgres'), EMBEDDED_DATABASE);
+    databaseUrl = cluster.url(EMBEDDED_DATABASE);
+  }
+  const sql = postgres(databaseUrl, { max: 5, onnotice: () => {}, connect_timeout: 10 });
+  const scriptsDir = config.scriptsDir ?? paths.sampleScripts;
+  const configDir = config.configDir ?? paths.sampleConfig;
+  if (!config.databaseUrl && !(await hasGemSchema(sql))) {
+    log.info('seeding the embedded database with a sample GEM installation');
+    await seedGemDatabase(sql, keyring.activeKey);
+  }
+  if (!config.scriptsDir && !existsSync(scriptsDir)) await writeSampleFolders(scriptsDir, configDir);
+
+  const catalog = new BackupCatalog(paths.backups, paths.backupRecords, log);
+  await catalog.init();
+  await rm(paths.work, { recursive: true, force: true });
+  const lockPath = `${config.dataDir}/job.lock`;
+  await clearStaleLock(lockPath);
+  const jobs = new JobRunner({ lockPath, log });
+  const token = config.agentToken ?? (await loadOrCreateToken(paths.token));
+
+  return {
+    config,
+    paths,
+    log,
+    token,
+    keyring,
+    keyState: new KeyStateStore(paths.state),
+    catalog,
+    jobs,
+    audit: new AuditLog(paths.audit),
+    sources: {
+      conn: parseDatabaseUrl(databaseUrl),
+      tools: new PostgresTools(config.pgBinDir),
+      scriptsDir,
+      configDir,
+    },
+    sql,
+    databaseUrl,
+    afterBackup: [],
+    close: async () => {
+      await jobs.shutdown();
+      await sql.end({ timeout: 5 });
+      if (cluster && (options.ownCluster || cluster.startedHere)) await cluster.stop();
+    },
+  };
+}
+
+/** A lock left by a process that no longer runs (a crash) is removed at start. */
+async function clearStaleLock(path: string): Promise<void> {
+  const holder = await readFile(path, 'utf8')
+    .then((t) => JSON.parse(t) as { pid?: number })
+    .catch(() => undefined);
+  if (!holder?.pid) return;
+  let alive = holder.pid !== process.pid;
+  if (alive) {
+    try {
+      process.kill(holder.pid, 0);
+    } catch {
+      alive = false;
+    }
+  }
+  if (!alive) await rm(path, { force: true });
+}
+
+export type { Job };

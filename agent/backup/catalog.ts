@@ -1,0 +1,157 @@
+/** The local backup catalog: the folder is the truth; each entry's facts come from its header. */
+import { mkdir, readdir, readFile, rm, stat } from 'node:fs/promises';
+import { join } from 'node:path';
+import { type EnvelopeHeader, stanzaKeyIds } from '../../shared/envelope';
+import { isBackupName } from '../../shared/storage/names';
+import { AppError } from '../errors';
+import type { Logger } from '../log';
+import { TEMP_PREFIX, writeSmallFileAtomic } from '../system/atomic-file';
+import { readHeaderOfFile } from './reader';
+
+export interface BackupInfo {
+  filename: string;
+  createdAt: string;
+  size: number;
+  keyIds: string[];
+  installationId: string;
+  kind: string;
+  label?: string;
+  pinned?: boolean;
+  verifiedAt?: string;
+  verifyResult?: 'ok' | 'failed';
+  verifyError?: string;
+}
+
+/** What we remember about a backup beyond its header (verification results, pinning). */
+export interface BackupRecord {
+  verifiedAt?: string;
+  verifyResult?: 'ok' | 'failed';
+  verifyError?: string;
+  pinned?: boolean;
+}
+
+/** Refuses any name that is not exactly a backup name: nothing else ever reaches the file system. */
+export function checkBackupName(name: string): string {
+  if (!isBackupName(name)) {
+    throw new AppError('invalid_name', 'invalid backup name: expected gem-backup-YYYY-MM-DD-HHMMSS.tar.gz');
+  }
+  return name;
+}
+
+/** The backup name for a moment, in UTC: gem-backup-YYYY-MM-DD-HHMMSS.tar.gz. */
+export function backupNameFor(date: Date): string {
+  const iso = date.toISOString();
+  return `gem-backup-${iso.slice(0, 10)}-${iso.slice(11, 13)}${iso.slice(14, 16)}${iso.slice(17, 19)}.tar.gz`;
+}
+
+export class BackupCatalog {
+  private readonly headers = new Map<string, { key: string; header: EnvelopeHeader }>();
+  private records: Record<string, BackupRecord> | undefined;
+
+  constructor(
+    readonly dir: string,
+    private readonly recordsPath: string,
+    private readonly log?: Logger,
+  ) {}
+
+  /** Creates the folder and removes temp files left by a crash (they were never listed). */
+  async init(): Promise<void> {
+    await mkdir(this.dir, { recursive: true });
+    for (const name of await readdir(this.dir)) {
+      if (name.startsWith(TEMP_PREFIX)) {
+        await rm(join(this.dir, name), { force: true, recursive: true });
+        this.log?.warn('removed a temp file left by an interrupted job', { name });
+      }
+    }
+  }
+
+  pathOf(name: string): string {
+    return join(this.dir, checkBackupName(name));
+  }
+
+  /** A name for a new backup at `date` that no existing backup has (bumped by a second if taken). */
+  async freeName(date: Date): Promise<string> {
+    const taken = new Set(await readdir(this.dir).catch(() => [] as string[]));
+    const t = new Date(Math.floor(date.getTime() / 1000) * 1000);
+    while (taken.has(backupNameFor(t))) t.setTime(t.getTime() + 1000);
+    return backupNameFor(t);
+  }
+
+  async exists(name: string): Promise<boolean> {
+    return stat(this.pathOf(name)).then(
+      () => true,
+      () => false,
+    );
+  }
+
+  /** Every backup in the folder, newest first. Files whose header cannot be read are left out and logged. */
+  async list(): Promise<BackupInfo[]> {
+    const names = (await readdir(this.dir).catch(() => [] as string[])).filter(isBackupName);
+    const infos = await Promise.all(
+      names.map((name) =>
+        this.info(name).catch((error: unknown) => {
+          this.log?.warn('a file in the backups folder is not a readable backup', { name, error });
+          return undefined;
+        }),
+      ),
+    );
+    return infos
+      .filter((i): i is BackupInfo => i !== undefined)
+      .sort((a, b) => b.createdAt.localeCompare(a.createdAt) || b.filename.localeCompare(a.filename));
+  }
+
+  /** One backup's facts; `not_found` if there is no such file. */
+  async info(name: string): Promise<BackupInfo> {
+    const path = this.pathOf(name);
+    const s = await stat(path).catch(() => {
+      throw new AppError('not_found', `no backup named ${name}`);
+    });
+    const cacheKey = `${s.size}:${s.mtimeMs}:${s.ino}`;
+    let cached = this.headers.get(name);
+    if (!cached || cached.key !== cacheKey) {
+      cached = { key: cacheKey, header: await readHeaderOfFile(path) };
+      this.headers.set(name, cached);
+    }
+    const { core, stanzas } = cached.header;
+    const record = (await this.loadRecords())[name] ?? {};
+    return {
+      filename: name,
+      createdAt: core.createdAt,
+      size: s.size,
+      keyIds: stanzaKeyIds(stanzas),
+      installationId: core.installationId,
+      kind: core.meta.kind ?? 'manual',
+      ...(core.meta.label ? { label: core.meta.label } : {}),
+      ...record,
+    };
+  }
+
+  async delete(name: string): Promise<void> {
+    const path = this.pathOf(name);
+    await rm(path).catch((error: NodeJS.ErrnoException) => {
+      if (error.code === 'ENOENT') throw new AppError('not_found', `no backup named ${name}`);
+      throw error;
+    });
+    this.headers.delete(name);
+    await this.updateRecord(name, undefined);
+  }
+
+  /** Merges `patch` into a backup's record (undefined removes the record). */
+  async updateRecord(name: string, patch: Partial<BackupRecord> | undefined): Promise<void> {
+    const records = { ...(await this.loadRecords()) };
+    if (patch === undefined) delete records[name];
+    else records[name] = { ...records[name], ...patch };
+    await writeSmallFileAtomic(this.recordsPath, `${JSON.stringify(records, null, 2)}\n`);
+    this.records = records;
+  }
+
+  private async loadRecords(): Promise<Record<string, BackupRecord>> {
+    if (!this.records) {
+      this.records = await readFile(this.recordsPath, 'utf8').then(
+        (t) => JSON.parse(t) as Record<string, BackupRecord>,
+        () => ({}),
+      );
+    }
+    return this.records;
+  }
+}

@@ -1,0 +1,256 @@
+/** Creating a backup: dump + folders + manifest -> tar -> gzip -> envelope -> temp file -> verify -> rename. */
+import { createReadStream } from 'node:fs';
+import { mkdir, mkdtemp, readFile, rm, stat } from 'node:fs/promises';
+import { join } from 'node:path';
+import { type Readable, Transform } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import { createGzip } from 'node:zlib';
+import tar from 'tar-stream';
+import { generateFileKey, newCore, wrapForMasterKey } from '../../shared/envelope';
+import { AppError } from '../errors';
+import type { JobContext } from '../jobs/runner';
+import { createSealTransform } from '../keys/envelope-node';
+import type { Keyring } from '../keys/keyring';
+import { TEMP_PREFIX, writeFileAtomic } from '../system/atomic-file';
+import type { PgConnection, PostgresTools } from '../system/postgres-tools';
+import { AGENT_VERSION } from '../version';
+import type { BackupCatalog, BackupInfo } from './catalog';
+import { dumpDatabase } from './dump';
+import { type SnapshotMember, snapshotFolder } from './folders';
+import { DUMP_NAME, MANIFEST_NAME, type Manifest } from './manifest';
+import { readBackup } from './reader';
+
+/**
+ * gzip framing around an already compressed dump: level 0 (stored) costs almost nothing, where
+ * compressing again would cost a core for ~1 % (DESIGN.md, "Where the time goes").
+ */
+export const GZIP_LEVEL = 0;
+
+export interface BackupSources {
+  conn: PgConnection;
+  tools: PostgresTools;
+  scriptsDir: string;
+  configDir: string;
+}
+
+export interface CreateBackupDeps {
+  keyring: Keyring;
+  catalog: BackupCatalog;
+  sources: BackupSources;
+  workDir: string;
+}
+
+export interface CreateBackupOptions {
+  kind?: 'manual' | 'scheduled' | 'safety' | 'dr';
+  label?: string;
+  now?: Date;
+}
+
+async function readGemVersion(configDir: string): Promise<string | undefined> {
+  try {
+    const parsed = JSON.parse(await readFile(join(configDir, 'gem.json'), 'utf8')) as { version?: unknown };
+    return typeof parsed.version === 'string' ? parsed.version : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+function tarHeader(
+  member: { path: string; type: 'file' | 'directory'; size: number; mode?: number },
+  mtime: Date,
+) {
+  return {
+    name: member.path,
+    type: member.type,
+    size: member.type === 'file' ? member.size : 0,
+    mode: member.mode ?? (member.type === 'directory' ? 0o755 : 0o644),
+    mtime,
+  };
+}
+
+/** Feeds the archive members into the tar packer one after another, then finalizes it. */
+async function fillArchive(
+  pack: tar.Pack,
+  manifest: Buffer,
+  members: SnapshotMember[],
+  mtime: Date,
+): Promise<void> {
+  const addBuffer = (header: Partial<tar.Header> & { name: string }, data?: Buffer) =>
+    new Promise<void>((resolve, reject) => {
+      pack.entry(header, data ?? Buffer.alloc(0), (error) => (error ? reject(error) : resolve()));
+    });
+  await addBuffer({ name: MANIFEST_NAME, type: 'file', size: manifest.length, mode: 0o644, mtime }, manifest);
+  for (const member of members) {
+    if (member.type === 'directory') {
+      await addBuffer(tarHeader(member, mtime));
+      continue;
+    }
+    const entry = pack.entry(tarHeader(member, mtime));
+    await pipeline(createReadStream(member.localPath, { highWaterMark: 1 << 20 }), entry);
+  }
+  pack.finalize();
+}
+
+/**
+ * Creates one backup. Nothing appears under the final name until the whole file is written,
+ * fsynced and verified end to end; on any failure the temp file and the work folder are removed.
+ */
+export async function createBackup(
+  deps: CreateBackupDeps,
+  ctx: JobContext,
+  options: CreateBackupOptions = {},
+): Promise<BackupInfo> {
+  const { keyring, catalog, sources } = deps;
+  const now = options.now ?? new Date();
+  const kind = options.kind ?? 'manual';
+  await mkdir(deps.workDir, { recursive: true });
+  const work = await mkdtemp(join(deps.workDir, `${TEMP_PREFIX}backup-`));
+  try {
+    ctx.phase('dump');
+    const dumpPath = join(work, DUMP_NAME);
+    const dump = await dumpDatabase({
+      conn: sources.conn,
+      tools: sources.tools,
+      target: dumpPath,
+      signal: ctx.signal,
+      onProgress: (bytes) => ctx.progress(bytes),
+    });
+    ctx.throwIfCancelled();
+
+    ctx.phase('folders');
+    const folders = [
+      ...(await snapshotFolder('scripts', sources.scriptsDir, join(work, 'scripts'), ctx)),
+      ...(await snapshotFolder('config', sources.configDir, join(work, 'config'), ctx)),
+    ];
+    const members: SnapshotMember[] = [
+      {
+        path: DUMP_NAME,
+        type: 'file',
+        size: dump.size,
+        sha256: dump.sha256,
+        mode: 0o644,
+        localPath: dumpPath,
+      },
+      ...folders,
+    ];
+    const gemVersion = await readGemVersion(sources.configDir);
+    const manifest: Manifest = {
+      format: 'gem-backup-manifest',
+      version: 1,
+      createdAt: now.toISOString(),
+      installationId: keyring.installationId,
+      agentVersion: AGENT_VERSION,
+      ...(gemVersion ? { gemVersion } : {}),
+      kind,
+      ...(options.label ? { label: options.label } : {}),
+      postgres: {
+        serverVersion: dump.serverVersion,
+        serverVersionNum: dump.serverVersionNum,
+        dumpVersion: dump.dumpVersion,
+        database: sources.conn.database,
+      },
+      rowCounts: dump.rowCounts,
+      members: members.map(({ localPath: _, ...m }) => m),
+    };
+    const manifestBytes = Buffer.from(`${JSON.stringify(manifest, null, 2)}\n`);
+
+    const name = await catalog.freeName(now);
+    const fileKey = generateFileKey();
+    const core = newCore({
+      installationId: keyring.installationId,
+      createdAt: now.toISOString(),
+      meta: {
+        kind,
+        agentVersion: AGENT_VERSION,
+        filename: name,
+        ...(options.label ? { label: options.label } : {}),
+      },
+    });
+    const stanzas = [await wrapForMasterKey(fileKey, keyring.activeKey)];
+    const total = members.reduce((sum, m) => sum + m.size, manifestBytes.length);
+    ctx.phase('pack', total);
+    let packed = 0;
+    const pack = tar.pack();
+    const filling = fillArchive(pack, manifestBytes, members, now).catch((error) => {
+      pack.destroy(error);
+      throw error;
+    });
+    const counter = new Transform({
+      transform(chunk: Buffer, _e, cb) {
+        packed += chunk.length;
+        ctx.progress(Math.min(packed, total));
+        cb(null, chunk);
+      },
+    });
+    await Promise.all([
+      filling,
+      writeFileAtomic(
+        catalog.pathOf(name),
+        [
+          pack as unknown as Readable,
+          counter,
+          createGzip({ level: GZIP_LEVEL }),
+          createSealTransform({ core, stanzas, fileKey }),
+        ],
+        {
+          signal: ctx.signal,
+          check: async (temp) => {
+            const size = (await stat(temp)).size;
+            ctx.phase('verify', size);
+            await readBackup(temp, {
+              keys: keyring.masterKeys,
+              signal: ctx.signal,
+              onProgress: (bytes) => ctx.progress(bytes),
+            });
+          },
+        },
+      ),
+    ]).catch((error: NodeJS.ErrnoException) => {
+      if (ctx.signal.aborted) throw new AppError('cancelled', 'the job was cancelled');
+      if (error.code === 'ENOSPC')
+        throw new AppError('no_space', 'the disk is full: free some space and try again');
+      throw error;
+    });
+    await catalog.updateRecord(name, { verifiedAt: new Date().toISOString(), verifyResult: 'ok' });
+    ctx.log.info('backup created', {
+      filename: name,
+      rows: Object.values(dump.rowCounts).reduce((a, b) => a + b, 0),
+    });
+    return catalog.info(name);
+  } finally {
+    await rm(work, { recursive: true, force: true });
+  }
+}
+
+/** Re-reads a backup end to end (every chunk, every member's sha256) and records the result. */
+export async function verifyBackup(
+  deps: { keyring: Keyring; catalog: BackupCatalog },
+  ctx: JobContext,
+  name: string,
+): Promise<{ filename: string; ok: true; members: number; rowCounts: Record<string, number> }> {
+  const path = deps.catalog.pathOf(name);
+  const size = (await deps.catalog.info(name)).size;
+  ctx.phase('verify', size);
+  try {
+    const { manifest } = await readBackup(path, {
+      keys: deps.keyring.masterKeys,
+      signal: ctx.signal,
+      onProgress: (bytes) => ctx.progress(bytes),
+    });
+    await deps.catalog.updateRecord(name, {
+      verifiedAt: new Date().toISOString(),
+      verifyResult: 'ok',
+      verifyError: undefined,
+    });
+    return { filename: name, ok: true, members: manifest.members.length, rowCounts: manifest.rowCounts };
+  } catch (error) {
+    if (!ctx.signal.aborted) {
+      await deps.catalog.updateRecord(name, {
+        verifiedAt: new Date().toISOString(),
+        verifyResult: 'failed',
+        verifyError: (error as Error).message,
+      });
+    }
+    throw error;
+  }
+}

@@ -1,0 +1,143 @@
+/** pg_dump of GEM's database in one consistent snapshot, with exact row counts taken in that same snapshot. */
+import { createHash } from 'node:crypto';
+import { createWriteStream } from 'node:fs';
+import { Transform } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import postgres from 'postgres';
+import { AppError } from '../errors';
+import {
+  connectionArgs,
+  connectionEnv,
+  databaseUrl,
+  type PgConnection,
+  type PostgresTools,
+} from '../system/postgres-tools';
+import { spawnProcess, waitForExit } from '../system/spawn';
+
+/** The agent's own schema (settings, history): never part of a GEM backup. */
+export const AGENT_SCHEMA = 'gem_backup';
+
+export interface DumpResult {
+  size: number;
+  sha256: string;
+  rowCounts: Record<string, number>;
+  serverVersion: string;
+  serverVersionNum: number;
+  dumpVersion: string;
+}
+
+/** Tables whose rows we count: every ordinary or partitioned table outside the system and agent schemas. */
+const TABLES_SQL = `
+  select n.nspname as schema, c.relname as name
+  from pg_class c join pg_namespace n on n.oid = c.relnamespace
+  where c.relkind in ('r', 'p') and n.nspname not in ('pg_catalog', 'information_schema', '${AGENT_SCHEMA}')
+    and n.nspname not like 'pg_toast%' and n.nspname not like 'pg_temp%'
+  order by 1, 2`;
+
+function quoteIdent(name: string): string {
+  return `"${name.replace(/"/g, '""')}"`;
+}
+
+/** Exact row counts of every GEM table, in the transaction `sql` is in. */
+export async function countRows(sql: postgres.Sql | postgres.ReservedSql): Promise<Record<string, number>> {
+  const tables = await sql.unsafe<{ schema: string; name: string }[]>(TABLES_SQL);
+  const counts: Record<string, number> = {};
+  for (const t of tables) {
+    const [row] = await sql.unsafe<{ n: string }[]>(
+      `select count(*) as n from ${quoteIdent(t.schema)}.${quoteIdent(t.name)}`,
+    );
+    counts[`${t.schema}.${t.name}`] = Number(row!.n);
+  }
+  return counts;
+}
+
+/**
+ * Dumps the database (custom format, light compression: the work of compression belongs in this
+ * stage, which has a core to spare while the server feeds it) into `target`, hashing as it writes.
+ * A repeatable-read transaction exports its snapshot to pg_dump, and the row counts are taken in it,
+ * so the manifest describes exactly the dump. pg_dump's exit code and stderr fail the dump.
+ */
+export async function dumpDatabase(options: {
+  conn: PgConnection;
+  tools: PostgresTools;
+  target: string;
+  signal?: AbortSignal;
+  onProgress?: (bytes: number) => void;
+  compressLevel?: number;
+}): Promise<DumpResult> {
+  const { conn, tools, target, signal } = options;
+  const sql = postgres(databaseUrl(conn), { max: 1, onnotice: () => {}, connect_timeout: 10 });
+  try {
+    const tx = await sql.reserve().catch((error: Error) => {
+      throw new AppError('dependency_down', `cannot connect to the database: ${error.message}`, {
+        cause: error,
+      });
+    });
+    try {
+      await tx`begin isolation level repeatable read read only`;
+      const [info] = await tx<{ snapshot: string; version: string; num: string }[]>`
+        select pg_export_snapshot() as snapshot, current_setting('server_version') as version,
+               current_setting('server_version_num') as num`;
+      const dumpVersion = (await tools.majorVersion('pg_dump')).text;
+      const child = spawnProcess(
+        tools.path('pg_dump'),
+        [
+          ...connectionArgs(conn),
+          '--format=custom',
+          `--compress=${options.compressLevel ?? 1}`,
+          `--snapshot=${info!.snapshot}`,
+          `--exclude-schema=${AGENT_SCHEMA}`,
+          '--dbname',
+          conn.database,
+        ],
+        { env: connectionEnv(conn), stdio: ['ignore', 'pipe', 'pipe'], signal },
+      );
+      const exited = waitForExit(child);
+      const hash = createHash('sha256');
+      let size = 0;
+      const written = pipeline(
+        child.stdout!,
+        new Transform({
+          transform(chunk: Buffer, _e, cb) {
+            hash.update(chunk);
+            size += chunk.length;
+            options.onProgress?.(size);
+            cb(null, chunk);
+          },
+        }),
+        createWriteStream(target, { flags: 'wx' }),
+      );
+      const [rowCounts, exit, write] = await Promise.allSettled([countRows(tx), exited, written]);
+      if (signal?.aborted) throw new AppError('cancelled', 'the job was cancelled');
+      if (exit.status === 'rejected') {
+        throw new AppError('dump_failed', `pg_dump could not run: ${(exit.reason as Error).message}`);
+      }
+      if (exit.value.code !== 0) {
+        throw new AppError(
+          'dump_failed',
+          `pg_dump failed (exit ${exit.value.code ?? exit.value.signal}): ${exit.value.stderr || 'no message'}`,
+        );
+      }
+      if (write.status === 'rejected') {
+        const error = write.reason as NodeJS.ErrnoException;
+        if (error.code === 'ENOSPC')
+          throw new AppError('no_space', 'the disk is full: free some space and try again');
+        throw error;
+      }
+      if (rowCounts.status === 'rejected') throw rowCounts.reason;
+      await tx`commit`;
+      return {
+        size,
+        sha256: hash.digest('hex'),
+        rowCounts: rowCounts.value,
+        serverVersion: info!.version,
+        serverVersionNum: Number(info!.num),
+        dumpVersion,
+      };
+    } finally {
+      tx.release();
+    }
+  } finally {
+    await sql.end({ timeout: 5 });
+  }
+}

@@ -1,0 +1,39 @@
+/** manifest.json: the first member of every backup, describing every other member. */
+import { z } from 'zod';
+
+export const MANIFEST_NAME = 'manifest.json';
+export const DUMP_NAME = 'database.dump';
+/** A manifest larger than this is refused before parsing: it cannot be ours. */
+export const MAX_MANIFEST_BYTES = 16 * 1024 * 1024;
+
+const sha256Hex = z.string().regex(/^[0-9a-f]{64}$/);
+
+export const manifestSchema = z.object({
+  format: z.literal('gem-backup-manifest'),
+  version: z.literal(1),
+  createdAt: z.string(),
+  installationId: z.string().regex(/^[0-9a-f]{32}$/),
+  agentVersion: z.string(),
+  gemVersion: z.string().optional(),
+  kind: z.string(),
+  label: z.string().optional(),
+  postgres: z.object({
+    serverVersion: z.string(),
+    serverVersionNum: z.number().int(),
+    dumpVersion: z.string(),
+    database: z.string(),
+  }),
+  /** Exact row counts per table ("schema.table"), taken in the dump's own snapshot. */
+  rowCounts: z.record(z.string(), z.number().int().nonnegative()),
+  members: z.array(
+    z.object({
+      path: z.string(),
+      type: z.enum(['file', 'directory']),
+      size: z.number().int().nonnegative(),
+      sha256: sha256Hex.optional(),
+      mode: z.number().int().optional(),
+    }),
+  ),
+});
+export type Manifest = z.infer<typeof manifestSchema>;
+export type ManifestMember = Manifest['members'][number];

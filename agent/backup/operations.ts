@@ -1,0 +1,43 @@
+/** Backup operations as jobs, shared by the HTTP API, the CLI and the scheduler. */
+import type { Agent } from '../agent';
+import { describeError } from '../errors';
+import type { Job } from '../jobs/runner';
+import { checkBackupName } from './catalog';
+import { type CreateBackupOptions, createBackup, verifyBackup } from './create';
+
+/** Starts a backup job; after the backup is verified, the after-backup hooks run, each failure recorded. */
+export function startBackup(agent: Agent, options: CreateBackupOptions = {}): Promise<Job> {
+  return agent.jobs.start(
+    'backup',
+    async (ctx) => {
+      const backup = await createBackup(
+        { keyring: agent.keyring, catalog: agent.catalog, sources: agent.sources, workDir: agent.paths.work },
+        ctx,
+        options,
+      );
+      const followUps: Record<string, { ok: boolean; error?: string }> = {};
+      for (const hook of agent.afterBackup) {
+        const name = hook.name || 'hook';
+        try {
+          await hook(backup, ctx);
+          followUps[name] = { ok: true };
+        } catch (error) {
+          followUps[name] = { ok: false, error: describeError(error).message };
+          ctx.log.warn('a step after the backup failed; the backup itself is good', { step: name, error });
+        }
+      }
+      return { backup, followUps };
+    },
+    { mutating: true },
+  );
+}
+
+/** Starts a verify job: decrypt every chunk, check every member; reads only, so it may run beside others. */
+export async function startVerify(agent: Agent, filename: string): Promise<Job> {
+  const name = checkBackupName(filename);
+  await agent.catalog.info(name);
+  return agent.jobs.start('verify', (ctx) => verifyBackup(agent, ctx, name), {
+    mutating: false,
+    target: name,
+  });
+}

@@ -1,0 +1,218 @@
+/** Reads a backup file end to end: decrypt every chunk, gunzip, untar, check every member against the manifest. */
+import { createHash } from 'node:crypto';
+import { createReadStream } from 'node:fs';
+import { open } from 'node:fs/promises';
+import { PassThrough, type Readable, Transform, type Writable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import { createGunzip } from 'node:zlib';
+import tar from 'tar-stream';
+import {
+  EnvelopeError,
+  type EnvelopeHeader,
+  type MasterKey,
+  stanzaKeyIds,
+  tryParseHeader,
+  unwrapWithMasterKeys,
+} from '../../shared/envelope';
+import { AppError } from '../errors';
+import { createOpenTransform } from '../keys/envelope-node';
+import { checkEntryName, checkEntryType } from './archive';
+import {
+  MANIFEST_NAME,
+  MAX_MANIFEST_BYTES,
+  type Manifest,
+  type ManifestMember,
+  manifestSchema,
+} from './manifest';
+
+/** Maps an envelope failure to the agent's error, with a message a person can act on. */
+export function envelopeToAppError(error: unknown, header?: EnvelopeHeader): unknown {
+  if (!(error instanceof EnvelopeError)) return error;
+  switch (error.code) {
+    case 'not_a_backup':
+    case 'unsupported_version':
+    case 'bad_header':
+      return new AppError('not_a_backup', `not a GEM backup file: ${error.message}`, { cause: error });
+    case 'no_key': {
+      const ids = error.keyIds ?? (header ? stanzaKeyIds(header.stanzas) : []);
+      return new AppError(
+        'no_key',
+        `this backup was made with key ${ids.join(', ') || '(unknown)'}; import that installation's keys file`,
+        { cause: error, details: { keyIds: ids } },
+      );
+    }
+    default:
+      return new AppError('corrupt_backup', `the backup is damaged: ${error.message}`, {
+        cause: error,
+        details: { envelopeCode: error.code },
+      });
+  }
+}
+
+/** Reads just the header of a backup file (no key needed); throws `not_a_backup` for anything else. */
+export async function readHeaderOfFile(path: string): Promise<EnvelopeHeader> {
+  const handle = await open(path, 'r');
+  try {
+    let buf = Buffer.alloc(0);
+    const step = 64 * 1024;
+    for (let pos = 0; pos < 2 * 1024 * 1024; pos += step) {
+      const chunk = Buffer.alloc(step);
+      const { bytesRead } = await handle.read(chunk, 0, step, pos);
+      buf = Buffer.concat([buf, chunk.subarray(0, bytesRead)]);
+      const parsed = tryParseHeader(buf);
+      if (parsed) return parsed.header;
+      if (bytesRead < step) break;
+    }
+    throw new EnvelopeError('truncated', 'the file ends inside its header');
+  } catch (error) {
+    throw envelopeToAppError(error);
+  } finally {
+    await handle.close();
+  }
+}
+
+export interface ReadOptions {
+  keys: MasterKey[];
+  signal?: AbortSignal;
+  /** Bytes of the backup file consumed so far. */
+  onProgress?: (bytesRead: number) => void;
+  /** Called once the manifest is read and checked, before any other member. */
+  onManifest?: (manifest: Manifest) => Promise<void> | void;
+  /** A sink for a member's bytes (restore extraction); none: the bytes are only hashed. */
+  openMember?: (member: ManifestMember) => Promise<Writable | undefined>;
+  /** Called for each folder entry (restore creates it). */
+  onDirectory?: (member: ManifestMember) => Promise<void>;
+  /** Overrides how the file key is found (recovery hands it over directly). */
+  resolveFileKey?: (header: EnvelopeHeader) => Promise<Uint8Array>;
+}
+
+export interface ReadResult {
+  header: EnvelopeHeader;
+  manifest: Manifest;
+  bytesRead: number;
+}
+
+function corrupt(message: string): AppError {
+  return new AppError('corrupt_backup', `the backup is damaged: ${message}`);
+}
+
+async function readSmall(stream: Readable, limit: number): Promise<Buffer> {
+  const parts: Buffer[] = [];
+  let size = 0;
+  for await (const chunk of stream) {
+    size += (chunk as Buffer).length;
+    if (size > limit) throw corrupt('manifest too large');
+    parts.push(chunk as Buffer);
+  }
+  return Buffer.concat(parts);
+}
+
+/**
+ * Reads a backup from `source` (a path or a stream of its bytes): decrypts and authenticates every
+ * chunk, checks the manifest comes first and every member's name, type, size and sha256 against it,
+ * and that nothing is missing or extra. Optional sinks receive the members (restore).
+ */
+export async function readBackup(source: string | Readable, options: ReadOptions): Promise<ReadResult> {
+  const input = typeof source === 'string' ? createReadStream(source, { highWaterMark: 1 << 20 }) : source;
+  let bytesRead = 0;
+  const counter = new Transform({
+    transform(chunk: Buffer, _enc, cb) {
+      bytesRead += chunk.length;
+      options.onProgress?.(bytesRead);
+      cb(null, chunk);
+    },
+  });
+  const opener = createOpenTransform({
+    resolveFileKey:
+      options.resolveFileKey ?? ((header) => unwrapWithMasterKeys(header.stanzas, options.keys)),
+  });
+  const extract = tar.extract();
+  const pumping = pipeline(
+    input,
+    counter,
+    opener,
+    createGunzip(),
+    extract,
+    options.signal ? { signal: options.signal } : {},
+  );
+  let header: EnvelopeHeader | undefined;
+  opener.header.then(
+    (h) => {
+      header = h;
+    },
+    () => {},
+  );
+
+  const consume = async (): Promise<Manifest> => {
+    let manifest: Manifest | undefined;
+    let expected = new Map<string, ManifestMember>();
+    const seen = new Set<string>();
+    for await (const entry of extract) {
+      const name = checkEntryName(entry.header.name);
+      const type = checkEntryType(entry.header.type, entry.header.name);
+      if (!manifest) {
+        if (name !== MANIFEST_NAME || type !== 'file') throw corrupt('the first member is not manifest.json');
+        const text = await readSmall(entry as unknown as Readable, MAX_MANIFEST_BYTES);
+        const parsed = manifestSchema.safeParse(JSON.parse(text.toString('utf8')));
+        if (!parsed.success) throw corrupt(`manifest.json is invalid: ${parsed.error.issues[0]?.message}`);
+        manifest = parsed.data;
+        expected = new Map(manifest.members.map((m) => [m.path, m]));
+        await options.onManifest?.(manifest);
+        continue;
+      }
+      const member = expected.get(name);
+      if (!member) throw corrupt(`member ${name} is not in the manifest`);
+      if (seen.has(name)) throw corrupt(`member ${name} appears twice`);
+      if (member.type !== type)
+        throw corrupt(`member ${name} is a ${type}, the manifest says ${member.type}`);
+      seen.add(name);
+      if (type === 'directory') {
+        await options.onDirectory?.(member);
+        entry.resume();
+        continue;
+      }
+      const hash = createHash('sha256');
+      let size = 0;
+      const hasher = new Transform({
+        transform(chunk: Buffer, _enc, cb) {
+          hash.update(chunk);
+          size += chunk.length;
+          cb(null, chunk);
+        },
+      });
+      const sink = (await options.openMember?.(member)) ?? new PassThrough().resume();
+      await pipeline(entry as unknown as Readable, hasher, sink);
+      if (size !== member.size)
+        throw corrupt(`member ${name} is ${size} bytes, the manifest says ${member.size}`);
+      if (member.sha256 && hash.digest('hex') !== member.sha256)
+        throw corrupt(`member ${name} fails its sha256 check`);
+    }
+    if (!manifest) throw corrupt('the archive is empty');
+    const missing = manifest.members.filter((m) => !seen.has(m.path));
+    if (missing.length > 0) throw corrupt(`member ${missing[0]!.path} is missing (${missing.length} in all)`);
+    return manifest;
+  };
+
+  const [consumed, pumped] = await Promise.allSettled([
+    consume().catch((error) => {
+      extract.destroy(error);
+      throw error;
+    }),
+    pumping,
+  ]);
+  if (consumed.status === 'fulfilled' && pumped.status === 'fulfilled') {
+    return { header: header ?? (await opener.header), manifest: consumed.value, bytesRead };
+  }
+  input.destroy();
+  if (options.signal?.aborted) throw new AppError('cancelled', 'the job was cancelled');
+  // The root cause wins: an envelope failure (bad chunk) explains the tar error it causes downstream.
+  const errors = [consumed, pumped].flatMap((r) => (r.status === 'rejected' ? [r.reason as unknown] : []));
+  const error =
+    errors.find((e) => e instanceof EnvelopeError) ?? errors.find((e) => e instanceof AppError) ?? errors[0];
+  if (error instanceof EnvelopeError) throw envelopeToAppError(error, header);
+  if (error instanceof AppError) throw error;
+  const code = (error as NodeJS.ErrnoException).code;
+  if (code === 'ENOENT') throw new AppError('not_found', 'backup file not found');
+  if (typeof code === 'string' && code.startsWith('Z_')) throw corrupt('the compressed stream is invalid');
+  throw corrupt((error as Error).message);
+}

@@ -1,0 +1,50 @@
+/** gem-backup: the command line, for when the page is not reachable. Exit 0 on success, one clear line otherwise. */
+import { createCommand, decryptCommand, listCommand, verifyCommand } from './cli/backups';
+import { type CliContext, createCliContext } from './cli/context';
+import { keysCommand } from './cli/keys';
+import { describeError } from './errors';
+
+type Command = (cli: CliContext) => Promise<void>;
+
+/** Every command; other modules add theirs here (restore, dr). */
+export const COMMANDS: Record<string, Command> = {
+  create: createCommand,
+  list: listCommand,
+  verify: verifyCommand,
+  decrypt: decryptCommand,
+  keys: keysCommand,
+};
+
+const USAGE = `usage: gem-backup <command>
+  create [--label L]                          take a backup now
+  list                                        list local backups, newest first
+  verify FILE                                 decrypt and check every chunk and member
+  restore FILE --yes                          restore a backup (replaces all current data)
+  decrypt FILE --keys KEYS.json [-o OUT]      offline: decrypt to a .tar.gz (no agent or database needed)
+  keys export [-o FILE] [--passphrase P]      export the encryption keys
+  keys import FILE [--passphrase P]           import keys from another installation
+  dr push                                     push a backup to the disaster-recovery cloud now
+  dr recover --installation-id ID             recover this installation from the cloud`;
+
+async function main(argv: string[]): Promise<number> {
+  const [name, ...args] = argv;
+  if (!name || name === '--help' || name === '-h' || name === 'help') {
+    process.stdout.write(`${USAGE}\n`);
+    return name ? 0 : 2;
+  }
+  const command = COMMANDS[name];
+  if (!command) {
+    process.stderr.write(`gem-backup: unknown command "${name}"\n${USAGE}\n`);
+    return 2;
+  }
+  try {
+    await command(createCliContext(args));
+    return 0;
+  } catch (error) {
+    if (process.stderr.isTTY) process.stderr.write('\n');
+    process.stderr.write(`gem-backup: ${describeError(error).message}\n`);
+    return 1;
+  }
+}
+
+process.exitCode = await main(process.argv.slice(2));

@@ -1,0 +1,83 @@
+/** CLI commands for backups: create, list, verify, and the offline decrypt. */
+import { createReadStream } from 'node:fs';
+import { readFile } from 'node:fs/promises';
+import { basename, resolve } from 'node:path';
+import { parseArgs } from 'node:util';
+import { unwrapWithMasterKeys } from '../../shared/envelope';
+import { checkBackupName } from '../backup/catalog';
+import { type CreateBackupOptions, createBackup, verifyBackup } from '../backup/create';
+import { envelopeToAppError } from '../backup/reader';
+import { AppError } from '../errors';
+import { createOpenTransform } from '../keys/envelope-node';
+import { parseKeysExport } from '../keys/keyring';
+import { writeFileAtomic } from '../system/atomic-file';
+import type { CliContext } from './context';
+
+function formatSize(bytes: number): string {
+  return bytes >= 1048576 ? `${(bytes / 1048576).toFixed(1)} MiB` : `${(bytes / 1024).toFixed(1)} KiB`;
+}
+
+export async function createCommand(cli: CliContext): Promise<void> {
+  const { values } = parseArgs({ args: cli.args, options: { label: { type: 'string' } } });
+  const options: CreateBackupOptions = { kind: 'manual', ...(values.label ? { label: values.label } : {}) };
+  const job = await cli.withAgent(async (agent) => {
+    const { startBackup } = await import('../backup/operations');
+    const started = await startBackup(agent, options);
+    const off = agent.jobs.subscribe(started.id, (e) =>
+      cli.progress(e.job.phase, e.job.bytesDone, e.job.bytesTotal),
+    );
+    const done = await agent.jobs.waitFor(started.id);
+    off();
+    return done;
+  });
+  if (job.state !== 'succeeded') throw new AppError('internal', job.error?.message ?? `backup ${job.state}`);
+  const { backup } = job.result as { backup: { filename: string; size: number } };
+  cli.out(`created ${backup.filename} (${formatSize(backup.size)})`);
+}
+
+export async function listCommand(cli: CliContext): Promise<void> {
+  const list = await cli.withAgent((agent) => agent.catalog.list());
+  if (list.length === 0) cli.out('no backups');
+  for (const b of list) {
+    cli.out(
+      `${b.filename}  ${b.createdAt}  ${formatSize(b.size).padStart(10)}  ${b.kind}${b.label ? ` "${b.label}"` : ''}`,
+    );
+  }
+}
+
+export async function verifyCommand(cli: CliContext): Promise<void> {
+  const { positionals } = parseArgs({ args: cli.args, allowPositionals: true });
+  const name = checkBackupName(basename(positionals[0] ?? ''));
+  const result = await cli.withAgent(async (agent) => {
+    const { standaloneContext } = await import('../jobs/runner');
+    return verifyBackup(agent, standaloneContext(agent.log, cli.progress), name);
+  });
+  cli.out(`${result.filename}: ok (${result.members} members, every chunk and checksum verified)`);
+}
+
+/** Offline: needs only the backup file and a keys file; no agent, no database. */
+export async function decryptCommand(cli: CliContext): Promise<void> {
+  const { values, positionals } = parseArgs({
+    args: cli.args,
+    allowPositionals: true,
+    options: {
+      keys: { type: 'string' },
+      output: { type: 'string', short: 'o' },
+      passphrase: { type: 'string' },
+    },
+  });
+  const file = positionals[0];
+  if (!file || !values.keys)
+    throw new AppError('bad_request', 'usage: gem-backup decrypt FILE --keys KEYS.json [-o OUT.tar.gz]');
+  const passphrase = values.passphrase ?? process.env.GEM_KEYS_PASSPHRASE;
+  const keyring = await parseKeysExport(await readFile(values.keys, 'utf8'), passphrase);
+  const keys = keyring.masterKeys.map((k) => ({ id: k.id, key: Buffer.from(k.key, 'base64url') }));
+  const output = resolve(values.output ?? basename(file).replace(/\.tar\.gz$/, '.decrypted.tar.gz'));
+  const opener = createOpenTransform({
+    resolveFileKey: (header) => unwrapWithMasterKeys(header.stanzas, keys),
+  });
+  await writeFileAtomic(output, [createReadStream(file), opener], { mode: 0o600 }).catch((error) => {
+    throw envelopeToAppError(error);
+  });
+  cli.out(`decrypted to ${output}`);
+}

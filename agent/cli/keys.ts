@@ -1,0 +1,41 @@
+/** CLI commands for the encryption keys: export and import. */
+import { readFile } from 'node:fs/promises';
+import { resolve } from 'node:path';
+import { parseArgs } from 'node:util';
+import { AppError } from '../errors';
+import { importKeysFile } from '../http/routes/keys';
+import { buildKeysExport, exportFileName } from '../keys/keyring';
+import { writeSmallFileAtomic } from '../system/atomic-file';
+import type { CliContext } from './context';
+
+export async function keysCommand(cli: CliContext): Promise<void> {
+  const [sub, ...rest] = cli.args;
+  const { values, positionals } = parseArgs({
+    args: rest,
+    allowPositionals: true,
+    options: { output: { type: 'string', short: 'o' }, passphrase: { type: 'string' } },
+  });
+  const passphrase = values.passphrase ?? process.env.GEM_KEYS_PASSPHRASE;
+  if (sub === 'export') {
+    const now = new Date();
+    const path = resolve(values.output ?? exportFileName(now));
+    await cli.withAgent(async (agent) => {
+      await writeSmallFileAtomic(path, await buildKeysExport(agent.keyring.toFile(), passphrase, now), 0o600);
+      await agent.keyState.update({ lastDownloadedAt: now.toISOString() });
+    });
+    cli.out(`keys exported to ${path}${passphrase ? ' (passphrase protected)' : ''}`);
+    return;
+  }
+  if (sub === 'import') {
+    const file = positionals[0];
+    if (!file) throw new AppError('bad_request', 'usage: gem-backup keys import FILE [--passphrase P]');
+    const text = await readFile(file, 'utf8');
+    const result = await cli.withAgent((agent) => importKeysFile(agent, text, passphrase));
+    cli.out(`keys imported: installation ${result.installationId}, active key ${result.activeKeyId}`);
+    return;
+  }
+  throw new AppError(
+    'bad_request',
+    'usage: gem-backup keys export [-o FILE] [--passphrase P] | keys import FILE [--passphrase P]',
+  );
+}

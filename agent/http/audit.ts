@@ -1,0 +1,37 @@
+/** The audit log: one JSON line per access to a backup or key route, with time, route and outcome. */
+import { appendFile } from 'node:fs/promises';
+import type { MiddlewareHandler } from 'hono';
+
+export class AuditLog {
+  private queue: Promise<void> = Promise.resolve();
+  constructor(private readonly path: string) {}
+
+  /** Appends one record; writes are serialized so lines never interleave. */
+  record(entry: Record<string, unknown>): Promise<void> {
+    const line = `${JSON.stringify({ time: new Date().toISOString(), ...entry })}\n`;
+    this.queue = this.queue.then(() => appendFile(this.path, line, { mode: 0o600 })).catch(() => {});
+    return this.queue;
+  }
+}
+
+/** Records every request it wraps (after it ran), whatever the outcome. */
+export function auditRoutes(audit: AuditLog): MiddlewareHandler {
+  return async (c, next) => {
+    let failed = false;
+    try {
+      await next();
+    } catch (error) {
+      failed = true;
+      throw error;
+    } finally {
+      const status = failed ? undefined : c.res.status;
+      void audit.record({
+        method: c.req.method,
+        route: c.req.path,
+        status,
+        outcome: failed || (status !== undefined && status >= 400) ? 'error' : 'ok',
+        client: c.req.header('x-forwarded-for') ?? undefined,
+      });
+    }
+  };
+}

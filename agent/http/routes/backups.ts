@@ -1,0 +1,78 @@
+/** Routes of the local backups: list, create, upload, download, verify, delete. */
+import { createReadStream } from 'node:fs';
+import { Readable } from 'node:stream';
+import { Hono } from 'hono';
+import { z } from 'zod';
+import type { Agent } from '../../agent';
+import { checkBackupName } from '../../backup/catalog';
+import { startBackup, startVerify } from '../../backup/operations';
+import { receiveUpload } from '../../backup/upload';
+import { AppError } from '../../errors';
+import { jsonBody } from '../body';
+
+const createBody = z
+  .object({
+    label: z
+      .string()
+      .trim()
+      .min(1)
+      .max(64)
+      .regex(/^[\w .:-]+$/, 'letters, digits, space and . _ : - only')
+      .optional(),
+  })
+  .strict();
+
+export function backupRoutes(agent: Agent): Hono {
+  const app = new Hono();
+
+  app.get('/', async (c) => c.json(await agent.catalog.list()));
+
+  app.post('/', async (c) => {
+    const body = await jsonBody(c, createBody, { optional: true });
+    const job = await startBackup(agent, { kind: 'manual', ...(body?.label ? { label: body.label } : {}) });
+    return c.json({ jobId: job.id }, 202);
+  });
+
+  app.post('/upload', async (c) => {
+    const name = checkBackupName(c.req.query('filename') ?? '');
+    const declared = c.req.header('content-length');
+    const body = c.req.raw.body;
+    if (!body)
+      throw new AppError('bad_request', 'the request has no body: send the backup file as the raw body');
+    const result = await receiveUpload(
+      agent,
+      name,
+      Readable.fromWeb(body as import('node:stream/web').ReadableStream),
+      {
+        declaredSize: declared === undefined ? undefined : Number(declared),
+      },
+    );
+    return c.json(result, 201);
+  });
+
+  app.get('/:filename', async (c) => {
+    const name = checkBackupName(c.req.param('filename'));
+    const info = await agent.catalog.info(name);
+    const stream = Readable.toWeb(createReadStream(agent.catalog.pathOf(name), { highWaterMark: 1 << 20 }));
+    return new Response(stream as ReadableStream, {
+      headers: {
+        'content-type': 'application/octet-stream',
+        'content-length': String(info.size),
+        'content-disposition': `attachment; filename="${name}"`,
+      },
+    });
+  });
+
+  app.post('/:filename/verify', async (c) => {
+    const job = await startVerify(agent, c.req.param('filename'));
+    return c.json({ jobId: job.id }, 202);
+  });
+
+  app.delete('/:filename', async (c) => {
+    const name = checkBackupName(c.req.param('filename'));
+    await agent.catalog.delete(name);
+    return c.json({ deleted: name });
+  });
+
+  return app;
+}

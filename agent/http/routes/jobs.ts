@@ -1,0 +1,69 @@
+/** Routes of the jobs: list, one, its server-sent events, cancel. */
+import { Hono } from 'hono';
+import { streamSSE } from 'hono/streaming';
+import type { Agent } from '../../agent';
+import { AppError } from '../../errors';
+import type { JobEvent } from '../../jobs/runner';
+
+export function jobRoutes(agent: Agent): Hono {
+  const app = new Hono();
+
+  app.get('/', (c) => c.json(agent.jobs.list()));
+
+  app.get('/:id', (c) => {
+    const job = agent.jobs.get(c.req.param('id'));
+    if (!job) throw new AppError('not_found', 'no such job');
+    return c.json(job);
+  });
+
+  app.get('/:id/events', (c) => {
+    const id = c.req.param('id');
+    const first = agent.jobs.get(id);
+    if (!first) throw new AppError('not_found', 'no such job');
+    return streamSSE(c, async (stream) => {
+      const queue: JobEvent[] = [];
+      let wake: (() => void) | undefined;
+      const off = agent.jobs.subscribe(id, (event) => {
+        queue.push(event);
+        wake?.();
+      });
+      stream.onAbort(() => {
+        off();
+        wake?.();
+      });
+      try {
+        await stream.writeSSE({ event: 'job', data: JSON.stringify(first) });
+        let ended = Boolean(first.endedAt);
+        while (!ended && !stream.aborted) {
+          if (queue.length === 0) {
+            await new Promise<void>((resolve) => {
+              wake = resolve;
+              setTimeout(resolve, 15_000).unref();
+            });
+            wake = undefined;
+            if (queue.length === 0) {
+              await stream.writeSSE({ event: 'ping', data: '{}' });
+              continue;
+            }
+          }
+          const event = queue.shift()!;
+          if (event.type === 'notice') {
+            await stream.writeSSE({
+              event: event.name,
+              data: JSON.stringify({ job: event.job, data: event.data ?? null }),
+            });
+          } else {
+            await stream.writeSSE({ event: 'job', data: JSON.stringify(event.job) });
+            ended = Boolean(event.job.endedAt);
+          }
+        }
+      } finally {
+        off();
+      }
+    });
+  });
+
+  app.post('/:id/cancel', (c) => c.json(agent.jobs.cancel(c.req.param('id'))));
+
+  return app;
+}

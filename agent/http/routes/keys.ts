@@ -1,0 +1,92 @@
+/** Routes of the encryption keys: status, export (download), import, banner state. */
+import { Hono } from 'hono';
+import { z } from 'zod';
+import type { Agent } from '../../agent';
+import { AppError } from '../../errors';
+import { buildKeysExport, exportFileName, parseKeysExport } from '../../keys/keyring';
+import { jsonBody } from '../body';
+
+const importBody = z.union([
+  z
+    .object({
+      file: z.union([z.string(), z.record(z.string(), z.unknown())]),
+      passphrase: z.string().max(1024).optional(),
+    })
+    .strict(),
+  z.object({ format: z.string() }).passthrough(),
+]);
+
+const exportBody = z
+  .object({ passphrase: z.string().min(8, 'use at least 8 characters').max(1024).optional() })
+  .strict();
+
+export async function keyStatus(agent: Agent) {
+  const state = await agent.keyState.get();
+  return {
+    installationId: agent.keyring.installationId,
+    activeKeyId: agent.keyring.activeKey.id,
+    downloaded: state.lastDownloadedAt !== undefined,
+    lastDownloadedAt: state.lastDownloadedAt ?? null,
+    bannerCollapsed: state.bannerCollapsed,
+  };
+}
+
+/** Validates a keys file fully, then makes its keys active (ours kept as retired). Nothing changes on any error. */
+export async function importKeysFile(agent: Agent, text: string, passphrase?: string) {
+  const imported = await parseKeysExport(text, passphrase);
+  const before = agent.keyring.activeKey.id;
+  await agent.keyring.importKeys(imported);
+  agent.log.info('keys imported', { installationId: imported.installationId, previousKeyId: before });
+  return {
+    imported: true,
+    installationId: agent.keyring.installationId,
+    activeKeyId: agent.keyring.activeKey.id,
+    retiredKeyIds: agent.keyring.masterKeys.slice(1).map((k) => k.id),
+  };
+}
+
+export function keyRoutes(agent: Agent): Hono {
+  const app = new Hono();
+
+  app.get('/status', async (c) => c.json(await keyStatus(agent)));
+
+  const sendExport = async (passphrase: string | undefined) => {
+    const now = new Date();
+    const text = await buildKeysExport(agent.keyring.toFile(), passphrase, now);
+    await agent.keyState.update({ lastDownloadedAt: now.toISOString() });
+    return new Response(text, {
+      headers: {
+        'content-type': 'application/json',
+        'content-disposition': `attachment; filename="${exportFileName(now)}"`,
+        'cache-control': 'no-store',
+      },
+    });
+  };
+  app.get('/export', () => sendExport(undefined));
+  // POST lets the page send a passphrase in the body rather than in a URL that logs may keep.
+  app.post('/export', async (c) =>
+    sendExport((await jsonBody(c, exportBody, { optional: true }))?.passphrase),
+  );
+
+  app.post('/import', async (c) => {
+    const body = await jsonBody(c, importBody);
+    if (!body) throw new AppError('bad_request', 'a keys file is required');
+    let text: string;
+    let passphrase: string | undefined;
+    if ('file' in body && body.file !== undefined) {
+      text = typeof body.file === 'string' ? body.file : JSON.stringify(body.file);
+      passphrase = 'passphrase' in body ? (body.passphrase as string | undefined) : undefined;
+    } else {
+      text = JSON.stringify(body);
+    }
+    return c.json(await importKeysFile(agent, text, passphrase));
+  });
+
+  app.put('/banner', async (c) => {
+    const body = await jsonBody(c, z.object({ collapsed: z.boolean() }).strict());
+    const state = await agent.keyState.update({ bannerCollapsed: body!.collapsed });
+    return c.json({ bannerCollapsed: state.bannerCollapsed });
+  });
+
+  return app;
+}

@@ -1,0 +1,42 @@
+/** A lock file so that the agent and the CLI never run two mutating jobs at once on the same data dir. */
+import { open, readFile, rm } from 'node:fs/promises';
+import { AppError } from '../errors';
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (error) {
+    return (error as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+/** Takes the lock or throws `job_running`; a lock left by a dead process is taken over. */
+export async function acquireLock(path: string, what: string): Promise<() => Promise<void>> {
+  for (let attempt = 0; attempt < 2; attempt++) {
+    try {
+      const handle = await open(path, 'wx', 0o600);
+      await handle.writeFile(JSON.stringify({ pid: process.pid, what, since: new Date().toISOString() }));
+      await handle.close();
+      return async () => {
+        await rm(path, { force: true });
+      };
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw error;
+      const holder = await readFile(path, 'utf8')
+        .then((t) => JSON.parse(t) as { pid: number; what: string })
+        .catch(() => undefined);
+      if (holder && holder.pid !== process.pid && alive(holder.pid)) {
+        throw new AppError(
+          'job_running',
+          `another job is running (${holder.what}, process ${holder.pid}); try again when it ends`,
+        );
+      }
+      if (holder && holder.pid === process.pid) {
+        throw new AppError('job_running', `another job is running (${holder.what}); try again when it ends`);
+      }
+      await rm(path, { force: true });
+    }
+  }
+  throw new AppError('job_running', 'could not take the job lock; try again');
+}

@@ -1,0 +1,261 @@
+/** Jobs: long operations with phases, byte progress, events and cancel; one mutating job at a time. */
+import { randomUUID } from 'node:crypto';
+import { AppError, describeError } from '../errors';
+import type { Logger } from '../log';
+import { acquireLock } from './lock';
+
+export type JobKind =
+  | 'backup'
+  | 'verify'
+  | 'restore'
+  | 'sync'
+  | 'download'
+  | 'upload'
+  | 'maintenance'
+  | 'dr-push'
+  | 'dr-recover'
+  | 'verification';
+export type JobState = 'queued' | 'running' | 'succeeded' | 'failed' | 'cancelled';
+
+export interface Job {
+  id: string;
+  kind: JobKind;
+  state: JobState;
+  phase: string;
+  bytesDone: number;
+  bytesTotal: number;
+  startedAt: string;
+  endedAt?: string;
+  /** What the job is about, e.g. the backup's file name. */
+  target?: string;
+  result?: unknown;
+  error?: { code: string; message: string };
+}
+
+/** What a running job's code receives: its cancel signal and ways to report progress. */
+export interface JobContext {
+  readonly signal: AbortSignal;
+  readonly log: Logger;
+  /** Enters a new phase; bytesDone restarts at 0 with the given total (0 = unknown). */
+  phase(name: string, bytesTotal?: number): void;
+  /** Sets bytes done within the phase. */
+  progress(bytesDone: number, bytesTotal?: number): void;
+  /** Publishes an event to listeners without a state change (e.g. "restore is about to swap"). */
+  notice(name: string, data?: unknown): void;
+  /** Throws `cancelled` if the job was cancelled. */
+  throwIfCancelled(): void;
+}
+
+export type JobEvent =
+  | { type: 'update'; job: Job }
+  | { type: 'notice'; job: Job; name: string; data?: unknown };
+type Listener = (event: JobEvent) => void;
+
+/** A context for running job code outside the runner (CLI, tests): progress goes to `onProgress`. */
+export function standaloneContext(
+  log: Logger,
+  onProgress?: (phase: string, done: number, total: number) => void,
+  signal: AbortSignal = new AbortController().signal,
+): JobContext {
+  let phase = '';
+  let total = 0;
+  return {
+    signal,
+    log,
+    phase(name, bytesTotal = 0) {
+      phase = name;
+      total = bytesTotal;
+      onProgress?.(phase, 0, total);
+    },
+    progress(done, bytesTotal) {
+      if (bytesTotal !== undefined) total = bytesTotal;
+      onProgress?.(phase, done, total);
+    },
+    notice() {},
+    throwIfCancelled() {
+      if (signal.aborted) throw new AppError('cancelled', 'the job was cancelled');
+    },
+  };
+}
+
+export class JobRunner {
+  private readonly jobs = new Map<string, Job>();
+  private readonly controllers = new Map<string, AbortController>();
+  private readonly listeners = new Map<string, Set<Listener>>();
+  private readonly globalListeners = new Set<Listener>();
+  private readonly running = new Set<Promise<unknown>>();
+
+  constructor(private readonly options: { lockPath: string; log: Logger; keep?: number }) {}
+
+  /**
+   * Starts a job. A mutating job while another mutating job runs (here or in the CLI) is refused
+   * with `job_running` (HTTP 409): we refuse rather than queue, so that nobody waits on a job
+   * they cannot see; the scheduler retries its own runs.
+   */
+  async start<T>(
+    kind: JobKind,
+    work: (ctx: JobContext) => Promise<T>,
+    options: { mutating?: boolean; target?: string } = {},
+  ): Promise<Job> {
+    const release =
+      options.mutating === false ? async () => {} : await acquireLock(this.options.lockPath, kind);
+    const job: Job = {
+      id: randomUUID(),
+      kind,
+      state: 'running',
+      phase: 'starting',
+      bytesDone: 0,
+      bytesTotal: 0,
+      startedAt: new Date().toISOString(),
+      ...(options.target ? { target: options.target } : {}),
+    };
+    const controller = new AbortController();
+    this.jobs.set(job.id, job);
+    this.controllers.set(job.id, controller);
+    this.trim();
+    const log = this.options.log.child({ jobId: job.id, kind });
+    let lastEmit = 0;
+    const ctx: JobContext = {
+      signal: controller.signal,
+      log,
+      phase: (name, bytesTotal = 0) => {
+        job.phase = name;
+        job.bytesDone = 0;
+        job.bytesTotal = bytesTotal;
+        log.info('job phase', { phase: name });
+        this.emit(job);
+      },
+      progress: (done, bytesTotal) => {
+        job.bytesDone = done;
+        if (bytesTotal !== undefined) job.bytesTotal = bytesTotal;
+        const now = Date.now();
+        if (now - lastEmit >= 200) {
+          lastEmit = now;
+          this.emit(job);
+        }
+      },
+      notice: (name, data) => this.publish(job.id, { type: 'notice', job: { ...job }, name, data }),
+      throwIfCancelled: () => {
+        if (controller.signal.aborted) throw new AppError('cancelled', 'the job was cancelled');
+      },
+    };
+    log.info('job started', options.target ? { target: options.target } : {});
+    this.emit(job);
+    const run = (async () => {
+      try {
+        const result = await work(ctx);
+        if (controller.signal.aborted) throw new AppError('cancelled', 'the job was cancelled');
+        job.state = 'succeeded';
+        job.phase = 'done';
+        if (result !== undefined) job.result = result;
+        log.info('job succeeded');
+      } catch (error) {
+        job.state = controller.signal.aborted ? 'cancelled' : 'failed';
+        job.error = controller.signal.aborted
+          ? { code: 'cancelled', message: 'the job was cancelled' }
+          : describeError(error);
+        log.warn(`job ${job.state}`, { error: job.error });
+      } finally {
+        job.endedAt = new Date().toISOString();
+        this.controllers.delete(job.id);
+        await release().catch(() => {});
+        this.emit(job);
+      }
+    })();
+    this.running.add(run);
+    run.finally(() => this.running.delete(run));
+    return { ...job };
+  }
+
+  /** Starts a job and waits for it to end; resolves with the final record. */
+  async run<T>(
+    kind: JobKind,
+    work: (ctx: JobContext) => Promise<T>,
+    options?: { mutating?: boolean; target?: string },
+  ) {
+    const job = await this.start(kind, work, options);
+    return this.waitFor(job.id);
+  }
+
+  waitFor(id: string): Promise<Job> {
+    const job = this.jobs.get(id);
+    if (!job) return Promise.reject(new AppError('not_found', `no job ${id}`));
+    if (job.endedAt) return Promise.resolve({ ...job });
+    return new Promise((resolve) => {
+      const off = this.subscribe(id, (event) => {
+        if (event.type === 'update' && event.job.endedAt) {
+          off();
+          resolve(event.job);
+        }
+      });
+    });
+  }
+
+  get(id: string): Job | undefined {
+    const job = this.jobs.get(id);
+    return job ? { ...job } : undefined;
+  }
+
+  /** Newest first. */
+  list(): Job[] {
+    return [...this.jobs.values()].reverse().map((j) => ({ ...j }));
+  }
+
+  active(): Job[] {
+    return this.list().filter((j) => !j.endedAt);
+  }
+
+  cancel(id: string): Job {
+    const job = this.jobs.get(id);
+    if (!job) throw new AppError('not_found', `no job ${id}`);
+    if (job.endedAt) throw new AppError('conflict', `job ${id} has already ended (${job.state})`);
+    this.controllers.get(id)?.abort();
+    job.phase = 'cancelling';
+    this.emit(job);
+    return { ...job };
+  }
+
+  /** Listens to one job's events; returns the function that stops listening. */
+  subscribe(id: string, listener: Listener): () => void {
+    let set = this.listeners.get(id);
+    if (!set) {
+      set = new Set();
+      this.listeners.set(id, set);
+    }
+    set.add(listener);
+    return () => set.delete(listener);
+  }
+
+  /** Listens to every job's events (the page's notifications, the health watchdog). */
+  subscribeAll(listener: Listener): () => void {
+    this.globalListeners.add(listener);
+    return () => this.globalListeners.delete(listener);
+  }
+
+  /** Cancels every running job and waits for them to clean up (shutdown). */
+  async shutdown(): Promise<void> {
+    for (const controller of this.controllers.values()) controller.abort();
+    await Promise.allSettled([...this.running]);
+  }
+
+  private emit(job: Job): void {
+    this.publish(job.id, { type: 'update', job: { ...job } });
+  }
+
+  private publish(id: string, event: JobEvent): void {
+    for (const listener of this.listeners.get(id) ?? []) listener(event);
+    for (const listener of this.globalListeners) listener(event);
+    if (event.type === 'update' && event.job.endedAt) {
+      // Listeners of an ended job have had their last event.
+      setTimeout(() => this.listeners.delete(id), 60_000).unref();
+    }
+  }
+
+  private trim(): void {
+    const keep = this.options.keep ?? 200;
+    for (const [id, job] of this.jobs) {
+      if (this.jobs.size <= keep) break;
+      if (job.endedAt) this.jobs.delete(id);
+    }
+  }
+}

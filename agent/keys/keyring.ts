@@ -1,0 +1,305 @@
+/** The installation's keyring: identity, AES-256 master keys (one active), Ed25519 signing key; file, export, import. */
+import {
+  createCipheriv,
+  createDecipheriv,
+  generateKeyPairSync,
+  randomBytes,
+  scrypt as scryptCb,
+} from 'node:crypto';
+import { readFile } from 'node:fs/promises';
+import { promisify } from 'node:util';
+import { z } from 'zod';
+import type { MasterKey } from '../../shared/envelope';
+import { AppError } from '../errors';
+import type { Logger } from '../log';
+import { writeSmallFileAtomic } from '../system/atomic-file';
+
+const scrypt = promisify(scryptCb) as (
+  pw: string,
+  salt: Buffer,
+  len: number,
+  opts: object,
+) => Promise<Buffer>;
+
+const b64u = z.string().regex(/^[A-Za-z0-9_-]+$/);
+const hex32 = z.string().regex(/^[0-9a-f]{32}$/);
+
+const masterKeySchema = z.object({
+  id: z.string().regex(/^mk-[0-9a-f]{16}$/),
+  key: b64u.refine((k) => Buffer.from(k, 'base64url').length === 32, 'master key must be 32 bytes'),
+  createdAt: z.string(),
+  status: z.enum(['active', 'retired']),
+  installationId: hex32,
+});
+
+const okpPublic = z.object({ kty: z.literal('OKP'), crv: z.literal('Ed25519'), x: b64u });
+const signingKeySchema = z.object({
+  publicJwk: okpPublic,
+  privateJwk: okpPublic.extend({ d: b64u }),
+});
+
+export const keyringFileSchema = z.object({
+  format: z.literal('gem-keyring'),
+  version: z.literal(1),
+  installationId: hex32,
+  createdAt: z.string(),
+  masterKeys: z
+    .array(masterKeySchema)
+    .min(1)
+    .refine(
+      (keys) => keys.filter((k) => k.status === 'active').length === 1,
+      'exactly one master key must be active',
+    ),
+  signingKey: signingKeySchema,
+  retiredIdentities: z.array(z.object({ installationId: hex32, signingKey: signingKeySchema })).default([]),
+});
+export type KeyringFile = z.infer<typeof keyringFileSchema>;
+export type SigningKey = z.infer<typeof signingKeySchema>;
+
+const exportSchema = z.object({
+  format: z.literal('gem-encryption-keys'),
+  version: z.literal(1),
+  exportedAt: z.string(),
+  installationId: hex32,
+  keyring: z.unknown().optional(),
+  protected: z
+    .object({
+      kdf: z.literal('scrypt'),
+      N: z
+        .number()
+        .int()
+        .min(1024)
+        .max(1 << 20),
+      r: z.number().int().min(1).max(32),
+      p: z.number().int().min(1).max(16),
+      salt: b64u,
+      cipher: z.literal('aes-256-gcm'),
+      nonce: b64u,
+      ciphertext: b64u,
+    })
+    .optional(),
+});
+
+const SCRYPT = { N: 1 << 15, r: 8, p: 1 };
+
+function newMasterKey(installationId: string): KeyringFile['masterKeys'][number] {
+  return {
+    id: `mk-${randomBytes(8).toString('hex')}`,
+    key: randomBytes(32).toString('base64url'),
+    createdAt: new Date().toISOString(),
+    status: 'active',
+    installationId,
+  };
+}
+
+function newSigningKey(): SigningKey {
+  const { publicKey, privateKey } = generateKeyPairSync('ed25519');
+  const pub = publicKey.export({ format: 'jwk' }) as { x: string };
+  const priv = privateKey.export({ format: 'jwk' }) as { x: string; d: string };
+  return {
+    publicJwk: { kty: 'OKP', crv: 'Ed25519', x: pub.x },
+    privateJwk: { kty: 'OKP', crv: 'Ed25519', x: priv.x, d: priv.d },
+  };
+}
+
+/** A brand-new keyring: random 128-bit installation id, one active master key, one signing key. */
+export function createKeyringFile(): KeyringFile {
+  const installationId = randomBytes(16).toString('hex');
+  return {
+    format: 'gem-keyring',
+    version: 1,
+    installationId,
+    createdAt: new Date().toISOString(),
+    masterKeys: [newMasterKey(installationId)],
+    signingKey: newSigningKey(),
+    retiredIdentities: [],
+  };
+}
+
+/** Merges an imported keyring into the current one: imported keys become active, current ones retired. */
+export function mergeImported(current: KeyringFile, imported: KeyringFile): KeyringFile {
+  const byId = new Map<string, KeyringFile['masterKeys'][number]>();
+  for (const key of current.masterKeys) byId.set(key.id, { ...key, status: 'retired' });
+  for (const key of imported.masterKeys) byId.set(key.id, { ...key });
+  const identities = [
+    ...current.retiredIdentities,
+    ...imported.retiredIdentities,
+    { installationId: current.installationId, signingKey: current.signingKey },
+  ].filter(
+    (identity, index, all) =>
+      identity.installationId !== imported.installationId &&
+      all.findIndex((other) => other.installationId === identity.installationId) === index,
+  );
+  return {
+    ...imported,
+    masterKeys: [...byId.values()],
+    retiredIdentities: identities,
+  };
+}
+
+/** Validates an exported keys file (plain or passphrase-protected) and returns the keyring inside. */
+export async function parseKeysExport(text: string, passphrase?: string): Promise<KeyringFile> {
+  let json: unknown;
+  try {
+    json = JSON.parse(text);
+  } catch {
+    throw new AppError('bad_keys_file', 'this is not a GEM encryption keys file (it is not JSON)');
+  }
+  const envelope = exportSchema.safeParse(json);
+  if (!envelope.success) {
+    throw new AppError(
+      'bad_keys_file',
+      'this is not a GEM encryption keys file (expected a gem-encryption-keys-YYYY-MM-DD.json export)',
+    );
+  }
+  let inner: unknown = envelope.data.keyring;
+  const sealed = envelope.data.protected;
+  if (sealed) {
+    if (!passphrase) {
+      throw new AppError(
+        'wrong_passphrase',
+        'this keys file is protected by a passphrase: enter the passphrase',
+      );
+    }
+    const key = await scrypt(passphrase.normalize('NFC'), Buffer.from(sealed.salt, 'base64url'), 32, {
+      N: sealed.N,
+      r: sealed.r,
+      p: sealed.p,
+      maxmem: 256 * sealed.N * sealed.r,
+    });
+    const data = Buffer.from(sealed.ciphertext, 'base64url');
+    if (data.length < 17)
+      throw new AppError('bad_keys_file', 'the keys file is corrupt (protected part too short)');
+    try {
+      const decipher = createDecipheriv('aes-256-gcm', key, Buffer.from(sealed.nonce, 'base64url'), {
+        authTagLength: 16,
+      });
+      decipher.setAAD(Buffer.from(`gem-encryption-keys:${envelope.data.installationId}`));
+      decipher.setAuthTag(data.subarray(data.length - 16));
+      const plain = Buffer.concat([decipher.update(data.subarray(0, data.length - 16)), decipher.final()]);
+      inner = JSON.parse(plain.toString('utf8'));
+    } catch {
+      throw new AppError('wrong_passphrase', 'wrong passphrase for this keys file (or the file is corrupt)');
+    }
+  }
+  const keyring = keyringFileSchema.safeParse(inner);
+  if (!keyring.success) {
+    const issue = keyring.error.issues[0];
+    throw new AppError(
+      'bad_keys_file',
+      `the keys file is corrupt: ${issue ? `${issue.path.join('.') || 'keyring'}: ${issue.message}` : 'invalid keyring'}`,
+    );
+  }
+  if (keyring.data.installationId !== envelope.data.installationId) {
+    throw new AppError('bad_keys_file', 'the keys file is corrupt: installation ids disagree');
+  }
+  return keyring.data;
+}
+
+/** The keys JSON export, optionally sealed under a passphrase with scrypt + AES-256-GCM. */
+export async function buildKeysExport(
+  keyring: KeyringFile,
+  passphrase?: string,
+  now = new Date(),
+): Promise<string> {
+  const base = {
+    format: 'gem-encryption-keys' as const,
+    version: 1 as const,
+    exportedAt: now.toISOString(),
+    installationId: keyring.installationId,
+  };
+  if (!passphrase) return `${JSON.stringify({ ...base, keyring }, null, 2)}\n`;
+  const salt = randomBytes(16);
+  const nonce = randomBytes(12);
+  const key = await scrypt(passphrase.normalize('NFC'), salt, 32, {
+    ...SCRYPT,
+    maxmem: 256 * SCRYPT.N * SCRYPT.r,
+  });
+  const cipher = createCipheriv('aes-256-gcm', key, nonce, { authTagLength: 16 });
+  cipher.setAAD(Buffer.from(`gem-encryption-keys:${keyring.installationId}`));
+  const ciphertext = Buffer.concat([
+    cipher.update(JSON.stringify(keyring)),
+    cipher.final(),
+    cipher.getAuthTag(),
+  ]);
+  const protectedPart = {
+    kdf: 'scrypt' as const,
+    ...SCRYPT,
+    salt: salt.toString('base64url'),
+    cipher: 'aes-256-gcm' as const,
+    nonce: nonce.toString('base64url'),
+    ciphertext: ciphertext.toString('base64url'),
+  };
+  return `${JSON.stringify({ ...base, protected: protectedPart }, null, 2)}\n`;
+}
+
+export function exportFileName(now = new Date()): string {
+  return `gem-encryption-keys-${now.toISOString().slice(0, 10)}.json`;
+}
+
+/** The live keyring of this agent, backed by a 0600 file in the data dir. */
+export class Keyring {
+  private constructor(
+    private readonly path: string,
+    private file: KeyringFile,
+  ) {}
+
+  /** Loads the keyring, creating it on first start. A present but unreadable keyring is an error, never replaced. */
+  static async loadOrCreate(path: string, log?: Logger): Promise<Keyring> {
+    let text: string | undefined;
+    try {
+      text = await readFile(path, 'utf8');
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code !== 'ENOENT') throw error;
+    }
+    if (text === undefined) {
+      const file = createKeyringFile();
+      await writeSmallFileAtomic(path, `${JSON.stringify(file, null, 2)}\n`, 0o600);
+      log?.info('created a new keyring', {
+        installationId: file.installationId,
+        keyId: file.masterKeys[0]!.id,
+      });
+      return new Keyring(path, file);
+    }
+    const parsed = keyringFileSchema.safeParse(JSON.parse(text));
+    if (!parsed.success)
+      throw new Error(`the keyring at ${path} is corrupt; restore it from your keys export`);
+    return new Keyring(path, parsed.data);
+  }
+
+  get installationId(): string {
+    return this.file.installationId;
+  }
+
+  get activeKey(): MasterKey {
+    const key = this.file.masterKeys.find((k) => k.status === 'active')!;
+    return { id: key.id, key: Buffer.from(key.key, 'base64url') };
+  }
+
+  /** Every master key we hold, active first: what may open a backup or a sealed secret. */
+  get masterKeys(): MasterKey[] {
+    return [...this.file.masterKeys]
+      .sort((a, b) => (a.status === 'active' ? -1 : b.status === 'active' ? 1 : 0))
+      .map((k) => ({ id: k.id, key: Buffer.from(k.key, 'base64url') }));
+  }
+
+  get signingKey(): SigningKey {
+    return this.file.signingKey;
+  }
+
+  toFile(): KeyringFile {
+    return structuredClone(this.file);
+  }
+
+  /** Replaces the keyring with `next`, written atomically first so memory never runs ahead of disk. */
+  async replace(next: KeyringFile): Promise<void> {
+    const valid = keyringFileSchema.parse(next);
+    await writeSmallFileAtomic(this.path, `${JSON.stringify(valid, null, 2)}\n`, 0o600);
+    this.file = valid;
+  }
+
+  /** Imports an exported keyring: it becomes active, ours is kept as retired. */
+  async importKeys(imported: KeyringFile): Promise<void> {
+    await this.replace(mergeImported(this.file, imported));
+  }
+}

@@ -1,0 +1,42 @@
+/** The one place that wires real dependencies and starts everything: `npm start`. */
+import { serve } from '@hono/node-server';
+import { openAgent } from './agent';
+import { createApp } from './app';
+import { loadConfig } from './config';
+import { createLogger } from './log';
+import { AGENT_VERSION } from './version';
+
+async function main(): Promise<void> {
+  const config = loadConfig();
+  const log = createLogger({ level: config.logLevel, base: { service: 'gem-backup-agent' } });
+  const agent = await openAgent(config, log, { ownCluster: true });
+  const app = createApp(agent);
+  const server = serve({ fetch: app.fetch, hostname: config.host, port: config.port }, (info) => {
+    const url = `http://${config.host}:${info.port}/`;
+    log.info('agent listening', {
+      url,
+      version: AGENT_VERSION,
+      installationId: agent.keyring.installationId,
+    });
+    // Printed plainly (not in the JSON log) so a person starting the agent sees how to sign in.
+    process.stdout.write(`\nGEM Backup & Restore is running at ${url}\nAdmin token: ${agent.token}\n\n`);
+  });
+
+  let stopping = false;
+  const stop = async (signal: string) => {
+    if (stopping) return;
+    stopping = true;
+    log.info('shutting down', { signal });
+    server.close();
+    await agent.close();
+    log.info('stopped');
+    process.exit(0);
+  };
+  process.on('SIGINT', () => void stop('SIGINT'));
+  process.on('SIGTERM', () => void stop('SIGTERM'));
+}
+
+main().catch((error: Error) => {
+  process.stderr.write(`gem-backup agent failed to start: ${error.message}\n`);
+  process.exit(1);
+});

@@ -1,0 +1,84 @@
+/** Atomic file writes: temp name, fsync, rename, fsync the folder. Nothing is ever visible half-written. */
+import { randomBytes } from 'node:crypto';
+import { createWriteStream } from 'node:fs';
+import { mkdir, open, rename, rm } from 'node:fs/promises';
+import { basename, dirname, join } from 'node:path';
+import type { Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+
+/** Prefix of every temp file we create; startup cleanup removes leftovers with it. */
+export const TEMP_PREFIX = '.tmp-';
+
+/** A temp path beside `finalPath`, in the same folder so that rename is atomic. */
+export function tempPathFor(finalPath: string): string {
+  return join(dirname(finalPath), `${TEMP_PREFIX}${basename(finalPath)}.${randomBytes(6).toString('hex')}`);
+}
+
+/** fsync a folder so that a rename inside it survives a power cut. */
+export async function fsyncDir(dir: string): Promise<void> {
+  const handle = await open(dir, 'r');
+  try {
+    await handle.sync();
+  } finally {
+    await handle.close();
+  }
+}
+
+async function fsyncFile(path: string): Promise<void> {
+  const handle = await open(path, 'r+');
+  try {
+    await handle.sync();
+  } finally {
+    await handle.close();
+  }
+}
+
+/**
+ * Streams `source` (and any transforms) into a temp file, fsyncs it, and hands the temp path to
+ * `check` before renaming it to `finalPath`. On any failure the temp file is removed and the error
+ * rethrown; `finalPath` is untouched.
+ */
+export async function writeFileAtomic(
+  finalPath: string,
+  streams: [Readable, ...NodeJS.ReadWriteStream[]],
+  options: { mode?: number; check?: (tempPath: string) => Promise<void>; signal?: AbortSignal } = {},
+): Promise<void> {
+  await mkdir(dirname(finalPath), { recursive: true });
+  const temp = tempPathFor(finalPath);
+  try {
+    const sink = createWriteStream(temp, { mode: options.mode ?? 0o644, flags: 'wx' });
+    // biome-ignore lint/suspicious/noExplicitAny: pipeline's variadic overloads do not type a spread tuple
+    await (pipeline as any)(...streams, sink, options.signal ? { signal: options.signal } : {});
+    await fsyncFile(temp);
+    if (options.check) await options.check(temp);
+    await rename(temp, finalPath);
+    await fsyncDir(dirname(finalPath));
+  } catch (error) {
+    await rm(temp, { force: true });
+    throw error;
+  }
+}
+
+/** Writes a small buffer atomically (keyring, state files). */
+export async function writeSmallFileAtomic(
+  finalPath: string,
+  data: string | Uint8Array,
+  mode = 0o644,
+): Promise<void> {
+  await mkdir(dirname(finalPath), { recursive: true });
+  const temp = tempPathFor(finalPath);
+  try {
+    const handle = await open(temp, 'wx', mode);
+    try {
+      await handle.writeFile(data);
+      await handle.sync();
+    } finally {
+      await handle.close();
+    }
+    await rename(temp, finalPath);
+    await fsyncDir(dirname(finalPath));
+  } catch (error) {
+    await rm(temp, { force: true });
+    throw error;
+  }
+}

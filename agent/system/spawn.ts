@@ -1,0 +1,74 @@
+/** Spawning external programs with argument arrays (never a shell), with stderr kept for error messages. */
+import { type ChildProcess, type SpawnOptions, spawn } from 'node:child_process';
+
+export interface RunResult {
+  code: number | null;
+  signal: NodeJS.Signals | null;
+  stdout: string;
+  stderr: string;
+}
+
+/** Keeps the last `limit` characters written to it: enough for an error message, never unbounded. */
+export class TailBuffer {
+  private text = '';
+  constructor(private readonly limit = 8192) {}
+  push(chunk: Buffer | string): void {
+    this.text = (this.text + chunk.toString()).slice(-this.limit);
+  }
+  toString(): string {
+    return this.text.trim();
+  }
+}
+
+/** Spawns `command` with `args`; kills it (SIGTERM, then SIGKILL) when `signal` aborts. */
+export function spawnProcess(
+  command: string,
+  args: string[],
+  options: SpawnOptions & { signal?: AbortSignal } = {},
+): ChildProcess {
+  const { signal, ...rest } = options;
+  const child = spawn(command, args, { ...rest, shell: false });
+  if (signal) {
+    const onAbort = () => {
+      child.kill('SIGTERM');
+      setTimeout(
+        () => child.exitCode === null && child.signalCode === null && child.kill('SIGKILL'),
+        3000,
+      ).unref();
+    };
+    if (signal.aborted) onAbort();
+    else signal.addEventListener('abort', onAbort, { once: true });
+    child.once('close', () => signal.removeEventListener('abort', onAbort));
+  }
+  return child;
+}
+
+/** Resolves when the child exits; collects the tail of stderr and (optionally) stdout. */
+export function waitForExit(
+  child: ChildProcess,
+  options: { collectStdout?: boolean } = {},
+): Promise<RunResult> {
+  const stderr = new TailBuffer();
+  const stdout = new TailBuffer(1 << 20);
+  child.stderr?.on('data', (d: Buffer) => stderr.push(d));
+  if (options.collectStdout) child.stdout?.on('data', (d: Buffer) => stdout.push(d));
+  return new Promise((resolve, reject) => {
+    child.once('error', reject);
+    child.once('close', (code, signal) =>
+      resolve({ code, signal, stderr: stderr.toString(), stdout: stdout.toString() }),
+    );
+  });
+}
+
+/** Runs a program to completion and returns its output; never throws for a non-zero exit. */
+export async function runProcess(
+  command: string,
+  args: string[],
+  options: SpawnOptions & { signal?: AbortSignal; input?: string } = {},
+): Promise<RunResult> {
+  const { input, ...rest } = options;
+  const child = spawnProcess(command, args, { stdio: ['pipe', 'pipe', 'pipe'], ...rest });
+  const done = waitForExit(child, { collectStdout: true });
+  child.stdin?.end(input ?? '');
+  return done;
+}

@@ -1,0 +1,92 @@
+/** The one interface for every place a backup can live: local folder, SFTP, S3, SMB, the DR slot. */
+
+/** A source that can be opened again from the start, so that a retry replays the same bytes. */
+export interface BackupSource {
+  /** Exact size in bytes. */
+  readonly size: number;
+  /** Lower-case hex sha256 of the whole content, when known in advance. */
+  readonly sha256?: string;
+  /** A fresh stream of the whole content, from the first byte. */
+  open(): ReadableStream<Uint8Array>;
+}
+
+/** What a provider knows of one stored object. */
+export interface StoredObject {
+  name: string;
+  size: number;
+  /** When the object was written, as the provider reports it. */
+  modifiedAt?: string;
+  /** Lower-case hex sha256, where the provider stores or computes it. */
+  sha256?: string;
+}
+
+export interface ProviderProperties {
+  /** put() replaces an existing object atomically (readers see the old or the new, never a mix). */
+  atomicReplace: boolean;
+  /** Largest single part in bytes, for providers that upload in parts; undefined if unbounded. */
+  maxPartSize?: number;
+}
+
+/**
+ * Contract every provider keeps (checked by the conformance suite in ./conformance.ts):
+ * - put() never leaves a partial object under the final name: temp name + rename, or multipart + complete.
+ *   If the source fails or the byte count / sha256 does not match, nothing new is visible under `name`.
+ * - get() of a missing object and stat()/delete() of a missing object reject with code 'not_found'.
+ * - list() returns only complete objects (never temp names), in no particular order.
+ * - every error thrown is a StorageError with a stable code and a permanent flag.
+ */
+export interface StorageProvider {
+  readonly id: string;
+  readonly properties: ProviderProperties;
+  put(name: string, source: BackupSource, options?: { signal?: AbortSignal; onProgress?: (bytes: number) => void }): Promise<StoredObject>;
+  get(name: string, options?: { signal?: AbortSignal }): Promise<ReadableStream<Uint8Array>>;
+  stat(name: string): Promise<StoredObject>;
+  list(): Promise<StoredObject[]>;
+  delete(name: string): Promise<void>;
+  /** Releases connections; the provider may not be used afterwards. */
+  close?(): Promise<void>;
+}
+
+export type StorageErrorCode =
+  | 'not_found'
+  | 'auth_failed'
+  | 'permission_denied'
+  | 'unreachable'
+  | 'path_missing'
+  | 'bucket_missing'
+  | 'wrong_region'
+  | 'bad_key_format'
+  | 'integrity'
+  | 'no_space'
+  | 'tool_missing'
+  | 'aborted'
+  | 'io';
+
+/** Every provider failure; `permanent` errors are never retried (auth, missing bucket, integrity, not found). */
+export class StorageError extends Error {
+  readonly code: StorageErrorCode;
+  readonly permanent: boolean;
+  constructor(code: StorageErrorCode, message: string, options?: { permanent?: boolean; cause?: unknown }) {
+    super(message, options?.cause === undefined ? undefined : { cause: options.cause });
+    this.name = 'StorageError';
+    this.code = code;
+    this.permanent = options?.permanent ?? PERMANENT_CODES.has(code);
+  }
+}
+
+const PERMANENT_CODES = new Set<StorageErrorCode>([
+  'not_found',
+  'auth_failed',
+  'permission_denied',
+  'path_missing',
+  'bucket_missing',
+  'wrong_region',
+  'bad_key_format',
+  'integrity',
+  'tool_missing',
+  'aborted',
+]);
+
+export function isStorageError(error: unknown, code?: StorageErrorCode): error is StorageError {
+  return error instanceof StorageError && (code === undefined || error.code === code);
+}

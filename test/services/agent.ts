@@ -1,0 +1,69 @@
+/** A real agent for a test: temp data dir, a fresh seeded database on a real cluster, sample folders. */
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { type Agent, openAgent } from '../../agent/agent';
+import { createApp, type RouteModule } from '../../agent/app';
+import { loadConfig } from '../../agent/config';
+import { seedGemDatabase, writeSampleFolders } from '../../agent/db/seed';
+import { silentLogger } from '../../agent/log';
+import type { TestPostgres } from './postgres';
+import { withSql } from './postgres';
+
+export interface TestAgent {
+  agent: Agent;
+  app: ReturnType<typeof createApp>;
+  dataDir: string;
+  /** fetch-like call into the app with the admin token. */
+  request(path: string, init?: RequestInit): Promise<Response>;
+  close(): Promise<void>;
+}
+
+export const TEST_TOKEN = 'test-admin-token-0123456789abcdef';
+
+/** Opens an agent on a new database of `pg`, seeded with the sample GEM data, and its HTTP app. */
+export async function startTestAgent(
+  pg: TestPostgres,
+  options: {
+    dataDir?: string;
+    databaseUrl?: string;
+    modules?: RouteModule[];
+    seed?: boolean;
+    env?: Record<string, string>;
+  } = {},
+): Promise<TestAgent> {
+  const dataDir = options.dataDir ?? (await mkdtemp(join(tmpdir(), 'gem-agent-')));
+  const databaseUrl = options.databaseUrl ?? (await pg.createDatabase());
+  const scriptsDir = join(dataDir, 'gem', 'scripts');
+  const configDir = join(dataDir, 'gem', 'config');
+  const config = loadConfig({
+    DATABASE_URL: databaseUrl,
+    GEM_DATA_DIR: dataDir,
+    GEM_SCRIPTS_DIR: scriptsDir,
+    GEM_CONFIG_DIR: configDir,
+    GEM_AGENT_TOKEN: TEST_TOKEN,
+    GEM_PG_BIN: pg.binDir,
+    NODE_ENV: 'test',
+    ...options.env,
+  });
+  const agent = await openAgent(config, silentLogger);
+  if (options.seed !== false && !options.databaseUrl) {
+    await withSql(databaseUrl, (sql) => seedGemDatabase(sql, agent.keyring.activeKey));
+    await writeSampleFolders(scriptsDir, configDir);
+  }
+  const app = createApp(agent, options.modules);
+  return {
+    agent,
+    app,
+    dataDir,
+    request: (path, init = {}) => {
+      const headers = new Headers(init.headers);
+      if (!headers.has('authorization')) headers.set('authorization', `Bearer ${TEST_TOKEN}`);
+      return Promise.resolve(app.request(path, { ...init, headers }));
+    },
+    close: async () => {
+      await agent.close();
+      if (!options.dataDir) await rm(dataDir, { recursive: true, force: true });
+    },
+  };
+}

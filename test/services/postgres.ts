@@ -1,0 +1,47 @@
+/** A real PostgreSQL cluster for a test file: created in a temp dir with the machine's binaries, removed at the end. */
+import { chmod, mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import postgres from 'postgres';
+import { findPgBinDir } from '../../agent/config';
+import { type ClusterHandle, ensureDatabase, startCluster } from '../../agent/db/cluster';
+
+export interface TestPostgres {
+  cluster: ClusterHandle;
+  binDir: string;
+  /** A new empty database on the cluster; returns its URL. */
+  createDatabase(name?: string): Promise<string>;
+  stop(): Promise<void>;
+}
+
+let counter = 0;
+
+/** Starts a throwaway cluster. Fails loudly, with the install command, if PostgreSQL is missing. */
+export async function startPostgres(): Promise<TestPostgres> {
+  const binDir = findPgBinDir(process.env.GEM_PG_BIN);
+  const root = await mkdtemp(join(tmpdir(), 'gem-pg-'));
+  await chmod(root, 0o755);
+  const cluster = await startCluster({ dir: join(root, 'cluster'), binDir });
+  return {
+    cluster,
+    binDir,
+    async createDatabase(name = `test_${process.pid}_${++counter}`) {
+      await ensureDatabase(cluster.url('postgres'), name);
+      return cluster.url(name);
+    },
+    async stop() {
+      await cluster.stop().catch(() => {});
+      await rm(root, { recursive: true, force: true });
+    },
+  };
+}
+
+/** Runs `fn` with a short-lived connection to `url`. */
+export async function withSql<T>(url: string, fn: (sql: postgres.Sql) => Promise<T>): Promise<T> {
+  const sql = postgres(url, { max: 1, onnotice: () => {} });
+  try {
+    return await fn(sql);
+  } finally {
+    await sql.end({ timeout: 5 });
+  }
+}
