@@ -176,7 +176,7 @@ export class PayloadOpener {
         chunkIndex: index,
       });
     }
-    return corrupt(index);
+    return (await this.isEmptyFileStart(index, sealed)) ? emptyThenTrailing() : corrupt(index);
   }
 
   /** The chunk ending the file failed as last: it may be a middle chunk (cut file) or an empty end plus extra bytes. */
@@ -189,16 +189,20 @@ export class PayloadOpener {
         chunkIndex: index + 1,
       });
     }
-    if (
-      index === 0 &&
-      (await this.crypter.open(chunkNonce(0, true), sealed.subarray(0, TAG_LENGTH), this.aad))
-    ) {
-      return new EnvelopeError('trailing_data', 'the backup has bytes after its empty payload', {
-        chunkIndex: 0,
-      });
-    }
-    return corrupt(index);
+    return (await this.isEmptyFileStart(index, sealed)) ? emptyThenTrailing() : corrupt(index);
   }
+
+  /** Whether the payload starts with the empty last chunk of an empty file (so what follows is trailing). */
+  private async isEmptyFileStart(index: number, sealed: Uint8Array): Promise<boolean> {
+    if (index !== 0 || sealed.length <= TAG_LENGTH) return false;
+    return (await this.crypter.open(chunkNonce(0, true), sealed.subarray(0, TAG_LENGTH), this.aad)) !== null;
+  }
+}
+
+function emptyThenTrailing(): EnvelopeError {
+  return new EnvelopeError('trailing_data', 'the backup has bytes after its empty payload', {
+    chunkIndex: 0,
+  });
 }
 
 function corrupt(index: number): EnvelopeError {

@@ -94,3 +94,15 @@ describe('piece sizes', () => {
     }
   });
 });
+
+describe('sealing with a bad core', () => {
+  it('fails the stream with bad_header on both sides', async () => {
+    const fileKey = generateFileKey();
+    const core = { ...newCore({ installationId: 'ab'.repeat(16) }), chunkSize: 10 };
+    const opts = { core, stanzas: [await wrapForMasterKey(fileKey, masterKey)], fileKey };
+    const web = await drainWeb(sealStream(webStreamOf(new Uint8Array(10)), opts));
+    const node = await drainNode(new Uint8Array(10), createSealTransform(opts));
+    expect(web.error).toMatchObject({ code: 'bad_header' });
+    expect(node.error).toMatchObject({ code: 'bad_header' });
+  });
+});

@@ -144,6 +144,11 @@ const cases: Record<string, () => Promise<Case>> = {
       delivered: f.before(0),
     };
   },
+  async 'more than a chunk of trailing bytes after an empty payload'() {
+    const f = await craft(0);
+    const file = cat(f.header, ...f.chunks, new Uint8Array(3 * chunkSize));
+    return { file, code: 'trailing_data', chunkIndex: 0, delivered: f.before(0) };
+  },
   async 'trailing bytes after a short last chunk (indistinguishable from damage)'() {
     const f = await craft(3 * chunkSize + 100);
     return {
