@@ -1,4 +1,5 @@
 // What the cloud app needs from its platform: object storage, per-installation state, rate limits, config.
+import type { Context } from 'hono';
 import type { JWK } from 'jose';
 import type { InstallationStateApi } from './state/ledger';
 import type { SlotStore } from './store/slot-store';
@@ -20,6 +21,8 @@ export interface CloudDeps {
   store: SlotStore;
   /** the state of the installation whose id hashes to `installationHash` */
   installation(installationHash: string): InstallationStateApi;
+  /** the client's address, as the platform knows it (never a header the client could forge) */
+  clientAddress(c: Context): string;
   /** counts one recovery attempt from `address`; false when over the limit */
   takeRecoveryAttempt(address: string): Promise<boolean>;
   config: CloudConfig;

@@ -11,6 +11,8 @@ function workerDeps(env: WorkerEnv): CloudDeps {
   const config = parseCloudConfig(env);
   return {
     store: new R2SlotStore(env.SLOTS),
+    // Cloudflare sets CF-Connecting-IP itself, replacing whatever the client sent.
+    clientAddress: (c) => c.req.header('cf-connecting-ip') ?? 'unknown',
     installation: (hash) => env.INSTALLATIONS.get(env.INSTALLATIONS.idFromName(hash)),
     takeRecoveryAttempt: (address) =>
       env.RECOVERY_LIMITER.get(env.RECOVERY_LIMITER.idFromName(address)).take(config.recoverPerMinute),

@@ -28,7 +28,7 @@ import { parseJsonBody } from './json-body';
  */
 export const recoverRoutes = new Hono<{ Variables: CloudVariables }>().post('/v1/recover', async (c) => {
   const deps = c.get('deps');
-  const address = c.req.header('cf-connecting-ip') ?? 'unknown';
+  const address = deps.clientAddress(c);
   if (!(await deps.takeRecoveryAttempt(address))) {
     throw new CloudError(429, 'rate_limited', 'too many recovery attempts; wait a minute');
   }

@@ -148,7 +148,7 @@ export function httpRequest(
 }
 
 /** Enrolls an installation with the test enrollment token. */
-export function enroll(cloud: CloudUnderTest, inst: TestInstallation, publicJwk = inst.publicJwk) {
+export function enroll(cloud: { url: string }, inst: TestInstallation, publicJwk = inst.publicJwk) {
   const body = Buffer.from(JSON.stringify({ installationId: inst.installationId, publicKey: publicJwk }));
   return httpRequest(`${cloud.url}/v1/installations`, {
     method: 'POST',
@@ -186,7 +186,7 @@ export async function signedHeaders(
 
 /** Uploads a small backup in one signed PUT. */
 export async function putBackup(
-  cloud: CloudUnderTest,
+  cloud: { url: string },
   inst: TestInstallation,
   bytes: Uint8Array,
   createdAt: string,

@@ -1,0 +1,66 @@
+// The DR cloud on Node against an S3-compatible bucket, for vendors who host it themselves.
+import { S3Client } from '@aws-sdk/client-s3';
+import { serve } from '@hono/node-server';
+import { getConnInfo } from '@hono/node-server/conninfo';
+import { createCloudApp } from './app';
+import { type CloudDeps, parseCloudConfig } from './deps';
+import { S3InstallationStates } from './state/s3-ledger';
+import { S3SlotStore } from './store/s3';
+
+/** Settings of the self-hosted entry, from the environment. */
+export interface NodeCloudOptions {
+  s3: S3Client;
+  bucket: string;
+  env: Record<string, string | undefined>;
+}
+
+/** The app wired to S3; the recovery rate limit is per process (one process serves one bucket). */
+export function createNodeCloudApp(opts: NodeCloudOptions) {
+  const config = parseCloudConfig(opts.env);
+  const store = new S3SlotStore(opts.s3, opts.bucket);
+  const states = new S3InstallationStates(opts.s3, opts.bucket, store);
+  const attempts = new Map<string, { windowStart: number; count: number }>();
+  const deps: CloudDeps = {
+    store,
+    // The socket's address: behind a reverse proxy this is the proxy, so all clients share one limit.
+    clientAddress: (c) => getConnInfo(c).remote.address ?? 'unknown',
+    installation: (hash) => states.installation(hash),
+    async takeRecoveryAttempt(address) {
+      const windowStart = Math.floor(Date.now() / 60_000) * 60_000;
+      for (const [a, w] of attempts) if (w.windowStart !== windowStart) attempts.delete(a);
+      const w = attempts.get(address) ?? { windowStart, count: 0 };
+      w.count += 1;
+      attempts.set(address, w);
+      return w.count <= config.recoverPerMinute;
+    },
+    config,
+  };
+  return createCloudApp(() => deps);
+}
+
+function required(name: string): string {
+  const value = process.env[name];
+  if (!value) throw new Error(`${name} must be set`);
+  return value;
+}
+
+if (import.meta.url === `file://${process.argv[1]}`) {
+  const s3 = new S3Client({
+    endpoint: process.env.S3_ENDPOINT,
+    region: process.env.S3_REGION ?? 'us-east-1',
+    forcePathStyle: process.env.S3_FORCE_PATH_STYLE !== 'false',
+    credentials: {
+      accessKeyId: required('S3_ACCESS_KEY_ID'),
+      secretAccessKey: required('S3_SECRET_ACCESS_KEY'),
+    },
+    // Many S3-compatible servers store aws-chunked framing verbatim: send plain bodies.
+    requestChecksumCalculation: 'WHEN_REQUIRED',
+    responseChecksumValidation: 'WHEN_REQUIRED',
+  });
+  const app = createNodeCloudApp({ s3, bucket: required('S3_BUCKET'), env: process.env });
+  const port = Number(process.env.PORT ?? 8787);
+  const hostname = process.env.HOST ?? '127.0.0.1';
+  serve({ fetch: app.fetch, port, hostname }, () =>
+    console.log(`gem-dr (node) listening on http://${hostname}:${port}`),
+  );
+}

@@ -1,0 +1,98 @@
+// Per-installation state for the self-hosted Node entry: one JSON document per installation in the bucket.
+import { GetObjectCommand, PutObjectCommand, type S3Client } from '@aws-sdk/client-s3';
+import type { SlotStore } from '../store/slot-store';
+import { InstallationLedger, type InstallationStateApi, type LedgerStorage } from './ledger';
+
+/**
+ * The ledger over `state/<installation hash>.json`. One Node process serves a bucket: calls for one
+ * installation are serialized by an in-process queue (a lock, not state), and each call reads the
+ * document, runs the ledger, and writes it back. Expired request ids and idle uploads are swept at
+ * the start of each call instead of by an alarm.
+ */
+export class S3InstallationStates {
+  private readonly queues = new Map<string, Promise<unknown>>();
+
+  constructor(
+    private readonly s3: S3Client,
+    private readonly bucket: string,
+    private readonly store: SlotStore,
+    private readonly uploadIdleMs = 24 * 3600_000,
+  ) {}
+
+  /** The state of one installation, with the same methods as the Durable Object. */
+  installation(hash: string): InstallationStateApi {
+    const call =
+      <A extends unknown[], R>(fn: (ledger: InstallationLedger, ...args: A) => Promise<R>) =>
+      (...args: A) =>
+        this.serialized(hash, () => this.withLedger(hash, (ledger) => fn(ledger, ...args)));
+    return {
+      enroll: call((l, id: string, key) => l.enroll(id, key)),
+      publicKey: call((l) => l.publicKey()),
+      admitRequest: call((l, jti: string, exp: number) => l.admitRequest(jti, exp)),
+      slot: call((l) => l.slot()),
+      commitSlot: call((l, next) => l.commitSlot(next)),
+      clearSlot: call((l) => l.clearSlot()),
+      createUpload: call((l, upload) => l.createUpload(upload)),
+      upload: call((l, id: string) => l.upload(id)),
+      recordPart: call((l, id: string, n: number, part) => l.recordPart(id, n, part)),
+      takeUpload: call((l, id: string) => l.takeUpload(id)),
+    } as InstallationStateApi;
+  }
+
+  private serialized<T>(hash: string, fn: () => Promise<T>): Promise<T> {
+    const previous = this.queues.get(hash) ?? Promise.resolve();
+    const run = previous.then(fn, fn);
+    const tail = run.catch(() => {});
+    this.queues.set(hash, tail);
+    tail.then(() => {
+      if (this.queues.get(hash) === tail) this.queues.delete(hash);
+    });
+    return run;
+  }
+
+  private async withLedger<T>(hash: string, fn: (ledger: InstallationLedger) => Promise<T>): Promise<T> {
+    const key = `state/${hash}.json`;
+    const doc = new Map<string, unknown>(Object.entries(await this.read(key)));
+    let changed = false;
+    const storage: LedgerStorage = {
+      get: async <V>(k: string) => doc.get(k) as V | undefined,
+      put: async (k, v) => {
+        doc.set(k, structuredClone(v));
+        changed = true;
+      },
+      delete: async (k) => {
+        changed = doc.delete(k) || changed;
+      },
+      list: async <V>(prefix: string) =>
+        new Map([...doc].filter(([k]) => k.startsWith(prefix)) as [string, V][]),
+      wakeBy: async () => {},
+    };
+    const ledger = new InstallationLedger(storage, this.uploadIdleMs);
+    const { abandoned } = await ledger.sweep(Date.now());
+    const result = await fn(ledger);
+    if (changed) {
+      await this.s3.send(
+        new PutObjectCommand({
+          Bucket: this.bucket,
+          Key: key,
+          Body: JSON.stringify(Object.fromEntries(doc)),
+        }),
+      );
+    }
+    for (const upload of abandoned) {
+      await this.store.abortMultipart(upload.objectKey, upload.storeUploadId).catch(() => {});
+    }
+    return structuredClone(result);
+  }
+
+  private async read(key: string): Promise<Record<string, unknown>> {
+    try {
+      const out = await this.s3.send(new GetObjectCommand({ Bucket: this.bucket, Key: key }));
+      return JSON.parse((await out.Body?.transformToString()) ?? '{}');
+    } catch (err) {
+      const e = err as { name?: string; $metadata?: { httpStatusCode?: number } };
+      if (e?.name === 'NoSuchKey' || e?.$metadata?.httpStatusCode === 404) return {};
+      throw err;
+    }
+  }
+}
