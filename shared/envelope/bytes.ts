@@ -32,7 +32,8 @@ export function toHex(bytes: Uint8Array): string {
  */
 export class ByteQueue {
   private parts: Uint8Array[] = [];
-  private head = 0; // offset into parts[0]
+  private first = 0; // index of the first unread part; parts before it are spent
+  private head = 0; // offset into parts[first]
   length = 0;
 
   push(bytes: Uint8Array): void {
@@ -45,7 +46,7 @@ export class ByteQueue {
   take(n: number): Uint8Array {
     if (n > this.length) throw new RangeError(`take(${n}) from ${this.length} bytes`);
     this.length -= n;
-    const first = this.parts[0];
+    const first = this.parts[this.first];
     if (n === 0 || first === undefined) return new Uint8Array(0);
     if (first.length - this.head >= n) {
       const piece = first.subarray(this.head, this.head + n);
@@ -56,7 +57,7 @@ export class ByteQueue {
     const out = new Uint8Array(n);
     let filled = 0;
     while (filled < n) {
-      const part = this.parts[0]!;
+      const part = this.parts[this.first]!;
       const count = Math.min(part.length - this.head, n - filled);
       out.set(part.subarray(this.head, this.head + count), filled);
       filled += count;
@@ -67,7 +68,12 @@ export class ByteQueue {
   }
 
   private dropFirst(): void {
-    this.parts.shift();
+    // Dropping spent parts in batches keeps many tiny writes linear rather than quadratic.
+    this.first++;
     this.head = 0;
+    if (this.first >= 1024 || this.first === this.parts.length) {
+      this.parts = this.parts.slice(this.first);
+      this.first = 0;
+    }
   }
 }
