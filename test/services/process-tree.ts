@@ -38,3 +38,37 @@ export function signalTree(rootPid: number, signal: NodeJS.Signals): void {
     }
   }
 }
+
+function alive(pid: number): boolean {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return stat.slice(stat.lastIndexOf(')') + 2)[0] !== 'Z';
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * Stops a service and everything it forked: SIGCONT (in case it was paused), SIGTERM, and SIGKILL
+ * for whatever is still there after `graceMs`. Resolves once none of them runs, so that the caller
+ * can delete the service's Unix users and files.
+ */
+export async function stopTree(rootPid: number, graceMs = 3000): Promise<void> {
+  const pids = processTree(rootPid);
+  for (const signal of ['SIGCONT', 'SIGTERM'] as const) signalTree(rootPid, signal);
+  const deadline = Date.now() + graceMs;
+  while (pids.some(alive)) {
+    if (Date.now() > deadline) {
+      for (const pid of pids.filter(alive)) {
+        try {
+          process.kill(pid, 'SIGKILL');
+        } catch {
+          // already gone
+        }
+      }
+      await new Promise((resolve) => setTimeout(resolve, 100));
+      return;
+    }
+    await new Promise((resolve) => setTimeout(resolve, 25));
+  }
+}

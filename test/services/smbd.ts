@@ -6,7 +6,7 @@ import { chmod, chown, mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { freePort, waitForPort } from './ports';
-import { signalTree } from './process-tree';
+import { stopTree } from './process-tree';
 import { createUnixUser, deleteUnixUser, unixIds } from './sshd';
 
 const SMBD = '/usr/sbin/smbd';
@@ -49,16 +49,8 @@ export async function startSmbd(): Promise<SmbdService> {
   let userCreated = false;
   let child: ChildProcess | undefined;
   const cleanup = async () => {
-    if (child?.pid !== undefined && child.exitCode === null) {
-      signalTree(child.pid, 'SIGTERM');
-      await new Promise((resolve) => {
-        const timer = setTimeout(resolve, 3000);
-        child?.once('exit', () => {
-          clearTimeout(timer);
-          resolve(undefined);
-        });
-      });
-    }
+    // Every session process must be gone before userdel, which refuses a user that still runs something.
+    if (child?.pid !== undefined) await stopTree(child.pid);
     if (userCreated) await deleteUnixUser(username);
     await rm(dir, { recursive: true, force: true });
   };

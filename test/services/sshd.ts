@@ -7,7 +7,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { freePort, waitForPort } from './ports';
-import { signalTree } from './process-tree';
+import { signalTree, stopTree } from './process-tree';
 
 const run = promisify(execFile);
 const SSHD = '/usr/sbin/sshd';
@@ -55,7 +55,7 @@ async function runAdmin(file: string, args: string[], input?: string): Promise<v
       });
       return;
     } catch (error) {
-      if (attempt >= 20 || !/lock/i.test(String(error))) throw error;
+      if (attempt >= 20 || !/lock|currently used/i.test(String(error))) throw error;
       await new Promise((resolve) => setTimeout(resolve, 100 + Math.random() * 200));
     }
   }
@@ -123,17 +123,8 @@ export async function startSshd(): Promise<SshdService> {
   const created: string[] = [];
   let child: ChildProcess | undefined;
   const cleanup = async () => {
-    if (child?.pid !== undefined && child.exitCode === null) {
-      signalTree(child.pid, 'SIGCONT');
-      signalTree(child.pid, 'SIGTERM');
-      await new Promise((resolve) => {
-        const timer = setTimeout(resolve, 3000);
-        child?.once('exit', () => {
-          clearTimeout(timer);
-          resolve(undefined);
-        });
-      });
-    }
+    // Every session process must be gone before userdel, which refuses a user that still runs something.
+    if (child?.pid !== undefined) await stopTree(child.pid);
     for (const user of created.reverse()) await deleteUnixUser(user);
     await rm(dir, { recursive: true, force: true });
   };

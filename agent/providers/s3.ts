@@ -1,0 +1,297 @@
+// An S3-compatible bucket (AWS, B2, Wasabi, MinIO, ...) as a backup destination.
+
+import { pipeline, Readable } from 'node:stream';
+import {
+  DeleteObjectCommand,
+  GetObjectCommand,
+  HeadObjectCommand,
+  ListObjectsV2Command,
+  S3Client,
+} from '@aws-sdk/client-s3';
+import { Upload } from '@aws-sdk/lib-storage';
+import type {
+  BackupSource,
+  ProviderProperties,
+  StorageProvider,
+  StoredObject,
+} from '../../shared/storage/index';
+import { StorageError } from '../../shared/storage/index';
+import { isBackupName } from '../../shared/storage/names';
+import { abortedError, asStorageError, assertObjectName, throwIfAborted, verifyingStream } from './checks';
+
+export interface S3Options {
+  /** Omit for AWS itself; e.g. `https://s3.eu-central-003.backblazeb2.com`. */
+  endpoint?: string;
+  region: string;
+  bucket: string;
+  /** Key prefix (a "folder"), e.g. `gem/`; a trailing slash is added if missing. */
+  prefix?: string;
+  accessKeyId: string;
+  secretAccessKey: string;
+  /** Path-style URLs (`endpoint/bucket/key`), needed by most self-hosted servers. */
+  forcePathStyle: boolean;
+  /** Multipart part size in bytes (default 16 MiB, at least 5 MiB); larger objects upload in parts. */
+  partSize?: number;
+  /** Provider id shown in results (default `s3`). */
+  id?: string;
+}
+
+const MIB = 1024 * 1024;
+const NETWORK_CODES = new Set([
+  'ECONNREFUSED',
+  'ENOTFOUND',
+  'EAI_AGAIN',
+  'EHOSTUNREACH',
+  'ENETUNREACH',
+  'ETIMEDOUT',
+  'ECONNRESET',
+  'EPIPE',
+]);
+
+/** Finds a StorageError we raised ourselves inside whatever the SDK wrapped it in. */
+function ownError(error: unknown): StorageError | undefined {
+  for (let current = error, depth = 0; current && depth < 5; depth++) {
+    if (current instanceof StorageError) return current;
+    current = (current as { cause?: unknown }).cause;
+  }
+  return undefined;
+}
+
+/** Stores backups as objects: one PutObject, or a multipart upload that is aborted unless every byte checks out. */
+export class S3Provider implements StorageProvider {
+  readonly id: string;
+  readonly properties: ProviderProperties;
+  private readonly client: S3Client;
+  private readonly options: S3Options;
+  private readonly prefix: string;
+  private readonly partSize: number;
+
+  constructor(options: S3Options) {
+    this.options = options;
+    this.id = options.id ?? 's3';
+    const prefix = (options.prefix ?? '').replace(/^\/+/, '');
+    this.prefix = prefix === '' || prefix.endsWith('/') ? prefix : `${prefix}/`;
+    this.partSize = Math.max(5 * MIB, options.partSize ?? 16 * MIB);
+    this.properties = { atomicReplace: true, maxPartSize: this.partSize };
+    this.client = new S3Client({
+      endpoint: options.endpoint || undefined,
+      region: options.region,
+      forcePathStyle: options.forcePathStyle,
+      credentials: { accessKeyId: options.accessKeyId, secretAccessKey: options.secretAccessKey },
+      // Default checksums send streamed bodies aws-chunked, which B2, older MinIO, Wasabi and s3rver
+      // store with the framing inside the object: only send/check checksums an operation requires.
+      requestChecksumCalculation: 'WHEN_REQUIRED',
+      responseChecksumValidation: 'WHEN_REQUIRED',
+      maxAttempts: 3,
+    });
+  }
+
+  private key(name: string): string {
+    return this.prefix + name;
+  }
+
+  /** Maps SDK and network failures to StorageError codes. */
+  private classify(error: unknown, what: string, signal?: AbortSignal): StorageError {
+    const own = ownError(error);
+    if (own) return own;
+    if (signal?.aborted) return abortedError(error);
+    const err = error as {
+      name?: string;
+      Code?: string;
+      code?: string;
+      message?: string;
+      $metadata?: { httpStatusCode?: number };
+    };
+    const name = err?.Code ?? err?.name ?? '';
+    const status = err?.$metadata?.httpStatusCode;
+    const message = String(err?.message ?? error);
+    const bucket = this.options.bucket;
+    if (
+      [
+        'InvalidAccessKeyId',
+        'SignatureDoesNotMatch',
+        'InvalidToken',
+        'ExpiredToken',
+        'InvalidSecurity',
+      ].includes(name)
+    ) {
+      return new StorageError('auth_failed', 'the storage refused the access key or secret', {
+        cause: error,
+      });
+    }
+    if (name === 'NoSuchBucket')
+      return new StorageError('bucket_missing', `bucket ${bucket} does not exist`, { cause: error });
+    if (
+      ['PermanentRedirect', 'AuthorizationHeaderMalformed', 'IllegalLocationConstraintException'].includes(
+        name,
+      ) ||
+      status === 301 ||
+      /region/i.test(message)
+    ) {
+      return new StorageError(
+        'wrong_region',
+        `bucket ${bucket} is not in region ${this.options.region}: ${message}`,
+        {
+          cause: error,
+        },
+      );
+    }
+    if (name === 'NotFound' || name === 'NoSuchKey' || status === 404) {
+      return new StorageError('not_found', `${what} does not exist in bucket ${bucket}`, { cause: error });
+    }
+    if (name === 'AccessDenied' || name === 'Forbidden' || status === 403) {
+      return new StorageError(
+        'permission_denied',
+        `access to ${what} was denied (keys without permission?)`,
+        {
+          cause: error,
+        },
+      );
+    }
+    if (name === 'AbortError') return abortedError(error);
+    const code = err?.code ?? (err as { cause?: { code?: string } })?.cause?.code;
+    if (
+      (code && NETWORK_CODES.has(code)) ||
+      name === 'TimeoutError' ||
+      /ECONNREFUSED|ENOTFOUND|socket hang up/.test(message)
+    ) {
+      return new StorageError('unreachable', `cannot reach ${this.options.endpoint ?? 'S3'}: ${message}`, {
+        cause: error,
+      });
+    }
+    if (name === 'QuotaExceeded' || name === 'EntityTooLarge') {
+      return new StorageError('no_space', `the storage refused ${what}: ${message}`, { cause: error });
+    }
+    return asStorageError(error, signal);
+  }
+
+  async put(
+    name: string,
+    source: BackupSource,
+    options: { signal?: AbortSignal; onProgress?: (bytes: number) => void } = {},
+  ): Promise<StoredObject> {
+    assertObjectName(name);
+    const { signal } = options;
+    throwIfAborted(signal);
+    // The check fails the body stream at its end on a size/sha256 mismatch, before the single
+    // PutObject is sent or the multipart upload is completed, so nothing appears under `name`.
+    const body = verifyingStream(source, options.onProgress);
+    // pipeline (unlike pipe) fails `body` when the source fails, so the upload sees the error and aborts.
+    pipeline(Readable.fromWeb(source.open() as never), body, () => {});
+    const upload = new Upload({
+      client: this.client,
+      params: {
+        Bucket: this.options.bucket,
+        Key: this.key(name),
+        Body: body,
+        ContentType: 'application/octet-stream',
+        Metadata: source.sha256 ? { sha256: source.sha256.toLowerCase() } : undefined,
+      },
+      partSize: this.partSize,
+      queueSize: 2,
+      leavePartsOnError: false,
+    });
+    let bodyError: unknown;
+    body.once('error', (error) => {
+      bodyError = error;
+    });
+    const onAbort = () => void upload.abort().catch(() => undefined);
+    signal?.addEventListener('abort', onAbort, { once: true });
+    try {
+      await upload.done();
+    } catch (error) {
+      body.destroy();
+      // A failing source or check is the cause even if the server then also refused the abort
+      // (s3rver does not implement AbortMultipartUpload); report the cause, not the abort.
+      throw this.classify(bodyError ?? error, name, signal);
+    } finally {
+      signal?.removeEventListener('abort', onAbort);
+    }
+    const stored = await this.stat(name);
+    if (stored.size !== source.size) {
+      throw new StorageError(
+        'integrity',
+        `${name} is ${stored.size} bytes in the bucket, expected ${source.size}`,
+      );
+    }
+    return { ...stored, sha256: stored.sha256 ?? source.sha256?.toLowerCase() };
+  }
+
+  async get(name: string, options: { signal?: AbortSignal } = {}): Promise<ReadableStream<Uint8Array>> {
+    assertObjectName(name);
+    try {
+      const result = await this.client.send(
+        new GetObjectCommand({ Bucket: this.options.bucket, Key: this.key(name) }),
+        options.signal ? { abortSignal: options.signal } : {},
+      );
+      if (!result.Body) throw new StorageError('io', `the storage returned no body for ${name}`);
+      return result.Body.transformToWebStream() as ReadableStream<Uint8Array>;
+    } catch (error) {
+      throw this.classify(error, name, options.signal);
+    }
+  }
+
+  async stat(name: string): Promise<StoredObject> {
+    assertObjectName(name);
+    try {
+      const head = await this.client.send(
+        new HeadObjectCommand({ Bucket: this.options.bucket, Key: this.key(name) }),
+      );
+      return {
+        name,
+        size: head.ContentLength ?? 0,
+        modifiedAt: head.LastModified?.toISOString(),
+        sha256: head.Metadata?.['sha256'],
+      };
+    } catch (error) {
+      throw this.classify(error, name);
+    }
+  }
+
+  async list(): Promise<StoredObject[]> {
+    const names: string[] = [];
+    let token: string | undefined;
+    try {
+      do {
+        const page = await this.client.send(
+          new ListObjectsV2Command({
+            Bucket: this.options.bucket,
+            Prefix: this.prefix || undefined,
+            ContinuationToken: token,
+          }),
+        );
+        for (const object of page.Contents ?? []) {
+          const name = object.Key?.slice(this.prefix.length) ?? '';
+          if (isBackupName(name)) names.push(name);
+        }
+        token = page.IsTruncated ? page.NextContinuationToken : undefined;
+      } while (token);
+    } catch (error) {
+      throw this.classify(error, this.options.bucket);
+    }
+    // The sha256 lives in each object's metadata, which a listing does not carry.
+    const objects: StoredObject[] = [];
+    for (let i = 0; i < names.length; i += 8) {
+      const batch = await Promise.allSettled(names.slice(i, i + 8).map((name) => this.stat(name)));
+      for (const result of batch) {
+        if (result.status === 'fulfilled') objects.push(result.value);
+        else if (!(result.reason instanceof StorageError && result.reason.code === 'not_found'))
+          throw result.reason;
+      }
+    }
+    return objects;
+  }
+
+  async delete(name: string): Promise<void> {
+    await this.stat(name); // S3 deletes a missing key silently; the contract says not_found.
+    try {
+      await this.client.send(new DeleteObjectCommand({ Bucket: this.options.bucket, Key: this.key(name) }));
+    } catch (error) {
+      throw this.classify(error, name);
+    }
+  }
+
+  async close(): Promise<void> {
+    this.client.destroy();
+  }
+}
