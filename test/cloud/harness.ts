@@ -108,7 +108,8 @@ export function httpRequest(
   return new Promise((resolve, reject) => {
     const req = http.request(
       url,
-      { method: opts.method, headers: opts.headers, signal: opts.signal },
+      // A fresh connection each time: a kept-alive socket the server has just closed would fail the next request.
+      { method: opts.method, headers: opts.headers, signal: opts.signal, agent: false },
       (res) => {
         const chunks: Buffer[] = [];
         const hash = createHash('sha256');
@@ -203,7 +204,7 @@ export async function putBackup(
 
 /** A signed request without a body (GET, HEAD, DELETE, complete). */
 export async function signedEmpty(
-  cloud: CloudUnderTest,
+  cloud: { url: string },
   inst: TestInstallation,
   method: string,
   path: string,
