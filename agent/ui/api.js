@@ -1,0 +1,177 @@
+// The page's only way to talk to the agent: token handling, JSON calls, job events over a fetch stream.
+
+const TOKEN_KEY = 'gem-backup-token';
+
+/** The admin token of this browser tab (sessionStorage: gone when the tab closes). */
+export const token = {
+  get: () => sessionStorage.getItem(TOKEN_KEY),
+  set: (value) => sessionStorage.setItem(TOKEN_KEY, value),
+  clear: () => sessionStorage.removeItem(TOKEN_KEY),
+};
+
+/** An error answer of the API: status, code, the message to show, and details (e.g. the bad field). */
+export class ApiError extends Error {
+  constructor(status, code, message, details) {
+    super(message);
+    this.status = status;
+    this.code = code;
+    this.details = details;
+  }
+}
+
+/** Called on any 401: the page goes back to sign-in. Set by app.js. */
+let onUnauthorized = () => {};
+export function whenUnauthorized(handler) {
+  onUnauthorized = handler;
+}
+
+function authHeaders(extra = {}) {
+  return { authorization: `Bearer ${token.get() ?? ''}`, ...extra };
+}
+
+async function failure(response) {
+  let body;
+  try {
+    body = await response.json();
+  } catch {
+    body = undefined;
+  }
+  const error = body?.error;
+  const apiError = new ApiError(
+    response.status,
+    error?.code ?? 'http_error',
+    error?.message ?? `the agent answered ${response.status} ${response.statusText}`,
+    error?.details,
+  );
+  if (response.status === 401) onUnauthorized(apiError);
+  return apiError;
+}
+
+/** Calls the API; `json` becomes the body. Resolves to the parsed answer (`raw`: the Response), rejects with an ApiError. */
+export async function api(path, { method = 'GET', json, body, headers, signal, raw = false } = {}) {
+  let response;
+  try {
+    response = await fetch(`/api/v1${path}`, {
+      method,
+      signal,
+      headers: authHeaders(json === undefined ? headers : { 'content-type': 'application/json', ...headers }),
+      body: json === undefined ? body : JSON.stringify(json),
+    });
+  } catch (error) {
+    if (error.name === 'AbortError') throw error;
+    throw new ApiError(0, 'unreachable', 'The agent cannot be reached. Is it running?');
+  }
+  if (!response.ok) throw await failure(response);
+  if (raw) return response;
+  if (response.status === 204) return undefined;
+  const type = response.headers.get('content-type') ?? '';
+  return type.includes('application/json') ? response.json() : response;
+}
+
+/** Uploads a file as the raw body with progress (fetch has no upload progress, XHR does). */
+export function uploadFile(path, file, onProgress) {
+  return new Promise((resolve, reject) => {
+    const xhr = new XMLHttpRequest();
+    xhr.open('POST', `/api/v1${path}`);
+    xhr.setRequestHeader('authorization', `Bearer ${token.get() ?? ''}`);
+    xhr.setRequestHeader('content-type', 'application/octet-stream');
+    xhr.upload.onprogress = (event) => onProgress?.(event.loaded, event.lengthComputable ? event.total : 0);
+    xhr.onerror = () =>
+      reject(new ApiError(0, 'unreachable', 'The upload was interrupted: the agent cannot be reached.'));
+    xhr.onload = () => {
+      let body;
+      try {
+        body = JSON.parse(xhr.responseText);
+      } catch {
+        body = undefined;
+      }
+      if (xhr.status >= 200 && xhr.status < 300) return resolve(body);
+      const error = body?.error;
+      const apiError = new ApiError(
+        xhr.status,
+        error?.code ?? 'http_error',
+        error?.message ?? `upload failed (${xhr.status})`,
+        error?.details,
+      );
+      if (xhr.status === 401) onUnauthorized(apiError);
+      reject(apiError);
+    };
+    xhr.send(file);
+  });
+}
+
+/** Parses a server-sent-events byte stream into {event, data} records. */
+async function* sseRecords(stream) {
+  const reader = stream.pipeThrough(new TextDecoderStream()).getReader();
+  let buffer = '';
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) return;
+    buffer += value.replace(/\r\n?/g, '\n');
+    let end = buffer.indexOf('\n\n');
+    while (end !== -1) {
+      const block = buffer.slice(0, end);
+      buffer = buffer.slice(end + 2);
+      let event = 'message';
+      const data = [];
+      for (const line of block.split('\n')) {
+        if (line.startsWith('event:')) event = line.slice(6).trim();
+        else if (line.startsWith('data:')) data.push(line.slice(5).replace(/^ /, ''));
+      }
+      if (data.length) yield { event, data: data.join('\n') };
+      end = buffer.indexOf('\n\n');
+    }
+  }
+}
+
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+/**
+ * Follows a job until it ends: its events stream (fetched with the token, since EventSource cannot send
+ * one), falling back to polling if the stream breaks (e.g. the agent restarts after a restore).
+ * `onJob(job)` gets every state; `onNotice(name, data)` gets notices such as `restore-swap`.
+ * Resolves to the final job.
+ */
+export async function followJob(jobId, { onJob, onNotice, signal } = {}) {
+  let last;
+  try {
+    const response = await fetch(`/api/v1/jobs/${encodeURIComponent(jobId)}/events`, {
+      headers: authHeaders({ accept: 'text/event-stream' }),
+      signal,
+    });
+    if (!response.ok) throw await failure(response);
+    for await (const record of sseRecords(response.body)) {
+      if (record.event === 'ping') continue;
+      const data = JSON.parse(record.data);
+      if (record.event === 'job') {
+        last = data;
+        onJob?.(data);
+        if (data.endedAt) return data;
+      } else {
+        onNotice?.(record.event, data?.data ?? null, data?.job);
+      }
+    }
+  } catch (error) {
+    if (signal?.aborted) throw error;
+    if (error instanceof ApiError && error.status !== 0 && error.status < 500) throw error;
+  }
+  // The stream ended early or broke: poll until the job is over or the agent is back.
+  for (let failures = 0; ; ) {
+    if (signal?.aborted) throw new DOMException('aborted', 'AbortError');
+    try {
+      const job = await api(`/jobs/${encodeURIComponent(jobId)}`, { signal });
+      failures = 0;
+      if (!last || JSON.stringify(job) !== JSON.stringify(last)) onJob?.(job);
+      last = job;
+      if (job.endedAt) return job;
+    } catch (error) {
+      if (error.name === 'AbortError') throw error;
+      // A job unknown after a restart is over; anything else but "unreachable" is a real answer.
+      if (error.status === 404 && last)
+        return { ...last, state: 'unknown', endedAt: new Date().toISOString() };
+      if (error.status !== 0 && error.status < 500) throw error;
+      if (++failures > 150) throw error;
+    }
+    await sleep(1000);
+  }
+}

@@ -1,0 +1,232 @@
+// Local backups: the list, Create, Download (one-time link), Verify, Restore, Delete and Upload.
+import { api, uploadFile } from './api.js';
+import { confirmAction, showJobProgress } from './dialogs.js';
+import { bytes, dateTime, el } from './format.js';
+
+const $ = (id) => document.getElementById(id);
+let report = () => {};
+
+function verifiedCell(backup) {
+  if (backup.verifyResult === 'failed')
+    return el('span', { className: 'tag tag-bad', title: backup.verifyError ?? '' }, 'Failed');
+  if (backup.verifiedAt)
+    return el('span', { className: 'tag tag-ok', title: dateTime(backup.verifiedAt) }, 'Verified');
+  return el('span', { className: 'muted' }, 'Not yet');
+}
+
+/** Loads and draws the local backups, newest first. */
+export async function loadBackups() {
+  const list = await api('/backups');
+  const body = $('backups-body');
+  body.replaceChildren(
+    ...list.map((backup) => {
+      const name = backup.filename;
+      const kind =
+        backup.kind && backup.kind !== 'manual' ? el('span', { className: 'tag' }, backup.kind) : null;
+      return el(
+        'tr',
+        { 'data-filename': name },
+        el('th', { scope: 'row', className: 'filename' }, el('span', {}, name), kind),
+        el('td', {}, dateTime(backup.createdAt)),
+        el('td', { className: 'num' }, bytes(backup.size)),
+        el('td', {}, verifiedCell(backup)),
+        el(
+          'td',
+          { className: 'row-actions' },
+          el(
+            'button',
+            {
+              type: 'button',
+              className: 'btn btn-small',
+              'aria-label': `Download ${name}`,
+              onclick: () => download(name),
+            },
+            'Download',
+          ),
+          el(
+            'button',
+            {
+              type: 'button',
+              className: 'btn btn-small',
+              'aria-label': `Verify ${name}`,
+              onclick: () => verify(name),
+            },
+            'Verify',
+          ),
+          el(
+            'button',
+            {
+              type: 'button',
+              className: 'btn btn-small btn-warn',
+              'aria-label': `Restore ${name}`,
+              onclick: () => restore(name),
+            },
+            'Restore',
+          ),
+          el(
+            'button',
+            {
+              type: 'button',
+              className: 'btn btn-small btn-quiet-danger',
+              'aria-label': `Delete ${name}`,
+              onclick: () => remove(name),
+            },
+            'Delete',
+          ),
+        ),
+      );
+    }),
+  );
+  $('backups-empty').hidden = list.length > 0;
+  body.closest('table').hidden = list.length === 0;
+}
+
+async function create() {
+  try {
+    const { jobId } = await api('/backups', { method: 'POST' });
+    await showJobProgress(jobId, {
+      title: 'Creating a backup',
+      describe: (job) => `Backup created: ${job.result?.backup?.filename ?? 'done'}`,
+    });
+  } catch (error) {
+    report(error);
+  }
+  await loadBackups().catch(report);
+}
+
+/** Lets the browser itself save the file (streamed to disk) via a one-time link, so the token never sits in a URL. */
+async function download(name) {
+  try {
+    const { url } = await api(`/backups/${encodeURIComponent(name)}/download-link`, { method: 'POST' });
+    const link = el('a', { href: url, download: name });
+    document.body.append(link);
+    link.click();
+    link.remove();
+  } catch (error) {
+    report(error);
+  }
+}
+
+async function verify(name) {
+  try {
+    const { jobId } = await api(`/backups/${encodeURIComponent(name)}/verify`, { method: 'POST' });
+    await showJobProgress(jobId, {
+      title: `Verifying ${name}`,
+      describe: () => 'The backup is intact: every file decrypted and matched its checksum.',
+    });
+  } catch (error) {
+    report(error);
+  }
+  await loadBackups().catch(report);
+}
+
+/**
+ * Asks, then restores through `path` (local or offsite) with progress, and reloads the page when done:
+ * everything on it may have changed.
+ */
+export async function restoreWithProgress(path, name, where = 'this backup') {
+  const ok = await confirmAction({
+    title: 'Restore this backup?',
+    body: [
+      el(
+        'p',
+        {},
+        'Restoring ',
+        el('strong', {}, name),
+        ` (${where}) `,
+        el('strong', {}, 'replaces all current data'),
+        ' of GEM with the data in the backup.',
+      ),
+      'A safety backup of the current data is taken first. GEM is briefly unavailable while the data is switched over.',
+    ],
+    confirmLabel: 'Yes, Restore',
+  });
+  if (!ok) return;
+  try {
+    const { jobId } = await api(path, { method: 'POST', json: { confirm: name } });
+    await showJobProgress(jobId, {
+      title: `Restoring ${name}`,
+      cancellable: true,
+      onNotice: (notice, _data, { text }) => {
+        if (notice === 'restore-swap') text.textContent = 'Switching over to the restored data…';
+      },
+      describe: () => 'Restore complete. Reloading the page…',
+      afterSuccess: async () => {
+        await new Promise((resolve) => setTimeout(resolve, 1500));
+        location.reload();
+      },
+    });
+  } catch (error) {
+    report(error);
+  }
+}
+
+function restore(name) {
+  return restoreWithProgress(`/backups/${encodeURIComponent(name)}/restore`, name, 'a local backup');
+}
+
+async function remove(name) {
+  const ok = await confirmAction({
+    title: 'Delete this backup?',
+    body: [
+      el(
+        'p',
+        {},
+        el('strong', {}, name),
+        ' will be deleted from this controller. Offsite copies are not affected.',
+      ),
+      'This cannot be undone.',
+    ],
+    confirmLabel: 'Delete',
+  });
+  if (!ok) return;
+  try {
+    await api(`/backups/${encodeURIComponent(name)}`, { method: 'DELETE' });
+  } catch (error) {
+    report(error);
+  }
+  await loadBackups().catch(report);
+}
+
+async function upload(event) {
+  event.preventDefault();
+  const input = $('upload-file');
+  const message = $('upload-error');
+  message.textContent = '';
+  message.className = 'field-error';
+  input.removeAttribute('aria-invalid');
+  const file = input.files?.[0];
+  if (!file) {
+    message.textContent = 'Choose a backup file (gem-backup-….tar.gz) first.';
+    input.setAttribute('aria-invalid', 'true');
+    input.focus();
+    return;
+  }
+  const button = event.submitter ?? $('upload-form').querySelector('button');
+  button.disabled = true;
+  message.className = 'result';
+  try {
+    await uploadFile(`/backups/upload?filename=${encodeURIComponent(file.name)}`, file, (done, total) => {
+      message.textContent = total
+        ? `Uploading… ${Math.round((done / total) * 100)}% (${bytes(done)} of ${bytes(total)})`
+        : `Uploading… ${bytes(done)}`;
+    });
+    message.className = 'result ok';
+    message.textContent = `Uploaded ${file.name}.`;
+    input.value = '';
+  } catch (error) {
+    message.className = 'field-error';
+    message.textContent = error.message;
+    input.setAttribute('aria-invalid', 'true');
+  } finally {
+    button.disabled = false;
+  }
+  await loadBackups().catch(report);
+}
+
+/** Wires the backups card; `onError` shows a failure at the top of the page. */
+export function setupBackups(onError) {
+  report = onError;
+  $('create-backup').addEventListener('click', create);
+  $('upload-form').addEventListener('submit', upload);
+}

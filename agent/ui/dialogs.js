@@ -1,0 +1,129 @@
+// The two dialogs: a confirmation for destructive actions, and a job's progress fed by its events.
+import { api, followJob } from './api.js';
+import { bytes, phase } from './format.js';
+
+const $ = (id) => document.getElementById(id);
+
+/** Asks before a destructive action. `body` is text or nodes. Resolves true only on the confirm button. */
+export function confirmAction({ title, body, confirmLabel, danger = true }) {
+  const dialog = $('confirm-dialog');
+  $('confirm-title').textContent = title;
+  const content = $('confirm-body');
+  content.replaceChildren(
+    ...(Array.isArray(body) ? body : [body]).map((part) =>
+      typeof part === 'string' ? Object.assign(document.createElement('p'), { textContent: part }) : part,
+    ),
+  );
+  const ok = $('confirm-ok');
+  ok.textContent = confirmLabel;
+  ok.className = danger ? 'btn btn-danger' : 'btn btn-primary';
+  const opener = document.activeElement;
+  dialog.returnValue = '';
+  dialog.showModal();
+  // Safer default: focus lands on Cancel, so Enter never confirms by accident.
+  $('confirm-cancel').focus();
+  return new Promise((resolve) => {
+    dialog.addEventListener(
+      'close',
+      () => {
+        opener?.focus?.();
+        resolve(dialog.returnValue === 'ok');
+      },
+      { once: true },
+    );
+  });
+}
+
+const DONE_TEXT = { succeeded: 'Done', failed: 'Failed', cancelled: 'Cancelled', unknown: 'Finished' };
+
+/**
+ * Shows a job's progress until it ends. `describe(job)` gives the success text; `onNotice` sees notices;
+ * `afterSuccess(job)` runs on success (e.g. reload). Resolves to the final job.
+ */
+export async function showJobProgress(
+  jobId,
+  { title, describe, onNotice, afterSuccess, cancellable = true },
+) {
+  const dialog = $('progress-dialog');
+  const text = $('progress-text');
+  const bar = $('progress-bar');
+  const amount = $('progress-bytes');
+  const state = $('progress-state');
+  const cancel = $('progress-cancel');
+  const close = $('progress-close');
+  const opener = document.activeElement;
+  $('progress-title').textContent = title;
+  state.dataset.state = 'running';
+  $('progress-icon').textContent = '';
+  text.textContent = 'Starting…';
+  bar.removeAttribute('value');
+  amount.textContent = '';
+  cancel.hidden = !cancellable;
+  cancel.disabled = false;
+  close.hidden = true;
+  dialog.showModal();
+  (cancellable ? cancel : dialog).focus();
+
+  const closed = new Promise((resolve) => {
+    close.onclick = () => dialog.close();
+    dialog.addEventListener('close', resolve, { once: true });
+  });
+  // Escape must not hide a running job: the dialog only closes once the job is over.
+  const blockEscape = (event) => event.preventDefault();
+  dialog.addEventListener('cancel', blockEscape);
+  cancel.onclick = async () => {
+    cancel.disabled = true;
+    text.textContent = 'Cancelling…';
+    try {
+      await api(`/jobs/${encodeURIComponent(jobId)}/cancel`, { method: 'POST' });
+    } catch (error) {
+      text.textContent = error.message;
+      cancel.disabled = false;
+    }
+  };
+
+  const show = (job) => {
+    if (job.endedAt) return;
+    const total = job.bytesTotal || 0;
+    text.textContent = `${phase(job.phase) || 'Working'}…`;
+    if (total > 0) {
+      bar.max = total;
+      bar.value = Math.min(job.bytesDone || 0, total);
+      amount.textContent = `${bytes(job.bytesDone || 0)} of ${bytes(total)}`;
+    } else {
+      bar.removeAttribute('value');
+      amount.textContent = job.bytesDone ? `${bytes(job.bytesDone)} so far` : '';
+    }
+  };
+
+  let job;
+  try {
+    job = await followJob(jobId, { onJob: show, onNotice: (name, data) => onNotice?.(name, data, { text }) });
+  } catch (error) {
+    job = { state: 'failed', error: { message: error.message } };
+  }
+  dialog.removeEventListener('cancel', blockEscape);
+  cancel.hidden = true;
+  state.dataset.state = job.state;
+  bar.max = 1;
+  bar.value = job.state === 'succeeded' ? 1 : 0;
+  amount.textContent = '';
+  if (job.state === 'succeeded') {
+    $('progress-icon').textContent = '✓';
+    text.textContent = describe?.(job) ?? DONE_TEXT.succeeded;
+  } else {
+    $('progress-icon').textContent = job.state === 'cancelled' ? '■' : '✕';
+    text.textContent = job.error?.message
+      ? `${DONE_TEXT[job.state] ?? 'Failed'}: ${job.error.message}`
+      : (DONE_TEXT[job.state] ?? 'Failed');
+  }
+  if (job.state === 'succeeded' && afterSuccess) {
+    await afterSuccess(job, { text });
+    return job;
+  }
+  close.hidden = false;
+  close.focus();
+  await closed;
+  opener?.focus?.();
+  return job;
+}

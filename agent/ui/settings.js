@@ -1,0 +1,235 @@
+// The settings form: load, Save All Settings with field errors from the API, DR status and maintenance.
+import { ApiError, api } from './api.js';
+import { showJobProgress } from './dialogs.js';
+import { bytes, dateTime, el, tell } from './format.js';
+import { setupOffsite, sftpMethod, syncOffsiteView } from './offsite.js';
+
+const $ = (id) => document.getElementById(id);
+let loaded = {};
+
+const getPath = (object, path) =>
+  path.split('.').reduce((value, key) => (value == null ? undefined : value[key]), object);
+function setPath(object, path, value) {
+  const keys = path.split('.');
+  let node = object;
+  for (const key of keys.slice(0, -1)) {
+    if (typeof node[key] !== 'object' || node[key] === null) node[key] = {};
+    node = node[key];
+  }
+  node[keys.at(-1)] = value;
+}
+function deletePath(object, path) {
+  const keys = path.split('.');
+  const parent = getPath(object, keys.slice(0, -1).join('.'));
+  if (parent && typeof parent === 'object') delete parent[keys.at(-1)];
+}
+const isSetMarker = (value) =>
+  value && typeof value === 'object' && value.set === true && Object.keys(value).length === 1;
+
+/** Removes every `{"set": true}` marker: a PUT that omits a secret keeps the stored one. */
+function withoutMarkers(value) {
+  if (Array.isArray(value)) return value.map(withoutMarkers);
+  if (!value || typeof value !== 'object') return value;
+  const out = {};
+  for (const [key, inner] of Object.entries(value)) if (!isSetMarker(inner)) out[key] = withoutMarkers(inner);
+  return out;
+}
+
+const controls = () => [...document.querySelectorAll('#settings-form [data-path]')];
+
+/** The settings as the form shows them, unsaved; blank secrets and blank optional fields are left out. */
+export function collectSettings() {
+  const settings = withoutMarkers(structuredClone(loaded));
+  for (const control of controls()) {
+    const path = control.dataset.path;
+    if (control.type === 'checkbox') setPath(settings, path, control.checked);
+    else if (control.value.trim() === '') deletePath(settings, path);
+    else if (control.dataset.type === 'number') setPath(settings, path, Number(control.value));
+    else setPath(settings, path, control.dataset.secret === undefined ? control.value.trim() : control.value);
+  }
+  // Only the chosen SFTP sign-in method is sent.
+  const auth = settings.offsite?.sftp?.auth;
+  if (auth) {
+    if (sftpMethod() === 'password') {
+      delete auth.privateKey;
+      delete auth.passphrase;
+    } else delete auth.password;
+  }
+  return settings;
+}
+
+function fill(settings) {
+  for (const control of controls()) {
+    const value = getPath(settings, control.dataset.path);
+    if (control.type === 'checkbox') control.checked = Boolean(value);
+    else if (isSetMarker(value)) {
+      control.value = '';
+      control.placeholder = 'Saved. Leave empty to keep it.';
+    } else control.value = value ?? '';
+  }
+  syncOffsiteView(settings);
+  drWarning();
+}
+
+function drWarning() {
+  $('dr-off-warning').hidden = $('f-cloudDr-enabled').checked;
+}
+
+function clearFieldErrors() {
+  for (const node of document.querySelectorAll('#settings-form .field-error')) node.remove();
+  for (const control of document.querySelectorAll('#settings-form [aria-invalid]')) {
+    control.removeAttribute('aria-invalid');
+    const described = (control.getAttribute('aria-describedby') ?? '')
+      .split(' ')
+      .filter((id) => !id.startsWith('err-'));
+    if (described.length) control.setAttribute('aria-describedby', described.join(' '));
+    else control.removeAttribute('aria-describedby');
+  }
+}
+
+/** Puts an API field error next to its field (or its nearest named parent); false if no field matches. */
+function showFieldError(fieldPath, message) {
+  const candidates = controls();
+  let control;
+  for (let path = fieldPath; path && !control; path = path.split('.').slice(0, -1).join('.')) {
+    control =
+      candidates.find((c) => c.dataset.path === path) ??
+      candidates.find((c) => c.dataset.path.startsWith(`${path}.`));
+  }
+  if (!control) return false;
+  // Reveal it if it sits in a closed destination or an unselected tab.
+  control.closest('.provider-body')?.removeAttribute('hidden');
+  const panel = control.closest('[role=tabpanel]');
+  if (panel?.hidden)
+    document.querySelector('#sftp-auth .tabs').selectAuth(panel.id.endsWith('key') ? 'key' : 'password');
+  const id = `err-${control.id}`;
+  const text = message.startsWith(`${fieldPath}: `) ? message.slice(fieldPath.length + 2) : message;
+  control.closest('.field').append(el('p', { className: 'field-error', id }, text));
+  control.setAttribute('aria-invalid', 'true');
+  control.setAttribute(
+    'aria-describedby',
+    [control.getAttribute('aria-describedby'), id].filter(Boolean).join(' '),
+  );
+  control.focus();
+  return true;
+}
+
+async function save(event) {
+  event.preventDefault();
+  const status = $('settings-status');
+  const button = $('save-settings');
+  clearFieldErrors();
+  status.className = 'result';
+  status.textContent = 'Saving…';
+  button.disabled = true;
+  try {
+    const answer = await api('/settings', { method: 'PUT', json: collectSettings() });
+    loaded = answer && typeof answer === 'object' && answer.autoBackup ? answer : await api('/settings');
+    fill(loaded);
+    status.className = 'result ok';
+    status.textContent = 'Settings saved.';
+    await loadDrStatus();
+  } catch (error) {
+    status.className = 'result bad';
+    const field = error instanceof ApiError ? error.details?.field : undefined;
+    const placed = field ? showFieldError(field, error.message) : false;
+    status.textContent = placed
+      ? 'Not saved: correct the field marked below.'
+      : `Not saved: ${error.message}`;
+  } finally {
+    button.disabled = false;
+  }
+}
+
+/** Loads the saved settings into the form. */
+export async function loadSettings() {
+  try {
+    loaded = await api('/settings');
+    fill(loaded);
+  } catch (error) {
+    $('settings-status').className = 'result bad';
+    $('settings-status').textContent = `Could not load the settings: ${error.message}`;
+  }
+}
+
+function pushText(push) {
+  if (!push) return 'Never';
+  const when = push.at ?? push.when ?? push.finishedAt ?? push.pushedAt;
+  const ok = push.ok ?? push.outcome === 'ok';
+  const size = push.size ?? push.bytes;
+  return `${dateTime(when)}${size ? ` · ${bytes(size)}` : ''} · ${ok ? 'succeeded' : `failed: ${push.error?.message ?? push.error ?? 'unknown error'}`}`;
+}
+
+/** Shows the last and next Cloud DR push. */
+export async function loadDrStatus() {
+  try {
+    const status = await api('/dr/status');
+    $('dr-last').textContent = pushText(status.lastPush ?? status.last);
+    const next = status.nextRunAt ?? status.nextRun ?? status.next;
+    $('dr-next').textContent = status.enabled === false ? 'Off' : next ? dateTime(next) : '–';
+  } catch (error) {
+    $('dr-last').textContent = error.status === 404 ? 'Not available' : error.message;
+  }
+}
+
+const TABLE_NAMES = {
+  attributeHistory: 'Attribute history',
+  requestHistory: 'Request history',
+  accessLog: 'Access log',
+};
+
+function showMaintenance(result) {
+  const out = $('maintenance-result');
+  const deleted = result?.deleted ?? {};
+  out.className = 'result ok';
+  out.replaceChildren(
+    el(
+      'p',
+      {},
+      `Deleted ${Number(result?.total ?? 0).toLocaleString()} old row${result?.total === 1 ? '' : 's'}.`,
+    ),
+    el(
+      'ul',
+      { className: 'counts' },
+      ...Object.entries(deleted).map(([table, count]) =>
+        el(
+          'li',
+          { 'data-table': table },
+          `${TABLE_NAMES[table] ?? table}: `,
+          el('strong', {}, Number(count).toLocaleString()),
+        ),
+      ),
+    ),
+  );
+}
+
+async function runMaintenance() {
+  const out = $('maintenance-result');
+  const button = $('run-maintenance');
+  button.disabled = true;
+  tell(out, 'Running maintenance…');
+  try {
+    const answer = await api('/maintenance/run', { method: 'POST' });
+    if (answer?.jobId) {
+      const job = await showJobProgress(answer.jobId, {
+        title: 'Database maintenance',
+        describe: (j) => `Deleted ${j.result?.total ?? 0} old rows.`,
+      });
+      if (job.state === 'succeeded') showMaintenance(job.result);
+      else tell(out, job.error?.message ?? 'maintenance did not finish', 'bad');
+    } else showMaintenance(answer);
+  } catch (error) {
+    out.className = 'result bad';
+    tell(out, error.message, 'bad');
+  } finally {
+    button.disabled = false;
+  }
+}
+
+/** Wires the settings form, offsite sections and maintenance. */
+export function setupSettings() {
+  setupOffsite((provider) => collectSettings().offsite?.[provider] ?? {});
+  $('settings-form').addEventListener('submit', save);
+  $('f-cloudDr-enabled').addEventListener('change', drWarning);
+  $('run-maintenance').addEventListener('click', runMaintenance);
+}
