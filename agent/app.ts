@@ -7,6 +7,7 @@ import { errorBody, onError } from './http/errors';
 import { backupRoutes } from './http/routes/backups';
 import { jobRoutes } from './http/routes/jobs';
 import { keyRoutes } from './http/routes/keys';
+import { uiRoutes } from './http/routes/ui';
 import { AGENT_VERSION } from './version';
 
 /** A part of the API that another module mounts (settings, offsite, DR, ...), under /api/v1. */
@@ -32,5 +33,6 @@ export function createApp(agent: Agent, modules: RouteModule[] = []): Hono {
     api.route(module.path, module.routes(agent));
   }
   app.route('/api/v1', api);
+  app.route('/', uiRoutes(agent));
   return app;
 }

@@ -9,6 +9,7 @@ import { startBackup, startVerify } from '../../backup/operations';
 import { receiveUpload } from '../../backup/upload';
 import { AppError } from '../../errors';
 import { jsonBody } from '../body';
+import { ticketsFor } from '../download-tickets';
 
 const createBody = z
   .object({
@@ -61,6 +62,13 @@ export function backupRoutes(agent: Agent): Hono {
         'content-disposition': `attachment; filename="${name}"`,
       },
     });
+  });
+
+  // A one-time link (60 s) the page can hand to the browser's own downloader: large files stream to disk.
+  app.post('/:filename/download-link', async (c) => {
+    const name = checkBackupName(c.req.param('filename'));
+    await agent.catalog.info(name);
+    return c.json({ url: `/download/${ticketsFor(agent).issue(name)}`, expiresInSeconds: 60 });
   });
 
   app.post('/:filename/verify', async (c) => {
