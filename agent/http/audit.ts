@@ -12,6 +12,11 @@ export class AuditLog {
     this.queue = this.queue.then(() => appendFile(this.path, line, { mode: 0o600 })).catch(() => {});
     return this.queue;
   }
+
+  /** Resolves when every record so far is written (shutdown). */
+  flush(): Promise<void> {
+    return this.queue;
+  }
 }
 
 /** Records every request it wraps (after it ran), whatever the outcome. */

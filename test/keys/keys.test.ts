@@ -1,0 +1,119 @@
+import { readFile, stat } from 'node:fs/promises';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { buildKeysExport, createKeyringFile } from '../../agent/keys/keyring';
+import { openSecret, sealSecret } from '../../agent/keys/secrets';
+import { startTestAgent, type TestAgent } from '../services/agent';
+import { startPostgres, type TestPostgres } from '../services/postgres';
+
+let pg: TestPostgres;
+let t: TestAgent;
+
+beforeAll(async () => {
+  pg = await startPostgres();
+  t = await startTestAgent(pg);
+});
+afterAll(async () => {
+  await t?.close();
+  await pg?.stop();
+});
+
+const json = (body: unknown) => ({
+  method: 'POST',
+  headers: { 'content-type': 'application/json' },
+  body: JSON.stringify(body),
+});
+
+describe('the keyring', () => {
+  it('is created on first start in a 0600 file with a 128-bit installation id', async () => {
+    const mode = (await stat(t.agent.paths.keyring)).mode & 0o777;
+    expect(mode).toBe(0o600);
+    const status = (await (await t.request('/api/v1/keys/status')).json()) as Record<string, unknown>;
+    expect(status.installationId).toMatch(/^[0-9a-f]{32}$/);
+    expect(status).toMatchObject({ downloaded: false, lastDownloadedAt: null, bannerCollapsed: false });
+  });
+
+  it('exports as gem-encryption-keys-YYYY-MM-DD.json and records the download', async () => {
+    const res = await t.request('/api/v1/keys/export');
+    expect(res.status).toBe(200);
+    expect(res.headers.get('content-disposition')).toMatch(/gem-encryption-keys-\d{4}-\d{2}-\d{2}\.json/);
+    const file = (await res.json()) as { format: string; keyring: { installationId: string } };
+    expect(file.format).toBe('gem-encryption-keys');
+    expect(file.keyring.installationId).toBe(t.agent.keyring.installationId);
+    const status = (await (await t.request('/api/v1/keys/status')).json()) as Record<string, unknown>;
+    expect(status.downloaded).toBe(true);
+    expect(typeof status.lastDownloadedAt).toBe('string');
+  });
+
+  it('keeps the banner state', async () => {
+    const res = await t.request('/api/v1/keys/banner', { ...json({ collapsed: true }), method: 'PUT' });
+    expect(res.status).toBe(200);
+    const status = (await (await t.request('/api/v1/keys/status')).json()) as Record<string, unknown>;
+    expect(status.bannerCollapsed).toBe(true);
+  });
+
+  it('imports another installation: its keys become active, ours stay readable as retired', async () => {
+    const mine = t.agent.keyring.activeKey;
+    const sealedBefore = sealSecret('door-code-1234', mine, 'secure-attribute');
+    const other = createKeyringFile();
+    const text = await buildKeysExport(other, 'correct horse battery');
+    const res = await t.request(
+      '/api/v1/keys/import',
+      json({ file: text, passphrase: 'correct horse battery' }),
+    );
+    expect(res.status).toBe(200);
+    expect(t.agent.keyring.installationId).toBe(other.installationId);
+    expect(t.agent.keyring.activeKey.id).toBe(other.masterKeys[0]!.id);
+    expect(t.agent.keyring.masterKeys.map((k) => k.id)).toContain(mine.id);
+    expect(openSecret(sealedBefore, t.agent.keyring.masterKeys, 'secure-attribute')).toBe('door-code-1234');
+  });
+
+  describe('refuses a bad keys file with its own error and changes nothing', () => {
+    const cases: Array<[string, () => Promise<unknown>, string, RegExp]> = [
+      ['a file that is not JSON', async () => ({ file: 'hello' }), 'bad_keys_file', /not JSON/],
+      [
+        'a file of another format',
+        async () => ({ file: { format: 'pgp-keys', keys: [] } }),
+        'bad_keys_file',
+        /not a GEM/,
+      ],
+      [
+        'a corrupt keys file',
+        async () => {
+          const f = JSON.parse(await buildKeysExport(createKeyringFile())) as {
+            keyring: { masterKeys: unknown[] };
+          };
+          f.keyring.masterKeys = [];
+          return { file: f };
+        },
+        'bad_keys_file',
+        /corrupt/,
+      ],
+      [
+        'a wrong passphrase',
+        async () => ({
+          file: await buildKeysExport(createKeyringFile(), 'right passphrase'),
+          passphrase: 'wrong one!',
+        }),
+        'wrong_passphrase',
+        /wrong passphrase/,
+      ],
+      [
+        'a protected file without passphrase',
+        async () => ({ file: await buildKeysExport(createKeyringFile(), 'right passphrase') }),
+        'wrong_passphrase',
+        /passphrase/,
+      ],
+    ];
+    for (const [what, body, code, message] of cases) {
+      it(what, async () => {
+        const before = await readFile(t.agent.paths.keyring, 'utf8');
+        const res = await t.request('/api/v1/keys/import', json(await body()));
+        expect(res.status).toBe(422);
+        const error = ((await res.json()) as { error: { code: string; message: string } }).error;
+        expect(error.code).toBe(code);
+        expect(error.message).toMatch(message);
+        expect(await readFile(t.agent.paths.keyring, 'utf8')).toBe(before);
+      });
+    }
+  });
+});
