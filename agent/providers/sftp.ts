@@ -83,7 +83,12 @@ export class SftpProvider implements StorageProvider {
       throw new StorageError('bad_key_format', PUTTY_HINT);
     }
     let seenHostKey: string | undefined;
-    const client = new SftpClient(this.id);
+    // The library's default global listeners print to the console; failures reach us through each call.
+    const quiet = { error: () => {}, end: () => {}, close: () => {} };
+    const client = new (SftpClient as unknown as new (name: string, callbacks: object) => SftpClient)(
+      this.id,
+      quiet,
+    );
     try {
       const sftp = (await client.connect({
         host: this.options.host,

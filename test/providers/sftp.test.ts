@@ -2,6 +2,7 @@
 import { mkdir, readdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { withRetry } from '../../agent/providers/retry';
 import { type SftpOptions, SftpProvider } from '../../agent/providers/sftp';
 import { runStorageProviderSuite } from '../../shared/storage/conformance';
 import { isStorageError, type StorageErrorCode } from '../../shared/storage/index';
@@ -129,6 +130,35 @@ describe('sftp provider', () => {
     await mkdir(join(sshd.root, '..', 'root-only'), { recursive: true });
     const provider = new SftpProvider(options({ remotePath: join(sshd.root, '..', 'root-only', 'gem') }));
     expect((await failure(provider.put(name, source))).code).toBe('permission_denied');
+  });
+
+  it('uploads once the frozen server comes back, retrying with a fresh source', async () => {
+    const provider = new SftpProvider(options({ remotePath: 'after-pause', timeoutMs: 1000 }));
+    let opened = 0;
+    const counted = {
+      size: 3,
+      open: () => {
+        opened += 1;
+        return new Blob(['abc']).stream();
+      },
+    };
+    const retried: string[] = [];
+    sshd.pause();
+    try {
+      await withRetry(() => provider.put(name, counted), {
+        attempts: 3,
+        baseDelayMs: 50,
+        onRetry: (error) => {
+          retried.push(error.code);
+          sshd.resume();
+        },
+      });
+    } finally {
+      sshd.resume();
+    }
+    expect(retried).toEqual(['unreachable']);
+    expect(opened).toBe(1);
+    expect(await readdir(join(sshd.root, 'after-pause'))).toEqual([name]);
   });
 
   it('creates a missing remote folder, however deep', async () => {

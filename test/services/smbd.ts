@@ -95,8 +95,10 @@ export async function startSmbd(): Promise<SmbdService> {
       ].join('\n'),
     );
     await runWithInput('smbpasswd', ['-c', config, '-s', '-a', username], `${password}\n${password}\n`);
+    // detached: smbd signals its whole process group when it stops, which must not be the test runner's.
     child = spawn(SMBD, ['--foreground', '--no-process-group', '--debug-stdout', `--configfile=${config}`], {
       stdio: ['ignore', 'pipe', 'pipe'],
+      detached: true,
     });
     let log = '';
     const keep = (chunk: Buffer) => {

@@ -1,0 +1,279 @@
+// A Windows / Samba share as a backup destination, driven through smbclient (no SMB library needed).
+import { spawn } from 'node:child_process';
+import { createReadStream, createWriteStream } from 'node:fs';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import type {
+  BackupSource,
+  ProviderProperties,
+  StorageProvider,
+  StoredObject,
+} from '../../shared/storage/index';
+import { StorageError } from '../../shared/storage/index';
+import { isBackupName } from '../../shared/storage/names';
+import { abortedError, assertObjectName, SourceCheck, tempNameFor, throwIfAborted } from './checks';
+
+export interface SmbOptions {
+  host: string;
+  /** Default 445. */
+  port?: number;
+  share: string;
+  username: string;
+  password: string;
+  domain?: string;
+  /** Folder inside the share, e.g. `/gem/`; created on put if missing. */
+  remotePath?: string;
+  /** Seconds smbclient waits for the server per request (default 30). */
+  timeoutSeconds?: number;
+  /** Provider id shown in results (default `smb`). */
+  id?: string;
+}
+
+const SMBCLIENT = 'smbclient';
+const LS_LINE = /^ {2}(.+?)\s+([ADHSRNV]*)\s+(\d+)\s+(\w{3} \w{3} [ \d]\d \d\d:\d\d:\d\d \d{4})$/;
+const AUTH = [
+  'LOGON_FAILURE',
+  'WRONG_PASSWORD',
+  'ACCOUNT_DISABLED',
+  'ACCOUNT_LOCKED_OUT',
+  'PASSWORD_EXPIRED',
+  'NO_SUCH_USER',
+];
+const UNREACHABLE = [
+  'CONNECTION_REFUSED',
+  'HOST_UNREACHABLE',
+  'NETWORK_UNREACHABLE',
+  'IO_TIMEOUT',
+  'CONNECTION_RESET',
+  'CONNECTION_DISCONNECTED',
+  'CONNECTION_ABORTED',
+  'END_OF_FILE',
+];
+const MISSING = ['OBJECT_NAME_NOT_FOUND', 'NO_SUCH_FILE', 'OBJECT_PATH_NOT_FOUND', 'NOT_FOUND'];
+
+interface RunResult {
+  output: string;
+  statuses: string[];
+}
+
+/** Quotes one smbclient command argument; the -c parser splits commands at ';' and knows no escapes. */
+function quote(path: string): string {
+  if (/[";\u0000-\u001f]/.test(path))
+    throw new StorageError('io', `path not usable with smbclient: ${path}`, { permanent: true });
+  return `"${path}"`;
+}
+
+/** Stores backups on an SMB share: spool locally and check, put under a temp name, rename -f, ls to confirm. */
+export class SmbProvider implements StorageProvider {
+  readonly id: string;
+  readonly properties: ProviderProperties = { atomicReplace: true };
+  private readonly options: SmbOptions;
+  private readonly folders: string[];
+
+  constructor(options: SmbOptions) {
+    this.options = options;
+    this.id = options.id ?? 'smb';
+    this.folders = (options.remotePath ?? '/gem/')
+      .split(/[/\\]+/)
+      .filter((part) => part !== '' && part !== '.');
+    for (const folder of this.folders) quote(folder);
+  }
+
+  private path(name: string): string {
+    return [...this.folders, name].join('/');
+  }
+
+  /** Runs smbclient with the password in a 0600 auth file (never on the command line, so not in `ps`). */
+  private async run(commands: string[], signal?: AbortSignal): Promise<RunResult> {
+    throwIfAborted(signal);
+    const dir = await mkdtemp(join(tmpdir(), 'gem-smb-'));
+    const authFile = join(dir, 'auth');
+    try {
+      const lines = [`username = ${this.options.username}`, `password = ${this.options.password}`];
+      if (this.options.domain) lines.push(`domain = ${this.options.domain}`);
+      await writeFile(authFile, `${lines.join('\n')}\n`, { mode: 0o600 });
+      const args = [
+        `//${this.options.host}/${this.options.share}`,
+        '-p',
+        String(this.options.port ?? 445),
+        '-m',
+        'SMB3',
+        '-A',
+        authFile,
+        '-t',
+        String(this.options.timeoutSeconds ?? 30),
+        '-c',
+        commands.join('; '),
+      ];
+      const { output, code } = await new Promise<{ output: string; code: number | null }>(
+        (resolve, reject) => {
+          const child = spawn(SMBCLIENT, args, {
+            stdio: ['ignore', 'pipe', 'pipe'],
+            env: { ...process.env, LC_ALL: 'C' },
+            signal,
+          });
+          let text = '';
+          child.stdout.setEncoding('utf8').on('data', (chunk: string) => {
+            text += chunk;
+          });
+          child.stderr.setEncoding('utf8').on('data', (chunk: string) => {
+            text += chunk;
+          });
+          child.on('error', reject);
+          child.on('close', (exitCode) => resolve({ output: text, code: exitCode }));
+        },
+      );
+      const statuses = [...output.matchAll(/NT_STATUS_([A-Z_]+)/g)].map((match) => match[1]!);
+      if (code !== 0 && statuses.length === 0) {
+        throw new StorageError('io', `smbclient failed (${code}): ${output.trim().slice(-300)}`, {
+          permanent: false,
+        });
+      }
+      return { output, statuses };
+    } catch (error) {
+      if (error instanceof StorageError) throw error;
+      if ((error as NodeJS.ErrnoException).code === 'ENOENT') {
+        throw new StorageError('tool_missing', 'smbclient is not installed: apt-get install -y smbclient', {
+          cause: error,
+        });
+      }
+      if (signal?.aborted) throw abortedError(error);
+      throw new StorageError('io', `smbclient could not run: ${String(error)}`, { cause: error });
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  }
+
+  /** Throws the StorageError for the first NT_STATUS in the output that is not in `ignore`. */
+  private check(result: RunResult, what: string, ignore: string[] = []): void {
+    const status = result.statuses.find((entry) => !ignore.includes(entry));
+    if (status === undefined) return;
+    const target = `//${this.options.host}/${this.options.share}`;
+    if (AUTH.includes(status))
+      throw new StorageError('auth_failed', `${target} refused the username or password`);
+    if (status === 'BAD_NETWORK_NAME')
+      throw new StorageError('path_missing', `share ${target} does not exist`);
+    if (status === 'ACCESS_DENIED')
+      throw new StorageError('permission_denied', `${target} denied access to ${what}`);
+    if (UNREACHABLE.includes(status) || /Connection to .* failed/.test(result.output)) {
+      throw new StorageError(
+        'unreachable',
+        `cannot reach ${target} on port ${this.options.port ?? 445} (NT_STATUS_${status})`,
+      );
+    }
+    if (MISSING.includes(status)) throw new StorageError('not_found', `${what} does not exist on ${target}`);
+    if (status === 'DISK_FULL' || status === 'QUOTA_EXCEEDED')
+      throw new StorageError('no_space', `${target} is full`);
+    throw new StorageError('io', `smbclient: NT_STATUS_${status} for ${what}`);
+  }
+
+  private mkdirCommands(): string[] {
+    return this.folders.map((_, index) => `mkdir ${quote(this.folders.slice(0, index + 1).join('/'))}`);
+  }
+
+  async put(
+    name: string,
+    source: BackupSource,
+    options: { signal?: AbortSignal; onProgress?: (bytes: number) => void } = {},
+  ): Promise<StoredObject> {
+    assertObjectName(name);
+    const { signal } = options;
+    throwIfAborted(signal);
+    // smbclient uploads from a file: spool and check first, so a bad source never reaches the share.
+    const spool = await mkdtemp(join(tmpdir(), 'gem-smb-spool-'));
+    const local = join(spool, 'backup');
+    try {
+      const check = new SourceCheck(options.onProgress);
+      try {
+        await pipeline(
+          Readable.fromWeb(source.open() as never),
+          check,
+          createWriteStream(local, { mode: 0o600 }),
+          signal ? { signal } : {},
+        );
+      } catch (error) {
+        if (signal?.aborted) throw abortedError(error);
+        throw new StorageError('io', `reading the backup failed: ${String(error)}`, { cause: error });
+      }
+      check.verify(source);
+      const temp = this.path(tempNameFor(name));
+      const uploaded = await this.run(
+        [...this.mkdirCommands(), `put ${quote(local)} ${quote(temp)}`],
+        signal,
+      );
+      try {
+        this.check(uploaded, name, ['OBJECT_NAME_COLLISION']);
+        this.check(await this.run([`rename ${quote(temp)} ${quote(this.path(name))} -f`], signal), name);
+      } catch (error) {
+        await this.run([`del ${quote(temp)}`]).catch(() => undefined);
+        throw error;
+      }
+      const stored = await this.stat(name);
+      if (stored.size !== source.size) {
+        throw new StorageError(
+          'integrity',
+          `${name} is ${stored.size} bytes on the share, expected ${source.size}`,
+        );
+      }
+      return { ...stored, sha256: check.sha256() };
+    } finally {
+      await rm(spool, { recursive: true, force: true });
+    }
+  }
+
+  async get(name: string, options: { signal?: AbortSignal } = {}): Promise<ReadableStream<Uint8Array>> {
+    assertObjectName(name);
+    const spool = await mkdtemp(join(tmpdir(), 'gem-smb-spool-'));
+    const local = join(spool, 'backup');
+    try {
+      this.check(await this.run([`get ${quote(this.path(name))} ${quote(local)}`], options.signal), name);
+    } catch (error) {
+      await rm(spool, { recursive: true, force: true });
+      throw error;
+    }
+    const stream = createReadStream(local, options.signal ? { signal: options.signal } : {});
+    // The local copy goes as soon as the reader is done with it, read to the end or cancelled.
+    stream.once('close', () => void rm(spool, { recursive: true, force: true }));
+    return Readable.toWeb(stream) as unknown as ReadableStream<Uint8Array>;
+  }
+
+  async stat(name: string): Promise<StoredObject> {
+    assertObjectName(name);
+    const result = await this.run([`ls ${quote(this.path(name))}`]);
+    this.check(result, name);
+    const entry = this.parseListing(result.output).find((object) => object.name === name);
+    if (!entry) throw new StorageError('not_found', `${name} does not exist on the share`);
+    return entry;
+  }
+
+  async list(): Promise<StoredObject[]> {
+    const result = await this.run([`ls ${quote(this.path('*'))}`]);
+    // A folder nothing was written to yet holds no backups.
+    if (result.statuses.some((status) => MISSING.includes(status))) return [];
+    this.check(result, this.folders.join('/') || '/');
+    return this.parseListing(result.output).filter((entry) => isBackupName(entry.name));
+  }
+
+  async delete(name: string): Promise<void> {
+    await this.stat(name);
+    this.check(await this.run([`del ${quote(this.path(name))}`]), name);
+  }
+
+  private parseListing(output: string): StoredObject[] {
+    const objects: StoredObject[] = [];
+    for (const line of output.split('\n')) {
+      const match = LS_LINE.exec(line.trimEnd());
+      if (!match || match[2]!.includes('D')) continue;
+      const modified = new Date(match[4]!);
+      objects.push({
+        name: match[1]!,
+        size: Number(match[3]),
+        modifiedAt: Number.isNaN(modified.getTime()) ? undefined : modified.toISOString(),
+      });
+    }
+    return objects;
+  }
+}

@@ -1,0 +1,80 @@
+// The SMB provider against a real Samba smbd started for this file.
+import { readdir, rm } from 'node:fs/promises';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { type SmbOptions, SmbProvider } from '../../agent/providers/smb';
+import { runStorageProviderSuite } from '../../shared/storage/conformance';
+import { isStorageError, type StorageErrorCode } from '../../shared/storage/index';
+import { freePort } from '../services/ports';
+import { type SmbdService, startSmbd } from '../services/smbd';
+
+let smbd: SmbdService;
+beforeAll(async () => {
+  smbd = await startSmbd();
+});
+afterAll(async () => {
+  await smbd?.stop();
+});
+
+function options(overrides: Partial<SmbOptions> = {}): SmbOptions {
+  return {
+    host: smbd.host,
+    port: smbd.port,
+    share: smbd.share,
+    username: smbd.username,
+    password: smbd.password,
+    remotePath: '/gem/',
+    ...overrides,
+  };
+}
+
+async function failure(promise: Promise<unknown>): Promise<{ code: StorageErrorCode; permanent: boolean }> {
+  const error = await promise.then(
+    () => undefined,
+    (caught: unknown) => caught,
+  );
+  if (!isStorageError(error)) throw new Error(`expected a StorageError, got ${String(error)}`);
+  return { code: error.code, permanent: error.permanent };
+}
+
+let folders = 0;
+runStorageProviderSuite('smb (samba)', async () => {
+  folders += 1;
+  const top = `suite-${folders}`;
+  return {
+    provider: new SmbProvider(options({ remotePath: `/${top}/gem/` })),
+    cleanup: () => rm(join(smbd.root, top), { recursive: true, force: true }),
+    rawNames: () => readdir(join(smbd.root, top, 'gem')).catch(() => []),
+  };
+});
+
+describe('smb provider', () => {
+  const name = 'gem-backup-2026-07-08-091011.tar.gz';
+  const source = { size: 3, open: () => new Blob(['abc']).stream() };
+
+  it('creates a missing folder path inside the share, however deep', async () => {
+    await new SmbProvider(options({ remotePath: '/x/y/z/' })).put(name, source);
+    expect(await readdir(join(smbd.root, 'x', 'y', 'z'))).toEqual([name]);
+  });
+
+  it("reports a wrong password as permanent 'auth_failed'", async () => {
+    expect(await failure(new SmbProvider(options({ password: 'wrong' })).list())).toEqual({
+      code: 'auth_failed',
+      permanent: true,
+    });
+  });
+
+  it("reports a share that does not exist as 'path_missing'", async () => {
+    expect(await failure(new SmbProvider(options({ share: 'nosuchshare' })).put(name, source))).toEqual({
+      code: 'path_missing',
+      permanent: true,
+    });
+  });
+
+  it("reports a closed port as retryable 'unreachable'", async () => {
+    expect(await failure(new SmbProvider(options({ port: await freePort() })).list())).toEqual({
+      code: 'unreachable',
+      permanent: false,
+    });
+  });
+});
