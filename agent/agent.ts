@@ -6,8 +6,10 @@ import postgres from 'postgres';
 import type { BackupInfo, BackupCatalog as Catalog } from './backup/catalog';
 import { BackupCatalog } from './backup/catalog';
 import type { BackupSources } from './backup/create';
+import { retentionHook } from './backup/retention';
 import { type AgentConfig, type DataPaths, dataPaths } from './config';
 import { type ClusterHandle, ensureDatabase, startCluster } from './db/cluster';
+import { migrateAgentSchema } from './db/migrate';
 import { hasGemSchema, seedGemDatabase, writeSampleFolders } from './db/seed';
 import { AuditLog } from './http/audit';
 import type { Job, JobContext } from './jobs/runner';
@@ -15,6 +17,7 @@ import { JobRunner } from './jobs/runner';
 import { KeyStateStore } from './keys/key-state';
 import { Keyring } from './keys/keyring';
 import type { Logger } from './log';
+import { SettingsService } from './settings/service';
 import { writeSmallFileAtomic } from './system/atomic-file';
 import { PostgresTools, parseDatabaseUrl } from './system/postgres-tools';
 
@@ -37,6 +40,8 @@ export interface Agent {
   sql: postgres.Sql;
   databaseUrl: string;
   afterBackup: AfterBackupHook[];
+  /** The saved settings (gem_backup.settings), their change hooks and the schedules' last runs. */
+  settings: SettingsService;
   /** Stops what open() started (jobs, pool, the embedded cluster if we own it). */
   close(): Promise<void>;
 }
@@ -84,6 +89,10 @@ export async function openAgent(
   }
   if (!config.scriptsDir && !existsSync(scriptsDir)) await writeSampleFolders(scriptsDir, configDir);
 
+  // The agent's own schema (gem_backup), brought up to date before anything reads settings.
+  await migrateAgentSchema(databaseUrl);
+  const settings = await SettingsService.open({ sql, keyring, log, dataDir: config.dataDir });
+
   const catalog = new BackupCatalog(paths.backups, paths.backupRecords, log);
   await catalog.init();
   await rm(paths.work, { recursive: true, force: true });
@@ -92,7 +101,7 @@ export async function openAgent(
   const jobs = new JobRunner({ lockPath, log });
   const token = config.agentToken ?? (await loadOrCreateToken(paths.token));
 
-  return {
+  const agent: Agent = {
     config,
     paths,
     log,
@@ -111,12 +120,16 @@ export async function openAgent(
     sql,
     databaseUrl,
     afterBackup: [],
+    settings,
     close: async () => {
       await jobs.shutdown();
       await sql.end({ timeout: 5 });
       if (cluster && (options.ownCluster || cluster.startedHere)) await cluster.stop();
     },
   };
+  // Retention prunes only after a new backup completed and verified (after-backup hooks run only then).
+  agent.afterBackup.push(retentionHook(agent));
+  return agent;
 }
 
 /** A lock left by a process that no longer runs (a crash) is removed at start. */

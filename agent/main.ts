@@ -3,6 +3,9 @@ import { serve } from '@hono/node-server';
 import { openAgent } from './agent';
 import { createApp } from './app';
 import { loadConfig } from './config';
+import { maintenanceModule } from './http/routes/maintenance';
+import { retentionModule, settingsModule } from './http/routes/settings';
+import { Scheduler } from './jobs/scheduler';
 import { createLogger } from './log';
 import { AGENT_VERSION } from './version';
 
@@ -10,7 +13,10 @@ async function main(): Promise<void> {
   const config = loadConfig();
   const log = createLogger({ level: config.logLevel, base: { service: 'gem-backup-agent' } });
   const agent = await openAgent(config, log, { ownCluster: true });
-  const app = createApp(agent);
+  const app = createApp(agent, [settingsModule, retentionModule, maintenanceModule]);
+  // Auto-backup and maintenance schedules; re-armed on every settings change.
+  const scheduler = new Scheduler(agent);
+  await scheduler.start();
   const server = serve({ fetch: app.fetch, hostname: config.host, port: config.port }, (info) => {
     const url = `http://${config.host}:${info.port}/`;
     log.info('agent listening', {
@@ -28,6 +34,7 @@ async function main(): Promise<void> {
     stopping = true;
     log.info('shutting down', { signal });
     server.close();
+    scheduler.stop();
     await agent.close();
     log.info('stopped');
     process.exit(0);

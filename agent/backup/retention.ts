@@ -1,0 +1,89 @@
+/** Retention: which backups the next prune deletes (pure, for local and offsite), and the local prune hook. */
+import { SAFETY_BACKUPS_KEPT } from '../../shared/api/settings';
+import { isBackupName } from '../../shared/storage/names';
+import type { AfterBackupHook, Agent } from '../agent';
+import type { BackupInfo } from './catalog';
+
+/** What a destination knows of a backup; offsite lists may only know the name and its time. */
+export interface PruneCandidate {
+  filename: string;
+  createdAt: string;
+  kind?: string;
+  pinned?: boolean;
+  /** 'failed' if a verification found it bad: it never counts as "the newest good backup". */
+  verifyResult?: 'ok' | 'failed';
+}
+
+export interface RetentionPolicy {
+  /** Regular backups kept (manual, scheduled, dr), 1-100. */
+  maxBackups: number;
+  /** Safety backups kept (taken by a restore); they do not count toward maxBackups. */
+  maxSafety?: number;
+  /** Names never deleted whatever the counts (the backup just made). */
+  protect?: string[];
+}
+
+export interface PrunePlan<T extends PruneCandidate = PruneCandidate> {
+  keep: T[];
+  delete: T[];
+}
+
+const newestFirst = (a: PruneCandidate, b: PruneCandidate) =>
+  b.createdAt.localeCompare(a.createdAt) || b.filename.localeCompare(a.filename);
+
+/**
+ * The prune plan: per group (regular, safety) the newest N are kept and the older ones deleted, oldest
+ * last in the list; pinned backups and names that are not backup names are always kept; the newest
+ * good regular backup is always kept even if newer bad ones fill the quota.
+ */
+export function planPrune<T extends PruneCandidate>(
+  list: T[],
+  policy: RetentionPolicy | number,
+): PrunePlan<T> {
+  const p = typeof policy === 'number' ? { maxBackups: policy } : policy;
+  const max = Math.max(1, Math.floor(p.maxBackups));
+  const maxSafety = Math.max(0, Math.floor(p.maxSafety ?? SAFETY_BACKUPS_KEPT));
+  const keep: T[] = [];
+  const remove: T[] = [];
+  const eligible = list.filter((b) => {
+    const ours = isBackupName(b.filename) && !b.pinned && !p.protect?.includes(b.filename);
+    if (!ours) keep.push(b);
+    return ours;
+  });
+  const regular = eligible.filter((b) => b.kind !== 'safety').sort(newestFirst);
+  const safety = eligible.filter((b) => b.kind === 'safety').sort(newestFirst);
+  const newestGood = regular.find((b) => b.verifyResult !== 'failed');
+  for (const [i, b] of regular.entries()) (i < max || b === newestGood ? keep : remove).push(b);
+  for (const [i, b] of safety.entries()) (i < maxSafety ? keep : remove).push(b);
+  remove.sort(newestFirst).reverse();
+  return { keep, delete: remove };
+}
+
+/** The local prune plan under the saved maxBackups: what `GET /api/v1/retention/preview` shows. */
+export async function planLocalPrune(agent: Agent, protect: string[] = []): Promise<PrunePlan<BackupInfo>> {
+  return planPrune(await agent.catalog.list(), {
+    maxBackups: agent.settings.get().autoBackup.maxBackups,
+    protect,
+  });
+}
+
+/** Deletes the local backups the plan names, oldest first (never those in `protect`); returns their names. */
+export async function pruneLocal(agent: Agent, protect: string[] = []): Promise<string[]> {
+  const plan = await planLocalPrune(agent, protect);
+  const deleted: string[] = [];
+  for (const backup of plan.delete) {
+    await agent.catalog.delete(backup.filename);
+    deleted.push(backup.filename);
+  }
+  if (deleted.length) agent.log.info('retention pruned local backups', { deleted });
+  return deleted;
+}
+
+/** The after-backup hook (runs only after a new backup completed and verified). */
+export function retentionHook(agent: Agent): AfterBackupHook {
+  return async function retention(backup, ctx) {
+    ctx.phase('pruning old backups');
+    // The backup just made is protected by name, whatever the clock said when older ones were made.
+    await pruneLocal(agent, [backup.filename]);
+  };
+}

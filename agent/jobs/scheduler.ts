@@ -1,0 +1,188 @@
+/** The auto-backup and maintenance schedules (croner): pure next-run/catch-up rules and the running scheduler. */
+import { Cron } from 'croner';
+import type { Schedule } from '../../shared/api/settings';
+import type { Agent } from '../agent';
+import { startBackup } from '../backup/operations';
+import { describeError, isAppError } from '../errors';
+import type { Job } from '../jobs/runner';
+import { startMaintenance } from '../maintenance/run';
+import type { ScheduledTask } from '../settings/state';
+
+/** A task's timing: an auto-backup schedule, or the daily 03:00 maintenance. */
+export type TaskSchedule = Schedule | 'maintenance';
+
+/** The cron patterns: hourly on the hour; the others at 02:00 (maintenance at 03:00). */
+export const CRON_PATTERNS: Record<TaskSchedule, string> = {
+  hourly: '0 0 * * * *',
+  daily: '0 0 2 * * *',
+  weekly: '0 0 2 * * 0',
+  monthly: '0 0 2 1 * *',
+  maintenance: '0 0 3 * * *',
+};
+
+function cron(schedule: TaskSchedule, tz: string | undefined): Cron {
+  return new Cron(CRON_PATTERNS[schedule], { paused: true, ...(tz ? { timezone: tz } : {}) });
+}
+
+/** The next `n` run times strictly after `from`, in `tz` (undefined: the server's local time zone). */
+export function nextRuns(schedule: TaskSchedule, tz: string | undefined, from: Date, n: number): Date[] {
+  return cron(schedule, tz).nextRuns(n, from);
+}
+
+/**
+ * The catch-up rule: if at least one slot passed between the last run and `now` (the agent was down
+ * or busy), the latest such slot, so that the caller runs ONCE however many slots were missed;
+ * undefined if none was missed or the task never ran (nothing to catch up on a first start).
+ */
+export function missedRun(
+  schedule: TaskSchedule,
+  tz: string | undefined,
+  lastRunAt: Date | undefined,
+  now: Date,
+): Date | undefined {
+  if (!lastRunAt) return undefined;
+  const c = cron(schedule, tz);
+  const first = c.nextRun(lastRunAt);
+  if (!first || first > now) return undefined;
+  // The latest slot at or before now: the one before the next slot after now.
+  return c.previousRuns(1, new Date(now.getTime() + 1))[0] ?? first;
+}
+
+/** Waits for the lock this long when another mutating job holds it, then tries once more. */
+export const BUSY_RETRY_MS = 5 * 60_000;
+
+interface TaskDef {
+  task: ScheduledTask;
+  /** Undefined: the task is off. */
+  timing(agent: Agent): { schedule: TaskSchedule; tz: string | undefined } | undefined;
+  start(agent: Agent): Promise<Job>;
+}
+
+const TASKS: TaskDef[] = [
+  {
+    task: 'autoBackup',
+    timing: (agent) => {
+      const a = agent.settings.get().autoBackup;
+      return a.enabled ? { schedule: a.schedule, tz: a.timezone } : undefined;
+    },
+    start: (agent) => startBackup(agent, { kind: 'scheduled' }),
+  },
+  {
+    task: 'maintenance',
+    timing: (agent) => {
+      const m = agent.settings.get().maintenance;
+      return m.enabled
+        ? { schedule: 'maintenance', tz: agent.settings.get().autoBackup.timezone }
+        : undefined;
+    },
+    start: (agent) => startMaintenance(agent),
+  },
+];
+
+/** Runs the scheduled tasks; re-arms itself whenever the settings change (no restart needed). */
+export class Scheduler {
+  private readonly timers = new Map<ScheduledTask, Cron>();
+  private readonly retries = new Set<NodeJS.Timeout>();
+  private unsubscribe: (() => void) | undefined;
+  private stopped = false;
+
+  constructor(
+    private readonly agent: Agent,
+    private readonly options: { retryMs?: number; now?: () => Date } = {},
+  ) {}
+
+  /** Arms every enabled task and runs one catch-up per task that missed a slot while the agent was down. */
+  async start(): Promise<void> {
+    this.arm();
+    this.unsubscribe = this.agent.settings.subscribe(() => this.arm());
+    const now = this.options.now?.() ?? new Date();
+    for (const def of TASKS) {
+      const timing = def.timing(this.agent);
+      if (!timing) continue;
+      const state = await this.agent.settings.state.get(def.task);
+      const since = state ? (state.lastRunAt ?? state.armedAt) : undefined;
+      const missed = missedRun(timing.schedule, timing.tz, since, now);
+      if (missed) {
+        this.agent.log.info('catching up a run missed while the agent was down', {
+          task: def.task,
+          slot: missed.toISOString(),
+        });
+        await this.fire(def, true);
+      } else if (!state) {
+        // First start with this task: remember it, so a slot missed from now on is caught up.
+        await this.agent.settings.state.arm(def.task, now);
+      }
+    }
+  }
+
+  /** (Re)creates the timers from the current settings. */
+  arm(): void {
+    if (this.stopped) return;
+    for (const c of this.timers.values()) c.stop();
+    this.timers.clear();
+    for (const def of TASKS) {
+      const timing = def.timing(this.agent);
+      if (!timing) continue;
+      const c = new Cron(
+        CRON_PATTERNS[timing.schedule],
+        { ...(timing.tz ? { timezone: timing.tz } : {}), protect: true },
+        () => {
+          void this.fire(def, true);
+        },
+      );
+      this.timers.set(def.task, c);
+    }
+  }
+
+  /** When each armed task runs next (null: off). */
+  nextRunAt(task: ScheduledTask): Date | null {
+    return this.timers.get(task)?.nextRun() ?? null;
+  }
+
+  /**
+   * Starts a task's job; if another mutating job holds the lock, tries once more after `retryMs`.
+   * Resolves when the job has ended (or was given up), recording the run for the catch-up rule.
+   */
+  async fire(def: TaskDef | ScheduledTask, retry: boolean): Promise<Job | undefined> {
+    const d = typeof def === 'string' ? TASKS.find((t) => t.task === def)! : def;
+    if (this.stopped) return undefined;
+    const startedAt = this.options.now?.() ?? new Date();
+    let job: Job;
+    try {
+      job = await d.start(this.agent);
+    } catch (error) {
+      if (isAppError(error, 'job_running') && retry) {
+        this.agent.log.info('another job is running; trying the scheduled task again later', {
+          task: d.task,
+        });
+        return new Promise((resolve) => {
+          const timer = setTimeout(() => {
+            this.retries.delete(timer);
+            resolve(this.fire(d, false));
+          }, this.options.retryMs ?? BUSY_RETRY_MS);
+          this.retries.add(timer);
+        });
+      }
+      this.agent.log.warn('a scheduled task could not start', { task: d.task, error: describeError(error) });
+      return undefined;
+    }
+    const ended = await this.agent.jobs.waitFor(job.id);
+    await this.agent.settings.state
+      .recordRun(d.task, startedAt, {
+        ok: ended.state === 'succeeded',
+        jobId: ended.id,
+        ...(ended.error ? { error: ended.error.message } : {}),
+      })
+      .catch((error: unknown) => this.agent.log.warn('could not record a scheduled run', { error }));
+    return ended;
+  }
+
+  stop(): void {
+    this.stopped = true;
+    this.unsubscribe?.();
+    for (const c of this.timers.values()) c.stop();
+    this.timers.clear();
+    for (const t of this.retries) clearTimeout(t);
+    this.retries.clear();
+  }
+}

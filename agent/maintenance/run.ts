@@ -1,0 +1,41 @@
+/** Maintenance as a job: exclusive with other mutating jobs, cancellable, used by the scheduler and the API. */
+import type { Agent } from '../agent';
+import { AppError } from '../errors';
+import type { Job } from '../jobs/runner';
+import { type PurgeResult, purgeHistory } from './purge';
+
+/** Starts the history purge with the saved retention days as a mutating job (409 if another one runs). */
+export function startMaintenance(agent: Agent, options: { batchSize?: number } = {}): Promise<Job> {
+  const retentionDays = agent.settings.get().maintenance.retentionDays;
+  return agent.jobs.start(
+    'maintenance',
+    async (ctx) => {
+      ctx.phase('purging history');
+      let done = 0;
+      const result = await purgeHistory(agent.sql, {
+        retentionDays,
+        signal: ctx.signal,
+        ...(options.batchSize ? { batchSize: options.batchSize } : {}),
+        onBatch: (_key, count) => {
+          done += count;
+          ctx.progress(done);
+        },
+      });
+      ctx.log.info('history purged', { deleted: result.deleted, total: result.total });
+      return result;
+    },
+    { mutating: true },
+  );
+}
+
+/** Runs the purge now and waits for it: the job's result, or its error (cancelled, failed) thrown. */
+export async function runMaintenanceNow(agent: Agent): Promise<PurgeResult & { jobId: string }> {
+  const job = await agent.jobs.waitFor((await startMaintenance(agent)).id);
+  if (job.state !== 'succeeded') {
+    const code = job.error?.code === 'cancelled' ? 'cancelled' : 'internal';
+    throw new AppError(code, job.error?.message ?? 'the maintenance run failed', {
+      details: { jobId: job.id },
+    });
+  }
+  return { ...(job.result as PurgeResult), jobId: job.id };
+}

@@ -1,0 +1,165 @@
+/** Pure settings logic: applying a PUT to the stored settings, masking, sealing, and the PUT's warnings. */
+import {
+  defaultSettings,
+  type SecretInput,
+  type SecretView,
+  type Settings,
+  type SettingsUpdate,
+  type SettingsView,
+  type SettingsWarning,
+  s3NeedsAttention,
+} from '../../shared/api/settings';
+import { AppError } from '../errors';
+
+/** A new value replaces, null clears, anything else (left out, `{set}` echoed from a GET) keeps. */
+function keep(input: SecretInput | undefined, stored: string | undefined): string | undefined {
+  if (input === null) return undefined;
+  if (typeof input === 'string') return input;
+  return stored;
+}
+
+type Sftp = Settings['offsite']['sftp'];
+type SftpAuthInput = NonNullable<NonNullable<SettingsUpdate['offsite']>['sftp']>['auth'];
+
+function mergeSftpAuth(input: SftpAuthInput, stored: Sftp['auth']): Sftp['auth'] {
+  if (input === undefined) return stored;
+  if ('password' in input) {
+    const password = keep(input.password, stored && 'password' in stored ? stored.password : undefined);
+    return password ? { password } : undefined;
+  }
+  const old = stored && 'privateKey' in stored ? stored : undefined;
+  const privateKey = keep(input.privateKey, old?.privateKey);
+  const passphrase = keep(input.passphrase, old?.passphrase);
+  return privateKey ? { privateKey, ...(passphrase ? { passphrase } : {}) } : undefined;
+}
+
+function missingSecret(field: string): AppError {
+  return new AppError('unprocessable', `${field}: required when enabled`, {
+    details: { field, issues: [{ field, message: 'required when enabled' }] },
+  });
+}
+
+/** Drops keys whose value is undefined, so stored JSON and responses stay tidy. */
+function tidy<T extends object>(o: T): T {
+  return Object.fromEntries(Object.entries(o).filter(([, v]) => v !== undefined)) as T;
+}
+
+/**
+ * Applies a validated PUT body to `current`: each section given replaces the stored one, secrets are
+ * kept unless replaced or cleared. Throws a 422 naming the field if an enabled destination lacks its secret.
+ */
+export function applySettingsUpdate(current: Settings, update: SettingsUpdate): Settings {
+  const next = structuredClone(current);
+  if (update.autoBackup) next.autoBackup = tidy({ ...update.autoBackup });
+  if (update.cloudDr) next.cloudDr = { ...update.cloudDr };
+  if (update.maintenance) next.maintenance = { ...update.maintenance };
+  const offsite = update.offsite;
+  if (offsite?.sftp) {
+    const { auth, ...rest } = offsite.sftp;
+    next.offsite.sftp = tidy({ ...rest, auth: mergeSftpAuth(auth, current.offsite.sftp.auth) });
+    if (next.offsite.sftp.enabled && !next.offsite.sftp.auth) throw missingSecret('offsite.sftp.auth');
+  }
+  if (offsite?.s3) {
+    const { secretAccessKey, needsAttention: _derived, ...rest } = offsite.s3;
+    next.offsite.s3 = tidy({
+      ...rest,
+      secretAccessKey: keep(secretAccessKey, current.offsite.s3.secretAccessKey),
+    });
+    if (next.offsite.s3.enabled && !next.offsite.s3.secretAccessKey) {
+      throw missingSecret('offsite.s3.secretAccessKey');
+    }
+  }
+  if (offsite?.smb) {
+    const { password, ...rest } = offsite.smb;
+    next.offsite.smb = tidy({ ...rest, password: keep(password, current.offsite.smb.password) });
+    if (next.offsite.smb.enabled && !next.offsite.smb.password) throw missingSecret('offsite.smb.password');
+  }
+  return next;
+}
+
+const set = (value: string | undefined): SecretView => ({ set: value !== undefined && value !== '' });
+
+/** The settings as the API shows them: every secret replaced by `{set}`. */
+export function maskSettings(s: Settings, status: SettingsView['status']): SettingsView {
+  const { auth, ...sftp } = s.offsite.sftp;
+  const { secretAccessKey, ...s3 } = s.offsite.s3;
+  const { password, ...smb } = s.offsite.smb;
+  return {
+    autoBackup: { ...s.autoBackup },
+    cloudDr: { ...s.cloudDr },
+    offsite: {
+      sftp: {
+        ...sftp,
+        auth:
+          auth && 'privateKey' in auth
+            ? { privateKey: set(auth.privateKey), passphrase: set(auth.passphrase) }
+            : { password: set(auth?.password) },
+      },
+      s3: { ...s3, secretAccessKey: set(secretAccessKey), needsAttention: s3NeedsAttention(s.offsite.s3) },
+      smb: { ...smb, password: set(password) },
+    },
+    maintenance: { ...s.maintenance },
+    status,
+  };
+}
+
+/** Applies `f` to every secret (sealing for storage, opening after load); the rest is copied. */
+export function mapSecrets(s: Settings, f: (value: string, field: string) => string | undefined): Settings {
+  const out = structuredClone(s);
+  const auth = out.offsite.sftp.auth;
+  if (auth && 'password' in auth) {
+    const password = f(auth.password, 'offsite.sftp.auth.password');
+    out.offsite.sftp = tidy({ ...out.offsite.sftp, auth: password ? { password } : undefined });
+  } else if (auth) {
+    const privateKey = f(auth.privateKey, 'offsite.sftp.auth.privateKey');
+    const passphrase = auth.passphrase ? f(auth.passphrase, 'offsite.sftp.auth.passphrase') : undefined;
+    out.offsite.sftp = tidy({
+      ...out.offsite.sftp,
+      auth: privateKey ? tidy({ privateKey, passphrase }) : undefined,
+    });
+  }
+  const { s3, smb } = out.offsite;
+  if (s3.secretAccessKey) {
+    out.offsite.s3 = tidy({ ...s3, secretAccessKey: f(s3.secretAccessKey, 'offsite.s3.secretAccessKey') });
+  }
+  if (smb.password) out.offsite.smb = tidy({ ...smb, password: f(smb.password, 'offsite.smb.password') });
+  return out;
+}
+
+/**
+ * A stored document (possibly written by an older version, missing newer fields) over the defaults.
+ * Sections are merged one level deep; the document is ours, so it is trusted beyond that.
+ */
+export function withDefaults(doc: unknown): Settings {
+  const d = defaultSettings();
+  const o = (doc ?? {}) as Partial<Record<string, Record<string, unknown>>>;
+  const offsite = (o.offsite ?? {}) as Partial<Record<string, Record<string, unknown>>>;
+  return {
+    autoBackup: { ...d.autoBackup, ...o.autoBackup } as Settings['autoBackup'],
+    cloudDr: { ...d.cloudDr, ...o.cloudDr } as Settings['cloudDr'],
+    offsite: {
+      sftp: { ...d.offsite.sftp, ...offsite.sftp } as Settings['offsite']['sftp'],
+      s3: { ...d.offsite.s3, ...offsite.s3 } as Settings['offsite']['s3'],
+      smb: { ...d.offsite.smb, ...offsite.smb } as Settings['offsite']['smb'],
+    },
+    maintenance: { ...d.maintenance, ...o.maintenance } as Settings['maintenance'],
+  };
+}
+
+/** Consequences a PUT announces before they happen (the page asks for confirmation on these). */
+export function settingsWarnings(previous: Settings, next: Settings): SettingsWarning[] {
+  const warnings: SettingsWarning[] = [];
+  if (previous.cloudDr.enabled && !next.cloudDr.enabled) {
+    warnings.push({
+      code: 'cloud_dr_opt_out',
+      message: 'Turning Cloud DR off deletes the cloud copy of this installation',
+    });
+  }
+  if (previous.autoBackup.enabled && !next.autoBackup.enabled) {
+    warnings.push({
+      code: 'auto_backup_off',
+      message: 'Automatic backups are off: only backups you start yourself will be made',
+    });
+  }
+  return warnings;
+}

@@ -1,0 +1,197 @@
+/** SettingsService: the settings in gem_backup.settings (secrets sealed), validated updates, change hooks. */
+import { readFile, rm } from 'node:fs/promises';
+import { join } from 'node:path';
+import { drizzle, type PostgresJsDatabase } from 'drizzle-orm/postgres-js';
+import type { Sql } from 'postgres';
+import {
+  type Settings,
+  SettingsUpdate,
+  type SettingsView,
+  type SettingsWarning,
+  type TaskStatus,
+} from '../../shared/api/settings';
+import { settings as settingsTable } from '../db/schema';
+import { describeError } from '../errors';
+import { validationError } from '../http/errors';
+import { nextRuns, type TaskSchedule } from '../jobs/scheduler';
+import type { Keyring } from '../keys/keyring';
+import { openSecret, sealSecret } from '../keys/secrets';
+import type { Logger } from '../log';
+import { LEGACY_SETTINGS_FILE, LegacyB2Settings, migrateLegacyB2 } from './legacy';
+import { applySettingsUpdate, mapSecrets, maskSettings, settingsWarnings, withDefaults } from './model';
+import { type ScheduledTask, ScheduleStateStore } from './state';
+
+/** Called after a change is saved, with both versions (plaintext secrets: do not log them). */
+export type SettingsListener = (previous: Settings, next: Settings) => void | Promise<void>;
+
+export interface SettingsDeps {
+  sql: Sql;
+  keyring: Keyring;
+  log: Logger;
+  /** Where a legacy `settings.json` may be found (the agent's data dir). */
+  dataDir?: string;
+}
+
+export class SettingsService {
+  /** Subscribers to every saved change (scheduler re-arm, Cloud DR opt-out, offsite re-check). */
+  readonly onSettingsChanged: SettingsListener[] = [];
+  readonly state: ScheduleStateStore;
+  private readonly db: PostgresJsDatabase;
+  private current: Settings;
+  private queue: Promise<unknown> = Promise.resolve();
+
+  private constructor(
+    private readonly deps: SettingsDeps,
+    initial: Settings,
+  ) {
+    this.db = drizzle(deps.sql);
+    this.state = new ScheduleStateStore(this.db);
+    this.current = initial;
+  }
+
+  /** Loads the stored settings (defaults if none) and imports a legacy B2 configuration if one is found. */
+  static async open(deps: SettingsDeps): Promise<SettingsService> {
+    const service = new SettingsService(deps, withDefaults(undefined));
+    service.current = await service.load();
+    if (deps.dataDir) await service.importLegacy(join(deps.dataDir, LEGACY_SETTINGS_FILE));
+    return service;
+  }
+
+  /** The current settings, secrets in plain text, for the agent's own use (a copy). */
+  get(): Settings {
+    return structuredClone(this.current);
+  }
+
+  /** Adds a listener; returns the function that removes it. */
+  subscribe(listener: SettingsListener): () => void {
+    this.onSettingsChanged.push(listener);
+    return () => {
+      const i = this.onSettingsChanged.indexOf(listener);
+      if (i >= 0) this.onSettingsChanged.splice(i, 1);
+    };
+  }
+
+  /** What `GET /api/v1/settings` returns: secrets masked, last and next runs. */
+  async view(now = new Date()): Promise<SettingsView> {
+    const s = this.current;
+    const status = {
+      autoBackup: await this.taskStatus(
+        'autoBackup',
+        s.autoBackup.enabled ? s.autoBackup.schedule : undefined,
+        s.autoBackup.timezone,
+        now,
+      ),
+      maintenance: await this.taskStatus(
+        'maintenance',
+        s.maintenance.enabled ? 'maintenance' : undefined,
+        s.autoBackup.timezone,
+        now,
+      ),
+    };
+    return maskSettings(s, status);
+  }
+
+  /**
+   * Validates and saves a PUT body (unknown: parsed here, 422 naming the field, nothing saved on any
+   * failure), then tells the listeners. Returns the saved settings and the warnings of the change.
+   */
+  update(body: unknown): Promise<{ previous: Settings; settings: Settings; warnings: SettingsWarning[] }> {
+    const run = this.queue.then(async () => {
+      const parsed = SettingsUpdate.safeParse(body);
+      if (!parsed.success) throw validationError(parsed.error);
+      const previous = this.current;
+      const next = applySettingsUpdate(previous, parsed.data);
+      await this.save(next);
+      this.current = next;
+      await this.notify(previous, next);
+      return {
+        previous: structuredClone(previous),
+        settings: this.get(),
+        warnings: settingsWarnings(previous, next),
+      };
+    });
+    this.queue = run.catch(() => {});
+    return run;
+  }
+
+  private async taskStatus(
+    task: ScheduledTask,
+    schedule: TaskSchedule | undefined,
+    tz: string | undefined,
+    now: Date,
+  ): Promise<TaskStatus> {
+    const state = await this.state.get(task);
+    return {
+      lastRunAt: state?.lastRunAt?.toISOString() ?? null,
+      lastResult: state?.lastResult ?? null,
+      nextRunAt: schedule ? (nextRuns(schedule, tz, now, 1)[0]?.toISOString() ?? null) : null,
+    };
+  }
+
+  private async notify(previous: Settings, next: Settings): Promise<void> {
+    for (const listener of [...this.onSettingsChanged]) {
+      try {
+        await listener(structuredClone(previous), structuredClone(next));
+      } catch (error) {
+        // The change is saved; a listener's failure is its own (it logs and retries as it sees fit).
+        this.deps.log.warn('a settings listener failed', { error: describeError(error) });
+      }
+    }
+  }
+
+  private async load(): Promise<Settings> {
+    const rows = await this.db.select().from(settingsTable);
+    const doc = rows[0]?.doc;
+    if (!doc) return withDefaults(undefined);
+    return mapSecrets(withDefaults(doc), (sealed, field) => {
+      try {
+        return openSecret(sealed, this.deps.keyring.masterKeys, 'settings');
+      } catch (error) {
+        // E.g. keys replaced by an import without the old ones: the secret must be entered again.
+        this.deps.log.warn('a stored secret cannot be opened; it must be entered again', {
+          field,
+          error: describeError(error).code,
+        });
+        return undefined;
+      }
+    });
+  }
+
+  private async save(next: Settings): Promise<void> {
+    const key = this.deps.keyring.activeKey;
+    const doc = mapSecrets(next, (plain) => sealSecret(plain, key, 'settings'));
+    await this.db
+      .insert(settingsTable)
+      .values({ id: 1, doc })
+      .onConflictDoUpdate({ target: settingsTable.id, set: { doc, updatedAt: new Date() } });
+  }
+
+  /** Moves a legacy plaintext B2 configuration into the S3 destination, then removes the file. */
+  private async importLegacy(path: string): Promise<void> {
+    const text = await readFile(path, 'utf8').catch(() => undefined);
+    if (text === undefined) return;
+    let legacy: LegacyB2Settings;
+    try {
+      legacy = LegacyB2Settings.parse(JSON.parse(text));
+    } catch {
+      this.deps.log.warn('a legacy settings.json was found but is not a B2 configuration; left as is', {
+        path,
+      });
+      return;
+    }
+    const s3 = this.current.offsite.s3;
+    if (s3.enabled || s3.accessKeyId) {
+      this.deps.log.warn('legacy B2 settings ignored: an S3 destination is already configured', { path });
+    } else {
+      const next = structuredClone(this.current);
+      next.offsite.s3 = migrateLegacyB2(legacy);
+      await this.save(next);
+      this.current = next;
+      this.deps.log.info(
+        'legacy B2 settings moved to the S3 destination; endpoint and region need attention',
+      );
+    }
+    // The file held the application key in plain text: it goes once its content is safely stored.
+    await rm(path, { force: true });
+  }
+}

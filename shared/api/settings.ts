@@ -1,0 +1,252 @@
+// The agent's settings: the PUT body schema (zod, strict) and the shapes GET returns; shared with the page and the cloud side.
+import { z } from 'zod';
+
+/** Auto-backup schedules; every one runs at 02:00 except hourly (on the hour). */
+export const SCHEDULES = ['hourly', 'daily', 'weekly', 'monthly'] as const;
+export type Schedule = (typeof SCHEDULES)[number];
+export const S3_PROVIDERS = ['aws', 'b2', 'wasabi', 'minio', 'other'] as const;
+export type S3Provider = (typeof S3_PROVIDERS)[number];
+
+/** Bounds the API promises (API.md). */
+export const MAX_BACKUPS_RANGE = { min: 1, max: 100, default: 10 } as const;
+export const MAINTENANCE_DEFAULT_RETENTION_DAYS = 90;
+/** Safety backups (taken by a restore) are kept out of maxBackups and pruned by this limit. */
+export const SAFETY_BACKUPS_KEPT = 3;
+
+/** True if `tz` is an IANA time zone this runtime knows (Intl works in Node and in workerd). */
+export function isTimeZone(tz: string): boolean {
+  try {
+    new Intl.DateTimeFormat('en-US', { timeZone: tz });
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * A secret in a PUT body: a new value; `{set: ...}` as a GET returned it, or the key left out, keeps the
+ * stored one; `null` clears it.
+ */
+export const SecretInput = z
+  .union([z.string().min(1).max(16384), z.object({ set: z.boolean() }).strict()])
+  .nullable();
+export type SecretInput = z.infer<typeof SecretInput>;
+/** How a secret reads back: never its value. */
+export type SecretView = { set: boolean };
+
+const text = (max = 1024) => z.string().max(max);
+
+export const AutoBackupInput = z
+  .object({
+    enabled: z.boolean().default(true),
+    schedule: z.enum(SCHEDULES).default('daily'),
+    maxBackups: z
+      .number()
+      .int()
+      .min(MAX_BACKUPS_RANGE.min)
+      .max(MAX_BACKUPS_RANGE.max)
+      .default(MAX_BACKUPS_RANGE.default),
+    timezone: z.string().refine(isTimeZone, 'unknown time zone').optional(),
+  })
+  .strict();
+
+export const CloudDrInput = z.object({ enabled: z.boolean().default(true) }).strict();
+
+const SftpAuthInput = z.union([
+  z.object({ password: SecretInput }).strict(),
+  z.object({ privateKey: SecretInput, passphrase: SecretInput.optional() }).strict(),
+]);
+
+export const SftpInput = z
+  .object({
+    enabled: z.boolean().default(false),
+    host: text(255).default(''),
+    port: z.number().int().min(1).max(65535).default(22),
+    username: text(255).default(''),
+    remotePath: text().default(''),
+    auth: SftpAuthInput.optional(),
+    autoUpload: z.boolean().default(false),
+  })
+  .strict()
+  .superRefine((s, ctx) => {
+    if (!s.enabled) return;
+    for (const field of ['host', 'username', 'remotePath'] as const) {
+      if (!s[field]) ctx.addIssue({ code: 'custom', path: [field], message: 'required when enabled' });
+    }
+  });
+
+export const S3Input = z
+  .object({
+    enabled: z.boolean().default(false),
+    provider: z.enum(S3_PROVIDERS).default('aws'),
+    accessKeyId: text(512).default(''),
+    secretAccessKey: SecretInput.optional(),
+    bucket: text(255).default(''),
+    endpoint: z.url().optional(),
+    region: text(64).default(''),
+    prefix: text().optional(),
+    forcePathStyle: z.boolean().default(false),
+    autoUpload: z.boolean().default(false),
+    /** Read-only (derived); accepted so a GET body can be sent back. */
+    needsAttention: z.array(z.string()).optional(),
+  })
+  .strict()
+  .superRefine((s, ctx) => {
+    if (!s.enabled) return;
+    for (const field of ['accessKeyId', 'bucket'] as const) {
+      if (!s[field]) ctx.addIssue({ code: 'custom', path: [field], message: 'required when enabled' });
+    }
+  });
+
+export const SmbInput = z
+  .object({
+    enabled: z.boolean().default(false),
+    host: text(255).default(''),
+    share: text(255).default(''),
+    username: text(255).default(''),
+    password: SecretInput.optional(),
+    domain: text(255).optional(),
+    remotePath: text().default('/gem/'),
+    port: z.number().int().min(1).max(65535).optional(),
+    autoUpload: z.boolean().default(false),
+  })
+  .strict()
+  .superRefine((s, ctx) => {
+    if (!s.enabled) return;
+    for (const field of ['host', 'share', 'username'] as const) {
+      if (!s[field]) ctx.addIssue({ code: 'custom', path: [field], message: 'required when enabled' });
+    }
+  });
+
+export const MaintenanceInput = z
+  .object({
+    enabled: z.boolean().default(false),
+    retentionDays: z.number().int().min(1).max(36500).default(MAINTENANCE_DEFAULT_RETENTION_DAYS),
+  })
+  .strict();
+
+/**
+ * The `PUT /api/v1/settings` body. Partial at the top level and inside `offsite`: each section given
+ * replaces the stored section as a whole (its missing fields take their defaults), except secrets,
+ * which are kept unless a new value or null is given. `status` and `warnings` are read-only and ignored.
+ */
+export const SettingsUpdate = z
+  .object({
+    autoBackup: AutoBackupInput.optional(),
+    cloudDr: CloudDrInput.optional(),
+    offsite: z
+      .object({ sftp: SftpInput.optional(), s3: S3Input.optional(), smb: SmbInput.optional() })
+      .strict()
+      .optional(),
+    maintenance: MaintenanceInput.optional(),
+    status: z.unknown().optional(),
+    warnings: z.unknown().optional(),
+  })
+  .strict();
+export type SettingsUpdate = z.infer<typeof SettingsUpdate>;
+
+/** The settings as the agent uses them (secrets in plain text: never leaves the agent). */
+export interface Settings {
+  autoBackup: { enabled: boolean; schedule: Schedule; maxBackups: number; timezone?: string };
+  cloudDr: { enabled: boolean };
+  offsite: {
+    sftp: {
+      enabled: boolean;
+      host: string;
+      port: number;
+      username: string;
+      remotePath: string;
+      auth?: { password: string } | { privateKey: string; passphrase?: string };
+      autoUpload: boolean;
+    };
+    s3: {
+      enabled: boolean;
+      provider: S3Provider;
+      accessKeyId: string;
+      secretAccessKey?: string;
+      bucket: string;
+      endpoint?: string;
+      region: string;
+      prefix?: string;
+      forcePathStyle: boolean;
+      autoUpload: boolean;
+    };
+    smb: {
+      enabled: boolean;
+      host: string;
+      share: string;
+      username: string;
+      password?: string;
+      domain?: string;
+      remotePath: string;
+      port?: number;
+      autoUpload: boolean;
+    };
+  };
+  maintenance: { enabled: boolean; retentionDays: number };
+}
+
+/** What `GET /api/v1/settings` returns: secrets masked, plus read-only status. */
+export interface SettingsView {
+  autoBackup: Settings['autoBackup'];
+  cloudDr: Settings['cloudDr'];
+  offsite: {
+    sftp: Omit<Settings['offsite']['sftp'], 'auth'> & {
+      auth: { password: SecretView } | { privateKey: SecretView; passphrase: SecretView };
+    };
+    s3: Omit<Settings['offsite']['s3'], 'secretAccessKey'> & {
+      secretAccessKey: SecretView;
+      needsAttention: string[];
+    };
+    smb: Omit<Settings['offsite']['smb'], 'password'> & { password: SecretView };
+  };
+  maintenance: Settings['maintenance'];
+  status: { autoBackup: TaskStatus; maintenance: TaskStatus };
+}
+
+/** A scheduled task's last and next run (ISO strings; null when none). */
+export interface TaskStatus {
+  lastRunAt: string | null;
+  lastResult: { ok: boolean; error?: string; jobId?: string } | null;
+  nextRunAt: string | null;
+}
+
+/** A consequence a PUT reports before it happens. */
+export interface SettingsWarning {
+  code: 'cloud_dr_opt_out' | 'auto_backup_off';
+  message: string;
+}
+
+/** What a PUT returns: the saved settings (as GET) and the warnings. */
+export type SettingsPutResponse = SettingsView & { warnings: SettingsWarning[] };
+
+/** The defaults of a fresh installation: daily auto-backup keeping 10, Cloud DR on, no offsite, purge off. */
+export function defaultSettings(): Settings {
+  return {
+    autoBackup: { enabled: true, schedule: 'daily', maxBackups: MAX_BACKUPS_RANGE.default },
+    cloudDr: { enabled: true },
+    offsite: {
+      sftp: { enabled: false, host: '', port: 22, username: '', remotePath: '', autoUpload: false },
+      s3: {
+        enabled: false,
+        provider: 'aws',
+        accessKeyId: '',
+        bucket: '',
+        region: '',
+        forcePathStyle: false,
+        autoUpload: false,
+      },
+      smb: { enabled: false, host: '', share: '', username: '', remotePath: '/gem/', autoUpload: false },
+    },
+    maintenance: { enabled: false, retentionDays: MAINTENANCE_DEFAULT_RETENTION_DAYS },
+  };
+}
+
+/** Fields of an S3 destination a person must still fill in (e.g. after the legacy B2 migration). */
+export function s3NeedsAttention(s3: Settings['offsite']['s3']): string[] {
+  if (!s3.enabled && !s3.accessKeyId) return [];
+  const missing: string[] = [];
+  if (!s3.endpoint && s3.provider !== 'aws') missing.push('endpoint');
+  if (!s3.region) missing.push('region');
+  return missing;
+}
