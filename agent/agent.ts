@@ -17,6 +17,7 @@ import { JobRunner } from './jobs/runner';
 import { KeyStateStore } from './keys/key-state';
 import { Keyring } from './keys/keyring';
 import type { Logger } from './log';
+import { recoverRestoreAtStart } from './restore/swap';
 import { SettingsService } from './settings/service';
 import { writeSmallFileAtomic } from './system/atomic-file';
 import { PostgresTools, parseDatabaseUrl } from './system/postgres-tools';
@@ -83,6 +84,7 @@ export async function openAgent(
   const sql = postgres(databaseUrl, { max: 5, onnotice: () => {}, connect_timeout: 10 });
   const scriptsDir = config.scriptsDir ?? paths.sampleScripts;
   const configDir = config.configDir ?? paths.sampleConfig;
+  await recoverRestoreAtStart(config, log, { databaseUrl, scriptsDir, configDir });
   if (!config.databaseUrl && !(await hasGemSchema(sql))) {
     log.info('seeding the embedded database with a sample GEM installation');
     await seedGemDatabase(sql, keyring.activeKey);

@@ -2,6 +2,7 @@
 import { createCommand, decryptCommand, listCommand, verifyCommand } from './cli/backups';
 import { type CliContext, createCliContext } from './cli/context';
 import { keysCommand } from './cli/keys';
+import { restoreCommand } from './cli/restore';
 import { describeError } from './errors';
 
 type Command = (cli: CliContext) => Promise<void>;
@@ -13,6 +14,7 @@ export const COMMANDS: Record<string, Command> = {
   verify: verifyCommand,
   decrypt: decryptCommand,
   keys: keysCommand,
+  restore: restoreCommand,
 };
 
 const USAGE = `usage: gem-backup <command>

@@ -4,6 +4,7 @@ import { openAgent } from './agent';
 import { createApp } from './app';
 import { loadConfig } from './config';
 import { maintenanceModule } from './http/routes/maintenance';
+import { restoreModule } from './http/routes/restore';
 import { retentionModule, settingsModule } from './http/routes/settings';
 import { Scheduler } from './jobs/scheduler';
 import { createLogger } from './log';
@@ -13,7 +14,7 @@ async function main(): Promise<void> {
   const config = loadConfig();
   const log = createLogger({ level: config.logLevel, base: { service: 'gem-backup-agent' } });
   const agent = await openAgent(config, log, { ownCluster: true });
-  const app = createApp(agent, [settingsModule, retentionModule, maintenanceModule]);
+  const app = createApp(agent, [restoreModule, settingsModule, retentionModule, maintenanceModule]);
   // Auto-backup and maintenance schedules; re-armed on every settings change.
   const scheduler = new Scheduler(agent);
   await scheduler.start();

@@ -1,0 +1,247 @@
+/** Restore as a job: check, safety backup, stage, swap, restart, cleanup; any failure leaves the live system as it was. */
+import { randomBytes } from 'node:crypto';
+import { mkdir, mkdtemp, rm, stat, statfs } from 'node:fs/promises';
+import { basename, join } from 'node:path';
+import type { Agent } from '../agent';
+import { checkBackupName } from '../backup/catalog';
+import { createBackup } from '../backup/create';
+import { DUMP_NAME } from '../backup/manifest';
+import { type ReadOptions, readBackup } from '../backup/reader';
+import { AppError, describeError } from '../errors';
+import type { Job, JobContext } from '../jobs/runner';
+import { TEMP_PREFIX } from '../system/atomic-file';
+import { runProcess } from '../system/spawn';
+import {
+  checkRights,
+  checkVersions,
+  compareRowCounts,
+  createStagingDatabase,
+  databaseSize,
+  dropDatabase,
+  restoreDump,
+} from './database';
+import { extractionSinks } from './extract';
+import { cleanupPrevious, type RestoreFaults, restoreNames, swapIntoPlace } from './swap';
+
+export type { RestoreFaults } from './swap';
+export { recoverInterruptedRestore } from './swap';
+
+export interface RestoreOptions {
+  /** Keep the replaced database and folders aside (only the newest), instead of dropping them. */
+  keepPrevious?: boolean;
+  /** Skip the safety backup: only for a recovery onto an installation with nothing worth keeping. */
+  skipSafetyBackup?: boolean;
+  /** How the file key is found (DR recovery hands it over); default: the keyring's master keys. */
+  resolveFileKey?: ReadOptions['resolveFileKey'];
+  /** Deliberate fault-injection points (tests, drills). */
+  faults?: RestoreFaults;
+}
+
+export interface RestoreResult {
+  restoredFrom: string;
+  backupCreatedAt: string;
+  safetyBackup?: string;
+  tables: number;
+  rows: number;
+  keptPrevious?: string;
+  restart: { ran: boolean; ok?: boolean; error?: string };
+}
+
+function formatBytes(n: number): string {
+  return n >= 1073741824 ? `${(n / 1073741824).toFixed(1)} GiB` : `${(n / 1048576).toFixed(1)} MiB`;
+}
+
+/** Free bytes for an unprivileged writer on the file system holding `dir`. */
+async function freeBytes(dir: string): Promise<number> {
+  const s = await statfs(dir);
+  return Number(s.bavail) * Number(s.bsize);
+}
+
+/**
+ * Restores the backup at `path` (in the catalog or not: DR and offsite restores pass their own).
+ * Every check runs before anything is touched; the live database and folders change only in the
+ * swap, which undoes itself on failure.
+ */
+export async function restoreFromFile(
+  agent: Agent,
+  ctx: JobContext,
+  path: string,
+  options: RestoreOptions & { filename?: string } = {},
+): Promise<RestoreResult> {
+  const { sources } = agent;
+  const conn = sources.conn;
+  const label = options.filename ?? basename(path);
+  const size = (
+    await stat(path).catch(() => {
+      throw new AppError('not_found', `backup file not found: ${label}`);
+    })
+  ).size;
+  const readOptions = {
+    keys: agent.keyring.masterKeys,
+    signal: ctx.signal,
+    ...(options.resolveFileKey ? { resolveFileKey: options.resolveFileKey } : {}),
+  };
+
+  // 1. Check: nothing is touched until the file, the server and the disk are known to be fit.
+  ctx.phase('check', size);
+  await checkRights(conn);
+  const { manifest } = await readBackup(path, { ...readOptions, onProgress: (b) => ctx.progress(b) });
+  if (!manifest.members.some((m) => m.path === DUMP_NAME && m.type === 'file')) {
+    throw new AppError('corrupt_backup', 'the backup holds no database dump: it cannot be restored');
+  }
+  await checkVersions(conn, sources.tools, manifest.postgres);
+  await mkdir(agent.paths.work, { recursive: true });
+  const required = options.faults?.requiredBytes ?? 2 * size + (await databaseSize(conn));
+  const free = await freeBytes(agent.paths.work);
+  if (free < required) {
+    throw new AppError(
+      'no_space',
+      `not enough free disk space to restore: about ${formatBytes(required)} needed, ${formatBytes(free)} free ` +
+        `under ${agent.config.dataDir}; free some space (old backups, logs) and try again`,
+    );
+  }
+  ctx.throwIfCancelled();
+
+  // 2. Safety backup of the current state, labelled so a person recognises it.
+  let safetyBackup: string | undefined;
+  if (!options.skipSafetyBackup) {
+    ctx.phase('safety');
+    const inner: JobContext = {
+      ...ctx,
+      phase: (_name, total) => ctx.progress(0, total),
+      progress: ctx.progress,
+    };
+    const backup = await createBackup(
+      { keyring: agent.keyring, catalog: agent.catalog, sources, workDir: agent.paths.work },
+      inner,
+      { kind: 'safety', label: `before restore of ${label}` },
+    );
+    safetyBackup = backup.filename;
+    ctx.throwIfCancelled();
+  }
+
+  // 3. Stage: decrypt and extract in one pass, then pg_restore into a new database; counts must match.
+  const id = randomBytes(4).toString('hex');
+  const names = restoreNames(sources, id);
+  const work = await mkdtemp(join(agent.paths.work, `${TEMP_PREFIX}restore-`));
+  let stagingDbCreated = false;
+  let keepStaging = false;
+  try {
+    ctx.phase('stage', size);
+    for (const folder of names.folders) await mkdir(folder.staging, { mode: 0o755 });
+    const dumpPath = join(work, DUMP_NAME);
+    const folders = Object.fromEntries(names.folders.map((f) => [f.root, f.staging])) as Record<
+      'scripts' | 'config',
+      string
+    >;
+    await readBackup(path, {
+      ...readOptions,
+      ...extractionSinks({ dumpPath, folders }),
+      onProgress: (b) => ctx.progress(b),
+    }).catch((error: NodeJS.ErrnoException) => {
+      if (error.code === 'ENOSPC')
+        throw new AppError('no_space', 'the disk filled up while staging the restore');
+      throw error;
+    });
+    ctx.throwIfCancelled();
+    ctx.phase('stage');
+    stagingDbCreated = true;
+    await createStagingDatabase(conn, names.staging);
+    await restoreDump({
+      conn,
+      tools: sources.tools,
+      database: names.staging,
+      dumpPath,
+      signal: ctx.signal,
+      ...(options.faults?.onStagingRestore ? { onSpawn: options.faults.onStagingRestore } : {}),
+    });
+    await compareRowCounts(conn, names.staging, manifest.rowCounts);
+    ctx.throwIfCancelled();
+
+    // 4. Swap, in a short critical section; the page hears about it first.
+    ctx.phase('swap');
+    ctx.notice('restore-swap', { restoredFrom: label });
+    const keepPrevious = options.keepPrevious ?? false;
+    try {
+      await swapIntoPlace(agent, names, {
+        ...(options.filename ? { filename: options.filename } : {}),
+        keepPrevious,
+        ...(options.faults ? { faults: options.faults } : {}),
+      });
+    } catch (error) {
+      // An undo that failed leaves the journal for the next start: leave its names alone too.
+      if (!(error instanceof AppError && error.details?.undoFailed)) throw error;
+      keepStaging = true;
+      throw error;
+    }
+    ctx.log.info('restore swapped into place', { restoredFrom: label, safetyBackup });
+
+    // 5. Restart GEM; its failure is reported, the restore itself is done.
+    ctx.phase('restart');
+    const restart = await runRestart(agent, ctx);
+
+    // 6. Cleanup: the previous state goes (or the newest is kept aside).
+    ctx.phase('cleanup');
+    await cleanupPrevious(agent, names, keepPrevious).catch((error) =>
+      ctx.log.warn('could not remove the previous database; the next start retries', { error }),
+    );
+    const rows = Object.values(manifest.rowCounts).reduce((a, b) => a + b, 0);
+    ctx.notice('restore-complete', { restoredFrom: label });
+    return {
+      restoredFrom: label,
+      backupCreatedAt: manifest.createdAt,
+      ...(safetyBackup ? { safetyBackup } : {}),
+      tables: Object.keys(manifest.rowCounts).length,
+      rows,
+      ...(keepPrevious ? { keptPrevious: names.previous } : {}),
+      restart,
+    };
+  } catch (error) {
+    if (error instanceof AppError) throw error;
+    throw new AppError(
+      'restore_failed',
+      `the restore failed; the live system is unchanged: ${describeError(error).message}`,
+      {
+        cause: error,
+      },
+    );
+  } finally {
+    await rm(work, { recursive: true, force: true });
+    if (!keepStaging) {
+      if (stagingDbCreated) await dropDatabase(conn, names.staging).catch(() => {});
+      for (const folder of names.folders) await rm(folder.staging, { recursive: true, force: true });
+    }
+  }
+}
+
+/** Runs GEM_RESTART_COMMAND (argument array, no shell); a failure is reported, never thrown. */
+async function runRestart(agent: Agent, ctx: JobContext): Promise<RestoreResult['restart']> {
+  const command = agent.config.restartCommand;
+  if (!command || command.length === 0) return { ran: false };
+  try {
+    const result = await runProcess(command[0]!, command.slice(1), { signal: AbortSignal.timeout(120_000) });
+    if (result.code === 0) return { ran: true, ok: true };
+    const error = `the restart command exited with ${result.code ?? result.signal}: ${result.stderr.slice(0, 500)}`;
+    ctx.log.warn('the restart command failed; the restore itself is done', { error });
+    return { ran: true, ok: false, error };
+  } catch (error) {
+    const message = `the restart command could not run: ${describeError(error).message}`;
+    ctx.log.warn(message);
+    return { ran: true, ok: false, error: message };
+  }
+}
+
+/** Starts a restore job of a backup in the catalog (a mutating job: 409 while another one runs). */
+export async function startRestore(
+  agent: Agent,
+  filename: string,
+  options: RestoreOptions = {},
+): Promise<Job> {
+  const name = checkBackupName(filename);
+  await agent.catalog.info(name);
+  return agent.jobs.start(
+    'restore',
+    (ctx) => restoreFromFile(agent, ctx, agent.catalog.pathOf(name), { ...options, filename: name }),
+    { mutating: true, target: name },
+  );
+}

@@ -1,0 +1,399 @@
+/** The swap: staging database and folders take the live ones' place by rename, journaled so a crash can be undone. */
+import { existsSync } from 'node:fs';
+import { readdir, readFile, rename, rm } from 'node:fs/promises';
+import { basename, dirname, join } from 'node:path';
+import { z } from 'zod';
+import type { BackupSources } from '../backup/create';
+import { type AgentConfig, dataPaths } from '../config';
+import { AppError, describeError } from '../errors';
+import type { Logger } from '../log';
+import { fsyncDir, writeSmallFileAtomic } from '../system/atomic-file';
+import { type PgConnection, PostgresTools, parseDatabaseUrl } from '../system/postgres-tools';
+import {
+  copyAgentSchema,
+  dropDatabase,
+  listDatabases,
+  renameDatabase,
+  setAllowConnections,
+  terminateSessions,
+} from './database';
+
+/** A live folder, its staging copy beside it, and where the live one is put aside during the swap. */
+export interface FolderNames {
+  root: 'scripts' | 'config';
+  live: string;
+  staging: string;
+  previous: string;
+}
+
+/** Every name one restore uses; all derived from the live names and a short random id. */
+export interface RestoreNames {
+  id: string;
+  live: string;
+  staging: string;
+  previous: string;
+  folders: FolderNames[];
+}
+
+const journalSchema = z.object({
+  format: z.literal('gem-restore-journal'),
+  version: z.literal(1),
+  id: z.string(),
+  filename: z.string().optional(),
+  startedAt: z.string(),
+  step: z.string(),
+  committed: z.boolean(),
+  keepPrevious: z.boolean(),
+  live: z.string(),
+  staging: z.string(),
+  previous: z.string(),
+  folders: z.array(
+    z.object({
+      root: z.enum(['scripts', 'config']),
+      live: z.string(),
+      staging: z.string(),
+      previous: z.string(),
+    }),
+  ),
+});
+export type RestoreJournal = z.infer<typeof journalSchema>;
+
+/** Deliberate fault-injection points for tests and drills (not mocks: the real steps run around them). */
+export interface RestoreFaults {
+  /** Called before each swap step; throwing here fails that step. */
+  beforeSwapStep?: (step: string) => void | Promise<void>;
+  /** Receives pg_restore's pid while it restores the staging database. */
+  onStagingRestore?: (pid: number) => void;
+  /** Overrides the free bytes the disk check requires. */
+  requiredBytes?: number;
+}
+
+/** What the swap and the recovery need from the agent. */
+export interface SwapDeps {
+  paths: { work: string };
+  config: { dataDir: string };
+  sources: BackupSources;
+  log: Logger;
+}
+
+/** The database-name prefix for this live database (PostgreSQL names stop at 63 bytes). */
+function dbPrefix(live: string): string {
+  let prefix = live;
+  while (Buffer.byteLength(prefix) > 40) prefix = prefix.slice(0, -1);
+  return prefix;
+}
+
+export const STAGING_DB_MARK = '_gem_restore_';
+export const PREVIOUS_DB_MARK = '_gem_previous_';
+export const STAGING_FOLDER_MARK = '.gem-restore-staging-';
+export const PREVIOUS_FOLDER_MARK = '.gem-previous-';
+
+/** Names for one restore with id `id`. */
+export function restoreNames(sources: BackupSources, id: string): RestoreNames {
+  const prefix = dbPrefix(sources.conn.database);
+  const folder = (root: 'scripts' | 'config', live: string): FolderNames => ({
+    root,
+    live,
+    staging: `${live}${STAGING_FOLDER_MARK}${id}`,
+    previous: `${live}${PREVIOUS_FOLDER_MARK}${id}`,
+  });
+  return {
+    id,
+    live: sources.conn.database,
+    staging: `${prefix}${STAGING_DB_MARK}${id}`,
+    previous: `${prefix}${PREVIOUS_DB_MARK}${id}`,
+    folders: [folder('scripts', sources.scriptsDir), folder('config', sources.configDir)],
+  };
+}
+
+export function journalPath(dataDir: string): string {
+  return join(dataDir, 'restore-journal.json');
+}
+
+async function writeJournal(dataDir: string, journal: RestoreJournal): Promise<void> {
+  await writeSmallFileAtomic(journalPath(dataDir), `${JSON.stringify(journal, null, 2)}\n`, 0o600);
+}
+
+async function readJournal(dataDir: string, log: Logger): Promise<RestoreJournal | undefined> {
+  const text = await readFile(journalPath(dataDir), 'utf8').catch(() => undefined);
+  if (text === undefined) return undefined;
+  const parsed = journalSchema.safeParse(JSON.parse(text));
+  if (!parsed.success) {
+    log.error('the restore journal is unreadable; checking the databases and folders by name instead');
+    return undefined;
+  }
+  return parsed.data;
+}
+
+export async function removeJournal(dataDir: string): Promise<void> {
+  await rm(journalPath(dataDir), { force: true });
+  await fsyncDir(dataDir).catch(() => {});
+}
+
+async function renameFolder(from: string, to: string): Promise<void> {
+  await rename(from, to);
+  await fsyncDir(dirname(to));
+}
+
+/**
+ * Swaps staging into place in a short critical section. Each step is journaled before it runs;
+ * on any failure the steps done are undone in reverse and the error rethrown, with the live
+ * database and folders exactly as they were. Returns once the journal says "committed".
+ */
+export async function swapIntoPlace(
+  deps: SwapDeps,
+  names: RestoreNames,
+  options: { filename?: string; keepPrevious: boolean; faults?: RestoreFaults },
+): Promise<void> {
+  const conn = deps.sources.conn;
+  const journal: RestoreJournal = {
+    format: 'gem-restore-journal',
+    version: 1,
+    id: names.id,
+    ...(options.filename ? { filename: options.filename } : {}),
+    startedAt: new Date().toISOString(),
+    step: 'start',
+    committed: false,
+    keepPrevious: options.keepPrevious,
+    live: names.live,
+    staging: names.staging,
+    previous: names.previous,
+    folders: names.folders,
+  };
+  const undo: { step: string; revert: () => Promise<void> }[] = [];
+  const step = async (name: string, run: () => Promise<void>, revert?: () => Promise<void>) => {
+    journal.step = name;
+    await writeJournal(deps.config.dataDir, journal);
+    await options.faults?.beforeSwapStep?.(name);
+    await run();
+    if (revert) undo.push({ step: name, revert });
+  };
+
+  try {
+    await step('copy-settings', () =>
+      copyAgentSchema({
+        conn,
+        tools: deps.sources.tools,
+        staging: names.staging,
+        filePath: join(deps.paths.work, `settings-${names.id}.dump`),
+      }),
+    );
+    await step(
+      'fence-live-database',
+      () => setAllowConnections(conn, names.live, false),
+      () => setAllowConnections(conn, names.live, true),
+    );
+    await step('terminate-sessions', () => terminateSessions(conn, names.live));
+    await step(
+      'rename-live-database',
+      () => renameDatabase(conn, names.live, names.previous),
+      async () => {
+        await terminateSessions(conn, names.previous);
+        await renameDatabase(conn, names.previous, names.live);
+      },
+    );
+    await step(
+      'rename-staging-database',
+      async () => {
+        await terminateSessions(conn, names.staging);
+        await renameDatabase(conn, names.staging, names.live);
+      },
+      async () => {
+        await terminateSessions(conn, names.live);
+        await renameDatabase(conn, names.live, names.staging);
+      },
+    );
+    for (const folder of names.folders) {
+      if (existsSync(folder.live)) {
+        await step(
+          `move-live-folder:${folder.root}`,
+          () => renameFolder(folder.live, folder.previous),
+          () => renameFolder(folder.previous, folder.live),
+        );
+      }
+      await step(
+        `move-staging-folder:${folder.root}`,
+        () => renameFolder(folder.staging, folder.live),
+        () => renameFolder(folder.live, folder.staging),
+      );
+    }
+    await step('commit', async () => {
+      journal.committed = true;
+      await writeJournal(deps.config.dataDir, journal);
+    });
+  } catch (error) {
+    const failures: string[] = [];
+    for (const done of undo.reverse()) {
+      try {
+        await done.revert();
+      } catch (undoError) {
+        failures.push(`${done.step}: ${describeError(undoError).message}`);
+      }
+    }
+    if (failures.length > 0) {
+      deps.log.error('a restore swap could not be undone; it will be finished at the next start', {
+        failures,
+      });
+      throw new AppError(
+        'restore_failed',
+        `the restore failed at step ${journal.step} (${describeError(error).message}) and undoing it failed ` +
+          `(${failures.join('; ')}): restart the agent, which finishes the undo from its journal`,
+        { cause: error, details: { step: journal.step, undoFailed: true, failures } },
+      );
+    }
+    await removeJournal(deps.config.dataDir);
+    throw new AppError(
+      'restore_failed',
+      `the restore failed while swapping (step ${journal.step}: ${describeError(error).message}); ` +
+        'everything was put back and the live system is unchanged',
+      { cause: error, details: { step: journal.step } },
+    );
+  }
+}
+
+/** Drops the previous database and folders of a committed restore, or keeps them if asked. */
+export async function cleanupPrevious(
+  deps: SwapDeps,
+  names: RestoreNames,
+  keepPrevious: boolean,
+): Promise<void> {
+  const conn = deps.sources.conn;
+  if (!keepPrevious) {
+    await dropDatabase(conn, names.previous);
+    for (const folder of names.folders) await rm(folder.previous, { recursive: true, force: true });
+  } else {
+    // Only the newest previous state is kept aside: older ones go.
+    await dropPreviousExcept(conn, deps.sources, names.id);
+  }
+  await removeJournal(deps.config.dataDir);
+}
+
+async function dropPreviousExcept(conn: PgConnection, sources: BackupSources, keepId: string): Promise<void> {
+  const prefix = `${dbPrefix(conn.database)}${PREVIOUS_DB_MARK}`;
+  for (const name of await listDatabases(conn)) {
+    if (name.startsWith(prefix) && name !== `${prefix}${keepId}`) await dropDatabase(conn, name);
+  }
+  for (const live of [sources.scriptsDir, sources.configDir]) {
+    for (const path of await siblings(live, PREVIOUS_FOLDER_MARK)) {
+      if (!path.endsWith(`${PREVIOUS_FOLDER_MARK}${keepId}`))
+        await rm(path, { recursive: true, force: true });
+    }
+  }
+}
+
+/** Folders beside `live` whose names start with `<live name><mark>`. */
+async function siblings(live: string, mark: string): Promise<string[]> {
+  const dir = dirname(live);
+  const start = `${basename(live)}${mark}`;
+  const entries = await readdir(dir).catch(() => [] as string[]);
+  return entries.filter((e) => e.startsWith(start)).map((e) => join(dir, e));
+}
+
+/** Removes staging leftovers: `<db>_gem_restore_*` databases and `<folder>.gem-restore-staging-*` folders. */
+export async function dropStagingLeftovers(sources: BackupSources): Promise<string[]> {
+  const removed: string[] = [];
+  const prefix = `${dbPrefix(sources.conn.database)}${STAGING_DB_MARK}`;
+  for (const name of await listDatabases(sources.conn)) {
+    if (name.startsWith(prefix)) {
+      await dropDatabase(sources.conn, name);
+      removed.push(name);
+    }
+  }
+  for (const live of [sources.scriptsDir, sources.configDir]) {
+    for (const path of await siblings(live, STAGING_FOLDER_MARK)) {
+      await rm(path, { recursive: true, force: true });
+      removed.push(path);
+    }
+  }
+  return removed;
+}
+
+/** True while another live process holds the job lock (a restore may be running there right now). */
+async function lockedByOther(dataDir: string): Promise<boolean> {
+  const holder = await readFile(join(dataDir, 'job.lock'), 'utf8')
+    .then((t) => JSON.parse(t) as { pid?: number })
+    .catch(() => undefined);
+  if (!holder?.pid || holder.pid === process.pid) return false;
+  try {
+    process.kill(holder.pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** Undoes an uncommitted swap from what actually exists, so the old state is back whole. */
+async function rollBackFromJournal(deps: SwapDeps, journal: RestoreJournal): Promise<void> {
+  const conn = deps.sources.conn;
+  const databases = new Set(await listDatabases(conn));
+  if (databases.has(journal.previous)) {
+    if (databases.has(journal.live)) {
+      // Whatever holds the live name now is not the old state (the staging copy, or an empty one).
+      const aside = databases.has(journal.staging) ? `${journal.staging}r` : journal.staging;
+      await terminateSessions(conn, journal.live);
+      await renameDatabase(conn, journal.live, aside);
+    }
+    await terminateSessions(conn, journal.previous);
+    await renameDatabase(conn, journal.previous, journal.live);
+  }
+  if ((await listDatabases(conn)).includes(journal.live)) await setAllowConnections(conn, journal.live, true);
+  for (const folder of journal.folders) {
+    if (!existsSync(folder.previous)) continue;
+    if (existsSync(folder.live)) {
+      const aside = existsSync(folder.staging) ? `${folder.staging}r` : folder.staging;
+      await renameFolder(folder.live, aside);
+    }
+    await renameFolder(folder.previous, folder.live);
+  }
+}
+
+/**
+ * At start: finishes (committed) or rolls back (not committed) a swap a crash interrupted, then drops
+ * staging leftovers. After it, the live database and folders are wholly the old state or wholly the
+ * new one. Skipped while another process holds the job lock (its restore may be running).
+ */
+export async function recoverInterruptedRestore(deps: SwapDeps): Promise<void> {
+  if (await lockedByOther(deps.config.dataDir)) {
+    deps.log.info('another process holds the job lock; restore recovery is left to it');
+    return;
+  }
+  const journal = await readJournal(deps.config.dataDir, deps.log);
+  if (journal) {
+    if (journal.committed) {
+      deps.log.warn('finishing a restore that was interrupted after its swap', { restoreId: journal.id });
+      await cleanupPrevious(deps, journal, journal.keepPrevious);
+    } else {
+      deps.log.warn('rolling back a restore that was interrupted during its swap', {
+        restoreId: journal.id,
+        step: journal.step,
+      });
+      await rollBackFromJournal(deps, journal);
+      await removeJournal(deps.config.dataDir);
+    }
+  }
+  // Leftovers are only disk space: failing to drop them (database down) must not stop the agent starting.
+  await dropStagingLeftovers(deps.sources).then(
+    (removed) =>
+      removed.length > 0 && deps.log.info('removed restore staging leftovers', { count: removed.length }),
+    (error) => deps.log.warn('could not check for restore staging leftovers', { error }),
+  );
+}
+
+/** openAgent's entry point: recovery before anything uses the live database (seeding, the pool). */
+export async function recoverRestoreAtStart(
+  config: AgentConfig,
+  log: Logger,
+  live: { databaseUrl: string; scriptsDir: string; configDir: string },
+): Promise<void> {
+  await recoverInterruptedRestore({
+    config,
+    paths: dataPaths(config.dataDir),
+    log,
+    sources: {
+      conn: parseDatabaseUrl(live.databaseUrl),
+      tools: new PostgresTools(config.pgBinDir),
+      scriptsDir: live.scriptsDir,
+      configDir: live.configDir,
+    },
+  });
+}

@@ -1,0 +1,170 @@
+/** Restore test helpers: live-state fingerprints, leftover listing, and sealing hand-made archives with real keys. */
+import { createHash } from 'node:crypto';
+import { createWriteStream } from 'node:fs';
+import { lstat, readdir, readFile, readlink } from 'node:fs/promises';
+import { basename, dirname, join } from 'node:path';
+import { Writable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import { createGzip } from 'node:zlib';
+import tar from 'tar-stream';
+import type { Agent } from '../../agent/agent';
+import { MANIFEST_NAME, type Manifest } from '../../agent/backup/manifest';
+import { readBackup } from '../../agent/backup/reader';
+import { createSealTransform } from '../../agent/keys/envelope-node';
+import { databaseUrl } from '../../agent/system/postgres-tools';
+import { generateFileKey, type MasterKey, newCore, wrapForMasterKey } from '../../shared/envelope';
+import { withSql } from '../services/postgres';
+
+/** Row count and md5 of every table's rows (all schemas, the agent's included), keyed "schema.table". */
+export async function databaseFingerprint(agent: Agent): Promise<Record<string, string>> {
+  return withSql(databaseUrl(agent.sources.conn), async (sql) => {
+    const tables = await sql<{ schema: string; name: string }[]>`
+      select n.nspname as schema, c.relname as name from pg_class c join pg_namespace n on n.oid = c.relnamespace
+      where c.relkind in ('r','p') and n.nspname not in ('pg_catalog','information_schema')
+        and n.nspname not like 'pg_toast%' order by 1, 2`;
+    const out: Record<string, string> = {};
+    for (const t of tables) {
+      const q = `"${t.schema}"."${t.name}"`;
+      const [row] = await sql.unsafe<{ n: string; md5: string | null }[]>(
+        `select count(*) as n, md5(string_agg(x::text, '|' order by x::text)) as md5 from ${q} x`,
+      );
+      out[`${t.schema}.${t.name}`] = `${row!.n}:${row!.md5}`;
+    }
+    return out;
+  });
+}
+
+/** Every entry under `dir`: relative path -> type, mode and content hash (links by target). */
+export async function folderFingerprint(dir: string): Promise<Record<string, string>> {
+  const out: Record<string, string> = {};
+  const walk = async (rel: string) => {
+    const path = rel ? join(dir, rel) : dir;
+    const info = await lstat(path);
+    const mode = (info.mode & 0o777).toString(8);
+    if (info.isSymbolicLink()) out[rel] = `link:${await readlink(path)}`;
+    else if (info.isFile())
+      out[rel] = `file:${mode}:${createHash('sha256')
+        .update(await readFile(path))
+        .digest('hex')}`;
+    else if (info.isDirectory()) {
+      out[rel] = `dir:${mode}`;
+      for (const name of (await readdir(path)).sort()) await walk(rel ? `${rel}/${name}` : name);
+    } else out[rel] = 'other';
+  };
+  await walk('');
+  return out;
+}
+
+/** The live database and both live folders, fingerprinted. */
+export async function liveState(agent: Agent) {
+  return {
+    database: await databaseFingerprint(agent),
+    scripts: await folderFingerprint(agent.sources.scriptsDir),
+    config: await folderFingerprint(agent.sources.configDir),
+  };
+}
+
+/** Databases and folders any restore left behind (staging or previous copies). */
+export async function leftovers(agent: Agent): Promise<string[]> {
+  const names = await withSql(
+    databaseUrl(agent.sources.conn, 'postgres'),
+    (sql) => sql<{ datname: string }[]>`select datname from pg_database`,
+  );
+  const dbs = names
+    .map((r) => r.datname)
+    .filter((n) => n.includes('_gem_restore_') || n.includes('_gem_previous_'));
+  const folders: string[] = [];
+  for (const live of [agent.sources.scriptsDir, agent.sources.configDir]) {
+    for (const entry of await readdir(dirname(live))) {
+      if (entry.startsWith(`${basename(live)}.gem-`)) folders.push(entry);
+    }
+  }
+  return [...dbs, ...folders];
+}
+
+/** One hand-made archive entry: a tar header and (for files) its bytes. */
+export interface ArchiveEntry {
+  header: Partial<tar.Header> & { name: string };
+  data?: Buffer;
+}
+
+/** Seals tar entries (gzip + envelope) under `key` into `out`, exactly as a backup file is made. */
+export async function sealArchive(
+  key: MasterKey,
+  installationId: string,
+  entries: ArchiveEntry[],
+  out: string,
+): Promise<void> {
+  const pack = tar.pack();
+  const filling = (async () => {
+    for (const e of entries) {
+      await new Promise<void>((resolve, reject) =>
+        pack.entry(e.header, e.data ?? Buffer.alloc(0), (error) => (error ? reject(error) : resolve())),
+      );
+    }
+    pack.finalize();
+  })();
+  const fileKey = generateFileKey();
+  const core = newCore({
+    installationId,
+    meta: { kind: 'manual', agentVersion: 'test', filename: basename(out) },
+  });
+  const stanzas = [await wrapForMasterKey(fileKey, key)];
+  await Promise.all([
+    filling,
+    pipeline(pack, createGzip(), createSealTransform({ core, stanzas, fileKey }), createWriteStream(out)),
+  ]);
+}
+
+/** Decrypts a real backup into its entries (manifest first), for tests that reseal a modified copy. */
+export async function unpackBackup(
+  agent: Agent,
+  path: string,
+): Promise<{ manifest: Manifest; entries: ArchiveEntry[] }> {
+  const entries: ArchiveEntry[] = [];
+  const { manifest } = await readBackup(path, {
+    keys: agent.keyring.masterKeys,
+    onDirectory: async (m) => {
+      entries.push({ header: { name: m.path, type: 'directory', mode: m.mode ?? 0o755 } });
+    },
+    openMember: async (m) => {
+      const parts: Buffer[] = [];
+      return new Writable({
+        write(chunk: Buffer, _e, cb) {
+          parts.push(chunk);
+          cb();
+        },
+        final(cb) {
+          const data = Buffer.concat(parts);
+          entries.push({
+            header: { name: m.path, type: 'file', size: data.length, mode: m.mode ?? 0o644 },
+            data,
+          });
+          cb();
+        },
+      });
+    },
+  });
+  return { manifest, entries };
+}
+
+/** Rebuilds manifest.json for `entries` (sizes and sha256 recomputed) with `changes` applied. */
+export function withManifest(
+  manifest: Manifest,
+  entries: ArchiveEntry[],
+  changes: Partial<Manifest> = {},
+): ArchiveEntry[] {
+  const members = entries.map((e) => ({
+    path: e.header.name,
+    type: e.header.type === 'directory' ? ('directory' as const) : ('file' as const),
+    size: e.data?.length ?? 0,
+    ...(e.data ? { sha256: createHash('sha256').update(e.data).digest('hex') } : {}),
+    mode: e.header.mode ?? 0o644,
+  }));
+  const next = { ...manifest, members, ...changes };
+  const data = Buffer.from(JSON.stringify(next));
+  return [
+    { header: { name: MANIFEST_NAME, type: 'file', size: data.length, mode: 0o644 }, data },
+    ...entries,
+  ];
+}

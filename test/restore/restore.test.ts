@@ -1,0 +1,335 @@
+import { copyFile, mkdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { restoreModule } from '../../agent/http/routes/restore';
+import type { Job } from '../../agent/jobs/runner';
+import { keyringFileSchema } from '../../agent/keys/keyring';
+import { openSecret } from '../../agent/keys/secrets';
+import { type RestoreOptions, recoverInterruptedRestore, restoreFromFile } from '../../agent/restore/restore';
+import { databaseUrl } from '../../agent/system/postgres-tools';
+import { startTestAgent, type TestAgent } from '../services/agent';
+import { startPostgres, type TestPostgres, withSql } from '../services/postgres';
+import { leftovers, liveState, sealArchive, unpackBackup, withManifest } from './helpers';
+
+let pg: TestPostgres;
+let t: TestAgent;
+let other: TestAgent;
+let backupName: string;
+let stateAtBackup: Awaited<ReturnType<typeof liveState>>;
+
+async function backup(agent: TestAgent): Promise<string> {
+  const res = await agent.request('/api/v1/backups', { method: 'POST' });
+  const job = await agent.agent.jobs.waitFor(((await res.json()) as { jobId: string }).jobId);
+  expect(job.error).toBeUndefined();
+  return (job.result as { backup: { filename: string } }).backup.filename;
+}
+
+/** Changes data, a script, a config file and the agent's own schema, so a restore has something to undo. */
+async function changeEverything(tag: string): Promise<void> {
+  await withSql(databaseUrl(t.agent.sources.conn), async (sql) => {
+    await sql`update users set display_name = ${`changed ${tag}`}`;
+    await sql`insert into macros (name, definition) values (${`macro ${tag}`}, '{}')`;
+    await sql`delete from access_log where id % 3 = 0`;
+  });
+  await writeFile(join(t.agent.sources.scriptsDir, `new-${tag}.lua`), 'print("new")\n');
+  await writeFile(join(t.agent.sources.configDir, 'gem.json'), JSON.stringify({ version: tag }));
+}
+
+/** Runs a restore of `path` as a job and waits for it. */
+async function runRestore(path: string, options: RestoreOptions = {}): Promise<Job> {
+  const job = await t.agent.jobs.start('restore', (ctx) => restoreFromFile(t.agent, ctx, path, options), {
+    mutating: true,
+  });
+  return t.agent.jobs.waitFor(job.id);
+}
+
+/** The failure contract: the job failed with `code`, live state is byte-identical, no leftovers after recovery. */
+async function expectUntouched(job: Job, code: string, before: Awaited<ReturnType<typeof liveState>>) {
+  expect(job.state).toBe('failed');
+  expect(job.error?.code).toBe(code);
+  expect(await liveState(t.agent)).toEqual(before);
+  await recoverInterruptedRestore(t.agent);
+  expect(await leftovers(t.agent)).toEqual([]);
+  expect(await liveState(t.agent)).toEqual(before);
+}
+
+beforeAll(async () => {
+  pg = await startPostgres();
+  t = await startTestAgent(pg, { modules: [restoreModule] });
+  other = await startTestAgent(pg);
+  await withSql(databaseUrl(t.agent.sources.conn), async (sql) => {
+    await sql`create schema if not exists gem_backup`;
+    await sql`create table gem_backup.dummy_settings (id int primary key, value text)`;
+  });
+  backupName = await backup(t);
+  stateAtBackup = await liveState(t.agent);
+}, 120_000);
+
+afterAll(async () => {
+  await t?.close();
+  await other?.close();
+  await pg?.stop();
+});
+
+describe('restore', () => {
+  it('refuses without the exact confirmation (400) and while another job runs (409), touching nothing', async () => {
+    const before = await liveState(t.agent);
+    const url = `/api/v1/backups/${backupName}/restore`;
+    for (const body of [
+      undefined,
+      '{}',
+      JSON.stringify({ confirm: 'yes' }),
+      JSON.stringify({ confirm: `${backupName} ` }),
+    ]) {
+      const res = await t.request(url, { method: 'POST', ...(body ? { body } : {}) });
+      expect(res.status).toBe(400);
+    }
+    let release!: () => void;
+    const gate = new Promise<void>((resolve) => {
+      release = resolve;
+    });
+    const blocker = await t.agent.jobs.start('maintenance', () => gate, { mutating: true });
+    const res = await t.request(url, { method: 'POST', body: JSON.stringify({ confirm: backupName }) });
+    expect(res.status).toBe(409);
+    expect(((await res.json()) as { error: { code: string } }).error.code).toBe('job_running');
+    release();
+    await t.agent.jobs.waitFor(blocker.id);
+    expect(await liveState(t.agent)).toEqual(before);
+    expect(await leftovers(t.agent)).toEqual([]);
+  });
+
+  it('restores data, scripts and config, keeps the agent schema, takes a safety backup and runs the restart command', async () => {
+    await changeEverything('happy');
+    await withSql(
+      databaseUrl(t.agent.sources.conn),
+      (sql) => sql`insert into gem_backup.dummy_settings values (1, 'kept')`,
+    );
+    const changed = await liveState(t.agent);
+    expect(changed.database['public.users']).not.toBe(stateAtBackup.database['public.users']);
+    const marker = join(t.dataDir, 'restarted');
+    t.agent.config.restartCommand = [
+      'node',
+      '-e',
+      `require('fs').writeFileSync(${JSON.stringify(marker)}, 'ok')`,
+    ];
+    const notices: string[] = [];
+    const off = t.agent.jobs.subscribeAll((e) => e.type === 'notice' && notices.push(e.name));
+    try {
+      const res = await t.request(`/api/v1/backups/${backupName}/restore`, {
+        method: 'POST',
+        body: JSON.stringify({ confirm: backupName }),
+      });
+      expect(res.status).toBe(202);
+      const job = await t.agent.jobs.waitFor(((await res.json()) as { jobId: string }).jobId);
+      expect(job.error).toBeUndefined();
+      expect(job.state).toBe('succeeded');
+      const result = job.result as { safetyBackup: string; restart: { ran: boolean; ok: boolean } };
+      expect(result.restart).toEqual({ ran: true, ok: true });
+      expect(await readFile(marker, 'utf8')).toBe('ok');
+      expect(notices).toEqual(expect.arrayContaining(['restore-swap', 'restore-complete']));
+
+      const after = await liveState(t.agent);
+      const { 'gem_backup.dummy_settings': kept, ...gemTables } = after.database;
+      const { 'gem_backup.dummy_settings': _, ...gemAtBackup } = stateAtBackup.database;
+      expect(gemTables).toEqual(gemAtBackup);
+      expect(kept).toBe(changed.database['gem_backup.dummy_settings']);
+      expect(after.scripts).toEqual(stateAtBackup.scripts);
+      expect(after.config).toEqual(stateAtBackup.config);
+
+      const safety = await t.agent.catalog.info(result.safetyBackup);
+      expect(safety.kind).toBe('safety');
+      expect(safety.label).toBe(`before restore of ${backupName}`);
+      expect(await leftovers(t.agent)).toEqual([]);
+      // The agent's own pool reconnects to the restored database.
+      const [row] = await t.agent.sql<{ n: string }[]>`select count(*) as n from users`;
+      expect(Number(row!.n)).toBeGreaterThan(0);
+    } finally {
+      off();
+      t.agent.config.restartCommand = undefined;
+    }
+  });
+
+  it('keeps the previous database and folders aside when asked', async () => {
+    await changeEverything('keep');
+    const job = await runRestore(t.agent.catalog.pathOf(backupName), {
+      keepPrevious: true,
+      skipSafetyBackup: true,
+    });
+    expect(job.error).toBeUndefined();
+    const kept = (job.result as { keptPrevious: string }).keptPrevious;
+    expect((await leftovers(t.agent)).sort()).toEqual(
+      [kept, expect.stringContaining('.gem-previous-'), expect.stringContaining('.gem-previous-')].sort(),
+    );
+    await withSql(databaseUrl(t.agent.sources.conn, 'postgres'), (sql) =>
+      sql.unsafe(`drop database "${kept}"`),
+    );
+    for (const dir of [t.agent.sources.scriptsDir, t.agent.sources.configDir]) {
+      await rm(`${dir}.gem-previous-${kept.split('_').pop()}`, { recursive: true, force: true });
+    }
+    expect(await leftovers(t.agent)).toEqual([]);
+  });
+
+  it('refuses a backup whose last chunk is corrupt', async () => {
+    await changeEverything('corrupt');
+    const before = await liveState(t.agent);
+    const path = join(t.dataDir, 'corrupt.tar.gz');
+    await copyFile(t.agent.catalog.pathOf(backupName), path);
+    const bytes = await readFile(path);
+    bytes[bytes.length - 20]! ^= 0xff;
+    await writeFile(path, bytes);
+    const job = await runRestore(path);
+    await expectUntouched(job, 'corrupt_backup', before);
+  });
+
+  it('refuses a backup made with keys we do not hold, naming the key', async () => {
+    const foreign = await backup(other);
+    const before = await liveState(t.agent);
+    const job = await runRestore(other.agent.catalog.pathOf(foreign));
+    expect(job.error?.message).toContain(
+      `this backup was made with key ${other.agent.keyring.activeKey.id}; import that installation's keys file`,
+    );
+    await expectUntouched(job, 'no_key', before);
+  });
+
+  it('fails when the restored row counts do not match the manifest', async () => {
+    const before = await liveState(t.agent);
+    const { manifest, entries } = await unpackBackup(t.agent, t.agent.catalog.pathOf(backupName));
+    const rowCounts = { ...manifest.rowCounts, 'public.users': manifest.rowCounts['public.users']! + 1 };
+    const path = join(t.dataDir, 'counts.tar.gz');
+    await sealArchive(
+      t.agent.keyring.activeKey,
+      t.agent.keyring.installationId,
+      withManifest(manifest, entries, { rowCounts }),
+      path,
+    );
+    const job = await runRestore(path, { skipSafetyBackup: true });
+    expect(job.error?.message).toContain('public.users');
+    await expectUntouched(job, 'restore_failed', before);
+  });
+
+  it('refuses a backup that holds no database dump', async () => {
+    const before = await liveState(t.agent);
+    const { manifest, entries } = await unpackBackup(t.agent, t.agent.catalog.pathOf(backupName));
+    const path = join(t.dataDir, 'nodump.tar.gz');
+    const members = entries.filter((e) => e.header.name !== 'database.dump');
+    await sealArchive(
+      t.agent.keyring.activeKey,
+      t.agent.keyring.installationId,
+      withManifest(manifest, members),
+      path,
+    );
+    const job = await runRestore(path, { skipSafetyBackup: true });
+    expect(job.error?.message).toContain('no database dump');
+    await expectUntouched(job, 'corrupt_backup', before);
+  });
+
+  it('fails on a dump whose table of contents is broken', async () => {
+    const before = await liveState(t.agent);
+    const { manifest, entries } = await unpackBackup(t.agent, t.agent.catalog.pathOf(backupName));
+    const members = entries.map((e) => {
+      if (e.header.name !== 'database.dump') return e;
+      const data = Buffer.from(e.data!);
+      data.fill(0x41, 5, 200); // keeps the PGDMP magic, ruins the header and TOC
+      return { ...e, data };
+    });
+    const path = join(t.dataDir, 'toc.tar.gz');
+    await sealArchive(
+      t.agent.keyring.activeKey,
+      t.agent.keyring.installationId,
+      withManifest(manifest, members),
+      path,
+    );
+    const job = await runRestore(path, { skipSafetyBackup: true });
+    await expectUntouched(job, 'restore_failed', before);
+  });
+
+  it('fails cleanly when pg_restore is killed', async () => {
+    const before = await liveState(t.agent);
+    const job = await runRestore(t.agent.catalog.pathOf(backupName), {
+      skipSafetyBackup: true,
+      faults: { onStagingRestore: (pid) => process.kill(pid, 'SIGKILL') },
+    });
+    expect(job.error?.message).toContain('SIGKILL');
+    await expectUntouched(job, 'restore_failed', before);
+  });
+
+  it('refuses when the disk has too little free space, before taking a safety backup', async () => {
+    const before = await liveState(t.agent);
+    const backups = (await t.agent.catalog.list()).length;
+    const job = await runRestore(t.agent.catalog.pathOf(backupName), {
+      faults: { requiredBytes: Number.MAX_SAFE_INTEGER },
+    });
+    expect(job.error?.message).toContain('not enough free disk space');
+    await expectUntouched(job, 'no_space', before);
+    expect((await t.agent.catalog.list()).length).toBe(backups);
+  });
+
+  const steps = [
+    'copy-settings',
+    'fence-live-database',
+    'terminate-sessions',
+    'rename-live-database',
+    'rename-staging-database',
+    'move-live-folder:scripts',
+    'move-staging-folder:scripts',
+    'move-live-folder:config',
+    'move-staging-folder:config',
+    'commit',
+  ];
+  for (const failing of steps) {
+    it(`undoes everything when the swap fails at ${failing}`, async () => {
+      const before = await liveState(t.agent);
+      const seen: string[] = [];
+      const job = await runRestore(t.agent.catalog.pathOf(backupName), {
+        skipSafetyBackup: true,
+        faults: {
+          beforeSwapStep: (step) => {
+            seen.push(step);
+            if (step === failing) throw new Error(`injected failure at ${step}`);
+          },
+        },
+      });
+      expect(seen.at(-1)).toBe(failing);
+      expect(job.error?.message).toContain(`injected failure at ${failing}`);
+      expect(job.error?.message).toContain('live system is unchanged');
+      await expectUntouched(job, 'restore_failed', before);
+      // New connections are allowed again on the live database.
+      const [row] = await withSql(
+        databaseUrl(t.agent.sources.conn, 'postgres'),
+        (sql) =>
+          sql<
+            { allow: boolean }[]
+          >`select datallowconn as allow from pg_database where datname = ${t.agent.sources.conn.database}`,
+      );
+      expect(row!.allow).toBe(true);
+    });
+  }
+
+  it("restores another installation's backup after importing its keys; its secure attributes open", async () => {
+    const foreign = await backup(other);
+    const keyring = keyringFileSchema.parse(
+      JSON.parse(await readFile(join(other.dataDir, 'keyring.json'), 'utf8')),
+    );
+    await t.agent.keyring.importKeys(keyring);
+    await mkdir(t.agent.paths.backups, { recursive: true });
+    await copyFile(other.agent.catalog.pathOf(foreign), t.agent.catalog.pathOf(foreign));
+    expect((await stat(t.agent.catalog.pathOf(foreign))).size).toBeGreaterThan(0);
+    const res = await t.request(`/api/v1/backups/${foreign}/restore`, {
+      method: 'POST',
+      body: JSON.stringify({ confirm: foreign }),
+    });
+    expect(res.status).toBe(202);
+    const job = await t.agent.jobs.waitFor(((await res.json()) as { jobId: string }).jobId);
+    expect(job.error).toBeUndefined();
+    const values = await withSql(
+      databaseUrl(t.agent.sources.conn),
+      (sql) => sql<{ value: string }[]>`select value from attributes where secure = true`,
+    );
+    expect(values.length).toBeGreaterThan(0);
+    for (const { value } of values) {
+      expect(openSecret(value, t.agent.keyring.masterKeys, 'secure-attribute').length).toBeGreaterThan(0);
+    }
+    expect(values[0]!.value.split('.')[1]).toBe(keyring.masterKeys[0]!.id);
+    expect(await leftovers(t.agent)).toEqual([]);
+  });
+});
