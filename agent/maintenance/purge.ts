@@ -19,10 +19,12 @@ export interface PurgeResult {
 }
 
 /**
- * Rows per DELETE statement. Measured on a million rows over 200 days (test/maintenance/measure-batch.ts,
- * 2 cores): 5 000 rows take ~25-40 ms per batch, so no statement holds its row locks or blocks vacuum
- * for long and GEM's own writes interleave freely; smaller batches add per-statement overhead
- * (1 000: ~2x the total time), bigger ones lengthen each statement linearly for little gain.
+ * Rows per DELETE statement. Measured on a million attribute_history rows over 200 days (2 cores,
+ * test/maintenance/measure-batch.ts, warm cache): 1 000 rows ~2-4 ms per batch, 5 000 ~7-10 ms
+ * (max ~12 ms), 10 000 ~19-25 ms with spikes to 70 ms, 20 000 ~30-45 ms with spikes past 130 ms.
+ * 5 000 is past the knee of rows/s (~0.5-0.7 M rows/s) while every statement stays in the
+ * ~10 ms range, so row locks and the snapshot are held briefly and GEM's writes interleave freely;
+ * a slower controller disk multiplies the time per batch, not the number of rows held.
  */
 export const PURGE_BATCH_SIZE = 5000;
 
@@ -57,7 +59,7 @@ export async function purgeHistory(sql: Sql, options: PurgeOptions): Promise<Pur
       // the cut-off and never matches.
       const result = await sql`
         delete from ${t} where ctid = any(array(
-          select ctid from ${t} where ${c} < ${cutoff} limit ${batch}))`;
+          select ctid from ${t} where ${c} < ${cutoff.toISOString()}::timestamptz limit ${batch}))`;
       deleted[key] += result.count;
       options.onBatch?.(key, result.count, deleted[key]);
       if (result.count < batch) break;
