@@ -30,6 +30,8 @@ export function toHex(bytes: Uint8Array): string {
  * view of it (no copy); only pieces spanning several arrays are copied, which coalesces small writes.
  * Pushed arrays are kept by reference, so callers must not modify them afterwards.
  */
+const EMPTY = new Uint8Array(0);
+
 export class ByteQueue {
   private parts: Uint8Array[] = [];
   private first = 0; // index of the first unread part; parts before it are spent
@@ -68,7 +70,9 @@ export class ByteQueue {
   }
 
   private dropFirst(): void {
-    // Dropping spent parts in batches keeps many tiny writes linear rather than quadratic.
+    // Release the spent part at once (a queue fed 1 MiB reads must not pin them); compacting the
+    // array only in batches keeps many tiny writes linear rather than quadratic.
+    this.parts[this.first] = EMPTY;
     this.first++;
     this.head = 0;
     if (this.first >= 1024 || this.first === this.parts.length) {
