@@ -103,6 +103,7 @@ export async function openAgent(
   const jobs = new JobRunner({ lockPath, log });
   const token = config.agentToken ?? (await loadOrCreateToken(paths.token));
 
+  const audit = new AuditLog(paths.audit);
   const agent: Agent = {
     config,
     paths,
@@ -112,7 +113,7 @@ export async function openAgent(
     keyState: new KeyStateStore(paths.state),
     catalog,
     jobs,
-    audit: new AuditLog(paths.audit),
+    audit,
     sources: {
       conn: parseDatabaseUrl(databaseUrl),
       tools: new PostgresTools(config.pgBinDir),
@@ -125,6 +126,7 @@ export async function openAgent(
     settings,
     close: async () => {
       await jobs.shutdown();
+      await audit.flush();
       await sql.end({ timeout: 5 });
       if (cluster && (options.ownCluster || cluster.startedHere)) await cluster.stop();
     },
