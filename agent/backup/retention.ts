@@ -33,8 +33,8 @@ const newestFirst = (a: PruneCandidate, b: PruneCandidate) =>
 
 /**
  * The prune plan: per group (regular, safety) the newest N are kept and the older ones deleted, oldest
- * last in the list; pinned backups and names that are not backup names are always kept; the newest
- * good regular backup is always kept even if newer bad ones fill the quota.
+ * first in `delete`; pinned backups and names that are not backup names are always kept and not
+ * counted; the newest good regular backup and `protect`ed names are always kept.
  */
 export function planPrune<T extends PruneCandidate>(
   list: T[],
@@ -46,15 +46,19 @@ export function planPrune<T extends PruneCandidate>(
   const keep: T[] = [];
   const remove: T[] = [];
   const eligible = list.filter((b) => {
-    const ours = isBackupName(b.filename) && !b.pinned && !p.protect?.includes(b.filename);
+    const ours = isBackupName(b.filename) && !b.pinned;
     if (!ours) keep.push(b);
     return ours;
   });
   const regular = eligible.filter((b) => b.kind !== 'safety').sort(newestFirst);
   const safety = eligible.filter((b) => b.kind === 'safety').sort(newestFirst);
   const newestGood = regular.find((b) => b.verifyResult !== 'failed');
-  for (const [i, b] of regular.entries()) (i < max || b === newestGood ? keep : remove).push(b);
-  for (const [i, b] of safety.entries()) (i < maxSafety ? keep : remove).push(b);
+  // A protected backup counts toward its quota like any other; beyond it, it is kept anyway.
+  const protect = new Set(p.protect ?? []);
+  for (const [i, b] of regular.entries()) {
+    (i < max || b === newestGood || protect.has(b.filename) ? keep : remove).push(b);
+  }
+  for (const [i, b] of safety.entries()) (i < maxSafety || protect.has(b.filename) ? keep : remove).push(b);
   remove.sort(newestFirst).reverse();
   return { keep, delete: remove };
 }

@@ -1,0 +1,90 @@
+// Retention on real backups: a failing backup prunes nothing; a good one prunes exactly the oldest.
+import { readdir, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { startBackup } from '../../agent/backup/operations';
+import { retentionModule, settingsModule } from '../../agent/http/routes/settings';
+import type { Job } from '../../agent/jobs/runner';
+import { startTestAgent, type TestAgent } from '../services/agent';
+import { startPostgres, type TestPostgres } from '../services/postgres';
+
+let pg: TestPostgres;
+let t: TestAgent;
+
+async function backup(kind: 'manual' | 'scheduled' | 'safety', now?: Date): Promise<Job> {
+  const job = await startBackup(t.agent, { kind, ...(now ? { now } : {}) });
+  return t.agent.jobs.waitFor(job.id);
+}
+const localNames = async () => (await t.agent.catalog.list()).map((b) => b.filename).sort();
+
+beforeAll(async () => {
+  pg = await startPostgres();
+  t = await startTestAgent(pg, { modules: [settingsModule, retentionModule] });
+});
+afterAll(async () => {
+  await t?.close();
+  await pg?.stop();
+});
+
+describe('retention of local backups', () => {
+  it('with 10 backups and max 3: a failing backup deletes nothing, a good one prunes exactly the oldest', async () => {
+    const day = (n: number) => new Date(Date.UTC(2026, 0, n, 2, 0, 0));
+    const regular: string[] = [];
+    for (let i = 1; i <= 10; i++) {
+      const job = await backup(i % 2 ? 'manual' : 'scheduled', day(i));
+      expect(job.state, job.error?.message).toBe('succeeded');
+      regular.push((job.result as { backup: { filename: string } }).backup.filename);
+    }
+    // Four safety backups: only the newest three are kept, and they do not count toward maxBackups.
+    const safety: string[] = [];
+    for (let i = 1; i <= 4; i++) {
+      const job = await backup('safety', day(20 + i));
+      safety.push((job.result as { backup: { filename: string } }).backup.filename);
+    }
+    expect(await localNames()).toEqual([...regular, ...safety.slice(1)].sort());
+
+    // A pinned old backup and files that are not ours.
+    await t.agent.catalog.updateRecord(regular[1]!, { pinned: true });
+    await writeFile(join(t.agent.paths.backups, 'notes.txt'), 'not a backup\n');
+    await writeFile(join(t.agent.paths.backups, 'gem-backup-old-copy.tar.gz'), 'not ours either\n');
+
+    const put = await t.request('/api/v1/settings', {
+      method: 'PUT',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ autoBackup: { enabled: true, schedule: 'daily', maxBackups: 3 } }),
+    });
+    expect(put.status).toBe(200);
+
+    // The preview names what the next prune would delete, and deletes nothing.
+    const preview = (await (await t.request('/api/v1/retention/preview')).json()) as {
+      delete: Array<{ filename: string }>;
+    };
+    const unpinnedOld = regular.slice(0, 7).filter((n) => n !== regular[1]);
+    expect(preview.delete.map((b) => b.filename)).toEqual(unpinnedOld);
+    expect((await localNames()).length).toBe(13);
+
+    // A failing backup (the database is unreachable): every old backup is still there.
+    const conn = t.agent.sources.conn;
+    t.agent.sources.conn = { ...conn, port: 1 };
+    const failed = await backup('scheduled');
+    t.agent.sources.conn = conn;
+    expect(failed.state).toBe('failed');
+    expect(await localNames()).toEqual([...regular, ...safety.slice(1)].sort());
+
+    // A good one: the oldest unpinned regular backups go, newest 3 (the new one included), pinned and safety stay.
+    const good = await backup('scheduled');
+    expect(good.state).toBe('succeeded');
+    const result = good.result as {
+      backup: { filename: string };
+      followUps: Record<string, { ok: boolean }>;
+    };
+    expect(result.followUps.retention).toEqual({ ok: true });
+    const expected = [result.backup.filename, ...regular.slice(8), regular[1]!, ...safety.slice(1)].sort();
+    expect(await localNames()).toEqual(expected);
+    const files = await readdir(t.agent.paths.backups);
+    expect(files).toContain('notes.txt');
+    expect(files).toContain('gem-backup-old-copy.tar.gz');
+    for (const gone of unpinnedOld) expect(files).not.toContain(gone);
+    expect(unpinnedOld.length + regular.slice(7, 8).length).toBe(7);
+  });
+});
