@@ -100,3 +100,43 @@ export function asStorageError(error: unknown, signal?: AbortSignal): StorageErr
   const message = error instanceof Error ? error.message : String(error);
   return new StorageError('io', message, { cause: error });
 }
+
+/**
+ * A web stream over a download whose failures surface as StorageErrors (a dropped connection mid-way
+ * is 'io' / 'unreachable', not a raw socket error). `release` runs once, when the stream ends, fails
+ * or is cancelled.
+ */
+export function downloadStream(
+  chunks: AsyncIterable<Uint8Array>,
+  mapError: (error: unknown) => StorageError,
+  release: () => void = () => {},
+): ReadableStream<Uint8Array> {
+  const iterator = chunks[Symbol.asyncIterator]();
+  let released = false;
+  const done = () => {
+    if (!released) {
+      released = true;
+      release();
+    }
+  };
+  return new ReadableStream<Uint8Array>({
+    async pull(controller) {
+      try {
+        const next = await iterator.next();
+        if (next.done) {
+          done();
+          controller.close();
+        } else {
+          controller.enqueue(next.value);
+        }
+      } catch (error) {
+        done();
+        controller.error(mapError(error));
+      }
+    },
+    async cancel() {
+      await iterator.return?.();
+      done();
+    },
+  });
+}

@@ -12,7 +12,7 @@ import type {
 import { StorageError } from '../../shared/storage/index';
 import { isBackupName } from '../../shared/storage/names';
 import { writeFileAtomic } from '../system/atomic-file';
-import { asStorageError, assertObjectName, SourceCheck, throwIfAborted } from './checks';
+import { asStorageError, assertObjectName, downloadStream, SourceCheck, throwIfAborted } from './checks';
 
 export interface LocalFolderOptions {
   /** Absolute path of the folder; created on first put if missing. */
@@ -75,7 +75,11 @@ export class LocalFolderProvider implements StorageProvider {
       join(this.folder, name),
       options.signal ? { signal: options.signal } : {},
     );
-    return Readable.toWeb(stream) as unknown as ReadableStream<Uint8Array>;
+    return downloadStream(
+      stream,
+      (error) => classify(error, name, options.signal),
+      () => stream.destroy(),
+    );
   }
 
   async stat(name: string): Promise<StoredObject> {

@@ -17,7 +17,14 @@ import type {
 } from '../../shared/storage/index';
 import { StorageError } from '../../shared/storage/index';
 import { isBackupName } from '../../shared/storage/names';
-import { abortedError, asStorageError, assertObjectName, throwIfAborted, verifyingStream } from './checks';
+import {
+  abortedError,
+  asStorageError,
+  assertObjectName,
+  downloadStream,
+  throwIfAborted,
+  verifyingStream,
+} from './checks';
 
 export interface S3Options {
   /** Omit for AWS itself; e.g. `https://s3.eu-central-003.backblazeb2.com`. */
@@ -126,7 +133,7 @@ export class S3Provider implements StorageProvider {
         name,
       ) ||
       status === 301 ||
-      /region/i.test(message)
+      (status === 400 && /region/i.test(message))
     ) {
       return new StorageError(
         'wrong_region',
@@ -225,7 +232,10 @@ export class S3Provider implements StorageProvider {
         options.signal ? { abortSignal: options.signal } : {},
       );
       if (!result.Body) throw new StorageError('io', `the storage returned no body for ${name}`);
-      return result.Body.transformToWebStream() as ReadableStream<Uint8Array>;
+      const body = result.Body.transformToWebStream() as ReadableStream<Uint8Array>;
+      return downloadStream(body as unknown as AsyncIterable<Uint8Array>, (error) =>
+        this.classify(error, name, options.signal),
+      );
     } catch (error) {
       throw this.classify(error, name, options.signal);
     }

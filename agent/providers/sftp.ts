@@ -13,7 +13,14 @@ import type {
 } from '../../shared/storage/index';
 import { StorageError } from '../../shared/storage/index';
 import { isBackupName } from '../../shared/storage/names';
-import { asStorageError, assertObjectName, SourceCheck, tempNameFor, throwIfAborted } from './checks';
+import {
+  asStorageError,
+  assertObjectName,
+  downloadStream,
+  SourceCheck,
+  tempNameFor,
+  throwIfAborted,
+} from './checks';
 
 export interface SftpOptions {
   host: string;
@@ -204,6 +211,8 @@ export class SftpProvider implements StorageProvider {
       let handleOpen = true;
       try {
         const sink = sftp.createWriteStream(temp, { handle, autoClose: false } as never);
+        // Writes still in flight when a failed pipeline tears the connection down report late errors.
+        sink.on('error', () => {});
         await pipeline(Readable.fromWeb(source.open() as never), check, sink, signal ? { signal } : {});
         check.verify(source);
         // Ask the server to flush to disk before the rename makes the backup visible.
@@ -261,11 +270,18 @@ export class SftpProvider implements StorageProvider {
       await client.end().catch(() => undefined);
       throw this.classify(error, name);
     }
-    const stream = sftp.createReadStream(this.path(name));
-    // The connection lives as long as the download: closed when the reader finishes or cancels.
-    stream.once('close', () => void client.end().catch(() => undefined));
+    const stream = sftp.createReadStream(this.path(name), { highWaterMark: 256 * 1024 });
+    stream.on('error', () => {}); // reported through downloadStream; this only stops late ones crashing
     if (options.signal) options.signal.addEventListener('abort', () => stream.destroy(), { once: true });
-    return Readable.toWeb(stream) as unknown as ReadableStream<Uint8Array>;
+    // The connection lives as long as the download: closed when the reader finishes, fails or cancels.
+    return downloadStream(
+      stream,
+      (error) => this.classify(error, name, options.signal),
+      () => {
+        stream.destroy();
+        void client.end().catch(() => undefined);
+      },
+    );
   }
 
   async stat(name: string): Promise<StoredObject> {

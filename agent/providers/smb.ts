@@ -14,7 +14,14 @@ import type {
 } from '../../shared/storage/index';
 import { StorageError } from '../../shared/storage/index';
 import { isBackupName } from '../../shared/storage/names';
-import { abortedError, assertObjectName, SourceCheck, tempNameFor, throwIfAborted } from './checks';
+import {
+  abortedError,
+  assertObjectName,
+  downloadStream,
+  SourceCheck,
+  tempNameFor,
+  throwIfAborted,
+} from './checks';
 
 export interface SmbOptions {
   host: string;
@@ -236,8 +243,17 @@ export class SmbProvider implements StorageProvider {
     }
     const stream = createReadStream(local, options.signal ? { signal: options.signal } : {});
     // The local copy goes as soon as the reader is done with it, read to the end or cancelled.
-    stream.once('close', () => void rm(spool, { recursive: true, force: true }));
-    return Readable.toWeb(stream) as unknown as ReadableStream<Uint8Array>;
+    return downloadStream(
+      stream,
+      (error) =>
+        options.signal?.aborted
+          ? abortedError(error)
+          : new StorageError('io', String(error), { cause: error }),
+      () => {
+        stream.destroy();
+        void rm(spool, { recursive: true, force: true });
+      },
+    );
   }
 
   async stat(name: string): Promise<StoredObject> {

@@ -77,4 +77,16 @@ describe('smb provider', () => {
       permanent: false,
     });
   });
+
+  it("reports a missing smbclient as 'tool_missing' with the apt command", async () => {
+    const path = process.env['PATH'];
+    process.env['PATH'] = '/nonexistent';
+    try {
+      const error = await new SmbProvider(options()).list().catch((caught: unknown) => caught);
+      expect(isStorageError(error, 'tool_missing')).toBe(true);
+      expect((error as Error).message).toContain('apt-get install -y smbclient');
+    } finally {
+      process.env['PATH'] = path;
+    }
+  });
 });

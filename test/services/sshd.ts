@@ -42,7 +42,9 @@ async function runAdmin(file: string, args: string[], input?: string): Promise<v
   for (let attempt = 0; ; attempt++) {
     try {
       await new Promise<void>((resolve, reject) => {
-        const child = spawn(file, args, { stdio: ['pipe', 'ignore', 'pipe'] });
+        const child = spawn(file, args, {
+          stdio: [input === undefined ? 'ignore' : 'pipe', 'ignore', 'pipe'],
+        });
         let stderr = '';
         child.stderr.on('data', (chunk) => {
           stderr += chunk;
@@ -51,7 +53,8 @@ async function runAdmin(file: string, args: string[], input?: string): Promise<v
         child.on('close', (code) =>
           code === 0 ? resolve() : reject(new Error(`${file} failed (${code}): ${stderr}`)),
         );
-        child.stdin.end(input ?? '');
+        child.stdin?.on('error', () => {}); // a tool that exits without reading its input
+        child.stdin?.end(input);
       });
       return;
     } catch (error) {
