@@ -472,8 +472,14 @@ export function syncOffsiteView(settings) {
   }
   const auth = settings?.offsite?.sftp?.auth ?? {};
   document.querySelector('#sftp-auth .tabs').selectAuth('privateKey' in auth ? 'key' : 'password');
-  const preset = S3_PRESETS[settings?.offsite?.s3?.provider];
+  const s3 = settings?.offsite?.s3;
+  const preset = S3_PRESETS[s3?.provider];
   if (preset) document.getElementById('s3-provider-hint').textContent = preset.hint;
+  // Fields the agent says are still missing (e.g. after a migration from an older version).
+  for (const name of s3?.needsAttention ?? []) {
+    const control = document.getElementById(`f-offsite-s3-${name}`);
+    control?.setAttribute('placeholder', 'Needs your attention: please fill in');
+  }
 }
 
 /** The SFTP sign-in method chosen in the tabs: 'password' or 'key'. */

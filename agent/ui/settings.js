@@ -23,10 +23,11 @@ function deletePath(object, path) {
   const parent = getPath(object, keys.slice(0, -1).join('.'));
   if (parent && typeof parent === 'object') delete parent[keys.at(-1)];
 }
+/** How a secret reads back: `{set: true|false}`, never its value. */
 const isSetMarker = (value) =>
-  value && typeof value === 'object' && value.set === true && Object.keys(value).length === 1;
+  value && typeof value === 'object' && typeof value.set === 'boolean' && Object.keys(value).length === 1;
 
-/** Removes every `{"set": true}` marker: a PUT that omits a secret keeps the stored one. */
+/** Removes every `{"set": …}` marker; collectSettings puts back the ones to keep. */
 function withoutMarkers(value) {
   if (Array.isArray(value)) return value.map(withoutMarkers);
   if (!value || typeof value !== 'object') return value;
@@ -37,23 +38,33 @@ function withoutMarkers(value) {
 
 const controls = () => [...document.querySelectorAll('#settings-form [data-path]')];
 
-/** The settings as the form shows them, unsaved; blank secrets and blank optional fields are left out. */
+/**
+ * The settings as the form shows them, unsaved. A blank secret that is stored is sent back as `{set: true}`
+ * (the API keeps the stored value); blank optional fields are left out.
+ */
 export function collectSettings() {
   const settings = withoutMarkers(structuredClone(loaded));
+  delete settings.status;
+  delete settings.warnings;
   for (const control of controls()) {
     const path = control.dataset.path;
     if (control.type === 'checkbox') setPath(settings, path, control.checked);
-    else if (control.value.trim() === '') deletePath(settings, path);
-    else if (control.dataset.type === 'number') setPath(settings, path, Number(control.value));
+    else if (control.value.trim() === '') {
+      if (control.dataset.secret !== undefined && getPath(loaded, path)?.set === true)
+        setPath(settings, path, { set: true });
+      else deletePath(settings, path);
+    } else if (control.dataset.type === 'number') setPath(settings, path, Number(control.value));
     else setPath(settings, path, control.dataset.secret === undefined ? control.value.trim() : control.value);
   }
-  // Only the chosen SFTP sign-in method is sent.
-  const auth = settings.offsite?.sftp?.auth;
-  if (auth) {
+  // Only the chosen SFTP sign-in method is sent, and none at all if nothing was given.
+  const sftp = settings.offsite?.sftp;
+  if (sftp?.auth) {
+    const auth = sftp.auth;
     if (sftpMethod() === 'password') {
       delete auth.privateKey;
       delete auth.passphrase;
     } else delete auth.password;
+    if (!('password' in auth) && !('privateKey' in auth)) delete sftp.auth;
   }
   return settings;
 }
@@ -62,13 +73,20 @@ function fill(settings) {
   for (const control of controls()) {
     const value = getPath(settings, control.dataset.path);
     if (control.type === 'checkbox') control.checked = Boolean(value);
-    else if (isSetMarker(value)) {
+    else if (isSetMarker(value) || (control.dataset.secret !== undefined && value === undefined)) {
       control.value = '';
-      control.placeholder = 'Saved. Leave empty to keep it.';
+      control.placeholder = value?.set ? 'Saved. Leave empty to keep it.' : '';
     } else control.value = value ?? '';
   }
   syncOffsiteView(settings);
   drWarning();
+  const auto = settings.status?.autoBackup;
+  const result = auto?.lastResult;
+  $('auto-last').textContent = auto?.lastRunAt
+    ? `${dateTime(auto.lastRunAt)}${result ? (result.ok ? ' · succeeded' : ` · failed: ${result.error ?? 'unknown error'}`) : ''}`
+    : 'Never';
+  $('auto-next').textContent =
+    settings.autoBackup?.enabled && auto?.nextRunAt ? dateTime(auto.nextRunAt) : 'Off';
 }
 
 function drWarning() {
@@ -126,8 +144,8 @@ async function save(event) {
     const answer = await api('/settings', { method: 'PUT', json: collectSettings() });
     loaded = answer && typeof answer === 'object' && answer.autoBackup ? answer : await api('/settings');
     fill(loaded);
-    status.className = 'result ok';
-    status.textContent = 'Settings saved.';
+    const warnings = (answer?.warnings ?? []).map((w) => w.message).join(' ');
+    tell(status, warnings ? `Settings saved. ${warnings}` : 'Settings saved.', 'ok');
     await loadDrStatus();
   } catch (error) {
     status.className = 'result bad';
@@ -152,24 +170,46 @@ export async function loadSettings() {
   }
 }
 
+/** One DR push record (DrPushRecord) in words. */
 function pushText(push) {
   if (!push) return 'Never';
-  const when = push.at ?? push.when ?? push.finishedAt ?? push.pushedAt;
-  const ok = push.ok ?? push.outcome === 'ok';
-  const size = push.size ?? push.bytes;
-  return `${dateTime(when)}${size ? ` · ${bytes(size)}` : ''} · ${ok ? 'succeeded' : `failed: ${push.error?.message ?? push.error ?? 'unknown error'}`}`;
+  const size = push.size ? ` · ${bytes(push.size)}` : '';
+  if (push.outcome === 'succeeded') return `${dateTime(push.at)}${size} · succeeded`;
+  if (push.outcome === 'skipped')
+    return `${dateTime(push.at)} · skipped${push.reason ? `: ${push.reason}` : ''}`;
+  return `${dateTime(push.at)} · failed: ${push.error?.message ?? push.reason ?? 'unknown error'}`;
 }
 
-/** Shows the last and next Cloud DR push. */
+/** Shows the last and next Cloud DR push, or why DR is not pushing. */
 export async function loadDrStatus() {
   try {
     const status = await api('/dr/status');
-    $('dr-last').textContent = pushText(status.lastPush ?? status.last);
-    const next = status.nextRunAt ?? status.nextRun ?? status.next;
-    $('dr-next').textContent = status.enabled === false ? 'Off' : next ? dateTime(next) : '–';
+    $('dr-last').textContent = pushText(status.lastPush);
+    $('dr-next').textContent = status.running
+      ? 'Pushing now…'
+      : status.nextRunAt
+        ? dateTime(status.nextRunAt)
+        : `Off${status.reason ? `: ${status.reason}` : ''}`;
+    $('dr-push').disabled = !status.enabled || status.running;
   } catch (error) {
     $('dr-last').textContent = error.status === 404 ? 'Not available' : error.message;
+    $('dr-push').disabled = true;
   }
+}
+
+async function pushNow() {
+  const out = $('dr-result');
+  try {
+    const { jobId } = await api('/dr/push', { method: 'POST' });
+    const job = await showJobProgress(jobId, {
+      title: 'Pushing to Cloud Disaster Recovery',
+      describe: () => 'The latest backup is now in the cloud.',
+    });
+    if (job.state === 'succeeded') tell(out, 'Cloud copy updated.', 'ok');
+  } catch (error) {
+    tell(out, error.message, 'bad');
+  }
+  await loadDrStatus();
 }
 
 const TABLE_NAMES = {
@@ -210,7 +250,7 @@ async function runMaintenance() {
   tell(out, 'Running maintenance…');
   try {
     const answer = await api('/maintenance/run', { method: 'POST' });
-    if (answer?.jobId) {
+    if (answer?.jobId && answer.deleted === undefined) {
       const job = await showJobProgress(answer.jobId, {
         title: 'Database maintenance',
         describe: (j) => `Deleted ${j.result?.total ?? 0} old rows.`,
@@ -232,4 +272,5 @@ export function setupSettings() {
   $('settings-form').addEventListener('submit', save);
   $('f-cloudDr-enabled').addEventListener('change', drWarning);
   $('run-maintenance').addEventListener('click', runMaintenance);
+  $('dr-push').addEventListener('click', pushNow);
 }

@@ -1,9 +1,17 @@
-import { mkdir, stat } from 'node:fs/promises';
+import { copyFile, mkdir, mkdtemp, stat } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import type { Browser, Page } from 'playwright-core';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { SEED_COUNTS } from '../../agent/db/seed';
+import { drModule } from '../../agent/http/routes/dr';
+import { maintenanceModule } from '../../agent/http/routes/maintenance';
+import { restoreModule } from '../../agent/http/routes/restore';
+import { settingsModule } from '../../agent/http/routes/settings';
+import { databaseUrl } from '../../agent/system/postgres-tools';
 import { startTestAgent, TEST_TOKEN, type TestAgent } from '../services/agent';
 import { launchBrowser, type ServedApp, serveApp } from '../services/browser';
-import { startPostgres, type TestPostgres } from '../services/postgres';
+import { startPostgres, type TestPostgres, withSql } from '../services/postgres';
 
 const SHOTS = 'test-artifacts/screenshots';
 
@@ -13,17 +21,26 @@ let served: ServedApp;
 let browser: Browser;
 let page: Page;
 
-const shot = (name: string) => page.screenshot({ path: `${SHOTS}/${name}.png`, fullPage: true });
+/** Full page, or only the viewport while a modal dialog is open (its backdrop covers the viewport). */
+const shot = (name: string, fullPage = true) => page.screenshot({ path: `${SHOTS}/${name}.png`, fullPage });
+const gemDatabase = () => databaseUrl(t.agent.sources.conn);
+let backupName = '';
+let downloadedCopy = '';
 
 beforeAll(async () => {
   await mkdir(SHOTS, { recursive: true });
   pg = await startPostgres();
-  t = await startTestAgent(pg);
+  t = await startTestAgent(pg, { modules: [restoreModule, settingsModule, maintenanceModule, drModule] });
   served = await serveApp(t.app);
   browser = await launchBrowser();
   const context = await browser.newContext({ acceptDownloads: true, viewport: { width: 1100, height: 900 } });
   page = await context.newPage();
   page.setDefaultTimeout(20_000);
+});
+// A failing step leaves a picture of what the page showed.
+afterEach(async (context) => {
+  if (context.task.result?.state === 'fail')
+    await shot(`failed-${context.task.name.slice(0, 40).replace(/\W+/g, '-')}`);
 });
 afterAll(async () => {
   await browser?.close();
@@ -47,6 +64,9 @@ describe('the Backup & Restore page in a real browser, against a real agent and 
     await page.getByLabel('Admin token').fill(TEST_TOKEN);
     await page.getByRole('button', { name: 'Sign in' }).click();
     await page.getByRole('heading', { name: 'Local backups' }).waitFor();
+    // Cloud DR status comes from the agent: no endpoint is configured in this test.
+    await expect.poll(() => page.locator('#dr-last').textContent()).toBe('Never');
+    expect(await page.locator('#dr-next').textContent()).toMatch(/^Off/);
   });
 
   it('shows the red keys banner until the keys are downloaded, then the green one that collapses and stays collapsed', async () => {
@@ -80,7 +100,7 @@ describe('the Backup & Restore page in a real browser, against a real agent and 
     const dialog = page.locator('#progress-dialog');
     await dialog.getByRole('heading', { name: 'Creating a backup' }).waitFor();
     await dialog.getByText(/Backup created: gem-backup-/).waitFor({ timeout: 60_000 });
-    await shot('04-backup-done');
+    await shot('04-backup-done', false);
     await dialog.getByRole('button', { name: 'Close' }).click();
 
     const [backup] = await t.agent.catalog.list();
@@ -93,9 +113,131 @@ describe('the Backup & Restore page in a real browser, against a real agent and 
       row.getByRole('button', { name: `Download ${backup!.filename}` }).click(),
     ]);
     expect(download.suggestedFilename()).toBe(backup!.filename);
-    const path = await download.path();
-    expect((await stat(path)).size).toBe(backup!.size);
+    downloadedCopy = await download.path();
+    expect((await stat(downloadedCopy)).size).toBe(backup!.size);
+    backupName = backup!.filename;
+    // The link was single use.
+    expect((await t.request('/api/v1/backups')).status).toBe(200);
     await shot('05-backups-list');
+  });
+
+  it('verifies a backup from its row', async () => {
+    const row = page.locator(`tr[data-filename="${backupName}"]`);
+    await row.getByRole('button', { name: `Verify ${backupName}` }).click();
+    const dialog = page.locator('#progress-dialog');
+    await dialog.getByText('The backup is intact').waitFor({ timeout: 60_000 });
+    await dialog.getByRole('button', { name: 'Close' }).click();
+    await row.getByText('Verified').waitFor();
+  });
+
+  it('restores a backup after the data changed, behind a confirmation, and reloads with the data back', async () => {
+    await withSql(gemDatabase(), async (sql) => {
+      await sql`delete from macros`;
+      await sql`insert into users (username, display_name, password_hash, role) values ('intruder', 'Not in the backup', 'x', 'user')`;
+    });
+    const row = page.locator(`tr[data-filename="${backupName}"]`);
+    await row.getByRole('button', { name: `Restore ${backupName}` }).click();
+    const confirm = page.locator('#confirm-dialog');
+    await confirm.getByText('replaces all current data').waitFor();
+    await shot('06-restore-confirm', false);
+    // Cancel first: nothing happens.
+    await confirm.getByRole('button', { name: 'Cancel' }).click();
+    expect(await confirm.isVisible()).toBe(false);
+
+    await row.getByRole('button', { name: `Restore ${backupName}` }).click();
+    const reloaded = page.waitForEvent('load', { timeout: 90_000 });
+    await confirm.getByRole('button', { name: 'Yes, Restore' }).click();
+    const progress = page.locator('#progress-dialog');
+    await progress.getByRole('heading', { name: `Restoring ${backupName}` }).waitFor();
+    await progress.getByText('Restore complete. Reloading the page').waitFor({ timeout: 90_000 });
+    await shot('07-restore-done', false);
+    await reloaded;
+    await page.getByRole('heading', { name: 'Local backups' }).waitFor();
+
+    const counts = await withSql(gemDatabase(), async (sql) => ({
+      macros: Number((await sql`select count(*)::int as n from macros`)[0]!.n),
+      intruders: Number((await sql`select count(*)::int as n from users where username = 'intruder'`)[0]!.n),
+    }));
+    expect(counts).toEqual({ macros: SEED_COUNTS.macros, intruders: 0 });
+    // The restore's safety backup shows in the list, tagged.
+    await page.locator('tbody#backups-body .tag', { hasText: 'safety' }).first().waitFor();
+  });
+
+  it('deletes a backup behind a confirmation and uploads it back from a file', async () => {
+    const row = page.locator(`tr[data-filename="${backupName}"]`);
+    await row.getByRole('button', { name: `Delete ${backupName}` }).click();
+    await page.locator('#confirm-dialog').getByRole('button', { name: 'Delete' }).click();
+    await row.waitFor({ state: 'detached' });
+    expect((await t.agent.catalog.list()).some((b) => b.filename === backupName)).toBe(false);
+
+    const copy = join(await mkdtemp(join(tmpdir(), 'gem-ui-')), backupName);
+    await copyFile(downloadedCopy, copy);
+    await page.getByLabel('Upload a backup file').setInputFiles(copy);
+    await page.getByRole('button', { name: 'Upload', exact: true }).click();
+    await page.getByText(`Uploaded ${backupName}.`).waitFor();
+    await row.waitFor();
+    expect((await t.agent.catalog.list()).some((b) => b.filename === backupName)).toBe(true);
+  });
+
+  it('shows a settings error from the API next to its field, saves nothing, then saves a good value', async () => {
+    const before = await (await t.request('/api/v1/settings')).json();
+    const maxBackups = page.getByLabel('Backups to keep (1–100)');
+    await maxBackups.fill('500');
+    await page.getByRole('button', { name: 'Save All Settings' }).click();
+    const fieldError = page.locator('#err-f-autoBackup-maxBackups');
+    await fieldError.waitFor();
+    expect(await maxBackups.getAttribute('aria-invalid')).toBe('true');
+    expect(await maxBackups.getAttribute('aria-describedby')).toContain('err-f-autoBackup-maxBackups');
+    expect(await fieldError.textContent()).toMatch(/100/);
+    await page.getByText('Not saved: correct the field marked below.').waitFor();
+    await fieldError.scrollIntoViewIfNeeded();
+    await shot('08-settings-field-error', false);
+    expect(await (await t.request('/api/v1/settings')).json()).toEqual(before);
+
+    await maxBackups.fill('5');
+    await page.getByRole('button', { name: 'Save All Settings' }).click();
+    await page.getByText('Settings saved.').waitFor();
+    expect(await fieldError.count()).toBe(0);
+    const after = (await (await t.request('/api/v1/settings')).json()) as {
+      autoBackup: { maxBackups: number };
+    };
+    expect(after.autoBackup.maxBackups).toBe(5);
+    await page.reload();
+    await page.getByRole('heading', { name: 'Local backups' }).waitFor();
+    await expect.poll(() => maxBackups.inputValue()).toBe('5');
+  });
+
+  it('runs database maintenance and shows the total and per-table counts', async () => {
+    const count = () =>
+      withSql(gemDatabase(), async (sql) => {
+        const [row] = await sql`select (select count(*) from attribute_history)::int as a,
+          (select count(*) from request_history)::int as r, (select count(*) from access_log)::int as l`;
+        return {
+          attributeHistory: row!.a as number,
+          requestHistory: row!.r as number,
+          accessLog: row!.l as number,
+        };
+      });
+    const before = await count();
+    await page.getByRole('button', { name: 'Run Maintenance Now' }).click();
+    const result = page.locator('#maintenance-result');
+    await result.getByText(/Deleted [\d,]+ old rows/).waitFor({ timeout: 60_000 });
+    const after = await count();
+    const gone = {
+      attributeHistory: before.attributeHistory - after.attributeHistory,
+      requestHistory: before.requestHistory - after.requestHistory,
+      accessLog: before.accessLog - after.accessLog,
+    };
+    expect(gone.attributeHistory).toBeGreaterThan(0);
+    for (const [table, n] of Object.entries(gone)) {
+      expect(await result.locator(`li[data-table="${table}"] strong`).textContent()).toBe(
+        n.toLocaleString('en-US'),
+      );
+    }
+    const total = gone.attributeHistory + gone.requestHistory + gone.accessLog;
+    await result.getByText(`Deleted ${total.toLocaleString('en-US')} old rows.`).waitFor();
+    await result.scrollIntoViewIfNeeded();
+    await shot('09-maintenance-result', false);
   });
 });
 
