@@ -38,7 +38,11 @@ export interface ProviderProperties {
 export interface StorageProvider {
   readonly id: string;
   readonly properties: ProviderProperties;
-  put(name: string, source: BackupSource, options?: { signal?: AbortSignal; onProgress?: (bytes: number) => void }): Promise<StoredObject>;
+  put(
+    name: string,
+    source: BackupSource,
+    options?: { signal?: AbortSignal; onProgress?: (bytes: number) => void },
+  ): Promise<StoredObject>;
   get(name: string, options?: { signal?: AbortSignal }): Promise<ReadableStream<Uint8Array>>;
   stat(name: string): Promise<StoredObject>;
   list(): Promise<StoredObject[]>;
