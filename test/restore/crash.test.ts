@@ -1,0 +1,84 @@
+import { writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { recoverInterruptedRestore } from '../../agent/restore/restore';
+import { journalPath } from '../../agent/restore/swap';
+import { databaseUrl } from '../../agent/system/postgres-tools';
+import { runProcess } from '../../agent/system/spawn';
+import { startTestAgent, type TestAgent } from '../services/agent';
+import { startPostgres, type TestPostgres, withSql } from '../services/postgres';
+import { leftovers, liveState } from './helpers';
+
+let pg: TestPostgres;
+let t: TestAgent;
+let backupPath: string;
+let atBackup: Awaited<ReturnType<typeof liveState>>;
+
+async function change(tag: string): Promise<void> {
+  await withSql(databaseUrl(t.agent.sources.conn), (sql) => sql`update users set display_name = ${tag}`);
+  await writeFile(join(t.agent.sources.scriptsDir, `crash-${tag}.lua`), tag);
+}
+
+/** Runs a restore in another process that is SIGKILLed at `crashAt`. */
+async function crashingRestore(crashAt: string) {
+  const result = await runProcess(process.execPath, ['--import', 'tsx', 'test/restore/crash-child.ts'], {
+    env: {
+      ...process.env,
+      DATABASE_URL: databaseUrl(t.agent.sources.conn),
+      GEM_DATA_DIR: t.dataDir,
+      GEM_SCRIPTS_DIR: t.agent.sources.scriptsDir,
+      GEM_CONFIG_DIR: t.agent.sources.configDir,
+      GEM_AGENT_TOKEN: t.agent.token,
+      GEM_PG_BIN: pg.binDir,
+      BACKUP_PATH: backupPath,
+      CRASH_AT: crashAt,
+    },
+  });
+  expect(result.signal ?? result.code).not.toBe(0);
+  expect(result.stdout).toBe('');
+}
+
+beforeAll(async () => {
+  pg = await startPostgres();
+  t = await startTestAgent(pg);
+  const res = await t.request('/api/v1/backups', { method: 'POST' });
+  const job = await t.agent.jobs.waitFor(((await res.json()) as { jobId: string }).jobId);
+  backupPath = t.agent.catalog.pathOf((job.result as { backup: { filename: string } }).backup.filename);
+  atBackup = await liveState(t.agent);
+}, 120_000);
+
+afterAll(async () => {
+  await t?.close();
+  await pg?.stop();
+});
+
+describe('a restore interrupted by a crash', () => {
+  for (const step of [
+    'rename-staging-database',
+    'move-staging-folder:scripts',
+    'move-live-folder:config',
+    'commit',
+  ]) {
+    it(`is rolled back at the next start when the process dies before ${step}`, async () => {
+      await change(step);
+      const before = await liveState(t.agent);
+      await crashingRestore(step);
+      expect(await leftovers(t.agent)).not.toEqual([]);
+      await recoverInterruptedRestore(t.agent);
+      expect(await liveState(t.agent)).toEqual(before);
+      expect(await leftovers(t.agent)).toEqual([]);
+      await expect(withSql(databaseUrl(t.agent.sources.conn), (sql) => sql`select 1`)).resolves.toBeTruthy();
+    });
+  }
+
+  it('is finished at the next start when the process dies after the swap (the restart command kills it)', async () => {
+    await change('after-commit');
+    await crashingRestore('restart');
+    await recoverInterruptedRestore(t.agent);
+    expect(await liveState(t.agent)).toEqual(atBackup);
+    expect(await leftovers(t.agent)).toEqual([]);
+    await expect(
+      import('node:fs/promises').then((fs) => fs.access(journalPath(t.dataDir))),
+    ).rejects.toThrow();
+  });
+});
