@@ -85,13 +85,18 @@ export class Scheduler {
   private readonly retries = new Set<NodeJS.Timeout>();
   private unsubscribe: (() => void) | undefined;
   private stopped = false;
+  /** Runs started by start() (catch-ups) and by the timers, until they end: for shutdown and tests. */
+  private readonly inFlight = new Set<Promise<Job | undefined>>();
 
   constructor(
     private readonly agent: Agent,
     private readonly options: { retryMs?: number; now?: () => Date } = {},
   ) {}
 
-  /** Arms every enabled task and runs one catch-up per task that missed a slot while the agent was down. */
+  /**
+   * Arms every enabled task and starts one catch-up per task that missed a slot while the agent was
+   * down (not waiting for it: `settled()` does).
+   */
   async start(): Promise<void> {
     this.arm();
     this.unsubscribe = this.agent.settings.subscribe(() => this.arm());
@@ -107,7 +112,7 @@ export class Scheduler {
           task: def.task,
           slot: missed.toISOString(),
         });
-        await this.fire(def, true);
+        this.track(this.fire(def, true));
       } else if (!state) {
         // First start with this task: remember it, so a slot missed from now on is caught up.
         await this.agent.settings.state.arm(def.task, now);
@@ -127,11 +132,21 @@ export class Scheduler {
         CRON_PATTERNS[timing.schedule],
         { ...(timing.tz ? { timezone: timing.tz } : {}), protect: true },
         () => {
-          void this.fire(def, true);
+          this.track(this.fire(def, true));
         },
       );
       this.timers.set(def.task, c);
     }
+  }
+
+  /** Resolves when every run started so far has ended (or was given up). */
+  async settled(): Promise<void> {
+    while (this.inFlight.size) await Promise.allSettled([...this.inFlight]);
+  }
+
+  private track(run: Promise<Job | undefined>): void {
+    this.inFlight.add(run);
+    void run.finally(() => this.inFlight.delete(run));
   }
 
   /** When each armed task runs next (null: off). */

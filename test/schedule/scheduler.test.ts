@@ -1,0 +1,120 @@
+// The running scheduler on a real agent: catch-up at start (once), busy retry (once), changes without restart.
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { settingsModule } from '../../agent/http/routes/settings';
+import { Scheduler } from '../../agent/jobs/scheduler';
+import type { SettingsView } from '../../shared/api/settings';
+import { startTestAgent, type TestAgent } from '../services/agent';
+import { startPostgres, type TestPostgres } from '../services/postgres';
+
+let pg: TestPostgres;
+let t: TestAgent;
+const put = (body: unknown) =>
+  t.request('/api/v1/settings', {
+    method: 'PUT',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify(body),
+  });
+
+beforeAll(async () => {
+  pg = await startPostgres();
+  t = await startTestAgent(pg, { modules: [settingsModule] });
+});
+afterAll(async () => {
+  await t?.close();
+  await pg?.stop();
+});
+
+/** Holds the mutating-job lock until the returned function is called. */
+async function holdLock(): Promise<() => Promise<void>> {
+  let release!: () => void;
+  const job = await t.agent.jobs.start('restore', () => new Promise<void>((r) => (release = r)), {
+    mutating: true,
+  });
+  return async () => {
+    release();
+    await t.agent.jobs.waitFor(job.id);
+  };
+}
+
+describe('the scheduler', () => {
+  it('on a first start arms the tasks without running them', async () => {
+    expect((await put({ maintenance: { enabled: true, retentionDays: 90 } })).status).toBe(200);
+    const scheduler = new Scheduler(t.agent);
+    await scheduler.start();
+    await scheduler.settled();
+    scheduler.stop();
+    expect(t.agent.jobs.list()).toEqual([]);
+    expect((await t.agent.settings.state.get('autoBackup'))?.lastRunAt).toBeNull();
+    expect((await t.agent.settings.state.get('maintenance'))?.armedAt).toBeInstanceOf(Date);
+  });
+
+  it('catches up once at start after days of missed daily slots, as a scheduled backup', async () => {
+    const threeDaysAgo = new Date(Date.now() - 3 * 86_400_000);
+    await t.agent.settings.state.recordRun('autoBackup', threeDaysAgo, { ok: true });
+    const scheduler = new Scheduler(t.agent);
+    await scheduler.start();
+    await scheduler.settled();
+    scheduler.stop();
+    const backups = await t.agent.catalog.list();
+    expect(backups.map((b) => b.kind)).toEqual(['scheduled']);
+    const state = await t.agent.settings.state.get('autoBackup');
+    expect(state!.lastRunAt!.getTime()).toBeGreaterThan(threeDaysAgo.getTime());
+    expect(state!.lastResult).toMatchObject({ ok: true });
+    const view = (await (await t.request('/api/v1/settings')).json()) as SettingsView;
+    expect(view.status.autoBackup.lastRunAt).toBe(state!.lastRunAt!.toISOString());
+
+    // Started again: nothing was missed since that run, so nothing runs.
+    const again = new Scheduler(t.agent);
+    await again.start();
+    await again.settled();
+    again.stop();
+    expect((await t.agent.catalog.list()).length).toBe(1);
+  });
+
+  it('never overlaps another mutating job: retries once a little later', async () => {
+    const scheduler = new Scheduler(t.agent, { retryMs: 300 });
+    const release = await holdLock();
+    const run = scheduler.fire('autoBackup', true);
+    await new Promise((r) => setTimeout(r, 50));
+    await release();
+    const job = await run;
+    expect(job?.state).toBe('succeeded');
+    expect((await t.agent.catalog.list()).length).toBe(2);
+
+    // Still busy at the retry: given up (no second retry), nothing made.
+    const releaseAgain = await holdLock();
+    expect(await scheduler.fire('autoBackup', true)).toBeUndefined();
+    await releaseAgain();
+    expect((await t.agent.catalog.list()).length).toBe(2);
+    scheduler.stop();
+  });
+
+  it('takes schedule changes on save, without a restart', async () => {
+    expect(
+      (await put({ autoBackup: { enabled: true, schedule: 'daily', timezone: 'America/New_York' } })).status,
+    ).toBe(200);
+    const scheduler = new Scheduler(t.agent);
+    await scheduler.start();
+    const daily = scheduler.nextRunAt('autoBackup')!;
+    expect(
+      new Intl.DateTimeFormat('en-US', {
+        timeZone: 'America/New_York',
+        hour: 'numeric',
+        hourCycle: 'h23',
+      }).format(daily),
+    ).toBe('02');
+
+    expect((await put({ autoBackup: { enabled: true, schedule: 'hourly' } })).status).toBe(200);
+    const hourly = scheduler.nextRunAt('autoBackup')!;
+    expect(hourly.getUTCMinutes()).toBe(0);
+    expect(hourly.getTime() - Date.now()).toBeLessThanOrEqual(3_600_000);
+
+    expect((await put({ autoBackup: { enabled: false, schedule: 'hourly' } })).status).toBe(200);
+    expect(scheduler.nextRunAt('autoBackup')).toBeNull();
+    expect(scheduler.nextRunAt('maintenance')).not.toBeNull();
+    const view = (await (await t.request('/api/v1/settings')).json()) as SettingsView;
+    expect(view.status.autoBackup.nextRunAt).toBeNull();
+    scheduler.stop();
+    await scheduler.settled();
+  });
+});
