@@ -415,11 +415,14 @@ function providerSection(provider, collectProvider) {
   list.addEventListener('click', refresh);
 
   const checkbox = enabled.querySelector('input');
+  const actions = el('div', { className: 'row' }, test, sync, list);
+  // A destination that is off shows only its switch; turning it on reveals its fields and actions.
   const showBody = () => {
     body.hidden = !checkbox.checked;
+    actions.hidden = !checkbox.checked;
   };
   checkbox.addEventListener('change', showBody);
-  body.hidden = true;
+  showBody();
 
   return el(
     'section',
@@ -436,7 +439,7 @@ function providerSection(provider, collectProvider) {
       enabled,
     ),
     body,
-    el('div', { className: 'row' }, test, sync, list),
+    actions,
     testResult,
     remoteStatus,
     remoteList,
@@ -468,7 +471,7 @@ export function setupOffsite(collectProvider) {
 /** After settings are loaded: show the sections that are enabled and the saved SFTP sign-in method. */
 export function syncOffsiteView(settings) {
   for (const provider of Object.keys(PROVIDERS)) {
-    document.getElementById(`${provider}-body`).hidden = !settings?.offsite?.[provider]?.enabled;
+    document.getElementById(`f-offsite-${provider}-enabled`).dispatchEvent(new Event('change'));
   }
   const auth = settings?.offsite?.sftp?.auth ?? {};
   document.querySelector('#sftp-auth .tabs').selectAuth('privateKey' in auth ? 'key' : 'password');

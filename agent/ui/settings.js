@@ -116,7 +116,8 @@ function showFieldError(fieldPath, message) {
   }
   if (!control) return false;
   // Reveal it if it sits in a closed destination or an unselected tab.
-  control.closest('.provider-body')?.removeAttribute('hidden');
+  const provider = control.closest('.provider');
+  if (provider) for (const part of provider.querySelectorAll('.provider-body, .row')) part.hidden = false;
   const panel = control.closest('[role=tabpanel]');
   if (panel?.hidden)
     document.querySelector('#sftp-auth .tabs').selectAuth(panel.id.endsWith('key') ? 'key' : 'password');
@@ -189,7 +190,7 @@ export async function loadDrStatus() {
       ? 'Pushing now…'
       : status.nextRunAt
         ? dateTime(status.nextRunAt)
-        : `Off${status.reason ? `: ${status.reason}` : ''}`;
+        : (status.reason ?? 'Off');
     $('dr-push').disabled = !status.enabled || status.running;
   } catch (error) {
     $('dr-last').textContent = error.status === 404 ? 'Not available' : error.message;
