@@ -1,4 +1,4 @@
-import { copyFile, mkdir, mkdtemp, stat } from 'node:fs/promises';
+import { copyFile, mkdir, mkdtemp, readFile, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Browser, Page } from 'playwright-core';
@@ -26,6 +26,7 @@ const shot = (name: string, fullPage = true) => page.screenshot({ path: `${SHOTS
 const gemDatabase = () => databaseUrl(t.agent.sources.conn);
 let backupName = '';
 let downloadedCopy = '';
+let keysFilePath = '';
 
 beforeAll(async () => {
   await mkdir(SHOTS, { recursive: true });
@@ -66,7 +67,7 @@ describe('the Backup & Restore page in a real browser, against a real agent and 
     await page.getByRole('heading', { name: 'Local backups' }).waitFor();
     // Cloud DR status comes from the agent: no endpoint is configured in this test.
     await expect.poll(() => page.locator('#dr-last').textContent()).toBe('Never');
-    expect(await page.locator('#dr-next').textContent()).toMatch(/^Off/);
+    expect(await page.locator('#dr-next').textContent()).toMatch(/no endpoint is configured/);
   });
 
   it('shows the red keys banner until the keys are downloaded, then the green one that collapses and stays collapsed', async () => {
@@ -80,7 +81,9 @@ describe('the Backup & Restore page in a real browser, against a real agent and 
       page.getByRole('button', { name: 'Download Keys' }).click(),
     ]);
     expect(download.suggestedFilename()).toMatch(/^gem-encryption-keys-\d{4}-\d{2}-\d{2}\.json$/);
-    const keysFile = JSON.parse(await streamText(await download.createReadStream()));
+    keysFilePath = join(await mkdtemp(join(tmpdir(), 'gem-ui-keys-')), download.suggestedFilename());
+    await download.saveAs(keysFilePath);
+    const keysFile = JSON.parse(await readFile(keysFilePath, 'utf8'));
     expect(keysFile.installationId).toBe(t.agent.keyring.installationId);
 
     await banner.getByRole('heading', { name: 'Encryption Keys Backed Up' }).waitFor();
@@ -239,10 +242,23 @@ describe('the Backup & Restore page in a real browser, against a real agent and 
     await result.scrollIntoViewIfNeeded();
     await shot('09-maintenance-result', false);
   });
-});
 
-async function streamText(stream: NodeJS.ReadableStream): Promise<string> {
-  const chunks: Buffer[] = [];
-  for await (const chunk of stream) chunks.push(Buffer.from(chunk as Buffer));
-  return Buffer.concat(chunks).toString('utf8');
-}
+  it('imports keys from a file after a warning, and shows the API message for a file that is not a keys file', async () => {
+    await page.getByText('Import keys from a previous installation').click();
+    const form = page.locator('#import-keys-form');
+    await form.getByLabel('Keys file (.json)').setInputFiles(downloadedCopy);
+    await form.getByRole('button', { name: 'Import Keys' }).click();
+    await page.locator('#confirm-dialog').getByRole('button', { name: 'Yes, Import Keys' }).click();
+    const result = page.locator('#import-result');
+    await expect.poll(() => result.getAttribute('class')).toBe('result bad');
+    expect((await result.textContent())?.length).toBeGreaterThan(5);
+
+    await form.getByLabel('Keys file (.json)').setInputFiles(keysFilePath);
+    await form.getByRole('button', { name: 'Import Keys' }).click();
+    await page.locator('#confirm-dialog').getByText('replace the active keys', { exact: false }).waitFor();
+    await page.locator('#confirm-dialog').getByRole('button', { name: 'Yes, Import Keys' }).click();
+    await result.getByText(/Keys imported\. Active key: /).waitFor();
+    expect(await result.getAttribute('class')).toBe('result ok');
+    await shot('10-keys-imported');
+  });
+});
