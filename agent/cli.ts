@@ -1,6 +1,7 @@
 /** gem-backup: the command line, for when the page is not reachable. Exit 0 on success, one clear line otherwise. */
 import { createCommand, decryptCommand, listCommand, verifyCommand } from './cli/backups';
 import { type CliContext, createCliContext } from './cli/context';
+import { drCommand } from './cli/dr';
 import { keysCommand } from './cli/keys';
 import { restoreCommand } from './cli/restore';
 import { describeError } from './errors';
@@ -14,6 +15,7 @@ export const COMMANDS: Record<string, Command> = {
   verify: verifyCommand,
   decrypt: decryptCommand,
   keys: keysCommand,
+  dr: drCommand,
   restore: restoreCommand,
 };
 

@@ -3,6 +3,8 @@ import { serve } from '@hono/node-server';
 import { openAgent } from './agent';
 import { createApp } from './app';
 import { loadConfig } from './config';
+import { drServiceFor } from './dr/service';
+import { drModule } from './http/routes/dr';
 import { maintenanceModule } from './http/routes/maintenance';
 import { restoreModule } from './http/routes/restore';
 import { retentionModule, settingsModule } from './http/routes/settings';
@@ -14,10 +16,13 @@ async function main(): Promise<void> {
   const config = loadConfig();
   const log = createLogger({ level: config.logLevel, base: { service: 'gem-backup-agent' } });
   const agent = await openAgent(config, log, { ownCluster: true });
-  const app = createApp(agent, [restoreModule, settingsModule, retentionModule, maintenanceModule]);
+  const app = createApp(agent, [restoreModule, settingsModule, retentionModule, maintenanceModule, drModule]);
   // Auto-backup and maintenance schedules; re-armed on every settings change.
   const scheduler = new Scheduler(agent);
   await scheduler.start();
+  // The nightly Cloud DR push (03:00 + a per-installation offset) and any opt-out deletion still owed.
+  const dr = drServiceFor(agent);
+  await dr.start();
   const server = serve({ fetch: app.fetch, hostname: config.host, port: config.port }, (info) => {
     const url = `http://${config.host}:${info.port}/`;
     log.info('agent listening', {
@@ -36,6 +41,7 @@ async function main(): Promise<void> {
     log.info('shutting down', { signal });
     server.close();
     scheduler.stop();
+    dr.stop();
     await agent.close();
     log.info('stopped');
     process.exit(0);

@@ -1,0 +1,55 @@
+/** CLI: gem-backup dr status | dr push | dr recover --installation-id ID. */
+import { parseArgs } from 'node:util';
+import type { Agent } from '../agent';
+import { drServiceFor } from '../dr/service';
+import { AppError } from '../errors';
+import type { Job } from '../jobs/runner';
+import type { CliContext } from './context';
+
+const USAGE = 'usage: gem-backup dr status | dr push | dr recover --installation-id ID';
+
+async function follow(cli: CliContext, agent: Agent, started: Job): Promise<Job> {
+  const off = agent.jobs.subscribe(started.id, (e) => {
+    if (e.type === 'update') cli.progress(e.job.phase, e.job.bytesDone, e.job.bytesTotal);
+  });
+  const done = await agent.jobs.waitFor(started.id);
+  off();
+  if (process.stderr.isTTY) process.stderr.write('\n');
+  if (done.state !== 'succeeded') {
+    const error = new AppError('internal', done.error?.message ?? `${done.kind} ${done.state}`);
+    throw error;
+  }
+  return done;
+}
+
+export async function drCommand(cli: CliContext): Promise<void> {
+  const [sub, ...rest] = cli.args;
+  const { values } = parseArgs({ args: rest, options: { 'installation-id': { type: 'string' } } });
+  if (sub === 'status') {
+    const status = await cli.withAgent((agent) => drServiceFor(agent).status());
+    cli.out(JSON.stringify(status, null, 2));
+    return;
+  }
+  if (sub === 'push') {
+    const job = await cli.withAgent(async (agent) =>
+      follow(cli, agent, await drServiceFor(agent).startPush('manual')),
+    );
+    const r = job.result as { backup: string; size: number; reused: boolean; multipart: boolean };
+    cli.out(
+      `pushed ${r.backup} (${r.size} bytes${r.reused ? ', an existing backup' : ', a temporary backup'}` +
+        `${r.multipart ? ', multipart' : ''}) to the DR cloud`,
+    );
+    return;
+  }
+  if (sub === 'recover') {
+    const id = values['installation-id'];
+    if (!id) throw new AppError('bad_request', USAGE);
+    const job = await cli.withAgent(async (agent) =>
+      follow(cli, agent, await drServiceFor(agent).startRecover(id)),
+    );
+    const r = job.result as { installationId: string; backup: string; restore: { rows: number } };
+    cli.out(`recovered installation ${r.installationId} from ${r.backup} (${r.restore.rows} rows restored)`);
+    return;
+  }
+  throw new AppError('bad_request', USAGE);
+}

@@ -1,0 +1,334 @@
+/** One DR push: enroll, pin the escrow key, pick or make a backup, send it with an escrow header (single or multipart, resumable). */
+import { setTimeout as sleep } from 'node:timers/promises';
+import type { Agent } from '../agent';
+import type { BackupInfo } from '../backup/catalog';
+import { createBackup } from '../backup/create';
+import { readHeaderOfFile } from '../backup/reader';
+import { AppError, describeError, isAppError } from '../errors';
+import type { JobContext } from '../jobs/runner';
+import { AGENT_VERSION } from '../version';
+import type { DrClient, SignedBody } from './client';
+import { chooseEscrowKey, type EscrowKey, escrowHeader } from './escrow';
+import type { DrStateStore, DrUploadInProgress } from './state';
+import { UploadSource } from './upload-source';
+
+/** A local backup at most this old is uploaded as is instead of making a new one. */
+export const REUSE_MAX_AGE_MS = 24 * 3600_000;
+
+export interface PushTuning {
+  /** Backups larger than this go multipart (the Workers request limit is 100 MB). */
+  multipartThreshold: number;
+  /** Part size asked for; the cloud answers the one to use (5..95 MiB). */
+  partSize: number;
+  /** Tries per part (and per single upload) before the push fails; a later push resumes. */
+  partAttempts: number;
+  retryDelayMs: number;
+}
+
+export const DEFAULT_TUNING: PushTuning = {
+  multipartThreshold: 64 * 1024 * 1024,
+  partSize: 32 * 1024 * 1024,
+  partAttempts: 3,
+  retryDelayMs: 2000,
+};
+
+export interface PushResult {
+  backup: string;
+  createdAt: string;
+  size: number;
+  reused: boolean;
+  temporary: boolean;
+  multipart: boolean;
+  resumed: boolean;
+  partsSent: number;
+  partsSkipped: number;
+  /** Requests sent again after a dropped connection or a 5xx. */
+  retries: number;
+}
+
+export interface PushDeps {
+  agent: Agent;
+  client: DrClient;
+  state: DrStateStore;
+  tuning: PushTuning;
+  now?: () => Date;
+}
+
+/** Pushes one backup to the installation's slot. Nothing local changes but a temporary backup, removed after. */
+export async function pushToCloud(deps: PushDeps, ctx: JobContext): Promise<PushResult> {
+  const { agent, state } = deps;
+  // The cloud is asked first: when it is down, no backup is made or touched.
+  ctx.phase('connect');
+  await ensureEnrolled(deps);
+  const escrowKey = await pinnedEscrowKey(deps);
+  ctx.throwIfCancelled();
+
+  const resumable = await resumableUpload(deps);
+  let upload: DrUploadInProgress | undefined = resumable;
+  let backup: { name: string; createdAt: string; temporary: boolean; reused: boolean };
+  if (resumable) {
+    backup = {
+      name: resumable.backupName,
+      createdAt: resumable.createdAt,
+      temporary: resumable.temporary,
+      reused: !resumable.temporary,
+    };
+  } else {
+    backup = await chooseBackup(deps, ctx);
+  }
+
+  const path = agent.catalog.pathOf(backup.name);
+  let source: UploadSource | undefined;
+  try {
+    if (upload) {
+      source = await UploadSource.open(path, Buffer.from(upload.header, 'base64'), upload.oldHeaderLength);
+    } else {
+      const header = await readHeaderOfFile(path);
+      const bytes = await escrowHeader(header, agent.keyring, escrowKey);
+      source = await UploadSource.open(path, bytes, header.bytes.length);
+    }
+    const size = source.size;
+    let sha256 = upload?.sha256;
+    if (!sha256) {
+      ctx.phase('hash', size);
+      let hashed = 0;
+      sha256 = await source.sha256(0, size, (n) => {
+        hashed += n;
+        ctx.progress(hashed);
+      });
+    }
+    ctx.phase('upload', size);
+    let multipart = false;
+    let sent = { partsSent: 0, partsSkipped: 0, retries: 0 };
+    if (!upload && size <= deps.tuning.multipartThreshold) {
+      const s = source;
+      sent.retries = await withRetries(deps, ctx, 'the backup', () =>
+        deps.client.putBackup(signedRange(s, 0, size, sha256!, ctx), backup.createdAt),
+      );
+      sent.partsSent = 1;
+    } else {
+      multipart = true;
+      sent = await sendMultipart(deps, ctx, source, {
+        upload,
+        backup,
+        sha256,
+        oldHeaderLength: upload?.oldHeaderLength ?? (await readHeaderOfFile(path)).bytes.length,
+      });
+    }
+    await state.update((s) => {
+      delete s.upload;
+    });
+    upload = undefined;
+    if (backup.temporary) await agent.catalog.delete(backup.name).catch(() => {});
+    return {
+      backup: backup.name,
+      createdAt: backup.createdAt,
+      size,
+      reused: backup.reused,
+      temporary: backup.temporary,
+      multipart,
+      resumed: resumable !== undefined,
+      ...sent,
+    };
+  } catch (error) {
+    // A temporary backup stays only while a multipart upload of it can be resumed.
+    const pending = (await state.get()).upload;
+    if (backup.temporary && pending?.backupName !== backup.name) {
+      await agent.catalog.delete(backup.name).catch(() => {});
+    }
+    throw error;
+  } finally {
+    await source?.close();
+  }
+}
+
+async function ensureEnrolled(deps: PushDeps): Promise<void> {
+  const { keyring } = deps.agent;
+  const current = (await deps.state.get()).enrollment;
+  const x = keyring.signingKey.publicJwk.x;
+  if (current?.installationId === keyring.installationId && current.publicKeyX === x) return;
+  await deps.client.enroll();
+  await deps.state.update((s) => {
+    s.enrollment = { installationId: keyring.installationId, publicKeyX: x, at: new Date().toISOString() };
+  });
+  deps.agent.log.info('enrolled with the DR cloud', { installationId: keyring.installationId });
+}
+
+async function pinnedEscrowKey(deps: PushDeps): Promise<EscrowKey> {
+  const published = (await deps.client.escrowKeys()) as EscrowKey[];
+  const pinned = (await deps.state.get()).escrow;
+  const { key, changed } = chooseEscrowKey(published, pinned, deps.agent.log);
+  if (changed) {
+    await deps.state.update((s) => {
+      s.escrow = {
+        kid: key.kid,
+        publicJwk: { kty: key.kty, crv: key.crv, x: key.x, kid: key.kid },
+        pinnedAt: new Date().toISOString(),
+      };
+    });
+  }
+  return key;
+}
+
+/** The upload a previous push left half done, if its backup is still here; otherwise it is dropped. */
+async function resumableUpload(deps: PushDeps): Promise<DrUploadInProgress | undefined> {
+  const upload = (await deps.state.get()).upload;
+  if (!upload) return undefined;
+  const { agent } = deps;
+  if (
+    upload.installationId === agent.keyring.installationId &&
+    (await agent.catalog.exists(upload.backupName))
+  ) {
+    return upload;
+  }
+  agent.log.info('dropping an unfinished DR upload whose backup is gone', { backup: upload.backupName });
+  await deps.client.abortUpload(upload.uploadId).catch(() => {});
+  await deps.state.update((s) => {
+    delete s.upload;
+  });
+  return undefined;
+}
+
+/** A local backup of this installation younger than 24 h, else a new temporary one (kind 'dr'). */
+async function chooseBackup(
+  deps: PushDeps,
+  ctx: JobContext,
+): Promise<{ name: string; createdAt: string; temporary: boolean; reused: boolean }> {
+  const { agent } = deps;
+  const now = (deps.now ?? (() => new Date()))().getTime();
+  const held = new Set(agent.keyring.masterKeys.map((k) => k.id));
+  const recent = (await agent.catalog.list()).find(
+    (b: BackupInfo) =>
+      b.installationId === agent.keyring.installationId &&
+      now - Date.parse(b.createdAt) <= REUSE_MAX_AGE_MS &&
+      b.keyIds.some((id) => held.has(id)),
+  );
+  if (recent) {
+    ctx.log.info('uploading an existing local backup', { backup: recent.filename });
+    return { name: recent.filename, createdAt: recent.createdAt, temporary: false, reused: true };
+  }
+  ctx.log.info('no local backup from the last 24 hours: making a temporary one');
+  const made = await createBackup(
+    { keyring: agent.keyring, catalog: agent.catalog, sources: agent.sources, workDir: agent.paths.work },
+    ctx,
+    { kind: 'dr', label: 'temporary copy for Cloud DR' },
+  );
+  return { name: made.filename, createdAt: made.createdAt, temporary: true, reused: false };
+}
+
+function signedRange(
+  source: UploadSource,
+  start: number,
+  end: number,
+  sha256: string,
+  ctx: JobContext,
+  doneBefore = 0,
+): SignedBody {
+  return {
+    sha256,
+    length: end - start,
+    open: () => {
+      let done = doneBefore;
+      const stream = source.stream(start, end);
+      stream.on('data', (chunk: Buffer) => {
+        done += chunk.length;
+        ctx.progress(done);
+      });
+      return stream;
+    },
+  };
+}
+
+/** Sends the parts the cloud lacks, each retried; persists the upload first so a later push can resume. */
+async function sendMultipart(
+  deps: PushDeps,
+  ctx: JobContext,
+  source: UploadSource,
+  input: {
+    upload: DrUploadInProgress | undefined;
+    backup: { name: string; createdAt: string; temporary: boolean };
+    sha256: string;
+    oldHeaderLength: number;
+  },
+): Promise<{ partsSent: number; partsSkipped: number; retries: number }> {
+  const { client, state, agent } = deps;
+  let upload = input.upload;
+  let received = new Map<number, number>();
+  if (upload) {
+    const status = await client.uploadStatus(upload.uploadId);
+    if (status) {
+      received = new Map(status.parts.map((p) => [p.n, p.size]));
+      ctx.log.info('resuming a DR upload', { uploadId: upload.uploadId, partsHeld: received.size });
+    } else {
+      ctx.log.info('the unfinished DR upload expired on the cloud; starting it again');
+      upload = { ...upload, uploadId: '' };
+    }
+  }
+  if (!upload || upload.uploadId === '') {
+    const created = await client.createUpload({
+      size: source.size,
+      sha256: input.sha256,
+      createdAt: input.backup.createdAt,
+      agentVersion: AGENT_VERSION,
+      partSize: deps.tuning.partSize,
+    });
+    upload = {
+      uploadId: created.uploadId,
+      backupName: input.backup.name,
+      temporary: input.backup.temporary,
+      installationId: agent.keyring.installationId,
+      size: source.size,
+      sha256: input.sha256,
+      createdAt: input.backup.createdAt,
+      partSize: created.partSize,
+      header: Buffer.from(source.header).toString('base64'),
+      oldHeaderLength: input.oldHeaderLength,
+    };
+    const saved = upload;
+    await state.update((s) => {
+      s.upload = saved;
+    });
+  }
+  const { uploadId, partSize } = upload;
+  const count = Math.max(1, Math.ceil(source.size / partSize));
+  let partsSent = 0;
+  let partsSkipped = 0;
+  let retries = 0;
+  for (let n = 1; n <= count; n++) {
+    const start = (n - 1) * partSize;
+    const end = Math.min(source.size, start + partSize);
+    if (received.get(n) === end - start) {
+      partsSkipped++;
+      ctx.progress(end);
+      continue;
+    }
+    const sha = await source.sha256(start, end);
+    retries += await withRetries(deps, ctx, `part ${n}`, () =>
+      client.putPart(uploadId, n, signedRange(source, start, end, sha, ctx, start)),
+    );
+    partsSent++;
+  }
+  await client.completeUpload(uploadId);
+  return { partsSent, partsSkipped, retries };
+}
+
+/** Retries what failed on the way (network, 5xx); a refusal (4xx) fails at once. Returns the retries it took. */
+async function withRetries(
+  deps: PushDeps,
+  ctx: JobContext,
+  what: string,
+  send: () => Promise<void>,
+): Promise<number> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      await send();
+      return attempt - 1;
+    } catch (error) {
+      if (!isAppError(error, 'dependency_down') || attempt >= deps.tuning.partAttempts) throw error;
+      ctx.log.warn(`sending ${what} failed; trying again`, { attempt, error: describeError(error) });
+      await sleep(deps.tuning.retryDelayMs * attempt, undefined, { signal: ctx.signal }).catch(() => {
+        throw new AppError('cancelled', 'the job was cancelled');
+      });
+    }
+  }
+}

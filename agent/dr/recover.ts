@@ -1,0 +1,168 @@
+/** Recovery on a fresh install: fetch the slot with a one-time X25519 key, take back the keys, store and restore the backup. */
+import { generateKeyPairSync, randomBytes } from 'node:crypto';
+import { createReadStream } from 'node:fs';
+import { mkdir, mkdtemp, rm, stat } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
+import { Transform } from 'node:stream';
+import type { JWK } from 'jose';
+import { InstallationId, RECOVER_FILE_KEY_HEADER, RECOVER_KEYRING_HEADER } from '../../shared/api/cloud';
+import { unwrapWithX25519 } from '../../shared/envelope';
+import type { Agent } from '../agent';
+import { readBackup } from '../backup/reader';
+import { receiveUpload } from '../backup/upload';
+import { hasGemSchema } from '../db/seed';
+import { AppError } from '../errors';
+import type { JobContext } from '../jobs/runner';
+import { keyringFileSchema } from '../keys/keyring';
+import { type RestoreResult, restoreFromFile } from '../restore/restore';
+import { TEMP_PREFIX, writeFileAtomic } from '../system/atomic-file';
+import type { DrClient } from './client';
+import type { DrStateStore } from './state';
+
+export interface RecoverResult {
+  installationId: string;
+  /** The recovered backup, now a local backup. */
+  backup: string;
+  backupCreatedAt: string;
+  restore: RestoreResult;
+}
+
+/** A key pair for this one recovery only; the private half never leaves memory. */
+function oneTimeKeyPair(): { publicJwk: JWK; privateJwk: JWK } {
+  const { publicKey, privateKey } = generateKeyPairSync('x25519');
+  const kid = `recovery-${randomBytes(8).toString('hex')}`;
+  return {
+    publicJwk: { ...(publicKey.export({ format: 'jwk' }) as JWK), kid },
+    privateJwk: { ...(privateKey.export({ format: 'jwk' }) as JWK), kid },
+  };
+}
+
+function headerValue(headers: Record<string, string | string[] | undefined>, name: string): string {
+  const value = headers[name.toLowerCase()];
+  if (typeof value !== 'string' || value.length === 0) {
+    throw new AppError('dependency_down', `the DR cloud's recovery answer lacks ${name}`);
+  }
+  return value;
+}
+
+/**
+ * Recovers installation `installationId` onto this agent. The backup is downloaded and checked with
+ * the recovered file key before anything changes; then the recovered keyring becomes the active
+ * keys (this installation takes the recovered identity, its own keys are kept as retired), the
+ * backup joins the local backups, and it is restored through the safe restore path.
+ */
+export async function recoverFromCloud(
+  deps: { agent: Agent; client: DrClient; state: DrStateStore },
+  ctx: JobContext,
+  installationId: string,
+): Promise<RecoverResult> {
+  const { agent, client } = deps;
+  const id = InstallationId.safeParse(installationId);
+  if (!id.success) throw new AppError('bad_request', 'installationId must be 32 lower-case hex characters');
+
+  ctx.phase('download');
+  const recipient = oneTimeKeyPair();
+  const res = await client.recover(id.data, recipient.publicJwk, ctx.signal);
+  const declared = Number(res.headers['content-length'] ?? Number.NaN);
+  let fileKey: Uint8Array;
+  let keyringBytes: Uint8Array;
+  try {
+    fileKey = await unwrapWithX25519(headerValue(res.headers, RECOVER_FILE_KEY_HEADER), recipient.privateJwk);
+    keyringBytes = await unwrapWithX25519(
+      headerValue(res.headers, RECOVER_KEYRING_HEADER),
+      recipient.privateJwk,
+    );
+  } catch (error) {
+    res.body.destroy();
+    if (error instanceof AppError) throw error;
+    throw new AppError(
+      'dependency_down',
+      'the recovery material from the DR cloud does not open with our one-time key',
+    );
+  }
+  const parsed = keyringFileSchema.safeParse(JSON.parse(new TextDecoder().decode(keyringBytes)));
+  keyringBytes.fill(0);
+  if (!parsed.success || parsed.data.installationId !== id.data) {
+    res.body.destroy();
+    throw new AppError('dependency_down', 'the recovered keyring is not the keyring of this installation id');
+  }
+  const recovered = parsed.data;
+
+  // 1. Download to a temp file and check it end to end with the recovered file key: nothing changed yet.
+  await mkdir(agent.paths.work, { recursive: true });
+  const work = await mkdtemp(join(agent.paths.work, `${TEMP_PREFIX}dr-recover-`));
+  try {
+    const downloaded = join(work, 'backup.bin');
+    let received = 0;
+    const counter = new Transform({
+      transform(chunk: Buffer, _encoding, done) {
+        received += chunk.length;
+        ctx.progress(received);
+        done(null, chunk);
+      },
+    });
+    await writeFileAtomic(downloaded, [res.body, counter], { signal: ctx.signal, mode: 0o600 });
+    const size = (await stat(downloaded)).size;
+    if (Number.isFinite(declared) && size !== declared) {
+      throw new AppError(
+        'dependency_down',
+        `the recovery download was cut short: ${size} of ${declared} bytes`,
+      );
+    }
+    ctx.phase('check', size);
+    const key = fileKey;
+    const { header, manifest } = await readBackup(downloaded, {
+      keys: [],
+      signal: ctx.signal,
+      resolveFileKey: async () => Uint8Array.from(key),
+      onProgress: (b) => ctx.progress(b),
+    });
+    if (header.core.installationId !== id.data) {
+      throw new AppError('dependency_down', 'the recovered backup belongs to another installation');
+    }
+
+    // 2. The recovered keys become active: this installation now is the recovered one.
+    ctx.phase('keys');
+    await agent.keyring.importKeys(recovered);
+    await deps.state.update((s) => {
+      // The cloud holds a slot for this id, so the id is enrolled with the recovered signing key.
+      s.enrollment = {
+        installationId: recovered.installationId,
+        publicKeyX: recovered.signingKey.publicJwk.x,
+        at: new Date().toISOString(),
+      };
+      delete s.upload;
+    });
+    ctx.log.info('recovered keys installed', { installationId: recovered.installationId });
+
+    // 3. A local backup like any other (receiveUpload checks it again with the now-active keys).
+    ctx.phase('store', size);
+    const name = await agent.catalog.freeName(new Date(manifest.createdAt));
+    await receiveUpload(agent, name, createReadStream(downloaded), {
+      declaredSize: size,
+      signal: ctx.signal,
+      onProgress: (b) => ctx.progress(b),
+    });
+    await rm(work, { recursive: true, force: true });
+
+    // 4. The safe restore; a safety backup only if there is something here worth keeping.
+    const skipSafetyBackup = !(await hasGemSchema(agent.sql));
+    // A fresh install may not have the folders' parent yet; the restore puts its staging copies beside them.
+    for (const live of [agent.sources.scriptsDir, agent.sources.configDir]) {
+      await mkdir(dirname(live), { recursive: true });
+    }
+    const restore = await restoreFromFile(agent, ctx, agent.catalog.pathOf(name), {
+      filename: name,
+      skipSafetyBackup,
+    });
+    return {
+      installationId: recovered.installationId,
+      backup: name,
+      backupCreatedAt: manifest.createdAt,
+      restore,
+    };
+  } finally {
+    fileKey.fill(0);
+    await rm(work, { recursive: true, force: true });
+  }
+}

@@ -1,0 +1,323 @@
+/** Cloud DR for one agent: status, push now, the nightly push, opt-out deletion (retried until confirmed), recovery. */
+import type { Settings } from '../../shared/api/settings';
+import type { Agent } from '../agent';
+import { AppError, describeError } from '../errors';
+import type { Job } from '../jobs/runner';
+import { DrClient, type DrFaults } from './client';
+import { DEFAULT_TUNING, type PushTuning, pushToCloud } from './push';
+import { recoverFromCloud } from './recover';
+import { nextNightlyRun, scheduleNightly } from './schedule';
+import { type DrPushRecord, type DrState, DrStateStore } from './state';
+
+export interface DrServiceOptions {
+  tuning?: Partial<PushTuning>;
+  faults?: DrFaults;
+  /** Socket idle timeout of one cloud request. */
+  timeoutMs?: number;
+  /** Opt-out deletion retries: first delay, doubled after each failure up to the max. */
+  deletionRetry?: { firstMs: number; maxMs: number };
+  now?: () => Date;
+}
+
+/** What `GET /api/v1/dr/status` returns. */
+export interface DrStatus {
+  /** Pushes happen: an endpoint is configured and the settings have Cloud DR on. */
+  enabled: boolean;
+  configured: boolean;
+  url: string | null;
+  /** Why DR is not pushing, in words (null when it is). */
+  reason: string | null;
+  installationId: string;
+  nextRunAt: string | null;
+  /** NODE_ENV=development: the nightly push is skipped (a push now still runs). */
+  nightlySkipped: boolean;
+  running: boolean;
+  jobId: string | null;
+  lastPush: DrPushRecord | null;
+  lastSuccess: DrPushRecord | null;
+  pendingDeletion: DrState['pendingDeletion'] | null;
+  escrowKid: string | null;
+  upload: { backup: string; uploadId: string } | null;
+}
+
+export class DrService {
+  readonly state: DrStateStore;
+  readonly client: DrClient | undefined;
+  private readonly tuning: PushTuning;
+  private pushJobId: string | undefined;
+  private stopNightly: (() => void) | undefined;
+  private started = false;
+  private deletionTimer: NodeJS.Timeout | undefined;
+  private deletion: Promise<void> | undefined;
+
+  constructor(
+    private readonly agent: Agent,
+    private readonly options: DrServiceOptions = {},
+  ) {
+    this.state = new DrStateStore(`${agent.config.dataDir}/dr-state.json`);
+    this.tuning = { ...DEFAULT_TUNING, ...options.tuning };
+    if (agent.config.drUrl) {
+      this.client = new DrClient({
+        baseUrl: agent.config.drUrl,
+        identity: () => ({
+          installationId: agent.keyring.installationId,
+          signingKey: agent.keyring.signingKey,
+        }),
+        ...(agent.config.drEnrollmentToken ? { enrollmentToken: agent.config.drEnrollmentToken } : {}),
+        ...(options.timeoutMs ? { timeoutMs: options.timeoutMs } : {}),
+        ...(options.faults ? { faults: options.faults } : {}),
+      });
+    }
+    agent.settings.subscribe((previous, next) => this.onSettingsChanged(previous, next));
+  }
+
+  /** Arms the nightly push and resumes a pending opt-out deletion (main.ts calls this once). */
+  async start(): Promise<void> {
+    this.started = true;
+    this.armNightly();
+    if ((await this.state.get()).pendingDeletion) this.kickDeletion();
+  }
+
+  stop(): void {
+    this.started = false;
+    this.stopNightly?.();
+    this.stopNightly = undefined;
+    if (this.deletionTimer) clearTimeout(this.deletionTimer);
+    this.deletionTimer = undefined;
+  }
+
+  /** Why pushes cannot happen now, or null. */
+  disabledReason(): string | null {
+    if (!this.client) return 'Cloud DR is off: no endpoint is configured (GEM_DR_URL is not set)';
+    if (!this.agent.settings.get().cloudDr.enabled) return 'Cloud DR is turned off in the settings';
+    return null;
+  }
+
+  async status(): Promise<DrStatus> {
+    const s = await this.state.get();
+    const reason = this.disabledReason();
+    const job = this.pushJobId ? this.agent.jobs.get(this.pushJobId) : undefined;
+    const running = job !== undefined && !job.endedAt;
+    const next = reason
+      ? null
+      : nextNightlyRun(this.agent.keyring.installationId, this.timezone(), this.now());
+    return {
+      enabled: reason === null,
+      configured: this.client !== undefined,
+      url: this.client?.baseUrl ?? null,
+      reason,
+      installationId: this.agent.keyring.installationId,
+      nextRunAt: next?.toISOString() ?? null,
+      nightlySkipped: this.agent.config.nodeEnv === 'development',
+      running,
+      jobId: running ? (this.pushJobId ?? null) : null,
+      lastPush: s.lastPush ?? null,
+      lastSuccess: s.lastSuccess ?? null,
+      pendingDeletion: s.pendingDeletion ?? null,
+      escrowKid: s.escrow?.kid ?? null,
+      upload: s.upload ? { backup: s.upload.backupName, uploadId: s.upload.uploadId } : null,
+    };
+  }
+
+  /** Starts a push job (kind 'dr-push'); refused when DR is off or a push is already running. */
+  async startPush(trigger: DrPushRecord['trigger'] = 'manual'): Promise<Job> {
+    const reason = this.disabledReason();
+    if (reason || !this.client) throw new AppError('unprocessable', reason ?? 'Cloud DR is off');
+    const current = this.pushJobId ? this.agent.jobs.get(this.pushJobId) : undefined;
+    if (current && !current.endedAt) throw new AppError('job_running', 'a Cloud DR push is already running');
+    const client = this.client;
+    // Not exclusive: a push only reads local backups (through an open handle) and adds a temporary one.
+    const job = await this.agent.jobs.start(
+      'dr-push',
+      async (ctx) => {
+        const at = this.now().toISOString();
+        try {
+          const result = await pushToCloud(
+            { agent: this.agent, client, state: this.state, tuning: this.tuning, now: () => this.now() },
+            ctx,
+          );
+          const record: DrPushRecord = {
+            at,
+            trigger,
+            outcome: 'succeeded',
+            size: result.size,
+            backup: result.backup,
+            reused: result.reused,
+            multipart: result.multipart,
+          };
+          await this.state.update((s) => {
+            s.lastPush = record;
+            s.lastSuccess = record;
+          });
+          ctx.log.info('Cloud DR push succeeded', { backup: result.backup, size: result.size });
+          return result;
+        } catch (error) {
+          await this.state.update((s) => {
+            s.lastPush = { at, trigger, outcome: 'failed', error: describeError(error) };
+          });
+          throw error;
+        }
+      },
+      { mutating: false },
+    );
+    this.pushJobId = job.id;
+    return job;
+  }
+
+  /** Starts a recovery job (kind 'dr-recover', exclusive): see recoverFromCloud. */
+  async startRecover(installationId: string): Promise<Job> {
+    if (!this.client) {
+      throw new AppError('unprocessable', 'Cloud DR recovery needs an endpoint: GEM_DR_URL is not set');
+    }
+    const client = this.client;
+    return this.agent.jobs.start(
+      'dr-recover',
+      async (ctx) => {
+        const result = await recoverFromCloud(
+          { agent: this.agent, client, state: this.state },
+          ctx,
+          installationId,
+        );
+        // The identity changed: the nightly offset follows it.
+        if (this.started) this.armNightly();
+        return result;
+      },
+      { mutating: true, target: installationId },
+    );
+  }
+
+  /** The nightly run: skipped (and recorded) in development, silent when DR is off. */
+  async runNightly(): Promise<void> {
+    if (this.disabledReason()) return;
+    const at = this.now().toISOString();
+    if (this.agent.config.nodeEnv === 'development') {
+      this.agent.log.info('Cloud DR nightly push skipped: NODE_ENV=development');
+      await this.state.update((s) => {
+        s.lastPush = { at, trigger: 'nightly', outcome: 'skipped', reason: 'NODE_ENV=development' };
+      });
+      return;
+    }
+    try {
+      const job = await this.startPush('nightly');
+      await this.agent.jobs.waitFor(job.id);
+    } catch (error) {
+      this.agent.log.warn('the nightly Cloud DR push could not start', { error: describeError(error) });
+    }
+  }
+
+  /** Resolves when no opt-out deletion attempt is in flight (tests, shutdown). */
+  async settled(): Promise<void> {
+    while (this.deletion) await this.deletion;
+  }
+
+  private onSettingsChanged(previous: Settings, next: Settings): Promise<void> | void {
+    if (previous.autoBackup.timezone !== next.autoBackup.timezone && this.started) this.armNightly();
+    if (previous.cloudDr.enabled && !next.cloudDr.enabled) return this.optOut();
+    if (!previous.cloudDr.enabled && next.cloudDr.enabled) return this.optBackIn();
+  }
+
+  /** Records the deletion as owed before trying it, so that no failure or restart can lose it. */
+  private async optOut(): Promise<void> {
+    await this.state.update((s) => {
+      s.pendingDeletion = { since: this.now().toISOString(), attempts: 0 };
+    });
+    const push = this.pushJobId ? this.agent.jobs.get(this.pushJobId) : undefined;
+    if (push && !push.endedAt) this.agent.jobs.cancel(push.id);
+    this.agent.log.info('Cloud DR turned off: the cloud copy will be deleted');
+    this.kickDeletion();
+  }
+
+  private async optBackIn(): Promise<void> {
+    if (!(await this.state.get()).pendingDeletion) return;
+    await this.state.update((s) => {
+      delete s.pendingDeletion;
+    });
+    this.agent.log.info(
+      'Cloud DR turned back on before the cloud copy was deleted; the deletion is called off',
+    );
+  }
+
+  private kickDeletion(): void {
+    if (this.deletion) return;
+    if (this.deletionTimer) clearTimeout(this.deletionTimer);
+    this.deletionTimer = undefined;
+    this.deletion = this.attemptDeletion().finally(() => {
+      this.deletion = undefined;
+    });
+  }
+
+  private async attemptDeletion(): Promise<void> {
+    const s = await this.state.get();
+    if (!s.pendingDeletion) return;
+    if (!s.enrollment) {
+      // Never enrolled from this data dir: nothing was ever pushed, there is nothing to delete.
+      await this.state.update((x) => {
+        delete x.pendingDeletion;
+      });
+      return;
+    }
+    try {
+      if (!this.client)
+        throw new AppError('unprocessable', 'GEM_DR_URL is not set: the cloud copy cannot be deleted yet');
+      if (s.upload) {
+        await this.client.abortUpload(s.upload.uploadId);
+        const temporary = s.upload.temporary ? s.upload.backupName : undefined;
+        await this.state.update((x) => {
+          delete x.upload;
+        });
+        if (temporary) await this.agent.catalog.delete(temporary).catch(() => {});
+      }
+      const deleted = await this.client.deleteSlot();
+      await this.state.update((x) => {
+        delete x.pendingDeletion;
+      });
+      this.agent.log.info('the Cloud DR copy was deleted', { hadBackup: deleted });
+    } catch (error) {
+      const updated = await this.state.update((x) => {
+        if (!x.pendingDeletion) return;
+        x.pendingDeletion.attempts += 1;
+        x.pendingDeletion.lastAttemptAt = this.now().toISOString();
+        x.pendingDeletion.lastError = describeError(error);
+      });
+      const attempts = updated.pendingDeletion?.attempts ?? 1;
+      const { firstMs, maxMs } = this.options.deletionRetry ?? { firstMs: 60_000, maxMs: 3600_000 };
+      const delay = Math.min(maxMs, firstMs * 2 ** (attempts - 1));
+      this.agent.log.warn('deleting the Cloud DR copy failed; it will be retried', {
+        attempts,
+        retryInMs: delay,
+        error: describeError(error),
+      });
+      if (updated.pendingDeletion) {
+        this.deletionTimer = setTimeout(() => this.kickDeletion(), delay);
+        this.deletionTimer.unref();
+      }
+    }
+  }
+
+  private armNightly(): void {
+    this.stopNightly?.();
+    this.stopNightly = scheduleNightly(this.agent.keyring.installationId, this.timezone(), () =>
+      this.runNightly(),
+    );
+  }
+
+  private timezone(): string | undefined {
+    return this.agent.settings.get().autoBackup.timezone;
+  }
+
+  private now(): Date {
+    return this.options.now?.() ?? new Date();
+  }
+}
+
+const services = new WeakMap<Agent, DrService>();
+
+/** The agent's one DR service (created on first call; options count only then). */
+export function drServiceFor(agent: Agent, options?: DrServiceOptions): DrService {
+  let service = services.get(agent);
+  if (!service) {
+    service = new DrService(agent, options);
+    services.set(agent, service);
+  }
+  return service;
+}

@@ -1,0 +1,81 @@
+/** The DR client's memory in the data dir (dr-state.json, 0600): enrollment, pinned escrow key, last push, pending work. */
+import { readFile } from 'node:fs/promises';
+import type { JWK } from 'jose';
+import { writeSmallFileAtomic } from '../system/atomic-file';
+
+/** One push attempt as the status reports it. */
+export interface DrPushRecord {
+  at: string;
+  trigger: 'nightly' | 'manual';
+  outcome: 'succeeded' | 'failed' | 'skipped';
+  /** Bytes sent to the slot (header + payload). */
+  size?: number;
+  backup?: string;
+  /** True if an existing local backup (younger than 24 h) was uploaded as is. */
+  reused?: boolean;
+  multipart?: boolean;
+  reason?: string;
+  error?: { code: string; message: string };
+}
+
+/** A multipart upload in progress: enough to resume it on a fresh attempt with the same bytes. */
+export interface DrUploadInProgress {
+  uploadId: string;
+  backupName: string;
+  /** The backup was made for this push and goes once the upload completes. */
+  temporary: boolean;
+  installationId: string;
+  size: number;
+  sha256: string;
+  createdAt: string;
+  partSize: number;
+  /** The escrow header sent in front of the payload (base64): re-wrapping again would give other bytes. */
+  header: string;
+  oldHeaderLength: number;
+}
+
+export interface DrState {
+  enrollment?: { installationId: string; publicKeyX: string; at: string };
+  escrow?: { kid: string; publicJwk: JWK; pinnedAt: string };
+  lastPush?: DrPushRecord;
+  lastSuccess?: DrPushRecord;
+  /** Set when Cloud DR was turned off: the slot must be deleted; cleared only when the cloud confirms. */
+  pendingDeletion?: {
+    since: string;
+    attempts: number;
+    lastAttemptAt?: string;
+    lastError?: { code: string; message: string };
+  };
+  upload?: DrUploadInProgress;
+}
+
+/** Reads and updates dr-state.json; updates are serialized and written temp-then-rename. */
+export class DrStateStore {
+  private cache: DrState | undefined;
+  private queue: Promise<unknown> = Promise.resolve();
+
+  constructor(readonly path: string) {}
+
+  async get(): Promise<DrState> {
+    if (!this.cache) {
+      this.cache = await readFile(this.path, 'utf8').then(
+        (text) => JSON.parse(text) as DrState,
+        () => ({}),
+      );
+    }
+    return structuredClone(this.cache);
+  }
+
+  /** Applies `change` to a copy of the state and saves it; memory follows disk. */
+  update(change: (state: DrState) => void): Promise<DrState> {
+    const run = this.queue.then(async () => {
+      const next = await this.get();
+      change(next);
+      await writeSmallFileAtomic(this.path, `${JSON.stringify(next, null, 2)}\n`, 0o600);
+      this.cache = next;
+      return structuredClone(next);
+    });
+    this.queue = run.catch(() => {});
+    return run;
+  }
+}

@@ -1,0 +1,67 @@
+/** A backup as sent to the cloud: the escrow header, then the unchanged payload read from the local file. */
+import { createHash } from 'node:crypto';
+import { type FileHandle, open } from 'node:fs/promises';
+import { Readable } from 'node:stream';
+
+const PIECE = 1024 * 1024;
+
+/**
+ * Byte ranges of `header ++ file[oldHeaderLength..]`, read from an open handle: a backup deleted by
+ * retention meanwhile stays readable, and nothing is ever held whole in memory.
+ */
+export class UploadSource {
+  private constructor(
+    private readonly handle: FileHandle,
+    readonly header: Uint8Array,
+    private readonly oldHeaderLength: number,
+    readonly size: number,
+  ) {}
+
+  static async open(path: string, header: Uint8Array, oldHeaderLength: number): Promise<UploadSource> {
+    const handle = await open(path, 'r');
+    const fileSize = (await handle.stat()).size;
+    return new UploadSource(handle, header, oldHeaderLength, header.length + fileSize - oldHeaderLength);
+  }
+
+  /** The bytes [start, end) as 1 MiB pieces. */
+  async *pieces(start = 0, end = this.size): AsyncGenerator<Buffer> {
+    let pos = start;
+    if (pos < this.header.length) {
+      const stop = Math.min(end, this.header.length);
+      yield Buffer.from(this.header.subarray(pos, stop));
+      pos = stop;
+    }
+    while (pos < end) {
+      const n = Math.min(PIECE, end - pos);
+      const buf = Buffer.allocUnsafe(n);
+      const { bytesRead } = await this.handle.read(
+        buf,
+        0,
+        n,
+        pos - this.header.length + this.oldHeaderLength,
+      );
+      if (bytesRead === 0) throw new Error('the local backup file shrank while it was being uploaded');
+      yield buf.subarray(0, bytesRead);
+      pos += bytesRead;
+    }
+  }
+
+  /** A stream of the bytes [start, end). */
+  stream(start = 0, end = this.size): Readable {
+    return Readable.from(this.pieces(start, end), { objectMode: false });
+  }
+
+  /** Hex sha256 of the bytes [start, end). */
+  async sha256(start = 0, end = this.size, onBytes?: (n: number) => void): Promise<string> {
+    const hash = createHash('sha256');
+    for await (const piece of this.pieces(start, end)) {
+      hash.update(piece);
+      onBytes?.(piece.length);
+    }
+    return hash.digest('hex');
+  }
+
+  close(): Promise<void> {
+    return this.handle.close();
+  }
+}

@@ -1,0 +1,32 @@
+/** Cloud DR routes: GET /dr/status, POST /dr/push (a job), POST /dr/recover {installationId} (a job). */
+import { Hono } from 'hono';
+import { z } from 'zod';
+import { InstallationId } from '../../../shared/api/cloud';
+import type { Agent } from '../../agent';
+import type { RouteModule } from '../../app';
+import { drServiceFor } from '../../dr/service';
+import { AppError } from '../../errors';
+import { jsonBody } from '../body';
+
+const RecoverBody = z.object({ installationId: InstallationId }).strict();
+
+/** The DR routes over the agent's one DR service. */
+export function drRoutes(agent: Agent): Hono {
+  const dr = drServiceFor(agent);
+  const app = new Hono();
+  app.get('/status', async (c) => c.json(await dr.status()));
+  app.post('/push', async (c) => {
+    const job = await dr.startPush('manual');
+    return c.json({ jobId: job.id }, 202);
+  });
+  app.post('/recover', async (c) => {
+    const body = await jsonBody(c, RecoverBody);
+    if (!body) throw new AppError('bad_request', 'send {"installationId": "..."}');
+    const job = await dr.startRecover(body.installationId);
+    return c.json({ jobId: job.id }, 202);
+  });
+  return app;
+}
+
+/** The module main.ts mounts; audited, since a recovery replaces keys and data. */
+export const drModule: RouteModule = { path: '/dr', routes: drRoutes, audited: true };
