@@ -1,21 +1,30 @@
 // Signals a service process and every process it forked (sshd and smbd fork one child per connection).
 import { readdirSync, readFileSync } from 'node:fs';
 
+function pids(): number[] {
+  return readdirSync('/proc')
+    .filter((entry) => /^\d+$/.test(entry))
+    .map(Number);
+}
+
+function read(path: string): string | undefined {
+  try {
+    return readFileSync(path, 'utf8');
+  } catch {
+    return undefined; // the process ended while we looked
+  }
+}
+
 /** The pid and all its descendants, parents first, read from /proc. */
 export function processTree(rootPid: number): number[] {
   const children = new Map<number, number[]>();
-  for (const entry of readdirSync('/proc')) {
-    if (!/^\d+$/.test(entry)) continue;
-    let stat: string;
-    try {
-      stat = readFileSync(`/proc/${entry}/stat`, 'utf8');
-    } catch {
-      continue; // the process ended while we looked
-    }
+  for (const pid of pids()) {
+    const stat = read(`/proc/${pid}/stat`);
+    if (stat === undefined) continue;
     // The command name may hold spaces and parentheses; the parent pid is the 2nd field after the last ')'.
     const ppid = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
     const list = children.get(ppid) ?? [];
-    list.push(Number(entry));
+    list.push(pid);
     children.set(ppid, list);
   }
   const result: number[] = [];
@@ -28,9 +37,29 @@ export function processTree(rootPid: number): number[] {
   return result;
 }
 
-/** Sends `signal` to the pid and its descendants, ignoring ones that already ended. */
-export function signalTree(rootPid: number, signal: NodeJS.Signals): void {
-  for (const pid of processTree(rootPid)) {
+/** Every process running as `uid` (a throwaway test user's sessions, whoever their parent now is). */
+export function processesOfUid(uid: number): number[] {
+  return pids().filter((pid) => {
+    const status = read(`/proc/${pid}/status`);
+    // Real, effective, saved or filesystem uid: smbd sessions keep root as real uid and switch the others.
+    const ids = /^Uid:\s+(.*)$/m.exec(status ?? '')?.[1]?.split(/\s+/) ?? [];
+    return ids.includes(String(uid));
+  });
+}
+
+/**
+ * A service's processes: the tree under `rootPid`, plus (when given) everything running as `uid`, since
+ * a session process whose parent exited is re-parented to init and leaves the tree.
+ */
+export function serviceProcesses(rootPid: number, uid?: number): number[] {
+  const tree = processTree(rootPid);
+  if (uid === undefined) return tree;
+  return [...new Set([...tree, ...processesOfUid(uid)])];
+}
+
+/** Sends `signal` to each pid, ignoring ones that already ended. */
+export function signalAll(list: number[], signal: NodeJS.Signals): void {
+  for (const pid of list) {
     try {
       process.kill(pid, signal);
     } catch {
@@ -39,13 +68,14 @@ export function signalTree(rootPid: number, signal: NodeJS.Signals): void {
   }
 }
 
+/** Sends `signal` to the pid and its descendants, ignoring ones that already ended. */
+export function signalTree(rootPid: number, signal: NodeJS.Signals): void {
+  signalAll(processTree(rootPid), signal);
+}
+
 function alive(pid: number): boolean {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    return stat.slice(stat.lastIndexOf(')') + 2)[0] !== 'Z';
-  } catch {
-    return false;
-  }
+  const stat = read(`/proc/${pid}/stat`);
+  return stat !== undefined && stat.slice(stat.lastIndexOf(')') + 2)[0] !== 'Z';
 }
 
 /**
@@ -53,19 +83,19 @@ function alive(pid: number): boolean {
  * for whatever is still there after `graceMs`. Resolves once none of them runs, so that the caller
  * can delete the service's Unix users and files.
  */
-export async function stopTree(rootPid: number, graceMs = 3000): Promise<void> {
-  const pids = processTree(rootPid);
-  for (const signal of ['SIGCONT', 'SIGTERM'] as const) signalTree(rootPid, signal);
-  const deadline = Date.now() + graceMs;
-  while (pids.some(alive)) {
+export async function stopTree(
+  rootPid: number,
+  options: { uid?: number; graceMs?: number } = {},
+): Promise<void> {
+  const deadline = Date.now() + (options.graceMs ?? 3000);
+  const list = () => serviceProcesses(rootPid, options.uid).filter(alive);
+  signalAll(list(), 'SIGCONT');
+  signalAll(list(), 'SIGTERM');
+  for (;;) {
+    const remaining = list();
+    if (remaining.length === 0) return;
     if (Date.now() > deadline) {
-      for (const pid of pids.filter(alive)) {
-        try {
-          process.kill(pid, 'SIGKILL');
-        } catch {
-          // already gone
-        }
-      }
+      signalAll(remaining, 'SIGKILL');
       await new Promise((resolve) => setTimeout(resolve, 100));
       return;
     }

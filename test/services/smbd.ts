@@ -49,9 +49,10 @@ export async function startSmbd(): Promise<SmbdService> {
   const password = randomBytes(12).toString('hex');
   let userCreated = false;
   let child: ChildProcess | undefined;
+  let userUid: number | undefined;
   const cleanup = async () => {
     // Every session process must be gone before userdel, which refuses a user that still runs something.
-    if (child?.pid !== undefined) await stopTree(child.pid);
+    if (child?.pid !== undefined) await stopTree(child.pid, { uid: userUid });
     if (userCreated) await deleteUnixUser(username);
     await rm(dir, { recursive: true, force: true });
   };
@@ -60,6 +61,7 @@ export async function startSmbd(): Promise<SmbdService> {
     await createUnixUser(username, root, password);
     userCreated = true;
     const { uid, gid } = await unixIds(username);
+    userUid = uid;
     await chown(root, uid, gid);
     for (const sub of ['private', 'lock', 'state', 'cache', 'pid', 'ncalrpc', 'log'])
       await mkdir(join(dir, sub));

@@ -7,7 +7,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { freePort, waitForPort } from './ports';
-import { signalTree, stopTree } from './process-tree';
+import { serviceProcesses, signalAll, stopTree } from './process-tree';
 
 const run = promisify(execFile);
 const SSHD = '/usr/sbin/sshd';
@@ -46,7 +46,7 @@ async function runAdmin(file: string, args: string[], input?: string): Promise<v
           stdio: [input === undefined ? 'ignore' : 'pipe', 'ignore', 'pipe'],
         });
         let stderr = '';
-        child.stderr.on('data', (chunk) => {
+        child.stderr?.on('data', (chunk) => {
           stderr += chunk;
         });
         child.on('error', reject);
@@ -125,9 +125,10 @@ export async function startSshd(): Promise<SshdService> {
   const keyUsername = `gemkey${suffix}`;
   const created: string[] = [];
   let child: ChildProcess | undefined;
+  let userUid: number | undefined;
   const cleanup = async () => {
     // Every session process must be gone before userdel, which refuses a user that still runs something.
-    if (child?.pid !== undefined) await stopTree(child.pid);
+    if (child?.pid !== undefined) await stopTree(child.pid, { uid: userUid });
     for (const user of created.reverse()) await deleteUnixUser(user);
     await rm(dir, { recursive: true, force: true });
   };
@@ -138,6 +139,7 @@ export async function startSshd(): Promise<SshdService> {
     await createUnixUser(keyUsername, root, randomBytes(12).toString('hex'), passwordUser.username);
     created.push(keyUsername);
     const { uid, gid } = await unixIds(passwordUser.username);
+    userUid = uid;
     await chown(root, uid, gid);
     await chmod(root, 0o755);
 
@@ -199,8 +201,9 @@ export async function startSshd(): Promise<SshdService> {
       },
       root,
       hostKeyFingerprint,
-      pause: () => signalTree(pid, 'SIGSTOP'),
-      resume: () => signalTree(pid, 'SIGCONT'),
+      // Sessions run as the test users' own uid, so they are found even once re-parented to init.
+      pause: () => signalAll(serviceProcesses(pid, userUid), 'SIGSTOP'),
+      resume: () => signalAll(serviceProcesses(pid, userUid), 'SIGCONT'),
       stop: cleanup,
     };
   } catch (error) {
