@@ -52,6 +52,34 @@ afterAll(async () => {
   await pg?.stop();
 });
 
+describe('gem-backup restore', () => {
+  it('needs --yes, then restores the file it is given', async () => {
+    await change('cli');
+    const env = {
+      ...process.env,
+      DATABASE_URL: databaseUrl(t.agent.sources.conn),
+      GEM_DATA_DIR: t.dataDir,
+      GEM_SCRIPTS_DIR: t.agent.sources.scriptsDir,
+      GEM_CONFIG_DIR: t.agent.sources.configDir,
+      GEM_AGENT_TOKEN: t.agent.token,
+      GEM_PG_BIN: pg.binDir,
+    };
+    const cli = (args: string[]) =>
+      runProcess(process.execPath, ['--import', 'tsx', 'agent/cli.ts', 'restore', ...args], { env });
+    const refused = await cli([backupPath]);
+    expect(refused.code).toBe(1);
+    expect(refused.stderr).toContain('add --yes to confirm');
+    const done = await cli([backupPath, '--yes']);
+    expect(done.stderr).toBe('');
+    expect(done.code).toBe(0);
+    expect(done.stdout).toMatch(
+      /^restored gem-backup-.*\nthe state before the restore is kept in gem-backup-/,
+    );
+    expect(await liveState(t.agent)).toEqual(atBackup);
+    expect(await leftovers(t.agent)).toEqual([]);
+  });
+});
+
 describe('a restore interrupted by a crash', () => {
   for (const step of [
     'rename-staging-database',

@@ -169,6 +169,34 @@ describe('restore', () => {
     expect(await leftovers(t.agent)).toEqual([]);
   });
 
+  it('refuses up front, naming the rights, when the database user may not create or rename databases', async () => {
+    await withSql(databaseUrl(t.agent.sources.conn, 'postgres'), async (sql) => {
+      await sql`create role restore_limited login`;
+      await sql`create role restore_creator login createdb`;
+    });
+    const before = await liveState(t.agent);
+    const backups = (await t.agent.catalog.list()).length;
+    for (const [user, needs] of [
+      ['restore_limited', 'CREATEDB'],
+      ['restore_creator', 'OWNER TO "restore_creator"'],
+    ] as const) {
+      const limited = {
+        ...t.agent,
+        sources: { ...t.agent.sources, conn: { ...t.agent.sources.conn, user } },
+      };
+      const started = await t.agent.jobs.start(
+        'restore',
+        (ctx) => restoreFromFile(limited, ctx, t.agent.catalog.pathOf(backupName)),
+        { mutating: true },
+      );
+      const job = await t.agent.jobs.waitFor(started.id);
+      expect(job.error?.message).toContain(`the database user ${user} may not create or rename databases`);
+      expect(job.error?.message).toContain(needs);
+      await expectUntouched(job, 'restore_failed', before);
+    }
+    expect((await t.agent.catalog.list()).length).toBe(backups);
+  });
+
   it('refuses a backup whose last chunk is corrupt', async () => {
     await changeEverything('corrupt');
     const before = await liveState(t.agent);
