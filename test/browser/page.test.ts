@@ -208,6 +208,31 @@ describe('the Backup & Restore page in a real browser, against a real agent and 
     await expect.poll(() => maxBackups.inputValue()).toBe('5');
   });
 
+  it('reveals a destination’s fields when turned on: SFTP sign-in tabs and S3 provider presets', async () => {
+    const sftp = page.locator('#offsite-sftp');
+    expect(await sftp.getByLabel('Host').isVisible()).toBe(false);
+    await sftp.getByText('Use SFTP server').click();
+    await sftp.getByLabel('Host').waitFor();
+    expect(await sftp.getByLabel('Port').inputValue()).toBe('22');
+    await sftp.getByRole('tab', { name: 'SSH key' }).click();
+    await sftp.getByLabel('Private key (OpenSSH format)').waitFor();
+    expect(await page.locator('#f-offsite-sftp-auth-password').isVisible()).toBe(false);
+    await sftp.getByRole('tab', { name: 'Password' }).press('ArrowRight');
+    await sftp.getByRole('tab', { name: 'Password' }).click();
+
+    const s3 = page.locator('#offsite-s3');
+    await s3.getByText('Use S3-compatible storage').click();
+    await s3.getByLabel('Provider').selectOption('b2');
+    expect(await s3.getByLabel('Endpoint URL').inputValue()).toBe('https://s3.us-west-004.backblazeb2.com');
+    expect(await s3.getByLabel('Region').inputValue()).toBe('us-west-004');
+    await s3.getByText('Backblaze B2: use the S3 endpoint').waitFor();
+    await sftp.scrollIntoViewIfNeeded();
+    await shot('11-offsite-fields', false);
+    // Back off, unsaved: the next steps see the saved settings.
+    await page.reload();
+    await page.getByRole('heading', { name: 'Local backups' }).waitFor();
+  });
+
   it('runs database maintenance and shows the total and per-table counts', async () => {
     const count = () =>
       withSql(gemDatabase(), async (sql) => {
