@@ -170,13 +170,14 @@ export async function swapIntoPlace(
   };
 
   try {
+    const settingsDump = join(deps.paths.work, `settings-${names.id}.dump`);
     await step('copy-settings', () =>
       copyAgentSchema({
         conn,
         tools: deps.sources.tools,
         staging: names.staging,
-        filePath: join(deps.paths.work, `settings-${names.id}.dump`),
-      }),
+        filePath: settingsDump,
+      }).finally(() => rm(settingsDump, { force: true })),
     );
     await step(
       'fence-live-database',
