@@ -284,4 +284,17 @@ describe('the Backup & Restore page in a real browser, against a real agent and 
     expect(await result.getAttribute('class')).toBe('result ok');
     await shot('10-keys-imported');
   });
+
+  it('signs out (the token leaves session storage) and goes back to sign-in on any 401', async () => {
+    await page.getByRole('button', { name: 'Sign out' }).click();
+    await page.getByRole('heading', { name: 'Sign in' }).waitFor();
+    expect(await page.evaluate(() => sessionStorage.length)).toBe(0);
+    expect(await page.locator('#app').isHidden()).toBe(true);
+
+    // A token that stops working (e.g. changed on the agent) sends the page back to sign-in.
+    await page.evaluate(() => sessionStorage.setItem('gem-backup-token', 'a-stale-token'));
+    await page.reload();
+    await page.getByText('invalid admin token').waitFor();
+    expect(await page.evaluate(() => sessionStorage.getItem('gem-backup-token'))).toBeNull();
+  });
 });
