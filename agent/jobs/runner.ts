@@ -143,8 +143,9 @@ export class JobRunner {
     this.emit(job);
     const run = (async () => {
       try {
+        // Work that completed is reported as done even if a cancel came too late to stop it (a
+        // restore past its commit point): the record must say what really happened.
         const result = await work(ctx);
-        if (controller.signal.aborted) throw new AppError('cancelled', 'the job was cancelled');
         job.state = 'succeeded';
         job.phase = 'done';
         if (result !== undefined) job.result = result;

@@ -1,0 +1,119 @@
+import { mkdir, readdir, readFile, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { openAgent } from '../../agent/agent';
+import { silentLogger } from '../../agent/log';
+import { startTestAgent, type TestAgent } from '../services/agent';
+import { startPostgres, type TestPostgres, withSql } from '../services/postgres';
+
+let pg: TestPostgres;
+let t: TestAgent;
+
+beforeAll(async () => {
+  pg = await startPostgres();
+  t = await startTestAgent(pg);
+  // Enough data that a backup takes a few seconds: time to cancel it in the middle.
+  await withSql(t.agent.databaseUrl, (sql) =>
+    sql.unsafe(
+      `create table filler as select g, md5(g::text) || md5((g+1)::text) as t from generate_series(1, 600000) g`,
+    ),
+  );
+});
+afterAll(async () => {
+  await t?.close();
+  await pg?.stop();
+});
+
+async function readEvents(res: Response): Promise<Array<{ event: string; data: Record<string, unknown> }>> {
+  const text = await res.text();
+  return text
+    .split('\n\n')
+    .filter((block) => block.includes('data:'))
+    .map((block) => {
+      const event = /^event: (.*)$/m.exec(block)?.[1] ?? 'message';
+      const data = JSON.parse(/^data: (.*)$/m.exec(block)?.[1] ?? '{}') as Record<string, unknown>;
+      return { event, data };
+    });
+}
+
+describe('jobs', () => {
+  it('streams a backup job as server-sent events: phases in order, ending with the final state', async () => {
+    const res = await t.request('/api/v1/backups', { method: 'POST' });
+    const { jobId } = (await res.json()) as { jobId: string };
+    const events = await readEvents(await t.request(`/api/v1/jobs/${jobId}/events`));
+    const jobs = events.filter((e) => e.event === 'job').map((e) => e.data);
+    const phases = [...new Set(jobs.map((j) => j.phase))];
+    expect(phases).toEqual(expect.arrayContaining(['dump', 'folders', 'pack', 'verify', 'done']));
+    expect(phases.indexOf('dump')).toBeLessThan(phases.indexOf('pack'));
+    expect(phases.indexOf('pack')).toBeLessThan(phases.indexOf('verify'));
+    expect(jobs.at(-1)).toMatchObject({ id: jobId, kind: 'backup', state: 'succeeded' });
+    const record = (await (await t.request(`/api/v1/jobs/${jobId}`)).json()) as Record<string, unknown>;
+    expect(record).toMatchObject({ state: 'succeeded', phase: 'done' });
+    expect(typeof record.endedAt).toBe('string');
+  });
+
+  it('cancels a running backup cleanly: state cancelled, no new backup, no temp files, the lock released', async () => {
+    const before = await readdir(t.agent.paths.backups);
+    const res = await t.request('/api/v1/backups', { method: 'POST' });
+    const { jobId } = (await res.json()) as { jobId: string };
+    await new Promise<void>((resolve) => {
+      const off = t.agent.jobs.subscribe(jobId, (e) => {
+        if (e.job.phase === 'dump' && e.job.bytesDone > 0) {
+          off();
+          resolve();
+        }
+      });
+    });
+    const cancel = await t.request(`/api/v1/jobs/${jobId}/cancel`, { method: 'POST' });
+    expect(cancel.status).toBe(200);
+    const job = await t.agent.jobs.waitFor(jobId);
+    expect(job.state).toBe('cancelled');
+    expect(await readdir(t.agent.paths.backups)).toEqual(before);
+    expect(await readdir(t.agent.paths.work).catch(() => [])).toEqual([]);
+    // The lock is free again: the next backup starts.
+    const next = await t.request('/api/v1/backups', { method: 'POST' });
+    expect(next.status).toBe(202);
+    await t.agent.jobs.waitFor(((await next.json()) as { jobId: string }).jobId);
+  });
+
+  it('answers 404 for an unknown job and 409 when cancelling a finished one', async () => {
+    expect((await t.request('/api/v1/jobs/nope')).status).toBe(404);
+    const [done] = t.agent.jobs.list();
+    expect((await t.request(`/api/v1/jobs/${done!.id}/cancel`, { method: 'POST' })).status).toBe(409);
+  });
+
+  it('writes every access to a backup or key route to the audit log, with its outcome', async () => {
+    await t.request('/api/v1/backups');
+    await t.request('/api/v1/backups/not-a-backup-name');
+    await t.agent.audit.flush();
+    const lines = (await readFile(t.agent.paths.audit, 'utf8'))
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l) as Record<string, unknown>);
+    expect(lines).toContainEqual(
+      expect.objectContaining({ method: 'GET', route: '/api/v1/backups', status: 200, outcome: 'ok' }),
+    );
+    expect(lines).toContainEqual(
+      expect.objectContaining({ route: '/api/v1/backups/not-a-backup-name', outcome: 'error' }),
+    );
+    expect(lines.every((l) => typeof l.time === 'string')).toBe(true);
+  });
+});
+
+describe('after a crash', () => {
+  it('removes temp files and work folders at the next start, and lists only complete backups', async () => {
+    const dir = t.agent.paths.backups;
+    const listed = (await t.agent.catalog.list()).map((b) => b.filename);
+    await writeFile(join(dir, '.tmp-gem-backup-2026-01-01-000000.tar.gz.abc123'), 'half a backup');
+    await mkdir(join(t.agent.paths.work, '.tmp-backup-xyz'), { recursive: true });
+    await writeFile(join(t.agent.paths.work, '.tmp-backup-xyz', 'database.dump'), 'partial dump');
+    const reopened = await openAgent(t.agent.config, silentLogger);
+    try {
+      expect((await readdir(dir)).filter((f) => f.startsWith('.tmp-'))).toEqual([]);
+      expect(await readdir(t.agent.paths.work).catch(() => [])).toEqual([]);
+      expect((await reopened.catalog.list()).map((b) => b.filename)).toEqual(listed);
+    } finally {
+      await reopened.close();
+    }
+  });
+});
