@@ -28,9 +28,18 @@ export function startMaintenance(agent: Agent, options: { batchSize?: number } =
   );
 }
 
-/** Runs the purge now and waits for it: the job's result, or its error (cancelled, failed) thrown. */
+/**
+ * Runs the purge now and waits for it: the job's result, or its error (cancelled, failed) thrown.
+ * Recorded as the maintenance task's last run, like a scheduled one.
+ */
 export async function runMaintenanceNow(agent: Agent): Promise<PurgeResult & { jobId: string }> {
+  const startedAt = new Date();
   const job = await agent.jobs.waitFor((await startMaintenance(agent)).id);
+  await agent.settings.state.recordRun('maintenance', startedAt, {
+    ok: job.state === 'succeeded',
+    jobId: job.id,
+    ...(job.error ? { error: job.error.message } : {}),
+  });
   if (job.state !== 'succeeded') {
     const code = job.error?.code === 'cancelled' ? 'cancelled' : 'internal';
     throw new AppError(code, job.error?.message ?? 'the maintenance run failed', {

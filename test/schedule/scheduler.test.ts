@@ -89,6 +89,17 @@ describe('the scheduler', () => {
     scheduler.stop();
   });
 
+  it('runs the maintenance task as a job and records it', async () => {
+    const scheduler = new Scheduler(t.agent);
+    const job = await scheduler.fire('maintenance', false);
+    scheduler.stop();
+    expect(job?.kind).toBe('maintenance');
+    expect(job?.state).toBe('succeeded');
+    expect((job?.result as { total: number }).total).toBeGreaterThan(0);
+    const state = await t.agent.settings.state.get('maintenance');
+    expect(state?.lastResult).toEqual({ ok: true, jobId: job!.id });
+  });
+
   it('takes schedule changes on save, without a restart', async () => {
     expect(
       (await put({ autoBackup: { enabled: true, schedule: 'daily', timezone: 'America/New_York' } })).status,
