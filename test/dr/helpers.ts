@@ -15,15 +15,19 @@ import { DR_ENROLLMENT_TOKEN } from '../services/dr-cloud';
 import type { TestPostgres } from '../services/postgres';
 import { withSql } from '../services/postgres';
 
-/** A test agent whose DR service has `options`, and an app with the DR and settings routes. */
+/** A test agent (no DR endpoint when `drUrl` is undefined) whose DR service has `options`, and an app with the DR and settings routes. */
 export async function startDrAgent(
   pg: TestPostgres,
-  drUrl: string,
+  drUrl: string | undefined,
   options: DrServiceOptions & { seed?: boolean; env?: Record<string, string> } = {},
 ): Promise<TestAgent> {
   const t = await startTestAgent(pg, {
     ...(options.seed === false ? { seed: false } : {}),
-    env: { GEM_DR_URL: drUrl, GEM_DR_ENROLLMENT_TOKEN: DR_ENROLLMENT_TOKEN, ...options.env },
+    env: {
+      ...(drUrl ? { GEM_DR_URL: drUrl } : {}),
+      GEM_DR_ENROLLMENT_TOKEN: DR_ENROLLMENT_TOKEN,
+      ...options.env,
+    },
   });
   drServiceFor(t.agent, options);
   const app = createApp(t.agent, [drModule, settingsModule]);
