@@ -95,7 +95,7 @@ describe('the scheduler', () => {
     scheduler.stop();
     expect(job?.kind).toBe('maintenance');
     expect(job?.state).toBe('succeeded');
-    expect((job?.result as { total: number }).total).toBeGreaterThan(0);
+    expect((job!.result as { total: number }).total).toBeGreaterThan(0);
     const state = await t.agent.settings.state.get('maintenance');
     expect(state?.lastResult).toEqual({ ok: true, jobId: job!.id });
   });
