@@ -97,10 +97,11 @@ export class DrClient {
   }
 
   /** Single-request upload into the slot. */
-  async putBackup(body: SignedBody, createdAt: string): Promise<void> {
+  async putBackup(body: SignedBody, createdAt: string, signal?: AbortSignal): Promise<void> {
     const res = await this.signed('PUT', '/v1/dr/backup', body, {
       backupCreatedAt: createdAt,
       upload: true,
+      signal,
       headers: { [BACKUP_CREATED_AT_HEADER]: createdAt, [AGENT_VERSION_HEADER]: AGENT_VERSION },
     });
     await this.expect(res, [201], 'uploading the backup');
@@ -114,8 +115,11 @@ export class DrClient {
     return CreateUploadResponse.parse(JSON.parse(body.toString('utf8')));
   }
 
-  async putPart(uploadId: string, n: number, body: SignedBody): Promise<void> {
-    const res = await this.signed('PUT', `/v1/dr/uploads/${uploadId}/parts/${n}`, body, { upload: true });
+  async putPart(uploadId: string, n: number, body: SignedBody, signal?: AbortSignal): Promise<void> {
+    const res = await this.signed('PUT', `/v1/dr/uploads/${uploadId}/parts/${n}`, body, {
+      upload: true,
+      signal,
+    });
     await this.expect(res, [200, 201], `uploading part ${n}`);
   }
 
@@ -169,7 +173,12 @@ export class DrClient {
     method: string,
     path: string,
     body: SignedBody,
-    extra: { backupCreatedAt?: string; headers?: Record<string, string>; upload?: boolean } = {},
+    extra: {
+      backupCreatedAt?: string;
+      headers?: Record<string, string>;
+      upload?: boolean;
+      signal?: AbortSignal | undefined;
+    } = {},
   ): Promise<CloudResponse> {
     const { installationId, signingKey } = this.options.identity();
     const token = await signRequest({
@@ -195,12 +204,17 @@ export class DrClient {
         cutAfterBytes = cut.afterBytes;
       }
     }
-    return this.send(path, `${method} ${path}`, {
-      method,
-      headers,
-      ...(body.length > 0 ? { body: body.open() } : {}),
-      ...(cutAfterBytes !== undefined ? { cutAfterBytes } : {}),
-    });
+    return this.send(
+      path,
+      `${method} ${path}`,
+      {
+        method,
+        headers,
+        ...(body.length > 0 ? { body: body.open() } : {}),
+        ...(cutAfterBytes !== undefined ? { cutAfterBytes } : {}),
+      },
+      extra.signal,
+    );
   }
 
   private async send(

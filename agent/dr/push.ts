@@ -103,7 +103,7 @@ export async function pushToCloud(deps: PushDeps, ctx: JobContext): Promise<Push
     if (!upload && size <= deps.tuning.multipartThreshold) {
       const s = source;
       sent.retries = await withRetries(deps, ctx, 'the backup', () =>
-        deps.client.putBackup(signedRange(s, 0, size, sha256!, ctx), backup.createdAt),
+        deps.client.putBackup(signedRange(s, 0, size, sha256!, ctx), backup.createdAt, ctx.signal),
       );
       sent.partsSent = 1;
     } else {
@@ -304,7 +304,7 @@ async function sendMultipart(
     }
     const sha = await source.sha256(start, end);
     retries += await withRetries(deps, ctx, `part ${n}`, () =>
-      client.putPart(uploadId, n, signedRange(source, start, end, sha, ctx, start)),
+      client.putPart(uploadId, n, signedRange(source, start, end, sha, ctx, start), ctx.signal),
     );
     partsSent++;
   }
