@@ -67,8 +67,15 @@ export async function runProcess(
   options: SpawnOptions & { signal?: AbortSignal; input?: string } = {},
 ): Promise<RunResult> {
   const { input, ...rest } = options;
-  const child = spawnProcess(command, args, { stdio: ['pipe', 'pipe', 'pipe'], ...rest });
+  const child = spawnProcess(command, args, {
+    stdio: [input === undefined ? 'ignore' : 'pipe', 'pipe', 'pipe'],
+    ...rest,
+  });
   const done = waitForExit(child, { collectStdout: true });
-  child.stdin?.end(input ?? '');
+  if (child.stdin) {
+    // A program that exits without reading its input (pg_dump --version) closes the pipe: not an error.
+    child.stdin.on('error', () => {});
+    child.stdin.end(input);
+  }
   return done;
 }
