@@ -17,6 +17,7 @@ import { JobRunner } from './jobs/runner';
 import { KeyStateStore } from './keys/key-state';
 import { Keyring } from './keys/keyring';
 import type { Logger } from './log';
+import { offsiteUploadHook } from './offsite/service';
 import { recoverRestoreAtStart } from './restore/swap';
 import { SettingsService } from './settings/service';
 import { writeSmallFileAtomic } from './system/atomic-file';
@@ -133,6 +134,8 @@ export async function openAgent(
   };
   // Retention prunes only after a new backup completed and verified (after-backup hooks run only then).
   agent.afterBackup.push(retentionHook(agent));
+  // Then the new backup goes to every offsite destination with auto-upload on (failures recorded, never fatal).
+  agent.afterBackup.push(offsiteUploadHook(agent));
   return agent;
 }
 

@@ -6,6 +6,7 @@ import { loadConfig } from './config';
 import { drServiceFor } from './dr/service';
 import { drModule } from './http/routes/dr';
 import { maintenanceModule } from './http/routes/maintenance';
+import { offsiteModule } from './http/routes/offsite';
 import { restoreModule } from './http/routes/restore';
 import { retentionModule, settingsModule } from './http/routes/settings';
 import { Scheduler } from './jobs/scheduler';
@@ -16,7 +17,14 @@ async function main(): Promise<void> {
   const config = loadConfig();
   const log = createLogger({ level: config.logLevel, base: { service: 'gem-backup-agent' } });
   const agent = await openAgent(config, log, { ownCluster: true });
-  const app = createApp(agent, [restoreModule, settingsModule, retentionModule, maintenanceModule, drModule]);
+  const app = createApp(agent, [
+    restoreModule,
+    settingsModule,
+    retentionModule,
+    maintenanceModule,
+    drModule,
+    offsiteModule,
+  ]);
   // Auto-backup and maintenance schedules; re-armed on every settings change.
   const scheduler = new Scheduler(agent);
   await scheduler.start();

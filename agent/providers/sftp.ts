@@ -35,7 +35,10 @@ export interface SftpOptions {
   remotePath: string;
   /** Pinned host key, as `ssh-keygen -lf` prints it (`SHA256:base64`); any other key is refused. */
   hostKeyFingerprint?: string;
-  /** Connect and handshake timeout (default 20 s); a frozen server fails after it as 'unreachable'. */
+  /**
+   * Connect and handshake timeout (default 20 s); a frozen server fails after it as 'unreachable'. Keepalives
+   * go every timeout/2 (at most 10 s), so a server that freezes mid-transfer fails after about 3 of them.
+   */
   timeoutMs?: number;
   /** Provider id shown in results (default `sftp`). */
   id?: string;
@@ -105,7 +108,11 @@ export class SftpProvider implements StorageProvider {
         privateKey,
         passphrase: this.options.passphrase,
         readyTimeout: this.options.timeoutMs ?? 20_000,
-        keepaliveInterval: 10_000,
+        // A server that freezes mid-transfer is noticed after ~3 missed keepalives, on the same scale as the timeout.
+        keepaliveInterval: Math.min(
+          10_000,
+          Math.max(250, Math.floor((this.options.timeoutMs ?? 20_000) / 2)),
+        ),
         keepaliveCountMax: 3,
         hostVerifier: (key: Buffer) => {
           seenHostKey = hostKeyFingerprint(key);

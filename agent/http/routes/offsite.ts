@@ -1,0 +1,71 @@
+// Offsite routes: Test Connection, Sync Now, and the remote list with download, restore and delete.
+import { Hono } from 'hono';
+import { z } from 'zod';
+import type { Agent } from '../../agent';
+import type { RouteModule } from '../../app';
+import { checkBackupName } from '../../backup/catalog';
+import { AppError } from '../../errors';
+import { offsiteServiceFor, parseOffsiteKind } from '../../offsite/index';
+import { jsonBody } from '../body';
+
+const restoreBody = z
+  .object({ confirm: z.unknown().optional(), keepPrevious: z.boolean().optional() })
+  .passthrough();
+
+/** The routes under /api/v1/offsite/:provider (sftp | s3 | smb; anything else is 404). */
+export function offsiteRoutes(agent: Agent): Hono {
+  const offsite = offsiteServiceFor(agent);
+  const app = new Hono();
+
+  // Test Connection: always 200 with {ok, message, details}; a body is the form's unsaved section.
+  app.post('/:provider/test', async (c) => {
+    const kind = parseOffsiteKind(c.req.param('provider'));
+    const body = await jsonBody(c, z.unknown(), { optional: true });
+    return c.json(await offsite.test(kind, body));
+  });
+
+  app.post('/:provider/sync', async (c) => {
+    const job = await offsite.startSync(parseOffsiteKind(c.req.param('provider')));
+    return c.json({ jobId: job.id }, 202);
+  });
+
+  app.get('/:provider/backups', async (c) => {
+    const kind = parseOffsiteKind(c.req.param('provider'));
+    return c.json({ backups: await offsite.listRemote(kind) });
+  });
+
+  app.post('/:provider/backups/:filename/download', async (c) => {
+    const kind = parseOffsiteKind(c.req.param('provider'));
+    const job = await offsite.startDownload(kind, c.req.param('filename'));
+    return c.json({ jobId: job.id }, 202);
+  });
+
+  app.post('/:provider/backups/:filename/restore', async (c) => {
+    const kind = parseOffsiteKind(c.req.param('provider'));
+    const name = checkBackupName(c.req.param('filename'));
+    const parsed = restoreBody.safeParse(await jsonBody(c, z.unknown(), { optional: true }));
+    // A restore replaces everything: it needs the file name typed back, exactly.
+    if (!parsed.success || parsed.data.confirm !== name) {
+      throw new AppError(
+        'bad_request',
+        `to restore, send {"confirm": "${name}"}: a restore replaces all current data`,
+      );
+    }
+    const job = await offsite.startRestore(kind, name, {
+      ...(parsed.data.keepPrevious !== undefined ? { keepPrevious: parsed.data.keepPrevious } : {}),
+    });
+    return c.json({ jobId: job.id }, 202);
+  });
+
+  app.delete('/:provider/backups/:filename', async (c) => {
+    const kind = parseOffsiteKind(c.req.param('provider'));
+    const name = checkBackupName(c.req.param('filename'));
+    await offsite.deleteRemote(kind, name);
+    return c.json({ deleted: name });
+  });
+
+  return app;
+}
+
+/** The module main.ts mounts; audited, since it deletes remote copies and restores. */
+export const offsiteModule: RouteModule = { path: '/offsite', routes: offsiteRoutes, audited: true };

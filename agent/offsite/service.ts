@@ -1,0 +1,463 @@
+// OffsiteService: the agent's offsite destinations: test, list, sync, download, restore, delete, auto-upload.
+import { mkdir, mkdtemp, rm } from 'node:fs/promises';
+import { join } from 'node:path';
+import { S3Input, SftpInput, SmbInput } from '../../shared/api/settings';
+import type { StorageProvider, StoredObject } from '../../shared/storage/index';
+import type { AfterBackupHook, Agent } from '../agent';
+import { type BackupInfo, checkBackupName } from '../backup/catalog';
+import { planPrune } from '../backup/retention';
+import { AppError, describeError } from '../errors';
+import { validationError } from '../http/errors';
+import type { Job, JobContext } from '../jobs/runner';
+import { createProvider } from '../providers/index';
+import { withRetry } from '../providers/retry';
+import { type RestoreOptions, restoreFromFile } from '../restore/restore';
+import { applySettingsUpdate } from '../settings/model';
+import { TEMP_PREFIX } from '../system/atomic-file';
+import { type ConnectionTestResult, testConnection } from './connection';
+import {
+  DESTINATION_TITLES,
+  type DestinationOptions,
+  type DestinationSettings,
+  destinationOptions,
+  OFFSITE_KINDS,
+  type OffsiteKind,
+} from './destinations';
+import { describeDestinationError, destinationAppError, destinationError } from './messages';
+import { type DestinationState, OffsiteStateStore, type SyncRecord, type UploadRecord } from './state';
+import {
+  createdAtFromName,
+  downloadToCatalog,
+  downloadToFile,
+  planRemotePrune,
+  type RetryPolicy,
+  syncCandidates,
+  uploadBackup,
+} from './transfer';
+
+export interface OffsiteServiceOptions {
+  /** Retries of transient failures (default 4 attempts from 1 s, doubling). */
+  retry?: RetryPolicy;
+  /** Extra provider options per destination (timeouts; tests shorten them). */
+  providerOverrides?: { [K in OffsiteKind]?: Partial<DestinationOptions[K]> };
+}
+
+/** A remote backup as `GET /api/v1/offsite/:provider/backups` lists it, newest first. */
+export interface RemoteBackup {
+  filename: string;
+  size: number;
+  createdAt?: string;
+  modifiedAt?: string;
+  sha256?: string;
+  /** True if the local catalog has a backup of the same name. */
+  local: boolean;
+}
+
+/** One destination's outcome after a new backup. */
+export interface AutoUploadResult {
+  ok: boolean;
+  size?: number;
+  pruned?: string[];
+  error?: { code: string; message: string };
+}
+
+export interface SyncResult {
+  uploaded: string[];
+  downloaded: string[];
+  deleted: { remote: string[]; local: string[] };
+}
+
+const INPUT = { sftp: SftpInput, s3: S3Input, smb: SmbInput } as const;
+
+export class OffsiteService {
+  readonly state: OffsiteStateStore;
+
+  constructor(
+    private readonly agent: Agent,
+    private readonly options: OffsiteServiceOptions = {},
+  ) {
+    this.state = new OffsiteStateStore(agent.config.dataDir);
+  }
+
+  /** The saved section of a destination (secrets in plain text). */
+  saved<K extends OffsiteKind>(kind: K): DestinationSettings<K> {
+    return this.agent.settings.get().offsite[kind] as DestinationSettings<K>;
+  }
+
+  /**
+   * A section to test: the body (a form's unsaved values, validated like a PUT; secrets left out or
+   * sent back as `{set: true}` are taken from the saved settings), or the saved one when there is no body.
+   */
+  sectionFromBody<K extends OffsiteKind>(kind: K, body: unknown): DestinationSettings<K> {
+    if (body === undefined || body === null) return this.saved(kind);
+    const parsed = INPUT[kind].safeParse(body);
+    if (!parsed.success) throw validationError(parsed.error);
+    // Tested as enabled or not, the section merges like a PUT; a missing secret is told by the test itself.
+    const merged = applySettingsUpdate(this.agent.settings.get(), {
+      offsite: { [kind]: { ...parsed.data, enabled: false } },
+    });
+    return merged.offsite[kind] as DestinationSettings<K>;
+  }
+
+  /** A provider for a section (the saved one by default). */
+  provider<K extends OffsiteKind>(
+    kind: K,
+    section: DestinationSettings<K> = this.saved(kind),
+  ): StorageProvider {
+    const options = { ...destinationOptions(kind, section), ...this.options.providerOverrides?.[kind] };
+    return createProvider(kind, options as never);
+  }
+
+  /** The saved section of an enabled destination; 409 if it is off. */
+  private enabled<K extends OffsiteKind>(kind: K): DestinationSettings<K> {
+    const section = this.saved(kind);
+    if (!section.enabled) {
+      throw new AppError(
+        'conflict',
+        `${DESTINATION_TITLES[kind]} is not turned on: turn it on and save the settings first`,
+      );
+    }
+    return section;
+  }
+
+  /** Test Connection; with a body, on those (unsaved) settings. */
+  async test(kind: OffsiteKind, body?: unknown): Promise<ConnectionTestResult> {
+    const section = this.sectionFromBody(kind, body);
+    return testConnection(kind, section, this.options.providerOverrides?.[kind] ?? {});
+  }
+
+  /** The remote backups of an enabled destination, newest first. */
+  async listRemote(kind: OffsiteKind): Promise<RemoteBackup[]> {
+    const section = this.enabled(kind);
+    const provider = this.provider(kind, section);
+    try {
+      const [remote, local] = await Promise.all([provider.list(), this.agent.catalog.list()]);
+      const localNames = new Set(local.map((b) => b.filename));
+      return remote
+        .map((o) => ({
+          filename: o.name,
+          size: o.size,
+          ...(createdAtFromName(o.name) ? { createdAt: createdAtFromName(o.name) } : {}),
+          ...(o.modifiedAt ? { modifiedAt: o.modifiedAt } : {}),
+          ...(o.sha256 ? { sha256: o.sha256 } : {}),
+          local: localNames.has(o.name),
+        }))
+        .sort((a, b) => b.filename.localeCompare(a.filename));
+    } catch (error) {
+      throw destinationAppError(kind, section, error);
+    } finally {
+      await provider.close?.().catch(() => undefined);
+    }
+  }
+
+  /** Deletes one remote backup (404 if it is not there). */
+  async deleteRemote(kind: OffsiteKind, filename: string): Promise<void> {
+    const name = checkBackupName(filename);
+    const section = this.enabled(kind);
+    const provider = this.provider(kind, section);
+    try {
+      await provider.delete(name);
+      this.agent.log.info('remote backup deleted', { destination: kind, filename: name });
+    } catch (error) {
+      throw destinationAppError(kind, section, error);
+    } finally {
+      await provider.close?.().catch(() => undefined);
+    }
+  }
+
+  /** Runs `work` with a provider for the enabled destination, turning its failures into readable ones. */
+  private async withProvider<T>(
+    kind: OffsiteKind,
+    section: DestinationSettings,
+    work: (provider: StorageProvider) => Promise<T>,
+  ): Promise<T> {
+    const provider = this.provider(kind, section as never);
+    try {
+      return await work(provider);
+    } catch (error) {
+      throw destinationError(kind, section, error);
+    } finally {
+      await provider.close?.().catch(() => undefined);
+    }
+  }
+
+  private transferOptions(ctx: JobContext) {
+    return {
+      signal: ctx.signal,
+      onProgress: (bytes: number) => ctx.progress(bytes),
+      ...(this.options.retry ? { retry: this.options.retry } : {}),
+      onRetry: (error: { code: string }, attempt: number, delayMs: number) =>
+        ctx.log.warn('a transfer failed and is retried', { code: error.code, attempt, delayMs }),
+    };
+  }
+
+  /** Starts a job copying a remote backup into the local backups. */
+  async startDownload(kind: OffsiteKind, filename: string): Promise<Job> {
+    const name = checkBackupName(filename);
+    const section = this.enabled(kind);
+    if (await this.agent.catalog.exists(name))
+      throw new AppError('conflict', `${name} is already in the local backups`);
+    return this.agent.jobs.start(
+      'download',
+      (ctx) =>
+        this.withProvider(kind, section, async (provider) => {
+          ctx.phase(`downloading ${name}`, (await provider.stat(name)).size);
+          return downloadToCatalog(this.agent, provider, name, this.transferOptions(ctx));
+        }),
+      { mutating: false, target: name },
+    );
+  }
+
+  /** Starts a restore job straight from a remote backup: download to a private work file, then the safe restore. */
+  async startRestore(kind: OffsiteKind, filename: string, options: RestoreOptions = {}): Promise<Job> {
+    const name = checkBackupName(filename);
+    const section = this.enabled(kind);
+    return this.agent.jobs.start(
+      'restore',
+      async (ctx) => {
+        await mkdir(this.agent.paths.work, { recursive: true });
+        const dir = await mkdtemp(join(this.agent.paths.work, `${TEMP_PREFIX}offsite-`));
+        try {
+          const path = join(dir, name);
+          await this.withProvider(kind, section, async (provider) => {
+            ctx.phase(`downloading ${name}`, (await provider.stat(name)).size);
+            await downloadToFile(provider, name, path, this.transferOptions(ctx));
+          });
+          return {
+            destination: kind,
+            ...(await restoreFromFile(this.agent, ctx, path, { ...options, filename: name })),
+          };
+        } finally {
+          await rm(dir, { recursive: true, force: true });
+        }
+      },
+      { mutating: true, target: name },
+    );
+  }
+
+  /** Starts Sync Now for an enabled destination. */
+  async startSync(kind: OffsiteKind): Promise<Job> {
+    const section = this.enabled(kind);
+    return this.agent.jobs.start('sync', (ctx) => this.sync(kind, section, ctx), {
+      mutating: true,
+      target: kind,
+    });
+  }
+
+  /**
+   * Two-way sync under retention: the plan is made over the union of both sides, so only backups
+   * retention keeps are transferred (local ones missing remotely go up, remote ones missing locally
+   * come down), then what it drops is deleted on both sides. Any failed transfer fails the job and
+   * skips the deletions, so nothing is pruned on a partial picture.
+   */
+  async sync(kind: OffsiteKind, section: DestinationSettings, ctx: JobContext): Promise<SyncResult> {
+    const result: SyncResult = { uploaded: [], downloaded: [], deleted: { remote: [], local: [] } };
+    const record = (ok: boolean, error?: unknown) => {
+      const entry: SyncRecord = { at: new Date().toISOString(), ok, ...structuredClone(result) };
+      if (error) entry.error = describeError(error);
+      return this.state.update(kind, { lastSync: entry }).catch(() => undefined);
+    };
+    try {
+      await this.withProvider(kind, section, async (provider) => {
+        ctx.phase('listing');
+        const [local, remote] = await Promise.all([
+          this.agent.catalog.list(),
+          withRetryList(provider, this.options.retry, ctx.signal),
+        ]);
+        const plan = planPrune(syncCandidates(local, remote), {
+          maxBackups: this.agent.settings.get().autoBackup.maxBackups,
+        });
+        const failures: string[] = [];
+        const transfer = this.transferOptions(ctx);
+        for (const candidate of plan.keep.sort((a, b) => a.createdAt.localeCompare(b.createdAt))) {
+          ctx.throwIfCancelled();
+          const name = candidate.filename;
+          try {
+            if (candidate.local && !candidate.remote) {
+              if (candidate.local.verifyResult === 'failed') continue; // a bad backup is not spread
+              ctx.phase(`uploading ${name}`, candidate.local.size);
+              await uploadBackup(this.agent, provider, name, transfer);
+              result.uploaded.push(name);
+            } else if (candidate.remote && !candidate.local) {
+              ctx.phase(`downloading ${name}`, candidate.remote.size);
+              await downloadToCatalog(this.agent, provider, name, transfer);
+              result.downloaded.push(name);
+            }
+          } catch (error) {
+            if (ctx.signal.aborted) throw error;
+            const { message } = describeDestinationError(kind, section, error);
+            failures.push(`${name}: ${message}`);
+            ctx.log.warn('a sync transfer failed', { destination: kind, filename: name, error: message });
+          }
+        }
+        if (failures.length > 0) {
+          throw new AppError(
+            'dependency_down',
+            `${failures.length} transfer${failures.length === 1 ? '' : 's'} failed; nothing was pruned. ${failures.join(' ')}`,
+          );
+        }
+        ctx.phase('pruning');
+        for (const candidate of plan.delete) {
+          if (candidate.remote) {
+            await provider.delete(candidate.filename);
+            result.deleted.remote.push(candidate.filename);
+          }
+          if (candidate.local) {
+            await this.agent.catalog.delete(candidate.filename);
+            result.deleted.local.push(candidate.filename);
+          }
+        }
+      });
+    } catch (error) {
+      await record(false, error);
+      throw error;
+    }
+    await record(true);
+    ctx.log.info('offsite sync done', { destination: kind, ...result });
+    return result;
+  }
+
+  /** The destinations a new backup goes to: enabled, with auto-upload on. */
+  autoUploadDestinations(): OffsiteKind[] {
+    const offsite = this.agent.settings.get().offsite;
+    return OFFSITE_KINDS.filter((kind) => offsite[kind].enabled && offsite[kind].autoUpload);
+  }
+
+  /**
+   * Uploads a new backup to every auto-upload destination in parallel, each then pruned to maxBackups;
+   * each outcome is recorded in offsite-state.json. Never throws: failures are in the result.
+   */
+  async uploadAfterBackup(
+    backup: BackupInfo,
+    ctx: JobContext,
+  ): Promise<Partial<Record<OffsiteKind, AutoUploadResult>>> {
+    const kinds = this.autoUploadDestinations();
+    if (kinds.length === 0) return {};
+    ctx.phase(`uploading to ${kinds.join(', ')}`, backup.size * kinds.length);
+    const sent = new Map<OffsiteKind, number>();
+    const report = () => ctx.progress([...sent.values()].reduce((a, b) => a + b, 0));
+    const settings = this.agent.settings.get();
+    const settled = await Promise.allSettled(
+      kinds.map(async (kind): Promise<AutoUploadResult> => {
+        const section = settings.offsite[kind];
+        return this.withProvider(kind, section, async (provider) => {
+          const stored = await uploadBackup(this.agent, provider, backup.filename, {
+            signal: ctx.signal,
+            onProgress: (bytes) => {
+              sent.set(kind, bytes);
+              report();
+            },
+            ...(this.options.retry ? { retry: this.options.retry } : {}),
+            onRetry: (error, attempt) =>
+              ctx.log.warn('an upload failed and is retried', {
+                destination: kind,
+                code: error.code,
+                attempt,
+              }),
+          });
+          const pruned = await this.pruneRemote(provider, settings.autoBackup.maxBackups, [
+            backup.filename,
+          ]).catch((error: unknown) => {
+            ctx.log.warn('pruning a destination failed; the upload itself is done', {
+              destination: kind,
+              error: describeDestinationError(kind, section, error).message,
+            });
+            return [];
+          });
+          return { ok: true, size: stored.size, pruned };
+        });
+      }),
+    );
+    const results: Partial<Record<OffsiteKind, AutoUploadResult>> = {};
+    for (const [i, outcome] of settled.entries()) {
+      const kind = kinds[i]!;
+      const result: AutoUploadResult =
+        outcome.status === 'fulfilled' ? outcome.value : { ok: false, error: describeError(outcome.reason) };
+      results[kind] = result;
+      const entry: UploadRecord = {
+        at: new Date().toISOString(),
+        backup: backup.filename,
+        ok: result.ok,
+        ...(result.size !== undefined ? { size: result.size } : {}),
+        ...(result.pruned?.length ? { pruned: result.pruned } : {}),
+        ...(result.error ? { error: result.error } : {}),
+      };
+      await this.state
+        .recordUpload(kind, entry)
+        .catch((error: unknown) =>
+          ctx.log.warn('the offsite state could not be saved', { error: describeError(error).message }),
+        );
+      if (!result.ok)
+        ctx.log.warn('an offsite upload failed; the backup itself is good', {
+          destination: kind,
+          error: result.error?.message,
+        });
+    }
+    return results;
+  }
+
+  /** Deletes the remote backups retention drops under `maxBackups`; returns their names. */
+  async pruneRemote(
+    provider: StorageProvider,
+    maxBackups: number,
+    protect: string[] = [],
+  ): Promise<string[]> {
+    const [local, remote] = await Promise.all([this.agent.catalog.list(), provider.list()]);
+    const doomed = planRemotePrune(local, remote, maxBackups, protect);
+    for (const name of doomed) await provider.delete(name);
+    if (doomed.length)
+      this.agent.log.info('retention pruned remote backups', { destination: provider.id, deleted: doomed });
+    return doomed;
+  }
+
+  /** Per destination: on/off, auto-upload, last upload and last sync (for health and the page). */
+  async status(): Promise<Record<OffsiteKind, { enabled: boolean; autoUpload: boolean } & DestinationState>> {
+    const offsite = this.agent.settings.get().offsite;
+    const state = await this.state.get();
+    const out = {} as Record<OffsiteKind, { enabled: boolean; autoUpload: boolean } & DestinationState>;
+    for (const kind of OFFSITE_KINDS) {
+      out[kind] = { enabled: offsite[kind].enabled, autoUpload: offsite[kind].autoUpload, ...state[kind] };
+    }
+    return out;
+  }
+}
+
+function withRetryList(
+  provider: StorageProvider,
+  retry: RetryPolicy | undefined,
+  signal: AbortSignal,
+): Promise<StoredObject[]> {
+  return withRetry(() => provider.list(), { ...retry, signal });
+}
+
+const services = new WeakMap<Agent, OffsiteService>();
+
+/** The agent's one offsite service (options apply on first use: tests pass shorter retries). */
+export function offsiteServiceFor(agent: Agent, options?: OffsiteServiceOptions): OffsiteService {
+  let service = services.get(agent);
+  if (!service) {
+    service = new OffsiteService(agent, options);
+    services.set(agent, service);
+  }
+  return service;
+}
+
+/**
+ * The after-backup hook: uploads the new backup to every auto-upload destination. A failed destination
+ * is recorded and makes this step report `{ok: false, error}` in the backup job's result (the backup
+ * itself stays good); per-destination outcomes also go out as a job notice `offsite-upload`.
+ */
+export function offsiteUploadHook(agent: Agent): AfterBackupHook {
+  return async function offsiteUpload(backup, ctx) {
+    const results = await offsiteServiceFor(agent).uploadAfterBackup(backup, ctx);
+    ctx.notice('offsite-upload', results);
+    const failed = Object.entries(results).filter(([, r]) => !r.ok);
+    if (failed.length > 0) {
+      throw new Error(
+        failed
+          .map(([kind, r]) => `${DESTINATION_TITLES[kind as OffsiteKind]}: ${r.error?.message}`)
+          .join('; '),
+      );
+    }
+  };
+}

@@ -1,0 +1,180 @@
+// Moving one backup between the local catalog and a destination, checked on arrival, with retries for transient failures.
+import { createHash } from 'node:crypto';
+import { createReadStream, createWriteStream } from 'node:fs';
+import { stat } from 'node:fs/promises';
+import { Readable, Transform } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import type { BackupSource, StorageProvider, StoredObject } from '../../shared/storage/index';
+import { StorageError } from '../../shared/storage/index';
+import type { Agent } from '../agent';
+import type { BackupInfo } from '../backup/catalog';
+import { type PruneCandidate, planPrune } from '../backup/retention';
+import { type ReceivedBackup, receiveUpload } from '../backup/upload';
+import { type RetryOptions, withRetry } from '../providers/retry';
+
+/** How transfers retry: attempts and backoff (tests shorten them); signal and onRetry are per call. */
+export type RetryPolicy = Pick<RetryOptions, 'attempts' | 'baseDelayMs' | 'maxDelayMs'>;
+
+export interface TransferOptions {
+  signal?: AbortSignal;
+  onProgress?: (bytes: number) => void;
+  retry?: RetryPolicy;
+  onRetry?: RetryOptions['onRetry'];
+}
+
+/** Lower-case hex sha256 of a file. */
+export async function fileSha256(path: string, signal?: AbortSignal): Promise<string> {
+  const hash = createHash('sha256');
+  for await (const chunk of createReadStream(path, signal ? { signal } : {})) hash.update(chunk as Buffer);
+  return hash.digest('hex');
+}
+
+/** A local file as a provider source: each open() (each retry) reads it again from the first byte. */
+export function fileSource(path: string, size: number, sha256: string): BackupSource {
+  return {
+    size,
+    sha256,
+    open: () =>
+      Readable.toWeb(createReadStream(path, { highWaterMark: 1 << 20 })) as ReadableStream<Uint8Array>,
+  };
+}
+
+/**
+ * Uploads a local backup to `provider` under the same name, then checks the remote size (and sha256
+ * where the provider reports one) against the local file. Transient failures are retried from a
+ * re-opened file; the provider never leaves a partial object under the name.
+ */
+export async function uploadBackup(
+  agent: Pick<Agent, 'catalog'>,
+  provider: StorageProvider,
+  name: string,
+  options: TransferOptions = {},
+): Promise<StoredObject> {
+  const path = agent.catalog.pathOf(name);
+  const { size } = await stat(path);
+  const sha256 = await fileSha256(path, options.signal);
+  const source = fileSource(path, size, sha256);
+  const retry = { ...options.retry, signal: options.signal, onRetry: options.onRetry };
+  const stored = await withRetry(
+    () => provider.put(name, source, { signal: options.signal, onProgress: options.onProgress }),
+    retry,
+  );
+  const remote = await withRetry(() => provider.stat(name), retry);
+  const remoteSha = remote.sha256 ?? stored.sha256;
+  if (remote.size !== size) {
+    throw new StorageError('integrity', `${name} is ${remote.size} bytes remotely, ${size} bytes here`);
+  }
+  if (remoteSha !== undefined && remoteSha.toLowerCase() !== sha256) {
+    throw new StorageError('integrity', `the remote sha256 of ${name} differs from the local file's`);
+  }
+  return { ...remote, sha256: remoteSha ?? sha256 };
+}
+
+/**
+ * Copies a remote backup into the local catalog through receiveUpload (size checked, header read,
+ * verified end to end when we hold its key; nothing listed on failure). Transient failures retry.
+ */
+export async function downloadToCatalog(
+  agent: Pick<Agent, 'catalog' | 'keyring'>,
+  provider: StorageProvider,
+  name: string,
+  options: TransferOptions = {},
+): Promise<ReceivedBackup> {
+  const retry = { ...options.retry, signal: options.signal, onRetry: options.onRetry };
+  const remote = await withRetry(() => provider.stat(name), retry);
+  return withRetry(async () => {
+    const stream = await provider.get(name, options.signal ? { signal: options.signal } : {});
+    return receiveUpload(agent, name, Readable.fromWeb(stream as never), {
+      declaredSize: remote.size,
+      ...(options.signal ? { signal: options.signal } : {}),
+      ...(options.onProgress ? { onProgress: options.onProgress } : {}),
+    });
+  }, retry);
+}
+
+/** Copies a remote backup to `path` (a private work file), checking its size; for restores straight from a destination. */
+export async function downloadToFile(
+  provider: StorageProvider,
+  name: string,
+  path: string,
+  options: TransferOptions = {},
+): Promise<number> {
+  const retry = { ...options.retry, signal: options.signal, onRetry: options.onRetry };
+  const remote = await withRetry(() => provider.stat(name), retry);
+  return withRetry(async () => {
+    let bytes = 0;
+    const counter = new Transform({
+      transform(chunk: Buffer, _e, cb) {
+        bytes += chunk.length;
+        options.onProgress?.(bytes);
+        cb(null, chunk);
+      },
+    });
+    const stream = await provider.get(name, options.signal ? { signal: options.signal } : {});
+    await pipeline(
+      Readable.fromWeb(stream as never),
+      counter,
+      createWriteStream(path, { mode: 0o600 }),
+      options.signal ? { signal: options.signal } : {},
+    );
+    if (bytes !== remote.size) {
+      throw new StorageError('io', `the download of ${name} was cut short: ${bytes} of ${remote.size} bytes`);
+    }
+    return bytes;
+  }, retry);
+}
+
+/** When a backup was made, read from its name (UTC), for remote copies whose header we do not have. */
+export function createdAtFromName(name: string): string | undefined {
+  const m = /^gem-backup-(\d{4})-(\d{2})-(\d{2})-(\d{2})(\d{2})(\d{2})\.tar\.gz$/.exec(name);
+  return m ? `${m[1]}-${m[2]}-${m[3]}T${m[4]}:${m[5]}:${m[6]}.000Z` : undefined;
+}
+
+/** One backup as retention sees it across both sides: local facts (kind, pinned, verification) win. */
+export interface SyncCandidate extends PruneCandidate {
+  local?: BackupInfo;
+  remote?: StoredObject;
+}
+
+/** The union of local and remote backups, by name. */
+export function syncCandidates(local: BackupInfo[], remote: StoredObject[]): SyncCandidate[] {
+  const byName = new Map<string, SyncCandidate>();
+  for (const object of remote) {
+    byName.set(object.name, {
+      filename: object.name,
+      createdAt: createdAtFromName(object.name) ?? object.modifiedAt ?? '',
+      remote: object,
+    });
+  }
+  for (const info of local) {
+    const entry = byName.get(info.filename);
+    byName.set(info.filename, {
+      filename: info.filename,
+      createdAt: info.createdAt,
+      kind: info.kind,
+      ...(info.pinned ? { pinned: true } : {}),
+      ...(info.verifyResult ? { verifyResult: info.verifyResult } : {}),
+      local: info,
+      ...(entry?.remote ? { remote: entry.remote } : {}),
+    });
+  }
+  return [...byName.values()];
+}
+
+/**
+ * The remote backups retention removes at a destination under `maxBackups` (oldest first), knowing
+ * kinds and pins from the local catalog; `protect` names are never removed.
+ */
+export function planRemotePrune(
+  local: BackupInfo[],
+  remote: StoredObject[],
+  maxBackups: number,
+  protect: string[] = [],
+): string[] {
+  const remoteNames = new Set(remote.map((o) => o.name));
+  const candidates = syncCandidates(
+    local.filter((b) => remoteNames.has(b.filename)),
+    remote,
+  );
+  return planPrune(candidates, { maxBackups, protect }).delete.map((c) => c.filename);
+}
