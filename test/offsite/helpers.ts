@@ -1,0 +1,58 @@
+// Offsite test helpers: a test agent with the offsite routes, backups on demand, job waiting.
+import { expect } from 'vitest';
+import { offsiteModule } from '../../agent/http/routes/offsite';
+import type { Job } from '../../agent/jobs/runner';
+import { type OffsiteServiceOptions, offsiteServiceFor } from '../../agent/offsite/index';
+import { startTestAgent, type TestAgent } from '../services/agent';
+import type { TestPostgres } from '../services/postgres';
+
+/** Short retries and timeouts, so a down destination fails in seconds, not minutes. */
+export const FAST: OffsiteServiceOptions = {
+  retry: { attempts: 2, baseDelayMs: 50, maxDelayMs: 200 },
+  providerOverrides: { sftp: { timeoutMs: 2000 }, smb: { timeoutSeconds: 5 } },
+};
+
+/** A test agent with the offsite routes mounted and the fast offsite options. */
+export async function startOffsiteAgent(
+  pg: TestPostgres,
+  options: OffsiteServiceOptions = FAST,
+): Promise<TestAgent> {
+  const t = await startTestAgent(pg, { modules: [offsiteModule] });
+  offsiteServiceFor(t.agent, options);
+  return t;
+}
+
+/** POSTs JSON (or nothing) and returns status and parsed body. */
+export async function call(
+  t: TestAgent,
+  method: string,
+  path: string,
+  body?: unknown,
+): Promise<{ status: number; body: any }> {
+  const res = await t.request(`/api/v1${path}`, {
+    method,
+    ...(body === undefined
+      ? {}
+      : { body: JSON.stringify(body), headers: { 'content-type': 'application/json' } }),
+  });
+  const text = await res.text();
+  return { status: res.status, body: text ? JSON.parse(text) : undefined };
+}
+
+/** Starts a job through the API (expects 202) and waits for it to end. */
+export async function runJob(t: TestAgent, method: string, path: string, body?: unknown): Promise<Job> {
+  const res = await call(t, method, path, body);
+  expect(res.status, JSON.stringify(res.body)).toBe(202);
+  return t.agent.jobs.waitFor(res.body.jobId);
+}
+
+/** Makes a manual backup through the API; returns the finished job. */
+export async function backupNow(t: TestAgent): Promise<Job> {
+  const job = await runJob(t, 'POST', '/backups');
+  expect(job.state, JSON.stringify(job.error)).toBe('succeeded');
+  return job;
+}
+
+export function filenameOf(job: Job): string {
+  return (job.result as { backup: { filename: string } }).backup.filename;
+}
