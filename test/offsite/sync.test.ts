@@ -1,0 +1,209 @@
+// Auto-upload, Sync Now with retention on both sides, remote list/download/delete and restore-from-remote, on real servers.
+import { readdir, readFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { offsiteServiceFor } from '../../agent/offsite/index';
+import { SftpProvider } from '../../agent/providers/sftp';
+import { databaseUrl } from '../../agent/system/postgres-tools';
+import type { TestAgent } from '../services/agent';
+import { freePort } from '../services/ports';
+import { startPostgres, type TestPostgres, withSql } from '../services/postgres';
+import { type SshdService, startSshd } from '../services/sshd';
+import { backupNow, call, FAST, filenameOf, runJob, startOffsiteAgent } from './helpers';
+
+let pg: TestPostgres;
+let t: TestAgent;
+let sshd: SshdService;
+
+beforeAll(async () => {
+  [pg, sshd] = await Promise.all([startPostgres(), startSshd()]);
+  t = await startOffsiteAgent(pg);
+});
+afterAll(async () => {
+  await t?.close();
+  await Promise.all([pg?.stop(), sshd?.stop()]);
+});
+
+const sftp = (remotePath: string, autoUpload = false) => ({
+  enabled: true,
+  host: sshd.host,
+  port: sshd.port,
+  username: sshd.passwordUser.username,
+  remotePath,
+  auth: { password: sshd.passwordUser.password },
+  autoUpload,
+});
+const remoteNames = async (folder: string) => (await readdir(join(sshd.root, folder)).catch(() => [])).sort();
+const localNames = async () => (await t.agent.catalog.list()).map((b) => b.filename).sort();
+
+describe('auto-upload after a backup', () => {
+  it('uploads to every destination; one being down fails neither the backup nor the other, and is recorded', async () => {
+    await t.agent.settings.update({
+      autoBackup: { maxBackups: 10 },
+      offsite: {
+        sftp: sftp('auto', true),
+        s3: {
+          enabled: true,
+          provider: 'minio',
+          endpoint: `http://127.0.0.1:${await freePort()}`, // nothing listens: down
+          region: 'us-east-1',
+          bucket: 'gem',
+          accessKeyId: 'key',
+          secretAccessKey: 'secret',
+          autoUpload: true,
+        },
+      },
+    });
+    const job = await backupNow(t);
+    const name = filenameOf(job);
+    const followUps = (job.result as { followUps: Record<string, { ok: boolean; error?: string }> })
+      .followUps;
+    expect(followUps['retention']).toEqual({ ok: true });
+    expect(followUps['offsiteUpload']?.ok).toBe(false);
+    expect(followUps['offsiteUpload']?.error).toMatch(
+      /^S3 storage: Cannot reach the storage at http:\/\/127\.0\.0\.1/,
+    );
+
+    // The SFTP copy is complete and byte-identical; nothing else (no temp file) is in the folder.
+    expect(await remoteNames('auto')).toEqual([name]);
+    expect(await readFile(join(sshd.root, 'auto', name))).toEqual(
+      await readFile(t.agent.catalog.pathOf(name)),
+    );
+
+    const status = await offsiteServiceFor(t.agent).status();
+    expect(status.sftp.lastUpload).toMatchObject({ backup: name, ok: true });
+    expect(status.s3.lastUpload).toMatchObject({ backup: name, ok: false, error: { code: 'unreachable' } });
+    expect(status.s3.lastSuccessfulUpload).toBeUndefined();
+    const onDisk = JSON.parse(await readFile(join(t.dataDir, 'offsite-state.json'), 'utf8'));
+    expect(onDisk.s3.lastUpload.error.message).toContain('Cannot reach the storage');
+    await t.agent.settings.update({ offsite: { s3: { enabled: false }, sftp: sftp('auto', false) } });
+  });
+
+  it('prunes the destination to maxBackups after an upload', async () => {
+    await t.agent.settings.update({ autoBackup: { maxBackups: 2 }, offsite: { sftp: sftp('auto', true) } });
+    const second = filenameOf(await backupNow(t));
+    const third = filenameOf(await backupNow(t));
+    expect(await remoteNames('auto')).toEqual([second, third].sort());
+    expect(await localNames()).toEqual([second, third].sort());
+    await t.agent.settings.update({ autoBackup: { maxBackups: 10 }, offsite: { sftp: sftp('auto', false) } });
+  });
+});
+
+describe('Sync Now', () => {
+  it('uploads what is missing remotely, downloads what is missing locally, and enforces maxBackups on both sides', async () => {
+    for (const name of await localNames()) await t.agent.catalog.delete(name);
+    const made: string[] = [];
+    for (let i = 0; i < 4; i++) made.push(filenameOf(await backupNow(t)));
+    const [b1, b2, b3, b4] = made as [string, string, string, string];
+    // Remote: b1 and b2 (put there directly). Local: b1, b3, b4 (b2 only remote).
+    const provider = new SftpProvider({ ...sftp('synced'), password: sshd.passwordUser.password });
+    const { uploadBackup } = await import('../../agent/offsite/index');
+    await uploadBackup(t.agent, provider, b1);
+    await uploadBackup(t.agent, provider, b2);
+    await t.agent.catalog.delete(b2);
+    await t.agent.settings.update({ autoBackup: { maxBackups: 3 }, offsite: { sftp: sftp('synced') } });
+
+    const phases: string[] = [];
+    const res = await call(t, 'POST', '/offsite/sftp/sync');
+    expect(res.status).toBe(202);
+    const off = t.agent.jobs.subscribe(res.body.jobId, (event) => {
+      if (event.type === 'update' && phases.at(-1) !== event.job.phase) phases.push(event.job.phase);
+    });
+    const job = await t.agent.jobs.waitFor(res.body.jobId);
+    off();
+    expect(job.state, JSON.stringify(job.error)).toBe('succeeded');
+    expect(job.result).toEqual({
+      uploaded: [b3, b4],
+      downloaded: [b2],
+      deleted: { remote: [b1], local: [b1] },
+    });
+    expect(phases).toEqual(
+      expect.arrayContaining([`downloading ${b2}`, `uploading ${b3}`, `uploading ${b4}`, 'pruning']),
+    );
+    expect(await remoteNames('synced')).toEqual([b2, b3, b4]);
+    expect(await localNames()).toEqual([b2, b3, b4]);
+    // The downloaded copy was verified end to end on arrival.
+    expect(await t.agent.catalog.info(b2)).toMatchObject({ verifyResult: 'ok' });
+    expect(await readFile(join(sshd.root, 'synced', b2))).toEqual(await readFile(t.agent.catalog.pathOf(b2)));
+    expect((await offsiteServiceFor(t.agent).status()).sftp.lastSync).toMatchObject({
+      ok: true,
+      uploaded: [b3, b4],
+    });
+
+    // A second sync has nothing to do.
+    const again = await runJob(t, 'POST', '/offsite/sftp/sync');
+    expect(again.result).toEqual({ uploaded: [], downloaded: [], deleted: { remote: [], local: [] } });
+  });
+
+  it('lists, downloads and deletes remote backups', async () => {
+    const list = await call(t, 'GET', '/offsite/sftp/backups');
+    expect(list.status).toBe(200);
+    const backups = list.body.backups as Array<{
+      filename: string;
+      size: number;
+      createdAt: string;
+      local: boolean;
+    }>;
+    expect(backups.map((b) => b.filename)).toEqual((await remoteNames('synced')).reverse());
+    const newest = backups[0]!;
+    expect(newest).toMatchObject({ local: true, size: (await t.agent.catalog.info(newest.filename)).size });
+    expect(newest.createdAt).toMatch(/^\d{4}-\d{2}-\d{2}T/);
+
+    const oldest = backups.at(-1)!.filename;
+    expect((await call(t, 'POST', `/offsite/sftp/backups/${oldest}/download`)).status).toBe(409); // already local
+    await t.agent.catalog.delete(oldest);
+    const download = await runJob(t, 'POST', `/offsite/sftp/backups/${oldest}/download`);
+    expect(download.state, JSON.stringify(download.error)).toBe('succeeded');
+    expect(download.result).toMatchObject({ filename: oldest, verified: true });
+    expect(await localNames()).toContain(oldest);
+
+    expect(await call(t, 'DELETE', `/offsite/sftp/backups/${oldest}`)).toEqual({
+      status: 200,
+      body: { deleted: oldest },
+    });
+    expect(await remoteNames('synced')).not.toContain(oldest);
+    const missing = await call(t, 'DELETE', `/offsite/sftp/backups/${oldest}`);
+    expect(missing.status).toBe(404);
+    const gone = await runJob(
+      t,
+      'POST',
+      `/offsite/sftp/backups/gem-backup-2001-01-01-000000.tar.gz/download`,
+    );
+    expect(gone.state).toBe('failed');
+  });
+});
+
+describe('restore from a remote copy', () => {
+  it('restores the SFTP copy end to end: data changed after the backup comes back', async () => {
+    await t.agent.settings.update({
+      autoBackup: { maxBackups: 10 },
+      offsite: { sftp: sftp('restore', true) },
+    });
+    const url = databaseUrl(t.agent.sources.conn);
+    const names = () =>
+      withSql(url, (sql) =>
+        sql`select display_name from users order by id`.then((r) => r.map((x) => x.display_name)),
+      );
+    const before = await names();
+    const name = filenameOf(await backupNow(t));
+    expect(await remoteNames('restore')).toEqual([name]);
+    await withSql(url, (sql) => sql`update users set display_name = 'changed after the backup'`);
+    expect(await names()).not.toEqual(before);
+
+    expect((await call(t, 'POST', `/offsite/sftp/backups/${name}/restore`, { confirm: 'yes' })).status).toBe(
+      400,
+    );
+    const job = await runJob(t, 'POST', `/offsite/sftp/backups/${name}/restore`, { confirm: name });
+    expect(job.state, JSON.stringify(job.error)).toBe('succeeded');
+    expect(job.result).toMatchObject({ destination: 'sftp', restoredFrom: name });
+    expect(await names()).toEqual(before);
+    // The work file is gone; the safety backup of the changed state is in the catalog.
+    const safety = (job.result as { safetyBackup?: string }).safetyBackup;
+    expect(safety && (await t.agent.catalog.info(safety)).kind).toBe('safety');
+    expect((await readdir(t.agent.paths.work).catch(() => [])).filter((n) => n.includes('offsite'))).toEqual(
+      [],
+    );
+  });
+});
+
+void FAST;
