@@ -97,10 +97,15 @@ export async function openAgent(
   const settings = await SettingsService.open({ sql, keyring, log, dataDir: config.dataDir });
 
   const catalog = new BackupCatalog(paths.backups, paths.backupRecords, log);
-  await catalog.init();
-  await rm(paths.work, { recursive: true, force: true });
   const lockPath = `${config.dataDir}/job.lock`;
-  await clearStaleLock(lockPath);
+  // While another live process holds the job lock (the running agent, when this is the CLI), its temp
+  // files and work folder belong to a job in progress, not to a crash: removing them would break it.
+  const busyElsewhere = await clearStaleLock(lockPath);
+  if (busyElsewhere) await mkdir(paths.backups, { recursive: true });
+  else {
+    await catalog.init();
+    await rm(paths.work, { recursive: true, force: true });
+  }
   const jobs = new JobRunner({ lockPath, log });
   const token = config.agentToken ?? (await loadOrCreateToken(paths.token));
 
@@ -139,12 +144,12 @@ export async function openAgent(
   return agent;
 }
 
-/** A lock left by a process that no longer runs (a crash) is removed at start. */
-async function clearStaleLock(path: string): Promise<void> {
+/** A lock left by a process that no longer runs (a crash) is removed at start; true if another live process holds it. */
+async function clearStaleLock(path: string): Promise<boolean> {
   const holder = await readFile(path, 'utf8')
     .then((t) => JSON.parse(t) as { pid?: number })
     .catch(() => undefined);
-  if (!holder?.pid) return;
+  if (!holder?.pid) return false;
   let alive = holder.pid !== process.pid;
   if (alive) {
     try {
@@ -154,6 +159,7 @@ async function clearStaleLock(path: string): Promise<void> {
     }
   }
   if (!alive) await rm(path, { force: true });
+  return alive;
 }
 
 export type { Job };
