@@ -343,6 +343,14 @@ async function deleteRemote(provider, name, refresh) {
   }
 }
 
+/** "Sync complete: 1 uploaded, 0 downloaded." from the sync job's result. */
+function syncSummary(job) {
+  const r = job.result ?? {};
+  const n = (list) => (Array.isArray(list) ? list.length : 0);
+  const removed = n(r.deleted?.remote) + n(r.deleted?.local);
+  return `Sync complete: ${n(r.uploaded)} uploaded, ${n(r.downloaded)} downloaded${removed ? `, ${removed} removed by retention` : ''}.`;
+}
+
 function providerSection(provider, collectProvider) {
   const { title, blurb } = PROVIDERS[provider];
   const enabled = toggle(provider, 'enabled', `Use ${title}`);
@@ -399,7 +407,7 @@ function providerSection(provider, collectProvider) {
       const { jobId } = await api(`/offsite/${provider}/sync`, { method: 'POST' });
       await showJobProgress(jobId, {
         title: `Syncing with ${title}`,
-        describe: () => 'Sync complete: both sides have every backup they should keep.',
+        describe: syncSummary,
       });
       await loadBackups();
       if (remoteList.childElementCount) await refresh();

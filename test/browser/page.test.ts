@@ -1,4 +1,4 @@
-import { copyFile, mkdir, mkdtemp, readFile, stat } from 'node:fs/promises';
+import { chown, copyFile, mkdir, mkdtemp, readdir, readFile, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Browser, Page } from 'playwright-core';
@@ -6,18 +6,21 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { SEED_COUNTS } from '../../agent/db/seed';
 import { drModule } from '../../agent/http/routes/dr';
 import { maintenanceModule } from '../../agent/http/routes/maintenance';
+import { offsiteModule } from '../../agent/http/routes/offsite';
 import { restoreModule } from '../../agent/http/routes/restore';
 import { settingsModule } from '../../agent/http/routes/settings';
 import { databaseUrl } from '../../agent/system/postgres-tools';
 import { startTestAgent, TEST_TOKEN, type TestAgent } from '../services/agent';
 import { launchBrowser, type ServedApp, serveApp } from '../services/browser';
 import { startPostgres, type TestPostgres, withSql } from '../services/postgres';
+import { type SshdService, startSshd, unixIds } from '../services/sshd';
 
 const SHOTS = 'test-artifacts/screenshots';
 
 let pg: TestPostgres;
 let t: TestAgent;
 let served: ServedApp;
+let sshd: SshdService;
 let browser: Browser;
 let page: Page;
 
@@ -31,8 +34,11 @@ let keysFilePath = '';
 beforeAll(async () => {
   await mkdir(SHOTS, { recursive: true });
   pg = await startPostgres();
-  t = await startTestAgent(pg, { modules: [restoreModule, settingsModule, maintenanceModule, drModule] });
+  t = await startTestAgent(pg, {
+    modules: [restoreModule, settingsModule, maintenanceModule, drModule, offsiteModule],
+  });
   served = await serveApp(t.app);
+  sshd = await startSshd();
   browser = await launchBrowser();
   const context = await browser.newContext({ acceptDownloads: true, viewport: { width: 1100, height: 900 } });
   page = await context.newPage();
@@ -46,6 +52,7 @@ afterEach(async (context) => {
 afterAll(async () => {
   await browser?.close();
   await served?.close();
+  await sshd?.stop();
   await t?.close();
   await pg?.stop();
 });
@@ -231,6 +238,56 @@ describe('the Backup & Restore page in a real browser, against a real agent and 
     // Back off, unsaved: the next steps see the saved settings.
     await page.reload();
     await page.getByRole('heading', { name: 'Local backups' }).waitFor();
+  });
+
+  it('tests an SFTP connection against a real sshd (wrong password, then right), saves it, syncs and lists the remote copies', async () => {
+    const remote = join(sshd.root, 'gem-offsite');
+    await mkdir(remote, { recursive: true });
+    const { uid, gid } = await unixIds(sshd.passwordUser.username);
+    await chown(remote, uid, gid);
+
+    const sftp = page.locator('#offsite-sftp');
+    await sftp.getByText('Use SFTP server').click();
+    await sftp.getByLabel('Host').fill(sshd.host);
+    await sftp.getByLabel('Port').fill(String(sshd.port));
+    await sftp.getByLabel('Username').fill(sshd.passwordUser.username);
+    await sftp.getByLabel('Remote folder').fill(remote);
+    const password = page.locator('#f-offsite-sftp-auth-password');
+    const result = page.locator('#sftp-test-result');
+
+    await password.fill('not-the-password');
+    await sftp.getByRole('button', { name: 'Test Connection' }).click();
+    await expect.poll(() => result.getAttribute('class'), { timeout: 30_000 }).toBe('result bad');
+    expect(await result.textContent()).toMatch(/password|authenticat|sign/i);
+    await result.scrollIntoViewIfNeeded();
+    await shot('12-sftp-test-failed', false);
+
+    await password.fill(sshd.passwordUser.password);
+    await sftp.getByRole('button', { name: 'Test Connection' }).click();
+    await expect.poll(() => result.getAttribute('class'), { timeout: 30_000 }).toBe('result ok');
+    await shot('13-sftp-test-ok', false);
+
+    await page.getByRole('button', { name: 'Save All Settings' }).click();
+    await page.getByText('Settings saved.', { exact: false }).waitFor();
+    // The secret went in, and never comes back out.
+    const saved = (await (await t.request('/api/v1/settings')).json()) as {
+      offsite: { sftp: { enabled: boolean; auth: unknown } };
+    };
+    expect(saved.offsite.sftp).toMatchObject({ enabled: true, auth: { password: { set: true } } });
+    expect(await password.inputValue()).toBe('');
+    expect(await password.getAttribute('placeholder')).toMatch(/Saved/);
+
+    await sftp.getByRole('button', { name: 'Sync Now' }).click();
+    const dialog = page.locator('#progress-dialog');
+    await dialog.getByText(/Sync complete: \d+ uploaded/).waitFor({ timeout: 60_000 });
+    await dialog.getByRole('button', { name: 'Close' }).click();
+    const uploaded = (await readdir(remote)).filter((name) => name.startsWith('gem-backup-'));
+    expect(uploaded.length).toBeGreaterThan(0);
+
+    await sftp.getByRole('button', { name: 'List Remote Backups' }).click();
+    for (const name of uploaded) await sftp.locator(`tr[data-filename="${name}"]`).waitFor();
+    await sftp.scrollIntoViewIfNeeded();
+    await shot('14-sftp-remote-list', false);
   });
 
   it('runs database maintenance and shows the total and per-table counts', async () => {
