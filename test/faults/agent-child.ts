@@ -1,0 +1,41 @@
+/**
+ * A separate agent process that runs one backup or restore job and reports its phases on stdout,
+ * one JSON line per change; it SIGKILLs itself when told to (KILL_PHASE + KILL_FRACTION) or is
+ * killed from outside by the test: a real crash, with nothing flushed or cleaned up.
+ */
+import { openAgent } from '../../agent/agent';
+import { startBackup } from '../../agent/backup/operations';
+import { loadConfig } from '../../agent/config';
+import { silentLogger } from '../../agent/log';
+import { startRestore } from '../../agent/restore/restore';
+
+const action = process.env.FAULT_ACTION ?? 'backup';
+const killPhase = process.env.KILL_PHASE;
+const killFraction = Number(process.env.KILL_FRACTION ?? 0);
+const say = (line: object) => process.stdout.write(`${JSON.stringify({ t: performance.now(), ...line })}\n`);
+
+const agent = await openAgent(loadConfig(), silentLogger);
+let last = '';
+agent.jobs.subscribeAll((event) => {
+  const { phase, bytesDone, bytesTotal } = event.job;
+  const key = `${phase}`;
+  if (key !== last) {
+    last = key;
+    say({ event: 'phase', phase, bytesDone, bytesTotal });
+  }
+  if (killPhase && phase === killPhase) {
+    const fraction = bytesTotal ? (bytesDone ?? 0) / bytesTotal : 0;
+    if (fraction >= killFraction) {
+      say({ event: 'suicide', phase, fraction });
+      process.kill(process.pid, 'SIGKILL');
+    }
+  }
+});
+say({ event: 'started' });
+const job =
+  action === 'restore'
+    ? await startRestore(agent, process.env.BACKUP_NAME ?? '')
+    : await startBackup(agent, { kind: 'manual' });
+const done = await agent.jobs.waitFor(job.id);
+say({ event: 'done', state: done.state, error: done.error });
+await agent.close();

@@ -1,0 +1,166 @@
+/**
+ * Crash during backup: an agent process backing up a database with a 200 MB+ table is SIGKILLed at
+ * 20 points spread over a measured clean run; after each restart nothing partial is listed, every
+ * listed backup verifies, temp files are gone and the keyring is the same bytes. One restores at the end.
+ */
+import { existsSync } from 'node:fs';
+import { mkdtemp, readdir, readFile, rm, stat } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { openAgent } from '../../agent/agent';
+import { readBackup } from '../../agent/backup/reader';
+import { loadConfig } from '../../agent/config';
+import { silentLogger } from '../../agent/log';
+import { startRestore } from '../../agent/restore/restore';
+import { TEMP_PREFIX } from '../../agent/system/atomic-file';
+import { leftovers } from '../restore/helpers';
+import { startTestAgent, TEST_TOKEN } from '../services/agent';
+import { startPostgres, type TestPostgres, withSql } from '../services/postgres';
+import { runChild } from './child';
+import { faultReport } from './report';
+
+const KILLS = Number(process.env.GEM_FAULTS_KILLS ?? 20);
+const ROWS = Number(process.env.GEM_FAULTS_BIG_ROWS ?? 1_900_000);
+const report = faultReport('crash-backup', 'kills');
+
+let pg: TestPostgres;
+let dataDir: string;
+let databaseUrl: string;
+let env: Record<string, string>;
+let keyringBytes: Buffer;
+let cleanMs = 0;
+const verified = new Map<string, string>();
+
+function open() {
+  return openAgent(loadConfig({ ...env, NODE_ENV: 'test' }), silentLogger);
+}
+
+/** Restart + every promise: returns the problems found (none is the goal). */
+async function checkAfterRestart(): Promise<string[]> {
+  const problems: string[] = [];
+  const agent = await open();
+  try {
+    const raw = await readdir(agent.paths.backups);
+    const temps = raw.filter((n) => n.startsWith(TEMP_PREFIX));
+    if (temps.length) problems.push(`temp files left: ${temps.join(', ')}`);
+    if (existsSync(agent.paths.work) && (await readdir(agent.paths.work)).length > 0)
+      problems.push('work folder not empty');
+    const listed = await agent.catalog.list();
+    if (listed.length !== raw.filter((n) => !n.startsWith(TEMP_PREFIX)).length)
+      problems.push(`unlisted files in the backups folder: ${raw.join(', ')}`);
+    for (const b of listed) {
+      const s = await stat(agent.catalog.pathOf(b.filename));
+      const identity = `${s.ino}:${s.size}:${s.mtimeMs}`;
+      if (verified.get(b.filename) === identity) continue;
+      await readBackup(agent.catalog.pathOf(b.filename), { keys: agent.keyring.masterKeys }).then(
+        () => verified.set(b.filename, identity),
+        (error: Error) => problems.push(`${b.filename} does not verify: ${error.message}`),
+      );
+    }
+    if (!(await readFile(agent.paths.keyring)).equals(keyringBytes)) problems.push('the keyring changed');
+    if (existsSync(join(dataDir, 'job.lock'))) problems.push('a stale job lock survived the restart');
+  } finally {
+    await agent.close();
+  }
+  return problems;
+}
+
+beforeAll(async () => {
+  pg = await startPostgres();
+  dataDir = await mkdtemp(join(tmpdir(), 'gem-faults-crash-'));
+  const t = await startTestAgent(pg, { dataDir });
+  databaseUrl = t.agent.databaseUrl;
+  env = {
+    DATABASE_URL: databaseUrl,
+    GEM_DATA_DIR: dataDir,
+    GEM_SCRIPTS_DIR: t.agent.sources.scriptsDir,
+    GEM_CONFIG_DIR: t.agent.sources.configDir,
+    GEM_AGENT_TOKEN: TEST_TOKEN,
+    GEM_PG_BIN: pg.binDir,
+  };
+  // Built once per file: a 200 MB+ table of poorly compressible text.
+  await withSql(databaseUrl, (sql) =>
+    sql.unsafe(`
+      create table big_history as
+        select g as id, md5(g::text) || md5((g * 7)::text) || md5((g * 13)::text) as payload
+        from generate_series(1, ${ROWS}) g`),
+  );
+  const bytes = await withSql(databaseUrl, async (sql) => {
+    const [row] = await sql<{ size: string }[]>`select pg_total_relation_size('big_history') as size`;
+    return Number(row!.size);
+  });
+  if (ROWS >= 1_900_000) expect(bytes).toBeGreaterThan(200 * 1024 * 1024);
+  await t.close();
+  keyringBytes = await readFile(join(dataDir, 'keyring.json'));
+});
+
+afterAll(async () => {
+  report.print();
+  await pg?.stop();
+  if (dataDir) await rm(dataDir, { recursive: true, force: true });
+});
+
+describe('an agent killed during a backup', () => {
+  it('completes a clean run (measured, to spread the kills over it)', async () => {
+    const run = runChild({ ...env, FAULT_ACTION: 'backup' });
+    const started = await Promise.race([run.started, run.exited.then(() => 0)]);
+    // Opening a second agent (the CLI) mid-backup must not take the running job's temp file or work folder.
+    while (run.phase() !== 'pack' && run.lines.at(-1)?.event !== 'done')
+      await new Promise((r) => setTimeout(r, 50));
+    await (await open()).close();
+    const end = await run.exited;
+    expect(end.code, end.stderr).toBe(0);
+    cleanMs = Date.now() - started;
+    expect(run.lines.at(-1)).toMatchObject({ event: 'done', state: 'succeeded' });
+    console.log(
+      `clean backup run: ${cleanMs} ms, phases ${run.lines
+        .filter((l) => l.event === 'phase')
+        .map((l) => l.phase)
+        .join(' > ')}`,
+    );
+    expect(await checkAfterRestart()).toEqual([]);
+  });
+
+  it(`leaves nothing partial, every listed backup verifying, after ${KILLS} SIGKILLs`, async () => {
+    const phases: Record<string, number> = {};
+    const failures: string[] = [];
+    for (let i = 0; i < KILLS; i++) {
+      const run = runChild({ ...env, FAULT_ACTION: 'backup' });
+      await Promise.race([run.started, run.exited]);
+      // Spread over the clean run, a little past its end too (retention, the job record).
+      const delay = Math.round((cleanMs * (i + 0.5)) / KILLS);
+      const timer = setTimeout(() => run.kill(), delay);
+      const end = await run.exited;
+      clearTimeout(timer);
+      const where = end.signal === 'SIGKILL' ? (run.phase() ?? 'start') : 'finished';
+      phases[where] = (phases[where] ?? 0) + 1;
+      if (end.signal === 'SIGKILL') report.inject();
+      const problems = await checkAfterRestart();
+      report.tried(problems.length === 0, `kill #${i} at ${delay} ms (${where}): ${problems.join('; ')}`);
+      if (problems.length) failures.push(`kill #${i} at ${delay} ms (${where}): ${problems.join('; ')}`);
+    }
+    console.log(`kills by phase: ${JSON.stringify(phases)}`);
+    expect(failures).toEqual([]);
+    expect(Object.keys(phases).filter((p) => p !== 'finished').length).toBeGreaterThanOrEqual(3);
+  }, 900_000);
+
+  it('restores the newest listed backup (a real restore, once)', async () => {
+    const agent = await open();
+    try {
+      const [newest] = await agent.catalog.list();
+      expect(newest).toBeDefined();
+      const before = await withSql(databaseUrl, (sql) => sql`select count(*)::int as n from big_history`);
+      await withSql(databaseUrl, (sql) => sql`delete from big_history where id <= 1000`);
+      const job = await startRestore(agent, newest!.filename, { skipSafetyBackup: true });
+      const done = await agent.jobs.waitFor(job.id);
+      expect(done.error).toBeUndefined();
+      const after = await withSql(databaseUrl, (sql) => sql`select count(*)::int as n from big_history`);
+      expect(after[0]!.n).toBe(before[0]!.n);
+      expect(await leftovers(agent)).toEqual([]);
+      report.tried(true);
+    } finally {
+      await agent.close();
+    }
+  }, 300_000);
+});
