@@ -15,6 +15,8 @@ export interface AgentConfig {
   agentToken?: string;
   drUrl?: string;
   drEnrollmentToken?: string;
+  /** A token that may read GET /metrics only (the admin token may too). */
+  metricsToken?: string;
   /** Run after a restore, as an argument array (never through a shell). */
   restartCommand?: string[];
   nodeEnv: string;
@@ -39,6 +41,7 @@ const env = z.object({
   GEM_DR_URL: z.string().url().optional(),
   GEM_DR_ENROLLMENT_TOKEN: z.string().min(1).optional(),
   GEM_RESTART_COMMAND: z.string().min(1).optional(),
+  GEM_METRICS_TOKEN: z.string().min(16, 'GEM_METRICS_TOKEN must be at least 16 characters').optional(),
   NODE_ENV: z.string().default('production'),
   GEM_PG_BIN: z.string().min(1).optional(),
   GEM_LOG_LEVEL: z.enum(['debug', 'info', 'warn', 'error']).default('info'),
@@ -78,6 +81,7 @@ export function loadConfig(source: NodeJS.ProcessEnv = process.env): AgentConfig
     agentToken: e.GEM_AGENT_TOKEN,
     drUrl: e.GEM_DR_URL,
     drEnrollmentToken: e.GEM_DR_ENROLLMENT_TOKEN,
+    metricsToken: e.GEM_METRICS_TOKEN,
     restartCommand: e.GEM_RESTART_COMMAND ? parseCommand(e.GEM_RESTART_COMMAND) : undefined,
     nodeEnv: e.NODE_ENV,
     pgBinDir: findPgBinDir(e.GEM_PG_BIN),

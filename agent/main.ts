@@ -1,22 +1,32 @@
 /** The one place that wires real dependencies and starts everything: `npm start`. */
 import { serve } from '@hono/node-server';
 import { openAgent } from './agent';
+import { alertsFor } from './alerts/notifier';
 import { createApp } from './app';
 import { loadConfig } from './config';
 import { drServiceFor } from './dr/service';
+import { healthFor } from './health/service';
+import { alertsModule } from './http/routes/alerts';
 import { drModule } from './http/routes/dr';
+import { healthModule } from './http/routes/health';
 import { maintenanceModule } from './http/routes/maintenance';
+import { metricsRoutes } from './http/routes/metrics';
 import { offsiteModule } from './http/routes/offsite';
 import { restoreModule } from './http/routes/restore';
 import { retentionModule, settingsModule } from './http/routes/settings';
 import { Scheduler } from './jobs/scheduler';
 import { createLogger } from './log';
+import { metricsFor } from './metrics/recorder';
+import { VerificationScheduler } from './verification/schedule';
 import { AGENT_VERSION } from './version';
 
 async function main(): Promise<void> {
   const config = loadConfig();
   const log = createLogger({ level: config.logLevel, base: { service: 'gem-backup-agent' } });
   const agent = await openAgent(config, log, { ownCluster: true });
+  // Metrics count jobs from the start; the health watchdog watches them.
+  metricsFor(agent);
+  const health = healthFor(agent);
   const app = createApp(agent, [
     restoreModule,
     settingsModule,
@@ -24,13 +34,21 @@ async function main(): Promise<void> {
     maintenanceModule,
     drModule,
     offsiteModule,
+    healthModule,
+    alertsModule,
   ]);
+  app.route('/metrics', metricsRoutes(agent));
   // Auto-backup and maintenance schedules; re-armed on every settings change.
   const scheduler = new Scheduler(agent);
   await scheduler.start();
   // The nightly Cloud DR push (03:00 + a per-installation offset) and any opt-out deletion still owed.
   const dr = drServiceFor(agent);
   await dr.start();
+  // The weekly verification of every copy, and alerts when an area of health changes.
+  const verification = new VerificationScheduler(agent);
+  await verification.start();
+  const alerts = alertsFor(agent, health);
+  alerts.start();
   const server = serve({ fetch: app.fetch, hostname: config.host, port: config.port }, (info) => {
     const url = `http://${config.host}:${info.port}/`;
     log.info('agent listening', {
@@ -50,6 +68,9 @@ async function main(): Promise<void> {
     server.close();
     scheduler.stop();
     dr.stop();
+    verification.stop();
+    alerts.stop();
+    health.stop();
     await agent.close();
     log.info('stopped');
     process.exit(0);

@@ -20,6 +20,15 @@ export interface BackupInfo {
   verifiedAt?: string;
   verifyResult?: 'ok' | 'failed';
   verifyError?: string;
+  /** The scheduled verification's last check of the copy of this backup at each offsite destination. */
+  remoteVerify?: Record<string, RemoteVerifyRecord>;
+}
+
+/** One offsite copy's last verification. */
+export interface RemoteVerifyRecord {
+  verifiedAt: string;
+  verifyResult: 'ok' | 'failed';
+  verifyError?: string;
 }
 
 /** What we remember about a backup beyond its header (verification results, pinning). */
@@ -28,6 +37,7 @@ export interface BackupRecord {
   verifyResult?: 'ok' | 'failed';
   verifyError?: string;
   pinned?: boolean;
+  remoteVerify?: Record<string, RemoteVerifyRecord>;
 }
 
 /** Refuses any name that is not exactly a backup name: nothing else ever reaches the file system. */

@@ -69,12 +69,33 @@ export function applySettingsUpdate(current: Settings, update: SettingsUpdate): 
       throw missingSecret('offsite.s3.secretAccessKey');
     }
   }
+  if (update.verification) next.verification = { ...update.verification };
+  if (update.alerts) next.alerts = mergeAlerts(update.alerts, current.alerts);
   if (offsite?.smb) {
     const { password, ...rest } = offsite.smb;
     next.offsite.smb = tidy({ ...rest, password: keep(password, current.offsite.smb.password) });
     if (next.offsite.smb.enabled && !next.offsite.smb.password) throw missingSecret('offsite.smb.password');
   }
   return next;
+}
+
+type Alerts = Settings['alerts'];
+
+/**
+ * The alerts section of a PUT over the stored one: a webhook's secret is kept (matched by URL) unless
+ * replaced or cleared; every webhook needs one, since receivers trust alerts by their signature.
+ */
+function mergeAlerts(input: NonNullable<SettingsUpdate['alerts']>, stored: Alerts): Alerts {
+  const webhooks = input.webhooks.map((w, i) => {
+    const old = stored.webhooks.find((s) => s.url === w.url) ?? stored.webhooks[i];
+    const secret = keep(w.secret, old?.secret);
+    if (!secret) throw missingSecret(`alerts.webhooks.${i}.secret`);
+    return { url: w.url, secret };
+  });
+  const email = input.email ?? { ...stored.email, enabled: false };
+  const { password, ...rest } = email as NonNullable<NonNullable<SettingsUpdate['alerts']>['email']>;
+  const merged = tidy({ ...rest, password: keep(password, stored.email.password) });
+  return { webhooks, email: merged as Alerts['email'] };
 }
 
 const set = (value: string | undefined): SecretView => ({ set: value !== undefined && value !== '' });
@@ -99,6 +120,11 @@ export function maskSettings(s: Settings, status: SettingsView['status']): Setti
       smb: { ...smb, password: set(password) },
     },
     maintenance: { ...s.maintenance },
+    alerts: {
+      webhooks: s.alerts.webhooks.map((w) => ({ url: w.url, secret: set(w.secret) })),
+      email: (({ password: p, ...email }) => ({ ...email, password: set(p) }))(s.alerts.email),
+    },
+    verification: { ...s.verification },
     status,
   };
 }
@@ -123,6 +149,15 @@ export function mapSecrets(s: Settings, f: (value: string, field: string) => str
     out.offsite.s3 = tidy({ ...s3, secretAccessKey: f(s3.secretAccessKey, 'offsite.s3.secretAccessKey') });
   }
   if (smb.password) out.offsite.smb = tidy({ ...smb, password: f(smb.password, 'offsite.smb.password') });
+  out.alerts.webhooks = out.alerts.webhooks.map((w, i) =>
+    tidy({ url: w.url, secret: w.secret ? f(w.secret, `alerts.webhooks.${i}.secret`) : undefined }),
+  );
+  if (out.alerts.email.password) {
+    out.alerts.email = tidy({
+      ...out.alerts.email,
+      password: f(out.alerts.email.password, 'alerts.email.password'),
+    });
+  }
   return out;
 }
 
@@ -143,6 +178,14 @@ export function withDefaults(doc: unknown): Settings {
       smb: { ...d.offsite.smb, ...offsite.smb } as Settings['offsite']['smb'],
     },
     maintenance: { ...d.maintenance, ...o.maintenance } as Settings['maintenance'],
+    alerts: {
+      webhooks: ((o.alerts?.webhooks as Settings['alerts']['webhooks'] | undefined) ?? []).slice(),
+      email: {
+        ...d.alerts.email,
+        ...(o.alerts?.email as Partial<Settings['alerts']['email']> | undefined),
+      },
+    },
+    verification: { ...d.verification, ...o.verification } as Settings['verification'],
   };
 }
 

@@ -125,6 +125,57 @@ export const MaintenanceInput = z
   })
   .strict();
 
+/** How often the scheduled verification runs (at 04:00; weekly on Sundays, monthly on the 1st). */
+export const VERIFICATION_SCHEDULES = ['daily', 'weekly', 'monthly'] as const;
+export type VerificationSchedule = (typeof VERIFICATION_SCHEDULES)[number];
+
+/** A webhook that receives alerts; `secret` signs each one (X-Gem-Signature), write-only like every secret. */
+export const WebhookInput = z
+  .object({
+    url: z.url().refine((u) => /^https?:\/\//i.test(u), 'use an http(s) address'),
+    secret: SecretInput.optional(),
+  })
+  .strict();
+
+const emailAddress = z
+  .string()
+  .max(320)
+  .regex(/^[^\s@<>]+@[^\s@<>]+$/, 'not an e-mail address');
+
+/** Alerts by e-mail through the site's own SMTP server (STARTTLS on 587, TLS on 465 with `secure`). */
+export const EmailAlertsInput = z
+  .object({
+    enabled: z.boolean().default(false),
+    host: text(255).default(''),
+    port: z.number().int().min(1).max(65535).default(587),
+    secure: z.boolean().default(false),
+    username: text(255).default(''),
+    password: SecretInput.optional(),
+    from: z.union([z.literal(''), emailAddress]).default(''),
+    to: z.array(emailAddress).max(20).default([]),
+  })
+  .strict()
+  .superRefine((e, ctx) => {
+    if (!e.enabled) return;
+    if (!e.host) ctx.addIssue({ code: 'custom', path: ['host'], message: 'required when enabled' });
+    if (!e.from) ctx.addIssue({ code: 'custom', path: ['from'], message: 'required when enabled' });
+    if (!e.to.length) ctx.addIssue({ code: 'custom', path: ['to'], message: 'required when enabled' });
+  });
+
+export const AlertsInput = z
+  .object({
+    webhooks: z.array(WebhookInput).max(10).default([]),
+    email: EmailAlertsInput.optional(),
+  })
+  .strict();
+
+export const VerificationInput = z
+  .object({
+    enabled: z.boolean().default(true),
+    schedule: z.enum(VERIFICATION_SCHEDULES).default('weekly'),
+  })
+  .strict();
+
 /**
  * The `PUT /api/v1/settings` body. Partial at the top level and inside `offsite`: each section given
  * replaces the stored section as a whole (its missing fields take their defaults), except secrets,
@@ -139,6 +190,8 @@ export const SettingsUpdate = z
       .strict()
       .optional(),
     maintenance: MaintenanceInput.optional(),
+    alerts: AlertsInput.optional(),
+    verification: VerificationInput.optional(),
     status: z.unknown().optional(),
     warnings: z.unknown().optional(),
   })
@@ -184,6 +237,20 @@ export interface Settings {
     };
   };
   maintenance: { enabled: boolean; retentionDays: number };
+  alerts: {
+    webhooks: Array<{ url: string; secret?: string }>;
+    email: {
+      enabled: boolean;
+      host: string;
+      port: number;
+      secure: boolean;
+      username: string;
+      password?: string;
+      from: string;
+      to: string[];
+    };
+  };
+  verification: { enabled: boolean; schedule: VerificationSchedule };
 }
 
 /** What `GET /api/v1/settings` returns: secrets masked, plus read-only status. */
@@ -201,6 +268,11 @@ export interface SettingsView {
     smb: Omit<Settings['offsite']['smb'], 'password'> & { password: SecretView };
   };
   maintenance: Settings['maintenance'];
+  alerts: {
+    webhooks: Array<{ url: string; secret: SecretView }>;
+    email: Omit<Settings['alerts']['email'], 'password'> & { password: SecretView };
+  };
+  verification: Settings['verification'];
   status: { autoBackup: TaskStatus; maintenance: TaskStatus };
 }
 
@@ -239,6 +311,11 @@ export function defaultSettings(): Settings {
       smb: { enabled: false, host: '', share: '', username: '', remotePath: '/gem/', autoUpload: false },
     },
     maintenance: { enabled: false, retentionDays: MAINTENANCE_DEFAULT_RETENTION_DAYS },
+    alerts: {
+      webhooks: [],
+      email: { enabled: false, host: '', port: 587, secure: false, username: '', from: '', to: [] },
+    },
+    verification: { enabled: true, schedule: 'weekly' },
   };
 }
 

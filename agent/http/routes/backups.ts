@@ -76,6 +76,16 @@ export function backupRoutes(agent: Agent): Hono {
     return c.json({ jobId: job.id }, 202);
   });
 
+  // Pinned backups are never pruned by retention (local or offsite) and say so in the list.
+  const pin = (pinned: boolean) => async (c: import('hono').Context) => {
+    const name = checkBackupName(c.req.param('filename') ?? '');
+    await agent.catalog.info(name);
+    await agent.catalog.updateRecord(name, { pinned: pinned || undefined });
+    return c.json(await agent.catalog.info(name));
+  };
+  app.post('/:filename/pin', pin(true));
+  app.delete('/:filename/pin', pin(false));
+
   app.delete('/:filename', async (c) => {
     const name = checkBackupName(c.req.param('filename'));
     await agent.catalog.delete(name);

@@ -4,6 +4,7 @@ import { z } from 'zod';
 import type { Agent } from '../../agent';
 import { AppError } from '../../errors';
 import { buildKeysExport, exportFileName, parseKeysExport } from '../../keys/keyring';
+import { checkKeysFile } from '../../verification/key-check';
 import { jsonBody } from '../body';
 
 const importBody = z.union([
@@ -80,6 +81,18 @@ export function keyRoutes(agent: Agent): Hono {
       text = JSON.stringify(body);
     }
     return c.json(await importKeysFile(agent, text, passphrase));
+  });
+
+  // "Test my key file": can it open the newest backup? Nothing is imported.
+  app.post('/check', async (c) => {
+    const body = await jsonBody(c, importBody);
+    if (!body) throw new AppError('bad_request', 'a keys file is required');
+    const file = 'file' in body && body.file !== undefined ? body.file : undefined;
+    const text =
+      file === undefined ? JSON.stringify(body) : typeof file === 'string' ? file : JSON.stringify(file);
+    const passphrase =
+      file !== undefined && 'passphrase' in body ? (body.passphrase as string | undefined) : undefined;
+    return c.json(await checkKeysFile(agent, text, passphrase));
   });
 
   app.put('/banner', async (c) => {

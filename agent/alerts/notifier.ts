@@ -1,0 +1,281 @@
+/** AlertNotifier: evaluates health periodically and after each job, and tells webhooks and e-mail when an area changes. */
+import type { Settings } from '../../shared/api/settings';
+import type { Agent } from '../agent';
+import { describeError } from '../errors';
+import type { AreaHealth, HealthArea, HealthReport, HealthStatus } from '../health/model';
+import { HEALTH_AREAS } from '../health/model';
+import type { HealthService } from '../health/service';
+import { type SmtpOptions, sendMail } from './smtp';
+import { AlertStateStore } from './state';
+import { type Delivery, postWebhook } from './webhook';
+
+/** What happened to an area: it turned warning/failing, it recovered, it is still failing a day later, or a test. */
+export type AlertEvent = 'warning' | 'failing' | 'recovered' | 'reminder' | 'test';
+
+/** The JSON body every webhook receives. */
+export interface AlertPayload {
+  type: 'gem-backup.alert';
+  event: AlertEvent;
+  area: HealthArea | 'test';
+  status: HealthStatus;
+  previousStatus: HealthStatus | null;
+  reason: string;
+  installationId: string;
+  at: string;
+  overall: HealthStatus;
+  details?: Record<string, unknown>;
+}
+
+export interface AlertOptions {
+  /** How often health is evaluated (default 1 min). */
+  intervalMs?: number;
+  /** A failing area is reminded about this often (default 24 h). */
+  reminderMs?: number;
+  /** After a job ends, evaluate this much later (default 1 s) so its records are written. */
+  afterJobDelayMs?: number;
+  webhookTimeoutMs?: number;
+  /** Extra SMTP options (a private CA; tests). */
+  smtp?: Partial<SmtpOptions>;
+  now?: () => Date;
+}
+
+export interface AlertResult {
+  area: HealthArea | 'test';
+  event: AlertEvent;
+  deliveries: Delivery[];
+}
+
+const SUBJECTS: Record<AlertEvent, string> = {
+  warning: 'needs attention',
+  failing: 'is failing',
+  recovered: 'is back to normal',
+  reminder: 'is still failing',
+  test: 'test alert',
+};
+
+export class AlertNotifier {
+  readonly state: AlertStateStore;
+  private timer: NodeJS.Timeout | undefined;
+  private unsubscribe: (() => void) | undefined;
+  private queue: Promise<unknown> = Promise.resolve();
+  private readonly afterJob = new Set<NodeJS.Timeout>();
+
+  constructor(
+    private readonly agent: Agent,
+    private readonly health: HealthService,
+    private readonly options: AlertOptions = {},
+  ) {
+    this.state = new AlertStateStore(agent.config.dataDir);
+  }
+
+  private now(): Date {
+    return this.options.now?.() ?? new Date();
+  }
+
+  /** Evaluates every `intervalMs` and shortly after each job ends. */
+  start(): void {
+    if (this.timer) return;
+    this.timer = setInterval(() => void this.check(), this.options.intervalMs ?? 60_000);
+    this.timer.unref();
+    this.unsubscribe = this.agent.jobs.subscribeAll((event) => {
+      if (event.type !== 'update' || !event.job.endedAt) return;
+      const t = setTimeout(() => {
+        this.afterJob.delete(t);
+        void this.check();
+      }, this.options.afterJobDelayMs ?? 1000);
+      t.unref();
+      this.afterJob.add(t);
+    });
+  }
+
+  stop(): void {
+    if (this.timer) clearInterval(this.timer);
+    this.timer = undefined;
+    this.unsubscribe?.();
+    for (const t of this.afterJob) clearTimeout(t);
+    this.afterJob.clear();
+  }
+
+  /** Waits for checks already started (tests, shutdown). */
+  async settled(): Promise<void> {
+    await this.queue;
+  }
+
+  /**
+   * Evaluates health and sends what changed: at most one alert per area per state change (the state
+   * is saved once an alert is out, so a restart does not repeat it), and a reminder per day while failing.
+   * Checks never overlap.
+   */
+  check(): Promise<AlertResult[]> {
+    const run = this.queue.then(() => this.runCheck());
+    this.queue = run.catch((error) =>
+      this.agent.log.warn('the alert check failed', { error: describeError(error) }),
+    );
+    return run;
+  }
+
+  private async runCheck(): Promise<AlertResult[]> {
+    const report = await this.health.evaluate();
+    const sent: AlertResult[] = [];
+    const known = await this.state.get();
+    const now = this.now();
+    for (const area of HEALTH_AREAS) {
+      const current = report.areas[area];
+      const last = known[area];
+      const event = decide(
+        current.status,
+        last?.status ?? 'ok',
+        last?.sentAt,
+        now,
+        this.options.reminderMs ?? 86_400_000,
+      );
+      if (!event) {
+        // First sight of a healthy area: remember it quietly, so nothing is sent at start.
+        if (!last)
+          await this.state.set(area, {
+            status: current.status,
+            reason: current.reason,
+            sentAt: now.toISOString(),
+          });
+        continue;
+      }
+      const payload = this.payload(area, event, current, last?.status ?? null, report);
+      const deliveries = await this.deliver(payload);
+      // Nobody reached (every channel failed): keep the old state so the next check tries again.
+      if (deliveries.length && deliveries.every((d) => !d.ok)) {
+        this.agent.log.warn('an alert could not be delivered; retrying at the next check', { area, event });
+        continue;
+      }
+      await this.state.set(area, {
+        status: current.status,
+        reason: current.reason,
+        sentAt: now.toISOString(),
+      });
+      this.agent.log.info('alert sent', {
+        area,
+        event,
+        status: current.status,
+        deliveries: deliveries.length,
+      });
+      sent.push({ area, event, deliveries });
+    }
+    return sent;
+  }
+
+  /** Sends a test alert to every configured channel now; the result says which ones received it. */
+  async sendTest(): Promise<AlertResult> {
+    const report = this.health.lastReport();
+    const payload: AlertPayload = {
+      type: 'gem-backup.alert',
+      event: 'test',
+      area: 'test',
+      status: 'ok',
+      previousStatus: null,
+      reason: 'This is a test alert from GEM Backup & Restore: alerts reach you.',
+      installationId: this.agent.keyring.installationId,
+      at: this.now().toISOString(),
+      overall: report?.status ?? 'ok',
+    };
+    return { area: 'test', event: 'test', deliveries: await this.deliver(payload) };
+  }
+
+  private payload(
+    area: HealthArea,
+    event: AlertEvent,
+    current: AreaHealth,
+    previous: HealthStatus | null,
+    report: HealthReport,
+  ): AlertPayload {
+    const { status, reason, ...details } = current;
+    return {
+      type: 'gem-backup.alert',
+      event,
+      area,
+      status,
+      previousStatus: previous,
+      reason,
+      installationId: this.agent.keyring.installationId,
+      at: this.now().toISOString(),
+      overall: report.status,
+      details,
+    };
+  }
+
+  /** Sends to every webhook and, if on, by e-mail; one channel failing does not stop the others. */
+  private async deliver(payload: AlertPayload): Promise<Delivery[]> {
+    const alerts = this.agent.settings.get().alerts;
+    const body = JSON.stringify(payload);
+    const deliveries = await Promise.all(
+      alerts.webhooks.map((w) =>
+        postWebhook(w.url, w.secret ?? '', body, {
+          timeoutMs: this.options.webhookTimeoutMs ?? 10_000,
+          now: () => this.now(),
+        }),
+      ),
+    );
+    if (alerts.email.enabled) deliveries.push(await this.email(alerts.email, payload));
+    for (const d of deliveries.filter((x) => !x.ok)) {
+      this.agent.log.warn('an alert channel failed', { channel: d.channel, error: d.error });
+    }
+    return deliveries;
+  }
+
+  private async email(email: Settings['alerts']['email'], payload: AlertPayload): Promise<Delivery> {
+    const channel = `e-mail via ${email.host}`;
+    const area = payload.area === 'test' ? 'GEM Backup' : `GEM Backup: ${payload.area}`;
+    try {
+      await sendMail(
+        {
+          host: email.host,
+          port: email.port,
+          secure: email.secure,
+          ...(email.username ? { username: email.username, password: email.password ?? '' } : {}),
+          ...this.options.smtp,
+        },
+        {
+          from: email.from,
+          to: email.to,
+          subject: `[${payload.status.toUpperCase()}] ${area} ${SUBJECTS[payload.event]}`,
+          text: [
+            payload.reason,
+            '',
+            `Area: ${payload.area}`,
+            `Status: ${payload.status}${payload.previousStatus ? ` (was ${payload.previousStatus})` : ''}`,
+            `Installation: ${payload.installationId}`,
+            `At: ${payload.at}`,
+          ].join('\n'),
+        },
+      );
+      return { channel, ok: true };
+    } catch (error) {
+      return { channel, ok: false, error: (error as Error).message };
+    }
+  }
+}
+
+/** The rule: which event (if any) an area's current status calls for, given what was last alerted. */
+export function decide(
+  current: HealthStatus,
+  last: HealthStatus,
+  lastSentAt: string | undefined,
+  now: Date,
+  reminderMs: number,
+): AlertEvent | undefined {
+  if (current !== last) return current === 'ok' ? 'recovered' : current;
+  if (current === 'failing' && lastSentAt && now.getTime() - Date.parse(lastSentAt) >= reminderMs) {
+    return 'reminder';
+  }
+  return undefined;
+}
+
+const notifiers = new WeakMap<Agent, AlertNotifier>();
+
+/** The agent's one notifier (options apply on first use). */
+export function alertsFor(agent: Agent, health: HealthService, options?: AlertOptions): AlertNotifier {
+  let n = notifiers.get(agent);
+  if (!n) {
+    n = new AlertNotifier(agent, health, options);
+    notifiers.set(agent, n);
+  }
+  return n;
+}

@@ -1,0 +1,47 @@
+/** What health reports look like: per-area status with a reason, and the worst of them overall. */
+
+export const HEALTH_STATUSES = ['ok', 'warning', 'failing'] as const;
+export type HealthStatus = (typeof HEALTH_STATUSES)[number];
+
+export const HEALTH_AREAS = ['backups', 'offsite', 'dr', 'verification', 'disk', 'keys', 'jobs'] as const;
+export type HealthArea = (typeof HEALTH_AREAS)[number];
+
+/** One area's verdict: a status, a sentence a person can act on, and any details worth showing. */
+export interface AreaHealth {
+  status: HealthStatus;
+  reason: string;
+  [detail: string]: unknown;
+}
+
+/** What `GET /api/v1/health` returns. */
+export interface HealthReport {
+  status: HealthStatus;
+  checkedAt: string;
+  areas: Record<HealthArea, AreaHealth>;
+}
+
+/** Computes one area's health at `now`. Each area's source is one small function. */
+export type AreaSource = (now: Date) => Promise<AreaHealth>;
+
+const RANK: Record<HealthStatus, number> = { ok: 0, warning: 1, failing: 2 };
+
+/** The worse of the given statuses (ok if none). */
+export function worst(statuses: Iterable<HealthStatus>): HealthStatus {
+  let result: HealthStatus = 'ok';
+  for (const s of statuses) if (RANK[s] > RANK[result]) result = s;
+  return result;
+}
+
+/** 0 ok, 1 warning, 2 failing: how metrics show a status. */
+export function statusRank(status: HealthStatus): number {
+  return RANK[status];
+}
+
+/** A short human duration: "3 h", "2 days", "45 min". */
+export function formatAge(ms: number): string {
+  const min = Math.round(ms / 60_000);
+  if (min < 90) return `${min} min`;
+  const h = Math.round(ms / 3_600_000);
+  if (h < 48) return `${h} h`;
+  return `${Math.round(ms / 86_400_000)} days`;
+}

@@ -1,0 +1,302 @@
+/** Each health area's source: one small function per area, reading what the rest of the agent records. */
+import { statfs } from 'node:fs/promises';
+import type { Schedule, VerificationSchedule } from '../../shared/api/settings';
+import type { Agent } from '../agent';
+import type { DrService } from '../dr/service';
+import { describeError } from '../errors';
+import { DESTINATION_TITLES, OFFSITE_KINDS, type OffsiteKind } from '../offsite/destinations';
+import type { OffsiteService } from '../offsite/service';
+import type { VerificationStateStore } from '../verification/state';
+import { type AreaHealth, type AreaSource, formatAge, type HealthStatus, worst } from './model';
+import type { JobWatchdog } from './watchdog';
+
+const HOUR = 3_600_000;
+const DAY = 24 * HOUR;
+
+/** How long apart scheduled runs are, for "is it overdue" rules. */
+export const SCHEDULE_INTERVAL_MS: Record<Schedule | VerificationSchedule, number> = {
+  hourly: HOUR,
+  daily: DAY,
+  weekly: 7 * DAY,
+  monthly: 31 * DAY,
+};
+
+/** When an age turns warning / failing, in intervals of its schedule. */
+export const OVERDUE = { warning: 1.5, failing: 3 } as const;
+
+function ageStatus(ageMs: number, intervalMs: number): HealthStatus {
+  if (ageMs > OVERDUE.failing * intervalMs) return 'failing';
+  if (ageMs > OVERDUE.warning * intervalMs) return 'warning';
+  return 'ok';
+}
+
+/** Backups: the newest good backup's age against the auto-backup schedule, and the last scheduled run. */
+export function backupsArea(agent: Agent): AreaSource {
+  return async (now) => {
+    const auto = agent.settings.get().autoBackup;
+    const list = await agent.catalog.list();
+    const latest = list.find((b) => b.verifyResult !== 'failed');
+    const details = {
+      lastBackup: latest
+        ? { filename: latest.filename, createdAt: latest.createdAt, size: latest.size }
+        : null,
+      count: list.length,
+      schedule: auto.enabled ? auto.schedule : null,
+    };
+    if (!auto.enabled) {
+      return latest
+        ? {
+            status: 'warning',
+            reason: 'Automatic backups are off: only backups you start are made',
+            ...details,
+          }
+        : { status: 'failing', reason: 'There is no backup and automatic backups are off', ...details };
+    }
+    const interval = SCHEDULE_INTERVAL_MS[auto.schedule];
+    const state = await agent.settings.state.get('autoBackup');
+    const since = latest ? Date.parse(latest.createdAt) : (state?.armedAt.getTime() ?? now.getTime());
+    const age = now.getTime() - since;
+    let status = ageStatus(age, interval);
+    let reason = latest
+      ? `The last backup was made ${formatAge(age)} ago (${auto.schedule} schedule)`
+      : `No backup has been made yet (${auto.schedule} schedule since ${formatAge(age)} ago)`;
+    if (status !== 'ok') reason = `${reason}: backups are overdue`;
+    const last = state?.lastResult;
+    if (last && !last.ok) {
+      status = worst([status, 'warning']);
+      reason = `The last scheduled backup failed: ${last.error ?? 'unknown error'}. ${reason}`;
+    }
+    return { status, reason, ageSeconds: Math.round(age / 1000), ...details };
+  };
+}
+
+/** Options of the offsite area: how often a destination is actually contacted (0 = every evaluation). */
+export interface OffsiteProbeOptions {
+  probeIntervalMs: number;
+}
+
+/**
+ * Offsite: per enabled destination, whether it answers (a list, at most every probeIntervalMs), its last
+ * upload (offsite-state.json) and the last verification of its newest copy.
+ */
+export function offsiteArea(
+  agent: Agent,
+  offsite: OffsiteService,
+  verification: VerificationStateStore,
+  options: OffsiteProbeOptions,
+): AreaSource {
+  const probes = new Map<OffsiteKind, { at: number; key: string; error?: string }>();
+  const probe = async (kind: OffsiteKind, now: number): Promise<string | undefined> => {
+    const key = JSON.stringify(agent.settings.get().offsite[kind]);
+    const cached = probes.get(kind);
+    if (cached && cached.key === key && now - cached.at < options.probeIntervalMs) return cached.error;
+    let error: string | undefined;
+    try {
+      const provider = offsite.provider(kind);
+      try {
+        await provider.list();
+      } finally {
+        await provider.close?.().catch(() => {});
+      }
+    } catch (e) {
+      error = describeError(e).message;
+    }
+    probes.set(kind, { at: now, key, error });
+    return error;
+  };
+  return async (now) => {
+    const status = await offsite.status();
+    const verified = (await verification.get()).targets;
+    const destinations: Record<string, AreaHealth> = {};
+    for (const kind of OFFSITE_KINDS) {
+      const d = status[kind];
+      if (!d.enabled) continue;
+      const title = DESTINATION_TITLES[kind];
+      const findings: Array<{ status: HealthStatus; reason: string }> = [];
+      const unreachable = await probe(kind, now.getTime());
+      if (unreachable)
+        findings.push({ status: 'failing', reason: `${title} cannot be reached: ${unreachable}` });
+      if (d.lastUpload && !d.lastUpload.ok) {
+        findings.push({
+          status: 'failing',
+          reason: `The last upload to ${title} failed: ${d.lastUpload.error?.message ?? 'unknown error'}`,
+        });
+      } else if (d.autoUpload && !d.lastSuccessfulUpload) {
+        findings.push({ status: 'warning', reason: `No backup has been uploaded to ${title} yet` });
+      }
+      const check = verified[kind];
+      if (check && !check.ok && !check.skipped) {
+        findings.push({
+          status: 'failing',
+          reason: `The copy of ${check.filename ?? 'the newest backup'} at ${title} failed verification: ${check.error?.message ?? ''}`,
+        });
+      }
+      const s = worst(findings.map((f) => f.status));
+      destinations[kind] = {
+        status: s,
+        reason: findings.find((f) => f.status === s)?.reason ?? `${title} answers`,
+        lastSuccessfulUpload: d.lastSuccessfulUpload ?? null,
+        lastUpload: d.lastUpload ?? null,
+        lastVerified: check ?? null,
+      };
+    }
+    const entries = Object.entries(destinations);
+    if (!entries.length) return { status: 'ok', reason: 'No offsite destination is turned on', destinations };
+    const s = worst(entries.map(([, d]) => d.status));
+    const bad = entries.filter(([, d]) => d.status === s && s !== 'ok').map(([, d]) => d.reason);
+    return {
+      status: s,
+      reason: bad.length ? bad.join('; ') : `${entries.length} destination(s) answer and are up to date`,
+      destinations,
+    };
+  };
+}
+
+/** When the last DR push is too old, in days (it runs nightly). */
+export const DR_AGE_DAYS = { warning: 2, failing: 4 } as const;
+
+/** Cloud DR: last successful push against the nightly schedule; a failed last push; an opt-out still owed. */
+export function drArea(dr: DrService): AreaSource {
+  return async (now) => {
+    const s = await dr.status();
+    const details = { lastPush: s.lastPush, lastSuccess: s.lastSuccess, nextRunAt: s.nextRunAt };
+    if (s.pendingDeletion) {
+      return {
+        status: 'warning',
+        reason: `Cloud DR was turned off but the cloud copy is not deleted yet (${s.pendingDeletion.attempts} attempts)`,
+        ...details,
+      };
+    }
+    if (!s.enabled) return { status: 'ok', reason: s.reason ?? 'Cloud DR is off', ...details };
+    const since = s.lastSuccess ? Date.parse(s.lastSuccess.at) : undefined;
+    const age = since === undefined ? undefined : now.getTime() - since;
+    let status: HealthStatus = 'ok';
+    let reason =
+      age === undefined ? 'No Cloud DR push yet' : `The last Cloud DR push was ${formatAge(age)} ago`;
+    if (age !== undefined && age > DR_AGE_DAYS.failing * DAY) status = 'failing';
+    else if (age !== undefined && age > DR_AGE_DAYS.warning * DAY) status = 'warning';
+    if (s.lastPush?.outcome === 'failed') {
+      status = worst([status, 'warning']);
+      reason = `The last Cloud DR push failed: ${s.lastPush.error?.message ?? 'unknown error'}. ${reason}`;
+    }
+    return { status, reason, ...details };
+  };
+}
+
+/** Verification: the last scheduled run's result and its age against the verification schedule. */
+export function verificationArea(agent: Agent, store: VerificationStateStore): AreaSource {
+  return async (now) => {
+    const v = agent.settings.get().verification;
+    const state = await store.get();
+    const details = { lastRun: state.lastRun ?? null, targets: state.targets };
+    if (!v.enabled) return { status: 'warning', reason: 'Scheduled verification is off', ...details };
+    const failed = Object.values(state.targets).filter((t) => t && !t.ok && !t.skipped);
+    if (failed.length) {
+      return {
+        status: 'failing',
+        reason: failed.map((t) => `${t!.target}: ${t!.error?.message ?? 'failed'}`).join('; '),
+        ...details,
+      };
+    }
+    const interval = SCHEDULE_INTERVAL_MS[v.schedule];
+    const since = state.lastRun
+      ? Date.parse(state.lastRun.endedAt)
+      : Date.parse(state.armedAt ?? now.toISOString());
+    const age = now.getTime() - since;
+    if (age > 2 * interval) {
+      return {
+        status: 'warning',
+        reason: state.lastRun
+          ? `The last verification was ${formatAge(age)} ago`
+          : 'The backups have never been verified on schedule',
+        ...details,
+      };
+    }
+    return {
+      status: 'ok',
+      reason: state.lastRun
+        ? `Verified ${formatAge(age)} ago`
+        : 'The first scheduled verification has not run yet',
+      ...details,
+    };
+  };
+}
+
+/** Free bytes of the file system holding `dir`. */
+export type FreeSpace = (dir: string) => Promise<number>;
+
+export const statfsFreeSpace: FreeSpace = async (dir) => {
+  const s = await statfs(dir);
+  return s.bavail * s.bsize;
+};
+
+/** Room a backup needs besides its own file: the compressed dump staged before packing, and a margin. */
+export const STAGING_MARGIN_BYTES = 64 * 1024 * 1024;
+
+/** Disk: free space of the data dir against the next backup (last size x 1.2) plus its staging room. */
+export function diskArea(agent: Agent, freeSpace: FreeSpace = statfsFreeSpace): AreaSource {
+  return async () => {
+    const free = await freeSpace(agent.config.dataDir);
+    const last = (await agent.catalog.list())[0];
+    const expected = Math.ceil((last?.size ?? 0) * 1.2);
+    // The dump is written to the work folder first, then packed into the new file: both exist at once.
+    const needed = expected * 2 + STAGING_MARGIN_BYTES;
+    const details = { freeBytes: free, expectedBackupBytes: expected, neededBytes: needed };
+    const mb = (n: number) => `${Math.round(n / 1048576)} MB`;
+    if (free < needed) {
+      return {
+        status: 'failing',
+        reason: `Only ${mb(free)} free in the data folder; the next backup needs about ${mb(needed)}`,
+        ...details,
+      };
+    }
+    if (free < needed * 2) {
+      return {
+        status: 'warning',
+        reason: `Disk space is low: ${mb(free)} free, about ${mb(needed)} needed per backup`,
+        ...details,
+      };
+    }
+    return { status: 'ok', reason: `${mb(free)} free`, ...details };
+  };
+}
+
+/** Keys: a keys file that was never downloaded means a lost disk loses every backup. */
+export function keysArea(agent: Agent): AreaSource {
+  return async () => {
+    const state = await agent.keyState.get();
+    if (!state.lastDownloadedAt) {
+      return {
+        status: 'warning',
+        reason:
+          'The encryption keys have never been downloaded: without them no backup can be restored elsewhere',
+        downloaded: false,
+      };
+    }
+    return {
+      status: 'ok',
+      reason: 'The encryption keys were downloaded',
+      downloaded: true,
+      lastDownloadedAt: state.lastDownloadedAt,
+    };
+  };
+}
+
+/** Jobs: a job the watchdog finds stalled (it can be cancelled with its `cancel` route). */
+export function jobsArea(agent: Agent, watchdog: JobWatchdog): AreaSource {
+  return async (now) => {
+    const stalled = watchdog.stalled(now.getTime());
+    const running = agent.jobs
+      .active()
+      .map((j) => ({ id: j.id, kind: j.kind, phase: j.phase, startedAt: j.startedAt }));
+    if (stalled.length) {
+      return { status: 'failing', reason: stalled.map((s) => s.reason).join('; '), stalled, running };
+    }
+    return {
+      status: 'ok',
+      reason: running.length ? `${running.length} job(s) running normally` : 'No job is running',
+      stalled,
+      running,
+    };
+  };
+}

@@ -1,0 +1,218 @@
+/** The scheduled verification: the newest local backup in full, then each offsite destination's newest copy, then the Cloud DR slot's metadata. */
+import { Readable } from 'node:stream';
+import type { ReadableStream as NodeReadableStream } from 'node:stream/web';
+import { isBackupName } from '../../shared/storage/names';
+import type { Agent } from '../agent';
+import { verifyBackup } from '../backup/create';
+import { readBackup } from '../backup/reader';
+import { drServiceFor } from '../dr/service';
+import { AppError, describeError } from '../errors';
+import type { Job, JobContext } from '../jobs/runner';
+import { OFFSITE_KINDS, type OffsiteKind } from '../offsite/destinations';
+import { offsiteServiceFor } from '../offsite/service';
+import { headSlot } from './cloud-slot';
+import { type TargetResult, type VerificationTarget, verificationStateFor } from './state';
+
+/** Each target's result of this run; the job fails (after recording all of them) if any one failed. */
+export interface VerificationSummary {
+  ok: boolean;
+  results: TargetResult[];
+}
+
+async function verifyLocal(agent: Agent, ctx: JobContext): Promise<TargetResult> {
+  const at = new Date().toISOString();
+  const newest = (await agent.catalog.list())[0];
+  if (!newest)
+    return { target: 'local', at, ok: true, check: 'none', skipped: 'there is no local backup yet' };
+  try {
+    const r = await verifyBackup(agent, ctx, newest.filename);
+    return {
+      target: 'local',
+      at,
+      ok: true,
+      check: 'full',
+      filename: newest.filename,
+      details: { members: r.members },
+    };
+  } catch (error) {
+    if (ctx.signal.aborted) throw error;
+    return {
+      target: 'local',
+      at,
+      ok: false,
+      check: 'full',
+      filename: newest.filename,
+      error: describeError(error),
+    };
+  }
+}
+
+/** Streams a destination's newest copy through readBackup: every chunk decrypted and every checksum checked, no temp copy. */
+async function verifyOffsite(agent: Agent, ctx: JobContext, kind: OffsiteKind): Promise<TargetResult> {
+  const at = new Date().toISOString();
+  let filename: string | undefined;
+  try {
+    const provider = offsiteServiceFor(agent).provider(kind);
+    try {
+      const objects = (await provider.list()).filter((o) => isBackupName(o.name));
+      const newest = objects.sort((a, b) => b.name.localeCompare(a.name))[0];
+      if (!newest)
+        return { target: kind, at, ok: true, check: 'none', skipped: 'the destination holds no backup yet' };
+      filename = newest.name;
+      ctx.phase(`verify ${kind}`, newest.size);
+      const stream = await provider.get(newest.name, { signal: ctx.signal });
+      const { manifest } = await readBackup(Readable.fromWeb(stream as NodeReadableStream<Uint8Array>), {
+        keys: agent.keyring.masterKeys,
+        signal: ctx.signal,
+        onProgress: (bytes) => ctx.progress(bytes),
+      });
+      return {
+        target: kind,
+        at,
+        ok: true,
+        check: 'full',
+        filename,
+        details: { size: newest.size, members: manifest.members.length },
+      };
+    } finally {
+      await provider.close?.().catch(() => {});
+    }
+  } catch (error) {
+    if (ctx.signal.aborted) throw error;
+    return {
+      target: kind,
+      at,
+      ok: false,
+      check: 'full',
+      ...(filename ? { filename } : {}),
+      error: describeError(error),
+    };
+  }
+}
+
+/** The slot's size and created-at against the last successful push's record (and its hash, when recorded). */
+async function verifyCloud(agent: Agent, ctx: JobContext): Promise<TargetResult> {
+  const at = new Date().toISOString();
+  const dr = drServiceFor(agent);
+  const status = await dr.status();
+  if (!status.enabled || !status.url) {
+    return { target: 'cloud', at, ok: true, check: 'none', skipped: status.reason ?? 'Cloud DR is off' };
+  }
+  const pushed = status.lastSuccess;
+  if (!pushed) return { target: 'cloud', at, ok: true, check: 'none', skipped: 'nothing was pushed yet' };
+  ctx.phase('verify cloud');
+  try {
+    const slot = await headSlot(agent, status.url);
+    const expected = pushed as typeof pushed & { sha256?: string; createdAt?: string };
+    const problems: string[] = [];
+    if (!slot) problems.push('the cloud holds no backup for this installation');
+    else {
+      if (pushed.size !== undefined && slot.size !== pushed.size) {
+        problems.push(`the cloud copy is ${slot.size} bytes, ${pushed.size} were pushed`);
+      }
+      if (expected.sha256 && slot.sha256 !== expected.sha256)
+        problems.push('the cloud copy has another sha256');
+      const local = pushed.backup && (await agent.catalog.info(pushed.backup).catch(() => undefined));
+      const createdAt = expected.createdAt ?? (local ? local.createdAt : undefined);
+      if (createdAt && slot.createdAt !== createdAt) {
+        problems.push(`the cloud copy was made at ${slot.createdAt}, the pushed backup at ${createdAt}`);
+      }
+    }
+    const details = { slot, pushed: { at: pushed.at, size: pushed.size, backup: pushed.backup } };
+    if (problems.length) {
+      return {
+        target: 'cloud',
+        at,
+        ok: false,
+        check: 'metadata',
+        ...(pushed.backup ? { filename: pushed.backup } : {}),
+        error: { code: 'integrity', message: problems.join('; ') },
+        details,
+      };
+    }
+    return {
+      target: 'cloud',
+      at,
+      ok: true,
+      check: 'metadata',
+      ...(pushed.backup ? { filename: pushed.backup } : {}),
+      details,
+    };
+  } catch (error) {
+    if (ctx.signal.aborted) throw error;
+    return { target: 'cloud', at, ok: false, check: 'metadata', error: describeError(error) };
+  }
+}
+
+/**
+ * Runs one verification over every target, one at a time (so a slow destination never competes with
+ * another for bandwidth), recording each result as it comes: in verification-state.json, and on the
+ * local catalog record of the same backup (`remoteVerify`), so the list shows it.
+ */
+export async function runVerification(
+  agent: Agent,
+  ctx: JobContext,
+  jobId = 'standalone',
+): Promise<VerificationSummary> {
+  const store = verificationStateFor(agent);
+  const startedAt = new Date().toISOString();
+  const results: TargetResult[] = [];
+  const record = async (result: TargetResult) => {
+    results.push(result);
+    await store.update((s) => {
+      if (!result.skipped || !s.targets[result.target]) s.targets[result.target] = result;
+    });
+    if (
+      result.target !== 'local' &&
+      result.filename &&
+      !result.skipped &&
+      (await agent.catalog.exists(result.filename))
+    ) {
+      const info = await agent.catalog.info(result.filename);
+      await agent.catalog.updateRecord(result.filename, {
+        remoteVerify: {
+          ...info.remoteVerify,
+          [result.target]: {
+            verifiedAt: result.at,
+            verifyResult: result.ok ? 'ok' : 'failed',
+            ...(result.error ? { verifyError: result.error.message } : {}),
+          },
+        },
+      });
+    }
+  };
+  ctx.phase('verify local');
+  await record(await verifyLocal(agent, ctx));
+  const offsite = agent.settings.get().offsite;
+  for (const kind of OFFSITE_KINDS) {
+    ctx.throwIfCancelled();
+    if (offsite[kind].enabled) await record(await verifyOffsite(agent, ctx, kind));
+  }
+  ctx.throwIfCancelled();
+  await record(await verifyCloud(agent, ctx));
+  const ok = results.every((r) => r.ok);
+  await store.update((s) => {
+    s.lastRun = { jobId, startedAt, endedAt: new Date().toISOString(), ok, results };
+  });
+  if (!ok) {
+    const failed = results.filter((r) => !r.ok);
+    throw new AppError(
+      'corrupt_backup',
+      `verification failed: ${failed.map((r) => `${r.target}${r.filename ? ` (${r.filename})` : ''}: ${r.error?.message}`).join('; ')}`,
+      { details: { results } },
+    );
+  }
+  return { ok, results };
+}
+
+/** Starts the verification as a job (kind 'verification'); it only reads, so it may run beside others. */
+export function startVerification(agent: Agent): Promise<Job> {
+  let id = 'standalone';
+  const job = agent.jobs.start('verification', (ctx) => runVerification(agent, ctx, id), { mutating: false });
+  return job.then((j) => {
+    id = j.id;
+    return j;
+  });
+}
+
+export type { VerificationTarget };

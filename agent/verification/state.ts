@@ -1,0 +1,84 @@
+/** The scheduled verification's memory (verification-state.json in the data dir): last run and each target's last result. */
+import { readFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { writeSmallFileAtomic } from '../system/atomic-file';
+
+/** Where a verified copy lives: the local folder, an offsite destination, or the Cloud DR slot. */
+export type VerificationTarget = 'local' | 'sftp' | 's3' | 'smb' | 'cloud';
+
+/** One target's result in one run. */
+export interface TargetResult {
+  target: VerificationTarget;
+  at: string;
+  ok: boolean;
+  /** The backup that was checked (its name at the destination). */
+  filename?: string;
+  /** What was checked: the full content (decrypt + every checksum) or the slot's metadata. */
+  check: 'full' | 'metadata' | 'none';
+  /** Nothing to check there (no backup yet, destination off): not a failure. */
+  skipped?: string;
+  error?: { code: string; message: string };
+  details?: Record<string, unknown>;
+}
+
+export interface VerificationRun {
+  jobId: string;
+  startedAt: string;
+  endedAt: string;
+  ok: boolean;
+  results: TargetResult[];
+}
+
+export interface VerificationState {
+  /** When the schedule was first armed: the "overdue" baseline before the first run. */
+  armedAt?: string;
+  lastRun?: VerificationRun;
+  /** Each target's newest result (a run that skipped a target keeps its older result). */
+  targets: Partial<Record<VerificationTarget, TargetResult>>;
+}
+
+export const VERIFICATION_STATE_FILE = 'verification-state.json';
+
+/** Reads and updates verification-state.json; updates are serialized and written temp-then-rename. */
+export class VerificationStateStore {
+  private cache: VerificationState | undefined;
+  private queue: Promise<unknown> = Promise.resolve();
+  readonly path: string;
+
+  constructor(dataDir: string) {
+    this.path = join(dataDir, VERIFICATION_STATE_FILE);
+  }
+
+  async get(): Promise<VerificationState> {
+    this.cache ??= await readFile(this.path, 'utf8').then(
+      (text) => ({ targets: {}, ...(JSON.parse(text) as Partial<VerificationState>) }),
+      () => ({ targets: {} }),
+    );
+    return structuredClone(this.cache);
+  }
+
+  /** Applies `change` to a copy and saves it; memory follows disk. */
+  update(change: (state: VerificationState) => void): Promise<VerificationState> {
+    const run = this.queue.then(async () => {
+      const next = await this.get();
+      change(next);
+      await writeSmallFileAtomic(this.path, `${JSON.stringify(next, null, 2)}\n`, 0o600);
+      this.cache = next;
+      return structuredClone(next);
+    });
+    this.queue = run.catch(() => {});
+    return run;
+  }
+}
+
+const stores = new WeakMap<object, VerificationStateStore>();
+
+/** The one store per agent (keyed by the agent object), so every reader sees the same cache. */
+export function verificationStateFor(agent: { config: { dataDir: string } }): VerificationStateStore {
+  let store = stores.get(agent);
+  if (!store) {
+    store = new VerificationStateStore(agent.config.dataDir);
+    stores.set(agent, store);
+  }
+  return store;
+}
