@@ -12,6 +12,8 @@ import { startRestore } from '../../agent/restore/restore';
 const action = process.env.FAULT_ACTION ?? 'backup';
 const killPhase = process.env.KILL_PHASE;
 const killFraction = Number(process.env.KILL_FRACTION ?? 0);
+const killAfterMs = Number(process.env.KILL_AFTER_MS ?? 0);
+let armed = false;
 const say = (line: object) => process.stdout.write(`${JSON.stringify({ t: performance.now(), ...line })}\n`);
 
 const agent = await openAgent(loadConfig(), silentLogger);
@@ -25,9 +27,14 @@ agent.jobs.subscribeAll((event) => {
   }
   if (killPhase && phase === killPhase) {
     const fraction = bytesTotal ? (bytesDone ?? 0) / bytesTotal : 0;
-    if (fraction >= killFraction) {
-      say({ event: 'suicide', phase, fraction });
-      process.kill(process.pid, 'SIGKILL');
+    if (fraction >= killFraction && !armed) {
+      armed = true;
+      const die = () => {
+        say({ event: 'suicide', phase: agent.jobs.get(event.job.id)?.phase ?? phase, fraction });
+        process.kill(process.pid, 'SIGKILL');
+      };
+      if (killAfterMs > 0) setTimeout(die, killAfterMs);
+      else die();
     }
   }
 });

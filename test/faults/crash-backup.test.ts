@@ -30,6 +30,7 @@ let databaseUrl: string;
 let env: Record<string, string>;
 let keyringBytes: Buffer;
 let cleanMs = 0;
+let dumpMs = 0;
 const verified = new Map<string, string>();
 
 function open() {
@@ -112,6 +113,8 @@ describe('an agent killed during a backup', () => {
     const end = await run.exited;
     expect(end.code, end.stderr).toBe(0);
     cleanMs = Date.now() - started;
+    const at = (phase: string) => run.lines.find((l) => l.event === 'phase' && l.phase === phase)?.t ?? 0;
+    dumpMs = at('folders') - at('dump');
     expect(run.lines.at(-1)).toMatchObject({ event: 'done', state: 'succeeded' });
     console.log(
       `clean backup run: ${cleanMs} ms, phases ${run.lines
@@ -123,26 +126,46 @@ describe('an agent killed during a backup', () => {
   });
 
   it(`leaves nothing partial, every listed backup verifying, after ${KILLS} SIGKILLs`, async () => {
+    // 20 points over every phase: by time inside the dump, by bytes inside pack (tar+gzip+encrypt into
+    // the temp file) and verify (the fsynced temp file read back before its rename), then retention and the end.
+    const points: Record<string, string>[] = [
+      ...[0.1, 0.3, 0.5, 0.7, 0.9].map(
+        (f): Record<string, string> => ({
+          KILL_PHASE: 'dump',
+          KILL_AFTER_MS: String(Math.round(dumpMs * f)),
+        }),
+      ),
+      { KILL_PHASE: 'folders', KILL_FRACTION: '0' },
+      ...[0.05, 0.25, 0.5, 0.75, 0.95, 1].map(
+        (f): Record<string, string> => ({ KILL_PHASE: 'pack', KILL_FRACTION: String(f) }),
+      ),
+      ...[0.05, 0.25, 0.5, 0.75, 0.95, 1].map(
+        (f): Record<string, string> => ({ KILL_PHASE: 'verify', KILL_FRACTION: String(f) }),
+      ),
+      { KILL_PHASE: 'pruning old backups', KILL_FRACTION: '0' },
+      { KILL_PHASE: 'done-timer', KILL_FRACTION: '0', AFTER: String(cleanMs) },
+    ];
+    points.splice(KILLS);
     const phases: Record<string, number> = {};
     const failures: string[] = [];
-    for (let i = 0; i < KILLS; i++) {
-      const run = runChild({ ...env, FAULT_ACTION: 'backup' });
+    for (const [i, point] of points.entries()) {
+      const run = runChild({ ...env, FAULT_ACTION: 'backup', ...point });
       await Promise.race([run.started, run.exited]);
-      // Spread over the clean run, a little past its end too (retention, the job record).
-      const delay = Math.round((cleanMs * (i + 0.5)) / KILLS);
-      const timer = setTimeout(() => run.kill(), delay);
+      const timer = point.AFTER ? setTimeout(() => run.kill(), Number(point.AFTER)) : undefined;
       const end = await run.exited;
       clearTimeout(timer);
-      const where = end.signal === 'SIGKILL' ? (run.phase() ?? 'start') : 'finished';
+      const died = run.lines.find((l) => l.event === 'suicide');
+      const where = end.signal === 'SIGKILL' ? (died?.phase ?? run.phase() ?? 'start') : 'finished';
+      const label = `kill #${i} ${JSON.stringify(point)} (died in ${where})`;
       phases[where] = (phases[where] ?? 0) + 1;
       if (end.signal === 'SIGKILL') report.inject();
       const problems = await checkAfterRestart();
-      report.tried(problems.length === 0, `kill #${i} at ${delay} ms (${where}): ${problems.join('; ')}`);
-      if (problems.length) failures.push(`kill #${i} at ${delay} ms (${where}): ${problems.join('; ')}`);
+      report.tried(problems.length === 0, `${label}: ${problems.join('; ')}`);
+      if (problems.length) failures.push(`${label}: ${problems.join('; ')}`);
     }
     console.log(`kills by phase: ${JSON.stringify(phases)}`);
     expect(failures).toEqual([]);
-    expect(Object.keys(phases).filter((p) => p !== 'finished').length).toBeGreaterThanOrEqual(3);
+    expect(Object.keys(phases).filter((p) => p !== 'finished').length).toBeGreaterThanOrEqual(4);
   }, 900_000);
 
   it('restores the newest listed backup (a real restore, once)', async () => {
