@@ -207,10 +207,8 @@ export class AlertNotifier {
     const body = JSON.stringify(payload);
     const deliveries = await Promise.all(
       alerts.webhooks.map((w) =>
-        postWebhook(w.url, w.secret ?? '', body, {
-          timeoutMs: this.options.webhookTimeoutMs ?? 10_000,
-          now: () => this.now(),
-        }),
+        // Signed at the real time (not the injectable clock): receivers compare it with theirs.
+        postWebhook(w.url, w.secret ?? '', body, { timeoutMs: this.options.webhookTimeoutMs ?? 10_000 }),
       ),
     );
     if (alerts.email.enabled) deliveries.push(await this.email(alerts.email, payload));
