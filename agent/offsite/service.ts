@@ -38,6 +38,8 @@ import {
 export interface OffsiteServiceOptions {
   /** Retries of transient failures (default 4 attempts from 1 s, doubling). */
   retry?: RetryPolicy;
+  /** A transfer moving no byte for this long is given up and retried (default 5 min; tests shorten it). */
+  stallTimeoutMs?: number;
   /** Extra provider options per destination (timeouts; tests shorten them). */
   providerOverrides?: { [K in OffsiteKind]?: Partial<DestinationOptions[K]> };
 }
@@ -74,9 +76,14 @@ export class OffsiteService {
 
   constructor(
     private readonly agent: Agent,
-    private readonly options: OffsiteServiceOptions = {},
+    private options: OffsiteServiceOptions = {},
   ) {
     this.state = new OffsiteStateStore(agent.config.dataDir);
+  }
+
+  /** Replaces the retry, stall and provider options (used by tests before any transfer). */
+  configure(options: OffsiteServiceOptions): void {
+    this.options = options;
   }
 
   /** The saved section of a destination (secrets in plain text). */
@@ -186,6 +193,7 @@ export class OffsiteService {
       signal: ctx.signal,
       onProgress: (bytes: number) => ctx.progress(bytes),
       ...(this.options.retry ? { retry: this.options.retry } : {}),
+      ...(this.options.stallTimeoutMs ? { stallTimeoutMs: this.options.stallTimeoutMs } : {}),
       onRetry: (error: { code: string }, attempt: number, delayMs: number) =>
         ctx.log.warn('a transfer failed and is retried', { code: error.code, attempt, delayMs }),
     };
@@ -348,6 +356,7 @@ export class OffsiteService {
               report();
             },
             ...(this.options.retry ? { retry: this.options.retry } : {}),
+            ...(this.options.stallTimeoutMs ? { stallTimeoutMs: this.options.stallTimeoutMs } : {}),
             onRetry: (error, attempt) =>
               ctx.log.warn('an upload failed and is retried', {
                 destination: kind,
@@ -432,12 +441,14 @@ function withRetryList(
 
 const services = new WeakMap<Agent, OffsiteService>();
 
-/** The agent's one offsite service (options apply on first use: tests pass shorter retries). */
+/** The agent's one offsite service; `options` (tests: shorter retries and timeouts) replace its current ones. */
 export function offsiteServiceFor(agent: Agent, options?: OffsiteServiceOptions): OffsiteService {
   let service = services.get(agent);
   if (!service) {
     service = new OffsiteService(agent, options);
     services.set(agent, service);
+  } else if (options) {
+    service.configure(options);
   }
   return service;
 }

@@ -20,6 +20,60 @@ export interface TransferOptions {
   onProgress?: (bytes: number) => void;
   retry?: RetryPolicy;
   onRetry?: RetryOptions['onRetry'];
+  /** An attempt that moves no byte for this long is given up as 'unreachable' and retried (default 5 min). */
+  stallTimeoutMs?: number;
+}
+
+export const DEFAULT_STALL_TIMEOUT_MS = 5 * 60_000;
+
+/**
+ * Runs one transfer attempt under a stall watchdog: a server that freezes mid-transfer may never answer
+ * again (nor let the provider clean up), so after `stallMs` without progress the attempt's own signal is
+ * aborted and the attempt is given up at once as a retryable 'unreachable', whatever the provider does.
+ */
+export async function guardStall<T>(
+  attempt: (signal: AbortSignal, onProgress: (bytes: number) => void) => Promise<T>,
+  options: Pick<TransferOptions, 'signal' | 'onProgress' | 'stallTimeoutMs'>,
+): Promise<T> {
+  const stallMs = options.stallTimeoutMs ?? DEFAULT_STALL_TIMEOUT_MS;
+  const controller = new AbortController();
+  const onOuterAbort = () => controller.abort(options.signal?.reason);
+  options.signal?.addEventListener('abort', onOuterAbort, { once: true });
+  let timer: NodeJS.Timeout | undefined;
+  let stalled: (error: StorageError) => void = () => {};
+  const watchdog = new Promise<never>((_, reject) => {
+    stalled = reject;
+  });
+  const arm = () => {
+    clearTimeout(timer);
+    timer = setTimeout(() => {
+      // Rejected first, so the race reports the stall, not the provider's reaction to the abort.
+      stalled(
+        new StorageError(
+          'unreachable',
+          `the server stopped answering: no progress for ${Math.round(stallMs / 1000)} s`,
+        ),
+      );
+      controller.abort();
+    }, stallMs);
+  };
+  arm();
+  const work = attempt(controller.signal, (bytes) => {
+    arm();
+    options.onProgress?.(bytes);
+  });
+  work.catch(() => {}); // given up on a stall: its late failure is not news
+  try {
+    return await Promise.race([work, watchdog]);
+  } catch (error) {
+    if (options.signal?.aborted && !(error instanceof StorageError && error.code === 'aborted')) {
+      throw new StorageError('aborted', 'the operation was cancelled', { cause: error });
+    }
+    throw error;
+  } finally {
+    clearTimeout(timer);
+    options.signal?.removeEventListener('abort', onOuterAbort);
+  }
 }
 
 /** Lower-case hex sha256 of a file. */
@@ -56,7 +110,7 @@ export async function uploadBackup(
   const source = fileSource(path, size, sha256);
   const retry = { ...options.retry, signal: options.signal, onRetry: options.onRetry };
   const stored = await withRetry(
-    () => provider.put(name, source, { signal: options.signal, onProgress: options.onProgress }),
+    () => guardStall((signal, onProgress) => provider.put(name, source, { signal, onProgress }), options),
     retry,
   );
   const remote = await withRetry(() => provider.stat(name), retry);
@@ -82,14 +136,18 @@ export async function downloadToCatalog(
 ): Promise<ReceivedBackup> {
   const retry = { ...options.retry, signal: options.signal, onRetry: options.onRetry };
   const remote = await withRetry(() => provider.stat(name), retry);
-  return withRetry(async () => {
-    const stream = await provider.get(name, options.signal ? { signal: options.signal } : {});
-    return receiveUpload(agent, name, Readable.fromWeb(stream as never), {
-      declaredSize: remote.size,
-      ...(options.signal ? { signal: options.signal } : {}),
-      ...(options.onProgress ? { onProgress: options.onProgress } : {}),
-    });
-  }, retry);
+  return withRetry(
+    () =>
+      guardStall(async (signal, onProgress) => {
+        const stream = await provider.get(name, { signal });
+        return receiveUpload(agent, name, Readable.fromWeb(stream as never), {
+          declaredSize: remote.size,
+          signal,
+          onProgress,
+        });
+      }, options),
+    retry,
+  );
 }
 
 /** Copies a remote backup to `path` (a private work file), checking its size; for restores straight from a destination. */
@@ -101,27 +159,31 @@ export async function downloadToFile(
 ): Promise<number> {
   const retry = { ...options.retry, signal: options.signal, onRetry: options.onRetry };
   const remote = await withRetry(() => provider.stat(name), retry);
-  return withRetry(async () => {
-    let bytes = 0;
-    const counter = new Transform({
-      transform(chunk: Buffer, _e, cb) {
-        bytes += chunk.length;
-        options.onProgress?.(bytes);
-        cb(null, chunk);
-      },
-    });
-    const stream = await provider.get(name, options.signal ? { signal: options.signal } : {});
-    await pipeline(
-      Readable.fromWeb(stream as never),
-      counter,
-      createWriteStream(path, { mode: 0o600 }),
-      options.signal ? { signal: options.signal } : {},
-    );
-    if (bytes !== remote.size) {
-      throw new StorageError('io', `the download of ${name} was cut short: ${bytes} of ${remote.size} bytes`);
-    }
-    return bytes;
-  }, retry);
+  return withRetry(
+    () =>
+      guardStall(async (signal, onProgress) => {
+        let bytes = 0;
+        const counter = new Transform({
+          transform(chunk: Buffer, _e, cb) {
+            bytes += chunk.length;
+            onProgress(bytes);
+            cb(null, chunk);
+          },
+        });
+        const stream = await provider.get(name, { signal });
+        await pipeline(Readable.fromWeb(stream as never), counter, createWriteStream(path, { mode: 0o600 }), {
+          signal,
+        });
+        if (bytes !== remote.size) {
+          throw new StorageError(
+            'io',
+            `the download of ${name} was cut short: ${bytes} of ${remote.size} bytes`,
+          );
+        }
+        return bytes;
+      }, options),
+    retry,
+  );
 }
 
 /** When a backup was made, read from its name (UTC), for remote copies whose header we do not have. */

@@ -9,6 +9,7 @@ import type { TestPostgres } from '../services/postgres';
 /** Short retries and timeouts, so a down destination fails in seconds, not minutes. */
 export const FAST: OffsiteServiceOptions = {
   retry: { attempts: 2, baseDelayMs: 50, maxDelayMs: 200 },
+  stallTimeoutMs: 3000,
   providerOverrides: { sftp: { timeoutMs: 2000 }, smb: { timeoutSeconds: 5 } },
 };
 
@@ -28,6 +29,7 @@ export async function call(
   method: string,
   path: string,
   body?: unknown,
+  // biome-ignore lint/suspicious/noExplicitAny: JSON answers, checked by each test's expectations
 ): Promise<{ status: number; body: any }> {
   const res = await t.request(`/api/v1${path}`, {
     method,

@@ -9,7 +9,7 @@ import type { TestAgent } from '../services/agent';
 import { freePort } from '../services/ports';
 import { startPostgres, type TestPostgres, withSql } from '../services/postgres';
 import { type SshdService, startSshd } from '../services/sshd';
-import { backupNow, call, FAST, filenameOf, runJob, startOffsiteAgent } from './helpers';
+import { backupNow, call, filenameOf, runJob, startOffsiteAgent } from './helpers';
 
 let pg: TestPostgres;
 let t: TestAgent;
@@ -205,5 +205,3 @@ describe('restore from a remote copy', () => {
     );
   });
 });
-
-void FAST;
