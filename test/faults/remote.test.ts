@@ -1,0 +1,140 @@
+/** Remote faults: the SFTP and S3 servers frozen at 10 %, 50 % and 99 % of an upload: no partial object under a final name; the next sync completes. */
+import { readdir } from 'node:fs/promises';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { runProcess } from '../../agent/system/spawn';
+import { backupNow, call, filenameOf, runJob, startOffsiteAgent } from '../offsite/helpers';
+import type { TestAgent } from '../services/agent';
+import { startPostgres, type TestPostgres, withSql } from '../services/postgres';
+import { type S3Service, startS3 } from '../services/s3';
+import { type SshdService, startSshd } from '../services/sshd';
+import { faultReport } from './report';
+
+const report = faultReport('remote', 'server freezes');
+
+let pg: TestPostgres;
+let sshd: SshdService;
+let s3: S3Service;
+let t: TestAgent;
+let name: string;
+
+/** Every file name under `dir`, recursively (the raw view of the server's storage). */
+async function rawNames(dir: string): Promise<string[]> {
+  const out: string[] = [];
+  for (const entry of await readdir(dir, { withFileTypes: true }).catch(() => [])) {
+    if (entry.isDirectory()) out.push(...(await rawNames(join(dir, entry.name))));
+    else out.push(entry.name);
+  }
+  return out;
+}
+
+/** s3rver has no pause: SIGSTOP the process listening on its port, as a hung server. */
+async function s3Signal(signal: 'SIGSTOP' | 'SIGCONT'): Promise<void> {
+  const port = new URL(s3.endpoint).port;
+  const { stdout } = await runProcess('ss', ['-ltnpH', `sport = :${port}`]);
+  const pid = Number(/pid=(\d+)/.exec(stdout)?.[1]);
+  if (!pid)
+    throw new Error(`no process listens on ${port} (ss from the iproute2 package is needed): ${stdout}`);
+  process.kill(pid, signal);
+}
+
+const destinations = {
+  sftp: {
+    settings: () => ({
+      enabled: true,
+      host: sshd.host,
+      port: sshd.port,
+      username: sshd.passwordUser.username,
+      remotePath: 'faults',
+      auth: { password: sshd.passwordUser.password },
+    }),
+    raw: () => rawNames(join(sshd.root, 'faults')),
+    freeze: async () => sshd.pause(),
+    thaw: async () => sshd.resume(),
+  },
+  s3: {
+    settings: () => ({
+      enabled: true,
+      provider: 'minio',
+      endpoint: s3.endpoint,
+      region: s3.region,
+      bucket: s3.bucket,
+      accessKeyId: s3.accessKeyId,
+      secretAccessKey: s3.secretAccessKey,
+    }),
+    raw: () => rawNames(s3.root),
+    freeze: () => s3Signal('SIGSTOP'),
+    thaw: () => s3Signal('SIGCONT'),
+  },
+} as const;
+
+beforeAll(async () => {
+  [pg, sshd, s3] = await Promise.all([startPostgres(), startSshd(), startS3()]);
+  t = await startOffsiteAgent(pg);
+  // About 30 MB that no compression shrinks, so the upload takes a while.
+  await withSql(t.agent.databaseUrl, (sql) =>
+    sql.unsafe(
+      `create table noise as select g as id, (select string_agg(uuid_send(gen_random_uuid()), ''::bytea) from generate_series(1, 64) where g > 0) as data from generate_series(1, 28000) g`,
+    ),
+  );
+  name = filenameOf(await backupNow(t));
+  await t.agent.settings.update({
+    offsite: { sftp: destinations.sftp.settings(), s3: destinations.s3.settings() } as never,
+  });
+});
+
+afterAll(async () => {
+  report.print();
+  sshd?.resume();
+  await s3Signal('SIGCONT').catch(() => {});
+  await t?.close();
+  await Promise.all([pg?.stop(), sshd?.stop(), s3?.stop()]);
+});
+
+describe('a destination that stops answering mid-upload', () => {
+  for (const kind of ['sftp', 's3'] as const) {
+    for (const at of [0.1, 0.5, 0.99]) {
+      it(`${kind} frozen at ${at * 100} %: no partial object under the final name, the next sync completes`, async () => {
+        const d = destinations[kind];
+        const res = await call(t, 'POST', `/offsite/${kind}/sync`);
+        expect(res.status).toBe(202);
+        const id = res.body.jobId as string;
+        for (;;) {
+          const job = t.agent.jobs.get(id)!;
+          if (job.endedAt) break;
+          if (job.phase?.startsWith('uploading') && job.bytesTotal && job.bytesDone / job.bytesTotal >= at)
+            break;
+          await new Promise((r) => setTimeout(r, 2));
+        }
+        await d.freeze();
+        report.inject();
+        let job: Awaited<ReturnType<typeof t.agent.jobs.waitFor>>;
+        try {
+          job = await t.agent.jobs.waitFor(id);
+          // Checked while the server is still frozen: whatever is there now is what a crash would leave.
+        } finally {
+          await d.thaw();
+        }
+        const raw = await d.raw();
+        const listed = JSON.stringify((await call(t, 'GET', `/offsite/${kind}/backups`)).body);
+        const partial =
+          job.state !== 'succeeded' &&
+          (raw.includes(name) ||
+            raw.some((n) => n.startsWith(`${name}.`) && !n.includes('tmp')) ||
+            listed.includes(name));
+        const next = await runJob(t, 'POST', `/offsite/${kind}/sync`);
+        const after = JSON.stringify((await call(t, 'GET', `/offsite/${kind}/backups`)).body);
+        const ok = !partial && next.state === 'succeeded' && after.includes(name);
+        report.tried(ok, `${kind} at ${at}: first ${job.state}, partial ${partial}, next ${next.state}`);
+        console.log(
+          `${kind} frozen at ${at * 100} %: first sync ${job.state} ${job.error?.code ?? ''}, raw ${raw.join(', ')}`,
+        );
+        expect(partial, raw.join(', ')).toBe(false);
+        expect(next.state, JSON.stringify(next.error)).toBe('succeeded');
+        expect(after).toContain(name);
+        // Start the next case from an empty destination.
+        expect((await call(t, 'DELETE', `/offsite/${kind}/backups/${name}`)).status).toBeLessThan(300);
+      });
+    }
+  }
+});
