@@ -1,0 +1,125 @@
+// One agent operation in its own process, so the benchmark can read its peak RSS: prints one JSON line.
+
+import { openAgent } from '../agent/agent';
+import { createBackup, verifyBackup } from '../agent/backup/create';
+import { loadConfig } from '../agent/config';
+import { drServiceFor } from '../agent/dr/service';
+import type { JobContext } from '../agent/jobs/runner';
+import { silentLogger } from '../agent/log';
+import { uploadBackup } from '../agent/offsite/transfer';
+import type { S3Options, SftpOptions, SmbOptions } from '../agent/providers';
+import { S3Provider, SftpProvider, SmbProvider } from '../agent/providers';
+import { restoreFromFile } from '../agent/restore/restore';
+import type { StorageProvider } from '../shared/storage/index';
+
+/** What the benchmark asks of one child. */
+export interface ChildRequest {
+  op: 'idle' | 'backup' | 'verify' | 'restore' | 'upload' | 'dr-push';
+  /** Environment of the agent (DATABASE_URL, GEM_DATA_DIR, ...). */
+  env: Record<string, string>;
+  /** For `restore`: the agent whose catalog holds the backup opens with this DATABASE_URL instead. */
+  provider?:
+    | { kind: 'sftp'; options: SftpOptions }
+    | { kind: 'smb'; options: SmbOptions }
+    | { kind: 's3'; options: S3Options };
+}
+
+/** What one child reports. */
+export interface ChildReport {
+  ms: number;
+  maxRssBytes: number;
+  /** Bytes of the backup file the operation made or read. */
+  bytes: number;
+  backup: string;
+  detail?: unknown;
+  /** Phase name and its start, ms after the operation began. */
+  phases: Array<[string, number]>;
+}
+
+/** A job context that records when each phase started (ms since the operation began). */
+function timingContext(phases: Array<[string, number]>): JobContext {
+  const controller = new AbortController();
+  const started = performance.now();
+  return {
+    signal: controller.signal,
+    log: silentLogger,
+    phase: (name) => {
+      phases.push([name, Math.round(performance.now() - started)]);
+    },
+    progress: () => {},
+    notice: () => {},
+    throwIfCancelled: () => {},
+  };
+}
+
+async function main(): Promise<void> {
+  const request = JSON.parse(process.argv[2]!) as ChildRequest;
+  const agent = await openAgent(loadConfig(request.env), silentLogger);
+  const phases: Array<[string, number]> = [];
+  const ctx = timingContext(phases);
+  const deps = {
+    keyring: agent.keyring,
+    catalog: agent.catalog,
+    sources: agent.sources,
+    workDir: agent.paths.work,
+  };
+  if (request.op === 'backup') {
+    // One backup at a time on disk: the previous one goes before the clock starts.
+    for (const old of await agent.catalog.list()) await agent.catalog.delete(old.filename);
+  }
+  const latest = (await agent.catalog.list())[0];
+  if (request.op !== 'backup' && request.op !== 'idle' && !latest)
+    throw new Error('no backup in the catalog: run the backup first');
+  const started = performance.now();
+  let detail: unknown;
+  let name = latest?.filename ?? '';
+  if (request.op === 'idle') {
+    // The agent opened and doing nothing: the floor every operation's RSS starts from.
+  } else if (request.op === 'backup') {
+    name = (await createBackup(deps, ctx, { kind: 'manual', label: 'benchmark' })).filename;
+  } else if (request.op === 'verify') {
+    detail = await verifyBackup(agent, ctx, name).then((r) => ({ members: r.members }));
+  } else if (request.op === 'restore') {
+    const result = await restoreFromFile(agent, ctx, agent.catalog.pathOf(name), {
+      filename: name,
+      skipSafetyBackup: true,
+    });
+    detail = { tables: result.tables, rows: result.rows };
+  } else if (request.op === 'upload') {
+    const p = request.provider!;
+    const provider: StorageProvider =
+      p.kind === 'sftp'
+        ? new SftpProvider(p.options)
+        : p.kind === 'smb'
+          ? new SmbProvider(p.options)
+          : new S3Provider(p.options);
+    try {
+      detail = await uploadBackup(agent, provider, name, { retry: { attempts: 1 } });
+    } finally {
+      await provider.close?.();
+    }
+  } else {
+    const dr = drServiceFor(agent);
+    const job = await agent.jobs.waitFor((await dr.startPush()).id);
+    if (job.error) throw new Error(`DR push failed: ${job.error.code}: ${job.error.message}`);
+    detail = job.result;
+  }
+  const ms = performance.now() - started;
+  const bytes = name ? (await agent.catalog.info(name)).size : 0;
+  const report: ChildReport = {
+    ms,
+    maxRssBytes: process.resourceUsage().maxRSS * 1024,
+    bytes,
+    backup: name,
+    detail,
+    phases,
+  };
+  process.stdout.write(`${JSON.stringify(report)}\n`);
+  await agent.close();
+  process.exit(0);
+}
+
+main().catch((error) => {
+  process.stderr.write(`${error instanceof Error ? (error.stack ?? error.message) : String(error)}\n`);
+  process.exit(1);
+});

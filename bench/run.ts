@@ -1,0 +1,504 @@
+// `npm run bench`: the agent's backup, verify, restore, uploads and DR push against the plain tools, A/B alternated.
+import { spawn } from 'node:child_process';
+import { createWriteStream, existsSync } from 'node:fs';
+import { mkdir, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { createServer } from 'node:http';
+import { cpus, loadavg, totalmem } from 'node:os';
+import { join } from 'node:path';
+import { pipeline } from 'node:stream/promises';
+import postgres from 'postgres';
+import { GZIP_LEVEL } from '../agent/backup/create';
+import { findPgBinDir } from '../agent/config';
+import { startS3 } from '../test/services/s3';
+import { startSmbd } from '../test/services/smbd';
+import { startSshd } from '../test/services/sshd';
+import type { ChildReport, ChildRequest } from './agent-child';
+import { BENCH_DB, benchDatabase } from './database';
+import { DR_ENROLLMENT_TOKEN, startBenchDrCloud } from './dr-cloud';
+import type { PlainRequest } from './plain-child';
+import { type Comparison, renderMarkdown, renderTerminal, type Sample, summarize } from './report';
+
+const HERE = new URL('.', import.meta.url).pathname;
+const ROOT = join(HERE, '..');
+const CACHE = join(HERE, 'cache');
+const TSX = join(ROOT, 'node_modules/tsx/dist/esm/index.mjs');
+const SECTIONS = ['backup', 'verify', 'restore', 'upload', 'dr'] as const;
+
+interface Options {
+  bytes: number;
+  runs: number;
+  only: Set<string>;
+  record: boolean;
+}
+
+function parseSize(text: string): number {
+  const m = /^(\d+(?:\.\d+)?)\s*(MB|GB|M|G)?$/i.exec(text.trim());
+  if (!m) throw new Error(`--size: expected e.g. 1GB or 200MB, got ${text}`);
+  return Number(m[1]) * (m[2]?.toUpperCase().startsWith('M') ? 1e6 : 1e9);
+}
+
+function parseArgs(argv: string[]): Options {
+  const quick = argv.includes('--quick');
+  const value = (flag: string) => {
+    const i = argv.indexOf(flag);
+    return i >= 0 ? argv[i + 1] : undefined;
+  };
+  const only = value('--only')?.split(',') ?? [...SECTIONS];
+  for (const s of only)
+    if (!(SECTIONS as readonly string[]).includes(s)) throw new Error(`--only: unknown ${s}`);
+  return {
+    bytes: parseSize(value('--size') ?? (quick ? '200MB' : '1GB')),
+    runs: Number(value('--runs') ?? (quick ? 1 : 3)),
+    only: new Set(only),
+    record: argv.includes('--record'),
+  };
+}
+
+const log = (line: string) => process.stdout.write(`${new Date().toISOString().slice(11, 19)} ${line}\n`);
+
+/** Runs a node child (agent-child.ts or plain-child.ts) and parses the JSON line it prints. */
+async function nodeChild<T>(script: string, request: unknown): Promise<T> {
+  const child = spawn(process.execPath, ['--import', TSX, join(HERE, script), JSON.stringify(request)], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+    cwd: ROOT,
+  });
+  let out = '';
+  let err = '';
+  child.stdout.on('data', (c) => {
+    out += c;
+  });
+  child.stderr.on('data', (c) => {
+    err = (err + c).slice(-4000);
+  });
+  const code = await new Promise<number | null>((resolve) => child.on('close', resolve));
+  if (code !== 0)
+    throw new Error(`${script} ${JSON.stringify((request as { op: string }).op)} failed: ${err}`);
+  return JSON.parse(out.trim().split('\n').pop()!) as T;
+}
+
+/** Runs a plain tool under /usr/bin/time (for its peak RSS), timing it from spawn to exit. */
+async function timed(
+  command: string,
+  args: string[],
+  options: { env?: NodeJS.ProcessEnv; stdout?: 'ignore' } = {},
+): Promise<{ ms: number; maxRssBytes: number }> {
+  const out = join(CACHE, 'work', `time-${process.pid}.txt`);
+  const started = performance.now();
+  const child = spawn('/usr/bin/time', ['-f', '%M', '-o', out, command, ...args], {
+    stdio: ['ignore', options.stdout ?? 'pipe', 'pipe'],
+    env: { ...process.env, ...options.env },
+  });
+  let err = '';
+  child.stderr?.on('data', (c) => {
+    err = (err + c).slice(-4000);
+  });
+  child.stdout?.resume();
+  const code = await new Promise<number | null>((resolve) => child.on('close', resolve));
+  const ms = performance.now() - started;
+  if (code !== 0) throw new Error(`${command} failed (${code}): ${err}`);
+  const kb = Number((await readFile(out, 'utf8')).trim().split('\n').pop());
+  return { ms, maxRssBytes: kb * 1024 };
+}
+
+/** Alternates A and B `runs` times (ABAB.. then BABA.. on odd runs), with an untimed `before` each. */
+async function compare(
+  name: string,
+  runs: number,
+  agent: () => Promise<Sample>,
+  plain: () => Promise<Sample>,
+  labels: { agent: string; plain: string },
+  before: () => Promise<void> = async () => {},
+): Promise<Comparison> {
+  const a: Sample[] = [];
+  const b: Sample[] = [];
+  for (let i = 0; i < runs; i++) {
+    const order = i % 2 === 0 ? (['a', 'b'] as const) : (['b', 'a'] as const);
+    for (const which of order) {
+      await before();
+      const sample = which === 'a' ? await agent() : await plain();
+      (which === 'a' ? a : b).push(sample);
+      log(
+        `${name} ${which === 'a' ? labels.agent : labels.plain}: ${(sample.ms / 1000).toFixed(2)} s, ` +
+          `${(sample.maxRssBytes / 1048576).toFixed(0)} MB RSS`,
+      );
+    }
+  }
+  return { name, labels, agent: a, plain: b };
+}
+
+async function main(): Promise<void> {
+  const options = parseArgs(process.argv.slice(2));
+  const binDir = findPgBinDir(process.env.GEM_PG_BIN);
+  await mkdir(CACHE, { recursive: true });
+  await rm(join(CACHE, 'work'), { recursive: true, force: true });
+  await mkdir(join(CACHE, 'work'), { recursive: true });
+  const work = join(CACHE, 'work');
+  const db = await benchDatabase({ cacheDir: CACHE, binDir, bytes: options.bytes, log });
+  const stops: Array<() => Promise<void>> = [() => db.cluster.stop()];
+  const stopAll = async () => {
+    for (const stop of stops.reverse()) await stop().catch(() => {});
+  };
+  process.once('SIGINT', () => void stopAll().then(() => process.exit(130)));
+  try {
+    const comparisons: Comparison[] = [];
+    const port = db.cluster.port;
+    const pgArgs = ['-h', '127.0.0.1', '-p', String(port), '-U', 'postgres'];
+    const admin = postgres(db.cluster.url('postgres'), { max: 1, onnotice: () => {} });
+    stops.push(() => admin.end());
+    if ((await admin`select 1 from pg_database where datname = 'bench_target'`).length === 0)
+      await admin.unsafe('create database bench_target');
+
+    const agentDir = join(CACHE, `agent-${Math.round(options.bytes / 1e6)}MB`);
+    const agentEnv = (extra: Record<string, string> = {}): Record<string, string> => ({
+      DATABASE_URL: db.url,
+      GEM_DATA_DIR: agentDir,
+      GEM_SCRIPTS_DIR: join(agentDir, 'gem', 'scripts'),
+      GEM_CONFIG_DIR: join(agentDir, 'gem', 'config'),
+      GEM_AGENT_TOKEN: 'bench-admin-token-0123456789abcdef',
+      GEM_PG_BIN: binDir,
+      NODE_ENV: 'production',
+      ...extra,
+    });
+    if (!existsSync(join(agentDir, 'gem'))) {
+      const { writeSampleFolders } = await import('../agent/db/seed');
+      await writeSampleFolders(join(agentDir, 'gem', 'scripts'), join(agentDir, 'gem', 'config'));
+    }
+    const agentOp = async (request: Omit<ChildRequest, 'env'> & { env?: Record<string, string> }) => {
+      const r = await nodeChild<ChildReport>('agent-child.ts', { ...request, env: agentEnv(request.env) });
+      return r;
+    };
+    const plainDump = join(work, 'plain.dump');
+    const backupFile = async () => {
+      const files = (await readdir(join(agentDir, 'backups'))).filter(
+        (n) => !n.startsWith('.') && !n.endsWith('.json'),
+      );
+      const name = files.sort().pop();
+      if (!name) throw new Error('no agent backup: run with the backup section first');
+      return {
+        name,
+        path: join(agentDir, 'backups', name),
+        size: (await stat(join(agentDir, 'backups', name))).size,
+      };
+    };
+
+    // Backup: the agent end to end against pg_dump -Fc -f file (its default compression).
+    if (options.only.has('backup') || !existsSync(join(agentDir, 'backups'))) {
+      comparisons.push(
+        await compare(
+          'backup',
+          options.only.has('backup') ? options.runs : 1,
+          async () => {
+            const r = await agentOp({ op: 'backup' });
+            return { ms: r.ms, maxRssBytes: r.maxRssBytes, bytes: r.bytes, work: db.bytes, phases: r.phases };
+          },
+          async () => {
+            await rm(plainDump, { force: true });
+            const r = await timed(join(binDir, 'pg_dump'), [...pgArgs, '-Fc', '-f', plainDump, BENCH_DB]);
+            return { ...r, bytes: (await stat(plainDump)).size, work: db.bytes };
+          },
+          { agent: 'agent backup', plain: 'pg_dump -Fc -f file' },
+        ),
+      );
+    }
+    if (!existsSync(plainDump))
+      await timed(join(binDir, 'pg_dump'), [...pgArgs, '-Fc', '-f', plainDump, BENCH_DB]);
+
+    if (options.only.has('verify')) {
+      comparisons.push(
+        await compare(
+          'verify',
+          options.runs,
+          async () => {
+            const r = await agentOp({ op: 'verify' });
+            return { ms: r.ms, maxRssBytes: r.maxRssBytes, bytes: r.bytes, work: r.bytes, phases: r.phases };
+          },
+          async () => {
+            const file = await backupFile();
+            const r = await timed('cat', [file.path], { stdout: 'ignore' });
+            return { ...r, bytes: file.size, work: file.size };
+          },
+          { agent: 'agent verify', plain: 'cat file > /dev/null' },
+        ),
+      );
+    }
+
+    if (options.only.has('restore')) {
+      comparisons.push(
+        await compare(
+          'restore',
+          options.runs,
+          async () => {
+            const r = await agentOp({ op: 'restore', env: { DATABASE_URL: db.cluster.url('bench_target') } });
+            return { ms: r.ms, maxRssBytes: r.maxRssBytes, bytes: r.bytes, work: db.bytes, phases: r.phases };
+          },
+          async () => {
+            const r = await timed(join(binDir, 'pg_restore'), [
+              ...pgArgs,
+              '-j',
+              '2',
+              '-d',
+              'bench_plain',
+              plainDump,
+            ]);
+            return { ...r, bytes: (await stat(plainDump)).size, work: db.bytes };
+          },
+          { agent: 'agent restore', plain: 'pg_restore -j 2' },
+          async () => {
+            await admin.unsafe('drop database if exists bench_plain');
+            await admin.unsafe('create database bench_plain');
+          },
+        ),
+      );
+      await admin.unsafe('drop database if exists bench_plain');
+    }
+
+    if (options.only.has('upload')) {
+      const file = await backupFile();
+      const sshd = await startSshd();
+      stops.push(() => sshd.stop());
+      const smbd = await startSmbd();
+      stops.push(() => smbd.stop());
+      const s3 = await startS3({ bucket: 'bench' });
+      stops.push(() => s3.stop());
+      const keyFile = join(work, 'sftp-key');
+      await writeFile(
+        keyFile,
+        sshd.keyUser.privateKey.endsWith('\n') ? sshd.keyUser.privateKey : `${sshd.keyUser.privateKey}\n`,
+        { mode: 0o600 },
+      );
+      const batch = join(work, 'sftp-batch');
+      await writeFile(batch, `-mkdir plain\nput ${file.path} plain/${file.name}\n`);
+      const authFile = join(work, 'smb-auth');
+      await writeFile(authFile, `username = ${smbd.username}\npassword = ${smbd.password}\n`, {
+        mode: 0o600,
+      });
+      const clearRemote = async () => {
+        for (const dir of [sshd.root, smbd.root]) {
+          for (const entry of await readdir(dir)) {
+            if (
+              entry === 'bench' ||
+              entry === 'plain' ||
+              entry.endsWith('.backup') ||
+              entry.startsWith('gem-')
+            )
+              await rm(join(dir, entry), { recursive: true, force: true });
+          }
+        }
+      };
+      const uploadSample = (r: { ms: number; maxRssBytes: number }) => ({
+        ...r,
+        bytes: file.size,
+        work: file.size,
+      });
+      comparisons.push(
+        await compare(
+          'upload sftp',
+          options.runs,
+          async () =>
+            uploadSample(
+              await agentOp({
+                op: 'upload',
+                provider: {
+                  kind: 'sftp',
+                  options: {
+                    host: sshd.host,
+                    port: sshd.port,
+                    username: sshd.keyUser.username,
+                    privateKey: sshd.keyUser.privateKey,
+                    remotePath: 'bench',
+                    hostKeyFingerprint: sshd.hostKeyFingerprint,
+                  },
+                },
+              }),
+            ),
+          async () =>
+            uploadSample(
+              await timed('sftp', [
+                '-b',
+                batch,
+                '-i',
+                keyFile,
+                '-P',
+                String(sshd.port),
+                '-o',
+                'StrictHostKeyChecking=no',
+                '-o',
+                'UserKnownHostsFile=/dev/null',
+                '-o',
+                'BatchMode=yes',
+                `${sshd.keyUser.username}@${sshd.host}`,
+              ]),
+            ),
+          { agent: 'agent SFTP upload', plain: 'sftp -b put' },
+          clearRemote,
+        ),
+      );
+      comparisons.push(
+        await compare(
+          'upload smb',
+          options.runs,
+          async () =>
+            uploadSample(
+              await agentOp({
+                op: 'upload',
+                provider: {
+                  kind: 'smb',
+                  options: {
+                    host: smbd.host,
+                    port: smbd.port,
+                    share: smbd.share,
+                    username: smbd.username,
+                    password: smbd.password,
+                    remotePath: '/bench/',
+                  },
+                },
+              }),
+            ),
+          async () =>
+            uploadSample(
+              await timed('smbclient', [
+                `//${smbd.host}/${smbd.share}`,
+                '-p',
+                String(smbd.port),
+                '-m',
+                'SMB3',
+                '-A',
+                authFile,
+                '-c',
+                `put "${file.path}" "${file.name}"`,
+              ]),
+            ),
+          { agent: 'agent SMB upload', plain: 'smbclient put' },
+          clearRemote,
+        ),
+      );
+      comparisons.push(
+        await compare(
+          'upload s3',
+          options.runs,
+          async () =>
+            uploadSample(
+              await agentOp({
+                op: 'upload',
+                provider: {
+                  kind: 's3',
+                  options: {
+                    endpoint: s3.endpoint,
+                    region: s3.region,
+                    bucket: s3.bucket,
+                    prefix: 'agent/',
+                    accessKeyId: s3.accessKeyId,
+                    secretAccessKey: s3.secretAccessKey,
+                    forcePathStyle: true,
+                  },
+                },
+              }),
+            ),
+          async () =>
+            uploadSample(
+              await nodeChild<{ ms: number; maxRssBytes: number }>('plain-child.ts', {
+                op: 's3',
+                file: file.path,
+                endpoint: s3.endpoint,
+                bucket: s3.bucket,
+                key: `plain/${file.name}`,
+                accessKeyId: s3.accessKeyId,
+                secretAccessKey: s3.secretAccessKey,
+              } satisfies PlainRequest),
+            ),
+          { agent: 'agent S3 upload', plain: 'SDK Upload' },
+        ),
+      );
+    }
+
+    if (options.only.has('dr')) {
+      const file = await backupFile();
+      const cloud = await startBenchDrCloud(work);
+      stops.push(() => cloud.dispose());
+      // The plain side: one PUT of the same bytes to a minimal HTTP server that writes them to a file.
+      const sink = join(work, 'put-sink');
+      const server = createServer((req, res) => {
+        pipeline(req, createWriteStream(sink)).then(
+          () => res.end('ok'),
+          () => res.writeHead(500).end(),
+        );
+      });
+      await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+      stops.push(() => new Promise<void>((resolve) => server.close(() => resolve())));
+      const address = server.address();
+      const putUrl = `http://127.0.0.1:${typeof address === 'object' && address ? address.port : 0}/`;
+      comparisons.push(
+        await compare(
+          'dr push',
+          options.runs,
+          async () => {
+            const r = await agentOp({
+              op: 'dr-push',
+              env: { GEM_DR_URL: cloud.url, GEM_DR_ENROLLMENT_TOKEN: DR_ENROLLMENT_TOKEN },
+            });
+            return { ms: r.ms, maxRssBytes: r.maxRssBytes, bytes: file.size, work: file.size };
+          },
+          async () => {
+            const r = await nodeChild<{ ms: number; maxRssBytes: number }>('plain-child.ts', {
+              op: 'put',
+              file: file.path,
+              url: putUrl,
+            } satisfies PlainRequest);
+            return { ...r, bytes: file.size, work: file.size };
+          },
+          { agent: 'agent DR push (Worker)', plain: 'fetch PUT to a file sink' },
+        ),
+      );
+    }
+
+    const machine = {
+      date: new Date().toISOString(),
+      cpus: `${cpus().length} × ${cpus()[0]?.model ?? 'unknown'}`,
+      memoryGB: Math.round(totalmem() / 1e9),
+      loadAverage: loadavg()
+        .map((n) => n.toFixed(1))
+        .join(' '),
+      node: process.version,
+      postgres: (await admin`select current_setting('server_version') as v`)[0]!.v as string,
+      disk: await describeDisk(),
+      databaseBytes: db.bytes,
+      runs: options.runs,
+      compression: `pg_dump -Fc -Z1 inside the agent, gzip framing level ${GZIP_LEVEL}`,
+    };
+    const summary = summarize(comparisons);
+    process.stdout.write(`\n${renderTerminal(summary, machine)}\n`);
+    await writeFile(
+      join(HERE, 'results.json'),
+      `${JSON.stringify({ machine, summary, comparisons }, null, 2)}\n`,
+    );
+    const markdown = renderMarkdown(summary, machine);
+    await writeFile(join(CACHE, 'last-run.md'), markdown);
+    if (options.record) {
+      await writeFile(join(HERE, 'RESULTS.md'), markdown);
+      log('recorded in bench/RESULTS.md');
+    }
+    log('results in bench/results.json');
+  } finally {
+    await stopAll();
+  }
+}
+
+async function describeDisk(): Promise<string> {
+  try {
+    const mounts = await readFile('/proc/mounts', 'utf8');
+    const root = mounts.split('\n').find((l) => l.split(' ')[1] === '/');
+    const device = root?.split(' ')[0] ?? 'unknown';
+    const name = device.replace('/dev/', '').replace(/\d+$/, '');
+    const rotational = await readFile(`/sys/block/${name}/queue/rotational`, 'utf8').catch(() => '?');
+    return `${device} (${root?.split(' ')[2] ?? '?'}, ${rotational.trim() === '0' ? 'non-rotational' : rotational.trim() === '1' ? 'rotational' : 'unknown type'})`;
+  } catch {
+    return 'unknown';
+  }
+}
+
+main().catch((error) => {
+  process.stderr.write(
+    `bench failed: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}\n`,
+  );
+  process.exit(1);
+});
