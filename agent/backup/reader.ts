@@ -131,7 +131,8 @@ export async function readBackup(source: string | Readable, options: ReadOptions
     input,
     counter,
     opener,
-    createGunzip(),
+    // 1 MiB output buffers, not zlib's 16 KiB: a quarter of verify's CPU went to per-buffer overhead.
+    createGunzip({ chunkSize: 1 << 20 }),
     extract,
     options.signal ? { signal: options.signal } : {},
   );
