@@ -21,7 +21,7 @@ export async function keysCommand(cli: CliContext): Promise<void> {
     const path = resolve(values.output ?? exportFileName(now));
     await cli.withAgent(async (agent) => {
       await writeSmallFileAtomic(path, await buildKeysExport(agent.keyring.toFile(), passphrase, now), 0o600);
-      await agent.keyState.update({ lastDownloadedAt: now.toISOString() });
+      await agent.keyState.merge({ lastDownloadedAt: now.toISOString() });
     });
     cli.out(`keys exported to ${path}${passphrase ? ' (passphrase protected)' : ''}`);
     return;

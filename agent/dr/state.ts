@@ -1,7 +1,6 @@
 /** The DR client's memory in the data dir (dr-state.json, 0600): enrollment, pinned escrow key, last push, pending work. */
-import { readFile } from 'node:fs/promises';
 import type { JWK } from 'jose';
-import { writeSmallFileAtomic } from '../system/atomic-file';
+import { JsonStateFile } from '../system/json-state';
 
 /** One push attempt as the status reports it. */
 export interface DrPushRecord {
@@ -50,32 +49,8 @@ export interface DrState {
 }
 
 /** Reads and updates dr-state.json; updates are serialized and written temp-then-rename. */
-export class DrStateStore {
-  private cache: DrState | undefined;
-  private queue: Promise<unknown> = Promise.resolve();
-
-  constructor(readonly path: string) {}
-
-  async get(): Promise<DrState> {
-    if (!this.cache) {
-      this.cache = await readFile(this.path, 'utf8').then(
-        (text) => JSON.parse(text) as DrState,
-        () => ({}),
-      );
-    }
-    return structuredClone(this.cache);
-  }
-
-  /** Applies `change` to a copy of the state and saves it; memory follows disk. */
-  update(change: (state: DrState) => void): Promise<DrState> {
-    const run = this.queue.then(async () => {
-      const next = await this.get();
-      change(next);
-      await writeSmallFileAtomic(this.path, `${JSON.stringify(next, null, 2)}\n`, 0o600);
-      this.cache = next;
-      return structuredClone(next);
-    });
-    this.queue = run.catch(() => {});
-    return run;
+export class DrStateStore extends JsonStateFile<DrState> {
+  constructor(path: string) {
+    super(path, () => ({}));
   }
 }

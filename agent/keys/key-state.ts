@@ -1,30 +1,18 @@
 /** What the page needs to know about the keys: were they ever downloaded, and is the banner collapsed. */
-import { readFile } from 'node:fs/promises';
-import { writeSmallFileAtomic } from '../system/atomic-file';
+import { JsonStateFile } from '../system/json-state';
 
 export interface KeyState {
   lastDownloadedAt?: string;
   bannerCollapsed: boolean;
 }
 
-export class KeyStateStore {
-  constructor(private readonly path: string) {}
-
-  async get(): Promise<KeyState> {
-    try {
-      const parsed = JSON.parse(await readFile(this.path, 'utf8')) as Partial<KeyState>;
-      return {
-        bannerCollapsed: parsed.bannerCollapsed === true,
-        ...(parsed.lastDownloadedAt ? { lastDownloadedAt: parsed.lastDownloadedAt } : {}),
-      };
-    } catch {
-      return { bannerCollapsed: false };
-    }
+export class KeyStateStore extends JsonStateFile<KeyState> {
+  constructor(path: string) {
+    super(path, () => ({ bannerCollapsed: false }));
   }
 
-  async update(patch: Partial<KeyState>): Promise<KeyState> {
-    const next = { ...(await this.get()), ...patch };
-    await writeSmallFileAtomic(this.path, `${JSON.stringify(next, null, 2)}\n`, 0o600);
-    return next;
+  /** Merges `patch` into the state and returns the result. */
+  merge(patch: Partial<KeyState>): Promise<KeyState> {
+    return this.update((state) => Object.assign(state, patch));
   }
 }

@@ -263,7 +263,7 @@ export class OffsiteService {
     const record = (ok: boolean, error?: unknown) => {
       const entry: SyncRecord = { at: new Date().toISOString(), ok, ...structuredClone(result) };
       if (error) entry.error = describeError(error);
-      return this.state.update(kind, { lastSync: entry }).catch(() => undefined);
+      return this.state.merge(kind, { lastSync: entry }).catch(() => undefined);
     };
     try {
       await this.withProvider(kind, section, async (provider) => {

@@ -1,7 +1,6 @@
 /** The scheduled verification's memory (verification-state.json in the data dir): last run and each target's last result. */
-import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { writeSmallFileAtomic } from '../system/atomic-file';
+import { JsonStateFile } from '../system/json-state';
 
 /** Where a verified copy lives: the local folder, an offsite destination, or the Cloud DR slot. */
 export type VerificationTarget = 'local' | 'sftp' | 's3' | 'smb' | 'cloud';
@@ -40,34 +39,9 @@ export interface VerificationState {
 export const VERIFICATION_STATE_FILE = 'verification-state.json';
 
 /** Reads and updates verification-state.json; updates are serialized and written temp-then-rename. */
-export class VerificationStateStore {
-  private cache: VerificationState | undefined;
-  private queue: Promise<unknown> = Promise.resolve();
-  readonly path: string;
-
+export class VerificationStateStore extends JsonStateFile<VerificationState> {
   constructor(dataDir: string) {
-    this.path = join(dataDir, VERIFICATION_STATE_FILE);
-  }
-
-  async get(): Promise<VerificationState> {
-    this.cache ??= await readFile(this.path, 'utf8').then(
-      (text) => ({ targets: {}, ...(JSON.parse(text) as Partial<VerificationState>) }),
-      () => ({ targets: {} }),
-    );
-    return structuredClone(this.cache);
-  }
-
-  /** Applies `change` to a copy and saves it; memory follows disk. */
-  update(change: (state: VerificationState) => void): Promise<VerificationState> {
-    const run = this.queue.then(async () => {
-      const next = await this.get();
-      change(next);
-      await writeSmallFileAtomic(this.path, `${JSON.stringify(next, null, 2)}\n`, 0o600);
-      this.cache = next;
-      return structuredClone(next);
-    });
-    this.queue = run.catch(() => {});
-    return run;
+    super(join(dataDir, VERIFICATION_STATE_FILE), () => ({ targets: {} }));
   }
 }
 

@@ -54,7 +54,7 @@ export function keyRoutes(agent: Agent): Hono {
   const sendExport = async (passphrase: string | undefined) => {
     const now = new Date();
     const text = await buildKeysExport(agent.keyring.toFile(), passphrase, now);
-    await agent.keyState.update({ lastDownloadedAt: now.toISOString() });
+    await agent.keyState.merge({ lastDownloadedAt: now.toISOString() });
     return new Response(text, {
       headers: {
         'content-type': 'application/json',
@@ -97,7 +97,7 @@ export function keyRoutes(agent: Agent): Hono {
 
   app.put('/banner', async (c) => {
     const body = await jsonBody(c, z.object({ collapsed: z.boolean() }).strict());
-    const state = await agent.keyState.update({ bannerCollapsed: body!.collapsed });
+    const state = await agent.keyState.merge({ bannerCollapsed: body!.collapsed });
     return c.json({ bannerCollapsed: state.bannerCollapsed });
   });
 
