@@ -23,6 +23,21 @@ const createBody = z
   })
   .strict();
 
+/** A backup file as a streamed attachment with its exact Content-Length (API download and one-time links). */
+export async function backupFileResponse(agent: Agent, name: string): Promise<Response> {
+  const info = await agent.catalog.info(name);
+  const stream = Readable.toWeb(createReadStream(agent.catalog.pathOf(name), { highWaterMark: 1 << 20 }));
+  return new Response(stream as ReadableStream, {
+    headers: {
+      'content-type': 'application/octet-stream',
+      'content-length': String(info.size),
+      'content-disposition': `attachment; filename="${name}"`,
+      'cache-control': 'no-store',
+      'x-content-type-options': 'nosniff',
+    },
+  });
+}
+
 export function backupRoutes(agent: Agent): Hono {
   const app = new Hono();
 
@@ -51,18 +66,7 @@ export function backupRoutes(agent: Agent): Hono {
     return c.json(result, 201);
   });
 
-  app.get('/:filename', async (c) => {
-    const name = checkBackupName(c.req.param('filename'));
-    const info = await agent.catalog.info(name);
-    const stream = Readable.toWeb(createReadStream(agent.catalog.pathOf(name), { highWaterMark: 1 << 20 }));
-    return new Response(stream as ReadableStream, {
-      headers: {
-        'content-type': 'application/octet-stream',
-        'content-length': String(info.size),
-        'content-disposition': `attachment; filename="${name}"`,
-      },
-    });
-  });
+  app.get('/:filename', (c) => backupFileResponse(agent, checkBackupName(c.req.param('filename'))));
 
   // A one-time link (60 s) the page can hand to the browser's own downloader: large files stream to disk.
   app.post('/:filename/download-link', async (c) => {

@@ -7,6 +7,7 @@ import type { Agent } from '../../agent';
 import { AppError } from '../../errors';
 import { auditRoutes } from '../audit';
 import { ticketsFor } from '../download-tickets';
+import { backupFileResponse } from './backups';
 
 const UI_DIR = new URL('../../ui/', import.meta.url);
 
@@ -63,17 +64,7 @@ export function uiRoutes(agent: Agent): Hono {
   app.get('/download/:ticket', async (c) => {
     const name = ticketsFor(agent).redeem(c.req.param('ticket'));
     if (!name) throw new AppError('not_found', 'this download link has expired or was already used');
-    const info = await agent.catalog.info(name);
-    const stream = Readable.toWeb(createReadStream(agent.catalog.pathOf(name), { highWaterMark: 1 << 20 }));
-    return new Response(stream as ReadableStream, {
-      headers: {
-        'content-type': 'application/octet-stream',
-        'content-length': String(info.size),
-        'content-disposition': `attachment; filename="${name}"`,
-        'cache-control': 'no-store',
-        'x-content-type-options': 'nosniff',
-      },
-    });
+    return backupFileResponse(agent, name);
   });
 
   return app;
