@@ -36,6 +36,8 @@ export interface PushResult {
   backup: string;
   createdAt: string;
   size: number;
+  /** Hex sha256 of the bytes uploaded (escrow header + payload). */
+  sha256: string;
   reused: boolean;
   temporary: boolean;
   multipart: boolean;
@@ -124,6 +126,7 @@ export async function pushToCloud(deps: PushDeps, ctx: JobContext): Promise<Push
       backup: backup.name,
       createdAt: backup.createdAt,
       size,
+      sha256,
       reused: backup.reused,
       temporary: backup.temporary,
       multipart,

@@ -141,6 +141,8 @@ export class DrService {
             trigger,
             outcome: 'succeeded',
             size: result.size,
+            sha256: result.sha256,
+            createdAt: result.createdAt,
             backup: result.backup,
             reused: result.reused,
             multipart: result.multipart,

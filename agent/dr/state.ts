@@ -9,6 +9,10 @@ export interface DrPushRecord {
   outcome: 'succeeded' | 'failed' | 'skipped';
   /** Bytes sent to the slot (header + payload). */
   size?: number;
+  /** Hex sha256 of exactly those bytes: the slot's metadata must show the same. */
+  sha256?: string;
+  /** The pushed backup's created-at, as signed with the upload. */
+  createdAt?: string;
   backup?: string;
   /** True if an existing local backup (younger than 24 h) was uploaded as is. */
   reused?: boolean;

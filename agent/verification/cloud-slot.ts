@@ -55,3 +55,38 @@ export async function headSlot(
     sha256: header(SLOT_HEADERS.sha256) ?? '',
   };
 }
+
+/** What the last successful push recorded about the bytes it sent (older records lack sha256 and createdAt). */
+export interface PushedCopy {
+  size?: number | undefined;
+  sha256?: string | undefined;
+  createdAt?: string | undefined;
+}
+
+/**
+ * How the slot differs from what was pushed, one sentence per field (empty when they agree): size,
+ * created-at and sha256, each compared when the push recorded it. A slot replaced behind the agent's
+ * back by other bytes shows here even when its size happens to match.
+ */
+export function slotDifferences(slot: SlotMetadata | null, pushed: PushedCopy): string[] {
+  if (!slot) return ['the cloud holds no backup for this installation'];
+  const problems: string[] = [];
+  if (pushed.size !== undefined && slot.size !== pushed.size) {
+    problems.push(`size differs: the cloud copy is ${slot.size} bytes, ${pushed.size} were pushed`);
+  }
+  if (pushed.createdAt && slot.createdAt !== pushed.createdAt) {
+    problems.push(
+      `created-at differs: the cloud copy was made at ${slot.createdAt}, the pushed backup at ${pushed.createdAt}`,
+    );
+  }
+  if (pushed.sha256 && slot.sha256 !== pushed.sha256) {
+    problems.push(
+      `sha256 differs: the cloud copy is ${short(slot.sha256)}…, the pushed bytes were ${short(pushed.sha256)}…`,
+    );
+  }
+  return problems;
+}
+
+function short(hex: string): string {
+  return hex.slice(0, 12) || '(none)';
+}

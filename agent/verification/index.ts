@@ -1,5 +1,5 @@
 /** Knowing the backups are good: the scheduled verification of every copy, and the key-file check. */
-export { headSlot, type SlotMetadata } from './cloud-slot';
+export { headSlot, type PushedCopy, type SlotMetadata, slotDifferences } from './cloud-slot';
 export { checkKeysFile, type KeyCheckResult } from './key-check';
 export { runVerification, startVerification, type VerificationSummary } from './run';
 export { VERIFICATION_CRON, VerificationScheduler } from './schedule';

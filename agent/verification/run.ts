@@ -10,7 +10,7 @@ import { AppError, describeError } from '../errors';
 import type { Job, JobContext } from '../jobs/runner';
 import { OFFSITE_KINDS, type OffsiteKind } from '../offsite/destinations';
 import { offsiteServiceFor } from '../offsite/service';
-import { headSlot } from './cloud-slot';
+import { headSlot, slotDifferences } from './cloud-slot';
 import { type TargetResult, type VerificationTarget, verificationStateFor } from './state';
 
 /** Each target's result of this run; the job fails (after recording all of them) if any one failed. */
@@ -90,7 +90,7 @@ async function verifyOffsite(agent: Agent, ctx: JobContext, kind: OffsiteKind): 
   }
 }
 
-/** The slot's size and created-at against the last successful push's record (and its hash, when recorded). */
+/** The slot's size, created-at and sha256 against the last successful push's record (each when recorded). */
 async function verifyCloud(agent: Agent, ctx: JobContext): Promise<TargetResult> {
   const at = new Date().toISOString();
   const dr = drServiceFor(agent);
@@ -103,22 +103,26 @@ async function verifyCloud(agent: Agent, ctx: JobContext): Promise<TargetResult>
   ctx.phase('verify cloud');
   try {
     const slot = await headSlot(agent, status.url);
-    const expected = pushed as typeof pushed & { sha256?: string; createdAt?: string };
-    const problems: string[] = [];
-    if (!slot) problems.push('the cloud holds no backup for this installation');
-    else {
-      if (pushed.size !== undefined && slot.size !== pushed.size) {
-        problems.push(`the cloud copy is ${slot.size} bytes, ${pushed.size} were pushed`);
-      }
-      if (expected.sha256 && slot.sha256 !== expected.sha256)
-        problems.push('the cloud copy has another sha256');
-      const local = pushed.backup && (await agent.catalog.info(pushed.backup).catch(() => undefined));
-      const createdAt = expected.createdAt ?? (local ? local.createdAt : undefined);
-      if (createdAt && slot.createdAt !== createdAt) {
-        problems.push(`the cloud copy was made at ${slot.createdAt}, the pushed backup at ${createdAt}`);
-      }
-    }
-    const details = { slot, pushed: { at: pushed.at, size: pushed.size, backup: pushed.backup } };
+    // Records from before the push kept createdAt name the backup: its catalog record knows when it was made.
+    const local =
+      !pushed.createdAt && pushed.backup
+        ? await agent.catalog.info(pushed.backup).catch(() => undefined)
+        : undefined;
+    const problems = slotDifferences(slot, {
+      size: pushed.size,
+      sha256: pushed.sha256,
+      createdAt: pushed.createdAt ?? local?.createdAt,
+    });
+    const details = {
+      slot,
+      pushed: {
+        at: pushed.at,
+        size: pushed.size,
+        sha256: pushed.sha256,
+        createdAt: pushed.createdAt,
+        backup: pushed.backup,
+      },
+    };
     if (problems.length) {
       return {
         target: 'cloud',
