@@ -23,11 +23,17 @@ export async function loadBackups() {
       const name = backup.filename;
       const kind =
         backup.kind && backup.kind !== 'manual' ? el('span', { className: 'tag' }, backup.kind) : null;
+      const label = backup.label
+        ? el('span', { className: 'tag tag-label', title: 'Label' }, backup.label)
+        : null;
+      const pinned = backup.pinned
+        ? el('span', { className: 'tag tag-pin', title: 'Pinned: retention never removes it' }, 'Pinned')
+        : null;
       return el(
         'tr',
         { 'data-filename': name },
-        el('th', { scope: 'row', className: 'filename' }, el('span', {}, name), kind),
-        el('td', {}, dateTime(backup.createdAt)),
+        el('th', { scope: 'row', className: 'filename' }, el('span', {}, name), kind, label, pinned),
+        el('td', { className: 'date' }, dateTime(backup.createdAt)),
         el('td', { className: 'num' }, bytes(backup.size)),
         el('td', {}, verifiedCell(backup)),
         el(
@@ -62,6 +68,20 @@ export async function loadBackups() {
               onclick: () => restore(name),
             },
             'Restore',
+          ),
+          el(
+            'button',
+            {
+              type: 'button',
+              className: 'btn btn-small',
+              'aria-label': `${backup.pinned ? 'Unpin' : 'Pin'} ${name}`,
+              'aria-pressed': backup.pinned ? 'true' : 'false',
+              title: backup.pinned
+                ? 'Let retention remove it again'
+                : 'Keep it: retention never removes a pinned backup',
+              onclick: () => togglePin(name, !backup.pinned),
+            },
+            backup.pinned ? 'Unpin' : 'Pin',
           ),
           el(
             'button',
@@ -163,6 +183,15 @@ export async function restoreWithProgress(path, name, where = 'this backup') {
 
 function restore(name) {
   return restoreWithProgress(`/backups/${encodeURIComponent(name)}/restore`, name, 'a local backup');
+}
+
+async function togglePin(name, pin) {
+  try {
+    await api(`/backups/${encodeURIComponent(name)}/pin`, { method: pin ? 'POST' : 'DELETE' });
+  } catch (error) {
+    report(error);
+  }
+  await loadBackups().catch(report);
 }
 
 async function remove(name) {

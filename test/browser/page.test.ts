@@ -138,6 +138,20 @@ describe('the Backup & Restore page in a real browser, against a real agent and 
     await row.getByText('Verified').waitFor();
   });
 
+  it('pins a backup from its row and says so in the list, then unpins it', async () => {
+    const row = page.locator(`tr[data-filename="${backupName}"]`);
+    await row.getByRole('button', { name: `Pin ${backupName}`, exact: true }).click();
+    await row.locator('.tag-pin', { hasText: 'Pinned' }).waitFor();
+    const pinned = (await t.agent.catalog.list()).find((b) => b.filename === backupName);
+    expect(pinned?.pinned).toBe(true);
+    await shot('05b-backup-pinned');
+    await row.getByRole('button', { name: `Unpin ${backupName}` }).click();
+    await row.getByRole('button', { name: `Pin ${backupName}`, exact: true }).waitFor();
+    expect((await t.agent.catalog.list()).find((b) => b.filename === backupName)?.pinned ?? false).toBe(
+      false,
+    );
+  });
+
   it('restores a backup after the data changed, behind a confirmation, and reloads with the data back', async () => {
     await withSql(gemDatabase(), async (sql) => {
       await sql`delete from macros`;
