@@ -16,6 +16,8 @@ export interface Comparison {
   labels: { agent: string; plain: string };
   agent: Sample[];
   plain: Sample[];
+  /** Set when a run failed: the comparison stopped there. */
+  error?: string;
 }
 
 export interface Row {
@@ -66,6 +68,15 @@ export function summarize(comparisons: Comparison[]): Summary {
   const rows: Row[] = [];
   const ratios: Ratio[] = [];
   for (const c of comparisons) {
+    if (c.error || c.agent.length === 0 || c.plain.length === 0) {
+      ratios.push({
+        what: c.name,
+        value: `failed: ${c.error ?? 'no runs'}`.slice(0, 160),
+        target: '',
+        ok: false,
+      });
+      continue;
+    }
     const a = row(c.name, c.labels.agent, c.agent);
     const b = row(c.name, c.labels.plain, c.plain);
     rows.push(a, b);

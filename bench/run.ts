@@ -114,8 +114,16 @@ async function compare(
   for (let i = 0; i < runs; i++) {
     const order = i % 2 === 0 ? (['a', 'b'] as const) : (['b', 'a'] as const);
     for (const which of order) {
-      await before();
-      const sample = which === 'a' ? await agent() : await plain();
+      let sample: Sample;
+      try {
+        await before();
+        sample = which === 'a' ? await agent() : await plain();
+      } catch (error) {
+        // One failed comparison is reported as such; the other sections still run.
+        const message = (error instanceof Error ? error.message : String(error)).split('\n')[0]!;
+        log(`${name} failed: ${message}`);
+        return { name, labels, agent: a, plain: b, error: message };
+      }
       (which === 'a' ? a : b).push(sample);
       log(
         `${name} ${which === 'a' ? labels.agent : labels.plain}: ${(sample.ms / 1000).toFixed(2)} s, ` +
@@ -167,6 +175,9 @@ async function main(): Promise<void> {
       const r = await nodeChild<ChildReport>('agent-child.ts', { ...request, env: agentEnv(request.env) });
       return r;
     };
+    // The floor every agent figure starts from: the agent opened (under tsx, as npm start runs it), doing nothing.
+    const idle = await agentOp({ op: 'idle' });
+    log(`agent opened, idle: ${(idle.maxRssBytes / 1048576).toFixed(0)} MB RSS`);
     const plainDump = join(work, 'plain.dump');
     const backupFile = async () => {
       const files = (await readdir(join(agentDir, 'backups'))).filter(
@@ -182,7 +193,11 @@ async function main(): Promise<void> {
     };
 
     // Backup: the agent end to end against pg_dump -Fc -f file (its default compression).
-    if (options.only.has('backup') || !existsSync(join(agentDir, 'backups'))) {
+    const haveBackup = await backupFile().then(
+      () => true,
+      () => false,
+    );
+    if (options.only.has('backup') || !haveBackup) {
       comparisons.push(
         await compare(
           'backup',
@@ -414,6 +429,8 @@ async function main(): Promise<void> {
     if (options.only.has('dr')) {
       const file = await backupFile();
       const cloud = await startBenchDrCloud(work);
+      // A new cloud (new escrow key, empty slots) each run: the agent enrolls again instead of refusing a changed key.
+      await rm(join(agentDir, 'dr-state.json'), { force: true });
       stops.push(() => cloud.dispose());
       // The plain side: one PUT of the same bytes to a minimal HTTP server that writes them to a file.
       const sink = join(work, 'put-sink');
@@ -464,6 +481,7 @@ async function main(): Promise<void> {
       databaseBytes: db.bytes,
       runs: options.runs,
       compression: `pg_dump -Fc -Z1 inside the agent, gzip framing level ${GZIP_LEVEL}`,
+      agentIdleRssMB: Math.round(idle.maxRssBytes / 1048576),
     };
     const summary = summarize(comparisons);
     process.stdout.write(`\n${renderTerminal(summary, machine)}\n`);
@@ -474,13 +492,28 @@ async function main(): Promise<void> {
     const markdown = renderMarkdown(summary, machine);
     await writeFile(join(CACHE, 'last-run.md'), markdown);
     if (options.record) {
-      await writeFile(join(HERE, 'RESULTS.md'), markdown);
+      await recordFigures(markdown, options.bytes >= 2e9 ? 'large' : 'main');
       log('recorded in bench/RESULTS.md');
     }
     log('results in bench/results.json');
   } finally {
     await stopAll();
   }
+}
+
+/** Replaces the figures between `<!-- figures:NAME:start -->` and `<!-- figures:NAME:end -->` in bench/RESULTS.md. */
+async function recordFigures(markdown: string, name: string): Promise<void> {
+  const path = join(HERE, 'RESULTS.md');
+  const text = existsSync(path) ? await readFile(path, 'utf8') : '# Benchmark results\n';
+  const start = `<!-- figures:${name}:start -->`;
+  const end = `<!-- figures:${name}:end -->`;
+  const block = `${start}\n${markdown}${end}`;
+  const at = text.indexOf(start);
+  const next =
+    at >= 0 && text.indexOf(end, at) > at
+      ? text.slice(0, at) + block + text.slice(text.indexOf(end, at) + end.length)
+      : `${text.trimEnd()}\n\n${block}\n`;
+  await writeFile(path, next);
 }
 
 async function describeDisk(): Promise<string> {
