@@ -4,16 +4,36 @@ import type { Agent } from './agent';
 import { auditRoutes } from './http/audit';
 import { requireToken } from './http/auth';
 import { errorBody, onError } from './http/errors';
+import { alertsModule } from './http/routes/alerts';
 import { backupRoutes } from './http/routes/backups';
+import { drModule } from './http/routes/dr';
+import { healthModule } from './http/routes/health';
 import { jobRoutes } from './http/routes/jobs';
 import { keyRoutes } from './http/routes/keys';
+import { maintenanceModule } from './http/routes/maintenance';
+import { metricsRoutes } from './http/routes/metrics';
+import { offsiteModule } from './http/routes/offsite';
+import { restoreModule } from './http/routes/restore';
+import { retentionModule, settingsModule } from './http/routes/settings';
 import { uiRoutes } from './http/routes/ui';
 import { AGENT_VERSION } from './version';
 
 /** A part of the API that another module mounts (settings, offsite, DR, ...), under /api/v1. */
 export type RouteModule = { path: string; routes: (agent: Agent) => Hono; audited?: boolean };
 
-export function createApp(agent: Agent, modules: RouteModule[] = []): Hono {
+/** Every part of the API beyond backups, keys and jobs: what the agent serves, and what tests exercise. */
+export const API_MODULES: RouteModule[] = [
+  restoreModule,
+  settingsModule,
+  retentionModule,
+  maintenanceModule,
+  drModule,
+  offsiteModule,
+  healthModule,
+  alertsModule,
+];
+
+export function createApp(agent: Agent, modules: RouteModule[] = API_MODULES): Hono {
   const app = new Hono();
   app.onError(onError(agent.log));
   app.notFound((c) => c.json(errorBody('not_found', `no route ${c.req.method} ${c.req.path}`), 404));
@@ -33,6 +53,8 @@ export function createApp(agent: Agent, modules: RouteModule[] = []): Hono {
     api.route(module.path, module.routes(agent));
   }
   app.route('/api/v1', api);
+  // Prometheus expects /metrics at the root; it takes the admin token or GEM_METRICS_TOKEN.
+  app.route('/metrics', metricsRoutes(agent));
   app.route('/', uiRoutes(agent));
   return app;
 }

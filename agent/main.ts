@@ -6,14 +6,6 @@ import { createApp } from './app';
 import { loadConfig } from './config';
 import { drServiceFor } from './dr/service';
 import { healthFor } from './health/service';
-import { alertsModule } from './http/routes/alerts';
-import { drModule } from './http/routes/dr';
-import { healthModule } from './http/routes/health';
-import { maintenanceModule } from './http/routes/maintenance';
-import { metricsRoutes } from './http/routes/metrics';
-import { offsiteModule } from './http/routes/offsite';
-import { restoreModule } from './http/routes/restore';
-import { retentionModule, settingsModule } from './http/routes/settings';
 import { Scheduler } from './jobs/scheduler';
 import { createLogger } from './log';
 import { metricsFor } from './metrics/recorder';
@@ -27,17 +19,7 @@ async function main(): Promise<void> {
   // Metrics count jobs from the start; the health watchdog watches them.
   metricsFor(agent);
   const health = healthFor(agent);
-  const app = createApp(agent, [
-    restoreModule,
-    settingsModule,
-    retentionModule,
-    maintenanceModule,
-    drModule,
-    offsiteModule,
-    healthModule,
-    alertsModule,
-  ]);
-  app.route('/metrics', metricsRoutes(agent));
+  const app = createApp(agent);
   // Auto-backup and maintenance schedules; re-armed on every settings change.
   const scheduler = new Scheduler(agent);
   await scheduler.start();

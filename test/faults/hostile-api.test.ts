@@ -2,17 +2,11 @@
 import { readdir, readFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { drModule } from '../../agent/http/routes/dr';
-import { maintenanceModule } from '../../agent/http/routes/maintenance';
-import { offsiteModule } from '../../agent/http/routes/offsite';
-import { restoreModule } from '../../agent/http/routes/restore';
-import { retentionModule, settingsModule } from '../../agent/http/routes/settings';
 import { startTestAgent, TEST_TOKEN, type TestAgent } from '../services/agent';
 import { startPostgres, type TestPostgres, withSql } from '../services/postgres';
 import { faultReport } from './report';
 
 const report = faultReport('hostile-api', 'hostile requests');
-const MODULES = [restoreModule, settingsModule, retentionModule, maintenanceModule, drModule, offsiteModule];
 
 let pg: TestPostgres;
 let t: TestAgent;
@@ -145,7 +139,7 @@ async function snapshot() {
 
 beforeAll(async () => {
   pg = await startPostgres();
-  t = await startTestAgent(pg, { modules: MODULES });
+  t = await startTestAgent(pg); // createApp mounts every module, as the agent does
   const res = await t.request('/api/v1/backups', { method: 'POST' });
   const job = await t.agent.jobs.waitFor(((await res.json()) as { jobId: string }).jobId);
   good = (job.result as { backup: { filename: string } }).backup.filename;
