@@ -26,11 +26,13 @@ import {
 import { describeDestinationError, destinationAppError, destinationError } from './messages';
 import { type DestinationState, OffsiteStateStore, type SyncRecord, type UploadRecord } from './state';
 import {
+  AUTO_UPLOAD_SWEEP_AGE_MS,
   createdAtFromName,
   downloadToCatalog,
   downloadToFile,
   planRemotePrune,
   type RetryPolicy,
+  sweepLeftovers,
   syncCandidates,
   uploadBackup,
 } from './transfer';
@@ -60,6 +62,8 @@ export interface AutoUploadResult {
   ok: boolean;
   size?: number;
   pruned?: string[];
+  /** Temp leftovers of earlier failed uploads removed before this upload (absent when none). */
+  sweptTemp?: number;
   error?: { code: string; message: string };
 }
 
@@ -67,6 +71,8 @@ export interface SyncResult {
   uploaded: string[];
   downloaded: string[];
   deleted: { remote: string[]; local: string[] };
+  /** Temp leftovers of earlier failed uploads removed at the start (absent when none). */
+  sweptTemp?: number;
 }
 
 const INPUT = { sftp: SftpInput, s3: S3Input, smb: SmbInput } as const;
@@ -268,6 +274,9 @@ export class OffsiteService {
     try {
       await this.withProvider(kind, section, async (provider) => {
         ctx.phase('listing');
+        // Inside a mutating job no upload of ours is in flight: every temp leftover is garbage.
+        const swept = await this.sweep(kind, section, provider, 0, ctx);
+        if (swept > 0) result.sweptTemp = swept;
         const [local, remote] = await Promise.all([
           this.agent.catalog.list(),
           withRetryList(provider, this.options.retry, ctx.signal),
@@ -349,6 +358,7 @@ export class OffsiteService {
       kinds.map(async (kind): Promise<AutoUploadResult> => {
         const section = settings.offsite[kind];
         return this.withProvider(kind, section, async (provider) => {
+          const sweptTemp = await this.sweep(kind, section, provider, AUTO_UPLOAD_SWEEP_AGE_MS, ctx);
           const stored = await uploadBackup(this.agent, provider, backup.filename, {
             signal: ctx.signal,
             onProgress: (bytes) => {
@@ -373,7 +383,7 @@ export class OffsiteService {
             });
             return [];
           });
-          return { ok: true, size: stored.size, pruned };
+          return { ok: true, size: stored.size, pruned, ...(sweptTemp > 0 ? { sweptTemp } : {}) };
         });
       }),
     );
@@ -403,6 +413,38 @@ export class OffsiteService {
         });
     }
     return results;
+  }
+
+  /**
+   * Removes a destination's temp leftovers of earlier failed uploads (at least `olderThanMs` old);
+   * returns how many. Best effort: a failed sweep is logged and the job goes on (a down server fails
+   * the transfer that follows anyway).
+   */
+  private async sweep(
+    kind: OffsiteKind,
+    section: DestinationSettings,
+    provider: StorageProvider,
+    olderThanMs: number,
+    ctx: JobContext,
+  ): Promise<number> {
+    try {
+      const { removed, skipped } = await sweepLeftovers(provider, {
+        olderThanMs,
+        signal: ctx.signal,
+        ...(this.options.stallTimeoutMs ? { stallTimeoutMs: this.options.stallTimeoutMs } : {}),
+      });
+      if (skipped) ctx.log.info('temp leftovers not swept', { destination: kind, reason: skipped });
+      if (removed.length > 0)
+        ctx.log.info('removed temp leftovers of failed uploads', { destination: kind, removed });
+      return removed.length;
+    } catch (error) {
+      ctx.throwIfCancelled();
+      ctx.log.warn('removing temp leftovers of failed uploads failed', {
+        destination: kind,
+        error: describeDestinationError(kind, section, error).message,
+      });
+      return 0;
+    }
   }
 
   /** Deletes the remote backups retention drops under `maxBackups`; returns their names. */

@@ -4,7 +4,12 @@ import { createReadStream, createWriteStream } from 'node:fs';
 import { stat } from 'node:fs/promises';
 import { Readable, Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import type { BackupSource, StorageProvider, StoredObject } from '../../shared/storage/index';
+import type {
+  BackupSource,
+  StorageProvider,
+  StoredObject,
+  TempSweepResult,
+} from '../../shared/storage/index';
 import { StorageError } from '../../shared/storage/index';
 import type { Agent } from '../agent';
 import type { BackupInfo } from '../backup/catalog';
@@ -122,6 +127,23 @@ export async function uploadBackup(
     throw new StorageError('integrity', `the remote sha256 of ${name} differs from the local file's`);
   }
   return { ...remote, sha256: remoteSha ?? sha256 };
+}
+
+/** Sweeps on the auto-upload path leave younger leftovers alone, in case some other upload is still writing them. */
+export const AUTO_UPLOAD_SWEEP_AGE_MS = 10 * 60_000;
+
+/**
+ * Removes the temp leftovers of earlier failed uploads at a destination (provider.sweepTemp), under the
+ * same stall watchdog as a transfer so that a hung server cannot hold the job; nothing if the provider
+ * has no sweep.
+ */
+export async function sweepLeftovers(
+  provider: StorageProvider,
+  options: Pick<TransferOptions, 'signal' | 'stallTimeoutMs'> & { olderThanMs: number },
+): Promise<TempSweepResult> {
+  const sweep = provider.sweepTemp?.bind(provider);
+  if (!sweep) return { removed: [] };
+  return guardStall((signal) => sweep({ olderThanMs: options.olderThanMs, signal }), options);
 }
 
 /**

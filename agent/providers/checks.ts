@@ -28,6 +28,53 @@ export function tempNameFor(name: string): string {
   return `${TEMP_PREFIX}${name}.${Math.random().toString(16).slice(2, 10)}`;
 }
 
+const OWN_TEMP_NAME = /^\.tmp-gem-backup-\d{4}-\d{2}-\d{2}-\d{6}\.tar\.gz\.[0-9a-f]+$/;
+
+/**
+ * True for a temp name our own put() makes (tempNameFor, or writeFileAtomic for the local folder):
+ * `.tmp-` + a backup name + `.` + random hex. Anything else, even `.tmp-other`, is not ours to remove.
+ */
+export function isOwnTempName(name: string): boolean {
+  return OWN_TEMP_NAME.test(name);
+}
+
+/** True if a leftover modified at `modifiedAt` (ISO or ms) is old enough for a sweep with `olderThanMs`. */
+export function oldEnough(modifiedAt: string | number | undefined, olderThanMs = 0): boolean {
+  if (olderThanMs <= 0) return true;
+  const at = typeof modifiedAt === 'string' ? Date.parse(modifiedAt) : modifiedAt;
+  // Without a usable time we cannot tell an upload in progress from a leftover: keep it.
+  return at !== undefined && !Number.isNaN(at) && Date.now() - at >= olderThanMs;
+}
+
+/** How long a failed put() spends trying to remove its own temp object before leaving it to sweepTemp. */
+export const CLEANUP_TIMEOUT_MS = 10_000;
+
+/**
+ * Runs a best-effort cleanup for at most `ms` (it gets a signal that fires then); never throws. What
+ * it could not remove (server down or frozen) is left for the next sweepTemp().
+ */
+export async function tryCleanup(
+  work: (signal: AbortSignal) => Promise<unknown>,
+  ms = CLEANUP_TIMEOUT_MS,
+): Promise<boolean> {
+  const controller = new AbortController();
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => {
+      controller.abort();
+      reject(new Error('cleanup timed out'));
+    }, ms);
+  });
+  try {
+    await Promise.race([work(controller.signal), timeout]);
+    return true;
+  } catch {
+    return false;
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
 /** Counts and hashes bytes passing through; `verify()` checks them against what the source declared. */
 export class SourceCheck extends Transform {
   bytes = 0;

@@ -8,11 +8,20 @@ import type {
   ProviderProperties,
   StorageProvider,
   StoredObject,
+  TempSweepResult,
 } from '../../shared/storage/index';
 import { StorageError } from '../../shared/storage/index';
 import { isBackupName } from '../../shared/storage/names';
 import { writeFileAtomic } from '../system/atomic-file';
-import { asStorageError, assertObjectName, downloadStream, SourceCheck, throwIfAborted } from './checks';
+import {
+  asStorageError,
+  assertObjectName,
+  downloadStream,
+  isOwnTempName,
+  oldEnough,
+  SourceCheck,
+  throwIfAborted,
+} from './checks';
 
 export interface LocalFolderOptions {
   /** Absolute path of the folder; created on first put if missing. */
@@ -111,6 +120,30 @@ export class LocalFolderProvider implements StorageProvider {
       }
     }
     return objects;
+  }
+
+  /** Removes temp files a crash mid-put left in the folder (see StorageProvider.sweepTemp). */
+  async sweepTemp(options: { olderThanMs?: number; signal?: AbortSignal } = {}): Promise<TempSweepResult> {
+    let names: string[];
+    try {
+      names = await readdir(this.folder);
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code === 'ENOENT') return { removed: [] };
+      throw classify(error, this.folder);
+    }
+    const removed: string[] = [];
+    for (const name of names.filter(isOwnTempName)) {
+      throwIfAborted(options.signal);
+      try {
+        const info = await stat(join(this.folder, name));
+        if (!info.isFile() || !oldEnough(info.mtimeMs, options.olderThanMs)) continue;
+        await rm(join(this.folder, name));
+        removed.push(name);
+      } catch (error) {
+        if ((error as NodeJS.ErrnoException).code !== 'ENOENT') throw classify(error, name); // gone meanwhile
+      }
+    }
+    return { removed };
   }
 
   async delete(name: string): Promise<void> {

@@ -2,9 +2,11 @@
 
 import { pipeline, Readable } from 'node:stream';
 import {
+  AbortMultipartUploadCommand,
   DeleteObjectCommand,
   GetObjectCommand,
   HeadObjectCommand,
+  ListMultipartUploadsCommand,
   ListObjectsV2Command,
   S3Client,
 } from '@aws-sdk/client-s3';
@@ -14,6 +16,7 @@ import type {
   ProviderProperties,
   StorageProvider,
   StoredObject,
+  TempSweepResult,
 } from '../../shared/storage/index';
 import { StorageError } from '../../shared/storage/index';
 import { isBackupName } from '../../shared/storage/names';
@@ -22,7 +25,9 @@ import {
   asStorageError,
   assertObjectName,
   downloadStream,
+  oldEnough,
   throwIfAborted,
+  tryCleanup,
   verifyingStream,
 } from './checks';
 
@@ -62,6 +67,14 @@ function ownError(error: unknown): StorageError | undefined {
     current = (current as { cause?: unknown }).cause;
   }
   return undefined;
+}
+
+/** True if the server answered that it does not implement the operation (s3rver: multipart listing and abort). */
+function notImplemented(error: unknown): boolean {
+  const err = error as { name?: string; Code?: string; $metadata?: { httpStatusCode?: number } };
+  const name = err?.Code ?? err?.name ?? '';
+  const status = err?.$metadata?.httpStatusCode;
+  return name === 'NotImplemented' || name === 'MethodNotAllowed' || status === 501 || status === 405;
 }
 
 /** Stores backups as objects: one PutObject, or a multipart upload that is aborted unless every byte checks out. */
@@ -208,6 +221,21 @@ export class S3Provider implements StorageProvider {
       await upload.done();
     } catch (error) {
       body.destroy();
+      // lib-storage aborts the multipart upload itself only when it gets that far; after a cancel or a
+      // stall it may not, so try once more, bounded (a frozen server keeps the parts until sweepTemp()).
+      const uploadId = upload.uploadId;
+      if (uploadId) {
+        await tryCleanup((cleanup) =>
+          this.client.send(
+            new AbortMultipartUploadCommand({
+              Bucket: this.options.bucket,
+              Key: this.key(name),
+              UploadId: uploadId,
+            }),
+            { abortSignal: cleanup },
+          ),
+        );
+      }
       // A failing source or check is the cause even if the server then also refused the abort
       // (s3rver does not implement AbortMultipartUpload); report the cause, not the abort.
       throw this.classify(bodyError ?? error, name, signal);
@@ -299,6 +327,62 @@ export class S3Provider implements StorageProvider {
     } catch (error) {
       throw this.classify(error, name);
     }
+  }
+
+  /**
+   * Aborts the incomplete multipart uploads of backups under the prefix (see StorageProvider.sweepTemp);
+   * `removed` holds the backup name of each aborted upload. A server without ListMultipartUploads
+   * (s3rver) answers 'skipped' instead of failing.
+   */
+  async sweepTemp(options: { olderThanMs?: number; signal?: AbortSignal } = {}): Promise<TempSweepResult> {
+    const { signal } = options;
+    const sendOptions = signal ? { abortSignal: signal } : {};
+    const bucket = this.options.bucket;
+    const skipped = `the S3 server does not implement listing or aborting multipart uploads; incomplete uploads in bucket ${bucket} are not removed (a bucket lifecycle rule "AbortIncompleteMultipartUpload" does it)`;
+    const doomed: { name: string; key: string; uploadId: string }[] = [];
+    let keyMarker: string | undefined;
+    let uploadIdMarker: string | undefined;
+    try {
+      do {
+        const page = await this.client.send(
+          new ListMultipartUploadsCommand({
+            Bucket: bucket,
+            Prefix: this.prefix || undefined,
+            KeyMarker: keyMarker,
+            UploadIdMarker: uploadIdMarker,
+          }),
+          sendOptions,
+        );
+        for (const upload of page.Uploads ?? []) {
+          const key = upload.Key ?? '';
+          const name = key.slice(this.prefix.length);
+          if (!key.startsWith(this.prefix) || !isBackupName(name) || !upload.UploadId) continue;
+          if (!oldEnough(upload.Initiated?.getTime(), options.olderThanMs)) continue;
+          doomed.push({ name, key, uploadId: upload.UploadId });
+        }
+        keyMarker = page.IsTruncated ? page.NextKeyMarker : undefined;
+        uploadIdMarker = page.IsTruncated ? page.NextUploadIdMarker : undefined;
+      } while (keyMarker);
+    } catch (error) {
+      if (notImplemented(error)) return { removed: [], skipped };
+      throw this.classify(error, bucket, signal);
+    }
+    const removed: string[] = [];
+    for (const { name, key, uploadId } of doomed) {
+      throwIfAborted(signal);
+      try {
+        await this.client.send(
+          new AbortMultipartUploadCommand({ Bucket: bucket, Key: key, UploadId: uploadId }),
+          sendOptions,
+        );
+        removed.push(name);
+      } catch (error) {
+        if (notImplemented(error)) return { removed, skipped };
+        const code = (error as { Code?: string; name?: string })?.Code ?? (error as { name?: string })?.name;
+        if (code !== 'NoSuchUpload') throw this.classify(error, name, signal); // gone meanwhile is fine
+      }
+    }
+    return { removed };
   }
 
   async close(): Promise<void> {

@@ -10,16 +10,21 @@ import type {
   ProviderProperties,
   StorageProvider,
   StoredObject,
+  TempSweepResult,
 } from '../../shared/storage/index';
 import { StorageError } from '../../shared/storage/index';
 import { isBackupName } from '../../shared/storage/names';
 import {
   asStorageError,
   assertObjectName,
+  CLEANUP_TIMEOUT_MS,
   downloadStream,
+  isOwnTempName,
+  oldEnough,
   SourceCheck,
   tempNameFor,
   throwIfAborted,
+  tryCleanup,
 } from './checks';
 
 export interface SftpOptions {
@@ -234,8 +239,7 @@ export class SftpProvider implements StorageProvider {
         throwIfAborted(signal);
         await this.rename(sftp, temp, final);
       } catch (error) {
-        if (handleOpen) await call<void>((done) => sftp.close(handle, done as never)).catch(() => undefined);
-        await call<void>((done) => sftp.unlink(temp, done as never)).catch(() => undefined);
+        await this.removeTemp(sftp, handleOpen ? handle : undefined, temp);
         throw this.classify(error, name, signal);
       }
       const stats = await call<Stats>((done) => sftp.stat(final, done));
@@ -251,6 +255,45 @@ export class SftpProvider implements StorageProvider {
         modifiedAt: new Date(stats.mtime * 1000).toISOString(),
         sha256: check.sha256(),
       };
+    });
+  }
+
+  /**
+   * A failed put() removes its temp file, bounded in time: on the same connection, else on a fresh
+   * one (the first may be what broke). A server that is down or frozen keeps it until sweepTemp().
+   */
+  private async removeTemp(sftp: SFTPWrapper, handle: Buffer | undefined, temp: string): Promise<void> {
+    const unlink = (on: SFTPWrapper) =>
+      call<void>((done) => on.unlink(temp, done as never)).catch((error) => {
+        if (error?.code !== SFTP_NO_SUCH_FILE) throw error;
+      });
+    await tryCleanup(
+      async () => {
+        if (handle) await call<void>((done) => sftp.close(handle, done as never)).catch(() => undefined);
+        await unlink(sftp).catch(() => this.session((fresh) => unlink(fresh.sftp)));
+      },
+      Math.min(CLEANUP_TIMEOUT_MS, this.options.timeoutMs ?? 20_000),
+    );
+  }
+
+  /** Removes our own `.tmp-gem-backup-…` files from the backup folder (see StorageProvider.sweepTemp). */
+  async sweepTemp(options: { olderThanMs?: number; signal?: AbortSignal } = {}): Promise<TempSweepResult> {
+    throwIfAborted(options.signal);
+    return this.session(async ({ client, sftp }) => {
+      if (!(await client.exists(this.dir))) return { removed: [] };
+      const removed: string[] = [];
+      for (const entry of await client.list(this.dir)) {
+        if (entry.type !== '-' || !isOwnTempName(entry.name)) continue;
+        if (!oldEnough(entry.modifyTime, options.olderThanMs)) continue;
+        throwIfAborted(options.signal);
+        await call<void>((done) => sftp.unlink(this.path(entry.name), done as never)).then(
+          () => removed.push(entry.name),
+          (error) => {
+            if (error?.code !== SFTP_NO_SUCH_FILE) throw error; // gone meanwhile is fine
+          },
+        );
+      }
+      return { removed };
     });
   }
 

@@ -11,16 +11,21 @@ import type {
   ProviderProperties,
   StorageProvider,
   StoredObject,
+  TempSweepResult,
 } from '../../shared/storage/index';
 import { StorageError } from '../../shared/storage/index';
 import { isBackupName } from '../../shared/storage/names';
 import {
   abortedError,
   assertObjectName,
+  CLEANUP_TIMEOUT_MS,
   downloadStream,
+  isOwnTempName,
+  oldEnough,
   SourceCheck,
   tempNameFor,
   throwIfAborted,
+  tryCleanup,
 } from './checks';
 
 export interface SmbOptions {
@@ -207,15 +212,19 @@ export class SmbProvider implements StorageProvider {
       }
       check.verify(source);
       const temp = this.path(tempNameFor(name));
-      const uploaded = await this.run(
-        [...this.mkdirCommands(), `put ${quote(local)} ${quote(temp)}`],
-        signal,
-      );
       try {
+        const uploaded = await this.run(
+          [...this.mkdirCommands(), `put ${quote(local)} ${quote(temp)}`],
+          signal,
+        );
         this.check(uploaded, name, ['OBJECT_NAME_COLLISION']);
         this.check(await this.run([`rename ${quote(temp)} ${quote(this.path(name))} -f`], signal), name);
       } catch (error) {
-        await this.run([`del ${quote(temp)}`]).catch(() => undefined);
+        // A cancelled or failed put may have left part of the temp file; a down share keeps it for sweepTemp().
+        await tryCleanup(
+          (cleanup) => this.run([`del ${quote(temp)}`], cleanup),
+          Math.min(CLEANUP_TIMEOUT_MS, (this.options.timeoutSeconds ?? 30) * 1000),
+        );
         throw error;
       }
       const stored = await this.stat(name);
@@ -276,6 +285,24 @@ export class SmbProvider implements StorageProvider {
   async delete(name: string): Promise<void> {
     await this.stat(name);
     this.check(await this.run([`del ${quote(this.path(name))}`]), name);
+  }
+
+  /** Removes our own `.tmp-gem-backup-…` files from the backup folder (see StorageProvider.sweepTemp). */
+  async sweepTemp(options: { olderThanMs?: number; signal?: AbortSignal } = {}): Promise<TempSweepResult> {
+    const { signal } = options;
+    const listing = await this.run([`ls ${quote(this.path('.tmp-gem-backup-*'))}`], signal);
+    // No match (or no folder yet) is reported as a missing file: nothing to sweep.
+    if (listing.statuses.some((status) => MISSING.includes(status))) return { removed: [] };
+    this.check(listing, this.folders.join('/') || '/');
+    const removed: string[] = [];
+    for (const entry of this.parseListing(listing.output)) {
+      if (!isOwnTempName(entry.name) || !oldEnough(entry.modifiedAt, options.olderThanMs)) continue;
+      const deleted = await this.run([`del ${quote(this.path(entry.name))}`], signal);
+      if (deleted.statuses.some((status) => MISSING.includes(status))) continue; // gone meanwhile
+      this.check(deleted, entry.name);
+      removed.push(entry.name);
+    }
+    return { removed };
   }
 
   private parseListing(output: string): StoredObject[] {

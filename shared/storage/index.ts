@@ -47,8 +47,26 @@ export interface StorageProvider {
   stat(name: string): Promise<StoredObject>;
   list(): Promise<StoredObject[]>;
   delete(name: string): Promise<void>;
+  /**
+   * Removes what failed put()s of this product left behind, and nothing else: temp files named
+   * `.tmp-gem-backup-…` as put() names them (SFTP, SMB, local folder) or, on S3, incomplete multipart
+   * uploads under the configured prefix whose key is a backup name (ListMultipartUploads +
+   * AbortMultipartUpload). Foreign files, other temp-looking names and complete backups are never
+   * touched. Only leftovers at least `olderThanMs` old (default 0: all) are removed, so a sweep
+   * cannot pull the ground from under an upload still in progress. Once `signal` fires no further
+   * removal starts. `skipped` says why nothing could be swept when the server does not support it
+   * (e.g. an S3 server without ListMultipartUploads).
+   */
+  sweepTemp?(options?: { olderThanMs?: number; signal?: AbortSignal }): Promise<TempSweepResult>;
   /** Releases connections; the provider may not be used afterwards. */
   close?(): Promise<void>;
+}
+
+/** What sweepTemp() removed: temp file names, or on S3 the backup name of each aborted multipart upload. */
+export interface TempSweepResult {
+  removed: string[];
+  /** Set when the server cannot be swept (the operation is not implemented there). */
+  skipped?: string;
 }
 
 export type StorageErrorCode =

@@ -1,0 +1,272 @@
+// Temp leftovers of failed uploads are swept at every destination and by sync / auto-upload; foreign files always stay.
+import { type ChildProcess, spawn } from 'node:child_process';
+import { chown, mkdir, readdir, utimes, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import {
+  CreateBucketCommand,
+  CreateMultipartUploadCommand,
+  HeadObjectCommand,
+  ListMultipartUploadsCommand,
+  PutObjectCommand,
+  S3Client,
+  UploadPartCommand,
+} from '@aws-sdk/client-s3';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { LocalFolderProvider } from '../../agent/providers/local';
+import { type S3Options, S3Provider } from '../../agent/providers/s3';
+import { SftpProvider } from '../../agent/providers/sftp';
+import { SmbProvider } from '../../agent/providers/smb';
+import { isStorageError } from '../../shared/storage/index';
+import type { TestAgent } from '../services/agent';
+import { freePort, waitForPort } from '../services/ports';
+import { startPostgres, type TestPostgres } from '../services/postgres';
+import { type S3Service, startS3 } from '../services/s3';
+import { type SmbdService, startSmbd } from '../services/smbd';
+import { type SshdService, startSshd, unixIds } from '../services/sshd';
+import { backupNow, filenameOf, runJob, startOffsiteAgent } from './helpers';
+
+const BACKUP = 'gem-backup-2026-01-02-030405.tar.gz';
+/** Temp names exactly as a failed put() leaves them. */
+const OLD_TEMP = `.tmp-${BACKUP}.0a1b2c3d`;
+const FRESH_TEMP = `.tmp-${BACKUP}.ffee0011`;
+/** Not ours, however much some of them look like it. */
+const FOREIGN = ['.tmp-gem-backup-notes.txt', '.tmp-other', 'notes.txt'];
+const HOUR_AGO = new Date(Date.now() - 3600_000);
+const TEN_MINUTES = 10 * 60_000;
+const MIB = 1024 * 1024;
+const abc = { size: 3, open: () => new Blob(['abc']).stream() };
+
+/** moto's S3 server (the Python moto package), the one S3 server here that implements ListMultipartUploads. */
+async function startMoto(): Promise<{ endpoint: string; stop(): Promise<void> }> {
+  const port = await freePort();
+  const child: ChildProcess = spawn('moto_server', ['-H', '127.0.0.1', '-p', String(port)], {
+    stdio: ['ignore', 'ignore', 'pipe'],
+  });
+  let log = '';
+  child.stderr?.on('data', (chunk) => {
+    log = (log + chunk).slice(-2000);
+  });
+  let missing = false;
+  child.on('error', () => {
+    missing = true;
+  });
+  const stop = async () => {
+    if (child.exitCode === null && child.signalCode === null) {
+      const exited = new Promise((done) => child.once('exit', done));
+      child.kill('SIGTERM');
+      await Promise.race([exited, new Promise((done) => setTimeout(done, 3000))]);
+    }
+  };
+  await waitForPort(port, {
+    exited: () =>
+      missing
+        ? "moto_server is not installed: pip install 'moto[server]' (Debian has no package for it)"
+        : child.exitCode !== null
+          ? `moto_server exited (${child.exitCode}): ${log}`
+          : undefined,
+  });
+  return { endpoint: `http://127.0.0.1:${port}`, stop };
+}
+
+let pg: TestPostgres;
+let sshd: SshdService;
+let smbd: SmbdService;
+let s3: S3Service;
+let moto: Awaited<ReturnType<typeof startMoto>>;
+let t: TestAgent;
+
+beforeAll(async () => {
+  [pg, sshd, smbd, s3, moto] = await Promise.all([
+    startPostgres(),
+    startSshd(),
+    startSmbd(),
+    startS3(),
+    startMoto(),
+  ]);
+  t = await startOffsiteAgent(pg);
+});
+afterAll(async () => {
+  await t?.close();
+  await Promise.all([pg?.stop(), sshd?.stop(), smbd?.stop(), s3?.stop(), moto?.stop()]);
+});
+
+/** Plants an old and a fresh temp file of ours and the foreign files in `dir` (which the server's user owns). */
+async function plant(dir: string): Promise<void> {
+  for (const name of [OLD_TEMP, FRESH_TEMP, ...FOREIGN]) {
+    await writeFile(join(dir, name), 'partial upload', { mode: 0o666 });
+  }
+  await utimes(join(dir, OLD_TEMP), HOUR_AGO, HOUR_AGO);
+}
+
+/** A folder in the SFTP user's home, owned by that user (as if the agent had made it). */
+async function sshdFolder(name: string): Promise<string> {
+  const dir = join(sshd.root, name);
+  await mkdir(dir, { recursive: true });
+  const { uid, gid } = await unixIds(sshd.passwordUser.username);
+  await chown(dir, uid, gid);
+  return dir;
+}
+
+const sorted = async (dir: string) => (await readdir(dir)).sort();
+
+describe('sweepTemp at each destination', () => {
+  it('sftp: removes only our temp files, the old ones first when given an age', async () => {
+    const provider = new SftpProvider({
+      host: sshd.host,
+      port: sshd.port,
+      username: sshd.passwordUser.username,
+      password: sshd.passwordUser.password,
+      remotePath: 'sweep',
+    });
+    expect(await provider.sweepTemp()).toEqual({ removed: [] }); // no folder yet
+    await provider.put(BACKUP, abc);
+    await plant(join(sshd.root, 'sweep'));
+    expect(await provider.sweepTemp({ olderThanMs: TEN_MINUTES })).toEqual({ removed: [OLD_TEMP] });
+    expect(await provider.sweepTemp()).toEqual({ removed: [FRESH_TEMP] });
+    expect(await sorted(join(sshd.root, 'sweep'))).toEqual([...FOREIGN, BACKUP].sort());
+  });
+
+  it('smb: removes only our temp files, the old ones first when given an age', async () => {
+    const provider = new SmbProvider({
+      host: smbd.host,
+      port: smbd.port,
+      share: smbd.share,
+      username: smbd.username,
+      password: smbd.password,
+      remotePath: '/sweep/',
+    });
+    expect(await provider.sweepTemp()).toEqual({ removed: [] }); // no folder yet
+    await provider.put(BACKUP, abc);
+    await plant(join(smbd.root, 'sweep'));
+    expect(await provider.sweepTemp({ olderThanMs: TEN_MINUTES })).toEqual({ removed: [OLD_TEMP] });
+    expect(await provider.sweepTemp()).toEqual({ removed: [FRESH_TEMP] });
+    expect(await sorted(join(smbd.root, 'sweep'))).toEqual([...FOREIGN, BACKUP].sort());
+  });
+
+  it('local folder: removes only our temp files', async () => {
+    const dir = join(t.dataDir, 'sweep-local');
+    const provider = new LocalFolderProvider(dir);
+    await provider.put(BACKUP, abc);
+    await plant(dir);
+    expect(await provider.sweepTemp({ olderThanMs: TEN_MINUTES })).toEqual({ removed: [OLD_TEMP] });
+    expect(await provider.sweepTemp()).toEqual({ removed: [FRESH_TEMP] });
+    expect(await sorted(dir)).toEqual([...FOREIGN, BACKUP].sort());
+  });
+
+  const s3Options = (endpoint: string, bucket: string): S3Options => ({
+    endpoint,
+    region: 'us-east-1',
+    bucket,
+    prefix: 'gem/',
+    accessKeyId: 'S3RVER',
+    secretAccessKey: 'S3RVER',
+    forcePathStyle: true,
+    partSize: 5 * MIB,
+  });
+  const client = (endpoint: string) =>
+    new S3Client({
+      endpoint,
+      region: 'us-east-1',
+      forcePathStyle: true,
+      credentials: { accessKeyId: 'S3RVER', secretAccessKey: 'S3RVER' },
+    });
+  /** An incomplete multipart upload: created, one part sent, never completed nor aborted. */
+  const incompleteUpload = async (s3client: S3Client, bucket: string, key: string) => {
+    const { UploadId } = await s3client.send(new CreateMultipartUploadCommand({ Bucket: bucket, Key: key }));
+    await s3client.send(
+      new UploadPartCommand({
+        Bucket: bucket,
+        Key: key,
+        UploadId,
+        PartNumber: 1,
+        Body: new Uint8Array(5 * MIB).fill(1),
+      }),
+    );
+  };
+
+  it('s3 (moto): aborts only the incomplete uploads of backups under the prefix', async () => {
+    const raw = client(moto.endpoint);
+    try {
+      await raw.send(new CreateBucketCommand({ Bucket: 'sweep' }));
+      for (const key of [`gem/${BACKUP}`, 'gem/other.bin', `elsewhere/${BACKUP}`, `gem/sub/${BACKUP}`]) {
+        await incompleteUpload(raw, 'sweep', key);
+      }
+      await raw.send(new PutObjectCommand({ Bucket: 'sweep', Key: 'gem/notes.txt', Body: 'foreign' }));
+      const provider = new S3Provider(s3Options(moto.endpoint, 'sweep'));
+      await provider.put(BACKUP, abc);
+      // (moto reports a fixed 2010 `Initiated` for every upload, so the age filter is not checked here.)
+      expect(await provider.sweepTemp()).toEqual({ removed: [BACKUP] });
+      const left = await raw.send(new ListMultipartUploadsCommand({ Bucket: 'sweep' }));
+      expect((left.Uploads ?? []).map((u) => u.Key).sort()).toEqual(
+        [`elsewhere/${BACKUP}`, 'gem/other.bin', `gem/sub/${BACKUP}`].sort(),
+      );
+      expect((await provider.list()).map((o) => o.name)).toEqual([BACKUP]);
+      await raw.send(new HeadObjectCommand({ Bucket: 'sweep', Key: 'gem/notes.txt' })); // still there
+
+      // A multipart put that fails (wrong sha256) leaves no incomplete upload behind.
+      const size = 12 * MIB;
+      const bad = { size, sha256: '0'.repeat(64), open: () => new Blob([new Uint8Array(size)]).stream() };
+      expect(await provider.put(BACKUP, bad).catch((e) => isStorageError(e, 'integrity'))).toBe(true);
+      const after = await raw.send(new ListMultipartUploadsCommand({ Bucket: 'sweep', Prefix: 'gem/' }));
+      expect((after.Uploads ?? []).map((u) => u.Key).sort()).toEqual(['gem/other.bin', `gem/sub/${BACKUP}`]);
+      await provider.close();
+    } finally {
+      raw.destroy();
+    }
+  });
+
+  it('s3 (s3rver): a server without ListMultipartUploads is reported as skipped, not as a failure', async () => {
+    const raw = client(s3.endpoint);
+    try {
+      await incompleteUpload(raw, s3.bucket, `gem/${BACKUP}`);
+      const provider = new S3Provider(s3Options(s3.endpoint, s3.bucket));
+      const result = await provider.sweepTemp();
+      expect(result.removed).toEqual([]);
+      expect(result.skipped).toMatch(/does not implement/);
+      await provider.close();
+    } finally {
+      raw.destroy();
+    }
+  });
+});
+
+describe('sync and auto-upload sweep the destination first', () => {
+  const sftp = (remotePath: string, autoUpload: boolean) => ({
+    enabled: true,
+    host: sshd.host,
+    port: sshd.port,
+    username: sshd.passwordUser.username,
+    remotePath,
+    auth: { password: sshd.passwordUser.password },
+    autoUpload,
+  });
+
+  it('Sync Now removes every temp leftover of ours and records the count', async () => {
+    const dir = await sshdFolder('synced');
+    await plant(dir);
+    const name = filenameOf(await backupNow(t));
+    await t.agent.settings.update({ offsite: { sftp: sftp('synced', false) } });
+    const job = await runJob(t, 'POST', '/offsite/sftp/sync');
+    expect(job.state, JSON.stringify(job.error)).toBe('succeeded');
+    expect(job.result).toMatchObject({ uploaded: [name], sweptTemp: 2 });
+    expect(await sorted(dir)).toEqual([...FOREIGN, name].sort());
+  });
+
+  it('auto-upload removes only leftovers older than 10 minutes, then uploads', async () => {
+    const dir = await sshdFolder('auto-sweep');
+    await plant(dir);
+    await t.agent.settings.update({ offsite: { sftp: sftp('auto-sweep', true) } });
+    const notices: unknown[] = [];
+    const off = t.agent.jobs.subscribeAll((event) => {
+      if (event.type === 'notice' && event.name === 'offsite-upload') notices.push(event.data);
+    });
+    try {
+      const name = filenameOf(await backupNow(t));
+      expect(notices).toEqual([{ sftp: expect.objectContaining({ ok: true, sweptTemp: 1 }) }]);
+      expect(await sorted(dir)).toEqual([...FOREIGN, FRESH_TEMP, name].sort());
+    } finally {
+      off();
+      await t.agent.settings.update({ offsite: { sftp: sftp('auto-sweep', false) } });
+    }
+  });
+});
