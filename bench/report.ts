@@ -134,16 +134,22 @@ export function summarize(comparisons: Comparison[]): Summary {
 }
 
 function table(headers: string[], lines: string[][], markdown: boolean): string {
+  const widths = headers.map((h, i) => Math.max(h.length, ...lines.map((l) => l[i]!.length)));
+  const pad = (cells: string[]) => cells.map((c, i) => c.padEnd(widths[i]!));
   if (markdown) {
+    // Padded as the formatter (biome) lays markdown tables out, so a recorded RESULTS.md stays clean.
+    const line = (cells: string[]) => `| ${cells.join(' | ')} |`;
     return [
-      `| ${headers.join(' | ')} |`,
-      `|${headers.map(() => '---').join('|')}|`,
-      ...lines.map((l) => `| ${l.join(' | ')} |`),
+      line(pad(headers)),
+      line(widths.map((w) => '-'.repeat(w))),
+      ...lines.map((l) => line(pad(l))),
     ].join('\n');
   }
-  const widths = headers.map((h, i) => Math.max(h.length, ...lines.map((l) => l[i]!.length)));
-  const fmt = (cells: string[]) => cells.map((c, i) => c.padEnd(widths[i]!)).join('  ');
-  return [fmt(headers), widths.map((w) => '-'.repeat(w)).join('  '), ...lines.map(fmt)].join('\n');
+  return [
+    pad(headers).join('  '),
+    widths.map((w) => '-'.repeat(w)).join('  '),
+    ...lines.map((l) => pad(l).join('  ')),
+  ].join('\n');
 }
 
 function ratioLines(summary: Summary): string[][] {
