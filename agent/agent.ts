@@ -2,6 +2,7 @@
 import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { mkdir, readFile, rm } from 'node:fs/promises';
+import { join } from 'node:path';
 import postgres from 'postgres';
 import type { BackupInfo, BackupCatalog as Catalog } from './backup/catalog';
 import { BackupCatalog } from './backup/catalog';
@@ -20,7 +21,7 @@ import type { Logger } from './log';
 import { offsiteUploadHook } from './offsite/service';
 import { recoverRestoreAtStart } from './restore/swap';
 import { SettingsService } from './settings/service';
-import { writeSmallFileAtomic } from './system/atomic-file';
+import { removeAbandoned, writeSmallFileAtomic } from './system/atomic-file';
 import { PostgresTools, parseDatabaseUrl } from './system/postgres-tools';
 
 /** Something to do after every new, verified backup (auto-upload, retention): failures are recorded, never fatal. */
@@ -98,14 +99,13 @@ export async function openAgent(
 
   const catalog = new BackupCatalog(paths.backups, paths.backupRecords, log);
   const lockPath = `${config.dataDir}/job.lock`;
-  // While another live process holds the job lock (the running agent, when this is the CLI), its temp
-  // files and work folder belong to a job in progress, not to a crash: removing them would break it.
-  const busyElsewhere = await clearStaleLock(lockPath);
-  if (busyElsewhere) await mkdir(paths.backups, { recursive: true });
-  else {
-    await catalog.init();
-    await rm(paths.work, { recursive: true, force: true });
-  }
+  await clearStaleLock(lockPath);
+  // Temp files and work folders are named after the process that writes them: only what a dead
+  // process left is removed, so the CLI starting beside a busy agent never breaks its jobs.
+  await catalog.init();
+  const workRoot = paths.work;
+  await removeAbandoned(workRoot, { all: true });
+  paths.work = join(workRoot, `p${process.pid}`);
   const jobs = new JobRunner({ lockPath, log });
   const token = config.agentToken ?? (await loadOrCreateToken(paths.token));
 

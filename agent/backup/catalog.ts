@@ -5,7 +5,7 @@ import { type EnvelopeHeader, stanzaKeyIds } from '../../shared/envelope';
 import { isBackupName } from '../../shared/storage/names';
 import { AppError } from '../errors';
 import type { Logger } from '../log';
-import { TEMP_PREFIX, writeSmallFileAtomic } from '../system/atomic-file';
+import { removeAbandoned, writeSmallFileAtomic } from '../system/atomic-file';
 import { readHeaderOfFile } from './reader';
 
 export interface BackupInfo {
@@ -64,14 +64,14 @@ export class BackupCatalog {
     private readonly log?: Logger,
   ) {}
 
-  /** Creates the folder and removes temp files left by a crash (they were never listed). */
+  /**
+   * Creates the folder and removes temp files left by a crash (they were never listed); temp files
+   * a live process is still writing (an upload in the agent while the CLI starts) stay.
+   */
   async init(): Promise<void> {
     await mkdir(this.dir, { recursive: true });
-    for (const name of await readdir(this.dir)) {
-      if (name.startsWith(TEMP_PREFIX)) {
-        await rm(join(this.dir, name), { force: true, recursive: true });
-        this.log?.warn('removed a temp file left by an interrupted job', { name });
-      }
+    for (const name of await removeAbandoned(this.dir)) {
+      this.log?.warn('removed a temp file left by an interrupted job', { name });
     }
   }
 

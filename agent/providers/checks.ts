@@ -28,11 +28,11 @@ export function tempNameFor(name: string): string {
   return `${TEMP_PREFIX}${name}.${Math.random().toString(16).slice(2, 10)}`;
 }
 
-const OWN_TEMP_NAME = /^\.tmp-gem-backup-\d{4}-\d{2}-\d{2}-\d{6}\.tar\.gz\.[0-9a-f]+$/;
+const OWN_TEMP_NAME = /^\.tmp-gem-backup-\d{4}-\d{2}-\d{2}-\d{6}\.tar\.gz\.(?:p\d+\.)?[0-9a-f]+$/;
 
 /**
  * True for a temp name our own put() makes (tempNameFor, or writeFileAtomic for the local folder):
- * `.tmp-` + a backup name + `.` + random hex. Anything else, even `.tmp-other`, is not ours to remove.
+ * `.tmp-` + a backup name + `.` + (for local files, `p<pid>.`) + random hex. Anything else, even `.tmp-other`, is not ours to remove.
  */
 export function isOwnTempName(name: string): boolean {
   return OWN_TEMP_NAME.test(name);

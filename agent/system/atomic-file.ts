@@ -1,7 +1,7 @@
 /** Atomic file writes: temp name, fsync, rename, fsync the folder. Nothing is ever visible half-written. */
 import { randomBytes } from 'node:crypto';
 import { createWriteStream } from 'node:fs';
-import { mkdir, open, rename, rm } from 'node:fs/promises';
+import { mkdir, open, readdir, rename, rm } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import type { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
@@ -9,9 +9,47 @@ import { pipeline } from 'node:stream/promises';
 /** Prefix of every temp file we create; startup cleanup removes leftovers with it. */
 export const TEMP_PREFIX = '.tmp-';
 
-/** A temp path beside `finalPath`, in the same folder so that rename is atomic. */
+/**
+ * A temp path beside `finalPath`, in the same folder so that rename is atomic. The name carries the
+ * writing process's pid (`.p<pid>.`), so a sweep at start removes only what a dead process left.
+ */
 export function tempPathFor(finalPath: string): string {
-  return join(dirname(finalPath), `${TEMP_PREFIX}${basename(finalPath)}.${randomBytes(6).toString('hex')}`);
+  return join(
+    dirname(finalPath),
+    `${TEMP_PREFIX}${basename(finalPath)}.p${process.pid}.${randomBytes(6).toString('hex')}`,
+  );
+}
+
+function processAlive(pid: number): boolean {
+  if (pid === process.pid) return true;
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (error) {
+    return (error as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+/** True if a temp name was left by a process that no longer runs (or names no owner at all). */
+export function isAbandonedTemp(name: string): boolean {
+  const owner = /\.p(\d+)\./.exec(name) ?? /^p(\d+)$/.exec(name);
+  return !owner || !processAlive(Number(owner[1]));
+}
+
+/**
+ * Removes from `dir` what dead processes left: temp files (by `TEMP_PREFIX`) or, with `all`, any
+ * entry (per-process work folders named `p<pid>`). What a live process is still writing stays.
+ */
+export async function removeAbandoned(dir: string, options: { all?: boolean } = {}): Promise<string[]> {
+  const removed: string[] = [];
+  const names = await readdir(dir).catch(() => [] as string[]);
+  for (const name of names) {
+    if (!options.all && !name.startsWith(TEMP_PREFIX)) continue;
+    if (!isAbandonedTemp(name)) continue;
+    await rm(join(dir, name), { recursive: true, force: true });
+    removed.push(name);
+  }
+  return removed;
 }
 
 /** fsync a folder so that a rename inside it survives a power cut. */

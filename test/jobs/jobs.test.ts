@@ -1,4 +1,4 @@
-import { mkdir, readdir, readFile, writeFile } from 'node:fs/promises';
+import { mkdir, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { openAgent } from '../../agent/agent';
@@ -101,19 +101,27 @@ describe('jobs', () => {
 });
 
 describe('after a crash', () => {
-  it('removes temp files and work folders at the next start, and lists only complete backups', async () => {
+  it('removes what a dead process left (temp files, its work folder) at the next start, keeps what a live one writes, and lists only complete backups', async () => {
     const dir = t.agent.paths.backups;
     const listed = (await t.agent.catalog.list()).map((b) => b.filename);
-    await writeFile(join(dir, '.tmp-gem-backup-2026-01-01-000000.tar.gz.abc123'), 'half a backup');
-    await mkdir(join(t.agent.paths.work, '.tmp-backup-xyz'), { recursive: true });
-    await writeFile(join(t.agent.paths.work, '.tmp-backup-xyz', 'database.dump'), 'partial dump');
+    // What a process killed mid-job leaves: temp files and a work folder named after its pid (one
+    // above the kernel's pid limit, so certainly dead), and one temp file this process is writing.
+    const dead = 4_194_305;
+    const workRoot = join(t.agent.config.dataDir, 'work');
+    await writeFile(join(dir, `.tmp-gem-backup-2026-01-01-000000.tar.gz.p${dead}.abc123`), 'half a backup');
+    await writeFile(join(dir, '.tmp-gem-backup-2026-01-01-000001.tar.gz.abc123'), 'an old one, no owner');
+    const live = `.tmp-gem-backup-2026-01-01-000002.tar.gz.p${process.pid}.abc123`;
+    await writeFile(join(dir, live), 'an upload still arriving');
+    await mkdir(join(workRoot, `p${dead}`, '.tmp-backup-xyz'), { recursive: true });
+    await writeFile(join(workRoot, `p${dead}`, '.tmp-backup-xyz', 'database.dump'), 'partial dump');
     const reopened = await openAgent(t.agent.config, silentLogger);
     try {
-      expect((await readdir(dir)).filter((f) => f.startsWith('.tmp-'))).toEqual([]);
-      expect(await readdir(t.agent.paths.work).catch(() => [])).toEqual([]);
+      expect((await readdir(dir)).filter((f) => f.startsWith('.tmp-'))).toEqual([live]);
+      expect(await readdir(workRoot)).not.toContain(`p${dead}`);
       expect((await reopened.catalog.list()).map((b) => b.filename)).toEqual(listed);
     } finally {
       await reopened.close();
+      await rm(join(dir, live), { force: true });
     }
   });
 });
