@@ -44,9 +44,44 @@ export const nodeChunkCipher: ChunkCipher = {
         }
         return plaintext;
       },
+      async openParts(nonce, sealed, aad) {
+        let length = 0;
+        for (const part of sealed) length += part.length;
+        if (length < TAG_LENGTH) return null;
+        const decipher = createDecipheriv('aes-256-gcm', key, nonce, { authTagLength: TAG_LENGTH });
+        decipher.setAAD(aad);
+        decipher.setAuthTag(lastBytes(sealed, TAG_LENGTH));
+        // Streamed through the decipher piece by piece; nothing is returned before final() checks the tag.
+        const plaintext: Buffer[] = [];
+        let left = length - TAG_LENGTH;
+        for (const part of sealed) {
+          const n = Math.min(part.length, left);
+          if (n > 0) plaintext.push(decipher.update(part.subarray(0, n)));
+          left -= n;
+        }
+        try {
+          decipher.final();
+        } catch {
+          return null;
+        }
+        return plaintext;
+      },
     };
   },
 };
+
+/** The last `n` bytes of consecutive pieces (the tag may span two reads). */
+function lastBytes(parts: readonly Uint8Array[], n: number): Buffer {
+  const out = Buffer.alloc(n);
+  let at = n;
+  for (let i = parts.length - 1; i >= 0 && at > 0; i--) {
+    const part = parts[i]!;
+    const count = Math.min(part.length, at);
+    out.set(part.subarray(part.length - count), at - count);
+    at -= count;
+  }
+  return out;
+}
 
 /** Runs an async step and hands its chunks to a Transform, reporting errors through the callback. */
 function pushAll(stream: Transform, step: Promise<Uint8Array[]>, callback: TransformCallback): void {

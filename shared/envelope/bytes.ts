@@ -44,6 +44,26 @@ export class ByteQueue {
     this.length += bytes.length;
   }
 
+  /**
+   * Removes the first `n` bytes and returns them as views of the pushed arrays, in order (no copy);
+   * `n` must not exceed `length`. An empty list for n = 0.
+   */
+  takeParts(n: number): Uint8Array[] {
+    if (n > this.length) throw new RangeError(`take(${n}) from ${this.length} bytes`);
+    this.length -= n;
+    const parts: Uint8Array[] = [];
+    let left = n;
+    while (left > 0) {
+      const part = this.parts[this.first]!;
+      const count = Math.min(part.length - this.head, left);
+      parts.push(part.subarray(this.head, this.head + count));
+      left -= count;
+      this.head += count;
+      if (this.head === part.length) this.dropFirst();
+    }
+    return parts;
+  }
+
   /** Removes and returns the first `n` bytes; `n` must not exceed `length`. */
   take(n: number): Uint8Array {
     if (n > this.length) throw new RangeError(`take(${n}) from ${this.length} bytes`);

@@ -10,6 +10,11 @@ export interface ChunkCrypter {
   seal(nonce: Uint8Array, plaintext: Uint8Array, aad: Uint8Array): Promise<Uint8Array>;
   /** Returns the plaintext, or null when the tag does not check (no plaintext is ever returned then). */
   open(nonce: Uint8Array, sealed: Uint8Array, aad: Uint8Array): Promise<Uint8Array | null>;
+  /**
+   * Optional: open() of a chunk given as consecutive pieces (ciphertext || tag split anywhere),
+   * returning its plaintext as pieces; saves gathering a chunk that spans reads into one copy.
+   */
+  openParts?(nonce: Uint8Array, sealed: readonly Uint8Array[], aad: Uint8Array): Promise<Uint8Array[] | null>;
 }
 
 /** A source of AES-256-GCM; Node plugs in node:crypto (agent/keys/envelope-node.ts), workerd uses WebCrypto. */

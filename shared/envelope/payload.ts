@@ -1,6 +1,6 @@
 // The chunked AES-256-GCM payload (FORMAT.md "Payload") as two incremental classes that streams wrap.
 
-import { ByteQueue } from './bytes';
+import { ByteQueue, concatBytes } from './bytes';
 import { type ChunkCipher, type ChunkCrypter, TAG_LENGTH, webCryptoChunkCipher } from './cipher';
 import { EnvelopeError } from './errors';
 import {
@@ -123,23 +123,29 @@ export class PayloadOpener {
     if (this.finished) throw new Error('push after finish');
     this.pending.push(bytes);
     // A full chunk is opened as non-last only once a byte after it proves it is not the last.
-    const sealed: Uint8Array[] = [];
-    while (this.pending.length > this.sealedSize) sealed.push(this.pending.take(this.sealedSize));
+    const sealed: Uint8Array[][] = [];
+    while (this.pending.length > this.sealedSize) sealed.push(this.pending.takeParts(this.sealedSize));
     const first = this.index;
     this.index += sealed.length;
-    const opened = await Promise.all(
-      sealed.map((s, i) => this.crypter.open(chunkNonce(first + i, false), s, this.aad)),
-    );
+    const opened = await Promise.all(sealed.map((parts, i) => this.openParts(first + i, parts)));
     const good: Uint8Array[] = [];
     for (const [i, plaintext] of opened.entries()) {
       if (plaintext === null) {
-        this.failure = await this.explainMiddleFailure(first + i, sealed[i]!);
+        this.failure = await this.explainMiddleFailure(first + i, concatParts(sealed[i]!));
         break;
       }
-      good.push(plaintext);
+      good.push(...plaintext);
     }
     if (good.length === 0) this.throwIfFailed();
     return good;
+  }
+
+  /** Opens a middle chunk held as pieces: without a copy when the cipher can, else gathered first. */
+  private async openParts(index: number, parts: Uint8Array[]): Promise<Uint8Array[] | null> {
+    const nonce = chunkNonce(index, false);
+    if (this.crypter.openParts) return this.crypter.openParts(nonce, parts, this.aad);
+    const plaintext = await this.crypter.open(nonce, concatParts(parts), this.aad);
+    return plaintext === null ? null : [plaintext];
   }
 
   /** Opens the chunk that ends the file with the last flag; throws if the file does not end properly. */
@@ -197,6 +203,10 @@ export class PayloadOpener {
     if (index !== 0 || sealed.length <= TAG_LENGTH) return false;
     return (await this.crypter.open(chunkNonce(0, true), sealed.subarray(0, TAG_LENGTH), this.aad)) !== null;
   }
+}
+
+function concatParts(parts: Uint8Array[]): Uint8Array {
+  return parts.length === 1 ? parts[0]! : concatBytes(parts);
 }
 
 function emptyThenTrailing(): EnvelopeError {

@@ -3,6 +3,7 @@ import { readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { startBackup } from '../../agent/backup/operations';
 import { readBackup } from '../../agent/backup/reader';
 import { restoreFromFile } from '../../agent/restore/restore';
 import { tryParseHeader } from '../../shared/envelope';
@@ -67,8 +68,8 @@ beforeAll(async () => {
       `create table noise as select g as id, md5(g::text) || md5(random()::text) as v from generate_series(1, 20000) g`,
     ),
   );
-  const res = await t.request('/api/v1/backups', { method: 'POST' });
-  const job = await t.agent.jobs.waitFor(((await res.json()) as { jobId: string }).jobId);
+  // 64 KiB chunks (new backups use 1 MiB), so this backup has many chunks to damage.
+  const job = await t.agent.jobs.waitFor((await startBackup(t.agent, { chunkSize: 64 * 1024 })).id);
   expect(job.error).toBeUndefined();
   original = await readFile(
     t.agent.catalog.pathOf((job.result as { backup: { filename: string } }).backup.filename),
