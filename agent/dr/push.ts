@@ -5,6 +5,7 @@ import type { BackupInfo } from '../backup/catalog';
 import { createBackup } from '../backup/create';
 import { readHeaderOfFile } from '../backup/reader';
 import { AppError, describeError, isAppError } from '../errors';
+import { withJobLock } from '../jobs/lock';
 import type { JobContext } from '../jobs/runner';
 import { AGENT_VERSION } from '../version';
 import type { DrClient, SignedBody } from './client';
@@ -211,10 +212,17 @@ async function chooseBackup(
     return { name: recent.filename, createdAt: recent.createdAt, temporary: false, reused: true };
   }
   ctx.log.info('no local backup from the last 24 hours: making a temporary one');
-  const made = await createBackup(
-    { keyring: agent.keyring, catalog: agent.catalog, sources: agent.sources, workDir: agent.paths.work },
-    ctx,
-    { kind: 'dr', label: 'temporary copy for Cloud DR' },
+  // The push itself reads only, but making a backup must not overlap another mutating job.
+  const made = await withJobLock(
+    agent.jobs.lockPath,
+    'dr-push backup',
+    () =>
+      createBackup(
+        { keyring: agent.keyring, catalog: agent.catalog, sources: agent.sources, workDir: agent.paths.work },
+        ctx,
+        { kind: 'dr', label: 'temporary copy for Cloud DR' },
+      ),
+    { signal: ctx.signal },
   );
   return { name: made.filename, createdAt: made.createdAt, temporary: true, reused: false };
 }

@@ -40,3 +40,31 @@ export async function acquireLock(path: string, what: string): Promise<() => Pro
   }
   throw new AppError('job_running', 'could not take the job lock; try again');
 }
+
+/**
+ * Runs `work` holding the job lock, waiting (up to `waitMs`) while another job holds it: for work
+ * that runs inside a non-exclusive job but must not overlap a mutating one (the DR push's
+ * temporary backup, which would otherwise race a scheduled backup or maintenance for the lock).
+ */
+export async function withJobLock<T>(
+  path: string,
+  what: string,
+  work: () => Promise<T>,
+  options: { signal?: AbortSignal; waitMs?: number; pollMs?: number } = {},
+): Promise<T> {
+  const deadline = Date.now() + (options.waitMs ?? 30 * 60_000);
+  for (;;) {
+    options.signal?.throwIfAborted();
+    try {
+      const release = await acquireLock(path, what);
+      try {
+        return await work();
+      } finally {
+        await release();
+      }
+    } catch (error) {
+      if (!(error instanceof AppError && error.code === 'job_running') || Date.now() >= deadline) throw error;
+      await new Promise((resolve) => setTimeout(resolve, options.pollMs ?? 5_000));
+    }
+  }
+}

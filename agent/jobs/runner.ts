@@ -87,6 +87,11 @@ export class JobRunner {
 
   constructor(private readonly options: { lockPath: string; log: Logger; keep?: number }) {}
 
+  /** The lock file that makes mutating jobs exclusive (shared with the CLI and withJobLock). */
+  get lockPath(): string {
+    return this.options.lockPath;
+  }
+
   /**
    * Starts a job. A mutating job while another mutating job runs (here or in the CLI) is refused
    * with `job_running` (HTTP 409): we refuse rather than queue, so that nobody waits on a job

@@ -10,19 +10,19 @@ import { jsonBody } from '../body';
 
 const RecoverBody = z.object({ installationId: InstallationId }).strict();
 
-/** The DR routes over the agent's one DR service. */
+/** The DR routes over the agent's one DR service, looked up per request: mounting creates nothing. */
 export function drRoutes(agent: Agent): Hono {
-  const dr = drServiceFor(agent);
   const app = new Hono();
-  app.get('/status', async (c) => c.json(await dr.status()));
+  const dr = () => drServiceFor(agent);
+  app.get('/status', async (c) => c.json(await dr().status()));
   app.post('/push', async (c) => {
-    const job = await dr.startPush('manual');
+    const job = await dr().startPush('manual');
     return c.json({ jobId: job.id }, 202);
   });
   app.post('/recover', async (c) => {
     const body = await jsonBody(c, RecoverBody);
     if (!body) throw new AppError('bad_request', 'send {"installationId": "..."}');
-    const job = await dr.startRecover(body.installationId);
+    const job = await dr().startRecover(body.installationId);
     return c.json({ jobId: job.id }, 202);
   });
   return app;
