@@ -1,6 +1,6 @@
 // Switching the slot to a complete new backup, and the older-than-current check.
 import type { SlotMetadata } from '../../shared/api/cloud';
-import { toHex } from '../../shared/signing';
+import { DEFAULT_MAX_SKEW_SECONDS, toHex } from '../../shared/signing';
 import type { CloudDeps } from '../deps';
 import { CloudError } from '../errors';
 import { type InstallationStateApi, type SlotRecord, toMetadata } from '../state/ledger';
@@ -12,6 +12,20 @@ import { type InstallationStateApi, type SlotRecord, toMetadata } from '../state
 export function newBackupKey(installationHash: string, createdAt: string): string {
   const rand = toHex(crypto.getRandomValues(new Uint8Array(8)));
   return `slots/${installationHash}/b-${Date.parse(createdAt)}-${rand}`;
+}
+
+/**
+ * 400 when a backup claims to be made later than now (beyond the signature's clock window). Such a
+ * backup would stay "newest" and make the slot refuse every real backup after it as older.
+ */
+export function refuseFutureBackup(createdAt: string, nowMs = Date.now()): void {
+  if (Date.parse(createdAt) > nowMs + DEFAULT_MAX_SKEW_SECONDS * 1000) {
+    throw new CloudError(
+      400,
+      'future_backup',
+      `the backup's created-at ${createdAt} is in the future; check the clock`,
+    );
+  }
 }
 
 /** 409 when the slot already holds a backup created after `createdAt`. */

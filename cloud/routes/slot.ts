@@ -4,7 +4,7 @@ import type { SlotMetadata } from '../../shared/api/cloud';
 import { AGENT_VERSION_HEADER, BACKUP_CREATED_AT_HEADER, SLOT_HEADERS } from '../../shared/api/cloud';
 import { type CloudVariables, requireSignature } from '../auth/signed';
 import { CloudError } from '../errors';
-import { commitToSlot, newBackupKey, refuseIfOlder } from './slot-commit';
+import { commitToSlot, newBackupKey, refuseFutureBackup, refuseIfOlder } from './slot-commit';
 
 /** The slot routes; every one is signed. */
 export const slotRoutes = new Hono<{ Variables: CloudVariables }>()
@@ -18,6 +18,7 @@ export const slotRoutes = new Hono<{ Variables: CloudVariables }>()
     if (header !== undefined && header !== createdAt) {
       throw new CloudError(400, 'bad_request', `${BACKUP_CREATED_AT_HEADER} differs from the signed one`);
     }
+    refuseFutureBackup(createdAt);
     if (claims.bln > config.maxSlotBytes) {
       throw new CloudError(413, 'too_large', `a slot holds at most ${config.maxSlotBytes} bytes`);
     }

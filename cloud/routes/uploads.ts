@@ -6,7 +6,7 @@ import { type CloudVariables, requireSignature } from '../auth/signed';
 import { CloudError } from '../errors';
 import type { UploadRecord } from '../state/ledger';
 import { parseJsonBody } from './json-body';
-import { commitToSlot, newBackupKey, refuseIfOlder } from './slot-commit';
+import { commitToSlot, newBackupKey, refuseFutureBackup, refuseIfOlder } from './slot-commit';
 
 const MIN_PART = 5 * 1024 * 1024; // R2/S3: every part but the last at least 5 MiB
 const MAX_PART = 95 * 1024 * 1024; // under the 100 MB Workers request body limit
@@ -76,6 +76,13 @@ export const uploadRoutes = new Hono<{ Variables: CloudVariables }>()
       throw new CloudError(400, 'missing_parts', `received ${parts.length} of ${count} parts`);
     }
     if (!(await state.takeUpload(upload.uploadId))) throw noSuchUpload();
+    // Checked here rather than at create: the upload is dropped, so a resumed push starts afresh.
+    try {
+      refuseFutureBackup(upload.createdAt);
+    } catch (err) {
+      await deps.store.abortMultipart(upload.objectKey, upload.storeUploadId).catch(() => {});
+      throw err;
+    }
     const stored = await deps.store.completeMultipart(upload.objectKey, upload.storeUploadId, parts);
     if (stored.size !== upload.size) {
       await deps.store.delete(upload.objectKey);
