@@ -28,6 +28,9 @@ export type CloudVariables = { deps: CloudDeps; signed: SignedRequest };
  * Every refusal is the same 401 shape whatever the reason, except a body length that differs (400).
  */
 export const requireSignature: MiddlewareHandler<{ Variables: CloudVariables }> = async (c, next) => {
+  const url = new URL(c.req.url);
+  // Only the path is signed, so nothing after it is accepted: no route can come to read unsigned input.
+  if (url.search !== '') throw new CloudError(400, 'bad_request', 'a signed request carries no query string');
   const token = tokenFromAuthorization(c.req.header('authorization'));
   if (!token) throw new CloudError(401, 'unauthorized', 'a GEM-Signature is required');
   const claims = decodeUnverified(token);
@@ -38,7 +41,7 @@ export const requireSignature: MiddlewareHandler<{ Variables: CloudVariables }> 
   const verified = await verifyRequest(token, {
     publicJwk,
     method: c.req.method,
-    path: new URL(c.req.url).pathname,
+    path: url.pathname,
     now: new Date(),
     maxSkewSeconds: DEFAULT_MAX_SKEW_SECONDS,
   });
@@ -54,14 +57,21 @@ export const requireSignature: MiddlewareHandler<{ Variables: CloudVariables }> 
   await next();
 };
 
-/** The Content-Length of the request (0 without a body); a body of unknown length is refused. */
+/**
+ * The Content-Length of the request (0 without a body); a body of unknown length is refused, and so
+ * is one framed both ways (Content-Length and Transfer-Encoding: which one counts is ambiguous).
+ */
 function declaredLength(c: Context): number {
   const header = c.req.header('content-length');
+  const chunked = c.req.header('transfer-encoding') !== undefined;
   if (header === undefined) {
-    if (c.req.raw.body !== null && c.req.header('transfer-encoding')) {
+    if (c.req.raw.body !== null && chunked) {
       throw new CloudError(411, 'length_required', 'send a Content-Length');
     }
     return 0;
+  }
+  if (chunked) {
+    throw new CloudError(400, 'bad_request', 'send a Content-Length without a Transfer-Encoding');
   }
   const n = Number(header);
   if (!Number.isSafeInteger(n) || n < 0) throw new CloudError(400, 'bad_request', 'bad Content-Length');
