@@ -33,6 +33,7 @@ export const recoverRoutes = new Hono<{ Variables: CloudVariables }>().post('/v1
     throw new CloudError(429, 'rate_limited', 'too many recovery attempts; wait a minute');
   }
   const body = await parseJsonBody(c.req.raw, RecoverRequest);
+  await checkRecipient(body.recipient as JWK);
   if (deps.config.escrowPrivateKeys.length === 0) {
     throw new CloudError(503, 'no_escrow_key', 'no escrow key is configured');
   }
@@ -66,6 +67,43 @@ export const recoverRoutes = new Hono<{ Variables: CloudVariables }>().post('/v1
     },
   });
 });
+
+const MAX_KID_LENGTH = 128;
+
+/**
+ * 422 unless `recipient` is a usable X25519 public key: a point of small order gives an all-zero
+ * shared secret (WebCrypto refuses it, or worse, does not), and a huge kid would be echoed into
+ * both response headers. Checked before any lookup, so it says nothing about the installation id.
+ */
+async function checkRecipient(recipient: JWK): Promise<void> {
+  const refuse = (why: string) => new CloudError(422, 'bad_recipient', `the recipient key ${why}`);
+  if (recipient.kid !== undefined && recipient.kid.length > MAX_KID_LENGTH) {
+    throw refuse(`kid is over ${MAX_KID_LENGTH} characters`);
+  }
+  let secret: Uint8Array;
+  try {
+    const pub = await crypto.subtle.importKey(
+      'jwk',
+      { kty: 'OKP', crv: 'X25519', x: recipient.x },
+      { name: 'X25519' },
+      false,
+      [],
+    );
+    const probe = (await crypto.subtle.generateKey({ name: 'X25519' }, false, [
+      'deriveBits',
+    ])) as CryptoKeyPair;
+    secret = new Uint8Array(
+      await crypto.subtle.deriveBits(
+        { name: 'X25519', public: pub } as AlgorithmIdentifier,
+        probe.privateKey,
+        256,
+      ),
+    );
+  } catch {
+    throw refuse('is not a usable X25519 public key');
+  }
+  if (secret.every((b) => b === 0)) throw refuse('is a point of small order');
+}
 
 /** Unwraps the escrow stanzas with the escrow private key they name and wraps them again to `recipient`. */
 async function rewrapForRecipient(
