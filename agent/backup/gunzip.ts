@@ -43,7 +43,7 @@ export class BackupGunzip extends Transform {
   private inflater: InflateRaw | undefined;
 
   constructor() {
-    super({ readableHighWaterMark: 4 << 20 });
+    super({ readableHighWaterMark: 1 << 20 });
   }
 
   override _transform(chunk: Buffer, _encoding: BufferEncoding, callback: TransformCallback): void {

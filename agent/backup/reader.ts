@@ -71,7 +71,8 @@ export async function readHeaderOfFile(path: string): Promise<EnvelopeHeader> {
   }
 }
 
-const READ_SIZE = 4 << 20;
+/** 1 MiB reads: a chunk spanning two reads is opened in pieces (openParts); 4 MiB measured no better. */
+const READ_SIZE = 1 << 20;
 
 export interface ReadOptions {
   keys: MasterKey[];
@@ -115,7 +116,6 @@ async function readSmall(stream: Readable, limit: number): Promise<Buffer> {
  * and that nothing is missing or extra. Optional sinks receive the members (restore).
  */
 export async function readBackup(source: string | Readable, options: ReadOptions): Promise<ReadResult> {
-  // 4 MiB reads: a 1 MiB chunk then rarely spans two reads, and there are few reads to schedule.
   const input = typeof source === 'string' ? createReadStream(source, { highWaterMark: READ_SIZE }) : source;
   let bytesRead = 0;
   const counter = new Transform({
