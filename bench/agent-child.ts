@@ -1,8 +1,13 @@
 // One agent operation in its own process, so the benchmark can read its peak RSS: prints one JSON line.
 
+import { createHash } from 'node:crypto';
+import { createReadStream } from 'node:fs';
+import { Readable } from 'node:stream';
+import type { JWK } from 'jose';
 import { openAgent } from '../agent/agent';
 import { createBackup, verifyBackup } from '../agent/backup/create';
 import { loadConfig } from '../agent/config';
+import { DrClient } from '../agent/dr/client';
 import { drServiceFor } from '../agent/dr/service';
 import type { JobContext } from '../agent/jobs/runner';
 import { silentLogger } from '../agent/log';
@@ -10,11 +15,14 @@ import { uploadBackup } from '../agent/offsite/transfer';
 import type { S3Options, SftpOptions, SmbOptions } from '../agent/providers';
 import { S3Provider, SftpProvider, SmbProvider } from '../agent/providers';
 import { restoreFromFile } from '../agent/restore/restore';
+import { AGENT_VERSION } from '../agent/version';
+import { AGENT_VERSION_HEADER, BACKUP_CREATED_AT_HEADER } from '../shared/api/cloud';
+import { SIGNATURE_SCHEME, signRequest } from '../shared/signing';
 import type { StorageProvider } from '../shared/storage/index';
 
 /** What the benchmark asks of one child. */
 export interface ChildRequest {
-  op: 'idle' | 'backup' | 'verify' | 'restore' | 'upload' | 'dr-push';
+  op: 'idle' | 'backup' | 'verify' | 'restore' | 'upload' | 'dr-push' | 'dr-plain-put';
   /** Environment of the agent (DATABASE_URL, GEM_DATA_DIR, ...). */
   env: Record<string, string>;
   /** For `restore`: the agent whose catalog holds the backup opens with this DATABASE_URL instead. */
@@ -52,6 +60,60 @@ function timingContext(phases: Array<[string, number]>): JobContext {
   };
 }
 
+type OpenedAgent = Awaited<ReturnType<typeof openAgent>>;
+
+function drClientOf(agent: OpenedAgent, env: Record<string, string>): DrClient {
+  return new DrClient({
+    baseUrl: env['GEM_DR_URL']!,
+    identity: () => ({ installationId: agent.keyring.installationId, signingKey: agent.keyring.signingKey }),
+    enrollmentToken: env['GEM_DR_ENROLLMENT_TOKEN'],
+  });
+}
+
+/**
+ * The DR protocol's minimum for the same bytes to the same Worker: one sha256 pass (the signature
+ * covers it), the signed `PUT /v1/dr/backup`, the file streamed in 1 MiB reads. No escrow header, no
+ * state file, no job: what any client of this API must do at least.
+ */
+async function plainSignedPut(
+  agent: OpenedAgent,
+  env: Record<string, string>,
+  name: string,
+  createdAt: string,
+): Promise<unknown> {
+  const path = agent.catalog.pathOf(name);
+  const hash = createHash('sha256');
+  let length = 0;
+  for await (const chunk of createReadStream(path, { highWaterMark: 1 << 20 })) {
+    hash.update(chunk as Buffer);
+    length += (chunk as Buffer).length;
+  }
+  const sha256 = hash.digest('hex');
+  const token = await signRequest({
+    installationId: agent.keyring.installationId,
+    method: 'PUT',
+    path: '/v1/dr/backup',
+    bodySha256: sha256,
+    bodyLength: length,
+    privateJwk: agent.keyring.signingKey.privateJwk as JWK,
+    backupCreatedAt: createdAt,
+  });
+  const res = await fetch(`${env['GEM_DR_URL']}/v1/dr/backup`, {
+    method: 'PUT',
+    headers: {
+      authorization: `${SIGNATURE_SCHEME} ${token}`,
+      'content-length': String(length),
+      [BACKUP_CREATED_AT_HEADER]: createdAt,
+      [AGENT_VERSION_HEADER]: AGENT_VERSION,
+    },
+    body: Readable.toWeb(createReadStream(path, { highWaterMark: 1 << 20 })) as ReadableStream,
+    duplex: 'half',
+  } as RequestInit);
+  const text = await res.text();
+  if (res.status !== 201) throw new Error(`plain PUT answered ${res.status}: ${text.slice(0, 200)}`);
+  return { sha256, length };
+}
+
 async function main(): Promise<void> {
   const request = JSON.parse(process.argv[2]!) as ChildRequest;
   const agent = await openAgent(loadConfig(request.env), silentLogger);
@@ -70,6 +132,10 @@ async function main(): Promise<void> {
   const latest = (await agent.catalog.list())[0];
   if (request.op !== 'backup' && request.op !== 'idle' && !latest)
     throw new Error('no backup in the catalog: run the backup first');
+  if (request.op === 'dr-plain-put') {
+    // Untimed, as the agent's own push does it first: this installation is known to the cloud.
+    await drClientOf(agent, request.env).enroll();
+  }
   const started = performance.now();
   let detail: unknown;
   let name = latest?.filename ?? '';
@@ -98,6 +164,8 @@ async function main(): Promise<void> {
     } finally {
       await provider.close?.();
     }
+  } else if (request.op === 'dr-plain-put') {
+    detail = await plainSignedPut(agent, request.env, name, latest!.createdAt);
   } else {
     const dr = drServiceFor(agent);
     const job = await agent.jobs.waitFor((await dr.startPush()).id);

@@ -111,7 +111,7 @@ export function summarize(comparisons: Comparison[]): Summary {
       });
     } else {
       const speed = b.seconds / a.seconds;
-      const target = c.name === 'dr push' ? '≥ 0.90 × (DR: Worker under Miniflare)' : '≥ 0.90 ×';
+      const target = c.name === 'dr push' ? '≥ 0.90 × (same Worker under Miniflare)' : '≥ 0.90 ×';
       ratios.push({
         what: `${c.name} throughput / ${c.labels.plain}`,
         value: `${speed.toFixed(2)} ×`,

@@ -38,6 +38,15 @@ export interface BackupRecord {
   verifyError?: string;
   pinned?: boolean;
   remoteVerify?: Record<string, RemoteVerifyRecord>;
+  /** The whole file's sha256, taken once as it was written, for the file of this size and mtime only. */
+  content?: ContentHash;
+}
+
+/** A backup file's sha256 and the file it belongs to (a file replaced under the same name does not match). */
+export interface ContentHash {
+  sha256: string;
+  size: number;
+  mtimeMs: number;
 }
 
 /** Refuses any name that is not exactly a backup name: nothing else ever reaches the file system. */
@@ -123,7 +132,7 @@ export class BackupCatalog {
       this.headers.set(name, cached);
     }
     const { core, stanzas } = cached.header;
-    const record = (await this.loadRecords())[name] ?? {};
+    const { content: _, ...record } = (await this.loadRecords())[name] ?? {};
     return {
       filename: name,
       createdAt: core.createdAt,
@@ -144,6 +153,20 @@ export class BackupCatalog {
     });
     this.headers.delete(name);
     await this.updateRecord(name, undefined);
+  }
+
+  /** Records the sha256 of a backup file as it is now (size and mtime), so uploads need no hashing pass. */
+  async recordSha256(name: string, sha256: string): Promise<void> {
+    const s = await stat(this.pathOf(name));
+    await this.updateRecord(name, { content: { sha256, size: s.size, mtimeMs: s.mtimeMs } });
+  }
+
+  /** The recorded sha256 of a backup file, if one was taken of the file as it is now (same size and mtime). */
+  async knownSha256(name: string): Promise<string | undefined> {
+    const content = (await this.loadRecords())[name]?.content;
+    if (!content) return undefined;
+    const s = await stat(this.pathOf(name)).catch(() => undefined);
+    return s && s.size === content.size && s.mtimeMs === content.mtimeMs ? content.sha256 : undefined;
   }
 
   /** Merges `patch` into a backup's record (undefined removes the record). */

@@ -1,4 +1,6 @@
 /** Creating a backup: dump + folders + manifest -> tar -> gzip -> envelope -> temp file -> verify -> rename. */
+
+import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
 import { mkdir, mkdtemp, readFile, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -195,6 +197,14 @@ export async function createBackup(
         cb(null, chunk);
       },
     });
+    // The file's sha256 as it is written: recorded once, so offsite uploads need no hashing pass.
+    const fileHash = createHash('sha256');
+    const hasher = new Transform({
+      transform(chunk: Buffer, _e, cb) {
+        fileHash.update(chunk);
+        cb(null, chunk);
+      },
+    });
     await Promise.all([
       filling,
       writeFileAtomic(
@@ -204,6 +214,7 @@ export async function createBackup(
           counter,
           createGzip({ level: GZIP_LEVEL, chunkSize: GZIP_CHUNK_SIZE }),
           createSealTransform({ core, stanzas, fileKey }),
+          hasher,
         ],
         {
           signal: ctx.signal,
@@ -224,7 +235,12 @@ export async function createBackup(
         throw new AppError('no_space', 'the disk is full: free some space and try again');
       throw error;
     });
-    await catalog.updateRecord(name, { verifiedAt: new Date().toISOString(), verifyResult: 'ok' });
+    const written = await stat(catalog.pathOf(name));
+    await catalog.updateRecord(name, {
+      verifiedAt: new Date().toISOString(),
+      verifyResult: 'ok',
+      content: { sha256: fileHash.digest('hex'), size: written.size, mtimeMs: written.mtimeMs },
+    });
     ctx.log.info('backup created', {
       filename: name,
       rows: Object.values(dump.rowCounts).reduce((a, b) => a + b, 0),

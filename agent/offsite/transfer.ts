@@ -88,19 +88,24 @@ export async function fileSha256(path: string, signal?: AbortSignal): Promise<st
   return hash.digest('hex');
 }
 
-/** A local file as a provider source: each open() (each retry) reads it again from the first byte. */
+/**
+ * A local file as a provider source: each open() (each retry) reads it again from the first byte;
+ * `localPath` lets a provider whose tool reads files itself skip spooling.
+ */
 export function fileSource(path: string, size: number, sha256: string): BackupSource {
   return {
     size,
     sha256,
+    localPath: path,
     open: () =>
       Readable.toWeb(createReadStream(path, { highWaterMark: 1 << 20 })) as ReadableStream<Uint8Array>,
   };
 }
 
 /**
- * Uploads a local backup to `provider` under the same name, then checks the remote size (and sha256
- * where the provider reports one) against the local file. Transient failures are retried from a
+ * Uploads a local backup to `provider` under the same name, then checks the size (and sha256 where the
+ * provider reports one) that put() found on the server against the local file, whose sha256 comes
+ * from the catalog. Transient failures are retried from a
  * re-opened file; the provider never leaves a partial object under the name.
  */
 export async function uploadBackup(
@@ -111,22 +116,26 @@ export async function uploadBackup(
 ): Promise<StoredObject> {
   const path = agent.catalog.pathOf(name);
   const { size } = await stat(path);
-  const sha256 = await fileSha256(path, options.signal);
+  // Recorded when the backup was made; a file from elsewhere is hashed once here and recorded.
+  let sha256 = await agent.catalog.knownSha256(name);
+  if (sha256 === undefined) {
+    sha256 = await fileSha256(path, options.signal);
+    await agent.catalog.recordSha256(name, sha256);
+  }
   const source = fileSource(path, size, sha256);
   const retry = { ...options.retry, signal: options.signal, onRetry: options.onRetry };
   const stored = await withRetry(
     () => guardStall((signal, onProgress) => provider.put(name, source, { signal, onProgress }), options),
     retry,
   );
-  const remote = await withRetry(() => provider.stat(name), retry);
-  const remoteSha = remote.sha256 ?? stored.sha256;
-  if (remote.size !== size) {
-    throw new StorageError('integrity', `${name} is ${remote.size} bytes remotely, ${size} bytes here`);
+  // put() answers what the server holds after its own check (stat / allinfo / HEAD): no second session.
+  if (stored.size !== size) {
+    throw new StorageError('integrity', `${name} is ${stored.size} bytes remotely, ${size} bytes here`);
   }
-  if (remoteSha !== undefined && remoteSha.toLowerCase() !== sha256) {
+  if (stored.sha256 !== undefined && stored.sha256.toLowerCase() !== sha256) {
     throw new StorageError('integrity', `the remote sha256 of ${name} differs from the local file's`);
   }
-  return { ...remote, sha256: remoteSha ?? sha256 };
+  return { ...stored, sha256: stored.sha256 ?? sha256 };
 }
 
 /** Sweeps on the auto-upload path leave younger leftovers alone, in case some other upload is still writing them. */

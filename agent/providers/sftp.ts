@@ -74,11 +74,57 @@ interface Session {
   sftp: SFTPWrapper;
 }
 
+/** Bytes of WRITE requests kept in flight: OpenSSH's sftp keeps 64 × 32 KiB; a round trip per request is what made uploads slow. */
+export const WRITE_WINDOW_BYTES = 4 * 1024 * 1024;
+
+/**
+ * Writes a stream of chunks to an open remote file with many WRITE requests in flight at increasing
+ * offsets (ssh2's own write waits for each ack before sending the next piece of a buffer). Each piece is
+ * at most the server's write limit; the first failed write fails the whole upload.
+ */
+async function writePipelined(
+  sftp: SFTPWrapper,
+  handle: Buffer,
+  chunks: AsyncIterable<Buffer>,
+): Promise<void> {
+  const piece = Math.max(
+    32 * 1024,
+    Math.min(256 * 1024, (sftp as unknown as { _maxWriteLen?: number })._maxWriteLen ?? 32 * 1024),
+  );
+  const maxInFlight = Math.max(1, Math.floor(WRITE_WINDOW_BYTES / piece));
+  let inFlight = 0;
+  let offset = 0;
+  let failure: unknown;
+  let wake: (() => void) | undefined;
+  const settle = (error: unknown) => {
+    inFlight--;
+    if (error && failure === undefined) failure = error;
+    const waiter = wake;
+    wake = undefined;
+    waiter?.();
+  };
+  const until = async (ready: () => boolean) => {
+    while (!ready() && failure === undefined) await new Promise<void>((resolve) => (wake = resolve));
+    if (failure !== undefined) throw failure;
+  };
+  for await (const chunk of chunks) {
+    const buffer = Buffer.isBuffer(chunk) ? chunk : Buffer.from(chunk as Uint8Array);
+    for (let at = 0; at < buffer.length; at += piece) {
+      await until(() => inFlight < maxInFlight);
+      const part = buffer.subarray(at, Math.min(buffer.length, at + piece));
+      inFlight++;
+      sftp.write(handle, part, 0, part.length, offset, settle);
+      offset += part.length;
+    }
+  }
+  await until(() => inFlight === 0);
+}
+
 function call<T>(run: (callback: (error: Error | null | undefined, value: T) => void) => void): Promise<T> {
   return new Promise((resolve, reject) => run((error, value) => (error ? reject(error) : resolve(value))));
 }
 
-/** Stores backups on an SFTP server: temp name, stream, fsync, rename, stat to confirm the size. */
+/** Stores backups on an SFTP server: temp name, pipelined writes, fsync, rename, stat to confirm the size. */
 export class SftpProvider implements StorageProvider {
   readonly id: string;
   readonly properties: ProviderProperties = { atomicReplace: true };
@@ -222,10 +268,12 @@ export class SftpProvider implements StorageProvider {
       const handle = await call<Buffer>((done) => sftp.open(temp, 'w', { mode: 0o600 }, done));
       let handleOpen = true;
       try {
-        const sink = sftp.createWriteStream(temp, { handle, autoClose: false } as never);
-        // Writes still in flight when a failed pipeline tears the connection down report late errors.
-        sink.on('error', () => {});
-        await pipeline(Readable.fromWeb(source.open() as never), check, sink, signal ? { signal } : {});
+        await pipeline(
+          Readable.fromWeb(source.open() as never),
+          check,
+          (chunks: AsyncIterable<Buffer>) => writePipelined(sftp, handle, chunks),
+          signal ? { signal } : {},
+        );
         check.verify(source);
         // Ask the server to flush to disk before the rename makes the backup visible.
         if (

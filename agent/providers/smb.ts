@@ -78,7 +78,46 @@ function quote(path: string): string {
   return `"${path}"`;
 }
 
-/** Stores backups on an SMB share: spool locally and check, put under a temp name, rename -f, ls to confirm. */
+/** The size and write time of each `allinfo` in smbclient's output, in order. */
+function parseAllinfo(output: string): { size: number; modifiedAt?: string }[] {
+  const infos: { size: number; modifiedAt?: string }[] = [];
+  let modifiedAt: string | undefined;
+  for (const line of output.split('\n')) {
+    const written = /^write_time:\s+(.+)$/.exec(line);
+    if (written) {
+      const date = new Date(written[1]!.trim());
+      modifiedAt = Number.isNaN(date.getTime()) ? undefined : date.toISOString();
+    }
+    const stream = /^stream: \[::\$DATA\], (\d+) bytes$/.exec(line.trimEnd());
+    if (stream) {
+      infos.push({ size: Number(stream[1]), ...(modifiedAt ? { modifiedAt } : {}) });
+      modifiedAt = undefined;
+    }
+  }
+  return infos;
+}
+
+/** Hashes a local file (the source's localPath) against the source's declared size and sha256. */
+async function hashFile(
+  path: string,
+  onProgress: ((bytes: number) => void) | undefined,
+  signal: AbortSignal | undefined,
+): Promise<SourceCheck> {
+  const check = new SourceCheck(onProgress);
+  check.resume(); // only counted and hashed; nothing reads its output
+  try {
+    await pipeline(createReadStream(path, { highWaterMark: 1 << 20 }), check, signal ? { signal } : {});
+  } catch (error) {
+    if (signal?.aborted) throw abortedError(error);
+    throw new StorageError('io', `reading the backup failed: ${String(error)}`, { cause: error });
+  }
+  return check;
+}
+
+/**
+ * Stores backups on an SMB share: put under a temp name, rename, allinfo to confirm, in one smbclient
+ * session; a local file is put as it is (hashed meanwhile), any other source is spooled and checked first.
+ */
 export class SmbProvider implements StorageProvider {
   readonly id: string;
   readonly properties: ProviderProperties = { atomicReplace: true };
@@ -194,6 +233,12 @@ export class SmbProvider implements StorageProvider {
     assertObjectName(name);
     const { signal } = options;
     throwIfAborted(signal);
+    if (source.localPath !== undefined) {
+      // smbclient reads the file itself; it is hashed on the other core meanwhile and checked before we answer.
+      const hashing = hashFile(source.localPath, options.onProgress, signal);
+      hashing.catch(() => {}); // awaited below; a failed put must not also report it unhandled
+      return this.putFile(name, source, source.localPath, hashing, signal);
+    }
     // smbclient uploads from a file: spool and check first, so a bad source never reaches the share.
     const spool = await mkdtemp(join(tmpdir(), 'gem-smb-spool-'));
     const local = join(spool, 'backup');
@@ -211,32 +256,89 @@ export class SmbProvider implements StorageProvider {
         throw new StorageError('io', `reading the backup failed: ${String(error)}`, { cause: error });
       }
       check.verify(source);
-      const temp = this.path(tempNameFor(name));
-      try {
-        const uploaded = await this.run(
-          [...this.mkdirCommands(), `put ${quote(local)} ${quote(temp)}`],
-          signal,
-        );
-        this.check(uploaded, name, ['OBJECT_NAME_COLLISION']);
-        this.check(await this.run([`rename ${quote(temp)} ${quote(this.path(name))} -f`], signal), name);
-      } catch (error) {
-        // A cancelled or failed put may have left part of the temp file; a down share keeps it for sweepTemp().
-        await tryCleanup(
-          (cleanup) => this.run([`del ${quote(temp)}`], cleanup),
-          Math.min(CLEANUP_TIMEOUT_MS, (this.options.timeoutSeconds ?? 30) * 1000),
-        );
-        throw error;
-      }
-      const stored = await this.stat(name);
-      if (stored.size !== source.size) {
-        throw new StorageError(
-          'integrity',
-          `${name} is ${stored.size} bytes on the share, expected ${source.size}`,
-        );
-      }
-      return { ...stored, sha256: check.sha256() };
+      return await this.putFile(name, source, local, Promise.resolve(check), signal);
     } finally {
       await rm(spool, { recursive: true, force: true });
+    }
+  }
+
+  /**
+   * One smbclient session: put under a temp name, rename to the final name unless one exists, allinfo of
+   * both. smbclient runs every command even after one failed, so the result is checked afterwards: a put
+   * that failed half way, a wrong size or a wrong sha256 removes what the rename made visible (nothing
+   * was there before: without -f the rename refuses an existing name). Replacing an existing backup
+   * takes a second session, after the temp file has been checked.
+   */
+  private async putFile(
+    name: string,
+    source: BackupSource,
+    local: string,
+    hashing: Promise<SourceCheck>,
+    signal?: AbortSignal,
+  ): Promise<StoredObject> {
+    const temp = this.path(tempNameFor(name));
+    const final = this.path(name);
+    let renamed = false;
+    try {
+      const result = await this.run(
+        [
+          ...this.mkdirCommands(),
+          `put ${quote(local)} ${quote(temp)}`,
+          `allinfo ${quote(temp)}`,
+          `rename ${quote(temp)} ${quote(final)}`,
+          `allinfo ${quote(final)}`,
+        ],
+        signal,
+      );
+      const renameFailure = /NT_STATUS_([A-Z_]+) renaming files/.exec(result.output)?.[1];
+      renamed = renameFailure === undefined;
+      const infos = parseAllinfo(result.output);
+      // Statuses of the put and the temp's allinfo; an existing folder and the rename are judged apart.
+      const putStatuses = result.output
+        .split('\n')
+        .filter((line) => !/making remote directory|renaming files/.test(line))
+        .flatMap((line) => [...line.matchAll(/NT_STATUS_([A-Z_]+)/g)].map((match) => match[1]!));
+      this.check({ output: result.output, statuses: putStatuses }, name);
+      if (infos[0]?.size !== source.size) {
+        throw new StorageError(
+          'integrity',
+          `${name} is ${infos[0]?.size ?? 'missing'} bytes on the share, expected ${source.size}`,
+        );
+      }
+      const check = await hashing;
+      check.verify(source);
+      let stored = infos[1];
+      if (renameFailure === 'OBJECT_NAME_COLLISION') {
+        // A backup of this name is already there: replace it only now that the new copy checked out.
+        const replaced = await this.run(
+          [`rename ${quote(temp)} ${quote(final)} -f`, `allinfo ${quote(final)}`],
+          signal,
+        );
+        this.check(replaced, name);
+        renamed = true;
+        stored = parseAllinfo(replaced.output)[0];
+      } else if (renameFailure !== undefined) {
+        this.check({ output: result.output, statuses: [renameFailure] }, name);
+      }
+      if (stored?.size !== source.size) {
+        throw new StorageError(
+          'integrity',
+          `${name} is ${stored?.size ?? 'missing'} bytes on the share, expected ${source.size}`,
+        );
+      }
+      return { name, size: stored.size, modifiedAt: stored.modifiedAt, sha256: check.sha256() };
+    } catch (error) {
+      // A cancelled or failed put may have left part of the temp file (or renamed a bad one into a name
+      // that was free); a down share keeps the temp file for sweepTemp().
+      const doomed = [`del ${quote(temp)}`, ...(renamed && !signal?.aborted ? [`del ${quote(final)}`] : [])];
+      await tryCleanup(
+        (cleanup) => this.run(doomed, cleanup),
+        Math.min(CLEANUP_TIMEOUT_MS, (this.options.timeoutSeconds ?? 30) * 1000),
+      );
+      if (signal?.aborted && !(error instanceof StorageError && error.code === 'aborted')) {
+        throw abortedError(error);
+      }
+      throw error;
     }
   }
 

@@ -8,6 +8,11 @@ export interface BackupSource {
   readonly sha256?: string;
   /** A fresh stream of the whole content, from the first byte. */
   open(): ReadableStream<Uint8Array>;
+  /**
+   * A local file holding exactly the bytes open() gives, when there is one: a provider whose tool reads
+   * files itself (smbclient) uses it instead of spooling. It must still check size and sha256.
+   */
+  readonly localPath?: string;
 }
 
 /** What a provider knows of one stored object. */
