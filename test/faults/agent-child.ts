@@ -18,10 +18,20 @@ const say = (line: object) => process.stdout.write(`${JSON.stringify({ t: perfor
 
 const agent = await openAgent(loadConfig(), silentLogger);
 let last = '';
+const die = (phase: string, fraction: number) => {
+  say({ event: 'suicide', phase, fraction });
+  process.kill(process.pid, 'SIGKILL');
+};
 agent.jobs.subscribeAll((event) => {
   const { phase, bytesDone, bytesTotal } = event.job;
   const key = `${phase}`;
   if (key !== last) {
+    // Progress is reported at most every 200 ms: a phase may end before its late fraction is ever
+    // seen. Then the kill happens as the phase ends, which is still the late point asked for.
+    if (killPhase && last === killPhase && !armed && killAfterMs === 0) {
+      armed = true;
+      die(last, 1);
+    }
     last = key;
     say({ event: 'phase', phase, bytesDone, bytesTotal });
   }
@@ -29,12 +39,9 @@ agent.jobs.subscribeAll((event) => {
     const fraction = bytesTotal ? (bytesDone ?? 0) / bytesTotal : 0;
     if (fraction >= killFraction && !armed) {
       armed = true;
-      const die = () => {
-        say({ event: 'suicide', phase: agent.jobs.get(event.job.id)?.phase ?? phase, fraction });
-        process.kill(process.pid, 'SIGKILL');
-      };
-      if (killAfterMs > 0) setTimeout(die, killAfterMs);
-      else die();
+      const now = () => die(agent.jobs.get(event.job.id)?.phase ?? phase, fraction);
+      if (killAfterMs > 0) setTimeout(now, killAfterMs);
+      else now();
     }
   }
 });
