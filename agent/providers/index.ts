@@ -1,15 +1,23 @@
 // The backup destinations the agent can use, and one factory that builds them from plain settings.
-import type { StorageProvider } from '../../shared/storage/index';
+import type {
+  BackupSource,
+  ProviderProperties,
+  StorageProvider,
+  StoredObject,
+  TempSweepResult,
+} from '../../shared/storage/index';
 import { type LocalFolderOptions, LocalFolderProvider } from './local';
-import { type S3Options, S3Provider } from './s3';
-import { type SftpOptions, SftpProvider } from './sftp';
+import type { S3Options } from './s3';
+import type { SftpOptions } from './sftp';
 import { type SmbOptions, SmbProvider } from './smb';
 
+// S3 and SFTP are imported from their own modules (./s3, ./sftp) where a class is needed: re-exporting
+// them here would load the AWS SDK and ssh2 into every agent, whether a destination uses them or not.
 export { BACKUP_NAME_PATTERN, isBackupName } from '../../shared/storage/names';
 export { type LocalFolderOptions, LocalFolderProvider } from './local';
 export { type RetryOptions, withRetry } from './retry';
-export { type S3Options, S3Provider } from './s3';
-export { hostKeyFingerprint, type SftpOptions, SftpProvider } from './sftp';
+export type { S3Options } from './s3';
+export type { SftpOptions } from './sftp';
 export { type SmbOptions, SmbProvider } from './smb';
 
 export type ProviderKind = 'local' | 'sftp' | 's3' | 'smb';
@@ -21,6 +29,73 @@ export interface ProviderSettings {
   smb: SmbOptions;
 }
 
+/**
+ * A provider whose module is imported on its first operation. Loading the AWS SDK (client-s3 +
+ * lib-storage) or ssh2-sftp-client adds 16-17 MB of RSS each to a process (measured under tsx);
+ * most installations use one destination or none.
+ */
+class LazyProvider implements StorageProvider {
+  readonly id: string;
+  private loaded?: StorageProvider;
+  private loading?: Promise<StorageProvider>;
+
+  constructor(
+    id: string,
+    private readonly load: () => Promise<StorageProvider>,
+  ) {
+    this.id = id;
+  }
+
+  /** The real provider's properties once loaded; before that, what every destination here keeps. */
+  get properties(): ProviderProperties {
+    return this.loaded?.properties ?? { atomicReplace: true };
+  }
+
+  private provider(): Promise<StorageProvider> {
+    this.loading ??= this.load().then((provider) => {
+      this.loaded = provider;
+      return provider;
+    });
+    return this.loading;
+  }
+
+  async put(
+    name: string,
+    source: BackupSource,
+    options?: { signal?: AbortSignal; onProgress?: (bytes: number) => void },
+  ): Promise<StoredObject> {
+    return (await this.provider()).put(name, source, options);
+  }
+
+  async get(name: string, options?: { signal?: AbortSignal }): Promise<ReadableStream<Uint8Array>> {
+    return (await this.provider()).get(name, options);
+  }
+
+  async stat(name: string): Promise<StoredObject> {
+    return (await this.provider()).stat(name);
+  }
+
+  async list(): Promise<StoredObject[]> {
+    return (await this.provider()).list();
+  }
+
+  async delete(name: string): Promise<void> {
+    return (await this.provider()).delete(name);
+  }
+
+  async sweepTemp(options?: { olderThanMs?: number; signal?: AbortSignal }): Promise<TempSweepResult> {
+    const provider = await this.provider();
+    if (!provider.sweepTemp) return { removed: [] };
+    return provider.sweepTemp(options);
+  }
+
+  async close(): Promise<void> {
+    // Nothing to release if no operation ever ran.
+    if (!this.loading) return;
+    await (await this.loading).close?.();
+  }
+}
+
 /** Builds the provider of `kind` from its plain (already decrypted) settings object. */
 export function createProvider<K extends ProviderKind>(
   kind: K,
@@ -29,10 +104,17 @@ export function createProvider<K extends ProviderKind>(
   switch (kind) {
     case 'local':
       return new LocalFolderProvider(settings as LocalFolderOptions);
-    case 'sftp':
-      return new SftpProvider(settings as SftpOptions);
-    case 's3':
-      return new S3Provider(settings as S3Options);
+    case 'sftp': {
+      const options = settings as SftpOptions;
+      return new LazyProvider(
+        options.id ?? 'sftp',
+        async () => new (await import('./sftp')).SftpProvider(options),
+      );
+    }
+    case 's3': {
+      const options = settings as S3Options;
+      return new LazyProvider(options.id ?? 's3', async () => new (await import('./s3')).S3Provider(options));
+    }
     case 'smb':
       return new SmbProvider(settings as SmbOptions);
     default:

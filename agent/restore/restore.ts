@@ -21,10 +21,10 @@ import {
   restoreDump,
 } from './database';
 import { extractionSinks } from './extract';
-import { cleanupPrevious, type RestoreFaults, restoreNames, swapIntoPlace } from './swap';
+import { cleanupAfterReport, type RestoreFaults, restoreNames, restoreSettled, swapIntoPlace } from './swap';
 
 export type { RestoreFaults } from './swap';
-export { recoverInterruptedRestore } from './swap';
+export { recoverInterruptedRestore, restoreSettled } from './swap';
 
 export interface RestoreOptions {
   /** Keep the replaced database and folders aside (only the newest), instead of dropping them. */
@@ -76,6 +76,8 @@ export async function restoreFromFile(
       throw new AppError('not_found', `backup file not found: ${label}`);
     })
   ).size;
+  // A previous restore's cleanup still running here must end before this one's journal is written.
+  await restoreSettled(agent.config.dataDir);
   const readOptions = {
     keys: agent.keyring.masterKeys,
     signal: ctx.signal,
@@ -126,6 +128,9 @@ export async function restoreFromFile(
   const work = await mkdtemp(join(agent.paths.work, `${TEMP_PREFIX}restore-`));
   let stagingDbCreated = false;
   let keepStaging = false;
+  // After the commit the staging names are the live ones: nothing of them is left to drop.
+  let swapped = false;
+  let cleanupAfter: (() => void) | undefined;
   try {
     ctx.phase('stage', size);
     for (const folder of names.folders) await mkdir(folder.staging, { mode: 0o755 });
@@ -180,11 +185,14 @@ export async function restoreFromFile(
     ctx.phase('restart');
     const restart = await runRestart(agent, ctx);
 
-    // 6. Cleanup: the previous state goes (or the newest is kept aside).
-    ctx.phase('cleanup');
-    await cleanupPrevious(agent, names, keepPrevious).catch((error) =>
-      ctx.log.warn('could not remove the previous database; the next start retries', { error }),
-    );
+    // 6. Cleanup once the job has reported success: the previous state goes (or the newest is kept aside).
+    swapped = true;
+    cleanupAfter = () =>
+      cleanupAfterReport(
+        { paths: agent.paths, config: agent.config, sources, log: ctx.log },
+        names,
+        keepPrevious,
+      );
     const rows = Object.values(manifest.rowCounts).reduce((a, b) => a + b, 0);
     ctx.notice('restore-complete', { restoredFrom: label });
     return {
@@ -207,10 +215,11 @@ export async function restoreFromFile(
     );
   } finally {
     await rm(work, { recursive: true, force: true });
-    if (!keepStaging) {
+    if (!keepStaging && !swapped) {
       if (stagingDbCreated) await dropDatabase(conn, names.staging).catch(() => {});
       for (const folder of names.folders) await rm(folder.staging, { recursive: true, force: true });
     }
+    cleanupAfter?.();
   }
 }
 

@@ -125,7 +125,14 @@ async function readJournal(dataDir: string, log: Logger): Promise<RestoreJournal
   return parsed.data;
 }
 
-export async function removeJournal(dataDir: string): Promise<void> {
+/** Removes the journal; with `id`, only if it is still that restore's (a newer restore's journal stays). */
+export async function removeJournal(dataDir: string, id?: string): Promise<void> {
+  if (id !== undefined) {
+    const text = await readFile(journalPath(dataDir), 'utf8').catch(() => undefined);
+    if (text === undefined) return;
+    const current = (JSON.parse(text) as { id?: unknown }).id;
+    if (current !== id) return;
+  }
   await rm(journalPath(dataDir), { force: true });
   await fsyncDir(dataDir).catch(() => {});
 }
@@ -266,7 +273,42 @@ export async function cleanupPrevious(
     // Only the newest previous state is kept aside: older ones go.
     await dropPreviousExcept(conn, deps.sources, names.id);
   }
-  await removeJournal(deps.config.dataDir);
+  await removeJournal(deps.config.dataDir, names.id);
+}
+
+/** Cleanups still running after their restore reported success, by data dir. */
+const pendingCleanups = new Map<string, Promise<void>>();
+
+/**
+ * Runs the cleanup of a committed restore after the job has reported success (dropping a 1 GB
+ * database takes a second or more: a checkpoint and the files' removal). The journal stays
+ * "committed" until it is done, so a crash meanwhile is finished by recoverInterruptedRestore; the
+ * next restore in this process, and recovery, wait for it first (restoreSettled).
+ */
+export function cleanupAfterReport(deps: SwapDeps, names: RestoreNames, keepPrevious: boolean): void {
+  const dataDir = deps.config.dataDir;
+  const previous = pendingCleanups.get(dataDir) ?? Promise.resolve();
+  const run: Promise<void> = previous
+    // A turn of the event loop first: the job's success is published before the drop starts.
+    .then(() => new Promise<void>((resolve) => setImmediate(resolve)))
+    .then(() => cleanupPrevious(deps, names, keepPrevious))
+    .catch((error) =>
+      deps.log.warn('could not remove the previous database; the next start retries', { error }),
+    )
+    .finally(() => {
+      if (pendingCleanups.get(dataDir) === run) pendingCleanups.delete(dataDir);
+    });
+  pendingCleanups.set(dataDir, run);
+}
+
+/**
+ * Resolves once no restore cleanup runs for `dataDir` in this process (restores, recovery and tests
+ * that look for leftovers wait on it). Never rejects.
+ */
+export async function restoreSettled(dataDir: string): Promise<void> {
+  for (let pending = pendingCleanups.get(dataDir); pending; pending = pendingCleanups.get(dataDir)) {
+    await pending;
+  }
 }
 
 async function dropPreviousExcept(conn: PgConnection, sources: BackupSources, keepId: string): Promise<void> {
@@ -354,6 +396,7 @@ async function rollBackFromJournal(deps: SwapDeps, journal: RestoreJournal): Pro
  * new one. Skipped while another process holds the job lock (its restore may be running).
  */
 export async function recoverInterruptedRestore(deps: SwapDeps): Promise<void> {
+  await restoreSettled(deps.config.dataDir);
   if (await lockedByOther(deps.config.dataDir)) {
     deps.log.info('another process holds the job lock; restore recovery is left to it');
     return;

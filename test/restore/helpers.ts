@@ -11,6 +11,7 @@ import type { Agent } from '../../agent/agent';
 import { MANIFEST_NAME, type Manifest } from '../../agent/backup/manifest';
 import { readBackup } from '../../agent/backup/reader';
 import { createSealTransform } from '../../agent/keys/envelope-node';
+import { restoreSettled } from '../../agent/restore/restore';
 import { databaseUrl } from '../../agent/system/postgres-tools';
 import { generateFileKey, type MasterKey, newCore, wrapForMasterKey } from '../../shared/envelope';
 import { withSql } from '../services/postgres';
@@ -66,6 +67,8 @@ export async function liveState(agent: Agent) {
 
 /** Databases and folders any restore left behind (staging or previous copies). */
 export async function leftovers(agent: Agent): Promise<string[]> {
+  // The previous state is dropped after the job reports success: wait for that cleanup first.
+  await restoreSettled(agent.config.dataDir);
   const names = await withSql(
     databaseUrl(agent.sources.conn, 'postgres'),
     (sql) => sql<{ datname: string }[]>`select datname from pg_database`,
