@@ -1,11 +1,9 @@
 // `npm run cloud:dev`: builds the Worker and serves it locally at http://127.0.0.1:8787 with persistent state.
-import { execFile } from 'node:child_process';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { promisify } from 'node:util';
 import { exportJWK, generateKeyPair, type JWK } from 'jose';
-import { Miniflare } from 'miniflare';
 import { writeSmallFileAtomic } from '../agent/system/atomic-file';
+import { buildWorker, startLocalWorker } from './local';
 
 const ROOT = new URL('../', import.meta.url).pathname;
 const STATE_DIR = join(ROOT, 'data', 'cloud-dev');
@@ -28,25 +26,14 @@ async function devEscrowKeys(): Promise<JWK[]> {
 }
 
 async function main(): Promise<void> {
-  const wrangler = join(ROOT, 'node_modules', 'wrangler', 'bin', 'wrangler.js');
-  await promisify(execFile)(process.execPath, [wrangler, 'deploy', '--dry-run', '--outdir', OUT_DIR], {
-    cwd: ROOT,
-    env: { ...process.env, WRANGLER_SEND_METRICS: 'false' },
-  });
+  await buildWorker(OUT_DIR);
   const enrollmentToken = process.env.GEM_DR_ENROLLMENT_TOKEN || 'dev-enrollment-token';
   const escrowKeys = await devEscrowKeys();
   const port = Number(process.env.GEM_DR_DEV_PORT ?? 8787);
-  const mf = new Miniflare({
-    modules: true,
-    scriptPath: join(OUT_DIR, 'index.js'),
-    modulesRoot: OUT_DIR,
-    compatibilityDate: '2026-04-01',
-    compatibilityFlags: ['nodejs_compat'],
-    r2Buckets: ['SLOTS'],
-    durableObjects: {
-      INSTALLATIONS: { className: 'InstallationState', useSQLite: true },
-      RECOVERY_LIMITER: { className: 'RecoveryRateLimiter', useSQLite: true },
-    },
+  const { mf, url } = await startLocalWorker({
+    outDir: OUT_DIR,
+    stateDir: STATE_DIR,
+    port,
     bindings: {
       ENROLLMENT_TOKEN: enrollmentToken,
       ESCROW_PRIVATE_KEYS: JSON.stringify(escrowKeys),
@@ -54,12 +41,7 @@ async function main(): Promise<void> {
       // Local testing retries recovery often; production keeps the wrangler.toml default of 5.
       RECOVER_PER_MINUTE: process.env.RECOVER_PER_MINUTE ?? '60',
     },
-    r2Persist: join(STATE_DIR, 'r2'),
-    durableObjectsPersist: join(STATE_DIR, 'do'),
-    host: '127.0.0.1',
-    port,
   });
-  const url = await mf.ready;
   const escrowKids = escrowKeys.map((k) => k.kid).join(', ');
   console.log(`gem-dr (local) listening on ${url.toString().replace(/\/$/, '')}`);
   console.log(`  enrollment token: ${enrollmentToken}`);

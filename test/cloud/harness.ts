@@ -1,17 +1,15 @@
 // Test harness for the DR Worker: builds the bundle, runs it under Miniflare on a free port, signs requests.
-import { execFile } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { mkdtemp, rm } from 'node:fs/promises';
 import http from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { promisify } from 'node:util';
 import { exportJWK, generateKeyPair, type JWK } from 'jose';
-import { Miniflare } from 'miniflare';
+import type { Miniflare } from 'miniflare';
+import { buildWorker, startLocalWorker } from '../../cloud/local';
 import { BACKUP_CREATED_AT_HEADER } from '../../shared/api/cloud';
 import { signRequest } from '../../shared/signing';
 
-const ROOT = new URL('../../', import.meta.url).pathname;
 export const ENROLLMENT_TOKEN = 'test-enrollment-token';
 
 /** A running Worker: its URL, its R2 bucket (to inspect) and how to stop it. */
@@ -25,33 +23,14 @@ export interface CloudUnderTest {
 /** Builds the Worker exactly as `npm run cloud:build` does and starts it under Miniflare on port 0. */
 export async function startCloud(bindings: Record<string, string> = {}): Promise<CloudUnderTest> {
   const dir = await mkdtemp(join(tmpdir(), 'gem-cloud-test-'));
-  const wrangler = join(ROOT, 'node_modules/wrangler/bin/wrangler.js');
-  await promisify(execFile)(
-    process.execPath,
-    [wrangler, 'deploy', '--dry-run', '--outdir', join(dir, 'dist')],
-    {
-      cwd: ROOT,
-      env: { ...process.env, WRANGLER_SEND_METRICS: 'false', CI: '1' },
-    },
-  );
-  const mf = new Miniflare({
-    modules: true,
-    scriptPath: join(dir, 'dist', 'index.js'),
-    modulesRoot: join(dir, 'dist'),
-    compatibilityDate: '2026-04-01',
-    compatibilityFlags: ['nodejs_compat'],
-    r2Buckets: ['SLOTS'],
-    durableObjects: {
-      INSTALLATIONS: { className: 'InstallationState', useSQLite: true },
-      RECOVERY_LIMITER: { className: 'RecoveryRateLimiter', useSQLite: true },
-    },
+  await buildWorker(join(dir, 'dist'));
+  const started = await startLocalWorker({
+    outDir: join(dir, 'dist'),
+    stateDir: dir,
     bindings: { ENROLLMENT_TOKEN, ESCROW_PRIVATE_KEYS: '[]', MAX_SLOT_BYTES: '200000000', ...bindings },
-    r2Persist: join(dir, 'r2'),
-    durableObjectsPersist: join(dir, 'do'),
-    host: '127.0.0.1',
-    port: 0,
   });
-  const url = (await mf.ready).toString().replace(/\/$/, '');
+  const mf = started.mf;
+  const url = started.url.toString().replace(/\/$/, '');
   return {
     url,
     mf,

@@ -1,15 +1,12 @@
 /** The DR Worker for agent tests: built once, run under Miniflare on 127.0.0.1, restartable on the same port and state. */
-import { execFile } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { existsSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { promisify } from 'node:util';
 import { exportJWK, generateKeyPair, type JWK } from 'jose';
-import { Miniflare } from 'miniflare';
+import type { Miniflare } from 'miniflare';
+import { buildWorker, startLocalWorker } from '../../cloud/local';
 
-const ROOT = new URL('../../', import.meta.url).pathname;
 export const DR_ENROLLMENT_TOKEN = 'test-dr-enrollment-token';
 
 export interface DrCloud {
@@ -36,42 +33,23 @@ export async function x25519Pair(kid: string): Promise<{ privateJwk: JWK; public
 /** Builds the Worker as `npm run cloud:build` does and starts it with a fresh escrow key. */
 export async function startDrCloud(): Promise<DrCloud> {
   const dir = await mkdtemp(join(tmpdir(), 'gem-dr-cloud-'));
-  const wrangler = join(ROOT, 'node_modules/wrangler/bin/wrangler.js');
-  if (!existsSync(wrangler)) throw new Error('wrangler is missing: run npm install (wrangler@4.86.0)');
-  await promisify(execFile)(
-    process.execPath,
-    [wrangler, 'deploy', '--dry-run', '--outdir', join(dir, 'dist')],
-    {
-      cwd: ROOT,
-      env: { ...process.env, WRANGLER_SEND_METRICS: 'false', CI: '1' },
-    },
-  );
+  await buildWorker(join(dir, 'dist'));
   const escrow = await x25519Pair('escrow-test-1');
   let port = 0;
   let mf: Miniflare | undefined;
   const start = async () => {
-    mf = new Miniflare({
-      modules: true,
-      scriptPath: join(dir, 'dist', 'index.js'),
-      modulesRoot: join(dir, 'dist'),
-      compatibilityDate: '2026-04-01',
-      compatibilityFlags: ['nodejs_compat'],
-      r2Buckets: ['SLOTS'],
-      durableObjects: {
-        INSTALLATIONS: { className: 'InstallationState', useSQLite: true },
-        RECOVERY_LIMITER: { className: 'RecoveryRateLimiter', useSQLite: true },
-      },
+    const started = await startLocalWorker({
+      outDir: join(dir, 'dist'),
+      stateDir: dir,
+      port,
       bindings: {
         ENROLLMENT_TOKEN: DR_ENROLLMENT_TOKEN,
         ESCROW_PRIVATE_KEYS: JSON.stringify([escrow.privateJwk]),
         MAX_SLOT_BYTES: '200000000',
       },
-      r2Persist: join(dir, 'r2'),
-      durableObjectsPersist: join(dir, 'do'),
-      host: '127.0.0.1',
-      port,
     });
-    const url = await mf.ready;
+    mf = started.mf;
+    const url = started.url;
     port = Number(url.port);
   };
   await start();
