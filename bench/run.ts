@@ -27,6 +27,8 @@ interface Options {
   runs: number;
   only: Set<string>;
   record: boolean;
+  /** Run the agent child under tsx instead of compiled (what `npm start` ran before dist/). */
+  tsx: boolean;
 }
 
 function parseSize(text: string): number {
@@ -49,14 +51,29 @@ function parseArgs(argv: string[]): Options {
     runs: Number(value('--runs') ?? (quick ? 1 : 3)),
     only: new Set(only),
     record: argv.includes('--record'),
+    tsx: argv.includes('--tsx'),
   };
 }
 
 const log = (line: string) => process.stdout.write(`${new Date().toISOString().slice(11, 19)} ${line}\n`);
 
+/** The agent child compiled as `npm start` runs the agent (scripts/build.mjs), unless `--tsx`. */
+const COMPILED_CHILD = join(CACHE, 'child', 'agent-child.js');
+
+async function buildAgentChild(): Promise<void> {
+  const child = spawn(
+    process.execPath,
+    [join(ROOT, 'scripts/build.mjs'), '--out', join(CACHE, 'child'), 'agent-child=bench/agent-child.ts'],
+    { stdio: ['ignore', 'ignore', 'inherit'], cwd: ROOT },
+  );
+  const code = await new Promise<number | null>((resolve) => child.on('close', resolve));
+  if (code !== 0) throw new Error(`building the agent child failed (${code})`);
+}
+
 /** Runs a node child (agent-child.ts or plain-child.ts) and parses the JSON line it prints. */
-async function nodeChild<T>(script: string, request: unknown): Promise<T> {
-  const child = spawn(process.execPath, ['--import', TSX, join(HERE, script), JSON.stringify(request)], {
+async function nodeChild<T>(script: string, request: unknown, compiled?: string): Promise<T> {
+  const argv = compiled ? [compiled] : ['--import', TSX, join(HERE, script)];
+  const child = spawn(process.execPath, [...argv, JSON.stringify(request)], {
     stdio: ['ignore', 'pipe', 'pipe'],
     cwd: ROOT,
   });
@@ -170,12 +187,19 @@ async function main(): Promise<void> {
       await writeSampleFolders(join(agentDir, 'gem', 'scripts'), join(agentDir, 'gem', 'config'));
     }
     const agentOp = async (request: Omit<ChildRequest, 'env'> & { env?: Record<string, string> }) => {
-      const r = await nodeChild<ChildReport>('agent-child.ts', { ...request, env: agentEnv(request.env) });
+      const r = await nodeChild<ChildReport>(
+        'agent-child.ts',
+        { ...request, env: agentEnv(request.env) },
+        options.tsx ? undefined : COMPILED_CHILD,
+      );
       return r;
     };
-    // The floor every agent figure starts from: the agent opened (under tsx, as npm start runs it), doing nothing.
+    if (!options.tsx) await buildAgentChild();
+    // The floor every agent figure starts from: the agent opened (compiled, as npm start runs it; or under tsx), doing nothing.
     const idle = await agentOp({ op: 'idle' });
-    log(`agent opened, idle: ${(idle.maxRssBytes / 1048576).toFixed(0)} MB RSS`);
+    log(
+      `agent opened (${options.tsx ? 'tsx' : 'compiled'}), idle: ${(idle.maxRssBytes / 1048576).toFixed(0)} MB RSS`,
+    );
     const plainDump = join(work, 'plain.dump');
     const backupFile = async () => {
       const files = (await readdir(join(agentDir, 'backups'))).filter(
@@ -468,6 +492,7 @@ async function main(): Promise<void> {
       runs: options.runs,
       compression: `pg_dump -Fc -Z1 inside the agent, gzip framing level ${GZIP_LEVEL}`,
       agentIdleRssMB: Math.round(idle.maxRssBytes / 1048576),
+      agentRuns: options.tsx ? 'under tsx' : 'compiled (scripts/build.mjs), plain node',
     };
     const summary = summarize(comparisons);
     process.stdout.write(`\n${renderTerminal(summary, machine)}\n`);
