@@ -92,13 +92,22 @@ export async function pushToCloud(deps: PushDeps, ctx: JobContext): Promise<Push
     }
     const size = source.size;
     let sha256 = upload?.sha256;
+    // A new multipart push hashes its parts (at the part size it asks for) in the same read as the whole.
+    let partHashes: PartHashes | undefined;
     if (!sha256) {
       ctx.phase('hash', size);
       let hashed = 0;
-      sha256 = await source.sha256(0, size, (n) => {
+      const onBytes = (n: number) => {
         hashed += n;
         ctx.progress(hashed);
-      });
+      };
+      if (!upload && size > deps.tuning.multipartThreshold) {
+        const hashes = await source.sha256WithParts(deps.tuning.partSize, onBytes);
+        sha256 = hashes.sha256;
+        partHashes = { partSize: deps.tuning.partSize, parts: hashes.parts };
+      } else {
+        sha256 = await source.sha256(0, size, onBytes);
+      }
     }
     ctx.phase('upload', size);
     let multipart = false;
@@ -116,6 +125,7 @@ export async function pushToCloud(deps: PushDeps, ctx: JobContext): Promise<Push
         backup,
         sha256,
         oldHeaderLength: upload?.oldHeaderLength ?? (await readHeaderOfFile(path)).bytes.length,
+        partHashes,
       });
     }
     await state.update((s) => {
@@ -250,6 +260,12 @@ function signedRange(
   };
 }
 
+/** The sha256 of each part of an upload cut at `partSize`, in part order. */
+interface PartHashes {
+  partSize: number;
+  parts: string[];
+}
+
 /** Sends the parts the cloud lacks, each retried; persists the upload first so a later push can resume. */
 async function sendMultipart(
   deps: PushDeps,
@@ -260,6 +276,8 @@ async function sendMultipart(
     backup: { name: string; createdAt: string; temporary: boolean };
     sha256: string;
     oldHeaderLength: number;
+    /** Part hashes taken with the whole hash; used only if the cloud kept the part size asked for. */
+    partHashes?: PartHashes | undefined;
   },
 ): Promise<{ partsSent: number; partsSkipped: number; retries: number }> {
   const { client, state, agent } = deps;
@@ -313,7 +331,8 @@ async function sendMultipart(
       ctx.progress(end);
       continue;
     }
-    const sha = await source.sha256(start, end);
+    const known = input.partHashes?.partSize === partSize ? input.partHashes.parts[n - 1] : undefined;
+    const sha = known ?? (await source.sha256(start, end));
     retries += await withRetries(deps, ctx, `part ${n}`, () =>
       client.putPart(uploadId, n, signedRange(source, start, end, sha, ctx, start), ctx.signal),
     );

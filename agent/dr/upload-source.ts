@@ -61,6 +61,37 @@ export class UploadSource {
     return hash.digest('hex');
   }
 
+  /**
+   * Hex sha256 of the whole upload and of each `partSize` part, in one read: a multipart push needs
+   * both before its first part goes, and reading the file twice for them cost a pass.
+   */
+  async sha256WithParts(
+    partSize: number,
+    onBytes?: (n: number) => void,
+  ): Promise<{ sha256: string; parts: string[] }> {
+    const whole = createHash('sha256');
+    const parts: string[] = [];
+    let part = createHash('sha256');
+    let inPart = 0;
+    for await (const piece of this.pieces()) {
+      whole.update(piece);
+      for (let at = 0; at < piece.length; ) {
+        const take = Math.min(piece.length - at, partSize - inPart);
+        part.update(piece.subarray(at, at + take));
+        at += take;
+        inPart += take;
+        if (inPart === partSize) {
+          parts.push(part.digest('hex'));
+          part = createHash('sha256');
+          inPart = 0;
+        }
+      }
+      onBytes?.(piece.length);
+    }
+    if (inPart > 0 || parts.length === 0) parts.push(part.digest('hex'));
+    return { sha256: whole.digest('hex'), parts };
+  }
+
   close(): Promise<void> {
     return this.handle.close();
   }
