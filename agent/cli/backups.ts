@@ -5,7 +5,7 @@ import { basename, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { unwrapWithMasterKeys } from '../../shared/envelope';
 import { checkBackupName } from '../backup/catalog';
-import { type CreateBackupOptions, createBackup, verifyBackup } from '../backup/create';
+import { type CreateBackupOptions, verifyBackup } from '../backup/create';
 import { envelopeToAppError } from '../backup/reader';
 import { AppError } from '../errors';
 import { createOpenTransform } from '../keys/envelope-node';

@@ -1,7 +1,4 @@
-/** The Backup & Restore page: its HTML, script and style (public), and one-time backup downloads by ticket. */
-import { createReadStream } from 'node:fs';
 import { readFile } from 'node:fs/promises';
-import { Readable } from 'node:stream';
 import { Hono } from 'hono';
 import type { Agent } from '../../agent';
 import { AppError } from '../../errors';
