@@ -1,4 +1,4 @@
-/** Remote faults: the SFTP and S3 servers frozen at 10 %, 50 % and 99 % of an upload: no partial object under a final name; the next sync completes and leaves no temp file. */
+/** Remote faults: the SFTP, SMB and S3 servers frozen at 10 %, 50 % and 99 % of an upload: no partial object under a final name; the next sync completes and leaves no temp file. */
 import { readdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -7,6 +7,7 @@ import { backupNow, call, filenameOf, runJob, startOffsiteAgent } from '../offsi
 import type { TestAgent } from '../services/agent';
 import { startPostgres, type TestPostgres, withSql } from '../services/postgres';
 import { type S3Service, startS3 } from '../services/s3';
+import { type SmbdService, startSmbd } from '../services/smbd';
 import { type SshdService, startSshd } from '../services/sshd';
 import { faultReport } from './report';
 
@@ -15,6 +16,7 @@ const report = faultReport('remote', 'server freezes');
 let pg: TestPostgres;
 let sshd: SshdService;
 let s3: S3Service;
+let smbd: SmbdService;
 let t: TestAgent;
 let name: string;
 
@@ -54,6 +56,21 @@ const destinations = {
     freeze: async () => sshd.pause(),
     thaw: async () => sshd.resume(),
   },
+  smb: {
+    settings: () => ({
+      enabled: true,
+      host: smbd.host,
+      port: smbd.port,
+      share: smbd.share,
+      username: smbd.username,
+      password: smbd.password,
+      remotePath: '/faults/',
+    }),
+    raw: () => rawNames(join(smbd.root, 'faults')),
+    leftovers: async () => (await rawNames(join(smbd.root, 'faults'))).filter((n) => n.startsWith('.tmp-')),
+    freeze: async () => smbd.pause(),
+    thaw: async () => smbd.resume(),
+  },
   s3: {
     settings: () => ({
       enabled: true,
@@ -74,7 +91,7 @@ const destinations = {
 } as const;
 
 beforeAll(async () => {
-  [pg, sshd, s3] = await Promise.all([startPostgres(), startSshd(), startS3()]);
+  [pg, sshd, s3, smbd] = await Promise.all([startPostgres(), startSshd(), startS3(), startSmbd()]);
   t = await startOffsiteAgent(pg);
   // About 30 MB that no compression shrinks, so the upload takes a while.
   await withSql(t.agent.databaseUrl, (sql) =>
@@ -84,20 +101,25 @@ beforeAll(async () => {
   );
   name = filenameOf(await backupNow(t));
   await t.agent.settings.update({
-    offsite: { sftp: destinations.sftp.settings(), s3: destinations.s3.settings() } as never,
+    offsite: {
+      sftp: destinations.sftp.settings(),
+      smb: destinations.smb.settings(),
+      s3: destinations.s3.settings(),
+    } as never,
   });
 });
 
 afterAll(async () => {
   report.print();
   sshd?.resume();
+  smbd?.resume();
   await s3Signal('SIGCONT').catch(() => {});
   await t?.close();
-  await Promise.all([pg?.stop(), sshd?.stop(), s3?.stop()]);
+  await Promise.all([pg?.stop(), sshd?.stop(), s3?.stop(), smbd?.stop()]);
 });
 
 describe('a destination that stops answering mid-upload', () => {
-  for (const kind of ['sftp', 's3'] as const) {
+  for (const kind of ['sftp', 'smb', 's3'] as const) {
     for (const at of [0.1, 0.5, 0.99]) {
       it(`${kind} frozen at ${at * 100} %: no partial object under the final name, the next sync completes`, async () => {
         const d = destinations[kind];

@@ -6,7 +6,7 @@ import { chmod, chown, mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { freePort, waitForPort } from './ports';
-import { stopTree } from './process-tree';
+import { serviceProcesses, signalAll, stopTree } from './process-tree';
 import { createUnixUser, deleteUnixUser, unixIds } from './sshd';
 
 const SMBD = '/usr/sbin/smbd';
@@ -21,6 +21,9 @@ export interface SmbdService {
   /** The share's folder on this machine. */
   root: string;
   stop(): Promise<void>;
+  /** SIGSTOP / SIGCONT smbd and its per-connection children: a server that stops answering. */
+  pause(): void;
+  resume(): void;
 }
 
 function runWithInput(file: string, args: string[], input: string): Promise<void> {
@@ -113,7 +116,18 @@ export async function startSmbd(): Promise<SmbdService> {
     await waitForPort(port, {
       exited: () => (started.exitCode !== null ? `smbd exited (${started.exitCode}): ${log}` : undefined),
     });
-    return { host: '127.0.0.1', port, share: 'gem', username, password, root, stop: cleanup };
+    const pid = started.pid!;
+    return {
+      host: '127.0.0.1',
+      port,
+      share: 'gem',
+      username,
+      password,
+      root,
+      stop: cleanup,
+      pause: () => signalAll(serviceProcesses(pid, userUid), 'SIGSTOP'),
+      resume: () => signalAll(serviceProcesses(pid, userUid), 'SIGCONT'),
+    };
   } catch (error) {
     await cleanup();
     throw error;
