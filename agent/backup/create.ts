@@ -205,7 +205,9 @@ export async function createBackup(
         cb(null, chunk);
       },
     });
-    await Promise.all([
+    // Both the archive feeder and the file write fail when one does; the write's error is the cause
+    // (a full disk), the feeder's is only "destroyed", so the write's is the one reported.
+    const [fed, written] = await Promise.allSettled([
       filling,
       writeFileAtomic(
         catalog.pathOf(name),
@@ -229,17 +231,20 @@ export async function createBackup(
           },
         },
       ),
-    ]).catch((error: NodeJS.ErrnoException) => {
+    ]);
+    const failure =
+      written.status === 'rejected' ? written.reason : fed.status === 'rejected' ? fed.reason : undefined;
+    if (failure !== undefined) {
       if (ctx.signal.aborted) throw new AppError('cancelled', 'the job was cancelled');
-      if (error.code === 'ENOSPC')
+      if (isNoSpace(failure))
         throw new AppError('no_space', 'the disk is full: free some space and try again');
-      throw error;
-    });
-    const written = await stat(catalog.pathOf(name));
+      throw failure;
+    }
+    const onDisk = await stat(catalog.pathOf(name));
     await catalog.updateRecord(name, {
       verifiedAt: new Date().toISOString(),
       verifyResult: 'ok',
-      content: { sha256: fileHash.digest('hex'), size: written.size, mtimeMs: written.mtimeMs },
+      content: { sha256: fileHash.digest('hex'), size: onDisk.size, mtimeMs: onDisk.mtimeMs },
     });
     ctx.log.info('backup created', {
       filename: name,
@@ -282,4 +287,12 @@ export async function verifyBackup(
     }
     throw error;
   }
+}
+
+/** True for a full disk, also when the ENOSPC is the cause of a wrapping stream error. */
+function isNoSpace(error: unknown): boolean {
+  for (let e = error as { code?: unknown; cause?: unknown } | undefined; e; e = e.cause as typeof e) {
+    if (e.code === 'ENOSPC') return true;
+  }
+  return false;
 }

@@ -14,6 +14,7 @@ const killPhase = process.env.KILL_PHASE;
 const killFraction = Number(process.env.KILL_FRACTION ?? 0);
 const killAfterMs = Number(process.env.KILL_AFTER_MS ?? 0);
 let armed = false;
+let timer: NodeJS.Timeout | undefined;
 const say = (line: object) => process.stdout.write(`${JSON.stringify({ t: performance.now(), ...line })}\n`);
 
 const agent = await openAgent(loadConfig(), silentLogger);
@@ -28,7 +29,9 @@ agent.jobs.subscribeAll((event) => {
   if (key !== last) {
     // Progress is reported at most every 200 ms: a phase may end before its late fraction is ever
     // seen. Then the kill happens as the phase ends, which is still the late point asked for.
-    if (killPhase && last === killPhase && !armed && killAfterMs === 0) {
+    if (killPhase && last === killPhase && (!armed || timer)) {
+      // A timed kill that would land after its phase (a fast machine) lands at the phase's end instead.
+      clearTimeout(timer);
       armed = true;
       die(last, 1);
     }
@@ -40,7 +43,7 @@ agent.jobs.subscribeAll((event) => {
     if (fraction >= killFraction && !armed) {
       armed = true;
       const now = () => die(agent.jobs.get(event.job.id)?.phase ?? phase, fraction);
-      if (killAfterMs > 0) setTimeout(now, killAfterMs);
+      if (killAfterMs > 0) timer = setTimeout(now, killAfterMs);
       else now();
     }
   }
