@@ -187,3 +187,15 @@ export function downloadStream(
     },
   });
 }
+
+/** Socket and resolver error codes that mean the server could not be reached (transient, retried). */
+export const NETWORK_CODES = new Set([
+  'ECONNREFUSED',
+  'ENOTFOUND',
+  'EAI_AGAIN',
+  'EHOSTUNREACH',
+  'ENETUNREACH',
+  'ETIMEDOUT',
+  'ECONNRESET',
+  'EPIPE',
+]);

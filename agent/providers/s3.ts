@@ -25,6 +25,7 @@ import {
   asStorageError,
   assertObjectName,
   downloadStream,
+  NETWORK_CODES,
   oldEnough,
   throwIfAborted,
   tryCleanup,
@@ -52,16 +53,6 @@ const MIB = 1024 * 1024;
 /** Parts in flight and their size: 8 MiB × 4 measured faster than 16 MiB × 2 at the same memory (bench/RESULTS.md). */
 const DEFAULT_PART_SIZE = 8 * MIB;
 const QUEUE_SIZE = 4;
-const NETWORK_CODES = new Set([
-  'ECONNREFUSED',
-  'ENOTFOUND',
-  'EAI_AGAIN',
-  'EHOSTUNREACH',
-  'ENETUNREACH',
-  'ETIMEDOUT',
-  'ECONNRESET',
-  'EPIPE',
-]);
 
 /** Finds a StorageError we raised ourselves inside whatever the SDK wrapped it in. */
 function ownError(error: unknown): StorageError | undefined {

@@ -20,6 +20,7 @@ import {
   CLEANUP_TIMEOUT_MS,
   downloadStream,
   isOwnTempName,
+  NETWORK_CODES,
   oldEnough,
   SourceCheck,
   tempNameFor,
@@ -50,16 +51,6 @@ export interface SftpOptions {
 }
 
 const PUTTY_HINT = 'key is in PuTTY format; convert with: puttygen key.ppk -O private-openssh -o key';
-const NETWORK_CODES = new Set([
-  'ECONNREFUSED',
-  'ENOTFOUND',
-  'EAI_AGAIN',
-  'EHOSTUNREACH',
-  'ENETUNREACH',
-  'ETIMEDOUT',
-  'ECONNRESET',
-  'EPIPE',
-]);
 /** SFTP v3 status codes (draft-ietf-secsh-filexfer-02). */
 const SFTP_NO_SUCH_FILE = 2;
 const SFTP_PERMISSION_DENIED = 3;
