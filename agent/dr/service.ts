@@ -314,9 +314,17 @@ export class DrService {
 
 const services = new WeakMap<Agent, DrService>();
 
-/** The agent's one DR service (created on first call; options count only then). */
+/**
+ * The agent's one DR service, created on first call. Options can only be given on that first call:
+ * given later they would be silently ignored (a test's fault hooks once were), so that throws.
+ */
 export function drServiceFor(agent: Agent, options?: DrServiceOptions): DrService {
   let service = services.get(agent);
+  if (service && options) {
+    throw new Error(
+      'the DR service of this agent already exists: pass its options on the first drServiceFor call',
+    );
+  }
   if (!service) {
     service = new DrService(agent, options);
     services.set(agent, service);
