@@ -151,12 +151,15 @@ export class AlertNotifier {
         reason: current.reason,
         sentAt: now.toISOString(),
       });
-      this.agent.log.info('alert sent', {
-        area,
-        event,
-        status: current.status,
-        deliveries: deliveries.length,
-      });
+      this.agent.log.info(
+        deliveries.length ? 'alert sent' : 'health changed; no alert channel is configured',
+        {
+          area,
+          event,
+          status: current.status,
+          deliveries: deliveries.length,
+        },
+      );
       sent.push({ area, event, deliveries });
     }
     return sent;
