@@ -180,6 +180,16 @@ export class DrClient {
       signal?: AbortSignal | undefined;
     } = {},
   ): Promise<CloudResponse> {
+    // Counted before the signing wait, so concurrent requests meet the faults in the order they were made.
+    let cutAfterBytes: number | undefined;
+    const cut = extra.upload ? this.options.faults?.cutUploads : undefined;
+    if (cut) {
+      if (cut.after > 0) cut.after--;
+      else if (cut.times > 0) {
+        cut.times--;
+        cutAfterBytes = cut.afterBytes;
+      }
+    }
     const { installationId, signingKey } = this.options.identity();
     const token = await signRequest({
       installationId,
@@ -195,15 +205,6 @@ export class DrClient {
       ...extra.headers,
     };
     if (body.length > 0) headers['content-length'] = String(body.length);
-    let cutAfterBytes: number | undefined;
-    const cut = extra.upload ? this.options.faults?.cutUploads : undefined;
-    if (cut) {
-      if (cut.after > 0) cut.after--;
-      else if (cut.times > 0) {
-        cut.times--;
-        cutAfterBytes = cut.afterBytes;
-      }
-    }
     return this.send(
       path,
       `${method} ${path}`,

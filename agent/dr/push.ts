@@ -24,6 +24,12 @@ export interface PushTuning {
   /** Tries per part (and per single upload) before the push fails; a later push resumes. */
   partAttempts: number;
   retryDelayMs: number;
+  /**
+   * Parts on the wire at once. Two keep the cloud busy while the next part is hashed and its request
+   * set up; more gained nothing against a Worker that is itself the bottleneck, and would hold more
+   * parts half-sent when a push is cut.
+   */
+  partsInFlight: number;
 }
 
 export const DEFAULT_TUNING: PushTuning = {
@@ -31,6 +37,7 @@ export const DEFAULT_TUNING: PushTuning = {
   partSize: 32 * 1024 * 1024,
   partAttempts: 3,
   retryDelayMs: 2000,
+  partsInFlight: 2,
 };
 
 export interface PushResult {
@@ -60,13 +67,12 @@ export interface PushDeps {
 /** Pushes one backup to the installation's slot. Nothing local changes but a temporary backup, removed after. */
 export async function pushToCloud(deps: PushDeps, ctx: JobContext): Promise<PushResult> {
   const { agent, state } = deps;
-  // The cloud is asked first: when it is down, no backup is made or touched.
+  // The cloud is asked first (enrollment, escrow key): when it is down, no backup is made or sent.
+  // What only reads local files (the state, the catalog, the backup's header) runs meanwhile.
   ctx.phase('connect');
-  await ensureEnrolled(deps);
-  const escrowKey = await pinnedEscrowKey(deps);
-  ctx.throwIfCancelled();
-
-  const resumable = await resumableUpload(deps);
+  const connected = Promise.all([ensureEnrolled(deps), pinnedEscrowKey(deps)]).then(([, key]) => key);
+  connected.catch(() => {}); // awaited below; this only keeps an early failure from going unhandled meanwhile
+  const resumable = await resumableUpload(deps, connected);
   let upload: DrUploadInProgress | undefined = resumable;
   let backup: { name: string; createdAt: string; temporary: boolean; reused: boolean };
   if (resumable) {
@@ -77,22 +83,26 @@ export async function pushToCloud(deps: PushDeps, ctx: JobContext): Promise<Push
       reused: !resumable.temporary,
     };
   } else {
-    backup = await chooseBackup(deps, ctx);
+    backup = await chooseBackup(deps, ctx, connected);
   }
 
   const path = agent.catalog.pathOf(backup.name);
   let source: UploadSource | undefined;
   try {
     if (upload) {
+      await connected;
       source = await UploadSource.open(path, Buffer.from(upload.header, 'base64'), upload.oldHeaderLength);
     } else {
-      const header = await readHeaderOfFile(path);
+      const [header, escrowKey] = await Promise.all([readHeaderOfFile(path), connected]);
       const bytes = await escrowHeader(header, agent.keyring, escrowKey);
       source = await UploadSource.open(path, bytes, header.bytes.length);
     }
+    ctx.throwIfCancelled();
     const size = source.size;
+    const multipart = upload !== undefined || size > deps.tuning.multipartThreshold;
     let sha256 = upload?.sha256;
-    // A new multipart push hashes its parts (at the part size it asks for) in the same read as the whole.
+    // A new multipart push also hashes its first part (at the part size it asks for) in the same read
+    // as the whole; the other parts are hashed while earlier ones are on the wire.
     let partHashes: PartHashes | undefined;
     if (!sha256) {
       ctx.phase('hash', size);
@@ -101,8 +111,8 @@ export async function pushToCloud(deps: PushDeps, ctx: JobContext): Promise<Push
         hashed += n;
         ctx.progress(hashed);
       };
-      if (!upload && size > deps.tuning.multipartThreshold) {
-        const hashes = await source.sha256WithParts(deps.tuning.partSize, onBytes);
+      if (multipart) {
+        const hashes = await source.sha256WithParts(deps.tuning.partSize, onBytes, 1);
         sha256 = hashes.sha256;
         partHashes = { partSize: deps.tuning.partSize, parts: hashes.parts };
       } else {
@@ -110,27 +120,25 @@ export async function pushToCloud(deps: PushDeps, ctx: JobContext): Promise<Push
       }
     }
     ctx.phase('upload', size);
-    let multipart = false;
     let sent = { partsSent: 0, partsSkipped: 0, retries: 0 };
-    if (!upload && size <= deps.tuning.multipartThreshold) {
+    if (!multipart) {
       const s = source;
       sent.retries = await withRetries(deps, ctx, 'the backup', () =>
         deps.client.putBackup(signedRange(s, 0, size, sha256!, ctx), backup.createdAt, ctx.signal),
       );
       sent.partsSent = 1;
     } else {
-      multipart = true;
       sent = await sendMultipart(deps, ctx, source, {
         upload,
         backup,
         sha256,
-        oldHeaderLength: upload?.oldHeaderLength ?? (await readHeaderOfFile(path)).bytes.length,
+        oldHeaderLength: upload?.oldHeaderLength ?? source.oldHeaderLength,
         partHashes,
       });
+      await state.update((s) => {
+        delete s.upload;
+      });
     }
-    await state.update((s) => {
-      delete s.upload;
-    });
     upload = undefined;
     if (backup.temporary) await agent.catalog.delete(backup.name).catch(() => {});
     return {
@@ -185,7 +193,10 @@ async function pinnedEscrowKey(deps: PushDeps): Promise<EscrowKey> {
 }
 
 /** The upload a previous push left half done, if its backup is still here; otherwise it is dropped. */
-async function resumableUpload(deps: PushDeps): Promise<DrUploadInProgress | undefined> {
+async function resumableUpload(
+  deps: PushDeps,
+  connected: Promise<unknown>,
+): Promise<DrUploadInProgress | undefined> {
   const upload = (await deps.state.get()).upload;
   if (!upload) return undefined;
   const { agent } = deps;
@@ -195,6 +206,7 @@ async function resumableUpload(deps: PushDeps): Promise<DrUploadInProgress | und
   ) {
     return upload;
   }
+  await connected;
   agent.log.info('dropping an unfinished DR upload whose backup is gone', { backup: upload.backupName });
   await deps.client.abortUpload(upload.uploadId).catch(() => {});
   await deps.state.update((s) => {
@@ -207,6 +219,7 @@ async function resumableUpload(deps: PushDeps): Promise<DrUploadInProgress | und
 async function chooseBackup(
   deps: PushDeps,
   ctx: JobContext,
+  connected: Promise<unknown>,
 ): Promise<{ name: string; createdAt: string; temporary: boolean; reused: boolean }> {
   const { agent } = deps;
   const now = (deps.now ?? (() => new Date()))().getTime();
@@ -221,6 +234,9 @@ async function chooseBackup(
     ctx.log.info('uploading an existing local backup', { backup: recent.filename });
     return { name: recent.filename, createdAt: recent.createdAt, temporary: false, reused: true };
   }
+  // Only once the cloud has answered: a backup is never made for a push that cannot happen.
+  await connected;
+  ctx.throwIfCancelled();
   ctx.log.info('no local backup from the last 24 hours: making a temporary one');
   // The push itself reads only, but making a backup must not overlap another mutating job.
   const made = await withJobLock(
@@ -276,7 +292,7 @@ async function sendMultipart(
     backup: { name: string; createdAt: string; temporary: boolean };
     sha256: string;
     oldHeaderLength: number;
-    /** Part hashes taken with the whole hash; used only if the cloud kept the part size asked for. */
+    /** Leading part hashes taken with the whole hash; used only if the cloud kept the part size asked for. */
     partHashes?: PartHashes | undefined;
   },
 ): Promise<{ partsSent: number; partsSkipped: number; retries: number }> {
@@ -320,26 +336,104 @@ async function sendMultipart(
   }
   const { uploadId, partSize } = upload;
   const count = Math.max(1, Math.ceil(source.size / partSize));
+  const known = input.partHashes?.partSize === partSize ? input.partHashes.parts : [];
+  const progress = new PartProgress(ctx);
+  const inFlight = new Set<Promise<void>>();
+  let failure: { error: unknown } | undefined;
+  // After a failed request the rest of the push sends one part at a time: a flaky link is not given
+  // more to drop, and a push that fails leaves few parts half-sent.
+  let troubled = false;
   let partsSent = 0;
   let partsSkipped = 0;
   let retries = 0;
-  for (let n = 1; n <= count; n++) {
+  for (let n = 1; n <= count && !failure; n++) {
     const start = (n - 1) * partSize;
     const end = Math.min(source.size, start + partSize);
     if (received.get(n) === end - start) {
       partsSkipped++;
-      ctx.progress(end);
+      progress.done(end - start);
       continue;
     }
-    const known = input.partHashes?.partSize === partSize ? input.partHashes.parts[n - 1] : undefined;
-    const sha = known ?? (await source.sha256(start, end));
-    retries += await withRetries(deps, ctx, `part ${n}`, () =>
-      client.putPart(uploadId, n, signedRange(source, start, end, sha, ctx, start), ctx.signal),
+    let sha: string;
+    try {
+      // Hashed here, while the parts before it are still being sent.
+      sha = known[n - 1] ?? (await source.sha256(start, end));
+      while (!failure && inFlight.size > 0 && (troubled || inFlight.size >= deps.tuning.partsInFlight)) {
+        await Promise.race(inFlight);
+      }
+      ctx.throwIfCancelled();
+    } catch (error) {
+      failure ??= { error };
+    }
+    if (failure) break;
+    const part = n;
+    const sending = withRetries(
+      deps,
+      ctx,
+      `part ${part}`,
+      () => client.putPart(uploadId, part, progress.body(part, source, start, end, sha!), ctx.signal),
+      () => {
+        troubled = true;
+      },
+    ).then(
+      (tries) => {
+        retries += tries;
+        partsSent++;
+        progress.finished(part, end - start);
+      },
+      (error: unknown) => {
+        failure ??= { error };
+      },
     );
-    partsSent++;
+    const tracked = sending.finally(() => inFlight.delete(tracked));
+    inFlight.add(tracked);
   }
+  // Every part on the wire settles before the push reports, so the state a later push resumes from is final.
+  await Promise.all(inFlight);
+  if (failure) throw failure.error;
   await client.completeUpload(uploadId);
   return { partsSent, partsSkipped, retries };
+}
+
+/** Upload progress over parts sent side by side: the parts done plus what each part on the wire has sent. */
+class PartProgress {
+  private completed = 0;
+  private readonly current = new Map<number, number>();
+
+  constructor(private readonly ctx: JobContext) {}
+
+  done(bytes: number): void {
+    this.completed += bytes;
+    this.report();
+  }
+
+  finished(n: number, bytes: number): void {
+    this.current.delete(n);
+    this.done(bytes);
+  }
+
+  /** Part `n`'s signed body; each attempt counts its bytes afresh. */
+  body(n: number, source: UploadSource, start: number, end: number, sha256: string): SignedBody {
+    return {
+      sha256,
+      length: end - start,
+      open: () => {
+        this.current.set(n, 0);
+        const stream = source.stream(start, end);
+        stream.on('data', (chunk: Buffer) => {
+          this.current.set(n, (this.current.get(n) ?? 0) + chunk.length);
+          this.report();
+        });
+        return stream;
+      },
+    };
+  }
+
+  private report(): void {
+    let sum = this.completed;
+    for (const bytes of this.current.values()) sum += bytes;
+    this.ctx.progress(sum);
+  }
 }
 
 /** Retries what failed on the way (network, 5xx); a refusal (4xx) fails at once. Returns the retries it took. */
@@ -348,12 +442,14 @@ async function withRetries(
   ctx: JobContext,
   what: string,
   send: () => Promise<void>,
+  onFailure?: () => void,
 ): Promise<number> {
   for (let attempt = 1; ; attempt++) {
     try {
       await send();
       return attempt - 1;
     } catch (error) {
+      onFailure?.();
       if (!isAppError(error, 'dependency_down') || attempt >= deps.tuning.partAttempts) throw error;
       ctx.log.warn(`sending ${what} failed; trying again`, { attempt, error: describeError(error) });
       await sleep(deps.tuning.retryDelayMs * attempt, undefined, { signal: ctx.signal }).catch(() => {

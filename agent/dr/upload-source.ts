@@ -13,7 +13,8 @@ export class UploadSource {
   private constructor(
     private readonly handle: FileHandle,
     readonly header: Uint8Array,
-    private readonly oldHeaderLength: number,
+    /** Bytes of the local file's own header, which the escrow header replaces. */
+    readonly oldHeaderLength: number,
     readonly size: number,
   ) {}
 
@@ -62,12 +63,13 @@ export class UploadSource {
   }
 
   /**
-   * Hex sha256 of the whole upload and of each `partSize` part, in one read: a multipart push needs
-   * both before its first part goes, and reading the file twice for them cost a pass.
+   * Hex sha256 of the whole upload and of its first `maxParts` parts of `partSize`, in one read: a
+   * multipart push needs the whole hash and the first part's before its first part goes.
    */
   async sha256WithParts(
     partSize: number,
     onBytes?: (n: number) => void,
+    maxParts = Number.POSITIVE_INFINITY,
   ): Promise<{ sha256: string; parts: string[] }> {
     const whole = createHash('sha256');
     const parts: string[] = [];
@@ -75,7 +77,7 @@ export class UploadSource {
     let inPart = 0;
     for await (const piece of this.pieces()) {
       whole.update(piece);
-      for (let at = 0; at < piece.length; ) {
+      for (let at = 0; at < piece.length && parts.length < maxParts; ) {
         const take = Math.min(piece.length - at, partSize - inPart);
         part.update(piece.subarray(at, at + take));
         at += take;
@@ -88,7 +90,7 @@ export class UploadSource {
       }
       onBytes?.(piece.length);
     }
-    if (inPart > 0 || parts.length === 0) parts.push(part.digest('hex'));
+    if ((inPart > 0 || parts.length === 0) && parts.length < maxParts) parts.push(part.digest('hex'));
     return { sha256: whole.digest('hex'), parts };
   }
 
