@@ -31,6 +31,7 @@ import {
   tryCleanup,
   verifyingStream,
 } from './checks';
+import { uploadFile } from './s3-file-upload';
 
 export interface S3Options {
   /** Omit for AWS itself; e.g. `https://s3.eu-central-003.backblazeb2.com`. */
@@ -187,6 +188,24 @@ export class S3Provider implements StorageProvider {
     assertObjectName(name);
     const { signal } = options;
     throwIfAborted(signal);
+    if (source.localPath !== undefined) {
+      // Straight from disk: ranged reads per part instead of parts buffered in memory.
+      await uploadFile({
+        client: this.client,
+        bucket: this.options.bucket,
+        key: this.key(name),
+        path: source.localPath,
+        size: source.size,
+        sha256: source.sha256,
+        partSize: this.partSize,
+        queueSize: QUEUE_SIZE,
+        metadata: source.sha256 ? { sha256: source.sha256.toLowerCase() } : undefined,
+        signal,
+        onProgress: options.onProgress,
+        classify: (error, failSignal) => this.classify(error, name, failSignal),
+      });
+      return this.checkStored(name, source);
+    }
     // The check fails the body stream at its end on a size/sha256 mismatch, before the single
     // PutObject is sent or the multipart upload is completed, so nothing appears under `name`.
     const body = verifyingStream(source, options.onProgress);
@@ -236,6 +255,11 @@ export class S3Provider implements StorageProvider {
     } finally {
       signal?.removeEventListener('abort', onAbort);
     }
+    return this.checkStored(name, source);
+  }
+
+  /** What the bucket holds under `name` after a put, refused unless its size is the source's. */
+  private async checkStored(name: string, source: BackupSource): Promise<StoredObject> {
     const stored = await this.stat(name);
     if (stored.size !== source.size) {
       throw new StorageError(
