@@ -4,6 +4,8 @@ import { type FileHandle, open } from 'node:fs/promises';
 import { Readable } from 'node:stream';
 
 const PIECE = 1024 * 1024;
+/** Read size of the hash passes: one buffer reused, as nothing keeps the bytes once hashed. */
+const HASH_READ = 4 * 1024 * 1024;
 
 /**
  * Byte ranges of `header ++ file[oldHeaderLength..]`, read from an open handle: a backup deleted by
@@ -47,6 +49,32 @@ export class UploadSource {
     }
   }
 
+  /**
+   * The bytes [start, end) as views of ONE reused buffer: each view is valid only until the next is
+   * asked for, which is all a hash needs (and saves allocating what it reads).
+   */
+  private async *transientPieces(start: number, end: number): AsyncGenerator<Uint8Array> {
+    let pos = start;
+    if (pos < this.header.length) {
+      const stop = Math.min(end, this.header.length);
+      yield this.header.subarray(pos, stop);
+      pos = stop;
+    }
+    const buf = Buffer.allocUnsafe(Math.min(HASH_READ, Math.max(1, end - pos)));
+    while (pos < end) {
+      const n = Math.min(buf.length, end - pos);
+      const { bytesRead } = await this.handle.read(
+        buf,
+        0,
+        n,
+        pos - this.header.length + this.oldHeaderLength,
+      );
+      if (bytesRead === 0) throw new Error('the local backup file shrank while it was being uploaded');
+      yield buf.subarray(0, bytesRead);
+      pos += bytesRead;
+    }
+  }
+
   /** A stream of the bytes [start, end). */
   stream(start = 0, end = this.size): Readable {
     return Readable.from(this.pieces(start, end), { objectMode: false });
@@ -55,7 +83,7 @@ export class UploadSource {
   /** Hex sha256 of the bytes [start, end). */
   async sha256(start = 0, end = this.size, onBytes?: (n: number) => void): Promise<string> {
     const hash = createHash('sha256');
-    for await (const piece of this.pieces(start, end)) {
+    for await (const piece of this.transientPieces(start, end)) {
       hash.update(piece);
       onBytes?.(piece.length);
     }
@@ -75,7 +103,7 @@ export class UploadSource {
     const parts: string[] = [];
     let part = createHash('sha256');
     let inPart = 0;
-    for await (const piece of this.pieces()) {
+    for await (const piece of this.transientPieces(0, this.size)) {
       whole.update(piece);
       for (let at = 0; at < piece.length && parts.length < maxParts; ) {
         const take = Math.min(piece.length - at, partSize - inPart);
