@@ -1,4 +1,5 @@
 /** The PostgreSQL side of a restore: rights, versions, staging database, pg_restore, renames, drops. */
+import { availableParallelism } from 'node:os';
 import postgres from 'postgres';
 import { AGENT_SCHEMA } from '../backup/dump';
 import { AppError } from '../errors';
@@ -9,7 +10,7 @@ import {
   type PgConnection,
   type PostgresTools,
 } from '../system/postgres-tools';
-import { runProcess, spawnProcess, waitForExit } from '../system/spawn';
+import { runProcess, spawnProcess, TailBuffer } from '../system/spawn';
 
 /** Double-quotes an identifier for SQL (database names come from our own naming, never from an archive). */
 export function quoteIdent(name: string): string {
@@ -186,15 +187,32 @@ function restoreErrors(stderr: string): string[] {
 }
 
 /**
- * pg_restore jobs for the staging restore. Measured on 2 cores with a 1 GB database (bench/RESULTS.md):
- * 4 jobs overlap one table's index builds with another's COPY and beat 2 by 10-17 %.
+ * pg_restore jobs for the staging restore: one per core, at least 2, at most 4. Measured on 2 cores
+ * (the agent's own -Z1 dump, quiet machine): -j 2 restored 1 GB in 7.0-8.0 s against 7.7-8.5 s for
+ * -j 4, and 4 GB in 43.4-44.0 s against 45.6-45.9 s: more jobs than cores only compete for them.
  */
-export const RESTORE_JOBS = 4;
+export const RESTORE_JOBS = Math.min(4, Math.max(2, availableParallelism()));
+
+/** One step of a parallel pg_restore, as its --verbose output reports it. */
+export interface RestoreItemEvent {
+  kind: 'launching' | 'finished';
+  /** The item's dump id (as in `pg_restore -l`). */
+  id: number;
+  /** What it is and its name, as printed: "TABLE DATA pgbench_accounts", "INDEX name", ... */
+  what: string;
+}
+
+/** Item lines of pg_restore --verbose in parallel mode: "pg_restore: finished item 3379 TABLE DATA name". */
+const ITEM_LINE = /^pg_restore: (launching|finished) item (\d+) (.*)$/;
+/** Other --verbose progress lines: everything prefixed "pg_restore: " that is not an error, warning or hint. */
+const PROGRESS_LINE = /^pg_restore: (?!error:|warning:|detail:|hint:)/;
 
 /**
  * Restores a custom-format dump into `database` with `pg_restore -j RESTORE_JOBS` (objects owned by the live
  * database's owner). pg_restore's exit code is not trusted either way: its errors are read, and
- * the caller compares row counts with the manifest.
+ * the caller compares row counts with the manifest. With `onItem`, pg_restore runs --verbose and
+ * each item it launches and finishes is reported as it happens (progress lines are not kept, so
+ * its error lines are never pushed out of the tail kept for the message).
  */
 export async function restoreDump(options: {
   conn: PgConnection;
@@ -204,16 +222,20 @@ export async function restoreDump(options: {
   signal?: AbortSignal;
   jobs?: number;
   onSpawn?: (pid: number) => void;
+  onItem?: (event: RestoreItemEvent) => void;
 }): Promise<void> {
-  const { conn, tools } = options;
+  const { conn, tools, onItem } = options;
   const owner = await liveOwner(conn);
+  const jobs = options.jobs ?? RESTORE_JOBS;
   const args = [
     ...connectionArgs(conn),
     '--dbname',
     options.database,
     '--no-owner',
     ...(owner !== conn.user ? ['--role', owner] : []),
-    `--jobs=${options.jobs ?? RESTORE_JOBS}`,
+    `--jobs=${jobs}`,
+    // Item lines are printed in parallel mode only.
+    ...(onItem && jobs > 1 ? ['--verbose'] : []),
     options.dumpPath,
   ];
   const child = spawnProcess(tools.path('pg_restore'), args, {
@@ -221,11 +243,32 @@ export async function restoreDump(options: {
     stdio: ['ignore', 'ignore', 'pipe'],
     signal: options.signal,
   });
-  const exited = waitForExit(child);
+  const kept = new TailBuffer();
+  let partial = '';
+  const line = (text: string) => {
+    const item = ITEM_LINE.exec(text);
+    if (item) {
+      onItem?.({ kind: item[1] as RestoreItemEvent['kind'], id: Number(item[2]), what: item[3]! });
+      return;
+    }
+    if (onItem && PROGRESS_LINE.test(text)) return;
+    kept.push(`${text}\n`);
+  };
+  child.stderr?.on('data', (chunk: Buffer) => {
+    const lines = (partial + chunk.toString()).split('\n');
+    partial = lines.pop() ?? '';
+    for (const text of lines) line(text);
+  });
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve, reject) => {
+    child.once('error', reject);
+    child.once('close', (code, signal) => resolve({ code, signal }));
+  });
   if (child.pid !== undefined) options.onSpawn?.(child.pid);
   const exit = await exited.catch((error: Error) => {
     throw new AppError('restore_failed', `pg_restore could not run: ${error.message}`);
   });
+  if (partial) line(partial);
+  const stderr = kept.toString();
   if (options.signal?.aborted) throw new AppError('cancelled', 'the job was cancelled');
   if (exit.signal) {
     throw new AppError(
@@ -233,85 +276,36 @@ export async function restoreDump(options: {
       `pg_restore was stopped by ${exit.signal}; the live system is unchanged`,
     );
   }
-  const errors = restoreErrors(exit.stderr);
-  if (errors.length > 0 || (exit.code !== 0 && !/errors ignored on restore/i.test(exit.stderr))) {
-    const first = errors.slice(0, 3).join(' | ') || exit.stderr || `exit ${exit.code}`;
+  const errors = restoreErrors(stderr);
+  if (errors.length > 0 || (exit.code !== 0 && !/errors ignored on restore/i.test(stderr))) {
+    const first = errors.slice(0, 3).join(' | ') || stderr || `exit ${exit.code}`;
     throw new AppError('restore_failed', `the database could not be restored: ${first.slice(0, 1000)}`);
   }
 }
 
-/**
- * Tables whose rows are counted, biggest first: the same selection as the backup's counts
- * (agent/backup/dump.ts), so that any drift between the two shows up as a mismatch, never a pass.
- */
-const TABLES_BY_SIZE_SQL = `
-  select n.nspname as schema, c.relname as name
-  from pg_class c join pg_namespace n on n.oid = c.relnamespace
-  where c.relkind in ('r', 'p') and n.nspname not in ('pg_catalog', 'information_schema', '${AGENT_SCHEMA}')
-    and n.nspname not like 'pg_toast%' and n.nspname not like 'pg_temp%'
-  order by c.relpages desc, 1, 2`;
+/** Below runProcess's stdout limit (1 MiB): a listing this long may have lost its start. */
+const LISTING_LIMIT = (1 << 20) - 4096;
 
 /**
- * Connections counting the staging rows at once. The staging database is idle and freshly read, so
- * the count is CPU-bound: on 2 cores the bench database's counts (1 GB) took 0.76-1.06 s on one
- * connection and 0.47-0.63 s on three.
+ * The TABLE DATA items of a custom-format dump by dump id (from `pg_restore -l`).
+ * Only unambiguous lines are kept (a name with a space is left out); on any failure the map is
+ * empty: the restore itself then reports what is wrong with the dump.
  */
-export const COUNT_CONNECTIONS = 3;
-
-/** Exact row counts of every GEM table of `database`, the biggest tables first on a few connections. */
-export async function countStagingRows(
-  conn: PgConnection,
-  database: string,
-): Promise<Record<string, number>> {
-  const sql = postgres(databaseUrl(conn, database), {
-    max: COUNT_CONNECTIONS,
-    onnotice: () => {},
-    connect_timeout: 10,
-  });
-  try {
-    const tables = await sql.unsafe<{ schema: string; name: string }[]>(TABLES_BY_SIZE_SQL);
-    const counts: Record<string, number> = {};
-    let next = 0;
-    const worker = async () => {
-      for (let t = tables[next++]; t; t = tables[next++]) {
-        const [row] = await sql.unsafe<{ n: string }[]>(
-          `select count(*) as n from ${quoteIdent(t.schema)}.${quoteIdent(t.name)}`,
-        );
-        counts[`${t.schema}.${t.name}`] = Number(row!.n);
-      }
-    };
-    await Promise.all(Array.from({ length: Math.min(COUNT_CONNECTIONS, tables.length) }, worker));
-    return counts;
-  } finally {
-    await sql.end({ timeout: 5 });
+export async function tableDataItems(
+  tools: PostgresTools,
+  dumpPath: string,
+): Promise<Map<number, { schema: string; name: string }>> {
+  const items = new Map<number, { schema: string; name: string }>();
+  const listing = await runProcess(tools.path('pg_restore'), ['--list', dumpPath]).catch(() => undefined);
+  // A listing cut to the tail runProcess keeps could start mid-line, with a wrong id: not used then.
+  if (listing?.code !== 0 || listing.stdout.length >= LISTING_LIMIT) return items;
+  for (const text of listing.stdout.split('\n')) {
+    const match = /^(\d+); \d+ \d+ TABLE DATA (.*)$/.exec(text);
+    if (!match) continue;
+    const parts = match[2]!.split(' ');
+    if (parts.length === 3) items.set(Number(match[1]), { schema: parts[0]!, name: parts[1]! });
   }
-}
-
-/** Compares the staging database's exact row counts with the manifest's; any difference fails. */
-export async function compareRowCounts(
-  conn: PgConnection,
-  database: string,
-  expected: Record<string, number>,
-): Promise<void> {
-  const actual = await countStagingRows(conn, database);
-  const names = new Set([...Object.keys(expected), ...Object.keys(actual)]);
-  const differences: string[] = [];
-  for (const name of [...names].sort()) {
-    if (expected[name] !== actual[name]) {
-      differences.push(
-        `${name}: backup has ${expected[name] ?? 'no table'}, restored ${actual[name] ?? 'no table'}`,
-      );
-    }
-  }
-  if (differences.length > 0) {
-    throw new AppError(
-      'restore_failed',
-      `the restored data does not match the backup (${differences.length} table(s) differ: ${differences
-        .slice(0, 5)
-        .join('; ')}); the live system is unchanged`,
-      { details: { differences } },
-    );
-  }
+  return items;
 }
 
 /** True if the live database holds the agent's own schema. */

@@ -11,14 +11,16 @@ import { AppError, describeError } from '../errors';
 import type { Job, JobContext } from '../jobs/runner';
 import { TEMP_PREFIX } from '../system/atomic-file';
 import { runProcess } from '../system/spawn';
+import { compareRowCounts, StagingRowCounter } from './counts';
 import {
   checkRights,
   checkVersions,
-  compareRowCounts,
   createStagingDatabase,
   databaseSize,
   dropDatabase,
+  RESTORE_JOBS,
   restoreDump,
+  tableDataItems,
 } from './database';
 import { extractionSinks } from './extract';
 import { cleanupAfterReport, type RestoreFaults, restoreNames, restoreSettled, swapIntoPlace } from './swap';
@@ -78,20 +80,24 @@ export async function restoreFromFile(
   ).size;
   // A previous restore's cleanup still running here must end before this one's journal is written.
   await restoreSettled(agent.config.dataDir);
+  // How long each step took, logged: where a restore's time goes is then visible in the agent's log.
+  const timed = async <T>(step: string, run: () => Promise<T>): Promise<T> => {
+    const started = performance.now();
+    try {
+      return await run();
+    } finally {
+      ctx.log.info('restore step', { step, ms: Math.round(performance.now() - started) });
+    }
+  };
   const readOptions = {
     keys: agent.keyring.masterKeys,
     signal: ctx.signal,
     ...(options.resolveFileKey ? { resolveFileKey: options.resolveFileKey } : {}),
   };
 
-  // 1. Check: nothing is touched until the file, the server and the disk are known to be fit.
+  // 1. Check: nothing live is touched until the file, the server and the disk are known to be fit.
   ctx.phase('check', size);
   await checkRights(conn);
-  const { manifest } = await readBackup(path, { ...readOptions, onProgress: (b) => ctx.progress(b) });
-  if (!manifest.members.some((m) => m.path === DUMP_NAME && m.type === 'file')) {
-    throw new AppError('corrupt_backup', 'the backup holds no database dump: it cannot be restored');
-  }
-  await checkVersions(conn, sources.tools, manifest.postgres);
   await mkdir(agent.paths.work, { recursive: true });
   const required = options.faults?.requiredBytes ?? 2 * size + (await databaseSize(conn));
   const free = await freeBytes(agent.paths.work);
@@ -102,65 +108,90 @@ export async function restoreFromFile(
         `under ${agent.config.dataDir}; free some space (old backups, logs) and try again`,
     );
   }
-  ctx.throwIfCancelled();
 
-  // 2. Safety backup of the current state, labelled so a person recognises it.
   let safetyBackup: string | undefined;
-  if (!options.skipSafetyBackup) {
-    ctx.phase('safety');
-    const inner: JobContext = {
-      ...ctx,
-      phase: (_name, total) => ctx.progress(0, total),
-      progress: ctx.progress,
-    };
-    const backup = await createBackup(
-      { keyring: agent.keyring, catalog: agent.catalog, sources, workDir: agent.paths.work },
-      inner,
-      { kind: 'safety', label: `before restore of ${label}` },
-    );
-    safetyBackup = backup.filename;
-    ctx.throwIfCancelled();
-  }
-
-  // 3. Stage: decrypt and extract in one pass, then pg_restore into a new database; counts must match.
   const id = randomBytes(4).toString('hex');
   const names = restoreNames(sources, id);
   const work = await mkdtemp(join(agent.paths.work, `${TEMP_PREFIX}restore-`));
-  let stagingDbCreated = false;
+  let stagingDb: Promise<void> | undefined;
   let keepStaging = false;
   // After the commit the staging names are the live ones: nothing of them is left to drop.
   let swapped = false;
   let cleanupAfter: (() => void) | undefined;
+  let counter: StagingRowCounter | undefined;
   try {
-    ctx.phase('stage', size);
+    // The check pass is also the extraction: the file is decrypted once, every member checked
+    // against the manifest as it is written into the work and staging folders (never the live
+    // ones); if any check fails they are removed and nothing else was touched. The staging
+    // database comes after the pass: a CREATE DATABASE the server finishes after this process
+    // died could appear after the next start's cleanup of leftovers.
     for (const folder of names.folders) await mkdir(folder.staging, { mode: 0o755 });
     const dumpPath = join(work, DUMP_NAME);
     const folders = Object.fromEntries(names.folders.map((f) => [f.root, f.staging])) as Record<
       'scripts' | 'config',
       string
     >;
-    await readBackup(path, {
-      ...readOptions,
-      ...extractionSinks({ dumpPath, folders }),
-      onProgress: (b) => ctx.progress(b),
-    }).catch((error: NodeJS.ErrnoException) => {
+    const { manifest } = await timed('check-and-extract', () =>
+      readBackup(path, {
+        ...readOptions,
+        ...extractionSinks({ dumpPath, folders }),
+        onManifest: async (m) => {
+          await checkVersions(conn, sources.tools, m.postgres);
+        },
+        onProgress: (b) => ctx.progress(b),
+      }),
+    ).catch((error: NodeJS.ErrnoException) => {
       if (error.code === 'ENOSPC')
         throw new AppError('no_space', 'the disk filled up while staging the restore');
       throw error;
     });
+    // After the pass, so that an unsafe entry is what a hostile archive is refused for.
+    if (!manifest.members.some((m) => m.path === DUMP_NAME && m.type === 'file')) {
+      throw new AppError('corrupt_backup', 'the backup holds no database dump: it cannot be restored');
+    }
     ctx.throwIfCancelled();
+
+    // 2. Safety backup of the current state, labelled so a person recognises it.
+    if (!options.skipSafetyBackup) {
+      ctx.phase('safety');
+      const inner: JobContext = {
+        ...ctx,
+        phase: (_name, total) => ctx.progress(0, total),
+        progress: ctx.progress,
+      };
+      const backup = await createBackup(
+        { keyring: agent.keyring, catalog: agent.catalog, sources, workDir: agent.paths.work },
+        inner,
+        { kind: 'safety', label: `before restore of ${label}` },
+      );
+      safetyBackup = backup.filename;
+      ctx.throwIfCancelled();
+    }
+
+    // 3. Stage: pg_restore into the staging database; every table's exact row count must match.
     ctx.phase('stage');
-    stagingDbCreated = true;
-    await createStagingDatabase(conn, names.staging);
-    await restoreDump({
-      conn,
-      tools: sources.tools,
-      database: names.staging,
-      dumpPath,
-      signal: ctx.signal,
-      ...(options.faults?.onStagingRestore ? { onSpawn: options.faults.onStagingRestore } : {}),
+    stagingDb = timed('createdb', () => createStagingDatabase(conn, names.staging));
+    const [items] = await Promise.all([tableDataItems(sources.tools, dumpPath), stagingDb]);
+    counter = new StagingRowCounter(conn, names.staging, items, RESTORE_JOBS);
+    const staging = counter;
+    await timed('pg_restore', () =>
+      restoreDump({
+        conn,
+        tools: sources.tools,
+        database: names.staging,
+        dumpPath,
+        signal: ctx.signal,
+        jobs: RESTORE_JOBS,
+        onItem: (event) => staging.onItem(event),
+        ...(options.faults?.onStagingRestore ? { onSpawn: options.faults.onStagingRestore } : {}),
+      }),
+    );
+    const counts = await timed('row-counts', () => staging.finish());
+    ctx.log.info('restore row counts', {
+      tables: Object.keys(counts).length,
+      countedEarly: staging.countedEarly,
     });
-    await compareRowCounts(conn, names.staging, manifest.rowCounts);
+    compareRowCounts(manifest.rowCounts, counts);
     ctx.throwIfCancelled();
 
     // 4. Swap, in a short critical section; the page hears about it first.
@@ -168,11 +199,13 @@ export async function restoreFromFile(
     ctx.notice('restore-swap', { restoredFrom: label });
     const keepPrevious = options.keepPrevious ?? false;
     try {
-      await swapIntoPlace(agent, names, {
-        ...(options.filename ? { filename: options.filename } : {}),
-        keepPrevious,
-        ...(options.faults ? { faults: options.faults } : {}),
-      });
+      await timed('swap', () =>
+        swapIntoPlace(agent, names, {
+          ...(options.filename ? { filename: options.filename } : {}),
+          keepPrevious,
+          ...(options.faults ? { faults: options.faults } : {}),
+        }),
+      );
     } catch (error) {
       // An undo that failed leaves the journal for the next start: leave its names alone too.
       if (!(error instanceof AppError && error.details?.undoFailed)) throw error;
@@ -214,9 +247,13 @@ export async function restoreFromFile(
       },
     );
   } finally {
+    await counter?.close().catch(() => {});
     await rm(work, { recursive: true, force: true });
     if (!keepStaging && !swapped) {
-      if (stagingDbCreated) await dropDatabase(conn, names.staging).catch(() => {});
+      if (stagingDb) {
+        await stagingDb.catch(() => {});
+        await dropDatabase(conn, names.staging).catch(() => {});
+      }
       for (const folder of names.folders) await rm(folder.staging, { recursive: true, force: true });
     }
     cleanupAfter?.();

@@ -169,10 +169,12 @@ export async function swapIntoPlace(
   };
   const undo: { step: string; revert: () => Promise<void> }[] = [];
   const step = async (name: string, run: () => Promise<void>, revert?: () => Promise<void>) => {
+    const started = performance.now();
     journal.step = name;
     await writeJournal(deps.config.dataDir, journal);
     await options.faults?.beforeSwapStep?.(name);
     await run();
+    deps.log.debug('restore swap step', { step: name, ms: Math.round(performance.now() - started) });
     if (revert) undo.push({ step: name, revert });
   };
 
@@ -291,7 +293,11 @@ export function cleanupAfterReport(deps: SwapDeps, names: RestoreNames, keepPrev
   const run: Promise<void> = previous
     // A turn of the event loop first: the job's success is published before the drop starts.
     .then(() => new Promise<void>((resolve) => setImmediate(resolve)))
-    .then(() => cleanupPrevious(deps, names, keepPrevious))
+    .then(async () => {
+      const started = performance.now();
+      await cleanupPrevious(deps, names, keepPrevious);
+      deps.log.info('restore step', { step: 'cleanup', ms: Math.round(performance.now() - started) });
+    })
     .catch((error) =>
       deps.log.warn('could not remove the previous database; the next start retries', { error }),
     )
