@@ -17,8 +17,13 @@ import { withRetry } from './retry';
 
 /** S3 allows at most 10 000 parts per upload; a larger file gets larger parts. */
 const MAX_PARTS = 10_000;
-/** Read size of the part streams and of the hashing pass: few syscalls, little memory. */
+/** Read size of the hashing pass: one buffer at a time, few syscalls. */
 const READ_SIZE = 1 << 20;
+/**
+ * Read size of each part stream: parts in flight each buffer a few reads (file stream, counter,
+ * socket), so small reads keep memory flat however large the file (1 MiB reads: peak RSS grew with size).
+ */
+const PART_READ_SIZE = 256 * 1024;
 
 export interface FileUploadOptions {
   client: S3Client;
@@ -43,7 +48,7 @@ export interface FileUploadOptions {
 class PartCounter extends Transform {
   bytes = 0;
   constructor(private readonly onBytes: (n: number) => void) {
-    super({ highWaterMark: READ_SIZE });
+    super();
   }
   override _transform(chunk: Buffer, _encoding: BufferEncoding, callback: TransformCallback): void {
     this.bytes += chunk.length;
@@ -129,7 +134,11 @@ export async function uploadFile(options: FileUploadOptions): Promise<void> {
       etags[index] = await withRetry(
         async () => {
           const counter = new PartCounter(progress);
-          const file = createReadStream(path, { start, end: start + length - 1, highWaterMark: READ_SIZE });
+          const file = createReadStream(path, {
+            start,
+            end: start + length - 1,
+            highWaterMark: PART_READ_SIZE,
+          });
           // The SDK does not watch its body for errors: a failed read must end the request, or it waits.
           const request = linkedController(controller.signal);
           let readError: unknown;
