@@ -1,8 +1,7 @@
 /** Reads a backup file end to end: decrypt every chunk, gunzip, untar, check every member against the manifest. */
 import { createHash } from 'node:crypto';
-import { createReadStream } from 'node:fs';
 import { open } from 'node:fs/promises';
-import { PassThrough, type Readable, Transform, type Writable } from 'node:stream';
+import { type Readable, Transform, type Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import tar from 'tar-stream';
 import {
@@ -16,6 +15,7 @@ import {
 import { AppError } from '../errors';
 import { createOpenTransform } from '../keys/envelope-node';
 import { checkEntryName, checkEntryType } from './archive';
+import { openBackupFile } from './file-plaintext';
 import { createBackupGunzip } from './gunzip';
 import {
   MANIFEST_NAME,
@@ -24,6 +24,7 @@ import {
   type ManifestMember,
   manifestSchema,
 } from './manifest';
+import { MemberHasher } from './member-hasher';
 
 /** Maps an envelope failure to the agent's error, with a message a person can act on. */
 export function envelopeToAppError(error: unknown, header?: EnvelopeHeader): unknown {
@@ -71,9 +72,6 @@ export async function readHeaderOfFile(path: string): Promise<EnvelopeHeader> {
   }
 }
 
-/** 1 MiB reads: a chunk spanning two reads is opened in pieces (openParts); 4 MiB measured no better. */
-const READ_SIZE = 1 << 20;
-
 export interface ReadOptions {
   keys: MasterKey[];
   signal?: AbortSignal;
@@ -110,41 +108,100 @@ async function readSmall(stream: Readable, limit: number): Promise<Buffer> {
   return Buffer.concat(parts);
 }
 
+/** Members at least this big are hashed on the worker; a small one is hashed here (no round trip). */
+const WORKER_HASH_MIN = 256 * 1024;
+
+/** Streams one member to its sink (if any), counting and hashing its bytes. */
+async function readMember(
+  entry: Readable,
+  member: ManifestMember,
+  hasher: MemberHasher,
+  options: ReadOptions,
+): Promise<{ size: number; sha256: string }> {
+  const local = member.size < WORKER_HASH_MIN ? createHash('sha256') : undefined;
+  let size = 0;
+  const take = (chunk: Buffer): Promise<void> | undefined => {
+    size += chunk.length;
+    if (local) {
+      local.update(chunk);
+      return undefined;
+    }
+    return hasher.update(chunk);
+  };
+  const sink = await options.openMember?.(member);
+  if (sink) {
+    const counter = new Transform({
+      transform(chunk: Buffer, _enc, cb) {
+        const wait = take(chunk);
+        if (wait) wait.then(() => cb(null, chunk), cb);
+        else cb(null, chunk);
+      },
+    });
+    await pipeline(entry, counter, sink);
+  } else {
+    // Only hashed (verify): no stream stages, the entry's bytes are taken as they come.
+    for await (const chunk of entry) await take(chunk as Buffer);
+  }
+  return { size, sha256: local ? local.digest('hex') : await hasher.digest() };
+}
+
 /**
  * Reads a backup from `source` (a path or a stream of its bytes): decrypts and authenticates every
  * chunk, checks the manifest comes first and every member's name, type, size and sha256 against it,
  * and that nothing is missing or extra. Optional sinks receive the members (restore).
  */
 export async function readBackup(source: string | Readable, options: ReadOptions): Promise<ReadResult> {
-  const input = typeof source === 'string' ? createReadStream(source, { highWaterMark: READ_SIZE }) : source;
+  const resolveFileKey =
+    options.resolveFileKey ??
+    ((header: EnvelopeHeader) => unwrapWithMasterKeys(header.stanzas, options.keys));
   let bytesRead = 0;
-  const counter = new Transform({
-    transform(chunk: Buffer, _enc, cb) {
-      bytesRead += chunk.length;
-      options.onProgress?.(bytesRead);
-      cb(null, chunk);
-    },
-  });
-  const opener = createOpenTransform({
-    resolveFileKey:
-      options.resolveFileKey ?? ((header) => unwrapWithMasterKeys(header.stanzas, options.keys)),
-  });
+  let header: EnvelopeHeader | undefined;
+  // Started first: the worker boots while the header is read and the key unwrapped.
+  const hasher = new MemberHasher();
+  let stages: Array<Readable | Transform>;
+  let headerRead: Promise<EnvelopeHeader>;
+  if (typeof source === 'string') {
+    // A file: header and key first, then chunks decrypted ahead on WebCrypto's threads (file-plaintext.ts).
+    try {
+      options.signal?.throwIfAborted();
+      const opened = await openBackupFile(source, {
+        resolveFileKey,
+        onProgress: (bytes) => {
+          bytesRead = bytes;
+          options.onProgress?.(bytes);
+        },
+      });
+      header = opened.header;
+      headerRead = Promise.resolve(opened.header);
+      stages = [opened.plaintext];
+    } catch (error) {
+      await hasher.close();
+      throw readFailure([error], header, options.signal);
+    }
+  } else {
+    const counter = new Transform({
+      transform(chunk: Buffer, _enc, cb) {
+        bytesRead += chunk.length;
+        options.onProgress?.(bytesRead);
+        cb(null, chunk);
+      },
+    });
+    const opener = createOpenTransform({ resolveFileKey });
+    opener.header.then(
+      (h) => {
+        header = h;
+      },
+      () => {},
+    );
+    headerRead = opener.header;
+    stages = [source, counter, opener];
+  }
+  const input = stages[0]!;
   const extract = tar.extract();
   const pumping = pipeline(
-    input,
-    counter,
-    opener,
     // Stored (level 0) blocks pass as views, no zlib copy: see gunzip.ts.
-    createBackupGunzip(),
-    extract,
+    [...stages, createBackupGunzip(), extract],
     options.signal ? { signal: options.signal } : {},
-  );
-  let header: EnvelopeHeader | undefined;
-  opener.header.then(
-    (h) => {
-      header = h;
-    },
-    () => {},
   );
 
   const consume = async (): Promise<Manifest> => {
@@ -175,21 +232,10 @@ export async function readBackup(source: string | Readable, options: ReadOptions
         entry.resume();
         continue;
       }
-      const hash = createHash('sha256');
-      let size = 0;
-      const hasher = new Transform({
-        transform(chunk: Buffer, _enc, cb) {
-          hash.update(chunk);
-          size += chunk.length;
-          cb(null, chunk);
-        },
-      });
-      const sink = (await options.openMember?.(member)) ?? new PassThrough().resume();
-      await pipeline(entry as unknown as Readable, hasher, sink);
+      const { size, sha256 } = await readMember(entry as unknown as Readable, member, hasher, options);
       if (size !== member.size)
         throw corrupt(`member ${name} is ${size} bytes, the manifest says ${member.size}`);
-      if (member.sha256 && hash.digest('hex') !== member.sha256)
-        throw corrupt(`member ${name} fails its sha256 check`);
+      if (member.sha256 && sha256 !== member.sha256) throw corrupt(`member ${name} fails its sha256 check`);
     }
     if (!manifest) throw corrupt('the archive is empty');
     const missing = manifest.members.filter((m) => !seen.has(m.path));
@@ -204,19 +250,25 @@ export async function readBackup(source: string | Readable, options: ReadOptions
     }),
     pumping,
   ]);
+  await hasher.close();
   if (consumed.status === 'fulfilled' && pumped.status === 'fulfilled') {
-    return { header: header ?? (await opener.header), manifest: consumed.value, bytesRead };
+    return { header: header ?? (await headerRead), manifest: consumed.value, bytesRead };
   }
   input.destroy();
-  if (options.signal?.aborted) throw new AppError('cancelled', 'the job was cancelled');
-  // The root cause wins: an envelope failure (bad chunk) explains the tar error it causes downstream.
   const errors = [consumed, pumped].flatMap((r) => (r.status === 'rejected' ? [r.reason as unknown] : []));
+  throw readFailure(errors, header, options.signal);
+}
+
+/** The error readBackup reports for what went wrong: the root cause, as an AppError. */
+function readFailure(errors: unknown[], header: EnvelopeHeader | undefined, signal?: AbortSignal): unknown {
+  if (signal?.aborted) return new AppError('cancelled', 'the job was cancelled');
+  // The root cause wins: an envelope failure (bad chunk) explains the tar error it causes downstream.
   const error =
     errors.find((e) => e instanceof EnvelopeError) ?? errors.find((e) => e instanceof AppError) ?? errors[0];
-  if (error instanceof EnvelopeError) throw envelopeToAppError(error, header);
-  if (error instanceof AppError) throw error;
+  if (error instanceof EnvelopeError) return envelopeToAppError(error, header);
+  if (error instanceof AppError) return error;
   const code = (error as NodeJS.ErrnoException).code;
-  if (code === 'ENOENT') throw new AppError('not_found', 'backup file not found');
-  if (typeof code === 'string' && code.startsWith('Z_')) throw corrupt('the compressed stream is invalid');
-  throw corrupt((error as Error).message);
+  if (code === 'ENOENT') return new AppError('not_found', 'backup file not found');
+  if (typeof code === 'string' && code.startsWith('Z_')) return corrupt('the compressed stream is invalid');
+  return corrupt((error as Error).message);
 }

@@ -89,7 +89,10 @@ export class PayloadSealer {
 /**
  * Opens a payload pushed in pieces of any size, releasing a chunk's plaintext only after its tag
  * checked. When a chunk fails, push() still returns the good chunks before it and the failure is
- * thrown by the next push() or finish() (or by this one if it had no good chunk). Calls must not overlap.
+ * thrown by the next push() or finish() (or by this one if it had no good chunk). push() calls may
+ * overlap (a reader keeps several chunks opening while it consumes earlier ones): their results
+ * settle in call order, and none after a failed chunk releases plaintext. Pushed arrays must not
+ * change until their push settles.
  */
 export class PayloadOpener {
   private readonly pending = new ByteQueue();
@@ -97,6 +100,8 @@ export class PayloadOpener {
   private failure: EnvelopeError | undefined;
   private finished = false;
   private readonly sealedSize: number;
+  /** The latest push(), settled (never rejects): the next one reports only after it, in order. */
+  private settled: Promise<unknown> = Promise.resolve();
 
   private constructor(
     readonly header: EnvelopeHeader,
@@ -118,16 +123,30 @@ export class PayloadOpener {
   }
 
   /** Adds payload bytes; returns the plaintext of every chunk completed and checked. */
-  async push(bytes: Uint8Array): Promise<Uint8Array[]> {
-    this.throwIfFailed();
-    if (this.finished) throw new Error('push after finish');
+  push(bytes: Uint8Array): Promise<Uint8Array[]> {
+    if (this.failure) return Promise.reject(this.failure);
+    if (this.finished) return Promise.reject(new Error('push after finish'));
     this.pending.push(bytes);
     // A full chunk is opened as non-last only once a byte after it proves it is not the last.
     const sealed: Uint8Array[][] = [];
     while (this.pending.length > this.sealedSize) sealed.push(this.pending.takeParts(this.sealedSize));
     const first = this.index;
     this.index += sealed.length;
-    const opened = await Promise.all(sealed.map((parts, i) => this.openParts(first + i, parts)));
+    // Started now, so chunks of overlapping pushes open at once (WebCrypto runs them on other threads).
+    const opening = Promise.all(sealed.map((parts, i) => this.openParts(first + i, parts)));
+    const result = this.settled.then(() => this.release(first, sealed, opening));
+    this.settled = result.catch(() => {});
+    return result;
+  }
+
+  /** After every earlier push settled: the plaintext of the good chunks, or the failure. */
+  private async release(
+    first: number,
+    sealed: Uint8Array[][],
+    opening: Promise<(Uint8Array[] | null)[]>,
+  ): Promise<Uint8Array[]> {
+    const opened = await opening;
+    this.throwIfFailed();
     const good: Uint8Array[] = [];
     for (const [i, plaintext] of opened.entries()) {
       if (plaintext === null) {
@@ -153,6 +172,8 @@ export class PayloadOpener {
     this.throwIfFailed();
     if (this.finished) throw new Error('finish twice');
     this.finished = true;
+    await this.settled;
+    this.throwIfFailed();
     const index = this.index;
     const rest = this.pending.take(this.pending.length);
     if (rest.length === 0)
