@@ -690,12 +690,19 @@ async function encodingCases(): Promise<Case[]> {
   const body = randomBytes(int(500, 3000));
   const good = () => sign(inst, validClaims(inst, 'PUT', '/v1/dr/backup', body, newerCreatedAt));
   const cases: Case[] = [];
-  const add = (what: string, make: (t: string) => string, runtime = false) =>
+  // `needs`: what a token must contain for the change to change it (a fresh jti gives another token).
+  const add = (what: string, make: (t: string) => string, runtime = false, needs?: RegExp) =>
     cases.push({
       what: `encoding: ${what}`,
       runtime,
       send: async () => {
-        const token = make(await good());
+        let original = await good();
+        for (let i = 0; needs && !needs.test(original); i++) {
+          if (i === 100) throw new Error(`no token with ${needs} in 100 tries`);
+          original = await good();
+        }
+        const token = make(original);
+        if (token === original) throw new Error(`the change "${what}" left the token as it was`);
         return raw({
           method: 'PUT',
           target: '/v1/dr/backup',
@@ -733,8 +740,11 @@ async function encodingCases(): Promise<Case[]> {
       .map((s) => s + '='.repeat((4 - (s.length % 4)) % 4))
       .join('.'),
   );
-  add('standard base64 alphabet (+/) instead of base64url', (t) =>
-    t.replaceAll('-', '+').replaceAll('_', '/'),
+  add(
+    'standard base64 alphabet (+/) instead of base64url',
+    (t) => t.replaceAll('-', '+').replaceAll('_', '/'),
+    false,
+    /[-_]/,
   );
   for (let i = 0; i < 8; i++) {
     const where = rand();
