@@ -1,5 +1,6 @@
 // A Windows / Samba share as a backup destination, driven through smbclient (no SMB library needed).
 import { spawn } from 'node:child_process';
+import { createHash } from 'node:crypto';
 import { createReadStream, createWriteStream } from 'node:fs';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -45,6 +46,14 @@ export interface SmbOptions {
 }
 
 const SMBCLIENT = 'smbclient';
+/** Read size of the hashing pass: one buffer at a time. */
+const HASH_READ_SIZE = 1 << 20;
+
+/** What put() checks the source with: the sha256 of what was read, and a check against the declared size and sha256. */
+interface FileCheck {
+  sha256(): string;
+  verify(source: { size: number; sha256?: string }): void;
+}
 const LS_LINE = /^ {2}(.+?)\s+([ADHSRNV]*)\s+(\d+)\s+(\w{3} \w{3} [ \d]\d \d\d:\d\d:\d\d \d{4})$/;
 const AUTH = [
   'LOGON_FAILURE',
@@ -97,21 +106,42 @@ function parseAllinfo(output: string): { size: number; modifiedAt?: string }[] {
   return infos;
 }
 
-/** Hashes a local file (the source's localPath) against the source's declared size and sha256. */
+/**
+ * Hashes a local file (the source's localPath) for a check against the source's declared size and
+ * sha256. A plain read loop: it shares two cores with smbclient and smbd, so no stream machinery.
+ */
 async function hashFile(
   path: string,
   onProgress: ((bytes: number) => void) | undefined,
   signal: AbortSignal | undefined,
-): Promise<SourceCheck> {
-  const check = new SourceCheck(onProgress);
-  check.resume(); // only counted and hashed; nothing reads its output
+): Promise<FileCheck> {
+  const hash = createHash('sha256');
+  let bytes = 0;
   try {
-    await pipeline(createReadStream(path, { highWaterMark: 1 << 20 }), check, signal ? { signal } : {});
+    for await (const chunk of createReadStream(path, {
+      highWaterMark: HASH_READ_SIZE,
+      ...(signal ? { signal } : {}),
+    })) {
+      bytes += (chunk as Buffer).length;
+      hash.update(chunk as Buffer);
+      onProgress?.(bytes);
+    }
   } catch (error) {
     if (signal?.aborted) throw abortedError(error);
     throw new StorageError('io', `reading the backup failed: ${String(error)}`, { cause: error });
   }
-  return check;
+  const sha256 = hash.digest('hex');
+  return {
+    sha256: () => sha256,
+    verify(source) {
+      if (bytes !== source.size) {
+        throw new StorageError('integrity', `source gave ${bytes} bytes, expected ${source.size}`);
+      }
+      if (source.sha256 !== undefined && sha256 !== source.sha256.toLowerCase()) {
+        throw new StorageError('integrity', 'source sha256 does not match the declared sha256');
+      }
+    },
+  };
 }
 
 /**
@@ -273,7 +303,7 @@ export class SmbProvider implements StorageProvider {
     name: string,
     source: BackupSource,
     local: string,
-    hashing: Promise<SourceCheck>,
+    hashing: Promise<FileCheck>,
     signal?: AbortSignal,
   ): Promise<StoredObject> {
     const temp = this.path(tempNameFor(name));
