@@ -35,8 +35,9 @@ const keyOf = (t: Table) => `${t.schema}.${t.name}`;
  * item N TABLE DATA") is counted right away, while pg_restore builds indexes, but only while one of
  * its job slots is free, so the count never competes with its COPYs for the cores. Nothing after a
  * table's data item changes its rows (indexes, constraints and triggers come after; only plain
- * tables that are not partitions are counted early, as rows loaded through a partitioned parent
- * could land in another partition), so an early count is the final one. Every other table is
+ * tables that are neither partitions nor inheritance parents are counted early: rows loaded through a
+ * partitioned parent could land in another partition, and a parent's count(*) includes its children's
+ * rows, loaded later), so an early count is the final one. Every other table is
  * counted once pg_restore is done (`finish`).
  */
 export class StagingRowCounter {
@@ -95,7 +96,7 @@ export class StagingRowCounter {
   private async countEarly(table: Table): Promise<void> {
     try {
       const [kind] = await this.sql<{ plain: boolean }[]>`
-        select c.relkind = 'r' and not c.relispartition as plain
+        select c.relkind = 'r' and not c.relispartition and not c.relhassubclass as plain
         from pg_class c join pg_namespace n on n.oid = c.relnamespace
         where n.nspname = ${table.schema} and c.relname = ${table.name}`;
       if (!kind?.plain) return;
