@@ -16,6 +16,17 @@ const FCOMMENT = 0x10;
 
 type State = 'header' | 'block' | 'stored' | 'trailer' | 'end';
 
+/**
+ * Where the CRC-32 may be computed instead of on this thread (member-hasher.ts: a worker that sees
+ * every byte of the plaintext anyway). write() gets each piece in order; crc() promises the CRC of
+ * the pieces since its previous call; drained() is a promise while pieces wait to be taken.
+ */
+export interface CrcOffload {
+  write(bytes: Uint8Array): void;
+  drained(): Promise<void> | undefined;
+  crc(): Promise<number>;
+}
+
 /** A zlib-style error, so callers treat it like createGunzip's (code Z_DATA_ERROR / Z_BUF_ERROR). */
 function zError(code: 'Z_DATA_ERROR' | 'Z_BUF_ERROR', message: string): Error {
   return Object.assign(new Error(message), { code });
@@ -41,9 +52,20 @@ export class BackupGunzip extends Transform {
   private recent: Buffer[] = [];
   private recentBytes = 0;
   private inflater: InflateRaw | undefined;
+  /** CRC checks handed to the offload, not yet answered (checked() waits for them). */
+  private readonly crcChecks: Promise<void>[] = [];
 
-  constructor() {
+  constructor(private readonly offload?: CrcOffload) {
     super({ readableHighWaterMark: 1 << 20 });
+  }
+
+  /**
+   * With an offload, the CRC checks are answered after the bytes passed: this settles once every
+   * gzip member's CRC was compared (rejects with the same Z_DATA_ERROR as an inline check). The
+   * plaintext must not be trusted as a whole before it settles.
+   */
+  async checked(): Promise<void> {
+    await Promise.all(this.crcChecks);
   }
 
   override _transform(chunk: Buffer, _encoding: BufferEncoding, callback: TransformCallback): void {
@@ -59,6 +81,13 @@ export class BackupGunzip extends Transform {
       return;
     }
     if (this.inflater) this.feedInflater(Buffer.alloc(0), callback);
+    else this.afterDrain(callback);
+  }
+
+  /** Calls back once the offload took every piece (so memory waiting for it stays bounded). */
+  private afterDrain(callback: TransformCallback): void {
+    const waiting = this.offload?.drained();
+    if (waiting) waiting.then(() => callback(), callback);
     else callback();
   }
 
@@ -128,14 +157,22 @@ export class BackupGunzip extends Transform {
   }
 
   private checkTrailer(trailer: Buffer): void {
-    if (trailer.readUInt32LE(0) !== this.crc) throw zError('Z_DATA_ERROR', 'incorrect data check');
+    const expected = trailer.readUInt32LE(0);
+    if (this.offload) {
+      const check = this.offload.crc().then((crc) => {
+        if (crc !== expected) throw zError('Z_DATA_ERROR', 'incorrect data check');
+      });
+      check.catch(() => {}); // reported by checked()
+      this.crcChecks.push(check);
+    } else if (expected !== this.crc) throw zError('Z_DATA_ERROR', 'incorrect data check');
     if (trailer.readUInt32LE(4) !== this.size % 2 ** 32)
       throw zError('Z_DATA_ERROR', 'incorrect length check');
   }
 
   /** Hands on one piece of plaintext, counting it into the member's CRC and size. */
   private emit_(piece: Buffer): boolean {
-    this.crc = crc32(piece, this.crc);
+    if (this.offload) this.offload.write(piece);
+    else this.crc = crc32(piece, this.crc);
     this.size += piece.length;
     if (!this.inflater) {
       this.recent.push(piece);
@@ -162,6 +199,14 @@ export class BackupGunzip extends Transform {
     inflater.on('data', (piece: Buffer) => {
       // Only as fast as our reader takes the plaintext: _read resumes it.
       if (!this.emit_(piece)) inflater.pause();
+      const waiting = this.offload?.drained();
+      if (waiting) {
+        inflater.pause();
+        waiting.then(
+          () => inflater.resume(),
+          (error: Error) => this.destroy(error),
+        );
+      }
     });
     inflater.on('error', (error) => this.destroy(error));
     this.inflater = inflater;
@@ -225,6 +270,6 @@ function headerLength(buf: Buffer): number | undefined {
 }
 
 /** A gunzip Transform for backup files (stored blocks without a copy; see BackupGunzip). */
-export function createBackupGunzip(): BackupGunzip {
-  return new BackupGunzip();
+export function createBackupGunzip(offload?: CrcOffload): BackupGunzip {
+  return new BackupGunzip(offload);
 }

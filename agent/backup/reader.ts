@@ -1,5 +1,4 @@
 /** Reads a backup file end to end: decrypt every chunk, gunzip, untar, check every member against the manifest. */
-import { createHash } from 'node:crypto';
 import { open } from 'node:fs/promises';
 import { type Readable, Transform, type Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
@@ -24,7 +23,7 @@ import {
   type ManifestMember,
   manifestSchema,
 } from './manifest';
-import { MemberHasher } from './member-hasher';
+import { ArchiveHasher } from './member-hasher';
 
 /** Maps an envelope failure to the agent's error, with a message a person can act on. */
 export function envelopeToAppError(error: unknown, header?: EnvelopeHeader): unknown {
@@ -108,41 +107,25 @@ async function readSmall(stream: Readable, limit: number): Promise<Buffer> {
   return Buffer.concat(parts);
 }
 
-/** Members at least this big are hashed on the worker; a small one is hashed here (no round trip). */
-const WORKER_HASH_MIN = 256 * 1024;
-
-/** Streams one member to its sink (if any), counting and hashing its bytes. */
-async function readMember(
-  entry: Readable,
-  member: ManifestMember,
-  hasher: MemberHasher,
-  options: ReadOptions,
-): Promise<{ size: number; sha256: string }> {
-  const local = member.size < WORKER_HASH_MIN ? createHash('sha256') : undefined;
+/**
+ * Streams one member to its sink (if any), counting its bytes. Its sha256 is computed by the
+ * ArchiveHasher's worker from the same plaintext (see readBackup), not here.
+ */
+async function readMember(entry: Readable, member: ManifestMember, options: ReadOptions): Promise<number> {
   let size = 0;
-  const take = (chunk: Buffer): Promise<void> | undefined => {
-    size += chunk.length;
-    if (local) {
-      local.update(chunk);
-      return undefined;
-    }
-    return hasher.update(chunk);
-  };
   const sink = await options.openMember?.(member);
   if (sink) {
     const counter = new Transform({
       transform(chunk: Buffer, _enc, cb) {
-        const wait = take(chunk);
-        if (wait) wait.then(() => cb(null, chunk), cb);
-        else cb(null, chunk);
+        size += chunk.length;
+        cb(null, chunk);
       },
     });
     await pipeline(entry, counter, sink);
   } else {
-    // Only hashed (verify): no stream stages, the entry's bytes are taken as they come.
-    for await (const chunk of entry) await take(chunk as Buffer);
+    for await (const chunk of entry) size += (chunk as Buffer).length;
   }
-  return { size, sha256: local ? local.digest('hex') : await hasher.digest() };
+  return size;
 }
 
 /**
@@ -156,8 +139,9 @@ export async function readBackup(source: string | Readable, options: ReadOptions
     ((header: EnvelopeHeader) => unwrapWithMasterKeys(header.stanzas, options.keys));
   let bytesRead = 0;
   let header: EnvelopeHeader | undefined;
-  // Started first: the worker boots while the header is read and the key unwrapped.
-  const hasher = new MemberHasher();
+  // Started first: the worker boots (if prepareArchiveHasher did not already) while the header is
+  // read and the key unwrapped. It gets every byte of the tar stream: gzip CRC and member sha256.
+  const hasher = new ArchiveHasher();
   let stages: Array<Readable | Transform>;
   let headerRead: Promise<EnvelopeHeader>;
   if (typeof source === 'string') {
@@ -198,9 +182,10 @@ export async function readBackup(source: string | Readable, options: ReadOptions
   }
   const input = stages[0]!;
   const extract = tar.extract();
+  const gunzip = createBackupGunzip(hasher);
   const pumping = pipeline(
     // Stored (level 0) blocks pass as views, no zlib copy: see gunzip.ts.
-    [...stages, createBackupGunzip(), extract],
+    [...stages, gunzip, extract],
     options.signal ? { signal: options.signal } : {},
   );
 
@@ -208,6 +193,8 @@ export async function readBackup(source: string | Readable, options: ReadOptions
     let manifest: Manifest | undefined;
     let expected = new Map<string, ManifestMember>();
     const seen = new Set<string>();
+    // Digests come from the worker as it catches up; awaiting each here could stall the stream.
+    const digests: Array<{ name: string; expected: string | undefined; sha256: Promise<string> }> = [];
     for await (const entry of extract) {
       const name = checkEntryName(entry.header.name);
       const type = checkEntryType(entry.header.type, entry.header.name);
@@ -232,14 +219,24 @@ export async function readBackup(source: string | Readable, options: ReadOptions
         entry.resume();
         continue;
       }
-      const { size, sha256 } = await readMember(entry as unknown as Readable, member, hasher, options);
+      // tar-stream counts every byte it was given: the data starts at byteOffset of the tar stream.
+      const start = (entry.header as { byteOffset?: number }).byteOffset;
+      if (typeof start !== 'number') throw new Error('tar-stream gave no byteOffset for a member');
+      const sha256 = hasher.member(start, start + (entry.header.size ?? 0));
+      sha256.catch(() => {}); // awaited below, in order
+      digests.push({ name, expected: member.sha256, sha256 });
+      const size = await readMember(entry as unknown as Readable, member, options);
       if (size !== member.size)
         throw corrupt(`member ${name} is ${size} bytes, the manifest says ${member.size}`);
-      if (member.sha256 && sha256 !== member.sha256) throw corrupt(`member ${name} fails its sha256 check`);
+      if (size !== entry.header.size) throw corrupt(`member ${name} is cut short`);
     }
+    hasher.known(Number.MAX_SAFE_INTEGER);
     if (!manifest) throw corrupt('the archive is empty');
     const missing = manifest.members.filter((m) => !seen.has(m.path));
     if (missing.length > 0) throw corrupt(`member ${missing[0]!.path} is missing (${missing.length} in all)`);
+    for (const { name, expected, sha256 } of digests) {
+      if (expected && (await sha256) !== expected) throw corrupt(`member ${name} fails its sha256 check`);
+    }
     return manifest;
   };
 
@@ -248,7 +245,8 @@ export async function readBackup(source: string | Readable, options: ReadOptions
       extract.destroy(error);
       throw error;
     }),
-    pumping,
+    // The gzip CRC, computed on the worker, is compared before anything is reported good.
+    pumping.then(() => gunzip.checked()),
   ]);
   await hasher.close();
   if (consumed.status === 'fulfilled' && pumped.status === 'fulfilled') {
