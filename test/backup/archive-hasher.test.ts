@@ -91,6 +91,28 @@ describe('archive hasher', () => {
     }
   });
 
+  it('waits for batches when the worker holds them for a range not yet named, and goes on once it is', async () => {
+    const bytes = randomBytes(12_000_000); // more than the 8 MiB of batches
+    const hasher = new ArchiveHasher();
+    try {
+      hasher.write(bytes);
+      const waiting = hasher.drained();
+      expect(waiting).toBeInstanceOf(Promise);
+      let drained = false;
+      waiting?.then(() => {
+        drained = true;
+      });
+      await new Promise((r) => setTimeout(r, 50));
+      expect(drained).toBe(false); // every batch is waiting for its range
+      const digest = hasher.member(1000, 12_000_000);
+      await waiting;
+      expect(await hasher.crc()).toBe(crc32(bytes));
+      expect(await digest).toBe(sha(bytes.subarray(1000)));
+    } finally {
+      await hasher.close();
+    }
+  });
+
   it('gunzip with the CRC on the worker: good data passes, a wrong CRC fails checked() like zlib', async () => {
     const plain = randomBytes(2_000_000);
     const gz = gzipSync(plain, { level: 0 });
