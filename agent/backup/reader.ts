@@ -145,7 +145,7 @@ export async function readBackup(source: string | Readable, options: ReadOptions
   let stages: Array<Readable | Transform>;
   let headerRead: Promise<EnvelopeHeader>;
   if (typeof source === 'string') {
-    // A file: header and key first, then chunks decrypted ahead on WebCrypto's threads (file-plaintext.ts).
+    // A file: header and key first, then positional reads ahead, decrypted here (file-plaintext.ts).
     try {
       options.signal?.throwIfAborted();
       const opened = await openBackupFile(source, {
