@@ -163,6 +163,26 @@ export async function dropDatabase(conn: PgConnection, name: string): Promise<vo
   });
 }
 
+/**
+ * Ends the server sessions still creating a database whose name holds `namePart`, and waits until they
+ * are gone. A client killed during CREATE DATABASE does not stop it: the server finishes the command
+ * afterwards, so without this a recovery could list the databases before that one exists and leave it.
+ */
+export async function endDatabaseCreations(conn: PgConnection, namePart: string): Promise<void> {
+  await withMaintenance(conn, async (sql) => {
+    for (let attempt = 0; ; attempt++) {
+      const creators = await sql<{ pid: number }[]>`
+        select pid from pg_stat_activity
+        where pid <> pg_backend_pid() and state = 'active'
+          and query ilike 'create database%' and strpos(query, ${namePart}) > 0`;
+      if (creators.length === 0) return;
+      if (attempt === 100) throw new Error(`sessions creating a ${namePart} database did not end`);
+      for (const { pid } of creators) await sql`select pg_terminate_backend(${pid})`;
+      await new Promise((resolve) => setTimeout(resolve, 100));
+    }
+  });
+}
+
 /** The owner of the live database: restored objects are owned by it, as GEM's own objects were. */
 async function liveOwner(conn: PgConnection): Promise<string> {
   const [row] = await withMaintenance(

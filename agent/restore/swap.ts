@@ -12,6 +12,7 @@ import { type PgConnection, PostgresTools, parseDatabaseUrl } from '../system/po
 import {
   copyAgentSchema,
   dropDatabase,
+  endDatabaseCreations,
   listDatabases,
   renameDatabase,
   setAllowConnections,
@@ -342,6 +343,7 @@ async function siblings(live: string, mark: string): Promise<string[]> {
 export async function dropStagingLeftovers(sources: BackupSources): Promise<string[]> {
   const removed: string[] = [];
   const prefix = `${dbPrefix(sources.conn.database)}${STAGING_DB_MARK}`;
+  await endDatabaseCreations(sources.conn, prefix);
   for (const name of await listDatabases(sources.conn)) {
     if (name.startsWith(prefix)) {
       await dropDatabase(sources.conn, name);

@@ -1,5 +1,6 @@
 import { copyFile, mkdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import postgres from 'postgres';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { restoreModule } from '../../agent/http/routes/restore';
 import type { Job } from '../../agent/jobs/runner';
@@ -33,6 +34,21 @@ async function changeEverything(tag: string): Promise<void> {
   });
   await writeFile(join(t.agent.sources.scriptsDir, `new-${tag}.lua`), 'print("new")\n');
   await writeFile(join(t.agent.sources.configDir, 'gem.json'), JSON.stringify({ version: tag }));
+}
+
+/** Sessions of the server running a CREATE DATABASE of `name`. */
+async function activeCreations(sql: postgres.Sql, name: string): Promise<number> {
+  const [row] = await sql<{ n: number }[]>`
+    select count(*)::int as n from pg_stat_activity where state = 'active' and strpos(query, ${name}) > 0
+      and query ilike 'create database%'`;
+  return row!.n;
+}
+
+async function waitFor(check: () => Promise<boolean>): Promise<void> {
+  for (let i = 0; !(await check()); i++) {
+    if (i === 200) throw new Error('timed out waiting');
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
 }
 
 /** Runs a restore of `path` as a job and waits for it. */
@@ -332,6 +348,41 @@ describe('restore', () => {
       expect(row!.allow).toBe(true);
     });
   }
+
+  it("drops a staging database a killed restore's server session was still creating", async () => {
+    // The server finishes a CREATE DATABASE whose client died; recovery must not list the databases
+    // before it ends. Here the creation is held on a lock on its template until recovery has run.
+    const url = databaseUrl(t.agent.sources.conn);
+    const staging = `${t.agent.sources.conn.database}_gem_restore_killed`;
+    const holder = postgres(url, { max: 1, onnotice: () => {} });
+    const creator = postgres(url, { max: 1, onnotice: () => {} });
+    // pg_stat_activity is read once per transaction: watched from outside the holding one.
+    const watcher = postgres(url, { max: 1, onnotice: () => {} });
+    try {
+      await holder.unsafe('create database gem_held_template');
+      const held = holder.begin(async (tx) => {
+        await tx.unsafe('alter database gem_held_template rename to gem_held_template_x');
+        await waitFor(async () => (await activeCreations(watcher, staging)) === 1);
+        await recoverInterruptedRestore(t.agent);
+        throw new Error('rolled back on purpose');
+      });
+      const creation = creator.unsafe(`create database "${staging}" template gem_held_template`).then(
+        () => 'created',
+        (error: Error) => error.message,
+      );
+      await expect(held).rejects.toThrow('rolled back on purpose');
+      expect(await creation).toMatch(/terminat|CONNECTION_CLOSED/);
+      await new Promise((resolve) => setTimeout(resolve, 300));
+      const names = await holder<{ datname: string }[]>`select datname from pg_database`;
+      expect(names.map((r) => r.datname)).not.toContain(staging);
+    } finally {
+      await creator.end({ timeout: 1 }).catch(() => {});
+      await watcher.end({ timeout: 1 }).catch(() => {});
+      await holder.unsafe(`drop database if exists "${staging}"`);
+      await holder.unsafe('drop database if exists gem_held_template');
+      await holder.end({ timeout: 5 });
+    }
+  });
 
   it('restores inheritance parents and partitioned tables with exact row counts (a parent counts its children)', async () => {
     const own = await startTestAgent(pg);
