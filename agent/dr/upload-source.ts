@@ -26,42 +26,29 @@ export class UploadSource {
     return new UploadSource(handle, header, oldHeaderLength, header.length + fileSize - oldHeaderLength);
   }
 
-  /** The bytes [start, end) as 1 MiB pieces. */
-  async *pieces(start = 0, end = this.size): AsyncGenerator<Buffer> {
-    let pos = start;
-    if (pos < this.header.length) {
-      const stop = Math.min(end, this.header.length);
-      yield Buffer.from(this.header.subarray(pos, stop));
-      pos = stop;
-    }
-    while (pos < end) {
-      const n = Math.min(PIECE, end - pos);
-      const buf = Buffer.allocUnsafe(n);
-      const { bytesRead } = await this.handle.read(
-        buf,
-        0,
-        n,
-        pos - this.header.length + this.oldHeaderLength,
-      );
-      if (bytesRead === 0) throw new Error('the local backup file shrank while it was being uploaded');
-      yield buf.subarray(0, bytesRead);
-      pos += bytesRead;
-    }
+  /** The bytes [start, end) as 1 MiB pieces, each its own buffer. */
+  pieces(start = 0, end = this.size): AsyncGenerator<Buffer> {
+    return this.read(start, end, false);
   }
 
   /**
    * The bytes [start, end) as views of ONE reused buffer: each view is valid only until the next is
    * asked for, which is all a hash needs (and saves allocating what it reads).
    */
-  private async *transientPieces(start: number, end: number): AsyncGenerator<Uint8Array> {
+  private transientPieces(start: number, end: number): AsyncGenerator<Buffer> {
+    return this.read(start, end, true);
+  }
+
+  private async *read(start: number, end: number, reuse: boolean): AsyncGenerator<Buffer> {
     let pos = start;
     if (pos < this.header.length) {
       const stop = Math.min(end, this.header.length);
-      yield this.header.subarray(pos, stop);
+      yield Buffer.from(this.header.subarray(pos, stop));
       pos = stop;
     }
-    const buf = Buffer.allocUnsafe(Math.min(HASH_READ, Math.max(1, end - pos)));
+    const shared = reuse ? Buffer.allocUnsafe(Math.min(HASH_READ, Math.max(1, end - pos))) : undefined;
     while (pos < end) {
+      const buf = shared ?? Buffer.allocUnsafe(Math.min(PIECE, end - pos));
       const n = Math.min(buf.length, end - pos);
       const { bytesRead } = await this.handle.read(
         buf,
