@@ -1,5 +1,4 @@
 // Moving one backup between the local catalog and a destination, checked on arrival, with retries for transient failures.
-import { createHash } from 'node:crypto';
 import { createReadStream, createWriteStream } from 'node:fs';
 import { stat } from 'node:fs/promises';
 import { Readable, Transform } from 'node:stream';
@@ -15,6 +14,7 @@ import type { Agent } from '../agent';
 import type { BackupInfo } from '../backup/catalog';
 import { type PruneCandidate, planPrune } from '../backup/retention';
 import { type ReceivedBackup, receiveUpload } from '../backup/upload';
+import { hashFile } from '../providers/checks';
 import { type RetryOptions, withRetry } from '../providers/retry';
 
 /** How transfers retry: attempts and backoff (tests shorten them); signal and onRetry are per call. */
@@ -81,13 +81,6 @@ export async function guardStall<T>(
   }
 }
 
-/** Lower-case hex sha256 of a file. */
-export async function fileSha256(path: string, signal?: AbortSignal): Promise<string> {
-  const hash = createHash('sha256');
-  for await (const chunk of createReadStream(path, signal ? { signal } : {})) hash.update(chunk as Buffer);
-  return hash.digest('hex');
-}
-
 /**
  * A local file as a provider source: each open() (each retry) reads it again from the first byte;
  * `localPath` lets a provider whose tool reads files itself skip spooling.
@@ -119,7 +112,7 @@ export async function uploadBackup(
   // Recorded when the backup was made; a file from elsewhere is hashed once here and recorded.
   let sha256 = await agent.catalog.knownSha256(name);
   if (sha256 === undefined) {
-    sha256 = await fileSha256(path, options.signal);
+    sha256 = (await hashFile(path, { signal: options.signal })).sha256;
     await agent.catalog.recordSha256(name, sha256);
   }
   const source = fileSource(path, size, sha256);

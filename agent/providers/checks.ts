@@ -1,10 +1,33 @@
 // What every provider does the same way: safe object names, byte-count and sha256 checks while streaming.
 import { createHash } from 'node:crypto';
+import { createReadStream } from 'node:fs';
 import { Transform, type TransformCallback } from 'node:stream';
 import { StorageError } from '../../shared/storage/index';
 import { TEMP_PREFIX } from '../system/atomic-file';
 
 export { TEMP_PREFIX };
+
+/**
+ * Lower-case hex sha256 and byte count of a local file, read once from start to end in 1 MiB reads
+ * (a plain loop: it often shares the cores with a transfer tool). Read errors are thrown as they are.
+ */
+export async function hashFile(
+  path: string,
+  options: { signal?: AbortSignal | undefined; onProgress?: ((bytes: number) => void) | undefined } = {},
+): Promise<{ sha256: string; bytes: number }> {
+  const hash = createHash('sha256');
+  let bytes = 0;
+  const signal = options.signal;
+  for await (const chunk of createReadStream(path, {
+    highWaterMark: 1 << 20,
+    ...(signal ? { signal } : {}),
+  })) {
+    bytes += (chunk as Buffer).length;
+    hash.update(chunk as Buffer);
+    options.onProgress?.(bytes);
+  }
+  return { sha256: hash.digest('hex'), bytes };
+}
 
 /**
  * Refuses names that could leave the destination folder or look like our temp files. Backup names

@@ -12,13 +12,11 @@ import {
   UploadPartCommand,
 } from '@aws-sdk/client-s3';
 import { StorageError } from '../../shared/storage/index';
-import { abortedError, throwIfAborted, tryCleanup } from './checks';
+import { abortedError, hashFile, throwIfAborted, tryCleanup } from './checks';
 import { withRetry } from './retry';
 
 /** S3 allows at most 10 000 parts per upload; a larger file gets larger parts. */
 const MAX_PARTS = 10_000;
-/** Read size of the hashing pass: one buffer at a time, few syscalls. */
-const READ_SIZE = 1 << 20;
 /**
  * Read size of each part stream: parts in flight each buffer a few reads (file stream, counter,
  * socket), so small reads keep memory flat however large the file (1 MiB reads: peak RSS grew with size).
@@ -68,17 +66,6 @@ function linkedController(parent: AbortSignal | undefined): AbortController {
 /** What identifies the file's content on disk: any write or replacement changes one of these. */
 function fingerprint(s: Stats): string {
   return `${s.dev}:${s.ino}:${s.size}:${s.mtimeMs}:${s.ctimeMs}`;
-}
-
-/** Lower-case hex sha256 and byte count of the file, read once from start to end. */
-async function hashFile(path: string, signal: AbortSignal): Promise<{ sha256: string; bytes: number }> {
-  const hash = createHash('sha256');
-  let bytes = 0;
-  for await (const chunk of createReadStream(path, { highWaterMark: READ_SIZE, signal })) {
-    bytes += (chunk as Buffer).length;
-    hash.update(chunk as Buffer);
-  }
-  return { sha256: hash.digest('hex'), bytes };
 }
 
 /**
@@ -199,7 +186,7 @@ export async function uploadFile(options: FileUploadOptions): Promise<void> {
         throw error;
       });
     const hashing = failFast(
-      hashFile(path, controller.signal).catch((error: unknown) => {
+      hashFile(path, { signal: controller.signal }).catch((error: unknown) => {
         if (controller.signal.aborted) throw abortedError(error);
         throw new StorageError('io', `reading the backup failed: ${String(error)}`, { cause: error });
       }),

@@ -1,6 +1,5 @@
 // A Windows / Samba share as a backup destination, driven through smbclient (no SMB library needed).
 import { spawn } from 'node:child_process';
-import { createHash } from 'node:crypto';
 import { createReadStream, createWriteStream } from 'node:fs';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -21,6 +20,7 @@ import {
   assertObjectName,
   CLEANUP_TIMEOUT_MS,
   downloadStream,
+  hashFile,
   isOwnTempName,
   oldEnough,
   SourceCheck,
@@ -46,8 +46,6 @@ export interface SmbOptions {
 }
 
 const SMBCLIENT = 'smbclient';
-/** Read size of the hashing pass: one buffer at a time. */
-const HASH_READ_SIZE = 1 << 20;
 
 /** What put() checks the source with: the sha256 of what was read, and a check against the declared size and sha256. */
 interface FileCheck {
@@ -110,27 +108,19 @@ function parseAllinfo(output: string): { size: number; modifiedAt?: string }[] {
  * Hashes a local file (the source's localPath) for a check against the source's declared size and
  * sha256. A plain read loop: it shares two cores with smbclient and smbd, so no stream machinery.
  */
-async function hashFile(
+async function checkLocalFile(
   path: string,
   onProgress: ((bytes: number) => void) | undefined,
   signal: AbortSignal | undefined,
 ): Promise<FileCheck> {
-  const hash = createHash('sha256');
-  let bytes = 0;
+  let hashed: { sha256: string; bytes: number };
   try {
-    for await (const chunk of createReadStream(path, {
-      highWaterMark: HASH_READ_SIZE,
-      ...(signal ? { signal } : {}),
-    })) {
-      bytes += (chunk as Buffer).length;
-      hash.update(chunk as Buffer);
-      onProgress?.(bytes);
-    }
+    hashed = await hashFile(path, { signal, onProgress });
   } catch (error) {
     if (signal?.aborted) throw abortedError(error);
     throw new StorageError('io', `reading the backup failed: ${String(error)}`, { cause: error });
   }
-  const sha256 = hash.digest('hex');
+  const { sha256, bytes } = hashed;
   return {
     sha256: () => sha256,
     verify(source) {
@@ -265,7 +255,7 @@ export class SmbProvider implements StorageProvider {
     throwIfAborted(signal);
     if (source.localPath !== undefined) {
       // smbclient reads the file itself; it is hashed on the other core meanwhile and checked before we answer.
-      const hashing = hashFile(source.localPath, options.onProgress, signal);
+      const hashing = checkLocalFile(source.localPath, options.onProgress, signal);
       hashing.catch(() => {}); // awaited below; a failed put must not also report it unhandled
       return this.putFile(name, source, source.localPath, hashing, signal);
     }
