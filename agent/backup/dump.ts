@@ -26,13 +26,18 @@ export interface DumpResult {
   dumpVersion: string;
 }
 
-/** Tables whose rows we count: every ordinary or partitioned table outside the system and agent schemas. */
-const TABLES_SQL = `
+/**
+ * Tables whose rows we count: every ordinary or partitioned table outside the system and agent
+ * schemas, as `schema, name`. A restore counts the same selection (agent/restore/counts.ts), so any
+ * drift between the two would show up as a mismatch, never a pass.
+ */
+export const GEM_TABLES_SQL = `
   select n.nspname as schema, c.relname as name
   from pg_class c join pg_namespace n on n.oid = c.relnamespace
   where c.relkind in ('r', 'p') and n.nspname not in ('pg_catalog', 'information_schema', '${AGENT_SCHEMA}')
-    and n.nspname not like 'pg_toast%' and n.nspname not like 'pg_temp%'
-  order by 1, 2`;
+    and n.nspname not like 'pg_toast%' and n.nspname not like 'pg_temp%'`;
+
+const TABLES_SQL = `${GEM_TABLES_SQL} order by 1, 2`;
 
 function quoteIdent(name: string): string {
   return `"${name.replace(/"/g, '""')}"`;

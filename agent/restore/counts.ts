@@ -1,20 +1,12 @@
 /** Exact row counts of the staging database, taken while pg_restore is still busy, compared with the manifest. */
 import postgres from 'postgres';
-import { AGENT_SCHEMA } from '../backup/dump';
+import { GEM_TABLES_SQL } from '../backup/dump';
 import { AppError } from '../errors';
 import { databaseUrl, type PgConnection } from '../system/postgres-tools';
 import { quoteIdent, type RestoreItemEvent } from './database';
 
-/**
- * Tables whose rows are counted, biggest first: the same selection as the backup's counts
- * (agent/backup/dump.ts), so that any drift between the two shows up as a mismatch, never a pass.
- */
-const TABLES_BY_SIZE_SQL = `
-  select n.nspname as schema, c.relname as name
-  from pg_class c join pg_namespace n on n.oid = c.relnamespace
-  where c.relkind in ('r', 'p') and n.nspname not in ('pg_catalog', 'information_schema', '${AGENT_SCHEMA}')
-    and n.nspname not like 'pg_toast%' and n.nspname not like 'pg_temp%'
-  order by c.relpages desc, 1, 2`;
+/** The tables the backup counted (GEM_TABLES_SQL), biggest first. */
+const TABLES_BY_SIZE_SQL = `${GEM_TABLES_SQL} order by c.relpages desc, 1, 2`;
 
 /**
  * Connections counting the staging rows at once once pg_restore is done. The count is CPU-bound:
