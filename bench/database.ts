@@ -1,9 +1,10 @@
 // The benchmark database: a pgbench table and a GEM-like attribute history, made once per size and kept in bench/cache.
 import { existsSync } from 'node:fs';
-import { mkdir, readFile, writeFile } from 'node:fs/promises';
+import { mkdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import postgres from 'postgres';
 import { type ClusterHandle, ensureDatabase, startCluster } from '../agent/db/cluster';
+import { writeSmallFileAtomic } from '../agent/system/atomic-file';
 import { runProcess } from '../agent/system/spawn';
 
 export const BENCH_DB = 'bench';
@@ -91,7 +92,8 @@ export async function benchDatabase(options: {
       await db.unsafe('create index attribute_history_node_time on attribute_history (node_id, changed_at)');
       await db.unsafe('vacuum analyze');
       const [size] = await db<{ n: string }[]>`select pg_database_size(current_database()) as n`;
-      await writeFile(
+      // Temp then rename: a run killed here must not leave a marker that says "ready".
+      await writeSmallFileAtomic(
         marker,
         `${JSON.stringify({ tag, plan, bytes: Number(size!.n), seconds: (Date.now() - started) / 1000 }, null, 2)}\n`,
       );

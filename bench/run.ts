@@ -7,6 +7,7 @@ import { join } from 'node:path';
 import postgres from 'postgres';
 import { GZIP_LEVEL } from '../agent/backup/create';
 import { findPgBinDir } from '../agent/config';
+import { writeSmallFileAtomic } from '../agent/system/atomic-file';
 import { startS3 } from '../test/services/s3';
 import { startSmbd } from '../test/services/smbd';
 import { startSshd } from '../test/services/sshd';
@@ -545,12 +546,12 @@ async function main(): Promise<void> {
     };
     const summary = summarize(comparisons);
     process.stdout.write(`\n${renderTerminal(summary, machine)}\n`);
-    await writeFile(
+    await writeSmallFileAtomic(
       join(HERE, 'results.json'),
       `${JSON.stringify({ machine, summary, comparisons }, null, 2)}\n`,
     );
     const markdown = renderMarkdown(summary, machine);
-    await writeFile(join(CACHE, 'last-run.md'), markdown);
+    await writeSmallFileAtomic(join(CACHE, 'last-run.md'), markdown);
     if (options.record) {
       await recordFigures(markdown, options.bytes >= 2e9 ? 'large' : 'main');
       log('recorded in bench/RESULTS.md');
@@ -573,7 +574,8 @@ async function recordFigures(markdown: string, name: string): Promise<void> {
     at >= 0 && text.indexOf(end, at) > at
       ? text.slice(0, at) + block + text.slice(text.indexOf(end, at) + end.length)
       : `${text.trimEnd()}\n\n${block}\n`;
-  await writeFile(path, next);
+  // Temp then rename: the document's hand-written sections must never be left cut short.
+  await writeSmallFileAtomic(path, next);
 }
 
 async function describeDisk(): Promise<string> {
