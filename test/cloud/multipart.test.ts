@@ -197,6 +197,41 @@ describe('large backups', () => {
     expect((await signedEmpty(cloud, inst, 'GET', `/v1/dr/uploads/${uploadId}`)).status).toBe(404);
   });
 
+  it('refuses a part whose last byte alone differs, and complete then refuses the upload', async () => {
+    // The Worker hashes a part in pieces as it streams to storage: the piece that ends the part counts too.
+    const size = 6 * MiB + 333;
+    const seed = 5;
+    const created = await signedJson('POST', '/v1/dr/uploads', {
+      size,
+      sha256: await generatedSha256(size, seed),
+      createdAt: '2026-11-12T12:00:00.000Z',
+      agentVersion: '0.1.0-test',
+      partSize: 5 * MiB,
+    });
+    expect(created.status).toBe(201);
+    const { uploadId } = created.json();
+    const chunks: Uint8Array[] = [];
+    for await (const piece of generatedBytes(5 * MiB, seed)) chunks.push(piece);
+    const good = Buffer.concat(chunks);
+    const bad = Buffer.from(good);
+    bad.writeUInt8(bad.readUInt8(bad.length - 1) ^ 0x01, bad.length - 1);
+    const path = `/v1/dr/uploads/${uploadId}/parts/1`;
+    const headers = await signedHeaders(inst, 'PUT', path, { sha256: sha256(good), length: good.length });
+    const refused = await httpRequest(`${cloud.url}${path}`, { method: 'PUT', headers, body: bad });
+    expect(refused.status).toBe(400);
+    expect((await putPart(uploadId, 2, seed, 5 * MiB, MiB + 333)).status).toBe(200);
+    const done = await signedEmpty(cloud, inst, 'POST', `/v1/dr/uploads/${uploadId}/complete`);
+    expect(done.status).toBe(400);
+    expect(done.json().error.code).toBe('missing_parts');
+    // The same part with its signed bytes is taken, and the upload completes with them.
+    const headers2 = await signedHeaders(inst, 'PUT', path, { sha256: sha256(good), length: good.length });
+    expect(
+      (await httpRequest(`${cloud.url}${path}`, { method: 'PUT', headers: headers2, body: good })).status,
+    ).toBe(200);
+    const completed = await signedEmpty(cloud, inst, 'POST', `/v1/dr/uploads/${uploadId}/complete`);
+    expect(completed.status).toBe(201);
+  });
+
   it('refuses an upload larger than the slot allows before any part is sent', async () => {
     const created = await signedJson('POST', '/v1/dr/uploads', {
       size: 300_000_000,
