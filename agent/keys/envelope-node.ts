@@ -31,6 +31,15 @@ export const nodeChunkCipher: ChunkCipher = {
         cipher.getAuthTag().copy(out, ciphertext.length);
         return out;
       },
+      async sealParts(nonce, plaintext, aad) {
+        const cipher = createCipheriv('aes-256-gcm', key, nonce, { authTagLength: TAG_LENGTH });
+        cipher.setAAD(aad);
+        // Each piece's ciphertext is its own buffer: no gathering copy of the plaintext or of the result.
+        const sealed: Uint8Array[] = plaintext.map((piece) => cipher.update(piece));
+        cipher.final();
+        sealed.push(cipher.getAuthTag());
+        return sealed;
+      },
       async open(nonce, sealed, aad) {
         if (sealed.length < TAG_LENGTH) return null;
         const decipher = createDecipheriv('aes-256-gcm', key, nonce, { authTagLength: TAG_LENGTH });

@@ -15,6 +15,11 @@ export interface ChunkCrypter {
    * returning its plaintext as pieces; saves gathering a chunk that spans reads into one copy.
    */
   openParts?(nonce: Uint8Array, sealed: readonly Uint8Array[], aad: Uint8Array): Promise<Uint8Array[] | null>;
+  /**
+   * Optional: seal() of a chunk given as consecutive pieces, returning ciphertext || tag as pieces;
+   * saves gathering the plaintext into one copy and the ciphertext and tag into another.
+   */
+  sealParts?(nonce: Uint8Array, plaintext: readonly Uint8Array[], aad: Uint8Array): Promise<Uint8Array[]>;
 }
 
 /** A source of AES-256-GCM; Node plugs in node:crypto (agent/keys/envelope-node.ts), workerd uses WebCrypto. */

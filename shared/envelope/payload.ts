@@ -66,18 +66,24 @@ export class PayloadSealer {
     if (this.finished) throw new Error('push after finish');
     this.pending.push(plaintext);
     const { chunkSize } = this.header.core;
-    const jobs: Promise<Uint8Array>[] = [];
-    while (this.pending.length > chunkSize) {
-      jobs.push(this.sealChunk(this.index++, this.pending.take(chunkSize), false));
-    }
-    return Promise.all(jobs);
+    const jobs: Promise<Uint8Array[]>[] = [];
+    while (this.pending.length > chunkSize) jobs.push(this.sealNext(chunkSize, false));
+    return (await Promise.all(jobs)).flat();
   }
 
   /** Seals the last chunk (empty only when nothing was pushed). */
   async finish(): Promise<Uint8Array[]> {
     if (this.finished) throw new Error('finish twice');
     this.finished = true;
-    return [await this.sealChunk(this.index++, this.pending.take(this.pending.length), true)];
+    return this.sealNext(this.pending.length, true);
+  }
+
+  /** Seals the next `n` pending bytes as one chunk, as pieces when the cipher can take them so. */
+  private async sealNext(n: number, last: boolean): Promise<Uint8Array[]> {
+    const index = this.index++;
+    if (this.crypter.sealParts)
+      return this.crypter.sealParts(chunkNonce(index, last), this.pending.takeParts(n), this.aad);
+    return [await this.sealChunk(index, this.pending.take(n), last)];
   }
 
   /** Seals one chunk at any index with any last flag: the low-level step, also used to craft damaged files in tests. */
