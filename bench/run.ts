@@ -61,6 +61,14 @@ const log = (line: string) => process.stdout.write(`${new Date().toISOString().s
 /** The agent child compiled as `npm start` runs the agent (scripts/build.mjs), unless `--tsx`. */
 const COMPILED_CHILD = join(CACHE, 'child', 'agent-child.js');
 
+/** The node flags `npm start` gives the agent (package.json), so the child's memory behaves as the agent's does. */
+async function agentNodeFlags(): Promise<string[]> {
+  const pkg = JSON.parse(await readFile(join(ROOT, 'package.json'), 'utf8')) as { scripts: { start: string } };
+  const [node, ...args] = pkg.scripts.start.split(/\s+/);
+  if (node !== 'node') throw new Error(`package.json start: expected "node …", got ${pkg.scripts.start}`);
+  return args.filter((arg) => arg.startsWith('--'));
+}
+
 async function buildAgentChild(): Promise<void> {
   const child = spawn(
     process.execPath,
@@ -72,8 +80,13 @@ async function buildAgentChild(): Promise<void> {
 }
 
 /** Runs a node child (agent-child.ts or plain-child.ts) and parses the JSON line it prints. */
-async function nodeChild<T>(script: string, request: unknown, compiled?: string): Promise<T> {
-  const argv = compiled ? [compiled] : ['--import', TSX, join(HERE, script)];
+async function nodeChild<T>(
+  script: string,
+  request: unknown,
+  compiled?: string,
+  flags: string[] = [],
+): Promise<T> {
+  const argv = [...flags, ...(compiled ? [compiled] : ['--import', TSX, join(HERE, script)])];
   const child = spawn(process.execPath, [...argv, JSON.stringify(request)], {
     stdio: ['ignore', 'pipe', 'pipe'],
     cwd: ROOT,
@@ -222,11 +235,13 @@ async function main(): Promise<void> {
       const { writeSampleFolders } = await import('../agent/db/seed');
       await writeSampleFolders(join(agentDir, 'gem', 'scripts'), join(agentDir, 'gem', 'config'));
     }
+    const nodeFlags = await agentNodeFlags();
     const agentOp = async (request: Omit<ChildRequest, 'env'> & { env?: Record<string, string> }) => {
       const r = await nodeChild<ChildReport>(
         'agent-child.ts',
         { ...request, env: agentEnv(request.env) },
         options.tsx ? undefined : COMPILED_CHILD,
+        nodeFlags,
       );
       return r;
     };
@@ -542,7 +557,7 @@ async function main(): Promise<void> {
       runs: options.runs,
       compression: `pg_dump -Fc -Z1 inside the agent, gzip framing level ${GZIP_LEVEL}`,
       agentIdleRssMB: Math.round(idle.maxRssBytes / 1048576),
-      agentRuns: options.tsx ? 'under tsx' : 'compiled (scripts/build.mjs), plain node',
+      agentRuns: `${options.tsx ? 'under tsx' : 'compiled (scripts/build.mjs)'}, node ${nodeFlags.join(' ') || '(no flags)'}`,
     };
     const summary = summarize(comparisons);
     process.stdout.write(`\n${renderTerminal(summary, machine)}\n`);

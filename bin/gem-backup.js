@@ -1,4 +1,4 @@
-#!/usr/bin/env node
+#!/usr/bin/env -S node --max-semi-space-size=2
 // The package's `bin`: runs the compiled CLI (dist/, `npm run build`) when it is at least as new as
 // the sources, else the TypeScript CLI through tsx's loader (a checkout that was not built, or edited since).
 import { existsSync, readdirSync, statSync } from 'node:fs';
