@@ -63,7 +63,9 @@ const COMPILED_CHILD = join(CACHE, 'child', 'agent-child.js');
 
 /** The node flags `npm start` gives the agent (package.json), so the child's memory behaves as the agent's does. */
 async function agentNodeFlags(): Promise<string[]> {
-  const pkg = JSON.parse(await readFile(join(ROOT, 'package.json'), 'utf8')) as { scripts: { start: string } };
+  const pkg = JSON.parse(await readFile(join(ROOT, 'package.json'), 'utf8')) as {
+    scripts: { start: string };
+  };
   const [node, ...args] = pkg.scripts.start.split(/\s+/);
   if (node !== 'node') throw new Error(`package.json start: expected "node …", got ${pkg.scripts.start}`);
   return args.filter((arg) => arg.startsWith('--'));
