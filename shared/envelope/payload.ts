@@ -61,7 +61,7 @@ export class PayloadSealer {
     return new PayloadSealer(header, crypter, aad);
   }
 
-  /** Adds plaintext; returns the sealed chunks it completed (maybe none). */
+  /** Adds plaintext; returns the sealed bytes of the chunks it completed, in pieces (maybe none). */
   async push(plaintext: Uint8Array): Promise<Uint8Array[]> {
     if (this.finished) throw new Error('push after finish');
     this.pending.push(plaintext);
@@ -71,7 +71,7 @@ export class PayloadSealer {
     return (await Promise.all(jobs)).flat();
   }
 
-  /** Seals the last chunk (empty only when nothing was pushed). */
+  /** Seals the last chunk (empty only when nothing was pushed); returns its sealed bytes in pieces. */
   async finish(): Promise<Uint8Array[]> {
     if (this.finished) throw new Error('finish twice');
     this.finished = true;
