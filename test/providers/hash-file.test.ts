@@ -1,10 +1,10 @@
 /** hashFile: the local-file sha256 the S3 and SMB uploads and the offsite transfer check a backup with. */
-import { createHash, randomBytes } from 'node:crypto';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { hashFile } from '../../agent/providers/checks';
+import { randomFile } from './random-file';
 
 describe('hashFile', () => {
   let dir: string;
@@ -19,19 +19,16 @@ describe('hashFile', () => {
   it.each([0, 1, 1048575, 1048576, 1048577, 5 * 1048576 + 12345])(
     'gives the sha256 and byte count of a %i-byte file',
     async (size) => {
-      const bytes = randomBytes(size);
-      const path = join(dir, `file-${size}`);
-      await writeFile(path, bytes);
+      const file = await randomFile(dir, `file-${size}`, size);
       const seen: number[] = [];
-      const result = await hashFile(path, { onProgress: (n) => seen.push(n) });
-      expect(result).toEqual({ sha256: createHash('sha256').update(bytes).digest('hex'), bytes: size });
+      const result = await hashFile(file.path, { onProgress: (n) => seen.push(n) });
+      expect(result).toEqual({ sha256: file.sha256, bytes: size });
       expect(seen.at(-1) ?? 0).toBe(size);
     },
   );
 
   it('stops with the signal and throws a missing file as it is', async () => {
-    const path = join(dir, 'big');
-    await writeFile(path, randomBytes(4 * 1048576));
+    const { path } = await randomFile(dir, 'big', 4 * 1048576);
     const controller = new AbortController();
     const hashing = hashFile(path, {
       signal: controller.signal,

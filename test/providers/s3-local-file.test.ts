@@ -1,6 +1,5 @@
 // The S3 provider's upload straight from a local file (ranged part reads), against a real s3rver.
-import { createHash, randomBytes } from 'node:crypto';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
@@ -10,6 +9,7 @@ import { fileSource } from '../../agent/offsite/transfer';
 import { S3Provider } from '../../agent/providers/s3';
 import { isStorageError } from '../../shared/storage/index';
 import { type S3Service, startS3 } from '../services/s3';
+import { randomFile } from './random-file';
 
 const MIB = 1024 * 1024;
 const name = 'gem-backup-2026-05-06-070809.tar.gz';
@@ -52,16 +52,6 @@ async function rawKeys(prefix: string): Promise<string[]> {
   }
 }
 
-async function localFile(
-  file: string,
-  size: number,
-): Promise<{ path: string; bytes: Buffer; sha256: string }> {
-  const bytes = randomBytes(size);
-  const path = join(dir, file);
-  await writeFile(path, bytes);
-  return { path, bytes, sha256: createHash('sha256').update(bytes).digest('hex') };
-}
-
 async function download(p: S3Provider): Promise<Buffer> {
   const chunks: Buffer[] = [];
   for await (const chunk of Readable.fromWeb((await p.get(name)) as never)) chunks.push(chunk as Buffer);
@@ -70,7 +60,7 @@ async function download(p: S3Provider): Promise<Buffer> {
 
 describe('s3 provider, local file source', () => {
   it('uploads a file of several parts (the last one short) byte for byte, with its sha256 in the metadata', async () => {
-    const file = await localFile('multi', 17 * MIB + 123);
+    const file = await randomFile(dir, 'multi', 17 * MIB + 123);
     const p = provider('file-multi/');
     let progress = 0;
     const stored = await p.put(name, fileSource(file.path, file.bytes.length, file.sha256), {
@@ -84,7 +74,7 @@ describe('s3 provider, local file source', () => {
   });
 
   it('uploads a file of one part as a single object', async () => {
-    const file = await localFile('single', 1 * MIB + 7);
+    const file = await randomFile(dir, 'single', 1 * MIB + 7);
     const p = provider('file-single/');
     await p.put(name, fileSource(file.path, file.bytes.length, file.sha256));
     expect((await download(p)).equals(file.bytes)).toBe(true);
@@ -92,7 +82,7 @@ describe('s3 provider, local file source', () => {
   });
 
   it('refuses a multipart file whose sha256 differs from the declared one, leaving no object', async () => {
-    const file = await localFile('multi-bad', 12 * MIB);
+    const file = await randomFile(dir, 'multi-bad', 12 * MIB);
     const p = provider('file-multi-bad/');
     const error = await p.put(name, fileSource(file.path, file.bytes.length, '0'.repeat(64))).catch((e) => e);
     expect(isStorageError(error, 'integrity')).toBe(true);
@@ -100,7 +90,7 @@ describe('s3 provider, local file source', () => {
   });
 
   it('refuses a single-part file whose sha256 differs from the declared one, leaving no object', async () => {
-    const file = await localFile('single-bad', 2 * MIB);
+    const file = await randomFile(dir, 'single-bad', 2 * MIB);
     const p = provider('file-single-bad/');
     const error = await p.put(name, fileSource(file.path, file.bytes.length, '0'.repeat(64))).catch((e) => e);
     expect(isStorageError(error, 'integrity')).toBe(true);
@@ -108,7 +98,7 @@ describe('s3 provider, local file source', () => {
   });
 
   it('refuses a file whose size is not the declared one, leaving no object', async () => {
-    const file = await localFile('short', 11 * MIB);
+    const file = await randomFile(dir, 'short', 11 * MIB);
     const p = provider('file-short/');
     const error = await p
       .put(name, fileSource(file.path, file.bytes.length + 1, file.sha256))
@@ -118,7 +108,7 @@ describe('s3 provider, local file source', () => {
   });
 
   it("stops a multipart upload on cancel with 'aborted', leaving no object", async () => {
-    const file = await localFile('cancel', 30 * MIB);
+    const file = await randomFile(dir, 'cancel', 30 * MIB);
     const p = provider('file-cancel/');
     const controller = new AbortController();
     const error = await p

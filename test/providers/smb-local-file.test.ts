@@ -1,6 +1,5 @@
 // The SMB provider's put of a local file (smbclient reads it, the agent hashes it meanwhile), against a real smbd.
-import { createHash, randomBytes } from 'node:crypto';
-import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -8,6 +7,7 @@ import { fileSource } from '../../agent/offsite/transfer';
 import { SmbProvider } from '../../agent/providers/smb';
 import { isStorageError } from '../../shared/storage/index';
 import { type SmbdService, startSmbd } from '../services/smbd';
+import { randomFile } from './random-file';
 
 const MIB = 1024 * 1024;
 const name = 'gem-backup-2026-05-06-070809.tar.gz';
@@ -33,19 +33,9 @@ function provider(folder: string): SmbProvider {
   });
 }
 
-async function localFile(
-  file: string,
-  size: number,
-): Promise<{ path: string; bytes: Buffer; sha256: string }> {
-  const bytes = randomBytes(size);
-  const path = join(dir, file);
-  await writeFile(path, bytes);
-  return { path, bytes, sha256: createHash('sha256').update(bytes).digest('hex') };
-}
-
 describe('smb provider, local file source', () => {
   it('puts the file byte for byte and reports the sha256 it read', async () => {
-    const file = await localFile('good', 3 * MIB + 5);
+    const file = await randomFile(dir, 'good', 3 * MIB + 5);
     let progress = 0;
     const stored = await provider('good').put(name, fileSource(file.path, file.bytes.length, file.sha256), {
       onProgress: (bytes) => {
@@ -58,7 +48,7 @@ describe('smb provider, local file source', () => {
   });
 
   it('refuses a file whose sha256 differs from the declared one and leaves nothing on the share', async () => {
-    const file = await localFile('bad', 2 * MIB);
+    const file = await randomFile(dir, 'bad', 2 * MIB);
     const error = await provider('bad')
       .put(name, fileSource(file.path, file.bytes.length, '0'.repeat(64)))
       .catch((caught: unknown) => caught);
