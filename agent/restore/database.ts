@@ -366,13 +366,16 @@ export async function copyAgentSchema(options: {
   if (dump.code !== 0) {
     throw new AppError(
       'restore_failed',
-      `could not copy the agent's settings: pg_dump: ${dump.stderr || `exit ${dump.code}`}`,
+      `could not copy the agent's settings: pg_dump: ${dump.stderr || `exit ${dump.code}`}; the live system is unchanged`,
     );
   }
   await restoreDump({ conn, tools, database: options.staging, dumpPath: options.filePath, jobs: 1 });
   const copied = await hasAgentSchema(conn, options.staging);
   if (!copied)
-    throw new AppError('restore_failed', "could not copy the agent's settings into the restored database");
+    throw new AppError(
+      'restore_failed',
+      "could not copy the agent's settings into the restored database; the live system is unchanged",
+    );
 }
 
 /** Forbids (or allows again) new connections to a database: the swap's fence. */

@@ -4,13 +4,12 @@ import { readdir, readFile, rename, rm } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { z } from 'zod';
 import type { BackupSources } from '../backup/create';
-import { type AgentConfig, dataPaths } from '../config';
+import type { AgentConfig } from '../config';
 import { AppError, describeError } from '../errors';
 import type { Logger } from '../log';
 import { fsyncDir, writeSmallFileAtomic } from '../system/atomic-file';
 import { type PgConnection, PostgresTools, parseDatabaseUrl } from '../system/postgres-tools';
 import {
-  copyAgentSchema,
   dropDatabase,
   endDatabaseCreations,
   listDatabases,
@@ -61,7 +60,7 @@ export type RestoreJournal = z.infer<typeof journalSchema>;
 
 /** Deliberate fault-injection points for tests and drills (not mocks: the real steps run around them). */
 export interface RestoreFaults {
-  /** Called before each swap step; throwing here fails that step. */
+  /** Called before the settings copy (`copy-settings`) and each swap step; throwing here fails that step. */
   beforeSwapStep?: (step: string) => void | Promise<void>;
   /** Receives pg_restore's pid while it restores the staging database. */
   onStagingRestore?: (pid: number) => void;
@@ -71,7 +70,6 @@ export interface RestoreFaults {
 
 /** What the swap and the recovery need from the agent. */
 export interface SwapDeps {
-  paths: { work: string };
   config: { dataDir: string };
   sources: BackupSources;
   log: Logger;
@@ -180,15 +178,6 @@ export async function swapIntoPlace(
   };
 
   try {
-    const settingsDump = join(deps.paths.work, `settings-${names.id}.dump`);
-    await step('copy-settings', () =>
-      copyAgentSchema({
-        conn,
-        tools: deps.sources.tools,
-        staging: names.staging,
-        filePath: settingsDump,
-      }).finally(() => rm(settingsDump, { force: true })),
-    );
     await step(
       'fence-live-database',
       () => setAllowConnections(conn, names.live, false),
@@ -439,7 +428,6 @@ export async function recoverRestoreAtStart(
 ): Promise<void> {
   await recoverInterruptedRestore({
     config,
-    paths: dataPaths(config.dataDir),
     log,
     sources: {
       conn: parseDatabaseUrl(live.databaseUrl),

@@ -114,6 +114,16 @@ export class SettingsService {
     return run;
   }
 
+  /**
+   * Runs `fn` with settings changes held back until it settles: they queue behind it, as behind each
+   * other. A restore holds them from copying the settings into the restored database to its swap.
+   */
+  hold<T>(fn: () => Promise<T>): Promise<T> {
+    const run = this.queue.then(fn);
+    this.queue = run.catch(() => {});
+    return run;
+  }
+
   private async taskStatus(
     task: ScheduledTask,
     schedule: TaskSchedule | undefined,

@@ -64,6 +64,8 @@ async function expectUntouched(job: Job, code: string, before: Awaited<ReturnTyp
   expect(job.state).toBe('failed');
   expect(job.error?.code).toBe(code);
   expect(await liveState(t.agent)).toEqual(before);
+  // The failed restore removed its own staging database and folders; recovery finds nothing to do.
+  expect(await leftovers(t.agent)).toEqual([]);
   await recoverInterruptedRestore(t.agent);
   expect(await leftovers(t.agent)).toEqual([]);
   expect(await liveState(t.agent)).toEqual(before);
@@ -163,6 +165,37 @@ describe('restore', () => {
       off();
       t.agent.config.restartCommand = undefined;
     }
+  });
+
+  it('holds a settings change made during the settings copy until the swap is done, then saves it in the restored database', async () => {
+    const retentionDays = 4321;
+    let change: Promise<unknown> | undefined;
+    let savedBeforeCommit: boolean | undefined;
+    let saved = false;
+    const job = await runRestore(t.agent.catalog.pathOf(backupName), {
+      skipSafetyBackup: true,
+      faults: {
+        beforeSwapStep: (step) => {
+          if (step === 'copy-settings') {
+            change = t.agent.settings.update({ maintenance: { enabled: false, retentionDays } }).then(() => {
+              saved = true;
+            });
+          }
+          if (step === 'commit') savedBeforeCommit = saved;
+        },
+      },
+    });
+    expect(job.error).toBeUndefined();
+    expect(savedBeforeCommit).toBe(false);
+    await change;
+    const [row] = await withSql(
+      databaseUrl(t.agent.sources.conn),
+      (sql) =>
+        sql<{ doc: { maintenance: { retentionDays: number } } }[]>`select doc from gem_backup.settings`,
+    );
+    expect(row!.doc.maintenance.retentionDays).toBe(retentionDays);
+    expect(t.agent.settings.get().maintenance.retentionDays).toBe(retentionDays);
+    expect(await leftovers(t.agent)).toEqual([]);
   });
 
   it('keeps the previous database and folders aside when asked', async () => {
