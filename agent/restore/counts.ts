@@ -15,6 +15,9 @@ const TABLES_BY_SIZE_SQL = `${GEM_TABLES_SQL} order by c.relpages desc, 1, 2`;
  */
 export const COUNT_CONNECTIONS = 3;
 
+/** How long after a "finished item" line a slot counts as free when no "launching item" line followed. */
+const SLOT_SETTLE_MS = 25;
+
 interface Table {
   schema: string;
   name: string;
@@ -39,6 +42,8 @@ export class StagingRowCounter {
   private readonly counting = new Set<Promise<void>>();
   /** pg_restore items in flight, from its launching / finished lines. */
   private running = 0;
+  /** The pump after a finished item, once pg_restore had the time to launch the next one. */
+  private settle: NodeJS.Timeout | undefined;
 
   constructor(
     conn: PgConnection,
@@ -70,7 +75,12 @@ export class StagingRowCounter {
     const table = this.items.get(event.id);
     // The listing and the progress line must name the same table, or it waits for the end.
     if (table && event.what === `TABLE DATA ${table.name}`) this.queue.push(table);
-    this.pump();
+    // pg_restore launches the next ready item right after it reports one finished: a slot is free
+    // only if no launch follows, so look a moment later.
+    this.settle ??= setTimeout(() => {
+      this.settle = undefined;
+      this.pump();
+    }, SLOT_SETTLE_MS);
   }
 
   private pump(): void {
@@ -107,6 +117,7 @@ export class StagingRowCounter {
 
   /** After pg_restore succeeded: exact counts of every GEM table (the early ones, the rest now). */
   async finish(): Promise<Record<string, number>> {
+    clearTimeout(this.settle);
     this.queue.length = 0;
     await Promise.all(this.counting);
     const tables = await this.sql.unsafe<Table[]>(TABLES_BY_SIZE_SQL);
@@ -127,6 +138,7 @@ export class StagingRowCounter {
 
   /** Ends the connections (after finish, or when the restore failed). */
   async close(): Promise<void> {
+    clearTimeout(this.settle);
     this.queue.length = 0;
     await Promise.allSettled(this.counting);
     await this.sql.end({ timeout: 5 });

@@ -1,0 +1,49 @@
+// The staging row counter against a real PostgreSQL: early counts only in a pg_restore slot that stays free, exact counts at the end.
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
+import { StagingRowCounter } from '../../agent/restore/counts';
+import { parseDatabaseUrl } from '../../agent/system/postgres-tools';
+import { startPostgres, type TestPostgres, withSql } from '../services/postgres';
+
+let pg: TestPostgres;
+let url: string;
+
+beforeAll(async () => {
+  pg = await startPostgres();
+  url = await pg.createDatabase('staging_counts');
+  await withSql(url, async (sql) => {
+    await sql`create table loaded (id int)`;
+    await sql`insert into loaded select generate_series(1, 1000)`;
+    await sql`create table later (id int)`;
+    await sql`insert into later select generate_series(1, 5)`;
+  });
+});
+
+afterAll(async () => {
+  await pg?.stop();
+});
+
+describe('the staging row counter', () => {
+  it('counts a loaded table early only once a pg_restore slot stays free, and every table exactly at the end', async () => {
+    const items = new Map([
+      [1, { schema: 'public', name: 'loaded' }],
+      [2, { schema: 'public', name: 'later' }],
+    ]);
+    const counter = new StagingRowCounter(parseDatabaseUrl(url), 'staging_counts', items, 2);
+    try {
+      counter.onItem({ kind: 'launching', id: 1, what: 'TABLE DATA loaded' });
+      counter.onItem({ kind: 'launching', id: 2, what: 'TABLE DATA later' });
+      // The data of `loaded` is in and pg_restore fills the slot at once: both stay busy, no count.
+      counter.onItem({ kind: 'finished', id: 1, what: 'TABLE DATA loaded' });
+      counter.onItem({ kind: 'launching', id: 3, what: 'INDEX loaded_id' });
+      await new Promise((resolve) => setTimeout(resolve, 300));
+      expect(counter.countedEarly).toBe(0);
+      // The index is done and nothing else is ready: a slot stays free, and `loaded` is counted.
+      counter.onItem({ kind: 'finished', id: 3, what: 'INDEX loaded_id' });
+      await vi.waitFor(() => expect(counter.countedEarly).toBe(1), { timeout: 10_000 });
+      counter.onItem({ kind: 'finished', id: 2, what: 'TABLE DATA later' });
+      expect(await counter.finish()).toEqual({ 'public.loaded': 1000, 'public.later': 5 });
+    } finally {
+      await counter.close();
+    }
+  });
+});
