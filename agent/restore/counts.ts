@@ -15,7 +15,7 @@ const TABLES_BY_SIZE_SQL = `${GEM_TABLES_SQL} order by c.relpages desc, 1, 2`;
  */
 export const COUNT_CONNECTIONS = 3;
 
-/** How long after a "finished item" line a slot counts as free when no "launching item" line followed. */
+/** How long pg_restore's item lines must be quiet after a "finished item" before a free slot is believed. */
 const SLOT_SETTLE_MS = 25;
 
 interface Table {
@@ -76,8 +76,9 @@ export class StagingRowCounter {
     // The listing and the progress line must name the same table, or it waits for the end.
     if (table && event.what === `TABLE DATA ${table.name}`) this.queue.push(table);
     // pg_restore launches the next ready item right after it reports one finished: a slot is free
-    // only if no launch follows, so look a moment later.
-    this.settle ??= setTimeout(() => {
+    // only if no launch follows, so look once its lines have been quiet for a moment.
+    clearTimeout(this.settle);
+    this.settle = setTimeout(() => {
       this.settle = undefined;
       this.pump();
     }, SLOT_SETTLE_MS);
