@@ -27,8 +27,8 @@ const keyOf = (t: Table) => `${t.schema}.${t.name}`;
 
 /**
  * Counts the rows of the staging database. A table whose data pg_restore reports loaded ("finished
- * item N TABLE DATA") is counted right away, while pg_restore builds indexes, but only while one of
- * its job slots is free, so the count never competes with its COPYs for the cores. Nothing after a
+ * item N TABLE DATA") is counted before pg_restore is done, while it builds indexes, as soon as one
+ * of its job slots stays free, so the count never competes with its COPYs for the cores. Nothing after a
  * table's data item changes its rows (indexes, constraints and triggers come after; only plain
  * tables that are neither partitions nor inheritance parents are counted early: rows loaded through a
  * partitioned parent could land in another partition, and a parent's count(*) includes its children's
