@@ -96,7 +96,7 @@ export class SettingsService {
    * failure), then tells the listeners. Returns the saved settings and the warnings of the change.
    */
   update(body: unknown): Promise<{ previous: Settings; settings: Settings; warnings: SettingsWarning[] }> {
-    const run = this.queue.then(async () => {
+    return this.hold(async () => {
       const parsed = SettingsUpdate.safeParse(body);
       if (!parsed.success) throw validationError(parsed.error);
       const previous = this.current;
@@ -110,13 +110,11 @@ export class SettingsService {
         warnings: settingsWarnings(previous, next),
       };
     });
-    this.queue = run.catch(() => {});
-    return run;
   }
 
   /**
-   * Runs `fn` with settings changes held back until it settles: they queue behind it, as behind each
-   * other. A restore holds them from copying the settings into the restored database to its swap.
+   * Runs `fn` with settings changes held back until it settles: changes run one at a time through
+   * here. A restore holds them from copying the settings into the restored database to its swap.
    */
   hold<T>(fn: () => Promise<T>): Promise<T> {
     const run = this.queue.then(fn);
