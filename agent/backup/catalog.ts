@@ -65,7 +65,10 @@ export function backupNameFor(date: Date): string {
 
 export class BackupCatalog {
   private readonly headers = new Map<string, { key: string; header: EnvelopeHeader }>();
-  private records: Record<string, BackupRecord> | undefined;
+  /** The records file as last read, with the size/mtime/inode it had then. */
+  private records: { key: string; records: Record<string, BackupRecord> } | undefined;
+  /** Record updates, one at a time (see updateRecord). */
+  private queue: Promise<unknown> = Promise.resolve();
 
   constructor(
     readonly dir: string,
@@ -169,22 +172,49 @@ export class BackupCatalog {
     return s && s.size === content.size && s.mtimeMs === content.mtimeMs ? content.sha256 : undefined;
   }
 
-  /** Merges `patch` into a backup's record (undefined removes the record). */
-  async updateRecord(name: string, patch: Partial<BackupRecord> | undefined): Promise<void> {
-    const records = { ...(await this.loadRecords()) };
-    if (patch === undefined) delete records[name];
-    else records[name] = { ...records[name], ...patch };
-    await writeSmallFileAtomic(this.recordsPath, `${JSON.stringify(records, null, 2)}\n`);
-    this.records = records;
+  /**
+   * Merges `patch` into a backup's record (undefined removes the record). Updates queue one after
+   * another and each starts from the file as it is now, so neither a concurrent update of this process
+   * nor one written by another process on the same data dir (the CLI) is lost.
+   */
+  updateRecord(name: string, patch: Partial<BackupRecord> | undefined): Promise<void> {
+    const run = this.queue.then(async () => {
+      const records = await this.readRecordsFile();
+      if (patch === undefined) delete records[name];
+      else records[name] = { ...records[name], ...patch };
+      await writeSmallFileAtomic(this.recordsPath, `${JSON.stringify(records, null, 2)}\n`);
+      this.records = undefined;
+    });
+    this.queue = run.catch(() => {});
+    return run;
   }
 
+  /** The records as the file holds them now; re-read only when the file changed (another process wrote it). */
   private async loadRecords(): Promise<Record<string, BackupRecord>> {
-    if (!this.records) {
-      this.records = await readFile(this.recordsPath, 'utf8').then(
-        (t) => JSON.parse(t) as Record<string, BackupRecord>,
-        () => ({}),
-      );
+    const s = await stat(this.recordsPath).catch(() => undefined);
+    const key = s ? `${s.size}:${s.mtimeMs}:${s.ino}` : 'missing';
+    if (!this.records || this.records.key !== key) {
+      this.records = { key, records: await this.readRecordsFile() };
     }
-    return this.records;
+    return this.records.records;
+  }
+
+  /** Reads the records file; a missing one is empty, an unreadable one too (logged), never a crash. */
+  private async readRecordsFile(): Promise<Record<string, BackupRecord>> {
+    let text: string;
+    try {
+      text = await readFile(this.recordsPath, 'utf8');
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code === 'ENOENT') return {};
+      throw error;
+    }
+    try {
+      return JSON.parse(text) as Record<string, BackupRecord>;
+    } catch {
+      this.log?.warn('the backup records file is not valid JSON; it is read as empty', {
+        path: this.recordsPath,
+      });
+      return {};
+    }
   }
 }

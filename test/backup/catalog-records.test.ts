@@ -1,0 +1,64 @@
+// The catalog's records file: concurrent updates and a second catalog on the same data dir lose nothing.
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterEach, describe, expect, it } from 'vitest';
+import { BackupCatalog, type BackupRecord } from '../../agent/backup/catalog';
+
+const A = 'gem-backup-2024-01-01-000000.tar.gz';
+const B = 'gem-backup-2024-01-02-000000.tar.gz';
+const C = 'gem-backup-2024-01-03-000000.tar.gz';
+
+let dir: string;
+afterEach(async () => {
+  if (dir) await rm(dir, { recursive: true, force: true });
+});
+
+async function catalogIn(path: string): Promise<BackupCatalog> {
+  const catalog = new BackupCatalog(join(path, 'backups'), join(path, 'records.json'));
+  await catalog.init();
+  return catalog;
+}
+const records = async (): Promise<Record<string, BackupRecord>> =>
+  JSON.parse(await readFile(join(dir, 'records.json'), 'utf8')) as Record<string, BackupRecord>;
+
+describe('catalog records', () => {
+  it('keeps both of two concurrent updates (a pin while a verify job records its result)', async () => {
+    dir = await mkdtemp(join(tmpdir(), 'catalog-'));
+    const catalog = await catalogIn(dir);
+    await catalog.updateRecord(A, { verifyResult: 'ok' });
+    await Promise.all([
+      catalog.updateRecord(A, { pinned: true }),
+      catalog.updateRecord(B, { verifiedAt: 'x', verifyResult: 'ok' }),
+      catalog.updateRecord(C, { verifyResult: 'failed' }),
+    ]);
+    expect(await records()).toEqual({
+      [A]: { verifyResult: 'ok', pinned: true },
+      [B]: { verifiedAt: 'x', verifyResult: 'ok' },
+      [C]: { verifyResult: 'failed' },
+    });
+  });
+
+  it("keeps a record written by a second catalog on the same data dir (the CLI) at the first one's next update", async () => {
+    dir = await mkdtemp(join(tmpdir(), 'catalog-'));
+    const agentCatalog = await catalogIn(dir);
+    const cliCatalog = await catalogIn(dir);
+    await agentCatalog.updateRecord(A, { verifyResult: 'ok' }); // the agent has its records in memory
+    await cliCatalog.updateRecord(B, { pinned: true });
+    await agentCatalog.updateRecord(C, { verifyResult: 'ok' });
+    await agentCatalog.updateRecord(B, { verifiedAt: 'y', verifyResult: 'ok' });
+    expect(await records()).toEqual({
+      [A]: { verifyResult: 'ok' },
+      [B]: { pinned: true, verifiedAt: 'y', verifyResult: 'ok' },
+      [C]: { verifyResult: 'ok' },
+    });
+  });
+
+  it("removes a deleted backup's record without losing one written meanwhile", async () => {
+    dir = await mkdtemp(join(tmpdir(), 'catalog-'));
+    const catalog = await catalogIn(dir);
+    await catalog.updateRecord(A, { verifyResult: 'ok' });
+    await Promise.all([catalog.updateRecord(A, undefined), catalog.updateRecord(B, { pinned: true })]);
+    expect(await records()).toEqual({ [B]: { pinned: true } });
+  });
+});
