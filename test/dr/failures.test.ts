@@ -11,6 +11,7 @@ import type { TestAgent } from '../services/agent';
 import { type DrCloud, startDrCloud } from '../services/dr-cloud';
 import { freePort } from '../services/ports';
 import { startPostgres, type TestPostgres } from '../services/postgres';
+import { startAll } from '../services/start-all';
 import { pushViaApi, startDrAgent } from './helpers';
 
 let pg: TestPostgres;
@@ -18,7 +19,7 @@ let cloud: DrCloud;
 const agents: TestAgent[] = [];
 
 beforeAll(async () => {
-  [pg, cloud] = await Promise.all([startPostgres(), startDrCloud()]);
+  ({ pg, cloud } = await startAll({ pg: startPostgres, cloud: startDrCloud }));
 });
 afterAll(async () => {
   for (const t of agents) await t.close().catch(() => {});

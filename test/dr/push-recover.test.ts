@@ -12,6 +12,7 @@ import { silentLogger } from '../../agent/log';
 import type { TestAgent } from '../services/agent';
 import { type DrCloud, startDrCloud } from '../services/dr-cloud';
 import { startPostgres, type TestPostgres } from '../services/postgres';
+import { startAll } from '../services/start-all';
 import { addRandomData, folderFiles, pushViaApi, rowCounts, secureAttributes, startDrAgent } from './helpers';
 
 const MiB = 1024 * 1024;
@@ -30,7 +31,7 @@ let aConfig: Record<string, string> = {};
 let aSecrets: Record<number, string> = {};
 
 beforeAll(async () => {
-  [pg, cloud] = await Promise.all([startPostgres(), startDrCloud()]);
+  ({ pg, cloud } = await startAll({ pg: startPostgres, cloud: startDrCloud }));
   a = await startDrAgent(pg, cloud.url, {
     faults,
     tuning: { multipartThreshold: MiB, partSize: 5 * MiB, partAttempts: 3, retryDelayMs: 50 },

@@ -7,6 +7,7 @@ import { offsiteServiceFor } from '../../agent/offsite/index';
 import { startTestAgent, TEST_TOKEN, type TestAgent } from '../services/agent';
 import { startPostgres, type TestPostgres, withSql } from '../services/postgres';
 import { type S3Service, startS3 } from '../services/s3';
+import { startAll } from '../services/start-all';
 import { faultReport } from './report';
 
 const CLIENTS = Number(process.env.GEM_FAULTS_CLIENTS ?? 50);
@@ -19,7 +20,7 @@ let server: ReturnType<typeof serve>;
 let base: string;
 
 beforeAll(async () => {
-  [pg, s3] = await Promise.all([startPostgres(), startS3()]);
+  ({ pg, s3 } = await startAll({ pg: startPostgres, s3: startS3 }));
   t = await startTestAgent(pg, { modules: [offsiteModule] });
   offsiteServiceFor(t.agent, {
     retry: { attempts: 2, baseDelayMs: 50, maxDelayMs: 200 },

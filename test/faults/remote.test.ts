@@ -9,6 +9,7 @@ import { startPostgres, type TestPostgres, withSql } from '../services/postgres'
 import { type S3Service, startS3 } from '../services/s3';
 import { type SmbdService, startSmbd } from '../services/smbd';
 import { type SshdService, startSshd } from '../services/sshd';
+import { startAll } from '../services/start-all';
 import { faultReport } from './report';
 
 const report = faultReport('remote', 'server freezes');
@@ -91,7 +92,12 @@ const destinations = {
 } as const;
 
 beforeAll(async () => {
-  [pg, sshd, s3, smbd] = await Promise.all([startPostgres(), startSshd(), startS3(), startSmbd()]);
+  ({ pg, sshd, s3, smbd } = await startAll({
+    pg: startPostgres,
+    sshd: startSshd,
+    s3: startS3,
+    smbd: startSmbd,
+  }));
   t = await startOffsiteAgent(pg);
   // About 30 MB that no compression shrinks, so the upload takes a while.
   await withSql(t.agent.databaseUrl, (sql) =>

@@ -9,6 +9,7 @@ import { offsiteServiceFor } from '../../agent/offsite/service';
 import { startTestAgent, type TestAgent } from '../services/agent';
 import { startPostgres, type TestPostgres } from '../services/postgres';
 import { type SshdService, startSshd } from '../services/sshd';
+import { startAll } from '../services/start-all';
 import {
   backupNow,
   call,
@@ -25,7 +26,7 @@ let t: TestAgent;
 let hooks: Awaited<ReturnType<typeof startWebhookReceiver>>;
 
 beforeAll(async () => {
-  [pg, sshd, hooks] = await Promise.all([startPostgres(), startSshd(), startWebhookReceiver()]);
+  ({ pg, sshd, hooks } = await startAll({ pg: startPostgres, sshd: startSshd, hooks: startWebhookReceiver }));
   t = await startTestAgent(pg, { modules: [settingsModule, healthModule, alertsModule] });
   // A frozen server fails in 2 s instead of 20; every health evaluation contacts the destination.
   offsiteServiceFor(t.agent, { providerOverrides: { sftp: { timeoutMs: 2000 } } });

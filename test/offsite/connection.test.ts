@@ -9,6 +9,7 @@ import { startPostgres, type TestPostgres } from '../services/postgres';
 import { type S3Service, startS3 } from '../services/s3';
 import { type SmbdService, startSmbd } from '../services/smbd';
 import { type SshdService, startSshd } from '../services/sshd';
+import { startAll } from '../services/start-all';
 import { call, startOffsiteAgent } from './helpers';
 
 let pg: TestPostgres;
@@ -18,7 +19,12 @@ let smbd: SmbdService;
 let s3: S3Service;
 
 beforeAll(async () => {
-  [pg, sshd, smbd, s3] = await Promise.all([startPostgres(), startSshd(), startSmbd(), startS3()]);
+  ({ pg, sshd, smbd, s3 } = await startAll({
+    pg: startPostgres,
+    sshd: startSshd,
+    smbd: startSmbd,
+    s3: startS3,
+  }));
   t = await startOffsiteAgent(pg);
 });
 afterAll(async () => {

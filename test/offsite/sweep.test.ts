@@ -23,6 +23,7 @@ import { startPostgres, type TestPostgres } from '../services/postgres';
 import { type S3Service, startS3 } from '../services/s3';
 import { type SmbdService, startSmbd } from '../services/smbd';
 import { type SshdService, startSshd, unixIds } from '../services/sshd';
+import { startAll } from '../services/start-all';
 import { backupNow, filenameOf, runJob, startOffsiteAgent } from './helpers';
 
 const BACKUP = 'gem-backup-2026-01-02-030405.tar.gz';
@@ -76,13 +77,13 @@ let moto: Awaited<ReturnType<typeof startMoto>>;
 let t: TestAgent;
 
 beforeAll(async () => {
-  [pg, sshd, smbd, s3, moto] = await Promise.all([
-    startPostgres(),
-    startSshd(),
-    startSmbd(),
-    startS3(),
-    startMoto(),
-  ]);
+  ({ pg, sshd, smbd, s3, moto } = await startAll({
+    pg: startPostgres,
+    sshd: startSshd,
+    smbd: startSmbd,
+    s3: startS3,
+    moto: startMoto,
+  }));
   t = await startOffsiteAgent(pg);
 });
 afterAll(async () => {

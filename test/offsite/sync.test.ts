@@ -9,6 +9,7 @@ import type { TestAgent } from '../services/agent';
 import { freePort } from '../services/ports';
 import { startPostgres, type TestPostgres, withSql } from '../services/postgres';
 import { type SshdService, startSshd } from '../services/sshd';
+import { startAll } from '../services/start-all';
 import { backupNow, call, filenameOf, runJob, startOffsiteAgent } from './helpers';
 
 let pg: TestPostgres;
@@ -16,7 +17,7 @@ let t: TestAgent;
 let sshd: SshdService;
 
 beforeAll(async () => {
-  [pg, sshd] = await Promise.all([startPostgres(), startSshd()]);
+  ({ pg, sshd } = await startAll({ pg: startPostgres, sshd: startSshd }));
   t = await startOffsiteAgent(pg);
 });
 afterAll(async () => {

@@ -11,12 +11,13 @@ import { SmbProvider } from '../../agent/providers/smb';
 import { type BackupSource, isStorageError } from '../../shared/storage/index';
 import { type SmbdService, startSmbd } from '../services/smbd';
 import { type SshdService, startSshd } from '../services/sshd';
+import { startAll } from '../services/start-all';
 
 let smbd: SmbdService;
 let sshd: SshdService;
 let dir: string;
 beforeAll(async () => {
-  [smbd, sshd] = await Promise.all([startSmbd(), startSshd()]);
+  ({ smbd, sshd } = await startAll({ smbd: startSmbd, sshd: startSshd }));
   dir = await mkdtemp(join(tmpdir(), 'gem-local-path-'));
 });
 afterAll(async () => {

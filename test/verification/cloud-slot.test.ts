@@ -15,13 +15,14 @@ import { pushViaApi, startDrAgent } from '../dr/helpers';
 import type { TestAgent } from '../services/agent';
 import { type DrCloud, startDrCloud } from '../services/dr-cloud';
 import { startPostgres, type TestPostgres } from '../services/postgres';
+import { startAll } from '../services/start-all';
 
 let pg: TestPostgres;
 let cloud: DrCloud;
 let t: TestAgent;
 
 beforeAll(async () => {
-  [pg, cloud] = await Promise.all([startPostgres(), startDrCloud()]);
+  ({ pg, cloud } = await startAll({ pg: startPostgres, cloud: startDrCloud }));
   t = await startDrAgent(pg, cloud.url);
 }, 120_000);
 afterAll(async () => {

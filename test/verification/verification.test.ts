@@ -11,6 +11,7 @@ import { backupNow, call, downloadKeys, sftpSection } from '../health/helpers';
 import { startTestAgent, type TestAgent } from '../services/agent';
 import { startPostgres, type TestPostgres } from '../services/postgres';
 import { type SshdService, startSshd, unixIds } from '../services/sshd';
+import { startAll } from '../services/start-all';
 
 let pg: TestPostgres;
 let sshd: SshdService;
@@ -19,7 +20,7 @@ let keysFile: string;
 let newest: string;
 
 beforeAll(async () => {
-  [pg, sshd] = await Promise.all([startPostgres(), startSshd()]);
+  ({ pg, sshd } = await startAll({ pg: startPostgres, sshd: startSshd }));
   t = await startTestAgent(pg, { modules: [settingsModule, healthModule] });
   offsiteServiceFor(t.agent, { providerOverrides: { sftp: { timeoutMs: 5000 } } });
   healthFor(t.agent, { offsiteProbeIntervalMs: 0 });
