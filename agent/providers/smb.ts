@@ -135,8 +135,9 @@ async function checkLocalFile(
 }
 
 /**
- * Stores backups on an SMB share: put under a temp name, rename, allinfo to confirm, in one smbclient
- * session; a local file is put as it is (hashed meanwhile), any other source is spooled and checked first.
+ * Stores backups on an SMB share: put under a temp name and check it in one smbclient session, then
+ * rename it to the final name in a second; a local file is put as it is (hashed meanwhile), any other
+ * source is spooled and checked first.
  */
 export class SmbProvider implements StorageProvider {
   readonly id: string;
@@ -283,11 +284,12 @@ export class SmbProvider implements StorageProvider {
   }
 
   /**
-   * One smbclient session: put under a temp name, rename to the final name unless one exists, allinfo of
-   * both. smbclient runs every command even after one failed, so the result is checked afterwards: a put
-   * that failed half way, a wrong size or a wrong sha256 removes what the rename made visible (nothing
-   * was there before: without -f the rename refuses an existing name). Replacing an existing backup
-   * takes a second session, after the temp file has been checked.
+   * Two smbclient sessions. The first makes the folders, puts the file under a temp name and reads the
+   * temp's size back; smbclient carries on after a failed command, so nothing in that session may touch
+   * the final name (a put that failed half way would be renamed into it). Only once the temp's size and
+   * the local file's sha256 checked out does the second session rename it over the final name (`-f`:
+   * the new copy is good, so it may replace a backup of the same name) and read the final size back.
+   * A failure removes the temp file; the final name holds the previous backup or the checked copy.
    */
   private async putFile(
     name: string,
@@ -301,45 +303,32 @@ export class SmbProvider implements StorageProvider {
     let renamed = false;
     try {
       const result = await this.run(
-        [
-          ...this.mkdirCommands(),
-          `put ${quote(local)} ${quote(temp)}`,
-          `allinfo ${quote(temp)}`,
-          `rename ${quote(temp)} ${quote(final)}`,
-          `allinfo ${quote(final)}`,
-        ],
+        [...this.mkdirCommands(), `put ${quote(local)} ${quote(temp)}`, `allinfo ${quote(temp)}`],
         signal,
       );
-      const renameFailure = /NT_STATUS_([A-Z_]+) renaming files/.exec(result.output)?.[1];
-      renamed = renameFailure === undefined;
-      const infos = parseAllinfo(result.output);
-      // Statuses of the put and the temp's allinfo; an existing folder and the rename are judged apart.
+      // Statuses of the put and the temp's allinfo; an existing folder is no failure.
       const putStatuses = result.output
         .split('\n')
-        .filter((line) => !/making remote directory|renaming files/.test(line))
+        .filter((line) => !/making remote directory/.test(line))
         .flatMap((line) => [...line.matchAll(/NT_STATUS_([A-Z_]+)/g)].map((match) => match[1]!));
       this.check({ output: result.output, statuses: putStatuses }, name);
-      if (infos[0]?.size !== source.size) {
+      const uploaded = parseAllinfo(result.output)[0];
+      if (uploaded?.size !== source.size) {
         throw new StorageError(
           'integrity',
-          `${name} is ${infos[0]?.size ?? 'missing'} bytes on the share, expected ${source.size}`,
+          `${name} is ${uploaded?.size ?? 'missing'} bytes on the share, expected ${source.size}`,
         );
       }
       const check = await hashing;
       check.verify(source);
-      let stored = infos[1];
-      if (renameFailure === 'OBJECT_NAME_COLLISION') {
-        // A backup of this name is already there: replace it only now that the new copy checked out.
-        const replaced = await this.run(
-          [`rename ${quote(temp)} ${quote(final)} -f`, `allinfo ${quote(final)}`],
-          signal,
-        );
-        this.check(replaced, name);
-        renamed = true;
-        stored = parseAllinfo(replaced.output)[0];
-      } else if (renameFailure !== undefined) {
-        this.check({ output: result.output, statuses: [renameFailure] }, name);
-      }
+      const moved = await this.run(
+        [`rename ${quote(temp)} ${quote(final)} -f`, `allinfo ${quote(final)}`],
+        signal,
+      );
+      this.check(moved, name);
+      // No status at all: the rename happened and the final name is the checked copy.
+      renamed = true;
+      const stored = parseAllinfo(moved.output)[0];
       if (stored?.size !== source.size) {
         throw new StorageError(
           'integrity',
@@ -348,8 +337,8 @@ export class SmbProvider implements StorageProvider {
       }
       return { name, size: stored.size, modifiedAt: stored.modifiedAt, sha256: check.sha256() };
     } catch (error) {
-      // A cancelled or failed put may have left part of the temp file (or renamed a bad one into a name
-      // that was free); a down share keeps the temp file for sweepTemp().
+      // A cancelled or failed put may have left part of the temp file; a down share keeps it for
+      // sweepTemp(). The final name is removed only if the rename surely made it and its size is wrong.
       const doomed = [`del ${quote(temp)}`, ...(renamed && !signal?.aborted ? [`del ${quote(final)}`] : [])];
       await tryCleanup(
         (cleanup) => this.run(doomed, cleanup),
