@@ -7,6 +7,7 @@ export {
   type AlertResult,
   alertsFor,
   decide,
+  installationTag,
 } from './notifier';
 export { SIGNATURE_HEADER, signAlert, verifyAlertSignature } from './signature';
 export { formatMessage, type MailMessage, SmtpError, type SmtpOptions, sendMail } from './smtp';

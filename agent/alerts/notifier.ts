@@ -1,4 +1,5 @@
 /** AlertNotifier: evaluates health periodically and after each job, and tells webhooks and e-mail when an area changes. */
+import { createHash } from 'node:crypto';
 import type { Settings } from '../../shared/api/settings';
 import type { Agent } from '../agent';
 import { describeError } from '../errors';
@@ -20,7 +21,11 @@ export interface AlertPayload {
   status: HealthStatus;
   previousStatus: HealthStatus | null;
   reason: string;
-  installationId: string;
+  /**
+   * Which installation this is, as a tag that cannot be turned back into the installation id: the id
+   * itself recovers the keyring from the DR cloud, and an alert reaches people who must not hold it.
+   */
+  installationTag: string;
   at: string;
   overall: HealthStatus;
   details?: Record<string, unknown>;
@@ -175,7 +180,7 @@ export class AlertNotifier {
       status: 'ok',
       previousStatus: null,
       reason: 'This is a test alert from GEM Backup & Restore: alerts reach you.',
-      installationId: this.agent.keyring.installationId,
+      installationTag: installationTag(this.agent.keyring.installationId),
       at: this.now().toISOString(),
       overall: report?.status ?? 'ok',
     };
@@ -197,7 +202,7 @@ export class AlertNotifier {
       status,
       previousStatus: previous,
       reason,
-      installationId: this.agent.keyring.installationId,
+      installationTag: installationTag(this.agent.keyring.installationId),
       at: this.now().toISOString(),
       overall: report.status,
       details,
@@ -242,7 +247,7 @@ export class AlertNotifier {
             '',
             `Area: ${payload.area}`,
             `Status: ${payload.status}${payload.previousStatus ? ` (was ${payload.previousStatus})` : ''}`,
-            `Installation: ${payload.installationId}`,
+            `Installation: ${payload.installationTag}`,
             `At: ${payload.at}`,
           ].join('\n'),
         },
@@ -252,6 +257,14 @@ export class AlertNotifier {
       return { channel, ok: false, error: (error as Error).message };
     }
   }
+}
+
+/**
+ * A short, non-reversible name of the installation for alerts: the first 12 hex characters of
+ * sha256("gem-installation-tag:" + id). Stable, so receivers can tell installations apart.
+ */
+export function installationTag(installationId: string): string {
+  return createHash('sha256').update(`gem-installation-tag:${installationId}`).digest('hex').slice(0, 12);
 }
 
 /** The rule: which event (if any) an area's current status calls for, given what was last alerted. */
