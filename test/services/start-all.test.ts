@@ -4,6 +4,7 @@ import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { startS3 } from './s3';
+import { startSmbd } from './smbd';
 import { startSshd } from './sshd';
 import { releaseService, startAll } from './start-all';
 
@@ -50,6 +51,12 @@ describe('startAll', () => {
         return s3;
       },
       missing: startMissingServer,
+      smbd: async () => {
+        const smbd = await startSmbd();
+        const dir = dirname(smbd.root);
+        seen.push({ dir, pids: processesMentioning(dir), users: [smbd.username] });
+        return smbd;
+      },
       sshd: async () => {
         const sshd = await startSshd();
         const dir = dirname(sshd.root);
@@ -64,15 +71,15 @@ describe('startAll', () => {
 
     expect(error).toBeInstanceOf(Error);
     expect((error as Error).message).toBe(HINT);
-    expect(seen).toHaveLength(2);
+    expect(seen).toHaveLength(3);
     for (const service of seen) {
-      // It really ran (a process, a dir and for sshd its users), and all of it is gone now.
+      // It really ran (a process, a dir and for sshd and smbd their users), and all of it is gone now.
       expect(service.pids.length).toBeGreaterThan(0);
       expect(processesMentioning(service.dir)).toEqual([]);
       expect(existsSync(service.dir)).toBe(false);
       for (const user of service.users) expect(userExists(user)).toBe(false);
     }
-    expect(seen.find((s) => s.users.length > 0)?.users).toHaveLength(2);
+    expect(seen.flatMap((s) => s.users)).toHaveLength(3);
   });
 
   it('resolves with every service by name when all start', async () => {
