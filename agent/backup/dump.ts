@@ -56,11 +56,20 @@ export async function countRows(sql: postgres.Sql | postgres.ReservedSql): Promi
   return counts;
 }
 
+/** True if `error`, or an error it was caused by, is ENOSPC (a full disk). */
+function isNoSpace(error: unknown): boolean {
+  for (let e = error, depth = 0; e && depth < 5; e = (e as { cause?: unknown }).cause, depth++) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOSPC') return true;
+  }
+  return false;
+}
+
 /**
  * Dumps the database (custom format, light compression: the work of compression belongs in this
  * stage, which has a core to spare while the server feeds it) into `target`, hashing as it writes.
  * A repeatable-read transaction exports its snapshot to pg_dump, and the row counts are taken in it,
- * so the manifest describes exactly the dump. pg_dump's exit code and stderr fail the dump.
+ * so the manifest describes exactly the dump. A failed write of the dump (no_space for a full disk),
+ * then pg_dump's exit code and stderr, fail the dump.
  */
 export async function dumpDatabase(options: {
   conn: PgConnection;
@@ -114,6 +123,14 @@ export async function dumpDatabase(options: {
       );
       const [rowCounts, exit, write] = await Promise.allSettled([countRows(tx), exited, written]);
       if (signal?.aborted) throw new AppError('cancelled', 'the job was cancelled');
+      // A failed write comes first: pg_dump then dies of SIGPIPE, and its exit code says nothing of why.
+      if (write.status === 'rejected') {
+        if (isNoSpace(write.reason))
+          throw new AppError('no_space', 'the disk is full: free some space and try again', {
+            cause: write.reason,
+          });
+        throw write.reason;
+      }
       if (exit.status === 'rejected') {
         throw new AppError('dump_failed', `pg_dump could not run: ${(exit.reason as Error).message}`);
       }
@@ -122,12 +139,6 @@ export async function dumpDatabase(options: {
           'dump_failed',
           `pg_dump failed (exit ${exit.value.code ?? exit.value.signal}): ${exit.value.stderr || 'no message'}`,
         );
-      }
-      if (write.status === 'rejected') {
-        const error = write.reason as NodeJS.ErrnoException;
-        if (error.code === 'ENOSPC')
-          throw new AppError('no_space', 'the disk is full: free some space and try again');
-        throw error;
       }
       if (rowCounts.status === 'rejected') throw rowCounts.reason;
       await tx`commit`;

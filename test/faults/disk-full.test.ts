@@ -1,4 +1,7 @@
-/** Disk full: backups into a small tmpfs until it fills: a clean no_space error, old backups intact, the next one after freeing space succeeds. */
+/**
+ * Disk full: backups into a small tmpfs until it fills: a clean no_space error, old backups intact, the
+ * next one after freeing space succeeds. And a full work folder (where pg_dump writes): no_space too.
+ */
 import { mkdir, mkdtemp, readdir, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -106,6 +109,47 @@ describe('backups into a disk that fills up', () => {
     await noTemps();
     const now = await everyListedVerifies();
     expect(now.length).toBe(kept.length);
+    report.tried(true);
+  });
+});
+
+describe('a backup whose dump fills the work folder', () => {
+  let full: TestAgent | undefined;
+  let fullDir = '';
+  let work = '';
+
+  beforeAll(async () => {
+    fullDir = await mkdtemp(join(tmpdir(), 'gem-faults-full-work-'));
+    work = join(fullDir, 'work');
+    await mkdir(work);
+    // Far smaller than the dump: pg_dump's output hits ENOSPC and pg_dump then dies of SIGPIPE.
+    const result = await runProcess('mount', ['-t', 'tmpfs', '-o', 'size=256k', 'tmpfs', work]);
+    if (result.code !== 0) throw new Error(`mounting a tmpfs needs root: ${result.stderr.trim()}`);
+    full = await startTestAgent(pg, { dataDir: fullDir });
+    await withSql(full.agent.databaseUrl, (sql) =>
+      sql.unsafe(
+        `create table noise as select g as id, md5(random()::text) || md5(random()::text) as v from generate_series(1, 25000) g`,
+      ),
+    );
+  });
+
+  afterAll(async () => {
+    await full?.close();
+    if (work) await runProcess('umount', [work]);
+    if (fullDir) await rm(fullDir, { recursive: true, force: true });
+  });
+
+  it('fails with no_space (not dump_failed) and leaves nothing behind', async () => {
+    const res = await full!.request('/api/v1/backups', { method: 'POST' });
+    expect(res.status).toBe(202);
+    const job = await full!.agent.jobs.waitFor(((await res.json()) as { jobId: string }).jobId);
+    report.inject();
+    expect(job.error?.code).toBe('no_space');
+    expect(job.error?.message).toMatch(/disk is full.*free some space/);
+    expect(await readdir(full!.agent.paths.work).catch(() => [])).toEqual([]);
+    expect((await readdir(work)).filter((entry) => entry !== `p${process.pid}`)).toEqual([]);
+    expect(await readdir(full!.agent.paths.backups)).toEqual([]);
+    expect(await full!.agent.catalog.list()).toEqual([]);
     report.tried(true);
   });
 });
