@@ -21,15 +21,14 @@ const DRAIN_LIMIT = 1024 * 1024;
 /**
  * Turns any thrown error into `{"error":{"code","message"}}`; unknown errors say nothing internal.
  * A small request body not read yet is read first: answering before it arrived makes the runtime
- * reset the connection, and the client would see a reset instead of the refusal.
+ * reset the connection, and the client would see a reset instead of the refusal. Only a body whose
+ * Content-Length says it is small: a chunked body has no length, and anyone (signed or not) could
+ * otherwise make the Worker buffer hundreds of MiB before hearing no.
  */
 export async function errorResponse(err: unknown, c: Context): Promise<Response> {
   const request = c.req.raw;
-  if (
-    request.body &&
-    !request.bodyUsed &&
-    Number(request.headers.get('content-length') ?? 0) <= DRAIN_LIMIT
-  ) {
+  const length = request.headers.get('content-length');
+  if (request.body && !request.bodyUsed && length !== null && Number(length) <= DRAIN_LIMIT) {
     await request.arrayBuffer().catch(() => {});
   }
   return toErrorResponse(err, c);
