@@ -1,14 +1,16 @@
 /** The embedded PostgreSQL cluster: created under the data dir with the machine's binaries, started and stopped by us. */
+import { createHash, createHmac, pbkdf2Sync, randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { chmod, chown, mkdir, readFile, stat, writeFile } from 'node:fs/promises';
+import { chmod, chown, mkdir, open, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import { dirname, join } from 'node:path';
 import postgres from 'postgres';
 import type { Logger } from '../log';
+import { fsyncDir, tempPathFor, writeSmallFileAtomic } from '../system/atomic-file';
 import { runProcess } from '../system/spawn';
 
 export interface ClusterHandle {
-  /** postgres:// URL of the `postgres` superuser on this cluster, database `database`. */
+  /** postgres:// URL (with the password) of the `postgres` superuser on this cluster, database `database`. */
   url(database: string): string;
   port: number;
   /** True if this call started the server (false: it was already running, e.g. for the agent). */
@@ -38,7 +40,7 @@ async function portIsFree(port: number): Promise<boolean> {
 }
 
 /** Root may not run initdb or postgres: run them as the `postgres` system user instead. */
-function asClusterOwner(command: string, args: string[]): [string, string[]] {
+export function asClusterOwner(command: string, args: string[]): [string, string[]] {
   if (process.getuid?.() !== 0) return [command, args];
   return ['runuser', ['-u', 'postgres', '--', command, ...args]];
 }
@@ -70,9 +72,112 @@ async function prepareOwnership(dir: string): Promise<void> {
   if ((mode & 0o001) === 0) await chmod(parent, mode | 0o001);
 }
 
+/** The superuser's password file, beside the cluster folder (in the agent's data dir: `postgres.password`). */
+export function clusterPasswordPath(dir: string): string {
+  return `${dir}.password`;
+}
+
+/** Reads the superuser's password, creating a random one (0600, written atomically) the first time. */
+async function loadOrCreatePassword(path: string): Promise<string> {
+  if (existsSync(path)) {
+    const password = (await readFile(path, 'utf8')).trim();
+    if (password) return password;
+  }
+  const password = randomBytes(32).toString('base64url');
+  await writeSmallFileAtomic(path, `${password}\n`, 0o600);
+  return password;
+}
+
+// Every connection, TCP or socket, must give the superuser's password: any local process (another OS
+// user, a device script) could otherwise get in as superuser.
+const SCRAM_HBA = [
+  '# Written by GEM Backup & Restore: every connection needs the password (SCRAM).',
+  'local   all           all                  scram-sha-256',
+  'host    all           all    127.0.0.1/32  scram-sha-256',
+  'host    all           all    ::1/128       scram-sha-256',
+  'local   replication   all                  scram-sha-256',
+  'host    replication   all    127.0.0.1/32  scram-sha-256',
+  'host    replication   all    ::1/128       scram-sha-256',
+  '',
+].join('\n');
+
+/** True if an active line of pg_hba.conf lets someone in without a password (clusters of earlier versions). */
+function allowsTrust(hba: string): boolean {
+  return hba
+    .split('\n')
+    .map((line) => line.replace(/#.*/, '').trim())
+    .some((line) => line.split(/\s+/).includes('trust'));
+}
+
+/** A SCRAM-SHA-256 verifier, so the plain password never travels to the server or its log. */
+function scramVerifier(password: string): string {
+  const salt = randomBytes(16);
+  const iterations = 4096;
+  const salted = pbkdf2Sync(password, salt, iterations, 32, 'sha256');
+  const clientKey = createHmac('sha256', salted).update('Client Key').digest();
+  const storedKey = createHash('sha256').update(clientKey).digest();
+  const serverKey = createHmac('sha256', salted).update('Server Key').digest();
+  return `SCRAM-SHA-256$${iterations}:${salt.toString('base64')}$${storedKey.toString('base64')}:${serverKey.toString('base64')}`;
+}
+
+/** Writes a file of the cluster (owned like the cluster folder) through a temp name and a rename. */
+async function writeClusterFileAtomic(path: string, text: string, dir: string): Promise<void> {
+  const temp = tempPathFor(path);
+  try {
+    const handle = await open(temp, 'wx', 0o600);
+    try {
+      await handle.writeFile(text);
+      await handle.sync();
+    } finally {
+      await handle.close();
+    }
+    if (process.getuid?.() === 0) await chownFile(temp, dir);
+    await rename(temp, path);
+    await fsyncDir(dirname(path));
+  } catch (error) {
+    await rm(temp, { force: true });
+    throw error;
+  }
+}
+
+/**
+ * Upgrades a running cluster made with trust auth by an earlier version: the superuser gets the
+ * password, pg_hba.conf asks for it everywhere, the server reloads. Each step can be run again, so a
+ * crash half-way is finished at the next start.
+ */
+async function requirePassword(dir: string, port: number, password: string, log?: Logger): Promise<void> {
+  log?.info('the embedded PostgreSQL cluster allowed connections without a password: setting one', { dir });
+  const trustUrl = `postgres://${SUPERUSER}@127.0.0.1:${port}/postgres`;
+  const sql = postgres(trustUrl, { max: 1, onnotice: () => {}, connect_timeout: 10 });
+  try {
+    // A verifier is a literal of base64 and `$:` only: nothing to escape.
+    await sql.unsafe(`alter role ${SUPERUSER} with password '${scramVerifier(password)}'`);
+    await writeClusterFileAtomic(join(dir, 'pg_hba.conf'), SCRAM_HBA, dir);
+    await sql`select pg_reload_conf()`;
+  } finally {
+    await sql.end({ timeout: 5 });
+  }
+  // The reload is a signal: wait until the server really turns a wrong password away (trust takes any).
+  const wrongUrl = `postgres://${SUPERUSER}:not-the-password@127.0.0.1:${port}/postgres`;
+  for (let attempt = 0; attempt < 100; attempt++) {
+    const probe = postgres(wrongUrl, { max: 1, onnotice: () => {}, connect_timeout: 10 });
+    const accepted = await probe`select 1`.then(
+      () => true,
+      () => false,
+    );
+    await probe.end({ timeout: 5 });
+    if (!accepted) return;
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+  throw new Error(
+    'the embedded PostgreSQL cluster still accepts connections without a password after reload',
+  );
+}
+
 /**
  * Starts the cluster in `dir`, creating it first if needed. TCP on 127.0.0.1 only (no Unix socket,
- * whose path length is limited), trust auth for local connections, a free port kept in the config.
+ * whose path length is limited), a free port kept in the config. Every connection needs the
+ * superuser's password (SCRAM), kept in `clusterPasswordPath(dir)` (0600) and given in `url()`.
  */
 export async function startCluster(options: {
   dir: string;
@@ -86,15 +191,36 @@ export async function startCluster(options: {
     throw new Error(`PostgreSQL server binaries not found in ${binDir}: apt-get install -y postgresql-15`);
   }
   const confPath = join(dir, 'gem-cluster.conf');
+  const passwordPath = clusterPasswordPath(dir);
   if (!existsSync(join(dir, 'PG_VERSION'))) {
     log?.info('creating the embedded PostgreSQL cluster', { dir });
     await mkdir(dir, { recursive: true, mode: 0o700 });
     await prepareOwnership(dir);
-    await run(
-      initdb,
-      ['-D', dir, '-U', SUPERUSER, '--auth=trust', '-E', 'UTF8', '--locale=C.UTF-8', '--no-sync'],
-      'initdb',
-    );
+    const password = await loadOrCreatePassword(passwordPath);
+    // initdb reads the password from a file (never the command line); one the cluster's owner can read.
+    const pwfile = tempPathFor(passwordPath);
+    try {
+      await writeFile(pwfile, `${password}\n`, { mode: 0o600, flag: 'wx' });
+      if (process.getuid?.() === 0) await chownFile(pwfile, dir);
+      await run(
+        initdb,
+        [
+          '-D',
+          dir,
+          '-U',
+          SUPERUSER,
+          '--auth=scram-sha-256',
+          `--pwfile=${pwfile}`,
+          '-E',
+          'UTF8',
+          '--locale=C.UTF-8',
+          '--no-sync',
+        ],
+        'initdb',
+      );
+    } finally {
+      await rm(pwfile, { force: true });
+    }
     const conf = await readFile(join(dir, 'postgresql.conf'), 'utf8');
     await writeFile(join(dir, 'postgresql.conf'), `${conf}\ninclude_if_exists = 'gem-cluster.conf'\n`);
   }
@@ -129,7 +255,15 @@ export async function startCluster(options: {
   } else {
     log?.info('embedded PostgreSQL already running', { port });
   }
-  const url = (database: string) => `postgres://${SUPERUSER}@127.0.0.1:${port}/${database}`;
+  if (allowsTrust(await readFile(join(dir, 'pg_hba.conf'), 'utf8'))) {
+    await requirePassword(dir, port, await loadOrCreatePassword(passwordPath), log);
+  } else if (!existsSync(passwordPath)) {
+    throw new Error(
+      `the embedded PostgreSQL cluster in ${dir} needs its password file ${passwordPath}, which is missing`,
+    );
+  }
+  const password = encodeURIComponent(await loadOrCreatePassword(passwordPath));
+  const url = (database: string) => `postgres://${SUPERUSER}:${password}@127.0.0.1:${port}/${database}`;
   return {
     url,
     port,

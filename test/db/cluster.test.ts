@@ -1,0 +1,158 @@
+/** The embedded cluster asks every connection for the superuser's password, and upgrades trust clusters of earlier versions. */
+import { appendFile, chmod, mkdir, mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import postgres from 'postgres';
+import { afterAll, describe, expect, it } from 'vitest';
+import { findPgBinDir } from '../../agent/config';
+import { type ClusterHandle, startCluster } from '../../agent/db/cluster';
+import { runProcess } from '../../agent/system/spawn';
+import { withSql } from '../services/postgres';
+
+const binDir = findPgBinDir(process.env.GEM_PG_BIN);
+const isRoot = process.getuid?.() === 0;
+const roots: string[] = [];
+const clusters: ClusterHandle[] = [];
+
+afterAll(async () => {
+  for (const cluster of clusters) await cluster.stop().catch(() => {});
+  for (const root of roots) await rm(root, { recursive: true, force: true });
+});
+
+async function tempRoot(): Promise<string> {
+  const root = await mkdtemp(join(tmpdir(), 'gem-cluster-'));
+  await chmod(root, 0o755);
+  roots.push(root);
+  return root;
+}
+
+/** Runs a PostgreSQL program as an unprivileged OS user when we are root (as `postgres` for server tools). */
+function asUser(user: string, command: string, args: string[]): [string, string[]] {
+  return isRoot ? ['runuser', ['-u', user, '--', command, ...args]] : [command, args];
+}
+
+/** psql with no password at all (none in the environment, no password file): what another local process would try. */
+async function psqlWithoutPassword(port: number) {
+  const env: NodeJS.ProcessEnv = { ...process.env, PGPASSFILE: '/dev/null' };
+  delete env.PGPASSWORD;
+  const [cmd, argv] = asUser('nobody', join(binDir, 'psql'), [
+    '-h',
+    '127.0.0.1',
+    '-p',
+    String(port),
+    '-U',
+    'postgres',
+    '-d',
+    'postgres',
+    '-w',
+    '-Atc',
+    'select current_user',
+  ]);
+  return runProcess(cmd, argv, { cwd: '/', env });
+}
+
+async function wrongPasswordError(port: number): Promise<{ code?: string; message: string }> {
+  const sql = postgres(`postgres://postgres:wrong-password@127.0.0.1:${port}/postgres`, {
+    max: 1,
+    onnotice: () => {},
+    connect_timeout: 10,
+  });
+  try {
+    await sql`select 1`;
+    return { message: 'connected' };
+  } catch (error) {
+    return { code: (error as { code?: string }).code, message: (error as Error).message };
+  } finally {
+    await sql.end({ timeout: 5 });
+  }
+}
+
+async function expectPasswordRequired(cluster: ClusterHandle, dir: string): Promise<void> {
+  const anonymous = await psqlWithoutPassword(cluster.port);
+  expect(anonymous.code).not.toBe(0);
+  expect(anonymous.stdout).not.toContain('postgres');
+  expect(anonymous.stderr).toMatch(/password/);
+  const wrong = await wrongPasswordError(cluster.port);
+  expect(wrong.code === '28P01' || /password authentication failed/.test(wrong.message)).toBe(true);
+  const user = await withSql(cluster.url('postgres'), (sql) => sql`select current_user as u`);
+  expect(user[0]!.u).toBe('postgres');
+  // The password: in a 0600 file beside the cluster folder, and in the cluster's URL.
+  const passwordFile = `${dir}.password`;
+  expect((await stat(passwordFile)).mode & 0o777).toBe(0o600);
+  const password = (await readFile(passwordFile, 'utf8')).trim();
+  expect(password.length).toBeGreaterThanOrEqual(32);
+  expect(decodeURIComponent(new URL(cluster.url('postgres')).password)).toBe(password);
+  const hba = await readFile(join(dir, 'pg_hba.conf'), 'utf8');
+  const active = hba.split('\n').filter((line) => line.trim() && !line.trim().startsWith('#'));
+  expect(active.length).toBeGreaterThan(0);
+  for (const line of active) expect(line).toMatch(/scram-sha-256\s*$/);
+}
+
+async function freePort(): Promise<number> {
+  return new Promise((resolve) => {
+    const server = createServer();
+    server.listen(0, '127.0.0.1', () => {
+      const address = server.address();
+      server.close(() => resolve(typeof address === 'object' && address ? address.port : 0));
+    });
+  });
+}
+
+describe('embedded cluster authentication', () => {
+  it('a new cluster lets nobody in without the password', async () => {
+    const dir = join(await tempRoot(), 'cluster');
+    const cluster = await startCluster({ dir, binDir });
+    clusters.push(cluster);
+    await expectPasswordRequired(cluster, dir);
+    await cluster.stop();
+  });
+
+  it('a trust cluster of an earlier version is upgraded on start and keeps its data', async () => {
+    const dir = join(await tempRoot(), 'cluster');
+    // The layout earlier versions made: initdb with trust, our settings included from gem-cluster.conf.
+    await mkdir(dir, { mode: 0o700 });
+    if (isRoot) await runProcess('chown', ['postgres:postgres', dir]);
+    const initdb = asUser('postgres', join(binDir, 'initdb'), [
+      '-D',
+      dir,
+      '-U',
+      'postgres',
+      '--auth=trust',
+      '-E',
+      'UTF8',
+      '--locale=C.UTF-8',
+      '--no-sync',
+    ]);
+    expect((await runProcess(initdb[0], initdb[1], { cwd: '/' })).code).toBe(0);
+    await appendFile(join(dir, 'postgresql.conf'), "\ninclude_if_exists = 'gem-cluster.conf'\n");
+    const port = await freePort();
+    await writeFile(
+      join(dir, 'gem-cluster.conf'),
+      `port = ${port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = ''\n`,
+    );
+    const pgCtl = join(binDir, 'pg_ctl');
+    const start = asUser('postgres', pgCtl, ['start', '-D', dir, '-l', join(dir, 'server.log'), '-w']);
+    expect((await runProcess(start[0], start[1], { cwd: '/' })).code).toBe(0);
+    const trustUrl = `postgres://postgres@127.0.0.1:${port}/postgres`;
+    await withSql(trustUrl, async (sql) => {
+      await sql`create table kept (id int)`;
+      await sql`insert into kept values (1), (2), (3)`;
+    });
+    const stop = asUser('postgres', pgCtl, ['stop', '-D', dir, '-m', 'fast', '-w']);
+    expect((await runProcess(stop[0], stop[1], { cwd: '/' })).code).toBe(0);
+
+    const cluster = await startCluster({ dir, binDir });
+    clusters.push(cluster);
+    await expectPasswordRequired(cluster, dir);
+    const rows = await withSql(cluster.url('postgres'), (sql) => sql`select count(*)::int as n from kept`);
+    expect(rows[0]!.n).toBe(3);
+    await cluster.stop();
+
+    // The next start finds a cluster that already asks for the password, and still gets in.
+    const again = await startCluster({ dir, binDir });
+    clusters.push(again);
+    await expectPasswordRequired(again, dir);
+    await again.stop();
+  });
+});
