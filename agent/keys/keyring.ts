@@ -116,8 +116,22 @@ export function createKeyringFile(): KeyringFile {
   };
 }
 
-/** Merges an imported keyring into the current one: imported keys become active, current ones retired. */
+/**
+ * Merges an imported keyring into the current one: imported keys become active, current ones retired.
+ * An imported key with one of our key ids but other bytes is refused (422 `bad_keys_file`): it would
+ * replace ours, and every backup and secret sealed with ours would become unreadable.
+ */
 export function mergeImported(current: KeyringFile, imported: KeyringFile): KeyringFile {
+  for (const key of imported.masterKeys) {
+    const ours = current.masterKeys.find((k) => k.id === key.id);
+    if (ours && !Buffer.from(ours.key, 'base64url').equals(Buffer.from(key.key, 'base64url'))) {
+      throw new AppError(
+        'bad_keys_file',
+        `this keys file holds a different key under our key id ${key.id}; importing it would make the backups sealed with our key unreadable, so nothing was imported`,
+        { details: { keyId: key.id } },
+      );
+    }
+  }
   const byId = new Map<string, KeyringFile['masterKeys'][number]>();
   for (const key of current.masterKeys) byId.set(key.id, { ...key, status: 'retired' });
   for (const key of imported.masterKeys) byId.set(key.id, { ...key });
@@ -239,6 +253,9 @@ export function exportFileName(now = new Date()): string {
 
 /** The live keyring of this agent, backed by a 0600 file in the data dir. */
 export class Keyring {
+  /** Keyring writes, one at a time (see change). */
+  private queue: Promise<unknown> = Promise.resolve();
+
   private constructor(
     private readonly path: string,
     private file: KeyringFile,
@@ -292,14 +309,42 @@ export class Keyring {
   }
 
   /** Replaces the keyring with `next`, written atomically first so memory never runs ahead of disk. */
-  async replace(next: KeyringFile): Promise<void> {
-    const valid = keyringFileSchema.parse(next);
-    await writeSmallFileAtomic(this.path, `${JSON.stringify(valid, null, 2)}\n`, 0o600);
-    this.file = valid;
+  replace(next: KeyringFile): Promise<void> {
+    return this.change(() => next);
   }
 
-  /** Imports an exported keyring: it becomes active, ours is kept as retired. */
-  async importKeys(imported: KeyringFile): Promise<void> {
-    await this.replace(mergeImported(this.file, imported));
+  /** Imports an exported keyring: it becomes active, ours (and any key imported meanwhile) kept as retired. */
+  importKeys(imported: KeyringFile): Promise<void> {
+    return this.change((current) => mergeImported(current, imported));
   }
+
+  /**
+   * Applies `change` to the keyring as the file holds it now and saves the result. Changes queue one
+   * after another, and each starts from the file, so neither a concurrent change here nor a key another
+   * process (the CLI) wrote meanwhile is lost. A failed change leaves file and memory as they were.
+   */
+  private change(change: (current: KeyringFile) => KeyringFile): Promise<void> {
+    const run = this.queue.then(async () => {
+      const current = (await readKeyringFile(this.path)) ?? this.file;
+      const valid = keyringFileSchema.parse(change(structuredClone(current)));
+      await writeSmallFileAtomic(this.path, `${JSON.stringify(valid, null, 2)}\n`, 0o600);
+      this.file = valid;
+    });
+    this.queue = run.catch(() => {});
+    return run;
+  }
+}
+
+/** The keyring file as it is on disk now (undefined if there is none); a corrupt one is an error, never replaced. */
+async function readKeyringFile(path: string): Promise<KeyringFile | undefined> {
+  let text: string;
+  try {
+    text = await readFile(path, 'utf8');
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+    throw error;
+  }
+  const parsed = keyringFileSchema.safeParse(JSON.parse(text));
+  if (!parsed.success) throw new Error(`the keyring at ${path} is corrupt; restore it from your keys export`);
+  return parsed.data;
 }

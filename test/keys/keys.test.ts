@@ -98,6 +98,16 @@ describe('the keyring', () => {
         /wrong passphrase/,
       ],
       [
+        'a key under one of our key ids with other bytes',
+        async () => {
+          const other = createKeyringFile();
+          other.masterKeys[0]!.id = t.agent.keyring.activeKey.id;
+          return { file: await buildKeysExport(other) };
+        },
+        'bad_keys_file',
+        /different key under our key id/,
+      ],
+      [
         'a protected file without passphrase',
         async () => ({ file: await buildKeysExport(createKeyringFile(), 'right passphrase') }),
         'wrong_passphrase',
