@@ -25,10 +25,12 @@ const USAGE = `usage: gem-backup <command>
   verify FILE                                 decrypt and check every chunk and member
   restore FILE --yes                          restore a backup (replaces all current data)
   decrypt FILE --keys KEYS.json [-o OUT]      offline: decrypt to a .tar.gz (no agent or database needed)
-  keys export [-o FILE] [--passphrase P]      export the encryption keys
-  keys import FILE [--passphrase P]           import keys from another installation
+  keys export [-o FILE]                       export the encryption keys
+  keys import FILE                            import keys from another installation
   dr push                                     push a backup to the disaster-recovery cloud now
-  dr recover --installation-id ID             recover this installation from the cloud`;
+  dr recover --installation-id ID             recover this installation from the cloud
+A keys passphrase (keys export/import, decrypt) comes from --passphrase-file PATH, GEM_KEYS_PASSPHRASE,
+or a prompt on a terminal; never from the command line itself.`;
 
 async function main(argv: string[]): Promise<number> {
   const [name, ...args] = argv;

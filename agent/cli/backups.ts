@@ -12,6 +12,7 @@ import { createOpenTransform } from '../keys/envelope-node';
 import { parseKeysExport } from '../keys/keyring';
 import { writeFileAtomic } from '../system/atomic-file';
 import type { CliContext } from './context';
+import { PASSPHRASE_FILE_OPTION, passphraseToOpen, refusePassphraseArgument } from './passphrase';
 
 function formatSize(bytes: number): string {
   return bytes >= 1048576 ? `${(bytes / 1048576).toFixed(1)} MiB` : `${(bytes / 1024).toFixed(1)} KiB`;
@@ -57,20 +58,27 @@ export async function verifyCommand(cli: CliContext): Promise<void> {
 
 /** Offline: needs only the backup file and a keys file; no agent, no database. */
 export async function decryptCommand(cli: CliContext): Promise<void> {
+  refusePassphraseArgument(cli.args);
   const { values, positionals } = parseArgs({
     args: cli.args,
     allowPositionals: true,
     options: {
       keys: { type: 'string' },
       output: { type: 'string', short: 'o' },
-      passphrase: { type: 'string' },
+      ...PASSPHRASE_FILE_OPTION,
     },
   });
   const file = positionals[0];
   if (!file || !values.keys)
-    throw new AppError('bad_request', 'usage: gem-backup decrypt FILE --keys KEYS.json [-o OUT.tar.gz]');
-  const passphrase = values.passphrase ?? process.env.GEM_KEYS_PASSPHRASE;
-  const keyring = await parseKeysExport(await readFile(values.keys, 'utf8'), passphrase);
+    throw new AppError(
+      'bad_request',
+      'usage: gem-backup decrypt FILE --keys KEYS.json [-o OUT.tar.gz] [--passphrase-file PATH]',
+    );
+  const keysText = await readFile(values.keys, 'utf8');
+  const keyring = await parseKeysExport(
+    keysText,
+    await passphraseToOpen(keysText, values['passphrase-file']),
+  );
   const keys = keyring.masterKeys.map((k) => ({ id: k.id, key: Buffer.from(k.key, 'base64url') }));
   const output = resolve(values.output ?? basename(file).replace(/\.tar\.gz$/, '.decrypted.tar.gz'));
   const opener = createOpenTransform({

@@ -7,16 +7,26 @@ import { importKeysFile } from '../http/routes/keys';
 import { buildKeysExport, exportFileName } from '../keys/keyring';
 import { writeSmallFileAtomic } from '../system/atomic-file';
 import type { CliContext } from './context';
+import {
+  PASSPHRASE_FILE_OPTION,
+  passphraseToOpen,
+  passphraseToProtect,
+  refusePassphraseArgument,
+} from './passphrase';
+
+const USAGE =
+  'usage: gem-backup keys export [-o FILE] [--passphrase-file PATH] | keys import FILE [--passphrase-file PATH]';
 
 export async function keysCommand(cli: CliContext): Promise<void> {
   const [sub, ...rest] = cli.args;
+  refusePassphraseArgument(rest);
   const { values, positionals } = parseArgs({
     args: rest,
     allowPositionals: true,
-    options: { output: { type: 'string', short: 'o' }, passphrase: { type: 'string' } },
+    options: { output: { type: 'string', short: 'o' }, ...PASSPHRASE_FILE_OPTION },
   });
-  const passphrase = values.passphrase ?? process.env.GEM_KEYS_PASSPHRASE;
   if (sub === 'export') {
+    const passphrase = await passphraseToProtect(values['passphrase-file']);
     const now = new Date();
     const path = resolve(values.output ?? exportFileName(now));
     await cli.withAgent(async (agent) => {
@@ -28,14 +38,12 @@ export async function keysCommand(cli: CliContext): Promise<void> {
   }
   if (sub === 'import') {
     const file = positionals[0];
-    if (!file) throw new AppError('bad_request', 'usage: gem-backup keys import FILE [--passphrase P]');
+    if (!file) throw new AppError('bad_request', USAGE);
     const text = await readFile(file, 'utf8');
+    const passphrase = await passphraseToOpen(text, values['passphrase-file']);
     const result = await cli.withAgent((agent) => importKeysFile(agent, text, passphrase));
     cli.out(`keys imported: installation ${result.installationId}, active key ${result.activeKeyId}`);
     return;
   }
-  throw new AppError(
-    'bad_request',
-    'usage: gem-backup keys export [-o FILE] [--passphrase P] | keys import FILE [--passphrase P]',
-  );
+  throw new AppError('bad_request', USAGE);
 }

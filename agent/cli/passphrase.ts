@@ -1,0 +1,110 @@
+/** Where the CLI gets a keys passphrase: a file, GEM_KEYS_PASSPHRASE, or a prompt without echo; never the command line. */
+import { readFile } from 'node:fs/promises';
+import { AppError } from '../errors';
+
+/** The environment variable that holds the keys passphrase for scripts. */
+export const PASSPHRASE_ENV = 'GEM_KEYS_PASSPHRASE';
+
+/** The parseArgs option every command that takes a passphrase declares. */
+export const PASSPHRASE_FILE_OPTION = { 'passphrase-file': { type: 'string' } } as const;
+
+const ALTERNATIVES = `set ${PASSPHRASE_ENV}, pass --passphrase-file PATH, or run on a terminal to be prompted`;
+
+/**
+ * Refuses `--passphrase VALUE` before the arguments are parsed: a value on the command line is
+ * visible to every user in `ps` and stays in the shell history.
+ */
+export function refusePassphraseArgument(args: string[]): void {
+  if (args.some((a) => a === '--passphrase' || a.startsWith('--passphrase='))) {
+    throw new AppError(
+      'bad_request',
+      `--passphrase is not accepted (a passphrase on the command line shows in ps and shell history): ${ALTERNATIVES}`,
+    );
+  }
+}
+
+/**
+ * The passphrase from `--passphrase-file` (its first line) or GEM_KEYS_PASSPHRASE, in that order;
+ * undefined when neither is given.
+ */
+export async function passphraseFromOptions(file: string | undefined): Promise<string | undefined> {
+  if (file !== undefined) {
+    const text = await readFile(file, 'utf8').catch((error: NodeJS.ErrnoException) => {
+      throw new AppError(
+        'bad_request',
+        `cannot read the passphrase file ${file}: ${error.code ?? error.message}`,
+      );
+    });
+    const line = text.split(/\r?\n/)[0] ?? '';
+    if (!line) throw new AppError('bad_request', `the passphrase file ${file} is empty`);
+    return line;
+  }
+  return process.env[PASSPHRASE_ENV] || undefined;
+}
+
+/** True when a person is at the terminal to answer a prompt. */
+export function canPrompt(): boolean {
+  return Boolean(process.stdin.isTTY && process.stderr.isTTY);
+}
+
+/** Asks on the terminal without echoing what is typed; Ctrl-C cancels. */
+export function promptHidden(question: string): Promise<string> {
+  const stdin = process.stdin;
+  return new Promise((resolve, reject) => {
+    let answer = '';
+    process.stderr.write(question);
+    stdin.setRawMode(true);
+    stdin.resume();
+    stdin.setEncoding('utf8');
+    const done = (error?: Error) => {
+      stdin.off('data', onData);
+      stdin.setRawMode(false);
+      stdin.pause();
+      process.stderr.write('\n');
+      if (error) reject(error);
+      else resolve(answer);
+    };
+    const onData = (chunk: string) => {
+      for (const ch of chunk) {
+        if (ch === '\r' || ch === '\n' || ch === '\u0004') return done();
+        if (ch === '\u0003') return done(new AppError('cancelled', 'cancelled'));
+        if (ch === '\u007f' || ch === '\b') answer = answer.slice(0, -1);
+        else answer += ch;
+      }
+    };
+    stdin.on('data', onData);
+  });
+}
+
+/**
+ * The passphrase to open a keys file: from the file option or the environment; else, when `text` is
+ * protected and a person is at the terminal, asked for. Undefined for an unprotected file.
+ */
+export async function passphraseToOpen(text: string, file: string | undefined): Promise<string | undefined> {
+  const given = await passphraseFromOptions(file);
+  if (given !== undefined || !canPrompt() || !isProtectedExport(text)) return given;
+  return (await promptHidden('Passphrase of the keys file: ')) || undefined;
+}
+
+/**
+ * The passphrase to protect an export: from the file option or the environment; else, on a
+ * terminal, asked for twice (empty: no passphrase). Undefined means an unprotected export.
+ */
+export async function passphraseToProtect(file: string | undefined): Promise<string | undefined> {
+  const given = await passphraseFromOptions(file);
+  if (given !== undefined || !canPrompt()) return given;
+  const first = await promptHidden('Passphrase to protect the keys file (empty: none): ');
+  if (!first) return undefined;
+  if ((await promptHidden('The same passphrase again: ')) !== first)
+    throw new AppError('bad_request', 'the two passphrases differ; nothing was exported');
+  return first;
+}
+
+function isProtectedExport(text: string): boolean {
+  try {
+    const json = JSON.parse(text) as { protected?: unknown };
+    return Boolean(json && typeof json === 'object' && json.protected);
+  } catch {
+    return false;
+  }
+}
