@@ -65,13 +65,10 @@ const exportSchema = z.object({
   protected: z
     .object({
       kdf: z.literal('scrypt'),
-      N: z
-        .number()
-        .int()
-        .min(1024)
-        .max(1 << 20),
-      r: z.number().int().min(1).max(32),
-      p: z.number().int().min(1).max(16),
+      // Bounded here only loosely; checkScryptParams refuses anything beyond what export writes.
+      N: z.number().int().min(1024),
+      r: z.number().int().min(1),
+      p: z.number().int().min(1),
       salt: b64u,
       cipher: z.literal('aes-256-gcm'),
       nonce: b64u,
@@ -81,6 +78,22 @@ const exportSchema = z.object({
 });
 
 const SCRYPT = { N: 1 << 15, r: 8, p: 1 };
+/**
+ * The most a keys file may ask of scrypt: a little above what export writes (SCRYPT), so each import
+ * or check costs at most 128 MiB and a few times the default work, never the 4 GiB a crafted file could ask.
+ */
+const SCRYPT_LIMITS = { N: 1 << 17, r: 8, p: 2 };
+
+/** Refuses (422 `bad_keys_file`) scrypt parameters beyond SCRYPT_LIMITS, before any key is derived. */
+function checkScryptParams(params: { N: number; r: number; p: number }): void {
+  const powerOfTwo = (params.N & (params.N - 1)) === 0;
+  if (!powerOfTwo || params.N > SCRYPT_LIMITS.N || params.r > SCRYPT_LIMITS.r || params.p > SCRYPT_LIMITS.p) {
+    throw new AppError(
+      'bad_keys_file',
+      `this keys file asks for scrypt parameters GEM never writes (N=${params.N}, r=${params.r}, p=${params.p}; at most N=${SCRYPT_LIMITS.N} as a power of two, r=${SCRYPT_LIMITS.r}, p=${SCRYPT_LIMITS.p}): it was not made by GEM's export`,
+    );
+  }
+}
 
 function newMasterKey(installationId: string): KeyringFile['masterKeys'][number] {
   return {
@@ -175,6 +188,7 @@ export async function parseKeysExport(text: string, passphrase?: string): Promis
         'this keys file is protected by a passphrase: enter the passphrase',
       );
     }
+    checkScryptParams(sealed);
     const key = await scrypt(passphrase.normalize('NFC'), Buffer.from(sealed.salt, 'base64url'), 32, {
       N: sealed.N,
       r: sealed.r,

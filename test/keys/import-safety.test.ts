@@ -1,10 +1,16 @@
-// Importing keys never loses a key: same-id keys with other bytes are refused, concurrent and cross-process imports keep all.
+// Importing keys never loses a key (same-id keys with other bytes refused, concurrent and cross-process imports kept); scrypt limits.
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { isAppError } from '../../agent/errors';
-import { createKeyringFile, Keyring, type KeyringFile } from '../../agent/keys/keyring';
+import {
+  buildKeysExport,
+  createKeyringFile,
+  Keyring,
+  type KeyringFile,
+  parseKeysExport,
+} from '../../agent/keys/keyring';
 
 let dir: string | undefined;
 afterEach(async () => {
@@ -72,5 +78,41 @@ describe('keys import', () => {
     expect(keysOf(await onDisk(path))).toEqual(expected);
     expect(keysOf(agentKeyring.toFile())).toEqual(expected);
     expect(agentKeyring.activeKey.id).toBe(b.masterKeys[0]!.id);
+  });
+});
+
+describe('keys file scrypt parameters', () => {
+  const withParams = async (params: { N: number; r: number; p: number }) => {
+    const file = JSON.parse(await buildKeysExport(createKeyringFile(), 'correct horse battery')) as {
+      protected: Record<string, unknown>;
+    };
+    Object.assign(file.protected, params);
+    return JSON.stringify(file);
+  };
+  const refusal = (text: string) =>
+    parseKeysExport(text, 'correct horse battery').then(
+      () => undefined,
+      (e: unknown) => e,
+    );
+
+  for (const [what, params] of [
+    ['the largest the format used to accept (N=2^20, r=32, p=16)', { N: 1 << 20, r: 32, p: 16 }],
+    ['N just above what export writes allows (2^18)', { N: 1 << 18, r: 8, p: 1 }],
+    ['r above 8', { N: 1 << 15, r: 9, p: 1 }],
+    ['p above 2', { N: 1 << 15, r: 8, p: 3 }],
+    ['N not a power of two', { N: 3000, r: 8, p: 1 }],
+  ] as const) {
+    it(`refuses ${what} with 422 bad_keys_file before deriving a key`, async () => {
+      const error = await refusal(await withParams(params));
+      expect(isAppError(error, 'bad_keys_file')).toBe(true);
+      expect((error as { status: number }).status).toBe(422);
+      expect((error as Error).message).toMatch(/scrypt parameters/);
+    });
+  }
+
+  it('opens a file with the parameters export writes', async () => {
+    const other = createKeyringFile();
+    const parsed = await parseKeysExport(await buildKeysExport(other, 'pass phrase'), 'pass phrase');
+    expect(parsed.installationId).toBe(other.installationId);
   });
 });
