@@ -57,7 +57,6 @@ describe('authentication', () => {
 describe('backup names from requests', () => {
   const bad = [
     '..%2F..%2Fetc%2Fpasswd',
-    '..',
     'gem-backup-2026-01-01-000000.tar.gz.bak',
     'gem-backup-2026-1-01-000000.tar.gz',
     '%2Fetc%2Fshadow',
@@ -65,22 +64,32 @@ describe('backup names from requests', () => {
     'gem-backup-2026-01-01-00000０.tar.gz',
     'keyring.json',
   ];
+  const routes = [
+    ['GET', ''],
+    ['DELETE', ''],
+    ['POST', '/verify'],
+  ] as const;
   for (const name of bad) {
-    it(`refuses ${name} with 400 and touches no file`, async () => {
+    it(`refuses ${name} with 400 invalid_name and touches no file`, async () => {
       const before = await backupFiles();
-      for (const [method, suffix] of [
-        ['GET', ''],
-        ['DELETE', ''],
-        ['POST', '/verify'],
-      ] as const) {
+      for (const [method, suffix] of routes) {
         const res = await t.request(`/api/v1/backups/${name}${suffix}`, { method });
-        expect([400, 404], `${method} ${name}${suffix}`).toContain(res.status);
-        if (res.status === 400)
-          expect(((await res.json()) as { error: { code: string } }).error.code).toBe('invalid_name');
+        expect(res.status, `${method} ${name}${suffix}`).toBe(400);
+        expect(((await res.json()) as { error: { code: string } }).error.code).toBe('invalid_name');
       }
       expect(await backupFiles()).toEqual(before);
     });
   }
+
+  // The URL itself resolves `..` (`/api/v1/backups/..` is `/api/v1/`), so it never reaches a backup route.
+  it('answers .. with 404 (no route) and touches no file', async () => {
+    const before = await backupFiles();
+    for (const [method, suffix] of routes) {
+      const res = await t.request(`/api/v1/backups/..${suffix}`, { method });
+      expect(res.status, `${method} ..${suffix}`).toBe(404);
+    }
+    expect(await backupFiles()).toEqual(before);
+  });
 });
 
 describe('uploads', () => {
