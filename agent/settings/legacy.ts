@@ -1,7 +1,8 @@
 /**
  * The legacy B2 configuration of agents before 0.1: a plaintext `settings.json` in the data dir,
  * `{"b2": {"keyId", "applicationKey", "bucket", "prefix"?, "enabled"?, "autoUpload"?}}`. At start it is
- * moved into the S3 destination (provider 'b2', credentials kept, sealed) and the file is removed.
+ * moved into the S3 destination (provider 'b2', credentials kept, sealed) and the file is removed; if
+ * an S3 destination is already configured nothing is moved and the file stays, with a warning.
  * B2's S3 endpoint and region were implied by the old client, so they must be filled in by a person:
  * the S3 section then reports `needsAttention: ['endpoint', 'region']`.
  */

@@ -174,7 +174,11 @@ export class SettingsService {
       .onConflictDoUpdate({ target: settingsTable.id, set: { doc, updatedAt: new Date() } });
   }
 
-  /** Moves a legacy plaintext B2 configuration into the S3 destination, then removes the file. */
+  /**
+   * Moves a legacy plaintext B2 configuration into the S3 destination, then removes the file. When an
+   * S3 destination is already configured nothing is moved, and the file, the only copy of the B2 key,
+   * is left where it is (a warning at each start says so).
+   */
   private async importLegacy(path: string): Promise<void> {
     const text = await readFile(path, 'utf8').catch(() => undefined);
     if (text === undefined) return;
@@ -189,16 +193,18 @@ export class SettingsService {
     }
     const s3 = this.current.offsite.s3;
     if (s3.enabled || s3.accessKeyId) {
-      this.deps.log.warn('legacy B2 settings ignored: an S3 destination is already configured', { path });
-    } else {
-      const next = structuredClone(this.current);
-      next.offsite.s3 = migrateLegacyB2(legacy);
-      await this.save(next);
-      this.current = next;
-      this.deps.log.info(
-        'legacy B2 settings moved to the S3 destination; endpoint and region need attention',
+      this.deps.log.warn(
+        'legacy B2 settings not migrated: an S3 destination is already configured. The file is left in ' +
+          'place; it holds the B2 application key in plain text: enter what you need by hand, then delete it',
+        { path },
       );
+      return;
     }
+    const next = structuredClone(this.current);
+    next.offsite.s3 = migrateLegacyB2(legacy);
+    await this.save(next);
+    this.current = next;
+    this.deps.log.info('legacy B2 settings moved to the S3 destination; endpoint and region need attention');
     // The file held the application key in plain text: it goes once its content is safely stored.
     await rm(path, { force: true });
   }

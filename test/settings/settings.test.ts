@@ -1,11 +1,13 @@
 // Settings through a real PostgreSQL: round-trip, secrets sealed at rest and masked, 422s that save nothing, legacy B2.
-import { access, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { access, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { maintenanceModule } from '../../agent/http/routes/maintenance';
 import { retentionModule, settingsModule } from '../../agent/http/routes/settings';
 import { openSecret } from '../../agent/keys/secrets';
+import { createLogger } from '../../agent/log';
+import { SettingsService } from '../../agent/settings/service';
 import type { Settings, SettingsPutResponse, SettingsView } from '../../shared/api/settings';
 import { startTestAgent, type TestAgent } from '../services/agent';
 import { startPostgres, type TestPostgres, withSql } from '../services/postgres';
@@ -297,6 +299,40 @@ describe('the legacy B2 configuration', () => {
       expect(legacy.agent.settings.get().offsite.s3.secretAccessKey).toBe('K004legacyAppKeyXyz');
     } finally {
       await legacy.close();
+      await rm(dataDir, { recursive: true, force: true });
+    }
+  });
+
+  it('is left in place, with a warning saying so, when an S3 destination is already configured', async () => {
+    const configured = await startTestAgent(pg, { modules });
+    const dataDir = await mkdtemp(join(tmpdir(), 'gem-legacy-kept-'));
+    try {
+      expect((await put({ offsite: { s3: fullBody.offsite.s3 } }, configured)).status).toBe(200);
+      const legacyPath = join(dataDir, 'settings.json');
+      const legacyText = JSON.stringify({
+        b2: { keyId: '0041a2b3c4d5e6f0000000002', applicationKey: 'K004onlyCopyOfKey', bucket: 'old-gem' },
+      });
+      await writeFile(legacyPath, legacyText, { mode: 0o600 });
+      const lines: { level: string; msg: string; path?: string }[] = [];
+      const log = createLogger({ level: 'debug', write: (line) => lines.push(JSON.parse(line)) });
+      const service = await SettingsService.open({
+        sql: configured.agent.sql,
+        keyring: configured.agent.keyring,
+        log,
+        dataDir,
+      });
+      // The configured destination is untouched, and the only copy of the B2 key is still there.
+      expect(service.get().offsite.s3).toMatchObject({
+        provider: 'minio',
+        secretAccessKey: SECRETS.s3Secret,
+      });
+      expect(await readFile(legacyPath, 'utf8')).toBe(legacyText);
+      const warning = lines.find((line) => line.level === 'warn' && /legacy B2/.test(line.msg));
+      expect(warning?.msg).toMatch(/not migrated.*left in place/);
+      expect(warning?.path).toBe(legacyPath);
+      expect(JSON.stringify(lines)).not.toContain('K004onlyCopyOfKey');
+    } finally {
+      await configured.close();
       await rm(dataDir, { recursive: true, force: true });
     }
   });
