@@ -37,6 +37,18 @@ function open() {
   return openAgent(loadConfig({ ...env, NODE_ENV: 'test' }), silentLogger);
 }
 
+/** True for a per-process work folder (`p<pid>`) whose process still runs. */
+function livePidFolder(entry: string): boolean {
+  const pid = /^p(\d+)$/.exec(entry)?.[1];
+  if (pid === undefined) return false;
+  try {
+    process.kill(Number(pid), 0);
+    return true;
+  } catch (error) {
+    return (error as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
 /** Restart + every promise: returns the problems found (none is the goal). */
 async function checkAfterRestart(): Promise<string[]> {
   const problems: string[] = [];
@@ -45,8 +57,12 @@ async function checkAfterRestart(): Promise<string[]> {
     const raw = await readdir(agent.paths.backups);
     const temps = raw.filter((n) => n.startsWith(TEMP_PREFIX));
     if (temps.length) problems.push(`temp files left: ${temps.join(', ')}`);
-    if (existsSync(agent.paths.work) && (await readdir(agent.paths.work)).length > 0)
-      problems.push('work folder not empty');
+    // The killed child worked in work/p<its pid>: after the restart only live processes' folders may be there.
+    const abandoned = (await readdir(join(dataDir, 'work')).catch(() => [] as string[])).filter(
+      (entry) => !livePidFolder(entry),
+    );
+    if (abandoned.length)
+      problems.push(`work folder holds what dead processes left: ${abandoned.join(', ')}`);
     const listed = await agent.catalog.list();
     if (listed.length !== raw.filter((n) => !n.startsWith(TEMP_PREFIX)).length)
       problems.push(`unlisted files in the backups folder: ${raw.join(', ')}`);
