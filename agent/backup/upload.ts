@@ -1,11 +1,50 @@
 /** Receiving a backup file from outside (page upload, offsite download): streamed to a temp file, checked, then listed. */
-import { stat } from 'node:fs/promises';
+import { mkdir, stat, statfs } from 'node:fs/promises';
+import { dirname } from 'node:path';
 import { type Readable, Transform } from 'node:stream';
-import { stanzaKeyIds } from '../../shared/envelope';
+import { stanzaKeyIds, tryParseHeader } from '../../shared/envelope';
 import type { Agent } from '../agent';
 import { AppError } from '../errors';
 import { writeFileAtomic } from '../system/atomic-file';
-import { readBackup, readHeaderOfFile } from './reader';
+import { envelopeToAppError, readBackup, readHeaderOfFile } from './reader';
+
+/** Free and total bytes of the file system holding a folder. */
+export interface DiskSpace {
+  free: number;
+  total: number;
+}
+
+/** Measures the file system holding `dir` (injectable for tests of a nearly full disk). */
+export type SpaceProbe = (dir: string) => Promise<DiskSpace>;
+
+export const statfsSpace: SpaceProbe = async (dir) => {
+  const s = await statfs(dir);
+  return { free: Number(s.bavail) * Number(s.bsize), total: Number(s.blocks) * Number(s.bsize) };
+};
+
+const GiB = 1024 ** 3;
+
+/**
+ * Room kept free beside the backups: the embedded database shares their file system and must keep
+ * room to grow, so an upload may not take its last 5% (at most 1 GiB of it).
+ */
+export function uploadReserve(total: number): number {
+  return Math.min(GiB, Math.floor(total * 0.05));
+}
+
+/** Free space is measured again after this many bytes, as other writers (the database) use it too. */
+const RECHECK_BYTES = 64 * 1024 * 1024;
+
+/** Past this, a header still unparsed cannot be a backup's (core 64 KiB + stanzas 1 MiB + framing). */
+const MAX_HEADER_BYTES = 8 + 4 + 65536 + 4 + 1048576 + 32;
+
+function noSpace(need: string, room: number): AppError {
+  const mb = (n: number) => `${Math.max(0, Math.floor(n / 1048576))} MB`;
+  return new AppError(
+    'no_space',
+    `not enough free disk space for this upload: ${need}, only ${mb(room)} may be used (some space is kept free for the database); nothing was kept`,
+  );
+}
 
 export interface ReceivedBackup {
   filename: string;
@@ -16,24 +55,65 @@ export interface ReceivedBackup {
 }
 
 /**
- * Streams `body` into the catalog under `name`. Before the file is listed, its size must match the
- * declared one and its header must parse; if we hold one of its keys, it is also verified end to
- * end. Any failure leaves nothing behind.
+ * Streams `body` into the catalog under `name`. Refused with 507 `no_space` before writing when the
+ * declared size does not fit in the free space minus the database's reserve, and stopped when the
+ * bytes received pass it; refused with 422 `not_a_backup` as soon as the first bytes are not a backup
+ * header. Before the file is listed, its size must match the declared one and its header must parse
+ * again; if we hold one of its keys, it is also verified end to end. Any failure leaves nothing behind.
  */
 export async function receiveUpload(
   agent: Pick<Agent, 'catalog' | 'keyring'>,
   name: string,
   body: Readable,
-  options: { declaredSize?: number; signal?: AbortSignal; onProgress?: (bytes: number) => void } = {},
+  options: {
+    declaredSize?: number;
+    signal?: AbortSignal;
+    onProgress?: (bytes: number) => void;
+    space?: SpaceProbe;
+  } = {},
 ): Promise<ReceivedBackup> {
   if (await agent.catalog.exists(name))
     throw new AppError('conflict', `a backup named ${name} already exists`);
+  // Refused before a byte is written when it cannot fit beside the database.
+  const dir = dirname(agent.catalog.pathOf(name));
+  await mkdir(dir, { recursive: true });
+  const probe = options.space ?? statfsSpace;
+  const space = await probe(dir);
+  const reserve = uploadReserve(space.total);
+  const room = space.free - reserve;
+  const declared =
+    options.declaredSize !== undefined && Number.isFinite(options.declaredSize)
+      ? options.declaredSize
+      : undefined;
+  if (declared !== undefined && declared > room)
+    throw noSpace(`it is ${Math.ceil(declared / 1048576)} MB`, room);
+  if (room <= 0) throw noSpace('the disk is nearly full', room);
+
   let received = 0;
+  let nextCheck = RECHECK_BYTES;
+  // The first bytes are checked as they arrive: anything but a backup's header ends the upload early.
+  let head: Buffer | undefined = Buffer.alloc(0);
   const counter = new Transform({
-    transform(chunk: Buffer, _e, cb) {
-      received += chunk.length;
-      options.onProgress?.(received);
-      cb(null, chunk);
+    async transform(chunk: Buffer, _e, cb) {
+      try {
+        received += chunk.length;
+        if (head) {
+          head = Buffer.concat([head, chunk]);
+          if (tryParseHeader(head)) head = undefined;
+          else if (head.length > MAX_HEADER_BYTES)
+            throw new AppError('not_a_backup', 'not a GEM backup file: its header does not end');
+        }
+        if (received > room) throw noSpace(`it is over ${Math.floor(room / 1048576)} MB`, room);
+        if (received >= nextCheck) {
+          nextCheck = received + RECHECK_BYTES;
+          const now = await probe(dir);
+          if (now.free < reserve) throw noSpace('the disk filled up while it was received', room - received);
+        }
+        options.onProgress?.(received);
+        cb(null, chunk);
+      } catch (error) {
+        cb(envelopeToAppError(error) as Error);
+      }
     },
   });
   let result: ReceivedBackup | undefined;
@@ -41,15 +121,8 @@ export async function receiveUpload(
     ...(options.signal ? { signal: options.signal } : {}),
     check: async (temp) => {
       const size = (await stat(temp)).size;
-      if (
-        options.declaredSize !== undefined &&
-        Number.isFinite(options.declaredSize) &&
-        size !== options.declaredSize
-      ) {
-        throw new AppError(
-          'bad_request',
-          `the upload was cut short: received ${size} of ${options.declaredSize} bytes`,
-        );
+      if (declared !== undefined && size !== declared) {
+        throw new AppError('bad_request', `the upload was cut short: received ${size} of ${declared} bytes`);
       }
       const header = await readHeaderOfFile(temp);
       const keyIds = stanzaKeyIds(header.stanzas);
