@@ -36,7 +36,8 @@ const SECURITY_HEADERS = {
 const cache = new Map<string, Buffer>();
 
 async function asset(name: string): Promise<Response> {
-  const type = ASSETS[name];
+  // Own keys only: `constructor`, `__proto__` or `toString` are not page assets.
+  const type = Object.hasOwn(ASSETS, name) ? ASSETS[name] : undefined;
   if (!type) throw new AppError('not_found', `no such page asset: ${name}`);
   let bytes = cache.get(name);
   if (!bytes) {
