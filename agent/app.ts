@@ -41,17 +41,18 @@ export function createApp(agent: Agent, modules: RouteModule[] = API_MODULES): H
   app.get('/healthz', (c) => c.json({ ok: true, version: AGENT_VERSION }));
 
   const api = new Hono();
-  api.use('*', requireToken(agent.token));
+  // The audit comes before the token check: a request turned away with 401 is an access too. One
+  // pattern per area: in Hono `/backups/*` matches `/backups` as well.
   api.use('/backups/*', auditRoutes(agent.audit));
-  api.use('/backups', auditRoutes(agent.audit));
   api.use('/keys/*', auditRoutes(agent.audit));
+  for (const module of modules) {
+    if (module.audited) api.use(`${module.path}/*`, auditRoutes(agent.audit));
+  }
+  api.use('*', requireToken(agent.token));
   api.route('/backups', backupRoutes(agent));
   api.route('/keys', keyRoutes(agent));
   api.route('/jobs', jobRoutes(agent));
-  for (const module of modules) {
-    if (module.audited) api.use(`${module.path}/*`, auditRoutes(agent.audit));
-    api.route(module.path, module.routes(agent));
-  }
+  for (const module of modules) api.route(module.path, module.routes(agent));
   app.route('/api/v1', api);
   // Prometheus expects /metrics at the root; it takes the admin token or GEM_METRICS_TOKEN.
   app.route('/metrics', metricsRoutes(agent));
