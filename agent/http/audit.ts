@@ -1,6 +1,7 @@
 /** The audit log: one JSON line per access to a backup or key route, with time, route and outcome. */
 import { appendFile } from 'node:fs/promises';
-import type { MiddlewareHandler } from 'hono';
+import { getConnInfo } from '@hono/node-server/conninfo';
+import type { Context, MiddlewareHandler } from 'hono';
 
 export class AuditLog {
   private queue: Promise<void> = Promise.resolve();
@@ -19,7 +20,19 @@ export class AuditLog {
   }
 }
 
-/** Records every request it wraps (after it ran), whatever the outcome. */
+/** The address of the peer that sent the request; none when the app is called without a socket (app.request). */
+function socketAddress(c: Context): string | undefined {
+  try {
+    return getConnInfo(c).remote.address;
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * Records every request it wraps (after it ran), whatever the outcome. `client` is the socket's peer
+ * (what cannot be forged); X-Forwarded-For, which any client may send, is kept apart as `forwardedFor`.
+ */
 export function auditRoutes(audit: AuditLog): MiddlewareHandler {
   return async (c, next) => {
     let failed = false;
@@ -35,7 +48,8 @@ export function auditRoutes(audit: AuditLog): MiddlewareHandler {
         route: c.req.path,
         status,
         outcome: failed || (status !== undefined && status >= 400) ? 'error' : 'ok',
-        client: c.req.header('x-forwarded-for') ?? undefined,
+        client: socketAddress(c),
+        forwardedFor: c.req.header('x-forwarded-for') ?? undefined,
       });
     }
   };

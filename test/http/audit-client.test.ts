@@ -1,0 +1,51 @@
+/** The audit log names the socket's peer as the client; X-Forwarded-For, which anyone may send, is a field apart. */
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import type { AddressInfo } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { type ServerType, serve } from '@hono/node-server';
+import { Hono } from 'hono';
+import { afterAll, describe, expect, it } from 'vitest';
+import { AuditLog, auditRoutes } from '../../agent/http/audit';
+
+const dirs: string[] = [];
+afterAll(async () => {
+  for (const dir of dirs) await rm(dir, { recursive: true, force: true });
+});
+
+describe('audit client', () => {
+  it('records the socket address as client and X-Forwarded-For as forwardedFor', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'gem-audit-'));
+    dirs.push(dir);
+    const audit = new AuditLog(join(dir, 'audit.log'));
+    const app = new Hono();
+    app.use('/backups/*', auditRoutes(audit));
+    app.get('/backups', (c) => c.json([]));
+    const server: ServerType = await new Promise((resolve) => {
+      const s = serve({ fetch: app.fetch, hostname: '127.0.0.1', port: 0 }, () => resolve(s));
+    });
+    try {
+      const { port } = server.address() as AddressInfo;
+      const res = await fetch(`http://127.0.0.1:${port}/backups`, {
+        headers: { 'x-forwarded-for': '203.0.113.9' },
+      });
+      expect(res.status).toBe(200);
+      await audit.flush();
+      const lines = (await readFile(join(dir, 'audit.log'), 'utf8'))
+        .trim()
+        .split('\n')
+        .map((line) => JSON.parse(line) as Record<string, unknown>);
+      expect(lines).toHaveLength(1);
+      expect(lines[0]).toMatchObject({ route: '/backups', status: 200, forwardedFor: '203.0.113.9' });
+      expect(String(lines[0]!.client)).toMatch(/^(::ffff:)?127\.0\.0\.1$/);
+    } finally {
+      await new Promise((resolve) => server.close(resolve));
+    }
+    // Called without a socket (app.request in tests), the line is still written, without a client.
+    await app.request('/backups');
+    await audit.flush();
+    const last = JSON.parse((await readFile(join(dir, 'audit.log'), 'utf8')).trim().split('\n').at(-1)!);
+    expect(last).toMatchObject({ route: '/backups', status: 200 });
+    expect(last.client).toBeUndefined();
+  });
+});
