@@ -3,7 +3,7 @@ import type { SlotMetadata } from '../../shared/api/cloud';
 import { DEFAULT_MAX_SKEW_SECONDS, toHex } from '../../shared/signing';
 import type { CloudDeps } from '../deps';
 import { CloudError } from '../errors';
-import { type InstallationStateApi, type SlotRecord, toMetadata } from '../state/ledger';
+import { type CommitOutcome, type InstallationStateApi, type SlotRecord, toMetadata } from '../state/ledger';
 
 /**
  * A fresh object key per backup: R2 has no rename, so a new backup is written beside the old one and
@@ -43,7 +43,18 @@ export async function commitToSlot(
   state: InstallationStateApi,
   next: SlotRecord,
 ): Promise<SlotMetadata> {
-  const outcome = await state.commitSlot(next);
+  return settleCommit(deps, next, await state.commitSlot(next));
+}
+
+/**
+ * After the state answered a commit of `next`: deletes the object the slot no longer points at
+ * (the replaced one, or `next` itself when a newer backup got there first, then 409).
+ */
+export async function settleCommit(
+  deps: CloudDeps,
+  next: SlotRecord,
+  outcome: CommitOutcome,
+): Promise<SlotMetadata> {
   if (!outcome.accepted) {
     await deps.store.delete(next.objectKey);
     throw olderBackup(outcome.current.createdAt);

@@ -6,7 +6,7 @@ import { type CloudVariables, requireSignature } from '../auth/signed';
 import { CloudError } from '../errors';
 import type { UploadRecord } from '../state/ledger';
 import { parseJsonBody } from './json-body';
-import { commitToSlot, newBackupKey, refuseFutureBackup, refuseIfOlder } from './slot-commit';
+import { newBackupKey, refuseFutureBackup, refuseIfOlder, settleCommit } from './slot-commit';
 
 const MIN_PART = 5 * 1024 * 1024; // R2/S3: every part but the last at least 5 MiB
 const MAX_PART = 95 * 1024 * 1024; // under the 100 MB Workers request body limit
@@ -56,9 +56,17 @@ export const uploadRoutes = new Hono<{ Variables: CloudVariables }>()
     if (claims.bln !== expected)
       throw new CloudError(400, 'bad_part_size', `part ${n} must be ${expected} bytes`);
     const body = c.req.raw.body ?? new Blob([]).stream();
-    const { etag } = await c
-      .get('deps')
-      .store.uploadPart(upload.objectKey, upload.storeUploadId, n, body, claims.bln, claims.bsh);
+    let etag: string;
+    try {
+      ({ etag } = await c
+        .get('deps')
+        .store.uploadPart(upload.objectKey, upload.storeUploadId, n, body, claims.bln, claims.bsh));
+    } catch (err) {
+      // Storage may hold these refused bytes under part n now, in place of a good part recorded
+      // before: un-record it, so the status shows it missing and the agent sends it again.
+      await state.forgetPart(upload.uploadId, n);
+      throw err;
+    }
     const part = { size: claims.bln, etag };
     if (!(await state.recordPart(upload.uploadId, n, part))) throw noSuchUpload();
     return c.json({ part: { n, ...part } });
@@ -70,35 +78,48 @@ export const uploadRoutes = new Hono<{ Variables: CloudVariables }>()
     const { state } = c.get('signed');
     const deps = c.get('deps');
     const upload = await openUpload(state, c.req.param('id'));
-    const parts = status(upload).parts;
-    const count = partCount(upload);
+    // The record stays (claimed) while storage completes: a failure keeps the upload resumable, and
+    // an opt-out or abort meanwhile takes the record, which the commit below then does not find.
+    const claimed = await state.claimUpload(upload.uploadId);
+    if (!claimed) throw noSuchUpload();
+    const parts = status(claimed).parts;
+    const count = partCount(claimed);
     if (parts.length !== count) {
+      await state.releaseUpload(claimed.uploadId);
       throw new CloudError(400, 'missing_parts', `received ${parts.length} of ${count} parts`);
     }
-    if (!(await state.takeUpload(upload.uploadId))) throw noSuchUpload();
     // Checked here rather than at create: the upload is dropped, so a resumed push starts afresh.
     try {
-      refuseFutureBackup(upload.createdAt);
+      refuseFutureBackup(claimed.createdAt);
     } catch (err) {
-      await deps.store.abortMultipart(upload.objectKey, upload.storeUploadId).catch(() => {});
+      await state.takeUpload(claimed.uploadId);
+      await deps.store.abortMultipart(claimed.objectKey, claimed.storeUploadId).catch(() => {});
       throw err;
     }
-    const stored = await deps.store.completeMultipart(upload.objectKey, upload.storeUploadId, parts);
-    if (stored.size !== upload.size) {
-      await deps.store.delete(upload.objectKey);
-      throw new CloudError(400, 'body_mismatch', `received ${stored.size} bytes, ${upload.size} declared`);
+    const stored = await completeInStore(deps, state, claimed, parts);
+    if (stored.size !== claimed.size) {
+      await state.takeUpload(claimed.uploadId);
+      await deps.store.delete(claimed.objectKey);
+      throw new CloudError(400, 'body_mismatch', `received ${stored.size} bytes, ${claimed.size} declared`);
     }
     // Each part's sha256 was checked as it streamed; storage cannot hash a multipart object as a
     // whole, so the slot records the declared sha256. The envelope's chunk tags and header MAC
     // authenticate the content end to end anyway.
-    const slot = await commitToSlot(deps, state, {
-      objectKey: upload.objectKey,
-      createdAt: upload.createdAt,
-      size: upload.size,
-      sha256: upload.sha256,
-      agentVersion: upload.agentVersion,
+    const next = {
+      objectKey: claimed.objectKey,
+      createdAt: claimed.createdAt,
+      size: claimed.size,
+      sha256: claimed.sha256,
+      agentVersion: claimed.agentVersion,
       uploadedAt: new Date().toISOString(),
-    });
+    };
+    const outcome = await state.finishUpload(claimed.uploadId, next);
+    if (!outcome) {
+      // Aborted or opted out while storage completed it: the object must not outlive the upload.
+      await deps.store.delete(claimed.objectKey);
+      throw noSuchUpload();
+    }
+    const slot = await settleCommit(deps, next, outcome);
     return c.json({ slot }, 201);
   })
   .delete('/v1/dr/uploads/:id', async (c) => {
@@ -107,6 +128,35 @@ export const uploadRoutes = new Hono<{ Variables: CloudVariables }>()
     await c.get('deps').store.abortMultipart(upload.objectKey, upload.storeUploadId);
     return c.json({ aborted: true });
   });
+
+/**
+ * Completes the multipart object in storage. When storage fails and the object did not appear, the
+ * claim is released (the upload and its parts stay) and the answer is a retryable 503.
+ */
+async function completeInStore(
+  deps: CloudVariables['deps'],
+  state: CloudVariables['signed']['state'],
+  upload: UploadRecord,
+  parts: { n: number; etag: string }[],
+): Promise<{ size: number }> {
+  try {
+    return await deps.store.completeMultipart(upload.objectKey, upload.storeUploadId, parts);
+  } catch (err) {
+    // Storage may have completed it and lost only its answer.
+    const landed = await deps.store.head(upload.objectKey).catch(() => null);
+    if (landed) return landed;
+    if (!(await state.releaseUpload(upload.uploadId))) throw noSuchUpload();
+    console.error(
+      'cloud: completing a multipart upload failed',
+      err instanceof Error ? err.message : String(err),
+    );
+    throw new CloudError(
+      503,
+      'storage_unavailable',
+      'storage could not complete the upload; its parts are kept: check the upload status and complete it again',
+    );
+  }
+}
 
 async function openUpload(state: CloudVariables['signed']['state'], uploadId: string): Promise<UploadRecord> {
   const upload = /^[0-9a-f]{32}$/.test(uploadId) ? await state.upload(uploadId) : null;

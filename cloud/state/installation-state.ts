@@ -68,6 +68,18 @@ export class InstallationState extends DurableObject<WorkerEnv> implements Insta
   ): Promise<UploadRecord | null> {
     return this.ledger.recordPart(uploadId, n, part);
   }
+  forgetPart(uploadId: string, n: number): Promise<UploadRecord | null> {
+    return this.ledger.forgetPart(uploadId, n);
+  }
+  claimUpload(uploadId: string): Promise<UploadRecord | null> {
+    return this.ledger.claimUpload(uploadId);
+  }
+  releaseUpload(uploadId: string): Promise<boolean> {
+    return this.ledger.releaseUpload(uploadId);
+  }
+  finishUpload(uploadId: string, next: SlotRecord): Promise<CommitOutcome | null> {
+    return this.ledger.finishUpload(uploadId, next);
+  }
   takeUpload(uploadId: string): Promise<UploadRecord | null> {
     return this.ledger.takeUpload(uploadId);
   }

@@ -19,7 +19,12 @@ export interface UploadRecord {
   partSize: number;
   parts: Record<string, { size: number; etag: string }>;
   lastActivityAt: number;
+  /** set while a completion is under way (ms since epoch), so that a second one waits its turn */
+  completingSince?: number;
 }
+
+/** A completion that crashed half way no longer blocks the next one after this long. */
+const COMPLETING_MS = 10 * 60_000;
 
 /** What the ledger needs from its storage: the Durable Object's storage API, or a stand-in on Node. */
 export interface LedgerStorage {
@@ -50,6 +55,14 @@ export interface InstallationStateApi {
   createUpload(upload: UploadRecord): Promise<void>;
   upload(uploadId: string): Promise<UploadRecord | null>;
   recordPart(uploadId: string, n: number, part: { size: number; etag: string }): Promise<UploadRecord | null>;
+  /** un-records part n (storage may hold other bytes under it now); the upload, or null if gone */
+  forgetPart(uploadId: string, n: number): Promise<UploadRecord | null>;
+  /** marks the upload as being completed and answers it; null when gone or already being completed */
+  claimUpload(uploadId: string): Promise<UploadRecord | null>;
+  /** ends a claim whose completion failed, keeping the upload; false when the upload is gone */
+  releaseUpload(uploadId: string): Promise<boolean>;
+  /** forgets the upload and commits `next` to the slot in one step; null when the upload is gone */
+  finishUpload(uploadId: string, next: SlotRecord): Promise<CommitOutcome | null>;
   /** forgets an upload (completed or aborted) and answers it */
   takeUpload(uploadId: string): Promise<UploadRecord | null>;
 }
@@ -132,6 +145,43 @@ export class InstallationLedger implements InstallationStateApi {
     await this.storage.put(UPLOAD + uploadId, upload);
     await this.storage.wakeBy(upload.lastActivityAt + this.uploadIdleMs);
     return upload;
+  }
+
+  async forgetPart(uploadId: string, n: number): Promise<UploadRecord | null> {
+    const upload = await this.upload(uploadId);
+    if (!upload) return null;
+    delete upload.parts[String(n)];
+    await this.storage.put(UPLOAD + uploadId, upload);
+    return upload;
+  }
+
+  async claimUpload(uploadId: string): Promise<UploadRecord | null> {
+    const upload = await this.upload(uploadId);
+    const now = Date.now();
+    if (!upload || (upload.completingSince !== undefined && now - upload.completingSince < COMPLETING_MS)) {
+      return null;
+    }
+    upload.completingSince = now;
+    upload.lastActivityAt = now;
+    await this.storage.put(UPLOAD + uploadId, upload);
+    await this.storage.wakeBy(upload.lastActivityAt + this.uploadIdleMs);
+    return upload;
+  }
+
+  async releaseUpload(uploadId: string): Promise<boolean> {
+    const upload = await this.upload(uploadId);
+    if (!upload) return false;
+    delete upload.completingSince;
+    upload.lastActivityAt = Date.now();
+    await this.storage.put(UPLOAD + uploadId, upload);
+    await this.storage.wakeBy(upload.lastActivityAt + this.uploadIdleMs);
+    return true;
+  }
+
+  async finishUpload(uploadId: string, next: SlotRecord): Promise<CommitOutcome | null> {
+    if (!(await this.upload(uploadId))) return null;
+    await this.storage.delete(UPLOAD + uploadId);
+    return this.commitSlot(next);
   }
 
   async takeUpload(uploadId: string): Promise<UploadRecord | null> {

@@ -35,6 +35,10 @@ export class S3InstallationStates {
       createUpload: call((l, upload) => l.createUpload(upload)),
       upload: call((l, id: string) => l.upload(id)),
       recordPart: call((l, id: string, n: number, part) => l.recordPart(id, n, part)),
+      forgetPart: call((l, id: string, n: number) => l.forgetPart(id, n)),
+      claimUpload: call((l, id: string) => l.claimUpload(id)),
+      releaseUpload: call((l, id: string) => l.releaseUpload(id)),
+      finishUpload: call((l, id: string, next) => l.finishUpload(id, next)),
       takeUpload: call((l, id: string) => l.takeUpload(id)),
     } as InstallationStateApi;
   }

@@ -45,8 +45,9 @@ export class R2SlotStore implements SlotStore {
     length: number,
     sha256Hex: string,
   ): Promise<{ etag: string }> {
-    // R2 has no checksum option for parts: hash the bytes on their way through, and refuse to record
-    // the part if they differ (a part never recorded is never used by complete).
+    // R2 has no checksum option for parts: hash the bytes on their way through, and refuse the part
+    // if they differ. R2 has stored them under n by then, over any earlier part n: the route
+    // un-records part n, so complete waits until it is sent again.
     const DigestStream = crypto.DigestStream;
     if (!DigestStream) throw new Error('crypto.DigestStream is not available outside workerd');
     const digest = new DigestStream('SHA-256');

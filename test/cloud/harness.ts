@@ -7,6 +7,7 @@ import { join } from 'node:path';
 import { exportJWK, generateKeyPair, type JWK } from 'jose';
 import type { Miniflare } from 'miniflare';
 import { buildWorker, startLocalWorker } from '../../cloud/local';
+import type { UploadRecord } from '../../cloud/state/ledger';
 import { BACKUP_CREATED_AT_HEADER } from '../../shared/api/cloud';
 import { signRequest } from '../../shared/signing';
 
@@ -45,6 +46,33 @@ export async function startCloud(bindings: Record<string, string> = {}): Promise
       await rm(dir, { recursive: true, force: true });
     },
   };
+}
+
+/** An upload's record as the installation's Durable Object holds it (its storage key and upload id). */
+export async function storedUpload(
+  cloud: CloudUnderTest,
+  installationId: string,
+  uploadId: string,
+): Promise<UploadRecord | null> {
+  const ns = (await cloud.mf.getDurableObjectNamespace('INSTALLATIONS')) as unknown as DurableObjectNamespace;
+  const hash = createHash('sha256').update(installationId).digest('hex');
+  const stub = ns.get(ns.idFromName(hash)) as unknown as {
+    upload(id: string): Promise<UploadRecord | null>;
+  };
+  return stub.upload(uploadId);
+}
+
+/** Whether R2 still takes parts for a multipart upload (false once it was aborted or completed). */
+export async function multipartIsOpen(cloud: CloudUnderTest, upload: UploadRecord): Promise<boolean> {
+  const bucket = (await cloud.mf.getR2Bucket('SLOTS')) as unknown as R2Bucket;
+  try {
+    await bucket
+      .resumeMultipartUpload(upload.objectKey, upload.storeUploadId)
+      .uploadPart(10_000, new Uint8Array(8));
+    return true;
+  } catch {
+    return false;
+  }
 }
 
 /** An installation with a real Ed25519 key pair. */
