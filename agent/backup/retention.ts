@@ -10,8 +10,16 @@ export interface PruneCandidate {
   createdAt: string;
   kind?: string;
   pinned?: boolean;
-  /** 'failed' if a verification found it bad: it never counts as "the newest good backup". */
+  /**
+   * 'ok' if it was read end to end with our keys (every backup we make is, as it is written): only such
+   * a backup can be "the newest good backup". 'failed' or unknown (a copy only a destination holds) never is.
+   */
   verifyResult?: 'ok' | 'failed';
+  /**
+   * Not ours: made by another installation or with keys we do not hold (another controller writing to
+   * the same offsite folder). Like a pinned backup it is never counted and never deleted.
+   */
+  foreign?: boolean;
 }
 
 export interface RetentionPolicy {
@@ -33,8 +41,9 @@ const newestFirst = (a: PruneCandidate, b: PruneCandidate) =>
 
 /**
  * The prune plan: per group (regular, safety) the newest N are kept and the older ones deleted, oldest
- * first in `delete`; pinned backups and names that are not backup names are always kept and not
- * counted; the newest good regular backup and `protect`ed names are always kept.
+ * first in `delete`; pinned backups, foreign ones and names that are not backup names are always kept
+ * and not counted; the newest good regular backup (verified ok: one we can surely restore) and
+ * `protect`ed names are always kept.
  */
 export function planPrune<T extends PruneCandidate>(
   list: T[],
@@ -46,13 +55,15 @@ export function planPrune<T extends PruneCandidate>(
   const keep: T[] = [];
   const remove: T[] = [];
   const eligible = list.filter((b) => {
-    const ours = isBackupName(b.filename) && !b.pinned;
+    const ours = isBackupName(b.filename) && !b.pinned && !b.foreign;
     if (!ours) keep.push(b);
     return ours;
   });
   const regular = eligible.filter((b) => b.kind !== 'safety').sort(newestFirst);
   const safety = eligible.filter((b) => b.kind === 'safety').sort(newestFirst);
-  const newestGood = regular.find((b) => b.verifyResult !== 'failed');
+  // Unverified is not good: a newer copy we never read (perhaps not even decryptable) must not push
+  // out the last backup we know we can restore.
+  const newestGood = regular.find((b) => b.verifyResult === 'ok');
   // A protected backup counts toward its quota like any other; beyond it, it is kept anyway.
   const protect = new Set(p.protect ?? []);
   for (const [i, b] of regular.entries()) {

@@ -2,7 +2,9 @@
 import { mkdir, mkdtemp, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { S3Input, SftpInput, SmbInput } from '../../shared/api/settings';
+import { type EnvelopeHeader, stanzaKeyIds, tryParseHeader } from '../../shared/envelope';
 import type { StorageProvider, StoredObject } from '../../shared/storage/index';
+import { isBackupName } from '../../shared/storage/names';
 import type { AfterBackupHook, Agent } from '../agent';
 import { type BackupInfo, checkBackupName } from '../backup/catalog';
 import { planPrune } from '../backup/retention';
@@ -79,6 +81,8 @@ const INPUT = { sftp: SftpInput, s3: S3Input, smb: SmbInput } as const;
 
 export class OffsiteService {
   readonly state: OffsiteStateStore;
+  /** Whether a remote object (destination, name, size, time) is ours, as its header said. */
+  private readonly ownership = new Map<string, boolean>();
 
   constructor(
     private readonly agent: Agent,
@@ -281,7 +285,12 @@ export class OffsiteService {
           this.agent.catalog.list(),
           withRetryList(provider, this.options.retry, ctx.signal),
         ]);
-        const plan = planPrune(syncCandidates(local, remote), {
+        const foreign = await this.foreignNames(provider, local, remote, ctx.signal);
+        if (foreign.size > 0) ctx.log.info('left alone: backups that are not ours', { names: [...foreign] });
+        const candidates = syncCandidates(local, remote).map((c) =>
+          foreign.has(c.filename) ? { ...c, foreign: true } : c,
+        );
+        const plan = planPrune(candidates, {
           maxBackups: this.agent.settings.get().autoBackup.maxBackups,
         });
         const failures: string[] = [];
@@ -289,6 +298,7 @@ export class OffsiteService {
         for (const candidate of plan.keep.sort((a, b) => a.createdAt.localeCompare(b.createdAt))) {
           ctx.throwIfCancelled();
           const name = candidate.filename;
+          if (candidate.foreign) continue; // another installation's: neither fetched nor spread
           try {
             if (candidate.local && !candidate.remote) {
               if (candidate.local.verifyResult === 'failed') continue; // a bad backup is not spread
@@ -454,11 +464,59 @@ export class OffsiteService {
     protect: string[] = [],
   ): Promise<string[]> {
     const [local, remote] = await Promise.all([this.agent.catalog.list(), provider.list()]);
-    const doomed = planRemotePrune(local, remote, maxBackups, protect);
+    const foreign = await this.foreignNames(provider, local, remote);
+    const ours = remote.filter((o) => !foreign.has(o.name));
+    const doomed = planRemotePrune(local, ours, maxBackups, protect);
     for (const name of doomed) await provider.delete(name);
     if (doomed.length)
       this.agent.log.info('retention pruned remote backups', { destination: provider.id, deleted: doomed });
     return doomed;
+  }
+
+  /**
+   * The names of the remote backups that are not ours: not in the local catalog, and their header
+   * (read without a key) names no key we hold or an installation we never were (another controller
+   * writing to the same folder), or cannot be read at all. Retention neither counts nor deletes them,
+   * and sync does not fetch them. A name's answer is remembered for the object's size and time.
+   */
+  private async foreignNames(
+    provider: StorageProvider,
+    local: BackupInfo[],
+    remote: StoredObject[],
+    signal?: AbortSignal,
+  ): Promise<Set<string>> {
+    const localNames = new Set(local.map((b) => b.filename));
+    const keyring = this.agent.keyring.toFile();
+    const held = new Set(keyring.masterKeys.map((k) => k.id));
+    const identities = new Set([
+      keyring.installationId,
+      ...keyring.retiredIdentities.map((i) => i.installationId),
+    ]);
+    const foreign = new Set<string>();
+    for (const object of remote) {
+      if (localNames.has(object.name) || !isBackupName(object.name)) continue;
+      const cacheKey = `${provider.id}\n${object.name}\n${object.size}\n${object.modifiedAt ?? ''}`;
+      let ours = this.ownership.get(cacheKey);
+      if (ours === undefined) {
+        const header = await readRemoteHeader(provider, object.name, signal).catch((error: unknown) => {
+          if (signal?.aborted) throw error;
+          this.agent.log.warn('the header of a remote backup could not be read; it is left alone', {
+            destination: provider.id,
+            filename: object.name,
+            error: describeError(error).message,
+          });
+          return undefined;
+        });
+        ours =
+          header !== undefined &&
+          identities.has(header.core.installationId) &&
+          stanzaKeyIds(header.stanzas).some((id) => held.has(id));
+        // Only a read header is remembered: a failed read is tried again next time.
+        if (header !== undefined) this.ownership.set(cacheKey, ours);
+      }
+      if (!ours) foreign.add(object.name);
+    }
+    return foreign;
   }
 
   /** Per destination: on/off, auto-upload, last upload and last sync (for health and the page). */
@@ -479,6 +537,34 @@ function withRetryList(
   signal: AbortSignal,
 ): Promise<StoredObject[]> {
   return withRetry(() => provider.list(), { ...retry, signal });
+}
+
+/** The most of a remote backup read to find its header (headers are a few KiB). */
+const MAX_HEADER_BYTES = 2 * 1024 * 1024;
+
+/** Reads just the header of a remote backup (no key needed), then stops the download. */
+async function readRemoteHeader(
+  provider: StorageProvider,
+  name: string,
+  signal?: AbortSignal,
+): Promise<EnvelopeHeader> {
+  const stream = await provider.get(name, signal ? { signal } : {});
+  const reader = stream.getReader();
+  const chunks: Uint8Array[] = [];
+  let length = 0;
+  try {
+    while (length < MAX_HEADER_BYTES) {
+      const { done, value } = await reader.read();
+      if (done) break;
+      chunks.push(value);
+      length += value.length;
+      const parsed = tryParseHeader(Buffer.concat(chunks));
+      if (parsed) return parsed.header;
+    }
+    throw new AppError('not_a_backup', `${name} is not a GEM backup (no readable header)`);
+  } finally {
+    await reader.cancel().catch(() => undefined);
+  }
 }
 
 const services = new WeakMap<Agent, OffsiteService>();

@@ -1,10 +1,14 @@
 // Auto-upload, Sync Now with retention on both sides, remote list/download/delete and restore-from-remote, on real servers.
-import { readdir, readFile } from 'node:fs/promises';
+import { randomBytes } from 'node:crypto';
+import { chmod, mkdir, readdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { backupNameFor } from '../../agent/backup/catalog';
 import { offsiteServiceFor } from '../../agent/offsite/index';
+import { createdAtFromName } from '../../agent/offsite/transfer';
 import { SftpProvider } from '../../agent/providers/sftp';
 import { databaseUrl } from '../../agent/system/postgres-tools';
+import { generateFileKey, newCore, sealStream, wrapForMasterKey } from '../../shared/envelope';
 import type { TestAgent } from '../services/agent';
 import { freePort } from '../services/ports';
 import { startPostgres, type TestPostgres, withSql } from '../services/postgres';
@@ -173,6 +177,58 @@ describe('Sync Now', () => {
     expect(gone.state).toBe('failed');
   });
 });
+
+describe('a destination folder shared with another installation', () => {
+  it('Sync Now and auto-upload neither count, download nor delete its backups, and keep ours', async () => {
+    for (const name of await localNames()) await t.agent.catalog.delete(name);
+    const ours = filenameOf(await backupNow(t));
+    const day = 24 * 3600 * 1000;
+    const newerForeign = backupNameFor(new Date(Date.now() + day));
+    const olderForeign = backupNameFor(new Date(Date.now() - 30 * day));
+    // Written as the other installation would, straight into the folder (which the SFTP user may write too).
+    await mkdir(join(sshd.root, 'shared'), { recursive: true });
+    await chmod(join(sshd.root, 'shared'), 0o777);
+    for (const name of [newerForeign, olderForeign]) {
+      await writeFile(join(sshd.root, 'shared', name), await foreignBackup(createdAtFromName(name)!));
+    }
+    await t.agent.settings.update({ autoBackup: { maxBackups: 1 }, offsite: { sftp: sftp('shared') } });
+
+    const job = await runJob(t, 'POST', '/offsite/sftp/sync');
+    expect(job.state, JSON.stringify(job.error)).toBe('succeeded');
+    expect(job.result).toEqual({ uploaded: [ours], downloaded: [], deleted: { remote: [], local: [] } });
+    expect(await localNames()).toEqual([ours]);
+    expect(await remoteNames('shared')).toEqual([olderForeign, ours, newerForeign].sort());
+
+    // Auto-upload prunes our older copy at the destination, never theirs.
+    await t.agent.settings.update({ offsite: { sftp: sftp('shared', true) } });
+    const next = filenameOf(await backupNow(t));
+    expect(await localNames()).toEqual([next]);
+    expect(await remoteNames('shared')).toEqual([olderForeign, next, newerForeign].sort());
+    await t.agent.settings.update({
+      autoBackup: { maxBackups: 10 },
+      offsite: { sftp: sftp('shared', false) },
+    });
+  });
+});
+
+/** A backup of another installation, sealed with a master key we do not hold. */
+async function foreignBackup(createdAt: string): Promise<Buffer> {
+  const fileKey = generateFileKey();
+  const key = { id: `mk-${randomBytes(8).toString('hex')}`, key: randomBytes(32) };
+  const core = newCore({
+    installationId: randomBytes(16).toString('hex'),
+    createdAt,
+    meta: { kind: 'scheduled' },
+  });
+  const sealed = sealStream(new Blob([randomBytes(20_000)]).stream() as ReadableStream<Uint8Array>, {
+    core,
+    stanzas: [await wrapForMasterKey(fileKey, key)],
+    fileKey,
+  });
+  const chunks: Uint8Array[] = [];
+  for await (const c of sealed as unknown as AsyncIterable<Uint8Array>) chunks.push(c);
+  return Buffer.concat(chunks);
+}
 
 describe('restore from a remote copy', () => {
   it('restores the SFTP copy end to end: data changed after the backup comes back', async () => {

@@ -1,4 +1,4 @@
-// The prune planner (pure): oldest first, pinned/foreign/protected kept, safety backups apart, newest good kept.
+// The prune planner (pure): oldest first, pinned/foreign/protected kept, safety backups apart, newest verified backup kept.
 import { describe, expect, it } from 'vitest';
 import { type PruneCandidate, planPrune } from '../../agent/backup/retention';
 
@@ -48,14 +48,36 @@ describe('planPrune', () => {
 
   it('never deletes the newest good backup, even when newer failed ones fill the quota', () => {
     const list = [
-      at(1),
-      at(2),
+      at(1, 'manual', { verifyResult: 'ok' }),
+      at(2, 'manual', { verifyResult: 'ok' }),
       at(3, 'manual', { verifyResult: 'failed' }),
       at(4, 'manual', { verifyResult: 'failed' }),
     ];
     const plan = planPrune(list, 2);
     expect(names(plan.delete)).toEqual(['2026-01-01']);
     expect(names(plan.keep)).toContain('2026-01-02');
+  });
+
+  it('counts only a backup verified ok as the newest good: newer unverified copies do not push it out', () => {
+    // Sync Now with maxBackups 1: ours is verified; the destination holds a newer copy we never read.
+    const ours = at(1, 'scheduled', { verifyResult: 'ok' });
+    const remoteOnly = { filename: at(2).filename, createdAt: at(2).createdAt };
+    const plan = planPrune([ours, remoteOnly], 1);
+    expect(plan.delete).toEqual([]);
+    expect(names(plan.keep).sort()).toEqual(['2026-01-01', '2026-01-02']);
+    // Among our own verified backups the documented rule is unchanged: the newest N are kept.
+    const verified = Array.from({ length: 4 }, (_, i) => at(i + 1, 'manual', { verifyResult: 'ok' }));
+    expect(names(planPrune(verified, 2).delete)).toEqual(['2026-01-01', '2026-01-02']);
+  });
+
+  it('foreign backups (another installation, keys we do not hold) are never deleted nor counted', () => {
+    const ours = Array.from({ length: 3 }, (_, i) => at(i + 1, 'scheduled', { verifyResult: 'ok' }));
+    const foreign = [at(4, 'scheduled', { foreign: true }), at(5, 'scheduled', { foreign: true })];
+    const plan = planPrune([...ours, ...foreign], 2);
+    expect(names(plan.delete)).toEqual(['2026-01-01']);
+    expect(names(plan.keep).sort()).toEqual(['2026-01-02', '2026-01-03', '2026-01-04', '2026-01-05']);
+    // Even with nothing of ours verified, a foreign backup is never in the plan's deletions.
+    expect(planPrune([at(1), ...foreign], 1).delete.some((b) => b.foreign)).toBe(false);
   });
 
   it('never deletes a protected name (the backup just made), whatever the clock said', () => {
