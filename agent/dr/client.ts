@@ -134,8 +134,9 @@ export class DrClient {
     return UploadStatusResponse.parse(JSON.parse(body.toString('utf8')));
   }
 
-  async completeUpload(uploadId: string): Promise<void> {
-    const res = await this.signed('POST', `/v1/dr/uploads/${uploadId}/complete`, emptyBody());
+  /** Completes the upload; `signal` lets an opt-out stop a completion that has not been sent yet. */
+  async completeUpload(uploadId: string, signal?: AbortSignal): Promise<void> {
+    const res = await this.signed('POST', `/v1/dr/uploads/${uploadId}/complete`, emptyBody(), { signal });
     await this.expect(res, [200, 201], 'completing the multipart upload');
   }
 

@@ -391,7 +391,8 @@ async function sendMultipart(
   // Every part on the wire settles before the push reports, so the state a later push resumes from is final.
   await Promise.all(inFlight);
   if (failure) throw failure.error;
-  await client.completeUpload(uploadId);
+  ctx.throwIfCancelled();
+  await client.completeUpload(uploadId, ctx.signal);
   return { partsSent, partsSkipped, retries };
 }
 

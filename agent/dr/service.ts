@@ -229,6 +229,18 @@ export class DrService {
     this.kickDeletion();
   }
 
+  /** Cancels a running push (if not yet cancelled) and resolves once it has ended. */
+  private async pushEnded(): Promise<void> {
+    const push = this.pushJobId ? this.agent.jobs.get(this.pushJobId) : undefined;
+    if (!push || push.endedAt) return;
+    try {
+      this.agent.jobs.cancel(push.id);
+    } catch {
+      // it ended meanwhile
+    }
+    await this.agent.jobs.waitFor(push.id);
+  }
+
   private async optBackIn(): Promise<void> {
     if (!(await this.state.get()).pendingDeletion) return;
     await this.state.update((s) => {
@@ -249,6 +261,9 @@ export class DrService {
   }
 
   private async attemptDeletion(): Promise<void> {
+    // A push cancelled by the opt-out may still be completing its upload: the delete waits for it to
+    // end, or that completion could land after the delete and fill the slot again.
+    await this.pushEnded();
     const s = await this.state.get();
     if (!s.pendingDeletion) return;
     if (!s.enrollment) {

@@ -48,8 +48,16 @@ export const slotRoutes = new Hono<{ Variables: CloudVariables }>()
     return new Response(obj.body, { status: 200, headers });
   })
   .delete('/v1/dr/backup', async (c) => {
-    const key = await c.get('signed').state.clearSlot();
-    if (key) await c.get('deps').store.delete(key);
+    const { state } = c.get('signed');
+    const { store } = c.get('deps');
+    // Open uploads go first: a completion still in flight then finds its upload gone and stores nothing.
+    for (const upload of await state.takeUploads()) {
+      await store.abortMultipart(upload.objectKey, upload.storeUploadId).catch((err) => {
+        console.error('cloud: aborting an upload at opt-out failed', (err as Error).message);
+      });
+    }
+    const key = await state.clearSlot();
+    if (key) await store.delete(key);
     return c.json({ deleted: key !== null });
   });
 

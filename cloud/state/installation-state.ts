@@ -83,6 +83,9 @@ export class InstallationState extends DurableObject<WorkerEnv> implements Insta
   takeUpload(uploadId: string): Promise<UploadRecord | null> {
     return this.ledger.takeUpload(uploadId);
   }
+  takeUploads(): Promise<UploadRecord[]> {
+    return this.ledger.takeUploads();
+  }
 
   /** Forgets expired request ids and aborts uploads idle for longer than the limit (24 h by default). */
   async alarm(): Promise<void> {

@@ -65,6 +65,8 @@ export interface InstallationStateApi {
   finishUpload(uploadId: string, next: SlotRecord): Promise<CommitOutcome | null>;
   /** forgets an upload (completed or aborted) and answers it */
   takeUpload(uploadId: string): Promise<UploadRecord | null>;
+  /** forgets every open upload and answers them (opt-out: their stored parts are to be aborted) */
+  takeUploads(): Promise<UploadRecord[]>;
 }
 
 const KEY = 'key';
@@ -188,6 +190,15 @@ export class InstallationLedger implements InstallationStateApi {
     const upload = await this.upload(uploadId);
     if (upload) await this.storage.delete(UPLOAD + uploadId);
     return upload;
+  }
+
+  async takeUploads(): Promise<UploadRecord[]> {
+    const uploads: UploadRecord[] = [];
+    for (const [key, upload] of await this.storage.list<UploadRecord>(UPLOAD)) {
+      await this.storage.delete(key);
+      uploads.push(upload);
+    }
+    return uploads;
   }
 
   /**

@@ -40,6 +40,7 @@ export class S3InstallationStates {
       releaseUpload: call((l, id: string) => l.releaseUpload(id)),
       finishUpload: call((l, id: string, next) => l.finishUpload(id, next)),
       takeUpload: call((l, id: string) => l.takeUpload(id)),
+      takeUploads: call((l) => l.takeUploads()),
     } as InstallationStateApi;
   }
 

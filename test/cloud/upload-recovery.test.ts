@@ -1,10 +1,11 @@
-// Multipart uploads after a refused part or a failed completion: the upload stays resumable, nothing is lost.
+// Multipart uploads after a refused part, a failed completion and an opt-out: nothing is lost, nothing outlives the opt-out.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
   type CloudUnderTest,
   enroll,
   generatedBytes,
   httpRequest,
+  multipartIsOpen,
   newInstallation,
   sha256,
   signedEmpty,
@@ -123,5 +124,20 @@ describe('multipart uploads that go wrong', () => {
     const got = await signedEmpty(cloud, inst, 'GET', '/v1/dr/backup');
     expect(got.status).toBe(200);
     expect(got.sha256).toBe(sha256(whole));
+  });
+
+  it('an upload opened before the opt-out cannot fill the slot again', async () => {
+    const { uploadId } = await uploadWithParts(23, '2026-03-03T00:00:00.000Z');
+    const record = await storedUpload(cloud, inst.installationId, uploadId);
+    expect(await multipartIsOpen(cloud, record!)).toBe(true);
+    const del = await signedEmpty(cloud, inst, 'DELETE', '/v1/dr/backup');
+    expect(del.status).toBe(200);
+    const late = await complete(uploadId);
+    expect(late.status).toBe(404);
+    expect(late.json().error.code).toBe('no_upload');
+    expect((await signedEmpty(cloud, inst, 'HEAD', '/v1/dr/backup')).status).toBe(404);
+    expect(await cloud.listSlotObjects(inst.installationId)).toEqual([]);
+    // The opt-out aborted the stored multipart upload as well.
+    expect(await multipartIsOpen(cloud, record!)).toBe(false);
   });
 });
