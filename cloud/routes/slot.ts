@@ -56,9 +56,19 @@ export const slotRoutes = new Hono<{ Variables: CloudVariables }>()
         console.error('cloud: aborting an upload at opt-out failed', (err as Error).message);
       });
     }
-    const key = await state.clearSlot();
-    if (key) await store.delete(key);
-    return c.json({ deleted: key !== null });
+    let deleted = false;
+    // A few rounds: a backup committed between the read and the clear is deleted as well.
+    for (let round = 0; round < 3; round++) {
+      const slot = await state.slot();
+      if (!slot) break;
+      // The object before the pointer: when the delete fails, a retry still finds the pointer.
+      await store.delete(slot.objectKey);
+      if (await state.clearSlot(slot.objectKey)) {
+        deleted = true;
+        break;
+      }
+    }
+    return c.json({ deleted });
   });
 
 function slotHeaders(slot: SlotMetadata): Headers {

@@ -52,8 +52,8 @@ export class InstallationState extends DurableObject<WorkerEnv> implements Insta
   commitSlot(next: SlotRecord): Promise<CommitOutcome> {
     return this.ledger.commitSlot(next);
   }
-  clearSlot(): Promise<string | null> {
-    return this.ledger.clearSlot();
+  clearSlot(objectKey: string): Promise<boolean> {
+    return this.ledger.clearSlot(objectKey);
   }
   createUpload(upload: UploadRecord): Promise<void> {
     return this.ledger.createUpload(upload);

@@ -50,8 +50,8 @@ export interface InstallationStateApi {
   slot(): Promise<SlotRecord | null>;
   /** switches the slot to `next` unless the slot holds a backup created later */
   commitSlot(next: SlotRecord): Promise<CommitOutcome>;
-  /** empties the slot; answers the object key to delete */
-  clearSlot(): Promise<string | null>;
+  /** empties the slot if it still points at `objectKey` (the caller deleted that object first) */
+  clearSlot(objectKey: string): Promise<boolean>;
   createUpload(upload: UploadRecord): Promise<void>;
   upload(uploadId: string): Promise<UploadRecord | null>;
   recordPart(uploadId: string, n: number, part: { size: number; etag: string }): Promise<UploadRecord | null>;
@@ -119,11 +119,11 @@ export class InstallationLedger implements InstallationStateApi {
     };
   }
 
-  async clearSlot(): Promise<string | null> {
+  async clearSlot(objectKey: string): Promise<boolean> {
     const current = await this.slot();
-    if (!current) return null;
+    if (current?.objectKey !== objectKey) return false;
     await this.storage.delete(SLOT);
-    return current.objectKey;
+    return true;
   }
 
   async createUpload(upload: UploadRecord): Promise<void> {

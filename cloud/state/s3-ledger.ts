@@ -31,7 +31,7 @@ export class S3InstallationStates {
       admitRequest: call((l, jti: string, exp: number) => l.admitRequest(jti, exp)),
       slot: call((l) => l.slot()),
       commitSlot: call((l, next) => l.commitSlot(next)),
-      clearSlot: call((l) => l.clearSlot()),
+      clearSlot: call((l, key: string) => l.clearSlot(key)),
       createUpload: call((l, upload) => l.createUpload(upload)),
       upload: call((l, id: string) => l.upload(id)),
       recordPart: call((l, id: string, n: number, part) => l.recordPart(id, n, part)),
