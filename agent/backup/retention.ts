@@ -82,11 +82,26 @@ export async function planLocalPrune(agent: Agent, protect: string[] = []): Prom
   });
 }
 
-/** Deletes the local backups the plan names, oldest first (never those in `protect`); returns their names. */
+/** The backups a job not yet ended (verify, upload, download, restore) has as its target: not to be deleted now. */
+export function busyBackupNames(agent: Pick<Agent, 'jobs'>): Set<string> {
+  return new Set(
+    agent.jobs
+      .active()
+      .map((job) => job.target)
+      .filter((target): target is string => target !== undefined && isBackupName(target)),
+  );
+}
+
+/**
+ * Deletes the local backups the plan names, oldest first (never those in `protect`, nor one a running
+ * job targets: it stays until a later prune); returns their names.
+ */
 export async function pruneLocal(agent: Agent, protect: string[] = []): Promise<string[]> {
-  const plan = await planLocalPrune(agent, protect);
+  const plan = await planLocalPrune(agent, [...protect, ...busyBackupNames(agent)]);
   const deleted: string[] = [];
   for (const backup of plan.delete) {
+    // Checked again at each deletion: a verify or upload may have started since the plan was made.
+    if (busyBackupNames(agent).has(backup.filename)) continue;
     await agent.catalog.delete(backup.filename);
     deleted.push(backup.filename);
   }

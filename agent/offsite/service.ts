@@ -7,7 +7,7 @@ import type { StorageProvider, StoredObject } from '../../shared/storage/index';
 import { isBackupName } from '../../shared/storage/names';
 import type { AfterBackupHook, Agent } from '../agent';
 import { type BackupInfo, checkBackupName } from '../backup/catalog';
-import { planPrune } from '../backup/retention';
+import { busyBackupNames, planPrune } from '../backup/retention';
 import { AppError, describeError } from '../errors';
 import { validationError } from '../http/errors';
 import type { Job, JobContext } from '../jobs/runner';
@@ -325,6 +325,8 @@ export class OffsiteService {
         }
         ctx.phase('pruning');
         for (const candidate of plan.delete) {
+          // A running job (verify, download) reads it: it stays until a later sync.
+          if (busyBackupNames(this.agent).has(candidate.filename)) continue;
           if (candidate.remote) {
             await provider.delete(candidate.filename);
             result.deleted.remote.push(candidate.filename);
@@ -466,7 +468,7 @@ export class OffsiteService {
     const [local, remote] = await Promise.all([this.agent.catalog.list(), provider.list()]);
     const foreign = await this.foreignNames(provider, local, remote);
     const ours = remote.filter((o) => !foreign.has(o.name));
-    const doomed = planRemotePrune(local, ours, maxBackups, protect);
+    const doomed = planRemotePrune(local, ours, maxBackups, [...protect, ...busyBackupNames(this.agent)]);
     for (const name of doomed) await provider.delete(name);
     if (doomed.length)
       this.agent.log.info('retention pruned remote backups', { destination: provider.id, deleted: doomed });

@@ -3,6 +3,7 @@ import { readdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startBackup } from '../../agent/backup/operations';
+import { pruneLocal } from '../../agent/backup/retention';
 import { retentionModule, settingsModule } from '../../agent/http/routes/settings';
 import type { Job } from '../../agent/jobs/runner';
 import { startTestAgent, type TestAgent } from '../services/agent';
@@ -86,5 +87,28 @@ describe('retention of local backups', () => {
     expect(files).toContain('gem-backup-old-copy.tar.gz');
     for (const gone of unpinnedOld) expect(files).not.toContain(gone);
     expect(unpinnedOld.length + regular.slice(7, 8).length).toBe(7);
+  });
+
+  it('leaves a backup that a running job (a verify) has as its target; the next prune takes it', async () => {
+    await t.agent.settings.update({ autoBackup: { maxBackups: 1 } });
+    const regular = (await t.agent.catalog.list()).filter((b) => b.kind !== 'safety' && !b.pinned);
+    expect(regular.length).toBeGreaterThan(1);
+    const oldest = regular.at(-1)!.filename;
+    let release!: () => void;
+    const held = new Promise<void>((resolve) => {
+      release = resolve;
+    });
+    const verify = await t.agent.jobs.start('verify', () => held, { mutating: false, target: oldest });
+    try {
+      const deleted = await pruneLocal(t.agent);
+      expect(deleted).not.toContain(oldest);
+      expect(deleted.length).toBe(regular.length - 2);
+      expect(await localNames()).toContain(oldest);
+    } finally {
+      release();
+      await t.agent.jobs.waitFor(verify.id);
+    }
+    expect(await pruneLocal(t.agent)).toEqual([oldest]);
+    expect(await localNames()).not.toContain(oldest);
   });
 });
