@@ -1,4 +1,6 @@
-/** createApp(agent): the agent's Hono app, testable with app.request(). */
+/** createApp(agent): the agent's Hono app, testable with app.request(); serveApp serves it over HTTP. */
+import type { AddressInfo } from 'node:net';
+import { type ServerType, serve } from '@hono/node-server';
 import { Hono } from 'hono';
 import type { Agent } from './agent';
 import { auditRoutes } from './http/audit';
@@ -58,4 +60,21 @@ export function createApp(agent: Agent, modules: RouteModule[] = API_MODULES): H
   app.route('/metrics', metricsRoutes(agent));
   app.route('/', uiRoutes(agent));
   return app;
+}
+
+/**
+ * Options of the agent's HTTP server. No request timeout: an upload of a large backup
+ * (POST /api/v1/backups/upload) may last far longer than Node's default 300 s. The headers timeout
+ * stays Node's 60 s, given explicitly since Node derives its default from requestTimeout (0 would
+ * turn it off too): a client that never finishes its headers is still cut off.
+ */
+export const SERVER_OPTIONS = { requestTimeout: 0, headersTimeout: 60_000 } as const;
+
+/** Serves `app` on hostname:port with SERVER_OPTIONS (main.ts starts the agent with it). */
+export function serveApp(
+  app: Hono,
+  address: { hostname: string; port: number },
+  onListening?: (info: AddressInfo) => void,
+): ServerType {
+  return serve({ fetch: app.fetch, ...address, serverOptions: SERVER_OPTIONS }, onListening);
 }

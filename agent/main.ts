@@ -1,8 +1,7 @@
 /** The one place that wires real dependencies and starts everything: `npm start`. */
-import { serve } from '@hono/node-server';
 import { openAgent } from './agent';
 import { alertsFor } from './alerts/notifier';
-import { createApp } from './app';
+import { createApp, serveApp } from './app';
 import { loadConfig } from './config';
 import { drServiceFor } from './dr/service';
 import { healthFor } from './health/service';
@@ -31,7 +30,7 @@ async function main(): Promise<void> {
   await verification.start();
   const alerts = alertsFor(agent, health);
   alerts.start();
-  const server = serve({ fetch: app.fetch, hostname: config.host, port: config.port }, (info) => {
+  const server = serveApp(app, { hostname: config.host, port: config.port }, (info) => {
     const url = `http://${config.host}:${info.port}/`;
     log.info('agent listening', {
       url,
