@@ -1,8 +1,9 @@
 /** The one place that wires real dependencies and starts everything: `npm start`. */
-import { openAgent } from './agent';
+import { readFile } from 'node:fs/promises';
+import { type Agent, openAgent } from './agent';
 import { alertsFor } from './alerts/notifier';
 import { createApp, serveApp } from './app';
-import { loadConfig } from './config';
+import { dataPaths, loadConfig } from './config';
 import { drServiceFor } from './dr/service';
 import { healthFor } from './health/service';
 import { Scheduler } from './jobs/scheduler';
@@ -11,10 +12,31 @@ import { metricsFor } from './metrics/recorder';
 import { VerificationScheduler } from './verification/schedule';
 import { AGENT_VERSION } from './version';
 
+/**
+ * What a person starting the agent reads. The admin token itself only when this start created it:
+ * output lands in systemd or docker logs, which must not carry it at every start.
+ */
+function startupMessage(agent: Agent, url: string, tokenCreated: boolean): string {
+  const token = tokenCreated
+    ? `Admin token: ${agent.token}`
+    : agent.config.agentToken
+      ? 'Admin token: the one in GEM_AGENT_TOKEN'
+      : `Admin token: in ${agent.paths.token}`;
+  return `\nGEM Backup & Restore is running at ${url}\n${token}\n\n`;
+}
+
 async function main(): Promise<void> {
   const config = loadConfig();
   const log = createLogger({ level: config.logLevel, base: { service: 'gem-backup-agent' } });
+  // The token file as it was before this start: openAgent creates it when there is none.
+  const tokenBefore = config.agentToken
+    ? undefined
+    : await readFile(dataPaths(config.dataDir).token, 'utf8').then(
+        (text) => text.trim(),
+        () => undefined,
+      );
   const agent = await openAgent(config, log, { ownCluster: true });
+  const tokenCreated = !config.agentToken && tokenBefore !== agent.token;
   // Metrics count jobs from the start; the health watchdog watches them.
   metricsFor(agent);
   const health = healthFor(agent);
@@ -32,13 +54,10 @@ async function main(): Promise<void> {
   alerts.start();
   const server = serveApp(app, { hostname: config.host, port: config.port }, (info) => {
     const url = `http://${config.host}:${info.port}/`;
-    log.info('agent listening', {
-      url,
-      version: AGENT_VERSION,
-      installationId: agent.keyring.installationId,
-    });
+    // Not the installation id: it is the Cloud DR recovery credential, and logs travel far.
+    log.info('agent listening', { url, version: AGENT_VERSION });
     // Printed plainly (not in the JSON log) so a person starting the agent sees how to sign in.
-    process.stdout.write(`\nGEM Backup & Restore is running at ${url}\nAdmin token: ${agent.token}\n\n`);
+    process.stdout.write(startupMessage(agent, url, tokenCreated));
   });
 
   let stopping = false;

@@ -37,7 +37,8 @@ export async function importKeysFile(agent: Agent, text: string, passphrase?: st
   const imported = await parseKeysExport(text, passphrase);
   const before = agent.keyring.activeKey.id;
   await agent.keyring.importKeys(imported);
-  agent.log.info('keys imported', { installationId: imported.installationId, previousKeyId: before });
+  // Not the installation id: it is the Cloud DR recovery credential.
+  agent.log.info('keys imported', { previousKeyId: before, activeKeyId: agent.keyring.activeKey.id });
   return {
     imported: true,
     installationId: agent.keyring.installationId,

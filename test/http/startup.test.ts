@@ -1,0 +1,114 @@
+/** What `npm start` prints: the admin token at the start that created it only, never the installation id. */
+import { type ChildProcess, spawn } from 'node:child_process';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { startPostgres, type TestPostgres } from '../services/postgres';
+
+let pg: TestPostgres;
+let databaseUrl: string;
+let dataDir: string;
+const children: ChildProcess[] = [];
+
+beforeAll(async () => {
+  pg = await startPostgres();
+  databaseUrl = await pg.createDatabase();
+  dataDir = await mkdtemp(join(tmpdir(), 'gem-startup-'));
+});
+afterAll(async () => {
+  for (const child of children) if (child.exitCode === null) child.kill('SIGKILL');
+  await pg?.stop();
+  if (dataDir) await rm(dataDir, { recursive: true, force: true });
+});
+
+interface Run {
+  /** stdout and stderr together: what systemd or docker would keep. */
+  output: string;
+  url: string;
+}
+
+/**
+ * Starts agent/main.ts as `npm start` does (its own process), runs `whileUp` against it, then stops
+ * it with SIGINT and returns everything it wrote.
+ */
+async function runAgent(
+  env: Record<string, string>,
+  whileUp: (url: string) => Promise<void> = async () => {},
+) {
+  const childEnv: NodeJS.ProcessEnv = {
+    ...process.env,
+    DATABASE_URL: databaseUrl,
+    GEM_DATA_DIR: dataDir,
+    GEM_PG_BIN: pg.binDir,
+    PORT: '0',
+    HOST: '127.0.0.1',
+    NODE_ENV: 'test',
+    ...env,
+  };
+  if (!env.GEM_AGENT_TOKEN) delete childEnv.GEM_AGENT_TOKEN;
+  const child = spawn(process.execPath, ['--import', 'tsx', 'agent/main.ts'], {
+    cwd: process.cwd(),
+    env: childEnv,
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  children.push(child);
+  let output = '';
+  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+  const url = await new Promise<string>((resolve, reject) => {
+    const onData = (chunk: Buffer) => {
+      output += chunk.toString('utf8');
+      const match = /is running at (http:\/\/\S+)/.exec(output);
+      if (match) resolve(match[1]!);
+    };
+    child.stdout!.on('data', onData);
+    child.stderr!.on('data', onData);
+    void exited.then((code) => reject(new Error(`the agent exited (${code}) before listening:\n${output}`)));
+  });
+  await whileUp(url);
+  child.kill('SIGINT');
+  expect(await exited).toBe(0);
+  return { output, url } satisfies Run;
+}
+
+describe('startup output', () => {
+  it('prints a new admin token once, never again, and never the installation id', async () => {
+    let installationId = '';
+    const first = await runAgent({}, async (url) => {
+      const token = (await readFile(join(dataDir, 'agent-token'), 'utf8')).trim();
+      const res = await fetch(`${url}api/v1/keys/status`, { headers: { authorization: `Bearer ${token}` } });
+      installationId = ((await res.json()) as { installationId: string }).installationId;
+    });
+    const token = (await readFile(join(dataDir, 'agent-token'), 'utf8')).trim();
+    expect(token.length).toBeGreaterThanOrEqual(32);
+    expect(installationId.length).toBeGreaterThan(0);
+    expect(first.output).toContain(`Admin token: ${token}`);
+    // (The keyring's own "created a new keyring" line, agent/keys, is not main.ts's to change.)
+    const listening = first.output.split('\n').find((line) => line.includes('agent listening'));
+    expect(listening).toBeDefined();
+    expect(listening).not.toContain(installationId);
+
+    const second = await runAgent({}, async (url) => {
+      // A keys import (of our own keys) is logged, without the installation id.
+      const auth = { authorization: `Bearer ${token}` };
+      const file = await (await fetch(`${url}api/v1/keys/export`, { headers: auth })).text();
+      const imported = await fetch(`${url}api/v1/keys/import`, {
+        method: 'POST',
+        headers: { ...auth, 'content-type': 'application/json' },
+        body: JSON.stringify({ file }),
+      });
+      expect(imported.status).toBe(200);
+    });
+    expect(second.output).toContain('is running at');
+    expect(second.output).toContain('keys imported');
+    expect(second.output).not.toContain(token);
+    expect(second.output).toContain(`Admin token: in ${join(dataDir, 'agent-token')}`);
+    expect(second.output).not.toContain(installationId);
+
+    const fromEnvironment = 'environment-token-0123456789abcdef';
+    const third = await runAgent({ GEM_AGENT_TOKEN: fromEnvironment });
+    expect(third.output).not.toContain(fromEnvironment);
+    expect(third.output).not.toContain(token);
+    expect(third.output).not.toContain(installationId);
+  });
+});
