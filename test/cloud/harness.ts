@@ -6,6 +6,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { exportJWK, generateKeyPair, type JWK } from 'jose';
 import type { Miniflare } from 'miniflare';
+import { expect } from 'vitest';
 import { buildWorker, startLocalWorker } from '../../cloud/local';
 import type { UploadRecord } from '../../cloud/state/ledger';
 import { BACKUP_CREATED_AT_HEADER } from '../../shared/api/cloud';
@@ -241,4 +242,87 @@ export async function generatedSha256(total: number, seed: number, from = 0): Pr
   const hash = createHash('sha256');
   for await (const piece of generatedBytes(total, seed, from)) hash.update(piece);
   return hash.digest('hex');
+}
+
+/** Far more than any limit involved; the client never gets near it when the Worker stops reading early. */
+export const CAP = 48 * 1024 * 1024;
+
+/**
+ * Sends a body piece by piece until the answer arrives or CAP bytes are sent, whichever is first. At
+ * CAP a chunked body is ended (a Worker that reads it whole answers then); a body with a declared
+ * Content-Length is given up. An answer to a request whose body was never ended proves the Worker
+ * answered without reading the body to its end.
+ */
+export function sendUntilAnswered(
+  cloud: { url: string },
+  method: string,
+  path: string,
+  headers: Record<string, string>,
+): Promise<{ status: number; body: string; ended: boolean; sent: number; reset?: boolean }> {
+  return new Promise((resolve, reject) => {
+    let ended = false;
+    let sent = 0;
+    let answered: (() => void) | undefined;
+    const answer = new Promise<void>((r) => {
+      answered = r;
+    });
+    let isAnswered = false;
+    const req = http.request(`${cloud.url}${path}`, { method, headers, agent: false }, (res) => {
+      isAnswered = true;
+      answered?.();
+      const chunks: Buffer[] = [];
+      res.on('data', (c: Buffer) => chunks.push(c));
+      res.on('error', reject);
+      res.on('end', () => {
+        req.destroy();
+        resolve({ status: res.statusCode ?? 0, body: Buffer.concat(chunks).toString(), ended, sent });
+      });
+    });
+    req.on('error', (err: NodeJS.ErrnoException) => {
+      if (isAnswered) return; // the Worker dropping the unread rest after its answer: expected
+      // The Worker closed with unread bytes on the wire, and the reset overtook its answer.
+      if (err.code === 'ECONNRESET' || err.code === 'EPIPE') {
+        resolve({ status: 0, body: '', ended, sent, reset: true });
+      } else reject(err);
+    });
+    const piece = Buffer.alloc(256 * 1024, 0x7b);
+    void (async () => {
+      while (!isAnswered && sent < CAP) {
+        const flushed = req.write(piece);
+        sent += piece.length;
+        if (!flushed) await Promise.race([new Promise((r) => req.once('drain', r)), answer]);
+      }
+      if (isAnswered) return;
+      ended = true;
+      if (headers['content-length'] === undefined) req.end();
+      else {
+        req.destroy();
+        resolve({ status: 0, body: '', ended, sent });
+      }
+    })().catch(() => {});
+  });
+}
+
+/**
+ * Asks up to five times. Every attempt must end before its body was sent whole (the proof that the
+ * Worker did not read it to the end); a closed socket can overtake the answer now and then, so at
+ * least one attempt must also have read the expected status.
+ */
+export async function refusedUnread(
+  cloud: { url: string },
+  method: string,
+  path: string,
+  headers: () => Promise<Record<string, string>>,
+  status: number,
+): Promise<{ status: number; body: string }> {
+  for (let attempt = 1; attempt <= 5; attempt++) {
+    const res = await sendUntilAnswered(cloud, method, path, await headers());
+    expect(res.ended).toBe(false);
+    expect(res.sent).toBeLessThan(CAP);
+    if (!res.reset) {
+      expect(res.status).toBe(status);
+      return res;
+    }
+  }
+  throw new Error(`five resets and no ${status} answer from ${path}`);
 }

@@ -16,11 +16,13 @@ import {
   type CloudUnderTest,
   enroll,
   httpRequest,
+  multipartIsOpen,
   newInstallation,
   putBackup,
   sha256,
   signedHeaders,
   startCloud,
+  storedUpload,
   type TestInstallation,
 } from './harness';
 
@@ -156,6 +158,9 @@ describe('abandoned uploads', () => {
     const created = await httpRequest(`${cloud.url}/v1/dr/uploads`, { method: 'POST', headers, body });
     expect(created.status).toBe(201);
     const { uploadId } = created.json();
+    const record = await storedUpload(cloud, inst.installationId, uploadId);
+    expect(record).not.toBeNull();
+    expect(await multipartIsOpen(cloud, record!)).toBe(true);
     const status = async () => {
       const h = await signedHeaders(inst, 'GET', `/v1/dr/uploads/${uploadId}`, {
         sha256: sha256(new Uint8Array(0)),
@@ -171,5 +176,7 @@ describe('abandoned uploads', () => {
       last = await status();
     }
     expect(last).toBe(404);
+    // Forgetting the record is not enough: the stored multipart upload (and its parts) is aborted.
+    expect(await multipartIsOpen(cloud, record!)).toBe(false);
   });
 });
