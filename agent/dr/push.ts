@@ -173,7 +173,8 @@ async function ensureEnrolled(deps: PushDeps): Promise<void> {
   await deps.state.update((s) => {
     s.enrollment = { installationId: keyring.installationId, publicKeyX: x, at: new Date().toISOString() };
   });
-  deps.agent.log.info('enrolled with the DR cloud', { installationId: keyring.installationId });
+  // Not the installation id: it is the recovery credential, and logs are not the place for it.
+  deps.agent.log.info('enrolled with the DR cloud');
 }
 
 async function pinnedEscrowKey(deps: PushDeps): Promise<EscrowKey> {

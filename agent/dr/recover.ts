@@ -133,7 +133,8 @@ export async function recoverFromCloud(
       };
       delete s.upload;
     });
-    ctx.log.info('recovered keys installed', { installationId: recovered.installationId });
+    // Not the installation id: it is the recovery credential, and logs are not the place for it.
+    ctx.log.info('recovered keys installed');
 
     // 3. A local backup like any other (receiveUpload checks it again with the now-active keys).
     ctx.phase('store', size);
