@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { AlertNotifier } from '../../agent/alerts/notifier';
+import { AlertNotifier, installationTag } from '../../agent/alerts/notifier';
 import { SIGNATURE_HEADER, verifyAlertSignature } from '../../agent/alerts/signature';
 import { healthFor } from '../../agent/health/service';
 import { alertsModule } from '../../agent/http/routes/alerts';
@@ -85,7 +85,7 @@ describe('offsite health and alerts against a real SFTP server', () => {
       area: 'offsite',
       status: 'failing',
       previousStatus: 'ok',
-      installationId: t.agent.keyring.installationId,
+      installationTag: installationTag(t.agent.keyring.installationId),
     });
     expect(hook.json.reason).toMatch(/SFTP server cannot be reached/);
 
