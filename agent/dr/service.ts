@@ -184,7 +184,8 @@ export class DrService {
         if (this.started) this.armNightly();
         return result;
       },
-      { mutating: true, target: installationId },
+      // No target: the installation id is the recovery credential, and a job's target is logged and kept.
+      { mutating: true },
     );
   }
 

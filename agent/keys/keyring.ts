@@ -286,10 +286,8 @@ export class Keyring {
     if (text === undefined) {
       const file = createKeyringFile();
       await writeSmallFileAtomic(path, `${JSON.stringify(file, null, 2)}\n`, 0o600);
-      log?.info('created a new keyring', {
-        installationId: file.installationId,
-        keyId: file.masterKeys[0]!.id,
-      });
+      // Not the installation id: it is the DR recovery credential.
+      log?.info('created a new keyring', { keyId: file.masterKeys[0]!.id });
       return new Keyring(path, file);
     }
     const parsed = keyringFileSchema.safeParse(JSON.parse(text));

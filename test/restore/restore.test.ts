@@ -219,9 +219,12 @@ describe('restore', () => {
   });
 
   it('refuses up front, naming the rights, when the database user may not create or rename databases', async () => {
+    // The embedded cluster asks every role for a password (SCRAM): these get the one their
+    // connection below reuses (the superuser's, in t.agent.sources.conn).
+    const password = t.agent.sources.conn.password!.replace(/'/g, "''");
     await withSql(databaseUrl(t.agent.sources.conn, 'postgres'), async (sql) => {
-      await sql`create role restore_limited login`;
-      await sql`create role restore_creator login createdb`;
+      await sql.unsafe(`create role restore_limited login password '${password}'`);
+      await sql.unsafe(`create role restore_creator login createdb password '${password}'`);
     });
     const before = await liveState(t.agent);
     const backups = (await t.agent.catalog.list()).length;
