@@ -1,6 +1,7 @@
 /** Atomic file writes: temp name, fsync, rename, fsync the folder. Nothing is ever visible half-written. */
 import { randomBytes } from 'node:crypto';
-import { createWriteStream } from 'node:fs';
+import { once } from 'node:events';
+import { createWriteStream, type WriteStream } from 'node:fs';
 import { mkdir, open, readdir, rename, rm } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import type { Readable } from 'node:stream';
@@ -83,8 +84,9 @@ export async function writeFileAtomic(
 ): Promise<void> {
   await mkdir(dirname(finalPath), { recursive: true });
   const temp = tempPathFor(finalPath);
+  let sink: WriteStream | undefined;
   try {
-    const sink = createWriteStream(temp, { mode: options.mode ?? 0o644, flags: 'wx' });
+    sink = createWriteStream(temp, { mode: options.mode ?? 0o644, flags: 'wx' });
     // biome-ignore lint/suspicious/noExplicitAny: pipeline's variadic overloads do not type a spread tuple
     await (pipeline as any)(...streams, sink, options.signal ? { signal: options.signal } : {});
     await fsyncFile(temp);
@@ -92,6 +94,9 @@ export async function writeFileAtomic(
     await rename(temp, finalPath);
     await fsyncDir(dirname(finalPath));
   } catch (error) {
+    // A source that fails at once can reject the pipeline while the sink is still opening its file:
+    // removed before that open, the temp file would be created after it and left behind.
+    if (sink && !sink.closed) await once(sink, 'close').catch(() => {});
     await rm(temp, { force: true });
     throw error;
   }
