@@ -1,7 +1,7 @@
 /** Opens an agent over a data dir: embedded cluster (or DATABASE_URL), keyring, catalog, jobs. Used by main.ts and the CLI. */
 import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { mkdir, readFile, rm } from 'node:fs/promises';
+import { mkdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import postgres from 'postgres';
 import type { BackupInfo, BackupCatalog as Catalog } from './backup/catalog';
@@ -13,6 +13,7 @@ import { type ClusterHandle, ensureDatabase, startCluster } from './db/cluster';
 import { migrateAgentSchema } from './db/migrate';
 import { hasGemSchema, seedGemDatabase, writeSampleFolders } from './db/seed';
 import { AuditLog } from './http/audit';
+import { clearStaleLock as clearLeftLock } from './jobs/lock';
 import type { Job, JobContext } from './jobs/runner';
 import { JobRunner } from './jobs/runner';
 import { KeyStateStore } from './keys/key-state';
@@ -144,22 +145,10 @@ export async function openAgent(
   return agent;
 }
 
-/** A lock left by a process that no longer runs (a crash) is removed at start; true if another live process holds it. */
+/** A lock left by a process that no longer runs (a crash) is removed at start; true if a live process holds it. */
 async function clearStaleLock(path: string): Promise<boolean> {
-  const holder = await readFile(path, 'utf8')
-    .then((t) => JSON.parse(t) as { pid?: number })
-    .catch(() => undefined);
-  if (!holder?.pid) return false;
-  let alive = holder.pid !== process.pid;
-  if (alive) {
-    try {
-      process.kill(holder.pid, 0);
-    } catch {
-      alive = false;
-    }
-  }
-  if (!alive) await rm(path, { force: true });
-  return alive;
+  // The job lock's own rule: dead only on ESRCH, removed only through its safe takeover.
+  return clearLeftLock(path);
 }
 
 export type { Job };

@@ -1,44 +1,206 @@
 /** A lock file so that the agent and the CLI never run two mutating jobs at once on the same data dir. */
-import { open, readFile, rm } from 'node:fs/promises';
+import { createHash, randomUUID } from 'node:crypto';
+import { link, readFile, stat, unlink, writeFile } from 'node:fs/promises';
 import { AppError } from '../errors';
 
-function alive(pid: number): boolean {
+/** What a lock file (and a takeover claim) holds: who, and a nonce naming this one taking. */
+interface Holder {
+  pid: number;
+  nonce: string;
+  what: string;
+  since: string;
+}
+
+/** A lock file as read: its identity (nonce, or a hash for files without one) and its holder. */
+interface Seen {
+  id: string;
+  holder: Partial<Holder> | undefined;
+  /** Unreadable content: young means a writer of an older version may be mid-write. */
+  garbageAgeMs?: number;
+}
+
+/** Nonces of the locks and takeover claims this process holds now (a same-pid holder not here is dead). */
+const held = new Set<string>();
+/** Per lock path, the tail of this process's acquire attempts: they run one after another. */
+const queues = new Map<string, Promise<unknown>>();
+
+/** A holder is dead only when its process is known gone (ESRCH); EPERM means it runs as another user. */
+function alive(holder: Partial<Holder> | undefined): boolean {
+  if (!holder || typeof holder.pid !== 'number') return false;
+  if (holder.pid === process.pid) return typeof holder.nonce === 'string' && held.has(holder.nonce);
   try {
-    process.kill(pid, 0);
+    process.kill(holder.pid, 0);
     return true;
   } catch (error) {
-    return (error as NodeJS.ErrnoException).code === 'EPERM';
+    return (error as NodeJS.ErrnoException).code !== 'ESRCH';
   }
+}
+
+/** Reads a lock-like file; undefined if there is none. */
+async function look(path: string): Promise<Seen | undefined> {
+  let text: string;
+  try {
+    text = await readFile(path, 'utf8');
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+    throw error;
+  }
+  const hash = createHash('sha256').update(text).digest('hex').slice(0, 24);
+  let holder: Partial<Holder> | undefined;
+  try {
+    const parsed = JSON.parse(text) as unknown;
+    if (parsed && typeof parsed === 'object') holder = parsed as Partial<Holder>;
+  } catch {
+    holder = undefined;
+  }
+  if (!holder) {
+    const age = await stat(path).then(
+      (s) => Date.now() - s.mtimeMs,
+      () => 0,
+    );
+    return { id: `h${hash}`, holder: undefined, garbageAgeMs: age };
+  }
+  return { id: typeof holder.nonce === 'string' ? holder.nonce : `h${hash}`, holder };
+}
+
+/** Unreadable content younger than this may be an older version's writer between create and write. */
+const GARBAGE_GRACE_MS = 5_000;
+
+function stale(seen: Seen): boolean {
+  if (!seen.holder) return (seen.garbageAgeMs ?? 0) > GARBAGE_GRACE_MS;
+  return !alive(seen.holder);
+}
+
+/**
+ * Creates `path` holding `holder` in one step: the content is written to a temp file first and then
+ * hard-linked to `path`, so nobody ever sees the file empty. False if `path` exists.
+ */
+async function createWithContent(path: string, holder: Holder): Promise<boolean> {
+  const temp = `${path}.${holder.nonce}.tmp`;
+  await writeFile(temp, JSON.stringify(holder), { mode: 0o600, flag: 'wx' });
+  try {
+    await link(temp, path);
+    return true;
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === 'EEXIST') return false;
+    throw error;
+  } finally {
+    await unlink(temp).catch(() => {});
+  }
+}
+
+function newHolder(what: string): Holder {
+  return { pid: process.pid, nonce: randomUUID(), what, since: new Date().toISOString() };
+}
+
+/**
+ * The right to remove the stale lock named `id`: whoever creates `<lock>.takeover-<id>` first holds
+ * it. A claim whose own holder died is itself claimed the same way (one level deeper), so a crash
+ * mid-takeover never leaves the lock stuck. Returns the claim files made (to clean up) or undefined
+ * when a live process is taking it over already.
+ */
+async function claimTakeover(lockPath: string, id: string, depth = 0): Promise<string[] | undefined> {
+  if (depth > 8) return undefined;
+  const claimPath = `${lockPath}.takeover-${id}`;
+  const claim = newHolder('takeover');
+  held.add(claim.nonce);
+  if (await createWithContent(claimPath, claim)) return [claimPath];
+  held.delete(claim.nonce);
+  const other = await look(claimPath);
+  if (!other) return claimTakeover(lockPath, id, depth + 1);
+  if (!stale(other)) return undefined;
+  const deeper = await claimTakeover(lockPath, other.id, depth + 1);
+  return deeper ? [claimPath, ...deeper] : undefined;
+}
+
+/**
+ * Removes the lock at `path` if it still is the stale one named `id`. Safe against contenders: only
+ * the holder of the takeover claim on `id` may remove it, and it re-reads the lock first (nobody
+ * else can remove a lock with that id, so the re-read stays true until the unlink).
+ */
+async function removeStale(path: string, id: string): Promise<void> {
+  const claims = await claimTakeover(path, id);
+  if (!claims) return;
+  try {
+    const now = await look(path);
+    if (now?.id === id && stale(now)) await unlink(path).catch(() => {});
+  } finally {
+    // The lock no longer holds `id` (removed, or someone else's), so these claims are spent.
+    for (const c of claims.reverse()) {
+      const mine = await look(c).catch(() => undefined);
+      if (mine?.holder?.nonce) held.delete(mine.holder.nonce);
+      await unlink(c).catch(() => {});
+    }
+  }
+}
+
+function refusal(seen: Seen | undefined): AppError {
+  const h = seen?.holder;
+  if (!h) return new AppError('job_running', 'another job is running; try again when it ends');
+  const who = h.pid === process.pid ? '' : `, process ${h.pid}`;
+  return new AppError(
+    'job_running',
+    `another job is running (${h.what ?? 'unknown'}${who}); try again when it ends`,
+  );
+}
+
+async function tryAcquire(path: string, what: string): Promise<() => Promise<void>> {
+  for (let attempt = 0; attempt < 5; attempt++) {
+    const me = newHolder(what);
+    held.add(me.nonce);
+    if (await createWithContent(path, me)) {
+      let released = false;
+      return async () => {
+        if (released) return;
+        released = true;
+        // Only our own lock is removed: a lock taken by someone else since is left alone.
+        const now = await look(path).catch(() => undefined);
+        if (now?.holder?.nonce === me.nonce && now.holder.pid === process.pid)
+          await unlink(path).catch(() => {});
+        held.delete(me.nonce);
+      };
+    }
+    held.delete(me.nonce);
+    const seen = await look(path);
+    if (!seen) continue; // released meanwhile: try again
+    if (!stale(seen)) throw refusal(seen);
+    await removeStale(path, seen.id);
+  }
+  throw new AppError('job_running', 'could not take the job lock; try again');
 }
 
 /** Takes the lock or throws `job_running`; a lock left by a dead process is taken over. */
 export async function acquireLock(path: string, what: string): Promise<() => Promise<void>> {
-  for (let attempt = 0; attempt < 2; attempt++) {
-    try {
-      const handle = await open(path, 'wx', 0o600);
-      await handle.writeFile(JSON.stringify({ pid: process.pid, what, since: new Date().toISOString() }));
-      await handle.close();
-      return async () => {
-        await rm(path, { force: true });
-      };
-    } catch (error) {
-      if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw error;
-      const holder = await readFile(path, 'utf8')
-        .then((t) => JSON.parse(t) as { pid: number; what: string })
-        .catch(() => undefined);
-      if (holder && holder.pid !== process.pid && alive(holder.pid)) {
-        throw new AppError(
-          'job_running',
-          `another job is running (${holder.what}, process ${holder.pid}); try again when it ends`,
-        );
-      }
-      if (holder && holder.pid === process.pid) {
-        throw new AppError('job_running', `another job is running (${holder.what}); try again when it ends`);
-      }
-      await rm(path, { force: true });
-    }
-  }
-  throw new AppError('job_running', 'could not take the job lock; try again');
+  const before = queues.get(path) ?? Promise.resolve();
+  const mine = before.then(
+    () => tryAcquire(path, what),
+    () => tryAcquire(path, what),
+  );
+  const tail = mine.catch(() => {});
+  queues.set(path, tail);
+  void tail.then(() => {
+    if (queues.get(path) === tail) queues.delete(path);
+  });
+  return mine;
+}
+
+/**
+ * Removes the lock at `path` if its holder is dead (a crash), by the same safe takeover rule;
+ * true if a live process (or this one) holds it.
+ */
+export async function clearStaleLock(path: string): Promise<boolean> {
+  const seen = await look(path).catch(() => undefined);
+  if (!seen) return false;
+  if (!stale(seen)) return true;
+  await removeStale(path, seen.id);
+  return false;
+}
+
+/** True while another live process holds the lock at `path` (EPERM counts as alive). */
+export async function heldByOtherProcess(path: string): Promise<boolean> {
+  const seen = await look(path).catch(() => undefined);
+  if (!seen?.holder || seen.holder.pid === process.pid) return false;
+  return alive(seen.holder);
 }
 
 /**

@@ -1,8 +1,12 @@
-import { mkdtemp, rm } from 'node:fs/promises';
+import { type ChildProcess, fork, spawn } from 'node:child_process';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { acquireLock, withJobLock } from '../../agent/jobs/lock';
+import { acquireLock, clearStaleLock, withJobLock } from '../../agent/jobs/lock';
+
+const CHILDREN = 6;
+const ROUNDS = 25;
 
 let dir: string;
 beforeAll(async () => {
@@ -11,6 +15,62 @@ beforeAll(async () => {
 afterAll(async () => {
   await rm(dir, { recursive: true, force: true });
 });
+
+/** A pid that certainly belongs to no process: one that ran and exited. */
+async function deadPid(): Promise<number> {
+  const child = spawn(process.execPath, ['-e', '0']);
+  const pid = child.pid!;
+  await new Promise((resolve) => child.on('exit', resolve));
+  return pid;
+}
+
+interface Racer {
+  child: ChildProcess;
+  next(): Promise<Record<string, unknown>>;
+}
+
+function startRacer(): Racer {
+  const child = fork(join(import.meta.dirname, 'lock-child.ts'), [], {
+    execArgv: ['--import', 'tsx'],
+    stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
+  });
+  const queue: Record<string, unknown>[] = [];
+  const waiting: ((m: Record<string, unknown>) => void)[] = [];
+  child.on('message', (m) => {
+    const w = waiting.shift();
+    if (w) w(m as Record<string, unknown>);
+    else queue.push(m as Record<string, unknown>);
+  });
+  return {
+    child,
+    next: () => {
+      const m = queue.shift();
+      return m ? Promise.resolve(m) : new Promise((resolve) => waiting.push(resolve));
+    },
+  };
+}
+
+/** Rounds of CHILDREN processes racing for one lock; returns how many held it at once in each round. */
+async function race(prepare: (path: string) => Promise<void>): Promise<number[]> {
+  const racers = Array.from({ length: CHILDREN }, startRacer);
+  try {
+    await Promise.all(racers.map((r) => r.next()));
+    const holders: number[] = [];
+    for (let round = 0; round < ROUNDS; round++) {
+      const path = join(dir, `race-${Math.random().toString(36).slice(2)}.lock`);
+      await prepare(path);
+      for (const r of racers) r.child.send({ go: path });
+      // Every winner keeps holding until all have answered, so two winners means two holders at once.
+      const answers = await Promise.all(racers.map((r) => r.next()));
+      holders.push(answers.filter((a) => a.got).length);
+      for (const r of racers) r.child.send({ release: true });
+      await Promise.all(racers.map((r) => r.next()));
+    }
+    return holders;
+  } finally {
+    for (const r of racers) r.child.send({ exit: true });
+  }
+}
 
 describe('the job lock', () => {
   it('refuses a second holder with job_running', async () => {
@@ -43,5 +103,68 @@ describe('the job lock', () => {
       code: 'job_running',
     });
     await release();
+  });
+
+  it('has exactly one holder when processes race for a free lock', async () => {
+    const holders = await race(async () => {});
+    expect(holders).toEqual(Array(ROUNDS).fill(1));
+  });
+
+  it('has exactly one holder when processes race to take over a lock left by a dead process', async () => {
+    const dead = await deadPid();
+    let n = 0;
+    const holders = await race(async (path) => {
+      // Alternate the current format and the older one without a nonce.
+      const nonce = n++ % 2 ? { nonce: `dead-${n}` } : {};
+      await writeFile(path, JSON.stringify({ pid: dead, what: 'backup', since: 'x', ...nonce }));
+    });
+    expect(holders).toEqual(Array(ROUNDS).fill(1));
+  });
+
+  it('lets only one of two concurrent acquires in one process take the lock, free or left by a dead process', async () => {
+    const dead = await deadPid();
+    for (let round = 0; round < 200; round++) {
+      const path = join(dir, `inproc-${round}.lock`);
+      if (round % 2) await writeFile(path, JSON.stringify({ pid: dead, what: 'backup', since: 'x' }));
+      const results = await Promise.allSettled([
+        acquireLock(path, 'backup'),
+        acquireLock(path, 'maintenance'),
+      ]);
+      expect(results.filter((r) => r.status === 'fulfilled')).toHaveLength(1);
+      expect(results.find((r) => r.status === 'rejected')).toMatchObject({ reason: { code: 'job_running' } });
+      for (const r of results) if (r.status === 'fulfilled') await r.value();
+    }
+  });
+
+  it("never removes another holder's lock on release", async () => {
+    const path = join(dir, 'd.lock');
+    const first = await acquireLock(path, 'backup');
+    await first();
+    const second = await acquireLock(path, 'restore');
+    const held = await readFile(path, 'utf8');
+    await first(); // a late second release of the first holder
+    expect(await readFile(path, 'utf8')).toBe(held);
+    // A lock that someone else holds now (here: another live process) survives our release too.
+    const third = await acquireLock(join(dir, 'e.lock'), 'backup');
+    const other = JSON.stringify({ pid: process.ppid, nonce: 'someone-else', what: 'restore', since: 'x' });
+    await writeFile(join(dir, 'e.lock'), other);
+    await third();
+    expect(await readFile(join(dir, 'e.lock'), 'utf8')).toBe(other);
+    await second();
+    await expect(readFile(path, 'utf8')).rejects.toMatchObject({ code: 'ENOENT' });
+  });
+
+  it('counts a holder it may not signal (EPERM) as alive, and removes only a dead one at start', async () => {
+    const path = join(dir, 'f.lock');
+    // pid 1 runs as root (or another user): kill(1, 0) succeeds or fails with EPERM, never ESRCH.
+    await writeFile(path, JSON.stringify({ pid: 1, nonce: 'init', what: 'restore', since: 'x' }));
+    await expect(acquireLock(path, 'backup')).rejects.toMatchObject({ code: 'job_running' });
+    expect(await clearStaleLock(path)).toBe(true);
+    await writeFile(
+      path,
+      JSON.stringify({ pid: await deadPid(), nonce: 'gone', what: 'restore', since: 'x' }),
+    );
+    expect(await clearStaleLock(path)).toBe(false);
+    await expect(readFile(path, 'utf8')).rejects.toMatchObject({ code: 'ENOENT' });
   });
 });
