@@ -155,6 +155,133 @@ export async function createStagingDatabase(conn: PgConnection, staging: string)
   });
 }
 
+/** Settings whose value is a list of quoted names: pg_dump splits these and quotes each element. */
+const LIST_QUOTED_SETTINGS = new Set([
+  'local_preload_libraries',
+  'search_path',
+  'session_preload_libraries',
+  'shared_preload_libraries',
+  'temp_tablespaces',
+  'unix_socket_directories',
+]);
+
+/** Splits a stored list setting ("$user", public) into its elements, as PostgreSQL's SplitGUCList does. */
+export function splitSettingList(value: string): string[] {
+  const out: string[] = [];
+  let i = 0;
+  const blank = (c: string | undefined) => c === ' ' || c === '\t' || c === '\n' || c === '\r';
+  while (blank(value[i])) i++;
+  if (i >= value.length) return out;
+  for (;;) {
+    let item = '';
+    if (value[i] === '"') {
+      for (i++; i < value.length; i++) {
+        if (value[i] === '"') {
+          if (value[i + 1] !== '"') break;
+          i++;
+        }
+        item += value[i];
+      }
+      i++;
+    } else {
+      while (i < value.length && value[i] !== ',' && !blank(value[i])) item += value[i++];
+    }
+    out.push(item);
+    while (blank(value[i])) i++;
+    if (value[i] !== ',') return out;
+    i++;
+    while (blank(value[i])) i++;
+  }
+}
+
+/** Quotes a text as an SQL string literal (standard_conforming_strings is on in every supported server). */
+function quoteLiteral(text: string): string {
+  return `'${text.replace(/'/g, "''")}'`;
+}
+
+/** `SET name = value` for ALTER DATABASE/ROLE, from one stored "name=value" setting (as pg_dump writes it). */
+export function settingClause(stored: string): string {
+  const at = stored.indexOf('=');
+  const name = at < 0 ? stored : stored.slice(0, at);
+  const value = at < 0 ? '' : stored.slice(at + 1);
+  const values = LIST_QUOTED_SETTINGS.has(name.toLowerCase()) ? splitSettingList(value) : [value];
+  return `set ${quoteIdent(name)} = ${values.length > 0 ? values.map(quoteLiteral).join(', ') : "''"}`;
+}
+
+/**
+ * Gives the staging database the live one's own properties, which pg_restore without --create never
+ * restores: its owner, connection limit, comment, privileges (datacl, reproduced item by item in
+ * order, with grantors) and its settings (ALTER DATABASE ... SET, ALTER ROLE ... IN DATABASE ... SET).
+ * Run before the swap, so the restored database is no more permissive than the one it replaces.
+ */
+export async function copyDatabaseProperties(conn: PgConnection, staging: string): Promise<void> {
+  await withMaintenance(conn, async (sql) => {
+    const [live] = await sql<{ owner: string; connlimit: number; comment: string | null; hasAcl: boolean }[]>`
+      select pg_get_userbyid(d.datdba) as owner, d.datconnlimit as connlimit,
+             shobj_description(d.oid, 'pg_database') as comment, d.datacl is not null as "hasAcl"
+      from pg_database d where d.datname = ${conn.database}`;
+    if (!live) throw new AppError('restore_failed', `the live database ${conn.database} does not exist`);
+    const target = quoteIdent(staging);
+    await sql.unsafe(`alter database ${target} owner to ${quoteIdent(live.owner)}`);
+    await sql.unsafe(`alter database ${target} connection limit ${Number(live.connlimit)}`);
+    if (live.comment !== null)
+      await sql.unsafe(`comment on database ${target} is ${quoteLiteral(live.comment)}`);
+
+    if (live.hasAcl) {
+      // In datacl order: GRANTs rebuild the array item by item, so the copy's datacl reads the same.
+      const items = await sql<
+        { grantor: string; grantee: string | null; privilege: string; grantable: boolean }[]
+      >`
+        select pg_get_userbyid(a.grantor) as grantor,
+               case when a.grantee = 0 then null else pg_get_userbyid(a.grantee) end as grantee,
+               a.privilege_type as privilege, a.is_grantable as grantable
+        from pg_database d, lateral aclexplode(d.datacl) with ordinality as a(grantor, grantee, privilege_type, is_grantable, n)
+        where d.datname = ${conn.database} order by a.n`;
+      // Starting from nothing: the defaults (PUBLIC and the owner) are revoked, then each item granted.
+      await sql.unsafe(`revoke all on database ${target} from public`);
+      await sql.unsafe(`revoke all on database ${target} from ${quoteIdent(live.owner)} cascade`);
+      for (const item of items) {
+        const grant =
+          `grant ${item.privilege} on database ${target} to ` +
+          `${item.grantee === null ? 'public' : quoteIdent(item.grantee)}${item.grantable ? ' with grant option' : ''}`;
+        // A superuser's or the owner's GRANT is recorded as granted by the owner.
+        if (item.grantor === live.owner) {
+          await sql.unsafe(grant);
+          continue;
+        }
+        // Granted by another role (holding a grant option): granted as that role, so the grantor matches.
+        await sql
+          .begin(async (tx) => {
+            await tx.unsafe(`set local role ${quoteIdent(item.grantor)}`);
+            await tx.unsafe(grant);
+          })
+          .catch(() => sql.unsafe(grant));
+      }
+    }
+
+    const settings = await sql<{ role: string | null; setconfig: string[] }[]>`
+      select case when s.setrole = 0 then null else pg_get_userbyid(s.setrole) end as role, s.setconfig
+      from pg_db_role_setting s join pg_database d on d.oid = s.setdatabase
+      where d.datname = ${conn.database} order by s.setrole`;
+    for (const { role, setconfig } of settings) {
+      for (const stored of setconfig) {
+        const statement =
+          role === null
+            ? `alter database ${target} ${settingClause(stored)}`
+            : `alter role ${quoteIdent(role)} in database ${target} ${settingClause(stored)}`;
+        await sql.unsafe(statement).catch((error: Error) => {
+          throw new AppError(
+            'restore_failed',
+            `could not give the restored database the live one's setting ${stored.split('=')[0]}` +
+              `${role === null ? '' : ` for role ${role}`}: ${error.message}; the live system is unchanged`,
+            { cause: error },
+          );
+        });
+      }
+    }
+  });
+}
+
 /** Drops a database if it exists, first closing any session on it. */
 export async function dropDatabase(conn: PgConnection, name: string): Promise<void> {
   await withMaintenance(conn, async (sql) => {

@@ -17,6 +17,7 @@ import {
   checkRights,
   checkVersions,
   copyAgentSchema,
+  copyDatabaseProperties,
   createStagingDatabase,
   databaseSize,
   dropDatabase,
@@ -217,6 +218,12 @@ export async function restoreFromFile(
         countedEarly: staging.countedEarly,
       });
       compareRowCounts(manifest.rowCounts, counts);
+      // Last before the swap (its settings, e.g. a statement_timeout, would apply to the sessions above):
+      // the live database's owner, privileges and settings, which the dump does not restore.
+      await timed('copy-database-properties', async () => {
+        await options.faults?.beforeSwapStep?.('copy-database-properties');
+        await copyDatabaseProperties(conn, names.staging);
+      });
       ctx.throwIfCancelled();
 
       // 4. Swap, in a short critical section; the page hears about it first.

@@ -346,6 +346,7 @@ describe('restore', () => {
 
   const steps = [
     'copy-settings',
+    'copy-database-properties',
     'fence-live-database',
     'terminate-sessions',
     'rename-live-database',
@@ -457,6 +458,62 @@ describe('restore', () => {
                  (select count(*) from events) as events, (select count(*) from events_low) as low`,
       );
       expect(counts[0]).toEqual({ parent: '1521000', child: '1500000', events: '10000', low: '500' });
+    } finally {
+      await own.close();
+    }
+  });
+
+  it("keeps the live database's own settings, privileges, owner and per-role settings (not in the dump)", async () => {
+    const own = await startTestAgent(pg);
+    try {
+      const db = own.agent.sources.conn.database;
+      const maintenance = databaseUrl(own.agent.sources.conn, 'postgres');
+      const properties = () =>
+        withSql(
+          maintenance,
+          (sql) => sql<{ what: string }[]>`
+            select coalesce(array_to_string(d.datacl, ','), '<default>') || ' owner=' || pg_get_userbyid(d.datdba)
+                   || ' limit=' || d.datconnlimit || ' comment=' || coalesce(shobj_description(d.oid, 'pg_database'), '-')
+                   || ' settings=' || coalesce((
+                     select string_agg(coalesce(pg_get_userbyid(nullif(s.setrole, 0)), '*') || ':' ||
+                                       array_to_string(s.setconfig, ';'), ' ' order by s.setrole)
+                     from pg_db_role_setting s where s.setdatabase = d.oid), '-') as what
+            from pg_database d where d.datname = ${db}`,
+        ).then((rows) => rows[0]!.what);
+      const name = await backup(own);
+      const q = `"${db}"`;
+      await withSql(maintenance, async (sql) => {
+        await sql.unsafe(`create role "app o'user" nologin`);
+        await sql.unsafe('create role props_grantor nologin');
+        await sql.unsafe(`alter database ${q} set timezone = 'Asia/Tokyo'`);
+        await sql.unsafe(`alter database ${q} set search_path = "$user", public, "odd ""schema"""`);
+        await sql.unsafe(`alter database ${q} set application_name = 'it''s gem'`);
+        await sql.unsafe(`alter role "app o'user" in database ${q} set work_mem = '8MB'`);
+        await sql.unsafe(`revoke connect, temporary on database ${q} from public`);
+        await sql.unsafe(`grant connect on database ${q} to "app o'user"`);
+        await sql.unsafe(`grant create on database ${q} to props_grantor with grant option`);
+        await sql.unsafe(`alter database ${q} connection limit 40`);
+        await sql.unsafe(`comment on database ${q} is 'GEM''s data'`);
+        // A grant made by a role other than the owner keeps that grantor.
+        await sql.begin(async (tx) => {
+          await tx.unsafe('set local role props_grantor');
+          await tx.unsafe(`grant create on database ${q} to "app o'user"`);
+        });
+      });
+      const before = await properties();
+      expect(before).toContain(`"app o'user"=C/props_grantor`);
+      expect(before).toContain('TimeZone=Asia/Tokyo');
+      expect(before).toContain("app o'user:work_mem=8MB");
+      expect(before).not.toContain('<default>');
+      const job = await own.agent.jobs.start(
+        'restore',
+        (ctx) => restoreFromFile(own.agent, ctx, own.agent.catalog.pathOf(name), { skipSafetyBackup: true }),
+        { mutating: true },
+      );
+      const done = await own.agent.jobs.waitFor(job.id);
+      expect(done.error).toBeUndefined();
+      expect(await properties()).toBe(before);
+      expect(await leftovers(own.agent)).toEqual([]);
     } finally {
       await own.close();
     }
