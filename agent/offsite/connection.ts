@@ -28,6 +28,8 @@ export interface ConnectionTestResult {
     error?: string;
     /** Backups found at the destination, when it answered. */
     backups?: number;
+    /** SFTP: the server's host key (`SHA256:…`), once it was seen and accepted. */
+    hostKeyFingerprint?: string;
     durationMs: number;
   };
 }
@@ -67,6 +69,17 @@ export async function testConnection<K extends OffsiteKind>(
       },
     };
   }
+  // SFTP: the host key accepted, pinned already or trusted on first use, for the page to show.
+  let hostKey: string | undefined;
+  if (kind === 'sftp') {
+    const sftp = options as DestinationOptions['sftp'];
+    const record = sftp.onHostKey;
+    hostKey = sftp.hostKeyFingerprint;
+    sftp.onHostKey = (fingerprint) => {
+      hostKey = fingerprint;
+      return record?.(fingerprint);
+    };
+  }
   let provider: StorageProvider | undefined;
   let step: NonNullable<ConnectionTestResult['details']['step']> = 'connect';
   let backups: number | undefined;
@@ -85,7 +98,7 @@ export async function testConnection<K extends OffsiteKind>(
     return {
       ok: true,
       message: `Connected to ${DESTINATION_TITLES[kind]} ${destinationLabel(kind, section)}: a test file was written and removed. ${backups} backup${backups === 1 ? '' : 's'} there.`,
-      details: { backups, durationMs: duration() },
+      details: { backups, ...(hostKey ? { hostKeyFingerprint: hostKey } : {}), durationMs: duration() },
     };
   } catch (error) {
     const { code, message } = describeDestinationError(kind, section, error);

@@ -134,7 +134,14 @@ function sftpOptions(sftp: DestinationSettings<'sftp'>): SftpOptions {
   const username = required('sftp', sftp.username, 'username', 'username');
   const remotePath = required('sftp', sftp.remotePath, 'remotePath', 'remote folder');
   const auth = sftp.auth;
-  const base = { host, port: sftp.port || 22, username, remotePath, id: 'sftp' };
+  const base = {
+    host,
+    port: sftp.port || 22,
+    username,
+    remotePath,
+    ...(sftp.hostKeyFingerprint ? { hostKeyFingerprint: sftp.hostKeyFingerprint } : {}),
+    id: 'sftp',
+  };
   if (auth && 'privateKey' in auth && auth.privateKey) {
     return {
       ...base,

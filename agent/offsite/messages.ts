@@ -29,7 +29,7 @@ export function describeDestinationError(
   switch (error.code) {
     case 'auth_failed':
       if (/host key/.test(detail))
-        message = `The server's identity changed: ${detail}. If the server was reinstalled, update the pinned fingerprint.`;
+        message = `The server's identity changed: ${detail}. If the server was reinstalled, empty its pinned host key in the SFTP settings and save, to trust its new key.`;
       else if (kind === 'sftp' && /passphrase/.test(detail))
         message = 'The private key needs its passphrase, or the passphrase is wrong: check it.';
       else if (kind === 's3')

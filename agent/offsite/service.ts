@@ -121,8 +121,40 @@ export class OffsiteService {
     kind: K,
     section: DestinationSettings<K> = this.saved(kind),
   ): StorageProvider {
-    const options = { ...destinationOptions(kind, section), ...this.options.providerOverrides?.[kind] };
+    const options = {
+      ...destinationOptions(kind, section),
+      ...this.options.providerOverrides?.[kind],
+      ...this.trustOnFirstUse(kind, section),
+    };
     return createProvider(kind, options as never);
+  }
+
+  /**
+   * SFTP with no pinned host key: the key seen on the first successful connection is saved as the pin
+   * (trust on first use), if the saved settings still point at that server and pin nothing.
+   */
+  private trustOnFirstUse(
+    kind: OffsiteKind,
+    section: DestinationSettings,
+  ): Partial<DestinationOptions['sftp']> {
+    if (kind !== 'sftp' || (section as DestinationSettings<'sftp'>).hostKeyFingerprint) return {};
+    const { host, port } = section as DestinationSettings<'sftp'>;
+    return {
+      onHostKey: async (hostKeyFingerprint) => {
+        const saved = this.saved('sftp');
+        if (
+          saved.hostKeyFingerprint ||
+          saved.host.trim() !== host.trim() ||
+          (saved.port || 22) !== (port || 22)
+        )
+          return;
+        await this.agent.settings.update({ offsite: { sftp: { ...saved, hostKeyFingerprint } } });
+        this.agent.log.info('pinned the SFTP server host key (first connection)', {
+          host: saved.host,
+          hostKeyFingerprint,
+        });
+      },
+    };
   }
 
   /** The saved section of an enabled destination; 409 if it is off. */
@@ -140,7 +172,10 @@ export class OffsiteService {
   /** Test Connection; with a body, on those (unsaved) settings. */
   async test(kind: OffsiteKind, body?: unknown): Promise<ConnectionTestResult> {
     const section = this.sectionFromBody(kind, body);
-    return testConnection(kind, section, this.options.providerOverrides?.[kind] ?? {});
+    return testConnection(kind, section, {
+      ...this.options.providerOverrides?.[kind],
+      ...this.trustOnFirstUse(kind, section),
+    });
   }
 
   /** The remote backups of an enabled destination, newest first. */

@@ -42,6 +42,11 @@ export interface SftpOptions {
   /** Pinned host key, as `ssh-keygen -lf` prints it (`SHA256:base64`); any other key is refused. */
   hostKeyFingerprint?: string;
   /**
+   * Trust on first use: with no key pinned, called once with the server's key after the first successful
+   * sign-in; that key is then pinned for this provider's later connections. A failure here is ignored.
+   */
+  onHostKey?: (fingerprint: string) => void | Promise<void>;
+  /**
    * Connect and handshake timeout (default 20 s); a frozen server fails after it as 'unreachable'. Keepalives
    * go every timeout/2 (at most 10 s), so a server that freezes mid-transfer fails after about 3 of them.
    */
@@ -121,16 +126,20 @@ export class SftpProvider implements StorageProvider {
   readonly properties: ProviderProperties = { atomicReplace: true };
   private readonly options: SftpOptions;
   private readonly dir: string;
+  /** The key pinned in the options, or the one trusted on first use. */
+  private pinned: string | undefined;
 
   constructor(options: SftpOptions) {
     this.options = options;
     this.id = options.id ?? 'sftp';
     this.dir = posix.normalize(options.remotePath.trim() === '' ? '.' : options.remotePath.trim());
+    this.pinned = options.hostKeyFingerprint?.trim() || undefined;
   }
 
   /** One connection per operation: a broken connection can never poison the next attempt. */
   private async connect(): Promise<Session> {
-    const { privateKey, hostKeyFingerprint: pinned } = this.options;
+    const { privateKey } = this.options;
+    const pinned = this.pinned;
     if (privateKey !== undefined && /^\s*PuTTY-User-Key-File-/.test(privateKey)) {
       throw new StorageError('bad_key_format', PUTTY_HINT);
     }
@@ -158,13 +167,17 @@ export class SftpProvider implements StorageProvider {
         keepaliveCountMax: 3,
         hostVerifier: (key: Buffer) => {
           seenHostKey = hostKeyFingerprint(key);
-          return pinned === undefined || seenHostKey === pinned.trim();
+          return pinned === undefined || seenHostKey === pinned;
         },
       })) as unknown as SFTPWrapper;
+      if (pinned === undefined && seenHostKey !== undefined) {
+        this.pinned = seenHostKey;
+        await Promise.resolve(this.options.onHostKey?.(seenHostKey)).catch(() => undefined);
+      }
       return { client, sftp };
     } catch (error) {
       await client.end().catch(() => undefined);
-      if (pinned !== undefined && seenHostKey !== undefined && seenHostKey !== pinned.trim()) {
+      if (pinned !== undefined && seenHostKey !== undefined && seenHostKey !== pinned) {
         throw new StorageError(
           'auth_failed',
           `the server's host key ${seenHostKey} is not the pinned ${pinned}; refusing to connect`,

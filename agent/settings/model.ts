@@ -55,8 +55,13 @@ export function applySettingsUpdate(current: Settings, update: SettingsUpdate): 
   if (update.maintenance) next.maintenance = { ...update.maintenance };
   const offsite = update.offsite;
   if (offsite?.sftp) {
-    const { auth, ...rest } = offsite.sftp;
-    next.offsite.sftp = tidy({ ...rest, auth: mergeSftpAuth(auth, current.offsite.sftp.auth) });
+    const { auth, hostKeyFingerprint, ...rest } = offsite.sftp;
+    next.offsite.sftp = tidy({
+      ...rest,
+      // Not a secret: like any other field, left out (or emptied on the page) means none pinned.
+      hostKeyFingerprint: hostKeyFingerprint || undefined,
+      auth: mergeSftpAuth(auth, current.offsite.sftp.auth),
+    });
     if (next.offsite.sftp.enabled && !next.offsite.sftp.auth) throw missingSecret('offsite.sftp.auth');
   }
   if (offsite?.s3) {

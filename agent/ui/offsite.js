@@ -182,6 +182,10 @@ function sftpFields() {
       field('sftp', 'remotePath', 'Remote folder', { placeholder: '/backups/gem' }),
     ),
     el('div', { className: 'auth', id: 'sftp-auth' }, tabs, passwordPanel, keyPanel),
+    field('sftp', 'hostKeyFingerprint', 'Server host key (pinned)', {
+      placeholder: 'Recorded at the first successful connection',
+      hint: 'A server showing another key is refused. If the server was reinstalled, empty this field and save to trust its new key.',
+    }),
   ];
 }
 
@@ -390,6 +394,10 @@ function providerSection(provider, collectProvider) {
         method: 'POST',
         json: collectProvider(provider),
       });
+      // The host key accepted on first use: shown (and saved with the form) so the pin is not lost.
+      const pin = document.getElementById('f-offsite-sftp-hostKeyFingerprint');
+      if (provider === 'sftp' && answer.ok && answer.details?.hostKeyFingerprint && pin && !pin.value)
+        pin.value = answer.details.hostKeyFingerprint;
       tell(
         testResult,
         answer.message ?? (answer.ok ? 'Connected.' : 'The connection failed.'),

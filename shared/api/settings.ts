@@ -52,6 +52,9 @@ export const AutoBackupInput = z
 
 export const CloudDrInput = z.object({ enabled: z.boolean().default(true) }).strict();
 
+/** A host key fingerprint as `ssh-keygen -lf` prints it: `SHA256:` and the unpadded base64 of the hash. */
+export const HOST_KEY_FINGERPRINT = /^SHA256:[A-Za-z0-9+/]{43}$/;
+
 const SftpAuthInput = z.union([
   z.object({ password: SecretInput }).strict(),
   z.object({ privateKey: SecretInput, passphrase: SecretInput.optional() }).strict(),
@@ -65,6 +68,18 @@ export const SftpInput = z
     username: text(255).default(''),
     remotePath: text().default(''),
     auth: SftpAuthInput.optional(),
+    /**
+     * The server's pinned host key (`SHA256:` + unpadded base64, as `ssh-keygen -lf` prints it); not a
+     * secret. Left out, empty or null: none pinned, and the key seen on the next successful connection is
+     * recorded (trust on first use).
+     */
+    hostKeyFingerprint: z
+      .union([
+        z.string().regex(HOST_KEY_FINGERPRINT, 'expected SHA256: and 43 base64 characters'),
+        z.literal(''),
+      ])
+      .nullable()
+      .optional(),
     autoUpload: z.boolean().default(false),
   })
   .strict()
@@ -210,6 +225,8 @@ export interface Settings {
       username: string;
       remotePath: string;
       auth?: { password: string } | { privateKey: string; passphrase?: string };
+      /** Pinned host key (`SHA256:…`); absent until the first successful connection records it. */
+      hostKeyFingerprint?: string;
       autoUpload: boolean;
     };
     s3: {
