@@ -182,6 +182,14 @@ export class Scheduler {
       return undefined;
     }
     const ended = await this.agent.jobs.waitFor(job.id);
+    if (ended.state === 'cancelled' && this.stopped) {
+      // Cut short by a shutdown (stop(), then the agent's close cancels it): the slot is not done,
+      // so it is left missed and the next start catches it up.
+      this.agent.log.info('a scheduled run was stopped by the shutdown; it is caught up at the next start', {
+        task: d.task,
+      });
+      return ended;
+    }
     await this.agent.settings.state
       .recordRun(d.task, startedAt, {
         ok: ended.state === 'succeeded',

@@ -1,0 +1,90 @@
+// Scheduled runs that did not happen as planned: cut short by a shutdown, skipped while another job ran, enabled later.
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import postgres from 'postgres';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { Scheduler } from '../../agent/jobs/scheduler';
+import { startTestAgent, type TestAgent } from '../services/agent';
+import { startPostgres, type TestPostgres } from '../services/postgres';
+
+let pg: TestPostgres;
+const dirs: string[] = [];
+beforeAll(async () => {
+  pg = await startPostgres();
+});
+afterAll(async () => {
+  await pg?.stop();
+  for (const d of dirs) await rm(d, { recursive: true, force: true });
+});
+
+const DAY = 86_400_000;
+
+/** An agent on its own data dir (kept, so the test can open it again) and database. */
+async function openAgent(reuse?: { dataDir: string; databaseUrl: string }): Promise<TestAgent> {
+  if (reuse) return startTestAgent(pg, reuse);
+  const dataDir = await mkdtemp(join(tmpdir(), 'gem-missed-'));
+  dirs.push(dataDir);
+  return startTestAgent(pg, { dataDir });
+}
+
+function databaseUrlOf(t: TestAgent): string {
+  return t.agent.databaseUrl;
+}
+
+describe('scheduled runs that did not happen as planned', () => {
+  it('leaves a run stopped by a shutdown missed, so the next start catches it up once', async () => {
+    const t1 = await openAgent();
+    const databaseUrl = databaseUrlOf(t1);
+    await t1.agent.settings.update({
+      autoBackup: { enabled: true, schedule: 'daily', maxBackups: 10, timezone: 'UTC' },
+    });
+    await t1.agent.settings.state.recordRun('autoBackup', new Date(Date.now() - 2 * DAY), { ok: true });
+    const before = await t1.agent.settings.state.get('autoBackup');
+
+    // A table locked by another session holds pg_dump in its dump phase until the shutdown.
+    const blocker = postgres(databaseUrl, { max: 1, onnotice: () => {} });
+    let unblock!: () => void;
+    const locked = new Promise<void>((resolve) => {
+      void blocker.begin(async (tx) => {
+        await tx`lock table public.attributes in access exclusive mode`;
+        resolve();
+        await new Promise<void>((r) => (unblock = r));
+      });
+    });
+    await locked;
+    const scheduler = new Scheduler(t1.agent);
+    const dumping = new Promise<void>((resolve) => {
+      const off = t1.agent.jobs.subscribeAll((e) => {
+        if (e.type === 'update' && e.job.kind === 'backup' && e.job.phase === 'dump') {
+          off();
+          resolve();
+        }
+      });
+    });
+    const run = scheduler.fire('autoBackup', true); // what the timer does at the slot
+    await dumping;
+    // The SIGTERM path of main.ts: the scheduler stops, then the agent closes (cancelling the job).
+    scheduler.stop();
+    const closing = t1.agent.close();
+    unblock();
+    await closing;
+    expect((await run)?.state).toBe('cancelled');
+    await blocker.end();
+
+    const t2 = await openAgent({ dataDir: t1.dataDir, databaseUrl });
+    try {
+      const state = await t2.agent.settings.state.get('autoBackup');
+      expect(state?.lastRunAt).toEqual(before?.lastRunAt);
+      const again = new Scheduler(t2.agent);
+      await again.start();
+      await again.settled();
+      again.stop();
+      const backups = t2.agent.jobs.list().filter((j) => j.kind === 'backup');
+      expect(backups.map((j) => j.state)).toEqual(['succeeded']);
+      expect((await t2.agent.catalog.list()).map((b) => b.kind)).toEqual(['scheduled']);
+    } finally {
+      await t2.close();
+    }
+  });
+});
