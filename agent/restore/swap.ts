@@ -62,6 +62,8 @@ export type RestoreJournal = z.infer<typeof journalSchema>;
 export interface RestoreFaults {
   /** Called before the settings copy (`copy-settings`) and each swap step; throwing here fails that step. */
   beforeSwapStep?: (step: string) => void | Promise<void>;
+  /** Called after each swap step's action took effect; throwing here fails the step after it acted (as an fsync failing after its rename). */
+  afterSwapStep?: (step: string) => void | Promise<void>;
   /** Receives pg_restore's pid while it restores the staging database. */
   onStagingRestore?: (pid: number) => void;
   /** Overrides the free bytes the disk check requires. */
@@ -167,14 +169,29 @@ export async function swapIntoPlace(
     folders: names.folders,
   };
   const undo: { step: string; revert: () => Promise<void> }[] = [];
+  // Each step's undo is registered before it runs, since a step can fail after its action took effect
+  // (a rename done, its fsync failed): every undo checks what exists and reverts only what happened.
   const step = async (name: string, run: () => Promise<void>, revert?: () => Promise<void>) => {
     const started = performance.now();
     journal.step = name;
     await writeJournal(deps.config.dataDir, journal);
+    if (revert) undo.push({ step: name, revert });
     await options.faults?.beforeSwapStep?.(name);
     await run();
+    await options.faults?.afterSwapStep?.(name);
     deps.log.debug('restore swap step', { step: name, ms: Math.round(performance.now() - started) });
-    if (revert) undo.push({ step: name, revert });
+  };
+  /** Renames database `from` back to `to` if the rename happened: `from` exists and `to` does not. */
+  const renameDatabaseBack = async (from: string, to: string) => {
+    const databases = new Set(await listDatabases(conn));
+    if (!databases.has(from) || databases.has(to)) return;
+    await terminateSessions(conn, from);
+    await renameDatabase(conn, from, to);
+  };
+  /** Renames folder `from` back to `to` if the rename happened: `from` exists and `to` does not. */
+  const renameFolderBack = async (from: string, to: string) => {
+    if (!existsSync(from) || existsSync(to)) return;
+    await renameFolder(from, to);
   };
 
   try {
@@ -187,10 +204,7 @@ export async function swapIntoPlace(
     await step(
       'rename-live-database',
       () => renameDatabase(conn, names.live, names.previous),
-      async () => {
-        await terminateSessions(conn, names.previous);
-        await renameDatabase(conn, names.previous, names.live);
-      },
+      () => renameDatabaseBack(names.previous, names.live),
     );
     await step(
       'rename-staging-database',
@@ -198,23 +212,21 @@ export async function swapIntoPlace(
         await terminateSessions(conn, names.staging);
         await renameDatabase(conn, names.staging, names.live);
       },
-      async () => {
-        await terminateSessions(conn, names.live);
-        await renameDatabase(conn, names.live, names.staging);
-      },
+      // Only once the live database is aside: then whatever holds the live name is the staging copy.
+      () => renameDatabaseBack(names.live, names.staging),
     );
     for (const folder of names.folders) {
       if (existsSync(folder.live)) {
         await step(
           `move-live-folder:${folder.root}`,
           () => renameFolder(folder.live, folder.previous),
-          () => renameFolder(folder.previous, folder.live),
+          () => renameFolderBack(folder.previous, folder.live),
         );
       }
       await step(
         `move-staging-folder:${folder.root}`,
         () => renameFolder(folder.staging, folder.live),
-        () => renameFolder(folder.live, folder.staging),
+        () => renameFolderBack(folder.live, folder.staging),
       );
     }
     await step('commit', async () => {

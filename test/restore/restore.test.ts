@@ -386,6 +386,31 @@ describe('restore', () => {
     });
   }
 
+  for (const failing of steps.filter((s) => s !== 'copy-settings' && s !== 'copy-database-properties')) {
+    it(`undoes everything when the swap step ${failing} fails after its action took effect`, async () => {
+      const before = await liveState(t.agent);
+      const job = await runRestore(t.agent.catalog.pathOf(backupName), {
+        skipSafetyBackup: true,
+        faults: {
+          afterSwapStep: (step) => {
+            if (step === failing) throw new Error(`injected failure after ${step}`);
+          },
+        },
+      });
+      expect(job.error?.message).toContain(`injected failure after ${failing}`);
+      expect(job.error?.message).toContain('live system is unchanged');
+      await expectUntouched(job, 'restore_failed', before);
+      const [row] = await withSql(
+        databaseUrl(t.agent.sources.conn, 'postgres'),
+        (sql) =>
+          sql<
+            { allow: boolean }[]
+          >`select datallowconn as allow from pg_database where datname = ${t.agent.sources.conn.database}`,
+      );
+      expect(row!.allow).toBe(true);
+    });
+  }
+
   it("drops a staging database a killed restore's server session was still creating", async () => {
     // The server finishes a CREATE DATABASE whose client died; recovery must not list the databases
     // before it ends. Here the creation is held on a lock on its template until recovery has run.
