@@ -254,7 +254,7 @@ export class OffsiteService {
       'download',
       (ctx) =>
         this.withProvider(kind, section, async (provider) => {
-          ctx.phase(`downloading ${name}`, (await provider.stat(name)).size);
+          ctx.phase(`downloading ${name}`, (await provider.stat(name, { signal: ctx.signal })).size);
           return downloadToCatalog(this.agent, provider, name, this.transferOptions(ctx));
         }),
       { mutating: false, target: name },
@@ -273,7 +273,7 @@ export class OffsiteService {
         try {
           const path = join(dir, name);
           await this.withProvider(kind, section, async (provider) => {
-            ctx.phase(`downloading ${name}`, (await provider.stat(name)).size);
+            ctx.phase(`downloading ${name}`, (await provider.stat(name, { signal: ctx.signal })).size);
             await downloadToFile(provider, name, path, this.transferOptions(ctx));
           });
           return {
@@ -363,7 +363,7 @@ export class OffsiteService {
           // A running job (verify, download) reads it: it stays until a later sync.
           if (busyBackupNames(this.agent).has(candidate.filename)) continue;
           if (candidate.remote) {
-            await provider.delete(candidate.filename);
+            await provider.delete(candidate.filename, { signal: ctx.signal });
             result.deleted.remote.push(candidate.filename);
           }
           if (candidate.local) {
@@ -421,9 +421,12 @@ export class OffsiteService {
                 attempt,
               }),
           });
-          const pruned = await this.pruneRemote(provider, settings.autoBackup.maxBackups, [
-            backup.filename,
-          ]).catch((error: unknown) => {
+          const pruned = await this.pruneRemote(
+            provider,
+            settings.autoBackup.maxBackups,
+            [backup.filename],
+            ctx.signal,
+          ).catch((error: unknown) => {
             ctx.log.warn('pruning a destination failed; the upload itself is done', {
               destination: kind,
               error: describeDestinationError(kind, section, error).message,
@@ -499,12 +502,13 @@ export class OffsiteService {
     provider: StorageProvider,
     maxBackups: number,
     protect: string[] = [],
+    signal?: AbortSignal,
   ): Promise<string[]> {
-    const [local, remote] = await Promise.all([this.agent.catalog.list(), provider.list()]);
-    const foreign = await this.foreignNames(provider, local, remote);
+    const [local, remote] = await Promise.all([this.agent.catalog.list(), provider.list({ signal })]);
+    const foreign = await this.foreignNames(provider, local, remote, signal);
     const ours = remote.filter((o) => !foreign.has(o.name));
     const doomed = planRemotePrune(local, ours, maxBackups, [...protect, ...busyBackupNames(this.agent)]);
-    for (const name of doomed) await provider.delete(name);
+    for (const name of doomed) await provider.delete(name, { signal });
     if (doomed.length)
       this.agent.log.info('retention pruned remote backups', { destination: provider.id, deleted: doomed });
     return doomed;
@@ -573,7 +577,7 @@ function withRetryList(
   retry: RetryPolicy | undefined,
   signal: AbortSignal,
 ): Promise<StoredObject[]> {
-  return withRetry(() => provider.list(), { ...retry, signal });
+  return withRetry(() => provider.list({ signal }), { ...retry, signal });
 }
 
 /** The most of a remote backup read to find its header (headers are a few KiB). */

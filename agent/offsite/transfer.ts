@@ -159,7 +159,7 @@ export async function downloadToCatalog(
   options: TransferOptions = {},
 ): Promise<ReceivedBackup> {
   const retry = { ...options.retry, signal: options.signal, onRetry: options.onRetry };
-  const remote = await withRetry(() => provider.stat(name), retry);
+  const remote = await withRetry(() => provider.stat(name, { signal: options.signal }), retry);
   return withRetry(
     () =>
       guardStall(async (signal, onProgress) => {
@@ -182,7 +182,7 @@ export async function downloadToFile(
   options: TransferOptions = {},
 ): Promise<number> {
   const retry = { ...options.retry, signal: options.signal, onRetry: options.onRetry };
-  const remote = await withRetry(() => provider.stat(name), retry);
+  const remote = await withRetry(() => provider.stat(name, { signal: options.signal }), retry);
   return withRetry(
     () =>
       guardStall(async (signal, onProgress) => {

@@ -71,16 +71,16 @@ class LazyProvider implements StorageProvider {
     return (await this.provider()).get(name, options);
   }
 
-  async stat(name: string): Promise<StoredObject> {
-    return (await this.provider()).stat(name);
+  async stat(name: string, options?: { signal?: AbortSignal }): Promise<StoredObject> {
+    return (await this.provider()).stat(name, options);
   }
 
-  async list(): Promise<StoredObject[]> {
-    return (await this.provider()).list();
+  async list(options?: { signal?: AbortSignal }): Promise<StoredObject[]> {
+    return (await this.provider()).list(options);
   }
 
-  async delete(name: string): Promise<void> {
-    return (await this.provider()).delete(name);
+  async delete(name: string, options?: { signal?: AbortSignal }): Promise<void> {
+    return (await this.provider()).delete(name, options);
   }
 
   async sweepTemp(options?: { olderThanMs?: number; signal?: AbortSignal }): Promise<TempSweepResult> {

@@ -46,6 +46,15 @@ export interface S3Options {
   forcePathStyle: boolean;
   /** Multipart part size in bytes (default 8 MiB, at least 5 MiB); larger objects upload in parts. */
   partSize?: number;
+  /** TCP (and TLS) connect timeout per request (default 20 s); a server not answering fails as 'unreachable'. */
+  connectTimeoutMs?: number;
+  /**
+   * A request whose socket moves no byte for this long fails as 'unreachable' (default 60 s). Idle, not
+   * total, so a slow but moving part upload or download is never cut off.
+   */
+  idleTimeoutMs?: number;
+  /** Total limit of a listing, stat or delete request (default 60 s): these carry no large body. */
+  requestTimeoutMs?: number;
   /** Provider id shown in results (default `s3`). */
   id?: string;
 }
@@ -80,6 +89,7 @@ export class S3Provider implements StorageProvider {
   private readonly options: S3Options;
   private readonly prefix: string;
   private readonly partSize: number;
+  private readonly requestTimeout: number;
 
   constructor(options: S3Options) {
     this.options = options;
@@ -98,11 +108,25 @@ export class S3Provider implements StorageProvider {
       requestChecksumCalculation: 'WHEN_REQUIRED',
       responseChecksumValidation: 'WHEN_REQUIRED',
       maxAttempts: 3,
+      // The SDK's handler waits forever by default: a frozen server would hang list, stat and delete
+      // (and with them Test Connection and a job holding the lock). This version's requestTimeout
+      // only warns unless throwOnRequestTimeout is set; it is given per call to metadata requests.
+      requestHandler: {
+        connectionTimeout: options.connectTimeoutMs ?? 20_000,
+        socketTimeout: options.idleTimeoutMs ?? 60_000,
+        throwOnRequestTimeout: true,
+      },
     });
+    this.requestTimeout = options.requestTimeoutMs ?? 60_000;
   }
 
   private key(name: string): string {
     return this.prefix + name;
+  }
+
+  /** Options for a metadata request (list, stat, delete): the total time limit, and the caller's signal. */
+  private small(signal: AbortSignal | undefined): { requestTimeout: number; abortSignal?: AbortSignal } {
+    return { requestTimeout: this.requestTimeout, ...(signal ? { abortSignal: signal } : {}) };
   }
 
   /** Maps SDK and network failures to StorageError codes. */
@@ -204,7 +228,7 @@ export class S3Provider implements StorageProvider {
         onProgress: options.onProgress,
         classify: (error, failSignal) => this.classify(error, name, failSignal),
       });
-      return this.checkStored(name, source);
+      return this.checkStored(name, source, signal);
     }
     // The check fails the body stream at its end on a size/sha256 mismatch, before the single
     // PutObject is sent or the multipart upload is completed, so nothing appears under `name`.
@@ -255,12 +279,12 @@ export class S3Provider implements StorageProvider {
     } finally {
       signal?.removeEventListener('abort', onAbort);
     }
-    return this.checkStored(name, source);
+    return this.checkStored(name, source, signal);
   }
 
   /** What the bucket holds under `name` after a put, refused unless its size is the source's. */
-  private async checkStored(name: string, source: BackupSource): Promise<StoredObject> {
-    const stored = await this.stat(name);
+  private async checkStored(name: string, source: BackupSource, signal?: AbortSignal): Promise<StoredObject> {
+    const stored = await this.stat(name, { signal });
     if (stored.size !== source.size) {
       throw new StorageError(
         'integrity',
@@ -287,11 +311,13 @@ export class S3Provider implements StorageProvider {
     }
   }
 
-  async stat(name: string): Promise<StoredObject> {
+  async stat(name: string, options: { signal?: AbortSignal } = {}): Promise<StoredObject> {
     assertObjectName(name);
+    throwIfAborted(options.signal);
     try {
       const head = await this.client.send(
         new HeadObjectCommand({ Bucket: this.options.bucket, Key: this.key(name) }),
+        this.small(options.signal),
       );
       return {
         name,
@@ -300,11 +326,13 @@ export class S3Provider implements StorageProvider {
         sha256: head.Metadata?.['sha256'],
       };
     } catch (error) {
-      throw this.classify(error, name);
+      throw this.classify(error, name, options.signal);
     }
   }
 
-  async list(): Promise<StoredObject[]> {
+  async list(options: { signal?: AbortSignal } = {}): Promise<StoredObject[]> {
+    const { signal } = options;
+    throwIfAborted(signal);
     const names: string[] = [];
     let token: string | undefined;
     try {
@@ -315,6 +343,7 @@ export class S3Provider implements StorageProvider {
             Prefix: this.prefix || undefined,
             ContinuationToken: token,
           }),
+          this.small(signal),
         );
         for (const object of page.Contents ?? []) {
           const name = object.Key?.slice(this.prefix.length) ?? '';
@@ -323,12 +352,14 @@ export class S3Provider implements StorageProvider {
         token = page.IsTruncated ? page.NextContinuationToken : undefined;
       } while (token);
     } catch (error) {
-      throw this.classify(error, this.options.bucket);
+      throw this.classify(error, this.options.bucket, signal);
     }
     // The sha256 lives in each object's metadata, which a listing does not carry.
     const objects: StoredObject[] = [];
     for (let i = 0; i < names.length; i += 8) {
-      const batch = await Promise.allSettled(names.slice(i, i + 8).map((name) => this.stat(name)));
+      const batch = await Promise.allSettled(
+        names.slice(i, i + 8).map((name) => this.stat(name, { signal })),
+      );
       for (const result of batch) {
         if (result.status === 'fulfilled') objects.push(result.value);
         else if (!(result.reason instanceof StorageError && result.reason.code === 'not_found'))
@@ -338,12 +369,16 @@ export class S3Provider implements StorageProvider {
     return objects;
   }
 
-  async delete(name: string): Promise<void> {
-    await this.stat(name); // S3 deletes a missing key silently; the contract says not_found.
+  async delete(name: string, options: { signal?: AbortSignal } = {}): Promise<void> {
+    const { signal } = options;
+    await this.stat(name, { signal }); // S3 deletes a missing key silently; the contract says not_found.
     try {
-      await this.client.send(new DeleteObjectCommand({ Bucket: this.options.bucket, Key: this.key(name) }));
+      await this.client.send(
+        new DeleteObjectCommand({ Bucket: this.options.bucket, Key: this.key(name) }),
+        this.small(signal),
+      );
     } catch (error) {
-      throw this.classify(error, name);
+      throw this.classify(error, name, signal);
     }
   }
 
@@ -354,7 +389,7 @@ export class S3Provider implements StorageProvider {
    */
   async sweepTemp(options: { olderThanMs?: number; signal?: AbortSignal } = {}): Promise<TempSweepResult> {
     const { signal } = options;
-    const sendOptions = signal ? { abortSignal: signal } : {};
+    const sendOptions = this.small(signal);
     const bucket = this.options.bucket;
     const skipped = `the S3 server does not implement listing or aborting multipart uploads; incomplete uploads in bucket ${bucket} are not removed (a bucket lifecycle rule "AbortIncompleteMultipartUpload" does it)`;
     const doomed: { name: string; key: string; uploadId: string }[] = [];

@@ -49,9 +49,10 @@ export interface StorageProvider {
     options?: { signal?: AbortSignal; onProgress?: (bytes: number) => void },
   ): Promise<StoredObject>;
   get(name: string, options?: { signal?: AbortSignal }): Promise<ReadableStream<Uint8Array>>;
-  stat(name: string): Promise<StoredObject>;
-  list(): Promise<StoredObject[]>;
-  delete(name: string): Promise<void>;
+  /** `signal` (optional; providers may ignore it) ends a call still waiting on the server as 'aborted'. */
+  stat(name: string, options?: { signal?: AbortSignal }): Promise<StoredObject>;
+  list(options?: { signal?: AbortSignal }): Promise<StoredObject[]>;
+  delete(name: string, options?: { signal?: AbortSignal }): Promise<void>;
   /**
    * Removes what failed put()s of this product left behind, and nothing else: temp files named
    * `.tmp-gem-backup-…` as put() names them (SFTP, SMB, local folder) or, on S3, incomplete multipart

@@ -2,6 +2,9 @@
 import { readdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { s3Options, testConnection } from '../../agent/offsite/index';
+import { withRetry } from '../../agent/providers/retry';
+import { S3Provider } from '../../agent/providers/s3';
 import { runProcess } from '../../agent/system/spawn';
 import { backupNow, call, filenameOf, runJob, startOffsiteAgent } from '../offsite/helpers';
 import type { TestAgent } from '../services/agent';
@@ -175,4 +178,78 @@ describe('a destination that stops answering mid-upload', () => {
       });
     }
   }
+});
+
+describe('a frozen S3 server: list, Test Connection and cancel end', () => {
+  /** Short limits instead of the defaults (20 s connect, 60 s idle and per metadata request). */
+  const SHORT = { connectTimeoutMs: 500, idleTimeoutMs: 1000, requestTimeoutMs: 1000 };
+
+  async function frozen<T>(run: () => Promise<T>): Promise<T> {
+    await destinations.s3.freeze();
+    try {
+      return await run();
+    } finally {
+      await destinations.s3.thaw();
+    }
+  }
+
+  it('list() and Test Connection end as unreachable after the shortened timeouts', {
+    timeout: 60_000,
+  }, async () => {
+    const section = { ...t.agent.settings.get().offsite.s3 };
+    const provider = new S3Provider({ ...s3Options(section), ...SHORT });
+    try {
+      const listed = await frozen(() =>
+        provider.list().then(
+          () => 'listed',
+          (e) => e.code,
+        ),
+      );
+      expect(listed).toBe('unreachable');
+      const tested = await frozen(() => testConnection('s3', section, SHORT));
+      expect(tested).toMatchObject({ ok: false, details: { code: 'unreachable', step: 'connect' } });
+      expect(tested.message).toContain('Cannot reach the storage');
+    } finally {
+      await provider.close();
+    }
+  });
+
+  it('a cancelled list ends as aborted (the default timeouts still running)', {
+    timeout: 30_000,
+  }, async () => {
+    const provider = new S3Provider(s3Options({ ...t.agent.settings.get().offsite.s3 }));
+    const controller = new AbortController();
+    try {
+      const outcome = await frozen(() => {
+        const listing = withRetry(() => provider.list({ signal: controller.signal }), {
+          signal: controller.signal,
+        }).then(
+          () => 'listed',
+          (e) => e.code,
+        );
+        setTimeout(() => controller.abort(), 300);
+        return listing;
+      });
+      expect(outcome).toBe('aborted');
+    } finally {
+      await provider.close();
+    }
+  });
+
+  it('a Sync Now cancelled while the server is frozen ends, and frees the lock for a backup', {
+    timeout: 30_000,
+  }, async () => {
+    const outcome = await frozen(async () => {
+      const res = await call(t, 'POST', '/offsite/s3/sync');
+      expect(res.status).toBe(202);
+      const id = res.body.jobId as string;
+      await new Promise((r) => setTimeout(r, 300));
+      t.agent.jobs.cancel(id);
+      return t.agent.jobs.waitFor(id);
+    });
+    expect(outcome.state).toBe('cancelled');
+    const backup = await call(t, 'POST', '/backups');
+    expect(backup.status, JSON.stringify(backup.body)).toBe(202);
+    expect((await t.agent.jobs.waitFor(backup.body.jobId)).state).toBe('succeeded');
+  });
 });
