@@ -1,6 +1,7 @@
 // The Backup & Restore page: sign-in, then every section loads its state from the agent's API.
-import { token, whenUnauthorized } from './api.js';
-import { loadBackups, setupBackups } from './backups.js';
+import { api, token, whenUnauthorized } from './api.js';
+import { loadBackups, restoreProgress, setupBackups } from './backups.js';
+import { showJobProgress } from './dialogs.js';
 import { loadKeys, setupKeys } from './keys.js';
 import { loadDrStatus, loadSettings, setupSettings } from './settings.js';
 
@@ -31,6 +32,75 @@ async function showApp() {
   // The keys call doubles as the token check: a 401 sends us back to sign-in.
   await loadKeys();
   await Promise.all([loadBackups().catch(showError), loadSettings(), loadDrStatus()]);
+  // A job started before a reload (or in another tab) still runs: show it again, as its starter did.
+  showRunningJobs(refreshAfterJob).catch((error) => error.status !== 401 && showError(error));
+}
+
+/** What a job may have changed: the backups list and the Cloud DR status. */
+async function refreshAfterJob() {
+  await Promise.all([loadBackups().catch(showError), loadDrStatus()]);
+}
+
+// Jobs already running when the page opens (a reload, a second tab): their progress is shown again.
+const OFFSITE_NAMES = { sftp: 'SFTP server', s3: 'S3-compatible storage', smb: 'Windows share (SMB)' };
+
+/** The progress dialog's title and texts for a job the page did not start itself. */
+function progressFor(job) {
+  const target = job.target ?? '';
+  switch (job.kind) {
+    case 'restore':
+      return restoreProgress(target || 'a backup');
+    case 'backup':
+      return {
+        title: 'Creating a backup',
+        describe: (done) => `Backup created: ${done.result?.backup?.filename ?? 'done'}`,
+      };
+    case 'verify':
+      return {
+        title: `Verifying ${target || 'a backup'}`,
+        describe: () => 'The backup is intact: every file decrypted and matched its checksum.',
+      };
+    case 'sync':
+      return { title: `Syncing with ${OFFSITE_NAMES[target] ?? (target || 'an offsite destination')}` };
+    case 'download':
+      return {
+        title: `Copying ${target || 'a backup'} to this controller`,
+        describe: () => `${target || 'The backup'} is now in the local backups.`,
+      };
+    case 'upload':
+      return { title: `Uploading ${target || 'a backup'}` };
+    case 'dr-push':
+      return {
+        title: 'Pushing to Cloud Disaster Recovery',
+        describe: () => 'The latest backup is now in the cloud.',
+      };
+    case 'dr-recover':
+      return { title: 'Recovering from Cloud Disaster Recovery' };
+    case 'maintenance':
+      return {
+        title: 'Database maintenance',
+        describe: (done) => `Deleted ${done.result?.total ?? 0} old rows.`,
+      };
+    case 'verification':
+      return { title: 'Checking every copy' };
+    default:
+      return { title: 'A job is running' };
+  }
+}
+
+/**
+ * Asks the agent which jobs run and shows each one's progress until it ends (one dialog at a time,
+ * oldest first), then `afterJobs()` refreshes what they may have changed.
+ */
+async function showRunningJobs(afterJobs) {
+  const jobs = await api('/jobs');
+  const running = jobs
+    .filter((job) => !job.endedAt)
+    .sort((a, b) => String(a.startedAt).localeCompare(String(b.startedAt)));
+  for (const job of running) {
+    await showJobProgress(job.id, progressFor(job));
+    await afterJobs?.();
+  }
 }
 
 whenUnauthorized((error) => {

@@ -164,21 +164,29 @@ export async function restoreWithProgress(path, name, where = 'this backup') {
   if (!ok) return;
   try {
     const { jobId } = await api(path, { method: 'POST', json: { confirm: name } });
-    await showJobProgress(jobId, {
-      title: `Restoring ${name}`,
-      cancellable: true,
-      onNotice: (notice, _data, { text }) => {
-        if (notice === 'restore-swap') text.textContent = 'Switching over to the restored data…';
-      },
-      describe: () => 'Restore complete. Reloading the page…',
-      afterSuccess: async () => {
-        await new Promise((resolve) => setTimeout(resolve, 1500));
-        location.reload();
-      },
-    });
+    await showJobProgress(jobId, restoreProgress(name));
   } catch (error) {
     report(error);
   }
+}
+
+/**
+ * How a restore's progress dialog reads and what follows it: the swap notice, and a page reload after
+ * success (everything on it may have changed). Also used for a restore found running after a reload.
+ */
+export function restoreProgress(name) {
+  return {
+    title: `Restoring ${name}`,
+    cancellable: true,
+    onNotice: (notice, _data, { text }) => {
+      if (notice === 'restore-swap') text.textContent = 'Switching over to the restored data…';
+    },
+    describe: () => 'Restore complete. Reloading the page…',
+    afterSuccess: async () => {
+      await new Promise((resolve) => setTimeout(resolve, 1500));
+      location.reload();
+    },
+  };
 }
 
 function restore(name) {

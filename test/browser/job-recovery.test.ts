@@ -1,0 +1,229 @@
+/**
+ * The page against the agent as `npm start` runs it (its own process, so the test can hold its pg_dump
+ * and kill and restart it): a running job survives a reload, an agent restart mid-job reads as
+ * interrupted, and turning Cloud DR off asks first.
+ */
+import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
+import { mkdir, mkdtemp, rm } from 'node:fs/promises';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import type { Browser, Page } from 'playwright-core';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { seedGemDatabase, writeSampleFolders } from '../../agent/db/seed';
+import { startTestAgent, TEST_TOKEN } from '../services/agent';
+import { launchBrowser } from '../services/browser';
+import { startPostgres, type TestPostgres, withSql } from '../services/postgres';
+
+const SHOTS = 'test-artifacts/screenshots';
+
+let pg: TestPostgres;
+let dataDir: string;
+let databaseUrl: string;
+let port: number;
+let url: string;
+let agentProcess: ChildProcess | undefined;
+let browser: Browser;
+let page: Page;
+/** pg_dump processes stopped by the test, continued or killed before it ends. */
+const held = new Set<number>();
+
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+/** A port free right now: the agent comes back on the same one, so the page's address stays. */
+function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = createServer();
+    server.once('error', reject);
+    server.listen(0, '127.0.0.1', () => {
+      const { port: free } = server.address() as { port: number };
+      server.close(() => resolve(free));
+    });
+  });
+}
+
+/** Starts agent/main.ts on the test's data dir and database; resolves once it listens. */
+async function startAgent(): Promise<void> {
+  const child = spawn(process.execPath, ['--import', 'tsx', 'agent/main.ts'], {
+    cwd: process.cwd(),
+    env: {
+      ...process.env,
+      DATABASE_URL: databaseUrl,
+      GEM_DATA_DIR: dataDir,
+      GEM_SCRIPTS_DIR: join(dataDir, 'gem', 'scripts'),
+      GEM_CONFIG_DIR: join(dataDir, 'gem', 'config'),
+      GEM_PG_BIN: pg.binDir,
+      GEM_AGENT_TOKEN: TEST_TOKEN,
+      GEM_LOG_LEVEL: 'warn',
+      PORT: String(port),
+      HOST: '127.0.0.1',
+      NODE_ENV: 'test',
+    },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  agentProcess = child;
+  let output = '';
+  await new Promise<void>((resolve, reject) => {
+    const onData = (chunk: Buffer) => {
+      output += chunk.toString('utf8');
+      if (output.includes('is running at')) resolve();
+    };
+    child.stdout!.on('data', onData);
+    child.stderr!.on('data', onData);
+    child.once('exit', (code, signal) =>
+      reject(new Error(`the agent exited (${code ?? signal}) before listening:\n${output}`)),
+    );
+  });
+}
+
+/** SIGKILLs the agent (a crash or power cut) and waits until it is gone. */
+async function killAgent(): Promise<void> {
+  const child = agentProcess;
+  if (!child || child.exitCode !== null || child.signalCode !== null) return;
+  const gone = new Promise((resolve) => child.once('exit', resolve));
+  child.kill('SIGKILL');
+  await gone;
+}
+
+/** Every process below the agent's, with its command line. */
+function agentDescendants(): { pid: number; comm: string; args: string }[] {
+  const rows = execFileSync('ps', ['-eo', 'pid=,ppid=,comm=,args='], { encoding: 'utf8' })
+    .trim()
+    .split('\n')
+    .map((line) => line.trim().split(/\s+/))
+    .map(([pid, ppid, comm, ...args]) => ({
+      pid: Number(pid),
+      ppid: Number(ppid),
+      comm: comm ?? '',
+      args: args.join(' '),
+    }));
+  const below = new Set([agentProcess!.pid!]);
+  for (let grew = true; grew; ) {
+    grew = false;
+    for (const row of rows)
+      if (below.has(row.ppid) && !below.has(row.pid)) {
+        below.add(row.pid);
+        grew = true;
+      }
+  }
+  return rows.filter((row) => below.has(row.pid) && row.pid !== agentProcess!.pid);
+}
+
+/** Waits for the agent's pg_dump of the database and stops it (SIGSTOP): the backup stays in its dump phase. */
+async function holdDump(): Promise<number[]> {
+  for (let i = 0; i < 2000; i++) {
+    // Not `pg_dump --version` (the tools check): it ends at once.
+    const dumps = agentDescendants()
+      .filter((p) => p.comm === 'pg_dump' && !p.args.includes('--version'))
+      .map((p) => p.pid);
+    const stopped = dumps.filter((pid) => {
+      try {
+        process.kill(pid, 'SIGSTOP');
+        held.add(pid);
+        return true;
+      } catch {
+        return false; // it ended meanwhile
+      }
+    });
+    if (stopped.length) return stopped;
+    await sleep(10);
+  }
+  throw new Error('the backup never started pg_dump');
+}
+
+function release(pids: number[], signal: NodeJS.Signals = 'SIGCONT'): void {
+  for (const pid of pids) {
+    try {
+      process.kill(pid, signal);
+    } catch {
+      // already gone
+    }
+    held.delete(pid);
+  }
+}
+
+const api = async (path: string, init: RequestInit = {}) => {
+  const response = await fetch(`${url}/api/v1${path}`, {
+    ...init,
+    headers: { authorization: `Bearer ${TEST_TOKEN}`, 'content-type': 'application/json' },
+  });
+  expect(response.ok, `${path}: ${response.status}`).toBe(true);
+  return response.json();
+};
+const runningJobs = async () =>
+  ((await api('/jobs')) as { kind: string; endedAt?: string }[]).filter((job) => !job.endedAt);
+
+async function waitNoJobs(): Promise<void> {
+  await expect.poll(async () => (await runningJobs()).length, { timeout: 60_000 }).toBe(0);
+}
+
+async function signIn(): Promise<void> {
+  await page.goto(url);
+  await page.getByLabel('Admin token').fill(TEST_TOKEN);
+  await page.getByRole('button', { name: 'Sign in' }).click();
+  await page.getByRole('heading', { name: 'Local backups' }).waitFor();
+}
+
+beforeAll(async () => {
+  await mkdir(SHOTS, { recursive: true });
+  pg = await startPostgres();
+  dataDir = await mkdtemp(join(tmpdir(), 'gem-ui-jobs-'));
+  databaseUrl = await pg.createDatabase();
+  // Create the keyring and seed the sample GEM data with it, then hand the data dir to the real agent.
+  const first = await startTestAgent(pg, { dataDir, databaseUrl });
+  await withSql(databaseUrl, (sql) => seedGemDatabase(sql, first.agent.keyring.activeKey));
+  await writeSampleFolders(join(dataDir, 'gem', 'scripts'), join(dataDir, 'gem', 'config'));
+  await first.close();
+  port = await freePort();
+  url = `http://127.0.0.1:${port}`;
+  await startAgent();
+  browser = await launchBrowser();
+  page = await browser.newPage({ viewport: { width: 1100, height: 900 } });
+  page.setDefaultTimeout(20_000);
+  await signIn();
+}, 120_000);
+afterEach(async (context) => {
+  if (context.task.result?.state === 'fail')
+    await page.screenshot({
+      path: `${SHOTS}/failed-jobs-${context.task.name.slice(0, 40).replace(/\W+/g, '-')}.png`,
+    });
+  release([...held], 'SIGCONT');
+  // A dialog left open by a failed step would block the next test's clicks.
+  await page.evaluate(() => {
+    for (const dialog of document.querySelectorAll('dialog[open]')) (dialog as HTMLDialogElement).close();
+  });
+});
+afterAll(async () => {
+  await browser?.close();
+  release([...held], 'SIGKILL');
+  const child = agentProcess;
+  if (child && child.exitCode === null && child.signalCode === null) {
+    const gone = new Promise((resolve) => child.once('exit', resolve));
+    child.kill('SIGINT');
+    await Promise.race([gone, sleep(15_000)]);
+    if (child.exitCode === null && child.signalCode === null) await killAgent();
+  }
+  await pg?.stop();
+  if (dataDir) await rm(dataDir, { recursive: true, force: true });
+}, 60_000);
+
+describe('running jobs, agent restarts and Cloud DR opt-out in the page', () => {
+  it('shows a running backup again after a reload, and how it ended', async () => {
+    await page.getByRole('button', { name: 'Create Backup' }).click();
+    const dumps = await holdDump();
+    const dialog = page.locator('#progress-dialog');
+    await dialog.getByRole('heading', { name: 'Creating a backup' }).waitFor();
+    await page.reload();
+    await page.getByRole('heading', { name: 'Local backups' }).waitFor();
+    // The job still runs on the agent: the page asks which jobs run and follows this one again.
+    expect((await runningJobs()).map((job) => job.kind)).toEqual(['backup']);
+    await dialog.getByRole('heading', { name: 'Creating a backup' }).waitFor();
+    await page.locator('#progress-text').getByText(/dump/i).waitFor();
+    await page.screenshot({ path: `${SHOTS}/20-backup-after-reload.png` });
+    release(dumps);
+    await dialog.getByText(/Backup created: gem-backup-/).waitFor({ timeout: 60_000 });
+    await dialog.getByRole('button', { name: 'Close' }).click();
+    const [backup] = (await api('/backups')) as { filename: string }[];
+    await page.locator(`tr[data-filename="${backup!.filename}"]`).waitFor();
+  });
+});
