@@ -3,12 +3,13 @@
 import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
 import { mkdir, mkdtemp, readFile, rm, stat } from 'node:fs/promises';
-import { join } from 'node:path';
+import { dirname, join, resolve } from 'node:path';
 import { type Readable, Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { createGzip } from 'node:zlib';
 import tar from 'tar-stream';
 import { generateFileKey, newCore, wrapForMasterKey } from '../../shared/envelope';
+import { dataPaths } from '../config';
 import { AppError } from '../errors';
 import type { JobContext } from '../jobs/runner';
 import { createSealTransform } from '../keys/envelope-node';
@@ -16,6 +17,7 @@ import type { Keyring } from '../keys/keyring';
 import { TEMP_PREFIX, writeFileAtomic } from '../system/atomic-file';
 import type { PgConnection, PostgresTools } from '../system/postgres-tools';
 import { AGENT_VERSION } from '../version';
+import type { FolderRoot } from './archive';
 import type { BackupCatalog, BackupInfo } from './catalog';
 import { dumpDatabase } from './dump';
 import { type SnapshotMember, snapshotFolder } from './folders';
@@ -68,6 +70,21 @@ async function readGemVersion(configDir: string): Promise<string | undefined> {
   } catch {
     return undefined;
   }
+}
+
+/**
+ * What a backup does with a folder that does not exist. A configured folder (GEM_SCRIPTS_DIR /
+ * GEM_CONFIG_DIR) that is missing is an unmounted disk or a wrong setting: the backup fails, as one
+ * holding an empty folder would, once restored, empty the live one. The agent's own default place
+ * (under the data dir; the catalog lives there too) that was never created is truly empty. A safety
+ * backup records the state a restore is about to replace: a missing folder must not stop the restore.
+ */
+function missingFolder(
+  kind: CreateBackupOptions['kind'],
+  source: string,
+  defaultPath: string,
+): 'fail' | 'empty' {
+  return kind === 'safety' || resolve(source) === resolve(defaultPath) ? 'empty' : 'fail';
 }
 
 function tarHeader(
@@ -133,9 +150,16 @@ export async function createBackup(
     ctx.throwIfCancelled();
 
     ctx.phase('folders');
+    const defaults = dataPaths(dirname(catalog.dir));
+    const snapshot = (root: FolderRoot, source: string, defaultPath: string) =>
+      snapshotFolder(root, source, join(work, root), {
+        log: ctx.log,
+        signal: ctx.signal,
+        missing: missingFolder(kind, source, defaultPath),
+      });
     const folders = [
-      ...(await snapshotFolder('scripts', sources.scriptsDir, join(work, 'scripts'), ctx)),
-      ...(await snapshotFolder('config', sources.configDir, join(work, 'config'), ctx)),
+      ...(await snapshot('scripts', sources.scriptsDir, defaults.sampleScripts)),
+      ...(await snapshot('config', sources.configDir, defaults.sampleConfig)),
     ];
     const members: SnapshotMember[] = [
       {

@@ -1,10 +1,11 @@
 /** Snapshots the scripts and config folders into the work dir, hashing each file as it is copied. */
 import { createHash } from 'node:crypto';
 import { createReadStream, createWriteStream } from 'node:fs';
-import { lstat, mkdir, readdir } from 'node:fs/promises';
+import { lstat, mkdir, readdir, realpath, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
+import { AppError } from '../errors';
 import type { Logger } from '../log';
 import type { FolderRoot } from './archive';
 import type { ManifestMember } from './manifest';
@@ -14,37 +15,71 @@ export interface SnapshotMember extends ManifestMember {
   localPath: string;
 }
 
+/** The setting that places each folder (agent/config.ts), named in errors about it. */
+export const FOLDER_SETTINGS: Record<FolderRoot, string> = {
+  scripts: 'GEM_SCRIPTS_DIR',
+  config: 'GEM_CONFIG_DIR',
+};
+
+export interface SnapshotOptions {
+  log?: Logger;
+  signal?: AbortSignal;
+  /**
+   * A `source` that does not exist: 'fail' (the default) throws `unprocessable` naming the folder
+   * and its setting, since a backup holding it as empty would, once restored, replace the live
+   * folder by an empty one; 'empty' backs it up as an empty folder with a warning.
+   */
+  missing?: 'fail' | 'empty';
+}
+
 /**
  * Copies `source` into `target` (regular files and folders only; links and special files are
  * skipped with a warning, since restore would refuse them) and returns the manifest members,
  * named `<root>/<relative path>`. Copying first means the archive holds exactly what was hashed
- * even if GEM edits a script while the backup runs.
+ * even if GEM edits a script while the backup runs. `source` itself may be a symlink to the real
+ * folder (a common layout: /opt/gem/scripts -> /data/scripts): it is resolved once, up front.
  */
 export async function snapshotFolder(
   root: FolderRoot,
   source: string,
   target: string,
-  options: { log?: Logger; signal?: AbortSignal } = {},
+  options: SnapshotOptions = {},
 ): Promise<SnapshotMember[]> {
   const members: SnapshotMember[] = [
     { path: root, type: 'directory', size: 0, mode: 0o755, localPath: target },
   ];
   await mkdir(target, { recursive: true });
-  const exists = await lstat(source).then(
-    (s) => s.isDirectory(),
-    () => false,
-  );
-  if (!exists) {
-    options.log?.warn(`the ${root} folder does not exist; backing it up as empty`, { path: source });
-    return members;
+  // Resolved once: the walk below then reads one tree even if the link is switched meanwhile.
+  const base = await realpath(source).catch((error: NodeJS.ErrnoException) => {
+    if (error.code === 'ENOENT' || error.code === 'ENOTDIR') return undefined;
+    throw error;
+  });
+  if (base === undefined) {
+    if (options.missing === 'empty') {
+      options.log?.warn(`the ${root} folder does not exist; backing it up as empty`, { path: source });
+      return members;
+    }
+    throw new AppError(
+      'unprocessable',
+      `the ${root} folder ${source} (${FOLDER_SETTINGS[root]}) does not exist: mount or create it, or ` +
+        `correct ${FOLDER_SETTINGS[root]}; no backup was made, as restoring it would empty the live folder`,
+      { details: { folder: root, setting: FOLDER_SETTINGS[root], path: source } },
+    );
+  }
+  if (!(await stat(base)).isDirectory()) {
+    throw new AppError(
+      'unprocessable',
+      `the ${root} folder ${source} (${FOLDER_SETTINGS[root]}) is not a folder: correct ${FOLDER_SETTINGS[root]}`,
+      { details: { folder: root, setting: FOLDER_SETTINGS[root], path: source } },
+    );
   }
   const walk = async (rel: string): Promise<void> => {
-    const entries = await readdir(join(source, rel), { withFileTypes: true });
+    const entries = await readdir(join(base, rel), { withFileTypes: true });
     entries.sort((a, b) => (a.name < b.name ? -1 : 1));
     for (const entry of entries) {
       options.signal?.throwIfAborted();
       const childRel = rel ? `${rel}/${entry.name}` : entry.name;
-      const from = join(source, childRel);
+      const from = join(base, childRel);
       const to = join(target, childRel);
       const info = await lstat(from);
       if (info.isDirectory()) {
