@@ -6,7 +6,7 @@ import type { DrService } from '../dr/service';
 import { describeError } from '../errors';
 import { DESTINATION_TITLES, OFFSITE_KINDS, type OffsiteKind } from '../offsite/destinations';
 import type { OffsiteService } from '../offsite/service';
-import type { VerificationStateStore } from '../verification/state';
+import { currentTargetResults, type VerificationStateStore } from '../verification/state';
 import { type AreaHealth, type AreaSource, formatAge, type HealthStatus, worst } from './model';
 import type { JobWatchdog } from './watchdog';
 
@@ -188,9 +188,11 @@ export function verificationArea(agent: Agent, store: VerificationStateStore): A
   return async (now) => {
     const v = agent.settings.get().verification;
     const state = await store.get();
-    const details = { lastRun: state.lastRun ?? null, targets: state.targets };
+    // Only copies that exist now count: not a destination turned off, nor Cloud DR after the opt-out.
+    const targets = currentTargetResults(state, agent.settings.get());
+    const details = { lastRun: state.lastRun ?? null, targets };
     if (!v.enabled) return { status: 'warning', reason: 'Scheduled verification is off', ...details };
-    const failed = Object.values(state.targets).filter((t) => t && !t.ok && !t.skipped);
+    const failed = Object.values(targets).filter((t) => t && !t.ok && !t.skipped);
     if (failed.length) {
       return {
         status: 'failing',

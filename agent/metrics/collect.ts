@@ -5,7 +5,7 @@ import { HEALTH_AREAS, statusRank } from '../health/model';
 import type { HealthService } from '../health/service';
 import { OFFSITE_KINDS } from '../offsite/destinations';
 import { offsiteServiceFor } from '../offsite/service';
-import { verificationStateFor } from '../verification/state';
+import { currentTargetResults, verificationStateFor } from '../verification/state';
 import type { MetricsRecorder } from './recorder';
 import { MetricsText, type Sample } from './text-format';
 
@@ -102,7 +102,10 @@ export async function collectMetrics(
   m.family('gem_backup_jobs_running', 'gauge', 'Jobs running now.', [{ value: agent.jobs.active().length }]);
 
   const verification = await verificationStateFor(agent).get();
-  const targets = Object.values(verification.targets).filter((t) => t && !t.skipped);
+  // Only copies that exist now: a destination turned off (or Cloud DR opted out) has no verdict.
+  const targets = Object.values(currentTargetResults(verification, agent.settings.get())).filter(
+    (t) => t && !t.skipped,
+  );
   m.family(
     'gem_backup_verification_last_timestamp_seconds',
     'gauge',

@@ -4,6 +4,8 @@ export { checkKeysFile, type KeyCheckResult } from './key-check';
 export { runVerification, startVerification, type VerificationSummary } from './run';
 export { VERIFICATION_CRON, VerificationScheduler } from './schedule';
 export {
+  activeTargets,
+  currentTargetResults,
   type TargetResult,
   type VerificationRun,
   type VerificationState,

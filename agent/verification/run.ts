@@ -11,7 +11,7 @@ import type { Job, JobContext } from '../jobs/runner';
 import { OFFSITE_KINDS, type OffsiteKind } from '../offsite/destinations';
 import { offsiteServiceFor } from '../offsite/service';
 import { headSlot, slotDifferences } from './cloud-slot';
-import { type TargetResult, type VerificationTarget, verificationStateFor } from './state';
+import { activeTargets, type TargetResult, type VerificationTarget, verificationStateFor } from './state';
 
 /** Each target's result of this run; the job fails (after recording all of them) if any one failed. */
 export interface VerificationSummary {
@@ -195,8 +195,13 @@ export async function runVerification(
   ctx.throwIfCancelled();
   await record(await verifyCloud(agent, ctx));
   const ok = results.every((r) => r.ok);
+  const active = activeTargets(agent.settings.get());
   await store.update((s) => {
     s.lastRun = { jobId, startedAt, endedAt: new Date().toISOString(), ok, results };
+    // Results of copies that are gone (a destination turned off, Cloud DR opted out) are dropped.
+    for (const target of Object.keys(s.targets) as VerificationTarget[]) {
+      if (!active.has(target)) delete s.targets[target];
+    }
   });
   if (!ok) {
     const failed = results.filter((r) => !r.ok);

@@ -1,5 +1,6 @@
 /** The scheduled verification's memory (verification-state.json in the data dir): last run and each target's last result. */
 import { join } from 'node:path';
+import { OFFSITE_KINDS, type OffsiteKind } from '../offsite/destinations';
 import { JsonStateFile } from '../system/json-state';
 
 /** Where a verified copy lives: the local folder, an offsite destination, or the Cloud DR slot. */
@@ -34,6 +35,34 @@ export interface VerificationState {
   lastRun?: VerificationRun;
   /** Each target's newest result (a run that skipped a target keeps its older result). */
   targets: Partial<Record<VerificationTarget, TargetResult>>;
+}
+
+/** The settings that say which copies exist now. */
+interface TargetSettings {
+  offsite: Record<OffsiteKind, { enabled: boolean }>;
+  cloudDr: { enabled: boolean };
+}
+
+/** The copies whose verification counts now: local, each enabled offsite destination, the Cloud DR slot while it is on. */
+export function activeTargets(settings: TargetSettings): Set<VerificationTarget> {
+  const active = new Set<VerificationTarget>(['local']);
+  for (const kind of OFFSITE_KINDS) if (settings.offsite[kind].enabled) active.add(kind);
+  if (settings.cloudDr.enabled) active.add('cloud');
+  return active;
+}
+
+/**
+ * The recorded results of the copies that count now: a destination turned off (or Cloud DR after
+ * the opt-out) keeps no verdict, so an old failure there never keeps health failing.
+ */
+export function currentTargetResults(
+  state: VerificationState,
+  settings: TargetSettings,
+): Partial<Record<VerificationTarget, TargetResult>> {
+  const active = activeTargets(settings);
+  return Object.fromEntries(
+    Object.entries(state.targets).filter(([target]) => active.has(target as VerificationTarget)),
+  ) as Partial<Record<VerificationTarget, TargetResult>>;
 }
 
 export const VERIFICATION_STATE_FILE = 'verification-state.json';

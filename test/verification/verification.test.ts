@@ -6,6 +6,8 @@ import { healthFor } from '../../agent/health/service';
 import { healthModule } from '../../agent/http/routes/health';
 import { settingsModule } from '../../agent/http/routes/settings';
 import { buildKeysExport, createKeyringFile } from '../../agent/keys/keyring';
+import { collectMetrics } from '../../agent/metrics/collect';
+import { metricsFor } from '../../agent/metrics/recorder';
 import { offsiteServiceFor } from '../../agent/offsite/service';
 import { backupNow, call, downloadKeys, sftpSection } from '../health/helpers';
 import { startTestAgent, type TestAgent } from '../services/agent';
@@ -97,6 +99,28 @@ describe('the scheduled verification', () => {
     expect(health.areas.verification.status).toBe('failing');
     expect(health.areas.offsite.status).toBe('failing');
     expect(health.areas.offsite.reason).toMatch(/failed verification/);
+  }, 60_000);
+
+  it('forgets the failure of a destination once it is turned off: health and metrics leave it out', async () => {
+    const metricsBefore = await collectMetrics(t.agent, metricsFor(t.agent));
+    expect(metricsBefore).toMatch(/gem_backup_verification_ok\{target="sftp"\} 0/);
+    const off = await call(t, 'PUT', '/settings', {
+      offsite: { sftp: { ...sftpSection(sshd), enabled: false } },
+    });
+    expect(off.status, JSON.stringify(off.body)).toBe(200);
+    // Already before the next run: only copies that exist now count.
+    const early = (await call(t, 'GET', '/health')).body;
+    expect(early.areas.verification.status, early.areas.verification.reason).toBe('ok');
+    expect(await collectMetrics(t.agent, metricsFor(t.agent))).not.toMatch(/target="sftp"/);
+    const job = await runVerificationJob();
+    expect(job.state, JSON.stringify(job.error)).toBe('succeeded');
+    const state = (await call(t, 'GET', '/health/verification')).body;
+    expect(state.targets.sftp).toBeUndefined();
+    const health = (await call(t, 'GET', '/health')).body;
+    expect(health.areas.verification.status, health.areas.verification.reason).toBe('ok');
+    const metrics = await collectMetrics(t.agent, metricsFor(t.agent));
+    expect(metrics).toMatch(/gem_backup_verification_ok\{target="local"\} 1/);
+    expect(metrics).not.toMatch(/target="sftp"/);
   }, 60_000);
 });
 
