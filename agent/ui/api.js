@@ -130,7 +130,7 @@ const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
  * Follows a job until it ends: its events stream (fetched with the token, since EventSource cannot send
  * one), falling back to polling if the stream breaks (e.g. the agent restarts after a restore).
  * `onJob(job)` gets every state; `onNotice(name, data)` gets notices such as `restore-swap`.
- * Resolves to the final job.
+ * Resolves to the final job; its state is 'interrupted' if the agent restarted (and forgot it) meanwhile.
  */
 export async function followJob(jobId, { onJob, onNotice, signal } = {}) {
   let last;
@@ -166,9 +166,15 @@ export async function followJob(jobId, { onJob, onNotice, signal } = {}) {
       if (job.endedAt) return job;
     } catch (error) {
       if (error.name === 'AbortError') throw error;
-      // A job unknown after a restart is over; anything else but "unreachable" is a real answer.
+      // A job the agent no longer knows was cut short by a restart (jobs live in its memory): say so,
+      // rather than guess how it ended. Anything else but "unreachable" is a real answer.
       if (error.status === 404 && last)
-        return { ...last, state: 'unknown', endedAt: new Date().toISOString() };
+        return {
+          ...last,
+          state: 'interrupted',
+          endedAt: new Date().toISOString(),
+          error: { code: 'agent_restarted', message: 'the agent restarted while this job was running' },
+        };
       if (error.status !== 0 && error.status < 500) throw error;
       if (++failures > 150) throw error;
     }

@@ -131,7 +131,7 @@ $('sign-out').addEventListener('click', () => {
 });
 
 setupKeys(showError);
-setupBackups(showError);
+setupBackups(showError, () => Promise.all([loadKeys(), loadBackups(), loadSettings(), loadDrStatus()]));
 setupSettings();
 
 if (token.get()) showApp().catch((error) => error.status !== 401 && showError(error));

@@ -5,6 +5,7 @@ import { bytes, dateTime, el } from './format.js';
 
 const $ = (id) => document.getElementById(id);
 let report = () => {};
+let reloadData = async () => {};
 
 function verifiedCell(backup) {
   if (backup.verifyResult === 'failed')
@@ -186,6 +187,8 @@ export function restoreProgress(name) {
       await new Promise((resolve) => setTimeout(resolve, 1500));
       location.reload();
     },
+    // The agent restarted mid-restore and settled it either way at start: show what is live now.
+    afterInterrupted: () => reloadData(),
   };
 }
 
@@ -261,9 +264,19 @@ async function upload(event) {
   await loadBackups().catch(report);
 }
 
-/** Wires the backups card; `onError` shows a failure at the top of the page. */
-export function setupBackups(onError) {
+/**
+ * Wires the backups card; `onError` shows a failure at the top of the page, `onReloadData` reloads
+ * everything the page shows (after a restore the agent settled on its own).
+ */
+export function setupBackups(onError, onReloadData) {
   report = onError;
+  reloadData = async () => {
+    try {
+      await onReloadData?.();
+    } catch (error) {
+      report(error);
+    }
+  };
   $('create-backup').addEventListener('click', create);
   $('upload-form').addEventListener('submit', upload);
 }

@@ -34,15 +34,23 @@ export function confirmAction({ title, body, confirmLabel, danger = true }) {
   });
 }
 
-const DONE_TEXT = { succeeded: 'Done', failed: 'Failed', cancelled: 'Cancelled', unknown: 'Finished' };
+const DONE_TEXT = { succeeded: 'Done', failed: 'Failed', cancelled: 'Cancelled' };
+
+/** What a job cut short by an agent restart means, and what to do next. */
+function interruptedText(job) {
+  if (job.kind === 'restore')
+    return 'The agent restarted while this restore was running, so the page could not follow it to the end: the agent finished or undid the restore when it started again; this page is reloaded to show what is live now.';
+  return 'The agent restarted while this job was running, so it did not finish. Check the list of backups and start it again.';
+}
 
 /**
  * Shows a job's progress until it ends. `describe(job)` gives the success text; `onNotice` sees notices;
- * `afterSuccess(job)` runs on success (e.g. reload). Resolves to the final job.
+ * `afterSuccess(job)` runs on success (e.g. reload); `afterInterrupted(job)` runs when an agent restart
+ * cut the job short (e.g. reload the page's data). Resolves to the final job.
  */
 export async function showJobProgress(
   jobId,
-  { title, describe, onNotice, afterSuccess, cancellable = true },
+  { title, describe, onNotice, afterSuccess, afterInterrupted, cancellable = true },
 ) {
   const dialog = $('progress-dialog');
   const text = $('progress-text');
@@ -111,6 +119,9 @@ export async function showJobProgress(
   if (job.state === 'succeeded') {
     $('progress-icon').textContent = '✓';
     text.textContent = describe?.(job) ?? DONE_TEXT.succeeded;
+  } else if (job.state === 'interrupted') {
+    $('progress-icon').textContent = '!';
+    text.textContent = interruptedText(job);
   } else {
     $('progress-icon').textContent = job.state === 'cancelled' ? '■' : '✕';
     text.textContent = job.error?.message
@@ -123,6 +134,7 @@ export async function showJobProgress(
   }
   close.hidden = false;
   close.focus();
+  if (job.state === 'interrupted') await afterInterrupted?.(job);
   await closed;
   opener?.focus?.();
   return job;

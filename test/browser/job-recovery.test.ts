@@ -226,4 +226,23 @@ describe('running jobs, agent restarts and Cloud DR opt-out in the page', () => 
     const [backup] = (await api('/backups')) as { filename: string }[];
     await page.locator(`tr[data-filename="${backup!.filename}"]`).waitFor();
   });
+
+  it('says a job was interrupted, not "Finished", when the agent restarts while it runs', async () => {
+    await waitNoJobs();
+    await page.getByRole('button', { name: 'Create Backup' }).click();
+    const dumps = await holdDump();
+    const dialog = page.locator('#progress-dialog');
+    await dialog.getByRole('heading', { name: 'Creating a backup' }).waitFor();
+    await page.locator('#progress-text').getByText(/dump/i).waitFor();
+    await killAgent();
+    release(dumps, 'SIGKILL');
+    await startAgent();
+    const text = page.locator('#progress-text');
+    await dialog.getByText(/agent restarted/i).waitFor({ timeout: 60_000 });
+    await page.screenshot({ path: `${SHOTS}/21-backup-interrupted.png` });
+    expect(await text.textContent()).toMatch(/did not finish.*start it again/);
+    expect(await text.textContent()).not.toMatch(/Finished/);
+    expect(await page.locator('#progress-state').getAttribute('data-state')).toBe('interrupted');
+    await dialog.getByRole('button', { name: 'Close' }).click();
+  });
 });
