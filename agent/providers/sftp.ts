@@ -1,5 +1,5 @@
 // An SFTP server (OpenSSH or any SFTP v3 server) as a backup destination, over ssh2-sftp-client.
-import { createHash } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { posix } from 'node:path';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
@@ -51,6 +51,13 @@ export interface SftpOptions {
    * go every timeout/2 (at most 10 s), so a server that freezes mid-transfer fails after about 3 of them.
    */
   timeoutMs?: number;
+  /** Use posix-rename@openssh.com when the server offers it (default true); false forces plain SFTP rename. */
+  posixRename?: boolean;
+  /** Test hooks. */
+  faults?: {
+    /** Plain-rename path only: runs after the old copy was moved aside, before the new one is renamed in. */
+    beforeReplace?: () => Promise<void>;
+  };
   /** Provider id shown in results (default `sftp`). */
   id?: string;
 }
@@ -349,17 +356,38 @@ export class SftpProvider implements StorageProvider {
     });
   }
 
-  /** posix-rename replaces atomically; plain SFTP v3 rename refuses an existing target, so delete it first. */
+  /**
+   * posix-rename replaces atomically. Plain SFTP v3 rename refuses an existing target, so the old copy
+   * is first renamed aside (a name neither list() nor sweepTemp() touches), the new one renamed in, then
+   * the old one removed; if the new one cannot take its place the old one is put back. At every moment
+   * a good copy exists under the final or the aside name.
+   */
   private async rename(sftp: SFTPWrapper, from: string, to: string): Promise<void> {
     const extensions = (sftp as unknown as { _extensions: Record<string, string> })._extensions;
-    if (extensions['posix-rename@openssh.com'] === '1') {
+    if (this.options.posixRename !== false && extensions['posix-rename@openssh.com'] === '1') {
       await call<void>((done) => sftp.ext_openssh_rename(from, to, done as never));
       return;
     }
-    await call<void>((done) => sftp.unlink(to, done as never)).catch((error) => {
-      if (error?.code !== SFTP_NO_SUCH_FILE) throw error;
-    });
-    await call<void>((done) => sftp.rename(from, to, done as never));
+    const aside = posix.join(
+      posix.dirname(to),
+      `.replaced-${posix.basename(to)}.${randomBytes(4).toString('hex')}`,
+    );
+    const movedAside = await call<void>((done) => sftp.rename(to, aside, done as never)).then(
+      () => true,
+      (error) => {
+        if (error?.code === SFTP_NO_SUCH_FILE) return false; // nothing to replace
+        throw error;
+      },
+    );
+    try {
+      await this.options.faults?.beforeReplace?.();
+      await call<void>((done) => sftp.rename(from, to, done as never));
+    } catch (error) {
+      if (movedAside)
+        await call<void>((done) => sftp.rename(aside, to, done as never)).catch(() => undefined);
+      throw error;
+    }
+    if (movedAside) await call<void>((done) => sftp.unlink(aside, done as never)).catch(() => undefined);
   }
 
   async get(name: string, options: { signal?: AbortSignal } = {}): Promise<ReadableStream<Uint8Array>> {

@@ -1,5 +1,5 @@
 // The SFTP provider against a real OpenSSH sshd started for this file.
-import { mkdir, readdir, rm } from 'node:fs/promises';
+import { mkdir, readdir, readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { withRetry } from '../../agent/providers/retry';
@@ -159,6 +159,35 @@ describe('sftp provider', () => {
     expect(retried).toEqual(['unreachable']);
     expect(opened).toBe(1);
     expect(await readdir(join(sshd.root, 'after-pause'))).toEqual([name]);
+  });
+
+  it('replaces an existing backup without posix-rename, and keeps the old copy if the new one cannot take its place', async () => {
+    const remotePath = 'plain-rename';
+    const local = join(sshd.root, remotePath);
+    const v1 = { size: 3, open: () => new Blob(['one']).stream() };
+    const v2 = { size: 3, open: () => new Blob(['two']).stream() };
+    const v3 = { size: 5, open: () => new Blob(['three']).stream() };
+    const plain = new SftpProvider(options({ remotePath, posixRename: false }));
+    await plain.put(name, v1);
+    await plain.put(name, v2);
+    expect(await readFile(join(local, name), 'utf8')).toBe('two');
+    expect(await readdir(local)).toEqual([name]);
+    // The new copy vanishes just before it is renamed in (as if the server lost it): the rename fails.
+    const failing = new SftpProvider(
+      options({
+        remotePath,
+        posixRename: false,
+        faults: {
+          beforeReplace: async () => {
+            for (const entry of await readdir(local))
+              if (entry.startsWith('.tmp-')) await rm(join(local, entry));
+          },
+        },
+      }),
+    );
+    expect((await failure(failing.put(name, v3))).code).toBe('not_found');
+    expect(await readFile(join(local, name), 'utf8')).toBe('two');
+    expect(await readdir(local)).toEqual([name]);
   });
 
   it('creates a missing remote folder, however deep', async () => {
