@@ -1,8 +1,8 @@
 /** Safe extraction sinks for readBackup: regular files and folders only, strictly inside their staging folder. */
 import { constants, createWriteStream } from 'node:fs';
-import { lstat, mkdir, open, realpath } from 'node:fs/promises';
+import { type FileHandle, lstat, mkdir, open, realpath } from 'node:fs/promises';
 import { dirname, join, sep } from 'node:path';
-import type { Writable } from 'node:stream';
+import { Writable } from 'node:stream';
 import { FOLDER_ROOTS, type FolderRoot } from '../backup/archive';
 import { DUMP_NAME, type ManifestMember } from '../backup/manifest';
 import { AppError } from '../errors';
@@ -15,6 +15,24 @@ export interface ExtractTargets {
   dumpPath: string;
   folders: Record<FolderRoot, string>;
 }
+
+/** How a restored file or folder is flushed to disk; the default fsyncs it. */
+export type SyncEntry = (handle: FileHandle, path: string, kind: 'file' | 'folder') => Promise<void>;
+
+export interface ExtractOptions {
+  /** Replaces the fsync of each restored file and folder (a test passes a wrapper that records each one). */
+  sync?: SyncEntry;
+}
+
+/** The sinks for readBackup, and `finish`, run once readBackup succeeded and before the staging folders are swapped in. */
+export interface ExtractionSinks {
+  openMember: (member: ManifestMember) => Promise<Writable>;
+  onDirectory: (member: ManifestMember) => Promise<void>;
+  /** Fsyncs every staging folder, after its entries were written. */
+  finish: () => Promise<void>;
+}
+
+const fsync: SyncEntry = (handle) => handle.sync();
 
 function refuse(name: string, why: string): AppError {
   return new AppError('corrupt_backup', `unsafe archive entry ${JSON.stringify(name.slice(0, 200))}: ${why}`);
@@ -49,11 +67,57 @@ async function checkInside(name: string, root: string, segments: string[], dir: 
   }
 }
 
+/**
+ * A restored file's sink: every byte written, then the file fsynced before it
+ * closes, so the staging copy is on disk before the swap commits and the previous copy is deleted.
+ */
+function fileSink(handle: FileHandle, path: string, sync: SyncEntry): Writable {
+  let closed = false;
+  const close = async () => {
+    if (closed) return;
+    closed = true;
+    await handle.close();
+  };
+  const writeAll = async (chunk: Buffer) => {
+    for (let done = 0; done < chunk.length; ) {
+      const { bytesWritten } = await handle.write(chunk, done, chunk.length - done, null);
+      done += bytesWritten;
+    }
+  };
+  return new Writable({
+    write(chunk: Buffer, _encoding, callback) {
+      writeAll(chunk).then(() => callback(), callback);
+    },
+    final(callback) {
+      (async () => {
+        await sync(handle, path, 'file');
+        await close();
+      })().then(() => callback(), callback);
+    },
+    destroy(error, callback) {
+      close().then(
+        () => callback(error),
+        () => callback(error),
+      );
+    },
+  });
+}
+
+/** Fsyncs a folder: its entries are then on disk. */
+async function finishFolder(path: string, sync: SyncEntry): Promise<void> {
+  const handle = await open(path, constants.O_RDONLY | constants.O_DIRECTORY | constants.O_NOFOLLOW);
+  try {
+    await sync(handle, path, 'folder');
+  } finally {
+    await handle.close();
+  }
+}
+
 /** The openMember / onDirectory sinks for readBackup that write into `targets` and nowhere else. */
-export function extractionSinks(targets: ExtractTargets): {
-  openMember: (member: ManifestMember) => Promise<Writable>;
-  onDirectory: (member: ManifestMember) => Promise<void>;
-} {
+export function extractionSinks(targets: ExtractTargets, options: ExtractOptions = {}): ExtractionSinks {
+  const sync = options.sync ?? fsync;
+  // Every staging folder, in creation order: synced in finish, after the entries written into it.
+  const folders = new Set<string>(Object.values(targets.folders));
   return {
     async onDirectory(member) {
       const { root, segments } = locate(targets, member.path);
@@ -63,6 +127,7 @@ export function extractionSinks(targets: ExtractTargets): {
         });
         const info = await lstat(root);
         if (!info.isDirectory()) throw refuse(member.path, 'the staging folder is not a folder');
+        folders.add(root);
         return;
       }
       const path = join(root, ...segments);
@@ -73,10 +138,12 @@ export function extractionSinks(targets: ExtractTargets): {
       const info = await lstat(path);
       if (!info.isDirectory() || info.isSymbolicLink())
         throw refuse(member.path, 'not a folder after creation');
+      folders.add(path);
     },
 
     async openMember(member) {
       if (member.path === DUMP_NAME) {
+        // The dump is a work file pg_restore reads next, never swapped in: it needs no fsync.
         const handle = await open(
           targets.dumpPath,
           constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW,
@@ -99,7 +166,12 @@ export function extractionSinks(targets: ExtractTargets): {
           ? refuse(member.path, 'it already exists')
           : error;
       });
-      return createWriteStream('', { fd: handle, autoClose: true });
+      return fileSink(handle, path, sync);
+    },
+
+    async finish() {
+      // Deepest first: a folder is synced after the folders inside it.
+      for (const path of [...folders].reverse()) await finishFolder(path, sync);
     },
   };
 }

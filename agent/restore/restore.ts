@@ -139,16 +139,21 @@ export async function restoreFromFile(
       'scripts' | 'config',
       string
     >;
-    const { manifest } = await timed('check-and-extract', () =>
-      readBackup(path, {
+    const { openMember, onDirectory, finish } = extractionSinks({ dumpPath, folders });
+    const { manifest } = await timed('check-and-extract', async () => {
+      const read = await readBackup(path, {
         ...readOptions,
-        ...extractionSinks({ dumpPath, folders }),
+        openMember,
+        onDirectory,
         onManifest: async (m) => {
           await checkVersions(conn, sources.tools, m.postgres);
         },
         onProgress: (b) => ctx.progress(b),
-      }),
-    ).catch((error: NodeJS.ErrnoException) => {
+      });
+      // Folders' mtimes and fsyncs, once every file in them is written (and fsynced) and checked.
+      await finish();
+      return read;
+    }).catch((error: NodeJS.ErrnoException) => {
       if (error.code === 'ENOSPC')
         throw new AppError('no_space', 'the disk filled up while staging the restore');
       throw error;
