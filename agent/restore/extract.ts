@@ -16,6 +16,11 @@ export interface ExtractTargets {
   folders: Record<FolderRoot, string>;
 }
 
+/** What the sinks use of a member's tar header (the reader passes the entry's header as it reads it). */
+export interface EntryHeader {
+  mtime?: Date | undefined;
+}
+
 /** How a restored file or folder is flushed to disk; the default fsyncs it. */
 export type SyncEntry = (handle: FileHandle, path: string, kind: 'file' | 'folder') => Promise<void>;
 
@@ -26,9 +31,9 @@ export interface ExtractOptions {
 
 /** The sinks for readBackup, and `finish`, run once readBackup succeeded and before the staging folders are swapped in. */
 export interface ExtractionSinks {
-  openMember: (member: ManifestMember) => Promise<Writable>;
-  onDirectory: (member: ManifestMember) => Promise<void>;
-  /** Fsyncs every staging folder, after its entries were written. */
+  openMember: (member: ManifestMember, header?: EntryHeader) => Promise<Writable>;
+  onDirectory: (member: ManifestMember, header?: EntryHeader) => Promise<void>;
+  /** Gives each folder its header's mtime (after its entries were written) and fsyncs every staging folder. */
   finish: () => Promise<void>;
 }
 
@@ -67,11 +72,17 @@ async function checkInside(name: string, root: string, segments: string[], dir: 
   }
 }
 
+/** A valid header mtime, or nothing (a header without one leaves the extraction time). */
+function mtimeOf(header: EntryHeader | undefined): Date | undefined {
+  const mtime = header?.mtime;
+  return mtime instanceof Date && !Number.isNaN(mtime.getTime()) ? mtime : undefined;
+}
+
 /**
- * A restored file's sink: every byte written, then the file fsynced before it
+ * A restored file's sink: every byte written, then its mtime set and the file fsynced before it
  * closes, so the staging copy is on disk before the swap commits and the previous copy is deleted.
  */
-function fileSink(handle: FileHandle, path: string, sync: SyncEntry): Writable {
+function fileSink(handle: FileHandle, path: string, mtime: Date | undefined, sync: SyncEntry): Writable {
   let closed = false;
   const close = async () => {
     if (closed) return;
@@ -90,6 +101,7 @@ function fileSink(handle: FileHandle, path: string, sync: SyncEntry): Writable {
     },
     final(callback) {
       (async () => {
+        if (mtime) await handle.utimes(new Date(), mtime);
         await sync(handle, path, 'file');
         await close();
       })().then(() => callback(), callback);
@@ -103,10 +115,11 @@ function fileSink(handle: FileHandle, path: string, sync: SyncEntry): Writable {
   });
 }
 
-/** Fsyncs a folder: its entries are then on disk. */
-async function finishFolder(path: string, sync: SyncEntry): Promise<void> {
+/** Sets a folder's mtime (if its header had one) and fsyncs it: its entries are then on disk. */
+async function finishFolder(path: string, mtime: Date | undefined, sync: SyncEntry): Promise<void> {
   const handle = await open(path, constants.O_RDONLY | constants.O_DIRECTORY | constants.O_NOFOLLOW);
   try {
+    if (mtime) await handle.utimes(new Date(), mtime);
     await sync(handle, path, 'folder');
   } finally {
     await handle.close();
@@ -116,10 +129,13 @@ async function finishFolder(path: string, sync: SyncEntry): Promise<void> {
 /** The openMember / onDirectory sinks for readBackup that write into `targets` and nowhere else. */
 export function extractionSinks(targets: ExtractTargets, options: ExtractOptions = {}): ExtractionSinks {
   const sync = options.sync ?? fsync;
-  // Every staging folder, in creation order: synced in finish, after the entries written into it.
-  const folders = new Set<string>(Object.values(targets.folders));
+  // Every staging folder, in creation order, with its header's mtime: set (and synced) in finish,
+  // after the entries written into it, which would otherwise change it again.
+  const folders = new Map<string, Date | undefined>(
+    Object.values(targets.folders).map((f) => [f, undefined]),
+  );
   return {
-    async onDirectory(member) {
+    async onDirectory(member, header) {
       const { root, segments } = locate(targets, member.path);
       if (segments.length === 0) {
         await mkdir(root, { recursive: false, mode: 0o755 }).catch((error: NodeJS.ErrnoException) => {
@@ -127,7 +143,7 @@ export function extractionSinks(targets: ExtractTargets, options: ExtractOptions
         });
         const info = await lstat(root);
         if (!info.isDirectory()) throw refuse(member.path, 'the staging folder is not a folder');
-        folders.add(root);
+        folders.set(root, mtimeOf(header));
         return;
       }
       const path = join(root, ...segments);
@@ -138,10 +154,10 @@ export function extractionSinks(targets: ExtractTargets, options: ExtractOptions
       const info = await lstat(path);
       if (!info.isDirectory() || info.isSymbolicLink())
         throw refuse(member.path, 'not a folder after creation');
-      folders.add(path);
+      folders.set(path, mtimeOf(header));
     },
 
-    async openMember(member) {
+    async openMember(member, header) {
       if (member.path === DUMP_NAME) {
         // The dump is a work file pg_restore reads next, never swapped in: it needs no fsync.
         const handle = await open(
@@ -166,12 +182,12 @@ export function extractionSinks(targets: ExtractTargets, options: ExtractOptions
           ? refuse(member.path, 'it already exists')
           : error;
       });
-      return fileSink(handle, path, sync);
+      return fileSink(handle, path, mtimeOf(header), sync);
     },
 
     async finish() {
       // Deepest first: a folder is synced after the folders inside it.
-      for (const path of [...folders].reverse()) await finishFolder(path, sync);
+      for (const [path, mtime] of [...folders].reverse()) await finishFolder(path, mtime, sync);
     },
   };
 }

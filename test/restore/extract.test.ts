@@ -1,12 +1,12 @@
 /** Extraction sinks: restored files are byte-identical, fsynced with all their bytes, folders fsynced after their entries, and mtimes come from the tar headers. */
 import { randomBytes } from 'node:crypto';
-import { mkdir, mkdtemp, readFile, rm } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Manifest } from '../../agent/backup/manifest';
 import { readBackup } from '../../agent/backup/reader';
-import { extractionSinks, type SyncEntry } from '../../agent/restore/extract';
+import { type EntryHeader, extractionSinks, type SyncEntry } from '../../agent/restore/extract';
 import type { MasterKey } from '../../shared/envelope';
 import { type ArchiveEntry, sealArchive, withManifest } from './helpers';
 
@@ -102,5 +102,24 @@ describe('extraction sinks', () => {
       for (const [p, i] of inside) expect(i, `${p} before ${path}`).toBeLessThan(at);
     }
     expect(synced.length).toBe(files.length + folders.length);
+  });
+
+  it("give restored files and folders their tar header's mtime (folders after their entries)", async () => {
+    const t = await targets('mtime');
+    const sinks = extractionSinks(t);
+    // The headers as the reader hands them over with each member.
+    const headers = new Map<string, EntryHeader>(
+      entries.map((e) => [e.header.name, { mtime: e.header.mtime }]),
+    );
+    await readBackup(archive, {
+      keys: [key],
+      openMember: (m) => sinks.openMember(m, headers.get(m.path)),
+      onDirectory: (m) => sinks.onDirectory(m, headers.get(m.path)),
+    });
+    await sinks.finish?.();
+    for (const e of entries) {
+      const info = await stat(landed(t, e.header.name));
+      expect(info.mtime.toISOString(), e.header.name).toBe(e.header.mtime!.toISOString());
+    }
   });
 });
