@@ -1,6 +1,6 @@
 // The settings form: load, Save All Settings with field errors from the API, DR status and maintenance.
 import { ApiError, api } from './api.js';
-import { showJobProgress } from './dialogs.js';
+import { confirmAction, showJobProgress } from './dialogs.js';
 import { bytes, dateTime, el, tell } from './format.js';
 import { setupOffsite, sftpMethod, syncOffsiteView } from './offsite.js';
 
@@ -133,19 +133,47 @@ function showFieldError(fieldPath, message) {
   return true;
 }
 
+/** Turning Cloud DR off deletes the cloud copy at once, like any other destructive action it asks first. */
+function confirmCloudDrOff() {
+  return confirmAction({
+    title: 'Turn off Cloud Disaster Recovery?',
+    body: [
+      'The cloud copy of this installation is deleted now, when the settings are saved.',
+      'If this controller is then lost, there is no cloud copy to recover from. Turning it back on later pushes a new copy.',
+    ],
+    confirmLabel: 'Turn Off and Delete Cloud Copy',
+  });
+}
+
+/** The agent's warnings as they read after the save: done, in the past tense. */
+const SAVED_WARNINGS = {
+  cloud_dr_opt_out:
+    'Cloud Disaster Recovery was turned off, and the cloud copy of this installation was marked for deletion (the agent keeps trying until the cloud confirms it).',
+};
+
 async function save(event) {
   event.preventDefault();
   const status = $('settings-status');
   const button = $('save-settings');
   clearFieldErrors();
+  const settings = collectSettings();
+  if (loaded.cloudDr?.enabled === true && settings.cloudDr?.enabled === false) {
+    button.disabled = true;
+    const ok = await confirmCloudDrOff();
+    button.disabled = false;
+    if (!ok) {
+      tell(status, 'Not saved: Cloud Disaster Recovery is still on.');
+      return;
+    }
+  }
   status.className = 'result';
   status.textContent = 'Saving…';
   button.disabled = true;
   try {
-    const answer = await api('/settings', { method: 'PUT', json: collectSettings() });
+    const answer = await api('/settings', { method: 'PUT', json: settings });
     loaded = answer && typeof answer === 'object' && answer.autoBackup ? answer : await api('/settings');
     fill(loaded);
-    const warnings = (answer?.warnings ?? []).map((w) => w.message).join(' ');
+    const warnings = (answer?.warnings ?? []).map((w) => SAVED_WARNINGS[w.code] ?? w.message).join(' ');
     tell(status, warnings ? `Settings saved. ${warnings}` : 'Settings saved.', 'ok');
     await loadDrStatus();
   } catch (error) {

@@ -245,4 +245,32 @@ describe('running jobs, agent restarts and Cloud DR opt-out in the page', () => 
     expect(await page.locator('#progress-state').getAttribute('data-state')).toBe('interrupted');
     await dialog.getByRole('button', { name: 'Close' }).click();
   });
+
+  it('asks before turning Cloud DR off; Cancel keeps it on, confirming turns it off', async () => {
+    await waitNoJobs();
+    expect(((await api('/settings')) as { cloudDr: { enabled: boolean } }).cloudDr.enabled).toBe(true);
+    const puts: string[] = [];
+    page.on('request', (request) => {
+      if (request.method() === 'PUT' && request.url().endsWith('/api/v1/settings')) puts.push(request.url());
+    });
+    const confirm = page.locator('#confirm-dialog');
+    await page.locator('#f-cloudDr-enabled').uncheck();
+    await page.getByRole('button', { name: 'Save All Settings' }).click();
+    await confirm.getByRole('heading', { name: 'Turn off Cloud Disaster Recovery?' }).waitFor();
+    await page.screenshot({ path: `${SHOTS}/22-cloud-dr-confirm.png` });
+    await confirm.getByRole('button', { name: 'Cancel' }).click();
+    await expect.poll(() => confirm.evaluate((d: HTMLDialogElement) => d.open)).toBe(false);
+    expect(puts).toEqual([]);
+    expect(((await api('/settings')) as { cloudDr: { enabled: boolean } }).cloudDr.enabled).toBe(true);
+
+    await page.getByRole('button', { name: 'Save All Settings' }).click();
+    await confirm.getByRole('button', { name: 'Turn Off and Delete Cloud Copy' }).click();
+    await page
+      .locator('#settings-status')
+      .getByText(/Settings saved/)
+      .waitFor();
+    expect(await page.locator('#settings-status').textContent()).toMatch(/was turned off/);
+    expect(puts).toHaveLength(1);
+    expect(((await api('/settings')) as { cloudDr: { enabled: boolean } }).cloudDr.enabled).toBe(false);
+  });
 });
