@@ -1,7 +1,7 @@
 /** Snapshots the scripts and config folders into the work dir, hashing each file as it is copied. */
 import { createHash } from 'node:crypto';
-import { createReadStream, createWriteStream } from 'node:fs';
-import { lstat, mkdir, readdir, realpath, stat } from 'node:fs/promises';
+import { constants, createWriteStream } from 'node:fs';
+import { lstat, mkdir, open, readdir, realpath, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
@@ -73,15 +73,33 @@ export async function snapshotFolder(
       { details: { folder: root, setting: FOLDER_SETTINGS[root], path: source } },
     );
   }
+  // A script GEM deletes while the backup runs is skipped, as GNU tar does ("file removed before we
+  // read it"): the manifest lists only what was copied, so the backup stays whole.
+  const vanished = (path: string) =>
+    options.log?.warn('skipped a file or folder removed or replaced while the backup read it', { path });
   const walk = async (rel: string): Promise<void> => {
-    const entries = await readdir(join(base, rel), { withFileTypes: true });
+    const entries = await readdir(join(base, rel), { withFileTypes: true }).catch(
+      (error: NodeJS.ErrnoException) => {
+        // The folder itself stays in the backup, as the empty folder it became.
+        if (rel === '' || error.code !== 'ENOENT') throw error;
+        vanished(join(base, rel));
+        return [];
+      },
+    );
     entries.sort((a, b) => (a.name < b.name ? -1 : 1));
     for (const entry of entries) {
       options.signal?.throwIfAborted();
       const childRel = rel ? `${rel}/${entry.name}` : entry.name;
       const from = join(base, childRel);
       const to = join(target, childRel);
-      const info = await lstat(from);
+      const info = await lstat(from).catch((error: NodeJS.ErrnoException) => {
+        if (error.code !== 'ENOENT') throw error;
+        return undefined;
+      });
+      if (!info) {
+        vanished(from);
+        continue;
+      }
       if (info.isDirectory()) {
         await mkdir(to);
         members.push({
@@ -93,10 +111,30 @@ export async function snapshotFolder(
         });
         await walk(childRel);
       } else if (info.isFile()) {
+        // Opened without following a link and without blocking: the name may have been replaced
+        // since lstat (by a link, a FIFO); what is read is checked to be the regular file it was.
+        const handle = await open(
+          from,
+          constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK,
+        ).catch((error: NodeJS.ErrnoException) => {
+          if (error.code !== 'ENOENT' && error.code !== 'ELOOP') throw error;
+          return undefined;
+        });
+        if (!handle) {
+          vanished(from);
+          continue;
+        }
+        if (!(await handle.stat().catch(() => undefined))?.isFile()) {
+          await handle.close();
+          vanished(from);
+          continue;
+        }
+        // Size and sha256 are those of the bytes copied (a file growing or shrinking meanwhile
+        // included), and the archive is packed from the copy: member and manifest always agree.
         const hash = createHash('sha256');
         let size = 0;
         await pipeline(
-          createReadStream(from),
+          handle.createReadStream(),
           new Transform({
             transform(chunk: Buffer, _e, cb) {
               hash.update(chunk);

@@ -1,5 +1,5 @@
 // Real backups of the scripts and config folders as they are found: behind a symlink, missing, changing while read.
-import { mkdir, mkdtemp, rename, rm, symlink, writeFile } from 'node:fs/promises';
+import { appendFile, mkdir, mkdtemp, rename, rm, symlink, unlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
@@ -94,6 +94,35 @@ describe('the folders a backup holds', () => {
       expect((await membersOf(made.filename)).filter((m) => m.startsWith('config'))).toEqual(['config']);
     } finally {
       await rename(aside, original.configDir);
+    }
+  });
+
+  it('scripts deleted (and one growing) while the backup runs are skipped: every round succeeds and verifies', async () => {
+    const scripts = join(scratch, 'busy-scripts');
+    await mkdir(scripts);
+    t.agent.sources.scriptsDir = scripts;
+    for (let round = 0; round < 20; round++) {
+      for (let i = 0; i < 300; i++) await writeFile(join(scripts, `s${i}.js`), 'x'.repeat(100));
+      await writeFile(join(scripts, 'log.js'), 'y'.repeat(100_000));
+      let changing: Promise<unknown> = Promise.resolve();
+      const made = await backup({}, (phase) => {
+        if (phase !== 'folders') return;
+        // GEM removes scripts and appends to one while the folders are copied.
+        changing = Promise.all([
+          (async () => {
+            for (let i = 299; i >= 0; i--) await unlink(join(scripts, `s${i}.js`)).catch(() => {});
+          })(),
+          (async () => {
+            for (let i = 0; i < 50; i++) await appendFile(join(scripts, 'log.js'), 'z'.repeat(10_000));
+          })(),
+        ]);
+      });
+      await changing;
+      expect(made.verifyResult).toBe('ok');
+      // Read and checked again end to end: every member in the manifest, each size and sha256.
+      const members = await membersOf(made.filename);
+      expect(members).toContain('scripts/log.js');
+      await t.agent.catalog.delete(made.filename);
     }
   });
 });
