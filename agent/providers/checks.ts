@@ -70,13 +70,22 @@ export function tempNameFor(name: string): string {
 }
 
 const OWN_TEMP_NAME = /^\.tmp-gem-backup-\d{4}-\d{2}-\d{2}-\d{6}\.tar\.gz\.(?:p\d+\.)?[0-9a-f]+$/;
+/** Test Connection's probe object (agent/offsite/connection.ts probeName) and its put() temp name. */
+const PROBE_NAME = /^gem-connection-test-[0-9a-f]{12}\.probe$/;
+const PROBE_TEMP_NAME = /^\.tmp-gem-connection-test-[0-9a-f]{12}\.probe\.(?:p\d+\.)?[0-9a-f]+$/;
+
+/** True for Test Connection's probe object, which a test that failed half way may leave behind. */
+export function isProbeName(name: string): boolean {
+  return PROBE_NAME.test(name);
+}
 
 /**
- * True for a temp name our own put() makes (tempNameFor, or writeFileAtomic for the local folder):
- * `.tmp-` + a backup name + `.` + (for local files, `p<pid>.`) + random hex. Anything else, even `.tmp-other`, is not ours to remove.
+ * True for a leftover our own put() makes (tempNameFor, or writeFileAtomic for the local folder):
+ * `.tmp-` + a backup name + `.` + (for local files, `p<pid>.`) + random hex; and Test Connection's probe
+ * (`gem-connection-test-<hex>.probe`) and its temp name. Anything else, even `.tmp-other`, is not ours to remove.
  */
 export function isOwnTempName(name: string): boolean {
-  return OWN_TEMP_NAME.test(name);
+  return OWN_TEMP_NAME.test(name) || PROBE_NAME.test(name) || PROBE_TEMP_NAME.test(name);
 }
 
 /** True if a leftover modified at `modifiedAt` (ISO or ms) is old enough for a sweep with `olderThanMs`. */

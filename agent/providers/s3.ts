@@ -25,6 +25,7 @@ import {
   asStorageError,
   assertObjectName,
   downloadStream,
+  isProbeName,
   NETWORK_CODES,
   oldEnough,
   throwIfAborted,
@@ -392,6 +393,8 @@ export class S3Provider implements StorageProvider {
     const sendOptions = this.small(signal);
     const bucket = this.options.bucket;
     const skipped = `the S3 server does not implement listing or aborting multipart uploads; incomplete uploads in bucket ${bucket} are not removed (a bucket lifecycle rule "AbortIncompleteMultipartUpload" does it)`;
+    // Test Connection probes left by a test that failed half way: complete objects, not uploads.
+    const probes = await this.sweepProbes(options);
     const doomed: { name: string; key: string; uploadId: string }[] = [];
     let keyMarker: string | undefined;
     let uploadIdMarker: string | undefined;
@@ -417,10 +420,10 @@ export class S3Provider implements StorageProvider {
         uploadIdMarker = page.IsTruncated ? page.NextUploadIdMarker : undefined;
       } while (keyMarker);
     } catch (error) {
-      if (notImplemented(error)) return { removed: [], skipped };
+      if (notImplemented(error)) return { removed: probes, skipped };
       throw this.classify(error, bucket, signal);
     }
-    const removed: string[] = [];
+    const removed: string[] = [...probes];
     for (const { name, key, uploadId } of doomed) {
       throwIfAborted(signal);
       try {
@@ -436,6 +439,39 @@ export class S3Provider implements StorageProvider {
       }
     }
     return { removed };
+  }
+
+  /** Deletes Test Connection probe objects under the prefix at least `olderThanMs` old; returns their names. */
+  private async sweepProbes(options: { olderThanMs?: number; signal?: AbortSignal }): Promise<string[]> {
+    const { signal } = options;
+    const removed: string[] = [];
+    let token: string | undefined;
+    try {
+      do {
+        const page = await this.client.send(
+          new ListObjectsV2Command({
+            Bucket: this.options.bucket,
+            Prefix: `${this.prefix}gem-connection-test-`,
+            ContinuationToken: token,
+          }),
+          this.small(signal),
+        );
+        for (const object of page.Contents ?? []) {
+          const name = object.Key?.slice(this.prefix.length) ?? '';
+          if (!isProbeName(name) || !oldEnough(object.LastModified?.getTime(), options.olderThanMs)) continue;
+          throwIfAborted(signal);
+          await this.client.send(
+            new DeleteObjectCommand({ Bucket: this.options.bucket, Key: this.key(name) }),
+            this.small(signal),
+          );
+          removed.push(name);
+        }
+        token = page.IsTruncated ? page.NextContinuationToken : undefined;
+      } while (token);
+    } catch (error) {
+      throw this.classify(error, this.options.bucket, signal);
+    }
+    return removed;
   }
 
   async close(): Promise<void> {

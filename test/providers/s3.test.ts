@@ -1,6 +1,7 @@
 // The S3 provider against a real S3-compatible server (s3rver) started for this file.
 import { ListObjectsV2Command, S3Client } from '@aws-sdk/client-s3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { probeName } from '../../agent/offsite/connection';
 import { type S3Options, S3Provider } from '../../agent/providers/s3';
 import { runStorageProviderSuite } from '../../shared/storage/conformance';
 import { isStorageError, type StorageErrorCode } from '../../shared/storage/index';
@@ -71,6 +72,20 @@ runStorageProviderSuite('s3 (s3rver, 5 MiB parts)', async () => {
 describe('s3 provider', () => {
   const name = 'gem-backup-2026-05-06-070809.tar.gz';
   const source = { size: 3, open: () => new Blob(['abc']).stream() };
+
+  it("sweeps Test Connection's leftover probe object as ours, by the same age rule", async () => {
+    const prefix = 'probe-sweep/';
+    const provider = new S3Provider(options({ prefix }));
+    const probe = probeName();
+    const lookAlike = 'gem-connection-test-notes.probe';
+    await provider.put(name, source);
+    await provider.put(probe, source);
+    await provider.put(lookAlike, source);
+    // Just written, so younger than ten minutes: kept.
+    expect((await provider.sweepTemp({ olderThanMs: 10 * 60_000 })).removed).toEqual([]);
+    expect((await provider.sweepTemp()).removed).toEqual([probe]);
+    expect((await rawKeys(prefix)).sort()).toEqual([name, lookAlike].sort());
+  });
 
   it('stores the declared sha256 in the object metadata and returns it from stat and list', async () => {
     const provider = new S3Provider(options({ prefix: 'meta' }));

@@ -1,7 +1,9 @@
 // The SFTP provider against a real OpenSSH sshd started for this file.
-import { mkdir, readdir, readFile, rm } from 'node:fs/promises';
+import { mkdir, readdir, readFile, rm, utimes, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { probeName } from '../../agent/offsite/connection';
+import { tempNameFor } from '../../agent/providers/checks';
 import { withRetry } from '../../agent/providers/retry';
 import { type SftpOptions, SftpProvider } from '../../agent/providers/sftp';
 import { runStorageProviderSuite } from '../../shared/storage/conformance';
@@ -188,6 +190,26 @@ describe('sftp provider', () => {
     expect((await failure(failing.put(name, v3))).code).toBe('not_found');
     expect(await readFile(join(local, name), 'utf8')).toBe('two');
     expect(await readdir(local)).toEqual([name]);
+  });
+
+  it("sweeps Test Connection's leftover probe and its temp file as ours, by the same age rule", async () => {
+    const remotePath = 'probe-sweep';
+    const local = join(sshd.root, remotePath);
+    const provider = new SftpProvider(options({ remotePath }));
+    await provider.put(name, source);
+    const probe = probeName();
+    const probeTemp = tempNameFor(probeName());
+    const lookAlikes = [
+      'gem-connection-test-notes.probe',
+      `${probe}.txt`,
+      '.tmp-gem-connection-test-x.probe.1',
+    ];
+    for (const file of [probe, probeTemp, ...lookAlikes]) await writeFile(join(local, file), 'probe');
+    const hourAgo = new Date(Date.now() - 3600_000);
+    await utimes(join(local, probe), hourAgo, hourAgo);
+    expect(await provider.sweepTemp({ olderThanMs: 10 * 60_000 })).toEqual({ removed: [probe] });
+    expect(await provider.sweepTemp()).toEqual({ removed: [probeTemp] });
+    expect((await readdir(local)).sort()).toEqual([name, ...lookAlikes].sort());
   });
 
   it('creates a missing remote folder, however deep', async () => {
