@@ -231,9 +231,9 @@ describe('the Backup & Restore page in a real browser, against a real agent and 
 
   it('reveals a destination’s fields when turned on: SFTP sign-in tabs and S3 provider presets', async () => {
     const sftp = page.locator('#offsite-sftp');
-    expect(await sftp.getByLabel('Host').isVisible()).toBe(false);
+    expect(await sftp.getByLabel('Host', { exact: true }).isVisible()).toBe(false);
     await sftp.getByText('Use SFTP server').click();
-    await sftp.getByLabel('Host').waitFor();
+    await sftp.getByLabel('Host', { exact: true }).waitFor();
     expect(await sftp.getByLabel('Port').inputValue()).toBe('22');
     await sftp.getByRole('tab', { name: 'SSH key' }).click();
     await sftp.getByLabel('Private key (OpenSSH format)').waitFor();
@@ -262,7 +262,7 @@ describe('the Backup & Restore page in a real browser, against a real agent and 
 
     const sftp = page.locator('#offsite-sftp');
     await sftp.getByText('Use SFTP server').click();
-    await sftp.getByLabel('Host').fill(sshd.host);
+    await sftp.getByLabel('Host', { exact: true }).fill(sshd.host);
     await sftp.getByLabel('Port').fill(String(sshd.port));
     await sftp.getByLabel('Username').fill(sshd.passwordUser.username);
     await sftp.getByLabel('Remote folder').fill(remote);
