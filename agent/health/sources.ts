@@ -64,7 +64,10 @@ export function backupsArea(agent: Agent): AreaSource {
     const last = state?.lastResult;
     if (last && !last.ok) {
       status = worst([status, 'warning']);
-      reason = `The last scheduled backup failed: ${last.error ?? 'unknown error'}. ${reason}`;
+      const skipped = last.error?.startsWith('skipped: ');
+      reason = skipped
+        ? `The last scheduled backup was skipped: ${last.error!.slice('skipped: '.length)}. ${reason}`
+        : `The last scheduled backup failed: ${last.error ?? 'unknown error'}. ${reason}`;
     }
     return { status, reason, ageSeconds: Math.round(age / 1000), ...details };
   };

@@ -158,10 +158,11 @@ export class Scheduler {
    * Starts a task's job; if another mutating job holds the lock, tries once more after `retryMs`.
    * Resolves when the job has ended (or was given up), recording the run for the catch-up rule.
    */
-  async fire(def: TaskDef | ScheduledTask, retry: boolean): Promise<Job | undefined> {
+  async fire(def: TaskDef | ScheduledTask, retry: boolean, firedAt?: Date): Promise<Job | undefined> {
     const d = typeof def === 'string' ? TASKS.find((t) => t.task === def)! : def;
     if (this.stopped) return undefined;
     const startedAt = this.options.now?.() ?? new Date();
+    const slotFiredAt = firedAt ?? startedAt;
     let job: Job;
     try {
       job = await d.start(this.agent);
@@ -173,12 +174,20 @@ export class Scheduler {
         return new Promise((resolve) => {
           const timer = setTimeout(() => {
             this.retries.delete(timer);
-            resolve(this.fire(d, false));
+            resolve(this.fire(d, false, slotFiredAt));
           }, this.options.retryMs ?? BUSY_RETRY_MS);
           this.retries.add(timer);
         });
       }
       this.agent.log.warn('a scheduled task could not start', { task: d.task, error: describeError(error) });
+      if (this.stopped) return undefined;
+      // Recorded so the status and health show it (hourly backups and maintenance both fire at 03:00).
+      const reason = isAppError(error, 'job_running')
+        ? 'skipped: another job was running at the scheduled time and still at the retry'
+        : `could not start: ${describeError(error).message}`;
+      await this.agent.settings.state
+        .recordSkip(d.task, slotFiredAt, { ok: false, error: reason })
+        .catch((e: unknown) => this.agent.log.warn('could not record a skipped scheduled run', { error: e }));
       return undefined;
     }
     const ended = await this.agent.jobs.waitFor(job.id);

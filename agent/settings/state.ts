@@ -34,6 +34,18 @@ export class ScheduleStateStore {
   }
 
   /**
+   * Records a scheduled run that did not happen (another job held the lock through the retry), so the
+   * status shows it; the last run stays as it was, so the slot counts as missed and is caught up.
+   */
+  async recordSkip(task: ScheduledTask, firedAt: Date, result: NonNullable<TaskStatus['lastResult']>) {
+    await this.db
+      .insert(scheduleState)
+      // Nothing armed yet: armed just before the slot that fired, so that slot counts as missed.
+      .values({ task, armedAt: new Date(firedAt.getTime() - 1_000), lastResult: result })
+      .onConflictDoUpdate({ target: scheduleState.task, set: { lastResult: result } });
+  }
+
+  /**
    * Records a finished run that started at `startedAt`. Written only when the job has ended, so a run
    * cut short by a crash leaves the slot missed and the next start catches it up.
    */

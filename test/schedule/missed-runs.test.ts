@@ -4,7 +4,10 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import postgres from 'postgres';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { healthModule } from '../../agent/http/routes/health';
+import { settingsModule } from '../../agent/http/routes/settings';
 import { Scheduler } from '../../agent/jobs/scheduler';
+import type { SettingsView } from '../../shared/api/settings';
 import { startTestAgent, type TestAgent } from '../services/agent';
 import { startPostgres, type TestPostgres } from '../services/postgres';
 
@@ -22,10 +25,23 @@ const DAY = 86_400_000;
 
 /** An agent on its own data dir (kept, so the test can open it again) and database. */
 async function openAgent(reuse?: { dataDir: string; databaseUrl: string }): Promise<TestAgent> {
-  if (reuse) return startTestAgent(pg, reuse);
+  const modules = [settingsModule, healthModule];
+  if (reuse) return startTestAgent(pg, { ...reuse, modules });
   const dataDir = await mkdtemp(join(tmpdir(), 'gem-missed-'));
   dirs.push(dataDir);
-  return startTestAgent(pg, { dataDir });
+  return startTestAgent(pg, { dataDir, modules });
+}
+
+/** Holds the mutating-job lock (a long restore, say) until the returned function is called. */
+async function holdLock(t: TestAgent): Promise<() => Promise<void>> {
+  let release!: () => void;
+  const job = await t.agent.jobs.start('restore', () => new Promise<void>((r) => (release = r)), {
+    mutating: true,
+  });
+  return async () => {
+    release();
+    await t.agent.jobs.waitFor(job.id);
+  };
 }
 
 function databaseUrlOf(t: TestAgent): string {
@@ -85,6 +101,56 @@ describe('scheduled runs that did not happen as planned', () => {
       expect((await t2.agent.catalog.list()).map((b) => b.kind)).toEqual(['scheduled']);
     } finally {
       await t2.close();
+    }
+  });
+
+  it('records a run skipped because another job held the lock through the retry, and catches it up', async () => {
+    const t = await openAgent();
+    try {
+      await t.agent.settings.update({
+        autoBackup: { enabled: true, schedule: 'daily', maxBackups: 10, timezone: 'UTC' },
+        maintenance: { enabled: true, retentionDays: 90 },
+      });
+      const twoDaysAgo = new Date(Date.now() - 2 * DAY);
+      await t.agent.settings.state.recordRun('maintenance', twoDaysAgo, { ok: true });
+      await t.agent.settings.state.recordRun('autoBackup', twoDaysAgo, { ok: true });
+      const scheduler = new Scheduler(t.agent, { retryMs: 100 });
+      const release = await holdLock(t);
+      expect(await scheduler.fire('maintenance', true)).toBeUndefined();
+      expect(await scheduler.fire('autoBackup', true)).toBeUndefined();
+      await release();
+      scheduler.stop();
+
+      const view = (await (await t.request('/api/v1/settings')).json()) as SettingsView;
+      expect(view.status.maintenance.lastResult).toMatchObject({
+        ok: false,
+        error: expect.stringMatching(/^skipped/),
+      });
+      expect(view.status.maintenance.lastRunAt).toBe(twoDaysAgo.toISOString());
+      expect(view.status.autoBackup.lastResult).toMatchObject({
+        ok: false,
+        error: expect.stringMatching(/^skipped/),
+      });
+      const health = (await (await t.request('/api/v1/health')).json()) as {
+        areas: { backups: { status: string; reason: string } };
+      };
+      expect(health.areas.backups.status).not.toBe('ok');
+      expect(health.areas.backups.reason).toMatch(/skipped: another job was running/);
+
+      // The last run stayed where it was: the next start catches the maintenance up once (alone, so
+      // that it does not meet the backup's catch-up at the lock).
+      await t.agent.settings.update({
+        autoBackup: { enabled: false, schedule: 'daily', maxBackups: 10, timezone: 'UTC' },
+      });
+      const again = new Scheduler(t.agent);
+      await again.start();
+      await again.settled();
+      again.stop();
+      const ran = t.agent.jobs.list().filter((j) => j.kind !== 'restore');
+      expect(ran.map((j) => [j.kind, j.state])).toEqual([['maintenance', 'succeeded']]);
+      expect((await t.agent.settings.state.get('maintenance'))?.lastResult).toMatchObject({ ok: true });
+    } finally {
+      await t.close();
     }
   });
 });
