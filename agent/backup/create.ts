@@ -87,16 +87,14 @@ function missingFolder(
   return kind === 'safety' || resolve(source) === resolve(defaultPath) ? 'empty' : 'fail';
 }
 
-function tarHeader(
-  member: { path: string; type: 'file' | 'directory'; size: number; mode?: number },
-  mtime: Date,
-) {
+/** A member's tar header: its own mtime where known (the source file's), else the backup's time. */
+function tarHeader(member: SnapshotMember, now: Date) {
   return {
     name: member.path,
     type: member.type,
     size: member.type === 'file' ? member.size : 0,
     mode: member.mode ?? (member.type === 'directory' ? 0o755 : 0o644),
-    mtime,
+    mtime: member.mtime ?? now,
   };
 }
 
@@ -189,7 +187,7 @@ export async function createBackup(
         database: sources.conn.database,
       },
       rowCounts: dump.rowCounts,
-      members: members.map(({ localPath: _, ...m }) => m),
+      members: members.map(({ localPath: _, mtime: __, ...m }) => m),
     };
     const manifestBytes = Buffer.from(`${JSON.stringify(manifest, null, 2)}\n`);
 

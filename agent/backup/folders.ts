@@ -13,6 +13,8 @@ import type { ManifestMember } from './manifest';
 /** A member plus where its snapshot lies on disk. */
 export interface SnapshotMember extends ManifestMember {
   localPath: string;
+  /** The source's own modification time, for the tar header (restore puts it back); not in the manifest. */
+  mtime?: Date;
 }
 
 /** The setting that places each folder (agent/config.ts), named in errors about it. */
@@ -66,7 +68,9 @@ export async function snapshotFolder(
       { details: { folder: root, setting: FOLDER_SETTINGS[root], path: source } },
     );
   }
-  if (!(await stat(base)).isDirectory()) {
+  const rootInfo = await stat(base);
+  members[0]!.mtime = rootInfo.mtime;
+  if (!rootInfo.isDirectory()) {
     throw new AppError(
       'unprocessable',
       `the ${root} folder ${source} (${FOLDER_SETTINGS[root]}) is not a folder: correct ${FOLDER_SETTINGS[root]}`,
@@ -108,6 +112,7 @@ export async function snapshotFolder(
           size: 0,
           mode: info.mode & 0o755,
           localPath: to,
+          mtime: info.mtime,
         });
         await walk(childRel);
       } else if (info.isFile()) {
@@ -124,7 +129,8 @@ export async function snapshotFolder(
           vanished(from);
           continue;
         }
-        if (!(await handle.stat().catch(() => undefined))?.isFile()) {
+        const opened = await handle.stat().catch(() => undefined);
+        if (!opened?.isFile()) {
           await handle.close();
           vanished(from);
           continue;
@@ -151,6 +157,8 @@ export async function snapshotFolder(
           sha256: hash.digest('hex'),
           mode: info.mode & 0o755,
           localPath: to,
+          // Of the file opened, as it was before the read (as tar records it).
+          mtime: opened.mtime,
         });
       } else {
         options.log?.warn('skipped a link or special file: backups hold regular files and folders only', {

@@ -1,13 +1,29 @@
 // Real backups of the scripts and config folders as they are found: behind a symlink, missing, changing while read.
-import { appendFile, mkdir, mkdtemp, rename, rm, symlink, unlink, writeFile } from 'node:fs/promises';
+import {
+  appendFile,
+  lstat,
+  mkdir,
+  mkdtemp,
+  rename,
+  rm,
+  symlink,
+  unlink,
+  utimes,
+  writeFile,
+} from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import type { Readable } from 'node:stream';
+import { createGunzip } from 'node:zlib';
+import tar from 'tar-stream';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import type { BackupSources, CreateBackupOptions } from '../../agent/backup/create';
 import { createBackup } from '../../agent/backup/create';
+import { openBackupFile } from '../../agent/backup/file-plaintext';
 import { readBackup } from '../../agent/backup/reader';
 import { standaloneContext } from '../../agent/jobs/runner';
 import { silentLogger } from '../../agent/log';
+import { unwrapWithMasterKeys } from '../../shared/envelope';
 import { startTestAgent, type TestAgent } from '../services/agent';
 import { startPostgres, type TestPostgres } from '../services/postgres';
 
@@ -124,5 +140,39 @@ describe('the folders a backup holds', () => {
       expect(members).toContain('scripts/log.js');
       await t.agent.catalog.delete(made.filename);
     }
+  });
+
+  it("each member's tar header carries its source's own mtime (to the second)", async () => {
+    const scripts = join(scratch, 'dated-scripts');
+    await mkdir(join(scripts, 'macros'), { recursive: true });
+    await writeFile(join(scripts, 'macros', 'night.js'), 'dim()');
+    await writeFile(join(scripts, 'lights.js'), 'turnOn()');
+    await utimes(
+      join(scripts, 'lights.js'),
+      new Date('2021-03-04T05:06:07Z'),
+      new Date('2021-03-04T05:06:07Z'),
+    );
+    await utimes(join(scripts, 'macros', 'night.js'), new Date('2022-01-01Z'), new Date('2022-01-01Z'));
+    await utimes(join(scripts, 'macros'), new Date('2020-02-02T02:02:02Z'), new Date('2020-02-02T02:02:02Z'));
+    await utimes(scripts, new Date('2019-09-09T09:09:09Z'), new Date('2019-09-09T09:09:09Z'));
+    t.agent.sources.scriptsDir = scripts;
+    const made = await backup();
+
+    const { plaintext } = await openBackupFile(t.agent.catalog.pathOf(made.filename), {
+      resolveFileKey: (header) => unwrapWithMasterKeys(header.stanzas, t.agent.keyring.masterKeys),
+    });
+    const extract = tar.extract();
+    (plaintext.pipe(createGunzip()) as Readable).pipe(extract);
+    const mtimes = new Map<string, number>();
+    for await (const entry of extract) {
+      mtimes.set(entry.header.name.replace(/\/$/, ''), entry.header.mtime!.getTime());
+      entry.resume();
+    }
+    const second = async (path: string) => Math.floor((await lstat(path)).mtimeMs / 1000) * 1000;
+    expect(mtimes.get('scripts')).toBe(Date.parse('2019-09-09T09:09:09Z'));
+    expect(mtimes.get('scripts/macros')).toBe(Date.parse('2020-02-02T02:02:02Z'));
+    expect(mtimes.get('scripts/lights.js')).toBe(Date.parse('2021-03-04T05:06:07Z'));
+    expect(mtimes.get('scripts/macros/night.js')).toBe(Date.parse('2022-01-01Z'));
+    expect(mtimes.get('config/gem.json')).toBe(await second(join(original.configDir, 'gem.json')));
   });
 });
