@@ -120,14 +120,22 @@ export class Scheduler {
     }
   }
 
-  /** (Re)creates the timers from the current settings. */
+  /**
+   * (Re)creates the timers from the current settings, and marks each enabled task armed (if nothing
+   * is recorded for it yet), so a task turned on later also gets its catch-up after downtime.
+   */
   arm(): void {
     if (this.stopped) return;
     for (const c of this.timers.values()) c.stop();
     this.timers.clear();
+    const now = this.options.now?.() ?? new Date();
     for (const def of TASKS) {
       const timing = def.timing(this.agent);
       if (!timing) continue;
+      const marked = this.agent.settings.state
+        .arm(def.task, now)
+        .catch((error: unknown) => this.agent.log.warn('could not mark a scheduled task armed', { error }));
+      this.track(marked.then(() => undefined));
       const c = new Cron(
         CRON_PATTERNS[timing.schedule],
         { ...(timing.tz ? { timezone: timing.tz } : {}), protect: true },

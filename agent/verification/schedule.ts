@@ -52,11 +52,19 @@ export class VerificationScheduler {
     return tz ? { timezone: tz } : {};
   }
 
+  /** (Re)creates the timer; marks the schedule armed if it never was, so a later-enabled one gets its catch-up. */
   arm(): void {
     this.timer?.stop();
     this.timer = undefined;
     const v = this.agent.settings.get().verification;
     if (!v.enabled) return;
+    const now = this.options.now?.() ?? new Date();
+    const marked = verificationStateFor(this.agent)
+      .update((s) => {
+        s.armedAt ??= now.toISOString();
+      })
+      .catch((error: unknown) => this.agent.log.warn('could not mark the verification armed', { error }));
+    this.track(marked.then(() => undefined));
     this.timer = new Cron(VERIFICATION_CRON[v.schedule], { ...this.tz(), protect: true }, () => {
       this.track(this.fire());
     });

@@ -7,6 +7,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { healthModule } from '../../agent/http/routes/health';
 import { settingsModule } from '../../agent/http/routes/settings';
 import { Scheduler } from '../../agent/jobs/scheduler';
+import { VerificationScheduler } from '../../agent/verification/schedule';
+import { verificationStateFor } from '../../agent/verification/state';
 import type { SettingsView } from '../../shared/api/settings';
 import { startTestAgent, type TestAgent } from '../services/agent';
 import { startPostgres, type TestPostgres } from '../services/postgres';
@@ -149,6 +151,53 @@ describe('scheduled runs that did not happen as planned', () => {
       const ran = t.agent.jobs.list().filter((j) => j.kind !== 'restore');
       expect(ran.map((j) => [j.kind, j.state])).toEqual([['maintenance', 'succeeded']]);
       expect((await t.agent.settings.state.get('maintenance'))?.lastResult).toMatchObject({ ok: true });
+    } finally {
+      await t.close();
+    }
+  });
+
+  it('marks a task turned on while the agent runs as armed, so a slot missed in a later downtime is caught up', async () => {
+    const t = await openAgent();
+    try {
+      await t.agent.settings.update({
+        autoBackup: { enabled: false, schedule: 'daily', maxBackups: 10, timezone: 'UTC' },
+        maintenance: { enabled: false, retentionDays: 90 },
+        verification: { enabled: false, schedule: 'weekly' },
+      });
+      const scheduler = new Scheduler(t.agent);
+      const verification = new VerificationScheduler(t.agent);
+      await scheduler.start();
+      await verification.start();
+      expect(await t.agent.settings.state.get('maintenance')).toBeUndefined();
+      expect((await verificationStateFor(t.agent).get()).armedAt).toBeUndefined();
+
+      // Turned on later, while running (a settings save re-arms the schedulers).
+      await t.agent.settings.update({
+        maintenance: { enabled: true, retentionDays: 90 },
+        verification: { enabled: true, schedule: 'weekly' },
+      });
+      await scheduler.settled();
+      await verification.settled();
+      scheduler.stop();
+      verification.stop();
+      expect((await t.agent.settings.state.get('maintenance'))?.armedAt).toBeInstanceOf(Date);
+      expect((await verificationStateFor(t.agent).get()).armedAt).toBeTruthy();
+
+      // The agent is down for two weeks; its next start catches each up once.
+      const later = () => new Date(Date.now() + 14 * DAY);
+      const again = new Scheduler(t.agent, { now: later });
+      const verificationAgain = new VerificationScheduler(t.agent, { now: later });
+      await again.start();
+      await verificationAgain.start();
+      await again.settled();
+      await verificationAgain.settled();
+      again.stop();
+      verificationAgain.stop();
+      const ran = t.agent.jobs.list().map((j) => [j.kind, j.state]);
+      expect(ran.sort()).toEqual([
+        ['maintenance', 'succeeded'],
+        ['verification', 'succeeded'],
+      ]);
     } finally {
       await t.close();
     }
