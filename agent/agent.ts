@@ -92,7 +92,10 @@ export async function openAgent(
     log.info('seeding the embedded database with a sample GEM installation');
     await seedGemDatabase(sql, keyring.activeKey);
   }
-  if (!config.scriptsDir && !existsSync(scriptsDir)) await writeSampleFolders(scriptsDir, configDir);
+  // Samples go only into the agent's own default folders, never into a configured (real) one.
+  if (!config.scriptsDir && !existsSync(scriptsDir)) {
+    await writeSampleFolders(scriptsDir, config.configDir || existsSync(configDir) ? undefined : configDir);
+  }
 
   // The agent's own schema (gem_backup), brought up to date before anything reads settings.
   await migrateAgentSchema(databaseUrl);

@@ -102,8 +102,8 @@ export async function seedGemDatabase(sql: Sql, secureKey: MasterKey): Promise<v
   });
 }
 
-/** Writes a small device-scripts folder and config folder, as a GEM install would have. */
-export async function writeSampleFolders(scriptsDir: string, configDir: string): Promise<void> {
+/** Writes a small device-scripts folder and (when given) config folder, as a GEM install would have. */
+export async function writeSampleFolders(scriptsDir: string, configDir?: string): Promise<void> {
   const drivers = ['lutron-caseta', 'sonos', 'hue-bridge', 'nest-thermostat', 'generic-ir', 'axis-camera'];
   await mkdir(join(scriptsDir, 'drivers'), { recursive: true });
   await mkdir(join(scriptsDir, 'macros'), { recursive: true });
@@ -118,6 +118,7 @@ export async function writeSampleFolders(scriptsDir: string, configDir: string):
     `export default [{ set: 'power', to: 'off' }];\n`,
   );
   await writeFile(join(scriptsDir, 'README.txt'), 'Device scripts for this GEM controller.\n');
+  if (configDir === undefined) return;
   await mkdir(configDir, { recursive: true });
   await writeFile(
     join(configDir, 'gem.json'),
