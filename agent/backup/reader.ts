@@ -78,10 +78,13 @@ export interface ReadOptions {
   onProgress?: (bytesRead: number) => void;
   /** Called once the manifest is read and checked, before any other member. */
   onManifest?: (manifest: Manifest) => Promise<void> | void;
-  /** A sink for a member's bytes (restore extraction); none: the bytes are only hashed. */
-  openMember?: (member: ManifestMember) => Promise<Writable | undefined>;
-  /** Called for each folder entry (restore creates it). */
-  onDirectory?: (member: ManifestMember) => Promise<void>;
+  /** A sink for a member's bytes (restore extraction), given its tar header (mtime); none: the bytes are only hashed. */
+  openMember?: (
+    member: ManifestMember,
+    header: { mtime?: Date | undefined },
+  ) => Promise<Writable | undefined>;
+  /** Called for each folder entry with its tar header (restore creates it). */
+  onDirectory?: (member: ManifestMember, header: { mtime?: Date | undefined }) => Promise<void>;
   /** Overrides how the file key is found (recovery hands it over directly). */
   resolveFileKey?: (header: EnvelopeHeader) => Promise<Uint8Array>;
 }
@@ -111,9 +114,14 @@ async function readSmall(stream: Readable, limit: number): Promise<Buffer> {
  * Streams one member to its sink (if any), counting its bytes. Its sha256 is computed by the
  * ArchiveHasher's worker from the same plaintext (see readBackup), not here.
  */
-async function readMember(entry: Readable, member: ManifestMember, options: ReadOptions): Promise<number> {
+async function readMember(
+  entry: Readable,
+  header: { mtime?: Date | undefined },
+  member: ManifestMember,
+  options: ReadOptions,
+): Promise<number> {
   let size = 0;
-  const sink = await options.openMember?.(member);
+  const sink = await options.openMember?.(member, header);
   if (sink) {
     const counter = new Transform({
       transform(chunk: Buffer, _enc, cb) {
@@ -226,14 +234,14 @@ export async function readBackup(source: string | Readable, options: ReadOptions
         // Without this, a run of folders (~16,400 headers: 8 MiB) held every batch and gunzip,
         // waiting for one, hung the read.
         hasher.known(start);
-        await options.onDirectory?.(member);
+        await options.onDirectory?.(member, entry.header);
         entry.resume();
         continue;
       }
       const sha256 = hasher.member(start, start + (entry.header.size ?? 0));
       sha256.catch(() => {}); // awaited below, in order
       digests.push({ name, expected: member.sha256, sha256 });
-      const size = await readMember(entry as unknown as Readable, member, options);
+      const size = await readMember(entry as unknown as Readable, entry.header, member, options);
       if (size !== member.size)
         throw corrupt(`member ${name} is ${size} bytes, the manifest says ${member.size}`);
       if (size !== entry.header.size) throw corrupt(`member ${name} is cut short`);
