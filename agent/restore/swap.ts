@@ -6,6 +6,7 @@ import { z } from 'zod';
 import type { BackupSources } from '../backup/create';
 import type { AgentConfig } from '../config';
 import { AppError, describeError } from '../errors';
+import { heldByOtherProcess } from '../jobs/lock';
 import type { Logger } from '../log';
 import { fsyncDir, writeSmallFileAtomic } from '../system/atomic-file';
 import { type PgConnection, PostgresTools, parseDatabaseUrl } from '../system/postgres-tools';
@@ -362,16 +363,8 @@ export async function dropStagingLeftovers(sources: BackupSources): Promise<stri
 
 /** True while another live process holds the job lock (a restore may be running there right now). */
 async function lockedByOther(dataDir: string): Promise<boolean> {
-  const holder = await readFile(join(dataDir, 'job.lock'), 'utf8')
-    .then((t) => JSON.parse(t) as { pid?: number })
-    .catch(() => undefined);
-  if (!holder?.pid || holder.pid === process.pid) return false;
-  try {
-    process.kill(holder.pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
+  // The lock module's own rule: only a holder that is gone (ESRCH) is dead; EPERM is another user's live process.
+  return heldByOtherProcess(join(dataDir, 'job.lock'));
 }
 
 /** Undoes an uncommitted swap from what actually exists, so the old state is back whole. */
