@@ -65,7 +65,7 @@ export async function benchDatabase(options: {
         'postgres',
         BENCH_DB,
       ],
-      {},
+      { env: { ...process.env, PGPASSWORD: decodeURIComponent(new URL(cluster.url('postgres')).password) } },
     );
     if (init.code !== 0) throw new Error(`pgbench -i failed: ${init.stderr}`);
     const db = postgres(url, { max: 1, onnotice: () => {} });

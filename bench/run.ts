@@ -217,6 +217,8 @@ async function main(): Promise<void> {
     const comparisons: Comparison[] = [];
     const port = db.cluster.port;
     const pgArgs = ['-h', '127.0.0.1', '-p', String(port), '-U', 'postgres'];
+    // The cluster asks every connection for the superuser's password: the plain tools get it as libpq does.
+    const pgEnv = { PGPASSWORD: decodeURIComponent(new URL(db.cluster.url('postgres')).password) };
     const admin = postgres(db.cluster.url('postgres'), { max: 1, onnotice: () => {} });
     stops.push(() => admin.end());
     if ((await admin`select 1 from pg_database where datname = 'bench_target'`).length === 0)
@@ -283,7 +285,9 @@ async function main(): Promise<void> {
           },
           async () => {
             await rm(plainDump, { force: true });
-            const r = await timed(join(binDir, 'pg_dump'), [...pgArgs, '-Fc', '-f', plainDump, BENCH_DB]);
+            const r = await timed(join(binDir, 'pg_dump'), [...pgArgs, '-Fc', '-f', plainDump, BENCH_DB], {
+              env: pgEnv,
+            });
             return { ...r, bytes: (await stat(plainDump)).size, work: db.bytes };
           },
           { agent: 'agent backup', plain: 'pg_dump -Fc -f file' },
@@ -291,7 +295,7 @@ async function main(): Promise<void> {
       );
     }
     if (!existsSync(plainDump))
-      await timed(join(binDir, 'pg_dump'), [...pgArgs, '-Fc', '-f', plainDump, BENCH_DB]);
+      await timed(join(binDir, 'pg_dump'), [...pgArgs, '-Fc', '-f', plainDump, BENCH_DB], { env: pgEnv });
 
     if (options.only.has('verify')) {
       comparisons.push(
@@ -326,14 +330,11 @@ async function main(): Promise<void> {
             return { ms: r.ms, maxRssBytes: r.maxRssBytes, bytes: r.bytes, work: db.bytes, phases: r.phases };
           },
           async () => {
-            const r = await timed(join(binDir, 'pg_restore'), [
-              ...pgArgs,
-              '-j',
-              '2',
-              '-d',
-              'bench_plain',
-              plainDump,
-            ]);
+            const r = await timed(
+              join(binDir, 'pg_restore'),
+              [...pgArgs, '-j', '2', '-d', 'bench_plain', plainDump],
+              { env: pgEnv },
+            );
             return { ...r, bytes: (await stat(plainDump)).size, work: db.bytes };
           },
           { agent: 'agent restore', plain: 'pg_restore -j 2' },
