@@ -76,3 +76,11 @@ export function describeError(error: unknown): { code: string; message: string }
   }
   return { code: 'internal', message: error instanceof Error ? error.message : String(error) };
 }
+
+/** True for a full disk: `error` is ENOSPC, or an error it was caused by (a wrapping stream error) is. */
+export function isNoSpace(error: unknown): boolean {
+  for (let e = error, depth = 0; e && depth < 5; e = (e as { cause?: unknown }).cause, depth++) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOSPC') return true;
+  }
+  return false;
+}

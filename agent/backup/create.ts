@@ -10,7 +10,7 @@ import { createGzip } from 'node:zlib';
 import tar from 'tar-stream';
 import { generateFileKey, newCore, wrapForMasterKey } from '../../shared/envelope';
 import { dataPaths } from '../config';
-import { AppError } from '../errors';
+import { AppError, isNoSpace } from '../errors';
 import type { JobContext } from '../jobs/runner';
 import { createSealTransform } from '../keys/envelope-node';
 import type { Keyring } from '../keys/keyring';
@@ -312,12 +312,4 @@ export async function verifyBackup(
     }
     throw error;
   }
-}
-
-/** True for a full disk, also when the ENOSPC is the cause of a wrapping stream error. */
-function isNoSpace(error: unknown): boolean {
-  for (let e = error as { code?: unknown; cause?: unknown } | undefined; e; e = e.cause as typeof e) {
-    if (e.code === 'ENOSPC') return true;
-  }
-  return false;
 }

@@ -4,7 +4,7 @@ import { createWriteStream } from 'node:fs';
 import { Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import postgres from 'postgres';
-import { AppError } from '../errors';
+import { AppError, isNoSpace } from '../errors';
 import {
   connectionArgs,
   connectionEnv,
@@ -54,14 +54,6 @@ export async function countRows(sql: postgres.Sql | postgres.ReservedSql): Promi
     counts[`${t.schema}.${t.name}`] = Number(row!.n);
   }
   return counts;
-}
-
-/** True if `error`, or an error it was caused by, is ENOSPC (a full disk). */
-function isNoSpace(error: unknown): boolean {
-  for (let e = error, depth = 0; e && depth < 5; e = (e as { cause?: unknown }).cause, depth++) {
-    if ((e as NodeJS.ErrnoException).code === 'ENOSPC') return true;
-  }
-  return false;
 }
 
 /**

@@ -361,12 +361,6 @@ export async function dropStagingLeftovers(sources: BackupSources): Promise<stri
   return removed;
 }
 
-/** True while another live process holds the job lock (a restore may be running there right now). */
-async function lockedByOther(dataDir: string): Promise<boolean> {
-  // The lock module's own rule: only a holder that is gone (ESRCH) is dead; EPERM is another user's live process.
-  return heldByOtherProcess(join(dataDir, 'job.lock'));
-}
-
 /** Undoes an uncommitted swap from what actually exists, so the old state is back whole. */
 async function rollBackFromJournal(deps: SwapDeps, journal: RestoreJournal): Promise<void> {
   const conn = deps.sources.conn;
@@ -399,7 +393,8 @@ async function rollBackFromJournal(deps: SwapDeps, journal: RestoreJournal): Pro
  */
 export async function recoverInterruptedRestore(deps: SwapDeps): Promise<void> {
   await restoreSettled(deps.config.dataDir);
-  if (await lockedByOther(deps.config.dataDir)) {
+  // Another live process holding the job lock may be restoring right now (the lock module's rule).
+  if (await heldByOtherProcess(join(deps.config.dataDir, 'job.lock'))) {
     deps.log.info('another process holds the job lock; restore recovery is left to it');
     return;
   }
