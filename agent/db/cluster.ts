@@ -1,12 +1,12 @@
 /** The embedded PostgreSQL cluster: created under the data dir with the machine's binaries, started and stopped by us. */
 import { createHash, createHmac, pbkdf2Sync, randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { chmod, chown, mkdir, open, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { chmod, chown, mkdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import { dirname, join } from 'node:path';
 import postgres from 'postgres';
 import type { Logger } from '../log';
-import { fsyncDir, tempPathFor, writeSmallFileAtomic } from '../system/atomic-file';
+import { tempPathFor, writeSmallFileAtomic } from '../system/atomic-file';
 import { runProcess } from '../system/spawn';
 
 export interface ClusterHandle {
@@ -120,26 +120,6 @@ function scramVerifier(password: string): string {
   return `SCRAM-SHA-256$${iterations}:${salt.toString('base64')}$${storedKey.toString('base64')}:${serverKey.toString('base64')}`;
 }
 
-/** Writes a file of the cluster (owned like the cluster folder) through a temp name and a rename. */
-async function writeClusterFileAtomic(path: string, text: string, dir: string): Promise<void> {
-  const temp = tempPathFor(path);
-  try {
-    const handle = await open(temp, 'wx', 0o600);
-    try {
-      await handle.writeFile(text);
-      await handle.sync();
-    } finally {
-      await handle.close();
-    }
-    if (process.getuid?.() === 0) await chownFile(temp, dir);
-    await rename(temp, path);
-    await fsyncDir(dirname(path));
-  } catch (error) {
-    await rm(temp, { force: true });
-    throw error;
-  }
-}
-
 /**
  * Upgrades a running cluster made with trust auth by an earlier version: the superuser gets the
  * password, pg_hba.conf asks for it everywhere, the server reloads. Each step can be run again, so a
@@ -152,7 +132,10 @@ async function requirePassword(dir: string, port: number, password: string, log?
   try {
     // A verifier is a literal of base64 and `$:` only: nothing to escape.
     await sql.unsafe(`alter role ${SUPERUSER} with password '${scramVerifier(password)}'`);
-    await writeClusterFileAtomic(join(dir, 'pg_hba.conf'), SCRAM_HBA, dir);
+    // Owned like the cluster folder, so the server (running as its owner) can read it.
+    await writeSmallFileAtomic(join(dir, 'pg_hba.conf'), SCRAM_HBA, 0o600, async (temp) => {
+      if (process.getuid?.() === 0) await chownFile(temp, dir);
+    });
     await sql`select pg_reload_conf()`;
   } finally {
     await sql.end({ timeout: 5 });

@@ -102,11 +102,15 @@ export async function writeFileAtomic(
   }
 }
 
-/** Writes a small buffer atomically (keyring, state files). */
+/**
+ * Writes a small buffer atomically (keyring, state files). `prepare` runs on the complete temp file
+ * just before the rename (e.g. to hand it to another owner).
+ */
 export async function writeSmallFileAtomic(
   finalPath: string,
   data: string | Uint8Array,
   mode = 0o644,
+  prepare?: (tempPath: string) => Promise<void>,
 ): Promise<void> {
   await mkdir(dirname(finalPath), { recursive: true });
   const temp = tempPathFor(finalPath);
@@ -118,6 +122,7 @@ export async function writeSmallFileAtomic(
     } finally {
       await handle.close();
     }
+    await prepare?.(temp);
     await rename(temp, finalPath);
     await fsyncDir(dirname(finalPath));
   } catch (error) {
