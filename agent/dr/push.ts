@@ -216,7 +216,11 @@ async function resumableUpload(
   return undefined;
 }
 
-/** A local backup of this installation younger than 24 h, else a new temporary one (kind 'dr'). */
+/**
+ * A local backup of this installation younger than 24 h, else a new temporary one (kind 'dr'). Never a
+ * backup whose last verify failed, nor a safety backup: that holds the data a restore replaced, not
+ * what runs now.
+ */
 async function chooseBackup(
   deps: PushDeps,
   ctx: JobContext,
@@ -228,6 +232,8 @@ async function chooseBackup(
   const recent = (await agent.catalog.list()).find(
     (b: BackupInfo) =>
       b.installationId === agent.keyring.installationId &&
+      b.kind !== 'safety' &&
+      b.verifyResult !== 'failed' &&
       now - Date.parse(b.createdAt) <= REUSE_MAX_AGE_MS &&
       b.keyIds.some((id) => held.has(id)),
   );

@@ -83,6 +83,36 @@ describe('Cloud DR push, recovery on a fresh install, opt-out', () => {
     await a.agent.catalog.delete(old.filename);
   });
 
+  it('never reuses a safety backup or one whose verify failed: it makes a temporary one', async () => {
+    const deps = {
+      keyring: a.agent.keyring,
+      catalog: a.agent.catalog,
+      sources: a.agent.sources,
+      workDir: a.agent.paths.work,
+    };
+    const ctx = standaloneContext(silentLogger);
+    const safety = await createBackup(deps, ctx, { kind: 'safety', now: new Date(Date.now() - 3600_000) });
+    const rotted = await createBackup(deps, ctx, { now: new Date(Date.now() - 2 * 3600_000) });
+    await a.agent.catalog.updateRecord(rotted.filename, {
+      verifiedAt: new Date().toISOString(),
+      verifyResult: 'failed',
+      verifyError: 'chunk 3: authentication failed',
+    });
+    try {
+      const job = await pushViaApi(a);
+      expect(job.error).toBeUndefined();
+      const result = job.result as PushResult;
+      expect(result).toMatchObject({ reused: false, temporary: true });
+      expect([safety.filename, rotted.filename]).not.toContain(result.backup);
+      expect((await a.agent.catalog.list()).map((x) => x.filename).sort()).toEqual(
+        [safety.filename, rotted.filename].sort(),
+      );
+    } finally {
+      await a.agent.catalog.delete(safety.filename);
+      await a.agent.catalog.delete(rotted.filename);
+    }
+  });
+
   it('with no recent local backup, makes a temporary one and removes it after the push', async () => {
     const job = await pushViaApi(a);
     expect(job.error).toBeUndefined();
