@@ -1,5 +1,4 @@
 // Temp leftovers of failed uploads are swept at every destination and by sync / auto-upload; foreign files always stay.
-import { type ChildProcess, spawn } from 'node:child_process';
 import { chown, mkdir, readdir, utimes, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import {
@@ -18,7 +17,7 @@ import { SftpProvider } from '../../agent/providers/sftp';
 import { SmbProvider } from '../../agent/providers/smb';
 import { isStorageError } from '../../shared/storage/index';
 import type { TestAgent } from '../services/agent';
-import { freePort, waitForPort } from '../services/ports';
+import { type MotoService, startMoto } from '../services/moto';
 import { startPostgres, type TestPostgres } from '../services/postgres';
 import { type S3Service, startS3 } from '../services/s3';
 import { type SmbdService, startSmbd } from '../services/smbd';
@@ -37,43 +36,11 @@ const TEN_MINUTES = 10 * 60_000;
 const MIB = 1024 * 1024;
 const abc = { size: 3, open: () => new Blob(['abc']).stream() };
 
-/** moto's S3 server (the Python moto package), the one S3 server here that implements ListMultipartUploads. */
-async function startMoto(): Promise<{ endpoint: string; stop(): Promise<void> }> {
-  const port = await freePort();
-  const child: ChildProcess = spawn('moto_server', ['-H', '127.0.0.1', '-p', String(port)], {
-    stdio: ['ignore', 'ignore', 'pipe'],
-  });
-  let log = '';
-  child.stderr?.on('data', (chunk) => {
-    log = (log + chunk).slice(-2000);
-  });
-  let missing = false;
-  child.on('error', () => {
-    missing = true;
-  });
-  const stop = async () => {
-    if (child.exitCode === null && child.signalCode === null) {
-      const exited = new Promise((done) => child.once('exit', done));
-      child.kill('SIGTERM');
-      await Promise.race([exited, new Promise((done) => setTimeout(done, 3000))]);
-    }
-  };
-  await waitForPort(port, {
-    exited: () =>
-      missing
-        ? "moto_server is not installed: pip install 'moto[server]' (Debian has no package for it)"
-        : child.exitCode !== null
-          ? `moto_server exited (${child.exitCode}): ${log}`
-          : undefined,
-  });
-  return { endpoint: `http://127.0.0.1:${port}`, stop };
-}
-
 let pg: TestPostgres;
 let sshd: SshdService;
 let smbd: SmbdService;
 let s3: S3Service;
-let moto: Awaited<ReturnType<typeof startMoto>>;
+let moto: MotoService;
 let t: TestAgent;
 
 beforeAll(async () => {

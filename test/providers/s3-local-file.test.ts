@@ -1,26 +1,38 @@
-// The S3 provider's upload straight from a local file (ranged part reads), against a real s3rver.
+// The S3 provider's upload straight from a local file (ranged part reads), against a real s3rver, and
+// against moto for what s3rver cannot show: a failed multipart upload leaves no incomplete upload behind.
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
-import { ListObjectsV2Command, S3Client } from '@aws-sdk/client-s3';
+import {
+  CreateBucketCommand,
+  ListMultipartUploadsCommand,
+  ListObjectsV2Command,
+  S3Client,
+} from '@aws-sdk/client-s3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { fileSource } from '../../agent/offsite/transfer';
 import { S3Provider } from '../../agent/providers/s3';
 import { isStorageError } from '../../shared/storage/index';
+import { type MotoService, startMoto } from '../services/moto';
 import { type S3Service, startS3 } from '../services/s3';
+import { startAll } from '../services/start-all';
 import { randomFile } from './random-file';
 
 const MIB = 1024 * 1024;
 const name = 'gem-backup-2026-05-06-070809.tar.gz';
+const MOTO_BUCKET = 'gem-moto';
 let s3: S3Service;
+let moto: MotoService;
 let dir: string;
 beforeAll(async () => {
-  s3 = await startS3();
+  ({ s3, moto } = await startAll({ s3: startS3, moto: startMoto }));
   dir = await mkdtemp(join(tmpdir(), 'gem-s3-file-'));
+  const raw = motoClient();
+  await raw.send(new CreateBucketCommand({ Bucket: MOTO_BUCKET })).finally(() => raw.destroy());
 });
 afterAll(async () => {
-  await s3?.stop();
+  await Promise.all([s3?.stop(), moto?.stop()]);
   if (dir) await rm(dir, { recursive: true, force: true });
 });
 
@@ -121,5 +133,85 @@ describe('s3 provider, local file source', () => {
       .catch((e) => e);
     expect(isStorageError(error, 'aborted')).toBe(true);
     expect(await rawKeys('file-cancel/')).toEqual([]);
+  });
+});
+
+function motoClient(): S3Client {
+  return new S3Client({
+    endpoint: moto.endpoint,
+    region: 'us-east-1',
+    forcePathStyle: true,
+    credentials: { accessKeyId: 'moto', secretAccessKey: 'moto' },
+  });
+}
+
+function motoProvider(prefix: string): S3Provider {
+  return new S3Provider({
+    endpoint: moto.endpoint,
+    region: 'us-east-1',
+    bucket: MOTO_BUCKET,
+    accessKeyId: 'moto',
+    secretAccessKey: 'moto',
+    forcePathStyle: true,
+    partSize: 5 * MIB,
+    prefix,
+  });
+}
+
+/** Keys under `prefix` with an upload that was started and neither completed nor aborted. */
+async function incompleteUploads(prefix: string): Promise<string[]> {
+  const raw = motoClient();
+  try {
+    const page = await raw.send(new ListMultipartUploadsCommand({ Bucket: MOTO_BUCKET, Prefix: prefix }));
+    return (page.Uploads ?? []).map((upload) => upload.Key!);
+  } finally {
+    raw.destroy();
+  }
+}
+
+describe('s3 provider, local file source, failures leave no incomplete upload (moto)', () => {
+  it('a wrong sha256: refused, no object, no incomplete upload', async () => {
+    const file = await randomFile(dir, 'moto-bad', 12 * MIB);
+    const p = motoProvider('moto-bad/');
+    const error = await p.put(name, fileSource(file.path, file.bytes.length, '0'.repeat(64))).catch((e) => e);
+    expect(isStorageError(error, 'integrity')).toBe(true);
+    expect(await p.list()).toEqual([]);
+    expect(await incompleteUploads('moto-bad/')).toEqual([]);
+  });
+
+  it('a file that grew past its declared size: refused, no object, no incomplete upload', async () => {
+    const file = await randomFile(dir, 'moto-short', 11 * MIB);
+    const p = motoProvider('moto-short/');
+    const error = await p
+      .put(name, fileSource(file.path, file.bytes.length - 1, file.sha256))
+      .catch((e) => e);
+    expect(isStorageError(error, 'integrity')).toBe(true);
+    expect(await p.list()).toEqual([]);
+    expect(await incompleteUploads('moto-short/')).toEqual([]);
+  });
+
+  it('cancelled after the first part: aborted, no object, no incomplete upload', async () => {
+    const file = await randomFile(dir, 'moto-cancel', 30 * MIB);
+    const p = motoProvider('moto-cancel/');
+    const controller = new AbortController();
+    const error = await p
+      .put(name, fileSource(file.path, file.bytes.length, file.sha256), {
+        signal: controller.signal,
+        onProgress: (bytes) => {
+          if (bytes > 6 * MIB) controller.abort();
+        },
+      })
+      .catch((e) => e);
+    expect(isStorageError(error, 'aborted')).toBe(true);
+    expect(await p.list()).toEqual([]);
+    expect(await incompleteUploads('moto-cancel/')).toEqual([]);
+  });
+
+  it('a good file completes and leaves no incomplete upload', async () => {
+    const file = await randomFile(dir, 'moto-good', 17 * MIB + 5);
+    const p = motoProvider('moto-good/');
+    await p.put(name, fileSource(file.path, file.bytes.length, file.sha256));
+    expect((await p.stat(name)).sha256).toBe(file.sha256);
+    expect(await incompleteUploads('moto-good/')).toEqual([]);
   });
 });
