@@ -1,5 +1,5 @@
 import { type ChildProcess, fork, spawn } from 'node:child_process';
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -119,6 +119,38 @@ describe('the job lock', () => {
       await writeFile(path, JSON.stringify({ pid: dead, what: 'backup', since: 'x', ...nonce }));
     });
     expect(holders).toEqual(Array(ROUNDS).fill(1));
+  });
+
+  it('takes over a dead lock even when the takeover claim on it was left by a process that died mid-takeover', async () => {
+    const path = join(dir, 'claim-dead.lock');
+    await writeFile(
+      path,
+      JSON.stringify({ pid: await deadPid(), nonce: 'dead-lock', what: 'backup', since: 'x' }),
+    );
+    const claim = { pid: await deadPid(), nonce: 'dead-claim', what: 'takeover', since: 'x' };
+    await writeFile(`${path}.takeover-dead-lock`, JSON.stringify(claim));
+    const release = await acquireLock(path, 'restore');
+    expect(JSON.parse(await readFile(path, 'utf8'))).toMatchObject({ pid: process.pid, what: 'restore' });
+    // The spent claims (the dead one and the one made over it) are gone.
+    expect((await readdir(dir)).filter((n) => n.startsWith('claim-dead.lock.'))).toEqual([]);
+    await release();
+  });
+
+  it('leaves a dead lock alone while a live process holds the takeover claim on it', async () => {
+    const path = join(dir, 'claim-live.lock');
+    const lock = JSON.stringify({ pid: await deadPid(), nonce: 'dead-lock', what: 'backup', since: 'x' });
+    await writeFile(path, lock);
+    const sleeper = spawn(process.execPath, ['-e', 'setTimeout(() => {}, 60000)']);
+    try {
+      const claim = { pid: sleeper.pid, nonce: 'live-claim', what: 'takeover', since: 'x' };
+      await writeFile(`${path}.takeover-dead-lock`, JSON.stringify(claim));
+      const error = await acquireLock(path, 'restore').catch((e) => e);
+      expect(error).toMatchObject({ code: 'job_running' });
+      expect(await readFile(path, 'utf8')).toBe(lock);
+      expect(JSON.parse(await readFile(`${path}.takeover-dead-lock`, 'utf8'))).toMatchObject(claim);
+    } finally {
+      sleeper.kill();
+    }
   });
 
   it('lets only one of two concurrent acquires in one process take the lock, free or left by a dead process', async () => {
