@@ -1,5 +1,5 @@
 // A Windows / Samba share as a backup destination, driven through smbclient (no SMB library needed).
-import { spawn } from 'node:child_process';
+import { type ChildProcessWithoutNullStreams, spawn } from 'node:child_process';
 import { createReadStream, createWriteStream } from 'node:fs';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -104,6 +104,147 @@ function parseAllinfo(output: string): { size: number; modifiedAt?: string }[] {
   return infos;
 }
 
+/** The NT_STATUS codes in smbclient's output, in order. */
+function statusesIn(output: string): string[] {
+  return [...output.matchAll(/NT_STATUS_([A-Z_]+)/g)].map((match) => match[1]!);
+}
+
+/** What a failure to start or run smbclient is, as a StorageError. */
+function spawnFailure(error: unknown, signal: AbortSignal | undefined): StorageError {
+  if (error instanceof StorageError) return error;
+  if ((error as NodeJS.ErrnoException).code === 'ENOENT') {
+    return new StorageError('tool_missing', 'smbclient is not installed: apt-get install -y smbclient', {
+      cause: error,
+    });
+  }
+  if (signal?.aborted) return abortedError(error);
+  return new StorageError('io', `smbclient could not run: ${String(error)}`, { cause: error });
+}
+
+/**
+ * Bytes of each command line written to a session. smbclient polls stdin and then fgets() a line from
+ * stdio's 4 KiB buffer: lines that came in the same read() as the first wait there unseen until more
+ * input arrives. A line of exactly 4 KiB fills that read, so the next one stays in the pipe and wakes it.
+ */
+const SESSION_LINE_BYTES = 4096;
+/** A command with known output (the share's current folder, printed without a server round trip). */
+const SENTINEL = 'pwd';
+const SENTINEL_LINE = /^Current directory is .*\n/m;
+
+/** One step's output: what smbclient printed for its commands, before the sentinel's line. */
+interface StepResult extends RunResult {
+  /** smbclient ended before the sentinel (a refused login, a dropped connection): the output is all there was. */
+  ended: boolean;
+}
+
+/**
+ * One smbclient process whose commands come on its stdin, a step at a time: step() writes commands
+ * and a sentinel and resolves with their output once the sentinel's line is printed, so the caller
+ * can check what happened before it decides the next step. Ending stdin ends smbclient; nothing
+ * not yet written runs, so if the agent dies between steps smbclient exits without the later ones.
+ */
+class SmbSession {
+  private text = '';
+  /** Where in `text` the next step's output starts. */
+  private mark = 0;
+  private exited = false;
+  private failure: unknown;
+  private readonly watchers = new Set<() => void>();
+
+  constructor(
+    private readonly child: ChildProcessWithoutNullStreams,
+    private readonly signal: AbortSignal | undefined,
+    private readonly onEnd: () => Promise<void>,
+  ) {
+    const take = (chunk: string) => {
+      this.text += chunk;
+      this.notify();
+    };
+    child.stdout.setEncoding('utf8').on('data', take);
+    child.stderr.setEncoding('utf8').on('data', take);
+    child.stdin.on('error', () => {}); // smbclient gone (refused login): its exit reports it
+    child.on('error', (error) => {
+      this.failure = error;
+      this.notify();
+    });
+    child.on('close', () => {
+      this.exited = true;
+      this.notify();
+    });
+  }
+
+  private notify(): void {
+    for (const watcher of [...this.watchers]) watcher();
+  }
+
+  /**
+   * Writes `commands` and the sentinel; resolves with their output once the sentinel's line is printed,
+   * or with what there was if smbclient ended first. `timeoutMs` (none: smbclient's own per-request
+   * timeout bounds a transfer of any length) kills smbclient and rejects.
+   */
+  step(commands: string[], timeoutMs?: number): Promise<StepResult> {
+    const lines = [...commands, SENTINEL].map((command) => {
+      const bytes = Buffer.byteLength(command);
+      if (bytes >= SESSION_LINE_BYTES || /[\r\n]/.test(command))
+        throw new StorageError('io', 'smbclient command too long', { permanent: true });
+      return `${command}${' '.repeat(SESSION_LINE_BYTES - 1 - bytes)}\n`;
+    });
+    if (!this.exited) this.child.stdin.write(lines.join(''));
+    return this.until(() => {
+      const rest = this.text.slice(this.mark);
+      const sentinel = SENTINEL_LINE.exec(rest);
+      if (sentinel) {
+        this.mark += sentinel.index + sentinel[0].length;
+        const output = rest.slice(0, sentinel.index);
+        return { output, statuses: statusesIn(output), ended: false };
+      }
+      if (!this.exited) return undefined;
+      this.mark = this.text.length;
+      return { output: rest, statuses: statusesIn(rest), ended: true };
+    }, timeoutMs);
+  }
+
+  /** Ends stdin and waits (at most `timeoutMs`, then kills) for smbclient to exit; never throws. */
+  async close(timeoutMs: number): Promise<void> {
+    this.child.stdin.end();
+    await this.until(() => (this.exited || this.failure !== undefined ? true : undefined), timeoutMs).catch(
+      () => {},
+    );
+    await this.onEnd();
+  }
+
+  private until<T>(found: () => T | undefined, timeoutMs?: number): Promise<T> {
+    return new Promise<T>((resolve, reject) => {
+      let timer: NodeJS.Timeout | undefined;
+      const finish = (settle: () => void) => {
+        clearTimeout(timer);
+        this.watchers.delete(check);
+        this.signal?.removeEventListener('abort', onAbort);
+        settle();
+      };
+      const check = () => {
+        const value = found();
+        if (value !== undefined) finish(() => resolve(value));
+        else if (this.failure !== undefined) finish(() => reject(spawnFailure(this.failure, this.signal)));
+      };
+      // The spawn's signal kills smbclient; a step waiting for it ends now.
+      const onAbort = () => finish(() => reject(abortedError(this.signal?.reason)));
+      if (timeoutMs !== undefined) {
+        timer = setTimeout(() => {
+          this.child.kill('SIGKILL');
+          finish(() =>
+            reject(new StorageError('unreachable', `smbclient did not answer within ${timeoutMs / 1000} s`)),
+          );
+        }, timeoutMs);
+      }
+      if (this.signal?.aborted) return onAbort();
+      this.signal?.addEventListener('abort', onAbort, { once: true });
+      this.watchers.add(check);
+      check();
+    });
+  }
+}
+
 /**
  * Hashes a local file (the source's localPath) for a check against the source's declared size and
  * sha256. A plain read loop: it shares two cores with smbclient and smbd, so no stream machinery.
@@ -158,28 +299,41 @@ export class SmbProvider implements StorageProvider {
     return [...this.folders, name].join('/');
   }
 
-  /** Runs smbclient with the password in a 0600 auth file (never on the command line, so not in `ps`). */
+  /** Writes the 0600 auth file smbclient reads the password from (never the command line, so not in `ps`). */
+  private async writeAuthFile(): Promise<{ dir: string; file: string }> {
+    const dir = await mkdtemp(join(tmpdir(), 'gem-smb-'));
+    const file = join(dir, 'auth');
+    const lines = [`username = ${this.options.username}`, `password = ${this.options.password}`];
+    if (this.options.domain) lines.push(`domain = ${this.options.domain}`);
+    try {
+      await writeFile(file, `${lines.join('\n')}\n`, { mode: 0o600 });
+    } catch (error) {
+      await rm(dir, { recursive: true, force: true });
+      throw error;
+    }
+    return { dir, file };
+  }
+
+  private connectArgs(authFile: string): string[] {
+    return [
+      `//${this.options.host}/${this.options.share}`,
+      '-p',
+      String(this.options.port ?? 445),
+      '-m',
+      'SMB3',
+      '-A',
+      authFile,
+      '-t',
+      String(this.options.timeoutSeconds ?? 30),
+    ];
+  }
+
+  /** Runs smbclient once with `commands` (`-c`); the password is in a 0600 auth file. */
   private async run(commands: string[], signal?: AbortSignal): Promise<RunResult> {
     throwIfAborted(signal);
-    const dir = await mkdtemp(join(tmpdir(), 'gem-smb-'));
-    const authFile = join(dir, 'auth');
+    const auth = await this.writeAuthFile();
     try {
-      const lines = [`username = ${this.options.username}`, `password = ${this.options.password}`];
-      if (this.options.domain) lines.push(`domain = ${this.options.domain}`);
-      await writeFile(authFile, `${lines.join('\n')}\n`, { mode: 0o600 });
-      const args = [
-        `//${this.options.host}/${this.options.share}`,
-        '-p',
-        String(this.options.port ?? 445),
-        '-m',
-        'SMB3',
-        '-A',
-        authFile,
-        '-t',
-        String(this.options.timeoutSeconds ?? 30),
-        '-c',
-        commands.join('; '),
-      ];
+      const args = [...this.connectArgs(auth.file), '-c', commands.join('; ')];
       const { output, code } = await new Promise<{ output: string; code: number | null }>(
         (resolve, reject) => {
           const child = spawn(SMBCLIENT, args, {
@@ -198,7 +352,7 @@ export class SmbProvider implements StorageProvider {
           child.on('close', (exitCode) => resolve({ output: text, code: exitCode }));
         },
       );
-      const statuses = [...output.matchAll(/NT_STATUS_([A-Z_]+)/g)].map((match) => match[1]!);
+      const statuses = statusesIn(output);
       if (code !== 0 && statuses.length === 0) {
         throw new StorageError('io', `smbclient failed (${code}): ${output.trim().slice(-300)}`, {
           permanent: false,
@@ -206,16 +360,27 @@ export class SmbProvider implements StorageProvider {
       }
       return { output, statuses };
     } catch (error) {
-      if (error instanceof StorageError) throw error;
-      if ((error as NodeJS.ErrnoException).code === 'ENOENT') {
-        throw new StorageError('tool_missing', 'smbclient is not installed: apt-get install -y smbclient', {
-          cause: error,
-        });
-      }
-      if (signal?.aborted) throw abortedError(error);
-      throw new StorageError('io', `smbclient could not run: ${String(error)}`, { cause: error });
+      throw spawnFailure(error, signal);
     } finally {
-      await rm(dir, { recursive: true, force: true });
+      await rm(auth.dir, { recursive: true, force: true });
+    }
+  }
+
+  /** Opens one smbclient session fed on its stdin (see SmbSession); the caller must close() it. */
+  private async openSession(signal?: AbortSignal): Promise<SmbSession> {
+    throwIfAborted(signal);
+    const auth = await this.writeAuthFile();
+    try {
+      // -E: smbclient's messages on stderr, which it does not buffer, so each step's output arrives as it is printed.
+      const child = spawn(SMBCLIENT, [...this.connectArgs(auth.file), '-E'], {
+        stdio: ['pipe', 'pipe', 'pipe'],
+        env: { ...process.env, LC_ALL: 'C' },
+        signal,
+      });
+      return new SmbSession(child, signal, () => rm(auth.dir, { recursive: true, force: true }));
+    } catch (error) {
+      await rm(auth.dir, { recursive: true, force: true });
+      throw spawnFailure(error, signal);
     }
   }
 
@@ -284,12 +449,14 @@ export class SmbProvider implements StorageProvider {
   }
 
   /**
-   * Two smbclient sessions. The first makes the folders, puts the file under a temp name and reads the
-   * temp's size back; smbclient carries on after a failed command, so nothing in that session may touch
-   * the final name (a put that failed half way would be renamed into it). Only once the temp's size and
-   * the local file's sha256 checked out does the second session rename it over the final name (`-f`:
-   * the new copy is good, so it may replace a backup of the same name) and read the final size back.
-   * A failure removes the temp file; the final name holds the previous backup or the checked copy.
+   * One smbclient session, driven a step at a time on its stdin. Step one makes the folders, puts the
+   * file under a temp name and reads the temp's size back; smbclient carries on after a failed command,
+   * so nothing in that step may touch the final name (a put that failed half way would be renamed into
+   * it). Only once the temp's size and the local file's sha256 checked out is step two written: rename
+   * over the final name (`-f`: the new copy is good, so it may replace a backup of the same name) and
+   * read the final size back. A failure writes no more steps and removes the temp file; the final name
+   * holds the previous backup or the checked copy. If the agent dies between the steps, smbclient sees
+   * its stdin end and exits without renaming; the temp is left for sweepTemp().
    */
   private async putFile(
     name: string,
@@ -300,18 +467,25 @@ export class SmbProvider implements StorageProvider {
   ): Promise<StoredObject> {
     const temp = this.path(tempNameFor(name));
     const final = this.path(name);
+    const timeoutMs = (this.options.timeoutSeconds ?? 30) * 1000;
     let renamed = false;
+    let session: SmbSession | undefined;
     try {
-      const result = await this.run(
-        [...this.mkdirCommands(), `put ${quote(local)} ${quote(temp)}`, `allinfo ${quote(temp)}`],
-        signal,
-      );
-      // Statuses of the put and the temp's allinfo; an existing folder is no failure.
+      session = await this.openSession(signal);
+      // No deadline for the put: its length depends on the file and the link; smbclient's own
+      // per-request timeout (-t) ends a transfer the server stopped answering.
+      const result = await session.step([
+        ...this.mkdirCommands(),
+        `put ${quote(local)} ${quote(temp)}`,
+        `allinfo ${quote(temp)}`,
+      ]);
+      // Statuses of the login, the put and the temp's allinfo; an existing folder is no failure.
       const putStatuses = result.output
         .split('\n')
         .filter((line) => !/making remote directory/.test(line))
-        .flatMap((line) => [...line.matchAll(/NT_STATUS_([A-Z_]+)/g)].map((match) => match[1]!));
+        .flatMap((line) => statusesIn(line));
       this.check({ output: result.output, statuses: putStatuses }, name);
+      if (result.ended) throw this.endedEarly(result);
       const uploaded = parseAllinfo(result.output)[0];
       if (uploaded?.size !== source.size) {
         throw new StorageError(
@@ -321,11 +495,13 @@ export class SmbProvider implements StorageProvider {
       }
       const check = await hashing;
       check.verify(source);
-      const moved = await this.run(
+      throwIfAborted(signal);
+      const moved = await session.step(
         [`rename ${quote(temp)} ${quote(final)} -f`, `allinfo ${quote(final)}`],
-        signal,
+        timeoutMs,
       );
       this.check(moved, name);
+      if (moved.ended) throw this.endedEarly(moved);
       // No status at all: the rename happened and the final name is the checked copy.
       renamed = true;
       const stored = parseAllinfo(moved.output)[0];
@@ -337,18 +513,27 @@ export class SmbProvider implements StorageProvider {
       }
       return { name, size: stored.size, modifiedAt: stored.modifiedAt, sha256: check.sha256() };
     } catch (error) {
+      // smbclient ends (no further step written) before the cleanup's own session starts.
+      await session?.close(timeoutMs);
+      session = undefined;
       // A cancelled or failed put may have left part of the temp file; a down share keeps it for
       // sweepTemp(). The final name is removed only if the rename surely made it and its size is wrong.
       const doomed = [`del ${quote(temp)}`, ...(renamed && !signal?.aborted ? [`del ${quote(final)}`] : [])];
-      await tryCleanup(
-        (cleanup) => this.run(doomed, cleanup),
-        Math.min(CLEANUP_TIMEOUT_MS, (this.options.timeoutSeconds ?? 30) * 1000),
-      );
+      await tryCleanup((cleanup) => this.run(doomed, cleanup), Math.min(CLEANUP_TIMEOUT_MS, timeoutMs));
       if (signal?.aborted && !(error instanceof StorageError && error.code === 'aborted')) {
         throw abortedError(error);
       }
       throw error;
+    } finally {
+      await session?.close(timeoutMs);
     }
+  }
+
+  /** The error for a session that ended before its step's sentinel without an NT_STATUS saying why. */
+  private endedEarly(result: RunResult): StorageError {
+    return new StorageError('io', `smbclient ended early: ${result.output.trim().slice(-300)}`, {
+      permanent: false,
+    });
   }
 
   async get(name: string, options: { signal?: AbortSignal } = {}): Promise<ReadableStream<Uint8Array>> {
