@@ -74,9 +74,16 @@ export function planPrune<T extends PruneCandidate>(
   return { keep, delete: remove };
 }
 
-/** The local prune plan under the saved maxBackups: what `GET /api/v1/retention/preview` shows. */
+/**
+ * The local prune plan under the saved maxBackups: what `GET /api/v1/retention/preview` shows. A backup
+ * of another installation (uploaded by hand, say to restore it here) is foreign: never counted, never
+ * deleted but by hand.
+ */
 export async function planLocalPrune(agent: Agent, protect: string[] = []): Promise<PrunePlan<BackupInfo>> {
-  return planPrune(await agent.catalog.list(), {
+  const list = (await agent.catalog.list()).map((b) =>
+    agent.keyring.owns(b.installationId, b.keyIds) ? b : { ...b, foreign: true },
+  );
+  return planPrune(list, {
     maxBackups: agent.settings.get().autoBackup.maxBackups,
     protect,
   });

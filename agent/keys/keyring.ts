@@ -316,6 +316,21 @@ export class Keyring {
     return this.file.signingKey;
   }
 
+  /**
+   * Whether a backup of `installationId` sealed to `keyIds` is ours: made under this installation's
+   * identity (or one it had before a key import) and openable with a key we hold.
+   */
+  owns(installationId: string, keyIds: readonly string[]): boolean {
+    const identities = [
+      this.file.installationId,
+      ...this.file.retiredIdentities.map((i) => i.installationId),
+    ];
+    return (
+      identities.includes(installationId) &&
+      keyIds.some((id) => this.file.masterKeys.some((k) => k.id === id))
+    );
+  }
+
   toFile(): KeyringFile {
     return structuredClone(this.file);
   }

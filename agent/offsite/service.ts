@@ -527,12 +527,6 @@ export class OffsiteService {
     signal?: AbortSignal,
   ): Promise<Set<string>> {
     const localNames = new Set(local.map((b) => b.filename));
-    const keyring = this.agent.keyring.toFile();
-    const held = new Set(keyring.masterKeys.map((k) => k.id));
-    const identities = new Set([
-      keyring.installationId,
-      ...keyring.retiredIdentities.map((i) => i.installationId),
-    ]);
     const foreign = new Set<string>();
     for (const object of remote) {
       if (localNames.has(object.name) || !isBackupName(object.name)) continue;
@@ -550,8 +544,7 @@ export class OffsiteService {
         });
         ours =
           header !== undefined &&
-          identities.has(header.core.installationId) &&
-          stanzaKeyIds(header.stanzas).some((id) => held.has(id));
+          this.agent.keyring.owns(header.core.installationId, stanzaKeyIds(header.stanzas));
         // Only a read header is remembered: a failed read is tried again next time.
         if (header !== undefined) this.ownership.set(cacheKey, ours);
       }

@@ -1,11 +1,15 @@
 // Retention on real backups: a failing backup prunes nothing; a good one prunes exactly the oldest.
-import { readdir, writeFile } from 'node:fs/promises';
+import { mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createBackup } from '../../agent/backup/create';
 import { startBackup } from '../../agent/backup/operations';
 import { pruneLocal } from '../../agent/backup/retention';
 import { retentionModule, settingsModule } from '../../agent/http/routes/settings';
-import type { Job } from '../../agent/jobs/runner';
+import { type Job, standaloneContext } from '../../agent/jobs/runner';
+import { Keyring } from '../../agent/keys/keyring';
+import { silentLogger } from '../../agent/log';
 import { startTestAgent, type TestAgent } from '../services/agent';
 import { startPostgres, type TestPostgres } from '../services/postgres';
 
@@ -110,5 +114,31 @@ describe('retention of local backups', () => {
     }
     expect(await pruneLocal(t.agent)).toEqual([oldest]);
     expect(await localNames()).not.toContain(oldest);
+  });
+
+  it("never counts or deletes another installation's backup (uploaded by hand), even a newer one", async () => {
+    const elsewhere = await mkdtemp(join(tmpdir(), 'gem-other-installation-'));
+    try {
+      const other = await Keyring.loadOrCreate(join(elsewhere, 'keyring.json'));
+      // Another controller's backup in our folder, newer than anything of ours.
+      const foreign = await createBackup(
+        { keyring: other, catalog: t.agent.catalog, sources: t.agent.sources, workDir: t.agent.paths.work },
+        standaloneContext(silentLogger),
+        { now: new Date(Date.now() + 3600_000) },
+      );
+      await t.agent.settings.update({ autoBackup: { maxBackups: 2 } });
+      for (let i = 0; i < 3; i++) expect((await backup('manual')).state).toBe('succeeded');
+      const ours = (await t.agent.catalog.list())
+        .filter(
+          (b) => b.installationId === t.agent.keyring.installationId && b.kind !== 'safety' && !b.pinned,
+        )
+        .map((b) => b.filename);
+      expect(ours.length).toBe(2);
+      expect(await localNames()).toContain(foreign.filename);
+      expect(await pruneLocal(t.agent)).toEqual([]);
+      await t.agent.catalog.delete(foreign.filename);
+    } finally {
+      await rm(elsewhere, { recursive: true, force: true });
+    }
   });
 });
