@@ -154,7 +154,8 @@ class SmbSession {
   constructor(
     private readonly child: ChildProcessWithoutNullStreams,
     private readonly signal: AbortSignal | undefined,
-    private readonly onEnd: () => Promise<void>,
+    /** Removes the auth file: once smbclient answered a step it has read it, so it goes then, or at the end. */
+    private forgetAuth: (() => Promise<void>) | undefined,
   ) {
     const take = (chunk: string) => {
       this.text += chunk;
@@ -190,7 +191,7 @@ class SmbSession {
       return `${command}${' '.repeat(SESSION_LINE_BYTES - 1 - bytes)}\n`;
     });
     if (!this.exited) this.child.stdin.write(lines.join(''));
-    return this.until(() => {
+    const done = this.until(() => {
       const rest = this.text.slice(this.mark);
       const sentinel = SENTINEL_LINE.exec(rest);
       if (sentinel) {
@@ -202,6 +203,15 @@ class SmbSession {
       this.mark = this.text.length;
       return { output: rest, statuses: statusesIn(rest), ended: true };
     }, timeoutMs);
+    return done.finally(() => {
+      void this.releaseAuth();
+    });
+  }
+
+  private async releaseAuth(): Promise<void> {
+    const forget = this.forgetAuth;
+    this.forgetAuth = undefined;
+    await forget?.().catch(() => {});
   }
 
   /** Ends stdin and waits (at most `timeoutMs`, then kills) for smbclient to exit; never throws. */
@@ -210,7 +220,7 @@ class SmbSession {
     await this.until(() => (this.exited || this.failure !== undefined ? true : undefined), timeoutMs).catch(
       () => {},
     );
-    await this.onEnd();
+    await this.releaseAuth();
   }
 
   private until<T>(found: () => T | undefined, timeoutMs?: number): Promise<T> {
@@ -511,6 +521,9 @@ export class SmbProvider implements StorageProvider {
           `${name} is ${stored?.size ?? 'missing'} bytes on the share, expected ${source.size}`,
         );
       }
+      // Done: smbclient's logoff and exit (~20 ms) need not hold up the answer; close() reaps it.
+      void session.close(timeoutMs);
+      session = undefined;
       return { name, size: stored.size, modifiedAt: stored.modifiedAt, sha256: check.sha256() };
     } catch (error) {
       // smbclient ends (no further step written) before the cleanup's own session starts.
@@ -524,8 +537,6 @@ export class SmbProvider implements StorageProvider {
         throw abortedError(error);
       }
       throw error;
-    } finally {
-      await session?.close(timeoutMs);
     }
   }
 
