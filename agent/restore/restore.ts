@@ -223,6 +223,8 @@ export async function restoreFromFile(
         countedEarly: staging.countedEarly,
       });
       compareRowCounts(manifest.rowCounts, counts);
+      // Its sessions on the staging database end now: the swap would otherwise have to terminate them.
+      await staging.close();
       // Last before the swap (its settings, e.g. a statement_timeout, would apply to the sessions above):
       // the live database's owner, privileges and settings, which the dump does not restore.
       await timed('copy-database-properties', async () => {

@@ -1,4 +1,5 @@
 // The staging row counter against a real PostgreSQL: early counts only in a pg_restore slot that stays free, exact counts at the end.
+import postgres from 'postgres';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { StagingRowCounter } from '../../agent/restore/counts';
 import { parseDatabaseUrl } from '../../agent/system/postgres-tools';
@@ -15,6 +16,8 @@ beforeAll(async () => {
     await sql`insert into loaded select generate_series(1, 1000)`;
     await sql`create table later (id int)`;
     await sql`insert into later select generate_series(1, 5)`;
+    await sql`create table held (id int)`;
+    await sql`insert into held select generate_series(1, 42)`;
   });
 });
 
@@ -41,8 +44,47 @@ describe('the staging row counter', () => {
       counter.onItem({ kind: 'finished', id: 3, what: 'INDEX loaded_id' });
       await vi.waitFor(() => expect(counter.countedEarly).toBe(1), { timeout: 10_000 });
       counter.onItem({ kind: 'finished', id: 2, what: 'TABLE DATA later' });
-      expect(await counter.finish()).toEqual({ 'public.loaded': 1000, 'public.later': 5 });
+      expect(await counter.finish()).toEqual({ 'public.loaded': 1000, 'public.later': 5, 'public.held': 42 });
     } finally {
+      await counter.close();
+    }
+  });
+
+  it('counts a table pg_restore holds locked once it lets go, with the exact number', async () => {
+    const items = new Map([[1, { schema: 'public', name: 'held' }]]);
+    const counter = new StagingRowCounter(parseDatabaseUrl(url), 'staging_counts', items, 2);
+    // pg_restore's ALTER TABLE ... ADD CONSTRAINT holds the table ACCESS EXCLUSIVE until it commits.
+    const alter = postgres(url, { max: 1, onnotice: () => {} });
+    const holder = await alter.reserve();
+    try {
+      await holder`begin`;
+      await holder`lock table held in access exclusive mode`;
+      counter.onItem({ kind: 'launching', id: 1, what: 'TABLE DATA held' });
+      counter.onItem({ kind: 'finished', id: 1, what: 'TABLE DATA held' });
+      counter.onItem({ kind: 'launching', id: 2, what: 'CONSTRAINT held_pkey' });
+      // A slot is free: the count's NOWAIT lock fails, and it waits for the ALTER instead.
+      await vi.waitFor(
+        async () => {
+          // Seen from a session of its own: pg_stat_activity stays the same within a transaction.
+          const waiting = await withSql(
+            url,
+            (sql) => sql<{ n: string }[]>`
+              select count(*) as n from pg_stat_activity
+              where datname = 'staging_counts' and wait_event_type = 'Lock'`,
+          );
+          expect(Number(waiting[0]!.n)).toBe(1);
+        },
+        { timeout: 10_000 },
+      );
+      expect(counter.countedEarly).toBe(0);
+      await holder`commit`;
+      counter.onItem({ kind: 'finished', id: 2, what: 'CONSTRAINT held_pkey' });
+      await vi.waitFor(() => expect(counter.countedEarly).toBe(1), { timeout: 10_000 });
+      const counts = await counter.finish();
+      expect(counts['public.held']).toBe(42);
+    } finally {
+      holder.release();
+      await alter.end();
       await counter.close();
     }
   });
