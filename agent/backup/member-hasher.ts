@@ -5,6 +5,12 @@ import { Worker } from 'node:worker_threads';
 const BATCH_SIZE = 1 << 20;
 /** Batches in circulation at most: bounds memory; the worker outpaces the reader, so they rarely run out. */
 const BATCHES = 8;
+/**
+ * Batches allowed while the worker has not answered yet: in a fresh process it boots for 60-75 ms,
+ * and with only BATCHES the reader stopped after 8 MiB and waited for it. The extra ones are dropped
+ * as they come back, so this bounds only the start.
+ */
+const BOOT_BATCHES = 32;
 
 /**
  * The worker. It sees the whole archive (the gunzip output) in order, in batches: it keeps the
@@ -88,6 +94,9 @@ type Waiter<T> = { resolve: (value: T) => void; reject: (e: Error) => void };
 /** Request ids, unique in the process: a reused worker's late replies can never match a new archive's requests. */
 let nextId = 0;
 
+/** Workers that have answered once: booted. */
+const running = new WeakSet<Worker>();
+
 /** A started worker waiting for its next archive (one per process; unref'd, so it never keeps it alive). */
 let idleWorker: Worker | undefined;
 
@@ -117,6 +126,8 @@ export class ArchiveHasher {
   private readonly worker: Worker;
   private readonly free: ArrayBuffer[] = [];
   private allocated = 0;
+  /** The worker has answered (it runs): from then on, BATCHES bound the batches. */
+  private answered: boolean;
   private current: Uint8Array | undefined;
   private filled = 0;
   /** Pieces written while no batch was free: views, copied as batches come back. */
@@ -132,6 +143,7 @@ export class ArchiveHasher {
   constructor() {
     this.worker = idleWorker ?? startWorker();
     idleWorker = undefined;
+    this.answered = running.has(this.worker);
     this.worker.ref();
     this.worker.on('message', this.onMessage);
     this.worker.on('error', this.onError);
@@ -210,7 +222,8 @@ export class ArchiveHasher {
     let from = 0;
     while (from < bytes.length) {
       if (!this.current) {
-        const batch = this.free.pop() ?? (this.allocated < BATCHES ? this.allocate() : undefined);
+        const limit = this.answered ? BATCHES : BOOT_BATCHES;
+        const batch = this.free.pop() ?? (this.allocated < limit ? this.allocate() : undefined);
         if (!batch) {
           this.backlog.unshift(bytes.subarray(from));
           return false;
@@ -242,8 +255,14 @@ export class ArchiveHasher {
   }
 
   private onReply(reply: Reply): void {
+    if (!this.answered) {
+      this.answered = true;
+      running.add(this.worker);
+    }
     if (reply.batch) {
-      this.free.push(reply.batch);
+      // Beyond BATCHES (lent while the worker booted), a batch is let go.
+      if (this.allocated > BATCHES) this.allocated--;
+      else this.free.push(reply.batch);
       this.copyBacklog();
     }
     if (reply.id !== undefined) {
