@@ -286,9 +286,9 @@ async function checkLocalFile(
 }
 
 /**
- * Stores backups on an SMB share: put under a temp name and check it in one smbclient session, then
- * rename it to the final name in a second; a local file is put as it is (hashed meanwhile), any other
- * source is spooled and checked first.
+ * Stores backups on an SMB share: put under a temp name and check it, then rename it to the final
+ * name, in one smbclient session fed step by step; a local file is put as it is (hashed meanwhile),
+ * any other source is spooled and checked first.
  */
 export class SmbProvider implements StorageProvider {
   readonly id: string;
