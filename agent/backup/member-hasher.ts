@@ -6,11 +6,11 @@ const BATCH_SIZE = 1 << 20;
 /** Batches in circulation at most: bounds memory; the worker outpaces the reader, so they rarely run out. */
 const BATCHES = 8;
 /**
- * Batches allowed while the worker has not answered yet: in a fresh process it boots for 60-75 ms,
- * and with only BATCHES the reader stopped after 8 MiB and waited for it. The extra ones are dropped
- * as they come back, so this bounds only the start.
+ * Batches a verify may use while a fresh worker has not answered yet: it boots for 60-75 ms, and
+ * with only BATCHES the reader stopped after 8 MiB and waited for it. The extra ones are dropped as
+ * they come back, so this bounds only the start (up to 24 MiB more, only in an operation that asks).
  */
-const BOOT_BATCHES = 32;
+export const BOOT_BATCHES = 32;
 
 /**
  * The worker. It sees the whole archive (the gunzip output) in order, in batches: it keeps the
@@ -96,13 +96,20 @@ let nextId = 0;
 
 /** Workers that have answered once: booted. */
 const running = new WeakSet<Worker>();
+/** Batches allowed before a prepared worker answers, as its prepareArchiveHasher call asked. */
+const bootBatchesOf = new WeakMap<Worker, number>();
 
 /** A started worker waiting for its next archive (one per process; unref'd, so it never keeps it alive). */
 let idleWorker: Worker | undefined;
 
-/** Starts the hashing worker ahead of need (it takes ~35 ms to boot): call it first thing in an operation that reads a backup. */
-export function prepareArchiveHasher(): void {
+/**
+ * Starts the hashing worker ahead of need (it takes 60-75 ms to boot): call it first thing in an
+ * operation that reads a backup. `bootBatches` (at most BOOT_BATCHES) lets the next archive's reader
+ * run that many MiB ahead until the worker answers; memory-bound operations keep the default.
+ */
+export function prepareArchiveHasher(bootBatches = BATCHES): void {
   if (!idleWorker) idleWorker = startWorker();
+  bootBatchesOf.set(idleWorker, Math.min(Math.max(bootBatches, BATCHES), BOOT_BATCHES));
 }
 
 function startWorker(): Worker {
@@ -128,6 +135,8 @@ export class ArchiveHasher {
   private allocated = 0;
   /** The worker has answered (it runs): from then on, BATCHES bound the batches. */
   private answered: boolean;
+  /** Batches allowed until it answers. */
+  private readonly bootBatches: number;
   private current: Uint8Array | undefined;
   private filled = 0;
   /** Pieces written while no batch was free: views, copied as batches come back. */
@@ -144,6 +153,8 @@ export class ArchiveHasher {
     this.worker = idleWorker ?? startWorker();
     idleWorker = undefined;
     this.answered = running.has(this.worker);
+    this.bootBatches = bootBatchesOf.get(this.worker) ?? BATCHES;
+    bootBatchesOf.delete(this.worker);
     this.worker.ref();
     this.worker.on('message', this.onMessage);
     this.worker.on('error', this.onError);
@@ -222,7 +233,7 @@ export class ArchiveHasher {
     let from = 0;
     while (from < bytes.length) {
       if (!this.current) {
-        const limit = this.answered ? BATCHES : BOOT_BATCHES;
+        const limit = this.answered ? BATCHES : this.bootBatches;
         const batch = this.free.pop() ?? (this.allocated < limit ? this.allocate() : undefined);
         if (!batch) {
           this.backlog.unshift(bytes.subarray(from));
