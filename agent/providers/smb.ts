@@ -43,9 +43,14 @@ export interface SmbOptions {
   timeoutSeconds?: number;
   /** Provider id shown in results (default `smb`). */
   id?: string;
+  /**
+   * How smbclient is run: the program and any arguments before smbclient's own (default
+   * `['smbclient']`). Never from settings; tests run it under `stdbuf` to give it another stdin buffer.
+   */
+  command?: readonly [string, ...string[]];
 }
 
-const SMBCLIENT = 'smbclient';
+const SMBCLIENT = ['smbclient'] as const;
 
 /** What put() checks the source with: the sha256 of what was read, and a check against the declared size and sha256. */
 interface FileCheck {
@@ -123,10 +128,16 @@ function spawnFailure(error: unknown, signal: AbortSignal | undefined): StorageE
 
 /**
  * Bytes of each command line written to a session. smbclient polls stdin and then fgets() a line from
- * stdio's 4 KiB buffer: lines that came in the same read() as the first wait there unseen until more
- * input arrives. A line of exactly 4 KiB fills that read, so the next one stays in the pipe and wakes it.
+ * stdio's buffer, which glibc sizes to the pipe's block size (the page size: 4 KiB here, 64 KiB on some
+ * ARM kernels): lines that came in the same read() as the first wait there unseen until more input
+ * arrives. A line whose length is a multiple of the buffer ends exactly where a read ends, so the next
+ * line stays in the pipe and wakes smbclient. 64 KiB is a multiple of every page size Linux uses up to
+ * that; smbclient reads such a line as the command and then blank pieces (fgets into BUFSIZ, 8 KiB),
+ * which it skips.
  */
-const SESSION_LINE_BYTES = 4096;
+const SESSION_LINE_BYTES = 64 * 1024;
+/** The longest command: it must lie in the first BUFSIZ piece fgets() hands smbclient. */
+const MAX_COMMAND_BYTES = 4096;
 /** A command with known output (the share's current folder, printed without a server round trip). */
 const SENTINEL = 'pwd';
 const SENTINEL_LINE = /^Current directory is .*\n/m;
@@ -186,7 +197,7 @@ class SmbSession {
   step(commands: string[], timeoutMs?: number): Promise<StepResult> {
     const lines = [...commands, SENTINEL].map((command) => {
       const bytes = Buffer.byteLength(command);
-      if (bytes >= SESSION_LINE_BYTES || /[\r\n]/.test(command))
+      if (bytes >= MAX_COMMAND_BYTES || /[\r\n]/.test(command))
         throw new StorageError('io', 'smbclient command too long', { permanent: true });
       return `${command}${' '.repeat(SESSION_LINE_BYTES - 1 - bytes)}\n`;
     });
@@ -346,7 +357,8 @@ export class SmbProvider implements StorageProvider {
       const args = [...this.connectArgs(auth.file), '-c', commands.join('; ')];
       const { output, code } = await new Promise<{ output: string; code: number | null }>(
         (resolve, reject) => {
-          const child = spawn(SMBCLIENT, args, {
+          const [program, ...prefix] = this.options.command ?? SMBCLIENT;
+          const child = spawn(program, [...prefix, ...args], {
             stdio: ['ignore', 'pipe', 'pipe'],
             env: { ...process.env, LC_ALL: 'C' },
             signal,
@@ -382,7 +394,8 @@ export class SmbProvider implements StorageProvider {
     const auth = await this.writeAuthFile();
     try {
       // -E: smbclient's messages on stderr, which it does not buffer, so each step's output arrives as it is printed.
-      const child = spawn(SMBCLIENT, [...this.connectArgs(auth.file), '-E'], {
+      const [program, ...prefix] = this.options.command ?? SMBCLIENT;
+      const child = spawn(program, [...prefix, ...this.connectArgs(auth.file), '-E'], {
         stdio: ['pipe', 'pipe', 'pipe'],
         env: { ...process.env, LC_ALL: 'C' },
         signal,

@@ -72,6 +72,18 @@ const tempIn = (folder: string) => () =>
   );
 
 describe('smb provider, one session per put', () => {
+  it("puts a file when smbclient's stdin buffer is 64 KiB, as on a kernel with 64 KiB pages", async () => {
+    const file = await randomFile(dir, 'big-pages', 3 * MIB + 11);
+    const provider = new SmbProvider({
+      ...options('big-pages'),
+      command: ['stdbuf', '-i65536', 'smbclient'],
+      timeoutSeconds: 10,
+    });
+    const stored = await provider.put(name, fileSource(file.path, file.bytes.length, file.sha256));
+    expect(stored).toMatchObject({ name, size: file.bytes.length, sha256: file.sha256 });
+    expect((await provider.list()).map((o) => o.name)).toEqual([name]);
+  });
+
   it('never puts the password on a command line', async () => {
     const file = await randomFile(dir, 'argv', 32 * MIB);
     const seen: string[][] = [];
