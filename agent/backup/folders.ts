@@ -110,7 +110,7 @@ export async function snapshotFolder(
           path: `${root}/${childRel}`,
           type: 'directory',
           size: 0,
-          mode: info.mode & 0o755,
+          mode: info.mode & 0o777,
           localPath: to,
           mtime: info.mtime,
         });
@@ -155,7 +155,7 @@ export async function snapshotFolder(
           type: 'file',
           size,
           sha256: hash.digest('hex'),
-          mode: info.mode & 0o755,
+          mode: info.mode & 0o777,
           localPath: to,
           // Of the file opened, as it was before the read (as tar records it).
           mtime: opened.mtime,

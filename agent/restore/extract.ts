@@ -10,6 +10,12 @@ import { AppError } from '../errors';
 /** Write buffer of the dump file: with the default 16 KiB each chunk was its own write (extraction 130-180 ms over the check for 51 MB, now 20-30). */
 const DUMP_WRITE_BUFFER = 1 << 20;
 
+/**
+ * The mode bits a restored entry gets back: read, write and execute for owner, group and others, as
+ * recorded (set with chmod, so the process umask does not strip them); setuid, setgid and sticky never.
+ */
+const MODE_BITS = 0o777;
+
 /** Where each part of a backup goes: the dump to a file, each folder root to its staging folder. */
 export interface ExtractTargets {
   dumpPath: string;
@@ -78,11 +84,17 @@ function mtimeOf(header: EntryHeader | undefined): Date | undefined {
   return mtime instanceof Date && !Number.isNaN(mtime.getTime()) ? mtime : undefined;
 }
 
+/** What a restored file or folder gets back once its content is in place. */
+interface Attributes {
+  mode: number;
+  mtime: Date | undefined;
+}
+
 /**
- * A restored file's sink: every byte written, then its mtime set and the file fsynced before it
- * closes, so the staging copy is on disk before the swap commits and the previous copy is deleted.
+ * A restored file's sink: every byte written, then its mode and mtime set and the file fsynced before
+ * it closes, so the staging copy is on disk before the swap commits and the previous copy is deleted.
  */
-function fileSink(handle: FileHandle, path: string, mtime: Date | undefined, sync: SyncEntry): Writable {
+function fileSink(handle: FileHandle, path: string, attributes: Attributes, sync: SyncEntry): Writable {
   let closed = false;
   const close = async () => {
     if (closed) return;
@@ -101,7 +113,8 @@ function fileSink(handle: FileHandle, path: string, mtime: Date | undefined, syn
     },
     final(callback) {
       (async () => {
-        if (mtime) await handle.utimes(new Date(), mtime);
+        await handle.chmod(attributes.mode);
+        if (attributes.mtime) await handle.utimes(new Date(), attributes.mtime);
         await sync(handle, path, 'file');
         await close();
       })().then(() => callback(), callback);
@@ -115,10 +128,18 @@ function fileSink(handle: FileHandle, path: string, mtime: Date | undefined, syn
   });
 }
 
-/** Sets a folder's mtime (if its header had one) and fsyncs it: its entries are then on disk. */
-async function finishFolder(path: string, mtime: Date | undefined, sync: SyncEntry): Promise<void> {
+/**
+ * Sets a folder's mode (a staging root keeps its own) and mtime (if its header had one) and fsyncs it:
+ * its entries are then on disk.
+ */
+async function finishFolder(
+  path: string,
+  { mode, mtime }: Partial<Attributes>,
+  sync: SyncEntry,
+): Promise<void> {
   const handle = await open(path, constants.O_RDONLY | constants.O_DIRECTORY | constants.O_NOFOLLOW);
   try {
+    if (mode !== undefined) await handle.chmod(mode);
     if (mtime) await handle.utimes(new Date(), mtime);
     await sync(handle, path, 'folder');
   } finally {
@@ -129,11 +150,10 @@ async function finishFolder(path: string, mtime: Date | undefined, sync: SyncEnt
 /** The openMember / onDirectory sinks for readBackup that write into `targets` and nowhere else. */
 export function extractionSinks(targets: ExtractTargets, options: ExtractOptions = {}): ExtractionSinks {
   const sync = options.sync ?? fsync;
-  // Every staging folder, in creation order, with its header's mtime: set (and synced) in finish,
-  // after the entries written into it, which would otherwise change it again.
-  const folders = new Map<string, Date | undefined>(
-    Object.values(targets.folders).map((f) => [f, undefined]),
-  );
+  // Every staging folder, in creation order, with its header's mode and mtime: set (and synced) in
+  // finish, after the entries written into it (they would change the mtime again, and a read-only mode
+  // would refuse them when the agent does not run as root).
+  const folders = new Map<string, Partial<Attributes>>(Object.values(targets.folders).map((f) => [f, {}]));
   return {
     async onDirectory(member, header) {
       const { root, segments } = locate(targets, member.path);
@@ -143,18 +163,18 @@ export function extractionSinks(targets: ExtractTargets, options: ExtractOptions
         });
         const info = await lstat(root);
         if (!info.isDirectory()) throw refuse(member.path, 'the staging folder is not a folder');
-        folders.set(root, mtimeOf(header));
+        folders.set(root, { mtime: mtimeOf(header) });
         return;
       }
       const path = join(root, ...segments);
       await checkInside(member.path, root, segments.slice(0, -1), dirname(path));
-      await mkdir(path, { mode: (member.mode ?? 0o755) & 0o755 }).catch((error: NodeJS.ErrnoException) => {
+      await mkdir(path, { mode: 0o700 }).catch((error: NodeJS.ErrnoException) => {
         throw error.code === 'EEXIST' ? refuse(member.path, 'it already exists') : error;
       });
       const info = await lstat(path);
       if (!info.isDirectory() || info.isSymbolicLink())
         throw refuse(member.path, 'not a folder after creation');
-      folders.set(path, mtimeOf(header));
+      folders.set(path, { mode: (member.mode ?? 0o755) & MODE_BITS, mtime: mtimeOf(header) });
     },
 
     async openMember(member, header) {
@@ -176,18 +196,19 @@ export function extractionSinks(targets: ExtractTargets, options: ExtractOptions
       const handle = await open(
         path,
         constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW,
-        (member.mode ?? 0o644) & 0o755,
+        0o600,
       ).catch((error: NodeJS.ErrnoException) => {
         throw error.code === 'EEXIST' || error.code === 'ELOOP'
           ? refuse(member.path, 'it already exists')
           : error;
       });
-      return fileSink(handle, path, mtimeOf(header), sync);
+      const attributes = { mode: (member.mode ?? 0o644) & MODE_BITS, mtime: mtimeOf(header) };
+      return fileSink(handle, path, attributes, sync);
     },
 
     async finish() {
       // Deepest first: a folder is synced after the folders inside it.
-      for (const [path, mtime] of [...folders].reverse()) await finishFolder(path, mtime, sync);
+      for (const [path, attributes] of [...folders].reverse()) await finishFolder(path, attributes, sync);
     },
   };
 }

@@ -1,5 +1,5 @@
-// A restore puts back each script's and folder's own modification time, as the backup recorded it.
-import { stat, utimes, writeFile } from 'node:fs/promises';
+// A restore puts back each script's and folder's own modification time and permission bits, as the backup recorded them.
+import { chmod, mkdir, stat, utimes, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createBackup } from '../../agent/backup/create';
@@ -20,7 +20,40 @@ afterAll(async () => {
   await pg?.stop();
 });
 
-describe('restore keeps modification times', () => {
+/** Backs up now and returns the backup's name. */
+async function backupNow(label: string): Promise<string> {
+  const job = await t.agent.jobs.start(
+    'backup',
+    (ctx) =>
+      createBackup(
+        {
+          keyring: t.agent.keyring,
+          catalog: t.agent.catalog,
+          sources: t.agent.sources,
+          workDir: t.agent.paths.work,
+        },
+        ctx,
+        { kind: 'manual', label },
+      ),
+    { mutating: true },
+  );
+  const made = await t.agent.jobs.waitFor(job.id);
+  expect(made.error).toBeUndefined();
+  return (made.result as { filename: string }).filename;
+}
+
+/** Restores `name` (no safety backup) and expects success. */
+async function restoreNow(name: string): Promise<void> {
+  const restore = await t.agent.jobs.start(
+    'restore',
+    (ctx) => restoreFromFile(t.agent, ctx, t.agent.catalog.pathOf(name), { skipSafetyBackup: true }),
+    { mutating: true },
+  );
+  const restored = await t.agent.jobs.waitFor(restore.id);
+  expect(restored.error).toBeUndefined();
+}
+
+describe('restore keeps modification times and permissions', () => {
   it('gives restored files and folders the times they had when the backup was made', async () => {
     const scripts = t.agent.sources.scriptsDir;
     const file = join(scripts, 'macros', 'good-night.js');
@@ -29,35 +62,41 @@ describe('restore keeps modification times', () => {
     const folderTime = new Date('2021-06-07T08:09:10Z');
     await utimes(file, fileTime, fileTime);
     await utimes(folder, folderTime, folderTime);
-    const job = await t.agent.jobs.start(
-      'backup',
-      (ctx) =>
-        createBackup(
-          {
-            keyring: t.agent.keyring,
-            catalog: t.agent.catalog,
-            sources: t.agent.sources,
-            workDir: t.agent.paths.work,
-          },
-          ctx,
-          { kind: 'manual', label: 'mtime' },
-        ),
-      { mutating: true },
-    );
-    const made = await t.agent.jobs.waitFor(job.id);
-    expect(made.error).toBeUndefined();
-    const name = (made.result as { filename: string }).filename;
+    const name = await backupNow('mtime');
 
     // Changed after the backup: the restore must bring the old content and times back.
     await writeFile(file, 'changed\n');
-    const restore = await t.agent.jobs.start(
-      'restore',
-      (ctx) => restoreFromFile(t.agent, ctx, t.agent.catalog.pathOf(name), { skipSafetyBackup: true }),
-      { mutating: true },
-    );
-    const restored = await t.agent.jobs.waitFor(restore.id);
-    expect(restored.error).toBeUndefined();
+    await restoreNow(name);
     expect(Math.floor((await stat(file)).mtimeMs / 1000)).toBe(fileTime.getTime() / 1000);
     expect(Math.floor((await stat(folder)).mtimeMs / 1000)).toBe(folderTime.getTime() / 1000);
+  });
+
+  it('gives restored files and folders their permission bits, whatever the umask, but never setuid', async () => {
+    const scripts = t.agent.sources.scriptsDir;
+    const shared = join(scripts, 'shared');
+    await mkdir(shared, { recursive: true });
+    const modes: Record<string, number> = {
+      [join(shared, 'group-edit.js')]: 0o664,
+      [join(shared, 'run.sh')]: 0o775,
+      [join(scripts, 'secret.conf')]: 0o600,
+      [join(scripts, 'read-only.js')]: 0o444,
+    };
+    for (const [path, mode] of Object.entries(modes)) {
+      await writeFile(path, `// ${path}\n`);
+      await chmod(path, mode);
+    }
+    await chmod(shared, 0o2770); // setgid: dropped
+    const setuid = join(scripts, 'setuid.sh');
+    await writeFile(setuid, '#!/bin/sh\n');
+    await chmod(setuid, 0o4755);
+    const name = await backupNow('modes');
+
+    for (const path of [...Object.keys(modes), setuid, shared]) await chmod(path, 0o700);
+    await restoreNow(name);
+    for (const [path, mode] of Object.entries(modes)) {
+      expect(((await stat(path)).mode & 0o7777).toString(8), path).toBe(mode.toString(8));
+    }
+    expect(((await stat(shared)).mode & 0o7777).toString(8)).toBe('770');
+    expect(((await stat(setuid)).mode & 0o7777).toString(8)).toBe('755');
   });
 });
