@@ -11,6 +11,7 @@ import { type ReadOptions, readBackup } from '../backup/reader';
 import { AppError, describeError } from '../errors';
 import type { Job, JobContext } from '../jobs/runner';
 import { TEMP_PREFIX } from '../system/atomic-file';
+import { removeTree } from '../system/remove-tree';
 import { runProcess } from '../system/spawn';
 import { compareRowCounts, StagingRowCounter } from './counts';
 import {
@@ -289,7 +290,7 @@ export async function restoreFromFile(
         await stagingDb.catch(() => {});
         await dropDatabase(conn, names.staging).catch(() => {});
       }
-      for (const folder of names.folders) await rm(folder.staging, { recursive: true, force: true });
+      for (const folder of names.folders) await removeTree(folder.staging);
     }
     cleanupAfter?.();
   }

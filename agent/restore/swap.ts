@@ -10,6 +10,7 @@ import { heldByOtherProcess } from '../jobs/lock';
 import type { Logger } from '../log';
 import { fsyncDir, writeSmallFileAtomic } from '../system/atomic-file';
 import { type PgConnection, PostgresTools, parseDatabaseUrl } from '../system/postgres-tools';
+import { removeTree } from '../system/remove-tree';
 import {
   dropDatabase,
   endDatabaseCreations,
@@ -273,7 +274,7 @@ export async function cleanupPrevious(
   const conn = deps.sources.conn;
   if (!keepPrevious) {
     await dropDatabase(conn, names.previous);
-    for (const folder of names.folders) await rm(folder.previous, { recursive: true, force: true });
+    for (const folder of names.folders) await removeTree(folder.previous);
   } else {
     // Only the newest previous state is kept aside: older ones go.
     await dropPreviousExcept(conn, deps.sources, names.id);
@@ -327,8 +328,7 @@ async function dropPreviousExcept(conn: PgConnection, sources: BackupSources, ke
   }
   for (const live of [sources.scriptsDir, sources.configDir]) {
     for (const path of await siblings(live, PREVIOUS_FOLDER_MARK)) {
-      if (!path.endsWith(`${PREVIOUS_FOLDER_MARK}${keepId}`))
-        await rm(path, { recursive: true, force: true });
+      if (!path.endsWith(`${PREVIOUS_FOLDER_MARK}${keepId}`)) await removeTree(path);
     }
   }
 }
@@ -354,7 +354,7 @@ export async function dropStagingLeftovers(sources: BackupSources): Promise<stri
   }
   for (const live of [sources.scriptsDir, sources.configDir]) {
     for (const path of await siblings(live, STAGING_FOLDER_MARK)) {
-      await rm(path, { recursive: true, force: true });
+      await removeTree(path);
       removed.push(path);
     }
   }

@@ -1,0 +1,82 @@
+// removeTree: an agent that does not run as root still removes a replaced copy holding read-only folders.
+import { spawn } from 'node:child_process';
+import { chmod, chown, mkdir, mkdtemp, rm, stat, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { pathToFileURL } from 'node:url';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+
+/** The unprivileged user the removals run as (the test itself runs as root, which no mode stops). */
+const NOBODY = 65534;
+let dir: string;
+
+beforeAll(async () => {
+  if (process.getuid?.() !== 0)
+    throw new Error('this test runs as root: it hands its tree to uid 65534 (nobody)');
+  dir = await mkdtemp(join(tmpdir(), 'gem-remove-tree-'));
+  await chown(dir, NOBODY, NOBODY);
+});
+afterAll(async () => {
+  if (dir) await rm(dir, { recursive: true, force: true });
+});
+
+/** A restored folder as a restore now leaves it: a 0o555 folder with a file, and a 0o000 one inside. */
+async function plantTree(name: string): Promise<string> {
+  const root = join(dir, name);
+  const readOnly = join(root, 'drivers');
+  const closed = join(readOnly, 'vendor');
+  await mkdir(closed, { recursive: true });
+  await writeFile(join(readOnly, 'driver.js'), '// driver\n');
+  await writeFile(join(closed, 'blob.bin'), 'x');
+  for (const path of [root, readOnly, closed, join(readOnly, 'driver.js'), join(closed, 'blob.bin')]) {
+    await chown(path, NOBODY, NOBODY);
+  }
+  await chmod(closed, 0o000);
+  await chmod(readOnly, 0o555);
+  return root;
+}
+
+/** Runs `how` on `path` in a child process as nobody; resolves with its exit code and stderr. */
+function removeAsNobody(
+  how: 'rm' | 'removeTree',
+  path: string,
+): Promise<{ code: number | null; stderr: string }> {
+  const module = pathToFileURL(resolve('agent/system/remove-tree.ts')).href;
+  const code =
+    how === 'rm'
+      ? `require('node:fs/promises').rm(process.env.TREE, { recursive: true, force: true })`
+      : `import(${JSON.stringify(module)}).then((m) => m.removeTree(process.env.TREE))`;
+  const child = spawn(
+    process.execPath,
+    ['--import', 'tsx', '-e', `${code}.catch((e) => { console.error(e.code); process.exit(1); })`],
+    {
+      uid: NOBODY,
+      gid: NOBODY,
+      env: { ...process.env, TREE: path, HOME: dir },
+      stdio: ['ignore', 'ignore', 'pipe'],
+    },
+  );
+  let stderr = '';
+  child.stderr.on('data', (chunk) => {
+    stderr += chunk;
+  });
+  return new Promise((done) => child.on('close', (exit) => done({ code: exit, stderr })));
+}
+
+describe('removeTree', () => {
+  it('is needed: a plain rm as a non-root owner fails on a read-only folder', async () => {
+    const tree = await plantTree('plain');
+    const result = await removeAsNobody('rm', tree);
+    expect(result.code).toBe(1);
+    expect(result.stderr).toContain('EACCES');
+    await expect(stat(tree)).resolves.toBeDefined();
+  });
+
+  it('removes the whole tree as its non-root owner, read-only folders included', async () => {
+    const tree = await plantTree('tree');
+    const result = await removeAsNobody('removeTree', tree);
+    expect(result.stderr).toBe('');
+    expect(result.code).toBe(0);
+    await expect(stat(tree)).rejects.toMatchObject({ code: 'ENOENT' });
+  });
+});
