@@ -349,6 +349,16 @@ export class SmbProvider implements StorageProvider {
     ];
   }
 
+  /** Starts smbclient (as `command` says) with `args`, its messages in the C locale that the parsers read. */
+  private spawnClient(args: string[], signal: AbortSignal | undefined): ChildProcessWithoutNullStreams {
+    const [program, ...prefix] = this.options.command ?? SMBCLIENT;
+    return spawn(program, [...prefix, ...args], {
+      stdio: ['pipe', 'pipe', 'pipe'],
+      env: { ...process.env, LC_ALL: 'C' },
+      signal,
+    });
+  }
+
   /** Runs smbclient once with `commands` (`-c`); the password is in a 0600 auth file. */
   private async run(commands: string[], signal?: AbortSignal): Promise<RunResult> {
     throwIfAborted(signal);
@@ -357,12 +367,8 @@ export class SmbProvider implements StorageProvider {
       const args = [...this.connectArgs(auth.file), '-c', commands.join('; ')];
       const { output, code } = await new Promise<{ output: string; code: number | null }>(
         (resolve, reject) => {
-          const [program, ...prefix] = this.options.command ?? SMBCLIENT;
-          const child = spawn(program, [...prefix, ...args], {
-            stdio: ['ignore', 'pipe', 'pipe'],
-            env: { ...process.env, LC_ALL: 'C' },
-            signal,
-          });
+          const child = this.spawnClient(args, signal);
+          child.stdin.on('error', () => {}).end(); // -c: no input
           let text = '';
           child.stdout.setEncoding('utf8').on('data', (chunk: string) => {
             text += chunk;
@@ -394,12 +400,7 @@ export class SmbProvider implements StorageProvider {
     const auth = await this.writeAuthFile();
     try {
       // -E: smbclient's messages on stderr, which it does not buffer, so each step's output arrives as it is printed.
-      const [program, ...prefix] = this.options.command ?? SMBCLIENT;
-      const child = spawn(program, [...prefix, ...this.connectArgs(auth.file), '-E'], {
-        stdio: ['pipe', 'pipe', 'pipe'],
-        env: { ...process.env, LC_ALL: 'C' },
-        signal,
-      });
+      const child = this.spawnClient([...this.connectArgs(auth.file), '-E'], signal);
       return new SmbSession(child, signal, () => rm(auth.dir, { recursive: true, force: true }));
     } catch (error) {
       await rm(auth.dir, { recursive: true, force: true });
