@@ -3,13 +3,14 @@ import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { mkdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import postgres from 'postgres';
+import type postgres from 'postgres';
 import type { BackupInfo, BackupCatalog as Catalog } from './backup/catalog';
 import { BackupCatalog } from './backup/catalog';
 import type { BackupSources } from './backup/create';
 import { retentionHook } from './backup/retention';
 import { type AgentConfig, type DataPaths, dataPaths } from './config';
 import { type ClusterHandle, ensureDatabase, startCluster } from './db/cluster';
+import { openSql } from './db/connect';
 import { migrateAgentSchema } from './db/migrate';
 import { hasGemSchema, seedGemDatabase, writeSampleFolders } from './db/seed';
 import { AuditLog } from './http/audit';
@@ -84,7 +85,7 @@ export async function openAgent(
     await ensureDatabase(cluster.url('postgres'), EMBEDDED_DATABASE);
     databaseUrl = cluster.url(EMBEDDED_DATABASE);
   }
-  const sql = postgres(databaseUrl, { max: 5, onnotice: () => {}, connect_timeout: 10 });
+  const sql = openSql(databaseUrl, 5);
   const scriptsDir = config.scriptsDir ?? paths.sampleScripts;
   const configDir = config.configDir ?? paths.sampleConfig;
   await recoverRestoreAtStart(config, log, { databaseUrl, scriptsDir, configDir });

@@ -3,7 +3,8 @@ import { createHash } from 'node:crypto';
 import { createWriteStream } from 'node:fs';
 import { Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import postgres from 'postgres';
+import type postgres from 'postgres';
+import { openSql, reserveConnection } from '../db/connect';
 import { AppError, isNoSpace } from '../errors';
 import {
   connectionArgs,
@@ -72,9 +73,9 @@ export async function dumpDatabase(options: {
   compressLevel?: number;
 }): Promise<DumpResult> {
   const { conn, tools, target, signal } = options;
-  const sql = postgres(databaseUrl(conn), { max: 1, onnotice: () => {}, connect_timeout: 10 });
+  const sql = openSql(databaseUrl(conn));
   try {
-    const tx = await sql.reserve().catch((error: Error) => {
+    const tx = await reserveConnection(sql).catch((error: Error) => {
       throw new AppError('dependency_down', `cannot connect to the database: ${error.message}`, {
         cause: error,
       });

@@ -4,10 +4,10 @@ import { existsSync } from 'node:fs';
 import { chmod, chown, mkdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import { dirname, join } from 'node:path';
-import postgres from 'postgres';
 import type { Logger } from '../log';
 import { tempPathFor, writeSmallFileAtomic } from '../system/atomic-file';
 import { runProcess } from '../system/spawn';
+import { openSql } from './connect';
 
 export interface ClusterHandle {
   /** postgres:// URL (with the password) of the `postgres` superuser on this cluster, database `database`. */
@@ -128,7 +128,7 @@ function scramVerifier(password: string): string {
 async function requirePassword(dir: string, port: number, password: string, log?: Logger): Promise<void> {
   log?.info('the embedded PostgreSQL cluster allowed connections without a password: setting one', { dir });
   const trustUrl = `postgres://${SUPERUSER}@127.0.0.1:${port}/postgres`;
-  const sql = postgres(trustUrl, { max: 1, onnotice: () => {}, connect_timeout: 10 });
+  const sql = openSql(trustUrl);
   try {
     // A verifier is a literal of base64 and `$:` only: nothing to escape.
     await sql.unsafe(`alter role ${SUPERUSER} with password '${scramVerifier(password)}'`);
@@ -143,7 +143,7 @@ async function requirePassword(dir: string, port: number, password: string, log?
   // The reload is a signal: wait until the server really turns a wrong password away (trust takes any).
   const wrongUrl = `postgres://${SUPERUSER}:not-the-password@127.0.0.1:${port}/postgres`;
   for (let attempt = 0; attempt < 100; attempt++) {
-    const probe = postgres(wrongUrl, { max: 1, onnotice: () => {}, connect_timeout: 10 });
+    const probe = openSql(wrongUrl);
     const accepted = await probe`select 1`.then(
       () => true,
       () => false,
@@ -265,7 +265,7 @@ async function chownFile(path: string, like: string): Promise<void> {
 
 /** Creates `database` on the cluster if it does not exist; returns true if it was created. */
 export async function ensureDatabase(serverUrl: string, database: string): Promise<boolean> {
-  const sql = postgres(serverUrl, { max: 1, onnotice: () => {} });
+  const sql = openSql(serverUrl);
   try {
     const rows = await sql`select 1 from pg_database where datname = ${database}`;
     if (rows.length > 0) return false;

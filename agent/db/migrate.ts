@@ -2,7 +2,7 @@
 import { fileURLToPath } from 'node:url';
 import { drizzle } from 'drizzle-orm/postgres-js';
 import { migrate } from 'drizzle-orm/postgres-js/migrator';
-import postgres from 'postgres';
+import { openSql } from './connect';
 
 /** Where the committed migrations live (the repo's drizzle/ folder). */
 export const MIGRATIONS_FOLDER = fileURLToPath(new URL('../../drizzle', import.meta.url));
@@ -11,7 +11,7 @@ export const MIGRATIONS_FOLDER = fileURLToPath(new URL('../../drizzle', import.m
 export async function migrateAgentSchema(databaseUrl: string): Promise<void> {
   // One connection holding a session advisory lock, so that the CLI and the service starting
   // together do not both apply the same migration.
-  const sql = postgres(databaseUrl, { max: 1, onnotice: () => {}, connect_timeout: 10 });
+  const sql = openSql(databaseUrl);
   try {
     await sql`select pg_advisory_lock(hashtext('gem_backup.migrations'))`;
     await migrate(drizzle(sql), { migrationsFolder: MIGRATIONS_FOLDER, migrationsSchema: 'gem_backup' });

@@ -1,6 +1,7 @@
 /** Exact row counts of the staging database, taken while pg_restore is still busy, compared with the manifest. */
-import postgres from 'postgres';
+import type postgres from 'postgres';
 import { GEM_TABLES_SQL } from '../backup/dump';
+import { openSql } from '../db/connect';
 import { AppError } from '../errors';
 import { databaseUrl, type PgConnection } from '../system/postgres-tools';
 import { quoteIdent, type RestoreItemEvent } from './database';
@@ -53,11 +54,7 @@ export class StagingRowCounter {
     /** pg_restore's jobs: its slots. */
     private readonly jobs: number,
   ) {
-    this.sql = postgres(databaseUrl(conn, database), {
-      max: COUNT_CONNECTIONS,
-      onnotice: () => {},
-      connect_timeout: 10,
-    });
+    this.sql = openSql(databaseUrl(conn, database), COUNT_CONNECTIONS);
   }
 
   /** Tables counted while pg_restore still ran (for the log). */

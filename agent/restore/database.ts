@@ -1,7 +1,8 @@
 /** The PostgreSQL side of a restore: rights, versions, staging database, pg_restore, renames, drops. */
 import { availableParallelism } from 'node:os';
-import postgres from 'postgres';
+import type postgres from 'postgres';
 import { AGENT_SCHEMA } from '../backup/dump';
+import { openSql } from '../db/connect';
 import { AppError } from '../errors';
 import {
   connectionArgs,
@@ -19,7 +20,7 @@ export function quoteIdent(name: string): string {
 
 /** A short-lived pool on one database of the server (max 1 connection: each use is brief and ordered). */
 export function connect(conn: PgConnection, database: string): postgres.Sql {
-  return postgres(databaseUrl(conn, database), { max: 1, onnotice: () => {}, connect_timeout: 10 });
+  return openSql(databaseUrl(conn, database));
 }
 
 /** Runs `fn` on the maintenance database (`postgres`), where databases can be created and renamed. */
@@ -259,8 +260,10 @@ export async function copyDatabaseProperties(conn: PgConnection, staging: string
       }
     }
 
+    // The array as JSON: the agent's pools read no array types (openSql).
     const settings = await sql<{ role: string | null; setconfig: string[] }[]>`
-      select case when s.setrole = 0 then null else pg_get_userbyid(s.setrole) end as role, s.setconfig
+      select case when s.setrole = 0 then null else pg_get_userbyid(s.setrole) end as role,
+             array_to_json(s.setconfig) as setconfig
       from pg_db_role_setting s join pg_database d on d.oid = s.setdatabase
       where d.datname = ${conn.database} order by s.setrole`;
     for (const { role, setconfig } of settings) {

@@ -1,0 +1,26 @@
+/** The one way the agent opens a PostgreSQL pool. */
+import postgres from 'postgres';
+
+/**
+ * A pool on `url` of at most `max` connections. Notices are dropped; a server that does not answer
+ * in 10 s is an error.
+ *
+ * `fetch_types: false`: postgres.js otherwise sends a pg_type query on each new connection from a
+ * promise nobody awaits, so a connection reset in that moment (a restore's swap ends every session
+ * of the live database) becomes an unhandled rejection that can stop the process. Those types only
+ * serve array values: the agent binds none, and a query that reads one selects it as JSON
+ * (`array_to_json`), which is parsed without them.
+ */
+export function openSql(url: string, max = 1): postgres.Sql {
+  return postgres(url, { max, onnotice: () => {}, connect_timeout: 10, fetch_types: false });
+}
+
+/**
+ * A connection of `sql` held for the caller until `release()`. postgres.js 3.4 never answers
+ * `reserve()` while the connection is still opening when fetch_types is off, so a first query opens
+ * it: the reserve then takes the open one.
+ */
+export async function reserveConnection(sql: postgres.Sql): Promise<postgres.ReservedSql> {
+  await sql`select 1`;
+  return sql.reserve();
+}
