@@ -285,12 +285,23 @@ export function sendUntilAnswered(
         resolve({ status: 0, body: '', ended, sent, reset: true });
       } else reject(err);
     });
-    const piece = Buffer.alloc(256 * 1024, 0x7b);
+    // Bytes the Worker never reads make its socket close with a reset, and a reset arriving first
+    // makes the kernel drop the answer unread. So the first bytes go slowly, giving a refusal time
+    // to come while little or nothing is unread: the headers alone, then 16 KiB at a time up to
+    // 512 KiB. Only then does the body go at full speed to CAP (a Worker that reads it all).
+    const quietly = (ms: number) => Promise.race([answer, new Promise((r) => setTimeout(r, ms))]);
+    const slowPiece = Buffer.alloc(16 * 1024, 0x7b);
+    const fastPiece = Buffer.alloc(256 * 1024, 0x7b);
     void (async () => {
+      req.flushHeaders();
+      await quietly(250);
       while (!isAnswered && sent < CAP) {
+        const slow = sent < 512 * 1024;
+        const piece = slow ? slowPiece : fastPiece;
         const flushed = req.write(piece);
         sent += piece.length;
         if (!flushed) await Promise.race([new Promise((r) => req.once('drain', r)), answer]);
+        if (slow) await quietly(50);
       }
       if (isAnswered) return;
       ended = true;
