@@ -16,10 +16,26 @@ const DUMP_WRITE_BUFFER = 1 << 20;
  */
 const MODE_BITS = 0o777;
 
+/** A staging root takes its live folder's mode whole, setgid (a shared group folder) included. */
+const ROOT_MODE_BITS = 0o7777;
+
+/** The live folder a staging root will replace, as it is now. */
+export interface LiveFolder {
+  mode: number;
+  uid: number;
+  gid: number;
+}
+
 /** Where each part of a backup goes: the dump to a file, each folder root to its staging folder. */
 export interface ExtractTargets {
   dumpPath: string;
   folders: Record<FolderRoot, string>;
+  /**
+   * The live folders (absent where none exists yet). A staging root takes its live folder's mode,
+   * since the folder is the installation's, not the backup's; and an agent running as root gives
+   * every restored entry the live folder's owner and group, so GEM's own user keeps its scripts.
+   */
+  live?: Partial<Record<FolderRoot, LiveFolder>>;
 }
 
 /** What the sinks use of a member's tar header (the reader passes the entry's header as it reads it). */
@@ -53,14 +69,17 @@ function refuse(name: string, why: string): AppError {
  * Splits a member name into its staging root and relative segments. Names were already checked by
  * readBackup; this checks again, since an extraction sink must never trust its caller.
  */
-function locate(targets: ExtractTargets, name: string): { root: string; segments: string[] } {
+function locate(
+  targets: ExtractTargets,
+  name: string,
+): { top: FolderRoot; root: string; segments: string[] } {
   const segments = name.split('/');
   const top = segments.shift() as FolderRoot;
   if (!(FOLDER_ROOTS as readonly string[]).includes(top)) throw refuse(name, 'outside scripts/ and config/');
   if (segments.some((s) => s === '' || s === '.' || s === '..' || s.includes('\\') || s.includes('\0'))) {
     throw refuse(name, 'unsafe path segment');
   }
-  return { root: targets.folders[top], segments };
+  return { top, root: targets.folders[top], segments };
 }
 
 /**
@@ -88,6 +107,8 @@ function mtimeOf(header: EntryHeader | undefined): Date | undefined {
 interface Attributes {
   mode: number;
   mtime: Date | undefined;
+  /** Set (before the mode, which a chown may clear bits of) when the agent runs as root. */
+  owner?: { uid: number; gid: number } | undefined;
 }
 
 /**
@@ -113,6 +134,7 @@ function fileSink(handle: FileHandle, path: string, attributes: Attributes, sync
     },
     final(callback) {
       (async () => {
+        if (attributes.owner) await handle.chown(attributes.owner.uid, attributes.owner.gid);
         await handle.chmod(attributes.mode);
         if (attributes.mtime) await handle.utimes(new Date(), attributes.mtime);
         await sync(handle, path, 'file');
@@ -129,16 +151,17 @@ function fileSink(handle: FileHandle, path: string, attributes: Attributes, sync
 }
 
 /**
- * Sets a folder's mode (a staging root keeps its own) and mtime (if its header had one) and fsyncs it:
- * its entries are then on disk.
+ * Sets a folder's owner and mode (a staging root: its live folder's, or its own where none exists)
+ * and mtime (if its header had one) and fsyncs it: its entries are then on disk.
  */
 async function finishFolder(
   path: string,
-  { mode, mtime }: Partial<Attributes>,
+  { mode, mtime, owner }: Partial<Attributes>,
   sync: SyncEntry,
 ): Promise<void> {
   const handle = await open(path, constants.O_RDONLY | constants.O_DIRECTORY | constants.O_NOFOLLOW);
   try {
+    if (owner) await handle.chown(owner.uid, owner.gid);
     if (mode !== undefined) await handle.chmod(mode);
     if (mtime) await handle.utimes(new Date(), mtime);
     await sync(handle, path, 'folder');
@@ -153,17 +176,26 @@ export function extractionSinks(targets: ExtractTargets, options: ExtractOptions
   // Every staging folder, in creation order, with its header's mode and mtime: set (and synced) in
   // finish, after the entries written into it (they would change the mtime again, and a read-only mode
   // would refuse them when the agent does not run as root).
-  const folders = new Map<string, Partial<Attributes>>(Object.values(targets.folders).map((f) => [f, {}]));
+  const asRoot = process.getuid?.() === 0;
+  const rootAttributes = (root: FolderRoot): Partial<Attributes> => {
+    const live = targets.live?.[root];
+    if (!live) return {};
+    return { mode: live.mode & ROOT_MODE_BITS, owner: asRoot ? { uid: live.uid, gid: live.gid } : undefined };
+  };
+  const ownerOf = (root: FolderRoot) => rootAttributes(root).owner;
+  const folders = new Map<string, Partial<Attributes>>(
+    FOLDER_ROOTS.map((root) => [targets.folders[root], rootAttributes(root)]),
+  );
   return {
     async onDirectory(member, header) {
-      const { root, segments } = locate(targets, member.path);
+      const { top, root, segments } = locate(targets, member.path);
       if (segments.length === 0) {
         await mkdir(root, { recursive: false, mode: 0o755 }).catch((error: NodeJS.ErrnoException) => {
           if (error.code !== 'EEXIST') throw error;
         });
         const info = await lstat(root);
         if (!info.isDirectory()) throw refuse(member.path, 'the staging folder is not a folder');
-        folders.set(root, { mtime: mtimeOf(header) });
+        folders.set(root, { ...rootAttributes(top), mtime: mtimeOf(header) });
         return;
       }
       const path = join(root, ...segments);
@@ -174,7 +206,11 @@ export function extractionSinks(targets: ExtractTargets, options: ExtractOptions
       const info = await lstat(path);
       if (!info.isDirectory() || info.isSymbolicLink())
         throw refuse(member.path, 'not a folder after creation');
-      folders.set(path, { mode: (member.mode ?? 0o755) & MODE_BITS, mtime: mtimeOf(header) });
+      folders.set(path, {
+        mode: (member.mode ?? 0o755) & MODE_BITS,
+        mtime: mtimeOf(header),
+        owner: ownerOf(top),
+      });
     },
 
     async openMember(member, header) {
@@ -188,7 +224,7 @@ export function extractionSinks(targets: ExtractTargets, options: ExtractOptions
         // A deep buffer: chunks arriving while one write is in flight go out together (writev).
         return createWriteStream('', { fd: handle, autoClose: true, highWaterMark: DUMP_WRITE_BUFFER });
       }
-      const { root, segments } = locate(targets, member.path);
+      const { top, root, segments } = locate(targets, member.path);
       if (segments.length === 0) throw refuse(member.path, 'a file where the folder root belongs');
       const path = join(root, ...segments);
       await checkInside(member.path, root, segments.slice(0, -1), dirname(path));
@@ -202,7 +238,11 @@ export function extractionSinks(targets: ExtractTargets, options: ExtractOptions
           ? refuse(member.path, 'it already exists')
           : error;
       });
-      const attributes = { mode: (member.mode ?? 0o644) & MODE_BITS, mtime: mtimeOf(header) };
+      const attributes = {
+        mode: (member.mode ?? 0o644) & MODE_BITS,
+        mtime: mtimeOf(header),
+        owner: ownerOf(top),
+      };
       return fileSink(handle, path, attributes, sync);
     },
 

@@ -26,7 +26,7 @@ import {
   restoreDump,
   tableDataItems,
 } from './database';
-import { extractionSinks } from './extract';
+import { extractionSinks, type LiveFolder } from './extract';
 import { cleanupAfterReport, type RestoreFaults, restoreNames, restoreSettled, swapIntoPlace } from './swap';
 
 export type { RestoreFaults } from './swap';
@@ -140,7 +140,12 @@ export async function restoreFromFile(
       'scripts' | 'config',
       string
     >;
-    const { openMember, onDirectory, finish } = extractionSinks({ dumpPath, folders });
+    const live: Partial<Record<'scripts' | 'config', LiveFolder>> = {};
+    for (const folder of names.folders) {
+      const info = await stat(folder.live).catch(() => undefined);
+      if (info?.isDirectory()) live[folder.root] = { mode: info.mode, uid: info.uid, gid: info.gid };
+    }
+    const { openMember, onDirectory, finish } = extractionSinks({ dumpPath, folders, live });
     const { manifest } = await timed('check-and-extract', async () => {
       const read = await readBackup(path, {
         ...readOptions,

@@ -1,5 +1,6 @@
-// A restore puts back each script's and folder's own modification time and permission bits, as the backup recorded them.
-import { chmod, mkdir, stat, utimes, writeFile } from 'node:fs/promises';
+// A restore puts back each script's and folder's own modification time and permission bits, as the backup recorded them;
+// the folder roots keep the live folders' mode, and their owner is given to every restored entry.
+import { chmod, chown, mkdir, readdir, stat, utimes, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createBackup } from '../../agent/backup/create';
@@ -99,4 +100,40 @@ describe('restore keeps modification times and permissions', () => {
     expect(((await stat(shared)).mode & 0o7777).toString(8)).toBe('770');
     expect(((await stat(setuid)).mode & 0o7777).toString(8)).toBe('755');
   });
+
+  it("keeps the live folder's mode, and gives every restored entry its owner when the agent runs as root", async () => {
+    if (process.getuid?.() !== 0)
+      throw new Error('this test runs as root: it hands the live scripts folder to uid 65534 (nobody)');
+    const scripts = t.agent.sources.scriptsDir;
+    await mkdir(join(scripts, 'owned'), { recursive: true });
+    await writeFile(join(scripts, 'owned', 'by-root.js'), '// root wrote this\n');
+    await chmod(scripts, 0o755);
+    const name = await backupNow('owners');
+
+    // Since the backup, GEM's own user (here nobody) took the folder over, with a tighter mode.
+    const NOBODY = 65534;
+    for (const path of await walk(scripts)) await chown(path, NOBODY, NOBODY);
+    await chmod(scripts, 0o2750);
+    await restoreNow(name);
+
+    const info = await stat(scripts);
+    expect((info.mode & 0o7777).toString(8)).toBe('2750');
+    const restored = await walk(scripts);
+    expect(restored).toContain(join(scripts, 'owned', 'by-root.js'));
+    for (const path of restored) {
+      const { uid, gid } = await stat(path);
+      expect({ path, uid, gid }).toEqual({ path, uid: NOBODY, gid: NOBODY });
+    }
+  });
 });
+
+/** `dir` and every file and folder under it. */
+async function walk(dir: string): Promise<string[]> {
+  const found = [dir];
+  for (const entry of await readdir(dir, { withFileTypes: true })) {
+    const path = join(dir, entry.name);
+    if (entry.isDirectory()) found.push(...(await walk(path)));
+    else found.push(path);
+  }
+  return found;
+}
