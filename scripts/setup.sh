@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what GEM Backup & Restore needs on Debian 12 with Node 20: PostgreSQL 15 (the embedded
-# database and pg_dump/pg_restore), and for the tests OpenSSH, Samba + smbclient, Chromium and moto's
-# S3 server; then the npm packages. Idempotent: only what is missing is installed.
+# database and pg_dump/pg_restore), and for the tests OpenSSH, Samba + smbclient, Chromium, strace and
+# moto's S3 server; then the npm packages. Idempotent: only what is missing is installed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export DEBIAN_FRONTEND=noninteractive
@@ -16,6 +16,7 @@ if [ "${1:-}" != "--runtime-only" ]; then
   [ -x /usr/sbin/smbd ] || need+=(samba)
   command -v smbclient >/dev/null || need+=(smbclient)
   command -v chromium >/dev/null || need+=(chromium)
+  command -v strace >/dev/null || need+=(strace) # test/faults/durability.test.ts
 fi
 # moto_server (Python moto: the one S3 server here with ListMultipartUploads, for test/offsite/sweep.test.ts)
 # has no Debian package: pip installs it into a venv at a fixed path, linked into /usr/local/bin.

@@ -1,0 +1,263 @@
+// Power-cut safety, checked at the system calls: every file or folder the agent renames into place
+// was fsynced under its temp name before the rename, and the folder it was renamed into is fsynced
+// after it. The CLI runs under strace, so this holds for the whole process (its libuv threads too),
+// not for the code paths a test wrapper can see.
+import { spawn } from 'node:child_process';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { seedGemDatabase, writeSampleFolders } from '../../agent/db/seed';
+import { Keyring } from '../../agent/keys/keyring';
+import { PREVIOUS_FOLDER_MARK } from '../../agent/restore/swap';
+import { runProcess } from '../../agent/system/spawn';
+import { startPostgres, type TestPostgres, withSql } from '../services/postgres';
+
+let pg: TestPostgres;
+let dataDir: string;
+let traceDir: string;
+let env: NodeJS.ProcessEnv;
+
+beforeAll(async () => {
+  const probe = await runProcess('strace', ['-V']).catch(() => undefined);
+  if (probe?.code !== 0)
+    throw new Error('strace is missing: apt-get install -y strace (scripts/setup.sh does)');
+  pg = await startPostgres();
+  dataDir = await mkdtemp(join(tmpdir(), 'gem-durable-'));
+  traceDir = await mkdtemp(join(tmpdir(), 'gem-durable-trace-'));
+  const url = await pg.createDatabase();
+  const keyring = await Keyring.loadOrCreate(join(dataDir, 'keyring.json'));
+  await withSql(url, (sql) => seedGemDatabase(sql, keyring.activeKey));
+  await writeSampleFolders(join(dataDir, 'scripts'), join(dataDir, 'config'));
+  const { GEM_KEYS_PASSPHRASE: _inherited, ...inherited } = process.env;
+  env = {
+    ...inherited,
+    DATABASE_URL: url,
+    GEM_DATA_DIR: dataDir,
+    GEM_SCRIPTS_DIR: join(dataDir, 'scripts'),
+    GEM_CONFIG_DIR: join(dataDir, 'config'),
+    GEM_PG_BIN: pg.binDir,
+    GEM_KEYS_PASSPHRASE: 'long enough passphrase',
+  };
+});
+afterAll(async () => {
+  await pg?.stop();
+  if (dataDir) await rm(dataDir, { recursive: true, force: true });
+  if (traceDir) await rm(traceDir, { recursive: true, force: true });
+});
+
+/** One completed system call of the trace, in the order they completed. */
+type Call = { name: 'fsync'; path: string } | { name: 'rename'; from: string; to: string };
+
+let traces = 0;
+const STRACE = ['-f', '-qq', '-y', '-s', '4096', '-e', 'trace=fsync,fdatasync,rename,renameat,renameat2'];
+
+/** Runs the CLI under strace; returns its result and the fsyncs and renames it made, in order. */
+async function tracedCli(
+  ...args: string[]
+): Promise<{ code: number | null; stdout: string; stderr: string; calls: Call[] }> {
+  const out = join(traceDir, `trace-${++traces}`);
+  const res = await runProcess(
+    'strace',
+    [...STRACE, '-o', out, process.execPath, 'bin/gem-backup.js', ...args],
+    { env, cwd: process.cwd() },
+  );
+  return { ...res, calls: parseTrace(await readFile(out, 'utf8')) };
+}
+
+/** Reads strace -f -y output: a call split by another thread counts when it completes (its "resumed" line). */
+function parseTrace(text: string): Call[] {
+  const calls: Call[] = [];
+  const pending = new Map<string, string>();
+  for (const raw of text.split('\n')) {
+    const pid = /^(\d+)\s+/.exec(raw)?.[1] ?? '';
+    let line = raw.replace(/^\d+\s+/, '');
+    const unfinished = /^(.*) <unfinished \.\.\.>$/.exec(line);
+    if (unfinished) {
+      pending.set(pid, unfinished[1]!);
+      continue;
+    }
+    const resumed = /^<\.\.\. \w+ resumed>(.*)$/.exec(line);
+    if (resumed) {
+      line = (pending.get(pid) ?? '') + resumed[1];
+      pending.delete(pid);
+    }
+    if (!/\) = 0$/.test(line)) continue; // failed calls change nothing
+    const sync = /^f(?:data)?sync\(\d+<(.*)>\)/.exec(line);
+    if (sync) {
+      calls.push({ name: 'fsync', path: sync[1]! });
+      continue;
+    }
+    const rename =
+      /^rename\("((?:[^"\\]|\\.)*)", "((?:[^"\\]|\\.)*)"/.exec(line) ??
+      /^renameat2?\(AT_FDCWD, "((?:[^"\\]|\\.)*)", AT_FDCWD, "((?:[^"\\]|\\.)*)"/.exec(line);
+    if (rename) calls.push({ name: 'rename', from: rename[1]!, to: rename[2]! });
+    else if (/^rename/.test(line)) throw new Error(`a rename this test cannot read: ${line}`);
+  }
+  return calls;
+}
+
+/**
+ * Every rename into `under`: the renamed path fsynced before it (under its old name), and the folder
+ * it went into fsynced after it. A live folder moved aside (to its previous name) is exempt from the
+ * first: its content is already on disk, and the rename only gives up its name. Returns the broken
+ * ones, described.
+ */
+function unsafeRenames(calls: Call[], under: string): string[] {
+  const broken: string[] = [];
+  calls.forEach((call, at) => {
+    if (call.name !== 'rename' || !call.to.startsWith(`${under}/`)) return;
+    const before = calls.slice(0, at);
+    const after = calls.slice(at + 1);
+    const movedAside = call.to.includes(PREVIOUS_FOLDER_MARK);
+    if (!movedAside && !before.some((c) => c.name === 'fsync' && c.path === call.from))
+      broken.push(`${call.from} -> ${call.to}: not fsynced before the rename`);
+    if (!after.some((c) => c.name === 'fsync' && c.path === dirname(call.to)))
+      broken.push(`${call.from} -> ${call.to}: its folder not fsynced after the rename`);
+  });
+  return broken;
+}
+
+describe('durability at the system calls', () => {
+  it('a backup, its verify and its restore fsync what they rename, and the folder after', async () => {
+    const created = await tracedCli('create', '--label', 'durable');
+    expect(created.stderr).toBe('');
+    expect(created.code).toBe(0);
+    const renames = created.calls.filter((c) => c.name === 'rename');
+    expect(renames.some((c) => c.name === 'rename' && /gem-backup-.*\.tar\.gz$/.test(c.to))).toBe(true);
+    expect(unsafeRenames(created.calls, dataDir)).toEqual([]);
+    const name = /created (gem-backup-\S+\.tar\.gz)/.exec(created.stdout)?.[1];
+    const verified = await tracedCli('verify', name!);
+    expect(verified.code).toBe(0);
+    expect(unsafeRenames(verified.calls, dataDir)).toEqual([]);
+
+    const restored = await tracedCli('restore', name!, '--yes');
+    expect(restored.stderr).toBe('');
+    expect(restored.code).toBe(0);
+    const moved = restored.calls.flatMap((c) => (c.name === 'rename' ? [c.to] : []));
+    // The two folders swapped in, the journal written at each step: all checked below.
+    expect(moved).toEqual(expect.arrayContaining([join(dataDir, 'scripts'), join(dataDir, 'config')]));
+    expect(moved.filter((to) => to === join(dataDir, 'restore-journal.json')).length).toBeGreaterThan(2);
+    expect(unsafeRenames(restored.calls, dataDir)).toEqual([]);
+  });
+
+  it('a keys export and import fsync what they rename, and the folder after', async () => {
+    const out = join(dataDir, 'exported-keys.json');
+    const exported = await tracedCli('keys', 'export', '-o', out);
+    expect(exported.code).toBe(0);
+    expect(exported.calls).toContainEqual(expect.objectContaining({ name: 'rename', to: out }));
+    expect(unsafeRenames(exported.calls, dataDir)).toEqual([]);
+
+    const imported = await tracedCli('keys', 'import', out);
+    expect(imported.code).toBe(0);
+    expect(imported.calls).toContainEqual(
+      expect.objectContaining({ name: 'rename', to: join(dataDir, 'keyring.json') }),
+    );
+    expect(unsafeRenames(imported.calls, dataDir)).toEqual([]);
+  });
+});
+
+/**
+ * Runs the agent service (agent/main.ts, its own process) under strace, calls `whileUp` with its URL
+ * and admin token, then stops it with SIGINT; returns what it fsynced and renamed.
+ */
+async function tracedAgent(
+  whileUp: (api: (method: string, path: string, body?: unknown) => Promise<unknown>) => Promise<void>,
+) {
+  const out = join(traceDir, `trace-${++traces}`);
+  const tracer = spawn(
+    'strace',
+    [...STRACE, '-o', out, process.execPath, '--import', 'tsx', 'agent/main.ts'],
+    {
+      cwd: process.cwd(),
+      env: { ...env, PORT: '0', HOST: '127.0.0.1', NODE_ENV: 'test' },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    },
+  );
+  let output = '';
+  const exited = new Promise<number | null>((resolve) => tracer.once('exit', (code) => resolve(code)));
+  const url = await new Promise<string>((resolve, reject) => {
+    const onData = (chunk: Buffer) => {
+      output += chunk.toString('utf8');
+      const match = /is running at (http:\/\/\S+)/.exec(output);
+      if (match) resolve(match[1]!);
+    };
+    tracer.stdout.on('data', onData);
+    tracer.stderr.on('data', onData);
+    void exited.then((code) => reject(new Error(`the agent exited (${code}) before listening:\n${output}`)));
+  });
+  const token = (await readFile(join(dataDir, 'agent-token'), 'utf8')).trim();
+  const api = async (method: string, path: string, body?: unknown) => {
+    const res = await fetch(`${url}api/v1${path}`, {
+      method,
+      headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' },
+      ...(body === undefined ? {} : { body: JSON.stringify(body) }),
+    });
+    const answer = await res.json();
+    if (!res.ok) throw new Error(`${method} ${path}: ${res.status} ${JSON.stringify(answer)}`);
+    return answer;
+  };
+  try {
+    await whileUp(api);
+  } finally {
+    // strace blocks SIGINT while it runs a program (-o FILE PROG): the agent itself is told to stop.
+    const agentPid = (await runProcess('pgrep', ['-P', String(tracer.pid)])).stdout.trim();
+    process.kill(Number(agentPid), 'SIGINT');
+  }
+  expect(await exited).toBe(0);
+  return parseTrace(await readFile(out, 'utf8'));
+}
+
+describe('durability of the service at the system calls', () => {
+  it('settings, a backup, a pin, the keys banner and a verification run fsync what they rename', async () => {
+    const calls = await tracedAgent(async (api) => {
+      await api('PUT', '/settings', {
+        autoBackup: { enabled: true, schedule: 'daily', maxBackups: 5 },
+        maintenance: { enabled: true, retentionDays: 60 },
+      });
+      const waitFor = async (answer: unknown) => {
+        const { jobId } = answer as { jobId: string };
+        for (;;) {
+          const job = (await api('GET', `/jobs/${jobId}`)) as { state: string };
+          if (job.state === 'succeeded') return;
+          if (job.state !== 'queued' && job.state !== 'running') throw new Error(`job ${jobId} ${job.state}`);
+          await new Promise((r) => setTimeout(r, 100));
+        }
+      };
+      await waitFor(await api('POST', '/backups', { label: 'traced' }));
+      const list = (await api('GET', '/backups')) as { filename: string; label?: string }[];
+      const made = list.find((b) => b.label === 'traced');
+      await api('POST', `/backups/${made?.filename}/pin`);
+      await api('PUT', '/keys/banner', { collapsed: true });
+      await waitFor(await api('POST', '/health/verification/run'));
+    });
+    const written = calls.flatMap((c) => (c.name === 'rename' ? [c.to] : []));
+    // The backup, its records (made, then pinned), the key state (the banner), the verification's state.
+    expect(written.some((to) => /\/backups\/gem-backup-.*\.tar\.gz$/.test(to))).toBe(true);
+    for (const file of ['backup-records.json', 'state.json', 'verification-state.json'])
+      expect(written).toContain(join(dataDir, file));
+    expect(unsafeRenames(calls, dataDir)).toEqual([]);
+  });
+});
+
+describe('parseTrace', () => {
+  it('reads fsyncs and renames, joins calls split by another thread, and drops failed ones', () => {
+    const calls = parseTrace(
+      [
+        '101   fsync(21</d/.tmp-x>) = 0',
+        '102   renameat2(AT_FDCWD, "/d/.tmp-y", AT_FDCWD, "/d/y", RENAME_NOREPLACE <unfinished ...>',
+        '101   rename("/d/.tmp-x", "/d/x") = 0',
+        '102   <... renameat2 resumed>) = 0',
+        '101   fdatasync(22</d>) = 0',
+        '101   rename("/d/a", "/d/b") = -1 ENOENT (No such file or directory)',
+      ].join('\n'),
+    );
+    expect(calls).toEqual([
+      { name: 'fsync', path: '/d/.tmp-x' },
+      { name: 'rename', from: '/d/.tmp-x', to: '/d/x' },
+      { name: 'rename', from: '/d/.tmp-y', to: '/d/y' },
+      { name: 'fsync', path: '/d' },
+    ]);
+    expect(unsafeRenames(calls, '/d')).toEqual(['/d/.tmp-y -> /d/y: not fsynced before the rename']);
+  });
+});
