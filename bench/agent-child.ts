@@ -25,6 +25,12 @@ export interface ChildRequest {
   op: 'idle' | 'backup' | 'verify' | 'restore' | 'upload' | 'dr-push' | 'dr-plain-put';
   /** Environment of the agent (DATABASE_URL, GEM_DATA_DIR, ...). */
   env: Record<string, string>;
+  /**
+   * For `verify`: one untimed verify of the same file first, so the timed one runs in an agent that
+   * has already read a backup (its hashing worker started, its code compiled), as the running
+   * service does after its first backup.
+   */
+  warm?: boolean;
   /** For `restore`: the agent whose catalog holds the backup opens with this DATABASE_URL instead. */
   provider?:
     | { kind: 'sftp'; options: SftpOptions }
@@ -136,6 +142,7 @@ async function main(): Promise<void> {
     // Untimed, as the agent's own push does it first: this installation is known to the cloud.
     await drClientOf(agent, request.env).enroll();
   }
+  if (request.op === 'verify' && request.warm) await verifyBackup(agent, timingContext([]), latest!.filename);
   const started = performance.now();
   let detail: unknown;
   let restoredAt = 0;
