@@ -10,7 +10,7 @@ import { loadConfig } from '../agent/config';
 import { DrClient } from '../agent/dr/client';
 import { drServiceFor } from '../agent/dr/service';
 import type { JobContext } from '../agent/jobs/runner';
-import { silentLogger } from '../agent/log';
+import { createLogger, silentLogger } from '../agent/log';
 import { uploadBackup } from '../agent/offsite/transfer';
 import type { S3Options, SftpOptions, SmbOptions } from '../agent/providers';
 import { createProvider } from '../agent/providers';
@@ -48,15 +48,24 @@ export interface ChildReport {
   detail?: unknown;
   /** Phase name and its start, ms after the operation began. */
   phases: Array<[string, number]>;
+  /** Steps the operation logged with their duration (the restore's): name and ms. */
+  steps: Array<[string, number]>;
 }
 
 /** A job context that records when each phase started (ms since the operation began). */
-function timingContext(phases: Array<[string, number]>): JobContext {
+function timingContext(phases: Array<[string, number]>, steps: Array<[string, number]> = []): JobContext {
   const controller = new AbortController();
   const started = performance.now();
+  // The steps an operation logs with their duration ({step, ms}: the restore's): kept, the rest dropped.
+  const log = createLogger({
+    write: (line) => {
+      const { step, ms } = JSON.parse(line) as { step?: unknown; ms?: unknown };
+      if (typeof step === 'string' && typeof ms === 'number') steps.push([step, ms]);
+    },
+  });
   return {
     signal: controller.signal,
-    log: silentLogger,
+    log,
     phase: (name) => {
       phases.push([name, Math.round(performance.now() - started)]);
     },
@@ -124,7 +133,8 @@ async function main(): Promise<void> {
   const request = JSON.parse(process.argv[2]!) as ChildRequest;
   const agent = await openAgent(loadConfig(request.env), silentLogger);
   const phases: Array<[string, number]> = [];
-  const ctx = timingContext(phases);
+  const steps: Array<[string, number]> = [];
+  const ctx = timingContext(phases, steps);
   const deps = {
     keyring: agent.keyring,
     catalog: agent.catalog,
@@ -192,6 +202,7 @@ async function main(): Promise<void> {
     backup: name,
     detail,
     phases,
+    steps,
   };
   process.stdout.write(`${JSON.stringify(report)}\n`);
   await agent.close();

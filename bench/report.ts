@@ -9,6 +9,8 @@ export interface Sample {
   work: number;
   /** Agent phases: name and start, ms after the operation began. */
   phases?: Array<[string, number]>;
+  /** Agent steps with their duration in ms (the restore's), as it logged them. */
+  steps?: Array<[string, number]>;
 }
 
 export interface Comparison {

@@ -334,7 +334,8 @@ async function main(): Promise<void> {
           options.runs,
           async () => {
             const r = await agentOp({ op: 'restore', env: { DATABASE_URL: db.cluster.url('bench_target') } });
-            return { ms: r.ms, maxRssBytes: r.maxRssBytes, bytes: r.bytes, work: db.bytes, phases: r.phases };
+            const { ms, maxRssBytes, bytes, phases, steps } = r;
+            return { ms, maxRssBytes, bytes, work: db.bytes, phases, steps };
           },
           async () => {
             const r = await timed(
