@@ -117,7 +117,7 @@ export async function restoreFromFile(
 
   let safetyBackup: string | undefined;
   const id = randomBytes(4).toString('hex');
-  const names = restoreNames(sources, id);
+  const names = await restoreNames(sources, id);
   const work = await mkdtemp(join(agent.paths.work, `${TEMP_PREFIX}restore-`));
   let stagingDb: Promise<void> | undefined;
   let keepStaging = false;

@@ -1,6 +1,6 @@
 /** The swap: staging database and folders take the live ones' place by rename, journaled so a crash can be undone. */
 import { existsSync } from 'node:fs';
-import { readdir, readFile, rename, rm } from 'node:fs/promises';
+import { readdir, readFile, realpath, rename, rm } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { z } from 'zod';
 import type { BackupSources } from '../backup/create';
@@ -91,8 +91,21 @@ export const PREVIOUS_DB_MARK = '_gem_previous_';
 export const STAGING_FOLDER_MARK = '.gem-restore-staging-';
 export const PREVIOUS_FOLDER_MARK = '.gem-previous-';
 
-/** Names for one restore with id `id`. */
-export function restoreNames(sources: BackupSources, id: string): RestoreNames {
+/**
+ * The folder a configured path names, links resolved. A folder configured through a symlink
+ * (/opt/gem/scripts -> /data/scripts) is staged, swapped and set aside beside the folder itself: the
+ * link stays as it is, and every rename stays on the folder's own filesystem. A path that does not
+ * exist (yet) is used as configured.
+ */
+export async function liveFolderPath(configured: string): Promise<string> {
+  return realpath(configured).catch((error: NodeJS.ErrnoException) => {
+    if (error.code === 'ENOENT' || error.code === 'ENOTDIR') return configured;
+    throw error;
+  });
+}
+
+/** Names for one restore with id `id`; the folders' are beside the folders their links point to. */
+export async function restoreNames(sources: BackupSources, id: string): Promise<RestoreNames> {
   const prefix = dbPrefix(sources.conn.database);
   const folder = (root: 'scripts' | 'config', live: string): FolderNames => ({
     root,
@@ -105,7 +118,10 @@ export function restoreNames(sources: BackupSources, id: string): RestoreNames {
     live: sources.conn.database,
     staging: `${prefix}${STAGING_DB_MARK}${id}`,
     previous: `${prefix}${PREVIOUS_DB_MARK}${id}`,
-    folders: [folder('scripts', sources.scriptsDir), folder('config', sources.configDir)],
+    folders: [
+      folder('scripts', await liveFolderPath(sources.scriptsDir)),
+      folder('config', await liveFolderPath(sources.configDir)),
+    ],
   };
 }
 
@@ -326,8 +342,8 @@ async function dropPreviousExcept(conn: PgConnection, sources: BackupSources, ke
   for (const name of await listDatabases(conn)) {
     if (name.startsWith(prefix) && name !== `${prefix}${keepId}`) await dropDatabase(conn, name);
   }
-  for (const live of [sources.scriptsDir, sources.configDir]) {
-    for (const path of await siblings(live, PREVIOUS_FOLDER_MARK)) {
+  for (const configured of [sources.scriptsDir, sources.configDir]) {
+    for (const path of await siblings(await liveFolderPath(configured), PREVIOUS_FOLDER_MARK)) {
       if (!path.endsWith(`${PREVIOUS_FOLDER_MARK}${keepId}`)) await removeTree(path);
     }
   }
@@ -352,8 +368,8 @@ export async function dropStagingLeftovers(sources: BackupSources): Promise<stri
       removed.push(name);
     }
   }
-  for (const live of [sources.scriptsDir, sources.configDir]) {
-    for (const path of await siblings(live, STAGING_FOLDER_MARK)) {
+  for (const configured of [sources.scriptsDir, sources.configDir]) {
+    for (const path of await siblings(await liveFolderPath(configured), STAGING_FOLDER_MARK)) {
       await removeTree(path);
       removed.push(path);
     }
