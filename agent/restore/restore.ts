@@ -27,7 +27,14 @@ import {
   tableDataItems,
 } from './database';
 import { extractionSinks, type LiveFolder } from './extract';
-import { cleanupAfterReport, type RestoreFaults, restoreNames, restoreSettled, swapIntoPlace } from './swap';
+import {
+  checkFoldersSwappable,
+  cleanupAfterReport,
+  type RestoreFaults,
+  restoreNames,
+  restoreSettled,
+  swapIntoPlace,
+} from './swap';
 
 export type { RestoreFaults } from './swap';
 export { recoverInterruptedRestore, restoreSettled } from './swap';
@@ -118,6 +125,7 @@ export async function restoreFromFile(
   let safetyBackup: string | undefined;
   const id = randomBytes(4).toString('hex');
   const names = await restoreNames(sources, id);
+  await checkFoldersSwappable(names);
   const work = await mkdtemp(join(agent.paths.work, `${TEMP_PREFIX}restore-`));
   let stagingDb: Promise<void> | undefined;
   let keepStaging = false;

@@ -1,9 +1,10 @@
 /** The swap: staging database and folders take the live ones' place by rename, journaled so a crash can be undone. */
 import { existsSync } from 'node:fs';
-import { readdir, readFile, realpath, rename, rm } from 'node:fs/promises';
+import { readdir, readFile, realpath, rename, rm, stat } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { z } from 'zod';
 import type { BackupSources } from '../backup/create';
+import { FOLDER_SETTINGS } from '../backup/folders';
 import type { AgentConfig } from '../config';
 import { AppError, describeError } from '../errors';
 import { heldByOtherProcess } from '../jobs/lock';
@@ -123,6 +124,41 @@ export async function restoreNames(sources: BackupSources, id: string): Promise<
       folder('config', await liveFolderPath(sources.configDir)),
     ],
   };
+}
+
+/**
+ * Whether `path` is a mount point: listed as one in /proc/self/mountinfo (bind mounts included), or,
+ * where that cannot be read, on another device than its parent.
+ */
+export async function isMountPoint(path: string): Promise<boolean> {
+  const mountinfo = await readFile('/proc/self/mountinfo', 'utf8').catch(() => undefined);
+  if (mountinfo !== undefined) {
+    // Field 5 is the mount point, with space, tab, newline and backslash written as octal escapes.
+    const decodeField = (field: string) =>
+      field.replace(/\\([0-7]{3})/g, (_, octal: string) => String.fromCharCode(Number.parseInt(octal, 8)));
+    return mountinfo.split('\n').some((line) => decodeField(line.split(' ')[4] ?? '') === path);
+  }
+  const [own, parent] = await Promise.all([stat(path), stat(dirname(path))]);
+  return own.dev !== parent.dev;
+}
+
+/**
+ * Refuses, before anything is staged, a restore whose live folder is a mount point (a Docker volume,
+ * say): the swap renames the folder aside and the staged one into its place, which a mount point
+ * does not allow (EBUSY), so it would fail only at the swap, after the whole staging work.
+ */
+export async function checkFoldersSwappable(names: RestoreNames): Promise<void> {
+  for (const folder of names.folders) {
+    if (!existsSync(folder.live) || !(await isMountPoint(folder.live))) continue;
+    const setting = FOLDER_SETTINGS[folder.root];
+    throw new AppError(
+      'unprocessable',
+      `the ${folder.root} folder ${folder.live} (${setting}) is a mount point: a restore swaps the folder ` +
+        `by renaming it, which a mount point does not allow. Mount its parent folder instead, or take its ` +
+        `files from the backup by hand (gem-backup decrypt); nothing was changed`,
+      { details: { folder: folder.root, setting, path: folder.live } },
+    );
+  }
 }
 
 export function journalPath(dataDir: string): string {

@@ -1,5 +1,7 @@
-// A scripts folder configured through a symlink (/opt/gem/scripts -> /data/scripts) is restored into
-// the folder the link points to: the link stays, the real folder gets the backup's content.
+// Folder layouts of real installations: a scripts folder configured through a symlink
+// (/opt/gem/scripts -> /data/scripts) is restored into the folder it points to, and the link stays; a
+// folder that is a mount point (a Docker volume) is refused before anything is staged.
+import { spawnSync } from 'node:child_process';
 import { lstat, mkdir, mkdtemp, readdir, readFile, readlink, rm, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -17,7 +19,7 @@ let scratch: string;
 beforeAll(async () => {
   pg = await startPostgres();
   t = await startTestAgent(pg);
-  scratch = await mkdtemp(join(tmpdir(), 'gem-folder-link-'));
+  scratch = await mkdtemp(join(tmpdir(), 'gem-folder-layouts-'));
 });
 
 afterAll(async () => {
@@ -25,6 +27,23 @@ afterAll(async () => {
   await pg?.stop();
   if (scratch) await rm(scratch, { recursive: true, force: true });
 });
+
+/** A backup of the test agent's folders and database, as a manual backup job makes it. */
+async function backupNow(label: string): Promise<string> {
+  const { filename } = await run<{ filename: string }>('backup', (ctx) =>
+    createBackup(
+      {
+        keyring: t.agent.keyring,
+        catalog: t.agent.catalog,
+        sources: t.agent.sources,
+        workDir: t.agent.paths.work,
+      },
+      ctx,
+      { kind: 'manual', label },
+    ),
+  );
+  return filename;
+}
 
 async function run<T>(kind: 'backup' | 'restore', work: Parameters<TestAgent['agent']['jobs']['start']>[1]) {
   const job = await t.agent.jobs.start(kind, work, { mutating: true });
@@ -45,18 +64,7 @@ describe('restoring a folder configured through a symlink', () => {
     await symlink(real, link);
     t.agent.sources.scriptsDir = link;
 
-    const { filename } = await run<{ filename: string }>('backup', (ctx) =>
-      createBackup(
-        {
-          keyring: t.agent.keyring,
-          catalog: t.agent.catalog,
-          sources: t.agent.sources,
-          workDir: t.agent.paths.work,
-        },
-        ctx,
-        { kind: 'manual', label: 'linked' },
-      ),
-    );
+    const filename = await backupNow('linked');
     await writeFile(join(real, 'lights.js'), 'changed after the backup\n');
     await writeFile(join(real, 'new-after-backup.js'), 'x\n');
 
@@ -82,5 +90,44 @@ describe('restoring a folder configured through a symlink', () => {
     const removed = await dropStagingLeftovers(t.agent.sources);
     expect(removed).toContain(leftover);
     expect(await readdir(join(scratch, 'data'))).toEqual(['scripts']);
+  });
+});
+
+describe('restoring a folder that is a mount point', () => {
+  it('is refused before anything is staged, naming the folder and its setting', async () => {
+    if (process.getuid?.() !== 0)
+      throw new Error('this test runs as root: it mounts a tmpfs as the config folder');
+    const filename = await backupNow('before the mount');
+    const mounted = join(scratch, 'volume-config');
+    await mkdir(mounted);
+    const mount = spawnSync('mount', ['-t', 'tmpfs', '-o', 'size=4m', 'tmpfs', mounted], {
+      encoding: 'utf8',
+    });
+    expect(mount.stderr).toBe('');
+    try {
+      await writeFile(join(mounted, 'gem.json'), '{"live":true}\n');
+      const configured = t.agent.sources.configDir;
+      t.agent.sources.configDir = mounted;
+      try {
+        const job = await t.agent.jobs.start(
+          'restore',
+          (ctx) =>
+            restoreFromFile(t.agent, ctx, t.agent.catalog.pathOf(filename), { skipSafetyBackup: true }),
+          { mutating: true },
+        );
+        const done = await t.agent.jobs.waitFor(job.id);
+        expect(done.error).toMatchObject({
+          code: 'unprocessable',
+          message: expect.stringContaining(`the config folder ${mounted} (GEM_CONFIG_DIR) is a mount point`),
+        });
+      } finally {
+        t.agent.sources.configDir = configured;
+      }
+      expect(await readdir(mounted)).toEqual(['gem.json']);
+      expect(await readdir(scratch)).not.toContainEqual(expect.stringContaining('.gem-restore-staging-'));
+      expect(await dropStagingLeftovers(t.agent.sources)).toEqual([]);
+    } finally {
+      spawnSync('umount', [mounted]);
+    }
   });
 });
