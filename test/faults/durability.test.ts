@@ -1,9 +1,9 @@
 // Power-cut safety, checked at the system calls: every file or folder the agent renames into place
 // was fsynced under its temp name before the rename, and the folder it was renamed into is fsynced
-// after it. The CLI runs under strace, so this holds for the whole process (its libuv threads too),
-// not for the code paths a test wrapper can see.
+// after it. The CLI and the service run under strace, so this holds for the whole process (its libuv
+// threads too), not only for the code paths a test wrapper can see.
 import { spawn } from 'node:child_process';
-import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { mkdtemp, readFile, realpath, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -23,7 +23,8 @@ beforeAll(async () => {
   if (probe?.code !== 0)
     throw new Error('strace is missing: apt-get install -y strace (scripts/setup.sh does)');
   pg = await startPostgres();
-  dataDir = await mkdtemp(join(tmpdir(), 'gem-durable-'));
+  // Resolved: strace -y names an fsynced file by its real path, a rename by the path the agent gave.
+  dataDir = await realpath(await mkdtemp(join(tmpdir(), 'gem-durable-')));
   traceDir = await mkdtemp(join(tmpdir(), 'gem-durable-trace-'));
   const url = await pg.createDatabase();
   const keyring = await Keyring.loadOrCreate(join(dataDir, 'keyring.json'));
