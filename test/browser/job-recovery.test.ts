@@ -9,12 +9,11 @@ import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Browser, Page } from 'playwright-core';
-import postgres from 'postgres';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { seedGemDatabase, writeSampleFolders } from '../../agent/db/seed';
 import { startTestAgent, TEST_TOKEN } from '../services/agent';
 import { launchBrowser } from '../services/browser';
-import { startPostgres, type TestPostgres, withSql } from '../services/postgres';
+import { holdTableLock, startPostgres, type TestPostgres, withSql } from '../services/postgres';
 
 const SHOTS = 'test-artifacts/screenshots';
 
@@ -132,35 +131,6 @@ async function holdDump(): Promise<number[]> {
   throw new Error('the backup never started pg_dump');
 }
 
-/**
- * Keeps the next pg_dump from ending until the returned function is called: a transaction holds a
- * sample table ACCESS EXCLUSIVE, and pg_dump locks each table it dumps first. holdDump then finds the
- * dump alive however slowly `ps` runs on a loaded machine (the sample database dumps in ~50 ms, and
- * a dump stopped as a zombie had already ended: the backup finished under the test).
- */
-async function blockDumps(): Promise<() => Promise<void>> {
-  const sql = postgres(databaseUrl, { max: 1, onnotice: () => {} });
-  let unblock!: () => void;
-  const unblocked = new Promise<void>((resolve) => {
-    unblock = resolve;
-  });
-  let locked!: () => void;
-  const isLocked = new Promise<void>((resolve) => {
-    locked = resolve;
-  });
-  const transaction = sql.begin(async (tx) => {
-    await tx`lock table users in access exclusive mode`;
-    locked();
-    await unblocked;
-  });
-  await Promise.race([isLocked, transaction]);
-  return async () => {
-    unblock();
-    await transaction;
-    await sql.end({ timeout: 5 });
-  };
-}
-
 function release(pids: number[], signal: NodeJS.Signals = 'SIGCONT'): void {
   for (const pid of pids) {
     try {
@@ -239,7 +209,8 @@ afterAll(async () => {
 
 describe('running jobs, agent restarts and Cloud DR opt-out in the page', () => {
   it('shows a running backup again after a reload, and how it ended', async () => {
-    const unblock = await blockDumps();
+    // The sample database dumps in ~50 ms: held by a lock, the dump is surely alive when ps finds it.
+    const unblock = await holdTableLock(databaseUrl, 'users');
     await page.getByRole('button', { name: 'Create Backup' }).click();
     const dumps = await holdDump();
     await unblock();
@@ -261,7 +232,7 @@ describe('running jobs, agent restarts and Cloud DR opt-out in the page', () => 
 
   it('says a job was interrupted, not "Finished", when the agent restarts while it runs', async () => {
     await waitNoJobs();
-    const unblock = await blockDumps();
+    const unblock = await holdTableLock(databaseUrl, 'users');
     await page.getByRole('button', { name: 'Create Backup' }).click();
     const dumps = await holdDump();
     await unblock();

@@ -1,11 +1,9 @@
-import { mkdtemp, readdir, readFile, stat, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { readdir, readFile, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { seedGemDatabase, writeSampleFolders } from '../../agent/db/seed';
-import { Keyring } from '../../agent/keys/keyring';
 import { runProcess } from '../../agent/system/spawn';
-import { startPostgres, type TestPostgres, withSql } from '../services/postgres';
+import { seededEnvironment } from '../services/agent';
+import { startPostgres, type TestPostgres } from '../services/postgres';
 
 let pg: TestPostgres;
 let dataDir: string;
@@ -22,20 +20,7 @@ const cliWith = (extra: NodeJS.ProcessEnv, ...args: string[]) =>
 
 beforeAll(async () => {
   pg = await startPostgres();
-  dataDir = await mkdtemp(join(tmpdir(), 'gem-cli-'));
-  const url = await pg.createDatabase();
-  const keyring = await Keyring.loadOrCreate(join(dataDir, 'keyring.json'));
-  await withSql(url, (sql) => seedGemDatabase(sql, keyring.activeKey));
-  await writeSampleFolders(join(dataDir, 'scripts'), join(dataDir, 'config'));
-  const { GEM_KEYS_PASSPHRASE: _inherited, ...inherited } = process.env;
-  env = {
-    ...inherited,
-    DATABASE_URL: url,
-    GEM_DATA_DIR: dataDir,
-    GEM_SCRIPTS_DIR: join(dataDir, 'scripts'),
-    GEM_CONFIG_DIR: join(dataDir, 'config'),
-    GEM_PG_BIN: pg.binDir,
-  };
+  ({ dataDir, env } = await seededEnvironment(pg, 'gem-cli-'));
 });
 afterAll(async () => {
   await pg?.stop();

@@ -3,15 +3,14 @@
 // after it. The CLI and the service run under strace, so this holds for the whole process (its libuv
 // threads too), not only for the code paths a test wrapper can see.
 import { spawn } from 'node:child_process';
-import { mkdtemp, readFile, realpath, rm } from 'node:fs/promises';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { seedGemDatabase, writeSampleFolders } from '../../agent/db/seed';
-import { Keyring } from '../../agent/keys/keyring';
 import { PREVIOUS_FOLDER_MARK } from '../../agent/restore/swap';
 import { runProcess } from '../../agent/system/spawn';
-import { startPostgres, type TestPostgres, withSql } from '../services/postgres';
+import { seededEnvironment } from '../services/agent';
+import { startPostgres, type TestPostgres } from '../services/postgres';
 
 let pg: TestPostgres;
 let dataDir: string;
@@ -23,23 +22,10 @@ beforeAll(async () => {
   if (probe?.code !== 0)
     throw new Error('strace is missing: apt-get install -y strace (scripts/setup.sh does)');
   pg = await startPostgres();
-  // Resolved: strace -y names an fsynced file by its real path, a rename by the path the agent gave.
-  dataDir = await realpath(await mkdtemp(join(tmpdir(), 'gem-durable-')));
+  // By its real path: strace -y names an fsynced file by its real path, a rename by the path given.
+  ({ dataDir, env } = await seededEnvironment(pg, 'gem-durable-'));
+  env.GEM_KEYS_PASSPHRASE = 'long enough passphrase';
   traceDir = await mkdtemp(join(tmpdir(), 'gem-durable-trace-'));
-  const url = await pg.createDatabase();
-  const keyring = await Keyring.loadOrCreate(join(dataDir, 'keyring.json'));
-  await withSql(url, (sql) => seedGemDatabase(sql, keyring.activeKey));
-  await writeSampleFolders(join(dataDir, 'scripts'), join(dataDir, 'config'));
-  const { GEM_KEYS_PASSPHRASE: _inherited, ...inherited } = process.env;
-  env = {
-    ...inherited,
-    DATABASE_URL: url,
-    GEM_DATA_DIR: dataDir,
-    GEM_SCRIPTS_DIR: join(dataDir, 'scripts'),
-    GEM_CONFIG_DIR: join(dataDir, 'config'),
-    GEM_PG_BIN: pg.binDir,
-    GEM_KEYS_PASSPHRASE: 'long enough passphrase',
-  };
 });
 afterAll(async () => {
   await pg?.stop();

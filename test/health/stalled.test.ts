@@ -5,7 +5,7 @@ import { metricsRoutes } from '../../agent/http/routes/metrics';
 import { runProcess } from '../../agent/system/spawn';
 import { parsePrometheusText } from '../metrics/prometheus-parser';
 import { startTestAgent, type TestAgent } from '../services/agent';
-import { startPostgres, type TestPostgres, withSql } from '../services/postgres';
+import { holdTableLock, startPostgres, type TestPostgres } from '../services/postgres';
 import { backupNow, call, downloadKeys } from './helpers';
 
 let pg: TestPostgres;
@@ -49,22 +49,7 @@ describe('the job watchdog', () => {
     await backupNow(t); // a successful run first: history for the backup kind
     const dbName = new URL(databaseUrl).pathname.slice(1);
     // Hold a lock pg_dump must wait for, so the dump is surely running when we pause it.
-    let release!: () => void;
-    const released = new Promise<void>((r) => {
-      release = r;
-    });
-    let locked!: () => void;
-    const isLocked = new Promise<void>((r) => {
-      locked = r;
-    });
-    const holder = withSql(databaseUrl, (sql) =>
-      sql.begin(async (tx) => {
-        await tx`LOCK TABLE public.devices IN ACCESS EXCLUSIVE MODE`;
-        locked();
-        await released;
-      }),
-    );
-    await isLocked;
+    const unlock = await holdTableLock(databaseUrl, 'public.devices');
     const started = await call(t, 'POST', '/backups');
     expect(started.status).toBe(202);
     const jobId = started.body.jobId as string;
@@ -73,8 +58,7 @@ describe('the job watchdog', () => {
       return p.length ? p : undefined;
     }, 'pg_dump to start');
     for (const pid of pids) process.kill(pid, 'SIGSTOP');
-    release();
-    await holder;
+    await unlock();
     try {
       const health = await until(async () => {
         const h = await call(t, 'GET', '/health');

@@ -6,11 +6,10 @@ import { lstat, mkdir, mkdtemp, readdir, readFile, readlink, rm, symlink, writeF
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createBackup } from '../../agent/backup/create';
-import { restoreFromFile } from '../../agent/restore/restore';
 import { dropStagingLeftovers, restoreSettled, STAGING_FOLDER_MARK } from '../../agent/restore/swap';
 import { startTestAgent, type TestAgent } from '../services/agent';
 import { startPostgres, type TestPostgres } from '../services/postgres';
+import { backupNow, runRestore } from './helpers';
 
 let pg: TestPostgres;
 let t: TestAgent;
@@ -28,29 +27,9 @@ afterAll(async () => {
   if (scratch) await rm(scratch, { recursive: true, force: true });
 });
 
-/** A backup of the test agent's folders and database, as a manual backup job makes it. */
-async function backupNow(label: string): Promise<string> {
-  const { filename } = await run<{ filename: string }>('backup', (ctx) =>
-    createBackup(
-      {
-        keyring: t.agent.keyring,
-        catalog: t.agent.catalog,
-        sources: t.agent.sources,
-        workDir: t.agent.paths.work,
-      },
-      ctx,
-      { kind: 'manual', label },
-    ),
-  );
-  return filename;
-}
-
-async function run<T>(kind: 'backup' | 'restore', work: Parameters<TestAgent['agent']['jobs']['start']>[1]) {
-  const job = await t.agent.jobs.start(kind, work, { mutating: true });
-  const done = await t.agent.jobs.waitFor(job.id);
-  expect(done.error).toBeUndefined();
-  return done.result as T;
-}
+/** Restores `filename` (no safety backup); resolves with the ended job. */
+const restoreNow = (filename: string) =>
+  runRestore(t.agent, t.agent.catalog.pathOf(filename), { skipSafetyBackup: true });
 
 describe('restoring a folder configured through a symlink', () => {
   it('keeps the link and puts the content back into the folder it points to', async () => {
@@ -64,13 +43,11 @@ describe('restoring a folder configured through a symlink', () => {
     await symlink(real, link);
     t.agent.sources.scriptsDir = link;
 
-    const filename = await backupNow('linked');
+    const filename = await backupNow(t.agent, 'linked');
     await writeFile(join(real, 'lights.js'), 'changed after the backup\n');
     await writeFile(join(real, 'new-after-backup.js'), 'x\n');
 
-    await run('restore', (ctx) =>
-      restoreFromFile(t.agent, ctx, t.agent.catalog.pathOf(filename), { skipSafetyBackup: true }),
-    );
+    expect((await restoreNow(filename)).error).toBeUndefined();
 
     expect((await lstat(link)).isSymbolicLink()).toBe(true);
     expect(await readlink(link)).toBe(real);
@@ -97,7 +74,7 @@ describe('restoring a folder that is a mount point', () => {
   it('is refused before anything is staged, naming the folder and its setting', async () => {
     if (process.getuid?.() !== 0)
       throw new Error('this test runs as root: it mounts a tmpfs as the config folder');
-    const filename = await backupNow('before the mount');
+    const filename = await backupNow(t.agent, 'before the mount');
     const mounted = join(scratch, 'volume-config');
     await mkdir(mounted);
     const mount = spawnSync('mount', ['-t', 'tmpfs', '-o', 'size=4m', 'tmpfs', mounted], {
@@ -109,14 +86,7 @@ describe('restoring a folder that is a mount point', () => {
       const configured = t.agent.sources.configDir;
       t.agent.sources.configDir = mounted;
       try {
-        const job = await t.agent.jobs.start(
-          'restore',
-          (ctx) =>
-            restoreFromFile(t.agent, ctx, t.agent.catalog.pathOf(filename), { skipSafetyBackup: true }),
-          { mutating: true },
-        );
-        const done = await t.agent.jobs.waitFor(job.id);
-        expect(done.error).toMatchObject({
+        expect((await restoreNow(filename)).error).toMatchObject({
           code: 'unprocessable',
           message: expect.stringContaining(`the config folder ${mounted} (GEM_CONFIG_DIR) is a mount point`),
         });

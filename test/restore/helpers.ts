@@ -1,4 +1,4 @@
-/** Restore test helpers: live-state fingerprints, leftover listing, and sealing hand-made archives with real keys. */
+/** Restore test helpers: backup and restore jobs, live-state fingerprints, leftover listing, and sealing hand-made archives with real keys. */
 import { createHash } from 'node:crypto';
 import { createWriteStream } from 'node:fs';
 import { lstat, readdir, readFile, readlink } from 'node:fs/promises';
@@ -7,14 +7,42 @@ import { Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { createGzip } from 'node:zlib';
 import tar from 'tar-stream';
+import { expect } from 'vitest';
 import type { Agent } from '../../agent/agent';
+import { createBackup } from '../../agent/backup/create';
 import { MANIFEST_NAME, type Manifest } from '../../agent/backup/manifest';
 import { readBackup } from '../../agent/backup/reader';
+import type { Job } from '../../agent/jobs/runner';
 import { createSealTransform } from '../../agent/keys/envelope-node';
-import { restoreSettled } from '../../agent/restore/restore';
+import { type RestoreOptions, restoreFromFile, restoreSettled } from '../../agent/restore/restore';
+import { liveFolderPath } from '../../agent/restore/swap';
 import { databaseUrl } from '../../agent/system/postgres-tools';
 import { generateFileKey, type MasterKey, newCore, wrapForMasterKey } from '../../shared/envelope';
 import { withSql } from '../services/postgres';
+
+/** A manual backup labelled `label`, made as the backup job makes it; expects success and returns its name. */
+export async function backupNow(agent: Agent, label: string): Promise<string> {
+  const deps = {
+    keyring: agent.keyring,
+    catalog: agent.catalog,
+    sources: agent.sources,
+    workDir: agent.paths.work,
+  };
+  const job = await agent.jobs.start('backup', (ctx) => createBackup(deps, ctx, { kind: 'manual', label }), {
+    mutating: true,
+  });
+  const made = await agent.jobs.waitFor(job.id);
+  expect(made.error).toBeUndefined();
+  return (made.result as { filename: string }).filename;
+}
+
+/** Runs the restore of the file at `path` as the restore job does; resolves with the ended job. */
+export async function runRestore(agent: Agent, path: string, options: RestoreOptions = {}): Promise<Job> {
+  const job = await agent.jobs.start('restore', (ctx) => restoreFromFile(agent, ctx, path, options), {
+    mutating: true,
+  });
+  return agent.jobs.waitFor(job.id);
+}
 
 /** Row count and md5 of every table's rows (all schemas, the agent's included), keyed "schema.table". */
 export async function databaseFingerprint(agent: Agent): Promise<Record<string, string>> {
@@ -77,7 +105,9 @@ export async function leftovers(agent: Agent): Promise<string[]> {
     .map((r) => r.datname)
     .filter((n) => n.includes('_gem_restore_') || n.includes('_gem_previous_'));
   const folders: string[] = [];
-  for (const live of [agent.sources.scriptsDir, agent.sources.configDir]) {
+  for (const configured of [agent.sources.scriptsDir, agent.sources.configDir]) {
+    // Beside the folder itself, as the restore puts them (a configured symlink resolved).
+    const live = await liveFolderPath(configured);
     for (const entry of await readdir(dirname(live))) {
       if (entry.startsWith(`${basename(live)}.gem-`)) folders.push(entry);
     }

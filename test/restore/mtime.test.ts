@@ -3,10 +3,9 @@
 import { chmod, chown, mkdir, readdir, stat, utimes, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createBackup } from '../../agent/backup/create';
-import { restoreFromFile } from '../../agent/restore/restore';
 import { startTestAgent, type TestAgent } from '../services/agent';
 import { startPostgres, type TestPostgres } from '../services/postgres';
+import { backupNow as backupWith, runRestore } from './helpers';
 
 let pg: TestPostgres;
 let t: TestAgent;
@@ -22,35 +21,11 @@ afterAll(async () => {
 });
 
 /** Backs up now and returns the backup's name. */
-async function backupNow(label: string): Promise<string> {
-  const job = await t.agent.jobs.start(
-    'backup',
-    (ctx) =>
-      createBackup(
-        {
-          keyring: t.agent.keyring,
-          catalog: t.agent.catalog,
-          sources: t.agent.sources,
-          workDir: t.agent.paths.work,
-        },
-        ctx,
-        { kind: 'manual', label },
-      ),
-    { mutating: true },
-  );
-  const made = await t.agent.jobs.waitFor(job.id);
-  expect(made.error).toBeUndefined();
-  return (made.result as { filename: string }).filename;
-}
+const backupNow = (label: string) => backupWith(t.agent, label);
 
 /** Restores `name` (no safety backup) and expects success. */
 async function restoreNow(name: string): Promise<void> {
-  const restore = await t.agent.jobs.start(
-    'restore',
-    (ctx) => restoreFromFile(t.agent, ctx, t.agent.catalog.pathOf(name), { skipSafetyBackup: true }),
-    { mutating: true },
-  );
-  const restored = await t.agent.jobs.waitFor(restore.id);
+  const restored = await runRestore(t.agent, t.agent.catalog.pathOf(name), { skipSafetyBackup: true });
   expect(restored.error).toBeUndefined();
 }
 

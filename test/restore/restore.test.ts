@@ -10,7 +10,14 @@ import { type RestoreOptions, recoverInterruptedRestore, restoreFromFile } from 
 import { databaseUrl } from '../../agent/system/postgres-tools';
 import { startTestAgent, type TestAgent } from '../services/agent';
 import { startPostgres, type TestPostgres, withSql } from '../services/postgres';
-import { leftovers, liveState, sealArchive, unpackBackup, withManifest } from './helpers';
+import {
+  leftovers,
+  liveState,
+  runRestore as runRestoreOf,
+  sealArchive,
+  unpackBackup,
+  withManifest,
+} from './helpers';
 
 let pg: TestPostgres;
 let t: TestAgent;
@@ -52,11 +59,8 @@ async function waitFor(check: () => Promise<boolean>): Promise<void> {
 }
 
 /** Runs a restore of `path` as a job and waits for it. */
-async function runRestore(path: string, options: RestoreOptions = {}): Promise<Job> {
-  const job = await t.agent.jobs.start('restore', (ctx) => restoreFromFile(t.agent, ctx, path, options), {
-    mutating: true,
-  });
-  return t.agent.jobs.waitFor(job.id);
+function runRestore(path: string, options: RestoreOptions = {}): Promise<Job> {
+  return runRestoreOf(t.agent, path, options);
 }
 
 /** The failure contract: the job failed with `code`, live state is byte-identical, no leftovers after recovery. */

@@ -1,11 +1,12 @@
 /** A real agent for a test: temp data dir, a fresh seeded database on a real cluster, sample folders. */
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, realpath, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { type Agent, openAgent } from '../../agent/agent';
 import { createApp, type RouteModule } from '../../agent/app';
 import { loadConfig } from '../../agent/config';
 import { seedGemDatabase, writeSampleFolders } from '../../agent/db/seed';
+import { Keyring } from '../../agent/keys/keyring';
 import { silentLogger } from '../../agent/log';
 import type { TestPostgres } from './postgres';
 import { withSql } from './postgres';
@@ -66,4 +67,30 @@ export async function startTestAgent(
       if (!options.dataDir) await rm(dataDir, { recursive: true, force: true });
     },
   };
+}
+
+/**
+ * What a spawned CLI or agent process runs on: a new data dir (named `<prefix>…`, by its real path)
+ * with a keyring, a new database of `pg` seeded with that keyring's key, and the sample folders in
+ * the data dir; `env` points at them all. An inherited GEM_KEYS_PASSPHRASE is left out.
+ */
+export async function seededEnvironment(
+  pg: TestPostgres,
+  prefix: string,
+): Promise<{ dataDir: string; env: NodeJS.ProcessEnv }> {
+  const dataDir = await realpath(await mkdtemp(join(tmpdir(), prefix)));
+  const url = await pg.createDatabase();
+  const keyring = await Keyring.loadOrCreate(join(dataDir, 'keyring.json'));
+  await withSql(url, (sql) => seedGemDatabase(sql, keyring.activeKey));
+  await writeSampleFolders(join(dataDir, 'scripts'), join(dataDir, 'config'));
+  const { GEM_KEYS_PASSPHRASE: _inherited, ...inherited } = process.env;
+  const env = {
+    ...inherited,
+    DATABASE_URL: url,
+    GEM_DATA_DIR: dataDir,
+    GEM_SCRIPTS_DIR: join(dataDir, 'scripts'),
+    GEM_CONFIG_DIR: join(dataDir, 'config'),
+    GEM_PG_BIN: pg.binDir,
+  };
+  return { dataDir, env };
 }

@@ -45,3 +45,31 @@ export async function withSql<T>(url: string, fn: (sql: postgres.Sql) => Promise
     await sql.end({ timeout: 5 });
   }
 }
+
+/**
+ * Holds `table` ACCESS EXCLUSIVE in a transaction on `url` until the returned function is called (it
+ * resolves once that transaction ended). pg_dump locks each table it dumps first, so a backup's dump
+ * stays alive, waiting, meanwhile: a test can find it and stop it however slowly it looks.
+ */
+export async function holdTableLock(url: string, table: string): Promise<() => Promise<void>> {
+  let release!: () => void;
+  const released = new Promise<void>((resolve) => {
+    release = resolve;
+  });
+  let locked!: () => void;
+  const isLocked = new Promise<void>((resolve) => {
+    locked = resolve;
+  });
+  const holder = withSql(url, (sql) =>
+    sql.begin(async (tx) => {
+      await tx.unsafe(`lock table ${table} in access exclusive mode`);
+      locked();
+      await released;
+    }),
+  );
+  await Promise.race([isLocked, holder]);
+  return async () => {
+    release();
+    await holder;
+  };
+}
