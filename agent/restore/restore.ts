@@ -13,6 +13,7 @@ import type { Job, JobContext } from '../jobs/runner';
 import { TEMP_PREFIX } from '../system/atomic-file';
 import { removeTree } from '../system/remove-tree';
 import { runProcess } from '../system/spawn';
+import { checkCopyable } from './copy-tree';
 import { compareRowCounts, StagingRowCounter } from './counts';
 import {
   checkRights,
@@ -27,14 +28,7 @@ import {
   tableDataItems,
 } from './database';
 import { extractionSinks, type LiveFolder } from './extract';
-import {
-  checkFoldersSwappable,
-  cleanupAfterReport,
-  type RestoreFaults,
-  restoreNames,
-  restoreSettled,
-  swapIntoPlace,
-} from './swap';
+import { cleanupAfterReport, type RestoreFaults, restoreNames, restoreSettled, swapIntoPlace } from './swap';
 
 export type { RestoreFaults } from './swap';
 export { recoverInterruptedRestore, restoreSettled } from './swap';
@@ -125,7 +119,8 @@ export async function restoreFromFile(
   let safetyBackup: string | undefined;
   const id = randomBytes(4).toString('hex');
   const names = await restoreNames(sources, id);
-  await checkFoldersSwappable(names);
+  // A live folder that is a mount point is swapped by copying its entries: all must be copyable.
+  for (const folder of names.folders) if (folder.swap === 'copy') await checkCopyable(folder.live);
   const work = await mkdtemp(join(agent.paths.work, `${TEMP_PREFIX}restore-`));
   let stagingDb: Promise<void> | undefined;
   let keepStaging = false;

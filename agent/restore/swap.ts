@@ -1,10 +1,9 @@
-/** The swap: staging database and folders take the live ones' place by rename, journaled so a crash can be undone. */
+/** The swap: staging database and folders take the live ones' place by rename (a mount point's entries by copy), journaled so a crash can be undone. */
 import { existsSync } from 'node:fs';
-import { readdir, readFile, realpath, rename, rm, stat } from 'node:fs/promises';
+import { lutimes, mkdir, readdir, readFile, realpath, rename, rm, stat } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { z } from 'zod';
 import type { BackupSources } from '../backup/create';
-import { FOLDER_SETTINGS } from '../backup/folders';
 import type { AgentConfig } from '../config';
 import { AppError, describeError } from '../errors';
 import { heldByOtherProcess } from '../jobs/lock';
@@ -12,6 +11,7 @@ import type { Logger } from '../log';
 import { fsyncDir, writeSmallFileAtomic } from '../system/atomic-file';
 import { type PgConnection, PostgresTools, parseDatabaseUrl } from '../system/postgres-tools';
 import { removeTree } from '../system/remove-tree';
+import { copyEntries, emptyFolder } from './copy-tree';
 import {
   dropDatabase,
   endDatabaseCreations,
@@ -21,12 +21,20 @@ import {
   terminateSessions,
 } from './database';
 
+/**
+ * How a live folder is swapped: `rename` moves it aside and the staged folder into its place;
+ * `copy`, for a live folder that is a mount point (a Docker volume: it cannot be renamed), copies its
+ * entries aside, then empties it and copies the staged entries into it.
+ */
+export type FolderSwap = 'rename' | 'copy';
+
 /** A live folder, its staging copy beside it, and where the live one is put aside during the swap. */
 export interface FolderNames {
   root: 'scripts' | 'config';
   live: string;
   staging: string;
   previous: string;
+  swap: FolderSwap;
 }
 
 /** Every name one restore uses; all derived from the live names and a short random id. */
@@ -56,6 +64,8 @@ const journalSchema = z.object({
       live: z.string(),
       staging: z.string(),
       previous: z.string(),
+      // Journals written before mount points were swapped by copy have no `swap`.
+      swap: z.enum(['rename', 'copy']).default('rename'),
     }),
   ),
 });
@@ -105,14 +115,18 @@ export async function liveFolderPath(configured: string): Promise<string> {
   });
 }
 
-/** Names for one restore with id `id`; the folders' are beside the folders their links point to. */
+/**
+ * Names for one restore with id `id`; the folders' are beside the folders their links point to (for
+ * a mount point: beside it, on its parent's file system).
+ */
 export async function restoreNames(sources: BackupSources, id: string): Promise<RestoreNames> {
   const prefix = dbPrefix(sources.conn.database);
-  const folder = (root: 'scripts' | 'config', live: string): FolderNames => ({
+  const folder = async (root: 'scripts' | 'config', live: string): Promise<FolderNames> => ({
     root,
     live,
     staging: `${live}${STAGING_FOLDER_MARK}${id}`,
     previous: `${live}${PREVIOUS_FOLDER_MARK}${id}`,
+    swap: existsSync(live) && (await isMountPoint(live)) ? 'copy' : 'rename',
   });
   return {
     id,
@@ -120,8 +134,8 @@ export async function restoreNames(sources: BackupSources, id: string): Promise<
     staging: `${prefix}${STAGING_DB_MARK}${id}`,
     previous: `${prefix}${PREVIOUS_DB_MARK}${id}`,
     folders: [
-      folder('scripts', await liveFolderPath(sources.scriptsDir)),
-      folder('config', await liveFolderPath(sources.configDir)),
+      await folder('scripts', await liveFolderPath(sources.scriptsDir)),
+      await folder('config', await liveFolderPath(sources.configDir)),
     ],
   };
 }
@@ -140,25 +154,6 @@ export async function isMountPoint(path: string): Promise<boolean> {
   }
   const [own, parent] = await Promise.all([stat(path), stat(dirname(path))]);
   return own.dev !== parent.dev;
-}
-
-/**
- * Refuses, before anything is staged, a restore whose live folder is a mount point (a Docker volume,
- * say): the swap renames the folder aside and the staged one into its place, which a mount point
- * does not allow (EBUSY), so it would fail only at the swap, after the whole staging work.
- */
-export async function checkFoldersSwappable(names: RestoreNames): Promise<void> {
-  for (const folder of names.folders) {
-    if (!existsSync(folder.live) || !(await isMountPoint(folder.live))) continue;
-    const setting = FOLDER_SETTINGS[folder.root];
-    throw new AppError(
-      'unprocessable',
-      `the ${folder.root} folder ${folder.live} (${setting}) is a mount point: a restore swaps the folder ` +
-        `by renaming it, which a mount point does not allow. Mount its parent folder instead, or take its ` +
-        `files from the backup by hand (gem-backup decrypt); nothing was changed`,
-      { details: { folder: folder.root, setting, path: folder.live } },
-    );
-  }
 }
 
 export function journalPath(dataDir: string): string {
@@ -195,6 +190,40 @@ export async function removeJournal(dataDir: string, id?: string): Promise<void>
 async function renameFolder(from: string, to: string): Promise<void> {
   await rename(from, to);
   await fsyncDir(dirname(to));
+}
+
+/** Where a copy-swapped folder's previous entries are copied before the copy is complete. */
+function partialPrevious(folder: FolderNames): string {
+  return `${folder.previous}.part`;
+}
+
+/**
+ * The first step of a copy swap: the live folder's entries copied beside it, under a temporary name
+ * renamed to `previous` once complete, so that `previous` existing means a whole copy.
+ */
+async function copyLiveAside(folder: FolderNames): Promise<void> {
+  const part = partialPrevious(folder);
+  await removeTree(part);
+  await mkdir(part, { mode: 0o700 });
+  await copyEntries(folder.live, part);
+  await renameFolder(part, folder.previous);
+}
+
+/** Makes a copy-swapped live folder hold exactly the entries of `from` (staging, or previous to undo). */
+async function refillLiveFolder(folder: FolderNames, from: string): Promise<void> {
+  await emptyFolder(folder.live);
+  await copyEntries(from, folder.live);
+  // The mount point itself keeps its mode and owner; it takes the time of the folder it now mirrors.
+  const { atime, mtime } = await stat(from);
+  await lutimes(folder.live, atime, mtime);
+}
+
+/** Undoes a copy swap: the live folder refilled from the whole copy aside (if it was made), which then goes. */
+async function putCopiedFolderBack(folder: FolderNames): Promise<void> {
+  await removeTree(partialPrevious(folder));
+  if (!existsSync(folder.previous)) return;
+  await refillLiveFolder(folder, folder.previous);
+  await removeTree(folder.previous);
 }
 
 /**
@@ -270,6 +299,25 @@ export async function swapIntoPlace(
       () => renameDatabaseBack(names.live, names.staging),
     );
     for (const folder of names.folders) {
+      if (folder.swap === 'copy') {
+        // The live entries are copied aside first; its undo (run last) removes that copy.
+        await step(
+          `copy-live-folder:${folder.root}`,
+          () => copyLiveAside(folder),
+          async () => {
+            await removeTree(partialPrevious(folder));
+            await removeTree(folder.previous);
+          },
+        );
+        // From here on an undo refills the live folder from that copy (fill's undo is this one).
+        await step(
+          `empty-live-folder:${folder.root}`,
+          () => emptyFolder(folder.live),
+          () => putCopiedFolderBack(folder),
+        );
+        await step(`fill-live-folder:${folder.root}`, () => refillLiveFolder(folder, folder.staging));
+        continue;
+      }
       if (existsSync(folder.live)) {
         await step(
           `move-live-folder:${folder.root}`,
@@ -324,6 +372,8 @@ export async function cleanupPrevious(
   keepPrevious: boolean,
 ): Promise<void> {
   const conn = deps.sources.conn;
+  // A copy swap leaves its staging folder (its entries were copied into the live one).
+  for (const folder of names.folders) await removeTree(folder.staging);
   if (!keepPrevious) {
     await dropDatabase(conn, names.previous);
     for (const folder of names.folders) await removeTree(folder.previous);
@@ -429,6 +479,10 @@ async function rollBackFromJournal(deps: SwapDeps, journal: RestoreJournal): Pro
   }
   if ((await listDatabases(conn)).includes(journal.live)) await setAllowConnections(conn, journal.live, true);
   for (const folder of journal.folders) {
+    if (folder.swap === 'copy') {
+      await putCopiedFolderBack(folder);
+      continue;
+    }
     if (!existsSync(folder.previous)) continue;
     if (existsSync(folder.live)) {
       const aside = existsSync(folder.staging) ? `${folder.staging}r` : folder.staging;

@@ -63,8 +63,9 @@ export async function fsyncDir(dir: string): Promise<void> {
   }
 }
 
-async function fsyncFile(path: string): Promise<void> {
-  const handle = await open(path, 'r+');
+/** fsync a file by path; opened read-only, so a read-only file (a restored 0o444 one) can be synced too. */
+export async function fsyncFile(path: string): Promise<void> {
+  const handle = await open(path, 'r');
   try {
     await handle.sync();
   } finally {

@@ -7,7 +7,7 @@ import { databaseUrl } from '../../agent/system/postgres-tools';
 import { runProcess } from '../../agent/system/spawn';
 import { startTestAgent, type TestAgent } from '../services/agent';
 import { startPostgres, type TestPostgres, withSql } from '../services/postgres';
-import { leftovers, liveState } from './helpers';
+import { crashingRestore as crashInRestore, leftovers, liveState } from './helpers';
 
 let pg: TestPostgres;
 let t: TestAgent;
@@ -20,23 +20,8 @@ async function change(tag: string): Promise<void> {
 }
 
 /** Runs a restore in another process that is SIGKILLed at `crashAt`. */
-async function crashingRestore(crashAt: string) {
-  const result = await runProcess(process.execPath, ['--import', 'tsx', 'test/restore/crash-child.ts'], {
-    env: {
-      ...process.env,
-      DATABASE_URL: databaseUrl(t.agent.sources.conn),
-      GEM_DATA_DIR: t.dataDir,
-      GEM_SCRIPTS_DIR: t.agent.sources.scriptsDir,
-      GEM_CONFIG_DIR: t.agent.sources.configDir,
-      GEM_AGENT_TOKEN: t.agent.token,
-      GEM_PG_BIN: pg.binDir,
-      BACKUP_PATH: backupPath,
-      CRASH_AT: crashAt,
-    },
-  });
-  expect(result.signal ?? result.code).not.toBe(0);
-  expect(result.stdout).toBe('');
-}
+const crashingRestore = (crashAt: string) =>
+  crashInRestore(t.agent, { pgBinDir: pg.binDir, backupPath, crashAt });
 
 beforeAll(async () => {
   pg = await startPostgres();

@@ -1,15 +1,33 @@
 // Folder layouts of real installations: a scripts folder configured through a symlink
 // (/opt/gem/scripts -> /data/scripts) is restored into the folder it points to, and the link stays; a
-// folder that is a mount point (a Docker volume) is refused before anything is staged.
+// folder that is a mount point (a Docker volume) cannot be renamed, so its entries are swapped by copy,
+// undone on failure and rolled back after a crash.
 import { spawnSync } from 'node:child_process';
-import { lstat, mkdir, mkdtemp, readdir, readFile, readlink, rm, symlink, writeFile } from 'node:fs/promises';
+import {
+  lstat,
+  mkdir,
+  mkdtemp,
+  readdir,
+  readFile,
+  readlink,
+  rm,
+  stat,
+  symlink,
+  writeFile,
+} from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { dropStagingLeftovers, restoreSettled, STAGING_FOLDER_MARK } from '../../agent/restore/swap';
+import { recoverInterruptedRestore } from '../../agent/restore/restore';
+import {
+  dropStagingLeftovers,
+  isMountPoint,
+  restoreSettled,
+  STAGING_FOLDER_MARK,
+} from '../../agent/restore/swap';
 import { startTestAgent, type TestAgent } from '../services/agent';
 import { startPostgres, type TestPostgres } from '../services/postgres';
-import { backupNow, runRestore } from './helpers';
+import { backupNow, crashingRestore, leftovers, liveState, runRestore } from './helpers';
 
 let pg: TestPostgres;
 let t: TestAgent;
@@ -70,34 +88,107 @@ describe('restoring a folder configured through a symlink', () => {
   });
 });
 
-describe('restoring a folder that is a mount point', () => {
-  it('is refused before anything is staged, naming the folder and its setting', async () => {
+describe('restoring a folder that is a mount point (a Docker volume)', () => {
+  let mounted: string;
+  let configured: string;
+  let filename: string;
+  let atBackup: Awaited<ReturnType<typeof liveState>>;
+
+  /** The live state after changes made since the backup: an entry edited, two added (one a link), one removed. */
+  async function changeSinceBackup(tag: string) {
+    await writeFile(join(mounted, 'gem.json'), `{"live":"${tag}"}\n`);
+    await writeFile(join(mounted, `added-${tag}.json`), '{}\n');
+    // Backups hold no links; an undo must still put this one back.
+    await symlink('gem.json', join(mounted, `link-${tag}.json`));
+    await rm(join(mounted, 'devices'), { recursive: true, force: true });
+    return liveState(t.agent);
+  }
+
+  beforeAll(async () => {
     if (process.getuid?.() !== 0)
-      throw new Error('this test runs as root: it mounts a tmpfs as the config folder');
-    const filename = await backupNow(t.agent, 'before the mount');
-    const mounted = join(scratch, 'volume-config');
+      throw new Error('these tests run as root: they mount a tmpfs as the config folder');
+    mounted = join(scratch, 'volume-config');
     await mkdir(mounted);
-    const mount = spawnSync('mount', ['-t', 'tmpfs', '-o', 'size=4m', 'tmpfs', mounted], {
+    const mount = spawnSync('mount', ['-t', 'tmpfs', '-o', 'size=4m,mode=2750', 'tmpfs', mounted], {
       encoding: 'utf8',
     });
     expect(mount.stderr).toBe('');
+    expect(await isMountPoint(mounted)).toBe(true);
+    await mkdir(join(mounted, 'devices'));
+    await writeFile(join(mounted, 'devices', 'hue.json'), '{"bridge":"10.0.0.2"}\n');
+    await writeFile(join(mounted, 'gem.json'), '{"live":"at backup"}\n');
+    configured = t.agent.sources.configDir;
+    t.agent.sources.configDir = mounted;
+    filename = await backupNow(t.agent, 'config on a volume');
+    atBackup = await liveState(t.agent);
+  });
+
+  afterAll(async () => {
+    if (configured) t.agent.sources.configDir = configured;
+    if (mounted) spawnSync('umount', [mounted]);
+  });
+
+  it('is restored by copying: the mount stays, with its mode, and holds exactly the backup', async () => {
+    await changeSinceBackup('restored');
+    const job = await restoreNow(filename);
+    expect(job.error).toBeUndefined();
+    expect(await isMountPoint(mounted)).toBe(true);
+    expect((await stat(mounted)).mode & 0o7777).toBe(0o2750);
+    expect(await liveState(t.agent)).toEqual(atBackup);
+    expect(await leftovers(t.agent)).toEqual([]);
+  });
+
+  it('is put back as it was when the restore fails after emptying it', async () => {
+    const before = await changeSinceBackup('undone');
+    const job = await runRestore(t.agent, t.agent.catalog.pathOf(filename), {
+      skipSafetyBackup: true,
+      faults: {
+        beforeSwapStep: async (step) => {
+          if (step !== 'fill-live-folder:config') return;
+          // The failure strikes with the folder emptied: the undo must refill it.
+          expect(await readdir(mounted)).toEqual([]);
+          throw new Error('injected failure before the refill');
+        },
+      },
+    });
+    expect(job.error).toMatchObject({
+      code: 'restore_failed',
+      message: expect.stringContaining('step fill-live-folder:config'),
+    });
+    expect(await liveState(t.agent)).toEqual(before);
+    expect(await leftovers(t.agent)).toEqual([]);
+  });
+
+  it('is refused before anything is staged when it holds an entry that cannot be copied (a FIFO)', async () => {
+    const fifo = join(mounted, 'events.fifo');
+    expect(spawnSync('mkfifo', [fifo]).status).toBe(0);
     try {
-      await writeFile(join(mounted, 'gem.json'), '{"live":true}\n');
-      const configured = t.agent.sources.configDir;
-      t.agent.sources.configDir = mounted;
-      try {
-        expect((await restoreNow(filename)).error).toMatchObject({
-          code: 'unprocessable',
-          message: expect.stringContaining(`the config folder ${mounted} (GEM_CONFIG_DIR) is a mount point`),
-        });
-      } finally {
-        t.agent.sources.configDir = configured;
-      }
-      expect(await readdir(mounted)).toEqual(['gem.json']);
-      expect(await readdir(scratch)).not.toContainEqual(expect.stringContaining('.gem-restore-staging-'));
-      expect(await dropStagingLeftovers(t.agent.sources)).toEqual([]);
+      const before = await liveState(t.agent);
+      const job = await restoreNow(filename);
+      expect(job.error).toMatchObject({
+        code: 'unprocessable',
+        message: expect.stringContaining(`cannot copy ${fifo}`),
+      });
+      expect(await liveState(t.agent)).toEqual(before);
+      expect(await leftovers(t.agent)).toEqual([]);
     } finally {
-      spawnSync('umount', [mounted]);
+      await rm(fifo, { force: true });
     }
   });
+
+  for (const crashAt of ['fill-live-folder:config', 'commit']) {
+    it(`is rolled back at the next start when the process dies before ${crashAt}`, async () => {
+      const before = await changeSinceBackup(crashAt);
+      await crashingRestore(t.agent, {
+        pgBinDir: pg.binDir,
+        backupPath: t.agent.catalog.pathOf(filename),
+        crashAt,
+      });
+      // The crash left the folder half-swapped: emptied, or already holding the backup's entries.
+      expect(await liveState(t.agent)).not.toEqual(before);
+      await recoverInterruptedRestore(t.agent);
+      expect(await liveState(t.agent)).toEqual(before);
+      expect(await leftovers(t.agent)).toEqual([]);
+    });
+  }
 });

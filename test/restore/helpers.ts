@@ -17,6 +17,7 @@ import { createSealTransform } from '../../agent/keys/envelope-node';
 import { type RestoreOptions, restoreFromFile, restoreSettled } from '../../agent/restore/restore';
 import { liveFolderPath } from '../../agent/restore/swap';
 import { databaseUrl } from '../../agent/system/postgres-tools';
+import { runProcess } from '../../agent/system/spawn';
 import { generateFileKey, type MasterKey, newCore, wrapForMasterKey } from '../../shared/envelope';
 import { withSql } from '../services/postgres';
 
@@ -42,6 +43,31 @@ export async function runRestore(agent: Agent, path: string, options: RestoreOpt
     mutating: true,
   });
   return agent.jobs.waitFor(job.id);
+}
+
+/**
+ * Runs a restore of `backupPath` (no safety backup) in another agent process over the same database,
+ * data dir and folders, SIGKILLed just before swap step `crashAt` (test/restore/crash-child.ts).
+ */
+export async function crashingRestore(
+  agent: Agent,
+  options: { pgBinDir: string; backupPath: string; crashAt: string },
+): Promise<void> {
+  const result = await runProcess(process.execPath, ['--import', 'tsx', 'test/restore/crash-child.ts'], {
+    env: {
+      ...process.env,
+      DATABASE_URL: databaseUrl(agent.sources.conn),
+      GEM_DATA_DIR: agent.config.dataDir,
+      GEM_SCRIPTS_DIR: agent.sources.scriptsDir,
+      GEM_CONFIG_DIR: agent.sources.configDir,
+      GEM_AGENT_TOKEN: agent.token,
+      GEM_PG_BIN: options.pgBinDir,
+      BACKUP_PATH: options.backupPath,
+      CRASH_AT: options.crashAt,
+    },
+  });
+  expect(result.signal ?? result.code).not.toBe(0);
+  expect(result.stdout).toBe('');
 }
 
 /** Row count and md5 of every table's rows (all schemas, the agent's included), keyed "schema.table". */

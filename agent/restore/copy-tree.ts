@@ -1,0 +1,79 @@
+/** Copying a folder's entries between file systems, for the swap of a live folder that is a mount point. */
+import { constants } from 'node:fs';
+import { chmod, copyFile, lchown, lstat, lutimes, mkdir, readdir, readlink, symlink } from 'node:fs/promises';
+import { join } from 'node:path';
+import { AppError } from '../errors';
+import { fsyncDir, fsyncFile } from '../system/atomic-file';
+import { removeTree } from '../system/remove-tree';
+
+const asRoot = process.getuid?.() === 0;
+
+/** Gives `to` the mode, owner (as root only) and times of `info`; never through a link. */
+async function copyAttributes(
+  to: string,
+  info: { mode: number; uid: number; gid: number; atime: Date; mtime: Date },
+  isLink: boolean,
+) {
+  if (asRoot) await lchown(to, info.uid, info.gid);
+  // A mode after the owner: chown clears setuid and setgid bits.
+  if (!isLink) await chmod(to, info.mode & 0o7777);
+  await lutimes(to, info.atime, info.mtime);
+}
+
+/**
+ * Copies every entry inside folder `from` into the existing folder `to` (on any file system): files
+ * with their bytes, mode, times and (as root) owner, folders recursively, symbolic links as links.
+ * Each file and folder is fsynced before this returns. An entry of another kind (a socket, a FIFO, a
+ * device) is refused with `unprocessable`; an entry already in `to` fails the copy (EEXIST).
+ */
+export async function copyEntries(from: string, to: string): Promise<void> {
+  for (const name of await readdir(from)) {
+    const source = join(from, name);
+    const target = join(to, name);
+    const info = await lstat(source);
+    if (info.isDirectory()) {
+      await mkdir(target, { mode: 0o700 });
+      await copyEntries(source, target);
+      await copyAttributes(target, info, false);
+      await fsyncDir(target);
+    } else if (info.isFile()) {
+      await copyFile(source, target, constants.COPYFILE_EXCL);
+      await copyAttributes(target, info, false);
+      await fsyncFile(target);
+    } else if (info.isSymbolicLink()) {
+      await symlink(await readlink(source), target);
+      await copyAttributes(target, info, true);
+    } else {
+      throw uncopyable(source);
+    }
+  }
+  await fsyncDir(to);
+}
+
+function uncopyable(path: string): AppError {
+  return new AppError(
+    'unprocessable',
+    `cannot copy ${path}: it is neither a file, a folder nor a link; move it out of the folder and ` +
+      'try again (nothing was changed)',
+    { details: { path } },
+  );
+}
+
+/**
+ * Refuses (`unprocessable`) a folder holding an entry copyEntries cannot copy: called before a
+ * restore stages anything, so such a folder fails at once rather than at the swap.
+ */
+export async function checkCopyable(folder: string): Promise<void> {
+  for (const name of await readdir(folder)) {
+    const path = join(folder, name);
+    const info = await lstat(path);
+    if (info.isDirectory()) await checkCopyable(path);
+    else if (!info.isFile() && !info.isSymbolicLink()) throw uncopyable(path);
+  }
+}
+
+/** Removes every entry inside `folder`, leaving the folder itself (a mount point stays mounted). */
+export async function emptyFolder(folder: string): Promise<void> {
+  for (const name of await readdir(folder)) await removeTree(join(folder, name));
+  await fsyncDir(folder);
+}
