@@ -13,6 +13,8 @@ export interface PruneCandidate {
   /**
    * 'ok' if it was read end to end with our keys (every backup we make is, as it is written): only such
    * a backup can be "the newest good backup". 'failed' or unknown (a copy only a destination holds) never is.
+   * A 'failed' one is kept and not counted, like a pinned one: known-bad copies must not push good ones
+   * (say, the older copy only a destination holds) out of the quota; a person decides about them.
    */
   verifyResult?: 'ok' | 'failed';
   /**
@@ -41,9 +43,9 @@ const newestFirst = (a: PruneCandidate, b: PruneCandidate) =>
 
 /**
  * The prune plan: per group (regular, safety) the newest N are kept and the older ones deleted, oldest
- * first in `delete`; pinned backups, foreign ones and names that are not backup names are always kept
- * and not counted; the newest good regular backup (verified ok: one we can surely restore) and
- * `protect`ed names are always kept.
+ * first in `delete`; pinned backups, foreign ones, ones whose verification failed and names that are
+ * not backup names are always kept and not counted; the newest good regular backup (verified ok: one
+ * we can surely restore) and `protect`ed names are always kept.
  */
 export function planPrune<T extends PruneCandidate>(
   list: T[],
@@ -55,7 +57,7 @@ export function planPrune<T extends PruneCandidate>(
   const keep: T[] = [];
   const remove: T[] = [];
   const eligible = list.filter((b) => {
-    const ours = isBackupName(b.filename) && !b.pinned && !b.foreign;
+    const ours = isBackupName(b.filename) && !b.pinned && !b.foreign && b.verifyResult !== 'failed';
     if (!ours) keep.push(b);
     return ours;
   });

@@ -46,16 +46,29 @@ describe('planPrune', () => {
     );
   });
 
-  it('never deletes the newest good backup, even when newer failed ones fill the quota', () => {
+  it('never deletes the newest good backup, even when newer unverified ones fill the quota', () => {
     const list = [
       at(1, 'manual', { verifyResult: 'ok' }),
       at(2, 'manual', { verifyResult: 'ok' }),
-      at(3, 'manual', { verifyResult: 'failed' }),
-      at(4, 'manual', { verifyResult: 'failed' }),
+      at(3, 'manual'),
+      at(4, 'manual'),
     ];
     const plan = planPrune(list, 2);
     expect(names(plan.delete)).toEqual(['2026-01-01']);
     expect(names(plan.keep)).toContain('2026-01-02');
+  });
+
+  it('backups whose verification failed are kept and not counted: they never push good copies out', () => {
+    // Sync with maxBackups 2: two local backups failed a verification run (disk rot); the destination
+    // holds an older copy no local backup has. Counting the failed ones deleted that copy.
+    const failed = [at(2, 'manual', { verifyResult: 'failed' }), at(3, 'manual', { verifyResult: 'failed' })];
+    const remoteOnly = { filename: at(1).filename, createdAt: at(1).createdAt };
+    const plan = planPrune([remoteOnly, ...failed], 2);
+    expect(plan.delete).toEqual([]);
+    expect(names(plan.keep).sort()).toEqual(['2026-01-01', '2026-01-02', '2026-01-03']);
+    // The quota applies to the others as before.
+    const good = Array.from({ length: 3 }, (_, i) => at(i + 4, 'manual', { verifyResult: 'ok' }));
+    expect(names(planPrune([...failed, ...good], 2).delete)).toEqual(['2026-01-04']);
   });
 
   it('counts only a backup verified ok as the newest good: newer unverified copies do not push it out', () => {
