@@ -1,12 +1,12 @@
 /** CLI commands for backups: create, list, verify, and the offline decrypt. */
-import { createReadStream } from 'node:fs';
-import { readFile } from 'node:fs/promises';
+import { createReadStream, existsSync } from 'node:fs';
+import { readFile, stat } from 'node:fs/promises';
 import { basename, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { unwrapWithMasterKeys } from '../../shared/envelope';
 import { checkBackupName } from '../backup/catalog';
 import { type CreateBackupOptions, verifyBackup } from '../backup/create';
-import { envelopeToAppError } from '../backup/reader';
+import { envelopeToAppError, readBackup } from '../backup/reader';
 import { AppError } from '../errors';
 import { createOpenTransform } from '../keys/envelope-node';
 import { parseKeysExport } from '../keys/keyring';
@@ -46,9 +46,41 @@ export async function listCommand(cli: CliContext): Promise<void> {
   }
 }
 
+/** True when `arg` names a file rather than a catalog backup: it has a folder part, or exists in the cwd. */
+function isFilePath(arg: string): boolean {
+  return arg.includes('/') || existsSync(arg);
+}
+
+/**
+ * verify FILE: a path is read and checked end to end itself (a copy on a USB stick, say; no catalog
+ * record is written for it); a bare name verifies the catalog's backup of that name.
+ */
 export async function verifyCommand(cli: CliContext): Promise<void> {
   const { positionals } = parseArgs({ args: cli.args, allowPositionals: true });
-  const name = checkBackupName(basename(positionals[0] ?? ''));
+  const arg = positionals[0] ?? '';
+  if (arg && isFilePath(arg)) {
+    const path = resolve(arg);
+    const size = await stat(path).then(
+      (s) => {
+        if (!s.isFile()) throw new AppError('bad_request', `${arg} is not a file`);
+        return s.size;
+      },
+      () => {
+        throw new AppError('not_found', `no such file: ${arg}`);
+      },
+    );
+    const members = await cli.withAgent(async (agent) => {
+      cli.progress('verify', 0, size);
+      const { manifest } = await readBackup(path, {
+        keys: agent.keyring.masterKeys,
+        onProgress: (bytes) => cli.progress('verify', bytes, size),
+      });
+      return manifest.members.length;
+    });
+    cli.out(`${basename(path)}: ok (${members} members, every chunk and checksum verified)`);
+    return;
+  }
+  const name = checkBackupName(arg);
   const result = await cli.withAgent(async (agent) => {
     const { standaloneContext } = await import('../jobs/runner');
     return verifyBackup(agent, standaloneContext(agent.log, cli.progress), name);

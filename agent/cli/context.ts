@@ -22,7 +22,9 @@ export function createCliContext(args: string[]): CliContext {
     err: (line) => process.stderr.write(`${line}\n`),
     async withAgent(fn) {
       const config = loadConfig();
-      const agent = await openAgent(config, createLogger({ level: 'warn' }));
+      // 'error': the CLI prints a failed command's one line itself (main in cli.ts), so a job's
+      // 'job failed' warning would say it twice, as JSON; errors it does not print still show.
+      const agent = await openAgent(config, createLogger({ level: 'error' }));
       try {
         return await fn(agent);
       } finally {

@@ -1,5 +1,6 @@
-import { readdir, readFile, stat, writeFile } from 'node:fs/promises';
-import { join } from 'node:path';
+import { copyFile, mkdir, mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { runProcess } from '../../agent/system/spawn';
 import { seededEnvironment } from '../services/agent';
@@ -135,6 +136,59 @@ describe('the gem-backup CLI (the package bin)', () => {
       expect(lines[0]).toMatch(/^gem-backup: \S/);
     }
     expect(await readdir(join(dataDir, 'backups'))).toEqual(before);
+  });
+
+  it('verifies a file given by path itself, not the catalog backup of the same name', async () => {
+    const [backup] = (await readdir(join(dataDir, 'backups'))).filter((n) => n.endsWith('.tar.gz'));
+    const usb = await mkdtemp(join(tmpdir(), 'gem-usb-'));
+    try {
+      const intact = join(usb, 'intact', backup!);
+      const damaged = join(usb, 'damaged', backup!);
+      await mkdir(dirname(intact));
+      await mkdir(dirname(damaged));
+      await copyFile(join(dataDir, 'backups', backup!), intact);
+      const bytes = await readFile(intact);
+      bytes[Math.floor(bytes.length / 2)]! ^= 0xff;
+      await writeFile(damaged, bytes);
+      const recordsBefore = await readdir(join(dataDir, 'backups'));
+
+      const bad = await cli('verify', damaged);
+      expect(bad.code).toBe(1);
+      const lines = bad.stderr.trim().split('\n');
+      expect(lines).toHaveLength(1);
+      expect(lines[0]).toMatch(/^gem-backup: .*damaged/);
+
+      const good = await cli('verify', intact);
+      expect(good.stderr).toBe('');
+      expect(good.code).toBe(0);
+      expect(good.stdout).toMatch(new RegExp(`^${backup!.replaceAll('.', '\\.')}: ok \\(\\d+ members`));
+      // A file outside the catalog leaves no record in it.
+      expect(await readdir(join(dataDir, 'backups'))).toEqual(recordsBefore);
+
+      const missing = await cli('verify', join(usb, 'nothing.tar.gz'));
+      expect(missing.code).toBe(1);
+      expect(missing.stderr).toMatch(/^gem-backup: no such file/);
+    } finally {
+      await rm(usb, { recursive: true, force: true });
+    }
+  });
+
+  it('a restore of a damaged file fails with exactly one line on stderr (no job log)', async () => {
+    const [backup] = (await readdir(join(dataDir, 'backups'))).filter((n) => n.endsWith('.tar.gz'));
+    const usb = await mkdtemp(join(tmpdir(), 'gem-usb-'));
+    try {
+      const damaged = join(usb, backup!);
+      const bytes = await readFile(join(dataDir, 'backups', backup!));
+      bytes[Math.floor(bytes.length / 2)]! ^= 0xff;
+      await writeFile(damaged, bytes);
+      const res = await cli('restore', damaged, '--yes');
+      expect(res.code).toBe(1);
+      const lines = res.stderr.trim().split('\n');
+      expect(lines, res.stderr).toHaveLength(1);
+      expect(lines[0]).toMatch(/^gem-backup: .*damaged/);
+    } finally {
+      await rm(usb, { recursive: true, force: true });
+    }
   });
 
   it('refuses an unknown command with usage and exit 2', async () => {
