@@ -1,19 +1,19 @@
 /** Recovery on a fresh install: fetch the slot with a one-time X25519 key, take back the keys, store and restore the backup. */
-import { generateKeyPairSync, randomBytes } from 'node:crypto';
+import { generateKeyPairSync, randomBytes, timingSafeEqual } from 'node:crypto';
 import { createReadStream } from 'node:fs';
 import { mkdir, mkdtemp, rm, stat } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { Transform } from 'node:stream';
 import type { JWK } from 'jose';
 import { InstallationId, RECOVER_FILE_KEY_HEADER, RECOVER_KEYRING_HEADER } from '../../shared/api/cloud';
-import { unwrapWithX25519 } from '../../shared/envelope';
+import { type MasterKey, type Stanza, unwrapWithMasterKeys, unwrapWithX25519 } from '../../shared/envelope';
 import type { Agent } from '../agent';
 import { readBackup } from '../backup/reader';
 import { receiveUpload } from '../backup/upload';
 import { hasGemSchema } from '../db/seed';
 import { AppError } from '../errors';
 import type { JobContext } from '../jobs/runner';
-import { keyringFileSchema } from '../keys/keyring';
+import { type KeyringFile, keyringFileSchema } from '../keys/keyring';
 import { type RestoreResult, restoreFromFile } from '../restore/restore';
 import { TEMP_PREFIX, writeFileAtomic } from '../system/atomic-file';
 import type { DrClient } from './client';
@@ -45,11 +45,59 @@ function headerValue(headers: Record<string, string | string[] | undefined>, nam
   return value;
 }
 
+/** The recovered keyring, checked to be a keyring of installation `installationId`; a clear error otherwise. */
+function parseRecoveredKeyring(bytes: Uint8Array, installationId: string): KeyringFile {
+  let json: unknown;
+  try {
+    json = JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(bytes));
+  } catch {
+    throw new AppError('dependency_down', 'the recovered keyring from the DR cloud is not a valid keyring');
+  }
+  const parsed = keyringFileSchema.safeParse(json);
+  if (!parsed.success) {
+    throw new AppError('dependency_down', 'the recovered keyring from the DR cloud is not a valid keyring');
+  }
+  if (parsed.data.installationId !== installationId) {
+    throw new AppError('dependency_down', 'the recovered keyring is not the keyring of this installation id');
+  }
+  return parsed.data;
+}
+
+/** Refuses a recovered keyring whose master keys do not unwrap the backup's file key to `fileKey`. */
+async function checkKeyringOpensBackup(
+  recovered: KeyringFile,
+  stanzas: readonly Stanza[],
+  fileKey: Uint8Array,
+): Promise<void> {
+  const masterKeys: MasterKey[] = recovered.masterKeys.map((k) => ({
+    id: k.id,
+    key: Buffer.from(k.key, 'base64url'),
+  }));
+  let unwrapped: Uint8Array | undefined;
+  try {
+    unwrapped = await unwrapWithMasterKeys(stanzas, masterKeys);
+  } catch {
+    // no_key or a stanza that does not open: either way these keys cannot read the backup.
+  } finally {
+    for (const k of masterKeys) k.key.fill(0);
+  }
+  const same =
+    unwrapped !== undefined && unwrapped.length === fileKey.length && timingSafeEqual(unwrapped, fileKey);
+  unwrapped?.fill(0);
+  if (!same) {
+    throw new AppError(
+      'dependency_down',
+      "the recovered keyring from the DR cloud does not hold the backup's master key; nothing was changed",
+    );
+  }
+}
+
 /**
  * Recovers installation `installationId` onto this agent. The backup is downloaded and checked with
- * the recovered file key before anything changes; then the recovered keyring becomes the active
- * keys (this installation takes the recovered identity, its own keys are kept as retired), the
- * backup joins the local backups, and it is restored through the safe restore path.
+ * the recovered file key, and the recovered keyring must open it, before anything changes; then the
+ * recovered keyring becomes the active keys (this installation takes the recovered identity, its own
+ * keys are kept as retired), the backup joins the local backups, and it is restored through the safe
+ * restore path.
  */
 export async function recoverFromCloud(
   deps: { agent: Agent; client: DrClient; state: DrStateStore },
@@ -65,13 +113,18 @@ export async function recoverFromCloud(
   const res = await client.recover(id.data, recipient.publicJwk, ctx.signal);
   const declared = Number(res.headers['content-length'] ?? Number.NaN);
   let fileKey: Uint8Array;
-  let keyringBytes: Uint8Array;
+  let recovered: KeyringFile;
   try {
     fileKey = await unwrapWithX25519(headerValue(res.headers, RECOVER_FILE_KEY_HEADER), recipient.privateJwk);
-    keyringBytes = await unwrapWithX25519(
+    const keyringBytes = await unwrapWithX25519(
       headerValue(res.headers, RECOVER_KEYRING_HEADER),
       recipient.privateJwk,
     );
+    try {
+      recovered = parseRecoveredKeyring(keyringBytes, id.data);
+    } finally {
+      keyringBytes.fill(0);
+    }
   } catch (error) {
     res.body.destroy();
     if (error instanceof AppError) throw error;
@@ -80,13 +133,6 @@ export async function recoverFromCloud(
       'the recovery material from the DR cloud does not open with our one-time key',
     );
   }
-  const parsed = keyringFileSchema.safeParse(JSON.parse(new TextDecoder().decode(keyringBytes)));
-  keyringBytes.fill(0);
-  if (!parsed.success || parsed.data.installationId !== id.data) {
-    res.body.destroy();
-    throw new AppError('dependency_down', 'the recovered keyring is not the keyring of this installation id');
-  }
-  const recovered = parsed.data;
 
   // 1. Download to a temp file and check it end to end with the recovered file key: nothing changed yet.
   await mkdir(agent.paths.work, { recursive: true });
@@ -120,6 +166,9 @@ export async function recoverFromCloud(
     if (header.core.installationId !== id.data) {
       throw new AppError('dependency_down', 'the recovered backup belongs to another installation');
     }
+    // The recovered keys must open this backup before they replace ours: a keyring that does not
+    // (bad escrow data, a wrong cloud) would leave this installation under an identity it cannot use.
+    await checkKeyringOpensBackup(recovered, header.stanzas, key);
 
     // 2. The recovered keys become active: this installation now is the recovered one.
     ctx.phase('keys');
