@@ -4,6 +4,7 @@ import { existsSync } from 'node:fs';
 import { chmod, chown, mkdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import { dirname, join } from 'node:path';
+import { AppError } from '../errors';
 import type { Logger } from '../log';
 import { tempPathFor, writeSmallFileAtomic } from '../system/atomic-file';
 import { runProcess } from '../system/spawn';
@@ -70,6 +71,39 @@ async function prepareOwnership(dir: string): Promise<void> {
   const parent = dirname(dir);
   const mode = (await stat(parent)).mode & 0o777;
   if ((mode & 0o001) === 0) await chmod(parent, mode | 0o001);
+  await checkReachableByOwner(dir);
+}
+
+/** True if the `postgres` user may enter `folder` (it and every folder above it). */
+async function ownerCanEnter(folder: string): Promise<boolean> {
+  const result = await runProcess('runuser', ['-u', SUPERUSER, '--', 'test', '-x', folder], { cwd: '/' });
+  return result.code === 0;
+}
+
+/**
+ * initdb and the server run as `postgres`, which must traverse every folder above the cluster. We open
+ * only the cluster's parent; a folder higher up that is closed (Debian's /root is 0700) would make
+ * initdb fail with a bare "Permission denied": name that folder and what to do instead.
+ */
+async function checkReachableByOwner(dir: string): Promise<void> {
+  if (await ownerCanEnter(dir)) return;
+  const ancestors: string[] = [];
+  for (let folder = dirname(dir); ; folder = dirname(folder)) {
+    ancestors.unshift(folder);
+    if (dirname(folder) === folder) break;
+  }
+  let blocked = dir;
+  for (const folder of ancestors) {
+    if (!(await ownerCanEnter(folder))) {
+      blocked = folder;
+      break;
+    }
+  }
+  throw new AppError(
+    'dependency_down',
+    `the embedded PostgreSQL runs as user ${SUPERUSER}, which cannot enter ${blocked} to reach ${dir}: ` +
+      `set GEM_DATA_DIR to a folder ${SUPERUSER} can reach (e.g. /var/lib/gem-backup), or open that folder with \`chmod o+x ${blocked}\``,
+  );
 }
 
 /** The superuser's password file, beside the cluster folder (in the agent's data dir: `postgres.password`). */

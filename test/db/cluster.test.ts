@@ -156,3 +156,34 @@ describe('embedded cluster authentication', () => {
     await again.stop();
   });
 });
+
+describe('embedded cluster location', () => {
+  it('a data dir under a folder user postgres cannot enter fails at once, naming the folder and what to do', async () => {
+    // Like Debian's /root (0700): we open the cluster's parent for postgres, not the folders above it.
+    const closed = join(await tempRoot(), 'home');
+    await mkdir(closed, { mode: 0o700 });
+    await chmod(closed, 0o700);
+    const dir = join(closed, 'gem-data', 'postgres');
+    const started = startCluster({ dir, binDir });
+    if (!isRoot) {
+      // Not root: initdb runs as ourselves, who may enter our own 0700 folder.
+      const cluster = await started;
+      clusters.push(cluster);
+      await cluster.stop();
+      return;
+    }
+    const error = await started.then(
+      () => {
+        throw new Error('the cluster started under a closed folder');
+      },
+      (e: Error) => e,
+    );
+    expect(error.message).toContain(`cannot enter ${closed} `);
+    expect(error.message).toContain('GEM_DATA_DIR');
+    expect(error.message).toContain('/var/lib/gem-backup');
+    expect(error.message).toContain(`chmod o+x ${closed}`);
+    expect(error.message).not.toMatch(/Permission denied/);
+    // Nothing was initialised there.
+    await expect(stat(join(dir, 'PG_VERSION'))).rejects.toThrow(/ENOENT/);
+  });
+});
