@@ -1,7 +1,7 @@
 // A Windows / Samba share as a backup destination, driven through smbclient (no SMB library needed).
 import { type ChildProcessWithoutNullStreams, spawn } from 'node:child_process';
-import { createReadStream, createWriteStream } from 'node:fs';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { createWriteStream } from 'node:fs';
+import { mkdtemp, readdir, readFile, readlink, realpath, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
@@ -185,6 +185,11 @@ class SmbSession {
     });
   }
 
+  /** smbclient's process id (or that of the program `command` runs it under); undefined if it never started. */
+  get pid(): number | undefined {
+    return this.child.pid;
+  }
+
   private notify(): void {
     for (const watcher of [...this.watchers]) watcher();
   }
@@ -268,16 +273,13 @@ class SmbSession {
 
 /**
  * Hashes a local file (the source's localPath) for a check against the source's declared size and
- * sha256. A plain read loop: it shares two cores with smbclient and smbd, so no stream machinery.
+ * sha256. A plain read loop: it shares two cores with smbclient and smbd, so no stream machinery. It
+ * reports no progress: hashing ends long before the upload does (see watchReads for that).
  */
-async function checkLocalFile(
-  path: string,
-  onProgress: ((bytes: number) => void) | undefined,
-  signal: AbortSignal | undefined,
-): Promise<FileCheck> {
+async function checkLocalFile(path: string, signal: AbortSignal | undefined): Promise<FileCheck> {
   let hashed: { sha256: string; bytes: number };
   try {
-    hashed = await hashFile(path, { signal, onProgress });
+    hashed = await hashFile(path, { signal });
   } catch (error) {
     if (signal?.aborted) throw abortedError(error);
     throw new StorageError('io', `reading the backup failed: ${String(error)}`, { cause: error });
@@ -296,10 +298,82 @@ async function checkLocalFile(
   };
 }
 
+/** How often put() looks how far smbclient has read the file it uploads. */
+const PROGRESS_POLL_MS = 250;
+
+/** `pid` and the processes under it (a `command` wrapper that does not exec smbclient). */
+async function processTree(pid: number): Promise<number[]> {
+  const children = await readFile(`/proc/${pid}/task/${pid}/children`, 'utf8').catch(() => '');
+  const below = await Promise.all(
+    children
+      .split(' ')
+      .filter((child) => /^\d+$/.test(child))
+      .map((child) => processTree(Number(child))),
+  );
+  return [pid, ...below.flat()];
+}
+
+/** The /proc fdinfo path of a descriptor that one of the processes from `pid` down holds open on `file`. */
+async function findReader(pid: number, file: string): Promise<string | undefined> {
+  for (const member of await processTree(pid)) {
+    for (const fd of await readdir(`/proc/${member}/fd`).catch(() => [] as string[])) {
+      const link = await readlink(`/proc/${member}/fd/${fd}`).catch(() => undefined);
+      if (link === file) return `/proc/${member}/fdinfo/${fd}`;
+    }
+  }
+  return undefined;
+}
+
+/**
+ * Reports how many bytes of the local file `local` smbclient (process `pid`) has read so far: what it
+ * read is what it has sent or is sending, unlike our own hashing of the file, which ends long before
+ * the upload. The descriptor is found once (the one whose /proc/<pid>/fd link is the file; looked for
+ * again only if it closes), then the `pos:` of its /proc fdinfo is read every PROGRESS_POLL_MS. Only a
+ * position that grew is reported, so a server that stops answering stops the reports and a stall
+ * guard sees it. Without /proc (not Linux) or with a smbclient that reads the file by pread(), nothing
+ * is reported while the upload runs: progress then jumps to the end once the upload checked out, and a
+ * stall guard shorter than the whole upload takes it for a dead server. Returns stop().
+ */
+function watchReads(pid: number | undefined, local: string, onRead: (bytes: number) => void): () => void {
+  let stopped = false;
+  let timer: NodeJS.Timeout | undefined;
+  if (pid === undefined) return () => {};
+  const file = realpath(local).catch(() => local);
+  let fdinfo: string | undefined;
+  let reported = 0;
+  const look = async () => {
+    try {
+      fdinfo ??= await findReader(pid, await file);
+      if (fdinfo === undefined) return;
+      const position = Number(/^pos:\s+(\d+)/m.exec(await readFile(fdinfo, 'utf8'))?.[1]);
+      if (position > reported && !stopped) {
+        reported = position;
+        onRead(position);
+      }
+    } catch {
+      fdinfo = undefined; // closed: its number may come back for another file, so it is looked for again
+    }
+  };
+  const tick = () => {
+    void look().finally(() => {
+      if (stopped) return;
+      timer = setTimeout(tick, PROGRESS_POLL_MS);
+      timer.unref(); // never what keeps the agent running
+    });
+  };
+  timer = setTimeout(tick, PROGRESS_POLL_MS);
+  timer.unref();
+  return () => {
+    stopped = true;
+    clearTimeout(timer);
+  };
+}
+
 /**
  * Stores backups on an SMB share: put under a temp name and check it, then rename it to the final
  * name, in one smbclient session fed step by step; a local file is put as it is (hashed meanwhile),
- * any other source is spooled and checked first.
+ * any other source is spooled and checked first. Progress is what smbclient has read of the file it
+ * puts (watchReads); get() streams smbclient's output as it arrives.
  */
 export class SmbProvider implements StorageProvider {
   readonly id: string;
@@ -445,9 +519,9 @@ export class SmbProvider implements StorageProvider {
     throwIfAborted(signal);
     if (source.localPath !== undefined) {
       // smbclient reads the file itself; it is hashed on the other core meanwhile and checked before we answer.
-      const hashing = checkLocalFile(source.localPath, options.onProgress, signal);
+      const hashing = checkLocalFile(source.localPath, signal);
       hashing.catch(() => {}); // awaited below; a failed put must not also report it unhandled
-      return this.putFile(name, source, source.localPath, hashing, signal);
+      return this.putFile(name, source, source.localPath, hashing, signal, options.onProgress);
     }
     // smbclient uploads from a file: spool and check first, so a bad source never reaches the share.
     const spool = await mkdtemp(join(tmpdir(), 'gem-smb-spool-'));
@@ -466,7 +540,10 @@ export class SmbProvider implements StorageProvider {
         throw new StorageError('io', `reading the backup failed: ${String(error)}`, { cause: error });
       }
       check.verify(source);
-      return await this.putFile(name, source, local, Promise.resolve(check), signal);
+      // Spooling reported the source's bytes; smbclient's reads of the spool then repeat the size, which
+      // says nothing new but keeps a stall guard from taking the upload for a dead server.
+      const onProgress = options.onProgress && (() => options.onProgress?.(source.size));
+      return await this.putFile(name, source, local, Promise.resolve(check), signal, onProgress);
     } finally {
       await rm(spool, { recursive: true, force: true });
     }
@@ -488,6 +565,7 @@ export class SmbProvider implements StorageProvider {
     local: string,
     hashing: Promise<FileCheck>,
     signal?: AbortSignal,
+    onProgress?: (bytes: number) => void,
   ): Promise<StoredObject> {
     const temp = this.path(tempNameFor(name));
     const final = this.path(name);
@@ -496,13 +574,23 @@ export class SmbProvider implements StorageProvider {
     let session: SmbSession | undefined;
     try {
       session = await this.openSession(signal);
-      // No deadline for the put: its length depends on the file and the link; smbclient's own
-      // per-request timeout (-t) ends a transfer the server stopped answering.
-      const result = await session.step([
-        ...this.mkdirCommands(),
-        `put ${quote(local)} ${quote(temp)}`,
-        `allinfo ${quote(temp)}`,
-      ]);
+      // The bytes smbclient read of the file, short of the whole: all of it is reported only once the
+      // share holds it (the temp's size checked below); reading the last byte is not having sent it.
+      const stopWatching = onProgress
+        ? watchReads(session.pid, local, (bytes) => onProgress(Math.min(bytes, Math.max(source.size - 1, 0))))
+        : () => {};
+      let result: StepResult;
+      try {
+        // No deadline for the put: its length depends on the file and the link; smbclient's own
+        // per-request timeout (-t) ends a transfer the server stopped answering.
+        result = await session.step([
+          ...this.mkdirCommands(),
+          `put ${quote(local)} ${quote(temp)}`,
+          `allinfo ${quote(temp)}`,
+        ]);
+      } finally {
+        stopWatching();
+      }
       // Statuses of the login, the put and the temp's allinfo; an existing folder is no failure.
       const putStatuses = result.output
         .split('\n')
@@ -517,6 +605,7 @@ export class SmbProvider implements StorageProvider {
           `${name} is ${uploaded?.size ?? 'missing'} bytes on the share, expected ${source.size}`,
         );
       }
+      onProgress?.(source.size);
       const check = await hashing;
       check.verify(source);
       throwIfAborted(signal);
@@ -561,28 +650,142 @@ export class SmbProvider implements StorageProvider {
     });
   }
 
+  /**
+   * Streams the object as smbclient reads it: `allinfo` then `get <remote> -` in one run, with -E so its
+   * messages go to stderr and stdout carries the file's bytes alone. The call answers once allinfo told
+   * the size (a missing object rejects here, mapped as every other call's errors); the stream then ends
+   * with an error if smbclient reports a failure, exits badly or gave other than that many bytes.
+   * Nothing is copied locally, so a reader that wants the first KiB costs about that; cancelling the
+   * stream (or the signal) kills smbclient.
+   */
   async get(name: string, options: { signal?: AbortSignal } = {}): Promise<ReadableStream<Uint8Array>> {
     assertObjectName(name);
-    const spool = await mkdtemp(join(tmpdir(), 'gem-smb-spool-'));
-    const local = join(spool, 'backup');
+    const { signal } = options;
+    throwIfAborted(signal);
+    const auth = await this.writeAuthFile();
+    let authGone = false;
+    const forgetAuth = () => {
+      if (authGone) return;
+      authGone = true;
+      void rm(auth.dir, { recursive: true, force: true }).catch(() => {});
+    };
+    const remote = quote(this.path(name));
+    let child: ChildProcessWithoutNullStreams;
     try {
-      this.check(await this.run([`get ${quote(this.path(name))} ${quote(local)}`], options.signal), name);
+      child = this.spawnClient(
+        [...this.connectArgs(auth.file), '-E', '-c', `allinfo ${remote}; get ${remote} -`],
+        signal,
+      );
     } catch (error) {
-      await rm(spool, { recursive: true, force: true });
-      throw error;
+      forgetAuth();
+      throw spawnFailure(error, signal);
     }
-    const stream = createReadStream(local, options.signal ? { signal: options.signal } : {});
-    // The local copy goes as soon as the reader is done with it, read to the end or cancelled.
+    child.stdin.on('error', () => {}).end(); // -c: no input
+    let messages = '';
+    let failure: unknown;
+    let exitCode: number | null | undefined;
+    const watchers = new Set<() => void>();
+    const notify = () => {
+      for (const watcher of [...watchers]) watcher();
+    };
+    child.stderr.setEncoding('utf8').on('data', (chunk: string) => {
+      messages += chunk;
+      notify();
+    });
+    child.on('error', (error) => {
+      failure = error;
+      notify();
+    });
+    child.on('close', (code) => {
+      exitCode = code;
+      notify();
+    });
+    const until = <T>(found: () => T | undefined) =>
+      new Promise<T>((resolve, reject) => {
+        const check = () => {
+          let value: T | undefined;
+          try {
+            value = found();
+          } catch (error) {
+            watchers.delete(check);
+            return reject(error);
+          }
+          if (value !== undefined) {
+            watchers.delete(check);
+            resolve(value);
+          } else if (failure !== undefined) {
+            watchers.delete(check);
+            reject(spawnFailure(failure, signal));
+          }
+        };
+        watchers.add(check);
+        check();
+      });
+    const end = () => {
+      if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+      child.stdout.destroy();
+      forgetAuth();
+    };
+    // The size allinfo printed, and where in the messages the transfer's own start.
+    let head: { size: number; after: number };
+    try {
+      head = await until(() => {
+        const lines = messages.slice(0, messages.lastIndexOf('\n') + 1);
+        const size = parseAllinfo(lines)[0]?.size;
+        if (size !== undefined) return { size, after: lines.length };
+        if (exitCode === undefined) return undefined;
+        // Ended without the size: the status says why (a missing object is not_found).
+        this.check({ output: messages, statuses: statusesIn(messages) }, name);
+        throw new StorageError('io', `smbclient failed (${exitCode}): ${messages.trim().slice(-300)}`, {
+          permanent: false,
+        });
+      });
+    } catch (error) {
+      end();
+      throw spawnFailure(error, signal);
+    }
+    forgetAuth(); // smbclient logged in: it has read the auth file
+    const exited = until(() => exitCode);
+    exited.catch(() => {}); // awaited once the bytes are through; a cancelled read never asks
+    const check = (result: RunResult) => this.check(result, name);
+    async function* bytes(): AsyncGenerator<Uint8Array> {
+      let received = 0;
+      for await (const chunk of child.stdout as AsyncIterable<Buffer>) {
+        received += chunk.length;
+        yield chunk;
+      }
+      const code = await exited;
+      const rest = messages.slice(head.after);
+      check({ output: rest, statuses: statusesIn(rest) });
+      if (code !== 0) {
+        throw new StorageError('io', `smbclient failed (${code}): ${rest.trim().slice(-300)}`, {
+          permanent: false,
+        });
+      }
+      if (received !== head.size) {
+        throw new StorageError('integrity', `${name} gave ${received} bytes, the share said ${head.size}`);
+      }
+    }
+    // A cancel kills smbclient first: a read still waiting on it (a stalled server) then ends at once.
+    const reading = bytes();
+    const chunks: AsyncIterable<Uint8Array> = {
+      [Symbol.asyncIterator]: () => ({
+        next: () => reading.next(),
+        return: async () => {
+          end();
+          return reading.return(undefined);
+        },
+      }),
+    };
     return downloadStream(
-      stream,
+      chunks,
       (error) =>
-        options.signal?.aborted
+        signal?.aborted
           ? abortedError(error)
-          : new StorageError('io', String(error), { cause: error }),
-      () => {
-        stream.destroy();
-        void rm(spool, { recursive: true, force: true });
-      },
+          : error instanceof StorageError
+            ? error
+            : new StorageError('io', String(error), { cause: error }),
+      end,
     );
   }
 
