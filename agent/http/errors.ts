@@ -19,9 +19,42 @@ export function validationError(error: ZodError): AppError {
   });
 }
 
+// A socket that could not reach the database, or lost it (Node's codes); postgres.js's own codes for a
+// connection it gave up on; the server's "shutting down / starting up / terminated by admin" errors.
+const CONNECTION_CODES = new Set([
+  'ECONNREFUSED',
+  'ECONNRESET',
+  'ETIMEDOUT',
+  'EPIPE',
+  'EHOSTUNREACH',
+  'CONNECT_TIMEOUT',
+  'CONNECTION_CLOSED',
+  'CONNECTION_ENDED',
+  'CONNECTION_DESTROYED',
+  '57P01',
+  '57P02',
+  '57P03',
+]);
+
+/** True if `error`, or an error it wraps (a query builder's, an AggregateError's), is a lost connection. */
+export function isConnectionFailure(error: unknown, depth = 0): boolean {
+  if (depth > 5 || !error || typeof error !== 'object') return false;
+  const { code, cause, errors } = error as { code?: unknown; cause?: unknown; errors?: unknown };
+  if (typeof code === 'string' && CONNECTION_CODES.has(code)) return true;
+  if (Array.isArray(errors) && errors.some((e) => isConnectionFailure(e, depth + 1))) return true;
+  return isConnectionFailure(cause, depth + 1);
+}
+
 export function onError(log: Logger) {
   return (error: Error, c: Context) => {
     if (error instanceof ZodError) error = validationError(error);
+    if (isConnectionFailure(error)) {
+      // API.md: 503 when a dependency is down; the database is back once PostgreSQL runs again.
+      log.warn('the database is unreachable', { error, route: c.req.path });
+      error = new AppError('dependency_down', 'the database is unreachable; try again once PostgreSQL runs', {
+        cause: error,
+      });
+    }
     if (error instanceof AppError) {
       return c.json(
         errorBody(error.code, error.message, error.details),
