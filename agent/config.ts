@@ -30,6 +30,15 @@ const PG_BIN_CANDIDATES = [
   '/usr/lib/postgresql/17/bin',
 ];
 
+/** A bearer token: `Authorization: Bearer <token>` carries no white space, so one with any could never match. */
+function token(name: string) {
+  return z
+    .string()
+    .min(16, `${name} must be at least 16 characters`)
+    .regex(/^\S+$/, `${name} must not contain spaces or other white space`)
+    .optional();
+}
+
 const env = z.object({
   DATABASE_URL: z.string().url().optional(),
   GEM_DATA_DIR: z.string().min(1).default('./data'),
@@ -37,11 +46,29 @@ const env = z.object({
   GEM_CONFIG_DIR: z.string().min(1).optional(),
   PORT: z.coerce.number().int().min(0).max(65535).default(8080),
   HOST: z.string().min(1).default('127.0.0.1'),
-  GEM_AGENT_TOKEN: z.string().min(16, 'GEM_AGENT_TOKEN must be at least 16 characters').optional(),
+  GEM_AGENT_TOKEN: token('GEM_AGENT_TOKEN'),
   GEM_DR_URL: z.string().url().optional(),
   GEM_DR_ENROLLMENT_TOKEN: z.string().min(1).optional(),
-  GEM_RESTART_COMMAND: z.string().min(1).optional(),
-  GEM_METRICS_TOKEN: z.string().min(16, 'GEM_METRICS_TOKEN must be at least 16 characters').optional(),
+  GEM_RESTART_COMMAND: z
+    .string()
+    .min(1)
+    .transform((text, ctx) => {
+      try {
+        return parseCommand(text);
+      } catch (error) {
+        const why =
+          error instanceof SyntaxError
+            ? `not valid JSON (${error.message})`
+            : 'not a list of one or more non-empty words';
+        ctx.addIssue({
+          code: 'custom',
+          message: `${why}: give a JSON array of words, e.g. ["systemctl","restart","gem"], or words separated by spaces`,
+        });
+        return z.NEVER;
+      }
+    })
+    .optional(),
+  GEM_METRICS_TOKEN: token('GEM_METRICS_TOKEN'),
   NODE_ENV: z.string().default('production'),
   GEM_PG_BIN: z.string().min(1).optional(),
   GEM_LOG_LEVEL: z.enum(['debug', 'info', 'warn', 'error']).default('info'),
@@ -51,10 +78,11 @@ const env = z.object({
 export function parseCommand(text: string): string[] {
   const trimmed = text.trim();
   if (trimmed.startsWith('[')) {
-    const parsed = z.array(z.string().min(1)).min(1).parse(JSON.parse(trimmed));
-    return parsed;
+    return z.array(z.string().min(1)).min(1).parse(JSON.parse(trimmed));
   }
-  return trimmed.split(/\s+/).filter(Boolean);
+  const words = trimmed.split(/\s+/).filter(Boolean);
+  if (words.length === 0) throw new Error('GEM_RESTART_COMMAND has no words');
+  return words;
 }
 
 /** Finds the PostgreSQL client/server binaries, preferring GEM_PG_BIN. */
@@ -68,7 +96,12 @@ export function loadConfig(source: NodeJS.ProcessEnv = process.env): AgentConfig
   const parsed = env.safeParse(source);
   if (!parsed.success) {
     const lines = parsed.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`);
-    throw new Error(`invalid environment:\n  ${lines.join('\n  ')}`);
+    // One bad variable: one line (the CLI prints a failure as one line); several: one line each.
+    throw new Error(
+      lines.length === 1
+        ? `invalid environment: ${lines[0]}`
+        : `invalid environment:\n  ${lines.join('\n  ')}`,
+    );
   }
   const e = parsed.data;
   return {
@@ -82,7 +115,7 @@ export function loadConfig(source: NodeJS.ProcessEnv = process.env): AgentConfig
     drUrl: e.GEM_DR_URL,
     drEnrollmentToken: e.GEM_DR_ENROLLMENT_TOKEN,
     metricsToken: e.GEM_METRICS_TOKEN,
-    restartCommand: e.GEM_RESTART_COMMAND ? parseCommand(e.GEM_RESTART_COMMAND) : undefined,
+    restartCommand: e.GEM_RESTART_COMMAND,
     nodeEnv: e.NODE_ENV,
     pgBinDir: findPgBinDir(e.GEM_PG_BIN),
     logLevel: e.GEM_LOG_LEVEL,

@@ -1,0 +1,61 @@
+/** The environment is checked at start with one clear line per bad variable: tokens, GEM_RESTART_COMMAND. */
+import { describe, expect, it } from 'vitest';
+import { loadConfig } from '../../agent/config';
+import { runProcess } from '../../agent/system/spawn';
+
+function configError(env: Record<string, string>): string {
+  try {
+    loadConfig(env);
+  } catch (error) {
+    return (error as Error).message;
+  }
+  throw new Error(`accepted: ${JSON.stringify(env)}`);
+}
+
+describe('the environment', () => {
+  it('refuses an admin or metrics token with white space, which no Authorization header could carry', () => {
+    for (const name of ['GEM_AGENT_TOKEN', 'GEM_METRICS_TOKEN']) {
+      for (const value of ['correct horse battery staple', 'a-long-enough-token\t', ' a-long-enough-token']) {
+        const message = configError({ [name]: value });
+        expect(message).toBe(
+          `invalid environment: ${name}: ${name} must not contain spaces or other white space`,
+        );
+        expect(message).not.toContain(value.trim());
+      }
+    }
+    expect(loadConfig({ GEM_AGENT_TOKEN: 'a-long-enough-token-0123' }).agentToken).toBe(
+      'a-long-enough-token-0123',
+    );
+  });
+
+  it('says in one line what is wrong with GEM_RESTART_COMMAND', () => {
+    for (const value of ['["systemctl", ', '[]', '[1, 2]', '["systemctl", ""]', '   ']) {
+      const message = configError({ GEM_RESTART_COMMAND: value });
+      expect(message, value).toMatch(/^invalid environment: GEM_RESTART_COMMAND: /);
+      expect(message, value).not.toContain('\n');
+      expect(message, value).toMatch(/JSON array of words.*or words separated by spaces/);
+    }
+    expect(configError({ GEM_RESTART_COMMAND: '["systemctl", ' })).toContain('not valid JSON');
+    expect(loadConfig({ GEM_RESTART_COMMAND: '["systemctl","restart","gem"]' }).restartCommand).toEqual([
+      'systemctl',
+      'restart',
+      'gem',
+    ]);
+    expect(loadConfig({ GEM_RESTART_COMMAND: ' systemctl  restart gem ' }).restartCommand).toEqual([
+      'systemctl',
+      'restart',
+      'gem',
+    ]);
+  });
+
+  it('the CLI prints such a mistake as its one line on stderr', async () => {
+    const res = await runProcess(process.execPath, ['bin/gem-backup.js', 'list'], {
+      env: { ...process.env, GEM_RESTART_COMMAND: '["systemctl", ' },
+      cwd: process.cwd(),
+    });
+    expect(res.code).toBe(1);
+    const lines = res.stderr.trim().split('\n');
+    expect(lines).toHaveLength(1);
+    expect(lines[0]).toMatch(/^gem-backup: invalid environment: GEM_RESTART_COMMAND: not valid JSON/);
+  });
+});
