@@ -1,9 +1,21 @@
 /** Copying a folder's entries between file systems, for the swap of a live folder that is a mount point. */
 import { constants } from 'node:fs';
-import { chmod, copyFile, lchown, lstat, lutimes, mkdir, readdir, readlink, symlink } from 'node:fs/promises';
+import {
+  access,
+  chmod,
+  copyFile,
+  lchown,
+  lstat,
+  lutimes,
+  mkdir,
+  readdir,
+  readlink,
+  symlink,
+} from 'node:fs/promises';
 import { join } from 'node:path';
 import { AppError } from '../errors';
 import { fsyncDir, fsyncFile } from '../system/atomic-file';
+import { mountPointsInside } from '../system/mounts';
 import { removeTree } from '../system/remove-tree';
 
 const asRoot = process.getuid?.() === 0;
@@ -60,14 +72,44 @@ function uncopyable(path: string): AppError {
 }
 
 /**
- * Refuses (`unprocessable`) a folder holding an entry copyEntries cannot copy: called before a
- * restore stages anything, so such a folder fails at once rather than at the swap.
+ * Refuses (`unprocessable`), before a restore stages anything, a live folder a copy swap could not
+ * both copy and empty: one holding a FIFO, socket or device, a mount point (a file or folder mounted
+ * into it), or, for an agent not running as root, a folder it may not write to that it does not own.
  */
 export async function checkCopyable(folder: string): Promise<void> {
+  const mounts = await mountPointsInside(folder);
+  if (mounts.length > 0) {
+    throw new AppError(
+      'unprocessable',
+      `cannot swap ${folder} by copy: ${mounts[0]} inside it is a mount point, which cannot be removed; ` +
+        'unmount it or mount it elsewhere and try again (nothing was changed)',
+      { details: { path: mounts[0] } },
+    );
+  }
+  await checkEntries(folder);
+}
+
+async function checkEntries(folder: string): Promise<void> {
+  if (!asRoot) {
+    const info = await lstat(folder);
+    // removeTree opens up folders the agent owns; any other one must already let it remove entries.
+    const writable = await access(folder, constants.W_OK | constants.X_OK).then(
+      () => true,
+      () => false,
+    );
+    if (!writable && info.uid !== process.getuid?.()) {
+      throw new AppError(
+        'unprocessable',
+        `cannot swap the folder by copy: the agent may not remove entries of ${folder}; give its user ` +
+          'write access to it and try again (nothing was changed)',
+        { details: { path: folder } },
+      );
+    }
+  }
   for (const name of await readdir(folder)) {
     const path = join(folder, name);
     const info = await lstat(path);
-    if (info.isDirectory()) await checkCopyable(path);
+    if (info.isDirectory()) await checkEntries(path);
     else if (!info.isFile() && !info.isSymbolicLink()) throw uncopyable(path);
   }
 }

@@ -9,6 +9,7 @@ import { AppError, describeError } from '../errors';
 import { heldByOtherProcess } from '../jobs/lock';
 import type { Logger } from '../log';
 import { fsyncDir, writeSmallFileAtomic } from '../system/atomic-file';
+import { isMountPoint } from '../system/mounts';
 import { type PgConnection, PostgresTools, parseDatabaseUrl } from '../system/postgres-tools';
 import { removeTree } from '../system/remove-tree';
 import { copyEntries, emptyFolder } from './copy-tree';
@@ -35,6 +36,8 @@ export interface FolderNames {
   staging: string;
   previous: string;
   swap: FolderSwap;
+  /** Whether the live folder existed when the swap began (set by the swap; absent in older journals). */
+  liveExisted?: boolean;
 }
 
 /** Every name one restore uses; all derived from the live names and a short random id. */
@@ -66,6 +69,7 @@ const journalSchema = z.object({
       previous: z.string(),
       // Journals written before mount points were swapped by copy have no `swap`.
       swap: z.enum(['rename', 'copy']).default('rename'),
+      liveExisted: z.boolean().optional(),
     }),
   ),
 });
@@ -96,6 +100,8 @@ function dbPrefix(live: string): string {
   while (Buffer.byteLength(prefix) > 40) prefix = prefix.slice(0, -1);
   return prefix;
 }
+
+export { isMountPoint } from '../system/mounts';
 
 export const STAGING_DB_MARK = '_gem_restore_';
 export const PREVIOUS_DB_MARK = '_gem_previous_';
@@ -138,22 +144,6 @@ export async function restoreNames(sources: BackupSources, id: string): Promise<
       await folder('config', await liveFolderPath(sources.configDir)),
     ],
   };
-}
-
-/**
- * Whether `path` is a mount point: listed as one in /proc/self/mountinfo (bind mounts included), or,
- * where that cannot be read, on another device than its parent.
- */
-export async function isMountPoint(path: string): Promise<boolean> {
-  const mountinfo = await readFile('/proc/self/mountinfo', 'utf8').catch(() => undefined);
-  if (mountinfo !== undefined) {
-    // Field 5 is the mount point, with space, tab, newline and backslash written as octal escapes.
-    const decodeField = (field: string) =>
-      field.replace(/\\([0-7]{3})/g, (_, octal: string) => String.fromCharCode(Number.parseInt(octal, 8)));
-    return mountinfo.split('\n').some((line) => decodeField(line.split(' ')[4] ?? '') === path);
-  }
-  const [own, parent] = await Promise.all([stat(path), stat(dirname(path))]);
-  return own.dev !== parent.dev;
 }
 
 export function journalPath(dataDir: string): string {
@@ -206,6 +196,10 @@ async function copyLiveAside(folder: FolderNames): Promise<void> {
   await removeTree(part);
   await mkdir(part, { mode: 0o700 });
   await copyEntries(folder.live, part);
+  // Its times, so that an undo gives them back to the mount point (refillLiveFolder).
+  const { atime, mtime } = await stat(folder.live);
+  await lutimes(part, atime, mtime);
+  await fsyncDir(part);
   await renameFolder(part, folder.previous);
 }
 
@@ -218,12 +212,26 @@ async function refillLiveFolder(folder: FolderNames, from: string): Promise<void
   await lutimes(folder.live, atime, mtime);
 }
 
+/**
+ * Removes a copy swap's copy aside. It is renamed first to a staging name (swept by
+ * dropStagingLeftovers): removing it is not atomic, and a half-removed copy must never be found under
+ * `previous`, which recovery refills the live folder from.
+ */
+async function discardCopyAside(folder: FolderNames): Promise<void> {
+  await removeTree(partialPrevious(folder));
+  if (!existsSync(folder.previous)) return;
+  const discarded = `${folder.staging}-discarded`;
+  await removeTree(discarded);
+  await renameFolder(folder.previous, discarded);
+  await removeTree(discarded);
+}
+
 /** Undoes a copy swap: the live folder refilled from the whole copy aside (if it was made), which then goes. */
 async function putCopiedFolderBack(folder: FolderNames): Promise<void> {
   await removeTree(partialPrevious(folder));
   if (!existsSync(folder.previous)) return;
   await refillLiveFolder(folder, folder.previous);
-  await removeTree(folder.previous);
+  await discardCopyAside(folder);
 }
 
 /**
@@ -237,6 +245,8 @@ export async function swapIntoPlace(
   options: { filename?: string; keepPrevious: boolean; faults?: RestoreFaults },
 ): Promise<void> {
   const conn = deps.sources.conn;
+  // Recorded for recovery: a folder that did not exist has no copy aside to go back to.
+  const folders = names.folders.map((folder) => ({ ...folder, liveExisted: existsSync(folder.live) }));
   const journal: RestoreJournal = {
     format: 'gem-restore-journal',
     version: 1,
@@ -249,16 +259,17 @@ export async function swapIntoPlace(
     live: names.live,
     staging: names.staging,
     previous: names.previous,
-    folders: names.folders,
+    folders,
   };
-  const undo: { step: string; revert: () => Promise<void> }[] = [];
+  // Undos by what they put back: the database, or one folder (a step `name:root` is that folder's).
+  const undo: { step: string; part: string; revert: () => Promise<void> }[] = [];
   // Each step's undo is registered before it runs, since a step can fail after its action took effect
   // (a rename done, its fsync failed): every undo checks what exists and reverts only what happened.
   const step = async (name: string, run: () => Promise<void>, revert?: () => Promise<void>) => {
     const started = performance.now();
     journal.step = name;
     await writeJournal(deps.config.dataDir, journal);
-    if (revert) undo.push({ step: name, revert });
+    if (revert) undo.push({ step: name, part: name.split(':')[1] ?? 'database', revert });
     await options.faults?.beforeSwapStep?.(name);
     await run();
     await options.faults?.afterSwapStep?.(name);
@@ -298,16 +309,13 @@ export async function swapIntoPlace(
       // Only once the live database is aside: then whatever holds the live name is the staging copy.
       () => renameDatabaseBack(names.live, names.staging),
     );
-    for (const folder of names.folders) {
+    for (const folder of folders) {
       if (folder.swap === 'copy') {
         // The live entries are copied aside first; its undo (run last) removes that copy.
         await step(
           `copy-live-folder:${folder.root}`,
           () => copyLiveAside(folder),
-          async () => {
-            await removeTree(partialPrevious(folder));
-            await removeTree(folder.previous);
-          },
+          () => discardCopyAside(folder),
         );
         // From here on an undo refills the live folder from that copy (fill's undo is this one).
         await step(
@@ -318,7 +326,7 @@ export async function swapIntoPlace(
         await step(`fill-live-folder:${folder.root}`, () => refillLiveFolder(folder, folder.staging));
         continue;
       }
-      if (existsSync(folder.live)) {
+      if (folder.liveExisted) {
         await step(
           `move-live-folder:${folder.root}`,
           () => renameFolder(folder.live, folder.previous),
@@ -337,11 +345,26 @@ export async function swapIntoPlace(
     });
   } catch (error) {
     const failures: string[] = [];
-    for (const done of undo.reverse()) {
+    if (journal.committed) {
+      // The commit step failed after it set the flag: its record may be on disk. Nothing is undone
+      // until the journal durably says "not committed", or a crash meanwhile would be finished
+      // forward by the next start (dropping the previous database) over a half-undone swap.
+      journal.committed = false;
+      await writeJournal(deps.config.dataDir, journal).catch((writeError: unknown) => {
+        failures.push(`marking the journal not committed: ${describeError(writeError).message}`);
+      });
+    }
+    // In reverse. An undo that fails stops the rest of its part: each relies on the later ones having
+    // worked (a copy aside goes only once the folder was refilled from it). The other parts are still
+    // put back; the journal stays for the next start, which finishes from what exists.
+    const stopped = new Set<string>();
+    for (const done of failures.length > 0 ? [] : undo.reverse()) {
+      if (stopped.has(done.part)) continue;
       try {
         await done.revert();
       } catch (undoError) {
         failures.push(`${done.step}: ${describeError(undoError).message}`);
+        stopped.add(done.part);
       }
     }
     if (failures.length > 0) {
@@ -483,7 +506,14 @@ async function rollBackFromJournal(deps: SwapDeps, journal: RestoreJournal): Pro
       await putCopiedFolderBack(folder);
       continue;
     }
-    if (!existsSync(folder.previous)) continue;
+    if (!existsSync(folder.previous)) {
+      // Nothing was moved aside. If there was no live folder, one holding its name now is the staged
+      // folder moved in: it goes back to its staging name (removed with the leftovers below).
+      if (folder.liveExisted === false && existsSync(folder.live) && !existsSync(folder.staging)) {
+        await renameFolder(folder.live, folder.staging);
+      }
+      continue;
+    }
     if (existsSync(folder.live)) {
       const aside = existsSync(folder.staging) ? `${folder.staging}r` : folder.staging;
       await renameFolder(folder.live, aside);

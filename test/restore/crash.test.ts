@@ -1,4 +1,5 @@
-import { writeFile } from 'node:fs/promises';
+import { existsSync } from 'node:fs';
+import { rename, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { recoverInterruptedRestore } from '../../agent/restore/restore';
@@ -7,7 +8,7 @@ import { databaseUrl } from '../../agent/system/postgres-tools';
 import { runProcess } from '../../agent/system/spawn';
 import { startTestAgent, type TestAgent } from '../services/agent';
 import { startPostgres, type TestPostgres, withSql } from '../services/postgres';
-import { crashingRestore as crashInRestore, leftovers, liveState } from './helpers';
+import { crashingRestore as crashInRestore, databaseFingerprint, leftovers, liveState } from './helpers';
 
 let pg: TestPostgres;
 let t: TestAgent;
@@ -83,6 +84,38 @@ describe('a restore interrupted by a crash', () => {
       await expect(withSql(databaseUrl(t.agent.sources.conn), (sql) => sql`select 1`)).resolves.toBeTruthy();
     });
   }
+
+  it('is rolled back at the next start when the commit fails and the process dies while undoing it', async () => {
+    // The commit record was on disk when the undo began: a next start that believed it would finish
+    // the restore forward and drop the previous database, over folders already put back.
+    await change('undo-after-commit');
+    const before = await liveState(t.agent);
+    await crashingRestore('undo-after-commit');
+    await recoverInterruptedRestore(t.agent);
+    expect(await liveState(t.agent)).toEqual(before);
+    expect(await leftovers(t.agent)).toEqual([]);
+  });
+
+  it('leaves no folder at the next start when there was none before the crash', async () => {
+    // A restore onto a machine without a scripts folder (a DR recovery): the staged folder is moved
+    // in with nothing set aside, and a rollback must take it away again.
+    await change('no-scripts-folder');
+    const scripts = t.agent.sources.scriptsDir;
+    const kept = `${scripts}-kept-by-test`;
+    await rename(scripts, kept);
+    try {
+      const before = await databaseFingerprint(t.agent);
+      await crashingRestore('commit');
+      expect(existsSync(scripts)).toBe(true);
+      await recoverInterruptedRestore(t.agent);
+      expect(existsSync(scripts)).toBe(false);
+      expect(await databaseFingerprint(t.agent)).toEqual(before);
+    } finally {
+      await rm(scripts, { recursive: true, force: true });
+      await rename(kept, scripts);
+    }
+    expect(await leftovers(t.agent)).toEqual([]);
+  });
 
   it('is finished at the next start when the process dies after the swap (the restart command kills it)', async () => {
     await change('after-commit');

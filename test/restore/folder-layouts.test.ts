@@ -176,6 +176,101 @@ describe('restoring a folder that is a mount point (a Docker volume)', () => {
     }
   });
 
+  it('is refused before anything is staged when something is mounted inside it', async () => {
+    // A file mounted into the volume (a Docker file mount) cannot be removed: the swap could not empty it.
+    const inside = join(mounted, 'bound.json');
+    const source = join(scratch, 'bound-source.json');
+    await writeFile(inside, '{}\n');
+    await writeFile(source, '{"bound":true}\n');
+    expect(spawnSync('mount', ['--bind', source, inside]).status).toBe(0);
+    try {
+      const before = await liveState(t.agent);
+      const job = await restoreNow(filename);
+      expect(job.error).toMatchObject({
+        code: 'unprocessable',
+        message: expect.stringContaining(`${inside} inside it is a mount point`),
+      });
+      expect(await liveState(t.agent)).toEqual(before);
+      expect(await leftovers(t.agent)).toEqual([]);
+    } finally {
+      spawnSync('umount', [inside]);
+      await rm(inside, { force: true });
+      await rm(source, { force: true });
+    }
+  });
+
+  /** The folders set aside beside the mount point (whole copies, not `.part` ones). */
+  const copiesAside = async () =>
+    (await readdir(scratch))
+      .filter((name) => name.startsWith('volume-config.gem-previous-') && !name.endsWith('.part'))
+      .map((name) => join(scratch, name));
+
+  it('loses nothing when the undo cannot empty it: the copy aside stays, the next start finishes', async () => {
+    // An entry the agent cannot remove (immutable here; a file of another user for a non-root agent)
+    // fails the emptying, then the undo's emptying too: the copy aside must outlive that.
+    await changeSinceBackup('stuck');
+    const stuck = join(mounted, 'stuck.json');
+    await writeFile(stuck, '{"stuck":true}\n');
+    expect(spawnSync('chattr', ['+i', stuck]).status).toBe(0);
+    try {
+      const before = await liveState(t.agent);
+      const job = await restoreNow(filename);
+      expect(job.error).toMatchObject({
+        code: 'restore_failed',
+        message: expect.stringContaining('and undoing it failed'),
+      });
+      expect(await copiesAside()).toHaveLength(1);
+      // The database, another part, was put back at once.
+      expect((await liveState(t.agent)).database).toEqual(before.database);
+      expect(spawnSync('chattr', ['-i', stuck]).status).toBe(0);
+      await recoverInterruptedRestore(t.agent);
+      expect(await liveState(t.agent)).toEqual(before);
+      expect(await leftovers(t.agent)).toEqual([]);
+    } finally {
+      spawnSync('chattr', ['-i', stuck]);
+      await rm(stuck, { force: true });
+    }
+  });
+
+  it('never leaves a half-removed copy aside for the next start to refill it from', async () => {
+    // The undo refills the folder, then removes the copy aside; that removal fails half-way here (an
+    // immutable file in the copy), as a crash in the middle of it would stop it.
+    const before = await changeSinceBackup('discard');
+    let pinned: string | undefined;
+    try {
+      const job = await runRestore(t.agent, t.agent.catalog.pathOf(filename), {
+        skipSafetyBackup: true,
+        faults: {
+          afterSwapStep: async (step) => {
+            if (step !== 'copy-live-folder:config') return;
+            const [aside] = await copiesAside();
+            pinned = join(aside!, 'gem.json');
+            expect(spawnSync('chattr', ['+i', pinned]).status).toBe(0);
+          },
+          beforeSwapStep: (step) => {
+            if (step === 'fill-live-folder:config') throw new Error('injected failure before the refill');
+          },
+        },
+      });
+      expect(job.error).toMatchObject({
+        code: 'restore_failed',
+        message: expect.stringContaining('and undoing it failed'),
+      });
+      expect(await liveState(t.agent)).toEqual(before);
+      expect(await copiesAside()).toEqual([]);
+      await recoverInterruptedRestore(t.agent);
+      expect(await liveState(t.agent)).toEqual(before);
+    } finally {
+      // Wherever the pinned file is now (its copy was moved to a staging name to be removed).
+      for (const name of await readdir(scratch)) {
+        spawnSync('chattr', ['-i', join(scratch, name, 'gem.json')]);
+      }
+    }
+    await dropStagingLeftovers(t.agent.sources);
+    expect(pinned).toBeDefined();
+    expect(await leftovers(t.agent)).toEqual([]);
+  });
+
   for (const crashAt of ['fill-live-folder:config', 'commit']) {
     it(`is rolled back at the next start when the process dies before ${crashAt}`, async () => {
       const before = await changeSinceBackup(crashAt);
