@@ -22,11 +22,12 @@ export const COMMANDS: Record<string, Command> = {
 const USAGE = `usage: gem-backup <command>
   create [--label L]                          take a backup now
   list                                        list local backups, newest first
-  verify FILE                                 decrypt and check every chunk and member
+  verify FILE                                 decrypt and check every chunk and member (a name or a path)
   restore FILE --yes                          restore a backup (replaces all current data)
   decrypt FILE --keys KEYS.json [-o OUT]      offline: decrypt to a .tar.gz (no agent or database needed)
   keys export [-o FILE]                       export the encryption keys
   keys import FILE                            import keys from another installation
+  dr status                                   show the disaster-recovery state (JSON)
   dr push                                     push a backup to the disaster-recovery cloud now
   dr recover --installation-id ID             recover this installation from the cloud
 A keys passphrase (keys export/import, decrypt) comes from --passphrase-file PATH, GEM_KEYS_PASSPHRASE,

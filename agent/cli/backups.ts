@@ -8,6 +8,7 @@ import { checkBackupName } from '../backup/catalog';
 import { type CreateBackupOptions, verifyBackup } from '../backup/create';
 import { envelopeToAppError, readBackup } from '../backup/reader';
 import { AppError } from '../errors';
+import { validationError } from '../http/errors';
 import { createOpenTransform } from '../keys/envelope-node';
 import { parseKeysExport } from '../keys/keyring';
 import { writeFileAtomic } from '../system/atomic-file';
@@ -20,7 +21,12 @@ function formatSize(bytes: number): string {
 
 export async function createCommand(cli: CliContext): Promise<void> {
   const { values } = parseArgs({ args: cli.args, options: { label: { type: 'string' } } });
-  const options: CreateBackupOptions = { kind: 'manual', ...(values.label ? { label: values.label } : {}) };
+  // The API's rules for a label (POST /backups), not a copy of them.
+  const { createBody } = await import('../http/routes/backups');
+  const body = createBody.safeParse(values.label === undefined ? {} : { label: values.label });
+  if (!body.success) throw validationError(body.error);
+  const { label } = body.data;
+  const options: CreateBackupOptions = { kind: 'manual', ...(label ? { label } : {}) };
   const job = await cli.withAgent(async (agent) => {
     const { startBackup } = await import('../backup/operations');
     const started = await startBackup(agent, options);

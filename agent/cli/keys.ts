@@ -3,7 +3,8 @@ import { readFile } from 'node:fs/promises';
 import { resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { AppError } from '../errors';
-import { importKeysFile } from '../http/routes/keys';
+import { validationError } from '../http/errors';
+import { exportBody, importKeysFile } from '../http/routes/keys';
 import { buildKeysExport, exportFileName } from '../keys/keyring';
 import { writeSmallFileAtomic } from '../system/atomic-file';
 import type { CliContext } from './context';
@@ -26,7 +27,11 @@ export async function keysCommand(cli: CliContext): Promise<void> {
     options: { output: { type: 'string', short: 'o' }, ...PASSPHRASE_FILE_OPTION },
   });
   if (sub === 'export') {
-    const passphrase = await passphraseToProtect(values['passphrase-file']);
+    const given = await passphraseToProtect(values['passphrase-file']);
+    // The API's minimum for an export passphrase (exportBody), not a copy of it.
+    const body = exportBody.safeParse(given === undefined ? {} : { passphrase: given });
+    if (!body.success) throw validationError(body.error);
+    const { passphrase } = body.data;
     const now = new Date();
     const path = resolve(values.output ?? exportFileName(now));
     await cli.withAgent(async (agent) => {

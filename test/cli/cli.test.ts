@@ -191,6 +191,28 @@ describe('the gem-backup CLI (the package bin)', () => {
     }
   });
 
+  it('applies the API rules: a backup label, a keys export passphrase; its usage lists dr status', async () => {
+    const backups = () => readdir(join(dataDir, 'backups')).catch(() => []);
+    const before = await backups();
+    for (const label of ['a/b', 'x'.repeat(65), '   ', 'semi;colon']) {
+      const res = await cli('create', '--label', label);
+      expect(res.code, label).toBe(1);
+      const lines = res.stderr.trim().split('\n');
+      expect(lines, label).toHaveLength(1);
+      expect(lines[0]).toMatch(/^gem-backup: label: /);
+    }
+    expect(await backups()).toEqual(before);
+
+    const out = join(dataDir, 'short.json');
+    const short = await cliWith({ GEM_KEYS_PASSPHRASE: 'short' }, 'keys', 'export', '-o', out);
+    expect(short.code).toBe(1);
+    expect(short.stderr.trim()).toBe('gem-backup: passphrase: use at least 8 characters');
+    await expect(stat(out)).rejects.toThrow(/ENOENT/);
+
+    const help = await cli('--help');
+    expect(help.stdout).toMatch(/^ {2}dr status /m);
+  });
+
   it('refuses an unknown command with usage and exit 2', async () => {
     const res = await cli('frobnicate');
     expect(res.code).toBe(2);

@@ -69,6 +69,7 @@ const BODY_ROUTES = new Set([
   'POST /api/v1/backups/:filename/restore',
   'POST /api/v1/keys/export',
   'POST /api/v1/keys/import',
+  'POST /api/v1/keys/check',
   'PUT /api/v1/keys/banner',
   'PUT /api/v1/settings',
   'POST /api/v1/dr/recover',

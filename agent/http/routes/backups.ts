@@ -11,7 +11,8 @@ import { AppError } from '../../errors';
 import { jsonBody } from '../body';
 import { ticketsFor } from '../download-tickets';
 
-const createBody = z
+/** The body of POST /backups; the CLI's `create --label` checks its label by the same rules. */
+export const createBody = z
   .object({
     label: z
       .string()

@@ -17,7 +17,8 @@ const importBody = z.union([
   z.object({ format: z.string() }).passthrough(),
 ]);
 
-const exportBody = z
+/** The body of a keys export; the CLI's `keys export` checks its passphrase by the same rules. */
+export const exportBody = z
   .object({ passphrase: z.string().min(8, 'use at least 8 characters').max(1024).optional() })
   .strict();
 
