@@ -36,24 +36,43 @@ const CONNECTION_CODES = new Set([
   '57P03',
 ]);
 
-/** True if `error`, or an error it wraps (a query builder's, an AggregateError's), is a lost connection. */
-export function isConnectionFailure(error: unknown, depth = 0): boolean {
-  if (depth > 5 || !error || typeof error !== 'object') return false;
-  const { code, cause, errors } = error as { code?: unknown; cause?: unknown; errors?: unknown };
-  if (typeof code === 'string' && CONNECTION_CODES.has(code)) return true;
-  if (Array.isArray(errors) && errors.some((e) => isConnectionFailure(e, depth + 1))) return true;
-  return isConnectionFailure(cause, depth + 1);
+/**
+ * The lost connection in `error`, or in an error it wraps (a query builder's cause, an
+ * AggregateError's list): its code and, for a socket error, the address it could not reach.
+ */
+export function connectionFailure(error: unknown, depth = 0): { code: string; where?: string } | undefined {
+  if (depth > 5 || !error || typeof error !== 'object') return undefined;
+  const { code, cause, errors, address, port } = error as {
+    code?: unknown;
+    cause?: unknown;
+    errors?: unknown;
+    address?: unknown;
+    port?: unknown;
+  };
+  if (typeof code === 'string' && CONNECTION_CODES.has(code)) {
+    return typeof address === 'string' ? { code, where: port ? `${address}:${port}` : address } : { code };
+  }
+  for (const inner of Array.isArray(errors) ? errors : []) {
+    const found = connectionFailure(inner, depth + 1);
+    if (found) return found;
+  }
+  return connectionFailure(cause, depth + 1);
 }
 
 export function onError(log: Logger) {
   return (error: Error, c: Context) => {
     if (error instanceof ZodError) error = validationError(error);
-    if (isConnectionFailure(error)) {
-      // API.md: 503 when a dependency is down; the database is back once PostgreSQL runs again.
-      log.warn('the database is unreachable', { error, route: c.req.path });
-      error = new AppError('dependency_down', 'the database is unreachable; try again once PostgreSQL runs', {
-        cause: error,
-      });
+    const lost = connectionFailure(error);
+    if (lost) {
+      // API.md: 503 when a dependency is down (the database, mostly; a socket error does not say
+      // which service it was, its address does). The request can be tried again once it runs.
+      log.warn('a dependency is unreachable', { error, route: c.req.path });
+      error = new AppError(
+        'dependency_down',
+        `a service the agent depends on (the database, most likely) is unreachable: ${lost.code}` +
+          `${lost.where ? ` at ${lost.where}` : ''}; try again once it runs`,
+        { cause: error },
+      );
     }
     if (error instanceof AppError) {
       return c.json(
