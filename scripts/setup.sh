@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what GEM Backup & Restore needs on Debian 12 with Node 20: PostgreSQL 15 (the embedded
-# database and pg_dump/pg_restore), and for the tests OpenSSH, Samba + smbclient, Chromium, strace and
-# moto's S3 server; then the npm packages. Idempotent: only what is missing is installed.
+# database and pg_dump/pg_restore) and smbclient (SMB destinations), and for the tests (unless
+# --runtime-only) OpenSSH, Samba, Chromium, strace and moto's S3 server; then the npm packages.
+# Idempotent: only what is missing is installed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export DEBIAN_FRONTEND=noninteractive
@@ -11,10 +12,10 @@ SUDO=""
 need=()
 [ -x /usr/lib/postgresql/15/bin/initdb ] || need+=(postgresql-15)
 command -v pg_dump >/dev/null || need+=(postgresql-client-15)
+command -v smbclient >/dev/null || need+=(smbclient) # the agent's SMB destinations
 if [ "${1:-}" != "--runtime-only" ]; then
   [ -x /usr/sbin/sshd ] || need+=(openssh-server)
   [ -x /usr/sbin/smbd ] || need+=(samba)
-  command -v smbclient >/dev/null || need+=(smbclient)
   command -v chromium >/dev/null || need+=(chromium)
   command -v strace >/dev/null || need+=(strace) # test/faults/durability.test.ts
 fi

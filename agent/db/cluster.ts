@@ -1,9 +1,20 @@
 /** The embedded PostgreSQL cluster: created under the data dir with the machine's binaries, started and stopped by us. */
 import { createHash, createHmac, pbkdf2Sync, randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { chmod, chown, mkdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import {
+  chmod,
+  chown,
+  lstat,
+  mkdir,
+  readFile,
+  realpath,
+  rm,
+  stat,
+  symlink,
+  writeFile,
+} from 'node:fs/promises';
 import { createServer } from 'node:net';
-import { dirname, join } from 'node:path';
+import { dirname, join, resolve } from 'node:path';
 import { AppError } from '../errors';
 import type { Logger } from '../log';
 import { tempPathFor, writeSmallFileAtomic } from '../system/atomic-file';
@@ -106,6 +117,38 @@ async function checkReachableByOwner(dir: string): Promise<void> {
   );
 }
 
+/** Where, as root, the cluster of a data dir user postgres cannot reach is kept instead (linked from it). */
+export const REACHABLE_CLUSTERS_DIR = '/var/lib/gem-backup/clusters';
+
+/**
+ * The folder the cluster really lives in. As root, initdb and the server run as postgres, which must
+ * reach it. A new cluster whose data dir lies under a folder closed to others (a checkout in Debian's
+ * /root, mode 0700) is placed in REACHABLE_CLUSTERS_DIR instead, under a name derived from its path,
+ * and `dir` becomes a link to it: the agent then starts from any folder without opening /root to
+ * everyone. An existing cluster folder stays where it is.
+ */
+async function clusterFolder(dir: string, log?: Logger): Promise<string> {
+  if (process.getuid?.() !== 0) return dir;
+  const info = await lstat(dir).catch(() => undefined);
+  if (info?.isSymbolicLink()) return realpath(dir);
+  const dataDir = dirname(dir);
+  // The data dir itself is opened for traversal (prepareOwnership): the folders above it decide.
+  if (info || (await ownerCanEnter(dirname(dataDir)))) return dir;
+  const real = join(
+    REACHABLE_CLUSTERS_DIR,
+    createHash('sha256').update(resolve(dir)).digest('hex').slice(0, 16),
+  );
+  await mkdir(REACHABLE_CLUSTERS_DIR, { recursive: true, mode: 0o755 });
+  await mkdir(real, { recursive: true, mode: 0o700 });
+  await mkdir(dataDir, { recursive: true, mode: 0o700 });
+  await symlink(real, dir);
+  log?.info('the embedded cluster is kept where user postgres can reach it, linked from the data dir', {
+    cluster: real,
+    link: dir,
+  });
+  return real;
+}
+
 /** The superuser's password file, beside the cluster folder (in the agent's data dir: `postgres.password`). */
 export function clusterPasswordPath(dir: string): string {
   return `${dir}.password`;
@@ -201,21 +244,24 @@ export async function startCluster(options: {
   binDir: string;
   log?: Logger;
 }): Promise<ClusterHandle> {
-  const { dir, binDir, log } = options;
+  const { binDir, log } = options;
   const initdb = join(binDir, 'initdb');
   const pgCtl = join(binDir, 'pg_ctl');
   if (!existsSync(initdb) || !existsSync(pgCtl)) {
     throw new Error(`PostgreSQL server binaries not found in ${binDir}: apt-get install -y postgresql-15`);
   }
+  // The password file stays in the data dir even when the cluster is kept elsewhere (clusterFolder).
+  const passwordPath = clusterPasswordPath(options.dir);
+  const dir = await clusterFolder(options.dir, log);
   const confPath = join(dir, 'gem-cluster.conf');
-  const passwordPath = clusterPasswordPath(dir);
   if (!existsSync(join(dir, 'PG_VERSION'))) {
     log?.info('creating the embedded PostgreSQL cluster', { dir });
     await mkdir(dir, { recursive: true, mode: 0o700 });
     await prepareOwnership(dir);
     const password = await loadOrCreatePassword(passwordPath);
-    // initdb reads the password from a file (never the command line); one the cluster's owner can read.
-    const pwfile = tempPathFor(passwordPath);
+    // initdb reads the password from a file (never the command line); one the cluster's owner can read,
+    // beside the cluster folder (the data dir may be closed to it).
+    const pwfile = tempPathFor(clusterPasswordPath(dir));
     try {
       await writeFile(pwfile, `${password}\n`, { mode: 0o600, flag: 'wx' });
       if (process.getuid?.() === 0) await chownFile(pwfile, dir);
