@@ -53,8 +53,13 @@ class Conversation {
     this.attach(socket);
   }
 
+  /** Listens to `socket` from now on; anything read on a previous socket is dropped with it. */
   attach(socket: net.Socket): void {
     this.socket = socket;
+    // Replies read before a TLS upgrade were plaintext: none of them may answer a command sent over TLS.
+    this.buffer = '';
+    this.pending = [];
+    this.lines = [];
     socket.setEncoding('utf8');
     socket.on('data', (chunk: string) => this.onData(chunk));
     socket.on('error', (e) => this.push(new SmtpError(`SMTP connection failed: ${e.message}`)));
@@ -66,6 +71,11 @@ class Conversation {
     this.socket.removeAllListeners('data');
     this.socket.removeAllListeners('error');
     this.socket.removeAllListeners('close');
+  }
+
+  /** True when something beyond the replies already read has been received (a reply, a partial line, an error). */
+  hasUnread(): boolean {
+    return this.buffer.length > 0 || this.pending.length > 0 || this.lines.length > 0;
   }
 
   private onData(chunk: string): void {
@@ -200,6 +210,13 @@ export async function sendMail(options: SmtpOptions, message: MailMessage): Prom
     if (!encrypted && capabilities(ehlo).includes('STARTTLS')) {
       await c.command('STARTTLS', [220], 'STARTTLS');
       c.detach();
+      // A server says nothing after its 220 until the TLS handshake: more plaintext there can only be
+      // injected by someone on the path (STARTTLS response injection), so the send stops here.
+      if (c.hasUnread()) {
+        throw new SmtpError(
+          'the SMTP server sent more data after its reply to STARTTLS: refused as a possible injection',
+        );
+      }
       c.attach(await upgrade(c.socket, options));
       encrypted = true;
       ehlo = await c.command(`EHLO ${me}`, [250], 'EHLO after STARTTLS');

@@ -185,4 +185,46 @@ describe('the SMTP client', () => {
     ).rejects.toThrow(/STARTTLS failed/);
     expect(received.at(-1)!.auth).toBeUndefined();
   });
+
+  it('refuses plaintext replies injected after the 220 to STARTTLS, so the alert is not counted as delivered', async () => {
+    // A man in the middle appends replies to the plaintext 220; the real server refuses everything over TLS.
+    const seenOverTls: string[] = [];
+    const injector = net.createServer((socket) => {
+      socket.on('error', () => {});
+      socket.write('220 real ESMTP\r\n');
+      let buffer = '';
+      const plain = (chunk: Buffer) => {
+        buffer += chunk.toString('utf8');
+        if (!buffer.endsWith('\r\n')) return;
+        if (buffer.startsWith('EHLO')) socket.write('250-real\r\n250 STARTTLS\r\n');
+        else if (buffer.startsWith('STARTTLS')) {
+          socket.removeListener('data', plain);
+          socket.write(
+            '220 go ahead\r\n250 injected-ehlo\r\n250 injected-mail\r\n250 injected-rcpt\r\n354 injected-data\r\n250 injected-queued\r\n221 injected-bye\r\n',
+          );
+          const secure = new tls.TLSSocket(socket, { isServer: true, cert, key });
+          secure.on('error', () => {});
+          secure.on('data', (c: Buffer) => {
+            seenOverTls.push(...c.toString('utf8').split('\r\n').filter(Boolean));
+            secure.write('554 refused by the real server\r\n');
+          });
+        }
+        buffer = '';
+      };
+      socket.on('data', plain);
+    });
+    await new Promise<void>((resolve) => injector.listen(0, '127.0.0.1', resolve));
+    try {
+      const { username: _u, password: _p, ...anonymous } = options();
+      await expect(
+        sendMail(
+          { ...anonymous, port: (injector.address() as net.AddressInfo).port },
+          { from: 'gem@example.com', to: ['ops@example.com'], subject: 's', text: 't' },
+        ),
+      ).rejects.toThrow(/more data after its reply to STARTTLS/);
+      expect(seenOverTls.some((l) => l.startsWith('MAIL'))).toBe(false);
+    } finally {
+      await new Promise((resolve) => injector.close(resolve));
+    }
+  });
 });
