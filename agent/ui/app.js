@@ -1,6 +1,6 @@
 // The Backup & Restore page: sign-in, then every section loads its state from the agent's API.
 import { api, token, whenUnauthorized } from './api.js';
-import { loadBackups, restoreProgress, setupBackups } from './backups.js';
+import { backupProgress, loadBackups, restoreProgress, setupBackups } from './backups.js';
 import { showJobProgress } from './dialogs.js';
 import { loadKeys, setupKeys } from './keys.js';
 import { loadDrStatus, loadSettings, setupSettings } from './settings.js';
@@ -51,10 +51,7 @@ function progressFor(job) {
     case 'restore':
       return restoreProgress(target || 'a backup');
     case 'backup':
-      return {
-        title: 'Creating a backup',
-        describe: (done) => `Backup created: ${done.result?.backup?.filename ?? 'done'}`,
-      };
+      return backupProgress();
     case 'verify':
       return {
         title: `Verifying ${target || 'a backup'}`,

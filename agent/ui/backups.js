@@ -105,14 +105,36 @@ export async function loadBackups() {
 async function create() {
   try {
     const { jobId } = await api('/backups', { method: 'POST' });
-    await showJobProgress(jobId, {
-      title: 'Creating a backup',
-      describe: (job) => `Backup created: ${job.result?.backup?.filename ?? 'done'}`,
-    });
+    await showJobProgress(jobId, backupProgress());
   } catch (error) {
     report(error);
   }
   await loadBackups().catch(report);
+}
+
+/** The steps run after each backup (agent/backup/operations.ts followUps), by the hook's name. */
+const FOLLOW_UP_NAMES = {
+  offsiteUpload: 'Automatic offsite upload',
+  retention: 'Removing old backups (keep limit)',
+};
+
+/** The steps after a backup that failed, in words: which one and its error. */
+export function failedFollowUps(job) {
+  return Object.entries(job.result?.followUps ?? {})
+    .filter(([, outcome]) => outcome?.ok === false)
+    .map(([name, outcome]) => `${FOLLOW_UP_NAMES[name] ?? name} failed: ${outcome.error ?? 'unknown error'}`);
+}
+
+/** The progress dialog's texts for a backup job: created, and any step after it that failed. */
+export function backupProgress() {
+  return {
+    title: 'Creating a backup',
+    describe: (job) => {
+      const name = `Backup created: ${job.result?.backup?.filename ?? 'done'}`;
+      return failedFollowUps(job).length ? `${name}. The backup is good, but a step after it failed:` : name;
+    },
+    problems: failedFollowUps,
+  };
 }
 
 /** Lets the browser itself save the file (streamed to disk) via a one-time link, so the token never sits in a URL. */

@@ -1,6 +1,6 @@
 // The two dialogs: a confirmation for destructive actions, and a job's progress fed by its events.
 import { api, followJob } from './api.js';
-import { bytes, phase } from './format.js';
+import { bytes, el, phase } from './format.js';
 
 const $ = (id) => document.getElementById(id);
 
@@ -44,13 +44,14 @@ function interruptedText(job) {
 }
 
 /**
- * Shows a job's progress until it ends. `describe(job)` gives the success text; `onNotice` sees notices;
+ * Shows a job's progress until it ends. `describe(job)` gives the success text; `problems(job)` lists what
+ * went wrong in a job that still succeeded (shown under it, marked as a problem); `onNotice` sees notices;
  * `afterSuccess(job)` runs on success (e.g. reload); `afterInterrupted(job)` runs when an agent restart
  * cut the job short (e.g. reload the page's data). Resolves to the final job.
  */
 export async function showJobProgress(
   jobId,
-  { title, describe, onNotice, afterSuccess, afterInterrupted, cancellable = true },
+  { title, describe, problems, onNotice, afterSuccess, afterInterrupted, cancellable = true },
 ) {
   const dialog = $('progress-dialog');
   const text = $('progress-text');
@@ -59,7 +60,10 @@ export async function showJobProgress(
   const state = $('progress-state');
   const cancel = $('progress-cancel');
   const close = $('progress-close');
+  const problemList = $('progress-problems');
   const opener = document.activeElement;
+  problemList.replaceChildren();
+  problemList.hidden = true;
   $('progress-title').textContent = title;
   state.dataset.state = 'running';
   $('progress-icon').textContent = '';
@@ -117,8 +121,15 @@ export async function showJobProgress(
   bar.value = job.state === 'succeeded' ? 1 : 0;
   amount.textContent = '';
   if (job.state === 'succeeded') {
-    $('progress-icon').textContent = '✓';
+    const issues = problems?.(job) ?? [];
+    $('progress-icon').textContent = issues.length ? '!' : '✓';
     text.textContent = describe?.(job) ?? DONE_TEXT.succeeded;
+    if (issues.length) {
+      // Done, but not all of it: the dialog says so instead of a plain success.
+      state.dataset.state = 'problems';
+      problemList.replaceChildren(...issues.map((issue) => el('li', {}, issue)));
+      problemList.hidden = false;
+    }
   } else if (job.state === 'interrupted') {
     $('progress-icon').textContent = '!';
     text.textContent = interruptedText(job);

@@ -226,8 +226,18 @@ export async function loadDrStatus() {
   }
 }
 
+/** What a push that did not succeed left behind, in words: a failure must never leave an older success shown. */
+function pushFailureText(job) {
+  const reason = job.error?.message;
+  if (job.state === 'cancelled') return 'Push cancelled: the cloud copy was not updated.';
+  if (job.state === 'interrupted')
+    return 'Push cut short by an agent restart: the cloud copy was not updated. Push again.';
+  return `Push failed: ${reason ?? 'unknown error'}. The cloud copy was not updated.`;
+}
+
 async function pushNow() {
   const out = $('dr-result');
+  tell(out, '');
   try {
     const { jobId } = await api('/dr/push', { method: 'POST' });
     const job = await showJobProgress(jobId, {
@@ -235,8 +245,9 @@ async function pushNow() {
       describe: () => 'The latest backup is now in the cloud.',
     });
     if (job.state === 'succeeded') tell(out, 'Cloud copy updated.', 'ok');
+    else tell(out, pushFailureText(job), 'bad');
   } catch (error) {
-    tell(out, error.message, 'bad');
+    tell(out, `Push failed: ${error.message}`, 'bad');
   }
   await loadDrStatus();
 }
@@ -272,12 +283,52 @@ function showMaintenance(result) {
   );
 }
 
+/**
+ * The run uses the SAVED days: when the field beside the button says otherwise, it does not run (the
+ * user would lose rows they meant to keep); otherwise it asks first, naming the days and what goes.
+ */
+async function confirmMaintenance(out) {
+  const saved = (await api('/settings'))?.maintenance?.retentionDays;
+  const field = $('f-maintenance-retentionDays');
+  const typed = field.value.trim();
+  if (!Number.isInteger(saved)) {
+    tell(out, 'Not run: the saved history setting could not be read. Reload the page.', 'bad');
+    return false;
+  }
+  if (typed === '' || Number(typed) !== saved) {
+    tell(
+      out,
+      `Not run: “Keep history for” shows ${typed === '' ? 'nothing' : `${typed} days`}, but the saved setting is ${saved} days, and maintenance uses the saved one. Save All Settings first, then run maintenance.`,
+      'bad',
+    );
+    field.focus();
+    return false;
+  }
+  const ok = await confirmAction({
+    title: 'Delete old history now?',
+    body: [
+      `History rows older than ${saved} day${saved === 1 ? '' : 's'} (the saved setting) are permanently deleted now: attribute history, request history and access log.`,
+      'They cannot be brought back except by restoring an older backup. Configuration and current values are not touched.',
+    ],
+    confirmLabel: `Delete History Older Than ${saved} Day${saved === 1 ? '' : 's'}`,
+  });
+  if (!ok) tell(out, 'Maintenance not run: nothing was deleted.');
+  return ok;
+}
+
+let maintenanceBusy = false;
+
 async function runMaintenance() {
+  if (maintenanceBusy) return;
+  maintenanceBusy = true;
   const out = $('maintenance-result');
   const button = $('run-maintenance');
-  button.disabled = true;
-  tell(out, 'Running maintenance…');
+  tell(out, '');
   try {
+    // The button stays enabled while the dialog is open, so focus comes back to it on Cancel.
+    if (!(await confirmMaintenance(out))) return;
+    button.disabled = true;
+    tell(out, 'Running maintenance…');
     const answer = await api('/maintenance/run', { method: 'POST' });
     if (answer?.jobId && answer.deleted === undefined) {
       const job = await showJobProgress(answer.jobId, {
@@ -292,6 +343,7 @@ async function runMaintenance() {
     tell(out, error.message, 'bad');
   } finally {
     button.disabled = false;
+    maintenanceBusy = false;
   }
 }
 

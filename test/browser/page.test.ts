@@ -1,4 +1,4 @@
-import { chown, copyFile, mkdir, mkdtemp, readdir, readFile, stat } from 'node:fs/promises';
+import { chmod, chown, copyFile, mkdir, mkdtemp, readdir, readFile, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Browser, Page } from 'playwright-core';
@@ -304,7 +304,43 @@ describe('the Backup & Restore page in a real browser, against a real agent and 
     await shot('14-sftp-remote-list', false);
   });
 
-  it('runs database maintenance and shows the total and per-table counts', async () => {
+  it('shows the steps after a backup that failed (auto-upload to an SFTP folder that refuses writes) as a problem', async () => {
+    const remote = join(sshd.root, 'gem-offsite');
+    const sftp = page.locator('#offsite-sftp');
+    await sftp.getByText('Upload every new backup automatically').click();
+    await page.getByRole('button', { name: 'Save All Settings' }).click();
+    await page.getByText('Settings saved.', { exact: false }).waitFor();
+    const saved = (await (await t.request('/api/v1/settings')).json()) as {
+      offsite: { sftp: { autoUpload: boolean } };
+    };
+    expect(saved.offsite.sftp.autoUpload).toBe(true);
+    // The SFTP user may read the folder but not write to it: the upload after the backup fails.
+    await chmod(remote, 0o555);
+    try {
+      await page.getByRole('button', { name: 'Create Backup' }).click();
+      const dialog = page.locator('#progress-dialog');
+      await dialog.getByRole('button', { name: 'Close' }).waitFor({ timeout: 90_000 });
+      expect(await dialog.locator('#progress-state').getAttribute('data-state')).toBe('problems');
+      expect(await dialog.locator('#progress-icon').textContent()).toBe('!');
+      expect(await dialog.locator('#progress-text').textContent()).toMatch(
+        /^Backup created: gem-backup-.*The backup is good, but a step after it failed:$/,
+      );
+      const problems = dialog.locator('#progress-problems li');
+      expect(await problems.count()).toBe(1);
+      expect(await problems.first().textContent()).toMatch(
+        /^Automatic offsite upload failed: SFTP server: \S/,
+      );
+      await shot('15-backup-follow-up-failed', false);
+      await dialog.getByRole('button', { name: 'Close' }).click();
+    } finally {
+      await chmod(remote, 0o755);
+    }
+    await sftp.getByText('Upload every new backup automatically').click();
+    await page.getByRole('button', { name: 'Save All Settings' }).click();
+    await page.getByText('Settings saved.', { exact: false }).waitFor();
+  });
+
+  it('runs database maintenance only with the saved days, behind a confirmation, and shows the total and per-table counts', async () => {
     const count = () =>
       withSql(gemDatabase(), async (sql) => {
         const [row] = await sql`select (select count(*) from attribute_history)::int as a,
@@ -316,8 +352,44 @@ describe('the Backup & Restore page in a real browser, against a real agent and 
         };
       });
     const before = await count();
-    await page.getByRole('button', { name: 'Run Maintenance Now' }).click();
+    const savedDays = (
+      (await (await t.request('/api/v1/settings')).json()) as {
+        maintenance: { retentionDays: number };
+      }
+    ).maintenance.retentionDays;
+    const days = page.getByLabel('Keep history for (days)');
+    const run = page.getByRole('button', { name: 'Run Maintenance Now' });
     const result = page.locator('#maintenance-result');
+    const confirm = page.locator('#confirm-dialog');
+    expect(await days.inputValue()).toBe(String(savedDays));
+
+    // A different, unsaved number: nothing runs (the run would use the saved one), the page says to save first.
+    await days.fill(String(savedDays + 275));
+    await run.click();
+    await result.getByText('Save All Settings first').waitFor();
+    expect(await result.textContent()).toContain(`${savedDays + 275} days`);
+    expect(await result.textContent()).toContain(`saved setting is ${savedDays} days`);
+    expect(await result.getAttribute('class')).toBe('result bad');
+    expect(await confirm.isVisible()).toBe(false);
+    await result.scrollIntoViewIfNeeded();
+    await shot('09a-maintenance-unsaved-days', false);
+    expect(await count()).toEqual(before);
+
+    // The saved number: a confirmation naming the days and what is deleted, Cancel focused; Cancel deletes nothing.
+    await days.fill(String(savedDays));
+    await run.click();
+    await confirm.getByRole('heading', { name: 'Delete old history now?' }).waitFor();
+    await confirm.getByText(`older than ${savedDays} days (the saved setting)`, { exact: false }).waitFor();
+    await confirm.getByText('attribute history, request history and access log', { exact: false }).waitFor();
+    expect(await page.evaluate(() => document.activeElement?.id)).toBe('confirm-cancel');
+    await shot('09b-maintenance-confirm', false);
+    await confirm.getByRole('button', { name: 'Cancel' }).click();
+    await result.getByText('Maintenance not run: nothing was deleted.').waitFor();
+    expect(await confirm.isVisible()).toBe(false);
+    expect(await count()).toEqual(before);
+
+    await run.click();
+    await confirm.getByRole('button', { name: `Delete History Older Than ${savedDays} Days` }).click();
     await result.getByText(/Deleted [\d,]+ old rows/).waitFor({ timeout: 60_000 });
     const after = await count();
     const gone = {
