@@ -1,11 +1,19 @@
 /** A lock file so that the agent and the CLI never run two mutating jobs at once on the same data dir. */
 import { createHash, randomUUID } from 'node:crypto';
+import { readFileSync } from 'node:fs';
 import { link, readFile, stat, unlink, writeFile } from 'node:fs/promises';
 import { AppError } from '../errors';
 
 /** What a lock file (and a takeover claim) holds: who, and a nonce naming this one taking. */
 interface Holder {
   pid: number;
+  /**
+   * The holder process's start (field 22 of /proc/<pid>/stat) and the kernel's boot id: a pid alone
+   * may name another process once the holder died (after a container restart, say). Absent where
+   * /proc is not readable, and in lock files of earlier versions.
+   */
+  started?: string;
+  boot?: string;
   nonce: string;
   what: string;
   since: string;
@@ -24,10 +32,41 @@ const held = new Set<string>();
 /** Per lock path, the tail of this process's acquire attempts: they run one after another. */
 const queues = new Map<string, Promise<unknown>>();
 
-/** A holder is dead only when its process is known gone (ESRCH); EPERM means it runs as another user. */
+/** When process `pid` started (clock ticks after boot), from /proc; undefined if that cannot be read. */
+function processStart(pid: number): string | undefined {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    // Field 2 (the command) is in parentheses and may hold spaces: count the fields after it.
+    return stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19];
+  } catch {
+    return undefined;
+  }
+}
+
+function bootId(): string | undefined {
+  try {
+    return readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').trim();
+  } catch {
+    return undefined;
+  }
+}
+
+const BOOT = bootId();
+const STARTED = processStart(process.pid);
+
+/**
+ * A holder is dead when its process is known gone (ESRCH; EPERM means it runs as another user), or
+ * when its pid now names another process: the kernel was booted again, or the process with that pid
+ * started at another time than the holder.
+ */
 function alive(holder: Partial<Holder> | undefined): boolean {
   if (!holder || typeof holder.pid !== 'number') return false;
   if (holder.pid === process.pid) return typeof holder.nonce === 'string' && held.has(holder.nonce);
+  if (typeof holder.boot === 'string' && BOOT !== undefined && holder.boot !== BOOT) return false;
+  if (typeof holder.started === 'string') {
+    const started = processStart(holder.pid);
+    if (started !== undefined && started !== holder.started) return false;
+  }
   try {
     process.kill(holder.pid, 0);
     return true;
@@ -90,7 +129,14 @@ async function createWithContent(path: string, holder: Holder): Promise<boolean>
 }
 
 function newHolder(what: string): Holder {
-  return { pid: process.pid, nonce: randomUUID(), what, since: new Date().toISOString() };
+  return {
+    pid: process.pid,
+    ...(STARTED !== undefined ? { started: STARTED } : {}),
+    ...(BOOT !== undefined ? { boot: BOOT } : {}),
+    nonce: randomUUID(),
+    what,
+    since: new Date().toISOString(),
+  };
 }
 
 /**

@@ -186,6 +186,31 @@ describe('the job lock', () => {
     await expect(readFile(path, 'utf8')).rejects.toMatchObject({ code: 'ENOENT' });
   });
 
+  it('counts a holder whose pid now names another process (started later, or before a reboot) as dead', async () => {
+    // A CLI run died holding the lock; after a restart its pid belongs to something else.
+    const path = join(dir, 'reused.lock');
+    const other = spawn('sleep', ['30']);
+    try {
+      const stat = await readFile(`/proc/${other.pid}/stat`, 'utf8');
+      const started = stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19]!;
+      const boot = (await readFile('/proc/sys/kernel/random/boot_id', 'utf8')).trim();
+      const holder = { pid: other.pid, nonce: 'cli', what: 'backup', since: 'x' };
+      // The process that really holds it: alive.
+      await writeFile(path, JSON.stringify({ ...holder, started, boot }));
+      await expect(acquireLock(path, 'backup')).rejects.toMatchObject({ code: 'job_running' });
+      // Same pid, another start: the holder is gone.
+      await writeFile(path, JSON.stringify({ ...holder, started: String(Number(started) - 1), boot }));
+      expect(await clearStaleLock(path)).toBe(false);
+      await expect(readFile(path, 'utf8')).rejects.toMatchObject({ code: 'ENOENT' });
+      // Same pid and start, another boot: gone too.
+      await writeFile(path, JSON.stringify({ ...holder, started, boot: `${boot.slice(0, -1)}x` }));
+      const release = await acquireLock(path, 'backup');
+      await release();
+    } finally {
+      other.kill();
+    }
+  });
+
   it('counts a holder it may not signal (EPERM) as alive, and removes only a dead one at start', async () => {
     const path = join(dir, 'f.lock');
     // pid 1 runs as root (or another user): kill(1, 0) succeeds or fails with EPERM, never ESRCH.
