@@ -82,7 +82,8 @@ const TASKS: TaskDef[] = [
 /** Runs the scheduled tasks; re-arms itself whenever the settings change (no restart needed). */
 export class Scheduler {
   private readonly timers = new Map<ScheduledTask, Cron>();
-  private readonly retries = new Set<NodeJS.Timeout>();
+  /** Busy retries waiting for their time, each with the way to give it up (resolving its run). */
+  private readonly retries = new Map<NodeJS.Timeout, { task: ScheduledTask; giveUp: () => void }>();
   private unsubscribe: (() => void) | undefined;
   private stopped = false;
   /** Runs started by start() (catch-ups) and by the timers, until they end: for shutdown and tests. */
@@ -122,7 +123,8 @@ export class Scheduler {
 
   /**
    * (Re)creates the timers from the current settings, and marks each enabled task armed (if nothing
-   * is recorded for it yet), so a task turned on later also gets its catch-up after downtime.
+   * is recorded for it yet), so a task turned on later also gets its catch-up after downtime. A busy
+   * retry of a task now turned off is given up: the user's "off" wins over a slot that fired before.
    */
   arm(): void {
     if (this.stopped) return;
@@ -131,7 +133,16 @@ export class Scheduler {
     const now = this.options.now?.() ?? new Date();
     for (const def of TASKS) {
       const timing = def.timing(this.agent);
-      if (!timing) continue;
+      if (!timing) {
+        for (const [timer, retry] of this.retries) {
+          if (retry.task !== def.task) continue;
+          clearTimeout(timer);
+          this.retries.delete(timer);
+          this.agent.log.info('the task was turned off; its busy retry is given up', { task: def.task });
+          retry.giveUp();
+        }
+        continue;
+      }
       const marked = this.agent.settings.state
         .arm(def.task, now)
         .catch((error: unknown) => this.agent.log.warn('could not mark a scheduled task armed', { error }));
@@ -182,9 +193,15 @@ export class Scheduler {
         return new Promise((resolve) => {
           const timer = setTimeout(() => {
             this.retries.delete(timer);
+            // Checked again here too: the settings may have changed without a notification reaching arm().
+            if (!d.timing(this.agent)) {
+              this.agent.log.info('the task was turned off; its busy retry is given up', { task: d.task });
+              resolve(undefined);
+              return;
+            }
             resolve(this.fire(d, false, slotFiredAt));
           }, this.options.retryMs ?? BUSY_RETRY_MS);
-          this.retries.add(timer);
+          this.retries.set(timer, { task: d.task, giveUp: () => resolve(undefined) });
         });
       }
       this.agent.log.warn('a scheduled task could not start', { task: d.task, error: describeError(error) });
@@ -222,7 +239,11 @@ export class Scheduler {
     this.unsubscribe?.();
     for (const c of this.timers.values()) c.stop();
     this.timers.clear();
-    for (const t of this.retries) clearTimeout(t);
+    // Given up, not left pending: settled() would otherwise wait for them forever.
+    for (const [timer, retry] of this.retries) {
+      clearTimeout(timer);
+      retry.giveUp();
+    }
     this.retries.clear();
   }
 }

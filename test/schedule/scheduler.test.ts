@@ -89,6 +89,43 @@ describe('the scheduler', () => {
     scheduler.stop();
   });
 
+  it('gives up a busy retry when the task is turned off meanwhile: nothing purged', async () => {
+    const history = async () => {
+      const [row] = await t.agent.sql<{ a: number; r: number; l: number }[]>`
+        select (select count(*)::int from public.attribute_history) as a,
+               (select count(*)::int from public.request_history) as r,
+               (select count(*)::int from public.access_log) as l`;
+      return row;
+    };
+    const [old] = await t.agent.sql<{ n: number }[]>`
+      select count(*)::int as n from public.attribute_history where recorded_at < now() - interval '90 days'`;
+    expect(old!.n).toBeGreaterThan(0); // there is something the purge would delete
+    const before = await history();
+    const jobsBefore = t.agent.jobs.list().length;
+
+    const scheduler = new Scheduler(t.agent, { retryMs: 300 });
+    await scheduler.start();
+    await scheduler.settled();
+    try {
+      const release = await holdLock(); // the 03:00 slot fires while a restore holds the lock
+      const run = scheduler.fire('maintenance', true);
+      await new Promise((r) => setTimeout(r, 50));
+      expect((await put({ maintenance: { enabled: false, retentionDays: 90 } })).status).toBe(200);
+      await release();
+      // Past the retry's time, then every run settled.
+      await new Promise((r) => setTimeout(r, 600));
+      expect(await run).toBeUndefined();
+      await scheduler.settled();
+
+      expect(t.agent.jobs.list().filter((j) => j.kind === 'maintenance')).toEqual([]);
+      expect(t.agent.jobs.list().length).toBe(jobsBefore + 1); // only the lock holder
+      expect(await history()).toEqual(before);
+    } finally {
+      scheduler.stop();
+      expect((await put({ maintenance: { enabled: true, retentionDays: 90 } })).status).toBe(200);
+    }
+  });
+
   it('runs the maintenance task as a job and records it', async () => {
     const scheduler = new Scheduler(t.agent);
     const job = await scheduler.fire('maintenance', false);
