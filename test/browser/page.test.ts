@@ -334,6 +334,10 @@ describe('the Backup & Restore page in a real browser, against a real agent and 
       await dialog.getByRole('button', { name: 'Close' }).click();
     } finally {
       await chmod(remote, 0o755);
+      // A failure above must not leave the dialog covering the page for the next steps.
+      await page.evaluate(() => {
+        for (const open of document.querySelectorAll('dialog[open]')) (open as HTMLDialogElement).close();
+      });
     }
     await sftp.getByText('Upload every new backup automatically').click();
     await page.getByRole('button', { name: 'Save All Settings' }).click();
