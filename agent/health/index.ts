@@ -26,6 +26,7 @@ export {
   statfsFreeSpace,
   verificationArea,
 } from './sources';
+export { type HealthState, HealthStateStore } from './state';
 export {
   DEFAULT_WATCHDOG_THRESHOLDS,
   JobWatchdog,

@@ -22,6 +22,7 @@ import {
   offsiteArea,
   verificationArea,
 } from './sources';
+import { HealthStateStore } from './state';
 import { JobWatchdog, type WatchdogThresholds } from './watchdog';
 
 export interface HealthOptions {
@@ -50,7 +51,7 @@ export class HealthService {
       offsite: offsiteArea(agent, offsiteServiceFor(agent), verification, {
         probeIntervalMs: options.offsiteProbeIntervalMs ?? 5 * 60_000,
       }),
-      dr: drArea(drServiceFor(agent)),
+      dr: drArea(drServiceFor(agent), new HealthStateStore(`${agent.config.dataDir}/health-state.json`)),
       verification: verificationArea(agent, verification),
       disk: diskArea(agent, options.freeSpace),
       keys: keysArea(agent),

@@ -8,6 +8,7 @@ import { DESTINATION_TITLES, OFFSITE_KINDS, type OffsiteKind } from '../offsite/
 import type { OffsiteService } from '../offsite/service';
 import { currentTargetResults, type VerificationStateStore } from '../verification/state';
 import { type AreaHealth, type AreaSource, formatAge, type HealthStatus, worst } from './model';
+import type { HealthStateStore } from './state';
 import type { JobWatchdog } from './watchdog';
 
 const HOUR = 3_600_000;
@@ -158,11 +159,20 @@ export function offsiteArea(
 /** When the last DR push is too old, in days (it runs nightly). */
 export const DR_AGE_DAYS = { warning: 2, failing: 4 } as const;
 
-/** Cloud DR: last successful push against the nightly schedule; a failed last push; an opt-out still owed. */
-export function drArea(dr: DrService): AreaSource {
+/**
+ * Cloud DR: last successful push against the nightly schedule (with none ever, the time since DR was
+ * turned on, so a DR that never worked also turns failing); a failed last push; an opt-out still owed.
+ */
+export function drArea(dr: DrService, state: HealthStateStore): AreaSource {
   return async (now) => {
     const s = await dr.status();
-    const details = { lastPush: s.lastPush, lastSuccess: s.lastSuccess, nextRunAt: s.nextRunAt };
+    const armedAt = await state.drArmedSince(s.enabled, now);
+    const details = {
+      lastPush: s.lastPush,
+      lastSuccess: s.lastSuccess,
+      nextRunAt: s.nextRunAt,
+      armedAt: armedAt?.toISOString() ?? null,
+    };
     if (s.pendingDeletion) {
       return {
         status: 'warning',
@@ -171,13 +181,15 @@ export function drArea(dr: DrService): AreaSource {
       };
     }
     if (!s.enabled) return { status: 'ok', reason: s.reason ?? 'Cloud DR is off', ...details };
-    const since = s.lastSuccess ? Date.parse(s.lastSuccess.at) : undefined;
-    const age = since === undefined ? undefined : now.getTime() - since;
+    // The DR copy is the only one off the box: one that never succeeded ages like one that stopped.
+    const since = s.lastSuccess ? Date.parse(s.lastSuccess.at) : (armedAt ?? now).getTime();
+    const age = Math.max(0, now.getTime() - since);
     let status: HealthStatus = 'ok';
-    let reason =
-      age === undefined ? 'No Cloud DR push yet' : `The last Cloud DR push was ${formatAge(age)} ago`;
-    if (age !== undefined && age > DR_AGE_DAYS.failing * DAY) status = 'failing';
-    else if (age !== undefined && age > DR_AGE_DAYS.warning * DAY) status = 'warning';
+    let reason = s.lastSuccess
+      ? `The last Cloud DR push was ${formatAge(age)} ago`
+      : `No Cloud DR push has succeeded yet (Cloud DR on since ${formatAge(age)} ago)`;
+    if (age > DR_AGE_DAYS.failing * DAY) status = 'failing';
+    else if (age > DR_AGE_DAYS.warning * DAY) status = 'warning';
     if (s.lastPush?.outcome === 'failed') {
       status = worst([status, 'warning']);
       reason = `The last Cloud DR push failed: ${s.lastPush.error?.message ?? 'unknown error'}. ${reason}`;
