@@ -50,6 +50,18 @@ export interface ContentHash {
 }
 
 /** Refuses any name that is not exactly a backup name: nothing else ever reaches the file system. */
+/**
+ * The newest backup of `list` (newest first) that counts as a good one of this installation: its
+ * verification did not fail, and it is ours (`owns`: the keyring's; another installation's upload or
+ * one made with keys we do not hold is not). Health and metrics judge freshness by it.
+ */
+export function newestGoodBackup(
+  list: BackupInfo[],
+  owns: (installationId: string, keyIds: readonly string[]) => boolean,
+): BackupInfo | undefined {
+  return list.find((b) => b.verifyResult !== 'failed' && owns(b.installationId, b.keyIds));
+}
+
 export function checkBackupName(name: string): string {
   if (!isBackupName(name)) {
     throw new AppError('invalid_name', 'invalid backup name: expected gem-backup-YYYY-MM-DD-HHMMSS.tar.gz');

@@ -1,5 +1,6 @@
 /** The agent's metrics in the Prometheus text format: backups, destinations, jobs, verification and health. */
 import type { Agent } from '../agent';
+import { newestGoodBackup } from '../backup/catalog';
 import { drServiceFor } from '../dr/service';
 import { HEALTH_AREAS, statusRank } from '../health/model';
 import type { HealthService } from '../health/service';
@@ -23,7 +24,8 @@ export async function collectMetrics(
 ): Promise<string> {
   const m = new MetricsText();
   const backups = await agent.catalog.list();
-  const newest = backups[0];
+  // As health judges it: a newer backup that failed verification, or is not ours, is no last success.
+  const newest = newestGoodBackup(backups, (id, keyIds) => agent.keyring.owns(id, keyIds));
   m.family('gem_backup_local_backups', 'gauge', 'Backups in the local folder.', [{ value: backups.length }]);
   m.family('gem_backup_local_bytes', 'gauge', 'Bytes of all local backups.', [
     { value: backups.reduce((n, b) => n + b.size, 0) },
@@ -31,12 +33,18 @@ export async function collectMetrics(
   m.family('gem_backup_pinned_backups', 'gauge', 'Local backups pinned (never pruned).', [
     { value: backups.filter((b) => b.pinned).length },
   ]);
-  m.family('gem_backup_last_backup_size_bytes', 'gauge', 'Size of the newest local backup.', [
-    { value: newest?.size ?? 0 },
-  ]);
-  m.family('gem_backup_last_backup_timestamp_seconds', 'gauge', 'When the newest local backup was made.', [
-    { value: seconds(newest?.createdAt) ?? 0 },
-  ]);
+  m.family(
+    'gem_backup_last_backup_size_bytes',
+    'gauge',
+    'Size of the newest good local backup (verification not failed, ours).',
+    [{ value: newest?.size ?? 0 }],
+  );
+  m.family(
+    'gem_backup_last_backup_timestamp_seconds',
+    'gauge',
+    'When the newest good local backup was made (verification not failed, ours).',
+    [{ value: seconds(newest?.createdAt) ?? 0 }],
+  );
   m.family(
     'gem_backup_last_backup_duration_seconds',
     'gauge',
@@ -54,7 +62,7 @@ export async function collectMetrics(
     recorder.backupSize.snapshot(),
   );
 
-  // Last success per destination: local (newest backup), each offsite destination (last upload), the cloud slot.
+  // Last success per destination: local (newest good backup), each offsite destination (last upload), the cloud slot.
   const offsite = await offsiteServiceFor(agent).status();
   const dr = await drServiceFor(agent).status();
   const lastSuccess: Sample[] = [];

@@ -71,4 +71,21 @@ describe('GET /metrics', () => {
     // Keys never downloaded: a warning (1).
     expect(health.find((s) => s.labels.area === 'keys')?.value).toBe(1);
   }, 60_000);
+
+  it('takes no backup whose verification failed as the last one, as health does not', async () => {
+    const good = await backupNow(t);
+    const bad = await backupNow(t);
+    await t.agent.catalog.updateRecord(bad, { verifyResult: 'failed', verifyError: 'chunk 3 is damaged' });
+    const families = parsePrometheusText(await (await scrape(METRICS_TOKEN)).text());
+    const goodInfo = await t.agent.catalog.info(good);
+    expect(families.get('gem_backup_last_backup_timestamp_seconds')?.samples[0]?.value).toBe(
+      Date.parse(goodInfo.createdAt) / 1000,
+    );
+    expect(families.get('gem_backup_last_backup_size_bytes')?.samples[0]?.value).toBe(goodInfo.size);
+    expect(
+      families
+        .get('gem_backup_destination_last_success_timestamp_seconds')!
+        .samples.find((s) => s.labels.destination === 'local')?.value,
+    ).toBe(Date.parse(goodInfo.createdAt) / 1000);
+  }, 60_000);
 });
