@@ -1,5 +1,5 @@
 /** The history purge: deletes rows older than the cut-off from GEM's three history tables, in short batches. */
-import type { Sql } from 'postgres';
+import type { MaybeRow, PendingQuery, RowList, Sql } from 'postgres';
 import { AppError } from '../errors';
 
 /** The only tables (and their time columns) the purge ever touches: history, never configuration or current values. */
@@ -38,9 +38,33 @@ export interface PurgeOptions {
 }
 
 /**
+ * Runs `query`, cancelling it on the server when `signal` aborts: a DELETE waiting for a lock GEM
+ * holds on the table (a migration, a stuck transaction) would otherwise keep the job, and the job
+ * lock, until GEM lets go. Its own transaction is rolled back, so the batch deletes nothing.
+ */
+async function untilCancelled<T extends readonly MaybeRow[]>(
+  query: PendingQuery<T>,
+  signal: AbortSignal | undefined,
+): Promise<RowList<T>> {
+  // cancel() sends a CancelRequest on a connection of its own (the pool's is busy with the query).
+  const cancel = () => void Promise.resolve(query.cancel()).catch(() => {});
+  signal?.addEventListener('abort', cancel, { once: true });
+  try {
+    return await query;
+  } catch (error) {
+    if (signal?.aborted)
+      throw new AppError('cancelled', 'the maintenance run was cancelled', { cause: error });
+    throw error;
+  } finally {
+    signal?.removeEventListener('abort', cancel);
+  }
+}
+
+/**
  * Deletes, from each history table, the rows whose time is before now - retentionDays, one batch per
- * statement (each its own transaction: locks last one batch). Between batches it checks `signal`
- * and stops with `cancelled`; what was deleted stays deleted, nothing else is touched.
+ * statement (each its own transaction: locks last one batch). On `signal` it stops with `cancelled`,
+ * between batches or by cancelling the running statement; what was deleted stays deleted, nothing
+ * else is touched.
  */
 export async function purgeHistory(sql: Sql, options: PurgeOptions): Promise<PurgeResult> {
   if (!Number.isInteger(options.retentionDays) || options.retentionDays < 1) {
@@ -57,9 +81,10 @@ export async function purgeHistory(sql: Sql, options: PurgeOptions): Promise<Pur
       if (options.signal?.aborted) throw new AppError('cancelled', 'the maintenance run was cancelled');
       // ctid picks exactly the rows the indexed sub-select found; a row inserted meanwhile is newer than
       // the cut-off and never matches.
-      const result = await sql`
+      const pending = sql`
         delete from ${t} where ctid = any(array(
           select ctid from ${t} where ${c} < ${cutoff.toISOString()}::timestamptz limit ${batch}))`;
+      const result = await untilCancelled(pending, options.signal);
       deleted[key] += result.count;
       options.onBatch?.(key, result.count, deleted[key]);
       if (result.count < batch) break;
