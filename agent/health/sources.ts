@@ -2,6 +2,7 @@
 import { statfs } from 'node:fs/promises';
 import type { Schedule, VerificationSchedule } from '../../shared/api/settings';
 import type { Agent } from '../agent';
+import { newestGoodBackup } from '../backup/catalog';
 import type { DrService } from '../dr/service';
 import { describeError } from '../errors';
 import { DESTINATION_TITLES, OFFSITE_KINDS, type OffsiteKind } from '../offsite/destinations';
@@ -36,7 +37,7 @@ export function backupsArea(agent: Agent): AreaSource {
   return async (now) => {
     const auto = agent.settings.get().autoBackup;
     const list = await agent.catalog.list();
-    const latest = list.find((b) => b.verifyResult !== 'failed');
+    const latest = newestGoodBackup(list, (id, keyIds) => agent.keyring.owns(id, keyIds));
     const details = {
       lastBackup: latest
         ? { filename: latest.filename, createdAt: latest.createdAt, size: latest.size }
