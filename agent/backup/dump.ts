@@ -44,17 +44,43 @@ function quoteIdent(name: string): string {
   return `"${name.replace(/"/g, '""')}"`;
 }
 
-/** Exact row counts of every GEM table, in the transaction `sql` is in. */
-export async function countRows(sql: postgres.Sql | postgres.ReservedSql): Promise<Record<string, number>> {
-  const tables = await sql.unsafe<{ schema: string; name: string }[]>(TABLES_SQL);
-  const counts: Record<string, number> = {};
-  for (const t of tables) {
-    const [row] = await sql.unsafe<{ n: string }[]>(
-      `select count(*) as n from ${quoteIdent(t.schema)}.${quoteIdent(t.name)}`,
-    );
-    counts[`${t.schema}.${t.name}`] = Number(row!.n);
+const CANCELLED = 'the job was cancelled';
+
+/**
+ * Exact row counts of every GEM table, in the transaction `sql` is in. On `signal` the running count
+ * is cancelled on the server: one waiting for a lock GEM holds on its table would otherwise wait
+ * until GEM lets go.
+ */
+export async function countRows(
+  sql: postgres.Sql | postgres.ReservedSql,
+  signal?: AbortSignal,
+): Promise<Record<string, number>> {
+  let pending: { cancel(): void } | undefined;
+  // cancel() sends a CancelRequest on a connection of its own (this one is busy with the count).
+  const cancel = () => void Promise.resolve(pending?.cancel()).catch(() => {});
+  signal?.addEventListener('abort', cancel, { once: true });
+  try {
+    const run = <T extends postgres.Row[]>(text: string): Promise<T> => {
+      if (signal?.aborted) throw new AppError('cancelled', CANCELLED);
+      const query = sql.unsafe<T>(text);
+      pending = query;
+      return query;
+    };
+    const tables = await run<{ schema: string; name: string }[]>(TABLES_SQL);
+    const counts: Record<string, number> = {};
+    for (const t of tables) {
+      const [row] = await run<{ n: string }[]>(
+        `select count(*) as n from ${quoteIdent(t.schema)}.${quoteIdent(t.name)}`,
+      );
+      counts[`${t.schema}.${t.name}`] = Number(row!.n);
+    }
+    return counts;
+  } catch (error) {
+    if (signal?.aborted) throw new AppError('cancelled', CANCELLED, { cause: error });
+    throw error;
+  } finally {
+    signal?.removeEventListener('abort', cancel);
   }
-  return counts;
 }
 
 /**
@@ -74,6 +100,10 @@ export async function dumpDatabase(options: {
 }): Promise<DumpResult> {
   const { conn, tools, target, signal } = options;
   const sql = openSql(databaseUrl(conn));
+  // On cancel the pool is ended at once: whatever waits on it (the snapshot's row counts, blocked
+  // behind a lock GEM holds) rejects, so the job ends now instead of when GEM lets go.
+  const endNow = () => void sql.end({ timeout: 0 }).catch(() => {});
+  signal?.addEventListener('abort', endNow, { once: true });
   try {
     const tx = await reserveConnection(sql).catch((error: Error) => {
       throw new AppError('dependency_down', `cannot connect to the database: ${error.message}`, {
@@ -114,8 +144,8 @@ export async function dumpDatabase(options: {
         }),
         createWriteStream(target, { flags: 'wx' }),
       );
-      const [rowCounts, exit, write] = await Promise.allSettled([countRows(tx), exited, written]);
-      if (signal?.aborted) throw new AppError('cancelled', 'the job was cancelled');
+      const [rowCounts, exit, write] = await Promise.allSettled([countRows(tx, signal), exited, written]);
+      if (signal?.aborted) throw new AppError('cancelled', CANCELLED);
       // A failed write comes first: pg_dump then dies of SIGPIPE, and its exit code says nothing of why.
       if (write.status === 'rejected') {
         if (isNoSpace(write.reason))
@@ -146,7 +176,12 @@ export async function dumpDatabase(options: {
     } finally {
       tx.release();
     }
+  } catch (error) {
+    // A step cut off by the ended pool (connecting, the snapshot) fails with a connection error.
+    if (signal?.aborted) throw new AppError('cancelled', CANCELLED, { cause: error });
+    throw error;
   } finally {
+    signal?.removeEventListener('abort', endNow);
     await sql.end({ timeout: 5 });
   }
 }
