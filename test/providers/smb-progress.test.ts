@@ -72,7 +72,7 @@ function fdinfoOf(pid: number, file: string): string | undefined {
  * A slow link without a traffic shaper: every 5 ms, smbclient is stopped (SIGSTOP) while it has read more
  * of `local` than BYTES_PER_SECOND allows since it opened it, and let go on (SIGCONT) otherwise.
  */
-function throttle(local: string): { stop(): void } {
+function throttle(local: string, bytesPerSecond = BYTES_PER_SECOND): { stop(): void } {
   const file = realpathSync(local);
   let pid: number | undefined;
   let fdinfo: string | undefined;
@@ -105,7 +105,7 @@ function throttle(local: string): { stop(): void } {
       clearInterval(timer);
       return;
     }
-    const allowed = ((Date.now() - opened) / 1000) * BYTES_PER_SECOND;
+    const allowed = ((Date.now() - opened) / 1000) * bytesPerSecond;
     if (pos > allowed && !stopped) {
       process.kill(pid, 'SIGSTOP');
       stopped = true;
@@ -162,13 +162,16 @@ describe('smb provider, upload progress', () => {
 
   it('a slow upload that lasts longer than the stall guard is not taken for a server that stopped answering', async () => {
     const file = await randomFile(dir, 'guarded', SIZE);
-    const slow = throttle(file.path);
+    // 8 MiB/s: the upload takes at least 6 s.
+    const slow = throttle(file.path, 8 * MIB);
     try {
-      // Longer than the provider's poll of smbclient's reads, far shorter than the ≥ 3 s upload.
+      // Far longer than the provider's 250 ms poll of smbclient's reads (a loaded machine may starve
+      // the event loop for a while), half the ≥ 6 s upload: the old progress (hashing only, done in
+      // well under a second) went quiet for the rest and was taken for a stall.
       const stored = await guardStall(
         (signal, onProgress) =>
           provider('guarded').put(name, fileSource(file.path, SIZE, file.sha256), { signal, onProgress }),
-        { stallTimeoutMs: 1500 },
+        { stallTimeoutMs: 3000 },
       );
       expect(stored).toMatchObject({ name, size: SIZE, sha256: file.sha256 });
     } finally {

@@ -91,6 +91,9 @@ describe('a restore interrupted by a crash', () => {
     await change('undo-after-commit');
     const before = await liveState(t.agent);
     await crashingRestore('undo-after-commit');
+    // It died mid-undo: the journal and the previous database are still there for the next start.
+    expect(existsSync(journalPath(t.dataDir))).toBe(true);
+    expect(await leftovers(t.agent)).not.toEqual([]);
     await recoverInterruptedRestore(t.agent);
     expect(await liveState(t.agent)).toEqual(before);
     expect(await leftovers(t.agent)).toEqual([]);

@@ -140,21 +140,25 @@ describe('restoring a folder that is a mount point (a Docker volume)', () => {
 
   it('is put back as it was when the restore fails after emptying it', async () => {
     const before = await changeSinceBackup('undone');
+    // What the folder held when the failure struck, checked after the job (an expect inside the hook
+    // would only be one more failure of the step, which the restore reports like the injected one).
+    let atFailure: string[] | undefined;
     const job = await runRestore(t.agent, t.agent.catalog.pathOf(filename), {
       skipSafetyBackup: true,
       faults: {
         beforeSwapStep: async (step) => {
           if (step !== 'fill-live-folder:config') return;
-          // The failure strikes with the folder emptied: the undo must refill it.
-          expect(await readdir(mounted)).toEqual([]);
+          atFailure = await readdir(mounted);
           throw new Error('injected failure before the refill');
         },
       },
     });
     expect(job.error).toMatchObject({
       code: 'restore_failed',
-      message: expect.stringContaining('step fill-live-folder:config'),
+      message: expect.stringContaining('step fill-live-folder:config: injected failure before the refill'),
     });
+    // The failure struck with the folder emptied: the undo had to refill it.
+    expect(atFailure).toEqual([]);
     expect(await liveState(t.agent)).toEqual(before);
     expect(await leftovers(t.agent)).toEqual([]);
   });
