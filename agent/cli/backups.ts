@@ -95,6 +95,13 @@ export async function verifyCommand(cli: CliContext): Promise<void> {
 }
 
 /** Offline: needs only the backup file and a keys file; no agent, no database. */
+/** Whether `a` and `b` name one file: the same path, or (both existing) the same inode. */
+async function sameFile(a: string, b: string): Promise<boolean> {
+  if (resolve(a) === resolve(b)) return true;
+  const [x, y] = await Promise.all([stat(a).catch(() => undefined), stat(b).catch(() => undefined)]);
+  return x !== undefined && y !== undefined && x.dev === y.dev && x.ino === y.ino;
+}
+
 export async function decryptCommand(cli: CliContext): Promise<void> {
   refusePassphraseArgument(cli.args);
   const { values, positionals } = parseArgs({
@@ -118,7 +125,20 @@ export async function decryptCommand(cli: CliContext): Promise<void> {
     await passphraseToOpen(keysText, values['passphrase-file']),
   );
   const keys = keyring.masterKeys.map((k) => ({ id: k.id, key: Buffer.from(k.key, 'base64url') }));
-  const output = resolve(values.output ?? basename(file).replace(/\.tar\.gz$/, '.decrypted.tar.gz'));
+  const name = basename(file);
+  const output = resolve(
+    values.output ??
+      (name.endsWith('.tar.gz')
+        ? name.replace(/\.tar\.gz$/, '.decrypted.tar.gz')
+        : `${name}.decrypted.tar.gz`),
+  );
+  // The plaintext renamed over the backup it came from would leave no encrypted copy.
+  if (await sameFile(file, output)) {
+    throw new AppError(
+      'bad_request',
+      `the output ${output} is the backup itself: give another -o (nothing was written)`,
+    );
+  }
   const opener = createOpenTransform({
     resolveFileKey: (header) => unwrapWithMasterKeys(header.stanzas, keys),
   });

@@ -96,6 +96,25 @@ describe('the gem-backup CLI (the package bin)', () => {
     expect(res.stderr).toBe('');
     expect(res.code).toBe(0);
     expect((await stat(decrypted)).size).toBeGreaterThan(0);
+
+    // A backup saved under another name (a browser's "copy.bin"): its plaintext never replaces it.
+    const copy = join(dataDir, 'copy.bin');
+    await copyFile(join(dataDir, 'backups', backup!), copy);
+    const sealed = await readFile(copy);
+    const keysArgs = ['--keys', out, '--passphrase-file', secretFile];
+    const bin = join(process.cwd(), 'bin/gem-backup.js');
+    const inDataDir = await runProcess(process.execPath, [bin, 'decrypt', 'copy.bin', ...keysArgs], {
+      env,
+      cwd: dataDir,
+    });
+    expect(inDataDir.stderr).toBe('');
+    expect(inDataDir.stdout.trim()).toBe(`decrypted to ${join(dataDir, 'copy.bin.decrypted.tar.gz')}`);
+    const onItself = await cli('decrypt', copy, ...keysArgs, '-o', copy);
+    expect(onItself.code).toBe(1);
+    expect(onItself.stderr.trim().split('\n')).toEqual([
+      expect.stringContaining('is the backup itself: give another -o (nothing was written)'),
+    ]);
+    expect((await readFile(copy)).equals(sealed)).toBe(true);
   });
 
   it('refuses a passphrase on the command line, naming the alternatives', async () => {
