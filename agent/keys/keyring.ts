@@ -6,6 +6,7 @@ import {
   randomBytes,
   scrypt as scryptCb,
 } from 'node:crypto';
+import { readFileSync, statSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { promisify } from 'node:util';
 import { z } from 'zod';
@@ -269,11 +270,34 @@ export function exportFileName(now = new Date()): string {
 export class Keyring {
   /** Keyring writes, one at a time (see change). */
   private queue: Promise<unknown> = Promise.resolve();
+  /** Which version of the file `file` is (inode, size, mtime): another process's write changes it. */
+  private stamp: string | undefined;
 
   private constructor(
     private readonly path: string,
-    private file: KeyringFile,
-  ) {}
+    private loaded: KeyringFile,
+  ) {
+    this.stamp = stampOf(path);
+  }
+
+  /**
+   * The keyring as the file holds it now. Another process (`gem-backup keys import` beside the running
+   * agent) may have written it since we read it: its keys must be usable at once (a restore of the
+   * imported installation's backups), not after a restart. A file that cannot be read or is not a valid
+   * keyring (it is written by rename, so never half) leaves the copy we have.
+   */
+  private get file(): KeyringFile {
+    const stamp = stampOf(this.path);
+    if (stamp === undefined || stamp === this.stamp) return this.loaded;
+    try {
+      const parsed = keyringFileSchema.safeParse(JSON.parse(readFileSync(this.path, 'utf8')));
+      if (parsed.success) this.loaded = parsed.data;
+    } catch {
+      // kept: the copy we have
+    }
+    this.stamp = stamp;
+    return this.loaded;
+  }
 
   /** Loads the keyring, creating it on first start. A present but unreadable keyring is an error, never replaced. */
   static async loadOrCreate(path: string, log?: Logger): Promise<Keyring> {
@@ -352,13 +376,24 @@ export class Keyring {
    */
   private change(change: (current: KeyringFile) => KeyringFile): Promise<void> {
     const run = this.queue.then(async () => {
-      const current = (await readKeyringFile(this.path)) ?? this.file;
+      const current = (await readKeyringFile(this.path)) ?? this.loaded;
       const valid = keyringFileSchema.parse(change(structuredClone(current)));
       await writeSmallFileAtomic(this.path, `${JSON.stringify(valid, null, 2)}\n`, 0o600);
-      this.file = valid;
+      this.loaded = valid;
+      this.stamp = stampOf(this.path);
     });
     this.queue = run.catch(() => {});
     return run;
+  }
+}
+
+/** The version of the file at `path` (inode, size, mtime), or undefined if it cannot be read. */
+function stampOf(path: string): string | undefined {
+  try {
+    const s = statSync(path, { bigint: true });
+    return `${s.ino}:${s.size}:${s.mtimeNs}`;
+  } catch {
+    return undefined;
   }
 }
 

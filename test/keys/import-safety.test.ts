@@ -81,6 +81,22 @@ describe('keys import', () => {
   });
 });
 
+describe('a running agent and a CLI import', () => {
+  it('uses the keys the CLI imported at once, without an import of its own or a restart', async () => {
+    const path = await keyringPath();
+    const agentKeyring = await Keyring.loadOrCreate(path);
+    const ours = agentKeyring.activeKey.id;
+    const cliKeyring = await Keyring.loadOrCreate(path);
+    const imported = createKeyringFile();
+    await cliKeyring.importKeys(imported);
+    // The imported installation's backups open with the agent's keys now, and new ones use its key.
+    expect(agentKeyring.activeKey.id).toBe(imported.masterKeys[0]!.id);
+    expect(agentKeyring.masterKeys.map((k) => k.id)).toEqual([imported.masterKeys[0]!.id, ours]);
+    expect(agentKeyring.installationId).toBe(imported.installationId);
+    expect(agentKeyring.owns(imported.installationId, [imported.masterKeys[0]!.id])).toBe(true);
+  });
+});
+
 describe('keys file scrypt parameters', () => {
   const withParams = async (params: { N: number; r: number; p: number }) => {
     const file = JSON.parse(await buildKeysExport(createKeyringFile(), 'correct horse battery')) as {
