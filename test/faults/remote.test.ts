@@ -1,5 +1,5 @@
 /** Remote faults: the SFTP, SMB and S3 servers frozen at 10 %, 50 % and 99 % of an upload: no partial object under a final name; the next sync completes and leaves no temp file. */
-import { readdir } from 'node:fs/promises';
+import { readdir, readFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { s3Options, testConnection } from '../../agent/offsite/index';
@@ -34,6 +34,16 @@ async function rawNames(dir: string): Promise<string[]> {
   return out;
 }
 
+/** Bytes of the SMB provider's temp files on the share (an upload in flight). */
+async function smbTempBytes(): Promise<number> {
+  const dir = join(smbd.root, 'faults');
+  let bytes = 0;
+  for (const entry of await readdir(dir).catch(() => [] as string[])) {
+    if (entry.startsWith('.tmp-')) bytes += (await stat(join(dir, entry)).catch(() => undefined))?.size ?? 0;
+  }
+  return bytes;
+}
+
 /** s3rver has no pause: SIGSTOP the process listening on its port, as a hung server. */
 async function s3Signal(signal: 'SIGSTOP' | 'SIGCONT'): Promise<void> {
   const port = new URL(s3.endpoint).port;
@@ -55,6 +65,8 @@ const destinations = {
       auth: { password: sshd.passwordUser.password },
     }),
     raw: () => rawNames(join(sshd.root, 'faults')),
+    /** The bytes stored under `object` (undefined if there is none). */
+    bytesOf: (object: string) => readFile(join(sshd.root, 'faults', object)).catch(() => undefined),
     /** Temp files the frozen attempts left; the next sync must have swept them. */
     leftovers: async () => (await rawNames(join(sshd.root, 'faults'))).filter((n) => n.startsWith('.tmp-')),
     freeze: async () => sshd.pause(),
@@ -71,6 +83,7 @@ const destinations = {
       remotePath: '/faults/',
     }),
     raw: () => rawNames(join(smbd.root, 'faults')),
+    bytesOf: (object: string) => readFile(join(smbd.root, 'faults', object)).catch(() => undefined),
     leftovers: async () => (await rawNames(join(smbd.root, 'faults'))).filter((n) => n.startsWith('.tmp-')),
     freeze: async () => smbd.pause(),
     thaw: async () => smbd.resume(),
@@ -86,6 +99,8 @@ const destinations = {
       secretAccessKey: s3.secretAccessKey,
     }),
     raw: () => rawNames(s3.root),
+    // s3rver keeps objects in its own layout: the listing's size tells a whole object from a cut one.
+    bytesOf: async (_object: string): Promise<Buffer | undefined> => undefined,
     // s3rver implements neither ListMultipartUploads nor AbortMultipartUpload, so the parts of the frozen
     // attempts stay in its store whatever we do; the sweep is checked against moto in test/offsite/sweep.test.ts.
     leftovers: async (): Promise<string[]> => [],
@@ -132,6 +147,7 @@ describe('a destination that stops answering mid-upload', () => {
     for (const at of [0.1, 0.5, 0.99]) {
       it(`${kind} frozen at ${at * 100} %: no partial object under the final name, the next sync completes`, async () => {
         const d = destinations[kind];
+        const local = await readFile(t.agent.catalog.pathOf(name));
         const res = await call(t, 'POST', `/offsite/${kind}/sync`);
         expect(res.status).toBe(202);
         const id = res.body.jobId as string;
@@ -140,6 +156,9 @@ describe('a destination that stops answering mid-upload', () => {
           if (job.endedAt) break;
           if (job.phase?.startsWith('uploading') && job.bytesTotal && job.bytesDone / job.bytesTotal >= at)
             break;
+          // The SMB provider reports what smbclient has read every 250 ms, so a fast upload shows no
+          // middle in its progress: the share's temp file tells how far the upload is.
+          if (kind === 'smb' && (await smbTempBytes()) >= at * local.length) break;
           await new Promise((r) => setTimeout(r, 2));
         }
         await d.freeze();
@@ -152,12 +171,20 @@ describe('a destination that stops answering mid-upload', () => {
           await d.thaw();
         }
         const raw = await d.raw();
-        const listed = JSON.stringify((await call(t, 'GET', `/offsite/${kind}/backups`)).body);
+        const listing = (await call(t, 'GET', `/offsite/${kind}/backups`)).body as {
+          backups: Array<{ filename: string; size: number }>;
+        };
+        const listed = JSON.stringify(listing);
+        // An object under the final name after a failed job is partial unless it is the whole backup:
+        // a freeze after the checked rename loses only the answer (the job fails, the copy is whole).
+        const stored = await d.bytesOf(name);
+        const whole = stored
+          ? stored.equals(local)
+          : listing.backups.find((b) => b.filename === name)?.size === local.length;
         const partial =
           job.state !== 'succeeded' &&
-          (raw.includes(name) ||
-            raw.some((n) => n.startsWith(`${name}.`) && !n.includes('tmp')) ||
-            listed.includes(name));
+          (((raw.includes(name) || listed.includes(name)) && !whole) ||
+            raw.some((n) => n.startsWith(`${name}.`) && !n.includes('tmp')));
         const next = await runJob(t, 'POST', `/offsite/${kind}/sync`);
         const after = JSON.stringify((await call(t, 'GET', `/offsite/${kind}/backups`)).body);
         const leftovers = await d.leftovers();
