@@ -141,16 +141,23 @@ export class OffsiteService {
     const { host, port } = section as DestinationSettings<'sftp'>;
     return {
       onHostKey: async (hostKeyFingerprint) => {
-        const saved = this.saved('sftp');
-        if (
-          saved.hostKeyFingerprint ||
-          saved.host.trim() !== host.trim() ||
-          (saved.port || 22) !== (port || 22)
-        )
-          return;
-        await this.agent.settings.update({ offsite: { sftp: { ...saved, hostKeyFingerprint } } });
+        // Checked and merged on the settings as they are when the change runs (inside the settings
+        // queue): a PUT saved meanwhile (SFTP off, another host, a pin typed in) wins, nothing is pinned.
+        const saved = await this.agent.settings.change((current) => {
+          const now = current.offsite.sftp;
+          if (
+            !now.enabled ||
+            now.hostKeyFingerprint ||
+            now.host.trim() !== host.trim() ||
+            (now.port || 22) !== (port || 22)
+          )
+            return undefined;
+          now.hostKeyFingerprint = hostKeyFingerprint;
+          return current;
+        });
+        if (!saved) return;
         this.agent.log.info('pinned the SFTP server host key (first connection)', {
-          host: saved.host,
+          host: saved.offsite.sftp.host,
           hostKeyFingerprint,
         });
       },

@@ -89,10 +89,15 @@ type Alerts = Settings['alerts'];
 /**
  * The alerts section of a PUT over the stored one: a webhook's secret is kept (matched by URL) unless
  * replaced or cleared; every webhook needs one, since receivers trust alerts by their signature.
+ * A URL not stored keeps the secret at its index only when that stored URL is gone from the input
+ * (the entry's URL was edited): a new webhook never gets another receiver's signing key.
  */
 function mergeAlerts(input: NonNullable<SettingsUpdate['alerts']>, stored: Alerts): Alerts {
+  const urls = new Set(input.webhooks.map((w) => w.url));
   const webhooks = input.webhooks.map((w, i) => {
-    const old = stored.webhooks.find((s) => s.url === w.url) ?? stored.webhooks[i];
+    const edited = stored.webhooks[i];
+    const old =
+      stored.webhooks.find((s) => s.url === w.url) ?? (edited && !urls.has(edited.url) ? edited : undefined);
     const secret = keep(w.secret, old?.secret);
     if (!secret) throw missingSecret(`alerts.webhooks.${i}.secret`);
     return { url: w.url, secret };

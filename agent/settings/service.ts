@@ -113,6 +113,24 @@ export class SettingsService {
   }
 
   /**
+   * A change the agent makes itself (not a PUT): `fn` gets the CURRENT settings (a copy) inside the
+   * settings queue, so a PUT queued before it is seen, not overwritten; it returns the new settings,
+   * or undefined to change nothing. Saved and told to the listeners like an update; returns what was
+   * saved, or undefined when nothing changed.
+   */
+  change(fn: (current: Settings) => Settings | undefined): Promise<Settings | undefined> {
+    return this.hold(async () => {
+      const previous = this.current;
+      const next = fn(structuredClone(previous));
+      if (!next) return undefined;
+      await this.save(next);
+      this.current = next;
+      await this.notify(previous, next);
+      return this.get();
+    });
+  }
+
+  /**
    * Runs `fn` with settings changes held back until it settles: changes run one at a time through
    * here. A restore holds them from copying the settings into the restored database to its swap.
    */

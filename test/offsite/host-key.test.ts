@@ -97,6 +97,32 @@ describe('SFTP host-key pinning', () => {
     expect(await savedPin()).toBe(other.hostKeyFingerprint);
   });
 
+  it('a first-connection pin queued behind a PUT turning SFTP off pins nothing and leaves SFTP off', async () => {
+    await save(sftp({ remotePath: 'raced/gem' }));
+    expect(await savedPin()).toBeUndefined();
+    // The hook a provider gets for this saved section (what Test Connection and transfers use).
+    const service = offsiteServiceFor(t.agent) as unknown as {
+      trustOnFirstUse(
+        kind: 'sftp',
+        section: unknown,
+      ): { onHostKey: (hostKeyFingerprint: string) => Promise<void> };
+    };
+    const { onHostKey } = service.trustOnFirstUse('sftp', t.agent.settings.get().offsite.sftp);
+    // The user saves SFTP off while the first connection is under way (not awaited: still queued)...
+    const userPut = t.agent.settings.update({
+      offsite: { sftp: sftp({ remotePath: 'raced/gem', enabled: false, auth: { password: { set: true } } }) },
+    });
+    // ...and the connection then reports the server key.
+    const pin = onHostKey(sshd.hostKeyFingerprint);
+    await Promise.all([userPut, pin]);
+    const now = t.agent.settings.get().offsite.sftp;
+    expect(now.enabled).toBe(false);
+    expect(now.hostKeyFingerprint).toBeUndefined();
+    expect(await savedPin()).toBeUndefined();
+    const res = await call(t, 'GET', '/settings');
+    expect(res.body.offsite.sftp.enabled).toBe(false);
+  });
+
   it('rejects a fingerprint that is not SHA256:base64 (422 naming the field)', async () => {
     const res = await call(t, 'PUT', '/settings', {
       offsite: { sftp: sftp({ hostKeyFingerprint: 'MD5:12:34:56' }) },

@@ -253,6 +253,43 @@ describe('settings', () => {
       await again.agent.close();
     }
   });
+
+  it("a new webhook sent without a secret is a 422, not signed with another webhook's key; an edited URL keeps its own", async () => {
+    const A = 'https://a.example/hook';
+    const B = 'https://b.example/hook';
+    const C = 'https://c.example/hook';
+    const saved = await put({
+      alerts: {
+        webhooks: [
+          { url: A, secret: 'webhook-secret-A' },
+          { url: B, secret: 'webhook-secret-B' },
+        ],
+      },
+    });
+    expect(saved.status).toBe(200);
+    const before = await storedRow();
+
+    // A removed, C added in its place with no secret typed: C must not inherit A's signing key.
+    const res = await put({ alerts: { webhooks: [{ url: B, secret: { set: true } }, { url: C }] } });
+    expect(res.status).toBe(422);
+    const error = ((await res.json()) as { error: { code: string; message: string } }).error;
+    expect(error.message.startsWith('alerts.webhooks.1.secret:'), error.message).toBe(true);
+    const after = await storedRow();
+    expect(after!.doc).toBe(before!.doc);
+    expect(after!.updated_at.getTime()).toBe(before!.updated_at.getTime());
+    expect(t.agent.settings.get().alerts.webhooks).toEqual([
+      { url: A, secret: 'webhook-secret-A' },
+      { url: B, secret: 'webhook-secret-B' },
+    ]);
+
+    // A's URL edited in place (A no longer in the list): the entry keeps its own secret.
+    const edited = await put({ alerts: { webhooks: [{ url: C }, { url: B, secret: { set: true } }] } });
+    expect(edited.status).toBe(200);
+    expect(t.agent.settings.get().alerts.webhooks).toEqual([
+      { url: C, secret: 'webhook-secret-A' },
+      { url: B, secret: 'webhook-secret-B' },
+    ]);
+  });
 });
 
 describe('the legacy B2 configuration', () => {
