@@ -71,10 +71,30 @@ export class DrService {
     agent.settings.subscribe((previous, next) => this.onSettingsChanged(previous, next));
   }
 
-  /** Arms the nightly push and resumes a pending opt-out deletion (main.ts calls this once). */
+  /**
+   * Arms the nightly push and resumes a pending opt-out deletion (main.ts calls this once). An opt-out
+   * whose deletion was never recorded (the settings were saved, then the state write failed or the
+   * process died before the listener ran) is recorded and completed here.
+   */
   async start(): Promise<void> {
     this.started = true;
     this.armNightly();
+    const s = await this.state.get();
+    if (!s.pendingDeletion && !this.agent.settings.get().cloudDr.enabled && cloudCopyMayExist(s)) {
+      this.agent.log.warn(
+        'Cloud DR is turned off but its cloud copy was not deleted: completing the opt-out',
+      );
+      try {
+        await this.state.update((x) => {
+          x.pendingDeletion ??= { since: this.now().toISOString(), attempts: 0 };
+        });
+      } catch (error) {
+        // Nothing recorded, nothing lost: the next start finds the same state and tries again.
+        this.agent.log.error('the unfinished Cloud DR opt-out could not be recorded', {
+          error: describeError(error),
+        });
+      }
+    }
     if ((await this.state.get()).pendingDeletion) this.kickDeletion();
   }
 
@@ -271,6 +291,7 @@ export class DrService {
       // Never enrolled from this data dir: nothing was ever pushed, there is nothing to delete.
       await this.state.update((x) => {
         delete x.pendingDeletion;
+        delete x.lastSuccess;
       });
       return;
     }
@@ -286,8 +307,11 @@ export class DrService {
         if (temporary) await this.agent.catalog.delete(temporary).catch(() => {});
       }
       const deleted = await this.client.deleteSlot();
+      // The cloud holds no copy now: a last success would be checked against an empty slot, and would
+      // make start() take the opt-out as unfinished. The last push stays as history.
       await this.state.update((x) => {
         delete x.pendingDeletion;
+        delete x.lastSuccess;
       });
       this.agent.log.info('the Cloud DR copy was deleted', { hadBackup: deleted });
     } catch (error) {
@@ -326,6 +350,11 @@ export class DrService {
   private now(): Date {
     return this.options.now?.() ?? new Date();
   }
+}
+
+/** A push succeeded (and no confirmed deletion followed it), or a multipart upload was left open. */
+function cloudCopyMayExist(s: DrState): boolean {
+  return s.lastSuccess !== undefined || s.upload !== undefined;
 }
 
 const services = new WeakMap<Agent, DrService>();
