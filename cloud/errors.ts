@@ -16,6 +16,15 @@ export class CloudError extends Error {
   }
 }
 
+/**
+ * The answer when storage itself failed (down, timed out, refused): a retryable 503 with a fixed
+ * message. Storage's own text (endpoint, internals) goes to the server log only, never to the client.
+ */
+export function storageUnavailable(what: string, err: unknown): CloudError {
+  console.error(`cloud: ${what} failed in storage`, err instanceof Error ? err.message : String(err));
+  return new CloudError(503, 'storage_unavailable', 'the backup storage is not available; try again later');
+}
+
 const DRAIN_LIMIT = 1024 * 1024;
 
 /**

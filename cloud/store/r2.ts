@@ -1,5 +1,6 @@
 // The slot store over an R2 bucket binding (the Worker).
 import { toHex } from '../../shared/signing';
+import { storageUnavailable } from '../errors';
 import { ContentMismatchError, type SlotStore, type StoredObject } from './slot-store';
 
 /** Slot storage over R2: R2 itself checks the sha256 of single puts; parts are hashed as they stream. */
@@ -7,12 +8,35 @@ export class R2SlotStore implements SlotStore {
   constructor(private readonly bucket: R2Bucket) {}
 
   async put(key: string, body: ReadableStream<Uint8Array>, length: number, sha256Hex: string): Promise<void> {
+    // R2 refuses a body whose sha256 or length differs from the declared one, storing nothing. It
+    // refuses the same way when it is itself failing, so the bytes are counted and hashed on their
+    // way through too: only a body that really differs is the client's fault (400, final).
+    const digest = newDigest();
+    let received = 0;
+    let ended = false;
+    const hashing = hashedPieces(
+      body,
+      length,
+      digest.getWriter(),
+      (bytes) => {
+        received += bytes;
+      },
+      () => {
+        ended = true;
+      },
+    );
     try {
-      await this.bucket.put(key, withLength(body, length), { sha256: sha256Hex });
+      await this.bucket.put(key, withLength(hashing, length), { sha256: sha256Hex });
     } catch (err) {
-      // R2 refuses a body whose sha256 or length differs from the declared one, storing nothing.
       await this.bucket.delete(key).catch(() => {});
-      throw new ContentMismatchError(`the body was refused by storage: ${(err as Error).message}`);
+      // The digest is final only once the whole body went through; before that storage gave up first.
+      if (received > length || (ended && received !== length)) {
+        throw new ContentMismatchError(`received ${received} of ${length} bytes`);
+      }
+      if (ended && toHex(new Uint8Array(await digest.digest)) !== sha256Hex) {
+        throw new ContentMismatchError('the body does not match its signed sha256');
+      }
+      throw storageUnavailable('storing a backup', err);
     }
   }
 
@@ -48,9 +72,7 @@ export class R2SlotStore implements SlotStore {
     // R2 has no checksum option for parts: hash the bytes on their way through, and refuse the part
     // if they differ. R2 has stored them under n by then, over any earlier part n: the route
     // un-records part n, so complete waits until it is sent again.
-    const DigestStream = crypto.DigestStream;
-    if (!DigestStream) throw new Error('crypto.DigestStream is not available outside workerd');
-    const digest = new DigestStream('SHA-256');
+    const digest = newDigest();
     let received = 0;
     const hashing = hashedPieces(body, length, digest.getWriter(), (bytes) => {
       received += bytes;
@@ -82,6 +104,13 @@ export class R2SlotStore implements SlotStore {
   }
 }
 
+/** A SHA-256 sink for a body's bytes (workerd only). */
+function newDigest(): InstanceType<NonNullable<typeof crypto.DigestStream>> {
+  const DigestStream = crypto.DigestStream;
+  if (!DigestStream) throw new Error('crypto.DigestStream is not available outside workerd');
+  return new DigestStream('SHA-256');
+}
+
 /** How much of a part's body is read, hashed and passed on at a time. */
 const PIECE_BYTES = 256 * 1024;
 
@@ -102,6 +131,7 @@ function hashedPieces(
   length: number,
   digest: WritableStreamDefaultWriter<Uint8Array>,
   onBytes: (bytes: number) => void,
+  onEnd: () => void = () => {},
 ): ReadableStream<Uint8Array> {
   const reader = body.getReader({ mode: 'byob' }) as PieceReader;
   let received = 0;
@@ -114,6 +144,7 @@ function hashedPieces(
         ? await reader.readAtLeast(min, view)
         : await reader.read(view);
       if (done || !value) {
+        onEnd();
         await digest.close();
         controller.close();
         return;

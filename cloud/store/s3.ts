@@ -13,6 +13,7 @@ import {
   type S3Client,
   UploadPartCommand,
 } from '@aws-sdk/client-s3';
+import { storageUnavailable } from '../errors';
 import { ContentMismatchError, type SlotStore, type StoredObject } from './slot-store';
 
 /**
@@ -32,9 +33,14 @@ export class S3SlotStore implements SlotStore {
         new PutObjectCommand({ Bucket: this.bucket, Key: key, Body: hashed.stream, ContentLength: length }),
       );
     } catch (err) {
-      throw new ContentMismatchError(`the body was refused by storage: ${(err as Error).message}`);
+      // Only bytes that really differ from the signed ones are the client's fault (400, final);
+      // storage failing before it read them all (down, refused, timed out) is retryable.
+      if (hashed.received() > length || (hashed.ended() && !hashed.matches(length, sha256Hex))) {
+        throw new ContentMismatchError('the body does not match its signed sha256 and length');
+      }
+      throw storageUnavailable('storing a backup', err);
     }
-    if (hashed.received() !== length || hashed.digest() !== sha256Hex) {
+    if (!hashed.matches(length, sha256Hex)) {
       await this.delete(key);
       throw new ContentMismatchError('the body does not match its signed sha256 and length');
     }
@@ -97,7 +103,7 @@ export class S3SlotStore implements SlotStore {
       }),
     );
     // A mismatching part is simply never recorded, so complete never uses it.
-    if (hashed.received() !== length || hashed.digest() !== sha256Hex) {
+    if (!hashed.matches(length, sha256Hex)) {
       throw new ContentMismatchError(`part ${n} does not match its signed sha256 and length`);
     }
     return { etag: out.ETag ?? '' };
@@ -126,20 +132,30 @@ function hashing(body: ReadableStream<Uint8Array>) {
   const hash = createHash('sha256');
   let received = 0;
   let digest: string | undefined;
+  let ended = false;
   const counter = new Transform({
     transform(chunk: Buffer, _enc, done) {
       received += chunk.length;
       hash.update(chunk);
       done(null, chunk);
     },
+    flush(done) {
+      ended = true;
+      done();
+    },
   });
   const stream = Readable.fromWeb(body as unknown as NodeWebReadableStream<Uint8Array>).pipe(counter);
   return {
     stream,
     received: () => received,
+    /** whether the whole body was read (its digest is then final) */
+    ended: () => ended,
     digest: () => {
       digest ??= hash.digest('hex');
       return digest;
+    },
+    matches(length: number, sha256Hex: string) {
+      return received === length && this.digest() === sha256Hex;
     },
   };
 }

@@ -1,0 +1,115 @@
+// A slot storage outage answers a retryable 503 with a fixed message; only bytes that differ answer 400.
+import { randomBytes } from 'node:crypto';
+import type { AddressInfo } from 'node:net';
+import { S3Client } from '@aws-sdk/client-s3';
+import { type ServerType, serve } from '@hono/node-server';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createCloudApp } from '../../cloud/app';
+import { type CloudDeps, parseCloudConfig } from '../../cloud/deps';
+import { S3InstallationStates } from '../../cloud/state/s3-ledger';
+import { S3SlotStore } from '../../cloud/store/s3';
+import { type S3Service, startS3 } from '../services/s3';
+import {
+  ENROLLMENT_TOKEN,
+  enroll,
+  httpRequest,
+  newInstallation,
+  putBackup,
+  sha256,
+  signedEmpty,
+  signedHeaders,
+  type TestInstallation,
+} from './harness';
+
+// Installation state and backups live on two S3 servers, so the backups' one can go down alone.
+let stateS3: S3Service;
+let slotS3: S3Service;
+const clients: S3Client[] = [];
+let server: ServerType;
+let cloud: { url: string };
+let inst: TestInstallation;
+
+function s3Client(s3: S3Service): S3Client {
+  const client = new S3Client({
+    endpoint: s3.endpoint,
+    region: s3.region,
+    forcePathStyle: true,
+    credentials: { accessKeyId: s3.accessKeyId, secretAccessKey: s3.secretAccessKey },
+    requestChecksumCalculation: 'WHEN_REQUIRED',
+    responseChecksumValidation: 'WHEN_REQUIRED',
+  });
+  clients.push(client);
+  return client;
+}
+
+beforeAll(async () => {
+  stateS3 = await startS3({ bucket: 'gem-dr-state' });
+  slotS3 = await startS3({ bucket: 'gem-dr-slots' });
+  const store = new S3SlotStore(s3Client(slotS3), slotS3.bucket);
+  const states = new S3InstallationStates(s3Client(stateS3), stateS3.bucket, store);
+  const deps: CloudDeps = {
+    store,
+    clientAddress: () => '127.0.0.1',
+    installation: (hash) => states.installation(hash),
+    takeRecoveryAttempt: async () => true,
+    config: parseCloudConfig({ ENROLLMENT_TOKEN }),
+  };
+  const app = createCloudApp(() => deps);
+  server = await new Promise<ServerType>((resolve) => {
+    const s = serve({ fetch: app.fetch, port: 0, hostname: '127.0.0.1' }, () => resolve(s));
+  });
+  cloud = { url: `http://127.0.0.1:${(server.address() as AddressInfo).port}` };
+  inst = await newInstallation();
+  expect((await enroll(cloud, inst)).status).toBe(201);
+});
+afterAll(async () => {
+  await new Promise((r) => server?.close(r));
+  for (const client of clients) client.destroy();
+  await slotS3?.stop();
+  await stateS3?.stop();
+});
+
+describe('PUT /v1/dr/backup when storage fails', () => {
+  it('answers 400 body_mismatch for wrong bytes, and 503 storage_unavailable when storage is down', async () => {
+    const first = randomBytes(10_000);
+    expect((await putBackup(cloud, inst, first, '2026-11-01T00:00:00.000Z')).status).toBe(201);
+
+    // Wrong bytes for the signed sha256, storage up: the client's fault, final.
+    const next = randomBytes(10_000);
+    const mismatchHeaders = await signedHeaders(
+      inst,
+      'PUT',
+      '/v1/dr/backup',
+      { sha256: sha256(next), length: next.length },
+      { backupCreatedAt: '2026-11-02T00:00:00.000Z' },
+    );
+    const flipped = Buffer.from(next);
+    flipped[0]! ^= 1;
+    const mismatch = await httpRequest(`${cloud.url}/v1/dr/backup`, {
+      method: 'PUT',
+      headers: mismatchHeaders,
+      body: flipped,
+    });
+    expect(mismatch.status).toBe(400);
+    expect(mismatch.json().error.code).toBe('body_mismatch');
+
+    // Storage down, a correctly signed body: retryable, and nothing of storage's own text leaks.
+    await slotS3.stop();
+    const outage = await putBackup(cloud, inst, next, '2026-11-03T00:00:00.000Z');
+    expect(outage.status).toBe(503);
+    const { error } = outage.json();
+    expect(error).toEqual({
+      code: 'storage_unavailable',
+      message: 'the backup storage is not available; try again later',
+    });
+    const text = outage.body.toString('utf8');
+    const slotPort = new URL(slotS3.endpoint).port;
+    expect(text).not.toContain(slotPort);
+    expect(text).not.toContain('127.0.0.1');
+    expect(text).not.toMatch(/ECONNREFUSED|refused by storage/);
+
+    // The slot still holds the earlier backup; its record was never touched.
+    const head = await signedEmpty(cloud, inst, 'HEAD', '/v1/dr/backup');
+    expect(head.status).toBe(200);
+  });
+});
