@@ -14,6 +14,7 @@ export class R2SlotStore implements SlotStore {
     const digest = newDigest();
     let received = 0;
     let ended = false;
+    let broken = false;
     const hashing = hashedPieces(
       body,
       length,
@@ -24,13 +25,16 @@ export class R2SlotStore implements SlotStore {
       () => {
         ended = true;
       },
+      () => {
+        broken = true;
+      },
     );
     try {
       await this.bucket.put(key, withLength(hashing, length), { sha256: sha256Hex });
     } catch (err) {
       await this.bucket.delete(key).catch(() => {});
       // The digest is final only once the whole body went through; before that storage gave up first.
-      if (received > length || (ended && received !== length)) {
+      if (broken || received > length || (ended && received !== length)) {
         throw new ContentMismatchError(`received ${received} of ${length} bytes`);
       }
       if (ended && toHex(new Uint8Array(await digest.digest)) !== sha256Hex) {
@@ -132,6 +136,7 @@ function hashedPieces(
   digest: WritableStreamDefaultWriter<Uint8Array>,
   onBytes: (bytes: number) => void,
   onEnd: () => void = () => {},
+  onBroken: () => void = () => {},
 ): ReadableStream<Uint8Array> {
   const reader = body.getReader({ mode: 'byob' }) as PieceReader;
   let received = 0;
@@ -140,9 +145,15 @@ function hashedPieces(
       // Wait for a whole piece, or the rest of the declared length; a longer body still shows past it.
       const min = Math.max(1, Math.min(PIECE_BYTES, length - received));
       const view = new Uint8Array(PIECE_BYTES);
-      const { value, done } = reader.readAtLeast
-        ? await reader.readAtLeast(min, view)
-        : await reader.read(view);
+      let read: ReadableStreamReadResult<Uint8Array>;
+      try {
+        read = reader.readAtLeast ? await reader.readAtLeast(min, view) : await reader.read(view);
+      } catch (error) {
+        // The client's body broke off (its connection ended short): the client's fault, not storage's.
+        onBroken();
+        throw error;
+      }
+      const { value, done } = read;
       if (done || !value) {
         onEnd();
         await digest.close();

@@ -35,7 +35,11 @@ export class S3SlotStore implements SlotStore {
     } catch (err) {
       // Only bytes that really differ from the signed ones are the client's fault (400, final);
       // storage failing before it read them all (down, refused, timed out) is retryable.
-      if (hashed.received() > length || (hashed.ended() && !hashed.matches(length, sha256Hex))) {
+      if (
+        hashed.broken() ||
+        hashed.received() > length ||
+        (hashed.ended() && !hashed.matches(length, sha256Hex))
+      ) {
         throw new ContentMismatchError('the body does not match its signed sha256 and length');
       }
       throw storageUnavailable('storing a backup', err);
@@ -144,10 +148,18 @@ function hashing(body: ReadableStream<Uint8Array>) {
       done();
     },
   });
-  const stream = Readable.fromWeb(body as unknown as NodeWebReadableStream<Uint8Array>).pipe(counter);
+  const source = Readable.fromWeb(body as unknown as NodeWebReadableStream<Uint8Array>);
+  // The client's body breaking off (its connection ended short) is the client's fault, not storage's.
+  let broken = false;
+  source.on('error', () => {
+    broken = true;
+  });
+  const stream = source.pipe(counter);
   return {
     stream,
     received: () => received,
+    /** whether the client's body broke off before its end */
+    broken: () => broken,
     /** whether the whole body was read (its digest is then final) */
     ended: () => ended,
     digest: () => {
