@@ -4,6 +4,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startMaintenance } from '../../agent/maintenance/run';
 import { startTestAgent, type TestAgent } from '../services/agent';
 import { holdTableLock, startPostgres, type TestPostgres } from '../services/postgres';
+import { until, within } from '../services/wait';
 
 let pg: TestPostgres;
 let t: TestAgent;
@@ -21,23 +22,6 @@ afterAll(async () => {
   await t?.close();
   await pg?.stop();
 });
-
-/** `promise`'s value, or a rejection naming `what` after `ms` (so old code fails instead of hanging). */
-function within<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  const timeout = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms waiting for ${what}`)), ms);
-  });
-  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
-}
-
-async function until(f: () => Promise<boolean>, what: string, tries = 100): Promise<void> {
-  for (let i = 0; i < tries; i++) {
-    if (await f()) return;
-    await new Promise((r) => setTimeout(r, 100));
-  }
-  throw new Error(`timed out waiting for ${what}`);
-}
 
 const historyRows = async () =>
   (await watcher<{ n: number }[]>`select count(*)::int as n from public.attribute_history`)[0]!.n;

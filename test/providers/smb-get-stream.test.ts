@@ -7,7 +7,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { SmbProvider } from '../../agent/providers/smb';
 import { isStorageError } from '../../shared/storage/index';
-import { type SmbdService, startSmbd } from '../services/smbd';
+import { type SmbdService, smbOptionsFor, startSmbd } from '../services/smbd';
 import { randomFile } from './random-file';
 
 const MIB = 1024 * 1024;
@@ -34,14 +34,7 @@ afterAll(async () => {
 });
 
 function provider(): SmbProvider {
-  return new SmbProvider({
-    host: smbd.host,
-    port: smbd.port,
-    share: smbd.share,
-    username: smbd.username,
-    password: smbd.password,
-    remotePath: '/big/',
-  });
+  return new SmbProvider(smbOptionsFor(smbd, '/big/'));
 }
 
 /** The pids of the smbclients this process runs against the test's smbd. */

@@ -8,7 +8,7 @@ import { fileSource } from '../../agent/offsite/transfer';
 import { SmbProvider } from '../../agent/providers/smb';
 import { runProcess } from '../../agent/system/spawn';
 import { isStorageError } from '../../shared/storage/index';
-import { type SmbdService, startSmbd } from '../services/smbd';
+import { type SmbdService, smbOptionsFor, startSmbd } from '../services/smbd';
 import { randomFile } from './random-file';
 
 const MIB = 1024 * 1024;
@@ -25,14 +25,7 @@ afterAll(async () => {
 });
 
 function provider(folder: string): SmbProvider {
-  return new SmbProvider({
-    host: smbd.host,
-    port: smbd.port,
-    share: smbd.share,
-    username: smbd.username,
-    password: smbd.password,
-    remotePath: `/${folder}/`,
-  });
+  return new SmbProvider(smbOptionsFor(smbd, `/${folder}/`));
 }
 
 /**

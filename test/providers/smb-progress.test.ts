@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { fileSource, guardStall } from '../../agent/offsite/transfer';
 import { SmbProvider } from '../../agent/providers/smb';
-import { type SmbdService, startSmbd } from '../services/smbd';
+import { type SmbdService, smbOptionsFor, startSmbd } from '../services/smbd';
 import { randomFile } from './random-file';
 
 const MIB = 1024 * 1024;
@@ -27,14 +27,7 @@ afterAll(async () => {
 });
 
 function provider(folder: string): SmbProvider {
-  return new SmbProvider({
-    host: smbd.host,
-    port: smbd.port,
-    share: smbd.share,
-    username: smbd.username,
-    password: smbd.password,
-    remotePath: `/${folder}/`,
-  });
+  return new SmbProvider(smbOptionsFor(smbd, `/${folder}/`));
 }
 
 /** The pid of the smbclient this process runs against the test's smbd, if one runs. */

@@ -7,7 +7,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { fileSource } from '../../agent/offsite/transfer';
 import { SmbProvider } from '../../agent/providers/smb';
 import { isStorageError } from '../../shared/storage/index';
-import { type SmbdService, startSmbd } from '../services/smbd';
+import { type SmbdService, smbOptionsFor, startSmbd } from '../services/smbd';
 import { randomFile } from './random-file';
 
 const MIB = 1024 * 1024;
@@ -23,16 +23,7 @@ afterAll(async () => {
   if (dir) await rm(dir, { recursive: true, force: true });
 });
 
-function options(folder: string) {
-  return {
-    host: smbd.host,
-    port: smbd.port,
-    share: smbd.share,
-    username: smbd.username,
-    password: smbd.password,
-    remotePath: `/${folder}/`,
-  };
-}
+const options = (folder: string) => smbOptionsFor(smbd, `/${folder}/`);
 
 /**
  * The command lines of the running smbclient processes talking to this test's smbd: all of them, or

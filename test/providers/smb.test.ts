@@ -6,7 +6,7 @@ import { type SmbOptions, SmbProvider } from '../../agent/providers/smb';
 import { runStorageProviderSuite } from '../../shared/storage/conformance';
 import { isStorageError, type StorageErrorCode } from '../../shared/storage/index';
 import { freePort } from '../services/ports';
-import { type SmbdService, startSmbd } from '../services/smbd';
+import { type SmbdService, smbOptionsFor, startSmbd } from '../services/smbd';
 
 let smbd: SmbdService;
 beforeAll(async () => {
@@ -17,15 +17,7 @@ afterAll(async () => {
 });
 
 function options(overrides: Partial<SmbOptions> = {}): SmbOptions {
-  return {
-    host: smbd.host,
-    port: smbd.port,
-    share: smbd.share,
-    username: smbd.username,
-    password: smbd.password,
-    remotePath: '/gem/',
-    ...overrides,
-  };
+  return { ...smbOptionsFor(smbd, '/gem/'), ...overrides };
 }
 
 async function failure(promise: Promise<unknown>): Promise<{ code: StorageErrorCode; permanent: boolean }> {

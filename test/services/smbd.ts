@@ -26,6 +26,18 @@ export interface SmbdService {
   resume(): void;
 }
 
+/** SmbProvider options for the test smbd's share, backups under `remotePath` (e.g. `/good/`). */
+export function smbOptionsFor(smbd: SmbdService, remotePath: string) {
+  return {
+    host: smbd.host,
+    port: smbd.port,
+    share: smbd.share,
+    username: smbd.username,
+    password: smbd.password,
+    remotePath,
+  };
+}
+
 function runWithInput(file: string, args: string[], input: string): Promise<void> {
   return new Promise((resolve, reject) => {
     const child = spawn(file, args, { stdio: ['pipe', 'ignore', 'pipe'] });
