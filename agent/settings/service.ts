@@ -45,7 +45,8 @@ export class SettingsService {
     initial: Settings,
   ) {
     this.db = drizzle(deps.sql);
-    this.state = new ScheduleStateStore(this.db);
+    // Its writes wait like settings changes while a restore holds them (see hold).
+    this.state = new ScheduleStateStore(this.db, (write) => this.hold(write));
     this.current = initial;
   }
 
@@ -133,6 +134,9 @@ export class SettingsService {
   /**
    * Runs `fn` with settings changes held back until it settles: changes run one at a time through
    * here. A restore holds them from copying the settings into the restored database to its swap.
+   * Every write to the agent's own tables (settings, schedule_state) runs through here, so none lands
+   * in the database a restore is replacing; `fn` must not itself wait for such a write (it would wait
+   * for its own end).
    */
   hold<T>(fn: () => Promise<T>): Promise<T> {
     const run = this.queue.then(fn);

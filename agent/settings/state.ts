@@ -13,8 +13,19 @@ export interface TaskState {
   lastResult: TaskStatus['lastResult'];
 }
 
+/** Runs a write to the agent's own tables in turn with settings changes (SettingsService.hold). */
+export type HoldWrites = <T>(write: () => Promise<T>) => Promise<T>;
+
 export class ScheduleStateStore {
-  constructor(private readonly db: PostgresJsDatabase) {}
+  /**
+   * Every write goes through `hold`: a restore holds it from copying the agent's schema into the
+   * restored database to the swap, and a write made meanwhile would land in the database being
+   * replaced and be lost (a skipped scheduled run then never shows). Reads need no hold.
+   */
+  constructor(
+    private readonly db: PostgresJsDatabase,
+    private readonly hold: HoldWrites = (write) => write(),
+  ) {}
 
   async get(task: ScheduledTask): Promise<TaskState | undefined> {
     const rows = await this.db.select().from(scheduleState).where(eq(scheduleState.task, task));
@@ -30,7 +41,7 @@ export class ScheduleStateStore {
 
   /** Records that the task is scheduled from `at` on (first start), if nothing is recorded yet. */
   async arm(task: ScheduledTask, at: Date): Promise<void> {
-    await this.db.insert(scheduleState).values({ task, armedAt: at }).onConflictDoNothing();
+    await this.hold(() => this.db.insert(scheduleState).values({ task, armedAt: at }).onConflictDoNothing());
   }
 
   /**
@@ -38,11 +49,13 @@ export class ScheduleStateStore {
    * status shows it; the last run stays as it was, so the slot counts as missed and is caught up.
    */
   async recordSkip(task: ScheduledTask, firedAt: Date, result: NonNullable<TaskStatus['lastResult']>) {
-    await this.db
-      .insert(scheduleState)
-      // Nothing armed yet: armed just before the slot that fired, so that slot counts as missed.
-      .values({ task, armedAt: new Date(firedAt.getTime() - 1_000), lastResult: result })
-      .onConflictDoUpdate({ target: scheduleState.task, set: { lastResult: result } });
+    await this.hold(() =>
+      this.db
+        .insert(scheduleState)
+        // Nothing armed yet: armed just before the slot that fired, so that slot counts as missed.
+        .values({ task, armedAt: new Date(firedAt.getTime() - 1_000), lastResult: result })
+        .onConflictDoUpdate({ target: scheduleState.task, set: { lastResult: result } }),
+    );
   }
 
   /**
@@ -51,9 +64,11 @@ export class ScheduleStateStore {
    */
   async recordRun(task: ScheduledTask, startedAt: Date, result: NonNullable<TaskStatus['lastResult']>) {
     const set = { lastRunAt: startedAt, lastEndedAt: new Date(), lastResult: result };
-    await this.db
-      .insert(scheduleState)
-      .values({ task, armedAt: startedAt, ...set })
-      .onConflictDoUpdate({ target: scheduleState.task, set });
+    await this.hold(() =>
+      this.db
+        .insert(scheduleState)
+        .values({ task, armedAt: startedAt, ...set })
+        .onConflictDoUpdate({ target: scheduleState.task, set }),
+    );
   }
 }
