@@ -8,6 +8,7 @@ interface R2Object {
   size: number;
   etag: string;
   httpEtag: string;
+  uploaded: Date;
   customMetadata?: Record<string, string>;
   checksums: R2Checksums;
 }

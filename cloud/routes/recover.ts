@@ -18,6 +18,8 @@ import { installationHash } from '../auth/installation-hash';
 import type { CloudVariables } from '../auth/signed';
 import { CloudError } from '../errors';
 import { parseJsonBody } from './json-body';
+import { slotPrefix } from './slot-commit';
+import { readSlotObject } from './slot-read';
 
 /**
  * Answer: 200 with the stored backup file, unchanged, as the body (application/octet-stream), and
@@ -38,13 +40,18 @@ export const recoverRoutes = new Hono<{ Variables: CloudVariables }>().post('/v1
     throw new CloudError(503, 'no_escrow_key', 'no escrow key is configured');
   }
   const hash = await installationHash(body.installationId);
-  const slot = await deps.installation(hash).slot();
-  // The same storage read whether or not there is a slot, so both misses look alike.
-  const stored = await deps.store.get(slot?.objectKey ?? `slots/${hash}/none`);
-  if (!slot || !stored) {
-    await stored?.body.cancel();
-    throw new CloudError(404, 'no_backup', 'no recoverable backup for this installation id');
-  }
+  const state = deps.installation(hash);
+  const current = await state.slot();
+  // The same storage read whether or not there is a slot, so both misses look alike. A push
+  // replacing the backup between the two reads is followed to the new one (readSlotObject).
+  const stored = current
+    ? await readSlotObject(deps, state, current)
+    : await deps.store.get(`${slotPrefix(hash)}none`).then(async (none) => {
+        await none?.body.cancel();
+        return null;
+      });
+  if (!stored) throw new CloudError(404, 'no_backup', 'no recoverable backup for this installation id');
+  const { slot } = stored;
   const { header, rest } = await readHeader(stored.body).catch(() => {
     throw new CloudError(422, 'not_recoverable', 'the stored backup has no readable header');
   });

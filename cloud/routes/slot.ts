@@ -3,14 +3,17 @@ import { Hono } from 'hono';
 import type { SlotMetadata } from '../../shared/api/cloud';
 import { AGENT_VERSION_HEADER, BACKUP_CREATED_AT_HEADER, SLOT_HEADERS } from '../../shared/api/cloud';
 import { type CloudVariables, requireSignature } from '../auth/signed';
-import { CloudError } from '../errors';
+import { CloudError, storageUnavailable } from '../errors';
+import { optOut } from './opt-out';
 import { commitToSlot, newBackupKey, refuseFutureBackup, refuseIfOlder } from './slot-commit';
+import { readSlotObject } from './slot-read';
 
 /** The slot routes; every one is signed. */
 export const slotRoutes = new Hono<{ Variables: CloudVariables }>()
   .use('/v1/dr/backup', requireSignature)
   .put('/v1/dr/backup', async (c) => {
-    const { claims, installationHash, state } = c.get('signed');
+    const owner = c.get('signed');
+    const { claims, installationHash, state } = owner;
     const { store, config } = c.get('deps');
     const createdAt = claims.bca;
     if (!createdAt) throw new CloudError(400, 'bad_request', 'the backup created-at (bca) must be signed');
@@ -25,16 +28,24 @@ export const slotRoutes = new Hono<{ Variables: CloudVariables }>()
     // Cheap early refusal; the commit below checks again, serialized, after the bytes are in.
     await refuseIfOlder(state, createdAt);
     const key = newBackupKey(installationHash, createdAt);
+    // Recorded before a byte is stored: a sweep by a concurrent push keeps this object until the commit.
+    const begunAtMs = Date.now();
+    await state.beginPut(key, begunAtMs);
     const body = c.req.raw.body ?? new Blob([]).stream();
     await store.put(key, body, claims.bln, claims.bsh);
-    const slot = await commitToSlot(c.get('deps'), state, {
-      objectKey: key,
-      createdAt,
-      size: claims.bln,
-      sha256: claims.bsh,
-      agentVersion: (c.req.header(AGENT_VERSION_HEADER) ?? 'unknown').slice(0, 64),
-      uploadedAt: new Date().toISOString(),
-    });
+    const slot = await commitToSlot(
+      c.get('deps'),
+      owner,
+      {
+        objectKey: key,
+        createdAt,
+        size: claims.bln,
+        sha256: claims.bsh,
+        agentVersion: (c.req.header(AGENT_VERSION_HEADER) ?? 'unknown').slice(0, 64),
+        uploadedAt: new Date().toISOString(),
+      },
+      begunAtMs,
+    );
     return c.json({ slot }, 201);
   })
   .get('/v1/dr/backup', async (c) => {
@@ -43,32 +54,18 @@ export const slotRoutes = new Hono<{ Variables: CloudVariables }>()
     if (!slot) throw new CloudError(404, 'no_backup', 'this installation has no backup in the cloud');
     const headers = slotHeaders(slot);
     if (c.req.method === 'HEAD') return new Response(null, { status: 200, headers });
-    const obj = await c.get('deps').store.get(slot.objectKey);
+    const obj = await readSlotObject(c.get('deps'), state, slot);
     if (!obj) throw new CloudError(404, 'no_backup', 'this installation has no backup in the cloud');
-    return new Response(obj.body, { status: 200, headers });
+    // The headers of the backup actually served: a push may have replaced the first one read.
+    return new Response(obj.body, { status: 200, headers: slotHeaders(obj.slot) });
   })
   .delete('/v1/dr/backup', async (c) => {
-    const { state } = c.get('signed');
-    const { store } = c.get('deps');
-    // Open uploads go first: a completion still in flight then finds its upload gone and stores nothing.
-    for (const upload of await state.takeUploads()) {
-      await store.abortMultipart(upload.objectKey, upload.storeUploadId).catch((err) => {
-        console.error('cloud: aborting an upload at opt-out failed', (err as Error).message);
-      });
+    try {
+      return c.json({ deleted: await optOut(c.get('deps'), c.get('signed')) });
+    } catch (err) {
+      if (err instanceof CloudError) throw err;
+      throw storageUnavailable('deleting a slot at opt-out', err);
     }
-    let deleted = false;
-    // A few rounds: a backup committed between the read and the clear is deleted as well.
-    for (let round = 0; round < 3; round++) {
-      const slot = await state.slot();
-      if (!slot) break;
-      // The object before the pointer: when the delete fails, a retry still finds the pointer.
-      await store.delete(slot.objectKey);
-      if (await state.clearSlot(slot.objectKey)) {
-        deleted = true;
-        break;
-      }
-    }
-    return c.json({ deleted });
   });
 
 function slotHeaders(slot: SlotMetadata): Headers {

@@ -75,7 +75,9 @@ export const uploadRoutes = new Hono<{ Variables: CloudVariables }>()
     return c.json(status(await openUpload(c.get('signed').state, c.req.param('id'))));
   })
   .post('/v1/dr/uploads/:id/complete', async (c) => {
-    const { state } = c.get('signed');
+    const begunAtMs = Date.now();
+    const owner = c.get('signed');
+    const { state } = owner;
     const deps = c.get('deps');
     const upload = await openUpload(state, c.req.param('id'));
     // The record stays (claimed) while storage completes: a failure keeps the upload resumable, and
@@ -119,7 +121,7 @@ export const uploadRoutes = new Hono<{ Variables: CloudVariables }>()
       await deps.store.delete(claimed.objectKey);
       throw noSuchUpload();
     }
-    const slot = await settleCommit(deps, next, outcome);
+    const slot = await settleCommit(deps, owner, next, outcome, begunAtMs);
     return c.json({ slot }, 201);
   })
   .delete('/v1/dr/uploads/:id', async (c) => {

@@ -49,8 +49,17 @@ export class InstallationState extends DurableObject<WorkerEnv> implements Insta
   slot(): Promise<SlotRecord | null> {
     return this.ledger.slot();
   }
-  commitSlot(next: SlotRecord): Promise<CommitOutcome> {
-    return this.ledger.commitSlot(next);
+  beginPut(objectKey: string, atMs: number): Promise<void> {
+    return this.ledger.beginPut(objectKey, atMs);
+  }
+  commitSlot(next: SlotRecord, opts?: { put?: boolean }): Promise<CommitOutcome> {
+    return this.ledger.commitSlot(next, opts);
+  }
+  claimOrphans(keys: string[], sinceMs: number): Promise<string[]> {
+    return this.ledger.claimOrphans(keys, sinceMs);
+  }
+  revokePuts(): Promise<string[]> {
+    return this.ledger.revokePuts();
   }
   clearSlot(objectKey: string): Promise<boolean> {
     return this.ledger.clearSlot(objectKey);
@@ -87,13 +96,17 @@ export class InstallationState extends DurableObject<WorkerEnv> implements Insta
     return this.ledger.takeUploads();
   }
 
-  /** Forgets expired request ids and aborts uploads idle for longer than the limit (24 h by default). */
+  /**
+   * Forgets expired request ids, aborts uploads idle for longer than the limit (24 h by default)
+   * and deletes the objects of puts whose commit never came within it.
+   */
   async alarm(): Promise<void> {
-    const { abandoned, nextAtMs } = await this.ledger.sweep(Date.now());
+    const { abandoned, stalePuts, nextAtMs } = await this.ledger.sweep(Date.now());
     const store = new R2SlotStore(this.env.SLOTS);
     for (const upload of abandoned) {
       await store.abortMultipart(upload.objectKey, upload.storeUploadId).catch(() => {});
     }
+    for (const key of stalePuts) await store.delete(key).catch(() => {});
     if (nextAtMs !== null) await this.ctx.storage.setAlarm(nextAtMs);
   }
 }

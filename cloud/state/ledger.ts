@@ -39,7 +39,9 @@ export interface LedgerStorage {
 export type EnrollOutcome = 'created' | 'same' | 'conflict';
 export type CommitOutcome =
   | { accepted: true; replacedKey: string | null }
-  | { accepted: false; current: SlotMetadata };
+  | { accepted: false; current: SlotMetadata }
+  /** the put's record was revoked (by an orphan sweep or an opt-out): its object may be gone */
+  | { accepted: false; revoked: true };
 
 /** The methods the routes call; the Durable Object exposes exactly these over RPC. */
 export interface InstallationStateApi {
@@ -48,8 +50,24 @@ export interface InstallationStateApi {
   /** records a request id until `expiresAtMs`; false when it was already seen (a replay) */
   admitRequest(jti: string, expiresAtMs: number): Promise<boolean>;
   slot(): Promise<SlotRecord | null>;
-  /** switches the slot to `next` unless the slot holds a backup created later */
-  commitSlot(next: SlotRecord): Promise<CommitOutcome>;
+  /**
+   * records that a single-request put of `objectKey` began at `atMs`: until its commit, an orphan
+   * sweep begun earlier keeps the object, and one begun later revokes the record (the commit is then refused)
+   */
+  beginPut(objectKey: string, atMs: number): Promise<void>;
+  /**
+   * switches the slot to `next` unless the slot holds a backup created later; with `put`, only if
+   * the put's record (beginPut) is still there, and the record is forgotten
+   */
+  commitSlot(next: SlotRecord, opts?: { put?: boolean }): Promise<CommitOutcome>;
+  /**
+   * Of `keys` (the objects listed under the installation's prefix), those nothing refers to any
+   * more: not the slot's, not an open upload's, not a put begun at or after `sinceMs`. The records
+   * of older puts among them are revoked, so their commit is refused instead of pointing at nothing.
+   */
+  claimOrphans(keys: string[], sinceMs: number): Promise<string[]>;
+  /** revokes every put not committed yet and answers their keys (opt-out) */
+  revokePuts(): Promise<string[]>;
   /** empties the slot if it still points at `objectKey` (the caller deleted that object first) */
   clearSlot(objectKey: string): Promise<boolean>;
   createUpload(upload: UploadRecord): Promise<void>;
@@ -73,6 +91,7 @@ const KEY = 'key';
 const SLOT = 'slot';
 const JTI = 'jti:';
 const UPLOAD = 'upload:';
+const PUT = 'put:';
 
 /** The ledger over some storage; every method is a short run of storage calls without other I/O. */
 export class InstallationLedger implements InstallationStateApi {
@@ -107,7 +126,18 @@ export class InstallationLedger implements InstallationStateApi {
     return (await this.storage.get<SlotRecord>(SLOT)) ?? null;
   }
 
-  async commitSlot(next: SlotRecord): Promise<CommitOutcome> {
+  async beginPut(objectKey: string, atMs: number): Promise<void> {
+    await this.storage.put(PUT + objectKey, atMs);
+    await this.storage.wakeBy(atMs + this.uploadIdleMs);
+  }
+
+  async commitSlot(next: SlotRecord, opts: { put?: boolean } = {}): Promise<CommitOutcome> {
+    if (opts.put) {
+      if ((await this.storage.get<number>(PUT + next.objectKey)) === undefined) {
+        return { accepted: false, revoked: true };
+      }
+      await this.storage.delete(PUT + next.objectKey);
+    }
     const current = await this.slot();
     if (current && Date.parse(current.createdAt) > Date.parse(next.createdAt)) {
       return { accepted: false, current: toMetadata(current) };
@@ -117,6 +147,34 @@ export class InstallationLedger implements InstallationStateApi {
       accepted: true,
       replacedKey: current && current.objectKey !== next.objectKey ? current.objectKey : null,
     };
+  }
+
+  async claimOrphans(keys: string[], sinceMs: number): Promise<string[]> {
+    const named = new Set<string>();
+    const slot = await this.slot();
+    if (slot) named.add(slot.objectKey);
+    for (const upload of (await this.storage.list<UploadRecord>(UPLOAD)).values())
+      named.add(upload.objectKey);
+    const orphans: string[] = [];
+    for (const key of keys) {
+      if (named.has(key)) continue;
+      const begunAt = await this.storage.get<number>(PUT + key);
+      if (begunAt !== undefined) {
+        if (begunAt >= sinceMs) continue;
+        await this.storage.delete(PUT + key);
+      }
+      orphans.push(key);
+    }
+    return orphans;
+  }
+
+  async revokePuts(): Promise<string[]> {
+    const keys: string[] = [];
+    for (const key of (await this.storage.list<number>(PUT)).keys()) {
+      await this.storage.delete(key);
+      keys.push(key.slice(PUT.length));
+    }
+    return keys;
   }
 
   async clearSlot(objectKey: string): Promise<boolean> {
@@ -202,10 +260,13 @@ export class InstallationLedger implements InstallationStateApi {
   }
 
   /**
-   * Forgets expired request ids and idle uploads; answers the uploads whose stored parts the caller
-   * must abort, and when the next sweep is due (null: nothing left to expire).
+   * Forgets expired request ids, idle uploads and puts never committed within the idle limit;
+   * answers the uploads whose stored parts the caller must abort, the keys of those puts (objects
+   * the caller deletes), and when the next sweep is due (null: nothing left to expire).
    */
-  async sweep(nowMs: number): Promise<{ abandoned: UploadRecord[]; nextAtMs: number | null }> {
+  async sweep(
+    nowMs: number,
+  ): Promise<{ abandoned: UploadRecord[]; stalePuts: string[]; nextAtMs: number | null }> {
     let next: number | null = null;
     const later = (t: number) => {
       next = next === null ? t : Math.min(next, t);
@@ -222,7 +283,15 @@ export class InstallationLedger implements InstallationStateApi {
         abandoned.push(upload);
       } else later(idleUntil);
     }
-    return { abandoned, nextAtMs: next };
+    const stalePuts: string[] = [];
+    for (const [key, begunAt] of await this.storage.list<number>(PUT)) {
+      const staleAt = begunAt + this.uploadIdleMs;
+      if (staleAt <= nowMs) {
+        await this.storage.delete(key);
+        stalePuts.push(key.slice(PUT.length));
+      } else later(staleAt);
+    }
+    return { abandoned, stalePuts, nextAtMs: next };
   }
 }
 

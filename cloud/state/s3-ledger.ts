@@ -30,7 +30,10 @@ export class S3InstallationStates {
       publicKey: call((l) => l.publicKey()),
       admitRequest: call((l, jti: string, exp: number) => l.admitRequest(jti, exp)),
       slot: call((l) => l.slot()),
-      commitSlot: call((l, next) => l.commitSlot(next)),
+      beginPut: call((l, key: string, atMs: number) => l.beginPut(key, atMs)),
+      commitSlot: call((l, next, opts?: { put?: boolean }) => l.commitSlot(next, opts)),
+      claimOrphans: call((l, keys: string[], sinceMs: number) => l.claimOrphans(keys, sinceMs)),
+      revokePuts: call((l) => l.revokePuts()),
       clearSlot: call((l, key: string) => l.clearSlot(key)),
       createUpload: call((l, upload) => l.createUpload(upload)),
       upload: call((l, id: string) => l.upload(id)),
@@ -73,7 +76,7 @@ export class S3InstallationStates {
       wakeBy: async () => {},
     };
     const ledger = new InstallationLedger(storage, this.uploadIdleMs);
-    const { abandoned } = await ledger.sweep(Date.now());
+    const { abandoned, stalePuts } = await ledger.sweep(Date.now());
     const result = await fn(ledger);
     if (changed) {
       await this.s3.send(
@@ -87,6 +90,7 @@ export class S3InstallationStates {
     for (const upload of abandoned) {
       await this.store.abortMultipart(upload.objectKey, upload.storeUploadId).catch(() => {});
     }
+    for (const key of stalePuts) await this.store.delete(key).catch(() => {});
     return structuredClone(result);
   }
 

@@ -1,7 +1,13 @@
 // The slot store over an R2 bucket binding (the Worker).
 import { toHex } from '../../shared/signing';
 import { storageUnavailable } from '../errors';
-import { ContentMismatchError, type SlotStore, type StoredObject } from './slot-store';
+import {
+  ContentMismatchError,
+  LIST_LIMIT,
+  type ListedObject,
+  type SlotStore,
+  type StoredObject,
+} from './slot-store';
 
 /** Slot storage over R2: R2 itself checks the sha256 of single puts; parts are hashed as they stream. */
 export class R2SlotStore implements SlotStore {
@@ -61,6 +67,17 @@ export class R2SlotStore implements SlotStore {
     await this.bucket.delete(key);
   }
 
+  async list(prefix: string, limit = LIST_LIMIT): Promise<ListedObject[]> {
+    const listed: ListedObject[] = [];
+    let cursor: string | undefined;
+    do {
+      const page = await this.bucket.list({ prefix, cursor, limit: Math.min(1000, limit - listed.length) });
+      for (const o of page.objects) listed.push({ key: o.key, size: o.size, uploaded: new Date(o.uploaded) });
+      cursor = page.truncated ? page.cursor : undefined;
+    } while (cursor && listed.length < limit);
+    return listed;
+  }
+
   async createMultipart(key: string): Promise<string> {
     return (await this.bucket.createMultipartUpload(key)).uploadId;
   }
@@ -104,7 +121,14 @@ export class R2SlotStore implements SlotStore {
   }
 
   async abortMultipart(key: string, uploadId: string): Promise<void> {
-    await this.bucket.resumeMultipartUpload(key, uploadId).abort();
+    try {
+      await this.bucket.resumeMultipartUpload(key, uploadId).abort();
+    } catch (err) {
+      // Already aborted or completed (R2 error 10024, NoSuchUpload): nothing of it is left to abort.
+      const message = err instanceof Error ? err.message : String(err);
+      if (/NoSuchUpload|10024/.test(message)) return;
+      throw err;
+    }
   }
 }
 

@@ -9,12 +9,19 @@ import {
   DeleteObjectCommand,
   GetObjectCommand,
   HeadObjectCommand,
+  ListObjectsV2Command,
   PutObjectCommand,
   type S3Client,
   UploadPartCommand,
 } from '@aws-sdk/client-s3';
 import { storageUnavailable } from '../errors';
-import { ContentMismatchError, type SlotStore, type StoredObject } from './slot-store';
+import {
+  ContentMismatchError,
+  LIST_LIMIT,
+  type ListedObject,
+  type SlotStore,
+  type StoredObject,
+} from './slot-store';
 
 /**
  * Slot storage over S3. Not every S3-compatible server checks a sent sha256, so the bytes are hashed
@@ -81,6 +88,27 @@ export class S3SlotStore implements SlotStore {
     await this.s3.send(new DeleteObjectCommand({ Bucket: this.bucket, Key: key }));
   }
 
+  async list(prefix: string, limit = LIST_LIMIT): Promise<ListedObject[]> {
+    const listed: ListedObject[] = [];
+    let token: string | undefined;
+    do {
+      const page = await this.s3.send(
+        new ListObjectsV2Command({
+          Bucket: this.bucket,
+          Prefix: prefix,
+          ContinuationToken: token,
+          MaxKeys: Math.min(1000, limit - listed.length),
+        }),
+      );
+      for (const o of page.Contents ?? []) {
+        if (o.Key === undefined) continue;
+        listed.push({ key: o.Key, size: o.Size ?? 0, uploaded: o.LastModified ?? new Date(0) });
+      }
+      token = page.IsTruncated ? page.NextContinuationToken : undefined;
+    } while (token && listed.length < limit);
+    return listed;
+  }
+
   async createMultipart(key: string): Promise<string> {
     const out = await this.s3.send(new CreateMultipartUploadCommand({ Bucket: this.bucket, Key: key }));
     if (!out.UploadId) throw new Error('the S3 server gave no upload id');
@@ -126,9 +154,24 @@ export class S3SlotStore implements SlotStore {
   }
 
   async abortMultipart(key: string, uploadId: string): Promise<void> {
-    await this.s3.send(
-      new AbortMultipartUploadCommand({ Bucket: this.bucket, Key: key, UploadId: uploadId }),
-    );
+    try {
+      await this.s3.send(
+        new AbortMultipartUploadCommand({ Bucket: this.bucket, Key: key, UploadId: uploadId }),
+      );
+    } catch (err) {
+      const e = err as { name?: string; $metadata?: { httpStatusCode?: number } };
+      // Already aborted or completed: nothing of it is left to abort.
+      if (e?.name === 'NoSuchUpload' || isNotFound(err)) return;
+      // A server without abort (s3rver answers 405): no retry can do better; its parts are left to
+      // the bucket's lifecycle rule for incomplete uploads.
+      if (e?.name === 'NotImplemented' || e?.$metadata?.httpStatusCode === 405) {
+        console.error(
+          'cloud: this S3 server cannot abort multipart uploads; parts left to its lifecycle rule',
+        );
+        return;
+      }
+      throw err;
+    }
   }
 }
 
