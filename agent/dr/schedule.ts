@@ -25,18 +25,31 @@ export function nextNightlyRun(
   }).nextRun(from);
 }
 
-/** Starts the nightly timer; returns the function that stops it. */
+/** An armed nightly timer: which installation's offset it follows, when it fires next, how to stop it. */
+export interface NightlyTimer {
+  readonly installationId: string;
+  /** The next fire after `from` (default: now). */
+  nextRun(from?: Date): Date | null;
+  stop(): void;
+}
+
+/** Starts the nightly timer of `installationId`; `run` gets the timer that fired. */
 export function scheduleNightly(
   installationId: string,
   timezone: string | undefined,
-  run: () => Promise<void>,
-): () => void {
+  run: (timer: NightlyTimer) => Promise<void>,
+): NightlyTimer {
   const cron = new Cron(
     nightlyPattern(installationId),
     { protect: true, ...(timezone ? { timezone } : {}) },
     async () => {
-      await run();
+      await run(timer);
     },
   );
-  return () => cron.stop();
+  const timer: NightlyTimer = {
+    installationId,
+    nextRun: (from) => cron.nextRun(from),
+    stop: () => cron.stop(),
+  };
+  return timer;
 }

@@ -6,7 +6,7 @@ import type { Job } from '../jobs/runner';
 import { DrClient, type DrFaults } from './client';
 import { DEFAULT_TUNING, type PushTuning, pushToCloud } from './push';
 import { recoverFromCloud } from './recover';
-import { nextNightlyRun, scheduleNightly } from './schedule';
+import { type NightlyTimer, nextNightlyRun, scheduleNightly } from './schedule';
 import { type DrPushRecord, type DrState, DrStateStore } from './state';
 
 export interface DrServiceOptions {
@@ -45,7 +45,7 @@ export class DrService {
   readonly client: DrClient | undefined;
   private readonly tuning: PushTuning;
   private pushJobId: string | undefined;
-  private stopNightly: (() => void) | undefined;
+  private nightly: NightlyTimer | undefined;
   private started = false;
   private deletionTimer: NodeJS.Timeout | undefined;
   private deletion: Promise<void> | undefined;
@@ -69,6 +69,13 @@ export class DrService {
       });
     }
     agent.settings.subscribe((previous, next) => this.onSettingsChanged(previous, next));
+    // A key import (here, or `gem-backup keys import` beside the running agent) changes the identity:
+    // the nightly offset follows it now, not at the next start.
+    agent.keyring.onIdentityChanged((installationId) => {
+      if (!this.started || this.nightly?.installationId === installationId) return;
+      this.agent.log.info('the installation id changed: the nightly Cloud DR push is re-armed');
+      this.armNightly();
+    });
   }
 
   /**
@@ -100,8 +107,8 @@ export class DrService {
 
   stop(): void {
     this.started = false;
-    this.stopNightly?.();
-    this.stopNightly = undefined;
+    this.nightly?.stop();
+    this.nightly = undefined;
     if (this.deletionTimer) clearTimeout(this.deletionTimer);
     this.deletionTimer = undefined;
   }
@@ -336,11 +343,38 @@ export class DrService {
     }
   }
 
+  /** When the armed nightly timer fires next (null: not armed); it follows the current installation id. */
+  nextNightlyAt(): Date | null {
+    return this.nightly?.nextRun() ?? null;
+  }
+
   private armNightly(): void {
-    this.stopNightly?.();
-    this.stopNightly = scheduleNightly(this.agent.keyring.installationId, this.timezone(), () =>
-      this.runNightly(),
-    );
+    this.nightly?.stop();
+    this.nightly = scheduleNightly(this.agent.keyring.installationId, this.timezone(), async (timer) => {
+      await this.onNightlyFired(timer);
+    });
+  }
+
+  /**
+   * A nightly timer fired. Reading the id here also makes the keyring notice a file another process
+   * changed. If the identity changed since the timer was armed, the timer of the new id takes over:
+   * tonight's push waits for its slot ('deferred'), unless that slot has already passed tonight (then
+   * it runs now, so the night is not skipped).
+   */
+  async onNightlyFired(timer: NightlyTimer): Promise<'ran' | 'deferred'> {
+    const installationId = this.agent.keyring.installationId;
+    if (installationId !== timer.installationId) {
+      if (this.started && this.nightly?.installationId !== installationId) this.armNightly();
+      const now = this.now();
+      const next = this.nightly?.nextRun(now);
+      // Both slots lie inside the same 03:00 hour: a next slot within the hour is tonight's.
+      if (next && next.getTime() - now.getTime() < 3600_000) {
+        this.agent.log.info("the installation id changed: tonight's Cloud DR push waits for its new slot");
+        return 'deferred';
+      }
+    }
+    await this.runNightly();
+    return 'ran';
   }
 
   private timezone(): string | undefined {

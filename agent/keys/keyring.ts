@@ -266,12 +266,17 @@ export function exportFileName(now = new Date()): string {
   return `gem-encryption-keys-${now.toISOString().slice(0, 10)}.json`;
 }
 
+/** Told the new installation id (and the one before): the DR recovery credential, do not log it. */
+export type IdentityListener = (installationId: string, previous: string) => void;
+
 /** The live keyring of this agent, backed by a 0600 file in the data dir. */
 export class Keyring {
   /** Keyring writes, one at a time (see change). */
   private queue: Promise<unknown> = Promise.resolve();
   /** Which version of the file `file` is (inode, size, mtime): another process's write changes it. */
   private stamp: string | undefined;
+  /** Told when the installation id changes (see onIdentityChanged). */
+  private readonly identityListeners = new Set<IdentityListener>();
 
   private constructor(
     private readonly path: string,
@@ -291,7 +296,7 @@ export class Keyring {
     if (stamp === undefined || stamp === this.stamp) return this.loaded;
     try {
       const parsed = keyringFileSchema.safeParse(JSON.parse(readFileSync(this.path, 'utf8')));
-      if (parsed.success) this.loaded = parsed.data;
+      if (parsed.success) this.use(parsed.data);
     } catch {
       // kept: the copy we have
     }
@@ -322,6 +327,34 @@ export class Keyring {
 
   get installationId(): string {
     return this.file.installationId;
+  }
+
+  /**
+   * Calls `listener` (after the current call, never inside it) whenever the installation id changes:
+   * an import here, or one another process wrote, noticed at the keyring's next use. What follows the
+   * identity (the Cloud DR nightly offset) re-arms there. Returns the function that removes it.
+   */
+  onIdentityChanged(listener: IdentityListener): () => void {
+    this.identityListeners.add(listener);
+    return () => this.identityListeners.delete(listener);
+  }
+
+  /** Makes `next` the keyring in memory; tells the identity listeners if the installation id changed. */
+  private use(next: KeyringFile): void {
+    const previous = this.loaded.installationId;
+    this.loaded = next;
+    if (next.installationId === previous) return;
+    const installationId = next.installationId;
+    for (const listener of [...this.identityListeners]) {
+      // Deferred: the change is noticed inside a getter, which must stay quick and cannot fail.
+      queueMicrotask(() => {
+        try {
+          listener(installationId, previous);
+        } catch {
+          // the listener's own failure; the keyring is in use as read
+        }
+      });
+    }
   }
 
   get activeKey(): MasterKey {
@@ -379,8 +412,8 @@ export class Keyring {
       const current = (await readKeyringFile(this.path)) ?? this.loaded;
       const valid = keyringFileSchema.parse(change(structuredClone(current)));
       await writeSmallFileAtomic(this.path, `${JSON.stringify(valid, null, 2)}\n`, 0o600);
-      this.loaded = valid;
       this.stamp = stampOf(this.path);
+      this.use(valid);
     });
     this.queue = run.catch(() => {});
     return run;

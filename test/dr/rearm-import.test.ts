@@ -1,0 +1,98 @@
+// A key import by the CLI beside the running agent changes the installation id: the running agent's
+// nightly Cloud DR timer follows the new id's offset at once, not at the next start; a timer of the
+// old id that fires meanwhile hands over to the new slot (or runs now if tonight's new slot passed).
+import { writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { nextNightlyRun, nightlyOffsetSeconds } from '../../agent/dr/schedule';
+import { type DrService, drServiceFor } from '../../agent/dr/service';
+import { buildKeysExport, createKeyringFile, type KeyringFile } from '../../agent/keys/keyring';
+import { runProcess } from '../../agent/system/spawn';
+import { seededEnvironment, startTestAgent, type TestAgent } from '../services/agent';
+import { startPostgres, type TestPostgres } from '../services/postgres';
+
+let pg: TestPostgres;
+let t: TestAgent;
+let env: NodeJS.ProcessEnv;
+let dataDir: string;
+let dr: DrService;
+/** The clock the DR service reads (the timers themselves run on the real one). */
+let clock: Date | undefined;
+
+beforeAll(async () => {
+  pg = await startPostgres();
+  ({ dataDir, env } = await seededEnvironment(pg, 'gem-dr-rearm-'));
+  t = await startTestAgent(pg, { dataDir, databaseUrl: env.DATABASE_URL! });
+  dr = drServiceFor(t.agent, { now: () => clock ?? new Date() });
+  await dr.start();
+});
+afterAll(async () => {
+  dr?.stop();
+  await t?.close();
+  await pg?.stop();
+});
+
+/** A keyring of another installation whose nightly offset differs from `than`'s. */
+function otherInstallation(than: string): KeyringFile {
+  for (;;) {
+    const file = createKeyringFile();
+    if (nightlyOffsetSeconds(file.installationId) !== nightlyOffsetSeconds(than)) return file;
+  }
+}
+
+/** `gem-backup keys import` of `keyring`'s export, in its own process beside the running agent. */
+async function cliImport(keyring: KeyringFile, name: string): Promise<void> {
+  const file = join(dataDir, name);
+  await writeFile(file, await buildKeysExport(keyring), { mode: 0o600 });
+  const res = await runProcess(process.execPath, ['bin/gem-backup.js', 'keys', 'import', file], {
+    env,
+    cwd: process.cwd(),
+  });
+  expect(res.stderr).toBe('');
+  expect(res.code).toBe(0);
+  expect(res.stdout).toContain(`installation ${keyring.installationId}`);
+}
+
+/** Lets the keyring's deferred identity listeners run. */
+const listenersRan = () => new Promise<void>((resolve) => setImmediate(resolve));
+
+const tz = () => t.agent.settings.get().autoBackup.timezone;
+
+describe('the nightly Cloud DR timer after a key import', () => {
+  it('follows the imported installation id as soon as the keyring notices the new file', async () => {
+    const before = t.agent.keyring.installationId;
+    expect(dr.nextNightlyAt()).toEqual(nextNightlyRun(before, tz()));
+
+    const imported = otherInstallation(before);
+    await cliImport(imported, 'import-1.json');
+    // The keyring notices the file another process wrote at its next use.
+    expect(t.agent.keyring.installationId).toBe(imported.installationId);
+    await listenersRan();
+    expect(dr.nextNightlyAt()).toEqual(nextNightlyRun(imported.installationId, tz()));
+    expect(dr.nextNightlyAt()).not.toEqual(nextNightlyRun(before, tz()));
+  });
+
+  it("an old id's timer firing before the keyring noticed defers to the new slot, or runs if it passed", async () => {
+    const before = t.agent.keyring.installationId;
+    const staleTimer = { installationId: before, nextRun: () => null, stop: () => {} };
+
+    const first = otherInstallation(before);
+    await cliImport(first, 'import-2.json');
+    // Nothing read the keyring since: the fire itself notices. Tonight's new slot is a minute ahead.
+    const slot = nextNightlyRun(first.installationId, tz())!;
+    clock = new Date(slot.getTime() - 60_000);
+    expect(await dr.onNightlyFired(staleTimer)).toBe('deferred');
+    await listenersRan();
+    expect(dr.nextNightlyAt()).toEqual(slot);
+
+    const second = otherInstallation(first.installationId);
+    await cliImport(second, 'import-3.json');
+    // Tonight's new slot passed a minute ago: the push runs now (DR is off here, so it does nothing).
+    const passed = nextNightlyRun(second.installationId, tz())!;
+    clock = new Date(passed.getTime() + 60_000);
+    expect(await dr.onNightlyFired({ ...staleTimer, installationId: first.installationId })).toBe('ran');
+    await listenersRan();
+    expect(dr.nextNightlyAt()).toEqual(passed);
+    clock = undefined;
+  });
+});
