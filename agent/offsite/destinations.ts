@@ -194,3 +194,48 @@ export function destinationLabel(kind: OffsiteKind, section: DestinationSettings
   const s = section as DestinationSettings<'smb'>;
   return `//${s.host}/${s.share}${s.remotePath || '/gem/'}`;
 }
+
+/** Why a job stops touching a destination it started with: turned off, or now pointing elsewhere / other credentials. */
+export type DestinationDrift = 'turned_off' | 'changed';
+
+/**
+ * Compares the section a job started with to the current one: 'turned_off' if the destination (or,
+ * with `autoUpload`, its auto-upload) is now off; 'changed' if anything that says where it is or who
+ * signs in differs (host, port, bucket, endpoint, folder, share, username, password, key...; compared
+ * as the provider options, so whitespace alone is no change); undefined while it is the same place.
+ * A host key pinned meanwhile where the job started with none is the first connection's own pin, no change.
+ */
+export function destinationDrift<K extends OffsiteKind>(
+  kind: K,
+  started: DestinationSettings<K>,
+  current: DestinationSettings<K>,
+  options: { autoUpload?: boolean } = {},
+): DestinationDrift | undefined {
+  if (!current.enabled || (options.autoUpload && !current.autoUpload)) return 'turned_off';
+  const pinnedAtStart =
+    kind === 'sftp' && Boolean((started as DestinationSettings<'sftp'>).hostKeyFingerprint);
+  const identity = (section: DestinationSettings<K>): string | undefined => {
+    try {
+      const { hostKeyFingerprint, ...rest } = destinationOptions(kind, section) as DestinationOptions[K] & {
+        hostKeyFingerprint?: string;
+      };
+      return canonicalJson(pinnedAtStart ? { ...rest, hostKeyFingerprint } : rest);
+    } catch {
+      return undefined; // incomplete now: not the place the job started with
+    }
+  };
+  const before = identity(started);
+  const now = identity(current);
+  return before !== undefined && before === now ? undefined : 'changed';
+}
+
+/** JSON with sorted keys and no undefined fields, so two equal option sets compare equal as text. */
+function canonicalJson(value: unknown): string {
+  return JSON.stringify(value, (_key, v: unknown) =>
+    v && typeof v === 'object' && !Array.isArray(v)
+      ? Object.fromEntries(
+          Object.entries(v as Record<string, unknown>).sort(([a], [b]) => a.localeCompare(b)),
+        )
+      : v,
+  );
+}

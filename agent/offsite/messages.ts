@@ -3,6 +3,7 @@ import { isStorageError, StorageError } from '../../shared/storage/index';
 import { AppError } from '../errors';
 import {
   DESTINATION_TITLES,
+  type DestinationDrift,
   type DestinationSettings,
   destinationLabel,
   type OffsiteKind,
@@ -111,4 +112,24 @@ export function destinationAppError(
   const { code, message } = describeDestinationError(kind, section, error);
   if (code === 'not_found') return new AppError('not_found', message, { cause: error });
   return new AppError('dependency_down', message, { details: { code }, cause: error });
+}
+
+/** A destination a job left alone from some step on, and why (in the job's result and the offsite state). */
+export interface DestinationSkip {
+  reason: DestinationDrift;
+  message: string;
+}
+
+/** The skip a job reports for a destination turned off (or changed) while it ran. */
+export function destinationSkip(
+  kind: OffsiteKind,
+  reason: DestinationDrift,
+  autoUpload = false,
+): DestinationSkip {
+  const title = `the ${DESTINATION_TITLES[kind]}`;
+  const message =
+    reason === 'changed'
+      ? `skipped: the settings of ${title} were changed during the job (address, folder or credentials); this job uploaded nothing more to and deleted nothing at the place it started with`
+      : `skipped: ${title}${autoUpload ? ' (or its auto-upload)' : ''} was turned off during the job; this job uploaded nothing more and deleted nothing there`;
+  return { reason, message };
 }

@@ -11,6 +11,7 @@ import { busyBackupNames, planPrune } from '../backup/retention';
 import { AppError, describeError } from '../errors';
 import { validationError } from '../http/errors';
 import type { Job, JobContext } from '../jobs/runner';
+import type { Logger } from '../log';
 import { createProvider } from '../providers/index';
 import { withRetry } from '../providers/retry';
 import { type RestoreOptions, restoreFromFile } from '../restore/restore';
@@ -21,15 +22,23 @@ import {
   DESTINATION_TITLES,
   type DestinationOptions,
   type DestinationSettings,
+  destinationDrift,
   destinationOptions,
   OFFSITE_KINDS,
   type OffsiteKind,
 } from './destinations';
-import { describeDestinationError, destinationAppError, destinationError } from './messages';
+import {
+  type DestinationSkip,
+  describeDestinationError,
+  destinationAppError,
+  destinationError,
+  destinationSkip,
+} from './messages';
 import { type DestinationState, OffsiteStateStore, type SyncRecord, type UploadRecord } from './state';
 import {
   AUTO_UPLOAD_SWEEP_AGE_MS,
   createdAtFromName,
+  DestinationLeftAlone,
   downloadToCatalog,
   downloadToFile,
   planRemotePrune,
@@ -67,6 +76,8 @@ export interface AutoUploadResult {
   /** Temp leftovers of earlier failed uploads removed before this upload (absent when none). */
   sweptTemp?: number;
   error?: { code: string; message: string };
+  /** Turned off (or changed) during the job: left alone from then on; not a failure (no size: not uploaded). */
+  skipped?: DestinationSkip;
 }
 
 export interface SyncResult {
@@ -75,6 +86,19 @@ export interface SyncResult {
   deleted: { remote: string[]; local: string[] };
   /** Temp leftovers of earlier failed uploads removed at the start (absent when none). */
   sweptTemp?: number;
+  /** Turned off (or changed) during the sync: it stopped there and pruned nothing more on either side. */
+  skipped?: DestinationSkip;
+}
+
+/** A job's re-check of one destination before each step that uploads to or deletes at it. */
+export interface DestinationWatch {
+  /**
+   * True while the destination is on and the same place as when the job started; from the first check
+   * that finds it turned off or changed, false for the rest of the job (logged once, naming the step).
+   */
+  stillConfigured(step: string): boolean;
+  /** Why the job left it alone, once it did. */
+  readonly skipped: DestinationSkip | undefined;
 }
 
 const INPUT = { sftp: SftpInput, s3: S3Input, smb: SmbInput } as const;
@@ -174,6 +198,37 @@ export class OffsiteService {
       );
     }
     return section;
+  }
+
+  /**
+   * The one re-check of a running job's destination against the CURRENT settings (a PUT may turn it
+   * off or point it elsewhere while the job runs): used before each upload and each delete.
+   * `autoUpload`: the auto-upload path, for which auto-upload turned off counts as turned off.
+   */
+  watch<K extends OffsiteKind>(
+    kind: K,
+    started: DestinationSettings<K>,
+    log: Logger,
+    options: { autoUpload?: boolean } = {},
+  ): DestinationWatch {
+    let skipped: DestinationSkip | undefined;
+    return {
+      get skipped() {
+        return skipped;
+      },
+      stillConfigured: (step) => {
+        if (skipped) return false;
+        const drift = destinationDrift(kind, started, this.saved(kind), options);
+        if (!drift) return true;
+        skipped = destinationSkip(kind, drift, options.autoUpload);
+        log.info('a destination was turned off or changed during the job: left alone from here on', {
+          destination: kind,
+          reason: drift,
+          before: step,
+        });
+        return false;
+      },
+    };
   }
 
   /** Test Connection; with a body, on those (unsaved) settings. */
@@ -308,7 +363,10 @@ export class OffsiteService {
    * Two-way sync under retention: the plan is made over the union of both sides, so only backups
    * retention keeps are transferred (local ones missing remotely go up, remote ones missing locally
    * come down), then what it drops is deleted on both sides. Any failed transfer fails the job and
-   * skips the deletions, so nothing is pruned on a partial picture.
+   * skips the deletions, so nothing is pruned on a partial picture. Before each transfer and each
+   * deletion the destination is re-checked (watch): turned off or changed meanwhile, the sync stops
+   * there, prunes nothing more on either side (the plan counted its copies) and reports `skipped`.
+   * A transfer already under way when that happens finishes (see uploadBackup: only retries stop).
    */
   async sync(kind: OffsiteKind, section: DestinationSettings, ctx: JobContext): Promise<SyncResult> {
     const result: SyncResult = { uploaded: [], downloaded: [], deleted: { remote: [], local: [] } };
@@ -317,9 +375,11 @@ export class OffsiteService {
       if (error) entry.error = describeError(error);
       return this.state.merge(kind, { lastSync: entry }).catch(() => undefined);
     };
+    const watch = this.watch(kind, section, ctx.log);
     try {
       await this.withProvider(kind, section, async (provider) => {
         ctx.phase('listing');
+        if (!watch.stillConfigured('removing temp leftovers')) return;
         // Inside a mutating job no upload of ours is in flight: every temp leftover is garbage.
         const swept = await this.sweep(kind, section, provider, 0, ctx);
         if (swept > 0) result.sweptTemp = swept;
@@ -336,7 +396,10 @@ export class OffsiteService {
           maxBackups: this.agent.settings.get().autoBackup.maxBackups,
         });
         const failures: string[] = [];
-        const transfer = this.transferOptions(ctx);
+        const transfer = {
+          ...this.transferOptions(ctx),
+          stillConfigured: () => watch.stillConfigured('retrying a transfer'),
+        };
         for (const candidate of plan.keep.sort((a, b) => a.createdAt.localeCompare(b.createdAt))) {
           ctx.throwIfCancelled();
           const name = candidate.filename;
@@ -344,21 +407,26 @@ export class OffsiteService {
           try {
             if (candidate.local && !candidate.remote) {
               if (candidate.local.verifyResult === 'failed') continue; // a bad backup is not spread
+              if (!watch.stillConfigured(`uploading ${name}`)) break;
               ctx.phase(`uploading ${name}`, candidate.local.size);
               await uploadBackup(this.agent, provider, name, transfer);
               result.uploaded.push(name);
             } else if (candidate.remote && !candidate.local) {
+              if (!watch.stillConfigured(`downloading ${name}`)) break;
               ctx.phase(`downloading ${name}`, candidate.remote.size);
               await downloadToCatalog(this.agent, provider, name, transfer);
               result.downloaded.push(name);
             }
           } catch (error) {
             if (ctx.signal.aborted) throw error;
+            if (error instanceof DestinationLeftAlone) break;
             const { message } = describeDestinationError(kind, section, error);
             failures.push(`${name}: ${message}`);
             ctx.log.warn('a sync transfer failed', { destination: kind, filename: name, error: message });
           }
         }
+        // Turned off or changed: its earlier failures are moot, and nothing is pruned on either side.
+        if (watch.skipped) return;
         if (failures.length > 0) {
           throw new AppError(
             'dependency_down',
@@ -369,6 +437,8 @@ export class OffsiteService {
         for (const candidate of plan.delete) {
           // A running job (verify, download) reads it: it stays until a later sync.
           if (busyBackupNames(this.agent).has(candidate.filename)) continue;
+          // Above all no deletion after it was turned off; nor locally, where the plan counted its copies.
+          if (!watch.stillConfigured(`deleting ${candidate.filename}`)) break;
           if (candidate.remote) {
             await provider.delete(candidate.filename, { signal: ctx.signal });
             result.deleted.remote.push(candidate.filename);
@@ -383,6 +453,7 @@ export class OffsiteService {
       await record(false, error);
       throw error;
     }
+    if (watch.skipped) result.skipped = watch.skipped;
     await record(true);
     ctx.log.info('offsite sync done', { destination: kind, ...result });
     return result;
@@ -396,7 +467,9 @@ export class OffsiteService {
 
   /**
    * Uploads a new backup to every auto-upload destination in parallel, each then pruned to maxBackups;
-   * each outcome is recorded in offsite-state.json. Never throws: failures are in the result.
+   * each outcome is recorded in offsite-state.json. Never throws: failures are in the result. A
+   * destination turned off (or its auto-upload, or changed) meanwhile is re-checked before the sweep,
+   * the upload (and its retries) and each deletion, and from then on left alone: `{ok: true, skipped}`.
    */
   async uploadAfterBackup(
     backup: BackupInfo,
@@ -411,8 +484,17 @@ export class OffsiteService {
     const settled = await Promise.allSettled(
       kinds.map(async (kind): Promise<AutoUploadResult> => {
         const section = settings.offsite[kind];
+        const watch = this.watch(kind, section, ctx.log, { autoUpload: true });
         return this.withProvider(kind, section, async (provider) => {
+          const left = (extra: Partial<AutoUploadResult> = {}): AutoUploadResult => ({
+            ok: true,
+            ...extra,
+            ...(watch.skipped ? { skipped: watch.skipped } : {}),
+          });
+          if (!watch.stillConfigured('removing temp leftovers')) return left();
           const sweptTemp = await this.sweep(kind, section, provider, AUTO_UPLOAD_SWEEP_AGE_MS, ctx);
+          const swept = sweptTemp > 0 ? { sweptTemp } : {};
+          if (!watch.stillConfigured(`uploading ${backup.filename}`)) return left(swept);
           const stored = await uploadBackup(this.agent, provider, backup.filename, {
             signal: ctx.signal,
             onProgress: (bytes) => {
@@ -427,12 +509,18 @@ export class OffsiteService {
                 code: error.code,
                 attempt,
               }),
+            stillConfigured: () => watch.stillConfigured(`retrying the upload of ${backup.filename}`),
+          }).catch((error: unknown) => {
+            if (error instanceof DestinationLeftAlone) return undefined;
+            throw error;
           });
+          if (!stored) return left(swept);
           const pruned = await this.pruneRemote(
             provider,
             settings.autoBackup.maxBackups,
             [backup.filename],
             ctx.signal,
+            (name) => watch.stillConfigured(`deleting ${name}`),
           ).catch((error: unknown) => {
             ctx.log.warn('pruning a destination failed; the upload itself is done', {
               destination: kind,
@@ -440,7 +528,8 @@ export class OffsiteService {
             });
             return [];
           });
-          return { ok: true, size: stored.size, pruned, ...(sweptTemp > 0 ? { sweptTemp } : {}) };
+          const done = { size: stored.size, pruned, ...swept };
+          return watch.skipped ? left(done) : { ok: true, ...done };
         });
       }),
     );
@@ -457,6 +546,7 @@ export class OffsiteService {
         ...(result.size !== undefined ? { size: result.size } : {}),
         ...(result.pruned?.length ? { pruned: result.pruned } : {}),
         ...(result.error ? { error: result.error } : {}),
+        ...(result.skipped ? { skipped: result.skipped } : {}),
       };
       await this.state
         .recordUpload(kind, entry)
@@ -504,21 +594,30 @@ export class OffsiteService {
     }
   }
 
-  /** Deletes the remote backups retention drops under `maxBackups`; returns their names. */
+  /**
+   * Deletes the remote backups retention drops under `maxBackups`; returns the names deleted.
+   * `stillConfigured` is asked before each deletion: false stops the pruning there.
+   */
   async pruneRemote(
     provider: StorageProvider,
     maxBackups: number,
     protect: string[] = [],
     signal?: AbortSignal,
+    stillConfigured: (name: string) => boolean = () => true,
   ): Promise<string[]> {
     const [local, remote] = await Promise.all([this.agent.catalog.list(), provider.list({ signal })]);
     const foreign = await this.foreignNames(provider, local, remote, signal);
     const ours = remote.filter((o) => !foreign.has(o.name));
     const doomed = planRemotePrune(local, ours, maxBackups, [...protect, ...busyBackupNames(this.agent)]);
-    for (const name of doomed) await provider.delete(name, { signal });
-    if (doomed.length)
-      this.agent.log.info('retention pruned remote backups', { destination: provider.id, deleted: doomed });
-    return doomed;
+    const deleted: string[] = [];
+    for (const name of doomed) {
+      if (!stillConfigured(name)) break;
+      await provider.delete(name, { signal });
+      deleted.push(name);
+    }
+    if (deleted.length)
+      this.agent.log.info('retention pruned remote backups', { destination: provider.id, deleted });
+    return deleted;
   }
 
   /**

@@ -2,6 +2,7 @@
 import { join } from 'node:path';
 import { JsonStateFile } from '../system/json-state';
 import type { OffsiteKind } from './destinations';
+import type { DestinationSkip } from './messages';
 
 /** One upload of a new backup to a destination (auto-upload after a backup). */
 export interface UploadRecord {
@@ -12,6 +13,8 @@ export interface UploadRecord {
   /** Remote backups removed by retention after the upload. */
   pruned?: string[];
   error?: { code: string; message: string };
+  /** The destination was turned off (or changed) during the job: left alone from then on (no size: not uploaded). */
+  skipped?: DestinationSkip;
 }
 
 /** One Sync Now run. */
@@ -22,6 +25,8 @@ export interface SyncRecord {
   downloaded: string[];
   deleted: { remote: string[]; local: string[] };
   error?: { code: string; message: string };
+  /** The destination was turned off (or changed) during the sync: it stopped there, nothing pruned. */
+  skipped?: DestinationSkip;
 }
 
 export interface DestinationState {
@@ -48,11 +53,12 @@ export class OffsiteStateStore extends JsonStateFile<OffsiteState> {
     });
   }
 
-  /** Records an upload (and, if it succeeded, as the last successful one). */
+  /** Records an upload (and, if it succeeded, as the last successful one; one skipped before it landed is not). */
   recordUpload(kind: OffsiteKind, record: UploadRecord): Promise<void> {
+    const landed = record.ok && !(record.skipped && record.size === undefined);
     return this.merge(
       kind,
-      record.ok ? { lastUpload: record, lastSuccessfulUpload: record } : { lastUpload: record },
+      landed ? { lastUpload: record, lastSuccessfulUpload: record } : { lastUpload: record },
     );
   }
 }

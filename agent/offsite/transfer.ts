@@ -27,6 +27,24 @@ export interface TransferOptions {
   onRetry?: RetryOptions['onRetry'];
   /** An attempt that moves no byte for this long is given up as 'unreachable' and retried (default 5 min). */
   stallTimeoutMs?: number;
+  /**
+   * Asked before each retry: false (the destination was turned off or changed meanwhile) ends the
+   * transfer with DestinationLeftAlone instead of trying it again.
+   */
+  stillConfigured?: () => boolean;
+}
+
+/** A transfer not tried again because its destination was turned off or changed during the job. */
+export class DestinationLeftAlone extends Error {
+  constructor() {
+    super('the destination was turned off or changed during the job');
+    this.name = 'DestinationLeftAlone';
+  }
+}
+
+/** Throws DestinationLeftAlone before a retry (attempt > 1) once the destination is no longer the one configured. */
+function checkBeforeRetry(attempt: number, options: TransferOptions): void {
+  if (attempt > 1 && options.stillConfigured && !options.stillConfigured()) throw new DestinationLeftAlone();
 }
 
 export const DEFAULT_STALL_TIMEOUT_MS = 5 * 60_000;
@@ -117,10 +135,10 @@ export async function uploadBackup(
   }
   const source = fileSource(path, size, sha256);
   const retry = { ...options.retry, signal: options.signal, onRetry: options.onRetry };
-  const stored = await withRetry(
-    () => guardStall((signal, onProgress) => provider.put(name, source, { signal, onProgress }), options),
-    retry,
-  );
+  const stored = await withRetry((attempt) => {
+    checkBeforeRetry(attempt, options);
+    return guardStall((signal, onProgress) => provider.put(name, source, { signal, onProgress }), options);
+  }, retry);
   // put() answers what the server holds after its own check (stat / allinfo / HEAD): no second session.
   if (stored.size !== size) {
     throw new StorageError('integrity', `${name} is ${stored.size} bytes remotely, ${size} bytes here`);
@@ -160,18 +178,17 @@ export async function downloadToCatalog(
 ): Promise<ReceivedBackup> {
   const retry = { ...options.retry, signal: options.signal, onRetry: options.onRetry };
   const remote = await withRetry(() => provider.stat(name, { signal: options.signal }), retry);
-  return withRetry(
-    () =>
-      guardStall(async (signal, onProgress) => {
-        const stream = await provider.get(name, { signal });
-        return receiveUpload(agent, name, Readable.fromWeb(stream as never), {
-          declaredSize: remote.size,
-          signal,
-          onProgress,
-        });
-      }, options),
-    retry,
-  );
+  return withRetry((attempt) => {
+    checkBeforeRetry(attempt, options);
+    return guardStall(async (signal, onProgress) => {
+      const stream = await provider.get(name, { signal });
+      return receiveUpload(agent, name, Readable.fromWeb(stream as never), {
+        declaredSize: remote.size,
+        signal,
+        onProgress,
+      });
+    }, options);
+  }, retry);
 }
 
 /** Copies a remote backup to `path` (a private work file), checking its size; for restores straight from a destination. */
