@@ -18,13 +18,65 @@ function keep(input: SecretInput | undefined, stored: string | undefined): strin
   return stored;
 }
 
+/** A server a secret is sent to (SFTP, SMB, SMTP): its host (case and spaces aside) and port. */
+interface Server {
+  host: string;
+  port?: number | undefined;
+}
+
+/** The part of the address that changed (`host`, `port`), or undefined when it is the same server. */
+function moved(saved: Server, next: Server, defaultPort: number): 'host' | 'port' | undefined {
+  const name = (s: Server) => s.host.trim().toLowerCase();
+  // A blank host reaches nobody: the secret may stay until a host is given (which then differs).
+  if (!name(next)) return undefined;
+  if (name(saved) !== name(next)) return 'host';
+  if ((saved.port ?? defaultPort) !== (next.port ?? defaultPort)) return 'port';
+  return undefined;
+}
+
+/**
+ * `keep` for a secret the server receives (a password): the stored one is kept only while the address
+ * it was saved for stays the same. A changed address with no new secret is a 422 naming the field, so
+ * a saved password is never sent to another server (an address pointed elsewhere, then Test Connection).
+ */
+function keepForServer(
+  input: SecretInput | undefined,
+  stored: string | undefined,
+  field: string,
+  change: 'host' | 'port' | undefined,
+): string | undefined {
+  const kept = keep(input, stored);
+  if (change && stored && kept === stored && typeof input !== 'string') {
+    throw unprocessable(field, `enter the password again: the ${change} changed`);
+  }
+  return kept;
+}
+
 type Sftp = Settings['offsite']['sftp'];
 type SftpAuthInput = NonNullable<NonNullable<SettingsUpdate['offsite']>['sftp']>['auth'];
 
-function mergeSftpAuth(input: SftpAuthInput, stored: Sftp['auth']): Sftp['auth'] {
-  if (input === undefined) return stored;
+/**
+ * The SFTP sign-in over the stored one. A password goes to the server, so it is kept only for the same
+ * host and port; a private key (and its passphrase) never leaves the agent (the server gets a signature
+ * bound to its session), so it is kept as any other secret.
+ */
+function mergeSftpAuth(
+  input: SftpAuthInput,
+  stored: Sftp['auth'],
+  change: 'host' | 'port' | undefined,
+): Sftp['auth'] {
+  const field = 'offsite.sftp.auth.password';
+  if (input === undefined) {
+    if (stored && 'password' in stored) keepForServer(undefined, stored.password, field, change);
+    return stored;
+  }
   if ('password' in input) {
-    const password = keep(input.password, stored && 'password' in stored ? stored.password : undefined);
+    const password = keepForServer(
+      input.password,
+      stored && 'password' in stored ? stored.password : undefined,
+      field,
+      change,
+    );
     return password ? { password } : undefined;
   }
   const old = stored && 'privateKey' in stored ? stored : undefined;
@@ -33,10 +85,15 @@ function mergeSftpAuth(input: SftpAuthInput, stored: Sftp['auth']): Sftp['auth']
   return privateKey ? { privateKey, ...(passphrase ? { passphrase } : {}) } : undefined;
 }
 
-function missingSecret(field: string): AppError {
-  return new AppError('unprocessable', `${field}: required when enabled`, {
-    details: { field, issues: [{ field, message: 'required when enabled' }] },
+/** A 422 naming one field, as zod failures read. */
+function unprocessable(field: string, message: string): AppError {
+  return new AppError('unprocessable', `${field}: ${message}`, {
+    details: { field, issues: [{ field, message }] },
   });
+}
+
+function missingSecret(field: string): AppError {
+  return unprocessable(field, 'required when enabled');
 }
 
 /** Drops keys whose value is undefined, so stored JSON and responses stay tidy. */
@@ -46,7 +103,9 @@ function tidy<T extends object>(o: T): T {
 
 /**
  * Applies a validated PUT body to `current`: each section given replaces the stored one, secrets are
- * kept unless replaced or cleared. Throws a 422 naming the field if an enabled destination lacks its secret.
+ * kept unless replaced or cleared (a password the server receives only for the same host and port).
+ * Throws a 422 naming the field if an enabled destination lacks its secret, or if a password would be
+ * kept for another address. Test Connection merges its body here too, so it never connects then.
  */
 export function applySettingsUpdate(current: Settings, update: SettingsUpdate): Settings {
   const next = structuredClone(current);
@@ -60,7 +119,7 @@ export function applySettingsUpdate(current: Settings, update: SettingsUpdate): 
       ...rest,
       // Not a secret: like any other field, left out (or emptied on the page) means none pinned.
       hostKeyFingerprint: hostKeyFingerprint || undefined,
-      auth: mergeSftpAuth(auth, current.offsite.sftp.auth),
+      auth: mergeSftpAuth(auth, current.offsite.sftp.auth, moved(current.offsite.sftp, rest, 22)),
     });
     if (next.offsite.sftp.enabled && !next.offsite.sftp.auth) throw missingSecret('offsite.sftp.auth');
   }
@@ -78,7 +137,11 @@ export function applySettingsUpdate(current: Settings, update: SettingsUpdate): 
   if (update.alerts) next.alerts = mergeAlerts(update.alerts, current.alerts);
   if (offsite?.smb) {
     const { password, ...rest } = offsite.smb;
-    next.offsite.smb = tidy({ ...rest, password: keep(password, current.offsite.smb.password) });
+    const saved = current.offsite.smb;
+    next.offsite.smb = tidy({
+      ...rest,
+      password: keepForServer(password, saved.password, 'offsite.smb.password', moved(saved, rest, 445)),
+    });
     if (next.offsite.smb.enabled && !next.offsite.smb.password) throw missingSecret('offsite.smb.password');
   }
   return next;
@@ -90,7 +153,9 @@ type Alerts = Settings['alerts'];
  * The alerts section of a PUT over the stored one: a webhook's secret is kept (matched by URL) unless
  * replaced or cleared; every webhook needs one, since receivers trust alerts by their signature.
  * A URL not stored keeps the secret at its index only when that stored URL is gone from the input
- * (the entry's URL was edited): a new webhook never gets another receiver's signing key.
+ * (the entry's URL was edited): a new webhook never gets another receiver's signing key. Unlike a
+ * password, a webhook secret is never sent (it signs, HMAC), so a URL edit may keep it. The SMTP
+ * password is sent to the server, so it is kept only for the same host and port.
  */
 function mergeAlerts(input: NonNullable<SettingsUpdate['alerts']>, stored: Alerts): Alerts {
   const urls = new Set(input.webhooks.map((w) => w.url));
@@ -104,7 +169,11 @@ function mergeAlerts(input: NonNullable<SettingsUpdate['alerts']>, stored: Alert
   });
   const email = input.email ?? { ...stored.email, enabled: false };
   const { password, ...rest } = email as NonNullable<NonNullable<SettingsUpdate['alerts']>['email']>;
-  const merged = tidy({ ...rest, password: keep(password, stored.email.password) });
+  const change = moved(stored.email, rest, 587);
+  const merged = tidy({
+    ...rest,
+    password: keepForServer(password, stored.email.password, 'alerts.email.password', change),
+  });
   return { webhooks, email: merged as Alerts['email'] };
 }
 

@@ -69,16 +69,60 @@ export function collectSettings() {
   return settings;
 }
 
+/**
+ * Passwords the server receives, with the address they were saved for (host, port and its default): the
+ * agent keeps one only for that address (422 otherwise), so a changed address asks for it again here.
+ */
+const SENT_SECRETS = [
+  {
+    secret: 'offsite.sftp.auth.password',
+    host: 'offsite.sftp.host',
+    port: 'offsite.sftp.port',
+    defaultPort: 22,
+  },
+  { secret: 'offsite.smb.password', host: 'offsite.smb.host', port: 'offsite.smb.port', defaultPort: 445 },
+];
+const KEEP_HINT = 'Saved. Leave empty to keep it.';
+
+/** What of a secret's address the form changed ('host', 'port'), or undefined when it is the saved one. */
+function addressChange({ host, port, defaultPort }) {
+  const typedHost = ($(`f-${host.replaceAll('.', '-')}`)?.value ?? '').trim().toLowerCase();
+  if (!typedHost) return undefined; // a blank host reaches nobody: the agent keeps the secret
+  if (
+    typedHost !==
+    String(getPath(loaded, host) ?? '')
+      .trim()
+      .toLowerCase()
+  )
+    return 'host';
+  const typedPort = ($(`f-${port.replaceAll('.', '-')}`)?.value ?? '').trim();
+  const savedPort = getPath(loaded, port) ?? defaultPort;
+  return (typedPort === '' ? defaultPort : Number(typedPort)) !== savedPort ? 'port' : undefined;
+}
+
+/** The placeholder of each saved password: kept, or to be entered again because its address changed. */
+function secretHints() {
+  for (const entry of SENT_SECRETS) {
+    const control = $(`f-${entry.secret.replaceAll('.', '-')}`);
+    if (!control || getPath(loaded, entry.secret)?.set !== true) continue;
+    const change = addressChange(entry);
+    control.placeholder = change ? `Enter the password again: the ${change} changed` : KEEP_HINT;
+    if (change) control.dataset.reenter = change;
+    else delete control.dataset.reenter;
+  }
+}
+
 function fill(settings) {
   for (const control of controls()) {
     const value = getPath(settings, control.dataset.path);
     if (control.type === 'checkbox') control.checked = Boolean(value);
     else if (isSetMarker(value) || (control.dataset.secret !== undefined && value === undefined)) {
       control.value = '';
-      control.placeholder = value?.set ? 'Saved. Leave empty to keep it.' : '';
+      control.placeholder = value?.set ? KEEP_HINT : '';
     } else control.value = value ?? '';
   }
   syncOffsiteView(settings);
+  secretHints();
   drWarning();
   const auto = settings.status?.autoBackup;
   const result = auto?.lastResult;
@@ -351,6 +395,7 @@ async function runMaintenance() {
 export function setupSettings() {
   setupOffsite((provider) => collectSettings().offsite?.[provider] ?? {});
   $('settings-form').addEventListener('submit', save);
+  $('settings-form').addEventListener('input', secretHints);
   $('f-cloudDr-enabled').addEventListener('change', drWarning);
   $('run-maintenance').addEventListener('click', runMaintenance);
   $('dr-push').addEventListener('click', pushNow);

@@ -25,7 +25,8 @@ export function isTimeZone(tz: string): boolean {
 
 /**
  * A secret in a PUT body: a new value; `{set: ...}` as a GET returned it, or the key left out, keeps the
- * stored one; `null` clears it.
+ * stored one; `null` clears it. A password the server receives (SFTP, SMB, SMTP) is kept only while
+ * the host and port it was saved for stay the same: otherwise it must be given again (422 naming it).
  */
 export const SecretInput = z
   .union([z.string().min(1).max(16384), z.object({ set: z.boolean() }).strict()])

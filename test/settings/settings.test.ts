@@ -148,9 +148,12 @@ describe('settings', () => {
     expect(t.agent.settings.get().offsite.s3.secretAccessKey).toBe(SECRETS.s3Secret);
 
     const { auth: _a, ...sftpWithoutAuth } = fullBody.offsite.sftp;
-    expect((await put({ offsite: { sftp: { ...sftpWithoutAuth, port: 2200 } } })).status).toBe(200);
+    // Same server (host and port), another folder: the password is kept (another address needs it again).
+    expect((await put({ offsite: { sftp: { ...sftpWithoutAuth, remotePath: '/srv/gem-2' } } })).status).toBe(
+      200,
+    );
     expect(t.agent.settings.get().offsite.sftp).toMatchObject({
-      port: 2200,
+      remotePath: '/srv/gem-2',
       auth: { password: SECRETS.sftpPassword },
     });
 
