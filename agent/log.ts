@@ -1,6 +1,6 @@
-/** Structured logs: one JSON object per line on stderr, with secrets redacted by key name. */
+/** Structured logs: one JSON object per line on stderr, with secrets redacted by key name; the process's fatal-error exit. */
 
-export type LogLevel = 'debug' | 'info' | 'warn' | 'error';
+export type LogLevel = 'debug' | 'info' | 'warn' | 'error' | 'fatal';
 export type LogFields = Record<string, unknown>;
 
 export interface Logger {
@@ -8,10 +8,12 @@ export interface Logger {
   info(msg: string, fields?: LogFields): void;
   warn(msg: string, fields?: LogFields): void;
   error(msg: string, fields?: LogFields): void;
+  /** The process cannot go on (installFatalHandlers): always written, whatever the level. */
+  fatal(msg: string, fields?: LogFields): void;
   child(fields: LogFields): Logger;
 }
 
-const ORDER: Record<LogLevel, number> = { debug: 10, info: 20, warn: 30, error: 40 };
+const ORDER: Record<LogLevel, number> = { debug: 10, info: 20, warn: 30, error: 40, fatal: 50 };
 const SECRET_KEY = /pass(word|phrase)?|secret|token|private|authorization|^key$|masterkey|filekey/i;
 
 /** Replaces the value of every field whose name looks secret, at any depth. */
@@ -49,9 +51,50 @@ export function createLogger(
     info: (m, f) => emit('info', m, f),
     warn: (m, f) => emit('warn', m, f),
     error: (m, f) => emit('error', m, f),
+    fatal: (m, f) => emit('fatal', m, f),
     child: (fields) => createLogger({ ...options, base: { ...base, ...fields } }),
   };
 }
 
 /** A logger that drops everything (tests that do not care about logs). */
 export const silentLogger: Logger = createLogger({ write: () => {} });
+
+/** How long a fatal exit waits for the best-effort close before exiting anyway. */
+export const FATAL_CLOSE_MS = 10_000;
+
+/** The exit code of a fatal error (the supervisor, systemd or docker, restarts the agent). */
+export const FATAL_EXIT_CODE = 1;
+
+/**
+ * Makes an unhandled rejection or uncaught exception end the process as a backup daemon should: one
+ * `fatal` JSON line (the error's name, message and stack; never the value of a non-Error reason, which
+ * may hold anything), then `close` (stop timers, cancel jobs and their child processes, end the pool)
+ * for at most `closeTimeoutMs`, then exit FATAL_EXIT_CODE so the supervisor restarts a clean process.
+ * Nothing more is attempted: the process's state is unknown, and an interrupted restore is recovered
+ * from its journal at the next start. A second error while closing is not logged again.
+ */
+export function installFatalHandlers(
+  log: Logger,
+  options: { close?: () => Promise<unknown>; closeTimeoutMs?: number } = {},
+): void {
+  let dying = false;
+  const die = (origin: 'unhandledRejection' | 'uncaughtException', reason: unknown) => {
+    if (dying) return;
+    dying = true;
+    process.exitCode = FATAL_EXIT_CODE;
+    const error =
+      reason instanceof Error
+        ? { name: reason.name, message: reason.message, stack: reason.stack }
+        : { message: `a non-Error value (${reason === null ? 'null' : typeof reason})` };
+    log.fatal('unexpected error: the agent exits and its supervisor restarts it', { origin, error });
+    const exit = () => process.exit(FATAL_EXIT_CODE);
+    // Not unref'd: the exit must happen even if closing hangs with nothing else keeping the loop alive.
+    setTimeout(exit, options.closeTimeoutMs ?? FATAL_CLOSE_MS);
+    Promise.resolve()
+      .then(() => options.close?.())
+      .catch(() => {})
+      .finally(exit);
+  };
+  process.on('unhandledRejection', (reason) => die('unhandledRejection', reason));
+  process.on('uncaughtException', (error) => die('uncaughtException', error));
+}

@@ -7,7 +7,7 @@ import { dataPaths, loadConfig } from './config';
 import { drServiceFor } from './dr/service';
 import { healthFor } from './health/service';
 import { Scheduler } from './jobs/scheduler';
-import { createLogger } from './log';
+import { createLogger, installFatalHandlers } from './log';
 import { metricsFor } from './metrics/recorder';
 import { VerificationScheduler } from './verification/schedule';
 import { AGENT_VERSION } from './version';
@@ -28,6 +28,10 @@ function startupMessage(agent: Agent, url: string, tokenCreated: boolean): strin
 async function main(): Promise<void> {
   const config = loadConfig();
   const log = createLogger({ level: config.logLevel, base: { service: 'gem-backup-agent' } });
+  // An unhandled rejection or uncaught exception: one fatal line, a bounded close, exit 1 (the
+  // supervisor restarts the agent). Set before anything starts; what to close is known further down.
+  let closeAll: (() => Promise<void>) | undefined;
+  installFatalHandlers(log, { close: () => closeAll?.() ?? Promise.resolve() });
   // The token file as it was before this start: openAgent creates it when there is none.
   const tokenBefore = config.agentToken
     ? undefined
@@ -36,6 +40,7 @@ async function main(): Promise<void> {
         () => undefined,
       );
   const agent = await openAgent(config, log, { ownCluster: true });
+  closeAll = () => agent.close();
   const tokenCreated = !config.agentToken && tokenBefore !== agent.token;
   // Metrics count jobs from the start; the health watchdog watches them.
   metricsFor(agent);
@@ -60,11 +65,8 @@ async function main(): Promise<void> {
     process.stdout.write(startupMessage(agent, url, tokenCreated));
   });
 
-  let stopping = false;
-  const stop = async (signal: string) => {
-    if (stopping) return;
-    stopping = true;
-    log.info('shutting down', { signal });
+  // No new work first (server, timers), then the agent: running jobs cancelled, their processes ended.
+  closeAll = async () => {
     server.close();
     scheduler.stop();
     dr.stop();
@@ -72,6 +74,13 @@ async function main(): Promise<void> {
     alerts.stop();
     health.stop();
     await agent.close();
+  };
+  let stopping = false;
+  const stop = async (signal: string) => {
+    if (stopping) return;
+    stopping = true;
+    log.info('shutting down', { signal });
+    await closeAll?.();
     log.info('stopped');
     process.exit(0);
   };
