@@ -239,7 +239,7 @@ export interface SyncCandidate extends PruneCandidate {
   remote?: StoredObject;
 }
 
-/** The union of local and remote backups, by name. */
+/** The union of local and remote backups, by name, each dated by its name when it is a backup name. */
 export function syncCandidates(local: BackupInfo[], remote: StoredObject[]): SyncCandidate[] {
   const byName = new Map<string, SyncCandidate>();
   for (const object of remote) {
@@ -253,7 +253,10 @@ export function syncCandidates(local: BackupInfo[], remote: StoredObject[]): Syn
     const entry = byName.get(info.filename);
     byName.set(info.filename, {
       filename: info.filename,
-      createdAt: info.createdAt,
+      // Dated like a remote-only copy, by its name (the creation time floored to the second, bumped
+      // a second forward when taken): by its exact time, a local backup made at 02:00:00.8 would sort
+      // before a remote-only one made at 02:00:00.5 and named 02:00:01 (bumped), the newer pruned.
+      createdAt: createdAtFromName(info.filename) ?? info.createdAt,
       kind: info.kind,
       ...(info.pinned ? { pinned: true } : {}),
       ...(info.verifyResult ? { verifyResult: info.verifyResult } : {}),
