@@ -17,7 +17,8 @@ export function offsiteRoutes(agent: Agent): Hono {
   const offsite = offsiteServiceFor(agent);
   const app = new Hono();
 
-  // Test Connection: always 200 with {ok, message, details}; a body is the form's unsaved section.
+  // Test Connection: 200 with {ok, message, details} whether or not it connects; a body is the form's unsaved section
+  // (422 when it is malformed, or changes the host or port without the saved password: see applySettingsUpdate).
   app.post('/:provider/test', async (c) => {
     const kind = parseOffsiteKind(c.req.param('provider'));
     const body = await jsonBody(c, z.unknown(), { optional: true });
