@@ -133,3 +133,8 @@ export function destinationSkip(
       : `skipped: ${title}${autoUpload ? ' (or its auto-upload)' : ''} was turned off during the job; this job uploaded nothing more and deleted nothing there`;
   return { reason, message };
 }
+
+/** What a prune reports when it stopped because the number of backups kept was raised while it ran. */
+export function keptRaisedMessage(planned: number, now: number): string {
+  return `kept: the number of backups kept was raised during the job (from ${planned} to ${now}); this job deleted nothing more`;
+}

@@ -33,6 +33,7 @@ import {
   destinationAppError,
   destinationError,
   destinationSkip,
+  keptRaisedMessage,
 } from './messages';
 import { type DestinationState, OffsiteStateStore, type SyncRecord, type UploadRecord } from './state';
 import {
@@ -78,6 +79,8 @@ export interface AutoUploadResult {
   error?: { code: string; message: string };
   /** Turned off (or changed) during the job: left alone from then on; not a failure (no size: not uploaded). */
   skipped?: DestinationSkip;
+  /** The number of backups kept was raised during the job: its prune stopped there (keptRaisedMessage). */
+  pruneStopped?: string;
 }
 
 export interface SyncResult {
@@ -88,6 +91,8 @@ export interface SyncResult {
   sweptTemp?: number;
   /** Turned off (or changed) during the sync: it stopped there and pruned nothing more on either side. */
   skipped?: DestinationSkip;
+  /** The number of backups kept was raised during the sync: it deleted nothing more on either side. */
+  pruneStopped?: string;
 }
 
 /** A job's re-check of one destination before each step that uploads to or deletes at it. */
@@ -99,6 +104,18 @@ export interface DestinationWatch {
   stillConfigured(step: string): boolean;
   /** Why the job left it alone, once it did. */
   readonly skipped: DestinationSkip | undefined;
+}
+
+/** A prune's re-check of the number of backups kept, which a PUT may raise while the job runs. */
+export interface KeepCountWatch {
+  /**
+   * True while the saved maxBackups is at most the one the job planned with (a lowered count deletes
+   * no more in this job); from the first check that finds it raised, false for the rest of the job
+   * (logged once): the plan made with the old count may delete what the new one keeps.
+   */
+  stillPrunes(name: string): boolean;
+  /** Why the prune stopped, once it did. */
+  readonly stopped: string | undefined;
 }
 
 const INPUT = { sftp: SftpInput, s3: S3Input, smb: SmbInput } as const;
@@ -225,6 +242,28 @@ export class OffsiteService {
           destination: kind,
           reason: drift,
           before: step,
+        });
+        return false;
+      },
+    };
+  }
+
+  /** The re-check of the keep count a job's prune planned with (`started`), made before each deletion. */
+  keepCount(started: number, log: Logger): KeepCountWatch {
+    let stopped: string | undefined;
+    return {
+      get stopped() {
+        return stopped;
+      },
+      stillPrunes: (name) => {
+        if (stopped) return false;
+        const now = this.agent.settings.get().autoBackup.maxBackups;
+        if (now <= started) return true;
+        stopped = keptRaisedMessage(started, now);
+        log.info('the number of backups kept was raised during the job: pruning stopped', {
+          planned: started,
+          now,
+          before: `deleting ${name}`,
         });
         return false;
       },
@@ -367,6 +406,8 @@ export class OffsiteService {
    * deletion the destination is re-checked (watch): turned off or changed meanwhile, the sync stops
    * there, prunes nothing more on either side (the plan counted its copies) and reports `skipped`.
    * A transfer already under way when that happens finishes (see uploadBackup: only retries stop).
+   * The number of backups kept raised meanwhile (keepCount) stops the pruning on both sides too: the
+   * plan made with the old count may delete what the new one keeps (`pruneStopped` says so).
    */
   async sync(kind: OffsiteKind, section: DestinationSettings, ctx: JobContext): Promise<SyncResult> {
     const result: SyncResult = { uploaded: [], downloaded: [], deleted: { remote: [], local: [] } };
@@ -376,6 +417,7 @@ export class OffsiteService {
       return this.state.merge(kind, { lastSync: entry }).catch(() => undefined);
     };
     const watch = this.watch(kind, section, ctx.log);
+    let keep: KeepCountWatch | undefined;
     try {
       await this.withProvider(kind, section, async (provider) => {
         ctx.phase('listing');
@@ -392,9 +434,9 @@ export class OffsiteService {
         const candidates = syncCandidates(local, remote).map((c) =>
           foreign.has(c.filename) ? { ...c, foreign: true } : c,
         );
-        const plan = planPrune(candidates, {
-          maxBackups: this.agent.settings.get().autoBackup.maxBackups,
-        });
+        const maxBackups = this.agent.settings.get().autoBackup.maxBackups;
+        keep = this.keepCount(maxBackups, ctx.log);
+        const plan = planPrune(candidates, { maxBackups });
         const failures: string[] = [];
         const transfer = {
           ...this.transferOptions(ctx),
@@ -439,6 +481,8 @@ export class OffsiteService {
           if (busyBackupNames(this.agent).has(candidate.filename)) continue;
           // Above all no deletion after it was turned off; nor locally, where the plan counted its copies.
           if (!watch.stillConfigured(`deleting ${candidate.filename}`)) break;
+          // Raised meanwhile: the new count may keep it (and the older ones after it) on both sides.
+          if (!keep.stillPrunes(candidate.filename)) break;
           if (candidate.remote) {
             await provider.delete(candidate.filename, { signal: ctx.signal });
             result.deleted.remote.push(candidate.filename);
@@ -454,6 +498,7 @@ export class OffsiteService {
       throw error;
     }
     if (watch.skipped) result.skipped = watch.skipped;
+    if (keep?.stopped) result.pruneStopped = keep.stopped;
     await record(true);
     ctx.log.info('offsite sync done', { destination: kind, ...result });
     return result;
@@ -470,6 +515,7 @@ export class OffsiteService {
    * each outcome is recorded in offsite-state.json. Never throws: failures are in the result. A
    * destination turned off (or its auto-upload, or changed) meanwhile is re-checked before the sweep,
    * the upload (and its retries) and each deletion, and from then on left alone: `{ok: true, skipped}`.
+   * The number of backups kept raised meanwhile stops the pruning there: `{ok: true, pruneStopped}`.
    */
   async uploadAfterBackup(
     backup: BackupInfo,
@@ -515,12 +561,13 @@ export class OffsiteService {
             throw error;
           });
           if (!stored) return left(swept);
+          const keep = this.keepCount(settings.autoBackup.maxBackups, ctx.log);
           const pruned = await this.pruneRemote(
             provider,
             settings.autoBackup.maxBackups,
             [backup.filename],
             ctx.signal,
-            (name) => watch.stillConfigured(`deleting ${name}`),
+            (name) => watch.stillConfigured(`deleting ${name}`) && keep.stillPrunes(name),
           ).catch((error: unknown) => {
             ctx.log.warn('pruning a destination failed; the upload itself is done', {
               destination: kind,
@@ -528,7 +575,12 @@ export class OffsiteService {
             });
             return [];
           });
-          const done = { size: stored.size, pruned, ...swept };
+          const done = {
+            size: stored.size,
+            pruned,
+            ...swept,
+            ...(keep.stopped ? { pruneStopped: keep.stopped } : {}),
+          };
           return watch.skipped ? left(done) : { ok: true, ...done };
         });
       }),
