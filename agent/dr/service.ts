@@ -74,7 +74,7 @@ export class DrService {
     agent.keyring.onIdentityChanged((installationId) => {
       if (!this.started || this.nightly?.installationId === installationId) return;
       this.agent.log.info('the installation id changed: the nightly Cloud DR push is re-armed');
-      this.armNightly();
+      this.rearmKeepingTonight();
     });
   }
 
@@ -348,6 +348,24 @@ export class DrService {
     return this.nightly?.nextRun() ?? null;
   }
 
+  /**
+   * Re-arms the nightly timer for a new installation id, whose slot lies elsewhere in the 03:00 hour.
+   * When tonight's push was still ahead on the old slot but the new slot has already passed tonight,
+   * the push runs now: re-arming alone would skip the night (the new timer fires tomorrow).
+   */
+  private rearmKeepingTonight(): void {
+    const now = this.now();
+    const tonight = (at: Date | null | undefined) => !!at && at.getTime() - now.getTime() < NIGHTLY_HOUR_MS;
+    const wasDueTonight = tonight(this.nightly?.nextRun(now));
+    this.armNightly();
+    if (wasDueTonight && !tonight(this.nightly?.nextRun(now))) {
+      this.agent.log.info("the installation id changed after tonight's new slot: the Cloud DR push runs now");
+      this.runNightly().catch((error: unknown) =>
+        this.agent.log.warn('the nightly Cloud DR push failed', { error: describeError(error) }),
+      );
+    }
+  }
+
   private armNightly(): void {
     this.nightly?.stop();
     this.nightly = scheduleNightly(this.agent.keyring.installationId, this.timezone(), async (timer) => {
@@ -368,7 +386,7 @@ export class DrService {
       const now = this.now();
       const next = this.nightly?.nextRun(now);
       // Both slots lie inside the same 03:00 hour: a next slot within the hour is tonight's.
-      if (next && next.getTime() - now.getTime() < 3600_000) {
+      if (next && next.getTime() - now.getTime() < NIGHTLY_HOUR_MS) {
         this.agent.log.info("the installation id changed: tonight's Cloud DR push waits for its new slot");
         return 'deferred';
       }
@@ -385,6 +403,9 @@ export class DrService {
     return this.options.now?.() ?? new Date();
   }
 }
+
+/** Every installation's nightly slot lies in the same hour (03:00 plus its offset): a slot within it is tonight's. */
+const NIGHTLY_HOUR_MS = 3600_000;
 
 /** A push succeeded (and no confirmed deletion followed it), or a multipart upload was left open. */
 function cloudCopyMayExist(s: DrState): boolean {

@@ -96,3 +96,50 @@ describe('the nightly Cloud DR timer after a key import', () => {
     clock = undefined;
   });
 });
+
+describe('a key import between the new slot and the old one tonight', () => {
+  it('pushes now instead of skipping the night', async () => {
+    // Ours must have a slot late in the hour, the imported one a slot at least 2 minutes earlier.
+    let late = otherInstallation(t.agent.keyring.installationId);
+    while (nightlyOffsetSeconds(late.installationId) < 1800) late = otherInstallation(late.installationId);
+    await t.agent.keyring.importKeys(late);
+    await listenersRan();
+    let early = otherInstallation(late.installationId);
+    while (nightlyOffsetSeconds(early.installationId) + 120 >= nightlyOffsetSeconds(late.installationId)) {
+      early = otherInstallation(early.installationId);
+    }
+    const oldSlot = nextNightlyRun(late.installationId, tz())!;
+    const newSlot = new Date(
+      oldSlot.getTime() -
+        (nightlyOffsetSeconds(late.installationId) - nightlyOffsetSeconds(early.installationId)) * 1000,
+    );
+    // Tonight, after the new id's slot and before the old id's: without a push now, none until tomorrow.
+    clock = new Date((oldSlot.getTime() + newSlot.getTime()) / 2);
+    const pushes: Date[] = [];
+    const service = dr as unknown as { runNightly: () => Promise<void> };
+    const runNightly = service.runNightly;
+    service.runNightly = async () => {
+      pushes.push(clock!);
+    };
+    try {
+      await cliImport(early, 'import-4.json');
+      expect(t.agent.keyring.installationId).toBe(early.installationId);
+      await listenersRan();
+      expect(pushes).toEqual([clock]);
+      // The timer now follows the new id: its next slot is tomorrow's.
+      expect(dr.nextNightlyAt()).toEqual(nextNightlyRun(early.installationId, tz()));
+
+      // Before tonight's new slot, an import only moves the timer: the new slot still comes tonight.
+      const later = otherInstallation(early.installationId);
+      const laterSlot = nextNightlyRun(later.installationId, tz(), clock)!;
+      clock = new Date(laterSlot.getTime() - nightlyOffsetSeconds(later.installationId) * 1000 - 500); // 02:59:59.5
+      await cliImport(later, 'import-5.json');
+      expect(t.agent.keyring.installationId).toBe(later.installationId);
+      await listenersRan();
+      expect(pushes).toHaveLength(1);
+    } finally {
+      service.runNightly = runNightly;
+      clock = undefined;
+    }
+  });
+});
