@@ -18,15 +18,34 @@ function keep(input: SecretInput | undefined, stored: string | undefined): strin
   return stored;
 }
 
-/** A server a secret is sent to (SFTP, SMB, SMTP): its host (case and spaces aside) and port. */
+/** A server a secret is sent to (SFTP, SMB, SMTP): its host (compared by hostKey) and port. */
 interface Server {
   host: string;
   port?: number | undefined;
 }
 
+/**
+ * A host as the resolver sees it: without case, spaces, a final dot (`nas.example.com.` is the same
+ * name) or IPv6 brackets, and an IPv6 address in its shortest spelling (`fd00:0:0:0:0:0:0:10` is
+ * `fd00::10`). The page compares hosts the same way (hostKey in agent/ui/settings.js).
+ */
+export function hostKey(host: string): string {
+  let h = host.trim().toLowerCase();
+  if (h.startsWith('[') && h.endsWith(']')) h = h.slice(1, -1);
+  else if (h.endsWith('.')) h = h.slice(0, -1);
+  if (h.includes(':')) {
+    try {
+      h = new URL(`http://[${h}]/`).hostname.slice(1, -1);
+    } catch {
+      // Not an IPv6 address: compared as typed.
+    }
+  }
+  return h;
+}
+
 /** The part of the address that changed (`host`, `port`), or undefined when it is the same server. */
 function moved(saved: Server, next: Server, defaultPort: number): 'host' | 'port' | undefined {
-  const name = (s: Server) => s.host.trim().toLowerCase();
+  const name = (s: Server) => hostKey(s.host);
   // A blank host reaches nobody: the secret may stay until a host is given (which then differs).
   if (!name(next)) return undefined;
   if (name(saved) !== name(next)) return 'host';

@@ -84,17 +84,28 @@ const SENT_SECRETS = [
 ];
 const KEEP_HINT = 'Saved. Leave empty to keep it.';
 
+/** A host as the agent compares it (hostKey in agent/settings/model.ts): no case, spaces, final dot or IPv6 brackets. */
+function hostKey(host) {
+  let h = String(host ?? '')
+    .trim()
+    .toLowerCase();
+  if (h.startsWith('[') && h.endsWith(']')) h = h.slice(1, -1);
+  else if (h.endsWith('.')) h = h.slice(0, -1);
+  if (h.includes(':')) {
+    try {
+      h = new URL(`http://[${h}]/`).hostname.slice(1, -1);
+    } catch {
+      // Not an IPv6 address: compared as typed.
+    }
+  }
+  return h;
+}
+
 /** What of a secret's address the form changed ('host', 'port'), or undefined when it is the saved one. */
 function addressChange({ host, port, defaultPort }) {
-  const typedHost = ($(`f-${host.replaceAll('.', '-')}`)?.value ?? '').trim().toLowerCase();
+  const typedHost = hostKey($(`f-${host.replaceAll('.', '-')}`)?.value);
   if (!typedHost) return undefined; // a blank host reaches nobody: the agent keeps the secret
-  if (
-    typedHost !==
-    String(getPath(loaded, host) ?? '')
-      .trim()
-      .toLowerCase()
-  )
-    return 'host';
+  if (typedHost !== hostKey(getPath(loaded, host))) return 'host';
   const typedPort = ($(`f-${port.replaceAll('.', '-')}`)?.value ?? '').trim();
   const savedPort = getPath(loaded, port) ?? defaultPort;
   return (typedPort === '' ? defaultPort : Number(typedPort)) !== savedPort ? 'port' : undefined;
