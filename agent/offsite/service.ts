@@ -599,6 +599,7 @@ export class OffsiteService {
         ...(result.pruned?.length ? { pruned: result.pruned } : {}),
         ...(result.error ? { error: result.error } : {}),
         ...(result.skipped ? { skipped: result.skipped } : {}),
+        ...(result.pruneStopped ? { pruneStopped: result.pruneStopped } : {}),
       };
       await this.state
         .recordUpload(kind, entry)

@@ -15,6 +15,8 @@ export interface UploadRecord {
   error?: { code: string; message: string };
   /** The destination was turned off (or changed) during the job: left alone from then on (no size: not uploaded). */
   skipped?: DestinationSkip;
+  /** The number of backups kept was raised during the job: it deleted nothing more (keptRaisedMessage). */
+  pruneStopped?: string;
 }
 
 /** One Sync Now run. */
@@ -27,6 +29,8 @@ export interface SyncRecord {
   error?: { code: string; message: string };
   /** The destination was turned off (or changed) during the sync: it stopped there, nothing pruned. */
   skipped?: DestinationSkip;
+  /** The number of backups kept was raised during the sync: it deleted nothing more (keptRaisedMessage). */
+  pruneStopped?: string;
 }
 
 export interface DestinationState {

@@ -347,12 +347,19 @@ async function deleteRemote(provider, name, refresh) {
   }
 }
 
-/** "Sync complete: 1 uploaded, 0 downloaded." from the sync job's result. */
+/**
+ * "Sync complete: 1 uploaded, 0 downloaded." from the sync job's result, then why it stopped early
+ * (the destination turned off or changed meanwhile) or stopped pruning (the number kept was raised).
+ */
 function syncSummary(job) {
   const r = job.result ?? {};
   const n = (list) => (Array.isArray(list) ? list.length : 0);
   const removed = n(r.deleted?.remote) + n(r.deleted?.local);
-  return `Sync complete: ${n(r.uploaded)} uploaded, ${n(r.downloaded)} downloaded${removed ? `, ${removed} removed by retention` : ''}.`;
+  const notes = [r.skipped?.message, r.pruneStopped].filter((note) => typeof note === 'string');
+  return [
+    `Sync complete: ${n(r.uploaded)} uploaded, ${n(r.downloaded)} downloaded${removed ? `, ${removed} removed by retention` : ''}.`,
+    ...notes.map((note) => `${note.charAt(0).toUpperCase()}${note.slice(1)}${note.endsWith('.') ? '' : '.'}`),
+  ].join(' ');
 }
 
 function providerSection(provider, collectProvider) {
