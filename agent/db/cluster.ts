@@ -6,18 +6,26 @@ import {
   chown,
   lstat,
   mkdir,
+  readdir,
   readFile,
   realpath,
+  rename,
   rm,
   stat,
   symlink,
   writeFile,
 } from 'node:fs/promises';
 import { createServer } from 'node:net';
-import { dirname, join, resolve } from 'node:path';
+import { basename, dirname, join, resolve } from 'node:path';
 import { AppError } from '../errors';
 import type { Logger } from '../log';
-import { tempPathFor, writeSmallFileAtomic } from '../system/atomic-file';
+import {
+  fsyncDir,
+  isAbandonedTemp,
+  TEMP_PREFIX,
+  tempPathFor,
+  writeSmallFileAtomic,
+} from '../system/atomic-file';
 import { runProcess } from '../system/spawn';
 import { openSql } from './connect';
 
@@ -234,6 +242,75 @@ async function requirePassword(dir: string, port: number, password: string, log?
   );
 }
 
+/** Gives a file we wrote into the cluster folder to the cluster's owner (as root; otherwise it is ours already). */
+async function ownLikeCluster(path: string, cluster: string): Promise<void> {
+  if (process.getuid?.() === 0) await chownFile(path, cluster);
+}
+
+/**
+ * Creates a new cluster at `dir` the way every file is written: initdb (which fsyncs what it made)
+ * into a temp folder beside it, our settings added, then one rename. A first start cut short (a power
+ * cut or a stopped service during initdb, which writes PG_VERSION long before it is done) used to
+ * leave a half-made cluster under the final name that every later start took for a finished one and
+ * failed to start; now it leaves at most a temp folder, removed by the next creation once its process
+ * is gone. `dir` may exist empty (clusterFolder's linked folder): rename replaces an empty folder.
+ */
+async function createCluster(dir: string, initdb: string, password: string): Promise<void> {
+  const parent = dirname(dir);
+  await mkdir(parent, { recursive: true, mode: 0o700 });
+  const prefix = `${TEMP_PREFIX}${basename(dir)}.`;
+  for (const name of await readdir(parent)) {
+    if (name.startsWith(prefix) && isAbandonedTemp(name)) {
+      await rm(join(parent, name), { recursive: true, force: true });
+    }
+  }
+  const temp = tempPathFor(dir);
+  try {
+    await mkdir(temp, { mode: 0o700 });
+    await prepareOwnership(temp);
+    // initdb reads the password from a file (never the command line); one the cluster's owner can read,
+    // beside the cluster folder (the data dir may be closed to it).
+    const pwfile = tempPathFor(clusterPasswordPath(dir));
+    try {
+      await writeFile(pwfile, `${password}\n`, { mode: 0o600, flag: 'wx' });
+      await ownLikeCluster(pwfile, temp);
+      await run(
+        initdb,
+        [
+          '-D',
+          temp,
+          '-U',
+          SUPERUSER,
+          '--auth=scram-sha-256',
+          `--pwfile=${pwfile}`,
+          '-E',
+          'UTF8',
+          '--locale=C.UTF-8',
+        ],
+        'initdb',
+      );
+    } finally {
+      await rm(pwfile, { force: true });
+    }
+    const confPath = join(temp, 'postgresql.conf');
+    const conf = await readFile(confPath, 'utf8');
+    await writeSmallFileAtomic(confPath, `${conf}\ninclude_if_exists = 'gem-cluster.conf'\n`, 0o600, (file) =>
+      ownLikeCluster(file, temp),
+    );
+    await rename(temp, dir).catch((error: NodeJS.ErrnoException) => {
+      if (error.code !== 'ENOTEMPTY' && error.code !== 'EEXIST') throw error;
+      throw new Error(
+        `the embedded PostgreSQL cluster folder ${dir} holds files but no cluster (no PG_VERSION), ` +
+          'left by a first start an earlier version did not finish: remove that folder to create the cluster again',
+      );
+    });
+    await fsyncDir(parent);
+  } catch (error) {
+    await rm(temp, { recursive: true, force: true });
+    throw error;
+  }
+}
+
 /**
  * Starts the cluster in `dir`, creating it first if needed. TCP on 127.0.0.1 only (no Unix socket,
  * whose path length is limited), a free port kept in the config. Every connection needs the
@@ -256,36 +333,7 @@ export async function startCluster(options: {
   const confPath = join(dir, 'gem-cluster.conf');
   if (!existsSync(join(dir, 'PG_VERSION'))) {
     log?.info('creating the embedded PostgreSQL cluster', { dir });
-    await mkdir(dir, { recursive: true, mode: 0o700 });
-    await prepareOwnership(dir);
-    const password = await loadOrCreatePassword(passwordPath);
-    // initdb reads the password from a file (never the command line); one the cluster's owner can read,
-    // beside the cluster folder (the data dir may be closed to it).
-    const pwfile = tempPathFor(clusterPasswordPath(dir));
-    try {
-      await writeFile(pwfile, `${password}\n`, { mode: 0o600, flag: 'wx' });
-      if (process.getuid?.() === 0) await chownFile(pwfile, dir);
-      await run(
-        initdb,
-        [
-          '-D',
-          dir,
-          '-U',
-          SUPERUSER,
-          '--auth=scram-sha-256',
-          `--pwfile=${pwfile}`,
-          '-E',
-          'UTF8',
-          '--locale=C.UTF-8',
-          '--no-sync',
-        ],
-        'initdb',
-      );
-    } finally {
-      await rm(pwfile, { force: true });
-    }
-    const conf = await readFile(join(dir, 'postgresql.conf'), 'utf8');
-    await writeFile(join(dir, 'postgresql.conf'), `${conf}\ninclude_if_exists = 'gem-cluster.conf'\n`);
+    await createCluster(dir, initdb, await loadOrCreatePassword(passwordPath));
   }
   await prepareOwnership(dir);
   const running = await run(pgCtl, ['status', '-D', dir], 'pg_ctl status').then(
@@ -297,18 +345,16 @@ export async function startCluster(options: {
   );
   if (!running) {
     if (!port || !(await portIsFree(port))) port = await freePort();
-    await writeFile(
-      confPath,
-      [
-        `port = ${port}`,
-        `listen_addresses = '127.0.0.1'`,
-        `unix_socket_directories = ''`,
-        'fsync = on',
-        'max_connections = 50',
-        '',
-      ].join('\n'),
-    );
-    if (process.getuid?.() === 0) await chownFile(confPath, dir);
+    // Atomic: a write cut short would leave the server without its port and listen address.
+    const settings = [
+      `port = ${port}`,
+      `listen_addresses = '127.0.0.1'`,
+      `unix_socket_directories = ''`,
+      'fsync = on',
+      'max_connections = 50',
+      '',
+    ].join('\n');
+    await writeSmallFileAtomic(confPath, settings, 0o600, (temp) => ownLikeCluster(temp, dir));
     await run(
       pgCtl,
       ['start', '-D', dir, '-l', join(dir, 'server.log'), '-w', '-t', '60'],
