@@ -319,10 +319,7 @@ export class Keyring {
       log?.info('created a new keyring', { keyId: file.masterKeys[0]!.id });
       return new Keyring(path, file);
     }
-    const parsed = keyringFileSchema.safeParse(JSON.parse(text));
-    if (!parsed.success)
-      throw new Error(`the keyring at ${path} is corrupt; restore it from your keys export`);
-    return new Keyring(path, parsed.data);
+    return new Keyring(path, parseKeyringFile(text, path));
   }
 
   get installationId(): string {
@@ -439,7 +436,21 @@ async function readKeyringFile(path: string): Promise<KeyringFile | undefined> {
     if ((error as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
     throw error;
   }
-  const parsed = keyringFileSchema.safeParse(JSON.parse(text));
+  return parseKeyringFile(text, path);
+}
+
+/**
+ * The keyring in `text` (the file at `path`); a corrupt one is one plain error. Never JSON.parse's
+ * own message: V8 quotes the text around the fault, which here is a master key or the installation id.
+ */
+function parseKeyringFile(text: string, path: string): KeyringFile {
+  let json: unknown;
+  try {
+    json = JSON.parse(text);
+  } catch {
+    json = undefined;
+  }
+  const parsed = keyringFileSchema.safeParse(json);
   if (!parsed.success) throw new Error(`the keyring at ${path} is corrupt; restore it from your keys export`);
   return parsed.data;
 }
