@@ -39,12 +39,20 @@ interface Reply {
   lines: string[];
 }
 
+/** The longest reply line read (SMTP's limit is 512 octets; servers' EHLO lines stay far below this). */
+const MAX_REPLY_LINE = 64 * 1024;
+/** The most lines one multi-line reply may have (an EHLO answer has a few dozen). */
+const MAX_REPLY_LINES = 1000;
+/** The most replies held before the client asked for them (SMTP answers one reply per command). */
+const MAX_UNREAD_REPLIES = 100;
+
 /** Reads SMTP replies (multi-line "250-..." until "250 ...") from a socket that may be upgraded to TLS. */
 class Conversation {
   private buffer = '';
   private waiting: ((r: Reply | Error) => void) | undefined;
   private pending: Array<Reply | Error> = [];
   private lines: string[] = [];
+  private overflowed = false;
 
   constructor(
     public socket: net.Socket,
@@ -79,6 +87,7 @@ class Conversation {
   }
 
   private onData(chunk: string): void {
+    if (this.overflowed) return;
     this.buffer += chunk;
     let i = this.buffer.indexOf('\n');
     while (i >= 0) {
@@ -89,13 +98,36 @@ class Conversation {
         this.push(new SmtpError(`unexpected SMTP reply: ${line.slice(0, 100)}`));
       } else {
         this.lines.push(m[3]!);
+        if (this.lines.length > MAX_REPLY_LINES) {
+          this.overflow(`a reply of more than ${MAX_REPLY_LINES} lines`);
+          return;
+        }
         if (m[2] === ' ') {
           this.push({ code: Number(m[1]), lines: this.lines });
           this.lines = [];
+          if (this.pending.length > MAX_UNREAD_REPLIES) {
+            this.overflow(`more than ${MAX_UNREAD_REPLIES} replies nobody asked for`);
+            return;
+          }
         }
       }
       i = this.buffer.indexOf('\n');
     }
+    if (this.buffer.length > MAX_REPLY_LINE) this.overflow('a reply line that does not end');
+  }
+
+  /**
+   * A server (or, before STARTTLS, anyone on the path) that sends a line or a multi-line reply with no
+   * end would otherwise grow the buffer until the read timeout: hundreds of MB in that time, and a
+   * string past V8's limit throws in this data handler, which ends the agent. The send fails instead.
+   */
+  private overflow(what: string): void {
+    this.overflowed = true;
+    this.buffer = '';
+    this.lines = [];
+    this.pending = [];
+    this.push(new SmtpError(`the SMTP server sent ${what}: the send stops here`));
+    this.socket.destroy();
   }
 
   private push(item: Reply | Error): void {
