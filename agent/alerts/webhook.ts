@@ -47,7 +47,8 @@ export async function postWebhook(
       redirect: 'error',
       signal: AbortSignal.timeout(options.timeoutMs ?? 10_000),
     });
-    await res.arrayBuffer().catch(() => undefined);
+    // The answer's body is not needed: cancelled, never read (a body without end would fill memory).
+    await res.body?.cancel().catch(() => undefined);
     if (!res.ok) return { channel, ok: false, error: `the webhook answered ${res.status}` };
     return { channel, ok: true };
   } catch (error) {
