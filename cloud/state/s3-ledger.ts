@@ -97,7 +97,13 @@ export class S3InstallationStates {
   private async read(key: string): Promise<Record<string, unknown>> {
     try {
       const out = await this.s3.send(new GetObjectCommand({ Bucket: this.bucket, Key: key }));
-      return JSON.parse((await out.Body?.transformToString()) ?? '{}');
+      const text = (await out.Body?.transformToString()) ?? '{}';
+      try {
+        return JSON.parse(text);
+      } catch {
+        // Never JSON.parse's message: it quotes the text around the fault (the document names uploads).
+        throw new Error(`the ledger document ${key} is damaged (not JSON)`);
+      }
     } catch (err) {
       const e = err as { name?: string; $metadata?: { httpStatusCode?: number } };
       if (e?.name === 'NoSuchKey' || e?.$metadata?.httpStatusCode === 404) return {};
