@@ -306,7 +306,10 @@ async function createCluster(dir: string, initdb: string, password: string): Pro
     });
     await fsyncDir(parent);
   } catch (error) {
-    await rm(temp, { recursive: true, force: true });
+    // initdb's own server process may still be writing there a moment after initdb ended (killed, or
+    // failed): retried, and never in place of the error that matters. A temp left behind is removed
+    // by a later creation once this process is gone.
+    await rm(temp, { recursive: true, force: true, maxRetries: 10, retryDelay: 100 }).catch(() => {});
     throw error;
   }
 }
