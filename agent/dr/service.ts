@@ -350,15 +350,19 @@ export class DrService {
 
   /**
    * Re-arms the nightly timer for a new installation id, whose slot lies elsewhere in the 03:00 hour.
-   * When tonight's push was still ahead on the old slot but the new slot has already passed tonight,
-   * the push runs now: re-arming alone would skip the night (the new timer fires tomorrow).
+   * When tonight's push was still ahead on the old slot but the new slot came and went within the last
+   * hour, the push runs now: re-arming alone would skip the night (the new timer fires tomorrow). A new
+   * slot still ahead tonight needs nothing: its timer pushes.
    */
   private rearmKeepingTonight(): void {
     const now = this.now();
-    const tonight = (at: Date | null | undefined) => !!at && at.getTime() - now.getTime() < NIGHTLY_HOUR_MS;
-    const wasDueTonight = tonight(this.nightly?.nextRun(now));
+    const wasDueTonight = within(this.nightly?.nextRun(now), now, NIGHTLY_HOUR_MS);
     this.armNightly();
-    if (wasDueTonight && !tonight(this.nightly?.nextRun(now))) {
+    // The new slot's last occurrence, asked of its timer (exact across a DST change in that hour).
+    const lastHour = new Date(now.getTime() - NIGHTLY_HOUR_MS);
+    const newSlotPassed =
+      (this.nightly?.nextRun(lastHour)?.getTime() ?? Number.POSITIVE_INFINITY) <= now.getTime();
+    if (wasDueTonight && newSlotPassed) {
       this.agent.log.info("the installation id changed after tonight's new slot: the Cloud DR push runs now");
       this.runNightly().catch((error: unknown) =>
         this.agent.log.warn('the nightly Cloud DR push failed', { error: describeError(error) }),
@@ -406,6 +410,11 @@ export class DrService {
 
 /** Every installation's nightly slot lies in the same hour (03:00 plus its offset): a slot within it is tonight's. */
 const NIGHTLY_HOUR_MS = 3600_000;
+
+/** `at` comes after `now` by less than `ms`. */
+function within(at: Date | null | undefined, now: Date, ms: number): boolean {
+  return !!at && at.getTime() - now.getTime() < ms;
+}
 
 /** A push succeeded (and no confirmed deletion followed it), or a multipart upload was left open. */
 function cloudCopyMayExist(s: DrState): boolean {

@@ -129,14 +129,22 @@ describe('a key import between the new slot and the old one tonight', () => {
       // The timer now follows the new id: its next slot is tomorrow's.
       expect(dr.nextNightlyAt()).toEqual(nextNightlyRun(early.installationId, tz()));
 
-      // Before tonight's new slot, an import only moves the timer: the new slot still comes tonight.
-      const later = otherInstallation(early.installationId);
+      // Before 03:00, an import whose new slot is more than an hour ahead (but tonight) only moves the
+      // timer: the old slot being due within the hour does not make the new one passed.
+      let later = otherInstallation(early.installationId);
+      while (nightlyOffsetSeconds(later.installationId) <= nightlyOffsetSeconds(early.installationId) + 120) {
+        later = otherInstallation(later.installationId);
+      }
       const laterSlot = nextNightlyRun(later.installationId, tz(), clock)!;
-      clock = new Date(laterSlot.getTime() - nightlyOffsetSeconds(later.installationId) * 1000 - 500); // 02:59:59.5
+      clock = new Date(laterSlot.getTime() - 61 * 60_000);
+      expect(nextNightlyRun(early.installationId, tz(), clock)!.getTime() - clock.getTime()).toBeLessThan(
+        3600_000,
+      );
       await cliImport(later, 'import-5.json');
       expect(t.agent.keyring.installationId).toBe(later.installationId);
       await listenersRan();
       expect(pushes).toHaveLength(1);
+      expect(dr.nextNightlyAt()).toEqual(nextNightlyRun(later.installationId, tz()));
     } finally {
       service.runNightly = runNightly;
       clock = undefined;
