@@ -9,23 +9,16 @@ import {
   readdir,
   readFile,
   realpath,
-  rename,
   rm,
   stat,
   symlink,
   writeFile,
 } from 'node:fs/promises';
 import { createServer } from 'node:net';
-import { basename, dirname, join, resolve } from 'node:path';
+import { dirname, join, resolve } from 'node:path';
 import { AppError } from '../errors';
 import type { Logger } from '../log';
-import {
-  fsyncDir,
-  isAbandonedTemp,
-  TEMP_PREFIX,
-  tempPathFor,
-  writeSmallFileAtomic,
-} from '../system/atomic-file';
+import { fsyncDir, processAlive, tempPathFor, writeSmallFileAtomic } from '../system/atomic-file';
 import { runProcess } from '../system/spawn';
 import { openSql } from './connect';
 
@@ -247,72 +240,97 @@ async function ownLikeCluster(path: string, cluster: string): Promise<void> {
   if (process.getuid?.() === 0) await chownFile(path, cluster);
 }
 
-/**
- * Creates a new cluster at `dir` the way every file is written: initdb (which fsyncs what it made)
- * into a temp folder beside it, our settings added, then one rename. A first start cut short (a power
- * cut or a stopped service during initdb, which writes PG_VERSION long before it is done) used to
- * leave a half-made cluster under the final name that every later start took for a finished one and
- * failed to start; now it leaves at most a temp folder, removed by the next creation once its process
- * is gone. `dir` may exist empty (clusterFolder's linked folder): rename replaces an empty folder.
- */
-async function createCluster(dir: string, initdb: string, password: string): Promise<void> {
-  const parent = dirname(dir);
-  await mkdir(parent, { recursive: true, mode: 0o700 });
-  const prefix = `${TEMP_PREFIX}${basename(dir)}.`;
-  for (const name of await readdir(parent)) {
-    if (name.startsWith(prefix) && isAbandonedTemp(name)) {
-      await rm(join(parent, name), { recursive: true, force: true });
-    }
-  }
-  const temp = tempPathFor(dir);
-  try {
-    await mkdir(temp, { mode: 0o700 });
-    await prepareOwnership(temp);
-    // initdb reads the password from a file (never the command line); one the cluster's owner can read,
-    // beside the cluster folder (the data dir may be closed to it).
-    const pwfile = tempPathFor(clusterPasswordPath(dir));
-    try {
-      await writeFile(pwfile, `${password}\n`, { mode: 0o600, flag: 'wx' });
-      await ownLikeCluster(pwfile, temp);
-      await run(
-        initdb,
-        [
-          '-D',
-          temp,
-          '-U',
-          SUPERUSER,
-          '--auth=scram-sha-256',
-          `--pwfile=${pwfile}`,
-          '-E',
-          'UTF8',
-          '--locale=C.UTF-8',
-        ],
-        'initdb',
-      );
-    } finally {
-      await rm(pwfile, { force: true });
-    }
-    const confPath = join(temp, 'postgresql.conf');
-    const conf = await readFile(confPath, 'utf8');
-    await writeSmallFileAtomic(confPath, `${conf}\ninclude_if_exists = 'gem-cluster.conf'\n`, 0o600, (file) =>
-      ownLikeCluster(file, temp),
-    );
-    await rename(temp, dir).catch((error: NodeJS.ErrnoException) => {
-      if (error.code !== 'ENOTEMPTY' && error.code !== 'EEXIST') throw error;
-      throw new Error(
-        `the embedded PostgreSQL cluster folder ${dir} holds files but no cluster (no PG_VERSION), ` +
-          'left by a first start an earlier version did not finish: remove that folder to create the cluster again',
-      );
-    });
-    await fsyncDir(parent);
-  } catch (error) {
-    // initdb's own server process may still be writing there a moment after initdb ended (killed, or
-    // failed): retried, and never in place of the error that matters. A temp left behind is removed
-    // by a later creation once this process is gone.
-    await rm(temp, { recursive: true, force: true, maxRetries: 10, retryDelay: 100 }).catch(() => {});
-    throw error;
-  }
+/** While a first creation of the cluster at `dir` is under way: beside it, naming the process creating it. */
+function creatingMarkerPath(dir: string): string {
+  return `${dir}.creating`;
 }
+
+/** How long a start waits for another process (the agent and the CLI, started together) creating the cluster. */
+const CREATION_WAIT_MS = 180_000;
+
+/**
+ * Makes sure a whole cluster is at `dir`, creating it if needed. initdb writes PG_VERSION long before
+ * it is done, so a first start cut short (a power cut, a stopped service) used to leave a half-made
+ * cluster every later start took for a finished one (the agent never started again). A marker beside
+ * the folder, written before anything else and removed once initdb (which fsyncs) and our settings
+ * are done, says "unfinished": the next start empties the folder and creates it again. It never
+ * holds data: the agent starts a cluster only after its creation finished. The folder itself is kept
+ * (it may be a mount point or a symlink's target), and a folder holding anything else is refused.
+ */
+async function ensureCluster(dir: string, initdb: string, password: string, log?: Logger): Promise<void> {
+  const marker = creatingMarkerPath(dir);
+  for (const deadline = Date.now() + CREATION_WAIT_MS; ; ) {
+    const owner = Number((await readFile(marker, 'utf8').catch(() => '')).trim());
+    if (!owner || owner === process.pid || !processAlive(owner)) break;
+    if (Date.now() > deadline) {
+      throw new Error(
+        `process ${owner} has been creating the embedded PostgreSQL cluster in ${dir} too long`,
+      );
+    }
+    await new Promise((resolve) => setTimeout(resolve, 250));
+  }
+  const unfinished = existsSync(marker);
+  if (existsSync(join(dir, 'PG_VERSION')) && !unfinished) {
+    const conf = await readFile(join(dir, 'postgresql.conf'), 'utf8').catch(() => '');
+    if (conf.includes(INCLUDE_LINE)) return;
+    throw new Error(
+      `the embedded PostgreSQL cluster folder ${dir} holds a cluster whose creation an earlier version did not ` +
+        'finish (no gem-cluster.conf in its postgresql.conf): it never held data; remove what the folder holds to create it again',
+    );
+  }
+  await mkdir(dir, { recursive: true, mode: 0o700 });
+  const entries = await readdir(dir);
+  if (unfinished) {
+    log?.warn('the embedded PostgreSQL cluster was not finished at a previous start: it is created again', {
+      dir,
+    });
+    // initdb's own server process may still write there a moment after initdb ended: retried.
+    for (const name of entries)
+      await rm(join(dir, name), { recursive: true, force: true, maxRetries: 10, retryDelay: 100 });
+  } else if (entries.length > 0) {
+    throw new Error(
+      `the embedded PostgreSQL cluster folder ${dir} holds files but no cluster (no PG_VERSION): ` +
+        'move them elsewhere to let the agent create its cluster there',
+    );
+  }
+  log?.info('creating the embedded PostgreSQL cluster', { dir });
+  await writeSmallFileAtomic(marker, `${process.pid}\n`, 0o600);
+  await prepareOwnership(dir);
+  // initdb reads the password from a file (never the command line); one the cluster's owner can read,
+  // beside the cluster folder (the data dir may be closed to it).
+  const pwfile = tempPathFor(clusterPasswordPath(dir));
+  try {
+    await writeFile(pwfile, `${password}\n`, { mode: 0o600, flag: 'wx' });
+    await ownLikeCluster(pwfile, dir);
+    await run(
+      initdb,
+      [
+        '-D',
+        dir,
+        '-U',
+        SUPERUSER,
+        '--auth=scram-sha-256',
+        `--pwfile=${pwfile}`,
+        '-E',
+        'UTF8',
+        '--locale=C.UTF-8',
+      ],
+      'initdb',
+    );
+  } finally {
+    await rm(pwfile, { force: true });
+  }
+  const confPath = join(dir, 'postgresql.conf');
+  const conf = await readFile(confPath, 'utf8');
+  await writeSmallFileAtomic(confPath, `${conf}\n${INCLUDE_LINE}\n`, 0o600, (file) =>
+    ownLikeCluster(file, dir),
+  );
+  await rm(marker);
+  await fsyncDir(dirname(marker));
+}
+
+/** The line our postgresql.conf ends with: the port and listen address live in gem-cluster.conf. */
+const INCLUDE_LINE = "include_if_exists = 'gem-cluster.conf'";
 
 /**
  * Starts the cluster in `dir`, creating it first if needed. TCP on 127.0.0.1 only (no Unix socket,
@@ -334,10 +352,7 @@ export async function startCluster(options: {
   const passwordPath = clusterPasswordPath(options.dir);
   const dir = await clusterFolder(options.dir, log);
   const confPath = join(dir, 'gem-cluster.conf');
-  if (!existsSync(join(dir, 'PG_VERSION'))) {
-    log?.info('creating the embedded PostgreSQL cluster', { dir });
-    await createCluster(dir, initdb, await loadOrCreatePassword(passwordPath));
-  }
+  await ensureCluster(dir, initdb, await loadOrCreatePassword(passwordPath), log);
   await prepareOwnership(dir);
   const running = await run(pgCtl, ['status', '-D', dir], 'pg_ctl status').then(
     () => true,

@@ -21,7 +21,7 @@ export function tempPathFor(finalPath: string): string {
   );
 }
 
-function processAlive(pid: number): boolean {
+export function processAlive(pid: number): boolean {
   if (pid === process.pid) return true;
   try {
     process.kill(pid, 0);

@@ -60,19 +60,20 @@ async function expectWorking(cluster: ClusterHandle): Promise<void> {
 
 describe('creating the embedded cluster', () => {
   for (const when of ['midway', 'after'] as const) {
-    it(`an initdb cut short (${when}) leaves no cluster under its name; the next start creates a working one`, async () => {
+    it(`an initdb cut short (${when}) is marked unfinished; the next start creates a working one`, async () => {
       const root = await tempRoot();
       const dir = join(root, 'data', 'cluster');
       const bin = await interruptedBin(root, when);
       await expect(startCluster({ dir, binDir: bin })).rejects.toThrow(/initdb failed/);
-      // Nothing half-made under the final name, and no temp folder left beside it.
-      expect(existsSync(dir)).toBe(false);
-      expect((await readdir(join(root, 'data'))).filter((name) => name.startsWith('.tmp-'))).toEqual([]);
+      // What initdb left is marked unfinished (the old code took a PG_VERSION for a finished cluster).
+      expect(existsSync(`${dir}.creating`)).toBe(true);
+      expect(existsSync(join(dir, 'PG_VERSION'))).toBe(true);
 
       const cluster = await startCluster({ dir, binDir });
       clusters.push(cluster);
       expect(cluster.startedHere).toBe(true);
       await expectWorking(cluster);
+      expect(existsSync(`${dir}.creating`)).toBe(false);
       await cluster.stop();
       // And it starts again as it is.
       const again = await startCluster({ dir, binDir });
@@ -82,20 +83,43 @@ describe('creating the embedded cluster', () => {
     });
   }
 
-  it('a temp cluster folder a dead process left is removed when the cluster is created', async () => {
+  it('a cluster an earlier version left unfinished (no include of our settings) is refused, not removed', async () => {
     const root = await tempRoot();
-    const data = join(root, 'data');
-    await mkdir(data, { mode: 0o700 });
-    // A shell that printed its pid and exited: a process that no longer runs (an agent killed mid-creation).
-    const dead = spawnSync('sh', ['-c', 'echo $$']).stdout.toString().trim();
-    expect(dead).toMatch(/^\d+$/);
-    const leftover = join(data, `.tmp-cluster.p${dead}.0123456789ab`);
-    await mkdir(join(leftover, 'base'), { recursive: true });
-    await writeFile(join(leftover, 'PG_VERSION'), '15\n');
-    const cluster = await startCluster({ dir: join(data, 'cluster'), binDir });
-    clusters.push(cluster);
-    await expectWorking(cluster);
-    expect(existsSync(leftover)).toBe(false);
-    await cluster.stop();
+    const dir = join(root, 'data', 'cluster');
+    await mkdir(join(dir, 'base'), { recursive: true });
+    await writeFile(join(dir, 'PG_VERSION'), '15\n');
+    await writeFile(join(dir, 'postgresql.conf'), 'port = 5432\n');
+    await expect(startCluster({ dir, binDir })).rejects.toThrow(
+      /whose creation an earlier version did not finish/,
+    );
+    expect((await readdir(dir)).sort()).toEqual(['PG_VERSION', 'base', 'postgresql.conf']);
+  });
+
+  it('a folder holding other files is refused and left as it was', async () => {
+    const root = await tempRoot();
+    const dir = join(root, 'data', 'cluster');
+    await mkdir(dir, { recursive: true });
+    await writeFile(join(dir, 'notes.txt'), 'mine\n');
+    await expect(startCluster({ dir, binDir })).rejects.toThrow(/holds files but no cluster/);
+    expect(await readdir(dir)).toEqual(['notes.txt']);
+    expect(existsSync(`${dir}.creating`)).toBe(false);
+  });
+
+  it('a cluster folder that is a mount point (a Docker volume) is created in place', async () => {
+    if (process.getuid?.() !== 0)
+      throw new Error('this test mounts a tmpfs: run the suite as root (as CI does)');
+    const root = await tempRoot();
+    const dir = join(root, 'data', 'cluster');
+    await mkdir(dir, { recursive: true });
+    const mounted = spawnSync('mount', ['-t', 'tmpfs', '-o', 'size=256m', 'tmpfs', dir]);
+    if (mounted.status !== 0) throw new Error(`mount -t tmpfs failed: ${mounted.stderr.toString()}`);
+    try {
+      const cluster = await startCluster({ dir, binDir });
+      await expectWorking(cluster);
+      await cluster.stop();
+      expect(existsSync(join(dir, 'PG_VERSION'))).toBe(true);
+    } finally {
+      spawnSync('umount', [dir]);
+    }
   });
 });
