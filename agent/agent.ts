@@ -121,7 +121,7 @@ export async function openAgent(
     log,
     token,
     keyring,
-    keyState: new KeyStateStore(paths.state),
+    keyState: new KeyStateStore(paths.state, log),
     catalog,
     jobs,
     audit,

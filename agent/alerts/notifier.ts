@@ -70,7 +70,7 @@ export class AlertNotifier {
     private readonly health: HealthService,
     private readonly options: AlertOptions = {},
   ) {
-    this.state = new AlertStateStore(agent.config.dataDir);
+    this.state = new AlertStateStore(agent.config.dataDir, agent.log);
   }
 
   private now(): Date {

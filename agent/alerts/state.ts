@@ -1,6 +1,7 @@
 /** What was last alerted per health area (alerts-state.json in the data dir), so a restart never re-sends. */
 import { join } from 'node:path';
 import type { HealthArea, HealthStatus } from '../health/model';
+import type { Logger } from '../log';
 import { JsonStateFile } from '../system/json-state';
 
 export interface AreaAlertState {
@@ -16,8 +17,9 @@ export type AlertState = Partial<Record<HealthArea, AreaAlertState>>;
 export const ALERT_STATE_FILE = 'alerts-state.json';
 
 export class AlertStateStore extends JsonStateFile<AlertState> {
-  constructor(dataDir: string) {
-    super(join(dataDir, ALERT_STATE_FILE), () => ({}));
+  /** Damaged, it is set aside (told to `log`): areas are then alerted afresh. */
+  constructor(dataDir: string, log: Logger) {
+    super(join(dataDir, ALERT_STATE_FILE), () => ({}), { setAsideDamaged: { log } });
   }
 
   async set(area: HealthArea, value: AreaAlertState): Promise<void> {

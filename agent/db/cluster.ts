@@ -264,7 +264,8 @@ async function ensureCluster(dir: string, initdb: string, password: string, log?
     if (!owner || owner === process.pid || !processAlive(owner)) break;
     if (Date.now() > deadline) {
       throw new Error(
-        `process ${owner} has been creating the embedded PostgreSQL cluster in ${dir} too long`,
+        `process ${owner} has been creating the embedded PostgreSQL cluster in ${dir} for minutes; ` +
+          `if no agent is starting, remove ${marker} and start again`,
       );
     }
     await new Promise((resolve) => setTimeout(resolve, 250));

@@ -1,4 +1,5 @@
 /** What the health checks remember between evaluations (health-state.json, 0600): since when Cloud DR is on. */
+import type { Logger } from '../log';
 import { JsonStateFile } from '../system/json-state';
 
 export interface HealthState {
@@ -8,8 +9,9 @@ export interface HealthState {
 
 /** Reads and updates health-state.json; updates are serialized and written temp-then-rename. */
 export class HealthStateStore extends JsonStateFile<HealthState> {
-  constructor(path: string) {
-    super(path, () => ({}));
+  /** Damaged, it is set aside (told to `log`): a Cloud DR that never succeeded ages from now on. */
+  constructor(path: string, log: Logger) {
+    super(path, () => ({}), { setAsideDamaged: { log } });
   }
 
   /**

@@ -1,4 +1,5 @@
 /** What the page needs to know about the keys: were they ever downloaded, and is the banner collapsed. */
+import type { Logger } from '../log';
 import { JsonStateFile } from '../system/json-state';
 
 export interface KeyState {
@@ -7,8 +8,9 @@ export interface KeyState {
 }
 
 export class KeyStateStore extends JsonStateFile<KeyState> {
-  constructor(path: string) {
-    super(path, () => ({ bannerCollapsed: false }));
+  /** Damaged, it is set aside (told to `log`): the page asks for the keys download again. */
+  constructor(path: string, log: Logger) {
+    super(path, () => ({ bannerCollapsed: false }), { setAsideDamaged: { log } });
   }
 
   /** Merges `patch` into the state and returns the result. */

@@ -129,7 +129,7 @@ export class OffsiteService {
     private readonly agent: Agent,
     private options: OffsiteServiceOptions = {},
   ) {
-    this.state = new OffsiteStateStore(agent.config.dataDir);
+    this.state = new OffsiteStateStore(agent.config.dataDir, agent.log);
   }
 
   /** Replaces the retry, stall and provider options (used by tests before any transfer). */

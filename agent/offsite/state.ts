@@ -1,5 +1,6 @@
 // What happened at each destination lately (last upload, last sync), in offsite-state.json in the data dir.
 import { join } from 'node:path';
+import type { Logger } from '../log';
 import { JsonStateFile } from '../system/json-state';
 import type { OffsiteKind } from './destinations';
 import type { DestinationSkip } from './messages';
@@ -46,8 +47,9 @@ export const OFFSITE_STATE_FILE = 'offsite-state.json';
 
 /** Reads and updates offsite-state.json; updates are serialized and written temp-then-rename. */
 export class OffsiteStateStore extends JsonStateFile<OffsiteState> {
-  constructor(dataDir: string) {
-    super(join(dataDir, OFFSITE_STATE_FILE), () => ({}));
+  /** Damaged, it is set aside (told to `log`): the last uploads and syncs are forgotten, nothing else. */
+  constructor(dataDir: string, log: Logger) {
+    super(join(dataDir, OFFSITE_STATE_FILE), () => ({}), { setAsideDamaged: { log } });
   }
 
   /** Merges `patch` into one destination's state. */

@@ -1,6 +1,16 @@
 /** A small JSON state file in the data dir: read once, updates serialized and written temp-then-rename (0600). */
-import { readFile } from 'node:fs/promises';
+import { readFile, rename } from 'node:fs/promises';
+import type { Logger } from '../log';
 import { writeSmallFileAtomic } from './atomic-file';
+
+export interface JsonStateOptions {
+  /**
+   * A damaged file is renamed `<file>.damaged-<time>` (kept for a look) and the state starts afresh,
+   * told here once: for state the agent can rebuild (what it alerted, its last uploads). Without it a
+   * damaged file is an error: state that must not be forgotten (a pending Cloud DR deletion).
+   */
+  setAsideDamaged?: { log: Logger };
+}
 
 export class JsonStateFile<T extends object> {
   private cache: T | undefined;
@@ -9,6 +19,7 @@ export class JsonStateFile<T extends object> {
   constructor(
     readonly path: string,
     private readonly initial: () => T,
+    private readonly options: JsonStateOptions = {},
   ) {}
 
   /**
@@ -18,23 +29,37 @@ export class JsonStateFile<T extends object> {
    */
   async get(): Promise<T> {
     this.cache ??= await readFile(this.path, 'utf8').then(
-      (text) => ({ ...this.initial(), ...this.parse(text) }),
+      async (text) => {
+        const parsed = this.parse(text);
+        if (parsed) return { ...this.initial(), ...parsed };
+        const setAside = this.options.setAsideDamaged;
+        if (!setAside) {
+          throw new Error(`${this.path} is damaged (not a JSON object): move it aside to start it afresh`);
+        }
+        const aside = `${this.path}.damaged-${new Date().toISOString().replaceAll(':', '')}`;
+        await rename(this.path, aside);
+        setAside.log.warn('a damaged state file was set aside; that state starts afresh', {
+          file: this.path,
+          setAside: aside,
+        });
+        return this.initial();
+      },
       () => this.initial(),
     );
     return structuredClone(this.cache);
   }
 
-  private parse(text: string): Partial<T> {
+  /** The file's object, or undefined when it is damaged (not a JSON object). */
+  private parse(text: string): Partial<T> | undefined {
     let parsed: unknown;
     try {
       parsed = JSON.parse(text);
     } catch {
-      parsed = undefined;
+      return undefined;
     }
-    if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) {
-      throw new Error(`${this.path} is damaged (not a JSON object): move it aside to start it afresh`);
-    }
-    return parsed as Partial<T>;
+    return typeof parsed === 'object' && parsed !== null && !Array.isArray(parsed)
+      ? (parsed as Partial<T>)
+      : undefined;
   }
 
   /** Applies `change` to a copy and saves it; memory follows disk, and concurrent updates queue. */

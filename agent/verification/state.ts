@@ -1,5 +1,6 @@
 /** The scheduled verification's memory (verification-state.json in the data dir): last run and each target's last result. */
 import { join } from 'node:path';
+import type { Logger } from '../log';
 import { OFFSITE_KINDS, type OffsiteKind } from '../offsite/destinations';
 import { JsonStateFile } from '../system/json-state';
 
@@ -69,18 +70,22 @@ export const VERIFICATION_STATE_FILE = 'verification-state.json';
 
 /** Reads and updates verification-state.json; updates are serialized and written temp-then-rename. */
 export class VerificationStateStore extends JsonStateFile<VerificationState> {
-  constructor(dataDir: string) {
-    super(join(dataDir, VERIFICATION_STATE_FILE), () => ({ targets: {} }));
+  /** Damaged, it is set aside (told to `log`): the next scheduled verification runs as if none had. */
+  constructor(dataDir: string, log: Logger) {
+    super(join(dataDir, VERIFICATION_STATE_FILE), () => ({ targets: {} }), { setAsideDamaged: { log } });
   }
 }
 
 const stores = new WeakMap<object, VerificationStateStore>();
 
 /** The one store per agent (keyed by the agent object), so every reader sees the same cache. */
-export function verificationStateFor(agent: { config: { dataDir: string } }): VerificationStateStore {
+export function verificationStateFor(agent: {
+  config: { dataDir: string };
+  log: Logger;
+}): VerificationStateStore {
   let store = stores.get(agent);
   if (!store) {
-    store = new VerificationStateStore(agent.config.dataDir);
+    store = new VerificationStateStore(agent.config.dataDir, agent.log);
     stores.set(agent, store);
   }
   return store;

@@ -1,8 +1,10 @@
 // A damaged state file is an error that names the file without quoting it, and an update leaves it as it was.
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { existsSync } from 'node:fs';
+import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createLogger } from '../../agent/log';
 import { JsonStateFile } from '../../agent/system/json-state';
 
 let dir: string;
@@ -39,6 +41,37 @@ describe('a state file', () => {
       }),
     ).rejects.toThrow('is damaged');
     expect(await readFile(path, 'utf8')).toBe(text);
+  });
+
+  it('that is damaged, for state the agent can rebuild, is set aside once and starts afresh', async () => {
+    const sub = await mkdtemp(join(dir, 'aside-'));
+    const path = join(sub, 'alerts-state.json');
+    const text = `{"backups":{"status":"error","installationId":"${INSTALLATION_ID}`;
+    await writeFile(path, text);
+    const lines: string[] = [];
+    const log = createLogger({ write: (line) => lines.push(line) });
+    const state = new JsonStateFile<{ n: number }>(path, () => ({ n: 0 }), { setAsideDamaged: { log } });
+    expect(await state.get()).toEqual({ n: 0 });
+    // The damaged file is kept beside, as it was, for a look; nothing is under the name until an update.
+    const [aside, ...others] = (await readdir(sub)).filter((name) =>
+      name.startsWith('alerts-state.json.damaged-'),
+    );
+    expect(others).toEqual([]);
+    expect(await readFile(join(sub, aside!), 'utf8')).toBe(text);
+    expect(existsSync(path)).toBe(false);
+    await state.update((s) => {
+      s.n = 3;
+    });
+    expect(JSON.parse(await readFile(path, 'utf8'))).toEqual({ n: 3 });
+    // Told once, naming both files, never quoting the content.
+    expect(lines).toHaveLength(1);
+    expect(JSON.parse(lines[0]!)).toMatchObject({
+      level: 'warn',
+      msg: 'a damaged state file was set aside; that state starts afresh',
+      file: path,
+      setAside: join(sub, aside!),
+    });
+    expect(lines[0]).not.toContain(INSTALLATION_ID.slice(0, 8));
   });
 
   it('that is missing reads as the initial state, and an update writes it', async () => {
