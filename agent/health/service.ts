@@ -51,7 +51,10 @@ export class HealthService {
       offsite: offsiteArea(agent, offsiteServiceFor(agent), verification, {
         probeIntervalMs: options.offsiteProbeIntervalMs ?? 5 * 60_000,
       }),
-      dr: drArea(drServiceFor(agent), new HealthStateStore(`${agent.config.dataDir}/health-state.json`, agent.log)),
+      dr: drArea(
+        drServiceFor(agent),
+        new HealthStateStore(`${agent.config.dataDir}/health-state.json`, agent.log),
+      ),
       verification: verificationArea(agent, verification),
       disk: diskArea(agent, options.freeSpace),
       keys: keysArea(agent),
