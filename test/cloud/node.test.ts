@@ -1,8 +1,6 @@
 // The same cloud app on Node against a real S3-compatible server (s3rver): the self-hosted entry.
 import { randomBytes } from 'node:crypto';
-import type { AddressInfo } from 'node:net';
-import { ListObjectsV2Command, S3Client } from '@aws-sdk/client-s3';
-import { type ServerType, serve } from '@hono/node-server';
+import { ListObjectsV2Command, type S3Client } from '@aws-sdk/client-s3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createNodeCloudApp } from '../../cloud/node';
 import { type S3Service, startS3 } from '../services/s3';
@@ -19,34 +17,23 @@ import {
   signedHeaders,
   type TestInstallation,
 } from './harness';
+import { type ServedCloud, s3ClientFor, serveCloud } from './node-cloud';
 
 const MiB = 1024 * 1024;
 let s3: S3Service;
 let client: S3Client;
-let server: ServerType;
-let cloud: { url: string };
+let cloud: ServedCloud;
 let inst: TestInstallation;
 
 beforeAll(async () => {
   s3 = await startS3({ bucket: 'gem-dr' });
-  client = new S3Client({
-    endpoint: s3.endpoint,
-    region: s3.region,
-    forcePathStyle: true,
-    credentials: { accessKeyId: s3.accessKeyId, secretAccessKey: s3.secretAccessKey },
-    requestChecksumCalculation: 'WHEN_REQUIRED',
-    responseChecksumValidation: 'WHEN_REQUIRED',
-  });
-  const app = createNodeCloudApp({ s3: client, bucket: s3.bucket, env: { ENROLLMENT_TOKEN } });
-  server = await new Promise<ServerType>((resolve) => {
-    const s = serve({ fetch: app.fetch, port: 0, hostname: '127.0.0.1' }, () => resolve(s));
-  });
-  cloud = { url: `http://127.0.0.1:${(server.address() as AddressInfo).port}` };
+  client = s3ClientFor(s3);
+  cloud = await serveCloud(createNodeCloudApp({ s3: client, bucket: s3.bucket, env: { ENROLLMENT_TOKEN } }));
   inst = await newInstallation();
   expect((await enroll(cloud, inst)).status).toBe(201);
 });
 afterAll(async () => {
-  await new Promise((r) => server?.close(r));
+  await cloud?.close();
   client?.destroy();
   await s3?.stop();
 });

@@ -1,11 +1,7 @@
 // The DR cloud keeps no object nobody points at: orphans swept after a commit, opt-out deletes all, racing reads.
 import { createHash, randomBytes } from 'node:crypto';
-import type { AddressInfo } from 'node:net';
-import { GetObjectCommand, ListObjectsV2Command, PutObjectCommand, S3Client } from '@aws-sdk/client-s3';
-import { type ServerType, serve } from '@hono/node-server';
+import { GetObjectCommand, ListObjectsV2Command, PutObjectCommand, type S3Client } from '@aws-sdk/client-s3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createCloudApp } from '../../cloud/app';
-import { type CloudDeps, parseCloudConfig } from '../../cloud/deps';
 import type { InstallationStateApi, SlotRecord } from '../../cloud/state/ledger';
 import { S3InstallationStates } from '../../cloud/state/s3-ledger';
 import { S3SlotStore } from '../../cloud/store/s3';
@@ -14,7 +10,6 @@ import { type S3Service, startS3 } from '../services/s3';
 import { until } from '../services/wait';
 import {
   type CloudUnderTest,
-  ENROLLMENT_TOKEN,
   enroll,
   generatedBytes,
   generatedSha256,
@@ -29,6 +24,7 @@ import {
   storedUpload,
   type TestInstallation,
 } from './harness';
+import { nodeCloudDeps, type ServedCloud, s3ClientFor, serveCloud } from './node-cloud';
 
 const MiB = 1024 * 1024;
 
@@ -158,8 +154,7 @@ describe('the Worker over R2 (Miniflare)', () => {
 describe('the Node entry over S3 (s3rver), with faults injected around the real ledger and bucket', () => {
   let s3: S3Service;
   let client: S3Client;
-  let server: ServerType;
-  let cloud: { url: string };
+  let cloud: ServedCloud;
   /** deletes in the bucket that fail before reaching it */
   let failDeletes = 0;
   /** commits that fail as a Durable Object reset would, before reaching the ledger */
@@ -201,31 +196,13 @@ describe('the Node entry over S3 (s3rver), with faults injected around the real 
 
   beforeAll(async () => {
     s3 = await startS3({ bucket: 'gem-dr' });
-    client = new S3Client({
-      endpoint: s3.endpoint,
-      region: s3.region,
-      forcePathStyle: true,
-      credentials: { accessKeyId: s3.accessKeyId, secretAccessKey: s3.secretAccessKey },
-      requestChecksumCalculation: 'WHEN_REQUIRED',
-      responseChecksumValidation: 'WHEN_REQUIRED',
-    });
+    client = s3ClientFor(s3);
     const store = new FlakyStore(client, s3.bucket);
     states = new S3InstallationStates(client, s3.bucket, store);
-    const deps: CloudDeps = {
-      store,
-      clientAddress: () => '127.0.0.1',
-      installation: (hash) => faulty(states.installation(hash)),
-      takeRecoveryAttempt: async () => true,
-      config: parseCloudConfig({ ENROLLMENT_TOKEN }),
-    };
-    const app = createCloudApp(() => deps);
-    server = await new Promise<ServerType>((resolve) => {
-      const s = serve({ fetch: app.fetch, port: 0, hostname: '127.0.0.1' }, () => resolve(s));
-    });
-    cloud = { url: `http://127.0.0.1:${(server.address() as AddressInfo).port}` };
+    cloud = await serveCloud(nodeCloudDeps(store, (hash) => faulty(states.installation(hash))));
   });
   afterAll(async () => {
-    await new Promise((r) => server?.close(r));
+    await cloud?.close();
     client?.destroy();
     await s3?.stop();
   });

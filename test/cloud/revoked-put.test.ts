@@ -1,34 +1,22 @@
 // A single PUT whose ledger record a later push's sweep revoked: its commit answers 503 storage_unavailable ("send it again"), the slot keeps the other push's intact object, and the agent's client takes it as retryable.
 import { createHash, randomBytes } from 'node:crypto';
-import type { AddressInfo } from 'node:net';
-import { GetObjectCommand, ListObjectsV2Command, S3Client } from '@aws-sdk/client-s3';
-import { type ServerType, serve } from '@hono/node-server';
+import { GetObjectCommand, ListObjectsV2Command, type S3Client } from '@aws-sdk/client-s3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { DrClient } from '../../agent/dr/client';
 import { AppError } from '../../agent/errors';
 import type { SigningKey } from '../../agent/keys/keyring';
-import { createCloudApp } from '../../cloud/app';
-import { type CloudDeps, parseCloudConfig } from '../../cloud/deps';
 import type { InstallationStateApi } from '../../cloud/state/ledger';
 import { S3InstallationStates } from '../../cloud/state/s3-ledger';
 import { S3SlotStore } from '../../cloud/store/s3';
 import { SLOT_HEADERS } from '../../shared/api/cloud';
 import { type S3Service, startS3 } from '../services/s3';
 import { until } from '../services/wait';
-import {
-  ENROLLMENT_TOKEN,
-  enroll,
-  newInstallation,
-  putBackup,
-  sha256,
-  signedEmpty,
-  type TestInstallation,
-} from './harness';
+import { enroll, newInstallation, putBackup, sha256, signedEmpty, type TestInstallation } from './harness';
+import { nodeCloudDeps, type ServedCloud, s3ClientFor, serveCloud } from './node-cloud';
 
 let s3: S3Service;
 let client: S3Client;
-let server: ServerType;
-let cloud: { url: string };
+let cloud: ServedCloud;
 let states: S3InstallationStates;
 /** a commit of a backup created at `createdAt` waits for `open` before it reaches the ledger */
 let commitGate: { createdAt: string; open: Promise<void> } | null = null;
@@ -46,31 +34,13 @@ function gated(state: InstallationStateApi): InstallationStateApi {
 
 beforeAll(async () => {
   s3 = await startS3({ bucket: 'gem-dr' });
-  client = new S3Client({
-    endpoint: s3.endpoint,
-    region: s3.region,
-    forcePathStyle: true,
-    credentials: { accessKeyId: s3.accessKeyId, secretAccessKey: s3.secretAccessKey },
-    requestChecksumCalculation: 'WHEN_REQUIRED',
-    responseChecksumValidation: 'WHEN_REQUIRED',
-  });
+  client = s3ClientFor(s3);
   const store = new S3SlotStore(client, s3.bucket);
   states = new S3InstallationStates(client, s3.bucket, store);
-  const deps: CloudDeps = {
-    store,
-    clientAddress: () => '127.0.0.1',
-    installation: (hash) => gated(states.installation(hash)),
-    takeRecoveryAttempt: async () => true,
-    config: parseCloudConfig({ ENROLLMENT_TOKEN }),
-  };
-  const app = createCloudApp(() => deps);
-  server = await new Promise<ServerType>((resolve) => {
-    const s = serve({ fetch: app.fetch, port: 0, hostname: '127.0.0.1' }, () => resolve(s));
-  });
-  cloud = { url: `http://127.0.0.1:${(server.address() as AddressInfo).port}` };
+  cloud = await serveCloud(nodeCloudDeps(store, (hash) => gated(states.installation(hash))));
 });
 afterAll(async () => {
-  await new Promise((r) => server?.close(r));
+  await cloud?.close();
   client?.destroy();
   await s3?.stop();
 });

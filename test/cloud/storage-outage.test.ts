@@ -1,16 +1,11 @@
 // A slot storage outage answers a retryable 503 with a fixed message; only bytes that differ answer 400.
 import { randomBytes } from 'node:crypto';
-import type { AddressInfo } from 'node:net';
-import { S3Client } from '@aws-sdk/client-s3';
-import { type ServerType, serve } from '@hono/node-server';
+import type { S3Client } from '@aws-sdk/client-s3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createCloudApp } from '../../cloud/app';
-import { type CloudDeps, parseCloudConfig } from '../../cloud/deps';
 import { S3InstallationStates } from '../../cloud/state/s3-ledger';
 import { S3SlotStore } from '../../cloud/store/s3';
 import { type S3Service, startS3 } from '../services/s3';
 import {
-  ENROLLMENT_TOKEN,
   enroll,
   httpRequest,
   newInstallation,
@@ -20,24 +15,17 @@ import {
   signedHeaders,
   type TestInstallation,
 } from './harness';
+import { nodeCloudDeps, type ServedCloud, s3ClientFor, serveCloud } from './node-cloud';
 
 // Installation state and backups live on two S3 servers, so the backups' one can go down alone.
 let stateS3: S3Service;
 let slotS3: S3Service;
 const clients: S3Client[] = [];
-let server: ServerType;
-let cloud: { url: string };
+let cloud: ServedCloud;
 let inst: TestInstallation;
 
 function s3Client(s3: S3Service): S3Client {
-  const client = new S3Client({
-    endpoint: s3.endpoint,
-    region: s3.region,
-    forcePathStyle: true,
-    credentials: { accessKeyId: s3.accessKeyId, secretAccessKey: s3.secretAccessKey },
-    requestChecksumCalculation: 'WHEN_REQUIRED',
-    responseChecksumValidation: 'WHEN_REQUIRED',
-  });
+  const client = s3ClientFor(s3);
   clients.push(client);
   return client;
 }
@@ -47,23 +35,12 @@ beforeAll(async () => {
   slotS3 = await startS3({ bucket: 'gem-dr-slots' });
   const store = new S3SlotStore(s3Client(slotS3), slotS3.bucket);
   const states = new S3InstallationStates(s3Client(stateS3), stateS3.bucket, store);
-  const deps: CloudDeps = {
-    store,
-    clientAddress: () => '127.0.0.1',
-    installation: (hash) => states.installation(hash),
-    takeRecoveryAttempt: async () => true,
-    config: parseCloudConfig({ ENROLLMENT_TOKEN }),
-  };
-  const app = createCloudApp(() => deps);
-  server = await new Promise<ServerType>((resolve) => {
-    const s = serve({ fetch: app.fetch, port: 0, hostname: '127.0.0.1' }, () => resolve(s));
-  });
-  cloud = { url: `http://127.0.0.1:${(server.address() as AddressInfo).port}` };
+  cloud = await serveCloud(nodeCloudDeps(store, (hash) => states.installation(hash)));
   inst = await newInstallation();
   expect((await enroll(cloud, inst)).status).toBe(201);
 });
 afterAll(async () => {
-  await new Promise((r) => server?.close(r));
+  await cloud?.close();
   for (const client of clients) client.destroy();
   await slotS3?.stop();
   await stateS3?.stop();
