@@ -355,11 +355,19 @@ function syncSummary(job) {
   const r = job.result ?? {};
   const n = (list) => (Array.isArray(list) ? list.length : 0);
   const removed = n(r.deleted?.remote) + n(r.deleted?.local);
+  // A destination left alone mid-job means the sync did not get through its plan: not "complete".
+  const outcome = r.skipped ? 'Sync stopped early' : 'Sync complete';
   const notes = [r.skipped?.message, r.pruneStopped].filter((note) => typeof note === 'string');
   return [
-    `Sync complete: ${n(r.uploaded)} uploaded, ${n(r.downloaded)} downloaded${removed ? `, ${removed} removed by retention` : ''}.`,
-    ...notes.map((note) => `${note.charAt(0).toUpperCase()}${note.slice(1)}${note.endsWith('.') ? '' : '.'}`),
+    `${outcome}: ${n(r.uploaded)} uploaded, ${n(r.downloaded)} downloaded${removed ? `, ${removed} removed by retention` : ''}.`,
+    ...notes.map(sentence),
   ].join(' ');
+}
+
+/** An agent note ("skipped: the …", "kept: the …") as a sentence: its tag word is for programs, the headline says it. */
+function sentence(note) {
+  const text = note.replace(/^(skipped|kept): /, '');
+  return `${text.charAt(0).toUpperCase()}${text.slice(1)}${text.endsWith('.') ? '' : '.'}`;
 }
 
 function providerSection(provider, collectProvider) {
