@@ -23,7 +23,7 @@ import type { Logger } from './log';
 import { offsiteUploadHook } from './offsite/service';
 import { recoverRestoreAtStart } from './restore/swap';
 import { SettingsService } from './settings/service';
-import { removeAbandoned, writeSmallFileAtomic } from './system/atomic-file';
+import { createSmallFileExclusive, removeAbandoned, writeSmallFileAtomic } from './system/atomic-file';
 import { PostgresTools, parseDatabaseUrl } from './system/postgres-tools';
 
 /** Something to do after every new, verified backup (auto-upload, retention): failures are recorded, never fatal. */
@@ -61,6 +61,12 @@ async function loadOrCreateToken(path: string): Promise<string> {
     // first start: generate below
   }
   const token = randomBytes(32).toString('base64url');
+  if (!existsSync(path)) {
+    // Exclusive: a process starting beside this one may be creating it too; both then use one token.
+    if (await createSmallFileExclusive(path, `${token}\n`, 0o600)) return token;
+    const text = (await readFile(path, 'utf8')).trim();
+    if (text.length >= 16) return text;
+  }
   await writeSmallFileAtomic(path, `${token}\n`, 0o600);
   return token;
 }

@@ -17,8 +17,15 @@ import {
 import { createServer } from 'node:net';
 import { dirname, join, resolve } from 'node:path';
 import { AppError } from '../errors';
+import { acquireLock } from '../jobs/lock';
 import type { Logger } from '../log';
-import { fsyncDir, processAlive, tempPathFor, writeSmallFileAtomic } from '../system/atomic-file';
+import {
+  createSmallFileExclusive,
+  fsyncDir,
+  processAlive,
+  tempPathFor,
+  writeSmallFileAtomic,
+} from '../system/atomic-file';
 import { runProcess } from '../system/spawn';
 import { openSql } from './connect';
 
@@ -142,7 +149,11 @@ async function clusterFolder(dir: string, log?: Logger): Promise<string> {
   await mkdir(REACHABLE_CLUSTERS_DIR, { recursive: true, mode: 0o755 });
   await mkdir(real, { recursive: true, mode: 0o700 });
   await mkdir(dataDir, { recursive: true, mode: 0o700 });
-  await symlink(real, dir);
+  await symlink(real, dir).catch(async (error: NodeJS.ErrnoException) => {
+    // Another process starting at the same moment made the same link: that is the one wanted.
+    if (error.code !== 'EEXIST' || (await realpath(dir).catch(() => '')) !== (await realpath(real)))
+      throw error;
+  });
   log?.info('the embedded cluster is kept where user postgres can reach it, linked from the data dir', {
     cluster: real,
     link: dir,
@@ -157,11 +168,11 @@ export function clusterPasswordPath(dir: string): string {
 
 /** Reads the superuser's password, creating a random one (0600, written atomically) the first time. */
 async function loadOrCreatePassword(path: string): Promise<string> {
-  if (existsSync(path)) {
-    const password = (await readFile(path, 'utf8')).trim();
-    if (password) return password;
-  }
   const password = randomBytes(32).toString('base64url');
+  // Exclusive: two processes starting at once on a fresh data dir must both use the same password.
+  if (!existsSync(path) && (await createSmallFileExclusive(path, `${password}\n`, 0o600))) return password;
+  const saved = (await readFile(path, 'utf8')).trim();
+  if (saved) return saved;
   await writeSmallFileAtomic(path, `${password}\n`, 0o600);
   return password;
 }
@@ -330,6 +341,28 @@ async function ensureCluster(dir: string, initdb: string, password: string, log?
   await fsyncDir(dirname(marker));
 }
 
+/**
+ * Takes the cluster's start lock (`<dir>.start.lock`, the job lock's safe takeover from a dead
+ * holder), waiting while another process holds it: it is creating or starting the same cluster.
+ */
+async function acquireStartLock(dir: string): Promise<() => Promise<void>> {
+  const path = `${dir}.start.lock`;
+  await mkdir(dirname(dir), { recursive: true, mode: 0o700 });
+  for (const deadline = Date.now() + CREATION_WAIT_MS; ; ) {
+    try {
+      return await acquireLock(path, 'starting the embedded PostgreSQL cluster');
+    } catch (error) {
+      if (!(error instanceof AppError && error.code === 'job_running')) throw error;
+      if (Date.now() > deadline) {
+        throw new Error(
+          `another process has been starting the embedded PostgreSQL cluster in ${dir} for minutes (${path})`,
+        );
+      }
+      await new Promise((resolve) => setTimeout(resolve, 250));
+    }
+  }
+}
+
 /** The line our postgresql.conf ends with: the port and listen address live in gem-cluster.conf. */
 const INCLUDE_LINE = "include_if_exists = 'gem-cluster.conf'";
 
@@ -353,44 +386,54 @@ export async function startCluster(options: {
   const passwordPath = clusterPasswordPath(options.dir);
   const dir = await clusterFolder(options.dir, log);
   const confPath = join(dir, 'gem-cluster.conf');
-  await ensureCluster(dir, initdb, await loadOrCreatePassword(passwordPath), log);
-  await prepareOwnership(dir);
-  const running = await run(pgCtl, ['status', '-D', dir], 'pg_ctl status').then(
-    () => true,
-    () => false,
-  );
-  let port = Number(
-    /^port = (\d+)/m.exec(existsSync(confPath) ? await readFile(confPath, 'utf8') : '')?.[1] ?? 0,
-  );
-  if (!running) {
-    if (!port || !(await portIsFree(port))) port = await freePort();
-    // Atomic: a write cut short would leave the server without its port and listen address.
-    const settings = [
-      `port = ${port}`,
-      `listen_addresses = '127.0.0.1'`,
-      `unix_socket_directories = ''`,
-      'fsync = on',
-      'max_connections = 50',
-      '',
-    ].join('\n');
-    await writeSmallFileAtomic(confPath, settings, 0o600, (temp) => ownLikeCluster(temp, dir));
-    await run(
-      pgCtl,
-      ['start', '-D', dir, '-l', join(dir, 'server.log'), '-w', '-t', '60'],
-      'starting PostgreSQL',
+  // One start at a time per cluster: the service and a CLI command started together would otherwise
+  // both start it (one fails) and the loser's settings file would name a port the server does not use.
+  const release = await acquireStartLock(dir);
+  let running: boolean;
+  let port: number;
+  let password: string;
+  try {
+    await ensureCluster(dir, initdb, await loadOrCreatePassword(passwordPath), log);
+    await prepareOwnership(dir);
+    running = await run(pgCtl, ['status', '-D', dir], 'pg_ctl status').then(
+      () => true,
+      () => false,
     );
-    log?.info('embedded PostgreSQL started', { port });
-  } else {
-    log?.info('embedded PostgreSQL already running', { port });
-  }
-  if (allowsTrust(await readFile(join(dir, 'pg_hba.conf'), 'utf8'))) {
-    await requirePassword(dir, port, await loadOrCreatePassword(passwordPath), log);
-  } else if (!existsSync(passwordPath)) {
-    throw new Error(
-      `the embedded PostgreSQL cluster in ${dir} needs its password file ${passwordPath}, which is missing`,
+    port = Number(
+      /^port = (\d+)/m.exec(existsSync(confPath) ? await readFile(confPath, 'utf8') : '')?.[1] ?? 0,
     );
+    if (!running) {
+      if (!port || !(await portIsFree(port))) port = await freePort();
+      // Atomic: a write cut short would leave the server without its port and listen address.
+      const settings = [
+        `port = ${port}`,
+        `listen_addresses = '127.0.0.1'`,
+        `unix_socket_directories = ''`,
+        'fsync = on',
+        'max_connections = 50',
+        '',
+      ].join('\n');
+      await writeSmallFileAtomic(confPath, settings, 0o600, (temp) => ownLikeCluster(temp, dir));
+      await run(
+        pgCtl,
+        ['start', '-D', dir, '-l', join(dir, 'server.log'), '-w', '-t', '60'],
+        'starting PostgreSQL',
+      );
+      log?.info('embedded PostgreSQL started', { port });
+    } else {
+      log?.info('embedded PostgreSQL already running', { port });
+    }
+    if (allowsTrust(await readFile(join(dir, 'pg_hba.conf'), 'utf8'))) {
+      await requirePassword(dir, port, await loadOrCreatePassword(passwordPath), log);
+    } else if (!existsSync(passwordPath)) {
+      throw new Error(
+        `the embedded PostgreSQL cluster in ${dir} needs its password file ${passwordPath}, which is missing`,
+      );
+    }
+    password = encodeURIComponent(await loadOrCreatePassword(passwordPath));
+  } finally {
+    await release();
   }
-  const password = encodeURIComponent(await loadOrCreatePassword(passwordPath));
   const url = (database: string) => `postgres://${SUPERUSER}:${password}@127.0.0.1:${port}/${database}`;
   return {
     url,

@@ -13,7 +13,7 @@ import { z } from 'zod';
 import type { MasterKey } from '../../shared/envelope';
 import { AppError } from '../errors';
 import type { Logger } from '../log';
-import { writeSmallFileAtomic } from '../system/atomic-file';
+import { createSmallFileExclusive, writeSmallFileAtomic } from '../system/atomic-file';
 
 const scrypt = promisify(scryptCb) as (
   pw: string,
@@ -314,10 +314,14 @@ export class Keyring {
     }
     if (text === undefined) {
       const file = createKeyringFile();
-      await writeSmallFileAtomic(path, `${JSON.stringify(file, null, 2)}\n`, 0o600);
-      // Not the installation id: it is the DR recovery credential.
-      log?.info('created a new keyring', { keyId: file.masterKeys[0]!.id });
-      return new Keyring(path, file);
+      // Exclusive: a process starting beside this one may be creating it too; then both use its
+      // keyring, never each their own (backups sealed with a key that lost the race would be lost).
+      if (await createSmallFileExclusive(path, `${JSON.stringify(file, null, 2)}\n`, 0o600)) {
+        // Not the installation id: it is the DR recovery credential.
+        log?.info('created a new keyring', { keyId: file.masterKeys[0]!.id });
+        return new Keyring(path, file);
+      }
+      text = await readFile(path, 'utf8');
     }
     return new Keyring(path, parseKeyringFile(text, path));
   }

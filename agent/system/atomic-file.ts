@@ -2,7 +2,7 @@
 import { randomBytes } from 'node:crypto';
 import { once } from 'node:events';
 import { createWriteStream, type WriteStream } from 'node:fs';
-import { mkdir, open, readdir, rename, rm } from 'node:fs/promises';
+import { link, lstat, mkdir, open, readdir, rename, rm } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import type { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
@@ -128,6 +128,61 @@ export async function writeSmallFileAtomic(
     await fsyncDir(dirname(finalPath));
   } catch (error) {
     await rm(temp, { force: true });
+    throw error;
+  }
+}
+
+/** Filesystems without hard links answer link() with one of these. */
+const NO_HARD_LINKS = new Set(['EPERM', 'ENOTSUP', 'EOPNOTSUPP', 'ENOSYS']);
+
+/**
+ * Creates `finalPath` with `data` only if nothing is there yet: for what must be made exactly once
+ * (the keyring, the admin token, the embedded cluster's password), since two processes starting at
+ * once on a fresh data dir (the service and a CLI command) must never each keep a different one.
+ * The complete, fsynced temp file is hard-linked to the final name, which fails if the name exists:
+ * nothing is ever replaced and nothing is visible half-written. Returns false, having written
+ * nothing, if the file already existed (the caller reads that one). On a filesystem without hard
+ * links it falls back to a rename after a check, which narrows the race to that instant.
+ */
+export async function createSmallFileExclusive(
+  finalPath: string,
+  data: string | Uint8Array,
+  mode = 0o600,
+  prepare?: (tempPath: string) => Promise<void>,
+): Promise<boolean> {
+  await mkdir(dirname(finalPath), { recursive: true });
+  const temp = tempPathFor(finalPath);
+  try {
+    const handle = await open(temp, 'wx', mode);
+    try {
+      await handle.writeFile(data);
+      await handle.sync();
+    } finally {
+      await handle.close();
+    }
+    await prepare?.(temp);
+    try {
+      await link(temp, finalPath);
+    } catch (error) {
+      const code = (error as NodeJS.ErrnoException).code ?? '';
+      if (code === 'EEXIST') return false;
+      if (!NO_HARD_LINKS.has(code)) throw error;
+      if (await exists(finalPath)) return false;
+      await rename(temp, finalPath);
+    }
+    await fsyncDir(dirname(finalPath));
+    return true;
+  } finally {
+    await rm(temp, { force: true });
+  }
+}
+
+async function exists(path: string): Promise<boolean> {
+  try {
+    await lstat(path);
+    return true;
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === 'ENOENT') return false;
     throw error;
   }
 }

@@ -83,6 +83,20 @@ describe('creating the embedded cluster', () => {
     });
   }
 
+  it('two starts at once (the service and a CLI command) share one cluster, port and password', async () => {
+    const root = await tempRoot();
+    const dir = join(root, 'data', 'cluster');
+    const [a, b] = await Promise.all([startCluster({ dir, binDir }), startCluster({ dir, binDir })]);
+    clusters.push(a);
+    expect([a.startedHere, b.startedHere].sort()).toEqual([false, true]);
+    expect(b.port).toBe(a.port);
+    expect(b.url('postgres')).toBe(a.url('postgres'));
+    await expectWorking(a);
+    await expectWorking(b);
+    expect(existsSync(`${dir}.start.lock`)).toBe(false);
+    await a.stop();
+  });
+
   it('a cluster an earlier version left unfinished (no include of our settings) is refused, not removed', async () => {
     const root = await tempRoot();
     const dir = join(root, 'data', 'cluster');
