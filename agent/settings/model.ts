@@ -1,6 +1,7 @@
 /** Pure settings logic: applying a PUT to the stored settings, masking, sealing, and the PUT's warnings. */
 import {
   defaultSettings,
+  isWebhookUrlDisplay,
   type SecretInput,
   type SecretView,
   type Settings,
@@ -8,6 +9,7 @@ import {
   type SettingsView,
   type SettingsWarning,
   s3NeedsAttention,
+  webhookUrlForDisplay,
 } from '../../shared/api/settings';
 import { AppError } from '../errors';
 
@@ -167,24 +169,50 @@ export function applySettingsUpdate(current: Settings, update: SettingsUpdate): 
 }
 
 type Alerts = Settings['alerts'];
+type Webhook = Alerts['webhooks'][number];
 
 /**
- * The alerts section of a PUT over the stored one: a webhook's secret is kept (matched by URL) unless
- * replaced or cleared; every webhook needs one, since receivers trust alerts by their signature.
+ * The saved webhook a display form in a PUT stands for (a client sent back what GET showed): the one
+ * at the same index if its display form is the same, else the only one with that display form. None,
+ * or several: a 422 naming the field, since the address cannot be known.
+ */
+function savedWebhookFor(display: string, i: number, stored: Alerts['webhooks']): Webhook {
+  const same = stored[i];
+  if (same && webhookUrlForDisplay(same.url) === display) return same;
+  const matches = stored.filter((s) => webhookUrlForDisplay(s.url) === display);
+  if (matches.length === 1 && matches[0]) return matches[0];
+  throw unprocessable(
+    `alerts.webhooks.${i}.url`,
+    `this shortened address fits ${matches.length ? 'several saved webhooks' : 'no saved webhook'}: enter the full URL again`,
+  );
+}
+
+/**
+ * The alerts section of a PUT over the stored one. A webhook's URL sent back in its display form (as
+ * GET shows it) keeps the saved address and secret of the webhook it stands for (savedWebhookFor).
+ * A webhook's secret is kept (matched by URL) unless replaced or cleared; every webhook needs one,
+ * since receivers trust alerts by their signature.
  * A URL not stored keeps the secret at its index only when that stored URL is gone from the input
  * (the entry's URL was edited): a new webhook never gets another receiver's signing key. Unlike a
  * password, a webhook secret is never sent (it signs, HMAC), so a URL edit may keep it. The SMTP
  * password is sent to the server, so it is kept only for the same host and port.
  */
 function mergeAlerts(input: NonNullable<SettingsUpdate['alerts']>, stored: Alerts): Alerts {
-  const urls = new Set(input.webhooks.map((w) => w.url));
+  const saved = input.webhooks.map((w, i) =>
+    isWebhookUrlDisplay(w.url) ? savedWebhookFor(w.url, i, stored.webhooks) : undefined,
+  );
+  const given = input.webhooks.map((w, i) => saved[i]?.url ?? w.url);
+  const urls = new Set(given);
   const webhooks = input.webhooks.map((w, i) => {
+    const url = given[i] ?? w.url;
     const edited = stored.webhooks[i];
     const old =
-      stored.webhooks.find((s) => s.url === w.url) ?? (edited && !urls.has(edited.url) ? edited : undefined);
+      saved[i] ??
+      stored.webhooks.find((s) => s.url === url) ??
+      (edited && !urls.has(edited.url) ? edited : undefined);
     const secret = keep(w.secret, old?.secret);
     if (!secret) throw missingSecret(`alerts.webhooks.${i}.secret`);
-    return { url: w.url, secret };
+    return { url, secret };
   });
   const email = input.email ?? { ...stored.email, enabled: false };
   const { password, ...rest } = email as NonNullable<NonNullable<SettingsUpdate['alerts']>['email']>;
@@ -198,7 +226,7 @@ function mergeAlerts(input: NonNullable<SettingsUpdate['alerts']>, stored: Alert
 
 const set = (value: string | undefined): SecretView => ({ set: value !== undefined && value !== '' });
 
-/** The settings as the API shows them: every secret replaced by `{set}`. */
+/** The settings as the API shows them: every secret replaced by `{set}`, webhook URLs by their display form. */
 export function maskSettings(s: Settings, status: SettingsView['status']): SettingsView {
   const { auth, ...sftp } = s.offsite.sftp;
   const { secretAccessKey, ...s3 } = s.offsite.s3;
@@ -219,7 +247,11 @@ export function maskSettings(s: Settings, status: SettingsView['status']): Setti
     },
     maintenance: { ...s.maintenance },
     alerts: {
-      webhooks: s.alerts.webhooks.map((w) => ({ url: w.url, secret: set(w.secret) })),
+      webhooks: s.alerts.webhooks.map((w) => ({
+        url: webhookUrlForDisplay(w.url),
+        urlMasked: true as const,
+        secret: set(w.secret),
+      })),
       email: (({ password: p, ...email }) => ({ ...email, password: set(p) }))(s.alerts.email),
     },
     verification: { ...s.verification },

@@ -145,10 +145,52 @@ export const MaintenanceInput = z
 export const VERIFICATION_SCHEDULES = ['daily', 'weekly', 'monthly'] as const;
 export type VerificationSchedule = (typeof VERIFICATION_SCHEDULES)[number];
 
-/** A webhook that receives alerts; `secret` signs each one (X-Gem-Signature), write-only like every secret. */
+/** What stands for the hidden part of a webhook address in its display form. */
+export const WEBHOOK_URL_ELLIPSIS = '…';
+/** The longest first path segment shown: a longer one may be a key itself (Telegram's `bot<token>`). */
+const SHOWN_SEGMENT_MAX = 16;
+
+/**
+ * The DISPLAY FORM of a webhook address, never the address: the address is a credential (a Slack,
+ * Teams or Discord URL, a `?token=`: whoever has it can post). Keeps the scheme, host and port, the
+ * first path segment when more path follows and it is at most 16 characters, then `…` and the last 4
+ * characters of the rest (the rest of the path and the query), e.g.
+ * `https://hooks.slack.com/services/…wXyZ`. A rest of 8 characters or fewer shows nothing of the path:
+ * `https://host.example/…`. Never a user name, password, query or fragment. Always holds `…`, which
+ * marks it (isWebhookUrlDisplay); a PUT that sends it back keeps the saved address.
+ */
+export function webhookUrlForDisplay(url: string): string {
+  let address: URL;
+  try {
+    address = new URL(url);
+  } catch {
+    return WEBHOOK_URL_ELLIPSIS;
+  }
+  const head = `${address.protocol}//${address.host}/`;
+  const path = address.pathname.slice(1);
+  const cut = path.indexOf('/');
+  const first = cut > 0 && cut <= SHOWN_SEGMENT_MAX ? path.slice(0, cut) : '';
+  const rest = (first ? path.slice(cut + 1) : path) + address.search;
+  if (rest.length <= 8) return `${head}${WEBHOOK_URL_ELLIPSIS}`;
+  return `${head}${first ? `${first}/` : ''}${WEBHOOK_URL_ELLIPSIS}${rest.slice(-4)}`;
+}
+
+/** True if `url` is a display form (it holds `…`), not an address a webhook can be sent to. */
+export function isWebhookUrlDisplay(url: string): boolean {
+  return url.includes(WEBHOOK_URL_ELLIPSIS);
+}
+
+/**
+ * A webhook that receives alerts; `secret` signs each one (X-Gem-Signature), write-only like every
+ * secret. `url` is the full address, or the display form a GET returned (webhookUrlForDisplay): that
+ * keeps the saved address of the webhook at the same index if its display form is the same, else of
+ * the only saved webhook with that display form (422 `alerts.webhooks.N.url` otherwise).
+ * `urlMasked` is read-only; accepted so a GET body can be sent back.
+ */
 export const WebhookInput = z
   .object({
     url: z.url().refine((u) => /^https?:\/\//i.test(u), 'use an http(s) address'),
+    urlMasked: z.boolean().optional(),
     secret: SecretInput.optional(),
   })
   .strict();
@@ -287,7 +329,8 @@ export interface SettingsView {
   };
   maintenance: Settings['maintenance'];
   alerts: {
-    webhooks: Array<{ url: string; secret: SecretView }>;
+    /** `url` is the display form (webhookUrlForDisplay), never the address: `urlMasked` says so. */
+    webhooks: Array<{ url: string; urlMasked: true; secret: SecretView }>;
     email: Omit<Settings['alerts']['email'], 'password'> & { password: SecretView };
   };
   verification: Settings['verification'];

@@ -6,6 +6,7 @@ import { alertsModule } from '../../agent/http/routes/alerts';
 import { healthModule } from '../../agent/http/routes/health';
 import { settingsModule } from '../../agent/http/routes/settings';
 import { offsiteServiceFor } from '../../agent/offsite/service';
+import { webhookUrlForDisplay } from '../../shared/api/settings';
 import { startTestAgent, type TestAgent } from '../services/agent';
 import { startPostgres, type TestPostgres } from '../services/postgres';
 import { type SshdService, startSshd } from '../services/sshd';
@@ -36,7 +37,11 @@ beforeAll(async () => {
     alerts: { webhooks: [{ url: hooks.url, secret: SECRET }] },
   });
   expect(saved.status, JSON.stringify(saved.body)).toBe(200);
-  expect(saved.body.alerts.webhooks).toEqual([{ url: hooks.url, secret: { set: true } }]);
+  // The answer shows the address only in its display form; the agent keeps the full one.
+  expect(saved.body.alerts.webhooks).toEqual([
+    { url: webhookUrlForDisplay(hooks.url), urlMasked: true, secret: { set: true } },
+  ]);
+  expect(t.agent.settings.get().alerts.webhooks).toEqual([{ url: hooks.url, secret: SECRET }]);
   await downloadKeys(t);
   await backupNow(t);
 }, 60_000);
