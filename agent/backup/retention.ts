@@ -106,9 +106,20 @@ export function busyBackupNames(agent: Pick<Agent, 'jobs'>): Set<string> {
  * job targets: it stays until a later prune); returns their names.
  */
 export async function pruneLocal(agent: Agent, protect: string[] = []): Promise<string[]> {
+  const planned = agent.settings.get().autoBackup.maxBackups;
   const plan = await planLocalPrune(agent, [...protect, ...busyBackupNames(agent)]);
   const deleted: string[] = [];
   for (const backup of plan.delete) {
+    // A number kept raised since the plan was made (a settings save during the prune) keeps the rest:
+    // the plan would delete backups the new number keeps. A lowered one is caught by the next prune.
+    const now = agent.settings.get().autoBackup.maxBackups;
+    if (now > planned) {
+      agent.log.info('retention stopped: the number of backups kept was raised meanwhile', {
+        from: planned,
+        to: now,
+      });
+      break;
+    }
     // Checked again at each deletion: a verify or upload may have started since the plan was made.
     if (busyBackupNames(agent).has(backup.filename)) continue;
     await agent.catalog.delete(backup.filename);

@@ -116,6 +116,29 @@ describe('retention of local backups', () => {
     expect(await localNames()).not.toContain(oldest);
   });
 
+  it('stops deleting once the number kept is raised during the prune (a settings save meanwhile)', async () => {
+    await t.agent.settings.update({ autoBackup: { maxBackups: 5 } });
+    while ((await t.agent.catalog.list()).filter((b) => b.kind !== 'safety' && !b.pinned).length < 5)
+      expect((await backup('manual')).state).toBe('succeeded');
+    await t.agent.settings.update({ autoBackup: { maxBackups: 1 } });
+    const before = await localNames();
+    const catalog = t.agent.catalog;
+    const remove = catalog.delete.bind(catalog);
+    // The first deletion is followed by a save raising the number back to 5, as a person might do.
+    catalog.delete = async (name: string) => {
+      catalog.delete = remove;
+      await remove(name);
+      await t.agent.settings.update({ autoBackup: { maxBackups: 5 } });
+    };
+    try {
+      const deleted = await pruneLocal(t.agent);
+      expect(deleted).toHaveLength(1);
+      expect(await localNames()).toEqual(before.filter((name) => name !== deleted[0]));
+    } finally {
+      catalog.delete = remove;
+    }
+  });
+
   it("never counts or deletes another installation's backup (uploaded by hand), even a newer one", async () => {
     const elsewhere = await mkdtemp(join(tmpdir(), 'gem-other-installation-'));
     try {
