@@ -167,6 +167,9 @@ describe('GET /api/v1/settings and a webhook URL', () => {
     await save(hooks());
     const view = (await call('GET')).json as SettingsView & { status?: unknown };
     const { status: _readOnly, ...body } = view;
+    // What is sent back are the display forms, not the addresses.
+    for (const w of body.alerts.webhooks)
+      expect(w).toMatchObject({ url: expect.stringContaining('…'), urlMasked: true });
     const back = {
       ...body,
       autoBackup: { ...body.autoBackup, maxBackups: 5 },
