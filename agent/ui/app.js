@@ -3,6 +3,7 @@ import { api, token, whenUnauthorized } from './api.js';
 import { backupProgress, loadBackups, restoreProgress, setupBackups } from './backups.js';
 import { showJobProgress } from './dialogs.js';
 import { loadKeys, setupKeys } from './keys.js';
+import { syncSummary } from './offsite.js';
 import { loadDrStatus, loadSettings, setupSettings } from './settings.js';
 
 const $ = (id) => document.getElementById(id);
@@ -58,7 +59,10 @@ function progressFor(job) {
         describe: () => 'The backup is intact: every file decrypted and matched its checksum.',
       };
     case 'sync':
-      return { title: `Syncing with ${OFFSITE_NAMES[target] ?? (target || 'an offsite destination')}` };
+      return {
+        title: `Syncing with ${OFFSITE_NAMES[target] ?? (target || 'an offsite destination')}`,
+        describe: syncSummary,
+      };
     case 'download':
       return {
         title: `Copying ${target || 'a backup'} to this controller`,

@@ -2,6 +2,7 @@
 import { api, uploadFile } from './api.js';
 import { confirmAction, showJobProgress } from './dialogs.js';
 import { bytes, dateTime, el } from './format.js';
+import { offsiteNotes } from './offsite.js';
 
 const $ = (id) => document.getElementById(id);
 let report = () => {};
@@ -125,13 +126,33 @@ export function failedFollowUps(job) {
     .map(([name, outcome]) => `${FOLLOW_UP_NAMES[name] ?? name} failed: ${outcome.error ?? 'unknown error'}`);
 }
 
-/** The progress dialog's texts for a backup job: created, and any step after it that failed. */
+/**
+ * What the auto-upload after a backup reports besides success, from its `offsite-upload` notice (one
+ * outcome per destination): a destination left alone mid-job, pruning stopped. The same sentences as
+ * Sync Now's, each once.
+ */
+function autoUploadNotes(outcomes) {
+  return [...new Set(Object.values(outcomes ?? {}).flatMap((outcome) => offsiteNotes(outcome)))];
+}
+
+/**
+ * The progress dialog's texts for a backup job: created, what its auto-upload noted, and any step
+ * after it that failed. One per dialog: it keeps the job's `offsite-upload` notice for the end.
+ */
 export function backupProgress() {
+  // The backup job's result says only whether the auto-upload step failed; its notice has the outcomes.
+  let uploads;
   return {
     title: 'Creating a backup',
+    onNotice: (notice, data) => {
+      if (notice === 'offsite-upload') uploads = data;
+    },
     describe: (job) => {
       const name = `Backup created: ${job.result?.backup?.filename ?? 'done'}`;
-      return failedFollowUps(job).length ? `${name}. The backup is good, but a step after it failed:` : name;
+      const notes = autoUploadNotes(uploads);
+      if (failedFollowUps(job).length)
+        return [`${name}.`, ...notes, 'The backup is good, but a step after it failed:'].join(' ');
+      return notes.length ? [`${name}.`, ...notes].join(' ') : name;
     },
     problems: failedFollowUps,
   };

@@ -350,18 +350,28 @@ async function deleteRemote(provider, name, refresh) {
 /**
  * "Sync complete: 1 uploaded, 0 downloaded." from the sync job's result, then why it stopped early
  * (the destination turned off or changed meanwhile) or stopped pruning (the number kept was raised).
+ * The dialog of a Sync started here and of one the page finds running after a reload both end with it.
  */
-function syncSummary(job) {
+export function syncSummary(job) {
   const r = job.result ?? {};
   const n = (list) => (Array.isArray(list) ? list.length : 0);
   const removed = n(r.deleted?.remote) + n(r.deleted?.local);
   // A destination left alone mid-job means the sync did not get through its plan: not "complete".
   const outcome = r.skipped ? 'Sync stopped early' : 'Sync complete';
-  const notes = [r.skipped?.message, r.pruneStopped].filter((note) => typeof note === 'string');
   return [
     `${outcome}: ${n(r.uploaded)} uploaded, ${n(r.downloaded)} downloaded${removed ? `, ${removed} removed by retention` : ''}.`,
-    ...notes.map(sentence),
+    ...offsiteNotes(r),
   ].join(' ');
+}
+
+/**
+ * What a Sync or an auto-upload at one destination reports besides its counts, as sentences: the
+ * destination left alone mid-job (`skipped`), pruning stopped because the number kept was raised
+ * (`pruneStopped`). Empty when neither happened.
+ */
+export function offsiteNotes(result) {
+  const notes = [result?.skipped?.message, result?.pruneStopped].filter((note) => typeof note === 'string');
+  return notes.map(sentence);
 }
 
 /** An agent note ("skipped: the …", "kept: the …") as a sentence: its tag word is for programs, the headline says it. */

@@ -26,12 +26,20 @@ export class MidUploadFixture {
     readonly sshd: SshdService,
   ) {}
 
-  /** A test agent with the offsite and settings routes whose SFTP uploads run `duringSftpUpload`. */
-  static async start(pg: TestPostgres, sshd: SshdService): Promise<MidUploadFixture> {
+  /**
+   * A test agent with the offsite and settings routes whose SFTP uploads run `duringSftpUpload`.
+   * `stallTimeoutMs` (default FAST's) must outlast a hook that holds the upload, e.g. over a page reload.
+   */
+  static async start(
+    pg: TestPostgres,
+    sshd: SshdService,
+    options: { stallTimeoutMs?: number } = {},
+  ): Promise<MidUploadFixture> {
     const t = await startTestAgent(pg, { modules: [offsiteModule, settingsModule] });
     const fixture = new MidUploadFixture(t, sshd);
     offsiteServiceFor(t.agent, {
       ...FAST,
+      ...options,
       providerOverrides: {
         ...FAST.providerOverrides,
         // The plain-rename path has the provider's own test hook between upload and rename.
