@@ -26,8 +26,12 @@ import { SettingsService } from './settings/service';
 import { createSmallFileExclusive, removeAbandoned, writeSmallFileAtomic } from './system/atomic-file';
 import { PostgresTools, parseDatabaseUrl } from './system/postgres-tools';
 
-/** Something to do after every new, verified backup (auto-upload, retention): failures are recorded, never fatal. */
-export type AfterBackupHook = (backup: BackupInfo, ctx: JobContext) => Promise<void>;
+/**
+ * Something to do after every new, verified backup (auto-upload, retention): failures are recorded, never
+ * fatal. What it returns, or the `details` of the error it throws, is kept in the backup job's result
+ * (`followUps.<name>.details`): the auto-upload's outcome per destination.
+ */
+export type AfterBackupHook = (backup: BackupInfo, ctx: JobContext) => Promise<unknown>;
 
 /** Everything the HTTP app, the CLI and the schedulers work with: real dependencies, wired once. */
 export interface Agent {

@@ -5,6 +5,13 @@ import type { Job } from '../jobs/runner';
 import { checkBackupName } from './catalog';
 import { type CreateBackupOptions, createBackup, verifyBackup } from './create';
 
+/** How a step after the backup went, in the job's result: its error, and what it reported (the auto-upload's outcomes). */
+export interface FollowUp {
+  ok: boolean;
+  error?: string;
+  details?: unknown;
+}
+
 /** Starts a backup job; after the backup is verified, the after-backup hooks run, each failure recorded. */
 export function startBackup(agent: Agent, options: CreateBackupOptions = {}): Promise<Job> {
   return agent.jobs.start(
@@ -15,14 +22,19 @@ export function startBackup(agent: Agent, options: CreateBackupOptions = {}): Pr
         ctx,
         options,
       );
-      const followUps: Record<string, { ok: boolean; error?: string }> = {};
+      const followUps: Record<string, FollowUp> = {};
       for (const hook of agent.afterBackup) {
         const name = hook.name || 'hook';
         try {
-          await hook(backup, ctx);
-          followUps[name] = { ok: true };
+          const details = await hook(backup, ctx);
+          followUps[name] = details === undefined ? { ok: true } : { ok: true, details };
         } catch (error) {
-          followUps[name] = { ok: false, error: describeError(error).message };
+          const details = (error as { details?: unknown }).details;
+          followUps[name] = {
+            ok: false,
+            error: describeError(error).message,
+            ...(details === undefined ? {} : { details }),
+          };
           ctx.log.warn('a step after the backup failed; the backup itself is good', { step: name, error });
         }
       }

@@ -785,11 +785,12 @@ export function offsiteUploadHook(agent: Agent): AfterBackupHook {
     ctx.notice('offsite-upload', results);
     const failed = Object.entries(results).filter(([, r]) => !r.ok);
     if (failed.length > 0) {
-      throw new Error(
-        failed
-          .map(([kind, r]) => `${DESTINATION_TITLES[kind as OffsiteKind]}: ${r.error?.message}`)
-          .join('; '),
-      );
+      const message = failed
+        .map(([kind, r]) => `${DESTINATION_TITLES[kind as OffsiteKind]}: ${r.error?.message}`)
+        .join('; ');
+      // The outcomes stay in the job's result with the failure (a page that missed the notice reads them there).
+      throw Object.assign(new Error(message), { details: results });
     }
+    return results;
   };
 }

@@ -127,9 +127,8 @@ export function failedFollowUps(job) {
 }
 
 /**
- * What the auto-upload after a backup reports besides success, from its `offsite-upload` notice (one
- * outcome per destination): a destination left alone mid-job, pruning stopped. The same sentences as
- * Sync Now's, each once.
+ * What the auto-upload after a backup reports besides success (one outcome per destination): a
+ * destination left alone mid-job, pruning stopped. The same sentences as Sync Now's, each once.
  */
 function autoUploadNotes(outcomes) {
   return [...new Set(Object.values(outcomes ?? {}).flatMap((outcome) => offsiteNotes(outcome)))];
@@ -140,7 +139,8 @@ function autoUploadNotes(outcomes) {
  * after it that failed. One per dialog: it keeps the job's `offsite-upload` notice for the end.
  */
 export function backupProgress() {
-  // The backup job's result says only whether the auto-upload step failed; its notice has the outcomes.
+  // The outcomes are in the job's result (followUps.offsiteUpload.details); the live notice is the
+  // same, for a result from an agent of an earlier version that kept only ok/error.
   let uploads;
   return {
     title: 'Creating a backup',
@@ -149,7 +149,7 @@ export function backupProgress() {
     },
     describe: (job) => {
       const name = `Backup created: ${job.result?.backup?.filename ?? 'done'}`;
-      const notes = autoUploadNotes(uploads);
+      const notes = autoUploadNotes(job.result?.followUps?.offsiteUpload?.details ?? uploads);
       if (failedFollowUps(job).length)
         return [`${name}.`, ...notes, 'The backup is good, but a step after it failed:'].join(' ');
       return notes.length ? [`${name}.`, ...notes].join(' ') : name;

@@ -132,8 +132,10 @@ export class MidUploadFixture {
     });
     try {
       const job = await backupNow(this.t);
+      // The job's result keeps the auto-upload's outcomes, the same its notice told.
       expect((job.result as { followUps: Record<string, unknown> }).followUps['offsiteUpload']).toEqual({
         ok: true,
+        details: notices.at(-1),
       });
       return { name: filenameOf(job), notices };
     } finally {

@@ -1,6 +1,6 @@
 // Auto-upload, Sync Now with retention on both sides, remote list/download/delete and restore-from-remote, on real servers.
 import { randomBytes } from 'node:crypto';
-import { chmod, mkdir, readdir, readFile, writeFile } from 'node:fs/promises';
+import { chmod, mkdir, readdir, readFile, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { backupNameFor } from '../../agent/backup/catalog';
@@ -68,6 +68,15 @@ describe('auto-upload after a backup', () => {
     expect(followUps['offsiteUpload']?.error).toMatch(
       /^S3 storage: Cannot reach the storage at http:\/\/127\.0\.0\.1/,
     );
+    // Each destination's outcome is kept beside the failure: SFTP uploaded, S3 did not.
+    const outcomes = (
+      followUps['offsiteUpload'] as { details?: Record<string, { ok: boolean; size?: number }> }
+    ).details;
+    expect(outcomes?.['sftp']).toMatchObject({
+      ok: true,
+      size: (await stat(t.agent.catalog.pathOf(name))).size,
+    });
+    expect(outcomes?.['s3']?.ok).toBe(false);
 
     // The SFTP copy is complete and byte-identical; nothing else (no temp file) is in the folder.
     expect(await remoteNames('auto')).toEqual([name]);
