@@ -227,7 +227,7 @@ function mergeAlerts(input: NonNullable<SettingsUpdate['alerts']>, stored: Alert
 const set = (value: string | undefined): SecretView => ({ set: value !== undefined && value !== '' });
 
 /** The settings as the API shows them: every secret replaced by `{set}`, webhook URLs by their display form. */
-export function maskSettings(s: Settings, status: SettingsView['status']): SettingsView {
+export function maskSettings(s: Settings, status: SettingsView['status']): Omit<SettingsView, 'revision'> {
   const { auth, ...sftp } = s.offsite.sftp;
   const { secretAccessKey, ...s3 } = s.offsite.s3;
   const { password, ...smb } = s.offsite.smb;

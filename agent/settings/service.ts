@@ -1,4 +1,5 @@
 /** SettingsService: the settings in gem_backup.settings (secrets sealed), validated updates, change hooks. */
+import { createHash } from 'node:crypto';
 import { readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { drizzle, type PostgresJsDatabase } from 'drizzle-orm/postgres-js';
@@ -21,6 +22,47 @@ import { LEGACY_SETTINGS_FILE, LegacyB2Settings, migrateLegacyB2 } from './legac
 import { applySettingsUpdate, mapSecrets, maskSettings, settingsWarnings, withDefaults } from './model';
 import { type ScheduledTask, ScheduleStateStore } from './state';
 
+/**
+ * A conditional update found the settings changed since the caller read them (another tab, person,
+ * script or the agent itself saved meanwhile): nothing was saved. The API answers 412 `settings_changed`.
+ */
+export class SettingsChangedError extends Error {
+  readonly code = 'settings_changed';
+  constructor(readonly revision: string) {
+    super(
+      'the settings were changed elsewhere since you loaded them: reload, check, and save again (nothing was saved)',
+    );
+    this.name = 'SettingsChangedError';
+  }
+}
+
+/**
+ * The revision of the stored settings row: a hash of its document as the database gives it back (secrets
+ * sealed, so it reveals nothing of them) and of its save time. It is a function of the stored row alone,
+ * so it survives an agent restart and a restore (which copies the live row into the restored database
+ * unchanged), and every save gives a new one (a new save time, and secrets sealed afresh).
+ */
+function revisionOf(doc: unknown, updatedAt: Date): string {
+  return createHash('sha256')
+    .update(JSON.stringify(doc ?? null))
+    .update('\n')
+    .update(updatedAt.toISOString())
+    .digest('base64url')
+    .slice(0, 22);
+}
+
+/** The revision of settings never saved (no stored row yet: the defaults). */
+const UNSAVED_REVISION = revisionOf(null, new Date(0));
+
+/** Options of a PUT's update. */
+export interface UpdateOptions {
+  /**
+   * Save only if the stored revision is one of these (the revisions an `If-Match` names); checked in
+   * turn with every other save, so no save can slip in between the check and this one.
+   */
+  ifRevision?: readonly string[];
+}
+
 /** Called after a change is saved, with both versions (plaintext secrets: do not log them). */
 export type SettingsListener = (previous: Settings, next: Settings) => void | Promise<void>;
 
@@ -38,6 +80,7 @@ export class SettingsService {
   readonly state: ScheduleStateStore;
   private readonly db: PostgresJsDatabase;
   private current: Settings;
+  private currentRevision = UNSAVED_REVISION;
   private queue: Promise<unknown> = Promise.resolve();
 
   private constructor(
@@ -53,7 +96,9 @@ export class SettingsService {
   /** Loads the stored settings (defaults if none) and imports a legacy B2 configuration if one is found. */
   static async open(deps: SettingsDeps): Promise<SettingsService> {
     const service = new SettingsService(deps, withDefaults(undefined));
-    service.current = await service.load();
+    const loaded = await service.load();
+    service.current = loaded.settings;
+    service.currentRevision = loaded.revision;
     if (deps.dataDir) await service.importLegacy(join(deps.dataDir, LEGACY_SETTINGS_FILE));
     return service;
   }
@@ -61,6 +106,11 @@ export class SettingsService {
   /** The current settings, secrets in plain text, for the agent's own use (a copy). */
   get(): Settings {
     return structuredClone(this.current);
+  }
+
+  /** The revision of the saved settings (what `GET /api/v1/settings` names in its ETag); each save changes it. */
+  get revision(): string {
+    return this.currentRevision;
   }
 
   /** Adds a listener; returns the function that removes it. */
@@ -72,9 +122,11 @@ export class SettingsService {
     };
   }
 
-  /** What `GET /api/v1/settings` returns: secrets masked, last and next runs. */
+  /** What `GET /api/v1/settings` returns: secrets masked, last and next runs, the revision they are. */
   async view(now = new Date()): Promise<SettingsView> {
+    // Taken together: the revision always names the settings shown with it.
     const s = this.current;
+    const revision = this.currentRevision;
     const status = {
       autoBackup: await this.taskStatus(
         'autoBackup',
@@ -89,20 +141,27 @@ export class SettingsService {
         now,
       ),
     };
-    return maskSettings(s, status);
+    return { ...maskSettings(s, status), revision };
   }
 
   /**
    * Validates and saves a PUT body (unknown: parsed here, 422 naming the field, nothing saved on any
    * failure), then tells the listeners. Returns the saved settings and the warnings of the change.
+   * With `ifRevision`, saves only if the stored revision is one of them: SettingsChangedError otherwise,
+   * nothing saved and no listener told.
    */
-  update(body: unknown): Promise<{ previous: Settings; settings: Settings; warnings: SettingsWarning[] }> {
+  update(
+    body: unknown,
+    options: UpdateOptions = {},
+  ): Promise<{ previous: Settings; settings: Settings; warnings: SettingsWarning[] }> {
     return this.hold(async () => {
+      if (options.ifRevision && !options.ifRevision.includes(this.currentRevision))
+        throw new SettingsChangedError(this.currentRevision);
       const parsed = SettingsUpdate.safeParse(body);
       if (!parsed.success) throw validationError(parsed.error);
       const previous = this.current;
       const next = applySettingsUpdate(previous, parsed.data);
-      await this.save(next);
+      this.currentRevision = await this.save(next);
       this.current = next;
       await this.notify(previous, next);
       return {
@@ -124,7 +183,7 @@ export class SettingsService {
       const previous = this.current;
       const next = fn(structuredClone(previous));
       if (!next) return undefined;
-      await this.save(next);
+      this.currentRevision = await this.save(next);
       this.current = next;
       await this.notify(previous, next);
       return this.get();
@@ -169,10 +228,15 @@ export class SettingsService {
     }
   }
 
-  private async load(): Promise<Settings> {
+  private async load(): Promise<{ settings: Settings; revision: string }> {
     const rows = await this.db.select().from(settingsTable);
-    const doc = rows[0]?.doc;
-    if (!doc) return withDefaults(undefined);
+    const row = rows[0];
+    if (!row?.doc) return { settings: withDefaults(undefined), revision: UNSAVED_REVISION };
+    return { settings: this.openSecrets(row.doc), revision: revisionOf(row.doc, row.updatedAt) };
+  }
+
+  /** The stored document with its secrets opened (one that cannot be opened is left out, with a warning). */
+  private openSecrets(doc: unknown): Settings {
     return mapSecrets(withDefaults(doc), (sealed, field) => {
       try {
         return openSecret(sealed, this.deps.keyring.masterKeys, 'settings');
@@ -187,13 +251,19 @@ export class SettingsService {
     });
   }
 
-  private async save(next: Settings): Promise<void> {
+  /** Stores `next` (secrets sealed); returns the stored row's new revision. */
+  private async save(next: Settings): Promise<string> {
     const key = this.deps.keyring.activeKey;
     const doc = mapSecrets(next, (plain) => sealSecret(plain, key, 'settings'));
-    await this.db
+    const updatedAt = new Date();
+    // The revision comes from the row as the database gives it back, exactly as `load` will read it.
+    const [row] = await this.db
       .insert(settingsTable)
-      .values({ id: 1, doc })
-      .onConflictDoUpdate({ target: settingsTable.id, set: { doc, updatedAt: new Date() } });
+      .values({ id: 1, doc, updatedAt })
+      .onConflictDoUpdate({ target: settingsTable.id, set: { doc, updatedAt } })
+      .returning({ doc: settingsTable.doc, updatedAt: settingsTable.updatedAt });
+    if (!row) throw new Error('the settings row was not written');
+    return revisionOf(row.doc, row.updatedAt);
   }
 
   /**
@@ -224,7 +294,7 @@ export class SettingsService {
     }
     const next = structuredClone(this.current);
     next.offsite.s3 = migrateLegacyB2(legacy);
-    await this.save(next);
+    this.currentRevision = await this.save(next);
     this.current = next;
     this.deps.log.info('legacy B2 settings moved to the S3 destination; endpoint and region need attention');
     // The file held the application key in plain text: it goes once its content is safely stored.

@@ -46,6 +46,7 @@ export function collectSettings() {
   const settings = withoutMarkers(structuredClone(loaded));
   delete settings.status;
   delete settings.warnings;
+  delete settings.revision;
   for (const control of controls()) {
     const path = control.dataset.path;
     if (control.type === 'checkbox') setPath(settings, path, control.checked);
@@ -206,6 +207,60 @@ const SAVED_WARNINGS = {
     'Cloud Disaster Recovery was turned off, and the cloud copy of this installation was marked for deletion (the agent keeps trying until the cloud confirms it).',
 };
 
+/** A field's name as the page shows it, with its destination's (e.g. "SFTP: Host"). */
+function fieldName(control) {
+  const label = control.labels?.[0]?.textContent.trim() || control.id;
+  const section = control.closest('.provider');
+  const title = section && document.getElementById(section.getAttribute('aria-labelledby') ?? '');
+  return title ? `${title.textContent.trim()}: ${label}` : label;
+}
+
+/** The names of the fields the form changed from the settings it loaded (unsaved edits). */
+function editedFields() {
+  const names = [];
+  for (const control of controls()) {
+    const saved = getPath(loaded, control.dataset.path);
+    const edited =
+      control.type === 'checkbox'
+        ? control.checked !== Boolean(saved)
+        : control.dataset.secret !== undefined || isSetMarker(saved)
+          ? control.value !== ''
+          : control.value.trim() !== String(saved ?? '');
+    if (edited) names.push(fieldName(control));
+  }
+  return [...new Set(names)];
+}
+
+/**
+ * The save was refused because the settings changed elsewhere since this page loaded them (412
+ * `settings_changed`: another tab or person, a script, the agent itself). Saving the form anyway would
+ * put their change back silently, so the form reloads the current settings and says which edits of
+ * this page were dropped, to be made again.
+ */
+async function reloadAfterConflict(status) {
+  const edits = editedFields();
+  const dropped = edits.length
+    ? `Your unsaved changes were discarded (${edits.join(', ')}): check the settings, make them again and save.`
+    : 'Check the settings and save again.';
+  clearFieldErrors();
+  try {
+    loaded = await api('/settings');
+    fill(loaded);
+  } catch (error) {
+    tell(
+      status,
+      `Not saved: the settings were changed elsewhere since this page loaded them, and the current settings could not be loaded (${error.message}). Reload the page.`,
+      'bad',
+    );
+    return;
+  }
+  tell(
+    status,
+    `Not saved: the settings were changed elsewhere (another tab, another person or the agent itself) since this page loaded them. The form now shows the current settings. ${dropped}`,
+    'bad',
+  );
+}
+
 async function save(event) {
   event.preventDefault();
   const status = $('settings-status');
@@ -225,13 +280,19 @@ async function save(event) {
   status.textContent = 'Saving…';
   button.disabled = true;
   try {
-    const answer = await api('/settings', { method: 'PUT', json: settings });
+    // Saved only if nobody changed the settings since this page loaded them (else 412 settings_changed).
+    const headers = loaded.revision ? { 'if-match': `"${loaded.revision}"` } : {};
+    const answer = await api('/settings', { method: 'PUT', json: settings, headers });
     loaded = answer && typeof answer === 'object' && answer.autoBackup ? answer : await api('/settings');
     fill(loaded);
     const warnings = (answer?.warnings ?? []).map((w) => SAVED_WARNINGS[w.code] ?? w.message).join(' ');
     tell(status, warnings ? `Settings saved. ${warnings}` : 'Settings saved.', 'ok');
     await loadDrStatus();
   } catch (error) {
+    if (error instanceof ApiError && error.code === 'settings_changed') {
+      await reloadAfterConflict(status);
+      return;
+    }
     status.className = 'result bad';
     const field = error instanceof ApiError ? error.details?.field : undefined;
     const placed = field ? showFieldError(field, error.message) : false;

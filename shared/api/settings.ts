@@ -237,7 +237,9 @@ export const VerificationInput = z
 /**
  * The `PUT /api/v1/settings` body. Partial at the top level and inside `offsite`: each section given
  * replaces the stored section as a whole (its missing fields take their defaults), except secrets,
- * which are kept unless a new value or null is given. `status` and `warnings` are read-only and ignored.
+ * which are kept unless a new value or null is given. `status`, `warnings` and `revision` are read-only
+ * and ignored: to save only if nobody changed the settings since they were read, send their revision as
+ * the `If-Match` header (the ETag of the GET), else 412 `settings_changed` and nothing is saved.
  */
 export const SettingsUpdate = z
   .object({
@@ -252,6 +254,7 @@ export const SettingsUpdate = z
     verification: VerificationInput.optional(),
     status: z.unknown().optional(),
     warnings: z.unknown().optional(),
+    revision: z.unknown().optional(),
   })
   .strict();
 export type SettingsUpdate = z.infer<typeof SettingsUpdate>;
@@ -335,6 +338,11 @@ export interface SettingsView {
   };
   verification: Settings['verification'];
   status: { autoBackup: TaskStatus; maintenance: TaskStatus };
+  /**
+   * The revision of the saved settings shown (also the GET's and the PUT's `ETag`, quoted): every save
+   * changes it. A PUT with `If-Match: "<revision>"` saves only if it is still the current one.
+   */
+  revision: string;
 }
 
 /** A scheduled task's last and next run (ISO strings; null when none). */

@@ -1,21 +1,60 @@
 /** Routes of the settings (GET/PUT, secrets masked) and the retention preview. */
-import { Hono } from 'hono';
+import { type Context, Hono } from 'hono';
 import { SettingsUpdate } from '../../../shared/api/settings';
 import type { Agent } from '../../agent';
 import type { RouteModule } from '../../app';
 import { planLocalPrune } from '../../backup/retention';
+import { SettingsChangedError } from '../../settings/service';
 import { jsonBody } from '../body';
+import { errorBody } from '../errors';
+
+/** The revision as an HTTP entity tag (strong, quoted). */
+const etag = (revision: string) => `"${revision}"`;
+
+/**
+ * The revisions an `If-Match` header accepts: undefined when absent, empty or `*` (no condition: the
+ * settings always exist). Each listed tag counts with or without its quotes (a script may send the body's
+ * `revision` as is); a weak tag (`W/"…"`) never matches, as RFC 9110's strong comparison says.
+ */
+export function ifMatchRevisions(header: string | undefined): string[] | undefined {
+  const value = header?.trim();
+  if (!value || value === '*') return undefined;
+  return value
+    .split(',')
+    .map((tag) => tag.trim())
+    .filter((tag) => tag && !tag.startsWith('W/'))
+    .map((tag) => (tag.length >= 2 && tag.startsWith('"') && tag.endsWith('"') ? tag.slice(1, -1) : tag));
+}
+
+/** Answers with the saved settings' view and their revision as the ETag. */
+async function settingsAnswer(c: Context, agent: Agent, extra: Record<string, unknown> = {}) {
+  const view = await agent.settings.view();
+  c.header('ETag', etag(view.revision));
+  c.header('Cache-Control', 'no-store');
+  return c.json({ ...view, ...extra });
+}
 
 export function settingsRoutes(agent: Agent): Hono {
   const app = new Hono();
 
-  app.get('/', async (c) => c.json(await agent.settings.view()));
+  app.get('/', (c) => settingsAnswer(c, agent));
 
-  /** Sections given replace the stored ones; secrets left out are kept; answers the saved view + warnings. */
+  /**
+   * Sections given replace the stored ones; secrets left out are kept; answers the saved view + warnings
+   * and the new ETag. With `If-Match` naming a revision that is no longer the saved one (someone saved
+   * since it was read): 412 `settings_changed`, nothing saved. Without it the save is unconditional.
+   */
   app.put('/', async (c) => {
     const body = await jsonBody(c, SettingsUpdate);
-    const { warnings } = await agent.settings.update(body);
-    return c.json({ ...(await agent.settings.view()), warnings });
+    const ifRevision = ifMatchRevisions(c.req.header('if-match'));
+    try {
+      const { warnings } = await agent.settings.update(body, ifRevision ? { ifRevision } : {});
+      return await settingsAnswer(c, agent, { warnings });
+    } catch (error) {
+      if (!(error instanceof SettingsChangedError)) throw error;
+      c.header('ETag', etag(error.revision));
+      return c.json(errorBody(error.code, error.message), 412);
+    }
   });
 
   return app;

@@ -1,0 +1,135 @@
+// Save All Settings after the settings changed behind the page's back: refused and reloaded, never a silent overwrite.
+import { mkdir } from 'node:fs/promises';
+import type { Browser, Page } from 'playwright-core';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { drModule } from '../../agent/http/routes/dr';
+import { maintenanceModule } from '../../agent/http/routes/maintenance';
+import { offsiteModule } from '../../agent/http/routes/offsite';
+import { settingsModule } from '../../agent/http/routes/settings';
+import type { SettingsView } from '../../shared/api/settings';
+import { startTestAgent, TEST_TOKEN, type TestAgent } from '../services/agent';
+import { launchBrowser, type ServedApp, serveApp } from '../services/browser';
+import { startPostgres, type TestPostgres } from '../services/postgres';
+
+const SHOTS = 'test-artifacts/screenshots';
+
+let pg: TestPostgres;
+let t: TestAgent;
+let served: ServedApp;
+let browser: Browser;
+let page: Page;
+/** The If-Match header of every settings PUT the page sent. */
+const putIfMatch: (string | undefined)[] = [];
+
+const saved = async () => (await (await t.request('/api/v1/settings')).json()) as SettingsView;
+const retentionField = () => page.locator('#f-maintenance-retentionDays');
+const keepField = () => page.locator('#f-autoBackup-maxBackups');
+const status = () => page.locator('#settings-status');
+
+/** Another writer (a script, another tab) saves the days of history kept, behind the page's back. */
+async function otherWriterSetsRetention(days: number): Promise<void> {
+  const answer = await t.request('/api/v1/settings', {
+    method: 'PUT',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ maintenance: { enabled: false, retentionDays: days } }),
+  });
+  expect(answer.status).toBe(200);
+}
+
+/** Opens the page afresh, signed in, with the saved settings in the form. */
+async function openPage(): Promise<void> {
+  await page.goto(served.url);
+  if (await page.getByLabel('Admin token').isVisible()) {
+    await page.getByLabel('Admin token').fill(TEST_TOKEN);
+    await page.getByRole('button', { name: 'Sign in' }).click();
+  }
+  const days = (await saved()).maintenance.retentionDays;
+  await expect.poll(() => retentionField().inputValue()).toBe(String(days));
+}
+
+beforeAll(async () => {
+  await mkdir(SHOTS, { recursive: true });
+  pg = await startPostgres();
+  t = await startTestAgent(pg, { modules: [settingsModule, maintenanceModule, drModule, offsiteModule] });
+  served = await serveApp(t.app);
+  browser = await launchBrowser();
+  page = await (await browser.newContext({ viewport: { width: 1100, height: 900 } })).newPage();
+  page.setDefaultTimeout(20_000);
+  page.on('request', (request) => {
+    if (request.method() === 'PUT' && request.url().endsWith('/api/v1/settings'))
+      putIfMatch.push(request.headers()['if-match']);
+  });
+}, 120_000);
+afterEach(async (context) => {
+  if (context.task.result?.state === 'fail')
+    await page.screenshot({ path: `${SHOTS}/failed-settings-stale-${context.task.id}.png`, fullPage: true });
+});
+afterAll(async () => {
+  await browser?.close();
+  await served?.close();
+  await t?.close();
+  await pg?.stop();
+});
+
+describe('Save All Settings when the settings changed elsewhere, in a real browser', () => {
+  it("refuses the save, keeps the other writer's value, says so and shows the current settings; a save after that works", async () => {
+    await openPage();
+    const before = await saved();
+    expect(before.autoBackup.maxBackups).toBe(10);
+
+    await otherWriterSetsRetention(45);
+    // The user, on the page loaded before that, edits another field and saves.
+    await keepField().fill('7');
+    putIfMatch.length = 0;
+    await page.getByRole('button', { name: 'Save All Settings' }).click();
+    await status()
+      .getByText(/changed elsewhere/)
+      .waitFor();
+    await status().scrollIntoViewIfNeeded();
+    await page.screenshot({ path: `${SHOTS}/40-settings-changed-elsewhere.png` });
+
+    expect(putIfMatch).toEqual([`"${before.revision}"`]);
+    expect(await status().getAttribute('class')).toBe('result bad');
+    const message = (await status().textContent()) ?? '';
+    expect(message).toMatch(/^Not saved: the settings were changed elsewhere/);
+    expect(message).toContain('The form now shows the current settings.');
+    expect(message).toContain('Your unsaved changes were discarded (Backups to keep (1–100))');
+
+    // The other writer's value stands, and nothing of the refused save went in.
+    const after = await saved();
+    expect(after.maintenance.retentionDays).toBe(45);
+    expect(after.autoBackup.maxBackups).toBe(10);
+    // The form was reloaded with the current settings.
+    expect(await retentionField().inputValue()).toBe('45');
+    expect(await keepField().inputValue()).toBe('10');
+
+    // Made again, the edit saves (the page now holds the current revision) and keeps the other value.
+    await keepField().fill('7');
+    await page.getByRole('button', { name: 'Save All Settings' }).click();
+    await status().getByText('Settings saved.').waitFor();
+    expect(putIfMatch.at(-1)).toBe(`"${after.revision}"`);
+    const final = await saved();
+    expect(final.autoBackup.maxBackups).toBe(7);
+    expect(final.maintenance.retentionDays).toBe(45);
+  });
+
+  it('refuses the save after the agent itself changed the settings (SettingsService.change)', async () => {
+    await openPage();
+    await t.agent.settings.change((current) => ({
+      ...current,
+      maintenance: { ...current.maintenance, retentionDays: 60 },
+    }));
+    await page.getByText('Clean up history automatically').click();
+    await page.getByRole('button', { name: 'Save All Settings' }).click();
+    await status()
+      .getByText(/changed elsewhere/)
+      .waitFor();
+    expect(await status().textContent()).toContain(
+      'Your unsaved changes were discarded (Clean up history automatically)',
+    );
+    const after = await saved();
+    expect(after.maintenance).toEqual({ enabled: false, retentionDays: 60 });
+    expect(await retentionField().inputValue()).toBe('60');
+    expect(await page.locator('#f-maintenance-enabled').isChecked()).toBe(false);
+  });
+});
