@@ -7,6 +7,7 @@ export type ErrorCode =
   | 'not_found'
   | 'conflict'
   | 'job_running'
+  | 'settings_changed'
   | 'too_large'
   | 'unprocessable'
   | 'not_a_backup'
@@ -28,6 +29,7 @@ const STATUS: Record<ErrorCode, number> = {
   not_found: 404,
   conflict: 409,
   job_running: 409,
+  settings_changed: 412,
   too_large: 413,
   unprocessable: 422,
   not_a_backup: 422,

@@ -12,7 +12,7 @@ import {
   type TaskStatus,
 } from '../../shared/api/settings';
 import { settings as settingsTable } from '../db/schema';
-import { describeError } from '../errors';
+import { AppError, describeError } from '../errors';
 import { validationError } from '../http/errors';
 import { nextRuns, type TaskSchedule } from '../jobs/scheduler';
 import type { Keyring } from '../keys/keyring';
@@ -26,10 +26,10 @@ import { type ScheduledTask, ScheduleStateStore } from './state';
  * A conditional update found the settings changed since the caller read them (another tab, person,
  * script or the agent itself saved meanwhile): nothing was saved. The API answers 412 `settings_changed`.
  */
-export class SettingsChangedError extends Error {
-  readonly code = 'settings_changed';
+export class SettingsChangedError extends AppError {
   constructor(readonly revision: string) {
     super(
+      'settings_changed',
       'the settings were changed elsewhere since you loaded them: reload, check, and save again (nothing was saved)',
     );
     this.name = 'SettingsChangedError';

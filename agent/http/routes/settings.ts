@@ -53,7 +53,7 @@ export function settingsRoutes(agent: Agent): Hono {
     } catch (error) {
       if (!(error instanceof SettingsChangedError)) throw error;
       c.header('ETag', etag(error.revision));
-      return c.json(errorBody(error.code, error.message), 412);
+      return c.json(errorBody(error.code, error.message), error.status as 412);
     }
   });
 
