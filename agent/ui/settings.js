@@ -215,50 +215,96 @@ function fieldName(control) {
   return title ? `${title.textContent.trim()}: ${label}` : label;
 }
 
+/** The form's controls whose value differs from the settings it loaded (its unsaved edits). */
+function editedControls() {
+  return controls().filter((control) => {
+    const saved = getPath(loaded, control.dataset.path);
+    return control.type === 'checkbox'
+      ? control.checked !== Boolean(saved)
+      : control.dataset.secret !== undefined || isSetMarker(saved)
+        ? control.value !== ''
+        : control.value.trim() !== String(saved ?? '');
+  });
+}
+
 /** The names of the fields the form changed from the settings it loaded (unsaved edits). */
 function editedFields() {
-  const names = [];
-  for (const control of controls()) {
-    const saved = getPath(loaded, control.dataset.path);
-    const edited =
-      control.type === 'checkbox'
-        ? control.checked !== Boolean(saved)
-        : control.dataset.secret !== undefined || isSetMarker(saved)
-          ? control.value !== ''
-          : control.value.trim() !== String(saved ?? '');
-    if (edited) names.push(fieldName(control));
+  return [...new Set(editedControls().map(fieldName))];
+}
+
+/** The SFTP sign-in method saved in `settings`: 'key' or 'password'. */
+const savedSftpMethod = (settings) =>
+  'privateKey' in (settings?.offsite?.sftp?.auth ?? {}) ? 'key' : 'password';
+
+/**
+ * After a 412: loads the current settings and puts this page's edits back on top of them, unless the
+ * other writer changed one of the same fields (or the SFTP sign-in method): then the form shows the
+ * current settings and the clashing fields' names are returned. A change made elsewhere to other
+ * fields (another section, the SFTP host key the agent pins at the first connection) is kept, and
+ * this page's edits can be saved over it.
+ */
+async function rebaseEdits() {
+  const edits = editedControls().map((control) => ({
+    control,
+    value: control.type === 'checkbox' ? control.checked : control.value,
+  }));
+  const method = sftpMethod();
+  const current = await api('/settings');
+  const moved = (path) =>
+    JSON.stringify(getPath(current, path) ?? null) !== JSON.stringify(getPath(loaded, path) ?? null);
+  const clash = [
+    ...new Set(
+      edits.filter(({ control }) => moved(control.dataset.path)).map(({ control }) => fieldName(control)),
+    ),
+  ];
+  if (method !== savedSftpMethod(loaded) && savedSftpMethod(current) !== savedSftpMethod(loaded))
+    clash.push('SFTP sign-in method');
+  loaded = current;
+  fill(current);
+  if (clash.length) return clash;
+  if (method !== savedSftpMethod(current)) document.querySelector('#sftp-auth .tabs').selectAuth(method);
+  for (const { control, value } of edits) {
+    if (control.type === 'checkbox') control.checked = value;
+    else control.value = value;
+    control.dispatchEvent(new Event('input', { bubbles: true }));
+    control.dispatchEvent(new Event('change', { bubbles: true }));
   }
-  return [...new Set(names)];
+  secretHints();
+  drWarning();
+  return [];
 }
 
 /**
  * The save was refused because the settings changed elsewhere since this page loaded them (412
  * `settings_changed`: another tab or person, a script, the agent itself). Saving the form anyway would
- * put their change back silently, so the form reloads the current settings and says which edits of
- * this page were dropped, to be made again.
+ * put their change back silently. When none of this page's edits touches what changed (rebaseEdits),
+ * they go on top of the current settings and true is returned: save again. Otherwise the form shows
+ * the current settings and says which edits of this page were dropped, to be made again.
  */
 async function reloadAfterConflict(status) {
   const edits = editedFields();
-  const dropped = edits.length
-    ? `Your unsaved changes were discarded (${edits.join(', ')}): check the settings, make them again and save.`
-    : 'Check the settings and save again.';
   clearFieldErrors();
+  let clash;
   try {
-    loaded = await api('/settings');
-    fill(loaded);
+    clash = await rebaseEdits();
+    if (clash.length === 0) return true;
   } catch (error) {
     tell(
       status,
       `Not saved: the settings were changed elsewhere since this page loaded them, and the current settings could not be loaded (${error.message}). Reload the page.`,
       'bad',
     );
-    return;
+    return false;
   }
+  const dropped = edits.length
+    ? `Your unsaved changes were discarded (${edits.join(', ')}), since ${clash.join(', ')} changed there too: check the settings, make them again and save.`
+    : 'Check the settings and save again.';
   tell(
     status,
     `Not saved: the settings were changed elsewhere (another tab, another person or the agent itself) since this page loaded them. The form now shows the current settings. ${dropped}`,
     'bad',
   );
+  return false;
 }
 
 async function save(event) {
@@ -280,17 +326,38 @@ async function save(event) {
   status.textContent = 'Saving…';
   button.disabled = true;
   try {
-    // Saved only if nobody changed the settings since this page loaded them (else 412 settings_changed).
-    const headers = loaded.revision ? { 'if-match': `"${loaded.revision}"` } : {};
-    const answer = await api('/settings', { method: 'PUT', json: settings, headers });
+    // Saved only if nobody changed the settings since this page loaded them (else 412 settings_changed);
+    // a change elsewhere to other fields is merged once and the save tried again.
+    let answer;
+    let merged = false;
+    for (let body = settings; ; body = collectSettings()) {
+      const headers = loaded.revision ? { 'if-match': `"${loaded.revision}"` } : {};
+      try {
+        answer = await api('/settings', { method: 'PUT', json: body, headers });
+        break;
+      } catch (error) {
+        if (merged || !(error instanceof ApiError && error.code === 'settings_changed')) throw error;
+        if (!(await reloadAfterConflict(status))) return;
+        merged = true;
+      }
+    }
     loaded = answer && typeof answer === 'object' && answer.autoBackup ? answer : await api('/settings');
     fill(loaded);
     const warnings = (answer?.warnings ?? []).map((w) => SAVED_WARNINGS[w.code] ?? w.message).join(' ');
-    tell(status, warnings ? `Settings saved. ${warnings}` : 'Settings saved.', 'ok');
+    const saved = merged
+      ? 'Settings saved, together with a change made elsewhere meanwhile (another tab, another person or the agent itself).'
+      : 'Settings saved.';
+    tell(status, warnings ? `${saved} ${warnings}` : saved, 'ok');
     await loadDrStatus();
   } catch (error) {
     if (error instanceof ApiError && error.code === 'settings_changed') {
-      await reloadAfterConflict(status);
+      // Changed elsewhere again during the retry: the form holds the newest settings and the edits.
+      if (await reloadAfterConflict(status))
+        tell(
+          status,
+          'Not saved: the settings were changed elsewhere again while saving. Your changes are still in the form: save again.',
+          'bad',
+        );
       return;
     }
     status.className = 'result bad';

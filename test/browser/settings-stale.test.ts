@@ -1,4 +1,4 @@
-// Save All Settings after the settings changed behind the page's back: refused and reloaded, never a silent overwrite.
+// Save All Settings after the settings changed behind the page's back: an edit of other fields is merged, one of the same field refused and reloaded; never a silent overwrite.
 import { mkdir } from 'node:fs/promises';
 import type { Browser, Page } from 'playwright-core';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
@@ -72,64 +72,87 @@ afterAll(async () => {
 });
 
 describe('Save All Settings when the settings changed elsewhere, in a real browser', () => {
-  it("refuses the save, keeps the other writer's value, says so and shows the current settings; a save after that works", async () => {
+  it("merges an edit of another field: both saved, the page's save retried once on the current revision", async () => {
     await openPage();
     const before = await saved();
     expect(before.autoBackup.maxBackups).toBe(10);
 
     await otherWriterSetsRetention(45);
+    const between = await saved();
     // The user, on the page loaded before that, edits another field and saves.
     await keepField().fill('7');
+    putIfMatch.length = 0;
+    await page.getByRole('button', { name: 'Save All Settings' }).click();
+    await status()
+      .getByText(/^Settings saved/)
+      .waitFor();
+    await status().scrollIntoViewIfNeeded();
+    await page.screenshot({ path: `${SHOTS}/40-settings-merged.png` });
+
+    // Refused once on the revision the page had loaded, then sent again on the current one.
+    expect(putIfMatch).toEqual([`"${before.revision}"`, `"${between.revision}"`]);
+    expect(await status().getAttribute('class')).toBe('result ok');
+    expect(await status().textContent()).toContain('together with a change made elsewhere meanwhile');
+    const after = await saved();
+    expect(after.maintenance.retentionDays).toBe(45);
+    expect(after.autoBackup.maxBackups).toBe(7);
+    expect(await retentionField().inputValue()).toBe('45');
+    expect(await keepField().inputValue()).toBe('7');
+  });
+
+  it("refuses an edit of a field the other writer changed too, keeps the other writer's value and shows it; a save after that works", async () => {
+    await openPage();
+    const before = await saved();
+    const other = await t.request('/api/v1/settings', {
+      method: 'PUT',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ autoBackup: { ...before.autoBackup, maxBackups: 12 } }),
+    });
+    expect(other.status).toBe(200);
+    await keepField().fill('5');
     putIfMatch.length = 0;
     await page.getByRole('button', { name: 'Save All Settings' }).click();
     await status()
       .getByText(/changed elsewhere/)
       .waitFor();
     await status().scrollIntoViewIfNeeded();
-    await page.screenshot({ path: `${SHOTS}/40-settings-changed-elsewhere.png` });
+    await page.screenshot({ path: `${SHOTS}/41-settings-changed-elsewhere.png` });
 
     expect(putIfMatch).toEqual([`"${before.revision}"`]);
     expect(await status().getAttribute('class')).toBe('result bad');
     const message = (await status().textContent()) ?? '';
     expect(message).toMatch(/^Not saved: the settings were changed elsewhere/);
     expect(message).toContain('The form now shows the current settings.');
-    expect(message).toContain('Your unsaved changes were discarded (Backups to keep (1–100))');
-
-    // The other writer's value stands, and nothing of the refused save went in.
+    expect(message).toContain(
+      'Your unsaved changes were discarded (Backups to keep (1–100)), since Backups to keep (1–100) changed there too',
+    );
+    // The other writer's value stands, and the form shows it.
     const after = await saved();
-    expect(after.maintenance.retentionDays).toBe(45);
-    expect(after.autoBackup.maxBackups).toBe(10);
-    // The form was reloaded with the current settings.
-    expect(await retentionField().inputValue()).toBe('45');
-    expect(await keepField().inputValue()).toBe('10');
+    expect(after.autoBackup.maxBackups).toBe(12);
+    expect(await keepField().inputValue()).toBe('12');
 
-    // Made again, the edit saves (the page now holds the current revision) and keeps the other value.
-    await keepField().fill('7');
+    // Made again, the edit saves (the page now holds the current revision).
+    await keepField().fill('5');
     await page.getByRole('button', { name: 'Save All Settings' }).click();
     await status().getByText('Settings saved.').waitFor();
     expect(putIfMatch.at(-1)).toBe(`"${after.revision}"`);
-    const final = await saved();
-    expect(final.autoBackup.maxBackups).toBe(7);
-    expect(final.maintenance.retentionDays).toBe(45);
+    expect((await saved()).autoBackup.maxBackups).toBe(5);
   });
 
-  it('refuses the save after the agent itself changed the settings (SettingsService.change)', async () => {
+  it('merges an edit made over a change of the agent itself (SettingsService.change) to another field', async () => {
     await openPage();
     await t.agent.settings.change((current) => ({
       ...current,
-      maintenance: { ...current.maintenance, retentionDays: 60 },
+      maintenance: { ...current.maintenance, enabled: false, retentionDays: 60 },
     }));
     await page.getByText('Clean up history automatically').click();
     await page.getByRole('button', { name: 'Save All Settings' }).click();
     await status()
-      .getByText(/changed elsewhere/)
+      .getByText(/^Settings saved/)
       .waitFor();
-    expect(await status().textContent()).toContain(
-      'Your unsaved changes were discarded (Clean up history automatically)',
-    );
-    const after = await saved();
-    expect(after.maintenance).toEqual({ enabled: false, retentionDays: 60 });
+    expect(await status().textContent()).toContain('together with a change made elsewhere meanwhile');
+    expect((await saved()).maintenance).toEqual({ enabled: true, retentionDays: 60 });
     expect(await retentionField().inputValue()).toBe('60');
-    expect(await page.locator('#f-maintenance-enabled').isChecked()).toBe(false);
+    expect(await page.locator('#f-maintenance-enabled').isChecked()).toBe(true);
   });
 });
