@@ -1,10 +1,16 @@
 // The DR cloud on Node against an S3-compatible bucket, for vendors who host it themselves.
+// It keeps no state in process memory: installations' ledgers and the recovery rate limit live in
+// the bucket and are updated with conditional writes (If-Match / If-None-Match: *), so several
+// processes may serve one bucket (scaled out, or during a rolling restart) provided the S3 server
+// honours them (AWS S3, MinIO, Cloudflare R2, moto...). On a server that ignores them the writes are
+// unconditional, as before: run one process per bucket there.
 import { S3Client } from '@aws-sdk/client-s3';
 import { serve } from '@hono/node-server';
 import { getConnInfo } from '@hono/node-server/conninfo';
 import { createCloudApp } from './app';
 import { type CloudDeps, parseCloudConfig } from './deps';
 import { S3InstallationStates } from './state/s3-ledger';
+import { S3RecoveryRateLimiter } from './state/s3-rate-limiter';
 import { S3SlotStore } from './store/s3';
 
 /** Settings of the self-hosted entry, from the environment. */
@@ -14,25 +20,18 @@ export interface NodeCloudOptions {
   env: Record<string, string | undefined>;
 }
 
-/** The app wired to S3; the recovery rate limit is per process (one process serves one bucket). */
+/** The app wired to S3; any number of these (in one process or many) may share the bucket. */
 export function createNodeCloudApp(opts: NodeCloudOptions) {
   const config = parseCloudConfig(opts.env);
   const store = new S3SlotStore(opts.s3, opts.bucket);
   const states = new S3InstallationStates(opts.s3, opts.bucket, store);
-  const attempts = new Map<string, { windowStart: number; count: number }>();
+  const limiter = new S3RecoveryRateLimiter(opts.s3, opts.bucket);
   const deps: CloudDeps = {
     store,
     // The socket's address: behind a reverse proxy this is the proxy, so all clients share one limit.
     clientAddress: (c) => getConnInfo(c).remote.address ?? 'unknown',
     installation: (hash) => states.installation(hash),
-    async takeRecoveryAttempt(address) {
-      const windowStart = Math.floor(Date.now() / 60_000) * 60_000;
-      for (const [a, w] of attempts) if (w.windowStart !== windowStart) attempts.delete(a);
-      const w = attempts.get(address) ?? { windowStart, count: 0 };
-      w.count += 1;
-      attempts.set(address, w);
-      return w.count <= config.recoverPerMinute;
-    },
+    takeRecoveryAttempt: (address) => limiter.take(address, config.recoverPerMinute),
     config,
   };
   return createCloudApp(() => deps);

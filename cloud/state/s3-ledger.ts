@@ -1,13 +1,16 @@
 // Per-installation state for the self-hosted Node entry: one JSON document per installation in the bucket.
-import { GetObjectCommand, PutObjectCommand, type S3Client } from '@aws-sdk/client-s3';
+import type { S3Client } from '@aws-sdk/client-s3';
 import type { SlotStore } from '../store/slot-store';
 import { InstallationLedger, type InstallationStateApi, type LedgerStorage } from './ledger';
+import { type UpdateOptions, updateJsonObject } from './s3-conditional';
 
 /**
- * The ledger over `state/<installation hash>.json`. One Node process serves a bucket: calls for one
- * installation are serialized by an in-process queue (a lock, not state), and each call reads the
- * document, runs the ledger, and writes it back. Expired request ids and idle uploads are swept at
- * the start of each call instead of by an alarm.
+ * The ledger over `state/<installation hash>.json`. Each call reads the document with its ETag, runs
+ * the ledger on it and writes it back only if it is still that version (a conditional write); a call
+ * that lost the race to another process re-runs on the newer document. So several processes may
+ * serve one bucket. Calls for one installation within a process are also queued (a lock, not state):
+ * it only saves them racing each other. Expired request ids and idle uploads are swept at the start
+ * of each call instead of by an alarm.
  */
 export class S3InstallationStates {
   private readonly queues = new Map<string, Promise<unknown>>();
@@ -17,6 +20,7 @@ export class S3InstallationStates {
     private readonly bucket: string,
     private readonly store: SlotStore,
     private readonly uploadIdleMs = 24 * 3600_000,
+    private readonly retry: Omit<UpdateOptions, 'what'> = {},
   ) {}
 
   /** The state of one installation, with the same methods as the Durable Object. */
@@ -59,55 +63,45 @@ export class S3InstallationStates {
   }
 
   private async withLedger<T>(hash: string, fn: (ledger: InstallationLedger) => Promise<T>): Promise<T> {
-    const key = `state/${hash}.json`;
-    const doc = new Map<string, unknown>(Object.entries(await this.read(key)));
-    let changed = false;
-    const storage: LedgerStorage = {
-      get: async <V>(k: string) => doc.get(k) as V | undefined,
-      put: async (k, v) => {
-        doc.set(k, structuredClone(v));
-        changed = true;
+    // Each try runs on a fresh copy of the document as read; only the try whose write won counts.
+    const { result, abandoned, stalePuts } = await updateJsonObject(
+      this.s3,
+      this.bucket,
+      `state/${hash}.json`,
+      async (current) => {
+        const doc = new Map<string, unknown>(Object.entries(current ?? {}));
+        let changed = false;
+        const storage: LedgerStorage = {
+          get: async <V>(k: string) => structuredClone(doc.get(k)) as V | undefined,
+          put: async (k, v) => {
+            doc.set(k, structuredClone(v));
+            changed = true;
+          },
+          delete: async (k) => {
+            changed = doc.delete(k) || changed;
+          },
+          list: async <V>(prefix: string) =>
+            new Map(
+              [...doc].filter(([k]) => k.startsWith(prefix)).map(([k, v]) => [k, structuredClone(v)]) as [
+                string,
+                V,
+              ][],
+            ),
+          wakeBy: async () => {},
+        };
+        const ledger = new InstallationLedger(storage, this.uploadIdleMs);
+        const swept = await ledger.sweep(Date.now());
+        const value = { result: await fn(ledger), ...swept };
+        return changed ? { value, next: Object.fromEntries(doc) } : { value };
       },
-      delete: async (k) => {
-        changed = doc.delete(k) || changed;
-      },
-      list: async <V>(prefix: string) =>
-        new Map([...doc].filter(([k]) => k.startsWith(prefix)) as [string, V][]),
-      wakeBy: async () => {},
-    };
-    const ledger = new InstallationLedger(storage, this.uploadIdleMs);
-    const { abandoned, stalePuts } = await ledger.sweep(Date.now());
-    const result = await fn(ledger);
-    if (changed) {
-      await this.s3.send(
-        new PutObjectCommand({
-          Bucket: this.bucket,
-          Key: key,
-          Body: JSON.stringify(Object.fromEntries(doc)),
-        }),
-      );
-    }
+      { ...this.retry, what: 'updating an installation ledger' },
+    );
+    // The write that forgot them won: no other process saw them still there after it, so each is
+    // cleaned up by exactly one caller (a lost race re-ran the sweep on the newer document instead).
     for (const upload of abandoned) {
       await this.store.abortMultipart(upload.objectKey, upload.storeUploadId).catch(() => {});
     }
     for (const key of stalePuts) await this.store.delete(key).catch(() => {});
     return structuredClone(result);
-  }
-
-  private async read(key: string): Promise<Record<string, unknown>> {
-    try {
-      const out = await this.s3.send(new GetObjectCommand({ Bucket: this.bucket, Key: key }));
-      const text = (await out.Body?.transformToString()) ?? '{}';
-      try {
-        return JSON.parse(text);
-      } catch {
-        // Never JSON.parse's message: it quotes the text around the fault (the document names uploads).
-        throw new Error(`the ledger document ${key} is damaged (not JSON)`);
-      }
-    } catch (err) {
-      const e = err as { name?: string; $metadata?: { httpStatusCode?: number } };
-      if (e?.name === 'NoSuchKey' || e?.$metadata?.httpStatusCode === 404) return {};
-      throw err;
-    }
   }
 }
