@@ -129,11 +129,14 @@ export async function pruneLocal(agent: Agent, protect: string[] = []): Promise<
   return deleted;
 }
 
-/** The after-backup hook (runs only after a new backup completed and verified). */
+/**
+ * The after-backup hook (runs only after a new backup completed and verified). The names it deleted
+ * are kept in the backup job's result (`followUps.retention.details.deleted`): the page says so.
+ */
 export function retentionHook(agent: Agent): AfterBackupHook {
   return async function retention(backup, ctx) {
     ctx.phase('pruning old backups');
     // The backup just made is protected by name, whatever the clock said when older ones were made.
-    await pruneLocal(agent, [backup.filename]);
+    return { deleted: await pruneLocal(agent, [backup.filename]) };
   };
 }

@@ -250,13 +250,15 @@ async function rebaseEdits() {
   }));
   const method = sftpMethod();
   const current = await api('/settings');
-  const moved = (path) =>
-    JSON.stringify(getPath(current, path) ?? null) !== JSON.stringify(getPath(loaded, path) ?? null);
-  const clash = [
-    ...new Set(
-      edits.filter(({ control }) => moved(control.dataset.path)).map(({ control }) => fieldName(control)),
-    ),
-  ];
+  const same = (a, b) => JSON.stringify(a ?? null) === JSON.stringify(b ?? null);
+  // A clash: the other writer changed the field, to something else than this page's value.
+  const clashes = ({ control, value }) => {
+    const now = getPath(current, control.dataset.path);
+    if (same(now, getPath(loaded, control.dataset.path))) return false;
+    if (control.type === 'checkbox') return Boolean(now) !== value;
+    return isSetMarker(now) || String(now ?? '') !== String(value).trim();
+  };
+  const clash = [...new Set(edits.filter(clashes).map(({ control }) => fieldName(control)))];
   if (method !== savedSftpMethod(loaded) && savedSftpMethod(current) !== savedSftpMethod(loaded))
     clash.push('SFTP sign-in method');
   loaded = current;

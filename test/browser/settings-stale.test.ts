@@ -139,6 +139,45 @@ describe('Save All Settings when the settings changed elsewhere, in a real brows
     expect((await saved()).autoBackup.maxBackups).toBe(5);
   });
 
+  it('a field set elsewhere to the value this page has is no clash (as the host key the agent pins); another value is', async () => {
+    await openPage();
+    const before = await saved();
+    await otherWriterSetsRetention(30);
+    const other = await t.request('/api/v1/settings', {
+      method: 'PUT',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ autoBackup: { ...before.autoBackup, maxBackups: 9 } }),
+    });
+    expect(other.status).toBe(200);
+    // This page sets the same number the other writer saved, and the days to another value.
+    await keepField().fill('9');
+    await retentionField().fill('20');
+    await page.getByRole('button', { name: 'Save All Settings' }).click();
+    await status()
+      .getByText(/^Settings saved|Not saved/)
+      .waitFor();
+    expect(await status().textContent()).toContain('changed there too');
+    // The days clash (30 there, 20 here): refused; the same 9 alone would not have been.
+    await keepField().fill('9');
+    await page.getByRole('button', { name: 'Save All Settings' }).click();
+    await status().getByText('Settings saved.').waitFor();
+    expect((await saved()).autoBackup.maxBackups).toBe(9);
+    expect((await saved()).maintenance.retentionDays).toBe(30);
+    // Now only the same value as elsewhere: merged without a word about a clash.
+    await t.request('/api/v1/settings', {
+      method: 'PUT',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ autoBackup: { ...(await saved()).autoBackup, maxBackups: 4 } }),
+    });
+    await keepField().fill('4');
+    await page.getByRole('button', { name: 'Save All Settings' }).click();
+    await status()
+      .getByText(/^Settings saved/)
+      .waitFor();
+    expect(await status().textContent()).toContain('together with a change made elsewhere meanwhile');
+    expect((await saved()).autoBackup.maxBackups).toBe(4);
+  });
+
   it('merges an edit made over a change of the agent itself (SettingsService.change) to another field', async () => {
     await openPage();
     await t.agent.settings.change((current) => ({

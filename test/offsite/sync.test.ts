@@ -63,7 +63,7 @@ describe('auto-upload after a backup', () => {
     const name = filenameOf(job);
     const followUps = (job.result as { followUps: Record<string, { ok: boolean; error?: string }> })
       .followUps;
-    expect(followUps['retention']).toEqual({ ok: true });
+    expect(followUps['retention']).toEqual({ ok: true, details: { deleted: [] } });
     expect(followUps['offsiteUpload']?.ok).toBe(false);
     expect(followUps['offsiteUpload']?.error).toMatch(
       /^S3 storage: Cannot reach the storage at http:\/\/127\.0\.0\.1/,

@@ -81,10 +81,13 @@ describe('retention of local backups', () => {
     expect(good.state).toBe('succeeded');
     const result = good.result as {
       backup: { filename: string };
-      followUps: Record<string, { ok: boolean }>;
+      followUps: Record<string, { ok: boolean; details?: { deleted: string[] } }>;
     };
-    expect(result.followUps.retention).toEqual({ ok: true });
     const expected = [result.backup.filename, ...regular.slice(8), regular[1]!, ...safety.slice(1)].sort();
+    // The job's result names what the prune deleted (the page tells it).
+    const gone = [...regular, ...safety.slice(1)].filter((name) => !expected.includes(name));
+    expect(result.followUps.retention?.ok).toBe(true);
+    expect([...(result.followUps.retention?.details?.deleted ?? [])].sort()).toEqual(gone.sort());
     expect(await localNames()).toEqual(expected);
     const files = await readdir(t.agent.paths.backups);
     expect(files).toContain('notes.txt');
