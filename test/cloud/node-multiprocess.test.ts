@@ -216,6 +216,28 @@ describe('two Node cloud processes on one bucket', () => {
     expect(await statesA.installation(hash).upload('u1')).toBeNull();
   });
 
+  it('give up with a retryable 503 when every try lost the race', async () => {
+    const hash = await installationHash((await newInstallation()).installationId);
+    // One try only: the write B makes while A is held is enough to exhaust A.
+    const statesA = new S3InstallationStates(
+      gateA.client,
+      BUCKET,
+      new S3SlotStore(gateA.client, BUCKET),
+      undefined,
+      { attempts: 1 },
+    );
+    const { reached, release } = gateA.arm();
+    const admitA = statesA.installation(hash).admitRequest(randomUUID(), Date.now() + 600_000);
+    const outcome = admitA.then(
+      () => null,
+      (err: unknown) => err,
+    );
+    await reached;
+    expect(await observer.installation(hash).admitRequest(randomUUID(), Date.now() + 600_000)).toBe(true);
+    release();
+    expect(await outcome).toMatchObject({ status: 503, code: 'storage_unavailable' });
+  });
+
   it('share one recovery rate limit: the 4th attempt from one address across both is 429', async () => {
     // All four in one minute: start at the beginning of a minute when too close to its end.
     const intoMinute = Date.now() % 60_000;
