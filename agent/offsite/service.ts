@@ -205,12 +205,12 @@ export class OffsiteService {
     };
   }
 
-  /** The saved section of an enabled destination; 409 if it is off. */
+  /** The saved section of an enabled destination; 422 if it is off (as a Cloud DR push while DR is off). */
   private enabled<K extends OffsiteKind>(kind: K): DestinationSettings<K> {
     const section = this.saved(kind);
     if (!section.enabled) {
       throw new AppError(
-        'conflict',
+        'unprocessable',
         `${DESTINATION_TITLES[kind]} is not turned on: turn it on and save the settings first`,
       );
     }

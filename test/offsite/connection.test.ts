@@ -257,9 +257,9 @@ describe('offsite routes: names', () => {
     expect((await call(t, 'POST', '/offsite/sftp/backups/evil.tar.gz/download')).status).toBe(400);
   });
 
-  it('refuses a destination that is off (409), and an invalid body (422)', async () => {
+  it('refuses a destination that is off (422, as a DR push while DR is off), and an invalid body (422)', async () => {
     await t.agent.settings.update({ offsite: { smb: { ...smbBody(), enabled: false } } });
-    expect((await call(t, 'POST', '/offsite/smb/sync')).status).toBe(409);
+    expect((await call(t, 'POST', '/offsite/smb/sync')).status).toBe(422);
     expect((await call(t, 'POST', '/offsite/sftp/test', { port: 'twenty-two' })).status).toBe(422);
   });
 });

@@ -106,6 +106,15 @@ describe('restore', () => {
       const res = await t.request(url, { method: 'POST', ...(body ? { body } : {}) });
       expect(res.status).toBe(400);
     }
+    // The right confirmation with a malformed option: 422 naming it, not a hint about the confirmation.
+    const malformed = await t.request(url, {
+      method: 'POST',
+      body: JSON.stringify({ confirm: backupName, keepPrevious: 'x' }),
+    });
+    expect(malformed.status).toBe(422);
+    expect(((await malformed.json()) as { error: { message: string } }).error.message).toMatch(
+      /^keepPrevious: /,
+    );
     let release!: () => void;
     const gate = new Promise<void>((resolve) => {
       release = resolve;
@@ -116,6 +125,20 @@ describe('restore', () => {
     expect(((await res.json()) as { error: { code: string } }).error.code).toBe('job_running');
     release();
     await t.agent.jobs.waitFor(blocker.id);
+    // Nor is the backup deleted from under a job that reads it (a verify, a restore, an upload).
+    let done!: () => void;
+    const reading = new Promise<void>((resolve) => {
+      done = resolve;
+    });
+    const reader = await t.agent.jobs.start('verify', () => reading, { mutating: false, target: backupName });
+    const deleted = await t.request(`/api/v1/backups/${backupName}`, { method: 'DELETE' });
+    expect(deleted.status).toBe(409);
+    expect(((await deleted.json()) as { error: { message: string } }).error.message).toContain(
+      'in use by a running verify job',
+    );
+    done();
+    await t.agent.jobs.waitFor(reader.id);
+    expect((await t.agent.catalog.list()).map((b) => b.filename)).toContain(backupName);
     expect(await liveState(t.agent)).toEqual(before);
     expect(await leftovers(t.agent)).toEqual([]);
   });

@@ -93,6 +93,13 @@ export function backupRoutes(agent: Agent): Hono {
 
   app.delete('/:filename', async (c) => {
     const name = checkBackupName(c.req.param('filename'));
+    // Not from under a running restore, verify or upload of it: the file would change under the job.
+    const user = agent.jobs.active().find((job) => job.target === name);
+    if (user)
+      throw new AppError(
+        'job_running',
+        `${name} is in use by a running ${user.kind} job; try again when it ends`,
+      );
     await agent.catalog.delete(name);
     return c.json({ deleted: name });
   });

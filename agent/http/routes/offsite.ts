@@ -4,13 +4,9 @@ import { z } from 'zod';
 import type { Agent } from '../../agent';
 import type { RouteModule } from '../../app';
 import { checkBackupName } from '../../backup/catalog';
-import { AppError } from '../../errors';
 import { offsiteServiceFor, parseOffsiteKind } from '../../offsite/index';
 import { jsonBody } from '../body';
-
-const restoreBody = z
-  .object({ confirm: z.unknown().optional(), keepPrevious: z.boolean().optional() })
-  .passthrough();
+import { parseRestoreBody } from './restore';
 
 /** The routes under /api/v1/offsite/:provider (sftp | s3 | smb; anything else is 404). */
 export function offsiteRoutes(agent: Agent): Hono {
@@ -44,17 +40,8 @@ export function offsiteRoutes(agent: Agent): Hono {
   app.post('/:provider/backups/:filename/restore', async (c) => {
     const kind = parseOffsiteKind(c.req.param('provider'));
     const name = checkBackupName(c.req.param('filename'));
-    const parsed = restoreBody.safeParse(await jsonBody(c, z.unknown(), { optional: true }));
-    // A restore replaces everything: it needs the file name typed back, exactly.
-    if (!parsed.success || parsed.data.confirm !== name) {
-      throw new AppError(
-        'bad_request',
-        `to restore, send {"confirm": "${name}"}: a restore replaces all current data`,
-      );
-    }
-    const job = await offsite.startRestore(kind, name, {
-      ...(parsed.data.keepPrevious !== undefined ? { keepPrevious: parsed.data.keepPrevious } : {}),
-    });
+    const options = parseRestoreBody(await jsonBody(c, z.unknown(), { optional: true }), name);
+    const job = await offsite.startRestore(kind, name, options);
     return c.json({ jobId: job.id }, 202);
   });
 

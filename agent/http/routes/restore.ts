@@ -7,28 +7,36 @@ import { checkBackupName } from '../../backup/catalog';
 import { AppError } from '../../errors';
 import { startRestore } from '../../restore/restore';
 import { jsonBody } from '../body';
+import { validationError } from '../errors';
 
 const restoreBody = z
   .object({ confirm: z.unknown().optional(), keepPrevious: z.boolean().optional() })
   .passthrough();
+
+/**
+ * The body of a restore request (local or offsite): `{confirm: "<the backup's name>", keepPrevious?}`.
+ * A restore replaces everything, so it needs the name typed back exactly (400 otherwise); a malformed
+ * field is a 422 naming it, not a hint about the confirm.
+ */
+export function parseRestoreBody(body: unknown, name: string): { keepPrevious?: boolean } {
+  const parsed = restoreBody.safeParse(body ?? {});
+  if (!parsed.success) throw validationError(parsed.error);
+  if (parsed.data.confirm !== name) {
+    throw new AppError(
+      'bad_request',
+      `to restore, send {"confirm": "${name}"}: a restore replaces all current data`,
+    );
+  }
+  return parsed.data.keepPrevious !== undefined ? { keepPrevious: parsed.data.keepPrevious } : {};
+}
 
 /** The restore routes, mounted beside the backup routes. */
 export function restoreRoutes(agent: Agent): Hono {
   const app = new Hono();
   app.post('/:filename/restore', async (c) => {
     const name = checkBackupName(c.req.param('filename'));
-    const body = await jsonBody(c, z.unknown(), { optional: true });
-    const parsed = restoreBody.safeParse(body);
-    // A restore replaces everything: it needs the file name typed back, exactly.
-    if (!parsed.success || parsed.data.confirm !== name) {
-      throw new AppError(
-        'bad_request',
-        `to restore, send {"confirm": "${name}"}: a restore replaces all current data`,
-      );
-    }
-    const job = await startRestore(agent, name, {
-      ...(parsed.data.keepPrevious !== undefined ? { keepPrevious: parsed.data.keepPrevious } : {}),
-    });
+    const options = parseRestoreBody(await jsonBody(c, z.unknown(), { optional: true }), name);
+    const job = await startRestore(agent, name, options);
     return c.json({ jobId: job.id }, 202);
   });
   return app;
