@@ -35,13 +35,18 @@ or a prompt on a terminal; never from the command line itself.`;
 
 async function main(argv: string[]): Promise<number> {
   const [name, ...args] = argv;
-  if (!name || name === '--help' || name === '-h' || name === 'help') {
+  if (name === '--help' || name === '-h' || name === 'help') {
     process.stdout.write(`${USAGE}\n`);
-    return name ? 0 : 2;
+    return 0;
+  }
+  // One clear line on stderr (API.md); the usage is one `gem-backup help` away.
+  if (!name) {
+    process.stderr.write('gem-backup: no command given; run "gem-backup help" for the list\n');
+    return 2;
   }
   const command = COMMANDS[name];
   if (!command) {
-    process.stderr.write(`gem-backup: unknown command "${name}"\n${USAGE}\n`);
+    process.stderr.write(`gem-backup: unknown command "${name}"; run "gem-backup help" for the list\n`);
     return 2;
   }
   try {

@@ -43,6 +43,8 @@ export async function createCommand(cli: CliContext): Promise<void> {
 }
 
 export async function listCommand(cli: CliContext): Promise<void> {
+  // Takes nothing: a typo such as `list --json` is an error, not ignored.
+  parseArgs({ args: cli.args, allowPositionals: false, options: {} });
   const list = await cli.withAgent((agent) => agent.catalog.list());
   if (list.length === 0) cli.out('no backups');
   for (const b of list) {

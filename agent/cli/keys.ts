@@ -1,6 +1,6 @@
 /** CLI commands for the encryption keys: export and import. */
-import { readFile } from 'node:fs/promises';
-import { resolve } from 'node:path';
+import { readFile, stat } from 'node:fs/promises';
+import { dirname, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { AppError } from '../errors';
 import { validationError } from '../http/errors';
@@ -34,6 +34,14 @@ export async function keysCommand(cli: CliContext): Promise<void> {
     const { passphrase } = body.data;
     const now = new Date();
     const path = resolve(values.output ?? exportFileName(now));
+    // A mistyped -o folder is an error, not a new folder made silently (as root, anywhere).
+    const folder = await stat(dirname(path)).catch(() => undefined);
+    if (!folder?.isDirectory()) {
+      throw new AppError(
+        'bad_request',
+        `the folder ${dirname(path)} does not exist: create it first or choose another -o`,
+      );
+    }
     await cli.withAgent(async (agent) => {
       await writeSmallFileAtomic(path, await buildKeysExport(agent.keyring.toFile(), passphrase, now), 0o600);
       await agent.keyState.merge({ lastDownloadedAt: now.toISOString() });

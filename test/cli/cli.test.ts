@@ -232,9 +232,21 @@ describe('the gem-backup CLI (the package bin)', () => {
     expect(help.stdout).toMatch(/^ {2}dr status /m);
   });
 
-  it('refuses an unknown command with usage and exit 2', async () => {
-    const res = await cli('frobnicate');
-    expect(res.code).toBe(2);
-    expect(res.stderr).toMatch(/unknown command/);
+  it('refuses an unknown command, no command, an unknown option and a missing -o folder: one line, non-zero', async () => {
+    const missing = join(dataDir, 'no-such-folder', 'keys.json');
+    const cases: Array<[string[], number, RegExp]> = [
+      [['frobnicate'], 2, /^gem-backup: unknown command "frobnicate"; run "gem-backup help" for the list$/],
+      [[], 2, /^gem-backup: no command given; run "gem-backup help" for the list$/],
+      [['list', '--json'], 1, /^gem-backup: Unknown option '--json'/],
+      [['keys', 'export', '-o', missing], 1, /^gem-backup: the folder .*no-such-folder does not exist/],
+    ];
+    for (const [args, code, line] of cases) {
+      const res = await cli(...args);
+      expect(res.code, args.join(' ')).toBe(code);
+      const lines = res.stderr.trim().split('\n');
+      expect(lines, res.stderr).toHaveLength(1);
+      expect(lines[0]).toMatch(line);
+    }
+    await expect(stat(join(dataDir, 'no-such-folder'))).rejects.toThrow(/ENOENT/);
   });
 });
