@@ -1,4 +1,4 @@
-// GET /v1/escrow-key: the public halves of the escrow keys, current first.
+// GET /v1/escrow-key: the current escrow public key (a JWK with kid), and every one's public half, current first.
 import { Hono } from 'hono';
 import type { CloudVariables } from '../auth/signed';
 import { CloudError } from '../errors';
@@ -9,5 +9,7 @@ export const escrowRoutes = new Hono<{ Variables: CloudVariables }>().get('/v1/e
     .get('deps')
     .config.escrowPrivateKeys.map((k) => ({ kty: 'OKP', crv: 'X25519', x: k.x, kid: k.kid }));
   if (keys.length === 0) throw new CloudError(503, 'no_escrow_key', 'no escrow key is configured');
-  return c.json({ keys });
+  // API.md: the answer is the escrow public key, a JWK with `kid` (the current one); `keys` adds the
+  // list, current first, so a key being rotated out can still be recognised.
+  return c.json({ ...keys[0], keys });
 });

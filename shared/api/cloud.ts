@@ -33,10 +33,14 @@ export type EnrollRequest = z.infer<typeof EnrollRequest>;
 export const EnrollResponse = z.object({ installationId: InstallationId, enrolled: z.literal(true) });
 export type EnrollResponse = z.infer<typeof EnrollResponse>;
 
-/** `GET /v1/escrow-key` answer: current key first; two during a rotation. */
-export const EscrowKeysResponse = z.object({
-  keys: z.array(X25519PublicJwk.and(z.object({ kid: z.string() }))).min(1),
-});
+/** An escrow public key as published: an X25519 JWK with its `kid`. */
+const EscrowPublicJwk = X25519PublicJwk.and(z.object({ kid: z.string() }));
+
+/**
+ * `GET /v1/escrow-key` answer: the current escrow public key (API.md: a JWK with `kid`), and `keys`,
+ * every published one, current first (two during a rotation).
+ */
+export const EscrowKeysResponse = EscrowPublicJwk.and(z.object({ keys: z.array(EscrowPublicJwk).min(1) }));
 export type EscrowKeysResponse = z.infer<typeof EscrowKeysResponse>;
 
 /** What the slot holds; HEAD/GET send it as the SLOT_HEADERS response headers. */

@@ -77,9 +77,11 @@ describe('recovery', () => {
   it('publishes the escrow public keys, current first, without their private parts', async () => {
     const res = await httpRequest(`${cloud.url}/v1/escrow-key`, { method: 'GET' });
     expect(res.status).toBe(200);
-    const { keys } = res.json();
+    const { keys, ...current } = res.json();
+    // The answer is the current key itself (API.md), and the list of all, current first.
+    expect(current).toEqual({ kty: 'OKP', crv: 'X25519', x: escrowPublic.x, kid: 'escrow-2026' });
     expect(keys.map((k: JWK) => k.kid)).toEqual(['escrow-2026', 'escrow-2025']);
-    expect(keys[0]).toEqual({ kty: 'OKP', crv: 'X25519', x: escrowPublic.x, kid: 'escrow-2026' });
+    expect(keys[0]).toEqual(current);
     expect(res.body.toString()).not.toContain(escrowPrivate.d);
   });
 
