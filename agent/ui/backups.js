@@ -16,8 +16,60 @@ function verifiedCell(backup) {
   return el('span', { className: 'muted' }, 'Not yet');
 }
 
+// A restore reloads the page when done; what it did is kept for the page after the reload to say once.
+const RESTORE_NOTE_KEY = 'gem-backup-restore-note';
+let restoreNote; // {restored, safetyBackup} after a restore's reload: shown until the page is left
+let restoreNoteTaken = false;
+
+/** Keeps what a finished restore did (its name, its safety backup's) for the page after the reload. */
+function keepRestoreNote(job, name) {
+  const note = { restored: job.result?.restoredFrom ?? name, safetyBackup: job.result?.safetyBackup };
+  try {
+    sessionStorage.setItem(RESTORE_NOTE_KEY, JSON.stringify(note));
+  } catch {
+    // Storage full or refused: the page reloads without the note, as it did before.
+  }
+}
+
+/** The note a restore left before the reload, taken out of storage so only this page load shows it. */
+function takeRestoreNote() {
+  if (restoreNoteTaken) return restoreNote;
+  restoreNoteTaken = true;
+  try {
+    const raw = sessionStorage.getItem(RESTORE_NOTE_KEY);
+    sessionStorage.removeItem(RESTORE_NOTE_KEY);
+    restoreNote = raw ? JSON.parse(raw) : undefined;
+  } catch {
+    restoreNote = undefined;
+  }
+  if (restoreNote?.restored) showRestoreNote(restoreNote);
+  return restoreNote;
+}
+
+/** "Restored X. To undo, restore the safety backup Y." above the list, where the undo is. */
+function showRestoreNote({ restored, safetyBackup }) {
+  const note = el(
+    'p',
+    { id: 'restore-note', className: 'result ok', role: 'status' },
+    `Restored ${restored}.`,
+    safetyBackup ? ` To undo, restore the safety backup ${safetyBackup}.` : '',
+  );
+  $('backups-body').closest('.table-wrap').before(note);
+}
+
+/** Marks the safety backup's row: the one to restore to undo the restore this page reloaded after. */
+function markUndoRow(row) {
+  row.dataset.highlight = 'undo-restore';
+  // The stylesheet has no row highlight; the CSSOM is allowed by the page's CSP (a style attribute is not).
+  row.style.backgroundColor = 'var(--ok-bg)';
+  row
+    .querySelector('.filename')
+    .append(el('span', { className: 'tag tag-ok', title: 'Restore it to undo the restore' }, 'Undo point'));
+}
+
 /** Loads and draws the local backups, newest first. */
 export async function loadBackups() {
+  const undo = takeRestoreNote()?.safetyBackup;
   const list = await api('/backups');
   const body = $('backups-body');
   body.replaceChildren(
@@ -101,6 +153,8 @@ export async function loadBackups() {
   );
   $('backups-empty').hidden = list.length > 0;
   body.closest('table').hidden = list.length === 0;
+  const undoRow = undo ? body.querySelector(`tr[data-filename="${CSS.escape(undo)}"]`) : null;
+  if (undoRow) markUndoRow(undoRow);
 }
 
 async function create() {
@@ -134,9 +188,37 @@ function autoUploadNotes(outcomes) {
   return [...new Set(Object.values(outcomes ?? {}).flatMap((outcome) => offsiteNotes(outcome)))];
 }
 
+/** "a, b, c and 2 more": the first `shown` names, then how many others. */
+function someNames(names, shown = 3) {
+  const first = names.slice(0, shown).join(', ');
+  return names.length > shown ? `${first} and ${names.length - shown} more` : first;
+}
+
+/** The keep limit as saved now (the prune just used it); undefined if the agent does not say. */
+async function keepLimit() {
+  try {
+    return (await api('/settings'))?.autoBackup?.maxBackups;
+  } catch {
+    return undefined;
+  }
+}
+
 /**
- * The progress dialog's texts for a backup job: created, what its auto-upload noted, and any step
- * after it that failed. One per dialog: it keeps the job's `offsite-upload` notice for the end.
+ * What the keep-limit prune after a backup deleted, in words ("" if nothing): the owner must hear that
+ * backups are gone, not only that one was made.
+ */
+async function prunedNote(job) {
+  const deleted = job.result?.followUps?.retention?.details?.deleted ?? [];
+  if (!Array.isArray(deleted) || deleted.length === 0) return '';
+  const limit = await keepLimit();
+  const count = `${deleted.length} older backup${deleted.length === 1 ? '' : 's'}`;
+  return `Removed ${count}${limit ? ` (keep limit: ${limit})` : ''}: ${someNames(deleted)}.`;
+}
+
+/**
+ * The progress dialog's texts for a backup job: created, what the keep-limit prune removed, what its
+ * auto-upload noted, and any step after it that failed. One per dialog: it keeps the job's
+ * `offsite-upload` notice for the end.
  */
 export function backupProgress() {
   // The outcomes are in the job's result (followUps.offsiteUpload.details); the live notice is the
@@ -147,9 +229,13 @@ export function backupProgress() {
     onNotice: (notice, data) => {
       if (notice === 'offsite-upload') uploads = data;
     },
-    describe: (job) => {
+    describe: async (job) => {
       const name = `Backup created: ${job.result?.backup?.filename ?? 'done'}`;
-      const notes = autoUploadNotes(job.result?.followUps?.offsiteUpload?.details ?? uploads);
+      const pruned = await prunedNote(job);
+      const notes = [
+        ...(pruned ? [pruned] : []),
+        ...autoUploadNotes(job.result?.followUps?.offsiteUpload?.details ?? uploads),
+      ];
       if (failedFollowUps(job).length)
         return [`${name}.`, ...notes, 'The backup is good, but a step after it failed:'].join(' ');
       return notes.length ? [`${name}.`, ...notes].join(' ') : name;
@@ -226,7 +312,8 @@ export function restoreProgress(name) {
       if (notice === 'restore-swap') text.textContent = 'Switching over to the restored data…';
     },
     describe: () => 'Restore complete. Reloading the page…',
-    afterSuccess: async () => {
+    afterSuccess: async (job) => {
+      keepRestoreNote(job, name);
       await new Promise((resolve) => setTimeout(resolve, 1500));
       location.reload();
     },
@@ -271,6 +358,21 @@ async function remove(name) {
   await loadBackups().catch(report);
 }
 
+const BACKUP_NAME = /^gem-backup-\d{4}-\d{2}-\d{2}-\d{6}\.tar\.gz$/;
+
+/**
+ * The backup name a chosen file is stored under: a browser saving a second copy names it
+ * "gem-backup-… (1).tar.gz", which is still that backup. Undefined for any other name.
+ */
+export function backupNameOf(fileName) {
+  const name = String(fileName).replace(/ \(\d+\)(?=\.tar\.gz$)/, '');
+  return BACKUP_NAME.test(name) ? name : undefined;
+}
+
+/** What to do with a file whose name the agent refuses ("invalid backup name" says too little). */
+const renameAdvice = (fileName) =>
+  `${fileName} is not named like a backup. Rename the file to gem-backup-YYYY-MM-DD-HHMMSS.tar.gz and upload it again.`;
+
 async function upload(event) {
   event.preventDefault();
   const input = $('upload-file');
@@ -285,21 +387,29 @@ async function upload(event) {
     input.focus();
     return;
   }
+  const name = backupNameOf(file.name);
+  if (!name) {
+    // The agent would refuse it ("invalid backup name"); the owner needs to know what to do instead.
+    message.textContent = renameAdvice(file.name);
+    input.setAttribute('aria-invalid', 'true');
+    input.focus();
+    return;
+  }
   const button = event.submitter ?? $('upload-form').querySelector('button');
   button.disabled = true;
   message.className = 'result';
   try {
-    await uploadFile(`/backups/upload?filename=${encodeURIComponent(file.name)}`, file, (done, total) => {
+    await uploadFile(`/backups/upload?filename=${encodeURIComponent(name)}`, file, (done, total) => {
       message.textContent = total
         ? `Uploading… ${Math.round((done / total) * 100)}% (${bytes(done)} of ${bytes(total)})`
         : `Uploading… ${bytes(done)}`;
     });
     message.className = 'result ok';
-    message.textContent = `Uploaded ${file.name}.`;
+    message.textContent = name === file.name ? `Uploaded ${name}.` : `Uploaded ${file.name} as ${name}.`;
     input.value = '';
   } catch (error) {
     message.className = 'field-error';
-    message.textContent = error.message;
+    message.textContent = error.code === 'invalid_name' ? renameAdvice(file.name) : error.message;
     input.setAttribute('aria-invalid', 'true');
   } finally {
     button.disabled = false;

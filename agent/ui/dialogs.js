@@ -44,7 +44,7 @@ function interruptedText(job) {
 }
 
 /**
- * Shows a job's progress until it ends. `describe(job)` gives the success text; `problems(job)` lists what
+ * Shows a job's progress until it ends. `describe(job)` gives the success text (or a promise of it); `problems(job)` lists what
  * went wrong in a job that still succeeded (shown under it, marked as a problem); `onNotice` sees notices;
  * `afterSuccess(job)` runs on success (e.g. reload); `afterInterrupted(job)` runs when an agent restart
  * cut the job short (e.g. reload the page's data). Resolves to the final job.
@@ -83,19 +83,23 @@ export async function showJobProgress(
   // Escape must not hide a running job: the dialog only closes once the job is over.
   const blockEscape = (event) => event.preventDefault();
   dialog.addEventListener('cancel', blockEscape);
+  // Once the job is over the dialog says how it ended; a late answer to Cancel must not replace that.
+  let over = false;
   cancel.onclick = async () => {
     cancel.disabled = true;
     text.textContent = 'Cancelling…';
     try {
       await api(`/jobs/${encodeURIComponent(jobId)}/cancel`, { method: 'POST' });
     } catch (error) {
+      // 409: the job ended before the cancel reached it; its own end is shown, not this answer.
+      if (over || error.status === 409) return;
       text.textContent = error.message;
       cancel.disabled = false;
     }
   };
 
   const show = (job) => {
-    if (job.endedAt) return;
+    if (over || job.endedAt) return;
     const total = job.bytesTotal || 0;
     text.textContent = `${phase(job.phase) || 'Working'}…`;
     if (total > 0) {
@@ -114,6 +118,7 @@ export async function showJobProgress(
   } catch (error) {
     job = { state: 'failed', error: { message: error.message } };
   }
+  over = true;
   dialog.removeEventListener('cancel', blockEscape);
   cancel.hidden = true;
   state.dataset.state = job.state;
@@ -123,7 +128,8 @@ export async function showJobProgress(
   if (job.state === 'succeeded') {
     const issues = problems?.(job) ?? [];
     $('progress-icon').textContent = issues.length ? '!' : '✓';
-    text.textContent = describe?.(job) ?? DONE_TEXT.succeeded;
+    // `describe` may ask the agent for more (e.g. the keep limit): the dialog waits for its words.
+    text.textContent = (await describe?.(job)) ?? DONE_TEXT.succeeded;
     if (issues.length) {
       // Done, but not all of it: the dialog says so instead of a plain success.
       state.dataset.state = 'problems';

@@ -21,9 +21,76 @@ export function dateTime(iso) {
   return date.toLocaleString(undefined, { dateStyle: 'medium', timeStyle: 'short' });
 }
 
-/** "dumping-database" -> "Dumping database". */
+// The agent names a job's steps for its logs ("dump", "stage"); the owner reads what each one does.
+// Every name passed to ctx.phase() in agent/ has its words here (test/browser/job-dialogs.test.ts
+// checks that by reading the sources).
+const PHASE_WORDS = {
+  // Any job (agent/jobs/runner.ts)
+  starting: 'Starting',
+  cancelling: 'Cancelling',
+  done: 'Finishing',
+  // Backup and verify (agent/backup/create.ts, retention.ts)
+  dump: 'Exporting the database',
+  folders: 'Copying the scripts and configuration folders',
+  pack: 'Encrypting and packing the backup',
+  verify: 'Checking the backup: every file is decrypted and compared with its checksum',
+  'pruning old backups': 'Removing old backups beyond the keep limit',
+  // Restore (agent/restore/restore.ts); `check` is also Cloud DR recovery's check of the download
+  check: 'Checking the backup file',
+  safety: 'Taking a safety backup of the current data',
+  stage: 'Loading the backup (current data untouched)',
+  swap: 'Switching over',
+  restart: 'Restarting GEM',
+  // Offsite sync (agent/offsite/service.ts)
+  listing: 'Comparing the backups here and at the destination',
+  pruning: 'Removing old copies beyond the keep limit',
+  // Cloud DR push and recovery (agent/dr/push.ts, recover.ts)
+  connect: 'Connecting to Cloud Disaster Recovery',
+  hash: 'Computing the backup’s checksum',
+  upload: 'Uploading to Cloud Disaster Recovery',
+  download: 'Downloading from Cloud Disaster Recovery',
+  keys: 'Installing the recovered encryption keys',
+  store: 'Adding the backup to the local backups',
+  // Database maintenance (agent/maintenance/run.ts)
+  'purging history': 'Deleting old history',
+};
+
+/** The agent's destination names (verify and auto-upload name them): [name, how a copy is there]. */
+const PLACES = {
+  cloud: ['Cloud Disaster Recovery', 'in'],
+  sftp: ['the SFTP server', 'on'],
+  s3: ['S3-compatible storage', 'in'],
+  smb: ['the Windows share (SMB)', 'on'],
+};
+const placeName = (kind) => PLACES[kind.trim()]?.[0] ?? kind.trim();
+const onPlace = (kind) => (PLACES[kind] ? `${PLACES[kind][1]} ${PLACES[kind][0]}` : `on ${kind}`);
+
+/** Step names that carry a value (a destination, a backup's name), most specific first. */
+const PHASE_PATTERNS = [
+  [/^verify local$/, () => 'Checking the newest local backup'],
+  [/^verify (\w+)$/, (kind) => `Checking the newest copy ${onPlace(kind)}`],
+  [/^uploading to (.+)$/, (kinds) => `Uploading to ${kinds.split(',').map(placeName).join(' and ')}`],
+  [/^uploading (.+)$/, (name) => `Uploading ${name}`],
+  [/^downloading (.+)$/, (name) => `Downloading ${name}`],
+];
+
+/** A job step in the owner's words ("dump" -> "Exporting the database"); undefined for a step it does not know. */
+export function phaseWords(name) {
+  if (!name) return undefined;
+  const text = String(name);
+  if (Object.hasOwn(PHASE_WORDS, text)) return PHASE_WORDS[text];
+  for (const [pattern, words] of PHASE_PATTERNS) {
+    const match = pattern.exec(text);
+    if (match) return words(match[1]);
+  }
+  return undefined;
+}
+
+/** A job step as the progress dialog shows it: its words, or for a step of a newer agent "some-step" -> "Some step". */
 export function phase(name) {
   if (!name) return '';
+  const known = phaseWords(name);
+  if (known) return known;
   const text = String(name).replace(/[-_]+/g, ' ');
   return text.charAt(0).toUpperCase() + text.slice(1);
 }
