@@ -2,6 +2,7 @@
 import { api, token, whenUnauthorized } from './api.js';
 import { backupProgress, loadBackups, restoreProgress, setupBackups } from './backups.js';
 import { showJobProgress } from './dialogs.js';
+import { clearHealth, loadHealth, setupHealth } from './health.js';
 import { loadKeys, setupKeys } from './keys.js';
 import { syncSummary } from './offsite.js';
 import { loadDrStatus, loadSettings, setupSettings } from './settings.js';
@@ -17,6 +18,7 @@ function showError(error) {
 function showSignIn(message = '') {
   for (const dialog of document.querySelectorAll('dialog[open]')) dialog.close();
   $('app').hidden = true;
+  clearHealth();
   $('sign-out').hidden = true;
   $('installation').hidden = true;
   $('sign-in').hidden = false;
@@ -32,6 +34,8 @@ async function showApp() {
   $('page-error').hidden = true;
   // The keys call doubles as the token check: a 401 sends us back to sign-in.
   await loadKeys();
+  // Not awaited: the status may contact offsite destinations; the rest of the page need not wait.
+  loadHealth();
   await Promise.all([loadBackups().catch(showError), loadSettings(), loadDrStatus()]);
   // A job started before a reload (or in another tab) still runs: show it again, as its starter did.
   showRunningJobs(refreshAfterJob).catch((error) => error.status !== 401 && showError(error));
@@ -134,6 +138,7 @@ $('sign-out').addEventListener('click', () => {
 setupKeys(showError);
 setupBackups(showError, () => Promise.all([loadKeys(), loadBackups(), loadSettings(), loadDrStatus()]));
 setupSettings();
+setupHealth();
 
 if (token.get()) showApp().catch((error) => error.status !== 401 && showError(error));
 else showSignIn();

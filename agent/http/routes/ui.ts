@@ -20,6 +20,7 @@ const ASSETS: Record<string, string> = {
   'settings.js': 'text/javascript; charset=utf-8',
   'offsite.js': 'text/javascript; charset=utf-8',
   'format.js': 'text/javascript; charset=utf-8',
+  'health.js': 'text/javascript; charset=utf-8',
   'favicon.svg': 'image/svg+xml',
 };
 
