@@ -2,6 +2,8 @@
 import type { Agent } from '../agent';
 import { openAgent } from '../agent';
 import { loadConfig } from '../config';
+import { AppError } from '../errors';
+import { connectionFailure } from '../http/errors';
 import { createLogger } from '../log';
 
 export interface CliContext {
@@ -24,7 +26,16 @@ export function createCliContext(args: string[]): CliContext {
       const config = loadConfig();
       // 'error': the CLI prints a failed command's one line itself (main in cli.ts), so a job's
       // 'job failed' warning would say it twice, as JSON; errors it does not print still show.
-      const agent = await openAgent(config, createLogger({ level: 'error' }));
+      const agent = await openAgent(config, createLogger({ level: 'error' })).catch((error: unknown) => {
+        // A bare "connect ECONNREFUSED 127.0.0.1:5432" does not say it is the database.
+        const lost = connectionFailure(error);
+        if (!lost) throw error;
+        throw new AppError(
+          'dependency_down',
+          `cannot reach the database${lost.where ? ` at ${lost.where}` : ''} (${lost.code}): is PostgreSQL running, and is DATABASE_URL right?`,
+          { cause: error },
+        );
+      });
       try {
         return await fn(agent);
       } finally {

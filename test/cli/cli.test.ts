@@ -248,5 +248,13 @@ describe('the gem-backup CLI (the package bin)', () => {
       expect(lines[0]).toMatch(line);
     }
     await expect(stat(join(dataDir, 'no-such-folder'))).rejects.toThrow(/ENOENT/);
+
+    // A database that does not answer is named as the database, never with its password.
+    const down = await cliWith({ DATABASE_URL: 'postgres://gem:s3cret-pw@127.0.0.1:9/gem' }, 'list');
+    expect(down.code).toBe(1);
+    const lines = down.stderr.trim().split('\n');
+    expect(lines, down.stderr).toHaveLength(1);
+    expect(lines[0]).toMatch(/^gem-backup: cannot reach the database at 127\.0\.0\.1:9 \(ECONNREFUSED\)/);
+    expect(down.stderr).not.toContain('s3cret-pw');
   });
 });
