@@ -76,19 +76,45 @@ export function planPrune<T extends PruneCandidate>(
   return { keep, delete: remove };
 }
 
-/**
- * The local prune plan under the saved maxBackups: what `GET /api/v1/retention/preview` shows. A backup
- * of another installation (uploaded by hand, say to restore it here) is foreign: never counted, never
- * deleted but by hand.
- */
-export async function planLocalPrune(agent: Agent, protect: string[] = []): Promise<PrunePlan<BackupInfo>> {
-  const list = (await agent.catalog.list()).map((b) =>
+/** The local backups as retention sees them: one of another installation (uploaded by hand) is foreign. */
+async function localCandidates(agent: Agent): Promise<BackupInfo[]> {
+  return (await agent.catalog.list()).map((b) =>
     agent.keyring.owns(b.installationId, b.keyIds) ? b : { ...b, foreign: true },
   );
-  return planPrune(list, {
-    maxBackups: agent.settings.get().autoBackup.maxBackups,
-    protect,
+}
+
+/**
+ * The local prune plan under the saved maxBackups (or `maxBackups` given). A backup of another
+ * installation (uploaded by hand, say to restore it here) is foreign: never counted, never deleted but by hand.
+ */
+export async function planLocalPrune(
+  agent: Agent,
+  protect: string[] = [],
+  maxBackups = agent.settings.get().autoBackup.maxBackups,
+): Promise<PrunePlan<BackupInfo>> {
+  return planPrune(await localCandidates(agent), { maxBackups, protect });
+}
+
+/** A stand-in for the next backup: newer than any, verified (the hook runs after a verified backup). */
+const NEXT_BACKUP: PruneCandidate = {
+  filename: 'gem-backup-9999-12-31-235959.tar.gz',
+  createdAt: '9999-12-31T23:59:59.999Z',
+  kind: 'scheduled',
+  verifyResult: 'ok',
+};
+
+/**
+ * What the prune after the next backup deletes under `maxBackups`: the retention hook's plan, with the
+ * new backup counted as the newest (and protected, as the hook protects it). One more than a prune now
+ * when the list is full: the new backup takes a place. Nothing is deleted here.
+ */
+export async function planNextBackupPrune(agent: Agent, maxBackups: number): Promise<BackupInfo[]> {
+  const plan = planPrune<PruneCandidate>([...(await localCandidates(agent)), NEXT_BACKUP], {
+    maxBackups,
+    protect: [NEXT_BACKUP.filename],
   });
+  // The stand-in is protected, so the list holds only real backups.
+  return plan.delete.filter((b): b is BackupInfo => b !== NEXT_BACKUP);
 }
 
 /** The backups a job not yet ended (verify, upload, download, restore) has as its target: not to be deleted now. */

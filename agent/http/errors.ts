@@ -10,12 +10,74 @@ export function errorBody(code: string, message: string, details?: Record<string
   return { error: { code, message, ...(details ? { details } : {}) } };
 }
 
-/** Turns a zod failure into a 422 that names the first bad field. */
+type Issue = ZodError['issues'][number];
+
+/** What a value of zod's `expected` type is, in words ("must be …"). */
+const EXPECTED: Record<string, string> = {
+  int: 'a whole number',
+  number: 'a number',
+  string: 'text',
+  boolean: 'true or false',
+  array: 'a list',
+  object: 'an object',
+};
+
+/** A bound in words: "at least 1", "at most 100 characters", "more than 0 items". */
+function bound(issue: { origin?: string; inclusive?: boolean }, side: 'min' | 'max', limit: unknown): string {
+  const n = Number(limit);
+  const words =
+    side === 'min'
+      ? issue.inclusive === false
+        ? `more than ${limit}`
+        : `at least ${limit}`
+      : issue.inclusive === false
+        ? `less than ${limit}`
+        : `at most ${limit}`;
+  if (issue.origin === 'string') return `${words} character${n === 1 ? '' : 's'} long`;
+  if (issue.origin === 'array' || issue.origin === 'set') return `${words} item${n === 1 ? '' : 's'}`;
+  return words;
+}
+
+/**
+ * A zod issue in plain words ("must be at least 1", "must be a whole number", "must be one of hourly,
+ * daily"): zod's own ("Too small: expected number to be >=1") reach the page as they are. Messages a
+ * schema wrote itself (refinements: "required when enabled") are kept.
+ */
+export function plainIssueMessage(issue: Issue): string {
+  switch (issue.code) {
+    case 'too_small':
+      if (issue.origin === 'string' && Number(issue.minimum) === 1) return 'must not be empty';
+      return `must be ${bound(issue, 'min', issue.minimum)}`;
+    case 'too_big':
+      return `must be ${bound(issue, 'max', issue.maximum)}`;
+    case 'invalid_type':
+      // zod says what it received only in its message; a missing key is its "undefined".
+      if (/received undefined$/.test(issue.message)) return 'is required';
+      return `must be ${EXPECTED[issue.expected] ?? issue.expected}`;
+    case 'invalid_value':
+      return issue.values.length === 1
+        ? `must be ${String(issue.values[0])}`
+        : `must be one of ${issue.values.map(String).join(', ')}`;
+    case 'invalid_format':
+      return issue.format === 'url' ? 'must be a URL (https://…)' : `must be a valid ${issue.format}`;
+    case 'unrecognized_keys':
+      return `unknown field${issue.keys.length === 1 ? '' : 's'}: ${issue.keys.join(', ')}`;
+    case 'not_multiple_of':
+      return `must be a multiple of ${issue.divisor}`;
+    default:
+      return issue.message;
+  }
+}
+
+/** Turns a zod failure into a 422 that names the first bad field, in plain words; details keep every field path. */
 export function validationError(error: ZodError): AppError {
   const issue = error.issues[0];
   const field = issue?.path.join('.') || 'body';
-  return new AppError('unprocessable', `${field}: ${issue?.message ?? 'invalid'}`, {
-    details: { field, issues: error.issues.map((i) => ({ field: i.path.join('.'), message: i.message })) },
+  return new AppError('unprocessable', `${field}: ${issue ? plainIssueMessage(issue) : 'invalid'}`, {
+    details: {
+      field,
+      issues: error.issues.map((i) => ({ field: i.path.join('.'), message: plainIssueMessage(i) })),
+    },
   });
 }
 

@@ -37,6 +37,11 @@ function withoutMarkers(value) {
 }
 
 const controls = () => [...document.querySelectorAll('#settings-form [data-path]')];
+/**
+ * The controls whose value is sent: not one the agent cannot use (the Cloud DR switch on a controller
+ * without a DR endpoint shows off and disabled, while the saved setting is kept as it is).
+ */
+const sentControls = () => controls().filter((control) => control.dataset.unavailable === undefined);
 
 /**
  * The settings as the form shows them, unsaved. A blank secret that is stored is sent back as `{set: true}`
@@ -47,7 +52,7 @@ export function collectSettings() {
   delete settings.status;
   delete settings.warnings;
   delete settings.revision;
-  for (const control of controls()) {
+  for (const control of sentControls()) {
     const path = control.dataset.path;
     if (control.type === 'checkbox') setPath(settings, path, control.checked);
     else if (control.value.trim() === '') {
@@ -135,7 +140,7 @@ function fill(settings) {
   }
   syncOffsiteView(settings);
   secretHints();
-  drWarning();
+  showDrAvailability();
   const auto = settings.status?.autoBackup;
   const result = auto?.lastResult;
   $('auto-last').textContent = auto?.lastRunAt
@@ -145,8 +150,55 @@ function fill(settings) {
     settings.autoBackup?.enabled && auto?.nextRunAt ? dateTime(auto.nextRunAt) : 'Off';
 }
 
+/** False once the agent said it has no Cloud DR endpoint (DrStatus.configured), true until then. */
+let drAvailable = true;
+
 function drWarning() {
-  $('dr-off-warning').hidden = $('f-cloudDr-enabled').checked;
+  $('dr-off-warning').hidden = !drAvailable || $('f-cloudDr-enabled').checked;
+}
+
+/**
+ * Without a DR endpoint (not set up at installation) the switch cannot do anything: it shows off and
+ * disabled, with why in the owner's words, and the setting for the installer in a smaller hint. A switch
+ * shown on beside "Cloud DR is off" would say both at once.
+ */
+function showDrAvailability() {
+  const control = $('f-cloudDr-enabled');
+  let note = $('dr-unavailable');
+  if (!note && !drAvailable) {
+    note = el(
+      'div',
+      { id: 'dr-unavailable' },
+      el(
+        'p',
+        { id: 'dr-unavailable-text' },
+        'Cloud DR is not available on this controller (it was not set up at installation).',
+      ),
+      el(
+        'p',
+        { className: 'hint' },
+        'For the installer: no Cloud DR endpoint is configured (GEM_DR_URL is not set).',
+      ),
+    );
+    control.closest('.field').after(note);
+  }
+  if (note) note.hidden = drAvailable;
+  const described = (control.getAttribute('aria-describedby') ?? '')
+    .split(' ')
+    .filter((id) => id && id !== 'dr-unavailable-text');
+  if (drAvailable) {
+    // Back from unavailable: the switch shows the saved setting again (an unsaved toggle is left alone).
+    if (control.dataset.unavailable !== undefined) control.checked = Boolean(loaded.cloudDr?.enabled);
+    control.disabled = false;
+    delete control.dataset.unavailable;
+  } else {
+    control.disabled = true;
+    control.dataset.unavailable = '';
+    control.checked = false;
+    described.push('dr-unavailable-text');
+  }
+  control.setAttribute('aria-describedby', described.join(' '));
+  drWarning();
 }
 
 function clearFieldErrors() {
@@ -217,7 +269,7 @@ function fieldName(control) {
 
 /** The form's controls whose value differs from the settings it loaded (its unsaved edits). */
 function editedControls() {
-  return controls().filter((control) => {
+  return sentControls().filter((control) => {
     const saved = getPath(loaded, control.dataset.path);
     return control.type === 'checkbox'
       ? control.checked !== Boolean(saved)
@@ -309,12 +361,111 @@ async function reloadAfterConflict(status) {
   return false;
 }
 
+/**
+ * Number fields the settings always have: left empty, collectSettings leaves them out and the agent keeps
+ * the old value, so "Settings saved." would hide that the field was not taken.
+ */
+const REQUIRED_NUMBERS = ['autoBackup.maxBackups', 'maintenance.retentionDays'];
+
+/** Marks the first empty required number field; true if one was. */
+function refuseEmptyRequired() {
+  const empty = controls().find(
+    (control) => REQUIRED_NUMBERS.includes(control.dataset.path) && control.value.trim() === '',
+  );
+  if (!empty) return false;
+  showFieldError(empty.dataset.path, 'Enter a number: this setting cannot be left empty.');
+  return true;
+}
+
+const plural = (n, word) => `${n} ${word}${n === 1 ? '' : 's'}`;
+/** The names shown in a confirmation before the rest is counted: the dialog must fit the screen. */
+const LISTED_BACKUPS = 12;
+
+/** Destinations' names as the page shows them. */
+const OFFSITE_NAMES = { sftp: 'SFTP', s3: 'S3', smb: 'SMB' };
+
+/** The local backups listed in the confirmation: name, date, kind; the rest counted. */
+function backupList(backups) {
+  const shown = backups.slice(0, LISTED_BACKUPS);
+  const items = shown.map((b) =>
+    el('li', { 'data-filename': b.filename }, `${b.filename} (${dateTime(b.createdAt)}, ${b.kind})`),
+  );
+  if (backups.length > shown.length) items.push(el('li', {}, `and ${backups.length - shown.length} more`));
+  return el('ul', { className: 'prune-preview' }, ...items);
+}
+
+/**
+ * Lowering "Backups to keep" deletes backups at the next backup (and offsite copies at the next upload
+ * or Sync), without anything else asking: so this asks first, naming the local backups that go (the
+ * agent's plan with the new number, the next backup counted). Resolves true to save; false when the user
+ * cancelled or the plan could not be read (the status says which). Not lowered, or nothing to delete
+ * anywhere: true without asking.
+ */
+async function confirmFewerBackups(settings, status) {
+  const from = loaded.autoBackup?.maxBackups;
+  const to = settings.autoBackup?.maxBackups;
+  // Out of range, the agent refuses the save itself (422, marked at the field): nothing to ask.
+  if (!Number.isInteger(from) || !Number.isInteger(to) || to < 1 || to > 100 || to >= from) return true;
+  let preview;
+  try {
+    preview = await api(`/retention/preview?maxBackups=${to}`);
+  } catch (error) {
+    tell(
+      status,
+      `Not saved: which backups a lower “Backups to keep” deletes could not be checked (${error.message}). Nothing was changed.`,
+      'bad',
+    );
+    return false;
+  }
+  const going = preview?.nextBackup?.delete ?? [];
+  const offsite = Object.entries(settings.offsite ?? {})
+    .filter(([, destination]) => destination?.enabled === true)
+    .map(([name]) => OFFSITE_NAMES[name] ?? name);
+  if (going.length === 0 && offsite.length === 0) return true;
+  const body = [
+    `“Backups to keep” goes down from ${from} to ${to}. The next backup (automatic or made by hand) keeps the newest ${to}, itself included, and deletes older ones. Pinned backups are never deleted.`,
+  ];
+  if (going.length) body.push(`It deletes ${plural(going.length, 'local backup')}:`, backupList(going));
+  else body.push('No local backup is deleted: this controller holds no more than that.');
+  if (offsite.length)
+    body.push(
+      `Copies at ${offsite.join(', ')} beyond the newest ${to} are deleted at the next upload or Sync.`,
+    );
+  const ok = await confirmAction({
+    title: `Keep only ${plural(to, 'backup')}?`,
+    body,
+    confirmLabel: going.length
+      ? `Save and Delete ${plural(going.length, 'Backup')}`
+      : `Save: Keep ${plural(to, 'Backup')}`,
+  });
+  if (!ok)
+    tell(
+      status,
+      `Not saved: “Backups to keep” is still ${from}, and no backup is deleted. Your changes are still in the form.`,
+    );
+  return ok;
+}
+
+/** An edit after a save makes "Settings saved." untrue for what the form shows: it goes. */
+function clearSavedStatus() {
+  const status = $('settings-status');
+  if (status.classList.contains('ok')) tell(status, '');
+}
+
 async function save(event) {
   event.preventDefault();
   const status = $('settings-status');
   const button = $('save-settings');
   clearFieldErrors();
+  if (refuseEmptyRequired()) {
+    tell(status, 'Not saved: correct the field marked below.', 'bad');
+    return;
+  }
   const settings = collectSettings();
+  button.disabled = true;
+  const fewer = await confirmFewerBackups(settings, status);
+  button.disabled = false;
+  if (!fewer) return;
   if (loaded.cloudDr?.enabled === true && settings.cloudDr?.enabled === false) {
     button.disabled = true;
     const ok = await confirmCloudDrOff();
@@ -398,12 +549,16 @@ function pushText(push) {
 export async function loadDrStatus() {
   try {
     const status = await api('/dr/status');
+    drAvailable = status.configured !== false;
+    showDrAvailability();
     $('dr-last').textContent = pushText(status.lastPush);
-    $('dr-next').textContent = status.running
-      ? 'Pushing now…'
-      : status.nextRunAt
-        ? dateTime(status.nextRunAt)
-        : (status.reason ?? 'Off');
+    $('dr-next').textContent = !drAvailable
+      ? 'Not available on this controller'
+      : status.running
+        ? 'Pushing now…'
+        : status.nextRunAt
+          ? dateTime(status.nextRunAt)
+          : (status.reason ?? 'Off');
     $('dr-push').disabled = !status.enabled || status.running;
   } catch (error) {
     $('dr-last').textContent = error.status === 404 ? 'Not available' : error.message;
@@ -537,6 +692,7 @@ export function setupSettings() {
   setupOffsite((provider) => collectSettings().offsite?.[provider] ?? {});
   $('settings-form').addEventListener('submit', save);
   $('settings-form').addEventListener('input', secretHints);
+  $('settings-form').addEventListener('input', clearSavedStatus);
   $('f-cloudDr-enabled').addEventListener('change', drWarning);
   $('run-maintenance').addEventListener('click', runMaintenance);
   $('dr-push').addEventListener('click', pushNow);

@@ -8,7 +8,7 @@ import { drModule } from '../../agent/http/routes/dr';
 import { maintenanceModule } from '../../agent/http/routes/maintenance';
 import { offsiteModule } from '../../agent/http/routes/offsite';
 import { restoreModule } from '../../agent/http/routes/restore';
-import { settingsModule } from '../../agent/http/routes/settings';
+import { retentionModule, settingsModule } from '../../agent/http/routes/settings';
 import { databaseUrl } from '../../agent/system/postgres-tools';
 import { startTestAgent, TEST_TOKEN, type TestAgent } from '../services/agent';
 import { launchBrowser, type ServedApp, serveApp } from '../services/browser';
@@ -35,7 +35,7 @@ beforeAll(async () => {
   await mkdir(SHOTS, { recursive: true });
   pg = await startPostgres();
   t = await startTestAgent(pg, {
-    modules: [restoreModule, settingsModule, maintenanceModule, drModule, offsiteModule],
+    modules: [restoreModule, settingsModule, retentionModule, maintenanceModule, drModule, offsiteModule],
   });
   served = await serveApp(t.app);
   sshd = await startSshd();
@@ -74,7 +74,7 @@ describe('the Backup & Restore page in a real browser, against a real agent and 
     await page.getByRole('heading', { name: 'Local backups' }).waitFor();
     // Cloud DR status comes from the agent: no endpoint is configured in this test.
     await expect.poll(() => page.locator('#dr-last').textContent()).toBe('Never');
-    expect(await page.locator('#dr-next').textContent()).toMatch(/no endpoint is configured/);
+    expect(await page.locator('#dr-next').textContent()).toBe('Not available on this controller');
   });
 
   it('shows the red keys banner until the keys are downloaded, then the green one that collapses and stays collapsed', async () => {

@@ -5,7 +5,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { drModule } from '../../agent/http/routes/dr';
 import { maintenanceModule } from '../../agent/http/routes/maintenance';
 import { offsiteModule } from '../../agent/http/routes/offsite';
-import { settingsModule } from '../../agent/http/routes/settings';
+import { retentionModule, settingsModule } from '../../agent/http/routes/settings';
 import type { SettingsView } from '../../shared/api/settings';
 import { startTestAgent, TEST_TOKEN, type TestAgent } from '../services/agent';
 import { launchBrowser, type ServedApp, serveApp } from '../services/browser';
@@ -50,7 +50,9 @@ async function openPage(): Promise<void> {
 beforeAll(async () => {
   await mkdir(SHOTS, { recursive: true });
   pg = await startPostgres();
-  t = await startTestAgent(pg, { modules: [settingsModule, maintenanceModule, drModule, offsiteModule] });
+  t = await startTestAgent(pg, {
+    modules: [settingsModule, retentionModule, maintenanceModule, drModule, offsiteModule],
+  });
   served = await serveApp(t.app);
   browser = await launchBrowser();
   page = await (await browser.newContext({ viewport: { width: 1100, height: 900 } })).newPage();

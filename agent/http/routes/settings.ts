@@ -1,12 +1,13 @@
 /** Routes of the settings (GET/PUT, secrets masked) and the retention preview. */
 import { type Context, Hono } from 'hono';
-import { SettingsUpdate } from '../../../shared/api/settings';
+import { z } from 'zod';
+import { MAX_BACKUPS_RANGE, SettingsUpdate } from '../../../shared/api/settings';
 import type { Agent } from '../../agent';
 import type { RouteModule } from '../../app';
-import { planLocalPrune } from '../../backup/retention';
+import { planLocalPrune, planNextBackupPrune } from '../../backup/retention';
 import { SettingsChangedError } from '../../settings/service';
 import { jsonBody } from '../body';
-import { errorBody } from '../errors';
+import { errorBody, validationError } from '../errors';
 
 /** The revision as an HTTP entity tag (strong, quoted). */
 const etag = (revision: string) => `"${revision}"`;
@@ -60,11 +61,23 @@ export function settingsRoutes(agent: Agent): Hono {
   return app;
 }
 
+/** `?maxBackups=N`: plan with N (the number the page is about to save) instead of the saved one. */
+const PreviewQuery = z.object({
+  maxBackups: z.coerce.number().int().min(MAX_BACKUPS_RANGE.min).max(MAX_BACKUPS_RANGE.max).optional(),
+});
+
 export function retentionRoutes(agent: Agent): Hono {
   const app = new Hono();
-  /** What the next prune would delete locally under the saved maxBackups (nothing is deleted here). */
+  /**
+   * What the prune would delete locally under the saved maxBackups, or `?maxBackups=N` (1-100, else 422
+   * naming the field): `delete` if it ran now, `nextBackup.delete` at the next backup (whose prune counts
+   * the new backup too). Nothing is deleted here.
+   */
   app.get('/preview', async (c) => {
-    const plan = await planLocalPrune(agent);
+    const parsed = PreviewQuery.safeParse({ maxBackups: c.req.query('maxBackups') });
+    if (!parsed.success) throw validationError(parsed.error);
+    const maxBackups = parsed.data.maxBackups ?? agent.settings.get().autoBackup.maxBackups;
+    const plan = await planLocalPrune(agent, [], maxBackups);
     const names = (list: typeof plan.keep) =>
       list.map((b) => ({
         filename: b.filename,
@@ -73,9 +86,10 @@ export function retentionRoutes(agent: Agent): Hono {
         pinned: b.pinned ?? false,
       }));
     return c.json({
-      maxBackups: agent.settings.get().autoBackup.maxBackups,
+      maxBackups,
       delete: names(plan.delete),
       keep: names(plan.keep),
+      nextBackup: { delete: names(await planNextBackupPrune(agent, maxBackups)) },
     });
   });
   return app;
