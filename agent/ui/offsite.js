@@ -235,7 +235,8 @@ function smbFields() {
 
 const FIELDS = { sftp: sftpFields, s3: s3Fields, smb: smbFields };
 
-function remoteTable(provider, list, refresh) {
+/** The remote list; each row's action first asks `allowed(action)` (the form shows the saved settings). */
+function remoteTable(provider, list, refresh, allowed) {
   if (list.length === 0) return el('p', { className: 'muted' }, 'No backups at this destination yet.');
   const rows = list.map((item) => {
     const name = item.filename ?? item.name;
@@ -256,7 +257,7 @@ function remoteTable(provider, list, refresh) {
             type: 'button',
             className: 'btn btn-small',
             'aria-label': `Download ${name} to this controller`,
-            onclick: () => copyToLocal(provider, name),
+            onclick: async () => (await allowed('Download')) && copyToLocal(provider, name),
           },
           'Download',
         ),
@@ -266,7 +267,9 @@ function remoteTable(provider, list, refresh) {
             type: 'button',
             className: 'btn btn-small btn-warn',
             'aria-label': `Restore ${name}`,
-            onclick: () => restoreWithProgress(`${base}/restore`, name, `from ${PROVIDERS[provider].title}`),
+            onclick: async () =>
+              (await allowed('Restore')) &&
+              restoreWithProgress(`${base}/restore`, name, `from ${PROVIDERS[provider].title}`),
           },
           'Restore',
         ),
@@ -276,7 +279,7 @@ function remoteTable(provider, list, refresh) {
             type: 'button',
             className: 'btn btn-small btn-quiet-danger',
             'aria-label': `Delete remote ${name}`,
-            onclick: () => deleteRemote(provider, name, refresh),
+            onclick: async () => (await allowed('Delete')) && deleteRemote(provider, name, refresh),
           },
           'Delete',
         ),
@@ -380,7 +383,117 @@ function sentence(note) {
   return `${text.charAt(0).toUpperCase()}${text.slice(1)}${text.endsWith('.') ? '' : '.'}`;
 }
 
-function providerSection(provider, collectProvider) {
+/** `collectProvider(provider)`: a destination's section as the form shows it (set by setupOffsite). */
+let collect = () => ({});
+
+/**
+ * Each destination's saved section, taken when the form was filled with the saved settings: `form` as
+ * collectProvider gives it then (the same shape as later, so unsaved edits show as a difference), and
+ * `view` as the API sent it (to notice a change saved elsewhere since).
+ */
+const saved = {};
+
+/**
+ * The SFTP host key a Test Connection of the saved server put into the empty pin field: the agent
+ * pins that same key itself at the first connection, so it is no unsaved change that matters.
+ */
+let testedPin;
+
+/** JSON with the keys sorted, so two equal sections give the same text whatever their key order. */
+function stableJson(value) {
+  if (Array.isArray(value)) return `[${value.map(stableJson).join(',')}]`;
+  if (!value || typeof value !== 'object') return JSON.stringify(value ?? null);
+  const keys = Object.keys(value)
+    .filter((key) => value[key] !== undefined)
+    .sort();
+  return `{${keys.map((key) => `${JSON.stringify(key)}:${stableJson(value[key])}`).join(',')}}`;
+}
+
+/** A section as `path -> JSON text` of each value, for naming what differs. */
+function flatten(value, prefix = '', out = {}) {
+  if (value && typeof value === 'object' && !Array.isArray(value) && !('set' in value)) {
+    for (const [key, inner] of Object.entries(value)) flatten(inner, prefix ? `${prefix}.${key}` : key, out);
+  } else if (value !== undefined) out[prefix] = stableJson(value);
+  return out;
+}
+
+/** Whether two SFTP sections name the same server (host and port): its host key is the same. */
+const sameAddress = (a, b) =>
+  Boolean(a && b) && String(a.host ?? '') === String(b.host ?? '') && (a.port ?? 22) === (b.port ?? 22);
+
+/** The form's section, with the pin a Test Connection of the saved settings filled in counted as saved. */
+function formSection(provider) {
+  const form = structuredClone(collect(provider));
+  const pin = saved[provider]?.form.hostKeyFingerprint;
+  if (provider === 'sftp' && !pin && testedPin && form.hostKeyFingerprint === testedPin)
+    delete form.hostKeyFingerprint;
+  return form;
+}
+
+/** The labels of the fields whose form value differs from the saved one (their unsaved edits); empty if none. */
+function unsavedFields(provider) {
+  if (!saved[provider]) return [];
+  const now = flatten(formSection(provider));
+  const before = flatten(saved[provider].form);
+  const paths = [...new Set([...Object.keys(now), ...Object.keys(before)])].filter(
+    (path) => now[path] !== before[path],
+  );
+  const names = paths.map((path) => {
+    const control = document.getElementById(`f-offsite-${provider}-${path.replaceAll('.', '-')}`);
+    return control?.labels?.[0]?.textContent.trim() || path;
+  });
+  return [...new Set(names)];
+}
+
+/** True when the destination's saved section changed since this page loaded it (another tab or person). */
+async function changedElsewhere(provider) {
+  const mine = structuredClone(saved[provider]?.view ?? {});
+  const theirs = structuredClone((await api('/settings'))?.offsite?.[provider] ?? {});
+  // The agent pins the key it trusted on first use into the saved settings: that is no change to ask about.
+  if (provider === 'sftp' && !mine.hostKeyFingerprint) {
+    delete mine.hostKeyFingerprint;
+    delete theirs.hostKeyFingerprint;
+  }
+  return stableJson(mine) !== stableJson(theirs);
+}
+
+/**
+ * Whether `action` may run: Sync Now, the remote list and its Download/Restore/Delete use the SAVED
+ * settings, so they run only when the form's section is the saved one; otherwise they would act on a
+ * destination (server, password, folder) other than the one the form shows. Says why not in `out`.
+ */
+async function savedSettingsShown(provider, action, out) {
+  const { title } = PROVIDERS[provider];
+  if (!saved[provider]) {
+    tell(out, `Not run: the saved settings could not be read. Reload the page.`, 'bad');
+    return false;
+  }
+  const fields = unsavedFields(provider);
+  if (fields.length) {
+    tell(
+      out,
+      `Not run: ${action} uses the saved settings, and your changes to the ${title} (${fields.join(', ')}) are not saved yet. Press Save All Settings first, then ${action} again.`,
+      'bad',
+    );
+    return false;
+  }
+  try {
+    if (await changedElsewhere(provider)) {
+      tell(
+        out,
+        `Not run: the ${title} settings were changed elsewhere (another tab or person) since this page loaded them, and ${action} uses the saved ones. Reload the page to see them.`,
+        'bad',
+      );
+      return false;
+    }
+  } catch (error) {
+    tell(out, `Not run: the saved settings could not be read (${error.message}).`, 'bad');
+    return false;
+  }
+  return true;
+}
+
+function providerSection(provider) {
   const { title, blurb } = PROVIDERS[provider];
   const enabled = toggle(provider, 'enabled', `Use ${title}`);
   const body = el(
@@ -397,13 +510,29 @@ function providerSection(provider, collectProvider) {
   });
   const remoteList = el('div', { id: `${provider}-remote-list` });
 
+  const allowed = (action) => savedSettingsShown(provider, action, remoteStatus);
+  // How many backups the shown list has (undefined: none shown), so that its line can say whose list
+  // it is while the form is being edited (an edit then also replaces a "Not run" that no longer holds).
+  let listed;
+  const describeList = () => {
+    if (listed === undefined) return;
+    const count = `${listed} backup${listed === 1 ? '' : 's'}`;
+    tell(
+      remoteStatus,
+      unsavedFields(provider).length
+        ? `${count} at the saved destination (your changes above are not saved yet).`
+        : `${count} at this destination.`,
+    );
+  };
   const refresh = async () => {
     tell(remoteStatus, 'Loading the remote list…');
+    listed = undefined;
     try {
       const answer = await api(`/offsite/${provider}/backups`);
       const list = Array.isArray(answer) ? answer : (answer.backups ?? []);
-      tell(remoteStatus, `${list.length} backup${list.length === 1 ? '' : 's'} at this destination.`);
-      remoteList.replaceChildren(remoteTable(provider, list, refresh));
+      listed = list.length;
+      describeList();
+      remoteList.replaceChildren(remoteTable(provider, list, refresh, allowed));
     } catch (error) {
       tell(remoteStatus, error.message, 'bad');
       remoteList.replaceChildren();
@@ -414,15 +543,18 @@ function providerSection(provider, collectProvider) {
   test.addEventListener('click', async () => {
     test.disabled = true;
     tell(testResult, 'Testing the connection…');
+    // The test is of the form (that is its purpose); the other buttons use what is saved, so say when they differ.
+    const unsaved = unsavedFields(provider).length > 0;
+    const tested = collect(provider);
     try {
-      const answer = await api(`/offsite/${provider}/test`, {
-        method: 'POST',
-        json: collectProvider(provider),
-      });
+      const answer = await api(`/offsite/${provider}/test`, { method: 'POST', json: tested });
       // The host key accepted on first use: shown (and saved with the form) so the pin is not lost.
       const pin = document.getElementById('f-offsite-sftp-hostKeyFingerprint');
-      if (provider === 'sftp' && answer.ok && answer.details?.hostKeyFingerprint && pin && !pin.value)
+      if (provider === 'sftp' && answer.ok && answer.details?.hostKeyFingerprint && pin && !pin.value) {
         pin.value = answer.details.hostKeyFingerprint;
+        // Of the saved server (same address), it is the key the agent pins itself at the first connection.
+        testedPin = sameAddress(tested, saved.sftp?.form) ? pin.value : undefined;
+      }
       tell(
         testResult,
         answer.message ?? (answer.ok ? 'Connected.' : 'The connection failed.'),
@@ -433,9 +565,19 @@ function providerSection(provider, collectProvider) {
     } finally {
       test.disabled = false;
     }
+    if (unsaved)
+      testResult.append(
+        el(
+          'span',
+          { className: 'unsaved-note' },
+          ' These are the settings in the form, not saved yet: Sync Now and the remote list use the saved ones until you press Save All Settings.',
+        ),
+      );
   });
   const sync = el('button', { type: 'button', className: 'btn', id: `${provider}-sync` }, 'Sync Now');
   sync.addEventListener('click', async () => {
+    if (!(await allowed('Sync Now'))) return;
+    listed = undefined; // a failure is told on the list's line
     try {
       const { jobId } = await api(`/offsite/${provider}/sync`, { method: 'POST' });
       await showJobProgress(jobId, {
@@ -453,7 +595,12 @@ function providerSection(provider, collectProvider) {
     { type: 'button', className: 'btn', id: `${provider}-list` },
     'List Remote Backups',
   );
-  list.addEventListener('click', refresh);
+  list.addEventListener('click', async () => {
+    if (await allowed('List Remote Backups')) return refresh();
+    // A list shown before is of the saved destination, not of the one the form shows.
+    listed = undefined;
+    remoteList.replaceChildren();
+  });
 
   const checkbox = enabled.querySelector('input');
   const actions = el('div', { className: 'row' }, test, sync, list);
@@ -464,8 +611,11 @@ function providerSection(provider, collectProvider) {
   };
   checkbox.addEventListener('change', showBody);
   showBody();
+  body.addEventListener('input', describeList);
+  body.addEventListener('change', describeList);
+  body.addEventListener('click', describeList); // the SFTP sign-in tabs
 
-  return el(
+  const section = el(
     'section',
     { className: 'provider', id: `offsite-${provider}`, 'aria-labelledby': `${provider}-title` },
     el(
@@ -485,14 +635,26 @@ function providerSection(provider, collectProvider) {
     remoteStatus,
     remoteList,
   );
+  /**
+   * Called when the form was filled with the saved settings (loaded or saved): the test's "not saved
+   * yet" note no longer holds (the test's result itself stays until the next test); and when this
+   * destination's saved section changed, a remote list shown is of the one saved before.
+   */
+  section.filledFromSaved = (destinationChanged) => {
+    for (const note of testResult.querySelectorAll('.unsaved-note')) note.remove();
+    if (!destinationChanged) return;
+    listed = undefined;
+    tell(remoteStatus, '');
+    remoteList.replaceChildren();
+  };
+  return section;
 }
 
 /** Builds the three destination sections; `collectProvider(provider)` gives that provider's unsaved form values. */
 export function setupOffsite(collectProvider) {
+  collect = collectProvider;
   const root = document.getElementById('offsite');
-  root.replaceChildren(
-    ...Object.keys(PROVIDERS).map((provider) => providerSection(provider, collectProvider)),
-  );
+  root.replaceChildren(...Object.keys(PROVIDERS).map((provider) => providerSection(provider)));
   const s3Provider = document.getElementById('f-offsite-s3-provider');
   let previous = 'aws';
   s3Provider.addEventListener('change', () => {
@@ -523,6 +685,20 @@ export function syncOffsiteView(settings) {
   for (const name of s3?.needsAttention ?? []) {
     const control = document.getElementById(`f-offsite-s3-${name}`);
     control?.setAttribute('placeholder', 'Needs your attention: please fill in');
+  }
+  rememberSaved(settings);
+}
+
+/**
+ * The form now shows the saved settings: each destination's section is taken as the saved one that
+ * Sync Now and the remote list act on, and its section told (filledFromSaved) whether it changed.
+ */
+function rememberSaved(settings) {
+  for (const provider of Object.keys(PROVIDERS)) {
+    const before = saved[provider];
+    saved[provider] = { form: collect(provider), view: settings?.offsite?.[provider] };
+    const changed = Boolean(before) && stableJson(before.form) !== stableJson(saved[provider].form);
+    document.getElementById(`offsite-${provider}`).filledFromSaved(changed);
   }
 }
 
