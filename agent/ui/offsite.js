@@ -565,14 +565,17 @@ function providerSection(provider) {
     } finally {
       test.disabled = false;
     }
-    if (unsaved)
+    if (unsaved) {
+      // Some API messages end without a full stop: the note must still read as its own sentence.
+      const stop = /[.!?…]$/.test(testResult.textContent.trim()) ? '' : '.';
       testResult.append(
         el(
           'span',
           { className: 'unsaved-note' },
-          ' These are the settings in the form, not saved yet: Sync Now and the remote list use the saved ones until you press Save All Settings.',
+          `${stop} These are the settings in the form, not saved yet: Sync Now and the remote list use the saved ones until you press Save All Settings.`,
         ),
       );
+    }
   });
   const sync = el('button', { type: 'button', className: 'btn', id: `${provider}-sync` }, 'Sync Now');
   sync.addEventListener('click', async () => {
