@@ -44,8 +44,9 @@ function interruptedText(job) {
 }
 
 /**
- * Shows a job's progress until it ends. `describe(job)` gives the success text (or a promise of it); `problems(job)` lists what
- * went wrong in a job that still succeeded (shown under it, marked as a problem); `onNotice` sees notices;
+ * Shows a job's progress until it ends. `describe(job)` gives the success text (or a promise of it);
+ * `problems(job)` lists what went wrong in a job that still succeeded (shown under it, marked as a
+ * problem); `onNotice` sees notices;
  * `afterSuccess(job)` runs on success (e.g. reload); `afterInterrupted(job)` runs when an agent restart
  * cut the job short (e.g. reload the page's data). Resolves to the final job.
  */
