@@ -38,12 +38,17 @@ function bound(issue: { origin?: string; inclusive?: boolean }, side: 'min' | 'm
   return words;
 }
 
+/** How zod's own messages begin (its locale's defaults); anything else was written by our schema. */
+const ZOD_OWN_WORDS = /^(Too small|Too big|Invalid|Unrecognized key)/;
+
 /**
  * A zod issue in plain words ("must be at least 1", "must be a whole number", "must be one of hourly,
  * daily"): zod's own ("Too small: expected number to be >=1") reach the page as they are. Messages a
  * schema wrote itself (refinements: "required when enabled") are kept.
  */
 export function plainIssueMessage(issue: Issue): string {
+  // A message the schema wrote itself ('use at least 8 characters') is already in plain words.
+  if (!ZOD_OWN_WORDS.test(issue.message)) return issue.message;
   switch (issue.code) {
     case 'too_small':
       if (issue.origin === 'string' && Number(issue.minimum) === 1) return 'must not be empty';
@@ -124,7 +129,9 @@ export function connectionFailure(error: unknown, depth = 0): { code: string; wh
 export function onError(log: Logger) {
   return (error: Error, c: Context) => {
     if (error instanceof ZodError) error = validationError(error);
-    const lost = connectionFailure(error);
+    // An AppError already names what failed (an offsite destination that is down, with its cause):
+    // only a bare socket error is taken for the database.
+    const lost = error instanceof AppError ? undefined : connectionFailure(error);
     if (lost) {
       // API.md: 503 when a dependency is down (the database, mostly; a socket error does not say
       // which service it was, its address does). The request can be tried again once it runs.

@@ -77,6 +77,13 @@ describe('auto-upload after a backup', () => {
       size: (await stat(t.agent.catalog.pathOf(name))).size,
     });
     expect(outcomes?.['s3']?.ok).toBe(false);
+    // Its remote list answers 503 naming the destination, not the database (the socket error's
+    // address is the S3 endpoint's).
+    const listed = await call(t, 'GET', '/offsite/s3/backups');
+    expect(listed.status).toBe(503);
+    const { error } = listed.body as { error: { message: string } };
+    expect(error.message).toMatch(/^Cannot reach the storage at http:\/\/127\.0\.0\.1/);
+    expect(error.message).not.toMatch(/database/);
 
     // The SFTP copy is complete and byte-identical; nothing else (no temp file) is in the folder.
     expect(await remoteNames('auto')).toEqual([name]);
