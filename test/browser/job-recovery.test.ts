@@ -54,6 +54,8 @@ async function startAgent(): Promise<void> {
       GEM_CONFIG_DIR: join(dataDir, 'gem', 'config'),
       GEM_PG_BIN: pg.binDir,
       GEM_AGENT_TOKEN: TEST_TOKEN,
+      // An endpoint, so Cloud DR can be turned off in the page (nothing listens: no push is made here).
+      GEM_DR_URL: 'http://127.0.0.1:9',
       GEM_LOG_LEVEL: 'warn',
       PORT: String(port),
       HOST: '127.0.0.1',
@@ -221,7 +223,7 @@ describe('running jobs, agent restarts and Cloud DR opt-out in the page', () => 
     // The job still runs on the agent: the page asks which jobs run and follows this one again.
     expect((await runningJobs()).map((job) => job.kind)).toEqual(['backup']);
     await dialog.getByRole('heading', { name: 'Creating a backup' }).waitFor();
-    await page.locator('#progress-text').getByText(/dump/i).waitFor();
+    await page.locator('#progress-text').getByText(/exporting the database/i).waitFor();
     await page.screenshot({ path: `${SHOTS}/20-backup-after-reload.png` });
     release(dumps);
     await dialog.getByText(/Backup created: gem-backup-/).waitFor({ timeout: 60_000 });
@@ -238,7 +240,7 @@ describe('running jobs, agent restarts and Cloud DR opt-out in the page', () => 
     await unblock();
     const dialog = page.locator('#progress-dialog');
     await dialog.getByRole('heading', { name: 'Creating a backup' }).waitFor();
-    await page.locator('#progress-text').getByText(/dump/i).waitFor();
+    await page.locator('#progress-text').getByText(/exporting the database/i).waitFor();
     await killAgent();
     release(dumps, 'SIGKILL');
     await startAgent();
