@@ -223,7 +223,10 @@ describe('running jobs, agent restarts and Cloud DR opt-out in the page', () => 
     // The job still runs on the agent: the page asks which jobs run and follows this one again.
     expect((await runningJobs()).map((job) => job.kind)).toEqual(['backup']);
     await dialog.getByRole('heading', { name: 'Creating a backup' }).waitFor();
-    await page.locator('#progress-text').getByText(/exporting the database/i).waitFor();
+    await page
+      .locator('#progress-text')
+      .getByText(/exporting the database/i)
+      .waitFor();
     await page.screenshot({ path: `${SHOTS}/20-backup-after-reload.png` });
     release(dumps);
     await dialog.getByText(/Backup created: gem-backup-/).waitFor({ timeout: 60_000 });
@@ -240,7 +243,10 @@ describe('running jobs, agent restarts and Cloud DR opt-out in the page', () => 
     await unblock();
     const dialog = page.locator('#progress-dialog');
     await dialog.getByRole('heading', { name: 'Creating a backup' }).waitFor();
-    await page.locator('#progress-text').getByText(/exporting the database/i).waitFor();
+    await page
+      .locator('#progress-text')
+      .getByText(/exporting the database/i)
+      .waitFor();
     await killAgent();
     release(dumps, 'SIGKILL');
     await startAgent();
