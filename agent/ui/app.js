@@ -109,11 +109,14 @@ async function showRunningJobs(afterJobs) {
 }
 
 whenUnauthorized((error) => {
+  // Without a token (signed out in another tab) the agent's "missing admin token (Authorization: …)"
+  // is HTTP talk: only a token the agent refused is worth its words.
+  const had = Boolean(token.get());
   token.clear();
   showSignIn(
-    error.code === 'unauthorized' && error.message
+    had && error.code === 'unauthorized' && error.message
       ? `${error.message}. Please sign in again.`
-      : 'Please sign in again.',
+      : 'You are signed out. Please sign in again.',
   );
 });
 

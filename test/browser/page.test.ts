@@ -443,5 +443,18 @@ describe('the Backup & Restore page in a real browser, against a real agent and 
     await page.reload();
     await page.getByText('invalid admin token').waitFor();
     expect(await page.evaluate(() => sessionStorage.getItem('gem-backup-token'))).toBeNull();
+
+    // Signed in, then the token gone from this tab (signed out elsewhere): the next call's 401 says
+    // so in words, not the agent's "missing admin token (Authorization: Bearer …)".
+    await page.getByLabel('Admin token').fill(TEST_TOKEN);
+    await page.getByRole('button', { name: 'Sign in' }).click();
+    await page.getByRole('heading', { name: 'Local backups' }).waitFor();
+    await page.evaluate(() => sessionStorage.removeItem('gem-backup-token'));
+    // The next call: this save, or a background refresh (the status panel) that gets there first.
+    await page.locator('#settings-form').evaluate((form: HTMLFormElement) => form.requestSubmit());
+    await page.getByRole('heading', { name: 'Sign in' }).waitFor();
+    expect(await page.locator('#sign-in-error').textContent()).toBe(
+      'You are signed out. Please sign in again.',
+    );
   });
 });

@@ -231,6 +231,9 @@ describe('the settings form in a real browser', () => {
     await page.locator('#dr-unavailable').waitFor();
     expect(await drSwitch.isDisabled()).toBe(true);
     expect(await drSwitch.isChecked()).toBe(false);
+    // It looks unavailable too, not like a switch that is merely off.
+    expect(await drSwitch.evaluate((e) => getComputedStyle(e).opacity)).toBe('0.45');
+    expect(await drSwitch.evaluate((e) => getComputedStyle(e).cursor)).toBe('not-allowed');
     expect(await page.locator('#dr-unavailable-text').textContent()).toBe(
       'Cloud DR is not available on this controller (it was not set up at installation).',
     );
