@@ -103,6 +103,17 @@ export async function writeFileAtomic(
   }
 }
 
+/** Writes `data` into a new file at `path` (never one that exists) and fsyncs it: a temp file's content. */
+async function writeNewFileSynced(path: string, data: string | Uint8Array, mode: number): Promise<void> {
+  const handle = await open(path, 'wx', mode);
+  try {
+    await handle.writeFile(data);
+    await handle.sync();
+  } finally {
+    await handle.close();
+  }
+}
+
 /**
  * Writes a small buffer atomically (keyring, state files). `prepare` runs on the complete temp file
  * just before the rename (e.g. to hand it to another owner).
@@ -116,13 +127,7 @@ export async function writeSmallFileAtomic(
   await mkdir(dirname(finalPath), { recursive: true });
   const temp = tempPathFor(finalPath);
   try {
-    const handle = await open(temp, 'wx', mode);
-    try {
-      await handle.writeFile(data);
-      await handle.sync();
-    } finally {
-      await handle.close();
-    }
+    await writeNewFileSynced(temp, data, mode);
     await prepare?.(temp);
     await rename(temp, finalPath);
     await fsyncDir(dirname(finalPath));
@@ -153,13 +158,7 @@ export async function createSmallFileExclusive(
   await mkdir(dirname(finalPath), { recursive: true });
   const temp = tempPathFor(finalPath);
   try {
-    const handle = await open(temp, 'wx', mode);
-    try {
-      await handle.writeFile(data);
-      await handle.sync();
-    } finally {
-      await handle.close();
-    }
+    await writeNewFileSynced(temp, data, mode);
     await prepare?.(temp);
     try {
       await link(temp, finalPath);

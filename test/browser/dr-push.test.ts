@@ -3,8 +3,8 @@ import { mkdir } from 'node:fs/promises';
 import type { Browser, Page } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startDrAgent } from '../dr/helpers';
-import { TEST_TOKEN, type TestAgent } from '../services/agent';
-import { launchBrowser, type ServedApp, serveApp } from '../services/browser';
+import type { TestAgent } from '../services/agent';
+import { launchBrowser, openSignedIn, type ServedApp, serveApp } from '../services/browser';
 import { type DrCloud, startDrCloud } from '../services/dr-cloud';
 import { startPostgres, type TestPostgres } from '../services/postgres';
 import { startAll } from '../services/start-all';
@@ -37,9 +37,7 @@ afterAll(async () => {
 
 describe('Cloud DR Push Now in a real browser', () => {
   it('says "Cloud copy updated." after a push, and the failure instead after a later push that failed', async () => {
-    await page.goto(served.url);
-    await page.getByLabel('Admin token').fill(TEST_TOKEN);
-    await page.getByRole('button', { name: 'Sign in' }).click();
+    await openSignedIn(page, served.url);
     const push = page.getByRole('button', { name: 'Push Now' });
     await expect.poll(() => push.isEnabled()).toBe(true);
     const result = page.locator('#dr-result');

@@ -9,8 +9,8 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { startBackup } from '../../agent/backup/operations';
 import { restoreModule } from '../../agent/http/routes/restore';
 import { settingsModule } from '../../agent/http/routes/settings';
-import { startTestAgent, TEST_TOKEN, type TestAgent } from '../services/agent';
-import { launchBrowser, type ServedApp, serveApp } from '../services/browser';
+import { startTestAgent, type TestAgent } from '../services/agent';
+import { launchBrowser, openSignedIn, type ServedApp, serveApp } from '../services/browser';
 import { holdTableLock, startPostgres, type TestPostgres } from '../services/postgres';
 
 const SHOTS = 'test-artifacts/screenshots';
@@ -33,9 +33,7 @@ beforeAll(async () => {
   browser = await launchBrowser();
   page = await (await browser.newContext({ viewport: { width: 1100, height: 900 } })).newPage();
   page.setDefaultTimeout(20_000);
-  await page.goto(served.url);
-  await page.getByLabel('Admin token').fill(TEST_TOKEN);
-  await page.getByRole('button', { name: 'Sign in' }).click();
+  await openSignedIn(page, served.url);
   await page.getByRole('heading', { name: 'Local backups' }).waitFor();
 }, 120_000);
 // A failing step leaves a picture of what the page showed, and no dialog over the next test's clicks.

@@ -7,8 +7,8 @@ import { startBackup } from '../../agent/backup/operations';
 import { offsiteModule } from '../../agent/http/routes/offsite';
 import { restoreModule } from '../../agent/http/routes/restore';
 import { settingsModule } from '../../agent/http/routes/settings';
-import { startTestAgent, TEST_TOKEN, type TestAgent } from '../services/agent';
-import { launchBrowser, type ServedApp, serveApp } from '../services/browser';
+import { startTestAgent, type TestAgent } from '../services/agent';
+import { launchBrowser, openSignedIn, type ServedApp, serveApp } from '../services/browser';
 import { startPostgres, type TestPostgres } from '../services/postgres';
 import { type SshdService, startSshd, unixIds } from '../services/sshd';
 
@@ -57,11 +57,7 @@ async function saveSftp(pass: string, extra: Record<string, unknown> = {}): Prom
 
 /** Opens the page afresh, signed in, with the saved settings in the form. */
 async function openPage(): Promise<void> {
-  await page.goto(served.url);
-  if (await page.getByLabel('Admin token').isVisible()) {
-    await page.getByLabel('Admin token').fill(TEST_TOKEN);
-    await page.getByRole('button', { name: 'Sign in' }).click();
-  }
+  await openSignedIn(page, served.url);
   await sftp().getByRole('button', { name: 'Sync Now' }).waitFor();
   await expect.poll(() => password().getAttribute('placeholder')).toMatch(/Saved/);
 }

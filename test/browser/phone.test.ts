@@ -3,8 +3,8 @@ import { mkdir } from 'node:fs/promises';
 import type { Browser, Page } from 'playwright-core';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { startBackup } from '../../agent/backup/operations';
-import { startTestAgent, TEST_TOKEN, type TestAgent } from '../services/agent';
-import { launchBrowser, type ServedApp, serveApp } from '../services/browser';
+import { startTestAgent, type TestAgent } from '../services/agent';
+import { launchBrowser, openSignedIn, type ServedApp, serveApp } from '../services/browser';
 import { startPostgres, type TestPostgres } from '../services/postgres';
 
 const SHOTS = 'test-artifacts/screenshots';
@@ -58,9 +58,7 @@ afterAll(async () => {
 
 describe('the Backup & Restore page on a 375 px phone', () => {
   it('does not scroll sideways, and Sign out fits on the screen', async () => {
-    await page.goto(served.url);
-    await page.getByLabel('Admin token').fill(TEST_TOKEN);
-    await page.getByRole('button', { name: 'Sign in' }).click();
+    await openSignedIn(page, served.url);
     await page.locator('#backups-body tr').nth(2).waitFor();
     await page.locator('#status-panel:not([hidden])').waitFor();
     expect(await page.evaluate(() => document.documentElement.scrollWidth)).toBeLessThanOrEqual(PHONE.width);

@@ -7,8 +7,8 @@ import { maintenanceModule } from '../../agent/http/routes/maintenance';
 import { offsiteModule } from '../../agent/http/routes/offsite';
 import { retentionModule, settingsModule } from '../../agent/http/routes/settings';
 import type { SettingsView } from '../../shared/api/settings';
-import { startTestAgent, TEST_TOKEN, type TestAgent } from '../services/agent';
-import { launchBrowser, type ServedApp, serveApp } from '../services/browser';
+import { startTestAgent, type TestAgent } from '../services/agent';
+import { launchBrowser, openSignedIn, type ServedApp, serveApp } from '../services/browser';
 import { startPostgres, type TestPostgres } from '../services/postgres';
 
 const SHOTS = 'test-artifacts/screenshots';
@@ -38,11 +38,7 @@ async function otherWriterSetsRetention(days: number): Promise<void> {
 
 /** Opens the page afresh, signed in, with the saved settings in the form. */
 async function openPage(): Promise<void> {
-  await page.goto(served.url);
-  if (await page.getByLabel('Admin token').isVisible()) {
-    await page.getByLabel('Admin token').fill(TEST_TOKEN);
-    await page.getByRole('button', { name: 'Sign in' }).click();
-  }
+  await openSignedIn(page, served.url);
   const days = (await saved()).maintenance.retentionDays;
   await expect.poll(() => retentionField().inputValue()).toBe(String(days));
 }

@@ -8,8 +8,8 @@ import { maintenanceModule } from '../../agent/http/routes/maintenance';
 import { offsiteModule } from '../../agent/http/routes/offsite';
 import { retentionModule, settingsModule } from '../../agent/http/routes/settings';
 import type { SettingsView } from '../../shared/api/settings';
-import { startTestAgent, TEST_TOKEN, type TestAgent } from '../services/agent';
-import { launchBrowser, type ServedApp, serveApp } from '../services/browser';
+import { startTestAgent, type TestAgent } from '../services/agent';
+import { launchBrowser, openSignedIn, type ServedApp, serveApp } from '../services/browser';
 import { startPostgres, type TestPostgres } from '../services/postgres';
 
 const SHOTS = 'test-artifacts/screenshots';
@@ -56,15 +56,7 @@ async function putMaxBackups(maxBackups: number): Promise<void> {
 
 /** Opens the page afresh, signed in, with the saved settings in the form. */
 async function openPage(): Promise<void> {
-  await page.goto(served.url);
-  // The page decides between sign-in and the settings once its scripts ran: wait for either.
-  const signIn = page.getByLabel('Admin token');
-  const signedIn = page.getByRole('heading', { name: 'Local backups' });
-  await expect.poll(async () => (await signIn.isVisible()) || (await signedIn.isVisible())).toBe(true);
-  if (await signIn.isVisible()) {
-    await page.getByLabel('Admin token').fill(TEST_TOKEN);
-    await page.getByRole('button', { name: 'Sign in' }).click();
-  }
+  await openSignedIn(page, served.url);
   const keep = (await saved()).autoBackup.maxBackups;
   await expect.poll(() => keepField().inputValue()).toBe(String(keep));
   await expect.poll(() => page.locator('#dr-next').textContent()).not.toBe('–');

@@ -8,8 +8,8 @@ import { startBackup } from '../../agent/backup/operations';
 import type { HealthReport } from '../../agent/health/model';
 import { offsiteServiceFor } from '../../agent/offsite/index';
 import { FAST } from '../offsite/helpers';
-import { startTestAgent, TEST_TOKEN, type TestAgent } from '../services/agent';
-import { launchBrowser, type ServedApp, serveApp } from '../services/browser';
+import { startTestAgent, type TestAgent } from '../services/agent';
+import { launchBrowser, openSignedIn, type ServedApp, serveApp } from '../services/browser';
 import { freePort } from '../services/ports';
 import { startPostgres, type TestPostgres } from '../services/postgres';
 import { type SshdService, startSshd, unixIds } from '../services/sshd';
@@ -80,9 +80,7 @@ describe('the status panel at the top of the page', () => {
   it('says on load, in words, what is failing and what needs attention, each with the agent’s reason', async () => {
     // No backup and automatic backups off: the backups area fails; the keys were never downloaded.
     await putSettings({ autoBackup: { enabled: false } });
-    await page.goto(served.url);
-    await page.getByLabel('Admin token').fill(TEST_TOKEN);
-    await page.getByRole('button', { name: 'Sign in' }).click();
+    await openSignedIn(page, served.url);
     await expect.poll(headline).toBe('Not protected: something is failing');
 
     const report = await health();

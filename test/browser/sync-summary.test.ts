@@ -6,8 +6,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { offsiteServiceFor } from '../../agent/offsite/index';
 import { call } from '../offsite/helpers';
 import { MidUploadFixture } from '../offsite/mid-upload';
-import { TEST_TOKEN } from '../services/agent';
-import { launchBrowser, type ServedApp, serveApp } from '../services/browser';
+import { launchBrowser, openSignedIn, type ServedApp, serveApp } from '../services/browser';
 import { startPostgres, type TestPostgres } from '../services/postgres';
 import { type SshdService, startSshd } from '../services/sshd';
 import { startAll } from '../services/start-all';
@@ -51,17 +50,9 @@ async function putSettings(body: unknown): Promise<void> {
   expect(res.status, JSON.stringify(res.body)).toBe(200);
 }
 
-let signedIn = false;
-
 /** Opens the page (signing in the first time) so it loads the settings as they are now. */
 async function openPage(): Promise<void> {
-  await page.goto(served.url);
-  if (!signedIn) {
-    // The token then stays in this tab's sessionStorage for the later visits.
-    await page.getByLabel('Admin token').fill(TEST_TOKEN);
-    await page.getByRole('button', { name: 'Sign in' }).click();
-    signedIn = true;
-  }
+  await openSignedIn(page, served.url);
   await page.getByRole('heading', { name: 'Local backups' }).waitFor();
 }
 

@@ -7,8 +7,8 @@ import { maintenanceModule } from '../../agent/http/routes/maintenance';
 import { offsiteModule } from '../../agent/http/routes/offsite';
 import { settingsModule } from '../../agent/http/routes/settings';
 import { offsiteServiceFor } from '../../agent/offsite/index';
-import { startTestAgent, TEST_TOKEN, type TestAgent } from '../services/agent';
-import { launchBrowser, type ServedApp, serveApp } from '../services/browser';
+import { startTestAgent, type TestAgent } from '../services/agent';
+import { launchBrowser, openSignedIn, type ServedApp, serveApp } from '../services/browser';
 import { startPostgres, type TestPostgres } from '../services/postgres';
 import { type SshdService, startSshd } from '../services/sshd';
 import { startAll } from '../services/start-all';
@@ -64,9 +64,7 @@ describe('a saved SFTP password on the page', () => {
     });
     expect(saved.status, JSON.stringify(saved.body)).toBe(200);
 
-    await page.goto(served.url);
-    await page.getByLabel('Admin token').fill(TEST_TOKEN);
-    await page.getByRole('button', { name: 'Sign in' }).click();
+    await openSignedIn(page, served.url);
     const password = page.locator('#f-offsite-sftp-auth-password');
     const host = page.locator('#f-offsite-sftp-host');
     const port = page.locator('#f-offsite-sftp-port');

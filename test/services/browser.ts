@@ -2,7 +2,8 @@
 import { existsSync } from 'node:fs';
 import type { AddressInfo } from 'node:net';
 import { serve } from '@hono/node-server';
-import { type Browser, chromium } from 'playwright-core';
+import { type Browser, chromium, type Page } from 'playwright-core';
+import { TEST_TOKEN } from './agent';
 
 const CHROMIUM = '/usr/bin/chromium';
 
@@ -46,4 +47,22 @@ export function serveApp(app: {
       });
     });
   });
+}
+
+/**
+ * Opens the page at `url` and signs in with the test agent's admin token when the page asks for it
+ * (a tab keeps the token in sessionStorage: a later visit is signed in already).
+ */
+export async function openSignedIn(page: Page, url: string): Promise<void> {
+  await page.goto(url);
+  const token = page.getByLabel('Admin token');
+  // The page shows one of the two once its scripts ran: wait for whichever is visible.
+  await token
+    .or(page.getByRole('heading', { name: 'Local backups' }))
+    .filter({ visible: true })
+    .waitFor();
+  if (await token.isVisible()) {
+    await token.fill(TEST_TOKEN);
+    await page.getByRole('button', { name: 'Sign in' }).click();
+  }
 }
