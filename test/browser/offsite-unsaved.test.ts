@@ -207,7 +207,8 @@ describe('offsite buttons and unsaved destination settings, in a real browser ag
       .click();
     await page.locator('#confirm-ok').click();
     await expect.poll(() => readdir(remote)).toEqual([]);
-    expect(await remoteLine()).toEqual({ kind: 'result', text: '0 backups at this destination.' });
+    // The page lists the destination again after the delete: its line follows once that answered.
+    await expect.poll(remoteLine).toEqual({ kind: 'result', text: '0 backups at this destination.' });
   });
 
   it('a failed Test Connection: Save All Settings still saves, and the failed result stays until the next test', async () => {
@@ -246,7 +247,8 @@ describe('offsite buttons and unsaved destination settings, in a real browser ag
     await saveSftp(sshd.passwordUser.password, { remotePath: join(sshd.root, 'elsewhere') });
     const jobsBefore = await jobIds();
     await sftp().getByRole('button', { name: 'Sync Now' }).click();
-    expect(await remoteLine()).toEqual({
+    // The refusal follows a read of the saved settings.
+    await expect.poll(remoteLine).toEqual({
       kind: 'result bad',
       text: 'Not run: the SFTP server settings were changed elsewhere (another tab or person) since this page loaded them, and Sync Now uses the saved ones. Reload the page to see them.',
     });
