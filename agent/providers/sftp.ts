@@ -3,7 +3,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { posix } from 'node:path';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import type { SFTPWrapper, Stats } from 'ssh2';
+import type { Client, SFTPWrapper, Stats } from 'ssh2';
 import SftpClient from 'ssh2-sftp-client';
 import type {
   BackupSource,
@@ -89,6 +89,7 @@ async function writePipelined(
   sftp: SFTPWrapper,
   handle: Buffer,
   chunks: AsyncIterable<Buffer>,
+  onSent?: (bytes: number) => void,
 ): Promise<void> {
   const piece = Math.max(
     32 * 1024,
@@ -118,9 +119,89 @@ async function writePipelined(
       inFlight++;
       sftp.write(handle, part, 0, part.length, offset, settle);
       offset += part.length;
+      onSent?.(offset);
     }
   }
   await until(() => inFlight === 0);
+}
+
+/** Bytes sent between two early flushes of an upload (EarlyFlush). */
+export const EARLY_FLUSH_BYTES = 8 * 1024 * 1024;
+
+function hasFsync(sftp: SFTPWrapper): boolean {
+  return (
+    (sftp as unknown as { _extensions: Record<string, string> })._extensions['fsync@openssh.com'] === '1'
+  );
+}
+
+/**
+ * Has the server write an upload's bytes to its disk while later ones are still on their way, so the
+ * upload's own fsync at the end finds only the last few MiB to write instead of the whole file (on the
+ * benchmark's disk that fsync alone was 0.1-0.2 s of a 0.8 s upload of 51 MB). A second SFTP channel on
+ * the same connection holds the temp file open and sends fsync@openssh.com for it every EARLY_FLUSH_BYTES
+ * sent, one at a time: the upload's own channel never waits for them. Best effort only: if the channel
+ * cannot be opened or a flush fails, nothing changes. Durability still comes from the final fsync on the
+ * upload's own handle, which also reports any write error (Linux reports a writeback error to every
+ * descriptor that was open when it happened).
+ */
+class EarlyFlush {
+  private side: SFTPWrapper | undefined;
+  private handle: Buffer | undefined;
+  private running: Promise<void> | undefined;
+  private nextAt = EARLY_FLUSH_BYTES;
+  private done = false;
+
+  constructor(client: Client, path: string) {
+    new Promise<SFTPWrapper>((resolve, reject) =>
+      client.sftp((error, side) => (error ? reject(error) : resolve(side))),
+    )
+      .then(async (side) => {
+        this.side = side;
+        if (this.done || !hasFsync(side)) return this.end();
+        const handle = await call<Buffer>((cb) => side.open(path, 'r', cb));
+        if (!this.done) this.handle = handle;
+        else await call<void>((cb) => side.close(handle, cb as never)).finally(() => this.end());
+      })
+      .catch(() => undefined);
+  }
+
+  /** The upload has sent `bytes`: start a flush if another EARLY_FLUSH_BYTES went and none is running. */
+  sent(bytes: number): void {
+    if (bytes < this.nextAt || this.running || this.done || !this.side || !this.handle) return;
+    const { side, handle } = this;
+    this.nextAt = bytes + EARLY_FLUSH_BYTES;
+    this.running = call<void>((cb) => side.ext_openssh_fsync(handle, cb as never))
+      .catch(() => undefined)
+      .finally(() => {
+        this.running = undefined;
+      });
+  }
+
+  /**
+   * All bytes sent: waits for a running flush, then closes the side channel. Never throws, and never
+   * waits for a channel that is still opening (it closes itself once open).
+   */
+  async finish(): Promise<void> {
+    this.done = true;
+    await this.running;
+    const { side, handle } = this;
+    this.handle = undefined;
+    if (side && handle) await call<void>((cb) => side.close(handle, cb as never)).catch(() => undefined);
+    if (side) this.end();
+  }
+
+  private end(): void {
+    try {
+      this.side?.end();
+    } catch {
+      // already closed with its connection
+    }
+  }
+
+  /** The upload failed: stop flushing; the connection's end closes the channel. */
+  abandon(): void {
+    this.done = true;
+  }
 }
 
 function call<T>(run: (callback: (error: Error | null | undefined, value: T) => void) => void): Promise<T> {
@@ -278,26 +359,29 @@ export class SftpProvider implements StorageProvider {
       const check = new SourceCheck(options.onProgress);
       const handle = await call<Buffer>((done) => sftp.open(temp, 'w', { mode: 0o600 }, done));
       let handleOpen = true;
+      const fsync = hasFsync(sftp);
+      const early =
+        fsync && source.size > 2 * EARLY_FLUSH_BYTES
+          ? new EarlyFlush((client as unknown as { client: Client }).client, temp)
+          : undefined;
       try {
         await pipeline(
           Readable.fromWeb(source.open() as never),
           check,
-          (chunks: AsyncIterable<Buffer>) => writePipelined(sftp, handle, chunks),
+          (chunks: AsyncIterable<Buffer>) =>
+            writePipelined(sftp, handle, chunks, early && ((bytes) => early.sent(bytes))),
           signal ? { signal } : {},
         );
         check.verify(source);
+        await early?.finish();
         // Ask the server to flush to disk before the rename makes the backup visible.
-        if (
-          (sftp as unknown as { _extensions: Record<string, string> })._extensions['fsync@openssh.com'] ===
-          '1'
-        ) {
-          await call<void>((done) => sftp.ext_openssh_fsync(handle, done as never));
-        }
+        if (fsync) await call<void>((done) => sftp.ext_openssh_fsync(handle, done as never));
         handleOpen = false;
         await call<void>((done) => sftp.close(handle, done as never));
         throwIfAborted(signal);
         await this.rename(sftp, temp, final);
       } catch (error) {
+        early?.abandon();
         await this.removeTemp(sftp, handleOpen ? handle : undefined, temp);
         throw this.classify(error, name, signal);
       }

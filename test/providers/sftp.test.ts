@@ -1,15 +1,24 @@
 // The SFTP provider against a real OpenSSH sshd started for this file.
+import { createHash, randomBytes } from 'node:crypto';
+import { readdirSync, statSync } from 'node:fs';
 import { mkdir, readdir, readFile, rm, utimes, writeFile } from 'node:fs/promises';
+import { createRequire } from 'node:module';
 import { join } from 'node:path';
+import { Client } from 'ssh2';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { probeName } from '../../agent/offsite/connection';
 import { tempNameFor } from '../../agent/providers/checks';
 import { withRetry } from '../../agent/providers/retry';
-import { type SftpOptions, SftpProvider } from '../../agent/providers/sftp';
+import { EARLY_FLUSH_BYTES, type SftpOptions, SftpProvider } from '../../agent/providers/sftp';
 import { runStorageProviderSuite } from '../../shared/storage/conformance';
 import { isStorageError, type StorageErrorCode } from '../../shared/storage/index';
 import { freePort } from '../services/ports';
 import { type SshdService, startSshd } from '../services/sshd';
+
+/** ssh2's SFTP channel class: the tests below watch the fsync requests the provider sends through it. */
+const { SFTP } = createRequire(import.meta.url)('ssh2/lib/protocol/SFTP.js') as {
+  SFTP: { prototype: { ext_openssh_fsync: (handle: Buffer, cb: (error?: Error) => void) => void } };
+};
 
 let sshd: SshdService;
 beforeAll(async () => {
@@ -216,5 +225,74 @@ describe('sftp provider', () => {
     const provider = new SftpProvider(options({ remotePath: 'a/b/c' }));
     await provider.put(name, source);
     expect(await readdir(join(sshd.root, 'a', 'b', 'c'))).toEqual([name]);
+  });
+  describe('a large upload is flushed to the server disk while it is still being sent', () => {
+    const size = 5 * EARLY_FLUSH_BYTES;
+    const sha256 = (data: Buffer) => createHash('sha256').update(data).digest('hex');
+    const bytes = randomBytes(size);
+    const source = {
+      size,
+      sha256: sha256(bytes),
+      open: () => new Blob([bytes]).stream(),
+    };
+
+    /** Runs `upload` while recording each fsync request: its channel and the temp file's size then. */
+    async function watchFsyncs(folder: string, upload: () => Promise<unknown>) {
+      const real = SFTP.prototype.ext_openssh_fsync;
+      // Channels by number (1: the first one seen), so a failure prints numbers, not ssh2's objects.
+      const channels = new Map<object, number>();
+      const calls: Array<{ channel: number; sizeOnServer: number }> = [];
+      SFTP.prototype.ext_openssh_fsync = function (this: object, handle, cb) {
+        const dir = join(sshd.root, folder);
+        const temp = readdirSync(dir).find((entry) => entry.startsWith('.tmp-'));
+        if (!channels.has(this)) channels.set(this, channels.size + 1);
+        calls.push({
+          channel: channels.get(this)!,
+          sizeOnServer: temp ? statSync(join(dir, temp)).size : -1,
+        });
+        return real.call(this, handle, cb);
+      };
+      try {
+        await upload();
+      } finally {
+        SFTP.prototype.ext_openssh_fsync = real;
+      }
+      return calls;
+    }
+
+    it('flushes on a second channel every EARLY_FLUSH_BYTES, then fsyncs the whole file on its own', async () => {
+      const provider = new SftpProvider(options({ remotePath: 'early-flush' }));
+      const calls = await watchFsyncs('early-flush', () => provider.put(name, source));
+      expect(sha256(await readFile(join(sshd.root, 'early-flush', name)))).toBe(source.sha256);
+      const last = calls.at(-1)!;
+      const early = calls.slice(0, -1);
+      expect(early.length).toBeGreaterThanOrEqual(2);
+      // Early flushes go while bytes are still arriving, on another channel than the upload's.
+      expect(early.some((call) => call.sizeOnServer < size)).toBe(true);
+      expect(early.every((call) => call.channel !== last.channel)).toBe(true);
+      // The last one is on the upload's own channel, after every byte arrived.
+      expect(last.sizeOnServer).toBe(size);
+    });
+
+    it('uploads the same without them when the second channel cannot be opened', async () => {
+      const provider = new SftpProvider(options({ remotePath: 'no-side-channel' }));
+      const realSftp = Client.prototype.sftp;
+      const channels = new WeakMap<object, number>();
+      Client.prototype.sftp = function (this: Client, ...args: unknown[]) {
+        const opened = (channels.get(this) ?? 0) + 1;
+        channels.set(this, opened);
+        const cb = args.at(-1) as (error: Error | undefined) => void;
+        if (opened > 1) return process.nextTick(() => cb(new Error('channel open failure'))) as never;
+        return (realSftp as (...a: unknown[]) => unknown).apply(this, args) as never;
+      } as typeof realSftp;
+      let calls: Array<{ sizeOnServer: number }>;
+      try {
+        calls = await watchFsyncs('no-side-channel', () => provider.put(name, source));
+      } finally {
+        Client.prototype.sftp = realSftp;
+      }
+      expect(calls.map((call) => call.sizeOnServer)).toEqual([size]);
+      expect(sha256(await readFile(join(sshd.root, 'no-side-channel', name)))).toBe(source.sha256);
+    });
   });
 });
