@@ -16,11 +16,28 @@ export interface Logger {
 const ORDER: Record<LogLevel, number> = { debug: 10, info: 20, warn: 30, error: 40, fatal: 50 };
 const SECRET_KEY = /pass(word|phrase)?|secret|token|private|authorization|^key$|masterkey|filekey/i;
 
-/** Replaces the value of every field whose name looks secret, at any depth. */
+/**
+ * A query builder's error (drizzle: "Failed query: <sql>\nparams: <values>") carries the query's values
+ * in its message and stack, and they may be a settings document with secrets in it (a webhook URL is the
+ * credential). The values are cut out of any text logged; the query itself stays (it names no value).
+ */
+export function withoutQueryParams(text: string): string {
+  const at = text.indexOf('\nparams: ');
+  if (at < 0) return text;
+  const stack = text.indexOf('\n    at ', at);
+  return `${text.slice(0, at)}\nparams: [not logged]${stack < 0 ? '' : text.slice(stack)}`;
+}
+
+/** Replaces the value of every field whose name looks secret, at any depth, and a query's values in any text. */
 export function redact(value: unknown, depth = 0): unknown {
+  if (typeof value === 'string') return withoutQueryParams(value);
   if (depth > 6 || value === null || typeof value !== 'object') return value;
   if (value instanceof Error)
-    return { name: value.name, message: value.message, code: (value as { code?: unknown }).code };
+    return {
+      name: value.name,
+      message: withoutQueryParams(value.message),
+      code: (value as { code?: unknown }).code,
+    };
   if (Array.isArray(value)) return value.map((v) => redact(v, depth + 1));
   const out: Record<string, unknown> = {};
   for (const [k, v] of Object.entries(value))
@@ -84,7 +101,11 @@ export function installFatalHandlers(
     process.exitCode = FATAL_EXIT_CODE;
     const error =
       reason instanceof Error
-        ? { name: reason.name, message: reason.message, stack: reason.stack }
+        ? {
+            name: reason.name,
+            message: withoutQueryParams(reason.message),
+            stack: reason.stack && withoutQueryParams(reason.stack),
+          }
         : { message: `a non-Error value (${reason === null ? 'null' : typeof reason})` };
     log.fatal('unexpected error: the agent exits and its supervisor restarts it', { origin, error });
     const exit = () => process.exit(FATAL_EXIT_CODE);

@@ -7,7 +7,7 @@ import { createApp, type RouteModule } from '../../agent/app';
 import { loadConfig } from '../../agent/config';
 import { seedGemDatabase, writeSampleFolders } from '../../agent/db/seed';
 import { Keyring } from '../../agent/keys/keyring';
-import { silentLogger } from '../../agent/log';
+import { type Logger, silentLogger } from '../../agent/log';
 import type { TestPostgres } from './postgres';
 import { withSql } from './postgres';
 
@@ -31,6 +31,8 @@ export async function startTestAgent(
     modules?: RouteModule[];
     seed?: boolean;
     env?: Record<string, string>;
+    /** The agent's logger (default: silent). */
+    log?: Logger;
   } = {},
 ): Promise<TestAgent> {
   const dataDir = options.dataDir ?? (await mkdtemp(join(tmpdir(), 'gem-agent-')));
@@ -47,7 +49,7 @@ export async function startTestAgent(
     NODE_ENV: 'test',
     ...options.env,
   });
-  const agent = await openAgent(config, silentLogger);
+  const agent = await openAgent(config, options.log ?? silentLogger);
   if (options.seed !== false && !options.databaseUrl) {
     await withSql(databaseUrl, (sql) => seedGemDatabase(sql, agent.keyring.activeKey));
     await writeSampleFolders(scriptsDir, configDir);
