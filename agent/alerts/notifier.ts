@@ -7,7 +7,7 @@ import type { AreaHealth, HealthArea, HealthReport, HealthStatus } from '../heal
 import { HEALTH_AREAS } from '../health/model';
 import type { HealthService } from '../health/service';
 import { type SmtpOptions, sendMail } from './smtp';
-import { AlertStateStore } from './state';
+import { AlertStateStore, type DeliveryState, DeliveryStateStore } from './state';
 import { type Delivery, postWebhook } from './webhook';
 
 /** What happened to an area: it turned warning/failing, it recovered, it is still failing a day later, or a test. */
@@ -36,6 +36,8 @@ export interface AlertOptions {
   intervalMs?: number;
   /** A failing area is reminded about this often (default 24 h). */
   reminderMs?: number;
+  /** While an alert channel keeps failing with the same error, the log is reminded this often (default 1 h). */
+  channelReminderMs?: number;
   /** After a job ends, evaluate this much later (default 1 s) so its records are written. */
   afterJobDelayMs?: number;
   webhookTimeoutMs?: number;
@@ -58,12 +60,21 @@ const SUBJECTS: Record<AlertEvent, string> = {
   test: 'test alert',
 };
 
+/** What an alert says, in short: the e-mail's subject, and in the log when it could not be delivered. */
+export function alertTitle(payload: AlertPayload): string {
+  const area = payload.area === 'test' ? 'GEM Backup' : `GEM Backup: ${payload.area}`;
+  return `[${payload.status.toUpperCase()}] ${area} ${SUBJECTS[payload.event]}`;
+}
+
 export class AlertNotifier {
   readonly state: AlertStateStore;
+  /** How the channels fared and which alerts wait for one: what the log was already told. */
+  readonly delivery: DeliveryStateStore;
   private timer: NodeJS.Timeout | undefined;
   private unsubscribe: (() => void) | undefined;
   private queue: Promise<unknown> = Promise.resolve();
   private readonly afterJob = new Set<NodeJS.Timeout>();
+  private deliveryStateFailed = false;
 
   constructor(
     private readonly agent: Agent,
@@ -71,6 +82,23 @@ export class AlertNotifier {
     private readonly options: AlertOptions = {},
   ) {
     this.state = new AlertStateStore(agent.config.dataDir, agent.log);
+    this.delivery = new DeliveryStateStore(agent.config.dataDir, agent.log);
+  }
+
+  /**
+   * Records what the log was told about deliveries. Best effort: a state that cannot be saved (a full
+   * disk) only means a failure may be told again; the alert itself is not held up (said once).
+   */
+  private async noteDelivery(change: (state: DeliveryState) => void): Promise<void> {
+    try {
+      await this.delivery.change(change);
+    } catch (error) {
+      if (this.deliveryStateFailed) return;
+      this.deliveryStateFailed = true;
+      this.agent.log.warn('the alert delivery state could not be saved; channel failures may be told again', {
+        error: describeError(error),
+      });
+    }
   }
 
   private now(): Date {
@@ -142,13 +170,18 @@ export class AlertNotifier {
             reason: current.reason,
             sentAt: now.toISOString(),
           });
+        // An alert still waiting for a channel is no longer due (the area went back to what was last sent).
+        await this.noteDelivery((d) => {
+          if (d.undelivered[area]) this.agent.log.debug('an undelivered alert is no longer due', { area });
+          delete d.undelivered[area];
+        });
         continue;
       }
       const payload = this.payload(area, event, current, last?.status ?? null, report);
       const deliveries = await this.deliver(payload);
       // Nobody reached (every channel failed): keep the old state so the next check tries again.
       if (deliveries.length && deliveries.every((d) => !d.ok)) {
-        this.agent.log.warn('an alert could not be delivered; retrying at the next check', { area, event });
+        await this.noteDelivery((d) => this.undelivered(d, payload));
         continue;
       }
       await this.state.set(area, {
@@ -156,13 +189,21 @@ export class AlertNotifier {
         reason: current.reason,
         sentAt: now.toISOString(),
       });
+      let waited: { undeliveredSince: string; attempts: number } | undefined;
+      await this.noteDelivery((d) => {
+        const u = d.undelivered[area];
+        if (u) waited = { undeliveredSince: u.since, attempts: u.attempts + 1 };
+        delete d.undelivered[area];
+      });
       this.agent.log.info(
         deliveries.length ? 'alert sent' : 'health changed; no alert channel is configured',
         {
           area,
           event,
           status: current.status,
+          alert: alertTitle(payload),
           deliveries: deliveries.length,
+          ...waited,
         },
       );
       sent.push({ area, event, deliveries });
@@ -209,26 +250,101 @@ export class AlertNotifier {
     };
   }
 
+  /**
+   * An alert no channel received: said once at warn with what it is about; its retries at the next
+   * checks only at debug (each failing channel has its own line, at most hourly).
+   */
+  private undelivered(d: DeliveryState, payload: AlertPayload): void {
+    const area = payload.area as HealthArea;
+    const u = d.undelivered[area];
+    if (u && u.event === payload.event && u.status === payload.status) {
+      u.attempts += 1;
+      this.agent.log.debug('an alert is still undelivered', {
+        area,
+        event: payload.event,
+        attempts: u.attempts,
+      });
+      return;
+    }
+    d.undelivered[area] = { event: payload.event, status: payload.status, since: payload.at, attempts: 1 };
+    this.agent.log.warn('an alert could not be delivered; retrying at the next check', {
+      area,
+      event: payload.event,
+      alert: alertTitle(payload),
+      detail: payload.reason,
+    });
+  }
+
   /** Sends to every webhook and, if on, by e-mail; one channel failing does not stop the others. */
   private async deliver(payload: AlertPayload): Promise<Delivery[]> {
     const alerts = this.agent.settings.get().alerts;
     const body = JSON.stringify(payload);
+    const keys = alerts.webhooks.map((w) => channelKey(`webhook\n${w.url}`));
     const deliveries = await Promise.all(
       alerts.webhooks.map((w) =>
         // Signed at the real time (not the injectable clock): receivers compare it with theirs.
         postWebhook(w.url, w.secret ?? '', body, { timeoutMs: this.options.webhookTimeoutMs ?? 10_000 }),
       ),
     );
-    if (alerts.email.enabled) deliveries.push(await this.email(alerts.email, payload));
-    for (const d of deliveries.filter((x) => !x.ok)) {
-      this.agent.log.warn('an alert channel failed', { channel: d.channel, error: d.error });
+    if (alerts.email.enabled) {
+      keys.push(channelKey(`e-mail\n${alerts.email.host}:${alerts.email.port}`));
+      deliveries.push(await this.email(alerts.email, payload));
     }
+    await this.noteDelivery((state) => {
+      // A channel no longer configured is forgotten (changed, it is a new channel).
+      for (const key of Object.keys(state.channels)) if (!keys.includes(key)) delete state.channels[key];
+      deliveries.forEach((d, i) => {
+        this.channelResult(state, keys[i]!, d, payload);
+      });
+    });
     return deliveries;
+  }
+
+  /**
+   * Tells the log how a channel fared, without repeating itself: its first failure (with the alert it
+   * could not carry), a new error, a reminder at most every `channelReminderMs` while it keeps failing
+   * (retries in between at debug), and once that it works again.
+   */
+  private channelResult(state: DeliveryState, key: string, d: Delivery, payload: AlertPayload): void {
+    const log = this.agent.log;
+    const known = state.channels[key];
+    const alert = alertTitle(payload);
+    if (d.ok) {
+      if (known) {
+        log.info('an alert channel works again', {
+          channel: d.channel,
+          failingSince: known.since,
+          failedAttempts: known.attempts,
+        });
+      }
+      delete state.channels[key];
+      return;
+    }
+    const error = d.error ?? 'unknown error';
+    const now = this.now();
+    const at = now.toISOString();
+    if (!known) {
+      state.channels[key] = { channel: d.channel, since: at, error, attempts: 1, toldAt: at };
+      log.warn('an alert channel failed', { channel: d.channel, error, alert, detail: payload.reason });
+      return;
+    }
+    known.attempts += 1;
+    known.channel = d.channel;
+    const fields = { channel: d.channel, error, failingSince: known.since, attempts: known.attempts, alert };
+    if (known.error !== error) {
+      log.warn('an alert channel failed', { ...fields, previousError: known.error, detail: payload.reason });
+      known.error = error;
+      known.toldAt = at;
+    } else if (now.getTime() - Date.parse(known.toldAt) >= (this.options.channelReminderMs ?? 3_600_000)) {
+      log.warn('an alert channel is still failing', fields);
+      known.toldAt = at;
+    } else {
+      log.debug('an alert channel failed again', fields);
+    }
   }
 
   private async email(email: Settings['alerts']['email'], payload: AlertPayload): Promise<Delivery> {
     const channel = `e-mail via ${email.host}`;
-    const area = payload.area === 'test' ? 'GEM Backup' : `GEM Backup: ${payload.area}`;
     try {
       await sendMail(
         {
@@ -241,7 +357,7 @@ export class AlertNotifier {
         {
           from: email.from,
           to: email.to,
-          subject: `[${payload.status.toUpperCase()}] ${area} ${SUBJECTS[payload.event]}`,
+          subject: alertTitle(payload),
           text: [
             payload.reason,
             '',
@@ -257,6 +373,11 @@ export class AlertNotifier {
       return { channel, ok: false, error: (error as Error).message };
     }
   }
+}
+
+/** A channel's key in the delivery state: from its full address, which may hold a token, so hashed. */
+function channelKey(identity: string): string {
+  return createHash('sha256').update(identity).digest('hex').slice(0, 16);
 }
 
 /**

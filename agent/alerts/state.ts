@@ -1,6 +1,7 @@
-/** What was last alerted per health area (alerts-state.json in the data dir), so a restart never re-sends. */
+/** What was last alerted per health area (alerts-state.json), and how the channels fared (alerts-delivery.json): a restart repeats neither. */
 import { join } from 'node:path';
-import type { HealthArea, HealthStatus } from '../health/model';
+import { z } from 'zod';
+import { HEALTH_AREAS, HEALTH_STATUSES, type HealthArea, type HealthStatus } from '../health/model';
 import type { Logger } from '../log';
 import { JsonStateFile } from '../system/json-state';
 
@@ -26,5 +27,95 @@ export class AlertStateStore extends JsonStateFile<AlertState> {
     await this.update((state) => {
       state[area] = value;
     });
+  }
+}
+
+/**
+ * An alert channel (one webhook, or e-mail) whose last delivery failed: it is told in the log when it
+ * starts failing, when its error changes, at most once an hour while it keeps failing, and when it
+ * works again. Kept on disk so a restart does not announce the same failure again.
+ */
+export interface ChannelFailure {
+  /** The channel as logs and Test alert name it (a webhook by its origin only). */
+  channel: string;
+  /** The first failed attempt of this run of failures. */
+  since: string;
+  /** The last attempt's error. */
+  error: string;
+  attempts: number;
+  /** The last warning about it in the log (first failure, a new error or the hourly reminder). */
+  toldAt: string;
+}
+
+/** An alert that no channel received yet (retried at each check): told once in the log, then quietly. */
+export interface UndeliveredAlert {
+  event: string;
+  status: HealthStatus;
+  since: string;
+  attempts: number;
+}
+
+export interface DeliveryState {
+  /** By a key derived from the channel's full address (never the address itself: its path may hold a token). */
+  channels: Record<string, ChannelFailure>;
+  undelivered: Partial<Record<HealthArea, UndeliveredAlert>>;
+}
+
+export const ALERT_DELIVERY_FILE = 'alerts-delivery.json';
+
+const deliveryStateSchema = z.object({
+  channels: z
+    .record(
+      z.string(),
+      z.object({
+        channel: z.string(),
+        since: z.string(),
+        error: z.string(),
+        attempts: z.number(),
+        toldAt: z.string(),
+      }),
+    )
+    .catch({}),
+  undelivered: z
+    .partialRecord(
+      z.enum(HEALTH_AREAS),
+      z.object({
+        event: z.string(),
+        status: z.enum(HEALTH_STATUSES),
+        since: z.string(),
+        attempts: z.number(),
+      }),
+    )
+    .catch({}),
+});
+
+/** How the alert channels fared (alerts-delivery.json in the data dir): what the log was already told. */
+export class DeliveryStateStore extends JsonStateFile<DeliveryState> {
+  /** Damaged, it is set aside (told to `log`): a failing channel is then announced afresh. */
+  constructor(dataDir: string, log: Logger) {
+    super(join(dataDir, ALERT_DELIVERY_FILE), () => ({ channels: {}, undelivered: {} }), {
+      setAsideDamaged: { log },
+    });
+  }
+
+  private changes: Promise<unknown> = Promise.resolve();
+
+  /**
+   * Applies `change` to the state (a part not understood reads as empty) and saves it if that changed
+   * anything (a check with nothing to tell writes nothing); changes queue.
+   */
+  change(change: (state: DeliveryState) => void): Promise<void> {
+    const run = this.changes.then(async () => {
+      const next: DeliveryState = deliveryStateSchema.parse(await this.get());
+      const before = JSON.stringify(next);
+      change(next);
+      if (JSON.stringify(next) === before) return;
+      await this.update((state) => {
+        state.channels = next.channels;
+        state.undelivered = next.undelivered;
+      });
+    });
+    this.changes = run.catch(() => {});
+    return run;
   }
 }
