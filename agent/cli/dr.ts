@@ -1,12 +1,14 @@
-/** CLI: gem-backup dr status | dr push | dr recover --installation-id ID. */
+/** CLI: gem-backup dr status | dr push | dr recover --installation-id ID | dr recover --abandon. */
 import { parseArgs } from 'node:util';
 import type { Agent } from '../agent';
 import { drServiceFor } from '../dr/service';
+import { normalizeInstallationId } from '../dr/unfinished';
 import { AppError } from '../errors';
 import type { Job } from '../jobs/runner';
 import type { CliContext } from './context';
 
-const USAGE = 'usage: gem-backup dr status | dr push | dr recover --installation-id ID';
+const USAGE =
+  'usage: gem-backup dr status | dr push | dr recover --installation-id ID | dr recover --abandon';
 
 async function follow(cli: CliContext, agent: Agent, started: Job): Promise<Job> {
   const off = agent.jobs.subscribe(started.id, (e) => {
@@ -24,7 +26,10 @@ async function follow(cli: CliContext, agent: Agent, started: Job): Promise<Job>
 
 export async function drCommand(cli: CliContext): Promise<void> {
   const [sub, ...rest] = cli.args;
-  const { values } = parseArgs({ args: rest, options: { 'installation-id': { type: 'string' } } });
+  const { values } = parseArgs({
+    args: rest,
+    options: { 'installation-id': { type: 'string' }, abandon: { type: 'boolean' } },
+  });
   if (sub === 'status') {
     const status = await cli.withAgent((agent) => drServiceFor(agent).status());
     cli.out(JSON.stringify(status, null, 2));
@@ -41,9 +46,31 @@ export async function drCommand(cli: CliContext): Promise<void> {
     );
     return;
   }
+  if (sub === 'recover' && values.abandon) {
+    if (values['installation-id'] !== undefined) {
+      throw new AppError(
+        'bad_request',
+        'give either --installation-id (to finish a recovery) or --abandon, not both',
+      );
+    }
+    const abandoned = await cli.withAgent((agent) => drServiceFor(agent).abandonRecovery());
+    cli.out(
+      abandoned
+        ? "the unfinished recovery was given up: this box is back on its own identity and keys (the recovered keys are kept, retired); Cloud DR pushes this box's own data again"
+        : 'no recovery from the DR cloud is unfinished here: nothing changed',
+    );
+    return;
+  }
   if (sub === 'recover') {
-    const id = values['installation-id'];
-    if (!id) throw new AppError('bad_request', USAGE);
+    const typed = values['installation-id'];
+    if (!typed) throw new AppError('bad_request', USAGE);
+    const id = normalizeInstallationId(typed);
+    if (id === undefined) {
+      throw new AppError(
+        'bad_request',
+        '--installation-id must be the 32 hex characters of the old installation id (`gem-backup dr status` on the old box, or its keys file); upper case and spaces or dashes between groups are fine',
+      );
+    }
     const job = await cli.withAgent(async (agent) =>
       follow(cli, agent, await drServiceFor(agent).startRecover(id)),
     );

@@ -62,6 +62,8 @@ export interface PushDeps {
   state: DrStateStore;
   tuning: PushTuning;
   now?: () => Date;
+  /** Asked right before the first byte is sent; throwing stops the push (an unfinished recovery). */
+  beforeUpload?: () => Promise<void>;
 }
 
 /** Pushes one backup to the installation's slot. Nothing local changes but a temporary backup, removed after. */
@@ -119,6 +121,7 @@ export async function pushToCloud(deps: PushDeps, ctx: JobContext): Promise<Push
         sha256 = await source.sha256(0, size, onBytes);
       }
     }
+    await deps.beforeUpload?.();
     ctx.phase('upload', size);
     let sent = { partsSent: 0, partsSkipped: 0, retries: 0 };
     if (!multipart) {

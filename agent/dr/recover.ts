@@ -1,11 +1,11 @@
 /** Recovery on a fresh install: fetch the slot with a one-time X25519 key, take back the keys, store and restore the backup. */
-import { generateKeyPairSync, randomBytes, timingSafeEqual } from 'node:crypto';
+import { createHash, generateKeyPairSync, randomBytes, timingSafeEqual } from 'node:crypto';
 import { createReadStream } from 'node:fs';
 import { mkdir, mkdtemp, rm, stat } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { Transform } from 'node:stream';
 import type { JWK } from 'jose';
-import { InstallationId, RECOVER_FILE_KEY_HEADER, RECOVER_KEYRING_HEADER } from '../../shared/api/cloud';
+import { RECOVER_FILE_KEY_HEADER, RECOVER_KEYRING_HEADER } from '../../shared/api/cloud';
 import { type MasterKey, type Stanza, unwrapWithMasterKeys, unwrapWithX25519 } from '../../shared/envelope';
 import type { Agent } from '../agent';
 import { readBackup } from '../backup/reader';
@@ -14,10 +14,30 @@ import { hasGemSchema } from '../db/seed';
 import { AppError } from '../errors';
 import type { JobContext } from '../jobs/runner';
 import { type KeyringFile, keyringFileSchema } from '../keys/keyring';
-import { type RestoreResult, restoreFromFile } from '../restore/restore';
+import { type RestoreFaults, type RestoreResult, restoreFromFile } from '../restore/restore';
 import { TEMP_PREFIX, writeFileAtomic } from '../system/atomic-file';
 import type { DrClient } from './client';
 import type { DrStateStore } from './state';
+import {
+  INSTALLATION_ID_RULE,
+  normalizeInstallationId,
+  type UnfinishedRecoveryFile,
+  type UnfinishedRecoveryRecord,
+} from './unfinished';
+
+/** Deliberate faults for tests and drills, read at each recovery. */
+export interface RecoverFaults {
+  /** Passed to the restore of the recovered backup (e.g. `requiredBytes` for a full disk). */
+  restore?: RestoreFaults;
+}
+
+export interface RecoverDeps {
+  agent: Agent;
+  client: DrClient;
+  state: DrStateStore;
+  unfinished: UnfinishedRecoveryFile;
+  faults?: RecoverFaults;
+}
 
 export interface RecoverResult {
   installationId: string;
@@ -95,22 +115,23 @@ async function checkKeyringOpensBackup(
 /**
  * Recovers installation `installationId` onto this agent. The backup is downloaded and checked with
  * the recovered file key, and the recovered keyring must open it, before anything changes; then the
- * recovered keyring becomes the active keys (this installation takes the recovered identity, its own
- * keys are kept as retired), the backup joins the local backups, and it is restored through the safe
- * restore path.
+ * recovery is recorded as unfinished (pushes are refused until it is done), the recovered keyring
+ * becomes the active keys (this installation takes the recovered identity, its own keys are kept as
+ * retired), the backup joins the local backups (a copy stored by an earlier attempt with the same
+ * bytes is reused), and it is restored through the safe restore path; only then is the record cleared.
  */
 export async function recoverFromCloud(
-  deps: { agent: Agent; client: DrClient; state: DrStateStore },
+  deps: RecoverDeps,
   ctx: JobContext,
   installationId: string,
 ): Promise<RecoverResult> {
   const { agent, client } = deps;
-  const id = InstallationId.safeParse(installationId);
-  if (!id.success) throw new AppError('bad_request', 'installationId must be 32 lower-case hex characters');
+  const id = normalizeInstallationId(installationId);
+  if (id === undefined) throw new AppError('bad_request', INSTALLATION_ID_RULE);
 
   ctx.phase('download');
   const recipient = oneTimeKeyPair();
-  const res = await client.recover(id.data, recipient.publicJwk, ctx.signal);
+  const res = await client.recover(id, recipient.publicJwk, ctx.signal);
   const declared = Number(res.headers['content-length'] ?? Number.NaN);
   let fileKey: Uint8Array;
   let recovered: KeyringFile;
@@ -121,7 +142,7 @@ export async function recoverFromCloud(
       recipient.privateJwk,
     );
     try {
-      recovered = parseRecoveredKeyring(keyringBytes, id.data);
+      recovered = parseRecoveredKeyring(keyringBytes, id);
     } finally {
       keyringBytes.fill(0);
     }
@@ -140,9 +161,11 @@ export async function recoverFromCloud(
   try {
     const downloaded = join(work, 'backup.bin');
     let received = 0;
+    const hash = createHash('sha256');
     const counter = new Transform({
       transform(chunk: Buffer, _encoding, done) {
         received += chunk.length;
+        hash.update(chunk);
         ctx.progress(received);
         done(null, chunk);
       },
@@ -163,15 +186,18 @@ export async function recoverFromCloud(
       resolveFileKey: async () => Uint8Array.from(key),
       onProgress: (b) => ctx.progress(b),
     });
-    if (header.core.installationId !== id.data) {
+    if (header.core.installationId !== id) {
       throw new AppError('dependency_down', 'the recovered backup belongs to another installation');
     }
     // The recovered keys must open this backup before they replace ours: a keyring that does not
     // (bad escrow data, a wrong cloud) would leave this installation under an identity it cannot use.
     await checkKeyringOpensBackup(recovered, header.stanzas, key);
+    const sha256 = hash.digest('hex');
 
-    // 2. The recovered keys become active: this installation now is the recovered one.
+    // 2. Recorded as unfinished first (durably): from the moment the keys below are ours, a push would
+    // send this box's own data over the only good copy. Then the recovered keys become active.
     ctx.phase('keys');
+    const record = await recordUnfinished(deps, id);
     await agent.keyring.importKeys(recovered);
     await deps.state.update((s) => {
       // The cloud holds a slot for this id, so the id is enrolled with the recovered signing key.
@@ -187,12 +213,18 @@ export async function recoverFromCloud(
 
     // 3. A local backup like any other (receiveUpload checks it again with the now-active keys).
     ctx.phase('store', size);
-    const name = await agent.catalog.freeName(new Date(manifest.createdAt));
-    await receiveUpload(agent, name, createReadStream(downloaded), {
-      declaredSize: size,
-      signal: ctx.signal,
-      onProgress: (b) => ctx.progress(b),
-    });
+    let name = await storedEarlier(agent, record, sha256);
+    if (name) {
+      ctx.log.info('the recovered backup was stored by an earlier attempt: reused', { backup: name });
+    } else {
+      name = await agent.catalog.freeName(new Date(manifest.createdAt));
+      await receiveUpload(agent, name, createReadStream(downloaded), {
+        declaredSize: size,
+        signal: ctx.signal,
+        onProgress: (b) => ctx.progress(b),
+      });
+      await deps.unfinished.write({ ...record, backup: name, sha256 });
+    }
     await rm(work, { recursive: true, force: true });
 
     // 4. The safe restore; a safety backup only if there is something here worth keeping.
@@ -204,7 +236,10 @@ export async function recoverFromCloud(
     const restore = await restoreFromFile(agent, ctx, agent.catalog.pathOf(name), {
       filename: name,
       skipSafetyBackup,
+      ...(deps.faults?.restore ? { faults: deps.faults.restore } : {}),
     });
+    // The box now holds the recovered data under the recovered identity: pushes may go again.
+    await deps.unfinished.clear();
     return {
       installationId: recovered.installationId,
       backup: name,
@@ -215,4 +250,100 @@ export async function recoverFromCloud(
     fileKey.fill(0);
     await rm(work, { recursive: true, force: true });
   }
+}
+
+/**
+ * Records the recovery of `installationId` as unfinished, before its keys are installed. A retry keeps
+ * what the first attempt recorded of this box's own identity (by then the recovered one is active)
+ * and, for the same id, the backup it stored.
+ */
+async function recordUnfinished(
+  deps: RecoverDeps,
+  installationId: string,
+): Promise<UnfinishedRecoveryRecord> {
+  const { keyring } = deps.agent;
+  const earlier = await deps.unfinished.read().catch(() => null);
+  const ownKnown =
+    earlier !== null &&
+    (keyring.installationId === earlier.installationId ||
+      keyring.installationId === earlier.previousInstallationId);
+  const record: UnfinishedRecoveryRecord = {
+    installationId,
+    startedAt: new Date().toISOString(),
+    previousInstallationId: ownKnown ? earlier.previousInstallationId : keyring.installationId,
+    previousActiveKeyId: ownKnown ? earlier.previousActiveKeyId : keyring.activeKey.id,
+    ...(earlier?.installationId === installationId && earlier.backup && earlier.sha256
+      ? { backup: earlier.backup, sha256: earlier.sha256 }
+      : {}),
+  };
+  await deps.unfinished.write(record);
+  return record;
+}
+
+/** The local backup an earlier attempt stored, if it is still here with exactly the downloaded bytes. */
+async function storedEarlier(
+  agent: Agent,
+  record: UnfinishedRecoveryRecord,
+  sha256: string,
+): Promise<string | undefined> {
+  if (!record.backup || record.sha256 !== sha256 || !(await agent.catalog.exists(record.backup))) {
+    return undefined;
+  }
+  const hash = createHash('sha256');
+  for await (const chunk of createReadStream(agent.catalog.pathOf(record.backup)))
+    hash.update(chunk as Buffer);
+  return hash.digest('hex') === sha256 ? record.backup : undefined;
+}
+
+/**
+ * Gives up an unfinished recovery: this box goes back to its own identity and active key (the recovered
+ * keys stay, retired, so the recovered backup stays readable), the enrollment and any upload of the
+ * recovered id are forgotten, and the record is cleared. Its data was never replaced (or only partly:
+ * a restore either completes or rolls back), so nothing else changes. False if nothing was unfinished.
+ */
+export async function abandonRecovery(
+  deps: Pick<RecoverDeps, 'agent' | 'state' | 'unfinished'>,
+): Promise<boolean> {
+  const { keyring } = deps.agent;
+  let record: UnfinishedRecoveryRecord | null;
+  try {
+    record = await deps.unfinished.read();
+  } catch {
+    // A damaged record: there is nothing to go back to but this box's identity as it is now.
+    await deps.unfinished.clear();
+    return true;
+  }
+  if (!record) return false;
+  const file = keyring.toFile();
+  if (
+    file.installationId === record.installationId &&
+    record.previousInstallationId !== file.installationId
+  ) {
+    const own = file.retiredIdentities.find((i) => i.installationId === record.previousInstallationId);
+    if (!own || !file.masterKeys.some((k) => k.id === record.previousActiveKeyId)) {
+      throw new AppError(
+        'unprocessable',
+        "this box's own keys are no longer in its keyring: finish the recovery (gem-backup dr recover --installation-id ID), or import this box's keys file",
+      );
+    }
+    await keyring.replace({
+      ...file,
+      installationId: own.installationId,
+      signingKey: own.signingKey,
+      masterKeys: file.masterKeys.map((k) => ({
+        ...k,
+        status: k.id === record.previousActiveKeyId ? 'active' : 'retired',
+      })),
+      retiredIdentities: [
+        ...file.retiredIdentities.filter((i) => i.installationId !== own.installationId),
+        { installationId: file.installationId, signingKey: file.signingKey },
+      ],
+    });
+    await deps.state.update((s) => {
+      if (s.enrollment?.installationId === record.installationId) delete s.enrollment;
+      if (s.upload?.installationId === record.installationId) delete s.upload;
+    });
+  }
+  await deps.unfinished.clear();
+  return true;
 }

@@ -2,12 +2,19 @@
 import type { Settings } from '../../shared/api/settings';
 import type { Agent } from '../agent';
 import { AppError, describeError } from '../errors';
+import { acquireLock } from '../jobs/lock';
 import type { Job } from '../jobs/runner';
 import { DrClient, type DrFaults } from './client';
 import { DEFAULT_TUNING, type PushTuning, pushToCloud } from './push';
-import { recoverFromCloud } from './recover';
+import { abandonRecovery, type RecoverFaults, recoverFromCloud } from './recover';
 import { type NightlyTimer, nextNightlyRun, scheduleNightly } from './schedule';
 import { type DrPushRecord, type DrState, DrStateStore } from './state';
+import {
+  INSTALLATION_ID_RULE,
+  normalizeInstallationId,
+  type UnfinishedRecovery,
+  UnfinishedRecoveryFile,
+} from './unfinished';
 
 export interface DrServiceOptions {
   tuning?: Partial<PushTuning>;
@@ -17,6 +24,8 @@ export interface DrServiceOptions {
   /** Opt-out deletion retries: first delay, doubled after each failure up to the max. */
   deletionRetry?: { firstMs: number; maxMs: number };
   now?: () => Date;
+  /** Read at each recovery, so a test can change them between attempts. */
+  recoverFaults?: RecoverFaults;
 }
 
 /** What `GET /api/v1/dr/status` returns. */
@@ -38,10 +47,18 @@ export interface DrStatus {
   pendingDeletion: DrState['pendingDeletion'] | null;
   escrowKid: string | null;
   upload: { backup: string; uploadId: string } | null;
+  /**
+   * A recovery from the DR cloud that stopped after its keys were installed: the box carries the
+   * recovered identity without the recovered data, and every push is refused until it is finished
+   * (`dr recover` again) or given up (`dr recover --abandon`). Null when there is none.
+   */
+  unfinishedRecovery: UnfinishedRecovery | null;
 }
 
 export class DrService {
   readonly state: DrStateStore;
+  /** dr-recovery.json: an unfinished recovery, read from disk at each question. */
+  readonly unfinished: UnfinishedRecoveryFile;
   readonly client: DrClient | undefined;
   private readonly tuning: PushTuning;
   private pushJobId: string | undefined;
@@ -55,6 +72,7 @@ export class DrService {
     private readonly options: DrServiceOptions = {},
   ) {
     this.state = new DrStateStore(`${agent.config.dataDir}/dr-state.json`);
+    this.unfinished = new UnfinishedRecoveryFile(`${agent.config.dataDir}/dr-recovery.json`);
     this.tuning = { ...DEFAULT_TUNING, ...options.tuning };
     if (agent.config.drUrl) {
       this.client = new DrClient({
@@ -120,8 +138,23 @@ export class DrService {
     return null;
   }
 
+  /**
+   * The recovery that did not finish, if the box carries its identity: pushes are refused while it is
+   * there. Its `reason` (no installation id) is the health area's sentence.
+   */
+  unfinishedRecovery(): Promise<UnfinishedRecovery | null> {
+    return this.unfinished.current(this.agent.keyring);
+  }
+
+  /** Throws the owner's sentence while a recovery is unfinished: no push may replace the good cloud copy. */
+  private async refuseWhileRecoveryUnfinished(): Promise<void> {
+    const unfinished = await this.unfinishedRecovery();
+    if (unfinished) throw new AppError('unprocessable', unfinished.message);
+  }
+
   async status(): Promise<DrStatus> {
     const s = await this.state.get();
+    const unfinishedRecovery = await this.unfinishedRecovery();
     const reason = this.disabledReason();
     const job = this.pushJobId ? this.agent.jobs.get(this.pushJobId) : undefined;
     const running = job !== undefined && !job.endedAt;
@@ -143,6 +176,7 @@ export class DrService {
       pendingDeletion: s.pendingDeletion ?? null,
       escrowKid: s.escrow?.kid ?? null,
       upload: s.upload ? { backup: s.upload.backupName, uploadId: s.upload.uploadId } : null,
+      unfinishedRecovery,
     };
   }
 
@@ -152,6 +186,7 @@ export class DrService {
     if (reason || !this.client) throw new AppError('unprocessable', reason ?? 'Cloud DR is off');
     const current = this.pushJobId ? this.agent.jobs.get(this.pushJobId) : undefined;
     if (current && !current.endedAt) throw new AppError('job_running', 'a Cloud DR push is already running');
+    await this.refuseWhileRecoveryUnfinished();
     const client = this.client;
     // Not exclusive: a push only reads local backups (through an open handle) and adds a temporary one.
     const job = await this.agent.jobs.start(
@@ -159,8 +194,17 @@ export class DrService {
       async (ctx) => {
         const at = this.now().toISOString();
         try {
+          // Asked again once the bytes are chosen: a recovery may have run while this push waited for
+          // the job lock to make its temporary backup.
           const result = await pushToCloud(
-            { agent: this.agent, client, state: this.state, tuning: this.tuning, now: () => this.now() },
+            {
+              agent: this.agent,
+              client,
+              state: this.state,
+              tuning: this.tuning,
+              now: () => this.now(),
+              beforeUpload: () => this.refuseWhileRecoveryUnfinished(),
+            },
             ctx,
           );
           const record: DrPushRecord = {
@@ -193,19 +237,32 @@ export class DrService {
     return job;
   }
 
-  /** Starts a recovery job (kind 'dr-recover', exclusive): see recoverFromCloud. */
+  /**
+   * Starts a recovery job (kind 'dr-recover', exclusive): see recoverFromCloud. The id may be typed in
+   * upper case and grouped with spaces or dashes. A push still running is cancelled first: its requests
+   * would be signed with the recovered identity once the keys change.
+   */
   async startRecover(installationId: string): Promise<Job> {
     if (!this.client) {
       throw new AppError('unprocessable', 'Cloud DR recovery needs an endpoint: GEM_DR_URL is not set');
     }
+    const id = normalizeInstallationId(installationId);
+    if (id === undefined) throw new AppError('bad_request', INSTALLATION_ID_RULE);
     const client = this.client;
+    await this.pushEnded();
     return this.agent.jobs.start(
       'dr-recover',
       async (ctx) => {
         const result = await recoverFromCloud(
-          { agent: this.agent, client, state: this.state },
+          {
+            agent: this.agent,
+            client,
+            state: this.state,
+            unfinished: this.unfinished,
+            ...(this.options.recoverFaults ? { faults: this.options.recoverFaults } : {}),
+          },
           ctx,
-          installationId,
+          id,
         );
         // The identity changed: the nightly offset follows it.
         if (this.started) this.armNightly();
@@ -216,10 +273,40 @@ export class DrService {
     );
   }
 
-  /** The nightly run: skipped (and recorded) in development, silent when DR is off. */
+  /**
+   * Gives up an unfinished recovery (`dr recover --abandon`): this box goes back to its own identity,
+   * see abandonRecovery. Under the job lock, so no recovery or restore runs meanwhile. False: there was none.
+   */
+  async abandonRecovery(): Promise<boolean> {
+    const release = await acquireLock(this.agent.jobs.lockPath, 'dr-recover abandon');
+    try {
+      const abandoned = await abandonRecovery({
+        agent: this.agent,
+        state: this.state,
+        unfinished: this.unfinished,
+      });
+      if (abandoned) this.agent.log.info('an unfinished recovery from the DR cloud was given up');
+      return abandoned;
+    } finally {
+      await release();
+    }
+  }
+
+  /** The nightly run: skipped (and recorded) in development or while a recovery is unfinished, silent when DR is off. */
   async runNightly(): Promise<void> {
     if (this.disabledReason()) return;
     const at = this.now().toISOString();
+    const unfinished = await this.unfinishedRecovery().catch((error: unknown) => ({
+      reason: describeError(error).message,
+    }));
+    if (unfinished) {
+      // Not the installation id: it is the recovery credential, and logs are not the place for it.
+      this.agent.log.warn(`Cloud DR nightly push not run: ${unfinished.reason}`);
+      await this.state.update((s) => {
+        s.lastPush = { at, trigger: 'nightly', outcome: 'skipped', reason: unfinished.reason };
+      });
+      return;
+    }
     if (this.agent.config.nodeEnv === 'development') {
       this.agent.log.info('Cloud DR nightly push skipped: NODE_ENV=development');
       await this.state.update((s) => {

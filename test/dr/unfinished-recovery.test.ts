@@ -1,0 +1,206 @@
+// A recovery from the DR cloud that stops after its keys step (here: the restore finds no disk space)
+// leaves the box under the recovered identity with its own data. It is recorded, `dr status` shows it,
+// every push (API, service, nightly) is refused and the cloud copy stays byte for byte the one A pushed;
+// running the recovery again (the id typed in upper case, grouped) reuses the copy already stored and
+// finishes it; `--abandon` takes another box back to its own identity instead.
+import { createHash } from 'node:crypto';
+import { readFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { DrClient } from '../../agent/dr/client';
+import type { RecoverFaults, RecoverResult } from '../../agent/dr/recover';
+import { type DrStatus, drServiceFor } from '../../agent/dr/service';
+import { normalizeInstallationId } from '../../agent/dr/unfinished';
+import { databaseUrl } from '../../agent/system/postgres-tools';
+import { runProcess } from '../../agent/system/spawn';
+import type { TestAgent } from '../services/agent';
+import { type DrCloud, startDrCloud, x25519Pair } from '../services/dr-cloud';
+import { startPostgres, type TestPostgres, withSql } from '../services/postgres';
+import { startAll } from '../services/start-all';
+import { pushViaApi, rowCounts, startDrAgent } from './helpers';
+
+let pg: TestPostgres;
+let cloud: DrCloud;
+let a: TestAgent;
+let b: TestAgent;
+let c: TestAgent;
+let aId = '';
+let aCounts: Record<string, number> = {};
+/** What the cloud answered A's id with, as B downloaded it the first time. */
+let goodSha = '';
+const bFaults: RecoverFaults = {};
+const cFaults: RecoverFaults = {};
+const FULL_DISK = { requiredBytes: Number.MAX_SAFE_INTEGER };
+const BIN = join(process.cwd(), 'bin/gem-backup.js');
+
+beforeAll(async () => {
+  ({ pg, cloud } = await startAll({ pg: startPostgres, cloud: startDrCloud }));
+  a = await startDrAgent(pg, cloud.url);
+  aId = a.agent.keyring.installationId;
+  // A's data differs from the sample data every fresh box is seeded with.
+  await withSql(databaseUrl(a.agent.sources.conn), async (sql) => {
+    await sql`create table public.drill_extra (id int primary key)`;
+    await sql`insert into public.drill_extra select generate_series(1, 7)`;
+  });
+  aCounts = await rowCounts(a.agent);
+  expect((await pushViaApi(a)).error).toBeUndefined();
+  b = await startDrAgent(pg, cloud.url, { recoverFaults: bFaults });
+  c = await startDrAgent(pg, cloud.url, { recoverFaults: cFaults });
+});
+afterAll(async () => {
+  await c?.close().catch(() => {});
+  await b?.close().catch(() => {});
+  await a?.close().catch(() => {});
+  await cloud?.dispose();
+  await pg?.stop();
+});
+
+async function status(t: TestAgent): Promise<DrStatus> {
+  return (await (await t.request('/api/v1/dr/status')).json()) as DrStatus;
+}
+
+/** The sha256 of the backup the cloud hands out for `installationId` now (one recovery request). */
+async function cloudCopySha(installationId: string): Promise<string> {
+  const client = new DrClient({
+    baseUrl: cloud.url,
+    identity: () => ({ installationId: aId, signingKey: a.agent.keyring.signingKey }),
+  });
+  const res = await client.recover(installationId, (await x25519Pair('fetch-back')).publicJwk);
+  const hash = createHash('sha256');
+  for await (const chunk of res.body) hash.update(chunk as Buffer);
+  return hash.digest('hex');
+}
+
+/** Grouped in fours with spaces and dashes, upper case: as an id read out over the phone is written down. */
+function asTyped(id: string): string {
+  return id
+    .toUpperCase()
+    .match(/.{4}/g)!
+    .map((g, i) => (i % 2 ? `${g} - ` : g))
+    .join('')
+    .replace(/ - $/, '');
+}
+
+describe('an unfinished DR recovery', () => {
+  it('normalizes an installation id typed in upper case, with spaces or dashes', () => {
+    const id = '9ebf5135b0630078788c892f21762d3c';
+    expect(normalizeInstallationId('9EBF5135B0630078788C892F21762D3C')).toBe(id);
+    expect(normalizeInstallationId(' 9ebf5135 b0630078 788c892f 21762d3c ')).toBe(id);
+    expect(normalizeInstallationId('9ebf-5135-b063-0078-788c-892f-2176-2d3c')).toBe(id);
+    expect(normalizeInstallationId(asTyped(id))).toBe(id);
+    expect(normalizeInstallationId('9ebf5135b0630078788c892f21762d3')).toBeUndefined();
+    expect(normalizeInstallationId('9ebf5135b0630078788c892f21762d3g')).toBeUndefined();
+  });
+
+  it('stops after the keys step, is recorded and shown, and every push is refused', async () => {
+    bFaults.restore = FULL_DISK;
+    const bOwnId = b.agent.keyring.installationId;
+    const bCounts = await rowCounts(b.agent);
+    const job = await b.agent.jobs.waitFor((await drServiceFor(b.agent).startRecover(asTyped(aId))).id);
+    expect(job.state).toBe('failed');
+    expect(job.error?.code).toBe('no_space');
+    // The keys were installed: B now carries A's identity with its own (sample) data.
+    expect(b.agent.keyring.installationId).toBe(aId);
+    expect(b.agent.keyring.installationId).not.toBe(bOwnId);
+    expect(await rowCounts(b.agent)).toEqual(bCounts);
+
+    const record = JSON.parse(await readFile(join(b.dataDir, 'dr-recovery.json'), 'utf8')) as {
+      installationId: string;
+      backup: string;
+      sha256: string;
+    };
+    expect(record.installationId).toBe(aId);
+    goodSha = record.sha256;
+
+    const s = await status(b);
+    expect(s.unfinishedRecovery).toMatchObject({ installationId: aId });
+    const sentence = `a recovery from the DR cloud of installation ${aId} did not finish: run \`gem-backup dr recover --installation-id ${aId}\` again`;
+    expect(s.unfinishedRecovery?.message).toContain(sentence);
+    expect(s.unfinishedRecovery?.reason).not.toContain(aId);
+
+    // Push Now through the API, the service (as the CLI calls it), and the nightly run.
+    const refused = await b.request('/api/v1/dr/push', { method: 'POST' });
+    expect(refused.status).toBe(422);
+    expect(((await refused.json()) as { error: { message: string } }).error.message).toContain(sentence);
+    await expect(drServiceFor(b.agent).startPush('manual')).rejects.toThrow(sentence);
+    await drServiceFor(b.agent).runNightly();
+    const after = await status(b);
+    expect(after.lastPush).toMatchObject({ trigger: 'nightly', outcome: 'skipped' });
+    expect(after.lastPush?.reason).not.toContain(aId);
+    expect(after.lastSuccess).toBeNull();
+  });
+
+  it('the CLI refuses dr push with the same sentence, shows it in dr status, names its option for a bad id', async () => {
+    const env = {
+      ...process.env,
+      GEM_DATA_DIR: b.dataDir,
+      DATABASE_URL: databaseUrl(b.agent.sources.conn),
+      GEM_SCRIPTS_DIR: b.agent.sources.scriptsDir,
+      GEM_CONFIG_DIR: b.agent.sources.configDir,
+      GEM_PG_BIN: pg.binDir,
+      GEM_DR_URL: cloud.url,
+      NODE_ENV: 'test',
+    };
+    const cli = (...args: string[]) => runProcess(process.execPath, [BIN, ...args], { env });
+    const push = await cli('dr', 'push');
+    expect(push.code).toBe(1);
+    expect(push.stderr.trim()).toContain(
+      `a recovery from the DR cloud of installation ${aId} did not finish: run \`gem-backup dr recover --installation-id ${aId}\` again`,
+    );
+    const shown = await cli('dr', 'status');
+    expect(shown.code, shown.stderr).toBe(0);
+    expect((JSON.parse(shown.stdout) as DrStatus).unfinishedRecovery?.installationId).toBe(aId);
+    const bad = await cli('dr', 'recover', '--installation-id', '9EBF 5135 nope');
+    expect(bad.code).toBe(1);
+    expect(bad.stderr.trim()).toMatch(/^gem-backup: --installation-id must be the 32 hex characters/);
+    expect(await cloud.listSlotObjects(aId)).toHaveLength(1);
+  });
+
+  it('--abandon takes another box back to its own identity, and it pushes to its own slot', async () => {
+    cFaults.restore = FULL_DISK;
+    const cOwnId = c.agent.keyring.installationId;
+    const cOwnKey = c.agent.keyring.activeKey.id;
+    const dr = drServiceFor(c.agent);
+    const job = await c.agent.jobs.waitFor((await dr.startRecover(aId)).id);
+    expect(job.state).toBe('failed');
+    expect(c.agent.keyring.installationId).toBe(aId);
+    expect((await status(c)).unfinishedRecovery).not.toBeNull();
+
+    expect(await dr.abandonRecovery()).toBe(true);
+    expect(c.agent.keyring.installationId).toBe(cOwnId);
+    expect(c.agent.keyring.activeKey.id).toBe(cOwnKey);
+    expect((await status(c)).unfinishedRecovery).toBeNull();
+    expect(await dr.abandonRecovery()).toBe(false);
+    const pushed = await pushViaApi(c);
+    expect(pushed.error).toBeUndefined();
+    expect(await cloud.listSlotObjects(cOwnId)).toHaveLength(1);
+  });
+
+  it("the cloud copy is still A's, byte for byte", async () => {
+    expect(goodSha).toMatch(/^[0-9a-f]{64}$/);
+    expect(await cloudCopySha(aId)).toBe(goodSha);
+    expect(await cloud.listSlotObjects(aId)).toHaveLength(1);
+  });
+
+  it('running the recovery again reuses the stored copy, finishes it and lets pushes go again', async () => {
+    delete bFaults.restore;
+    const before = (await b.agent.catalog.list()).filter((x) => x.installationId === aId);
+    expect(before).toHaveLength(1);
+    const job = await b.agent.jobs.waitFor((await drServiceFor(b.agent).startRecover(asTyped(aId))).id);
+    expect(job.error).toBeUndefined();
+    const result = job.result as RecoverResult;
+    expect(result.backup).toBe(before[0]!.filename);
+    // Beside it only the safety backup the restore took of B's own data.
+    const after = (await b.agent.catalog.list()).filter((x) => x.installationId === aId);
+    expect(after.filter((x) => x.kind !== 'safety').map((x) => x.filename)).toEqual([result.backup]);
+    expect(await rowCounts(b.agent)).toEqual(aCounts);
+    expect((await status(b)).unfinishedRecovery).toBeNull();
+    await expect(readFile(join(b.dataDir, 'dr-recovery.json'))).rejects.toThrow(/ENOENT/);
+    const pushed = await pushViaApi(b);
+    expect(pushed.error).toBeUndefined();
+  });
+
+  it('the API answers a malformed id with the rule', async () => {
+    await expect(drServiceFor(b.agent).startRecover('not-an-id')).rejects.toThrow(/32 hex characters/);
+  });
+});
