@@ -2,9 +2,10 @@
 import { statfs } from 'node:fs/promises';
 import type { Schedule, VerificationSchedule } from '../../shared/api/settings';
 import type { Agent } from '../agent';
-import { newestGoodBackup } from '../backup/catalog';
+import { type BackupInfo, newestGoodBackup } from '../backup/catalog';
 import type { DrService } from '../dr/service';
 import { describeError } from '../errors';
+import { heldByOtherProcess } from '../jobs/lock';
 import { DESTINATION_TITLES, OFFSITE_KINDS, type OffsiteKind } from '../offsite/destinations';
 import type { OffsiteService } from '../offsite/service';
 import { currentTargetResults, type VerificationStateStore } from '../verification/state';
@@ -81,8 +82,22 @@ export interface OffsiteProbeOptions {
 }
 
 /**
+ * The newest backup the auto-upload sends (made by a backup job, manual or scheduled: not a restore's
+ * safety copy nor a DR temporary one), of this installation and not failed verification.
+ */
+function newestAutoUploaded(agent: Agent, list: BackupInfo[]): BackupInfo | undefined {
+  return list.find(
+    (b) =>
+      (b.kind === 'manual' || b.kind === 'scheduled') &&
+      b.verifyResult !== 'failed' &&
+      agent.keyring.owns(b.installationId, b.keyIds),
+  );
+}
+
+/**
  * Offsite: per enabled destination, whether it answers (a list, at most every probeIntervalMs), its last
- * upload (offsite-state.json) and the last verification of its newest copy.
+ * upload (offsite-state.json), whether the newest backup is there (with auto-upload on: an upload cut
+ * off by a restart is told, not hidden) and the last verification of its newest copy.
  */
 export function offsiteArea(
   agent: Agent,
@@ -90,43 +105,67 @@ export function offsiteArea(
   verification: VerificationStateStore,
   options: OffsiteProbeOptions,
 ): AreaSource {
-  const probes = new Map<OffsiteKind, { at: number; key: string; error?: string }>();
-  const probe = async (kind: OffsiteKind, now: number): Promise<string | undefined> => {
+  type Probe = { at: number; key: string; error?: string; names?: Set<string> };
+  const probes = new Map<OffsiteKind, Probe>();
+  const probe = async (kind: OffsiteKind, now: number): Promise<Probe> => {
     const key = JSON.stringify(agent.settings.get().offsite[kind]);
     const cached = probes.get(kind);
-    if (cached && cached.key === key && now - cached.at < options.probeIntervalMs) return cached.error;
+    if (cached && cached.key === key && now - cached.at < options.probeIntervalMs) return cached;
     let error: string | undefined;
+    let names: Set<string> | undefined;
     try {
       const provider = offsite.provider(kind);
       try {
-        await provider.list();
+        names = new Set((await provider.list()).map((o) => o.name));
       } finally {
         await provider.close?.().catch(() => {});
       }
     } catch (e) {
       error = describeError(e).message;
     }
-    probes.set(kind, { at: now, key, error });
-    return error;
+    const result: Probe = error === undefined ? { at: now, key, names } : { at: now, key, error };
+    probes.set(kind, result);
+    return result;
   };
   return async (now) => {
     const status = await offsite.status();
     const verified = (await verification.get()).targets;
+    const newest = newestAutoUploaded(agent, await agent.catalog.list());
+    // A backup or a sync running (here, or a CLI's holding the job lock) may be sending it right now.
+    let busy: boolean | undefined;
+    const uploading = async () => {
+      busy ??=
+        agent.jobs.active().some((j) => j.kind === 'backup' || j.kind === 'sync') ||
+        (await heldByOtherProcess(agent.jobs.lockPath).catch(() => false));
+      return busy;
+    };
     const destinations: Record<string, AreaHealth> = {};
     for (const kind of OFFSITE_KINDS) {
       const d = status[kind];
       if (!d.enabled) continue;
       const title = DESTINATION_TITLES[kind];
       const findings: Array<{ status: HealthStatus; reason: string }> = [];
-      const unreachable = await probe(kind, now.getTime());
+      const { error: unreachable, names: remote } = await probe(kind, now.getTime());
       if (unreachable)
         findings.push({ status: 'failing', reason: `${title} cannot be reached: ${unreachable}` });
+      const last = d.lastSuccessfulUpload;
       if (d.lastUpload && !d.lastUpload.ok) {
         findings.push({
           status: 'failing',
           reason: `The last upload to ${title} failed: ${d.lastUpload.error?.message ?? 'unknown error'}`,
         });
-      } else if (d.autoUpload && !d.lastSuccessfulUpload) {
+      } else if (d.autoUpload && newest) {
+        // There when an upload (auto or sync) of it or a newer one is recorded, or the last list shows it.
+        const there = (last && last.backup >= newest.filename) || remote?.has(newest.filename);
+        if (!there && !unreachable && !(await uploading())) {
+          findings.push({
+            status: 'warning',
+            reason: last
+              ? `The newest backup, ${newest.filename}, is not on ${title} (the last upload there was ${last.backup}, ${formatAge(now.getTime() - Date.parse(last.at))} ago): run Sync Now to send it`
+              : `No backup has been uploaded to ${title} yet (the newest is ${newest.filename}): run Sync Now to send it`,
+          });
+        }
+      } else if (d.autoUpload && !last) {
         findings.push({ status: 'warning', reason: `No backup has been uploaded to ${title} yet` });
       }
       const check = verified[kind];
@@ -140,7 +179,7 @@ export function offsiteArea(
       destinations[kind] = {
         status: s,
         reason: findings.find((f) => f.status === s)?.reason ?? `${title} answers`,
-        lastSuccessfulUpload: d.lastSuccessfulUpload ?? null,
+        lastSuccessfulUpload: last ?? null,
         lastUpload: d.lastUpload ?? null,
         lastVerified: check ?? null,
       };

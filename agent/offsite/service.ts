@@ -451,8 +451,22 @@ export class OffsiteService {
               if (candidate.local.verifyResult === 'failed') continue; // a bad backup is not spread
               if (!watch.stillConfigured(`uploading ${name}`)) break;
               ctx.phase(`uploading ${name}`, candidate.local.size);
-              await uploadBackup(this.agent, provider, name, transfer);
+              const stored = await uploadBackup(this.agent, provider, name, transfer);
               result.uploaded.push(name);
+              // Counted like an auto-upload (health, metrics), as soon as it lands: oldest first, so the newest last.
+              await this.state
+                .recordSyncUpload(kind, {
+                  at: new Date().toISOString(),
+                  backup: name,
+                  ok: true,
+                  size: stored.size,
+                  via: 'sync',
+                })
+                .catch((error: unknown) =>
+                  ctx.log.warn('the offsite state could not be saved', {
+                    error: describeError(error).message,
+                  }),
+                );
             } else if (candidate.remote && !candidate.local) {
               if (!watch.stillConfigured(`downloading ${name}`)) break;
               ctx.phase(`downloading ${name}`, candidate.remote.size);

@@ -5,12 +5,14 @@ import { JsonStateFile } from '../system/json-state';
 import type { OffsiteKind } from './destinations';
 import type { DestinationSkip } from './messages';
 
-/** One upload of a new backup to a destination (auto-upload after a backup). */
+/** One upload of a backup to a destination (auto-upload after a backup, or the newest one a sync sent). */
 export interface UploadRecord {
   at: string;
   backup: string;
   ok: boolean;
   size?: number;
+  /** Sent by Sync Now (absent: the auto-upload after a backup). */
+  via?: 'sync';
   /** Remote backups removed by retention after the upload. */
   pruned?: string[];
   error?: { code: string; message: string };
@@ -66,5 +68,20 @@ export class OffsiteStateStore extends JsonStateFile<OffsiteState> {
       kind,
       landed ? { lastUpload: record, lastSuccessfulUpload: record } : { lastUpload: record },
     );
+  }
+
+  /**
+   * Records the newest backup a sync uploaded, as an upload: it becomes the last (successful) upload
+   * unless the one recorded is of a newer backup (a sync that filled in an older gap says nothing
+   * about the newest one). Names sort by creation time (gem-backup-YYYY-MM-DD-HHMMSS).
+   */
+  async recordSyncUpload(kind: OffsiteKind, record: UploadRecord): Promise<void> {
+    await this.update((state) => {
+      const d = { ...state[kind] };
+      if (!d.lastSuccessfulUpload || d.lastSuccessfulUpload.backup <= record.backup)
+        d.lastSuccessfulUpload = record;
+      if (!d.lastUpload || d.lastUpload.backup <= record.backup) d.lastUpload = record;
+      state[kind] = d;
+    });
   }
 }
