@@ -3,7 +3,7 @@ import type { Context } from 'hono';
 import { HTTPException } from 'hono/http-exception';
 import type { ContentfulStatusCode } from 'hono/utils/http-status';
 import { ZodError } from 'zod';
-import { AppError } from '../errors';
+import { AppError, isBareNoSpace, noSpaceError } from '../errors';
 import type { Logger } from '../log';
 
 export function errorBody(code: string, message: string, details?: Record<string, unknown>) {
@@ -126,9 +126,35 @@ export function connectionFailure(error: unknown, depth = 0): { code: string; wh
   return connectionFailure(cause, depth + 1);
 }
 
+/** A lost connection in a few words: "connection refused on 127.0.0.1:5432", "the server is shutting down". */
+export function connectionWords(lost: { code: string; where?: string }): string {
+  const words: Record<string, string> = {
+    ECONNREFUSED: 'connection refused',
+    ECONNRESET: 'connection reset',
+    ETIMEDOUT: 'connection timed out',
+    CONNECT_TIMEOUT: 'connection timed out',
+    EHOSTUNREACH: 'host unreachable',
+    EPIPE: 'connection closed',
+    CONNECTION_CLOSED: 'connection closed',
+    CONNECTION_ENDED: 'connection closed',
+    CONNECTION_DESTROYED: 'connection closed',
+    '57P01': 'the server is shutting down',
+    '57P02': 'the server stopped after a crash',
+    '57P03': 'the server is starting up or shutting down',
+  };
+  const what = words[lost.code] ?? lost.code;
+  return lost.where ? `${what} on ${lost.where}` : what;
+}
+
 export function onError(log: Logger) {
   return (error: Error, c: Context) => {
     if (error instanceof ZodError) error = validationError(error);
+    // A full data folder (a lock, a pin, a state file that could not be written): 507 with the one
+    // clear sentence, as uploads and backup jobs say it, wherever the write was.
+    if (!(error instanceof AppError) && isBareNoSpace(error)) {
+      log.warn('the disk is full', { error, route: c.req.path });
+      error = noSpaceError(error);
+    }
     // An AppError already names what failed (an offsite destination that is down, with its cause):
     // only a bare socket error is taken for the database.
     const lost = error instanceof AppError ? undefined : connectionFailure(error);

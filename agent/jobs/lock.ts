@@ -1,7 +1,8 @@
 /** A lock file so that the agent and the CLI never run two mutating jobs at once on the same data dir. */
 import { createHash, randomUUID } from 'node:crypto';
 import { readFileSync } from 'node:fs';
-import { link, readFile, stat, unlink, writeFile } from 'node:fs/promises';
+import { link, readdir, readFile, stat, unlink, writeFile } from 'node:fs/promises';
+import { basename, dirname, join } from 'node:path';
 import { AppError } from '../errors';
 
 /** What a lock file (and a takeover claim) holds: who, and a nonce naming this one taking. */
@@ -116,16 +117,41 @@ function stale(seen: Seen): boolean {
  */
 async function createWithContent(path: string, holder: Holder): Promise<boolean> {
   const temp = `${path}.${holder.nonce}.tmp`;
-  await writeFile(temp, JSON.stringify(holder), { mode: 0o600, flag: 'wx' });
   try {
-    await link(temp, path);
+    // Inside the try: a full disk fails the write after the file was created (empty), and that
+    // temp must go too.
+    await writeFile(temp, JSON.stringify(holder), { mode: 0o600, flag: 'wx' });
+    try {
+      await link(temp, path);
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code === 'EEXIST') return false;
+      throw error;
+    }
     return true;
-  } catch (error) {
-    if ((error as NodeJS.ErrnoException).code === 'EEXIST') return false;
-    throw error;
   } finally {
     await unlink(temp).catch(() => {});
   }
+}
+
+/**
+ * Removes the temp files of the lock at `path` (`<lock>.<nonce>.tmp`, a takeover claim's
+ * `<lock>.takeover-<id>.<nonce>.tmp`) that a dead process left between writing and removing one (a
+ * crash). A live writer's temp is left alone: its content names a live holder, or (unreadable) it is
+ * younger than the grace a writer needs. Returns the names removed.
+ */
+export async function removeAbandonedLockTemps(path: string): Promise<string[]> {
+  const dir = dirname(path);
+  const prefix = `${basename(path)}.`;
+  const removed: string[] = [];
+  const names = await readdir(dir).catch(() => [] as string[]);
+  for (const name of names) {
+    if (!name.startsWith(prefix) || !name.endsWith('.tmp')) continue;
+    const seen = await look(join(dir, name)).catch(() => undefined);
+    if (!seen || !stale(seen)) continue;
+    await unlink(join(dir, name)).catch(() => {});
+    removed.push(name);
+  }
+  return removed;
 }
 
 function newHolder(what: string): Holder {
@@ -231,10 +257,11 @@ export async function acquireLock(path: string, what: string): Promise<() => Pro
 }
 
 /**
- * Removes the lock at `path` if its holder is dead (a crash), by the same safe takeover rule;
- * true if a live process (or this one) holds it.
+ * Removes the lock at `path` if its holder is dead (a crash), by the same safe takeover rule, and the
+ * lock's temp files dead processes left; true if a live process (or this one) holds it.
  */
 export async function clearStaleLock(path: string): Promise<boolean> {
+  await removeAbandonedLockTemps(path);
   const seen = await look(path).catch(() => undefined);
   if (!seen) return false;
   if (!stale(seen)) return true;
