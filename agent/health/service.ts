@@ -2,6 +2,7 @@
 import type { Agent } from '../agent';
 import { drServiceFor } from '../dr/service';
 import { describeError } from '../errors';
+import { connectionFailure, connectionWords } from '../http/errors';
 import { offsiteServiceFor } from '../offsite/service';
 import { verificationStateFor } from '../verification/state';
 import {
@@ -77,7 +78,13 @@ export class HealthService {
         } catch (error) {
           const e = describeError(error);
           this.agent.log.warn('a health check failed', { area, error: e });
-          return [area, { status: 'failing', reason: `The ${area} check failed: ${e.message}` }];
+          // The agent's own state lives in GEM's database: an area that could not read it says so,
+          // with the cause in a few words (never the query it ran or its parameters).
+          const lost = connectionFailure(error);
+          const reason = lost
+            ? `GEM's database is unreachable (${connectionWords(lost)})`
+            : `The ${area} check failed: ${e.message}`;
+          return [area, { status: 'failing', reason }];
         }
       }),
     );
