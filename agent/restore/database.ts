@@ -429,9 +429,25 @@ export async function restoreDump(options: {
   const errors = restoreErrors(stderr);
   if (errors.length > 0 || (exit.code !== 0 && !/errors ignored on restore/i.test(stderr))) {
     const first = errors.slice(0, 3).join(' | ') || stderr || `exit ${exit.code}`;
-    throw new AppError('restore_failed', `the database could not be restored: ${first.slice(0, 1000)}`);
+    // pg_restore wrote only into the staging database: the live one was never touched.
+    const lost = stderr.split('\n').find((l) => LOST_CONNECTION.test(l));
+    if (lost) {
+      throw new AppError(
+        'dependency_down',
+        `the connection to the database server was lost during the restore (${lost.trim().slice(0, 300)}); ` +
+          `nothing was changed: GEM's database is as before; try again once PostgreSQL runs`,
+      );
+    }
+    throw new AppError(
+      'restore_failed',
+      `the database could not be restored; nothing was changed: GEM's database is as before: ${first.slice(0, 1000)}`,
+    );
   }
 }
+
+/** libpq's words for a server that went away (stopped, restarted, or the network dropped it). */
+const LOST_CONNECTION =
+  /server closed the connection unexpectedly|could not connect to server|connection to server .*failed|no connection to the server|terminating connection due to administrator command|the database system is (shutting down|starting up)|could not (send|receive) data (to|from) server|SSL SYSCALL error|connection to server was lost/i;
 
 /** Below runProcess's stdout limit (1 MiB): a listing this long may have lost its start. */
 const LISTING_LIMIT = (1 << 20) - 4096;
