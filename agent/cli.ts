@@ -19,19 +19,63 @@ export const COMMANDS: Record<string, Command> = {
   restore: restoreCommand,
 };
 
-const USAGE = `usage: gem-backup <command>
-  create [--label L]                          take a backup now
-  list                                        list local backups, newest first
-  verify FILE                                 decrypt and check every chunk and member (a name or a path)
-  restore FILE --yes                          restore a backup (replaces all current data)
-  decrypt FILE --keys KEYS.json [-o OUT]      offline: decrypt to a .tar.gz (no agent or database needed)
-  keys export [-o FILE]                       export the encryption keys
-  keys import FILE                            import keys from another installation
-  dr status                                   show the disaster-recovery state (JSON)
-  dr push                                     push a backup to the disaster-recovery cloud now
-  dr recover --installation-id ID             recover this installation from the cloud
-A keys passphrase (keys export/import, decrypt) comes from --passphrase-file PATH, GEM_KEYS_PASSPHRASE,
+/** Each command's lines of the usage, in the order `gem-backup help` lists them. */
+const USAGES: Record<string, string[]> = {
+  create: ['create [--label L]                          take a backup now'],
+  list: ['list                                        list local backups, newest first'],
+  verify: [
+    'verify FILE                                 decrypt and check every chunk and member (a name or a path)',
+  ],
+  restore: ['restore FILE --yes                          restore a backup (replaces all current data)'],
+  decrypt: [
+    'decrypt FILE --keys KEYS.json [-o OUT]      offline: decrypt to a .tar.gz (no agent or database needed)',
+  ],
+  keys: [
+    'keys export [-o FILE]                       export the encryption keys',
+    'keys import FILE                            import keys from another installation',
+  ],
+  dr: [
+    'dr status                                   show the disaster-recovery state (JSON)',
+    'dr push                                     push a backup to the disaster-recovery cloud now',
+    'dr recover --installation-id ID             recover this installation from the cloud',
+  ],
+};
+
+const PASSPHRASE_NOTE = `A keys passphrase (keys export/import, decrypt) comes from --passphrase-file PATH, GEM_KEYS_PASSPHRASE,
 or a prompt on a terminal; never from the command line itself.`;
+
+const USAGE = `usage: gem-backup <command>
+${Object.values(USAGES)
+  .flat()
+  .map((line) => `  ${line}`)
+  .join('\n')}
+${PASSPHRASE_NOTE}`;
+
+/** One command's usage (`gem-backup keys --help`). */
+function commandUsage(name: string): string {
+  const rows = (USAGES[name] ?? []).map((line) => line.split(/ {2,}/));
+  const width = Math.max(...rows.map(([form = '']) => form.length));
+  const lines = rows.map(([form = '', what = '']) => `gem-backup ${form.padEnd(width)}  ${what}`);
+  const note = ['keys', 'decrypt'].includes(name) ? `\n${PASSPHRASE_NOTE}` : '';
+  return `usage: ${lines.join('\n       ')}${note}`;
+}
+
+/**
+ * The commands that set up a new box may make a new installation in the data dir: `dr recover`
+ * and `keys import`. Every other one acts on an existing installation, never on a new empty one.
+ */
+function setsUpInstallation(name: string, args: string[]): boolean {
+  return (
+    (name === 'dr' && args[0] === 'recover' && !args.includes('--abandon')) ||
+    (name === 'keys' && args[0] === 'import')
+  );
+}
+
+// `gem-backup list | head -1`: a reader that stops early is not an error; the rest goes nowhere.
+process.stdout.on('error', (error: NodeJS.ErrnoException) => {
+  if (error.code !== 'EPIPE') throw error;
+  process.exit(process.exitCode ?? 0);
+});
 
 async function main(argv: string[]): Promise<number> {
   const [name, ...args] = argv;
@@ -49,14 +93,29 @@ async function main(argv: string[]): Promise<number> {
     process.stderr.write(`gem-backup: unknown command "${name}"; run "gem-backup help" for the list\n`);
     return 2;
   }
-  try {
-    await command(createCliContext(args));
+  if (args.includes('--help') || args.includes('-h')) {
+    process.stdout.write(`${commandUsage(name)}\n`);
     return 0;
-  } catch (error) {
-    if (process.stderr.isTTY) process.stderr.write('\n');
-    process.stderr.write(`gem-backup: ${describeError(error).message}\n`);
-    return 1;
   }
+  const cli = createCliContext(args, { mayCreate: setsUpInstallation(name, args) });
+  try {
+    await command(cli);
+  } catch (error) {
+    cli.endProgress();
+    // Stopped by Ctrl-C or SIGTERM: the line says what happened to the job, not "the job was cancelled".
+    if (!cli.interruption()) {
+      process.stderr.write(`gem-backup: ${describeError(error).message}\n`);
+      return 1;
+    }
+  }
+  const interrupted = cli.interruption();
+  if (!interrupted) return 0;
+  cli.endProgress();
+  process.stderr.write(`gem-backup: ${interrupted}\n`);
+  return 130;
 }
 
-process.exitCode = await main(process.argv.slice(2));
+const code = await main(process.argv.slice(2));
+// After a signal, work the command left behind (a file still being read) must not keep it alive.
+if (code === 130) process.exit(code);
+process.exitCode = code;

@@ -1,19 +1,26 @@
 /** CLI commands for backups: create, list, verify, and the offline decrypt. */
 import { createReadStream, existsSync } from 'node:fs';
-import { readFile, stat } from 'node:fs/promises';
+import { stat } from 'node:fs/promises';
 import { basename, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
-import { unwrapWithMasterKeys } from '../../shared/envelope';
+import { stanzaKeyIds, unwrapWithMasterKeys } from '../../shared/envelope';
 import { checkBackupName } from '../backup/catalog';
 import { type CreateBackupOptions, verifyBackup } from '../backup/create';
-import { envelopeToAppError, readBackup } from '../backup/reader';
+import type { FollowUp } from '../backup/operations';
+import { envelopeToAppError, readBackup, readHeaderOfFile } from '../backup/reader';
 import { AppError } from '../errors';
 import { validationError } from '../http/errors';
 import { createOpenTransform } from '../keys/envelope-node';
 import { parseKeysExport } from '../keys/keyring';
+import { DESTINATION_TITLES, type OffsiteKind } from '../offsite/destinations';
 import { writeFileAtomic } from '../system/atomic-file';
 import type { CliContext } from './context';
-import { PASSPHRASE_FILE_OPTION, passphraseToOpen, refusePassphraseArgument } from './passphrase';
+import {
+  PASSPHRASE_FILE_OPTION,
+  passphraseToOpen,
+  readKeysFile,
+  refusePassphraseArgument,
+} from './passphrase';
 
 function formatSize(bytes: number): string {
   return bytes >= 1048576 ? `${(bytes / 1048576).toFixed(1)} MiB` : `${(bytes / 1024).toFixed(1)} KiB`;
@@ -38,8 +45,45 @@ export async function createCommand(cli: CliContext): Promise<void> {
     return done;
   });
   if (job.state !== 'succeeded') throw new AppError('internal', job.error?.message ?? `backup ${job.state}`);
-  const { backup } = job.result as { backup: { filename: string; size: number } };
+  const { backup, followUps } = job.result as {
+    backup: { filename: string; size: number };
+    followUps?: Record<string, FollowUp>;
+  };
   cli.out(`created ${backup.filename} (${formatSize(backup.size)})`);
+  // The backup is good (exit 0), but a step after it that failed must be seen, not only logged.
+  for (const line of followUpWarnings(followUps ?? {})) cli.err(`warning: ${line}`);
+}
+
+/** The steps after a backup (agent/backup/operations.ts followUps), by the hook's name. */
+const FOLLOW_UP_NAMES: Record<string, string> = {
+  offsiteUpload: 'the automatic offsite upload',
+  retention: 'removing old backups beyond the keep limit',
+};
+
+/** Each failed step after a backup, with its reason; the auto-upload one line per destination. */
+function followUpWarnings(followUps: Record<string, FollowUp>): string[] {
+  const lines: string[] = [];
+  for (const [name, outcome] of Object.entries(followUps)) {
+    if (outcome.ok) continue;
+    const uploads = name === 'offsiteUpload' ? uploadFailures(outcome.details) : [];
+    if (uploads.length > 0) {
+      lines.push(...uploads);
+      continue;
+    }
+    lines.push(`${FOLLOW_UP_NAMES[name] ?? name} failed: ${outcome.error ?? 'unknown error'}`);
+  }
+  return lines;
+}
+
+/** "the upload to SFTP failed: <reason>" for each destination whose auto-upload failed. */
+function uploadFailures(details: unknown): string[] {
+  if (!details || typeof details !== 'object') return [];
+  return Object.entries(details as Record<string, { ok?: boolean; error?: { message?: string } }>)
+    .filter(([, r]) => r && r.ok === false)
+    .map(
+      ([kind, r]) =>
+        `the upload to ${DESTINATION_TITLES[kind as OffsiteKind] ?? kind} failed: ${r.error?.message ?? 'unknown error'}`,
+    );
 }
 
 export async function listCommand(cli: CliContext): Promise<void> {
@@ -65,8 +109,13 @@ function isFilePath(arg: string): boolean {
  */
 export async function verifyCommand(cli: CliContext): Promise<void> {
   const { positionals } = parseArgs({ args: cli.args, allowPositionals: true });
-  const arg = positionals[0] ?? '';
-  if (arg && isFilePath(arg)) {
+  const arg = positionals[0];
+  if (!arg)
+    throw new AppError(
+      'bad_request',
+      'usage: gem-backup verify FILE (a backup name from "gem-backup list", or a path)',
+    );
+  if (isFilePath(arg)) {
     const path = resolve(arg);
     const size = await stat(path).then(
       (s) => {
@@ -121,12 +170,28 @@ export async function decryptCommand(cli: CliContext): Promise<void> {
       'bad_request',
       'usage: gem-backup decrypt FILE --keys KEYS.json [-o OUT.tar.gz] [--passphrase-file PATH]',
     );
-  const keysText = await readFile(values.keys, 'utf8');
+  const keysText = await readKeysFile(values.keys);
   const keyring = await parseKeysExport(
     keysText,
     await passphraseToOpen(keysText, values['passphrase-file']),
   );
   const keys = keyring.masterKeys.map((k) => ({ id: k.id, key: Buffer.from(k.key, 'base64url') }));
+  // Offline there is nothing to import into: a keys file without the backup's key names the right one.
+  const header = await readHeaderOfFile(file).catch((error: NodeJS.ErrnoException) => {
+    if (error.code === 'ENOENT') throw new AppError('not_found', `no such file: ${file}`);
+    throw envelopeToAppError(error);
+  });
+  const needed = stanzaKeyIds(header.stanzas);
+  if (!needed.some((id) => keys.some((k) => k.id === id))) {
+    const other =
+      header.core.installationId === keyring.installationId
+        ? 'an older or newer export of this installation'
+        : `the keys file of installation ${header.core.installationId}`;
+    throw new AppError(
+      'no_key',
+      `${values.keys} does not hold key ${needed.join(', ') || '(unknown)'} that this backup was made with (the keys file is installation ${keyring.installationId}'s): use ${other}`,
+    );
+  }
   const name = basename(file);
   const output = resolve(
     values.output ??

@@ -1,53 +1,167 @@
 /** What a CLI command gets: its arguments, output channels, and a way to open the agent in-process. */
+import { existsSync } from 'node:fs';
 import type { Agent } from '../agent';
 import { openAgent } from '../agent';
-import { loadConfig } from '../config';
+import { dataPaths, loadConfig } from '../config';
 import { AppError } from '../errors';
 import { connectionFailure } from '../http/errors';
+import type { Job } from '../jobs/runner';
 import { createLogger } from '../log';
+import { progressWords } from './progress';
 
 export interface CliContext {
   args: string[];
   out: (line: string) => void;
   err: (line: string) => void;
-  /** Opens the agent over GEM_DATA_DIR (starting the embedded cluster if needed), runs fn, closes it. */
+  /**
+   * Opens the agent over GEM_DATA_DIR (starting the embedded cluster if needed), runs fn, closes it.
+   * Ctrl-C or SIGTERM meanwhile cancels the jobs it runs, waits for them, and closes the agent.
+   */
   withAgent<T>(fn: (agent: Agent) => Promise<T>): Promise<T>;
+  /** Refuses, with one line, a data dir that holds no installation (unless this command sets one up). */
+  requireInstallation(): void;
   /** A progress printer for jobs: one line per phase, a percentage when the total is known. */
   progress(phase: string, done: number, total: number): void;
+  /** Clears the progress line on a terminal (before a result or an error line). */
+  endProgress(): void;
+  /** After a Ctrl-C or SIGTERM: the one line that says what happened; undefined if none came. */
+  interruption(): string | undefined;
 }
 
-export function createCliContext(args: string[]): CliContext {
+/** Thrown when a signal stopped a command that runs no job (list, verify of a path, dr status). */
+class Interrupted extends AppError {
+  constructor() {
+    super('cancelled', 'cancelled');
+  }
+}
+
+/** What a job stopped by a signal did, in one line. */
+function describeStopped(job: Job): string {
+  const what = job.kind.replaceAll('-', ' ');
+  if (job.state === 'cancelled') {
+    return job.kind === 'restore'
+      ? 'cancelled: the restore stopped before the switch-over; the current data was not changed'
+      : 'cancelled: nothing was changed';
+  }
+  if (job.state === 'succeeded') return `interrupted too late to cancel: the ${what} had completed`;
+  return `interrupted: the ${what} failed: ${job.error?.message ?? 'unknown error'}`;
+}
+
+export function createCliContext(args: string[], options: { mayCreate?: boolean } = {}): CliContext {
   let lastLine = '';
+  let showing = false;
+  /** The first signal's name; a second one exits at once. */
+  let signalled: string | undefined;
+  let pressed = 0;
+  /** Jobs that were running (or started) after the signal, by id, with their latest record. */
+  const stopped = new Map<string, Job>();
+  const endProgress = () => {
+    if (showing) process.stderr.write('\r\x1b[K');
+    showing = false;
+    lastLine = '';
+  };
+  const requireInstallation = () => {
+    if (options.mayCreate) return;
+    const config = loadConfig();
+    if (existsSync(dataPaths(config.dataDir).keyring)) return;
+    throw new AppError(
+      'not_found',
+      `no GEM backup installation in ${config.dataDir}: set GEM_DATA_DIR to the service's data dir (systemctl cat gem-backup shows it), or start the service once to create one`,
+    );
+  };
   return {
     args,
-    out: (line) => process.stdout.write(`${line}\n`),
-    err: (line) => process.stderr.write(`${line}\n`),
+    out: (line) => {
+      endProgress();
+      process.stdout.write(`${line}\n`);
+    },
+    err: (line) => {
+      endProgress();
+      process.stderr.write(`${line}\n`);
+    },
+    requireInstallation,
+    endProgress,
+    interruption() {
+      if (!signalled) return undefined;
+      const jobs = [...stopped.values()];
+      if (jobs.length === 0) return 'cancelled: nothing was changed';
+      return jobs.map(describeStopped).join('; ');
+    },
     async withAgent(fn) {
+      requireInstallation();
       const config = loadConfig();
-      // 'error': the CLI prints a failed command's one line itself (main in cli.ts), so a job's
-      // 'job failed' warning would say it twice, as JSON; errors it does not print still show.
-      const agent = await openAgent(config, createLogger({ level: 'error' })).catch((error: unknown) => {
-        // A bare "connect ECONNREFUSED 127.0.0.1:5432" does not say it is the database.
-        const lost = connectionFailure(error);
-        if (!lost) throw error;
-        throw new AppError(
-          'dependency_down',
-          `cannot reach the database${lost.where ? ` at ${lost.where}` : ''} (${lost.code}): is PostgreSQL running, and is DATABASE_URL right?`,
-          { cause: error },
-        );
+      let agent: Agent | undefined;
+      let closing = false;
+      let stop: (error: Error) => void = () => {};
+      const stopNow = new Promise<never>((_, reject) => {
+        stop = reject;
       });
+      stopNow.catch(() => {});
+      const cancelAll = (open: Agent) => {
+        const active = open.jobs.active();
+        for (const job of active) {
+          stopped.set(job.id, job);
+          if (job.phase !== 'cancelling') open.jobs.cancel(job.id);
+        }
+        return active.length;
+      };
+      const onSignal = (signal: NodeJS.Signals) => {
+        if (pressed++ > 0) {
+          endProgress();
+          process.stderr.write(`gem-backup: ${signal} again: stopped at once\n`);
+          process.exit(130);
+        }
+        // While closing after the command ended there is nothing left to cancel: the close goes on.
+        if (closing) return;
+        signalled = signal;
+        if (agent && cancelAll(agent) === 0) stop(new Interrupted());
+      };
+      process.on('SIGINT', onSignal);
+      process.on('SIGTERM', onSignal);
       try {
-        return await fn(agent);
+        // 'error': the CLI prints a failed command's one line itself (main in cli.ts), so a job's
+        // 'job failed' warning would say it twice, as JSON; errors it does not print still show.
+        agent = await openAgent(config, createLogger({ level: 'error' })).catch((error: unknown) => {
+          // A bare "connect ECONNREFUSED 127.0.0.1:5432" does not say it is the database.
+          const lost = connectionFailure(error);
+          if (!lost) throw error;
+          throw new AppError(
+            'dependency_down',
+            `cannot reach the database${lost.where ? ` at ${lost.where}` : ''} (${lost.code}): is PostgreSQL running, and is DATABASE_URL right?`,
+            { cause: error },
+          );
+        });
+        const open = agent;
+        // A job started after the signal (the command was between steps) is cancelled at once;
+        // every stopped job's last record says what happened to it.
+        const off = open.jobs.subscribeAll((event) => {
+          if (event.type !== 'update' || !signalled) return;
+          stopped.set(event.job.id, event.job);
+          if (!event.job.endedAt && event.job.phase !== 'cancelling') open.jobs.cancel(event.job.id);
+        });
+        try {
+          if (signalled) throw new Interrupted();
+          const running = fn(open);
+          running.catch(() => {});
+          return await Promise.race([running, stopNow]);
+        } finally {
+          off();
+          closing = true;
+          await open.close();
+        }
       } finally {
-        await agent.close();
+        closing = true;
+        process.off('SIGINT', onSignal);
+        process.off('SIGTERM', onSignal);
       }
     },
     progress(phase, done, total) {
-      const pct = total > 0 ? ` ${Math.floor((100 * done) / total)}%` : ` ${(done / 1048576).toFixed(1)} MiB`;
-      const line = `${phase}${pct}`;
-      if (line !== lastLine && process.stderr.isTTY) {
-        process.stderr.write(`\r${line.padEnd(40)}`);
+      if (!process.stderr.isTTY) return;
+      const line = progressWords(phase, done, total);
+      if (line !== lastLine) {
+        process.stderr.write(`\r\x1b[K${line}`);
         lastLine = line;
+        showing = true;
       }
     },
   };

@@ -1,5 +1,5 @@
 /** CLI commands for the encryption keys: export and import. */
-import { readFile, stat } from 'node:fs/promises';
+import { stat } from 'node:fs/promises';
 import { dirname, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { AppError } from '../errors';
@@ -9,9 +9,11 @@ import { buildKeysExport, exportFileName } from '../keys/keyring';
 import { writeSmallFileAtomic } from '../system/atomic-file';
 import type { CliContext } from './context';
 import {
+  PASSPHRASE_ENV,
   PASSPHRASE_FILE_OPTION,
   passphraseToOpen,
   passphraseToProtect,
+  readKeysFile,
   refusePassphraseArgument,
 } from './passphrase';
 
@@ -27,6 +29,8 @@ export async function keysCommand(cli: CliContext): Promise<void> {
     options: { output: { type: 'string', short: 'o' }, ...PASSPHRASE_FILE_OPTION },
   });
   if (sub === 'export') {
+    // Before a passphrase is asked for: a data dir without an installation has no keys to export.
+    cli.requireInstallation();
     const given = await passphraseToProtect(values['passphrase-file']);
     // The API's minimum for an export passphrase (exportBody), not a copy of it.
     const body = exportBody.safeParse(given === undefined ? {} : { passphrase: given });
@@ -47,12 +51,18 @@ export async function keysCommand(cli: CliContext): Promise<void> {
       await agent.keyState.merge({ lastDownloadedAt: now.toISOString() });
     });
     cli.out(`keys exported to ${path}${passphrase ? ' (passphrase protected)' : ''}`);
+    // Chosen by the lack of a passphrase source, not by the person: say so where a script's log shows it.
+    if (!passphrase) {
+      cli.err(
+        `warning: ${path} is NOT passphrase protected: anyone who reads it can decrypt every backup; keep it offline (${PASSPHRASE_ENV} or --passphrase-file PATH protects the next export)`,
+      );
+    }
     return;
   }
   if (sub === 'import') {
     const file = positionals[0];
     if (!file) throw new AppError('bad_request', USAGE);
-    const text = await readFile(file, 'utf8');
+    const text = await readKeysFile(file);
     const passphrase = await passphraseToOpen(text, values['passphrase-file']);
     const result = await cli.withAgent((agent) => importKeysFile(agent, text, passphrase));
     cli.out(`keys imported: installation ${result.installationId}, active key ${result.activeKeyId}`);

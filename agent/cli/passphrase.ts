@@ -82,8 +82,24 @@ export function promptHidden(question: string): Promise<string> {
  */
 export async function passphraseToOpen(text: string, file: string | undefined): Promise<string | undefined> {
   const given = await passphraseFromOptions(file);
-  if (given !== undefined || !canPrompt() || !isProtectedExport(text)) return given;
+  if (given !== undefined || !isProtectedExport(text)) return given;
+  // No terminal (a script, ssh without -t, </dev/null): nothing could be typed at a prompt.
+  if (!canPrompt()) {
+    throw new AppError(
+      'wrong_passphrase',
+      `this keys file is protected by a passphrase and there is no terminal to ask on: set ${PASSPHRASE_ENV} or pass --passphrase-file PATH`,
+    );
+  }
   return (await promptHidden('Passphrase of the keys file: ')) || undefined;
+}
+
+/** The text of the keys file at `path`; a missing or unreadable one is one line naming it. */
+export async function readKeysFile(path: string): Promise<string> {
+  return readFile(path, 'utf8').catch((error: NodeJS.ErrnoException) => {
+    if (error.code === 'ENOENT') throw new AppError('not_found', `no such keys file: ${path}`);
+    if (error.code === 'EISDIR') throw new AppError('bad_request', `${path} is a folder, not a keys file`);
+    throw new AppError('bad_request', `cannot read the keys file ${path}: ${error.code ?? error.message}`);
+  });
 }
 
 /**

@@ -69,7 +69,8 @@ export async function encodeHeader(
  */
 export function tryParseHeader(bytes: Uint8Array): { header: EnvelopeHeader; length: number } | null {
   for (let i = 0; i < Math.min(6, bytes.length); i++) {
-    if (bytes[i] !== MAGIC[i]) throw new EnvelopeError('not_a_backup', 'this is not a GEM backup file');
+    if (bytes[i] !== MAGIC[i])
+      throw new EnvelopeError('not_a_backup', 'it does not start with the GEM backup signature');
   }
   if (bytes.length < CORE_START) return null;
   if (bytes[6] !== MAGIC[6] || bytes[7] !== MAGIC[7]) {

@@ -1,0 +1,282 @@
+/**
+ * The CLI as an operator meets it over SSH: a forgotten GEM_DATA_DIR, `| head`, Ctrl-C, a failed
+ * auto-upload, a terminal's progress line, and the messages that say what to do.
+ */
+import { spawn } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { buildKeysExport, createKeyringFile } from '../../agent/keys/keyring';
+import { runProcess } from '../../agent/system/spawn';
+import { seededEnvironment, startTestAgent } from '../services/agent';
+import { startPostgres, type TestPostgres, withSql } from '../services/postgres';
+
+let pg: TestPostgres;
+let dataDir: string;
+let env: NodeJS.ProcessEnv;
+let scratch: string;
+
+const BIN = join(process.cwd(), 'bin/gem-backup.js');
+const cliIn = (extra: NodeJS.ProcessEnv, ...args: string[]) =>
+  runProcess(process.execPath, [BIN, ...args], { env: { ...env, ...extra }, cwd: scratch });
+const cli = (...args: string[]) => cliIn({}, ...args);
+const oneLine = (stderr: string) => {
+  const lines = stderr.trim().split('\n');
+  expect(lines, stderr).toHaveLength(1);
+  return lines[0]!;
+};
+const backups = async (dir = dataDir) =>
+  (await readdir(join(dir, 'backups')).catch(() => [] as string[])).filter((n) => n.endsWith('.tar.gz'));
+
+beforeAll(async () => {
+  pg = await startPostgres();
+  ({ dataDir, env } = await seededEnvironment(pg, 'gem-cli-op-'));
+  scratch = await mkdtemp(join(tmpdir(), 'gem-cli-op-scratch-'));
+  const created = await cli('create');
+  expect(created.code, created.stderr).toBe(0);
+});
+afterAll(async () => {
+  await pg?.stop();
+  if (scratch) await rm(scratch, { recursive: true, force: true });
+  if (dataDir) await rm(dataDir, { recursive: true, force: true });
+});
+
+describe('a data dir without an installation', () => {
+  it('is refused with one line by every command that acts on an installation; nothing is created', async () => {
+    const empty = join(scratch, 'forgot-the-export');
+    const url = await pg.createDatabase();
+    for (const args of [
+      ['list'],
+      ['create'],
+      ['verify', 'gem-backup-2026-01-01-000000.tar.gz'],
+      ['restore', 'gem-backup-2026-01-01-000000.tar.gz', '--yes'],
+      ['keys', 'export', '-o', join(scratch, 'k.json')],
+      ['dr', 'status'],
+      ['dr', 'push'],
+    ]) {
+      const res = await cliIn({ GEM_DATA_DIR: empty, DATABASE_URL: url }, ...args);
+      expect(res.code, args.join(' ')).toBe(1);
+      expect(oneLine(res.stderr)).toBe(
+        `gem-backup: no GEM backup installation in ${empty}: set GEM_DATA_DIR to the service's data dir (systemctl cat gem-backup shows it), or start the service once to create one`,
+      );
+      expect(existsSync(empty), args.join(' ')).toBe(false);
+    }
+    // Nothing reached the database either: no agent schema was made in it.
+    const schemas = await withSql(
+      url,
+      (sql) => sql`select schema_name from information_schema.schemata where schema_name = 'gem_backup'`,
+    );
+    expect(schemas).toHaveLength(0);
+  });
+
+  it('keys import, which sets up a new box, still makes one', async () => {
+    const fresh = join(scratch, 'new-box');
+    const exported = join(scratch, 'other.json');
+    const other = createKeyringFile();
+    await writeFile(exported, await buildKeysExport(other), { mode: 0o600 });
+    const res = await cliIn(
+      { GEM_DATA_DIR: fresh, DATABASE_URL: await pg.createDatabase() },
+      'keys',
+      'import',
+      exported,
+    );
+    expect(res.stderr).toBe('');
+    expect(res.code).toBe(0);
+    expect(res.stdout).toContain(`installation ${other.installationId}`);
+    expect(existsSync(join(fresh, 'keyring.json'))).toBe(true);
+  });
+});
+
+describe('output and signals', () => {
+  it('`list | true` (a reader that stops early) exits 0 without a stack trace', async () => {
+    const res = await runProcess(
+      'bash',
+      ['-c', `"${process.execPath}" "${BIN}" list | true; echo "exit=\${PIPESTATUS[0]}" >&2`],
+      { env, cwd: scratch },
+    );
+    expect(res.stderr.trim()).toBe('exit=0');
+  });
+
+  /** Runs the CLI and sends SIGINT as soon as its job holds the job lock; its exit and output. */
+  async function interruptedRun(...args: string[]) {
+    const child = spawn(process.execPath, [BIN, ...args], {
+      env,
+      cwd: scratch,
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (d: Buffer) => (stdout += d));
+    child.stderr.on('data', (d: Buffer) => (stderr += d));
+    const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
+      child.once('close', (code, signal) => resolve({ code, signal })),
+    );
+    const lock = join(dataDir, 'job.lock');
+    const deadline = Date.now() + 30_000;
+    while (!existsSync(lock) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 5));
+    expect(existsSync(lock)).toBe(true);
+    child.kill('SIGINT');
+    return { ...(await exited), stdout, stderr };
+  }
+
+  it('Ctrl-C during create or restore cancels the job, closes the agent, says so in one line, exit 130', async () => {
+    // Enough data that the job is still running when the signal comes.
+    await withSql(env.DATABASE_URL!, async (sql) => {
+      await sql`create table public.bulk as select g as id, repeat(md5(g::text), 8) as payload from generate_series(1, 400000) g`;
+    });
+    const before = await backups();
+    const created = await interruptedRun('create');
+    expect(created).toMatchObject({ code: 130, signal: null, stdout: '' });
+    expect(oneLine(created.stderr)).toBe('gem-backup: cancelled: nothing was changed');
+    expect(await backups()).toEqual(before);
+    // The job was cancelled through its own path: no lock and no temp file left behind.
+    expect(existsSync(join(dataDir, 'job.lock'))).toBe(false);
+    expect((await readdir(join(dataDir, 'backups'))).filter((n) => n.startsWith('.tmp'))).toEqual([]);
+
+    // The backup restored would drop the table: it is still there, the restore said it changed nothing.
+    const restored = await interruptedRun('restore', before[0]!, '--yes');
+    expect(restored).toMatchObject({ code: 130, signal: null, stdout: '' });
+    expect(oneLine(restored.stderr)).toBe(
+      'gem-backup: cancelled: the restore stopped before the switch-over; the current data was not changed',
+    );
+    expect(existsSync(join(dataDir, 'job.lock'))).toBe(false);
+    await withSql(env.DATABASE_URL!, async (sql) => {
+      expect(await sql`select count(*)::int as n from public.bulk`).toEqual([{ n: 400000 }]);
+      await sql`drop table public.bulk`;
+    });
+  });
+
+  it('create warns on stderr, with the reason, about an auto-upload that failed; exit 0', async () => {
+    const t = await startTestAgent(pg, { dataDir, databaseUrl: env.DATABASE_URL! });
+    try {
+      await t.agent.settings.update({
+        offsite: {
+          sftp: {
+            enabled: true,
+            host: '127.0.0.1',
+            port: 18651, // nothing listens here
+            username: 'gem',
+            remotePath: 'backups',
+            auth: { password: 'a password' },
+            autoUpload: true,
+          },
+        },
+      });
+    } finally {
+      await t.close();
+    }
+    const res = await cli('create');
+    expect(res.code).toBe(0);
+    expect(res.stdout).toMatch(/^created gem-backup-\S+\.tar\.gz/);
+    expect(oneLine(res.stderr)).toMatch(/^warning: the upload to SFTP server failed: \S/);
+  });
+
+  it('on a terminal the progress line uses the page words, no "0.0 MiB", and is cleared before the result', async () => {
+    // `script` gives the CLI a terminal; it inherits the environment.
+    const command = [process.execPath, BIN, 'verify', (await backups())[0]!];
+    const res = await runProcess('script', ['-qec', command.map((w) => `'${w}'`).join(' '), '/dev/null'], {
+      env,
+      cwd: scratch,
+    });
+    expect(res.code, res.stdout).toBe(0);
+    expect(res.stdout).toContain(
+      'Checking the backup: every file is decrypted and compared with its checksum',
+    );
+    expect(res.stdout).not.toContain('0.0 MiB');
+    expect(res.stdout).toMatch(/\r\x1b\[Kgem-backup-\S+\.tar\.gz: ok/);
+  });
+});
+
+describe('messages that say what to do', () => {
+  it('a protected keys file without a terminal names GEM_KEYS_PASSPHRASE and --passphrase-file', async () => {
+    const out = join(scratch, 'protected.json');
+    const exported = await cliIn(
+      { GEM_KEYS_PASSPHRASE: 'long enough passphrase' },
+      'keys',
+      'export',
+      '-o',
+      out,
+    );
+    expect(exported.code, exported.stderr).toBe(0);
+    for (const args of [
+      ['keys', 'import', out],
+      [
+        'decrypt',
+        join(dataDir, 'backups', (await backups())[0]!),
+        '--keys',
+        out,
+        '-o',
+        join(scratch, 'x.tar.gz'),
+      ],
+    ]) {
+      const res = await cli(...args);
+      expect(res.code).toBe(1);
+      const line = oneLine(res.stderr);
+      expect(line).toMatch(/^gem-backup: this keys file is protected by a passphrase/);
+      expect(line).toContain('GEM_KEYS_PASSPHRASE');
+      expect(line).toContain('--passphrase-file');
+    }
+  });
+
+  it('a missing keys file, verify without a file, not a backup, and <command> --help', async () => {
+    const missing = join(scratch, 'nope.json');
+    const [backup] = await backups();
+    expect(oneLine((await cli('keys', 'import', missing)).stderr)).toBe(
+      `gem-backup: no such keys file: ${missing}`,
+    );
+    expect(oneLine((await cli('decrypt', join(dataDir, 'backups', backup!), '--keys', missing)).stderr)).toBe(
+      `gem-backup: no such keys file: ${missing}`,
+    );
+    const verify = await cli('verify');
+    expect(verify.code).toBe(1);
+    expect(oneLine(verify.stderr)).toMatch(/^gem-backup: usage: gem-backup verify FILE/);
+
+    const notBackup = join(scratch, 'notabackup.tar.gz');
+    await writeFile(notBackup, 'hello, this is not a backup at all\n'.repeat(100));
+    const line = oneLine((await cli('verify', notBackup)).stderr);
+    expect(line).toMatch(/^gem-backup: not a GEM backup file: /);
+    expect(line.match(/GEM backup file/g)).toHaveLength(1);
+
+    for (const name of ['create', 'list', 'verify', 'restore', 'decrypt', 'keys', 'dr']) {
+      const help = await cli(name, '--help');
+      expect(help.code, name).toBe(0);
+      expect(help.stderr, name).toBe('');
+      expect(help.stdout, name).toMatch(new RegExp(`^usage: gem-backup ${name}\\b`));
+    }
+  });
+
+  it("decrypt with another installation's keys file names the installation the backup needs", async () => {
+    const other = createKeyringFile();
+    const keys = join(scratch, 'other-installation.json');
+    await writeFile(keys, await buildKeysExport(other), { mode: 0o600 });
+    const mine = JSON.parse(await readFile(join(dataDir, 'keyring.json'), 'utf8')) as {
+      installationId: string;
+    };
+    const out = join(scratch, 'never.tar.gz');
+    const res = await cli(
+      'decrypt',
+      join(dataDir, 'backups', (await backups())[0]!),
+      '--keys',
+      keys,
+      '-o',
+      out,
+    );
+    expect(res.code).toBe(1);
+    const line = oneLine(res.stderr);
+    expect(line).toContain(`${keys} does not hold key`);
+    expect(line).toContain(`use the keys file of installation ${mine.installationId}`);
+    expect(line).not.toMatch(/import/);
+    await expect(stat(out)).rejects.toThrow(/ENOENT/);
+  });
+
+  it('keys export with no passphrase and no terminal writes the file and warns that it is not protected', async () => {
+    const out = join(scratch, 'plain.json');
+    const res = await cli('keys', 'export', '-o', out);
+    expect(res.code).toBe(0);
+    expect(res.stdout.trim()).toBe(`keys exported to ${out}`);
+    expect(oneLine(res.stderr)).toMatch(/^warning: .*plain\.json is NOT passphrase protected/);
+    expect((await stat(out)).mode & 0o777).toBe(0o600);
+  });
+});
