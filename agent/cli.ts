@@ -38,6 +38,7 @@ const USAGES: Record<string, string[]> = {
     'dr status                                   show the disaster-recovery state (JSON)',
     'dr push                                     push a backup to the disaster-recovery cloud now',
     'dr recover --installation-id ID             recover this installation from the cloud',
+    "dr recover --abandon                        give up an unfinished recovery: back to this box's own identity",
   ],
 };
 

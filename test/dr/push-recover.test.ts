@@ -169,10 +169,12 @@ describe('Cloud DR push, recovery on a fresh install, opt-out', () => {
     expect(b.agent.keyring.installationId).not.toBe(aId);
     expect(await rowCounts(b.agent)).toEqual({});
 
+    // Typed the way it was read from a note: upper case, in groups of eight.
+    const typed = aId.toUpperCase().replace(/(.{8})(?=.)/g, '$1 ');
     const res = await b.request('/api/v1/dr/recover', {
       method: 'POST',
       headers: { 'content-type': 'application/json' },
-      body: JSON.stringify({ installationId: aId }),
+      body: JSON.stringify({ installationId: typed }),
     });
     expect(res.status).toBe(202);
     const job = await b.agent.jobs.waitFor(((await res.json()) as { jobId: string }).jobId);

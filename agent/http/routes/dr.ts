@@ -1,14 +1,15 @@
 /** Cloud DR routes: GET /dr/status, POST /dr/push (a job), POST /dr/recover {installationId} (a job). */
 import { Hono } from 'hono';
 import { z } from 'zod';
-import { InstallationId } from '../../../shared/api/cloud';
 import type { Agent } from '../../agent';
 import type { RouteModule } from '../../app';
 import { drServiceFor } from '../../dr/service';
+import { RecoveryInstallationId } from '../../dr/unfinished';
 import { AppError } from '../../errors';
 import { jsonBody } from '../body';
 
-const RecoverBody = z.object({ installationId: InstallationId }).strict();
+// Upper case and spaces or dashes between groups are accepted, as on the CLI (an id read from a note).
+const RecoverBody = z.object({ installationId: RecoveryInstallationId }).strict();
 
 /** The DR routes over the agent's one DR service, looked up per request: mounting creates nothing. */
 export function drRoutes(agent: Agent): Hono {
