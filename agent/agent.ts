@@ -14,6 +14,7 @@ import { openSql } from './db/connect';
 import { migrateAgentSchema } from './db/migrate';
 import { hasGemSchema, seedGemDatabase, writeSampleFolders } from './db/seed';
 import { AuditLog } from './http/audit';
+import { JobHistory } from './jobs/history';
 import { clearStaleLock as clearLeftLock } from './jobs/lock';
 import type { Job, JobContext } from './jobs/runner';
 import { JobRunner } from './jobs/runner';
@@ -98,7 +99,7 @@ export async function openAgent(
   const sql = openSql(databaseUrl, 5);
   const scriptsDir = config.scriptsDir ?? paths.sampleScripts;
   const configDir = config.configDir ?? paths.sampleConfig;
-  await recoverRestoreAtStart(config, log, { databaseUrl, scriptsDir, configDir });
+  const restoreRecovery = await recoverRestoreAtStart(config, log, { databaseUrl, scriptsDir, configDir });
   if (!config.databaseUrl && !(await hasGemSchema(sql))) {
     log.info('seeding the embedded database with a sample GEM installation');
     await seedGemDatabase(sql, keyring.activeKey);
@@ -121,7 +122,13 @@ export async function openAgent(
   const workRoot = paths.work;
   await removeAbandoned(workRoot, { all: true });
   paths.work = join(workRoot, `p${process.pid}`);
-  const jobs = new JobRunner({ lockPath, log });
+  // The recent jobs survive a restart; one a crash interrupted is listed as failed `interrupted`.
+  const jobs = new JobRunner({
+    lockPath,
+    log,
+    history: new JobHistory(join(config.dataDir, 'jobs.json'), log),
+  });
+  await jobs.loadHistory(restoreRecovery);
   const token = config.agentToken ?? (await loadOrCreateToken(paths.token));
 
   const audit = new AuditLog(paths.audit);

@@ -2,6 +2,15 @@
 import { randomUUID } from 'node:crypto';
 import { AppError, describeError } from '../errors';
 import type { Logger } from '../log';
+import {
+  type HistoryEntry,
+  interruptedMessage,
+  type JobHistory,
+  ownerGone,
+  type RestoreRecovery,
+  runnerClosed,
+  runnerOpened,
+} from './history';
 import { acquireLock } from './lock';
 
 export type JobKind =
@@ -84,8 +93,59 @@ export class JobRunner {
   private readonly listeners = new Map<string, Set<Listener>>();
   private readonly globalListeners = new Set<Listener>();
   private readonly running = new Set<Promise<unknown>>();
+  /** This runner, in the history file (with the pid: whether the job's process still runs). */
+  private readonly runnerId = randomUUID();
+  /** Jobs loaded from the history that another runner ran: written back under their owner. */
+  private readonly owners = new Map<string, { pid: number; runner: string }>();
+  private saveChain: Promise<void> = Promise.resolve();
+  private saveQueued = false;
 
-  constructor(private readonly options: { lockPath: string; log: Logger; keep?: number }) {}
+  constructor(
+    private readonly options: { lockPath: string; log: Logger; keep?: number; history?: JobHistory },
+  ) {
+    runnerOpened(this.runnerId);
+  }
+
+  /**
+   * Loads the recent jobs from the history file (at start, before any job). A job recorded as running
+   * whose process is gone is listed as failed with code `interrupted`, saying what start-up did:
+   * `restore` is what recovery did about the newest interrupted restore. Returns the interrupted jobs.
+   */
+  async loadHistory(restore: RestoreRecovery): Promise<Job[]> {
+    const history = this.options.history;
+    if (!history) return [];
+    const entries = await history.load();
+    const interrupted: Job[] = [];
+    const newestRestore = entries
+      .filter((e) => e.job.kind === 'restore' && !e.job.endedAt && ownerGone(e))
+      .at(-1);
+    for (const entry of entries) {
+      if (this.jobs.has(entry.job.id)) continue;
+      const job = { ...entry.job };
+      if (!job.endedAt) {
+        // Still running in another live process (a CLI command): not ours to show or to end.
+        if (!ownerGone(entry)) continue;
+        job.state = 'failed';
+        job.endedAt = new Date().toISOString();
+        job.error = {
+          code: 'interrupted',
+          message: interruptedMessage(job, entry === newestRestore ? restore : 'unknown'),
+        };
+        interrupted.push(job);
+        this.options.log.warn('a job was interrupted by the agent stopping', {
+          jobId: job.id,
+          kind: job.kind,
+          phase: job.phase,
+          message: job.error.message,
+        });
+      }
+      this.jobs.set(job.id, job);
+      this.owners.set(job.id, { pid: entry.pid, runner: entry.runner });
+    }
+    this.trim();
+    if (interrupted.length > 0) await this.persist();
+    return interrupted.map((j) => ({ ...j }));
+  }
 
   /** The lock file that makes mutating jobs exclusive (shared with the CLI and withJobLock). */
   get lockPath(): string {
@@ -128,6 +188,7 @@ export class JobRunner {
         job.bytesDone = 0;
         job.bytesTotal = bytesTotal;
         log.info('job phase', { phase: name });
+        void this.persist();
         this.emit(job);
       },
       progress: (done, bytesTotal) => {
@@ -145,6 +206,8 @@ export class JobRunner {
       },
     };
     log.info('job started', options.target ? { target: options.target } : {});
+    // On disk before the work begins: a crash from here on leaves the job listed (as interrupted).
+    await this.persist();
     this.emit(job);
     const run = (async () => {
       try {
@@ -164,6 +227,7 @@ export class JobRunner {
       } finally {
         job.endedAt = new Date().toISOString();
         this.controllers.delete(job.id);
+        await this.persist();
         await release().catch(() => {});
         this.emit(job);
       }
@@ -242,6 +306,30 @@ export class JobRunner {
   async shutdown(): Promise<void> {
     for (const controller of this.controllers.values()) controller.abort();
     await Promise.allSettled([...this.running]);
+    await this.saveChain;
+    runnerClosed(this.runnerId);
+  }
+
+  /**
+   * Writes the recent jobs to the history file; a write already queued (not begun) covers this call
+   * too. A failure is logged, never thrown: the jobs themselves go on.
+   */
+  private persist(): Promise<void> {
+    const history = this.options.history;
+    if (!history) return Promise.resolve();
+    if (this.saveQueued) return this.saveChain;
+    this.saveQueued = true;
+    this.saveChain = this.saveChain.then(async () => {
+      this.saveQueued = false;
+      const entries: HistoryEntry[] = [...this.jobs.values()].map((job) => ({
+        ...(this.owners.get(job.id) ?? { pid: process.pid, runner: this.runnerId }),
+        job: { ...job },
+      }));
+      await history
+        .save(entries)
+        .catch((error) => this.options.log.warn('could not write the job history', { error }));
+    });
+    return this.saveChain;
   }
 
   private emit(job: Job): void {
@@ -261,7 +349,10 @@ export class JobRunner {
     const keep = this.options.keep ?? 200;
     for (const [id, job] of this.jobs) {
       if (this.jobs.size <= keep) break;
-      if (job.endedAt) this.jobs.delete(id);
+      if (job.endedAt) {
+        this.jobs.delete(id);
+        this.owners.delete(id);
+      }
     }
   }
 }

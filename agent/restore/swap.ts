@@ -525,16 +525,21 @@ async function rollBackFromJournal(deps: SwapDeps, journal: RestoreJournal): Pro
 /**
  * At start: finishes (committed) or rolls back (not committed) a swap a crash interrupted, then drops
  * staging leftovers. After it, the live database and folders are wholly the old state or wholly the
- * new one. Skipped while another process holds the job lock (its restore may be running).
+ * new one. Skipped while another process holds the job lock (its restore may be running). Returns what
+ * it did: `completed` (finished a committed swap), `rolled-back`, `none` (no swap was under way) or
+ * `skipped` (left to the process holding the lock).
  */
-export async function recoverInterruptedRestore(deps: SwapDeps): Promise<void> {
+export async function recoverInterruptedRestore(
+  deps: SwapDeps,
+): Promise<'none' | 'rolled-back' | 'completed' | 'skipped'> {
   await restoreSettled(deps.config.dataDir);
   // Another live process holding the job lock may be restoring right now (the lock module's rule).
   if (await heldByOtherProcess(join(deps.config.dataDir, 'job.lock'))) {
     deps.log.info('another process holds the job lock; restore recovery is left to it');
-    return;
+    return 'skipped';
   }
   const journal = await readJournal(deps.config.dataDir, deps.log);
+  const outcome = !journal ? 'none' : journal.committed ? 'completed' : 'rolled-back';
   if (journal) {
     if (journal.committed) {
       deps.log.warn('finishing a restore that was interrupted after its swap', { restoreId: journal.id });
@@ -554,15 +559,19 @@ export async function recoverInterruptedRestore(deps: SwapDeps): Promise<void> {
       removed.length > 0 && deps.log.info('removed restore staging leftovers', { count: removed.length }),
     (error) => deps.log.warn('could not check for restore staging leftovers', { error }),
   );
+  return outcome;
 }
 
-/** openAgent's entry point: recovery before anything uses the live database (seeding, the pool). */
+/**
+ * openAgent's entry point: recovery before anything uses the live database (seeding, the pool).
+ * Returns what it did (recoverInterruptedRestore), for the record of the interrupted restore job.
+ */
 export async function recoverRestoreAtStart(
   config: AgentConfig,
   log: Logger,
   live: { databaseUrl: string; scriptsDir: string; configDir: string },
-): Promise<void> {
-  await recoverInterruptedRestore({
+): Promise<'none' | 'rolled-back' | 'completed' | 'skipped'> {
+  return recoverInterruptedRestore({
     config,
     log,
     sources: {

@@ -1,0 +1,199 @@
+/**
+ * The recent jobs kept on disk (`jobs.json` in the data dir), so that a job a crash or a restart
+ * interrupted is still listed afterwards, as failed with code `interrupted` and what start-up did
+ * about it. Written atomically when a job starts, changes phase and ends (never per progress tick).
+ */
+import { readdir, readFile, rm } from 'node:fs/promises';
+import { uptime } from 'node:os';
+import { basename, dirname, join } from 'node:path';
+import { z } from 'zod';
+import type { Logger } from '../log';
+import { isAbandonedTemp, processAlive, TEMP_PREFIX, writeSmallFileAtomic } from '../system/atomic-file';
+import type { Job } from './runner';
+
+/** How many jobs the file keeps (newest by start). */
+export const HISTORY_KEEP = 50;
+/** A job result larger than this (as JSON) is left out of the file; the job itself is kept. */
+const MAX_RESULT_CHARS = 16 * 1024;
+
+const jobSchema = z.object({
+  id: z.string(),
+  kind: z.enum([
+    'backup',
+    'verify',
+    'restore',
+    'sync',
+    'download',
+    'upload',
+    'maintenance',
+    'dr-push',
+    'dr-recover',
+    'verification',
+  ]),
+  state: z.enum(['queued', 'running', 'succeeded', 'failed', 'cancelled']),
+  phase: z.string(),
+  bytesDone: z.number(),
+  bytesTotal: z.number(),
+  startedAt: z.string(),
+  endedAt: z.string().optional(),
+  target: z.string().optional(),
+  result: z.unknown().optional(),
+  error: z.object({ code: z.string(), message: z.string() }).optional(),
+});
+
+/** One job in the file, with the process and the runner that ran it (to tell whether it still runs). */
+const entrySchema = z.object({ pid: z.number().int(), runner: z.string(), job: jobSchema });
+export type HistoryEntry = { pid: number; runner: string; job: Job };
+
+const fileSchema = z.object({
+  format: z.literal('gem-job-history'),
+  version: z.literal(1),
+  jobs: z.array(z.unknown()),
+});
+
+/** Runners open in this process (a test may open two agents over one data dir in one process). */
+const liveRunners = new Set<string>();
+
+export function runnerOpened(id: string): void {
+  liveRunners.add(id);
+}
+
+export function runnerClosed(id: string): void {
+  liveRunners.delete(id);
+}
+
+/**
+ * Whether the process that ran an entry's job is gone: a runner of this process that was closed (or
+ * one of an earlier process that had our pid), a pid that no longer runs, or a job started before the
+ * machine booted (its pid may be reused since).
+ */
+export function ownerGone(entry: HistoryEntry): boolean {
+  if (entry.pid === process.pid) return !liveRunners.has(entry.runner);
+  const bootedAt = Date.now() - uptime() * 1000;
+  if (Date.parse(entry.job.startedAt) < bootedAt) return true;
+  return !processAlive(entry.pid);
+}
+
+/** What start-up recovery did about an interrupted restore (agent/restore/swap.ts recoverRestoreAtStart). */
+export type RestoreRecovery = 'none' | 'rolled-back' | 'completed' | 'skipped';
+
+/** Phases of a backup before its file gets its final name: a crash then keeps nothing. */
+const BACKUP_BEFORE_KEPT = new Set(['starting', 'dump', 'folders', 'pack', 'verify']);
+
+/** How the messages name a job of each kind. */
+const KIND_WORDS: Record<Job['kind'], string> = {
+  backup: 'backup',
+  verify: 'verify',
+  restore: 'restore',
+  sync: 'offsite sync',
+  download: 'download',
+  upload: 'upload',
+  maintenance: 'maintenance',
+  'dr-push': 'Cloud DR push',
+  'dr-recover': 'Cloud DR recovery',
+  verification: 'scheduled verification',
+};
+
+/** The one-line message of a job the agent's stop interrupted, saying what start-up left. */
+export function interruptedMessage(job: Job, restore: RestoreRecovery | 'unknown'): string {
+  const stopped = 'The agent stopped (a crash or a restart)';
+  switch (job.kind) {
+    case 'backup':
+      return BACKUP_BEFORE_KEPT.has(job.phase)
+        ? `${stopped} during this backup: nothing was kept; the temp file was removed.`
+        : `${stopped} after this backup was made and verified: the backup is kept; the steps after it (${job.phase}) did not finish.`;
+    case 'restore':
+      switch (restore) {
+        case 'completed':
+          return `${stopped} after this restore's swap: the restore was completed at start-up. Restart GEM if it did not restart.`;
+        case 'rolled-back':
+          return `${stopped} during this restore's swap: start-up rolled it back; GEM is as it was before the restore.`;
+        case 'none':
+          return `${stopped} during this restore, before its swap: nothing was changed; GEM is as it was before the restore.`;
+        case 'skipped':
+          return `${stopped} during this restore; another process held the job lock at start-up and recovers it: see the log.`;
+        default:
+          return `${stopped} during this restore; a start-up after it finished or rolled it back: see the log.`;
+      }
+    default:
+      return `${stopped} during this ${KIND_WORDS[job.kind]} job: it did not finish. Run it again if it is still needed.`;
+  }
+}
+
+/** The job as the file keeps it: a big result is left out. */
+function forFile(job: Job): Job {
+  if (job.result === undefined) return job;
+  const text = JSON.stringify(job.result);
+  if (text !== undefined && text.length <= MAX_RESULT_CHARS) return job;
+  const { result: _left, ...rest } = job;
+  return rest;
+}
+
+export class JobHistory {
+  constructor(
+    private readonly path: string,
+    private readonly log: Logger,
+  ) {}
+
+  /** The entries in the file, oldest first; an unreadable file is reported and counts as empty. */
+  async load(): Promise<HistoryEntry[]> {
+    await this.removeLeftTemps();
+    return this.read();
+  }
+
+  private async read(): Promise<HistoryEntry[]> {
+    let text: string;
+    try {
+      text = await readFile(this.path, 'utf8');
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code !== 'ENOENT') {
+        this.log.warn('could not read the job history; it starts empty', { error });
+      }
+      return [];
+    }
+    try {
+      const file = fileSchema.parse(JSON.parse(text));
+      const entries: HistoryEntry[] = [];
+      for (const raw of file.jobs) {
+        const parsed = entrySchema.safeParse(raw);
+        if (parsed.success) entries.push(parsed.data as HistoryEntry);
+      }
+      return entries.sort((a, b) => a.job.startedAt.localeCompare(b.job.startedAt));
+    } catch (error) {
+      this.log.warn('the job history file is not valid; it starts empty', { error });
+      return [];
+    }
+  }
+
+  /**
+   * Writes `mine` (this runner's view, which wins for the jobs it holds) merged with what other
+   * processes wrote (a CLI command beside the service), keeping the newest HISTORY_KEEP.
+   */
+  async save(mine: HistoryEntry[]): Promise<void> {
+    const byId = new Map<string, HistoryEntry>();
+    for (const entry of await this.read()) byId.set(entry.job.id, entry);
+    for (const entry of mine) {
+      const there = byId.get(entry.job.id);
+      // An ended record is never replaced by a still-running one (another process ended it meanwhile).
+      if (there?.job.endedAt && !entry.job.endedAt) continue;
+      byId.set(entry.job.id, { ...entry, job: forFile(entry.job) });
+    }
+    const jobs = [...byId.values()]
+      .sort((a, b) => a.job.startedAt.localeCompare(b.job.startedAt))
+      .slice(-HISTORY_KEEP);
+    await writeSmallFileAtomic(
+      this.path,
+      `${JSON.stringify({ format: 'gem-job-history', version: 1, jobs })}\n`,
+      0o600,
+    );
+  }
+
+  /** Temp files of this file that a dead process left. */
+  private async removeLeftTemps(): Promise<void> {
+    const dir = dirname(this.path);
+    const start = `${TEMP_PREFIX}${basename(this.path)}.`;
+    for (const name of await readdir(dir).catch(() => [] as string[])) {
+      if (name.startsWith(start) && isAbandonedTemp(name)) await rm(join(dir, name), { force: true });
+    }
+  }
+}

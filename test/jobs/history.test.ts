@@ -1,0 +1,174 @@
+/**
+ * The jobs list survives a crash: a backup or a restore in an agent process killed by SIGKILL is
+ * listed after the next start (GET /api/v1/jobs) as failed with code `interrupted`, saying what
+ * start-up did about it (a restore rolled back or completed).
+ */
+import { existsSync, statSync } from 'node:fs';
+import { readFile, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { Job } from '../../agent/jobs/runner';
+import { runChild } from '../faults/child';
+import { crashingRestore, liveState } from '../restore/helpers';
+import { startTestAgent, TEST_TOKEN, type TestAgent } from '../services/agent';
+import { startPostgres, type TestPostgres, withSql } from '../services/postgres';
+
+let pg: TestPostgres;
+let t: TestAgent;
+let env: Record<string, string>;
+let backupName: string;
+let atBackup: Awaited<ReturnType<typeof liveState>>;
+
+beforeAll(async () => {
+  pg = await startPostgres();
+  t = await startTestAgent(pg);
+  env = {
+    DATABASE_URL: t.agent.databaseUrl,
+    GEM_DATA_DIR: t.dataDir,
+    GEM_SCRIPTS_DIR: t.agent.sources.scriptsDir,
+    GEM_CONFIG_DIR: t.agent.sources.configDir,
+    GEM_AGENT_TOKEN: TEST_TOKEN,
+    GEM_PG_BIN: pg.binDir,
+  };
+  // Big enough that a dump and a staging restore last a while (a kill lands inside them).
+  await withSql(t.agent.databaseUrl, (sql) =>
+    sql.unsafe(
+      `create table history as select g as id, md5(g::text) || md5((g * 7)::text) as v from generate_series(1, 300000) g`,
+    ),
+  );
+  const res = await t.request('/api/v1/backups', { method: 'POST' });
+  const job = await t.agent.jobs.waitFor(((await res.json()) as { jobId: string }).jobId);
+  backupName = (job.result as { backup: { filename: string } }).backup.filename;
+  atBackup = await liveState(t.agent);
+}, 120_000);
+
+afterAll(async () => {
+  await t?.close();
+  await pg?.stop();
+});
+
+async function change(tag: string): Promise<void> {
+  await withSql(t.agent.databaseUrl, (sql) => sql`update users set display_name = ${tag}`);
+  await writeFile(join(t.agent.sources.scriptsDir, `history-${tag}.lua`), tag);
+}
+
+/** Opens the agent again over the same data dir (a restart) and answers its GET /api/v1/jobs. */
+async function jobsAfterRestart(): Promise<Job[]> {
+  const again = await startTestAgent(pg, { dataDir: t.dataDir, databaseUrl: t.agent.databaseUrl });
+  try {
+    const res = await again.request('/api/v1/jobs');
+    expect(res.status).toBe(200);
+    const jobs = (await res.json()) as Job[];
+    expect(again.agent.jobs.active()).toEqual([]);
+    return jobs;
+  } finally {
+    await again.close();
+  }
+}
+
+/** The newest job of `kind` in the list (newest first). */
+const newest = (jobs: Job[], kind: string) => jobs.find((j) => j.kind === kind);
+
+describe('a job interrupted by a crash', () => {
+  it('a backup killed in its dump is listed as failed, interrupted, with nothing kept', async () => {
+    const before = (await t.agent.catalog.list()).map((b) => b.filename);
+    const run = runChild({
+      ...env,
+      FAULT_ACTION: 'backup',
+      KILL_PHASE: 'dump',
+      KILL_FRACTION: '0',
+      KILL_AFTER_MS: '300',
+    });
+    const end = await run.exited;
+    expect(end.signal, end.stderr).toBe('SIGKILL');
+    const jobs = await jobsAfterRestart();
+    const job = newest(jobs, 'backup');
+    expect(job).toMatchObject({ state: 'failed', phase: 'dump', error: { code: 'interrupted' } });
+    expect(job?.endedAt).toBeTruthy();
+    expect(job?.error?.message).toContain('nothing was kept; the temp file was removed');
+    // The backup made before the crash is still listed, as it was.
+    expect(jobs.filter((j) => j.kind === 'backup' && j.state === 'succeeded')).toHaveLength(1);
+    expect((await t.agent.catalog.list()).map((b) => b.filename)).toEqual(before);
+  });
+
+  it('a restore killed while staging says GEM is as it was before the restore', async () => {
+    await change('stage');
+    const before = await liveState(t.agent);
+    const run = runChild({
+      ...env,
+      FAULT_ACTION: 'restore',
+      BACKUP_NAME: backupName,
+      KILL_PHASE: 'stage',
+      KILL_FRACTION: '0',
+      KILL_AFTER_MS: '300',
+    });
+    const end = await run.exited;
+    expect(end.signal, end.stderr).toBe('SIGKILL');
+    const job = newest(await jobsAfterRestart(), 'restore');
+    expect(job).toMatchObject({ state: 'failed', target: backupName, error: { code: 'interrupted' } });
+    expect(job?.error?.message).toContain('GEM is as it was before the restore');
+    expect(await liveState(t.agent)).toEqual(before);
+  });
+
+  it('a restore killed in its swap says it was rolled back: GEM is as it was before the restore', async () => {
+    await change('swap');
+    const before = await liveState(t.agent);
+    await crashingRestore(t.agent, {
+      pgBinDir: pg.binDir,
+      backupPath: t.agent.catalog.pathOf(backupName),
+      crashAt: 'rename-live-database',
+    });
+    const job = newest(await jobsAfterRestart(), 'restore');
+    expect(job).toMatchObject({ state: 'failed', phase: 'swap', error: { code: 'interrupted' } });
+    expect(job?.error?.message).toContain('rolled it back; GEM is as it was before the restore');
+    expect(await liveState(t.agent)).toEqual(before);
+  });
+
+  it('a restore killed after its swap says it was completed at start-up, and says so after every restart', async () => {
+    await change('after-swap');
+    await crashingRestore(t.agent, {
+      pgBinDir: pg.binDir,
+      backupPath: t.agent.catalog.pathOf(backupName),
+      crashAt: 'restart',
+    });
+    const first = newest(await jobsAfterRestart(), 'restore');
+    // (The phase is written as it starts, without waiting: the restart command may kill first.)
+    expect(first).toMatchObject({ state: 'failed', error: { code: 'interrupted' } });
+    expect(first?.error?.message).toContain('the restore was completed at start-up');
+    expect(await liveState(t.agent)).toEqual(atBackup);
+    // The record was written back as it was decided: the next start lists the same job, unchanged.
+    const jobs = await jobsAfterRestart();
+    expect(newest(jobs, 'restore')).toEqual(first);
+    // Every interruption is still listed, newest first.
+    expect(jobs.filter((j) => j.error?.code === 'interrupted').map((j) => j.kind)).toEqual([
+      'restore',
+      'restore',
+      'restore',
+      'backup',
+    ]);
+  });
+
+  it('a job still running in a live agent is not marked interrupted by another one opening', async () => {
+    let release = () => {};
+    const held = await t.agent.jobs.start('verify', () => new Promise<void>((r) => (release = r)), {
+      mutating: false,
+    });
+    const listed = (await jobsAfterRestart()).find((j) => j.id === held.id);
+    expect(listed).toBeUndefined();
+    release();
+    expect(await t.agent.jobs.waitFor(held.id)).toMatchObject({ state: 'succeeded' });
+    const after = (await jobsAfterRestart()).find((j) => j.id === held.id);
+    expect(after).toMatchObject({ state: 'succeeded' });
+  });
+
+  it('the file keeps no more than the last 50 jobs and is private to the agent', async () => {
+    for (let i = 0; i < 55; i++) await t.agent.jobs.run('verify', async () => ({ i }), { mutating: false });
+    const path = join(t.dataDir, 'jobs.json');
+    expect(existsSync(path)).toBe(true);
+    const read = async () => (JSON.parse(await readFile(path, 'utf8')) as { jobs: { job: Job }[] }).jobs;
+    // A job's end is written as it ends (waitFor may answer a moment before).
+    await expect.poll(async () => (await read()).at(-1)?.job.result).toEqual({ i: 54 });
+    expect(await read()).toHaveLength(50);
+    expect(statSync(path).mode & 0o777).toBe(0o600);
+  });
+});
