@@ -9,6 +9,7 @@ import { healthFor } from './health/service';
 import { Scheduler } from './jobs/scheduler';
 import { createLogger, installFatalHandlers } from './log';
 import { metricsFor } from './metrics/recorder';
+import { acquireServiceLock } from './system/service-lock';
 import { VerificationScheduler } from './verification/schedule';
 import { AGENT_VERSION } from './version';
 
@@ -28,6 +29,9 @@ function startupMessage(agent: Agent, url: string, tokenCreated: boolean): strin
 async function main(): Promise<void> {
   const config = loadConfig();
   const log = createLogger({ level: config.logLevel, base: { service: 'gem-backup-agent' } });
+  // One service per data dir, taken before anything starts or adopts the cluster: a second agent
+  // (another port, or the same one) leaves with one line and touches nothing.
+  const releaseServiceLock = await acquireServiceLock(config.dataDir);
   // An unhandled rejection or uncaught exception: one fatal line, a bounded close, exit 1 (the
   // supervisor restarts the agent). Set before anything starts; what to close is known further down.
   let closeAll: (() => Promise<void>) | undefined;
@@ -39,7 +43,9 @@ async function main(): Promise<void> {
         (text) => text.trim(),
         () => undefined,
       );
-  const agent = await openAgent(config, log, { ownCluster: true });
+  // The embedded cluster is stopped at exit only if this start started it: one already running was
+  // started by someone else (a CLI command still using it, an agent that crashed) and is left running.
+  const agent = await openAgent(config, log, { ownCluster: false });
   closeAll = () => agent.close();
   const tokenCreated = !config.agentToken && tokenBefore !== agent.token;
   // Metrics count jobs from the start; the health watchdog watches them.
@@ -74,13 +80,20 @@ async function main(): Promise<void> {
     alerts.stop();
     health.stop();
     await agent.close();
+    // Released only once the cluster is stopped: the next agent never adopts a cluster being stopped.
+    await releaseServiceLock();
   };
   let stopping = false;
   const stop = async (signal: string) => {
     if (stopping) return;
     stopping = true;
     log.info('shutting down', { signal });
-    await closeAll?.();
+    try {
+      await closeAll?.();
+    } catch (error) {
+      log.error('stopping the agent failed', { error });
+      process.exit(1);
+    }
     log.info('stopped');
     process.exit(0);
   };

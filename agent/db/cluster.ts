@@ -17,7 +17,7 @@ import {
 import { createServer } from 'node:net';
 import { dirname, join, resolve } from 'node:path';
 import { AppError } from '../errors';
-import { acquireLock } from '../jobs/lock';
+import { acquireLock, heldByOtherProcess } from '../jobs/lock';
 import type { Logger } from '../log';
 import {
   createSmallFileExclusive,
@@ -26,6 +26,7 @@ import {
   tempPathFor,
   writeSmallFileAtomic,
 } from '../system/atomic-file';
+import { serviceLockPath } from '../system/service-lock';
 import { runProcess } from '../system/spawn';
 import { openSql } from './connect';
 
@@ -395,10 +396,7 @@ export async function startCluster(options: {
   try {
     await ensureCluster(dir, initdb, await loadOrCreatePassword(passwordPath), log);
     await prepareOwnership(dir);
-    running = await run(pgCtl, ['status', '-D', dir], 'pg_ctl status').then(
-      () => true,
-      () => false,
-    );
+    running = await clusterRunning(pgCtl, dir);
     port = Number(
       /^port = (\d+)/m.exec(existsSync(confPath) ? await readFile(confPath, 'utf8') : '')?.[1] ?? 0,
     );
@@ -440,10 +438,43 @@ export async function startCluster(options: {
     port,
     startedHere: !running,
     stop: async () => {
-      await run(pgCtl, ['stop', '-D', dir, '-m', 'fast', '-w', '-t', '60'], 'stopping PostgreSQL');
-      log?.info('embedded PostgreSQL stopped');
+      // Under the start lock: an agent starting meanwhile adopts the cluster only once this is settled.
+      const releaseStart = await acquireStartLock(dir);
+      try {
+        // A CLI command that started the cluster while no agent ran leaves it to an agent that
+        // started since and serves it now (the service lock of the data dir holding the cluster).
+        const agentLock = serviceLockPath(dirname(options.dir));
+        if (await heldByOtherProcess(agentLock)) {
+          log?.info('embedded PostgreSQL left running: the agent uses it', { lock: agentLock });
+          return;
+        }
+        // A cluster already down (stopped by hand, or it crashed) is a clean stop, not a failure.
+        if (!(await clusterRunning(pgCtl, dir))) {
+          log?.info('embedded PostgreSQL was already stopped');
+          return;
+        }
+        try {
+          await run(pgCtl, ['stop', '-D', dir, '-m', 'fast', '-w', '-t', '60'], 'stopping PostgreSQL');
+        } catch (error) {
+          // Stopped by someone else between the check and the stop.
+          if (await clusterRunning(pgCtl, dir)) throw error;
+          log?.info('embedded PostgreSQL was already stopped');
+          return;
+        }
+        log?.info('embedded PostgreSQL stopped');
+      } finally {
+        await releaseStart();
+      }
     },
   };
+}
+
+/** True if a server runs on the cluster in `dir` (`pg_ctl status`: 3 when none, 4 when no cluster there). */
+async function clusterRunning(pgCtl: string, dir: string): Promise<boolean> {
+  return run(pgCtl, ['status', '-D', dir], 'pg_ctl status').then(
+    () => true,
+    () => false,
+  );
 }
 
 async function chownFile(path: string, like: string): Promise<void> {

@@ -1,0 +1,89 @@
+/**
+ * Stopping the embedded cluster: a CLI command that started it leaves it running while an agent
+ * process serves the data dir (its service lock); a cluster already down is a clean stop.
+ * A real cluster and a real process holding the service lock.
+ */
+import { type ChildProcess, spawn } from 'node:child_process';
+import { chmod, mkdir, mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { pathToFileURL } from 'node:url';
+import { afterAll, describe, expect, it } from 'vitest';
+import { findPgBinDir } from '../../agent/config';
+import { asClusterOwner, startCluster } from '../../agent/db/cluster';
+import { createLogger } from '../../agent/log';
+import { runProcess } from '../../agent/system/spawn';
+
+const binDir = findPgBinDir(process.env.GEM_PG_BIN);
+const LOCK_MODULE = pathToFileURL(join(process.cwd(), 'agent', 'system', 'service-lock.ts')).href;
+const roots: string[] = [];
+const children: ChildProcess[] = [];
+const clusterDirs: string[] = [];
+
+afterAll(async () => {
+  for (const child of children)
+    if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+  for (const dir of clusterDirs) await pgCtl(dir, 'stop', '-m', 'immediate', '-w');
+  for (const root of roots) await rm(root, { recursive: true, force: true });
+});
+
+function pgCtl(dir: string, ...args: string[]) {
+  const [cmd, argv] = asClusterOwner(join(binDir, 'pg_ctl'), [...args, '-D', dir]);
+  return runProcess(cmd, argv, { cwd: '/' });
+}
+
+/** Another process holding the agent's service lock on `dataDir`, as a running agent does. */
+async function holdServiceLock(dataDir: string): Promise<ChildProcess> {
+  const code = `
+import { acquireServiceLock } from ${JSON.stringify(LOCK_MODULE)};
+await acquireServiceLock(${JSON.stringify(dataDir)});
+process.stdout.write('held\\n');
+setInterval(() => {}, 1000);
+`;
+  const child = spawn(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', code], {
+    cwd: process.cwd(),
+    stdio: ['ignore', 'pipe', 'inherit'],
+  });
+  children.push(child);
+  await new Promise<void>((resolve, reject) => {
+    child.stdout!.on('data', (chunk: Buffer) => {
+      if (chunk.toString('utf8').includes('held')) resolve();
+    });
+    child.once('exit', (c) => reject(new Error(`the lock holder exited (${c})`)));
+  });
+  return child;
+}
+
+describe('stopping the embedded cluster', () => {
+  it('leaves it running while an agent serves the data dir; stops it once that agent is gone; already down is clean', async () => {
+    const root = await mkdtemp(join(tmpdir(), 'gem-cluster-stop-'));
+    roots.push(root);
+    await chmod(root, 0o755);
+    const dataDir = join(root, 'data');
+    await mkdir(dataDir, { recursive: true, mode: 0o700 });
+    const messages: string[] = [];
+    const log = createLogger({ write: (line) => messages.push(line) });
+    const dir = join(dataDir, 'postgres');
+    clusterDirs.push(dir);
+    // As a CLI command does while no agent runs: it starts the cluster, and would stop it at its end.
+    const cluster = await startCluster({ dir, binDir, log });
+    expect(cluster.startedHere).toBe(true);
+
+    // An agent started meanwhile and adopted it: the command's end leaves it running.
+    const agent = await holdServiceLock(dataDir);
+    await cluster.stop();
+    expect((await pgCtl(dir, 'status')).code).toBe(0);
+    expect(messages.join('\n')).toContain('embedded PostgreSQL left running: the agent uses it');
+
+    // That agent was killed: nobody serves the data dir, the cluster is stopped.
+    agent.kill('SIGKILL');
+    await new Promise((resolve) => agent.once('exit', resolve));
+    await cluster.stop();
+    expect((await pgCtl(dir, 'status')).code).not.toBe(0);
+    expect(messages.join('\n')).toContain('embedded PostgreSQL stopped');
+
+    // Already down (stopped by hand, or it crashed): a clean stop, not an error.
+    await expect(cluster.stop()).resolves.toBeUndefined();
+    expect(messages.join('\n')).toContain('embedded PostgreSQL was already stopped');
+  }, 120_000);
+});
