@@ -40,7 +40,8 @@ function render() {
   pill.title = `Encryption keys backed up ${dateTime(status.lastDownloadedAt)}`;
   const installation = $('installation');
   installation.hidden = false;
-  installation.textContent = `Installation ${status.installationId}`;
+  // The id alone recovers the Cloud DR backup on a new controller: the owner must have it elsewhere.
+  installation.textContent = `Installation ${status.installationId} (keep this id off the controller: it recovers the DR backup)`;
 }
 
 /** Loads the key status from the agent and draws the banner. */
