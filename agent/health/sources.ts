@@ -6,6 +6,7 @@ import { type BackupInfo, newestGoodBackup } from '../backup/catalog';
 import type { DrService } from '../dr/service';
 import { describeError } from '../errors';
 import { heldByOtherProcess } from '../jobs/lock';
+import type { Job } from '../jobs/runner';
 import { DESTINATION_TITLES, OFFSITE_KINDS, type OffsiteKind } from '../offsite/destinations';
 import type { OffsiteService } from '../offsite/service';
 import { currentTargetResults, type VerificationStateStore } from '../verification/state';
@@ -213,6 +214,8 @@ export function drArea(dr: DrService, state: HealthStateStore): AreaSource {
       nextRunAt: s.nextRunAt,
       armedAt: armedAt?.toISOString() ?? null,
     };
+    // Pushes are refused until it is finished or abandoned (agent/dr/unfinished.ts): the cloud copy ages.
+    if (s.unfinishedRecovery) return { status: 'failing', reason: s.unfinishedRecovery.reason, ...details };
     if (s.pendingDeletion) {
       return {
         status: 'warning',
@@ -339,7 +342,13 @@ export function keysArea(agent: Agent): AreaSource {
   };
 }
 
-/** Jobs: a job the watchdog finds stalled (it can be cancelled with its `cancel` route). */
+/** How long a job the agent's stop interrupted is named in the jobs area (unless one of its kind ran since). */
+const INTERRUPTED_SHOWN_MS = DAY;
+
+/**
+ * Jobs: a job the watchdog finds stalled (it can be cancelled with its `cancel` route); else, for a day,
+ * a job that a stop of the agent interrupted (agent/jobs/history.ts), until a job of its kind runs again.
+ */
 export function jobsArea(agent: Agent, watchdog: JobWatchdog): AreaSource {
   return async (now) => {
     const stalled = watchdog.stalled(now.getTime());
@@ -348,6 +357,19 @@ export function jobsArea(agent: Agent, watchdog: JobWatchdog): AreaSource {
       .map((j) => ({ id: j.id, kind: j.kind, phase: j.phase, startedAt: j.startedAt }));
     if (stalled.length) {
       return { status: 'failing', reason: stalled.map((s) => s.reason).join('; '), stalled, running };
+    }
+    const newestByKind = new Map<string, Job>();
+    for (const job of agent.jobs.list()) {
+      const seen = newestByKind.get(job.kind);
+      if (!seen || Date.parse(job.startedAt) > Date.parse(seen.startedAt)) newestByKind.set(job.kind, job);
+    }
+    const interrupted = [...newestByKind.values()].find(
+      (j) =>
+        j.error?.code === 'interrupted' &&
+        now.getTime() - Date.parse(j.endedAt ?? j.startedAt) < INTERRUPTED_SHOWN_MS,
+    );
+    if (interrupted && !running.length) {
+      return { status: 'warning', reason: interrupted.error!.message, stalled, running };
     }
     return {
       status: 'ok',

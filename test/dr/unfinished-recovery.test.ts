@@ -11,6 +11,7 @@ import { DrClient } from '../../agent/dr/client';
 import type { RecoverFaults, RecoverResult } from '../../agent/dr/recover';
 import { type DrStatus, drServiceFor } from '../../agent/dr/service';
 import { normalizeInstallationId } from '../../agent/dr/unfinished';
+import { healthFor } from '../../agent/health/service';
 import { databaseUrl } from '../../agent/system/postgres-tools';
 import { runProcess } from '../../agent/system/spawn';
 import type { TestAgent } from '../services/agent';
@@ -117,6 +118,9 @@ describe('an unfinished DR recovery', () => {
     const sentence = `a recovery from the DR cloud of installation ${aId} did not finish: run \`gem-backup dr recover --installation-id ${aId}\` again`;
     expect(s.unfinishedRecovery?.message).toContain(sentence);
     expect(s.unfinishedRecovery?.reason).not.toContain(aId);
+    // Health (and so the page's status panel and the alerts) says it, without the id.
+    const health = await healthFor(b.agent).evaluate();
+    expect(health.areas.dr).toMatchObject({ status: 'failing', reason: s.unfinishedRecovery?.reason });
 
     // Push Now through the API, the service (as the CLI calls it), and the nightly run.
     const refused = await b.request('/api/v1/dr/push', { method: 'POST' });

@@ -52,7 +52,10 @@ async function change(tag: string): Promise<void> {
   await writeFile(join(t.agent.sources.scriptsDir, `history-${tag}.lua`), tag);
 }
 
-/** Opens the agent again over the same data dir (a restart) and answers its GET /api/v1/jobs. */
+/**
+ * Opens the agent again over the same data dir (a restart) and answers its GET /api/v1/jobs; its
+ * health's jobs area names the newest interrupted job (the page's status panel shows it).
+ */
 async function jobsAfterRestart(): Promise<Job[]> {
   const again = await startTestAgent(pg, { dataDir: t.dataDir, databaseUrl: t.agent.databaseUrl });
   try {
@@ -60,6 +63,11 @@ async function jobsAfterRestart(): Promise<Job[]> {
     expect(res.status).toBe(200);
     const jobs = (await res.json()) as Job[];
     expect(again.agent.jobs.active()).toEqual([]);
+    const health = (await (await again.request('/api/v1/health')).json()) as {
+      areas: { jobs: { status: string; reason: string } };
+    };
+    const interrupted = jobs.find((j) => j.error?.code === 'interrupted');
+    expect(health.areas.jobs).toMatchObject({ status: 'warning', reason: interrupted?.error?.message });
     return jobs;
   } finally {
     await again.close();
