@@ -7,6 +7,7 @@ import type postgres from 'postgres';
 import type { BackupInfo, BackupCatalog as Catalog } from './backup/catalog';
 import { BackupCatalog } from './backup/catalog';
 import type { BackupSources } from './backup/create';
+import { prepareArchiveHasher } from './backup/member-hasher';
 import { retentionHook } from './backup/retention';
 import { type AgentConfig, type DataPaths, dataPaths } from './config';
 import { type ClusterHandle, ensureDatabase, startCluster } from './db/cluster';
@@ -85,6 +86,8 @@ export async function openAgent(
   log: Logger,
   options: { ownCluster?: boolean } = {},
 ): Promise<Agent> {
+  // The hashing worker boots (60-75 ms) while the agent opens: every backup, verify and restore needs it.
+  prepareArchiveHasher();
   const paths = dataPaths(config.dataDir);
   await mkdir(config.dataDir, { recursive: true, mode: 0o700 });
   const keyring = await Keyring.loadOrCreate(paths.keyring, log);
