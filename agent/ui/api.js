@@ -130,8 +130,14 @@ const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
  * Follows a job until it ends: its events stream (fetched with the token, since EventSource cannot send
  * one), falling back to polling if the stream breaks (e.g. the agent restarts after a restore).
  * `onJob(job)` gets every state; `onNotice(name, data)` gets notices such as `restore-swap`.
- * Resolves to the final job; its state is 'interrupted' if the agent restarted (and forgot it) meanwhile.
+ * Resolves to the final job; its state is 'interrupted' if the agent restarted meanwhile (its error then says
+ * what the agent found at start-up, or, from an agent that forgot the job, only that it restarted).
  */
+/** A job the agent found cut short by its own stop when it started again (code `interrupted`) ends as 'interrupted'. */
+function settled(job) {
+  return job.error?.code === 'interrupted' ? { ...job, state: 'interrupted' } : job;
+}
+
 export async function followJob(jobId, { onJob, onNotice, signal } = {}) {
   let last;
   try {
@@ -146,7 +152,7 @@ export async function followJob(jobId, { onJob, onNotice, signal } = {}) {
       if (record.event === 'job') {
         last = data;
         onJob?.(data);
-        if (data.endedAt) return data;
+        if (data.endedAt) return settled(data);
       } else {
         onNotice?.(record.event, data?.data ?? null, data?.job);
       }
@@ -163,7 +169,7 @@ export async function followJob(jobId, { onJob, onNotice, signal } = {}) {
       failures = 0;
       if (!last || JSON.stringify(job) !== JSON.stringify(last)) onJob?.(job);
       last = job;
-      if (job.endedAt) return job;
+      if (job.endedAt) return settled(job);
     } catch (error) {
       if (error.name === 'AbortError') throw error;
       // A job the agent no longer knows was cut short by a restart (jobs live in its memory): say so,

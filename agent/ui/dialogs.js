@@ -38,9 +38,16 @@ const DONE_TEXT = { succeeded: 'Done', failed: 'Failed', cancelled: 'Cancelled' 
 
 /** What a job cut short by an agent restart means, and what to do next. */
 function interruptedText(job) {
+  // The agent's own words when it knows what its start-up did (a restore rolled back or completed).
+  const found = job.error?.code === 'interrupted' ? job.error.message : undefined;
   if (job.kind === 'restore')
-    return 'The agent restarted while this restore was running, so the page could not follow it to the end: the agent finished or undid the restore when it started again; this page is reloaded to show what is live now.';
-  return 'The agent restarted while this job was running, so it did not finish. Check the list of backups and start it again.';
+    return found
+      ? `${found} This page is reloaded to show what is live now.`
+      : 'The agent restarted while this restore was running, so the page could not follow it to the end: the agent finished or undid the restore when it started again; this page is reloaded to show what is live now.';
+  return (
+    found ??
+    'The agent restarted while this job was running, so it did not finish. Check the list of backups and start it again.'
+  );
 }
 
 /**

@@ -251,9 +251,10 @@ describe('running jobs, agent restarts and Cloud DR opt-out in the page', () => 
     release(dumps, 'SIGKILL');
     await startAgent();
     const text = page.locator('#progress-text');
-    await dialog.getByText(/agent restarted/i).waitFor({ timeout: 60_000 });
+    // The agent, started again, says what happened to the job (agent/jobs/history.ts).
+    await dialog.getByText(/agent stopped/i).waitFor({ timeout: 60_000 });
     await page.screenshot({ path: `${SHOTS}/21-backup-interrupted.png` });
-    expect(await text.textContent()).toMatch(/did not finish.*start it again/);
+    expect(await text.textContent()).toMatch(/during this backup: nothing was kept/);
     expect(await text.textContent()).not.toMatch(/Finished/);
     expect(await page.locator('#progress-state').getAttribute('data-state')).toBe('interrupted');
     await dialog.getByRole('button', { name: 'Close' }).click();
