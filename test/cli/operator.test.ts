@@ -99,7 +99,19 @@ describe('output and signals', () => {
     expect(res.stderr.trim()).toBe('exit=0');
   });
 
-  /** Runs the CLI and sends SIGINT as soon as its job holds the job lock; its exit and output. */
+  /** True once the CLI's job is running: it holds the job lock and is listed, not ended, in jobs.json. */
+  async function jobRunning(): Promise<boolean> {
+    if (!existsSync(join(dataDir, 'job.lock'))) return false;
+    const text = await readFile(join(dataDir, 'jobs.json'), 'utf8').catch(() => '');
+    if (!text) return false;
+    const file = JSON.parse(text) as { jobs: Array<{ job: { endedAt?: string } }> };
+    return file.jobs.some((entry) => !entry.job.endedAt);
+  }
+
+  /**
+   * Runs the CLI and sends SIGINT as soon as its job runs (the lock alone is taken a moment before the
+   * job exists: a signal then finds no job to cancel); its exit and output.
+   */
   async function interruptedRun(...args: string[]) {
     const child = spawn(process.execPath, [BIN, ...args], {
       env,
@@ -113,10 +125,9 @@ describe('output and signals', () => {
     const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
       child.once('close', (code, signal) => resolve({ code, signal })),
     );
-    const lock = join(dataDir, 'job.lock');
     const deadline = Date.now() + 30_000;
-    while (!existsSync(lock) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 5));
-    expect(existsSync(lock)).toBe(true);
+    while (!(await jobRunning()) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 5));
+    expect(await jobRunning()).toBe(true);
     child.kill('SIGINT');
     return { ...(await exited), stdout, stderr };
   }
