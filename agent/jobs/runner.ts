@@ -93,6 +93,10 @@ export class JobRunner {
   private readonly listeners = new Map<string, Set<Listener>>();
   private readonly globalListeners = new Set<Listener>();
   private readonly running = new Set<Promise<unknown>>();
+  /** Starts still taking the job lock: shutdown waits for them too, so none runs after it. */
+  private readonly starting = new Set<Promise<unknown>>();
+  /** Set by shutdown: no job starts any more. */
+  private closed = false;
   /** This runner, in the history file (with the pid: whether the job's process still runs). */
   private readonly runnerId = randomUUID();
   /** Jobs loaded from the history that another runner ran: written back under their owner. */
@@ -162,8 +166,22 @@ export class JobRunner {
     work: (ctx: JobContext) => Promise<T>,
     options: { mutating?: boolean; target?: string } = {},
   ): Promise<Job> {
-    const release =
-      options.mutating === false ? async () => {} : await acquireLock(this.options.lockPath, kind);
+    this.refuseIfClosed();
+    const acquiring =
+      options.mutating === false ? Promise.resolve(async () => {}) : acquireLock(this.options.lockPath, kind);
+    this.starting.add(acquiring);
+    let release: () => Promise<void>;
+    try {
+      release = await acquiring;
+    } finally {
+      this.starting.delete(acquiring);
+    }
+    if (this.closed) {
+      await release().catch(() => {});
+      this.refuseIfClosed();
+    }
+    // From here to the run's registration nothing awaits: a shutdown either came before (refused
+    // above) or finds the job among the running ones, cancels it and waits for its end.
     const job: Job = {
       id: randomUUID(),
       kind,
@@ -207,10 +225,12 @@ export class JobRunner {
     };
     log.info('job started', options.target ? { target: options.target } : {});
     // On disk before the work begins: a crash from here on leaves the job listed (as interrupted).
-    await this.persist();
-    this.emit(job);
+    const recorded = this.persist();
     const run = (async () => {
       try {
+        await recorded;
+        this.emit(job);
+        ctx.throwIfCancelled();
         // Work that completed is reported as done even if a cancel came too late to stop it (a
         // restore past its commit point): the record must say what really happened.
         const result = await work(ctx);
@@ -234,7 +254,13 @@ export class JobRunner {
     })();
     this.running.add(run);
     run.finally(() => this.running.delete(run));
+    await recorded;
     return { ...job };
+  }
+
+  /** A start after shutdown began: refused, so that no job runs on a closing agent. */
+  private refuseIfClosed(): void {
+    if (this.closed) throw new AppError('cancelled', 'the agent is stopping: the job was not started');
   }
 
   /** Starts a job and waits for it to end; resolves with the final record. */
@@ -302,10 +328,16 @@ export class JobRunner {
     return () => this.globalListeners.delete(listener);
   }
 
-  /** Cancels every running job and waits for them to clean up (shutdown). */
+  /**
+   * Cancels every running job and waits for them to clean up (shutdown). A start still taking the
+   * job lock is waited for too: it gives the lock back and is refused, so no job outlives this.
+   */
   async shutdown(): Promise<void> {
-    for (const controller of this.controllers.values()) controller.abort();
-    await Promise.allSettled([...this.running]);
+    this.closed = true;
+    while (this.starting.size > 0 || this.running.size > 0) {
+      for (const controller of this.controllers.values()) controller.abort();
+      await Promise.allSettled([...this.starting, ...this.running]);
+    }
     await this.saveChain;
     runnerClosed(this.runnerId);
   }

@@ -204,6 +204,8 @@ export class Scheduler {
           this.retries.set(timer, { task: d.task, giveUp: () => resolve(undefined) });
         });
       }
+      // Refused because the agent is stopping: left missed, caught up at the next start.
+      if (this.stopped && isAppError(error, 'cancelled')) return undefined;
       this.agent.log.warn('a scheduled task could not start', { task: d.task, error: describeError(error) });
       if (this.stopped) return undefined;
       // Recorded so the status and health show it (hourly backups and maintenance both fire at 03:00).
