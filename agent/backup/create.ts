@@ -271,6 +271,7 @@ export async function createBackup(
     });
     ctx.log.info('backup created', {
       filename: name,
+      bytes: onDisk.size,
       rows: Object.values(dump.rowCounts).reduce((a, b) => a + b, 0),
     });
     return catalog.info(name);

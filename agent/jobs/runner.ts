@@ -197,6 +197,8 @@ export class JobRunner {
     this.controllers.set(job.id, controller);
     this.trim();
     const log = this.options.log.child({ jobId: job.id, kind });
+    const began = performance.now();
+    const took = () => ({ durationMs: Math.round(performance.now() - began) });
     let lastEmit = 0;
     const ctx: JobContext = {
       signal: controller.signal,
@@ -237,13 +239,13 @@ export class JobRunner {
         job.state = 'succeeded';
         job.phase = 'done';
         if (result !== undefined) job.result = result;
-        log.info('job succeeded');
+        log.info('job succeeded', took());
       } catch (error) {
         job.state = controller.signal.aborted ? 'cancelled' : 'failed';
         job.error = controller.signal.aborted
           ? { code: 'cancelled', message: 'the job was cancelled' }
           : describeError(error);
-        log.warn(`job ${job.state}`, { error: job.error });
+        log.warn(`job ${job.state}`, { error: job.error, ...took() });
       } finally {
         job.endedAt = new Date().toISOString();
         this.controllers.delete(job.id);
