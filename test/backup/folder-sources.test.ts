@@ -118,8 +118,10 @@ describe('the folders a backup holds', () => {
     await mkdir(scripts);
     t.agent.sources.scriptsDir = scripts;
     for (let round = 0; round < 20; round++) {
-      for (let i = 0; i < 300; i++) await writeFile(join(scripts, `s${i}.js`), 'x'.repeat(100));
-      await writeFile(join(scripts, 'log.js'), 'y'.repeat(100_000));
+      await Promise.all([
+        ...Array.from({ length: 300 }, (_, i) => writeFile(join(scripts, `s${i}.js`), 'x'.repeat(100))),
+        writeFile(join(scripts, 'log.js'), 'y'.repeat(100_000)),
+      ]);
       let changing: Promise<unknown> = Promise.resolve();
       const made = await backup({}, (phase) => {
         if (phase !== 'folders') return;

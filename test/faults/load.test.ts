@@ -26,10 +26,11 @@ beforeAll(async () => {
     retry: { attempts: 2, baseDelayMs: 50, maxDelayMs: 200 },
     stallTimeoutMs: 10_000,
   });
-  // About 30 MB of backup, so the backup and the upload take a while under the load.
+  // About 30 MB of backup, so the backup and the upload take a while under the load: 28 000 rows of
+  // 1 KiB of random bytes, read by the server from /dev/urandom (gen_random_uuid() 64 times a row took 5 s).
   await withSql(t.agent.databaseUrl, (sql) =>
     sql.unsafe(
-      `create table noise as select g as id, (select string_agg(uuid_send(gen_random_uuid()), ''::bytea) from generate_series(1, 64) where g > 0) as data from generate_series(1, 28000) g`,
+      `create table noise as select g as id, pg_read_binary_file('/dev/urandom', 0, 1024) as data from generate_series(1, 28000) g`,
     ),
   );
   await t.agent.settings.update({

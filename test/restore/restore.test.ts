@@ -25,6 +25,13 @@ let other: TestAgent;
 let backupName: string;
 let stateAtBackup: Awaited<ReturnType<typeof liveState>>;
 
+/** A backup of the other installation, made once (two tests restore it, neither changes it). */
+let foreignBackup: Promise<string> | undefined;
+const foreign = () => {
+  foreignBackup ??= backup(other);
+  return foreignBackup;
+};
+
 async function backup(agent: TestAgent): Promise<string> {
   const res = await agent.request('/api/v1/backups', { method: 'POST' });
   const job = await agent.agent.jobs.waitFor(((await res.json()) as { jobId: string }).jobId);
@@ -77,8 +84,7 @@ async function expectUntouched(job: Job, code: string, before: Awaited<ReturnTyp
 
 beforeAll(async () => {
   pg = await startPostgres();
-  t = await startTestAgent(pg, { modules: [restoreModule] });
-  other = await startTestAgent(pg);
+  [t, other] = await Promise.all([startTestAgent(pg, { modules: [restoreModule] }), startTestAgent(pg)]);
   await withSql(databaseUrl(t.agent.sources.conn), async (sql) => {
     await sql`create schema if not exists gem_backup`;
     await sql`create table gem_backup.dummy_settings (id int primary key, value text)`;
@@ -289,9 +295,8 @@ describe('restore', () => {
   });
 
   it('refuses a backup made with keys we do not hold, naming the key', async () => {
-    const foreign = await backup(other);
     const before = await liveState(t.agent);
-    const job = await runRestore(other.agent.catalog.pathOf(foreign));
+    const job = await runRestore(other.agent.catalog.pathOf(await foreign()));
     expect(job.error?.message).toContain(
       `this backup was made with key ${other.agent.keyring.activeKey.id}; import that installation's keys file`,
     );
@@ -572,17 +577,17 @@ describe('restore', () => {
   });
 
   it("restores another installation's backup after importing its keys; its secure attributes open", async () => {
-    const foreign = await backup(other);
+    const name = await foreign();
     const keyring = keyringFileSchema.parse(
       JSON.parse(await readFile(join(other.dataDir, 'keyring.json'), 'utf8')),
     );
     await t.agent.keyring.importKeys(keyring);
     await mkdir(t.agent.paths.backups, { recursive: true });
-    await copyFile(other.agent.catalog.pathOf(foreign), t.agent.catalog.pathOf(foreign));
-    expect((await stat(t.agent.catalog.pathOf(foreign))).size).toBeGreaterThan(0);
-    const res = await t.request(`/api/v1/backups/${foreign}/restore`, {
+    await copyFile(other.agent.catalog.pathOf(name), t.agent.catalog.pathOf(name));
+    expect((await stat(t.agent.catalog.pathOf(name))).size).toBeGreaterThan(0);
+    const res = await t.request(`/api/v1/backups/${name}/restore`, {
       method: 'POST',
-      body: JSON.stringify({ confirm: foreign }),
+      body: JSON.stringify({ confirm: name }),
     });
     expect(res.status).toBe(202);
     const job = await t.agent.jobs.waitFor(((await res.json()) as { jobId: string }).jobId);
