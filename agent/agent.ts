@@ -50,6 +50,8 @@ export interface Agent {
   /** A pool on GEM's database (the agent's own schema lives there too). */
   sql: postgres.Sql;
   databaseUrl: string;
+  /** The embedded cluster GEM's database lives on, when there is no DATABASE_URL. */
+  cluster?: ClusterHandle;
   afterBackup: AfterBackupHook[];
   /** The saved settings (gem_backup.settings), their change hooks and the schedules' last runs. */
   settings: SettingsService;
@@ -153,6 +155,7 @@ export async function openAgent(
     },
     sql,
     databaseUrl,
+    ...(cluster ? { cluster } : {}),
     afterBackup: [],
     settings,
     close: async () => {

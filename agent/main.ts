@@ -4,6 +4,7 @@ import { type Agent, openAgent } from './agent';
 import { alertsFor } from './alerts/notifier';
 import { createApp, serveApp } from './app';
 import { dataPaths, loadConfig } from './config';
+import { watchDatabase } from './db/watch';
 import { drServiceFor } from './dr/service';
 import { healthFor } from './health/service';
 import { Scheduler } from './jobs/scheduler';
@@ -48,6 +49,9 @@ async function main(): Promise<void> {
   const agent = await openAgent(config, log, { ownCluster: false });
   closeAll = () => agent.close();
   const tokenCreated = !config.agentToken && tokenBefore !== agent.token;
+  // An outage of GEM's database heals without a restart: the embedded server started again, a
+  // restore it cut off finished.
+  const databaseWatch = watchDatabase(agent);
   // Metrics count jobs from the start; the health watchdog watches them.
   metricsFor(agent);
   const health = healthFor(agent);
@@ -79,6 +83,7 @@ async function main(): Promise<void> {
     verification.stop();
     alerts.stop();
     health.stop();
+    await databaseWatch.stop();
     await agent.close();
     // Released only once the cluster is stopped: the next agent never adopts a cluster being stopped.
     await releaseServiceLock();

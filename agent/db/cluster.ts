@@ -36,6 +36,13 @@ export interface ClusterHandle {
   port: number;
   /** True if this call started the server (false: it was already running, e.g. for the agent). */
   startedHere: boolean;
+  /** True if the server runs (`pg_ctl status`). */
+  running(): Promise<boolean>;
+  /**
+   * Starts the server again on its port if it is down (it crashed, or was stopped by hand); false if
+   * it was running. Throws if another process took the port meanwhile: the pool's URL names it.
+   */
+  restart(): Promise<boolean>;
   stop(): Promise<void>;
 }
 
@@ -437,6 +444,26 @@ export async function startCluster(options: {
     url,
     port,
     startedHere: !running,
+    running: () => clusterRunning(pgCtl, dir),
+    restart: async () => {
+      const releaseStart = await acquireStartLock(dir);
+      try {
+        if (await clusterRunning(pgCtl, dir)) return false;
+        if (!(await portIsFree(port))) {
+          throw new Error(
+            `the embedded PostgreSQL cluster is down and another process now uses its port ${port}: restart the agent`,
+          );
+        }
+        await run(
+          pgCtl,
+          ['start', '-D', dir, '-l', join(dir, 'server.log'), '-w', '-t', '60'],
+          'starting PostgreSQL',
+        );
+        return true;
+      } finally {
+        await releaseStart();
+      }
+    },
     stop: async () => {
       // Under the start lock: an agent starting meanwhile adopts the cluster only once this is settled.
       const releaseStart = await acquireStartLock(dir);

@@ -165,6 +165,22 @@ async function readJournal(dataDir: string, log: Logger): Promise<RestoreJournal
   return parsed.data;
 }
 
+/** Whether a restore journal is on disk, and whether it says committed (an unreadable one: uncommitted). */
+export async function journalState(dataDir: string): Promise<'none' | 'committed' | 'uncommitted'> {
+  const text = await readFile(journalPath(dataDir), 'utf8').catch(() => undefined);
+  if (text === undefined) return 'none';
+  const parsed = journalSchema.safeParse(
+    (() => {
+      try {
+        return JSON.parse(text) as unknown;
+      } catch {
+        return undefined;
+      }
+    })(),
+  );
+  return parsed.success && parsed.data.committed ? 'committed' : 'uncommitted';
+}
+
 /** Removes the journal; with `id`, only if it is still that restore's (a newer restore's journal stays). */
 export async function removeJournal(dataDir: string, id?: string): Promise<void> {
   if (id !== undefined) {
@@ -368,13 +384,14 @@ export async function swapIntoPlace(
       }
     }
     if (failures.length > 0) {
-      deps.log.error('a restore swap could not be undone; it will be finished at the next start', {
+      deps.log.error('a restore swap could not be undone; it is finished once the database answers again', {
         failures,
       });
       throw new AppError(
         'restore_failed',
         `the restore failed at step ${journal.step} (${describeError(error).message}) and undoing it failed ` +
-          `(${failures.join('; ')}): restart the agent, which finishes the undo from its journal`,
+          `(${failures.join('; ')}): the agent finishes the undo from its journal as soon as the database answers ` +
+          'again (or at its next start)',
         { cause: error, details: { step: journal.step, undoFailed: true, failures } },
       );
     }
@@ -531,6 +548,7 @@ async function rollBackFromJournal(deps: SwapDeps, journal: RestoreJournal): Pro
  */
 export async function recoverInterruptedRestore(
   deps: SwapDeps,
+  options: { whileRunning?: boolean } = {},
 ): Promise<'none' | 'rolled-back' | 'completed' | 'skipped'> {
   await restoreSettled(deps.config.dataDir);
   // Another live process holding the job lock may be restoring right now (the lock module's rule).
@@ -539,6 +557,10 @@ export async function recoverInterruptedRestore(
     return 'skipped';
   }
   const journal = await readJournal(deps.config.dataDir, deps.log);
+  // While agents run (the database watch), a committed restore may still be cleaning up in the
+  // process that made it (a CLI command), after its job ended: that is only disk space, left to it
+  // or to the next start, and so are the staging leftovers meanwhile.
+  if (options.whileRunning && journal?.committed) return 'skipped';
   const outcome = !journal ? 'none' : journal.committed ? 'completed' : 'rolled-back';
   if (journal) {
     if (journal.committed) {

@@ -1,0 +1,124 @@
+/**
+ * The service's watch over GEM's database, so that an outage heals without restarting the agent:
+ * - the embedded cluster, found down at two checks in a row (it crashed, or was stopped by hand), is
+ *   started again on its port;
+ * - once the database answers again after an outage, what the outage left is finished as a start
+ *   would: a restore whose swap could not be undone (its journal) is rolled back or completed, and
+ *   restore staging leftovers are dropped. Under the job lock: never beside a running job.
+ */
+import type { Agent } from '../agent';
+import { describeError, isAppError } from '../errors';
+import { acquireLock } from '../jobs/lock';
+import { withMaintenance } from '../restore/database';
+import { journalState, recoverInterruptedRestore } from '../restore/swap';
+
+export const DATABASE_WATCH_MS = 10_000;
+
+export interface DatabaseWatch {
+  /** Stops the checks and waits for one in progress. */
+  stop(): Promise<void>;
+}
+
+export function watchDatabase(agent: Agent, options: { intervalMs?: number } = {}): DatabaseWatch {
+  const log = agent.log.child({ area: 'database-watch' });
+  /**
+   * Since the last check that found GEM's database answering: when it stopped, how many checks in a
+   * row found the server itself down, and whether what it left was finished.
+   */
+  let outage: { since: Date; serverDown: number; finished: boolean } | undefined;
+  let stopped = false;
+  /** The check in progress: a slow one (a connect timeout) is not stacked with the next. */
+  let checking: Promise<void> | undefined;
+
+  /** Why GEM's database does not answer through the agent's pool; undefined if it does. */
+  const poolFailure = () =>
+    agent.sql`select 1`.then(
+      () => undefined,
+      (error: unknown) => describeError(error).message,
+    );
+  /** The server answers, though GEM's database may not (renamed aside by a swap cut off, or fenced). */
+  const serverAnswers = () =>
+    withMaintenance(agent.sources.conn, (sql) => sql`select 1`).then(
+      () => true,
+      () => false,
+    );
+
+  /** The embedded server, down at this check and the one before: started again. */
+  const restartCluster = async (downChecks: number) => {
+    const cluster = agent.cluster;
+    if (!cluster || downChecks < 2 || (await cluster.running())) return;
+    try {
+      if (await cluster.restart()) log.warn('the embedded PostgreSQL server was down; started it again');
+    } catch (error) {
+      log.error('could not start the embedded PostgreSQL server again', { error });
+    }
+  };
+
+  /** Rolls back or completes a restore the outage cut off, and drops staging leftovers; false if busy. */
+  const finishAfterOutage = async (): Promise<boolean> => {
+    let release: () => Promise<void>;
+    try {
+      release = await acquireLock(agent.jobs.lockPath, 'finishing what a database outage left');
+    } catch (error) {
+      if (isAppError(error, 'job_running')) return false;
+      throw error;
+    }
+    try {
+      const outcome = await recoverInterruptedRestore(
+        { config: agent.config, log, sources: agent.sources },
+        { whileRunning: true },
+      );
+      if (outcome === 'rolled-back' || outcome === 'completed') {
+        log.warn('finished a restore that the database outage had cut off', { outcome });
+      }
+      return true;
+    } finally {
+      await release();
+    }
+  };
+
+  const check = async () => {
+    const failure = await poolFailure();
+    if (failure !== undefined && !outage) {
+      log.warn("GEM's database does not answer", { error: failure });
+      outage = { since: new Date(), serverDown: 0, finished: false };
+    }
+    if (failure !== undefined && !(await serverAnswers())) {
+      outage!.serverDown += 1;
+      outage!.finished = false;
+      await restartCluster(outage!.serverDown);
+      return;
+    }
+    if (outage) outage.serverDown = 0;
+    // A journal with the job lock free is a swap whose undo failed or whose process died (a swap in
+    // progress holds the lock; a committed one may still be cleaning up, and is left alone).
+    const uncommitted = (await journalState(agent.config.dataDir)) === 'uncommitted';
+    if ((outage && !outage.finished) || uncommitted) {
+      if (!(await finishAfterOutage())) return; // a job runs: the next check tries again
+      if (outage) outage.finished = true;
+    }
+    if (failure === undefined && outage) {
+      log.info("GEM's database answers again", {
+        downForSeconds: Math.round((Date.now() - outage.since.getTime()) / 1000),
+      });
+      outage = undefined;
+    }
+  };
+
+  const timer = setInterval(() => {
+    if (stopped || checking) return;
+    checking = check()
+      .catch((error: unknown) => log.error('the database watch failed', { error }))
+      .finally(() => {
+        checking = undefined;
+      });
+  }, options.intervalMs ?? DATABASE_WATCH_MS);
+  timer.unref();
+  return {
+    async stop() {
+      stopped = true;
+      clearInterval(timer);
+      await checking;
+    },
+  };
+}
