@@ -1,12 +1,14 @@
 /**
- * Crash during backup: an agent process backing up a database with a 200 MB+ table is SIGKILLed at
- * 20 points spread over a measured clean run; after each restart nothing partial is listed, every
- * listed backup verifies, temp files are gone and the keyring is the same bytes. One restores at the end.
+ * Crash during backup: an agent process backing up a database with a 30 MB+ table is SIGKILLed at
+ * 20 points spread over every phase of a measured clean run; after each restart nothing partial is
+ * listed, every listed backup verifies, temp files are gone and the keyring is the same bytes. One
+ * restores at the end.
  */
 import { existsSync } from 'node:fs';
 import { mkdtemp, readdir, readFile, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { openAgent } from '../../agent/agent';
 import { readBackup } from '../../agent/backup/reader';
@@ -17,13 +19,17 @@ import { TEMP_PREFIX } from '../../agent/system/atomic-file';
 import { leftovers } from '../restore/helpers';
 import { startTestAgent, TEST_TOKEN } from '../services/agent';
 import { startPostgres, type TestPostgres, withSql } from '../services/postgres';
-import { runChild } from './child';
+import { type ChildLine, runChild } from './child';
 import { faultReport } from './report';
 
 const KILLS = Number(process.env.GEM_FAULTS_KILLS ?? 20);
-// 1 M rows (a 100 MB+ table): a backup of a few seconds, long enough for the 20 kill points to land in
-// every phase (measured: dump 5, folders 1, pack 7, verify 6, pruning 1). scripts/soak.sh uses 4 M.
-const ROWS = Number(process.env.GEM_FAULTS_BIG_ROWS ?? 1_000_000);
+// 300 k rows (a 30 MB+ table): a dump of about a second, for the kills timed inside it. The kills inside
+// pack and verify are placed by bytes written and read back (kill-at-bytes.mjs, looking every
+// millisecond), not by the job's progress (at most every 200 ms), so those phases need not last long:
+// the 1 M rows this used before were there to make them outlast a few progress reports.
+// scripts/soak.sh uses 4 M.
+const ROWS = Number(process.env.GEM_FAULTS_BIG_ROWS ?? 300_000);
+const KILL_AT_BYTES = fileURLToPath(new URL('./kill-at-bytes.mjs', import.meta.url));
 const report = faultReport('crash-backup', 'kills');
 
 let pg: TestPostgres;
@@ -33,6 +39,8 @@ let env: Record<string, string>;
 let keyringBytes: Buffer;
 let cleanMs = 0;
 let dumpMs = 0;
+/** The size of the clean run's backup: the byte points of pack and verify are fractions of it. */
+let backupBytes = 0;
 const verified = new Map<string, string>();
 
 function open() {
@@ -98,7 +106,7 @@ beforeAll(async () => {
     GEM_AGENT_TOKEN: TEST_TOKEN,
     GEM_PG_BIN: pg.binDir,
   };
-  // Built once per file: a 100 MB+ table of poorly compressible text.
+  // Built once per file: a 30 MB+ table of poorly compressible text.
   await withSql(databaseUrl, (sql) =>
     sql.unsafe(`
       create table big_history as
@@ -109,7 +117,7 @@ beforeAll(async () => {
     const [row] = await sql<{ size: string }[]>`select pg_total_relation_size('big_history') as size`;
     return Number(row!.size);
   });
-  if (ROWS >= 1_000_000) expect(bytes).toBeGreaterThan(100 * 1024 * 1024);
+  expect(bytes).toBeGreaterThan(ROWS * 100);
   await t.close();
   keyringBytes = await readFile(join(dataDir, 'keyring.json'));
 });
@@ -141,11 +149,25 @@ describe('an agent killed during a backup', () => {
         .join(' > ')}`,
     );
     expect(await checkAfterRestart()).toEqual([]);
+    const agent = await open();
+    try {
+      backupBytes = (await agent.catalog.list())[0]!.size;
+    } finally {
+      await agent.close();
+    }
   });
 
   it(`leaves nothing partial, every listed backup verifying, after ${KILLS} SIGKILLs`, async () => {
     // 20 points over every phase: by time inside the dump, by bytes inside pack (tar+gzip+encrypt into
-    // the temp file) and verify (the fsynced temp file read back before its rename), then retention and the end.
+    // the temp file: its size) and verify (the fsynced temp file read back before its rename: the bytes
+    // read since), then retention and the end.
+    const bytesPoint = (phase: string, f: number): Record<string, string> => ({
+      KILL_BYTES_STAGE: phase,
+      KILL_BYTES_FRACTION: String(f),
+      KILL_BYTES_TOTAL: String(backupBytes),
+      KILL_BYTES_DIR: join(dataDir, 'backups'),
+      NODE_OPTIONS: `${process.env.NODE_OPTIONS ?? ''} --import ${KILL_AT_BYTES}`.trim(),
+    });
     const points: Record<string, string>[] = [
       ...[0.1, 0.3, 0.5, 0.7, 0.9].map(
         (f): Record<string, string> => ({
@@ -154,12 +176,8 @@ describe('an agent killed during a backup', () => {
         }),
       ),
       { KILL_PHASE: 'folders', KILL_FRACTION: '0' },
-      ...[0.05, 0.25, 0.5, 0.75, 0.95, 0.995].map(
-        (f): Record<string, string> => ({ KILL_PHASE: 'pack', KILL_FRACTION: String(f) }),
-      ),
-      ...[0.05, 0.25, 0.5, 0.75, 0.95, 0.995].map(
-        (f): Record<string, string> => ({ KILL_PHASE: 'verify', KILL_FRACTION: String(f) }),
-      ),
+      ...[0.05, 0.25, 0.5, 0.75, 0.95, 0.995].map((f) => bytesPoint('pack', f)),
+      ...[0.05, 0.25, 0.5, 0.75, 0.95, 0.995].map((f) => bytesPoint('verify', f)),
       { KILL_PHASE: 'pruning old backups', KILL_FRACTION: '0' },
       { KILL_PHASE: 'done-timer', KILL_FRACTION: '0', AFTER: String(cleanMs) },
     ];
@@ -172,9 +190,15 @@ describe('an agent killed during a backup', () => {
       const timer = point.AFTER ? setTimeout(() => run.kill(), Number(point.AFTER)) : undefined;
       const end = await run.exited;
       clearTimeout(timer);
-      const died = run.lines.find((l) => l.event === 'suicide');
+      // kill-at-bytes.mjs's line also says how many bytes were written or read back.
+      const died = run.lines.find((l) => l.event === 'suicide') as
+        | (ChildLine & { bytes?: number; total?: number })
+        | undefined;
       const where = end.signal === 'SIGKILL' ? (died?.phase ?? run.phase() ?? 'start') : 'finished';
-      const label = `kill #${i} ${JSON.stringify(point)} (died in ${where})`;
+      const at = died?.bytes === undefined ? '' : ` at ${died.bytes} of ${died.total} bytes`;
+      const { NODE_OPTIONS: _, KILL_BYTES_DIR: __, ...shown } = point;
+      const label = `kill #${i} ${JSON.stringify(shown)} (died in ${where}${at}, last phase reported ${run.phase()})`;
+      console.log(label);
       phases[where] = (phases[where] ?? 0) + 1;
       if (end.signal === 'SIGKILL') report.inject();
       const problems = await checkAfterRestart();
