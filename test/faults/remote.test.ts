@@ -6,7 +6,7 @@ import { s3Options, testConnection } from '../../agent/offsite/index';
 import { withRetry } from '../../agent/providers/retry';
 import { S3Provider } from '../../agent/providers/s3';
 import { runProcess } from '../../agent/system/spawn';
-import { backupNow, call, filenameOf, runJob, startOffsiteAgent } from '../offsite/helpers';
+import { backupNow, call, FAST, filenameOf, runJob, startOffsiteAgent } from '../offsite/helpers';
 import type { TestAgent } from '../services/agent';
 import { startPostgres, type TestPostgres, withSql } from '../services/postgres';
 import { type S3Service, startS3 } from '../services/s3';
@@ -16,6 +16,17 @@ import { startAll } from '../services/start-all';
 import { faultReport } from './report';
 
 const report = faultReport('remote', 'server freezes');
+
+/**
+ * The offsite helpers' fast options, shorter still: a frozen upload is given up after 1.5 s without a
+ * byte moved (3 s there; 5 min by default) and the retry's sign-in after 1 s (SFTP) or 2 s (smbclient's
+ * -t), so each freeze costs a few seconds of waiting instead of seven. The retry is kept (2 attempts).
+ */
+const FREEZE: typeof FAST = {
+  ...FAST,
+  stallTimeoutMs: 1500,
+  providerOverrides: { sftp: { timeoutMs: 1000 }, smb: { timeoutSeconds: 2 } },
+};
 
 let pg: TestPostgres;
 let sshd: SshdService;
@@ -116,7 +127,7 @@ beforeAll(async () => {
     s3: startS3,
     smbd: startSmbd,
   }));
-  t = await startOffsiteAgent(pg);
+  t = await startOffsiteAgent(pg, FREEZE);
   // About 30 MB that no compression shrinks, so the upload takes a while.
   await withSql(t.agent.databaseUrl, (sql) =>
     sql.unsafe(
@@ -209,7 +220,7 @@ describe('a destination that stops answering mid-upload', () => {
 
 describe('a frozen S3 server: list, Test Connection and cancel end', () => {
   /** Short limits instead of the defaults (20 s connect, 60 s idle and per metadata request). */
-  const SHORT = { connectTimeoutMs: 500, idleTimeoutMs: 1000, requestTimeoutMs: 1000 };
+  const SHORT = { connectTimeoutMs: 300, idleTimeoutMs: 500, requestTimeoutMs: 500 };
 
   async function frozen<T>(run: () => Promise<T>): Promise<T> {
     await destinations.s3.freeze();
