@@ -9,37 +9,21 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Job } from '../../agent/jobs/runner';
 import { runChild } from '../faults/child';
-import { crashingRestore, liveState } from '../restore/helpers';
-import { startTestAgent, TEST_TOKEN, type TestAgent } from '../services/agent';
-import { startPostgres, type TestPostgres, withSql } from '../services/postgres';
+import { type CrashFixture, crashingRestore, liveState, startCrashFixture } from '../restore/helpers';
+import { startTestAgent } from '../services/agent';
+import { holdTableLock, startPostgres, type TestPostgres, withSql } from '../services/postgres';
 
 let pg: TestPostgres;
-let t: TestAgent;
+let t: CrashFixture['t'];
 let env: Record<string, string>;
 let backupName: string;
-let atBackup: Awaited<ReturnType<typeof liveState>>;
+let atBackup: CrashFixture['atBackup'];
 
 beforeAll(async () => {
   pg = await startPostgres();
-  t = await startTestAgent(pg);
-  env = {
-    DATABASE_URL: t.agent.databaseUrl,
-    GEM_DATA_DIR: t.dataDir,
-    GEM_SCRIPTS_DIR: t.agent.sources.scriptsDir,
-    GEM_CONFIG_DIR: t.agent.sources.configDir,
-    GEM_AGENT_TOKEN: TEST_TOKEN,
-    GEM_PG_BIN: pg.binDir,
-  };
-  // Big enough that a dump and a staging restore last a while (a kill lands inside them).
-  await withSql(t.agent.databaseUrl, (sql) =>
-    sql.unsafe(
-      `create table history as select g as id, md5(g::text) || md5((g * 7)::text) as v from generate_series(1, 300000) g`,
-    ),
-  );
-  const res = await t.request('/api/v1/backups', { method: 'POST' });
-  const job = await t.agent.jobs.waitFor(((await res.json()) as { jobId: string }).jobId);
-  backupName = (job.result as { backup: { filename: string } }).backup.filename;
-  atBackup = await liveState(t.agent);
+  // 100 k rows (10 MB): a staging restore lasts long enough for a kill 150 ms into it (each test checks
+  // where its kill landed); the dump is held by a lock on the table instead (the first test).
+  ({ t, env, backupName, atBackup } = await startCrashFixture(pg, { rows: 100_000 }));
 }, 120_000);
 
 afterAll(async () => {
@@ -80,15 +64,24 @@ const newest = (jobs: Job[], kind: string) => jobs.find((j) => j.kind === kind);
 describe('a job interrupted by a crash', () => {
   it('a backup killed in its dump is listed as failed, interrupted, with nothing kept', async () => {
     const before = (await t.agent.catalog.list()).map((b) => b.filename);
-    const run = runChild({
-      ...env,
-      FAULT_ACTION: 'backup',
-      KILL_PHASE: 'dump',
-      KILL_FRACTION: '0',
-      KILL_AFTER_MS: '300',
-    });
-    const end = await run.exited;
+    // pg_dump waits for the table while the lock is held: the kill 300 ms into the dump lands inside it.
+    const release = await holdTableLock(t.agent.databaseUrl, 'history');
+    let end: Awaited<ReturnType<typeof runChild>['exited']>;
+    let run: ReturnType<typeof runChild>;
+    try {
+      run = runChild({
+        ...env,
+        FAULT_ACTION: 'backup',
+        KILL_PHASE: 'dump',
+        KILL_FRACTION: '0',
+        KILL_AFTER_MS: '300',
+      });
+      end = await run.exited;
+    } finally {
+      await release();
+    }
     expect(end.signal, end.stderr).toBe('SIGKILL');
+    expect(run.lines.find((l) => l.event === 'suicide')).toMatchObject({ phase: 'dump' });
     const jobs = await jobsAfterRestart();
     const job = newest(jobs, 'backup');
     expect(job).toMatchObject({ state: 'failed', phase: 'dump', error: { code: 'interrupted' } });
@@ -108,10 +101,13 @@ describe('a job interrupted by a crash', () => {
       BACKUP_NAME: backupName,
       KILL_PHASE: 'stage',
       KILL_FRACTION: '0',
-      KILL_AFTER_MS: '300',
+      KILL_AFTER_MS: '150',
     });
     const end = await run.exited;
     expect(end.signal, end.stderr).toBe('SIGKILL');
+    // Killed by its timer inside the staging (not at the phase's end: a timed kill has no fraction 1).
+    expect(run.lines.find((l) => l.event === 'suicide')).toMatchObject({ phase: 'stage' });
+    expect((run.lines.find((l) => l.event === 'suicide') as { fraction?: number }).fraction).not.toBe(1);
     const job = newest(await jobsAfterRestart(), 'restore');
     expect(job).toMatchObject({ state: 'failed', target: backupName, error: { code: 'interrupted' } });
     expect(job?.error?.message).toContain('GEM is as it was before the restore');

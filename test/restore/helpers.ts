@@ -19,7 +19,8 @@ import { liveFolderPath } from '../../agent/restore/swap';
 import { databaseUrl } from '../../agent/system/postgres-tools';
 import { runProcess } from '../../agent/system/spawn';
 import { generateFileKey, type MasterKey, newCore, wrapForMasterKey } from '../../shared/envelope';
-import { withSql } from '../services/postgres';
+import { startTestAgent, TEST_TOKEN, type TestAgent } from '../services/agent';
+import { type TestPostgres, withSql } from '../services/postgres';
 
 /** A manual backup labelled `label`, made as the backup job makes it; expects success and returns its name. */
 export async function backupNow(agent: Agent, label: string): Promise<string> {
@@ -227,4 +228,44 @@ export function withManifest(
     { header: { name: MANIFEST_NAME, type: 'file', size: data.length, mode: 0o644 }, data },
     ...entries,
   ];
+}
+
+/** What startCrashFixture set up: the agent, the env of a child agent over it, one backup and the state it holds. */
+export interface CrashFixture {
+  t: TestAgent;
+  /** The env an agent process over the same database, data dir and folders runs with (test/faults/child.ts). */
+  env: Record<string, string>;
+  backupName: string;
+  atBackup: Awaited<ReturnType<typeof liveState>>;
+}
+
+/**
+ * The set-up of the crash tests (test/faults/crash-restore, test/jobs/history): a test agent (in
+ * `dataDir` if given), a `history` table of `rows` rows of 64 hex characters beside GEM's tables
+ * (bigger rows make a longer dump and staging restore), one backup made through the API, and the live
+ * state it holds.
+ */
+export async function startCrashFixture(
+  pg: TestPostgres,
+  options: { rows: number; dataDir?: string },
+): Promise<CrashFixture> {
+  const t = await startTestAgent(pg, options.dataDir ? { dataDir: options.dataDir } : {});
+  const env = {
+    DATABASE_URL: t.agent.databaseUrl,
+    GEM_DATA_DIR: t.dataDir,
+    GEM_SCRIPTS_DIR: t.agent.sources.scriptsDir,
+    GEM_CONFIG_DIR: t.agent.sources.configDir,
+    GEM_AGENT_TOKEN: TEST_TOKEN,
+    GEM_PG_BIN: pg.binDir,
+  };
+  await withSql(t.agent.databaseUrl, (sql) =>
+    sql.unsafe(
+      `create table history as select g as id, md5(g::text) || md5((g * 7)::text) as v from generate_series(1, ${options.rows}) g`,
+    ),
+  );
+  const res = await t.request('/api/v1/backups', { method: 'POST' });
+  const job = await t.agent.jobs.waitFor(((await res.json()) as { jobId: string }).jobId);
+  expect(job.error).toBeUndefined();
+  const backupName = (job.result as { backup: { filename: string } }).backup.filename;
+  return { t, env, backupName, atBackup: await liveState(t.agent) };
 }
