@@ -1,22 +1,21 @@
 /** gem-backup: the command line, for when the page is not reachable. Exit 0 on success, one clear line otherwise. */
-import { createCommand, decryptCommand, listCommand, verifyCommand } from './cli/backups';
-import { type CliContext, createCliContext } from './cli/context';
-import { drCommand } from './cli/dr';
-import { keysCommand } from './cli/keys';
-import { restoreCommand } from './cli/restore';
+import type { CliContext } from './cli/context';
 import { describeError } from './errors';
 
 type Command = (cli: CliContext) => Promise<void>;
 
-/** Every command; other modules add theirs here (restore, dr). */
-export const COMMANDS: Record<string, Command> = {
-  create: createCommand,
-  list: listCommand,
-  verify: verifyCommand,
-  decrypt: decryptCommand,
-  keys: keysCommand,
-  dr: drCommand,
-  restore: restoreCommand,
+/**
+ * Every command, by name: each loads its module (and through it the agent) only when it runs, so
+ * `--help`, a usage error or the offline decrypt do not wait for the whole agent to load.
+ */
+const COMMANDS: Record<string, () => Promise<Command>> = {
+  create: async () => (await import('./cli/backups')).createCommand,
+  list: async () => (await import('./cli/backups')).listCommand,
+  verify: async () => (await import('./cli/backups')).verifyCommand,
+  decrypt: async () => (await import('./cli/backups')).decryptCommand,
+  keys: async () => (await import('./cli/keys')).keysCommand,
+  dr: async () => (await import('./cli/dr')).drCommand,
+  restore: async () => (await import('./cli/restore')).restoreCommand,
 };
 
 /** Each command's lines of the usage, in the order `gem-backup help` lists them. */
@@ -89,8 +88,8 @@ async function main(argv: string[]): Promise<number> {
     process.stderr.write('gem-backup: no command given; run "gem-backup help" for the list\n');
     return 2;
   }
-  const command = COMMANDS[name];
-  if (!command) {
+  const load = COMMANDS[name];
+  if (!load) {
     process.stderr.write(`gem-backup: unknown command "${name}"; run "gem-backup help" for the list\n`);
     return 2;
   }
@@ -98,6 +97,7 @@ async function main(argv: string[]): Promise<number> {
     process.stdout.write(`${commandUsage(name)}\n`);
     return 0;
   }
+  const [command, { createCliContext }] = await Promise.all([load(), import('./cli/context')]);
   const cli = createCliContext(args, { mayCreate: setsUpInstallation(name, args) });
   try {
     await command(cli);

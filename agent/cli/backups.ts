@@ -5,11 +5,10 @@ import { basename, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { stanzaKeyIds, unwrapWithMasterKeys } from '../../shared/envelope';
 import { checkBackupName } from '../backup/catalog';
-import { type CreateBackupOptions, verifyBackup } from '../backup/create';
+import type { CreateBackupOptions } from '../backup/create';
 import type { FollowUp } from '../backup/operations';
 import { envelopeToAppError, readBackup, readHeaderOfFile } from '../backup/reader';
 import { AppError } from '../errors';
-import { validationError } from '../http/errors';
 import { createOpenTransform } from '../keys/envelope-node';
 import { parseKeysExport } from '../keys/keyring';
 import { DESTINATION_TITLES, type OffsiteKind } from '../offsite/destinations';
@@ -29,7 +28,10 @@ function formatSize(bytes: number): string {
 export async function createCommand(cli: CliContext): Promise<void> {
   const { values } = parseArgs({ args: cli.args, options: { label: { type: 'string' } } });
   // The API's rules for a label (POST /backups), not a copy of them.
-  const { createBody } = await import('../http/routes/backups');
+  const [{ createBody }, { validationError }] = await Promise.all([
+    import('../http/routes/backups'),
+    import('../http/errors'),
+  ]);
   const body = createBody.safeParse(values.label === undefined ? {} : { label: values.label });
   if (!body.success) throw validationError(body.error);
   const { label } = body.data;
@@ -139,7 +141,10 @@ export async function verifyCommand(cli: CliContext): Promise<void> {
   }
   const name = checkBackupName(arg);
   const result = await cli.withAgent(async (agent) => {
-    const { standaloneContext } = await import('../jobs/runner');
+    const [{ standaloneContext }, { verifyBackup }] = await Promise.all([
+      import('../jobs/runner'),
+      import('../backup/create'),
+    ]);
     return verifyBackup(agent, standaloneContext(agent.log, cli.progress), name);
   });
   cli.out(`${result.filename}: ok (${result.members} members, every chunk and checksum verified)`);

@@ -1,10 +1,8 @@
 /** What a CLI command gets: its arguments, output channels, and a way to open the agent in-process. */
 import { existsSync } from 'node:fs';
 import type { Agent } from '../agent';
-import { openAgent } from '../agent';
 import { dataPaths, loadConfig } from '../config';
 import { AppError } from '../errors';
-import { connectionFailure } from '../http/errors';
 import type { Job } from '../jobs/runner';
 import { createLogger } from '../log';
 import { progressWords } from './progress';
@@ -119,6 +117,11 @@ export function createCliContext(args: string[], options: { mayCreate?: boolean 
       process.on('SIGINT', onSignal);
       process.on('SIGTERM', onSignal);
       try {
+        // The agent (most of the code base) loads here, when a command opens it, not at start-up.
+        const [{ openAgent }, { connectionFailure }] = await Promise.all([
+          import('../agent'),
+          import('../http/errors'),
+        ]);
         // 'error': the CLI prints a failed command's one line itself (main in cli.ts), so a job's
         // 'job failed' warning would say it twice, as JSON; errors it does not print still show.
         agent = await openAgent(config, createLogger({ level: 'error' })).catch((error: unknown) => {
@@ -145,9 +148,14 @@ export function createCliContext(args: string[], options: { mayCreate?: boolean 
           running.catch(() => {});
           return await Promise.race([running, stopNow]);
         } finally {
-          off();
           closing = true;
-          await open.close();
+          // The close cancels and waits for the jobs still running: a job a signal stopped (one that
+          // started just after it, too) is followed to its end, so the line says what became of it.
+          try {
+            await open.close();
+          } finally {
+            off();
+          }
         }
       } finally {
         closing = true;

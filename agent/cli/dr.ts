@@ -1,7 +1,6 @@
 /** CLI: gem-backup dr status | dr push | dr recover --installation-id ID | dr recover --abandon. */
 import { parseArgs } from 'node:util';
 import type { Agent } from '../agent';
-import { drServiceFor } from '../dr/service';
 import { normalizeInstallationId } from '../dr/unfinished';
 import { AppError } from '../errors';
 import type { Job } from '../jobs/runner';
@@ -9,6 +8,12 @@ import type { CliContext } from './context';
 
 const USAGE =
   'usage: gem-backup dr status | dr push | dr recover --installation-id ID | dr recover --abandon';
+
+/** The agent's DR service, its module loaded only by a dr command that opens the agent. */
+async function drService(agent: Agent) {
+  const { drServiceFor } = await import('../dr/service');
+  return drServiceFor(agent);
+}
 
 async function follow(cli: CliContext, agent: Agent, started: Job): Promise<Job> {
   const off = agent.jobs.subscribe(started.id, (e) => {
@@ -31,13 +36,13 @@ export async function drCommand(cli: CliContext): Promise<void> {
     options: { 'installation-id': { type: 'string' }, abandon: { type: 'boolean' } },
   });
   if (sub === 'status') {
-    const status = await cli.withAgent((agent) => drServiceFor(agent).status());
+    const status = await cli.withAgent(async (agent) => (await drService(agent)).status());
     cli.out(JSON.stringify(status, null, 2));
     return;
   }
   if (sub === 'push') {
     const job = await cli.withAgent(async (agent) =>
-      follow(cli, agent, await drServiceFor(agent).startPush('manual')),
+      follow(cli, agent, await (await drService(agent)).startPush('manual')),
     );
     const r = job.result as { backup: string; size: number; reused: boolean; multipart: boolean };
     cli.out(
@@ -53,7 +58,7 @@ export async function drCommand(cli: CliContext): Promise<void> {
         'give either --installation-id (to finish a recovery) or --abandon, not both',
       );
     }
-    const abandoned = await cli.withAgent((agent) => drServiceFor(agent).abandonRecovery());
+    const abandoned = await cli.withAgent(async (agent) => (await drService(agent)).abandonRecovery());
     cli.out(
       abandoned
         ? "the unfinished recovery was given up: this box is back on its own identity and keys (the recovered keys are kept, retired); Cloud DR pushes this box's own data again"
@@ -72,7 +77,7 @@ export async function drCommand(cli: CliContext): Promise<void> {
       );
     }
     const job = await cli.withAgent(async (agent) =>
-      follow(cli, agent, await drServiceFor(agent).startRecover(id)),
+      follow(cli, agent, await (await drService(agent)).startRecover(id)),
     );
     const r = job.result as { installationId: string; backup: string; restore: { rows: number } };
     cli.out(`recovered installation ${r.installationId} from ${r.backup} (${r.restore.rows} rows restored)`);

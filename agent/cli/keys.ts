@@ -3,8 +3,6 @@ import { stat } from 'node:fs/promises';
 import { dirname, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { AppError } from '../errors';
-import { validationError } from '../http/errors';
-import { exportBody, importKeysFile } from '../http/routes/keys';
 import { buildKeysExport, exportFileName } from '../keys/keyring';
 import { writeSmallFileAtomic } from '../system/atomic-file';
 import type { CliContext } from './context';
@@ -33,6 +31,10 @@ export async function keysCommand(cli: CliContext): Promise<void> {
     cli.requireInstallation();
     const given = await passphraseToProtect(values['passphrase-file']);
     // The API's minimum for an export passphrase (exportBody), not a copy of it.
+    const [{ exportBody }, { validationError }] = await Promise.all([
+      import('../http/routes/keys'),
+      import('../http/errors'),
+    ]);
     const body = exportBody.safeParse(given === undefined ? {} : { passphrase: given });
     if (!body.success) throw validationError(body.error);
     const { passphrase } = body.data;
@@ -64,7 +66,10 @@ export async function keysCommand(cli: CliContext): Promise<void> {
     if (!file) throw new AppError('bad_request', USAGE);
     const text = await readKeysFile(file);
     const passphrase = await passphraseToOpen(text, values['passphrase-file']);
-    const result = await cli.withAgent((agent) => importKeysFile(agent, text, passphrase));
+    const result = await cli.withAgent(async (agent) => {
+      const { importKeysFile } = await import('../http/routes/keys');
+      return importKeysFile(agent, text, passphrase);
+    });
     cli.out(`keys imported: installation ${result.installationId}, active key ${result.activeKeyId}`);
     return;
   }
