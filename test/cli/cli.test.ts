@@ -5,29 +5,45 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { runProcess } from '../../agent/system/spawn';
 import { seededEnvironment } from '../services/agent';
 import { startPostgres, type TestPostgres } from '../services/postgres';
+import { type BuiltCli, buildCli } from './built-cli';
 
 let pg: TestPostgres;
 let dataDir: string;
 let env: NodeJS.ProcessEnv;
+let built: BuiltCli;
 
 const cli = (...args: string[]) =>
-  runProcess(process.execPath, ['bin/gem-backup.js', ...args], { env, cwd: process.cwd() });
+  runProcess(process.execPath, [built.path, ...args], { env, cwd: process.cwd() });
 /** The CLI with extra environment variables (GEM_KEYS_PASSPHRASE). */
 const cliWith = (extra: NodeJS.ProcessEnv, ...args: string[]) =>
-  runProcess(process.execPath, ['bin/gem-backup.js', ...args], {
+  runProcess(process.execPath, [built.path, ...args], {
     env: { ...env, ...extra },
     cwd: process.cwd(),
   });
 
 beforeAll(async () => {
-  pg = await startPostgres();
+  [pg, built] = await Promise.all([startPostgres(), buildCli()]);
   ({ dataDir, env } = await seededEnvironment(pg, 'gem-cli-'));
 });
 afterAll(async () => {
   await pg?.stop();
+  await built?.remove();
 });
 
 describe('the gem-backup CLI (the package bin)', () => {
+  it('the bin starts the same CLI: the same usage; an unknown command, the same line and exit code', async () => {
+    const bin = (...args: string[]) =>
+      runProcess(process.execPath, ['bin/gem-backup.js', ...args], { env, cwd: process.cwd() });
+    const [help, binHelp, binUnknown] = await Promise.all([cli('--help'), bin('--help'), bin('frobnicate')]);
+    expect(binHelp.code).toBe(0);
+    expect(binHelp.stdout).toMatch(/^usage: gem-backup <command>\n/);
+    expect(binHelp.stdout).toBe(help.stdout);
+    expect(binUnknown.code).toBe(2);
+    expect(binUnknown.stderr).toBe(
+      'gem-backup: unknown command "frobnicate"; run "gem-backup help" for the list',
+    );
+  });
+
   it('creates a labelled backup, lists it, verifies it, each exiting 0', async () => {
     const created = await cli('create', '--label', 'pre-upgrade');
     expect(created.stderr).toBe('');
@@ -102,8 +118,7 @@ describe('the gem-backup CLI (the package bin)', () => {
     await copyFile(join(dataDir, 'backups', backup!), copy);
     const sealed = await readFile(copy);
     const keysArgs = ['--keys', out, '--passphrase-file', secretFile];
-    const bin = join(process.cwd(), 'bin/gem-backup.js');
-    const inDataDir = await runProcess(process.execPath, [bin, 'decrypt', 'copy.bin', ...keysArgs], {
+    const inDataDir = await runProcess(process.execPath, [built.path, 'decrypt', 'copy.bin', ...keysArgs], {
       env,
       cwd: dataDir,
     });

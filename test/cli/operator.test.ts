@@ -12,13 +12,16 @@ import { buildKeysExport, createKeyringFile } from '../../agent/keys/keyring';
 import { runProcess } from '../../agent/system/spawn';
 import { seededEnvironment, startTestAgent } from '../services/agent';
 import { startPostgres, type TestPostgres, withSql } from '../services/postgres';
+import { type BuiltCli, buildCli } from './built-cli';
 
 let pg: TestPostgres;
 let dataDir: string;
 let env: NodeJS.ProcessEnv;
 let scratch: string;
+let built: BuiltCli;
+/** The CLI built from the current sources (./built-cli.ts), as the operator's `gem-backup`. */
+let BIN: string;
 
-const BIN = join(process.cwd(), 'bin/gem-backup.js');
 const cliIn = (extra: NodeJS.ProcessEnv, ...args: string[]) =>
   runProcess(process.execPath, [BIN, ...args], { env: { ...env, ...extra }, cwd: scratch });
 const cli = (...args: string[]) => cliIn({}, ...args);
@@ -31,7 +34,8 @@ const backups = async (dir = dataDir) =>
   (await readdir(join(dir, 'backups')).catch(() => [] as string[])).filter((n) => n.endsWith('.tar.gz'));
 
 beforeAll(async () => {
-  pg = await startPostgres();
+  [pg, built] = await Promise.all([startPostgres(), buildCli()]);
+  BIN = built.path;
   ({ dataDir, env } = await seededEnvironment(pg, 'gem-cli-op-'));
   scratch = await mkdtemp(join(tmpdir(), 'gem-cli-op-scratch-'));
   const created = await cli('create');
@@ -39,6 +43,7 @@ beforeAll(async () => {
 });
 afterAll(async () => {
   await pg?.stop();
+  await built?.remove();
   if (scratch) await rm(scratch, { recursive: true, force: true });
   if (dataDir) await rm(dataDir, { recursive: true, force: true });
 });
