@@ -134,7 +134,23 @@ describe('output and signals', () => {
     while (!(await jobRunning()) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 5));
     expect(await jobRunning()).toBe(true);
     child.kill('SIGINT');
-    return { ...(await exited), stdout, stderr };
+    // A CLI that never exits after Ctrl-C fails here with what it said, instead of the whole test
+    // timing out and leaving the job lock to the next test.
+    let timer: NodeJS.Timeout | undefined;
+    const hung = new Promise<never>((_, reject) => {
+      timer = setTimeout(async () => {
+        const jobs = await readFile(join(dataDir, 'jobs.json'), 'utf8').catch(() => '');
+        child.kill('SIGKILL');
+        reject(
+          new Error(`the CLI did not exit within 60 s of SIGINT\nstderr: ${stderr}\njobs.json: ${jobs}`),
+        );
+      }, 60_000);
+    });
+    try {
+      return { ...(await Promise.race([exited, hung])), stdout, stderr };
+    } finally {
+      clearTimeout(timer);
+    }
   }
 
   it('Ctrl-C during create or restore cancels the job, closes the agent, says so in one line, exit 130', async () => {
