@@ -27,10 +27,11 @@ const USAGES: Record<string, string[]> = {
   ],
   restore: ['restore FILE --yes                          restore a backup (replaces all current data)'],
   decrypt: [
-    'decrypt FILE --keys KEYS.json [-o OUT]      offline: decrypt to a .tar.gz (no agent or database needed)',
+    'decrypt FILE --keys KEYS.json [-o OUT]      offline: decrypt to a .tar.gz (no agent or database needed;',
+    '                                            an existing OUT is replaced only with --force)',
   ],
   keys: [
-    'keys export [-o FILE]                       export the encryption keys',
+    'keys export [-o FILE] [--force]             export the encryption keys (--force replaces FILE)',
     'keys import FILE                            import keys from another installation',
   ],
   dr: [

@@ -14,6 +14,7 @@ import { parseKeysExport } from '../keys/keyring';
 import { DESTINATION_TITLES, type OffsiteKind } from '../offsite/destinations';
 import { writeFileAtomic } from '../system/atomic-file';
 import type { CliContext } from './context';
+import { checkOutputPath } from './output';
 import {
   PASSPHRASE_FILE_OPTION,
   passphraseToOpen,
@@ -166,6 +167,7 @@ export async function decryptCommand(cli: CliContext): Promise<void> {
     options: {
       keys: { type: 'string' },
       output: { type: 'string', short: 'o' },
+      force: { type: 'boolean' },
       ...PASSPHRASE_FILE_OPTION,
     },
   });
@@ -173,7 +175,7 @@ export async function decryptCommand(cli: CliContext): Promise<void> {
   if (!file || !values.keys)
     throw new AppError(
       'bad_request',
-      'usage: gem-backup decrypt FILE --keys KEYS.json [-o OUT.tar.gz] [--passphrase-file PATH]',
+      'usage: gem-backup decrypt FILE --keys KEYS.json [-o OUT.tar.gz [--force]] [--passphrase-file PATH]',
     );
   const keysText = await readKeysFile(values.keys);
   const keyring = await parseKeysExport(
@@ -211,6 +213,7 @@ export async function decryptCommand(cli: CliContext): Promise<void> {
       `the output ${output} is the backup itself: give another -o (nothing was written)`,
     );
   }
+  await checkOutputPath(output, { force: values.force });
   const opener = createOpenTransform({
     resolveFileKey: (header) => unwrapWithMasterKeys(header.stanzas, keys),
   });

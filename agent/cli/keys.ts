@@ -1,11 +1,10 @@
-/** CLI commands for the encryption keys: export and import. */
-import { stat } from 'node:fs/promises';
-import { dirname, resolve } from 'node:path';
+import { resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { AppError } from '../errors';
 import { buildKeysExport, exportFileName } from '../keys/keyring';
 import { writeSmallFileAtomic } from '../system/atomic-file';
 import type { CliContext } from './context';
+import { checkOutputPath } from './output';
 import {
   PASSPHRASE_ENV,
   PASSPHRASE_FILE_OPTION,
@@ -24,7 +23,11 @@ export async function keysCommand(cli: CliContext): Promise<void> {
   const { values, positionals } = parseArgs({
     args: rest,
     allowPositionals: true,
-    options: { output: { type: 'string', short: 'o' }, ...PASSPHRASE_FILE_OPTION },
+    options: {
+      output: { type: 'string', short: 'o' },
+      force: { type: 'boolean' },
+      ...PASSPHRASE_FILE_OPTION,
+    },
   });
   if (sub === 'export') {
     // Before a passphrase is asked for: a data dir without an installation has no keys to export.
@@ -40,14 +43,7 @@ export async function keysCommand(cli: CliContext): Promise<void> {
     const { passphrase } = body.data;
     const now = new Date();
     const path = resolve(values.output ?? exportFileName(now));
-    // A mistyped -o folder is an error, not a new folder made silently (as root, anywhere).
-    const folder = await stat(dirname(path)).catch(() => undefined);
-    if (!folder?.isDirectory()) {
-      throw new AppError(
-        'bad_request',
-        `the folder ${dirname(path)} does not exist: create it first or choose another -o`,
-      );
-    }
+    await checkOutputPath(path, { force: values.force });
     await cli.withAgent(async (agent) => {
       await writeSmallFileAtomic(path, await buildKeysExport(agent.keyring.toFile(), passphrase, now), 0o600);
       await agent.keyState.merge({ lastDownloadedAt: now.toISOString() });

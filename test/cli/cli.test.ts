@@ -132,6 +132,43 @@ describe('the gem-backup CLI (the package bin)', () => {
     expect((await readFile(copy)).equals(sealed)).toBe(true);
   });
 
+  it('never writes over an existing file, into a folder or into a missing folder: keys export -o and decrypt -o', async () => {
+    const passphrase = { GEM_KEYS_PASSPHRASE: 'an output passphrase' };
+    const keysOut = join(dataDir, 'keys-once.json');
+    expect((await cliWith(passphrase, 'keys', 'export', '-o', keysOut)).code).toBe(0);
+    const keysBefore = await readFile(keysOut);
+    const again = await cliWith(passphrase, 'keys', 'export', '-o', keysOut);
+    expect(again.code).toBe(1);
+    expect(again.stderr.trim()).toBe(
+      `gem-backup: ${keysOut} already exists: choose another -o, or add --force to replace it (nothing was written)`,
+    );
+    expect((await readFile(keysOut)).equals(keysBefore)).toBe(true);
+    expect((await cliWith(passphrase, 'keys', 'export', '-o', keysOut, '--force')).code).toBe(0);
+    expect((await readFile(keysOut)).equals(keysBefore)).toBe(false);
+
+    const [backup] = (await readdir(join(dataDir, 'backups'))).filter((n) => n.endsWith('.tar.gz'));
+    const decrypt = ['decrypt', join(dataDir, 'backups', backup!), '--keys', keysOut];
+    const kept = join(dataDir, 'keep-me.tar.gz');
+    await writeFile(kept, 'a file the owner keeps');
+    const over = await cliWith(passphrase, ...decrypt, '-o', kept);
+    expect(over.code).toBe(1);
+    expect(over.stderr).toContain(`${kept} already exists: choose another -o, or add --force`);
+    expect(await readFile(kept, 'utf8')).toBe('a file the owner keeps');
+    const forced = await cliWith(passphrase, ...decrypt, '-o', kept, '--force');
+    expect(forced.stderr).toBe('');
+    expect(forced.code).toBe(0);
+    expect((await stat(kept)).size).toBeGreaterThan(1000);
+
+    const missing = join(dataDir, 'no-such-folder', 'out.tar.gz');
+    const intoMissing = await cliWith(passphrase, ...decrypt, '-o', missing);
+    expect(intoMissing.code).toBe(1);
+    expect(intoMissing.stderr).toContain(`the folder ${dirname(missing)} does not exist`);
+    await expect(stat(dirname(missing))).rejects.toMatchObject({ code: 'ENOENT' });
+    const intoFolder = await cliWith(passphrase, ...decrypt, '-o', join(dataDir, 'backups'));
+    expect(intoFolder.code).toBe(1);
+    expect(intoFolder.stderr).toContain('is a folder: give a file name with -o');
+  });
+
   it('refuses a passphrase on the command line, naming the alternatives', async () => {
     const out = join(dataDir, 'never.json');
     for (const args of [
