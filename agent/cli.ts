@@ -99,7 +99,12 @@ async function main(argv: string[]): Promise<number> {
     return 0;
   }
   const [command, { createCliContext }] = await Promise.all([load(), import('./cli/context')]);
-  const cli = createCliContext(args, { mayCreate: setsUpInstallation(name, args) });
+  // The command and its first word (keys/dr's subcommand, the backup restored or verified).
+  const first = args[0] !== undefined && !args[0].startsWith('-') ? ` ${args[0]}` : '';
+  const cli = createCliContext(args, {
+    mayCreate: setsUpInstallation(name, args),
+    command: `${name}${first}`,
+  });
   try {
     await command(cli);
   } catch (error) {

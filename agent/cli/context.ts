@@ -1,8 +1,9 @@
 /** What a CLI command gets: its arguments, output channels, and a way to open the agent in-process. */
 import { existsSync } from 'node:fs';
+import { userInfo } from 'node:os';
 import type { Agent } from '../agent';
 import { dataPaths, loadConfig } from '../config';
-import { AppError } from '../errors';
+import { AppError, describeError } from '../errors';
 import type { Job } from '../jobs/runner';
 import { createLogger } from '../log';
 import { progressWords } from './progress';
@@ -45,7 +46,26 @@ function describeStopped(job: Job): string {
   return `interrupted: the ${what} failed: ${job.error?.message ?? 'unknown error'}`;
 }
 
-export function createCliContext(args: string[], options: { mayCreate?: boolean } = {}): CliContext {
+/** The person running the CLI, for the audit log: the account, and the one sudo was run from. */
+function whoRuns(): { user: string; sudoUser?: string; pid: number } {
+  let user: string;
+  try {
+    user = userInfo().username;
+  } catch {
+    user = `uid ${process.getuid?.() ?? 'unknown'}`;
+  }
+  const sudoUser = process.env.SUDO_USER;
+  return { user, ...(sudoUser ? { sudoUser } : {}), pid: process.pid };
+}
+
+/**
+ * `command` (e.g. "keys export", "restore gem-backup-….tar.gz") is what the audit log records for
+ * each opening of the agent.
+ */
+export function createCliContext(
+  args: string[],
+  options: { mayCreate?: boolean; command?: string } = {},
+): CliContext {
   let lastLine = '';
   let showing = false;
   /** The first signal's name; a second one exits at once. */
@@ -142,13 +162,23 @@ export function createCliContext(args: string[], options: { mayCreate?: boolean 
           stopped.set(event.job.id, event.job);
           if (!event.job.endedAt && event.job.phase !== 'cancelling') open.jobs.cancel(event.job.id);
         });
+        let outcome: { outcome: 'ok' | 'error' | 'cancelled'; error?: string } = { outcome: 'ok' };
         try {
           if (signalled) throw new Interrupted();
           const running = fn(open);
           running.catch(() => {});
           return await Promise.race([running, stopNow]);
+        } catch (error) {
+          outcome = signalled
+            ? { outcome: 'cancelled' }
+            : { outcome: 'error', error: describeError(error).code };
+          throw error;
         } finally {
           closing = true;
+          // Beside the API's accesses: what was run on the box itself, and by whom (the close flushes it).
+          if (options.command) {
+            void open.audit.record({ via: 'cli', command: options.command, ...outcome, ...whoRuns() });
+          }
           // The close cancels and waits for the jobs still running: a job a signal stopped (one that
           // started just after it, too) is followed to its end, so the line says what became of it.
           try {

@@ -1,5 +1,5 @@
 import { copyFile, mkdir, mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { tmpdir, userInfo } from 'node:os';
 import { dirname, join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { runProcess } from '../../agent/system/spawn';
@@ -167,6 +167,26 @@ describe('the gem-backup CLI (the package bin)', () => {
     const intoFolder = await cliWith(passphrase, ...decrypt, '-o', join(dataDir, 'backups'));
     expect(intoFolder.code).toBe(1);
     expect(intoFolder.stderr).toContain('is a folder: give a file name with -o');
+  });
+
+  it('records each command that opens the agent in the audit log: what, by whom, how it ended', async () => {
+    expect((await cli('create')).code).toBe(0);
+    const missing = 'gem-backup-2000-01-01-000000.tar.gz';
+    expect((await cli('verify', missing)).code).toBe(1);
+    const lines = (await readFile(join(dataDir, 'audit.log'), 'utf8'))
+      .trim()
+      .split('\n')
+      .map((line) => JSON.parse(line) as Record<string, unknown>)
+      .filter((entry) => entry.via === 'cli');
+    expect(lines.slice(-2)).toEqual([
+      expect.objectContaining({
+        command: 'create',
+        outcome: 'ok',
+        user: userInfo().username,
+        pid: expect.any(Number),
+      }),
+      expect.objectContaining({ command: `verify ${missing}`, outcome: 'error', error: 'not_found' }),
+    ]);
   });
 
   it('refuses a passphrase on the command line, naming the alternatives', async () => {
