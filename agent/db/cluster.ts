@@ -419,11 +419,7 @@ export async function startCluster(options: {
         '',
       ].join('\n');
       await writeSmallFileAtomic(confPath, settings, 0o600, (temp) => ownLikeCluster(temp, dir));
-      await run(
-        pgCtl,
-        ['start', '-D', dir, '-l', join(dir, 'server.log'), '-w', '-t', '60'],
-        'starting PostgreSQL',
-      );
+      await startServer(pgCtl, dir);
       log?.info('embedded PostgreSQL started', { port });
     } else {
       log?.info('embedded PostgreSQL already running', { port });
@@ -454,11 +450,7 @@ export async function startCluster(options: {
             `the embedded PostgreSQL cluster is down and another process now uses its port ${port}: restart the agent`,
           );
         }
-        await run(
-          pgCtl,
-          ['start', '-D', dir, '-l', join(dir, 'server.log'), '-w', '-t', '60'],
-          'starting PostgreSQL',
-        );
+        await startServer(pgCtl, dir);
         return true;
       } finally {
         await releaseStart();
@@ -494,6 +486,15 @@ export async function startCluster(options: {
       }
     },
   };
+}
+
+/** Starts the server of the cluster in `dir` with the port and settings its gem-cluster.conf holds. */
+async function startServer(pgCtl: string, dir: string): Promise<void> {
+  await run(
+    pgCtl,
+    ['start', '-D', dir, '-l', join(dir, 'server.log'), '-w', '-t', '60'],
+    'starting PostgreSQL',
+  );
 }
 
 /** True if a server runs on the cluster in `dir` (`pg_ctl status`: 3 when none, 4 when no cluster there). */

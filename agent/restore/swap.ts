@@ -169,16 +169,11 @@ async function readJournal(dataDir: string, log: Logger): Promise<RestoreJournal
 export async function journalState(dataDir: string): Promise<'none' | 'committed' | 'uncommitted'> {
   const text = await readFile(journalPath(dataDir), 'utf8').catch(() => undefined);
   if (text === undefined) return 'none';
-  const parsed = journalSchema.safeParse(
-    (() => {
-      try {
-        return JSON.parse(text) as unknown;
-      } catch {
-        return undefined;
-      }
-    })(),
-  );
-  return parsed.success && parsed.data.committed ? 'committed' : 'uncommitted';
+  try {
+    return journalSchema.parse(JSON.parse(text)).committed ? 'committed' : 'uncommitted';
+  } catch {
+    return 'uncommitted';
+  }
 }
 
 /** Removes the journal; with `id`, only if it is still that restore's (a newer restore's journal stays). */

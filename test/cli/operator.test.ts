@@ -12,6 +12,7 @@ import { buildKeysExport, createKeyringFile } from '../../agent/keys/keyring';
 import { runProcess } from '../../agent/system/spawn';
 import { seededEnvironment, startTestAgent } from '../services/agent';
 import { startPostgres, type TestPostgres, withSql } from '../services/postgres';
+import { within } from '../services/wait';
 import { type BuiltCli, buildCli } from './built-cli';
 
 let pg: TestPostgres;
@@ -136,21 +137,12 @@ describe('output and signals', () => {
     child.kill('SIGINT');
     // A CLI that never exits after Ctrl-C fails here with what it said, instead of the whole test
     // timing out and leaving the job lock to the next test.
-    let timer: NodeJS.Timeout | undefined;
-    const hung = new Promise<never>((_, reject) => {
-      timer = setTimeout(async () => {
-        const jobs = await readFile(join(dataDir, 'jobs.json'), 'utf8').catch(() => '');
-        child.kill('SIGKILL');
-        reject(
-          new Error(`the CLI did not exit within 60 s of SIGINT\nstderr: ${stderr}\njobs.json: ${jobs}`),
-        );
-      }, 60_000);
+    const ended = await within(exited, 60_000, 'the CLI to exit after SIGINT').catch(async (error: Error) => {
+      child.kill('SIGKILL');
+      const jobs = await readFile(join(dataDir, 'jobs.json'), 'utf8').catch(() => '');
+      throw new Error(`${error.message}\nstderr: ${stderr}\njobs.json: ${jobs}`);
     });
-    try {
-      return { ...(await Promise.race([exited, hung])), stdout, stderr };
-    } finally {
-      clearTimeout(timer);
-    }
+    return { ...ended, stdout, stderr };
   }
 
   it('Ctrl-C during create or restore cancels the job, closes the agent, says so in one line, exit 130', async () => {

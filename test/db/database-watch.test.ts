@@ -9,6 +9,7 @@ import { journalPath } from '../../agent/restore/swap';
 import { backupNow, leftovers, liveState, runRestore } from '../restore/helpers';
 import { startTestAgent, type TestAgent } from '../services/agent';
 import { startPostgres, type TestPostgres } from '../services/postgres';
+import { until } from '../services/wait';
 
 let pg: TestPostgres;
 let t: TestAgent;
@@ -35,13 +36,6 @@ afterAll(async () => {
 const FINISHED = 'finished a restore that the database outage had cut off';
 const messages = () => lines.filter((l) => l.area === 'database-watch').map((l) => l.msg);
 
-async function until(what: string, ok: () => Promise<boolean>, ms = 30_000): Promise<void> {
-  for (const deadline = Date.now() + ms; !(await ok()); ) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting until ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 100));
-  }
-}
-
 const answers = () =>
   t.agent.sql`select 1`.then(
     () => true,
@@ -56,8 +50,12 @@ describe("the service's watch over GEM's database", () => {
     watch = watchDatabase(t.agent, { intervalMs: 200 });
     await pg.cluster.stop();
     expect(await answers()).toBe(false);
-    await until('the database answers through the agent', answers);
-    await until('the watch saw it answer', async () => messages().includes("GEM's database answers again"));
+    await until(answers, 'the database answers through the agent', 300);
+    await until(
+      async () => messages().includes("GEM's database answers again"),
+      'the watch saw it answer',
+      300,
+    );
     expect(await pg.cluster.running()).toBe(true);
     expect(messages()).toEqual([
       "GEM's database does not answer",
@@ -88,13 +86,14 @@ describe("the service's watch over GEM's database", () => {
     expect(existsSync(journalPath(t.dataDir))).toBe(true);
 
     await pg.cluster.restart();
-    await until('the watch finished the restore', async () => messages().includes(FINISHED));
+    await until(async () => messages().includes(FINISHED), 'the watch finished the restore', 300);
     expect(existsSync(journalPath(t.dataDir))).toBe(false);
     expect(await liveState(t.agent)).toEqual(before);
     expect(await leftovers(t.agent)).toEqual([]);
     await until(
-      'the watch saw GEM answer again',
       async () => messages().at(-1) === "GEM's database answers again",
+      'the watch saw GEM answer again',
+      300,
     );
   });
 
@@ -127,7 +126,7 @@ describe("the service's watch over GEM's database", () => {
     expect(existsSync(journalPath(t.dataDir))).toBe(true);
     finish();
     await t.agent.jobs.waitFor(held.id);
-    await until('the watch finished the restore', async () => messages().includes(FINISHED));
+    await until(async () => messages().includes(FINISHED), 'the watch finished the restore', 300);
     expect(existsSync(journalPath(t.dataDir))).toBe(false);
     expect(await liveState(t.agent)).toEqual(before);
     expect(await leftovers(t.agent)).toEqual([]);
