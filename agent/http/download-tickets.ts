@@ -23,6 +23,13 @@ export class DownloadTickets {
     return ticket;
   }
 
+  /** The ticket's file name without using it up (a HEAD request); undefined if unknown or expired. */
+  peek(ticket: string): string | undefined {
+    const entry = this.tickets.get(ticket);
+    if (!entry || entry.expiresAt < this.now()) return undefined;
+    return entry.filename;
+  }
+
   /** Returns the ticket's file name and forgets the ticket (single use); undefined if unknown or expired. */
   redeem(ticket: string): string | undefined {
     const entry = this.tickets.get(ticket);

@@ -20,6 +20,11 @@ export function jobRoutes(agent: Agent): Hono {
     const id = c.req.param('id');
     const first = agent.jobs.get(id);
     if (!first) throw new AppError('not_found', 'no such job');
+    // Hono answers HEAD with this handler and drops the body unread: a stream would block on its first
+    // writes and keep its subscription as long as the job runs. A HEAD gets the headers only.
+    if (c.req.method === 'HEAD') {
+      return c.body(null, 200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache' });
+    }
     return streamSSE(c, async (stream) => {
       const queue: JobEvent[] = [];
       let wake: (() => void) | undefined;

@@ -53,19 +53,24 @@ export function keyRoutes(agent: Agent): Hono {
 
   app.get('/status', async (c) => c.json(await keyStatus(agent)));
 
+  const exportHeaders = (now: Date) => ({
+    'content-type': 'application/json',
+    'content-disposition': `attachment; filename="${exportFileName(now)}"`,
+    'cache-control': 'no-store',
+  });
   const sendExport = async (passphrase: string | undefined) => {
     const now = new Date();
     const text = await buildKeysExport(agent.keyring.toFile(), passphrase, now);
     await agent.keyState.merge({ lastDownloadedAt: now.toISOString() });
-    return new Response(text, {
-      headers: {
-        'content-type': 'application/json',
-        'content-disposition': `attachment; filename="${exportFileName(now)}"`,
-        'cache-control': 'no-store',
-      },
-    });
+    return new Response(text, { headers: exportHeaders(now) });
   };
-  app.get('/export', () => sendExport(undefined));
+  // Hono answers HEAD with the GET handler: a HEAD (a link checker, `curl -I`) receives no keys, so it
+  // must not count as a download, which would end the "download your keys" warning on the page and in health.
+  app.get('/export', (c) =>
+    c.req.method === 'HEAD'
+      ? new Response(null, { headers: exportHeaders(new Date()) })
+      : sendExport(undefined),
+  );
   // POST lets the page send a passphrase in the body rather than in a URL that logs may keep.
   app.post('/export', async (c) =>
     sendExport((await jsonBody(c, exportBody, { optional: true }))?.passphrase),

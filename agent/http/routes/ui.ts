@@ -61,7 +61,11 @@ export function uiRoutes(agent: Agent): Hono {
   // The ticket (from POST /api/v1/backups/:f/download-link) stands in for the token, once, for 60 s.
   app.use('/download/*', auditRoutes(agent.audit));
   app.get('/download/:ticket', async (c) => {
-    const name = ticketsFor(agent).redeem(c.req.param('ticket'));
+    // Hono answers HEAD with this handler: a HEAD (a link preview, a scanner, `curl -I`) downloads
+    // nothing, so it leaves the one-time link usable.
+    const tickets = ticketsFor(agent);
+    const ticket = c.req.param('ticket');
+    const name = c.req.method === 'HEAD' ? tickets.peek(ticket) : tickets.redeem(ticket);
     if (!name) throw new AppError('not_found', 'this download link has expired or was already used');
     return backupFileResponse(agent, name);
   });

@@ -1,0 +1,109 @@
+/**
+ * What a careful attacker or a clumsy script sends the agent over HTTP, beyond test/faults/hostile-api:
+ * HEAD on routes whose GET has an effect, bodies nested thousands deep or starting with a byte order
+ * mark, numbers past any bound, secrets of the wrong shape, a doubled Authorization header.
+ */
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { serveApp } from '../../agent/app';
+import type { JobEvent } from '../../agent/jobs/runner';
+import { startTestAgent, TEST_TOKEN, type TestAgent } from '../services/agent';
+import { startPostgres, type TestPostgres } from '../services/postgres';
+
+let pg: TestPostgres;
+let t: TestAgent;
+let server: ReturnType<typeof serveApp>;
+let base: string;
+let good: string;
+
+const auth = { authorization: `Bearer ${TEST_TOKEN}` };
+
+/** A request to the agent over real HTTP, with the admin token unless headers say otherwise. */
+function call(path: string, init: RequestInit = {}): Promise<Response> {
+  return fetch(`${base}${path}`, { ...init, headers: { ...auth, ...(init.headers as object) } });
+}
+
+async function errorOf(res: Response): Promise<{ code: string; message: string; details?: unknown }> {
+  expect(res.headers.get('content-type')).toMatch(/application\/json/);
+  return ((await res.json()) as { error: { code: string; message: string } }).error;
+}
+
+beforeAll(async () => {
+  pg = await startPostgres();
+  t = await startTestAgent(pg);
+  server = await new Promise((resolve) => {
+    const s = serveApp(t.app, { hostname: '127.0.0.1', port: 0 }, (info) => {
+      base = `http://127.0.0.1:${info.port}`;
+      resolve(s);
+    });
+  });
+  const res = await call('/api/v1/backups', { method: 'POST' });
+  const job = await t.agent.jobs.waitFor(((await res.json()) as { jobId: string }).jobId);
+  good = (job.result as { backup: { filename: string } }).backup.filename;
+}, 120_000);
+
+afterAll(async () => {
+  await new Promise((resolve) => server?.close(resolve));
+  await t?.close();
+  await pg?.stop();
+});
+
+describe('HEAD on a route whose GET does something', () => {
+  it('HEAD /api/v1/keys/export sends no keys and does not count as the keys download', async () => {
+    const status = async () =>
+      (await (await call('/api/v1/keys/status')).json()) as {
+        downloaded: boolean;
+        lastDownloadedAt: unknown;
+      };
+    expect(await status()).toMatchObject({ downloaded: false, lastDownloadedAt: null });
+    const head = await call('/api/v1/keys/export', { method: 'HEAD' });
+    expect(head.status).toBe(200);
+    expect(head.headers.get('content-disposition')).toMatch(/attachment; filename="gem-encryption-keys-/);
+    expect(await head.text()).toBe('');
+    // The "download your keys" warning must stay until someone has the keys.
+    expect(await status()).toMatchObject({ downloaded: false, lastDownloadedAt: null });
+    const get = await call('/api/v1/keys/export');
+    expect(get.status).toBe(200);
+    expect(JSON.parse(await get.text())).toMatchObject({ format: 'gem-encryption-keys' });
+    expect(await status()).toMatchObject({ downloaded: true });
+  });
+
+  it('HEAD on a one-time download link leaves the link usable once', async () => {
+    const link = (await (await call(`/api/v1/backups/${good}/download-link`, { method: 'POST' })).json()) as {
+      url: string;
+    };
+    const size = (await t.agent.catalog.info(good)).size;
+    const head = await fetch(`${base}${link.url}`, { method: 'HEAD' });
+    expect(head.status).toBe(200);
+    expect(head.headers.get('content-length')).toBe(String(size));
+    const get = await fetch(`${base}${link.url}`);
+    expect(get.status).toBe(200);
+    expect((await get.arrayBuffer()).byteLength).toBe(size);
+    const again = await fetch(`${base}${link.url}`);
+    expect(again.status).toBe(404);
+    expect((await errorOf(again)).message).toMatch(/expired or was already used/);
+  });
+
+  it('HEAD on a running job events answers at once and leaves no subscription behind', async () => {
+    let release = () => {};
+    const held = await t.agent.jobs.start('verify', () => new Promise<void>((r) => (release = r)), {
+      mutating: false,
+    });
+    const listeners = (t.agent.jobs as unknown as { listeners: Map<string, Set<(e: JobEvent) => void>> })
+      .listeners;
+    try {
+      for (let i = 0; i < 5; i++) {
+        const head = await call(`/api/v1/jobs/${held.id}/events`, {
+          method: 'HEAD',
+          signal: AbortSignal.timeout(5000),
+        });
+        expect(head.status).toBe(200);
+        expect(head.headers.get('content-type')).toMatch(/text\/event-stream/);
+      }
+      await new Promise((r) => setTimeout(r, 100));
+      expect(listeners.get(held.id)?.size ?? 0).toBe(0);
+    } finally {
+      release();
+      await t.agent.jobs.waitFor(held.id);
+    }
+  });
+});
