@@ -6,6 +6,31 @@ import { validationError } from './errors';
 
 export const MAX_JSON_BYTES = 1024 * 1024;
 
+/** How deep objects and lists may nest in a body: no request of the API needs more than a few levels. */
+export const MAX_JSON_DEPTH = 64;
+
+/**
+ * The deepest nesting of `[` and `{` in a JSON text (outside its strings), stopping as soon as it
+ * passes `limit`. A body nested thousands deep parses (JSON.parse does not recurse), but whatever walks
+ * it afterwards (JSON.stringify of a keys file) overflows the stack: a 500 instead of a 400.
+ */
+export function jsonDepthOver(text: string, limit: number): boolean {
+  let depth = 0;
+  let inString = false;
+  for (let i = 0; i < text.length; i++) {
+    const ch = text.charCodeAt(i);
+    if (inString) {
+      if (ch === 0x5c)
+        i++; // a backslash escapes the next character
+      else if (ch === 0x22) inString = false;
+    } else if (ch === 0x22) inString = true;
+    else if (ch === 0x5b || ch === 0x7b) {
+      if (++depth > limit) return true;
+    } else if (ch === 0x5d || ch === 0x7d) depth--;
+  }
+  return false;
+}
+
 /** Parses and validates the JSON body; `optional` accepts an empty body as undefined. */
 export async function jsonBody<S extends z.ZodType>(
   c: Context,
@@ -30,10 +55,19 @@ export async function jsonBody<S extends z.ZodType>(
       parts.push(value);
     }
   }
-  const text = Buffer.concat(parts).toString('utf8');
+  // A UTF-8 byte order mark (PowerShell's and Notepad's JSON files begin with one) is not part of the JSON.
+  const text = Buffer.concat(parts)
+    .toString('utf8')
+    .replace(/^\uFEFF/, '');
   if (text.trim() === '') {
     if (options.optional) return undefined;
     throw new AppError('bad_request', 'a JSON body is required');
+  }
+  if (jsonDepthOver(text, MAX_JSON_DEPTH)) {
+    throw new AppError(
+      'bad_request',
+      `the body nests objects or lists more than ${MAX_JSON_DEPTH} levels deep`,
+    );
   }
   let json: unknown;
   try {

@@ -107,3 +107,45 @@ describe('HEAD on a route whose GET does something', () => {
     }
   });
 });
+
+describe('bodies a script may send', () => {
+  const deep = (n: number) => `${'['.repeat(n)}${']'.repeat(n)}`;
+
+  it('a body nested 100 000 deep is a 400 on every route that reads one, never a 500', async () => {
+    const keysFile = `{"format":"gem-encryption-keys","version":1,"x":${deep(100_000)}}`;
+    const cases: Array<[string, string, string]> = [
+      ['POST', '/api/v1/keys/import', keysFile],
+      ['POST', '/api/v1/keys/check', keysFile],
+      ['POST', '/api/v1/keys/import', `{"file":${keysFile}}`],
+      ['PUT', '/api/v1/settings', `{"autoBackup":${deep(100_000)}}`],
+      ['POST', `/api/v1/backups/${good}/restore`, `{"confirm":${deep(100_000)}}`],
+      ['POST', '/api/v1/offsite/s3/test', `{"bucket":${deep(100_000)}}`],
+    ];
+    const keyring = JSON.stringify(t.agent.keyring.toFile());
+    for (const [method, path, body] of cases) {
+      const res = await call(path, { method, body, headers: { 'content-type': 'application/json' } });
+      expect(`${method} ${path}: ${res.status}`).toBe(`${method} ${path}: 400`);
+      expect((await errorOf(res)).message).toMatch(/more than 64 levels deep/);
+    }
+    expect(JSON.stringify(t.agent.keyring.toFile())).toBe(keyring);
+    // Brackets inside a string are text, not nesting.
+    const res = await call('/api/v1/backups', {
+      method: 'POST',
+      body: JSON.stringify({ label: '[[[[' }),
+      headers: { 'content-type': 'application/json' },
+    });
+    expect(res.status).toBe(422);
+    expect((await errorOf(res)).message).toMatch(/^label: letters, digits/);
+  });
+
+  it('a JSON body that starts with a UTF-8 byte order mark (PowerShell, Notepad) is read as JSON', async () => {
+    const body = Buffer.concat([Buffer.from([0xef, 0xbb, 0xbf]), Buffer.from('{"collapsed":true}')]);
+    const res = await call('/api/v1/keys/banner', {
+      method: 'PUT',
+      body,
+      headers: { 'content-type': 'application/json' },
+    });
+    expect(res.status).toBe(200);
+    expect(await res.json()).toEqual({ bannerCollapsed: true });
+  });
+});
