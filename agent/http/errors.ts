@@ -74,14 +74,65 @@ export function plainIssueMessage(issue: Issue): string {
   }
 }
 
+/** zod's own bound for any whole number (the safe-integer range), which precedes the schema's own bound. */
+const isSafeIntegerBound = (issue: Issue) =>
+  (issue.code === 'too_big' || issue.code === 'too_small') &&
+  issue.origin === 'int' &&
+  Math.abs(Number(issue.code === 'too_big' ? issue.maximum : issue.minimum)) === Number.MAX_SAFE_INTEGER;
+
+/** An issue's path under `prefix` (a union branch's issues are relative to the union). */
+const under = (prefix: Issue['path'], issue: Issue): Issue => ({
+  ...issue,
+  path: [...prefix, ...issue.path],
+});
+
+/**
+ * The issues of a failure as the page should read them. A union that no branch matched ("Invalid input")
+ * becomes the issues of the branch that came closest (fewest issues, then the deepest field): a secret
+ * sent as `{"set": "yes"}` names `secretAccessKey.set: must be true or false`. When every branch refused
+ * the value's type itself, one issue says which types it may be ("must be text or an object"). A number
+ * past the safe-integer range (1e308) is described by the schema's own bound, not 9007199254740991.
+ */
+export function plainIssues(issues: readonly Issue[]): Issue[] {
+  const out: Issue[] = [];
+  for (const issue of issues) {
+    if (issue.code === 'invalid_union' && issue.errors.length > 0) {
+      const branches = issue.errors.map((branch) => plainIssues(branch));
+      const types = branches.map((b) => {
+        const only = b.length === 1 ? b[0] : undefined;
+        return only?.code === 'invalid_type' && only.path.length === 0 ? only.expected : undefined;
+      });
+      if (types.every((t) => t !== undefined)) {
+        const words = [...new Set(types.map((t) => EXPECTED[t!] ?? t!))].join(' or ');
+        out.push({ ...issue, message: `must be ${words}` });
+        continue;
+      }
+      const depth = (b: Issue[]) => Math.max(...b.map((i) => i.path.length));
+      const best = branches
+        .filter((b) => b.length > 0)
+        .sort((a, b) => a.length - b.length || depth(b) - depth(a))[0];
+      if (best) {
+        out.push(...best.map((i) => under(issue.path, i)));
+        continue;
+      }
+    }
+    out.push(issue);
+  }
+  const bounded = out.filter((i) => !isSafeIntegerBound(i));
+  return out.filter(
+    (i) => !isSafeIntegerBound(i) || !bounded.some((b) => b.path.join('.') === i.path.join('.')),
+  );
+}
+
 /** Turns a zod failure into a 422 that names the first bad field, in plain words; details keep every field path. */
 export function validationError(error: ZodError): AppError {
-  const issue = error.issues[0];
+  const issues = plainIssues(error.issues);
+  const issue = issues[0];
   const field = issue?.path.join('.') || 'body';
   return new AppError('unprocessable', `${field}: ${issue ? plainIssueMessage(issue) : 'invalid'}`, {
     details: {
       field,
-      issues: error.issues.map((i) => ({ field: i.path.join('.'), message: plainIssueMessage(i) })),
+      issues: issues.map((i) => ({ field: i.path.join('.'), message: plainIssueMessage(i) })),
     },
   });
 }

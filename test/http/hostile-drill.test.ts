@@ -148,4 +148,46 @@ describe('bodies a script may send', () => {
     expect(res.status).toBe(200);
     expect(await res.json()).toEqual({ bannerCollapsed: true });
   });
+
+  it('names the bound the schema sets, not the safe-integer range, for a number like 1e308', async () => {
+    for (const [value, words] of [
+      ['1e308', 'must be at most 100'],
+      ['-1e308', 'must be at least 1'],
+    ]) {
+      const res = await call('/api/v1/settings', {
+        method: 'PUT',
+        body: `{"autoBackup":{"enabled":true,"schedule":"daily","maxBackups":${value}}}`,
+        headers: { 'content-type': 'application/json' },
+      });
+      expect(res.status).toBe(422);
+      const error = await errorOf(res);
+      expect(error.message).toBe(`autoBackup.maxBackups: ${words}`);
+      expect(JSON.stringify(error.details)).not.toMatch(/9007199254740991/);
+    }
+  });
+
+  it('a secret of the wrong shape names what is wrong with it, not "Invalid input"', async () => {
+    const cases: Array<[unknown, string]> = [
+      [
+        { offsite: { s3: { secretAccessKey: { set: 'yes' } } } },
+        'offsite.s3.secretAccessKey.set: must be true or false',
+      ],
+      [{ offsite: { s3: { secretAccessKey: 5 } } }, 'offsite.s3.secretAccessKey: must be text or an object'],
+      [
+        { offsite: { sftp: { auth: { password: 12345 } } } },
+        'offsite.sftp.auth.password: must be text or an object',
+      ],
+    ];
+    for (const [body, message] of cases) {
+      const res = await call('/api/v1/settings', {
+        method: 'PUT',
+        body: JSON.stringify(body),
+        headers: { 'content-type': 'application/json' },
+      });
+      expect(res.status).toBe(422);
+      const error = await errorOf(res);
+      expect(error.message).toBe(message);
+      expect(JSON.stringify(error)).not.toMatch(/Invalid input/);
+    }
+  });
 });
