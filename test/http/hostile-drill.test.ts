@@ -191,3 +191,28 @@ describe('bodies a script may send', () => {
     }
   });
 });
+
+describe('the Authorization header', () => {
+  it('two Authorization headers (joined by a comma) are an invalid token, not a missing one', async () => {
+    const res = await fetch(`${base}/api/v1/backups`, {
+      headers: [
+        ['authorization', `Bearer ${TEST_TOKEN}`],
+        ['authorization', `Bearer ${TEST_TOKEN}`],
+      ],
+    });
+    expect(res.status).toBe(401);
+    expect((await errorOf(res)).message).toBe('invalid admin token');
+    const pasted = await fetch(`${base}/api/v1/backups`, {
+      headers: { authorization: `Bearer ${TEST_TOKEN.slice(0, 10)} ${TEST_TOKEN.slice(10)}` },
+    });
+    expect((await errorOf(pasted)).message).toBe('invalid admin token');
+    const basic = await fetch(`${base}/api/v1/backups`, {
+      headers: { authorization: `Basic ${TEST_TOKEN}` },
+    });
+    expect((await errorOf(basic)).message).toBe(
+      'the admin token goes in the Authorization header as Bearer <token>',
+    );
+    const none = await fetch(`${base}/api/v1/backups`);
+    expect((await errorOf(none)).message).toBe('missing admin token (Authorization: Bearer <token>)');
+  });
+});
