@@ -29,6 +29,17 @@ function socketAddress(c: Context): string | undefined {
   }
 }
 
+/** The most characters of a request's path or X-Forwarded-For a record keeps. */
+export const AUDIT_FIELD_MAX = 256;
+
+/**
+ * `text` cut to AUDIT_FIELD_MAX characters, marked with `…` when cut: a client without a token sends
+ * whatever path and X-Forwarded-For it likes (up to Node's 16 KB of headers), and each 401 is recorded.
+ */
+function clip(text: string): string {
+  return text.length > AUDIT_FIELD_MAX ? `${text.slice(0, AUDIT_FIELD_MAX)}…` : text;
+}
+
 /**
  * Records every request it wraps (after it ran), whatever the outcome. `client` is the socket's peer
  * (what cannot be forged); X-Forwarded-For, which any client may send, is kept apart as `forwardedFor`.
@@ -43,13 +54,14 @@ export function auditRoutes(audit: AuditLog): MiddlewareHandler {
       throw error;
     } finally {
       const status = failed ? undefined : c.res.status;
+      const forwarded = c.req.header('x-forwarded-for');
       void audit.record({
         method: c.req.method,
-        route: c.req.path,
+        route: clip(c.req.path),
         status,
         outcome: failed || (status !== undefined && status >= 400) ? 'error' : 'ok',
         client: socketAddress(c),
-        forwardedFor: c.req.header('x-forwarded-for') ?? undefined,
+        forwardedFor: forwarded === undefined ? undefined : clip(forwarded),
       });
     }
   };

@@ -1,8 +1,11 @@
 /**
  * What a careful attacker or a clumsy script sends the agent over HTTP, beyond test/faults/hostile-api:
  * HEAD on routes whose GET has an effect, bodies nested thousands deep or starting with a byte order
- * mark, numbers past any bound, secrets of the wrong shape, a doubled Authorization header.
+ * mark, numbers past any bound, secrets of the wrong shape, a doubled Authorization header, a path and
+ * X-Forwarded-For of 15 KB on a request without a token (each one is an audit line).
  */
+import { readFile, stat } from 'node:fs/promises';
+import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { serveApp } from '../../agent/app';
 import type { JobEvent } from '../../agent/jobs/runner';
@@ -214,5 +217,25 @@ describe('the Authorization header', () => {
     );
     const none = await fetch(`${base}/api/v1/backups`);
     expect((await errorOf(none)).message).toBe('missing admin token (Authorization: Bearer <token>)');
+  });
+});
+
+describe('the audit log', () => {
+  it('a request without a token adds one short line, whatever path and X-Forwarded-For it sends', async () => {
+    const path = join(t.dataDir, 'audit.log');
+    const before = (await stat(path)).size;
+    const res = await fetch(`${base}/api/v1/backups/${'a'.repeat(6000)}`, {
+      headers: { 'x-forwarded-for': `203.0.113.7, ${'b'.repeat(9000)}` },
+    });
+    expect(res.status).toBe(401);
+    await t.agent.audit.flush();
+    const added = (await readFile(path, 'utf8')).slice(before).trim().split('\n');
+    expect(added).toHaveLength(1);
+    expect(added[0]!.length).toBeLessThan(1024);
+    expect(JSON.parse(added[0]!)).toMatchObject({
+      route: `/api/v1/backups/${'a'.repeat(256 - '/api/v1/backups/'.length)}…`,
+      status: 401,
+      forwardedFor: expect.stringMatching(/^203\.0\.113\.7, b+…$/),
+    });
   });
 });
