@@ -27,6 +27,18 @@ let browser: Browser;
 let page: Page;
 /** pg_dump processes stopped by the test, continued or killed before it ends. */
 const held = new Set<number>();
+/** Table locks the test holds, let go before it ends (a failed step must not leave the next test waiting). */
+const locks = new Set<() => Promise<void>>();
+
+/** Holds GEM's `users` table (see holdTableLock) until the returned function, or the test's end, lets go. */
+async function lockUsers(): Promise<() => Promise<void>> {
+  const unblock = await holdTableLock(databaseUrl, 'users');
+  const once = async () => {
+    if (locks.delete(once)) await unblock();
+  };
+  locks.add(once);
+  return once;
+}
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
@@ -87,15 +99,16 @@ async function killAgent(): Promise<void> {
   await gone;
 }
 
-/** Every process below the agent's, with its command line. */
-function agentDescendants(): { pid: number; comm: string; args: string }[] {
-  const rows = execFileSync('ps', ['-eo', 'pid=,ppid=,comm=,args='], { encoding: 'utf8' })
+/** Every process below the agent's, with its state (ps STAT: R, S, T, Z...) and command line. */
+function agentDescendants(): { pid: number; stat: string; comm: string; args: string }[] {
+  const rows = execFileSync('ps', ['-eo', 'pid=,ppid=,stat=,comm=,args='], { encoding: 'utf8' })
     .trim()
     .split('\n')
     .map((line) => line.trim().split(/\s+/))
-    .map(([pid, ppid, comm, ...args]) => ({
+    .map(([pid, ppid, stat, comm, ...args]) => ({
       pid: Number(pid),
       ppid: Number(ppid),
+      stat: stat ?? '',
       comm: comm ?? '',
       args: args.join(' '),
     }));
@@ -111,12 +124,18 @@ function agentDescendants(): { pid: number; comm: string; args: string }[] {
   return rows.filter((row) => below.has(row.pid) && row.pid !== agentProcess!.pid);
 }
 
-/** Waits for the agent's pg_dump of the database and stops it (SIGSTOP): the backup stays in its dump phase. */
+/**
+ * Waits for the agent's pg_dump of the database and stops it (SIGSTOP): the backup stays in its dump
+ * phase. Only the dump itself counts (it runs on the exported snapshot), never the `pg_dump --version`
+ * of the tools check that comes just before it: that one ends at once, and under load the agent reaps
+ * it late, so ps shows it as a zombie ("[pg_dump] <defunct>", no arguments) that a SIGSTOP "stops"
+ * without an error. Stopping that zombie held nothing, and the real dump then ran to its end before
+ * the test looked (1 of 5 full runs).
+ */
 async function holdDump(): Promise<number[]> {
   for (let i = 0; i < 2000; i++) {
-    // Not `pg_dump --version` (the tools check): it ends at once.
     const dumps = agentDescendants()
-      .filter((p) => p.comm === 'pg_dump' && !p.args.includes('--version'))
+      .filter((p) => p.comm === 'pg_dump' && p.args.includes('--snapshot=') && !p.stat.startsWith('Z'))
       .map((p) => p.pid);
     const stopped = dumps.filter((pid) => {
       try {
@@ -127,7 +146,17 @@ async function holdDump(): Promise<number[]> {
         return false; // it ended meanwhile
       }
     });
-    if (stopped.length) return stopped;
+    if (stopped.length) {
+      // Stopped for sure (T), not ended meanwhile: a process that is gone or a zombie holds no backup.
+      for (let j = 0; j < 500; j++) {
+        const states = agentDescendants().filter((p) => stopped.includes(p.pid));
+        if (states.length === stopped.length && states.every((p) => p.stat.startsWith('T'))) return stopped;
+        if (states.length < stopped.length || states.some((p) => p.stat.startsWith('Z')))
+          throw new Error(`the backup's pg_dump ended before it could be held: ${JSON.stringify(states)}`);
+        await sleep(10);
+      }
+      throw new Error("the backup's pg_dump did not stop on SIGSTOP");
+    }
     await sleep(10);
   }
   throw new Error('the backup never started pg_dump');
@@ -189,6 +218,7 @@ afterEach(async (context) => {
     await page.screenshot({
       path: `${SHOTS}/failed-jobs-${context.task.name.slice(0, 40).replace(/\W+/g, '-')}.png`,
     });
+  for (const unblock of [...locks]) await unblock();
   release([...held], 'SIGCONT');
   // A dialog left open by a failed step would block the next test's clicks.
   await page.evaluate(() => {
@@ -212,10 +242,11 @@ afterAll(async () => {
 describe('running jobs, agent restarts and Cloud DR opt-out in the page', () => {
   it('shows a running backup again after a reload, and how it ended', async () => {
     // The sample database dumps in ~50 ms: held by a lock, the dump is surely alive when ps finds it.
-    const unblock = await holdTableLock(databaseUrl, 'users');
+    // The lock stays until the page has found the job again (pg_dump and the row counts both wait for
+    // it), and the dump is stopped besides: the backup cannot end before the reload is checked.
+    const unblock = await lockUsers();
     await page.getByRole('button', { name: 'Create Backup' }).click();
     const dumps = await holdDump();
-    await unblock();
     const dialog = page.locator('#progress-dialog');
     await dialog.getByRole('heading', { name: 'Creating a backup' }).waitFor();
     await page.reload();
@@ -228,6 +259,7 @@ describe('running jobs, agent restarts and Cloud DR opt-out in the page', () => 
       .getByText(/exporting the database/i)
       .waitFor();
     await page.screenshot({ path: `${SHOTS}/20-backup-after-reload.png` });
+    await unblock();
     release(dumps);
     await dialog.getByText(/Backup created: gem-backup-/).waitFor({ timeout: 60_000 });
     await dialog.getByRole('button', { name: 'Close' }).click();
@@ -237,7 +269,7 @@ describe('running jobs, agent restarts and Cloud DR opt-out in the page', () => 
 
   it('says a job was interrupted, not "Finished", when the agent restarts while it runs', async () => {
     await waitNoJobs();
-    const unblock = await holdTableLock(databaseUrl, 'users');
+    const unblock = await lockUsers();
     await page.getByRole('button', { name: 'Create Backup' }).click();
     const dumps = await holdDump();
     await unblock();
