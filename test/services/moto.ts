@@ -1,26 +1,27 @@
 // moto's S3 server (the Python moto package) on 127.0.0.1: the one S3 server here that implements ListMultipartUploads.
 import { type ChildProcess, spawn } from 'node:child_process';
-import { freePort, waitForPort } from './ports';
 
 export interface MotoService {
   endpoint: string;
   stop(): Promise<void>;
 }
 
-/** Starts moto_server on a free port (no buckets: create them with the SDK; any credentials are accepted). */
+/** What moto_server (werkzeug) prints once it listens, with the port it was given. */
+const LISTENING = /Running on http:\/\/127\.0\.0\.1:(\d+)/;
+
+/**
+ * Starts moto_server on a port the kernel gives it (`-p 0`; no buckets: create them with the SDK; any
+ * credentials are accepted) and resolves with the port it says it listens on. Not a port found free a
+ * moment before: moto needs a second or more to start, and a port free when asked could be taken
+ * meanwhile (by an s3rver of this or another test file); moto then exited, and waiting for the port
+ * found the other server listening there, so an S3 test ran against s3rver, which has no
+ * ListMultipartUploads (test/offsite/sweep's moto case "found nothing to abort" once so).
+ */
 export async function startMoto(): Promise<MotoService> {
-  const port = await freePort();
-  const child: ChildProcess = spawn('moto_server', ['-H', '127.0.0.1', '-p', String(port)], {
+  const child: ChildProcess = spawn('moto_server', ['-H', '127.0.0.1', '-p', '0'], {
     stdio: ['ignore', 'ignore', 'pipe'],
   });
   let log = '';
-  child.stderr?.on('data', (chunk) => {
-    log = (log + chunk).slice(-2000);
-  });
-  let missing = false;
-  child.on('error', () => {
-    missing = true;
-  });
   const stop = async () => {
     if (child.exitCode === null && child.signalCode === null) {
       const exited = new Promise((done) => child.once('exit', done));
@@ -28,13 +29,29 @@ export async function startMoto(): Promise<MotoService> {
       await Promise.race([exited, new Promise((done) => setTimeout(done, 3000))]);
     }
   };
-  await waitForPort(port, {
-    exited: () =>
-      missing
-        ? "moto_server is not installed: pip install 'moto[server]' (Debian has no package for it)"
-        : child.exitCode !== null
-          ? `moto_server exited (${child.exitCode}): ${log}`
-          : undefined,
+  const port = await new Promise<number>((resolve, reject) => {
+    const timer = setTimeout(() => {
+      void stop();
+      reject(new Error(`moto_server did not say it listens after 30 s: ${log}`));
+    }, 30_000);
+    child.stderr?.on('data', (chunk) => {
+      log = (log + chunk).slice(-2000);
+      const found = LISTENING.exec(log);
+      if (found) {
+        clearTimeout(timer);
+        resolve(Number(found[1]));
+      }
+    });
+    child.once('error', () => {
+      clearTimeout(timer);
+      reject(
+        new Error("moto_server is not installed: pip install 'moto[server]' (Debian has no package for it)"),
+      );
+    });
+    child.once('exit', (code, signal) => {
+      clearTimeout(timer);
+      reject(new Error(`moto_server exited (${code ?? signal}): ${log}`));
+    });
   });
   return { endpoint: `http://127.0.0.1:${port}`, stop };
 }
