@@ -10,7 +10,7 @@ type Command = (cli: CliContext) => Promise<void>;
  */
 const COMMANDS: Record<string, () => Promise<Command>> = {
   create: async () => (await import('./cli/backups')).createCommand,
-  list: async () => (await import('./cli/backups')).listCommand,
+  list: async () => (await import('./cli/list')).listCommand,
   verify: async () => (await import('./cli/backups')).verifyCommand,
   decrypt: async () => (await import('./cli/backups')).decryptCommand,
   keys: async () => (await import('./cli/keys')).keysCommand,
@@ -21,7 +21,10 @@ const COMMANDS: Record<string, () => Promise<Command>> = {
 /** Each command's lines of the usage, in the order `gem-backup help` lists them. */
 const USAGES: Record<string, string[]> = {
   create: ['create [--label L]                          take a backup now'],
-  list: ['list                                        list local backups, newest first'],
+  list: [
+    'list [--json]                               list local backups, newest first (a header on a terminal;',
+    '                                            --json: one JSON array as GET /api/v1/backups, sizes in bytes)',
+  ],
   verify: [
     'verify FILE                                 decrypt and check every chunk and member (a name or a path)',
   ],
@@ -36,7 +39,8 @@ const USAGES: Record<string, string[]> = {
   ],
   dr: [
     'dr status                                   show the disaster-recovery state (JSON)',
-    'dr push                                     push a backup to the disaster-recovery cloud now',
+    'dr push                                     push a backup to the disaster-recovery cloud now (says which',
+    '                                            backup and how old it is; warns when older than a day)',
     'dr recover --installation-id ID             recover this installation from the cloud',
     "dr recover --abandon                        give up an unfinished recovery: back to this box's own identity",
   ],
@@ -56,7 +60,10 @@ ${PASSPHRASE_NOTE}`;
 function commandUsage(name: string): string {
   const rows = (USAGES[name] ?? []).map((line) => line.split(/ {2,}/));
   const width = Math.max(...rows.map(([form = '']) => form.length));
-  const lines = rows.map(([form = '', what = '']) => `gem-backup ${form.padEnd(width)}  ${what}`);
+  // A line that only goes on with the one above (an empty form) is indented under its words.
+  const lines = rows.map(
+    ([form = '', what = '']) => `${form ? 'gem-backup ' : '           '}${form.padEnd(width)}  ${what}`,
+  );
   const note = ['keys', 'decrypt'].includes(name) ? `\n${PASSPHRASE_NOTE}` : '';
   return `usage: ${lines.join('\n       ')}${note}`;
 }

@@ -1,4 +1,4 @@
-/** CLI commands for backups: create, list, verify, and the offline decrypt. */
+/** CLI commands for backups: create, verify, and the offline decrypt (list: ./list.ts). */
 import { createReadStream, existsSync } from 'node:fs';
 import { stat } from 'node:fs/promises';
 import { basename, resolve } from 'node:path';
@@ -14,6 +14,7 @@ import { parseKeysExport } from '../keys/keyring';
 import { DESTINATION_TITLES, type OffsiteKind } from '../offsite/destinations';
 import { writeFileAtomic } from '../system/atomic-file';
 import type { CliContext } from './context';
+import { formatSize } from './format';
 import { checkOutputPath } from './output';
 import {
   PASSPHRASE_FILE_OPTION,
@@ -21,10 +22,6 @@ import {
   readKeysFile,
   refusePassphraseArgument,
 } from './passphrase';
-
-function formatSize(bytes: number): string {
-  return bytes >= 1048576 ? `${(bytes / 1048576).toFixed(1)} MiB` : `${(bytes / 1024).toFixed(1)} KiB`;
-}
 
 export async function createCommand(cli: CliContext): Promise<void> {
   const { values } = parseArgs({ args: cli.args, options: { label: { type: 'string' } } });
@@ -87,18 +84,6 @@ function uploadFailures(details: unknown): string[] {
       ([kind, r]) =>
         `the upload to ${DESTINATION_TITLES[kind as OffsiteKind] ?? kind} failed: ${r.error?.message ?? 'unknown error'}`,
     );
-}
-
-export async function listCommand(cli: CliContext): Promise<void> {
-  // Takes nothing: a typo such as `list --json` is an error, not ignored.
-  parseArgs({ args: cli.args, allowPositionals: false, options: {} });
-  const list = await cli.withAgent((agent) => agent.catalog.list());
-  if (list.length === 0) cli.out('no backups');
-  for (const b of list) {
-    cli.out(
-      `${b.filename}  ${b.createdAt}  ${formatSize(b.size).padStart(10)}  ${b.kind}${b.label ? ` "${b.label}"` : ''}`,
-    );
-  }
 }
 
 /** True when `arg` names a file rather than a catalog backup: it has a folder part, or exists in the cwd. */

@@ -56,6 +56,13 @@ export interface PushResult {
   retries: number;
 }
 
+/** The job notice naming the backup a push sends, before it is hashed or sent: as in PushResult. */
+export const PUSH_BACKUP_NOTICE = 'dr-push-backup';
+export type PushBackupNotice = Pick<
+  PushResult,
+  'backup' | 'createdAt' | 'size' | 'reused' | 'temporary' | 'resumed'
+>;
+
 export interface PushDeps {
   agent: Agent;
   client: DrClient;
@@ -99,6 +106,16 @@ export async function pushToCloud(deps: PushDeps, ctx: JobContext): Promise<Push
       const bytes = await escrowHeader(header, agent.keyring, escrowKey);
       source = await UploadSource.open(path, bytes, header.bytes.length);
     }
+    // Which backup goes, before a byte of it is hashed or sent (the CLI's `dr push` says so).
+    const chosen: PushBackupNotice = {
+      backup: backup.name,
+      createdAt: backup.createdAt,
+      size: source.size,
+      reused: backup.reused,
+      temporary: backup.temporary,
+      resumed: resumable !== undefined,
+    };
+    ctx.notice(PUSH_BACKUP_NOTICE, chosen);
     ctx.throwIfCancelled();
     const size = source.size;
     const multipart = upload !== undefined || size > deps.tuning.multipartThreshold;

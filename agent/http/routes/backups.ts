@@ -39,10 +39,13 @@ export async function backupFileResponse(agent: Agent, name: string): Promise<Re
   });
 }
 
+/** What GET /backups answers (newest first); `gem-backup list --json` prints the same. */
+export const backupList = (agent: Agent) => agent.catalog.list();
+
 export function backupRoutes(agent: Agent): Hono {
   const app = new Hono();
 
-  app.get('/', async (c) => c.json(await agent.catalog.list()));
+  app.get('/', async (c) => c.json(await backupList(agent)));
 
   app.post('/', async (c) => {
     const body = await jsonBody(c, createBody, { optional: true });

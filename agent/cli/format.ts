@@ -1,0 +1,21 @@
+/** How the CLI writes sizes and ages for people (scripts get exact bytes and ISO times: `list --json`). */
+
+/** "812.0 KiB", "51.5 MiB": the form `create` and `list` have always printed. */
+export function formatSize(bytes: number): string {
+  return bytes >= 1048576 ? `${(bytes / 1048576).toFixed(1)} MiB` : `${(bytes / 1024).toFixed(1)} KiB`;
+}
+
+const MINUTE = 60_000;
+const HOUR = 60 * MINUTE;
+const DAY = 24 * HOUR;
+
+/** How long ago `iso` was: "less than a minute ago", "12 min ago", "3 h ago", "4 days ago". */
+export function formatAge(iso: string, now = Date.now()): string {
+  const age = now - Date.parse(iso);
+  if (!Number.isFinite(age)) return `at ${iso}`;
+  if (age < 0) return `at ${iso}, in the future by this clock`;
+  if (age < MINUTE) return 'less than a minute ago';
+  if (age < HOUR) return `${Math.floor(age / MINUTE)} min ago`;
+  if (age < 2 * DAY) return `${Math.floor(age / HOUR)} h ago`;
+  return `${Math.floor(age / DAY)} days ago`;
+}

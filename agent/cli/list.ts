@@ -1,0 +1,54 @@
+/** CLI: gem-backup list [--json]: the local backups, newest first. */
+import { parseArgs } from 'node:util';
+import type { BackupInfo } from '../backup/catalog';
+import type { CliContext } from './context';
+import { formatSize } from './format';
+
+/** The table's columns; a row on a pipe is the one scripts have always parsed (no header, no padding). */
+const HEADER = { filename: 'BACKUP', createdAt: 'CREATED', size: 'SIZE', kind: 'KIND' };
+const SIZE_WIDTH = 10;
+
+interface Widths {
+  filename: number;
+  createdAt: number;
+  size: number;
+}
+
+function row(b: BackupInfo, w: Widths): string {
+  return `${b.filename.padEnd(w.filename)}  ${b.createdAt.padEnd(w.createdAt)}  ${formatSize(b.size).padStart(w.size)}  ${b.kind}${b.label ? ` "${b.label}"` : ''}`;
+}
+
+/**
+ * `list`: one row per backup, and on a terminal a header line over aligned columns. `list --json`:
+ * one JSON array, exactly what GET /api/v1/backups answers (the same function builds it), sizes in bytes.
+ */
+export async function listCommand(cli: CliContext): Promise<void> {
+  const { values } = parseArgs({
+    args: cli.args,
+    allowPositionals: false,
+    options: { json: { type: 'boolean' } },
+  });
+  const { backupList } = await import('../http/routes/backups');
+  const list = await cli.withAgent((agent) => backupList(agent));
+  if (values.json) {
+    cli.out(JSON.stringify(list, null, 2));
+    return;
+  }
+  if (list.length === 0) {
+    cli.out('no backups');
+    return;
+  }
+  if (!process.stdout.isTTY) {
+    for (const b of list) cli.out(row(b, { filename: 0, createdAt: 0, size: SIZE_WIDTH }));
+    return;
+  }
+  const widths: Widths = {
+    filename: Math.max(HEADER.filename.length, ...list.map((b) => b.filename.length)),
+    createdAt: Math.max(HEADER.createdAt.length, ...list.map((b) => b.createdAt.length)),
+    size: Math.max(SIZE_WIDTH, ...list.map((b) => formatSize(b.size).length)),
+  };
+  cli.out(
+    `${HEADER.filename.padEnd(widths.filename)}  ${HEADER.createdAt.padEnd(widths.createdAt)}  ${HEADER.size.padStart(widths.size)}  ${HEADER.kind}`,
+  );
+  for (const b of list) cli.out(row(b, widths));
+}
