@@ -105,7 +105,7 @@ export async function dumpDatabase(options: {
   const endNow = () => void sql.end({ timeout: 0 }).catch(() => {});
   signal?.addEventListener('abort', endNow, { once: true });
   try {
-    const tx = await reserveConnection(sql).catch((error: Error) => {
+    const tx = await reserveConnection(sql, signal).catch((error: Error) => {
       throw new AppError('dependency_down', `cannot connect to the database: ${error.message}`, {
         cause: error,
       });

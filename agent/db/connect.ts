@@ -1,5 +1,6 @@
 /** The one way the agent opens a PostgreSQL pool. */
 import postgres from 'postgres';
+import { AppError } from '../errors';
 
 /**
  * A pool on `url` of at most `max` connections. Notices are dropped; a server that does not answer
@@ -19,8 +20,18 @@ export function openSql(url: string, max = 1): postgres.Sql {
  * A connection of `sql` held for the caller until `release()`. postgres.js 3.4 never answers
  * `reserve()` while the connection is still opening when fetch_types is off, so a first query opens
  * it: the reserve then takes the open one.
+ *
+ * `signal`: a caller that ends the pool when it aborts (agent/backup/dump.ts) passes it. A reserve()
+ * made after that end is not refused: postgres.js opens a new connection for it and never answers
+ * (the flaw above), so the caller would wait for ever, the connection open. An end that lands while
+ * the first query runs can let that query succeed (its answer read before the end's timeout fires):
+ * the abort, which comes first, is checked here, with nothing awaited between it and the reserve.
  */
-export async function reserveConnection(sql: postgres.Sql): Promise<postgres.ReservedSql> {
+export async function reserveConnection(
+  sql: postgres.Sql,
+  signal?: AbortSignal,
+): Promise<postgres.ReservedSql> {
   await sql`select 1`;
+  if (signal?.aborted) throw new AppError('cancelled', 'the job was cancelled');
   return sql.reserve();
 }
