@@ -119,10 +119,7 @@ describe('output and signals', () => {
    * job exists: a signal then finds no job to cancel); its exit and output.
    */
   async function interruptedRun(...args: string[]) {
-    // Through the package bin (tsx in a checkout that was not built), as before this session: with the
-    // bundled CLI, a Ctrl-C early in the dump left the CLI running in 2 of 5 full suite runs (not
-    // reproduced alone; an open defect, see the closing note of session 12).
-    const child = spawn(process.execPath, [join(process.cwd(), 'bin/gem-backup.js'), ...args], {
+    const child = spawn(process.execPath, [BIN, ...args], {
       env,
       cwd: scratch,
       stdio: ['ignore', 'pipe', 'pipe'],
