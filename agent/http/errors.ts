@@ -88,10 +88,11 @@ const under = (prefix: Issue['path'], issue: Issue): Issue => ({
 
 /**
  * The issues of a failure as the page should read them. A union that no branch matched ("Invalid input")
- * becomes the issues of the branch that came closest (fewest issues, then the deepest field): a secret
- * sent as `{"set": "yes"}` names `secretAccessKey.set: must be true or false`. When every branch refused
- * the value's type itself, one issue says which types it may be ("must be text or an object"). A number
- * past the safe-integer range (1e308) is described by the schema's own bound, not 9007199254740991.
+ * becomes the issues of the branch that came closest (fewest issues, then the deepest field, then a
+ * rule over a literal): a secret sent as `{"set": "yes"}` names `secretAccessKey.set: must be true or
+ * false`, a `from` of `'' | e-mail` says "not an e-mail address". When every branch refused the value's
+ * type itself, one issue says which types it may be ("must be text or an object"). A number past the
+ * safe-integer range (1e308) is described by the schema's own bound, not 9007199254740991.
  */
 export function plainIssues(issues: readonly Issue[]): Issue[] {
   const out: Issue[] = [];
@@ -108,9 +109,12 @@ export function plainIssues(issues: readonly Issue[]): Issue[] {
         continue;
       }
       const depth = (b: Issue[]) => Math.max(...b.map((i) => i.path.length));
+      // A literal the value missed (the empty string of `'' | an e-mail address`) says less than the
+      // other branch's rule.
+      const literal = (b: Issue[]) => (b.every((i) => i.code === 'invalid_value') ? 1 : 0);
       const best = branches
         .filter((b) => b.length > 0)
-        .sort((a, b) => a.length - b.length || depth(b) - depth(a))[0];
+        .sort((a, b) => a.length - b.length || depth(b) - depth(a) || literal(a) - literal(b))[0];
       if (best) {
         out.push(...best.map((i) => under(issue.path, i)));
         continue;

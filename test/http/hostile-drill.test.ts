@@ -180,6 +180,8 @@ describe('bodies a script may send', () => {
         { offsite: { sftp: { auth: { password: 12345 } } } },
         'offsite.sftp.auth.password: must be text or an object',
       ],
+      [{ alerts: { email: { from: 'nope' } } }, 'alerts.email.from: not an e-mail address'],
+      [{ alerts: { email: { from: 5 } } }, 'alerts.email.from: must be text'],
     ];
     for (const [body, message] of cases) {
       const res = await call('/api/v1/settings', {
