@@ -1,7 +1,7 @@
 // `gem-backup dr push` against the real Worker under miniflare: it names the backup it pushes and its
 // age before the upload and in its last line, and warns plainly when that backup or the newest local
 // one is more than a day old (it still pushes).
-import { readdir, readFile } from 'node:fs/promises';
+import { readdir, readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { BackupInfo } from '../../agent/backup/catalog';
@@ -92,6 +92,7 @@ afterAll(async () => {
   await cloud?.dispose();
   await pg?.stop();
   await built?.remove();
+  if (dataDir) await rm(dataDir, { recursive: true, force: true });
 });
 
 describe('gem-backup dr push', () => {

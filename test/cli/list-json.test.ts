@@ -1,6 +1,6 @@
 // `gem-backup list`: a header on a terminal, the same plain rows as before on a pipe, and `--json`,
 // exactly what GET /api/v1/backups answers; the usage names the option.
-import { stat } from 'node:fs/promises';
+import { rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { BackupInfo } from '../../agent/backup/catalog';
@@ -51,6 +51,7 @@ beforeAll(async () => {
 afterAll(async () => {
   await pg?.stop();
   await built?.remove();
+  if (dataDir) await rm(dataDir, { recursive: true, force: true });
 });
 
 describe('gem-backup list', () => {
