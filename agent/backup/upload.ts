@@ -117,7 +117,7 @@ export async function receiveUpload(
     },
   });
   let result: ReceivedBackup | undefined;
-  await writeFileAtomic(agent.catalog.pathOf(name), [body, counter], {
+  const kept = await writeFileAtomic(agent.catalog.pathOf(name), [body, counter], {
     ...(options.signal ? { signal: options.signal } : {}),
     check: async (temp) => {
       const size = (await stat(temp)).size;
@@ -137,6 +137,8 @@ export async function receiveUpload(
         throw new AppError('conflict', `a backup named ${name} already exists`);
       result = { filename: name, size, keyIds, verified };
     },
+    // Another upload of the same name may land between that check and this one's rename: never replaced.
+    exclusive: true,
   }).catch((error: NodeJS.ErrnoException) => {
     if (error instanceof AppError) throw error;
     if (error.code === 'ENOSPC')
@@ -146,6 +148,7 @@ export async function receiveUpload(
     }
     throw error;
   });
+  if (!kept) throw new AppError('conflict', `a backup named ${name} already exists`);
   if (result?.verified)
     await agent.catalog.updateRecord(name, { verifiedAt: new Date().toISOString(), verifyResult: 'ok' });
   return result!;

@@ -77,12 +77,22 @@ export async function fsyncFile(path: string): Promise<void> {
  * Streams `source` (and any transforms) into a temp file, fsyncs it, and hands the temp path to
  * `check` before renaming it to `finalPath`. On any failure the temp file is removed and the error
  * rethrown; `finalPath` is untouched.
+ *
+ * `exclusive`: `finalPath` is never replaced. The complete temp file is hard-linked to it, which fails
+ * if the name exists (two uploads of one name, the later one checked a moment before the earlier one
+ * landed): then nothing is written and the result is false. On a filesystem without hard links it
+ * falls back to a check and a rename, as createSmallFileExclusive does.
  */
 export async function writeFileAtomic(
   finalPath: string,
   streams: [Readable, ...NodeJS.ReadWriteStream[]],
-  options: { mode?: number; check?: (tempPath: string) => Promise<void>; signal?: AbortSignal } = {},
-): Promise<void> {
+  options: {
+    mode?: number;
+    check?: (tempPath: string) => Promise<void>;
+    signal?: AbortSignal;
+    exclusive?: boolean;
+  } = {},
+): Promise<boolean> {
   await mkdir(dirname(finalPath), { recursive: true });
   const temp = tempPathFor(finalPath);
   let sink: WriteStream | undefined;
@@ -92,8 +102,15 @@ export async function writeFileAtomic(
     await (pipeline as any)(...streams, sink, options.signal ? { signal: options.signal } : {});
     await fsyncFile(temp);
     if (options.check) await options.check(temp);
-    await rename(temp, finalPath);
+    if (options.exclusive) {
+      const published = await linkNew(temp, finalPath);
+      await rm(temp, { force: true });
+      if (!published) return false;
+    } else {
+      await rename(temp, finalPath);
+    }
     await fsyncDir(dirname(finalPath));
+    return true;
   } catch (error) {
     // A source that fails at once can reject the pipeline while the sink is still opening its file:
     // removed before that open, the temp file would be created after it and left behind.
@@ -160,19 +177,30 @@ export async function createSmallFileExclusive(
   try {
     await writeNewFileSynced(temp, data, mode);
     await prepare?.(temp);
-    try {
-      await link(temp, finalPath);
-    } catch (error) {
-      const code = (error as NodeJS.ErrnoException).code ?? '';
-      if (code === 'EEXIST') return false;
-      if (!NO_HARD_LINKS.has(code)) throw error;
-      if (await exists(finalPath)) return false;
-      await rename(temp, finalPath);
-    }
+    if (!(await linkNew(temp, finalPath))) return false;
     await fsyncDir(dirname(finalPath));
     return true;
   } finally {
     await rm(temp, { force: true });
+  }
+}
+
+/**
+ * Gives the complete file `temp` the name `finalPath` only if that name is free: a hard link, which
+ * fails if it exists. False if it existed (nothing changed). Without hard links: a check, then a
+ * rename (the race narrowed to that instant). The caller removes `temp` when it was linked.
+ */
+async function linkNew(temp: string, finalPath: string): Promise<boolean> {
+  try {
+    await link(temp, finalPath);
+    return true;
+  } catch (error) {
+    const code = (error as NodeJS.ErrnoException).code ?? '';
+    if (code === 'EEXIST') return false;
+    if (!NO_HARD_LINKS.has(code)) throw error;
+    if (await exists(finalPath)) return false;
+    await rename(temp, finalPath);
+    return true;
   }
 }
 

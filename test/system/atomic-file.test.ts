@@ -66,4 +66,28 @@ describe('writeFileAtomic', () => {
     expect(await readdir(dir)).toEqual(['state.json']);
     expect(await readFile(path, 'utf8')).toBe('new');
   });
+
+  it('exclusive: never replaces a file that took the name while this one was checked; nothing of it is left', async () => {
+    // Two uploads of one name: the other lands after this one's last look, before its rename.
+    const path = join(dir, 'gem-backup-2026-01-01-000000.tar.gz');
+    const kept = await writeFileAtomic(path, [Readable.from([Buffer.from('second')])], {
+      exclusive: true,
+      check: async () => {
+        await writeFile(path, 'first');
+      },
+    });
+    expect(kept).toBe(false);
+    expect(await readFile(path, 'utf8')).toBe('first');
+    expect(await readdir(dir)).toEqual(['gem-backup-2026-01-01-000000.tar.gz']);
+  });
+
+  it('exclusive: writes the new file under a free name, once, with no temp file left', async () => {
+    const path = join(dir, 'gem-backup-2026-01-01-000000.tar.gz');
+    expect(await writeFileAtomic(path, [Readable.from([Buffer.from('new')])], { exclusive: true })).toBe(
+      true,
+    );
+    expect(await readdir(dir)).toEqual(['gem-backup-2026-01-01-000000.tar.gz']);
+    expect(await readFile(path, 'utf8')).toBe('new');
+    expect((await fs.promises.stat(path)).nlink).toBe(1);
+  });
 });
