@@ -23,9 +23,13 @@ export interface ChildRun {
   exited: Promise<{ code: number | null; signal: NodeJS.Signals | null; stderr: string }>;
 }
 
-/** Starts the child with `env` (data dir, database, action and kill point). */
-export function runChild(env: Record<string, string>): ChildRun {
-  const child = spawn(process.execPath, ['--import', 'tsx', 'test/faults/agent-child.ts'], {
+/**
+ * Starts the child with `env` (data dir, database, action and kill point): agent-child.ts through tsx, or
+ * `entry`, its bundle (test/faults/built-child.ts), which starts without tsx's loader.
+ */
+export function runChild(env: Record<string, string>, entry?: string): ChildRun {
+  const args = entry ? [entry] : ['--import', 'tsx', 'test/faults/agent-child.ts'];
+  const child = spawn(process.execPath, args, {
     env: { ...process.env, ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });

@@ -19,6 +19,7 @@ import { TEMP_PREFIX } from '../../agent/system/atomic-file';
 import { leftovers } from '../restore/helpers';
 import { startTestAgent, TEST_TOKEN } from '../services/agent';
 import { startPostgres, type TestPostgres, withSql } from '../services/postgres';
+import { type BuiltChildren, buildChildren } from './built-child';
 import { type ChildLine, runChild } from './child';
 import { faultReport } from './report';
 
@@ -33,6 +34,8 @@ const KILL_AT_BYTES = fileURLToPath(new URL('./kill-at-bytes.mjs', import.meta.u
 const report = faultReport('crash-backup', 'kills');
 
 let pg: TestPostgres;
+/** agent-child.ts bundled once for the file: each of the 21 children starts without tsx's loader. */
+let children: BuiltChildren<'agent-child'>;
 let dataDir: string;
 let databaseUrl: string;
 let env: Record<string, string>;
@@ -94,7 +97,10 @@ async function checkAfterRestart(): Promise<string[]> {
 }
 
 beforeAll(async () => {
-  pg = await startPostgres();
+  [pg, children] = await Promise.all([
+    startPostgres(),
+    buildChildren({ 'agent-child': 'test/faults/agent-child.ts' }),
+  ]);
   dataDir = await mkdtemp(join(tmpdir(), 'gem-faults-crash-'));
   const t = await startTestAgent(pg, { dataDir });
   databaseUrl = t.agent.databaseUrl;
@@ -125,12 +131,13 @@ beforeAll(async () => {
 afterAll(async () => {
   report.print();
   await pg?.stop();
+  await children?.remove();
   if (dataDir) await rm(dataDir, { recursive: true, force: true });
 });
 
 describe('an agent killed during a backup', () => {
   it('completes a clean run (measured, to spread the kills over it)', async () => {
-    const run = runChild({ ...env, FAULT_ACTION: 'backup' });
+    const run = runChild({ ...env, FAULT_ACTION: 'backup' }, children.paths['agent-child']);
     const started = await Promise.race([run.started, run.exited.then(() => 0)]);
     // Opening a second agent (the CLI) mid-backup must not take the running job's temp file or work folder.
     while (run.phase() !== 'pack' && run.lines.at(-1)?.event !== 'done')
@@ -185,7 +192,7 @@ describe('an agent killed during a backup', () => {
     const phases: Record<string, number> = {};
     const failures: string[] = [];
     for (const [i, point] of points.entries()) {
-      const run = runChild({ ...env, FAULT_ACTION: 'backup', ...point });
+      const run = runChild({ ...env, FAULT_ACTION: 'backup', ...point }, children.paths['agent-child']);
       await Promise.race([run.started, run.exited]);
       const timer = point.AFTER ? setTimeout(() => run.kill(), Number(point.AFTER)) : undefined;
       const end = await run.exited;

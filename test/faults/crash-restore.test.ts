@@ -16,12 +16,15 @@ import { startRestore } from '../../agent/restore/restore';
 import { TEMP_PREFIX } from '../../agent/system/atomic-file';
 import { type CrashFixture, leftovers, liveState, startCrashFixture } from '../restore/helpers';
 import { startPostgres, type TestPostgres, withSql } from '../services/postgres';
+import { type BuiltChildren, buildChildren } from './built-child';
 import { runChild } from './child';
 import { faultReport } from './report';
 
 const report = faultReport('crash-restore', 'kills');
 
 let pg: TestPostgres;
+/** agent-child.ts bundled once for the file: each child starts without tsx's loader. */
+let children: BuiltChildren<'agent-child'>;
 let t: CrashFixture['t'];
 let dataDir: string;
 let env: Record<string, string>;
@@ -60,7 +63,10 @@ async function restart(): Promise<string[]> {
 }
 
 beforeAll(async () => {
-  pg = await startPostgres();
+  [pg, children] = await Promise.all([
+    startPostgres(),
+    buildChildren({ 'agent-child': 'test/faults/agent-child.ts' }),
+  ]);
   dataDir = await mkdtemp(join(tmpdir(), 'gem-faults-restore-'));
   // 300 k rows: every phase lasts a while (a kill lands inside it, not after it): the safety backup's
   // and the staging's late kills come 1.5 s into their phase.
@@ -71,6 +77,7 @@ afterAll(async () => {
   report.print();
   await t?.close();
   await pg?.stop();
+  await children?.remove();
   if (dataDir) await rm(dataDir, { recursive: true, force: true });
 });
 
@@ -88,7 +95,10 @@ describe('a restore killed before its swap', () => {
     it(`leaves the old state whole when killed at ${where}`, async () => {
       await change(where.replace(/\W+/g, '-'));
       const before = await liveState(t.agent);
-      const run = runChild({ ...env, FAULT_ACTION: 'restore', BACKUP_NAME: backupName, ...kill });
+      const run = runChild(
+        { ...env, FAULT_ACTION: 'restore', BACKUP_NAME: backupName, ...kill },
+        children.paths['agent-child'],
+      );
       const end = await run.exited;
       report.inject();
       const died = run.lines.find((l) => l.event === 'suicide');

@@ -6,11 +6,14 @@ import { recoverInterruptedRestore } from '../../agent/restore/restore';
 import { journalPath } from '../../agent/restore/swap';
 import { databaseUrl } from '../../agent/system/postgres-tools';
 import { runProcess } from '../../agent/system/spawn';
+import { type BuiltChildren, buildChildren } from '../faults/built-child';
 import { startTestAgent, type TestAgent } from '../services/agent';
 import { startPostgres, type TestPostgres, withSql } from '../services/postgres';
 import { crashingRestore as crashInRestore, databaseFingerprint, leftovers, liveState } from './helpers';
 
 let pg: TestPostgres;
+/** crash-child.ts and the CLI bundled once for the file: each child starts without tsx's loader. */
+let children: BuiltChildren<'crash-child' | 'cli'>;
 let t: TestAgent;
 let backupPath: string;
 let atBackup: Awaited<ReturnType<typeof liveState>>;
@@ -22,10 +25,13 @@ async function change(tag: string): Promise<void> {
 
 /** Runs a restore in another process that is SIGKILLed at `crashAt`. */
 const crashingRestore = (crashAt: string) =>
-  crashInRestore(t.agent, { pgBinDir: pg.binDir, backupPath, crashAt });
+  crashInRestore(t.agent, { pgBinDir: pg.binDir, backupPath, crashAt, entry: children.paths['crash-child'] });
 
 beforeAll(async () => {
-  pg = await startPostgres();
+  [pg, children] = await Promise.all([
+    startPostgres(),
+    buildChildren({ 'crash-child': 'test/restore/crash-child.ts', cli: 'agent/cli.ts' }),
+  ]);
   t = await startTestAgent(pg);
   const res = await t.request('/api/v1/backups', { method: 'POST' });
   const job = await t.agent.jobs.waitFor(((await res.json()) as { jobId: string }).jobId);
@@ -36,6 +42,7 @@ beforeAll(async () => {
 afterAll(async () => {
   await t?.close();
   await pg?.stop();
+  await children?.remove();
 });
 
 describe('gem-backup restore', () => {
@@ -51,7 +58,7 @@ describe('gem-backup restore', () => {
       GEM_PG_BIN: pg.binDir,
     };
     const cli = (args: string[]) =>
-      runProcess(process.execPath, ['--import', 'tsx', 'agent/cli.ts', 'restore', ...args], { env });
+      runProcess(process.execPath, [children.paths.cli, 'restore', ...args], { env });
     const refused = await cli([backupPath]);
     expect(refused.code).toBe(1);
     expect(refused.stderr).toContain('add --yes to confirm');

@@ -48,13 +48,15 @@ export async function runRestore(agent: Agent, path: string, options: RestoreOpt
 
 /**
  * Runs a restore of `backupPath` (no safety backup) in another agent process over the same database,
- * data dir and folders, SIGKILLed just before swap step `crashAt` (test/restore/crash-child.ts).
+ * data dir and folders, SIGKILLed just before swap step `crashAt` (test/restore/crash-child.ts through
+ * tsx, or `entry`, its bundle from test/faults/built-child.ts, which starts without tsx's loader).
  */
 export async function crashingRestore(
   agent: Agent,
-  options: { pgBinDir: string; backupPath: string; crashAt: string },
+  options: { pgBinDir: string; backupPath: string; crashAt: string; entry?: string },
 ): Promise<void> {
-  const result = await runProcess(process.execPath, ['--import', 'tsx', 'test/restore/crash-child.ts'], {
+  const args = options.entry ? [options.entry] : ['--import', 'tsx', 'test/restore/crash-child.ts'];
+  const result = await runProcess(process.execPath, args, {
     env: {
       ...process.env,
       DATABASE_URL: databaseUrl(agent.sources.conn),
