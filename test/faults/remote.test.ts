@@ -32,8 +32,16 @@ let pg: TestPostgres;
 let sshd: SshdService;
 let s3: S3Service;
 let smbd: SmbdService;
+type Kind = 'sftp' | 'smb' | 's3';
+const KINDS: Kind[] = ['sftp', 'smb', 's3'];
+/**
+ * One agent (its own data dir, database and 30 MB backup) per destination, so that the three
+ * destinations' freezes run side by side: a sync holds its agent's job lock, and each case spends most of
+ * its time waiting out the frozen server's limits.
+ */
+let agents: Record<Kind, { t: TestAgent; name: string }>;
+/** The S3 destination's agent, for the frozen-S3 tests after the freezes. */
 let t: TestAgent;
-let name: string;
 
 /** Every file name under `dir`, recursively (the raw view of the server's storage). */
 async function rawNames(dir: string): Promise<string[]> {
@@ -127,21 +135,23 @@ beforeAll(async () => {
     s3: startS3,
     smbd: startSmbd,
   }));
-  t = await startOffsiteAgent(pg, FREEZE);
-  // About 30 MB that no compression shrinks, so the upload takes a while.
-  await withSql(t.agent.databaseUrl, (sql) =>
-    sql.unsafe(
-      `create table noise as select g as id, (select string_agg(uuid_send(gen_random_uuid()), ''::bytea) from generate_series(1, 64) where g > 0) as data from generate_series(1, 28000) g`,
-    ),
+  const started = await Promise.all(
+    KINDS.map(async (kind) => {
+      const agent = await startOffsiteAgent(pg, FREEZE);
+      // About 30 MB that no compression shrinks, so the upload takes a while: 28 000 rows of 1 KiB of
+      // random bytes, read by the server from /dev/urandom (gen_random_uuid() 64 times a row took 4.5 s).
+      await withSql(agent.agent.databaseUrl, (sql) =>
+        sql.unsafe(
+          `create table noise as select g as id, pg_read_binary_file('/dev/urandom', 0, 1024) as data from generate_series(1, 28000) g`,
+        ),
+      );
+      const name = filenameOf(await backupNow(agent));
+      await agent.agent.settings.update({ offsite: { [kind]: destinations[kind].settings() } as never });
+      return [kind, { t: agent, name }] as const;
+    }),
   );
-  name = filenameOf(await backupNow(t));
-  await t.agent.settings.update({
-    offsite: {
-      sftp: destinations.sftp.settings(),
-      smb: destinations.smb.settings(),
-      s3: destinations.s3.settings(),
-    } as never,
-  });
+  agents = Object.fromEntries(started) as typeof agents;
+  t = agents.s3.t;
 });
 
 afterAll(async () => {
@@ -149,74 +159,92 @@ afterAll(async () => {
   sshd?.resume();
   smbd?.resume();
   await s3Signal('SIGCONT').catch(() => {});
-  await t?.close();
+  await Promise.all(Object.values(agents ?? {}).map((a) => a.t.close()));
   await Promise.all([pg?.stop(), sshd?.stop(), s3?.stop(), smbd?.stop()]);
 });
 
-describe('a destination that stops answering mid-upload', () => {
-  for (const kind of ['sftp', 'smb', 's3'] as const) {
-    for (const at of [0.1, 0.5, 0.99]) {
+// The three destinations side by side (each on its own agent and server), a destination's three cases one
+// after another: each case waits for the one before it on the same destination.
+describe.concurrent('a destination that stops answering mid-upload', () => {
+  const previous: Partial<Record<Kind, Promise<void>>> = {};
+  for (const at of [0.1, 0.5, 0.99]) {
+    for (const kind of KINDS) {
+      const before = previous[kind] ?? Promise.resolve();
+      let finished: () => void = () => {};
+      previous[kind] = new Promise<void>((resolve) => {
+        finished = resolve;
+      });
       it(`${kind} frozen at ${at * 100} %: no partial object under the final name, the next sync completes`, async () => {
-        const d = destinations[kind];
-        const local = await readFile(t.agent.catalog.pathOf(name));
-        const res = await call(t, 'POST', `/offsite/${kind}/sync`);
-        expect(res.status).toBe(202);
-        const id = res.body.jobId as string;
-        for (;;) {
-          const job = t.agent.jobs.get(id)!;
-          if (job.endedAt) break;
-          if (job.phase?.startsWith('uploading') && job.bytesTotal && job.bytesDone / job.bytesTotal >= at)
-            break;
-          // The SMB provider reports what smbclient has read every 250 ms, so a fast upload shows no
-          // middle in its progress: the share's temp file tells how far the upload is.
-          if (kind === 'smb' && (await smbTempBytes()) >= at * local.length) break;
-          await new Promise((r) => setTimeout(r, 2));
-        }
-        await d.freeze();
-        report.inject();
-        let job: Awaited<ReturnType<typeof t.agent.jobs.waitFor>>;
+        await before;
         try {
-          job = await t.agent.jobs.waitFor(id);
-          // Checked while the server is still frozen: whatever is there now is what a crash would leave.
+          await freezeCase(kind, at);
         } finally {
-          await d.thaw();
+          finished();
         }
-        const raw = await d.raw();
-        const listing = (await call(t, 'GET', `/offsite/${kind}/backups`)).body as {
-          backups: Array<{ filename: string; size: number }>;
-        };
-        const listed = JSON.stringify(listing);
-        // An object under the final name after a failed job is partial unless it is the whole backup:
-        // a freeze after the checked rename loses only the answer (the job fails, the copy is whole).
-        const stored = await d.bytesOf(name);
-        const whole = stored
-          ? stored.equals(local)
-          : listing.backups.find((b) => b.filename === name)?.size === local.length;
-        const partial =
-          job.state !== 'succeeded' &&
-          (((raw.includes(name) || listed.includes(name)) && !whole) ||
-            raw.some((n) => n.startsWith(`${name}.`) && !n.includes('tmp')));
-        const next = await runJob(t, 'POST', `/offsite/${kind}/sync`);
-        const after = JSON.stringify((await call(t, 'GET', `/offsite/${kind}/backups`)).body);
-        const leftovers = await d.leftovers();
-        const ok = !partial && next.state === 'succeeded' && after.includes(name) && leftovers.length === 0;
-        report.tried(
-          ok,
-          `${kind} at ${at}: first ${job.state}, partial ${partial}, next ${next.state}, leftovers ${leftovers.length}`,
-        );
-        console.log(
-          `${kind} frozen at ${at * 100} %: first sync ${job.state} ${job.error?.code ?? ''}, raw ${raw.join(', ')}`,
-        );
-        expect(partial, raw.join(', ')).toBe(false);
-        expect(next.state, JSON.stringify(next.error)).toBe('succeeded');
-        expect(after).toContain(name);
-        expect(leftovers, 'temp files left after the next sync').toEqual([]);
-        // Start the next case from an empty destination.
-        expect((await call(t, 'DELETE', `/offsite/${kind}/backups/${name}`)).status).toBeLessThan(300);
       });
     }
   }
 });
+
+/** One case: `kind`'s server frozen once `at` of the upload is done; the checks; the next sync; cleanup. */
+async function freezeCase(kind: Kind, at: number): Promise<void> {
+  const { t, name } = agents[kind];
+  const d = destinations[kind];
+  const local = await readFile(t.agent.catalog.pathOf(name));
+  const res = await call(t, 'POST', `/offsite/${kind}/sync`);
+  expect(res.status).toBe(202);
+  const id = res.body.jobId as string;
+  for (;;) {
+    const job = t.agent.jobs.get(id)!;
+    if (job.endedAt) break;
+    if (job.phase?.startsWith('uploading') && job.bytesTotal && job.bytesDone / job.bytesTotal >= at) break;
+    // The SMB provider reports what smbclient has read every 250 ms, so a fast upload shows no
+    // middle in its progress: the share's temp file tells how far the upload is.
+    if (kind === 'smb' && (await smbTempBytes()) >= at * local.length) break;
+    await new Promise((r) => setTimeout(r, 2));
+  }
+  await d.freeze();
+  report.inject();
+  let job: Awaited<ReturnType<typeof t.agent.jobs.waitFor>>;
+  try {
+    job = await t.agent.jobs.waitFor(id);
+    // Checked while the server is still frozen: whatever is there now is what a crash would leave.
+  } finally {
+    await d.thaw();
+  }
+  const raw = await d.raw();
+  const listing = (await call(t, 'GET', `/offsite/${kind}/backups`)).body as {
+    backups: Array<{ filename: string; size: number }>;
+  };
+  const listed = JSON.stringify(listing);
+  // An object under the final name after a failed job is partial unless it is the whole backup:
+  // a freeze after the checked rename loses only the answer (the job fails, the copy is whole).
+  const stored = await d.bytesOf(name);
+  const whole = stored
+    ? stored.equals(local)
+    : listing.backups.find((b) => b.filename === name)?.size === local.length;
+  const partial =
+    job.state !== 'succeeded' &&
+    (((raw.includes(name) || listed.includes(name)) && !whole) ||
+      raw.some((n) => n.startsWith(`${name}.`) && !n.includes('tmp')));
+  const next = await runJob(t, 'POST', `/offsite/${kind}/sync`);
+  const after = JSON.stringify((await call(t, 'GET', `/offsite/${kind}/backups`)).body);
+  const leftovers = await d.leftovers();
+  const ok = !partial && next.state === 'succeeded' && after.includes(name) && leftovers.length === 0;
+  report.tried(
+    ok,
+    `${kind} at ${at}: first ${job.state}, partial ${partial}, next ${next.state}, leftovers ${leftovers.length}`,
+  );
+  console.log(
+    `${kind} frozen at ${at * 100} %: first sync ${job.state} ${job.error?.code ?? ''}, raw ${raw.join(', ')}`,
+  );
+  expect(partial, raw.join(', ')).toBe(false);
+  expect(next.state, JSON.stringify(next.error)).toBe('succeeded');
+  expect(after).toContain(name);
+  expect(leftovers, 'temp files left after the next sync').toEqual([]);
+  // Start the next case from an empty destination.
+  expect((await call(t, 'DELETE', `/offsite/${kind}/backups/${name}`)).status).toBeLessThan(300);
+}
 
 describe('a frozen S3 server: list, Test Connection and cancel end', () => {
   /** Short limits instead of the defaults (20 s connect, 60 s idle and per metadata request). */
