@@ -1,5 +1,9 @@
 // The three offsite destinations: their names, and provider options built from a settings section (S3 presets checked).
-import type { Settings } from '../../shared/api/settings';
+import {
+  ENDPOINT_CREDENTIALS_RULE,
+  endpointHoldsCredentials,
+  type Settings,
+} from '../../shared/api/settings';
 import { AppError } from '../errors';
 import type { S3Options } from '../providers/s3';
 import type { SftpOptions } from '../providers/sftp';
@@ -54,6 +58,10 @@ export function s3Options(s3: DestinationSettings<'s3'>): S3Options {
   const accessKeyId = required('s3', s3.accessKeyId, 'accessKeyId', 'access key ID');
   const secretAccessKey = required('s3', s3.secretAccessKey, 'secretAccessKey', 'secret access key');
   let endpoint = s3.endpoint?.trim() || undefined;
+  // Settings saved before the rule: refused here, before the endpoint reaches a message.
+  if (endpoint && endpointHoldsCredentials(endpoint)) {
+    throw fieldError('s3', 'endpoint', `The endpoint URL ${ENDPOINT_CREDENTIALS_RULE}.`);
+  }
   let region = s3.region.trim();
   let forcePathStyle = s3.forcePathStyle;
   switch (s3.provider) {

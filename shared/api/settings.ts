@@ -91,6 +91,22 @@ export const SftpInput = z
     }
   });
 
+/**
+ * An S3 endpoint never carries a user or password (`https://key:secret@host`): S3 signs with the access
+ * keys, and the endpoint is shown back in settings and in messages, where a password must not be.
+ */
+export const ENDPOINT_CREDENTIALS_RULE =
+  'must not hold a user name or password: enter the keys as access key ID and secret access key, and the endpoint as https://host[:port]';
+
+export function endpointHoldsCredentials(endpoint: string): boolean {
+  try {
+    const url = new URL(endpoint);
+    return url.username !== '' || url.password !== '';
+  } catch {
+    return false;
+  }
+}
+
 export const S3Input = z
   .object({
     enabled: z.boolean().default(false),
@@ -108,6 +124,9 @@ export const S3Input = z
   })
   .strict()
   .superRefine((s, ctx) => {
+    if (s.endpoint && endpointHoldsCredentials(s.endpoint)) {
+      ctx.addIssue({ code: 'custom', path: ['endpoint'], message: ENDPOINT_CREDENTIALS_RULE });
+    }
     if (!s.enabled) return;
     for (const field of ['accessKeyId', 'bucket'] as const) {
       if (!s[field]) ctx.addIssue({ code: 'custom', path: [field], message: 'required when enabled' });
