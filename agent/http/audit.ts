@@ -1,16 +1,35 @@
 /** The audit log: one JSON line per access to a backup or key route, with time, route and outcome. */
-import { appendFile } from 'node:fs/promises';
+import { appendFile, rename, stat } from 'node:fs/promises';
 import { getConnInfo } from '@hono/node-server/conninfo';
 import type { Context, MiddlewareHandler } from 'hono';
 
+/** The size at which audit.log becomes audit.log.1 (replacing the one before): at most twice this on disk. */
+export const AUDIT_ROTATE_BYTES = 8 * 1024 * 1024;
+
 export class AuditLog {
   private queue: Promise<void> = Promise.resolve();
-  constructor(private readonly path: string) {}
+  constructor(
+    private readonly path: string,
+    private readonly rotateBytes = AUDIT_ROTATE_BYTES,
+  ) {}
 
-  /** Appends one record; writes are serialized so lines never interleave. */
+  /**
+   * Appends one record; writes are serialized so lines never interleave. A log that reached the
+   * rotation size is first renamed to `.1`: requests without a token (each one recorded) cannot fill
+   * the disk the backups share.
+   */
   record(entry: Record<string, unknown>): Promise<void> {
     const line = `${JSON.stringify({ time: new Date().toISOString(), ...entry })}\n`;
-    this.queue = this.queue.then(() => appendFile(this.path, line, { mode: 0o600 })).catch(() => {});
+    this.queue = this.queue
+      .then(async () => {
+        const size = await stat(this.path).then(
+          (s) => s.size,
+          () => 0,
+        );
+        if (size >= this.rotateBytes) await rename(this.path, `${this.path}.1`);
+        await appendFile(this.path, line, { mode: 0o600 });
+      })
+      .catch(() => {});
     return this.queue;
   }
 

@@ -1,5 +1,5 @@
 /** The audit log names the socket's peer as the client; X-Forwarded-For, which anyone may send, is a field apart. */
-import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, stat } from 'node:fs/promises';
 import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -47,5 +47,30 @@ describe('audit client', () => {
     const last = JSON.parse((await readFile(join(dir, 'audit.log'), 'utf8')).trim().split('\n').at(-1)!);
     expect(last).toMatchObject({ route: '/backups', status: 200 });
     expect(last.client).toBeUndefined();
+  });
+
+  it('at its rotation size, becomes audit.log.1 (the one before dropped): the newest records in order, 0600', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'gem-audit-'));
+    dirs.push(dir);
+    const path = join(dir, 'audit.log');
+    const audit = new AuditLog(path, 1000);
+    for (let n = 0; n < 40; n++) void audit.record({ route: '/api/v1/backups', status: 401, n });
+    await audit.flush();
+    const read = async (file: string) =>
+      (await readFile(file, 'utf8'))
+        .trim()
+        .split('\n')
+        .map((line) => (JSON.parse(line) as { n: number }).n);
+    const older = await read(`${path}.1`);
+    const newer = await read(path);
+    // No gap and no reordering between the two files, up to the last record.
+    const kept = [...older, ...newer];
+    expect(kept).toEqual(Array.from({ length: kept.length }, (_, i) => 40 - kept.length + i));
+    expect(older.length).toBeGreaterThan(5);
+    for (const file of [path, `${path}.1`]) {
+      const info = await stat(file);
+      expect(info.size).toBeLessThan(1200);
+      expect(info.mode & 0o777).toBe(0o600);
+    }
   });
 });
