@@ -33,7 +33,7 @@ let original: BackupSources;
 let scratch: string;
 
 beforeAll(async () => {
-  pg = await startPostgres();
+  pg = await startPostgres({ fsync: false });
   t = await startTestAgent(pg);
   original = { ...t.agent.sources };
   scratch = await mkdtemp(join(tmpdir(), 'gem-folder-sources-'));

@@ -22,7 +22,7 @@ let pg: TestPostgres;
 let t: TestAgent;
 
 beforeAll(async () => {
-  pg = await startPostgres();
+  pg = await startPostgres({ fsync: false });
   t = await startTestAgent(pg);
 });
 afterAll(async () => {

@@ -22,7 +22,7 @@ const cliWith = (extra: NodeJS.ProcessEnv, ...args: string[]) =>
   });
 
 beforeAll(async () => {
-  [pg, built] = await Promise.all([startPostgres(), buildCli()]);
+  [pg, built] = await Promise.all([startPostgres({ fsync: false }), buildCli()]);
   ({ dataDir, env } = await seededEnvironment(pg, 'gem-cli-'));
 });
 afterAll(async () => {
@@ -191,13 +191,16 @@ describe('the gem-backup CLI (the package bin)', () => {
 
   it('refuses a passphrase on the command line, naming the alternatives', async () => {
     const out = join(dataDir, 'never.json');
-    for (const args of [
+    const cases = [
       ['keys', 'export', '-o', out, '--passphrase', 'x'],
       ['keys', 'export', '-o', out, '--passphrase=x'],
       ['keys', 'import', join(dataDir, 'exported.json'), '--passphrase', 'x'],
       ['decrypt', 'some.tar.gz', '--keys', join(dataDir, 'exported.json'), '--passphrase', 'x'],
-    ]) {
-      const res = await cli(...args);
+    ];
+    // Refused while reading the arguments, before the agent opens: the four run at once.
+    const results = await Promise.all(cases.map((args) => cli(...args)));
+    for (const [i, args] of cases.entries()) {
+      const res = results[i]!;
       expect(res.code, args.join(' ')).not.toBe(0);
       const lines = res.stderr.trim().split('\n');
       expect(lines, args.join(' ')).toHaveLength(1);
@@ -285,8 +288,11 @@ describe('the gem-backup CLI (the package bin)', () => {
   it('applies the API rules: a backup label, a keys export passphrase; its usage lists dr status', async () => {
     const backups = () => readdir(join(dataDir, 'backups')).catch(() => []);
     const before = await backups();
-    for (const label of ['a/b', 'x'.repeat(65), '   ', 'semi;colon']) {
-      const res = await cli('create', '--label', label);
+    const labels = ['a/b', 'x'.repeat(65), '   ', 'semi;colon'];
+    // Refused before the agent opens: the four run at once.
+    const results = await Promise.all(labels.map((label) => cli('create', '--label', label)));
+    for (const [i, label] of labels.entries()) {
+      const res = results[i]!;
       expect(res.code, label).toBe(1);
       const lines = res.stderr.trim().split('\n');
       expect(lines, label).toHaveLength(1);

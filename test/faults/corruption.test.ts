@@ -60,7 +60,7 @@ function corruption(random: () => number, index: number): Corruption {
 }
 
 beforeAll(async () => {
-  pg = await startPostgres();
+  pg = await startPostgres({ fsync: false });
   t = await startTestAgent(pg);
   // Enough rows that the backup spans several chunks, so "middle" and "last" chunks both exist: 8,000
   // rows make about 370 KB, 5-6 chunks of 64 KiB (20,000 made 14: each verify took 2.5 times as long,

@@ -20,7 +20,7 @@ let server: ReturnType<typeof serve>;
 let base: string;
 
 beforeAll(async () => {
-  ({ pg, s3 } = await startAll({ pg: startPostgres, s3: startS3 }));
+  ({ pg, s3 } = await startAll({ pg: () => startPostgres({ fsync: false }), s3: startS3 }));
   t = await startTestAgent(pg, { modules: [offsiteModule] });
   offsiteServiceFor(t.agent, {
     retry: { attempts: 2, baseDelayMs: 50, maxDelayMs: 200 },
