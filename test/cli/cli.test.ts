@@ -315,7 +315,7 @@ describe('the gem-backup CLI (the package bin)', () => {
     const cases: Array<[string[], number, RegExp]> = [
       [['frobnicate'], 2, /^gem-backup: unknown command "frobnicate"; run "gem-backup help" for the list$/],
       [[], 2, /^gem-backup: no command given; run "gem-backup help" for the list$/],
-      [['list', '--json'], 1, /^gem-backup: Unknown option '--json'/],
+      [['list', '--jsn'], 1, /^gem-backup: Unknown option '--jsn'/],
       [['keys', 'export', '-o', missing], 1, /^gem-backup: the folder .*no-such-folder does not exist/],
     ];
     for (const [args, code, line] of cases) {
