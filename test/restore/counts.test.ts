@@ -88,4 +88,43 @@ describe('the staging row counter', () => {
       await counter.close();
     }
   });
+
+  it('never counts an inheritance parent or a partition early: their rows arrive with other items', async () => {
+    const inherit = await pg.createDatabase('staging_inherit');
+    await withSql(inherit, async (sql) => {
+      await sql`create table readings (id int)`;
+      await sql`create table readings_2026 () inherits (readings)`;
+      await sql`insert into readings select generate_series(1, 1000)`;
+      await sql`create table events (at int) partition by range (at)`;
+      await sql`create table events_low partition of events for values from (0) to (500)`;
+      await sql`insert into events select generate_series(0, 99)`;
+    });
+    const items = new Map([
+      [1, { schema: 'public', name: 'readings' }],
+      [2, { schema: 'public', name: 'events_low' }],
+    ]);
+    const counter = new StagingRowCounter(parseDatabaseUrl(inherit), 'staging_inherit', items, 2);
+    try {
+      // The parent's own rows and a partition's are in; every slot is free, so a plain table would be counted now.
+      for (const [id, name] of [...items].map(([i, t]) => [i, t.name] as const)) {
+        counter.onItem({ kind: 'launching', id, what: `TABLE DATA ${name}` });
+        counter.onItem({ kind: 'finished', id, what: `TABLE DATA ${name}` });
+      }
+      await new Promise((resolve) => setTimeout(resolve, 500));
+      expect(counter.countedEarly).toBe(0);
+      // The child's COPY and rows loaded through the partitioned parent come later.
+      await withSql(inherit, async (sql) => {
+        await sql`insert into readings_2026 select generate_series(1, 300)`;
+        await sql`insert into events select generate_series(100, 199)`;
+      });
+      const counts = await counter.finish();
+      expect(counts).toMatchObject({
+        'public.readings': 1300,
+        'public.readings_2026': 300,
+        'public.events_low': 200,
+      });
+    } finally {
+      await counter.close();
+    }
+  });
 });
