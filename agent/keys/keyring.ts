@@ -22,6 +22,31 @@ const scrypt = promisify(scryptCb) as (
   opts: object,
 ) => Promise<Buffer>;
 
+/** The derivation before this one's turn: one at a time in this process. */
+let derivations: Promise<unknown> = Promise.resolve();
+
+/**
+ * A passphrase's key (scrypt, NFC-normalized), one derivation at a time in this process: each may hold
+ * up to 128 MiB (SCRYPT_LIMITS), and libuv would run four at once, half a GiB on a small controller for
+ * four keys checks sent together.
+ */
+function deriveKey(
+  passphrase: string,
+  salt: Buffer,
+  params: { N: number; r: number; p: number },
+): Promise<Buffer> {
+  const run = derivations.then(() =>
+    scrypt(passphrase.normalize('NFC'), salt, 32, {
+      N: params.N,
+      r: params.r,
+      p: params.p,
+      maxmem: 256 * params.N * params.r,
+    }),
+  );
+  derivations = run.catch(() => {});
+  return run;
+}
+
 const b64u = z.string().regex(/^[A-Za-z0-9_-]+$/);
 const hex32 = z.string().regex(/^[0-9a-f]{32}$/);
 
@@ -190,12 +215,7 @@ export async function parseKeysExport(text: string, passphrase?: string): Promis
       );
     }
     checkScryptParams(sealed);
-    const key = await scrypt(passphrase.normalize('NFC'), Buffer.from(sealed.salt, 'base64url'), 32, {
-      N: sealed.N,
-      r: sealed.r,
-      p: sealed.p,
-      maxmem: 256 * sealed.N * sealed.r,
-    });
+    const key = await deriveKey(passphrase, Buffer.from(sealed.salt, 'base64url'), sealed);
     const data = Buffer.from(sealed.ciphertext, 'base64url');
     if (data.length < 17)
       throw new AppError('bad_keys_file', 'the keys file is corrupt (protected part too short)');
@@ -240,10 +260,7 @@ export async function buildKeysExport(
   if (!passphrase) return `${JSON.stringify({ ...base, keyring }, null, 2)}\n`;
   const salt = randomBytes(16);
   const nonce = randomBytes(12);
-  const key = await scrypt(passphrase.normalize('NFC'), salt, 32, {
-    ...SCRYPT,
-    maxmem: 256 * SCRYPT.N * SCRYPT.r,
-  });
+  const key = await deriveKey(passphrase, salt, SCRYPT);
   const cipher = createCipheriv('aes-256-gcm', key, nonce, { authTagLength: 16 });
   cipher.setAAD(Buffer.from(`gem-encryption-keys:${keyring.installationId}`));
   const ciphertext = Buffer.concat([
