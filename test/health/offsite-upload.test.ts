@@ -12,6 +12,7 @@ import { healthModule } from '../../agent/http/routes/health';
 import { offsiteModule } from '../../agent/http/routes/offsite';
 import { settingsModule } from '../../agent/http/routes/settings';
 import { offsiteServiceFor } from '../../agent/offsite/service';
+import { type BuiltChildren, buildChildren } from '../faults/built-child';
 import { runChild } from '../faults/child';
 import { FAST, runJob } from '../offsite/helpers';
 import { startTestAgent, type TestAgent } from '../services/agent';
@@ -25,6 +26,8 @@ let sshd: SshdService;
 let t: TestAgent;
 let dataDir: string;
 let databaseUrl: string;
+// The crash test's agent child bundled once for the file (test/faults/built-child.ts).
+let children: BuiltChildren<'agent-child'>;
 
 /** An agent on the test's data dir and database (seeded the first time only), probing on every evaluation. */
 async function open(seed: boolean): Promise<TestAgent> {
@@ -39,7 +42,12 @@ async function open(seed: boolean): Promise<TestAgent> {
 }
 
 beforeAll(async () => {
-  ({ pg, sshd } = await startAll({ pg: startPostgres, sshd: startSshd }));
+  // fsync off: the kill below lands at a phase's start, not after a time; the restarted agent still
+  // finds every write the server acknowledged.
+  [{ pg, sshd }, children] = await Promise.all([
+    startAll({ pg: () => startPostgres({ fsync: false }), sshd: startSshd }),
+    buildChildren({ 'agent-child': 'test/faults/agent-child.ts' }),
+  ]);
   dataDir = await mkdtemp(join(tmpdir(), 'gem-offsite-health-'));
   t = await open(true);
   databaseUrl = t.agent.config.databaseUrl!;
@@ -48,7 +56,7 @@ beforeAll(async () => {
 
 afterAll(async () => {
   await t?.close();
-  await Promise.all([pg?.stop(), sshd?.stop()]);
+  await Promise.all([pg?.stop(), sshd?.stop(), children?.remove()]);
   if (dataDir) await rm(dataDir, { recursive: true, force: true });
 });
 
@@ -94,17 +102,20 @@ describe('offsite health against what reached the destination', () => {
     const uploaded = (await remote()).at(-1)!; // the newest there, sent by the sync above
     await t.close();
     // A separate agent process makes a backup and is SIGKILLed as its auto-upload to SFTP starts.
-    const run = runChild({
-      DATABASE_URL: databaseUrl,
-      GEM_DATA_DIR: dataDir,
-      GEM_SCRIPTS_DIR: join(dataDir, 'gem', 'scripts'),
-      GEM_CONFIG_DIR: join(dataDir, 'gem', 'config'),
-      GEM_PG_BIN: pg.binDir,
-      NODE_ENV: 'test',
-      FAULT_ACTION: 'backup',
-      KILL_PHASE: 'uploading to sftp',
-      KILL_FRACTION: '0',
-    });
+    const run = runChild(
+      {
+        DATABASE_URL: databaseUrl,
+        GEM_DATA_DIR: dataDir,
+        GEM_SCRIPTS_DIR: join(dataDir, 'gem', 'scripts'),
+        GEM_CONFIG_DIR: join(dataDir, 'gem', 'config'),
+        GEM_PG_BIN: pg.binDir,
+        NODE_ENV: 'test',
+        FAULT_ACTION: 'backup',
+        KILL_PHASE: 'uploading to sftp',
+        KILL_FRACTION: '0',
+      },
+      children.paths['agent-child'],
+    );
     const exit = await run.exited;
     expect(exit.signal, exit.stderr).toBe('SIGKILL');
     t = await open(false);

@@ -25,6 +25,7 @@ import {
   restoreSettled,
   STAGING_FOLDER_MARK,
 } from '../../agent/restore/swap';
+import { type BuiltChildren, buildChildren } from '../faults/built-child';
 import { startTestAgent, type TestAgent } from '../services/agent';
 import { startPostgres, type TestPostgres } from '../services/postgres';
 import { backupNow, crashingRestore, leftovers, liveState, runRestore } from './helpers';
@@ -32,9 +33,16 @@ import { backupNow, crashingRestore, leftovers, liveState, runRestore } from './
 let pg: TestPostgres;
 let t: TestAgent;
 let scratch: string;
+// The crash child bundled once for the file (test/faults/built-child.ts): it starts without tsx's loader.
+let children: BuiltChildren<'crash-child'>;
 
 beforeAll(async () => {
-  pg = await startPostgres();
+  // fsync off (no kill or check here depends on how long a write takes); a killed child still finds
+  // every write the server acknowledged.
+  [pg, children] = await Promise.all([
+    startPostgres({ fsync: false }),
+    buildChildren({ 'crash-child': 'test/restore/crash-child.ts' }),
+  ]);
   t = await startTestAgent(pg);
   scratch = await mkdtemp(join(tmpdir(), 'gem-folder-layouts-'));
 });
@@ -42,6 +50,7 @@ beforeAll(async () => {
 afterAll(async () => {
   await t?.close();
   await pg?.stop();
+  await children?.remove();
   if (scratch) await rm(scratch, { recursive: true, force: true });
 });
 
@@ -282,6 +291,7 @@ describe('restoring a folder that is a mount point (a Docker volume)', () => {
         pgBinDir: pg.binDir,
         backupPath: t.agent.catalog.pathOf(filename),
         crashAt,
+        entry: children.paths['crash-child'],
       });
       // The crash left the folder half-swapped: emptied, or already holding the backup's entries.
       expect(await liveState(t.agent)).not.toEqual(before);
