@@ -1,5 +1,7 @@
 // moto's S3 server (the Python moto package) on 127.0.0.1: the one S3 server here that implements ListMultipartUploads.
 import { type ChildProcess, spawn } from 'node:child_process';
+import { createServer, request } from 'node:http';
+import type { AddressInfo } from 'node:net';
 
 export interface MotoService {
   endpoint: string;
@@ -17,7 +19,7 @@ const LISTENING = /Running on http:\/\/127\.0\.0\.1:(\d+)/;
  * found the other server listening there, so an S3 test ran against s3rver, which has no
  * ListMultipartUploads (test/offsite/sweep's moto case "found nothing to abort" once so).
  */
-export async function startMoto(): Promise<MotoService> {
+export async function startMoto(options: { oneRequestAtATime?: boolean } = {}): Promise<MotoService> {
   const child: ChildProcess = spawn('moto_server', ['-H', '127.0.0.1', '-p', '0'], {
     stdio: ['ignore', 'ignore', 'pipe'],
   });
@@ -53,5 +55,55 @@ export async function startMoto(): Promise<MotoService> {
       reject(new Error(`moto_server exited (${code ?? signal}): ${log}`));
     });
   });
-  return { endpoint: `http://127.0.0.1:${port}`, stop };
+  const endpoint = `http://127.0.0.1:${port}`;
+  if (!options.oneRequestAtATime) return { endpoint, stop };
+  const serial = await serialize(port);
+  return {
+    endpoint: serial.endpoint,
+    stop: async () => {
+      await serial.close();
+      await stop();
+    },
+  };
+}
+
+/**
+ * A proxy on 127.0.0.1 that hands moto one request at a time. moto checks a conditional PUT's If-Match
+ * and then stores the object, in threads of its own: two PUTs with the same ETag can both pass the
+ * check under load, where S3 and R2 refuse the second (a lost update in test/cloud/node-multiprocess,
+ * once in a full run). One at a time, the check and the store are one step, as in a real store.
+ */
+async function serialize(port: number): Promise<{ endpoint: string; close(): Promise<void> }> {
+  let previous: Promise<void> = Promise.resolve();
+  const server = createServer((req, res) => {
+    previous = previous.then(
+      () =>
+        new Promise<void>((done) => {
+          const upstream = request(
+            { host: '127.0.0.1', port, method: req.method, path: req.url, headers: req.headers },
+            (answer) => {
+              res.writeHead(answer.statusCode ?? 502, answer.headers);
+              answer.pipe(res);
+              answer.once('end', done);
+              answer.once('error', done);
+            },
+          );
+          upstream.once('error', (error) => {
+            res.destroy(error);
+            done();
+          });
+          req.pipe(upstream);
+        }),
+    );
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const { port: own } = server.address() as AddressInfo;
+  return {
+    endpoint: `http://127.0.0.1:${own}`,
+    close: () =>
+      new Promise<void>((resolve) => {
+        server.closeAllConnections();
+        server.close(() => resolve());
+      }),
+  };
 }
