@@ -133,11 +133,9 @@ export async function receiveUpload(
           keys: agent.keyring.masterKeys,
           ...(options.signal ? { signal: options.signal } : {}),
         });
-      if (await agent.catalog.exists(name))
-        throw new AppError('conflict', `a backup named ${name} already exists`);
       result = { filename: name, size, keyIds, verified };
     },
-    // Another upload of the same name may land between that check and this one's rename: never replaced.
+    // Another upload of the same name may have landed since the first look: never replaced (409 below).
     exclusive: true,
   }).catch((error: NodeJS.ErrnoException) => {
     if (error instanceof AppError) throw error;
