@@ -5,7 +5,7 @@ import { createReadStream } from 'node:fs';
 import { Readable } from 'node:stream';
 import type { JWK } from 'jose';
 import { openAgent } from '../agent/agent';
-import { createBackup, verifyBackup } from '../agent/backup/create';
+import { backupDeps, createBackup, verifyBackup } from '../agent/backup/create';
 import { loadConfig } from '../agent/config';
 import { DrClient } from '../agent/dr/client';
 import { drServiceFor } from '../agent/dr/service';
@@ -135,12 +135,7 @@ async function main(): Promise<void> {
   const phases: Array<[string, number]> = [];
   const steps: Array<[string, number]> = [];
   const ctx = timingContext(phases, steps);
-  const deps = {
-    keyring: agent.keyring,
-    catalog: agent.catalog,
-    sources: agent.sources,
-    workDir: agent.paths.work,
-  };
+  const deps = backupDeps(agent);
   if (request.op === 'backup') {
     // One backup at a time on disk: the previous one goes before the clock starts.
     for (const old of await agent.catalog.list()) await agent.catalog.delete(old.filename);

@@ -55,6 +55,20 @@ export interface CreateBackupDeps {
   workDir: string;
 }
 
+/** What a backup needs, taken from an opened agent; `overrides` replaces a part (another keyring, other sources). */
+export function backupDeps(
+  agent: { keyring: Keyring; catalog: BackupCatalog; sources: BackupSources; paths: { work: string } },
+  overrides: Partial<CreateBackupDeps> = {},
+): CreateBackupDeps {
+  return {
+    keyring: agent.keyring,
+    catalog: agent.catalog,
+    sources: agent.sources,
+    workDir: agent.paths.work,
+    ...overrides,
+  };
+}
+
 export interface CreateBackupOptions {
   kind?: 'manual' | 'scheduled' | 'safety' | 'dr';
   label?: string;

@@ -3,7 +3,7 @@ import type { Agent } from '../agent';
 import { describeError } from '../errors';
 import type { Job } from '../jobs/runner';
 import { checkBackupName } from './catalog';
-import { type CreateBackupOptions, createBackup, verifyBackup } from './create';
+import { backupDeps, type CreateBackupOptions, createBackup, verifyBackup } from './create';
 
 /** How a step after the backup went, in the job's result: its error, and what it reported (the auto-upload's outcomes). */
 export interface FollowUp {
@@ -17,11 +17,7 @@ export function startBackup(agent: Agent, options: CreateBackupOptions = {}): Pr
   return agent.jobs.start(
     'backup',
     async (ctx) => {
-      const backup = await createBackup(
-        { keyring: agent.keyring, catalog: agent.catalog, sources: agent.sources, workDir: agent.paths.work },
-        ctx,
-        options,
-      );
+      const backup = await createBackup(backupDeps(agent), ctx, options);
       const followUps: Record<string, FollowUp> = {};
       for (const hook of agent.afterBackup) {
         const name = hook.name || 'hook';

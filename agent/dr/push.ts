@@ -2,7 +2,7 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Agent } from '../agent';
 import type { BackupInfo } from '../backup/catalog';
-import { createBackup } from '../backup/create';
+import { backupDeps, createBackup } from '../backup/create';
 import { readHeaderOfFile } from '../backup/reader';
 import { AppError, describeError, isAppError } from '../errors';
 import { withJobLock } from '../jobs/lock';
@@ -269,12 +269,7 @@ async function chooseBackup(
   const made = await withJobLock(
     agent.jobs.lockPath,
     'dr-push backup',
-    () =>
-      createBackup(
-        { keyring: agent.keyring, catalog: agent.catalog, sources: agent.sources, workDir: agent.paths.work },
-        ctx,
-        { kind: 'dr', label: 'temporary copy for Cloud DR' },
-      ),
+    () => createBackup(backupDeps(agent), ctx, { kind: 'dr', label: 'temporary copy for Cloud DR' }),
     { signal: ctx.signal },
   );
   return { name: made.filename, createdAt: made.createdAt, temporary: true, reused: false };

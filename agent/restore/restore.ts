@@ -4,7 +4,7 @@ import { mkdir, mkdtemp, rm, stat, statfs } from 'node:fs/promises';
 import { basename, join } from 'node:path';
 import type { Agent } from '../agent';
 import { checkBackupName } from '../backup/catalog';
-import { createBackup } from '../backup/create';
+import { backupDeps, createBackup } from '../backup/create';
 import { DUMP_NAME } from '../backup/manifest';
 import { prepareArchiveHasher } from '../backup/member-hasher';
 import { type ReadOptions, readBackup } from '../backup/reader';
@@ -182,11 +182,10 @@ export async function restoreFromFile(
         phase: (_name, total) => ctx.progress(0, total),
         progress: ctx.progress,
       };
-      const backup = await createBackup(
-        { keyring: agent.keyring, catalog: agent.catalog, sources, workDir: agent.paths.work },
-        inner,
-        { kind: 'safety', label: `before restore of ${label}` },
-      );
+      const backup = await createBackup(backupDeps(agent, { sources }), inner, {
+        kind: 'safety',
+        label: `before restore of ${label}`,
+      });
       safetyBackup = backup.filename;
       ctx.throwIfCancelled();
     }

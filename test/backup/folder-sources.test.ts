@@ -18,7 +18,7 @@ import { createGunzip } from 'node:zlib';
 import tar from 'tar-stream';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import type { BackupSources, CreateBackupOptions } from '../../agent/backup/create';
-import { createBackup } from '../../agent/backup/create';
+import { backupDeps, createBackup } from '../../agent/backup/create';
 import { openBackupFile } from '../../agent/backup/file-plaintext';
 import { readBackup } from '../../agent/backup/reader';
 import { standaloneContext } from '../../agent/jobs/runner';
@@ -49,12 +49,7 @@ afterAll(async () => {
 
 function backup(options: CreateBackupOptions = {}, onPhase?: (phase: string) => void) {
   return createBackup(
-    {
-      keyring: t.agent.keyring,
-      catalog: t.agent.catalog,
-      sources: t.agent.sources,
-      workDir: t.agent.paths.work,
-    },
+    backupDeps(t.agent),
     standaloneContext(silentLogger, onPhase ? (phase, done) => done === 0 && onPhase(phase) : undefined),
     options,
   );

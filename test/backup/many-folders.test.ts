@@ -6,7 +6,7 @@ import { Readable } from 'node:stream';
 import { createGzip } from 'node:zlib';
 import tar from 'tar-stream';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createBackup } from '../../agent/backup/create';
+import { backupDeps, createBackup } from '../../agent/backup/create';
 import { readBackup } from '../../agent/backup/reader';
 import { standaloneContext } from '../../agent/jobs/runner';
 import { createSealTransform } from '../../agent/keys/envelope-node';
@@ -110,15 +110,7 @@ describe('a backup with many folders in a row', () => {
         Array.from({ length: 100 }, (_, j) => mkdir(join(many, `d${String(i + j).padStart(5, '0')}`))),
       );
 
-    const backup = await createBackup(
-      {
-        keyring: t.agent.keyring,
-        catalog: t.agent.catalog,
-        sources: t.agent.sources,
-        workDir: t.agent.paths.work,
-      },
-      standaloneContext(silentLogger),
-    );
+    const backup = await createBackup(backupDeps(t.agent), standaloneContext(silentLogger));
     expect(backup.verifyResult).toBe('ok');
 
     let folders = 0;

@@ -5,7 +5,7 @@ import { readdir, readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { BackupInfo } from '../../agent/backup/catalog';
-import { createBackup } from '../../agent/backup/create';
+import { backupDeps, createBackup } from '../../agent/backup/create';
 import type { DrFaults } from '../../agent/dr/client';
 import { drServiceFor } from '../../agent/dr/service';
 import type { DrState } from '../../agent/dr/state';
@@ -52,16 +52,9 @@ async function onlyBackupMadeAgo(ago: number): Promise<BackupInfo> {
   const t = await inProcessAgent();
   try {
     for (const b of await t.agent.catalog.list()) await t.agent.catalog.delete(b.filename);
-    return await createBackup(
-      {
-        keyring: t.agent.keyring,
-        catalog: t.agent.catalog,
-        sources: t.agent.sources,
-        workDir: t.agent.paths.work,
-      },
-      standaloneContext(silentLogger),
-      { now: new Date(Date.now() - ago) },
-    );
+    return await createBackup(backupDeps(t.agent), standaloneContext(silentLogger), {
+      now: new Date(Date.now() - ago),
+    });
   } finally {
     await t.close();
   }

@@ -4,7 +4,7 @@ import { rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { BackupInfo } from '../../agent/backup/catalog';
-import { createBackup } from '../../agent/backup/create';
+import { backupDeps, createBackup } from '../../agent/backup/create';
 import { standaloneContext } from '../../agent/jobs/runner';
 import { silentLogger } from '../../agent/log';
 import { runProcess } from '../../agent/system/spawn';
@@ -70,12 +70,7 @@ describe('gem-backup list', () => {
   it('--json prints the array GET /api/v1/backups answers: newest first, exact sizes in bytes, verifiedAt', async () => {
     const t = await inProcessAgent();
     try {
-      const deps = {
-        keyring: t.agent.keyring,
-        catalog: t.agent.catalog,
-        sources: t.agent.sources,
-        workDir: t.agent.paths.work,
-      };
+      const deps = backupDeps(t.agent);
       const ctx = standaloneContext(silentLogger);
       const older = await createBackup(deps, ctx, {
         label: 'before upgrade',

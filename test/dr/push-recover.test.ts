@@ -2,7 +2,7 @@
 // A is deleted; install B recovers with A's id alone and ends with A's data, scripts, identity and keys; opt-out.
 import { readdir, stat } from 'node:fs/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createBackup } from '../../agent/backup/create';
+import { backupDeps, createBackup } from '../../agent/backup/create';
 import type { DrFaults } from '../../agent/dr/client';
 import type { PushResult } from '../../agent/dr/push';
 import type { RecoverResult } from '../../agent/dr/recover';
@@ -53,16 +53,7 @@ async function status(t: TestAgent): Promise<DrStatus> {
 describe('Cloud DR push, recovery on a fresh install, opt-out', () => {
   it('reuses a 2-hour-old local backup: no new backup is made, the local one stays', async () => {
     const ctx = standaloneContext(silentLogger);
-    const old = await createBackup(
-      {
-        keyring: a.agent.keyring,
-        catalog: a.agent.catalog,
-        sources: a.agent.sources,
-        workDir: a.agent.paths.work,
-      },
-      ctx,
-      { now: new Date(Date.now() - 2 * 3600_000) },
-    );
+    const old = await createBackup(backupDeps(a.agent), ctx, { now: new Date(Date.now() - 2 * 3600_000) });
     const before = (await stat(a.agent.catalog.pathOf(old.filename))).mtimeMs;
     const job = await pushViaApi(a);
     expect(job.error).toBeUndefined();
@@ -84,12 +75,7 @@ describe('Cloud DR push, recovery on a fresh install, opt-out', () => {
   });
 
   it('never reuses a safety backup or one whose verify failed: it makes a temporary one', async () => {
-    const deps = {
-      keyring: a.agent.keyring,
-      catalog: a.agent.catalog,
-      sources: a.agent.sources,
-      workDir: a.agent.paths.work,
-    };
+    const deps = backupDeps(a.agent);
     const ctx = standaloneContext(silentLogger);
     const safety = await createBackup(deps, ctx, { kind: 'safety', now: new Date(Date.now() - 3600_000) });
     const rotted = await createBackup(deps, ctx, { now: new Date(Date.now() - 2 * 3600_000) });

@@ -3,7 +3,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createBackup } from '../../agent/backup/create';
+import { backupDeps, createBackup } from '../../agent/backup/create';
 import { startBackup } from '../../agent/backup/operations';
 import { healthFor } from '../../agent/health/service';
 import { healthModule } from '../../agent/http/routes/health';
@@ -67,7 +67,7 @@ describe('health: the backups area and another installation’s backup', () => {
     const other = await Keyring.loadOrCreate(join(elsewhere, 'keyring.json'));
     expect(other.installationId).not.toBe(t.agent.keyring.installationId);
     const foreign = await createBackup(
-      { keyring: other, catalog: t.agent.catalog, sources: t.agent.sources, workDir: t.agent.paths.work },
+      backupDeps(t.agent, { keyring: other }),
       standaloneContext(silentLogger),
       { kind: 'manual', now: clock },
     );

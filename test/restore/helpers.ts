@@ -9,7 +9,7 @@ import { createGzip } from 'node:zlib';
 import tar from 'tar-stream';
 import { expect } from 'vitest';
 import type { Agent } from '../../agent/agent';
-import { createBackup } from '../../agent/backup/create';
+import { backupDeps, createBackup } from '../../agent/backup/create';
 import { MANIFEST_NAME, type Manifest } from '../../agent/backup/manifest';
 import { readBackup } from '../../agent/backup/reader';
 import type { Job } from '../../agent/jobs/runner';
@@ -24,12 +24,7 @@ import { type TestPostgres, withSql } from '../services/postgres';
 
 /** A manual backup labelled `label`, made as the backup job makes it; expects success and returns its name. */
 export async function backupNow(agent: Agent, label: string): Promise<string> {
-  const deps = {
-    keyring: agent.keyring,
-    catalog: agent.catalog,
-    sources: agent.sources,
-    workDir: agent.paths.work,
-  };
+  const deps = backupDeps(agent);
   const job = await agent.jobs.start('backup', (ctx) => createBackup(deps, ctx, { kind: 'manual', label }), {
     mutating: true,
   });

@@ -3,7 +3,7 @@ import { mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createBackup } from '../../agent/backup/create';
+import { backupDeps, createBackup } from '../../agent/backup/create';
 import { startBackup } from '../../agent/backup/operations';
 import { pruneLocal } from '../../agent/backup/retention';
 import { retentionModule, settingsModule } from '../../agent/http/routes/settings';
@@ -148,7 +148,7 @@ describe('retention of local backups', () => {
       const other = await Keyring.loadOrCreate(join(elsewhere, 'keyring.json'));
       // Another controller's backup in our folder, newer than anything of ours.
       const foreign = await createBackup(
-        { keyring: other, catalog: t.agent.catalog, sources: t.agent.sources, workDir: t.agent.paths.work },
+        backupDeps(t.agent, { keyring: other }),
         standaloneContext(silentLogger),
         { now: new Date(Date.now() + 3600_000) },
       );
