@@ -1,8 +1,11 @@
 /** createApp(agent): the agent's Hono app, testable with app.request(); serveApp serves it over HTTP. */
+import { maxHeaderSize, STATUS_CODES } from 'node:http';
 import type { AddressInfo } from 'node:net';
+import type { Duplex } from 'node:stream';
 import { type ServerType, serve } from '@hono/node-server';
 import { Hono } from 'hono';
 import type { Agent } from './agent';
+import type { ErrorCode } from './errors';
 import { auditRoutes } from './http/audit';
 import { requireToken } from './http/auth';
 import { errorBody, onError } from './http/errors';
@@ -76,5 +79,36 @@ export function serveApp(
   address: { hostname: string; port: number },
   onListening?: (info: AddressInfo) => void,
 ): ServerType {
-  return serve({ fetch: app.fetch, ...address, serverOptions: SERVER_OPTIONS }, onListening);
+  const server = serve({ fetch: app.fetch, ...address, serverOptions: SERVER_OPTIONS }, onListening);
+  server.on('clientError', answerClientError);
+  return server;
+}
+
+/**
+ * A request Node turns away before the app sees it (headers over 16 KB, not HTTP, headers too slow),
+ * answered in the API's error shape instead of Node's bare status line. As Node does it: only on a
+ * socket that can still take an answer and is not midway through one, then closed.
+ */
+export function answerClientError(error: Error & { code?: string }, socket: Duplex): void {
+  const inFlight = (socket as { _httpMessage?: { headersSent?: boolean } })._httpMessage;
+  if (error.code === 'ECONNRESET' || !socket.writable || inFlight?.headersSent) {
+    socket.destroy();
+    return;
+  }
+  const [status, code, message]: [number, ErrorCode, string] =
+    error.code === 'HPE_HEADER_OVERFLOW'
+      ? [
+          431,
+          'too_large',
+          `the request headers are larger than the ${maxHeaderSize / 1024} KB the agent accepts`,
+        ]
+      : error.code === 'ERR_HTTP_REQUEST_TIMEOUT'
+        ? [408, 'bad_request', 'the request headers did not arrive in time']
+        : [400, 'bad_request', 'the request is not valid HTTP'];
+  const body = JSON.stringify(errorBody(code, message));
+  socket.write(
+    `HTTP/1.1 ${status} ${STATUS_CODES[status]}\r\ncontent-type: application/json\r\n` +
+      `content-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`,
+  );
+  socket.destroy();
 }

@@ -2,9 +2,11 @@
  * What a careful attacker or a clumsy script sends the agent over HTTP, beyond test/faults/hostile-api:
  * HEAD on routes whose GET has an effect, bodies nested thousands deep or starting with a byte order
  * mark, numbers past any bound, secrets of the wrong shape, a doubled Authorization header, a path and
- * X-Forwarded-For of 15 KB on a request without a token (each one is an audit line).
+ * X-Forwarded-For of 15 KB on a request without a token (each one is an audit line), headers over 16 KB and
+ * bytes that are not HTTP.
  */
 import { readFile, stat } from 'node:fs/promises';
+import { connect } from 'node:net';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { serveApp } from '../../agent/app';
@@ -240,5 +242,40 @@ describe('the audit log', () => {
       status: 401,
       forwardedFor: expect.stringMatching(/^203\.0\.113\.7, b+…$/),
     });
+  });
+});
+
+describe('requests Node turns away before the app', () => {
+  /** Sends raw bytes to the agent and returns all it answers before it closes the connection. */
+  function raw(bytes: string): Promise<string> {
+    return new Promise((resolve, reject) => {
+      const socket = connect(Number(new URL(base).port), '127.0.0.1', () => socket.write(bytes));
+      let answer = '';
+      socket.setEncoding('utf8');
+      socket.on('data', (chunk: string) => {
+        answer += chunk;
+      });
+      socket.on('end', () => resolve(answer));
+      socket.on('error', reject);
+    });
+  }
+
+  it('headers over 16 KB get a 431 in the API error shape, and the agent keeps answering', async () => {
+    const res = await call('/api/v1/backups', { headers: { 'x-padding': 'a'.repeat(20 * 1024) } });
+    expect(res.status).toBe(431);
+    const error = await errorOf(res);
+    expect(error.code).toBe('too_large');
+    expect(error.message).toMatch(/headers are larger than the 16 KB/);
+    expect((await call('/api/v1/backups')).status).toBe(200);
+  });
+
+  it('bytes that are not HTTP get a 400 in the API error shape, and the connection closes', async () => {
+    const answer = await raw('HELLO agent\r\n\r\n');
+    expect(answer).toMatch(/^HTTP\/1\.1 400 Bad Request\r\n/);
+    const body = answer.slice(answer.indexOf('\r\n\r\n') + 4);
+    expect(JSON.parse(body)).toEqual({
+      error: { code: 'bad_request', message: 'the request is not valid HTTP' },
+    });
+    expect(answer).toMatch(/\r\nconnection: close\r\n/);
   });
 });
