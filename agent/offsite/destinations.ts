@@ -1,7 +1,9 @@
 // The three offsite destinations: their names, and provider options built from a settings section (S3 presets checked).
 import {
+  AWS_ENDPOINT_RULE,
   ENDPOINT_CREDENTIALS_RULE,
   endpointHoldsCredentials,
+  isAwsEndpoint,
   type Settings,
 } from '../../shared/api/settings';
 import { AppError } from '../errors';
@@ -66,13 +68,7 @@ export function s3Options(s3: DestinationSettings<'s3'>): S3Options {
   let forcePathStyle = s3.forcePathStyle;
   switch (s3.provider) {
     case 'aws':
-      if (endpoint && !/\.amazonaws\.com(\.cn)?\/?$/i.test(new URL(endpoint).hostname)) {
-        throw fieldError(
-          's3',
-          'endpoint',
-          'Amazon S3 needs no endpoint: leave it empty, or choose "Other S3-compatible" for another service.',
-        );
-      }
+      if (endpoint && !isAwsEndpoint(endpoint)) throw fieldError('s3', 'endpoint', AWS_ENDPOINT_RULE);
       region = required('s3', region, 'region', "bucket's region (e.g. eu-central-1)");
       break;
     case 'b2': {

@@ -107,6 +107,18 @@ export function endpointHoldsCredentials(endpoint: string): boolean {
   }
 }
 
+/** An Amazon S3 endpoint (`*.amazonaws.com`, `*.amazonaws.com.cn`): the only endpoint provider `aws` takes. */
+export function isAwsEndpoint(endpoint: string): boolean {
+  try {
+    return /\.amazonaws\.com(\.cn)?$/i.test(new URL(endpoint).hostname);
+  } catch {
+    return false;
+  }
+}
+
+export const AWS_ENDPOINT_RULE =
+  'Amazon S3 needs no endpoint: leave it empty, or choose "Other S3-compatible" for another service.';
+
 export const S3Input = z
   .object({
     enabled: z.boolean().default(false),
@@ -126,6 +138,8 @@ export const S3Input = z
   .superRefine((s, ctx) => {
     if (s.endpoint && endpointHoldsCredentials(s.endpoint)) {
       ctx.addIssue({ code: 'custom', path: ['endpoint'], message: ENDPOINT_CREDENTIALS_RULE });
+    } else if (s.provider === 'aws' && s.endpoint && !isAwsEndpoint(s.endpoint)) {
+      ctx.addIssue({ code: 'custom', path: ['endpoint'], message: AWS_ENDPOINT_RULE });
     }
     if (!s.enabled) return;
     for (const field of ['accessKeyId', 'bucket'] as const) {

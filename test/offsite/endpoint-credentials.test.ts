@@ -1,5 +1,6 @@
 // An S3 endpoint with a user and password in it (https://key:secret@host) is refused where it is typed,
 // and where older settings hold one, before it reaches an answer or a log: the secret is never echoed.
+// An endpoint given with provider "aws" must be Amazon's: another service is "other" (or its preset).
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { offsiteModule } from '../../agent/http/routes/offsite';
 import { settingsModule } from '../../agent/http/routes/settings';
@@ -72,5 +73,35 @@ describe('an S3 endpoint that holds a user and password', () => {
     expect(String((error as Error).message)).not.toContain(SECRET);
     // The same endpoint without the credentials is accepted.
     expect(s3Options({ ...saved, endpoint: 'http://127.0.0.1:9' }).endpoint).toBe('http://127.0.0.1:9');
+  });
+});
+
+describe('an endpoint with provider "aws" that is not Amazon S3', () => {
+  it('is refused by PUT settings and by Test Connection with a 422 on the endpoint; nothing saved', async () => {
+    const before = (await call(t, 'GET', '/settings')).body;
+    const minioAsAws = { ...s3, provider: 'aws', endpoint: 'http://127.0.0.1:9000' };
+    for (const [method, path, body] of [
+      ['PUT', '/settings', { offsite: { s3: minioAsAws } }],
+      ['POST', '/offsite/s3/test', minioAsAws],
+    ] as const) {
+      const res = await call(t, method, path, body);
+      expect(res.status, JSON.stringify(res.body)).toBe(422);
+      expect(res.body).toMatchObject({ error: { details: { field: expect.stringMatching(/endpoint$/) } } });
+      expect(JSON.stringify(res.body)).toMatch(/Amazon S3 needs no endpoint/);
+    }
+    expect((await call(t, 'GET', '/settings')).body).toEqual(before);
+  });
+
+  it('an Amazon endpoint with provider "aws", and any endpoint with "other", are saved', async () => {
+    for (const section of [
+      { ...s3, provider: 'aws', endpoint: 'https://s3.eu-central-1.amazonaws.com', region: 'eu-central-1' },
+      { ...s3, provider: 'other', endpoint: 'http://127.0.0.1:9000' },
+    ]) {
+      const res = await call(t, 'PUT', '/settings', { offsite: { s3: section } });
+      expect(res.status, JSON.stringify(res.body)).toBe(200);
+      expect(res.body).toMatchObject({
+        offsite: { s3: { provider: section.provider, endpoint: section.endpoint } },
+      });
+    }
   });
 });
