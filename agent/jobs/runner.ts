@@ -89,6 +89,8 @@ export function standaloneContext(
 
 export class JobRunner {
   private readonly jobs = new Map<string, Job>();
+  /** A running job's notices, the latest of each name: replayed to a listener that comes late (a reloaded page). */
+  private readonly notices = new Map<string, Map<string, unknown>>();
   private readonly controllers = new Map<string, AbortController>();
   private readonly listeners = new Map<string, Set<Listener>>();
   private readonly globalListeners = new Set<Listener>();
@@ -220,7 +222,14 @@ export class JobRunner {
           this.emit(job);
         }
       },
-      notice: (name, data) => this.publish(job.id, { type: 'notice', job: { ...job }, name, data }),
+      notice: (name, data) => {
+        if (!job.endedAt) {
+          const earlier = this.notices.get(job.id) ?? new Map<string, unknown>();
+          earlier.delete(name);
+          this.notices.set(job.id, earlier.set(name, data));
+        }
+        this.publish(job.id, { type: 'notice', job: { ...job }, name, data });
+      },
       throwIfCancelled: () => {
         if (controller.signal.aborted) throw new AppError('cancelled', 'the job was cancelled');
       },
@@ -313,6 +322,11 @@ export class JobRunner {
     return { ...job };
   }
 
+  /** The notices a running job has sent so far, the latest of each name, oldest first (none once it ended). */
+  noticesOf(id: string): Array<{ name: string; data: unknown }> {
+    return [...(this.notices.get(id) ?? [])].map(([name, data]) => ({ name, data }));
+  }
+
   /** Listens to one job's events; returns the function that stops listening. */
   subscribe(id: string, listener: Listener): () => void {
     let set = this.listeners.get(id);
@@ -374,6 +388,7 @@ export class JobRunner {
     for (const listener of this.listeners.get(id) ?? []) listener(event);
     for (const listener of this.globalListeners) listener(event);
     if (event.type === 'update' && event.job.endedAt) {
+      this.notices.delete(id);
       // Listeners of an ended job have had their last event.
       setTimeout(() => this.listeners.delete(id), 60_000).unref();
     }

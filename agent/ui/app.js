@@ -5,7 +5,7 @@ import { showJobProgress } from './dialogs.js';
 import { clearHealth, loadHealth, setupHealth } from './health.js';
 import { loadKeys, setupKeys } from './keys.js';
 import { syncSummary } from './offsite.js';
-import { loadDrStatus, loadSettings, setupSettings } from './settings.js';
+import { loadDrStatus, loadSettings, pushProgress, setupSettings } from './settings.js';
 
 const $ = (id) => document.getElementById(id);
 
@@ -75,10 +75,7 @@ function progressFor(job) {
     case 'upload':
       return { title: `Uploading ${target || 'a backup'}` };
     case 'dr-push':
-      return {
-        title: 'Pushing to Cloud Disaster Recovery',
-        describe: () => 'The latest backup is now in the cloud.',
-      };
+      return pushProgress();
     case 'dr-recover':
       return { title: 'Recovering from Cloud Disaster Recovery' };
     case 'maintenance':

@@ -53,7 +53,7 @@ function interruptedText(job) {
 /**
  * Shows a job's progress until it ends. `describe(job)` gives the success text (or a promise of it);
  * `problems(job)` lists what went wrong in a job that still succeeded (shown under it, marked as a
- * problem); `onNotice` sees notices;
+ * problem); `onNotice(name, data, { text, title })` sees notices and may reword the dialog;
  * `afterSuccess(job)` runs on success (e.g. reload); `afterInterrupted(job)` runs when an agent restart
  * cut the job short (e.g. reload the page's data). Resolves to the final job.
  */
@@ -122,7 +122,10 @@ export async function showJobProgress(
 
   let job;
   try {
-    job = await followJob(jobId, { onJob: show, onNotice: (name, data) => onNotice?.(name, data, { text }) });
+    job = await followJob(jobId, {
+      onJob: show,
+      onNotice: (name, data) => onNotice?.(name, data, { text, title: $('progress-title') }),
+    });
   } catch (error) {
     job = { state: 'failed', error: { message: error.message } };
   }

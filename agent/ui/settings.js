@@ -575,16 +575,44 @@ function pushFailureText(job) {
   return `Push failed: ${reason ?? 'unknown error'}. The cloud copy was not updated.`;
 }
 
+/** A push never sends a backup older than this, unless it finishes one it had begun (agent/dr/push.ts). */
+const PUSH_FRESH_MS = 24 * 3600_000;
+
+/** The backup a push sends (its dr-push-backup notice, or its result), in words: which one, how big. */
+function pushedBackupText(pushed) {
+  const made = pushed.temporary ? 'a backup made for this push,' : 'the backup of';
+  return `${made} ${dateTime(pushed.createdAt)} (${bytes(pushed.size)})`;
+}
+
+/** A push that sent a backup more than a day old still succeeded, but the cloud holds data that old. */
+function pushProblems(job) {
+  const pushed = job.result;
+  if (!pushed?.createdAt || Date.now() - Date.parse(pushed.createdAt) <= PUSH_FRESH_MS) return [];
+  return [
+    `The backup sent is more than a day old (made ${dateTime(pushed.createdAt)}): the cloud holds data that old. Check that automatic backups run.`,
+  ];
+}
+
+/** How a push's progress dialog reads: Push Now, and a push found running after a reload. */
+export function pushProgress() {
+  return {
+    title: 'Pushing to Cloud Disaster Recovery',
+    // Which backup goes, as soon as the push has chosen it, before it is hashed or sent.
+    onNotice: (notice, data, { title }) => {
+      if (notice === 'dr-push-backup' && data) title.textContent = `Pushing ${pushedBackupText(data)}`;
+    },
+    describe: (done) => `In the cloud now: ${pushedBackupText(done.result)}.`,
+    problems: pushProblems,
+  };
+}
+
 async function pushNow() {
   const out = $('dr-result');
   tell(out, '');
   try {
     const { jobId } = await api('/dr/push', { method: 'POST' });
-    const job = await showJobProgress(jobId, {
-      title: 'Pushing to Cloud Disaster Recovery',
-      describe: () => 'The latest backup is now in the cloud.',
-    });
-    if (job.state === 'succeeded') tell(out, 'Cloud copy updated.', 'ok');
+    const job = await showJobProgress(jobId, pushProgress());
+    if (job.state === 'succeeded') tell(out, `Cloud copy updated: ${pushedBackupText(job.result)}.`, 'ok');
     else tell(out, pushFailureText(job), 'bad');
   } catch (error) {
     tell(out, `Push failed: ${error.message}`, 'bad');

@@ -76,6 +76,42 @@ describe('jobs', () => {
     await t.agent.jobs.waitFor(((await next.json()) as { jobId: string }).jobId);
   });
 
+  it("replays a running job's earlier notices to a stream that opens late (a reloaded page), the latest of each", async () => {
+    let finish!: () => void;
+    const held = new Promise<void>((resolve) => {
+      finish = resolve;
+    });
+    const job = await t.agent.jobs.start(
+      'verify',
+      async (ctx) => {
+        ctx.notice('dr-push-backup', { backup: 'first' });
+        ctx.notice('restore-swap');
+        ctx.notice('dr-push-backup', { backup: 'second' });
+        await held;
+      },
+      { mutating: false },
+    );
+    await expect.poll(() => t.agent.jobs.noticesOf(job.id).length).toBe(2);
+    // The job ends only once the stream has sent the replay.
+    const res = await t.request(`/api/v1/jobs/${job.id}/events`);
+    const reader = res.body!.getReader();
+    let text = '';
+    while (!text.includes('event: dr-push-backup'))
+      text += new TextDecoder().decode((await reader.read()).value);
+    finish();
+    for (let chunk = await reader.read(); !chunk.done; chunk = await reader.read())
+      text += new TextDecoder().decode(chunk.value);
+    const events = await readEvents(new Response(text));
+    expect(events.map((e) => e.event)).toEqual(['job', 'restore-swap', 'dr-push-backup', 'job']);
+    expect(events[1]!.data).toMatchObject({ data: null, job: { id: job.id, state: 'running' } });
+    expect(events[2]!.data).toMatchObject({ data: { backup: 'second' } });
+    expect(events[3]!.data).toMatchObject({ state: 'succeeded' });
+    // Once the job has ended there is nothing to replay, and nothing kept.
+    expect(t.agent.jobs.noticesOf(job.id)).toEqual([]);
+    const after = await readEvents(await t.request(`/api/v1/jobs/${job.id}/events`));
+    expect(after.map((e) => e.event)).toEqual(['job']);
+  });
+
   it('answers 404 for an unknown job and 409 when cancelling a finished one', async () => {
     expect((await t.request('/api/v1/jobs/nope')).status).toBe(404);
     const [done] = t.agent.jobs.list();

@@ -36,9 +36,19 @@ export function jobRoutes(agent: Agent): Hono {
         off();
         wake?.();
       });
+      // Read as the subscription begins, with nothing awaited between: every event after is queued.
+      const current = agent.jobs.get(id) ?? first;
+      const earlier = agent.jobs.noticesOf(id);
       try {
-        await stream.writeSSE({ event: 'job', data: JSON.stringify(first) });
-        let ended = Boolean(first.endedAt);
+        await stream.writeSSE({ event: 'job', data: JSON.stringify(current) });
+        // What the job announced before this stream began (which backup a push sends), as it was sent.
+        for (const notice of earlier) {
+          await stream.writeSSE({
+            event: notice.name,
+            data: JSON.stringify({ job: current, data: notice.data ?? null }),
+          });
+        }
+        let ended = Boolean(current.endedAt);
         while (!ended && !stream.aborted) {
           if (queue.length === 0) {
             await new Promise<void>((resolve) => {
