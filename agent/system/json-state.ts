@@ -1,5 +1,8 @@
-/** A small JSON state file in the data dir: read once, updates serialized and written temp-then-rename (0600). */
-import { readFile, rename } from 'node:fs/promises';
+/**
+ * A small JSON state file in the data dir: read again whenever another process (the CLI beside the
+ * service) has replaced it, updates serialized and written temp-then-rename (0600).
+ */
+import { readFile, rename, stat } from 'node:fs/promises';
 import type { Logger } from '../log';
 import { writeSmallFileAtomic } from './atomic-file';
 
@@ -12,8 +15,18 @@ export interface JsonStateOptions {
   setAsideDamaged?: { log: Logger };
 }
 
+/**
+ * Which version of the file is on disk: every write is a rename of a new file, so another process's
+ * write changes the inode (and the time); 'missing' when there is none.
+ */
+async function fileVersion(path: string): Promise<string> {
+  const info = await stat(path, { bigint: true }).catch(() => undefined);
+  return info ? `${info.ino}:${info.mtimeNs}:${info.size}` : 'missing';
+}
+
 export class JsonStateFile<T extends object> {
-  private cache: T | undefined;
+  /** The state as last read or written, and the version of the file it came from. */
+  private cache: { state: T; version: string } | undefined;
   private queue: Promise<unknown> = Promise.resolve();
 
   constructor(
@@ -28,7 +41,15 @@ export class JsonStateFile<T extends object> {
    * the text around the fault, and state files hold an installation id (the DR recovery credential).
    */
   async get(): Promise<T> {
-    this.cache ??= await readFile(this.path, 'utf8').then(
+    // Read again when the file is not the one last seen: a CLI command beside the service (dr push,
+    // keys export) writes the same files, and an update from a stale copy would undo what it wrote.
+    const version = await fileVersion(this.path);
+    if (this.cache?.version !== version) this.cache = { state: await this.read(), version };
+    return structuredClone(this.cache.state);
+  }
+
+  private read(): Promise<T> {
+    return readFile(this.path, 'utf8').then(
       async (text) => {
         const parsed = this.parse(text);
         if (parsed) return { ...this.initial(), ...parsed };
@@ -46,7 +67,6 @@ export class JsonStateFile<T extends object> {
       },
       () => this.initial(),
     );
-    return structuredClone(this.cache);
   }
 
   /** The file's object, or undefined when it is damaged (not a JSON object). */
@@ -62,13 +82,17 @@ export class JsonStateFile<T extends object> {
       : undefined;
   }
 
-  /** Applies `change` to a copy and saves it; memory follows disk, and concurrent updates queue. */
+  /**
+   * Applies `change` to a copy of what is on disk now and saves it; memory follows disk, and this
+   * process's updates queue. (Two processes updating one file in the same moment could still lose one
+   * change: the jobs that write the same state hold the job lock.)
+   */
   update(change: (state: T) => void): Promise<T> {
     const run = this.queue.then(async () => {
       const next = await this.get();
       change(next);
       await writeSmallFileAtomic(this.path, `${JSON.stringify(next, null, 2)}\n`, 0o600);
-      this.cache = next;
+      this.cache = { state: next, version: await fileVersion(this.path) };
       return structuredClone(next);
     });
     this.queue = run.catch(() => {});

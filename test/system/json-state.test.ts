@@ -1,4 +1,5 @@
-// A damaged state file is an error that names the file without quoting it, and an update leaves it as it was.
+// A damaged state file is an error that names the file without quoting it, and an update leaves it as it was;
+// a file another process replaced is read again.
 import { existsSync } from 'node:fs';
 import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -82,5 +83,30 @@ describe('a state file', () => {
       s.n = 2;
     });
     expect(JSON.parse(await readFile(path, 'utf8'))).toEqual({ n: 2 });
+  });
+});
+
+describe('a state file two processes write (the service and a CLI command)', () => {
+  it('is read again once the other has replaced it, so an update keeps what the other wrote', async () => {
+    const path = join(dir, 'dr-state-shared.json');
+    // Two stores on one file, as the service and `gem-backup dr push` each hold one.
+    const service = new JsonStateFile<{ lastPush?: string; enrollment?: string }>(path, () => ({}));
+    const cli = new JsonStateFile<{ lastPush?: string; enrollment?: string }>(path, () => ({}));
+    expect(await service.get()).toEqual({});
+    await cli.update((s) => {
+      s.enrollment = 'enrolled by the CLI';
+    });
+    expect(await service.get()).toEqual({ enrollment: 'enrolled by the CLI' });
+    await service.update((s) => {
+      s.lastPush = 'pushed by the service';
+    });
+    expect(JSON.parse(await readFile(path, 'utf8'))).toEqual({
+      enrollment: 'enrolled by the CLI',
+      lastPush: 'pushed by the service',
+    });
+    expect(await cli.get()).toEqual({ enrollment: 'enrolled by the CLI', lastPush: 'pushed by the service' });
+    // Removed by hand: both read the initial state again.
+    await rm(path);
+    expect(await service.get()).toEqual({});
   });
 });
