@@ -1,7 +1,10 @@
 import { resolve } from 'node:path';
 import { parseArgs } from 'node:util';
+import { dataPaths, loadConfig } from '../config';
 import { AppError } from '../errors';
-import { buildKeysExport, exportFileName } from '../keys/keyring';
+import { KeyStateStore } from '../keys/key-state';
+import { buildKeysExport, exportFileName, Keyring } from '../keys/keyring';
+import { createLogger } from '../log';
 import { writeSmallFileAtomic } from '../system/atomic-file';
 import type { CliContext } from './context';
 import { checkOutputPath } from './output';
@@ -44,9 +47,13 @@ export async function keysCommand(cli: CliContext): Promise<void> {
     const now = new Date();
     const path = resolve(values.output ?? exportFileName(now));
     await checkOutputPath(path, { force: values.force });
-    await cli.withAgent(async (agent) => {
-      await writeSmallFileAtomic(path, await buildKeysExport(agent.keyring.toFile(), passphrase, now), 0o600);
-      await agent.keyState.merge({ lastDownloadedAt: now.toISOString() });
+    // The keyring file and the key state only, no agent: the keys can be saved while GEM's database or
+    // the embedded cluster is down, when a person is most likely to need them.
+    const paths = dataPaths(loadConfig().dataDir);
+    const keyring = await Keyring.loadOrCreate(paths.keyring);
+    await writeSmallFileAtomic(path, await buildKeysExport(keyring.toFile(), passphrase, now), 0o600);
+    await new KeyStateStore(paths.state, createLogger({ level: 'warn' })).merge({
+      lastDownloadedAt: now.toISOString(),
     });
     cli.out(`keys exported to ${path}${passphrase ? ' (passphrase protected)' : ''}`);
     // Chosen by the lack of a passphrase source, not by the person: say so where a script's log shows it.

@@ -3,7 +3,7 @@ import { tmpdir, userInfo } from 'node:os';
 import { dirname, join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { runProcess } from '../../agent/system/spawn';
-import { seededEnvironment } from '../services/agent';
+import { seededEnvironment, startTestAgent } from '../services/agent';
 import { startPostgres, type TestPostgres } from '../services/postgres';
 import { type BuiltCli, buildCli } from './built-cli';
 
@@ -59,6 +59,39 @@ describe('the gem-backup CLI (the package bin)', () => {
     const verified = await cli('verify', name!);
     expect(verified.code).toBe(0);
     expect(verified.stdout).toMatch(/ok/);
+  });
+
+  it("exports the keys while GEM's database is down, and an agent running on the data dir learns they were downloaded", async () => {
+    const own = await seededEnvironment(pg, 'gem-cli-keys-db-down-');
+    const t = await startTestAgent(pg, {
+      dataDir: own.dataDir,
+      databaseUrl: own.env.DATABASE_URL!,
+      env: { GEM_SCRIPTS_DIR: own.env.GEM_SCRIPTS_DIR!, GEM_CONFIG_DIR: own.env.GEM_CONFIG_DIR! },
+    });
+    try {
+      const status = async () =>
+        (await (await t.request('/api/v1/keys/status')).json()) as { downloaded: boolean };
+      expect(await status()).toMatchObject({ downloaded: false });
+      const out = join(own.dataDir, 'saved-keys.json');
+      // Nothing listens on port 1: the database is unreachable, as when the controller's database died.
+      const res = await runProcess(process.execPath, [built.path, 'keys', 'export', '-o', out], {
+        env: { ...own.env, DATABASE_URL: 'postgres://gem:unused@127.0.0.1:1/gem' },
+        cwd: process.cwd(),
+      });
+      expect(res.code, res.stderr).toBe(0);
+      expect(res.stdout).toBe(`keys exported to ${out}`);
+      const exported = JSON.parse(await readFile(out, 'utf8')) as {
+        format: string;
+        keyring: { installationId: string };
+      };
+      expect(exported.format).toBe('gem-encryption-keys');
+      expect(exported.keyring.installationId).toBe(t.agent.keyring.installationId);
+      // The running agent reads the key state the CLI wrote: the "download your keys" warning ends.
+      expect(await status()).toMatchObject({ downloaded: true });
+    } finally {
+      await t.close();
+      await rm(own.dataDir, { recursive: true, force: true });
+    }
   });
 
   it('exports keys to a 0600 file sealed under the passphrase of GEM_KEYS_PASSPHRASE, and imports it back', async () => {
