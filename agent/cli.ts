@@ -31,6 +31,7 @@ const USAGES: Record<string, string[]> = {
   restore: ['restore FILE --yes                          restore a backup (replaces all current data)'],
   decrypt: [
     'decrypt FILE --keys KEYS.json [-o OUT]      offline: decrypt to a .tar.gz (no agent or database needed;',
+    "                                            KEYS.json: a keys export, or a copy of the data dir's keyring.json;",
     '                                            an existing OUT is replaced only with --force)',
   ],
   keys: [

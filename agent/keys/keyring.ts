@@ -190,7 +190,11 @@ export function mergeImported(current: KeyringFile, imported: KeyringFile): Keyr
   };
 }
 
-/** Validates an exported keys file (plain or passphrase-protected) and returns the keyring inside. */
+/**
+ * Validates an exported keys file (plain or passphrase-protected) and returns the keyring inside. A
+ * data dir's own keyring.json (format gem-keyring, copied off a controller's disk) is taken as it is:
+ * it holds what an unprotected export holds.
+ */
 export async function parseKeysExport(text: string, passphrase?: string): Promise<KeyringFile> {
   let json: unknown;
   try {
@@ -198,11 +202,16 @@ export async function parseKeysExport(text: string, passphrase?: string): Promis
   } catch {
     throw new AppError('bad_keys_file', 'this is not a GEM encryption keys file (it is not JSON)');
   }
+  if ((json as { format?: unknown } | null)?.format === 'gem-keyring') {
+    const keyring = keyringFileSchema.safeParse(json);
+    if (keyring.success) return keyring.data;
+    throw new AppError('bad_keys_file', `this keyring.json is corrupt: ${issueWords(keyring.error)}`);
+  }
   const envelope = exportSchema.safeParse(json);
   if (!envelope.success) {
     throw new AppError(
       'bad_keys_file',
-      'this is not a GEM encryption keys file (expected a gem-encryption-keys-YYYY-MM-DD.json export)',
+      "this is not a GEM encryption keys file (expected a gem-encryption-keys-YYYY-MM-DD.json export, or a data dir's keyring.json)",
     );
   }
   let inner: unknown = envelope.data.keyring;
@@ -233,16 +242,18 @@ export async function parseKeysExport(text: string, passphrase?: string): Promis
   }
   const keyring = keyringFileSchema.safeParse(inner);
   if (!keyring.success) {
-    const issue = keyring.error.issues[0];
-    throw new AppError(
-      'bad_keys_file',
-      `the keys file is corrupt: ${issue ? `${issue.path.join('.') || 'keyring'}: ${issue.message}` : 'invalid keyring'}`,
-    );
+    throw new AppError('bad_keys_file', `the keys file is corrupt: ${issueWords(keyring.error)}`);
   }
   if (keyring.data.installationId !== envelope.data.installationId) {
     throw new AppError('bad_keys_file', 'the keys file is corrupt: installation ids disagree');
   }
   return keyring.data;
+}
+
+/** Where a keyring failed its schema, in words: "masterKeys: exactly one master key must be active". */
+function issueWords(error: z.ZodError): string {
+  const issue = error.issues[0];
+  return issue ? `${issue.path.join('.') || 'keyring'}: ${issue.message}` : 'invalid keyring';
 }
 
 /** The keys JSON export, optionally sealed under a passphrase with scrypt + AES-256-GCM. */

@@ -165,6 +165,44 @@ describe('the gem-backup CLI (the package bin)', () => {
     expect((await readFile(copy)).equals(sealed)).toBe(true);
   });
 
+  it("decrypts offline with the data dir's own keyring.json copied off the box, as with an export; a damaged one is named", async () => {
+    const [backup] = (await readdir(join(dataDir, 'backups'))).filter((n) => n.endsWith('.tar.gz'));
+    const away = await mkdtemp(join(tmpdir(), 'gem-keyring-copy-'));
+    try {
+      const copied = join(away, 'keyring.json');
+      await copyFile(join(dataDir, 'keyring.json'), copied);
+      const exported = join(away, 'exported.json');
+      expect((await cli('keys', 'export', '-o', exported)).code).toBe(0);
+      const outputs = [];
+      for (const keys of [copied, exported]) {
+        const out = join(away, `${keys === copied ? 'with-keyring' : 'with-export'}.tar.gz`);
+        const res = await cli('decrypt', join(dataDir, 'backups', backup!), '--keys', keys, '-o', out);
+        expect(res.stderr).toBe('');
+        expect(res.code).toBe(0);
+        outputs.push(await readFile(out));
+      }
+      expect(outputs[0]!.length).toBeGreaterThan(1000);
+      expect(outputs[0]!.equals(outputs[1]!)).toBe(true);
+
+      const damaged = JSON.parse(await readFile(copied, 'utf8')) as { masterKeys: unknown[] };
+      damaged.masterKeys = [];
+      await writeFile(copied, JSON.stringify(damaged));
+      const refused = await cli(
+        'decrypt',
+        join(dataDir, 'backups', backup!),
+        '--keys',
+        copied,
+        '-o',
+        join(away, 'x'),
+      );
+      expect(refused.code).toBe(1);
+      expect(refused.stderr.trim()).toMatch(/^gem-backup: this keyring\.json is corrupt: masterKeys: /);
+      await expect(stat(join(away, 'x'))).rejects.toMatchObject({ code: 'ENOENT' });
+    } finally {
+      await rm(away, { recursive: true, force: true });
+    }
+  });
+
   it('never writes over an existing file, into a folder or into a missing folder: keys export -o and decrypt -o', async () => {
     const passphrase = { GEM_KEYS_PASSPHRASE: 'an output passphrase' };
     const keysOut = join(dataDir, 'keys-once.json');
