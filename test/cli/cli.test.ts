@@ -5,6 +5,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { runProcess } from '../../agent/system/spawn';
 import { seededEnvironment, startTestAgent } from '../services/agent';
 import { startPostgres, type TestPostgres } from '../services/postgres';
+import { startAll } from '../services/start-all';
 import { type BuiltCli, buildCli } from './built-cli';
 
 let pg: TestPostgres;
@@ -22,7 +23,7 @@ const cliWith = (extra: NodeJS.ProcessEnv, ...args: string[]) =>
   });
 
 beforeAll(async () => {
-  [pg, built] = await Promise.all([startPostgres({ fsync: false }), buildCli()]);
+  ({ pg, built } = await startAll({ pg: () => startPostgres({ fsync: false }), built: buildCli }));
   ({ dataDir, env } = await seededEnvironment(pg, 'gem-cli-'));
 });
 afterAll(async () => {

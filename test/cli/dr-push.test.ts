@@ -74,10 +74,7 @@ const backupFiles = async () =>
   (await readdir(join(dataDir, 'backups'))).filter((n) => n.endsWith('.tar.gz')).sort();
 
 beforeAll(async () => {
-  [{ pg, cloud }, built] = await Promise.all([
-    startAll({ pg: startPostgres, cloud: startDrCloud }),
-    buildCli(),
-  ]);
+  ({ pg, cloud, built } = await startAll({ pg: startPostgres, cloud: startDrCloud, built: buildCli }));
   ({ dataDir, env } = await seededEnvironment(pg, 'gem-cli-dr-push-'));
   env = { ...env, GEM_DR_URL: cloud.url, GEM_DR_ENROLLMENT_TOKEN: DR_ENROLLMENT_TOKEN, NODE_ENV: 'test' };
 });

@@ -10,6 +10,7 @@ import { silentLogger } from '../../agent/log';
 import { runProcess } from '../../agent/system/spawn';
 import { seededEnvironment, startTestAgent } from '../services/agent';
 import { startPostgres, type TestPostgres } from '../services/postgres';
+import { startAll } from '../services/start-all';
 import { type BuiltCli, buildCli } from './built-cli';
 
 let pg: TestPostgres;
@@ -45,7 +46,7 @@ function plainRow(b: BackupInfo): string {
 }
 
 beforeAll(async () => {
-  [pg, built] = await Promise.all([startPostgres(), buildCli()]);
+  ({ pg, built } = await startAll({ pg: startPostgres, built: buildCli }));
   ({ dataDir, env } = await seededEnvironment(pg, 'gem-cli-list-'));
 });
 afterAll(async () => {

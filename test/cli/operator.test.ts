@@ -12,6 +12,7 @@ import { buildKeysExport, createKeyringFile } from '../../agent/keys/keyring';
 import { runProcess } from '../../agent/system/spawn';
 import { seededEnvironment, startTestAgent } from '../services/agent';
 import { startPostgres, type TestPostgres, withSql } from '../services/postgres';
+import { startAll } from '../services/start-all';
 import { within } from '../services/wait';
 import { type BuiltCli, buildCli } from './built-cli';
 
@@ -35,7 +36,7 @@ const backups = async (dir = dataDir) =>
   (await readdir(join(dir, 'backups')).catch(() => [] as string[])).filter((n) => n.endsWith('.tar.gz'));
 
 beforeAll(async () => {
-  [pg, built] = await Promise.all([startPostgres(), buildCli()]);
+  ({ pg, built } = await startAll({ pg: startPostgres, built: buildCli }));
   BIN = built.path;
   ({ dataDir, env } = await seededEnvironment(pg, 'gem-cli-op-'));
   scratch = await mkdtemp(join(tmpdir(), 'gem-cli-op-scratch-'));

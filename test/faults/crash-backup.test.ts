@@ -19,6 +19,7 @@ import { TEMP_PREFIX } from '../../agent/system/atomic-file';
 import { leftovers } from '../restore/helpers';
 import { startTestAgent, TEST_TOKEN } from '../services/agent';
 import { startPostgres, type TestPostgres, withSql } from '../services/postgres';
+import { startAll } from '../services/start-all';
 import { type BuiltChildren, buildChildren } from './built-child';
 import { type ChildLine, runChild } from './child';
 import { faultReport } from './report';
@@ -97,10 +98,10 @@ async function checkAfterRestart(): Promise<string[]> {
 }
 
 beforeAll(async () => {
-  [pg, children] = await Promise.all([
-    startPostgres(),
-    buildChildren({ 'agent-child': 'test/faults/agent-child.ts' }),
-  ]);
+  ({ pg, children } = await startAll({
+    pg: startPostgres,
+    children: () => buildChildren({ 'agent-child': 'test/faults/agent-child.ts' }),
+  }));
   dataDir = await mkdtemp(join(tmpdir(), 'gem-faults-crash-'));
   const t = await startTestAgent(pg, { dataDir });
   databaseUrl = t.agent.databaseUrl;

@@ -16,6 +16,7 @@ import { startRestore } from '../../agent/restore/restore';
 import { TEMP_PREFIX } from '../../agent/system/atomic-file';
 import { type CrashFixture, leftovers, liveState, startCrashFixture } from '../restore/helpers';
 import { startPostgres, type TestPostgres, withSql } from '../services/postgres';
+import { startAll } from '../services/start-all';
 import { type BuiltChildren, buildChildren } from './built-child';
 import { runChild } from './child';
 import { faultReport } from './report';
@@ -63,10 +64,10 @@ async function restart(): Promise<string[]> {
 }
 
 beforeAll(async () => {
-  [pg, children] = await Promise.all([
-    startPostgres(),
-    buildChildren({ 'agent-child': 'test/faults/agent-child.ts' }),
-  ]);
+  ({ pg, children } = await startAll({
+    pg: startPostgres,
+    children: () => buildChildren({ 'agent-child': 'test/faults/agent-child.ts' }),
+  }));
   dataDir = await mkdtemp(join(tmpdir(), 'gem-faults-restore-'));
   // 300 k rows: every phase lasts a while (a kill lands inside it, not after it): the safety backup's
   // and the staging's late kills come 1.5 s into their phase.

@@ -14,6 +14,7 @@ import { PREVIOUS_FOLDER_MARK } from '../../agent/restore/swap';
 import { runProcess } from '../../agent/system/spawn';
 import { seededEnvironment } from '../services/agent';
 import { startPostgres, type TestPostgres } from '../services/postgres';
+import { startAll } from '../services/start-all';
 import { type BuiltChildren, buildChildren } from './built-child';
 
 let pg: TestPostgres;
@@ -26,10 +27,10 @@ beforeAll(async () => {
   const probe = await runProcess('strace', ['-V']).catch(() => undefined);
   if (probe?.code !== 0)
     throw new Error('strace is missing: apt-get install -y strace (scripts/setup.sh does)');
-  [pg, built] = await Promise.all([
-    startPostgres(),
-    buildChildren({ cli: 'agent/cli.ts', main: 'agent/main.ts' }),
-  ]);
+  ({ pg, built } = await startAll({
+    pg: startPostgres,
+    built: () => buildChildren({ cli: 'agent/cli.ts', main: 'agent/main.ts' }),
+  }));
   // By its real path: strace -y names an fsynced file by its real path, a rename by the path given.
   ({ dataDir, env } = await seededEnvironment(pg, 'gem-durable-'));
   env.GEM_KEYS_PASSPHRASE = 'long enough passphrase';

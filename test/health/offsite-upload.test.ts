@@ -44,10 +44,11 @@ async function open(seed: boolean): Promise<TestAgent> {
 beforeAll(async () => {
   // fsync off: the kill below lands at a phase's start, not after a time; the restarted agent still
   // finds every write the server acknowledged.
-  [{ pg, sshd }, children] = await Promise.all([
-    startAll({ pg: () => startPostgres({ fsync: false }), sshd: startSshd }),
-    buildChildren({ 'agent-child': 'test/faults/agent-child.ts' }),
-  ]);
+  ({ pg, sshd, children } = await startAll({
+    pg: () => startPostgres({ fsync: false }),
+    sshd: startSshd,
+    children: () => buildChildren({ 'agent-child': 'test/faults/agent-child.ts' }),
+  }));
   dataDir = await mkdtemp(join(tmpdir(), 'gem-offsite-health-'));
   t = await open(true);
   databaseUrl = t.agent.config.databaseUrl!;

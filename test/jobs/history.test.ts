@@ -13,6 +13,7 @@ import { runChild } from '../faults/child';
 import { type CrashFixture, crashingRestore, liveState, startCrashFixture } from '../restore/helpers';
 import { startTestAgent } from '../services/agent';
 import { holdTableLock, startPostgres, type TestPostgres, withSql } from '../services/postgres';
+import { startAll } from '../services/start-all';
 
 let pg: TestPostgres;
 let t: CrashFixture['t'];
@@ -23,13 +24,14 @@ let atBackup: CrashFixture['atBackup'];
 let children: BuiltChildren<'agent-child' | 'crash-child'>;
 
 beforeAll(async () => {
-  [pg, children] = await Promise.all([
-    startPostgres(),
-    buildChildren({
-      'agent-child': 'test/faults/agent-child.ts',
-      'crash-child': 'test/restore/crash-child.ts',
-    }),
-  ]);
+  ({ pg, children } = await startAll({
+    pg: startPostgres,
+    children: () =>
+      buildChildren({
+        'agent-child': 'test/faults/agent-child.ts',
+        'crash-child': 'test/restore/crash-child.ts',
+      }),
+  }));
   // 100 k rows (10 MB): a staging restore lasts long enough for a kill 150 ms into it (each test checks
   // where its kill landed); the dump is held by a lock on the table instead (the first test).
   ({ t, env, backupName, atBackup } = await startCrashFixture(pg, { rows: 100_000 }));

@@ -9,6 +9,7 @@ import { runProcess } from '../../agent/system/spawn';
 import { type BuiltChildren, buildChildren } from '../faults/built-child';
 import { startTestAgent, type TestAgent } from '../services/agent';
 import { startPostgres, type TestPostgres, withSql } from '../services/postgres';
+import { startAll } from '../services/start-all';
 import { crashingRestore as crashInRestore, databaseFingerprint, leftovers, liveState } from './helpers';
 
 let pg: TestPostgres;
@@ -28,10 +29,10 @@ const crashingRestore = (crashAt: string) =>
   crashInRestore(t.agent, { pgBinDir: pg.binDir, backupPath, crashAt, entry: children.paths['crash-child'] });
 
 beforeAll(async () => {
-  [pg, children] = await Promise.all([
-    startPostgres(),
-    buildChildren({ 'crash-child': 'test/restore/crash-child.ts', cli: 'agent/cli.ts' }),
-  ]);
+  ({ pg, children } = await startAll({
+    pg: startPostgres,
+    children: () => buildChildren({ 'crash-child': 'test/restore/crash-child.ts', cli: 'agent/cli.ts' }),
+  }));
   t = await startTestAgent(pg);
   const res = await t.request('/api/v1/backups', { method: 'POST' });
   const job = await t.agent.jobs.waitFor(((await res.json()) as { jobId: string }).jobId);

@@ -28,6 +28,7 @@ import {
 import { type BuiltChildren, buildChildren } from '../faults/built-child';
 import { startTestAgent, type TestAgent } from '../services/agent';
 import { startPostgres, type TestPostgres } from '../services/postgres';
+import { startAll } from '../services/start-all';
 import { backupNow, crashingRestore, leftovers, liveState, runRestore } from './helpers';
 
 let pg: TestPostgres;
@@ -39,10 +40,10 @@ let children: BuiltChildren<'crash-child'>;
 beforeAll(async () => {
   // fsync off (no kill or check here depends on how long a write takes); a killed child still finds
   // every write the server acknowledged.
-  [pg, children] = await Promise.all([
-    startPostgres({ fsync: false }),
-    buildChildren({ 'crash-child': 'test/restore/crash-child.ts' }),
-  ]);
+  ({ pg, children } = await startAll({
+    pg: () => startPostgres({ fsync: false }),
+    children: () => buildChildren({ 'crash-child': 'test/restore/crash-child.ts' }),
+  }));
   t = await startTestAgent(pg);
   scratch = await mkdtemp(join(tmpdir(), 'gem-folder-layouts-'));
 });

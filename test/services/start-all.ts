@@ -1,22 +1,24 @@
 // Starts a test file's services side by side; if one fails to start, the others are stopped again.
 
-/** Something a test service start resolves to: it is ended by dispose(), stop() or close(). */
+/** Something a test service start resolves to: it is ended by dispose(), stop(), close() or remove() (a build). */
 type Stoppable = object;
 
 type Started<T extends Record<string, () => Promise<Stoppable>>> = {
   [K in keyof T]: Awaited<ReturnType<T[K]>>;
 };
 
-/** Ends a started service for good: dispose() when it has one (stop() may keep state for a restart), else stop() or close(). */
+/** Ends a started service for good: dispose() when it has one (stop() may keep state for a restart), else stop(), close() or remove(). */
 export async function releaseService(service: Stoppable): Promise<void> {
   const s = service as {
     dispose?: () => Promise<unknown>;
     stop?: () => Promise<unknown>;
     close?: () => Promise<unknown>;
+    remove?: () => Promise<unknown>;
   };
   if (typeof s.dispose === 'function') await s.dispose();
   else if (typeof s.stop === 'function') await s.stop();
   else if (typeof s.close === 'function') await s.close();
+  else if (typeof s.remove === 'function') await s.remove();
 }
 
 /**
