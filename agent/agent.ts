@@ -27,6 +27,7 @@ import { recoverRestoreAtStart } from './restore/swap';
 import { SettingsService } from './settings/service';
 import { createSmallFileExclusive, removeAbandoned, writeSmallFileAtomic } from './system/atomic-file';
 import { PostgresTools, parseDatabaseUrl } from './system/postgres-tools';
+import { logProgramsTo } from './system/spawn';
 
 /**
  * Something to do after every new, verified backup (auto-upload, retention): failures are recorded, never
@@ -90,6 +91,8 @@ export async function openAgent(
 ): Promise<Agent> {
   // The hashing worker boots (60-75 ms) while the agent opens: every backup, verify and restore needs it.
   prepareArchiveHasher();
+  // GEM_LOG_LEVEL=debug: every program the agent runs (pg_dump, pg_restore, smbclient, ...) and how it ended.
+  logProgramsTo(log);
   const paths = dataPaths(config.dataDir);
   await mkdir(config.dataDir, { recursive: true, mode: 0o700 });
   const keyring = await Keyring.loadOrCreate(paths.keyring, log);

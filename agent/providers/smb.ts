@@ -15,6 +15,7 @@ import type {
 } from '../../shared/storage/index';
 import { StorageError } from '../../shared/storage/index';
 import { isBackupName } from '../../shared/storage/names';
+import { observeProgram } from '../system/spawn';
 import {
   abortedError,
   assertObjectName,
@@ -426,11 +427,13 @@ export class SmbProvider implements StorageProvider {
   /** Starts smbclient (as `command` says) with `args`, its messages in the C locale that the parsers read. */
   private spawnClient(args: string[], signal: AbortSignal | undefined): ChildProcessWithoutNullStreams {
     const [program, ...prefix] = this.options.command ?? SMBCLIENT;
-    return spawn(program, [...prefix, ...args], {
+    const child = spawn(program, [...prefix, ...args], {
       stdio: ['pipe', 'pipe', 'pipe'],
       env: { ...process.env, LC_ALL: 'C' },
       signal,
     });
+    observeProgram(child, program, [...prefix, ...args]);
+    return child;
   }
 
   /** Runs smbclient once with `commands` (`-c`); the password is in a 0600 auth file. */

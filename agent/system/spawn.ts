@@ -1,5 +1,7 @@
 /** Spawning external programs with argument arrays (never a shell), with stderr kept for error messages. */
 import { type ChildProcess, type SpawnOptions, spawn } from 'node:child_process';
+import { basename } from 'node:path';
+import type { Logger } from '../log';
 
 export interface RunResult {
   code: number | null;
@@ -20,6 +22,36 @@ export class TailBuffer {
   }
 }
 
+/** Where every program the agent runs is told, at debug level (openAgent sets it); nowhere by default. */
+let programLog: Logger | undefined;
+
+/** Tells `log` (at debug level) of every program started from now on: GEM_LOG_LEVEL=debug shows them. */
+export function logProgramsTo(log: Logger | undefined): void {
+  programLog = log;
+}
+
+/**
+ * Logs a started program at debug level: its name and arguments (never a secret: passwords go in the
+ * environment or a 0600 file, by the agent's rule), then how it ended and how long it ran.
+ */
+export function observeProgram(child: ChildProcess, command: string, args: readonly string[]): void {
+  const log = programLog;
+  if (!log) return;
+  const program = basename(command);
+  const started = performance.now();
+  log.debug('program started', { program, args, pid: child.pid });
+  child.once('error', (error) => log.debug('program failed to run', { program, error }));
+  child.once('close', (code, signal) =>
+    log.debug('program ended', {
+      program,
+      pid: child.pid,
+      code,
+      signal,
+      ms: Math.round(performance.now() - started),
+    }),
+  );
+}
+
 /** Spawns `command` with `args`; kills it (SIGTERM, then SIGKILL) when `signal` aborts. */
 export function spawnProcess(
   command: string,
@@ -28,6 +60,7 @@ export function spawnProcess(
 ): ChildProcess {
   const { signal, ...rest } = options;
   const child = spawn(command, args, { ...rest, shell: false });
+  observeProgram(child, command, args);
   if (signal) {
     const onAbort = () => {
       child.kill('SIGTERM');

@@ -1,4 +1,5 @@
-// What an operator reads in the journal when a job ends: how long it took, and for a backup its size.
+// What an operator reads in the journal when a job ends: how long it took, and for a backup its size; at
+// debug level, every program the agent runs.
 import { stat } from 'node:fs/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startBackup } from '../../agent/backup/operations';
@@ -62,5 +63,38 @@ describe('the log lines that end a job', () => {
     t.agent.jobs.cancel(running.id);
     expect((await t.agent.jobs.waitFor(running.id)).state).toBe('cancelled');
     expect(linesOf(running.id, 'job cancelled')[0]?.durationMs).toBeGreaterThanOrEqual(40);
+  });
+});
+
+describe('GEM_LOG_LEVEL=debug', () => {
+  it('tells every program the agent runs, with its arguments, then its exit code and time; never a password', async () => {
+    const debug: Record<string, unknown>[] = [];
+    const d = await startTestAgent(pg, {
+      log: createLogger({
+        level: 'debug',
+        write: (line) => debug.push(JSON.parse(line) as Record<string, unknown>),
+      }),
+    });
+    try {
+      const job = await startBackup(d.agent);
+      expect((await d.agent.jobs.waitFor(job.id)).state).toBe('succeeded');
+      const dumps = debug.filter(
+        (l) =>
+          l.msg === 'program started' &&
+          l.program === 'pg_dump' &&
+          (l.args as string[]).includes('--format=custom'),
+      );
+      expect(dumps).toHaveLength(1);
+      expect(dumps[0]!.args).toEqual(
+        expect.arrayContaining(['--no-password', expect.stringMatching(/^--snapshot=/)]),
+      );
+      const ended = debug.find((l) => l.msg === 'program ended' && l.pid === dumps[0]!.pid);
+      expect(ended).toMatchObject({ program: 'pg_dump', code: 0, signal: null, ms: expect.any(Number) });
+      const password = decodeURIComponent(new URL(d.agent.databaseUrl).password);
+      expect(password.length).toBeGreaterThan(8);
+      expect(JSON.stringify(debug)).not.toContain(password);
+    } finally {
+      await d.close();
+    }
   });
 });
