@@ -4,7 +4,14 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import postgres from 'postgres';
 import { findPgBinDir } from '../../agent/config';
-import { type ClusterHandle, ensureDatabase, startCluster } from '../../agent/db/cluster';
+import {
+  type ClusterHandle,
+  clusterPasswordPath,
+  ensureDatabase,
+  startCluster,
+} from '../../agent/db/cluster';
+import { runProcess } from '../../agent/system/spawn';
+import { PG_TEMPLATE_ENV } from './postgres-template';
 
 export interface TestPostgres {
   cluster: ClusterHandle;
@@ -27,7 +34,9 @@ export async function startPostgres(options: { fsync?: boolean } = {}): Promise<
   const binDir = findPgBinDir(process.env.GEM_PG_BIN);
   const root = await mkdtemp(join(tmpdir(), 'gem-pg-'));
   await chmod(root, 0o755);
-  const cluster = await startCluster({ dir: join(root, 'cluster'), binDir });
+  const dir = join(root, 'cluster');
+  await copyTemplate(dir);
+  const cluster = await startCluster({ dir, binDir });
   if (options.fsync === false) {
     await withSql(cluster.url('postgres'), async (sql) => {
       await sql`alter system set fsync = off`;
@@ -46,6 +55,23 @@ export async function startPostgres(options: { fsync?: boolean } = {}): Promise<
       await rm(root, { recursive: true, force: true });
     },
   };
+}
+
+/**
+ * Copies the run's template cluster (test/services/postgres-template.ts) to `dir`, owners and modes
+ * kept (cp -a: the cluster belongs to user postgres when the tests run as root); startCluster then
+ * starts it as a cluster made earlier. Outside a vitest run there is no template: initdb makes it.
+ */
+async function copyTemplate(dir: string): Promise<void> {
+  const template = process.env[PG_TEMPLATE_ENV];
+  if (!template) return;
+  for (const [from, to] of [
+    [template, dir],
+    [clusterPasswordPath(template), clusterPasswordPath(dir)],
+  ] as const) {
+    const copied = await runProcess('cp', ['-a', from, to]);
+    if (copied.code !== 0) throw new Error(`copying the template cluster ${from} failed: ${copied.stderr}`);
+  }
 }
 
 /** Runs `fn` with a short-lived connection to `url`. */
