@@ -23,6 +23,7 @@ import { KeyStateStore } from './keys/key-state';
 import { Keyring } from './keys/keyring';
 import type { Logger } from './log';
 import { offsiteUploadHook } from './offsite/service';
+import { removeAbandonedSmbTemp } from './providers/smb-temp';
 import { recoverRestoreAtStart } from './restore/swap';
 import { SettingsService } from './settings/service';
 import { createSmallFileExclusive, removeAbandoned, writeSmallFileAtomic } from './system/atomic-file';
@@ -130,6 +131,13 @@ export async function openAgent(
   const workRoot = paths.work;
   await removeAbandoned(workRoot, { all: true });
   paths.work = join(workRoot, `p${process.pid}`);
+  // An SMB password file (or spooled backup) a killed process left in the temp dir.
+  const smbLeftovers = await removeAbandonedSmbTemp();
+  if (smbLeftovers.length > 0) {
+    log.info('removed what a stopped process left of SMB transfers in the temp dir', {
+      removed: smbLeftovers,
+    });
+  }
   // The recent jobs survive a restart; one a crash interrupted is listed as failed `interrupted`.
   const jobs = new JobRunner({
     lockPath,

@@ -1,8 +1,7 @@
 // A Windows / Samba share as a backup destination, driven through smbclient (no SMB library needed).
 import { type ChildProcessWithoutNullStreams, spawn } from 'node:child_process';
 import { createWriteStream } from 'node:fs';
-import { mkdtemp, readdir, readFile, readlink, realpath, rm, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { readdir, readFile, readlink, realpath, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
@@ -29,6 +28,7 @@ import {
   throwIfAborted,
   tryCleanup,
 } from './checks';
+import { type AuthFile, smbTempDir, writeAuthFile } from './smb-temp';
 
 export interface SmbOptions {
   host: string;
@@ -396,18 +396,10 @@ export class SmbProvider implements StorageProvider {
   }
 
   /** Writes the 0600 auth file smbclient reads the password from (never the command line, so not in `ps`). */
-  private async writeAuthFile(): Promise<{ dir: string; file: string }> {
-    const dir = await mkdtemp(join(tmpdir(), 'gem-smb-'));
-    const file = join(dir, 'auth');
+  private writeAuthFile(): Promise<AuthFile> {
     const lines = [`username = ${this.options.username}`, `password = ${this.options.password}`];
     if (this.options.domain) lines.push(`domain = ${this.options.domain}`);
-    try {
-      await writeFile(file, `${lines.join('\n')}\n`, { mode: 0o600 });
-    } catch (error) {
-      await rm(dir, { recursive: true, force: true });
-      throw error;
-    }
-    return { dir, file };
+    return writeAuthFile(lines);
   }
 
   private connectArgs(authFile: string): string[] {
@@ -527,7 +519,7 @@ export class SmbProvider implements StorageProvider {
       return this.putFile(name, source, source.localPath, hashing, signal, options.onProgress);
     }
     // smbclient uploads from a file: spool and check first, so a bad source never reaches the share.
-    const spool = await mkdtemp(join(tmpdir(), 'gem-smb-spool-'));
+    const spool = await smbTempDir('spool');
     const local = join(spool, 'backup');
     try {
       const check = new SourceCheck(options.onProgress);

@@ -1,4 +1,5 @@
-import { mkdir, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdir, readdir, readFile, rm, utimes, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { openAgent } from '../../agent/agent';
@@ -137,7 +138,7 @@ describe('jobs', () => {
 });
 
 describe('after a crash', () => {
-  it('removes what a dead process left (temp files, its work folder) at the next start, keeps what a live one writes, and lists only complete backups', async () => {
+  it('removes what a dead process left (temp files, its work folder, SMB temp folders) at the next start, keeps what a live one writes, and lists only complete backups', async () => {
     const dir = t.agent.paths.backups;
     const listed = (await t.agent.catalog.list()).map((b) => b.filename);
     // What a process killed mid-job leaves: temp files and a work folder named after its pid (one
@@ -150,14 +151,31 @@ describe('after a crash', () => {
     await writeFile(join(dir, live), 'an upload still arriving');
     await mkdir(join(workRoot, `p${dead}`, '.tmp-backup-xyz'), { recursive: true });
     await writeFile(join(workRoot, `p${dead}`, '.tmp-backup-xyz', 'database.dump'), 'partial dump');
+    // In the temp dir: an SMB password file and a spooled backup of the dead process, one of this
+    // process (an upload under way), and an unowned auth folder of an earlier version, two hours old.
+    const smb = {
+      deadAuth: `gem-smb-auth.p${dead}.aB3dE6`,
+      deadSpool: `gem-smb-spool.p${dead}.xY7zQ2`,
+      liveAuth: `gem-smb-auth.p${process.pid}.Lv1Ab2`,
+      oldUnowned: 'gem-smb-Q9w8E7',
+    };
+    for (const name of Object.values(smb)) {
+      await mkdir(join(tmpdir(), name), { mode: 0o700 });
+      await writeFile(join(tmpdir(), name, 'auth'), 'password = secret\n', { mode: 0o600 });
+    }
+    const twoHoursAgo = new Date(Date.now() - 2 * 3600_000);
+    await utimes(join(tmpdir(), smb.oldUnowned), twoHoursAgo, twoHoursAgo);
     const reopened = await openAgent(t.agent.config, silentLogger);
     try {
       expect((await readdir(dir)).filter((f) => f.startsWith('.tmp-'))).toEqual([live]);
       expect(await readdir(workRoot)).not.toContain(`p${dead}`);
       expect((await reopened.catalog.list()).map((b) => b.filename)).toEqual(listed);
+      const left = (await readdir(tmpdir())).filter((n) => (Object.values(smb) as string[]).includes(n));
+      expect(left).toEqual([smb.liveAuth]);
     } finally {
       await reopened.close();
       await rm(join(dir, live), { force: true });
+      for (const name of Object.values(smb)) await rm(join(tmpdir(), name), { recursive: true, force: true });
     }
   });
 });
