@@ -1,6 +1,5 @@
 import { createReadStream, createWriteStream } from 'node:fs';
-import { mkdtemp, readdir, readFile, stat, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { readdir, readFile, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { createGunzip } from 'node:zlib';
@@ -11,6 +10,7 @@ import type { Job } from '../../agent/jobs/runner';
 import { runProcess } from '../../agent/system/spawn';
 import { startTestAgent, type TestAgent } from '../services/agent';
 import { startPostgres, type TestPostgres } from '../services/postgres';
+import { tempDirForTest } from '../services/temp-dir';
 
 let pg: TestPostgres;
 let t: TestAgent;
@@ -53,7 +53,7 @@ describe('creating and verifying a backup against a real PostgreSQL', () => {
     expect(job.state).toBe('succeeded');
 
     // Offline decrypt through the CLI: only the file and an exported keys file.
-    const out = await mkdtemp(join(tmpdir(), 'gem-decrypt-'));
+    const out = await tempDirForTest('gem-decrypt-');
     const keysPath = join(out, 'keys.json');
     const exported = await t.request('/api/v1/keys/export');
     await writeFile(keysPath, await exported.text());

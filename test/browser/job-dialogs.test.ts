@@ -1,8 +1,7 @@
 // The page's job dialogs in the owner's words, in a real browser against a real agent and PostgreSQL:
 // steps named plainly, the keep-limit prune told, a restore's undo named after the reload, a browser's
 // "(1)" copy uploaded, and a Cancel that comes too late leaving the job's own end on screen.
-import { copyFile, mkdir, mkdtemp, readdir, readFile, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { copyFile, mkdir, readdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Browser, Page } from 'playwright-core';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
@@ -12,6 +11,7 @@ import { settingsModule } from '../../agent/http/routes/settings';
 import { startTestAgent, type TestAgent } from '../services/agent';
 import { launchBrowser, openSignedIn, type ServedApp, serveApp } from '../services/browser';
 import { holdTableLock, startPostgres, type TestPostgres } from '../services/postgres';
+import { tempDirForTest } from '../services/temp-dir';
 
 const SHOTS = 'test-artifacts/screenshots';
 const AGENT_SOURCES = new URL('../../agent/', import.meta.url);
@@ -267,7 +267,7 @@ describe('job dialogs in the owner’s words', () => {
   it('uploads a backup the browser renamed "… (1).tar.gz" under its name, and says how to fix any other name', async () => {
     const [backup] = (await t.agent.catalog.list()).filter((b) => b.kind !== 'safety');
     const name = backup!.filename;
-    const folder = await mkdtemp(join(tmpdir(), 'gem-ui-upload-'));
+    const folder = await tempDirForTest('gem-ui-upload-');
     const secondDownload = join(folder, name.replace(/\.tar\.gz$/, ' (1).tar.gz'));
     await copyFile(t.agent.catalog.pathOf(name), secondDownload);
     await t.agent.catalog.delete(name);

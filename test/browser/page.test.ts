@@ -1,6 +1,6 @@
-import { chmod, chown, copyFile, mkdir, mkdtemp, readdir, readFile, stat } from 'node:fs/promises';
+import { chmod, chown, copyFile, mkdir, mkdtemp, readdir, readFile, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import type { Browser, Page } from 'playwright-core';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { SEED_COUNTS } from '../../agent/db/seed';
@@ -14,6 +14,7 @@ import { startTestAgent, TEST_TOKEN, type TestAgent } from '../services/agent';
 import { launchBrowser, type ServedApp, serveApp } from '../services/browser';
 import { startPostgres, type TestPostgres, withSql } from '../services/postgres';
 import { type SshdService, startSshd, unixIds } from '../services/sshd';
+import { tempDirForTest } from '../services/temp-dir';
 
 const SHOTS = 'test-artifacts/screenshots';
 
@@ -50,6 +51,8 @@ afterEach(async (context) => {
     await shot(`failed-${context.task.name.slice(0, 40).replace(/\W+/g, '-')}`);
 });
 afterAll(async () => {
+  // The keys file one test downloads and a later one imports.
+  if (keysFilePath) await rm(dirname(keysFilePath), { recursive: true, force: true });
   await browser?.close();
   await served?.close();
   await sshd?.stop();
@@ -192,7 +195,7 @@ describe('the Backup & Restore page in a real browser, against a real agent and 
     await row.waitFor({ state: 'detached' });
     expect((await t.agent.catalog.list()).some((b) => b.filename === backupName)).toBe(false);
 
-    const copy = join(await mkdtemp(join(tmpdir(), 'gem-ui-')), backupName);
+    const copy = join(await tempDirForTest('gem-ui-'), backupName);
     await copyFile(downloadedCopy, copy);
     await page.getByLabel('Upload a backup file').setInputFiles(copy);
     await page.getByRole('button', { name: 'Upload', exact: true }).click();

@@ -29,6 +29,7 @@ beforeAll(async () => {
 afterAll(async () => {
   await pg?.stop();
   await built?.remove();
+  if (dataDir) await rm(dataDir, { recursive: true, force: true });
 });
 
 describe('the gem-backup CLI (the package bin)', () => {

@@ -1,7 +1,7 @@
 // A key import by the CLI beside the running agent changes the installation id: the running agent's
 // nightly Cloud DR timer follows the new id's offset at once, not at the next start; a timer of the
 // old id that fires meanwhile hands over to the new slot (or runs now if tonight's new slot passed).
-import { writeFile } from 'node:fs/promises';
+import { rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { nextNightlyRun, nightlyOffsetSeconds } from '../../agent/dr/schedule';
@@ -30,6 +30,7 @@ afterAll(async () => {
   dr?.stop();
   await t?.close();
   await pg?.stop();
+  if (dataDir) await rm(dataDir, { recursive: true, force: true });
 });
 
 /** A keyring of another installation whose nightly offset differs from `than`'s. */

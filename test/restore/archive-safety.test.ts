@@ -1,4 +1,4 @@
-import { mkdir, mkdtemp, readdir, symlink } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, rm, symlink } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -6,6 +6,7 @@ import { restoreModule } from '../../agent/http/routes/restore';
 import { extractionSinks } from '../../agent/restore/extract';
 import { startTestAgent, type TestAgent } from '../services/agent';
 import { startPostgres, type TestPostgres } from '../services/postgres';
+import { tempDirForTest } from '../services/temp-dir';
 import { type ArchiveEntry, leftovers, liveState, sealArchive } from './helpers';
 
 let pg: TestPostgres;
@@ -57,6 +58,7 @@ beforeAll(async () => {
 }, 120_000);
 
 afterAll(async () => {
+  if (outside) await rm(outside, { recursive: true, force: true });
   await t?.close();
   await pg?.stop();
 });
@@ -116,7 +118,7 @@ describe('malicious archives sealed with the installation keys', () => {
 
 describe('the extraction sinks', () => {
   it('never write through a symlink planted in the staging folder', async () => {
-    const root = await mkdtemp(join(tmpdir(), 'gem-sinks-'));
+    const root = await tempDirForTest('gem-sinks-');
     const scripts = join(root, 'scripts.staging');
     const sinks = extractionSinks({
       dumpPath: join(root, 'dump'),
