@@ -91,8 +91,13 @@ export class JsonStateFile<T extends object> {
     const run = this.queue.then(async () => {
       const next = await this.get();
       change(next);
-      await writeSmallFileAtomic(this.path, `${JSON.stringify(next, null, 2)}\n`, 0o600);
-      this.cache = { state: next, version: await fileVersion(this.path) };
+      // The version of the file as written, taken before the rename keeps its inode and time: a stat
+      // after it could see another process's newer file and take it for ours.
+      let version = 'missing';
+      await writeSmallFileAtomic(this.path, `${JSON.stringify(next, null, 2)}\n`, 0o600, async (temp) => {
+        version = await fileVersion(temp);
+      });
+      this.cache = { state: next, version };
       return structuredClone(next);
     });
     this.queue = run.catch(() => {});
