@@ -4,15 +4,19 @@
  * named after the process that made it (`gem-smb-auth.p<pid>.XXXXXX`) and removed when done; one a
  * killed process left (a password, or a whole backup, in the temp dir) goes at the next agent's start.
  */
-import { mkdtemp, readdir, rm, stat, writeFile } from 'node:fs/promises';
+import { lstat, mkdtemp, readdir, rm, rmdir, unlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { isAbandonedTemp } from '../system/atomic-file';
+import { processAlive } from '../system/atomic-file';
 
 const PREFIXES = { auth: 'gem-smb-auth.', spool: 'gem-smb-spool.' } as const;
+/** `gem-smb-auth.p<pid>.XXXXXX` or `gem-smb-spool.p<pid>.XXXXXX`, as smbTempDir makes them. */
+const OWNED = /^gem-smb-(auth|spool)\.p(\d+)\.[A-Za-z0-9]{6}$/;
 /** What earlier versions named them (`gem-smb-XXXXXX`, `gem-smb-spool-XXXXXX`, no owner): removed once this old. */
 const UNOWNED = /^gem-smb-(spool-)?[A-Za-z0-9]{6}$/;
 const UNOWNED_MAX_AGE_MS = 3600_000;
+/** The only files these folders ever hold: the auth file and the spooled backup. */
+const KNOWN_FILES = ['auth', 'backup'];
 
 /** A new temp folder of this process (mode 0700, as mkdtemp makes it). */
 export function smbTempDir(kind: keyof typeof PREFIXES): Promise<string> {
@@ -39,20 +43,26 @@ export async function writeAuthFile(lines: string[]): Promise<AuthFile> {
 
 /**
  * Removes what a killed process left in the temp dir: the folders of a process that no longer runs,
- * and unowned ones of earlier versions after an hour. Returns the names removed.
+ * and unowned ones of earlier versions after an hour. Only a real folder of this user (lstat: never
+ * through a symlink) with a name of ours, and in it only the files it is known to hold, then the
+ * folder if that left it empty: nothing recursive in a directory every user can write to. Returns
+ * the names removed.
  */
 export async function removeAbandonedSmbTemp(root = tmpdir()): Promise<string[]> {
   const removed: string[] = [];
   for (const name of await readdir(root).catch(() => [] as string[])) {
-    const owned = Object.values(PREFIXES).some((prefix) => name.startsWith(prefix));
-    let abandoned = owned && isAbandonedTemp(name);
-    if (!owned && UNOWNED.test(name)) {
-      const info = await stat(join(root, name)).catch(() => undefined);
-      abandoned = !!info?.isDirectory() && Date.now() - info.mtimeMs > UNOWNED_MAX_AGE_MS;
-    }
+    const owner = OWNED.exec(name);
+    if (!owner && !UNOWNED.test(name)) continue;
+    const folder = join(root, name);
+    const info = await lstat(folder).catch(() => undefined);
+    if (!info?.isDirectory() || info.uid !== process.getuid?.()) continue;
+    const abandoned = owner
+      ? !processAlive(Number(owner[2]))
+      : Date.now() - info.mtimeMs > UNOWNED_MAX_AGE_MS;
     if (!abandoned) continue;
-    // Another user's folder (the sticky temp dir) cannot be removed: it is theirs to sweep.
-    await rm(join(root, name), { recursive: true, force: true }).then(
+    for (const file of KNOWN_FILES) await unlink(join(folder, file)).catch(() => {});
+    // A folder holding anything else is not one of ours as we made it: left alone.
+    await rmdir(folder).then(
       () => removed.push(name),
       () => {},
     );

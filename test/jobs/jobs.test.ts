@@ -1,4 +1,4 @@
-import { mkdir, readdir, readFile, rm, utimes, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, readFile, rm, utimes, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -151,8 +151,12 @@ describe('after a crash', () => {
     await writeFile(join(dir, live), 'an upload still arriving');
     await mkdir(join(workRoot, `p${dead}`, '.tmp-backup-xyz'), { recursive: true });
     await writeFile(join(workRoot, `p${dead}`, '.tmp-backup-xyz', 'database.dump'), 'partial dump');
-    // In the temp dir: an SMB password file and a spooled backup of the dead process, one of this
-    // process (an upload under way), and an unowned auth folder of an earlier version, two hours old.
+    // In the temp dir (a private one: TMPDIR, which os.tmpdir() reads): an SMB password file and a
+    // spooled backup of the dead process, one of this process (an upload under way), and an unowned
+    // auth folder of an earlier version, two hours old.
+    const temp = await mkdtemp(join(tmpdir(), 'gem-jobs-tmpdir-'));
+    const savedTmpdir = process.env.TMPDIR;
+    process.env.TMPDIR = temp;
     const smb = {
       deadAuth: `gem-smb-auth.p${dead}.aB3dE6`,
       deadSpool: `gem-smb-spool.p${dead}.xY7zQ2`,
@@ -160,22 +164,24 @@ describe('after a crash', () => {
       oldUnowned: 'gem-smb-Q9w8E7',
     };
     for (const name of Object.values(smb)) {
-      await mkdir(join(tmpdir(), name), { mode: 0o700 });
-      await writeFile(join(tmpdir(), name, 'auth'), 'password = secret\n', { mode: 0o600 });
+      await mkdir(join(temp, name), { mode: 0o700 });
+      await writeFile(join(temp, name, 'auth'), 'password = secret\n', { mode: 0o600 });
     }
     const twoHoursAgo = new Date(Date.now() - 2 * 3600_000);
-    await utimes(join(tmpdir(), smb.oldUnowned), twoHoursAgo, twoHoursAgo);
-    const reopened = await openAgent(t.agent.config, silentLogger);
+    await utimes(join(temp, smb.oldUnowned), twoHoursAgo, twoHoursAgo);
+    const reopened = await openAgent(t.agent.config, silentLogger).finally(() => {
+      if (savedTmpdir === undefined) delete process.env.TMPDIR;
+      else process.env.TMPDIR = savedTmpdir;
+    });
     try {
       expect((await readdir(dir)).filter((f) => f.startsWith('.tmp-'))).toEqual([live]);
       expect(await readdir(workRoot)).not.toContain(`p${dead}`);
       expect((await reopened.catalog.list()).map((b) => b.filename)).toEqual(listed);
-      const left = (await readdir(tmpdir())).filter((n) => (Object.values(smb) as string[]).includes(n));
-      expect(left).toEqual([smb.liveAuth]);
+      expect(await readdir(temp)).toEqual([smb.liveAuth]);
     } finally {
       await reopened.close();
       await rm(join(dir, live), { force: true });
-      for (const name of Object.values(smb)) await rm(join(tmpdir(), name), { recursive: true, force: true });
+      await rm(temp, { recursive: true, force: true });
     }
   });
 });
