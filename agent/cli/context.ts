@@ -2,7 +2,7 @@
 import { existsSync } from 'node:fs';
 import { userInfo } from 'node:os';
 import type { Agent } from '../agent';
-import { dataPaths, loadConfig } from '../config';
+import { type DataPaths, dataPaths, loadConfig } from '../config';
 import { AppError, describeError } from '../errors';
 import type { Job } from '../jobs/runner';
 import { createLogger } from '../log';
@@ -17,6 +17,11 @@ export interface CliContext {
    * Ctrl-C or SIGTERM meanwhile cancels the jobs it runs, waits for them, and closes the agent.
    */
   withAgent<T>(fn: (agent: Agent) => Promise<T>): Promise<T>;
+  /**
+   * Runs a command that needs only the data dir's files, no agent or database (keys export), and
+   * records it in the audit log as withAgent does: what, by whom, how it ended.
+   */
+  withDataDir<T>(fn: (paths: DataPaths) => Promise<T>): Promise<T>;
   /** Refuses, with one line, a data dir that holds no installation (unless this command sets one up). */
   requireInstallation(): void;
   /** A progress printer for jobs: one line per phase, a percentage when the total is known. */
@@ -191,6 +196,27 @@ export function createCliContext(
         closing = true;
         process.off('SIGINT', onSignal);
         process.off('SIGTERM', onSignal);
+      }
+    },
+    async withDataDir(fn) {
+      requireInstallation();
+      const paths = dataPaths(loadConfig().dataDir);
+      let outcome: { outcome: 'ok' | 'error'; error?: string } = { outcome: 'ok' };
+      try {
+        return await fn(paths);
+      } catch (error) {
+        outcome = { outcome: 'error', error: describeError(error).code };
+        throw error;
+      } finally {
+        if (options.command) {
+          const { AuditLog } = await import('../http/audit');
+          await new AuditLog(paths.audit).record({
+            via: 'cli',
+            command: options.command,
+            ...outcome,
+            ...whoRuns(),
+          });
+        }
       }
     },
     progress(phase, done, total) {

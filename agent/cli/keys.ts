@@ -1,6 +1,5 @@
 import { resolve } from 'node:path';
 import { parseArgs } from 'node:util';
-import { dataPaths, loadConfig } from '../config';
 import { AppError } from '../errors';
 import { KeyStateStore } from '../keys/key-state';
 import { buildKeysExport, exportFileName, Keyring } from '../keys/keyring';
@@ -49,11 +48,12 @@ export async function keysCommand(cli: CliContext): Promise<void> {
     await checkOutputPath(path, { force: values.force });
     // The keyring file and the key state only, no agent: the keys can be saved while GEM's database or
     // the embedded cluster is down, when a person is most likely to need them.
-    const paths = dataPaths(loadConfig().dataDir);
-    const keyring = await Keyring.loadOrCreate(paths.keyring);
-    await writeSmallFileAtomic(path, await buildKeysExport(keyring.toFile(), passphrase, now), 0o600);
-    await new KeyStateStore(paths.state, createLogger({ level: 'warn' })).merge({
-      lastDownloadedAt: now.toISOString(),
+    await cli.withDataDir(async (paths) => {
+      const keyring = await Keyring.load(paths.keyring);
+      await writeSmallFileAtomic(path, await buildKeysExport(keyring.toFile(), passphrase, now), 0o600);
+      await new KeyStateStore(paths.state, createLogger({ level: 'warn' })).merge({
+        lastDownloadedAt: now.toISOString(),
+      });
     });
     cli.out(`keys exported to ${path}${passphrase ? ' (passphrase protected)' : ''}`);
     // Chosen by the lack of a passphrase source, not by the person: say so where a script's log shows it.

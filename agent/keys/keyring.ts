@@ -332,6 +332,11 @@ export class Keyring {
     return this.loaded;
   }
 
+  /** Loads an existing keyring; never creates one (a command that only reads the keys). */
+  static async load(path: string): Promise<Keyring> {
+    return new Keyring(path, parseKeyringFile(await readFile(path, 'utf8'), path));
+  }
+
   /** Loads the keyring, creating it on first start. A present but unreadable keyring is an error, never replaced. */
   static async loadOrCreate(path: string, log?: Logger): Promise<Keyring> {
     let text: string | undefined;

@@ -90,6 +90,14 @@ describe('the gem-backup CLI (the package bin)', () => {
       expect(exported.keyring.installationId).toBe(t.agent.keyring.installationId);
       // The running agent reads the key state the CLI wrote: the "download your keys" warning ends.
       expect(await status()).toMatchObject({ downloaded: true });
+      // Recorded as every command on the box is: what, by whom, how it ended.
+      const audit = (await readFile(join(own.dataDir, 'audit.log'), 'utf8'))
+        .trim()
+        .split('\n')
+        .map((line) => JSON.parse(line) as Record<string, unknown>);
+      expect(audit.filter((entry) => entry.via === 'cli')).toEqual([
+        expect.objectContaining({ command: 'keys export', outcome: 'ok', user: userInfo().username }),
+      ]);
     } finally {
       await t.close();
       await rm(own.dataDir, { recursive: true, force: true });
