@@ -36,7 +36,7 @@ export class JsonStateFile<T extends object> {
   ) {}
 
   /**
-   * A copy of the state; a missing or unreadable file reads as the initial state. A file that is not
+   * A copy of the state; a missing file reads as the initial state, an unreadable one is an error. A file that is not
    * a JSON object (damaged) is an error naming the file, never quoting it: JSON.parse's message shows
    * the text around the fault, and state files hold an installation id (the DR recovery credential).
    */
@@ -44,11 +44,12 @@ export class JsonStateFile<T extends object> {
     // Read again when the file is not the one last seen: a CLI command beside the service (dr push,
     // keys export) writes the same files, and an update from a stale copy would undo what it wrote.
     const version = await fileVersion(this.path);
-    if (this.cache?.version !== version) this.cache = { state: await this.read(), version };
+    if (this.cache?.version !== version) this.cache = { state: await this.read(version), version };
     return structuredClone(this.cache.state);
   }
 
-  private read(): Promise<T> {
+  /** The state in the file, which was at `version` when looked at. */
+  private read(version: string): Promise<T> {
     return readFile(this.path, 'utf8').then(
       async (text) => {
         const parsed = this.parse(text);
@@ -57,6 +58,10 @@ export class JsonStateFile<T extends object> {
         if (!setAside) {
           throw new Error(`${this.path} is damaged (not a JSON object): move it aside to start it afresh`);
         }
+        // Another process may have written a good file since this one read the damaged bytes: that
+        // one is read instead of being set aside.
+        const now = await fileVersion(this.path);
+        if (now !== version) return this.read(now);
         const aside = `${this.path}.damaged-${new Date().toISOString().replaceAll(':', '')}`;
         await rename(this.path, aside);
         setAside.log.warn('a damaged state file was set aside; that state starts afresh', {
@@ -65,7 +70,14 @@ export class JsonStateFile<T extends object> {
         });
         return this.initial();
       },
-      () => this.initial(),
+      (error: NodeJS.ErrnoException) => {
+        if (error.code === 'ENOENT') return this.initial();
+        // Unreadable (another process's file this one may not read, a disk error): never taken as empty,
+        // or the next update would write the initial state over what the file holds.
+        throw new Error(
+          `${this.path} cannot be read (${error.code ?? error.message}): its state is kept as it is`,
+        );
+      },
     );
   }
 
@@ -84,8 +96,8 @@ export class JsonStateFile<T extends object> {
 
   /**
    * Applies `change` to a copy of what is on disk now and saves it; memory follows disk, and this
-   * process's updates queue. (Two processes updating one file in the same moment could still lose one
-   * change: the jobs that write the same state hold the job lock.)
+   * process's updates queue. (Two processes updating one file within the same few milliseconds could
+   * still lose one change: there is no lock across processes. Before, a whole run of the service could.)
    */
   update(change: (state: T) => void): Promise<T> {
     const run = this.queue.then(async () => {

@@ -1,7 +1,7 @@
 // A damaged state file is an error that names the file without quoting it, and an update leaves it as it was;
 // a file another process replaced is read again.
 import { existsSync } from 'node:fs';
-import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -83,6 +83,22 @@ describe('a state file', () => {
       s.n = 2;
     });
     expect(JSON.parse(await readFile(path, 'utf8'))).toEqual({ n: 2 });
+  });
+});
+
+describe('a state file that cannot be read', () => {
+  it('is an error, never the initial state an update would then write over it', async () => {
+    // A folder where the file should be (EISDIR): as root, a mode that forbids reading would not.
+    const path = join(dir, 'state-unreadable.json');
+    await mkdir(path);
+    const state = new JsonStateFile<{ n?: number }>(path, () => ({}));
+    await expect(state.get()).rejects.toThrow(`${path} cannot be read (EISDIR)`);
+    await expect(
+      state.update((s) => {
+        s.n = 1;
+      }),
+    ).rejects.toThrow('cannot be read');
+    expect((await stat(path)).isDirectory()).toBe(true);
   });
 });
 
