@@ -138,10 +138,13 @@ export const S3Input = z
   .superRefine((s, ctx) => {
     if (s.endpoint && endpointHoldsCredentials(s.endpoint)) {
       ctx.addIssue({ code: 'custom', path: ['endpoint'], message: ENDPOINT_CREDENTIALS_RULE });
-    } else if (s.provider === 'aws' && s.endpoint && !isAwsEndpoint(s.endpoint)) {
+    }
+    // Only for a destination in use: the page saves every section, and an older installation may keep a
+    // turned-off one that was saved before this rule (it could never upload).
+    if (!s.enabled) return;
+    if (s.provider === 'aws' && s.endpoint && !isAwsEndpoint(s.endpoint)) {
       ctx.addIssue({ code: 'custom', path: ['endpoint'], message: AWS_ENDPOINT_RULE });
     }
-    if (!s.enabled) return;
     for (const field of ['accessKeyId', 'bucket'] as const) {
       if (!s[field]) ctx.addIssue({ code: 'custom', path: [field], message: 'required when enabled' });
     }

@@ -92,10 +92,12 @@ describe('an endpoint with provider "aws" that is not Amazon S3', () => {
     expect((await call(t, 'GET', '/settings')).body).toEqual(before);
   });
 
-  it('an Amazon endpoint with provider "aws", and any endpoint with "other", are saved', async () => {
+  it('an Amazon endpoint with provider "aws", any endpoint with "other", and a turned-off section saved before the rule, are saved', async () => {
     for (const section of [
       { ...s3, provider: 'aws', endpoint: 'https://s3.eu-central-1.amazonaws.com', region: 'eu-central-1' },
       { ...s3, provider: 'other', endpoint: 'http://127.0.0.1:9000' },
+      // The page sends every section with each save: an old turned-off one must not block the others.
+      { ...s3, enabled: false, provider: 'aws', endpoint: 'http://127.0.0.1:9000' },
     ]) {
       const res = await call(t, 'PUT', '/settings', { offsite: { s3: section } });
       expect(res.status, JSON.stringify(res.body)).toBe(200);
