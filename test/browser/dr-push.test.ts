@@ -74,7 +74,7 @@ describe('Cloud DR Push Now in a real browser', () => {
     expect(pushed).toMatchObject({ outcome: 'succeeded', backup: old.filename });
     // The size sent: the backup with the escrow header in front.
     const what = `the backup of ${await localTime(old.createdAt)} (${await pageBytes(pushed!.size!)})`;
-    expect(await page.locator('#progress-title').textContent()).toBe(`Pushing ${what}`);
+    expect(await page.locator('#progress-title').textContent()).toBe(`Pushed ${what}`);
     expect(await page.locator('#progress-state').getAttribute('data-state')).toBe('problems');
     expect(await page.locator('#progress-text').textContent()).toBe(`In the cloud now: ${what}.`);
     expect(await page.locator('#progress-problems').textContent()).toMatch(
@@ -96,7 +96,7 @@ describe('Cloud DR Push Now in a real browser', () => {
     await dialog.getByText(/^In the cloud now: a backup made for this push, /).waitFor({ timeout: 90_000 });
     expect(await page.locator('#progress-state').getAttribute('data-state')).toBe('succeeded');
     expect(await page.locator('#progress-title').textContent()).toMatch(
-      /^Pushing a backup made for this push, /,
+      /^Pushed a backup made for this push, /,
     );
     await dialog.getByRole('button', { name: 'Close' }).click();
     await result.getByText(/^Cloud copy updated: a backup made for this push, .+ \(.+ KB\)\.$/).waitFor();

@@ -38,7 +38,7 @@ export function jobRoutes(agent: Agent): Hono {
       });
       // Read as the subscription begins, with nothing awaited between: every event after is queued.
       const current = agent.jobs.get(id) ?? first;
-      const earlier = agent.jobs.noticesOf(id);
+      const earlier = current.endedAt ? [] : agent.jobs.noticesOf(id);
       try {
         await stream.writeSSE({ event: 'job', data: JSON.stringify(current) });
         // What the job announced before this stream began (which backup a push sends), as it was sent.
