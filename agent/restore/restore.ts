@@ -308,7 +308,10 @@ async function runRestart(agent: Agent, ctx: JobContext): Promise<RestoreResult[
   const command = agent.config.restartCommand;
   if (!command || command.length === 0) return { ran: false };
   try {
-    const result = await runProcess(command[0]!, command.slice(1), { signal: AbortSignal.timeout(120_000) });
+    const result = await runProcess(command[0]!, command.slice(1), {
+      signal: AbortSignal.timeout(120_000),
+      logArgs: false,
+    });
     if (result.code === 0) return { ran: true, ok: true };
     const error = `the restart command exited with ${result.code ?? result.signal}: ${result.stderr.slice(0, 500)}`;
     ctx.log.warn('the restart command failed; the restore itself is done', { error });

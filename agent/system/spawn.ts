@@ -31,16 +31,20 @@ export function logProgramsTo(log: Logger | undefined): void {
 }
 
 /**
- * Logs a started program at debug level: its name and arguments (never a secret: passwords go in the
- * environment or a 0600 file, by the agent's rule), then how it ended and how long it ran.
+ * Logs a started program at debug level: its name and arguments (the agent's own never hold a secret:
+ * passwords go in the environment or a 0600 file), then how it ended and how long it ran.
  */
-export function observeProgram(child: ChildProcess, command: string, args: readonly string[]): void {
+export function observeProgram(
+  child: ChildProcess,
+  command: string,
+  args: readonly string[] | 'not logged',
+): void {
   const log = programLog;
   if (!log) return;
   const program = basename(command);
   const started = performance.now();
   log.debug('program started', { program, args, pid: child.pid });
-  child.once('error', (error) => log.debug('program failed to run', { program, error }));
+  // No 'error' listener here: it would keep an unhandled spawn failure from surfacing as it does now.
   child.once('close', (code, signal) =>
     log.debug('program ended', {
       program,
@@ -56,11 +60,12 @@ export function observeProgram(child: ChildProcess, command: string, args: reado
 export function spawnProcess(
   command: string,
   args: string[],
-  options: SpawnOptions & { signal?: AbortSignal } = {},
+  options: SpawnOptions & { signal?: AbortSignal; logArgs?: boolean } = {},
 ): ChildProcess {
-  const { signal, ...rest } = options;
+  const { signal, logArgs = true, ...rest } = options;
   const child = spawn(command, args, { ...rest, shell: false });
-  observeProgram(child, command, args);
+  // An operator's own command (GEM_RESTART_COMMAND) may carry anything in its arguments: not logged.
+  observeProgram(child, command, logArgs ? args : 'not logged');
   if (signal) {
     const onAbort = () => {
       child.kill('SIGTERM');
@@ -97,7 +102,7 @@ export function waitForExit(
 export async function runProcess(
   command: string,
   args: string[],
-  options: SpawnOptions & { signal?: AbortSignal; input?: string } = {},
+  options: SpawnOptions & { signal?: AbortSignal; input?: string; logArgs?: boolean } = {},
 ): Promise<RunResult> {
   const { input, ...rest } = options;
   const child = spawnProcess(command, args, {
