@@ -17,10 +17,15 @@ export default async function setup(): Promise<() => Promise<void>> {
   const root = await mkdtemp(join(tmpdir(), 'gem-pg-template-'));
   await chmod(root, 0o755);
   const dir = join(root, 'cluster');
-  const cluster = await startCluster({ dir, binDir: findPgBinDir(process.env.GEM_PG_BIN) });
-  await cluster.stop();
-  // Each copy picks its own free port at its start: a port kept here would send them all to one.
-  await rm(join(dir, 'gem-cluster.conf'));
+  try {
+    const cluster = await startCluster({ dir, binDir: findPgBinDir(process.env.GEM_PG_BIN) });
+    await cluster.stop();
+    // Each copy picks its own free port at its start: a port kept here would send them all to one.
+    await rm(join(dir, 'gem-cluster.conf'));
+  } catch (error) {
+    await rm(root, { recursive: true, force: true });
+    throw error;
+  }
   process.env[PG_TEMPLATE_ENV] = dir;
   return () => rm(root, { recursive: true, force: true });
 }
