@@ -63,6 +63,14 @@ function whoRuns(): { user: string; sudoUser?: string; pid: number } {
   return { user, ...(sudoUser ? { sudoUser } : {}), pid: process.pid };
 }
 
+/** The audit record of a CLI command: what ran, how it ended, and by whom. */
+function cliAuditEntry(
+  command: string,
+  outcome: { outcome: string; error?: string },
+): Record<string, unknown> {
+  return { via: 'cli', command, ...outcome, ...whoRuns() };
+}
+
 /**
  * `command` (e.g. "keys export", "restore gem-backup-….tar.gz") is what the audit log records for
  * each opening of the agent.
@@ -182,7 +190,7 @@ export function createCliContext(
           closing = true;
           // Beside the API's accesses: what was run on the box itself, and by whom (the close flushes it).
           if (options.command) {
-            void open.audit.record({ via: 'cli', command: options.command, ...outcome, ...whoRuns() });
+            void open.audit.record(cliAuditEntry(options.command, outcome));
           }
           // The close cancels and waits for the jobs still running: a job a signal stopped (one that
           // started just after it, too) is followed to its end, so the line says what became of it.
@@ -210,12 +218,7 @@ export function createCliContext(
       } finally {
         if (options.command) {
           const { AuditLog } = await import('../http/audit');
-          await new AuditLog(paths.audit).record({
-            via: 'cli',
-            command: options.command,
-            ...outcome,
-            ...whoRuns(),
-          });
+          await new AuditLog(paths.audit).record(cliAuditEntry(options.command, outcome));
         }
       }
     },

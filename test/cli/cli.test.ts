@@ -6,6 +6,7 @@ import { runProcess } from '../../agent/system/spawn';
 import { seededEnvironment, startTestAgent } from '../services/agent';
 import { startPostgres, type TestPostgres } from '../services/postgres';
 import { startAll } from '../services/start-all';
+import { tempDirForTest } from '../services/temp-dir';
 import { type BuiltCli, buildCli } from './built-cli';
 
 let pg: TestPostgres;
@@ -177,40 +178,31 @@ describe('the gem-backup CLI (the package bin)', () => {
 
   it("decrypts offline with the data dir's own keyring.json copied off the box, as with an export; a damaged one is named", async () => {
     const [backup] = (await readdir(join(dataDir, 'backups'))).filter((n) => n.endsWith('.tar.gz'));
-    const away = await mkdtemp(join(tmpdir(), 'gem-keyring-copy-'));
-    try {
-      const copied = join(away, 'keyring.json');
-      await copyFile(join(dataDir, 'keyring.json'), copied);
-      const exported = join(away, 'exported.json');
-      expect((await cli('keys', 'export', '-o', exported)).code).toBe(0);
-      const outputs = [];
-      for (const keys of [copied, exported]) {
-        const out = join(away, `${keys === copied ? 'with-keyring' : 'with-export'}.tar.gz`);
-        const res = await cli('decrypt', join(dataDir, 'backups', backup!), '--keys', keys, '-o', out);
-        expect(res.stderr).toBe('');
-        expect(res.code).toBe(0);
-        outputs.push(await readFile(out));
-      }
-      expect(outputs[0]!.length).toBeGreaterThan(1000);
-      expect(outputs[0]!.equals(outputs[1]!)).toBe(true);
-
-      const damaged = JSON.parse(await readFile(copied, 'utf8')) as { masterKeys: unknown[] };
-      damaged.masterKeys = [];
-      await writeFile(copied, JSON.stringify(damaged));
-      const refused = await cli(
-        'decrypt',
-        join(dataDir, 'backups', backup!),
-        '--keys',
-        copied,
-        '-o',
-        join(away, 'x'),
-      );
-      expect(refused.code).toBe(1);
-      expect(refused.stderr.trim()).toMatch(/^gem-backup: this keyring\.json is corrupt: masterKeys: /);
-      await expect(stat(join(away, 'x'))).rejects.toMatchObject({ code: 'ENOENT' });
-    } finally {
-      await rm(away, { recursive: true, force: true });
+    const decrypt = (keys: string, out: string) =>
+      cli('decrypt', join(dataDir, 'backups', backup!), '--keys', keys, '-o', out);
+    const away = await tempDirForTest('gem-keyring-copy-');
+    const copied = join(away, 'keyring.json');
+    await copyFile(join(dataDir, 'keyring.json'), copied);
+    const exported = join(away, 'exported.json');
+    expect((await cli('keys', 'export', '-o', exported)).code).toBe(0);
+    const outputs = [];
+    for (const keys of [copied, exported]) {
+      const out = join(away, `${keys === copied ? 'with-keyring' : 'with-export'}.tar.gz`);
+      const res = await decrypt(keys, out);
+      expect(res.stderr).toBe('');
+      expect(res.code).toBe(0);
+      outputs.push(await readFile(out));
     }
+    expect(outputs[0]!.length).toBeGreaterThan(1000);
+    expect(outputs[0]!.equals(outputs[1]!)).toBe(true);
+
+    const damaged = JSON.parse(await readFile(copied, 'utf8')) as { masterKeys: unknown[] };
+    damaged.masterKeys = [];
+    await writeFile(copied, JSON.stringify(damaged));
+    const refused = await decrypt(copied, join(away, 'x'));
+    expect(refused.code).toBe(1);
+    expect(refused.stderr.trim()).toMatch(/^gem-backup: this keyring\.json is corrupt: masterKeys: /);
+    await expect(stat(join(away, 'x'))).rejects.toMatchObject({ code: 'ENOENT' });
   });
 
   it('never writes over an existing file, into a folder or into a missing folder: keys export -o and decrypt -o', async () => {

@@ -1,11 +1,11 @@
-import { mkdir, mkdtemp, readdir, readFile, rm, utimes, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { mkdir, readdir, readFile, rm, utimes, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it, onTestFinished } from 'vitest';
 import { openAgent } from '../../agent/agent';
 import { silentLogger } from '../../agent/log';
 import { startTestAgent, type TestAgent } from '../services/agent';
 import { startPostgres, type TestPostgres, withSql } from '../services/postgres';
+import { tempDirForTest } from '../services/temp-dir';
 
 let pg: TestPostgres;
 let t: TestAgent;
@@ -159,7 +159,7 @@ describe('after a crash', () => {
     // In the temp dir (a private one: TMPDIR, which os.tmpdir() reads): an SMB password file and a
     // spooled backup of the dead process, one of this process (an upload under way), and an unowned
     // auth folder of an earlier version, two hours old.
-    const temp = await mkdtemp(join(tmpdir(), 'gem-jobs-tmpdir-'));
+    const temp = await tempDirForTest('gem-jobs-tmpdir-');
     const savedTmpdir = process.env.TMPDIR;
     process.env.TMPDIR = temp;
     const smb = {
@@ -186,7 +186,6 @@ describe('after a crash', () => {
     } finally {
       await reopened.close();
       await rm(join(dir, live), { force: true });
-      await rm(temp, { recursive: true, force: true });
     }
   });
 });
