@@ -750,7 +750,7 @@ function withRetryList(
 const MAX_HEADER_BYTES = 2 * 1024 * 1024;
 
 /** Reads just the header of a remote backup (no key needed), then stops the download. */
-async function readRemoteHeader(
+export async function readRemoteHeader(
   provider: StorageProvider,
   name: string,
   signal?: AbortSignal,
