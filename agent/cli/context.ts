@@ -1,11 +1,12 @@
 /** What a CLI command gets: its arguments, output channels, and a way to open the agent in-process. */
-import { existsSync } from 'node:fs';
+import { existsSync, statSync } from 'node:fs';
 import { userInfo } from 'node:os';
 import type { Agent } from '../agent';
 import { type DataPaths, dataPaths, loadConfig } from '../config';
 import { AppError, describeError } from '../errors';
 import type { Job } from '../jobs/runner';
 import { createLogger } from '../log';
+import { userNameOf } from '../system/passwd';
 import { progressWords } from './progress';
 
 export interface CliContext {
@@ -71,6 +72,59 @@ function cliAuditEntry(
   return { via: 'cli', command, ...outcome, ...whoRuns() };
 }
 
+/** `word` as a shell reads it back: bare when it holds nothing the shell treats specially, else quoted. */
+function shellWord(word: string): string {
+  return /^[\w@%+=:,./-]+$/.test(word) ? word : `'${word.replaceAll("'", `'\\''`)}'`;
+}
+
+/**
+ * Who an installation belongs to: the owner of its keyring, or of its data dir before it has one (or
+ * when the keyring is out of reach); undefined when neither exists. 'denied' when neither can be seen.
+ */
+function installationOwner(dataDir: string): number | 'denied' | undefined {
+  let denied = false;
+  for (const path of [dataPaths(dataDir).keyring, dataDir]) {
+    try {
+      return statSync(path).uid;
+    } catch (error) {
+      const code = (error as NodeJS.ErrnoException).code;
+      if (code === 'EACCES') denied = true;
+      else if (code !== 'ENOENT') throw error;
+    }
+  }
+  return denied ? 'denied' : undefined;
+}
+
+/**
+ * Refuses, with the command line that works, a command run by another user than the one the
+ * installation belongs to (the service's). What root would write there (a backup, a state file, the
+ * keyring) is root's and 0600, so the service could no longer read it; another user cannot read the
+ * installation at all; and as root the embedded cluster is run by `postgres`, not the service's user.
+ */
+function requireInstallationUser(dataDir: string): void {
+  const me = process.geteuid?.();
+  const owner = installationOwner(dataDir);
+  if (me === undefined || owner === undefined || owner === me) return;
+  if (owner === 'denied') {
+    throw new AppError(
+      'unauthorized',
+      `cannot reach the installation in ${dataDir} as user ${userNameOf(me)} (permission denied): run gem-backup as the user the service runs as`,
+    );
+  }
+  const command = process.argv.slice(2).map(shellWord).join(' ');
+  const name = userNameOf(owner);
+  const whose = owner === 0 ? 'root' : `user ${name}`;
+  // runuser and sudo -E keep the environment: GEM_DATA_DIR, DATABASE_URL and the rest reach the command.
+  const how =
+    me === 0
+      ? `, so that what it writes stays readable to the service: runuser -u ${shellWord(name)} -- gem-backup ${command}`
+      : `: sudo -E ${owner === 0 ? '' : `-u ${shellWord(name)} `}gem-backup ${command}`;
+  throw new AppError(
+    'unauthorized',
+    `the installation in ${dataDir} belongs to ${whose} and this command runs as ${me === 0 ? 'root' : `user ${userNameOf(me)}`}: run it as ${whose}${how}`,
+  );
+}
+
 /**
  * `command` (e.g. "keys export", "restore gem-backup-….tar.gz") is what the audit log records for
  * each opening of the agent.
@@ -92,8 +146,9 @@ export function createCliContext(
     lastLine = '';
   };
   const requireInstallation = () => {
-    if (options.mayCreate) return;
     const config = loadConfig();
+    requireInstallationUser(config.dataDir);
+    if (options.mayCreate) return;
     if (existsSync(dataPaths(config.dataDir).keyring)) return;
     throw new AppError(
       'not_found',

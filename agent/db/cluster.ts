@@ -26,6 +26,7 @@ import {
   tempPathFor,
   writeSmallFileAtomic,
 } from '../system/atomic-file';
+import { userNamed } from '../system/passwd';
 import { serviceLockPath } from '../system/service-lock';
 import { runProcess } from '../system/spawn';
 import { openSql } from './connect';
@@ -85,15 +86,13 @@ async function run(command: string, args: string[], what: string): Promise<strin
 
 async function prepareOwnership(dir: string): Promise<void> {
   if (process.getuid?.() !== 0) return;
-  const passwd = await readFile('/etc/passwd', 'utf8');
-  const entry = passwd.split('\n').find((line) => line.startsWith(`${SUPERUSER}:`));
-  if (!entry) {
+  const owner = userNamed(SUPERUSER);
+  if (!owner) {
     throw new Error(
       'running as root needs the "postgres" system user to own the embedded cluster: apt-get install -y postgresql-15',
     );
   }
-  const [, , uid, gid] = entry.split(':');
-  await chown(dir, Number(uid), Number(gid));
+  await chown(dir, owner.uid, owner.gid);
   // The postgres user must be able to reach the cluster folder: let others traverse (not list) its parent.
   const parent = dirname(dir);
   const mode = (await stat(parent)).mode & 0o777;

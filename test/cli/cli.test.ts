@@ -1,7 +1,19 @@
-import { copyFile, mkdir, mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import {
+  chmod,
+  chown,
+  copyFile,
+  mkdir,
+  mkdtemp,
+  readdir,
+  readFile,
+  rm,
+  stat,
+  writeFile,
+} from 'node:fs/promises';
 import { tmpdir, userInfo } from 'node:os';
 import { dirname, join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { userNamed } from '../../agent/system/passwd';
 import { runProcess } from '../../agent/system/spawn';
 import { seededEnvironment, startTestAgent } from '../services/agent';
 import { startPostgres, type TestPostgres } from '../services/postgres';
@@ -407,5 +419,59 @@ describe('the gem-backup CLI (the package bin)', () => {
     expect(lines, down.stderr).toHaveLength(1);
     expect(lines[0]).toMatch(/^gem-backup: cannot reach the database at 127\.0\.0\.1:9 \(ECONNREFUSED\)/);
     expect(down.stderr).not.toContain('s3cret-pw');
+  });
+  it("refuses a command run by another user than the installation's, naming the command line that works, and changes nothing", async () => {
+    if (process.getuid?.() !== 0)
+      throw new Error('this test gives files to user nobody: run the suite as root (as CI does)');
+    const nobody = userNamed('nobody');
+    if (!nobody) throw new Error('this test needs the system user nobody');
+    const other = await seededEnvironment(pg, 'gem-cli-owner-');
+    const keyring = join(other.dataDir, 'keyring.json');
+    const as = (user: string, ...args: string[]) =>
+      runProcess('runuser', ['-u', user, '--', process.execPath, built.path, ...args], {
+        env: other.env,
+        cwd: '/',
+      });
+    try {
+      // Root on an installation that belongs to the service's user: a backup written now would be root's.
+      await chown(keyring, nobody.uid, nobody.gid);
+      const before = await readdir(other.dataDir);
+      for (const args of [
+        ['create', '--label', 'by root'],
+        ['keys', 'export'],
+        ['keys', 'import', keyring],
+      ]) {
+        const res = await runProcess(process.execPath, [built.path, ...args], { env: other.env, cwd: '/' });
+        expect(res.code, res.stderr).toBe(1);
+        const lines = res.stderr.trim().split('\n');
+        expect(lines, res.stderr).toHaveLength(1);
+        expect(lines[0]).toBe(
+          `gem-backup: the installation in ${other.dataDir} belongs to user nobody and this command runs as root: ` +
+            'run it as user nobody, so that what it writes stays readable to the service: ' +
+            `runuser -u nobody -- gem-backup ${args[0] === 'create' ? "create --label 'by root'" : args.join(' ')}`,
+        );
+      }
+      // Nothing written: no backup, no audit line, no state, and the keyring still the service user's.
+      expect(await readdir(other.dataDir)).toEqual(before);
+      expect((await stat(keyring)).uid).toBe(nobody.uid);
+
+      // The service's user itself runs it; the CLI bundle and the data dir must be reachable to it.
+      await chmod(dirname(built.path), 0o755);
+      await runProcess('chown', ['-R', `${nobody.uid}:${nobody.gid}`, other.dataDir]);
+      const own = await as('nobody', 'list', '--json');
+      expect(own.stderr).toBe('');
+      expect(own.code).toBe(0);
+      expect(JSON.parse(own.stdout)).toEqual([]);
+
+      // Another user on root's installation: told to use root, not "no installation".
+      await runProcess('chown', ['-R', '0:0', other.dataDir]);
+      const denied = await as('nobody', 'list');
+      expect(denied.code).toBe(1);
+      expect(denied.stderr.trim()).toBe(
+        `gem-backup: the installation in ${other.dataDir} belongs to root and this command runs as user nobody: run it as root: sudo -E gem-backup list`,
+      );
+    } finally {
+      await rm(other.dataDir, { recursive: true, force: true });
+    }
   });
 });
