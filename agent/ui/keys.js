@@ -76,8 +76,8 @@ export function setupKeys(onError) {
   $('collapse-banner').addEventListener('click', () => setCollapsed(true, 'keys-pill'));
   $('keys-pill').addEventListener('click', () => setCollapsed(false, 'collapse-banner'));
 
-  $('import-keys-form').addEventListener('submit', async (event) => {
-    event.preventDefault();
+  /** The chosen keys file, the field's error and the result line cleared; undefined (said at the field) if none. */
+  const chosenFile = (doing) => {
     const fileInput = $('import-file');
     const fieldError = $('import-file-error');
     const result = $('import-result');
@@ -87,11 +87,43 @@ export function setupKeys(onError) {
     result.className = 'result';
     const file = fileInput.files?.[0];
     if (!file) {
-      fieldError.textContent = 'Choose the keys file to import.';
+      fieldError.textContent = `Choose the keys file to ${doing}.`;
       fileInput.setAttribute('aria-invalid', 'true');
       fileInput.focus();
-      return;
     }
+    return file;
+  };
+
+  // Nothing is imported: the agent tries the file on the newest backup and says what it found.
+  $('check-keys').addEventListener('click', async () => {
+    const file = chosenFile('check');
+    if (!file) return;
+    const button = $('check-keys');
+    const result = $('import-result');
+    button.disabled = true;
+    result.textContent = 'Checking the keys file…';
+    try {
+      const passphrase = $('import-passphrase').value;
+      const answer = await api('/keys/check', {
+        method: 'POST',
+        json: { file: await file.text(), ...(passphrase ? { passphrase } : {}) },
+      });
+      result.className = answer.canOpen ? 'result ok' : 'result bad';
+      result.textContent = answer.reason.replace(/\.?$/, '.');
+    } catch (error) {
+      result.className = 'result bad';
+      result.textContent = error.message;
+    } finally {
+      button.disabled = false;
+    }
+  });
+
+  $('import-keys-form').addEventListener('submit', async (event) => {
+    event.preventDefault();
+    const fileInput = $('import-file');
+    const result = $('import-result');
+    const file = chosenFile('import');
+    if (!file) return;
     const ok = await confirmAction({
       title: 'Replace the active keys?',
       body: [

@@ -416,8 +416,30 @@ describe('the Backup & Restore page in a real browser, against a real agent and 
     await shot('09-maintenance-result', false);
   });
 
-  it('imports keys from a file after a warning, and shows the API message for a file that is not a keys file', async () => {
+  it('checks a keys file on the newest backup without importing it', async () => {
     await page.getByText('Import keys from a previous installation').click();
+    const form = page.locator('#import-keys-form');
+    const result = page.locator('#import-result');
+    const check = form.getByRole('button', { name: 'Check Keys File' });
+    await check.click();
+    expect(await page.locator('#import-file-error').textContent()).toBe('Choose the keys file to check.');
+
+    // A backup file is not a keys file: the API's message, and no confirmation asked (nothing is imported).
+    await form.getByLabel('Keys file (.json)').setInputFiles(downloadedCopy);
+    await check.click();
+    await expect.poll(() => result.getAttribute('class')).toBe('result bad');
+    expect(await result.textContent()).toMatch(/keys file/i);
+    expect(await page.locator('#confirm-dialog').isVisible()).toBe(false);
+
+    const newest = (await t.agent.catalog.list())[0]!.filename;
+    await form.getByLabel('Keys file (.json)').setInputFiles(keysFilePath);
+    await check.click();
+    await result.getByText(`These keys open ${newest}: every chunk and checksum verified.`).waitFor();
+    expect(await result.getAttribute('class')).toBe('result ok');
+    expect(await page.locator('#confirm-dialog').isVisible()).toBe(false);
+  });
+
+  it('imports keys from a file after a warning, and shows the API message for a file that is not a keys file', async () => {
     const form = page.locator('#import-keys-form');
     await form.getByLabel('Keys file (.json)').setInputFiles(downloadedCopy);
     await form.getByRole('button', { name: 'Import Keys' }).click();
