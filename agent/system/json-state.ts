@@ -1,10 +1,12 @@
 /**
  * A small JSON state file in the data dir: read again whenever another process (the CLI beside the
- * service) has replaced it, updates serialized and written temp-then-rename (0600).
+ * service) has replaced it, updates serialized across processes by a lock file beside it
+ * (`<file>.lock`) and written temp-then-rename (0600).
  */
 import { readFile, rename, stat } from 'node:fs/promises';
 import type { Logger } from '../log';
 import { writeSmallFileAtomic } from './atomic-file';
+import { withFileLock } from './file-lock';
 
 export interface JsonStateOptions {
   /**
@@ -13,6 +15,11 @@ export interface JsonStateOptions {
    * damaged file is an error: state that must not be forgotten (a pending Cloud DR deletion).
    */
   setAsideDamaged?: { log: Logger };
+  /**
+   * How long an update waits while another process holds the file's lock before it fails naming that
+   * process (10 s): an update holds it a few milliseconds.
+   */
+  lockWaitMs?: number;
 }
 
 /**
@@ -95,24 +102,34 @@ export class JsonStateFile<T extends object> {
   }
 
   /**
-   * Applies `change` to a copy of what is on disk now and saves it; memory follows disk, and this
-   * process's updates queue. (Two processes updating one file within the same few milliseconds could
-   * still lose one change: there is no lock across processes. Before, a whole run of the service could.)
+   * Applies `change` to a copy of what is on disk now and saves it; memory follows disk. This
+   * process's updates queue, and across processes the read-modify-write holds `<file>.lock`
+   * (agent/system/file-lock.ts), so the service and a CLI command updating one file at the same
+   * moment both keep their change. A lock a killed process left is broken by the next update; a
+   * live holder is waited for up to `lockWaitMs`, then the update fails naming its pid. Reads take
+   * no lock: every write is a rename, so a read always sees a whole file.
    */
   update(change: (state: T) => void): Promise<T> {
-    const run = this.queue.then(async () => {
-      const next = await this.get();
-      change(next);
-      // The version of the file as written, taken before the rename keeps its inode and time: a stat
-      // after it could see another process's newer file and take it for ours.
-      let version = 'missing';
-      await writeSmallFileAtomic(this.path, `${JSON.stringify(next, null, 2)}\n`, 0o600, async (temp) => {
-        version = await fileVersion(temp);
-      });
-      this.cache = { state: next, version };
-      return structuredClone(next);
-    });
+    const run = this.queue.then(() =>
+      withFileLock(this.path, () => this.applyLocked(change), {
+        ...(this.options.lockWaitMs !== undefined ? { waitMs: this.options.lockWaitMs } : {}),
+      }),
+    );
     this.queue = run.catch(() => {});
     return run;
+  }
+
+  /** The read-modify-write of an update, run holding the lock. */
+  private async applyLocked(change: (state: T) => void): Promise<T> {
+    const next = await this.get();
+    change(next);
+    // The version of the file as written, taken before the rename keeps its inode and time: a stat
+    // after it could see another process's newer file and take it for ours.
+    let version = 'missing';
+    await writeSmallFileAtomic(this.path, `${JSON.stringify(next, null, 2)}\n`, 0o600, async (temp) => {
+      version = await fileVersion(temp);
+    });
+    this.cache = { state: next, version };
+    return structuredClone(next);
   }
 }

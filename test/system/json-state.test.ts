@@ -1,12 +1,15 @@
 // A damaged state file is an error that names the file without quoting it, and an update leaves it as it was;
-// a file another process replaced is read again.
+// a file another process replaced is read again; processes updating one file at once all keep their
+// changes (a lock file beside it), and a lock a dead process left is broken.
+import { type ChildProcess, spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { mkdir, mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, readFile, rm, stat, unlink, utimes, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, onTestFinished } from 'vitest';
 import { createLogger } from '../../agent/log';
 import { JsonStateFile } from '../../agent/system/json-state';
+import { tempDirForTest } from '../services/temp-dir';
 
 let dir: string;
 beforeAll(async () => {
@@ -124,5 +127,147 @@ describe('a state file two processes write (the service and a CLI command)', () 
     // Removed by hand: both read the initial state again.
     await rm(path);
     expect(await service.get()).toEqual({});
+  });
+});
+
+/** A child that prints `word` on a line of its stdout, or fails if it exits (or `ms` pass) first. */
+function nextLine(child: ChildProcess, word: string, ms: number): Promise<void> {
+  return new Promise((done, fail) => {
+    let seen = '';
+    const timer = setTimeout(
+      () => finish(new Error(`no '${word}' from process ${child.pid} in ${ms} ms`)),
+      ms,
+    );
+    const onData = (chunk: Buffer) => {
+      seen += chunk;
+      if (seen.split('\n').includes(word)) finish();
+    };
+    const onExit = (code: number | null) =>
+      finish(new Error(`process ${child.pid} exited (${code}) before '${word}'`));
+    function finish(error?: Error) {
+      clearTimeout(timer);
+      child.stdout?.off('data', onData);
+      child.off('exit', onExit);
+      if (error) fail(error);
+      else done();
+    }
+    child.stdout?.on('data', onData);
+    child.on('exit', onExit);
+  });
+}
+
+/** Runs `count` increments of `n` in `path` from each of `processes` Node processes, all started together. */
+async function incrementFromProcesses(path: string, processes: number, count: number): Promise<void> {
+  const children = Array.from({ length: processes }, () =>
+    spawn(
+      process.execPath,
+      ['--import', 'tsx', join(import.meta.dirname, 'json-state-child.ts'), path, `${count}`],
+      {
+        stdio: ['pipe', 'pipe', 'inherit'],
+      },
+    ),
+  );
+  try {
+    await Promise.all(children.map((child) => nextLine(child, 'ready', 30_000)));
+    const finished = children.map((child) => nextLine(child, 'done', 60_000));
+    for (const child of children) child.stdin.write('go\n');
+    await Promise.all(finished);
+  } finally {
+    for (const child of children) if (child.exitCode === null) child.kill('SIGKILL');
+  }
+}
+
+/** A pid that certainly belongs to no process: one that ran and exited. */
+async function deadPid(): Promise<number> {
+  const child = spawn(process.execPath, ['-e', '0']);
+  const pid = child.pid!;
+  await new Promise((resolve) => child.on('exit', resolve));
+  return pid;
+}
+
+/** A live process other than this one, stopped when the test ends. */
+async function liveProcess(): Promise<number> {
+  const child = spawn(process.execPath, ['-e', 'setInterval(() => {}, 1000)'], { stdio: 'ignore' });
+  await new Promise((resolve) => child.on('spawn', resolve));
+  onTestFinished(() => {
+    child.kill('SIGKILL');
+  });
+  return child.pid!;
+}
+
+const addOne = (s: { n: number }) => {
+  s.n += 1;
+};
+
+const counter = (path: string, lockWaitMs?: number) =>
+  new JsonStateFile<{ n: number }>(path, () => ({ n: 0 }), lockWaitMs !== undefined ? { lockWaitMs } : {});
+
+describe('a state file several processes update at once', () => {
+  it('keeps every change of each (a lock across processes)', async () => {
+    const path = join(await tempDirForTest('gem-json-state-'), 'state.json');
+    // A lock a killed process left, which all of them find at once: one breaks it, none takes another's.
+    await writeFile(`${path}.lock`, `${await deadPid()}\n`, { mode: 0o600 });
+    await incrementFromProcesses(path, 3, 200);
+    expect(JSON.parse(await readFile(path, 'utf8'))).toEqual({ n: 600 });
+    // Nothing is left beside it: no lock, no claim, no temp file.
+    expect(await readdir(join(path, '..'))).toEqual(['state.json']);
+  }, 120_000);
+});
+
+describe('the lock of a state file', () => {
+  it.each([
+    ['a process that has exited', async () => `${await deadPid()}\n`],
+    ['a pid another process now has (it started at another time)', async () => `${await liveProcess()}\n1\n`],
+    [
+      'this process, left by an earlier one with the same pid (a restarted container)',
+      async () => `${process.pid}\n`,
+    ],
+  ])('left by %s is broken, and the update is done', async (_case, holder) => {
+    const path = join(await tempDirForTest('gem-json-state-'), 'state.json');
+    await writeFile(`${path}.lock`, await holder(), { mode: 0o600 });
+    const started = Date.now();
+    expect(await counter(path).update(addOne)).toEqual({ n: 1 });
+    expect(Date.now() - started).toBeLessThan(2_000);
+    expect(await readdir(join(path, '..'))).toEqual(['state.json']);
+  });
+
+  it('held by a live process is waited for, and the update is done once it is released', async () => {
+    const path = join(await tempDirForTest('gem-json-state-'), 'state.json');
+    await writeFile(path, '{"n":5}\n');
+    await writeFile(`${path}.lock`, `${await liveProcess()}\n`, { mode: 0o600 });
+    let done = false;
+    const update = counter(path)
+      .update(addOne)
+      .finally(() => {
+        done = true;
+      });
+    await new Promise((resolve) => setTimeout(resolve, 500));
+    expect(done).toBe(false);
+    expect(JSON.parse(await readFile(path, 'utf8'))).toEqual({ n: 5 });
+    await unlink(`${path}.lock`);
+    expect(await update).toEqual({ n: 6 });
+  });
+
+  it('held by a live process for longer than the wait fails, naming the file and the pid', async () => {
+    const path = join(await tempDirForTest('gem-json-state-'), 'state.json');
+    const pid = await liveProcess();
+    await writeFile(`${path}.lock`, `${pid}\n`, { mode: 0o600 });
+    await expect(counter(path, 300).update(addOne)).rejects.toThrow(
+      `${path} is being updated by process ${pid} (lock ${path}.lock) for more than 0.3 s: try again; if that process hangs, stop it`,
+    );
+    expect(existsSync(path)).toBe(false);
+    expect(await readFile(`${path}.lock`, 'utf8')).toBe(`${pid}\n`);
+  });
+
+  it('with no pid in it (its maker killed before writing one) is waited for a moment, then broken', async () => {
+    const path = join(await tempDirForTest('gem-json-state-'), 'state.json');
+    await writeFile(`${path}.lock`, '', { mode: 0o600 });
+    await expect(counter(path, 200).update(addOne)).rejects.toThrow(
+      'is being updated by a process that has not written its pid',
+    );
+    const aMinuteAgo = new Date(Date.now() - 60_000);
+    await utimes(`${path}.lock`, aMinuteAgo, aMinuteAgo);
+    expect(await counter(path, 200).update(addOne)).toEqual({ n: 1 });
+    expect(await readdir(join(path, '..'))).toEqual(['state.json']);
   });
 });
