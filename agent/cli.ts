@@ -37,6 +37,8 @@ const USAGES: Record<string, string[]> = {
   keys: [
     'keys export [-o FILE] [--force]             export the encryption keys (--force replaces FILE)',
     'keys import FILE                            import keys from another installation',
+    'keys check FILE                             try a keys file on the newest backup (here, else offsite);',
+    '                                            nothing imported; exit 0 only if it opens it',
   ],
   dr: [
     'dr status                                   show the disaster-recovery state (JSON)',
@@ -47,7 +49,7 @@ const USAGES: Record<string, string[]> = {
   ],
 };
 
-const PASSPHRASE_NOTE = `A keys passphrase (keys export/import, decrypt) comes from --passphrase-file PATH, GEM_KEYS_PASSPHRASE,
+const PASSPHRASE_NOTE = `A keys passphrase (keys export/import/check, decrypt) comes from --passphrase-file PATH, GEM_KEYS_PASSPHRASE,
 or a prompt on a terminal; never from the command line itself.`;
 
 const USAGE = `usage: gem-backup <command>

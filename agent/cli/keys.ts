@@ -17,7 +17,7 @@ import {
 } from './passphrase';
 
 const USAGE =
-  'usage: gem-backup keys export [-o FILE] [--passphrase-file PATH] | keys import FILE [--passphrase-file PATH]';
+  'usage: gem-backup keys export [-o FILE] [--passphrase-file PATH] | keys import FILE [--passphrase-file PATH] | keys check FILE [--passphrase-file PATH]';
 
 export async function keysCommand(cli: CliContext): Promise<void> {
   const [sub, ...rest] = cli.args;
@@ -74,6 +74,20 @@ export async function keysCommand(cli: CliContext): Promise<void> {
       return importKeysFile(agent, text, passphrase);
     });
     cli.out(`keys imported: installation ${result.installationId}, active key ${result.activeKeyId}`);
+    return;
+  }
+  if (sub === 'check') {
+    const file = positionals[0];
+    if (!file) throw new AppError('bad_request', USAGE);
+    const text = await readKeysFile(file);
+    const passphrase = await passphraseToOpen(text, values['passphrase-file']);
+    // Nothing is imported: the file is tried on the newest backup (here, else on an offsite destination).
+    const result = await cli.withAgent(async (agent) => {
+      const { checkKeysFile } = await import('../verification/key-check');
+      return checkKeysFile(agent, text, passphrase);
+    });
+    if (!result.canOpen) throw new AppError(result.backup === null ? 'not_found' : 'no_key', result.reason);
+    cli.out(result.reason);
     return;
   }
   throw new AppError('bad_request', USAGE);

@@ -13,6 +13,7 @@ import {
 import { tmpdir, userInfo } from 'node:os';
 import { dirname, join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { Keyring } from '../../agent/keys/keyring';
 import { userNamed } from '../../agent/system/passwd';
 import { runProcess } from '../../agent/system/spawn';
 import { seededEnvironment, startTestAgent } from '../services/agent';
@@ -186,6 +187,36 @@ describe('the gem-backup CLI (the package bin)', () => {
       expect.stringContaining('is the backup itself: give another -o (nothing was written)'),
     ]);
     expect((await readFile(copy)).equals(sealed)).toBe(true);
+  });
+
+  it("keys check tries a keys file on the newest backup and imports nothing; another installation's keys exit 1 with the reason", async () => {
+    const away = await tempDirForTest('gem-keys-check-');
+    const created = await cli('create');
+    expect(created.code, created.stderr).toBe(0);
+    const newest = /created (gem-backup-\S+\.tar\.gz)/.exec(created.stdout)?.[1];
+    const exported = join(away, 'exported.json');
+    expect((await cli('keys', 'export', '-o', exported)).code).toBe(0);
+    const keyring = await readFile(join(dataDir, 'keyring.json'));
+
+    const fits = await cli('keys', 'check', exported);
+    expect(fits.stderr).toBe('');
+    expect(fits.code).toBe(0);
+    expect(fits.stdout).toBe(`These keys open ${newest}: every chunk and checksum verified`);
+
+    // Another installation's keyring.json (taken as a keys file): one line naming the key it lacks.
+    const otherKeys = join(away, 'keyring.json');
+    await Keyring.loadOrCreate(otherKeys);
+    const foreign = await cli('keys', 'check', otherKeys);
+    expect(foreign.code).toBe(1);
+    const lines = foreign.stderr.trim().split('\n');
+    expect(lines, foreign.stderr).toHaveLength(1);
+    expect(lines[0]).toMatch(
+      new RegExp(
+        `^gem-backup: These keys cannot open ${newest!.replaceAll('.', '\\.')}: it was made with key \\S+, which the file does not hold \\(the keys file is from installation `,
+      ),
+    );
+    // Nothing was imported either time.
+    expect((await readFile(join(dataDir, 'keyring.json'))).equals(keyring)).toBe(true);
   });
 
   it("decrypts offline with the data dir's own keyring.json copied off the box, as with an export; a damaged one is named", async () => {
