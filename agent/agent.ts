@@ -130,6 +130,8 @@ export async function openAgent(
   await catalog.init();
   const workRoot = paths.work;
   await removeAbandoned(workRoot, { all: true });
+  // A state file's (or the keyring's) temp copy a process killed before its rename left.
+  await removeAbandoned(config.dataDir);
   paths.work = join(workRoot, `p${process.pid}`);
   // An SMB password file (or spooled backup) a killed process left in the temp dir.
   const smbLeftovers = await removeAbandonedSmbTemp();

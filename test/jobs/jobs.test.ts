@@ -143,7 +143,7 @@ describe('jobs', () => {
 });
 
 describe('after a crash', () => {
-  it('removes what a dead process left (temp files, its work folder, SMB temp folders) at the next start, keeps what a live one writes, and lists only complete backups', async () => {
+  it('removes what a dead process left (temp files of backups and state files, its work folder, SMB temp folders) at the next start, keeps what a live one writes, and lists only complete backups', async () => {
     const dir = t.agent.paths.backups;
     const listed = (await t.agent.catalog.list()).map((b) => b.filename);
     // What a process killed mid-job leaves: temp files and a work folder named after its pid (one
@@ -154,6 +154,11 @@ describe('after a crash', () => {
     await writeFile(join(dir, '.tmp-gem-backup-2026-01-01-000001.tar.gz.abc123'), 'an old one, no owner');
     const live = `.tmp-gem-backup-2026-01-01-000002.tar.gz.p${process.pid}.abc123`;
     await writeFile(join(dir, live), 'an upload still arriving');
+    // Beside the state files: a temp copy of one a dead process did not rename, and one this process writes.
+    const dataDir = t.agent.config.dataDir;
+    await writeFile(join(dataDir, `.tmp-dr-state.json.p${dead}.abc123`), '{"half":');
+    const liveState = `.tmp-offsite.json.p${process.pid}.abc123`;
+    await writeFile(join(dataDir, liveState), '{}');
     await mkdir(join(workRoot, `p${dead}`, '.tmp-backup-xyz'), { recursive: true });
     await writeFile(join(workRoot, `p${dead}`, '.tmp-backup-xyz', 'database.dump'), 'partial dump');
     // In the temp dir (a private one: TMPDIR, which os.tmpdir() reads): an SMB password file and a
@@ -181,11 +186,13 @@ describe('after a crash', () => {
     try {
       expect((await readdir(dir)).filter((f) => f.startsWith('.tmp-'))).toEqual([live]);
       expect(await readdir(workRoot)).not.toContain(`p${dead}`);
+      expect((await readdir(dataDir)).filter((f) => f.startsWith('.tmp-'))).toEqual([liveState]);
       expect((await reopened.catalog.list()).map((b) => b.filename)).toEqual(listed);
       expect(await readdir(temp)).toEqual([smb.liveAuth]);
     } finally {
       await reopened.close();
       await rm(join(dir, live), { force: true });
+      await rm(join(dataDir, liveState), { force: true });
     }
   });
 });
