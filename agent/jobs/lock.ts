@@ -1,4 +1,7 @@
-/** A lock file so that the agent and the CLI never run two mutating jobs at once on the same data dir. */
+/**
+ * A lock file so that the agent and the CLI never run two mutating jobs at once on the same data dir;
+ * the same lock files guard the service, the cluster's start and each state file's update.
+ */
 import { createHash, randomUUID } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { link, readdir, readFile, stat, unlink, writeFile } from 'node:fs/promises';
@@ -274,6 +277,12 @@ export async function heldByOtherProcess(path: string): Promise<boolean> {
   const seen = await look(path).catch(() => undefined);
   if (!seen?.holder || seen.holder.pid === process.pid) return false;
   return alive(seen.holder);
+}
+
+/** The pid the lock at `path` names as its holder; undefined when there is no lock or its content is unreadable. */
+export async function lockHolderPid(path: string): Promise<number | undefined> {
+  const seen = await look(path).catch(() => undefined);
+  return typeof seen?.holder?.pid === 'number' ? seen.holder.pid : undefined;
 }
 
 /**

@@ -3,10 +3,12 @@
  * service) has replaced it, updates serialized across processes by a lock file beside it
  * (`<file>.lock`) and written temp-then-rename (0600).
  */
-import { readFile, rename, stat } from 'node:fs/promises';
+import { mkdir, readFile, rename, stat } from 'node:fs/promises';
+import { basename, dirname } from 'node:path';
+import { AppError } from '../errors';
+import { lockHolderPid, removeAbandonedLockTemps, withJobLock } from '../jobs/lock';
 import type { Logger } from '../log';
 import { writeSmallFileAtomic } from './atomic-file';
-import { withFileLock } from './file-lock';
 
 export interface JsonStateOptions {
   /**
@@ -26,6 +28,11 @@ export interface JsonStateOptions {
  * Which version of the file is on disk: every write is a rename of a new file, so another process's
  * write changes the inode (and the time); 'missing' when there is none.
  */
+/** How long an update waits for a live holder of the lock by default: an update holds it a few milliseconds. */
+const LOCK_WAIT_MS = 10_000;
+/** How often a waiting update tries the lock again. */
+const LOCK_POLL_MS = 5;
+
 async function fileVersion(path: string): Promise<string> {
   const info = await stat(path, { bigint: true }).catch(() => undefined);
   return info ? `${info.ino}:${info.mtimeNs}:${info.size}` : 'missing';
@@ -35,6 +42,8 @@ export class JsonStateFile<T extends object> {
   /** The state as last read or written, and the version of the file it came from. */
   private cache: { state: T; version: string } | undefined;
   private queue: Promise<unknown> = Promise.resolve();
+  /** Whether this object's first update has removed the lock's temp files that killed processes left. */
+  private lockTempsSwept = false;
 
   constructor(
     readonly path: string,
@@ -103,20 +112,42 @@ export class JsonStateFile<T extends object> {
 
   /**
    * Applies `change` to a copy of what is on disk now and saves it; memory follows disk. This
-   * process's updates queue, and across processes the read-modify-write holds `<file>.lock`
-   * (agent/system/file-lock.ts), so the service and a CLI command updating one file at the same
-   * moment both keep their change. A lock a killed process left is broken by the next update; a
-   * live holder is waited for up to `lockWaitMs`, then the update fails naming its pid. Reads take
-   * no lock: every write is a rename, so a read always sees a whole file.
+   * process's updates queue, and across processes the read-modify-write holds `<file>.lock` (the
+   * lock files of agent/jobs/lock.ts), so the service and a CLI command updating one file at the
+   * same moment both keep their change. A lock a killed process left is taken over by the next
+   * update; a live holder is waited for up to `lockWaitMs`, then the update fails naming its pid.
+   * Reads take no lock: every write is a rename, so a read always sees a whole file.
    */
   update(change: (state: T) => void): Promise<T> {
-    const run = this.queue.then(() =>
-      withFileLock(this.path, () => this.applyLocked(change), {
-        ...(this.options.lockWaitMs !== undefined ? { waitMs: this.options.lockWaitMs } : {}),
-      }),
-    );
+    const run = this.queue.then(() => this.locked(() => this.applyLocked(change)));
     this.queue = run.catch(() => {});
     return run;
+  }
+
+  /** Runs `work` holding `<file>.lock`; past the wait, one line naming the file and the holder. */
+  private async locked<R>(work: () => Promise<R>): Promise<R> {
+    const lockPath = `${this.path}.lock`;
+    const waitMs = this.options.lockWaitMs ?? LOCK_WAIT_MS;
+    await mkdir(dirname(this.path), { recursive: true });
+    if (!this.lockTempsSwept) {
+      // A process killed while creating the lock leaves its temp (`<file>.lock.<nonce>.tmp`) beside it.
+      this.lockTempsSwept = true;
+      await removeAbandonedLockTemps(lockPath);
+    }
+    try {
+      return await withJobLock(lockPath, `update of ${basename(this.path)}`, work, {
+        waitMs,
+        pollMs: LOCK_POLL_MS,
+      });
+    } catch (error) {
+      // The lock's refusal speaks of jobs; for a state file the person needs the file and the pid.
+      if (!(error instanceof AppError && error.code === 'job_running')) throw error;
+      const pid = await lockHolderPid(lockPath);
+      const who = pid !== undefined ? `process ${pid}` : 'a process that has not written its pid';
+      throw new Error(
+        `${this.path} is being updated by ${who} (lock ${lockPath}) for more than ${waitMs / 1000} s: try again; if that process hangs, stop it`,
+      );
+    }
   }
 
   /** The read-modify-write of an update, run holding the lock. */

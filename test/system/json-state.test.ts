@@ -1,11 +1,12 @@
 // A damaged state file is an error that names the file without quoting it, and an update leaves it as it was;
 // a file another process replaced is read again; processes updating one file at once all keep their
-// changes (a lock file beside it), and a lock a dead process left is broken.
+// changes (a lock file beside it, agent/jobs/lock.ts), and a lock a dead process left is taken over.
 import { type ChildProcess, spawn } from 'node:child_process';
+import { randomUUID } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { mkdir, mkdtemp, readdir, readFile, rm, stat, unlink, utimes, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { basename, join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it, onTestFinished } from 'vitest';
 import { createLogger } from '../../agent/log';
 import { JsonStateFile } from '../../agent/system/json-state';
@@ -177,12 +178,21 @@ async function incrementFromProcesses(path: string, processes: number, count: nu
   }
 }
 
-/** A pid that certainly belongs to no process: one that ran and exited. */
-async function deadPid(): Promise<number> {
-  const child = spawn(process.execPath, ['-e', '0']);
-  const pid = child.pid!;
-  await new Promise((resolve) => child.on('exit', resolve));
-  return pid;
+/** A pid no process can have: above the kernel's largest (4194304). */
+const DEAD_PID = 4_194_305;
+
+/**
+ * A lock file's content as agent/jobs/lock.ts writes it: the holder's pid (with, where given, its
+ * start and boot) and a nonce naming this taking.
+ */
+function lockOf(pid: number, more: { started?: string; boot?: string } = {}): string {
+  return JSON.stringify({
+    pid,
+    ...more,
+    nonce: randomUUID(),
+    what: 'update of state.json',
+    since: new Date().toISOString(),
+  });
 }
 
 /** A live process other than this one, stopped when the test ends. */
@@ -205,8 +215,8 @@ const counter = (path: string, lockWaitMs?: number) =>
 describe('a state file several processes update at once', () => {
   it('keeps every change of each (a lock across processes)', async () => {
     const path = join(await tempDirForTest('gem-json-state-'), 'state.json');
-    // A lock a killed process left, which all of them find at once: one breaks it, none takes another's.
-    await writeFile(`${path}.lock`, `${await deadPid()}\n`, { mode: 0o600 });
+    // A lock a killed process left, which all of them find at once: one takes it over, none takes another's.
+    await writeFile(`${path}.lock`, lockOf(DEAD_PID), { mode: 0o600 });
     await incrementFromProcesses(path, 3, 200);
     expect(JSON.parse(await readFile(path, 'utf8'))).toEqual({ n: 600 });
     // Nothing is left beside it: no lock, no claim, no temp file.
@@ -216,13 +226,17 @@ describe('a state file several processes update at once', () => {
 
 describe('the lock of a state file', () => {
   it.each([
-    ['a process that has exited', async () => `${await deadPid()}\n`],
-    ['a pid another process now has (it started at another time)', async () => `${await liveProcess()}\n1\n`],
+    ['a process that has exited', async () => lockOf(DEAD_PID)],
+    [
+      'a pid another process now has (it started at another time)',
+      async () => lockOf(await liveProcess(), { started: '1' }),
+    ],
+    ['a process of an earlier boot', async () => lockOf(await liveProcess(), { boot: 'an-earlier-boot' })],
     [
       'this process, left by an earlier one with the same pid (a restarted container)',
-      async () => `${process.pid}\n`,
+      async () => lockOf(process.pid),
     ],
-  ])('left by %s is broken, and the update is done', async (_case, holder) => {
+  ])('left by %s is taken over, and the update is done', async (_case, holder) => {
     const path = join(await tempDirForTest('gem-json-state-'), 'state.json');
     await writeFile(`${path}.lock`, await holder(), { mode: 0o600 });
     const started = Date.now();
@@ -231,10 +245,21 @@ describe('the lock of a state file', () => {
     expect(await readdir(join(path, '..'))).toEqual(['state.json']);
   });
 
+  it("leaves no temp file a killed process left while taking it (the lock's own temps)", async () => {
+    const path = join(await tempDirForTest('gem-json-state-'), 'state.json');
+    const live = lockOf(await liveProcess());
+    await writeFile(`${path}.lock.${randomUUID()}.tmp`, lockOf(DEAD_PID), { mode: 0o600 });
+    const writing = `${path}.lock.${randomUUID()}.tmp`;
+    await writeFile(writing, live, { mode: 0o600 });
+    expect(await counter(path).update(addOne)).toEqual({ n: 1 });
+    // A live process's temp stays: it is about to link it.
+    expect((await readdir(join(path, '..'))).sort()).toEqual(['state.json', basename(writing)]);
+  });
+
   it('held by a live process is waited for, and the update is done once it is released', async () => {
     const path = join(await tempDirForTest('gem-json-state-'), 'state.json');
     await writeFile(path, '{"n":5}\n');
-    await writeFile(`${path}.lock`, `${await liveProcess()}\n`, { mode: 0o600 });
+    await writeFile(`${path}.lock`, lockOf(await liveProcess()), { mode: 0o600 });
     let done = false;
     const update = counter(path)
       .update(addOne)
@@ -251,15 +276,16 @@ describe('the lock of a state file', () => {
   it('held by a live process for longer than the wait fails, naming the file and the pid', async () => {
     const path = join(await tempDirForTest('gem-json-state-'), 'state.json');
     const pid = await liveProcess();
-    await writeFile(`${path}.lock`, `${pid}\n`, { mode: 0o600 });
+    const lock = lockOf(pid);
+    await writeFile(`${path}.lock`, lock, { mode: 0o600 });
     await expect(counter(path, 300).update(addOne)).rejects.toThrow(
       `${path} is being updated by process ${pid} (lock ${path}.lock) for more than 0.3 s: try again; if that process hangs, stop it`,
     );
     expect(existsSync(path)).toBe(false);
-    expect(await readFile(`${path}.lock`, 'utf8')).toBe(`${pid}\n`);
+    expect(await readFile(`${path}.lock`, 'utf8')).toBe(lock);
   });
 
-  it('with no pid in it (its maker killed before writing one) is waited for a moment, then broken', async () => {
+  it('with unreadable content (a maker mid-write, or killed) is waited for while young, then taken over', async () => {
     const path = join(await tempDirForTest('gem-json-state-'), 'state.json');
     await writeFile(`${path}.lock`, '', { mode: 0o600 });
     await expect(counter(path, 200).update(addOne)).rejects.toThrow(
