@@ -24,15 +24,15 @@ export interface JsonStateOptions {
   lockWaitMs?: number;
 }
 
-/**
- * Which version of the file is on disk: every write is a rename of a new file, so another process's
- * write changes the inode (and the time); 'missing' when there is none.
- */
 /** How long an update waits for a live holder of the lock by default: an update holds it a few milliseconds. */
 const LOCK_WAIT_MS = 10_000;
 /** How often a waiting update tries the lock again. */
 const LOCK_POLL_MS = 5;
 
+/**
+ * Which version of the file is on disk: every write is a rename of a new file, so another process's
+ * write changes the inode (and the time); 'missing' when there is none.
+ */
 async function fileVersion(path: string): Promise<string> {
   const info = await stat(path, { bigint: true }).catch(() => undefined);
   return info ? `${info.ino}:${info.mtimeNs}:${info.size}` : 'missing';
