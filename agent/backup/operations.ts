@@ -8,6 +8,8 @@ import { backupDeps, type CreateBackupOptions, createBackup, verifyBackup } from
 /** How a step after the backup went, in the job's result: its error, and what it reported (the auto-upload's outcomes). */
 export interface FollowUp {
   ok: boolean;
+  /** Stopped by the job's cancellation (a person's Cancel), not failed. */
+  cancelled?: true;
   error?: string;
   details?: unknown;
 }
@@ -26,12 +28,17 @@ export function startBackup(agent: Agent, options: CreateBackupOptions = {}): Pr
           followUps[name] = details === undefined ? { ok: true } : { ok: true, details };
         } catch (error) {
           const details = (error as { details?: unknown }).details;
+          const cancelled = ctx.signal.aborted;
           followUps[name] = {
             ok: false,
+            ...(cancelled ? { cancelled: true as const } : {}),
             error: describeError(error).message,
             ...(details === undefined ? {} : { details }),
           };
-          ctx.log.warn('a step after the backup failed; the backup itself is good', { step: name, error });
+          if (cancelled)
+            ctx.log.info('a step after the backup was cancelled; the backup itself is good', { step: name });
+          else
+            ctx.log.warn('a step after the backup failed; the backup itself is good', { step: name, error });
         }
       }
       return { backup, followUps };

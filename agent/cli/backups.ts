@@ -70,7 +70,9 @@ function followUpWarnings(followUps: Record<string, FollowUp>): string[] {
       lines.push(...uploads);
       continue;
     }
-    lines.push(`${FOLLOW_UP_NAMES[name] ?? name} failed: ${outcome.error ?? 'unknown error'}`);
+    lines.push(
+      `${FOLLOW_UP_NAMES[name] ?? name} ${outcome.cancelled ? 'was cancelled' : 'failed'}: ${outcome.error ?? 'unknown error'}`,
+    );
   }
   return lines;
 }
@@ -78,11 +80,13 @@ function followUpWarnings(followUps: Record<string, FollowUp>): string[] {
 /** "the upload to SFTP failed: <reason>" for each destination whose auto-upload failed. */
 function uploadFailures(details: unknown): string[] {
   if (!details || typeof details !== 'object') return [];
-  return Object.entries(details as Record<string, { ok?: boolean; error?: { message?: string } }>)
+  return Object.entries(
+    details as Record<string, { ok?: boolean; error?: { code?: string; message?: string } }>,
+  )
     .filter(([, r]) => r && r.ok === false)
     .map(
       ([kind, r]) =>
-        `the upload to ${DESTINATION_TITLES[kind as OffsiteKind] ?? kind} failed: ${r.error?.message ?? 'unknown error'}`,
+        `the upload to ${DESTINATION_TITLES[kind as OffsiteKind] ?? kind} ${r.error?.code === 'cancelled' ? 'was cancelled' : 'failed'}: ${r.error?.message ?? 'unknown error'}`,
     );
 }
 

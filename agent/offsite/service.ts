@@ -70,6 +70,9 @@ export interface RemoteBackup {
 }
 
 /** One destination's outcome after a new backup. */
+/** An auto-upload the job's cancellation stopped: what its outcome says. */
+export const UPLOAD_CANCELLED = 'the next backup or Sync Now sends this backup';
+
 export interface AutoUploadResult {
   ok: boolean;
   size?: number;
@@ -602,6 +605,15 @@ export class OffsiteService {
     const results: Partial<Record<OffsiteKind, AutoUploadResult>> = {};
     for (const [i, outcome] of settled.entries()) {
       const kind = kinds[i]!;
+      if (outcome.status === 'rejected' && ctx.signal.aborted) {
+        // Stopped by the person's Cancel, not by the destination: nothing is recorded against it (its
+        // health then says the newest backup is not there yet, and Sync Now sends it).
+        results[kind] = { ok: false, error: { code: 'cancelled', message: UPLOAD_CANCELLED } };
+        ctx.log.info('an offsite upload was cancelled with its job; the backup itself is good', {
+          destination: kind,
+        });
+        continue;
+      }
       const result: AutoUploadResult =
         outcome.status === 'fulfilled' ? outcome.value : { ok: false, error: describeError(outcome.reason) };
       results[kind] = result;

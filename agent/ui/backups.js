@@ -177,7 +177,10 @@ const FOLLOW_UP_NAMES = {
 export function failedFollowUps(job) {
   return Object.entries(job.result?.followUps ?? {})
     .filter(([, outcome]) => outcome?.ok === false)
-    .map(([name, outcome]) => `${FOLLOW_UP_NAMES[name] ?? name} failed: ${outcome.error ?? 'unknown error'}`);
+    .map(
+      ([name, outcome]) =>
+        `${FOLLOW_UP_NAMES[name] ?? name} ${outcome.cancelled ? 'was cancelled' : 'failed'}: ${outcome.error ?? 'unknown error'}`,
+    );
 }
 
 /**
@@ -236,8 +239,11 @@ export function backupProgress() {
         ...(pruned ? [pruned] : []),
         ...autoUploadNotes(job.result?.followUps?.offsiteUpload?.details ?? uploads),
       ];
-      if (failedFollowUps(job).length)
-        return [`${name}.`, ...notes, 'The backup is good, but a step after it failed:'].join(' ');
+      const problems = Object.values(job.result?.followUps ?? {}).filter((outcome) => outcome?.ok === false);
+      if (problems.length) {
+        const what = problems.every((outcome) => outcome.cancelled) ? 'was cancelled' : 'failed';
+        return [`${name}.`, ...notes, `The backup is good, but a step after it ${what}:`].join(' ');
+      }
       return notes.length ? [`${name}.`, ...notes].join(' ') : name;
     },
     problems: failedFollowUps,
