@@ -1,4 +1,4 @@
-/** Restore as a job: check, safety backup, stage, swap, restart, cleanup; any failure leaves the live system as it was. */
+/** Restore as a job: check, safety backup, stage, swap, restart, cleanup; any failure leaves the live system as it was (and no safety backup). */
 import { randomBytes } from 'node:crypto';
 import { mkdir, mkdtemp, rm, stat, statfs } from 'node:fs/promises';
 import { basename, join } from 'node:path';
@@ -8,6 +8,7 @@ import { backupDeps, createBackup } from '../backup/create';
 import { DUMP_NAME } from '../backup/manifest';
 import { prepareArchiveHasher } from '../backup/member-hasher';
 import { type ReadOptions, readBackup } from '../backup/reader';
+import { busyBackupNames } from '../backup/retention';
 import { AppError, describeError } from '../errors';
 import type { Job, JobContext } from '../jobs/runner';
 import { TEMP_PREFIX } from '../system/atomic-file';
@@ -67,7 +68,7 @@ async function freeBytes(dir: string): Promise<number> {
 /**
  * Restores the backup at `path` (in the catalog or not: DR and offsite restores pass their own).
  * Every check runs before anything is touched; the live database and folders change only in the
- * swap, which undoes itself on failure.
+ * swap, which undoes itself on failure. A restore that ends with nothing changed removes its safety backup.
  */
 export async function restoreFromFile(
   agent: Agent,
@@ -126,6 +127,8 @@ export async function restoreFromFile(
   let keepStaging = false;
   // After the commit the staging names are the live ones: nothing of them is left to drop.
   let swapped = false;
+  // Set once the swap committed: from then on the live data is the restored one, and the safety backup stays.
+  let committed = false;
   let cleanupAfter: (() => void) | undefined;
   let counter: StagingRowCounter | undefined;
   try {
@@ -252,6 +255,7 @@ export async function restoreFromFile(
             ...(options.faults ? { faults: options.faults } : {}),
           }),
         );
+        committed = true;
       } catch (error) {
         // An undo that failed leaves the journal for the next start: leave its names alone too.
         if (!(error instanceof AppError && error.details?.undoFailed)) throw error;
@@ -281,14 +285,26 @@ export async function restoreFromFile(
       restart,
     };
   } catch (error) {
-    if (error instanceof AppError) throw error;
-    throw new AppError(
-      'restore_failed',
-      `the restore failed; the live system is unchanged: ${describeError(error).message}`,
-      {
-        cause: error,
-      },
-    );
+    const failure =
+      error instanceof AppError
+        ? error
+        : new AppError(
+            'restore_failed',
+            `the restore failed; the live system is unchanged: ${describeError(error).message}`,
+            { cause: error },
+          );
+    // Nothing live was changed (stopped before the swap, or the swap was undone): the safety backup
+    // would only push an earlier restore's out of the kept ones. An undo that failed keeps it.
+    if (safetyBackup && !committed && !keepStaging) {
+      const removed = await removeSafetyBackup(agent, ctx, safetyBackup);
+      if (removed) {
+        throw new AppError(failure.code, `${failure.message}; ${removed}`, {
+          ...(failure.cause === undefined ? {} : { cause: failure.cause }),
+          ...(failure.details ? { details: failure.details } : {}),
+        });
+      }
+    }
+    throw failure;
   } finally {
     await counter?.close().catch(() => {});
     await rm(work, { recursive: true, force: true });
@@ -301,6 +317,34 @@ export async function restoreFromFile(
     }
     cleanupAfter?.();
   }
+}
+
+/**
+ * Removes the safety backup of a restore that changed nothing, through the catalog (its record goes
+ * too). One pinned meanwhile, or in use by a running job, stays. Returns the line that says so, or
+ * undefined if it stayed.
+ */
+async function removeSafetyBackup(agent: Agent, ctx: JobContext, name: string): Promise<string | undefined> {
+  try {
+    const info = await agent.catalog.info(name);
+    if (info.pinned) {
+      ctx.log.info(`the safety backup ${name} was kept: it was pinned`);
+      return undefined;
+    }
+    if (busyBackupNames(agent).has(name)) {
+      ctx.log.info(`the safety backup ${name} was kept: a running job uses it`);
+      return undefined;
+    }
+    await agent.catalog.delete(name);
+  } catch (error) {
+    ctx.log.warn(`could not remove the safety backup ${name}; delete it by hand if it is not wanted`, {
+      error,
+    });
+    return undefined;
+  }
+  const line = `the safety backup ${name} was removed: nothing was changed`;
+  ctx.log.info(line);
+  return line;
 }
 
 /** Runs GEM_RESTART_COMMAND (argument array, no shell); a failure is reported, never thrown. */

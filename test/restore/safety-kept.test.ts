@@ -1,0 +1,208 @@
+// A restore that changed nothing (cancelled, or failed before its swap committed or with the swap undone)
+// removes its own safety backup: only SAFETY_BACKUPS_KEPT are kept, and one of a cancelled restore would
+// push out the safety backup of an earlier restore that did complete. A committed restore keeps its own.
+import { readFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { Agent } from '../../agent/agent';
+import { startBackup } from '../../agent/backup/operations';
+import type { Job } from '../../agent/jobs/runner';
+import { createLogger } from '../../agent/log';
+import { type RestoreOptions, recoverInterruptedRestore, startRestore } from '../../agent/restore/restore';
+import { SAFETY_BACKUPS_KEPT } from '../../shared/api/settings';
+import { startTestAgent, type TestAgent } from '../services/agent';
+import { startPostgres, type TestPostgres } from '../services/postgres';
+import {
+  backupNow,
+  leftovers,
+  liveState,
+  runRestore,
+  sealArchive,
+  unpackBackup,
+  withManifest,
+} from './helpers';
+
+let pg: TestPostgres;
+let t: TestAgent;
+let backupName: string;
+const lines: Record<string, unknown>[] = [];
+
+const safetyBackups = async (agent: Agent) =>
+  (await agent.catalog.list()).filter((b) => b.kind === 'safety').map((b) => b.filename);
+
+/** A catalog restore of `backupName` as the page starts it; `fault` may cancel it (it gets the job's id). */
+async function restore(
+  faults: (id: () => string) => RestoreOptions['faults'] = () => undefined,
+): Promise<Job> {
+  let id = '';
+  const options = faults(() => id);
+  const job = await startRestore(t.agent, backupName, options ? { faults: options } : {});
+  id = job.id;
+  return t.agent.jobs.waitFor(job.id);
+}
+
+beforeAll(async () => {
+  pg = await startPostgres({ fsync: false });
+  t = await startTestAgent(pg, {
+    log: createLogger({ write: (line) => lines.push(JSON.parse(line) as Record<string, unknown>) }),
+  });
+  backupName = await backupNow(t.agent, 'to restore');
+}, 120_000);
+
+afterAll(async () => {
+  await t?.close();
+  await pg?.stop();
+});
+
+describe('the safety backup of a restore', () => {
+  it("of a completed restore outlives restores cancelled while staging, and a backup's retention after them", async () => {
+    const completed = await restore();
+    expect(completed.state, completed.error?.message).toBe('succeeded');
+    const kept = (completed.result as { safetyBackup: string }).safetyBackup;
+    expect(await safetyBackups(t.agent)).toEqual([kept]);
+
+    const before = await liveState(t.agent);
+    const removed: string[] = [];
+    // More cancelled restores than safety backups are kept: each would have pushed one out.
+    for (let i = 0; i <= SAFETY_BACKUPS_KEPT; i++) {
+      lines.length = 0;
+      // Cancelled as pg_restore starts (once), or during the settings copy, both in phase `stage`.
+      const job = await restore((id) =>
+        i % 2 === 0
+          ? { onStagingRestore: () => t.agent.jobs.cancel(id()) }
+          : {
+              beforeSwapStep: (step) => {
+                if (step === 'copy-settings') t.agent.jobs.cancel(id());
+              },
+            },
+      );
+      expect(job.state).toBe('cancelled');
+      expect(await safetyBackups(t.agent)).toEqual([kept]);
+      const said = lines.map((l) => String(l.msg)).filter((m) => m.startsWith('the safety backup'));
+      expect(said).toHaveLength(1);
+      const name = /^the safety backup (gem-backup-\S+) was removed: nothing was changed$/.exec(
+        said[0]!,
+      )?.[1];
+      expect(name).toBeDefined();
+      expect(name).not.toBe(kept);
+      removed.push(name!);
+    }
+    expect(await liveState(t.agent)).toEqual(before);
+    expect(await leftovers(t.agent)).toEqual([]);
+
+    // The next backup's retention has nothing of the cancelled restores to keep: the completed one's stays.
+    const made = await t.agent.jobs.waitFor((await startBackup(t.agent)).id);
+    expect(made.state, made.error?.message).toBe('succeeded');
+    expect(await safetyBackups(t.agent)).toEqual([kept]);
+    // Their records went with them (each had its verification recorded).
+    const records = JSON.parse(await readFile(t.agent.paths.backupRecords, 'utf8')) as Record<
+      string,
+      unknown
+    >;
+    expect(Object.keys(records)).toContain(kept);
+    for (const name of removed) expect(Object.keys(records)).not.toContain(name);
+  });
+
+  it('of a restore that fails before its swap (row counts that do not match) is removed', async () => {
+    const before = await liveState(t.agent);
+    const safety = await safetyBackups(t.agent);
+    const { manifest, entries } = await unpackBackup(t.agent, t.agent.catalog.pathOf(backupName));
+    const rowCounts = { ...manifest.rowCounts, 'public.users': manifest.rowCounts['public.users']! + 1 };
+    const path = join(t.dataDir, 'counts.tar.gz');
+    await sealArchive(
+      t.agent.keyring.activeKey,
+      t.agent.keyring.installationId,
+      withManifest(manifest, entries, { rowCounts }),
+      path,
+    );
+    const job = await runRestore(t.agent, path);
+    expect(job.state).toBe('failed');
+    expect(job.error?.code).toBe('restore_failed');
+    expect(job.error?.message).toContain('public.users');
+    expect(job.error?.message).toMatch(
+      /; the safety backup gem-backup-\S+ was removed: nothing was changed$/,
+    );
+    expect(await safetyBackups(t.agent)).toEqual(safety);
+    expect(await liveState(t.agent)).toEqual(before);
+  });
+
+  it('of a restore whose swap failed and was undone is removed', async () => {
+    const before = await liveState(t.agent);
+    const safety = await safetyBackups(t.agent);
+    const job = await restore(() => ({
+      afterSwapStep: (step) => {
+        if (step === 'move-staging-folder:config') throw new Error('injected failure after the last move');
+      },
+    }));
+    expect(job.state).toBe('failed');
+    expect(job.error?.message).toContain('everything was put back and the live system is unchanged');
+    expect(job.error?.message).toMatch(/the safety backup gem-backup-\S+ was removed: nothing was changed$/);
+    expect(await safetyBackups(t.agent)).toEqual(safety);
+    expect(await liveState(t.agent)).toEqual(before);
+  });
+
+  it('stays when it was pinned meanwhile', async () => {
+    const safety = await safetyBackups(t.agent);
+    let pinned: string | undefined;
+    const job = await restore((id) => ({
+      beforeSwapStep: async (step) => {
+        if (step !== 'copy-settings') return;
+        pinned = (await safetyBackups(t.agent)).find((name) => !safety.includes(name));
+        await t.agent.catalog.updateRecord(pinned!, { pinned: true });
+        t.agent.jobs.cancel(id());
+      },
+    }));
+    expect(job.state).toBe('cancelled');
+    expect(pinned).toBeDefined();
+    expect((await t.agent.catalog.info(pinned!)).pinned).toBe(true);
+    await t.agent.catalog.delete(pinned!);
+  });
+
+  it('stays when the swap could not be undone (the undo is finished later)', async () => {
+    const before = await liveState(t.agent);
+    const safety = await safetyBackups(t.agent);
+    let made: string[];
+    try {
+      const job = await restore(() => ({
+        beforeSwapStep: async (step) => {
+          // The live database is renamed aside; with the server down the undo fails too.
+          if (step === 'rename-staging-database') await pg.cluster.stop();
+        },
+      }));
+      expect(job.error?.message).toMatch(/undoing it failed/);
+      made = (await safetyBackups(t.agent)).filter((name) => !safety.includes(name));
+    } finally {
+      await pg.cluster.restart();
+      await recoverInterruptedRestore(t.agent);
+    }
+    expect(await liveState(t.agent)).toEqual(before);
+    expect(made).toHaveLength(1);
+    await t.agent.catalog.delete(made[0]!);
+  });
+
+  it('of a committed restore stays although its restart command fails and a cancel comes meanwhile', async () => {
+    const safety = await safetyBackups(t.agent);
+    let jobId = '';
+    t.agent.config.restartCommand = [
+      process.execPath,
+      '-e',
+      'setTimeout(() => { process.stderr.write("no restart here"); process.exit(3); }, 300)',
+    ];
+    try {
+      const job = await restore((id) => ({
+        afterSwapStep: (step) => {
+          jobId = id();
+          // Too late: the swap commits, the restart command runs.
+          if (step === 'commit') t.agent.jobs.cancel(jobId);
+        },
+      }));
+      expect(job.state).toBe('succeeded');
+      const result = job.result as { safetyBackup: string; restart: { ran: boolean; ok: boolean } };
+      expect(result.restart).toMatchObject({ ran: true, ok: false });
+      expect(await safetyBackups(t.agent)).toEqual([result.safetyBackup, ...safety]);
+      expect((await t.agent.catalog.info(result.safetyBackup)).label).toBe(`before restore of ${backupName}`);
+    } finally {
+      t.agent.config.restartCommand = undefined;
+    }
+  });
+});
