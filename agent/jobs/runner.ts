@@ -1,6 +1,6 @@
 /** Jobs: long operations with phases, byte progress, events and cancel; one mutating job at a time. */
 import { randomUUID } from 'node:crypto';
-import { AppError, describeError } from '../errors';
+import { AppError, describeError, isAppError } from '../errors';
 import type { Logger } from '../log';
 import {
   type HistoryEntry,
@@ -251,8 +251,13 @@ export class JobRunner {
         log.info('job succeeded', took());
       } catch (error) {
         job.state = controller.signal.aborted ? 'cancelled' : 'failed';
+        // A cancelled job's own words are kept when it says what its cancellation did (a restore:
+        // "…; the safety backup … was removed: nothing was changed"), else the plain line.
         job.error = controller.signal.aborted
-          ? { code: 'cancelled', message: 'the job was cancelled' }
+          ? {
+              code: 'cancelled',
+              message: isAppError(error, 'cancelled') ? error.message : 'the job was cancelled',
+            }
           : describeError(error);
         log.warn(`job ${job.state}`, { error: job.error, ...took() });
       } finally {

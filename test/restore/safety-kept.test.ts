@@ -85,6 +85,10 @@ describe('the safety backup of a restore', () => {
       )?.[1];
       expect(name).toBeDefined();
       expect(name).not.toBe(kept);
+      // The job's own record says it too, as the page and the CLI show it.
+      expect(job.error?.message).toBe(
+        `the job was cancelled; the safety backup ${name} was removed: nothing was changed`,
+      );
       removed.push(name!);
     }
     expect(await liveState(t.agent)).toEqual(before);
