@@ -340,7 +340,16 @@ export class JobRunner {
       this.listeners.set(id, set);
     }
     set.add(listener);
-    return () => set.delete(listener);
+    return () => {
+      set.delete(listener);
+      // A stream opened on a job that had ended long ago: nothing else would remove its entry.
+      if (set.size === 0 && this.listeners.get(id) === set) this.listeners.delete(id);
+    };
+  }
+
+  /** How many jobs have listeners now (a long-running agent's streams must not leave entries behind). */
+  listenedJobs(): number {
+    return this.listeners.size;
   }
 
   /** Listens to every job's events (the page's notifications, the health watchdog). */

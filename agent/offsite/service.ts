@@ -713,9 +713,11 @@ export class OffsiteService {
   ): Promise<Set<string>> {
     const localNames = new Set(local.map((b) => b.filename));
     const foreign = new Set<string>();
+    const listed = new Set<string>();
     for (const object of remote) {
       if (localNames.has(object.name) || !isBackupName(object.name)) continue;
       const cacheKey = `${provider.id}\n${object.name}\n${object.size}\n${object.modifiedAt ?? ''}`;
+      listed.add(cacheKey);
       let ours = this.ownership.get(cacheKey);
       if (ours === undefined) {
         const header = await readRemoteHeader(provider, object.name, signal).catch((error: unknown) => {
@@ -734,6 +736,11 @@ export class OffsiteService {
         if (header !== undefined) this.ownership.set(cacheKey, ours);
       }
       if (!ours) foreign.add(object.name);
+    }
+    // Only what the destination still holds is remembered: in a folder shared with an installation
+    // whose backups rotate, every name it ever had would otherwise stay for the agent's lifetime.
+    for (const key of this.ownership.keys()) {
+      if (key.startsWith(`${provider.id}\n`) && !listed.has(key)) this.ownership.delete(key);
     }
     return foreign;
   }

@@ -112,3 +112,17 @@ describe('shutdown while a job is starting', () => {
     expect(existsSync(lockPath)).toBe(false);
   });
 });
+
+describe('listeners of a job', () => {
+  it('leave nothing behind once they stop listening, even to a job that ended long ago', async () => {
+    const runner = new JobRunner({ lockPath, log: silentLogger });
+    const job = await runner.start('verify', async () => 'done', { mutating: false });
+    await runner.waitFor(job.id);
+    // A page's event stream opened on the ended job (and on an id no job has), then closed.
+    const offs = [runner.subscribe(job.id, () => {}), runner.subscribe('no-such-job', () => {})];
+    expect(runner.listenedJobs()).toBeGreaterThanOrEqual(2);
+    for (const off of offs) off();
+    expect(runner.listenedJobs()).toBe(0);
+    await runner.shutdown();
+  });
+});

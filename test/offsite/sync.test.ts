@@ -1,6 +1,6 @@
 // Auto-upload, Sync Now with retention on both sides, remote list/download/delete and restore-from-remote, on real servers.
 import { randomBytes } from 'node:crypto';
-import { chmod, mkdir, readdir, readFile, stat, writeFile } from 'node:fs/promises';
+import { chmod, mkdir, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { backupNameFor } from '../../agent/backup/catalog';
@@ -220,6 +220,14 @@ describe('a destination folder shared with another installation', () => {
     const next = filenameOf(await backupNow(t));
     expect(await localNames()).toEqual([next]);
     expect(await remoteNames('shared')).toEqual([olderForeign, next, newerForeign].sort());
+
+    // The other installation's older backup rotates away: what the agent remembers of whose each remote
+    // backup is (read from headers) keeps only what the folder still holds.
+    await rm(join(sshd.root, 'shared', olderForeign));
+    expect((await runJob(t, 'POST', '/offsite/sftp/sync')).state).toBe('succeeded');
+    const remembered = (offsiteServiceFor(t.agent) as unknown as { ownership: Map<string, boolean> })
+      .ownership;
+    expect([...remembered.keys()].map((key) => key.split('\n')[1])).toEqual([newerForeign]);
     await t.agent.settings.update({
       autoBackup: { maxBackups: 10 },
       offsite: { sftp: sftp('shared', false) },
