@@ -63,20 +63,21 @@ export interface Agent {
 
 export const EMBEDDED_DATABASE = 'gem';
 
-async function loadOrCreateToken(path: string): Promise<string> {
-  try {
-    const text = (await readFile(path, 'utf8')).trim();
-    if (text.length >= 16) return text;
-  } catch {
-    // first start: generate below
-  }
+/** The admin token in `path`, made there (0600) on the first start; every process starting at once gets the same. */
+export async function loadOrCreateToken(path: string): Promise<string> {
+  const saved = async () => {
+    const text = (await readFile(path, 'utf8').catch(() => '')).trim();
+    return text.length >= 16 ? text : undefined;
+  };
+  const found = await saved();
+  if (found) return found;
   const token = randomBytes(32).toString('base64url');
-  if (!existsSync(path)) {
-    // Exclusive: a process starting beside this one may be creating it too; both then use one token.
-    if (await createSmallFileExclusive(path, `${token}\n`, 0o600)) return token;
-    const text = (await readFile(path, 'utf8')).trim();
-    if (text.length >= 16) return text;
-  }
+  // Exclusive, never "if it does not exist yet, write": a process starting beside this one may have
+  // created it since the read above, and both must then use its token.
+  if (await createSmallFileExclusive(path, `${token}\n`, 0o600)) return token;
+  const theirs = await saved();
+  if (theirs) return theirs;
+  // There, but holding no token (cut short by a crash of an older version, emptied by hand): replaced.
   await writeSmallFileAtomic(path, `${token}\n`, 0o600);
   return token;
 }
