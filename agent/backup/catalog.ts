@@ -6,6 +6,7 @@ import { isBackupName } from '../../shared/storage/names';
 import { AppError } from '../errors';
 import type { Logger } from '../log';
 import { removeAbandoned, writeSmallFileAtomic } from '../system/atomic-file';
+import { withFileUpdateLock } from '../system/json-state';
 import { readHeaderOfFile } from './reader';
 
 export interface BackupInfo {
@@ -93,7 +94,8 @@ export class BackupCatalog {
    * a live process is still writing (an upload in the agent while the CLI starts) stay.
    */
   async init(): Promise<void> {
-    await mkdir(this.dir, { recursive: true });
+    // Only the agent's user reads backups (encrypted, but their names, sizes and records are its own).
+    await mkdir(this.dir, { recursive: true, mode: 0o700 });
     for (const name of await removeAbandoned(this.dir)) {
       this.log?.warn('removed a temp file left by an interrupted job', { name });
     }
@@ -190,13 +192,16 @@ export class BackupCatalog {
    * nor one written by another process on the same data dir (the CLI) is lost.
    */
   updateRecord(name: string, patch: Partial<BackupRecord> | undefined): Promise<void> {
-    const run = this.queue.then(async () => {
-      const records = await this.readRecordsFile();
-      if (patch === undefined) delete records[name];
-      else records[name] = { ...records[name], ...patch };
-      await writeSmallFileAtomic(this.recordsPath, `${JSON.stringify(records, null, 2)}\n`);
-      this.records = undefined;
-    });
+    // Across processes too: the service pinning a backup while the CLI records a new one both stay.
+    const run = this.queue.then(() =>
+      withFileUpdateLock(this.recordsPath, async () => {
+        const records = await this.readRecordsFile();
+        if (patch === undefined) delete records[name];
+        else records[name] = { ...records[name], ...patch };
+        await writeSmallFileAtomic(this.recordsPath, `${JSON.stringify(records, null, 2)}\n`, 0o600);
+        this.records = undefined;
+      }),
+    );
     this.queue = run.catch(() => {});
     return run;
   }

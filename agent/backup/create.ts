@@ -257,6 +257,7 @@ export async function createBackup(
         ],
         {
           signal: ctx.signal,
+          mode: 0o600,
           check: async (temp) => {
             const size = (await stat(temp)).size;
             ctx.phase('verify', size);

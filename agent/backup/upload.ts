@@ -119,6 +119,7 @@ export async function receiveUpload(
   let result: ReceivedBackup | undefined;
   const kept = await writeFileAtomic(agent.catalog.pathOf(name), [body, counter], {
     ...(options.signal ? { signal: options.signal } : {}),
+    mode: 0o600,
     check: async (temp) => {
       const size = (await stat(temp)).size;
       if (declared !== undefined && size !== declared) {

@@ -38,12 +38,45 @@ async function fileVersion(path: string): Promise<string> {
   return info ? `${info.ino}:${info.mtimeNs}:${info.size}` : 'missing';
 }
 
+/** The lock files whose leftover temps this process has already removed (once per lock). */
+const sweptLocks = new Set<string>();
+
+/**
+ * Runs `work`, a read-modify-write of the small file at `path` (a state file, the backup records),
+ * holding `<path>.lock` against other processes (the lock files of agent/jobs/lock.ts), so the service
+ * and a CLI command updating one file at the same moment both keep their change. A lock a killed
+ * process left is taken over; a live holder is waited for up to `waitMs`, then one line names the file
+ * and the holder's pid.
+ */
+export async function withFileUpdateLock<R>(
+  path: string,
+  work: () => Promise<R>,
+  waitMs = LOCK_WAIT_MS,
+): Promise<R> {
+  const lockPath = `${path}.lock`;
+  await mkdir(dirname(path), { recursive: true });
+  if (!sweptLocks.has(lockPath)) {
+    // A process killed while creating the lock leaves its temp (`<file>.lock.<nonce>.tmp`) beside it.
+    sweptLocks.add(lockPath);
+    await removeAbandonedLockTemps(lockPath);
+  }
+  try {
+    return await withJobLock(lockPath, `update of ${basename(path)}`, work, { waitMs, pollMs: LOCK_POLL_MS });
+  } catch (error) {
+    // The lock's refusal speaks of jobs; for a file the person needs the file and the pid.
+    if (!(error instanceof AppError && error.code === 'job_running')) throw error;
+    const pid = await lockHolderPid(lockPath);
+    const who = pid !== undefined ? `process ${pid}` : 'a process that has not written its pid';
+    throw new Error(
+      `${path} is being updated by ${who} (lock ${lockPath}) for more than ${waitMs / 1000} s: try again; if that process hangs, stop it`,
+    );
+  }
+}
+
 export class JsonStateFile<T extends object> {
   /** The state as last read or written, and the version of the file it came from. */
   private cache: { state: T; version: string } | undefined;
   private queue: Promise<unknown> = Promise.resolve();
-  /** Whether this object's first update has removed the lock's temp files that killed processes left. */
-  private lockTempsSwept = false;
 
   constructor(
     readonly path: string,
@@ -119,35 +152,11 @@ export class JsonStateFile<T extends object> {
    * Reads take no lock: every write is a rename, so a read always sees a whole file.
    */
   update(change: (state: T) => void): Promise<T> {
-    const run = this.queue.then(() => this.locked(() => this.applyLocked(change)));
+    const run = this.queue.then(() =>
+      withFileUpdateLock(this.path, () => this.applyLocked(change), this.options.lockWaitMs),
+    );
     this.queue = run.catch(() => {});
     return run;
-  }
-
-  /** Runs `work` holding `<file>.lock`; past the wait, one line naming the file and the holder. */
-  private async locked<R>(work: () => Promise<R>): Promise<R> {
-    const lockPath = `${this.path}.lock`;
-    const waitMs = this.options.lockWaitMs ?? LOCK_WAIT_MS;
-    await mkdir(dirname(this.path), { recursive: true });
-    if (!this.lockTempsSwept) {
-      // A process killed while creating the lock leaves its temp (`<file>.lock.<nonce>.tmp`) beside it.
-      this.lockTempsSwept = true;
-      await removeAbandonedLockTemps(lockPath);
-    }
-    try {
-      return await withJobLock(lockPath, `update of ${basename(this.path)}`, work, {
-        waitMs,
-        pollMs: LOCK_POLL_MS,
-      });
-    } catch (error) {
-      // The lock's refusal speaks of jobs; for a state file the person needs the file and the pid.
-      if (!(error instanceof AppError && error.code === 'job_running')) throw error;
-      const pid = await lockHolderPid(lockPath);
-      const who = pid !== undefined ? `process ${pid}` : 'a process that has not written its pid';
-      throw new Error(
-        `${this.path} is being updated by ${who} (lock ${lockPath}) for more than ${waitMs / 1000} s: try again; if that process hangs, stop it`,
-      );
-    }
   }
 
   /** The read-modify-write of an update, run holding the lock. */

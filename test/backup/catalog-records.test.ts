@@ -1,5 +1,6 @@
-// The catalog's records file: concurrent updates and a second catalog on the same data dir lose nothing.
-import { mkdtemp, readFile, rm } from 'node:fs/promises';
+// The catalog's records file: concurrent updates, a second catalog and other processes on the same data dir lose nothing.
+import { spawn } from 'node:child_process';
+import { mkdtemp, readdir, readFile, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -61,4 +62,50 @@ describe('catalog records', () => {
     await Promise.all([catalog.updateRecord(A, undefined), catalog.updateRecord(B, { pinned: true })]);
     expect(await records()).toEqual({ [B]: { pinned: true } });
   });
+
+  it('keeps every record when three processes record backups at the same moment (the service and CLI commands)', async () => {
+    dir = await mkdtemp(join(tmpdir(), 'catalog-'));
+    await catalogIn(dir);
+    const children = Array.from({ length: 3 }, () =>
+      spawn(
+        process.execPath,
+        ['--import', 'tsx', join(import.meta.dirname, 'records-child.ts'), dir, '100'],
+        {
+          stdio: ['pipe', 'pipe', 'inherit'],
+        },
+      ),
+    );
+    try {
+      await Promise.all(children.map((child) => said(child, 'ready')));
+      const finished = children.map((child) => said(child, 'done'));
+      for (const child of children) child.stdin.write('go\n');
+      await Promise.all(finished);
+    } finally {
+      for (const child of children) if (child.exitCode === null) child.kill('SIGKILL');
+    }
+    expect(Object.keys(await records())).toHaveLength(300);
+    // Only the agent's user may read them; nothing of the lock is left.
+    expect((await stat(join(dir, 'records.json'))).mode & 0o777).toBe(0o600);
+    expect((await stat(join(dir, 'backups'))).mode & 0o777).toBe(0o700);
+    expect((await readdir(dir)).sort()).toEqual(['backups', 'records.json']);
+  });
 });
+
+/** Resolves when `child` prints `line`; fails after 60 s or if it exits first, so the test cannot hang. */
+function said(child: ReturnType<typeof spawn>, line: string): Promise<void> {
+  return new Promise((resolve, reject) => {
+    let text = '';
+    const timer = setTimeout(() => reject(new Error(`no "${line}" from the child in 60 s`)), 60_000);
+    child.stdout?.on('data', (chunk: Buffer) => {
+      text += chunk.toString();
+      if (text.split('\n').includes(line)) {
+        clearTimeout(timer);
+        resolve();
+      }
+    });
+    child.once('exit', (code) => {
+      clearTimeout(timer);
+      reject(new Error(`the child exited (${code}) before "${line}"`));
+    });
+  });
+}

@@ -105,9 +105,13 @@ describe('creating and verifying a backup against a real PostgreSQL', () => {
     expect(listing.stdout).toContain('TABLE DATA public devices');
   });
 
-  it('leaves no temp files in the backups folder', async () => {
+  it("leaves no temp files in the backups folder, and only the agent's user may read it", async () => {
     const files = await readdir(t.agent.paths.backups);
     expect(files.filter((f) => !/^gem-backup-.*\.tar\.gz$/.test(f))).toEqual([]);
+    expect(files.length).toBeGreaterThan(0);
+    for (const file of files)
+      expect((await stat(join(t.agent.paths.backups, file))).mode & 0o777).toBe(0o600);
+    expect((await stat(t.agent.paths.backups)).mode & 0o777).toBe(0o700);
   });
 
   it('fails a backup whose pg_dump fails, and lists nothing new', async () => {
