@@ -307,18 +307,13 @@ export async function verifyBackup(
   const path = deps.catalog.pathOf(name);
   const size = (await deps.catalog.info(name)).size;
   ctx.phase('verify', size);
+  let manifest: Awaited<ReturnType<typeof readBackup>>['manifest'];
   try {
-    const { manifest } = await readBackup(path, {
+    ({ manifest } = await readBackup(path, {
       keys: deps.keyring.masterKeys,
       signal: ctx.signal,
       onProgress: (bytes) => ctx.progress(bytes),
-    });
-    await deps.catalog.updateRecord(name, {
-      verifiedAt: new Date().toISOString(),
-      verifyResult: 'ok',
-      verifyError: undefined,
-    });
-    return { filename: name, ok: true, members: manifest.members.length, rowCounts: manifest.rowCounts };
+    }));
   } catch (error) {
     if (!ctx.signal.aborted) {
       await deps.catalog.updateRecord(name, {
@@ -329,4 +324,12 @@ export async function verifyBackup(
     }
     throw error;
   }
+  // Outside the read's failure path: a backup that read back whole is never recorded as failed
+  // because writing its record failed (a full disk, another process holding the records' lock).
+  await deps.catalog.updateRecord(name, {
+    verifiedAt: new Date().toISOString(),
+    verifyResult: 'ok',
+    verifyError: undefined,
+  });
+  return { filename: name, ok: true, members: manifest.members.length, rowCounts: manifest.rowCounts };
 }

@@ -28,7 +28,9 @@ export function startBackup(agent: Agent, options: CreateBackupOptions = {}): Pr
           followUps[name] = details === undefined ? { ok: true } : { ok: true, details };
         } catch (error) {
           const details = (error as { details?: unknown }).details;
-          const cancelled = ctx.signal.aborted;
+          // Cancelled when the job's Cancel is what stopped the step (its error says so), not when a
+          // failure of its own merely came before or beside the Cancel.
+          const cancelled = ctx.signal.aborted && describeError(error).code === 'cancelled';
           followUps[name] = {
             ok: false,
             ...(cancelled ? { cancelled: true as const } : {}),

@@ -70,6 +70,12 @@ export interface RemoteBackup {
 }
 
 /** One destination's outcome after a new backup. */
+/** Whether an upload's failure is the abort of its job's cancellation, not a failure of its own. */
+function stoppedByCancel(error: unknown): boolean {
+  const { code } = describeError(error);
+  return code === 'aborted' || code === 'cancelled';
+}
+
 /** An auto-upload the job's cancellation stopped: what its outcome says. */
 export const UPLOAD_CANCELLED = 'the next backup or Sync Now sends this backup';
 
@@ -605,7 +611,9 @@ export class OffsiteService {
     const results: Partial<Record<OffsiteKind, AutoUploadResult>> = {};
     for (const [i, outcome] of settled.entries()) {
       const kind = kinds[i]!;
-      if (outcome.status === 'rejected' && ctx.signal.aborted) {
+      // Cancelled only when the Cancel is what stopped it: a destination that had failed on its own
+      // (refused, unreachable) before the Cancel came is recorded as the failure it is.
+      if (outcome.status === 'rejected' && ctx.signal.aborted && stoppedByCancel(outcome.reason)) {
         // Stopped by the person's Cancel, not by the destination: nothing is recorded against it (its
         // health then says the newest backup is not there yet, and Sync Now sends it).
         results[kind] = { ok: false, error: { code: 'cancelled', message: UPLOAD_CANCELLED } };
@@ -821,8 +829,10 @@ export function offsiteUploadHook(agent: Agent): AfterBackupHook {
       const message = failed
         .map(([kind, r]) => `${DESTINATION_TITLES[kind as OffsiteKind]}: ${r.error?.message}`)
         .join('; ');
-      // The outcomes stay in the job's result with the failure (a page that missed the notice reads them there).
-      throw Object.assign(new Error(message), { details: results });
+      // The outcomes stay in the job's result with the failure (a page that missed the notice reads them
+      // there). Only when the job's Cancel stopped every one of them is the step cancelled, not failed.
+      const cancelled = failed.every(([, r]) => r.error?.code === 'cancelled');
+      throw new AppError(cancelled ? 'cancelled' : 'dependency_down', message, { details: results });
     }
     return results;
   };

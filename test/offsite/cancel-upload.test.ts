@@ -6,6 +6,7 @@ import { healthFor } from '../../agent/health/service';
 import { offsiteServiceFor, UPLOAD_CANCELLED } from '../../agent/offsite/service';
 import type { TestAgent } from '../services/agent';
 import { startPostgres, type TestPostgres } from '../services/postgres';
+import { type S3Service, startS3 } from '../services/s3';
 import { type SshdService, startSshd } from '../services/sshd';
 import { startAll } from '../services/start-all';
 import { backupNow, call, filenameOf, runJob } from './helpers';
@@ -13,17 +14,18 @@ import { MidUploadFixture } from './mid-upload';
 
 let pg: TestPostgres;
 let sshd: SshdService;
+let s3: S3Service;
 let m: MidUploadFixture;
 let t: TestAgent;
 
 beforeAll(async () => {
-  ({ pg, sshd } = await startAll({ pg: startPostgres, sshd: startSshd }));
+  ({ pg, sshd, s3 } = await startAll({ pg: startPostgres, sshd: startSshd, s3: startS3 }));
   m = await MidUploadFixture.start(pg, sshd);
   t = m.t;
 });
 afterAll(async () => {
   await t?.close();
-  await Promise.all([pg?.stop(), sshd?.stop()]);
+  await Promise.all([pg?.stop(), sshd?.stop(), s3?.stop()]);
 });
 
 describe('Cancel during the auto-upload after a backup', () => {
@@ -62,5 +64,44 @@ describe('Cancel during the auto-upload after a backup', () => {
     const synced = await runJob(t, 'POST', '/offsite/sftp/sync');
     expect(synced.state).toBe('succeeded');
     expect(await m.remoteNames('cancelled')).toEqual([first, second].sort());
+  });
+
+  it('still records a destination that had failed on its own before the Cancel came, and the step as failed', async () => {
+    // S3 with a bucket the server does not have: refused at once, for a reason of its own.
+    const s3Section = {
+      enabled: true,
+      provider: 'other' as const,
+      endpoint: s3.endpoint,
+      region: 'us-east-1',
+      bucket: 'no-such-bucket',
+      prefix: 'gem',
+      accessKeyId: s3.accessKeyId,
+      secretAccessKey: s3.secretAccessKey,
+      forcePathStyle: true,
+      autoUpload: true,
+    };
+    await t.agent.settings.update({
+      offsite: { sftp: m.sftp('cancelled-too', { autoUpload: true }), s3: s3Section },
+    });
+    // The Cancel comes while the SFTP copy is on its way, a second after S3 was refused.
+    m.duringSftpUpload = async () => {
+      await new Promise((resolve) => setTimeout(resolve, 1_000));
+      const [running] = t.agent.jobs.active();
+      expect((await call(t, 'POST', `/jobs/${running!.id}/cancel`)).status).toBe(202);
+    };
+    const job = await backupNow(t);
+    expect(m.duringSftpUpload).toBeUndefined();
+    const upload = (job.result as { followUps: Record<string, FollowUp> }).followUps['offsiteUpload'];
+    expect(upload?.cancelled, JSON.stringify(upload)).toBeUndefined();
+    expect(upload).toMatchObject({
+      ok: false,
+      details: {
+        sftp: { ok: false, error: { code: 'cancelled' } },
+        s3: { ok: false, error: { code: expect.not.stringMatching(/^(cancelled|aborted)$/) } },
+      },
+    });
+    const status = await offsiteServiceFor(t.agent).status();
+    expect(status.s3.lastUpload).toMatchObject({ backup: filenameOf(job), ok: false });
+    await t.agent.settings.update({ offsite: { s3: { ...s3Section, enabled: false, autoUpload: false } } });
   });
 });
