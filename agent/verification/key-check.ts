@@ -37,9 +37,10 @@ export interface KeyCheckResult {
 /**
  * Parses the keys file (a bad file or passphrase is a 422, as on import), then opens the newest
  * backup's file key with its master keys, checks the header's MAC with it, and reads the whole backup
- * (every chunk and checksum) with those keys alone. With no local backup (a controller rebuilt after a
- * disaster), the newest copy on the enabled offsite destinations is tried instead, by its header only:
- * see checkOffsite.
+ * (every chunk and checksum) with those keys alone. The backup tried is the newest the keys file's
+ * installation made here, else the newest here. With none of its installation here (a controller
+ * rebuilt after a disaster), the newest copy on the enabled offsite destinations is tried too, by its
+ * header only (see checkOffsite); its answer is given when the keys open it or nothing is here.
  */
 export async function checkKeysFile(
   agent: Agent,
@@ -53,7 +54,16 @@ export async function checkKeysFile(
     installationId: keyring.installationId,
     sameInstallation: keyring.installationId === agent.keyring.installationId,
   };
-  const newest = (await agent.catalog.list())[0];
+  const local = await agent.catalog.list();
+  // The newest backup here that the keys file's installation made. On a controller rebuilt after a
+  // disaster the newest one here is the new installation's own, which the old keys cannot open: the
+  // old installation's copies offsite are what they are for.
+  const ofTheKeys = local.find((backup) => backup.installationId === keyring.installationId);
+  if (!ofTheKeys && local.length > 0 && !base.sameInstallation) {
+    const offsite = await checkOffsite(agent, keys, keyring.installationId, base);
+    if (offsite.canOpen) return offsite;
+  }
+  const newest = ofTheKeys ?? local[0];
   if (!newest) return checkOffsite(agent, keys, keyring.installationId, base);
   const header = await readHeaderOfFile(agent.catalog.pathOf(newest.filename));
   try {

@@ -92,6 +92,29 @@ describe('the key check with no local backup', () => {
     expect(await t.agent.catalog.list()).toEqual([]);
   });
 
+  it("on a rebuilt controller that already made a backup of its own, tries the old installation's copies offsite", async () => {
+    // A new installation on the same SFTP folder: its newest backup here is its own, which the old keys cannot open.
+    const rebuilt = await startOffsiteAgent(pg);
+    try {
+      await rebuilt.agent.settings.update({
+        autoBackup: { maxBackups: 10 },
+        offsite: { sftp: { ...sftpSection(), autoUpload: false } },
+      });
+      const own = filenameOf(await backupNow(rebuilt));
+      expect(own > newest).toBe(true);
+      const res = await call(rebuilt, 'POST', '/keys/check', JSON.parse(keysFile));
+      expect(res.status, JSON.stringify(res.body)).toBe(200);
+      expect(res.body).toMatchObject({
+        canOpen: true,
+        backup: newest,
+        destination: 'sftp',
+        sameInstallation: false,
+      });
+    } finally {
+      await rebuilt.close();
+    }
+  });
+
   it('says no, with the reason, for another installation’s keys file', async () => {
     const other = await buildKeysExport(createKeyringFile(), undefined);
     const res = await call(t, 'POST', '/keys/check', { file: other });
