@@ -115,10 +115,15 @@ function requireInstallationUser(dataDir: string): void {
   const name = userNameOf(owner);
   const whose = owner === 0 ? 'root' : `user ${name}`;
   // runuser and sudo -E keep the environment: GEM_DATA_DIR, DATABASE_URL and the rest reach the command.
-  const how =
-    me === 0
-      ? `, so that what it writes stays readable to the service: runuser -u ${shellWord(name)} -- gem-backup ${command}`
-      : `: sudo -E ${owner === 0 ? '' : `-u ${shellWord(name)} `}gem-backup ${command}`;
+  // runuser takes a name only; sudo also takes `#<uid>`, for an owner /etc/passwd does not name.
+  const as =
+    owner === 0
+      ? 'sudo -E'
+      : me === 0 && !name.startsWith('#')
+        ? `runuser -u ${shellWord(name)} --`
+        : `sudo -E -u ${shellWord(name)}`;
+  const why = me === 0 ? ', so that what it writes stays readable to the service' : '';
+  const how = `${why}: ${as} gem-backup ${command}`;
   throw new AppError(
     'unauthorized',
     `the installation in ${dataDir} belongs to ${whose} and this command runs as ${me === 0 ? 'root' : `user ${userNameOf(me)}`}: run it as ${whose}${how}`,

@@ -485,6 +485,15 @@ describe('the gem-backup CLI (the package bin)', () => {
       // Nothing written: no backup, no audit line, no state, and the keyring still the service user's.
       expect(await readdir(other.dataDir)).toEqual(before);
       expect((await stat(keyring)).uid).toBe(nobody.uid);
+      // An owner /etc/passwd does not name: runuser takes no uid, sudo takes `#<uid>`.
+      await chown(keyring, 4242, 4242);
+      const unnamed = await runProcess(process.execPath, [built.path, 'list'], { env: other.env, cwd: '/' });
+      expect(unnamed.code).toBe(1);
+      expect(unnamed.stderr.trim()).toBe(
+        `gem-backup: the installation in ${other.dataDir} belongs to user #4242 and this command runs as root: ` +
+          "run it as user #4242, so that what it writes stays readable to the service: sudo -E -u '#4242' gem-backup list",
+      );
+      await chown(keyring, nobody.uid, nobody.gid);
 
       // The service's user itself runs it; the CLI bundle and the data dir must be reachable to it.
       await chmod(dirname(built.path), 0o755);
