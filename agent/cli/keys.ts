@@ -64,11 +64,15 @@ export async function keysCommand(cli: CliContext): Promise<void> {
     }
     return;
   }
-  if (sub === 'import') {
+  /** The keys file named on the command line, and its passphrase when it has one (import, check). */
+  const givenKeysFile = async () => {
     const file = positionals[0];
     if (!file) throw new AppError('bad_request', USAGE);
     const text = await readKeysFile(file);
-    const passphrase = await passphraseToOpen(text, values['passphrase-file']);
+    return { text, passphrase: await passphraseToOpen(text, values['passphrase-file']) };
+  };
+  if (sub === 'import') {
+    const { text, passphrase } = await givenKeysFile();
     const result = await cli.withAgent(async (agent) => {
       const { importKeysFile } = await import('../http/routes/keys');
       return importKeysFile(agent, text, passphrase);
@@ -77,10 +81,7 @@ export async function keysCommand(cli: CliContext): Promise<void> {
     return;
   }
   if (sub === 'check') {
-    const file = positionals[0];
-    if (!file) throw new AppError('bad_request', USAGE);
-    const text = await readKeysFile(file);
-    const passphrase = await passphraseToOpen(text, values['passphrase-file']);
+    const { text, passphrase } = await givenKeysFile();
     // Nothing is imported: the file is tried on the newest backup (here, else on an offsite destination).
     const result = await cli.withAgent(async (agent) => {
       const { checkKeysFile } = await import('../verification/key-check');

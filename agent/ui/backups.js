@@ -173,14 +173,17 @@ const FOLLOW_UP_NAMES = {
   retention: 'Removing old backups (keep limit)',
 };
 
+/** The steps after a backup that did not succeed (failed, or stopped by a Cancel): [name, outcome]. */
+function unfinishedFollowUps(job) {
+  return Object.entries(job.result?.followUps ?? {}).filter(([, outcome]) => outcome?.ok === false);
+}
+
 /** The steps after a backup that failed, in words: which one and its error. */
 export function failedFollowUps(job) {
-  return Object.entries(job.result?.followUps ?? {})
-    .filter(([, outcome]) => outcome?.ok === false)
-    .map(
-      ([name, outcome]) =>
-        `${FOLLOW_UP_NAMES[name] ?? name} ${outcome.cancelled ? 'was cancelled' : 'failed'}: ${outcome.error ?? 'unknown error'}`,
-    );
+  return unfinishedFollowUps(job).map(
+    ([name, outcome]) =>
+      `${FOLLOW_UP_NAMES[name] ?? name} ${outcome.cancelled ? 'was cancelled' : 'failed'}: ${outcome.error ?? 'unknown error'}`,
+  );
 }
 
 /**
@@ -239,9 +242,9 @@ export function backupProgress() {
         ...(pruned ? [pruned] : []),
         ...autoUploadNotes(job.result?.followUps?.offsiteUpload?.details ?? uploads),
       ];
-      const problems = Object.values(job.result?.followUps ?? {}).filter((outcome) => outcome?.ok === false);
+      const problems = unfinishedFollowUps(job);
       if (problems.length) {
-        const what = problems.every((outcome) => outcome.cancelled) ? 'was cancelled' : 'failed';
+        const what = problems.every(([, outcome]) => outcome.cancelled) ? 'was cancelled' : 'failed';
         return [`${name}.`, ...notes, `The backup is good, but a step after it ${what}:`].join(' ');
       }
       return notes.length ? [`${name}.`, ...notes].join(' ') : name;

@@ -66,10 +66,8 @@ export async function checkKeysFile(
   const newest = ofTheKeys ?? local[0];
   if (!newest) return checkOffsite(agent, keys, keyring.installationId, base);
   const header = await readHeaderOfFile(agent.catalog.pathOf(newest.filename));
-  try {
-    const fileKey = await unwrapWithMasterKeys(header.stanzas, keys);
-    await verifyHeaderMac(header, fileKey);
-  } catch (error) {
+  const refused = await headerRefuses(header, keys);
+  if (refused) {
     const other = base.sameInstallation
       ? ''
       : ` (the keys file is from installation ${keyring.installationId}, this is ${agent.keyring.installationId})`;
@@ -78,7 +76,7 @@ export async function checkKeysFile(
       canOpen: false,
       backup: newest.filename,
       reason: `These keys cannot open ${newest.filename}: it was made with key ${newest.keyIds.join(', ')}, which the file does not hold${other}`,
-      error: describeError(error).code,
+      error: describeError(refused).code,
     };
   }
   try {
@@ -98,6 +96,16 @@ export async function checkKeysFile(
     backup: newest.filename,
     reason: `These keys open ${newest.filename}: every chunk and checksum verified`,
   };
+}
+
+/** Why `keys` cannot open the backup of `header` (its file key not unwrapped, or its MAC wrong); undefined when they can. */
+async function headerRefuses(header: EnvelopeHeader, keys: MasterKey[]): Promise<unknown> {
+  try {
+    await verifyHeaderMac(header, await unwrapWithMasterKeys(header.stanzas, keys));
+    return undefined;
+  } catch (error) {
+    return error;
+  }
 }
 
 type Base = Pick<KeyCheckResult, 'ok' | 'installationId' | 'sameInstallation'>;
@@ -169,10 +177,8 @@ async function checkOffsite(
     } finally {
       await provider?.close?.().catch(() => undefined);
     }
-    try {
-      const fileKey = await unwrapWithMasterKeys(header.stanzas, keys);
-      await verifyHeaderMac(header, fileKey);
-    } catch (error) {
+    const refused = await headerRefuses(header, keys);
+    if (refused) {
       const other =
         header.core.installationId === keysInstallation
           ? ''
@@ -181,7 +187,7 @@ async function checkOffsite(
         ...tried,
         canOpen: false,
         reason: `These keys cannot open ${filename} on ${where}: it was made with key ${stanzaKeyIds(header.stanzas).join(', ')}, which the file does not hold${other}${notReached()}`,
-        error: describeError(error).code,
+        error: describeError(refused).code,
       };
     }
     return {

@@ -7,7 +7,8 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { buildKeysExport, createKeyringFile } from '../../agent/keys/keyring';
 import { tryParseHeader } from '../../shared/envelope';
-import { backupNow, call, filenameOf, startOffsiteAgent } from '../offsite/helpers';
+import { sftpSection } from '../health/helpers';
+import { backupNow, call, filenameOf, s3Section, startOffsiteAgent } from '../offsite/helpers';
 import type { TestAgent } from '../services/agent';
 import { startPostgres, type TestPostgres } from '../services/postgres';
 import { type S3Service, startS3 } from '../services/s3';
@@ -23,26 +24,8 @@ let keysFile: string;
 let older: string;
 let newest: string;
 
-const sftpSection = (enabled = true) => ({
-  enabled,
-  host: sshd.host,
-  port: sshd.port,
-  username: sshd.passwordUser.username,
-  remotePath: 'gem-backups',
-  auth: { password: sshd.passwordUser.password },
-  autoUpload: true,
-});
-const s3Section = (enabled: boolean) => ({
-  enabled,
-  provider: 'other' as const,
-  endpoint: s3.endpoint,
-  region: s3.region,
-  bucket: s3.bucket,
-  accessKeyId: s3.accessKeyId,
-  secretAccessKey: s3.secretAccessKey,
-  forcePathStyle: true,
-  autoUpload: true,
-});
+const sftp = () => ({ ...sftpSection(sshd), autoUpload: true });
+const s3At = (enabled: boolean) => s3Section(s3, { enabled, autoUpload: true });
 
 beforeAll(async () => {
   ({ pg, sshd, s3 } = await startAll({ pg: startPostgres, sshd: startSshd, s3: startS3 }));
@@ -50,12 +33,12 @@ beforeAll(async () => {
   // Both destinations receive every backup (the real auto-upload), then S3 is turned off until its test.
   await t.agent.settings.update({
     autoBackup: { maxBackups: 10 },
-    offsite: { sftp: sftpSection(), s3: s3Section(true) },
+    offsite: { sftp: sftp(), s3: s3At(true) },
   });
   older = filenameOf(await backupNow(t));
   newest = filenameOf(await backupNow(t));
   expect(newest > older).toBe(true);
-  await t.agent.settings.update({ offsite: { sftp: sftpSection(), s3: s3Section(false) } });
+  await t.agent.settings.update({ offsite: { sftp: sftp(), s3: s3At(false) } });
   const exported = await t.request('/api/v1/keys/export');
   expect(exported.status).toBe(200);
   keysFile = await exported.text();
@@ -98,7 +81,7 @@ describe('the key check with no local backup', () => {
     try {
       await rebuilt.agent.settings.update({
         autoBackup: { maxBackups: 10 },
-        offsite: { sftp: { ...sftpSection(), autoUpload: false } },
+        offsite: { sftp: sftpSection(sshd) },
       });
       const own = filenameOf(await backupNow(rebuilt));
       expect(own > newest).toBe(true);
@@ -180,7 +163,7 @@ describe('the key check with no local backup', () => {
   }, 60_000);
 
   it('tries the next destination when one cannot be reached: the copy on S3, saying the SFTP server was not reached', async () => {
-    await t.agent.settings.update({ offsite: { sftp: sftpSection(), s3: s3Section(true) } });
+    await t.agent.settings.update({ offsite: { sftp: sftp(), s3: s3At(true) } });
     const res = await call(t, 'POST', '/keys/check', JSON.parse(keysFile));
     expect(res.status, JSON.stringify(res.body)).toBe(200);
     expect(res.body).toMatchObject({ canOpen: true, backup: newest, destination: 's3' });

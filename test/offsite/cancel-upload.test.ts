@@ -9,7 +9,7 @@ import { startPostgres, type TestPostgres } from '../services/postgres';
 import { type S3Service, startS3 } from '../services/s3';
 import { type SshdService, startSshd } from '../services/sshd';
 import { startAll } from '../services/start-all';
-import { backupNow, call, filenameOf, runJob } from './helpers';
+import { backupNow, call, filenameOf, runJob, s3Section } from './helpers';
 import { MidUploadFixture } from './mid-upload';
 
 let pg: TestPostgres;
@@ -68,20 +68,9 @@ describe('Cancel during the auto-upload after a backup', () => {
 
   it('still records a destination that had failed on its own before the Cancel came, and the step as failed', async () => {
     // S3 with a bucket the server does not have: refused at once, for a reason of its own.
-    const s3Section = {
-      enabled: true,
-      provider: 'other' as const,
-      endpoint: s3.endpoint,
-      region: 'us-east-1',
-      bucket: 'no-such-bucket',
-      prefix: 'gem',
-      accessKeyId: s3.accessKeyId,
-      secretAccessKey: s3.secretAccessKey,
-      forcePathStyle: true,
-      autoUpload: true,
-    };
+    const refusing = s3Section(s3, { bucket: 'no-such-bucket', prefix: 'gem', autoUpload: true });
     await t.agent.settings.update({
-      offsite: { sftp: m.sftp('cancelled-too', { autoUpload: true }), s3: s3Section },
+      offsite: { sftp: m.sftp('cancelled-too', { autoUpload: true }), s3: refusing },
     });
     // The Cancel comes while the SFTP copy is on its way, a second after S3 was refused.
     m.duringSftpUpload = async () => {
@@ -102,6 +91,6 @@ describe('Cancel during the auto-upload after a backup', () => {
     });
     const status = await offsiteServiceFor(t.agent).status();
     expect(status.s3.lastUpload).toMatchObject({ backup: filenameOf(job), ok: false });
-    await t.agent.settings.update({ offsite: { s3: { ...s3Section, enabled: false, autoUpload: false } } });
+    await t.agent.settings.update({ offsite: { s3: { ...refusing, enabled: false, autoUpload: false } } });
   });
 });

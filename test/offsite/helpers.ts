@@ -5,6 +5,7 @@ import type { Job } from '../../agent/jobs/runner';
 import { type OffsiteServiceOptions, offsiteServiceFor } from '../../agent/offsite/index';
 import { startTestAgent, type TestAgent } from '../services/agent';
 import type { TestPostgres } from '../services/postgres';
+import type { S3Service } from '../services/s3';
 
 /** Short retries and timeouts, so a down destination fails in seconds, not minutes. */
 export const FAST: OffsiteServiceOptions = {
@@ -57,4 +58,20 @@ export async function backupNow(t: TestAgent): Promise<Job> {
 
 export function filenameOf(job: Job): string {
   return (job.result as { backup: { filename: string } }).backup.filename;
+}
+
+/** The settings section of the test s3rver as an S3 destination (turned on, no auto-upload), with `overrides`. */
+export function s3Section(s3: S3Service, overrides: Record<string, unknown> = {}) {
+  return {
+    enabled: true,
+    provider: 'other' as const,
+    endpoint: s3.endpoint,
+    region: s3.region,
+    bucket: s3.bucket,
+    accessKeyId: s3.accessKeyId,
+    secretAccessKey: s3.secretAccessKey,
+    forcePathStyle: true,
+    autoUpload: false,
+    ...overrides,
+  };
 }

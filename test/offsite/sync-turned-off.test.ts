@@ -7,7 +7,7 @@ import { startPostgres, type TestPostgres } from '../services/postgres';
 import { type S3Service, startS3 } from '../services/s3';
 import { type SshdService, startSshd } from '../services/sshd';
 import { startAll } from '../services/start-all';
-import { call, runJob } from './helpers';
+import { call, runJob, s3Section } from './helpers';
 import { MidUploadFixture } from './mid-upload';
 
 let pg: TestPostgres;
@@ -26,19 +26,8 @@ afterAll(async () => {
   await Promise.all([pg?.stop(), sshd?.stop(), s3?.stop()]);
 });
 
-const s3Section = (autoUpload: boolean) => ({
-  enabled: true,
-  provider: 'other' as const,
-  endpoint: s3.endpoint,
-  region: 'us-east-1',
-  bucket: s3.bucket,
-  prefix: 'gem',
-  accessKeyId: s3.accessKeyId,
-  secretAccessKey: s3.secretAccessKey,
-  forcePathStyle: true,
-  autoUpload,
-});
-const s3Provider = () => new S3Provider(s3Options(s3Section(false)));
+const s3At = (autoUpload: boolean) => s3Section(s3, { prefix: 'gem', autoUpload });
+const s3Provider = () => new S3Provider(s3Options(s3At(false)));
 
 /** A PUT of the settings through the API, as the page does it. */
 async function putSettings(body: unknown): Promise<void> {
@@ -106,7 +95,7 @@ describe('auto-upload after a backup, one destination turned off while it runs',
   it('the SFTP copy lands but nothing is pruned there; S3 in the same job uploads and prunes; the backup job is not failed', async () => {
     await t.agent.settings.update({
       autoBackup: { maxBackups: 10 },
-      offsite: { sftp: m.sftp('auto', { enabled: false }), s3: { ...s3Section(false), enabled: false } },
+      offsite: { sftp: m.sftp('auto', { enabled: false }), s3: { ...s3At(false), enabled: false } },
     });
     // Copies of ours from one and two days ago at both destinations, none here: retention (maxBackups 1)
     // prunes them after the next upload.
@@ -115,7 +104,7 @@ describe('auto-upload after a backup, one destination turned off while it runs',
     expect(await s3Names()).toEqual(older);
     await t.agent.settings.update({
       autoBackup: { maxBackups: 1 },
-      offsite: { sftp: m.sftp('auto', { autoUpload: true }), s3: s3Section(true) },
+      offsite: { sftp: m.sftp('auto', { autoUpload: true }), s3: s3At(true) },
     });
     m.duringSftpUpload = () =>
       putSettings({ offsite: { sftp: m.sftp('auto', { enabled: false, autoUpload: true }) } });
