@@ -60,11 +60,11 @@ export async function checkKeysFile(
   // old installation's copies offsite are what they are for.
   const ofTheKeys = local.find((backup) => backup.installationId === keyring.installationId);
   if (!ofTheKeys && local.length > 0 && !base.sameInstallation) {
-    const offsite = await checkOffsite(agent, keys, keyring.installationId, base);
+    const offsite = await checkOffsite(agent, keys, keyring.installationId, base, 'of its installation');
     if (offsite.canOpen) return offsite;
   }
   const newest = ofTheKeys ?? local[0];
-  if (!newest) return checkOffsite(agent, keys, keyring.installationId, base);
+  if (!newest) return checkOffsite(agent, keys, keyring.installationId, base, '');
   const header = await readHeaderOfFile(agent.catalog.pathOf(newest.filename));
   const refused = await headerRefuses(header, keys);
   if (refused) {
@@ -127,6 +127,8 @@ async function checkOffsite(
   keys: MasterKey[],
   keysInstallation: string,
   base: Base,
+  /** Which local backups there are none of: '' (none at all) or 'of its installation' (only another's). */
+  noneHere: '' | 'of its installation',
 ): Promise<KeyCheckResult> {
   const service = offsiteServiceFor(agent);
   const offsite = agent.settings.get().offsite;
@@ -193,7 +195,7 @@ async function checkOffsite(
     return {
       ...tried,
       canOpen: true,
-      reason: `There is no local backup: these keys open the header of ${filename} on ${where}; only its header was checked (its chunks are checked when it is restored)${notReached()}`,
+      reason: `There is no local backup${noneHere ? ` ${noneHere}` : ''}: these keys open the header of ${filename} on ${where}; only its header was checked (its chunks are checked when it is restored)${notReached()}`,
     };
   }
   return {

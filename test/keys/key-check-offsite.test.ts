@@ -93,6 +93,12 @@ describe('the key check with no local backup', () => {
         destination: 'sftp',
         sameInstallation: false,
       });
+      // There is a backup here, the new installation's own: not said to be none.
+      expect(res.body.reason).toMatch(
+        new RegExp(
+          `^There is no local backup of its installation: these keys open the header of ${newest.replace(/\./g, '\\.')} on the SFTP server`,
+        ),
+      );
     } finally {
       await rebuilt.close();
     }
