@@ -1,5 +1,5 @@
 /** The local backup catalog: the folder is the truth; each entry's facts come from its header. */
-import { mkdir, readdir, readFile, rm, stat } from 'node:fs/promises';
+import { chmod, mkdir, readdir, readFile, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { type EnvelopeHeader, stanzaKeyIds } from '../../shared/envelope';
 import { isBackupName } from '../../shared/storage/names';
@@ -96,8 +96,30 @@ export class BackupCatalog {
   async init(): Promise<void> {
     // Only the agent's user reads backups (encrypted, but their names, sizes and records are its own).
     await mkdir(this.dir, { recursive: true, mode: 0o700 });
+    await this.closeToOthers();
     for (const name of await removeAbandoned(this.dir)) {
       this.log?.warn('removed a temp file left by an interrupted job', { name });
+    }
+  }
+
+  /**
+   * A backups folder made by an earlier version is 0755 with 0644 backups in it: closed to other users
+   * here once (0700), so that what was written before is as private as what is written now. A folder
+   * of another owner (an operator's mount) is left as it is, with a warning.
+   */
+  private async closeToOthers(): Promise<void> {
+    const info = await stat(this.dir);
+    if ((info.mode & 0o077) === 0) return;
+    const was = (info.mode & 0o777).toString(8);
+    try {
+      await chmod(this.dir, 0o700);
+      this.log?.info('closed the backups folder to other users', { folder: this.dir, was, now: '700' });
+    } catch (error) {
+      this.log?.warn('the backups folder is open to other users and could not be closed', {
+        folder: this.dir,
+        mode: was,
+        error: (error as NodeJS.ErrnoException).code ?? String(error),
+      });
     }
   }
 

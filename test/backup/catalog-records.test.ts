@@ -1,6 +1,6 @@
 // The catalog's records file: concurrent updates, a second catalog and other processes on the same data dir lose nothing.
 import { spawn } from 'node:child_process';
-import { mkdtemp, readdir, readFile, rm, stat } from 'node:fs/promises';
+import { chmod, mkdir, mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -88,6 +88,17 @@ describe('catalog records', () => {
     expect((await stat(join(dir, 'records.json'))).mode & 0o777).toBe(0o600);
     expect((await stat(join(dir, 'backups'))).mode & 0o777).toBe(0o700);
     expect((await readdir(dir)).sort()).toEqual(['backups', 'records.json']);
+  });
+
+  it("closes an earlier version's open backups folder to other users, keeping its backups", async () => {
+    dir = await mkdtemp(join(tmpdir(), 'catalog-'));
+    const backups = join(dir, 'backups');
+    await mkdir(backups, { mode: 0o755 });
+    await chmod(backups, 0o755); // whatever the umask
+    await writeFile(join(backups, A), 'an old backup', { mode: 0o644 });
+    const catalog = await catalogIn(dir);
+    expect((await stat(backups)).mode & 0o777).toBe(0o700);
+    expect(await readFile(catalog.pathOf(A), 'utf8')).toBe('an old backup');
   });
 });
 
