@@ -50,19 +50,35 @@ export interface ContentHash {
   mtimeMs: number;
 }
 
-/** Refuses any name that is not exactly a backup name: nothing else ever reaches the file system. */
+/** How far after this machine's clock a backup's time may be before it counts as dated in the future. */
+export const CLOCK_AHEAD_TOLERANCE_MS = 5 * 60_000;
+
+/**
+ * A backup made while the clock was ahead (a wrong year set by hand, a box without a clock battery that
+ * a time server corrected later): dated after `now`. It is not "the newest" of anything: health would
+ * call the backups fresh for years, and retention would count it and delete real backups made since.
+ */
+export function datedInFuture(b: { createdAt: string }, now: number): boolean {
+  return Date.parse(b.createdAt) > now + CLOCK_AHEAD_TOLERANCE_MS;
+}
+
 /**
  * The newest backup of `list` (newest first) that counts as a good one of this installation: its
- * verification did not fail, and it is ours (`owns`: the keyring's; another installation's upload or
- * one made with keys we do not hold is not). Health and metrics judge freshness by it.
+ * verification did not fail, it is ours (`owns`: the keyring's; another installation's upload or one
+ * made with keys we do not hold is not), and it is not dated after `now`. Health and metrics judge
+ * freshness by it.
  */
 export function newestGoodBackup(
   list: BackupInfo[],
   owns: (installationId: string, keyIds: readonly string[]) => boolean,
+  now: number = Date.now(),
 ): BackupInfo | undefined {
-  return list.find((b) => b.verifyResult !== 'failed' && owns(b.installationId, b.keyIds));
+  return list.find(
+    (b) => b.verifyResult !== 'failed' && owns(b.installationId, b.keyIds) && !datedInFuture(b, now),
+  );
 }
 
+/** Refuses any name that is not exactly a backup name: nothing else ever reaches the file system. */
 export function checkBackupName(name: string): string {
   if (!isBackupName(name)) {
     throw new AppError('invalid_name', 'invalid backup name: expected gem-backup-YYYY-MM-DD-HHMMSS.tar.gz');

@@ -2,7 +2,7 @@
 import { SAFETY_BACKUPS_KEPT } from '../../shared/api/settings';
 import { isBackupName } from '../../shared/storage/names';
 import type { AfterBackupHook, Agent } from '../agent';
-import type { BackupInfo } from './catalog';
+import { type BackupInfo, datedInFuture } from './catalog';
 
 /** What a destination knows of a backup; offsite lists may only know the name and its time. */
 export interface PruneCandidate {
@@ -31,6 +31,8 @@ export interface RetentionPolicy {
   maxSafety?: number;
   /** Names never deleted whatever the counts (the backup just made). */
   protect?: string[];
+  /** This machine's time (ms): backups dated after it are kept and not counted. Default: now. */
+  now?: number;
 }
 
 export interface PrunePlan<T extends PruneCandidate = PruneCandidate> {
@@ -43,9 +45,11 @@ const newestFirst = (a: PruneCandidate, b: PruneCandidate) =>
 
 /**
  * The prune plan: per group (regular, safety) the newest N are kept and the older ones deleted, oldest
- * first in `delete`; pinned backups, foreign ones, ones whose verification failed and names that are
- * not backup names are always kept and not counted; the newest good regular backup (verified ok: one
- * we can surely restore) and `protect`ed names are always kept.
+ * first in `delete`; pinned backups, foreign ones, ones whose verification failed, ones dated after
+ * `now` (made while the clock was ahead: counted, they would push out every real backup made since,
+ * while they stayed "the newest") and names that are not backup names are always kept and not
+ * counted; the newest good regular backup (verified ok: one we can surely restore) and `protect`ed
+ * names are always kept.
  */
 export function planPrune<T extends PruneCandidate>(
   list: T[],
@@ -54,20 +58,26 @@ export function planPrune<T extends PruneCandidate>(
   const p = typeof policy === 'number' ? { maxBackups: policy } : policy;
   const max = Math.max(1, Math.floor(p.maxBackups));
   const maxSafety = Math.max(0, Math.floor(p.maxSafety ?? SAFETY_BACKUPS_KEPT));
+  const now = p.now ?? Date.now();
+  // A protected backup counts toward its quota like any other; beyond it, it is kept anyway.
+  const protect = new Set(p.protect ?? []);
   const keep: T[] = [];
   const remove: T[] = [];
   const eligible = list.filter((b) => {
-    const ours = isBackupName(b.filename) && !b.pinned && !b.foreign && b.verifyResult !== 'failed';
-    if (!ours) keep.push(b);
-    return ours;
+    const counted =
+      isBackupName(b.filename) &&
+      !b.pinned &&
+      !b.foreign &&
+      b.verifyResult !== 'failed' &&
+      (protect.has(b.filename) || !datedInFuture(b, now));
+    if (!counted) keep.push(b);
+    return counted;
   });
   const regular = eligible.filter((b) => b.kind !== 'safety').sort(newestFirst);
   const safety = eligible.filter((b) => b.kind === 'safety').sort(newestFirst);
   // Unverified is not good: a newer copy we never read (perhaps not even decryptable) must not push
   // out the last backup we know we can restore.
   const newestGood = regular.find((b) => b.verifyResult === 'ok');
-  // A protected backup counts toward its quota like any other; beyond it, it is kept anyway.
-  const protect = new Set(p.protect ?? []);
   for (const [i, b] of regular.entries()) {
     (i < max || b === newestGood || protect.has(b.filename) ? keep : remove).push(b);
   }

@@ -2,7 +2,7 @@
 import { statfs } from 'node:fs/promises';
 import type { Schedule, VerificationSchedule } from '../../shared/api/settings';
 import type { Agent } from '../agent';
-import { type BackupInfo, newestGoodBackup } from '../backup/catalog';
+import { type BackupInfo, datedInFuture, newestGoodBackup } from '../backup/catalog';
 import type { DrService } from '../dr/service';
 import { describeError } from '../errors';
 import { heldByOtherProcess } from '../jobs/lock';
@@ -39,7 +39,8 @@ export function backupsArea(agent: Agent): AreaSource {
   return async (now) => {
     const auto = agent.settings.get().autoBackup;
     const list = await agent.catalog.list();
-    const latest = newestGoodBackup(list, (id, keyIds) => agent.keyring.owns(id, keyIds));
+    const latest = newestGoodBackup(list, (id, keyIds) => agent.keyring.owns(id, keyIds), now.getTime());
+    const ahead = list.filter((b) => datedInFuture(b, now.getTime()));
     const details = {
       lastBackup: latest
         ? { filename: latest.filename, createdAt: latest.createdAt, size: latest.size }
@@ -73,8 +74,29 @@ export function backupsArea(agent: Agent): AreaSource {
         ? `The last scheduled backup was skipped: ${last.error!.slice('skipped: '.length)}. ${reason}`
         : `The last scheduled backup failed: ${last.error ?? 'unknown error'}. ${reason}`;
     }
+    if (ahead.length > 0) {
+      status = worst([status, 'warning']);
+      reason = `${aheadReason(ahead)} ${reason}`;
+    }
     return { status, reason, ageSeconds: Math.round(age / 1000), ...details };
   };
+}
+
+/**
+ * Backups dated after this machine's clock (newest first): the clock was ahead when they were made.
+ * They are not counted as fresh (the age above is the newest real one's) nor by retention.
+ */
+function aheadReason(ahead: BackupInfo[]): string {
+  const one = ahead.length === 1;
+  const which = one
+    ? `1 backup (${ahead[0]!.filename}) is`
+    : `${ahead.length} backups (the newest ${ahead[0]!.filename}) are`;
+  const [they, them, were] = one ? ['it', 'it', 'was'] : ['they', 'them', 'were'];
+  return (
+    `${which} dated after this machine's clock: the clock was ahead when ${they} ${were} made, or is behind ` +
+    `now. Check the clock. Retention keeps ${them} without counting ${them}: delete ${them} yourself once ` +
+    `newer backups have replaced ${them}.`
+  );
 }
 
 /** Options of the offsite area: how often a destination is actually contacted (0 = every evaluation). */

@@ -25,7 +25,7 @@ export async function collectMetrics(
   const m = new MetricsText();
   const backups = await agent.catalog.list();
   // As health judges it: a newer backup that failed verification, or is not ours, is no last success.
-  const newest = newestGoodBackup(backups, (id, keyIds) => agent.keyring.owns(id, keyIds));
+  const newest = newestGoodBackup(backups, (id, keyIds) => agent.keyring.owns(id, keyIds), Date.now());
   m.family('gem_backup_local_backups', 'gauge', 'Backups in the local folder.', [{ value: backups.length }]);
   m.family('gem_backup_local_bytes', 'gauge', 'Bytes of all local backups.', [
     { value: backups.reduce((n, b) => n + b.size, 0) },

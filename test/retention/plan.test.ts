@@ -104,6 +104,24 @@ describe('planPrune', () => {
     ]);
   });
 
+  it('keeps backups dated after the clock without counting them (made while it was ahead)', () => {
+    const now = Date.UTC(2026, 0, 10);
+    const ahead = [at(3650), at(3651)]; // ten years on
+    const list = [
+      ...Array.from({ length: 4 }, (_, i) => at(i + 1, 'manual', { verifyResult: 'ok' })),
+      ...ahead,
+    ];
+    const plan = planPrune(list, { maxBackups: 2, now });
+    expect(names(plan.delete)).toEqual(['2026-01-01', '2026-01-02']);
+    expect(plan.keep).toEqual(expect.arrayContaining(ahead));
+    // The backup just made (protected) counts as usual whatever its date: the next backup's stand-in.
+    expect(names(planPrune(list, { maxBackups: 2, now, protect: [ahead[1]!.filename] }).delete)).toEqual([
+      '2026-01-01',
+      '2026-01-02',
+      '2026-01-03',
+    ]);
+  });
+
   it('works on offsite lists that only know names and times', () => {
     const list = [
       'gem-backup-2026-01-01-020000.tar.gz',
