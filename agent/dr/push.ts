@@ -1,7 +1,7 @@
 /** One DR push: enroll, pin the escrow key, pick or make a backup, send it with an escrow header (single or multipart, resumable). */
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Agent } from '../agent';
-import type { BackupInfo } from '../backup/catalog';
+import { type BackupInfo, datedInFuture } from '../backup/catalog';
 import { backupDeps, createBackup } from '../backup/create';
 import { readHeaderOfFile } from '../backup/reader';
 import { AppError, describeError, isAppError } from '../errors';
@@ -255,6 +255,8 @@ async function chooseBackup(
       b.kind !== 'safety' &&
       b.verifyResult !== 'failed' &&
       now - Date.parse(b.createdAt) <= REUSE_MAX_AGE_MS &&
+      // Dated after the clock (made while it was ahead): not recent, however it compares.
+      !datedInFuture(b, now) &&
       b.keyIds.some((id) => held.has(id)),
   );
   if (recent) {

@@ -108,11 +108,12 @@ export interface OffsiteProbeOptions {
  * The newest backup the auto-upload sends (made by a backup job, manual or scheduled: not a restore's
  * safety copy nor a DR temporary one), of this installation and not failed verification.
  */
-function newestAutoUploaded(agent: Agent, list: BackupInfo[]): BackupInfo | undefined {
+function newestAutoUploaded(agent: Agent, list: BackupInfo[], now: number): BackupInfo | undefined {
   return list.find(
     (b) =>
       (b.kind === 'manual' || b.kind === 'scheduled') &&
       b.verifyResult !== 'failed' &&
+      !datedInFuture(b, now) &&
       agent.keyring.owns(b.installationId, b.keyIds),
   );
 }
@@ -153,7 +154,7 @@ export function offsiteArea(
   return async (now) => {
     const status = await offsite.status();
     const verified = (await verification.get()).targets;
-    const newest = newestAutoUploaded(agent, await agent.catalog.list());
+    const newest = newestAutoUploaded(agent, await agent.catalog.list(), now.getTime());
     // A backup or a sync running (here, or a CLI's holding the job lock) may be sending it right now.
     let busy: boolean | undefined;
     const uploading = async () => {

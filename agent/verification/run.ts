@@ -3,6 +3,7 @@ import { Readable } from 'node:stream';
 import type { ReadableStream as NodeReadableStream } from 'node:stream/web';
 import { isBackupName } from '../../shared/storage/names';
 import type { Agent } from '../agent';
+import { datedInFuture } from '../backup/catalog';
 import { verifyBackup } from '../backup/create';
 import { readBackup } from '../backup/reader';
 import { drServiceFor } from '../dr/service';
@@ -21,7 +22,9 @@ export interface VerificationSummary {
 
 async function verifyLocal(agent: Agent, ctx: JobContext): Promise<TargetResult> {
   const at = new Date().toISOString();
-  const newest = (await agent.catalog.list())[0];
+  const list = await agent.catalog.list();
+  // The newest real backup: one dated after the clock (made while it was ahead) is not the newest.
+  const newest = list.find((b) => !datedInFuture(b, Date.now())) ?? list[0];
   if (!newest)
     return { target: 'local', at, ok: true, check: 'none', skipped: 'there is no local backup yet' };
   try {

@@ -74,11 +74,13 @@ describe('Cloud DR push, recovery on a fresh install, opt-out', () => {
     await a.agent.catalog.delete(old.filename);
   });
 
-  it('never reuses a safety backup or one whose verify failed: it makes a temporary one', async () => {
+  it('never reuses a safety backup, one whose verify failed or one dated after the clock: it makes a temporary one', async () => {
     const deps = backupDeps(a.agent);
     const ctx = standaloneContext(silentLogger);
     const safety = await createBackup(deps, ctx, { kind: 'safety', now: new Date(Date.now() - 3600_000) });
     const rotted = await createBackup(deps, ctx, { now: new Date(Date.now() - 2 * 3600_000) });
+    // Made while the clock was a year ahead: "younger than 24 h" by subtraction, and the cloud refuses it.
+    const ahead = await createBackup(deps, ctx, { now: new Date(Date.now() + 365 * 86_400_000) });
     await a.agent.catalog.updateRecord(rotted.filename, {
       verifiedAt: new Date().toISOString(),
       verifyResult: 'failed',
@@ -89,13 +91,14 @@ describe('Cloud DR push, recovery on a fresh install, opt-out', () => {
       expect(job.error).toBeUndefined();
       const result = job.result as PushResult;
       expect(result).toMatchObject({ reused: false, temporary: true });
-      expect([safety.filename, rotted.filename]).not.toContain(result.backup);
+      expect([safety.filename, rotted.filename, ahead.filename]).not.toContain(result.backup);
       expect((await a.agent.catalog.list()).map((x) => x.filename).sort()).toEqual(
-        [safety.filename, rotted.filename].sort(),
+        [safety.filename, rotted.filename, ahead.filename].sort(),
       );
     } finally {
       await a.agent.catalog.delete(safety.filename);
       await a.agent.catalog.delete(rotted.filename);
+      await a.agent.catalog.delete(ahead.filename);
     }
   });
 

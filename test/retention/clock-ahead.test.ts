@@ -62,6 +62,15 @@ describe('backups dated after the clock', () => {
     );
     expect(health.reason).toContain('delete them yourself once newer backups have replaced them');
 
+    // Scheduled verification reads the newest real backup, not the 2036 one.
+    const run = await call(t, 'POST', '/health/verification/run');
+    expect(run.status).toBe(202);
+    const verified = await t.agent.jobs.waitFor(run.body.jobId);
+    expect(verified.state, JSON.stringify(verified.error)).toBe('succeeded');
+    expect(
+      (verified.result as { results: Array<{ target: string; filename?: string }> }).results,
+    ).toContainEqual(expect.objectContaining({ target: 'local', filename: real[3] }));
+
     // Once a person deletes them, the area is ok again.
     for (const name of ahead) expect((await call(t, 'DELETE', `/backups/${name}`)).status).toBe(200);
     expect(((await call(t, 'GET', '/health')).body.areas.backups as { status: string }).status).toBe('ok');
