@@ -1,12 +1,18 @@
 /**
  * A lock file so that the agent and the CLI never run two mutating jobs at once on the same data dir;
  * the same lock files guard the service, the cluster's start and each state file's update.
+ *
+ * A holder in another PID namespace (the agent in one container, `docker run … gem-backup restore` in
+ * another, on one data dir) cannot be checked by its pid from here: its pid names no process, or an
+ * unrelated one, in ours. Every holder refreshes its lock file's mtime while it holds it (a
+ * heartbeat), and such a holder counts as alive while its lock file is fresh.
  */
 import { createHash, randomUUID } from 'node:crypto';
-import { readFileSync } from 'node:fs';
-import { link, readdir, readFile, stat, unlink, writeFile } from 'node:fs/promises';
+import { readFileSync, readlinkSync } from 'node:fs';
+import { link, open, readdir, unlink, utimes, writeFile } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { AppError } from '../errors';
+import { createLogger } from '../log';
 
 /** What a lock file (and a takeover claim) holds: who, and a nonce naming this one taking. */
 interface Holder {
@@ -18,6 +24,11 @@ interface Holder {
    */
   started?: string;
   boot?: string;
+  /**
+   * The holder's PID namespace (`pid:[<inode>]`, from /proc/self/ns/pid): a holder in another one is
+   * judged by its lock file's freshness, not its pid. Absent where unreadable and in older lock files.
+   */
+  ns?: string;
   nonce: string;
   what: string;
   since: string;
@@ -27,9 +38,18 @@ interface Holder {
 interface Seen {
   id: string;
   holder: Partial<Holder> | undefined;
-  /** Unreadable content: young means a writer of an older version may be mid-write. */
-  garbageAgeMs?: number;
+  /** How long ago the file was last modified (written, or refreshed by its holder's heartbeat). */
+  ageMs: number;
 }
+
+/**
+ * Timing of the heartbeat: a holder refreshes its lock file's mtime every `heartbeatMs`; a holder in
+ * another PID namespace whose lock file is older than `foreignMaxAgeMs` is dead. Mutable for tests.
+ */
+export const lockTiming = { heartbeatMs: 15_000, foreignMaxAgeMs: 120_000 };
+
+/** Takeovers of a lock whose holder ran in another PID namespace are logged (they rest on a timeout). */
+const log = createLogger({ level: 'warn', base: { component: 'job-lock' } });
 
 /** Nonces of the locks and takeover claims this process holds now (a same-pid holder not here is dead). */
 const held = new Set<string>();
@@ -55,18 +75,35 @@ function bootId(): string | undefined {
   }
 }
 
+/** This process's PID namespace, e.g. `pid:[4026531836]`; undefined if /proc cannot tell. */
+function pidNamespace(): string | undefined {
+  try {
+    return readlinkSync('/proc/self/ns/pid');
+  } catch {
+    return undefined;
+  }
+}
+
 const BOOT = bootId();
 const STARTED = processStart(process.pid);
+const NS = pidNamespace();
+
+/** True if `holder` ran in another PID namespace than ours on this same kernel: its pid means nothing here. */
+function foreign(holder: Partial<Holder>): boolean {
+  return typeof holder.ns === 'string' && NS !== undefined && holder.ns !== NS;
+}
 
 /**
  * A holder is dead when its process is known gone (ESRCH; EPERM means it runs as another user), or
  * when its pid now names another process: the kernel was booted again, or the process with that pid
- * started at another time than the holder.
+ * started at another time than the holder. A holder in another PID namespace (same boot) is alive
+ * while its file (`ageMs` old) is fresher than `lockTiming.foreignMaxAgeMs`: its heartbeat refreshes it.
  */
-function alive(holder: Partial<Holder> | undefined): boolean {
+function alive(holder: Partial<Holder> | undefined, ageMs: number): boolean {
   if (!holder || typeof holder.pid !== 'number') return false;
-  if (holder.pid === process.pid) return typeof holder.nonce === 'string' && held.has(holder.nonce);
   if (typeof holder.boot === 'string' && BOOT !== undefined && holder.boot !== BOOT) return false;
+  if (foreign(holder)) return ageMs <= lockTiming.foreignMaxAgeMs;
+  if (holder.pid === process.pid) return typeof holder.nonce === 'string' && held.has(holder.nonce);
   if (typeof holder.started === 'string') {
     const started = processStart(holder.pid);
     if (started !== undefined && started !== holder.started) return false;
@@ -79,11 +116,18 @@ function alive(holder: Partial<Holder> | undefined): boolean {
   }
 }
 
-/** Reads a lock-like file; undefined if there is none. */
+/** Reads a lock-like file (content and age from one open file); undefined if there is none. */
 async function look(path: string): Promise<Seen | undefined> {
   let text: string;
+  let ageMs: number;
   try {
-    text = await readFile(path, 'utf8');
+    const handle = await open(path, 'r');
+    try {
+      text = await handle.readFile('utf8');
+      ageMs = Date.now() - (await handle.stat()).mtimeMs;
+    } finally {
+      await handle.close();
+    }
   } catch (error) {
     if ((error as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
     throw error;
@@ -96,22 +140,16 @@ async function look(path: string): Promise<Seen | undefined> {
   } catch {
     holder = undefined;
   }
-  if (!holder) {
-    const age = await stat(path).then(
-      (s) => Date.now() - s.mtimeMs,
-      () => 0,
-    );
-    return { id: `h${hash}`, holder: undefined, garbageAgeMs: age };
-  }
-  return { id: typeof holder.nonce === 'string' ? holder.nonce : `h${hash}`, holder };
+  if (!holder) return { id: `h${hash}`, holder: undefined, ageMs };
+  return { id: typeof holder.nonce === 'string' ? holder.nonce : `h${hash}`, holder, ageMs };
 }
 
 /** Unreadable content younger than this may be an older version's writer between create and write. */
 const GARBAGE_GRACE_MS = 5_000;
 
 function stale(seen: Seen): boolean {
-  if (!seen.holder) return (seen.garbageAgeMs ?? 0) > GARBAGE_GRACE_MS;
-  return !alive(seen.holder);
+  if (!seen.holder) return seen.ageMs > GARBAGE_GRACE_MS;
+  return !alive(seen.holder, seen.ageMs);
 }
 
 /**
@@ -162,6 +200,7 @@ function newHolder(what: string): Holder {
     pid: process.pid,
     ...(STARTED !== undefined ? { started: STARTED } : {}),
     ...(BOOT !== undefined ? { boot: BOOT } : {}),
+    ...(NS !== undefined ? { ns: NS } : {}),
     nonce: randomUUID(),
     what,
     since: new Date().toISOString(),
@@ -198,7 +237,14 @@ async function removeStale(path: string, id: string): Promise<void> {
   if (!claims) return;
   try {
     const now = await look(path);
-    if (now?.id === id && stale(now)) await unlink(path).catch(() => {});
+    if (now?.id === id && stale(now)) {
+      await unlink(path).catch(() => {});
+      if (now.holder && foreign(now.holder))
+        log.warn(
+          `took over the lock ${path}: its holder (${now.holder.what ?? 'unknown'}, process ${now.holder.pid}) ran in another PID namespace (another container) and has not refreshed the lock for ${Math.round(now.ageMs / 1000)} s, so it is taken as stopped`,
+          { lock: path, holderPid: now.holder.pid, holderNamespace: now.holder.ns },
+        );
+    }
   } finally {
     // The lock no longer holds `id` (removed, or someone else's), so these claims are spent.
     for (const c of claims.reverse()) {
@@ -212,11 +258,33 @@ async function removeStale(path: string, id: string): Promise<void> {
 function refusal(seen: Seen | undefined): AppError {
   const h = seen?.holder;
   if (!h) return new AppError('job_running', 'another job is running; try again when it ends');
-  const who = h.pid === process.pid ? '' : `, process ${h.pid}`;
+  const who = foreign(h)
+    ? `, process ${h.pid} in another PID namespace (another container)`
+    : h.pid === process.pid
+      ? ''
+      : `, process ${h.pid}`;
   return new AppError(
     'job_running',
     `another job is running (${h.what ?? 'unknown'}${who}); try again when it ends`,
   );
+}
+
+/**
+ * Refreshes the mtime of the lock at `path` while it is ours (nonce `nonce`) every
+ * `lockTiming.heartbeatMs`: that freshness is what a process in another PID namespace goes by. Unref'd,
+ * so it never keeps a process alive; stopped at release.
+ */
+function startHeartbeat(path: string, nonce: string): NodeJS.Timeout {
+  const timer = setInterval(() => {
+    void (async () => {
+      const now = await look(path).catch(() => undefined);
+      if (now?.holder?.nonce !== nonce) return;
+      const at = new Date();
+      await utimes(path, at, at).catch(() => {});
+    })();
+  }, lockTiming.heartbeatMs);
+  timer.unref();
+  return timer;
 }
 
 async function tryAcquire(path: string, what: string): Promise<() => Promise<void>> {
@@ -225,9 +293,11 @@ async function tryAcquire(path: string, what: string): Promise<() => Promise<voi
     held.add(me.nonce);
     if (await createWithContent(path, me)) {
       let released = false;
+      const heartbeat = startHeartbeat(path, me.nonce);
       return async () => {
         if (released) return;
         released = true;
+        clearInterval(heartbeat);
         // Only our own lock is removed: a lock taken by someone else since is left alone.
         const now = await look(path).catch(() => undefined);
         if (now?.holder?.nonce === me.nonce && now.holder.pid === process.pid)
@@ -275,8 +345,9 @@ export async function clearStaleLock(path: string): Promise<boolean> {
 /** True while another live process holds the lock at `path` (EPERM counts as alive). */
 export async function heldByOtherProcess(path: string): Promise<boolean> {
   const seen = await look(path).catch(() => undefined);
-  if (!seen?.holder || seen.holder.pid === process.pid) return false;
-  return alive(seen.holder);
+  if (!seen?.holder) return false;
+  if (!foreign(seen.holder) && seen.holder.pid === process.pid) return false;
+  return alive(seen.holder, seen.ageMs);
 }
 
 /** The pid the lock at `path` names as its holder; undefined when there is no lock or its content is unreadable. */

@@ -1,8 +1,8 @@
 /** Atomic file writes: temp name, fsync, rename, fsync the folder. Nothing is ever visible half-written. */
 import { randomBytes } from 'node:crypto';
 import { once } from 'node:events';
-import { createWriteStream, type WriteStream } from 'node:fs';
-import { link, lstat, mkdir, open, readdir, rename, rm } from 'node:fs/promises';
+import { createWriteStream, readlinkSync, type WriteStream } from 'node:fs';
+import { link, lstat, mkdir, open, readdir, rename, rm, utimes } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import type { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
@@ -10,14 +10,64 @@ import { pipeline } from 'node:stream/promises';
 /** Prefix of every temp file we create; startup cleanup removes leftovers with it. */
 export const TEMP_PREFIX = '.tmp-';
 
+/** The inode of this process's PID namespace (`pid:[<inode>]` in /proc/self/ns/pid); undefined if unreadable. */
+function pidNamespaceInode(): string | undefined {
+  try {
+    return /^pid:\[(\d+)\]$/.exec(readlinkSync('/proc/self/ns/pid'))?.[1];
+  } catch {
+    return undefined;
+  }
+}
+
+const NS_INODE = pidNamespaceInode();
+
+/**
+ * A temp name of a writer in another PID namespace (another container on the same data dir) cannot
+ * be judged by its pid: it is abandoned only once older than `foreignMaxAgeMs`. A live writer keeps
+ * its temp file fresher than that: the data it writes, or `heartbeatMs` touches while it checks it.
+ * Mutable for tests.
+ */
+export const tempTiming = { foreignMaxAgeMs: 15 * 60_000, heartbeatMs: 60_000 };
+
+/**
+ * What names this process in temp names and work folders: `p<pid>n<inode of its PID namespace>`
+ * (`p<pid>` where the namespace cannot be read), so that a sweep in another container knows not to go by
+ * the pid.
+ */
+export function processTag(): string {
+  return NS_INODE !== undefined ? `p${process.pid}n${NS_INODE}` : `p${process.pid}`;
+}
+
+/** Work folders whose mtime this process refreshes, and the one timer doing it. */
+const workFolders = new Set<string>();
+let workFolderTimer: NodeJS.Timeout | undefined;
+
+/**
+ * This process's work folder under `root` (`<root>/p<pid>n<inode>`; its users make it when needed).
+ * While this process runs, the folder's mtime is refreshed every `tempTiming.heartbeatMs` (where it
+ * exists; an unref'd timer), so a start-up sweep in another PID namespace, which goes by its age,
+ * never removes it from under a job that writes nothing into it for a while.
+ */
+export function processWorkFolder(root: string): string {
+  const folder = join(root, processTag());
+  workFolders.add(folder);
+  workFolderTimer ??= setInterval(() => {
+    const at = new Date();
+    for (const f of workFolders) void utimes(f, at, at).catch(() => {});
+  }, tempTiming.heartbeatMs);
+  workFolderTimer.unref();
+  return folder;
+}
+
 /**
  * A temp path beside `finalPath`, in the same folder so that rename is atomic. The name carries the
- * writing process's pid (`.p<pid>.`), so a sweep at start removes only what a dead process left.
+ * writing process's pid and PID namespace (`.p<pid>n<inode>.`; `.p<pid>.` in earlier versions), so a
+ * sweep at start removes only what a dead process left.
  */
 export function tempPathFor(finalPath: string): string {
   return join(
     dirname(finalPath),
-    `${TEMP_PREFIX}${basename(finalPath)}.p${process.pid}.${randomBytes(6).toString('hex')}`,
+    `${TEMP_PREFIX}${basename(finalPath)}.${processTag()}.${randomBytes(6).toString('hex')}`,
   );
 }
 
@@ -31,10 +81,30 @@ export function processAlive(pid: number): boolean {
   }
 }
 
-/** True if a temp name was left by a process that no longer runs (or names no owner at all). */
-export function isAbandonedTemp(name: string): boolean {
-  const owner = /\.p(\d+)\./.exec(name) ?? /^p(\d+)$/.exec(name);
-  return !owner || !processAlive(Number(owner[1]));
+/** The owner a temp name or work folder names: pid, and the namespace inode where the name has one. */
+function ownerOf(name: string): { pid: number; ns?: string } | undefined {
+  const owner = /\.p(\d+)(?:n(\d+))?\./.exec(name) ?? /^p(\d+)(?:n(\d+))?$/.exec(name);
+  if (!owner) return undefined;
+  return { pid: Number(owner[1]), ...(owner[2] !== undefined ? { ns: owner[2] } : {}) };
+}
+
+/** True if `name` was made by a process in another PID namespace than ours (its pid means nothing here). */
+function fromOtherNamespace(name: string): boolean {
+  const ns = ownerOf(name)?.ns;
+  return ns !== undefined && NS_INODE !== undefined && ns !== NS_INODE;
+}
+
+/**
+ * True if a temp name was left by a process that no longer runs (or names no owner at all). A name of
+ * a process in another PID namespace is abandoned only when its file was last modified more than
+ * `tempTiming.foreignMaxAgeMs` ago (`mtimeMs`; without it, it is kept).
+ */
+export function isAbandonedTemp(name: string, mtimeMs?: number): boolean {
+  const owner = ownerOf(name);
+  if (!owner) return true;
+  if (fromOtherNamespace(name))
+    return mtimeMs !== undefined && Date.now() - mtimeMs > tempTiming.foreignMaxAgeMs;
+  return !processAlive(owner.pid);
 }
 
 /**
@@ -46,7 +116,14 @@ export async function removeAbandoned(dir: string, options: { all?: boolean } = 
   const names = await readdir(dir).catch(() => [] as string[]);
   for (const name of names) {
     if (!options.all && !name.startsWith(TEMP_PREFIX)) continue;
-    if (!isAbandonedTemp(name)) continue;
+    // Another namespace's writer is judged by the age of what it wrote (not through a symlink).
+    const mtimeMs = fromOtherNamespace(name)
+      ? await lstat(join(dir, name)).then(
+          (s) => s.mtimeMs,
+          () => undefined,
+        )
+      : undefined;
+    if (!isAbandonedTemp(name, mtimeMs)) continue;
     await rm(join(dir, name), { recursive: true, force: true });
     removed.push(name);
   }
@@ -96,12 +173,23 @@ export async function writeFileAtomic(
   await mkdir(dirname(finalPath), { recursive: true });
   const temp = tempPathFor(finalPath);
   let sink: WriteStream | undefined;
+  // A long check (or a stalled source) writes nothing for a while: the temp stays fresh for a sweep
+  // in another PID namespace, which goes by its age. Stopped (and its last touch awaited) before the
+  // file is published, so the final file's mtime never moves after it is in place.
+  let touch: Promise<void> = Promise.resolve();
+  const heartbeat = setInterval(() => {
+    const at = new Date();
+    touch = utimes(temp, at, at).catch(() => {});
+  }, tempTiming.heartbeatMs);
+  heartbeat.unref();
   try {
     sink = createWriteStream(temp, { mode: options.mode ?? 0o644, flags: 'wx' });
     // biome-ignore lint/suspicious/noExplicitAny: pipeline's variadic overloads do not type a spread tuple
     await (pipeline as any)(...streams, sink, options.signal ? { signal: options.signal } : {});
     await fsyncFile(temp);
     if (options.check) await options.check(temp);
+    clearInterval(heartbeat);
+    await touch;
     if (options.exclusive) {
       const published = await linkNew(temp, finalPath);
       await rm(temp, { force: true });
@@ -117,6 +205,8 @@ export async function writeFileAtomic(
     if (sink && !sink.closed) await once(sink, 'close').catch(() => {});
     await rm(temp, { force: true });
     throw error;
+  } finally {
+    clearInterval(heartbeat);
   }
 }
 

@@ -1,0 +1,53 @@
+// A process for test/system/pid-namespace.test.ts, run in its own PID namespace (unshare -p -f). It
+// reports one JSON line on stdout, then (except `take`) lives until it is killed or its stdin closes.
+//   hold <lock> <heartbeatMs>: takes the lock and holds it.
+//   take <lock>: tries the lock once and reports whether it got it.
+//   write <file> <heartbeatMs>: writes <file> through writeFileAtomic from a source that never ends.
+//   work <root> <heartbeatMs>: makes its work folder under <root> and keeps it.
+import { readlinkSync } from 'node:fs';
+import { mkdir } from 'node:fs/promises';
+import { PassThrough } from 'node:stream';
+import { acquireLock, lockTiming } from '../../agent/jobs/lock';
+import { processWorkFolder, tempTiming, writeFileAtomic } from '../../agent/system/atomic-file';
+
+const [mode = '', path = '', heartbeat] = process.argv.slice(2);
+const ns = readlinkSync('/proc/self/ns/pid');
+const report = (fields: Record<string, unknown>) =>
+  process.stdout.write(`${JSON.stringify({ pid: process.pid, ns, ...fields })}\n`);
+if (heartbeat) {
+  lockTiming.heartbeatMs = Number(heartbeat);
+  tempTiming.heartbeatMs = Number(heartbeat);
+}
+/** Lives until killed, or until the test process is gone (its end of stdin closes). */
+const forever = () => {
+  process.stdin.on('end', () => process.exit(0));
+  process.stdin.resume();
+};
+
+if (mode === 'hold') {
+  await acquireLock(path, 'restore');
+  report({ held: true });
+  forever();
+} else if (mode === 'take') {
+  try {
+    const release = await acquireLock(path, 'backup');
+    await release();
+    report({ got: true });
+  } catch (error) {
+    report({ got: false, code: (error as { code?: string }).code, message: (error as Error).message });
+  }
+  process.exit(0);
+} else if (mode === 'write') {
+  const source = new PassThrough();
+  source.write('begin ');
+  void writeFileAtomic(path, [source]);
+  setTimeout(() => report({ writing: true }), 200);
+  forever();
+} else if (mode === 'work') {
+  const folder = processWorkFolder(path);
+  await mkdir(folder, { recursive: true });
+  report({ folder });
+  forever();
+} else {
+  throw new Error(`unknown mode ${mode}`);
+}

@@ -1,0 +1,208 @@
+// Locks and temp sweeps across PID namespaces: the agent in one container and a CLI command in another
+// on the same data dir. A holder's pid names no process (or an unrelated one) in the other namespace, so
+// it is judged by its file's freshness instead. Real processes in new PID namespaces (unshare -p -f).
+import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
+import { readFileSync, readlinkSync } from 'node:fs';
+import { mkdir, mkdtemp, readdir, rm, stat, utimes, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
+import { acquireLock, clearStaleLock, heldByOtherProcess, lockTiming } from '../../agent/jobs/lock';
+import { removeAbandoned, TEMP_PREFIX } from '../../agent/system/atomic-file';
+
+const CHILD = join(import.meta.dirname, 'pid-namespace-child.ts');
+const BOOT = readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').trim();
+
+let dir: string;
+beforeAll(async () => {
+  // Never skipped: without namespaces these cases are not tested at all.
+  const probe = spawnSync('unshare', ['-p', '-f', '--mount-proc', 'true'], { encoding: 'utf8' });
+  if (probe.error || probe.status !== 0)
+    throw new Error(
+      `these tests need 'unshare -p -f --mount-proc' (util-linux) run as root to make PID namespaces: install util-linux and run the tests as root (unshare said: ${probe.error?.message ?? probe.stderr.trim()})`,
+    );
+  dir = await mkdtemp(join(tmpdir(), 'gem-pidns-'));
+});
+afterAll(async () => {
+  await rm(dir, { recursive: true, force: true });
+});
+
+interface Other {
+  /** The first line it reported: its pid and namespace as it sees them, and what it did. */
+  said: Record<string, unknown> & { pid: number; ns: string };
+  /** Kills it (SIGKILL) and resolves once it is gone (its unshare parent, which reaps it, has exited). */
+  kill(): Promise<void>;
+}
+
+const running: Other[] = [];
+afterEach(async () => {
+  await Promise.all(running.splice(0).map((o) => o.kill()));
+});
+
+/** Runs the child script with `args` in a new PID namespace; resolves with its first report. */
+async function inOtherNamespace(...args: string[]): Promise<Other> {
+  const unshare: ChildProcess = spawn(
+    'unshare',
+    ['-p', '-f', '--mount-proc', process.execPath, '--import', 'tsx', CHILD, ...args],
+    // stdin: the child ends when it closes, should this process die before killing it.
+    { stdio: ['pipe', 'pipe', 'pipe'] },
+  );
+  // unshare says this when its child is killed by SIGKILL (it cannot pass that signal on): not news.
+  unshare.stderr?.on('data', (chunk: Buffer) => {
+    const text = chunk.toString().replace(/^unshare: sigprocmask unblock failed.*\n?/gm, '');
+    if (text) process.stderr.write(text);
+  });
+  const exited = new Promise<void>((resolve) => unshare.once('exit', () => resolve()));
+  const said = await new Promise<Other['said']>((resolve, reject) => {
+    let text = '';
+    unshare.stdout?.on('data', (chunk: Buffer) => {
+      text += chunk.toString();
+      const line = text.indexOf('\n');
+      if (line >= 0) resolve(JSON.parse(text.slice(0, line)));
+    });
+    unshare.once('exit', (code) =>
+      reject(new Error(`the child in a new PID namespace exited (${code}) before reporting`)),
+    );
+  });
+  let killed: Promise<void> | undefined;
+  const other: Other = {
+    said,
+    kill: () => {
+      killed ??= (async () => {
+        // unshare exits once it reaped its child (pid 1 of the namespace).
+        const child = readFileSync(`/proc/${unshare.pid}/task/${unshare.pid}/children`, 'utf8').trim();
+        if (child) process.kill(Number(child.split(' ')[0]), 'SIGKILL');
+        else unshare.kill('SIGKILL');
+        await exited;
+      })();
+      return killed;
+    },
+  };
+  running.push(other);
+  return other;
+}
+
+/** Sets the mtime (and atime) of `path` back by `ms`. */
+async function age(path: string, ms: number): Promise<void> {
+  const at = new Date(Date.now() - ms);
+  await utimes(path, at, at);
+}
+
+async function waitFor(what: string, check: () => Promise<boolean>, ms = 10_000): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!(await check())) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+}
+
+describe('the job lock across PID namespaces', () => {
+  it('is not taken over from a live holder in another namespace, whatever its pid names here', async () => {
+    const lock = join(dir, 'live.lock');
+    const holder = await inOtherNamespace('hold', lock);
+    expect(holder.said.ns).not.toBe(readlinkSync('/proc/self/ns/pid'));
+    // From this namespace: the normal refusal, naming the other namespace.
+    const error = await acquireLock(lock, 'backup').catch((e: unknown) => e);
+    expect((error as { code?: string }).code).toBe('job_running');
+    expect((error as Error).message).toContain('another PID namespace');
+    expect(await clearStaleLock(lock)).toBe(true);
+    expect(await heldByOtherProcess(lock)).toBe(true);
+    // From a third namespace, where the taker has the same pid as the holder (both are pid 1 there).
+    const taker = await inOtherNamespace('take', lock);
+    expect(taker.said.pid).toBe(holder.said.pid);
+    expect(taker.said).toMatchObject({ got: false, code: 'job_running' });
+    expect(JSON.parse(readFileSync(lock, 'utf8'))).toMatchObject({ what: 'restore', ns: holder.said.ns });
+  });
+
+  it('is taken over once the holder died and its lock was not refreshed for longer than the limit', async () => {
+    const lock = join(dir, 'dead.lock');
+    const holder = await inOtherNamespace('hold', lock);
+    await holder.kill();
+    // Dead, but nothing here can tell: while the file is fresh the holder counts as alive.
+    expect((await acquireLock(lock, 'backup').catch((e: unknown) => e)) as { code?: string }).toMatchObject({
+      code: 'job_running',
+    });
+    await age(lock, lockTiming.foreignMaxAgeMs + 60_000);
+    const lines: string[] = [];
+    const write = vi.spyOn(process.stderr, 'write').mockImplementation((line) => {
+      lines.push(String(line));
+      return true;
+    });
+    let release: () => Promise<void>;
+    try {
+      release = await acquireLock(lock, 'backup');
+    } finally {
+      write.mockRestore();
+    }
+    expect(JSON.parse(readFileSync(lock, 'utf8'))).toMatchObject({ what: 'backup', pid: process.pid });
+    await release();
+    const warning = lines.map((l) => JSON.parse(l) as { msg: string }).find((l) => l.msg.includes(lock));
+    expect(warning?.msg).toContain('another PID namespace');
+  });
+
+  it("keeps a holder's lock fresh: its heartbeat moves the lock file's mtime", async () => {
+    const lock = join(dir, 'heartbeat.lock');
+    await inOtherNamespace('hold', lock, '200');
+    // Made to look older than the limit: only the holder's heartbeat can make it fresh again.
+    await age(lock, lockTiming.foreignMaxAgeMs + 60_000);
+    const before = (await stat(lock)).mtimeMs;
+    await waitFor('the heartbeat', async () => (await stat(lock)).mtimeMs > before);
+    expect((await acquireLock(lock, 'backup').catch((e: unknown) => e)) as { code?: string }).toMatchObject({
+      code: 'job_running',
+    });
+  });
+
+  it("keeps a live lock temp of another namespace's writer; removes an old one", async () => {
+    const lock = join(dir, 'temps.lock');
+    const other = await inOtherNamespace('hold', join(dir, 'other.lock'));
+    // A lock temp as a writer there leaves it between writing and linking (pid 1, started at tick 1).
+    const temp = `${lock}.n1.tmp`;
+    const holder = { pid: other.said.pid, started: '1', boot: BOOT, ns: other.said.ns, nonce: 'n1' };
+    await writeFile(temp, JSON.stringify({ ...holder, what: 'restore', since: new Date().toISOString() }));
+    await clearStaleLock(lock);
+    expect(await readdir(dir)).toContain('temps.lock.n1.tmp');
+    await age(temp, lockTiming.foreignMaxAgeMs + 60_000);
+    await clearStaleLock(lock);
+    expect(await readdir(dir)).not.toContain('temps.lock.n1.tmp');
+  });
+});
+
+describe('temp files and work folders across PID namespaces', () => {
+  it('a temp file being written by a live process in another namespace survives the sweep; an old one of a dead one goes', async () => {
+    const folder = join(dir, 'backups');
+    await mkdir(folder);
+    const writer = await inOtherNamespace('write', join(folder, 'gem-backup-1.tar.gz'), '200');
+    const [temp] = await readdir(folder);
+    expect(temp?.startsWith(TEMP_PREFIX)).toBe(true);
+    expect(temp).toContain(`.p${writer.said.pid}n`);
+    // The start-up sweep (catalog init, data dir): the writer's pid names no live process here.
+    expect(await removeAbandoned(folder)).toEqual([]);
+    expect(await readdir(folder)).toEqual([temp]);
+    // Even one that looks old is kept while its writer's heartbeat refreshes it.
+    await age(join(folder, temp!), 20 * 60_000);
+    const aged = (await stat(join(folder, temp!))).mtimeMs;
+    await waitFor('the temp heartbeat', async () => (await stat(join(folder, temp!))).mtimeMs > aged);
+    expect(await removeAbandoned(folder)).toEqual([]);
+    await writer.kill();
+    // Dead now, but young: kept (nothing here can tell); once older than the limit it goes.
+    expect(await removeAbandoned(folder)).toEqual([]);
+    await age(join(folder, temp!), 20 * 60_000);
+    expect(await removeAbandoned(folder)).toEqual([temp]);
+    expect(await readdir(folder)).toEqual([]);
+  });
+
+  it("a live process's work folder in another namespace survives the sweep; an old one of a dead one goes", async () => {
+    const root = join(dir, 'work');
+    await mkdir(root);
+    const worker = await inOtherNamespace('work', root, '200');
+    const name = String(worker.said.folder).slice(root.length + 1);
+    expect(name).toMatch(/^p\d+n\d+$/);
+    await age(join(root, name), 60 * 60_000);
+    const aged = (await stat(join(root, name))).mtimeMs;
+    await waitFor('the work folder heartbeat', async () => (await stat(join(root, name))).mtimeMs > aged);
+    expect(await removeAbandoned(root, { all: true })).toEqual([]);
+    await worker.kill();
+    await age(join(root, name), 60 * 60_000);
+    expect(await removeAbandoned(root, { all: true })).toEqual([name]);
+  });
+});
