@@ -2,7 +2,7 @@
 import { mkdir, mkdtemp, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { S3Input, SftpInput, SmbInput } from '../../shared/api/settings';
-import { type EnvelopeHeader, stanzaKeyIds, tryParseHeader } from '../../shared/envelope';
+import { EnvelopeError, type EnvelopeHeader, stanzaKeyIds, tryParseHeader } from '../../shared/envelope';
 import type { StorageProvider, StoredObject } from '../../shared/storage/index';
 import { isBackupName } from '../../shared/storage/names';
 import type { AfterBackupHook, Agent } from '../agent';
@@ -67,6 +67,23 @@ export interface RemoteBackup {
   sha256?: string;
   /** True if the local catalog has a backup of the same name. */
   local: boolean;
+  /**
+   * The installation that made it: the local copy's, else the remote header's (read once per object).
+   * Absent when unknown: the header could not be read (unreachable, not a backup).
+   */
+  installationId?: string;
+  /**
+   * Whether it is of the installation whose keys are active. False for another controller's copy in a
+   * shared folder, and for this box's own copies made before a keys import (under its old identity):
+   * a restore of one of those brings back other data than the active installation's. Absent when unknown.
+   */
+  ofThisInstallation?: boolean;
+}
+
+/** Whose a remote backup is, as its header says (readable without a key). */
+interface RemoteOwner {
+  installationId: string;
+  keyIds: string[];
 }
 
 /** One destination's outcome after a new backup. */
@@ -131,8 +148,12 @@ const INPUT = { sftp: SftpInput, s3: S3Input, smb: SmbInput } as const;
 
 export class OffsiteService {
   readonly state: OffsiteStateStore;
-  /** Whether a remote object (destination, name, size, time) is ours, as its header said. */
-  private readonly ownership = new Map<string, boolean>();
+  /**
+   * What the header of a remote object (destination, name, size, time) said of its owner; null: it is
+   * not a backup (no readable header). Whether it is ours is asked of the keyring at each use: a keys
+   * import changes the answer for the same header.
+   */
+  private readonly ownership = new Map<string, RemoteOwner | null>();
 
   constructor(
     private readonly agent: Agent,
@@ -294,16 +315,23 @@ export class OffsiteService {
     const provider = this.provider(kind, section);
     try {
       const [remote, local] = await Promise.all([provider.list(), this.agent.catalog.list()]);
-      const localNames = new Set(local.map((b) => b.filename));
+      const localOwners = new Map(local.map((b) => [b.filename, b.installationId]));
+      // The local copy says whose it is; the others' headers are read once per object (remembered).
+      const owners = await this.remoteOwners(provider, local, remote);
+      const active = this.agent.keyring.installationId;
       return remote
-        .map((o) => ({
-          filename: o.name,
-          size: o.size,
-          ...(createdAtFromName(o.name) ? { createdAt: createdAtFromName(o.name) } : {}),
-          ...(o.modifiedAt ? { modifiedAt: o.modifiedAt } : {}),
-          ...(o.sha256 ? { sha256: o.sha256 } : {}),
-          local: localNames.has(o.name),
-        }))
+        .map((o): RemoteBackup => {
+          const installationId = localOwners.get(o.name) ?? owners.get(o.name)?.installationId;
+          return {
+            filename: o.name,
+            size: o.size,
+            ...(createdAtFromName(o.name) ? { createdAt: createdAtFromName(o.name) } : {}),
+            ...(o.modifiedAt ? { modifiedAt: o.modifiedAt } : {}),
+            ...(o.sha256 ? { sha256: o.sha256 } : {}),
+            local: localOwners.has(o.name),
+            ...(installationId ? { installationId, ofThisInstallation: installationId === active } : {}),
+          };
+        })
         .sort((a, b) => b.filename.localeCompare(a.filename));
     } catch (error) {
       throw destinationAppError(kind, section, error);
@@ -711,7 +739,7 @@ export class OffsiteService {
    * The names of the remote backups that are not ours: not in the local catalog, and their header
    * (read without a key) names no key we hold or an installation we never were (another controller
    * writing to the same folder), or cannot be read at all. Retention neither counts nor deletes them,
-   * and sync does not fetch them. A name's answer is remembered for the object's size and time.
+   * and sync does not fetch them.
    */
   private async foreignNames(
     provider: StorageProvider,
@@ -719,38 +747,61 @@ export class OffsiteService {
     remote: StoredObject[],
     signal?: AbortSignal,
   ): Promise<Set<string>> {
-    const localNames = new Set(local.map((b) => b.filename));
+    const owners = await this.remoteOwners(provider, local, remote, signal);
     const foreign = new Set<string>();
+    for (const [name, owner] of owners) {
+      if (!owner || !this.agent.keyring.owns(owner.installationId, owner.keyIds)) foreign.add(name);
+    }
+    return foreign;
+  }
+
+  /**
+   * Whose each remote backup that is not in the local catalog is, from its header (read without a
+   * key); undefined when unknown. A header is read once per object (destination, name, size, time)
+   * and remembered while the destination lists it; an object that is not a backup is remembered as
+   * such, a read that failed otherwise (unreachable) is tried again next time.
+   */
+  private async remoteOwners(
+    provider: StorageProvider,
+    local: BackupInfo[],
+    remote: StoredObject[],
+    signal?: AbortSignal,
+  ): Promise<Map<string, RemoteOwner | undefined>> {
+    const localNames = new Set(local.map((b) => b.filename));
+    const owners = new Map<string, RemoteOwner | undefined>();
     const listed = new Set<string>();
     for (const object of remote) {
       if (localNames.has(object.name) || !isBackupName(object.name)) continue;
       const cacheKey = `${provider.id}\n${object.name}\n${object.size}\n${object.modifiedAt ?? ''}`;
       listed.add(cacheKey);
-      let ours = this.ownership.get(cacheKey);
-      if (ours === undefined) {
-        const header = await readRemoteHeader(provider, object.name, signal).catch((error: unknown) => {
-          if (signal?.aborted) throw error;
-          this.agent.log.warn('the header of a remote backup could not be read; it is left alone', {
-            destination: provider.id,
-            filename: object.name,
-            error: describeError(error).message,
-          });
-          return undefined;
-        });
-        ours =
-          header !== undefined &&
-          this.agent.keyring.owns(header.core.installationId, stanzaKeyIds(header.stanzas));
-        // Only a read header is remembered: a failed read is tried again next time.
-        if (header !== undefined) this.ownership.set(cacheKey, ours);
+      let owner = this.ownership.get(cacheKey);
+      if (owner === undefined) {
+        owner = await readRemoteHeader(provider, object.name, signal).then(
+          (header): RemoteOwner => ({
+            installationId: header.core.installationId,
+            keyIds: stanzaKeyIds(header.stanzas),
+          }),
+          (error: unknown) => {
+            if (signal?.aborted) throw error;
+            this.agent.log.warn('the header of a remote backup could not be read; it is left alone', {
+              destination: provider.id,
+              filename: object.name,
+              error: describeError(error).message,
+            });
+            return notABackup(error) ? null : undefined;
+          },
+        );
+        // A failed read is tried again next time, unless the object is no backup at all.
+        if (owner !== undefined) this.ownership.set(cacheKey, owner);
       }
-      if (!ours) foreign.add(object.name);
+      owners.set(object.name, owner ?? undefined);
     }
     // Only what the destination still holds is remembered: in a folder shared with an installation
     // whose backups rotate, every name it ever had would otherwise stay for the agent's lifetime.
     for (const key of this.ownership.keys()) {
       if (key.startsWith(`${provider.id}\n`) && !listed.has(key)) this.ownership.delete(key);
     }
-    return foreign;
+    return owners;
   }
 
   /** Per destination: on/off, auto-upload, last upload and last sync (for health and the page). */
@@ -771,6 +822,12 @@ function withRetryList(
   signal: AbortSignal,
 ): Promise<StoredObject[]> {
   return withRetry(() => provider.list({ signal }), { ...retry, signal });
+}
+
+/** Whether a header read failed on what the object holds (no GEM backup), not on reaching it. */
+function notABackup(error: unknown): boolean {
+  if (error instanceof EnvelopeError) return true;
+  return error instanceof AppError && error.code === 'not_a_backup';
 }
 
 /** The most of a remote backup read to find its header (headers are a few KiB). */

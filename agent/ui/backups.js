@@ -281,9 +281,10 @@ async function verify(name) {
 
 /**
  * Asks, then restores through `path` (local or offsite) with progress, and reloads the page when done:
- * everything on it may have changed.
+ * everything on it may have changed. `warning`: a caution the confirmation shows under what it does
+ * (an offsite copy made by another installation).
  */
-export async function restoreWithProgress(path, name, where = 'this backup') {
+export async function restoreWithProgress(path, name, where = 'this backup', warning = undefined) {
   const ok = await confirmAction({
     title: 'Restore this backup?',
     body: [
@@ -296,6 +297,7 @@ export async function restoreWithProgress(path, name, where = 'this backup') {
         el('strong', {}, 'replaces all current data'),
         ' of GEM with the data in the backup.',
       ),
+      ...(warning ? [el('p', { className: 'warning' }, warning)] : []),
       'A safety backup of the current data is taken first. GEM is briefly unavailable while the data is switched over.',
     ],
     confirmLabel: 'Yes, Restore',

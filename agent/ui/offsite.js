@@ -242,10 +242,23 @@ function remoteTable(provider, list, refresh, allowed) {
     const name = item.filename ?? item.name;
     const when = item.createdAt ?? item.modifiedAt ?? item.lastModified;
     const base = `/offsite/${provider}/backups/${encodeURIComponent(name)}`;
+    // Known to be another installation's (another controller's, or this one's before a keys import).
+    const other = item.installationId && item.ofThisInstallation === false ? short(item.installationId) : '';
     return el(
       'tr',
       { 'data-filename': name },
-      el('th', { scope: 'row', className: 'filename' }, name),
+      el(
+        'th',
+        { scope: 'row', className: 'filename' },
+        el('span', {}, name),
+        other
+          ? el(
+              'span',
+              { className: 'tag tag-other', title: 'Not made by the installation whose keys are active' },
+              `another installation (${other})`,
+            )
+          : null,
+      ),
       el('td', {}, dateTime(when)),
       el('td', { className: 'num' }, bytes(item.size)),
       el(
@@ -269,7 +282,14 @@ function remoteTable(provider, list, refresh, allowed) {
             'aria-label': `Restore ${name}`,
             onclick: async () =>
               (await allowed('Restore')) &&
-              restoreWithProgress(`${base}/restore`, name, `from ${PROVIDERS[provider].title}`),
+              restoreWithProgress(
+                `${base}/restore`,
+                name,
+                `from ${PROVIDERS[provider].title}`,
+                other
+                  ? `This copy was made by another installation (${other}), not the one whose keys are active: restore it only if that is the data you want.`
+                  : undefined,
+              ),
           },
           'Restore',
         ),
@@ -308,6 +328,11 @@ function remoteTable(provider, list, refresh, allowed) {
       el('tbody', {}, rows),
     ),
   );
+}
+
+/** An installation id as the page shows it: its first five characters ("72d26…"). */
+function short(installationId) {
+  return `${installationId.slice(0, 5)}…`;
 }
 
 async function copyToLocal(provider, name) {

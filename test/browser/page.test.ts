@@ -1,8 +1,21 @@
-import { chmod, chown, copyFile, mkdir, mkdtemp, readdir, readFile, rm, stat } from 'node:fs/promises';
+import { randomBytes } from 'node:crypto';
+import {
+  chmod,
+  chown,
+  copyFile,
+  mkdir,
+  mkdtemp,
+  readdir,
+  readFile,
+  rm,
+  stat,
+  writeFile,
+} from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import type { Browser, Page } from 'playwright-core';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { backupNameFor } from '../../agent/backup/catalog';
 import { SEED_COUNTS } from '../../agent/db/seed';
 import { drModule } from '../../agent/http/routes/dr';
 import { maintenanceModule } from '../../agent/http/routes/maintenance';
@@ -10,6 +23,7 @@ import { offsiteModule } from '../../agent/http/routes/offsite';
 import { restoreModule } from '../../agent/http/routes/restore';
 import { retentionModule, settingsModule } from '../../agent/http/routes/settings';
 import { databaseUrl } from '../../agent/system/postgres-tools';
+import { generateFileKey, newCore, sealStream, wrapForMasterKey } from '../../shared/envelope';
 import { startTestAgent, TEST_TOKEN, type TestAgent } from '../services/agent';
 import { launchBrowser, type ServedApp, serveApp } from '../services/browser';
 import { startPostgres, type TestPostgres, withSql } from '../services/postgres';
@@ -17,6 +31,21 @@ import { type SshdService, startSshd, unixIds } from '../services/sshd';
 import { tempDirForTest } from '../services/temp-dir';
 
 const SHOTS = 'test-artifacts/screenshots';
+
+/** A backup of another installation (`installationId`), sealed with a master key this agent does not hold. */
+async function otherInstallationBackup(installationId: string): Promise<Buffer> {
+  const fileKey = generateFileKey();
+  const key = { id: `mk-${randomBytes(8).toString('hex')}`, key: randomBytes(32) };
+  const core = newCore({ installationId, createdAt: new Date().toISOString(), meta: { kind: 'scheduled' } });
+  const sealed = sealStream(new Blob([randomBytes(20_000)]).stream() as ReadableStream<Uint8Array>, {
+    core,
+    stanzas: [await wrapForMasterKey(fileKey, key)],
+    fileKey,
+  });
+  const chunks: Uint8Array[] = [];
+  for await (const c of sealed as unknown as AsyncIterable<Uint8Array>) chunks.push(c);
+  return Buffer.concat(chunks);
+}
 
 let pg: TestPostgres;
 let t: TestAgent;
@@ -301,10 +330,39 @@ describe('the Backup & Restore page in a real browser, against a real agent and 
     const uploaded = (await readdir(remote)).filter((name) => name.startsWith('gem-backup-'));
     expect(uploaded.length).toBeGreaterThan(0);
 
-    await sftp.getByRole('button', { name: 'List Remote Backups' }).click();
-    for (const name of uploaded) await sftp.locator(`tr[data-filename="${name}"]`).waitFor();
-    await sftp.scrollIntoViewIfNeeded();
-    await shot('14-sftp-remote-list', false);
+    // A copy another installation left in the same folder (made a month ago): its row says so.
+    const otherId = randomBytes(16).toString('hex');
+    const other = backupNameFor(new Date(Date.now() - 30 * 24 * 3600 * 1000));
+    await writeFile(join(remote, other), await otherInstallationBackup(otherId));
+    try {
+      await sftp.getByRole('button', { name: 'List Remote Backups' }).click();
+      for (const name of uploaded) await sftp.locator(`tr[data-filename="${name}"]`).waitFor();
+      const otherRow = sftp.locator(`tr[data-filename="${other}"]`);
+      expect(await otherRow.locator('.filename').textContent()).toBe(
+        `${other}another installation (${otherId.slice(0, 5)}…)`,
+      );
+      for (const name of uploaded)
+        expect(await sftp.locator(`tr[data-filename="${name}"] .filename`).textContent()).toBe(name);
+      await sftp.scrollIntoViewIfNeeded();
+      await shot('14-sftp-remote-list', false);
+      // Its restore is not refused, but the confirmation says whose it is first.
+      await otherRow.getByRole('button', { name: `Restore ${other}` }).click();
+      const confirm = page.locator('#confirm-dialog');
+      await confirm.waitFor();
+      expect(await confirm.locator('.warning').textContent()).toBe(
+        `This copy was made by another installation (${otherId.slice(0, 5)}…), not the one whose keys are active: restore it only if that is the data you want.`,
+      );
+      await confirm.getByRole('button', { name: 'Cancel' }).click();
+      await confirm.waitFor({ state: 'hidden' });
+      // Ours asks as before.
+      await sftp.getByRole('button', { name: `Restore ${uploaded[0]}` }).click();
+      await confirm.waitFor();
+      expect(await confirm.locator('.warning').count()).toBe(0);
+      await confirm.getByRole('button', { name: 'Cancel' }).click();
+      await confirm.waitFor({ state: 'hidden' });
+    } finally {
+      await rm(join(remote, other), { force: true });
+    }
   });
 
   it('shows the steps after a backup that failed (auto-upload to an SFTP folder that refuses writes) as a problem', async () => {

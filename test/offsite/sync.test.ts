@@ -215,6 +215,19 @@ describe('a destination folder shared with another installation', () => {
     expect(await localNames()).toEqual([ours]);
     expect(await remoteNames('shared')).toEqual([olderForeign, ours, newerForeign].sort());
 
+    // The remote list says whose each copy is: theirs (from its header) is not of this installation.
+    const { body } = await call(t, 'GET', '/offsite/sftp/backups');
+    const whose = (body.backups as RemoteEntry[]).map((b) => [
+      b.filename,
+      b.installationId,
+      b.ofThisInstallation,
+    ]);
+    expect(whose).toEqual([
+      [newerForeign, OTHER_INSTALLATION, false],
+      [ours, t.agent.keyring.installationId, true],
+      [olderForeign, OTHER_INSTALLATION, false],
+    ]);
+
     // Auto-upload prunes our older copy at the destination, never theirs.
     await t.agent.settings.update({ offsite: { sftp: sftp('shared', true) } });
     const next = filenameOf(await backupNow(t));
@@ -225,7 +238,7 @@ describe('a destination folder shared with another installation', () => {
     // backup is (read from headers) keeps only what the folder still holds.
     await rm(join(sshd.root, 'shared', olderForeign));
     expect((await runJob(t, 'POST', '/offsite/sftp/sync')).state).toBe('succeeded');
-    const remembered = (offsiteServiceFor(t.agent) as unknown as { ownership: Map<string, boolean> })
+    const remembered = (offsiteServiceFor(t.agent) as unknown as { ownership: Map<string, unknown> })
       .ownership;
     expect([...remembered.keys()].map((key) => key.split('\n')[1])).toEqual([newerForeign]);
     await t.agent.settings.update({
@@ -235,12 +248,23 @@ describe('a destination folder shared with another installation', () => {
   });
 });
 
+/** A remote list entry, as far as these tests read it. */
+interface RemoteEntry {
+  filename: string;
+  local: boolean;
+  installationId?: string;
+  ofThisInstallation?: boolean;
+}
+
+/** The installation foreignBackup's backups are of. */
+const OTHER_INSTALLATION = randomBytes(16).toString('hex');
+
 /** A backup of another installation, sealed with a master key we do not hold. */
 async function foreignBackup(createdAt: string): Promise<Buffer> {
   const fileKey = generateFileKey();
   const key = { id: `mk-${randomBytes(8).toString('hex')}`, key: randomBytes(32) };
   const core = newCore({
-    installationId: randomBytes(16).toString('hex'),
+    installationId: OTHER_INSTALLATION,
     createdAt,
     meta: { kind: 'scheduled' },
   });
@@ -284,5 +308,54 @@ describe('restore from a remote copy', () => {
     expect((await readdir(t.agent.paths.work).catch(() => [])).filter((n) => n.includes('offsite'))).toEqual(
       [],
     );
+  });
+});
+
+describe('whose each remote copy is, on a controller rebuilt with the keys of the old one (drill F4)', () => {
+  it("marks the old installation's copies until its keys are imported, then this box's own copy made before", async () => {
+    // The old controller A put its backups in the folder; the rebuilt box (t) first made one of its own
+    // (sample data) there, before its keys were imported.
+    const old = await startOffsiteAgent(pg);
+    try {
+      await old.agent.settings.update({ offsite: { sftp: sftp('rebuilt', true) } });
+      const theirs = filenameOf(await backupNow(old));
+      for (const name of await localNames()) await t.agent.catalog.delete(name);
+      await t.agent.settings.update({
+        autoBackup: { maxBackups: 10 },
+        offsite: { sftp: sftp('rebuilt', true) },
+      });
+      const own = filenameOf(await backupNow(t));
+      expect(await remoteNames('rebuilt')).toEqual([theirs, own].sort());
+      const ownInstallation = t.agent.keyring.installationId;
+      const oldInstallation = old.agent.keyring.installationId;
+      const list = async () =>
+        ((await call(t, 'GET', '/offsite/sftp/backups')).body.backups as RemoteEntry[]).map((b) => [
+          b.filename,
+          b.local,
+          b.installationId,
+          b.ofThisInstallation,
+        ]);
+
+      expect(await list()).toEqual([
+        [own, true, ownInstallation, true],
+        [theirs, false, oldInstallation, false],
+      ]);
+      // Sync leaves A's copy alone while its keys are not here (what it read of the header is remembered).
+      const before = await runJob(t, 'POST', '/offsite/sftp/sync');
+      expect(before.result).toMatchObject({ uploaded: [], downloaded: [] });
+
+      await t.agent.keyring.importKeys(old.agent.keyring.toFile());
+      // Now the newest copy is the one NOT of the active installation: "restore the newest" would take it.
+      expect(await list()).toEqual([
+        [own, true, ownInstallation, false],
+        [theirs, false, oldInstallation, true],
+      ]);
+      // The remembered header is judged by the keys held now: A's copy is ours, and Sync fetches it.
+      const after = await runJob(t, 'POST', '/offsite/sftp/sync');
+      expect(after.state, JSON.stringify(after.error)).toBe('succeeded');
+      expect(after.result).toMatchObject({ uploaded: [], downloaded: [theirs] });
+    } finally {
+      await old.close();
+    }
   });
 });
