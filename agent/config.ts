@@ -135,6 +135,8 @@ export function dataPaths(dataDir: string) {
     sampleConfig: `${dataDir}/gem/config`,
     audit: `${dataDir}/audit.log`,
     backupRecords: `${dataDir}/backup-records.json`,
+    lastRestore: `${dataDir}/last-restore.json`,
+    drRecovery: `${dataDir}/dr-recovery.json`,
   };
 }
 export type DataPaths = ReturnType<typeof dataPaths>;

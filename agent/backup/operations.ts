@@ -1,6 +1,7 @@
 /** Backup operations as jobs, shared by the HTTP API, the CLI and the scheduler. */
 import type { Agent } from '../agent';
-import { describeError } from '../errors';
+import { UnfinishedRecoveryFile } from '../dr/unfinished';
+import { AppError, describeError } from '../errors';
 import type { Job } from '../jobs/runner';
 import { checkBackupName } from './catalog';
 import { backupDeps, type CreateBackupOptions, createBackup, verifyBackup } from './create';
@@ -14,8 +15,12 @@ export interface FollowUp {
   details?: unknown;
 }
 
-/** Starts a backup job; after the backup is verified, the after-backup hooks run, each failure recorded. */
-export function startBackup(agent: Agent, options: CreateBackupOptions = {}): Promise<Job> {
+/**
+ * Starts a backup job; after the backup is verified, the after-backup hooks run, each failure recorded.
+ * Refused while a DR recovery is unfinished (see refuseDuringRecovery).
+ */
+export async function startBackup(agent: Agent, options: CreateBackupOptions = {}): Promise<Job> {
+  if (options.kind !== 'safety' && options.kind !== 'dr') await refuseDuringRecovery(agent);
   return agent.jobs.start(
     'backup',
     async (ctx) => {
@@ -46,6 +51,25 @@ export function startBackup(agent: Agent, options: CreateBackupOptions = {}): Pr
       return { backup, followUps };
     },
     { mutating: true },
+  );
+}
+
+/**
+ * While a DR recovery is unfinished the box carries the recovered installation's identity but still its
+ * own data: a backup made then would be that data under the recovered name, and once the recovery
+ * finished it would pass for one of the recovered installation's backups. The message names no
+ * installation id (the scheduler logs it; the id is the recovery credential).
+ */
+async function refuseDuringRecovery(agent: Agent): Promise<void> {
+  const unfinished = await new UnfinishedRecoveryFile(agent.paths.drRecovery).current(agent.keyring);
+  if (!unfinished) return;
+  const what =
+    unfinished.installationId === null
+      ? unfinished.reason
+      : "a recovery from the DR cloud did not finish: run `gem-backup dr recover --installation-id ID` again with the id `gem-backup dr status` shows (or `gem-backup dr recover --abandon` to go back to this box's own identity)";
+  throw new AppError(
+    'conflict',
+    `no backup is made now, because ${what}; a backup made meanwhile would hold this box's own data under the recovered installation's name`,
   );
 }
 

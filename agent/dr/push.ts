@@ -7,6 +7,7 @@ import { readHeaderOfFile } from '../backup/reader';
 import { AppError, describeError, isAppError } from '../errors';
 import { withJobLock } from '../jobs/lock';
 import type { JobContext } from '../jobs/runner';
+import { LastRestoreStore } from '../restore/last-restore';
 import { AGENT_VERSION } from '../version';
 import type { DrClient, SignedBody } from './client';
 import { chooseEscrowKey, type EscrowKey, escrowHeader } from './escrow';
@@ -221,14 +222,26 @@ async function resumableUpload(
   const upload = (await deps.state.get()).upload;
   if (!upload) return undefined;
   const { agent } = deps;
+  const current = await new LastRestoreStore(agent.paths.lastRestore, agent.log).current({
+    filename: upload.backupName,
+    createdAt: upload.createdAt,
+  });
   if (
+    current &&
     upload.installationId === agent.keyring.installationId &&
     (await agent.catalog.exists(upload.backupName))
   ) {
     return upload;
   }
   await connected;
-  agent.log.info('dropping an unfinished DR upload whose backup is gone', { backup: upload.backupName });
+  agent.log.info(
+    current
+      ? 'dropping an unfinished DR upload whose backup is gone'
+      : 'dropping an unfinished DR upload of a backup made before the last restore',
+    { backup: upload.backupName },
+  );
+  // A temporary backup made for it was kept only for the resume.
+  if (!current && upload.temporary) await agent.catalog.delete(upload.backupName).catch(() => {});
   await deps.client.abortUpload(upload.uploadId).catch(() => {});
   await deps.state.update((s) => {
     delete s.upload;
@@ -249,7 +262,7 @@ async function chooseBackup(
   const { agent } = deps;
   const now = (deps.now ?? (() => new Date()))().getTime();
   const held = new Set(agent.keyring.masterKeys.map((k) => k.id));
-  const recent = (await agent.catalog.list()).find(
+  const candidates = (await agent.catalog.list()).filter(
     (b: BackupInfo) =>
       b.installationId === agent.keyring.installationId &&
       b.kind !== 'safety' &&
@@ -259,6 +272,16 @@ async function chooseBackup(
       !datedInFuture(b, now) &&
       b.keyIds.some((id) => held.has(id)),
   );
+  // Not one made before the last restore (other than the one it restored): it holds data that no
+  // longer runs (a rebuilt box's own sample data, backed up after its keys import, under the recovered identity).
+  const restores = new LastRestoreStore(agent.paths.lastRestore, ctx.log);
+  let recent: BackupInfo | undefined;
+  for (const b of candidates) {
+    if (await restores.current(b)) {
+      recent = b;
+      break;
+    }
+  }
   if (recent) {
     ctx.log.info('uploading an existing local backup', { backup: recent.filename });
     return { name: recent.filename, createdAt: recent.createdAt, temporary: false, reused: true };

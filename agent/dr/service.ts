@@ -72,7 +72,7 @@ export class DrService {
     private readonly options: DrServiceOptions = {},
   ) {
     this.state = new DrStateStore(`${agent.config.dataDir}/dr-state.json`);
-    this.unfinished = new UnfinishedRecoveryFile(`${agent.config.dataDir}/dr-recovery.json`);
+    this.unfinished = new UnfinishedRecoveryFile(agent.paths.drRecovery);
     this.tuning = { ...DEFAULT_TUNING, ...options.tuning };
     if (agent.config.drUrl) {
       this.client = new DrClient({

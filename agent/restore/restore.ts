@@ -29,6 +29,7 @@ import {
   tableDataItems,
 } from './database';
 import { extractionSinks, type LiveFolder } from './extract';
+import { LastRestoreStore } from './last-restore';
 import { cleanupAfterReport, type RestoreFaults, restoreNames, restoreSettled, swapIntoPlace } from './swap';
 
 export type { RestoreFaults } from './swap';
@@ -244,8 +245,14 @@ export async function restoreFromFile(
       });
       ctx.throwIfCancelled();
 
-      // 4. Swap, in a short critical section; the page hears about it first.
+      // 4. Swap, in a short critical section; the page hears about it first. Recorded first: every
+      // backup made before now holds data that no longer runs (the DR push must not reuse one).
       ctx.phase('swap');
+      await new LastRestoreStore(agent.paths.lastRestore, ctx.log).record(
+        new Date(),
+        label,
+        manifest.createdAt,
+      );
       ctx.notice('restore-swap', { restoredFrom: label });
       try {
         await timed('swap', () =>

@@ -7,11 +7,15 @@ import { createHash } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { backupDeps, createBackup } from '../../agent/backup/create';
+import { startBackup } from '../../agent/backup/operations';
 import { DrClient } from '../../agent/dr/client';
 import type { RecoverFaults, RecoverResult } from '../../agent/dr/recover';
 import { type DrStatus, drServiceFor } from '../../agent/dr/service';
 import { normalizeInstallationId } from '../../agent/dr/unfinished';
 import { healthFor } from '../../agent/health/service';
+import { standaloneContext } from '../../agent/jobs/runner';
+import { silentLogger } from '../../agent/log';
 import { databaseUrl } from '../../agent/system/postgres-tools';
 import { runProcess } from '../../agent/system/spawn';
 import type { TestAgent } from '../services/agent';
@@ -132,6 +136,16 @@ describe('an unfinished DR recovery', () => {
     expect(after.lastPush).toMatchObject({ trigger: 'nightly', outcome: 'skipped' });
     expect(after.lastPush?.reason).not.toContain(aId);
     expect(after.lastSuccess).toBeNull();
+
+    // Back up now and the schedule are refused too: B's own data would go under A's name.
+    const listed = (await b.agent.catalog.list()).map((x) => x.filename);
+    const backup = await b.request('/api/v1/backups', { method: 'POST' });
+    expect(backup.status).toBe(409);
+    const message = ((await backup.json()) as { error: { message: string } }).error.message;
+    expect(message).toMatch(/^no backup is made now, because a recovery from the DR cloud did not finish/);
+    expect(message).not.toContain(aId);
+    await expect(startBackup(b.agent, { kind: 'scheduled' })).rejects.toThrow(/no backup is made now/);
+    expect((await b.agent.catalog.list()).map((x) => x.filename)).toEqual(listed);
   });
 
   it('the CLI refuses dr push with the same sentence, shows it in dr status, names its option for a bad id', async () => {
@@ -154,6 +168,11 @@ describe('an unfinished DR recovery', () => {
     const shown = await cli('dr', 'status');
     expect(shown.code, shown.stderr).toBe(0);
     expect((JSON.parse(shown.stdout) as DrStatus).unfinishedRecovery?.installationId).toBe(aId);
+    const create = await cli('create');
+    expect(create.code).toBe(1);
+    expect(create.stderr).toContain(
+      'no backup is made now, because a recovery from the DR cloud did not finish',
+    );
     const bad = await cli('dr', 'recover', '--installation-id', '9EBF 5135 nope');
     expect(bad.code).toBe(1);
     expect(bad.stderr.trim()).toMatch(/^gem-backup: --installation-id must be the 32 hex characters/);
@@ -190,18 +209,35 @@ describe('an unfinished DR recovery', () => {
     delete bFaults.restore;
     const before = (await b.agent.catalog.list()).filter((x) => x.installationId === aId);
     expect(before).toHaveLength(1);
+    // What an earlier version let a backup do meanwhile: B's own data under A's name, younger than A's copy.
+    const meanwhile = await createBackup(backupDeps(b.agent), standaloneContext(silentLogger), {
+      kind: 'manual',
+    });
     const job = await b.agent.jobs.waitFor((await drServiceFor(b.agent).startRecover(asTyped(aId))).id);
     expect(job.error).toBeUndefined();
     const result = job.result as RecoverResult;
     expect(result.backup).toBe(before[0]!.filename);
     // Beside it only the safety backup the restore took of B's own data.
     const after = (await b.agent.catalog.list()).filter((x) => x.installationId === aId);
-    expect(after.filter((x) => x.kind !== 'safety').map((x) => x.filename)).toEqual([result.backup]);
+    expect(
+      after
+        .filter((x) => x.kind !== 'safety')
+        .map((x) => x.filename)
+        .sort(),
+    ).toEqual([result.backup, meanwhile.filename].sort());
     expect(await rowCounts(b.agent)).toEqual(aCounts);
     expect((await status(b)).unfinishedRecovery).toBeNull();
     await expect(readFile(join(b.dataDir, 'dr-recovery.json'))).rejects.toThrow(/ENOENT/);
+    // The push sends what runs now: not the younger backup of B's own data made before the restore.
     const pushed = await pushViaApi(b);
     expect(pushed.error).toBeUndefined();
+    // The backup it restored is what runs: that one goes again, as is.
+    expect(pushed.result).toMatchObject({ backup: result.backup, reused: true, temporary: false });
+    // What the cloud hands out for A now is A's data: recovered onto C, C ends with A's rows.
+    delete cFaults.restore;
+    const again = await c.agent.jobs.waitFor((await drServiceFor(c.agent).startRecover(aId)).id);
+    expect(again.error).toBeUndefined();
+    expect(await rowCounts(c.agent)).toEqual(aCounts);
   });
 
   it('the API answers a malformed id with the rule', async () => {
