@@ -65,7 +65,8 @@ export function datedInFuture(b: { createdAt: string }, now: number): boolean {
 /**
  * The newest backup of `list` (newest first) that counts as a good one of this installation: its
  * verification did not fail, it is ours (`owns`: the keyring's; another installation's upload or one
- * made with keys we do not hold is not), and it is not dated after `now`. Health and metrics judge
+ * made with keys we do not hold is not), it is not dated after `now`, and it is not a restore's safety
+ * backup (that holds the data the restore replaced, not what runs now). Health and metrics judge
  * freshness by it.
  */
 export function newestGoodBackup(
@@ -74,7 +75,11 @@ export function newestGoodBackup(
   now: number = Date.now(),
 ): BackupInfo | undefined {
   return list.find(
-    (b) => b.verifyResult !== 'failed' && owns(b.installationId, b.keyIds) && !datedInFuture(b, now),
+    (b) =>
+      b.kind !== 'safety' &&
+      b.verifyResult !== 'failed' &&
+      owns(b.installationId, b.keyIds) &&
+      !datedInFuture(b, now),
   );
 }
 

@@ -91,4 +91,19 @@ describe('health: the backups area and another installation’s backup', () => {
     expect(ok.lastBackup?.filename).toBe(fresh);
     expect(ok.count).toBe(3);
   });
+
+  it("a restore's safety backup is not the last backup: it holds the data the restore replaced", async () => {
+    const newest = (await backupsHealth()).lastBackup?.filename;
+    // Two days on, a restore (or a DR recovery) takes a safety backup; no backup of what runs now follows.
+    clock = new Date(clock.getTime() + 2 * DAY);
+    const safety = await createBackup(backupDeps(t.agent), standaloneContext(silentLogger), {
+      kind: 'safety',
+      now: clock,
+    });
+    expect((await t.agent.catalog.list())[0]?.filename).toBe(safety.filename);
+    const after = await backupsHealth();
+    expect(after.lastBackup?.filename).toBe(newest);
+    expect(after.status).toBe('warning');
+    expect(after.reason).toMatch(/^The last backup was made 2 days? ago .*backups are overdue/);
+  });
 });
