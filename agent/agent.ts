@@ -26,7 +26,12 @@ import { offsiteUploadHook } from './offsite/service';
 import { removeAbandonedSmbTemp } from './providers/smb-temp';
 import { recoverRestoreAtStart } from './restore/swap';
 import { SettingsService } from './settings/service';
-import { createSmallFileExclusive, removeAbandoned, writeSmallFileAtomic } from './system/atomic-file';
+import {
+  createSmallFileExclusive,
+  processWorkFolder,
+  removeAbandoned,
+  writeSmallFileAtomic,
+} from './system/atomic-file';
 import { PostgresTools, parseDatabaseUrl } from './system/postgres-tools';
 import { logProgramsTo } from './system/spawn';
 
@@ -133,7 +138,8 @@ export async function openAgent(
   await removeAbandoned(workRoot, { all: true });
   // A state file's (or the keyring's) temp copy a process killed before its rename left.
   await removeAbandoned(config.dataDir);
-  paths.work = join(workRoot, `p${process.pid}`);
+  // Named after this process and its PID namespace, and kept fresh: a sweep in another container spares it.
+  paths.work = processWorkFolder(workRoot);
   // An SMB password file (or spooled backup) a killed process left in the temp dir.
   const smbLeftovers = await removeAbandonedSmbTemp();
   if (smbLeftovers.length > 0) {
