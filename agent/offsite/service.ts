@@ -68,10 +68,11 @@ export interface RemoteBackup {
   /** True if the local catalog has a backup of the same name. */
   local: boolean;
   /**
-   * The installation that made it: the local copy's, else the remote header's (read once per object).
-   * Absent when unknown: the header could not be read (unreachable, not a backup).
+   * The first 8 characters of the id of the installation that made it: the local copy's, else the
+   * remote header's (read once per object). Not the whole id: that is the installation's DR recovery
+   * credential. Absent when unknown: the header could not be read (unreachable, not a backup).
    */
-  installationId?: string;
+  installation?: string;
   /**
    * Whether it is of the installation whose keys are active. False for another controller's copy in a
    * shared folder, and for this box's own copies made before a keys import (under its old identity):
@@ -329,7 +330,9 @@ export class OffsiteService {
             ...(o.modifiedAt ? { modifiedAt: o.modifiedAt } : {}),
             ...(o.sha256 ? { sha256: o.sha256 } : {}),
             local: localOwners.has(o.name),
-            ...(installationId ? { installationId, ofThisInstallation: installationId === active } : {}),
+            ...(installationId
+              ? { installation: installationId.slice(0, 8), ofThisInstallation: installationId === active }
+              : {}),
           };
         })
         .sort((a, b) => b.filename.localeCompare(a.filename));

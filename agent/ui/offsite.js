@@ -243,7 +243,7 @@ function remoteTable(provider, list, refresh, allowed) {
     const when = item.createdAt ?? item.modifiedAt ?? item.lastModified;
     const base = `/offsite/${provider}/backups/${encodeURIComponent(name)}`;
     // Known to be another installation's (another controller's, or this one's before a keys import).
-    const other = item.installationId && item.ofThisInstallation === false ? short(item.installationId) : '';
+    const other = item.installation && item.ofThisInstallation === false ? short(item.installation) : '';
     return el(
       'tr',
       { 'data-filename': name },
@@ -331,8 +331,8 @@ function remoteTable(provider, list, refresh, allowed) {
 }
 
 /** An installation id as the page shows it: its first five characters ("72d26…"). */
-function short(installationId) {
-  return `${installationId.slice(0, 5)}…`;
+function short(installation) {
+  return `${installation.slice(0, 5)}…`;
 }
 
 async function copyToLocal(provider, name) {

@@ -219,13 +219,15 @@ describe('a destination folder shared with another installation', () => {
     const { body } = await call(t, 'GET', '/offsite/sftp/backups');
     const whose = (body.backups as RemoteEntry[]).map((b) => [
       b.filename,
-      b.installationId,
+      b.installation,
       b.ofThisInstallation,
     ]);
+    // Only the first 8 characters of an id: the whole one is the installation's DR recovery credential.
+    const other = OTHER_INSTALLATION.slice(0, 8);
     expect(whose).toEqual([
-      [newerForeign, OTHER_INSTALLATION, false],
-      [ours, t.agent.keyring.installationId, true],
-      [olderForeign, OTHER_INSTALLATION, false],
+      [newerForeign, other, false],
+      [ours, t.agent.keyring.installationId.slice(0, 8), true],
+      [olderForeign, other, false],
     ]);
 
     // Auto-upload prunes our older copy at the destination, never theirs.
@@ -252,7 +254,7 @@ describe('a destination folder shared with another installation', () => {
 interface RemoteEntry {
   filename: string;
   local: boolean;
-  installationId?: string;
+  installation?: string;
   ofThisInstallation?: boolean;
 }
 
@@ -326,13 +328,13 @@ describe('whose each remote copy is, on a controller rebuilt with the keys of th
       });
       const own = filenameOf(await backupNow(t));
       expect(await remoteNames('rebuilt')).toEqual([theirs, own].sort());
-      const ownInstallation = t.agent.keyring.installationId;
-      const oldInstallation = old.agent.keyring.installationId;
+      const ownInstallation = t.agent.keyring.installationId.slice(0, 8);
+      const oldInstallation = old.agent.keyring.installationId.slice(0, 8);
       const list = async () =>
         ((await call(t, 'GET', '/offsite/sftp/backups')).body.backups as RemoteEntry[]).map((b) => [
           b.filename,
           b.local,
-          b.installationId,
+          b.installation,
           b.ofThisInstallation,
         ]);
 
