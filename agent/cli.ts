@@ -24,11 +24,15 @@ const USAGES: Record<string, string[]> = {
   list: [
     'list [--json]                               list local backups, newest first (a header on a terminal;',
     '                                            --json: one JSON array as GET /api/v1/backups, sizes in bytes)',
+    'list --from sftp|s3|smb [--json]            list the copies on an offsite destination (set up on the page)',
   ],
   verify: [
     'verify FILE                                 decrypt and check every chunk and member (a name or a path)',
   ],
-  restore: ['restore FILE --yes                          restore a backup (replaces all current data)'],
+  restore: [
+    'restore FILE --yes                          restore a backup (replaces all current data)',
+    'restore NAME --from sftp|s3|smb --yes       restore a copy on an offsite destination',
+  ],
   decrypt: [
     'decrypt FILE --keys KEYS.json [-o OUT]      offline: decrypt to a .tar.gz (no agent or database needed;',
     "                                            KEYS.json: a keys export, or a copy of the data dir's keyring.json;",
@@ -37,7 +41,8 @@ const USAGES: Record<string, string[]> = {
   keys: [
     'keys export [-o FILE] [--force]             export the encryption keys (--force replaces FILE)',
     'keys import FILE                            import keys from another installation',
-    'keys check FILE                             try a keys file on the newest backup (here, else offsite);',
+    'keys check FILE                             try a keys file on the newest backup of its installation',
+    '                                            (here, else offsite);',
     '                                            nothing imported; exit 0 only if it opens it',
   ],
   dr: [

@@ -1,6 +1,8 @@
-/** CLI: gem-backup list [--json]: the local backups, newest first. */
+/** CLI: gem-backup list [--json] [--from sftp|s3|smb]: the local backups (or a destination's), newest first. */
 import { parseArgs } from 'node:util';
 import type { BackupInfo } from '../backup/catalog';
+import { DESTINATION_TITLES, type OffsiteKind, parseOffsiteKind } from '../offsite/destinations';
+import type { RemoteBackup } from '../offsite/service';
 import type { CliContext } from './context';
 import { formatSize } from './format';
 
@@ -26,8 +28,12 @@ export async function listCommand(cli: CliContext): Promise<void> {
   const { values } = parseArgs({
     args: cli.args,
     allowPositionals: false,
-    options: { json: { type: 'boolean' } },
+    options: { json: { type: 'boolean' }, from: { type: 'string' } },
   });
+  if (values.from !== undefined) {
+    await listRemote(cli, parseOffsiteKind(values.from), values.json ?? false);
+    return;
+  }
   const { backupList } = await import('../http/routes/backups');
   const list = await cli.withAgent((agent) => backupList(agent));
   if (values.json) {
@@ -51,4 +57,31 @@ export async function listCommand(cli: CliContext): Promise<void> {
     `${HEADER.filename.padEnd(widths.filename)}  ${HEADER.createdAt.padEnd(widths.createdAt)}  ${HEADER.size.padStart(widths.size)}  ${HEADER.kind}`,
   );
   for (const b of list) cli.out(row(b, widths));
+}
+
+/**
+ * `list --from KIND`: the copies on an enabled destination, newest first, as the page's Offsite list
+ * shows them (`--json`: the array GET /api/v1/offsite/KIND/backups answers in `backups`). Each row says
+ * whether the copy is here too, and marks a copy of another installation than the active keys' (on a
+ * rebuilt controller, its own copies made before the keys import).
+ */
+async function listRemote(cli: CliContext, kind: OffsiteKind, json: boolean): Promise<void> {
+  const { offsiteServiceFor } = await import('../offsite/index');
+  const list: RemoteBackup[] = await cli.withAgent((agent) => offsiteServiceFor(agent).listRemote(kind));
+  if (json) {
+    cli.out(JSON.stringify(list, null, 2));
+    return;
+  }
+  if (list.length === 0) {
+    cli.out(`no backups on the ${DESTINATION_TITLES[kind]}`);
+    return;
+  }
+  const width = Math.max(...list.map((b) => b.filename.length));
+  for (const b of list) {
+    const other =
+      b.installation && b.ofThisInstallation === false ? `  another installation (${b.installation}…)` : '';
+    cli.out(
+      `${b.filename.padEnd(width)}  ${formatSize(b.size).padStart(SIZE_WIDTH)}  ${b.local ? 'here too' : 'only there'}${other}`,
+    );
+  }
 }

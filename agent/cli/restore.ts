@@ -1,19 +1,28 @@
-/** CLI: gem-backup restore FILE --yes [--keep-previous], a backup in the catalog or any backup file path. */
+/**
+ * CLI: gem-backup restore FILE --yes [--keep-previous] [--from sftp|s3|smb]: a backup in the catalog,
+ * any backup file path, or (--from) a copy on an offsite destination, fetched and checked first.
+ */
 import { existsSync } from 'node:fs';
 import { basename, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
-import { AppError } from '../errors';
+import { AppError, isAppError } from '../errors';
 import type { Job } from '../jobs/runner';
+import { parseOffsiteKind } from '../offsite/destinations';
 import type { CliContext } from './context';
 
 export async function restoreCommand(cli: CliContext): Promise<void> {
   const { values, positionals } = parseArgs({
     args: cli.args,
     allowPositionals: true,
-    options: { yes: { type: 'boolean' }, 'keep-previous': { type: 'boolean' } },
+    options: { yes: { type: 'boolean' }, 'keep-previous': { type: 'boolean' }, from: { type: 'string' } },
   });
   const file = positionals[0];
-  if (!file) throw new AppError('bad_request', 'usage: gem-backup restore FILE --yes [--keep-previous]');
+  if (!file)
+    throw new AppError(
+      'bad_request',
+      'usage: gem-backup restore FILE --yes [--keep-previous] [--from sftp|s3|smb]',
+    );
+  const from = values.from === undefined ? undefined : parseOffsiteKind(values.from);
   if (!values.yes) {
     throw new AppError(
       'bad_request',
@@ -24,13 +33,22 @@ export async function restoreCommand(cli: CliContext): Promise<void> {
   const job: Job = await cli.withAgent(async (agent) => {
     const { restoreFromFile, startRestore } = await import('../restore/restore');
     const name = basename(file);
-    // A path to a file restores that file; a bare backup name restores from the catalog.
-    const started = existsSync(file)
-      ? await agent.jobs.start('restore', (ctx) => restoreFromFile(agent, ctx, resolve(file), options), {
-          mutating: true,
-          target: name,
-        })
-      : await startRestore(agent, name, options);
+    // A path to a file restores that file; a bare backup name restores from the catalog, or with
+    // --from from that destination (as the page's Offsite list does).
+    const started = from
+      ? await (await import('../offsite/index')).offsiteServiceFor(agent).startRestore(from, file, options)
+      : existsSync(file)
+        ? await agent.jobs.start('restore', (ctx) => restoreFromFile(agent, ctx, resolve(file), options), {
+            mutating: true,
+            target: name,
+          })
+        : await startRestore(agent, name, options).catch((error: unknown) => {
+            if (!isAppError(error, 'not_found')) throw error;
+            throw new AppError(
+              'not_found',
+              `${error.message}; a copy on an offsite destination is listed by \`gem-backup list --from sftp\` (or s3, smb) and restored by \`gem-backup restore ${name} --from sftp --yes\``,
+            );
+          });
     const off = agent.jobs.subscribe(started.id, (e) => {
       if (e.type === 'update') cli.progress(e.job.phase, e.job.bytesDone, e.job.bytesTotal);
     });
