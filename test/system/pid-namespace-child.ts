@@ -5,7 +5,8 @@
 //   write <file> <heartbeatMs>: writes <file> through writeFileAtomic from a source that never ends.
 //   work <root> <heartbeatMs>: makes its work folder under <root> and keeps it.
 import { readlinkSync } from 'node:fs';
-import { mkdir } from 'node:fs/promises';
+import { mkdir, readdir } from 'node:fs/promises';
+import { dirname } from 'node:path';
 import { PassThrough } from 'node:stream';
 import { acquireLock, lockTiming } from '../../agent/jobs/lock';
 import { processWorkFolder, tempTiming, writeFileAtomic } from '../../agent/system/atomic-file';
@@ -41,7 +42,11 @@ if (mode === 'hold') {
   const source = new PassThrough();
   source.write('begin ');
   void writeFileAtomic(path, [source]);
-  setTimeout(() => report({ writing: true }), 200);
+  // Reported once its temp file is there (however loaded the machine), not after a fixed wait.
+  while (!(await readdir(dirname(path))).some((name) => name.startsWith('.tmp-'))) {
+    await new Promise((resolve) => setTimeout(resolve, 10));
+  }
+  report({ writing: true });
   forever();
 } else if (mode === 'work') {
   const folder = processWorkFolder(path);
