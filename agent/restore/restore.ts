@@ -9,6 +9,7 @@ import { DUMP_NAME } from '../backup/manifest';
 import { prepareArchiveHasher } from '../backup/member-hasher';
 import { type ReadOptions, readBackup } from '../backup/reader';
 import { busyBackupNames } from '../backup/retention';
+import { UnfinishedRecoveryFile } from '../dr/unfinished';
 import { AppError, describeError } from '../errors';
 import type { Job, JobContext } from '../jobs/runner';
 import { TEMP_PREFIX } from '../system/atomic-file';
@@ -271,6 +272,7 @@ export async function restoreFromFile(
       }
     });
     ctx.log.info('restore swapped into place', { restoredFrom: label, safetyBackup });
+    await finishUnfinishedRecovery(agent, ctx, manifest.installationId);
 
     // 5. Restart GEM; its failure is reported, the restore itself is done.
     ctx.phase('restart');
@@ -331,6 +333,24 @@ export async function restoreFromFile(
  * too). One pinned meanwhile, or in use by a running job, stays. Returns the line that says so, or
  * undefined if it stayed.
  */
+/**
+ * A DR recovery that stopped after installing the recovered keys (dr-recovery.json) is done once a
+ * backup of that installation is restored here by any means (the owner restored one by hand): from
+ * then on the data is that installation's, and backups and pushes go again. A record that cannot be
+ * read stays (the recovery command clears it).
+ */
+async function finishUnfinishedRecovery(agent: Agent, ctx: JobContext, restored: string): Promise<void> {
+  const file = new UnfinishedRecoveryFile(agent.paths.drRecovery);
+  const record = await file.read().catch(() => null);
+  if (record?.installationId !== restored) return;
+  // After the swap: a failure here must not turn the restore that happened into a failed one.
+  await file.clear().then(
+    () => ctx.log.info('the unfinished DR recovery is done: a backup of its installation was restored'),
+    (error: unknown) =>
+      ctx.log.warn('the unfinished DR recovery could not be marked done', { error: describeError(error) }),
+  );
+}
+
 async function removeSafetyBackup(agent: Agent, ctx: JobContext, name: string): Promise<string | undefined> {
   try {
     const info = await agent.catalog.info(name);

@@ -16,6 +16,7 @@ import { normalizeInstallationId } from '../../agent/dr/unfinished';
 import { healthFor } from '../../agent/health/service';
 import { standaloneContext } from '../../agent/jobs/runner';
 import { silentLogger } from '../../agent/log';
+import { startRestore } from '../../agent/restore/restore';
 import { databaseUrl } from '../../agent/system/postgres-tools';
 import { runProcess } from '../../agent/system/spawn';
 import type { TestAgent } from '../services/agent';
@@ -233,11 +234,25 @@ describe('an unfinished DR recovery', () => {
     expect(pushed.error).toBeUndefined();
     // The backup it restored is what runs: that one goes again, as is.
     expect(pushed.result).toMatchObject({ backup: result.backup, reused: true, temporary: false });
-    // What the cloud hands out for A now is A's data: recovered onto C, C ends with A's rows.
-    delete cFaults.restore;
-    const again = await c.agent.jobs.waitFor((await drServiceFor(c.agent).startRecover(aId)).id);
-    expect(again.error).toBeUndefined();
-    expect(await rowCounts(c.agent)).toEqual(aCounts);
+  });
+
+  it("a restore by hand of the recovered installation's backup finishes the recovery: backups and pushes go again", async () => {
+    const dFaults: RecoverFaults = { restore: FULL_DISK };
+    const d = await startDrAgent(pg, cloud.url, { recoverFaults: dFaults });
+    try {
+      const failed = await d.agent.jobs.waitFor((await drServiceFor(d.agent).startRecover(aId)).id);
+      expect(failed.error?.code, failed.error?.message).toBe('no_space');
+      expect((await status(d)).unfinishedRecovery).not.toBeNull();
+      const stored = (await d.agent.catalog.list()).find((x) => x.installationId === aId);
+      expect(stored).toBeDefined();
+      const restored = await d.agent.jobs.waitFor((await startRestore(d.agent, stored!.filename)).id);
+      expect(restored.state, JSON.stringify(restored.error)).toBe('succeeded');
+      expect(await rowCounts(d.agent)).toEqual(aCounts);
+      expect((await status(d)).unfinishedRecovery).toBeNull();
+      expect((await d.request('/api/v1/backups', { method: 'POST' })).status).toBe(202);
+    } finally {
+      await d.close().catch(() => {});
+    }
   });
 
   it('the API answers a malformed id with the rule', async () => {
