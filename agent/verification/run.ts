@@ -11,6 +11,7 @@ import { AppError, describeError } from '../errors';
 import type { Job, JobContext } from '../jobs/runner';
 import { OFFSITE_KINDS, type OffsiteKind } from '../offsite/destinations';
 import { offsiteServiceFor } from '../offsite/service';
+import { createdAtFromName } from '../offsite/transfer';
 import { headSlot, slotDifferences } from './cloud-slot';
 import { activeTargets, type TargetResult, type VerificationTarget, verificationStateFor } from './state';
 
@@ -58,7 +59,11 @@ async function verifyOffsite(agent: Agent, ctx: JobContext, kind: OffsiteKind): 
     const provider = offsiteServiceFor(agent).provider(kind);
     try {
       const objects = (await provider.list()).filter((o) => isBackupName(o.name));
-      const newest = objects.sort((a, b) => b.name.localeCompare(a.name))[0];
+      // The newest by name, not one dated after the clock (made while it was ahead), unless only such are there.
+      const sorted = objects.sort((a, b) => b.name.localeCompare(a.name));
+      const newest =
+        sorted.find((o) => !datedInFuture({ createdAt: createdAtFromName(o.name) ?? '' }, Date.now())) ??
+        sorted[0];
       if (!newest)
         return { target: kind, at, ok: true, check: 'none', skipped: 'the destination holds no backup yet' };
       filename = newest.name;

@@ -2,21 +2,25 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startBackup } from '../../agent/backup/operations';
 import { healthFor } from '../../agent/health/service';
-import { call } from '../health/helpers';
+import { call, sftpSection } from '../health/helpers';
 import { startTestAgent, type TestAgent } from '../services/agent';
 import { startPostgres, type TestPostgres } from '../services/postgres';
+import { type SshdService, startSshd } from '../services/sshd';
+import { startAll } from '../services/start-all';
 
 let pg: TestPostgres;
+let sshd: SshdService;
 let t: TestAgent;
 
 beforeAll(async () => {
-  pg = await startPostgres();
+  ({ pg, sshd } = await startAll({ pg: startPostgres, sshd: startSshd }));
   t = await startTestAgent(pg);
   healthFor(t.agent, { offsiteProbeIntervalMs: 0 });
 }, 60_000);
 afterAll(async () => {
   if (t) healthFor(t.agent).stop();
   await t?.close();
+  await sshd?.stop();
   await pg?.stop();
 });
 
@@ -34,6 +38,7 @@ describe('backups dated after the clock', () => {
   it('are kept and not counted: the real backups made since keep their history, and health warns', async () => {
     const put = await call(t, 'PUT', '/settings', {
       autoBackup: { enabled: true, schedule: 'daily', maxBackups: 3 },
+      offsite: { sftp: { ...sftpSection(sshd, 'clock-ahead'), autoUpload: true } },
     });
     expect(put.status).toBe(200);
     // Three nights with the clock set ten years ahead.
@@ -46,6 +51,11 @@ describe('backups dated after the clock', () => {
 
     // Counted, the 2036 ones were "the newest three" and each real backup went at the next one.
     expect(await localNames()).toEqual([...real.slice(1), ...ahead].sort());
+    // The destination's retention (after each auto-upload) keeps the same ones.
+    const remote = (await call(t, 'GET', '/offsite/sftp/backups')).body.backups as Array<{
+      filename: string;
+    }>;
+    expect(remote.map((b) => b.filename).sort()).toEqual([...real.slice(1), ...ahead].sort());
     const deleted = (await call(t, 'GET', '/retention/preview')).body as { delete: unknown[] };
     expect(deleted.delete).toEqual([]);
 
@@ -67,9 +77,9 @@ describe('backups dated after the clock', () => {
     expect(run.status).toBe(202);
     const verified = await t.agent.jobs.waitFor(run.body.jobId);
     expect(verified.state, JSON.stringify(verified.error)).toBe('succeeded');
-    expect(
-      (verified.result as { results: Array<{ target: string; filename?: string }> }).results,
-    ).toContainEqual(expect.objectContaining({ target: 'local', filename: real[3] }));
+    const results = (verified.result as { results: Array<{ target: string; filename?: string }> }).results;
+    expect(results).toContainEqual(expect.objectContaining({ target: 'local', filename: real[3] }));
+    expect(results).toContainEqual(expect.objectContaining({ target: 'sftp', filename: real[3] }));
 
     // Once a person deletes them, the area is ok again.
     for (const name of ahead) expect((await call(t, 'DELETE', `/backups/${name}`)).status).toBe(200);
