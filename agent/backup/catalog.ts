@@ -125,8 +125,8 @@ export class BackupCatalog {
 
   /**
    * A backups folder made by an earlier version is 0755 with 0644 backups in it: closed to other users
-   * here once (0700), so that what was written before is as private as what is written now. A folder
-   * of another owner (an operator's mount) is left as it is, with a warning.
+   * here (0700; at each start, a no-op once closed), so that what was written before is as private as
+   * what is written now. A folder of another owner (an operator's mount) is left as it is, with a warning.
    */
   private async closeToOthers(): Promise<void> {
     const info = await stat(this.dir);

@@ -63,13 +63,9 @@ export async function startBackup(agent: Agent, options: CreateBackupOptions = {
 async function refuseDuringRecovery(agent: Agent): Promise<void> {
   const unfinished = await new UnfinishedRecoveryFile(agent.paths.drRecovery).current(agent.keyring);
   if (!unfinished) return;
-  const what =
-    unfinished.installationId === null
-      ? unfinished.reason
-      : "a recovery from the DR cloud did not finish: run `gem-backup dr recover --installation-id ID` again with the id `gem-backup dr status` shows (or `gem-backup dr recover --abandon` to go back to this box's own identity)";
   throw new AppError(
     'conflict',
-    `no backup is made now, because ${what}; a backup made meanwhile would hold this box's own data under the recovered installation's name`,
+    `no backup is made now, because ${unfinished.reason}; a backup made meanwhile would hold this box's own data under the recovered installation's name`,
   );
 }
 
