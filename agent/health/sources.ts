@@ -179,8 +179,11 @@ export function offsiteArea(
           reason: `The last upload to ${title} failed: ${d.lastUpload.error?.message ?? 'unknown error'}`,
         });
       } else if (d.autoUpload && newest) {
-        // There when an upload (auto or sync) of it or a newer one is recorded, or the last list shows it.
-        const there = (last && last.backup >= newest.filename) || remote?.has(newest.filename);
+        // There when an upload (auto or sync) of it or a newer one is recorded, or the last list shows it
+        // (not when that name was found taken there by a different backup: another controller's).
+        const there =
+          (last && last.backup >= newest.filename) ||
+          (remote?.has(newest.filename) && !offsite.nameTakenAt(kind, newest.filename));
         if (!there && !unreachable && !(await uploading())) {
           findings.push({
             status: 'warning',

@@ -2,11 +2,12 @@
 import { mkdir, mkdtemp, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { S3Input, SftpInput, SmbInput } from '../../shared/api/settings';
-import { EnvelopeError, type EnvelopeHeader, stanzaKeyIds, tryParseHeader } from '../../shared/envelope';
+import { type EnvelopeHeader, stanzaKeyIds } from '../../shared/envelope';
 import type { StorageProvider, StoredObject } from '../../shared/storage/index';
 import { isBackupName } from '../../shared/storage/names';
 import type { AfterBackupHook, Agent } from '../agent';
 import { type BackupInfo, checkBackupName } from '../backup/catalog';
+import { readHeaderOfFile } from '../backup/reader';
 import { busyBackupNames, planPrune } from '../backup/retention';
 import { AppError, describeError } from '../errors';
 import { validationError } from '../http/errors';
@@ -42,12 +43,21 @@ import {
   DestinationLeftAlone,
   downloadToCatalog,
   downloadToFile,
+  NameTakenError,
+  nameTakenMessage,
+  notABackup,
   planRemotePrune,
   type RetryPolicy,
+  readRemoteHeader,
+  type SyncCandidate,
+  sameHeader,
   sweepLeftovers,
   syncCandidates,
   uploadBackup,
 } from './transfer';
+
+// Moved to transfer.ts (uploadBackup reads it too); still importable from here.
+export { readRemoteHeader };
 
 export interface OffsiteServiceOptions {
   /** Retries of transient failures (default 4 attempts from 1 s, doubling). */
@@ -155,6 +165,14 @@ export class OffsiteService {
    * import changes the answer for the same header.
    */
   private readonly ownership = new Map<string, RemoteOwner | null>();
+  /**
+   * The header of the remote object under the name of a LOCAL backup (destination, name, size, time);
+   * null: not a backup. Read to find a different backup under our name (another controller's, made in
+   * the same second), which is neither ours nor "there".
+   */
+  private readonly namesakes = new Map<string, EnvelopeHeader | null>();
+  /** Per destination kind, our backups' names last found taken there by a different backup (health reads it). */
+  private readonly taken = new Map<string, Set<string>>();
 
   constructor(
     private readonly agent: Agent,
@@ -471,9 +489,17 @@ export class OffsiteService {
         ]);
         const foreign = await this.foreignNames(provider, local, remote, ctx.signal);
         if (foreign.size > 0) ctx.log.info('left alone: backups that are not ours', { names: [...foreign] });
-        const candidates = syncCandidates(local, remote).map((c) =>
-          foreign.has(c.filename) ? { ...c, foreign: true } : c,
-        );
+        // Our name, another backup: not "there" (and never replaced); reported below as a failure.
+        const taken = await this.takenNames(kind, provider, local, remote, ctx.signal);
+        const candidates = syncCandidates(local, remote).map((c): SyncCandidate => {
+          if (foreign.has(c.filename)) return { ...c, foreign: true };
+          // The remote object is not our copy: never counted nor pruned as one.
+          if (taken.has(c.filename)) {
+            const { remote: _, ...ours } = c;
+            return ours;
+          }
+          return c;
+        });
         const maxBackups = this.agent.settings.get().autoBackup.maxBackups;
         keep = this.keepCount(maxBackups, ctx.log);
         const plan = planPrune(candidates, { maxBackups });
@@ -486,12 +512,20 @@ export class OffsiteService {
           ctx.throwIfCancelled();
           const name = candidate.filename;
           if (candidate.foreign) continue; // another installation's: neither fetched nor spread
+          const namesake = taken.get(name);
+          if (namesake !== undefined) {
+            const message = nameTakenMessage(name, namesake);
+            failures.push(`${name}: ${message}`);
+            ctx.log.warn('a sync transfer failed', { destination: kind, filename: name, error: message });
+            continue;
+          }
           try {
             if (candidate.local && !candidate.remote) {
               if (candidate.local.verifyResult === 'failed') continue; // a bad backup is not spread
               if (!watch.stillConfigured(`uploading ${name}`)) break;
               ctx.phase(`uploading ${name}`, candidate.local.size);
-              const stored = await uploadBackup(this.agent, provider, name, transfer);
+              // Just listed without this name: no other backup to look for under it.
+              const stored = await uploadBackup(this.agent, provider, name, { ...transfer, absent: true });
               result.uploaded.push(name);
               // Counted like an auto-upload (health, metrics), as soon as it lands: oldest first, so the newest last.
               await this.state
@@ -612,8 +646,15 @@ export class OffsiteService {
             stillConfigured: () => watch.stillConfigured(`retrying the upload of ${backup.filename}`),
           }).catch((error: unknown) => {
             if (error instanceof DestinationLeftAlone) return undefined;
+            if (error instanceof NameTakenError) return error;
             throw error;
           });
+          if (stored instanceof NameTakenError) {
+            // Its own words (not the provider failures' "did not match ... try again"): nothing to retry.
+            this.markTaken(kind, backup.filename, true);
+            return { ok: false, ...swept, error: { code: stored.code, message: stored.message } };
+          }
+          this.markTaken(kind, backup.filename, false);
           if (!stored) return left(swept);
           const keep = this.keepCount(settings.autoBackup.maxBackups, ctx.log);
           const pruned = await this.pruneRemote(
@@ -725,7 +766,9 @@ export class OffsiteService {
   ): Promise<string[]> {
     const [local, remote] = await Promise.all([this.agent.catalog.list(), provider.list({ signal })]);
     const foreign = await this.foreignNames(provider, local, remote, signal);
-    const ours = remote.filter((o) => !foreign.has(o.name));
+    // A different backup under one of our names is not our copy either: never pruned.
+    const taken = await this.takenNames(undefined, provider, local, remote, signal);
+    const ours = remote.filter((o) => !foreign.has(o.name) && !taken.has(o.name));
     const doomed = planRemotePrune(local, ours, maxBackups, [...protect, ...busyBackupNames(this.agent)]);
     const deleted: string[] = [];
     for (const name of doomed) {
@@ -807,6 +850,67 @@ export class OffsiteService {
     return owners;
   }
 
+  /**
+   * Our backups whose name the destination holds with a DIFFERENT backup (its header is not the local
+   * file's: another controller made one in the same second), each with that backup's installation id.
+   * A remote header is read once per object (destination, name, size, time) and remembered while the
+   * destination lists it; an object that is no backup is not a different backup (an upload replaces it).
+   */
+  private async takenNames(
+    kind: OffsiteKind | undefined,
+    provider: StorageProvider,
+    local: BackupInfo[],
+    remote: StoredObject[],
+    signal?: AbortSignal,
+  ): Promise<Map<string, string>> {
+    const localNames = new Set(local.map((b) => b.filename));
+    const taken = new Map<string, string>();
+    const listed = new Set<string>();
+    for (const object of remote) {
+      if (!localNames.has(object.name)) continue;
+      const cacheKey = `${provider.id}\n${object.name}\n${object.size}\n${object.modifiedAt ?? ''}`;
+      listed.add(cacheKey);
+      let header = this.namesakes.get(cacheKey);
+      if (header === undefined) {
+        header = await readRemoteHeader(provider, object.name, signal).catch((error: unknown) => {
+          if (signal?.aborted) throw error;
+          if (notABackup(error)) return null;
+          this.agent.log.warn('the header of a remote backup could not be read', {
+            destination: provider.id,
+            filename: object.name,
+            error: describeError(error).message,
+          });
+          return undefined;
+        });
+        if (header !== undefined) this.namesakes.set(cacheKey, header);
+      }
+      if (!header) continue;
+      const mine = await readHeaderOfFile(this.agent.catalog.pathOf(object.name)).catch(() => undefined);
+      if (mine && !sameHeader(header, mine)) taken.set(object.name, header.core.installationId);
+    }
+    for (const key of this.namesakes.keys()) {
+      if (key.startsWith(`${provider.id}\n`) && !listed.has(key)) this.namesakes.delete(key);
+    }
+    if (kind !== undefined) this.taken.set(kind, new Set(taken.keys()));
+    return taken;
+  }
+
+  /** Remembers (or forgets) that a backup's name is taken at a destination by a different backup. */
+  private markTaken(kind: OffsiteKind, name: string, taken: boolean): void {
+    const names = this.taken.get(kind) ?? new Set<string>();
+    if (taken) names.add(name);
+    else names.delete(name);
+    this.taken.set(kind, names);
+  }
+
+  /**
+   * Whether the last look (a sync, an auto-upload) found `name` taken at the destination by a different
+   * backup: a list showing the name does not mean our backup is there (health).
+   */
+  nameTakenAt(kind: OffsiteKind, name: string): boolean {
+    return this.taken.get(kind)?.has(name) ?? false;
+  }
+
   /** Per destination: on/off, auto-upload, last upload and last sync (for health and the page). */
   async status(): Promise<Record<OffsiteKind, { enabled: boolean; autoUpload: boolean } & DestinationState>> {
     const offsite = this.agent.settings.get().offsite;
@@ -825,40 +929,6 @@ function withRetryList(
   signal: AbortSignal,
 ): Promise<StoredObject[]> {
   return withRetry(() => provider.list({ signal }), { ...retry, signal });
-}
-
-/** Whether a header read failed on what the object holds (no GEM backup), not on reaching it. */
-function notABackup(error: unknown): boolean {
-  if (error instanceof EnvelopeError) return true;
-  return error instanceof AppError && error.code === 'not_a_backup';
-}
-
-/** The most of a remote backup read to find its header (headers are a few KiB). */
-const MAX_HEADER_BYTES = 2 * 1024 * 1024;
-
-/** Reads just the header of a remote backup (no key needed), then stops the download. */
-export async function readRemoteHeader(
-  provider: StorageProvider,
-  name: string,
-  signal?: AbortSignal,
-): Promise<EnvelopeHeader> {
-  const stream = await provider.get(name, signal ? { signal } : {});
-  const reader = stream.getReader();
-  const chunks: Uint8Array[] = [];
-  let length = 0;
-  try {
-    while (length < MAX_HEADER_BYTES) {
-      const { done, value } = await reader.read();
-      if (done) break;
-      chunks.push(value);
-      length += value.length;
-      const parsed = tryParseHeader(Buffer.concat(chunks));
-      if (parsed) return parsed.header;
-    }
-    throw new AppError('not_a_backup', `${name} is not a GEM backup (no readable header)`);
-  } finally {
-    await reader.cancel().catch(() => undefined);
-  }
 }
 
 const services = new WeakMap<Agent, OffsiteService>();

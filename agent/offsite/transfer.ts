@@ -3,17 +3,20 @@ import { createReadStream, createWriteStream } from 'node:fs';
 import { stat } from 'node:fs/promises';
 import { Readable, Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
+import { EnvelopeError, type EnvelopeHeader, tryParseHeader } from '../../shared/envelope';
 import type {
   BackupSource,
   StorageProvider,
   StoredObject,
   TempSweepResult,
 } from '../../shared/storage/index';
-import { StorageError } from '../../shared/storage/index';
+import { isStorageError, StorageError } from '../../shared/storage/index';
 import type { Agent } from '../agent';
 import type { BackupInfo } from '../backup/catalog';
+import { readHeaderOfFile } from '../backup/reader';
 import { type PruneCandidate, planPrune } from '../backup/retention';
 import { type ReceivedBackup, receiveUpload } from '../backup/upload';
+import { AppError } from '../errors';
 import { hashFile } from '../providers/checks';
 import { type RetryOptions, withRetry } from '../providers/retry';
 
@@ -32,6 +35,11 @@ export interface TransferOptions {
    * transfer with DestinationLeftAlone instead of trying it again.
    */
   stillConfigured?: () => boolean;
+  /**
+   * The caller just listed the destination and saw no object of this name: uploadBackup skips its
+   * look for another backup already under the name (see NameTakenError).
+   */
+  absent?: true;
 }
 
 /** A transfer not tried again because its destination was turned off or changed during the job. */
@@ -113,11 +121,102 @@ export function fileSource(path: string, size: number, sha256: string): BackupSo
   };
 }
 
+/** What a person reads when a different backup already holds a backup's name at a destination. */
+export function nameTakenMessage(name: string, installationId: string): string {
+  return `a different backup named ${name} is already there (of installation ${installationId.slice(0, 8)}…; two controllers back up into this folder and made backups in the same second): it is left as it is and this backup is not uploaded there. Give each controller its own folder`;
+}
+
+/**
+ * A different backup (another header) already under the name at the destination: another controller
+ * writing to the same folder made one in the same second. Never replaced: the upload is refused.
+ */
+export class NameTakenError extends StorageError {
+  constructor(
+    readonly backup: string,
+    readonly installationId: string,
+  ) {
+    super('integrity', nameTakenMessage(backup, installationId), { permanent: true });
+    this.name = 'NameTakenError';
+  }
+}
+
+/** Whether a header read failed on what the object holds (no GEM backup), not on reaching it. */
+export function notABackup(error: unknown): boolean {
+  if (error instanceof EnvelopeError) return true;
+  return error instanceof AppError && error.code === 'not_a_backup';
+}
+
+/** The most of a remote backup read to find its header (headers are a few KiB). */
+const MAX_HEADER_BYTES = 2 * 1024 * 1024;
+
+/** Reads just the header of a remote backup (no key needed), then stops the download. */
+export async function readRemoteHeader(
+  provider: StorageProvider,
+  name: string,
+  signal?: AbortSignal,
+): Promise<EnvelopeHeader> {
+  const stream = await provider.get(name, signal ? { signal } : {});
+  const reader = stream.getReader();
+  const chunks: Uint8Array[] = [];
+  let length = 0;
+  try {
+    while (length < MAX_HEADER_BYTES) {
+      const { done, value } = await reader.read();
+      if (done) break;
+      chunks.push(value);
+      length += value.length;
+      const parsed = tryParseHeader(Buffer.concat(chunks));
+      if (parsed) return parsed.header;
+    }
+    throw new AppError('not_a_backup', `${name} is not a GEM backup (no readable header)`);
+  } finally {
+    await reader.cancel().catch(() => undefined);
+  }
+}
+
+/** Whether two headers are the same bytes: the same backup (its copies), not merely the same name. */
+export function sameHeader(a: EnvelopeHeader, b: EnvelopeHeader): boolean {
+  return Buffer.from(a.bytes).equals(Buffer.from(b.bytes));
+}
+
+/**
+ * Throws NameTakenError if the destination holds, under `name`, a readable backup whose header is not
+ * the local file's. Nothing there, an earlier copy of this very backup, or an object that is no backup:
+ * the upload may go on (and replace it).
+ */
+async function refuseNameTaken(
+  provider: StorageProvider,
+  name: string,
+  path: string,
+  options: TransferOptions,
+): Promise<void> {
+  const retry = { ...options.retry, signal: options.signal, onRetry: options.onRetry };
+  const existing = await withRetry(() => provider.stat(name, { signal: options.signal }), retry).catch(
+    (error: unknown) => {
+      if (isStorageError(error, 'not_found')) return undefined;
+      throw error;
+    },
+  );
+  if (!existing) return;
+  const remote = await withRetry(
+    () => guardStall((signal) => readRemoteHeader(provider, name, signal), options),
+    retry,
+  ).catch((error: unknown) => {
+    if (notABackup(error)) return undefined;
+    throw error;
+  });
+  if (!remote) return;
+  if (!sameHeader(remote, await readHeaderOfFile(path))) {
+    throw new NameTakenError(name, remote.core.installationId);
+  }
+}
+
 /**
  * Uploads a local backup to `provider` under the same name, then checks the size (and sha256 where the
  * provider reports one) that put() found on the server against the local file, whose sha256 comes
  * from the catalog. Transient failures are retried from a
- * re-opened file; the provider never leaves a partial object under the name.
+ * re-opened file; the provider never leaves a partial object under the name. A different backup
+ * already under the name is never replaced: NameTakenError (unless `absent` says nothing is there).
  */
 export async function uploadBackup(
   agent: Pick<Agent, 'catalog'>,
@@ -133,6 +232,9 @@ export async function uploadBackup(
     sha256 = (await hashFile(path, { signal: options.signal })).sha256;
     await agent.catalog.recordSha256(name, sha256);
   }
+  // Providers replace the final name: a different backup under it (another controller's, made in the
+  // same second) would be destroyed.
+  if (!options.absent) await refuseNameTaken(provider, name, path, options);
   const source = fileSource(path, size, sha256);
   const retry = { ...options.retry, signal: options.signal, onRetry: options.onRetry };
   const stored = await withRetry((attempt) => {

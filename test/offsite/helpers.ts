@@ -1,8 +1,10 @@
 // Offsite test helpers: a test agent with the offsite routes, backups on demand, job waiting.
+import { randomBytes } from 'node:crypto';
 import { expect } from 'vitest';
 import { offsiteModule } from '../../agent/http/routes/offsite';
 import type { Job } from '../../agent/jobs/runner';
 import { type OffsiteServiceOptions, offsiteServiceFor } from '../../agent/offsite/index';
+import { generateFileKey, newCore, sealStream, wrapForMasterKey } from '../../shared/envelope';
 import { startTestAgent, type TestAgent } from '../services/agent';
 import type { TestPostgres } from '../services/postgres';
 import type { S3Service } from '../services/s3';
@@ -74,4 +76,26 @@ export function s3Section(s3: S3Service, overrides: Record<string, unknown> = {}
     autoUpload: false,
     ...overrides,
   };
+}
+
+/** The installation foreignBackup's backups are of. */
+export const OTHER_INSTALLATION = randomBytes(16).toString('hex');
+
+/** A backup of another installation, sealed with a master key we do not hold. */
+export async function foreignBackup(createdAt: string): Promise<Buffer> {
+  const fileKey = generateFileKey();
+  const key = { id: `mk-${randomBytes(8).toString('hex')}`, key: randomBytes(32) };
+  const core = newCore({
+    installationId: OTHER_INSTALLATION,
+    createdAt,
+    meta: { kind: 'scheduled' },
+  });
+  const sealed = sealStream(new Blob([randomBytes(20_000)]).stream() as ReadableStream<Uint8Array>, {
+    core,
+    stanzas: [await wrapForMasterKey(fileKey, key)],
+    fileKey,
+  });
+  const chunks: Uint8Array[] = [];
+  for await (const c of sealed as unknown as AsyncIterable<Uint8Array>) chunks.push(c);
+  return Buffer.concat(chunks);
 }

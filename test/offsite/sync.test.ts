@@ -1,20 +1,27 @@
 // Auto-upload, Sync Now with retention on both sides, remote list/download/delete and restore-from-remote, on real servers.
-import { randomBytes } from 'node:crypto';
 import { chmod, mkdir, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { backupNameFor } from '../../agent/backup/catalog';
+import { startBackup } from '../../agent/backup/operations';
 import { offsiteServiceFor } from '../../agent/offsite/index';
 import { createdAtFromName } from '../../agent/offsite/transfer';
 import { SftpProvider } from '../../agent/providers/sftp';
 import { databaseUrl } from '../../agent/system/postgres-tools';
-import { generateFileKey, newCore, sealStream, wrapForMasterKey } from '../../shared/envelope';
 import type { TestAgent } from '../services/agent';
 import { freePort } from '../services/ports';
 import { startPostgres, type TestPostgres, withSql } from '../services/postgres';
 import { type SshdService, startSshd } from '../services/sshd';
 import { startAll } from '../services/start-all';
-import { backupNow, call, filenameOf, runJob, startOffsiteAgent } from './helpers';
+import {
+  backupNow,
+  call,
+  filenameOf,
+  foreignBackup,
+  OTHER_INSTALLATION,
+  runJob,
+  startOffsiteAgent,
+} from './helpers';
 
 let pg: TestPostgres;
 let t: TestAgent;
@@ -258,28 +265,6 @@ interface RemoteEntry {
   ofThisInstallation?: boolean;
 }
 
-/** The installation foreignBackup's backups are of. */
-const OTHER_INSTALLATION = randomBytes(16).toString('hex');
-
-/** A backup of another installation, sealed with a master key we do not hold. */
-async function foreignBackup(createdAt: string): Promise<Buffer> {
-  const fileKey = generateFileKey();
-  const key = { id: `mk-${randomBytes(8).toString('hex')}`, key: randomBytes(32) };
-  const core = newCore({
-    installationId: OTHER_INSTALLATION,
-    createdAt,
-    meta: { kind: 'scheduled' },
-  });
-  const sealed = sealStream(new Blob([randomBytes(20_000)]).stream() as ReadableStream<Uint8Array>, {
-    core,
-    stanzas: [await wrapForMasterKey(fileKey, key)],
-    fileKey,
-  });
-  const chunks: Uint8Array[] = [];
-  for await (const c of sealed as unknown as AsyncIterable<Uint8Array>) chunks.push(c);
-  return Buffer.concat(chunks);
-}
-
 describe('restore from a remote copy', () => {
   it('restores the SFTP copy end to end: data changed after the backup comes back', async () => {
     await t.agent.settings.update({
@@ -320,7 +305,11 @@ describe('whose each remote copy is, on a controller rebuilt with the keys of th
     const old = await startOffsiteAgent(pg);
     try {
       await old.agent.settings.update({ offsite: { sftp: sftp('rebuilt', true) } });
-      const theirs = filenameOf(await backupNow(old));
+      // A minute older than ours: made in the same second, both had one name (see same-name.test.ts).
+      const made = await startBackup(old.agent, { kind: 'manual', now: new Date(Date.now() - 60_000) });
+      const theirsJob = await old.agent.jobs.waitFor(made.id);
+      expect(theirsJob.state, JSON.stringify(theirsJob.error)).toBe('succeeded');
+      const theirs = filenameOf(theirsJob);
       for (const name of await localNames()) await t.agent.catalog.delete(name);
       await t.agent.settings.update({
         autoBackup: { maxBackups: 10 },
