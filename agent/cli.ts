@@ -49,6 +49,8 @@ const USAGES: Record<string, string[]> = {
     'dr status                                   show the disaster-recovery state (JSON)',
     'dr push                                     push a backup to the disaster-recovery cloud now (says which',
     '                                            backup and how old it is; warns when older than a day)',
+    'dr push --data-is-current                   push although the keys were imported with no restore since',
+    "                                            (the data here is the installation's: only the data dir was lost)",
     'dr recover --installation-id ID             recover this installation from the cloud',
     "dr recover --abandon                        give up an unfinished recovery: back to this box's own identity",
   ],

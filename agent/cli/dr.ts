@@ -52,7 +52,7 @@ function pushedWhat(b: PushBackupNotice, multipart = false): string {
  * it is hashed or sent), warns when that backup or the newest local one is older than a day (it still
  * pushes), and ends with the same facts.
  */
-async function pushCommand(cli: CliContext): Promise<void> {
+async function pushCommand(cli: CliContext, dataIsCurrent: boolean): Promise<void> {
   const { PUSH_BACKUP_NOTICE, REUSE_MAX_AGE_MS } = await import('../dr/push');
   const stale = (createdAt: string) => Date.now() - Date.parse(createdAt) > REUSE_MAX_AGE_MS;
   const job = await cli.withAgent(async (agent) => {
@@ -66,7 +66,7 @@ async function pushCommand(cli: CliContext): Promise<void> {
       : auto.schedule === 'weekly' || auto.schedule === 'monthly'
         ? `automatic backups run ${auto.schedule}`
         : 'check that the automatic backups run';
-    const started = await dr.startPush('manual');
+    const started = await dr.startPush('manual', { dataIsCurrent });
     return follow(cli, agent, started, (name, data) => {
       if (name !== PUSH_BACKUP_NOTICE) return;
       const chosen = data as PushBackupNotice;
@@ -92,7 +92,11 @@ export async function drCommand(cli: CliContext): Promise<void> {
   const [sub, ...rest] = cli.args;
   const { values } = parseArgs({
     args: rest,
-    options: { 'installation-id': { type: 'string' }, abandon: { type: 'boolean' } },
+    options: {
+      'installation-id': { type: 'string' },
+      abandon: { type: 'boolean' },
+      'data-is-current': { type: 'boolean' },
+    },
   });
   if (sub === 'status') {
     const status = await cli.withAgent(async (agent) => (await drService(agent)).status());
@@ -100,7 +104,7 @@ export async function drCommand(cli: CliContext): Promise<void> {
     return;
   }
   if (sub === 'push') {
-    await pushCommand(cli);
+    await pushCommand(cli, values['data-is-current'] ?? false);
     return;
   }
   if (sub === 'recover' && values.abandon) {

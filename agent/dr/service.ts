@@ -4,6 +4,7 @@ import type { Agent } from '../agent';
 import { AppError, describeError } from '../errors';
 import { acquireLock } from '../jobs/lock';
 import type { Job } from '../jobs/runner';
+import { AWAITING_RESTORE_REASON, LastRestoreStore } from '../restore/last-restore';
 import { DrClient, type DrFaults } from './client';
 import { DEFAULT_TUNING, type PushTuning, pushToCloud } from './push';
 import { abandonRecovery, type RecoverFaults, recoverFromCloud } from './recover';
@@ -181,12 +182,25 @@ export class DrService {
   }
 
   /** Starts a push job (kind 'dr-push'); refused when DR is off or a push is already running. */
-  async startPush(trigger: DrPushRecord['trigger'] = 'manual'): Promise<Job> {
+  /**
+   * Starts a push. `dataIsCurrent`: the owner says the data here is the installation's although its
+   * keys were imported with no restore since (only the agent's data dir was lost): recorded, and the push goes.
+   */
+  async startPush(
+    trigger: DrPushRecord['trigger'] = 'manual',
+    options: { dataIsCurrent?: boolean } = {},
+  ): Promise<Job> {
     const reason = this.disabledReason();
     if (reason || !this.client) throw new AppError('unprocessable', reason ?? 'Cloud DR is off');
     const current = this.pushJobId ? this.agent.jobs.get(this.pushJobId) : undefined;
     if (current && !current.endedAt) throw new AppError('job_running', 'a Cloud DR push is already running');
     await this.refuseWhileRecoveryUnfinished();
+    const restores = new LastRestoreStore(this.agent.paths.lastRestore, this.agent.log);
+    if (options.dataIsCurrent && (await restores.awaitingRestore())) {
+      await restores.confirmCurrent(this.now());
+      this.agent.log.info("the owner confirmed the data as the installation's after a keys import");
+    }
+    if (await restores.awaitingRestore()) throw new AppError('unprocessable', AWAITING_RESTORE_REASON);
     const client = this.client;
     // Not exclusive: a push only reads local backups (through an open handle) and adds a temporary one.
     const job = await this.agent.jobs.start(
@@ -311,6 +325,13 @@ export class DrService {
       this.agent.log.info('Cloud DR nightly push skipped: NODE_ENV=development');
       await this.state.update((s) => {
         s.lastPush = { at, trigger: 'nightly', outcome: 'skipped', reason: 'NODE_ENV=development' };
+      });
+      return;
+    }
+    if (await new LastRestoreStore(this.agent.paths.lastRestore, this.agent.log).awaitingRestore()) {
+      this.agent.log.warn(`Cloud DR nightly push not run: ${AWAITING_RESTORE_REASON}`);
+      await this.state.update((s) => {
+        s.lastPush = { at, trigger: 'nightly', outcome: 'skipped', reason: AWAITING_RESTORE_REASON };
       });
       return;
     }

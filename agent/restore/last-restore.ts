@@ -10,12 +10,22 @@ import type { Logger } from '../log';
 import { JsonStateFile } from '../system/json-state';
 
 export interface LastRestore {
-  /** ISO time the swap was entered. */
+  /** ISO time the swap was entered (or the owner confirmed the data as the installation's). */
   at?: string;
   /** The backup restored: its file name and its created-at (the data that runs since). */
   from?: string;
   createdAt?: string;
+  /**
+   * When the keys of another installation were imported (the box took its identity). Until a restore
+   * (or the owner's confirmation) after it, the data here is the box's own: no DR push goes, since it
+   * would replace that installation's only cloud copy with it.
+   */
+  identityChangedAt?: string;
 }
+
+/** The sentence of a DR push refused after a keys import with no restore since (no installation id in it). */
+export const AWAITING_RESTORE_REASON =
+  "the keys of another installation were imported and none of its backups has been restored here since, so the data here is still this box's own: a push would replace that installation's only cloud copy with it. Restore one of its backups first (the page's Offsite list, or `gem-backup restore NAME --from sftp --yes`); if the data here already is that installation's (only the agent's data dir was lost), push once with `gem-backup dr push --data-is-current`";
 
 export class LastRestoreStore extends JsonStateFile<LastRestore> {
   /** Damaged, it is set aside (told to `log`) and read as "no restore": what it guards is the DR push's reuse only. */
@@ -25,6 +35,25 @@ export class LastRestoreStore extends JsonStateFile<LastRestore> {
 
   record(at: Date, from: string, createdAt: string): Promise<LastRestore> {
     return this.update((state) => Object.assign(state, { at: at.toISOString(), from, createdAt }));
+  }
+
+  recordIdentityChange(at: Date): Promise<LastRestore> {
+    return this.update((state) => Object.assign(state, { identityChangedAt: at.toISOString() }));
+  }
+
+  /** The owner says the data here is the installation's: as if restored now (older backups are not reused). */
+  confirmCurrent(at: Date): Promise<LastRestore> {
+    return this.update((state) => {
+      delete state.createdAt;
+      return Object.assign(state, { at: at.toISOString(), from: 'confirmed by the owner' });
+    });
+  }
+
+  /** True after a keys import of another installation with no restore (or confirmation) since. */
+  async awaitingRestore(): Promise<boolean> {
+    const { at, identityChangedAt } = await this.get();
+    if (identityChangedAt === undefined) return false;
+    return at === undefined || Date.parse(at) < Date.parse(identityChangedAt);
   }
 
   /**

@@ -10,6 +10,8 @@ import { jsonBody } from '../body';
 
 // Upper case and spaces or dashes between groups are accepted, as on the CLI (an id read from a note).
 const RecoverBody = z.object({ installationId: RecoveryInstallationId }).strict();
+/** `dataIsCurrent`: after a keys import with no restore since, the owner says the data here is the installation's. */
+const PushBody = z.object({ dataIsCurrent: z.boolean().optional() }).strict();
 
 /** The DR routes over the agent's one DR service, looked up per request: mounting creates nothing. */
 export function drRoutes(agent: Agent): Hono {
@@ -17,7 +19,8 @@ export function drRoutes(agent: Agent): Hono {
   const dr = () => drServiceFor(agent);
   app.get('/status', async (c) => c.json(await dr().status()));
   app.post('/push', async (c) => {
-    const job = await dr().startPush('manual');
+    const body = await jsonBody(c, PushBody, { optional: true });
+    const job = await dr().startPush('manual', { dataIsCurrent: body?.dataIsCurrent ?? false });
     return c.json({ jobId: job.id }, 202);
   });
   app.post('/recover', async (c) => {

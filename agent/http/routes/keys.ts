@@ -4,6 +4,7 @@ import { z } from 'zod';
 import type { Agent } from '../../agent';
 import { AppError } from '../../errors';
 import { buildKeysExport, exportFileName, parseKeysExport } from '../../keys/keyring';
+import { LastRestoreStore } from '../../restore/last-restore';
 import { checkKeysFile } from '../../verification/key-check';
 import { jsonBody } from '../body';
 
@@ -37,6 +38,11 @@ export async function keyStatus(agent: Agent) {
 export async function importKeysFile(agent: Agent, text: string, passphrase?: string) {
   const imported = await parseKeysExport(text, passphrase);
   const before = agent.keyring.activeKey.id;
+  // Another installation's identity, with this box's own data until one of its backups is restored:
+  // recorded first, so that no DR push can send that data under its name (agent/restore/last-restore).
+  if (imported.installationId !== agent.keyring.installationId) {
+    await new LastRestoreStore(agent.paths.lastRestore, agent.log).recordIdentityChange(new Date());
+  }
   await agent.keyring.importKeys(imported);
   // Not the installation id: it is the Cloud DR recovery credential.
   agent.log.info('keys imported', { previousKeyId: before, activeKeyId: agent.keyring.activeKey.id });
