@@ -336,7 +336,9 @@ export class OffsiteService {
       const [remote, local] = await Promise.all([provider.list(), this.agent.catalog.list()]);
       const localOwners = new Map(local.map((b) => [b.filename, b.installationId]));
       // The local copy says whose it is; the others' headers are read once per object (remembered).
-      const owners = await this.remoteOwners(provider, local, remote);
+      // Bounded: a first list of a folder of many copies (each header one request) stays quick; the
+      // later ones fill in the rest, the page's newest rows first.
+      const owners = await this.remoteOwners(provider, local, remote, undefined, LIST_HEADER_READS);
       const active = this.agent.keyring.installationId;
       return remote
         .map((o): RemoteBackup => {
@@ -812,16 +814,24 @@ export class OffsiteService {
     local: BackupInfo[],
     remote: StoredObject[],
     signal?: AbortSignal,
+    /** At most this many headers not yet known are read (newest first); the others stay unknown for now. */
+    maxReads = Number.POSITIVE_INFINITY,
   ): Promise<Map<string, RemoteOwner | undefined>> {
     const localNames = new Set(local.map((b) => b.filename));
     const owners = new Map<string, RemoteOwner | undefined>();
     const listed = new Set<string>();
-    for (const object of remote) {
+    let reads = 0;
+    for (const object of [...remote].sort((a, b) => b.name.localeCompare(a.name))) {
       if (localNames.has(object.name) || !isBackupName(object.name)) continue;
       const cacheKey = `${provider.id}\n${object.name}\n${object.size}\n${object.modifiedAt ?? ''}`;
       listed.add(cacheKey);
       let owner = this.ownership.get(cacheKey);
+      if (owner === undefined && reads >= maxReads) {
+        owners.set(object.name, undefined);
+        continue;
+      }
       if (owner === undefined) {
+        reads++;
         owner = await readRemoteHeader(provider, object.name, signal).then(
           (header): RemoteOwner => ({
             installationId: header.core.installationId,
@@ -930,6 +940,9 @@ function withRetryList(
 ): Promise<StoredObject[]> {
   return withRetry(() => provider.list({ signal }), { ...retry, signal });
 }
+
+/** Headers not yet known read by one list of a destination (the page's list, `list --from`, the key check). */
+const LIST_HEADER_READS = 10;
 
 const services = new WeakMap<Agent, OffsiteService>();
 

@@ -350,3 +350,22 @@ describe('whose each remote copy is, on a controller rebuilt with the keys of th
     }
   });
 });
+
+describe('whose each remote copy is, in a crowded folder', () => {
+  it('a list reads at most 10 headers it does not know yet, newest first; the next list reads on', async () => {
+    await mkdir(join(sshd.root, 'crowded'), { recursive: true });
+    await chmod(join(sshd.root, 'crowded'), 0o777);
+    const names = Array.from({ length: 12 }, (_, i) => backupNameFor(new Date(Date.UTC(2026, 0, i + 1, 2))));
+    for (const name of names) {
+      await writeFile(join(sshd.root, 'crowded', name), await foreignBackup(createdAtFromName(name)!));
+    }
+    await t.agent.settings.update({ offsite: { sftp: sftp('crowded') } });
+    const known = async () =>
+      ((await call(t, 'GET', '/offsite/sftp/backups')).body.backups as RemoteEntry[])
+        .filter((b) => b.installation !== undefined)
+        .map((b) => b.filename);
+    const newestFirst = [...names].reverse();
+    expect(await known()).toEqual(newestFirst.slice(0, 10));
+    expect(await known()).toEqual(newestFirst);
+  });
+});
