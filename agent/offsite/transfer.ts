@@ -232,15 +232,28 @@ export async function uploadBackup(
     sha256 = (await hashFile(path, { signal: options.signal })).sha256;
     await agent.catalog.recordSha256(name, sha256);
   }
-  // Providers replace the final name: a different backup under it (another controller's, made in the
-  // same second) would be destroyed.
-  if (!options.absent) await refuseNameTaken(provider, name, path, options);
   const source = fileSource(path, size, sha256);
   const retry = { ...options.retry, signal: options.signal, onRetry: options.onRetry };
-  const stored = await withRetry((attempt) => {
-    checkBeforeRetry(attempt, options);
-    return guardStall((signal, onProgress) => provider.put(name, source, { signal, onProgress }), options);
-  }, retry);
+  const send = (exclusive: boolean) =>
+    withRetry((attempt) => {
+      checkBeforeRetry(attempt, options);
+      return guardStall(
+        (signal, onProgress) =>
+          provider.put(name, source, { signal, onProgress, ...(exclusive ? { exclusive } : {}) }),
+        options,
+      );
+    }, retry);
+  // A put replaces the final name: a different backup under it (another controller's, made in the same
+  // second) would be destroyed. Where the commit itself can refuse a taken name (SMB), it does, and
+  // only then is the name looked at (our own earlier copy is replaced, another backup never); elsewhere
+  // the name is looked at first.
+  const exclusive = provider.properties.exclusivePut === true;
+  if (!exclusive && !options.absent) await refuseNameTaken(provider, name, path, options);
+  const stored = await send(exclusive).catch(async (error: unknown) => {
+    if (!exclusive || !isStorageError(error, 'exists')) throw error;
+    await refuseNameTaken(provider, name, path, options);
+    return send(false);
+  });
   // put() answers what the server holds after its own check (stat / allinfo / HEAD): no second session.
   if (stored.size !== size) {
     throw new StorageError('integrity', `${name} is ${stored.size} bytes remotely, ${size} bytes here`);

@@ -42,13 +42,15 @@ class LazyProvider implements StorageProvider {
   constructor(
     id: string,
     private readonly load: () => Promise<StorageProvider>,
+    /** What the real provider will say, asked before its module is loaded (uploadBackup asks first). */
+    private readonly expected: ProviderProperties = { atomicReplace: true },
   ) {
     this.id = id;
   }
 
-  /** The real provider's properties once loaded; before that, what every destination here keeps. */
+  /** The real provider's properties once loaded; before that, the expected ones. */
   get properties(): ProviderProperties {
-    return this.loaded?.properties ?? { atomicReplace: true };
+    return this.loaded?.properties ?? this.expected;
   }
 
   private provider(): Promise<StorageProvider> {
@@ -109,6 +111,7 @@ export function createProvider<K extends ProviderKind>(
       return new LazyProvider(
         options.id ?? 'sftp',
         async () => new (await import('./sftp')).SftpProvider(options),
+        { atomicReplace: true, exclusivePut: true },
       );
     }
     case 's3': {

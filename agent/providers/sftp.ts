@@ -55,7 +55,10 @@ export interface SftpOptions {
   posixRename?: boolean;
   /** Test hooks. */
   faults?: {
-    /** Plain-rename path only: runs after the old copy was moved aside, before the new one is renamed in. */
+    /**
+     * Runs right before the new copy is renamed in: on the plain-rename path after the old copy was moved
+     * aside, and before an exclusive put's rename. Not on the posix-rename path.
+     */
     beforeReplace?: () => Promise<void>;
   };
   /** Provider id shown in results (default `sftp`). */
@@ -211,7 +214,8 @@ function call<T>(run: (callback: (error: Error | null | undefined, value: T) => 
 /** Stores backups on an SFTP server: temp name, pipelined writes, fsync, rename, stat to confirm the size. */
 export class SftpProvider implements StorageProvider {
   readonly id: string;
-  readonly properties: ProviderProperties = { atomicReplace: true };
+  /** Exclusive: plain SFTP rename, which refuses a taken name (see put). */
+  readonly properties: ProviderProperties = { atomicReplace: true, exclusivePut: true };
   private readonly options: SftpOptions;
   private readonly dir: string;
   /** The key pinned in the options, or the one trusted on first use. */
@@ -345,11 +349,12 @@ export class SftpProvider implements StorageProvider {
   async put(
     name: string,
     source: BackupSource,
-    options: { signal?: AbortSignal; onProgress?: (bytes: number) => void } = {},
+    options: { signal?: AbortSignal; onProgress?: (bytes: number) => void; exclusive?: boolean } = {},
   ): Promise<StoredObject> {
     assertObjectName(name);
     throwIfAborted(options.signal);
     const { signal } = options;
+    const exclusive = options.exclusive ?? false;
     return this.session(async ({ client, sftp }) => {
       await this.ensureDir(client).catch((error) => {
         throw this.classify(error, this.dir);
@@ -379,7 +384,8 @@ export class SftpProvider implements StorageProvider {
         handleOpen = false;
         await call<void>((done) => sftp.close(handle, done as never));
         throwIfAborted(signal);
-        await this.rename(sftp, temp, final);
+        if (exclusive) await this.renameExclusive(sftp, temp, final, name);
+        else await this.rename(sftp, temp, final);
       } catch (error) {
         early?.abandon();
         await this.removeTemp(sftp, handleOpen ? handle : undefined, temp);
@@ -438,6 +444,24 @@ export class SftpProvider implements StorageProvider {
       }
       return { removed };
     });
+  }
+
+  /**
+   * Plain SFTP v3 rename, which the server refuses when the target exists (OpenSSH links the new name,
+   * or checks and renames, in one request): 'exists' when the name turns out taken, nothing replaced.
+   */
+  private async renameExclusive(sftp: SFTPWrapper, from: string, to: string, name: string): Promise<void> {
+    await this.options.faults?.beforeReplace?.();
+    try {
+      await call<void>((done) => sftp.rename(from, to, done as never));
+    } catch (error) {
+      const taken = await call<Stats>((done) => sftp.stat(to, done)).then(
+        () => true,
+        () => false,
+      );
+      if (taken) throw new StorageError('exists', `${name} already exists on the server`);
+      throw error;
+    }
   }
 
   /**

@@ -378,7 +378,8 @@ function watchReads(pid: number | undefined, local: string, onRead: (bytes: numb
  */
 export class SmbProvider implements StorageProvider {
   readonly id: string;
-  readonly properties: ProviderProperties = { atomicReplace: true };
+  /** Exclusive: the final rename without `-f`, which the server refuses for a taken name. */
+  readonly properties: ProviderProperties = { atomicReplace: true, exclusivePut: true };
   private readonly options: SmbOptions;
   private readonly folders: string[];
 
@@ -507,16 +508,17 @@ export class SmbProvider implements StorageProvider {
   async put(
     name: string,
     source: BackupSource,
-    options: { signal?: AbortSignal; onProgress?: (bytes: number) => void } = {},
+    options: { signal?: AbortSignal; onProgress?: (bytes: number) => void; exclusive?: boolean } = {},
   ): Promise<StoredObject> {
     assertObjectName(name);
     const { signal } = options;
+    const exclusive = options.exclusive ?? false;
     throwIfAborted(signal);
     if (source.localPath !== undefined) {
       // smbclient reads the file itself; it is hashed on the other core meanwhile and checked before we answer.
       const hashing = checkLocalFile(source.localPath, signal);
       hashing.catch(() => {}); // awaited below; a failed put must not also report it unhandled
-      return this.putFile(name, source, source.localPath, hashing, signal, options.onProgress);
+      return this.putFile(name, source, source.localPath, hashing, exclusive, signal, options.onProgress);
     }
     // smbclient uploads from a file: spool and check first, so a bad source never reaches the share.
     const spool = await smbTempDir('spool');
@@ -538,7 +540,7 @@ export class SmbProvider implements StorageProvider {
       // Spooling reported the source's bytes; smbclient's reads of the spool then repeat the size, which
       // says nothing new but keeps a stall guard from taking the upload for a dead server.
       const onProgress = options.onProgress && (() => options.onProgress?.(source.size));
-      return await this.putFile(name, source, local, Promise.resolve(check), signal, onProgress);
+      return await this.putFile(name, source, local, Promise.resolve(check), exclusive, signal, onProgress);
     } finally {
       await rm(spool, { recursive: true, force: true });
     }
@@ -559,6 +561,8 @@ export class SmbProvider implements StorageProvider {
     source: BackupSource,
     local: string,
     hashing: Promise<FileCheck>,
+    /** Refuse a taken final name ('exists') instead of replacing it. */
+    exclusive: boolean,
     signal?: AbortSignal,
     onProgress?: (bytes: number) => void,
   ): Promise<StoredObject> {
@@ -604,10 +608,17 @@ export class SmbProvider implements StorageProvider {
       const check = await hashing;
       check.verify(source);
       throwIfAborted(signal);
+      // Exclusive: without -f the server refuses a taken name in the rename itself (no look before).
       const moved = await session.step(
-        [`rename ${quote(temp)} ${quote(final)} -f`, `allinfo ${quote(final)}`],
+        [`rename ${quote(temp)} ${quote(final)}${exclusive ? '' : ' -f'}`, `allinfo ${quote(final)}`],
         timeoutMs,
       );
+      if (exclusive && moved.statuses.includes('OBJECT_NAME_COLLISION')) {
+        throw new StorageError(
+          'exists',
+          `${name} already exists on //${this.options.host}/${this.options.share}`,
+        );
+      }
       this.check(moved, name);
       if (moved.ended) throw this.endedEarly(moved);
       // No status at all: the rename happened and the final name is the checked copy.

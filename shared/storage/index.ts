@@ -28,6 +28,12 @@ export interface StoredObject {
 export interface ProviderProperties {
   /** put() replaces an existing object atomically (readers see the old or the new, never a mix). */
   atomicReplace: boolean;
+  /**
+   * put() with `exclusive` makes its commit (the final rename) fail with 'exists', replacing nothing, when
+   * the name is taken, in the same step on the server: no other writer can slip in between a look and
+   * the write. Absent or false: `exclusive` is ignored and the caller must look first.
+   */
+  exclusivePut?: boolean;
   /** Largest single part in bytes, for providers that upload in parts; undefined if unbounded. */
   maxPartSize?: number;
 }
@@ -46,7 +52,7 @@ export interface StorageProvider {
   put(
     name: string,
     source: BackupSource,
-    options?: { signal?: AbortSignal; onProgress?: (bytes: number) => void },
+    options?: { signal?: AbortSignal; onProgress?: (bytes: number) => void; exclusive?: boolean },
   ): Promise<StoredObject>;
   get(name: string, options?: { signal?: AbortSignal }): Promise<ReadableStream<Uint8Array>>;
   /** `signal` (optional; providers may ignore it) ends a call still waiting on the server as 'aborted'. */
@@ -88,6 +94,8 @@ export type StorageErrorCode =
   | 'no_space'
   | 'tool_missing'
   | 'aborted'
+  /** An exclusive put found the name taken (see ProviderProperties.exclusivePut). */
+  | 'exists'
   | 'io';
 
 /** Every provider failure; `permanent` errors are never retried (auth, missing bucket, integrity, not found). */
@@ -113,6 +121,7 @@ const PERMANENT_CODES = new Set<StorageErrorCode>([
   'integrity',
   'tool_missing',
   'aborted',
+  'exists',
 ]);
 
 export function isStorageError(error: unknown, code?: StorageErrorCode): error is StorageError {

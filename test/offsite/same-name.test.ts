@@ -1,6 +1,6 @@
 // Two controllers backing up into one folder made backups in the same second, so of one name: ours is
 // never put over theirs (the provider would replace it), nor taken for "there" by Sync or health. Real sshd.
-import { chmod, mkdir, readFile, writeFile } from 'node:fs/promises';
+import { chmod, mkdir, readdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { backupNameFor } from '../../agent/backup/catalog';
@@ -10,8 +10,9 @@ import { healthModule } from '../../agent/http/routes/health';
 import { offsiteModule } from '../../agent/http/routes/offsite';
 import type { Job } from '../../agent/jobs/runner';
 import { offsiteServiceFor, uploadBackup } from '../../agent/offsite/index';
-import { createdAtFromName } from '../../agent/offsite/transfer';
+import { createdAtFromName, fileSource } from '../../agent/offsite/transfer';
 import { SftpProvider } from '../../agent/providers/sftp';
+import { isStorageError } from '../../shared/storage/index';
 import { startTestAgent, type TestAgent } from '../services/agent';
 import { startPostgres, type TestPostgres } from '../services/postgres';
 import { type SshdService, startSshd } from '../services/sshd';
@@ -136,5 +137,19 @@ describe('a backup of the same name from another controller in the folder', () =
     await uploadBackup(t.agent, provider('own'), name);
     expect(await readFile(join(sshd.root, 'own', name))).toEqual(ours);
     await t.agent.settings.update({ offsite: { sftp: sftp('own', false) } });
+  });
+
+  it('an exclusive put refuses a taken name in its rename: the object stays, no temp is left', async () => {
+    const name = filenameOf(await backupAt(new Date(Date.UTC(2026, 2, 3, 2))));
+    const before = await theirs('exclusive', name);
+    const { size } = await t.agent.catalog.info(name);
+    const sha256 = (await t.agent.catalog.knownSha256(name))!;
+    const error = await provider('exclusive')
+      .put(name, fileSource(t.agent.catalog.pathOf(name), size, sha256), { exclusive: true })
+      .catch((e: unknown) => e);
+    expect(isStorageError(error, 'exists'), String(error)).toBe(true);
+    expect(await readFile(join(sshd.root, 'exclusive', name))).toEqual(before);
+    expect(await readdir(join(sshd.root, 'exclusive'))).toEqual([name]);
+    await t.agent.catalog.delete(name);
   });
 });
