@@ -23,7 +23,7 @@ import { offsiteModule } from '../../agent/http/routes/offsite';
 import { restoreModule } from '../../agent/http/routes/restore';
 import { retentionModule, settingsModule } from '../../agent/http/routes/settings';
 import { databaseUrl } from '../../agent/system/postgres-tools';
-import { generateFileKey, newCore, sealStream, wrapForMasterKey } from '../../shared/envelope';
+import { foreignBackup } from '../offsite/helpers';
 import { startTestAgent, TEST_TOKEN, type TestAgent } from '../services/agent';
 import { launchBrowser, type ServedApp, serveApp } from '../services/browser';
 import { startPostgres, type TestPostgres, withSql } from '../services/postgres';
@@ -31,21 +31,6 @@ import { type SshdService, startSshd, unixIds } from '../services/sshd';
 import { tempDirForTest } from '../services/temp-dir';
 
 const SHOTS = 'test-artifacts/screenshots';
-
-/** A backup of another installation (`installationId`), sealed with a master key this agent does not hold. */
-async function otherInstallationBackup(installationId: string): Promise<Buffer> {
-  const fileKey = generateFileKey();
-  const key = { id: `mk-${randomBytes(8).toString('hex')}`, key: randomBytes(32) };
-  const core = newCore({ installationId, createdAt: new Date().toISOString(), meta: { kind: 'scheduled' } });
-  const sealed = sealStream(new Blob([randomBytes(20_000)]).stream() as ReadableStream<Uint8Array>, {
-    core,
-    stanzas: [await wrapForMasterKey(fileKey, key)],
-    fileKey,
-  });
-  const chunks: Uint8Array[] = [];
-  for await (const c of sealed as unknown as AsyncIterable<Uint8Array>) chunks.push(c);
-  return Buffer.concat(chunks);
-}
 
 let pg: TestPostgres;
 let t: TestAgent;
@@ -333,7 +318,7 @@ describe('the Backup & Restore page in a real browser, against a real agent and 
     // A copy another installation left in the same folder (made a month ago): its row says so.
     const otherId = randomBytes(16).toString('hex');
     const other = backupNameFor(new Date(Date.now() - 30 * 24 * 3600 * 1000));
-    await writeFile(join(remote, other), await otherInstallationBackup(otherId));
+    await writeFile(join(remote, other), await foreignBackup(new Date().toISOString(), otherId));
     try {
       await sftp.getByRole('button', { name: 'List Remote Backups' }).click();
       for (const name of uploaded) await sftp.locator(`tr[data-filename="${name}"]`).waitFor();

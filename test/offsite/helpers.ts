@@ -81,12 +81,12 @@ export function s3Section(s3: S3Service, overrides: Record<string, unknown> = {}
 /** The installation foreignBackup's backups are of. */
 export const OTHER_INSTALLATION = randomBytes(16).toString('hex');
 
-/** A backup of another installation, sealed with a master key we do not hold. */
-export async function foreignBackup(createdAt: string): Promise<Buffer> {
+/** A backup of another installation (OTHER_INSTALLATION unless named), sealed with a master key we do not hold. */
+export async function foreignBackup(createdAt: string, installationId = OTHER_INSTALLATION): Promise<Buffer> {
   const fileKey = generateFileKey();
   const key = { id: `mk-${randomBytes(8).toString('hex')}`, key: randomBytes(32) };
   const core = newCore({
-    installationId: OTHER_INSTALLATION,
+    installationId,
     createdAt,
     meta: { kind: 'scheduled' },
   });
