@@ -97,6 +97,11 @@ interface RemoteOwner {
   keyIds: string[];
 }
 
+/** A remote object's identity for the header cache: destination, name, size, time. */
+function remoteHeaderKey(provider: StorageProvider, object: StoredObject): string {
+  return `${provider.id}\n${object.name}\n${object.size}\n${object.modifiedAt ?? ''}`;
+}
+
 /** One destination's outcome after a new backup. */
 /** Whether an upload's failure is the abort of its job's cancellation, not a failure of its own. */
 function stoppedByCancel(error: unknown): boolean {
@@ -160,17 +165,12 @@ const INPUT = { sftp: SftpInput, s3: S3Input, smb: SmbInput } as const;
 export class OffsiteService {
   readonly state: OffsiteStateStore;
   /**
-   * What the header of a remote object (destination, name, size, time) said of its owner; null: it is
-   * not a backup (no readable header). Whether it is ours is asked of the keyring at each use: a keys
-   * import changes the answer for the same header.
+   * The header of a remote object (destination, name, size, time), read without a key; null: it is
+   * not a backup (no readable header). Read once per object and remembered while the destination
+   * lists it. Whose it is, is asked of the keyring at each use: a keys import changes the answer for
+   * the same header.
    */
-  private readonly ownership = new Map<string, RemoteOwner | null>();
-  /**
-   * The header of the remote object under the name of a LOCAL backup (destination, name, size, time);
-   * null: not a backup. Read to find a different backup under our name (another controller's, made in
-   * the same second), which is neither ours nor "there".
-   */
-  private readonly namesakes = new Map<string, EnvelopeHeader | null>();
+  private readonly remoteHeaders = new Map<string, EnvelopeHeader | null>();
   /** Per destination kind, our backups' names last found taken there by a different backup (health reads it). */
   private readonly taken = new Map<string, Set<string>>();
 
@@ -804,10 +804,9 @@ export class OffsiteService {
   }
 
   /**
-   * Whose each remote backup that is not in the local catalog is, from its header (read without a
-   * key); undefined when unknown. A header is read once per object (destination, name, size, time)
-   * and remembered while the destination lists it; an object that is not a backup is remembered as
-   * such, a read that failed otherwise (unreachable) is tried again next time.
+   * Whose each remote backup that is not in the local catalog is, from its header; undefined when
+   * unknown. An object that is not a backup is remembered as such, a read that failed otherwise
+   * (unreachable) is tried again next time.
    */
   private async remoteOwners(
     provider: StorageProvider,
@@ -819,52 +818,31 @@ export class OffsiteService {
   ): Promise<Map<string, RemoteOwner | undefined>> {
     const localNames = new Set(local.map((b) => b.filename));
     const owners = new Map<string, RemoteOwner | undefined>();
-    const listed = new Set<string>();
     let reads = 0;
     for (const object of [...remote].sort((a, b) => b.name.localeCompare(a.name))) {
       if (localNames.has(object.name) || !isBackupName(object.name)) continue;
-      const cacheKey = `${provider.id}\n${object.name}\n${object.size}\n${object.modifiedAt ?? ''}`;
-      listed.add(cacheKey);
-      let owner = this.ownership.get(cacheKey);
-      if (owner === undefined && reads >= maxReads) {
+      const known = this.remoteHeaders.has(remoteHeaderKey(provider, object));
+      if (!known && reads >= maxReads) {
         owners.set(object.name, undefined);
         continue;
       }
-      if (owner === undefined) {
-        reads++;
-        owner = await readRemoteHeader(provider, object.name, signal).then(
-          (header): RemoteOwner => ({
-            installationId: header.core.installationId,
-            keyIds: stanzaKeyIds(header.stanzas),
-          }),
-          (error: unknown) => {
-            if (signal?.aborted) throw error;
-            this.agent.log.warn('the header of a remote backup could not be read; it is left alone', {
-              destination: provider.id,
-              filename: object.name,
-              error: describeError(error).message,
-            });
-            return notABackup(error) ? null : undefined;
-          },
-        );
-        // A failed read is tried again next time, unless the object is no backup at all.
-        if (owner !== undefined) this.ownership.set(cacheKey, owner);
-      }
-      owners.set(object.name, owner ?? undefined);
+      if (!known) reads++;
+      const header = await this.knownOrReadHeader(provider, object, signal);
+      owners.set(
+        object.name,
+        header
+          ? { installationId: header.core.installationId, keyIds: stanzaKeyIds(header.stanzas) }
+          : undefined,
+      );
     }
-    // Only what the destination still holds is remembered: in a folder shared with an installation
-    // whose backups rotate, every name it ever had would otherwise stay for the agent's lifetime.
-    for (const key of this.ownership.keys()) {
-      if (key.startsWith(`${provider.id}\n`) && !listed.has(key)) this.ownership.delete(key);
-    }
+    this.forgetUnlisted(provider, remote);
     return owners;
   }
 
   /**
    * Our backups whose name the destination holds with a DIFFERENT backup (its header is not the local
    * file's: another controller made one in the same second), each with that backup's installation id.
-   * A remote header is read once per object (destination, name, size, time) and remembered while the
-   * destination lists it; an object that is no backup is not a different backup (an upload replaces it).
+   * An object that is no backup is not a different backup (an upload replaces it).
    */
   private async takenNames(
     kind: OffsiteKind | undefined,
@@ -875,34 +853,54 @@ export class OffsiteService {
   ): Promise<Map<string, string>> {
     const localNames = new Set(local.map((b) => b.filename));
     const taken = new Map<string, string>();
-    const listed = new Set<string>();
     for (const object of remote) {
       if (!localNames.has(object.name)) continue;
-      const cacheKey = `${provider.id}\n${object.name}\n${object.size}\n${object.modifiedAt ?? ''}`;
-      listed.add(cacheKey);
-      let header = this.namesakes.get(cacheKey);
-      if (header === undefined) {
-        header = await readRemoteHeader(provider, object.name, signal).catch((error: unknown) => {
-          if (signal?.aborted) throw error;
-          if (notABackup(error)) return null;
-          this.agent.log.warn('the header of a remote backup could not be read', {
-            destination: provider.id,
-            filename: object.name,
-            error: describeError(error).message,
-          });
-          return undefined;
-        });
-        if (header !== undefined) this.namesakes.set(cacheKey, header);
-      }
+      const header = await this.knownOrReadHeader(provider, object, signal);
       if (!header) continue;
       const mine = await readHeaderOfFile(this.agent.catalog.pathOf(object.name)).catch(() => undefined);
       if (mine && !sameHeader(header, mine)) taken.set(object.name, header.core.installationId);
     }
-    for (const key of this.namesakes.keys()) {
-      if (key.startsWith(`${provider.id}\n`) && !listed.has(key)) this.namesakes.delete(key);
-    }
+    this.forgetUnlisted(provider, remote);
     if (kind !== undefined) this.taken.set(kind, new Set(taken.keys()));
     return taken;
+  }
+
+  /**
+   * The header of a remote object, remembered or read (and then remembered): null when the object is
+   * not a backup, undefined when the read failed otherwise (logged, and not remembered: tried again
+   * next time).
+   */
+  private async knownOrReadHeader(
+    provider: StorageProvider,
+    object: StoredObject,
+    signal?: AbortSignal,
+  ): Promise<EnvelopeHeader | null | undefined> {
+    const key = remoteHeaderKey(provider, object);
+    if (this.remoteHeaders.has(key)) return this.remoteHeaders.get(key);
+    const header = await readRemoteHeader(provider, object.name, signal).catch((error: unknown) => {
+      if (signal?.aborted) throw error;
+      if (notABackup(error)) return null;
+      this.agent.log.warn('the header of a remote backup could not be read; it is left alone', {
+        destination: provider.id,
+        filename: object.name,
+        error: describeError(error).message,
+      });
+      return undefined;
+    });
+    if (header !== undefined) this.remoteHeaders.set(key, header);
+    return header;
+  }
+
+  /**
+   * Forgets the headers of what `provider` no longer lists (`remote` is its whole list): in a folder
+   * shared with an installation whose backups rotate, every name it ever had would otherwise stay
+   * for the agent's lifetime.
+   */
+  private forgetUnlisted(provider: StorageProvider, remote: StoredObject[]): void {
+    const listed = new Set(remote.map((object) => remoteHeaderKey(provider, object)));
+    for (const key of this.remoteHeaders.keys()) {
+      if (key.startsWith(`${provider.id}\n`) && !listed.has(key)) this.remoteHeaders.delete(key);
+    }
   }
 
   /** Remembers (or forgets) that a backup's name is taken at a destination by a different backup. */

@@ -243,13 +243,16 @@ describe('a destination folder shared with another installation', () => {
     expect(await localNames()).toEqual([next]);
     expect(await remoteNames('shared')).toEqual([olderForeign, next, newerForeign].sort());
 
-    // The other installation's older backup rotates away: what the agent remembers of whose each remote
-    // backup is (read from headers) keeps only what the folder still holds.
+    // The other installation's older backup rotates away: the remote headers the agent remembers (whose
+    // each remote backup is, and what is under our own names) keep only what the folder still holds.
     await rm(join(sshd.root, 'shared', olderForeign));
     expect((await runJob(t, 'POST', '/offsite/sftp/sync')).state).toBe('succeeded');
-    const remembered = (offsiteServiceFor(t.agent) as unknown as { ownership: Map<string, unknown> })
-      .ownership;
-    expect([...remembered.keys()].map((key) => key.split('\n')[1])).toEqual([newerForeign]);
+    const remembered = (offsiteServiceFor(t.agent) as unknown as { remoteHeaders: Map<string, unknown> })
+      .remoteHeaders;
+    expect([...remembered.keys()].map((key) => key.split('\n')[1]).sort()).toEqual(
+      await remoteNames('shared'),
+    );
+    expect(await remoteNames('shared')).toEqual([newerForeign, next].sort());
     await t.agent.settings.update({
       autoBackup: { maxBackups: 10 },
       offsite: { sftp: sftp('shared', false) },
