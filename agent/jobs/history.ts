@@ -34,6 +34,8 @@ const jobSchema = z.object({
   phase: z.string(),
   bytesDone: z.number(),
   bytesTotal: z.number(),
+  // Files written before progress had a unit: every count was bytes.
+  unit: z.enum(['bytes', 'items']).default('bytes'),
   startedAt: z.string(),
   endedAt: z.string().optional(),
   target: z.string().optional(),

@@ -1,4 +1,4 @@
-/** Jobs: long operations with phases, byte progress, events and cancel; one mutating job at a time. */
+/** Jobs: long operations with phases, progress (bytes or items), events and cancel; one mutating job at a time. */
 import { randomUUID } from 'node:crypto';
 import { AppError, describeError, isAppError } from '../errors';
 import type { Logger } from '../log';
@@ -25,14 +25,24 @@ export type JobKind =
   | 'dr-recover'
   | 'verification';
 export type JobState = 'queued' | 'running' | 'succeeded' | 'failed' | 'cancelled';
+/**
+ * What a phase's progress counts: bytes, or items (steps of known number, e.g. a restore's staging:
+ * pg_restore's data and index items, then the row-count check). bytesDone and bytesTotal carry the
+ * count in either unit, so their names stay as the API has them.
+ */
+export type ProgressUnit = 'bytes' | 'items';
 
 export interface Job {
   id: string;
   kind: JobKind;
   state: JobState;
   phase: string;
+  /** Done within the phase, in `unit`; never more than bytesTotal once that is known. */
   bytesDone: number;
+  /** The phase's total in `unit` (0 = unknown). */
   bytesTotal: number;
+  /** What bytesDone and bytesTotal count in this phase ('bytes' unless the phase says otherwise). */
+  unit: ProgressUnit;
   startedAt: string;
   endedAt?: string;
   /** What the job is about, e.g. the backup's file name. */
@@ -45,9 +55,9 @@ export interface Job {
 export interface JobContext {
   readonly signal: AbortSignal;
   readonly log: Logger;
-  /** Enters a new phase; bytesDone restarts at 0 with the given total (0 = unknown). */
-  phase(name: string, bytesTotal?: number): void;
-  /** Sets bytes done within the phase. */
+  /** Enters a new phase; bytesDone restarts at 0 with the given total (0 = unknown), counted in `unit` (default bytes). */
+  phase(name: string, bytesTotal?: number, unit?: ProgressUnit): void;
+  /** Sets how much is done within the phase (in the phase's unit), and its total if given. */
   progress(bytesDone: number, bytesTotal?: number): void;
   /** Publishes an event to listeners without a state change (e.g. "restore is about to swap"). */
   notice(name: string, data?: unknown): void;
@@ -63,28 +73,35 @@ type Listener = (event: JobEvent) => void;
 /** A context for running job code outside the runner (CLI, tests): progress goes to `onProgress`. */
 export function standaloneContext(
   log: Logger,
-  onProgress?: (phase: string, done: number, total: number) => void,
+  onProgress?: (phase: string, done: number, total: number, unit: ProgressUnit) => void,
   signal: AbortSignal = new AbortController().signal,
 ): JobContext {
   let phase = '';
   let total = 0;
+  let unit: ProgressUnit = 'bytes';
   return {
     signal,
     log,
-    phase(name, bytesTotal = 0) {
+    phase(name, bytesTotal = 0, phaseUnit = 'bytes') {
       phase = name;
       total = bytesTotal;
-      onProgress?.(phase, 0, total);
+      unit = phaseUnit;
+      onProgress?.(phase, 0, total, unit);
     },
     progress(done, bytesTotal) {
       if (bytesTotal !== undefined) total = bytesTotal;
-      onProgress?.(phase, done, total);
+      onProgress?.(phase, clampDone(done, total), total, unit);
     },
     notice() {},
     throwIfCancelled() {
       if (signal.aborted) throw new AppError('cancelled', 'the job was cancelled');
     },
   };
+}
+
+/** Progress never passes a known total (a file that grew while it was read, an item reported twice). */
+function clampDone(done: number, total: number): number {
+  return total > 0 ? Math.min(done, total) : done;
 }
 
 export class JobRunner {
@@ -191,6 +208,7 @@ export class JobRunner {
       phase: 'starting',
       bytesDone: 0,
       bytesTotal: 0,
+      unit: 'bytes',
       startedAt: new Date().toISOString(),
       ...(options.target ? { target: options.target } : {}),
     };
@@ -205,19 +223,23 @@ export class JobRunner {
     const ctx: JobContext = {
       signal: controller.signal,
       log,
-      phase: (name, bytesTotal = 0) => {
+      phase: (name, bytesTotal = 0, unit = 'bytes') => {
         job.phase = name;
         job.bytesDone = 0;
         job.bytesTotal = bytesTotal;
+        job.unit = unit;
         log.info('job phase', { phase: name });
         void this.persist();
         this.emit(job);
       },
       progress: (done, bytesTotal) => {
-        job.bytesDone = done;
+        const before = job.bytesDone;
         if (bytesTotal !== undefined) job.bytesTotal = bytesTotal;
+        job.bytesDone = clampDone(done, job.bytesTotal);
         const now = Date.now();
-        if (now - lastEmit >= 200) {
+        // At most 5 updates a second; the one that reaches the total always goes (the bar fills).
+        const reached = job.bytesTotal > 0 && job.bytesDone === job.bytesTotal && before !== job.bytesDone;
+        if (now - lastEmit >= 200 || reached) {
           lastEmit = now;
           this.emit(job);
         }

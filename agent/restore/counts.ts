@@ -49,7 +49,7 @@ export class StagingRowCounter {
   constructor(
     conn: PgConnection,
     database: string,
-    /** TABLE DATA items of the dump by id (tableDataItems). */
+    /** TABLE DATA items of the dump by id (listDump's `tables`). */
     private readonly items: Map<number, Table>,
     /** pg_restore's jobs: its slots. */
     private readonly jobs: number,

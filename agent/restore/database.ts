@@ -453,25 +453,53 @@ const LOST_CONNECTION =
 const LISTING_LIMIT = (1 << 20) - 4096;
 
 /**
- * The TABLE DATA items of a custom-format dump by dump id (from `pg_restore -l`).
- * Only unambiguous lines are kept (a name with a space is left out); on any failure the map is
- * empty: the restore itself then reports what is wrong with the dump.
+ * Kinds of dump items pg_restore -j restores in its parallel loop (the data and post-data sections),
+ * each reported by a "finished item" line: the staging's steps. Schema items before them (tables,
+ * types, functions) are created first, quickly, and are not counted.
  */
-export async function tableDataItems(
-  tools: PostgresTools,
-  dumpPath: string,
-): Promise<Map<number, { schema: string; name: string }>> {
-  const items = new Map<number, { schema: string; name: string }>();
+const STEP_KINDS = [
+  'TABLE DATA',
+  'SEQUENCE SET',
+  'BLOBS',
+  'LARGE OBJECTS',
+  'MATERIALIZED VIEW DATA',
+  'INDEX',
+  'INDEX ATTACH',
+  'CONSTRAINT',
+  'FK CONSTRAINT',
+  'TRIGGER',
+  'EVENT TRIGGER',
+  'POLICY',
+  'STATISTICS',
+];
+const STEP_LINE = new RegExp(`^(\\d+); \\d+ \\d+ (?:${STEP_KINDS.join('|')}) `);
+
+/** What `pg_restore --list` says of a dump: its table data items, and every item of its parallel loop. */
+export interface DumpListing {
+  /** The TABLE DATA items by dump id (a name with a space is left out). */
+  tables: Map<number, { schema: string; name: string }>;
+  /** The dump ids of the data and post-data items (STEP_KINDS): the staging's steps, loaded in any order. */
+  steps: Set<number>;
+}
+
+/**
+ * Lists a custom-format dump (`pg_restore -l`). Only unambiguous lines are kept; on any failure both
+ * are empty: the restore itself then reports what is wrong with the dump.
+ */
+export async function listDump(tools: PostgresTools, dumpPath: string): Promise<DumpListing> {
+  const listed: DumpListing = { tables: new Map(), steps: new Set() };
   const listing = await runProcess(tools.path('pg_restore'), ['--list', dumpPath]).catch(() => undefined);
   // A listing cut to the tail runProcess keeps could start mid-line, with a wrong id: not used then.
-  if (listing?.code !== 0 || listing.stdout.length >= LISTING_LIMIT) return items;
+  if (listing?.code !== 0 || listing.stdout.length >= LISTING_LIMIT) return listed;
   for (const text of listing.stdout.split('\n')) {
+    const step = STEP_LINE.exec(text);
+    if (step) listed.steps.add(Number(step[1]));
     const match = /^(\d+); \d+ \d+ TABLE DATA (.*)$/.exec(text);
     if (!match) continue;
     const parts = match[2]!.split(' ');
-    if (parts.length === 3) items.set(Number(match[1]), { schema: parts[0]!, name: parts[1]! });
+    if (parts.length === 3) listed.tables.set(Number(match[1]), { schema: parts[0]!, name: parts[1]! });
   }
-  return items;
+  return listed;
 }
 
 /** True if the live database holds the agent's own schema. */

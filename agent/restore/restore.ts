@@ -25,9 +25,9 @@ import {
   createStagingDatabase,
   databaseSize,
   dropDatabase,
+  listDump,
   RESTORE_JOBS,
   restoreDump,
-  tableDataItems,
 } from './database';
 import { extractionSinks, type LiveFolder } from './extract';
 import { LastRestoreStore } from './last-restore';
@@ -196,9 +196,15 @@ export async function restoreFromFile(
     }
 
     // 3. Stage: pg_restore into the staging database; every table's exact row count must match.
-    ctx.phase('stage');
-    const items = await tableDataItems(sources.tools, dumpPath);
-    counter = new StagingRowCounter(conn, names.staging, items, RESTORE_JOBS);
+    // Its progress counts steps: each data and post-data item of the dump pg_restore reports finished
+    // (a table's rows, an index, a constraint: in any order, several at once), then the row-count
+    // check as the last one. Index builds can take longer than the data, so they count too.
+    ctx.phase('stage', 0, 'items');
+    const listing = await listDump(sources.tools, dumpPath);
+    const steps = listing.steps.size + 1;
+    ctx.progress(0, steps);
+    const finished = new Set<number>();
+    counter = new StagingRowCounter(conn, names.staging, listing.tables, RESTORE_JOBS);
     const staging = counter;
     await timed('pg_restore', () =>
       restoreDump({
@@ -208,10 +214,18 @@ export async function restoreFromFile(
         dumpPath,
         signal: ctx.signal,
         jobs: RESTORE_JOBS,
-        onItem: (event) => staging.onItem(event),
+        onItem: (event) => {
+          staging.onItem(event);
+          if (event.kind === 'finished' && listing.steps.has(event.id) && !finished.has(event.id)) {
+            finished.add(event.id);
+            ctx.progress(finished.size);
+          }
+        },
         ...(options.faults?.onStagingRestore ? { onSpawn: options.faults.onStagingRestore } : {}),
       }),
     );
+    // pg_restore is done: every item of its listing is in, reported or not; the row-count check remains.
+    ctx.progress(listing.steps.size);
     // From the settings copy to the end of the swap, settings changes wait (SettingsService.hold): one
     // saved meanwhile would go with the replaced database. The copy runs beside the last row counts.
     const keepPrevious = options.keepPrevious ?? false;
@@ -236,6 +250,7 @@ export async function restoreFromFile(
         countedEarly: staging.countedEarly,
       });
       compareRowCounts(manifest.rowCounts, counts);
+      ctx.progress(steps);
       // Its sessions on the staging database end now: the swap would otherwise have to terminate them.
       await staging.close();
       // Last before the swap (its settings, e.g. a statement_timeout, would apply to the sessions above):

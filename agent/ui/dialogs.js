@@ -1,6 +1,6 @@
 // The two dialogs: a confirmation for destructive actions, and a job's progress fed by its events.
 import { api, followJob } from './api.js';
-import { bytes, el, phase } from './format.js';
+import { el, phase, progressAmount } from './format.js';
 
 const $ = (id) => document.getElementById(id);
 
@@ -113,11 +113,10 @@ export async function showJobProgress(
     if (total > 0) {
       bar.max = total;
       bar.value = Math.min(job.bytesDone || 0, total);
-      amount.textContent = `${bytes(job.bytesDone || 0)} of ${bytes(total)}`;
     } else {
       bar.removeAttribute('value');
-      amount.textContent = job.bytesDone ? `${bytes(job.bytesDone)} so far` : '';
     }
+    amount.textContent = progressAmount(job);
   };
 
   let job;

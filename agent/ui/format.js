@@ -13,6 +13,21 @@ export function bytes(n) {
   return `${value >= 10 || unit === 0 ? Math.round(value) : value.toFixed(1)} ${units[unit]}`;
 }
 
+/**
+ * A running job's amount under its progress bar: "1.5 MB of 3 MB", "1.5 MB so far", or for a step
+ * counted in items (a restore's loading) "3 of 11 steps"; empty when nothing is counted yet.
+ */
+export function progressAmount(job) {
+  const total = job.bytesTotal || 0;
+  const done = Math.min(job.bytesDone || 0, total || Number.POSITIVE_INFINITY);
+  if (job.unit === 'items') {
+    if (total > 0) return `${done} of ${total} ${total === 1 ? 'step' : 'steps'}`;
+    return done > 0 ? `${done} ${done === 1 ? 'step' : 'steps'} done` : '';
+  }
+  if (total > 0) return `${bytes(done)} of ${bytes(total)}`;
+  return done > 0 ? `${bytes(done)} so far` : '';
+}
+
 /** An ISO time in the reader's locale, e.g. "28 Nov 2026, 23:14". */
 export function dateTime(iso) {
   if (!iso) return '–';
