@@ -122,6 +122,30 @@ export function interruptedMessage(job: Job, restore: RestoreRecovery | 'unknown
   }
 }
 
+/**
+ * A job another process recorded in the file (a `gem-backup create` beside the service), as a running
+ * agent lists it: as recorded while that process runs (at its last phase: the file is written at each
+ * phase, not per progress tick), and failed `interrupted` once that process is gone without ending it.
+ */
+export function jobOfOtherProcess(entry: HistoryEntry): Job {
+  const job = { ...entry.job };
+  if (job.endedAt || !ownerGone(entry)) return job;
+  const what = job.kind === 'restore' ? 'restore' : `${KIND_WORDS[job.kind]} job`;
+  const after =
+    job.kind === 'restore'
+      ? 'if it stopped during its swap, the next start of the agent or of a gem-backup command completes or rolls it back; see the log.'
+      : 'it did not finish. Run it again if it is still needed.';
+  return {
+    ...job,
+    state: 'failed',
+    endedAt: new Date().toISOString(),
+    error: {
+      code: 'interrupted',
+      message: `The process that ran this ${what} (pid ${entry.pid}) stopped before it ended: ${after}`,
+    },
+  };
+}
+
 /** The job as the file keeps it: a big result is left out. */
 function forFile(job: Job): Job {
   if (job.result === undefined) return job;
@@ -140,6 +164,11 @@ export class JobHistory {
   /** The entries in the file, oldest first; an unreadable file is reported and counts as empty. */
   async load(): Promise<HistoryEntry[]> {
     await this.removeLeftTemps();
+    return this.read();
+  }
+
+  /** The entries in the file as they stand, oldest first: a look from a running agent, which cleans up nothing. */
+  entries(): Promise<HistoryEntry[]> {
     return this.read();
   }
 

@@ -6,6 +6,7 @@ import {
   type HistoryEntry,
   interruptedMessage,
   type JobHistory,
+  jobOfOtherProcess,
   ownerGone,
   type RestoreRecovery,
   runnerClosed,
@@ -333,6 +334,30 @@ export class JobRunner {
   /** Newest first. */
   list(): Job[] {
     return [...this.jobs.values()].reverse().map((j) => ({ ...j }));
+  }
+
+  /**
+   * list() with the jobs other processes recorded in the history file (a `gem-backup create` run beside
+   * the service: the CLI opens the agent in its own process, with its own runner), newest first: what
+   * GET /jobs answers. A job of another process is read-only here (see jobOfOtherProcess).
+   */
+  async listWithOthers(): Promise<Job[]> {
+    const others = (await this.otherEntries()).map(jobOfOtherProcess);
+    if (others.length === 0) return this.list();
+    return [...this.list(), ...others].sort((a, b) => b.startedAt.localeCompare(a.startedAt));
+  }
+
+  /** A job another process recorded in the history file and this runner does not hold, with its pid. */
+  async ofOtherProcess(id: string): Promise<{ job: Job; pid: number } | undefined> {
+    if (this.jobs.has(id)) return undefined;
+    const entry = (await this.otherEntries()).find((e) => e.job.id === id);
+    return entry ? { job: jobOfOtherProcess(entry), pid: entry.pid } : undefined;
+  }
+
+  private async otherEntries(): Promise<HistoryEntry[]> {
+    const history = this.options.history;
+    if (!history) return [];
+    return (await history.entries()).filter((e) => !this.jobs.has(e.job.id));
   }
 
   active(): Job[] {

@@ -177,8 +177,10 @@ describe('a job interrupted by a crash', () => {
     const held = await t.agent.jobs.start('verify', () => new Promise<void>((r) => (release = r)), {
       mutating: false,
     });
+    // Listed as the live agent recorded it (GET /jobs shows other runners' jobs too), not as interrupted.
     const listed = (await jobsAfterRestart()).find((j) => j.id === held.id);
-    expect(listed).toBeUndefined();
+    expect(listed).toMatchObject({ state: 'running' });
+    expect(listed?.error).toBeUndefined();
     release();
     expect(await t.agent.jobs.waitFor(held.id)).toMatchObject({ state: 'succeeded' });
     const after = (await jobsAfterRestart()).find((j) => j.id === held.id);

@@ -1,30 +1,34 @@
 /** Routes of the jobs: list, one, its server-sent events, cancel. */
 import { Hono } from 'hono';
-import { streamSSE } from 'hono/streaming';
+import { type SSEStreamingApi, streamSSE } from 'hono/streaming';
 import type { Agent } from '../../agent';
 import { AppError } from '../../errors';
-import type { JobEvent } from '../../jobs/runner';
+import type { Job, JobEvent } from '../../jobs/runner';
 
 export function jobRoutes(agent: Agent): Hono {
   const app = new Hono();
 
-  app.get('/', (c) => c.json(agent.jobs.list()));
+  // With the jobs of a CLI command run beside the service (its own process and runner), from jobs.json.
+  app.get('/', async (c) => c.json(await agent.jobs.listWithOthers()));
 
-  app.get('/:id', (c) => {
-    const job = agent.jobs.get(c.req.param('id'));
+  app.get('/:id', async (c) => {
+    const id = c.req.param('id');
+    const job = agent.jobs.get(id) ?? (await agent.jobs.ofOtherProcess(id))?.job;
     if (!job) throw new AppError('not_found', 'no such job');
     return c.json(job);
   });
 
-  app.get('/:id/events', (c) => {
+  app.get('/:id/events', async (c) => {
     const id = c.req.param('id');
     const first = agent.jobs.get(id);
-    if (!first) throw new AppError('not_found', 'no such job');
+    const other = first ? undefined : await agent.jobs.ofOtherProcess(id);
+    if (!first && !other) throw new AppError('not_found', 'no such job');
     // Hono answers HEAD with this handler and drops the body unread: a stream would block on its first
     // writes and keep its subscription as long as the job runs. A HEAD gets the headers only.
     if (c.req.method === 'HEAD') {
       return c.body(null, 200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache' });
     }
+    if (!first) return streamSSE(c, (stream) => followOtherProcess(agent, id, other!.job, stream));
     return streamSSE(c, async (stream) => {
       const queue: JobEvent[] = [];
       let wake: (() => void) | undefined;
@@ -78,7 +82,55 @@ export function jobRoutes(agent: Agent): Hono {
     });
   });
 
-  app.post('/:id/cancel', (c) => c.json(agent.jobs.cancel(c.req.param('id'))));
+  app.post('/:id/cancel', async (c) => {
+    const id = c.req.param('id');
+    const other = agent.jobs.get(id) ? undefined : await agent.jobs.ofOtherProcess(id);
+    if (other && !other.job.endedAt) {
+      throw new AppError(
+        'unprocessable',
+        `this job runs in another process on this machine (pid ${other.pid}, a gem-backup command): stop it there, with Ctrl-C`,
+      );
+    }
+    return c.json(agent.jobs.cancel(id));
+  });
 
   return app;
+}
+
+/** How often the events of another process's job look at jobs.json (written at each phase and at the end). */
+const OTHER_PROCESS_POLL_MS = 1000;
+
+/**
+ * The events of a job another process runs (a CLI command): its record as jobs.json holds it, again
+ * each time it changes there (a phase, the end), a ping when nothing changed for 15 s.
+ */
+async function followOtherProcess(
+  agent: Agent,
+  id: string,
+  first: Job,
+  stream: SSEStreamingApi,
+): Promise<void> {
+  let last = JSON.stringify(first);
+  await stream.writeSSE({ event: 'job', data: last });
+  let quiet = 0;
+  let ended = Boolean(first.endedAt);
+  while (!ended && !stream.aborted) {
+    await stream.sleep(OTHER_PROCESS_POLL_MS);
+    const job = (await agent.jobs.ofOtherProcess(id))?.job;
+    // Gone from the file (pushed out by newer jobs) or taken over by this runner: nothing more to tell.
+    if (!job) return;
+    const text = JSON.stringify(job);
+    if (text !== last) {
+      last = text;
+      quiet = 0;
+      await stream.writeSSE({ event: 'job', data: text });
+      ended = Boolean(job.endedAt);
+      continue;
+    }
+    quiet += OTHER_PROCESS_POLL_MS;
+    if (quiet >= 15_000) {
+      quiet = 0;
+      await stream.writeSSE({ event: 'ping', data: '{}' });
+    }
+  }
 }
