@@ -46,7 +46,11 @@ const USAGES: Record<string, string[]> = {
     '                                            nothing imported; exit 0 only if it opens it',
   ],
   dr: [
-    'dr status                                   show the disaster-recovery state (JSON)',
+    'dr status [--json]                          the Cloud DR state: enrolled, last push, the cloud copy, what',
+    '                                            holds pushes back and what to do, the next push (the installation',
+    '                                            id by its first 8 characters; --json: for scripts, as the API)',
+    'dr status --show-installation-id            the same with the whole installation id: the DR recovery',
+    '                                            credential, to keep off this box with the keys file',
     'dr push                                     push a backup to the disaster-recovery cloud now (says which',
     '                                            backup and how old it is; warns when older than a day)',
     'dr push --data-is-current                   push although the keys were imported with no restore since',

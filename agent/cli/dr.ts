@@ -2,14 +2,17 @@
 import { parseArgs } from 'node:util';
 import type { Agent } from '../agent';
 import type { PushBackupNotice, PushResult } from '../dr/push';
+import type { DrStatus } from '../dr/service';
+import type { DrPushRecord } from '../dr/state';
 import { normalizeInstallationId } from '../dr/unfinished';
 import { AppError } from '../errors';
 import type { Job } from '../jobs/runner';
+import { AWAITING_RESTORE_REASON, LastRestoreStore } from '../restore/last-restore';
 import type { CliContext } from './context';
-import { formatAge, formatSize } from './format';
+import { formatAge, formatIn, formatSize } from './format';
 
 const USAGE =
-  'usage: gem-backup dr status | dr push | dr recover --installation-id ID | dr recover --abandon';
+  'usage: gem-backup dr status [--json] [--show-installation-id] | dr push | dr recover --installation-id ID | dr recover --abandon';
 
 /** The agent's DR service, its module loaded only by a dr command that opens the agent. */
 async function drService(agent: Agent) {
@@ -88,6 +91,157 @@ async function pushCommand(cli: CliContext, dataIsCurrent: boolean): Promise<voi
   cli.out(`pushed ${r.backup} (${pushedWhat(r, r.multipart)}) to the DR cloud`);
 }
 
+/** The installation id as `dr status` shows it by default: its first 8 characters. */
+function idPrefix(id: string): string {
+  return `${id.slice(0, 8)}…`;
+}
+
+/** What `dr status` shows: GET /api/v1/dr/status's object and what the CLI adds from the data dir. */
+interface StatusView {
+  status: DrStatus;
+  /** When this installation enrolled with the DR cloud (its first push), or null. */
+  enrolledAt: string | null;
+  /** Keys of another installation were imported and none of its backups restored since: no push goes. */
+  awaitingRestore: boolean;
+}
+
+async function statusView(agent: Agent): Promise<StatusView> {
+  const dr = await drService(agent);
+  const [status, state, awaitingRestore, jobs] = await Promise.all([
+    dr.status(),
+    dr.state.get(),
+    new LastRestoreStore(agent.paths.lastRestore, agent.log).awaitingRestore(),
+    agent.jobs.listWithOthers(),
+  ]);
+  // A push the service runs now (Push Now on the page, the nightly run): this process runs none.
+  const pushing = jobs.find((j) => j.kind === 'dr-push' && !j.endedAt);
+  const enrollment = state.enrollment;
+  return {
+    status: {
+      ...status,
+      running: status.running || pushing !== undefined,
+      jobId: status.jobId ?? pushing?.id ?? null,
+    },
+    enrolledAt: enrollment && enrollment.installationId === status.installationId ? enrollment.at : null,
+    awaitingRestore,
+  };
+}
+
+/** "succeeded 3 h ago (2026-11-30T14:00:00.000Z, the nightly run)": how a push ended, when, and what started it. */
+function pushWhen(p: DrPushRecord): string {
+  return `${p.outcome} ${formatAge(p.at)} (${p.at}, ${p.trigger === 'nightly' ? 'the nightly run' : 'started by hand'})`;
+}
+
+/** An unfinished recovery's sentence with the id by its prefix: the command to run names where the whole id is. */
+function unfinishedWithoutId(id: string): string {
+  return `a recovery from the DR cloud of installation ${idPrefix(id)} did not finish: run \`gem-backup dr recover --installation-id ID\` again with the whole id (\`gem-backup dr status --show-installation-id\`), or \`gem-backup dr recover --abandon\` to go back to this box's own identity`;
+}
+
+/** `dr status` for people: one line per fact, the whole installation id only when asked for. */
+function statusLines(view: StatusView, showId: boolean): string[] {
+  const s = view.status;
+  const lines: string[] = [];
+  lines.push(
+    `Cloud DR: ${
+      !s.configured
+        ? 'off: no endpoint is configured (GEM_DR_URL is not set)'
+        : s.enabled
+          ? `on, endpoint ${s.url}`
+          : `turned off in the settings (endpoint ${s.url})`
+    }`,
+  );
+  lines.push(
+    showId
+      ? `installation: ${s.installationId} (the DR recovery credential: keep it off this box, with the keys file)`
+      : `installation: ${idPrefix(s.installationId)} (the whole id recovers this installation from the DR cloud: keep it off this box, with the keys file; \`gem-backup dr status --show-installation-id\` prints it)`,
+  );
+  lines.push(
+    view.enrolledAt
+      ? `enrolled: yes, since ${view.enrolledAt}`
+      : `enrolled: no${s.enabled ? ': the first push enrolls this installation with the DR cloud' : ''}`,
+  );
+  if (s.running) lines.push(`push: running now (job ${s.jobId})`);
+  const last = s.lastPush;
+  if (!last) {
+    lines.push('last push: none from this data dir');
+  } else if (last.outcome === 'succeeded') {
+    lines.push(`last push: ${pushWhen(last)}: ${last.backup}`);
+  } else if (last.outcome === 'failed') {
+    lines.push(
+      `last push: ${pushWhen(last)}: ${last.error?.message ?? 'unknown error'}; the cloud copy was not updated`,
+    );
+  } else {
+    lines.push(`last push: ${pushWhen(last)}: ${last.reason ?? 'no reason recorded'}`);
+  }
+  const copy = s.lastSuccess;
+  if (s.pendingDeletion) {
+    const tries = s.pendingDeletion.attempts;
+    lines.push(
+      `cloud copy: being deleted since ${s.pendingDeletion.since} (Cloud DR was turned off; ${tries} attempt${tries === 1 ? '' : 's'} so far, retried until the cloud confirms)`,
+    );
+  } else if (copy) {
+    const made = copy.createdAt ? `made ${formatAge(copy.createdAt)} (${copy.createdAt}), ` : '';
+    const size = copy.size !== undefined ? `${formatSize(copy.size)}, ` : '';
+    lines.push(`cloud copy: ${copy.backup}, ${made}${size}pushed ${formatAge(copy.at)}`);
+  } else {
+    lines.push('cloud copy: none pushed from this data dir');
+  }
+  if (s.upload) lines.push(`unfinished upload: ${s.upload.backup} (the next push resumes it)`);
+  const unfinished = s.unfinishedRecovery;
+  if (unfinished) {
+    const since = unfinished.startedAt ? ` (started ${formatAge(unfinished.startedAt)})` : '';
+    lines.push(
+      unfinished.installationId === null || showId
+        ? `recovery: unfinished${since}: ${unfinished.message}; no push goes until then`
+        : `recovery: unfinished${since}: ${unfinishedWithoutId(unfinished.installationId)}; no push goes until then`,
+    );
+  }
+  if (view.awaitingRestore) lines.push(`pushes held: ${AWAITING_RESTORE_REASON}`);
+  const held = unfinished !== null || view.awaitingRestore;
+  if (!s.enabled) {
+    lines.push('next push: none (Cloud DR is off)');
+  } else if (s.nextRunAt) {
+    const skipped = held
+      ? '; skipped while pushes are held (see above)'
+      : s.nightlySkipped
+        ? '; skipped: NODE_ENV=development (a push now still runs)'
+        : '';
+    lines.push(`next push: ${formatIn(s.nextRunAt)} (${s.nextRunAt}, the nightly run)${skipped}`);
+  }
+  // A message kept from a push (a refusal during the recovery names the id to type) shows no more of it.
+  if (showId) return lines;
+  const ids = [s.installationId, unfinished?.installationId].filter((x): x is string => Boolean(x));
+  return lines.map((line) => ids.reduce((text, id) => text.replaceAll(id, idPrefix(id)), line));
+}
+
+/**
+ * `dr status --json`: GET /api/v1/dr/status's object with `enrolled`, `enrolledAt` and `awaitingRestore`;
+ * without --show-installation-id the whole id is left out (`installationIdPrefix` instead, also in an
+ * unfinished recovery, and in any message that held it): a status in a monitoring log recovers nothing.
+ */
+function statusJson(view: StatusView, showId: boolean): string {
+  const { status, enrolledAt, awaitingRestore } = view;
+  const added = { enrolled: enrolledAt !== null, enrolledAt, awaitingRestore };
+  if (showId) return JSON.stringify({ ...status, ...added }, null, 2);
+  const { installationId, unfinishedRecovery, ...rest } = status;
+  const recovering = unfinishedRecovery?.installationId;
+  const masked = {
+    ...rest,
+    installationIdPrefix: installationId.slice(0, 8),
+    ...added,
+    unfinishedRecovery: unfinishedRecovery
+      ? (() => {
+          const { installationId: id, ...u } = unfinishedRecovery;
+          if (id === null) return { ...u, installationIdPrefix: null };
+          return { ...u, message: unfinishedWithoutId(id), installationIdPrefix: id.slice(0, 8) };
+        })()
+      : null,
+  };
+  let text = JSON.stringify(masked, null, 2);
+  for (const id of [installationId, recovering]) if (id) text = text.replaceAll(id, idPrefix(id));
+  return text;
+}
+
 export async function drCommand(cli: CliContext): Promise<void> {
   const [sub, ...rest] = cli.args;
   const { values } = parseArgs({
@@ -96,11 +250,15 @@ export async function drCommand(cli: CliContext): Promise<void> {
       'installation-id': { type: 'string' },
       abandon: { type: 'boolean' },
       'data-is-current': { type: 'boolean' },
+      json: { type: 'boolean' },
+      'show-installation-id': { type: 'boolean' },
     },
   });
   if (sub === 'status') {
-    const status = await cli.withAgent(async (agent) => (await drService(agent)).status());
-    cli.out(JSON.stringify(status, null, 2));
+    const view = await cli.withAgent(statusView);
+    const showId = values['show-installation-id'] ?? false;
+    if (values.json) cli.out(statusJson(view, showId));
+    else for (const line of statusLines(view, showId)) cli.out(line);
     return;
   }
   if (sub === 'push') {
@@ -129,14 +287,16 @@ export async function drCommand(cli: CliContext): Promise<void> {
     if (id === undefined) {
       throw new AppError(
         'bad_request',
-        '--installation-id must be the 32 hex characters of the old installation id (`gem-backup dr status` on the old box, or its keys file); upper case and spaces or dashes between groups are fine',
+        '--installation-id must be the 32 hex characters of the old installation id (`gem-backup dr status --show-installation-id` on the old box, or its keys file); upper case and spaces or dashes between groups are fine',
       );
     }
     const job = await cli.withAgent(async (agent) =>
       follow(cli, agent, await (await drService(agent)).startRecover(id)),
     );
     const r = job.result as { installationId: string; backup: string; restore: { rows: number } };
-    cli.out(`recovered installation ${r.installationId} from ${r.backup} (${r.restore.rows} rows restored)`);
+    cli.out(
+      `recovered installation ${idPrefix(r.installationId)} from ${r.backup} (${r.restore.rows} rows restored)`,
+    );
     return;
   }
   throw new AppError('bad_request', USAGE);

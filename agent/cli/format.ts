@@ -19,3 +19,14 @@ export function formatAge(iso: string, now = Date.now()): string {
   if (age < 2 * DAY) return `${Math.floor(age / HOUR)} h ago`;
   return `${Math.floor(age / DAY)} days ago`;
 }
+
+/** How long until `iso`: "in less than a minute", "in 12 min", "in 9 h", "in 3 days" (a time past: formatAge's words). */
+export function formatIn(iso: string, now = Date.now()): string {
+  const ahead = Date.parse(iso) - now;
+  if (!Number.isFinite(ahead)) return `at ${iso}`;
+  if (ahead < 0) return formatAge(iso, now);
+  if (ahead < MINUTE) return 'in less than a minute';
+  if (ahead < HOUR) return `in ${Math.floor(ahead / MINUTE)} min`;
+  if (ahead < 2 * DAY) return `in ${Math.floor(ahead / HOUR)} h`;
+  return `in ${Math.floor(ahead / DAY)} days`;
+}

@@ -166,7 +166,7 @@ describe('an unfinished DR recovery', () => {
     expect(push.stderr.trim()).toContain(
       `a recovery from the DR cloud of installation ${aId} did not finish: run \`gem-backup dr recover --installation-id ${aId}\` again`,
     );
-    const shown = await cli('dr', 'status');
+    const shown = await cli('dr', 'status', '--json', '--show-installation-id');
     expect(shown.code, shown.stderr).toBe(0);
     expect((JSON.parse(shown.stdout) as DrStatus).unfinishedRecovery?.installationId).toBe(aId);
     const create = await cli('create');
