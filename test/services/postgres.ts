@@ -25,21 +25,24 @@ let counter = 0;
 
 /**
  * Starts a throwaway cluster. Fails loudly, with the install command, if PostgreSQL is missing.
- * `fsync: false` turns the server's fsync off (ALTER SYSTEM, a reload): commits, CREATE and DROP
- * DATABASE and checkpoints then stop waiting for the disk (a test restore 1.1 -> 0.75 s on this
- * machine). Only a crash of the machine itself could lose data then; a server or agent killed still
- * finds every write (the kernel holds it), so tests that kill processes may use it too.
+ * The server's fsync is off unless `fsync: true` (ALTER SYSTEM; the run's template cluster has it
+ * off already): commits, CREATE and DROP DATABASE and checkpoints then stop waiting for the disk (a
+ * test restore 1.1 -> 0.75 s, a test agent's start 0.5 -> 0.38 s on this machine). Only a crash of
+ * the machine itself could lose data then; a server or agent killed still finds every write (the
+ * kernel holds it), so tests that kill processes run with it too.
  */
 export async function startPostgres(options: { fsync?: boolean } = {}): Promise<TestPostgres> {
   const binDir = findPgBinDir(process.env.GEM_PG_BIN);
   const root = await mkdtemp(join(tmpdir(), 'gem-pg-'));
   await chmod(root, 0o755);
   const dir = join(root, 'cluster');
-  await copyTemplate(dir);
+  const fromTemplate = await copyTemplate(dir);
   const cluster = await startCluster({ dir, binDir });
-  if (options.fsync === false) {
+  const fsync = options.fsync ?? false;
+  // A copy of the template starts with fsync off; a cluster initdb made here starts with it on.
+  if (fsync === fromTemplate) {
     await withSql(cluster.url('postgres'), async (sql) => {
-      await sql`alter system set fsync = off`;
+      await sql.unsafe(`alter system set fsync = ${fsync ? 'on' : 'off'}`);
       await sql`select pg_reload_conf()`;
     });
   }
@@ -61,10 +64,11 @@ export async function startPostgres(options: { fsync?: boolean } = {}): Promise<
  * Copies the run's template cluster (test/services/postgres-template.ts) to `dir`, owners and modes
  * kept (cp -a: the cluster belongs to user postgres when the tests run as root); startCluster then
  * starts it as a cluster made earlier. Outside a vitest run there is no template: initdb makes it.
+ * True if it copied the template.
  */
-async function copyTemplate(dir: string): Promise<void> {
+async function copyTemplate(dir: string): Promise<boolean> {
   const template = process.env[PG_TEMPLATE_ENV];
-  if (!template) return;
+  if (!template) return false;
   for (const [from, to] of [
     [template, dir],
     [clusterPasswordPath(template), clusterPasswordPath(dir)],
@@ -72,6 +76,7 @@ async function copyTemplate(dir: string): Promise<void> {
     const copied = await runProcess('cp', ['-a', from, to]);
     if (copied.code !== 0) throw new Error(`copying the template cluster ${from} failed: ${copied.stderr}`);
   }
+  return true;
 }
 
 /** Runs `fn` with a short-lived connection to `url`. */
