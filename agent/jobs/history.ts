@@ -9,6 +9,7 @@ import { basename, dirname, join } from 'node:path';
 import { z } from 'zod';
 import type { Logger } from '../log';
 import { isAbandonedTemp, processAlive, TEMP_PREFIX, writeSmallFileAtomic } from '../system/atomic-file';
+import { withFileUpdateLock } from '../system/json-state';
 import type { Job } from './runner';
 
 /** How many jobs the file keeps (newest by start). */
@@ -201,6 +202,12 @@ export class JobHistory {
    * processes wrote (a CLI command beside the service), keeping the newest HISTORY_KEEP.
    */
   async save(mine: HistoryEntry[]): Promise<void> {
+    // Read, merge and write under the file's update lock: without it, two processes saving at once
+    // each write what they read before the other's write, and one's jobs drop out of the file.
+    await withFileUpdateLock(this.path, () => this.merge(mine));
+  }
+
+  private async merge(mine: HistoryEntry[]): Promise<void> {
     const byId = new Map<string, HistoryEntry>();
     for (const entry of await this.read()) byId.set(entry.job.id, entry);
     for (const entry of mine) {
