@@ -77,7 +77,10 @@ export async function keysCommand(cli: CliContext): Promise<void> {
       const { importKeysFile } = await import('../http/routes/keys');
       return importKeysFile(agent, text, passphrase);
     });
-    cli.out(`keys imported: installation ${result.installationId}, active key ${result.activeKeyId}`);
+    // The whole id is the installation's DR recovery credential: its first 8 characters tell it apart.
+    cli.out(
+      `keys imported: installation ${result.installationId.slice(0, 8)}… (the whole id: gem-backup dr status --show-installation-id), active key ${result.activeKeyId}`,
+    );
     return;
   }
   if (sub === 'check') {

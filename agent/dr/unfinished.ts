@@ -64,7 +64,7 @@ export function unfinishedMessage(installationId: string): string {
 }
 
 export const UNFINISHED_REASON =
-  "a recovery from the DR cloud did not finish: run `gem-backup dr recover --installation-id ID` again with the id `gem-backup dr status` shows (or `gem-backup dr recover --abandon` to go back to this box's own identity); no Cloud DR push runs meanwhile";
+  "a recovery from the DR cloud did not finish: run `gem-backup dr recover --installation-id ID` again with the id `gem-backup dr status --show-installation-id` shows (or `gem-backup dr recover --abandon` to go back to this box's own identity); no Cloud DR push runs meanwhile";
 
 export class UnfinishedRecoveryFile {
   constructor(readonly path: string) {}

@@ -132,6 +132,13 @@ describe('the gem-backup CLI (the package bin)', () => {
     expect(imported.stderr).toBe('');
     expect(imported.code).toBe(0);
     expect(imported.stdout).toMatch(/keys imported/);
+    // The installation by its first 8 characters only: the whole id is the DR recovery credential.
+    const id = (
+      JSON.parse(await readFile(join(dataDir, 'keyring.json'), 'utf8')) as { installationId: string }
+    ).installationId;
+    expect(id).toMatch(/^[0-9a-f]{32}$/);
+    expect(imported.stdout).toContain(id.slice(0, 8));
+    expect(imported.stdout).not.toContain(id);
     // Without the passphrase (no terminal to ask on), a protected file is refused.
     const without = await cli('keys', 'import', out);
     expect(without.code).toBe(1);

@@ -91,7 +91,8 @@ describe('a data dir without an installation', () => {
     );
     expect(res.stderr).toBe('');
     expect(res.code).toBe(0);
-    expect(res.stdout).toContain(`installation ${other.installationId}`);
+    expect(res.stdout).toContain(`installation ${other.installationId.slice(0, 8)}…`);
+    expect(res.stdout).not.toContain(other.installationId);
     expect(existsSync(join(fresh, 'keyring.json'))).toBe(true);
   });
 });
