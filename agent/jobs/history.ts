@@ -3,7 +3,7 @@
  * interrupted is still listed afterwards, as failed with code `interrupted` and what start-up did
  * about it. Written atomically when a job starts, changes phase and ends (never per progress tick).
  */
-import { readdir, readFile, rm } from 'node:fs/promises';
+import { readdir, readFile, rename, rm } from 'node:fs/promises';
 import { uptime } from 'node:os';
 import { basename, dirname, join } from 'node:path';
 import { z } from 'zod';
@@ -162,26 +162,29 @@ export class JobHistory {
     private readonly log: Logger,
   ) {}
 
-  /** The entries in the file, oldest first; an unreadable file is reported and counts as empty. */
+  /**
+   * The entries in the file, oldest first; an unreadable or damaged file is reported and counts as
+   * empty (and is set aside at the next save).
+   */
   async load(): Promise<HistoryEntry[]> {
     await this.removeLeftTemps();
-    return this.read();
+    return (await this.read()).entries;
   }
 
   /** The entries in the file as they stand, oldest first: a look from a running agent, which cleans up nothing. */
-  entries(): Promise<HistoryEntry[]> {
-    return this.read();
+  async entries(): Promise<HistoryEntry[]> {
+    return (await this.read()).entries;
   }
 
-  private async read(): Promise<HistoryEntry[]> {
+  /** The file's entries; `damaged` when it is there but cannot be read or is not a job history. */
+  private async read(): Promise<{ entries: HistoryEntry[]; damaged: boolean }> {
     let text: string;
     try {
       text = await readFile(this.path, 'utf8');
     } catch (error) {
-      if ((error as NodeJS.ErrnoException).code !== 'ENOENT') {
-        this.log.warn('could not read the job history; it starts empty', { error });
-      }
-      return [];
+      if ((error as NodeJS.ErrnoException).code === 'ENOENT') return { entries: [], damaged: false };
+      this.warnOnce('could not read the job history; it counts as empty', error);
+      return { entries: [], damaged: true };
     }
     try {
       const file = fileSchema.parse(JSON.parse(text));
@@ -190,11 +193,25 @@ export class JobHistory {
         const parsed = entrySchema.safeParse(raw);
         if (parsed.success) entries.push(parsed.data as HistoryEntry);
       }
-      return entries.sort((a, b) => a.job.startedAt.localeCompare(b.job.startedAt));
+      this.warned = undefined;
+      return {
+        entries: entries.sort((a, b) => a.job.startedAt.localeCompare(b.job.startedAt)),
+        damaged: false,
+      };
     } catch (error) {
-      this.log.warn('the job history file is not valid; it starts empty', { error });
-      return [];
+      this.warnOnce('the job history file is not valid; it counts as empty', error);
+      return { entries: [], damaged: true };
     }
+  }
+
+  /** What was last warned about the file: the job list reads it at every look, and says it once. */
+  private warned: string | undefined;
+
+  private warnOnce(message: string, error: unknown): void {
+    const said = `${message}: ${error instanceof Error ? error.message : String(error)}`;
+    if (this.warned === said) return;
+    this.warned = said;
+    this.log.warn(message, { error, path: this.path });
   }
 
   /**
@@ -208,8 +225,18 @@ export class JobHistory {
   }
 
   private async merge(mine: HistoryEntry[]): Promise<void> {
+    const { entries, damaged } = await this.read();
+    if (damaged) {
+      // Kept for a look, as the other state files' damaged copies are, instead of written over.
+      const aside = `${this.path}.damaged-${new Date().toISOString().replaceAll(':', '')}`;
+      await rename(this.path, aside);
+      this.log.warn('the job history file was damaged: it is set aside and the list starts afresh', {
+        path: this.path,
+        aside,
+      });
+    }
     const byId = new Map<string, HistoryEntry>();
-    for (const entry of await this.read()) byId.set(entry.job.id, entry);
+    for (const entry of entries) byId.set(entry.job.id, entry);
     for (const entry of mine) {
       const there = byId.get(entry.job.id);
       // An ended record is never replaced by a still-running one (another process ended it meanwhile).

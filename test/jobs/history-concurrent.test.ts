@@ -1,7 +1,7 @@
 // Two processes (the service and a CLI command beside it) recording their jobs in one jobs.json at the
 // same moments: every job of both is kept, each with its end. Real processes, a real file.
 import { execFile } from 'node:child_process';
-import { mkdtemp, readdir, rm } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
@@ -34,4 +34,39 @@ it('two processes saving at once both keep every job they recorded, ended', asyn
   expect(entries.filter((e) => e.job.state !== 'succeeded' || !e.job.endedAt)).toEqual([]);
   // No temp or lock left beside it.
   expect(await readdir(dir)).toEqual(['jobs.json']);
+});
+
+it('a damaged jobs.json is said once however often the list is read, and set aside, not written over, at the next save', async () => {
+  const sub = join(dir, 'damaged');
+  await mkdir(sub);
+  const path = join(sub, 'jobs.json');
+  await writeFile(path, '{"format":"gem-job-history","version":1,"jobs":[{"pid":1,', { mode: 0o600 });
+  const lines: string[] = [];
+  const history = new JobHistory(path, createLogger({ level: 'warn', write: (line) => lines.push(line) }));
+  expect(await history.entries()).toEqual([]);
+  expect(await history.entries()).toEqual([]);
+  expect(lines.map((line) => JSON.parse(line).msg)).toEqual([
+    'the job history file is not valid; it counts as empty',
+  ]);
+
+  const job = {
+    id: 'j1',
+    kind: 'backup' as const,
+    state: 'succeeded' as const,
+    phase: 'done',
+    bytesDone: 0,
+    bytesTotal: 0,
+    unit: 'bytes' as const,
+    startedAt: new Date().toISOString(),
+    endedAt: new Date().toISOString(),
+  };
+  await history.save([{ pid: process.pid, runner: 'r', job }]);
+  expect((await history.entries()).map((e) => e.job.id)).toEqual(['j1']);
+  const names = await readdir(sub);
+  const aside = names.filter((name) => name.startsWith('jobs.json.damaged-'));
+  expect(aside).toHaveLength(1);
+  expect(await readFile(join(sub, aside[0]!), 'utf8')).toBe(
+    '{"format":"gem-job-history","version":1,"jobs":[{"pid":1,',
+  );
+  expect(names.sort()).toEqual(['jobs.json', aside[0]]);
 });
