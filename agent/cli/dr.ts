@@ -4,7 +4,7 @@ import type { Agent } from '../agent';
 import type { PushBackupNotice, PushResult } from '../dr/push';
 import type { DrStatus } from '../dr/service';
 import type { DrPushRecord } from '../dr/state';
-import { normalizeInstallationId } from '../dr/unfinished';
+import { normalizeInstallationId, unfinishedMessage } from '../dr/unfinished';
 import { AppError } from '../errors';
 import type { Job } from '../jobs/runner';
 import { AWAITING_RESTORE_REASON, LastRestoreStore } from '../restore/last-restore';
@@ -132,11 +132,6 @@ function pushWhen(p: DrPushRecord): string {
   return `${p.outcome} ${formatAge(p.at)} (${p.at}, ${p.trigger === 'nightly' ? 'the nightly run' : 'started by hand'})`;
 }
 
-/** An unfinished recovery's sentence with the id by its prefix: the command to run names where the whole id is. */
-function unfinishedWithoutId(id: string): string {
-  return `a recovery from the DR cloud of installation ${idPrefix(id)} did not finish: run \`gem-backup dr recover --installation-id ID\` again with the whole id (\`gem-backup dr status --show-installation-id\`), or \`gem-backup dr recover --abandon\` to go back to this box's own identity`;
-}
-
 /** `dr status` for people: one line per fact, the whole installation id only when asked for. */
 function statusLines(view: StatusView, showId: boolean): string[] {
   const s = view.status;
@@ -191,9 +186,11 @@ function statusLines(view: StatusView, showId: boolean): string[] {
   if (unfinished) {
     const since = unfinished.startedAt ? ` (started ${formatAge(unfinished.startedAt)})` : '';
     lines.push(
-      unfinished.installationId === null || showId
-        ? `recovery: unfinished${since}: ${unfinished.message}; no push goes until then`
-        : `recovery: unfinished${since}: ${unfinishedWithoutId(unfinished.installationId)}; no push goes until then`,
+      `recovery: unfinished${since}: ${
+        unfinished.installationId === null
+          ? unfinished.message
+          : unfinishedMessage(unfinished.installationId, { wholeId: showId })
+      }; no push goes until then`,
     );
   }
   if (view.awaitingRestore) lines.push(`pushes held: ${AWAITING_RESTORE_REASON}`);
@@ -233,7 +230,7 @@ function statusJson(view: StatusView, showId: boolean): string {
       ? (() => {
           const { installationId: id, ...u } = unfinishedRecovery;
           if (id === null) return { ...u, installationIdPrefix: null };
-          return { ...u, message: unfinishedWithoutId(id), installationIdPrefix: id.slice(0, 8) };
+          return { ...u, message: unfinishedMessage(id), installationIdPrefix: id.slice(0, 8) };
         })()
       : null,
   };

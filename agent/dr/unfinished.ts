@@ -59,8 +59,16 @@ export const RecoveryInstallationId = z.string().transform((raw, ctx) => {
 export const INSTALLATION_ID_RULE =
   'installationId must be 32 hex characters (upper case and spaces or dashes between groups are fine)';
 
-export function unfinishedMessage(installationId: string): string {
-  return `a recovery from the DR cloud of installation ${installationId} did not finish: run \`gem-backup dr recover --installation-id ${installationId}\` again (or \`gem-backup dr recover --abandon\` to go back to this box's own identity)`;
+/**
+ * The owner's sentence for an unfinished recovery (a refused push, dr status). The installation by its
+ * first 8 characters: the whole id is the DR recovery credential, and this sentence ends up in job
+ * records, API answers and terminals; `wholeId` (dr status --show-installation-id) names it in the
+ * command to run.
+ */
+export function unfinishedMessage(installationId: string, options: { wholeId?: boolean } = {}): string {
+  if (options.wholeId)
+    return `a recovery from the DR cloud of installation ${installationId} did not finish: run \`gem-backup dr recover --installation-id ${installationId}\` again (or \`gem-backup dr recover --abandon\` to go back to this box's own identity)`;
+  return `a recovery from the DR cloud of installation ${installationId.slice(0, 8)}… did not finish: run \`gem-backup dr recover --installation-id ID\` again with the whole id (\`gem-backup dr status --show-installation-id\`), or \`gem-backup dr recover --abandon\` to go back to this box's own identity`;
 }
 
 export const UNFINISHED_REASON =

@@ -15,6 +15,14 @@ import { DESTINATION_TITLES, OFFSITE_KINDS, type OffsiteKind } from '../offsite/
 import { describeDestinationError } from '../offsite/messages';
 import { offsiteServiceFor, readRemoteHeader } from '../offsite/service';
 
+/**
+ * An installation id in a reason: its first 8 characters, which tell installations apart. The whole id
+ * is the DR recovery credential, and a key check's reason is printed, logged and kept.
+ */
+function idPrefix(id: string): string {
+  return `${id.slice(0, 8)}…`;
+}
+
 export interface KeyCheckResult {
   ok: true;
   canOpen: boolean;
@@ -71,7 +79,7 @@ export async function checkKeysFile(
   if (refused) {
     const other = base.sameInstallation
       ? ''
-      : ` (the keys file is from installation ${keyring.installationId}, this is ${agent.keyring.installationId})`;
+      : ` (the keys file is from installation ${idPrefix(keyring.installationId)}, this is ${idPrefix(agent.keyring.installationId)})`;
     return {
       ...base,
       canOpen: false,
@@ -250,7 +258,7 @@ async function checkOffsite(
   // With no copy of the keys' installation found: how many copies were looked at, and where.
   const noneFound = ofTheKeys
     ? ''
-    : `; no copy of installation ${keysInstallation} was found among ${wordList(
+    : `; no copy of installation ${idPrefix(keysInstallation)} was found among ${wordList(
         searches
           .filter((s) => s.looked > 0)
           .map((s) => {
@@ -268,7 +276,7 @@ async function checkOffsite(
     const other =
       header.core.installationId === keysInstallation
         ? ''
-        : ` (the keys file is from installation ${keysInstallation}, the backup from another installation${noneFound})`;
+        : ` (the keys file is from installation ${idPrefix(keysInstallation)}, the backup from another installation${noneFound})`;
     return {
       ofTheKeys: ofTheKeys !== undefined,
       result: {

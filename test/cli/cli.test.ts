@@ -219,7 +219,7 @@ describe('the gem-backup CLI (the package bin)', () => {
     expect(lines, foreign.stderr).toHaveLength(1);
     expect(lines[0]).toMatch(
       new RegExp(
-        `^gem-backup: These keys cannot open ${newest!.replaceAll('.', '\\.')}: it was made with key \\S+, which the file does not hold \\(the keys file is from installation `,
+        `^gem-backup: These keys cannot open ${newest!.replaceAll('.', '\\.')}: it was made with key \\S+, which the file does not hold \\(the keys file is from installation [0-9a-f]{8}…, this is [0-9a-f]{8}…\\)`,
       ),
     );
     // Nothing was imported either time.

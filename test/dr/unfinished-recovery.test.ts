@@ -120,8 +120,11 @@ describe('an unfinished DR recovery', () => {
 
     const s = await status(b);
     expect(s.unfinishedRecovery).toMatchObject({ installationId: aId });
-    const sentence = `a recovery from the DR cloud of installation ${aId} did not finish: run \`gem-backup dr recover --installation-id ${aId}\` again`;
+    // The installation by its first 8 characters: the whole id is the DR recovery credential, and this
+    // sentence goes to job records, API answers and terminals.
+    const sentence = `a recovery from the DR cloud of installation ${aId.slice(0, 8)}… did not finish: run \`gem-backup dr recover --installation-id ID\` again with the whole id (\`gem-backup dr status --show-installation-id\`)`;
     expect(s.unfinishedRecovery?.message).toContain(sentence);
+    expect(s.unfinishedRecovery?.message).not.toContain(aId);
     expect(s.unfinishedRecovery?.reason).not.toContain(aId);
     // Health (and so the page's status panel and the alerts) says it, without the id.
     const health = await healthFor(b.agent).evaluate();
@@ -130,7 +133,9 @@ describe('an unfinished DR recovery', () => {
     // Push Now through the API, the service (as the CLI calls it), and the nightly run.
     const refused = await b.request('/api/v1/dr/push', { method: 'POST' });
     expect(refused.status).toBe(422);
-    expect(((await refused.json()) as { error: { message: string } }).error.message).toContain(sentence);
+    const refusal = ((await refused.json()) as { error: { message: string } }).error.message;
+    expect(refusal).toContain(sentence);
+    expect(refusal).not.toContain(aId);
     await expect(drServiceFor(b.agent).startPush('manual')).rejects.toThrow(sentence);
     await drServiceFor(b.agent).runNightly();
     const after = await status(b);
@@ -164,8 +169,9 @@ describe('an unfinished DR recovery', () => {
     const push = await cli('dr', 'push');
     expect(push.code).toBe(1);
     expect(push.stderr.trim()).toContain(
-      `a recovery from the DR cloud of installation ${aId} did not finish: run \`gem-backup dr recover --installation-id ${aId}\` again`,
+      `a recovery from the DR cloud of installation ${aId.slice(0, 8)}… did not finish: run \`gem-backup dr recover --installation-id ID\` again with the whole id`,
     );
+    expect(push.stderr).not.toContain(aId);
     const shown = await cli('dr', 'status', '--json', '--show-installation-id');
     expect(shown.code, shown.stderr).toBe(0);
     expect((JSON.parse(shown.stdout) as DrStatus).unfinishedRecovery?.installationId).toBe(aId);

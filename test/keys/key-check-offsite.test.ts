@@ -184,7 +184,7 @@ describe('the key check with no local backup', () => {
       expect(no.body).toMatchObject({ canOpen: false, backup: own, destination: 'sftp', error: 'no_key' });
       expect(no.body.reason).toMatch(
         new RegExp(
-          `^These keys cannot open ${literally(own)} on the SFTP server: it was made with key \\S+, which the file does not hold \\(the keys file is from installation ${otherId}, the backup from another installation; no copy of installation ${otherId} was found among the 4 copies on the SFTP server\\)\\. ${literally(junk)} on the SFTP server was skipped: `,
+          `^These keys cannot open ${literally(own)} on the SFTP server: it was made with key \\S+, which the file does not hold \\(the keys file is from installation ${otherId.slice(0, 8)}…, the backup from another installation; no copy of installation ${otherId.slice(0, 8)}… was found among the 4 copies on the SFTP server\\)\\. ${literally(junk)} on the SFTP server was skipped: `,
         ),
       );
 
@@ -200,7 +200,7 @@ describe('the key check with no local backup', () => {
       const bounded = await call(rebuilt, 'POST', '/keys/check', JSON.parse(keysFile));
       expect(bounded.body).toMatchObject({ canOpen: false, backup: crowded.at(-1), destination: 'sftp' });
       expect(bounded.body.reason).toContain(
-        `the backup from another installation; no copy of installation ${t.agent.keyring.installationId} was found among the newest ${HEADERS_READ_PER_DESTINATION} of the ${crowded.length + 1} copies on the SFTP server, at most ${HEADERS_READ_PER_DESTINATION} are looked at)`,
+        `the backup from another installation; no copy of installation ${t.agent.keyring.installationId.slice(0, 8)}… was found among the newest ${HEADERS_READ_PER_DESTINATION} of the ${crowded.length + 1} copies on the SFTP server, at most ${HEADERS_READ_PER_DESTINATION} are looked at)`,
       );
     } finally {
       await rebuilt.close();
