@@ -130,7 +130,11 @@ describe('a job of the CLI run beside the agent', () => {
     const done = await t.request(`/api/v1/jobs/${running.id}`);
     expect(((await done.json()) as Job).endedAt).toBeDefined();
     // An ended job of another process: the cancel answers as for any ended job.
-    expect((await t.request(`/api/v1/jobs/${running.id}/cancel`, { method: 'POST' })).status).toBe(404);
+    const cancelEnded = await t.request(`/api/v1/jobs/${running.id}/cancel`, { method: 'POST' });
+    expect(cancelEnded.status).toBe(409);
+    expect(((await cancelEnded.json()) as { error: { message: string } }).error.message).toBe(
+      `job ${running.id} has already ended (succeeded)`,
+    );
 
     // The agent's own jobs and the CLI's side by side: a backup the agent runs is listed above it.
     const mine = await t.agent.jobs.waitFor((await startBackup(t.agent, { kind: 'manual' })).id);

@@ -91,6 +91,8 @@ export function jobRoutes(agent: Agent): Hono {
         `this job runs in another process on this machine (pid ${other.pid}, a gem-backup command): stop it there, with Ctrl-C`,
       );
     }
+    // Ended, as for a job of this agent's own.
+    if (other) throw new AppError('conflict', `job ${id} has already ended (${other.job.state})`);
     return c.json(agent.jobs.cancel(id));
   });
 
