@@ -10,6 +10,7 @@ import { z } from 'zod';
 import type { Logger } from '../log';
 import { isAbandonedTemp, processAlive, TEMP_PREFIX, writeSmallFileAtomic } from '../system/atomic-file';
 import { withFileUpdateLock } from '../system/json-state';
+import { heldInNamespace, PID_NAMESPACE } from './lock';
 import type { Job } from './runner';
 
 /** How many jobs the file keeps (newest by start). */
@@ -45,8 +46,18 @@ const jobSchema = z.object({
 });
 
 /** One job in the file, with the process and the runner that ran it (to tell whether it still runs). */
-const entrySchema = z.object({ pid: z.number().int(), runner: z.string(), job: jobSchema });
-export type HistoryEntry = { pid: number; runner: string; job: Job };
+const entrySchema = z.object({
+  pid: z.number().int(),
+  runner: z.string(),
+  ns: z.string().optional(),
+  job: jobSchema,
+});
+/**
+ * One job in the file with the process that ran it: its pid, its runner, and its PID namespace (absent
+ * in files of earlier versions): a process in another one (another container) is judged by the job
+ * lock's heartbeat, not by its pid.
+ */
+export type HistoryEntry = { pid: number; runner: string; ns?: string; job: Job };
 
 const fileSchema = z.object({
   format: z.literal('gem-job-history'),
@@ -66,14 +77,20 @@ export function runnerClosed(id: string): void {
 }
 
 /**
- * Whether the process that ran an entry's job is gone: a runner of this process that was closed (or
- * one of an earlier process that had our pid), a pid that no longer runs, or a job started before the
- * machine booted (its pid may be reused since).
+ * Whether the process that ran an entry's job is gone: a job started before the machine booted (its
+ * pid may be reused since), a process of another PID namespace that no longer holds the job lock
+ * (`lockPath`) fresh, a runner of this process that was closed (or one of an earlier process that had
+ * our pid), or a pid that no longer runs.
  */
-export function ownerGone(entry: HistoryEntry): boolean {
-  if (entry.pid === process.pid) return !liveRunners.has(entry.runner);
+export async function ownerGone(entry: HistoryEntry, lockPath: string): Promise<boolean> {
   const bootedAt = Date.now() - uptime() * 1000;
   if (Date.parse(entry.job.startedAt) < bootedAt) return true;
+  if (entry.ns !== undefined && PID_NAMESPACE !== undefined && entry.ns !== PID_NAMESPACE) {
+    // Another container's process: its pid names nothing here. While it runs a mutating job it
+    // holds the job lock and keeps it fresh; once that is gone or stale, so is the job.
+    return !(await heldInNamespace(lockPath, entry.pid, entry.ns));
+  }
+  if (entry.pid === process.pid) return !liveRunners.has(entry.runner);
   return !processAlive(entry.pid);
 }
 
@@ -128,9 +145,9 @@ export function interruptedMessage(job: Job, restore: RestoreRecovery | 'unknown
  * agent lists it: as recorded while that process runs (at its last phase: the file is written at each
  * phase, not per progress tick), and failed `interrupted` once that process is gone without ending it.
  */
-export function jobOfOtherProcess(entry: HistoryEntry): Job {
+export function jobOfOtherProcess(entry: HistoryEntry, gone: boolean): Job {
   const job = { ...entry.job };
-  if (job.endedAt || !ownerGone(entry)) return job;
+  if (job.endedAt || !gone) return job;
   const what = job.kind === 'restore' ? 'restore' : `${KIND_WORDS[job.kind]} job`;
   const after =
     job.kind === 'restore'

@@ -350,6 +350,19 @@ export async function heldByOtherProcess(path: string): Promise<boolean> {
   return alive(seen.holder, seen.ageMs);
 }
 
+/** This process's PID namespace (`pid:[<inode>]`), recorded with what it does; undefined where /proc cannot tell. */
+export const PID_NAMESPACE = NS;
+
+/**
+ * True while the lock at `path` is held by process `pid` of PID namespace `ns` (another container's):
+ * there its pid says nothing, so the lock's heartbeat does (fresh within `lockTiming.foreignMaxAgeMs`).
+ */
+export async function heldInNamespace(path: string, pid: number, ns: string): Promise<boolean> {
+  const seen = await look(path).catch(() => undefined);
+  if (!seen?.holder || seen.holder.pid !== pid || seen.holder.ns !== ns) return false;
+  return alive(seen.holder, seen.ageMs);
+}
+
 /** The pid the lock at `path` names as its holder; undefined when there is no lock or its content is unreadable. */
 export async function lockHolderPid(path: string): Promise<number | undefined> {
   const seen = await look(path).catch(() => undefined);

@@ -12,7 +12,7 @@ import {
   runnerClosed,
   runnerOpened,
 } from './history';
-import { acquireLock } from './lock';
+import { acquireLock, PID_NAMESPACE } from './lock';
 
 export type JobKind =
   | 'backup'
@@ -120,7 +120,7 @@ export class JobRunner {
   /** This runner, in the history file (with the pid: whether the job's process still runs). */
   private readonly runnerId = randomUUID();
   /** Jobs loaded from the history that another runner ran: written back under their owner. */
-  private readonly owners = new Map<string, { pid: number; runner: string }>();
+  private readonly owners = new Map<string, { pid: number; runner: string; ns?: string }>();
   private saveChain: Promise<void> = Promise.resolve();
   private saveQueued = false;
 
@@ -140,15 +140,15 @@ export class JobRunner {
     if (!history) return [];
     const entries = await history.load();
     const interrupted: Job[] = [];
-    const newestRestore = entries
-      .filter((e) => e.job.kind === 'restore' && !e.job.endedAt && ownerGone(e))
-      .at(-1);
+    const gone = new Set<HistoryEntry>();
+    for (const e of entries) if (!e.job.endedAt && (await ownerGone(e, this.options.lockPath))) gone.add(e);
+    const newestRestore = entries.filter((e) => e.job.kind === 'restore' && gone.has(e)).at(-1);
     for (const entry of entries) {
       if (this.jobs.has(entry.job.id)) continue;
       const job = { ...entry.job };
       if (!job.endedAt) {
         // Still running in another live process (a CLI command): not ours to show or to end.
-        if (!ownerGone(entry)) continue;
+        if (!gone.has(entry)) continue;
         job.state = 'failed';
         job.endedAt = new Date().toISOString();
         job.error = {
@@ -164,7 +164,11 @@ export class JobRunner {
         });
       }
       this.jobs.set(job.id, job);
-      this.owners.set(job.id, { pid: entry.pid, runner: entry.runner });
+      this.owners.set(job.id, {
+        pid: entry.pid,
+        runner: entry.runner,
+        ...(entry.ns !== undefined ? { ns: entry.ns } : {}),
+      });
     }
     this.trim();
     if (interrupted.length > 0) await this.persist();
@@ -342,7 +346,7 @@ export class JobRunner {
    * GET /jobs answers. A job of another process is read-only here (see jobOfOtherProcess).
    */
   async listWithOthers(): Promise<Job[]> {
-    const others = (await this.otherEntries()).map(jobOfOtherProcess);
+    const others = await Promise.all((await this.otherEntries()).map((e) => this.asOtherJob(e)));
     if (others.length === 0) return this.list();
     return [...this.list(), ...others].sort((a, b) => b.startedAt.localeCompare(a.startedAt));
   }
@@ -351,7 +355,12 @@ export class JobRunner {
   async ofOtherProcess(id: string): Promise<{ job: Job; pid: number } | undefined> {
     if (this.jobs.has(id)) return undefined;
     const entry = (await this.otherEntries()).find((e) => e.job.id === id);
-    return entry ? { job: jobOfOtherProcess(entry), pid: entry.pid } : undefined;
+    return entry ? { job: await this.asOtherJob(entry), pid: entry.pid } : undefined;
+  }
+
+  private async asOtherJob(entry: HistoryEntry): Promise<Job> {
+    const gone = !entry.job.endedAt && (await ownerGone(entry, this.options.lockPath));
+    return jobOfOtherProcess(entry, gone);
   }
 
   private async otherEntries(): Promise<HistoryEntry[]> {
@@ -431,7 +440,11 @@ export class JobRunner {
     this.saveChain = this.saveChain.then(async () => {
       this.saveQueued = false;
       const entries: HistoryEntry[] = [...this.jobs.values()].map((job) => ({
-        ...(this.owners.get(job.id) ?? { pid: process.pid, runner: this.runnerId }),
+        ...(this.owners.get(job.id) ?? {
+          pid: process.pid,
+          runner: this.runnerId,
+          ...(PID_NAMESPACE !== undefined ? { ns: PID_NAMESPACE } : {}),
+        }),
         job: { ...job },
       }));
       await history

@@ -4,11 +4,16 @@
 //   take <lock>: tries the lock once and reports whether it got it.
 //   write <file> <heartbeatMs>: writes <file> through writeFileAtomic from a source that never ends.
 //   work <root> <heartbeatMs>: makes its work folder under <root> and keeps it.
+//   job <dataDir> <heartbeatMs>: runs a restore job that never ends, recorded in <dataDir>/jobs.json
+//     and holding <dataDir>/job.lock, as a gem-backup command does.
 import { readlinkSync } from 'node:fs';
 import { mkdir, readdir } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { PassThrough } from 'node:stream';
+import { JobHistory } from '../../agent/jobs/history';
 import { acquireLock, lockTiming } from '../../agent/jobs/lock';
+import { JobRunner } from '../../agent/jobs/runner';
+import { silentLogger } from '../../agent/log';
 import { processWorkFolder, tempTiming, writeFileAtomic } from '../../agent/system/atomic-file';
 
 const [mode = '', path = '', heartbeat] = process.argv.slice(2);
@@ -52,6 +57,28 @@ if (mode === 'hold') {
   const folder = processWorkFolder(path);
   await mkdir(folder, { recursive: true });
   report({ folder });
+  forever();
+} else if (mode === 'job') {
+  const runner = new JobRunner({
+    lockPath: `${path}/job.lock`,
+    log: silentLogger,
+    history: new JobHistory(`${path}/jobs.json`, silentLogger),
+  });
+  const job = await runner.start(
+    'restore',
+    async (ctx) => {
+      ctx.phase('stage');
+      await new Promise(() => {});
+    },
+    { mutating: true },
+  );
+  // Reported once the file shows it at its stage.
+  while (
+    !(await new JobHistory(`${path}/jobs.json`, silentLogger).entries()).some((e) => e.job.phase === 'stage')
+  ) {
+    await new Promise((resolve) => setTimeout(resolve, 10));
+  }
+  report({ job: job.id });
   forever();
 } else {
   throw new Error(`unknown mode ${mode}`);

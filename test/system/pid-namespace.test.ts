@@ -2,12 +2,15 @@
 // on the same data dir. A holder's pid names no process (or an unrelated one) in the other namespace, so
 // it is judged by its file's freshness instead. Real processes in new PID namespaces (unshare -p -f).
 import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
-import { readFileSync, readlinkSync } from 'node:fs';
+import { existsSync, readFileSync, readlinkSync } from 'node:fs';
 import { mkdir, mkdtemp, readdir, rm, stat, utimes, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
+import { JobHistory } from '../../agent/jobs/history';
 import { acquireLock, clearStaleLock, heldByOtherProcess, lockTiming } from '../../agent/jobs/lock';
+import { JobRunner } from '../../agent/jobs/runner';
+import { silentLogger } from '../../agent/log';
 import { removeAbandoned, TEMP_PREFIX } from '../../agent/system/atomic-file';
 
 const CHILD = join(import.meta.dirname, 'pid-namespace-child.ts');
@@ -39,11 +42,20 @@ afterEach(async () => {
   await Promise.all(running.splice(0).map((o) => o.kill()));
 });
 
-/** Runs the child script with `args` in a new PID namespace; resolves with its first report. */
-async function inOtherNamespace(...args: string[]): Promise<Other> {
+/**
+ * Runs the child script with `args` in a new PID namespace; resolves with its first report. It is pid
+ * 1 there, a pid that runs here too; `pid` makes it that pid of its namespace instead (a shell sets the
+ * namespace's last pid and starts it), for a pid that names no process here, as in a real container.
+ */
+async function inOtherNamespace(args: string[], options: { pid?: number } = {}): Promise<Other> {
+  const node = [process.execPath, '--import', 'tsx', CHILD, ...args];
+  const command =
+    options.pid === undefined
+      ? node
+      : ['sh', '-c', `echo ${options.pid - 1} > /proc/sys/kernel/ns_last_pid && "$@"`, 'sh', ...node];
   const unshare: ChildProcess = spawn(
     'unshare',
-    ['-p', '-f', '--mount-proc', process.execPath, '--import', 'tsx', CHILD, ...args],
+    ['-p', '-f', '--mount-proc', ...command],
     // stdin: the child ends when it closes, should this process die before killing it.
     { stdio: ['pipe', 'pipe', 'pipe'] },
   );
@@ -99,7 +111,7 @@ async function waitFor(what: string, check: () => Promise<boolean>, ms = 10_000)
 describe('the job lock across PID namespaces', () => {
   it('is not taken over from a live holder in another namespace, whatever its pid names here', async () => {
     const lock = join(dir, 'live.lock');
-    const holder = await inOtherNamespace('hold', lock);
+    const holder = await inOtherNamespace(['hold', lock]);
     expect(holder.said.ns).not.toBe(readlinkSync('/proc/self/ns/pid'));
     // From this namespace: the normal refusal, naming the other namespace.
     const error = await acquireLock(lock, 'backup').catch((e: unknown) => e);
@@ -108,7 +120,7 @@ describe('the job lock across PID namespaces', () => {
     expect(await clearStaleLock(lock)).toBe(true);
     expect(await heldByOtherProcess(lock)).toBe(true);
     // From a third namespace, where the taker has the same pid as the holder (both are pid 1 there).
-    const taker = await inOtherNamespace('take', lock);
+    const taker = await inOtherNamespace(['take', lock]);
     expect(taker.said.pid).toBe(holder.said.pid);
     expect(taker.said).toMatchObject({ got: false, code: 'job_running' });
     expect(JSON.parse(readFileSync(lock, 'utf8'))).toMatchObject({ what: 'restore', ns: holder.said.ns });
@@ -116,7 +128,7 @@ describe('the job lock across PID namespaces', () => {
 
   it('is taken over once the holder died and its lock was not refreshed for longer than the limit', async () => {
     const lock = join(dir, 'dead.lock');
-    const holder = await inOtherNamespace('hold', lock);
+    const holder = await inOtherNamespace(['hold', lock]);
     await holder.kill();
     // Dead, but nothing here can tell: while the file is fresh the holder counts as alive.
     expect((await acquireLock(lock, 'backup').catch((e: unknown) => e)) as { code?: string }).toMatchObject({
@@ -142,7 +154,7 @@ describe('the job lock across PID namespaces', () => {
 
   it("keeps a holder's lock fresh: its heartbeat moves the lock file's mtime", async () => {
     const lock = join(dir, 'heartbeat.lock');
-    await inOtherNamespace('hold', lock, '200');
+    await inOtherNamespace(['hold', lock, '200']);
     // Made to look older than the limit: only the holder's heartbeat can make it fresh again.
     await age(lock, lockTiming.foreignMaxAgeMs + 60_000);
     const before = (await stat(lock)).mtimeMs;
@@ -154,7 +166,7 @@ describe('the job lock across PID namespaces', () => {
 
   it("keeps a live lock temp of another namespace's writer; removes an old one", async () => {
     const lock = join(dir, 'temps.lock');
-    const other = await inOtherNamespace('hold', join(dir, 'other.lock'));
+    const other = await inOtherNamespace(['hold', join(dir, 'other.lock')]);
     // A lock temp as a writer there leaves it between writing and linking (pid 1, started at tick 1).
     const temp = `${lock}.n1.tmp`;
     const holder = { pid: other.said.pid, started: '1', boot: BOOT, ns: other.said.ns, nonce: 'n1' };
@@ -171,7 +183,7 @@ describe('temp files and work folders across PID namespaces', () => {
   it('a temp file being written by a live process in another namespace survives the sweep; an old one of a dead one goes', async () => {
     const folder = join(dir, 'backups');
     await mkdir(folder);
-    const writer = await inOtherNamespace('write', join(folder, 'gem-backup-1.tar.gz'), '200');
+    const writer = await inOtherNamespace(['write', join(folder, 'gem-backup-1.tar.gz'), '200']);
     const [temp] = await readdir(folder);
     expect(temp?.startsWith(TEMP_PREFIX)).toBe(true);
     expect(temp).toContain(`.p${writer.said.pid}n`);
@@ -194,7 +206,7 @@ describe('temp files and work folders across PID namespaces', () => {
   it("a live process's work folder in another namespace survives the sweep; an old one of a dead one goes", async () => {
     const root = join(dir, 'work');
     await mkdir(root);
-    const worker = await inOtherNamespace('work', root, '200');
+    const worker = await inOtherNamespace(['work', root, '200']);
     const name = String(worker.said.folder).slice(root.length + 1);
     expect(name).toMatch(/^p\d+n\d+$/);
     await age(join(root, name), 60 * 60_000);
@@ -204,5 +216,36 @@ describe('temp files and work folders across PID namespaces', () => {
     await worker.kill();
     await age(join(root, name), 60 * 60_000);
     expect(await removeAbandoned(root, { all: true })).toEqual([name]);
+  });
+});
+
+describe('a job run in another PID namespace (a gem-backup command in another container)', () => {
+  it('is listed as running while it holds the job lock, though its pid names no process here, and as interrupted once its lock goes stale', async () => {
+    const data = join(dir, 'job-data');
+    await mkdir(data);
+    // A pid free here, as a command's pid in another container usually is.
+    let pid = 30_000;
+    while (existsSync(`/proc/${pid}`)) pid++;
+    const other = await inOtherNamespace(['job', data, '200'], { pid });
+    expect(other.said.pid).toBe(pid);
+    expect(existsSync(`/proc/${pid}`)).toBe(false);
+    const id = String(other.said.job);
+
+    // The service beside it: its job list, and its start (which ends the jobs whose process is gone).
+    const runner = new JobRunner({
+      lockPath: join(data, 'job.lock'),
+      log: silentLogger,
+      history: new JobHistory(join(data, 'jobs.json'), silentLogger),
+    });
+    const listed = async () => (await runner.listWithOthers()).find((j) => j.id === id);
+    expect(await listed()).toMatchObject({ state: 'running', phase: 'stage' });
+    expect(await runner.loadHistory('none')).toEqual([]);
+    expect(await listed()).toMatchObject({ state: 'running' });
+
+    // Killed: its lock stays behind; once it is older than the limit, the job is over.
+    await other.kill();
+    await age(join(data, 'job.lock'), lockTiming.foreignMaxAgeMs + 60_000);
+    expect(await listed()).toMatchObject({ state: 'failed', error: { code: 'interrupted' } });
+    await runner.shutdown();
   });
 });
