@@ -7,6 +7,7 @@ import type { DrPushRecord } from '../dr/state';
 import { normalizeInstallationId, unfinishedMessage } from '../dr/unfinished';
 import { AppError } from '../errors';
 import type { Job } from '../jobs/runner';
+import { installationIdPrefix, shortInstallationId } from '../keys/keyring';
 import { AWAITING_RESTORE_REASON, LastRestoreStore } from '../restore/last-restore';
 import type { CliContext } from './context';
 import { formatAge, formatIn, formatSize } from './format';
@@ -91,11 +92,6 @@ async function pushCommand(cli: CliContext, dataIsCurrent: boolean): Promise<voi
   cli.out(`pushed ${r.backup} (${pushedWhat(r, r.multipart)}) to the DR cloud`);
 }
 
-/** The installation id as `dr status` shows it by default: its first 8 characters. */
-function idPrefix(id: string): string {
-  return `${id.slice(0, 8)}…`;
-}
-
 /** What `dr status` shows: GET /api/v1/dr/status's object and what the CLI adds from the data dir. */
 interface StatusView {
   status: DrStatus;
@@ -148,7 +144,7 @@ function statusLines(view: StatusView, showId: boolean): string[] {
   lines.push(
     showId
       ? `installation: ${s.installationId} (the DR recovery credential: keep it off this box, with the keys file)`
-      : `installation: ${idPrefix(s.installationId)} (the whole id recovers this installation from the DR cloud: keep it off this box, with the keys file; \`gem-backup dr status --show-installation-id\` prints it)`,
+      : `installation: ${shortInstallationId(s.installationId)} (the whole id recovers this installation from the DR cloud: keep it off this box, with the keys file; \`gem-backup dr status --show-installation-id\` prints it)`,
   );
   lines.push(
     view.enrolledAt
@@ -208,7 +204,7 @@ function statusLines(view: StatusView, showId: boolean): string[] {
   // A message kept from a push (a refusal during the recovery names the id to type) shows no more of it.
   if (showId) return lines;
   const ids = [s.installationId, unfinished?.installationId].filter((x): x is string => Boolean(x));
-  return lines.map((line) => ids.reduce((text, id) => text.replaceAll(id, idPrefix(id)), line));
+  return lines.map((line) => ids.reduce((text, id) => text.replaceAll(id, shortInstallationId(id)), line));
 }
 
 /**
@@ -224,18 +220,18 @@ function statusJson(view: StatusView, showId: boolean): string {
   const recovering = unfinishedRecovery?.installationId;
   const masked = {
     ...rest,
-    installationIdPrefix: installationId.slice(0, 8),
+    installationIdPrefix: installationIdPrefix(installationId),
     ...added,
     unfinishedRecovery: unfinishedRecovery
       ? (() => {
           const { installationId: id, ...u } = unfinishedRecovery;
           if (id === null) return { ...u, installationIdPrefix: null };
-          return { ...u, message: unfinishedMessage(id), installationIdPrefix: id.slice(0, 8) };
+          return { ...u, message: unfinishedMessage(id), installationIdPrefix: installationIdPrefix(id) };
         })()
       : null,
   };
   let text = JSON.stringify(masked, null, 2);
-  for (const id of [installationId, recovering]) if (id) text = text.replaceAll(id, idPrefix(id));
+  for (const id of [installationId, recovering]) if (id) text = text.replaceAll(id, shortInstallationId(id));
   return text;
 }
 
@@ -292,7 +288,7 @@ export async function drCommand(cli: CliContext): Promise<void> {
     );
     const r = job.result as { installationId: string; backup: string; restore: { rows: number } };
     cli.out(
-      `recovered installation ${idPrefix(r.installationId)} from ${r.backup} (${r.restore.rows} rows restored)`,
+      `recovered installation ${shortInstallationId(r.installationId)} from ${r.backup} (${r.restore.rows} rows restored)`,
     );
     return;
   }

@@ -2,7 +2,7 @@ import { resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { AppError } from '../errors';
 import { KeyStateStore } from '../keys/key-state';
-import { buildKeysExport, exportFileName, Keyring } from '../keys/keyring';
+import { buildKeysExport, exportFileName, Keyring, shortInstallationId } from '../keys/keyring';
 import { createLogger } from '../log';
 import { writeSmallFileAtomic } from '../system/atomic-file';
 import type { CliContext } from './context';
@@ -79,7 +79,7 @@ export async function keysCommand(cli: CliContext): Promise<void> {
     });
     // The whole id is the installation's DR recovery credential: its first 8 characters tell it apart.
     cli.out(
-      `keys imported: installation ${result.installationId.slice(0, 8)}… (the whole id: gem-backup dr status --show-installation-id), active key ${result.activeKeyId}`,
+      `keys imported: installation ${shortInstallationId(result.installationId)} (the whole id: gem-backup dr status --show-installation-id), active key ${result.activeKeyId}`,
     );
     return;
   }

@@ -8,7 +8,7 @@ import { readFile, rm } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { z } from 'zod';
 import { AppError } from '../errors';
-import type { Keyring } from '../keys/keyring';
+import { type Keyring, shortInstallationId } from '../keys/keyring';
 import { fsyncDir, writeSmallFileAtomic } from '../system/atomic-file';
 
 const hex32 = z.string().regex(/^[0-9a-f]{32}$/);
@@ -68,7 +68,7 @@ export const INSTALLATION_ID_RULE =
 export function unfinishedMessage(installationId: string, options: { wholeId?: boolean } = {}): string {
   if (options.wholeId)
     return `a recovery from the DR cloud of installation ${installationId} did not finish: run \`gem-backup dr recover --installation-id ${installationId}\` again (or \`gem-backup dr recover --abandon\` to go back to this box's own identity)`;
-  return `a recovery from the DR cloud of installation ${installationId.slice(0, 8)}… did not finish: run \`gem-backup dr recover --installation-id ID\` again with the whole id (\`gem-backup dr status --show-installation-id\`), or \`gem-backup dr recover --abandon\` to go back to this box's own identity`;
+  return `a recovery from the DR cloud of installation ${shortInstallationId(installationId)} did not finish: run \`gem-backup dr recover --installation-id ID\` again with the whole id (\`gem-backup dr status --show-installation-id\`), or \`gem-backup dr recover --abandon\` to go back to this box's own identity`;
 }
 
 export const UNFINISHED_REASON =

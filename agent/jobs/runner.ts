@@ -120,7 +120,7 @@ export class JobRunner {
   /** This runner, in the history file (with the pid: whether the job's process still runs). */
   private readonly runnerId = randomUUID();
   /** Jobs loaded from the history that another runner ran: written back under their owner. */
-  private readonly owners = new Map<string, { pid: number; runner: string; ns?: string }>();
+  private readonly owners = new Map<string, Omit<HistoryEntry, 'job'>>();
   private saveChain: Promise<void> = Promise.resolve();
   private saveQueued = false;
 
@@ -164,11 +164,8 @@ export class JobRunner {
         });
       }
       this.jobs.set(job.id, job);
-      this.owners.set(job.id, {
-        pid: entry.pid,
-        runner: entry.runner,
-        ...(entry.ns !== undefined ? { ns: entry.ns } : {}),
-      });
+      const { job: _recorded, ...owner } = entry;
+      this.owners.set(job.id, owner);
     }
     this.trim();
     if (interrupted.length > 0) await this.persist();

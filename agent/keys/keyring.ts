@@ -295,6 +295,19 @@ export function exportFileName(now = new Date()): string {
 }
 
 /** Told the new installation id (and the one before): the DR recovery credential, do not log it. */
+/**
+ * An installation id where the whole of it must not show (lists, messages, the CLI): its first 8
+ * characters tell installations apart; the whole id is the DR recovery credential.
+ */
+export function installationIdPrefix(id: string): string {
+  return id.slice(0, 8);
+}
+
+/** An installation id as a sentence names it: its prefix and "…". */
+export function shortInstallationId(id: string): string {
+  return `${installationIdPrefix(id)}…`;
+}
+
 export type IdentityListener = (installationId: string, previous: string) => void;
 
 /** The live keyring of this agent, backed by a 0600 file in the data dir. */

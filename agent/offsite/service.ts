@@ -12,6 +12,7 @@ import { busyBackupNames, planPrune } from '../backup/retention';
 import { AppError, describeError } from '../errors';
 import { validationError } from '../http/errors';
 import type { Job, JobContext } from '../jobs/runner';
+import { installationIdPrefix } from '../keys/keyring';
 import type { Logger } from '../log';
 import { createProvider } from '../providers/index';
 import { withRetry } from '../providers/retry';
@@ -351,7 +352,10 @@ export class OffsiteService {
             ...(o.sha256 ? { sha256: o.sha256 } : {}),
             local: localOwners.has(o.name),
             ...(installationId
-              ? { installation: installationId.slice(0, 8), ofThisInstallation: installationId === active }
+              ? {
+                  installation: installationIdPrefix(installationId),
+                  ofThisInstallation: installationId === active,
+                }
               : {}),
           };
         })

@@ -17,6 +17,7 @@ import { readHeaderOfFile } from '../backup/reader';
 import { type PruneCandidate, planPrune } from '../backup/retention';
 import { type ReceivedBackup, receiveUpload } from '../backup/upload';
 import { AppError } from '../errors';
+import { shortInstallationId } from '../keys/keyring';
 import { hashFile } from '../providers/checks';
 import { type RetryOptions, withRetry } from '../providers/retry';
 
@@ -123,7 +124,7 @@ export function fileSource(path: string, size: number, sha256: string): BackupSo
 
 /** What a person reads when a different backup already holds a backup's name at a destination. */
 export function nameTakenMessage(name: string, installationId: string): string {
-  return `a different backup named ${name} is already there (of installation ${installationId.slice(0, 8)}…; two controllers back up into this folder and made backups in the same second): it is left as it is and this backup is not uploaded there. Give each controller its own folder`;
+  return `a different backup named ${name} is already there (of installation ${shortInstallationId(installationId)}; two controllers back up into this folder and made backups in the same second): it is left as it is and this backup is not uploaded there. Give each controller its own folder`;
 }
 
 /**

@@ -10,18 +10,10 @@ import { isStorageError, type StorageProvider } from '../../shared/storage/index
 import type { Agent } from '../agent';
 import { readBackup, readHeaderOfFile } from '../backup/reader';
 import { AppError, describeError, isAppError } from '../errors';
-import { parseKeysExport } from '../keys/keyring';
+import { parseKeysExport, shortInstallationId } from '../keys/keyring';
 import { DESTINATION_TITLES, OFFSITE_KINDS, type OffsiteKind } from '../offsite/destinations';
 import { describeDestinationError } from '../offsite/messages';
 import { offsiteServiceFor, readRemoteHeader } from '../offsite/service';
-
-/**
- * An installation id in a reason: its first 8 characters, which tell installations apart. The whole id
- * is the DR recovery credential, and a key check's reason is printed, logged and kept.
- */
-function idPrefix(id: string): string {
-  return `${id.slice(0, 8)}…`;
-}
 
 export interface KeyCheckResult {
   ok: true;
@@ -79,7 +71,7 @@ export async function checkKeysFile(
   if (refused) {
     const other = base.sameInstallation
       ? ''
-      : ` (the keys file is from installation ${idPrefix(keyring.installationId)}, this is ${idPrefix(agent.keyring.installationId)})`;
+      : ` (the keys file is from installation ${shortInstallationId(keyring.installationId)}, this is ${shortInstallationId(agent.keyring.installationId)})`;
     return {
       ...base,
       canOpen: false,
@@ -258,7 +250,7 @@ async function checkOffsite(
   // With no copy of the keys' installation found: how many copies were looked at, and where.
   const noneFound = ofTheKeys
     ? ''
-    : `; no copy of installation ${idPrefix(keysInstallation)} was found among ${wordList(
+    : `; no copy of installation ${shortInstallationId(keysInstallation)} was found among ${wordList(
         searches
           .filter((s) => s.looked > 0)
           .map((s) => {
@@ -276,7 +268,7 @@ async function checkOffsite(
     const other =
       header.core.installationId === keysInstallation
         ? ''
-        : ` (the keys file is from installation ${idPrefix(keysInstallation)}, the backup from another installation${noneFound})`;
+        : ` (the keys file is from installation ${shortInstallationId(keysInstallation)}, the backup from another installation${noneFound})`;
     return {
       ofTheKeys: ofTheKeys !== undefined,
       result: {

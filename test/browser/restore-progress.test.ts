@@ -5,9 +5,10 @@ import type { Browser, Page } from 'playwright-core';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { startBackup } from '../../agent/backup/operations';
 import { restoreModule } from '../../agent/http/routes/restore';
+import { addSlowToLoadTable } from '../restore/helpers';
 import { startTestAgent, type TestAgent } from '../services/agent';
 import { launchBrowser, openSignedIn, type ServedApp, serveApp } from '../services/browser';
-import { startPostgres, type TestPostgres, withSql } from '../services/postgres';
+import { startPostgres, type TestPostgres } from '../services/postgres';
 
 const SHOTS = 'test-artifacts/screenshots';
 
@@ -23,14 +24,7 @@ beforeAll(async () => {
   pg = await startPostgres({ fsync: false });
   t = await startTestAgent(pg, { modules: [restoreModule] });
   // A table whose rows and indexes take a moment to load: the dialog sees the steps go by.
-  await withSql(t.agent.databaseUrl, (sql) =>
-    sql.unsafe(`
-      create table readings as
-        select g as id, md5(g::text) || md5((g * 3)::text) as value from generate_series(1, 300000) g;
-      alter table readings add primary key (id);
-      create index readings_value on readings (value);
-    `),
-  );
+  await addSlowToLoadTable(t.agent.databaseUrl);
   const job = await t.agent.jobs.waitFor((await startBackup(t.agent)).id);
   expect(job.state, JSON.stringify(job.error)).toBe('succeeded');
   backupName = (job.result as { backup: { filename: string } }).backup.filename;

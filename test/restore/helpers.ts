@@ -266,3 +266,18 @@ export async function startCrashFixture(
   const backupName = (job.result as { backup: { filename: string } }).backup.filename;
   return { t, env, backupName, atBackup: await liveState(t.agent) };
 }
+
+/**
+ * Adds a table whose rows and indexes take a moment to load (300 000 rows, a primary key and an index
+ * on a long text column): a restore's staging then reports its steps over more than a moment.
+ */
+export async function addSlowToLoadTable(url: string): Promise<void> {
+  await withSql(url, (sql) =>
+    sql.unsafe(`
+      create table readings as
+        select g as id, md5(g::text) || md5((g * 3)::text) as value from generate_series(1, 300000) g;
+      alter table readings add primary key (id);
+      create index readings_value on readings (value);
+    `),
+  );
+}

@@ -9,7 +9,7 @@ import { silentLogger } from '../../agent/log';
 import { restoreFromFile } from '../../agent/restore/restore';
 import { startTestAgent, type TestAgent } from '../services/agent';
 import { startPostgres, type TestPostgres, withSql } from '../services/postgres';
-import { backupNow } from './helpers';
+import { addSlowToLoadTable, backupNow } from './helpers';
 
 let pg: TestPostgres;
 let t: TestAgent;
@@ -20,12 +20,9 @@ beforeAll(async () => {
   t = await startTestAgent(pg);
   // Beside the seeded GEM tables: one table big enough that its rows and its indexes each take a
   // while to load (the steps then arrive over more than one progress update), and a foreign key.
+  await addSlowToLoadTable(t.agent.databaseUrl);
   await withSql(t.agent.databaseUrl, (sql) =>
     sql.unsafe(`
-      create table readings as
-        select g as id, md5(g::text) || md5((g * 3)::text) as value from generate_series(1, 300000) g;
-      alter table readings add primary key (id);
-      create index readings_value on readings (value);
       create table reading_notes (id int primary key, reading int references readings (id));
       insert into reading_notes select g, g from generate_series(1, 100) g;
     `),
