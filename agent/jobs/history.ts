@@ -1,8 +1,10 @@
 /**
  * The recent jobs kept on disk (`jobs.json` in the data dir), so that a job a crash or a restart
  * interrupted is still listed afterwards, as failed with code `interrupted` and what start-up did
- * about it. Written atomically when a job starts, changes phase and ends (never per progress tick).
+ * about it. Written atomically when a job starts, changes phase and ends, and while it runs at most
+ * every few seconds (its progress, and its owner's heartbeat `seenAt`), never per progress tick.
  */
+import { readFileSync } from 'node:fs';
 import { readdir, readFile, rename, rm } from 'node:fs/promises';
 import { uptime } from 'node:os';
 import { basename, dirname, join } from 'node:path';
@@ -10,7 +12,7 @@ import { z } from 'zod';
 import type { Logger } from '../log';
 import { isAbandonedTemp, processAlive, TEMP_PREFIX, writeSmallFileAtomic } from '../system/atomic-file';
 import { withFileUpdateLock } from '../system/json-state';
-import { heldInNamespace, PID_NAMESPACE } from './lock';
+import { heldInNamespace, lockTiming, PID_NAMESPACE } from './lock';
 import type { Job } from './runner';
 
 /** How many jobs the file keeps (newest by start). */
@@ -50,14 +52,39 @@ const entrySchema = z.object({
   pid: z.number().int(),
   runner: z.string(),
   ns: z.string().optional(),
+  started: z.string().optional(),
+  seenAt: z.string().optional(),
   job: jobSchema,
 });
 /**
- * One job in the file with the process that ran it: its pid, its runner, and its PID namespace (absent
- * in files of earlier versions): a process in another one (another container) is judged by the job
- * lock's heartbeat, not by its pid.
+ * One job in the file with the process that ran it: its pid, its runner, its PID namespace and its
+ * start (field 22 of /proc/<pid>/stat: a reused pid names a process started at another time), and,
+ * while the job runs, when its process last wrote it (`seenAt`, a heartbeat: a process in another PID
+ * namespace, another container, is judged by it or by the job lock's, not by its pid). All but pid and
+ * runner are absent in files of earlier versions (and `ns`, `started` where /proc cannot tell).
  */
-export type HistoryEntry = { pid: number; runner: string; ns?: string; job: Job };
+export type HistoryEntry = {
+  pid: number;
+  runner: string;
+  ns?: string;
+  started?: string;
+  seenAt?: string;
+  job: Job;
+};
+
+/** When process `pid` (or this one) started, in clock ticks after boot; undefined where /proc cannot tell. */
+function processStart(pid: number | 'self'): string | undefined {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    // Field 2 (the command) is in parentheses and may hold spaces: count the fields after it.
+    return stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19];
+  } catch {
+    return undefined;
+  }
+}
+
+/** This process's start, recorded with its jobs. */
+export const PROCESS_STARTED = processStart('self');
 
 const fileSchema = z.object({
   format: z.literal('gem-job-history'),
@@ -78,19 +105,26 @@ export function runnerClosed(id: string): void {
 
 /**
  * Whether the process that ran an entry's job is gone: a job started before the machine booted (its
- * pid may be reused since), a process of another PID namespace that no longer holds the job lock
- * (`lockPath`) fresh, a runner of this process that was closed (or one of an earlier process that had
- * our pid), or a pid that no longer runs.
+ * pid may be reused since), a process of another PID namespace whose heartbeat is stale (its entry's
+ * `seenAt` and the job lock at `lockPath`, as the lock's staleness), a runner of this process that was
+ * closed (or one of an earlier process that had our pid), a pid that now names a process started at
+ * another time (reused), or a pid that no longer runs.
  */
 export async function ownerGone(entry: HistoryEntry, lockPath: string): Promise<boolean> {
   const bootedAt = Date.now() - uptime() * 1000;
   if (Date.parse(entry.job.startedAt) < bootedAt) return true;
   if (entry.ns !== undefined && PID_NAMESPACE !== undefined && entry.ns !== PID_NAMESPACE) {
-    // Another container's process: its pid names nothing here. While it runs a mutating job it
-    // holds the job lock and keeps it fresh; once that is gone or stale, so is the job.
+    // Another container's process: its pid names nothing here. While its job runs it rewrites the
+    // entry's seenAt, and a mutating job's holds the job lock fresh; once both are stale, it is gone.
+    const seenMs = entry.seenAt === undefined ? undefined : Date.now() - Date.parse(entry.seenAt);
+    if (seenMs !== undefined && seenMs <= lockTiming.foreignMaxAgeMs) return false;
     return !(await heldInNamespace(lockPath, entry.pid, entry.ns));
   }
   if (entry.pid === process.pid) return !liveRunners.has(entry.runner);
+  if (entry.started !== undefined) {
+    const started = processStart(entry.pid);
+    if (started !== undefined && started !== entry.started) return true;
+  }
   return !processAlive(entry.pid);
 }
 
@@ -142,8 +176,9 @@ export function interruptedMessage(job: Job, restore: RestoreRecovery | 'unknown
 
 /**
  * A job another process recorded in the file (a `gem-backup create` beside the service), as a running
- * agent lists it: as recorded while that process runs (at its last phase: the file is written at each
- * phase, not per progress tick), and failed `interrupted` once that process is gone without ending it.
+ * agent lists it: as recorded while that process runs (its progress as last written: at each phase and
+ * every few seconds, not per progress tick), and failed `interrupted` once that process is gone without
+ * ending it.
  */
 export function jobOfOtherProcess(entry: HistoryEntry, gone: boolean): Job {
   const job = { ...entry.job };

@@ -8,11 +8,12 @@ import {
   type JobHistory,
   jobOfOtherProcess,
   ownerGone,
+  PROCESS_STARTED,
   type RestoreRecovery,
   runnerClosed,
   runnerOpened,
 } from './history';
-import { acquireLock, PID_NAMESPACE } from './lock';
+import { acquireLock, lockTiming, PID_NAMESPACE } from './lock';
 
 export type JobKind =
   | 'backup'
@@ -105,6 +106,12 @@ function clampDone(done: number, total: number): number {
   return total > 0 ? Math.min(done, total) : done;
 }
 
+/**
+ * The least time between the end of one history write and a write for a running job's progress or
+ * heartbeat: another process (the service beside a CLI command) sees its progress move that often.
+ */
+const PROGRESS_SAVE_MS = 2000;
+
 export class JobRunner {
   private readonly jobs = new Map<string, Job>();
   /** A running job's notices, the latest of each name: replayed to a listener that comes late (a reloaded page). */
@@ -123,6 +130,11 @@ export class JobRunner {
   private readonly owners = new Map<string, Omit<HistoryEntry, 'job'>>();
   private saveChain: Promise<void> = Promise.resolve();
   private saveQueued = false;
+  /** History writes queued or in progress, and when the last one ended (the progress saves' throttle). */
+  private savesPending = 0;
+  private lastSaveEnd = 0;
+  /** While a job runs: rewrites its entry now and then (its `seenAt`), even when it reports no progress. */
+  private heartbeat: NodeJS.Timeout | undefined;
 
   constructor(
     private readonly options: { lockPath: string; log: Logger; keep?: number; history?: JobHistory },
@@ -245,6 +257,7 @@ export class JobRunner {
           lastEmit = now;
           this.emit(job);
         }
+        this.saveWhileRunning();
       },
       notice: (name, data) => {
         if (!job.endedAt) {
@@ -259,6 +272,7 @@ export class JobRunner {
       },
     };
     log.info('job started', options.target ? { target: options.target } : {});
+    this.startHeartbeat();
     // On disk before the work begins: a crash from here on leaves the job listed (as interrupted).
     const recorded = this.persist();
     const run = (async () => {
@@ -287,6 +301,7 @@ export class JobRunner {
       } finally {
         job.endedAt = new Date().toISOString();
         this.controllers.delete(job.id);
+        if (this.controllers.size === 0) this.stopHeartbeat();
         await this.persist();
         await release().catch(() => {});
         this.emit(job);
@@ -421,32 +436,66 @@ export class JobRunner {
       for (const controller of this.controllers.values()) controller.abort();
       await Promise.allSettled([...this.starting, ...this.running]);
     }
+    this.stopHeartbeat();
     await this.saveChain;
     runnerClosed(this.runnerId);
   }
 
   /**
-   * Writes the recent jobs to the history file; a write already queued (not begun) covers this call
-   * too. A failure is logged, never thrown: the jobs themselves go on.
+   * Writes the history for a running job's progress or heartbeat, unless a write is queued or in
+   * progress, or the last one ended less than PROGRESS_SAVE_MS ago: however often progress comes,
+   * writes never pile up, and a slow write spaces them further.
+   */
+  private saveWhileRunning(): void {
+    if (this.savesPending > 0 || Date.now() - this.lastSaveEnd < PROGRESS_SAVE_MS) return;
+    void this.persist();
+  }
+
+  /**
+   * Every `lockTiming.heartbeatMs` while a job runs, a write (throttled as progress's): the entries'
+   * `seenAt` stays fresh for a process in another PID namespace, which cannot check our pid (a
+   * non-mutating job holds no job lock to go by). Unref'd; stopped when no job runs and at shutdown.
+   */
+  private startHeartbeat(): void {
+    if (this.heartbeat || !this.options.history) return;
+    this.heartbeat = setInterval(() => this.saveWhileRunning(), lockTiming.heartbeatMs);
+    this.heartbeat.unref();
+  }
+
+  private stopHeartbeat(): void {
+    clearInterval(this.heartbeat);
+    this.heartbeat = undefined;
+  }
+
+  /**
+   * Writes the recent jobs to the history file, this runner's running ones with `seenAt` now; a write
+   * already queued (not begun) covers this call too. A failure is logged, never thrown: the jobs
+   * themselves go on.
    */
   private persist(): Promise<void> {
     const history = this.options.history;
     if (!history) return Promise.resolve();
     if (this.saveQueued) return this.saveChain;
     this.saveQueued = true;
+    this.savesPending++;
     this.saveChain = this.saveChain.then(async () => {
       this.saveQueued = false;
+      const seenAt = new Date().toISOString();
       const entries: HistoryEntry[] = [...this.jobs.values()].map((job) => ({
         ...(this.owners.get(job.id) ?? {
           pid: process.pid,
           runner: this.runnerId,
           ...(PID_NAMESPACE !== undefined ? { ns: PID_NAMESPACE } : {}),
+          ...(PROCESS_STARTED !== undefined ? { started: PROCESS_STARTED } : {}),
+          ...(job.endedAt ? {} : { seenAt }),
         }),
         job: { ...job },
       }));
       await history
         .save(entries)
         .catch((error) => this.options.log.warn('could not write the job history', { error }));
+      this.savesPending--;
+      this.lastSaveEnd = Date.now();
     });
     return this.saveChain;
   }

@@ -6,6 +6,8 @@
 //   work <root> <heartbeatMs>: makes its work folder under <root> and keeps it.
 //   job <dataDir> <heartbeatMs>: runs a restore job that never ends, recorded in <dataDir>/jobs.json
 //     and holding <dataDir>/job.lock, as a gem-backup command does.
+//   verify <dataDir> <heartbeatMs>: runs a verify job (non-mutating: no job lock) that never ends and
+//     reports no progress, recorded in <dataDir>/jobs.json, as `gem-backup verify` does.
 import { readlinkSync } from 'node:fs';
 import { mkdir, readdir } from 'node:fs/promises';
 import { dirname } from 'node:path';
@@ -58,23 +60,24 @@ if (mode === 'hold') {
   await mkdir(folder, { recursive: true });
   report({ folder });
   forever();
-} else if (mode === 'job') {
+} else if (mode === 'job' || mode === 'verify') {
   const runner = new JobRunner({
     lockPath: `${path}/job.lock`,
     log: silentLogger,
     history: new JobHistory(`${path}/jobs.json`, silentLogger),
   });
+  const phase = mode === 'job' ? 'stage' : 'read';
   const job = await runner.start(
-    'restore',
+    mode === 'job' ? 'restore' : 'verify',
     async (ctx) => {
-      ctx.phase('stage');
+      ctx.phase(phase);
       await new Promise(() => {});
     },
-    { mutating: true },
+    { mutating: mode === 'job' },
   );
-  // Reported once the file shows it at its stage.
+  // Reported once the file shows it at its phase.
   while (
-    !(await new JobHistory(`${path}/jobs.json`, silentLogger).entries()).some((e) => e.job.phase === 'stage')
+    !(await new JobHistory(`${path}/jobs.json`, silentLogger).entries()).some((e) => e.job.phase === phase)
   ) {
     await new Promise((resolve) => setTimeout(resolve, 10));
   }

@@ -3,11 +3,11 @@
 // it is judged by its file's freshness instead. Real processes in new PID namespaces (unshare -p -f).
 import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
 import { existsSync, readFileSync, readlinkSync } from 'node:fs';
-import { mkdir, mkdtemp, readdir, rm, stat, utimes, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, readFile, rm, stat, utimes, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
-import { JobHistory } from '../../agent/jobs/history';
+import { type HistoryEntry, JobHistory } from '../../agent/jobs/history';
 import { acquireLock, clearStaleLock, heldByOtherProcess, lockTiming } from '../../agent/jobs/lock';
 import { JobRunner } from '../../agent/jobs/runner';
 import { silentLogger } from '../../agent/log';
@@ -98,6 +98,16 @@ async function inOtherNamespace(args: string[], options: { pid?: number } = {}):
 async function age(path: string, ms: number): Promise<void> {
   const at = new Date(Date.now() - ms);
   await utimes(path, at, at);
+}
+
+/** Sets the `seenAt` of job `id` in the jobs.json of `data` back by `ms` (its process is dead: nobody else writes). */
+async function ageSeen(data: string, id: string, ms: number): Promise<void> {
+  const path = join(data, 'jobs.json');
+  const file = JSON.parse(await readFile(path, 'utf8')) as { jobs: HistoryEntry[] };
+  const entry = file.jobs.find((e) => e.job.id === id)!;
+  expect(entry.seenAt).toBeDefined();
+  entry.seenAt = new Date(Date.parse(entry.seenAt!) - ms).toISOString();
+  await writeFile(path, JSON.stringify(file));
 }
 
 async function waitFor(what: string, check: () => Promise<boolean>, ms = 10_000): Promise<void> {
@@ -242,9 +252,45 @@ describe('a job run in another PID namespace (a gem-backup command in another co
     expect(await runner.loadHistory('none')).toEqual([]);
     expect(await listed()).toMatchObject({ state: 'running' });
 
-    // Killed: its lock stays behind; once it is older than the limit, the job is over.
+    // Killed: its lock stays behind; once it (and the job's own heartbeat in the file) is older than
+    // the limit, the job is over.
     await other.kill();
     await age(join(data, 'job.lock'), lockTiming.foreignMaxAgeMs + 60_000);
+    expect(await listed()).toMatchObject({ state: 'running' });
+    await ageSeen(data, id, lockTiming.foreignMaxAgeMs + 60_000);
+    expect(await listed()).toMatchObject({ state: 'failed', error: { code: 'interrupted' } });
+    await runner.shutdown();
+  });
+
+  it('a job that takes no job lock (verify) is listed as running while its heartbeat in jobs.json is fresh, and as interrupted once it is stale', async () => {
+    const data = join(dir, 'verify-data');
+    await mkdir(data);
+    let pid = 30_000;
+    while (existsSync(`/proc/${pid}`)) pid++;
+    const other = await inOtherNamespace(['verify', data, '200'], { pid });
+    const id = String(other.said.job);
+    expect(existsSync(join(data, 'job.lock'))).toBe(false);
+
+    const runner = new JobRunner({
+      lockPath: join(data, 'job.lock'),
+      log: silentLogger,
+      history: new JobHistory(join(data, 'jobs.json'), silentLogger),
+    });
+    const listed = async () => (await runner.listWithOthers()).find((j) => j.id === id);
+    expect(await listed()).toMatchObject({ state: 'running', phase: 'read' });
+    expect(await runner.loadHistory('none')).toEqual([]);
+    // It reports no progress: its heartbeat writes the entry again.
+    const seenAt = async () =>
+      (await new JobHistory(join(data, 'jobs.json'), silentLogger).entries()).find((e) => e.job.id === id)
+        ?.seenAt;
+    const first = await seenAt();
+    await waitFor('the job heartbeat', async () => (await seenAt()) !== first, 20_000);
+    expect(await listed()).toMatchObject({ state: 'running' });
+
+    // Killed: its last heartbeat is fresh for a while (nothing here can tell), then stale.
+    await other.kill();
+    expect(await listed()).toMatchObject({ state: 'running' });
+    await ageSeen(data, id, lockTiming.foreignMaxAgeMs + 60_000);
     expect(await listed()).toMatchObject({ state: 'failed', error: { code: 'interrupted' } });
     await runner.shutdown();
   });
