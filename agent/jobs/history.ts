@@ -4,7 +4,6 @@
  * about it. Written atomically when a job starts, changes phase and ends, and while it runs at most
  * every few seconds (its progress, and its owner's heartbeat `seenAt`), never per progress tick.
  */
-import { readFileSync } from 'node:fs';
 import { readdir, readFile, rename, rm } from 'node:fs/promises';
 import { uptime } from 'node:os';
 import { basename, dirname, join } from 'node:path';
@@ -12,7 +11,7 @@ import { z } from 'zod';
 import type { Logger } from '../log';
 import { isAbandonedTemp, processAlive, TEMP_PREFIX, writeSmallFileAtomic } from '../system/atomic-file';
 import { withFileUpdateLock } from '../system/json-state';
-import { heldInNamespace, lockTiming, PID_NAMESPACE } from './lock';
+import { heldInNamespace, lockTiming, PID_NAMESPACE, processStart } from './lock';
 import type { Job } from './runner';
 
 /** How many jobs the file keeps (newest by start). */
@@ -71,20 +70,6 @@ export type HistoryEntry = {
   seenAt?: string;
   job: Job;
 };
-
-/** When process `pid` (or this one) started, in clock ticks after boot; undefined where /proc cannot tell. */
-function processStart(pid: number | 'self'): string | undefined {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    // Field 2 (the command) is in parentheses and may hold spaces: count the fields after it.
-    return stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19];
-  } catch {
-    return undefined;
-  }
-}
-
-/** This process's start, recorded with its jobs. */
-export const PROCESS_STARTED = processStart('self');
 
 const fileSchema = z.object({
   format: z.literal('gem-job-history'),

@@ -57,7 +57,7 @@ const held = new Set<string>();
 const queues = new Map<string, Promise<unknown>>();
 
 /** When process `pid` started (clock ticks after boot), from /proc; undefined if that cannot be read. */
-function processStart(pid: number): string | undefined {
+export function processStart(pid: number): string | undefined {
   try {
     const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
     // Field 2 (the command) is in parentheses and may hold spaces: count the fields after it.
@@ -352,6 +352,9 @@ export async function heldByOtherProcess(path: string): Promise<boolean> {
 
 /** This process's PID namespace (`pid:[<inode>]`), recorded with what it does; undefined where /proc cannot tell. */
 export const PID_NAMESPACE = NS;
+
+/** This process's start (see processStart), recorded with what it does: a reused pid names a process started at another time. */
+export const PROCESS_STARTED = STARTED;
 
 /**
  * True while the lock at `path` is held by process `pid` of PID namespace `ns` (another container's):

@@ -8,12 +8,11 @@ import {
   type JobHistory,
   jobOfOtherProcess,
   ownerGone,
-  PROCESS_STARTED,
   type RestoreRecovery,
   runnerClosed,
   runnerOpened,
 } from './history';
-import { acquireLock, lockTiming, PID_NAMESPACE } from './lock';
+import { acquireLock, lockTiming, PID_NAMESPACE, PROCESS_STARTED } from './lock';
 
 export type JobKind =
   | 'backup'

@@ -1,5 +1,5 @@
 // A job the CLI runs beside a running agent (`gem-backup create` over SSH while the service runs) shows
-// in the agent's GET /jobs, the page's list: while it runs (at its last phase, read-only: a cancel from
+// in the agent's GET /jobs, the page's list: while it runs (its progress as last written, read-only: a cancel from
 // the page says to stop it where it runs), and once done, with its result. The CLI opens the agent in
 // its own process, with its own job runner: the two share only the data dir's jobs.json.
 import { type ChildProcess, spawn } from 'node:child_process';

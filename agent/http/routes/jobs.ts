@@ -99,7 +99,7 @@ export function jobRoutes(agent: Agent): Hono {
   return app;
 }
 
-/** How often the events of another process's job look at jobs.json (written at each phase and at the end). */
+/** How often the events of another process's job look at jobs.json (written at each phase, every few seconds while the job runs, and at the end). */
 const OTHER_PROCESS_POLL_MS = 1000;
 
 /**
