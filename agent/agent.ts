@@ -4,6 +4,7 @@ import { existsSync } from 'node:fs';
 import { mkdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type postgres from 'postgres';
+import { isBackupName } from '../shared/storage/names';
 import type { BackupInfo, BackupCatalog as Catalog } from './backup/catalog';
 import { BackupCatalog } from './backup/catalog';
 import type { BackupSources } from './backup/create';
@@ -153,7 +154,10 @@ export async function openAgent(
     log,
     history: new JobHistory(join(config.dataDir, 'jobs.json'), log),
   });
-  await jobs.loadHistory(restoreRecovery);
+  // A backup killed after its rename, before its next phase was written, is told as kept.
+  await jobs.loadHistory(restoreRecovery, async (name) =>
+    isBackupName(name) ? existsSync(join(paths.backups, name)) : false,
+  );
   const token = config.agentToken ?? (await loadOrCreateToken(paths.token));
 
   const audit = new AuditLog(paths.audit);

@@ -71,6 +71,7 @@ function timingContext(phases: Array<[string, number]>, steps: Array<[string, nu
     },
     progress: () => {},
     notice: () => {},
+    target: () => {},
     throwIfCancelled: () => {},
   };
 }

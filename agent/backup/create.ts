@@ -206,6 +206,8 @@ export async function createBackup(
     const manifestBytes = Buffer.from(`${JSON.stringify(manifest, null, 2)}\n`);
 
     const name = await catalog.freeName(now);
+    // Recorded before the file is written: a crash after its rename tells from this name that it was kept.
+    ctx.target(name);
     const fileKey = generateFileKey();
     const core = newCore({
       installationId: keyring.installationId,

@@ -133,12 +133,19 @@ const KIND_WORDS: Record<Job['kind'], string> = {
   verification: 'scheduled verification',
 };
 
-/** The one-line message of a job the agent's stop interrupted, saying what start-up left. */
-export function interruptedMessage(job: Job, restore: RestoreRecovery | 'unknown'): string {
+/**
+ * The one-line message of a job the agent's stop interrupted, saying what start-up left. A backup
+ * whose file has its final name (`backupKept`) was kept, whatever phase its record last had.
+ */
+export function interruptedMessage(
+  job: Job,
+  restore: RestoreRecovery | 'unknown',
+  { backupKept = false }: { backupKept?: boolean } = {},
+): string {
   const stopped = 'The agent stopped (a crash or a restart)';
   switch (job.kind) {
     case 'backup':
-      return BACKUP_BEFORE_KEPT.has(job.phase)
+      return BACKUP_BEFORE_KEPT.has(job.phase) && !backupKept
         ? `${stopped} during this backup: nothing was kept; the temp file was removed.`
         : `${stopped} after this backup was made and verified: the backup is kept; the steps after it (${job.phase}) did not finish.`;
     case 'restore':

@@ -62,6 +62,8 @@ export interface JobContext {
   progress(bytesDone: number, bytesTotal?: number): void;
   /** Publishes an event to listeners without a state change (e.g. "restore is about to swap"). */
   notice(name: string, data?: unknown): void;
+  /** Names what the job is about once the work knows it (a backup's file name, chosen before it is packed). */
+  target(name: string): void;
   /** Throws `cancelled` if the job was cancelled. */
   throwIfCancelled(): void;
 }
@@ -94,6 +96,7 @@ export function standaloneContext(
       onProgress?.(phase, clampDone(done, total), total, unit);
     },
     notice() {},
+    target() {},
     throwIfCancelled() {
       if (signal.aborted) throw new AppError('cancelled', 'the job was cancelled');
     },
@@ -144,9 +147,14 @@ export class JobRunner {
   /**
    * Loads the recent jobs from the history file (at start, before any job). A job recorded as running
    * whose process is gone is listed as failed with code `interrupted`, saying what start-up did:
-   * `restore` is what recovery did about the newest interrupted restore. Returns the interrupted jobs.
+   * `restore` is what recovery did about the newest interrupted restore; `backupKept` says whether a
+   * backup's file is in the backups folder under the name its job recorded (a crash after its rename
+   * but before the next phase was written keeps it). Returns the interrupted jobs.
    */
-  async loadHistory(restore: RestoreRecovery): Promise<Job[]> {
+  async loadHistory(
+    restore: RestoreRecovery,
+    backupKept: (name: string) => Promise<boolean> = async () => false,
+  ): Promise<Job[]> {
     const history = this.options.history;
     if (!history) return [];
     const entries = await history.load();
@@ -164,7 +172,9 @@ export class JobRunner {
         job.endedAt = new Date().toISOString();
         job.error = {
           code: 'interrupted',
-          message: interruptedMessage(job, entry === newestRestore ? restore : 'unknown'),
+          message: interruptedMessage(job, entry === newestRestore ? restore : 'unknown', {
+            backupKept: job.kind === 'backup' && job.target !== undefined && (await backupKept(job.target)),
+          }),
         };
         interrupted.push(job);
         this.options.log.warn('a job was interrupted by the agent stopping', {
@@ -265,6 +275,11 @@ export class JobRunner {
           this.notices.set(job.id, earlier.set(name, data));
         }
         this.publish(job.id, { type: 'notice', job: { ...job }, name, data });
+      },
+      target: (name) => {
+        job.target = name;
+        void this.persist();
+        this.emit(job);
       },
       throwIfCancelled: () => {
         if (controller.signal.aborted) throw new AppError('cancelled', 'the job was cancelled');
