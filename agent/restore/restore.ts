@@ -67,6 +67,15 @@ async function freeBytes(dir: string): Promise<number> {
   return Number(s.bavail) * Number(s.bsize);
 }
 
+/** A damaged backup the check pass refused: nothing was changed, and another copy is the way on. */
+function damagedRefused(error: AppError): AppError {
+  return new AppError(
+    'corrupt_backup',
+    `${error.message}; nothing was changed: restore another copy (an older backup, or this one from another destination)`,
+    { cause: error, ...(error.details ? { details: error.details } : {}) },
+  );
+}
+
 /**
  * Restores the backup at `path` (in the catalog or not: DR and offsite restores pass their own).
  * Every check runs before anything is touched; the live database and folders change only in the
@@ -168,6 +177,8 @@ export async function restoreFromFile(
       await finish();
       return read;
     }).catch((error: NodeJS.ErrnoException) => {
+      // Refused before anything live was touched: say so, and what to do instead.
+      if (error instanceof AppError && error.code === 'corrupt_backup') throw damagedRefused(error);
       if (error.code === 'ENOSPC')
         throw new AppError('no_space', 'the disk filled up while staging the restore');
       throw error;

@@ -183,9 +183,13 @@ export class PayloadOpener {
     const index = this.index;
     const rest = this.pending.take(this.pending.length);
     if (rest.length === 0)
-      throw new EnvelopeError('truncated', 'the backup has no payload', { chunkIndex: index });
+      throw new EnvelopeError('truncated', 'it ends early (truncated): nothing follows its header', {
+        chunkIndex: index,
+      });
     if (rest.length < TAG_LENGTH) {
-      throw new EnvelopeError('truncated', `the backup ends inside chunk ${index}`, { chunkIndex: index });
+      throw new EnvelopeError('truncated', `it ends early (truncated) inside chunk ${index}`, {
+        chunkIndex: index,
+      });
     }
     // An empty last chunk is only valid as the only chunk, so every plaintext has one encoding.
     if (rest.length === TAG_LENGTH && index > 0) {
@@ -205,7 +209,7 @@ export class PayloadOpener {
   /** A full chunk followed by more bytes failed: it may be a real last chunk followed by trailing bytes. */
   private async explainMiddleFailure(index: number, sealed: Uint8Array): Promise<EnvelopeError> {
     if ((await this.crypter.open(chunkNonce(index, true), sealed, this.aad)) !== null) {
-      return new EnvelopeError('trailing_data', `the backup has bytes after its last chunk ${index}`, {
+      return new EnvelopeError('trailing_data', `it has extra bytes after its last chunk ${index}`, {
         chunkIndex: index,
       });
     }
@@ -218,11 +222,12 @@ export class PayloadOpener {
       sealed.length === this.sealedSize &&
       (await this.crypter.open(chunkNonce(index, false), sealed, this.aad))
     ) {
-      return new EnvelopeError('truncated', `the backup is cut off after chunk ${index}`, {
+      return new EnvelopeError('truncated', `it ends early (truncated) after chunk ${index}`, {
         chunkIndex: index + 1,
       });
     }
-    return (await this.isEmptyFileStart(index, sealed)) ? emptyThenTrailing() : corrupt(index);
+    if (await this.isEmptyFileStart(index, sealed)) return emptyThenTrailing();
+    return sealed.length < this.sealedSize ? corruptLast(index) : corrupt(index);
   }
 
   /** Whether the payload starts with the empty last chunk of an empty file (so what follows is trailing). */
@@ -237,11 +242,26 @@ function concatParts(parts: Uint8Array[]): Uint8Array {
 }
 
 function emptyThenTrailing(): EnvelopeError {
-  return new EnvelopeError('trailing_data', 'the backup has bytes after its empty payload', {
+  return new EnvelopeError('trailing_data', 'it has extra bytes after its empty payload', {
     chunkIndex: 0,
   });
 }
 
+// The messages read after "the backup is damaged: " (the agent's prefix), so they do not say "damaged" again.
 function corrupt(index: number): EnvelopeError {
-  return new EnvelopeError('corrupt_chunk', `chunk ${index} of the backup is damaged`, { chunkIndex: index });
+  return new EnvelopeError('corrupt_chunk', `chunk ${index} fails its check (its bytes were changed)`, {
+    chunkIndex: index,
+  });
+}
+
+/**
+ * The chunk ending the file fails its check and is no full chunk: a file cut short inside a chunk and a
+ * changed last chunk look alike (the header records no length), so both are named.
+ */
+function corruptLast(index: number): EnvelopeError {
+  return new EnvelopeError(
+    'corrupt_chunk',
+    `its last chunk (chunk ${index}) fails its check: the file ends early (truncated) or was changed`,
+    { chunkIndex: index },
+  );
 }
