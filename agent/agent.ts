@@ -25,7 +25,7 @@ import { Keyring } from './keys/keyring';
 import type { Logger } from './log';
 import { offsiteUploadHook } from './offsite/service';
 import { removeAbandonedSmbTemp } from './providers/smb-temp';
-import { recoverRestoreAtStart } from './restore/swap';
+import { recoverRestoreAtStart, restoreSettled } from './restore/swap';
 import { SettingsService } from './settings/service';
 import {
   createSmallFileExclusive,
@@ -184,6 +184,9 @@ export async function openAgent(
     settings,
     close: async () => {
       await jobs.shutdown();
+      // A restore removes what it replaced after reporting success: done before the database closes
+      // (a CLI that started the embedded cluster stops it next), or a whole copy of the old data stays.
+      await restoreSettled(config.dataDir);
       await audit.flush();
       await sql.end({ timeout: 5 });
       if (cluster && (options.ownCluster || cluster.startedHere)) await cluster.stop();

@@ -1,8 +1,10 @@
 // The CLI on a controller whose backups are only on an offsite destination: it lists them and restores one (real sshd).
-import { mkdtemp, rm } from 'node:fs/promises';
+import { existsSync } from 'node:fs';
+import { mkdtemp, readdir, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { journalPath, PREVIOUS_DB_MARK, PREVIOUS_FOLDER_MARK } from '../../agent/restore/swap';
 import { databaseUrl } from '../../agent/system/postgres-tools';
 import { runProcess } from '../../agent/system/spawn';
 import { sftpSection } from '../health/helpers';
@@ -84,5 +86,20 @@ describe('gem-backup list --from, restore --from', () => {
     expect(restored.code, restored.stderr).toBe(0);
     expect(restored.stdout).toContain(`restored ${name}`);
     expect(await marks()).toEqual([1, 2, 3]);
+    // With no agent running, the CLI's own process removed what the restore replaced before it exited:
+    // the journal, the previous database and the previous folders (a drill found them all left).
+    expect(existsSync(journalPath(dataDir))).toBe(false);
+    const previous = await withSql(
+      databaseUrl(t.agent.sources.conn),
+      (sql) =>
+        sql<
+          { datname: string }[]
+        >`select datname from pg_database where position(${PREVIOUS_DB_MARK} in datname) > 0`,
+    );
+    expect(previous.map((r) => r.datname)).toEqual([]);
+    for (const folder of [t.agent.sources.scriptsDir, t.agent.sources.configDir]) {
+      const beside = await readdir(dirname(folder));
+      expect(beside.filter((n) => n.includes(PREVIOUS_FOLDER_MARK))).toEqual([]);
+    }
   });
 });
