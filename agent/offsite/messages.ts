@@ -76,7 +76,10 @@ export function describeDestinationError(
         'smbclient is not installed on this machine: install it with `sudo apt-get install -y smbclient`, then test again.';
       break;
     case 'no_space':
-      message = `${where} is full: free some space there (or lower the number of backups kept).`;
+      // A server that only says its write failed (SFTP "Failure"): the likely cause, not a certainty.
+      message = /may be out of space/.test(detail)
+        ? `${where}: ${detail}. Free some space there (or lower the number of backups kept), or raise the quota, then try again.`
+        : `${where} is full: free some space there (or lower the number of backups kept).`;
       break;
     case 'integrity':
       message = `A copy at ${where} did not match the local file (${detail}); nothing was kept under its name. Try again; if it repeats, check the server's disk.`;

@@ -69,6 +69,8 @@ const PUTTY_HINT = 'key is in PuTTY format; convert with: puttygen key.ppk -O pr
 /** SFTP v3 status codes (draft-ietf-secsh-filexfer-02). */
 const SFTP_NO_SUCH_FILE = 2;
 const SFTP_PERMISSION_DENIED = 3;
+/** SSH_FX_FAILURE: OpenSSH's answer to a write that failed on its side (ENOSPC, EDQUOT, EIO...). */
+const SFTP_FAILURE = 4;
 
 /** SHA256 fingerprint of a raw host key, formatted like `ssh-keygen -lf`. */
 export function hostKeyFingerprint(key: Buffer): string {
@@ -338,6 +340,22 @@ export class SftpProvider implements StorageProvider {
     return asStorageError(error, signal);
   }
 
+  /**
+   * A WRITE the server refused. OpenSSH says only "Failure" (SSH_FX_FAILURE) for a full disk or a
+   * quota reached, so that is named as the likely cause; anything else is classified as usual.
+   */
+  private writeFailed(error: unknown, name: string): StorageError {
+    const err = error as { code?: unknown; message?: string };
+    if (err?.code === SFTP_FAILURE || /no space|quota/i.test(String(err?.message ?? ''))) {
+      return new StorageError(
+        'no_space',
+        `the server failed to write ${name}: it may be out of space or over quota (it answered "${String(err?.message ?? error)}")`,
+        { cause: error },
+      );
+    }
+    return this.classify(error, name);
+  }
+
   private path(name: string): string {
     return posix.join(this.dir, name);
   }
@@ -369,12 +387,19 @@ export class SftpProvider implements StorageProvider {
         fsync && source.size > 2 * EARLY_FLUSH_BYTES
           ? new EarlyFlush((client as unknown as { client: Client }).client, temp)
           : undefined;
+      // The server's answer to a failed WRITE: the pipeline itself reports only the abort it caused.
+      let writeFailure: unknown;
       try {
         await pipeline(
           Readable.fromWeb(source.open() as never),
           check,
           (chunks: AsyncIterable<Buffer>) =>
-            writePipelined(sftp, handle, chunks, early && ((bytes) => early.sent(bytes))),
+            writePipelined(sftp, handle, chunks, early && ((bytes) => early.sent(bytes))).catch(
+              (error: unknown) => {
+                writeFailure = error;
+                throw error;
+              },
+            ),
           signal ? { signal } : {},
         );
         check.verify(source);
@@ -389,6 +414,7 @@ export class SftpProvider implements StorageProvider {
       } catch (error) {
         early?.abandon();
         await this.removeTemp(sftp, handleOpen ? handle : undefined, temp);
+        if (writeFailure !== undefined && !signal?.aborted) throw this.writeFailed(writeFailure, name);
         throw this.classify(error, name, signal);
       }
       const stats = await call<Stats>((done) => sftp.stat(final, done));
