@@ -27,7 +27,7 @@ import { AGENT_VERSION } from './version';
 export type RouteModule = { path: string; routes: (agent: Agent) => Hono; audited?: boolean };
 
 /** Every part of the API beyond backups, keys and jobs: what the agent serves, and what tests exercise. */
-export const API_MODULES: RouteModule[] = [
+const API_MODULES: RouteModule[] = [
   restoreModule,
   settingsModule,
   retentionModule,
@@ -71,7 +71,7 @@ export function createApp(agent: Agent, modules: RouteModule[] = API_MODULES): H
  * stays Node's 60 s, given explicitly since Node derives its default from requestTimeout (0 would
  * turn it off too): a client that never finishes its headers is still cut off.
  */
-export const SERVER_OPTIONS = { requestTimeout: 0, headersTimeout: 60_000 } as const;
+const SERVER_OPTIONS = { requestTimeout: 0, headersTimeout: 60_000 } as const;
 
 /** Serves `app` on hostname:port with SERVER_OPTIONS (main.ts starts the agent with it). */
 export function serveApp(
@@ -89,7 +89,7 @@ export function serveApp(
  * answered in the API's error shape instead of Node's bare status line. As Node does it: only on a
  * socket that can still take an answer and is not midway through one, then closed.
  */
-export function answerClientError(error: Error & { code?: string }, socket: Duplex): void {
+function answerClientError(error: Error & { code?: string }, socket: Duplex): void {
   const inFlight = (socket as { _httpMessage?: { headersSent?: boolean } })._httpMessage;
   if (error.code === 'ECONNRESET' || !socket.writable || inFlight?.headersSent) {
     socket.destroy();

@@ -75,7 +75,7 @@ const env = z.object({
 });
 
 /** Parses GEM_RESTART_COMMAND: a JSON array of strings, or words split on white space (no shell rules). */
-export function parseCommand(text: string): string[] {
+function parseCommand(text: string): string[] {
   const trimmed = text.trim();
   if (trimmed.startsWith('[')) {
     return z.array(z.string().min(1)).min(1).parse(JSON.parse(trimmed));

@@ -1,6 +1,6 @@
 /** Structured logs: one JSON object per line on stderr, with secrets redacted by key name; the process's fatal-error exit. */
 
-export type LogLevel = 'debug' | 'info' | 'warn' | 'error' | 'fatal';
+type LogLevel = 'debug' | 'info' | 'warn' | 'error' | 'fatal';
 export type LogFields = Record<string, unknown>;
 
 export interface Logger {
@@ -29,7 +29,7 @@ export function withoutQueryParams(text: string): string {
 }
 
 /** Replaces the value of every field whose name looks secret, at any depth, and a query's values in any text. */
-export function redact(value: unknown, depth = 0): unknown {
+function redact(value: unknown, depth = 0): unknown {
   if (typeof value === 'string') return withoutQueryParams(value);
   if (depth > 6 || value === null || typeof value !== 'object') return value;
   if (value instanceof Error)
@@ -77,7 +77,7 @@ export function createLogger(
 export const silentLogger: Logger = createLogger({ write: () => {} });
 
 /** How long a fatal exit waits for the best-effort close before exiting anyway. */
-export const FATAL_CLOSE_MS = 10_000;
+const FATAL_CLOSE_MS = 10_000;
 
 /** The exit code of a fatal error (the supervisor, systemd or docker, restarts the agent). */
 export const FATAL_EXIT_CODE = 1;

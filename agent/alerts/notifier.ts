@@ -11,10 +11,10 @@ import { AlertStateStore, type DeliveryState, DeliveryStateStore } from './state
 import { type Delivery, postWebhook } from './webhook';
 
 /** What happened to an area: it turned warning/failing, it recovered, it is still failing a day later, or a test. */
-export type AlertEvent = 'warning' | 'failing' | 'recovered' | 'reminder' | 'test';
+type AlertEvent = 'warning' | 'failing' | 'recovered' | 'reminder' | 'test';
 
 /** The JSON body every webhook receives. */
-export interface AlertPayload {
+interface AlertPayload {
   type: 'gem-backup.alert';
   event: AlertEvent;
   area: HealthArea | 'test';
@@ -31,7 +31,7 @@ export interface AlertPayload {
   details?: Record<string, unknown>;
 }
 
-export interface AlertOptions {
+interface AlertOptions {
   /** How often health is evaluated (default 1 min). */
   intervalMs?: number;
   /** A failing area is reminded about this often (default 24 h). */
@@ -46,7 +46,7 @@ export interface AlertOptions {
   now?: () => Date;
 }
 
-export interface AlertResult {
+interface AlertResult {
   area: HealthArea | 'test';
   event: AlertEvent;
   deliveries: Delivery[];
@@ -61,7 +61,7 @@ const SUBJECTS: Record<AlertEvent, string> = {
 };
 
 /** What an alert says, in short: the e-mail's subject, and in the log when it could not be delivered. */
-export function alertTitle(payload: AlertPayload): string {
+function alertTitle(payload: AlertPayload): string {
   const area = payload.area === 'test' ? 'GEM Backup' : `GEM Backup: ${payload.area}`;
   return `[${payload.status.toUpperCase()}] ${area} ${SUBJECTS[payload.event]}`;
 }
@@ -389,7 +389,7 @@ export function installationTag(installationId: string): string {
 }
 
 /** The rule: which event (if any) an area's current status calls for, given what was last alerted. */
-export function decide(
+function decide(
   current: HealthStatus,
   last: HealthStatus,
   lastSentAt: string | undefined,

@@ -16,7 +16,7 @@ export interface SmtpOptions {
   timeoutMs?: number;
 }
 
-export interface MailMessage {
+interface MailMessage {
   from: string;
   to: string[];
   subject: string;
@@ -24,7 +24,7 @@ export interface MailMessage {
 }
 
 /** An SMTP refusal or a broken conversation; `code` is the server's reply code when there is one. */
-export class SmtpError extends Error {
+class SmtpError extends Error {
   constructor(
     message: string,
     readonly code?: number,
@@ -207,7 +207,7 @@ function checkAddress(address: string): string {
 }
 
 /** The message in RFC 5322 form, lines CRLF, dot-stuffed for DATA. */
-export function formatMessage(message: MailMessage, date = new Date()): string {
+function formatMessage(message: MailMessage, date = new Date()): string {
   const domain = message.from.split('@')[1] ?? 'localhost';
   const head = [
     `From: ${message.from}`,

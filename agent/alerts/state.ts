@@ -5,7 +5,7 @@ import { HEALTH_AREAS, HEALTH_STATUSES, type HealthArea, type HealthStatus } fro
 import type { Logger } from '../log';
 import { JsonStateFile } from '../system/json-state';
 
-export interface AreaAlertState {
+interface AreaAlertState {
   /** The status the last alert (or the silent first observation) was about. */
   status: HealthStatus;
   reason: string;
@@ -13,9 +13,9 @@ export interface AreaAlertState {
   sentAt: string;
 }
 
-export type AlertState = Partial<Record<HealthArea, AreaAlertState>>;
+type AlertState = Partial<Record<HealthArea, AreaAlertState>>;
 
-export const ALERT_STATE_FILE = 'alerts-state.json';
+const ALERT_STATE_FILE = 'alerts-state.json';
 
 export class AlertStateStore extends JsonStateFile<AlertState> {
   /** Damaged, it is set aside (told to `log`): areas are then alerted afresh. */
@@ -61,7 +61,7 @@ export interface DeliveryState {
   undelivered: Partial<Record<HealthArea, UndeliveredAlert>>;
 }
 
-export const ALERT_DELIVERY_FILE = 'alerts-delivery.json';
+const ALERT_DELIVERY_FILE = 'alerts-delivery.json';
 
 const deliveryStateSchema = z.object({
   channels: z

@@ -20,7 +20,7 @@ const READ_TARGET = 1 << 20;
 /** Reads in flight ahead of the one being consumed (they run on libuv's threads). */
 const LOOKAHEAD = 2;
 
-export interface FilePlaintextOptions {
+interface FilePlaintextOptions {
   resolveFileKey: (header: EnvelopeHeader) => Promise<Uint8Array>;
   /** Bytes of the file read so far (the header included). */
   onProgress?: (bytesRead: number) => void;
@@ -28,7 +28,7 @@ export interface FilePlaintextOptions {
   cipher?: ChunkCipher;
 }
 
-export interface FilePlaintext {
+interface FilePlaintext {
   header: EnvelopeHeader;
   /** The payload's plaintext; errors with an EnvelopeError at the first bad chunk, after the good ones. */
   plaintext: Readable;

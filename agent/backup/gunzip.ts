@@ -21,7 +21,7 @@ type State = 'header' | 'block' | 'stored' | 'trailer' | 'end';
  * every byte of the plaintext anyway). write() gets each piece in order; crc() promises the CRC of
  * the pieces since its previous call; drained() is a promise while pieces wait to be taken.
  */
-export interface CrcOffload {
+interface CrcOffload {
   write(bytes: Uint8Array): void;
   drained(): Promise<void> | undefined;
   crc(): Promise<number>;
@@ -40,7 +40,7 @@ function zError(code: 'Z_DATA_ERROR' | 'Z_BUF_ERROR', message: string): Error {
  * zlib's raw inflate, primed with the last 32 KiB of output as its window; in that mode only a
  * single-member file is read (the trailer is taken as the last 8 bytes).
  */
-export class BackupGunzip extends Transform {
+class BackupGunzip extends Transform {
   private state: State = 'header';
   /** Bytes not yet parsed (a partial header or trailer; small). */
   private held: Buffer = Buffer.alloc(0);

@@ -27,7 +27,7 @@ export function refusePassphraseArgument(args: string[]): void {
  * The passphrase from `--passphrase-file` (its first line) or GEM_KEYS_PASSPHRASE, in that order;
  * undefined when neither is given.
  */
-export async function passphraseFromOptions(file: string | undefined): Promise<string | undefined> {
+async function passphraseFromOptions(file: string | undefined): Promise<string | undefined> {
   if (file !== undefined) {
     const text = await readFile(file, 'utf8').catch((error: NodeJS.ErrnoException) => {
       throw new AppError(
@@ -43,12 +43,12 @@ export async function passphraseFromOptions(file: string | undefined): Promise<s
 }
 
 /** True when a person is at the terminal to answer a prompt. */
-export function canPrompt(): boolean {
+function canPrompt(): boolean {
   return Boolean(process.stdin.isTTY && process.stderr.isTTY);
 }
 
 /** Asks on the terminal without echoing what is typed; Ctrl-C cancels. */
-export function promptHidden(question: string): Promise<string> {
+function promptHidden(question: string): Promise<string> {
   const stdin = process.stdin;
   return new Promise((resolve, reject) => {
     let answer = '';

@@ -5,7 +5,7 @@ import { migrate } from 'drizzle-orm/postgres-js/migrator';
 import { openSql } from './connect';
 
 /** Where the committed migrations live (the repo's drizzle/ folder). */
-export const MIGRATIONS_FOLDER = fileURLToPath(new URL('../../drizzle', import.meta.url));
+const MIGRATIONS_FOLDER = fileURLToPath(new URL('../../drizzle', import.meta.url));
 
 /** Brings gem_backup up to date; the migrator keeps its journal in gem_backup.__drizzle_migrations. */
 export async function migrateAgentSchema(databaseUrl: string): Promise<void> {

@@ -12,7 +12,7 @@ import { acquireLock } from '../jobs/lock';
 import { withMaintenance } from '../restore/database';
 import { journalState, recoverInterruptedRestore } from '../restore/swap';
 
-export const DATABASE_WATCH_MS = 10_000;
+const DATABASE_WATCH_MS = 10_000;
 
 export interface DatabaseWatch {
   /** Stops the checks and waits for one in progress. */

@@ -4,7 +4,7 @@ import https from 'node:https';
 import type { Readable } from 'node:stream';
 import { AppError } from '../errors';
 
-export interface CloudRequest {
+interface CloudRequest {
   method: string;
   headers: Record<string, string>;
   body?: Buffer | Readable;

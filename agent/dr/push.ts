@@ -64,7 +64,7 @@ export type PushBackupNotice = Pick<
   'backup' | 'createdAt' | 'size' | 'reused' | 'temporary' | 'resumed'
 >;
 
-export interface PushDeps {
+interface PushDeps {
   agent: Agent;
   client: DrClient;
   state: DrStateStore;

@@ -31,7 +31,7 @@ export interface RecoverFaults {
   restore?: RestoreFaults;
 }
 
-export interface RecoverDeps {
+interface RecoverDeps {
   agent: Agent;
   client: DrClient;
   state: DrStateStore;

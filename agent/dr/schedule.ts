@@ -8,7 +8,7 @@ export function nightlyOffsetSeconds(installationId: string): number {
 }
 
 /** The croner pattern (with seconds) of an installation's nightly push. */
-export function nightlyPattern(installationId: string): string {
+function nightlyPattern(installationId: string): string {
   const offset = nightlyOffsetSeconds(installationId);
   return `${offset % 60} ${Math.floor(offset / 60)} 3 * * *`;
 }

@@ -71,7 +71,7 @@ export function unfinishedMessage(installationId: string, options: { wholeId?: b
   return `a recovery from the DR cloud of installation ${shortInstallationId(installationId)} did not finish: run \`gem-backup dr recover --installation-id ID\` again with the whole id (\`gem-backup dr status --show-installation-id\`), or \`gem-backup dr recover --abandon\` to go back to this box's own identity`;
 }
 
-export const UNFINISHED_REASON =
+const UNFINISHED_REASON =
   "a recovery from the DR cloud did not finish: run `gem-backup dr recover --installation-id ID` again with the id `gem-backup dr status --show-installation-id` shows (or `gem-backup dr recover --abandon` to go back to this box's own identity); no Cloud DR push runs meanwhile";
 
 export class UnfinishedRecoveryFile {

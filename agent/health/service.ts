@@ -26,7 +26,7 @@ import {
 import { HealthStateStore } from './state';
 import { JobWatchdog, type WatchdogThresholds } from './watchdog';
 
-export interface HealthOptions {
+interface HealthOptions {
   watchdog?: Partial<WatchdogThresholds>;
   /** How often an offsite destination is contacted at most (default 5 min; 0 = on every evaluation). */
   offsiteProbeIntervalMs?: number;

@@ -2,7 +2,7 @@
 import type { Logger } from '../log';
 import { JsonStateFile } from '../system/json-state';
 
-export interface HealthState {
+interface HealthState {
   /** When Cloud DR was first seen on since it was last seen off: the age of a DR that never succeeded. */
   drArmedAt?: string;
 }

@@ -12,7 +12,7 @@ export interface WatchdogThresholds {
   historySize: number;
 }
 
-export const DEFAULT_WATCHDOG_THRESHOLDS: WatchdogThresholds = {
+const DEFAULT_WATCHDOG_THRESHOLDS: WatchdogThresholds = {
   minRunMs: 10 * 60_000,
   historyFactor: 3,
   noProgressMs: 30 * 60_000,
@@ -20,7 +20,7 @@ export const DEFAULT_WATCHDOG_THRESHOLDS: WatchdogThresholds = {
 };
 
 /** A running job the watchdog considers stuck; it can be cancelled through the usual cancel route. */
-export interface StalledJob {
+interface StalledJob {
   id: string;
   kind: JobKind;
   phase: string;

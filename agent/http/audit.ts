@@ -4,7 +4,7 @@ import { getConnInfo } from '@hono/node-server/conninfo';
 import type { Context, MiddlewareHandler } from 'hono';
 
 /** The size at which audit.log becomes audit.log.1 (replacing the one before): at most twice this on disk. */
-export const AUDIT_ROTATE_BYTES = 8 * 1024 * 1024;
+const AUDIT_ROTATE_BYTES = 8 * 1024 * 1024;
 
 export class AuditLog {
   private queue: Promise<void> = Promise.resolve();
@@ -49,7 +49,7 @@ function socketAddress(c: Context): string | undefined {
 }
 
 /** The most characters of a request's path or X-Forwarded-For a record keeps. */
-export const AUDIT_FIELD_MAX = 256;
+const AUDIT_FIELD_MAX = 256;
 
 /**
  * `text` cut to AUDIT_FIELD_MAX characters, marked with `…` when cut: a client without a token sends

@@ -4,17 +4,17 @@ import type { z } from 'zod';
 import { AppError } from '../errors';
 import { validationError } from './errors';
 
-export const MAX_JSON_BYTES = 1024 * 1024;
+const MAX_JSON_BYTES = 1024 * 1024;
 
 /** How deep objects and lists may nest in a body: no request of the API needs more than a few levels. */
-export const MAX_JSON_DEPTH = 64;
+const MAX_JSON_DEPTH = 64;
 
 /**
  * The deepest nesting of `[` and `{` in a JSON text (outside its strings), stopping as soon as it
  * passes `limit`. A body nested thousands deep parses (JSON.parse does not recurse), but whatever walks
  * it afterwards (JSON.stringify of a keys file) overflows the stack: a 500 instead of a 400.
  */
-export function jsonDepthOver(text: string, limit: number): boolean {
+function jsonDepthOver(text: string, limit: number): boolean {
   let depth = 0;
   let inString = false;
   for (let i = 0; i < text.length; i++) {

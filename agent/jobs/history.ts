@@ -15,7 +15,7 @@ import { heldInNamespace, lockTiming, PID_NAMESPACE, processStart } from './lock
 import type { Job } from './runner';
 
 /** How many jobs the file keeps (newest by start). */
-export const HISTORY_KEEP = 50;
+const HISTORY_KEEP = 50;
 /** A job result larger than this (as JSON) is left out of the file; the job itself is kept. */
 const MAX_RESULT_CHARS = 16 * 1024;
 

@@ -12,7 +12,7 @@ import type { ScheduledTask } from '../settings/state';
 export type TaskSchedule = Schedule | 'maintenance';
 
 /** The cron patterns: hourly on the hour; the others at 02:00 (maintenance at 03:00). */
-export const CRON_PATTERNS: Record<TaskSchedule, string> = {
+const CRON_PATTERNS: Record<TaskSchedule, string> = {
   hourly: '0 0 * * * *',
   daily: '0 0 2 * * *',
   weekly: '0 0 2 * * 0',
@@ -49,7 +49,7 @@ export function missedRun(
 }
 
 /** Waits for the lock this long when another mutating job holds it, then tries once more. */
-export const BUSY_RETRY_MS = 5 * 60_000;
+const BUSY_RETRY_MS = 5 * 60_000;
 
 interface TaskDef {
   task: ScheduledTask;

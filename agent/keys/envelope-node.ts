@@ -152,7 +152,7 @@ export function createSealTransform(opts: SealOptions): Transform {
 }
 
 /** A Transform from a backup file to its plaintext; `header` resolves once the header is parsed and its MAC checked. */
-export type OpenTransform = Transform & { readonly header: Promise<EnvelopeHeader> };
+type OpenTransform = Transform & { readonly header: Promise<EnvelopeHeader> };
 
 /** Opens a backup file stream; no plaintext of a chunk passes before its tag checked. */
 export function createOpenTransform(opts: OpenOptions): OpenTransform {

@@ -2,7 +2,7 @@
 import type { Logger } from '../log';
 import { JsonStateFile } from '../system/json-state';
 
-export interface KeyState {
+interface KeyState {
   lastDownloadedAt?: string;
   bannerCollapsed: boolean;
 }

@@ -160,7 +160,7 @@ export function createKeyringFile(): KeyringFile {
  * An imported key with one of our key ids but other bytes is refused (422 `bad_keys_file`): it would
  * replace ours, and every backup and secret sealed with ours would become unreadable.
  */
-export function mergeImported(current: KeyringFile, imported: KeyringFile): KeyringFile {
+function mergeImported(current: KeyringFile, imported: KeyringFile): KeyringFile {
   for (const key of imported.masterKeys) {
     const ours = current.masterKeys.find((k) => k.id === key.id);
     if (ours && !Buffer.from(ours.key, 'base64url').equals(Buffer.from(key.key, 'base64url'))) {
@@ -308,7 +308,7 @@ export function shortInstallationId(id: string): string {
   return `${installationIdPrefix(id)}…`;
 }
 
-export type IdentityListener = (installationId: string, previous: string) => void;
+type IdentityListener = (installationId: string, previous: string) => void;
 
 /** The live keyring of this agent, backed by a 0600 file in the data dir. */
 export class Keyring {

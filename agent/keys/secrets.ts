@@ -4,7 +4,7 @@ import type { MasterKey } from '../../shared/envelope';
 import { AppError } from '../errors';
 
 /** What a sealed value is for; each purpose has its own derived key, so one can never be opened as another. */
-export type SecretPurpose = 'settings' | 'secure-attribute';
+type SecretPurpose = 'settings' | 'secure-attribute';
 
 const PREFIX = 'gemsec1';
 
@@ -19,10 +19,6 @@ export function sealSecret(plaintext: string, key: MasterKey, purpose: SecretPur
   cipher.setAAD(Buffer.from(`${PREFIX}.${key.id}`));
   const body = Buffer.concat([nonce, cipher.update(plaintext, 'utf8'), cipher.final(), cipher.getAuthTag()]);
   return `${PREFIX}.${key.id}.${body.toString('base64url')}`;
-}
-
-export function isSealed(value: string): boolean {
-  return value.startsWith(`${PREFIX}.`);
 }
 
 /** Opens a sealed value with whichever of `keys` it names; a clear error if we do not hold that key. */

@@ -3,7 +3,7 @@ import type { MaybeRow, PendingQuery, RowList, Sql } from 'postgres';
 import { AppError } from '../errors';
 
 /** The only tables (and their time columns) the purge ever touches: history, never configuration or current values. */
-export const HISTORY_TABLES = [
+const HISTORY_TABLES = [
   { key: 'attributeHistory', table: 'attribute_history', column: 'recorded_at' },
   { key: 'requestHistory', table: 'request_history', column: 'created_at' },
   { key: 'accessLog', table: 'access_log', column: 'created_at' },
@@ -26,9 +26,9 @@ export interface PurgeResult {
  * ~10 ms range, so row locks and the snapshot are held briefly and GEM's writes interleave freely;
  * a slower controller disk multiplies the time per batch, not the number of rows held.
  */
-export const PURGE_BATCH_SIZE = 5000;
+const PURGE_BATCH_SIZE = 5000;
 
-export interface PurgeOptions {
+interface PurgeOptions {
   retentionDays: number;
   batchSize?: number;
   now?: Date;

@@ -3,9 +3,9 @@ import type { JobEvent, JobRunner } from '../jobs/runner';
 import { Histogram } from './text-format';
 
 /** Seconds: 10 s to 2 h. */
-export const DURATION_BUCKETS = [10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200];
+const DURATION_BUCKETS = [10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200];
 /** Bytes: 1 MB to 10 GB. */
-export const SIZE_BUCKETS = [1e6, 1e7, 5e7, 1e8, 2.5e8, 5e8, 1e9, 2.5e9, 5e9, 1e10];
+const SIZE_BUCKETS = [1e6, 1e7, 5e7, 1e8, 2.5e8, 5e8, 1e9, 2.5e9, 5e9, 1e10];
 
 /** Counters since the agent started (Prometheus handles restarts of counters). */
 export class MetricsRecorder {

@@ -3,7 +3,7 @@
 export const CONTENT_TYPE = 'text/plain; version=0.0.4; charset=utf-8';
 
 export type Labels = Record<string, string>;
-export type MetricType = 'gauge' | 'counter' | 'histogram';
+type MetricType = 'gauge' | 'counter' | 'histogram';
 
 export interface Sample {
   labels?: Labels;
@@ -58,7 +58,7 @@ export class MetricsText {
   }
 }
 
-export interface HistogramData {
+interface HistogramData {
   bounds: number[];
   /** Cumulative: counts[i] = observations <= bounds[i]. */
   counts: number[];

@@ -37,7 +37,7 @@ export function parseOffsiteKind(value: string): OffsiteKind {
 }
 
 /** A settings problem a person must fix, naming the field (422 from a route, a failed test otherwise). */
-export function fieldError(kind: OffsiteKind, field: string, message: string): AppError {
+function fieldError(kind: OffsiteKind, field: string, message: string): AppError {
   const path = `offsite.${kind}.${field}`;
   return new AppError('unprocessable', message, {
     details: { field: path, issues: [{ field: path, message }] },

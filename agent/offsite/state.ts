@@ -43,9 +43,9 @@ export interface DestinationState {
   lastSync?: SyncRecord;
 }
 
-export type OffsiteState = Partial<Record<OffsiteKind, DestinationState>>;
+type OffsiteState = Partial<Record<OffsiteKind, DestinationState>>;
 
-export const OFFSITE_STATE_FILE = 'offsite-state.json';
+const OFFSITE_STATE_FILE = 'offsite-state.json';
 
 /** Reads and updates offsite-state.json; updates are serialized and written temp-then-rename. */
 export class OffsiteStateStore extends JsonStateFile<OffsiteState> {

@@ -24,7 +24,7 @@ import { type RetryOptions, withRetry } from '../providers/retry';
 /** How transfers retry: attempts and backoff (tests shorten them); signal and onRetry are per call. */
 export type RetryPolicy = Pick<RetryOptions, 'attempts' | 'baseDelayMs' | 'maxDelayMs'>;
 
-export interface TransferOptions {
+interface TransferOptions {
   signal?: AbortSignal;
   onProgress?: (bytes: number) => void;
   retry?: RetryPolicy;
@@ -56,7 +56,7 @@ function checkBeforeRetry(attempt: number, options: TransferOptions): void {
   if (attempt > 1 && options.stillConfigured && !options.stillConfigured()) throw new DestinationLeftAlone();
 }
 
-export const DEFAULT_STALL_TIMEOUT_MS = 5 * 60_000;
+const DEFAULT_STALL_TIMEOUT_MS = 5 * 60_000;
 
 /**
  * Runs one transfer attempt under a stall watchdog: a server that freezes mid-transfer may never answer

@@ -5,8 +5,6 @@ import { Transform, type TransformCallback } from 'node:stream';
 import { StorageError } from '../../shared/storage/index';
 import { TEMP_PREFIX } from '../system/atomic-file';
 
-export { TEMP_PREFIX };
-
 /** Bytes per read of hashFile. */
 const HASH_READ = 1 << 20;
 

@@ -13,16 +13,13 @@ import { type SmbOptions, SmbProvider } from './smb';
 
 // S3 and SFTP are imported from their own modules (./s3, ./sftp) where a class is needed: re-exporting
 // them here would load the AWS SDK and ssh2 into every agent, whether a destination uses them or not.
-export { BACKUP_NAME_PATTERN, isBackupName } from '../../shared/storage/names';
-export { type LocalFolderOptions, LocalFolderProvider } from './local';
-export { type RetryOptions, withRetry } from './retry';
 export type { S3Options } from './s3';
 export type { SftpOptions } from './sftp';
-export { type SmbOptions, SmbProvider } from './smb';
+export type { SmbOptions } from './smb';
 
-export type ProviderKind = 'local' | 'sftp' | 's3' | 'smb';
+type ProviderKind = 'local' | 'sftp' | 's3' | 'smb';
 
-export interface ProviderSettings {
+interface ProviderSettings {
   local: LocalFolderOptions;
   sftp: SftpOptions;
   s3: S3Options;

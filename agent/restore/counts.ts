@@ -14,7 +14,7 @@ const TABLES_BY_SIZE_SQL = `${GEM_TABLES_SQL} order by c.relpages desc, 1, 2`;
  * on 2 cores the bench database's counts (1 GB) took 0.76-1.06 s on one connection and 0.47-0.63 s
  * on three.
  */
-export const COUNT_CONNECTIONS = 3;
+const COUNT_CONNECTIONS = 3;
 
 /** How long pg_restore's item lines must be quiet after a "finished item" before a free slot is believed. */
 const SLOT_SETTLE_MS = 25;

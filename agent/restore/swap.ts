@@ -27,10 +27,10 @@ import {
  * `copy`, for a live folder that is a mount point (a Docker volume: it cannot be renamed), copies its
  * entries aside, then empties it and copies the staged entries into it.
  */
-export type FolderSwap = 'rename' | 'copy';
+type FolderSwap = 'rename' | 'copy';
 
 /** A live folder, its staging copy beside it, and where the live one is put aside during the swap. */
-export interface FolderNames {
+interface FolderNames {
   root: 'scripts' | 'config';
   live: string;
   staging: string;
@@ -41,7 +41,7 @@ export interface FolderNames {
 }
 
 /** Every name one restore uses; all derived from the live names and a short random id. */
-export interface RestoreNames {
+interface RestoreNames {
   id: string;
   live: string;
   staging: string;
@@ -73,7 +73,7 @@ const journalSchema = z.object({
     }),
   ),
 });
-export type RestoreJournal = z.infer<typeof journalSchema>;
+type RestoreJournal = z.infer<typeof journalSchema>;
 
 /** Deliberate fault-injection points for tests and drills (not mocks: the real steps run around them). */
 export interface RestoreFaults {
@@ -88,7 +88,7 @@ export interface RestoreFaults {
 }
 
 /** What the swap and the recovery need from the agent. */
-export interface SwapDeps {
+interface SwapDeps {
   config: { dataDir: string };
   sources: BackupSources;
   log: Logger;
@@ -103,7 +103,7 @@ function dbPrefix(live: string): string {
 
 export { isMountPoint } from '../system/mounts';
 
-export const STAGING_DB_MARK = '_gem_restore_';
+const STAGING_DB_MARK = '_gem_restore_';
 export const PREVIOUS_DB_MARK = '_gem_previous_';
 export const STAGING_FOLDER_MARK = '.gem-restore-staging-';
 export const PREVIOUS_FOLDER_MARK = '.gem-previous-';
@@ -177,7 +177,7 @@ export async function journalState(dataDir: string): Promise<'none' | 'committed
 }
 
 /** Removes the journal; with `id`, only if it is still that restore's (a newer restore's journal stays). */
-export async function removeJournal(dataDir: string, id?: string): Promise<void> {
+async function removeJournal(dataDir: string, id?: string): Promise<void> {
   if (id !== undefined) {
     const text = await readFile(journalPath(dataDir), 'utf8').catch(() => undefined);
     if (text === undefined) return;
@@ -401,11 +401,7 @@ export async function swapIntoPlace(
 }
 
 /** Drops the previous database and folders of a committed restore, or keeps them if asked. */
-export async function cleanupPrevious(
-  deps: SwapDeps,
-  names: RestoreNames,
-  keepPrevious: boolean,
-): Promise<void> {
+async function cleanupPrevious(deps: SwapDeps, names: RestoreNames, keepPrevious: boolean): Promise<void> {
   const conn = deps.sources.conn;
   // A copy swap leaves its staging folder (its entries were copied into the live one).
   for (const folder of names.folders) await removeTree(folder.staging);

@@ -55,7 +55,7 @@ function revisionOf(doc: unknown, updatedAt: Date): string {
 const UNSAVED_REVISION = revisionOf(null, new Date(0));
 
 /** Options of a PUT's update. */
-export interface UpdateOptions {
+interface UpdateOptions {
   /**
    * Save only if the stored revision is one of these (the revisions an `If-Match` names); checked in
    * turn with every other save, so no save can slip in between the check and this one.
@@ -64,9 +64,9 @@ export interface UpdateOptions {
 }
 
 /** Called after a change is saved, with both versions (plaintext secrets: do not log them). */
-export type SettingsListener = (previous: Settings, next: Settings) => void | Promise<void>;
+type SettingsListener = (previous: Settings, next: Settings) => void | Promise<void>;
 
-export interface SettingsDeps {
+interface SettingsDeps {
   sql: Sql;
   keyring: Keyring;
   log: Logger;

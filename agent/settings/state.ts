@@ -6,7 +6,7 @@ import { scheduleState } from '../db/schema';
 
 export type ScheduledTask = 'autoBackup' | 'maintenance';
 
-export interface TaskState {
+interface TaskState {
   armedAt: Date;
   lastRunAt: Date | null;
   lastEndedAt: Date | null;
@@ -14,7 +14,7 @@ export interface TaskState {
 }
 
 /** Runs a write to the agent's own tables in turn with settings changes (SettingsService.hold). */
-export type HoldWrites = <T>(write: () => Promise<T>) => Promise<T>;
+type HoldWrites = <T>(write: () => Promise<T>) => Promise<T>;
 
 export class ScheduleStateStore {
   /**

@@ -34,7 +34,7 @@ export const tempTiming = { foreignMaxAgeMs: 15 * 60_000, heartbeatMs: 60_000 };
  * (`p<pid>` where the namespace cannot be read), so that a sweep in another container knows not to go by
  * the pid.
  */
-export function processTag(): string {
+function processTag(): string {
   return NS_INODE !== undefined ? `p${process.pid}n${NS_INODE}` : `p${process.pid}`;
 }
 

@@ -10,7 +10,7 @@ import { lockHolderPid, removeAbandonedLockTemps, withJobLock } from '../jobs/lo
 import type { Logger } from '../log';
 import { writeSmallFileAtomic } from './atomic-file';
 
-export interface JsonStateOptions {
+interface JsonStateOptions {
   /**
    * A damaged file is renamed `<file>.damaged-<time>` (kept for a look) and the state starts afresh,
    * told here once: for state the agent can rebuild (what it alerted, its last uploads). Without it a

@@ -3,7 +3,7 @@ import { readFile, stat } from 'node:fs/promises';
 import { dirname } from 'node:path';
 
 /** Every mount point of this process's view (bind mounts included), or undefined where /proc is not there. */
-export async function mountPoints(): Promise<string[] | undefined> {
+async function mountPoints(): Promise<string[] | undefined> {
   const mountinfo = await readFile('/proc/self/mountinfo', 'utf8').catch(() => undefined);
   if (mountinfo === undefined) return undefined;
   // Field 5 is the mount point, with space, tab, newline and backslash written as octal escapes.

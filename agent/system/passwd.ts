@@ -1,14 +1,14 @@
 /** The system's user accounts, from /etc/passwd: who owns a folder, and who runs the embedded cluster. */
 import { readFileSync } from 'node:fs';
 
-export interface SystemUser {
+interface SystemUser {
   name: string;
   uid: number;
   gid: number;
 }
 
 /** Every account in /etc/passwd; none when it cannot be read. */
-export function systemUsers(): SystemUser[] {
+function systemUsers(): SystemUser[] {
   let text: string;
   try {
     text = readFileSync('/etc/passwd', 'utf8');

@@ -3,7 +3,7 @@ import { type ChildProcess, type SpawnOptions, spawn } from 'node:child_process'
 import { basename } from 'node:path';
 import type { Logger } from '../log';
 
-export interface RunResult {
+interface RunResult {
   code: number | null;
   signal: NodeJS.Signals | null;
   stdout: string;

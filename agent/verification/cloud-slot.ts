@@ -6,7 +6,7 @@ import type { Agent } from '../agent';
 import { sendRequest } from '../dr/http';
 import { AppError } from '../errors';
 
-export interface SlotMetadata {
+interface SlotMetadata {
   createdAt: string;
   size: number;
   sha256: string;
@@ -57,7 +57,7 @@ export async function headSlot(
 }
 
 /** What the last successful push recorded about the bytes it sent (older records lack sha256 and createdAt). */
-export interface PushedCopy {
+interface PushedCopy {
   size?: number | undefined;
   sha256?: string | undefined;
   createdAt?: string | undefined;

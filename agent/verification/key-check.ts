@@ -15,7 +15,7 @@ import { DESTINATION_TITLES, OFFSITE_KINDS, type OffsiteKind } from '../offsite/
 import { describeDestinationError } from '../offsite/messages';
 import { offsiteServiceFor, readRemoteHeader } from '../offsite/service';
 
-export interface KeyCheckResult {
+interface KeyCheckResult {
   ok: true;
   canOpen: boolean;
   /** Why not (or what was checked), in words. */

@@ -16,7 +16,7 @@ import { headSlot, slotDifferences } from './cloud-slot';
 import { activeTargets, type TargetResult, type VerificationTarget, verificationStateFor } from './state';
 
 /** Each target's result of this run; the job fails (after recording all of them) if any one failed. */
-export interface VerificationSummary {
+interface VerificationSummary {
   ok: boolean;
   results: TargetResult[];
 }
@@ -231,5 +231,3 @@ export function startVerification(agent: Agent): Promise<Job> {
     return j;
   });
 }
-
-export type { VerificationTarget };

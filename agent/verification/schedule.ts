@@ -8,7 +8,7 @@ import { startVerification } from './run';
 import { verificationStateFor } from './state';
 
 /** 04:00: after the 02:00 backups and the 03:00 maintenance and DR push; weekly on Sundays, monthly on the 1st. */
-export const VERIFICATION_CRON: Record<VerificationSchedule, string> = {
+const VERIFICATION_CRON: Record<VerificationSchedule, string> = {
   daily: '0 0 4 * * *',
   weekly: '0 0 4 * * 0',
   monthly: '0 0 4 1 * *',

@@ -22,7 +22,7 @@ export interface TargetResult {
   details?: Record<string, unknown>;
 }
 
-export interface VerificationRun {
+interface VerificationRun {
   jobId: string;
   startedAt: string;
   endedAt: string;
@@ -30,7 +30,7 @@ export interface VerificationRun {
   results: TargetResult[];
 }
 
-export interface VerificationState {
+interface VerificationState {
   /** When the schedule was first armed: the "overdue" baseline before the first run. */
   armedAt?: string;
   lastRun?: VerificationRun;
@@ -66,7 +66,7 @@ export function currentTargetResults(
   ) as Partial<Record<VerificationTarget, TargetResult>>;
 }
 
-export const VERIFICATION_STATE_FILE = 'verification-state.json';
+const VERIFICATION_STATE_FILE = 'verification-state.json';
 
 /** Reads and updates verification-state.json; updates are serialized and written temp-then-rename. */
 export class VerificationStateStore extends JsonStateFile<VerificationState> {

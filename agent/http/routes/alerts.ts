@@ -5,7 +5,7 @@ import { alertsFor } from '../../alerts/notifier';
 import type { RouteModule } from '../../app';
 import { healthFor } from '../../health/service';
 
-export function alertRoutes(agent: Agent): Hono {
+function alertRoutes(agent: Agent): Hono {
   const app = new Hono();
   const notifier = () => alertsFor(agent, healthFor(agent));
   /** `{sent, deliveries: [{channel, ok, error?}]}`; 200 even if a channel failed (the list says which). */

@@ -14,7 +14,7 @@ const RecoverBody = z.object({ installationId: RecoveryInstallationId }).strict(
 const PushBody = z.object({ dataIsCurrent: z.boolean().optional() }).strict();
 
 /** The DR routes over the agent's one DR service, looked up per request: mounting creates nothing. */
-export function drRoutes(agent: Agent): Hono {
+function drRoutes(agent: Agent): Hono {
   const app = new Hono();
   const dr = () => drServiceFor(agent);
   app.get('/status', async (c) => c.json(await dr().status()));

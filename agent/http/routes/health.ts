@@ -6,7 +6,7 @@ import { healthFor } from '../../health/service';
 import { startVerification } from '../../verification/run';
 import { verificationStateFor } from '../../verification/state';
 
-export function healthRoutes(agent: Agent): Hono {
+function healthRoutes(agent: Agent): Hono {
   const app = new Hono();
   /** `{status, checkedAt, areas: {backups, offsite, dr, verification, disk, keys, jobs}}`, each `{status, reason, ...}`. */
   app.get('/', async (c) => c.json(await healthFor(agent).evaluate()));

@@ -23,7 +23,7 @@ export const exportBody = z
   .object({ passphrase: z.string().min(8, 'use at least 8 characters').max(1024).optional() })
   .strict();
 
-export async function keyStatus(agent: Agent) {
+async function keyStatus(agent: Agent) {
   const state = await agent.keyState.get();
   return {
     installationId: agent.keyring.installationId,

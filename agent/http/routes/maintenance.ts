@@ -4,7 +4,7 @@ import type { Agent } from '../../agent';
 import type { RouteModule } from '../../app';
 import { runMaintenanceNow } from '../../maintenance/run';
 
-export function maintenanceRoutes(agent: Agent): Hono {
+function maintenanceRoutes(agent: Agent): Hono {
   const app = new Hono();
   /**
    * Runs the purge as a mutating job (409 if another one runs; cancellable through

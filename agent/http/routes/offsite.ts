@@ -9,7 +9,7 @@ import { jsonBody } from '../body';
 import { parseRestoreBody } from './restore';
 
 /** The routes under /api/v1/offsite/:provider (sftp | s3 | smb; anything else is 404). */
-export function offsiteRoutes(agent: Agent): Hono {
+function offsiteRoutes(agent: Agent): Hono {
   const offsite = offsiteServiceFor(agent);
   const app = new Hono();
 
