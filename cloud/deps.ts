@@ -28,8 +28,8 @@ export interface CloudDeps {
   config: CloudConfig;
 }
 
-export const DEFAULT_MAX_SLOT_BYTES = 10_000_000_000;
-export const DEFAULT_RECOVER_PER_MINUTE = 5;
+const DEFAULT_MAX_SLOT_BYTES = 10_000_000_000;
+const DEFAULT_RECOVER_PER_MINUTE = 5;
 
 /** Reads the configuration from string variables (Worker vars/secrets or process.env). */
 export function parseCloudConfig(vars: {

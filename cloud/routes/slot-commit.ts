@@ -98,7 +98,7 @@ export async function settleCommit(
  * object (named by its upload record, or a put begun at or after `sinceMs`). Bounded, and a
  * failure is only logged: the commit has happened, and the next one sweeps again.
  */
-export async function sweepOrphans(deps: CloudDeps, owner: SlotOwner, sinceMs: number): Promise<void> {
+async function sweepOrphans(deps: CloudDeps, owner: SlotOwner, sinceMs: number): Promise<void> {
   try {
     const listed = await deps.store.list(slotPrefix(owner.installationHash), SWEEP_LIST);
     const orphans = await owner.state.claimOrphans(

@@ -3,7 +3,7 @@ import { GetObjectCommand, PutObjectCommand, type S3Client } from '@aws-sdk/clie
 import { storageUnavailable } from '../errors';
 
 /** What one step decides: the value to answer, and the document to write (none: nothing changed). */
-export interface UpdateStep<T> {
+interface UpdateStep<T> {
   value: T;
   next?: Record<string, unknown>;
 }
@@ -63,7 +63,7 @@ export async function updateJsonObject<T>(
 }
 
 /** The object's JSON and ETag, or undefined when there is no such object. */
-export async function readJsonObject(
+async function readJsonObject(
   s3: S3Client,
   bucket: string,
   key: string,

@@ -2,20 +2,18 @@
 import { z } from 'zod';
 
 /** 128-bit installation id, lower-case hex. */
-export const InstallationId = z
-  .string()
-  .regex(/^[0-9a-f]{32}$/, 'installationId must be 32 lower-case hex chars');
+const InstallationId = z.string().regex(/^[0-9a-f]{32}$/, 'installationId must be 32 lower-case hex chars');
 const Sha256Hex = z.string().regex(/^[0-9a-f]{64}$/, 'sha256 must be 64 lower-case hex chars');
 const IsoDate = z.string().refine((s) => !Number.isNaN(Date.parse(s)), 'must be an ISO-8601 date');
 
 /** An Ed25519 public JWK (no private part). */
-export const Ed25519PublicJwk = z
+const Ed25519PublicJwk = z
   .object({ kty: z.literal('OKP'), crv: z.literal('Ed25519'), x: z.string().regex(/^[A-Za-z0-9_-]{43}$/) })
   .loose()
   .refine((k) => !('d' in k), 'a public key must not carry its private part');
 
 /** An X25519 public JWK (no private part). */
-export const X25519PublicJwk = z
+const X25519PublicJwk = z
   .object({
     kty: z.literal('OKP'),
     crv: z.literal('X25519'),
@@ -30,7 +28,7 @@ export const EnrollRequest = z.object({ installationId: InstallationId, publicKe
 export type EnrollRequest = z.infer<typeof EnrollRequest>;
 
 /** `POST /v1/installations` answer (201 new, 200 same key again). */
-export const EnrollResponse = z.object({ installationId: InstallationId, enrolled: z.literal(true) });
+const EnrollResponse = z.object({ installationId: InstallationId, enrolled: z.literal(true) });
 export type EnrollResponse = z.infer<typeof EnrollResponse>;
 
 /** An escrow public key as published: an X25519 JWK with its `kid`. */
@@ -54,7 +52,7 @@ export const SlotMetadata = z.object({
 export type SlotMetadata = z.infer<typeof SlotMetadata>;
 
 /** `PUT /v1/dr/backup` and `POST /v1/dr/uploads/:id/complete` answer. */
-export const UploadResponse = z.object({ slot: SlotMetadata });
+const UploadResponse = z.object({ slot: SlotMetadata });
 export type UploadResponse = z.infer<typeof UploadResponse>;
 
 /** `POST /v1/dr/uploads` body. */
@@ -74,7 +72,7 @@ export const CreateUploadResponse = z.object({ uploadId: z.string(), partSize: z
 export type CreateUploadResponse = z.infer<typeof CreateUploadResponse>;
 
 /** One received part. */
-export const UploadedPart = z.object({
+const UploadedPart = z.object({
   n: z.number().int().min(1).max(10000),
   size: z.number().int(),
   etag: z.string(),

@@ -4,17 +4,17 @@ import { z } from 'zod';
 /** Auto-backup schedules; every one runs at 02:00 except hourly (on the hour). */
 export const SCHEDULES = ['hourly', 'daily', 'weekly', 'monthly'] as const;
 export type Schedule = (typeof SCHEDULES)[number];
-export const S3_PROVIDERS = ['aws', 'b2', 'wasabi', 'minio', 'other'] as const;
+const S3_PROVIDERS = ['aws', 'b2', 'wasabi', 'minio', 'other'] as const;
 export type S3Provider = (typeof S3_PROVIDERS)[number];
 
 /** Bounds the API promises (API.md). */
 export const MAX_BACKUPS_RANGE = { min: 1, max: 100, default: 10 } as const;
-export const MAINTENANCE_DEFAULT_RETENTION_DAYS = 90;
+const MAINTENANCE_DEFAULT_RETENTION_DAYS = 90;
 /** Safety backups (taken by a restore) are kept out of maxBackups and pruned by this limit. */
 export const SAFETY_BACKUPS_KEPT = 3;
 
 /** True if `tz` is an IANA time zone this runtime knows (Intl works in Node and in workerd). */
-export function isTimeZone(tz: string): boolean {
+function isTimeZone(tz: string): boolean {
   try {
     new Intl.DateTimeFormat('en-US', { timeZone: tz });
     return true;
@@ -37,7 +37,7 @@ export type SecretView = { set: boolean };
 
 const text = (max = 1024) => z.string().max(max);
 
-export const AutoBackupInput = z
+const AutoBackupInput = z
   .object({
     enabled: z.boolean().default(true),
     schedule: z.enum(SCHEDULES).default('daily'),
@@ -51,10 +51,10 @@ export const AutoBackupInput = z
   })
   .strict();
 
-export const CloudDrInput = z.object({ enabled: z.boolean().default(true) }).strict();
+const CloudDrInput = z.object({ enabled: z.boolean().default(true) }).strict();
 
 /** A host key fingerprint as `ssh-keygen -lf` prints it: `SHA256:` and the unpadded base64 of the hash. */
-export const HOST_KEY_FINGERPRINT = /^SHA256:[A-Za-z0-9+/]{43}$/;
+const HOST_KEY_FINGERPRINT = /^SHA256:[A-Za-z0-9+/]{43}$/;
 
 const SftpAuthInput = z.union([
   z.object({ password: SecretInput }).strict(),
@@ -170,7 +170,7 @@ export const SmbInput = z
     }
   });
 
-export const MaintenanceInput = z
+const MaintenanceInput = z
   .object({
     enabled: z.boolean().default(false),
     retentionDays: z.number().int().min(1).max(36500).default(MAINTENANCE_DEFAULT_RETENTION_DAYS),
@@ -182,7 +182,7 @@ export const VERIFICATION_SCHEDULES = ['daily', 'weekly', 'monthly'] as const;
 export type VerificationSchedule = (typeof VERIFICATION_SCHEDULES)[number];
 
 /** What stands for the hidden part of a webhook address in its display form. */
-export const WEBHOOK_URL_ELLIPSIS = '…';
+const WEBHOOK_URL_ELLIPSIS = '…';
 /** The longest first path segment shown: a longer one may be a key itself (Telegram's `bot<token>`). */
 const SHOWN_SEGMENT_MAX = 16;
 
@@ -237,7 +237,7 @@ const emailAddress = z
   .regex(/^[^\s@<>]+@[^\s@<>]+$/, 'not an e-mail address');
 
 /** Alerts by e-mail through the site's own SMTP server (STARTTLS on 587, TLS on 465 with `secure`). */
-export const EmailAlertsInput = z
+const EmailAlertsInput = z
   .object({
     enabled: z.boolean().default(false),
     host: text(255).default(''),
@@ -256,14 +256,14 @@ export const EmailAlertsInput = z
     if (!e.to.length) ctx.addIssue({ code: 'custom', path: ['to'], message: 'required when enabled' });
   });
 
-export const AlertsInput = z
+const AlertsInput = z
   .object({
     webhooks: z.array(WebhookInput).max(10).default([]),
     email: EmailAlertsInput.optional(),
   })
   .strict();
 
-export const VerificationInput = z
+const VerificationInput = z
   .object({
     enabled: z.boolean().default(true),
     schedule: z.enum(VERIFICATION_SCHEDULES).default('weekly'),

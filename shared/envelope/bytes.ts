@@ -18,13 +18,6 @@ export function concatBytes(parts: readonly Uint8Array[]): Uint8Array {
   return out;
 }
 
-/** Lower-case hex of some bytes. */
-export function toHex(bytes: Uint8Array): string {
-  let hex = '';
-  for (const b of bytes) hex += b.toString(16).padStart(2, '0');
-  return hex;
-}
-
 /**
  * A FIFO of byte arrays that hands out exact-size pieces. A piece lying inside one pushed array is a
  * view of it (no copy); only pieces spanning several arrays are copied, which coalesces small writes.

@@ -22,8 +22,8 @@ export interface EnvelopeHeader {
 }
 
 export const DEFAULT_CHUNK_SIZE = 65536;
-export const MIN_CHUNK_SIZE = 1024;
-export const MAX_CHUNK_SIZE = 16777216;
+const MIN_CHUNK_SIZE = 1024;
+const MAX_CHUNK_SIZE = 16777216;
 const MAGIC = new Uint8Array([0x47, 0x45, 0x4d, 0x42, 0x4b, 0x50, 0x00, 0x01]); // "GEMBKP" 0x00 0x01
 const MAX_CORE_LENGTH = 65536;
 const MAX_STANZAS_LENGTH = 1048576;

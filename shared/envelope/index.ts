@@ -1,15 +1,12 @@
 // The GEM backup envelope (FORMAT.md): streaming authenticated encryption of backup files, Node and workerd.
 
-export { ByteQueue } from './bytes';
-export { type ChunkCipher, type ChunkCrypter, TAG_LENGTH, webCryptoChunkCipher } from './cipher';
+export { type ChunkCipher, TAG_LENGTH, webCryptoChunkCipher } from './cipher';
 export { EnvelopeError, type EnvelopeErrorCode } from './errors';
 export {
   DEFAULT_CHUNK_SIZE,
-  type EnvelopeCore,
   type EnvelopeHeader,
   encodeHeader,
   newCore,
-  payloadAad,
   readHeader,
   rewrapHeader,
   tryParseHeader,
@@ -25,5 +22,5 @@ export {
   wrapForMasterKey,
   wrapForX25519,
 } from './keys';
-export { chunkNonce, PayloadOpener, PayloadSealer, type SealOptions } from './payload';
+export { PayloadOpener, PayloadSealer, type SealOptions } from './payload';
 export { type OpenOptions, openStream, sealStream } from './stream';

@@ -17,7 +17,7 @@ export interface MasterKey {
   key: Uint8Array;
 }
 
-export const FILE_KEY_LENGTH = 32;
+const FILE_KEY_LENGTH = 32;
 
 /** A fresh random 32-byte file key; one per backup file. */
 export function generateFileKey(): Uint8Array {

@@ -4,7 +4,7 @@ import type { BackupSource, StorageErrorCode, StorageProvider } from './index';
 import { isStorageError } from './index';
 import { isBackupName } from './names';
 
-export interface ProviderUnderTest {
+interface ProviderUnderTest {
   provider: StorageProvider;
   /** Stops using the destination and removes what the test put there. */
   cleanup: () => Promise<void>;
@@ -12,7 +12,7 @@ export interface ProviderUnderTest {
   rawNames?: () => Promise<string[]>;
 }
 
-export interface SuiteOptions {
+interface SuiteOptions {
   /** Size of the large-object test in bytes (default a little over 50 MiB). */
   largeSize?: number;
 }
