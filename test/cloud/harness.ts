@@ -93,7 +93,7 @@ export async function newInstallation(): Promise<TestInstallation> {
 }
 
 /** The answer of one HTTP exchange, body read whole (tests only read small or hashed bodies). */
-export interface HttpAnswer {
+interface HttpAnswer {
   status: number;
   headers: http.IncomingHttpHeaders;
   body: Buffer;
@@ -245,7 +245,7 @@ export async function generatedSha256(total: number, seed: number, from = 0): Pr
 }
 
 /** Far more than any limit involved; the client never gets near it when the Worker stops reading early. */
-export const CAP = 48 * 1024 * 1024;
+const CAP = 48 * 1024 * 1024;
 
 /**
  * Sends a body piece by piece until the answer arrives or CAP bytes are sent, whichever is first. At
@@ -253,7 +253,7 @@ export const CAP = 48 * 1024 * 1024;
  * Content-Length is given up. An answer to a request whose body was never ended proves the Worker
  * answered without reading the body to its end.
  */
-export function sendUntilAnswered(
+function sendUntilAnswered(
   cloud: { url: string },
   method: string,
   path: string,

@@ -1,7 +1,7 @@
 /** Fault counts of one suite file: what was injected, what was tried, what failed; printed at the end of the file. */
 import { appendFileSync } from 'node:fs';
 
-export interface FaultReport {
+interface FaultReport {
   /** Counts one injected fault (a kill, a flipped bit, a hostile request...). */
   inject(n?: number): void;
   /** Counts one checked case; `ok` false is a failure (also asserted by the test itself). */

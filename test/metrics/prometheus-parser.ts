@@ -1,12 +1,12 @@
 // A strict parser of the Prometheus text format 0.0.4, for tests: any line it does not understand is an error.
 
-export interface PromSample {
+interface PromSample {
   name: string;
   labels: Record<string, string>;
   value: number;
 }
 
-export interface PromFamily {
+interface PromFamily {
   name: string;
   type: 'counter' | 'gauge' | 'histogram' | 'summary' | 'untyped';
   help: string;

@@ -16,7 +16,7 @@ function read(path: string): string | undefined {
 }
 
 /** The pid and all its descendants, parents first, read from /proc. */
-export function processTree(rootPid: number): number[] {
+function processTree(rootPid: number): number[] {
   const children = new Map<number, number[]>();
   for (const pid of pids()) {
     const stat = read(`/proc/${pid}/stat`);
@@ -38,7 +38,7 @@ export function processTree(rootPid: number): number[] {
 }
 
 /** Every process running as `uid` (a throwaway test user's sessions, whoever their parent now is). */
-export function processesOfUid(uid: number): number[] {
+function processesOfUid(uid: number): number[] {
   return pids().filter((pid) => {
     const status = read(`/proc/${pid}/status`);
     // Real, effective, saved or filesystem uid: smbd sessions keep root as real uid and switch the others.
@@ -66,11 +66,6 @@ export function signalAll(list: number[], signal: NodeJS.Signals): void {
       // already gone
     }
   }
-}
-
-/** Sends `signal` to the pid and its descendants, ignoring ones that already ended. */
-export function signalTree(rootPid: number, signal: NodeJS.Signals): void {
-  signalAll(processTree(rootPid), signal);
 }
 
 function alive(pid: number): boolean {
