@@ -42,9 +42,11 @@ export function describeDestinationError(
       break;
     case 'unreachable':
       message =
-        kind === 's3'
-          ? `Cannot reach the storage at ${s.endpoint || 'Amazon S3'}: check the endpoint URL and this machine's network connection.`
-          : `Cannot reach ${s.host} on port ${kind === 'sftp' ? s.port || 22 : s.port || 445}: check the host name and port, that the server is running, and that no firewall blocks it.`;
+        kind === 's3' && / stopped answering during the upload /.test(detail)
+          ? `The storage at ${detail}, so the upload was given up (nothing was stored under its name). Check that the server is running and reachable; the next sync or backup uploads it again.`
+          : kind === 's3'
+            ? `Cannot reach the storage at ${s.endpoint || 'Amazon S3'}: check the endpoint URL and this machine's network connection.`
+            : `Cannot reach ${s.host} on port ${kind === 'sftp' ? s.port || 22 : s.port || 445}: check the host name and port, that the server is running, and that no firewall blocks it.`;
       break;
     case 'path_missing':
       message =

@@ -36,7 +36,10 @@ export interface FileUploadOptions {
   queueSize: number;
   metadata?: Record<string, string>;
   signal?: AbortSignal;
-  /** Bytes sent so far (parts that are retried count again). */
+  /**
+   * Bytes sent so far, each byte counted once: a retried part counts only past where its earlier tries
+   * got, so a server that takes no new byte moves no progress (the provider's stall guard reads it).
+   */
   onProgress?: (bytes: number) => void;
   /** Maps an SDK or network failure to a StorageError. */
   classify: (error: unknown, signal?: AbortSignal) => StorageError;
@@ -94,8 +97,13 @@ export async function uploadFile(options: FileUploadOptions): Promise<void> {
   const onAbort = () => controller.abort(signal?.reason);
   signal?.addEventListener('abort', onAbort, { once: true });
   let sent = 0;
-  const progress = (n: number) => {
-    sent += n;
+  /** Per part, the most bytes any of its tries sent. */
+  const reached: number[] = [];
+  const progress = (index: number, bytes: number) => {
+    const before = reached[index] ?? 0;
+    if (bytes <= before) return;
+    reached[index] = bytes;
+    sent += bytes - before;
     options.onProgress?.(sent);
   };
   let uploadId: string | undefined;
@@ -120,7 +128,7 @@ export async function uploadFile(options: FileUploadOptions): Promise<void> {
       const length = Math.min(partSize, size - start);
       etags[index] = await withRetry(
         async () => {
-          const counter = new PartCounter(progress);
+          const counter = new PartCounter(() => progress(index, counter.bytes));
           const file = createReadStream(path, {
             start,
             end: start + length - 1,

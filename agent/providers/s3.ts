@@ -56,6 +56,12 @@ export interface S3Options {
   idleTimeoutMs?: number;
   /** Total limit of a listing, stat or delete request (default 60 s): these carry no large body. */
   requestTimeoutMs?: number;
+  /**
+   * An upload during which the server takes no new byte and answers nothing for this long is given up
+   * as 'unreachable', permanently: not retried (default 2 min; the SDK's own retries of a frozen server
+   * would each wait out the idle timeout, and every retried part takes a few buffered bytes again).
+   */
+  stallTimeoutMs?: number;
   /** Provider id shown in results (default `s3`). */
   id?: string;
 }
@@ -64,6 +70,7 @@ const MIB = 1024 * 1024;
 /** Parts in flight and their size: 8 MiB × 4 measured faster than 16 MiB × 2 at the same memory (bench/RESULTS.md). */
 const DEFAULT_PART_SIZE = 8 * MIB;
 const QUEUE_SIZE = 4;
+const DEFAULT_STALL_TIMEOUT_MS = 120_000;
 
 /** Finds a StorageError we raised ourselves inside whatever the SDK wrapped it in. */
 function ownError(error: unknown): StorageError | undefined {
@@ -205,6 +212,12 @@ export class S3Provider implements StorageProvider {
     return asStorageError(error, signal);
   }
 
+  /**
+   * Uploads under a stall guard: each new byte the upload hands to the server (a byte counted once,
+   * however often its part is retried) re-arms it; when it fires, everything in flight is aborted and
+   * the put fails at once, permanently, naming the endpoint. Whatever the server received stays as an
+   * incomplete multipart upload until sweepTemp() (or its lifecycle rule): nothing under `name`.
+   */
   async put(
     name: string,
     source: BackupSource,
@@ -213,6 +226,57 @@ export class S3Provider implements StorageProvider {
     assertObjectName(name);
     const { signal } = options;
     throwIfAborted(signal);
+    const stallMs = this.options.stallTimeoutMs ?? DEFAULT_STALL_TIMEOUT_MS;
+    const controller = new AbortController();
+    const onAbort = () => controller.abort(signal?.reason);
+    signal?.addEventListener('abort', onAbort, { once: true });
+    let timer: NodeJS.Timeout | undefined;
+    let stalled: (error: StorageError) => void = () => {};
+    const watchdog = new Promise<never>((_, reject) => {
+      stalled = reject;
+    });
+    const arm = () => {
+      clearTimeout(timer);
+      timer = setTimeout(() => {
+        const where = this.options.endpoint || 'Amazon S3';
+        // Rejected first, so the put reports the stall, not the SDK's reaction to the abort.
+        stalled(
+          new StorageError(
+            'unreachable',
+            `${where} stopped answering during the upload of ${name}: it took no data for ${Math.round(stallMs / 1000)} s`,
+            { permanent: true },
+          ),
+        );
+        controller.abort();
+      }, stallMs);
+    };
+    let reached = 0;
+    arm();
+    const work = this.putUnguarded(name, source, controller.signal, (bytes) => {
+      if (bytes > reached) {
+        reached = bytes;
+        arm();
+      }
+      options.onProgress?.(bytes);
+    });
+    work.catch(() => {}); // given up on a stall: its late failure (the abort) is not news
+    try {
+      return await Promise.race([work, watchdog]);
+    } catch (error) {
+      if (signal?.aborted) throw abortedError(error);
+      throw error;
+    } finally {
+      clearTimeout(timer);
+      signal?.removeEventListener('abort', onAbort);
+    }
+  }
+
+  private async putUnguarded(
+    name: string,
+    source: BackupSource,
+    signal: AbortSignal,
+    onProgress: (bytes: number) => void,
+  ): Promise<StoredObject> {
     if (source.localPath !== undefined) {
       // Straight from disk: ranged reads per part instead of parts buffered in memory.
       await uploadFile({
@@ -226,14 +290,14 @@ export class S3Provider implements StorageProvider {
         queueSize: QUEUE_SIZE,
         metadata: source.sha256 ? { sha256: source.sha256.toLowerCase() } : undefined,
         signal,
-        onProgress: options.onProgress,
+        onProgress,
         classify: (error, failSignal) => this.classify(error, name, failSignal),
       });
       return this.checkStored(name, source, signal);
     }
     // The check fails the body stream at its end on a size/sha256 mismatch, before the single
     // PutObject is sent or the multipart upload is completed, so nothing appears under `name`.
-    const body = verifyingStream(source, options.onProgress);
+    const body = verifyingStream(source, onProgress);
     // pipeline (unlike pipe) fails `body` when the source fails, so the upload sees the error and aborts.
     pipeline(Readable.fromWeb(source.open() as never), body, () => {});
     const upload = new Upload({
