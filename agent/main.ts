@@ -1,4 +1,5 @@
 /** The one place that wires real dependencies and starts everything: `npm start`. */
+import { statSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { type Agent, openAgent } from './agent';
 import { alertsFor } from './alerts/notifier';
@@ -6,11 +7,13 @@ import { createApp, serveApp } from './app';
 import { dataPaths, loadConfig } from './config';
 import { watchDatabase } from './db/watch';
 import { drServiceFor } from './dr/service';
+import { AppError, barePermissionDenied, isBareNoSpace, permissionDeniedError } from './errors';
 import { healthFor } from './health/service';
 import { Scheduler } from './jobs/scheduler';
 import { createLogger, installFatalHandlers } from './log';
 import { metricsFor } from './metrics/recorder';
-import { acquireServiceLock } from './system/service-lock';
+import { userNameOf } from './system/passwd';
+import { acquireServiceLock, serviceLockPath } from './system/service-lock';
 import { VerificationScheduler } from './verification/schedule';
 import { AGENT_VERSION } from './version';
 
@@ -27,12 +30,88 @@ function startupMessage(agent: Agent, url: string, tokenCreated: boolean): strin
   return `\nGEM Backup & Restore is running at ${url}\n${token}\n\n`;
 }
 
+/** `word` as a shell reads it back: bare when it holds nothing the shell treats specially, else quoted. */
+function shellWord(word: string): string {
+  return /^[\w@%+=:,./-]+$/.test(word) ? word : `'${word.replaceAll("'", `'\\''`)}'`;
+}
+
+/**
+ * Refuses, before anything is written, an agent started as another user than the one the installation
+ * belongs to (its keyring's owner, the service's user): what it would write (the lock, state files,
+ * backups) would be its own and 0600, and the service could then no longer start. A data dir with no
+ * keyring yet is new: whoever starts the agent first makes it, and owns it.
+ */
+function requireInstallationUser(dataDir: string): void {
+  const me = process.geteuid?.();
+  if (me === undefined) return;
+  let owner: number;
+  try {
+    owner = statSync(dataPaths(dataDir).keyring).uid;
+  } catch (error) {
+    const code = (error as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT') return;
+    if (code !== 'EACCES') throw error;
+    throw new Error(
+      `cannot reach the installation in ${dataDir} as user ${userNameOf(me)} (permission denied): start the agent as the user it belongs to (ls -ln ${shellWord(dataDir)} shows it)`,
+    );
+  }
+  if (owner === me) return;
+  const name = userNameOf(owner);
+  const whose = owner === 0 ? 'root' : `user ${name}`;
+  const command = [process.execPath, ...process.execArgv, ...process.argv.slice(1)].map(shellWord).join(' ');
+  // runuser and sudo -E keep the environment (GEM_DATA_DIR, DATABASE_URL, …); runuser takes a name only.
+  const as =
+    owner === 0
+      ? 'sudo -E'
+      : me === 0 && !name.startsWith('#')
+        ? `runuser -u ${shellWord(name)} --`
+        : `sudo -E -u ${shellWord(name)}`;
+  throw new Error(
+    `the installation in ${dataDir} belongs to ${whose} and the agent runs as ${me === 0 ? 'root' : `user ${userNameOf(me)}`}: ` +
+      `start it as ${whose}, so that what it writes stays readable to the service: ${as} ${command}`,
+  );
+}
+
+/** A full disk the system said so (ENOSPC, EDQUOT), not the database (its 53100). */
+function isNoSpaceOfFiles(error: unknown): boolean {
+  const code = (error as NodeJS.ErrnoException).code;
+  return code === 'ENOSPC' || code === 'EDQUOT';
+}
+
+/** Why the start failed, in one line: a full disk or a permission names the path and what to do. */
+function startFailure(error: Error, dataDir: string | undefined): string {
+  if (error instanceof AppError) return error.message;
+  if (isBareNoSpace(error)) {
+    const path = (error as NodeJS.ErrnoException).path;
+    const where = path
+      ? `: the agent cannot write ${path}`
+      : isNoSpaceOfFiles(error) && dataDir
+        ? ` where the agent writes ${dataDir}`
+        : ' (the database could not extend a file)';
+    return `the disk is full${where}; free some space on it and start the agent again`;
+  }
+  const denied = barePermissionDenied(error);
+  if (denied) return permissionDeniedError(denied).message;
+  return error.message;
+}
+
+/** The data dir of this start, once known: the start's error names it. */
+let startingDataDir: string | undefined;
+
 async function main(): Promise<void> {
   const config = loadConfig();
+  startingDataDir = config.dataDir;
   const log = createLogger({ level: config.logLevel, base: { service: 'gem-backup-agent' } });
+  requireInstallationUser(config.dataDir);
   // One service per data dir, taken before anything starts or adopts the cluster: a second agent
-  // (another port, or the same one) leaves with one line and touches nothing.
-  const releaseServiceLock = await acquireServiceLock(config.dataDir);
+  // (another port, or the same one) leaves with one line and touches nothing. Its file is the first
+  // write: a full disk names it (the write itself names no path).
+  const releaseServiceLock = await acquireServiceLock(config.dataDir).catch((error: unknown) => {
+    if (!isBareNoSpace(error)) throw error;
+    throw new Error(
+      `the disk is full: the agent cannot write ${serviceLockPath(config.dataDir)}; free some space on it and start the agent again`,
+    );
+  });
   // An unhandled rejection or uncaught exception: one fatal line, a bounded close, exit 1 (the
   // supervisor restarts the agent). Set before anything starts; what to close is known further down.
   let closeAll: (() => Promise<void>) | undefined;
@@ -107,6 +186,6 @@ async function main(): Promise<void> {
 }
 
 main().catch((error: Error) => {
-  process.stderr.write(`gem-backup agent failed to start: ${error.message}\n`);
+  process.stderr.write(`gem-backup agent failed to start: ${startFailure(error, startingDataDir)}\n`);
   process.exit(1);
 });

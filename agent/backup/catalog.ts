@@ -1,9 +1,9 @@
 /** The local backup catalog: the folder is the truth; each entry's facts come from its header. */
-import { chmod, mkdir, readdir, readFile, rm, stat } from 'node:fs/promises';
+import { chmod, mkdir, readdir, readFile, stat, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import { type EnvelopeHeader, stanzaKeyIds } from '../../shared/envelope';
 import { isBackupName } from '../../shared/storage/names';
-import { AppError } from '../errors';
+import { AppError, unreadableFolder } from '../errors';
 import type { Logger } from '../log';
 import { removeAbandoned, writeSmallFileAtomic } from '../system/atomic-file';
 import { withFileUpdateLock } from '../system/json-state';
@@ -159,13 +159,19 @@ export class BackupCatalog {
   async exists(name: string): Promise<boolean> {
     return stat(this.pathOf(name)).then(
       () => true,
-      () => false,
+      (error: NodeJS.ErrnoException) => {
+        if (error.code === 'ENOENT') return false;
+        throw error;
+      },
     );
   }
 
   /** Every backup in the folder, newest first. Files whose header cannot be read are left out and logged. */
   async list(): Promise<BackupInfo[]> {
-    const names = (await readdir(this.dir).catch(() => [] as string[])).filter(isBackupName);
+    // Only a folder that is not there means no backups: one the agent cannot read is an error.
+    const names = (await readdir(this.dir).catch((error) => unreadableFolder(this.dir, error))).filter(
+      isBackupName,
+    );
     const infos = await Promise.all(
       names.map((name) =>
         this.info(name).catch((error: unknown) => {
@@ -182,8 +188,9 @@ export class BackupCatalog {
   /** One backup's facts; `not_found` if there is no such file. */
   async info(name: string): Promise<BackupInfo> {
     const path = this.pathOf(name);
-    const s = await stat(path).catch(() => {
-      throw new AppError('not_found', `no backup named ${name}`);
+    const s = await stat(path).catch((error: NodeJS.ErrnoException) => {
+      if (error.code === 'ENOENT') throw new AppError('not_found', `no backup named ${name}`);
+      throw error;
     });
     const cacheKey = `${s.size}:${s.mtimeMs}:${s.ino}`;
     let cached = this.headers.get(name);
@@ -207,7 +214,8 @@ export class BackupCatalog {
 
   async delete(name: string): Promise<void> {
     const path = this.pathOf(name);
-    await rm(path).catch((error: NodeJS.ErrnoException) => {
+    // unlink, not rm: rm takes an EPERM on a file for a folder and tries to list it (ENOTDIR).
+    await unlink(path).catch((error: NodeJS.ErrnoException) => {
       if (error.code === 'ENOENT') throw new AppError('not_found', `no backup named ${name}`);
       throw error;
     });

@@ -47,6 +47,13 @@ function quoteIdent(name: string): string {
 const CANCELLED = 'the job was cancelled';
 
 /**
+ * pg_dump's (libpq's) words for a server that went away or refused it mid-dump; the same as
+ * restore/database.ts reads in pg_restore's.
+ */
+const LOST_CONNECTION =
+  /server closed the connection unexpectedly|could not connect to server|connection to server .*failed|no connection to the server|terminating connection due to administrator command|the database system is (shutting down|starting up)|could not (send|receive) data (to|from) server|SSL SYSCALL error|connection to server was lost|PQgetCopyData\(\) failed/i;
+
+/**
  * Exact row counts of every GEM table, in the transaction `sql` is in. On `signal` the running count
  * is cancelled on the server: one waiting for a lock GEM holds on its table would otherwise wait
  * until GEM lets go.
@@ -158,6 +165,16 @@ export async function dumpDatabase(options: {
         throw new AppError('dump_failed', `pg_dump could not run: ${(exit.reason as Error).message}`);
       }
       if (exit.value.code !== 0) {
+        // The server went away mid-dump (restarted, stopped): nothing was kept, and the backup can be
+        // tried again once it runs, as a restore says it.
+        const lost = exit.value.stderr.split('\n').find((line) => LOST_CONNECTION.test(line));
+        if (lost) {
+          throw new AppError(
+            'dependency_down',
+            `the connection to the database server was lost during the backup (${lost.trim().slice(0, 300)}); ` +
+              'nothing was kept; try again once PostgreSQL runs',
+          );
+        }
         throw new AppError(
           'dump_failed',
           `pg_dump failed (exit ${exit.value.code ?? exit.value.signal}): ${exit.value.stderr || 'no message'}`,

@@ -42,7 +42,7 @@ function noSpace(need: string, room: number): AppError {
   const mb = (n: number) => `${Math.max(0, Math.floor(n / 1048576))} MB`;
   return new AppError(
     'no_space',
-    `not enough free disk space for this upload: ${need}, only ${mb(room)} may be used (some space is kept free for the database); nothing was kept`,
+    `not enough free disk space to store this backup: ${need}, only ${mb(room)} may be used (some space is kept free for the database); nothing was kept`,
   );
 }
 

@@ -3,7 +3,14 @@ import type { Context } from 'hono';
 import { HTTPException } from 'hono/http-exception';
 import type { ContentfulStatusCode } from 'hono/utils/http-status';
 import { ZodError } from 'zod';
-import { AppError, isBareNoSpace, noSpaceError } from '../errors';
+import {
+  AppError,
+  barePermissionDenied,
+  isBareNoSpace,
+  noSpaceError,
+  permissionDeniedError,
+  underlyingCause,
+} from '../errors';
 import type { Logger } from '../log';
 
 export function errorBody(code: string, message: string, details?: Record<string, unknown>) {
@@ -207,8 +214,16 @@ export function onError(log: Logger) {
     // A full data folder (a lock, a pin, a state file that could not be written): 507 with the one
     // clear sentence, as uploads and backup jobs say it, wherever the write was.
     if (!(error instanceof AppError) && isBareNoSpace(error)) {
-      log.warn('the disk is full', { error, route: c.req.path });
+      // The system's words (ENOSPC, or what PostgreSQL said of its disk) for the log, never a query's values.
+      log.warn('the disk is full', { error, cause: underlyingCause(error), route: c.req.path });
       error = noSpaceError(error);
+    }
+    // A folder or file of the agent's that is not its own (made by root, immutable): the one sentence
+    // that names it and whose it must be, as jobs say it.
+    const denied = error instanceof AppError ? undefined : barePermissionDenied(error);
+    if (denied) {
+      log.warn('permission denied', { error, route: c.req.path });
+      error = permissionDeniedError(denied);
     }
     // An AppError already names what failed (an offsite destination that is down, with its cause):
     // only a bare socket error is taken for the database.
@@ -242,7 +257,8 @@ export function onError(log: Logger) {
               : 'bad_request';
       return c.json(errorBody(code, error.message || code), status);
     }
-    log.error('unexpected error', { error, route: c.req.path });
+    // The wrapper of a failed query names only its text: what the database said is its cause.
+    log.error('unexpected error', { error, cause: underlyingCause(error), route: c.req.path });
     return c.json(errorBody('internal', 'internal error; see the agent log'), 500);
   };
 }
