@@ -28,11 +28,47 @@ export function checkEntryName(raw: string): string {
   return name;
 }
 
-/** Only regular files and folders are ever accepted: no links, devices, FIFOs. */
-export function checkEntryType(type: string | null | undefined, name: string): 'file' | 'directory' {
-  if (type === 'file' || type === 'directory') return type;
+/**
+ * Only regular files, folders and symbolic links are ever accepted: no hard links, devices, FIFOs. A
+ * symbolic link is only ever restored as a link (never followed; see linkedAncestor and extract.ts).
+ */
+export function checkEntryType(
+  type: string | null | undefined,
+  name: string,
+): 'file' | 'directory' | 'symlink' {
+  if (type === 'file' || type === 'directory' || type === 'symlink') return type;
   throw new AppError(
     'corrupt_backup',
     `unsafe archive entry ${JSON.stringify(name.slice(0, 200))}: type ${type} is not allowed`,
   );
+}
+
+/**
+ * The first member of `links` that is a folder above `name` (`scripts/x` for `scripts/x/passwd`), if
+ * any. Nothing may lie under a link in a backup: a hostile archive could otherwise write through it
+ * (a link `x -> /etc` and a file `x/passwd`). A backup never holds such a path, as the walk does not
+ * follow links.
+ */
+export function linkedAncestor(name: string, links: ReadonlySet<string>): string | undefined {
+  for (let i = name.indexOf('/'); i !== -1; i = name.indexOf('/', i + 1)) {
+    const parent = name.slice(0, i);
+    if (links.has(parent)) return parent;
+  }
+  return undefined;
+}
+
+/** Refuses a link target no link could hold (empty, too long, a NUL byte). Its text is otherwise kept as it is. */
+export function checkLinkTarget(target: string | null | undefined, name: string): string {
+  if (
+    typeof target !== 'string' ||
+    target.length === 0 ||
+    target.length > MAX_PATH ||
+    target.includes('\0')
+  ) {
+    throw new AppError(
+      'corrupt_backup',
+      `unsafe archive entry ${JSON.stringify(name.slice(0, 200))}: not a valid link target`,
+    );
+  }
+  return target;
 }

@@ -103,6 +103,15 @@ function missingFolder(
 
 /** A member's tar header: its own mtime where known (the source file's), else the backup's time. */
 function tarHeader(member: SnapshotMember, now: Date) {
+  if (member.type === 'symlink') {
+    return {
+      name: member.path,
+      type: member.type,
+      linkname: member.target,
+      mode: 0o777,
+      mtime: member.mtime ?? now,
+    };
+  }
   return {
     name: member.path,
     type: member.type,
@@ -111,6 +120,21 @@ function tarHeader(member: SnapshotMember, now: Date) {
     mtime: member.mtime ?? now,
   };
 }
+
+/** How many skipped paths a backup's result names; the rest are counted. */
+const SKIPPED_LISTED = 10;
+
+/**
+ * Entries a backup left out (FIFOs, sockets, devices: neither a file, a folder nor a link), in the
+ * job's result: the first few by member name (`scripts/run/gem.sock`), and how many in all.
+ */
+export interface SkippedEntries {
+  count: number;
+  paths: string[];
+}
+
+/** A made backup, with what it left out (absent when nothing was). */
+export type CreatedBackup = BackupInfo & { skipped?: SkippedEntries };
 
 /** Feeds the archive members into the tar packer one after another, then finalizes it. */
 async function fillArchive(
@@ -125,7 +149,7 @@ async function fillArchive(
     });
   await addBuffer({ name: MANIFEST_NAME, type: 'file', size: manifest.length, mode: 0o644, mtime }, manifest);
   for (const member of members) {
-    if (member.type === 'directory') {
+    if (member.type === 'directory' || member.type === 'symlink') {
       await addBuffer(tarHeader(member, mtime));
       continue;
     }
@@ -143,7 +167,7 @@ export async function createBackup(
   deps: CreateBackupDeps,
   ctx: JobContext,
   options: CreateBackupOptions = {},
-): Promise<BackupInfo> {
+): Promise<CreatedBackup> {
   const { keyring, catalog, sources } = deps;
   const now = options.now ?? new Date();
   const kind = options.kind ?? 'manual';
@@ -163,11 +187,13 @@ export async function createBackup(
 
     ctx.phase('folders');
     const defaults = dataPaths(dirname(catalog.dir));
+    const skipped: string[] = [];
     const snapshot = (root: FolderRoot, source: string, defaultPath: string) =>
       snapshotFolder(root, source, join(work, root), {
         log: ctx.log,
         signal: ctx.signal,
         missing: missingFolder(kind, source, defaultPath),
+        onSkipped: (path) => skipped.push(path),
       });
     const folders = [
       ...(await snapshot('scripts', sources.scriptsDir, defaults.sampleScripts)),
@@ -291,7 +317,9 @@ export async function createBackup(
       bytes: onDisk.size,
       rows: Object.values(dump.rowCounts).reduce((a, b) => a + b, 0),
     });
-    return catalog.info(name);
+    const info = await catalog.info(name);
+    if (skipped.length === 0) return info;
+    return { ...info, skipped: { count: skipped.length, paths: skipped.slice(0, SKIPPED_LISTED) } };
   } finally {
     await rm(work, { recursive: true, force: true });
   }

@@ -1,7 +1,7 @@
 /** Snapshots the scripts and config folders into the work dir, hashing each file as it is copied. */
 import { createHash } from 'node:crypto';
 import { constants, createWriteStream } from 'node:fs';
-import { lstat, mkdir, open, readdir, realpath, stat } from 'node:fs/promises';
+import { lstat, mkdir, open, readdir, readlink, realpath, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
@@ -32,11 +32,17 @@ export interface SnapshotOptions {
    * folder by an empty one; 'empty' backs it up as an empty folder with a warning.
    */
   missing?: 'fail' | 'empty';
+  /**
+   * Called with each entry left out because it is neither a file, a folder nor a link (a FIFO, a
+   * socket, a device), by its member name (`scripts/run/gem.sock`): the job result lists them.
+   */
+  onSkipped?: (path: string) => void;
 }
 
 /**
- * Copies `source` into `target` (regular files and folders only; links and special files are
- * skipped with a warning, since restore would refuse them) and returns the manifest members,
+ * Copies `source` into `target` (regular files and folders; symbolic links are listed as links with
+ * their target text, never followed; FIFOs, sockets and devices are skipped, each reported to
+ * `onSkipped` and logged) and returns the manifest members,
  * named `<root>/<relative path>`. Copying first means the archive holds exactly what was hashed
  * even if GEM edits a script while the backup runs. `source` itself may be a symlink to the real
  * folder (a common layout: /opt/gem/scripts -> /data/scripts): it is resolved once, up front.
@@ -160,8 +166,27 @@ export async function snapshotFolder(
           // Of the file opened, as it was before the read (as tar records it).
           mtime: opened.mtime,
         });
+      } else if (info.isSymbolicLink()) {
+        // Kept as a link: its text as it is (relative or absolute, dangling or not), never followed.
+        const linkTarget = await readlink(from).catch((error: NodeJS.ErrnoException) => {
+          if (error.code !== 'ENOENT' && error.code !== 'EINVAL') throw error;
+          return undefined;
+        });
+        if (linkTarget === undefined) {
+          vanished(from);
+          continue;
+        }
+        members.push({
+          path: `${root}/${childRel}`,
+          type: 'symlink',
+          size: 0,
+          target: linkTarget,
+          localPath: from,
+          mtime: info.mtime,
+        });
       } else {
-        options.log?.warn('skipped a link or special file: backups hold regular files and folders only', {
+        options.onSkipped?.(`${root}/${childRel}`);
+        options.log?.warn('skipped a FIFO, socket or device: backups hold files, folders and links only', {
           path: from,
         });
       }

@@ -25,14 +25,24 @@ export const manifestSchema = z.object({
   }),
   /** Exact row counts per table ("schema.table"), taken in the dump's own snapshot. */
   rowCounts: z.record(z.string(), z.number().int().nonnegative()),
+  /**
+   * Every other member. A `symlink` member (backups made since 2026-11-30; older agents refuse such a
+   * manifest) is a symbolic link, kept as a link: `target` is its text as read (relative or absolute,
+   * dangling or not), size 0, no sha256 and no mode.
+   */
   members: z.array(
-    z.object({
-      path: z.string(),
-      type: z.enum(['file', 'directory']),
-      size: z.number().int().nonnegative(),
-      sha256: sha256Hex.optional(),
-      mode: z.number().int().optional(),
-    }),
+    z
+      .object({
+        path: z.string(),
+        type: z.enum(['file', 'directory', 'symlink']),
+        size: z.number().int().nonnegative(),
+        sha256: sha256Hex.optional(),
+        mode: z.number().int().optional(),
+        target: z.string().min(1).max(4096).optional(),
+      })
+      .refine((m) => (m.type === 'symlink') === (m.target !== undefined), {
+        message: 'a symlink member needs its target, and only a symlink member has one',
+      }),
   ),
 });
 export type Manifest = z.infer<typeof manifestSchema>;

@@ -13,7 +13,7 @@ import {
 } from '../../shared/envelope';
 import { AppError } from '../errors';
 import { createOpenTransform } from '../keys/envelope-node';
-import { checkEntryName, checkEntryType } from './archive';
+import { checkEntryName, checkEntryType, checkLinkTarget, linkedAncestor } from './archive';
 import { openBackupFile } from './file-plaintext';
 import { createBackupGunzip } from './gunzip';
 import {
@@ -85,6 +85,8 @@ export interface ReadOptions {
   ) => Promise<Writable | undefined>;
   /** Called for each folder entry with its tar header (restore creates it). */
   onDirectory?: (member: ManifestMember, header: { mtime?: Date | undefined }) => Promise<void>;
+  /** Called for each symbolic link entry (its target checked against the manifest) with its tar header. */
+  onSymlink?: (member: ManifestMember, header: { mtime?: Date | undefined }) => Promise<void>;
   /** Overrides how the file key is found (recovery hands it over directly). */
   resolveFileKey?: (header: EnvelopeHeader) => Promise<Uint8Array>;
 }
@@ -220,6 +222,7 @@ export async function readBackup(source: string | Readable, options: ReadOptions
         if (!parsed.success) throw corrupt(`manifest.json is invalid: ${parsed.error.issues[0]?.message}`);
         manifest = parsed.data;
         expected = new Map(manifest.members.map((m) => [m.path, m]));
+        refuseUnderLinks(manifest);
         await options.onManifest?.(manifest);
         continue;
       }
@@ -229,6 +232,18 @@ export async function readBackup(source: string | Readable, options: ReadOptions
       if (member.type !== type)
         throw corrupt(`member ${name} is a ${type}, the manifest says ${member.type}`);
       seen.add(name);
+      if (type === 'symlink') {
+        // A link has no data either; its target text must be the manifest's, byte for byte.
+        const target = checkLinkTarget(entry.header.linkname, entry.header.name);
+        if (target !== member.target)
+          throw corrupt(
+            `link ${name} points to ${JSON.stringify(target)}, the manifest says ${JSON.stringify(member.target)}`,
+          );
+        hasher.known(start);
+        await options.onSymlink?.(member, entry.header);
+        entry.resume();
+        continue;
+      }
       if (type === 'directory') {
         // A folder has no data: the bytes before it are headers, so the worker may hand them back.
         // Without this, a run of folders (~16,400 headers: 8 MiB) held every batch and gunzip,
@@ -271,6 +286,27 @@ export async function readBackup(source: string | Readable, options: ReadOptions
   input.destroy();
   const errors = [consumed, pumped].flatMap((r) => (r.status === 'rejected' ? [r.reason as unknown] : []));
   throw readFailure(errors, header, options.signal);
+}
+
+/**
+ * Refuses a manifest listing a member under one of its own links (a link `scripts/x -> /etc` and a
+ * file `scripts/x/passwd`), or a link as a folder root: such an archive is hostile, as a backup never
+ * holds one. Checked on the manifest, so the order of the archive's entries does not matter.
+ */
+function refuseUnderLinks(manifest: Manifest): void {
+  const links = new Set(manifest.members.filter((m) => m.type === 'symlink').map((m) => m.path));
+  if (links.size === 0) return;
+  for (const member of manifest.members) {
+    const name = JSON.stringify(member.path.slice(0, 200));
+    if (member.type === 'symlink' && !member.path.includes('/'))
+      throw new AppError(
+        'corrupt_backup',
+        `unsafe archive entry ${name}: a link where a folder root belongs`,
+      );
+    const link = linkedAncestor(member.path, links);
+    if (link !== undefined)
+      throw new AppError('corrupt_backup', `unsafe archive entry ${name}: it lies under the link ${link}`);
+  }
 }
 
 /** The error readBackup reports for what went wrong: the root cause, as an AppError. */

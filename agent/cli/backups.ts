@@ -46,12 +46,24 @@ export async function createCommand(cli: CliContext): Promise<void> {
   });
   if (job.state !== 'succeeded') throw new AppError('internal', job.error?.message ?? `backup ${job.state}`);
   const { backup, followUps } = job.result as {
-    backup: { filename: string; size: number };
+    backup: { filename: string; size: number; skipped?: { count: number; paths: string[] } };
     followUps?: Record<string, FollowUp>;
   };
   cli.out(`created ${backup.filename} (${formatSize(backup.size)})`);
+  // Left out (a FIFO, a socket, a device): a restore will not bring them back, so it must be seen.
+  if (backup.skipped && backup.skipped.count > 0) cli.err(`warning: ${skippedWarning(backup.skipped)}`);
   // The backup is good (exit 0), but a step after it that failed must be seen, not only logged.
   for (const line of followUpWarnings(followUps ?? {})) cli.err(`warning: ${line}`);
+}
+
+/** What a backup left out, in one line: the first few paths, then how many more. */
+function skippedWarning({ count, paths }: { count: number; paths: string[] }): string {
+  const shown = paths.slice(0, 3).join(', ');
+  const more = count > 3 ? ` and ${count - 3} more` : '';
+  return (
+    `left out ${count} ${count === 1 ? 'entry' : 'entries'} that ${count === 1 ? 'is' : 'are'} neither a file, a folder nor a link (a FIFO, socket or device): ` +
+    `${shown}${more}; a restore will not bring ${count === 1 ? 'it' : 'them'} back`
+  );
 }
 
 /** The steps after a backup (agent/backup/operations.ts followUps), by the hook's name. */

@@ -1,6 +1,6 @@
-/** Safe extraction sinks for readBackup: regular files and folders only, strictly inside their staging folder. */
+/** Safe extraction sinks for readBackup: files, folders and links (made last), strictly inside their staging folder. */
 import { constants, createWriteStream } from 'node:fs';
-import { type FileHandle, lstat, mkdir, open, realpath } from 'node:fs/promises';
+import { type FileHandle, lchown, lstat, lutimes, mkdir, open, realpath, symlink } from 'node:fs/promises';
 import { dirname, join, sep } from 'node:path';
 import { Writable } from 'node:stream';
 import { FOLDER_ROOTS, type FolderRoot } from '../backup/archive';
@@ -55,7 +55,9 @@ export interface ExtractOptions {
 export interface ExtractionSinks {
   openMember: (member: ManifestMember, header?: EntryHeader) => Promise<Writable>;
   onDirectory: (member: ManifestMember, header?: EntryHeader) => Promise<void>;
-  /** Gives each folder its header's mtime (after its entries were written) and fsyncs every staging folder. */
+  /** Records a symbolic link; it is made in `finish`, after every file and folder, never through or over anything. */
+  onSymlink: (member: ManifestMember, header?: EntryHeader) => Promise<void>;
+  /** Makes the links, then gives each folder its header's mtime (after its entries were written) and fsyncs every staging folder. */
   finish: () => Promise<void>;
 }
 
@@ -186,7 +188,34 @@ export function extractionSinks(targets: ExtractTargets, options: ExtractOptions
   const folders = new Map<string, Partial<Attributes>>(
     FOLDER_ROOTS.map((root) => [targets.folders[root], rootAttributes(root)]),
   );
+  const links: Array<{ member: ManifestMember; mtime: Date | undefined }> = [];
+  /**
+   * Makes one link, once every file and folder is written: no write can then go through it. Its
+   * folder must resolve to exactly where it belongs (no link above it), and symlink() never replaces
+   * anything already there (a folder, a file, another link). The target's text is kept as it is.
+   */
+  const makeLink = async (member: ManifestMember, mtime: Date | undefined) => {
+    const { top, root, segments } = locate(targets, member.path);
+    if (segments.length === 0) throw refuse(member.path, 'a link where the folder root belongs');
+    if (typeof member.target !== 'string' || member.target.length === 0 || member.target.includes('\0'))
+      throw refuse(member.path, 'not a valid link target');
+    const path = join(root, ...segments);
+    await checkInside(member.path, root, segments.slice(0, -1), dirname(path));
+    await symlink(member.target, path).catch((error: NodeJS.ErrnoException) => {
+      throw error.code === 'EEXIST' ? refuse(member.path, 'it already exists') : error;
+    });
+    const owner = ownerOf(top);
+    if (owner) await lchown(path, owner.uid, owner.gid);
+    if (mtime) await lutimes(path, new Date(), mtime);
+  };
   return {
+    async onSymlink(member, header) {
+      // Checked now (a bad name fails the read early); made in finish.
+      const { segments } = locate(targets, member.path);
+      if (segments.length === 0) throw refuse(member.path, 'a link where the folder root belongs');
+      links.push({ member, mtime: mtimeOf(header) });
+    },
+
     async onDirectory(member, header) {
       const { top, root, segments } = locate(targets, member.path);
       if (segments.length === 0) {
@@ -247,6 +276,8 @@ export function extractionSinks(targets: ExtractTargets, options: ExtractOptions
     },
 
     async finish() {
+      // Links first (a link changes its folder's mtime, and a read-only folder mode would refuse it).
+      for (const { member, mtime } of links) await makeLink(member, mtime);
       // Deepest first: a folder is synced after the folders inside it.
       for (const [path, attributes] of [...folders].reverse()) await finishFolder(path, attributes, sync);
     },

@@ -162,12 +162,13 @@ export async function restoreFromFile(
       const info = await stat(folder.live).catch(() => undefined);
       if (info?.isDirectory()) live[folder.root] = { mode: info.mode, uid: info.uid, gid: info.gid };
     }
-    const { openMember, onDirectory, finish } = extractionSinks({ dumpPath, folders, live });
+    const { openMember, onDirectory, onSymlink, finish } = extractionSinks({ dumpPath, folders, live });
     const { manifest } = await timed('check-and-extract', async () => {
       const read = await readBackup(path, {
         ...readOptions,
         openMember,
         onDirectory,
+        onSymlink,
         onManifest: async (m) => {
           await checkVersions(conn, sources.tools, m.postgres);
         },

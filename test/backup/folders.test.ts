@@ -24,7 +24,7 @@ afterEach(async () => {
 });
 
 describe('snapshotFolder', () => {
-  it('follows a symlinked folder root (/opt/gem/scripts -> /data/scripts); links inside stay skipped', async () => {
+  it('follows a symlinked folder root (/opt/gem/scripts -> /data/scripts); links inside are kept as links', async () => {
     const real = join(base, 'data-scripts');
     await mkdir(join(real, 'macros'), { recursive: true });
     await writeFile(join(real, 'lights.js'), 'turnOn()');
@@ -33,14 +33,15 @@ describe('snapshotFolder', () => {
     await symlink(real, join(base, 'scripts'));
 
     const members = await snapshotFolder('scripts', join(base, 'scripts'), join(base, 'snap'), { log });
-    expect(members.map((m) => [m.path, m.type])).toEqual([
-      ['scripts', 'directory'],
-      ['scripts/lights.js', 'file'],
-      ['scripts/macros', 'directory'],
-      ['scripts/macros/night.js', 'file'],
+    expect(members.map((m) => [m.path, m.type, m.target])).toEqual([
+      ['scripts', 'directory', undefined],
+      ['scripts/alias.js', 'symlink', join(real, 'lights.js')],
+      ['scripts/lights.js', 'file', undefined],
+      ['scripts/macros', 'directory', undefined],
+      ['scripts/macros/night.js', 'file', undefined],
     ]);
     expect(await readFile(join(base, 'snap', 'macros', 'night.js'), 'utf8')).toBe('dim()');
-    expect(warnings).toEqual([expect.stringContaining('skipped a link')]);
+    expect(warnings).toEqual([]);
   });
 
   it('fails on a missing folder, naming the folder and its setting; backs it up as empty only when told', async () => {

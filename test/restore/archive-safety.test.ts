@@ -13,7 +13,7 @@ let pg: TestPostgres;
 let t: TestAgent;
 let outside: string;
 
-/** A valid-looking manifest listing `names` as files, followed by the hostile entries. */
+/** A valid-looking manifest listing the entries (links as links, the rest as files), followed by the hostile entries. */
 function hostile(entries: ArchiveEntry[]): ArchiveEntry[] {
   const manifest = {
     format: 'gem-backup-manifest',
@@ -31,11 +31,11 @@ function hostile(entries: ArchiveEntry[]): ArchiveEntry[] {
     rowCounts: {},
     members: [
       { path: 'scripts', type: 'directory', size: 0 },
-      ...entries.map((e) => ({
-        path: e.header.name.replace(/\/$/, ''),
-        type: 'file',
-        size: e.data?.length ?? 0,
-      })),
+      ...entries.map((e) =>
+        e.header.type === 'symlink'
+          ? { path: e.header.name, type: 'symlink', size: 0, target: e.header.linkname }
+          : { path: e.header.name.replace(/\/$/, ''), type: 'file', size: e.data?.length ?? 0 },
+      ),
     ],
   };
   const data = Buffer.from(JSON.stringify(manifest));

@@ -108,7 +108,7 @@ describe('restoring a folder that is a mount point (a Docker volume)', () => {
   async function changeSinceBackup(tag: string) {
     await writeFile(join(mounted, 'gem.json'), `{"live":"${tag}"}\n`);
     await writeFile(join(mounted, `added-${tag}.json`), '{}\n');
-    // Backups hold no links; an undo must still put this one back.
+    // Added after the backup: an undo must still put this link back.
     await symlink('gem.json', join(mounted, `link-${tag}.json`));
     await rm(join(mounted, 'devices'), { recursive: true, force: true });
     return liveState(t.agent);
