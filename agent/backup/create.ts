@@ -14,6 +14,7 @@ import { AppError, isNoSpace } from '../errors';
 import type { JobContext } from '../jobs/runner';
 import { createSealTransform } from '../keys/envelope-node';
 import type { Keyring } from '../keys/keyring';
+import { ownDatabaseSize } from '../restore/database';
 import { TEMP_PREFIX, writeFileAtomic } from '../system/atomic-file';
 import type { PgConnection, PostgresTools } from '../system/postgres-tools';
 import { AGENT_VERSION } from '../version';
@@ -185,6 +186,11 @@ export async function createBackup(
     });
     ctx.throwIfCancelled();
 
+    // What the database takes on its server, for a restore's disk check (asked beside the folders' copy).
+    const databaseBytes = ownDatabaseSize(sources.conn).catch((error: unknown) => {
+      ctx.log.debug('the database size is not recorded in the manifest', { error });
+      return undefined;
+    });
     ctx.phase('folders');
     const defaults = dataPaths(dirname(catalog.dir));
     const skipped: string[] = [];
@@ -211,6 +217,7 @@ export async function createBackup(
       ...folders,
     ];
     const gemVersion = await readGemVersion(sources.configDir);
+    const databaseSize = await databaseBytes;
     const manifest: Manifest = {
       format: 'gem-backup-manifest',
       version: 1,
@@ -225,6 +232,7 @@ export async function createBackup(
         serverVersionNum: dump.serverVersionNum,
         dumpVersion: dump.dumpVersion,
         database: sources.conn.database,
+        ...(databaseSize === undefined ? {} : { databaseBytes: databaseSize }),
       },
       rowCounts: dump.rowCounts,
       members: members.map(({ localPath: _, mtime: __, ...m }) => m),

@@ -22,6 +22,12 @@ export const manifestSchema = z.object({
     serverVersionNum: z.number().int(),
     dumpVersion: z.string(),
     database: z.string(),
+    /**
+     * Bytes the database took on its server when the backup was made (pg_database_size): what a
+     * restore's staging copy of it will need. Absent in backups made before 2026-11-30 (a restore
+     * then estimates from the live database).
+     */
+    databaseBytes: z.number().int().nonnegative().optional(),
   }),
   /** Exact row counts per table ("schema.table"), taken in the dump's own snapshot. */
   rowCounts: z.record(z.string(), z.number().int().nonnegative()),

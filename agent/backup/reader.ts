@@ -97,6 +97,28 @@ export interface ReadResult {
   bytesRead: number;
 }
 
+/**
+ * Errors of this side, not of the backup's bytes: a sink's write (a full disk, a folder it may not
+ * write), a caller's callback (a version check, a disk check). readBackup passes them on as they are.
+ */
+const ownSideErrors = new WeakSet<object>();
+
+/** Marks what `run` throws as this side's error (see ownSideErrors). */
+async function ownSide<T>(run: () => Promise<T> | T): Promise<T> {
+  try {
+    return await run();
+  } catch (error) {
+    if (error && typeof error === 'object') ownSideErrors.add(error);
+    throw error;
+  }
+}
+
+/** An error of a system call (EACCES, ENOSPC, EIO...): it has an errno code, not a library's own. */
+function isSystemError(error: unknown): boolean {
+  const code = (error as NodeJS.ErrnoException | undefined)?.code;
+  return typeof code === 'string' && /^E[A-Z0-9]+$/.test(code) && !(error instanceof EnvelopeError);
+}
+
 function corrupt(message: string): AppError {
   return new AppError('corrupt_backup', `the backup is damaged: ${message}`);
 }
@@ -123,8 +145,13 @@ async function readMember(
   options: ReadOptions,
 ): Promise<number> {
   let size = 0;
-  const sink = await options.openMember?.(member, header);
+  const sink = await ownSide(() => options.openMember?.(member, header));
   if (sink) {
+    // A system error the sink fails with (its write, fsync or close) is this side's. Not an error it
+    // was destroyed with: the pipeline hands the source's own failure (a bad chunk) to every stream.
+    sink.once('error', (error: NodeJS.ErrnoException) => {
+      if (isSystemError(error)) ownSideErrors.add(error);
+    });
     const counter = new Transform({
       transform(chunk: Buffer, _enc, cb) {
         size += chunk.length;
@@ -223,7 +250,7 @@ export async function readBackup(source: string | Readable, options: ReadOptions
         manifest = parsed.data;
         expected = new Map(manifest.members.map((m) => [m.path, m]));
         refuseUnderLinks(manifest);
-        await options.onManifest?.(manifest);
+        await ownSide(() => options.onManifest?.(manifest!));
         continue;
       }
       const member = expected.get(name);
@@ -249,7 +276,7 @@ export async function readBackup(source: string | Readable, options: ReadOptions
         // Without this, a run of folders (~16,400 headers: 8 MiB) held every batch and gunzip,
         // waiting for one, hung the read.
         hasher.known(start);
-        await options.onDirectory?.(member, entry.header);
+        await ownSide(() => options.onDirectory?.(member, entry.header));
         entry.resume();
         continue;
       }
@@ -312,6 +339,10 @@ function refuseUnderLinks(manifest: Manifest): void {
 /** The error readBackup reports for what went wrong: the root cause, as an AppError. */
 function readFailure(errors: unknown[], header: EnvelopeHeader | undefined, signal?: AbortSignal): unknown {
   if (signal?.aborted) return new AppError('cancelled', 'the job was cancelled');
+  // This side's failure (a full disk under the restore's output, a check that refused) comes first:
+  // the stream errors it causes upstream say nothing of the backup.
+  const own = errors.find((e) => e && typeof e === 'object' && ownSideErrors.has(e));
+  if (own) return own;
   // The root cause wins: an envelope failure (bad chunk) explains the tar error it causes downstream.
   const error =
     errors.find((e) => e instanceof EnvelopeError) ?? errors.find((e) => e instanceof AppError) ?? errors[0];
@@ -320,5 +351,8 @@ function readFailure(errors: unknown[], header: EnvelopeHeader | undefined, sign
   const code = (error as NodeJS.ErrnoException).code;
   if (code === 'ENOENT') return new AppError('not_found', 'backup file not found');
   if (typeof code === 'string' && code.startsWith('Z_')) return corrupt('the compressed stream is invalid');
+  // A system call's error (EACCES, ENOSPC, EIO reading the file, a dropped connection): the machine
+  // or the way to the file failed, not the backup's bytes: said as it is.
+  if (isSystemError(error)) return error;
   return corrupt((error as Error).message);
 }

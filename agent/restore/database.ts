@@ -131,6 +131,41 @@ export async function databaseSize(conn: PgConnection): Promise<number> {
   return Number(row!.size);
 }
 
+/**
+ * Bytes GEM's database takes on its server now, asked on its own connection (a DATABASE_URL user may
+ * not reach the `postgres` database): recorded in each backup's manifest for the restore's disk check.
+ */
+export async function ownDatabaseSize(conn: PgConnection): Promise<number> {
+  const [row] = await withDatabase(
+    conn,
+    conn.database,
+    (sql) => sql<{ size: string }[]>`select pg_database_size(current_database()) as size`,
+  );
+  return Number(row!.size);
+}
+
+/** True when the server runs on this machine: a Unix socket folder, or a loopback address. */
+export function serverIsLocal(conn: PgConnection): boolean {
+  const host = conn.host.replace(/^\[|\]$/g, '').toLowerCase();
+  return host.startsWith('/') || host === 'localhost' || host === '::1' || /^127\.\d+\.\d+\.\d+$/.test(host);
+}
+
+/**
+ * The server's data directory (only a superuser or a member of pg_read_all_settings sees it:
+ * pg_settings hides it from others) and max_wal_size, in bytes: the WAL a restore may leave before a
+ * checkpoint recycles it.
+ */
+export async function serverStorage(conn: PgConnection): Promise<{ dir?: string; maxWalBytes: number }> {
+  const [row] = await withDatabase(
+    conn,
+    conn.database,
+    (sql) => sql<{ dir: string | null; wal: string }[]>`
+      select (select setting from pg_settings where name = 'data_directory') as dir,
+             pg_size_bytes(current_setting('max_wal_size')) as wal`,
+  );
+  return { ...(row?.dir ? { dir: row.dir } : {}), maxWalBytes: Number(row?.wal ?? 0) };
+}
+
 /** Names of the databases on the server. */
 export async function listDatabases(conn: PgConnection): Promise<string[]> {
   const rows = await withMaintenance(
@@ -430,6 +465,8 @@ export async function restoreDump(options: {
   if (errors.length > 0 || (exit.code !== 0 && !/errors ignored on restore/i.test(stderr))) {
     const first = errors.slice(0, 3).join(' | ') || stderr || `exit ${exit.code}`;
     // pg_restore wrote only into the staging database: the live one was never touched.
+    const full = stderr.split('\n').find((l) => DISK_FULL.test(l));
+    if (full) throw databaseDiskFull(full.trim());
     const lost = stderr.split('\n').find((l) => LOST_CONNECTION.test(l));
     if (lost) {
       throw new AppError(
@@ -443,6 +480,18 @@ export async function restoreDump(options: {
       `the database could not be restored; nothing was changed: GEM's database is as before: ${first.slice(0, 1000)}`,
     );
   }
+}
+
+/** PostgreSQL's words for a full disk under the server (SQLSTATE 53100, disk_full). */
+export const DISK_FULL = /No space left on device|could not extend file|disk quota exceeded|\b53100\b/i;
+
+/** The `no_space` error for the database's disk filling up while the staging copy was restored. */
+export function databaseDiskFull(what: string): AppError {
+  return new AppError(
+    'no_space',
+    `the database's disk filled up during the restore (${what.slice(0, 300)}); nothing was changed: ` +
+      `GEM's database is as before; free some space on the disk that holds the database and try again`,
+  );
 }
 
 /** libpq's words for a server that went away (stopped, restarted, or the network dropped it). */

@@ -12,7 +12,9 @@ import { busyBackupNames } from '../backup/retention';
 import { UnfinishedRecoveryFile } from '../dr/unfinished';
 import { AppError, describeError } from '../errors';
 import type { Job, JobContext } from '../jobs/runner';
+import type { Logger } from '../log';
 import { TEMP_PREFIX } from '../system/atomic-file';
+import type { PgConnection } from '../system/postgres-tools';
 import { removeTree } from '../system/remove-tree';
 import { runProcess } from '../system/spawn';
 import { checkCopyable } from './copy-tree';
@@ -23,11 +25,15 @@ import {
   copyAgentSchema,
   copyDatabaseProperties,
   createStagingDatabase,
+  DISK_FULL,
+  databaseDiskFull,
   databaseSize,
   dropDatabase,
   listDump,
   RESTORE_JOBS,
   restoreDump,
+  serverIsLocal,
+  serverStorage,
 } from './database';
 import { extractionSinks, type LiveFolder } from './extract';
 import { LastRestoreStore } from './last-restore';
@@ -61,10 +67,116 @@ function formatBytes(n: number): string {
   return n >= 1073741824 ? `${(n / 1073741824).toFixed(1)} GiB` : `${(n / 1048576).toFixed(1)} MiB`;
 }
 
-/** Free bytes for an unprivileged writer on the file system holding `dir`. */
-async function freeBytes(dir: string): Promise<number> {
+/** Free bytes for an unprivileged writer on the file system holding `dir`, and its size. */
+async function diskOf(dir: string): Promise<{ free: number; total: number }> {
   const s = await statfs(dir);
-  return Number(s.bavail) * Number(s.bsize);
+  return { free: Number(s.bavail) * Number(s.bsize), total: Number(s.blocks) * Number(s.bsize) };
+}
+
+/**
+ * Where the database's files are, when their file system can be checked from here: the server runs
+ * on this machine (a Unix socket or loopback), tells where (superuser or pg_read_all_settings; the
+ * embedded cluster's user is a superuser) and the folder is visible. Otherwise no `dir`, and a debug
+ * line says why. `maxWalBytes`: the server's max_wal_size (0 if unknown).
+ */
+async function databaseStorage(
+  conn: PgConnection,
+  log: Logger,
+): Promise<{ local: boolean; dir?: string; maxWalBytes: number }> {
+  const skip = (local: boolean, why: string, maxWalBytes = 0) => {
+    log.debug(`the free space of the database's disk is not checked: ${why}`);
+    return { local, maxWalBytes };
+  };
+  if (!serverIsLocal(conn)) return skip(false, `its server ${conn.host} is not on this machine`);
+  let found: Awaited<ReturnType<typeof serverStorage>>;
+  try {
+    found = await serverStorage(conn);
+  } catch (error) {
+    return skip(true, `the server's settings could not be read (${describeError(error).message})`);
+  }
+  if (!found.dir) {
+    return skip(
+      true,
+      `the database user ${conn.user} may not read data_directory (pg_read_all_settings)`,
+      found.maxWalBytes,
+    );
+  }
+  const info = await stat(found.dir).catch(() => undefined);
+  if (!info?.isDirectory()) {
+    return skip(true, `its data directory ${found.dir} is not visible here`, found.maxWalBytes);
+  }
+  return { local: true, dir: found.dir, maxWalBytes: found.maxWalBytes };
+}
+
+/** What a restore writes where: the bytes each folder's file system must have free. */
+interface SpaceNeed {
+  dir: string;
+  bytes: number;
+}
+
+/**
+ * Refuses (`no_space`) when a file system lacks what the restore will write on it; needs on one file
+ * system (the data dir's and the database's, often) add up.
+ */
+async function checkFreeSpace(needs: SpaceNeed[]): Promise<void> {
+  const byDevice = new Map<number, SpaceNeed>();
+  for (const need of needs) {
+    const device = (await stat(need.dir)).dev;
+    const same = byDevice.get(device);
+    if (same) same.bytes += need.bytes;
+    else byDevice.set(device, { ...need });
+  }
+  for (const { dir, bytes } of byDevice.values()) {
+    const { free } = await diskOf(dir);
+    if (free < bytes) {
+      throw new AppError(
+        'no_space',
+        `not enough free disk space to restore: about ${formatBytes(bytes)} needed, ${formatBytes(free)} free ` +
+          `on the file system of ${dir}; free some space (old backups, logs) and try again`,
+        { details: { dir, neededBytes: bytes, freeBytes: free } },
+      );
+    }
+  }
+}
+
+/** A file system with less than 5 % (at most 64 MiB) free: what PostgreSQL may well have stopped on. */
+async function nearlyFull(dir: string): Promise<{ free: number; total: number } | undefined> {
+  const disk = await diskOf(dir).catch(() => undefined);
+  return disk && disk.free < Math.min(64 * 1048576, disk.total * 0.05) ? disk : undefined;
+}
+
+/**
+ * A failure of the staging that a full database disk explains, said as such (`no_space`): a server
+ * error of disk_full (SQLSTATE 53100, "could not extend file"), or the server lost while the file
+ * system of its data directory (when known) is nearly full. Undefined for any other failure.
+ */
+async function diskFullFailure(
+  error: unknown,
+  databaseDir: string | undefined,
+): Promise<AppError | undefined> {
+  if (error instanceof AppError && error.code === 'no_space') return undefined;
+  for (let e = error, depth = 0; e && typeof e === 'object' && depth < 5; depth++) {
+    const { code, message } = e as { code?: unknown; message?: unknown };
+    if (code === '53100') return databaseDiskFull(typeof message === 'string' ? message : 'disk full');
+    e = (e as { cause?: unknown }).cause;
+  }
+  if (error instanceof AppError && error.code === 'restore_failed') {
+    const line = error.message.split(/\n| \| /).find((l) => DISK_FULL.test(l));
+    if (line) return databaseDiskFull(line.trim());
+  }
+  if (databaseDir && error instanceof AppError && error.code === 'dependency_down') {
+    const disk = await nearlyFull(databaseDir);
+    if (disk) {
+      return new AppError(
+        'no_space',
+        `the database's disk is full (${formatBytes(disk.free)} free of ${formatBytes(disk.total)} on the file ` +
+          `system of ${databaseDir}): PostgreSQL stopped during the restore; nothing was changed: GEM's database ` +
+          `is as before; free some space there (PostgreSQL needs it to run again) and try again`,
+        { cause: error },
+      );
+    }
+  }
+  return undefined;
 }
 
 /** A damaged backup the check pass refused: nothing was changed, and another copy is the way on. */
@@ -115,18 +227,34 @@ export async function restoreFromFile(
   };
 
   // 1. Check: nothing live is touched until the file, the server and the disk are known to be fit.
+  // The disk check itself waits for the backup's manifest (its first member, read before any other).
   ctx.phase('check', size);
   await checkRights(conn);
   await mkdir(agent.paths.work, { recursive: true });
-  const required = options.faults?.requiredBytes ?? 2 * size + (await databaseSize(conn));
-  const free = await freeBytes(agent.paths.work);
-  if (free < required) {
-    throw new AppError(
-      'no_space',
-      `not enough free disk space to restore: about ${formatBytes(required)} needed, ${formatBytes(free)} free ` +
-        `under ${agent.config.dataDir}; free some space (old backups, logs) and try again`,
-    );
-  }
+  const storage = await databaseStorage(conn, ctx.log);
+  const databaseDir = storage.dir;
+  /**
+   * The data dir's file system holds the extracted members and the safety backup (about the file's
+   * size each). The database's holds the staging copy: its size when the backup was made (the
+   * manifest's; a backup made before it was recorded: the live database's), and its WAL (as much
+   * again, up to max_wal_size, before a checkpoint recycles it). A database on this machine whose
+   * folder is not known is counted on the data dir's file system (as before); one on another machine not.
+   */
+  const checkSpace = async (manifest: { postgres: { databaseBytes?: number | undefined } }) => {
+    const required = options.faults?.requiredBytes;
+    const needs: SpaceNeed[] = [{ dir: agent.paths.work, bytes: required ?? 2 * size }];
+    if (required === undefined && storage.local) {
+      const database = manifest.postgres.databaseBytes ?? (await databaseSize(conn));
+      if (databaseDir) {
+        needs.push({ dir: databaseDir, bytes: database + Math.min(database, storage.maxWalBytes) });
+      } else needs[0]!.bytes += database;
+    }
+    ctx.log.debug('restore disk check', {
+      needs,
+      fromManifest: manifest.postgres.databaseBytes !== undefined,
+    });
+    await checkFreeSpace(needs);
+  };
 
   let safetyBackup: string | undefined;
   const id = randomBytes(4).toString('hex');
@@ -171,6 +299,7 @@ export async function restoreFromFile(
         onSymlink,
         onManifest: async (m) => {
           await checkVersions(conn, sources.tools, m.postgres);
+          await checkSpace(m);
         },
         onProgress: (b) => ctx.progress(b),
       });
@@ -180,8 +309,13 @@ export async function restoreFromFile(
     }).catch((error: NodeJS.ErrnoException) => {
       // Refused before anything live was touched: say so, and what to do instead.
       if (error instanceof AppError && error.code === 'corrupt_backup') throw damagedRefused(error);
-      if (error.code === 'ENOSPC')
-        throw new AppError('no_space', 'the disk filled up while staging the restore');
+      if (error.code === 'ENOSPC' || error.code === 'EDQUOT')
+        throw new AppError(
+          'no_space',
+          `the disk filled up while staging the restore under ${agent.paths.work}; nothing was changed; ` +
+            'free some space (old backups, logs) and try again',
+          { cause: error },
+        );
       throw error;
     });
     // After the pass, so that an unsafe entry is what a hostile archive is refused for.
@@ -198,6 +332,8 @@ export async function restoreFromFile(
         ...ctx,
         phase: (_name, total) => ctx.progress(0, total),
         progress: ctx.progress,
+        // The restore job's target stays the backup it restores: the safety backup is not in use by it.
+        target: () => {},
       };
       const backup = await createBackup(backupDeps(agent, { sources }), inner, {
         kind: 'safety',
@@ -322,13 +458,14 @@ export async function restoreFromFile(
     };
   } catch (error) {
     const failure =
-      error instanceof AppError
+      (!committed && (await diskFullFailure(error, databaseDir))) ||
+      (error instanceof AppError
         ? error
         : new AppError(
             'restore_failed',
             `the restore failed; the live system is unchanged: ${describeError(error).message}`,
             { cause: error },
-          );
+          ));
     // Nothing live was changed (stopped before the swap, or the swap was undone): the safety backup
     // would only push an earlier restore's out of the kept ones. An undo that failed keeps it.
     if (safetyBackup && !committed && !keepStaging) {

@@ -1,0 +1,217 @@
+/**
+ * Full disks under a restore. GEM's database on its own small tmpfs (as a cluster kept elsewhere, or a
+ * DATABASE_URL server on another disk), the data dir on the big one:
+ * - after data loss the live database is small, but the backup's is not: the pre-flight check estimates
+ *   from the backup's manifest and looks at the database's file system, refusing up front;
+ * - the database's disk filling up while the staging copy is restored: `no_space` saying so;
+ * - the work folder filling up while the backup is extracted: `no_space`, not "the backup is damaged".
+ * Each time nothing was changed.
+ */
+import { chmod, mkdir, mkdtemp, rm, statfs } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { findPgBinDir } from '../../agent/config';
+import { type ClusterHandle, ensureDatabase, startCluster } from '../../agent/db/cluster';
+import { runProcess } from '../../agent/system/spawn';
+import { backupNow, liveState, runRestore } from '../restore/helpers';
+import { startTestAgent, type TestAgent } from '../services/agent';
+import { withSql } from '../services/postgres';
+import { faultReport } from './report';
+
+const report = faultReport('disk-full-restore', 'full disks');
+const MiB = 1048576;
+
+let root: string;
+let disk: string;
+let clusterDir: string;
+let binDir: string;
+let cluster: ClusterHandle;
+let t: TestAgent;
+let backupName: string;
+const mounted: string[] = [];
+
+async function mountTmpfs(dir: string, size: string): Promise<void> {
+  const result = await runProcess('mount', ['-t', 'tmpfs', '-o', `size=${size},mode=755`, 'tmpfs', dir]);
+  if (result.code !== 0) throw new Error(`mounting a tmpfs needs root: ${result.stderr.trim()}`);
+  mounted.push(dir);
+}
+
+async function freeOn(dir: string): Promise<number> {
+  const s = await statfs(dir);
+  return Number(s.bavail) * Number(s.bsize);
+}
+
+/** Fills the database's tmpfs until `left` bytes are free. */
+async function fillDiskTo(left: number): Promise<void> {
+  const size = (await freeOn(disk)) - left;
+  expect(size).toBeGreaterThan(0);
+  const result = await runProcess('fallocate', ['-l', String(size), join(disk, 'filler')]);
+  if (result.code !== 0) throw new Error(`fallocate: ${result.stderr.trim()}`);
+}
+
+/** Frees the database's tmpfs again, and starts its server if the full disk stopped it (or waits for its recovery). */
+async function freeDisk(): Promise<void> {
+  await rm(join(disk, 'filler'), { force: true });
+  if (!(await cluster.running())) cluster = await startCluster({ dir: clusterDir, binDir });
+  for (let tries = 0; ; tries++) {
+    try {
+      await withSql(cluster.url('postgres'), (sql) => sql`select 1`);
+      return;
+    } catch (error) {
+      if (tries > 100) throw error;
+      await new Promise((resolve) => setTimeout(resolve, 200));
+    }
+  }
+}
+
+beforeAll(async () => {
+  binDir = findPgBinDir(process.env.GEM_PG_BIN);
+  root = await mkdtemp(join(tmpdir(), 'gem-faults-restore-full-'));
+  await chmod(root, 0o755);
+  disk = join(root, 'disk');
+  await mkdir(disk);
+  await mountTmpfs(disk, '256m');
+  clusterDir = join(disk, 'cluster');
+  cluster = await startCluster({ dir: clusterDir, binDir });
+  const pg = {
+    cluster,
+    binDir,
+    createDatabase: async (name = 'gem_full') => {
+      await ensureDatabase(cluster.url('postgres'), name);
+      return cluster.url(name);
+    },
+    stop: async () => {},
+  };
+  t = await startTestAgent(pg);
+  // ~30 MB in the backup's database; the data loss below drops it again.
+  await withSql(t.agent.databaseUrl, (sql) =>
+    sql.unsafe(
+      `create table bulk as select g as id, md5(g::text) || md5((g * 7)::text) as v from generate_series(1, 250000) g`,
+    ),
+  );
+  backupName = await backupNow(t.agent, 'before the data loss');
+  await withSql(t.agent.databaseUrl, async (sql) => {
+    await sql`drop table bulk`;
+    await sql`checkpoint`;
+  });
+});
+
+afterAll(async () => {
+  report.print();
+  await t?.close().catch(() => {});
+  await cluster?.stop().catch(() => {});
+  for (const dir of mounted.reverse()) await runProcess('umount', [dir]);
+  if (root) await rm(root, { recursive: true, force: true });
+});
+
+describe('a restore onto a database disk too small for the backup', () => {
+  it("is refused up front from the backup manifest's size, naming the database's file system", async () => {
+    const before = await liveState(t.agent);
+    const backups = (await t.agent.catalog.list()).length;
+    // Twice the live (shrunk) database fits; the backup's database does not (the staging restore
+    // would fill the disk under the live database).
+    await fillDiskTo(21 * MiB);
+    try {
+      const job = await runRestore(t.agent, t.agent.catalog.pathOf(backupName));
+      report.inject();
+      expect(job.error?.code, job.error?.message).toBe('no_space');
+      expect(job.error?.message).toMatch(
+        new RegExp(
+          `^not enough free disk space to restore: about .* needed, .* free on the file system of ${clusterDir}`,
+        ),
+      );
+      // Refused before the safety backup and the staging: nothing was made, nothing changed.
+      expect((await t.agent.catalog.list()).length).toBe(backups);
+      expect(await liveState(t.agent)).toEqual(before);
+      report.tried(true);
+    } finally {
+      await freeDisk();
+    }
+  });
+});
+
+describe('the database disk filling up during the staging restore', () => {
+  it("fails with no_space saying the database's disk filled up, and nothing was changed", async () => {
+    const before = await liveState(t.agent);
+    await fillDiskTo(20 * MiB);
+    try {
+      // The pre-flight check is told to pass: the staging restore itself runs into the full disk.
+      const job = await runRestore(t.agent, t.agent.catalog.pathOf(backupName), {
+        skipSafetyBackup: true,
+        faults: { requiredBytes: 0 },
+      });
+      report.inject();
+      expect(job.error?.code, job.error?.message).toBe('no_space');
+      expect(job.error?.message).toMatch(/^the database's disk (filled up during the restore|is full)/);
+      expect(job.error?.message).toMatch(/nothing was changed: GEM's database is as before; free some space/);
+    } finally {
+      await freeDisk();
+    }
+    expect(await liveState(t.agent)).toEqual(before);
+    report.tried(true);
+  });
+
+  it('when PostgreSQL stopped on its full disk, says the disk is full, not only "connection lost"', async () => {
+    const before = await liveState(t.agent);
+    let stopped: Promise<void> | undefined;
+    try {
+      const job = await runRestore(t.agent, t.agent.catalog.pathOf(backupName), {
+        skipSafetyBackup: true,
+        faults: {
+          requiredBytes: 0,
+          // pg_restore held still while its disk fills and its server stops (as a PANIC on a full
+          // disk stops it), then let go: it finds the connection gone.
+          onStagingRestore: (pid) => {
+            process.kill(pid, 'SIGSTOP');
+            stopped = fillDiskTo(MiB)
+              .then(() => cluster.stop())
+              .finally(() => process.kill(pid, 'SIGCONT'));
+          },
+        },
+      });
+      await stopped;
+      report.inject();
+      expect(job.error?.code, job.error?.message).toBe('no_space');
+      expect(job.error?.message).toMatch(
+        new RegExp(
+          `^the database's disk is full \\(.* free of .* on the file system of ${clusterDir}\\): PostgreSQL stopped`,
+        ),
+      );
+      expect(job.error?.message).toMatch(/nothing was changed: GEM's database is as before; free some space/);
+    } finally {
+      await stopped?.catch(() => {});
+      await freeDisk();
+    }
+    expect(await liveState(t.agent)).toEqual(before);
+    report.tried(true);
+  });
+});
+
+describe('the work folder filling up while the backup is extracted', () => {
+  it('fails with no_space, not corrupt_backup, and the backup still reads whole', async () => {
+    const before = await liveState(t.agent);
+    await mkdir(t.agent.paths.work, { recursive: true });
+    // Far smaller than the backup's dump.
+    await mountTmpfs(t.agent.paths.work, '256k');
+    try {
+      const job = await runRestore(t.agent, t.agent.catalog.pathOf(backupName), {
+        skipSafetyBackup: true,
+        faults: { requiredBytes: 0 },
+      });
+      report.inject();
+      expect(job.error?.code, job.error?.message).toBe('no_space');
+      expect(job.error?.message).toMatch(/^the disk filled up while staging the restore/);
+      expect(job.error?.message).not.toMatch(/damaged/);
+    } finally {
+      await runProcess('umount', [t.agent.paths.work]);
+      mounted.pop();
+    }
+    expect(await liveState(t.agent)).toEqual(before);
+    const res = await t.request(`/api/v1/backups/${backupName}/verify`, { method: 'POST' });
+    expect(res.status).toBe(202);
+    const verify = await t.agent.jobs.waitFor(((await res.json()) as { jobId: string }).jobId);
+    expect(verify.error).toBeUndefined();
+    report.tried(true);
+  });
+});
