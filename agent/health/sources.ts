@@ -131,10 +131,15 @@ export function offsiteArea(
 ): AreaSource {
   type Probe = { at: number; key: string; error?: string; names?: Set<string> };
   const probes = new Map<OffsiteKind, Probe>();
-  const probe = async (kind: OffsiteKind, now: number): Promise<Probe> => {
+  /**
+   * The destination's listing, at most once per probe interval; sooner when an upload or a sync has
+   * reached it since (`reachedAt`): a failure seen before that success no longer holds.
+   */
+  const probe = async (kind: OffsiteKind, now: number, reachedAt: number): Promise<Probe> => {
     const key = JSON.stringify(agent.settings.get().offsite[kind]);
     const cached = probes.get(kind);
-    if (cached && cached.key === key && now - cached.at < options.probeIntervalMs) return cached;
+    if (cached && cached.key === key && now - cached.at < options.probeIntervalMs && !(reachedAt > cached.at))
+      return cached;
     let error: string | undefined;
     let names: Set<string> | undefined;
     try {
@@ -169,7 +174,11 @@ export function offsiteArea(
       if (!d.enabled) continue;
       const title = DESTINATION_TITLES[kind];
       const findings: Array<{ status: HealthStatus; reason: string }> = [];
-      const { error: unreachable, names: remote } = await probe(kind, now.getTime());
+      const reachedAt = Math.max(
+        Date.parse(d.lastSuccessfulUpload?.at ?? '') || 0,
+        d.lastSync?.ok ? Date.parse(d.lastSync.at) || 0 : 0,
+      );
+      const { error: unreachable, names: remote } = await probe(kind, now.getTime(), reachedAt);
       if (unreachable)
         findings.push({ status: 'failing', reason: `${title} cannot be reached: ${unreachable}` });
       const last = d.lastSuccessfulUpload;
