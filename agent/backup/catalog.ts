@@ -1,6 +1,7 @@
 /** The local backup catalog: the folder is the truth; each entry's facts come from its header. */
-import { chmod, mkdir, readdir, readFile, stat, unlink } from 'node:fs/promises';
-import { join } from 'node:path';
+import { chmod, mkdir, readdir, readFile, rename, stat, unlink } from 'node:fs/promises';
+import { basename, dirname, join } from 'node:path';
+import { z } from 'zod';
 import { type EnvelopeHeader, stanzaKeyIds } from '../../shared/envelope';
 import { isBackupName } from '../../shared/storage/names';
 import { AppError, unreadableFolder } from '../errors';
@@ -8,6 +9,7 @@ import type { Logger } from '../log';
 import { removeAbandoned, writeSmallFileAtomic } from '../system/atomic-file';
 import { withFileUpdateLock } from '../system/json-state';
 import { readHeaderOfFile } from './reader';
+import { RetentionHold } from './retention-hold';
 
 export interface BackupInfo {
   filename: string;
@@ -49,6 +51,31 @@ export interface ContentHash {
   size: number;
   mtimeMs: number;
 }
+
+/**
+ * The records file: an object of records by backup name. Fields a later version adds are kept; a file
+ * that is not JSON or not of this shape is damaged (set aside, pruning held: see readRecordsFile).
+ */
+const RecordsFile = z.record(
+  z.string(),
+  z.looseObject({
+    verifiedAt: z.string().optional(),
+    verifyResult: z.enum(['ok', 'failed']).optional(),
+    verifyError: z.string().optional(),
+    pinned: z.boolean().optional(),
+    remoteVerify: z
+      .record(
+        z.string(),
+        z.looseObject({
+          verifiedAt: z.string(),
+          verifyResult: z.enum(['ok', 'failed']),
+          verifyError: z.string().optional(),
+        }),
+      )
+      .optional(),
+    content: z.looseObject({ sha256: z.string(), size: z.number(), mtimeMs: z.number() }).optional(),
+  }),
+);
 
 /** How far after this machine's clock a backup's time may be before it counts as dated in the future. */
 export const CLOCK_AHEAD_TOLERANCE_MS = 5 * 60_000;
@@ -103,12 +130,19 @@ export class BackupCatalog {
   private records: { key: string; records: Record<string, BackupRecord> } | undefined;
   /** Record updates, one at a time (see updateRecord). */
   private queue: Promise<unknown> = Promise.resolve();
+  /**
+   * The retention hold beside the records file: set when a damaged records file is set aside (its pins
+   * are unknown), so no prune deletes anything until the owner resumes pruning.
+   */
+  readonly hold: RetentionHold;
 
   constructor(
     readonly dir: string,
     private readonly recordsPath: string,
     private readonly log?: Logger,
-  ) {}
+  ) {
+    this.hold = new RetentionHold(join(dirname(recordsPath), 'retention-hold.json'));
+  }
 
   /**
    * Creates the folder and removes temp files left by a crash (they were never listed); temp files
@@ -246,7 +280,7 @@ export class BackupCatalog {
     // Across processes too: the service pinning a backup while the CLI records a new one both stay.
     const run = this.queue.then(() =>
       withFileUpdateLock(this.recordsPath, async () => {
-        const records = await this.readRecordsFile();
+        const records = await this.readRecordsFile(true);
         if (patch === undefined) delete records[name];
         else records[name] = { ...records[name], ...patch };
         await writeSmallFileAtomic(this.recordsPath, `${JSON.stringify(records, null, 2)}\n`, 0o600);
@@ -267,8 +301,14 @@ export class BackupCatalog {
     return this.records.records;
   }
 
-  /** Reads the records file; a missing one is empty, an unreadable one too (logged), never a crash. */
-  private async readRecordsFile(): Promise<Record<string, BackupRecord>> {
+  /**
+   * Reads the records file; a missing one is empty. An unreadable one (EACCES, EIO) is an error, never
+   * taken as empty. A damaged one (not JSON, not an object of records) is set aside as
+   * `<file>.damaged-<time>` under the file's update lock (never written over) and reads as empty, and
+   * pruning is held (`hold`): its pins are unknown, so no backup it pinned may be pruned meanwhile.
+   * `locked`: the caller holds the file's update lock already.
+   */
+  private async readRecordsFile(locked = false): Promise<Record<string, BackupRecord>> {
     let text: string;
     try {
       text = await readFile(this.recordsPath, 'utf8');
@@ -276,13 +316,39 @@ export class BackupCatalog {
       if ((error as NodeJS.ErrnoException).code === 'ENOENT') return {};
       throw error;
     }
+    let json: unknown;
     try {
-      return JSON.parse(text) as Record<string, BackupRecord>;
+      json = JSON.parse(text);
     } catch {
-      this.log?.warn('the backup records file is not valid JSON; it is read as empty', {
-        path: this.recordsPath,
-      });
-      return {};
+      json = undefined;
     }
+    const parsed = RecordsFile.safeParse(json);
+    if (parsed.success) return parsed.data as Record<string, BackupRecord>;
+    // Read again under the lock: another process may have set it aside, or written a good file, since.
+    if (!locked) return withFileUpdateLock(this.recordsPath, () => this.readRecordsFile(true));
+    await this.setAsideDamaged();
+    return {};
   }
+
+  /** Sets the damaged records file aside (the caller holds its update lock) and holds pruning. */
+  private async setAsideDamaged(): Promise<void> {
+    const stamp = new Date().toISOString().replaceAll(':', '');
+    let aside = `${this.recordsPath}.damaged-${stamp}`;
+    for (let n = 2; await exists(aside); n++) aside = `${this.recordsPath}.damaged-${stamp}-${n}`;
+    // The hold first: a crash between the two leaves pruning held and the damaged file in place.
+    await this.hold.hold(basename(aside));
+    await rename(this.recordsPath, aside);
+    this.records = undefined;
+    this.log?.error(
+      'the backup records file was damaged: it is set aside and pruning is paused until you resume it (pins may be lost)',
+      { file: this.recordsPath, setAside: aside },
+    );
+  }
+}
+
+function exists(path: string): Promise<boolean> {
+  return stat(path).then(
+    () => true,
+    () => false,
+  );
 }

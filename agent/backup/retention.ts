@@ -139,11 +139,23 @@ export function busyBackupNames(agent: Pick<Agent, 'jobs'>): Set<string> {
 
 /**
  * Deletes the local backups the plan names, oldest first (never those in `protect`, nor one a running
- * job targets: it stays until a later prune); returns their names.
+ * job targets: it stays until a later prune); returns their names. Nothing while pruning is held
+ * (catalog.hold: the records, and so the pins, were damaged) until the owner resumes it.
  */
 export async function pruneLocal(agent: Agent, protect: string[] = []): Promise<string[]> {
   const planned = agent.settings.get().autoBackup.maxBackups;
   const plan = await planLocalPrune(agent, [...protect, ...busyBackupNames(agent)]);
+  // Asked after the plan: listing the backups is what finds a damaged records file and sets the hold.
+  const hold = await agent.catalog.hold.get();
+  if (hold) {
+    if (plan.delete.length > 0) {
+      agent.log.warn('retention deleted nothing: pruning is paused', {
+        reason: hold.message,
+        wouldDelete: plan.delete.map((b) => b.filename),
+      });
+    }
+    return [];
+  }
   const deleted: string[] = [];
   for (const backup of plan.delete) {
     // A number kept raised since the plan was made (a settings save during the prune) keeps the rest:
@@ -173,6 +185,8 @@ export function retentionHook(agent: Agent): AfterBackupHook {
   return async function retention(backup, ctx) {
     ctx.phase('pruning old backups');
     // The backup just made is protected by name, whatever the clock said when older ones were made.
-    return { deleted: await pruneLocal(agent, [backup.filename]) };
+    const deleted = await pruneLocal(agent, [backup.filename]);
+    const hold = await agent.catalog.hold.get();
+    return hold ? { deleted, held: hold.message } : { deleted };
   };
 }

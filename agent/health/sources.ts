@@ -34,8 +34,28 @@ function ageStatus(ageMs: number, intervalMs: number): HealthStatus {
   return 'ok';
 }
 
-/** Backups: the newest good backup's age against the auto-backup schedule, and the last scheduled run. */
+/**
+ * Backups: the newest good backup's age against the auto-backup schedule, and the last scheduled run;
+ * a retention hold (the backup records were damaged and set aside: pruning paused) is a warning first.
+ */
 export function backupsArea(agent: Agent): AreaSource {
+  const area = backupAge(agent);
+  return async (now) => {
+    const health = await area(now);
+    // Asked after the list (in backupAge), which is what finds a damaged records file and holds pruning.
+    const hold = await agent.catalog.hold.get();
+    if (!hold) return health;
+    return {
+      ...health,
+      status: worst([health.status, 'warning']),
+      reason: `${hold.message} ${health.reason}`,
+      retentionHold: { since: hold.since ?? null, setAside: hold.setAside },
+    };
+  };
+}
+
+/** The backups' age against the auto-backup schedule, and the last scheduled run. */
+function backupAge(agent: Agent): AreaSource {
   return async (now) => {
     const auto = agent.settings.get().autoBackup;
     const list = await agent.catalog.list();

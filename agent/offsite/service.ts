@@ -569,6 +569,14 @@ export class OffsiteService {
             `${failures.length} transfer${failures.length === 1 ? '' : 's'} failed; nothing was pruned. ${failures.join(' ')}`,
           );
         }
+        // Pins unknown (the backup records were damaged and set aside): nothing is pruned on either side.
+        const hold = await this.agent.catalog.hold.get();
+        if (hold) {
+          result.pruneStopped = hold.message;
+          if (plan.delete.length > 0)
+            ctx.log.warn('the sync pruned nothing: pruning is paused', { reason: hold.message });
+          return;
+        }
         ctx.phase('pruning');
         for (const candidate of plan.delete) {
           // A running job (verify, download) reads it: it stays until a later sync.
@@ -760,8 +768,8 @@ export class OffsiteService {
   }
 
   /**
-   * Deletes the remote backups retention drops under `maxBackups`; returns the names deleted.
-   * `stillConfigured` is asked before each deletion: false stops the pruning there.
+   * Deletes the remote backups retention drops under `maxBackups`; returns the names deleted (none while
+   * pruning is held). `stillConfigured` is asked before each deletion: false stops the pruning there.
    */
   async pruneRemote(
     provider: StorageProvider,
@@ -776,6 +784,18 @@ export class OffsiteService {
     const taken = await this.takenNames(undefined, provider, local, remote, signal);
     const ours = remote.filter((o) => !foreign.has(o.name) && !taken.has(o.name));
     const doomed = planRemotePrune(local, ours, maxBackups, [...protect, ...busyBackupNames(this.agent)]);
+    // The plan follows the local pins: unknown while pruning is held (asked after the list, which finds
+    // a damaged records file), so nothing is deleted.
+    const hold = await this.agent.catalog.hold.get();
+    if (hold) {
+      if (doomed.length > 0) {
+        this.agent.log.warn('retention deleted nothing at a destination: pruning is paused', {
+          destination: provider.id,
+          reason: hold.message,
+        });
+      }
+      return [];
+    }
     const deleted: string[] = [];
     for (const name of doomed) {
       if (!stillConfigured(name)) break;

@@ -155,6 +155,42 @@ export async function loadBackups() {
   body.closest('table').hidden = list.length === 0;
   const undoRow = undo ? body.querySelector(`tr[data-filename="${CSS.escape(undo)}"]`) : null;
   if (undoRow) markUndoRow(undoRow);
+  // Asked after the list: listing is what finds a damaged records file and pauses pruning.
+  showRetentionHold((await api('/retention/hold'))?.held);
+}
+
+/**
+ * Above the list: pruning is paused (the backup records, and so the pins, were damaged and set aside),
+ * with the agent's sentence and a Resume Pruning button; gone when no hold is in force.
+ */
+function showRetentionHold(held) {
+  $('retention-hold')?.remove();
+  if (!held) return;
+  const button = el(
+    'button',
+    { type: 'button', className: 'btn btn-small btn-warn', onclick: () => resumePruning(button) },
+    'Resume pruning',
+  );
+  const note = el(
+    'div',
+    { id: 'retention-hold', className: 'warning retention-hold', role: 'status' },
+    el('p', { className: 'retention-hold-text' }, held.message),
+    el('div', { className: 'actions' }, button),
+  );
+  $('backups-body').closest('.table-wrap').before(note);
+}
+
+/** Ends the retention hold: the next prune deletes what the number of backups kept says again. */
+async function resumePruning(button) {
+  button.disabled = true;
+  try {
+    await api('/retention/resume', { method: 'POST' });
+  } catch (error) {
+    report(error);
+  } finally {
+    button.disabled = false;
+  }
+  await loadBackups().catch(report);
 }
 
 async function create() {

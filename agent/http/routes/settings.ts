@@ -1,10 +1,11 @@
-/** Routes of the settings (GET/PUT, secrets masked) and the retention preview. */
+/** Routes of the settings (GET/PUT, secrets masked), the retention preview and the retention hold. */
 import { type Context, Hono } from 'hono';
 import { z } from 'zod';
 import { MAX_BACKUPS_RANGE, SettingsUpdate } from '../../../shared/api/settings';
 import type { Agent } from '../../agent';
 import type { RouteModule } from '../../app';
 import { planLocalPrune, planNextBackupPrune } from '../../backup/retention';
+import type { RetentionHoldInfo } from '../../backup/retention-hold';
 import { SettingsChangedError } from '../../settings/service';
 import { jsonBody } from '../body';
 import { errorBody, validationError } from '../errors';
@@ -71,7 +72,8 @@ export function retentionRoutes(agent: Agent): Hono {
   /**
    * What the prune would delete locally under the saved maxBackups, or `?maxBackups=N` (1-100, else 422
    * naming the field): `delete` if it ran now, `nextBackup.delete` at the next backup (whose prune counts
-   * the new backup too). Nothing is deleted here.
+   * the new backup too). Nothing is deleted here. While pruning is held (`held`: the backup records were
+   * damaged and set aside) both lists are empty: no prune deletes anything until POST /resume.
    */
   app.get('/preview', async (c) => {
     const parsed = PreviewQuery.safeParse({ maxBackups: c.req.query('maxBackups') });
@@ -85,15 +87,50 @@ export function retentionRoutes(agent: Agent): Hono {
         kind: b.kind,
         pinned: b.pinned ?? false,
       }));
+    const next = await planNextBackupPrune(agent, maxBackups);
+    // Asked after the plans: listing the backups is what finds a damaged records file and holds pruning.
+    const hold = await agent.catalog.hold.get();
+    if (hold) {
+      // Held: nothing would be deleted, now or at the next backup, until the owner resumes pruning.
+      return c.json({
+        maxBackups,
+        held: holdView(hold),
+        delete: [],
+        keep: names([...plan.keep, ...plan.delete]),
+        nextBackup: { delete: [] },
+      });
+    }
     return c.json({
       maxBackups,
+      held: null,
       delete: names(plan.delete),
       keep: names(plan.keep),
-      nextBackup: { delete: names(await planNextBackupPrune(agent, maxBackups)) },
+      nextBackup: { delete: names(next) },
     });
+  });
+
+  /** The retention hold in force (`held`: null when pruning runs as configured). */
+  app.get('/hold', async (c) => {
+    const hold = await agent.catalog.hold.get();
+    return c.json({ held: hold ? holdView(hold) : null });
+  });
+
+  /**
+   * Ends the retention hold: the owner checked the pins (the page, or the backups list) and the next
+   * prune runs as configured again. Answers the hold that ended (`resumed`: null when none was in force).
+   */
+  app.post('/resume', async (c) => {
+    const was = await agent.catalog.hold.resume();
+    if (was) agent.log.info('pruning resumed by the owner', { setAside: was.setAside });
+    return c.json({ resumed: was ? holdView(was) : null, held: null });
   });
   return app;
 }
 
+/** A hold as the API tells it: when, which damaged records files were set aside, and the sentence to show. */
+function holdView(hold: RetentionHoldInfo) {
+  return { since: hold.since ?? null, setAside: hold.setAside, message: hold.message };
+}
+
 export const settingsModule: RouteModule = { path: '/settings', routes: settingsRoutes, audited: true };
-export const retentionModule: RouteModule = { path: '/retention', routes: retentionRoutes };
+export const retentionModule: RouteModule = { path: '/retention', routes: retentionRoutes, audited: true };
