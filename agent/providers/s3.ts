@@ -106,6 +106,10 @@ export class S3Provider implements StorageProvider {
     this.prefix = prefix === '' || prefix.endsWith('/') ? prefix : `${prefix}/`;
     this.partSize = Math.max(5 * MIB, options.partSize ?? DEFAULT_PART_SIZE);
     this.properties = { atomicReplace: true, maxPartSize: this.partSize };
+    // On Node < 22 the SDK warns, once per process (8 lines on stderr of every CLI command), that its
+    // releases after January 2027 will need Node 22: news for whoever upgrades the package (the README
+    // says so), nothing the owner can act on.
+    process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true';
     this.client = new S3Client({
       endpoint: options.endpoint || undefined,
       region: options.region,
