@@ -10,7 +10,7 @@ import type { FollowUp } from '../backup/operations';
 import { envelopeToAppError, readBackup, readHeaderOfFile } from '../backup/reader';
 import { AppError } from '../errors';
 import { createOpenTransform } from '../keys/envelope-node';
-import { parseKeysExport } from '../keys/keyring';
+import { parseKeysExport, shortInstallationId } from '../keys/keyring';
 import { DESTINATION_TITLES, type OffsiteKind } from '../offsite/destinations';
 import { writeFileAtomic } from '../system/atomic-file';
 import type { CliContext } from './context';
@@ -194,10 +194,10 @@ export async function decryptCommand(cli: CliContext): Promise<void> {
     const other =
       header.core.installationId === keyring.installationId
         ? 'an older or newer export of this installation'
-        : `the keys file of installation ${header.core.installationId}`;
+        : `the keys file of installation ${shortInstallationId(header.core.installationId)}`;
     throw new AppError(
       'no_key',
-      `${values.keys} does not hold key ${needed.join(', ') || '(unknown)'} that this backup was made with (the keys file is installation ${keyring.installationId}'s): use ${other}`,
+      `${values.keys} does not hold key ${needed.join(', ') || '(unknown)'} that this backup was made with (the keys file is installation ${shortInstallationId(keyring.installationId)}'s): use ${other}`,
     );
   }
   const name = basename(file);

@@ -292,7 +292,11 @@ describe('messages that say what to do', () => {
     expect(res.code).toBe(1);
     const line = oneLine(res.stderr);
     expect(line).toContain(`${keys} does not hold key`);
-    expect(line).toContain(`use the keys file of installation ${mine.installationId}`);
+    // Each installation by its 8-character prefix: the whole id is the DR recovery credential.
+    expect(line).toContain(`(the keys file is installation ${other.installationId.slice(0, 8)}…'s)`);
+    expect(line).toContain(`use the keys file of installation ${mine.installationId.slice(0, 8)}…`);
+    expect(line).not.toContain(mine.installationId);
+    expect(line).not.toContain(other.installationId);
     expect(line).not.toMatch(/import/);
     await expect(stat(out)).rejects.toThrow(/ENOENT/);
   });
