@@ -32,6 +32,8 @@ const USAGES: Record<string, string[]> = {
   restore: [
     'restore FILE --yes                          restore a backup (replaces all current data)',
     'restore NAME --from sftp|s3|smb --yes       restore a copy on an offsite destination',
+    "restore ... --other-installation            restore a backup another installation made than the active keys'",
+    "                                            (one marked 'another installation': refused without it)",
   ],
   decrypt: [
     'decrypt FILE --keys KEYS.json [-o OUT]      offline: decrypt to a .tar.gz (no agent or database needed;',

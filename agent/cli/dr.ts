@@ -106,7 +106,7 @@ async function statusView(agent: Agent): Promise<StatusView> {
   const [status, state, awaitingRestore, jobs] = await Promise.all([
     dr.status(),
     dr.state.get(),
-    new LastRestoreStore(agent.paths.lastRestore, agent.log).awaitingRestore(),
+    new LastRestoreStore(agent.paths.lastRestore, agent.log).awaitingRestore(agent.keyring.installationId),
     agent.jobs.listWithOthers(),
   ]);
   // A push the service runs now (Push Now on the page, the nightly run): this process runs none.

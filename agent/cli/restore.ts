@@ -1,6 +1,7 @@
 /**
- * CLI: gem-backup restore FILE --yes [--keep-previous] [--from sftp|s3|smb]: a backup in the catalog,
- * any backup file path, or (--from) a copy on an offsite destination, fetched and checked first.
+ * CLI: gem-backup restore FILE --yes [--keep-previous] [--from sftp|s3|smb] [--other-installation]: a
+ * backup in the catalog, any backup file path, or (--from) a copy on an offsite destination, fetched and
+ * checked first. A backup another installation made than the active keys' needs --other-installation.
  */
 import { existsSync } from 'node:fs';
 import { basename, resolve } from 'node:path';
@@ -14,13 +15,18 @@ export async function restoreCommand(cli: CliContext): Promise<void> {
   const { values, positionals } = parseArgs({
     args: cli.args,
     allowPositionals: true,
-    options: { yes: { type: 'boolean' }, 'keep-previous': { type: 'boolean' }, from: { type: 'string' } },
+    options: {
+      yes: { type: 'boolean' },
+      'keep-previous': { type: 'boolean' },
+      from: { type: 'string' },
+      'other-installation': { type: 'boolean' },
+    },
   });
   const file = positionals[0];
   if (!file)
     throw new AppError(
       'bad_request',
-      'usage: gem-backup restore FILE --yes [--keep-previous] [--from sftp|s3|smb]',
+      'usage: gem-backup restore FILE --yes [--keep-previous] [--from sftp|s3|smb] [--other-installation]',
     );
   const from = values.from === undefined ? undefined : parseOffsiteKind(values.from);
   if (!values.yes) {
@@ -29,7 +35,10 @@ export async function restoreCommand(cli: CliContext): Promise<void> {
       'a restore replaces all current data and scripts: add --yes to confirm',
     );
   }
-  const options = { keepPrevious: values['keep-previous'] ?? false };
+  const options = {
+    keepPrevious: values['keep-previous'] ?? false,
+    otherInstallation: values['other-installation'] ?? false,
+  };
   const job: Job = await cli.withAgent(async (agent) => {
     const { restoreFromFile, startRestore } = await import('../restore/restore');
     const name = basename(file);

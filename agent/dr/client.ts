@@ -38,6 +38,15 @@ export interface SignedBody {
   open: () => Buffer | Readable;
 }
 
+/**
+ * What a push refused as older than the slot's copy means, and what to do: another controller pushes as
+ * this installation (two boxes recovered from it), or this one pushed a newer backup earlier.
+ */
+export const OLDER_BACKUP_ADVICE =
+  'the cloud holds a newer backup of this installation, pushed by another controller (or by this one earlier); ' +
+  'if this box replaced that controller, retire the old one (stop its agent) so that only this one pushes; ' +
+  'if not, run `gem-backup dr recover --abandon` on the box that should not push (or turn Cloud DR off there: unset GEM_DR_URL)';
+
 /** Cloud refusals become AppErrors with the cloud's code in details; the HTTP status says whose fault it is. */
 async function refusal(res: CloudResponse, what: string): Promise<AppError> {
   const text = (await readSmallBody(res.body).catch(() => Buffer.alloc(0))).toString('utf8');
@@ -53,7 +62,8 @@ async function refusal(res: CloudResponse, what: string): Promise<AppError> {
   const details = { cloudStatus: res.status, cloudCode: code };
   const line = `${what}: the DR cloud answered ${res.status} ${code}: ${message}`;
   if (res.status === 404) return new AppError('not_found', line, { details });
-  if (code === 'older_backup') return new AppError('conflict', line, { details });
+  if (code === 'older_backup')
+    return new AppError('conflict', `${line}; ${OLDER_BACKUP_ADVICE}`, { details });
   if (res.status >= 500 || res.status === 429) return new AppError('dependency_down', line, { details });
   return new AppError('unprocessable', line, { details });
 }

@@ -196,11 +196,13 @@ export class DrService {
     if (current && !current.endedAt) throw new AppError('job_running', 'a Cloud DR push is already running');
     await this.refuseWhileRecoveryUnfinished();
     const restores = new LastRestoreStore(this.agent.paths.lastRestore, this.agent.log);
-    if (options.dataIsCurrent && (await restores.awaitingRestore())) {
-      await restores.confirmCurrent(this.now());
+    const installationId = this.agent.keyring.installationId;
+    if (options.dataIsCurrent && (await restores.awaitingRestore(installationId))) {
+      await restores.confirmCurrent(this.now(), installationId);
       this.agent.log.info("the owner confirmed the data as the installation's after a keys import");
     }
-    if (await restores.awaitingRestore()) throw new AppError('unprocessable', AWAITING_RESTORE_REASON);
+    if (await restores.awaitingRestore(installationId))
+      throw new AppError('unprocessable', AWAITING_RESTORE_REASON);
     const client = this.client;
     // Not exclusive: a push only reads local backups (through an open handle) and adds a temporary one.
     const job = await this.agent.jobs.start(
@@ -328,7 +330,8 @@ export class DrService {
       });
       return;
     }
-    if (await new LastRestoreStore(this.agent.paths.lastRestore, this.agent.log).awaitingRestore()) {
+    const restores = new LastRestoreStore(this.agent.paths.lastRestore, this.agent.log);
+    if (await restores.awaitingRestore(this.agent.keyring.installationId)) {
       this.agent.log.warn(`Cloud DR nightly push not run: ${AWAITING_RESTORE_REASON}`);
       await this.state.update((s) => {
         s.lastPush = { at, trigger: 'nightly', outcome: 'skipped', reason: AWAITING_RESTORE_REASON };

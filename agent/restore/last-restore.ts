@@ -16,6 +16,11 @@ export interface LastRestore {
   from?: string;
   createdAt?: string;
   /**
+   * The installation that made the backup restored (its header's), or whose data the owner confirmed
+   * the data here is. Absent in records written before it was kept: such a restore is judged as then.
+   */
+  installationId?: string;
+  /**
    * When the keys of another installation were imported (the box took its identity). Until a restore
    * (or the owner's confirmation) after it, the data here is the box's own: no DR push goes, since it
    * would replace that installation's only cloud copy with it.
@@ -25,7 +30,7 @@ export interface LastRestore {
 
 /** The sentence of a DR push refused after a keys import with no restore since (no installation id in it). */
 export const AWAITING_RESTORE_REASON =
-  "the keys of another installation were imported and none of its backups has been restored here since, so the data here is still this box's own: a push would replace that installation's only cloud copy with it. Restore one of its backups first (the page's Offsite list, or `gem-backup restore NAME --from sftp --yes`); if the data here already is that installation's (only the agent's data dir was lost), push once with `gem-backup dr push --data-is-current`";
+  "the keys of another installation were imported and none of its backups has been restored here since (a backup another installation made, such as this box's own from before the import, does not count), so the data here is still this box's own: a push would replace that installation's only cloud copy with it. Restore one of its backups first (the page's Offsite list, or `gem-backup restore NAME --from sftp --yes`); if the data here already is that installation's (only the agent's data dir was lost), push once with `gem-backup dr push --data-is-current`";
 
 export class LastRestoreStore extends JsonStateFile<LastRestore> {
   /** Damaged, it is set aside (told to `log`) and read as "no restore": what it guards is the DR push's reuse only. */
@@ -33,27 +38,39 @@ export class LastRestoreStore extends JsonStateFile<LastRestore> {
     super(path, () => ({}), { setAsideDamaged: { log } });
   }
 
-  record(at: Date, from: string, createdAt: string): Promise<LastRestore> {
-    return this.update((state) => Object.assign(state, { at: at.toISOString(), from, createdAt }));
+  /** A restore's swap of the backup `from`, made at `createdAt` by installation `installationId`. */
+  record(at: Date, from: string, createdAt: string, installationId: string): Promise<LastRestore> {
+    return this.update((state) =>
+      Object.assign(state, { at: at.toISOString(), from, createdAt, installationId }),
+    );
   }
 
   recordIdentityChange(at: Date): Promise<LastRestore> {
     return this.update((state) => Object.assign(state, { identityChangedAt: at.toISOString() }));
   }
 
-  /** The owner says the data here is the installation's: as if restored now (older backups are not reused). */
-  confirmCurrent(at: Date): Promise<LastRestore> {
+  /**
+   * The owner says the data here is installation `installationId`'s (the keyring's): as if one of its
+   * backups were restored now (older backups are not reused).
+   */
+  confirmCurrent(at: Date, installationId: string): Promise<LastRestore> {
     return this.update((state) => {
       delete state.createdAt;
-      return Object.assign(state, { at: at.toISOString(), from: 'confirmed by the owner' });
+      return Object.assign(state, { at: at.toISOString(), from: 'confirmed by the owner', installationId });
     });
   }
 
-  /** True after a keys import of another installation with no restore (or confirmation) since. */
-  async awaitingRestore(): Promise<boolean> {
-    const { at, identityChangedAt } = await this.get();
+  /**
+   * True after a keys import of another installation with no restore (or confirmation) since of a
+   * backup made by `installationId`, the installation now in the keyring: a restore of another
+   * installation's backup (this box's own from before the import, the newest on its destinations)
+   * leaves data here that is not that installation's.
+   */
+  async awaitingRestore(installationId: string): Promise<boolean> {
+    const { at, identityChangedAt, installationId: restored } = await this.get();
     if (identityChangedAt === undefined) return false;
-    return at === undefined || Date.parse(at) < Date.parse(identityChangedAt);
+    if (at === undefined || Date.parse(at) < Date.parse(identityChangedAt)) return true;
+    return restored !== undefined && restored !== installationId;
   }
 
   /**

@@ -2,16 +2,18 @@
 import { randomBytes } from 'node:crypto';
 import { mkdir, mkdtemp, rm, stat, statfs } from 'node:fs/promises';
 import { basename, join } from 'node:path';
+import { stanzaKeyIds } from '../../shared/envelope';
 import type { Agent } from '../agent';
 import { checkBackupName } from '../backup/catalog';
 import { backupDeps, createBackup } from '../backup/create';
 import { DUMP_NAME } from '../backup/manifest';
 import { prepareArchiveHasher } from '../backup/member-hasher';
-import { type ReadOptions, readBackup } from '../backup/reader';
+import { type ReadOptions, readBackup, readHeaderOfFile } from '../backup/reader';
 import { busyBackupNames } from '../backup/retention';
 import { UnfinishedRecoveryFile } from '../dr/unfinished';
 import { AppError, describeError } from '../errors';
 import type { Job, JobContext } from '../jobs/runner';
+import { type Keyring, shortInstallationId } from '../keys/keyring';
 import type { Logger } from '../log';
 import { TEMP_PREFIX } from '../system/atomic-file';
 import type { PgConnection } from '../system/postgres-tools';
@@ -47,6 +49,11 @@ export interface RestoreOptions {
   keepPrevious?: boolean;
   /** Skip the safety backup: only for a recovery onto an installation with nothing worth keeping. */
   skipSafetyBackup?: boolean;
+  /**
+   * Restore a backup another installation made than the one whose keys are active (this box's own
+   * from before a keys import, another controller's): refused unless asked for (see checkInstallation).
+   */
+  otherInstallation?: boolean;
   /** How the file key is found (DR recovery hands it over); default: the keyring's master keys. */
   resolveFileKey?: ReadOptions['resolveFileKey'];
   /** Deliberate fault-injection points (tests, drills). */
@@ -189,6 +196,33 @@ function damagedRefused(error: AppError): AppError {
 }
 
 /**
+ * The installation that made a backup (its header's), checked against the keyring's: a backup of
+ * another installation is refused (409 `conflict`) unless `allowed`. After a keys import this box's
+ * own backups from before it are another installation's, and the newest on its destinations: restoring
+ * one by mistake would leave the box's own data under the imported identity. One the keyring holds no
+ * key for is left to the read, whose error says which keys file to import.
+ */
+function checkInstallation(
+  keyring: Keyring,
+  header: Awaited<ReturnType<typeof readHeaderOfFile>>,
+  allowed = false,
+): string {
+  const madeBy = header.core.installationId;
+  const active = keyring.installationId;
+  if (allowed || madeBy === active) return madeBy;
+  const held = new Set(keyring.masterKeys.map((k) => k.id));
+  if (!stanzaKeyIds(header.stanzas).some((id) => held.has(id))) return madeBy;
+  throw new AppError(
+    'conflict',
+    `this backup was made by installation ${shortInstallationId(madeBy)}, not by installation ` +
+      `${shortInstallationId(active)} whose keys are active here, so nothing was changed: restore the newest ` +
+      "copy not marked 'another installation' instead, or, if you do want this one's data here, ask for " +
+      'it explicitly (`gem-backup restore NAME --other-installation`, or "otherInstallation": true in the request)',
+    { details: { otherInstallation: true } },
+  );
+}
+
+/**
  * Restores the backup at `path` (in the catalog or not: DR and offsite restores pass their own).
  * Every check runs before anything is touched; the live database and folders change only in the
  * swap, which undoes itself on failure. A restore that ends with nothing changed removes its safety backup.
@@ -209,6 +243,11 @@ export async function restoreFromFile(
       throw new AppError('not_found', `backup file not found: ${label}`);
     })
   ).size;
+  // Whose backup it is, before anything else: a refused one touches nothing (no safety backup, no staging).
+  const header = await readHeaderOfFile(path).catch((error: unknown) => {
+    throw error instanceof AppError && error.code === 'corrupt_backup' ? damagedRefused(error) : error;
+  });
+  const madeBy = checkInstallation(agent.keyring, header, options.otherInstallation);
   // A previous restore's cleanup still running here must end before this one's journal is written.
   await restoreSettled(agent.config.dataDir);
   // How long each step took, logged: where a restore's time goes is then visible in the agent's log.
@@ -416,6 +455,7 @@ export async function restoreFromFile(
         new Date(),
         label,
         manifest.createdAt,
+        madeBy,
       );
       ctx.notice('restore-swap', { restoredFrom: label });
       try {

@@ -318,9 +318,16 @@ async function verify(name) {
 /**
  * Asks, then restores through `path` (local or offsite) with progress, and reloads the page when done:
  * everything on it may have changed. `warning`: a caution the confirmation shows under what it does
- * (an offsite copy made by another installation).
+ * (an offsite copy made by another installation); `extra`: more of the request's body (such a copy's
+ * `otherInstallation: true`, without which the agent refuses it).
  */
-export async function restoreWithProgress(path, name, where = 'this backup', warning = undefined) {
+export async function restoreWithProgress(
+  path,
+  name,
+  where = 'this backup',
+  warning = undefined,
+  extra = {},
+) {
   const ok = await confirmAction({
     title: 'Restore this backup?',
     body: [
@@ -340,7 +347,7 @@ export async function restoreWithProgress(path, name, where = 'this backup', war
   });
   if (!ok) return;
   try {
-    const { jobId } = await api(path, { method: 'POST', json: { confirm: name } });
+    const { jobId } = await api(path, { method: 'POST', json: { ...extra, confirm: name } });
     await showJobProgress(jobId, restoreProgress(name));
   } catch (error) {
     report(error);

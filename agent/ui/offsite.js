@@ -287,8 +287,10 @@ function remoteTable(provider, list, refresh, allowed) {
                 name,
                 `from ${PROVIDERS[provider].title}`,
                 other
-                  ? `This copy was made by another installation (${other}), not the one whose keys are active: restore it only if that is the data you want.`
+                  ? `This copy was made by another installation (${other}), not the one whose keys are active: restore it only if that is the data you want. After a keys import, restore the newest copy not marked "another installation" instead.`
                   : undefined,
+                // Without it the agent refuses a copy of another installation than the active keys'.
+                other ? { otherInstallation: true } : {},
               ),
           },
           'Restore',

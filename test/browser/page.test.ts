@@ -330,12 +330,12 @@ describe('the Backup & Restore page in a real browser, against a real agent and 
         expect(await sftp.locator(`tr[data-filename="${name}"] .filename`).textContent()).toBe(name);
       await sftp.scrollIntoViewIfNeeded();
       await shot('14-sftp-remote-list', false);
-      // Its restore is not refused, but the confirmation says whose it is first.
+      // Its restore asks first, saying whose it is (and then sends otherInstallation: the agent refuses it without).
       await otherRow.getByRole('button', { name: `Restore ${other}` }).click();
       const confirm = page.locator('#confirm-dialog');
       await confirm.waitFor();
       expect(await confirm.locator('.warning').textContent()).toBe(
-        `This copy was made by another installation (${otherId.slice(0, 5)}…), not the one whose keys are active: restore it only if that is the data you want.`,
+        `This copy was made by another installation (${otherId.slice(0, 5)}…), not the one whose keys are active: restore it only if that is the data you want. After a keys import, restore the newest copy not marked "another installation" instead.`,
       );
       await confirm.getByRole('button', { name: 'Cancel' }).click();
       await confirm.waitFor({ state: 'hidden' });

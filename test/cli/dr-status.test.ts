@@ -133,7 +133,7 @@ describe('gem-backup dr status', () => {
     const lines = byLabel(res.stdout);
     expect(lines.installation).toMatch(new RegExp(`^${other.installationId.slice(0, 8)}… `));
     expect(lines['pushes held']).toBe(
-      "the keys of another installation were imported and none of its backups has been restored here since, so the data here is still this box's own: a push would replace that installation's only cloud copy with it. Restore one of its backups first (the page's Offsite list, or `gem-backup restore NAME --from sftp --yes`); if the data here already is that installation's (only the agent's data dir was lost), push once with `gem-backup dr push --data-is-current`",
+      "the keys of another installation were imported and none of its backups has been restored here since (a backup another installation made, such as this box's own from before the import, does not count), so the data here is still this box's own: a push would replace that installation's only cloud copy with it. Restore one of its backups first (the page's Offsite list, or `gem-backup restore NAME --from sftp --yes`); if the data here already is that installation's (only the agent's data dir was lost), push once with `gem-backup dr push --data-is-current`",
     );
     expect(lines['next push']).toMatch(/, the nightly run\); skipped while pushes are held \(see above\)$/);
     expect(JSON.parse((await box.cli('dr', 'status', '--json')).stdout)).toMatchObject({

@@ -10,15 +10,23 @@ import { jsonBody } from '../body';
 import { validationError } from '../errors';
 
 const restoreBody = z
-  .object({ confirm: z.unknown().optional(), keepPrevious: z.boolean().optional() })
+  .object({
+    confirm: z.unknown().optional(),
+    keepPrevious: z.boolean().optional(),
+    otherInstallation: z.boolean().optional(),
+  })
   .passthrough();
 
 /**
- * The body of a restore request (local or offsite): `{confirm: "<the backup's name>", keepPrevious?}`.
+ * The body of a restore request (local or offsite): `{confirm: "<the backup's name>", keepPrevious?,
+ * otherInstallation?}` (the last: a backup another installation made than the active keys' is wanted).
  * A restore replaces everything, so it needs the name typed back exactly (400 otherwise); a malformed
  * field is a 422 naming it, not a hint about the confirm.
  */
-export function parseRestoreBody(body: unknown, name: string): { keepPrevious?: boolean } {
+export function parseRestoreBody(
+  body: unknown,
+  name: string,
+): { keepPrevious?: boolean; otherInstallation?: boolean } {
   const parsed = restoreBody.safeParse(body ?? {});
   if (!parsed.success) throw validationError(parsed.error);
   if (parsed.data.confirm !== name) {
@@ -27,7 +35,11 @@ export function parseRestoreBody(body: unknown, name: string): { keepPrevious?: 
       `to restore, send {"confirm": "${name}"}: a restore replaces all current data`,
     );
   }
-  return parsed.data.keepPrevious !== undefined ? { keepPrevious: parsed.data.keepPrevious } : {};
+  const { keepPrevious, otherInstallation } = parsed.data;
+  return {
+    ...(keepPrevious !== undefined ? { keepPrevious } : {}),
+    ...(otherInstallation !== undefined ? { otherInstallation } : {}),
+  };
 }
 
 /** The restore routes, mounted beside the backup routes. */
