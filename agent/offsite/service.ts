@@ -136,6 +136,31 @@ export interface SyncResult {
   skipped?: DestinationSkip;
   /** The number of backups kept was raised during the sync: it deleted nothing more on either side. */
   pruneStopped?: string;
+  /** Remote copies found damaged (not fetched, not counted as kept), each with why. */
+  damaged?: { filename: string; reason: string }[];
+}
+
+/**
+ * What a sync says of the damaged copies it found at a destination: their names, what to do (delete them,
+ * or upload a good copy under the name), and that they were not counted as kept.
+ */
+export function damagedCopiesMessage(
+  kind: OffsiteKind,
+  damaged: { filename: string; reason: string }[],
+): string {
+  const one = damaged.length === 1;
+  const list = damaged.map((d) => `${d.filename} (${d.reason})`).join('; ');
+  return `${one ? 'a copy' : `${damaged.length} copies`} at the ${DESTINATION_TITLES[kind]} ${one ? 'is' : 'are'} damaged: ${list}. Delete ${one ? 'it' : 'them'} there (Delete on the page, or DELETE /api/v1/offsite/${kind}/backups/<name>), or upload a good copy under the name; ${one ? 'it is' : 'they are'} not counted among the backups kept`;
+}
+
+/** Why a copy is damaged, without the "the backup is damaged: " its message starts with. */
+function damageOf(error: AppError): string {
+  return error.message.replace(/^the backup is damaged: /, '');
+}
+
+/** A download refused for what the remote copy holds (damaged), not for reaching it. */
+function isDamagedCopy(error: unknown): error is AppError {
+  return error instanceof AppError && error.code === 'corrupt_backup';
 }
 
 /** A job's re-check of one destination before each step that uploads to or deletes at it. */
@@ -174,6 +199,11 @@ export class OffsiteService {
   private readonly remoteHeaders = new Map<string, EnvelopeHeader | null>();
   /** Per destination kind, our backups' names last found taken there by a different backup (health reads it). */
   private readonly taken = new Map<string, Set<string>>();
+  /**
+   * Remote copies a sync found damaged (keyed as remoteHeaders: destination, name, size, time), with
+   * why: a later sync names them again without fetching them, until they change or go.
+   */
+  private readonly damagedCopies = new Map<string, string>();
 
   constructor(
     private readonly agent: Agent,
@@ -510,6 +540,7 @@ export class OffsiteService {
         keep = this.keepCount(maxBackups, ctx.log);
         const plan = planPrune(candidates, { maxBackups });
         const failures: string[] = [];
+        const damaged: { filename: string; reason: string }[] = [];
         const transfer = {
           ...this.transferOptions(ctx),
           stillConfigured: () => watch.stillConfigured('retrying a transfer'),
@@ -548,14 +579,33 @@ export class OffsiteService {
                   }),
                 );
             } else if (candidate.remote && !candidate.local) {
+              const key = remoteHeaderKey(provider, candidate.remote);
+              const known = this.damagedCopies.get(key);
+              if (known !== undefined) {
+                damaged.push({ filename: name, reason: known });
+                continue;
+              }
               if (!watch.stillConfigured(`downloading ${name}`)) break;
               ctx.phase(`downloading ${name}`, candidate.remote.size);
-              await downloadToCatalog(this.agent, provider, name, transfer);
+              await downloadToCatalog(this.agent, provider, name, transfer).catch((error: unknown) => {
+                if (isDamagedCopy(error)) this.damagedCopies.set(key, damageOf(error));
+                throw error;
+              });
               result.downloaded.push(name);
             }
           } catch (error) {
             if (ctx.signal.aborted) throw error;
             if (error instanceof DestinationLeftAlone) break;
+            if (isDamagedCopy(error)) {
+              // Its own outcome: the rest of the sync goes on, and it is named at the end.
+              damaged.push({ filename: name, reason: damageOf(error) });
+              ctx.log.warn('a remote copy is damaged', {
+                destination: kind,
+                filename: name,
+                error: error.message,
+              });
+              continue;
+            }
             const { message } = describeDestinationError(kind, section, error);
             failures.push(`${name}: ${message}`);
             ctx.log.warn('a sync transfer failed', { destination: kind, filename: name, error: message });
@@ -563,12 +613,24 @@ export class OffsiteService {
         }
         // Turned off or changed: its earlier failures are moot, and nothing is pruned on either side.
         if (watch.skipped) return;
+        this.forgetDamaged(provider, remote);
+        if (damaged.length > 0) result.damaged = damaged;
         if (failures.length > 0) {
+          const also = damaged.length > 0 ? ` Also ${damagedCopiesMessage(kind, damaged)}.` : '';
           throw new AppError(
             'dependency_down',
-            `${failures.length} transfer${failures.length === 1 ? '' : 's'} failed; nothing was pruned. ${failures.join(' ')}`,
+            `${failures.length} transfer${failures.length === 1 ? '' : 's'} failed; nothing was pruned. ${failures.join(' ')}${also}`,
           );
         }
+        // A damaged copy is no kept copy: the plan made without it deletes only what both plans delete,
+        // never a good copy it would have replaced (the copies it keeps in its place stay where they are).
+        const undamaged = new Set(
+          planPrune(
+            candidates.filter((c) => !damaged.some((d) => d.filename === c.filename)),
+            { maxBackups },
+          ).delete.map((c) => c.filename),
+        );
+        plan.delete = plan.delete.filter((c) => undamaged.has(c.filename));
         // Pins unknown (the backup records were damaged and set aside): nothing is pruned on either side.
         const hold = await this.agent.catalog.hold.get();
         if (hold) {
@@ -601,6 +663,17 @@ export class OffsiteService {
     }
     if (watch.skipped) result.skipped = watch.skipped;
     if (keep?.stopped) result.pruneStopped = keep.stopped;
+    if (result.damaged && !watch.skipped) {
+      // Everything else was done: the job still fails, so that the damaged copies are not missed.
+      const error = new AppError(
+        'corrupt_backup',
+        `The rest of the sync was done (pruning spared the good copies), but ${damagedCopiesMessage(kind, result.damaged)}.`,
+        { details: { ...result } },
+      );
+      await record(false, error);
+      ctx.log.warn('offsite sync done; damaged copies remain', { destination: kind, ...result });
+      throw error;
+    }
     await record(true);
     ctx.log.info('offsite sync done', { destination: kind, ...result });
     return result;
@@ -924,6 +997,14 @@ export class OffsiteService {
     const listed = new Set(remote.map((object) => remoteHeaderKey(provider, object)));
     for (const key of this.remoteHeaders.keys()) {
       if (key.startsWith(`${provider.id}\n`) && !listed.has(key)) this.remoteHeaders.delete(key);
+    }
+  }
+
+  /** Forgets the damaged copies `provider` no longer lists as they were (deleted, or replaced by a good one). */
+  private forgetDamaged(provider: StorageProvider, remote: StoredObject[]): void {
+    const listed = new Set(remote.map((object) => remoteHeaderKey(provider, object)));
+    for (const key of this.damagedCopies.keys()) {
+      if (key.startsWith(`${provider.id}\n`) && !listed.has(key)) this.damagedCopies.delete(key);
     }
   }
 
