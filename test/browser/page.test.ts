@@ -339,6 +339,27 @@ describe('the Backup & Restore page in a real browser, against a real agent and 
       );
       await confirm.getByRole('button', { name: 'Cancel' }).click();
       await confirm.waitFor({ state: 'hidden' });
+      // Confirmed, it asks for another installation's copy explicitly (the request is only looked at here).
+      const sent: unknown[] = [];
+      await page.route('**/api/v1/offsite/sftp/backups/*/restore', (route) => {
+        sent.push(route.request().postDataJSON());
+        return route.fulfill({
+          status: 409,
+          contentType: 'application/json',
+          body: JSON.stringify({ error: { code: 'conflict', message: 'seen by the test' } }),
+        });
+      });
+      try {
+        await otherRow.getByRole('button', { name: `Restore ${other}` }).click();
+        await confirm.getByRole('button', { name: 'Yes, Restore' }).click();
+        await expect.poll(() => sent).toEqual([{ otherInstallation: true, confirm: other }]);
+        await page.locator('#page-error', { hasText: 'seen by the test' }).waitFor();
+      } finally {
+        await page.unroute('**/api/v1/offsite/sftp/backups/*/restore');
+        await page.evaluate(() => {
+          document.getElementById('page-error')!.hidden = true;
+        });
+      }
       // Ours asks as before.
       await sftp.getByRole('button', { name: `Restore ${uploaded[0]}` }).click();
       await confirm.waitFor();
