@@ -2,7 +2,7 @@
 import { randomBytes } from 'node:crypto';
 import { mkdir, mkdtemp, rm, stat, statfs } from 'node:fs/promises';
 import { basename, join } from 'node:path';
-import { stanzaKeyIds } from '../../shared/envelope';
+import { stanzaKeyIds, unwrapWithMasterKeys, verifyHeaderMac } from '../../shared/envelope';
 import type { Agent } from '../agent';
 import { checkBackupName } from '../backup/catalog';
 import { backupDeps, createBackup } from '../backup/create';
@@ -202,16 +202,25 @@ function damagedRefused(error: AppError): AppError {
  * one by mistake would leave the box's own data under the imported identity. One the keyring holds no
  * key for is left to the read, whose error says which keys file to import.
  */
-function checkInstallation(
+async function checkInstallation(
   keyring: Keyring,
   header: Awaited<ReturnType<typeof readHeaderOfFile>>,
   allowed = false,
-): string {
+): Promise<string> {
   const madeBy = header.core.installationId;
   const active = keyring.installationId;
   if (allowed || madeBy === active) return madeBy;
   const held = new Set(keyring.masterKeys.map((k) => k.id));
   if (!stanzaKeyIds(header.stanzas).some((id) => held.has(id))) return madeBy;
+  // Only a header that is the backup's own says who made it: a damaged one (an installation id with a
+  // flipped bit) is left to the read, which refuses it as damaged.
+  const genuine = await unwrapWithMasterKeys(header.stanzas, keyring.masterKeys)
+    .then((fileKey) => verifyHeaderMac(header, fileKey))
+    .then(
+      () => true,
+      () => false,
+    );
+  if (!genuine) return madeBy;
   throw new AppError(
     'conflict',
     `this backup was made by installation ${shortInstallationId(madeBy)}, not by installation ` +
@@ -247,7 +256,7 @@ export async function restoreFromFile(
   const header = await readHeaderOfFile(path).catch((error: unknown) => {
     throw error instanceof AppError && error.code === 'corrupt_backup' ? damagedRefused(error) : error;
   });
-  const madeBy = checkInstallation(agent.keyring, header, options.otherInstallation);
+  const madeBy = await checkInstallation(agent.keyring, header, options.otherInstallation);
   // A previous restore's cleanup still running here must end before this one's journal is written.
   await restoreSettled(agent.config.dataDir);
   // How long each step took, logged: where a restore's time goes is then visible in the agent's log.
