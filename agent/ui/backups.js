@@ -180,10 +180,28 @@ function showRetentionHold(held) {
   $('backups-body').closest('.table-wrap').before(note);
 }
 
-/** Ends the retention hold: the next prune deletes what the number of backups kept says again. */
+/**
+ * Ends the retention hold, after asking: the pins made before the damage are gone, so the dialog names
+ * the backups the next backup then deletes (the agent's plan as if resumed), for the owner to pin first.
+ */
 async function resumePruning(button) {
   button.disabled = true;
   try {
+    const preview = await api('/retention/preview');
+    const going = preview?.ifResumed?.nextBackup?.delete ?? [];
+    const body = [
+      'Pins made before the backup records were damaged are gone: pin again every backup that must be kept (Pin, in the list), then resume.',
+      going.length
+        ? `Once resumed, the next backup deletes ${going.length === 1 ? '1 backup' : `${going.length} backups`} as things stand: ${going.map((b) => b.filename).join(', ')}.`
+        : 'As things stand, the next backup deletes no backup.',
+    ];
+    const ok = await confirmAction({
+      title: 'Resume pruning?',
+      body,
+      confirmLabel: 'Resume Pruning',
+      danger: going.length > 0,
+    });
+    if (!ok) return;
     await api('/retention/resume', { method: 'POST' });
   } catch (error) {
     report(error);

@@ -85,7 +85,23 @@ describe('pruning held on the page', () => {
     const second = filenameOf(await backup());
     expect((await t.agent.catalog.list()).map((b) => b.filename).sort()).toEqual([first, second].sort());
 
+    // Resuming asks first, naming what the next backup would then delete; Cancel keeps the hold.
     await note.getByRole('button', { name: 'Resume pruning' }).click();
+    const dialog = page.locator('#confirm-dialog');
+    await expect.poll(() => dialog.isVisible()).toBe(true);
+    expect(await dialog.textContent()).toContain('Pins made before the backup records were damaged are gone');
+    // With 1 kept, the next backup would delete both (the pin on the first is gone).
+    const asked = (await dialog.textContent()) ?? '';
+    expect(asked).toContain('the next backup deletes 2 backups as things stand');
+    expect(asked).toContain(first);
+    expect(asked).toContain(second);
+    await page.locator('#confirm-cancel').click();
+    await expect.poll(() => dialog.isVisible()).toBe(false);
+    expect(await heldNow()).not.toBeNull();
+
+    await note.getByRole('button', { name: 'Resume pruning' }).click();
+    await expect.poll(() => dialog.isVisible()).toBe(true);
+    await page.locator('#confirm-ok').click();
     await expect.poll(() => note.count()).toBe(0);
     expect(await heldNow()).toBeNull();
 

@@ -73,7 +73,8 @@ export function retentionRoutes(agent: Agent): Hono {
    * What the prune would delete locally under the saved maxBackups, or `?maxBackups=N` (1-100, else 422
    * naming the field): `delete` if it ran now, `nextBackup.delete` at the next backup (whose prune counts
    * the new backup too). Nothing is deleted here. While pruning is held (`held`: the backup records were
-   * damaged and set aside) both lists are empty: no prune deletes anything until POST /resume.
+   * damaged and set aside) both lists are empty: no prune deletes anything until POST /resume; then
+   * `ifResumed` holds what they would be once resumed.
    */
   app.get('/preview', async (c) => {
     const parsed = PreviewQuery.safeParse({ maxBackups: c.req.query('maxBackups') });
@@ -92,12 +93,14 @@ export function retentionRoutes(agent: Agent): Hono {
     const hold = await agent.catalog.hold.get();
     if (hold) {
       // Held: nothing would be deleted, now or at the next backup, until the owner resumes pruning.
+      // `ifResumed`: what the same plans delete once the owner resumes (the page asks before resuming).
       return c.json({
         maxBackups,
         held: holdView(hold),
         delete: [],
         keep: names([...plan.keep, ...plan.delete]),
         nextBackup: { delete: [] },
+        ifResumed: { delete: names(plan.delete), nextBackup: { delete: names(next) } },
       });
     }
     return c.json({
