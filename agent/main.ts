@@ -12,7 +12,7 @@ import { healthFor } from './health/service';
 import { Scheduler } from './jobs/scheduler';
 import { createLogger, installFatalHandlers } from './log';
 import { metricsFor } from './metrics/recorder';
-import { userNameOf } from './system/passwd';
+import { runAsOwner, shellWord, userNameOf } from './system/passwd';
 import { acquireServiceLock, serviceLockPath } from './system/service-lock';
 import { VerificationScheduler } from './verification/schedule';
 import { AGENT_VERSION } from './version';
@@ -28,11 +28,6 @@ function startupMessage(agent: Agent, url: string, tokenCreated: boolean): strin
       ? 'Admin token: the one in GEM_AGENT_TOKEN'
       : `Admin token: in ${agent.paths.token}`;
   return `\nGEM Backup & Restore is running at ${url}\n${token}\n\n`;
-}
-
-/** `word` as a shell reads it back: bare when it holds nothing the shell treats specially, else quoted. */
-function shellWord(word: string): string {
-  return /^[\w@%+=:,./-]+$/.test(word) ? word : `'${word.replaceAll("'", `'\\''`)}'`;
 }
 
 /**
@@ -59,16 +54,16 @@ function requireInstallationUser(dataDir: string): void {
   const name = userNameOf(owner);
   const whose = owner === 0 ? 'root' : `user ${name}`;
   const command = [process.execPath, ...process.execArgv, ...process.argv.slice(1)].map(shellWord).join(' ');
-  // runuser and sudo -E keep the environment (GEM_DATA_DIR, DATABASE_URL, …); runuser takes a name only.
-  const as =
-    owner === 0
-      ? 'sudo -E'
-      : me === 0 && !name.startsWith('#')
-        ? `runuser -u ${shellWord(name)} --`
-        : `sudo -E -u ${shellWord(name)}`;
+  const as = runAsOwner(owner, me);
+  // A keyring root made in a data dir that is this user's: a `sudo gem-backup keys import` by mistake,
+  // most likely; the service's user is then the one to give it back to.
+  const mine = owner === 0 && me !== 0 && statSync(dataDir).uid === me;
+  const orChown = mine
+    ? `; or, if root made it by mistake (a sudo gem-backup), give it back as root: chown -R ${shellWord(userNameOf(me))} ${shellWord(dataDir)}`
+    : '';
   throw new Error(
     `the installation in ${dataDir} belongs to ${whose} and the agent runs as ${me === 0 ? 'root' : `user ${userNameOf(me)}`}: ` +
-      `start it as ${whose}, so that what it writes stays readable to the service: ${as} ${command}`,
+      `start it as ${whose}, so that what it writes stays readable to the service: ${as} ${command}${orChown}`,
   );
 }
 

@@ -6,7 +6,7 @@ import { type DataPaths, dataPaths, loadConfig } from '../config';
 import { AppError, describeError } from '../errors';
 import type { Job } from '../jobs/runner';
 import { createLogger } from '../log';
-import { userNameOf } from '../system/passwd';
+import { runAsOwner, shellWord, userNameOf } from '../system/passwd';
 import { progressWords } from './progress';
 
 export interface CliContext {
@@ -72,11 +72,6 @@ function cliAuditEntry(
   return { via: 'cli', command, ...outcome, ...whoRuns() };
 }
 
-/** `word` as a shell reads it back: bare when it holds nothing the shell treats specially, else quoted. */
-function shellWord(word: string): string {
-  return /^[\w@%+=:,./-]+$/.test(word) ? word : `'${word.replaceAll("'", `'\\''`)}'`;
-}
-
 /**
  * Who an installation belongs to: the owner of its keyring, or of its data dir before it has one (or
  * when the keyring is out of reach); undefined when neither exists. 'denied' when neither can be seen.
@@ -114,14 +109,7 @@ function requireInstallationUser(dataDir: string): void {
   const command = process.argv.slice(2).map(shellWord).join(' ');
   const name = userNameOf(owner);
   const whose = owner === 0 ? 'root' : `user ${name}`;
-  // runuser and sudo -E keep the environment: GEM_DATA_DIR, DATABASE_URL and the rest reach the command.
-  // runuser takes a name only; sudo also takes `#<uid>`, for an owner /etc/passwd does not name.
-  const as =
-    owner === 0
-      ? 'sudo -E'
-      : me === 0 && !name.startsWith('#')
-        ? `runuser -u ${shellWord(name)} --`
-        : `sudo -E -u ${shellWord(name)}`;
+  const as = runAsOwner(owner, me);
   const why = me === 0 ? ', so that what it writes stays readable to the service' : '';
   const how = `${why}: ${as} gem-backup ${command}`;
   throw new AppError(

@@ -31,3 +31,21 @@ export function userNamed(name: string): SystemUser | undefined {
 export function userNameOf(uid: number): string {
   return systemUsers().find((user) => user.uid === uid)?.name ?? `#${uid}`;
 }
+
+/** `word` as a shell reads it back: bare when it holds nothing the shell treats specially, else quoted. */
+export function shellWord(word: string): string {
+  return /^[\w@%+=:,./-]+$/.test(word) ? word : `'${word.replaceAll("'", `'\\''`)}'`;
+}
+
+/**
+ * The words that run a command as user `owner` from user `me`, keeping the environment (GEM_DATA_DIR,
+ * DATABASE_URL, …): `sudo -E` for root; as root `runuser -u <name> --` (it takes a name only); else
+ * `sudo -E -u <name>` (sudo also takes `#<uid>`, for an owner /etc/passwd does not name).
+ */
+export function runAsOwner(owner: number, me: number): string {
+  if (owner === 0) return 'sudo -E';
+  const name = userNameOf(owner);
+  return me === 0 && !name.startsWith('#')
+    ? `runuser -u ${shellWord(name)} --`
+    : `sudo -E -u ${shellWord(name)}`;
+}

@@ -160,6 +160,30 @@ describe('the agent started as another user than the installation’s', () => {
     }
   }, 60_000);
 
+  it("a keyring root made in the service user's data dir: the refusal also says how to give it back", async () => {
+    const { uid, gid } = nobody();
+    const { dataDir, env } = await seededEnvironment(pg, 'gem-faults-rootkeys-');
+    try {
+      // The data dir is nobody's; only the keyring is root's (a `sudo gem-backup keys import` by mistake).
+      await runProcess('chown', ['-R', `${uid}:${gid}`, dataDir]);
+      await runProcess('chown', ['0:0', join(dataDir, 'keyring.json')]);
+      const before = await owners(dataDir);
+      const service = launch(env, 'nobody');
+      expect(await service.exited).toBe(1);
+      expect(service.output().trim()).toContain(
+        `the installation in ${dataDir} belongs to root and the agent runs as user nobody: start it as root`,
+      );
+      expect(service.output().trim()).toMatch(
+        new RegExp(
+          `; or, if root made it by mistake \\(a sudo gem-backup\\), give it back as root: chown -R nobody ${dataDir}$`,
+        ),
+      );
+      expect(await owners(dataDir)).toEqual(before);
+    } finally {
+      await rm(dataDir, { recursive: true, force: true });
+    }
+  }, 60_000);
+
   it('a new data dir (no keyring yet) is made by whoever starts the agent', async () => {
     const dataDir = join(root, 'new-data');
     const service = launch({
