@@ -12,11 +12,11 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { findPgBinDir } from '../../agent/config';
-import { type ClusterHandle, ensureDatabase, startCluster } from '../../agent/db/cluster';
+import { type ClusterHandle, startCluster } from '../../agent/db/cluster';
 import { runProcess } from '../../agent/system/spawn';
 import { backupNow, liveState, runRestore } from '../restore/helpers';
 import { startTestAgent, type TestAgent } from '../services/agent';
-import { withSql } from '../services/postgres';
+import { testPostgresOn, withSql } from '../services/postgres';
 import { faultReport } from './report';
 
 const report = faultReport('disk-full-restore', 'full disks');
@@ -74,16 +74,7 @@ beforeAll(async () => {
   await mountTmpfs(disk, '256m');
   clusterDir = join(disk, 'cluster');
   cluster = await startCluster({ dir: clusterDir, binDir });
-  const pg = {
-    cluster,
-    binDir,
-    createDatabase: async (name = 'gem_full') => {
-      await ensureDatabase(cluster.url('postgres'), name);
-      return cluster.url(name);
-    },
-    stop: async () => {},
-  };
-  t = await startTestAgent(pg);
+  t = await startTestAgent(testPostgresOn(cluster, binDir, 'gem_full'));
   // ~30 MB in the backup's database; the data loss below drops it again.
   await withSql(t.agent.databaseUrl, (sql) =>
     sql.unsafe(

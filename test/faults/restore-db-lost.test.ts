@@ -8,10 +8,10 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { findPgBinDir } from '../../agent/config';
-import { type ClusterHandle, ensureDatabase, startCluster } from '../../agent/db/cluster';
+import { type ClusterHandle, startCluster } from '../../agent/db/cluster';
 import { backupNow, liveState, runRestore } from '../restore/helpers';
 import { startTestAgent, type TestAgent } from '../services/agent';
-import { withSql } from '../services/postgres';
+import { testPostgresOn, withSql } from '../services/postgres';
 import { faultReport } from './report';
 
 const report = faultReport('restore-db-lost', 'database stops');
@@ -30,16 +30,7 @@ beforeAll(async () => {
   clusterDir = join(root, 'cluster');
   cluster = await startCluster({ dir: clusterDir, binDir });
   // The test's own cluster (not test/services' startPostgres): it is stopped and started again here.
-  const pg = {
-    cluster,
-    binDir,
-    createDatabase: async (name = 'gem_dblost') => {
-      await ensureDatabase(cluster.url('postgres'), name);
-      return cluster.url(name);
-    },
-    stop: async () => {},
-  };
-  t = await startTestAgent(pg);
+  t = await startTestAgent(testPostgresOn(cluster, binDir, 'gem_dblost'));
   // Big enough that pg_restore is still writing when the server stops under it.
   await withSql(t.agent.databaseUrl, (sql) =>
     sql.unsafe(

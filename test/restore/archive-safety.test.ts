@@ -7,49 +7,18 @@ import { extractionSinks } from '../../agent/restore/extract';
 import { startTestAgent, type TestAgent } from '../services/agent';
 import { startPostgres, type TestPostgres } from '../services/postgres';
 import { tempDirForTest } from '../services/temp-dir';
-import { type ArchiveEntry, leftovers, liveState, sealArchive } from './helpers';
+import {
+  type ArchiveEntry,
+  hostileFile as file,
+  hostile,
+  leftovers,
+  liveState,
+  sealArchive,
+} from './helpers';
 
 let pg: TestPostgres;
 let t: TestAgent;
 let outside: string;
-
-/** A valid-looking manifest listing the entries (links as links, the rest as files), followed by the hostile entries. */
-function hostile(entries: ArchiveEntry[]): ArchiveEntry[] {
-  const manifest = {
-    format: 'gem-backup-manifest',
-    version: 1,
-    createdAt: new Date().toISOString(),
-    installationId: t.agent.keyring.installationId,
-    agentVersion: 'test',
-    kind: 'manual',
-    postgres: {
-      serverVersion: '15.0',
-      serverVersionNum: 150000,
-      dumpVersion: 'pg_dump (PostgreSQL) 15.0',
-      database: 'gem',
-    },
-    rowCounts: {},
-    members: [
-      { path: 'scripts', type: 'directory', size: 0 },
-      ...entries.map((e) =>
-        e.header.type === 'symlink'
-          ? { path: e.header.name, type: 'symlink', size: 0, target: e.header.linkname }
-          : { path: e.header.name.replace(/\/$/, ''), type: 'file', size: e.data?.length ?? 0 },
-      ),
-    ],
-  };
-  const data = Buffer.from(JSON.stringify(manifest));
-  return [
-    { header: { name: 'manifest.json', type: 'file', size: data.length, mode: 0o644 }, data },
-    { header: { name: 'scripts', type: 'directory', mode: 0o755 } },
-    ...entries,
-  ];
-}
-
-const file = (name: string, text = 'pwned'): ArchiveEntry => ({
-  header: { name, type: 'file', size: Buffer.byteLength(text), mode: 0o644 },
-  data: Buffer.from(text),
-});
 
 beforeAll(async () => {
   pg = await startPostgres();
@@ -92,7 +61,7 @@ describe('malicious archives sealed with the installation keys', () => {
       await sealArchive(
         t.agent.keyring.activeKey,
         t.agent.keyring.installationId,
-        hostile(entries()),
+        hostile(t.agent.keyring.installationId, entries()),
         t.agent.catalog.pathOf(name),
       );
       const res = await t.request(`/api/v1/backups/${name}/restore`, {

@@ -281,3 +281,47 @@ export async function addSlowToLoadTable(url: string): Promise<void> {
     `),
   );
 }
+
+/**
+ * Hand-made (hostile) entries behind a valid-looking manifest of installation `installationId` that lists
+ * them as their headers say (links as links, folders as folders, anything else as a file).
+ */
+export function hostile(installationId: string, entries: ArchiveEntry[]): ArchiveEntry[] {
+  const manifest: Manifest = {
+    format: 'gem-backup-manifest',
+    version: 1,
+    createdAt: new Date().toISOString(),
+    installationId,
+    agentVersion: 'test',
+    kind: 'manual',
+    postgres: {
+      serverVersion: '15.0',
+      serverVersionNum: 150000,
+      dumpVersion: 'pg_dump (PostgreSQL) 15.0',
+      database: 'gem',
+    },
+    rowCounts: {},
+    members: [
+      { path: 'scripts', type: 'directory', size: 0 },
+      ...entries.map((e) =>
+        e.header.type === 'symlink'
+          ? { path: e.header.name, type: 'symlink' as const, size: 0, target: e.header.linkname! }
+          : e.header.type === 'directory'
+            ? { path: e.header.name, type: 'directory' as const, size: 0 }
+            : { path: e.header.name, type: 'file' as const, size: e.data?.length ?? 0 },
+      ),
+    ],
+  };
+  const data = Buffer.from(JSON.stringify(manifest));
+  return [
+    { header: { name: 'manifest.json', type: 'file', size: data.length, mode: 0o644 }, data },
+    { header: { name: 'scripts', type: 'directory', mode: 0o755 } },
+    ...entries,
+  ];
+}
+
+/** A file entry of a hostile archive. */
+export const hostileFile = (name: string, text = 'pwned'): ArchiveEntry => ({
+  header: { name, type: 'file', size: Buffer.byteLength(text), mode: 0o644 },
+  data: Buffer.from(text),
+});

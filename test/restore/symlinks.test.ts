@@ -5,7 +5,6 @@ import { spawnSync } from 'node:child_process';
 import { lstat, mkdir, readdir, readFile, readlink, rm, symlink, unlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { Manifest } from '../../agent/backup/manifest';
 import { startBackup, startVerify } from '../../agent/backup/operations';
 import { readBackup } from '../../agent/backup/reader';
 import { extractionSinks } from '../../agent/restore/extract';
@@ -15,7 +14,15 @@ import { seededEnvironment, startTestAgent, type TestAgent } from '../services/a
 import { startPostgres, type TestPostgres } from '../services/postgres';
 import { startAll } from '../services/start-all';
 import { tempDirForTest } from '../services/temp-dir';
-import { type ArchiveEntry, leftovers, liveState, runRestore, sealArchive } from './helpers';
+import {
+  type ArchiveEntry,
+  hostileFile as file,
+  hostile,
+  leftovers,
+  liveState,
+  runRestore,
+  sealArchive,
+} from './helpers';
 
 let pg: TestPostgres;
 let built: BuiltCli;
@@ -106,46 +113,6 @@ describe('links in the scripts folder', () => {
   });
 });
 
-/** A manifest for hand-made entries: files, folders and links as their headers say. */
-function hostile(entries: ArchiveEntry[]): ArchiveEntry[] {
-  const manifest: Manifest = {
-    format: 'gem-backup-manifest',
-    version: 1,
-    createdAt: new Date().toISOString(),
-    installationId: t.agent.keyring.installationId,
-    agentVersion: 'test',
-    kind: 'manual',
-    postgres: {
-      serverVersion: '15.0',
-      serverVersionNum: 150000,
-      dumpVersion: 'pg_dump (PostgreSQL) 15.0',
-      database: 'gem',
-    },
-    rowCounts: {},
-    members: [
-      { path: 'scripts', type: 'directory', size: 0 },
-      ...entries.map((e) =>
-        e.header.type === 'symlink'
-          ? { path: e.header.name, type: 'symlink' as const, size: 0, target: e.header.linkname! }
-          : e.header.type === 'directory'
-            ? { path: e.header.name, type: 'directory' as const, size: 0 }
-            : { path: e.header.name, type: 'file' as const, size: e.data?.length ?? 0 },
-      ),
-    ],
-  };
-  const data = Buffer.from(JSON.stringify(manifest));
-  return [
-    { header: { name: 'manifest.json', type: 'file', size: data.length, mode: 0o644 }, data },
-    { header: { name: 'scripts', type: 'directory', mode: 0o755 } },
-    ...entries,
-  ];
-}
-
-const file = (name: string, text = 'pwned'): ArchiveEntry => ({
-  header: { name, type: 'file', size: Buffer.byteLength(text), mode: 0o644 },
-  data: Buffer.from(text),
-});
-
 describe('a hostile archive with a link, sealed with the installation keys', () => {
   const cases: Array<[string, (outside: string) => ArchiveEntry[]]> = [
     [
@@ -172,7 +139,7 @@ describe('a hostile archive with a link, sealed with the installation keys', () 
       await sealArchive(
         t.agent.keyring.activeKey,
         t.agent.keyring.installationId,
-        hostile(entries(outside)),
+        hostile(t.agent.keyring.installationId, entries(outside)),
         path,
       );
       await expect(readBackup(path, { keys: t.agent.keyring.masterKeys })).rejects.toMatchObject({
@@ -194,7 +161,9 @@ describe('a hostile archive with a link, sealed with the installation keys', () 
   it('refuses a link whose target is not the one the manifest lists', async () => {
     const name = 'gem-backup-2020-02-09-000000.tar.gz';
     const path = t.agent.catalog.pathOf(name);
-    const entries = hostile([{ header: { name: 'scripts/l', type: 'symlink', linkname: 'a.js' } }]);
+    const entries = hostile(t.agent.keyring.installationId, [
+      { header: { name: 'scripts/l', type: 'symlink', linkname: 'a.js' } },
+    ]);
     const header = entries[2]!.header;
     header.linkname = '/etc/shadow';
     await sealArchive(t.agent.keyring.activeKey, t.agent.keyring.installationId, entries, path);

@@ -61,6 +61,26 @@ export async function startPostgres(options: { fsync?: boolean } = {}): Promise<
 }
 
 /**
+ * A TestPostgres over a cluster the test starts and stops itself (one it stops under the agent, or puts
+ * on a small disk): its databases are made as startPostgres makes them, and stop() leaves it running.
+ */
+export function testPostgresOn(
+  cluster: ClusterHandle,
+  binDir: string,
+  defaultDatabase: string,
+): TestPostgres {
+  return {
+    cluster,
+    binDir,
+    async createDatabase(name = defaultDatabase) {
+      await ensureDatabase(cluster.url('postgres'), name);
+      return cluster.url(name);
+    },
+    async stop() {},
+  };
+}
+
+/**
  * Copies the run's template cluster (test/services/postgres-template.ts) to `dir`, owners and modes
  * kept (cp -a: the cluster belongs to user postgres when the tests run as root); startCluster then
  * starts it as a cluster made earlier. Outside a vitest run there is no template: initdb makes it.
