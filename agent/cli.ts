@@ -16,6 +16,9 @@ const COMMANDS: Record<string, () => Promise<Command>> = {
   keys: async () => (await import('./cli/keys')).keysCommand,
   dr: async () => (await import('./cli/dr')).drCommand,
   restore: async () => (await import('./cli/restore')).restoreCommand,
+  pin: async () => (await import('./cli/retention')).pinCommand,
+  unpin: async () => (await import('./cli/retention')).unpinCommand,
+  retention: async () => (await import('./cli/retention')).retentionCommand,
 };
 
 /** Each command's lines of the usage, in the order `gem-backup help` lists them. */
@@ -25,6 +28,16 @@ const USAGES: Record<string, string[]> = {
     'list [--json]                               list local backups, newest first (a header on a terminal;',
     '                                            --json: one JSON array as GET /api/v1/backups, sizes in bytes)',
     'list --from sftp|s3|smb [--json]            list the copies on an offsite destination (set up on the page)',
+  ],
+  pin: [
+    'pin NAME                                    pin a backup: retention never deletes it, here or offsite',
+  ],
+  unpin: ['unpin NAME                                  unpin it: retention may delete it again'],
+  retention: [
+    'retention [--json]                          what retention keeps and deletes at the next backup, and whether',
+    '                                            pruning is paused (--json: as GET /api/v1/retention/preview)',
+    'retention resume [--yes]                    end a pause of pruning once the pins are checked (the backup',
+    '                                            records were damaged); without --yes, only say what it deletes',
   ],
   verify: [
     'verify FILE                                 decrypt and check every chunk and member (a name or a path)',

@@ -17,7 +17,7 @@ interface Widths {
 }
 
 function row(b: BackupInfo, w: Widths): string {
-  return `${b.filename.padEnd(w.filename)}  ${b.createdAt.padEnd(w.createdAt)}  ${formatSize(b.size).padStart(w.size)}  ${b.kind}${b.label ? ` "${b.label}"` : ''}`;
+  return `${b.filename.padEnd(w.filename)}  ${b.createdAt.padEnd(w.createdAt)}  ${formatSize(b.size).padStart(w.size)}  ${b.kind}${b.pinned ? ' pinned' : ''}${b.label ? ` "${b.label}"` : ''}`;
 }
 
 /**

@@ -42,7 +42,7 @@ function inProcessAgent() {
 function plainRow(b: BackupInfo): string {
   const size =
     b.size >= 1048576 ? `${(b.size / 1048576).toFixed(1)} MiB` : `${(b.size / 1024).toFixed(1)} KiB`;
-  return `${b.filename}  ${b.createdAt}  ${size.padStart(10)}  ${b.kind}${b.label ? ` "${b.label}"` : ''}`;
+  return `${b.filename}  ${b.createdAt}  ${size.padStart(10)}  ${b.kind}${b.pinned ? ' pinned' : ''}${b.label ? ` "${b.label}"` : ''}`;
 }
 
 beforeAll(async () => {

@@ -42,6 +42,14 @@ export async function backupFileResponse(agent: Agent, name: string): Promise<Re
 /** What GET /backups answers (newest first); `gem-backup list --json` prints the same. */
 export const backupList = (agent: Agent) => agent.catalog.list();
 
+/** Pins or unpins a backup (the routes, `gem-backup pin|unpin`); answers its entry as the list shows it. */
+export async function setPinned(agent: Agent, filename: string, pinned: boolean) {
+  const name = checkBackupName(filename);
+  await agent.catalog.info(name);
+  await agent.catalog.updateRecord(name, { pinned: pinned || undefined });
+  return agent.catalog.info(name);
+}
+
 export function backupRoutes(agent: Agent): Hono {
   const app = new Hono();
 
@@ -85,12 +93,8 @@ export function backupRoutes(agent: Agent): Hono {
   });
 
   // Pinned backups are never pruned by retention (local or offsite) and say so in the list.
-  const pin = (pinned: boolean) => async (c: import('hono').Context) => {
-    const name = checkBackupName(c.req.param('filename') ?? '');
-    await agent.catalog.info(name);
-    await agent.catalog.updateRecord(name, { pinned: pinned || undefined });
-    return c.json(await agent.catalog.info(name));
-  };
+  const pin = (pinned: boolean) => async (c: import('hono').Context) =>
+    c.json(await setPinned(agent, c.req.param('filename') ?? '', pinned));
   app.post('/:filename/pin', pin(true));
   app.delete('/:filename/pin', pin(false));
 

@@ -79,37 +79,7 @@ export function retentionRoutes(agent: Agent): Hono {
   app.get('/preview', async (c) => {
     const parsed = PreviewQuery.safeParse({ maxBackups: c.req.query('maxBackups') });
     if (!parsed.success) throw validationError(parsed.error);
-    const maxBackups = parsed.data.maxBackups ?? agent.settings.get().autoBackup.maxBackups;
-    const plan = await planLocalPrune(agent, [], maxBackups);
-    const names = (list: typeof plan.keep) =>
-      list.map((b) => ({
-        filename: b.filename,
-        createdAt: b.createdAt,
-        kind: b.kind,
-        pinned: b.pinned ?? false,
-      }));
-    const next = await planNextBackupPrune(agent, maxBackups);
-    // Asked after the plans: listing the backups is what finds a damaged records file and holds pruning.
-    const hold = await agent.catalog.hold.get();
-    if (hold) {
-      // Held: nothing would be deleted, now or at the next backup, until the owner resumes pruning.
-      // `ifResumed`: what the same plans delete once the owner resumes (the page asks before resuming).
-      return c.json({
-        maxBackups,
-        held: holdView(hold),
-        delete: [],
-        keep: names([...plan.keep, ...plan.delete]),
-        nextBackup: { delete: [] },
-        ifResumed: { delete: names(plan.delete), nextBackup: { delete: names(next) } },
-      });
-    }
-    return c.json({
-      maxBackups,
-      held: null,
-      delete: names(plan.delete),
-      keep: names(plan.keep),
-      nextBackup: { delete: names(next) },
-    });
+    return c.json(await retentionPreview(agent, parsed.data.maxBackups));
   });
 
   /** The retention hold in force (`held`: null when pruning runs as configured). */
@@ -123,11 +93,58 @@ export function retentionRoutes(agent: Agent): Hono {
    * prune runs as configured again. Answers the hold that ended (`resumed`: null when none was in force).
    */
   app.post('/resume', async (c) => {
-    const was = await agent.catalog.hold.resume();
-    if (was) agent.log.info('pruning resumed by the owner', { setAside: was.setAside });
+    const was = await resumePruning(agent);
     return c.json({ resumed: was ? holdView(was) : null, held: null });
   });
   return app;
+}
+
+/**
+ * What GET /retention/preview answers, and `gem-backup retention` prints: what the prune would delete
+ * locally under the saved maxBackups (or `maxBackups` given) now and at the next backup; while pruning is
+ * held, `held`, both lists empty, and `ifResumed`.
+ */
+export async function retentionPreview(
+  agent: Agent,
+  maxBackups = agent.settings.get().autoBackup.maxBackups,
+) {
+  const plan = await planLocalPrune(agent, [], maxBackups);
+  const names = (list: typeof plan.keep) =>
+    list.map((b) => ({
+      filename: b.filename,
+      createdAt: b.createdAt,
+      kind: b.kind,
+      pinned: b.pinned ?? false,
+    }));
+  const next = await planNextBackupPrune(agent, maxBackups);
+  // Asked after the plans: listing the backups is what finds a damaged records file and holds pruning.
+  const hold = await agent.catalog.hold.get();
+  if (hold) {
+    // Held: nothing would be deleted, now or at the next backup, until the owner resumes pruning.
+    // `ifResumed`: what the same plans delete once the owner resumes (the page asks before resuming).
+    return {
+      maxBackups,
+      held: holdView(hold),
+      delete: [],
+      keep: names([...plan.keep, ...plan.delete]),
+      nextBackup: { delete: [] },
+      ifResumed: { delete: names(plan.delete), nextBackup: { delete: names(next) } },
+    };
+  }
+  return {
+    maxBackups,
+    held: null,
+    delete: names(plan.delete),
+    keep: names(plan.keep),
+    nextBackup: { delete: names(next) },
+  };
+}
+
+/** Ends the retention hold (POST /retention/resume, `gem-backup retention resume`); the hold that ended, if any. */
+export async function resumePruning(agent: Agent): Promise<RetentionHoldInfo | undefined> {
+  const was = await agent.catalog.hold.resume();
+  if (was) agent.log.info('pruning resumed by the owner', { setAside: was.setAside });
+  return was;
 }
 
 /** A hold as the API tells it: when, which damaged records files were set aside, and the sentence to show. */
