@@ -153,8 +153,9 @@ function statusLines(view: StatusView, showId: boolean): string[] {
   );
   if (s.running) lines.push(`push: running now (job ${s.jobId})`);
   const last = s.lastPush;
+  const recovered = s.recovered;
   if (!last) {
-    lines.push('last push: none from this data dir');
+    lines.push(`last push: none from this data dir${recovered ? ' (it was recovered from the cloud)' : ''}`);
   } else if (last.outcome === 'succeeded') {
     lines.push(`last push: ${pushWhen(last)}: ${last.backup}`);
   } else if (last.outcome === 'failed') {
@@ -169,6 +170,10 @@ function statusLines(view: StatusView, showId: boolean): string[] {
     const tries = s.pendingDeletion.attempts;
     lines.push(
       `cloud copy: being deleted since ${s.pendingDeletion.since} (Cloud DR was turned off; ${tries} attempt${tries === 1 ? '' : 's'} so far, retried until the cloud confirms)`,
+    );
+  } else if (recovered) {
+    lines.push(
+      `cloud copy: the backup this box was recovered from ${formatAge(recovered.at)} (here ${recovered.backup}), made ${formatAge(recovered.createdAt)} (${recovered.createdAt}); the next push replaces it`,
     );
   } else if (copy) {
     const made = copy.createdAt ? `made ${formatAge(copy.createdAt)} (${copy.createdAt}), ` : '';

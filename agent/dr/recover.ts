@@ -238,7 +238,11 @@ export async function recoverFromCloud(
       skipSafetyBackup,
       ...(deps.faults?.restore ? { faults: deps.faults.restore } : {}),
     });
-    // The box now holds the recovered data under the recovered identity: pushes may go again.
+    // The box now holds the recovered data under the recovered identity: pushes may go again. The slot
+    // still holds the copy it came from (dr status and the cloud check say so until a push replaces it).
+    await deps.state.update((s) => {
+      s.recovered = { at: new Date().toISOString(), createdAt: manifest.createdAt, backup: name };
+    });
     await deps.unfinished.clear();
     return {
       installationId: recovered.installationId,

@@ -9,7 +9,7 @@ import { DrClient, type DrFaults } from './client';
 import { DEFAULT_TUNING, type PushTuning, pushToCloud } from './push';
 import { abandonRecovery, type RecoverFaults, recoverFromCloud } from './recover';
 import { type NightlyTimer, nextNightlyRun, scheduleNightly } from './schedule';
-import { type DrPushRecord, type DrState, DrStateStore } from './state';
+import { type DrPushRecord, type DrRecoveredCopy, type DrState, DrStateStore } from './state';
 import {
   INSTALLATION_ID_RULE,
   normalizeInstallationId,
@@ -45,6 +45,11 @@ export interface DrStatus {
   jobId: string | null;
   lastPush: DrPushRecord | null;
   lastSuccess: DrPushRecord | null;
+  /**
+   * The cloud copy this box was recovered from, while no push from here has replaced it (a push after
+   * the recovery, or none made: null).
+   */
+  recovered: DrRecoveredCopy | null;
   pendingDeletion: DrState['pendingDeletion'] | null;
   escrowKid: string | null;
   upload: { backup: string; uploadId: string } | null;
@@ -174,6 +179,7 @@ export class DrService {
       jobId: running ? (this.pushJobId ?? null) : null,
       lastPush: s.lastPush ?? null,
       lastSuccess: s.lastSuccess ?? null,
+      recovered: recoveredCopy(s),
       pendingDeletion: s.pendingDeletion ?? null,
       escrowKid: s.escrow?.kid ?? null,
       upload: s.upload ? { backup: s.upload.backupName, uploadId: s.upload.uploadId } : null,
@@ -410,6 +416,7 @@ export class DrService {
       await this.state.update((x) => {
         delete x.pendingDeletion;
         delete x.lastSuccess;
+        delete x.recovered;
       });
       return;
     }
@@ -430,6 +437,7 @@ export class DrService {
       await this.state.update((x) => {
         delete x.pendingDeletion;
         delete x.lastSuccess;
+        delete x.recovered;
       });
       this.agent.log.info('the Cloud DR copy was deleted', { hadBackup: deleted });
     } catch (error) {
@@ -527,9 +535,19 @@ function within(at: Date | null | undefined, now: Date, ms: number): boolean {
   return !!at && at.getTime() - now.getTime() < ms;
 }
 
-/** A push succeeded (and no confirmed deletion followed it), or a multipart upload was left open. */
+/** The copy a finished recovery left in the slot, unless a later push (or the opt-out's deletion) replaced it. */
+export function recoveredCopy(s: DrState): DrRecoveredCopy | null {
+  if (!s.recovered) return null;
+  if (s.lastSuccess && s.lastSuccess.at >= s.recovered.at) return null;
+  return s.recovered;
+}
+
+/**
+ * A push succeeded or a recovery came from the slot (and no confirmed deletion followed), or a
+ * multipart upload was left open.
+ */
 function cloudCopyMayExist(s: DrState): boolean {
-  return s.lastSuccess !== undefined || s.upload !== undefined;
+  return s.lastSuccess !== undefined || s.recovered !== undefined || s.upload !== undefined;
 }
 
 const services = new WeakMap<Agent, DrService>();

@@ -21,6 +21,13 @@ export interface DrPushRecord {
   error?: { code: string; message: string };
 }
 
+/** The cloud copy a finished recovery restored: when, its created-at (as in the slot), its local name. */
+export interface DrRecoveredCopy {
+  at: string;
+  createdAt: string;
+  backup: string;
+}
+
 /** A multipart upload in progress: enough to resume it on a fresh attempt with the same bytes. */
 export interface DrUploadInProgress {
   uploadId: string;
@@ -42,6 +49,11 @@ export interface DrState {
   escrow?: { kid: string; publicJwk: JWK; pinnedAt: string };
   lastPush?: DrPushRecord;
   lastSuccess?: DrPushRecord;
+  /**
+   * The cloud copy this box was recovered from (`dr recover`, finished): the slot's backup as it was
+   * then, until a push from here replaces it. `backup`: its local name here.
+   */
+  recovered?: DrRecoveredCopy;
   /** Set when Cloud DR was turned off: the slot must be deleted; cleared only when the cloud confirms. */
   pendingDeletion?: {
     since: string;

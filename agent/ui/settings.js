@@ -551,7 +551,9 @@ export async function loadDrStatus() {
     const status = await api('/dr/status');
     drAvailable = status.configured !== false;
     showDrAvailability();
-    $('dr-last').textContent = pushText(status.lastPush);
+    $('dr-last').textContent = status.recovered
+      ? `${status.lastPush ? `${pushText(status.lastPush)} · ` : ''}Recovered from the cloud ${dateTime(status.recovered.at)} (a backup made ${dateTime(status.recovered.createdAt)}); the next push replaces it`
+      : pushText(status.lastPush);
     $('dr-next').textContent = !drAvailable
       ? 'Not available on this controller'
       : status.running

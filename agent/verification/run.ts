@@ -98,7 +98,7 @@ async function verifyOffsite(agent: Agent, ctx: JobContext, kind: OffsiteKind): 
   }
 }
 
-/** The slot's size, created-at and sha256 against the last successful push's record (each when recorded). */
+/** The slot's size, created-at and sha256 against the last successful push's record (each when recorded), or the recovered copy's created-at. */
 async function verifyCloud(agent: Agent, ctx: JobContext): Promise<TargetResult> {
   const at = new Date().toISOString();
   const dr = drServiceFor(agent);
@@ -106,7 +106,9 @@ async function verifyCloud(agent: Agent, ctx: JobContext): Promise<TargetResult>
   if (!status.enabled || !status.url) {
     return { target: 'cloud', at, ok: true, check: 'none', skipped: status.reason ?? 'Cloud DR is off' };
   }
-  const pushed = status.lastSuccess;
+  // After a finished recovery with no push since, the slot holds the copy recovered: its created-at is known.
+  const pushed: { at: string; size?: number; sha256?: string; createdAt?: string; backup?: string } | null =
+    status.recovered ?? status.lastSuccess;
   if (!pushed) return { target: 'cloud', at, ok: true, check: 'none', skipped: 'nothing was pushed yet' };
   ctx.phase('verify cloud');
   try {

@@ -193,6 +193,36 @@ describe('gem-backup dr status', () => {
     });
   });
 
+  it('after a recovery from the cloud: the cloud copy is the one recovered, until a push from here replaces it', async () => {
+    const lost = await installation('gem-cli-dr-status-lost-');
+    await lost.cli('dr', 'push');
+    const pushed = JSON.parse((await lost.cli('dr', 'status', '--json')).stdout).lastSuccess as {
+      createdAt: string;
+    };
+    const box = await installation('gem-cli-dr-status-new-');
+    await box.cli('dr', 'recover', '--installation-id', lost.id);
+
+    const res = await box.cli('dr', 'status');
+    expect(res.stdout).not.toContain(lost.id);
+    const lines = byLabel(res.stdout);
+    expect(lines.installation).toMatch(new RegExp(`^${lost.id.slice(0, 8)}… `));
+    expect(lines['last push']).toBe('none from this data dir (it was recovered from the cloud)');
+    expect(lines['cloud copy']).toMatch(
+      new RegExp(
+        `^the backup this box was recovered from less than a minute ago \\(here gem-backup-\\S+\\.tar\\.gz\\), made less than a minute ago \\(${pushed.createdAt.replaceAll('.', '\\.')}\\); the next push replaces it$`,
+      ),
+    );
+    const machine = JSON.parse((await box.cli('dr', 'status', '--json')).stdout);
+    expect(machine.recovered).toMatchObject({ createdAt: pushed.createdAt });
+    expect(machine.lastSuccess).toBeNull();
+
+    await box.cli('dr', 'push');
+    const after = byLabel((await box.cli('dr', 'status')).stdout);
+    expect(after['last push']).toMatch(/^succeeded less than a minute ago /);
+    expect(after['cloud copy']).toMatch(/^gem-backup-\S+\.tar\.gz, made .*, pushed less than a minute ago$/);
+    expect(JSON.parse((await box.cli('dr', 'status', '--json')).stdout).recovered).toBeNull();
+  });
+
   it('its help names --json and --show-installation-id', async () => {
     const res = await runProcess(process.execPath, [built.path, 'dr', '--help']);
     expect(res.code).toBe(0);
