@@ -1,4 +1,7 @@
-/** The audit log: one JSON line per access to a backup or key route, with time, route and outcome. */
+/**
+ * The audit log: one JSON line per access to a backup or key route, with time, route and outcome; the
+ * requests turned away for their token in a file of their own (audit-refused.log).
+ */
 import { appendFile, rename, stat } from 'node:fs/promises';
 import { getConnInfo } from '@hono/node-server/conninfo';
 import type { Context, MiddlewareHandler } from 'hono';
@@ -6,28 +9,42 @@ import type { Context, MiddlewareHandler } from 'hono';
 /** The size at which audit.log becomes audit.log.1 (replacing the one before): at most twice this on disk. */
 const AUDIT_ROTATE_BYTES = 8 * 1024 * 1024;
 
+/**
+ * Where requests turned away for their token (401) are recorded, beside `audit.log`: anyone who can
+ * reach the port can send those, so they rotate in their own file and can never push the record of an
+ * authorized access out of `audit.log`.
+ */
+export function refusedAuditPath(auditPath: string): string {
+  return auditPath.replace(/(\.log)?$/, '-refused.log');
+}
+
 export class AuditLog {
   private queue: Promise<void> = Promise.resolve();
+  readonly refusedPath: string;
   constructor(
     private readonly path: string,
     private readonly rotateBytes = AUDIT_ROTATE_BYTES,
-  ) {}
+  ) {
+    this.refusedPath = refusedAuditPath(path);
+  }
 
   /**
-   * Appends one record; writes are serialized so lines never interleave. A log that reached the
-   * rotation size is first renamed to `.1`: requests without a token (each one recorded) cannot fill
-   * the disk the backups share.
+   * Appends one record; writes are serialized so lines never interleave. A request turned away for
+   * its token (status 401) goes to the refused log, everything else to the audit log. A log that
+   * reached the rotation size is first renamed to `.1`: requests without a token (each one recorded)
+   * cannot fill the disk the backups share.
    */
   record(entry: Record<string, unknown>): Promise<void> {
     const line = `${JSON.stringify({ time: new Date().toISOString(), ...entry })}\n`;
+    const path = entry.status === 401 ? this.refusedPath : this.path;
     this.queue = this.queue
       .then(async () => {
-        const size = await stat(this.path).then(
+        const size = await stat(path).then(
           (s) => s.size,
           () => 0,
         );
-        if (size >= this.rotateBytes) await rename(this.path, `${this.path}.1`);
-        await appendFile(this.path, line, { mode: 0o600 });
+        if (size >= this.rotateBytes) await rename(path, `${path}.1`);
+        await appendFile(path, line, { mode: 0o600 });
       })
       .catch(() => {});
     return this.queue;

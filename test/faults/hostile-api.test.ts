@@ -122,7 +122,7 @@ async function snapshot() {
       const path = join(dir, name);
       const s = await stat(path);
       // The audit log records every attempt (as it should); the agent's own cluster files are not ours to list.
-      if (rel === '' && (name === 'audit.log' || name === 'gem')) continue;
+      if (rel === '' && (name.startsWith('audit') || name === 'gem')) continue;
       if (s.isDirectory()) await walk(path, `${rel}${name}/`);
       else files.push(`${rel}${name}:${s.size}:${s.mtimeMs}`);
     }

@@ -54,7 +54,7 @@ describe('audit client', () => {
     dirs.push(dir);
     const path = join(dir, 'audit.log');
     const audit = new AuditLog(path, 1000);
-    for (let n = 0; n < 40; n++) void audit.record({ route: '/api/v1/backups', status: 401, n });
+    for (let n = 0; n < 40; n++) void audit.record({ route: '/api/v1/backups', status: 200, n });
     await audit.flush();
     const read = async (file: string) =>
       (await readFile(file, 'utf8'))
@@ -72,5 +72,29 @@ describe('audit client', () => {
       expect(info.size).toBeLessThan(1200);
       expect(info.mode & 0o777).toBe(0o600);
     }
+  });
+
+  it('requests turned away for their token rotate in audit-refused.log: a flood of them never pushes an authorized access out', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'gem-audit-'));
+    dirs.push(dir);
+    const path = join(dir, 'audit.log');
+    const audit = new AuditLog(path, 1000);
+    void audit.record({ route: '/api/v1/keys/export', status: 200, who: 'owner' });
+    for (let n = 0; n < 200; n++) void audit.record({ route: '/api/v1/keys/x', status: 401, n });
+    await audit.flush();
+    const lines = (file: string) =>
+      readFile(file, 'utf8').then((text) =>
+        text
+          .trim()
+          .split('\n')
+          .map((line) => JSON.parse(line)),
+      );
+    expect(await lines(path)).toEqual([expect.objectContaining({ status: 200, who: 'owner' })]);
+    const refused = join(dir, 'audit-refused.log');
+    expect(audit.refusedPath).toBe(refused);
+    const newest = await lines(refused);
+    expect(newest.at(-1)).toMatchObject({ status: 401, n: 199 });
+    expect((await lines(`${refused}.1`)).length).toBeGreaterThan(5);
+    for (const file of [refused, `${refused}.1`]) expect((await stat(file)).mode & 0o777).toBe(0o600);
   });
 });

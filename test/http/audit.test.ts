@@ -30,19 +30,37 @@ async function newAuditLines(): Promise<Record<string, unknown>[]> {
   return fresh;
 }
 
+/** The lines of the refused log (requests turned away for their token) written since the previous call. */
+let seenRefused = 0;
+async function newRefusedLines(): Promise<Record<string, unknown>[]> {
+  await t.agent.audit.flush();
+  const text = await readFile(t.agent.audit.refusedPath, 'utf8').catch(() => '');
+  const lines = text
+    .split('\n')
+    .filter(Boolean)
+    .map((line) => JSON.parse(line) as Record<string, unknown>);
+  const fresh = lines.slice(seenRefused);
+  seenRefused = lines.length;
+  return fresh;
+}
+
 describe('audit log', () => {
-  it('records a rejected token on a key or backup route, once, with status 401', async () => {
+  it('records a rejected token on a key or backup route, once, with status 401, in audit-refused.log', async () => {
     await newAuditLines();
+    await newRefusedLines();
     const bad = await t.request('/api/v1/keys/export', { headers: { authorization: 'Bearer wrong-token' } });
     expect(bad.status).toBe(401);
-    expect(await newAuditLines()).toEqual([
+    expect(await newRefusedLines()).toEqual([
       expect.objectContaining({ method: 'GET', route: '/api/v1/keys/export', status: 401, outcome: 'error' }),
     ]);
     const missing = await t.app.request('/api/v1/backups');
     expect(missing.status).toBe(401);
-    expect(await newAuditLines()).toEqual([
+    expect(await newRefusedLines()).toEqual([
       expect.objectContaining({ method: 'GET', route: '/api/v1/backups', status: 401, outcome: 'error' }),
     ]);
+    // Not in audit.log: only authorized accesses (and their errors) rotate there.
+    expect(await newAuditLines()).toEqual([]);
+    expect(t.agent.audit.refusedPath).toBe(t.agent.paths.audit.replace(/audit\.log$/, 'audit-refused.log'));
   });
 
   it('records a list of backups, or one backup, exactly once', async () => {
