@@ -152,17 +152,27 @@ async function readMember(
     sink.once('error', (error: NodeJS.ErrnoException) => {
       if (isSystemError(error)) ownSideErrors.add(error);
     });
+    // Stopped before a byte past the manifest's size reaches the sink: what the restore's disk check
+    // counted is all it writes.
     const counter = new Transform({
       transform(chunk: Buffer, _enc, cb) {
         size += chunk.length;
-        cb(null, chunk);
+        cb(size > member.size ? tooLong(member) : null, size > member.size ? undefined : chunk);
       },
     });
     await pipeline(entry, counter, sink);
   } else {
-    for await (const chunk of entry) size += (chunk as Buffer).length;
+    for await (const chunk of entry) {
+      size += (chunk as Buffer).length;
+      if (size > member.size) throw tooLong(member);
+    }
   }
   return size;
+}
+
+/** A member with more bytes than its manifest says: refused as soon as it passes that size. */
+function tooLong(member: ManifestMember): AppError {
+  return corrupt(`member ${member.path} is larger than the manifest's ${member.size} bytes`);
 }
 
 /**
@@ -280,6 +290,8 @@ export async function readBackup(source: string | Readable, options: ReadOptions
         entry.resume();
         continue;
       }
+      // Its tar header says how long it is: one longer than the manifest says is not read at all.
+      if ((entry.header.size ?? 0) > member.size) throw tooLong(member);
       const sha256 = hasher.member(start, start + (entry.header.size ?? 0));
       sha256.catch(() => {}); // awaited below, in order
       digests.push({ name, expected: member.sha256, sha256 });

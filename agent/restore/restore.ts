@@ -4,9 +4,10 @@ import { mkdir, mkdtemp, rm, stat, statfs } from 'node:fs/promises';
 import { basename, join } from 'node:path';
 import { stanzaKeyIds, unwrapWithMasterKeys, verifyHeaderMac } from '../../shared/envelope';
 import type { Agent } from '../agent';
+import { FOLDER_ROOTS, type FolderRoot } from '../backup/archive';
 import { checkBackupName } from '../backup/catalog';
 import { backupDeps, createBackup } from '../backup/create';
-import { DUMP_NAME } from '../backup/manifest';
+import { DUMP_NAME, type Manifest } from '../backup/manifest';
 import { prepareArchiveHasher } from '../backup/member-hasher';
 import { type ReadOptions, readBackup, readHeaderOfFile } from '../backup/reader';
 import { busyBackupNames } from '../backup/retention';
@@ -119,6 +120,31 @@ async function databaseStorage(
 interface SpaceNeed {
   dir: string;
   bytes: number;
+}
+
+/** What a file or folder takes on disk at least: its bytes rounded up to whole 4 KiB blocks. */
+const BLOCK = 4096;
+const onDisk = (bytes: number) => Math.ceil(Math.max(bytes, 1) / BLOCK) * BLOCK;
+
+/**
+ * What the backup unpacks to, from its manifest's members (read before any other member, and each
+ * member is stopped at its manifest size): the dump, written into the work folder, and each folder
+ * root's files and folders, written into its staging folder beside the live one. Never from the
+ * backup file's size: a member of zeros compresses 1000:1.
+ */
+function unpackedBytes(manifest: Pick<Manifest, 'members'>): { dump: number } & Record<FolderRoot, number> {
+  const bytes = { dump: 0, scripts: 0, config: 0 };
+  for (const member of manifest.members) {
+    if (member.path === DUMP_NAME) {
+      bytes.dump += member.size;
+      continue;
+    }
+    const root = member.path.split('/')[0] as FolderRoot;
+    // Anything else is refused by the extraction before a byte of it is written.
+    if (!(FOLDER_ROOTS as readonly string[]).includes(root)) continue;
+    bytes[root] += member.type === 'file' ? onDisk(member.size) : BLOCK;
+  }
+  return bytes;
 }
 
 /**
@@ -282,15 +308,23 @@ export async function restoreFromFile(
   const storage = await databaseStorage(conn, ctx.log);
   const databaseDir = storage.dir;
   /**
-   * The data dir's file system holds the extracted members and the safety backup (about the file's
-   * size each). The database's holds the staging copy: its size when the backup was made (the
-   * manifest's; a backup made before it was recorded: the live database's), and its WAL (as much
-   * again, up to max_wal_size, before a checkpoint recycles it). A database on this machine whose
-   * folder is not known is counted on the data dir's file system (as before); one on another machine not.
+   * What the backup unpacks to, where it is staged (the manifest's member sizes, not the file's): the
+   * dump in the work folder, beside the safety backup (about the file's size); each folder root's
+   * members in its staging folder beside the live one. The database's file system holds the staging
+   * copy: its size when the backup was made (the manifest's; a backup made before it was recorded: the
+   * live database's), and its WAL (as much again, up to max_wal_size, before a checkpoint recycles
+   * it). A database on this machine whose folder is not known is counted on the data dir's file
+   * system (as before); one on another machine not. Checked once the manifest is read, before any
+   * other member is written.
    */
-  const checkSpace = async (manifest: { postgres: { databaseBytes?: number | undefined } }) => {
+  const checkSpace = async (manifest: Manifest, folders: { root: FolderRoot; staging: string }[]) => {
     const required = options.faults?.requiredBytes;
-    const needs: SpaceNeed[] = [{ dir: agent.paths.work, bytes: required ?? 2 * size }];
+    const unpacked = unpackedBytes(manifest);
+    const safety = options.skipSafetyBackup ? 0 : size;
+    const needs: SpaceNeed[] = [{ dir: agent.paths.work, bytes: required ?? unpacked.dump + safety }];
+    if (required === undefined) {
+      for (const folder of folders) needs.push({ dir: folder.staging, bytes: unpacked[folder.root] });
+    }
     if (required === undefined && storage.local) {
       const database = manifest.postgres.databaseBytes ?? (await databaseSize(conn));
       if (databaseDir) {
@@ -347,7 +381,7 @@ export async function restoreFromFile(
         onSymlink,
         onManifest: async (m) => {
           await checkVersions(conn, sources.tools, m.postgres);
-          await checkSpace(m);
+          await checkSpace(m, names.folders);
         },
         onProgress: (b) => ctx.progress(b),
       });
