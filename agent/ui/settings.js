@@ -6,6 +6,11 @@ import { setupOffsite, sftpMethod, syncOffsiteView } from './offsite.js';
 
 const $ = (id) => document.getElementById(id);
 let loaded = {};
+/**
+ * True while the form holds the agent's saved settings (GET /settings answered). A form the load failed
+ * for shows defaults: saving it would turn automatic backups and every destination off, so Save waits.
+ */
+let formLoaded = false;
 
 const getPath = (object, path) =>
   path.split('.').reduce((value, key) => (value == null ? undefined : value[key]), object);
@@ -456,6 +461,8 @@ async function save(event) {
   event.preventDefault();
   const status = $('settings-status');
   const button = $('save-settings');
+  // Enter in a field submits even with Save disabled in some browsers: the form of defaults is never sent.
+  if (!formLoaded) return;
   clearFieldErrors();
   if (refuseEmptyRequired()) {
     tell(status, 'Not saved: correct the field marked below.', 'bad');
@@ -520,19 +527,68 @@ async function save(event) {
       ? 'Not saved: correct the field marked below.'
       : `Not saved: ${error.message}`;
   } finally {
-    button.disabled = false;
+    button.disabled = !formLoaded;
   }
 }
 
-/** Loads the saved settings into the form. */
-export async function loadSettings() {
-  try {
-    loaded = await api('/settings');
-    fill(loaded);
-  } catch (error) {
-    $('settings-status').className = 'result bad';
-    $('settings-status').textContent = `Could not load the settings: ${error.message}`;
-  }
+/** How long the page waits before it asks for the settings again after a failed load: doubles up to the last. */
+const RELOAD_DELAYS_MS = [2000, 4000, 8000, 15_000, 30_000];
+let reloadTimer;
+let reloadAttempt = 0;
+let loading;
+
+/**
+ * The load failed: Save is disabled and says why, with a Retry; the page asks again on its own until
+ * the agent answers (not after a 401: the page is back at sign-in).
+ */
+function showLoadFailure(error) {
+  formLoaded = false;
+  const button = $('save-settings');
+  button.disabled = true;
+  button.title = 'The saved settings could not be loaded: nothing is saved until they are.';
+  const status = $('settings-status');
+  const message = String(error.message ?? error);
+  const retry = el(
+    'button',
+    { type: 'button', className: 'btn btn-small', id: 'settings-retry', onclick: () => loadSettings() },
+    'Retry',
+  );
+  status.className = 'result bad';
+  status.replaceChildren(
+    `Settings could not be loaded: ${message}${/[.?!]$/.test(message) ? '' : '.'} Saving is off until they are, so that the form’s defaults never replace them. `,
+    retry,
+  );
+  clearTimeout(reloadTimer);
+  if (error.status === 401) return;
+  const delay = RELOAD_DELAYS_MS[Math.min(reloadAttempt++, RELOAD_DELAYS_MS.length - 1)];
+  reloadTimer = setTimeout(() => {
+    if (!$('app').hidden) loadSettings();
+  }, delay);
+}
+
+/** Loads the saved settings into the form; on failure Save stays off until a load succeeds. */
+export function loadSettings() {
+  loading ??= (async () => {
+    clearTimeout(reloadTimer);
+    const retry = $('settings-retry');
+    if (retry) retry.disabled = true;
+    try {
+      loaded = await api('/settings');
+      formLoaded = true;
+      reloadAttempt = 0;
+      fill(loaded);
+      const button = $('save-settings');
+      button.disabled = false;
+      button.removeAttribute('title');
+      // The load failure's line goes; any other line (a save's result) stays.
+      if ($('settings-status').querySelector('#settings-retry')) tell($('settings-status'), '');
+    } catch (error) {
+      showLoadFailure(error);
+    } finally {
+      loading = undefined;
+    }
+  })();
+  return loading;
 }
 
 /** One DR push record (DrPushRecord) in words. */
