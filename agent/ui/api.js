@@ -138,7 +138,10 @@ function settled(job) {
   return job.error?.code === 'interrupted' ? { ...job, state: 'interrupted' } : job;
 }
 
-export async function followJob(jobId, { onJob, onNotice, signal } = {}) {
+/** Failed polls in a row before the page says it lost contact with the agent (about 2 s): one is a blip. */
+const LOST_AFTER = 2;
+
+export async function followJob(jobId, { onJob, onNotice, onContact, signal } = {}) {
   let last;
   try {
     const response = await fetch(`/api/v1/jobs/${encodeURIComponent(jobId)}/events`, {
@@ -161,12 +164,18 @@ export async function followJob(jobId, { onJob, onNotice, signal } = {}) {
     if (signal?.aborted) throw error;
     if (error instanceof ApiError && error.status !== 0 && error.status < 500) throw error;
   }
-  // The stream ended early or broke: poll until the job is over or the agent is back.
+  // The stream ended early or broke: poll until the job is over or the agent is back. `onContact(false,
+  // since)` once LOST_AFTER polls in a row failed (`since`: when the first did), `onContact(true, since)`
+  // at the first answer after that.
+  let lostSince;
+  let toldLost = false;
   for (let failures = 0; ; ) {
     if (signal?.aborted) throw new DOMException('aborted', 'AbortError');
     try {
       const job = await api(`/jobs/${encodeURIComponent(jobId)}`, { signal });
       failures = 0;
+      if (toldLost) onContact?.(true, lostSince);
+      toldLost = false;
       if (!last || JSON.stringify(job) !== JSON.stringify(last)) onJob?.(job);
       last = job;
       if (job.endedAt) return settled(job);
@@ -174,15 +183,22 @@ export async function followJob(jobId, { onJob, onNotice, signal } = {}) {
       if (error.name === 'AbortError') throw error;
       // A job the agent no longer knows was cut short by a restart (jobs live in its memory): say so,
       // rather than guess how it ended. Anything else but "unreachable" is a real answer.
-      if (error.status === 404 && last)
+      if (error.status === 404 && last) {
+        if (toldLost) onContact?.(true, lostSince);
         return {
           ...last,
           state: 'interrupted',
           endedAt: new Date().toISOString(),
           error: { code: 'agent_restarted', message: 'the agent restarted while this job was running' },
         };
+      }
       if (error.status !== 0 && error.status < 500) throw error;
-      if (++failures > 150) throw error;
+      if (failures === 0) lostSince = Date.now();
+      if (++failures === LOST_AFTER) {
+        toldLost = true;
+        onContact?.(false, lostSince);
+      }
+      if (failures > 150) throw error;
     }
     await sleep(1000);
   }

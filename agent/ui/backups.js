@@ -23,7 +23,12 @@ let restoreNoteTaken = false;
 
 /** Keeps what a finished restore did (its name, its safety backup's) for the page after the reload. */
 function keepRestoreNote(job, name) {
-  const note = { restored: job.result?.restoredFrom ?? name, safetyBackup: job.result?.safetyBackup };
+  const restart = restartOutcome(job.result?.restart);
+  const note = {
+    restored: job.result?.restoredFrom ?? name,
+    safetyBackup: job.result?.safetyBackup,
+    ...(restart.ok ? {} : { restart: restart.todo }),
+  };
   try {
     sessionStorage.setItem(RESTORE_NOTE_KEY, JSON.stringify(note));
   } catch {
@@ -46,13 +51,17 @@ function takeRestoreNote() {
   return restoreNote;
 }
 
-/** "Restored X. To undo, restore the safety backup Y." above the list, where the undo is. */
-function showRestoreNote({ restored, safetyBackup }) {
+/**
+ * "Restored X. To undo, restore the safety backup Y." above the list, where the undo is; and GEM's
+ * restart still to be done, when it was not (marked as a warning: the owner must act).
+ */
+function showRestoreNote({ restored, safetyBackup, restart }) {
   const note = el(
     'p',
-    { id: 'restore-note', className: 'result ok', role: 'status' },
+    { id: 'restore-note', className: restart ? 'result bad' : 'result ok', role: 'status' },
     `Restored ${restored}.`,
     safetyBackup ? ` To undo, restore the safety backup ${safetyBackup}.` : '',
+    restart ? ` ${restart}` : '',
   );
   $('backups-body').closest('.table-wrap').before(note);
 }
@@ -377,21 +386,98 @@ export async function restoreWithProgress(
  * success (everything on it may have changed). Also used for a restore found running after a reload.
  */
 export function restoreProgress(name) {
+  // Set once the switch-over began (the restore-swap notice, or the job in its swap or restart step):
+  // from then on a Cancel cannot stop the restore, and a failure may no longer leave the data as it was.
+  let switching = false;
+  const switchOver = (ui) => {
+    switching = true;
+    ui.endCancel('Too late to cancel: the data is being switched over.');
+  };
   return {
     title: `Restoring ${name}`,
     cancellable: true,
-    onNotice: (notice, _data, { text }) => {
-      if (notice === 'restore-swap') text.textContent = 'Switching over to the restored data…';
+    onJob: (job, ui) => {
+      if (SWITCH_PHASES.has(job.phase)) switchOver(ui);
     },
-    describe: () => 'Restore complete. Reloading the page…',
-    afterSuccess: async (job) => {
+    onNotice: (notice, _data, ui) => {
+      if (notice !== 'restore-swap') return;
+      ui.text.textContent = 'Switching over to the restored data…';
+      switchOver(ui);
+    },
+    describe: (job) => {
+      const restart = restartOutcome(job.result?.restart);
+      return `${restart.text} ${restart.ok ? 'Reloading the page…' : 'Close reloads the page.'}`;
+    },
+    problems: (job) => {
+      const restart = restartOutcome(job.result?.restart);
+      return restart.ok ? [] : [restart.todo];
+    },
+    failed: (job) => restoreFailedText(job, switching),
+    afterSuccess: async (job, { untilClosed }) => {
       keepRestoreNote(job, name);
-      await new Promise((resolve) => setTimeout(resolve, 1500));
+      // GEM still runs on the old data until someone restarts it: the owner reads that before the reload.
+      if (restartOutcome(job.result?.restart).ok) await new Promise((resolve) => setTimeout(resolve, 1500));
+      else await untilClosed();
       location.reload();
     },
     // The agent restarted mid-restore and settled it either way at start: show what is live now.
     afterInterrupted: () => reloadData(),
   };
+}
+
+/** The restore's steps from which its data is switched over (agent/restore/restore.ts): a cancel no longer stops it. */
+const SWITCH_PHASES = new Set(['swap', 'restart']);
+
+/** An error of the agent as one sentence: trimmed (a command's stderr ends in a newline), one final stop. */
+const sentence = (error) =>
+  `${String(error ?? 'unknown error')
+    .trim()
+    .replace(/[.:]$/, '')}.`;
+
+/**
+ * How GEM's restart after a restore went (the job's `restart`: agent/restore/restore.ts runRestart), in
+ * words: `ok` when nothing is left to do, `text` for the result line, `todo` what the owner must do.
+ */
+export function restartOutcome(restart) {
+  if (restart?.ran && restart.ok)
+    return { ok: true, text: 'Restore complete. GEM was restarted and uses the restored data.' };
+  if (restart?.ran)
+    return {
+      ok: false,
+      text: 'The data is restored, but GEM could not be restarted.',
+      todo: `GEM could not be restarted: ${sentence(restart.error)} The data is restored; restart GEM by hand so it uses it.`,
+    };
+  return {
+    ok: false,
+    text: 'The data is restored, but GEM was not restarted: no restart command is set up on this controller.',
+    todo: 'Restart GEM now so it uses the restored data.',
+  };
+}
+
+/** What to do after a restore that failed before its switch-over, by the agent's error code. */
+const RESTORE_NEXT_STEP = {
+  dependency_down:
+    'GEM’s database did not answer: once it runs again (the agent restarts an embedded database on its own within a minute), restore again.',
+  no_space: 'Free disk space on the controller as the message says, then restore again.',
+  permission_denied: 'Correct the permissions the message names, then restore again.',
+};
+
+/**
+ * The words for a restore that failed or was cancelled. Before the switch-over the agent changed
+ * nothing (agent/restore/restore.ts: any failure before the swap leaves the live system as it was), and
+ * the dialog says so. Once the switch-over began, the agent's own words say whether it could put
+ * everything back: the page claims nothing and asks for a reload.
+ */
+function restoreFailedText(job, switching) {
+  const message = job.error?.message ?? 'unknown error';
+  if (switching || SWITCH_PHASES.has(job.phase)) {
+    const head = job.state === 'cancelled' ? 'Cancelled while switching over' : 'Failed while switching over';
+    return `${head}: ${sentence(message)} Reload the page to see which data GEM has now.`;
+  }
+  const unchanged = 'Nothing was changed: GEM still has its current data.';
+  if (job.state === 'cancelled') return `Cancelled. ${unchanged}`;
+  const next = RESTORE_NEXT_STEP[job.error?.code] ?? 'Correct what the message says, then restore again.';
+  return `Failed: ${sentence(message)} ${unchanged} ${next}`;
 }
 
 function restore(name) {

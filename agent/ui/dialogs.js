@@ -50,16 +50,27 @@ function interruptedText(job) {
   );
 }
 
+/** "12 s", "3 min 5 s": how long the agent did not answer. */
+function duration(ms) {
+  const seconds = Math.max(1, Math.round(ms / 1000));
+  return seconds < 60 ? `${seconds} s` : `${Math.floor(seconds / 60)} min ${seconds % 60} s`;
+}
+
 /**
  * Shows a job's progress until it ends. `describe(job)` gives the success text (or a promise of it);
  * `problems(job)` lists what went wrong in a job that still succeeded (shown under it, marked as a
- * problem); `onNotice(name, data, { text, title })` sees notices and may reword the dialog;
- * `afterSuccess(job)` runs on success (e.g. reload); `afterInterrupted(job)` runs when an agent restart
- * cut the job short (e.g. reload the page's data). Resolves to the final job.
+ * problem); `onJob(job, ui)` sees each state of the running job and `onNotice(name, data, ui)` its
+ * notices, and may reword the dialog (`ui`: `{ text, title, endCancel(reason) }`; `endCancel` takes
+ * Cancel away once the job can no longer be cancelled, and says `reason` if Cancel was pressed);
+ * `failed(job)` gives the words for a job that failed or was cancelled (default: its error);
+ * `afterSuccess(job, { text, untilClosed })` runs on success (e.g. reload; `untilClosed()` shows Close and
+ * resolves once the dialog is closed); `afterInterrupted(job)` runs when an agent restart cut the job
+ * short (e.g. reload the page's data). Resolves to the final job; `lostContact: true` on one the page
+ * stopped following because the agent did not answer.
  */
 export async function showJobProgress(
   jobId,
-  { title, describe, problems, onNotice, afterSuccess, afterInterrupted, cancellable = true },
+  { title, describe, problems, onJob, onNotice, failed, afterSuccess, afterInterrupted, cancellable = true },
 ) {
   const dialog = $('progress-dialog');
   const text = $('progress-text');
@@ -69,9 +80,12 @@ export async function showJobProgress(
   const cancel = $('progress-cancel');
   const close = $('progress-close');
   const problemList = $('progress-problems');
+  const contact = $('progress-contact');
   const opener = document.activeElement;
   problemList.replaceChildren();
   problemList.hidden = true;
+  contact.textContent = '';
+  contact.hidden = true;
   $('progress-title').textContent = title;
   state.dataset.state = 'running';
   $('progress-icon').textContent = '';
@@ -93,23 +107,48 @@ export async function showJobProgress(
   dialog.addEventListener('cancel', blockEscape);
   // Once the job is over the dialog says how it ended; a late answer to Cancel must not replace that.
   let over = false;
+  // Cancel pressed; and once the job is past the point where a cancel can stop it, why it goes on.
+  let cancelAsked = false;
+  let tooLate = '';
+  // Set while the agent does not answer: the dialog says so instead of its last figure.
+  let lostSince;
   cancel.onclick = async () => {
     cancel.disabled = true;
+    cancelAsked = true;
     text.textContent = 'Cancelling…';
     try {
       await api(`/jobs/${encodeURIComponent(jobId)}/cancel`, { method: 'POST' });
     } catch (error) {
       // 409: the job ended before the cancel reached it; its own end is shown, not this answer.
-      if (over || error.status === 409) return;
+      if (over || error.status === 409 || cancel.hidden) return;
       text.textContent = error.message;
       cancel.disabled = false;
     }
   };
+  const ui = {
+    text,
+    title: $('progress-title'),
+    endCancel: (reason) => {
+      if (!cancel.hidden) {
+        if (document.activeElement === cancel) dialog.focus();
+        cancel.hidden = true;
+      }
+      if (cancelAsked && reason) {
+        tooLate = reason;
+        if (!text.textContent.endsWith(reason)) text.textContent = `${text.textContent} ${reason}`;
+      }
+    },
+  };
 
+  let current;
+  let step = '';
   const show = (job) => {
     if (over || job.endedAt) return;
+    current = job;
+    // A cancel that came too late to stop the job does not make it read "Cancelling…": its step stays.
+    if (!(tooLate && job.phase === 'cancelling')) step = phase(job.phase);
     const total = job.bytesTotal || 0;
-    text.textContent = `${phase(job.phase) || 'Working'}…`;
+    text.textContent = `${step || 'Working'}…${tooLate ? ` ${tooLate}` : ''}`;
     if (total > 0) {
       bar.max = total;
       bar.value = Math.min(job.bytesDone || 0, total);
@@ -117,16 +156,39 @@ export async function showJobProgress(
       bar.removeAttribute('value');
     }
     amount.textContent = progressAmount(job);
+    onJob?.(job, ui);
+  };
+
+  /** While polls fail: "Lost contact…" instead of a figure that no longer moves; once back, for how long. */
+  const onContact = (back, since) => {
+    if (over) return;
+    if (!back) {
+      lostSince = since;
+      text.textContent = 'Lost contact with the agent; retrying…';
+      bar.removeAttribute('value');
+      amount.textContent = '';
+      contact.hidden = true;
+      return;
+    }
+    lostSince = undefined;
+    contact.textContent = `The agent answers again, after ${duration(Date.now() - since)} without contact.`;
+    contact.hidden = false;
+    if (current) show(current);
   };
 
   let job;
   try {
     job = await followJob(jobId, {
       onJob: show,
-      onNotice: (name, data) => onNotice?.(name, data, { text, title: $('progress-title') }),
+      onNotice: (name, data) => onNotice?.(name, data, ui),
+      onContact,
     });
   } catch (error) {
-    job = { state: 'failed', error: { message: error.message } };
+    job = {
+      state: 'failed',
+      lostContact: true,
+      error: { code: error.code ?? 'unreachable', message: error.message },
+    };
   }
   over = true;
   dialog.removeEventListener('cancel', blockEscape);
@@ -149,14 +211,26 @@ export async function showJobProgress(
   } else if (job.state === 'interrupted') {
     $('progress-icon').textContent = '!';
     text.textContent = interruptedText(job);
+  } else if (job.lostContact) {
+    // The page stopped asking: how the job ended is not known here, and nothing is claimed about it.
+    $('progress-icon').textContent = '?';
+    state.dataset.state = 'unknown';
+    text.textContent = `Lost contact with the agent${lostSince ? ` for ${duration(Date.now() - lostSince)}` : ''} (${job.error.message}): this page cannot tell how the job ended. Reload the page once the agent runs again to see.`;
   } else {
     $('progress-icon').textContent = job.state === 'cancelled' ? '■' : '✕';
-    text.textContent = job.error?.message
-      ? `${DONE_TEXT[job.state] ?? 'Failed'}: ${job.error.message}`
-      : (DONE_TEXT[job.state] ?? 'Failed');
+    text.textContent =
+      failed?.(job) ??
+      (job.error?.message
+        ? `${DONE_TEXT[job.state] ?? 'Failed'}: ${job.error.message}`
+        : (DONE_TEXT[job.state] ?? 'Failed'));
   }
   if (job.state === 'succeeded' && afterSuccess) {
-    await afterSuccess(job, { text });
+    const untilClosed = async () => {
+      close.hidden = false;
+      close.focus();
+      await closed;
+    };
+    await afterSuccess(job, { text, untilClosed });
     return job;
   }
   close.hidden = false;

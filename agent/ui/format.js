@@ -55,7 +55,7 @@ const PHASE_WORDS = {
   safety: 'Taking a safety backup of the current data',
   stage: 'Loading the backup (current data untouched)',
   swap: 'Switching over',
-  restart: 'Restarting GEM',
+  restart: 'Restarting GEM, if a restart command is set up',
   // Offsite sync (agent/offsite/service.ts)
   listing: 'Comparing the backups here and at the destination',
   pruning: 'Removing old copies beyond the keep limit',

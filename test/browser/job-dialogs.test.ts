@@ -237,7 +237,9 @@ describe('job dialogs in the owner’s words', () => {
     await row.getByRole('button', { name: `Restore ${name}` }).click();
     const reloaded = page.waitForEvent('load', { timeout: 90_000 });
     await page.locator('#confirm-dialog').getByRole('button', { name: 'Yes, Restore' }).click();
-    await dialog().getByText('Restore complete. Reloading the page').waitFor({ timeout: 90_000 });
+    // No restart command is set up here: the dialog waits for Close, which reloads the page.
+    await dialog().getByText('The data is restored').waitFor({ timeout: 90_000 });
+    await dialog().getByRole('button', { name: 'Close' }).click();
     await reloaded;
     await page.getByRole('heading', { name: 'Local backups' }).waitFor();
 
@@ -249,7 +251,9 @@ describe('job dialogs in the owner’s words', () => {
     expect(safety).toMatch(/^gem-backup-/);
     const note = page.locator('#restore-note');
     await note.waitFor();
-    expect(await note.textContent()).toBe(`Restored ${name}. To undo, restore the safety backup ${safety}.`);
+    expect(await note.textContent()).toBe(
+      `Restored ${name}. To undo, restore the safety backup ${safety}. Restart GEM now so it uses the restored data.`,
+    );
     const undoRow = page.locator(`tr[data-filename="${safety}"]`);
     expect(await undoRow.getAttribute('data-highlight')).toBe('undo-restore');
     await undoRow.getByText('Undo point').waitFor();
