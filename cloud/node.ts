@@ -8,6 +8,7 @@ import { S3Client } from '@aws-sdk/client-s3';
 import { serve } from '@hono/node-server';
 import { getConnInfo } from '@hono/node-server/conninfo';
 import { createCloudApp } from './app';
+import { forwardedClient } from './auth/client-address';
 import { type CloudDeps, parseCloudConfig } from './deps';
 import { S3InstallationStates } from './state/s3-ledger';
 import { S3RecoveryRateLimiter } from './state/s3-rate-limiter';
@@ -26,10 +27,15 @@ export function createNodeCloudApp(opts: NodeCloudOptions) {
   const store = new S3SlotStore(opts.s3, opts.bucket);
   const states = new S3InstallationStates(opts.s3, opts.bucket, store);
   const limiter = new S3RecoveryRateLimiter(opts.s3, opts.bucket);
+  const trustProxy = opts.env.TRUST_PROXY === '1';
   const deps: CloudDeps = {
     store,
-    // The socket's address: behind a reverse proxy this is the proxy, so all clients share one limit.
-    clientAddress: (c) => getConnInfo(c).remote.address ?? 'unknown',
+    // The socket's address; behind a reverse proxy (TRUST_PROXY=1) the address that proxy forwarded,
+    // else every client would share the proxy's one recovery limit.
+    clientAddress: (c) =>
+      (trustProxy ? forwardedClient(c.req.header('x-forwarded-for')) : undefined) ??
+      getConnInfo(c).remote.address ??
+      'unknown',
     installation: (hash) => states.installation(hash),
     takeRecoveryAttempt: (address) => limiter.take(address, config.recoverPerMinute),
     config,

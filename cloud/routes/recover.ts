@@ -14,6 +14,7 @@ import {
   verifyHeaderMac,
   wrapForX25519,
 } from '../../shared/envelope';
+import { rateLimitKey } from '../auth/client-address';
 import { installationHash } from '../auth/installation-hash';
 import type { CloudVariables } from '../auth/signed';
 import { CloudError } from '../errors';
@@ -26,11 +27,11 @@ import { readSlotObject } from './slot-read';
  * two compact JWEs (ECDH-ES+A256KW/A256GCM to `recipient`) in the headers `X-Gem-File-Key` (the
  * backup's 32-byte file key) and `X-Gem-Keyring` (the installation's keyring JSON). An unknown
  * installation id and an id without a backup both answer the same 404 after the same lookups.
- * Rate-limited per client address (429).
+ * Rate-limited per client address, an IPv6 one by its /64 (429).
  */
 export const recoverRoutes = new Hono<{ Variables: CloudVariables }>().post('/v1/recover', async (c) => {
   const deps = c.get('deps');
-  const address = deps.clientAddress(c);
+  const address = rateLimitKey(deps.clientAddress(c));
   if (!(await deps.takeRecoveryAttempt(address))) {
     throw new CloudError(429, 'rate_limited', 'too many recovery attempts; wait a minute');
   }

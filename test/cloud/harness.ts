@@ -337,3 +337,12 @@ export async function refusedUnread(
   }
   throw new Error(`five resets and no ${status} answer from ${path}`);
 }
+
+/**
+ * Waits, when the wall clock is in the last 10 s of a minute, for the next minute: the recovery limit
+ * counts in fixed one-minute windows, and a few attempts that straddle two windows would count in both.
+ */
+export async function awayFromMinuteEnd(): Promise<void> {
+  const left = 60_000 - (Date.now() % 60_000);
+  if (left < 10_000) await new Promise((resolve) => setTimeout(resolve, left + 100));
+}

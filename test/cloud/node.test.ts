@@ -5,6 +5,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createNodeCloudApp } from '../../cloud/node';
 import { type S3Service, startS3 } from '../services/s3';
 import {
+  awayFromMinuteEnd,
   ENROLLMENT_TOKEN,
   enroll,
   generatedBytes,
@@ -69,6 +70,37 @@ describe('the cloud on Node over S3', () => {
     const got = await signedEmpty(cloud, inst, 'GET', '/v1/dr/backup');
     expect(got.sha256).toBe(sha256(bytes));
     expect(await slotKeys()).toHaveLength(1);
+  });
+
+  it('behind a trusted proxy (TRUST_PROXY=1) limits recoveries by the forwarded client, not the proxy', async () => {
+    const proxied = await serveCloud(
+      createNodeCloudApp({
+        s3: client,
+        bucket: s3.bucket,
+        env: { ENROLLMENT_TOKEN, TRUST_PROXY: '1', RECOVER_PER_MINUTE: '2' },
+      }),
+    );
+    try {
+      const attempt = (forwardedFor: string) =>
+        httpRequest(`${proxied.url}/v1/recover`, {
+          method: 'POST',
+          headers: { 'content-type': 'application/json', 'x-forwarded-for': forwardedFor },
+          body: Buffer.from('{}'),
+        }).then((res) => res.status);
+      await awayFromMinuteEnd();
+      // A client that sends its own X-Forwarded-For first is still counted by what the proxy appended.
+      const one = [
+        await attempt('203.0.113.1'),
+        await attempt('9.9.9.9, 203.0.113.1'),
+        await attempt('203.0.113.1'),
+      ];
+      expect(one, JSON.stringify(one)).toHaveLength(3);
+      expect(one.slice(0, 2)).not.toContain(429);
+      expect(one[2], JSON.stringify(one)).toBe(429);
+      expect(await attempt('203.0.113.2')).not.toBe(429);
+    } finally {
+      await proxied.close();
+    }
   });
 
   it('completes a multipart upload and replaces the slot with it', async () => {

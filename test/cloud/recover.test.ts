@@ -13,6 +13,7 @@ import {
   wrapForX25519,
 } from '../../shared/envelope';
 import {
+  awayFromMinuteEnd,
   type CloudUnderTest,
   enroll,
   httpRequest,
@@ -128,6 +129,7 @@ describe('recovery', () => {
 
   it('limits recovery attempts per client address', async () => {
     const oneTime = await x25519Pair('recovery');
+    await awayFromMinuteEnd();
     const statuses: number[] = [];
     for (let i = 0; i < 7; i++)
       statuses.push(
@@ -139,6 +141,25 @@ describe('recovery', () => {
     expect((await recover(randomBytes(16).toString('hex'), oneTime.publicJwk, '203.0.113.10')).status).toBe(
       404,
     );
+  });
+
+  it('limits an IPv6 client by its /64: the addresses of one home share one limit', async () => {
+    const oneTime = await x25519Pair('recovery');
+    await awayFromMinuteEnd();
+    const statuses: number[] = [];
+    for (let i = 1; i <= 6; i++)
+      statuses.push(
+        (await recover(randomBytes(16).toString('hex'), oneTime.publicJwk, `2001:db8:7:7::${i}`)).status,
+      );
+    expect(statuses).toEqual([404, 404, 404, 404, 404, 429]);
+    const sameHome = await recover(
+      randomBytes(16).toString('hex'),
+      oneTime.publicJwk,
+      '2001:db8:7:7:ffff::1',
+    );
+    expect(sameHome.status).toBe(429);
+    const nextDoor = await recover(randomBytes(16).toString('hex'), oneTime.publicJwk, '2001:db8:7:8::1');
+    expect(nextDoor.status).toBe(404);
   });
 });
 
