@@ -33,6 +33,7 @@ import {
   verifyingStream,
 } from './checks';
 import { uploadFile } from './s3-file-upload';
+import { ListBound } from './smb';
 
 export interface S3Options {
   /** Omit for AWS itself; e.g. `https://s3.eu-central-003.backblazeb2.com`. */
@@ -130,6 +131,12 @@ export class S3Provider implements StorageProvider {
       },
     });
     this.requestTimeout = options.requestTimeoutMs ?? 60_000;
+  }
+
+  /** The folder a listing reads, for its errors: `bucket B (prefix P) at ENDPOINT`. */
+  private where(): string {
+    const prefix = this.prefix ? ` (prefix ${this.prefix})` : '';
+    return `bucket ${this.options.bucket}${prefix} at ${this.options.endpoint || 'Amazon S3'}`;
   }
 
   private key(name: string): string {
@@ -403,9 +410,11 @@ export class S3Provider implements StorageProvider {
     const { signal } = options;
     throwIfAborted(signal);
     const names: string[] = [];
+    const bound = new ListBound(this.where());
     let token: string | undefined;
     try {
       do {
+        throwIfAborted(signal);
         const page = await this.client.send(
           new ListObjectsV2Command({
             Bucket: this.options.bucket,
@@ -416,9 +425,12 @@ export class S3Provider implements StorageProvider {
         );
         for (const object of page.Contents ?? []) {
           const name = object.Key?.slice(this.prefix.length) ?? '';
-          if (isBackupName(name)) names.push(name);
+          if (!isBackupName(name)) continue;
+          bound.name();
+          names.push(name);
         }
         token = page.IsTruncated ? page.NextContinuationToken : undefined;
+        bound.page(token !== undefined, token);
       } while (token);
     } catch (error) {
       throw this.classify(error, this.options.bucket, signal);
@@ -426,6 +438,7 @@ export class S3Provider implements StorageProvider {
     // The sha256 lives in each object's metadata, which a listing does not carry.
     const objects: StoredObject[] = [];
     for (let i = 0; i < names.length; i += 8) {
+      throwIfAborted(signal);
       const batch = await Promise.allSettled(
         names.slice(i, i + 8).map((name) => this.stat(name, { signal })),
       );
@@ -464,10 +477,12 @@ export class S3Provider implements StorageProvider {
     // Test Connection probes left by a test that failed half way: complete objects, not uploads.
     const probes = await this.sweepProbes(options);
     const doomed: { name: string; key: string; uploadId: string }[] = [];
+    const bound = new ListBound(`the incomplete uploads of ${this.where()}`);
     let keyMarker: string | undefined;
     let uploadIdMarker: string | undefined;
     try {
       do {
+        throwIfAborted(signal);
         const page = await this.client.send(
           new ListMultipartUploadsCommand({
             Bucket: bucket,
@@ -482,10 +497,13 @@ export class S3Provider implements StorageProvider {
           const name = key.slice(this.prefix.length);
           if (!key.startsWith(this.prefix) || !isBackupName(name) || !upload.UploadId) continue;
           if (!oldEnough(upload.Initiated?.getTime(), options.olderThanMs)) continue;
+          bound.name();
           doomed.push({ name, key, uploadId: upload.UploadId });
         }
         keyMarker = page.IsTruncated ? page.NextKeyMarker : undefined;
         uploadIdMarker = page.IsTruncated ? page.NextUploadIdMarker : undefined;
+        const next = keyMarker === undefined ? undefined : `${keyMarker}\u0000${uploadIdMarker ?? ''}`;
+        bound.page(next !== undefined, next);
       } while (keyMarker);
     } catch (error) {
       if (notImplemented(error)) return { removed: probes, skipped };
@@ -513,9 +531,11 @@ export class S3Provider implements StorageProvider {
   private async sweepProbes(options: { olderThanMs?: number; signal?: AbortSignal }): Promise<string[]> {
     const { signal } = options;
     const removed: string[] = [];
+    const bound = new ListBound(`the connection-test objects of ${this.where()}`);
     let token: string | undefined;
     try {
       do {
+        throwIfAborted(signal);
         const page = await this.client.send(
           new ListObjectsV2Command({
             Bucket: this.options.bucket,
@@ -532,9 +552,11 @@ export class S3Provider implements StorageProvider {
             new DeleteObjectCommand({ Bucket: this.options.bucket, Key: this.key(name) }),
             this.small(signal),
           );
+          bound.name();
           removed.push(name);
         }
         token = page.IsTruncated ? page.NextContinuationToken : undefined;
+        bound.page(token !== undefined, token);
       } while (token);
     } catch (error) {
       throw this.classify(error, this.options.bucket, signal);

@@ -27,6 +27,7 @@ import {
   throwIfAborted,
   tryCleanup,
 } from './checks';
+import { ListBound } from './smb';
 
 export interface SftpOptions {
   host: string;
@@ -211,6 +212,65 @@ class EarlyFlush {
 
 function call<T>(run: (callback: (error: Error | null | undefined, value: T) => void) => void): Promise<T> {
   return new Promise((resolve, reject) => run((error, value) => (error ? reject(error) : resolve(value))));
+}
+
+/** SSH_FX_EOF: READDIR's answer once a folder has no more entries. */
+const SFTP_EOF = 1;
+
+/** A file or folder of a READDIR answer, as list() and sweepTemp() read it. */
+interface FolderEntry {
+  name: string;
+  /** A plain file (the long name starts with `-`, as `ls -l` prints it). */
+  file: boolean;
+  size: number;
+  /** Milliseconds since the epoch. */
+  modifyTime: number;
+}
+
+/**
+ * Reads the folder `dir` one READDIR answer at a time and returns the entries `keep` takes: at most
+ * MAX_LISTED_NAMES of them from at most MAX_LIST_PAGES answers (ListBound), so a server that sends an
+ * endless folder gets a clear error instead of the agent's memory. Stops between answers once `signal`
+ * fires.
+ */
+async function readFolder(
+  sftp: SFTPWrapper,
+  dir: string,
+  where: string,
+  keep: (entry: FolderEntry) => boolean,
+  signal: AbortSignal | undefined,
+): Promise<FolderEntry[]> {
+  const handle = await call<Buffer>((done) => sftp.opendir(dir, done));
+  const bound = new ListBound(where);
+  const kept: FolderEntry[] = [];
+  try {
+    for (;;) {
+      throwIfAborted(signal);
+      const answer = await call<{ filename: string; longname: string; attrs: Stats }[] | undefined>((done) =>
+        sftp.readdir(handle, (error, list) =>
+          (error as { code?: unknown } | undefined)?.code === SFTP_EOF
+            ? done(undefined, undefined)
+            : done(error, list as never),
+        ),
+      );
+      if (answer === undefined) break;
+      bound.page(true);
+      for (const item of answer) {
+        const entry: FolderEntry = {
+          name: item.filename,
+          file: item.longname.startsWith('-'),
+          size: item.attrs.size,
+          modifyTime: item.attrs.mtime * 1000,
+        };
+        if (!keep(entry)) continue;
+        bound.name();
+        kept.push(entry);
+      }
+    }
+  } finally {
+    await call<void>((done) => sftp.close(handle, done as never)).catch(() => undefined);
+  }
+  return kept;
 }
 
 /** Stores backups on an SFTP server: temp name, pipelined writes, fsync, rename, stat to confirm the size. */
@@ -457,9 +517,15 @@ export class SftpProvider implements StorageProvider {
     return this.session(async ({ client, sftp }) => {
       if (!(await client.exists(this.dir))) return { removed: [] };
       const removed: string[] = [];
-      for (const entry of await client.list(this.dir)) {
-        if (entry.type !== '-' || !isOwnTempName(entry.name)) continue;
-        if (!oldEnough(entry.modifyTime, options.olderThanMs)) continue;
+      const leftovers = await readFolder(
+        sftp,
+        this.dir,
+        this.where(),
+        (entry) =>
+          entry.file && isOwnTempName(entry.name) && oldEnough(entry.modifyTime, options.olderThanMs),
+        options.signal,
+      );
+      for (const entry of leftovers) {
         throwIfAborted(options.signal);
         await call<void>((done) => sftp.unlink(this.path(entry.name), done as never)).then(
           () => removed.push(entry.name),
@@ -559,18 +625,28 @@ export class SftpProvider implements StorageProvider {
     });
   }
 
-  async list(): Promise<StoredObject[]> {
-    return this.session(async ({ client }) => {
+  async list(options: { signal?: AbortSignal } = {}): Promise<StoredObject[]> {
+    throwIfAborted(options.signal);
+    return this.session(async ({ client, sftp }) => {
       if (!(await client.exists(this.dir))) return [];
-      const entries = await client.list(this.dir);
-      return entries
-        .filter((entry) => entry.type === '-' && isBackupName(entry.name))
-        .map((entry) => ({
-          name: entry.name,
-          size: entry.size,
-          modifiedAt: new Date(entry.modifyTime).toISOString(),
-        }));
+      const entries = await readFolder(
+        sftp,
+        this.dir,
+        this.where(),
+        (entry) => entry.file && isBackupName(entry.name),
+        options.signal,
+      );
+      return entries.map((entry) => ({
+        name: entry.name,
+        size: entry.size,
+        modifiedAt: new Date(entry.modifyTime).toISOString(),
+      }));
     });
+  }
+
+  /** The folder, for a listing's errors: `folder F on HOST:PORT`. */
+  private where(): string {
+    return `folder ${this.dir} on ${this.options.host}:${this.options.port ?? 22}`;
   }
 
   async delete(name: string): Promise<void> {

@@ -53,6 +53,76 @@ export interface SmbOptions {
 
 const SMBCLIENT = ['smbclient'] as const;
 
+/**
+ * The most backup names a listing takes, and the most pages (requests) it makes: a destination holds a
+ * few hundred of our backups, so a listing past these is a server that misbehaves or a folder that is not
+ * ours. Refused with a clear error instead of paging (and growing in memory) without end. The S3, SFTP and
+ * SMB listings share them; they live here because this module is always loaded (./s3 and ./sftp are
+ * loaded only when a destination uses them, see ./index).
+ */
+export const MAX_LISTED_NAMES = 100_000;
+export const MAX_LIST_PAGES = 10_000;
+
+/**
+ * Counts a listing's pages and names against MAX_LIST_PAGES and MAX_LISTED_NAMES, and refuses a
+ * continuation token the server already gave (its listing would go round for ever). `where` names the
+ * folder in the errors (permanent: asking again gets the same answer).
+ */
+export class ListBound {
+  private pages = 0;
+  private names = 0;
+  private readonly tokens = new Set<string>();
+
+  constructor(private readonly where: string) {}
+
+  /**
+   * One more page fetched; `more` if another follows, `next` the token (or marker) the server gave for
+   * it, where it gives one.
+   */
+  page(more: boolean, next?: string): void {
+    this.pages += 1;
+    if (next !== undefined) {
+      if (this.tokens.has(next)) {
+        throw new StorageError(
+          'io',
+          `the listing of ${this.where} does not end: the server gave the same continuation token twice. The server is not working correctly: check it (or its S3 compatibility)`,
+          { permanent: true },
+        );
+      }
+      this.tokens.add(next);
+    }
+    if (more && this.pages >= MAX_LIST_PAGES) {
+      throw new StorageError(
+        'io',
+        `the listing of ${this.where} did not end after ${MAX_LIST_PAGES.toLocaleString('en')} pages, far more than a backup folder takes: check the server, or give GEM a folder of its own`,
+        { permanent: true },
+      );
+    }
+  }
+
+  /** One more name taken. */
+  name(): void {
+    this.names += 1;
+    if (this.names > MAX_LISTED_NAMES) throw tooManyNames(this.where);
+  }
+}
+
+/** The error of a listing past MAX_LISTED_NAMES backup names. */
+export function tooManyNames(where: string): StorageError {
+  return new StorageError(
+    'io',
+    `the listing of ${where} holds more than ${MAX_LISTED_NAMES.toLocaleString('en')} backups, far more than a destination of GEM holds (a few hundred); it was not read further: check the server, or give GEM a folder of its own`,
+    { permanent: true },
+  );
+}
+
+/**
+ * The most output a `-c` run of smbclient is read to (a listing, a stat, a delete): about 700 000 lines
+ * of `ls`, past the MAX_LISTED_NAMES a listing takes. A server that lists without end is cut off here
+ * with a clear error, before the agent's memory is.
+ */
+const MAX_RUN_OUTPUT = 64 * 1024 * 1024;
+
 /** What put() checks the source with: the sha256 of what was read, and a check against the declared size and sha256. */
 interface FileCheck {
   sha256(): string;
@@ -440,12 +510,22 @@ export class SmbProvider implements StorageProvider {
           const child = this.spawnClient(args, signal);
           child.stdin.on('error', () => {}).end(); // -c: no input
           let text = '';
-          child.stdout.setEncoding('utf8').on('data', (chunk: string) => {
+          const take = (chunk: string) => {
+            if (text.length + chunk.length > MAX_RUN_OUTPUT) {
+              child.kill('SIGKILL');
+              reject(
+                new StorageError(
+                  'io',
+                  `smbclient printed more than ${MAX_RUN_OUTPUT / 1024 / 1024} MiB for ${commands[0]?.split(' ')[0]} in ${this.where()}, far more than a backup folder lists (a few hundred backups); it was stopped: check the server, or give GEM a folder of its own`,
+                  { permanent: true },
+                ),
+              );
+              return;
+            }
             text += chunk;
-          });
-          child.stderr.setEncoding('utf8').on('data', (chunk: string) => {
-            text += chunk;
-          });
+          };
+          child.stdout.setEncoding('utf8').on('data', take);
+          child.stderr.setEncoding('utf8').on('data', take);
           child.on('error', reject);
           child.on('close', (exitCode) => resolve({ output: text, code: exitCode }));
         },
@@ -804,12 +884,19 @@ export class SmbProvider implements StorageProvider {
     return entry;
   }
 
-  async list(): Promise<StoredObject[]> {
-    const result = await this.run([`ls ${quote(this.path('*'))}`]);
+  async list(options: { signal?: AbortSignal } = {}): Promise<StoredObject[]> {
+    const result = await this.run([`ls ${quote(this.path('*'))}`], options.signal);
     // A folder nothing was written to yet holds no backups.
     if (result.statuses.some((status) => MISSING.includes(status))) return [];
     this.check(result, this.folders.join('/') || '/');
-    return this.parseListing(result.output).filter((entry) => isBackupName(entry.name));
+    const backups = this.parseListing(result.output).filter((entry) => isBackupName(entry.name));
+    if (backups.length > MAX_LISTED_NAMES) throw tooManyNames(this.where());
+    return backups;
+  }
+
+  /** The folder, for a listing's errors: `folder F of //HOST/SHARE`. */
+  private where(): string {
+    return `folder /${this.folders.join('/')} of //${this.options.host}/${this.options.share}`;
   }
 
   async delete(name: string): Promise<void> {
