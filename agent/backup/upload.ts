@@ -32,6 +32,19 @@ export function uploadReserve(total: number): number {
   return Math.min(GiB, Math.floor(total * 0.05));
 }
 
+/**
+ * Bytes a file written into `dir` may take: the free space of its file system minus the database's
+ * reserve (uploadReserve); `reserve` is that reserve.
+ */
+export async function usableSpace(
+  dir: string,
+  probe: SpaceProbe = statfsSpace,
+): Promise<{ room: number; reserve: number }> {
+  const space = await probe(dir);
+  const reserve = uploadReserve(space.total);
+  return { room: space.free - reserve, reserve };
+}
+
 /** Free space is measured again after this many bytes, as other writers (the database) use it too. */
 const RECHECK_BYTES = 64 * 1024 * 1024;
 
@@ -57,9 +70,10 @@ export interface ReceivedBackup {
 /**
  * Streams `body` into the catalog under `name`. Refused with 507 `no_space` before writing when the
  * declared size does not fit in the free space minus the database's reserve, and stopped when the
- * bytes received pass it; refused with 422 `not_a_backup` as soon as the first bytes are not a backup
- * header. Before the file is listed, its size must match the declared one and its header must parse
- * again; if we hold one of its keys, it is also verified end to end. Any failure leaves nothing behind.
+ * bytes received pass it (or pass the declared size: 400 `bad_request`); refused with 422 `not_a_backup`
+ * as soon as the first bytes are not a backup header. Before the file is listed, its size must match the
+ * declared one and its header must parse again; if we hold one of its keys, it is also verified end to
+ * end. Any failure leaves nothing behind.
  */
 export async function receiveUpload(
   agent: Pick<Agent, 'catalog' | 'keyring'>,
@@ -78,9 +92,7 @@ export async function receiveUpload(
   const dir = dirname(agent.catalog.pathOf(name));
   await mkdir(dir, { recursive: true });
   const probe = options.space ?? statfsSpace;
-  const space = await probe(dir);
-  const reserve = uploadReserve(space.total);
-  const room = space.free - reserve;
+  const { room, reserve } = await usableSpace(dir, probe);
   const declared =
     options.declaredSize !== undefined && Number.isFinite(options.declaredSize)
       ? options.declaredSize
@@ -97,6 +109,12 @@ export async function receiveUpload(
     async transform(chunk: Buffer, _e, cb) {
       try {
         received += chunk.length;
+        // Never past what it said it is: a sender (a destination's server) that goes on would fill the disk.
+        if (declared !== undefined && received > declared)
+          throw new AppError(
+            'bad_request',
+            `the backup is longer than the ${declared} bytes it was announced with; it was stopped and nothing was kept`,
+          );
         if (head) {
           head = Buffer.concat([head, chunk]);
           if (tryParseHeader(head)) head = undefined;

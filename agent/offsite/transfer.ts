@@ -1,7 +1,8 @@
 // Moving one backup between the local catalog and a destination, checked on arrival, with retries for transient failures.
 import { createReadStream, createWriteStream } from 'node:fs';
 import { stat } from 'node:fs/promises';
-import { Readable, Transform } from 'node:stream';
+import { dirname } from 'node:path';
+import { pipeline as pipeStreams, Readable, Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { EnvelopeError, type EnvelopeHeader, tryParseHeader } from '../../shared/envelope';
 import type {
@@ -15,9 +16,8 @@ import type { Agent } from '../agent';
 import type { BackupInfo } from '../backup/catalog';
 import { readHeaderOfFile } from '../backup/reader';
 import { type PruneCandidate, planPrune } from '../backup/retention';
-import { type ReceivedBackup, receiveUpload } from '../backup/upload';
+import { type ReceivedBackup, receiveUpload, usableSpace } from '../backup/upload';
 import { AppError } from '../errors';
-import { shortInstallationId } from '../keys/keyring';
 import { hashFile } from '../providers/checks';
 import { type RetryOptions, withRetry } from '../providers/retry';
 
@@ -123,8 +123,8 @@ export function fileSource(path: string, size: number, sha256: string): BackupSo
 }
 
 /** What a person reads when a different backup already holds a backup's name at a destination. */
-export function nameTakenMessage(name: string, installationId: string): string {
-  return `a different backup named ${name} is already there (of installation ${shortInstallationId(installationId)}; two controllers back up into this folder and made backups in the same second): it is left as it is and this backup is not uploaded there. Give each controller its own folder`;
+export function nameTakenMessage(name: string, installation: string): string {
+  return `a different backup named ${name} is already there (of installation ${installation}…; two controllers back up into this folder and made backups in the same second): it is left as it is and this backup is not uploaded there. Give each controller its own folder`;
 }
 
 /**
@@ -134,9 +134,10 @@ export function nameTakenMessage(name: string, installationId: string): string {
 export class NameTakenError extends StorageError {
   constructor(
     readonly backup: string,
-    readonly installationId: string,
+    /** The other backup's installation, as its header names it (the id's first 8 hex characters). */
+    readonly installation: string,
   ) {
-    super('integrity', nameTakenMessage(backup, installationId), { permanent: true });
+    super('integrity', nameTakenMessage(backup, installation), { permanent: true });
     this.name = 'NameTakenError';
   }
 }
@@ -208,7 +209,7 @@ async function refuseNameTaken(
   });
   if (!remote) return;
   if (!sameHeader(remote, await readHeaderOfFile(path))) {
-    throw new NameTakenError(name, remote.core.installationId);
+    throw new NameTakenError(name, remote.core.installationPrefix);
   }
 }
 
@@ -283,6 +284,34 @@ export async function sweepLeftovers(
 }
 
 /**
+ * A remote copy that sends more than the size the destination gives for it (its listing, HEAD or stat):
+ * not what it says, so not used, and not asked for again (permanent).
+ */
+function longerThanListed(name: string, size: number): StorageError {
+  return new StorageError(
+    'integrity',
+    `the copy of ${name} at the destination sends more than the ${size} bytes it is listed with, so it is not what it says; the download was stopped and nothing was kept. Check the destination, or use another backup`,
+    { permanent: true },
+  );
+}
+
+/**
+ * Passes on at most `size` bytes of a download, counting them for `onProgress`; the first byte past
+ * them fails it (longerThanListed) before it is written, so a server that goes on cannot fill the disk.
+ */
+function atMost(name: string, size: number, onProgress?: (bytes: number) => void): Transform {
+  let bytes = 0;
+  return new Transform({
+    transform(chunk: Buffer, _e, cb) {
+      bytes += chunk.length;
+      if (bytes > size) return cb(longerThanListed(name, size));
+      onProgress?.(bytes);
+      cb(null, chunk);
+    },
+  });
+}
+
+/**
  * Copies a remote backup into the local catalog through receiveUpload (size checked, header read,
  * verified end to end when we hold its key; nothing listed on failure). Transient failures retry.
  */
@@ -298,7 +327,9 @@ export async function downloadToCatalog(
     checkBeforeRetry(attempt, options);
     return guardStall(async (signal, onProgress) => {
       const stream = await provider.get(name, { signal });
-      return receiveUpload(agent, name, Readable.fromWeb(stream as never), {
+      // pipeline (unlike pipe) fails the limited body when the download fails, so receiveUpload sees it.
+      const body = pipeStreams(Readable.fromWeb(stream as never), atMost(name, remote.size), () => {});
+      return receiveUpload(agent, name, body, {
         declaredSize: remote.size,
         signal,
         onProgress,
@@ -307,7 +338,12 @@ export async function downloadToCatalog(
   }, retry);
 }
 
-/** Copies a remote backup to `path` (a private work file), checking its size; for restores straight from a destination. */
+/**
+ * Copies a remote backup to `path` (a private work file), checking its size; for restores straight from a
+ * destination. Refused with 507 no_space before a byte is written when the size the destination gives
+ * does not fit in the free space minus the database's reserve (as receiveUpload); a server that sends
+ * more than that size is stopped at the first byte past it (a permanent 'integrity' failure).
+ */
 export async function downloadToFile(
   provider: StorageProvider,
   name: string,
@@ -316,16 +352,21 @@ export async function downloadToFile(
 ): Promise<number> {
   const retry = { ...options.retry, signal: options.signal, onRetry: options.onRetry };
   const remote = await withRetry(() => provider.stat(name, { signal: options.signal }), retry);
+  const { room } = await usableSpace(dirname(path));
+  if (remote.size > room) {
+    const mb = (n: number) => `${Math.max(0, Math.floor(n / 1048576))} MB`;
+    throw new AppError(
+      'no_space',
+      `not enough free disk space to download ${name} for the restore: it is ${mb(remote.size)}, only ${mb(room)} may be used (some space is kept free for the database); free some space and try again`,
+    );
+  }
   return withRetry(
     () =>
       guardStall(async (signal, onProgress) => {
         let bytes = 0;
-        const counter = new Transform({
-          transform(chunk: Buffer, _e, cb) {
-            bytes += chunk.length;
-            onProgress(bytes);
-            cb(null, chunk);
-          },
+        const counter = atMost(name, remote.size, (sent) => {
+          bytes = sent;
+          onProgress(sent);
         });
         const stream = await provider.get(name, { signal });
         await pipeline(Readable.fromWeb(stream as never), counter, createWriteStream(path, { mode: 0o600 }), {
