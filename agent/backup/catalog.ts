@@ -16,7 +16,13 @@ export interface BackupInfo {
   createdAt: string;
   size: number;
   keyIds: string[];
-  installationId: string;
+  /**
+   * The installation that made it, as its header names it: the id's first 8 hex characters. The whole
+   * id is not in a file (FORMAT.md "Version 2": it is the DR recovery credential).
+   */
+  installation: string;
+  /** The header's installation tag (FORMAT.md "Version 2"): what `Keyring.owns` compares. */
+  installationTag: string;
   kind: string;
   label?: string;
   pinned?: boolean;
@@ -98,14 +104,14 @@ export function datedInFuture(b: { createdAt: string }, now: number): boolean {
  */
 export function newestGoodBackup(
   list: BackupInfo[],
-  owns: (installationId: string, keyIds: readonly string[]) => boolean,
+  owns: (installationTag: string, keyIds: readonly string[]) => boolean,
   now: number = Date.now(),
 ): BackupInfo | undefined {
   return list.find(
     (b) =>
       b.kind !== 'safety' &&
       b.verifyResult !== 'failed' &&
-      owns(b.installationId, b.keyIds) &&
+      owns(b.installationTag, b.keyIds) &&
       !datedInFuture(b, now),
   );
 }
@@ -239,7 +245,8 @@ export class BackupCatalog {
       createdAt: core.createdAt,
       size: s.size,
       keyIds: stanzaKeyIds(stanzas),
-      installationId: core.installationId,
+      installation: core.installationPrefix,
+      installationTag: core.installationTag,
       kind: core.meta.kind ?? 'manual',
       ...(core.meta.label ? { label: core.meta.label } : {}),
       ...record,

@@ -89,7 +89,7 @@ export function planPrune<T extends PruneCandidate>(
 /** The local backups as retention sees them: one of another installation (uploaded by hand) is foreign. */
 async function localCandidates(agent: Agent): Promise<BackupInfo[]> {
   return (await agent.catalog.list()).map((b) =>
-    agent.keyring.owns(b.installationId, b.keyIds) ? b : { ...b, foreign: true },
+    agent.keyring.owns(b.installationTag, b.keyIds) ? b : { ...b, foreign: true },
   );
 }
 

@@ -3,7 +3,7 @@ import { createReadStream, existsSync } from 'node:fs';
 import { stat } from 'node:fs/promises';
 import { basename, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
-import { stanzaKeyIds, unwrapWithMasterKeys } from '../../shared/envelope';
+import { installationTag, stanzaKeyIds, unwrapWithMasterKeys } from '../../shared/envelope';
 import { checkBackupName } from '../backup/catalog';
 import type { CreateBackupOptions } from '../backup/create';
 import type { FollowUp } from '../backup/operations';
@@ -192,9 +192,9 @@ export async function decryptCommand(cli: CliContext): Promise<void> {
   const needed = stanzaKeyIds(header.stanzas);
   if (!needed.some((id) => keys.some((k) => k.id === id))) {
     const other =
-      header.core.installationId === keyring.installationId
+      header.core.installationTag === installationTag(keyring.installationId)
         ? 'an older or newer export of this installation'
-        : `the keys file of installation ${shortInstallationId(header.core.installationId)}`;
+        : `the keys file of installation ${header.core.installationPrefix}…`;
     throw new AppError(
       'no_key',
       `${values.keys} does not hold key ${needed.join(', ') || '(unknown)'} that this backup was made with (the keys file is installation ${shortInstallationId(keyring.installationId)}'s): use ${other}`,

@@ -264,7 +264,7 @@ async function chooseBackup(
   const held = new Set(agent.keyring.masterKeys.map((k) => k.id));
   const candidates = (await agent.catalog.list()).filter(
     (b: BackupInfo) =>
-      b.installationId === agent.keyring.installationId &&
+      agent.keyring.isActive(b.installationTag) &&
       b.kind !== 'safety' &&
       b.verifyResult !== 'failed' &&
       now - Date.parse(b.createdAt) <= REUSE_MAX_AGE_MS &&

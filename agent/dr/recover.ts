@@ -6,7 +6,13 @@ import { dirname, join } from 'node:path';
 import { Transform } from 'node:stream';
 import type { JWK } from 'jose';
 import { RECOVER_FILE_KEY_HEADER, RECOVER_KEYRING_HEADER } from '../../shared/api/cloud';
-import { type MasterKey, type Stanza, unwrapWithMasterKeys, unwrapWithX25519 } from '../../shared/envelope';
+import {
+  installationTag,
+  type MasterKey,
+  type Stanza,
+  unwrapWithMasterKeys,
+  unwrapWithX25519,
+} from '../../shared/envelope';
 import type { Agent } from '../agent';
 import { readBackup } from '../backup/reader';
 import { receiveUpload } from '../backup/upload';
@@ -186,7 +192,8 @@ export async function recoverFromCloud(
       resolveFileKey: async () => Uint8Array.from(key),
       onProgress: (b) => ctx.progress(b),
     });
-    if (header.core.installationId !== id) {
+    // The header names its installation by tag (FORMAT.md "Version 2"); the manifest inside holds the id.
+    if (header.core.installationTag !== installationTag(id) || manifest.installationId !== id) {
       throw new AppError('dependency_down', 'the recovered backup belongs to another installation');
     }
     // The recovered keys must open this backup before they replace ours: a keyring that does not

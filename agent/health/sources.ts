@@ -134,7 +134,7 @@ function newestAutoUploaded(agent: Agent, list: BackupInfo[], now: number): Back
       (b.kind === 'manual' || b.kind === 'scheduled') &&
       b.verifyResult !== 'failed' &&
       !datedInFuture(b, now) &&
-      agent.keyring.owns(b.installationId, b.keyIds),
+      agent.keyring.owns(b.installationTag, b.keyIds),
   );
 }
 

@@ -10,7 +10,7 @@ import { readFileSync, statSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { promisify } from 'node:util';
 import { z } from 'zod';
-import type { MasterKey } from '../../shared/envelope';
+import { installationTag, type MasterKey } from '../../shared/envelope';
 import { AppError } from '../errors';
 import type { Logger } from '../log';
 import { createSmallFileExclusive, writeSmallFileAtomic } from '../system/atomic-file';
@@ -377,6 +377,19 @@ export class Keyring {
   }
 
   /**
+   * This installation's tag: what a backup file names its installation by (the id is the DR recovery
+   * credential and is not in files, FORMAT.md "Version 2"). Compare a header's `installationTag` with it.
+   */
+  get installationTag(): string {
+    return installationTag(this.file.installationId);
+  }
+
+  /** Whether a backup file's `installationTag` is the active installation's (not a retired identity's). */
+  isActive(tag: string): boolean {
+    return tag === this.installationTag;
+  }
+
+  /**
    * Calls `listener` (after the current call, never inside it) whenever the installation id changes:
    * an import here, or one another process wrote, noticed at the keyring's next use. What follows the
    * identity (the Cloud DR nightly offset) re-arms there. Returns the function that removes it.
@@ -421,16 +434,17 @@ export class Keyring {
   }
 
   /**
-   * Whether a backup of `installationId` sealed to `keyIds` is ours: made under this installation's
-   * identity (or one it had before a key import) and openable with a key we hold.
+   * Whether a backup whose header names installation tag `tag` (FORMAT.md "Version 2"; a version-1
+   * header's tag is computed from its id) and is sealed to `keyIds` is ours: made under this
+   * installation's identity (or one it had before a key import) and openable with a key we hold.
    */
-  owns(installationId: string, keyIds: readonly string[]): boolean {
+  owns(tag: string, keyIds: readonly string[]): boolean {
     const identities = [
       this.file.installationId,
       ...this.file.retiredIdentities.map((i) => i.installationId),
     ];
     return (
-      identities.includes(installationId) &&
+      identities.some((id) => installationTag(id) === tag) &&
       keyIds.some((id) => this.file.masterKeys.some((k) => k.id === id))
     );
   }

@@ -12,7 +12,6 @@ import { busyBackupNames, planPrune } from '../backup/retention';
 import { AppError, describeError } from '../errors';
 import { validationError } from '../http/errors';
 import type { Job, JobContext } from '../jobs/runner';
-import { installationIdPrefix } from '../keys/keyring';
 import type { Logger } from '../log';
 import { createProvider } from '../providers/index';
 import { withRetry } from '../providers/retry';
@@ -94,7 +93,9 @@ export interface RemoteBackup {
 
 /** Whose a remote backup is, as its header says (readable without a key). */
 interface RemoteOwner {
-  installationId: string;
+  /** The header's installation tag and prefix (FORMAT.md "Version 2": a file holds no installation id). */
+  installationTag: string;
+  installation: string;
   keyIds: string[];
 }
 
@@ -365,15 +366,16 @@ export class OffsiteService {
     const provider = this.provider(kind, section);
     try {
       const [remote, local] = await Promise.all([provider.list(), this.agent.catalog.list()]);
-      const localOwners = new Map(local.map((b) => [b.filename, b.installationId]));
+      const localOwners = new Map(
+        local.map((b) => [b.filename, { installationTag: b.installationTag, installation: b.installation }]),
+      );
       // The local copy says whose it is; the others' headers are read once per object (remembered).
       // Bounded: a first list of a folder of many copies (each header one request) stays quick; the
       // later ones fill in the rest, the page's newest rows first.
       const owners = await this.remoteOwners(provider, local, remote, undefined, LIST_HEADER_READS);
-      const active = this.agent.keyring.installationId;
       return remote
         .map((o): RemoteBackup => {
-          const installationId = localOwners.get(o.name) ?? owners.get(o.name)?.installationId;
+          const owner = localOwners.get(o.name) ?? owners.get(o.name);
           return {
             filename: o.name,
             size: o.size,
@@ -381,10 +383,10 @@ export class OffsiteService {
             ...(o.modifiedAt ? { modifiedAt: o.modifiedAt } : {}),
             ...(o.sha256 ? { sha256: o.sha256 } : {}),
             local: localOwners.has(o.name),
-            ...(installationId
+            ...(owner
               ? {
-                  installation: installationIdPrefix(installationId),
-                  ofThisInstallation: installationId === active,
+                  installation: owner.installation,
+                  ofThisInstallation: this.agent.keyring.isActive(owner.installationTag),
                 }
               : {}),
           };
@@ -895,7 +897,7 @@ export class OffsiteService {
     const owners = await this.remoteOwners(provider, local, remote, signal);
     const foreign = new Set<string>();
     for (const [name, owner] of owners) {
-      if (!owner || !this.agent.keyring.owns(owner.installationId, owner.keyIds)) foreign.add(name);
+      if (!owner || !this.agent.keyring.owns(owner.installationTag, owner.keyIds)) foreign.add(name);
     }
     return foreign;
   }
@@ -928,7 +930,11 @@ export class OffsiteService {
       owners.set(
         object.name,
         header
-          ? { installationId: header.core.installationId, keyIds: stanzaKeyIds(header.stanzas) }
+          ? {
+              installationTag: header.core.installationTag,
+              installation: header.core.installationPrefix,
+              keyIds: stanzaKeyIds(header.stanzas),
+            }
           : undefined,
       );
     }
@@ -938,7 +944,8 @@ export class OffsiteService {
 
   /**
    * Our backups whose name the destination holds with a DIFFERENT backup (its header is not the local
-   * file's: another controller made one in the same second), each with that backup's installation id.
+   * file's: another controller made one in the same second), each with that backup's installation
+   * (the prefix its header names).
    * An object that is no backup is not a different backup (an upload replaces it).
    */
   private async takenNames(
@@ -955,7 +962,7 @@ export class OffsiteService {
       const header = await this.knownOrReadHeader(provider, object, signal);
       if (!header) continue;
       const mine = await readHeaderOfFile(this.agent.catalog.pathOf(object.name)).catch(() => undefined);
-      if (mine && !sameHeader(header, mine)) taken.set(object.name, header.core.installationId);
+      if (mine && !sameHeader(header, mine)) taken.set(object.name, header.core.installationPrefix);
     }
     this.forgetUnlisted(provider, remote);
     if (kind !== undefined) this.taken.set(kind, new Set(taken.keys()));

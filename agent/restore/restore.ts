@@ -222,8 +222,9 @@ function damagedRefused(error: AppError): AppError {
 }
 
 /**
- * The installation that made a backup (its header's), checked against the keyring's: a backup of
- * another installation is refused (409 `conflict`) unless `allowed`. After a keys import this box's
+ * The installation that made a backup (its header's tag: a file holds no installation id, FORMAT.md
+ * "Version 2"), checked against the keyring's: a backup of another installation is refused (409
+ * `conflict`) unless `allowed`. After a keys import this box's
  * own backups from before it are another installation's, and the newest on its destinations: restoring
  * one by mistake would leave the box's own data under the imported identity. One the keyring holds no
  * key for is left to the read, whose error says which keys file to import.
@@ -232,13 +233,11 @@ async function checkInstallation(
   keyring: Keyring,
   header: Awaited<ReturnType<typeof readHeaderOfFile>>,
   allowed = false,
-): Promise<string> {
-  const madeBy = header.core.installationId;
-  const active = keyring.installationId;
-  if (allowed || madeBy === active) return madeBy;
+): Promise<void> {
+  if (allowed || keyring.isActive(header.core.installationTag)) return;
   const held = new Set(keyring.masterKeys.map((k) => k.id));
-  if (!stanzaKeyIds(header.stanzas).some((id) => held.has(id))) return madeBy;
-  // Only a header that is the backup's own says who made it: a damaged one (an installation id with a
+  if (!stanzaKeyIds(header.stanzas).some((id) => held.has(id))) return;
+  // Only a header that is the backup's own says who made it: a damaged one (an installation tag with a
   // flipped bit) is left to the read, which refuses it as damaged.
   const genuine = await unwrapWithMasterKeys(header.stanzas, keyring.masterKeys)
     .then((fileKey) => verifyHeaderMac(header, fileKey))
@@ -246,11 +245,11 @@ async function checkInstallation(
       () => true,
       () => false,
     );
-  if (!genuine) return madeBy;
+  if (!genuine) return;
   throw new AppError(
     'conflict',
-    `this backup was made by installation ${shortInstallationId(madeBy)}, not by installation ` +
-      `${shortInstallationId(active)} whose keys are active here, so nothing was changed: restore the newest ` +
+    `this backup was made by installation ${header.core.installationPrefix}…, not by installation ` +
+      `${shortInstallationId(keyring.installationId)} whose keys are active here, so nothing was changed: restore the newest ` +
       "copy not marked 'another installation' instead, or, if you do want this one's data here, ask for " +
       'it explicitly (`gem-backup restore NAME --other-installation`, or "otherInstallation": true in the request)',
     { details: { otherInstallation: true } },
@@ -282,7 +281,7 @@ export async function restoreFromFile(
   const header = await readHeaderOfFile(path).catch((error: unknown) => {
     throw error instanceof AppError && error.code === 'corrupt_backup' ? damagedRefused(error) : error;
   });
-  const madeBy = await checkInstallation(agent.keyring, header, options.otherInstallation);
+  await checkInstallation(agent.keyring, header, options.otherInstallation);
   // A previous restore's cleanup still running here must end before this one's journal is written.
   await restoreSettled(agent.config.dataDir);
   // How long each step took, logged: where a restore's time goes is then visible in the agent's log.
@@ -498,7 +497,8 @@ export async function restoreFromFile(
         new Date(),
         label,
         manifest.createdAt,
-        madeBy,
+        // Who made it, from the manifest (inside the encryption): the header holds only a tag.
+        manifest.installationId,
       );
       ctx.notice('restore-swap', { restoredFrom: label });
       try {

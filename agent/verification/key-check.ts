@@ -1,6 +1,7 @@
 /** "Test my key file": can a keys file open the newest backup? Nothing is imported or changed. */
 import {
   type EnvelopeHeader,
+  installationTag,
   type MasterKey,
   stanzaKeyIds,
   unwrapWithMasterKeys,
@@ -58,7 +59,8 @@ export async function checkKeysFile(
   // The newest backup here that the keys file's installation made. On a controller rebuilt after a
   // disaster the newest one here is the new installation's own, which the old keys cannot open: the
   // old installation's copies offsite are what they are for.
-  const ofTheKeys = local.find((backup) => backup.installationId === keyring.installationId);
+  const keysTag = installationTag(keyring.installationId);
+  const ofTheKeys = local.find((backup) => backup.installationTag === keysTag);
   if (!ofTheKeys && local.length > 0 && !base.sameInstallation) {
     const offsite = await checkOffsite(agent, keys, keyring.installationId, base, 'of its installation');
     // A copy of its installation offsite is the answer, yes or no: the new installation's own backup here says nothing about the keys.
@@ -266,7 +268,7 @@ async function checkOffsite(
   const refused = await headerRefuses(header, keys);
   if (refused) {
     const other =
-      header.core.installationId === keysInstallation
+      header.core.installationTag === installationTag(keysInstallation)
         ? ''
         : ` (the keys file is from installation ${shortInstallationId(keysInstallation)}, the backup from another installation${noneFound})`;
     return {
@@ -330,7 +332,7 @@ async function searchDestination(
       const candidate = { kind, filename, header };
       search.newest ??= candidate;
       if (
-        header.core.installationId === keysInstallation ||
+        header.core.installationTag === installationTag(keysInstallation) ||
         stanzaKeyIds(header.stanzas).some((id) => keyIds.has(id))
       ) {
         search.ofTheKeys = candidate;

@@ -3,11 +3,23 @@
 import { base64url } from 'jose';
 import { buf, concatBytes } from './bytes';
 import { EnvelopeError } from './errors';
+import { installationPrefix, installationTag } from './installation-tag';
 import { deriveSubkey, type Stanza } from './keys';
 
-/** The header's readable-without-keys description of the backup. */
+/**
+ * The header's readable-without-keys description of the backup. Version 2 files carry the
+ * installation's tag and prefix, never its id (the DR recovery credential); version 1 files carry the
+ * id, from which the parser computes the same tag and prefix, so callers compare tags for both.
+ */
 export interface EnvelopeCore {
-  installationId: string;
+  /** The format version of the file (the magic's last two bytes): what encodeHeader writes. */
+  version: 1 | 2;
+  /** SHA-256 of "gem-backup installation tag\n" + the installation id, 64 lower-case hex. */
+  installationTag: string;
+  /** The installation id's first 8 hex characters, for messages. */
+  installationPrefix: string;
+  /** Version 1 only: the installation id in clear. A version-2 file never holds it. */
+  installationId?: string;
   createdAt: string;
   chunkSize: number;
   salt: string;
@@ -24,30 +36,45 @@ export interface EnvelopeHeader {
 export const DEFAULT_CHUNK_SIZE = 65536;
 const MIN_CHUNK_SIZE = 1024;
 const MAX_CHUNK_SIZE = 16777216;
-const MAGIC = new Uint8Array([0x47, 0x45, 0x4d, 0x42, 0x4b, 0x50, 0x00, 0x01]); // "GEMBKP" 0x00 0x01
+const MAGIC_V1 = new Uint8Array([0x47, 0x45, 0x4d, 0x42, 0x4b, 0x50, 0x00, 0x01]); // "GEMBKP" 0x00 0x01
+const MAGIC_V2 = new Uint8Array([0x47, 0x45, 0x4d, 0x42, 0x4b, 0x50, 0x00, 0x02]); // "GEMBKP" 0x00 0x02
+const MAGIC_LENGTH = 8;
 const MAX_CORE_LENGTH = 65536;
 const MAX_STANZAS_LENGTH = 1048576;
 const MAC_LENGTH = 32;
-const CORE_START = MAGIC.length + 4;
+const CORE_START = MAGIC_LENGTH + 4;
 
 const utf8 = new TextEncoder();
 const strictUtf8 = new TextDecoder('utf-8', { fatal: true });
 
-/** A new core with a fresh random salt; createdAt defaults to now, chunkSize to 64 KiB. */
+/**
+ * A new core with a fresh random salt; createdAt defaults to now, chunkSize to 64 KiB. It is a
+ * version-2 core (the id's tag and prefix, not the id); `version: 1` is for tests that need a file
+ * as older agents wrote it.
+ */
 export function newCore(fields: {
   installationId: string;
   createdAt?: string;
   chunkSize?: number;
   meta?: Record<string, string>;
+  version?: 1 | 2;
 }): EnvelopeCore {
+  const version = fields.version ?? 2;
+  const { installationId } = fields;
+  if (typeof installationId !== 'string' || !HEX32.test(installationId)) {
+    throw new EnvelopeError('bad_header', 'bad header core: installationId');
+  }
   const core: EnvelopeCore = {
-    installationId: fields.installationId,
+    version,
+    installationTag: installationTag(installationId),
+    installationPrefix: installationPrefix(installationId),
+    ...(version === 1 ? { installationId } : {}),
     createdAt: fields.createdAt ?? new Date().toISOString(),
     chunkSize: fields.chunkSize ?? DEFAULT_CHUNK_SIZE,
     salt: base64url.encode(crypto.getRandomValues(new Uint8Array(16))),
     meta: { ...(fields.meta ?? {}) },
   };
-  return checkCore(core);
+  return checkCore(core, version);
 }
 
 /** Serializes core and stanzas into header bytes ending with the MAC keyed from `fileKey`. */
@@ -56,31 +83,45 @@ export async function encodeHeader(
   stanzas: Stanza[],
   fileKey: Uint8Array,
 ): Promise<Uint8Array> {
-  const { installationId, createdAt, chunkSize, salt, meta } = checkCore(core);
-  const coreBytes = utf8.encode(JSON.stringify({ installationId, createdAt, chunkSize, salt, meta }));
+  const checked = checkCore(core, core.version);
+  const { createdAt, chunkSize, salt, meta } = checked;
+  // Version 2 writes the tag and prefix only: the id is the DR recovery credential (FORMAT.md "Version 2").
+  const fields =
+    checked.version === 1
+      ? { installationId: checked.installationId, createdAt, chunkSize, salt, meta }
+      : {
+          installationTag: checked.installationTag,
+          installationPrefix: checked.installationPrefix,
+          createdAt,
+          chunkSize,
+          salt,
+          meta,
+        };
+  const coreBytes = utf8.encode(JSON.stringify(fields));
   if (coreBytes.length > MAX_CORE_LENGTH) throw new EnvelopeError('bad_header', 'the core is over 64 KiB');
-  const prefix = concatBytes([MAGIC, uint32(coreBytes.length), coreBytes]);
+  const magic = checked.version === 1 ? MAGIC_V1 : MAGIC_V2;
+  const prefix = concatBytes([magic, uint32(coreBytes.length), coreBytes]);
   return sealHeader(prefix, salt, stanzas, fileKey);
 }
 
 /**
  * Parses a header from the start of `bytes` without any key (the MAC is NOT checked). Returns null
- * when more bytes are needed, throws EnvelopeError when the bytes cannot be a version-1 header.
+ * when more bytes are needed, throws EnvelopeError when the bytes cannot be a version-1 or -2 header.
  */
 export function tryParseHeader(bytes: Uint8Array): { header: EnvelopeHeader; length: number } | null {
   for (let i = 0; i < Math.min(6, bytes.length); i++) {
-    if (bytes[i] !== MAGIC[i])
+    if (bytes[i] !== MAGIC_V1[i])
       throw new EnvelopeError('not_a_backup', 'it does not start with the GEM backup signature');
   }
   if (bytes.length < CORE_START) return null;
-  if (bytes[6] !== MAGIC[6] || bytes[7] !== MAGIC[7]) {
-    const version = (bytes[6]! << 8) | bytes[7]!;
+  const version = (bytes[6]! << 8) | bytes[7]!;
+  if (version !== 1 && version !== 2) {
     throw new EnvelopeError(
       'unsupported_version',
-      `backup format version ${version} is not supported (only 1)`,
+      `backup format version ${version} is not supported (only 1 and 2)`,
     );
   }
-  const coreLength = readUint32(bytes, MAGIC.length);
+  const coreLength = readUint32(bytes, MAGIC_LENGTH);
   if (coreLength < 1 || coreLength > MAX_CORE_LENGTH)
     throw new EnvelopeError('bad_header', 'bad core length');
   const stanzasStart = CORE_START + coreLength + 4;
@@ -91,7 +132,7 @@ export function tryParseHeader(bytes: Uint8Array): { header: EnvelopeHeader; len
   }
   const length = stanzasStart + stanzasLength + MAC_LENGTH;
   if (bytes.length < length) return null;
-  const core = checkCore(parseJson(bytes.subarray(CORE_START, CORE_START + coreLength), 'core'));
+  const core = checkCore(parseJson(bytes.subarray(CORE_START, CORE_START + coreLength), 'core'), version);
   const stanzas = checkStanzas(
     parseJson(bytes.subarray(stanzasStart, stanzasStart + stanzasLength), 'stanzas'),
   );
@@ -201,7 +242,7 @@ async function macKey(fileKey: Uint8Array, salt: string, usages: KeyUsage[]): Pr
 }
 
 function coreEnd(headerBytes: Uint8Array): number {
-  return CORE_START + readUint32(headerBytes, MAGIC.length);
+  return CORE_START + readUint32(headerBytes, MAGIC_LENGTH);
 }
 
 function parseJson(bytes: Uint8Array, what: string): unknown {
@@ -213,15 +254,36 @@ function parseJson(bytes: Uint8Array, what: string): unknown {
 }
 
 const HEX32 = /^[0-9a-f]{32}$/;
+const HEX64 = /^[0-9a-f]{64}$/;
+const HEX8 = /^[0-9a-f]{8}$/;
 const ISO_UTC = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?Z$/;
 const SALT = /^[A-Za-z0-9_-]{22}$/;
 
-function checkCore(value: unknown): EnvelopeCore {
+/**
+ * A core of `version` as the file holds it, checked: version 1 must have `installationId` (its tag and
+ * prefix are computed from it); version 2 must have `installationTag` and `installationPrefix` (an
+ * `installationId` there is an unknown field, ignored and never returned).
+ */
+function checkCore(value: unknown, version: 1 | 2): EnvelopeCore {
   const bad = (why: string) => new EnvelopeError('bad_header', `bad header core: ${why}`);
   if (typeof value !== 'object' || value === null || Array.isArray(value)) throw bad('not an object');
   const v = value as Record<string, unknown>;
-  const { installationId, createdAt, chunkSize, salt, meta } = v;
-  if (typeof installationId !== 'string' || !HEX32.test(installationId)) throw bad('installationId');
+  const { createdAt, chunkSize, salt, meta } = v;
+  let installation: Pick<EnvelopeCore, 'installationTag' | 'installationPrefix' | 'installationId'>;
+  if (version === 1) {
+    const { installationId } = v;
+    if (typeof installationId !== 'string' || !HEX32.test(installationId)) throw bad('installationId');
+    installation = {
+      installationTag: installationTag(installationId),
+      installationPrefix: installationPrefix(installationId),
+      installationId,
+    };
+  } else {
+    const { installationTag: tag, installationPrefix: prefix } = v;
+    if (typeof tag !== 'string' || !HEX64.test(tag)) throw bad('installationTag');
+    if (typeof prefix !== 'string' || !HEX8.test(prefix)) throw bad('installationPrefix');
+    installation = { installationTag: tag, installationPrefix: prefix };
+  }
   if (typeof createdAt !== 'string' || !ISO_UTC.test(createdAt) || Number.isNaN(Date.parse(createdAt))) {
     throw bad('createdAt');
   }
@@ -240,7 +302,7 @@ function checkCore(value: unknown): EnvelopeCore {
     if (typeof val !== 'string') throw bad(`meta.${k} is not a string`);
     metaCopy[k] = val;
   }
-  return { installationId, createdAt, chunkSize, salt, meta: metaCopy };
+  return { version, ...installation, createdAt, chunkSize, salt, meta: metaCopy };
 }
 
 const KNOWN_STANZA_TYPES = new Set(['master-key', 'escrow', 'escrow-keyring']);

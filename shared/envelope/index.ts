@@ -4,6 +4,7 @@ export { type ChunkCipher, TAG_LENGTH, webCryptoChunkCipher } from './cipher';
 export { EnvelopeError, type EnvelopeErrorCode } from './errors';
 export {
   DEFAULT_CHUNK_SIZE,
+  type EnvelopeCore,
   type EnvelopeHeader,
   encodeHeader,
   newCore,
@@ -12,6 +13,7 @@ export {
   tryParseHeader,
   verifyHeaderMac,
 } from './header';
+export { installationPrefix, installationTag } from './installation-tag';
 export {
   generateFileKey,
   type MasterKey,

@@ -3,6 +3,7 @@
 // every push (API, service, nightly) is refused and the cloud copy stays byte for byte the one A pushed;
 // running the recovery again (the id typed in upper case, grouped) reuses the copy already stored and
 // finishes it; `--abandon` takes another box back to its own identity instead.
+
 import { createHash } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -19,6 +20,7 @@ import { silentLogger } from '../../agent/log';
 import { startRestore } from '../../agent/restore/restore';
 import { databaseUrl } from '../../agent/system/postgres-tools';
 import { runProcess } from '../../agent/system/spawn';
+import { installationTag } from '../../shared/envelope';
 import type { TestAgent } from '../services/agent';
 import { type DrCloud, startDrCloud, x25519Pair } from '../services/dr-cloud';
 import { startPostgres, type TestPostgres, withSql } from '../services/postgres';
@@ -214,7 +216,7 @@ describe('an unfinished DR recovery', () => {
 
   it('running the recovery again reuses the stored copy, finishes it and lets pushes go again', async () => {
     delete bFaults.restore;
-    const before = (await b.agent.catalog.list()).filter((x) => x.installationId === aId);
+    const before = (await b.agent.catalog.list()).filter((x) => x.installationTag === installationTag(aId));
     expect(before).toHaveLength(1);
     // What an earlier version let a backup do meanwhile: B's own data under A's name, younger than A's copy.
     const meanwhile = await createBackup(backupDeps(b.agent), standaloneContext(silentLogger), {
@@ -225,7 +227,7 @@ describe('an unfinished DR recovery', () => {
     const result = job.result as RecoverResult;
     expect(result.backup).toBe(before[0]!.filename);
     // Beside it only the safety backup the restore took of B's own data.
-    const after = (await b.agent.catalog.list()).filter((x) => x.installationId === aId);
+    const after = (await b.agent.catalog.list()).filter((x) => x.installationTag === installationTag(aId));
     expect(
       after
         .filter((x) => x.kind !== 'safety')
@@ -249,7 +251,7 @@ describe('an unfinished DR recovery', () => {
       const failed = await d.agent.jobs.waitFor((await drServiceFor(d.agent).startRecover(aId)).id);
       expect(failed.error?.code, failed.error?.message).toBe('no_space');
       expect((await status(d)).unfinishedRecovery).not.toBeNull();
-      const stored = (await d.agent.catalog.list()).find((x) => x.installationId === aId);
+      const stored = (await d.agent.catalog.list()).find((x) => x.installationTag === installationTag(aId));
       expect(stored).toBeDefined();
       const restored = await d.agent.jobs.waitFor((await startRestore(d.agent, stored!.filename)).id);
       expect(restored.state, JSON.stringify(restored.error)).toBe('succeeded');

@@ -1,11 +1,13 @@
 // The header: parsing without keys, the MAC over core and stanzas, stanza unwrapping, rewrapping for escrow.
 
+import { createHash } from 'node:crypto';
 import { exportJWK, generateKeyPair } from 'jose';
 import { describe, expect, it } from 'vitest';
 import {
   EnvelopeError,
   type EnvelopeErrorCode,
   generateFileKey,
+  installationTag,
   newCore,
   openStream,
   readHeader,
@@ -19,6 +21,7 @@ import {
   wrapForMasterKey,
   wrapForX25519,
 } from '../../shared/envelope';
+import { sha256 } from '../../shared/envelope/installation-tag';
 import { drainWeb, flipBit, webStreamOf } from './helpers';
 
 const masterKey = { id: 'mk-a', key: crypto.getRandomValues(new Uint8Array(32)) };
@@ -85,7 +88,9 @@ describe('parsing a header without keys', () => {
     const { file, headerLength, header } = await sealed(new Uint8Array(10));
     for (let n = 0; n < headerLength; n++) expect(tryParseHeader(file.subarray(0, n))).toBeNull();
     expect(header.core).toMatchObject({
-      installationId,
+      version: 2,
+      installationTag: installationTag(installationId),
+      installationPrefix: 'efefefef',
       chunkSize: 1024,
       meta: { kind: 'dr', label: 'abc' },
     });
@@ -93,7 +98,7 @@ describe('parsing a header without keys', () => {
     expect(Buffer.compare(header.bytes, file.subarray(0, headerLength))).toBe(0);
   });
 
-  it('names what is wrong with bytes that are not a version-1 header', async () => {
+  it('names what is wrong with bytes that are not a version-1 or -2 header', async () => {
     const { file } = await sealed(new Uint8Array(0));
     expectCode('not_a_backup', () => tryParseHeader(Buffer.from('PK\x03\x04')));
     expectCode('not_a_backup', () => tryParseHeader(flipBit(file, 2)));
@@ -108,7 +113,7 @@ describe('parsing a header without keys', () => {
 
   it('ignores unknown core fields and keeps unknown stanza types', () => {
     const core = Buffer.from(
-      JSON.stringify({ ...newCore({ installationId }), futureField: [1, 2], meta: { a: 'b' } }),
+      JSON.stringify({ ...newCore({ installationId, version: 1 }), futureField: [1, 2], meta: { a: 'b' } }),
     );
     const stanzas = [{ type: 'x-future', kid: 'k', jwe: 'opaque', extra: 1 }] as unknown as Stanza[];
     const length = Buffer.alloc(4);
@@ -123,9 +128,13 @@ describe('parsing a header without keys', () => {
       'chunkSize',
       'createdAt',
       'installationId',
+      'installationPrefix',
+      'installationTag',
       'meta',
       'salt',
+      'version',
     ]);
+    expect(header.core).toMatchObject({ version: 1, installationId, installationPrefix: 'efefefef' });
     expect(header.stanzas).toEqual(stanzas);
   });
 
@@ -150,7 +159,8 @@ describe('parsing a header without keys', () => {
     );
     const { header, rest } = await readHeader(stream);
     expect(pulls).toBe(Math.ceil(headerLength / pieceSize));
-    expect(header.core.installationId).toBe(installationId);
+    expect(header.core.installationTag).toBe(installationTag(installationId));
+    expect(header.core.installationId).toBeUndefined();
     const { bytes } = await drainWeb(rest);
     expect(Buffer.compare(bytes, file.subarray(headerLength))).toBe(0);
   });
@@ -265,5 +275,89 @@ describe('rewrapping a header for escrow', () => {
     ).rejects.toMatchObject({
       code: 'no_key',
     });
+  });
+});
+
+describe('version 2: the installation by its tag, never its id (FORMAT.md "Version 2")', () => {
+  it('computes the tag as SHA-256 of the labelled id, the same as node:crypto', () => {
+    for (const id of [installationId, '0123456789abcdef0123456789abcdef', 'ab'.repeat(16)]) {
+      expect(installationTag(id)).toBe(
+        createHash('sha256').update(`gem-backup installation tag\n${id}`).digest('hex'),
+      );
+    }
+    // The plain-code SHA-256 across the padding boundaries, against node:crypto.
+    for (const n of [0, 1, 55, 56, 63, 64, 65, 119, 120, 1000]) {
+      const data = crypto.getRandomValues(new Uint8Array(n));
+      expect(Buffer.from(sha256(data)).toString('hex')).toBe(createHash('sha256').update(data).digest('hex'));
+    }
+  });
+
+  it('writes GEMBKP 0x00 0x02 with the tag and prefix only; a version-1 core still writes as version 1', async () => {
+    const { file, header } = await sealed(new Uint8Array(100));
+    expect([...file.subarray(0, 8)]).toEqual([...Buffer.from('GEMBKP\x00\x02', 'latin1')]);
+    const coreJson = JSON.parse(Buffer.from(file.subarray(12, 12 + file.readUInt32BE(8))).toString());
+    expect(Object.keys(coreJson).sort()).toEqual([
+      'chunkSize',
+      'createdAt',
+      'installationPrefix',
+      'installationTag',
+      'meta',
+      'salt',
+    ]);
+    expect(Buffer.from(file).includes(Buffer.from(installationId))).toBe(false);
+    expect(header.core.installationId).toBeUndefined();
+
+    const fileKey = generateFileKey();
+    const core = newCore({ installationId, chunkSize: 1024, version: 1 });
+    const stanzas = [await wrapForMasterKey(fileKey, masterKey)];
+    const v1 = (await drainWeb(sealStream(webStreamOf(new Uint8Array(5)), { core, stanzas, fileKey }))).bytes;
+    expect([...v1.subarray(0, 8)]).toEqual([...Buffer.from('GEMBKP\x00\x01', 'latin1')]);
+    expect(tryParseHeader(v1)!.header.core).toMatchObject({
+      version: 1,
+      installationId,
+      installationTag: installationTag(installationId),
+      installationPrefix: 'efefefef',
+    });
+  });
+
+  it('refuses a version-2 core without a well-formed tag or prefix, and ignores an id in it', async () => {
+    const { file } = await sealed(new Uint8Array(0));
+    const { prefix, stanzas, mac } = splitHeader(tryParseHeader(file)!.header.bytes);
+    const core = JSON.parse(Buffer.from(prefix.subarray(12)).toString());
+    const withCore = (c: object) => {
+      const json = Buffer.from(JSON.stringify(c));
+      const length = Buffer.alloc(4);
+      length.writeUInt32BE(json.length);
+      return joinHeader(Buffer.concat([prefix.subarray(0, 8), length, json]), stanzas, mac);
+    };
+    expectCode('bad_header', () => tryParseHeader(withCore({ ...core, installationTag: 'AB' })));
+    expectCode('bad_header', () => tryParseHeader(withCore({ ...core, installationPrefix: undefined })));
+    expectCode('bad_header', () =>
+      tryParseHeader(withCore({ ...core, installationTag: undefined, installationId })),
+    );
+    const { header } = tryParseHeader(withCore({ ...core, installationId }))!;
+    expect(header.core.installationId).toBeUndefined();
+    expectCode('unsupported_version', () =>
+      tryParseHeader(Buffer.concat([Buffer.from('GEMBKP\x00\x03', 'latin1'), Buffer.alloc(8)])),
+    );
+  });
+
+  it('rewrapping keeps the version: a version-1 file stays version 1, its payload still opens', async () => {
+    const fileKey = generateFileKey();
+    const core = newCore({ installationId, chunkSize: 1024, version: 1 });
+    const stanzas = [await wrapForMasterKey(fileKey, masterKey)];
+    const plaintext = crypto.getRandomValues(new Uint8Array(3000));
+    const v1 = (await drainWeb(sealStream(webStreamOf(plaintext), { core, stanzas, fileKey }))).bytes;
+    const { header, length } = tryParseHeader(v1)!;
+    const rewrapped = await rewrapHeader(header, fileKey, [
+      ...stanzas,
+      { type: 'x-other', kid: 'k', jwe: 'j' },
+    ]);
+    const file = Buffer.concat([rewrapped, v1.subarray(length)]);
+    expect(tryParseHeader(file)!.header.core).toMatchObject({ version: 1, installationId });
+    const { plaintext: opened } = await openStream(webStreamOf(file), {
+      resolveFileKey: (h) => unwrapWithMasterKeys(h.stanzas, [masterKey]),
+    });
+    expect(Buffer.compare((await drainWeb(opened)).bytes, plaintext)).toBe(0);
   });
 });

@@ -1,4 +1,4 @@
-// The frozen version-1 vectors decrypt, with both ciphers and both recipients, forever.
+// The frozen version-1 and version-2 vectors decrypt, with both ciphers and both recipients, forever.
 
 import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
@@ -7,13 +7,14 @@ import { describe, expect, it } from 'vitest';
 import { createOpenTransform, nodeChunkCipher } from '../../agent/keys/envelope-node';
 import {
   type EnvelopeHeader,
+  installationTag,
   openStream,
   unwrapWithMasterKeys,
   unwrapWithX25519,
   webCryptoChunkCipher,
 } from '../../shared/envelope';
 import { drainNode, drainWeb, webStreamOf } from './helpers';
-import { vectorsDir, vectorsJson } from './vectors-fixture';
+import { allVectors, V1_INSTALLATION_ID, vectorsDir, vectorsJson, vectorsV2Json } from './vectors-fixture';
 
 const masterKey = { id: vectorsJson.masterKey.id, key: Buffer.from(vectorsJson.masterKey.keyHex, 'hex') };
 const recipients = {
@@ -22,7 +23,7 @@ const recipients = {
     unwrapWithX25519(h.stanzas.find((s) => s.type === 'escrow')!, vectorsJson.escrowPrivateJwk),
 };
 
-describe.each(vectorsJson.vectors)('frozen vector $file', (vector) => {
+describe.each(allVectors)('frozen vector $file', (vector) => {
   const file = readFileSync(join(vectorsDir, vector.file));
   for (const [recipient, resolveFileKey] of Object.entries(recipients)) {
     it(`decrypts with the ${recipient} through web streams + webcrypto`, async () => {
@@ -31,9 +32,18 @@ describe.each(vectorsJson.vectors)('frozen vector $file', (vector) => {
         cipher: webCryptoChunkCipher,
       });
       expect(header.core).toMatchObject({
+        version: vector.version,
         chunkSize: vector.chunkSize,
-        createdAt: '2026-04-01T12:00:00.000Z',
+        createdAt: vector.version === 1 ? '2026-04-01T12:00:00.000Z' : '2026-11-30T12:00:00.000Z',
+        installationTag: installationTag(V1_INSTALLATION_ID),
+        installationPrefix: '01234567',
       });
+      // Only a version-1 core holds the id; version 2 carries its tag (FORMAT.md "Version 2").
+      expect(header.core.installationId).toBe(vector.version === 1 ? V1_INSTALLATION_ID : undefined);
+      if (vector.version === 2) {
+        expect(vectorsV2Json.installationId).toBe(V1_INSTALLATION_ID);
+        expect(file.includes(Buffer.from(V1_INSTALLATION_ID))).toBe(false);
+      }
       const { bytes, error } = await drainWeb(plaintext);
       expect(error).toBeUndefined();
       expect(bytes.length).toBe(vector.plaintextLength);
@@ -50,18 +60,21 @@ describe.each(vectorsJson.vectors)('frozen vector $file', (vector) => {
   }
 });
 
-it('recovers the escrowed keyring from the vector that carries one, skipping unknown stanza types', async () => {
-  const file = readFileSync(join(vectorsDir, 'v1-3chunks.bin'));
-  const { header, plaintext } = await openStream(webStreamOf(file), {
-    resolveFileKey: recipients['master key'],
-  });
-  await plaintext.cancel();
-  expect(header.stanzas.map((s) => s.type)).toEqual([
-    'master-key',
-    'escrow',
-    'escrow-keyring',
-    'x-future-recipient',
-  ]);
-  const keyring = await unwrapWithX25519(header.stanzas[2]!, vectorsJson.escrowPrivateJwk);
-  expect(new TextDecoder().decode(keyring)).toBe(vectorsJson.keyring);
-});
+it.each(['v1-3chunks.bin', 'v2-3chunks.bin'])(
+  'recovers the escrowed keyring from %s, skipping unknown stanza types',
+  async (name) => {
+    const file = readFileSync(join(vectorsDir, name));
+    const { header, plaintext } = await openStream(webStreamOf(file), {
+      resolveFileKey: recipients['master key'],
+    });
+    await plaintext.cancel();
+    expect(header.stanzas.map((s) => s.type)).toEqual([
+      'master-key',
+      'escrow',
+      'escrow-keyring',
+      'x-future-recipient',
+    ]);
+    const keyring = await unwrapWithX25519(header.stanzas[2]!, vectorsJson.escrowPrivateJwk);
+    expect(new TextDecoder().decode(keyring)).toBe(vectorsJson.keyring);
+  },
+);

@@ -7,9 +7,9 @@ import { build } from 'esbuild';
 import { Miniflare } from 'miniflare';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createOpenTransform } from '../../agent/keys/envelope-node';
-import { unwrapWithMasterKeys } from '../../shared/envelope';
+import { tryParseHeader, unwrapWithMasterKeys } from '../../shared/envelope';
 import { drainNode, flipBit } from './helpers';
-import { vectorsDir, vectorsJson } from './vectors-fixture';
+import { allVectors, vectorsDir, vectorsJson, vectorsV2Json } from './vectors-fixture';
 
 let mf: Miniflare;
 
@@ -48,7 +48,7 @@ async function post(path: string, body: Uint8Array, keys: object) {
   return { status: response.status, body: Buffer.from(await response.arrayBuffer()) };
 }
 
-describe.each(vectorsJson.vectors)('frozen vector $file inside workerd', (vector) => {
+describe.each(allVectors)('frozen vector $file inside workerd', (vector) => {
   const file = readFileSync(join(vectorsDir, vector.file));
 
   it.each([
@@ -58,8 +58,14 @@ describe.each(vectorsJson.vectors)('frozen vector $file inside workerd', (vector
     const { status, body } = await post('/open', file, keys);
     const result = JSON.parse(body.toString());
     expect(status).toBe(200);
-    expect(result).toMatchObject({ length: vector.plaintextLength, sha256: vector.plaintextSha256 });
-    if (vector.file === 'v1-3chunks.bin' && 'escrowPrivateJwk' in keys)
+    expect(result).toMatchObject({
+      length: vector.plaintextLength,
+      sha256: vector.plaintextSha256,
+      version: vector.version,
+      installationTag: vectorsV2Json.installationTag,
+      installationPrefix: vectorsV2Json.installationPrefix,
+    });
+    if (vector.file.endsWith('-3chunks.bin') && 'escrowPrivateJwk' in keys)
       expect(result.keyring).toBe(vectorsJson.keyring);
   });
 });
@@ -78,6 +84,9 @@ describe('the envelope inside workerd', () => {
     const plaintext = crypto.getRandomValues(new Uint8Array(5000));
     const { status, body } = await post('/seal', plaintext, { masterKey: vectorsJson.masterKey });
     expect(status).toBe(200);
+    // Sealed in workerd as version 2: the tag of the worker's installation id, never the id.
+    expect(tryParseHeader(body)!.header.core).toMatchObject({ version: 2, installationPrefix: 'abababab' });
+    expect(body.includes(Buffer.from('ab'.repeat(16)))).toBe(false);
     const masterKey = { id: vectorsJson.masterKey.id, key: Buffer.from(vectorsJson.masterKey.keyHex, 'hex') };
     const opened = await drainNode(
       body,

@@ -56,6 +56,9 @@ export default {
           length: bytes.byteLength,
           sha256: toHex(await crypto.subtle.digest('SHA-256', bytes)),
           chunkSize: header.core.chunkSize,
+          version: header.core.version,
+          installationTag: header.core.installationTag,
+          installationPrefix: header.core.installationPrefix,
           keyring,
         });
       }

@@ -74,7 +74,8 @@ describe('health: the backups area and another installation’s backup', () => {
     const listed = await t.agent.catalog.list();
     expect(listed[0]).toMatchObject({
       filename: foreign.filename,
-      installationId: other.installationId,
+      installation: other.installationId.slice(0, 8),
+      installationTag: other.installationTag,
       verifyResult: 'ok',
     });
 

@@ -1,4 +1,5 @@
 // Importing keys never loses a key (same-id keys with other bytes refused, concurrent and cross-process imports kept); scrypt limits.
+
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -11,6 +12,7 @@ import {
   type KeyringFile,
   parseKeysExport,
 } from '../../agent/keys/keyring';
+import { installationTag } from '../../shared/envelope';
 
 let dir: string | undefined;
 afterEach(async () => {
@@ -93,7 +95,9 @@ describe('a running agent and a CLI import', () => {
     expect(agentKeyring.activeKey.id).toBe(imported.masterKeys[0]!.id);
     expect(agentKeyring.masterKeys.map((k) => k.id)).toEqual([imported.masterKeys[0]!.id, ours]);
     expect(agentKeyring.installationId).toBe(imported.installationId);
-    expect(agentKeyring.owns(imported.installationId, [imported.masterKeys[0]!.id])).toBe(true);
+    expect(agentKeyring.owns(installationTag(imported.installationId), [imported.masterKeys[0]!.id])).toBe(
+      true,
+    );
   });
 });
 

@@ -10,7 +10,8 @@ function local(filename: string, createdAt: string): BackupInfo {
     createdAt,
     size: 1,
     keyIds: ['mk-ours'],
-    installationId: 'ours',
+    installation: 'ours0000',
+    installationTag: 'ours',
     kind: 'scheduled',
     verifyResult: 'ok',
   } as BackupInfo;

@@ -156,7 +156,7 @@ describe('retention of local backups', () => {
       for (let i = 0; i < 3; i++) expect((await backup('manual')).state).toBe('succeeded');
       const ours = (await t.agent.catalog.list())
         .filter(
-          (b) => b.installationId === t.agent.keyring.installationId && b.kind !== 'safety' && !b.pinned,
+          (b) => b.installationTag === t.agent.keyring.installationTag && b.kind !== 'safety' && !b.pinned,
         )
         .map((b) => b.filename);
       expect(ours.length).toBe(2);

@@ -4,7 +4,7 @@ import { Readable } from 'node:stream';
 import { Hono } from 'hono';
 import { z } from 'zod';
 import type { Agent } from '../../agent';
-import { checkBackupName } from '../../backup/catalog';
+import { type BackupInfo, checkBackupName } from '../../backup/catalog';
 import { startBackup, startVerify } from '../../backup/operations';
 import { receiveUpload } from '../../backup/upload';
 import { AppError } from '../../errors';
@@ -39,15 +39,26 @@ export async function backupFileResponse(agent: Agent, name: string): Promise<Re
   });
 }
 
+/**
+ * A backup as the list shows it: its facts, and whether the installation that made it is the active
+ * keys' (`ofThisInstallation`, from the header's installation tag: a file holds no installation id).
+ */
+export type ListedBackup = BackupInfo & { ofThisInstallation: boolean };
+
+function listed(agent: Agent, info: BackupInfo): ListedBackup {
+  return { ...info, ofThisInstallation: agent.keyring.isActive(info.installationTag) };
+}
+
 /** What GET /backups answers (newest first); `gem-backup list --json` prints the same. */
-export const backupList = (agent: Agent) => agent.catalog.list();
+export const backupList = async (agent: Agent): Promise<ListedBackup[]> =>
+  (await agent.catalog.list()).map((info) => listed(agent, info));
 
 /** Pins or unpins a backup (the routes, `gem-backup pin|unpin`); answers its entry as the list shows it. */
 export async function setPinned(agent: Agent, filename: string, pinned: boolean) {
   const name = checkBackupName(filename);
   await agent.catalog.info(name);
   await agent.catalog.updateRecord(name, { pinned: pinned || undefined });
-  return agent.catalog.info(name);
+  return listed(agent, await agent.catalog.info(name));
 }
 
 export function backupRoutes(agent: Agent): Hono {
