@@ -122,6 +122,8 @@ export class JobRunner {
   private readonly listeners = new Map<string, Set<Listener>>();
   private readonly globalListeners = new Set<Listener>();
   private readonly running = new Set<Promise<unknown>>();
+  /** Each running job's run, by job id: a job that reads as ended may still be letting go of the lock. */
+  private readonly runs = new Map<string, Promise<unknown>>();
   /** Starts still taking the job lock: shutdown waits for them too, so none runs after it. */
   private readonly starting = new Set<Promise<unknown>>();
   /** Set by shutdown: no job starts any more. */
@@ -209,6 +211,13 @@ export class JobRunner {
     options: { mutating?: boolean; target?: string } = {},
   ): Promise<Job> {
     this.refuseIfClosed();
+    // A job of ours that already reads as ended still writes its history and then lets go of the job
+    // lock: a start right after it (a script that polls for "succeeded") waits for that moment instead
+    // of being told another job is running.
+    if (options.mutating !== false) {
+      const ending = [...this.runs].filter(([id]) => this.jobs.get(id)?.state !== 'running');
+      await Promise.allSettled(ending.map(([, run]) => run));
+    }
     const acquiring =
       options.mutating === false ? Promise.resolve(async () => {}) : acquireLock(this.options.lockPath, kind);
     this.starting.add(acquiring);
@@ -322,7 +331,11 @@ export class JobRunner {
       }
     })();
     this.running.add(run);
-    run.finally(() => this.running.delete(run));
+    this.runs.set(job.id, run);
+    run.finally(() => {
+      this.running.delete(run);
+      this.runs.delete(job.id);
+    });
     await recorded;
     return { ...job };
   }
