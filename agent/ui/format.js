@@ -28,12 +28,22 @@ export function progressAmount(job) {
   return done > 0 ? `${bytes(done)} so far` : '';
 }
 
-/** An ISO time in the reader's locale, e.g. "28 Nov 2026, 23:14". */
+/** How dates read: the reader's locale and time zone, the zone named (the controller may be in another). */
+export const DATE_TIME_FORMAT = {
+  year: 'numeric',
+  month: 'short',
+  day: 'numeric',
+  hour: 'numeric',
+  minute: '2-digit',
+  timeZoneName: 'short',
+};
+
+/** An ISO time in the reader's locale and time zone, with the zone, e.g. "Nov 28, 2026, 11:14 PM EST". */
 export function dateTime(iso) {
   if (!iso) return '–';
   const date = new Date(iso);
   if (Number.isNaN(date.getTime())) return String(iso);
-  return date.toLocaleString(undefined, { dateStyle: 'medium', timeStyle: 'short' });
+  return date.toLocaleString(undefined, DATE_TIME_FORMAT);
 }
 
 // The agent names a job's steps for its logs ("dump", "stage"); the owner reads what each one does.

@@ -61,18 +61,85 @@ async function setCollapsed(collapsed, focusTarget) {
   }
 }
 
+/** The keys dialog's button says what it downloads: protected by the passphrase typed, or not. */
+function keysDownloadLabel() {
+  $('keys-download').textContent = $('keys-passphrase').value
+    ? 'Download With Passphrase'
+    : 'Download Without Passphrase';
+}
+
+/** Download Keys opens a dialog that says what the file is and offers a passphrase (POST /keys/export). */
+function openKeysDialog() {
+  const dialog = $('keys-dialog');
+  $('keys-passphrase').value = '';
+  $('keys-passphrase-again').value = '';
+  $('keys-passphrase-error').textContent = '';
+  for (const id of ['keys-passphrase', 'keys-passphrase-again']) $(id).removeAttribute('aria-invalid');
+  keysDownloadLabel();
+  dialog.showModal();
+  $('keys-passphrase').focus();
+}
+
+/** A passphrase the agent accepts (exportBody: 8 to 1024 characters), typed twice alike; the error, or ''. */
+function passphraseProblem(passphrase, again) {
+  if (!passphrase && !again) return '';
+  if (passphrase.length < 8) return 'Use at least 8 characters, or leave both fields empty.';
+  if (passphrase.length > 1024) return 'Use at most 1024 characters.';
+  if (passphrase !== again) return 'The two passphrases differ: type the same one twice.';
+  return '';
+}
+
+function setupKeysDialog() {
+  const dialog = $('keys-dialog');
+  $('keys-passphrase').addEventListener('input', keysDownloadLabel);
+  $('keys-cancel').addEventListener('click', () => dialog.close());
+  dialog.addEventListener('close', () => $('download-keys').focus());
+  $('keys-export-form').addEventListener('submit', async (event) => {
+    event.preventDefault();
+    const passphrase = $('keys-passphrase').value;
+    const again = $('keys-passphrase-again').value;
+    const error = $('keys-passphrase-error');
+    const problem = passphraseProblem(passphrase, again);
+    error.textContent = problem;
+    const bad = problem
+      ? passphrase.length < 8 || passphrase.length > 1024
+        ? 'keys-passphrase'
+        : 'keys-passphrase-again'
+      : '';
+    for (const id of ['keys-passphrase', 'keys-passphrase-again'])
+      if (id === bad) $(id).setAttribute('aria-invalid', 'true');
+      else $(id).removeAttribute('aria-invalid');
+    if (problem) {
+      $(bad).focus();
+      return;
+    }
+    const button = $('keys-download');
+    button.disabled = true;
+    try {
+      // POST: the passphrase goes in the body, never in a URL a log may keep.
+      const response = await api('/keys/export', {
+        method: 'POST',
+        json: passphrase ? { passphrase } : {},
+        raw: true,
+      });
+      await saveResponse(response, 'gem-encryption-keys.json');
+      dialog.close();
+      await loadKeys();
+    } catch (failure) {
+      error.textContent = `Not downloaded: ${failure.message}`;
+    } finally {
+      button.disabled = false;
+      $('keys-passphrase').value = '';
+      $('keys-passphrase-again').value = '';
+    }
+  });
+}
+
 /** Wires the banner and the import form; `onError` shows a failure at the top of the page. */
 export function setupKeys(onError) {
   report = onError;
-  $('download-keys').addEventListener('click', async () => {
-    try {
-      const response = await api('/keys/export', { raw: true });
-      await saveResponse(response, 'gem-encryption-keys.json');
-      await loadKeys();
-    } catch (error) {
-      report(error);
-    }
-  });
+  setupKeysDialog();
+  $('download-keys').addEventListener('click', openKeysDialog);
   $('collapse-banner').addEventListener('click', () => setCollapsed(true, 'keys-pill'));
   $('keys-pill').addEventListener('click', () => setCollapsed(false, 'collapse-banner'));
 

@@ -118,12 +118,9 @@ describe('Cloud DR Push Now in a real browser', () => {
   });
 });
 
-/** A time as the page writes it (format.js dateTime), in the browser's locale. */
+/** A time as the page writes it (format.js dateTime), in the browser's locale: a string, as pageBytes. */
 function localTime(iso: string): Promise<string> {
-  return page.evaluate(
-    (at) => new Date(at).toLocaleString(undefined, { dateStyle: 'medium', timeStyle: 'short' }),
-    iso,
-  );
+  return page.evaluate(`import('/ui/format.js').then((format) => format.dateTime(${JSON.stringify(iso)}))`);
 }
 
 /** A size as the page writes it (format.js bytes): a string, so the test's transform leaves the import alone. */

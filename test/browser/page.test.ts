@@ -100,9 +100,15 @@ describe('the Backup & Restore page in a real browser, against a real agent and 
     expect(await banner.getAttribute('class')).toContain('banner-danger');
     await shot('02-keys-required');
 
+    // The dialog says what the file is; this download goes without a passphrase (a later test imports it).
+    await page.getByRole('button', { name: 'Download Keys' }).click();
+    await page
+      .locator('#keys-dialog')
+      .getByText('This file opens every backup of this installation')
+      .waitFor();
     const [download] = await Promise.all([
       page.waitForEvent('download'),
-      page.getByRole('button', { name: 'Download Keys' }).click(),
+      page.getByRole('button', { name: 'Download Without Passphrase' }).click(),
     ]);
     expect(download.suggestedFilename()).toMatch(/^gem-encryption-keys-\d{4}-\d{2}-\d{2}\.json$/);
     keysFilePath = join(await mkdtemp(join(tmpdir(), 'gem-ui-keys-')), download.suggestedFilename());
