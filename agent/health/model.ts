@@ -37,11 +37,14 @@ export function statusRank(status: HealthStatus): number {
   return RANK[status];
 }
 
-/** A short human duration: "3 h", "2 days", "45 min". */
+/**
+ * A short human duration: "3 h", "2 days", "45 min". Whole units gone by, rounded down as the CLI's
+ * ages are: 60 h is "2 days" on the page and in `gem-backup`, never "3 days" (the overdue threshold).
+ */
 export function formatAge(ms: number): string {
-  const min = Math.round(ms / 60_000);
+  const min = Math.floor(ms / 60_000);
   if (min < 90) return `${min} min`;
-  const h = Math.round(ms / 3_600_000);
+  const h = Math.floor(ms / 3_600_000);
   if (h < 48) return `${h} h`;
-  return `${Math.round(ms / 86_400_000)} days`;
+  return `${Math.floor(ms / 86_400_000)} days`;
 }
