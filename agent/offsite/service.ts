@@ -553,7 +553,7 @@ export class OffsiteService {
           if (candidate.foreign) continue; // another installation's: neither fetched nor spread
           const namesake = taken.get(name);
           if (namesake !== undefined) {
-            const message = nameTakenMessage(name, namesake);
+            const message = nameTakenMessage(name, namesake.installation, namesake.ours);
             failures.push(`${name}: ${message}`);
             ctx.log.warn('a sync transfer failed', { destination: kind, filename: name, error: message });
             continue;
@@ -954,15 +954,20 @@ export class OffsiteService {
     local: BackupInfo[],
     remote: StoredObject[],
     signal?: AbortSignal,
-  ): Promise<Map<string, string>> {
+  ): Promise<Map<string, { installation: string; ours: boolean }>> {
     const localNames = new Set(local.map((b) => b.filename));
-    const taken = new Map<string, string>();
+    const taken = new Map<string, { installation: string; ours: boolean }>();
     for (const object of remote) {
       if (!localNames.has(object.name)) continue;
       const header = await this.knownOrReadHeader(provider, object, signal);
       if (!header) continue;
       const mine = await readHeaderOfFile(this.agent.catalog.pathOf(object.name)).catch(() => undefined);
-      if (mine && !sameHeader(header, mine)) taken.set(object.name, header.core.installationPrefix);
+      if (mine && !sameHeader(header, mine)) {
+        taken.set(object.name, {
+          installation: header.core.installationPrefix,
+          ours: header.core.installationTag === mine.core.installationTag,
+        });
+      }
     }
     this.forgetUnlisted(provider, remote);
     if (kind !== undefined) this.taken.set(kind, new Set(taken.keys()));

@@ -122,8 +122,15 @@ export function fileSource(path: string, size: number, sha256: string): BackupSo
   };
 }
 
-/** What a person reads when a different backup already holds a backup's name at a destination. */
-export function nameTakenMessage(name: string, installation: string): string {
+/**
+ * What a person reads when a different backup already holds a backup's name at a destination: another
+ * controller's (two back up into one folder), or this installation's own older one (the clock was set
+ * back since it was made, so a new backup got the name again).
+ */
+export function nameTakenMessage(name: string, installation: string, ours = false): string {
+  if (ours) {
+    return `a different backup named ${name} is already there, made earlier by this installation (the controller's clock was set back since then): it is left as it is and this backup is not uploaded there. Check the controller's clock (time zone, NTP); backups made once the clock is past that time upload as usual`;
+  }
   return `a different backup named ${name} is already there (of installation ${installation}…; two controllers back up into this folder and made backups in the same second): it is left as it is and this backup is not uploaded there. Give each controller its own folder`;
 }
 
@@ -136,8 +143,10 @@ export class NameTakenError extends StorageError {
     readonly backup: string,
     /** The other backup's installation, as its header names it (the id's first 8 hex characters). */
     readonly installation: string,
+    /** The other backup was made by the installation that made this one (a clock set back). */
+    readonly ours = false,
   ) {
-    super('integrity', nameTakenMessage(backup, installation), { permanent: true });
+    super('integrity', nameTakenMessage(backup, installation, ours), { permanent: true });
     this.name = 'NameTakenError';
   }
 }
@@ -208,8 +217,10 @@ async function refuseNameTaken(
     throw error;
   });
   if (!remote) return;
-  if (!sameHeader(remote, await readHeaderOfFile(path))) {
-    throw new NameTakenError(name, remote.core.installationPrefix);
+  const local = await readHeaderOfFile(path);
+  if (!sameHeader(remote, local)) {
+    const ours = remote.core.installationTag === local.core.installationTag;
+    throw new NameTakenError(name, remote.core.installationPrefix, ours);
   }
 }
 

@@ -139,6 +139,26 @@ describe('a backup of the same name from another controller in the folder', () =
     await t.agent.settings.update({ offsite: { sftp: sftp('own', false) } });
   });
 
+  it('an older backup of ours under the name (the clock was set back): kept, and the words say so', async () => {
+    await t.agent.settings.update({ offsite: { sftp: sftp('clock', true) } });
+    const when = new Date(Date.now() - 5 * 3600_000);
+    const name = filenameOf(await backupAt(when));
+    const first = await readFile(join(sshd.root, 'clock', name));
+    // Gone here (pruned or deleted); the clock goes back to the same second and a new backup takes the name.
+    await t.agent.catalog.delete(name);
+    const job = await backupAt(when);
+    expect(filenameOf(job)).toBe(name);
+    const upload = (job.result as { followUps: Record<string, { ok: boolean; error?: string }> }).followUps
+      .offsiteUpload;
+    const ours = `a different backup named ${name} is already there, made earlier by this installation (the controller's clock was set back since then): it is left as it is and this backup is not uploaded there. Check the controller's clock (time zone, NTP); backups made once the clock is past that time upload as usual`;
+    expect(upload).toMatchObject({ ok: false, error: `SFTP server: ${ours}` });
+    const sync = await runJob(t, 'POST', '/offsite/sftp/sync');
+    expect(sync.error?.message).toBe(`1 transfer failed; nothing was pruned. ${name}: ${ours}`);
+    expect(await readFile(join(sshd.root, 'clock', name))).toEqual(first);
+    await t.agent.settings.update({ offsite: { sftp: sftp('clock', false) } });
+    await t.agent.catalog.delete(name);
+  });
+
   it('an exclusive put refuses a taken name in its rename: the object stays, no temp is left', async () => {
     const name = filenameOf(await backupAt(new Date(Date.UTC(2026, 2, 3, 2))));
     const before = await theirs('exclusive', name);
