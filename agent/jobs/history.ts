@@ -38,7 +38,7 @@ const jobSchema = z.object({
   bytesDone: z.number(),
   bytesTotal: z.number(),
   // Files written before progress had a unit: every count was bytes.
-  unit: z.enum(['bytes', 'items']).default('bytes'),
+  unit: z.enum(['bytes', 'items', 'rows']).default('bytes'),
   startedAt: z.string(),
   endedAt: z.string().optional(),
   target: z.string().optional(),

@@ -27,11 +27,12 @@ export type JobKind =
   | 'verification';
 export type JobState = 'queued' | 'running' | 'succeeded' | 'failed' | 'cancelled';
 /**
- * What a phase's progress counts: bytes, or items (steps of known number, e.g. a restore's staging:
- * pg_restore's data and index items, then the row-count check). bytesDone and bytesTotal carry the
- * count in either unit, so their names stay as the API has them.
+ * What a phase's progress counts: bytes, items (steps of known number, e.g. a restore's staging:
+ * pg_restore's data and index items, then the row-count check), or rows (the history purge's rows
+ * deleted, total unknown). bytesDone and bytesTotal carry the count in any unit, so their names stay as
+ * the API has them.
  */
-export type ProgressUnit = 'bytes' | 'items';
+export type ProgressUnit = 'bytes' | 'items' | 'rows';
 
 export interface Job {
   id: string;

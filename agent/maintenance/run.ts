@@ -10,7 +10,8 @@ export function startMaintenance(agent: Agent, options: { batchSize?: number } =
   return agent.jobs.start(
     'maintenance',
     async (ctx) => {
-      ctx.phase('purging history');
+      // Counted in rows deleted (the total is not known before the purge ends).
+      ctx.phase('purging history', 0, 'rows');
       let done = 0;
       const result = await purgeHistory(agent.sql, {
         retentionDays,

@@ -15,11 +15,14 @@ export function bytes(n) {
 
 /**
  * A running job's amount under its progress bar: "1.5 MB of 3 MB", "1.5 MB so far", or for a step
- * counted in items (a restore's loading) "3 of 11 steps"; empty when nothing is counted yet.
+ * counted in items (a restore's loading) "3 of 11 steps", in rows (the history purge) "55,000 rows so
+ * far"; empty when nothing is counted yet.
  */
 export function progressAmount(job) {
   const total = job.bytesTotal || 0;
   const done = Math.min(job.bytesDone || 0, total || Number.POSITIVE_INFINITY);
+  if (job.unit === 'rows')
+    return done > 0 ? `${done.toLocaleString()} ${done === 1 ? 'row' : 'rows'} so far` : '';
   if (job.unit === 'items') {
     if (total > 0) return `${done} of ${total} ${total === 1 ? 'step' : 'steps'}`;
     return done > 0 ? `${done} ${done === 1 ? 'step' : 'steps'} done` : '';

@@ -192,6 +192,24 @@ describe('database maintenance', () => {
     expect((await counts(`$ts < now() - interval '90 days'`)).accessLog).toBeGreaterThan(0);
   });
 
+  it('as a job, counts its progress in rows deleted, and the page words them as rows', async () => {
+    await sql`insert into access_log (user_id, action, created_at)
+      select 1, 'old', now() - interval '150 days' - g * interval '1 second' from generate_series(1, 2500) g`;
+    const ended = await t.agent.jobs.waitFor((await startMaintenance(t.agent, { batchSize: 1000 })).id);
+    expect(ended.state).toBe('succeeded');
+    const { deleted } = ended.result as { deleted: Record<string, number> };
+    const rows = Object.values(deleted).reduce((a, b) => a + b, 0);
+    expect(rows).toBeGreaterThanOrEqual(2500);
+    expect(ended).toMatchObject({ unit: 'rows', bytesDone: rows });
+    const { progressAmount } = (await import('../../agent/ui/format.js')) as {
+      progressAmount(job: { unit: string; bytesDone: number; bytesTotal: number }): string;
+    };
+    // In the reader's locale ("55,000", "55.000", "55 000").
+    expect(progressAmount({ unit: 'rows', bytesDone: 55_000, bytesTotal: 0 })).toMatch(
+      /^55\D?000 rows so far$/,
+    );
+  });
+
   it('does not run beside another mutating job (409), and refuses nonsense retention', async () => {
     let release!: () => void;
     const blocker = await t.agent.jobs.start('restore', () => new Promise<void>((r) => (release = r)), {
