@@ -1,23 +1,26 @@
 /** Rules for what may stand inside a backup archive: names and entry types, checked on every read. */
 import { AppError } from '../errors';
-import { DUMP_NAME, MANIFEST_NAME } from './manifest';
+import { DUMP_NAME, MANIFEST_NAME, MAX_RAW_PATH } from './manifest';
 
 /** Top-level folders a backup may hold besides the manifest and the dump. */
 export const FOLDER_ROOTS = ['scripts', 'config'] as const;
 export type FolderRoot = (typeof FOLDER_ROOTS)[number];
 
-const MAX_PATH = 4096;
+const MAX_PATH = MAX_RAW_PATH;
 
 /**
  * Normalises and checks an archive entry name: relative, no `..`, no empty or `.` segments, no
- * backslashes or control characters, and under one of the known roots. Throws otherwise.
+ * backslashes or control characters, and under one of the known roots. Throws otherwise. A name
+ * that is not clean UTF-8 stands in the archive as its stand-in (manifest.ts standInName, `%XX`
+ * escapes: up to three characters a byte), its bytes in the manifest's `rawPath`.
  */
 export function checkEntryName(raw: string): string {
   const name = raw.endsWith('/') ? raw.slice(0, -1) : raw;
   const reject = (why: string) => {
     throw new AppError('corrupt_backup', `unsafe archive entry ${JSON.stringify(raw.slice(0, 200))}: ${why}`);
   };
-  if (name.length === 0 || raw.length > MAX_PATH) reject('empty or too long');
+  const limit = raw.includes('%') ? 3 * MAX_PATH + 16 : MAX_PATH;
+  if (name.length === 0 || raw.length > limit) reject('empty or too long');
   if (name.startsWith('/')) reject('absolute path');
   if (/[\u0000-\u001f\u007f\\]/.test(name)) reject('control character or backslash');
   const segments = name.split('/');
@@ -57,12 +60,15 @@ export function linkedAncestor(name: string, links: ReadonlySet<string>): string
   return undefined;
 }
 
-/** Refuses a link target no link could hold (empty, too long, a NUL byte). Its text is otherwise kept as it is. */
+/**
+ * Refuses a link target no link could hold (empty, too long, a NUL byte). Its text is otherwise kept
+ * as it is (a target that is not valid UTF-8: its stand-in, the bytes in the manifest's `rawTarget`).
+ */
 export function checkLinkTarget(target: string | null | undefined, name: string): string {
   if (
     typeof target !== 'string' ||
     target.length === 0 ||
-    target.length > MAX_PATH ||
+    target.length > (target.includes('%') ? 3 * MAX_PATH : MAX_PATH) ||
     target.includes('\0')
   ) {
     throw new AppError(

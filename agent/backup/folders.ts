@@ -2,17 +2,24 @@
 import { createHash } from 'node:crypto';
 import { constants, createWriteStream } from 'node:fs';
 import { lstat, mkdir, open, readdir, readlink, realpath, stat } from 'node:fs/promises';
-import { join } from 'node:path';
 import { Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { AppError } from '../errors';
 import type { Logger } from '../log';
 import type { FolderRoot } from './archive';
-import type { ManifestMember } from './manifest';
+import { type ManifestMember, needsRawName, standInName } from './manifest';
+
+const SLASH = Buffer.from('/');
+
+/** A path's bytes for a log line: as UTF-8 text, bytes that are not shown as `%XX`. */
+function shown(path: Buffer): string {
+  return standInName(path);
+}
 
 /** A member plus where its snapshot lies on disk. */
 export interface SnapshotMember extends ManifestMember {
-  localPath: string;
+  /** A name that is not clean UTF-8 is a Buffer of its bytes (see manifest.ts, rawPath). */
+  localPath: string | Buffer;
   /** The source's own modification time, for the tar header (restore puts it back); not in the manifest. */
   mtime?: Date;
 }
@@ -85,23 +92,37 @@ export async function snapshotFolder(
   }
   // A script GEM deletes while the backup runs is skipped, as GNU tar does ("file removed before we
   // read it"): the manifest lists only what was copied, so the backup stays whole.
-  const vanished = (path: string) =>
-    options.log?.warn('skipped a file or folder removed or replaced while the backup read it', { path });
-  const walk = async (rel: string): Promise<void> => {
-    const entries = await readdir(join(base, rel), { withFileTypes: true }).catch(
+  const vanished = (path: Buffer) =>
+    options.log?.warn('skipped a file or folder removed or replaced while the backup read it', {
+      path: shown(path),
+    });
+  // Names are read and used as bytes: Linux allows any byte but NUL and '/' in a name, and one that is
+  // not UTF-8 (a Latin-1 "caf\xe9") read as a string would name nothing. A name that is not clean
+  // UTF-8 text is listed by its stand-in, its bytes in rawPath (manifest.ts).
+  const baseBytes = Buffer.from(base);
+  const targetBytes = Buffer.from(target);
+  const under = (dir: Buffer, rel: Buffer) => (rel.length === 0 ? dir : Buffer.concat([dir, SLASH, rel]));
+  const named = (rel: Buffer): { path: string; rawPath?: string } =>
+    needsRawName(rel)
+      ? { path: `${root}/${standInName(rel)}`, rawPath: rel.toString('base64url') }
+      : { path: `${root}/${rel.toString('utf8')}` };
+  // A clean name's copy keeps a string path (as before); another's, its bytes.
+  const local = (path: Buffer, rel: Buffer) => (needsRawName(rel) ? path : path.toString('utf8'));
+  const walk = async (rel: Buffer): Promise<void> => {
+    const entries = await readdir(under(baseBytes, rel), { encoding: 'buffer' }).catch(
       (error: NodeJS.ErrnoException) => {
         // The folder itself stays in the backup, as the empty folder it became.
-        if (rel === '' || error.code !== 'ENOENT') throw error;
-        vanished(join(base, rel));
-        return [];
+        if (rel.length === 0 || error.code !== 'ENOENT') throw error;
+        vanished(under(baseBytes, rel));
+        return [] as Buffer[];
       },
     );
-    entries.sort((a, b) => (a.name < b.name ? -1 : 1));
+    entries.sort(Buffer.compare);
     for (const entry of entries) {
       options.signal?.throwIfAborted();
-      const childRel = rel ? `${rel}/${entry.name}` : entry.name;
-      const from = join(base, childRel);
-      const to = join(target, childRel);
+      const childRel = rel.length === 0 ? entry : Buffer.concat([rel, SLASH, entry]);
+      const from = under(baseBytes, childRel);
+      const to = under(targetBytes, childRel);
       const info = await lstat(from).catch((error: NodeJS.ErrnoException) => {
         if (error.code !== 'ENOENT') throw error;
         return undefined;
@@ -113,11 +134,11 @@ export async function snapshotFolder(
       if (info.isDirectory()) {
         await mkdir(to);
         members.push({
-          path: `${root}/${childRel}`,
+          ...named(childRel),
           type: 'directory',
           size: 0,
           mode: info.mode & 0o777,
-          localPath: to,
+          localPath: local(to, childRel),
           mtime: info.mtime,
         });
         await walk(childRel);
@@ -157,41 +178,46 @@ export async function snapshotFolder(
           createWriteStream(to, { flags: 'wx' }),
         );
         members.push({
-          path: `${root}/${childRel}`,
+          ...named(childRel),
           type: 'file',
           size,
           sha256: hash.digest('hex'),
           mode: info.mode & 0o777,
-          localPath: to,
+          localPath: local(to, childRel),
           // Of the file opened, as it was before the read (as tar records it).
           mtime: opened.mtime,
         });
       } else if (info.isSymbolicLink()) {
         // Kept as a link: its text as it is (relative or absolute, dangling or not), never followed.
-        const linkTarget = await readlink(from).catch((error: NodeJS.ErrnoException) => {
-          if (error.code !== 'ENOENT' && error.code !== 'EINVAL') throw error;
-          return undefined;
-        });
+        const linkTarget = await readlink(from, { encoding: 'buffer' }).catch(
+          (error: NodeJS.ErrnoException) => {
+            if (error.code !== 'ENOENT' && error.code !== 'EINVAL') throw error;
+            return undefined;
+          },
+        );
         if (linkTarget === undefined) {
           vanished(from);
           continue;
         }
+        // A target that is not valid UTF-8 is listed by its stand-in, its bytes in rawTarget.
+        const text = linkTarget.toString('utf8');
+        const raw = Buffer.from(text, 'utf8').equals(linkTarget) ? undefined : linkTarget;
         members.push({
-          path: `${root}/${childRel}`,
+          ...named(childRel),
           type: 'symlink',
           size: 0,
-          target: linkTarget,
-          localPath: from,
+          ...(raw ? { target: standInName(raw), rawTarget: raw.toString('base64url') } : { target: text }),
+          localPath: local(from, childRel),
           mtime: info.mtime,
         });
       } else {
-        options.onSkipped?.(`${root}/${childRel}`);
+        options.onSkipped?.(named(childRel).path);
         options.log?.warn('skipped a FIFO, socket or device: backups hold files, folders and links only', {
-          path: from,
+          path: shown(from),
         });
       }
     }
   };
-  await walk('');
+  await walk(Buffer.alloc(0));
   return members;
 }

@@ -1,10 +1,9 @@
 /** Safe extraction sinks for readBackup: files, folders and links (made last), strictly inside their staging folder. */
 import { constants, createWriteStream } from 'node:fs';
 import { type FileHandle, lchown, lstat, lutimes, mkdir, open, realpath, symlink } from 'node:fs/promises';
-import { dirname, join, sep } from 'node:path';
 import { Writable } from 'node:stream';
 import { FOLDER_ROOTS, type FolderRoot } from '../backup/archive';
-import { DUMP_NAME, type ManifestMember } from '../backup/manifest';
+import { DUMP_NAME, type ManifestMember, memberBytes, targetBytes } from '../backup/manifest';
 import { AppError } from '../errors';
 
 /** Write buffer of the dump file: with the default 16 KiB each chunk was its own write (extraction 130-180 ms over the check for 51 MB, now 20-30). */
@@ -67,34 +66,60 @@ function refuse(name: string, why: string): AppError {
   return new AppError('corrupt_backup', `unsafe archive entry ${JSON.stringify(name.slice(0, 200))}: ${why}`);
 }
 
-/**
- * Splits a member name into its staging root and relative segments. Names were already checked by
- * readBackup; this checks again, since an extraction sink must never trust its caller.
- */
-function locate(
-  targets: ExtractTargets,
-  name: string,
-): { top: FolderRoot; root: string; segments: string[] } {
-  const segments = name.split('/');
-  const top = segments.shift() as FolderRoot;
-  if (!(FOLDER_ROOTS as readonly string[]).includes(top)) throw refuse(name, 'outside scripts/ and config/');
-  if (segments.some((s) => s === '' || s === '.' || s === '..' || s.includes('\\') || s.includes('\0'))) {
-    throw refuse(name, 'unsafe path segment');
-  }
-  return { top, root: targets.folders[top], segments };
+const SLASH = Buffer.from('/');
+
+/** `dir` and `segments` joined by '/', as bytes (a name may be any bytes but NUL and '/'). */
+function joinBytes(dir: Buffer, segments: Buffer[]): Buffer {
+  return Buffer.concat([dir, ...segments.flatMap((s) => [SLASH, s])]);
 }
 
 /**
- * Checks that `dir` is, after resolving every link, exactly `root` joined with `segments`: a
- * symlink planted anywhere in the staging folder can then never redirect a write elsewhere.
+ * Splits a member into its staging root and the bytes of its relative segments (its `rawPath`'s for
+ * a name that is not clean UTF-8, else its name's). Names were already checked by readBackup; this
+ * checks again, since an extraction sink must never trust its caller: no empty, `.` or `..` segment,
+ * no NUL, and (in a name, not raw bytes) no backslash.
  */
-async function checkInside(name: string, root: string, segments: string[], dir: string): Promise<void> {
-  const realRoot = await realpath(root);
-  const realDir = await realpath(dir).catch(() => {
+function locate(
+  targets: ExtractTargets,
+  member: Pick<ManifestMember, 'path' | 'rawPath'>,
+): { top: FolderRoot; root: Buffer; segments: Buffer[] } {
+  const name = member.path;
+  const { root: top, rel } = memberBytes(member);
+  if (!(FOLDER_ROOTS as readonly string[]).includes(top)) throw refuse(name, 'outside scripts/ and config/');
+  if (member.rawPath === undefined && name.slice(top.length + 1).includes('\\'))
+    throw refuse(name, 'unsafe path segment');
+  const segments: Buffer[] = [];
+  if (name.includes('/') || member.rawPath !== undefined) {
+    for (let start = 0; ; ) {
+      const end = rel.indexOf(0x2f, start);
+      segments.push(rel.subarray(start, end === -1 ? rel.length : end));
+      if (end === -1) break;
+      start = end + 1;
+    }
+  }
+  const dot = (s: Buffer) => s.length <= 2 && s.every((b) => b === 0x2e);
+  if (segments.some((s) => s.length === 0 || dot(s) || s.includes(0)))
+    throw refuse(name, 'unsafe path segment');
+  return { top: top as FolderRoot, root: Buffer.from(targets.folders[top as FolderRoot]), segments };
+}
+
+/**
+ * Checks that the folder `segments` name under `root` is, after resolving every link, exactly `root`
+ * joined with them: a symlink planted anywhere in the staging folder can then never redirect a write
+ * elsewhere.
+ */
+async function checkInside(name: string, root: Buffer, segments: Buffer[]): Promise<void> {
+  const realRoot = await realpath(root, { encoding: 'buffer' });
+  const realDir = await realpath(joinBytes(root, segments), { encoding: 'buffer' }).catch(() => {
     throw refuse(name, 'its folder does not exist in the archive');
   });
-  const expected = segments.length === 0 ? realRoot : join(realRoot, ...segments);
-  if (realDir !== expected || !(realDir === realRoot || realDir.startsWith(realRoot + sep))) {
+  const expected = joinBytes(realRoot, segments);
+  const inside =
+    realDir.equals(realRoot) ||
+    (realDir.length > realRoot.length &&
+      realDir.subarray(0, realRoot.length).equals(realRoot) &&
+      realDir[realRoot.length] === 0x2f);
+  if (!realDir.equals(expected) || !inside) {
     throw refuse(name, 'its folder escapes the staging folder through a link');
   }
 }
@@ -117,7 +142,7 @@ interface Attributes {
  * A restored file's sink: every byte written, then its mode and mtime set and the file fsynced before
  * it closes, so the staging copy is on disk before the swap commits and the previous copy is deleted.
  */
-function fileSink(handle: FileHandle, path: string, attributes: Attributes, sync: SyncEntry): Writable {
+function fileSink(handle: FileHandle, path: Buffer, attributes: Attributes, sync: SyncEntry): Writable {
   let closed = false;
   const close = async () => {
     if (closed) return;
@@ -139,7 +164,7 @@ function fileSink(handle: FileHandle, path: string, attributes: Attributes, sync
         if (attributes.owner) await handle.chown(attributes.owner.uid, attributes.owner.gid);
         await handle.chmod(attributes.mode);
         if (attributes.mtime) await handle.utimes(new Date(), attributes.mtime);
-        await sync(handle, path, 'file');
+        await sync(handle, path.toString(), 'file');
         await close();
       })().then(() => callback(), callback);
     },
@@ -157,7 +182,7 @@ function fileSink(handle: FileHandle, path: string, attributes: Attributes, sync
  * and mtime (if its header had one) and fsyncs it: its entries are then on disk.
  */
 async function finishFolder(
-  path: string,
+  path: Buffer,
   { mode, mtime, owner }: Partial<Attributes>,
   sync: SyncEntry,
 ): Promise<void> {
@@ -166,7 +191,7 @@ async function finishFolder(
     if (owner) await handle.chown(owner.uid, owner.gid);
     if (mode !== undefined) await handle.chmod(mode);
     if (mtime) await handle.utimes(new Date(), mtime);
-    await sync(handle, path, 'folder');
+    await sync(handle, path.toString(), 'folder');
   } finally {
     await handle.close();
   }
@@ -185,9 +210,15 @@ export function extractionSinks(targets: ExtractTargets, options: ExtractOptions
     return { mode: live.mode & ROOT_MODE_BITS, owner: asRoot ? { uid: live.uid, gid: live.gid } : undefined };
   };
   const ownerOf = (root: FolderRoot) => rootAttributes(root).owner;
-  const folders = new Map<string, Partial<Attributes>>(
-    FOLDER_ROOTS.map((root) => [targets.folders[root], rootAttributes(root)]),
+  // Keyed by the path's bytes (as latin1 text: one character a byte).
+  const folders = new Map<string, { path: Buffer; attributes: Partial<Attributes> }>(
+    FOLDER_ROOTS.map((root) => {
+      const path = Buffer.from(targets.folders[root]);
+      return [path.toString('latin1'), { path, attributes: rootAttributes(root) }];
+    }),
   );
+  const setFolder = (path: Buffer, attributes: Partial<Attributes>) =>
+    folders.set(path.toString('latin1'), { path, attributes });
   const links: Array<{ member: ManifestMember; mtime: Date | undefined }> = [];
   /**
    * Makes one link, once every file and folder is written: no write can then go through it. Its
@@ -195,13 +226,15 @@ export function extractionSinks(targets: ExtractTargets, options: ExtractOptions
    * anything already there (a folder, a file, another link). The target's text is kept as it is.
    */
   const makeLink = async (member: ManifestMember, mtime: Date | undefined) => {
-    const { top, root, segments } = locate(targets, member.path);
+    const { top, root, segments } = locate(targets, member);
     if (segments.length === 0) throw refuse(member.path, 'a link where the folder root belongs');
-    if (typeof member.target !== 'string' || member.target.length === 0 || member.target.includes('\0'))
+    // Its bytes: rawTarget's for a target that is not valid UTF-8, else the target text's.
+    const target = targetBytes(member);
+    if (typeof member.target !== 'string' || target.length === 0 || target.includes(0))
       throw refuse(member.path, 'not a valid link target');
-    const path = join(root, ...segments);
-    await checkInside(member.path, root, segments.slice(0, -1), dirname(path));
-    await symlink(member.target, path).catch((error: NodeJS.ErrnoException) => {
+    const path = joinBytes(root, segments);
+    await checkInside(member.path, root, segments.slice(0, -1));
+    await symlink(target, path).catch((error: NodeJS.ErrnoException) => {
       throw error.code === 'EEXIST' ? refuse(member.path, 'it already exists') : error;
     });
     const owner = ownerOf(top);
@@ -211,31 +244,31 @@ export function extractionSinks(targets: ExtractTargets, options: ExtractOptions
   return {
     async onSymlink(member, header) {
       // Checked now (a bad name fails the read early); made in finish.
-      const { segments } = locate(targets, member.path);
+      const { segments } = locate(targets, member);
       if (segments.length === 0) throw refuse(member.path, 'a link where the folder root belongs');
       links.push({ member, mtime: mtimeOf(header) });
     },
 
     async onDirectory(member, header) {
-      const { top, root, segments } = locate(targets, member.path);
+      const { top, root, segments } = locate(targets, member);
       if (segments.length === 0) {
         await mkdir(root, { recursive: false, mode: 0o755 }).catch((error: NodeJS.ErrnoException) => {
           if (error.code !== 'EEXIST') throw error;
         });
         const info = await lstat(root);
         if (!info.isDirectory()) throw refuse(member.path, 'the staging folder is not a folder');
-        folders.set(root, { ...rootAttributes(top), mtime: mtimeOf(header) });
+        setFolder(root, { ...rootAttributes(top), mtime: mtimeOf(header) });
         return;
       }
-      const path = join(root, ...segments);
-      await checkInside(member.path, root, segments.slice(0, -1), dirname(path));
+      const path = joinBytes(root, segments);
+      await checkInside(member.path, root, segments.slice(0, -1));
       await mkdir(path, { mode: 0o700 }).catch((error: NodeJS.ErrnoException) => {
         throw error.code === 'EEXIST' ? refuse(member.path, 'it already exists') : error;
       });
       const info = await lstat(path);
       if (!info.isDirectory() || info.isSymbolicLink())
         throw refuse(member.path, 'not a folder after creation');
-      folders.set(path, {
+      setFolder(path, {
         mode: (member.mode ?? 0o755) & MODE_BITS,
         mtime: mtimeOf(header),
         owner: ownerOf(top),
@@ -253,10 +286,10 @@ export function extractionSinks(targets: ExtractTargets, options: ExtractOptions
         // A deep buffer: chunks arriving while one write is in flight go out together (writev).
         return createWriteStream('', { fd: handle, autoClose: true, highWaterMark: DUMP_WRITE_BUFFER });
       }
-      const { top, root, segments } = locate(targets, member.path);
+      const { top, root, segments } = locate(targets, member);
       if (segments.length === 0) throw refuse(member.path, 'a file where the folder root belongs');
-      const path = join(root, ...segments);
-      await checkInside(member.path, root, segments.slice(0, -1), dirname(path));
+      const path = joinBytes(root, segments);
+      await checkInside(member.path, root, segments.slice(0, -1));
       // O_EXCL + O_NOFOLLOW: never follow or overwrite anything already there (a planted link).
       const handle = await open(
         path,
@@ -279,7 +312,8 @@ export function extractionSinks(targets: ExtractTargets, options: ExtractOptions
       // Links first (a link changes its folder's mtime, and a read-only folder mode would refuse it).
       for (const { member, mtime } of links) await makeLink(member, mtime);
       // Deepest first: a folder is synced after the folders inside it.
-      for (const [path, attributes] of [...folders].reverse()) await finishFolder(path, attributes, sync);
+      for (const { path, attributes } of [...folders.values()].reverse())
+        await finishFolder(path, attributes, sync);
     },
   };
 }
