@@ -201,7 +201,7 @@ describe('database maintenance', () => {
     const rows = Object.values(deleted).reduce((a, b) => a + b, 0);
     expect(rows).toBeGreaterThanOrEqual(2500);
     expect(ended).toMatchObject({ unit: 'rows', bytesDone: rows });
-    const { progressAmount } = (await import('../../agent/ui/format.js')) as {
+    const { progressAmount } = (await import(new URL('../../agent/ui/format.js', import.meta.url).href)) as {
       progressAmount(job: { unit: string; bytesDone: number; bytesTotal: number }): string;
     };
     // In the reader's locale ("55,000", "55.000", "55 000").
