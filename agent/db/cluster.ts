@@ -35,8 +35,11 @@ export interface ClusterHandle {
   /** postgres:// URL (with the password) of the `postgres` superuser on this cluster, database `database`. */
   url(database: string): string;
   port: number;
-  /** True if this call started the server (false: it was already running, e.g. for the agent). */
-  startedHere: boolean;
+  /**
+   * True if this process started the server: this call did, or restart() did since (false: it was
+   * already running, e.g. for the agent, and nobody here had to start it again).
+   */
+  readonly startedHere: boolean;
   /** True if the server runs (`pg_ctl status`). */
   running(): Promise<boolean>;
   /**
@@ -435,10 +438,13 @@ export async function startCluster(options: {
     await release();
   }
   const url = (database: string) => `postgres://${SUPERUSER}:${password}@127.0.0.1:${port}/${database}`;
+  let startedHere = !running;
   return {
     url,
     port,
-    startedHere: !running,
+    get startedHere() {
+      return startedHere;
+    },
     running: () => clusterRunning(pgCtl, dir),
     restart: async () => {
       const releaseStart = await acquireStartLock(dir);
@@ -450,6 +456,8 @@ export async function startCluster(options: {
           );
         }
         await startServer(pgCtl, dir);
+        // Started by this process now: stopped with it, like one it started at first.
+        startedHere = true;
         return true;
       } finally {
         await releaseStart();

@@ -86,4 +86,27 @@ describe('stopping the embedded cluster', () => {
     await expect(cluster.stop()).resolves.toBeUndefined();
     expect(messages.join('\n')).toContain('embedded PostgreSQL was already stopped');
   }, 120_000);
+
+  it('one adopted (already running) counts as started here once restart() had to start it again', async () => {
+    const root = await mkdtemp(join(tmpdir(), 'gem-cluster-adopt-'));
+    roots.push(root);
+    await chmod(root, 0o755);
+    const dataDir = join(root, 'data');
+    await mkdir(dataDir, { recursive: true, mode: 0o700 });
+    const dir = join(dataDir, 'postgres');
+    clusterDirs.push(dir);
+    const first = await startCluster({ dir, binDir });
+    expect(first.startedHere).toBe(true);
+    // An agent started after a crash adopts the running cluster: not its to stop at exit.
+    const adopted = await startCluster({ dir, binDir });
+    expect(adopted.startedHere).toBe(false);
+    expect(await adopted.restart()).toBe(false);
+    expect(adopted.startedHere).toBe(false);
+    // Stopped by hand; the agent's database watch starts it again: now the agent's, stopped with it.
+    expect((await pgCtl(dir, 'stop', '-m', 'fast', '-w')).code).toBe(0);
+    expect(await adopted.restart()).toBe(true);
+    expect(adopted.startedHere).toBe(true);
+    await adopted.stop();
+    expect((await pgCtl(dir, 'status')).code).not.toBe(0);
+  }, 120_000);
 });
