@@ -29,8 +29,10 @@ import { ArchiveHasher } from './member-hasher';
 export function envelopeToAppError(error: unknown, header?: EnvelopeHeader): unknown {
   if (!(error instanceof EnvelopeError)) return error;
   switch (error.code) {
-    case 'not_a_backup':
     case 'unsupported_version':
+      // A GEM backup, from a newer agent: not "not a GEM backup file".
+      return new AppError('not_a_backup', error.message, { cause: error });
+    case 'not_a_backup':
     case 'bad_header':
       return new AppError('not_a_backup', `not a GEM backup file: ${error.message}`, { cause: error });
     case 'no_key': {

@@ -118,7 +118,7 @@ export function tryParseHeader(bytes: Uint8Array): { header: EnvelopeHeader; len
   if (version !== 1 && version !== 2) {
     throw new EnvelopeError(
       'unsupported_version',
-      `backup format version ${version} is not supported (only 1 and 2)`,
+      `backup format version ${version} is newer than this GEM Backup reads (1 and 2): upgrade GEM Backup to read it`,
     );
   }
   const coreLength = readUint32(bytes, MAGIC_LENGTH);

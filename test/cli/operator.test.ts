@@ -264,6 +264,13 @@ describe('messages that say what to do', () => {
     const line = oneLine((await cli('verify', notBackup)).stderr);
     expect(line).toMatch(/^gem-backup: not a GEM backup file: /);
     expect(line.match(/GEM backup file/g)).toHaveLength(1);
+    // A GEM backup from a newer agent (format version 3): not "not a GEM backup file", and what to do.
+    const newer = join(scratch, 'newer.tar.gz');
+    const made = await readFile(join(dataDir, 'backups', backup!));
+    await writeFile(newer, Buffer.concat([Buffer.from('GEMBKP\x00\x03', 'latin1'), made.subarray(8)]));
+    expect(oneLine((await cli('verify', newer)).stderr)).toBe(
+      'gem-backup: backup format version 3 is newer than this GEM Backup reads (1 and 2): upgrade GEM Backup to read it',
+    );
 
     for (const name of ['create', 'list', 'verify', 'restore', 'decrypt', 'keys', 'dr']) {
       const help = await cli(name, '--help');
