@@ -5,6 +5,7 @@ import { Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import type postgres from 'postgres';
 import { openSql, reserveConnection } from '../db/connect';
+import { databaseUnreachable } from '../db/unreachable';
 import { AppError, isNoSpace } from '../errors';
 import {
   connectionArgs,
@@ -113,9 +114,7 @@ export async function dumpDatabase(options: {
   signal?.addEventListener('abort', endNow, { once: true });
   try {
     const tx = await reserveConnection(sql, signal).catch((error: Error) => {
-      throw new AppError('dependency_down', `cannot connect to the database: ${error.message}`, {
-        cause: error,
-      });
+      throw databaseUnreachable(error);
     });
     try {
       await tx`begin isolation level repeatable read read only`;

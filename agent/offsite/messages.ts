@@ -17,10 +17,8 @@ export function describeDestinationError(
 ): { code: string; message: string } {
   if (error instanceof AppError) return { code: error.code, message: error.message };
   if (!isStorageError(error)) {
-    return {
-      code: 'io',
-      message: `${DESTINATION_TITLES[kind]}: ${(error as Error)?.message ?? String(error)}`,
-    };
+    const raw = (error as Error)?.message ?? String(error);
+    return { code: 'io', message: otherFailure(kind, section, raw) };
   }
   const where = destinationLabel(kind, section);
   const detail = error.message;
@@ -93,9 +91,30 @@ export function describeDestinationError(
       message = 'The operation was cancelled.';
       break;
     default:
-      message = `${DESTINATION_TITLES[kind]} failed: ${detail}`;
+      message = otherFailure(kind, section, detail);
   }
   return { code: error.code, message };
+}
+
+/** A connection that opened and then dropped, or never spoke: the system's or the library's words for it. */
+const DROPPED =
+  /before handshake|connection lost|ECONNRESET|ECONNREFUSED|ETIMEDOUT|EHOSTUNREACH|ENETUNREACH|EPIPE|socket hang up|timed out|NT_STATUS_(UNSUCCESSFUL|IO_TIMEOUT|CONNECTION_\w+|HOST_UNREACHABLE|NETWORK_UNREACHABLE|PORT_UNREACHABLE)/i;
+
+/**
+ * A failure with no code of its own, in words with what to check; the server's or library's own text
+ * stays at the end in parentheses (never first: "getConnection: Connection lost before handshake").
+ */
+function otherFailure(kind: OffsiteKind, section: DestinationSettings, detail: string): string {
+  const s = section as Partial<DestinationSettings<'sftp'> & DestinationSettings<'smb'>> &
+    Partial<DestinationSettings<'s3'>>;
+  if (DROPPED.test(detail)) {
+    if (kind === 's3')
+      return `The storage at ${s.endpoint || 'Amazon S3'} closed the connection or stopped answering: check the endpoint URL, that the server is running, and this machine's network connection (${detail}).`;
+    const port = kind === 'sftp' ? s.port || 22 : s.port || 445;
+    const what = kind === 'sftp' ? 'an SFTP (SSH) server' : 'a Windows share (SMB) server';
+    return `${s.host} on port ${port} closed the connection or stopped answering: check that ${what} listens on that port, that it is running, and that no firewall or network drops the connection (${detail}).`;
+  }
+  return `The ${DESTINATION_TITLES[kind]} (${destinationLabel(kind, section)}) reported a problem: check its settings with Test Connection and that the server is running, then try again (${detail}).`;
 }
 
 /** The same failure as a StorageError carrying the readable message (what a job records). */

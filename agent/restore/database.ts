@@ -3,6 +3,7 @@ import { availableParallelism } from 'node:os';
 import type postgres from 'postgres';
 import { AGENT_SCHEMA } from '../backup/dump';
 import { openSql } from '../db/connect';
+import { databaseUnreachable } from '../db/unreachable';
 import { AppError } from '../errors';
 import {
   connectionArgs,
@@ -62,9 +63,7 @@ export async function checkRights(conn: PgConnection): Promise<void> {
              (select pg_get_userbyid(d.datdba) from pg_database d where d.datname = ${conn.database}) as owner
       from pg_roles r where r.rolname = current_user`,
   ).catch((error: Error) => {
-    throw new AppError('dependency_down', `cannot connect to the database server: ${error.message}`, {
-      cause: error,
-    });
+    throw databaseUnreachable(error);
   });
   const me = rows[0];
   if (!me) throw new AppError('restore_failed', `cannot read the rights of database user ${conn.user}`);
