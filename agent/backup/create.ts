@@ -235,6 +235,7 @@ export async function createBackup(
         ...(databaseSize === undefined ? {} : { databaseBytes: databaseSize }),
       },
       rowCounts: dump.rowCounts,
+      roles: dump.roles,
       members: members.map(({ localPath: _, mtime: __, ...m }) => m),
     };
     const manifestBytes = Buffer.from(`${JSON.stringify(manifest, null, 2)}\n`);

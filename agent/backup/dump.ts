@@ -26,7 +26,63 @@ export interface DumpResult {
   serverVersion: string;
   serverVersionNum: number;
   dumpVersion: string;
+  /** The roles the dumped objects name, for the manifest (manifest.ts `roles`). */
+  roles: DumpRole[];
 }
+
+export interface DumpRole {
+  name: string;
+  login: boolean;
+  inherit: boolean;
+  superuser: boolean;
+  createdb: boolean;
+  createrole: boolean;
+  replication: boolean;
+  bypassrls: boolean;
+}
+
+/**
+ * Every role the dump names: owners of its objects, grantees and grantors of their privileges
+ * (tables, columns, functions, schemas, types, large objects, foreign data wrappers and servers,
+ * default privileges), policy roles and the roles whose default privileges are set. Objects are
+ * the database's own (oid >= 16384, FirstNormalObjectId) or the public schema, outside the agent's
+ * schema; built-in ones are the same on every server. Only non-secret attributes are read.
+ */
+export const DUMP_ROLES_SQL = `
+  with objs as (
+    select c.relowner as owner, c.relacl as acl from pg_class c
+      where c.oid >= 16384 and c.relnamespace <> coalesce(to_regnamespace('${AGENT_SCHEMA}')::oid, 0)
+    union all select p.proowner, p.proacl from pg_proc p
+      where p.oid >= 16384 and p.pronamespace <> coalesce(to_regnamespace('${AGENT_SCHEMA}')::oid, 0)
+    union all select n.nspowner, n.nspacl from pg_namespace n
+      where (n.oid >= 16384 or n.nspname = 'public') and n.nspname <> '${AGENT_SCHEMA}'
+    union all select t.typowner, t.typacl from pg_type t
+      where t.oid >= 16384 and t.typnamespace <> coalesce(to_regnamespace('${AGENT_SCHEMA}')::oid, 0)
+    union all select l.lomowner, l.lomacl from pg_largeobject_metadata l
+    union all select w.fdwowner, w.fdwacl from pg_foreign_data_wrapper w where w.oid >= 16384
+    union all select s.srvowner, s.srvacl from pg_foreign_server s where s.oid >= 16384
+    union all select d.defaclrole, d.defaclacl from pg_default_acl d
+    union all select null::oid, a.attacl from pg_attribute a join pg_class c on c.oid = a.attrelid
+      where a.attacl is not null and c.oid >= 16384
+        and c.relnamespace <> coalesce(to_regnamespace('${AGENT_SCHEMA}')::oid, 0)
+    union all select x.owner, null from (
+      select collowner as owner, oid from pg_collation union all select conowner, oid from pg_conversion
+      union all select oprowner, oid from pg_operator union all select opcowner, oid from pg_opclass
+      union all select opfowner, oid from pg_opfamily union all select cfgowner, oid from pg_ts_config
+      union all select dictowner, oid from pg_ts_dict union all select evtowner, oid from pg_event_trigger
+      union all select pubowner, oid from pg_publication union all select stxowner, oid from pg_statistic_ext
+      union all select extowner, oid from pg_extension) x where x.oid >= 16384
+  ),
+  named as (
+    select owner as role from objs where owner is not null
+    union select (aclexplode(acl)).grantee from objs where acl is not null
+    union select (aclexplode(acl)).grantor from objs where acl is not null
+    union select unnest(p.polroles) from pg_policy p
+  )
+  select r.rolname as name, r.rolcanlogin as login, r.rolinherit as inherit, r.rolsuper as superuser,
+         r.rolcreatedb as createdb, r.rolcreaterole as createrole, r.rolreplication as replication,
+         r.rolbypassrls as bypassrls
+  from pg_roles r where r.oid in (select role from named) order by r.rolname`;
 
 /**
  * Tables whose rows we count: every ordinary or partitioned table outside the system and agent
@@ -150,7 +206,12 @@ export async function dumpDatabase(options: {
         }),
         createWriteStream(target, { flags: 'wx' }),
       );
-      const [rowCounts, exit, write] = await Promise.allSettled([countRows(tx, signal), exited, written]);
+      // In the same snapshot, after the counts (one query at a time on the connection).
+      const counted = countRows(tx, signal).then(async (counts) => ({
+        counts,
+        roles: await tx.unsafe<DumpRole[]>(DUMP_ROLES_SQL),
+      }));
+      const [rowCounts, exit, write] = await Promise.allSettled([counted, exited, written]);
       if (signal?.aborted) throw new AppError('cancelled', CANCELLED);
       // A failed write comes first: pg_dump then dies of SIGPIPE, and its exit code says nothing of why.
       if (write.status === 'rejected') {
@@ -184,7 +245,8 @@ export async function dumpDatabase(options: {
       return {
         size,
         sha256: hash.digest('hex'),
-        rowCounts: rowCounts.value,
+        rowCounts: rowCounts.value.counts,
+        roles: rowCounts.value.roles.map((r) => ({ ...r })),
         serverVersion: info!.version,
         serverVersionNum: Number(info!.num),
         dumpVersion,

@@ -347,7 +347,7 @@ export async function endDatabaseCreations(conn: PgConnection, namePart: string)
   });
 }
 
-/** The owner of the live database: restored objects are owned by it, as GEM's own objects were. */
+/** The owner of the live database: without the backup's owners, restored objects are owned by it. */
 async function liveOwner(conn: PgConnection): Promise<string> {
   const [row] = await withMaintenance(
     conn,
@@ -359,15 +359,149 @@ async function liveOwner(conn: PgConnection): Promise<string> {
   return row?.owner ?? conn.user;
 }
 
-/** pg_restore error lines that do not affect GEM's data: grants to roles this server does not have. */
-const HARMLESS = [/role "[^"]*" does not exist/];
-
 function restoreErrors(stderr: string): string[] {
   return stderr
     .split('\n')
     .filter((line) => /error:/i.test(line))
-    .filter((line) => !/errors ignored on restore/i.test(line))
-    .filter((line) => !HARMLESS.some((re) => re.test(line)));
+    .filter((line) => !/errors ignored on restore/i.test(line));
+}
+
+/** A role the backup's objects name (manifest.ts `roles`): its non-secret attributes. */
+export interface RecordedRole {
+  name: string;
+  login: boolean;
+  inherit: boolean;
+  superuser: boolean;
+  createdb: boolean;
+  createrole: boolean;
+  replication: boolean;
+  bypassrls: boolean;
+}
+
+/** How the staging restore treats owners and the roles the backup names (prepareRoles). */
+export interface RolePlan {
+  /** pg_restore keeps the dump's owners (no --no-owner): the restoring user is a superuser. */
+  keepOwners: boolean;
+  /**
+   * Roles whose "does not exist" errors leave an item out instead of failing the restore (each is
+   * reported): the roles this server lacks and may not create; 'any' for a backup that lists none.
+   */
+  missing?: Set<string> | 'any';
+  /** Roles created (without login) for this restore. */
+  created: string[];
+  /** What the owner is told: roles created, owners or privileges that could not be kept. */
+  warnings: string[];
+}
+
+const ROLE_ATTRIBUTES = ['superuser', 'createdb', 'createrole', 'replication', 'bypassrls'] as const;
+
+/**
+ * Before the staging restore: the roles the backup's objects name (owners, grantees, policy roles)
+ * that this server lacks are created without login (a superuser's or CREATEROLE user's right), so
+ * pg_restore can give every object its owner and every privilege back, REVOKEs included. Without
+ * the rights, or for a backup that lists no roles (made before 2026-12-01), everything is owned by
+ * the live database's owner, as before, and the plan says what could not be kept.
+ */
+export async function prepareRoles(conn: PgConnection, roles: RecordedRole[] | undefined): Promise<RolePlan> {
+  return withMaintenance(conn, async (sql) => {
+    const [me] = await sql<{ superuser: boolean; createrole: boolean; owner: string | null }[]>`
+      select r.rolsuper as superuser, r.rolcreaterole as createrole,
+             (select pg_get_userbyid(d.datdba) from pg_database d where d.datname = ${conn.database}) as owner
+      from pg_roles r where r.rolname = current_user`;
+    const owner = me?.owner ?? conn.user;
+    if (roles === undefined) {
+      return {
+        keepOwners: false,
+        missing: 'any',
+        created: [],
+        warnings: [
+          `this backup does not list the roles that owned its objects (made by an older agent): every object ` +
+            `is restored owned by ${owner}, and privileges naming a role this server lacks are left out`,
+        ],
+      };
+    }
+    const names = roles.map((r) => r.name);
+    const present = new Set(
+      (
+        await sql<{ name: string }[]>`
+          select rolname as name from pg_roles
+          where rolname in (select jsonb_array_elements_text(${JSON.stringify(names)}::text::jsonb))`
+      ).map((r) => r.name),
+    );
+    const plan: RolePlan = { keepOwners: me?.superuser === true, created: [], warnings: [] };
+    const cannot: string[] = [];
+    const mayCreate = me?.superuser === true || me?.createrole === true;
+    for (const role of roles) {
+      if (present.has(role.name)) continue;
+      // pg_* names are reserved for the server's own roles: a newer server's are not ours to make.
+      if (!mayCreate || role.name.startsWith('pg_')) {
+        cannot.push(role.name);
+        continue;
+      }
+      await sql
+        .unsafe(`create role ${quoteIdent(role.name)} nologin ${role.inherit ? 'inherit' : 'noinherit'}`)
+        .catch((error: Error & { code?: string }) => {
+          // Made meanwhile by someone else: it exists, which is all the restore needs.
+          if (error.code !== '42710') throw error;
+        });
+      plan.created.push(role.name);
+      const had = ROLE_ATTRIBUTES.filter((a) => role[a]).map((a) => a.toUpperCase());
+      plan.warnings.push(
+        `created role ${role.name} (no login): set its password if GEM logs in with it` +
+          (had.length > 0 ? ` (it also had ${had.join(', ')}, not given: grant it again if needed)` : ''),
+      );
+    }
+    if (cannot.length > 0) {
+      plan.missing = new Set(cannot);
+      plan.warnings.push(
+        `role${cannot.length > 1 ? 's' : ''} ${cannot.join(', ')} named by the backup's objects do${cannot.length > 1 ? '' : 'es'} not exist ` +
+          `here and the database user ${conn.user} may not create ${cannot.length > 1 ? 'them' : 'it'}: their privileges and policies are left out ` +
+          `(a superuser can run CREATE ROLE ... NOLOGIN, then restore again)`,
+      );
+    }
+    if (!plan.keepOwners) {
+      const others = names.filter((n) => n !== owner && !n.startsWith('pg_'));
+      if (others.length > 0)
+        plan.warnings.push(
+          `the database user ${conn.user} is not a superuser, so every object is restored owned by ${owner}, ` +
+            `not by its owner in the backup (${others.join(', ')})`,
+        );
+    }
+    return plan;
+  });
+}
+
+/** A dump item pg_restore left out because a role it names does not exist (tolerated by the RolePlan). */
+export interface LostItem {
+  role: string;
+  /** The statement(s) that failed, as pg_restore printed them. */
+  command: string;
+}
+
+/** A line holding pg_restore's error for a statement naming a role the server lacks. */
+const ROLE_MISSING = /ERROR: +role "(.*)" does not exist/;
+/** The text of that error and its statement(s), as one write of pg_restore's (it ends with a blank line). */
+const ROLE_ERROR = /ERROR: +role "([^\n]*)" does not exist\n(?:[^\n]*\n)*?Command was: ([\s\S]*?)\n\n/g;
+/** stderr kept whole for ROLE_ERROR: beyond it, the errors not seen are not tolerated. */
+const RAW_LIMIT = 32 * 1024 * 1024;
+
+/** How many left-out items are kept to report (the count is always exact). */
+const LOST_KEPT = 50;
+
+/** One line per role: how many of the backup's items naming it were left out, and the first few. */
+export function describeLost(lost: LostItem[], total = lost.length): string[] {
+  const byRole = new Map<string, string[]>();
+  for (const item of lost) byRole.set(item.role, [...(byRole.get(item.role) ?? []), item.command]);
+  const lines = [...byRole].map(
+    ([role, commands]) =>
+      `role ${role} does not exist: ${commands.length} item${commands.length > 1 ? 's' : ''} of the backup not restored: ` +
+      commands
+        .slice(0, 5)
+        .map((c) => c.replace(/\s+/g, ' ').slice(0, 200))
+        .join(' | '),
+  );
+  if (total > lost.length) lines.push(`${total - lost.length} more items not restored for missing roles`);
+  return lines;
 }
 
 /**
@@ -392,8 +526,9 @@ const ITEM_LINE = /^pg_restore: (launching|finished) item (\d+) (.*)$/;
 const PROGRESS_LINE = /^pg_restore: (?!error:|warning:|detail:|hint:)/;
 
 /**
- * Restores a custom-format dump into `database` with `pg_restore -j RESTORE_JOBS` (objects owned by the live
- * database's owner). pg_restore's exit code is not trusted either way: its errors are read, and
+ * Restores a custom-format dump into `database` with `pg_restore -j RESTORE_JOBS`: objects owned as in
+ * the dump with `roles.keepOwners`, else by the live database's owner. An error naming a role the
+ * plan tolerates leaves its item out and is returned (`lost`); any other error fails the restore. pg_restore's exit code is not trusted either way: its errors are read, and
  * the caller compares row counts with the manifest. With `onItem`, pg_restore runs --verbose and
  * each item it launches and finishes is reported as it happens (progress lines are not kept, so
  * its error lines are never pushed out of the tail kept for the message).
@@ -407,16 +542,21 @@ export async function restoreDump(options: {
   jobs?: number;
   onSpawn?: (pid: number) => void;
   onItem?: (event: RestoreItemEvent) => void;
-}): Promise<void> {
+  /** Owners kept and missing roles tolerated (prepareRoles); without it, as the live database's owner, none tolerated. */
+  roles?: RolePlan;
+}): Promise<{ lost: LostItem[]; lostCount: number }> {
   const { conn, tools, onItem } = options;
-  const owner = await liveOwner(conn);
+  const keepOwners = options.roles?.keepOwners === true;
+  const owner = keepOwners ? conn.user : await liveOwner(conn);
+  const missing = options.roles?.missing;
+  const tolerated = (role: string) => missing === 'any' || missing?.has(role) === true;
   const jobs = options.jobs ?? RESTORE_JOBS;
   const args = [
     ...connectionArgs(conn),
     '--dbname',
     options.database,
-    '--no-owner',
-    ...(owner !== conn.user ? ['--role', owner] : []),
+    ...(keepOwners ? [] : ['--no-owner']),
+    ...(!keepOwners && owner !== conn.user ? ['--role', owner] : []),
     `--jobs=${jobs}`,
     // Item lines are printed in parallel mode only.
     ...(onItem && jobs > 1 ? ['--verbose'] : []),
@@ -429,7 +569,13 @@ export async function restoreDump(options: {
   });
   const kept = new TailBuffer();
   let partial = '';
+  // All of stderr (up to RAW_LIMIT), for the errors naming missing roles: with -j the workers' lines
+  // interleave mid-line ("pg_restore:pg_restore:  error: error: ..."), but each message's text after
+  // its prefixes is one write, so it is found whole in the stream.
+  let raw = '';
   const line = (text: string) => {
+    const missingRole = ROLE_MISSING.exec(text);
+    if (missingRole && tolerated(missingRole[1]!)) return;
     const item = ITEM_LINE.exec(text);
     if (item) {
       onItem?.({ kind: item[1] as RestoreItemEvent['kind'], id: Number(item[2]), what: item[3]! });
@@ -439,6 +585,7 @@ export async function restoreDump(options: {
     kept.push(`${text}\n`);
   };
   child.stderr?.on('data', (chunk: Buffer) => {
+    if (raw.length < RAW_LIMIT) raw += chunk.toString();
     const lines = (partial + chunk.toString()).split('\n');
     partial = lines.pop() ?? '';
     for (const text of lines) line(text);
@@ -460,8 +607,25 @@ export async function restoreDump(options: {
       `pg_restore was stopped by ${exit.signal}; the live system is unchanged`,
     );
   }
-  const errors = restoreErrors(stderr);
-  if (errors.length > 0 || (exit.code !== 0 && !/errors ignored on restore/i.test(stderr))) {
+  // The errors naming a role the plan tolerates leave their item out; any other error fails.
+  const lost: LostItem[] = [];
+  let lostCount = 0;
+  for (const match of raw.matchAll(ROLE_ERROR)) {
+    if (!tolerated(match[1]!)) continue;
+    lostCount++;
+    if (lost.length < LOST_KEPT) lost.push({ role: match[1]!, command: match[2]!.trim() });
+  }
+  const ignored = /errors ignored on restore/i.test(stderr);
+  const errors = restoreErrors(stderr).filter((text) => {
+    const missingRole = ROLE_MISSING.exec(text);
+    return !(missingRole && tolerated(missingRole[1]!));
+  });
+  // Its errors, counted by their "error: " prefix (one write each): pg_restore -j's own count, "errors
+  // ignored on restore: N", counts an error of the leader's twice once its workers have started.
+  const untolerated = (raw.match(/\berror: /g) ?? []).length - lostCount;
+  // Beyond RAW_LIMIT the errors were not all counted: the lines kept decide, none tolerated.
+  const unread = raw.length >= RAW_LIMIT && (lostCount > 0 || errors.length > 0);
+  if (untolerated > 0 || unread || (exit.code !== 0 && !ignored)) {
     const first = errors.slice(0, 3).join(' | ') || stderr || `exit ${exit.code}`;
     // pg_restore wrote only into the staging database: the live one was never touched.
     const full = stderr.split('\n').find((l) => DISK_FULL.test(l));
@@ -479,6 +643,19 @@ export async function restoreDump(options: {
       `the database could not be restored; nothing was changed: GEM's database is as before: ${first.slice(0, 1000)}`,
     );
   }
+  // A REVOKE left out gives a privilege back (EXECUTE on a SECURITY DEFINER function to PUBLIC): refused.
+  const revoke = lost.find((item) => /\bREVOKE\b/i.test(item.command));
+  if (revoke) {
+    throw new AppError(
+      'restore_failed',
+      `the backup takes privileges away from roles, but role ${revoke.role} it names does not exist here ` +
+        `and could not be created, so restoring would give them back ("${revoke.command.split('\n')[0]!.slice(0, 200)}"); ` +
+        `nothing was changed: GEM's database is as before; as a superuser run CREATE ROLE ${quoteIdent(revoke.role)} NOLOGIN ` +
+        `(or ALTER ROLE ${quoteIdent(conn.user)} CREATEROLE), then restore again`,
+      { details: { missingRole: revoke.role } },
+    );
+  }
+  return { lost, lostCount };
 }
 
 /** PostgreSQL's words for a full disk under the server (SQLSTATE 53100, disk_full). */

@@ -31,8 +31,10 @@ import {
   DISK_FULL,
   databaseDiskFull,
   databaseSize,
+  describeLost,
   dropDatabase,
   listDump,
+  prepareRoles,
   RESTORE_JOBS,
   restoreDump,
   serverIsLocal,
@@ -69,6 +71,8 @@ export interface RestoreResult {
   rows: number;
   keptPrevious?: string;
   restart: { ran: boolean; ok?: boolean; error?: string };
+  /** What the owner should know of the database's roles: roles created, owners or privileges not kept. */
+  warnings?: string[];
 }
 
 function formatBytes(n: number): string {
@@ -435,7 +439,9 @@ export async function restoreFromFile(
     const finished = new Set<number>();
     counter = new StagingRowCounter(conn, names.staging, listing.tables, RESTORE_JOBS);
     const staging = counter;
-    await timed('pg_restore', () =>
+    // The roles the backup's objects name: those missing are created, so owners and privileges come back.
+    const roles = await timed('roles', () => prepareRoles(conn, manifest.roles));
+    const restored = await timed('pg_restore', () =>
       restoreDump({
         conn,
         tools: sources.tools,
@@ -451,8 +457,11 @@ export async function restoreFromFile(
           }
         },
         ...(options.faults?.onStagingRestore ? { onSpawn: options.faults.onStagingRestore } : {}),
+        roles,
       }),
     );
+    const warnings = [...roles.warnings, ...describeLost(restored.lost, restored.lostCount)];
+    for (const warning of warnings) ctx.log.warn('restore warning', { warning });
     // pg_restore is done: every item of its listing is in, reported or not; the row-count check remains.
     ctx.progress(listing.steps.size);
     // From the settings copy to the end of the swap, settings changes wait (SettingsService.hold): one
@@ -538,6 +547,7 @@ export async function restoreFromFile(
       rows,
       ...(keepPrevious ? { keptPrevious: names.previous } : {}),
       restart,
+      ...(warnings.length > 0 ? { warnings } : {}),
     };
   } catch (error) {
     const failure =
