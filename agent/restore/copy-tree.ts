@@ -8,21 +8,40 @@ import {
   lstat,
   lutimes,
   mkdir,
+  open,
   readdir,
   readlink,
   symlink,
 } from 'node:fs/promises';
-import { join } from 'node:path';
+import { standInName } from '../backup/manifest';
 import { AppError } from '../errors';
-import { fsyncDir, fsyncFile } from '../system/atomic-file';
 import { mountPointsInside } from '../system/mounts';
 import { removeTree } from '../system/remove-tree';
 
 const asRoot = process.getuid?.() === 0;
 
+// Names are read and used as bytes: Linux allows any byte but NUL and '/' in a name, and one that is
+// not UTF-8 (a Latin-1 "caf\xe9") read as a string would name nothing (lstat: ENOENT).
+const SLASH = Buffer.from('/');
+const bytesOf = (path: string | Buffer) => (typeof path === 'string' ? Buffer.from(path) : path);
+const join = (dir: Buffer, name: Buffer) => Buffer.concat([dir, SLASH, name]);
+const entriesOf = (folder: Buffer) => readdir(folder, { encoding: 'buffer' });
+/** A path's bytes for a message: as UTF-8 text, bytes that are not shown as `%XX` (manifest.ts). */
+const shown = (path: Buffer) => standInName(path);
+
+/** fsync a file or folder by its bytes (opened read-only: a read-only file can be synced too). */
+async function fsyncPath(path: Buffer): Promise<void> {
+  const handle = await open(path, 'r');
+  try {
+    await handle.sync();
+  } finally {
+    await handle.close();
+  }
+}
+
 /** Gives `to` the mode, owner (as root only) and times of `info`; never through a link. */
 async function copyAttributes(
-  to: string,
+  to: Buffer,
   info: { mode: number; uid: number; gid: number; atime: Date; mtime: Date },
   isLink: boolean,
 ) {
@@ -38,36 +57,40 @@ async function copyAttributes(
  * Each file and folder is fsynced before this returns. An entry of another kind (a socket, a FIFO, a
  * device) is refused with `unprocessable`; an entry already in `to` fails the copy (EEXIST).
  */
-export async function copyEntries(from: string, to: string): Promise<void> {
-  for (const name of await readdir(from)) {
+export async function copyEntries(from: string | Buffer, to: string | Buffer): Promise<void> {
+  await copyTree(bytesOf(from), bytesOf(to));
+}
+
+async function copyTree(from: Buffer, to: Buffer): Promise<void> {
+  for (const name of await entriesOf(from)) {
     const source = join(from, name);
     const target = join(to, name);
     const info = await lstat(source);
     if (info.isDirectory()) {
       await mkdir(target, { mode: 0o700 });
-      await copyEntries(source, target);
+      await copyTree(source, target);
       await copyAttributes(target, info, false);
-      await fsyncDir(target);
+      await fsyncPath(target);
     } else if (info.isFile()) {
       await copyFile(source, target, constants.COPYFILE_EXCL);
       await copyAttributes(target, info, false);
-      await fsyncFile(target);
+      await fsyncPath(target);
     } else if (info.isSymbolicLink()) {
-      await symlink(await readlink(source), target);
+      await symlink(await readlink(source, { encoding: 'buffer' }), target);
       await copyAttributes(target, info, true);
     } else {
       throw uncopyable(source);
     }
   }
-  await fsyncDir(to);
+  await fsyncPath(to);
 }
 
-function uncopyable(path: string): AppError {
+function uncopyable(path: Buffer): AppError {
   return new AppError(
     'unprocessable',
-    `cannot copy ${path}: it is neither a file, a folder nor a link; move it out of the folder and ` +
+    `cannot copy ${shown(path)}: it is neither a file, a folder nor a link; move it out of the folder and ` +
       'try again (nothing was changed)',
-    { details: { path } },
+    { details: { path: shown(path) } },
   );
 }
 
@@ -86,10 +109,10 @@ export async function checkCopyable(folder: string): Promise<void> {
       { details: { path: mounts[0] } },
     );
   }
-  await checkEntries(folder);
+  await checkEntries(Buffer.from(folder));
 }
 
-async function checkEntries(folder: string): Promise<void> {
+async function checkEntries(folder: Buffer): Promise<void> {
   if (!asRoot) {
     const info = await lstat(folder);
     // removeTree opens up folders the agent owns; any other one must already let it remove entries.
@@ -100,13 +123,13 @@ async function checkEntries(folder: string): Promise<void> {
     if (!writable && info.uid !== process.getuid?.()) {
       throw new AppError(
         'unprocessable',
-        `cannot swap the folder by copy: the agent may not remove entries of ${folder}; give its user ` +
+        `cannot swap the folder by copy: the agent may not remove entries of ${shown(folder)}; give its user ` +
           'write access to it and try again (nothing was changed)',
-        { details: { path: folder } },
+        { details: { path: shown(folder) } },
       );
     }
   }
-  for (const name of await readdir(folder)) {
+  for (const name of await entriesOf(folder)) {
     const path = join(folder, name);
     const info = await lstat(path);
     if (info.isDirectory()) await checkEntries(path);
@@ -116,6 +139,7 @@ async function checkEntries(folder: string): Promise<void> {
 
 /** Removes every entry inside `folder`, leaving the folder itself (a mount point stays mounted). */
 export async function emptyFolder(folder: string): Promise<void> {
-  for (const name of await readdir(folder)) await removeTree(join(folder, name));
-  await fsyncDir(folder);
+  const bytes = Buffer.from(folder);
+  for (const name of await entriesOf(bytes)) await removeTree(join(bytes, name));
+  await fsyncPath(bytes);
 }

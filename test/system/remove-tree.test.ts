@@ -72,6 +72,26 @@ describe('removeTree', () => {
     await expect(stat(tree)).resolves.toBeDefined();
   });
 
+  it('opens up read-only folders whose names are not UTF-8 (read by their bytes)', async () => {
+    // A Latin-1 "dr\xe9" (0o555) holding "v\xff\xfe" (0o000): read as text, such a name becomes
+    // U+FFFD, names nothing, and its folder stays closed (EACCES).
+    const tree = join(dir, 'raw');
+    const readOnly = Buffer.concat([Buffer.from(`${tree}/dr`), Buffer.from([0xe9])]);
+    const closed = Buffer.concat([readOnly, Buffer.from('/v'), Buffer.from([0xff, 0xfe])]);
+    const file = Buffer.concat([closed, Buffer.from('/blob'), Buffer.from([0xfa])]);
+    await mkdir(closed, { recursive: true });
+    await writeFile(file, 'x');
+    for (const path of [tree, readOnly, closed, file]) await chown(path, NOBODY, NOBODY);
+    await chmod(closed, 0o000);
+    await chmod(readOnly, 0o555);
+    const plain = await removeAsNobody('rm', tree);
+    expect(plain.stderr).toContain('EACCES');
+    const result = await removeAsNobody('removeTree', tree);
+    expect(result.stderr).toBe('');
+    expect(result.code).toBe(0);
+    await expect(stat(tree)).rejects.toMatchObject({ code: 'ENOENT' });
+  });
+
   it('removes the whole tree as its non-root owner, read-only folders included', async () => {
     const tree = await plantTree('tree');
     const result = await removeAsNobody('removeTree', tree);
