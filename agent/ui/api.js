@@ -47,25 +47,50 @@ async function failure(response) {
   return apiError;
 }
 
-/** Calls the API; `json` becomes the body. Resolves to the parsed answer (`raw`: the Response), rejects with an ApiError. */
-export async function api(path, { method = 'GET', json, body, headers, signal, raw = false } = {}) {
-  let response;
+/**
+ * Calls the API; `json` becomes the body. Resolves to the parsed answer (`raw`: the Response), rejects with an ApiError.
+ * `timeoutMs`: an agent that accepts the request and then does not answer (stopped, hung) is given up on after
+ * that long, with an ApiError of code `no_answer` (what the request did is then unknown).
+ */
+export async function api(
+  path,
+  { method = 'GET', json, body, headers, signal, raw = false, timeoutMs } = {},
+) {
+  const timer = timeoutMs ? new AbortController() : undefined;
+  const timeout = timer ? setTimeout(() => timer.abort(), timeoutMs) : undefined;
+  const noAnswer = () =>
+    new ApiError(0, 'no_answer', `The agent did not answer within ${Math.round(timeoutMs / 1000)} s.`);
+  const both = timer ? (signal ? AbortSignal.any([signal, timer.signal]) : timer.signal) : signal;
   try {
-    response = await fetch(`/api/v1${path}`, {
-      method,
-      signal,
-      headers: authHeaders(json === undefined ? headers : { 'content-type': 'application/json', ...headers }),
-      body: json === undefined ? body : JSON.stringify(json),
-    });
-  } catch (error) {
-    if (error.name === 'AbortError') throw error;
-    throw new ApiError(0, 'unreachable', 'The agent cannot be reached. Is it running?');
+    let response;
+    try {
+      response = await fetch(`/api/v1${path}`, {
+        method,
+        signal: both,
+        headers: authHeaders(
+          json === undefined ? headers : { 'content-type': 'application/json', ...headers },
+        ),
+        body: json === undefined ? body : JSON.stringify(json),
+      });
+    } catch (error) {
+      if (timer?.signal.aborted && !signal?.aborted) throw noAnswer();
+      if (error.name === 'AbortError') throw error;
+      throw new ApiError(0, 'unreachable', 'The agent cannot be reached. Is it running?');
+    }
+    if (!response.ok) throw await failure(response);
+    if (raw) return response;
+    if (response.status === 204) return undefined;
+    const type = response.headers.get('content-type') ?? '';
+    if (!type.includes('application/json')) return response;
+    try {
+      return await response.json();
+    } catch (error) {
+      if (timer?.signal.aborted && !signal?.aborted) throw noAnswer();
+      throw error;
+    }
+  } finally {
+    clearTimeout(timeout);
   }
-  if (!response.ok) throw await failure(response);
-  if (raw) return response;
-  if (response.status === 204) return undefined;
-  const type = response.headers.get('content-type') ?? '';
-  return type.includes('application/json') ? response.json() : response;
 }
 
 /** Uploads a file as the raw body with progress (fetch has no upload progress, XHR does). */

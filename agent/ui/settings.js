@@ -218,8 +218,65 @@ function clearFieldErrors() {
   }
 }
 
-/** Puts an API field error next to its field (or its nearest named parent); false if no field matches. */
-function showFieldError(fieldPath, message) {
+/** Takes the error off a field once it is edited: the mark of an old mistake must not stay on a corrected value. */
+function clearFieldError(event) {
+  const control = event.target;
+  if (!(control instanceof Element) || control.getAttribute('aria-invalid') !== 'true') return;
+  document.getElementById(`err-${control.id}`)?.remove();
+  control.removeAttribute('aria-invalid');
+  const described = (control.getAttribute('aria-describedby') ?? '')
+    .split(' ')
+    .filter((id) => id && !id.startsWith('err-'));
+  if (described.length) control.setAttribute('aria-describedby', described.join(' '));
+  else control.removeAttribute('aria-describedby');
+}
+
+/** What to type, for a field the agent says is missing (the schema's "required when enabled"). */
+const MISSING_WORDS = {
+  host: 'Enter the server’s host name or IP address.',
+  username: 'Enter the user name to sign in with.',
+  password: 'Enter the password.',
+  remotePath: 'Enter the folder on the server for the backups.',
+  auth: 'Enter a password or a private key.',
+  privateKey: 'Paste the private key.',
+  bucket: 'Enter the bucket’s name.',
+  region: 'Enter the bucket’s region.',
+  endpoint: 'Enter the storage’s endpoint URL.',
+  accessKeyId: 'Enter the access key ID.',
+  secretAccessKey: 'Enter the secret access key.',
+  share: 'Enter the share’s name, as the PC or NAS shows it.',
+  from: 'Enter the address the emails come from.',
+  to: 'Enter at least one address to send the emails to.',
+};
+
+/**
+ * The agent's words for a field ("required when enabled", "must be at least 1") as a sentence that
+ * starts with a capital and says what is expected: "Enter the bucket’s name.", "Backups to keep must be at least 1."
+ */
+function fieldWords(control, fieldPath, message) {
+  let text = message.startsWith(`${fieldPath}: `) ? message.slice(fieldPath.length + 2) : message;
+  if (/^(required when enabled|is required|must not be empty)$/.test(text)) {
+    const key = fieldPath.split('.').pop();
+    const label = control.labels?.[0]?.textContent.trim();
+    return (
+      MISSING_WORDS[key] ??
+      `Enter ${label ? `“${label}”` : 'this field'}: it is needed while this is turned on.`
+    );
+  }
+  if (/^(must|is) /.test(text)) {
+    // "Backups to keep (1–100)" reads "Backups to keep must be at least 1."
+    const label = control.labels?.[0]?.textContent.replace(/\s*\([^)]*\)\s*$/, '').trim();
+    text = label ? `${label} ${text}` : `This ${text}`;
+  }
+  text = text.charAt(0).toUpperCase() + text.slice(1);
+  return /[.!?]$/.test(text) ? text : `${text}.`;
+}
+
+/**
+ * Puts an API field error next to its field (or its nearest named parent); false if no field matches.
+ * `focus`: only the first of several errors takes the focus.
+ */
+function showFieldError(fieldPath, message, focus = true) {
   const candidates = controls();
   let control;
   for (let path = fieldPath; path && !control; path = path.split('.').slice(0, -1).join('.')) {
@@ -235,15 +292,34 @@ function showFieldError(fieldPath, message) {
   if (panel?.hidden)
     document.querySelector('#sftp-auth .tabs').selectAuth(panel.id.endsWith('key') ? 'key' : 'password');
   const id = `err-${control.id}`;
-  const text = message.startsWith(`${fieldPath}: `) ? message.slice(fieldPath.length + 2) : message;
-  control.closest('.field').append(el('p', { className: 'field-error', id }, text));
+  // Two errors on one control (a section's parent path): the first stays.
+  if (document.getElementById(id)) return true;
+  control
+    .closest('.field')
+    .append(el('p', { className: 'field-error', id }, fieldWords(control, fieldPath, message)));
   control.setAttribute('aria-invalid', 'true');
   control.setAttribute(
     'aria-describedby',
     [control.getAttribute('aria-describedby'), id].filter(Boolean).join(' '),
   );
-  control.focus();
+  if (focus) control.focus();
   return true;
+}
+
+/** Marks every field an API error names (details.issues, else details.field); how many were marked. */
+function showFieldErrors(error) {
+  const issues = Array.isArray(error.details?.issues) ? error.details.issues : [];
+  const list = issues.length
+    ? issues
+    : error.details?.field
+      ? [{ field: error.details.field, message: error.message }]
+      : [];
+  let placed = 0;
+  for (const issue of list) {
+    if (typeof issue?.field !== 'string' || typeof issue.message !== 'string') continue;
+    if (showFieldError(issue.field, issue.message, placed === 0)) placed += 1;
+  }
+  return placed;
 }
 
 /** Turning Cloud DR off deletes the cloud copy at once, like any other destructive action it asks first. */
@@ -372,14 +448,15 @@ async function reloadAfterConflict(status) {
  */
 const REQUIRED_NUMBERS = ['autoBackup.maxBackups', 'maintenance.retentionDays'];
 
-/** Marks the first empty required number field; true if one was. */
+/** Marks every empty required number field (focus on the first); how many were. */
 function refuseEmptyRequired() {
-  const empty = controls().find(
+  const empty = controls().filter(
     (control) => REQUIRED_NUMBERS.includes(control.dataset.path) && control.value.trim() === '',
   );
-  if (!empty) return false;
-  showFieldError(empty.dataset.path, 'Enter a number: this setting cannot be left empty.');
-  return true;
+  empty.forEach((control, i) => {
+    showFieldError(control.dataset.path, 'Enter a number: this setting cannot be left empty.', i === 0);
+  });
+  return empty.length;
 }
 
 const plural = (n, word) => `${n} ${word}${n === 1 ? '' : 's'}`;
@@ -457,6 +534,9 @@ function clearSavedStatus() {
   if (status.classList.contains('ok')) tell(status, '');
 }
 
+/** How long a save waits for the agent's answer before it says the outcome is unknown (a stopped or hung agent). */
+const SAVE_TIMEOUT_MS = 30_000;
+
 async function save(event) {
   event.preventDefault();
   const status = $('settings-status');
@@ -464,8 +544,9 @@ async function save(event) {
   // Enter in a field submits even with Save disabled in some browsers: the form of defaults is never sent.
   if (!formLoaded) return;
   clearFieldErrors();
-  if (refuseEmptyRequired()) {
-    tell(status, 'Not saved: correct the field marked below.', 'bad');
+  const empty = refuseEmptyRequired();
+  if (empty) {
+    tell(status, `Not saved: correct the ${empty === 1 ? 'field' : `${empty} fields`} marked below.`, 'bad');
     return;
   }
   const settings = collectSettings();
@@ -493,7 +574,7 @@ async function save(event) {
     for (let body = settings; ; body = collectSettings()) {
       const headers = loaded.revision ? { 'if-match': `"${loaded.revision}"` } : {};
       try {
-        answer = await api('/settings', { method: 'PUT', json: body, headers });
+        answer = await api('/settings', { method: 'PUT', json: body, headers, timeoutMs: SAVE_TIMEOUT_MS });
         break;
       } catch (error) {
         if (merged || !(error instanceof ApiError && error.code === 'settings_changed')) throw error;
@@ -521,10 +602,15 @@ async function save(event) {
       return;
     }
     status.className = 'result bad';
-    const field = error instanceof ApiError ? error.details?.field : undefined;
-    const placed = field ? showFieldError(field, error.message) : false;
+    if (error instanceof ApiError && error.code === 'no_answer') {
+      // The PUT may have landed or not: say so rather than "Not saved", and never wait for ever.
+      status.textContent =
+        'The agent did not answer; the settings may not be saved: reload the page to check.';
+      return;
+    }
+    const placed = error instanceof ApiError ? showFieldErrors(error) : 0;
     status.textContent = placed
-      ? 'Not saved: correct the field marked below.'
+      ? `Not saved: correct the ${placed === 1 ? 'field' : `${placed} fields`} marked below.`
       : `Not saved: ${error.message}`;
   } finally {
     button.disabled = !formLoaded;
@@ -783,6 +869,8 @@ export function setupSettings() {
   $('settings-form').addEventListener('submit', save);
   $('settings-form').addEventListener('input', secretHints);
   $('settings-form').addEventListener('input', clearSavedStatus);
+  $('settings-form').addEventListener('input', clearFieldError);
+  $('settings-form').addEventListener('change', clearFieldError);
   $('f-cloudDr-enabled').addEventListener('change', drWarning);
   $('run-maintenance').addEventListener('click', runMaintenance);
   $('dr-push').addEventListener('click', pushNow);

@@ -288,9 +288,9 @@ describe('the settings form in a real browser', () => {
     await openPage();
     const fieldError = page.locator('#err-f-autoBackup-maxBackups');
     for (const [value, words] of [
-      ['0', 'must be at least 1'],
-      ['101', 'must be at most 100'],
-      ['2.5', 'must be a whole number'],
+      ['0', 'Backups to keep must be at least 1.'],
+      ['101', 'Backups to keep must be at most 100.'],
+      ['2.5', 'Backups to keep must be a whole number.'],
     ] as const) {
       await keepField().fill(value);
       await saveButton().click();
