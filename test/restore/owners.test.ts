@@ -9,8 +9,10 @@
  * ones without login (and says so), then restores the owners; a backup listing no roles is restored
  * as before, saying so, and refused when a missing role would cost a REVOKE.
  */
+import { rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describeLost, prepareRoles, restoreDump } from '../../agent/restore/database';
 import { databaseUrl } from '../../agent/system/postgres-tools';
 import { runProcess } from '../../agent/system/spawn';
 import { startTestAgent, type TestAgent } from '../services/agent';
@@ -167,5 +169,102 @@ describe('owners and privileges across a restore', () => {
     expect(await schema()).toContain('REVOKE ALL ON FUNCTION app.sec() FROM PUBLIC;');
     expect(live).toContain('REVOKE ALL ON FUNCTION app.sec() FROM PUBLIC;');
     await withSql(url, (sql) => sql.unsafe('create role app_reader noinherit'));
+  });
+});
+
+describe('a database user that may not create roles', () => {
+  it('restores without the missing role, listing every item left out, and refuses when a REVOKE would be lost', async () => {
+    const conn = t.agent.sources.conn;
+    const admin = databaseUrl(conn, 'postgres');
+    await withSql(admin, async (sql) => {
+      await sql.unsafe("create role lowly login createdb password 'lowly-pw'; create role gone nologin");
+      for (const name of ['fb_src', 'fb_dst', 'fb_dst2'])
+        await sql.unsafe(`create database ${name} owner lowly`);
+    });
+    const lowly = { ...conn, user: 'lowly', password: 'lowly-pw', database: 'fb_src' };
+    await withSql(databaseUrl(lowly), (sql) =>
+      sql.unsafe(`
+        create table grants (id int);
+        grant select on grants to gone;
+        grant insert on grants to app_writer;
+        create function f() returns int language sql security definer as 'select 1';`),
+    );
+    const dumpPath = join(t.dataDir, 'fb.dump');
+    const dumpOnce = async () => {
+      const out = await runProcess(join(pg.binDir, 'pg_dump'), [
+        '--format=custom',
+        '--file',
+        dumpPath,
+        '--dbname',
+        databaseUrl(lowly),
+      ]);
+      expect(out.code, out.stderr).toBe(0);
+    };
+    await dumpOnce();
+    await withSql(admin, (sql) => sql.unsafe('drop owned by gone cascade').catch(() => {}));
+    await withSql(databaseUrl(lowly), (sql) => sql.unsafe('revoke all on grants from gone'));
+    await withSql(admin, (sql) => sql.unsafe('drop role gone'));
+    const recorded = ['gone', 'lowly', 'app_writer'].map((name) => ({
+      name,
+      login: name === 'lowly',
+      inherit: true,
+      superuser: false,
+      createdb: false,
+      createrole: false,
+      replication: false,
+      bypassrls: false,
+    }));
+
+    const plan = await prepareRoles({ ...lowly, database: 'fb_dst' }, recorded);
+    expect(plan.keepOwners).toBe(false);
+    expect(plan.created).toEqual([]);
+    expect(plan.warnings.join('\n')).toContain('role gone named by the backup');
+    const restored = await restoreDump({
+      conn: { ...lowly, database: 'fb_dst' },
+      tools: t.agent.sources.tools,
+      database: 'fb_dst',
+      dumpPath,
+      roles: plan,
+    });
+    // The whole ACL entry is lost: app_writer's INSERT too, and it is listed.
+    expect(describeLost(restored.lost, restored.lostCount)).toEqual([
+      expect.stringMatching(
+        /^role gone does not exist: 1 item of the backup not restored: GRANT SELECT ON TABLE public.grants TO gone; GRANT INSERT ON TABLE public.grants TO app_writer;/,
+      ),
+    ]);
+
+    // Without a plan that tolerates it, the same error fails the restore (it used to be ignored).
+    await expect(
+      restoreDump({
+        conn: { ...lowly, database: 'fb_dst2' },
+        tools: t.agent.sources.tools,
+        database: 'fb_dst2',
+        dumpPath,
+      }),
+    ).rejects.toThrow(/could not be restored.*role "gone" does not exist/);
+
+    // A REVOKE in the lost entry refuses the restore.
+    await withSql(admin, (sql) => sql.unsafe('create role gone nologin'));
+    await withSql(databaseUrl(lowly), (sql) =>
+      sql.unsafe('revoke execute on function f() from public; grant execute on function f() to gone'),
+    );
+    await rm(dumpPath);
+    await dumpOnce();
+    await withSql(databaseUrl(lowly), (sql) => sql.unsafe('revoke all on function f() from gone'));
+    await withSql(admin, async (sql) => {
+      await sql.unsafe('drop role gone');
+      await sql.unsafe('drop database fb_dst2');
+      await sql.unsafe('create database fb_dst2 owner lowly');
+    });
+    const again = await prepareRoles({ ...lowly, database: 'fb_dst2' }, recorded);
+    await expect(
+      restoreDump({
+        conn: { ...lowly, database: 'fb_dst2' },
+        tools: t.agent.sources.tools,
+        database: 'fb_dst2',
+        dumpPath,
+        roles: again,
+      }),
+    ).rejects.toThrow(/REVOKE ALL ON FUNCTION public.f\(\) FROM PUBLIC.*CREATE ROLE "gone" NOLOGIN/);
   });
 });
