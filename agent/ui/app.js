@@ -105,6 +105,9 @@ async function showRunningJobs(afterJobs) {
   }
 }
 
+/** The agent's lower-case words ("invalid admin token") as the start of a sentence. */
+const sentenceStart = (text) => text.charAt(0).toUpperCase() + text.slice(1).replace(/\.$/, '');
+
 whenUnauthorized((error) => {
   // Without a token (signed out in another tab) the agent's "missing admin token (Authorization: …)"
   // is HTTP talk: only a token the agent refused is worth its words.
@@ -112,7 +115,7 @@ whenUnauthorized((error) => {
   token.clear();
   showSignIn(
     had && error.code === 'unauthorized' && error.message
-      ? `${error.message}. Please sign in again.`
+      ? `${sentenceStart(error.message)}. Please sign in again.`
       : 'You are signed out. Please sign in again.',
   );
 });
