@@ -73,8 +73,11 @@ export async function restoreCommand(cli: CliContext): Promise<void> {
     safetyBackup?: string;
     rows: number;
     restart: { ran: boolean; ok?: boolean; error?: string };
+    /** What the restore did or could not keep beside the data (roles it created, grants left out). */
+    warnings?: string[];
   };
   cli.out(`restored ${result.restoredFrom} (${result.rows} rows)`);
+  for (const warning of result.warnings ?? []) cli.err(`warning: ${warning}`);
   if (result.safetyBackup) cli.out(`the state before the restore is kept in ${result.safetyBackup}`);
   if (result.restart.ran && !result.restart.ok) cli.out(`warning: ${result.restart.error}`);
 }
