@@ -291,10 +291,16 @@ export async function drCommand(cli: CliContext): Promise<void> {
     const job = await cli.withAgent(async (agent) =>
       follow(cli, agent, await (await drService(agent)).startRecover(id)),
     );
-    const r = job.result as { installationId: string; backup: string; restore: { rows: number } };
+    const r = job.result as {
+      installationId: string;
+      backup: string;
+      restore: { rows: number; warnings?: string[] };
+    };
     cli.out(
       `recovered installation ${shortInstallationId(r.installationId)} from ${r.backup} (${r.restore.rows} rows restored)`,
     );
+    // A new box has none of the old one's roles: the restore created them (no login) and says so.
+    for (const warning of r.restore.warnings ?? []) cli.err(`warning: ${warning}`);
     return;
   }
   throw new AppError('bad_request', USAGE);
