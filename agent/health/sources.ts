@@ -4,10 +4,10 @@ import type { Schedule, VerificationSchedule } from '../../shared/api/settings';
 import type { Agent } from '../agent';
 import { type BackupInfo, datedInFuture, newestGoodBackup } from '../backup/catalog';
 import type { DrService } from '../dr/service';
-import { describeError } from '../errors';
 import { heldByOtherProcess } from '../jobs/lock';
 import type { Job } from '../jobs/runner';
 import { DESTINATION_TITLES, OFFSITE_KINDS, type OffsiteKind } from '../offsite/destinations';
+import { describeDestinationError } from '../offsite/messages';
 import type { OffsiteService } from '../offsite/service';
 import { currentTargetResults, type VerificationStateStore } from '../verification/state';
 import { type AreaHealth, type AreaSource, formatAge, type HealthStatus, worst } from './model';
@@ -170,7 +170,8 @@ export function offsiteArea(
         await provider.close?.().catch(() => {});
       }
     } catch (e) {
-      error = describeError(e).message;
+      // In the words Test Connection and the jobs use (what to check), not the library's or system's.
+      error = describeDestinationError(kind, agent.settings.get().offsite[kind], e).message;
     }
     const result: Probe = error === undefined ? { at: now, key, names } : { at: now, key, error };
     probes.set(kind, result);

@@ -48,7 +48,11 @@ describe('offsite health after a failure', () => {
   it('drops "cannot be reached" once an upload reached the destination, within the probe interval', async () => {
     sshd.pause();
     try {
-      expect((await offsite()).reason).toMatch(/SFTP server cannot be reached/);
+      const reason = (await offsite()).reason as string;
+      expect(reason).toMatch(/SFTP server cannot be reached/);
+      // In the words Test Connection uses: the host and port, and what to check.
+      expect(reason).toContain(`on port ${sshd.port}`);
+      expect(reason).toMatch(/: check /);
     } finally {
       sshd.resume();
     }
