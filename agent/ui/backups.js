@@ -24,10 +24,12 @@ let restoreNoteTaken = false;
 /** Keeps what a finished restore did (its name, its safety backup's) for the page after the reload. */
 function keepRestoreNote(job, name) {
   const restart = restartOutcome(job.result?.restart);
+  const warnings = job.result?.warnings ?? [];
   const note = {
     restored: job.result?.restoredFrom ?? name,
     safetyBackup: job.result?.safetyBackup,
     ...(restart.ok ? {} : { restart: restart.todo }),
+    ...(warnings.length > 0 ? { warnings } : {}),
   };
   try {
     sessionStorage.setItem(RESTORE_NOTE_KEY, JSON.stringify(note));
@@ -55,13 +57,18 @@ function takeRestoreNote() {
  * "Restored X. To undo, restore the safety backup Y." above the list, where the undo is; and GEM's
  * restart still to be done, when it was not (marked as a warning: the owner must act).
  */
-function showRestoreNote({ restored, safetyBackup, restart }) {
+function showRestoreNote({ restored, safetyBackup, restart, warnings = [] }) {
   const note = el(
     'p',
-    { id: 'restore-note', className: restart ? 'result bad' : 'result ok', role: 'status' },
+    {
+      id: 'restore-note',
+      className: restart || warnings.length > 0 ? 'result bad' : 'result ok',
+      role: 'status',
+    },
     `Restored ${restored}.`,
     safetyBackup ? ` To undo, restore the safety backup ${safetyBackup}.` : '',
     restart ? ` ${restart}` : '',
+    ...warnings.map((warning) => ` ${warningSentence(warning)}`),
   );
   $('backups-body').closest('.table-wrap').before(note);
 }
@@ -406,17 +413,19 @@ export function restoreProgress(name) {
     },
     describe: (job) => {
       const restart = restartOutcome(job.result?.restart);
-      return `${restart.text} ${restart.ok ? 'Reloading the page…' : 'Close reloads the page.'}`;
+      return `${restart.text} ${ownerReads(job) ? 'Close reloads the page.' : 'Reloading the page…'}`;
     },
     problems: (job) => {
       const restart = restartOutcome(job.result?.restart);
-      return restart.ok ? [] : [restart.todo];
+      // What the restore did or could not keep beside the data (a role it created, grants left out).
+      const warnings = (job.result?.warnings ?? []).map(warningSentence);
+      return [...(restart.ok ? [] : [restart.todo]), ...warnings];
     },
     failed: (job) => restoreFailedText(job, switching),
     afterSuccess: async (job, { untilClosed }) => {
       keepRestoreNote(job, name);
       // GEM still runs on the old data until someone restarts it: the owner reads that before the reload.
-      if (restartOutcome(job.result?.restart).ok) await new Promise((resolve) => setTimeout(resolve, 1500));
+      if (!ownerReads(job)) await new Promise((resolve) => setTimeout(resolve, 1500));
       else await untilClosed();
       location.reload();
     },
@@ -427,6 +436,14 @@ export function restoreProgress(name) {
 
 /** The restore's steps from which its data is switched over (agent/restore/restore.ts): a cancel no longer stops it. */
 const SWITCH_PHASES = new Set(['swap', 'restart']);
+
+/** A finished restore the owner must read before the reload: GEM not restarted, or warnings. */
+function ownerReads(job) {
+  return !restartOutcome(job.result?.restart).ok || (job.result?.warnings ?? []).length > 0;
+}
+
+/** A restore's warning ("created role x (no login): …") as a sentence of its own. */
+const warningSentence = (warning) => sentence(warning.charAt(0).toUpperCase() + warning.slice(1));
 
 /** An error of the agent as one sentence: trimmed (a command's stderr ends in a newline), one final stop. */
 const sentence = (error) =>

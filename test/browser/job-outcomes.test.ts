@@ -13,7 +13,7 @@ import { settingsModule } from '../../agent/http/routes/settings';
 import { startRestore } from '../../agent/restore/restore';
 import { startTestAgent, type TestAgent } from '../services/agent';
 import { launchBrowser, openSignedIn } from '../services/browser';
-import { holdTableLock, startPostgres, type TestPostgres } from '../services/postgres';
+import { holdTableLock, startPostgres, type TestPostgres, withSql } from '../services/postgres';
 
 const SHOTS = 'test-artifacts/screenshots';
 /** The page's address stays while the test stops and starts serving the agent (page2's port range). */
@@ -149,6 +149,34 @@ describe('a restore’s end says what happened to GEM', () => {
       `Restored ${backupName}. To undo, restore the safety backup ${await lastSafetyBackup()}. ` +
         'GEM could not be restarted: the restart command exited with 3: gem-restart-broke. The data is restored; restart GEM by hand so it uses it.',
     );
+    expect(await note.getAttribute('class')).toBe('result bad');
+  });
+
+  it('a restore with warnings (a role it had to create): the dialog lists them and waits for Close; the note keeps them', async () => {
+    setRestartCommand(['true']);
+    await withSql(t.agent.databaseUrl, (sql) =>
+      sql.unsafe(
+        `create role page_app; create table page_owned (v text); alter table page_owned owner to page_app`,
+      ),
+    );
+    const made = await t.agent.jobs.waitFor((await startBackup(t.agent)).id);
+    expect(made.state, JSON.stringify(made.error)).toBe('succeeded');
+    const name = (made.result as { backup: { filename: string } }).backup.filename;
+    await withSql(t.agent.databaseUrl, (sql) => sql.unsafe('drop table page_owned; drop role page_app'));
+    await openPage();
+    await restoreFromPage(name);
+    await dialog().getByRole('button', { name: 'Close' }).waitFor({ timeout: 90_000 });
+    expect(await progressText().textContent()).toMatch(/ Close reloads the page\.$/);
+    const listed = await problems();
+    expect(listed).toEqual([
+      expect.stringMatching(/^Created role page_app \(no login\): set its password if GEM logs in with it/),
+    ]);
+    const reloaded = page.waitForEvent('load');
+    await dialog().getByRole('button', { name: 'Close' }).click();
+    await reloaded;
+    const note = page.locator('#restore-note');
+    await note.waitFor();
+    expect(await note.textContent()).toContain(listed[0]!);
     expect(await note.getAttribute('class')).toBe('result bad');
   });
 
