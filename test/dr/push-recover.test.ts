@@ -179,7 +179,8 @@ describe('Cloud DR push, recovery on a fresh install, opt-out', () => {
     expect(await secureAttributes(b.agent)).toEqual(aSecrets);
     // The recovered backup is a local backup now, readable with the recovered keys.
     const local = await b.agent.catalog.info(result.backup);
-    expect(local).toMatchObject({ installationId: aId, verifyResult: 'ok' });
+    expect(local).toMatchObject({ installation: aId.slice(0, 8), verifyResult: 'ok' });
+    expect(b.agent.keyring.isActive(local.installationTag)).toBe(true);
   });
 
   it('pushes again from B under A identity, then opting out deletes the slot', async () => {

@@ -90,7 +90,7 @@ describe('a saved SFTP password on the page', () => {
       .poll(() => page.locator('#settings-status').textContent())
       .toBe('Not saved: correct the field marked below.');
     expect(await page.locator('#err-f-offsite-sftp-auth-password').textContent()).toBe(
-      'enter the password again: the host changed',
+      'Enter the password again: the host changed.',
     );
     expect((await call(t, 'GET', '/settings')).body.offsite.sftp).toMatchObject({
       host: sshd.host,
