@@ -33,7 +33,7 @@ import {
   verifyingStream,
 } from './checks';
 import { uploadFile } from './s3-file-upload';
-import { ListBound } from './smb';
+import { ListBound, type ListLimits } from './smb';
 
 export interface S3Options {
   /** Omit for AWS itself; e.g. `https://s3.eu-central-003.backblazeb2.com`. */
@@ -63,6 +63,8 @@ export interface S3Options {
    * would each wait out the idle timeout, and every retried part takes a few buffered bytes again).
    */
   stallTimeoutMs?: number;
+  /** How far a listing is read before it is refused (default LIST_LIMITS: 10 000 pages, 100 000 names). */
+  listLimits?: ListLimits;
   /** Provider id shown in results (default `s3`). */
   id?: string;
 }
@@ -410,7 +412,7 @@ export class S3Provider implements StorageProvider {
     const { signal } = options;
     throwIfAborted(signal);
     const names: string[] = [];
-    const bound = new ListBound(this.where());
+    const bound = new ListBound(this.where(), this.options.listLimits);
     let token: string | undefined;
     try {
       do {
@@ -477,7 +479,7 @@ export class S3Provider implements StorageProvider {
     // Test Connection probes left by a test that failed half way: complete objects, not uploads.
     const probes = await this.sweepProbes(options);
     const doomed: { name: string; key: string; uploadId: string }[] = [];
-    const bound = new ListBound(`the incomplete uploads of ${this.where()}`);
+    const bound = new ListBound(`the incomplete uploads of ${this.where()}`, this.options.listLimits);
     let keyMarker: string | undefined;
     let uploadIdMarker: string | undefined;
     try {
@@ -531,7 +533,7 @@ export class S3Provider implements StorageProvider {
   private async sweepProbes(options: { olderThanMs?: number; signal?: AbortSignal }): Promise<string[]> {
     const { signal } = options;
     const removed: string[] = [];
-    const bound = new ListBound(`the connection-test objects of ${this.where()}`);
+    const bound = new ListBound(`the connection-test objects of ${this.where()}`, this.options.listLimits);
     let token: string | undefined;
     try {
       do {

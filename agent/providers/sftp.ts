@@ -27,7 +27,7 @@ import {
   throwIfAborted,
   tryCleanup,
 } from './checks';
-import { ListBound } from './smb';
+import { ListBound, type ListLimits } from './smb';
 
 export interface SftpOptions {
   host: string;
@@ -54,6 +54,8 @@ export interface SftpOptions {
   timeoutMs?: number;
   /** Use posix-rename@openssh.com when the server offers it (default true); false forces plain SFTP rename. */
   posixRename?: boolean;
+  /** How far a listing is read before it is refused (default LIST_LIMITS: 10 000 answers, 100 000 names). */
+  listLimits?: ListLimits;
   /** Test hooks. */
   faults?: {
     /**
@@ -239,9 +241,10 @@ async function readFolder(
   where: string,
   keep: (entry: FolderEntry) => boolean,
   signal: AbortSignal | undefined,
+  limits?: ListLimits,
 ): Promise<FolderEntry[]> {
   const handle = await call<Buffer>((done) => sftp.opendir(dir, done));
-  const bound = new ListBound(where);
+  const bound = new ListBound(where, limits);
   const kept: FolderEntry[] = [];
   try {
     for (;;) {
@@ -524,6 +527,7 @@ export class SftpProvider implements StorageProvider {
         (entry) =>
           entry.file && isOwnTempName(entry.name) && oldEnough(entry.modifyTime, options.olderThanMs),
         options.signal,
+        this.options.listLimits,
       );
       for (const entry of leftovers) {
         throwIfAborted(options.signal);
@@ -635,6 +639,7 @@ export class SftpProvider implements StorageProvider {
         this.where(),
         (entry) => entry.file && isBackupName(entry.name),
         options.signal,
+        this.options.listLimits,
       );
       return entries.map((entry) => ({
         name: entry.name,

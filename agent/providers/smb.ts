@@ -68,12 +68,23 @@ export const MAX_LIST_PAGES = 10_000;
  * continuation token the server already gave (its listing would go round for ever). `where` names the
  * folder in the errors (permanent: asking again gets the same answer).
  */
+/** How far a listing is read before it is refused (the defaults; a test gives smaller ones). */
+export interface ListLimits {
+  pages: number;
+  names: number;
+}
+
+export const LIST_LIMITS: ListLimits = { pages: MAX_LIST_PAGES, names: MAX_LISTED_NAMES };
+
 export class ListBound {
   private pages = 0;
   private names = 0;
   private readonly tokens = new Set<string>();
 
-  constructor(private readonly where: string) {}
+  constructor(
+    private readonly where: string,
+    private readonly limits: ListLimits = LIST_LIMITS,
+  ) {}
 
   /**
    * One more page fetched; `more` if another follows, `next` the token (or marker) the server gave for
@@ -91,10 +102,10 @@ export class ListBound {
       }
       this.tokens.add(next);
     }
-    if (more && this.pages >= MAX_LIST_PAGES) {
+    if (more && this.pages >= this.limits.pages) {
       throw new StorageError(
         'io',
-        `the listing of ${this.where} did not end after ${MAX_LIST_PAGES.toLocaleString('en')} pages, far more than a backup folder takes: check the server, or give GEM a folder of its own`,
+        `the listing of ${this.where} did not end after ${this.limits.pages.toLocaleString('en')} pages, far more than a backup folder takes: check the server, or give GEM a folder of its own`,
         { permanent: true },
       );
     }
@@ -103,15 +114,15 @@ export class ListBound {
   /** One more name taken. */
   name(): void {
     this.names += 1;
-    if (this.names > MAX_LISTED_NAMES) throw tooManyNames(this.where);
+    if (this.names > this.limits.names) throw tooManyNames(this.where, this.limits.names);
   }
 }
 
-/** The error of a listing past MAX_LISTED_NAMES backup names. */
-export function tooManyNames(where: string): StorageError {
+/** The error of a listing past `limit` (MAX_LISTED_NAMES) backup names. */
+export function tooManyNames(where: string, limit = MAX_LISTED_NAMES): StorageError {
   return new StorageError(
     'io',
-    `the listing of ${where} holds more than ${MAX_LISTED_NAMES.toLocaleString('en')} backups, far more than a destination of GEM holds (a few hundred); it was not read further: check the server, or give GEM a folder of its own`,
+    `the listing of ${where} holds more than ${limit.toLocaleString('en')} backups, far more than a destination of GEM holds (a few hundred); it was not read further: check the server, or give GEM a folder of its own`,
     { permanent: true },
   );
 }

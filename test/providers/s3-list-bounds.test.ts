@@ -7,7 +7,7 @@ import type { AddressInfo } from 'node:net';
 import { Readable } from 'node:stream';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { S3Provider } from '../../agent/providers/s3';
-import { MAX_LIST_PAGES, MAX_LISTED_NAMES } from '../../agent/providers/smb';
+import { ListBound, type ListLimits, MAX_LIST_PAGES, MAX_LISTED_NAMES } from '../../agent/providers/smb';
 import { isStorageError, StorageError } from '../../shared/storage/index';
 import { type S3Service, startS3 } from '../services/s3';
 
@@ -121,8 +121,12 @@ afterAll(async () => {
   await Promise.all([hostile?.close(), s3?.stop()]);
 });
 
-function provider(endpoint = hostile.endpoint, bucket = 'b'): S3Provider {
+/** Smaller limits than the defaults for the hostile server (the defaults are tested on ListBound below). */
+const SMALL = { pages: 50, names: 2000 };
+
+function provider(endpoint = hostile.endpoint, bucket = 'b', listLimits?: ListLimits): S3Provider {
   return new S3Provider({
+    ...(listLimits ? { listLimits } : {}),
     endpoint,
     region: 'us-east-1',
     bucket,
@@ -160,27 +164,36 @@ describe('an S3 listing that would never end', () => {
     expect(hostile.counts['head']).toBe(0);
   });
 
-  it(`is refused past ${MAX_LISTED_NAMES} backup names, before a stat of any`, async () => {
+  it('is refused past its limit of backup names, before a stat of any', async () => {
     reset('new-names');
-    const error = await refusal(provider().list());
+    const error = await refusal(provider(hostile.endpoint, 'b', SMALL).list());
     expect(error.code).toBe('io');
     expect(error.permanent).toBe(true);
     expect(error.message).toBe(
-      `the listing of bucket b (prefix gem/) at ${hostile.endpoint} holds more than 100,000 backups, far more than a destination of GEM holds (a few hundred); it was not read further: check the server, or give GEM a folder of its own`,
+      `the listing of bucket b (prefix gem/) at ${hostile.endpoint} holds more than 2,000 backups, far more than a destination of GEM holds (a few hundred); it was not read further: check the server, or give GEM a folder of its own`,
     );
-    expect(hostile.counts['list']).toBe(MAX_LISTED_NAMES / 1000 + 1);
+    expect(hostile.counts['list']).toBe(SMALL.names / 1000 + 1);
     expect(hostile.counts['head']).toBe(0);
   });
 
-  it(`is refused after ${MAX_LIST_PAGES} pages that name nothing`, async () => {
+  it('is refused after its limit of pages that name nothing', async () => {
     reset('empty-pages');
-    const error = await refusal(provider().list());
+    const error = await refusal(provider(hostile.endpoint, 'b', SMALL).list());
     expect(error.permanent).toBe(true);
     expect(error.message).toBe(
-      `the listing of bucket b (prefix gem/) at ${hostile.endpoint} did not end after 10,000 pages, far more than a backup folder takes: check the server, or give GEM a folder of its own`,
+      `the listing of bucket b (prefix gem/) at ${hostile.endpoint} did not end after 50 pages, far more than a backup folder takes: check the server, or give GEM a folder of its own`,
     );
-    expect(hostile.counts['list']).toBe(MAX_LIST_PAGES);
-  }, 120_000);
+    expect(hostile.counts['list']).toBe(SMALL.pages);
+  });
+
+  it(`has by default the limits ${MAX_LIST_PAGES} pages and ${MAX_LISTED_NAMES} names (ListBound, every provider's)`, () => {
+    const pages = new ListBound('here');
+    for (let n = 1; n < MAX_LIST_PAGES; n++) pages.page(true);
+    expect(() => pages.page(true)).toThrow(/did not end after 10,000 pages/);
+    const names = new ListBound('here');
+    for (let n = 0; n < MAX_LISTED_NAMES; n++) names.name();
+    expect(() => names.name()).toThrow(/holds more than 100,000 backups/);
+  });
 
   it('stops asking once its caller goes', async () => {
     reset('slow');
