@@ -8,13 +8,13 @@ import {
   lstat,
   lutimes,
   mkdir,
-  open,
   readdir,
   readlink,
   symlink,
 } from 'node:fs/promises';
 import { standInName } from '../backup/manifest';
 import { AppError } from '../errors';
+import { fsyncFile } from '../system/atomic-file';
 import { mountPointsInside } from '../system/mounts';
 import { removeTree } from '../system/remove-tree';
 
@@ -28,16 +28,6 @@ const join = (dir: Buffer, name: Buffer) => Buffer.concat([dir, SLASH, name]);
 const entriesOf = (folder: Buffer) => readdir(folder, { encoding: 'buffer' });
 /** A path's bytes for a message: as UTF-8 text, bytes that are not shown as `%XX` (manifest.ts). */
 const shown = (path: Buffer) => standInName(path);
-
-/** fsync a file or folder by its bytes (opened read-only: a read-only file can be synced too). */
-async function fsyncPath(path: Buffer): Promise<void> {
-  const handle = await open(path, 'r');
-  try {
-    await handle.sync();
-  } finally {
-    await handle.close();
-  }
-}
 
 /** Gives `to` the mode, owner (as root only) and times of `info`; never through a link. */
 async function copyAttributes(
@@ -70,11 +60,11 @@ async function copyTree(from: Buffer, to: Buffer): Promise<void> {
       await mkdir(target, { mode: 0o700 });
       await copyTree(source, target);
       await copyAttributes(target, info, false);
-      await fsyncPath(target);
+      await fsyncFile(target);
     } else if (info.isFile()) {
       await copyFile(source, target, constants.COPYFILE_EXCL);
       await copyAttributes(target, info, false);
-      await fsyncPath(target);
+      await fsyncFile(target);
     } else if (info.isSymbolicLink()) {
       await symlink(await readlink(source, { encoding: 'buffer' }), target);
       await copyAttributes(target, info, true);
@@ -82,7 +72,7 @@ async function copyTree(from: Buffer, to: Buffer): Promise<void> {
       throw uncopyable(source);
     }
   }
-  await fsyncPath(to);
+  await fsyncFile(to);
 }
 
 function uncopyable(path: Buffer): AppError {
@@ -141,5 +131,5 @@ async function checkEntries(folder: Buffer): Promise<void> {
 export async function emptyFolder(folder: string): Promise<void> {
   const bytes = Buffer.from(folder);
   for (const name of await entriesOf(bytes)) await removeTree(join(bytes, name));
-  await fsyncPath(bytes);
+  await fsyncFile(bytes);
 }

@@ -131,7 +131,7 @@ export async function removeAbandoned(dir: string, options: { all?: boolean } = 
 }
 
 /** fsync a folder so that a rename inside it survives a power cut. */
-export async function fsyncDir(dir: string): Promise<void> {
+export async function fsyncDir(dir: string | Buffer): Promise<void> {
   const handle = await open(dir, 'r');
   try {
     await handle.sync();
@@ -140,8 +140,11 @@ export async function fsyncDir(dir: string): Promise<void> {
   }
 }
 
-/** fsync a file by path; opened read-only, so a read-only file (a restored 0o444 one) can be synced too. */
-export async function fsyncFile(path: string): Promise<void> {
+/**
+ * fsync a file (or folder) by path, text or bytes (a name that is not UTF-8); opened read-only, so a
+ * read-only file (a restored 0o444 one) can be synced too.
+ */
+export async function fsyncFile(path: string | Buffer): Promise<void> {
   const handle = await open(path, 'r');
   try {
     await handle.sync();

@@ -325,3 +325,37 @@ export const hostileFile = (name: string, text = 'pwned'): ArchiveEntry => ({
   header: { name, type: 'file', size: Buffer.byteLength(text), mode: 0o644 },
   data: Buffer.from(text),
 });
+
+/** The bytes of a name made of text and raw byte runs: b('caf', [0xe9]) is "caf" then 0xe9. */
+export const b = (...parts: Array<string | number[]>) => Buffer.concat(parts.map((p) => Buffer.from(p)));
+
+/** The bytes of `dir`/`names`... (names that need not be UTF-8). */
+export const under = (dir: string, ...names: Buffer[]) =>
+  Buffer.concat([Buffer.from(dir), ...names.flatMap((n) => [Buffer.from('/'), n])]);
+
+/**
+ * Every entry under `dir` by the bytes of its path (hex): type, permission bits and content hash, links
+ * by target bytes. `rootMode` masks the root's own mode (0o7777 to see its setgid bit, as a mount shows it).
+ */
+export async function byteFingerprint(dir: string, rootMode = 0o777): Promise<Record<string, string>> {
+  const out: Record<string, string> = {};
+  const walk = async (rel: Buffer) => {
+    const path = rel.length ? under(dir, rel) : Buffer.from(dir);
+    const info = await lstat(path);
+    const key = rel.toString('hex');
+    const mode = (info.mode & (rel.length ? 0o777 : rootMode)).toString(8);
+    if (info.isSymbolicLink())
+      out[key] = `link:${(await readlink(path, { encoding: 'buffer' })).toString('hex')}`;
+    else if (info.isFile())
+      out[key] = `file:${mode}:${createHash('sha256')
+        .update(await readFile(path))
+        .digest('hex')}`;
+    else if (info.isDirectory()) {
+      out[key] = `dir:${mode}`;
+      for (const name of (await readdir(path, { encoding: 'buffer' })).sort(Buffer.compare))
+        await walk(rel.length ? Buffer.concat([rel, Buffer.from('/'), name]) : name);
+    } else out[key] = 'other';
+  };
+  await walk(Buffer.alloc(0));
+  return out;
+}

@@ -3,26 +3,14 @@
 // UTF-8 text does not hold (0xff 0xfe, Latin-1 "caf\xe9", a newline) go through each step by their bytes,
 // in a successful restore and in the undo of a failed one.
 import { spawnSync } from 'node:child_process';
-import { createHash } from 'node:crypto';
-import {
-  chmod,
-  lstat,
-  mkdir,
-  mkdtemp,
-  readdir,
-  readFile,
-  readlink,
-  rm,
-  symlink,
-  writeFile,
-} from 'node:fs/promises';
+import { chmod, mkdir, mkdtemp, readdir, readFile, rm, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { isMountPoint } from '../../agent/restore/swap';
 import { startTestAgent, type TestAgent } from '../services/agent';
 import { startPostgres, type TestPostgres } from '../services/postgres';
-import { backupNow, databaseFingerprint, leftovers, runRestore } from './helpers';
+import { b, backupNow, byteFingerprint, databaseFingerprint, leftovers, runRestore, under } from './helpers';
 
 let pg: TestPostgres;
 let t: TestAgent;
@@ -32,37 +20,8 @@ let configured: string;
 let filename: string;
 let atBackup: Awaited<ReturnType<typeof state>>;
 
-const b = (...parts: Array<string | number[]>) => Buffer.concat(parts.map((p) => Buffer.from(p)));
-const under = (dir: string, ...names: Buffer[]) =>
-  Buffer.concat([Buffer.from(dir), ...names.flatMap((n) => [Buffer.from('/'), n])]);
-
-/** Every entry under `dir` by the bytes of its path (hex): type, mode and content hash, links by target bytes. */
-async function byteFingerprint(dir: string): Promise<Record<string, string>> {
-  const out: Record<string, string> = {};
-  const walk = async (rel: Buffer) => {
-    const path = rel.length ? under(dir, rel) : Buffer.from(dir);
-    const info = await lstat(path);
-    const key = rel.toString('hex');
-    // Members keep their permission bits (not setgid, which the 2750 mount gives new folders).
-    const mode = (info.mode & (rel.length ? 0o777 : 0o7777)).toString(8);
-    if (info.isSymbolicLink())
-      out[key] = `link:${(await readlink(path, { encoding: 'buffer' })).toString('hex')}`;
-    else if (info.isFile())
-      out[key] = `file:${mode}:${createHash('sha256')
-        .update(await readFile(path))
-        .digest('hex')}`;
-    else if (info.isDirectory()) {
-      out[key] = `dir:${mode}`;
-      for (const name of (await readdir(path, { encoding: 'buffer' })).sort(Buffer.compare))
-        await walk(rel.length ? Buffer.concat([rel, Buffer.from('/'), name]) : name);
-    } else out[key] = 'other';
-  };
-  await walk(Buffer.alloc(0));
-  return out;
-}
-
 async function state() {
-  return { database: await databaseFingerprint(t.agent), config: await byteFingerprint(mounted) };
+  return { database: await databaseFingerprint(t.agent), config: await byteFingerprint(mounted, 0o7777) };
 }
 
 const caf = b('caf', [0xe9]);

@@ -1,10 +1,4 @@
-// Names Linux allows but UTF-8 text does not hold (any bytes but NUL and '/'): not valid UTF-8 (0xff
-// 0xfe, Latin-1 "caf\xe9"), control characters, a backslash, '%', a leading dash, 255 bytes. A backup
-// keeps each by its bytes (manifest rawPath, a stand-in in the archive), verifies, and a restore brings
-// each back with the same bytes, content and mode. A hostile raw path (a ".." segment, absolute, a NUL)
-// in a sealed archive is refused with nothing written.
-import { createHash } from 'node:crypto';
-import { chmod, lstat, mkdir, readdir, readFile, readlink, rm, symlink, writeFile } from 'node:fs/promises';
+import { chmod, mkdir, readdir, readFile, readlink, rm, symlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startBackup, startVerify } from '../../agent/backup/operations';
@@ -15,11 +9,14 @@ import { startPostgres, type TestPostgres } from '../services/postgres';
 import { tempDirForTest } from '../services/temp-dir';
 import {
   type ArchiveEntry,
+  b,
+  byteFingerprint,
   databaseFingerprint,
   hostile,
   leftovers,
   runRestore,
   sealArchive,
+  under,
 } from './helpers';
 
 let pg: TestPostgres;
@@ -34,35 +31,6 @@ afterAll(async () => {
   await t?.close();
   await pg?.stop();
 });
-
-const b = (...parts: Array<string | number[]>) =>
-  Buffer.concat(parts.map((p) => (typeof p === 'string' ? Buffer.from(p) : Buffer.from(p))));
-const under = (dir: string, ...names: Buffer[]) =>
-  Buffer.concat([Buffer.from(dir), ...names.flatMap((n) => [Buffer.from('/'), n])]);
-
-/** Every entry under `dir` by the bytes of its path (hex): type, mode and content hash, links by target bytes. */
-async function byteFingerprint(dir: string): Promise<Record<string, string>> {
-  const out: Record<string, string> = {};
-  const walk = async (rel: Buffer) => {
-    const path = rel.length ? under(dir, rel) : Buffer.from(dir);
-    const info = await lstat(path);
-    const key = rel.toString('hex');
-    const mode = (info.mode & 0o777).toString(8);
-    if (info.isSymbolicLink())
-      out[key] = `link:${(await readlink(path, { encoding: 'buffer' })).toString('hex')}`;
-    else if (info.isFile())
-      out[key] = `file:${mode}:${createHash('sha256')
-        .update(await readFile(path))
-        .digest('hex')}`;
-    else if (info.isDirectory()) {
-      out[key] = `dir:${mode}`;
-      for (const name of (await readdir(path, { encoding: 'buffer' })).sort(Buffer.compare))
-        await walk(rel.length ? Buffer.concat([rel, Buffer.from('/'), name]) : name);
-    } else out[key] = 'other';
-  };
-  await walk(Buffer.alloc(0));
-  return out;
-}
 
 /** The live database and both live folders (by the bytes of their names). */
 async function state() {
