@@ -12,7 +12,7 @@ import { prepareArchiveHasher } from './backup/member-hasher';
 import { retentionHook } from './backup/retention';
 import { type AgentConfig, type DataPaths, dataPaths } from './config';
 import { type ClusterHandle, ensureDatabase, startCluster } from './db/cluster';
-import { openSql } from './db/connect';
+import { openSql, type SqlOptions } from './db/connect';
 import { migrateAgentSchema } from './db/migrate';
 import { hasGemSchema, seedGemDatabase, writeSampleFolders } from './db/seed';
 import { AuditLog } from './http/audit';
@@ -90,12 +90,13 @@ export async function loadOrCreateToken(path: string): Promise<string> {
 
 /**
  * Opens the agent over `config.dataDir`. Without DATABASE_URL it starts (and on first start creates
- * and seeds) its own cluster; `ownCluster` says whether close() stops it even if it was running before.
+ * and seeds) its own cluster; `ownCluster` says whether close() stops it even if it was running before;
+ * `pool` tunes the pool on GEM's database (agent.sql).
  */
 export async function openAgent(
   config: AgentConfig,
   log: Logger,
-  options: { ownCluster?: boolean } = {},
+  options: { ownCluster?: boolean; pool?: SqlOptions } = {},
 ): Promise<Agent> {
   // The hashing worker boots (60-75 ms) while the agent opens: every backup, verify and restore needs it.
   prepareArchiveHasher();
@@ -112,7 +113,7 @@ export async function openAgent(
     await ensureDatabase(cluster.url('postgres'), EMBEDDED_DATABASE);
     databaseUrl = cluster.url(EMBEDDED_DATABASE);
   }
-  const sql = openSql(databaseUrl, 5);
+  const sql = openSql(databaseUrl, 5, options.pool);
   const scriptsDir = config.scriptsDir ?? paths.sampleScripts;
   const configDir = config.configDir ?? paths.sampleConfig;
   const restoreRecovery = await recoverRestoreAtStart(config, log, { databaseUrl, scriptsDir, configDir });

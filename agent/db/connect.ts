@@ -12,8 +12,23 @@ import { AppError } from '../errors';
  * serve array values: the agent binds none, and a query that reads one selects it as JSON
  * (`array_to_json`), which is parsed without them.
  */
-export function openSql(url: string, max = 1): postgres.Sql {
-  return postgres(url, { max, onnotice: () => {}, connect_timeout: 10, fetch_types: false });
+export function openSql(url: string, max = 1, options: SqlOptions = {}): postgres.Sql {
+  return postgres(url, {
+    max,
+    onnotice: () => {},
+    connect_timeout: 10,
+    fetch_types: false,
+    ...(options.reconnectBackoff ? { backoff: options.reconnectBackoff } : {}),
+  });
+}
+
+export interface SqlOptions {
+  /**
+   * Seconds to wait before a connection is opened again after failures in a row (their number):
+   * postgres.js's own by default, which grows to 10-20 s after seven, so a pool that failed through
+   * an outage answers up to 20 s after the server does. Tests of outages set it small.
+   */
+  reconnectBackoff?: (failures: number) => number;
 }
 
 /**

@@ -20,6 +20,9 @@ beforeAll(async () => {
   pg = await startPostgres();
   t = await startTestAgent(pg, {
     log: createLogger({ write: (line) => lines.push(JSON.parse(line) as Record<string, unknown>) }),
+    // The pool fails through every outage here: postgres.js's backoff would hold its next connection
+    // 10-20 s after seven failures in a row (and the watch's check behind it); how long is not the point.
+    pool: { reconnectBackoff: () => 0.05 },
   });
 });
 afterEach(async () => {

@@ -5,6 +5,7 @@ import { join } from 'node:path';
 import { type Agent, openAgent } from '../../agent/agent';
 import { createApp, type RouteModule } from '../../agent/app';
 import { loadConfig } from '../../agent/config';
+import type { SqlOptions } from '../../agent/db/connect';
 import { seedGemDatabase, writeSampleFolders } from '../../agent/db/seed';
 import { Keyring } from '../../agent/keys/keyring';
 import { type Logger, silentLogger } from '../../agent/log';
@@ -33,6 +34,8 @@ export async function startTestAgent(
     env?: Record<string, string>;
     /** The agent's logger (default: silent). */
     log?: Logger;
+    /** Options of the agent's pool on GEM's database (default: the product's). */
+    pool?: SqlOptions;
   } = {},
 ): Promise<TestAgent> {
   const dataDir = options.dataDir ?? (await mkdtemp(join(tmpdir(), 'gem-agent-')));
@@ -49,7 +52,7 @@ export async function startTestAgent(
     NODE_ENV: 'test',
     ...options.env,
   });
-  const agent = await openAgent(config, options.log ?? silentLogger);
+  const agent = await openAgent(config, options.log ?? silentLogger, { pool: options.pool });
   if (options.seed !== false && !options.databaseUrl) {
     await withSql(databaseUrl, (sql) => seedGemDatabase(sql, agent.keyring.activeKey));
     await writeSampleFolders(scriptsDir, configDir);
