@@ -52,7 +52,12 @@ say({ event: 'started' });
 const job =
   action === 'restore'
     ? await startRestore(agent, process.env.BACKUP_NAME ?? '')
-    : await startBackup(agent, { kind: 'manual' });
+    : await startBackup(agent, {
+        kind: 'manual',
+        // The envelope's chunk size (1 MiB by default): crash-backup.test.ts asks for smaller chunks, so that
+        // a smaller backup still has as many byte points (a chunk is what the temp file grows by).
+        ...(process.env.FAULT_CHUNK_SIZE ? { chunkSize: Number(process.env.FAULT_CHUNK_SIZE) } : {}),
+      });
 const done = await agent.jobs.waitFor(job.id);
 say({ event: 'done', state: done.state, error: done.error });
 await agent.close();

@@ -1,5 +1,5 @@
 /**
- * Crash during backup: an agent process backing up a database with a 30 MB+ table is SIGKILLed at
+ * Crash during backup: an agent process backing up a database with a 10 MB+ table is SIGKILLed at
  * 20 points spread over every phase of a measured clean run; after each restart nothing partial is
  * listed, every listed backup verifies, temp files are gone and the keyring is the same bytes. One
  * restores at the end.
@@ -25,12 +25,19 @@ import { type ChildLine, runChild } from './child';
 import { faultReport } from './report';
 
 const KILLS = Number(process.env.GEM_FAULTS_KILLS ?? 20);
-// 300 k rows (a 30 MB+ table): a dump of about a second, for the kills timed inside it. The kills inside
-// pack and verify are placed by bytes written and read back (kill-at-bytes.mjs, looking every
-// millisecond), not by the job's progress (at most every 200 ms), so those phases need not last long:
-// the 1 M rows this used before were there to make them outlast a few progress reports.
-// scripts/soak.sh uses 4 M.
-const ROWS = Number(process.env.GEM_FAULTS_BIG_ROWS ?? 300_000);
+// 100 k rows (a 10 MB+ table, a 6 MB backup): a dump of a few hundred ms, the five kills timed inside
+// it at tenths of its measured length. The kills inside pack and verify are placed by bytes written and
+// read back (kill-at-bytes.mjs, looking every millisecond), not by the job's progress (at most every
+// 200 ms), so those phases need not last long: the 1 M rows, then 300 k, this used before were there to
+// make them outlast a few progress reports. The size is not the point: every child spent most of its
+// time in a 0.5 s dump. scripts/soak.sh uses 4 M.
+const ROWS = Number(process.env.GEM_FAULTS_BIG_ROWS ?? 100_000);
+/**
+ * The backups' envelope chunk (1 MiB by default): the temp file grows a chunk at a time, so 256 KiB gives
+ * the 6 MB backup some 24 byte steps, more than the 18 of the 18 MB backup with 1 MiB chunks that 300 k
+ * rows made: the late points (95 %, 99.5 %) stay apart, one chunk before the end and the last one.
+ */
+const CHUNK_SIZE = 256 * 1024;
 const KILL_AT_BYTES = fileURLToPath(new URL('./kill-at-bytes.mjs', import.meta.url));
 const report = faultReport('crash-backup', 'kills');
 
@@ -106,6 +113,7 @@ beforeAll(async () => {
   const t = await startTestAgent(pg, { dataDir });
   databaseUrl = t.agent.databaseUrl;
   env = {
+    FAULT_CHUNK_SIZE: String(CHUNK_SIZE),
     DATABASE_URL: databaseUrl,
     GEM_DATA_DIR: dataDir,
     GEM_SCRIPTS_DIR: t.agent.sources.scriptsDir,
@@ -113,7 +121,7 @@ beforeAll(async () => {
     GEM_AGENT_TOKEN: TEST_TOKEN,
     GEM_PG_BIN: pg.binDir,
   };
-  // Built once per file: a 30 MB+ table of poorly compressible text.
+  // Built once per file: a 10 MB+ table of poorly compressible text.
   await withSql(databaseUrl, (sql) =>
     sql.unsafe(`
       create table big_history as
