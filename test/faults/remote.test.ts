@@ -247,8 +247,11 @@ async function freezeCase(kind: Kind, at: number): Promise<void> {
 }
 
 describe('a frozen S3 server: list, Test Connection and cancel end', () => {
-  /** Short limits instead of the defaults (20 s connect, 60 s idle and per metadata request). */
-  const SHORT = { connectTimeoutMs: 300, idleTimeoutMs: 500, requestTimeoutMs: 500 };
+  /**
+   * Short limits instead of the defaults (20 s connect, 60 s idle and per metadata request): a frozen
+   * server never answers, so any limit ends the wait; the SDK tries each request 3 times.
+   */
+  const SHORT = { connectTimeoutMs: 150, idleTimeoutMs: 250, requestTimeoutMs: 250 };
 
   async function frozen<T>(run: () => Promise<T>): Promise<T> {
     await destinations.s3.freeze();
