@@ -10,7 +10,8 @@ const ISOLATED = ['test/system/token-race.test.ts', 'test/backup/memory.test.ts'
 export default defineConfig({
   test: {
     // One PostgreSQL cluster made per run; each file's startPostgres copies it instead of running initdb.
-    globalSetup: ['test/services/postgres-template.ts'],
+    // One folder per run for the CLI and DR Worker bundles, built by the first file that needs each.
+    globalSetup: ['test/services/postgres-template.ts', 'test/services/run-builds.ts'],
     pool: 'forks',
     testTimeout: 120_000,
     hookTimeout: 180_000,

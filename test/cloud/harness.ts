@@ -11,6 +11,7 @@ import { buildWorker, startLocalWorker } from '../../cloud/local';
 import type { UploadRecord } from '../../cloud/state/ledger';
 import { BACKUP_CREATED_AT_HEADER } from '../../shared/api/cloud';
 import { signRequest } from '../../shared/signing';
+import { buildOnce } from '../services/run-builds';
 
 export const ENROLLMENT_TOKEN = 'test-enrollment-token';
 
@@ -22,12 +23,15 @@ export interface CloudUnderTest {
   dispose(): Promise<void>;
 }
 
-/** Builds the Worker exactly as `npm run cloud:build` does and starts it under Miniflare on port 0. */
+/**
+ * Starts the Worker under Miniflare on port 0, built exactly as `npm run cloud:build` does (once per
+ * run: test/services/run-builds.ts), with its own state.
+ */
 export async function startCloud(bindings: Record<string, string> = {}): Promise<CloudUnderTest> {
+  const bundle = await buildOnce('dr-worker', buildWorker, tmpdir());
   const dir = await mkdtemp(join(tmpdir(), 'gem-cloud-test-'));
-  await buildWorker(join(dir, 'dist'));
   const started = await startLocalWorker({
-    outDir: join(dir, 'dist'),
+    outDir: bundle.dir,
     stateDir: dir,
     bindings: { ENROLLMENT_TOKEN, ESCROW_PRIVATE_KEYS: '[]', MAX_SLOT_BYTES: '200000000', ...bindings },
   });
@@ -45,6 +49,7 @@ export async function startCloud(bindings: Record<string, string> = {}): Promise
     async dispose() {
       await mf.dispose();
       await rm(dir, { recursive: true, force: true });
+      await bundle.remove();
     },
   };
 }

@@ -21,6 +21,7 @@ import { startRestore } from '../../agent/restore/restore';
 import { databaseUrl } from '../../agent/system/postgres-tools';
 import { runProcess } from '../../agent/system/spawn';
 import { installationTag } from '../../shared/envelope';
+import { type BuiltCli, buildCli } from '../cli/built-cli';
 import type { TestAgent } from '../services/agent';
 import { type DrCloud, startDrCloud, x25519Pair } from '../services/dr-cloud';
 import { startPostgres, type TestPostgres, withSql } from '../services/postgres';
@@ -29,6 +30,8 @@ import { pushViaApi, rowCounts, startDrAgent } from './helpers';
 
 let pg: TestPostgres;
 let cloud: DrCloud;
+/** The CLI built from the current sources (test/cli/built-cli.ts), as the operator's `gem-backup`. */
+let built: BuiltCli;
 let a: TestAgent;
 let b: TestAgent;
 let c: TestAgent;
@@ -39,11 +42,14 @@ let goodSha = '';
 const bFaults: RecoverFaults = {};
 const cFaults: RecoverFaults = {};
 const FULL_DISK = { requiredBytes: Number.MAX_SAFE_INTEGER };
-const BIN = join(process.cwd(), 'bin/gem-backup.js');
 
 beforeAll(async () => {
-  ({ pg, cloud } = await startAll({ pg: startPostgres, cloud: startDrCloud }));
-  a = await startDrAgent(pg, cloud.url);
+  ({ pg, cloud, built } = await startAll({ pg: startPostgres, cloud: startDrCloud, built: buildCli }));
+  [a, b, c] = await Promise.all([
+    startDrAgent(pg, cloud.url),
+    startDrAgent(pg, cloud.url, { recoverFaults: bFaults }),
+    startDrAgent(pg, cloud.url, { recoverFaults: cFaults }),
+  ]);
   aId = a.agent.keyring.installationId;
   // A's data differs from the sample data every fresh box is seeded with.
   await withSql(databaseUrl(a.agent.sources.conn), async (sql) => {
@@ -52,8 +58,6 @@ beforeAll(async () => {
   });
   aCounts = await rowCounts(a.agent);
   expect((await pushViaApi(a)).error).toBeUndefined();
-  b = await startDrAgent(pg, cloud.url, { recoverFaults: bFaults });
-  c = await startDrAgent(pg, cloud.url, { recoverFaults: cFaults });
 });
 afterAll(async () => {
   await c?.close().catch(() => {});
@@ -61,6 +65,7 @@ afterAll(async () => {
   await a?.close().catch(() => {});
   await cloud?.dispose();
   await pg?.stop();
+  await built?.remove();
 });
 
 async function status(t: TestAgent): Promise<DrStatus> {
@@ -167,7 +172,7 @@ describe('an unfinished DR recovery', () => {
       GEM_DR_URL: cloud.url,
       NODE_ENV: 'test',
     };
-    const cli = (...args: string[]) => runProcess(process.execPath, [BIN, ...args], { env });
+    const cli = (...args: string[]) => runProcess(process.execPath, [built.path, ...args], { env });
     const push = await cli('dr', 'push');
     expect(push.code).toBe(1);
     expect(push.stderr.trim()).toContain(

@@ -1,4 +1,4 @@
-/** The DR Worker for agent tests: built once, run under Miniflare on 127.0.0.1, restartable on the same port and state. */
+/** The DR Worker for agent tests: built once per run, run under Miniflare on 127.0.0.1, restartable on the same port and state. */
 import { createHash } from 'node:crypto';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -6,6 +6,7 @@ import { join } from 'node:path';
 import { exportJWK, generateKeyPair, type JWK } from 'jose';
 import type { Miniflare } from 'miniflare';
 import { buildWorker, startLocalWorker } from '../../cloud/local';
+import { buildOnce } from './run-builds';
 
 export const DR_ENROLLMENT_TOKEN = 'test-dr-enrollment-token';
 
@@ -30,16 +31,19 @@ export async function x25519Pair(kid: string): Promise<{ privateJwk: JWK; public
   };
 }
 
-/** Builds the Worker as `npm run cloud:build` does and starts it with a fresh escrow key. */
+/**
+ * Starts the Worker, built as `npm run cloud:build` does (once per run: ./run-builds.ts), with a fresh
+ * escrow key and its own state.
+ */
 export async function startDrCloud(): Promise<DrCloud> {
+  const bundle = await buildOnce('dr-worker', buildWorker, tmpdir());
   const dir = await mkdtemp(join(tmpdir(), 'gem-dr-cloud-'));
-  await buildWorker(join(dir, 'dist'));
   const escrow = await x25519Pair('escrow-test-1');
   let port = 0;
   let mf: Miniflare | undefined;
   const start = async () => {
     const started = await startLocalWorker({
-      outDir: join(dir, 'dist'),
+      outDir: bundle.dir,
       stateDir: dir,
       port,
       bindings: {
@@ -75,6 +79,7 @@ export async function startDrCloud(): Promise<DrCloud> {
     async dispose() {
       await mf?.dispose();
       await rm(dir, { recursive: true, force: true });
+      await bundle.remove();
     },
   };
 }
