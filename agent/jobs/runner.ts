@@ -142,7 +142,14 @@ export class JobRunner {
   private heartbeat: NodeJS.Timeout | undefined;
 
   constructor(
-    private readonly options: { lockPath: string; log: Logger; keep?: number; history?: JobHistory },
+    private readonly options: {
+      lockPath: string;
+      log: Logger;
+      keep?: number;
+      history?: JobHistory;
+      /** The least time between history writes for a running job's progress (default PROGRESS_SAVE_MS). */
+      progressSaveMs?: number;
+    },
   ) {
     runnerOpened(this.runnerId);
   }
@@ -471,11 +478,12 @@ export class JobRunner {
 
   /**
    * Writes the history for a running job's progress or heartbeat, unless a write is queued or in
-   * progress, or the last one ended less than PROGRESS_SAVE_MS ago: however often progress comes,
-   * writes never pile up, and a slow write spaces them further.
+   * progress, or the last one ended less than PROGRESS_SAVE_MS (or the `progressSaveMs` option) ago:
+   * however often progress comes, writes never pile up, and a slow write spaces them further.
    */
   private saveWhileRunning(): void {
-    if (this.savesPending > 0 || Date.now() - this.lastSaveEnd < PROGRESS_SAVE_MS) return;
+    const spacing = this.options.progressSaveMs ?? PROGRESS_SAVE_MS;
+    if (this.savesPending > 0 || Date.now() - this.lastSaveEnd < spacing) return;
     void this.persist();
   }
 

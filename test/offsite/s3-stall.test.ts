@@ -1,6 +1,6 @@
 // An S3 server that freezes (SIGSTOP) in the middle of a sync's upload: the job ends failed, naming the
 // endpoint, instead of holding the job lock for many minutes; nothing is stored under the backup's name,
-// and once the server runs again the next sync uploads it. The provider's stall limit is shortened to 3 s
+// and once the server runs again the next sync uploads it. The provider's stall limit is shortened to 2 s
 // through its options; the transfer's own retries and stall watchdog keep their defaults.
 import { randomBytes } from 'node:crypto';
 import { readdirSync, readFileSync } from 'node:fs';
@@ -43,10 +43,10 @@ function resume(): void {
 beforeAll(async () => {
   ({ pg, s3 } = await startAll({ pg: startPostgres, s3: startS3 }));
   t = await startOffsiteAgent(pg, {
-    providerOverrides: { s3: { stallTimeoutMs: 3000, partSize: 5 * MIB } },
+    providerOverrides: { s3: { stallTimeoutMs: 2000, partSize: 5 * MIB } },
   });
-  // Random bytes do not compress: a backup of several parts.
-  await writeFile(join(t.agent.sources.scriptsDir, 'noise.bin'), randomBytes(40 * MIB));
+  // Random bytes do not compress: a backup of several parts (five; more would only make every step slower).
+  await writeFile(join(t.agent.sources.scriptsDir, 'noise.bin'), randomBytes(24 * MIB));
   await t.agent.settings.update({ offsite: { s3: s3Section(s3, { prefix: 'stall' }) } });
 }, 120_000);
 
@@ -74,7 +74,7 @@ describe('an S3 server frozen during an upload', () => {
     expect(job.state).toBe('failed');
     expect(job.error?.code).toBe('dependency_down');
     expect(job.error?.message).toBe(
-      `1 transfer failed; nothing was pruned. ${name}: The storage at ${s3.endpoint} stopped answering during the upload of ${name}: it took no data for 3 s, so the upload was given up (nothing was stored under its name). Check that the server is running and reachable; the next sync or backup uploads it again.`,
+      `1 transfer failed; nothing was pruned. ${name}: The storage at ${s3.endpoint} stopped answering during the upload of ${name}: it took no data for 2 s, so the upload was given up (nothing was stored under its name). Check that the server is running and reachable; the next sync or backup uploads it again.`,
     );
     // The job lock is free again: another job may start.
     expect(t.agent.jobs.active()).toEqual([]);

@@ -12,14 +12,20 @@ import { randomFile } from './random-file';
 const MIB = 1024 * 1024;
 /** The slow link: smbclient may read the local file no faster than this. */
 const BYTES_PER_SECOND = 16 * MIB;
-/** At 16 MiB/s the upload takes at least 3 s, however fast the machine is. */
-const SIZE = 48 * MIB;
+/**
+ * At 16 MiB/s the upload takes at least 2 s, however fast the machine is: eight of the provider's 250 ms
+ * polls. The size itself is not the point; the time the upload lasts is.
+ */
+const SIZE = 32 * MIB;
 const name = 'gem-backup-2026-05-06-070809.tar.gz';
 let smbd: SmbdService;
 let dir: string;
+/** The local file both tests upload (each to its own folder; neither changes it). */
+let file: Awaited<ReturnType<typeof randomFile>>;
 beforeAll(async () => {
   smbd = await startSmbd();
   dir = await mkdtemp(join(tmpdir(), 'gem-smb-progress-'));
+  file = await randomFile(dir, 'upload', SIZE);
 });
 afterAll(async () => {
   await smbd?.stop();
@@ -129,7 +135,6 @@ function bytesOnShare(folder: string): number {
 
 describe('smb provider, upload progress', () => {
   it('reports the bytes smbclient read while it uploads, and the whole size only once the share holds it', async () => {
-    const file = await randomFile(dir, 'slow', SIZE);
     const reports: { bytes: number; onShare: number }[] = [];
     const slow = throttle(file.path);
     try {
@@ -154,13 +159,13 @@ describe('smb provider, upload progress', () => {
   });
 
   it('a slow upload that lasts longer than the stall guard is not taken for a server that stopped answering', async () => {
-    const file = await randomFile(dir, 'guarded', SIZE);
-    // 8 MiB/s: the upload takes at least 6 s.
+    // 8 MiB/s: the upload takes at least 4 s.
     const slow = throttle(file.path, 8 * MIB);
     try {
       // Far longer than the provider's 250 ms poll of smbclient's reads (a loaded machine may starve
-      // the event loop for a while), half the ≥ 6 s upload: the old progress (hashing only, done in
-      // well under a second) went quiet for the rest and was taken for a stall.
+      // the event loop, or start smbclient slowly, for a while), yet shorter than the ≥ 4 s upload: the
+      // old progress (hashing only, done in well under a second) went quiet for the rest and was taken
+      // for a stall.
       const stored = await guardStall(
         (signal, onProgress) =>
           provider('guarded').put(name, fileSource(file.path, SIZE, file.sha256), { signal, onProgress }),
