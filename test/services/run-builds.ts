@@ -10,19 +10,24 @@
  * file run under another config) every call builds into a folder of its own, as before.
  */
 import { existsSync } from 'node:fs';
-import { chmod, mkdir, mkdtemp, readFile, rename, rm, writeFile } from 'node:fs/promises';
+import { chmod, mkdir, mkdtemp, readdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import type { TestProject } from 'vitest/node';
 
 /** The environment variable naming this run's folder of builds. */
 export const RUN_BUILDS_ENV = 'GEM_TEST_RUN_BUILDS';
 
-export default async function setup(): Promise<() => Promise<void>> {
+export default async function setup(project: TestProject): Promise<() => Promise<void>> {
   const cache = join(process.cwd(), 'node_modules', '.cache');
   await mkdir(cache, { recursive: true });
   const root = await mkdtemp(join(cache, 'gem-test-run-'));
   // Reachable to other users: a CLI test runs the bundle as user nobody.
   await chmod(root, 0o755);
   process.env[RUN_BUILDS_ENV] = root;
+  // Watch mode: the sources may have changed since, so a rerun builds again.
+  project.onTestsRerun(async () => {
+    for (const name of await readdir(root)) await rm(join(root, name), { recursive: true, force: true });
+  });
   return () => rm(root, { recursive: true, force: true });
 }
 
