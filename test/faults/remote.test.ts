@@ -163,27 +163,116 @@ afterAll(async () => {
   await Promise.all([pg?.stop(), sshd?.stop(), s3?.stop(), smbd?.stop()]);
 });
 
+/** Each destination's tests in the order they are declared: a test waits for the one before it. */
+const previous: Partial<Record<Kind, Promise<void>>> = {};
+/** `test`, run once `kind`'s test declared before it has ended (each one freezes that server). */
+function inTurn(kind: Kind, test: () => Promise<void>): () => Promise<void> {
+  const before = previous[kind] ?? Promise.resolve();
+  let finished: () => void = () => {};
+  previous[kind] = new Promise<void>((resolve) => {
+    finished = resolve;
+  });
+  return async () => {
+    await before;
+    try {
+      await test();
+    } finally {
+      finished();
+    }
+  };
+}
+
 // The three destinations side by side (each on its own agent and server), a destination's three cases one
-// after another: each case waits for the one before it on the same destination.
+// after another; the frozen S3 server's own tests after S3's cases, beside the other two destinations'.
 describe.concurrent('a destination that stops answering mid-upload', () => {
-  const previous: Partial<Record<Kind, Promise<void>>> = {};
   for (const at of [0.1, 0.5, 0.99]) {
     for (const kind of KINDS) {
-      const before = previous[kind] ?? Promise.resolve();
-      let finished: () => void = () => {};
-      previous[kind] = new Promise<void>((resolve) => {
-        finished = resolve;
-      });
-      it(`${kind} frozen at ${at * 100} %: no partial object under the final name, the next sync completes`, async () => {
-        await before;
-        try {
-          await freezeCase(kind, at);
-        } finally {
-          finished();
-        }
-      });
+      it(
+        `${kind} frozen at ${at * 100} %: no partial object under the final name, the next sync completes`,
+        inTurn(kind, () => freezeCase(kind, at)),
+      );
     }
   }
+
+  describe('a frozen S3 server: list, Test Connection and cancel end', () => {
+    /**
+     * Short limits instead of the defaults (20 s connect, 60 s idle and per metadata request): a frozen
+     * server never answers, so any limit ends the wait; the SDK tries each request 3 times.
+     */
+    const SHORT = { connectTimeoutMs: 150, idleTimeoutMs: 250, requestTimeoutMs: 250 };
+
+    async function frozen<T>(run: () => Promise<T>): Promise<T> {
+      await destinations.s3.freeze();
+      try {
+        return await run();
+      } finally {
+        await destinations.s3.thaw();
+      }
+    }
+
+    it(
+      'list() and Test Connection end as unreachable after the shortened timeouts',
+      inTurn('s3', async () => {
+        const section = { ...t.agent.settings.get().offsite.s3 };
+        const provider = new S3Provider({ ...s3Options(section), ...SHORT });
+        try {
+          const listed = await frozen(() =>
+            provider.list().then(
+              () => 'listed',
+              (e) => e.code,
+            ),
+          );
+          expect(listed).toBe('unreachable');
+          const tested = await frozen(() => testConnection('s3', section, SHORT));
+          expect(tested).toMatchObject({ ok: false, details: { code: 'unreachable', step: 'connect' } });
+          expect(tested.message).toContain('Cannot reach the storage');
+        } finally {
+          await provider.close();
+        }
+      }),
+    );
+
+    it(
+      'a cancelled list ends as aborted (the default timeouts still running)',
+      inTurn('s3', async () => {
+        const provider = new S3Provider(s3Options({ ...t.agent.settings.get().offsite.s3 }));
+        const controller = new AbortController();
+        try {
+          const outcome = await frozen(() => {
+            const listing = withRetry(() => provider.list({ signal: controller.signal }), {
+              signal: controller.signal,
+            }).then(
+              () => 'listed',
+              (e) => e.code,
+            );
+            setTimeout(() => controller.abort(), 300);
+            return listing;
+          });
+          expect(outcome).toBe('aborted');
+        } finally {
+          await provider.close();
+        }
+      }),
+    );
+
+    it(
+      'a Sync Now cancelled while the server is frozen ends, and frees the lock for a backup',
+      inTurn('s3', async () => {
+        const outcome = await frozen(async () => {
+          const res = await call(t, 'POST', '/offsite/s3/sync');
+          expect(res.status).toBe(202);
+          const id = res.body.jobId as string;
+          await new Promise((r) => setTimeout(r, 300));
+          t.agent.jobs.cancel(id);
+          return t.agent.jobs.waitFor(id);
+        });
+        expect(outcome.state).toBe('cancelled');
+        const backup = await call(t, 'POST', '/backups');
+        expect(backup.status, JSON.stringify(backup.body)).toBe(202);
+        expect((await t.agent.jobs.waitFor(backup.body.jobId)).state).toBe('succeeded');
+      }),
+    );
+  });
 });
 
 /** One case: `kind`'s server frozen once `at` of the upload is done; the checks; the next sync; cleanup. */
@@ -245,80 +334,3 @@ async function freezeCase(kind: Kind, at: number): Promise<void> {
   // Start the next case from an empty destination.
   expect((await call(t, 'DELETE', `/offsite/${kind}/backups/${name}`)).status).toBeLessThan(300);
 }
-
-describe('a frozen S3 server: list, Test Connection and cancel end', () => {
-  /**
-   * Short limits instead of the defaults (20 s connect, 60 s idle and per metadata request): a frozen
-   * server never answers, so any limit ends the wait; the SDK tries each request 3 times.
-   */
-  const SHORT = { connectTimeoutMs: 150, idleTimeoutMs: 250, requestTimeoutMs: 250 };
-
-  async function frozen<T>(run: () => Promise<T>): Promise<T> {
-    await destinations.s3.freeze();
-    try {
-      return await run();
-    } finally {
-      await destinations.s3.thaw();
-    }
-  }
-
-  it('list() and Test Connection end as unreachable after the shortened timeouts', {
-    timeout: 60_000,
-  }, async () => {
-    const section = { ...t.agent.settings.get().offsite.s3 };
-    const provider = new S3Provider({ ...s3Options(section), ...SHORT });
-    try {
-      const listed = await frozen(() =>
-        provider.list().then(
-          () => 'listed',
-          (e) => e.code,
-        ),
-      );
-      expect(listed).toBe('unreachable');
-      const tested = await frozen(() => testConnection('s3', section, SHORT));
-      expect(tested).toMatchObject({ ok: false, details: { code: 'unreachable', step: 'connect' } });
-      expect(tested.message).toContain('Cannot reach the storage');
-    } finally {
-      await provider.close();
-    }
-  });
-
-  it('a cancelled list ends as aborted (the default timeouts still running)', {
-    timeout: 30_000,
-  }, async () => {
-    const provider = new S3Provider(s3Options({ ...t.agent.settings.get().offsite.s3 }));
-    const controller = new AbortController();
-    try {
-      const outcome = await frozen(() => {
-        const listing = withRetry(() => provider.list({ signal: controller.signal }), {
-          signal: controller.signal,
-        }).then(
-          () => 'listed',
-          (e) => e.code,
-        );
-        setTimeout(() => controller.abort(), 300);
-        return listing;
-      });
-      expect(outcome).toBe('aborted');
-    } finally {
-      await provider.close();
-    }
-  });
-
-  it('a Sync Now cancelled while the server is frozen ends, and frees the lock for a backup', {
-    timeout: 30_000,
-  }, async () => {
-    const outcome = await frozen(async () => {
-      const res = await call(t, 'POST', '/offsite/s3/sync');
-      expect(res.status).toBe(202);
-      const id = res.body.jobId as string;
-      await new Promise((r) => setTimeout(r, 300));
-      t.agent.jobs.cancel(id);
-      return t.agent.jobs.waitFor(id);
-    });
-    expect(outcome.state).toBe('cancelled');
-    const backup = await call(t, 'POST', '/backups');
-    expect(backup.status, JSON.stringify(backup.body)).toBe(202);
-    expect((await t.agent.jobs.waitFor(backup.body.jobId)).state).toBe('succeeded');
-  });
-});
