@@ -4,7 +4,7 @@ import { AppError } from '../errors';
 
 /**
  * A pool on `url` of at most `max` connections. Notices are dropped; a server that does not answer
- * in 10 s is an error.
+ * in 10 s is an error. After failed connects in a row it tries again after `reconnectDelaySeconds`.
  *
  * `fetch_types: false`: postgres.js otherwise sends a pg_type query on each new connection from a
  * promise nobody awaits, so a connection reset in that moment (a restore's swap ends every session
@@ -18,17 +18,26 @@ export function openSql(url: string, max = 1, options: SqlOptions = {}): postgre
     onnotice: () => {},
     connect_timeout: 10,
     fetch_types: false,
-    ...(options.reconnectBackoff ? { backoff: options.reconnectBackoff } : {}),
+    backoff: options.reconnectBackoff ?? reconnectDelaySeconds,
   });
 }
 
 export interface SqlOptions {
-  /**
-   * Seconds to wait before a connection is opened again after failures in a row (their number):
-   * postgres.js's own by default, which grows to 10-20 s after seven, so a pool that failed through
-   * an outage answers up to 20 s after the server does. Tests of outages set it small.
-   */
+  /** Seconds to wait before a connection is opened again after `failures` in a row (default reconnectDelaySeconds). */
   reconnectBackoff?: (failures: number) => number;
+}
+
+/** The longest wait between two connects of a pool whose database does not answer. */
+export const RECONNECT_DELAY_CAP_SECONDS = 2;
+
+/**
+ * postgres.js's own backoff (3^failures / 100 s, half to all of it), capped at 2 s instead of 20 s: its
+ * default held a pool that had failed through an outage of a minute 10-20 s past the database's return,
+ * and every API answer and the restore undo waiting on that pool with it. A local server tried every
+ * 2 s while it is down costs nothing.
+ */
+export function reconnectDelaySeconds(failures: number): number {
+  return (0.5 + Math.random() / 2) * Math.min(3 ** failures / 100, RECONNECT_DELAY_CAP_SECONDS);
 }
 
 /**

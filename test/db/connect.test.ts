@@ -3,7 +3,12 @@
 import { createServer, type Server, Socket } from 'node:net';
 import postgres from 'postgres';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { openSql, reserveConnection } from '../../agent/db/connect';
+import {
+  openSql,
+  RECONNECT_DELAY_CAP_SECONDS,
+  reconnectDelaySeconds,
+  reserveConnection,
+} from '../../agent/db/connect';
 import { startPostgres, type TestPostgres } from '../services/postgres';
 
 let pg: TestPostgres;
@@ -102,6 +107,24 @@ describe('openSql', () => {
     await sql.end({ timeout: 1 }).catch(() => {});
     expect(unhandled.length).toBeGreaterThan(0);
     expect(String((unhandled[0] as { query?: string }).query)).toContain('pg_type');
+  });
+});
+
+describe('the pool after failed connects', () => {
+  it("waits at most 2 s before it tries again, not postgres.js's 20 s, so it answers soon after an outage", async () => {
+    const sql = openSql(await pg.createDatabase());
+    try {
+      expect(sql.options.backoff).toBe(reconnectDelaySeconds);
+      const delays = Array.from({ length: 40 }, (_, failures) => reconnectDelaySeconds(failures));
+      expect(Math.max(...delays)).toBeLessThanOrEqual(RECONNECT_DELAY_CAP_SECONDS);
+      // Still postgres.js's growth at first: the first tries come quickly, then it backs off.
+      expect(reconnectDelaySeconds(0)).toBeLessThanOrEqual(0.01);
+      expect(Math.min(...delays.slice(10))).toBeGreaterThanOrEqual(RECONNECT_DELAY_CAP_SECONDS / 2);
+      // The cap is a pool's real schedule: it still answers.
+      expect((await sql`select 1 as one`)[0]?.one).toBe(1);
+    } finally {
+      await sql.end({ timeout: 1 });
+    }
   });
 });
 

@@ -20,8 +20,8 @@ beforeAll(async () => {
   pg = await startPostgres();
   t = await startTestAgent(pg, {
     log: createLogger({ write: (line) => lines.push(JSON.parse(line) as Record<string, unknown>) }),
-    // The pool fails through every outage here: postgres.js's backoff would hold its next connection
-    // 10-20 s after seven failures in a row (and the watch's check behind it); how long is not the point.
+    // The pool fails through every outage here, and the watch's check waits behind its next connect:
+    // up to 2 s (agent/db/connect.ts, tested in test/db/connect.test.ts); how long is not the point.
     pool: { reconnectBackoff: () => 0.05 },
   });
 });
