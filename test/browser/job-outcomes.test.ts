@@ -2,10 +2,11 @@
 // a restore says whether GEM was restarted (done, failed, not set up), Cancel goes once the data is
 // being switched over, a restore that failed says whether the current data was changed, and a dialog
 // whose agent stops answering says so instead of freezing on its last figure.
-import { copyFile, mkdir, open } from 'node:fs/promises';
+import { copyFile, mkdir, open, writeFile } from 'node:fs/promises';
 import type { AddressInfo } from 'node:net';
+import { join } from 'node:path';
 import { serve } from '@hono/node-server';
-import type { Browser, Page } from 'playwright-core';
+import type { Browser, Locator, Page } from 'playwright-core';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { startBackup } from '../../agent/backup/operations';
 import { restoreModule } from '../../agent/http/routes/restore';
@@ -14,6 +15,8 @@ import { startRestore } from '../../agent/restore/restore';
 import { startTestAgent, type TestAgent } from '../services/agent';
 import { launchBrowser, openSignedIn } from '../services/browser';
 import { holdTableLock, startPostgres, type TestPostgres, withSql } from '../services/postgres';
+import { startAll } from '../services/start-all';
+import { tempDirForTest } from '../services/temp-dir';
 
 const SHOTS = 'test-artifacts/screenshots';
 /** The page's address stays while the test stops and starts serving the agent (page2's port range). */
@@ -85,6 +88,23 @@ async function lastSafetyBackup(): Promise<string> {
   return (restores[0]?.result as { safetyBackup?: string } | undefined)?.safetyBackup ?? 'none';
 }
 
+/**
+ * Waits until `locator` shows, moving the page's clock (installed in beforeAll) on by half a second at
+ * each look: the page's one-second polls of a job go by without being waited out.
+ */
+async function showsMovingClock(locator: Locator, timeout = 15_000): Promise<void> {
+  await expect
+    .poll(
+      async () => {
+        if (await locator.isVisible()) return true;
+        await page.clock.fastForward(500);
+        return locator.isVisible();
+      },
+      { timeout, interval: 50 },
+    )
+    .toBe(true);
+}
+
 async function openPage(): Promise<void> {
   await openSignedIn(page, url);
   await page.locator(`tr[data-filename="${backupName}"]`).waitFor();
@@ -92,15 +112,16 @@ async function openPage(): Promise<void> {
 
 beforeAll(async () => {
   await mkdir(SHOTS, { recursive: true });
-  pg = await startPostgres({ fsync: false });
+  ({ pg, browser } = await startAll({ pg: () => startPostgres({ fsync: false }), browser: launchBrowser }));
   t = await startTestAgent(pg, { modules: [restoreModule, settingsModule] });
   const job = await t.agent.jobs.waitFor((await startBackup(t.agent)).id);
   expect(job.state, JSON.stringify(job.error)).toBe('succeeded');
   backupName = (job.result as { backup: { filename: string } }).backup.filename;
   await startServing();
-  browser = await launchBrowser();
   page = await (await browser.newContext({ viewport: { width: 1100, height: 900 } })).newPage();
   page.setDefaultTimeout(20_000);
+  // The page's timers run on Playwright's clock: in real time, unless a test moves it on.
+  await page.clock.install();
   await openPage();
 }, 120_000);
 afterEach(async (context) => {
@@ -199,32 +220,62 @@ describe('a restore’s end says what happened to GEM', () => {
   });
 
   it('a Cancel that reaches the agent after the switch-over began: Cancel goes, "too late", then GEM restarted and the reload', async () => {
-    setRestartCommand(['sh', '-c', 'sleep 2']);
-    const unlock = await lockUsers();
-    await restoreFromPage(backupName);
-    await progressText().getByText('Taking a safety backup of the current data').waitFor({ timeout: 30_000 });
-    // The click's request reaches the agent only once the restore is restarting GEM (past its swap).
-    await page.route('**/api/v1/jobs/*/cancel', async (route) => {
-      const id = decodeURIComponent(new URL(route.request().url()).pathname.split('/').at(-2)!);
+    // The restart command runs until the test lets it end, once the Cancel has reached the agent.
+    const restartMayEnd = join(await tempDirForTest('gem-restart-'), 'may-end');
+    setRestartCommand(['sh', '-c', 'while [ ! -e "$0" ]; do sleep 0.05; done', restartMayEnd]);
+    let cancelled: string | undefined;
+    try {
+      const unlock = await lockUsers();
+      await restoreFromPage(backupName);
+      await progressText()
+        .getByText('Taking a safety backup of the current data')
+        .waitFor({ timeout: 30_000 });
+      // The click's request reaches the agent only once the restore is restarting GEM (past its swap).
+      await page.route('**/api/v1/jobs/*/cancel', async (route) => {
+        const id = decodeURIComponent(new URL(route.request().url()).pathname.split('/').at(-2)!);
+        await expect
+          .poll(() => t.agent.jobs.get(id)?.phase ?? 'gone', { timeout: 60_000, interval: 50 })
+          .toMatch(/^(restart|done|gone)$/);
+        cancelled = id;
+        await route.continue();
+      });
+      await cancelButton().click();
+      await progressText().getByText('Cancelling…').waitFor();
+      await unlock();
+      await progressText().getByText('Too late to cancel: the data is being switched over.').waitFor({
+        timeout: 60_000,
+      });
+      expect(await cancelButton().isHidden()).toBe(true);
+      await page.screenshot({ path: `${SHOTS}/62-restore-cancel-too-late.png` });
+      // The Cancel reached the agent while GEM was being restarted (the job takes it: 'cancelling').
       await expect
-        .poll(() => t.agent.jobs.get(id)?.phase ?? 'gone', { timeout: 60_000, interval: 50 })
-        .toMatch(/^(restart|done|gone)$/);
-      await route.continue();
+        .poll(() => (cancelled ? t.agent.jobs.get(cancelled)?.phase : undefined), {
+          timeout: 60_000,
+          interval: 50,
+        })
+        .toBe('cancelling');
+    } finally {
+      await writeFile(restartMayEnd, '');
+    }
+    let reloaded = false;
+    page.once('load', () => {
+      reloaded = true;
     });
-    await cancelButton().click();
-    await progressText().getByText('Cancelling…').waitFor();
-    await unlock();
-    await progressText().getByText('Too late to cancel: the data is being switched over.').waitFor({
-      timeout: 60_000,
-    });
-    expect(await cancelButton().isHidden()).toBe(true);
-    await page.screenshot({ path: `${SHOTS}/62-restore-cancel-too-late.png` });
-    const reloaded = page.waitForEvent('load', { timeout: 60_000 });
     await progressText()
       .getByText('Restore complete. GEM was restarted and uses the restored data. Reloading the page…')
       .waitFor({ timeout: 60_000 });
     expect(await problems()).toEqual([]);
-    await reloaded;
+    // The page reloads 1.5 s after it said so: its clock is moved on instead.
+    await expect
+      .poll(
+        async () => {
+          if (!reloaded) await page.clock.fastForward(500).catch(() => {}); // the reload may be under way
+          return reloaded;
+        },
+        { timeout: 60_000, interval: 50 },
+      )
+      .toBe(true);
+    await page.locator('#restore-note').waitFor();
     expect(await page.locator('#restore-note').textContent()).toBe(
       `Restored ${backupName}. To undo, restore the safety backup ${await lastSafetyBackup()}.`,
     );
@@ -305,20 +356,17 @@ describe('a job dialog whose agent stops answering', () => {
     await progressText().getByText('Exporting the database…').waitFor({ timeout: 30_000 });
     await server!.close();
     server = undefined;
-    await progressText().getByText('Lost contact with the agent; retrying…').waitFor({ timeout: 15_000 });
+    await showsMovingClock(progressText().getByText('Lost contact with the agent; retrying…'));
     expect(await page.locator('#progress-bytes').textContent()).toBe('');
     await page.screenshot({ path: `${SHOTS}/65-job-lost-contact.png` });
 
     await startServing();
-    await page
-      .locator('#progress-contact')
-      .getByText(/^The agent answers again, after \d+ s without contact\.$/)
-      .waitFor({ timeout: 15_000 });
+    await showsMovingClock(
+      page.locator('#progress-contact').getByText(/^The agent answers again, after \d+ s without contact\.$/),
+    );
     await progressText().getByText('Exporting the database…').waitFor();
     await unlock();
-    await progressText()
-      .getByText(/^Backup created: gem-backup-/)
-      .waitFor({ timeout: 60_000 });
+    await showsMovingClock(progressText().getByText(/^Backup created: gem-backup-/), 60_000);
     await page.screenshot({ path: `${SHOTS}/66-job-contact-back.png` });
     await dialog().getByRole('button', { name: 'Close' }).click();
   });

@@ -11,13 +11,17 @@ import { join } from 'node:path';
 import type { Browser, Page } from 'playwright-core';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { seedGemDatabase, writeSampleFolders } from '../../agent/db/seed';
+import { type BuiltChildren, buildChildren } from '../faults/built-child';
 import { startTestAgent, TEST_TOKEN } from '../services/agent';
 import { launchBrowser } from '../services/browser';
 import { holdTableLock, startPostgres, type TestPostgres, withSql } from '../services/postgres';
+import { startAll } from '../services/start-all';
 
 const SHOTS = 'test-artifacts/screenshots';
 
 let pg: TestPostgres;
+/** agent/main.ts bundled as `npm start` builds it: it starts in ~0.5 s instead of ~2 s through tsx. */
+let built: BuiltChildren<'main'>;
 let dataDir: string;
 let databaseUrl: string;
 let port: number;
@@ -54,9 +58,9 @@ function freePort(): Promise<number> {
   });
 }
 
-/** Starts agent/main.ts on the test's data dir and database; resolves once it listens. */
+/** Starts the bundled agent/main.ts on the test's data dir and database; resolves once it listens. */
 async function startAgent(): Promise<void> {
-  const child = spawn(process.execPath, ['--import', 'tsx', 'agent/main.ts'], {
+  const child = spawn(process.execPath, [built.paths.main], {
     cwd: process.cwd(),
     env: {
       ...process.env,
@@ -197,7 +201,11 @@ async function signIn(): Promise<void> {
 
 beforeAll(async () => {
   await mkdir(SHOTS, { recursive: true });
-  pg = await startPostgres();
+  ({ pg, built, browser } = await startAll({
+    pg: () => startPostgres(),
+    built: () => buildChildren({ main: 'agent/main.ts' }),
+    browser: launchBrowser,
+  }));
   dataDir = await mkdtemp(join(tmpdir(), 'gem-ui-jobs-'));
   databaseUrl = await pg.createDatabase();
   // Create the keyring and seed the sample GEM data with it, then hand the data dir to the real agent.
@@ -208,7 +216,6 @@ beforeAll(async () => {
   port = await freePort();
   url = `http://127.0.0.1:${port}`;
   await startAgent();
-  browser = await launchBrowser();
   page = await browser.newPage({ viewport: { width: 1100, height: 900 } });
   page.setDefaultTimeout(20_000);
   await signIn();
@@ -236,6 +243,7 @@ afterAll(async () => {
     if (child.exitCode === null && child.signalCode === null) await killAgent();
   }
   await pg?.stop();
+  await built?.remove();
   if (dataDir) await rm(dataDir, { recursive: true, force: true });
 }, 60_000);
 

@@ -11,6 +11,7 @@ import { startTestAgent, type TestAgent } from '../services/agent';
 import { launchBrowser, openSignedIn, type ServedApp, serveApp } from '../services/browser';
 import { startPostgres, type TestPostgres } from '../services/postgres';
 import { type SshdService, startSshd, unixIds } from '../services/sshd';
+import { startAll } from '../services/start-all';
 
 const SHOTS = 'test-artifacts/screenshots';
 
@@ -85,17 +86,15 @@ const NOT_SAVED_NOTE =
 
 beforeAll(async () => {
   await mkdir(SHOTS, { recursive: true });
-  pg = await startPostgres();
+  ({ pg, sshd, browser } = await startAll({ pg: startPostgres, sshd: startSshd, browser: launchBrowser }));
   t = await startTestAgent(pg, { modules: [settingsModule, offsiteModule, restoreModule] });
   served = await serveApp(t.app);
-  sshd = await startSshd();
   remote = join(sshd.root, 'gem-offsite-unsaved');
   await mkdir(remote, { recursive: true });
   const { uid, gid } = await unixIds(sshd.passwordUser.username);
   await chown(remote, uid, gid);
   const backup = await startBackup(t.agent, { kind: 'manual' });
   expect((await t.agent.jobs.waitFor(backup.id)).state).toBe('succeeded');
-  browser = await launchBrowser();
   page = await (await browser.newContext({ viewport: { width: 1100, height: 900 } })).newPage();
   page.setDefaultTimeout(20_000);
 }, 180_000);

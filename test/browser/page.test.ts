@@ -28,6 +28,7 @@ import { startTestAgent, TEST_TOKEN, type TestAgent } from '../services/agent';
 import { launchBrowser, type ServedApp, serveApp } from '../services/browser';
 import { startPostgres, type TestPostgres, withSql } from '../services/postgres';
 import { type SshdService, startSshd, unixIds } from '../services/sshd';
+import { startAll } from '../services/start-all';
 import { tempDirForTest } from '../services/temp-dir';
 
 const SHOTS = 'test-artifacts/screenshots';
@@ -48,13 +49,11 @@ let keysFilePath = '';
 
 beforeAll(async () => {
   await mkdir(SHOTS, { recursive: true });
-  pg = await startPostgres();
+  ({ pg, sshd, browser } = await startAll({ pg: startPostgres, sshd: startSshd, browser: launchBrowser }));
   t = await startTestAgent(pg, {
     modules: [restoreModule, settingsModule, retentionModule, maintenanceModule, drModule, offsiteModule],
   });
   served = await serveApp(t.app);
-  sshd = await startSshd();
-  browser = await launchBrowser();
   const context = await browser.newContext({ acceptDownloads: true, viewport: { width: 1100, height: 900 } });
   page = await context.newPage();
   page.setDefaultTimeout(20_000);

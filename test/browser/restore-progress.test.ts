@@ -9,6 +9,7 @@ import { addSlowToLoadTable } from '../restore/helpers';
 import { startTestAgent, type TestAgent } from '../services/agent';
 import { launchBrowser, openSignedIn, type ServedApp, serveApp } from '../services/browser';
 import { startPostgres, type TestPostgres } from '../services/postgres';
+import { startAll } from '../services/start-all';
 
 const SHOTS = 'test-artifacts/screenshots';
 
@@ -21,7 +22,7 @@ let backupName: string;
 
 beforeAll(async () => {
   await mkdir(SHOTS, { recursive: true });
-  pg = await startPostgres({ fsync: false });
+  ({ pg, browser } = await startAll({ pg: () => startPostgres({ fsync: false }), browser: launchBrowser }));
   t = await startTestAgent(pg, { modules: [restoreModule] });
   // A table whose rows and indexes take a moment to load: the dialog sees the steps go by.
   await addSlowToLoadTable(t.agent.databaseUrl);
@@ -29,7 +30,6 @@ beforeAll(async () => {
   expect(job.state, JSON.stringify(job.error)).toBe('succeeded');
   backupName = (job.result as { backup: { filename: string } }).backup.filename;
   served = await serveApp(t.app);
-  browser = await launchBrowser();
   page = await (await browser.newContext({ viewport: { width: 1100, height: 900 } })).newPage();
   page.setDefaultTimeout(20_000);
   await openSignedIn(page, served.url);

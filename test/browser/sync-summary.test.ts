@@ -22,11 +22,10 @@ let page: Page;
 
 beforeAll(async () => {
   await mkdir(SHOTS, { recursive: true });
-  ({ pg, sshd } = await startAll({ pg: startPostgres, sshd: startSshd }));
+  ({ pg, sshd, browser } = await startAll({ pg: startPostgres, sshd: startSshd, browser: launchBrowser }));
   // Uploads held over a page reload make no progress meanwhile: the stall watchdog must outlast that.
   m = await MidUploadFixture.start(pg, sshd, { stallTimeoutMs: 60_000 });
   served = await serveApp(m.t.app);
-  browser = await launchBrowser();
   page = await (await browser.newContext({ viewport: { width: 1100, height: 900 } })).newPage();
   page.setDefaultTimeout(20_000);
 });

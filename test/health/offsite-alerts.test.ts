@@ -30,7 +30,7 @@ beforeAll(async () => {
   ({ pg, sshd, hooks } = await startAll({ pg: startPostgres, sshd: startSshd, hooks: startWebhookReceiver }));
   t = await startTestAgent(pg, { modules: [settingsModule, healthModule, alertsModule] });
   // A frozen server fails in 2 s instead of 20; every health evaluation contacts the destination.
-  offsiteServiceFor(t.agent, { providerOverrides: { sftp: { timeoutMs: 2000 } } });
+  answerWithin(2000);
   healthFor(t.agent, { offsiteProbeIntervalMs: 0 });
   const saved = await call(t, 'PUT', '/settings', {
     offsite: { sftp: sftpSection(sshd) },
@@ -51,6 +51,14 @@ afterAll(async () => {
   await t?.close();
   await Promise.all([pg?.stop(), sshd?.stop(), hooks?.close()]);
 });
+
+/**
+ * How long the SFTP provider waits for the server's answer (its handshake). While the server is frozen
+ * every probe fails whatever the wait (a frozen sshd never answers): those tests wait a moment, not 2 s.
+ */
+function answerWithin(timeoutMs: number): void {
+  offsiteServiceFor(t.agent, { providerOverrides: { sftp: { timeoutMs } } });
+}
 
 const notifier = (now?: () => Date) =>
   new AlertNotifier(t.agent, healthFor(t.agent), { ...(now ? { now } : {}), webhookTimeoutMs: 5000 });
@@ -78,6 +86,7 @@ describe('offsite health and alerts against a real SFTP server', () => {
 
   it('turns the offsite area to failing when the SFTP server stops, and sends exactly one signed webhook', async () => {
     sshd.pause();
+    answerWithin(250);
     const n = notifier();
     const sent = await n.check();
     expect(sent.map((s) => [s.area, s.event])).toEqual([['offsite', 'failing']]);
@@ -115,6 +124,7 @@ describe('offsite health and alerts against a real SFTP server', () => {
   }, 60_000);
 
   it('sends one recovery alert when the server is back', async () => {
+    answerWithin(2000);
     sshd.resume();
     const n = notifier();
     const sent = await n.check();

@@ -10,7 +10,7 @@ import type { TestAgent } from '../services/agent';
 import { startPostgres, type TestPostgres, withSql } from '../services/postgres';
 import { type SshdService, startSshd } from '../services/sshd';
 import { startAll } from '../services/start-all';
-import { backupNow, call, filenameOf, runJob, startOffsiteAgent } from './helpers';
+import { backupNow, call, FAST, filenameOf, runJob, startOffsiteAgent } from './helpers';
 
 let pg: TestPostgres;
 let t: TestAgent;
@@ -75,6 +75,13 @@ describe('a server frozen mid-upload', () => {
       },
     });
     const folder = join(sshd.root, 'frozen');
+    // Once the server is frozen every wait of this sync ends in a failure, however long: it gives up
+    // after 1 s without progress and 1 s without an answer (FAST's 3 s and 2 s for the next sync).
+    offsiteServiceFor(t.agent, {
+      ...FAST,
+      stallTimeoutMs: 1000,
+      providerOverrides: { ...FAST.providerOverrides, sftp: { timeoutMs: 1000 } },
+    });
     const res = await call(t, 'POST', '/offsite/sftp/sync');
     expect(res.status).toBe(202);
     await uploadUnderway(folder, 1024 * 1024);
@@ -84,6 +91,7 @@ describe('a server frozen mid-upload', () => {
       job = await t.agent.jobs.waitFor(res.body.jobId);
     } finally {
       sshd.resume();
+      offsiteServiceFor(t.agent, FAST);
     }
     expect(job.state).toBe('failed');
     expect(job.error?.code).toBe('dependency_down');
