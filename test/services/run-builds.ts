@@ -18,17 +18,24 @@ import type { TestProject } from 'vitest/node';
 export const RUN_BUILDS_ENV = 'GEM_TEST_RUN_BUILDS';
 
 export default async function setup(project: TestProject): Promise<() => Promise<void>> {
+  // Each project of the config runs its globalSetup, in the same process: the first one's folder serves all.
+  const before = process.env[RUN_BUILDS_ENV];
+  const root = before && existsSync(before) ? before : await makeRunFolder();
+  // Watch mode: the sources may have changed since, so a rerun builds again.
+  project.onTestsRerun(async () => {
+    for (const name of await readdir(root)) await rm(join(root, name), { recursive: true, force: true });
+  });
+  return root === before ? async () => {} : () => rm(root, { recursive: true, force: true });
+}
+
+async function makeRunFolder(): Promise<string> {
   const cache = join(process.cwd(), 'node_modules', '.cache');
   await mkdir(cache, { recursive: true });
   const root = await mkdtemp(join(cache, 'gem-test-run-'));
   // Reachable to other users: a CLI test runs the bundle as user nobody.
   await chmod(root, 0o755);
   process.env[RUN_BUILDS_ENV] = root;
-  // Watch mode: the sources may have changed since, so a rerun builds again.
-  project.onTestsRerun(async () => {
-    for (const name of await readdir(root)) await rm(join(root, name), { recursive: true, force: true });
-  });
-  return () => rm(root, { recursive: true, force: true });
+  return root;
 }
 
 export interface RunBuild {
