@@ -70,7 +70,7 @@ beforeAll(async () => {
   }));
   dataDir = await mkdtemp(join(tmpdir(), 'gem-faults-restore-'));
   // 150 k rows: every phase lasts a while (a kill lands inside it, not after it): the safety backup's
-  // kill 80 ms into its phase finds its dump some 15 % written; the safety backup's and the staging's
+  // kill 150 ms into its phase finds its dump under way; the safety backup's and the staging's
   // late kills come 1.5 s into their phase, which ends first (they land as it ends, before the next
   // phase). 300 k made every phase twice as long, and every test fingerprints the table twice; the
   // size is not the point.
@@ -89,7 +89,7 @@ describe('a restore killed before its swap', () => {
   const points: [string, Record<string, string>][] = [
     ['check, early', { KILL_PHASE: 'check', KILL_FRACTION: '0.1' }],
     ['check, late', { KILL_PHASE: 'check', KILL_FRACTION: '0.9' }],
-    ['safety backup, dumping', { KILL_PHASE: 'safety', KILL_FRACTION: '0', KILL_AFTER_MS: '80' }],
+    ['safety backup, dumping', { KILL_PHASE: 'safety', KILL_FRACTION: '0', KILL_AFTER_MS: '150' }],
     ['safety backup, writing', { KILL_PHASE: 'safety', KILL_FRACTION: '0', KILL_AFTER_MS: '1500' }],
     ['stage, extracting', { KILL_PHASE: 'stage', KILL_FRACTION: '0', KILL_AFTER_MS: '100' }],
     ['stage, pg_restore', { KILL_PHASE: 'stage', KILL_FRACTION: '0', KILL_AFTER_MS: '1500' }],
