@@ -103,8 +103,12 @@ export async function deleteUnixUser(username: string): Promise<void> {
   }
 }
 
+/**
+ * An ed25519 key; one bcrypt round for a passphrase (OpenSSH's default 16 take ~0.1 s here and ~0.3 s in
+ * ssh2's bcrypt at every use): the tests check that the passphrase is needed and right, not its cost.
+ */
 async function keygen(path: string, passphrase: string): Promise<void> {
-  await run('ssh-keygen', ['-q', '-t', 'ed25519', '-N', passphrase, '-C', 'gem-test', '-f', path]);
+  await run('ssh-keygen', ['-q', '-t', 'ed25519', '-N', passphrase, '-a', '1', '-C', 'gem-test', '-f', path]);
 }
 
 /** A PPK text as PuTTY writes it; only its shape matters (the provider must refuse it by format). */
