@@ -15,6 +15,7 @@ import {
   type PostgresTools,
 } from '../system/postgres-tools';
 import { spawnProcess, waitForExit } from '../system/spawn';
+import type { ManifestRole } from './manifest';
 
 /** The agent's own schema (settings, history): never part of a GEM backup. */
 export const AGENT_SCHEMA = 'gem_backup';
@@ -27,18 +28,7 @@ export interface DumpResult {
   serverVersionNum: number;
   dumpVersion: string;
   /** The roles the dumped objects name, for the manifest (manifest.ts `roles`). */
-  roles: DumpRole[];
-}
-
-export interface DumpRole {
-  name: string;
-  login: boolean;
-  inherit: boolean;
-  superuser: boolean;
-  createdb: boolean;
-  createrole: boolean;
-  replication: boolean;
-  bypassrls: boolean;
+  roles: ManifestRole[];
 }
 
 /**
@@ -209,7 +199,7 @@ export async function dumpDatabase(options: {
       // In the same snapshot, after the counts (one query at a time on the connection).
       const counted = countRows(tx, signal).then(async (counts) => ({
         counts,
-        roles: await tx.unsafe<DumpRole[]>(DUMP_ROLES_SQL),
+        roles: await tx.unsafe<ManifestRole[]>(DUMP_ROLES_SQL),
       }));
       const [rowCounts, exit, write] = await Promise.allSettled([counted, exited, written]);
       if (signal?.aborted) throw new AppError('cancelled', CANCELLED);

@@ -242,3 +242,5 @@ export const manifestSchema = z.object({
 });
 export type Manifest = z.infer<typeof manifestSchema>;
 export type ManifestMember = Manifest['members'][number];
+/** A role the backup's objects name, with its non-secret attributes (`roles`). */
+export type ManifestRole = NonNullable<Manifest['roles']>[number];

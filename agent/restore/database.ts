@@ -2,6 +2,7 @@
 import { availableParallelism } from 'node:os';
 import type postgres from 'postgres';
 import { AGENT_SCHEMA } from '../backup/dump';
+import type { ManifestRole } from '../backup/manifest';
 import { openSql } from '../db/connect';
 import { databaseUnreachable } from '../db/unreachable';
 import { AppError } from '../errors';
@@ -366,18 +367,6 @@ function restoreErrors(stderr: string): string[] {
     .filter((line) => !/errors ignored on restore/i.test(line));
 }
 
-/** A role the backup's objects name (manifest.ts `roles`): its non-secret attributes. */
-export interface RecordedRole {
-  name: string;
-  login: boolean;
-  inherit: boolean;
-  superuser: boolean;
-  createdb: boolean;
-  createrole: boolean;
-  replication: boolean;
-  bypassrls: boolean;
-}
-
 /** How the staging restore treats owners and the roles the backup names (prepareRoles). */
 export interface RolePlan {
   /** pg_restore keeps the dump's owners (no --no-owner): the restoring user is a superuser. */
@@ -402,7 +391,7 @@ const ROLE_ATTRIBUTES = ['superuser', 'createdb', 'createrole', 'replication', '
  * the rights, or for a backup that lists no roles (made before 2026-12-01), everything is owned by
  * the live database's owner, as before, and the plan says what could not be kept.
  */
-export async function prepareRoles(conn: PgConnection, roles: RecordedRole[] | undefined): Promise<RolePlan> {
+export async function prepareRoles(conn: PgConnection, roles: ManifestRole[] | undefined): Promise<RolePlan> {
   return withMaintenance(conn, async (sql) => {
     const [me] = await sql<{ superuser: boolean; createrole: boolean; owner: string | null }[]>`
       select r.rolsuper as superuser, r.rolcreaterole as createrole,
