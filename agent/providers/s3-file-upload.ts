@@ -41,6 +41,11 @@ export interface FileUploadOptions {
    * got, so a server that takes no new byte moves no progress (the provider's stall guard reads it).
    */
   onProgress?: (bytes: number) => void;
+  /**
+   * Called once every byte of a multipart upload is handed to its part requests: what remains is
+   * waiting for answers (the last parts', the Complete's), which the provider bounds apart from stalls.
+   */
+  onSent?: () => void;
   /** Maps an SDK or network failure to a StorageError. */
   classify: (error: unknown, signal?: AbortSignal) => StorageError;
 }
@@ -105,6 +110,7 @@ export async function uploadFile(options: FileUploadOptions): Promise<void> {
     reached[index] = bytes;
     sent += bytes - before;
     options.onProgress?.(sent);
+    if (sent === size) options.onSent?.();
   };
   let uploadId: string | undefined;
   try {

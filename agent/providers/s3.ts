@@ -63,6 +63,14 @@ export interface S3Options {
    * would each wait out the idle timeout, and every retried part takes a few buffered bytes again).
    */
   stallTimeoutMs?: number;
+  /**
+   * Once every byte of an upload is sent, how long the server may take to answer (the last parts, the
+   * CompleteMultipartUpload, the check of what it stored) before the upload is given up as 'unreachable',
+   * permanently (default 10 min). Not the stall limit: with nothing left to send, a server that takes no
+   * data is not stalled, and AWS documents that completing a multipart upload can take several minutes
+   * (it sends whitespace meanwhile, so the idle timeout does not end it; nothing but this bound does).
+   */
+  answerTimeoutMs?: number;
   /** How far a listing is read before it is refused (default LIST_LIMITS: 10 000 pages, 100 000 names). */
   listLimits?: ListLimits;
   /** Provider id shown in results (default `s3`). */
@@ -74,6 +82,8 @@ const MIB = 1024 * 1024;
 const DEFAULT_PART_SIZE = 8 * MIB;
 const QUEUE_SIZE = 4;
 const DEFAULT_STALL_TIMEOUT_MS = 120_000;
+/** Several times the "several minutes" AWS allows itself to complete an upload, and still an end. */
+const DEFAULT_ANSWER_TIMEOUT_MS = 10 * 60_000;
 
 /** Finds a StorageError we raised ourselves inside whatever the SDK wrapped it in. */
 function ownError(error: unknown): StorageError | undefined {
@@ -227,9 +237,12 @@ export class S3Provider implements StorageProvider {
 
   /**
    * Uploads under a stall guard: each new byte the upload hands to the server (a byte counted once,
-   * however often its part is retried) re-arms it; when it fires, everything in flight is aborted and
-   * the put fails at once, permanently, naming the endpoint. Whatever the server received stays as an
-   * incomplete multipart upload until sweepTemp() (or its lifecycle rule): nothing under `name`.
+   * however often its part is retried) re-arms it; once every byte is sent, the answers still awaited
+   * (the last parts', the Complete's, the check's) have answerTimeoutMs instead. When it fires,
+   * everything in flight is aborted and the put fails at once, permanently, naming the endpoint.
+   * Whatever the server received stays as an incomplete multipart upload until sweepTemp() (or its
+   * lifecycle rule): nothing under `name`, unless a Complete the server was still working on goes
+   * through (then the whole object, its bytes checked before the Complete was sent).
    */
   async put(
     name: string,
@@ -240,6 +253,7 @@ export class S3Provider implements StorageProvider {
     const { signal } = options;
     throwIfAborted(signal);
     const stallMs = this.options.stallTimeoutMs ?? DEFAULT_STALL_TIMEOUT_MS;
+    const answerMs = this.options.answerTimeoutMs ?? DEFAULT_ANSWER_TIMEOUT_MS;
     const controller = new AbortController();
     const onAbort = () => controller.abort(signal?.reason);
     signal?.addEventListener('abort', onAbort, { once: true });
@@ -248,30 +262,44 @@ export class S3Provider implements StorageProvider {
     const watchdog = new Promise<never>((_, reject) => {
       stalled = reject;
     });
+    /** Every byte is sent: only answers are awaited. */
+    let sent = false;
     const arm = () => {
       clearTimeout(timer);
+      const ms = sent ? answerMs : stallMs;
       timer = setTimeout(() => {
         const where = this.options.endpoint || 'Amazon S3';
+        const seconds = Math.round(ms / 1000);
         // Rejected first, so the put reports the stall, not the SDK's reaction to the abort.
         stalled(
           new StorageError(
             'unreachable',
-            `${where} stopped answering during the upload of ${name}: it took no data for ${Math.round(stallMs / 1000)} s`,
+            `${where} stopped answering during the upload of ${name}: ${
+              sent
+                ? `it took all the data, then gave no answer for ${seconds} s`
+                : `it took no data for ${seconds} s`
+            }`,
             { permanent: true },
           ),
         );
         controller.abort();
-      }, stallMs);
+      }, ms);
     };
     let reached = 0;
     arm();
-    const work = this.putUnguarded(name, source, controller.signal, (bytes) => {
+    const progress = (bytes: number) => {
       if (bytes > reached) {
         reached = bytes;
         arm();
       }
       options.onProgress?.(bytes);
-    });
+    };
+    const allSent = () => {
+      if (sent) return;
+      sent = true;
+      arm();
+    };
+    const work = this.putUnguarded(name, source, controller.signal, progress, allSent);
     work.catch(() => {}); // given up on a stall: its late failure (the abort) is not news
     try {
       return await Promise.race([work, watchdog]);
@@ -289,6 +317,7 @@ export class S3Provider implements StorageProvider {
     source: BackupSource,
     signal: AbortSignal,
     onProgress: (bytes: number) => void,
+    onSent: () => void,
   ): Promise<StoredObject> {
     if (source.localPath !== undefined) {
       // Straight from disk: ranged reads per part instead of parts buffered in memory.
@@ -304,8 +333,10 @@ export class S3Provider implements StorageProvider {
         metadata: source.sha256 ? { sha256: source.sha256.toLowerCase() } : undefined,
         signal,
         onProgress,
+        onSent,
         classify: (error, failSignal) => this.classify(error, name, failSignal),
       });
+      onSent();
       return this.checkStored(name, source, signal);
     }
     // The check fails the body stream at its end on a size/sha256 mismatch, before the single
@@ -325,6 +356,11 @@ export class S3Provider implements StorageProvider {
       partSize: this.partSize,
       queueSize: QUEUE_SIZE,
       leavePartsOnError: false,
+    });
+    // In Node this fires as each part (or the one PutObject) is answered: once it counts every byte,
+    // only the Complete is left.
+    upload.on('httpUploadProgress', ({ loaded }) => {
+      if (loaded !== undefined && loaded >= source.size) onSent();
     });
     let bodyError: unknown;
     body.once('error', (error) => {

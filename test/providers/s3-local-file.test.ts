@@ -4,17 +4,12 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
-import {
-  CreateBucketCommand,
-  ListMultipartUploadsCommand,
-  ListObjectsV2Command,
-  S3Client,
-} from '@aws-sdk/client-s3';
+import { CreateBucketCommand, ListObjectsV2Command, S3Client } from '@aws-sdk/client-s3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { fileSource } from '../../agent/offsite/transfer';
 import { S3Provider } from '../../agent/providers/s3';
 import { isStorageError } from '../../shared/storage/index';
-import { type MotoService, startMoto } from '../services/moto';
+import { incompleteUploads, type MotoService, motoClient, startMoto } from '../services/moto';
 import { type S3Service, startS3 } from '../services/s3';
 import { startAll } from '../services/start-all';
 import { randomFile } from './random-file';
@@ -28,7 +23,7 @@ let dir: string;
 beforeAll(async () => {
   ({ s3, moto } = await startAll({ s3: startS3, moto: startMoto }));
   dir = await mkdtemp(join(tmpdir(), 'gem-s3-file-'));
-  const raw = motoClient();
+  const raw = motoClient(moto.endpoint);
   await raw.send(new CreateBucketCommand({ Bucket: MOTO_BUCKET })).finally(() => raw.destroy());
 });
 afterAll(async () => {
@@ -136,15 +131,6 @@ describe('s3 provider, local file source', () => {
   });
 });
 
-function motoClient(): S3Client {
-  return new S3Client({
-    endpoint: moto.endpoint,
-    region: 'us-east-1',
-    forcePathStyle: true,
-    credentials: { accessKeyId: 'moto', secretAccessKey: 'moto' },
-  });
-}
-
 function motoProvider(prefix: string): S3Provider {
   return new S3Provider({
     endpoint: moto.endpoint,
@@ -158,17 +144,6 @@ function motoProvider(prefix: string): S3Provider {
   });
 }
 
-/** Keys under `prefix` with an upload that was started and neither completed nor aborted. */
-async function incompleteUploads(prefix: string): Promise<string[]> {
-  const raw = motoClient();
-  try {
-    const page = await raw.send(new ListMultipartUploadsCommand({ Bucket: MOTO_BUCKET, Prefix: prefix }));
-    return (page.Uploads ?? []).map((upload) => upload.Key!);
-  } finally {
-    raw.destroy();
-  }
-}
-
 describe('s3 provider, local file source, failures leave no incomplete upload (moto)', () => {
   it('a wrong sha256: refused, no object, no incomplete upload', async () => {
     const file = await randomFile(dir, 'moto-bad', 12 * MIB);
@@ -176,7 +151,7 @@ describe('s3 provider, local file source, failures leave no incomplete upload (m
     const error = await p.put(name, fileSource(file.path, file.bytes.length, '0'.repeat(64))).catch((e) => e);
     expect(isStorageError(error, 'integrity')).toBe(true);
     expect(await p.list()).toEqual([]);
-    expect(await incompleteUploads('moto-bad/')).toEqual([]);
+    expect(await incompleteUploads(moto.endpoint, MOTO_BUCKET, 'moto-bad/')).toEqual([]);
   });
 
   it('a file that grew past its declared size: refused, no object, no incomplete upload', async () => {
@@ -187,7 +162,7 @@ describe('s3 provider, local file source, failures leave no incomplete upload (m
       .catch((e) => e);
     expect(isStorageError(error, 'integrity')).toBe(true);
     expect(await p.list()).toEqual([]);
-    expect(await incompleteUploads('moto-short/')).toEqual([]);
+    expect(await incompleteUploads(moto.endpoint, MOTO_BUCKET, 'moto-short/')).toEqual([]);
   });
 
   it('cancelled after the first part: aborted, no object, no incomplete upload', async () => {
@@ -204,7 +179,7 @@ describe('s3 provider, local file source, failures leave no incomplete upload (m
       .catch((e) => e);
     expect(isStorageError(error, 'aborted')).toBe(true);
     expect(await p.list()).toEqual([]);
-    expect(await incompleteUploads('moto-cancel/')).toEqual([]);
+    expect(await incompleteUploads(moto.endpoint, MOTO_BUCKET, 'moto-cancel/')).toEqual([]);
   });
 
   it('a good file completes and leaves no incomplete upload', async () => {
@@ -212,6 +187,6 @@ describe('s3 provider, local file source, failures leave no incomplete upload (m
     const p = motoProvider('moto-good/');
     await p.put(name, fileSource(file.path, file.bytes.length, file.sha256));
     expect((await p.stat(name)).sha256).toBe(file.sha256);
-    expect(await incompleteUploads('moto-good/')).toEqual([]);
+    expect(await incompleteUploads(moto.endpoint, MOTO_BUCKET, 'moto-good/')).toEqual([]);
   });
 });

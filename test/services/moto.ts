@@ -2,6 +2,7 @@
 import { type ChildProcess, spawn } from 'node:child_process';
 import { createServer, request } from 'node:http';
 import type { AddressInfo } from 'node:net';
+import { ListMultipartUploadsCommand, S3Client } from '@aws-sdk/client-s3';
 
 export interface MotoService {
   endpoint: string;
@@ -106,4 +107,25 @@ async function serialize(port: number): Promise<{ endpoint: string; close(): Pro
         server.close(() => resolve());
       }),
   };
+}
+
+/** A plain SDK client for moto at `endpoint` (moto takes any credentials). */
+export function motoClient(endpoint: string): S3Client {
+  return new S3Client({
+    endpoint,
+    region: 'us-east-1',
+    forcePathStyle: true,
+    credentials: { accessKeyId: 'moto', secretAccessKey: 'moto' },
+  });
+}
+
+/** Keys under `prefix` in `bucket` with an upload that was started and neither completed nor aborted. */
+export async function incompleteUploads(endpoint: string, bucket: string, prefix: string): Promise<string[]> {
+  const raw = motoClient(endpoint);
+  try {
+    const page = await raw.send(new ListMultipartUploadsCommand({ Bucket: bucket, Prefix: prefix }));
+    return (page.Uploads ?? []).map((upload) => upload.Key!);
+  } finally {
+    raw.destroy();
+  }
 }
