@@ -62,9 +62,15 @@ const DEFAULT_STALL_TIMEOUT_MS = 5 * 60_000;
  * Runs one transfer attempt under a stall watchdog: a server that freezes mid-transfer may never answer
  * again (nor let the provider clean up), so after `stallMs` without progress the attempt's own signal is
  * aborted and the attempt is given up at once as a retryable 'unreachable', whatever the provider does.
+ * An attempt that calls `onAwaitingAnswer` (every byte sent; the provider bounds its wait for the answer
+ * itself) pauses the watchdog until its next progress.
  */
 export async function guardStall<T>(
-  attempt: (signal: AbortSignal, onProgress: (bytes: number) => void) => Promise<T>,
+  attempt: (
+    signal: AbortSignal,
+    onProgress: (bytes: number) => void,
+    onAwaitingAnswer: () => void,
+  ) => Promise<T>,
   options: Pick<TransferOptions, 'signal' | 'onProgress' | 'stallTimeoutMs'>,
 ): Promise<T> {
   const stallMs = options.stallTimeoutMs ?? DEFAULT_STALL_TIMEOUT_MS;
@@ -90,10 +96,14 @@ export async function guardStall<T>(
     }, stallMs);
   };
   arm();
-  const work = attempt(controller.signal, (bytes) => {
-    arm();
-    options.onProgress?.(bytes);
-  });
+  const work = attempt(
+    controller.signal,
+    (bytes) => {
+      arm();
+      options.onProgress?.(bytes);
+    },
+    () => clearTimeout(timer),
+  );
   work.catch(() => {}); // given up on a stall: its late failure is not news
   try {
     return await Promise.race([work, watchdog]);
@@ -251,8 +261,13 @@ export async function uploadBackup(
     withRetry((attempt) => {
       checkBeforeRetry(attempt, options);
       return guardStall(
-        (signal, onProgress) =>
-          provider.put(name, source, { signal, onProgress, ...(exclusive ? { exclusive } : {}) }),
+        (signal, onProgress, onAwaitingAnswer) =>
+          provider.put(name, source, {
+            signal,
+            onProgress,
+            onAwaitingAnswer,
+            ...(exclusive ? { exclusive } : {}),
+          }),
         options,
       );
     }, retry);

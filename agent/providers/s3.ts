@@ -69,6 +69,7 @@ export interface S3Options {
    * permanently (default 10 min). Not the stall limit: with nothing left to send, a server that takes no
    * data is not stalled, and AWS documents that completing a multipart upload can take several minutes
    * (it sends whitespace meanwhile, so the idle timeout does not end it; nothing but this bound does).
+   * put() says when this wait begins (onAwaitingAnswer): the caller's own watchdog leaves it to this.
    */
   answerTimeoutMs?: number;
   /** How far a listing is read before it is refused (default LIST_LIMITS: 10 000 pages, 100 000 names). */
@@ -247,7 +248,11 @@ export class S3Provider implements StorageProvider {
   async put(
     name: string,
     source: BackupSource,
-    options: { signal?: AbortSignal; onProgress?: (bytes: number) => void } = {},
+    options: {
+      signal?: AbortSignal;
+      onProgress?: (bytes: number) => void;
+      onAwaitingAnswer?: () => void;
+    } = {},
   ): Promise<StoredObject> {
     assertObjectName(name);
     const { signal } = options;
@@ -298,6 +303,7 @@ export class S3Provider implements StorageProvider {
       if (sent) return;
       sent = true;
       arm();
+      options.onAwaitingAnswer?.();
     };
     const work = this.putUnguarded(name, source, controller.signal, progress, allSent);
     work.catch(() => {}); // given up on a stall: its late failure (the abort) is not news

@@ -52,7 +52,17 @@ export interface StorageProvider {
   put(
     name: string,
     source: BackupSource,
-    options?: { signal?: AbortSignal; onProgress?: (bytes: number) => void; exclusive?: boolean },
+    options?: {
+      signal?: AbortSignal;
+      onProgress?: (bytes: number) => void;
+      exclusive?: boolean;
+      /**
+       * Called by a provider that, once every byte is sent, waits for the server's answers under a time
+       * bound of its own (S3: completing a multipart upload may take minutes): a caller's no-progress
+       * watchdog leaves the wait to it.
+       */
+      onAwaitingAnswer?: () => void;
+    },
   ): Promise<StoredObject>;
   get(name: string, options?: { signal?: AbortSignal }): Promise<ReadableStream<Uint8Array>>;
   /** `signal` (optional; providers may ignore it) ends a call still waiting on the server as 'aborted'. */

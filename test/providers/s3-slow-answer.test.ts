@@ -5,8 +5,6 @@
 // then; a server that never answers still ends it, after answerTimeoutMs, with parts cleaned up.
 import { createHash } from 'node:crypto';
 import { mkdtemp, rm } from 'node:fs/promises';
-import { createServer, type IncomingMessage, request, type Server, type ServerResponse } from 'node:http';
-import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
@@ -16,6 +14,15 @@ import { fileSource } from '../../agent/offsite/transfer';
 import { type S3Options, S3Provider } from '../../agent/providers/s3';
 import { isStorageError } from '../../shared/storage/index';
 import { incompleteUploads, type MotoService, motoClient, startMoto } from '../services/moto';
+import {
+  type Answer,
+  type AnswerProxy,
+  completeRequest,
+  type HeldRequest,
+  headRequest,
+  partRequest,
+  startAnswerProxy,
+} from '../services/s3-answer-proxy';
 import { until, within } from '../services/wait';
 import { randomFile } from './random-file';
 
@@ -29,115 +36,16 @@ const STALL_MS = 1500;
 /** How long a slow answer is held: well past the stall limit. */
 const SLOW_MS = 4000;
 
-/** Which request the proxy holds. */
+/** Which request the proxy holds, by name. */
 type Held = 'complete' | 'last part' | 'head';
-/**
- * How it answers that request: 'slow' forwards it and answers SLOW_MS late (a Complete AWS's way: 200 at
- * once, whitespace meanwhile, then moto's answer); 'silent' takes it and never answers; 'whitespace'
- * takes it and sends whitespace forever; 'error' answers 200 with an error in the body, as AWS may.
- */
-type Answer = 'slow' | 'silent' | 'whitespace' | 'error';
-
-interface Proxy {
-  endpoint: string;
-  rule: { held: Held; answer: Answer } | undefined;
-  /** Requests the rule held. */
-  held: number;
-  close(): Promise<void>;
-}
-
-function kindOf(req: IncomingMessage): Held | undefined {
-  const url = new URL(req.url ?? '/', 'http://x');
-  if (req.method === 'POST' && url.searchParams.has('uploadId')) return 'complete';
-  if (req.method === 'PUT' && url.searchParams.get('partNumber') === String(LAST_PART)) return 'last part';
-  if (req.method === 'HEAD' && url.pathname.endsWith(name)) return 'head';
-  return undefined;
-}
-
-const XML_DECLARATION = '<?xml version="1.0" encoding="UTF-8"?>\n';
-
-/** Whitespace every 100 ms on an answer already begun with 200, until `stop` or the client goes. */
-function keepAlive(res: ServerResponse): () => void {
-  res.writeHead(200, { 'content-type': 'application/xml' });
-  res.write(XML_DECLARATION);
-  const timer = setInterval(() => res.write(' '), 100);
-  const stop = () => clearInterval(timer);
-  res.once('close', stop);
-  return stop;
-}
-
-/** Sends `req` on to moto; `answer` gets moto's status, headers and whole body. */
-function forward(
-  port: number,
-  req: IncomingMessage,
-  res: ServerResponse,
-  answer: (status: number, headers: IncomingMessage['headers'], body: Buffer) => void,
-): void {
-  const upstream = request(
-    { host: '127.0.0.1', port, method: req.method, path: req.url, headers: req.headers },
-    (reply) => {
-      const chunks: Buffer[] = [];
-      reply.on('data', (chunk: Buffer) => chunks.push(chunk));
-      reply.once('end', () => answer(reply.statusCode ?? 502, reply.headers, Buffer.concat(chunks)));
-      reply.once('error', (error) => res.destroy(error));
-    },
-  );
-  upstream.once('error', (error) => res.destroy(error));
-  req.pipe(upstream);
-}
-
-async function startProxy(port: number): Promise<Proxy> {
-  const proxy: Proxy = { endpoint: '', rule: undefined, held: 0, close: async () => {} };
-  const server: Server = createServer((req, res) => {
-    const rule = proxy.rule;
-    const held = rule !== undefined && kindOf(req) === rule.held ? rule.answer : undefined;
-    if (held) proxy.held += 1;
-    if (held === 'silent' || held === 'whitespace' || held === 'error') {
-      req.resume();
-      if (held === 'whitespace') keepAlive(res);
-      if (held === 'error') {
-        req.once('end', () => {
-          const stop = keepAlive(res);
-          stop();
-          res.end(
-            '<Error><Code>InternalError</Code><Message>We encountered an internal error. Please try again.</Message></Error>',
-          );
-        });
-      }
-      return;
-    }
-    if (held === 'slow' && rule?.held === 'complete') {
-      const stop = keepAlive(res);
-      const late = new Promise((resolve) => setTimeout(resolve, SLOW_MS));
-      forward(port, req, res, (_status, _headers, body) => {
-        void late.then(() => {
-          stop();
-          res.end(body.toString('utf8').replace(/^\s*<\?xml[^>]*\?>/, ''));
-        });
-      });
-      return;
-    }
-    forward(port, req, res, (status, headers, body) => {
-      const send = () => {
-        res.writeHead(status, headers);
-        res.end(body);
-      };
-      if (held === 'slow') setTimeout(send, SLOW_MS);
-      else send();
-    });
-  });
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  proxy.endpoint = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
-  proxy.close = () =>
-    new Promise<void>((resolve) => {
-      server.closeAllConnections();
-      server.close(() => resolve());
-    });
-  return proxy;
-}
+const HELD: Record<Held, HeldRequest> = {
+  complete: completeRequest,
+  'last part': partRequest(LAST_PART),
+  head: headRequest(name),
+};
 
 let moto: MotoService;
-let proxy: Proxy;
+let proxy: AnswerProxy;
 let dir: string;
 let file: { path: string; bytes: Buffer; sha256: string };
 /** One part: a single PutObject. */
@@ -145,7 +53,7 @@ let small: { path: string; bytes: Buffer; sha256: string };
 
 beforeAll(async () => {
   moto = await startMoto();
-  proxy = await startProxy(Number(new URL(moto.endpoint).port));
+  proxy = await startAnswerProxy(moto.endpoint);
   const raw = motoClient(moto.endpoint);
   await raw.send(new CreateBucketCommand({ Bucket: BUCKET })).finally(() => raw.destroy());
   dir = await mkdtemp(join(tmpdir(), 'gem-s3-slow-'));
@@ -164,7 +72,7 @@ afterAll(async () => {
  * holds the requests `rule` names; `proxy.held` counts them from 0.
  */
 async function whileHeld(
-  rule: NonNullable<Proxy['rule']>,
+  rule: NonNullable<AnswerProxy['rule']>,
   prefix: string,
   overrides: Partial<S3Options>,
   test: (p: S3Provider) => Promise<void>,
@@ -223,7 +131,7 @@ describe('an S3 server slow to answer after every byte of an upload is sent', ()
     'waits for a late answer to the %s past the stall limit (%s source): the upload succeeds, whole',
     (held, kind) => {
       const prefix = `slow-${held}-${kind}/`.replaceAll(' ', '-');
-      return whileHeld({ held, answer: 'slow' }, prefix, {}, async (p) => {
+      return whileHeld({ matches: HELD[held], answer: 'slow', delayMs: SLOW_MS }, prefix, {}, async (p) => {
         const { path, bytes, sha256 } = kind === 'one-part file' ? small : file;
         const fromFile = fileSource(path, bytes.length, sha256);
         // Without localPath the provider streams the source through lib-storage's Upload.
@@ -245,7 +153,7 @@ describe('an S3 server slow to answer after every byte of an upload is sent', ()
     'gives up when the %s gets no answer (%s) within answerTimeoutMs, naming it; nothing stored, parts removed',
     (held, answer) => {
       const prefix = `dead-${held}/`.replaceAll(' ', '-');
-      return whileHeld({ held, answer }, prefix, { answerTimeoutMs: 2000 }, async (p) => {
+      return whileHeld({ matches: HELD[held], answer }, prefix, { answerTimeoutMs: 2000 }, async (p) => {
         const error = await failedUpload(p);
         expect(proxy.held).toBeGreaterThan(0);
         expect(isStorageError(error, 'unreachable')).toBe(true);
@@ -264,7 +172,7 @@ describe('an S3 server slow to answer after every byte of an upload is sent', ()
   it(
     'fails an upload whose Complete is answered 200 OK with an error in the body: nothing stored, parts removed',
     () =>
-      whileHeld({ held: 'complete', answer: 'error' }, 'error-in-body/', {}, async (p) => {
+      whileHeld({ matches: completeRequest, answer: 'error' }, 'error-in-body/', {}, async (p) => {
         const error = await failedUpload(p);
         // The SDK tries a Complete answered so again (its 3 attempts), then fails with the server's error.
         expect(proxy.held).toBe(3);
