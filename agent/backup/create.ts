@@ -233,9 +233,11 @@ export async function createBackup(
         dumpVersion: dump.dumpVersion,
         database: sources.conn.database,
         ...(databaseSize === undefined ? {} : { databaseBytes: databaseSize }),
+        settings: dump.settings,
       },
       rowCounts: dump.rowCounts,
       roles: dump.roles,
+      memberships: dump.memberships,
       members: members.map(({ localPath: _, mtime: __, ...m }) => m),
     };
     const manifestBytes = Buffer.from(`${JSON.stringify(manifest, null, 2)}\n`);

@@ -15,7 +15,7 @@ import {
   type PostgresTools,
 } from '../system/postgres-tools';
 import { spawnProcess, waitForExit } from '../system/spawn';
-import type { ManifestRole } from './manifest';
+import type { DatabaseSetting, ManifestMembership, ManifestRole } from './manifest';
 
 /** The agent's own schema (settings, history): never part of a GEM backup. */
 export const AGENT_SCHEMA = 'gem_backup';
@@ -29,6 +29,10 @@ export interface DumpResult {
   dumpVersion: string;
   /** The roles the dumped objects name, for the manifest (manifest.ts `roles`). */
   roles: ManifestRole[];
+  /** The memberships among those roles (manifest.ts `memberships`). */
+  memberships: ManifestMembership[];
+  /** The database's own settings (manifest.ts `postgres.settings`). */
+  settings: DatabaseSetting[];
 }
 
 /**
@@ -73,6 +77,70 @@ export const DUMP_ROLES_SQL = `
          r.rolcreatedb as createdb, r.rolcreaterole as createrole, r.rolreplication as replication,
          r.rolbypassrls as bypassrls
   from pg_roles r where r.oid in (select role from named) order by r.rolname`;
+
+/**
+ * The memberships among the roles named in $1 (a JSON array): the grantor only while it exists (a
+ * server before 16 keeps the oid of a dropped one), the inherit and set options only where the server
+ * has them (16 and later).
+ */
+const MEMBERSHIPS_SQL = `
+  select pg_get_userbyid(m.roleid) as role, pg_get_userbyid(m.member) as member, m.admin_option as admin,
+         g.rolname as grantor, (to_jsonb(m) ->> 'inherit_option')::boolean as inherit,
+         (to_jsonb(m) ->> 'set_option')::boolean as set
+  from pg_auth_members m left join pg_roles g on g.oid = m.grantor
+  where pg_get_userbyid(m.roleid) in (select jsonb_array_elements_text($1::text::jsonb))
+    and pg_get_userbyid(m.member) in (select jsonb_array_elements_text($1::text::jsonb))
+  order by 1, 2, 4`;
+
+/**
+ * The settings of the current database (ALTER DATABASE ... SET: no role) and of roles in it (ALTER
+ * ROLE ... IN DATABASE ... SET), each list as JSON (the agent's pools read no array types).
+ */
+const SETTINGS_SQL = `
+  select case when s.setrole = 0 then null else pg_get_userbyid(s.setrole) end as role,
+         array_to_json(s.setconfig) as setconfig
+  from pg_db_role_setting s
+  where s.setdatabase = (select oid from pg_database where datname = current_database())
+  order by 1 nulls first`;
+
+/** What the snapshot says of the dumped database's roles and settings, for the manifest. */
+async function readRolesAndSettings(
+  tx: postgres.ReservedSql,
+): Promise<Pick<DumpResult, 'roles' | 'memberships' | 'settings'>> {
+  const roles = (await tx.unsafe<ManifestRole[]>(DUMP_ROLES_SQL)).map((r) => ({ ...r }));
+  const members = await tx.unsafe<
+    {
+      role: string;
+      member: string;
+      admin: boolean;
+      grantor: string | null;
+      inherit: boolean | null;
+      set: boolean | null;
+    }[]
+  >(MEMBERSHIPS_SQL, [JSON.stringify(roles.map((r) => r.name))]);
+  const memberships = members.map(({ role, member, admin, grantor, inherit, set }) => ({
+    role,
+    member,
+    admin,
+    ...(grantor === null ? {} : { grantor }),
+    ...(inherit === null ? {} : { inherit }),
+    ...(set === null ? {} : { set }),
+  }));
+  const settings: DatabaseSetting[] = [];
+  for (const { role, setconfig } of await tx.unsafe<{ role: string | null; setconfig: string[] }[]>(
+    SETTINGS_SQL,
+  )) {
+    for (const stored of setconfig) {
+      const at = stored.indexOf('=');
+      settings.push({
+        ...(role === null ? {} : { role }),
+        name: at < 0 ? stored : stored.slice(0, at),
+        value: at < 0 ? '' : stored.slice(at + 1),
+      });
+    }
+  }
+  return { roles, memberships, settings };
+}
 
 /**
  * Tables whose rows we count: every ordinary or partitioned table outside the system and agent
@@ -199,7 +267,7 @@ export async function dumpDatabase(options: {
       // In the same snapshot, after the counts (one query at a time on the connection).
       const counted = countRows(tx, signal).then(async (counts) => ({
         counts,
-        roles: await tx.unsafe<ManifestRole[]>(DUMP_ROLES_SQL),
+        ...(await readRolesAndSettings(tx)),
       }));
       const [rowCounts, exit, write] = await Promise.allSettled([counted, exited, written]);
       if (signal?.aborted) throw new AppError('cancelled', CANCELLED);
@@ -236,7 +304,9 @@ export async function dumpDatabase(options: {
         size,
         sha256: hash.digest('hex'),
         rowCounts: rowCounts.value.counts,
-        roles: rowCounts.value.roles.map((r) => ({ ...r })),
+        roles: rowCounts.value.roles,
+        memberships: rowCounts.value.memberships,
+        settings: rowCounts.value.settings,
         serverVersion: info!.version,
         serverVersionNum: Number(info!.num),
         dumpVersion,

@@ -208,6 +208,23 @@ export const manifestSchema = z.object({
      * then estimates from the live database).
      */
     databaseBytes: z.number().int().nonnegative().optional(),
+    /**
+     * The database's own settings (ALTER DATABASE ... SET, and ALTER ROLE ... IN DATABASE ... SET with
+     * `role`), as the server stored them: a restore gives them to the restored database over the live
+     * one's of the same name, and keeps the live one's others. Absent in backups made before 2026-12-01
+     * (a restore then keeps the live database's settings only).
+     */
+    settings: z
+      .array(
+        z.object({
+          role: z.string().min(1).max(1000).optional(),
+          // Not checked further: a name an older server let through must not make the backup unreadable
+          // (the restore quotes it, and says it left out one the server refuses).
+          name: z.string().min(1).max(1000),
+          value: z.string(),
+        }),
+      )
+      .optional(),
   }),
   /**
    * The roles the database's objects name (owners, ACL grantees and grantors, policy roles, default
@@ -229,6 +246,24 @@ export const manifestSchema = z.object({
       }),
     )
     .optional(),
+  /**
+   * The memberships among `roles` (GRANT role TO member): with admin option, the grantor (absent when
+   * it no longer exists) and, from PostgreSQL 16 on, the inherit and set options. A restore grants
+   * those its server lacks (roles are the server's: it never takes one away). Absent in backups made
+   * before 2026-12-01.
+   */
+  memberships: z
+    .array(
+      z.object({
+        role: z.string().min(1).max(1000),
+        member: z.string().min(1).max(1000),
+        admin: z.boolean(),
+        grantor: z.string().min(1).max(1000).optional(),
+        inherit: z.boolean().optional(),
+        set: z.boolean().optional(),
+      }),
+    )
+    .optional(),
   /** Exact row counts per table ("schema.table"), taken in the dump's own snapshot. */
   rowCounts: z.record(z.string(), z.number().int().nonnegative()),
   /**
@@ -244,3 +279,7 @@ export type Manifest = z.infer<typeof manifestSchema>;
 export type ManifestMember = Manifest['members'][number];
 /** A role the backup's objects name, with its non-secret attributes (`roles`). */
 export type ManifestRole = NonNullable<Manifest['roles']>[number];
+/** A membership among the backup's roles (`memberships`). */
+export type ManifestMembership = NonNullable<Manifest['memberships']>[number];
+/** A setting of the backed-up database, for all roles or for one (`postgres.settings`). */
+export type DatabaseSetting = NonNullable<Manifest['postgres']['settings']>[number];

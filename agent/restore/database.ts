@@ -2,7 +2,7 @@
 import { availableParallelism } from 'node:os';
 import type postgres from 'postgres';
 import { AGENT_SCHEMA } from '../backup/dump';
-import type { ManifestRole } from '../backup/manifest';
+import type { DatabaseSetting, ManifestMembership, ManifestRole } from '../backup/manifest';
 import { openSql } from '../db/connect';
 import { databaseUnreachable } from '../db/unreachable';
 import { AppError } from '../errors';
@@ -249,9 +249,17 @@ export function settingClause(stored: string): string {
  * restores: its owner, connection limit, comment, privileges (datacl, reproduced item by item in
  * order, with grantors) and its settings (ALTER DATABASE ... SET, ALTER ROLE ... IN DATABASE ... SET).
  * Run before the swap, so the restored database is no more permissive than the one it replaces.
+ * Then the backup's own settings (`backupSettings`, when its manifest has them) over the live ones of the
+ * same name and role: the restored database runs as the backed-up one did, also on a new server whose
+ * live database is a fresh one. A backup setting this server refuses (a parameter it does not know, a
+ * role it lacks) is left out, the live value kept; the returned warnings say which.
  */
-export async function copyDatabaseProperties(conn: PgConnection, staging: string): Promise<void> {
-  await withMaintenance(conn, async (sql) => {
+export async function copyDatabaseProperties(
+  conn: PgConnection,
+  staging: string,
+  backupSettings?: DatabaseSetting[],
+): Promise<string[]> {
+  return withMaintenance(conn, async (sql) => {
     const [live] = await sql<{ owner: string; connlimit: number; comment: string | null; hasAcl: boolean }[]>`
       select pg_get_userbyid(d.datdba) as owner, d.datconnlimit as connlimit,
              shobj_description(d.oid, 'pg_database') as comment, d.datacl is not null as "hasAcl"
@@ -317,7 +325,33 @@ export async function copyDatabaseProperties(conn: PgConnection, staging: string
         });
       }
     }
+    return applyBackupSettings(sql, staging, backupSettings ?? []);
   });
+}
+
+/** The backup's settings on the staging database (copyDatabaseProperties); a warning for each left out. */
+async function applyBackupSettings(
+  sql: postgres.Sql,
+  staging: string,
+  settings: DatabaseSetting[],
+): Promise<string[]> {
+  const warnings: string[] = [];
+  for (const { role, name, value } of settings) {
+    const what = `the backup's setting ${name}${role === undefined ? '' : ` of role ${role}`}`;
+    if (role !== undefined && (await sql`select 1 from pg_roles where rolname = ${role}`).length === 0) {
+      warnings.push(`${what} was not restored: role ${role} does not exist here`);
+      continue;
+    }
+    const clause = settingClause(`${name}=${value}`);
+    const statement =
+      role === undefined
+        ? `alter database ${quoteIdent(staging)} ${clause}`
+        : `alter role ${quoteIdent(role)} in database ${quoteIdent(staging)} ${clause}`;
+    await sql.unsafe(statement).catch((error: Error) => {
+      warnings.push(`${what} was not restored (the live value, if any, is kept): ${error.message}`);
+    });
+  }
+  return warnings;
 }
 
 /** Drops a database if it exists, first closing any session on it. */
@@ -376,10 +410,19 @@ export interface RolePlan {
    * reported): the roles this server lacks and may not create; 'any' for a backup that lists none.
    */
   missing?: Set<string> | 'any';
-  /** Roles created (without login) for this restore. */
+  /** Roles created (without login) for this restore, in the order created. */
   created: string[];
-  /** What the owner is told: roles created, owners or privileges that could not be kept. */
+  /** Memberships granted for this restore, in the order granted (dropRestoreRoles takes them back). */
+  granted: GrantedMembership[];
+  /** What the owner is told: roles created, memberships granted, owners or privileges that could not be kept. */
   warnings: string[];
+}
+
+/** A membership a restore granted: `member` in `role`, recorded as granted by `grantedBy` if named. */
+export interface GrantedMembership {
+  role: string;
+  member: string;
+  grantedBy?: string;
 }
 
 const ROLE_ATTRIBUTES = ['superuser', 'createdb', 'createrole', 'replication', 'bypassrls'] as const;
@@ -389,9 +432,15 @@ const ROLE_ATTRIBUTES = ['superuser', 'createdb', 'createrole', 'replication', '
  * that this server lacks are created without login (a superuser's or CREATEROLE user's right), so
  * pg_restore can give every object its owner and every privilege back, REVOKEs included. Without
  * the rights, or for a backup that lists no roles (made before 2026-12-01), everything is owned by
- * the live database's owner, as before, and the plan says what could not be kept.
+ * the live database's owner, as before, and the plan says what could not be kept. Then the backup's
+ * `memberships` among roles this server has that it lacks are granted (grantMemberships). On a
+ * failure here, what it created is taken back before the error is thrown.
  */
-export async function prepareRoles(conn: PgConnection, roles: ManifestRole[] | undefined): Promise<RolePlan> {
+export async function prepareRoles(
+  conn: PgConnection,
+  roles: ManifestRole[] | undefined,
+  memberships: ManifestMembership[] = [],
+): Promise<RolePlan> {
   return withMaintenance(conn, async (sql) => {
     const [me] = await sql<{ superuser: boolean; createrole: boolean; owner: string | null }[]>`
       select r.rolsuper as superuser, r.rolcreaterole as createrole,
@@ -403,6 +452,7 @@ export async function prepareRoles(conn: PgConnection, roles: ManifestRole[] | u
         keepOwners: false,
         missing: 'any',
         created: [],
+        granted: [],
         warnings: [
           `this backup does not list the roles that owned its objects (made by an older agent): every object ` +
             `is restored owned by ${owner}, and privileges naming a role this server lacks are left out`,
@@ -417,28 +467,40 @@ export async function prepareRoles(conn: PgConnection, roles: ManifestRole[] | u
           where rolname in (select jsonb_array_elements_text(${JSON.stringify(names)}::text::jsonb))`
       ).map((r) => r.name),
     );
-    const plan: RolePlan = { keepOwners: me?.superuser === true, created: [], warnings: [] };
+    const plan: RolePlan = { keepOwners: me?.superuser === true, created: [], granted: [], warnings: [] };
     const cannot: string[] = [];
     const mayCreate = me?.superuser === true || me?.createrole === true;
-    for (const role of roles) {
-      if (present.has(role.name)) continue;
-      // pg_* names are reserved for the server's own roles: a newer server's are not ours to make.
-      if (!mayCreate || role.name.startsWith('pg_')) {
-        cannot.push(role.name);
-        continue;
+    try {
+      for (const role of roles) {
+        if (present.has(role.name)) continue;
+        // pg_* names are reserved for the server's own roles: a newer server's are not ours to make.
+        if (!mayCreate || role.name.startsWith('pg_')) {
+          cannot.push(role.name);
+          continue;
+        }
+        const created = await sql
+          .unsafe(`create role ${quoteIdent(role.name)} nologin ${role.inherit ? 'inherit' : 'noinherit'}`)
+          .then(
+            () => true,
+            (error: Error & { code?: string }) => {
+              // Made meanwhile by someone else: it exists, which is all the restore needs (and not ours to drop).
+              if (error.code !== '42710') throw error;
+              return false;
+            },
+          );
+        if (!created) continue;
+        plan.created.push(role.name);
+        const had = ROLE_ATTRIBUTES.filter((a) => role[a]).map((a) => a.toUpperCase());
+        plan.warnings.push(
+          `created role ${role.name} (no login): set its password if GEM logs in with it` +
+            (had.length > 0 ? ` (it also had ${had.join(', ')}, not given: grant it again if needed)` : ''),
+        );
       }
-      await sql
-        .unsafe(`create role ${quoteIdent(role.name)} nologin ${role.inherit ? 'inherit' : 'noinherit'}`)
-        .catch((error: Error & { code?: string }) => {
-          // Made meanwhile by someone else: it exists, which is all the restore needs.
-          if (error.code !== '42710') throw error;
-        });
-      plan.created.push(role.name);
-      const had = ROLE_ATTRIBUTES.filter((a) => role[a]).map((a) => a.toUpperCase());
-      plan.warnings.push(
-        `created role ${role.name} (no login): set its password if GEM logs in with it` +
-          (had.length > 0 ? ` (it also had ${had.join(', ')}, not given: grant it again if needed)` : ''),
-      );
+      await grantMemberships(sql, memberships, plan);
+    } catch (error) {
+      const kept = await undoRolePlan(sql, plan).catch(() => []);
+      if (kept.length === 0 || !(error instanceof Error)) throw error;
+      throw new AppError('restore_failed', `${error.message}; ${kept.join('; ')}`, { cause: error });
     }
     if (cannot.length > 0) {
       plan.missing = new Set(cannot);
@@ -458,6 +520,118 @@ export async function prepareRoles(conn: PgConnection, roles: ManifestRole[] | u
     }
     return plan;
   });
+}
+
+/**
+ * Grants the backup's memberships whose role and member this server has, for each pair (role, member)
+ * it lacks: with the admin (and, from PostgreSQL 16, inherit and set) options, recorded as granted by
+ * the backup's grantor where this server has that role and allows it, else by the restoring user. A
+ * membership the server has is left as it is, and none is ever taken away: roles are the server's,
+ * and may serve other databases. One that cannot be granted is said in the plan's warnings.
+ */
+async function grantMemberships(
+  sql: postgres.Sql,
+  memberships: ManifestMembership[],
+  plan: RolePlan,
+): Promise<void> {
+  if (memberships.length === 0) return;
+  const names = [
+    ...new Set(memberships.flatMap((m) => [m.role, m.member, ...(m.grantor ? [m.grantor] : [])])),
+  ];
+  const here = new Set(
+    (
+      await sql<{ name: string }[]>`
+        select rolname as name from pg_roles
+        where rolname in (select jsonb_array_elements_text(${JSON.stringify(names)}::text::jsonb))`
+    ).map((r) => r.name),
+  );
+  const pair = (role: string, member: string) => JSON.stringify([role, member]);
+  const existing = new Set(
+    (
+      await sql<{ role: string; member: string }[]>`
+        select pg_get_userbyid(roleid) as role, pg_get_userbyid(member) as member from pg_auth_members`
+    ).map((m) => pair(m.role, m.member)),
+  );
+  for (const m of memberships) {
+    if (!here.has(m.role) || !here.has(m.member) || existing.has(pair(m.role, m.member))) continue;
+    const options =
+      m.inherit !== undefined && m.set !== undefined
+        ? ` with admin ${m.admin}, inherit ${m.inherit}, set ${m.set}`
+        : m.admin
+          ? ' with admin option'
+          : '';
+    const grant = `grant ${quoteIdent(m.role)} to ${quoteIdent(m.member)}${options}`;
+    let grantedBy = m.grantor !== undefined && here.has(m.grantor) ? m.grantor : undefined;
+    try {
+      if (grantedBy === undefined) await sql.unsafe(grant);
+      else
+        await sql.unsafe(`${grant} granted by ${quoteIdent(grantedBy)}`).catch(async () => {
+          grantedBy = undefined;
+          await sql.unsafe(grant);
+        });
+    } catch (error) {
+      plan.warnings.push(
+        `role ${m.member} could not be made a member of role ${m.role} as in the backup: ${(error as Error).message}`,
+      );
+      continue;
+    }
+    existing.add(pair(m.role, m.member));
+    plan.granted.push({ role: m.role, member: m.member, ...(grantedBy === undefined ? {} : { grantedBy }) });
+    plan.warnings.push(
+      `granted role ${m.role} to ${m.member}${m.admin ? ' (with admin option)' : ''}, as in the backup`,
+    );
+  }
+}
+
+/**
+ * Takes back what a restore's plan did, newest first: its memberships are revoked, then each role it
+ * created is dropped while it is as the restore made it (no login, no settings, no other membership)
+ * and nothing depends on it (DROP ROLE refuses otherwise). For a restore that did not commit, once its
+ * staging database is gone. Returns a line for each role or membership kept, and why.
+ */
+async function undoRolePlan(sql: postgres.Sql, plan: RolePlan): Promise<string[]> {
+  const kept: string[] = [];
+  const why = (error: Error & { detail?: string }) =>
+    `${error.message}${error.detail ? ` (${error.detail.replace(/\s+/g, ' ')})` : ''}`;
+  for (const m of [...plan.granted].reverse()) {
+    const by = m.grantedBy === undefined ? '' : ` granted by ${quoteIdent(m.grantedBy)}`;
+    await sql
+      .unsafe(`revoke ${quoteIdent(m.role)} from ${quoteIdent(m.member)}${by}`)
+      .catch((error: Error) => {
+        kept.push(
+          `the membership of ${m.member} in role ${m.role} this restore granted was kept: ${why(error)}`,
+        );
+      });
+  }
+  for (const name of [...plan.created].reverse()) {
+    const reason = await sql
+      .begin(async (tx) => {
+        const [role] = await tx<{ login: boolean; memberships: string; settings: string }[]>`
+          select r.rolcanlogin as login,
+                 (select count(*) from pg_auth_members m where r.oid in (m.roleid, m.member, m.grantor)) as memberships,
+                 (select count(*) from pg_db_role_setting s where s.setrole = r.oid) as settings
+          from pg_roles r where r.rolname = ${name}`;
+        if (!role) return undefined;
+        if (role.login) return 'it may log in now';
+        if (Number(role.memberships) > 0) return 'it has a membership this restore did not grant';
+        if (Number(role.settings) > 0) return 'it has settings of its own now';
+        await tx.unsafe(`drop role ${quoteIdent(name)}`);
+        return undefined;
+      })
+      .catch(why);
+    if (reason) kept.push(`the role ${name} this restore created was kept: ${reason}`);
+  }
+  return kept;
+}
+
+/**
+ * After a restore that did not commit (failed, cancelled, or its swap undone), once its staging
+ * database is dropped: takes back the roles and memberships its plan created (undoRolePlan). Returns
+ * a line for each one kept, for the log.
+ */
+export async function dropRestoreRoles(conn: PgConnection, plan: RolePlan): Promise<string[]> {
+  if (plan.created.length === 0 && plan.granted.length === 0) return [];
+  return withMaintenance(conn, (sql) => undoRolePlan(sql, plan));
 }
 
 /** A dump item pg_restore left out because a role it names does not exist (tolerated by the RolePlan). */

@@ -33,9 +33,11 @@ import {
   databaseSize,
   describeLost,
   dropDatabase,
+  dropRestoreRoles,
   listDump,
   prepareRoles,
   RESTORE_JOBS,
+  type RolePlan,
   restoreDump,
   serverIsLocal,
   serverStorage,
@@ -355,6 +357,8 @@ export async function restoreFromFile(
   let committed = false;
   let cleanupAfter: (() => void) | undefined;
   let counter: StagingRowCounter | undefined;
+  // The roles and memberships this restore created: taken back if it does not commit.
+  let roles: RolePlan | undefined;
   try {
     // The check pass is also the extraction: the file is decrypted once, every member checked
     // against the manifest as it is written into the work and staging folders (never the live
@@ -440,7 +444,7 @@ export async function restoreFromFile(
     counter = new StagingRowCounter(conn, names.staging, listing.tables, RESTORE_JOBS);
     const staging = counter;
     // The roles the backup's objects name: those missing are created, so owners and privileges come back.
-    const roles = await timed('roles', () => prepareRoles(conn, manifest.roles));
+    roles = await timed('roles', () => prepareRoles(conn, manifest.roles, manifest.memberships));
     const restored = await timed('pg_restore', () =>
       restoreDump({
         conn,
@@ -492,10 +496,13 @@ export async function restoreFromFile(
       // Its sessions on the staging database end now: the swap would otherwise have to terminate them.
       await staging.close();
       // Last before the swap (its settings, e.g. a statement_timeout, would apply to the sessions above):
-      // the live database's owner, privileges and settings, which the dump does not restore.
+      // the live database's owner, privileges and settings, which the dump does not restore, then the
+      // backup's own settings over them.
       await timed('copy-database-properties', async () => {
         await options.faults?.beforeSwapStep?.('copy-database-properties');
-        await copyDatabaseProperties(conn, names.staging);
+        const left = await copyDatabaseProperties(conn, names.staging, manifest.postgres.settings);
+        for (const warning of left) ctx.log.warn('restore warning', { warning });
+        warnings.push(...left);
       });
       ctx.throwIfCancelled();
 
@@ -580,6 +587,19 @@ export async function restoreFromFile(
         await dropDatabase(conn, names.staging).catch(() => {});
       }
       for (const folder of names.folders) await removeTree(folder.staging);
+    }
+    // After the staging database is gone (its objects are owned by them); never once the swap committed,
+    // nor while an undo that failed leaves the journal to the next start (it may roll forward).
+    if (roles && !committed && !keepStaging) {
+      const kept = await dropRestoreRoles(conn, roles).catch((error: unknown) => [
+        `the roles this restore created (${roles?.created.join(', ')}) could not be dropped: ${describeError(error).message}`,
+      ]);
+      for (const line of kept) ctx.log.warn(line);
+      if (kept.length === 0 && roles.created.length + roles.granted.length > 0)
+        ctx.log.info('the roles and memberships this restore created were taken back', {
+          roles: roles.created,
+          memberships: roles.granted.map((m) => `${m.role} to ${m.member}`),
+        });
     }
     cleanupAfter?.();
   }
