@@ -27,6 +27,7 @@ import {
   throwIfAborted,
   tryCleanup,
 } from './checks';
+import { type Lease, SharedConnection } from './shared-connection';
 import { ListBound, type ListLimits } from './smb';
 
 export interface SftpOptions {
@@ -56,6 +57,8 @@ export interface SftpOptions {
   posixRename?: boolean;
   /** How far a listing is read before it is refused (default LIST_LIMITS: 10 000 answers, 100 000 names). */
   listLimits?: ListLimits;
+  /** How long the connection stays open once no operation uses it, for the next one (default IDLE_CLOSE_MS, 5 s). */
+  idleCloseMs?: number;
   /** Test hooks. */
   faults?: {
     /**
@@ -84,6 +87,17 @@ interface Session {
   client: SftpClient;
   sftp: SFTPWrapper;
 }
+
+/** ssh2's connection under an ssh2-sftp-client. */
+function sshOf(client: SftpClient): Client {
+  return (client as unknown as { client: Client }).client;
+}
+
+/**
+ * Failures that say nothing about the connection: the server's own answer to a request (no such file,
+ * no permission, name taken). Any other failure retires the connection it happened on.
+ */
+const SERVER_ANSWERS = new Set<string>(['not_found', 'permission_denied', 'exists']);
 
 /** Bytes of WRITE requests kept in flight: OpenSSH's sftp keeps 64 × 32 KiB; a round trip per request is what made uploads slow. */
 export const WRITE_WINDOW_BYTES = 4 * 1024 * 1024;
@@ -285,15 +299,31 @@ export class SftpProvider implements StorageProvider {
   private readonly dir: string;
   /** The key pinned in the options, or the one trusted on first use. */
   private pinned: string | undefined;
+  /** The connection this provider's operations share (see session). */
+  private readonly connection: SharedConnection<Session>;
 
   constructor(options: SftpOptions) {
     this.options = options;
     this.id = options.id ?? 'sftp';
     this.dir = posix.normalize(options.remotePath.trim() === '' ? '.' : options.remotePath.trim());
     this.pinned = options.hostKeyFingerprint?.trim() || undefined;
+    this.connection = new SharedConnection<Session>(
+      {
+        open: () => this.connect(),
+        watch: ({ client, sftp }, lost) => {
+          sshOf(client).on('error', lost).on('end', lost).on('close', lost);
+          sftp.on('close', lost);
+        },
+        end: ({ client }, broken) => {
+          if (broken) sshOf(client).destroy();
+          else void client.end().catch(() => undefined);
+        },
+      },
+      options.idleCloseMs,
+    );
   }
 
-  /** One connection per operation: a broken connection can never poison the next attempt. */
+  /** A new connection, its host key checked (pinned, or trusted on first use). */
   private async connect(): Promise<Session> {
     const { privateKey } = this.options;
     const pinned = this.pinned;
@@ -345,15 +375,44 @@ export class SftpProvider implements StorageProvider {
     }
   }
 
-  private async session<T>(run: (session: Session) => Promise<T>): Promise<T> {
-    const session = await this.connect();
-    try {
-      return await run(session);
-    } catch (error) {
-      throw this.classify(error);
-    } finally {
-      await session.client.end().catch(() => undefined);
+  /**
+   * Runs `run` on the connection this provider's operations share (SharedConnection): operations that
+   * overlap or follow within idleCloseMs pay one handshake. A failure other than the server's answer to
+   * a request (SERVER_ANSWERS) retires that connection, so that a broken one never serves the next
+   * operation. With `retry` (reads), one that failed because the connection it reused had been dropped
+   * meanwhile runs once more on a new connection. `signal` firing retires the connection too.
+   */
+  private async session<T>(
+    options: { signal?: AbortSignal | undefined; retry?: boolean },
+    run: (session: Session, lease: Lease<Session>) => Promise<T>,
+  ): Promise<T> {
+    const { value, lease } = await this.held(options, run);
+    lease.release();
+    return value;
+  }
+
+  /** session(), but the lease is still held when it resolves: the caller releases it (a download). */
+  private async held<T>(
+    options: { signal?: AbortSignal | undefined; retry?: boolean },
+    run: (session: Session, lease: Lease<Session>) => Promise<T>,
+  ): Promise<{ value: T; lease: Lease<Session> }> {
+    for (let attempt = 1; ; attempt++) {
+      const lease = await this.connection.acquire(options.signal);
+      try {
+        return { value: await run(lease.connection, lease), lease };
+      } catch (error) {
+        const failure = this.classify(error);
+        lease.release(!SERVER_ANSWERS.has(failure.code));
+        const dropped = lease.reused && lease.lost() && !options.signal?.aborted;
+        if (options.retry && attempt === 1 && dropped) continue;
+        throw failure;
+      }
     }
+  }
+
+  /** Ends the shared connection once no operation uses it (an operation after this opens a new one). */
+  async close(): Promise<void> {
+    this.connection.close();
   }
 
   /** Maps ssh2 / SFTP failures to StorageError codes. */
@@ -436,7 +495,7 @@ export class SftpProvider implements StorageProvider {
     throwIfAborted(options.signal);
     const { signal } = options;
     const exclusive = options.exclusive ?? false;
-    return this.session(async ({ client, sftp }) => {
+    return this.session({ signal }, async ({ client, sftp }, lease) => {
       await this.ensureDir(client).catch((error) => {
         throw this.classify(error, this.dir);
       });
@@ -447,9 +506,7 @@ export class SftpProvider implements StorageProvider {
       let handleOpen = true;
       const fsync = hasFsync(sftp);
       const early =
-        fsync && source.size > 2 * EARLY_FLUSH_BYTES
-          ? new EarlyFlush((client as unknown as { client: Client }).client, temp)
-          : undefined;
+        fsync && source.size > 2 * EARLY_FLUSH_BYTES ? new EarlyFlush(sshOf(client), temp) : undefined;
       // The server's answer to a failed WRITE: the pipeline itself reports only the abort it caused.
       let writeFailure: unknown;
       try {
@@ -476,7 +533,7 @@ export class SftpProvider implements StorageProvider {
         else await this.rename(sftp, temp, final);
       } catch (error) {
         early?.abandon();
-        await this.removeTemp(sftp, handleOpen ? handle : undefined, temp);
+        await this.removeTemp(sftp, handleOpen ? handle : undefined, temp, lease);
         if (writeFailure !== undefined && !signal?.aborted) throw this.writeFailed(writeFailure, name);
         throw this.classify(error, name, signal);
       }
@@ -498,9 +555,15 @@ export class SftpProvider implements StorageProvider {
 
   /**
    * A failed put() removes its temp file, bounded in time: on the same connection, else on a fresh
-   * one (the first may be what broke). A server that is down or frozen keeps it until sweepTemp().
+   * one (the first may be what broke: it is retired). A server that is down or frozen keeps it until
+   * sweepTemp().
    */
-  private async removeTemp(sftp: SFTPWrapper, handle: Buffer | undefined, temp: string): Promise<void> {
+  private async removeTemp(
+    sftp: SFTPWrapper,
+    handle: Buffer | undefined,
+    temp: string,
+    lease: Lease<Session>,
+  ): Promise<void> {
     const unlink = (on: SFTPWrapper) =>
       call<void>((done) => on.unlink(temp, done as never)).catch((error) => {
         if (error?.code !== SFTP_NO_SUCH_FILE) throw error;
@@ -508,7 +571,10 @@ export class SftpProvider implements StorageProvider {
     await tryCleanup(
       async () => {
         if (handle) await call<void>((done) => sftp.close(handle, done as never)).catch(() => undefined);
-        await unlink(sftp).catch(() => this.session((fresh) => unlink(fresh.sftp)));
+        await unlink(sftp).catch(() => {
+          lease.retire();
+          return this.session({}, (fresh) => unlink(fresh.sftp));
+        });
       },
       Math.min(CLEANUP_TIMEOUT_MS, this.options.timeoutMs ?? 20_000),
     );
@@ -517,7 +583,7 @@ export class SftpProvider implements StorageProvider {
   /** Removes our own `.tmp-gem-backup-…` files from the backup folder (see StorageProvider.sweepTemp). */
   async sweepTemp(options: { olderThanMs?: number; signal?: AbortSignal } = {}): Promise<TempSweepResult> {
     throwIfAborted(options.signal);
-    return this.session(async ({ client, sftp }) => {
+    return this.session({ signal: options.signal }, async ({ client, sftp }) => {
       if (!(await client.exists(this.dir))) return { removed: [] };
       const removed: string[] = [];
       const leftovers = await readFolder(
@@ -597,30 +663,32 @@ export class SftpProvider implements StorageProvider {
   async get(name: string, options: { signal?: AbortSignal } = {}): Promise<ReadableStream<Uint8Array>> {
     assertObjectName(name);
     throwIfAborted(options.signal);
-    const { client, sftp } = await this.connect();
-    try {
-      await call<Stats>((done) => sftp.stat(this.path(name), done));
-    } catch (error) {
-      await client.end().catch(() => undefined);
-      throw this.classify(error, name);
-    }
-    const stream = sftp.createReadStream(this.path(name), { highWaterMark: 256 * 1024 });
-    stream.on('error', () => {}); // reported through downloadStream; this only stops late ones crashing
+    const { lease } = await this.held({ signal: options.signal, retry: true }, ({ sftp }) =>
+      call<Stats>((done) => sftp.stat(this.path(name), done)).catch((error) => {
+        throw this.classify(error, name);
+      }),
+    );
+    const stream = lease.connection.sftp.createReadStream(this.path(name), { highWaterMark: 256 * 1024 });
+    let failed = false;
+    // Reported through downloadStream; this stops late ones crashing and retires the connection it failed on.
+    stream.on('error', () => {
+      failed = true;
+    });
     if (options.signal) options.signal.addEventListener('abort', () => stream.destroy(), { once: true });
-    // The connection lives as long as the download: closed when the reader finishes, fails or cancels.
+    // The connection is held as long as the download: released when the reader finishes, fails or cancels.
     return downloadStream(
       stream,
       (error) => this.classify(error, name, options.signal),
       () => {
         stream.destroy();
-        void client.end().catch(() => undefined);
+        lease.release(failed);
       },
     );
   }
 
   async stat(name: string): Promise<StoredObject> {
     assertObjectName(name);
-    return this.session(async ({ sftp }) => {
+    return this.session({ retry: true }, async ({ sftp }) => {
       const stats = await call<Stats>((done) => sftp.stat(this.path(name), done)).catch((error) => {
         throw this.classify(error, name);
       });
@@ -631,7 +699,7 @@ export class SftpProvider implements StorageProvider {
 
   async list(options: { signal?: AbortSignal } = {}): Promise<StoredObject[]> {
     throwIfAborted(options.signal);
-    return this.session(async ({ client, sftp }) => {
+    return this.session({ signal: options.signal, retry: true }, async ({ client, sftp }) => {
       if (!(await client.exists(this.dir))) return [];
       const entries = await readFolder(
         sftp,
@@ -656,7 +724,7 @@ export class SftpProvider implements StorageProvider {
 
   async delete(name: string): Promise<void> {
     assertObjectName(name);
-    await this.session(async ({ sftp }) => {
+    await this.session({}, async ({ sftp }) => {
       await call<void>((done) => sftp.unlink(this.path(name), done as never)).catch((error) => {
         throw this.classify(error, name);
       });

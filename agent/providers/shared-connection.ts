@@ -1,0 +1,147 @@
+// One connection shared by a provider's operations that overlap or follow closely: reading the headers of
+// twenty remote backups then costs one SSH handshake (~135 ms on loopback, more to a real host) instead of twenty.
+
+/** How long an unused connection is kept open for the next operation (SftpOptions.idleCloseMs). */
+export const IDLE_CLOSE_MS = 5_000;
+
+/** What the keeper needs of a kind of connection. */
+export interface ConnectionHooks<T> {
+  /** Opens a new connection. */
+  open(): Promise<T>;
+  /** Calls `lost` when the connection closes or fails by itself (the server dropped it, keepalives unanswered). */
+  watch(connection: T, lost: () => void): void;
+  /** Ends a connection nothing uses any more: politely, or at once when `broken` (it may be frozen). Never throws. */
+  end(connection: T, broken: boolean): void;
+}
+
+/** One operation's use of the shared connection; released exactly once (later calls do nothing). */
+export interface Lease<T> {
+  readonly connection: T;
+  /** The connection was open before this operation asked for it (an earlier one opened it). */
+  readonly reused: boolean;
+  /** Whether the connection has closed or failed by itself since it was opened. */
+  lost(): boolean;
+  /** No later operation gets this connection (it failed under this one); it ends once released. */
+  retire(): void;
+  /** Done with it. `broken`: it failed in a way that may have left it unusable, so it is retired. */
+  release(broken?: boolean): void;
+}
+
+interface Kept<T> {
+  opening: Promise<T>;
+  opened: boolean;
+  /** Leases held now. */
+  users: number;
+  /** No new lease gets it; it ends once its last lease is released. */
+  retired: boolean;
+  /** Ended at once rather than politely. */
+  broken: boolean;
+  lost: boolean;
+  ended: boolean;
+  idle?: NodeJS.Timeout;
+}
+
+/**
+ * Keeps one connection for the operations of one provider, so never across different options (host,
+ * user, key, pinned host key): open while any operation holds it and `idleMs` after the last one (an
+ * unref'd timer, which never keeps the process alive), then ended. A connection that closes by itself,
+ * fails under an operation, or whose operation's signal fires (it may be waiting on a frozen server) is
+ * retired: the operations still on it finish or fail there, and the next one opens a new connection.
+ */
+export class SharedConnection<T> {
+  private current: Kept<T> | undefined;
+
+  constructor(
+    private readonly hooks: ConnectionHooks<T>,
+    private readonly idleMs = IDLE_CLOSE_MS,
+  ) {}
+
+  /** The current connection, or a new one; rejects as `open` does. Retired if `signal` fires while held. */
+  async acquire(signal?: AbortSignal): Promise<Lease<T>> {
+    const kept = this.current && !this.current.retired ? this.current : this.open();
+    const reused = kept.opened;
+    kept.users += 1;
+    clearTimeout(kept.idle);
+    let connection: T;
+    try {
+      connection = await kept.opening;
+    } catch (error) {
+      this.release(kept, true);
+      throw error;
+    }
+    const onAbort = () => this.retire(kept, true);
+    if (signal?.aborted) onAbort();
+    else signal?.addEventListener('abort', onAbort, { once: true });
+    let released = false;
+    return {
+      connection,
+      reused,
+      lost: () => kept.lost,
+      retire: () => this.retire(kept, true),
+      release: (broken = false) => {
+        if (released) return;
+        released = true;
+        signal?.removeEventListener('abort', onAbort);
+        this.release(kept, broken);
+      },
+    };
+  }
+
+  /** Ends the connection as soon as no operation holds it; a later operation opens a new one. */
+  close(): void {
+    if (this.current) this.retire(this.current, false);
+  }
+
+  private open(): Kept<T> {
+    const kept: Kept<T> = {
+      opening: this.hooks.open(),
+      opened: false,
+      users: 0,
+      retired: false,
+      broken: false,
+      lost: false,
+      ended: false,
+    };
+    this.current = kept;
+    // Registered before any acquire awaits the opening, so the watch is set before a lease is handed out.
+    kept.opening.then(
+      (connection) => {
+        kept.opened = true;
+        this.hooks.watch(connection, () => {
+          kept.lost = true;
+          this.retire(kept, true);
+        });
+      },
+      () => this.retire(kept, true),
+    );
+    return kept;
+  }
+
+  private release(kept: Kept<T>, broken: boolean): void {
+    kept.users -= 1;
+    if (broken) this.retire(kept, true);
+    else if (kept.users > 0) return;
+    else if (kept.retired) this.end(kept);
+    else {
+      kept.idle = setTimeout(() => this.retire(kept, false), this.idleMs);
+      kept.idle.unref();
+    }
+  }
+
+  private retire(kept: Kept<T>, broken: boolean): void {
+    if (broken) kept.broken = true;
+    kept.retired = true;
+    if (this.current === kept) this.current = undefined;
+    clearTimeout(kept.idle);
+    if (kept.users === 0) this.end(kept);
+  }
+
+  private end(kept: Kept<T>): void {
+    if (kept.ended) return;
+    kept.ended = true;
+    kept.opening.then(
+      (connection) => this.hooks.end(connection, kept.broken),
+      () => undefined,
+    );
+  }
+}

@@ -1,0 +1,133 @@
+// SFTP operations that follow closely share one SSH connection (a real sshd, reached through a relay that
+// counts connections): the headers of many remote backups cost one handshake; a connection the server
+// dropped, one left frozen, or one unused for a while is replaced by a new one for the next operation.
+import { mkdir, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { guardStall, readRemoteHeader } from '../../agent/offsite/transfer';
+import { type SftpOptions, SftpProvider } from '../../agent/providers/sftp';
+import { isStorageError } from '../../shared/storage/index';
+import { foreignBackup, OTHER_INSTALLATION } from '../offsite/helpers';
+import { type Relay, startRelay } from '../services/relay';
+import { type SshdService, startSshd } from '../services/sshd';
+
+/** As many as the keys check reads at one destination (HEADERS_READ_PER_DESTINATION). */
+const BACKUPS = 20;
+const names = Array.from(
+  { length: BACKUPS },
+  (_, i) => `gem-backup-2026-01-01-0000${String(i).padStart(2, '0')}.tar.gz`,
+);
+const prefix = OTHER_INSTALLATION.slice(0, 8);
+
+let sshd: SshdService;
+let relay: Relay;
+beforeAll(async () => {
+  sshd = await startSshd();
+  relay = await startRelay(sshd.port);
+  const folder = join(sshd.root, 'shared');
+  await mkdir(folder, { recursive: true });
+  for (const name of names)
+    await writeFile(join(folder, name), await foreignBackup('2026-01-01T00:00:00.000Z'));
+});
+afterAll(async () => {
+  await relay?.stop();
+  await sshd?.stop();
+});
+
+function provider(overrides: Partial<SftpOptions> = {}): SftpProvider {
+  return new SftpProvider({
+    host: relay.host,
+    port: relay.port,
+    username: sshd.passwordUser.username,
+    password: sshd.passwordUser.password,
+    remotePath: 'shared',
+    hostKeyFingerprint: sshd.hostKeyFingerprint,
+    ...overrides,
+  });
+}
+
+/** Closes `providers`, then waits until the relay holds no connection (theirs ended). */
+async function closeAll(...providers: SftpProvider[]): Promise<void> {
+  await Promise.all(providers.map((p) => p.close()));
+  await relay.closed();
+}
+
+/** Reads `name`'s header through `from` and checks it is the backup's. */
+async function readsHeader(from: SftpProvider, name: string): Promise<void> {
+  expect((await readRemoteHeader(from, name)).core.installationPrefix).toBe(prefix);
+}
+
+describe('SFTP operations share one connection', () => {
+  it('lists, stats and reads the headers of 20 backups over one SSH connection, ended by close()', async () => {
+    const before = relay.connections;
+    // Kept far longer than this test may take: only close() ends it in time.
+    const sftp = provider({ idleCloseMs: 10 * 60_000 });
+    expect((await sftp.list()).map((o) => o.name).sort()).toEqual(names);
+    for (const name of names) await readsHeader(sftp, name);
+    expect((await sftp.stat(names[0]!)).name).toBe(names[0]);
+    // The server's refusal says nothing about the connection: it is kept.
+    await expect(sftp.stat('gem-backup-2000-01-01-000000.tar.gz')).rejects.toMatchObject({
+      code: 'not_found',
+    });
+    await readsHeader(sftp, names[1]!);
+    expect(relay.connections - before).toBe(1);
+    await closeAll(sftp);
+  }, 20_000);
+
+  it('never shares a connection between providers of different options', async () => {
+    const before = relay.connections;
+    const byPassword = provider();
+    const byKey = provider({
+      username: sshd.keyUser.username,
+      password: undefined,
+      privateKey: sshd.keyUser.privateKey,
+    });
+    for (const name of names.slice(0, 3)) {
+      await readsHeader(byPassword, name);
+      await readsHeader(byKey, name);
+    }
+    expect(relay.connections - before).toBe(2);
+    await closeAll(byPassword, byKey);
+  }, 20_000);
+
+  it('ends a connection left unused for idleCloseMs; the next read opens a new one', async () => {
+    const before = relay.connections;
+    const sftp = provider({ idleCloseMs: 100 });
+    await readsHeader(sftp, names[0]!);
+    await readsHeader(sftp, names[1]!);
+    expect(relay.connections - before).toBe(1);
+    await relay.closed();
+    await readsHeader(sftp, names[2]!);
+    expect(relay.connections - before).toBe(2);
+    await closeAll(sftp);
+  }, 20_000);
+
+  it('reads on through a new connection when the server dropped the one it kept', async () => {
+    const before = relay.connections;
+    const sftp = provider();
+    await readsHeader(sftp, names[0]!);
+    relay.drop();
+    await readsHeader(sftp, names[1]!);
+    relay.drop();
+    expect((await sftp.list()).length).toBe(BACKUPS);
+    expect(relay.connections - before).toBe(3);
+    await closeAll(sftp);
+  }, 20_000);
+
+  it('leaves a frozen connection to the read that was given up on: the next read opens a new one', async () => {
+    // Keepalives (every 10 s, 3 missed) would end the frozen connection only after ~40 s: a read that
+    // answers before that did not wait on it.
+    const before = relay.connections;
+    const sftp = provider({ timeoutMs: 20_000 });
+    await readsHeader(sftp, names[0]!);
+    relay.freeze();
+    const stalled = await guardStall((signal) => readRemoteHeader(sftp, names[1]!, signal), {
+      stallTimeoutMs: 300,
+    }).catch((error: unknown) => error);
+    expect(isStorageError(stalled, 'unreachable')).toBe(true);
+    await readsHeader(sftp, names[2]!);
+    expect(relay.connections - before).toBe(2);
+    relay.drop(); // the frozen one, still waited on by the read given up on
+    await closeAll(sftp);
+  }, 30_000);
+});
