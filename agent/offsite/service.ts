@@ -49,6 +49,7 @@ import {
   planRemotePrune,
   type RetryPolicy,
   readRemoteHeader,
+  refuseWithoutKey,
   type SyncCandidate,
   sameHeader,
   sweepLeftovers,
@@ -471,7 +472,13 @@ export class OffsiteService {
           const path = join(dir, name);
           await this.withProvider(kind, section, async (provider) => {
             ctx.phase(`downloading ${name}`, (await provider.stat(name, { signal: ctx.signal })).size);
-            await downloadToFile(provider, name, path, this.transferOptions(ctx));
+            // A copy the restore could not open is refused once its header is in, not after the download.
+            await downloadToFile(provider, name, path, {
+              ...this.transferOptions(ctx),
+              checkHeader: async (header) => {
+                if (!options.resolveFileKey) await refuseWithoutKey(this.agent.keyring.masterKeys, header);
+              },
+            });
           });
           return {
             destination: kind,

@@ -4,7 +4,13 @@ import { stat } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { pipeline as pipeStreams, Readable, Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import { EnvelopeError, type EnvelopeHeader, tryParseHeader } from '../../shared/envelope';
+import {
+  EnvelopeError,
+  type EnvelopeHeader,
+  type MasterKey,
+  tryParseHeader,
+  unwrapWithMasterKeys,
+} from '../../shared/envelope';
 import type {
   BackupSource,
   StorageProvider,
@@ -14,7 +20,7 @@ import type {
 import { isStorageError, StorageError } from '../../shared/storage/index';
 import type { Agent } from '../agent';
 import type { BackupInfo } from '../backup/catalog';
-import { readHeaderOfFile } from '../backup/reader';
+import { envelopeToAppError, readHeaderOfFile } from '../backup/reader';
 import { type PruneCandidate, planPrune } from '../backup/retention';
 import { type ReceivedBackup, receiveUpload, usableSpace } from '../backup/upload';
 import { AppError } from '../errors';
@@ -365,16 +371,66 @@ export async function downloadToCatalog(
 }
 
 /**
+ * Refuses a backup none of `keys` opens, from its header alone, with the error its read would give
+ * (no_key, naming the keys it was made with). Any other failure to open it is left to the read.
+ */
+export async function refuseWithoutKey(keys: readonly MasterKey[], header: EnvelopeHeader): Promise<void> {
+  await unwrapWithMasterKeys(header.stanzas, keys).catch((error: unknown) => {
+    if (error instanceof EnvelopeError && error.code === 'no_key') throw envelopeToAppError(error, header);
+  });
+}
+
+/**
+ * Holds a download's first bytes until they make a whole envelope header and passes them on once
+ * `check` accepts it, so that a backup refused for its header is refused after a few KiB, not after the
+ * whole download. Bytes that cannot start a backup fail it as readHeaderOfFile refuses such a file
+ * (not_a_backup). No header within MAX_HEADER_BYTES, or the end inside it: passed on unchecked, for the
+ * restore's own read to say what is wrong.
+ */
+function headerFirst(check: (header: EnvelopeHeader) => Promise<void>): Transform {
+  let held: Buffer[] = [];
+  let length = 0;
+  let checked = false;
+  return new Transform({
+    transform(chunk: Buffer, _e, cb) {
+      if (checked) return cb(null, chunk);
+      held.push(chunk);
+      length += chunk.length;
+      const bytes = Buffer.concat(held);
+      let parsed: ReturnType<typeof tryParseHeader>;
+      try {
+        parsed = tryParseHeader(bytes);
+      } catch (error) {
+        return cb(envelopeToAppError(error) as Error);
+      }
+      if (!parsed && length < MAX_HEADER_BYTES) return cb();
+      checked = true;
+      held = [];
+      if (!parsed) return cb(null, bytes);
+      check(parsed.header).then(
+        () => cb(null, bytes),
+        (error: unknown) => cb(error as Error),
+      );
+    },
+    flush(cb) {
+      cb(null, checked ? undefined : Buffer.concat(held));
+    },
+  });
+}
+
+/**
  * Copies a remote backup to `path` (a private work file), checking its size; for restores straight from a
  * destination. Refused with 507 no_space before a byte is written when the size the destination gives
  * does not fit in the free space minus the database's reserve (as receiveUpload); a server that sends
  * more than that size is stopped at the first byte past it (a permanent 'integrity' failure).
+ * `checkHeader` sees the backup's header as soon as it has arrived, before a byte is written: what it
+ * throws ends the download there (not retried unless a StorageError), as do bytes that are no backup.
  */
 export async function downloadToFile(
   provider: StorageProvider,
   name: string,
   path: string,
-  options: TransferOptions = {},
+  options: TransferOptions & { checkHeader?: (header: EnvelopeHeader) => Promise<void> } = {},
 ): Promise<number> {
   const retry = { ...options.retry, signal: options.signal, onRetry: options.onRetry };
   const remote = await withRetry(() => provider.stat(name, { signal: options.signal }), retry);
@@ -395,9 +451,9 @@ export async function downloadToFile(
           onProgress(sent);
         });
         const stream = await provider.get(name, { signal });
-        await pipeline(Readable.fromWeb(stream as never), counter, createWriteStream(path, { mode: 0o600 }), {
-          signal,
-        });
+        const checked = options.checkHeader ? [headerFirst(options.checkHeader)] : [];
+        const file = createWriteStream(path, { mode: 0o600 });
+        await pipeline([Readable.fromWeb(stream as never), counter, ...checked, file], { signal });
         if (bytes !== remote.size) {
           throw new StorageError(
             'io',

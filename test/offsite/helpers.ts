@@ -81,8 +81,15 @@ export function s3Section(s3: S3Service, overrides: Record<string, unknown> = {}
 /** The installation foreignBackup's backups are of. */
 export const OTHER_INSTALLATION = randomBytes(16).toString('hex');
 
-/** A backup of another installation (OTHER_INSTALLATION unless named), sealed with a master key we do not hold. */
-export async function foreignBackup(createdAt: string, installationId = OTHER_INSTALLATION): Promise<Buffer> {
+/**
+ * A backup of another installation (OTHER_INSTALLATION unless named), sealed with a master key we do not
+ * hold, of `payloadBytes` random bytes (20 000 unless given).
+ */
+export async function foreignBackup(
+  createdAt: string,
+  installationId = OTHER_INSTALLATION,
+  payloadBytes = 20_000,
+): Promise<Buffer> {
   const fileKey = generateFileKey();
   const key = { id: `mk-${randomBytes(8).toString('hex')}`, key: randomBytes(32) };
   const core = newCore({
@@ -90,7 +97,7 @@ export async function foreignBackup(createdAt: string, installationId = OTHER_IN
     createdAt,
     meta: { kind: 'scheduled' },
   });
-  const sealed = sealStream(new Blob([randomBytes(20_000)]).stream() as ReadableStream<Uint8Array>, {
+  const sealed = sealStream(new Blob([randomBytes(payloadBytes)]).stream() as ReadableStream<Uint8Array>, {
     core,
     stanzas: [await wrapForMasterKey(fileKey, key)],
     fileKey,
