@@ -140,24 +140,26 @@ export function busyBackupNames(agent: Pick<Agent, 'jobs'>): Set<string> {
 /**
  * Deletes the local backups the plan names, oldest first (never those in `protect`, nor one a running
  * job targets: it stays until a later prune); returns their names. Nothing while pruning is held
- * (catalog.hold: the records, and so the pins, were damaged) until the owner resumes it.
+ * (catalog.hold: the records, and so the pins, were damaged) until the owner resumes it. `only:
+ * 'safety'`: the plan's safety backups only (a restore's prune), regular ones are left to the next backup's.
  */
-export async function pruneLocal(agent: Agent, protect: string[] = []): Promise<string[]> {
+export async function pruneLocal(agent: Agent, protect: string[] = [], only?: 'safety'): Promise<string[]> {
   const planned = agent.settings.get().autoBackup.maxBackups;
   const plan = await planLocalPrune(agent, [...protect, ...busyBackupNames(agent)]);
+  const doomed = only ? plan.delete.filter((b) => b.kind === only) : plan.delete;
   // Asked after the plan: listing the backups is what finds a damaged records file and sets the hold.
   const hold = await agent.catalog.hold.get();
   if (hold) {
-    if (plan.delete.length > 0) {
+    if (doomed.length > 0) {
       agent.log.warn('retention deleted nothing: pruning is paused', {
         reason: hold.message,
-        wouldDelete: plan.delete.map((b) => b.filename),
+        wouldDelete: doomed.map((b) => b.filename),
       });
     }
     return [];
   }
   const deleted: string[] = [];
-  for (const backup of plan.delete) {
+  for (const backup of doomed) {
     // A number kept raised since the plan was made (a settings save during the prune) keeps the rest:
     // the plan would delete backups the new number keeps. A lowered one is caught by the next prune.
     const now = agent.settings.get().autoBackup.maxBackups;

@@ -10,7 +10,7 @@ import { backupDeps, createBackup } from '../backup/create';
 import { DUMP_NAME, type Manifest } from '../backup/manifest';
 import { prepareArchiveHasher } from '../backup/member-hasher';
 import { type ReadOptions, readBackup, readHeaderOfFile } from '../backup/reader';
-import { busyBackupNames } from '../backup/retention';
+import { busyBackupNames, pruneLocal } from '../backup/retention';
 import { UnfinishedRecoveryFile } from '../dr/unfinished';
 import { AppError, describeError } from '../errors';
 import type { Job, JobContext } from '../jobs/runner';
@@ -69,6 +69,8 @@ export interface RestoreResult {
   restoredFrom: string;
   backupCreatedAt: string;
   safetyBackup?: string;
+  /** Older safety backups this restore's retention deleted (only SAFETY_BACKUPS_KEPT are kept). */
+  safetyBackupsPruned?: string[];
   tables: number;
   rows: number;
   keptPrevious?: string;
@@ -539,6 +541,7 @@ export async function restoreFromFile(
     // 5. Restart GEM; its failure is reported, the restore itself is done.
     ctx.phase('restart');
     const restart = await runRestart(agent, ctx);
+    const pruned = safetyBackup ? await pruneSafetyBackups(agent, ctx, [safetyBackup, label]) : [];
 
     // 6. Cleanup once the job has reported success: the previous state goes (or the newest is kept aside).
     swapped = true;
@@ -550,6 +553,7 @@ export async function restoreFromFile(
       restoredFrom: label,
       backupCreatedAt: manifest.createdAt,
       ...(safetyBackup ? { safetyBackup } : {}),
+      ...(pruned.length > 0 ? { safetyBackupsPruned: pruned } : {}),
       tables: Object.keys(manifest.rowCounts).length,
       rows,
       ...(keepPrevious ? { keptPrevious: names.previous } : {}),
@@ -649,6 +653,22 @@ async function removeSafetyBackup(agent: Agent, ctx: JobContext, name: string): 
   const line = `the safety backup ${name} was removed: nothing was changed`;
   ctx.log.info(line);
   return line;
+}
+
+/**
+ * The safety part of retention, after a restore committed: the backup job prunes only after a backup,
+ * and an owner restoring one backup after another (to find the good one) would pile up a safety backup
+ * each until then. The backup job's rules hold (pins, the retention hold, a running job's target);
+ * `protect` (the safety backup just made, the backup restored from) always stays. A failure is logged,
+ * never thrown: the restore is done.
+ */
+async function pruneSafetyBackups(agent: Agent, ctx: JobContext, protect: string[]): Promise<string[]> {
+  try {
+    return await pruneLocal(agent, protect, 'safety');
+  } catch (error) {
+    ctx.log.warn('the older safety backups could not be pruned; the restore itself is done', { error });
+    return [];
+  }
 }
 
 /** Runs GEM_RESTART_COMMAND (argument array, no shell); a failure is reported, never thrown. */

@@ -9,6 +9,7 @@ import { startBackup } from '../../agent/backup/operations';
 import type { Job } from '../../agent/jobs/runner';
 import { createLogger } from '../../agent/log';
 import { type RestoreOptions, recoverInterruptedRestore, startRestore } from '../../agent/restore/restore';
+import { runProcess } from '../../agent/system/spawn';
 import { SAFETY_BACKUPS_KEPT } from '../../shared/api/settings';
 import { startTestAgent, type TestAgent } from '../services/agent';
 import { startPostgres, type TestPostgres } from '../services/postgres';
@@ -217,5 +218,81 @@ describe('the safety backup of a restore', () => {
     } finally {
       t.agent.config.restartCommand = undefined;
     }
+  });
+
+  it('beyond SAFETY_BACKUPS_KEPT are pruned by the restore that committed: pins, the hold, the backup restored from stay', async () => {
+    const done = async (job: Job) => {
+      expect(job.state, job.error?.message).toBe('succeeded');
+      return job.result as { safetyBackup: string; safetyBackupsPruned?: string[] };
+    };
+    // A pinned safety backup is kept and not counted; the others from before go as newer ones come.
+    const before = await safetyBackups(t.agent);
+    expect(before.length).toBeGreaterThan(1);
+    const pinned = before[0]!;
+    await t.agent.catalog.updateRecord(pinned, { pinned: true });
+    const unpinned = async () => (await safetyBackups(t.agent)).filter((n) => n !== pinned).sort();
+    // Regular backups are the next backup's to prune: restores leave them, more than are kept or not.
+    const regular = async () =>
+      (await t.agent.catalog.list())
+        .filter((b) => b.kind !== 'safety')
+        .map((b) => b.filename)
+        .sort();
+    await t.agent.settings.update({ autoBackup: { maxBackups: 1 } });
+    await backupNow(t.agent, 'newest');
+    const regularBefore = await regular();
+    expect(regularBefore.length).toBeGreaterThan(2);
+    const made: string[] = [];
+    const pruned: string[] = [];
+    // Restores in a row (the owner trying backups to find the good one), more than are kept.
+    for (let i = 0; i <= SAFETY_BACKUPS_KEPT; i++) {
+      const result = await done(await restore());
+      made.push(result.safetyBackup);
+      pruned.push(...(result.safetyBackupsPruned ?? []));
+      expect((await unpinned()).length).toBeLessThanOrEqual(SAFETY_BACKUPS_KEPT);
+    }
+    expect(await unpinned()).toEqual(made.slice(-SAFETY_BACKUPS_KEPT).sort());
+    expect(pruned.sort()).toEqual([...before.slice(1), made[0]!].sort());
+    expect((await t.agent.catalog.info(pinned)).pinned).toBe(true);
+
+    // The oldest kept one restored (as a file, no job naming it): it is not deleted under the restore.
+    const oldest = made[1]!;
+    const fromSafety = await done(await runRestore(t.agent, t.agent.catalog.pathOf(oldest)));
+    expect(await unpinned()).toEqual([...made.slice(-SAFETY_BACKUPS_KEPT), fromSafety.safetyBackup].sort());
+    expect(fromSafety.safetyBackupsPruned).toBeUndefined();
+
+    // While pruning is held (damaged records: pins unknown), a restore deletes nothing.
+    await t.agent.catalog.hold.hold('backup-records.json.damaged-safety-kept');
+    lines.length = 0;
+    const held = await done(await restore());
+    expect(held.safetyBackupsPruned).toBeUndefined();
+    expect(await unpinned()).toEqual(
+      [...made.slice(-SAFETY_BACKUPS_KEPT), fromSafety.safetyBackup, held.safetyBackup].sort(),
+    );
+    expect(lines.map((l) => l.msg)).toContain('retention deleted nothing: pruning is paused');
+    await t.agent.catalog.hold.resume();
+
+    // A safety backup that cannot be deleted (immutable) fails only the prune, never the restore.
+    const newestKept = [held.safetyBackup, fromSafety.safetyBackup, made.at(-1)!];
+    const stuck = t.agent.catalog.pathOf(oldest);
+    await runProcess('chattr', ['+i', stuck]).then((r) => expect(r.code, r.stderr).toBe(0));
+    try {
+      lines.length = 0;
+      const blocked = await done(await restore());
+      expect(blocked.safetyBackupsPruned).toBeUndefined();
+      expect(await unpinned()).toContain(oldest);
+      expect(lines.map((l) => l.msg)).toContain(
+        'the older safety backups could not be pruned; the restore itself is done',
+      );
+      newestKept.unshift(blocked.safetyBackup);
+    } finally {
+      await runProcess('chattr', ['-i', stuck]);
+    }
+
+    // The next restore prunes down to the newest kept again.
+    const last = await done(await restore());
+    newestKept.unshift(last.safetyBackup);
+    expect(await unpinned()).toEqual(newestKept.slice(0, SAFETY_BACKUPS_KEPT).sort());
+    expect((await t.agent.catalog.info(pinned)).pinned).toBe(true);
+    expect(await regular()).toEqual(regularBefore);
   });
 });
