@@ -83,6 +83,24 @@ const RecordsFile = z.record(
   }),
 );
 
+/**
+ * What a backup's facts take from its record: the fields this version knows, never the content hash
+ * (internal). A record's fields a newer agent added stay in the file for it, unseen here: one named
+ * like a header's fact (`kind`, `createdAt`) must not change what retention or the list make of the
+ * backup. (`remoteVerify` goes whole: the verification writes it back with a destination's entry added.)
+ */
+function recordFacts(record: BackupRecord | undefined): Partial<BackupInfo> {
+  if (!record) return {};
+  const { verifiedAt, verifyResult, verifyError, pinned, remoteVerify } = record;
+  return {
+    ...(verifiedAt !== undefined ? { verifiedAt } : {}),
+    ...(verifyResult !== undefined ? { verifyResult } : {}),
+    ...(verifyError !== undefined ? { verifyError } : {}),
+    ...(pinned !== undefined ? { pinned } : {}),
+    ...(remoteVerify !== undefined ? { remoteVerify } : {}),
+  };
+}
+
 /** How far after this machine's clock a backup's time may be before it counts as dated in the future. */
 export const CLOCK_AHEAD_TOLERANCE_MS = 5 * 60_000;
 
@@ -239,7 +257,7 @@ export class BackupCatalog {
       this.headers.set(name, cached);
     }
     const { core, stanzas } = cached.header;
-    const { content: _, ...record } = (await this.loadRecords())[name] ?? {};
+    const record = recordFacts((await this.loadRecords())[name]);
     return {
       filename: name,
       createdAt: core.createdAt,

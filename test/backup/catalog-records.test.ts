@@ -1,10 +1,13 @@
 // The catalog's records file: concurrent updates, a second catalog and other processes on the same data dir lose nothing.
 import { spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import { chmod, mkdir, mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { BackupCatalog, type BackupRecord } from '../../agent/backup/catalog';
+import { readHeaderOfFile } from '../../agent/backup/reader';
+import { sealArchive } from '../restore/helpers';
 
 const A = 'gem-backup-2024-01-01-000000.tar.gz';
 const B = 'gem-backup-2024-01-02-000000.tar.gz';
@@ -88,6 +91,78 @@ describe('catalog records', () => {
     expect((await stat(join(dir, 'records.json'))).mode & 0o777).toBe(0o600);
     expect((await stat(join(dir, 'backups'))).mode & 0o777).toBe(0o700);
     expect((await readdir(dir)).sort()).toEqual(['backups', 'records.json']);
+  });
+
+  it("keeps a newer agent's unknown fields on every write, and shows only the header's facts and known fields", async () => {
+    dir = await mkdtemp(join(tmpdir(), 'catalog-'));
+    const catalog = await catalogIn(dir);
+    await sealArchive(
+      { id: 'k1', key: new Uint8Array(randomBytes(32)) },
+      randomBytes(16).toString('hex'),
+      [],
+      catalog.pathOf(A),
+    );
+    // A records file a newer agent wrote (an upgrade, then a downgrade): fields this version does not
+    // know, in a record and inside its known parts, some named like the header's facts.
+    const newer = {
+      [A]: {
+        pinned: true,
+        verifyResult: 'ok',
+        remoteVerify: { sftp: { verifiedAt: 'v', verifyResult: 'ok', attempts: 2 } },
+        content: { sha256: 'aa', size: 1, mtimeMs: 2, algorithm: 'sha256' },
+        uploadedTo: { sftp: '2030-01-01T00:00:00.000Z' },
+        kind: 'safety',
+        createdAt: '2099-01-01T00:00:00.000Z',
+        size: 1,
+        installationTag: 'not-the-header',
+      },
+      [B]: { legalHold: { until: '2031-01-01' } },
+    };
+    await writeFile(join(dir, 'records.json'), JSON.stringify(newer));
+    const header = await readHeaderOfFile(catalog.pathOf(A));
+    const info = await catalog.info(A);
+    expect(info).toEqual({
+      filename: A,
+      createdAt: header.core.createdAt,
+      size: (await stat(catalog.pathOf(A))).size,
+      keyIds: ['k1'],
+      installation: header.core.installationPrefix,
+      installationTag: header.core.installationTag,
+      kind: 'manual',
+      pinned: true,
+      verifyResult: 'ok',
+      // Whole: the verification writes it back with one destination's entry replaced.
+      remoteVerify: newer[A].remoteVerify,
+    });
+    // Not damaged: nothing set aside, pruning not held; each write keeps what the newer agent wrote.
+    await catalog.updateRecord(A, { verifiedAt: 'w' });
+    await catalog.updateRecord(C, { pinned: true });
+    expect(await records()).toEqual({
+      ...newer,
+      [A]: { ...newer[A], verifiedAt: 'w' },
+      [C]: { pinned: true },
+    });
+    expect(await catalog.hold.get()).toBeUndefined();
+    expect((await readdir(dir)).sort()).toEqual(['backups', 'records.json']);
+  });
+
+  it('counts a known field of the wrong type as damage, unknown fields beside it or not', async () => {
+    for (const record of [
+      { pinned: 'yes', uploadedTo: {} },
+      { remoteVerify: { sftp: { verifiedAt: 'v', verifyResult: 'maybe', attempts: 2 } } },
+      { content: { sha256: 'aa', size: '1', mtimeMs: 2 } },
+    ]) {
+      dir = await mkdtemp(join(tmpdir(), 'catalog-'));
+      const catalog = await catalogIn(dir);
+      const text = JSON.stringify({ [A]: record });
+      await writeFile(join(dir, 'records.json'), text);
+      expect(await catalog.knownSha256(A)).toBeUndefined();
+      const aside = (await readdir(dir)).filter((n) => n.startsWith('records.json.damaged-'));
+      expect(aside).toHaveLength(1);
+      expect(await readFile(join(dir, aside[0]!), 'utf8')).toBe(text);
+      expect((await catalog.hold.get())?.setAside).toEqual(aside);
+      await rm(dir, { recursive: true, force: true });
+    }
   });
 
   it("closes an earlier version's open backups folder to other users, keeping its backups", async () => {
