@@ -174,23 +174,65 @@ async function createWithContent(path: string, holder: Holder): Promise<boolean>
   }
 }
 
+/** A takeover claim is `<lock>.takeover-<id>`: `id` names the lock (or the claim) it claims. */
+const CLAIM = 'takeover-';
+
 /**
- * Removes the temp files of the lock at `path` (`<lock>.<nonce>.tmp`, a takeover claim's
- * `<lock>.takeover-<id>.<nonce>.tmp`) that a dead process left between writing and removing one (a
- * crash). A live writer's temp is left alone: its content names a live holder, or (unreadable) it is
- * younger than the grace a writer needs. Returns the names removed.
+ * Removes what dead processes left of the lock at `path`: its temp files (`<lock>.<nonce>.tmp`, a
+ * takeover claim's `<lock>.takeover-<id>.<nonce>.tmp`), left between writing and removing one (a
+ * crash), and its spent takeover claims (see removeSpentClaims). A live writer's temp is left alone:
+ * its content names a live holder, or (unreadable) it is younger than the grace a writer needs.
+ * Returns the names removed.
  */
-export async function removeAbandonedLockTemps(path: string): Promise<string[]> {
+export async function removeAbandonedLockFiles(path: string): Promise<string[]> {
   const dir = dirname(path);
   const prefix = `${basename(path)}.`;
   const removed: string[] = [];
+  const claims: string[] = [];
   const names = await readdir(dir).catch(() => [] as string[]);
   for (const name of names) {
-    if (!name.startsWith(prefix) || !name.endsWith('.tmp')) continue;
+    if (!name.startsWith(prefix)) continue;
+    if (!name.endsWith('.tmp')) {
+      if (name.startsWith(`${prefix}${CLAIM}`)) claims.push(name);
+      continue;
+    }
     const seen = await look(join(dir, name)).catch(() => undefined);
     if (!seen || !stale(seen)) continue;
     await unlink(join(dir, name)).catch(() => {});
     removed.push(name);
+  }
+  return [...removed, ...(await removeSpentClaims(path, claims))];
+}
+
+/**
+ * Removes the takeover claims among `names` whose taker died and whose target (the lock or the claim
+ * with that id) is gone: a taker that died after removing the lock, before its claims, leaves them,
+ * and no takeover ever looks at them again. Ids are nonces, never used again, so such a claim is
+ * nobody's. One whose target is still there stays: the takeover of that lock removes it, and removing
+ * it here would let a second taker in beside a live one claiming over it (see claimTakeover). Claims
+ * over a claim removed go in the next round.
+ */
+async function removeSpentClaims(path: string, names: string[]): Promise<string[]> {
+  const dir = dirname(path);
+  const target = (name: string) => name.slice(`${basename(path)}.${CLAIM}`.length);
+  const removed: string[] = [];
+  let left = names;
+  for (let round = 0; round < 9 && left.length > 0; round++) {
+    const claims = await Promise.all(
+      left.map(async (name) => ({ name, seen: await look(join(dir, name)).catch(() => undefined) })),
+    );
+    // The lock last: one gone after its claims were read is gone for good (its id never comes back).
+    // One that cannot be read may be any lock: its claims stay.
+    const lock = await look(path).catch(() => null);
+    if (lock === null) break;
+    const present = new Set([lock?.id, ...claims.map((c) => c.seen?.id)]);
+    const spent = claims.filter((c) => c.seen && stale(c.seen) && !present.has(target(c.name)));
+    if (spent.length === 0) break;
+    for (const { name } of spent) {
+      await unlink(join(dir, name)).catch(() => {});
+      removed.push(name);
+    }
+    left = left.filter((name) => !spent.some((c) => c.name === name));
   }
   return removed;
 }
@@ -215,7 +257,7 @@ function newHolder(what: string): Holder {
  */
 async function claimTakeover(lockPath: string, id: string, depth = 0): Promise<string[] | undefined> {
   if (depth > 8) return undefined;
-  const claimPath = `${lockPath}.takeover-${id}`;
+  const claimPath = `${lockPath}.${CLAIM}${id}`;
   const claim = newHolder('takeover');
   held.add(claim.nonce);
   if (await createWithContent(claimPath, claim)) return [claimPath];
@@ -331,10 +373,10 @@ export async function acquireLock(path: string, what: string): Promise<() => Pro
 
 /**
  * Removes the lock at `path` if its holder is dead (a crash), by the same safe takeover rule, and the
- * lock's temp files dead processes left; true if a live process (or this one) holds it.
+ * lock's temp files and spent takeover claims dead processes left; true if a live process (or this one) holds it.
  */
 export async function clearStaleLock(path: string): Promise<boolean> {
-  await removeAbandonedLockTemps(path);
+  await removeAbandonedLockFiles(path);
   const seen = await look(path).catch(() => undefined);
   if (!seen) return false;
   if (!stale(seen)) return true;

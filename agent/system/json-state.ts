@@ -6,7 +6,7 @@
 import { mkdir, readFile, rename, stat } from 'node:fs/promises';
 import { basename, dirname } from 'node:path';
 import { AppError } from '../errors';
-import { lockHolderPid, removeAbandonedLockTemps, withJobLock } from '../jobs/lock';
+import { lockHolderPid, removeAbandonedLockFiles, withJobLock } from '../jobs/lock';
 import type { Logger } from '../log';
 import { writeSmallFileAtomic } from './atomic-file';
 
@@ -56,9 +56,10 @@ export async function withFileUpdateLock<R>(
   const lockPath = `${path}.lock`;
   await mkdir(dirname(path), { recursive: true });
   if (!sweptLocks.has(lockPath)) {
-    // A process killed while creating the lock leaves its temp (`<file>.lock.<nonce>.tmp`) beside it.
+    // A process killed while creating the lock leaves its temp (`<file>.lock.<nonce>.tmp`) beside it,
+    // one killed taking over a lock its claim (`<file>.lock.takeover-<id>`).
     sweptLocks.add(lockPath);
-    await removeAbandonedLockTemps(lockPath);
+    await removeAbandonedLockFiles(lockPath);
   }
   try {
     return await withJobLock(lockPath, `update of ${basename(path)}`, work, { waitMs, pollMs: LOCK_POLL_MS });

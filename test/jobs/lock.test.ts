@@ -153,6 +153,48 @@ describe('the job lock', () => {
     }
   });
 
+  it('sweeps the takeover claims dead processes left on a lock taken since, never a live one nor one still in use', async () => {
+    const path = join(dir, 'spent.lock');
+    const dead = await deadPid();
+    const claim = (nonce: string, pid = dead) => JSON.stringify({ pid, nonce, what: 'takeover', since: 'x' });
+    const left = async () => (await readdir(dir)).filter((n) => n.startsWith('spent.lock')).sort();
+    // Takers that died after removing the lock `gone-lock` (one claimed over the other's claim).
+    await writeFile(`${path}.takeover-gone-lock`, claim('dead-claim'));
+    await writeFile(`${path}.takeover-dead-claim`, claim('dead-claim-2'));
+    const sleeper = spawn(process.execPath, ['-e', 'setTimeout(() => {}, 60000)']);
+    const exited = new Promise((resolve) => sleeper.once('exit', resolve));
+    try {
+      // A live process's claim on a lock gone meanwhile: its own to remove as it ends its takeover.
+      await writeFile(`${path}.takeover-other-lock`, claim('live-claim', sleeper.pid));
+      const release = await acquireLock(path, 'backup');
+      const held = await readFile(path, 'utf8');
+      expect(await clearStaleLock(path)).toBe(true);
+      expect(await left()).toEqual(['spent.lock', 'spent.lock.takeover-other-lock']);
+      expect(await readFile(path, 'utf8')).toBe(held);
+      await release();
+      await rm(`${path}.takeover-other-lock`);
+
+      // A dead lock whose dead taker's claim a live process is taking over: all three stay its.
+      const lock = JSON.stringify({ pid: dead, nonce: 'dead-lock', what: 'backup', since: 'x' });
+      await writeFile(path, lock);
+      await writeFile(`${path}.takeover-dead-lock`, claim('dead-claim'));
+      await writeFile(`${path}.takeover-dead-claim`, claim('live-claim', sleeper.pid));
+      expect(await clearStaleLock(path)).toBe(false);
+      expect(await readFile(path, 'utf8')).toBe(lock);
+      expect(await left()).toEqual([
+        'spent.lock',
+        'spent.lock.takeover-dead-claim',
+        'spent.lock.takeover-dead-lock',
+      ]);
+    } finally {
+      sleeper.kill();
+    }
+    // Once that taker is gone too, the next start takes the lock over and nothing of it is left.
+    await exited;
+    expect(await clearStaleLock(path)).toBe(false);
+    expect(await left()).toEqual([]);
+  });
+
   it('lets only one of two concurrent acquires in one process take the lock, free or left by a dead process', async () => {
     const dead = await deadPid();
     for (let round = 0; round < 200; round++) {
