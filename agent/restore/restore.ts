@@ -610,11 +610,6 @@ export async function restoreFromFile(
 }
 
 /**
- * Removes the safety backup of a restore that changed nothing, through the catalog (its record goes
- * too). One pinned meanwhile, or in use by a running job, stays. Returns the line that says so, or
- * undefined if it stayed.
- */
-/**
  * A DR recovery that stopped after installing the recovered keys (dr-recovery.json) is done once a
  * backup of that installation is restored here by any means (the owner restored one by hand): from
  * then on the data is that installation's, and backups and pushes go again. A record that cannot be
@@ -632,6 +627,11 @@ async function finishUnfinishedRecovery(agent: Agent, ctx: JobContext, restored:
   );
 }
 
+/**
+ * Removes the safety backup of a restore that changed nothing, through the catalog (its record goes
+ * too). One pinned meanwhile, or in use by a running job, stays. Returns the line that says so, or
+ * undefined if it stayed.
+ */
 async function removeSafetyBackup(agent: Agent, ctx: JobContext, name: string): Promise<string | undefined> {
   try {
     const info = await agent.catalog.info(name);
