@@ -38,7 +38,7 @@ export async function createCommand(cli: CliContext): Promise<void> {
     const { startBackup } = await import('../backup/operations');
     const started = await startBackup(agent, options);
     const off = agent.jobs.subscribe(started.id, (e) =>
-      cli.progress(e.job.phase, e.job.bytesDone, e.job.bytesTotal),
+      cli.progress(e.job.phase, e.job.bytesDone, e.job.bytesTotal, e.job.unit),
     );
     const done = await agent.jobs.waitFor(started.id);
     off();

@@ -4,10 +4,10 @@ import { userInfo } from 'node:os';
 import type { Agent } from '../agent';
 import { type DataPaths, dataPaths, loadConfig } from '../config';
 import { AppError, describeError } from '../errors';
-import type { Job } from '../jobs/runner';
+import type { Job, ProgressUnit } from '../jobs/runner';
 import { createLogger } from '../log';
 import { runAsOwner, shellWord, userNameOf } from '../system/passwd';
-import { progressWords } from './progress';
+import { progressWords, type StepProgress, timeLeftEstimator } from './progress';
 
 export interface CliContext {
   args: string[];
@@ -25,8 +25,11 @@ export interface CliContext {
   withDataDir<T>(fn: (paths: DataPaths) => Promise<T>): Promise<T>;
   /** Refuses, with one line, a data dir that holds no installation (unless this command sets one up). */
   requireInstallation(): void;
-  /** A progress printer for jobs: one line per phase, a percentage when the total is known. */
-  progress(phase: string, done: number, total: number): void;
+  /**
+   * A progress printer for jobs: one line per phase, a percentage when the total is known, and for a
+   * step in bytes (`unit`, default bytes) going at a steady pace about how long it has left.
+   */
+  progress(phase: string, done: number, total: number, unit?: ProgressUnit): void;
   /** Clears the progress line on a terminal (before a result or an error line). */
   endProgress(): void;
   /** After a Ctrl-C or SIGTERM: the one line that says what happened; undefined if none came. */
@@ -128,12 +131,29 @@ export function createCliContext(
 ): CliContext {
   let lastLine = '';
   let showing = false;
+  const timeLeft = timeLeftEstimator();
+  /** The latest progress while a line shows, redrawn every second: the time left counts down, and goes on a stall. */
+  let latest: StepProgress | undefined;
+  let redraw: NodeJS.Timeout | undefined;
+  const drawProgress = () => {
+    if (!latest) return;
+    const { phase, bytesDone, bytesTotal } = latest;
+    const line = progressWords(phase, bytesDone, bytesTotal, timeLeft(latest, Date.now()));
+    if (line !== lastLine) {
+      process.stderr.write(`\r\x1b[K${line}`);
+      lastLine = line;
+      showing = true;
+    }
+  };
   /** The first signal's name; a second one exits at once. */
   let signalled: string | undefined;
   let pressed = 0;
   /** Jobs that were running (or started) after the signal, by id, with their latest record. */
   const stopped = new Map<string, Job>();
   const endProgress = () => {
+    clearInterval(redraw);
+    redraw = undefined;
+    latest = undefined;
     if (showing) process.stderr.write('\r\x1b[K');
     showing = false;
     lastLine = '';
@@ -270,14 +290,11 @@ export function createCliContext(
         }
       }
     },
-    progress(phase, done, total) {
+    progress(phase, done, total, unit) {
       if (!process.stderr.isTTY) return;
-      const line = progressWords(phase, done, total);
-      if (line !== lastLine) {
-        process.stderr.write(`\r\x1b[K${line}`);
-        lastLine = line;
-        showing = true;
-      }
+      latest = { phase, bytesDone: done, bytesTotal: total, ...(unit ? { unit } : {}) };
+      drawProgress();
+      redraw ??= setInterval(drawProgress, 1000).unref();
     },
   };
 }

@@ -28,7 +28,7 @@ async function follow(
   onNotice?: (name: string, data: unknown) => void,
 ): Promise<Job> {
   const off = agent.jobs.subscribe(started.id, (e) => {
-    if (e.type === 'update') cli.progress(e.job.phase, e.job.bytesDone, e.job.bytesTotal);
+    if (e.type === 'update') cli.progress(e.job.phase, e.job.bytesDone, e.job.bytesTotal, e.job.unit);
     else onNotice?.(e.name, e.data);
   });
   const done = await agent.jobs.waitFor(started.id);

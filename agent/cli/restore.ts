@@ -59,7 +59,7 @@ export async function restoreCommand(cli: CliContext): Promise<void> {
             );
           });
     const off = agent.jobs.subscribe(started.id, (e) => {
-      if (e.type === 'update') cli.progress(e.job.phase, e.job.bytesDone, e.job.bytesTotal);
+      if (e.type === 'update') cli.progress(e.job.phase, e.job.bytesDone, e.job.bytesTotal, e.job.unit);
     });
     const done = await agent.jobs.waitFor(started.id);
     off();

@@ -1,6 +1,6 @@
 // The two dialogs: a confirmation for destructive actions, and a job's progress fed by its events.
 import { api, followJob } from './api.js';
-import { el, phase, progressAmount } from './format.js';
+import { el, phase, progressAmount, timeLeftEstimator } from './format.js';
 
 const $ = (id) => document.getElementById(id);
 
@@ -142,6 +142,15 @@ export async function showJobProgress(
 
   let current;
   let step = '';
+  // The amount and, for a step in bytes going at a steady pace, about how long it has left; redrawn
+  // every second too, so the estimate counts down, and goes once the step stalls.
+  const timeLeft = timeLeftEstimator();
+  const showAmount = (job) => {
+    amount.textContent = [progressAmount(job), timeLeft(job, Date.now())].filter(Boolean).join(' · ');
+  };
+  const ticking = setInterval(() => {
+    if (current && !lostSince) showAmount(current);
+  }, 1000);
   const show = (job) => {
     if (over || job.endedAt) return;
     current = job;
@@ -155,7 +164,7 @@ export async function showJobProgress(
     } else {
       bar.removeAttribute('value');
     }
-    amount.textContent = progressAmount(job);
+    showAmount(job);
     onJob?.(job, ui);
   };
 
@@ -191,6 +200,7 @@ export async function showJobProgress(
     };
   }
   over = true;
+  clearInterval(ticking);
   dialog.removeEventListener('cancel', blockEscape);
   cancel.hidden = true;
   state.dataset.state = job.state;

@@ -31,6 +31,79 @@ export function progressAmount(job) {
   return done > 0 ? `${bytes(done)} so far` : '';
 }
 
+// How long a step has left, from the progress it reports: for the current step only (a job's steps go
+// at different speeds), and only in bytes of a known total (rows have no total; a restore's items
+// differ in size by far, so their count says nothing of the time).
+/** The pace is measured over this much recent progress (ms): a slow start no longer counts after it. */
+const PACE_WINDOW_MS = 30_000;
+/**
+ * The pace is measured from this long (ms) after the step began (or was first seen): at its start the
+ * buffers on the way fill at once, and the megabytes that takes would make a slow link look fast.
+ */
+const SETTLE_MS = 2_000;
+/** Nothing is said before the progress measured spans this long (ms) and this share of the step is done. */
+const ESTIMATE_AFTER_MS = 5_000;
+const ESTIMATE_AFTER_SHARE = 0.02;
+/** No progress for this long (ms), or three times the usual gap between reports if longer: stalled, nothing is said. */
+const STALL_MS = 10_000;
+/** The estimate shown counts down, and is replaced only when a new one differs from it by more than this share. */
+const STEADY_SHARE = 0.2;
+
+/** 42_000 -> "about 40 s left", 200_000 -> "about 3 min left", 4_900_000 -> "about 1 h 20 min left". */
+function leftWords(ms) {
+  const seconds = ms / 1000;
+  if (seconds < 57.5) return `about ${Math.max(5, Math.round(seconds / 5) * 5)} s left`;
+  const minutes = Math.round(seconds / 60);
+  if (minutes < 60) return `about ${minutes} min left`;
+  const tens = Math.round(minutes / 10) * 10;
+  return `about ${Math.floor(tens / 60)} h${tens % 60 ? ` ${tens % 60} min` : ''} left`;
+}
+
+/**
+ * An estimator of a running job's time left in its current step: feed it every state of the job (its
+ * `phase`, `bytesDone`, `bytesTotal`, `unit`) and the time (ms), also now and then with no news, and it
+ * answers "about 40 s left", or '' when it cannot say honestly: no total, not in bytes, the step just
+ * began, or no progress for a while. A new step (or a count that went back) starts it afresh.
+ */
+export function timeLeftEstimator() {
+  let step = '';
+  /** When the step began, or was first seen. */
+  let began = 0;
+  /** When the count moved, and to what, within the pace window: { at, done }. */
+  let moves = [];
+  /** When the estimate shown says the step ends. */
+  let shownEnd;
+  return (job, now) => {
+    const total = job.bytesTotal || 0;
+    const done = job.bytesDone || 0;
+    const unit = job.unit ?? 'bytes';
+    const key = `${job.phase}\n${unit}\n${total}`;
+    const last = moves.at(-1);
+    if (key !== step || (last && done < last.done)) {
+      step = key;
+      began = now;
+      moves = [];
+      shownEnd = undefined;
+    }
+    if (unit !== 'bytes' || total <= 0 || done >= total) return '';
+    if (now - began >= SETTLE_MS && done !== moves.at(-1)?.done) moves.push({ at: now, done });
+    moves = moves.filter((move) => move.at >= now - PACE_WINDOW_MS);
+    const first = moves[0];
+    const latest = moves.at(-1);
+    const span = latest ? latest.at - first.at : 0;
+    const usualGap = moves.length > 1 ? span / (moves.length - 1) : 0;
+    const stalled = !latest || now - latest.at > Math.max(STALL_MS, 3 * usualGap);
+    if (stalled || span < ESTIMATE_AFTER_MS || done < ESTIMATE_AFTER_SHARE * total) {
+      shownEnd = undefined;
+      return '';
+    }
+    const left = ((total - latest.done) * span) / (latest.done - first.done) - (now - latest.at);
+    if (shownEnd === undefined || Math.abs(shownEnd - now - left) > STEADY_SHARE * left)
+      shownEnd = now + left;
+    return leftWords(shownEnd - now);
+  };
+}
+
 /** How dates read: the reader's locale and time zone, the zone named (the controller may be in another). */
 export const DATE_TIME_FORMAT = {
   year: 'numeric',
