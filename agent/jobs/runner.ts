@@ -115,6 +115,9 @@ function clampDone(done: number, total: number): number {
  */
 const PROGRESS_SAVE_MS = 2000;
 
+/** The least time between two progress events of a job (at most 5 a second to the page and the CLI). */
+const PROGRESS_EMIT_MS = 200;
+
 export class JobRunner {
   private readonly jobs = new Map<string, Job>();
   /** A running job's notices, the latest of each name: replayed to a listener that comes late (a reloaded page). */
@@ -260,6 +263,8 @@ export class JobRunner {
     const began = performance.now();
     const took = () => ({ durationMs: Math.round(performance.now() - began) });
     let lastEmit = 0;
+    /** An update held back by the throttle, sent when its turn comes: the last count never stays unsent. */
+    let trailing: NodeJS.Timeout | undefined;
     const ctx: JobContext = {
       signal: controller.signal,
       log,
@@ -277,11 +282,25 @@ export class JobRunner {
         if (bytesTotal !== undefined) job.bytesTotal = bytesTotal;
         job.bytesDone = clampDone(done, job.bytesTotal);
         const now = Date.now();
-        // At most 5 updates a second; the one that reaches the total always goes (the bar fills).
+        // At most 5 updates a second; the one that reaches the total always goes (the bar fills). One
+        // held back goes once 200 ms have passed, so a count that then stops moving (a stalled upload,
+        // a step's last report) is still shown as it stands.
         const reached = job.bytesTotal > 0 && job.bytesDone === job.bytesTotal && before !== job.bytesDone;
-        if (now - lastEmit >= 200 || reached) {
+        if (now - lastEmit >= PROGRESS_EMIT_MS || reached) {
+          clearTimeout(trailing);
+          trailing = undefined;
           lastEmit = now;
           this.emit(job);
+        } else if (!trailing) {
+          trailing = setTimeout(
+            () => {
+              trailing = undefined;
+              lastEmit = Date.now();
+              if (!job.endedAt) this.emit(job);
+            },
+            PROGRESS_EMIT_MS - (now - lastEmit),
+          );
+          trailing.unref();
         }
         this.saveWhileRunning();
       },

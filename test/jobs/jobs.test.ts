@@ -118,6 +118,37 @@ describe('jobs', () => {
     expect(after.map((e) => e.event)).toEqual(['job']);
   });
 
+  it('sends the last progress a job reports even when it came too soon after the one before (throttled, not dropped)', async () => {
+    let finish!: () => void;
+    const held = new Promise<void>((resolve) => {
+      finish = resolve;
+    });
+    onTestFinished(() => finish());
+    const seen: number[] = [];
+    let report!: (done: number) => void;
+    const job = await t.agent.jobs.start(
+      'verify',
+      async (ctx) => {
+        ctx.phase('verify', 100);
+        report = (done) => ctx.progress(done);
+        await held;
+      },
+      { mutating: false },
+    );
+    const off = t.agent.jobs.subscribe(job.id, (e) => {
+      if (e.job.phase === 'verify') seen.push(e.job.bytesDone);
+    });
+    onTestFinished(off);
+    await expect.poll(() => report).toBeDefined();
+    // Two reports in one go, then nothing (a stalled upload): the second must still reach the listeners.
+    report(10);
+    report(20);
+    await expect.poll(() => seen.at(-1), { timeout: 5000 }).toBe(20);
+    expect(t.agent.jobs.get(job.id)?.state).toBe('running');
+    finish();
+    await t.agent.jobs.waitFor(job.id);
+  });
+
   it('answers 404 for an unknown job and 409 when cancelling a finished one', async () => {
     expect((await t.request('/api/v1/jobs/nope')).status).toBe(404);
     const [done] = t.agent.jobs.list();
