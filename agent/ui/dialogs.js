@@ -121,6 +121,7 @@ export async function showJobProgress(
     } catch (error) {
       // 409: the job ended before the cancel reached it; its own end is shown, not this answer.
       if (over || error.status === 409 || cancel.hidden) return;
+      cancelAsked = false;
       text.textContent = error.message;
       cancel.disabled = false;
     }
@@ -135,7 +136,9 @@ export async function showJobProgress(
       }
       if (cancelAsked && reason) {
         tooLate = reason;
-        if (!text.textContent.endsWith(reason)) text.textContent = `${text.textContent} ${reason}`;
+        // "Cancelling…" gives way to the step the job goes on with, and why.
+        const shown = text.textContent === 'Cancelling…' ? `${step || 'Working'}…` : text.textContent;
+        if (!shown.endsWith(reason)) text.textContent = `${shown} ${reason}`;
       }
     },
   };
@@ -157,7 +160,9 @@ export async function showJobProgress(
     // A cancel that came too late to stop the job does not make it read "Cancelling…": its step stays.
     if (!(tooLate && job.phase === 'cancelling')) step = phase(job.phase);
     const total = job.bytesTotal || 0;
-    text.textContent = `${step || 'Working'}…${tooLate ? ` ${tooLate}` : ''}`;
+    // Cancel pressed: the dialog says so until the job takes it or it comes too late, whatever the job reports meanwhile.
+    text.textContent =
+      cancelAsked && !tooLate ? 'Cancelling…' : `${step || 'Working'}…${tooLate ? ` ${tooLate}` : ''}`;
     if (total > 0) {
       bar.max = total;
       bar.value = Math.min(job.bytesDone || 0, total);

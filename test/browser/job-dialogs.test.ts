@@ -230,6 +230,43 @@ describe('job dialogs in the owner’s words', () => {
     await dialog().getByRole('button', { name: 'Close' }).click();
   });
 
+  it('keeps saying "Cancelling…" while the Cancel is on its way, whatever steps the job reports meanwhile', async () => {
+    await recordTexts();
+    const unblock = await holdTableLock(t.agent.databaseUrl, 'users');
+    let jobId: string | undefined;
+    try {
+      await page.getByRole('button', { name: 'Create Backup' }).click();
+      await progressText().getByText('Exporting the database…').waitFor({ timeout: 30_000 });
+      // The Cancel reaches the agent only once the job has moved on to another step (or ended): the
+      // page meanwhile hears of that step.
+      await page.route('**/api/v1/jobs/*/cancel', async (route) => {
+        const id = decodeURIComponent(new URL(route.request().url()).pathname.split('/').at(-2)!);
+        jobId = id;
+        await expect
+          .poll(() => t.agent.jobs.get(id)?.phase ?? 'gone', { timeout: 60_000, interval: 20 })
+          .not.toBe('dump');
+        await route.continue();
+      });
+      await page.evaluate(() => {
+        (window as unknown as { shownTexts: string[] }).shownTexts.length = 0;
+      });
+      await dialog().getByRole('button', { name: 'Cancel' }).click();
+      await progressText().getByText('Cancelling…').waitFor();
+    } finally {
+      await unblock();
+    }
+    await dialog().getByRole('button', { name: 'Close' }).waitFor({ timeout: 90_000 });
+    const job = await t.agent.jobs.waitFor(jobId!);
+    // Every text before the job's end said "Cancelling…": never a step's words while the Cancel was on its way.
+    const shown = await shownTexts();
+    const end = (await progressText().textContent()) ?? '';
+    const running = shown.filter((text) => text !== end);
+    expect(running.length).toBeGreaterThan(0);
+    expect(running).toEqual(running.map(() => 'Cancelling…'));
+    expect(['cancelled', 'succeeded']).toContain(job.state);
+    await dialog().getByRole('button', { name: 'Close' }).click();
+  });
+
   it('after a restore’s reload says what was restored and which safety backup undoes it, once', async () => {
     const [target] = (await t.agent.catalog.list()).filter((b) => b.kind !== 'safety');
     const name = target!.filename;
