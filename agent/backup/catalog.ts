@@ -299,15 +299,25 @@ export class BackupCatalog {
   /**
    * Merges `patch` into a backup's record (undefined removes the record). Updates queue one after
    * another and each starts from the file as it is now, so neither a concurrent update of this process
-   * nor one written by another process on the same data dir (the CLI) is lost.
+   * nor one written by another process on the same data dir (the CLI) is lost. A patch that depends on
+   * the record (one field of a nested one) is a function of the record as the file holds it, called
+   * under the file's lock: a patch computed from a record read before would undo what another process
+   * wrote meanwhile.
    */
-  updateRecord(name: string, patch: Partial<BackupRecord> | undefined): Promise<void> {
+  updateRecord(
+    name: string,
+    patch: Partial<BackupRecord> | ((record: BackupRecord | undefined) => Partial<BackupRecord>) | undefined,
+  ): Promise<void> {
     // Across processes too: the service pinning a backup while the CLI records a new one both stay.
     const run = this.queue.then(() =>
       withFileUpdateLock(this.recordsPath, async () => {
         const records = await this.readRecordsFile(true);
         if (patch === undefined) delete records[name];
-        else records[name] = { ...records[name], ...patch };
+        else
+          records[name] = {
+            ...records[name],
+            ...(typeof patch === 'function' ? patch(records[name]) : patch),
+          };
         await writeSmallFileAtomic(this.recordsPath, `${JSON.stringify(records, null, 2)}\n`, 0o600);
         this.records = undefined;
       }),

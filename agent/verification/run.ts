@@ -3,7 +3,7 @@ import { Readable } from 'node:stream';
 import type { ReadableStream as NodeReadableStream } from 'node:stream/web';
 import { isBackupName } from '../../shared/storage/names';
 import type { Agent } from '../agent';
-import { datedInFuture } from '../backup/catalog';
+import { type BackupCatalog, datedInFuture } from '../backup/catalog';
 import { verifyBackup } from '../backup/create';
 import { readBackup } from '../backup/reader';
 import { drServiceFor } from '../dr/service';
@@ -159,6 +159,28 @@ async function verifyCloud(agent: Agent, ctx: JobContext): Promise<TargetResult>
 }
 
 /**
+ * Records an offsite target's result on the local record of the backup it checked, beside the other
+ * targets' results as the records file holds them (read under its lock: a verification in the CLI
+ * recording another target's result meanwhile keeps it).
+ */
+export function recordRemoteVerify(
+  catalog: BackupCatalog,
+  filename: string,
+  result: TargetResult,
+): Promise<void> {
+  return catalog.updateRecord(filename, (record) => ({
+    remoteVerify: {
+      ...record?.remoteVerify,
+      [result.target]: {
+        verifiedAt: result.at,
+        verifyResult: result.ok ? 'ok' : 'failed',
+        ...(result.error ? { verifyError: result.error.message } : {}),
+      },
+    },
+  }));
+}
+
+/**
  * Runs one verification over every target, one at a time (so a slow destination never competes with
  * another for bandwidth), recording each result as it comes: in verification-state.json, and on the
  * local catalog record of the same backup (`remoteVerify`), so the list shows it.
@@ -182,17 +204,7 @@ export async function runVerification(
       !result.skipped &&
       (await agent.catalog.exists(result.filename))
     ) {
-      const info = await agent.catalog.info(result.filename);
-      await agent.catalog.updateRecord(result.filename, {
-        remoteVerify: {
-          ...info.remoteVerify,
-          [result.target]: {
-            verifiedAt: result.at,
-            verifyResult: result.ok ? 'ok' : 'failed',
-            ...(result.error ? { verifyError: result.error.message } : {}),
-          },
-        },
-      });
+      await recordRemoteVerify(agent.catalog, result.filename, result);
     }
   };
   ctx.phase('verify local');
