@@ -2,6 +2,7 @@
 import { SAFETY_BACKUPS_KEPT } from '../../shared/api/settings';
 import { isBackupName } from '../../shared/storage/names';
 import type { AfterBackupHook, Agent } from '../agent';
+import { AppError, describeError } from '../errors';
 import { type BackupInfo, datedInFuture } from './catalog';
 
 /** What a destination knows of a backup; offsite lists may only know the name and its time. */
@@ -139,7 +140,9 @@ export function busyBackupNames(agent: Pick<Agent, 'jobs'>): Set<string> {
 
 /**
  * Deletes the local backups the plan names, oldest first (never those in `protect`, nor one a running
- * job targets: it stays until a later prune); returns their names. Nothing while pruning is held
+ * job targets: it stays until a later prune); returns their names. A backup that cannot be deleted
+ * stays and the others are still tried; then it fails naming what stayed and what went (its details:
+ * `deleted`, `failed` with each one's reason). Nothing while pruning is held
  * (catalog.hold: the records, and so the pins, were damaged) until the owner resumes it. `only:
  * 'safety'`: the plan's safety backups only (a restore's prune), regular ones are left to the next backup's.
  */
@@ -159,6 +162,7 @@ export async function pruneLocal(agent: Agent, protect: string[] = [], only?: 's
     return [];
   }
   const deleted: string[] = [];
+  const failed: { filename: string; error: string }[] = [];
   for (const backup of doomed) {
     // A number kept raised since the plan was made (a settings save during the prune) keeps the rest:
     // the plan would delete backups the new number keeps. A lowered one is caught by the next prune.
@@ -172,16 +176,28 @@ export async function pruneLocal(agent: Agent, protect: string[] = [], only?: 's
     }
     // Checked again at each deletion: a verify or upload may have started since the plan was made.
     if (busyBackupNames(agent).has(backup.filename)) continue;
-    await agent.catalog.delete(backup.filename);
-    deleted.push(backup.filename);
+    // One that cannot be deleted (immutable, its folder's permissions) stays; the others still go.
+    try {
+      await agent.catalog.delete(backup.filename);
+      deleted.push(backup.filename);
+    } catch (error) {
+      failed.push({ filename: backup.filename, error: describeError(error).message });
+    }
   }
   if (deleted.length) agent.log.info('retention pruned local backups', { deleted });
+  if (failed.length) {
+    const could = `could not delete ${failed.map((f) => `${f.filename} (${f.error})`).join(', ')}`;
+    throw new AppError('internal', deleted.length ? `${could}; deleted ${deleted.join(', ')}` : could, {
+      details: { deleted, failed },
+    });
+  }
   return deleted;
 }
 
 /**
  * The after-backup hook (runs only after a new backup completed and verified). The names it deleted
- * are kept in the backup job's result (`followUps.retention.details.deleted`): the page says so.
+ * are kept in the backup job's result (`followUps.retention.details.deleted`): the page says so. When
+ * some could not be deleted the step fails and its details name both (`deleted`, `failed`).
  */
 export function retentionHook(agent: Agent): AfterBackupHook {
   return async function retention(backup, ctx) {

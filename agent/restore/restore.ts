@@ -12,7 +12,7 @@ import { prepareArchiveHasher } from '../backup/member-hasher';
 import { type ReadOptions, readBackup, readHeaderOfFile } from '../backup/reader';
 import { busyBackupNames, pruneLocal } from '../backup/retention';
 import { UnfinishedRecoveryFile } from '../dr/unfinished';
-import { AppError, describeError } from '../errors';
+import { AppError, describeError, isAppError } from '../errors';
 import type { Job, JobContext } from '../jobs/runner';
 import { type Keyring, shortInstallationId } from '../keys/keyring';
 import type { Logger } from '../log';
@@ -659,15 +659,17 @@ async function removeSafetyBackup(agent: Agent, ctx: JobContext, name: string): 
  * The safety part of retention, after a restore committed: the backup job prunes only after a backup,
  * and an owner restoring one backup after another (to find the good one) would pile up a safety backup
  * each until then. The backup job's rules hold (pins, the retention hold, a running job's target);
- * `protect` (the safety backup just made, the backup restored from) always stays. A failure is logged,
- * never thrown: the restore is done.
+ * `protect` (the safety backup just made, the backup restored from) always stays. A failure is logged
+ * (naming what stayed and what went), never thrown: the restore is done. Returns what was deleted,
+ * also when some could not be.
  */
 async function pruneSafetyBackups(agent: Agent, ctx: JobContext, protect: string[]): Promise<string[]> {
   try {
     return await pruneLocal(agent, protect, 'safety');
   } catch (error) {
     ctx.log.warn('the older safety backups could not be pruned; the restore itself is done', { error });
-    return [];
+    const deleted = isAppError(error) ? error.details?.deleted : undefined;
+    return Array.isArray(deleted) ? deleted : [];
   }
 }
 

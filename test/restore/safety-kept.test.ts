@@ -271,18 +271,26 @@ describe('the safety backup of a restore', () => {
     expect(lines.map((l) => l.msg)).toContain('retention deleted nothing: pruning is paused');
     await t.agent.catalog.hold.resume();
 
-    // A safety backup that cannot be deleted (immutable) fails only the prune, never the restore.
-    const newestKept = [held.safetyBackup, fromSafety.safetyBackup, made.at(-1)!];
+    // A safety backup that cannot be deleted (immutable) fails only the prune, never the restore; the
+    // newer ones the prune was to delete after it still go, and the result and the log say both.
+    const newestKept = [held.safetyBackup, fromSafety.safetyBackup];
     const stuck = t.agent.catalog.pathOf(oldest);
     await runProcess('chattr', ['+i', stuck]).then((r) => expect(r.code, r.stderr).toBe(0));
     try {
       lines.length = 0;
       const blocked = await done(await restore());
-      expect(blocked.safetyBackupsPruned).toBeUndefined();
-      expect(await unpinned()).toContain(oldest);
-      expect(lines.map((l) => l.msg)).toContain(
-        'the older safety backups could not be pruned; the restore itself is done',
+      const others = made.slice(2);
+      expect(blocked.safetyBackupsPruned).toEqual(others);
+      const left = await unpinned();
+      expect(left).toContain(oldest);
+      for (const name of others) expect(left).not.toContain(name);
+      const warned = lines.find(
+        (l) => l.msg === 'the older safety backups could not be pruned; the restore itself is done',
       );
+      const said = /^could not delete (\S+) \(.+\); deleted (.+)$/.exec(
+        String((warned?.error as { message?: unknown } | undefined)?.message),
+      );
+      expect(said?.slice(1), JSON.stringify(warned)).toEqual([oldest, others.join(', ')]);
       newestKept.unshift(blocked.safetyBackup);
     } finally {
       await runProcess('chattr', ['-i', stuck]);

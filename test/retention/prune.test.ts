@@ -5,11 +5,12 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { backupDeps, createBackup } from '../../agent/backup/create';
 import { startBackup } from '../../agent/backup/operations';
-import { pruneLocal } from '../../agent/backup/retention';
+import { planNextBackupPrune, pruneLocal } from '../../agent/backup/retention';
 import { retentionModule, settingsModule } from '../../agent/http/routes/settings';
 import { type Job, standaloneContext } from '../../agent/jobs/runner';
 import { Keyring } from '../../agent/keys/keyring';
 import { silentLogger } from '../../agent/log';
+import { runProcess } from '../../agent/system/spawn';
 import { startTestAgent, type TestAgent } from '../services/agent';
 import { startPostgres, type TestPostgres } from '../services/postgres';
 
@@ -166,5 +167,40 @@ describe('retention of local backups', () => {
     } finally {
       await rm(elsewhere, { recursive: true, force: true });
     }
+  });
+
+  it('tries every old backup when one cannot be deleted (immutable): the others go, the job names both', async () => {
+    await t.agent.settings.update({ autoBackup: { maxBackups: 4 } });
+    while ((await t.agent.catalog.list()).filter((b) => b.kind !== 'safety' && !b.pinned).length < 4)
+      expect((await backup('manual')).state).toBe('succeeded');
+    await t.agent.settings.update({ autoBackup: { maxBackups: 1 } });
+    // What the next backup's prune deletes, oldest first; the second of them cannot be deleted.
+    const doomed = (await planNextBackupPrune(t.agent, 1)).map((b) => b.filename);
+    expect(doomed.length).toBeGreaterThanOrEqual(3);
+    const stuck = doomed[1]!;
+    const immutable = await runProcess('chattr', ['+i', t.agent.catalog.pathOf(stuck)]);
+    expect(immutable.code, immutable.stderr).toBe(0);
+    try {
+      const job = await backup('manual');
+      expect(job.state, job.error?.message).toBe('succeeded');
+      const retention = (
+        job.result as {
+          followUps: Record<string, { ok: boolean; error?: string; details?: Record<string, unknown> }>;
+        }
+      ).followUps.retention;
+      const others = doomed.filter((name) => name !== stuck);
+      expect(retention?.ok).toBe(false);
+      // The error names the backup that stayed and why, then what went.
+      const said = /^could not delete (\S+) \(.+\); deleted (.+)$/.exec(retention?.error ?? '');
+      expect(said?.slice(1), retention?.error).toEqual([stuck, others.join(', ')]);
+      expect(retention?.details?.deleted).toEqual(others);
+      expect(retention?.details?.failed).toEqual([{ filename: stuck, error: expect.any(String) }]);
+      const left = await localNames();
+      expect(left).toContain(stuck);
+      for (const name of others) expect(left).not.toContain(name);
+    } finally {
+      await runProcess('chattr', ['-i', t.agent.catalog.pathOf(stuck)]);
+    }
+    await t.agent.catalog.delete(stuck);
   });
 });
