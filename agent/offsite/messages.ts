@@ -41,7 +41,7 @@ export function describeDestinationError(
     case 'unreachable':
       message =
         kind === 's3' && / stopped answering during the upload /.test(detail)
-          ? `The storage at ${detail}, so the upload was given up (nothing was stored under its name). Check that the server is running and reachable; the next sync or backup uploads it again.`
+          ? givenUpUpload(detail)
           : kind === 's3'
             ? `Cannot reach the storage at ${s.endpoint || 'Amazon S3'}: check the endpoint URL and this machine's network connection.`
             : `Cannot reach ${s.host} on port ${kind === 'sftp' ? s.port || 22 : s.port || 445}: check the host name and port, that the server is running, and that no firewall blocks it.`;
@@ -94,6 +94,17 @@ export function describeDestinationError(
       message = otherFailure(kind, section, detail);
   }
   return { code: error.code, message };
+}
+
+/**
+ * An S3 upload given up on a server that stopped answering (S3Provider.put). Before every byte was
+ * sent nothing can be under its name; after it (no answer to the Complete in time) the server may still
+ * finish storing it, whole: the next sync lists what is there.
+ */
+function givenUpUpload(detail: string): string {
+  if (/: it took all the data, /.test(detail))
+    return `The storage at ${detail}, so the upload was given up; the server may still finish storing it, and the backup then appears there whole. Check that the server is running and reachable; the next sync checks for it and uploads it again if it is not there.`;
+  return `The storage at ${detail}, so the upload was given up (nothing was stored under its name). Check that the server is running and reachable; the next sync or backup uploads it again.`;
 }
 
 /** A connection that opened and then dropped, or never spoke: the system's or the library's words for it. */

@@ -27,9 +27,10 @@ export const headRequest =
  * How the proxy answers a held request: 'slow' forwards it and answers `delayMs` late (a Complete the
  * way AWS does: 200 at once, whitespace meanwhile, then the server's answer in the body); 'silent'
  * takes it and never answers; 'whitespace' takes it and sends whitespace after a 200 forever; 'error'
- * answers 200 with an error in the body, as AWS may answer a Complete.
+ * answers 200 with an error in the body, as AWS may answer a Complete; 'frozen' reads none of its body
+ * and never answers (a server frozen mid-upload: the client's bytes stop once the socket's buffers fill).
  */
-export type Answer = 'slow' | 'silent' | 'whitespace' | 'error';
+export type Answer = 'slow' | 'silent' | 'whitespace' | 'error' | 'frozen';
 
 export interface AnswerProxy {
   endpoint: string;
@@ -81,6 +82,8 @@ export async function startAnswerProxy(endpoint: string): Promise<AnswerProxy> {
     if (rule) proxy.held += 1;
     const delayMs = rule?.delayMs ?? 0;
     switch (rule?.answer) {
+      case 'frozen':
+        return;
       case 'silent':
         req.resume();
         return;
