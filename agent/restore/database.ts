@@ -425,6 +425,16 @@ export interface GrantedMembership {
   grantedBy?: string;
 }
 
+/** What a restore made of the server's roles: the roles it created and the memberships it granted. */
+export type MadeRoles = Pick<RolePlan, 'created' | 'granted'>;
+
+/**
+ * Records durably what a restore has made of the roles and the one role or membership it is about to
+ * make, before making it (role-record.ts): a restore killed before its swap commits leaves them to
+ * the next start, which takes them back.
+ */
+export type RecordMadeRoles = (made: MadeRoles) => Promise<void>;
+
 const ROLE_ATTRIBUTES = ['superuser', 'createdb', 'createrole', 'replication', 'bypassrls'] as const;
 
 /**
@@ -433,13 +443,15 @@ const ROLE_ATTRIBUTES = ['superuser', 'createdb', 'createrole', 'replication', '
  * pg_restore can give every object its owner and every privilege back, REVOKEs included. Without
  * the rights, or for a backup that lists no roles (made before 2026-12-01), everything is owned by
  * the live database's owner, as before, and the plan says what could not be kept. Then the backup's
- * `memberships` among roles this server has that it lacks are granted (grantMemberships). On a
- * failure here, what it created is taken back before the error is thrown.
+ * `memberships` among roles this server has that it lacks are granted (grantMemberships). Each role
+ * and membership is given to `record` before it is made, and what turned out not to be made is
+ * taken off again. On a failure here, what it created is taken back before the error is thrown.
  */
 export async function prepareRoles(
   conn: PgConnection,
   roles: ManifestRole[] | undefined,
   memberships: ManifestMembership[] = [],
+  record: RecordMadeRoles = async () => {},
 ): Promise<RolePlan> {
   return withMaintenance(conn, async (sql) => {
     const [me] = await sql<{ superuser: boolean; createrole: boolean; owner: string | null }[]>`
@@ -478,6 +490,7 @@ export async function prepareRoles(
           cannot.push(role.name);
           continue;
         }
+        await record({ created: [...plan.created, role.name], granted: plan.granted });
         const created = await sql
           .unsafe(`create role ${quoteIdent(role.name)} nologin ${role.inherit ? 'inherit' : 'noinherit'}`)
           .then(
@@ -488,7 +501,10 @@ export async function prepareRoles(
               return false;
             },
           );
-        if (!created) continue;
+        if (!created) {
+          await record(plan);
+          continue;
+        }
         plan.created.push(role.name);
         const had = ROLE_ATTRIBUTES.filter((a) => role[a]).map((a) => a.toUpperCase());
         plan.warnings.push(
@@ -496,7 +512,7 @@ export async function prepareRoles(
             (had.length > 0 ? ` (it also had ${had.join(', ')}, not given: grant it again if needed)` : ''),
         );
       }
-      await grantMemberships(sql, memberships, plan);
+      await grantMemberships(sql, memberships, plan, record);
     } catch (error) {
       const kept = await undoRolePlan(sql, plan).catch(() => []);
       if (kept.length === 0 || !(error instanceof Error)) throw error;
@@ -533,6 +549,7 @@ async function grantMemberships(
   sql: postgres.Sql,
   memberships: ManifestMembership[],
   plan: RolePlan,
+  record: RecordMadeRoles,
 ): Promise<void> {
   if (memberships.length === 0) return;
   const names = [
@@ -561,17 +578,26 @@ async function grantMemberships(
           ? ' with admin option'
           : '';
     const grant = `grant ${quoteIdent(m.role)} to ${quoteIdent(m.member)}${options}`;
+    // Recorded before each attempt, with the grantor it names (the revoke must name the same one).
+    const attempt = async (grantedBy: string | undefined) => {
+      const granted = { role: m.role, member: m.member, ...(grantedBy === undefined ? {} : { grantedBy }) };
+      await record({ created: plan.created, granted: [...plan.granted, granted] });
+      const by = grantedBy === undefined ? '' : ` granted by ${quoteIdent(grantedBy)}`;
+      return sql.unsafe(`${grant}${by}`).then(
+        () => undefined,
+        (error: Error) => error,
+      );
+    };
     let grantedBy = m.grantor !== undefined && here.has(m.grantor) ? m.grantor : undefined;
-    try {
-      if (grantedBy === undefined) await sql.unsafe(grant);
-      else
-        await sql.unsafe(`${grant} granted by ${quoteIdent(grantedBy)}`).catch(async () => {
-          grantedBy = undefined;
-          await sql.unsafe(grant);
-        });
-    } catch (error) {
+    let failure = grantedBy === undefined ? undefined : await attempt(grantedBy);
+    if (grantedBy === undefined || failure) {
+      grantedBy = undefined;
+      failure = await attempt(undefined);
+    }
+    if (failure) {
+      await record(plan);
       plan.warnings.push(
-        `role ${m.member} could not be made a member of role ${m.role} as in the backup: ${(error as Error).message}`,
+        `role ${m.member} could not be made a member of role ${m.role} as in the backup: ${failure.message}`,
       );
       continue;
     }
@@ -589,7 +615,7 @@ async function grantMemberships(
  * and nothing depends on it (DROP ROLE refuses otherwise). For a restore that did not commit, once its
  * staging database is gone. Returns a line for each role or membership kept, and why.
  */
-async function undoRolePlan(sql: postgres.Sql, plan: RolePlan): Promise<string[]> {
+async function undoRolePlan(sql: postgres.Sql, plan: MadeRoles): Promise<string[]> {
   const kept: string[] = [];
   const why = (error: Error & { detail?: string }) =>
     `${error.message}${error.detail ? ` (${error.detail.replace(/\s+/g, ' ')})` : ''}`;
@@ -625,11 +651,11 @@ async function undoRolePlan(sql: postgres.Sql, plan: RolePlan): Promise<string[]
 }
 
 /**
- * After a restore that did not commit (failed, cancelled, or its swap undone), once its staging
- * database is dropped: takes back the roles and memberships its plan created (undoRolePlan). Returns
- * a line for each one kept, for the log.
+ * After a restore that did not commit (failed, cancelled, its swap undone, or killed: its record at the
+ * next start), once its staging database is dropped: takes back the roles and memberships it created
+ * (undoRolePlan). Returns a line for each one kept, for the log.
  */
-export async function dropRestoreRoles(conn: PgConnection, plan: RolePlan): Promise<string[]> {
+export async function dropRestoreRoles(conn: PgConnection, plan: MadeRoles): Promise<string[]> {
   if (plan.created.length === 0 && plan.granted.length === 0) return [];
   return withMaintenance(conn, (sql) => undoRolePlan(sql, plan));
 }

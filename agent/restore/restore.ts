@@ -35,15 +35,16 @@ import {
   dropDatabase,
   dropRestoreRoles,
   listDump,
+  type MadeRoles,
   prepareRoles,
   RESTORE_JOBS,
-  type RolePlan,
   restoreDump,
   serverIsLocal,
   serverStorage,
 } from './database';
 import { extractionSinks, type LiveFolder } from './extract';
 import { LastRestoreStore } from './last-restore';
+import { clearRoleRecord, writeRoleRecord } from './role-record';
 import { cleanupAfterReport, type RestoreFaults, restoreNames, restoreSettled, swapIntoPlace } from './swap';
 
 export type { RestoreFaults } from './swap';
@@ -359,8 +360,9 @@ export async function restoreFromFile(
   let committed = false;
   let cleanupAfter: (() => void) | undefined;
   let counter: StagingRowCounter | undefined;
-  // The roles and memberships this restore created: taken back if it does not commit.
-  let roles: RolePlan | undefined;
+  // What this restore made of the server's roles, as last recorded (role-record.ts): taken back if it
+  // does not commit.
+  let madeRoles: MadeRoles | undefined;
   try {
     // The check pass is also the extraction: the file is decrypted once, every member checked
     // against the manifest as it is written into the work and staging folders (never the live
@@ -446,7 +448,12 @@ export async function restoreFromFile(
     counter = new StagingRowCounter(conn, names.staging, listing.tables, RESTORE_JOBS);
     const staging = counter;
     // The roles the backup's objects name: those missing are created, so owners and privileges come back.
-    roles = await timed('roles', () => prepareRoles(conn, manifest.roles, manifest.memberships));
+    const roles = await timed('roles', () =>
+      prepareRoles(conn, manifest.roles, manifest.memberships, async (made) => {
+        await writeRoleRecord(agent.config.dataDir, names.id, made);
+        madeRoles = { created: [...made.created], granted: [...made.granted] };
+      }),
+    );
     const restored = await timed('pg_restore', () =>
       restoreDump({
         conn,
@@ -536,6 +543,7 @@ export async function restoreFromFile(
       }
     });
     ctx.log.info('restore swapped into place', { restoredFrom: label, safetyBackup });
+    await options.faults?.afterCommit?.();
     await finishUnfinishedRecovery(agent, ctx, manifest.installationId);
 
     // 5. Restart GEM; its failure is reported, the restore itself is done.
@@ -561,15 +569,24 @@ export async function restoreFromFile(
       ...(warnings.length > 0 ? { warnings } : {}),
     };
   } catch (error) {
-    const failure =
-      (!committed && (await diskFullFailure(error, databaseDir))) ||
-      (error instanceof AppError
-        ? error
-        : new AppError(
-            'restore_failed',
-            `the restore failed; the live system is unchanged: ${describeError(error).message}`,
-            { cause: error },
-          ));
+    // What the owner is told follows whether the swap committed, never the error's type: after the
+    // commit the live data is the backup's, whatever the failing step's own words say.
+    const failure = committed
+      ? new AppError(
+          'restore_failed',
+          `the backup ${label} was restored: GEM's database and folders are now the backup's` +
+            (safetyBackup ? ` (the state before it is kept in the safety backup ${safetyBackup})` : '') +
+            `, but a step after the swap failed: ${describeError(error).message}`,
+          { cause: error, details: { committed: true } },
+        )
+      : (await diskFullFailure(error, databaseDir)) ||
+        (error instanceof AppError
+          ? error
+          : new AppError(
+              'restore_failed',
+              `the restore failed; the live system is unchanged: ${describeError(error).message}`,
+              { cause: error },
+            ));
     // Nothing live was changed (stopped before the swap, or the swap was undone): the safety backup
     // would only push an earlier restore's out of the kept ones. An undo that failed keeps it.
     if (safetyBackup && !committed && !keepStaging) {
@@ -585,25 +602,24 @@ export async function restoreFromFile(
   } finally {
     await counter?.close().catch(() => {});
     await rm(work, { recursive: true, force: true });
+    let stagingDropped = true;
     if (!keepStaging && !swapped) {
       if (stagingDb) {
         await stagingDb.catch(() => {});
-        await dropDatabase(conn, names.staging).catch(() => {});
+        stagingDropped = await dropDatabase(conn, names.staging).then(
+          () => true,
+          () => false,
+        );
       }
       for (const folder of names.folders) await removeTree(folder.staging);
     }
     // After the staging database is gone (its objects are owned by them); never once the swap committed,
-    // nor while an undo that failed leaves the journal to the next start (it may roll forward).
-    if (roles && !committed && !keepStaging) {
-      const kept = await dropRestoreRoles(conn, roles).catch((error: unknown) => [
-        `the roles this restore created (${roles?.created.join(', ')}) could not be dropped: ${describeError(error).message}`,
-      ]);
-      for (const line of kept) ctx.log.warn(line);
-      if (kept.length === 0 && roles.created.length + roles.granted.length > 0)
-        ctx.log.info('the roles and memberships this restore created were taken back', {
-          roles: roles.created,
-          memberships: roles.granted.map((m) => `${m.role} to ${m.member}`),
-        });
+    // nor while an undo that failed leaves the journal to the next start (it may roll forward). Whatever
+    // is not done here, its record leaves to the next start.
+    if (madeRoles && !committed && !keepStaging) {
+      if (stagingDropped) await takeBackRoles(agent, ctx, names.id, madeRoles);
+      else
+        ctx.log.warn('the roles this restore created are left to the next start, with its staging database');
     }
     cleanupAfter?.();
   }
@@ -625,6 +641,29 @@ async function finishUnfinishedRecovery(agent: Agent, ctx: JobContext, restored:
     (error: unknown) =>
       ctx.log.warn('the unfinished DR recovery could not be marked done', { error: describeError(error) }),
   );
+}
+
+/**
+ * Takes back the roles and memberships a restore that did not commit created (dropRestoreRoles), then
+ * removes its record (role-record.ts). Never throws: a database that fails here leaves the record,
+ * and so the roles, to the next start.
+ */
+async function takeBackRoles(agent: Agent, ctx: JobContext, id: string, made: MadeRoles): Promise<void> {
+  try {
+    const kept = await dropRestoreRoles(agent.sources.conn, made);
+    for (const line of kept) ctx.log.warn(line);
+    if (kept.length === 0 && made.created.length + made.granted.length > 0)
+      ctx.log.info('the roles and memberships this restore created were taken back', {
+        roles: made.created,
+        memberships: made.granted.map((m) => `${m.role} to ${m.member}`),
+      });
+    await clearRoleRecord(agent.config.dataDir, id);
+  } catch (error) {
+    ctx.log.warn(
+      `the roles this restore created (${made.created.join(', ')}) could not be taken back now; the next start does`,
+      { error: describeError(error) },
+    );
+  }
 }
 
 /**

@@ -21,6 +21,7 @@ import {
   setAllowConnections,
   terminateSessions,
 } from './database';
+import { clearRoleRecord, takeBackRecordedRoles } from './role-record';
 
 /**
  * How a live folder is swapped: `rename` moves it aside and the staged folder into its place;
@@ -81,6 +82,8 @@ export interface RestoreFaults {
   beforeSwapStep?: (step: string) => void | Promise<void>;
   /** Called after each swap step's action took effect; throwing here fails the step after it acted (as an fsync failing after its rename). */
   afterSwapStep?: (step: string) => void | Promise<void>;
+  /** Called once the swap committed, before the restart; throwing here fails the restore after its commit. */
+  afterCommit?: () => void | Promise<void>;
   /** Receives pg_restore's pid while it restores the staging database. */
   onStagingRestore?: (pid: number) => void;
   /** Overrides the free bytes the disk check requires. */
@@ -412,6 +415,8 @@ async function cleanupPrevious(deps: SwapDeps, names: RestoreNames, keepPrevious
     // Only the newest previous state is kept aside: older ones go.
     await dropPreviousExcept(conn, deps.sources, names.id);
   }
+  // The roles it created stay: they own the restored objects. Before the journal, which says it committed.
+  await clearRoleRecord(deps.config.dataDir, names.id);
   await removeJournal(deps.config.dataDir, names.id);
 }
 
@@ -567,11 +572,29 @@ export async function recoverInterruptedRestore(
     }
   }
   // Leftovers are only disk space: failing to drop them (database down) must not stop the agent starting.
-  await dropStagingLeftovers(deps.sources).then(
-    (removed) =>
-      removed.length > 0 && deps.log.info('removed restore staging leftovers', { count: removed.length }),
-    (error) => deps.log.warn('could not check for restore staging leftovers', { error }),
+  const leftoversGone = await dropStagingLeftovers(deps.sources).then(
+    (removed) => {
+      if (removed.length > 0) deps.log.info('removed restore staging leftovers', { count: removed.length });
+      return true;
+    },
+    (error) => {
+      deps.log.warn('could not check for restore staging leftovers', { error });
+      return false;
+    },
   );
+  // Then the roles a restore that did not commit created (the staging databases' objects were theirs).
+  if (leftoversGone) {
+    await takeBackRecordedRoles(
+      deps.sources.conn,
+      deps.config.dataDir,
+      deps.log,
+      journal?.committed ? journal.id : undefined,
+    ).catch((error) =>
+      deps.log.warn('could not take back the roles an interrupted restore created; the next start retries', {
+        error,
+      }),
+    );
+  }
   return outcome;
 }
 

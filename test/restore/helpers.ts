@@ -236,6 +236,18 @@ export interface CrashFixture {
   atBackup: Awaited<ReturnType<typeof liveState>>;
 }
 
+/** The env an agent process over test agent `t`'s database, data dir and folders runs with. */
+export function agentEnv(t: TestAgent, pg: TestPostgres): Record<string, string> {
+  return {
+    DATABASE_URL: t.agent.databaseUrl,
+    GEM_DATA_DIR: t.dataDir,
+    GEM_SCRIPTS_DIR: t.agent.sources.scriptsDir,
+    GEM_CONFIG_DIR: t.agent.sources.configDir,
+    GEM_AGENT_TOKEN: TEST_TOKEN,
+    GEM_PG_BIN: pg.binDir,
+  };
+}
+
 /**
  * The set-up of the crash tests (test/faults/crash-restore, test/jobs/history): a test agent (in
  * `dataDir` if given), a `history` table of `rows` rows of 64 hex characters beside GEM's tables
@@ -247,14 +259,7 @@ export async function startCrashFixture(
   options: { rows: number; dataDir?: string },
 ): Promise<CrashFixture> {
   const t = await startTestAgent(pg, options.dataDir ? { dataDir: options.dataDir } : {});
-  const env = {
-    DATABASE_URL: t.agent.databaseUrl,
-    GEM_DATA_DIR: t.dataDir,
-    GEM_SCRIPTS_DIR: t.agent.sources.scriptsDir,
-    GEM_CONFIG_DIR: t.agent.sources.configDir,
-    GEM_AGENT_TOKEN: TEST_TOKEN,
-    GEM_PG_BIN: pg.binDir,
-  };
+  const env = agentEnv(t, pg);
   await withSql(t.agent.databaseUrl, (sql) =>
     sql.unsafe(
       `create table history as select g as id, md5(g::text) || md5((g * 7)::text) as v from generate_series(1, ${options.rows}) g`,

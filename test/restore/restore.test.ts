@@ -2,6 +2,7 @@ import { copyFile, mkdir, readFile, rm, stat, writeFile } from 'node:fs/promises
 import { join } from 'node:path';
 import postgres from 'postgres';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { AppError } from '../../agent/errors';
 import { restoreModule } from '../../agent/http/routes/restore';
 import type { Job } from '../../agent/jobs/runner';
 import { keyringFileSchema } from '../../agent/keys/keyring';
@@ -68,6 +69,12 @@ async function waitFor(check: () => Promise<boolean>): Promise<void> {
 /** Runs a restore of `path` as a job and waits for it. */
 function runRestore(path: string, options: RestoreOptions = {}): Promise<Job> {
   return runRestoreOf(t.agent, path, options);
+}
+
+/** A live state without the agent's own schema (gem_backup), which a restore keeps as it is live. */
+function gemData(state: Awaited<ReturnType<typeof liveState>>) {
+  const database = Object.entries(state.database).filter(([table]) => !table.startsWith('gem_backup.'));
+  return { ...state, database: Object.fromEntries(database) };
 }
 
 /** The failure contract: the job failed with `code`, live state is byte-identical, no leftovers after recovery. */
@@ -442,6 +449,39 @@ describe('restore', () => {
       expect(row!.allow).toBe(true);
     });
   }
+
+  it.each([
+    ['an error', () => new Error('injected after the commit')],
+    [
+      'an AppError claiming nothing changed',
+      () => new AppError('restore_failed', 'injected after the commit; the live system is unchanged'),
+    ],
+  ])('says the backup was restored when %s is thrown after the swap committed', async (_, error) => {
+    await changeEverything('after-commit');
+    const job = await runRestore(t.agent.catalog.pathOf(backupName), {
+      faults: {
+        afterCommit: () => {
+          throw error();
+        },
+      },
+    });
+    expect(job.state).toBe('failed');
+    expect(job.error?.code).toBe('restore_failed');
+    expect(job.error?.message).toMatch(
+      new RegExp(`^the backup ${backupName} was restored: GEM's database and folders are now the backup's`),
+    );
+    // The safety backup it names is kept, with the state before.
+    const safety = /the state before it is kept in the safety backup (\S+)\)/.exec(
+      job.error?.message ?? '',
+    )?.[1];
+    expect((await t.agent.catalog.info(safety ?? 'none')).kind).toBe('safety');
+    expect(job.error?.message).toContain('a step after the swap failed: injected after the commit');
+    // It is so: the live data is the backup's (the agent's own schema stays the live one's), and the next
+    // start finishes the swap's cleanup.
+    await recoverInterruptedRestore(t.agent);
+    expect(await leftovers(t.agent)).toEqual([]);
+    expect(gemData(await liveState(t.agent))).toEqual(gemData(stateAtBackup));
+  });
 
   it("drops a staging database a killed restore's server session was still creating", async () => {
     // The server finishes a CREATE DATABASE whose client died; recovery must not list the databases
