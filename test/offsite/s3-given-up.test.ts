@@ -43,12 +43,12 @@ beforeAll(async () => {
   proxy = await startAnswerProxy(moto.endpoint);
   const raw = motoClient(moto.endpoint);
   await raw.send(new CreateBucketCommand({ Bucket: BUCKET })).finally(() => raw.destroy());
-  // The provider gives up after 1.5 s without new bytes, or 2 s without an answer once all are sent.
+  // The provider gives up after 2.5 s without new bytes, or 2 s without an answer once all are sent.
   t = await startOffsiteAgent(pg, {
     ...FAST,
     providerOverrides: {
       ...FAST.providerOverrides,
-      s3: { stallTimeoutMs: 1500, answerTimeoutMs: 2000, partSize: 5 * MIB },
+      s3: { stallTimeoutMs: 2500, answerTimeoutMs: 2000, partSize: 5 * MIB },
     },
   });
   // Random bytes do not compress: a backup of three parts.
@@ -95,7 +95,7 @@ describe('an S3 upload given up', () => {
   it('before every byte was sent (a part the server stopped taking): nothing was stored under its name', async () => {
     const message = await failedSync({ matches: partRequest(1), answer: 'frozen' });
     expect(message).toBe(
-      `1 transfer failed; nothing was pruned. ${name}: The storage at ${proxy.endpoint} stopped answering during the upload of ${name}: it took no data for 2 s, so the upload was given up (nothing was stored under its name). Check that the server is running and reachable; the next sync or backup uploads it again.`,
+      `1 transfer failed; nothing was pruned. ${name}: The storage at ${proxy.endpoint} stopped answering during the upload of ${name}: it took no data for 3 s, so the upload was given up (nothing was stored under its name). Check that the server is running and reachable; the next sync or backup uploads it again.`,
     );
     expect(await stored()).toEqual([]);
   }, 60_000);

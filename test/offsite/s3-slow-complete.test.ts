@@ -24,10 +24,10 @@ let t: TestAgent;
 beforeAll(async () => {
   ({ pg, s3 } = await startAll({ pg: startPostgres, s3: startS3 }));
   proxy = await startAnswerProxy(s3.endpoint);
-  // The transfer gives up after FAST's 3 s without progress, the provider after 1.5 s.
+  // The transfer gives up after FAST's 3 s without progress, the provider after 2.5 s.
   t = await startOffsiteAgent(pg, {
     ...FAST,
-    providerOverrides: { ...FAST.providerOverrides, s3: { stallTimeoutMs: 1500, partSize: 5 * MIB } },
+    providerOverrides: { ...FAST.providerOverrides, s3: { stallTimeoutMs: 2500, partSize: 5 * MIB } },
   });
   // Random bytes do not compress: a backup of three parts.
   await writeFile(join(t.agent.sources.scriptsDir, 'noise.bin'), randomBytes(12 * MIB));
