@@ -92,7 +92,7 @@ describe('SFTP operations share one connection', () => {
 
   it('ends a connection left unused for idleCloseMs; the next read opens a new one', async () => {
     const before = relay.connections;
-    const sftp = provider({ idleCloseMs: 100 });
+    const sftp = provider({ idleCloseMs: 1000 });
     await readsHeader(sftp, names[0]!);
     await readsHeader(sftp, names[1]!);
     expect(relay.connections - before).toBe(1);
