@@ -329,6 +329,13 @@ export async function copyDatabaseProperties(
   });
 }
 
+/**
+ * Settings that load libraries of the server when a session starts: a library the backup's server had
+ * may be missing here, and then no session of the database (or of the role) opens at all, GEM's and the
+ * agent's included. Never taken from a backup; the live value, if any, is kept.
+ */
+const SERVER_LIBRARY_SETTINGS = new Set(['session_preload_libraries', 'local_preload_libraries']);
+
 /** The backup's settings on the staging database (copyDatabaseProperties); a warning for each left out. */
 async function applyBackupSettings(
   sql: postgres.Sql,
@@ -338,6 +345,12 @@ async function applyBackupSettings(
   const warnings: string[] = [];
   for (const { role, name, value } of settings) {
     const what = `the backup's setting ${name}${role === undefined ? '' : ` of role ${role}`}`;
+    if (SERVER_LIBRARY_SETTINGS.has(name.toLowerCase())) {
+      warnings.push(
+        `${what} was not restored: it loads libraries of the server the backup was made on, which may be missing here (the live value, if any, is kept)`,
+      );
+      continue;
+    }
     if (role !== undefined && (await sql`select 1 from pg_roles where rolname = ${role}`).length === 0) {
       warnings.push(`${what} was not restored: role ${role} does not exist here`);
       continue;
@@ -634,7 +647,11 @@ async function undoRolePlan(sql: postgres.Sql, plan: MadeRoles): Promise<string[
       .begin(async (tx) => {
         const [role] = await tx<{ login: boolean; memberships: string; settings: string }[]>`
           select r.rolcanlogin as login,
-                 (select count(*) from pg_auth_members m where r.oid in (m.roleid, m.member, m.grantor)) as memberships,
+                 (select count(*) from pg_auth_members m where r.oid in (m.roleid, m.member, m.grantor)
+                    -- Not the one PostgreSQL 16 gives a CREATEROLE user in each role it creates (granted
+                    -- by the bootstrap superuser): it goes with the role.
+                    and not (m.roleid = r.oid and m.member = (select oid from pg_roles where rolname = current_user)
+                             and m.grantor = 10)) as memberships,
                  (select count(*) from pg_db_role_setting s where s.setrole = r.oid) as settings
           from pg_roles r where r.rolname = ${name}`;
         if (!role) return undefined;

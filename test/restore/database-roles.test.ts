@@ -322,4 +322,37 @@ describe('the roles and settings of a restored database', () => {
       expect.arrayContaining([expect.stringMatching(/setting no_such_setting.*not restored.*unrecognized/)]),
     );
   });
+
+  it("never takes a backup's preload libraries (missing here, no session would open), says so, and the database still opens", async () => {
+    const { manifest, entries } = await unpackBackup(a.agent, backupPath);
+    const path = join(b.dataDir, 'preload-setting.tar.gz');
+    // Libraries the backup's server had and this one lacks: PostgreSQL accepts the settings, and then
+    // every new session of the database (or of the role) fails.
+    const settings = [
+      { name: 'session_preload_libraries', value: 'gem_no_such_library' },
+      { role: 'm_app', name: 'local_preload_libraries', value: 'gem_no_such_library' },
+      { name: 'TimeZone', value: 'Asia/Tokyo' },
+    ];
+    await sealArchive(
+      a.agent.keyring.activeKey,
+      a.agent.keyring.installationId,
+      withManifest(manifest, entries, { postgres: { ...manifest.postgres, settings } }),
+      path,
+    );
+    const job = await runRestore(b.agent, path, { skipSafetyBackup: true, otherInstallation: true });
+    expect(job.state, JSON.stringify(job.error)).toBe('succeeded');
+    // A new session on the restored database opens (the agent's own pool, GEM's connections).
+    expect(await withSql(urlB(), (sql) => sql<{ one: number }[]>`select 1 as one`)).toEqual([{ one: 1 }]);
+    const now = await settingsOfB();
+    expect(now).toEqual(expect.arrayContaining(['*:TimeZone=Asia/Tokyo']));
+    expect(now.join('\n')).not.toContain('preload_libraries');
+    expect((job.result as { warnings?: string[] }).warnings).toEqual(
+      expect.arrayContaining([
+        expect.stringMatching(/setting session_preload_libraries was not restored: it loads libraries/),
+        expect.stringMatching(
+          /setting local_preload_libraries of role m_app was not restored: it loads libraries/,
+        ),
+      ]),
+    );
+  });
 });
