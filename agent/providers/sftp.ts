@@ -533,6 +533,9 @@ export class SftpProvider implements StorageProvider {
         else await this.rename(sftp, temp, final);
       } catch (error) {
         early?.abandon();
+        // The early flush's second channel still holds the temp file open: only the connection's end
+        // closes it, so this connection serves no later operation (even after a server's plain refusal).
+        if (early) lease.retire();
         await this.removeTemp(sftp, handleOpen ? handle : undefined, temp, lease);
         if (writeFailure !== undefined && !signal?.aborted) throw this.writeFailed(writeFailure, name);
         throw this.classify(error, name, signal);
