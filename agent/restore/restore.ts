@@ -44,8 +44,15 @@ import {
 } from './database';
 import { extractionSinks, type LiveFolder } from './extract';
 import { LastRestoreStore } from './last-restore';
-import { clearRoleRecord, writeRoleRecord } from './role-record';
-import { cleanupAfterReport, type RestoreFaults, restoreNames, restoreSettled, swapIntoPlace } from './swap';
+import { clearRoleRecord, takeBackRecordedRoles, writeRoleRecord } from './role-record';
+import {
+  cleanupAfterReport,
+  committedRestoreId,
+  type RestoreFaults,
+  restoreNames,
+  restoreSettled,
+  swapIntoPlace,
+} from './swap';
 
 export type { RestoreFaults } from './swap';
 export { recoverInterruptedRestore, restoreSettled } from './swap';
@@ -447,6 +454,18 @@ export async function restoreFromFile(
     const finished = new Set<number>();
     counter = new StagingRowCounter(conn, names.staging, listing.tables, RESTORE_JOBS);
     const staging = counter;
+    // What an earlier restore that did not commit made of the roles, if its record is still here (the
+    // database failed under its take-back), is taken back first. Else this restore would find those roles
+    // and memberships, not record them as its own, and their take-back at a later start would undo what
+    // the restored database relies on.
+    await timed('earlier-roles', async () =>
+      takeBackRecordedRoles(
+        conn,
+        agent.config.dataDir,
+        ctx.log,
+        await committedRestoreId(agent.config.dataDir),
+      ),
+    );
     // The roles the backup's objects name: those missing are created, so owners and privileges come back.
     const roles = await timed('roles', () =>
       prepareRoles(conn, manifest.roles, manifest.memberships, async (made) => {

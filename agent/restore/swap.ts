@@ -179,6 +179,14 @@ export async function journalState(dataDir: string): Promise<'none' | 'committed
   }
 }
 
+/** The id of the restore whose journal says it committed (its cleanup still to come), if any. */
+export async function committedRestoreId(dataDir: string): Promise<string | undefined> {
+  const text = await readFile(journalPath(dataDir), 'utf8').catch(() => undefined);
+  if (text === undefined) return undefined;
+  const parsed = journalSchema.safeParse(JSON.parse(text));
+  return parsed.success && parsed.data.committed ? parsed.data.id : undefined;
+}
+
 /** Removes the journal; with `id`, only if it is still that restore's (a newer restore's journal stays). */
 async function removeJournal(dataDir: string, id?: string): Promise<void> {
   if (id !== undefined) {

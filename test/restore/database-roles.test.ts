@@ -6,12 +6,13 @@
  * its swap leaves no role nor membership of its own behind. Two real clusters: A makes the backup,
  * B (another installation's database, A's keys imported) restores it.
  */
-import { readFile } from 'node:fs/promises';
+import { readdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { keyringFileSchema } from '../../agent/keys/keyring';
-import { createLogger } from '../../agent/log';
-import { type RestoreFaults, restoreFromFile } from '../../agent/restore/restore';
+import { createLogger, silentLogger } from '../../agent/log';
+import { type RestoreFaults, restoreFromFile, restoreSettled } from '../../agent/restore/restore';
+import { takeBackRecordedRoles, writeRoleRecord } from '../../agent/restore/role-record';
 import { databaseUrl } from '../../agent/system/postgres-tools';
 import { startTestAgent, type TestAgent } from '../services/agent';
 import { startPostgres, type TestPostgres, withSql } from '../services/postgres';
@@ -321,6 +322,29 @@ describe('the roles and settings of a restored database', () => {
     expect((job.result as { warnings?: string[] }).warnings).toEqual(
       expect.arrayContaining([expect.stringMatching(/setting no_such_setting.*not restored.*unrecognized/)]),
     );
+  });
+
+  it("takes back an earlier failed restore's leftover record first, so a later start cannot revoke what this restore relies on", async () => {
+    // An earlier restore granted m_pre1 to m_pre2, failed, and could not take it back (the database
+    // failed under it): its record stayed. The membership is on the server, as it left it.
+    await withSql(urlB('postgres'), async (sql) => {
+      for (const role of ['m_pre1', 'm_pre2'])
+        if ((await sql`select 1 from pg_roles where rolname = ${role}`).length === 0)
+          await sql.unsafe(`create role ${role}`);
+      await sql.unsafe('grant m_pre1 to m_pre2');
+    });
+    await writeRoleRecord(b.dataDir, 'deadbeef', {
+      created: [],
+      granted: [{ role: 'm_pre1', member: 'm_pre2' }],
+    });
+    const job = await runRestore(b.agent, backupPath, { skipSafetyBackup: true, otherInstallation: true });
+    expect(job.state, JSON.stringify(job.error)).toBe('succeeded');
+    // Once its cleanup has run (the restore's own record goes with its journal), the next start takes
+    // back whatever records are left (swap.ts recoverRestoreAtStart).
+    await restoreSettled(b.dataDir);
+    await takeBackRecordedRoles(b.agent.sources.conn, b.dataDir, silentLogger);
+    expect((await rolesOfB()).memberships).toContain('m_pre1 to m_pre2 admin=false by postgres');
+    expect((await readdir(b.dataDir)).filter((name) => name.startsWith('restore-roles-'))).toEqual([]);
   });
 
   it("never takes a backup's preload libraries (missing here, no session would open), says so, and the database still opens", async () => {
