@@ -9,6 +9,7 @@
 import { readdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { DatabaseSetting } from '../../agent/backup/manifest';
 import { keyringFileSchema } from '../../agent/keys/keyring';
 import { createLogger, silentLogger } from '../../agent/log';
 import { type RestoreFaults, restoreFromFile, restoreSettled } from '../../agent/restore/restore';
@@ -88,6 +89,21 @@ async function settingsOfB(): Promise<string[]> {
       where d.datname = ${b.agent.sources.conn.database} order by 1`,
   );
   return rows.map((r) => r.s);
+}
+
+/** Restores onto B a copy of A's backup whose manifest records `settings` instead (sealed with A's key). */
+async function restoreWithSettings(file: string, settings: DatabaseSetting[]) {
+  const { manifest, entries } = await unpackBackup(a.agent, backupPath);
+  const path = join(b.dataDir, file);
+  await sealArchive(
+    a.agent.keyring.activeKey,
+    a.agent.keyring.installationId,
+    withManifest(manifest, entries, { postgres: { ...manifest.postgres, settings } }),
+    path,
+  );
+  const job = await runRestore(b.agent, path, { skipSafetyBackup: true, otherInstallation: true });
+  expect(job.state, JSON.stringify(job.error)).toBe('succeeded');
+  return job;
 }
 
 beforeAll(async () => {
@@ -303,20 +319,10 @@ describe('the roles and settings of a restored database', () => {
   });
 
   it('leaves out a backup setting this server refuses, says so, and keeps the live value', async () => {
-    const { manifest, entries } = await unpackBackup(a.agent, backupPath);
-    const path = join(b.dataDir, 'odd-setting.tar.gz');
-    const settings = [
+    const job = await restoreWithSettings('odd-setting.tar.gz', [
       { name: 'no_such_setting', value: '1' },
       { name: 'TimeZone', value: 'Europe/Paris' },
-    ];
-    await sealArchive(
-      a.agent.keyring.activeKey,
-      a.agent.keyring.installationId,
-      withManifest(manifest, entries, { postgres: { ...manifest.postgres, settings } }),
-      path,
-    );
-    const job = await runRestore(b.agent, path, { skipSafetyBackup: true, otherInstallation: true });
-    expect(job.state, JSON.stringify(job.error)).toBe('succeeded');
+    ]);
     expect(await settingsOfB()).toEqual(expect.arrayContaining(['*:TimeZone=Europe/Paris']));
     expect((await settingsOfB()).join('\n')).not.toContain('no_such_setting');
     expect((job.result as { warnings?: string[] }).warnings).toEqual(
@@ -348,23 +354,13 @@ describe('the roles and settings of a restored database', () => {
   });
 
   it("never takes a backup's preload libraries (missing here, no session would open), says so, and the database still opens", async () => {
-    const { manifest, entries } = await unpackBackup(a.agent, backupPath);
-    const path = join(b.dataDir, 'preload-setting.tar.gz');
     // Libraries the backup's server had and this one lacks: PostgreSQL accepts the settings, and then
     // every new session of the database (or of the role) fails.
-    const settings = [
+    const job = await restoreWithSettings('preload-setting.tar.gz', [
       { name: 'session_preload_libraries', value: 'gem_no_such_library' },
       { role: 'm_app', name: 'local_preload_libraries', value: 'gem_no_such_library' },
       { name: 'TimeZone', value: 'Asia/Tokyo' },
-    ];
-    await sealArchive(
-      a.agent.keyring.activeKey,
-      a.agent.keyring.installationId,
-      withManifest(manifest, entries, { postgres: { ...manifest.postgres, settings } }),
-      path,
-    );
-    const job = await runRestore(b.agent, path, { skipSafetyBackup: true, otherInstallation: true });
-    expect(job.state, JSON.stringify(job.error)).toBe('succeeded');
+    ]);
     // A new session on the restored database opens (the agent's own pool, GEM's connections).
     expect(await withSql(urlB(), (sql) => sql<{ one: number }[]>`select 1 as one`)).toEqual([{ one: 1 }]);
     const now = await settingsOfB();
