@@ -4,6 +4,7 @@ import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { chown, copyFile, mkdir, open, readFile, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { backupNameFor } from '../../agent/backup/catalog';
 import { buildKeysExport, createKeyringFile } from '../../agent/keys/keyring';
@@ -76,6 +77,14 @@ async function sftpFolder(folder: string, files: [path: string, name: string][])
   return dir;
 }
 
+/**
+ * Waits until a backup made now is named after `name`: names go by the second, and the rebuilt box's
+ * own backup must be the newer one (on a fast machine it could fall in the same second).
+ */
+async function untilNamedAfter(name: string): Promise<void> {
+  while (backupNameFor(new Date()) <= name) await sleep(50);
+}
+
 /** `text` as a regular expression matching it literally. */
 const literally = (text: string) => text.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
 
@@ -110,6 +119,7 @@ describe('the key check with no local backup', () => {
         autoBackup: { maxBackups: 10 },
         offsite: { sftp: sftpSection(sshd) },
       });
+      await untilNamedAfter(newest);
       const own = filenameOf(await backupNow(rebuilt));
       expect(own > newest).toBe(true);
       const res = await call(rebuilt, 'POST', '/keys/check', JSON.parse(keysFile));
@@ -144,6 +154,7 @@ describe('the key check with no local backup', () => {
         autoBackup: { maxBackups: 10 },
         offsite: { sftp: { ...sftpSection(sshd, 'rebuilt'), autoUpload: true } },
       });
+      await untilNamedAfter(newest);
       const own = filenameOf(await backupNow(rebuilt));
       expect(own > newest).toBe(true);
       expect((await stat(join(folder, own))).isFile()).toBe(true);
