@@ -33,7 +33,6 @@ import {
   databaseSize,
   describeLost,
   dropDatabase,
-  dropRestoreRoles,
   listDump,
   type MadeRoles,
   prepareRoles,
@@ -44,7 +43,7 @@ import {
 } from './database';
 import { extractionSinks, type LiveFolder } from './extract';
 import { LastRestoreStore } from './last-restore';
-import { clearRoleRecord, takeBackRecordedRoles, writeRoleRecord } from './role-record';
+import { takeBackRecordedRoles, takeBackRoles, writeRoleRecord } from './role-record';
 import {
   cleanupAfterReport,
   committedRestoreId,
@@ -636,8 +635,15 @@ export async function restoreFromFile(
     // nor while an undo that failed leaves the journal to the next start (it may roll forward). Whatever
     // is not done here, its record leaves to the next start.
     if (madeRoles && !committed && !keepStaging) {
-      if (stagingDropped) await takeBackRoles(agent, ctx, names.id, madeRoles);
-      else
+      if (stagingDropped) {
+        const made = madeRoles;
+        await takeBackRoles(conn, agent.config.dataDir, ctx.log, names.id, made).catch((error: unknown) =>
+          ctx.log.warn(
+            `the roles this restore created (${made.created.join(', ')}) could not be taken back now; the next start does`,
+            { error: describeError(error) },
+          ),
+        );
+      } else
         ctx.log.warn('the roles this restore created are left to the next start, with its staging database');
     }
     cleanupAfter?.();
@@ -660,29 +666,6 @@ async function finishUnfinishedRecovery(agent: Agent, ctx: JobContext, restored:
     (error: unknown) =>
       ctx.log.warn('the unfinished DR recovery could not be marked done', { error: describeError(error) }),
   );
-}
-
-/**
- * Takes back the roles and memberships a restore that did not commit created (dropRestoreRoles), then
- * removes its record (role-record.ts). Never throws: a database that fails here leaves the record,
- * and so the roles, to the next start.
- */
-async function takeBackRoles(agent: Agent, ctx: JobContext, id: string, made: MadeRoles): Promise<void> {
-  try {
-    const kept = await dropRestoreRoles(agent.sources.conn, made);
-    for (const line of kept) ctx.log.warn(line);
-    if (kept.length === 0 && made.created.length + made.granted.length > 0)
-      ctx.log.info('the roles and memberships this restore created were taken back', {
-        roles: made.created,
-        memberships: made.granted.map((m) => `${m.role} to ${m.member}`),
-      });
-    await clearRoleRecord(agent.config.dataDir, id);
-  } catch (error) {
-    ctx.log.warn(
-      `the roles this restore created (${made.created.join(', ')}) could not be taken back now; the next start does`,
-      { error: describeError(error) },
-    );
-  }
 }
 
 /**

@@ -77,13 +77,29 @@ export async function takeBackRecordedRoles(
       );
       continue;
     }
-    const kept = await dropRestoreRoles(conn, record);
-    for (const line of kept) log.warn(line);
-    log.info('took back the roles and memberships a restore created before it was interrupted', {
-      restoreId: id,
-      roles: record.created,
-      memberships: record.granted.map((m) => `${m.role} to ${m.member}`),
-    });
-    await clearRoleRecord(dataDir, id);
+    await takeBackRoles(conn, dataDir, log, id, record);
   }
+}
+
+/**
+ * Takes back what restore `id` made of the roles (dropRestoreRoles: only a role still as it made it;
+ * one something depends on is kept, its line logged), then removes its record. The database failing
+ * throws, and the record stays for the next start.
+ */
+export async function takeBackRoles(
+  conn: PgConnection,
+  dataDir: string,
+  log: Logger,
+  id: string,
+  made: MadeRoles,
+): Promise<void> {
+  const kept = await dropRestoreRoles(conn, made);
+  for (const line of kept) log.warn(line);
+  if (made.created.length + made.granted.length > 0)
+    log.info('took back the roles and memberships a restore that did not commit created', {
+      restoreId: id,
+      roles: made.created,
+      memberships: made.granted.map((m) => `${m.role} to ${m.member}`),
+    });
+  await clearRoleRecord(dataDir, id);
 }
