@@ -1,11 +1,11 @@
 // Retention on real backups: a failing backup prunes nothing; a good one prunes exactly the oldest.
-import { mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { backupDeps, createBackup } from '../../agent/backup/create';
 import { startBackup } from '../../agent/backup/operations';
-import { planNextBackupPrune, pruneLocal } from '../../agent/backup/retention';
+import { planLocalPrune, planNextBackupPrune, pruneLocal } from '../../agent/backup/retention';
 import { retentionModule, settingsModule } from '../../agent/http/routes/settings';
 import { type Job, standaloneContext } from '../../agent/jobs/runner';
 import { Keyring } from '../../agent/keys/keyring';
@@ -141,6 +141,40 @@ describe('retention of local backups', () => {
     } finally {
       catalog.delete = remove;
     }
+  });
+
+  it('counts a backup another process deleted meanwhile as pruned, and drops its record as for its own deletion', async () => {
+    await t.agent.settings.update({ autoBackup: { maxBackups: 3 } });
+    while ((await t.agent.catalog.list()).filter((b) => b.kind !== 'safety' && !b.pinned).length < 3)
+      expect((await backup('manual')).state).toBe('succeeded');
+    await t.agent.settings.update({ autoBackup: { maxBackups: 1 } });
+    // What the prune deletes, oldest first: the second of them goes by another hand meanwhile.
+    const doomed = (await planLocalPrune(t.agent)).delete.map((b) => b.filename);
+    expect(doomed.length).toBeGreaterThanOrEqual(2);
+    const gone = doomed[1]!;
+    const records = async () =>
+      Object.keys(JSON.parse(await readFile(t.agent.paths.backupRecords, 'utf8')) as object);
+    expect(await records()).toContain(gone);
+    const before = await localNames();
+    const catalog = t.agent.catalog;
+    const remove = catalog.delete.bind(catalog);
+    // While the prune deletes its first backup, another process (a person's rm) deletes the second one.
+    catalog.delete = async (name: string) => {
+      catalog.delete = remove;
+      const rm = await runProcess('rm', [catalog.pathOf(gone)]);
+      expect(rm.code, rm.stderr).toBe(0);
+      await remove(name);
+    };
+    try {
+      // Not a failure: the backup is gone, as the prune wanted; it is named with those deleted.
+      expect(await pruneLocal(t.agent)).toEqual(doomed);
+    } finally {
+      catalog.delete = remove;
+    }
+    expect(await localNames()).toEqual(before.filter((name) => !doomed.includes(name)));
+    // Its record went as a deleted backup's does: none is left for a later file of that name to inherit.
+    const left = await records();
+    for (const name of doomed) expect(left).not.toContain(name);
   });
 
   it("never counts or deletes another installation's backup (uploaded by hand), even a newer one", async () => {
