@@ -1,12 +1,18 @@
 // The DR cloud keeps no object nobody points at: orphans swept after a commit, opt-out deletes all, racing reads.
 import { createHash, randomBytes } from 'node:crypto';
-import { GetObjectCommand, ListObjectsV2Command, PutObjectCommand, type S3Client } from '@aws-sdk/client-s3';
+import {
+  CreateBucketCommand,
+  GetObjectCommand,
+  ListObjectsV2Command,
+  PutObjectCommand,
+  type S3Client,
+} from '@aws-sdk/client-s3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { InstallationStateApi, SlotRecord } from '../../cloud/state/ledger';
 import { S3InstallationStates } from '../../cloud/state/s3-ledger';
 import { S3SlotStore } from '../../cloud/store/s3';
 import { SLOT_HEADERS } from '../../shared/api/cloud';
-import { type S3Service, startS3 } from '../services/s3';
+import { type MotoService, motoClient, startMoto } from '../services/moto';
 import { until } from '../services/wait';
 import {
   type CloudUnderTest,
@@ -24,7 +30,7 @@ import {
   storedUpload,
   type TestInstallation,
 } from './harness';
-import { nodeCloudDeps, type ServedCloud, s3ClientFor, serveCloud } from './node-cloud';
+import { nodeCloudDeps, type ServedCloud, serveCloud } from './node-cloud';
 
 const MiB = 1024 * 1024;
 
@@ -151,8 +157,15 @@ describe('the Worker over R2 (Miniflare)', () => {
   });
 });
 
-describe('the Node entry over S3 (s3rver), with faults injected around the real ledger and bucket', () => {
-  let s3: S3Service;
+/**
+ * moto, not s3rver: s3rver answers a PUT before its file holds the bytes (its store does not wait for
+ * the write), so a read right after may find the ledger document empty. The sweep of the push under
+ * test then failed ("damaged (not JSON)") and kept every orphan: once in four CI runs, and 2 times in
+ * 150 beside a disk writer. moto, like S3 and R2, answers once the object is stored.
+ */
+describe('the Node entry over S3 (moto), with faults injected around the real ledger and bucket', () => {
+  const BUCKET = 'gem-dr';
+  let moto: MotoService;
   let client: S3Client;
   let cloud: ServedCloud;
   /** deletes in the bucket that fail before reaching it */
@@ -195,27 +208,28 @@ describe('the Node entry over S3 (s3rver), with faults injected around the real 
   }
 
   beforeAll(async () => {
-    s3 = await startS3({ bucket: 'gem-dr' });
-    client = s3ClientFor(s3);
-    const store = new FlakyStore(client, s3.bucket);
-    states = new S3InstallationStates(client, s3.bucket, store);
+    moto = await startMoto();
+    client = motoClient(moto.endpoint);
+    await client.send(new CreateBucketCommand({ Bucket: BUCKET }));
+    const store = new FlakyStore(client, BUCKET);
+    states = new S3InstallationStates(client, BUCKET, store);
     cloud = await serveCloud(nodeCloudDeps(store, (hash) => faulty(states.installation(hash))));
   });
   afterAll(async () => {
     await cloud?.close();
     client?.destroy();
-    await s3?.stop();
+    await moto?.stop();
   });
 
   async function keysOf(inst: TestInstallation): Promise<string[]> {
-    const out = await client.send(new ListObjectsV2Command({ Bucket: s3.bucket, Prefix: prefixOf(inst) }));
+    const out = await client.send(new ListObjectsV2Command({ Bucket: BUCKET, Prefix: prefixOf(inst) }));
     return (out.Contents ?? []).map((o) => o.Key!);
   }
 
   /** The installation's ledger document as the Node entry keeps it in the bucket. */
   async function stateDocument(inst: TestInstallation): Promise<string> {
     const hash = createHash('sha256').update(inst.installationId).digest('hex');
-    const out = await client.send(new GetObjectCommand({ Bucket: s3.bucket, Key: `state/${hash}.json` }));
+    const out = await client.send(new GetObjectCommand({ Bucket: BUCKET, Key: `state/${hash}.json` }));
     return (await out.Body?.transformToString()) ?? '';
   }
 
@@ -318,7 +332,7 @@ describe('the Node entry over S3 (s3rver), with faults injected around the real 
     for (const n of [1, 2]) {
       await client.send(
         new PutObjectCommand({
-          Bucket: s3.bucket,
+          Bucket: BUCKET,
           Key: `${prefixOf(inst)}b-1793000000000-000000000000000${n}`,
           Body: randomBytes(1000),
         }),
