@@ -6,9 +6,9 @@ import tar from 'tar-stream';
 import {
   EnvelopeError,
   type EnvelopeHeader,
+  HeaderScanner,
   type MasterKey,
   stanzaKeyIds,
-  tryParseHeader,
   unwrapWithMasterKeys,
 } from '../../shared/envelope';
 import { AppError } from '../errors';
@@ -51,18 +51,20 @@ export function envelopeToAppError(error: unknown, header?: EnvelopeHeader): unk
   }
 }
 
-/** Reads just the header of a backup file (no key needed); throws `not_a_backup` for anything else. */
+/**
+ * Reads just the header of a backup file (no key needed), at most HEADER_SCAN_LIMIT bytes of it; throws
+ * `not_a_backup` for anything else.
+ */
 export async function readHeaderOfFile(path: string): Promise<EnvelopeHeader> {
   const handle = await open(path, 'r');
   try {
-    let buf = Buffer.alloc(0);
+    const scanner = new HeaderScanner();
     const step = 64 * 1024;
-    for (let pos = 0; pos < 2 * 1024 * 1024; pos += step) {
+    while (!scanner.full) {
       const chunk = Buffer.alloc(step);
-      const { bytesRead } = await handle.read(chunk, 0, step, pos);
-      buf = Buffer.concat([buf, chunk.subarray(0, bytesRead)]);
-      const parsed = tryParseHeader(buf);
-      if (parsed) return parsed.header;
+      const { bytesRead } = await handle.read(chunk, 0, step, scanner.length);
+      const found = scanner.push(chunk.subarray(0, bytesRead));
+      if (found) return found.header;
       if (bytesRead < step) break;
     }
     throw new EnvelopeError('truncated', 'the file ends inside its header');

@@ -7,8 +7,8 @@ import { pipeline } from 'node:stream/promises';
 import {
   EnvelopeError,
   type EnvelopeHeader,
+  HeaderScanner,
   type MasterKey,
-  tryParseHeader,
   unwrapWithMasterKeys,
 } from '../../shared/envelope';
 import type {
@@ -173,10 +173,10 @@ export function notABackup(error: unknown): boolean {
   return error instanceof AppError && error.code === 'not_a_backup';
 }
 
-/** The most of a remote backup read to find its header (headers are a few KiB). */
-const MAX_HEADER_BYTES = 2 * 1024 * 1024;
-
-/** Reads just the header of a remote backup (no key needed), then stops the download. */
+/**
+ * Reads just the header of a remote backup (no key needed), then stops the download; reads at most
+ * HEADER_SCAN_LIMIT bytes (headers are a few KiB).
+ */
 export async function readRemoteHeader(
   provider: StorageProvider,
   name: string,
@@ -184,16 +184,13 @@ export async function readRemoteHeader(
 ): Promise<EnvelopeHeader> {
   const stream = await provider.get(name, signal ? { signal } : {});
   const reader = stream.getReader();
-  const chunks: Uint8Array[] = [];
-  let length = 0;
+  const scanner = new HeaderScanner();
   try {
-    while (length < MAX_HEADER_BYTES) {
+    while (!scanner.full) {
       const { done, value } = await reader.read();
       if (done) break;
-      chunks.push(value);
-      length += value.length;
-      const parsed = tryParseHeader(Buffer.concat(chunks));
-      if (parsed) return parsed.header;
+      const found = scanner.push(value);
+      if (found) return found.header;
     }
     throw new AppError('not_a_backup', `${name} is not a GEM backup (no readable header)`);
   } finally {
@@ -384,36 +381,32 @@ export async function refuseWithoutKey(keys: readonly MasterKey[], header: Envel
  * Holds a download's first bytes until they make a whole envelope header and passes them on once
  * `check` accepts it, so that a backup refused for its header is refused after a few KiB, not after the
  * whole download. Bytes that cannot start a backup fail it as readHeaderOfFile refuses such a file
- * (not_a_backup). No header within MAX_HEADER_BYTES, or the end inside it: passed on unchecked, for the
+ * (not_a_backup). No header within HEADER_SCAN_LIMIT, or the end inside it: passed on unchecked, for the
  * restore's own read to say what is wrong.
  */
 function headerFirst(check: (header: EnvelopeHeader) => Promise<void>): Transform {
-  let held: Buffer[] = [];
-  let length = 0;
-  let checked = false;
+  // Until the header is checked (or given up on); then chunks pass straight through.
+  let scanner: HeaderScanner | undefined = new HeaderScanner();
   return new Transform({
     transform(chunk: Buffer, _e, cb) {
-      if (checked) return cb(null, chunk);
-      held.push(chunk);
-      length += chunk.length;
-      const bytes = Buffer.concat(held);
-      let parsed: ReturnType<typeof tryParseHeader>;
+      if (!scanner) return cb(null, chunk);
+      let found: ReturnType<HeaderScanner['push']>;
       try {
-        parsed = tryParseHeader(bytes);
+        found = scanner.push(chunk);
       } catch (error) {
         return cb(envelopeToAppError(error) as Error);
       }
-      if (!parsed && length < MAX_HEADER_BYTES) return cb();
-      checked = true;
-      held = [];
-      if (!parsed) return cb(null, bytes);
-      check(parsed.header).then(
+      if (!found && !scanner.full) return cb();
+      const bytes = found?.bytes ?? scanner.held();
+      scanner = undefined;
+      if (!found) return cb(null, bytes);
+      check(found.header).then(
         () => cb(null, bytes),
         (error: unknown) => cb(error as Error),
       );
     },
     flush(cb) {
-      cb(null, checked ? undefined : Buffer.concat(held));
+      cb(null, scanner?.held());
     },
   });
 }

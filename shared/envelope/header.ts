@@ -39,6 +39,7 @@ const MAX_CHUNK_SIZE = 16777216;
 const MAGIC_V1 = new Uint8Array([0x47, 0x45, 0x4d, 0x42, 0x4b, 0x50, 0x00, 0x01]); // "GEMBKP" 0x00 0x01
 const MAGIC_V2 = new Uint8Array([0x47, 0x45, 0x4d, 0x42, 0x4b, 0x50, 0x00, 0x02]); // "GEMBKP" 0x00 0x02
 const MAGIC_LENGTH = 8;
+const SIGNATURE_LENGTH = 6; // "GEMBKP", the magic before its version bytes
 const MAX_CORE_LENGTH = 65536;
 const MAX_STANZAS_LENGTH = 1048576;
 const MAC_LENGTH = 32;
@@ -109,11 +110,38 @@ export async function encodeHeader(
  * when more bytes are needed, throws EnvelopeError when the bytes cannot be a version-1 or -2 header.
  */
 export function tryParseHeader(bytes: Uint8Array): { header: EnvelopeHeader; length: number } | null {
-  for (let i = 0; i < Math.min(6, bytes.length); i++) {
+  const layout = readLayout(bytes);
+  if (typeof layout === 'number' || bytes.length < layout.length) return null;
+  const { version, coreLength, stanzasStart, stanzasLength, length } = layout;
+  const core = checkCore(parseJson(bytes.subarray(CORE_START, CORE_START + coreLength), 'core'), version);
+  const stanzas = checkStanzas(
+    parseJson(bytes.subarray(stanzasStart, stanzasStart + stanzasLength), 'stanzas'),
+  );
+  return { header: { core, stanzas, bytes: bytes.slice(0, length) }, length };
+}
+
+/** Where the parts of a header lie, as its magic and length fields say. */
+interface HeaderLayout {
+  version: 1 | 2;
+  coreLength: number;
+  stanzasStart: number;
+  stanzasLength: number;
+  /** The whole header's length, MAC included. */
+  length: number;
+}
+
+/**
+ * The layout of the header at the start of `bytes` once they reach both length fields; before that,
+ * how many bytes would tell more. Throws EnvelopeError as soon as they cannot start a version-1 or -2
+ * header (each byte of the signature can tell).
+ */
+function readLayout(bytes: Uint8Array): HeaderLayout | number {
+  for (let i = 0; i < Math.min(SIGNATURE_LENGTH, bytes.length); i++) {
     if (bytes[i] !== MAGIC_V1[i])
       throw new EnvelopeError('not_a_backup', 'it does not start with the GEM backup signature');
   }
-  if (bytes.length < CORE_START) return null;
+  if (bytes.length < SIGNATURE_LENGTH) return bytes.length + 1;
+  if (bytes.length < CORE_START) return CORE_START;
   const version = (bytes[6]! << 8) | bytes[7]!;
   if (version !== 1 && version !== 2) {
     throw new EnvelopeError(
@@ -125,18 +153,78 @@ export function tryParseHeader(bytes: Uint8Array): { header: EnvelopeHeader; len
   if (coreLength < 1 || coreLength > MAX_CORE_LENGTH)
     throw new EnvelopeError('bad_header', 'bad core length');
   const stanzasStart = CORE_START + coreLength + 4;
-  if (bytes.length < stanzasStart) return null;
+  if (bytes.length < stanzasStart) return stanzasStart;
   const stanzasLength = readUint32(bytes, stanzasStart - 4);
   if (stanzasLength < 2 || stanzasLength > MAX_STANZAS_LENGTH) {
     throw new EnvelopeError('bad_header', 'bad stanzas length');
   }
-  const length = stanzasStart + stanzasLength + MAC_LENGTH;
-  if (bytes.length < length) return null;
-  const core = checkCore(parseJson(bytes.subarray(CORE_START, CORE_START + coreLength), 'core'), version);
-  const stanzas = checkStanzas(
-    parseJson(bytes.subarray(stanzasStart, stanzasStart + stanzasLength), 'stanzas'),
-  );
-  return { header: { core, stanzas, bytes: bytes.slice(0, length) }, length };
+  return {
+    version,
+    coreLength,
+    stanzasStart,
+    stanzasLength,
+    length: stanzasStart + stanzasLength + MAC_LENGTH,
+  };
+}
+
+/**
+ * The most of a file's first bytes a HeaderScanner holds by default: more than the longest header
+ * the format allows (a 64 KiB core and 1 MiB of stanzas).
+ */
+export const HEADER_SCAN_LIMIT = 2 * 1024 * 1024;
+
+/** A header HeaderScanner found, with `bytes`: every byte pushed, the header's and those after it. */
+export interface ScannedHeader {
+  header: EnvelopeHeader;
+  /** The header's length: `bytes` from here on are the payload's. */
+  length: number;
+  bytes: Uint8Array;
+}
+
+const NO_BYTES = new Uint8Array(0);
+
+/**
+ * Collects a file's first bytes, chunk by chunk as they arrive, until they hold its whole header. The
+ * chunks are kept as they are and joined only once they reach a length that tells more (the signature,
+ * the core's length field, the stanzas' length field, the end of the header), so bytes that trickle
+ * in one at a time are copied a few times in all, not once per chunk. Pushed chunks are kept by
+ * reference: callers must not modify them afterwards.
+ */
+export class HeaderScanner {
+  private parts: Uint8Array[] = [];
+  private needed = 0;
+  /** How many bytes were pushed. */
+  length = 0;
+
+  constructor(readonly limit = HEADER_SCAN_LIMIT) {}
+
+  /**
+   * Adds the next chunk. Returns the header once all of it is there, null while more bytes are needed;
+   * throws EnvelopeError (not_a_backup, unsupported_version, bad_header) on the chunk that shows the
+   * bytes cannot start a header, as tryParseHeader does.
+   */
+  push(chunk: Uint8Array): ScannedHeader | null {
+    this.parts.push(chunk);
+    this.length += chunk.length;
+    if (this.length < this.needed) return null;
+    const bytes = this.held();
+    const parsed = tryParseHeader(bytes);
+    if (parsed) return { ...parsed, bytes };
+    const layout = readLayout(bytes);
+    this.needed = typeof layout === 'number' ? layout : layout.length;
+    return null;
+  }
+
+  /** Whether `limit` bytes arrived without a whole header among them: the caller gives up on them. */
+  get full(): boolean {
+    return this.length >= this.limit;
+  }
+
+  /** Every byte pushed so far, as one array. */
+  held(): Uint8Array {
+    if (this.parts.length > 1) this.parts = [concatBytes(this.parts)];
+    return this.parts[0] ?? NO_BYTES;
+  }
 }
 
 /** Reads just the header off a stream; `rest` yields every byte after it. */

@@ -7,9 +7,12 @@ export {
   type EnvelopeCore,
   type EnvelopeHeader,
   encodeHeader,
+  HEADER_SCAN_LIMIT,
+  HeaderScanner,
   newCore,
   readHeader,
   rewrapHeader,
+  type ScannedHeader,
   tryParseHeader,
   verifyHeaderMac,
 } from './header';
