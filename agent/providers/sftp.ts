@@ -27,7 +27,7 @@ import {
   throwIfAborted,
   tryCleanup,
 } from './checks';
-import { type Lease, SharedConnection } from './shared-connection';
+import { CHECK_TIMEOUT_MS, type Lease, SharedConnection } from './shared-connection';
 import { ListBound, type ListLimits } from './smb';
 
 export interface SftpOptions {
@@ -57,7 +57,11 @@ export interface SftpOptions {
   posixRename?: boolean;
   /** How far a listing is read before it is refused (default LIST_LIMITS: 10 000 answers, 100 000 names). */
   listLimits?: ListLimits;
-  /** How long the connection stays open once no operation uses it, for the next one (default IDLE_CLOSE_MS, 5 s). */
+  /**
+   * How long the connection stays open once no operation uses it, for the next one (default IDLE_CLOSE_MS,
+   * 5 s). Unused more than CHECK_AFTER_IDLE_MS (1 s), it must answer a realpath within CHECK_TIMEOUT_MS
+   * (3 s, or timeoutMs if shorter) before it is used again: one that froze meanwhile is replaced.
+   */
   idleCloseMs?: number;
   /** Test hooks. */
   faults?: {
@@ -318,8 +322,16 @@ export class SftpProvider implements StorageProvider {
           if (broken) sshOf(client).destroy();
           else void client.end().catch(() => undefined);
         },
+        // The cheapest request the server must answer itself (no file is opened).
+        check: async ({ sftp }) => {
+          await call<string>((done) => sftp.realpath('.', done));
+        },
       },
-      options.idleCloseMs,
+      {
+        idleMs: options.idleCloseMs,
+        // Never longer than the provider's own timeout (a test's short one included).
+        checkTimeoutMs: Math.min(CHECK_TIMEOUT_MS, options.timeoutMs ?? CHECK_TIMEOUT_MS),
+      },
     );
   }
 

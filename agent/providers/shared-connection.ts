@@ -3,6 +3,22 @@
 
 /** How long an unused connection is kept open for the next operation (SftpOptions.idleCloseMs). */
 export const IDLE_CLOSE_MS = 5_000;
+/**
+ * How long a kept connection may sit unused before the next operation has it prove it still answers
+ * (ConnectionHooks.check): operations that follow closely (a burst of header reads) pay no round trip.
+ */
+export const CHECK_AFTER_IDLE_MS = 1_000;
+/** How long a kept connection's check waits for the answer before the connection counts as frozen. */
+export const CHECK_TIMEOUT_MS = 3_000;
+
+export interface SharedConnectionOptions {
+  /** How long an unused connection is kept open (default IDLE_CLOSE_MS). */
+  idleMs?: number | undefined;
+  /** Unused this long, a connection is checked before it is used again (default CHECK_AFTER_IDLE_MS). */
+  checkAfterIdleMs?: number | undefined;
+  /** A check unanswered this long retires the connection (default CHECK_TIMEOUT_MS). */
+  checkTimeoutMs?: number | undefined;
+}
 
 /** What the keeper needs of a kind of connection. */
 export interface ConnectionHooks<T> {
@@ -12,6 +28,12 @@ export interface ConnectionHooks<T> {
   watch(connection: T, lost: () => void): void;
   /** Ends a connection nothing uses any more: politely, or at once when `broken` (it may be frozen). Never throws. */
   end(connection: T, broken: boolean): void;
+  /**
+   * One cheap request that resolves once the server answers it: asked of a connection left unused for
+   * checkAfterIdleMs before it is used again. One that froze meanwhile (network gone, no reset) would
+   * otherwise be noticed only by keepalives, tens of seconds later, with the operation waiting on it.
+   */
+  check?(connection: T): Promise<void>;
 }
 
 /** One operation's use of the shared connection; released exactly once (later calls do nothing). */
@@ -39,6 +61,10 @@ interface Kept<T> {
   lost: boolean;
   ended: boolean;
   idle?: NodeJS.Timeout;
+  /** When its last lease was released (unset while held). */
+  idleSince?: number | undefined;
+  /** The check under way (see proven): operations that ask for the connection meanwhile wait for it. */
+  checking?: Promise<boolean> | undefined;
 }
 
 /**
@@ -46,28 +72,47 @@ interface Kept<T> {
  * user, key, pinned host key): open while any operation holds it and `idleMs` after the last one (an
  * unref'd timer, which never keeps the process alive), then ended. A connection that closes by itself,
  * fails under an operation, or whose operation's signal fires (it may be waiting on a frozen server) is
- * retired: the operations still on it finish or fail there, and the next one opens a new connection.
+ * retired: the operations still on it finish or fail there, and the next one opens a new connection. One
+ * left unused for checkAfterIdleMs must answer a check before it is used again, or it is retired too.
  */
 export class SharedConnection<T> {
   private current: Kept<T> | undefined;
 
+  private readonly idleMs: number;
+  private readonly checkAfterIdleMs: number;
+  private readonly checkTimeoutMs: number;
+
   constructor(
     private readonly hooks: ConnectionHooks<T>,
-    private readonly idleMs = IDLE_CLOSE_MS,
-  ) {}
+    options: SharedConnectionOptions = {},
+  ) {
+    this.idleMs = options.idleMs ?? IDLE_CLOSE_MS;
+    this.checkAfterIdleMs = options.checkAfterIdleMs ?? CHECK_AFTER_IDLE_MS;
+    this.checkTimeoutMs = options.checkTimeoutMs ?? CHECK_TIMEOUT_MS;
+  }
 
-  /** The current connection, or a new one; rejects as `open` does. Retired if `signal` fires while held. */
+  /**
+   * The current connection (checked first if it was left unused for a while), or a new one; rejects as
+   * `open` does. Retired if `signal` fires while held.
+   */
   async acquire(signal?: AbortSignal): Promise<Lease<T>> {
-    const kept = this.current && !this.current.retired ? this.current : this.open();
-    const reused = kept.opened;
-    kept.users += 1;
-    clearTimeout(kept.idle);
+    let kept: Kept<T>;
+    let reused: boolean;
     let connection: T;
-    try {
-      connection = await kept.opening;
-    } catch (error) {
+    for (;;) {
+      kept = this.current && !this.current.retired ? this.current : this.open();
+      reused = kept.opened;
+      kept.users += 1;
+      clearTimeout(kept.idle);
+      try {
+        connection = await kept.opening;
+      } catch (error) {
+        this.release(kept, true);
+        throw error;
+      }
+      if (!reused || (await this.proven(kept, connection))) break;
+      // Frozen while unused: retired (ended at once when no one holds it), and a new connection tried.
       this.release(kept, true);
-      throw error;
     }
     const onAbort = () => this.retire(kept, true);
     if (signal?.aborted) onAbort();
@@ -85,6 +130,31 @@ export class SharedConnection<T> {
         this.release(kept, broken);
       },
     };
+  }
+
+  /**
+   * Whether a reused connection may serve: at once if it was in use or unused only briefly, else once it
+   * answered the check within checkTimeoutMs. One check serves every operation that asks meanwhile.
+   */
+  private proven(kept: Kept<T>, connection: T): boolean | Promise<boolean> {
+    if (kept.checking) return kept.checking;
+    const unusedFor = kept.idleSince === undefined ? 0 : Date.now() - kept.idleSince;
+    kept.idleSince = undefined;
+    const check = this.hooks.check;
+    if (!check || unusedFor < this.checkAfterIdleMs) return true;
+    let timer: NodeJS.Timeout | undefined;
+    const timeout = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new Error('no answer')), this.checkTimeoutMs);
+    });
+    kept.checking = Promise.race([Promise.resolve().then(() => check(connection)), timeout]).then(
+      () => true,
+      () => false,
+    );
+    void kept.checking.finally(() => {
+      clearTimeout(timer);
+      kept.checking = undefined;
+    });
+    return kept.checking;
   }
 
   /** Ends the connection as soon as no operation holds it; a later operation opens a new one. */
@@ -123,6 +193,7 @@ export class SharedConnection<T> {
     else if (kept.users > 0) return;
     else if (kept.retired) this.end(kept);
     else {
+      kept.idleSince = Date.now();
       kept.idle = setTimeout(() => this.retire(kept, false), this.idleMs);
       kept.idle.unref();
     }

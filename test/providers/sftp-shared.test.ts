@@ -3,13 +3,16 @@
 // dropped, one left frozen, or one unused for a while is replaced by a new one for the next operation.
 import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { guardStall, readRemoteHeader } from '../../agent/offsite/transfer';
 import { type SftpOptions, SftpProvider } from '../../agent/providers/sftp';
+import { CHECK_AFTER_IDLE_MS } from '../../agent/providers/shared-connection';
 import { isStorageError } from '../../shared/storage/index';
 import { foreignBackup, OTHER_INSTALLATION } from '../offsite/helpers';
 import { type Relay, startRelay } from '../services/relay';
 import { type SshdService, startSshd } from '../services/sshd';
+import { within } from '../services/wait';
 
 /** As many as the keys check reads at one destination (HEADERS_READ_PER_DESTINATION). */
 const BACKUPS = 20;
@@ -128,6 +131,27 @@ describe('SFTP operations share one connection', () => {
     await readsHeader(sftp, names[2]!);
     expect(relay.connections - before).toBe(2);
     relay.drop(); // the frozen one, still waited on by the read given up on
+    await closeAll(sftp);
+  }, 30_000);
+
+  it('has a connection left unused for a while answer first: one that froze meanwhile is replaced', async () => {
+    const before = relay.connections;
+    // Kept open far longer than the test: only the check decides whether the kept connection is used.
+    const sftp = provider({ timeoutMs: 20_000, idleCloseMs: 10 * 60_000 });
+    await readsHeader(sftp, names[0]!);
+    await sleep(CHECK_AFTER_IDLE_MS + 500);
+    // Idle past the check, but alive: it answers and is used.
+    await readsHeader(sftp, names[1]!);
+    expect(relay.connections - before).toBe(1);
+    await sleep(CHECK_AFTER_IDLE_MS + 500);
+    // Frozen while idle (network gone, no reset): keepalives (every 10 s, 3 missed) would end it only after
+    // ~40 s, the reads waiting on it all along. Two reads asking at once wait for one check, then read well
+    // within that, on one new connection.
+    relay.freeze();
+    const reads = Promise.all([readsHeader(sftp, names[2]!), readsHeader(sftp, names[3]!)]);
+    await within(reads, 15_000, 'the reads after the kept connection froze');
+    expect(relay.connections - before).toBe(2);
+    relay.drop(); // the frozen one
     await closeAll(sftp);
   }, 30_000);
 });
