@@ -43,7 +43,7 @@ import {
 } from './database';
 import { extractionSinks, type LiveFolder } from './extract';
 import { LastRestoreStore } from './last-restore';
-import { takeBackRecordedRoles, takeBackRoles, writeRoleRecord } from './role-record';
+import { clearRoleRecord, takeBackRecordedRoles, takeBackRoles, writeRoleRecord } from './role-record';
 import {
   cleanupAfterReport,
   committedRestoreId,
@@ -561,18 +561,28 @@ export async function restoreFromFile(
       }
     });
     ctx.log.info('restore swapped into place', { restoredFrom: label, safetyBackup });
-    await options.faults?.afterCommit?.();
-    await finishUnfinishedRecovery(agent, ctx, manifest.installationId);
+    // From here on GEM's data is the backup's: no step after this fails the restore. Each one that fails
+    // is logged and named in the result's warnings, and the previous state still goes (or the newest is
+    // kept aside) once the job has reported: the cleanup finishes the journal.
+    swapped = true;
+    cleanupAfter = () =>
+      cleanupAfterReport({ config: agent.config, sources, log: ctx.log }, names, keepPrevious);
+    const step = (name: AfterCommitStep, run: () => Promise<void>) =>
+      afterCommitStep(ctx, warnings, options.faults, name, run);
+    // The roles it created stay (they own the restored objects): the record that would take them back
+    // goes now, not with the cleanup, so that no later restore or start can find it without this
+    // restore's committed journal beside it. If it stays, the cleanup removes it.
+    await step('role-record', () => clearRoleRecord(agent.config.dataDir, names.id));
+    await step('dr-recovery', () => finishUnfinishedRecovery(agent, ctx, manifest.installationId));
 
     // 5. Restart GEM; its failure is reported, the restore itself is done.
     ctx.phase('restart');
     const restart = await runRestart(agent, ctx);
-    const pruned = safetyBackup ? await pruneSafetyBackups(agent, ctx, [safetyBackup, label]) : [];
+    const pruned: string[] = [];
+    const kept = safetyBackup;
+    if (kept) await step('prune', () => pruneSafetyBackups(agent, [kept, label], pruned));
 
-    // 6. Cleanup once the job has reported success: the previous state goes (or the newest is kept aside).
-    swapped = true;
-    cleanupAfter = () =>
-      cleanupAfterReport({ config: agent.config, sources, log: ctx.log }, names, keepPrevious);
+    // 6. Cleanup once the job has reported success (cleanupAfter, above).
     const rows = Object.values(manifest.rowCounts).reduce((a, b) => a + b, 0);
     ctx.notice('restore-complete', { restoredFrom: label });
     return {
@@ -588,7 +598,8 @@ export async function restoreFromFile(
     };
   } catch (error) {
     // What the owner is told follows whether the swap committed, never the error's type: after the
-    // commit the live data is the backup's, whatever the failing step's own words say.
+    // commit the live data is the backup's, whatever the failing step's own words say. (Every step after
+    // the commit catches its own failure: only the unforeseen gets here committed.)
     const failure = committed
       ? new AppError(
           'restore_failed',
@@ -619,7 +630,11 @@ export async function restoreFromFile(
     throw failure;
   } finally {
     await counter?.close().catch(() => {});
-    await rm(work, { recursive: true, force: true });
+    // Never the restore's failure (nor, after the commit, a restore that happened said to have failed):
+    // the next start removes what a process left in the work folder.
+    await rm(work, { recursive: true, force: true }).catch((error: unknown) =>
+      ctx.log.warn("the restore's work folder could not be removed; the next start removes it", { error }),
+    );
     let stagingDropped = true;
     if (!keepStaging && !swapped) {
       if (stagingDb) {
@@ -660,12 +675,51 @@ async function finishUnfinishedRecovery(agent: Agent, ctx: JobContext, restored:
   const file = new UnfinishedRecoveryFile(agent.paths.drRecovery);
   const record = await file.read().catch(() => null);
   if (record?.installationId !== restored) return;
-  // After the swap: a failure here must not turn the restore that happened into a failed one.
-  await file.clear().then(
-    () => ctx.log.info('the unfinished DR recovery is done: a backup of its installation was restored'),
-    (error: unknown) =>
-      ctx.log.warn('the unfinished DR recovery could not be marked done', { error: describeError(error) }),
-  );
+  await file.clear();
+  ctx.log.info('the unfinished DR recovery is done: a backup of its installation was restored');
+}
+
+/** The steps after the swap committed that can fail, each with its own words (afterCommitStep). */
+type AfterCommitStep = 'role-record' | 'dr-recovery' | 'prune';
+
+const AFTER_COMMIT_WORDS: Record<AfterCommitStep, { log: string; what: string; next: string }> = {
+  'role-record': {
+    log: 'the record of the roles this restore created could not be removed; its cleanup removes it',
+    what: 'the record of the roles this restore created could not be removed',
+    next: 'the agent removes it with the replaced data, or at its next start; the roles stay',
+  },
+  'dr-recovery': {
+    log: 'the unfinished DR recovery could not be marked done',
+    what: 'the unfinished Cloud DR recovery could not be marked done',
+    next: 'Cloud DR pushes stay refused until it is: restore this backup again',
+  },
+  prune: {
+    log: 'the older safety backups could not be pruned; the restore itself is done',
+    what: 'the older safety backups could not all be pruned',
+    next: "the next backup's retention tries again",
+  },
+};
+
+/**
+ * Runs one step after the swap committed. GEM's data is the backup's by then: a failure is logged and
+ * added to `warnings` (what did not finish, and what follows), never thrown. `faults.afterCommit` is
+ * called first with the step's name.
+ */
+async function afterCommitStep(
+  ctx: JobContext,
+  warnings: string[],
+  faults: RestoreFaults | undefined,
+  step: AfterCommitStep,
+  run: () => Promise<void>,
+): Promise<void> {
+  try {
+    await faults?.afterCommit?.(step);
+    await run();
+  } catch (error) {
+    const words = AFTER_COMMIT_WORDS[step];
+    ctx.log.warn(words.log, { step, error });
+    warnings.push(`${words.what} (${describeError(error).message}): ${words.next}`);
+  }
 }
 
 /**
@@ -700,17 +754,16 @@ async function removeSafetyBackup(agent: Agent, ctx: JobContext, name: string): 
  * The safety part of retention, after a restore committed: the backup job prunes only after a backup,
  * and an owner restoring one backup after another (to find the good one) would pile up a safety backup
  * each until then. The backup job's rules hold (pins, the retention hold, a running job's target);
- * `protect` (the safety backup just made, the backup restored from) always stays. A failure is logged
- * (naming what stayed and what went), never thrown: the restore is done. Returns what was deleted,
- * also when some could not be.
+ * `protect` (the safety backup just made, the backup restored from) always stays. What was deleted is
+ * added to `deleted`, also when some could not be (then it throws, naming what stayed and what went).
  */
-async function pruneSafetyBackups(agent: Agent, ctx: JobContext, protect: string[]): Promise<string[]> {
+async function pruneSafetyBackups(agent: Agent, protect: string[], deleted: string[]): Promise<void> {
   try {
-    return await pruneLocal(agent, protect, 'safety');
+    deleted.push(...(await pruneLocal(agent, protect, 'safety')));
   } catch (error) {
-    ctx.log.warn('the older safety backups could not be pruned; the restore itself is done', { error });
-    const deleted = isAppError(error) ? error.details?.deleted : undefined;
-    return Array.isArray(deleted) ? deleted : [];
+    const went = isAppError(error) ? error.details?.deleted : undefined;
+    if (Array.isArray(went)) deleted.push(...went);
+    throw error;
   }
 }
 

@@ -82,8 +82,11 @@ export interface RestoreFaults {
   beforeSwapStep?: (step: string) => void | Promise<void>;
   /** Called after each swap step's action took effect; throwing here fails the step after it acted (as an fsync failing after its rename). */
   afterSwapStep?: (step: string) => void | Promise<void>;
-  /** Called once the swap committed, before the restart; throwing here fails the restore after its commit. */
-  afterCommit?: () => void | Promise<void>;
+  /**
+   * Called at the start of each step after the swap committed (`role-record`, `dr-recovery`, `prune`);
+   * throwing here fails that step, as its own failure would (the restore is done: a warning says so).
+   */
+  afterCommit?: (step: string) => void | Promise<void>;
   /** Receives pg_restore's pid while it restores the staging database. */
   onStagingRestore?: (pid: number) => void;
   /** Overrides the free bytes the disk check requires. */
@@ -411,20 +414,31 @@ export async function swapIntoPlace(
   }
 }
 
-/** Drops the previous database and folders of a committed restore, or keeps them if asked. */
+/**
+ * Drops the previous database and folders of a committed restore, or keeps them if asked; then its
+ * journal goes. Every part is tried, one failing or not (an undeletable file in a previous folder must
+ * not keep a database of gigabytes); if any failed, it throws naming them and the journal stays, for the
+ * next try. Only disk space is at stake: the live data is the restored one either way.
+ */
 async function cleanupPrevious(deps: SwapDeps, names: RestoreNames, keepPrevious: boolean): Promise<void> {
   const conn = deps.sources.conn;
+  const failed: string[] = [];
+  const attempt = (what: string, run: () => Promise<void>) =>
+    run().catch((error: unknown) => {
+      failed.push(`${what} (${describeError(error).message})`);
+    });
   // A copy swap leaves its staging folder (its entries were copied into the live one).
-  for (const folder of names.folders) await removeTree(folder.staging);
+  for (const folder of names.folders) await attempt(folder.staging, () => removeTree(folder.staging));
   if (!keepPrevious) {
-    await dropDatabase(conn, names.previous);
-    for (const folder of names.folders) await removeTree(folder.previous);
+    await attempt(`database ${names.previous}`, () => dropDatabase(conn, names.previous));
+    for (const folder of names.folders) await attempt(folder.previous, () => removeTree(folder.previous));
   } else {
     // Only the newest previous state is kept aside: older ones go.
-    await dropPreviousExcept(conn, deps.sources, names.id);
+    await attempt('the older previous states', () => dropPreviousExcept(conn, deps.sources, names.id));
   }
   // The roles it created stay: they own the restored objects. Before the journal, which says it committed.
-  await clearRoleRecord(deps.config.dataDir, names.id);
+  await attempt('its record of the roles it created', () => clearRoleRecord(deps.config.dataDir, names.id));
+  if (failed.length > 0) throw new Error(`could not remove ${failed.join('; ')}`);
   await removeJournal(deps.config.dataDir, names.id);
 }
 
@@ -449,7 +463,7 @@ export function cleanupAfterReport(deps: SwapDeps, names: RestoreNames, keepPrev
       deps.log.info('restore step', { step: 'cleanup', ms: Math.round(performance.now() - started) });
     })
     .catch((error) =>
-      deps.log.warn('could not remove the previous database; the next start retries', { error }),
+      deps.log.warn('could not remove all that the restore replaced; the next start tries again', { error }),
     )
     .finally(() => {
       if (pendingCleanups.get(dataDir) === run) pendingCleanups.delete(dataDir);
@@ -569,7 +583,13 @@ export async function recoverInterruptedRestore(
   if (journal) {
     if (journal.committed) {
       deps.log.warn('finishing a restore that was interrupted after its swap', { restoreId: journal.id });
-      await cleanupPrevious(deps, journal, journal.keepPrevious);
+      // Its live data is whole: what could not be removed is only disk space, and never stops a start.
+      await cleanupPrevious(deps, journal, journal.keepPrevious).catch((error: unknown) =>
+        deps.log.warn('could not remove all that the restore replaced; the next start tries again', {
+          restoreId: journal.id,
+          error,
+        }),
+      );
     } else {
       deps.log.warn('rolling back a restore that was interrupted during its swap', {
         restoreId: journal.id,

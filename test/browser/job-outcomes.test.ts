@@ -1,6 +1,7 @@
 // How a job's dialog ends when things go wrong, in a real browser against a real agent and PostgreSQL:
 // a restore says whether GEM was restarted (done, failed, not set up), Cancel goes once the data is
-// being switched over, a restore that failed says whether the current data was changed, and a dialog
+// being switched over, a restore that failed says whether the current data was changed, one a step
+// after the switch-over failed in is told as done with what did not finish, and a dialog
 // whose agent stops answering says so instead of freezing on its last figure.
 import { copyFile, mkdir, open, writeFile } from 'node:fs/promises';
 import type { AddressInfo } from 'node:net';
@@ -79,6 +80,22 @@ async function problems(): Promise<string[]> {
   return page.locator('#progress-problems li').allTextContents();
 }
 
+/**
+ * A restore's dialog that ended done with `listed` problems, saying `text`: its Close reloads the page.
+ * Returns the restore note the reloaded page shows.
+ */
+async function expectDoneWithProblems(text: string, listed: string[]): Promise<Locator> {
+  expect(await progressText().textContent()).toBe(text);
+  expect(await problems()).toEqual(listed);
+  expect(await page.locator('#progress-state').getAttribute('data-state')).toBe('problems');
+  const reloaded = page.waitForEvent('load');
+  await dialog().getByRole('button', { name: 'Close' }).click();
+  await reloaded;
+  const note = page.locator('#restore-note');
+  await note.waitFor();
+  return note;
+}
+
 /** The newest restore job's safety backup. */
 async function lastSafetyBackup(): Promise<string> {
   const restores = t.agent.jobs
@@ -103,6 +120,40 @@ async function showsMovingClock(locator: Locator, timeout = 15_000): Promise<voi
       { timeout, interval: 50 },
     )
     .toBe(true);
+}
+
+/**
+ * Starts a restore of the backup whose fault point (`beforeSwapStep` or `afterCommit`, at the step
+ * named) waits until the job is in `phase` and the page, reloaded then, shows its dialog found running
+ * (the switch-over under way: no Cancel), then throws `message`. Resolves with the job's id once the
+ * dialog says how it ended.
+ */
+async function restoreFailingAfterReload(
+  at: { beforeSwapStep: string } | { afterCommit: string },
+  phase: string,
+  message: string,
+): Promise<string> {
+  let release!: () => void;
+  const held = new Promise<void>((resolve) => {
+    release = resolve;
+  });
+  const [point, failing] = Object.entries(at)[0]!;
+  const fail = async (step: string) => {
+    if (step !== failing) return;
+    await held;
+    throw new Error(message);
+  };
+  const job = await startRestore(t.agent, backupName, { faults: { [point]: fail } });
+  try {
+    await expect.poll(() => t.agent.jobs.get(job.id)?.phase, { timeout: 60_000 }).toBe(phase);
+    await page.reload();
+    await progressText().getByText('Switching over to the restored data…').waitFor();
+    expect(await cancelButton().isHidden()).toBe(true);
+  } finally {
+    release();
+  }
+  await dialog().getByRole('button', { name: 'Close' }).waitFor({ timeout: 60_000 });
+  return job.id;
 }
 
 async function openPage(): Promise<void> {
@@ -153,19 +204,12 @@ describe('a restore’s end says what happened to GEM', () => {
     await restoreFromPage(backupName);
     await dialog().getByRole('button', { name: 'Close' }).waitFor({ timeout: 90_000 });
     await page.screenshot({ path: `${SHOTS}/60-restore-restart-failed.png` });
-    expect(await progressText().textContent()).toBe(
+    const note = await expectDoneWithProblems(
       'The data is restored, but GEM could not be restarted. Close reloads the page.',
+      [
+        'GEM could not be restarted: the restart command exited with 3: gem-restart-broke. The data is restored; restart GEM by hand so it uses it.',
+      ],
     );
-    expect(await problems()).toEqual([
-      'GEM could not be restarted: the restart command exited with 3: gem-restart-broke. The data is restored; restart GEM by hand so it uses it.',
-    ]);
-    expect(await page.locator('#progress-state').getAttribute('data-state')).toBe('problems');
-
-    const reloaded = page.waitForEvent('load');
-    await dialog().getByRole('button', { name: 'Close' }).click();
-    await reloaded;
-    const note = page.locator('#restore-note');
-    await note.waitFor();
     expect(await note.textContent()).toBe(
       `Restored ${backupName}. To undo, restore the safety backup ${await lastSafetyBackup()}. ` +
         'GEM could not be restarted: the restart command exited with 3: gem-restart-broke. The data is restored; restart GEM by hand so it uses it.',
@@ -319,33 +363,38 @@ describe('a restore that did not finish says whether the current data was change
   });
 
   it('failed while switching over (found running after a reload): no Cancel, and no claim that nothing changed', async () => {
-    let release!: () => void;
-    const held = new Promise<void>((resolve) => {
-      release = resolve;
-    });
-    const job = await startRestore(t.agent, backupName, {
-      faults: {
-        beforeSwapStep: async (step) => {
-          if (step !== 'fence-live-database') return;
-          await held;
-          throw new Error('simulated failure at the first swap step');
-        },
-      },
-    });
-    try {
-      await expect.poll(() => t.agent.jobs.get(job.id)?.phase, { timeout: 60_000 }).toBe('swap');
-      await page.reload();
-      await progressText().getByText('Switching over to the restored data…').waitFor();
-      expect(await cancelButton().isHidden()).toBe(true);
-    } finally {
-      release();
-    }
-    await dialog().getByRole('button', { name: 'Close' }).waitFor({ timeout: 60_000 });
+    await restoreFailingAfterReload(
+      { beforeSwapStep: 'fence-live-database' },
+      'swap',
+      'simulated failure at the first swap step',
+    );
     await page.screenshot({ path: `${SHOTS}/64-restore-failed-in-swap.png` });
     const text = (await progressText().textContent()) ?? '';
     expect(text).toMatch(/^Failed while switching over: the restore failed while swapping/);
     expect(text).toMatch(/Reload the page to see which data GEM has now\.$/);
     expect(text).not.toContain('Nothing was changed');
+  });
+});
+
+describe('a restore a step after the switch-over failed in is told as done', () => {
+  it('found running after a reload: the data is restored, what did not finish, never "Nothing was changed"', async () => {
+    setRestartCommand(['true']);
+    // The safety prune, after the swap committed and GEM restarted, fails once the page has reloaded.
+    const jobId = await restoreFailingAfterReload(
+      { afterCommit: 'prune' },
+      'restart',
+      'simulated failure after the switch-over',
+    );
+    await page.screenshot({ path: `${SHOTS}/65-restore-failed-after-switch-over.png` });
+    expect(t.agent.jobs.get(jobId)?.state).toBe('succeeded');
+    const note = await expectDoneWithProblems(
+      'Restore complete. GEM was restarted and uses the restored data. Close reloads the page.',
+      [
+        "The older safety backups could not all be pruned (simulated failure after the switch-over): the next backup's retention tries again.",
+      ],
+    );
+    expect(await note.textContent()).toContain('The older safety backups could not all be pruned');
+    expect(await note.textContent()).not.toContain('Nothing was changed');
   });
 });
 

@@ -1,7 +1,8 @@
 /**
  * A separate agent process that restores a backup and dies by SIGKILL at a chosen point: a real crash
- * for crash.test.ts. CRASH_AT is a swap step (killed just before it), `restart` (killed by the restart
- * command, after the swap), or `undo-after-commit`: the commit step fails after writing its record
+ * for crash.test.ts. CRASH_AT is a swap step (killed just before it), a step after the swap's commit
+ * (`role-record`, `dr-recovery`: killed just before it), `restart` (killed by the restart command,
+ * after the swap), or `undo-after-commit`: the commit step fails after writing its record
  * (as an fsync after the rename would) and the process is killed during the undo that follows, once
  * the folders are back and before the databases are.
  */
@@ -43,6 +44,9 @@ const job = await agent.jobs.start(
           if (crashAt !== 'undo-after-commit' || step !== 'commit') return;
           killOnceFoldersAreBack();
           throw new Error('injected: the commit record was written, its fsync failed');
+        },
+        afterCommit: (step) => {
+          if (step === crashAt) process.kill(process.pid, 'SIGKILL');
         },
       },
     }),

@@ -103,24 +103,33 @@ describe('a restore killed mid-way', () => {
     expect(await liveState(t.agent)).toEqual(before.state);
   });
 
-  it('after its commit: the roles and membership stay (they own the restored objects), and the record goes', async () => {
-    // Killed by the restart command, after the swap committed.
-    await killedRestore('restart');
-    expect(existsSync(journalPath(t.dataDir))).toBe(true);
-    expect(await records()).toHaveLength(1);
-    await start();
-    expect(await roles()).toEqual({
-      roles: ['r_owner', 'r_pre1', 'r_pre2', 'r_reader'],
-      memberships: ['r_pre1 to r_pre2'],
-    });
-    const [owner] = await withSql(
-      t.agent.databaseUrl,
-      (sql) =>
-        sql<{ owner: string }[]>`select tableowner as owner from pg_tables where tablename = 'r_things'`,
-    );
-    expect(owner?.owner).toBe('r_owner');
-    expect(await records()).toEqual([]);
-    expect(existsSync(journalPath(t.dataDir))).toBe(false);
-    expect(await leftovers(t.agent)).toEqual([]);
-  });
+  it.each([
+    // Killed after the swap committed, before its record of the roles goes: the start must keep them.
+    ['before its record goes', 'role-record', 1],
+    // Killed by the restart command: the record went at the commit.
+    ['by the restart command', 'restart', 0],
+  ])(
+    'after its commit, %s: the roles and membership stay (they own the restored objects), and the record goes',
+    async (_, crashAt, recorded) => {
+      await killedRestore(crashAt);
+      expect(existsSync(journalPath(t.dataDir))).toBe(true);
+      expect(await records()).toHaveLength(recorded);
+      await start();
+      expect(await roles()).toEqual({
+        roles: ['r_owner', 'r_pre1', 'r_pre2', 'r_reader'],
+        memberships: ['r_pre1 to r_pre2'],
+      });
+      const [owner] = await withSql(
+        t.agent.databaseUrl,
+        (sql) =>
+          sql<{ owner: string }[]>`select tableowner as owner from pg_tables where tablename = 'r_things'`,
+      );
+      expect(owner?.owner).toBe('r_owner');
+      expect(await records()).toEqual([]);
+      expect(existsSync(journalPath(t.dataDir))).toBe(false);
+      expect(await leftovers(t.agent)).toEqual([]);
+      // As after the backup again: the next restore creates the roles and grants the membership anew.
+      await withSql(t.agent.databaseUrl, (sql) => sql.unsafe(AFTER_BACKUP));
+    },
+  );
 });
