@@ -2,7 +2,7 @@
 import { mkdir, stat, statfs } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { type Readable, Transform } from 'node:stream';
-import { stanzaKeyIds, tryParseHeader } from '../../shared/envelope';
+import { HeaderScanner, stanzaKeyIds } from '../../shared/envelope';
 import type { Agent } from '../agent';
 import { AppError } from '../errors';
 import { writeFileAtomic } from '../system/atomic-file';
@@ -47,9 +47,6 @@ export async function usableSpace(
 
 /** Free space is measured again after this many bytes, as other writers (the database) use it too. */
 const RECHECK_BYTES = 64 * 1024 * 1024;
-
-/** Past this, a header still unparsed cannot be a backup's (core 64 KiB + stanzas 1 MiB + framing). */
-const MAX_HEADER_BYTES = 8 + 4 + 65536 + 4 + 1048576 + 32;
 
 function noSpace(need: string, room: number): AppError {
   const mb = (n: number) => `${Math.max(0, Math.floor(n / 1048576))} MB`;
@@ -104,7 +101,8 @@ export async function receiveUpload(
   let received = 0;
   let nextCheck = RECHECK_BYTES;
   // The first bytes are checked as they arrive: anything but a backup's header ends the upload early.
-  let head: Buffer | undefined = Buffer.alloc(0);
+  // Past its limit (HEADER_SCAN_LIMIT), a header still unparsed cannot be a backup's.
+  let head: HeaderScanner | undefined = new HeaderScanner();
   const counter = new Transform({
     async transform(chunk: Buffer, _e, cb) {
       try {
@@ -116,9 +114,8 @@ export async function receiveUpload(
             `the backup is longer than the ${declared} bytes it was announced with; it was stopped and nothing was kept`,
           );
         if (head) {
-          head = Buffer.concat([head, chunk]);
-          if (tryParseHeader(head)) head = undefined;
-          else if (head.length > MAX_HEADER_BYTES)
+          if (head.push(chunk)) head = undefined;
+          else if (head.full)
             throw new AppError('not_a_backup', 'not a GEM backup file: its header does not end');
         }
         if (received > room) throw noSpace(`it is over ${Math.floor(room / 1048576)} MB`, room);

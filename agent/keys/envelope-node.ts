@@ -7,12 +7,13 @@ import {
   DEFAULT_CHUNK_SIZE,
   EnvelopeError,
   type EnvelopeHeader,
+  HEADER_SCAN_LIMIT,
+  HeaderScanner,
   type OpenOptions,
   PayloadOpener,
   PayloadSealer,
   type SealOptions,
   TAG_LENGTH,
-  tryParseHeader,
 } from '../../shared/envelope';
 
 /** AES-256-GCM through node:crypto, with the tag length pinned to 16 (Node would otherwise accept short tags). */
@@ -154,9 +155,14 @@ export function createSealTransform(opts: SealOptions): Transform {
 /** A Transform from a backup file to its plaintext; `header` resolves once the header is parsed and its MAC checked. */
 type OpenTransform = Transform & { readonly header: Promise<EnvelopeHeader> };
 
-/** Opens a backup file stream; no plaintext of a chunk passes before its tag checked. */
-export function createOpenTransform(opts: OpenOptions): OpenTransform {
-  let headerBytes: Buffer | undefined = Buffer.alloc(0);
+/**
+ * Opens a backup file stream; no plaintext of a chunk passes before its tag checked. Fails with
+ * `bad_header` when `headerLimit` bytes hold no whole header (HEADER_SCAN_LIMIT: more than the format
+ * allows).
+ */
+export function createOpenTransform(opts: OpenOptions, headerLimit = HEADER_SCAN_LIMIT): OpenTransform {
+  // Until the header is read; then the opener takes every byte.
+  let scanner: HeaderScanner | undefined = new HeaderScanner(headerLimit);
   let opener: PayloadOpener | undefined;
   let settleHeader!: { resolve: (h: EnvelopeHeader) => void; reject: (e: unknown) => void };
   const header = new Promise<EnvelopeHeader>((resolve, reject) => {
@@ -165,18 +171,22 @@ export function createOpenTransform(opts: OpenOptions): OpenTransform {
   header.catch(() => {}); // the stream's error event reports it too
 
   const readHeaderFrom = async (chunk: Buffer): Promise<Uint8Array[]> => {
-    headerBytes = headerBytes!.length === 0 ? chunk : Buffer.concat([headerBytes!, chunk]);
-    const parsed = tryParseHeader(headerBytes);
-    if (!parsed) return [];
-    const leftover = headerBytes.subarray(parsed.length);
-    headerBytes = undefined;
+    const found = scanner!.push(chunk);
+    if (!found) {
+      if (!scanner!.full) return [];
+      throw new EnvelopeError(
+        'bad_header',
+        `the backup header does not end within its first ${headerLimit} bytes`,
+      );
+    }
+    scanner = undefined;
     opener = await PayloadOpener.create(
-      parsed.header,
-      await opts.resolveFileKey(parsed.header),
+      found.header,
+      await opts.resolveFileKey(found.header),
       opts.cipher ?? nodeChunkCipher,
     );
-    settleHeader.resolve(parsed.header);
-    return opener.push(leftover);
+    settleHeader.resolve(found.header);
+    return opener.push(found.bytes.subarray(found.length));
   };
 
   const step = (run: () => Promise<Uint8Array[]>): Promise<Uint8Array[]> =>

@@ -227,22 +227,27 @@ export class HeaderScanner {
   }
 }
 
-/** Reads just the header off a stream; `rest` yields every byte after it. */
+/**
+ * Reads just the header off a stream; `rest` yields every byte after it. Gives up with `bad_header` when
+ * `limit` bytes hold no whole header (HEADER_SCAN_LIMIT: more than the format allows).
+ */
 export async function readHeader(
   stream: ReadableStream<Uint8Array>,
+  limit = HEADER_SCAN_LIMIT,
 ): Promise<{ header: EnvelopeHeader; rest: ReadableStream<Uint8Array> }> {
   const reader = stream.getReader();
-  let pending: Uint8Array = new Uint8Array(0);
+  const scanner = new HeaderScanner(limit);
   try {
     for (;;) {
-      const parsed = tryParseHeader(pending);
-      if (parsed) {
-        const leftover = pending.subarray(parsed.length);
-        return { header: parsed.header, rest: restOf(leftover, reader) };
-      }
       const { done, value } = await reader.read();
       if (done) throw new EnvelopeError('truncated', 'the file ends inside the backup header');
-      pending = pending.length === 0 ? value : concatBytes([pending, value]);
+      const found = scanner.push(value);
+      if (found) return { header: found.header, rest: restOf(found.bytes.subarray(found.length), reader) };
+      if (scanner.full)
+        throw new EnvelopeError(
+          'bad_header',
+          `the backup header does not end within its first ${limit} bytes`,
+        );
     }
   } catch (error) {
     reader.cancel(error).catch(() => {});
