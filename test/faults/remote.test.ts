@@ -21,11 +21,13 @@ const report = faultReport('remote', 'server freezes');
  * The offsite helpers' fast options, shorter still: a frozen upload is given up after 1.5 s without a
  * byte moved (3 s there; 5 min by default) and the retry's sign-in after 1 s (SFTP) or 2 s (smbclient's
  * -t), so each freeze costs a few seconds of waiting instead of seven. The retry is kept (2 attempts).
+ * An S3 upload frozen once all its bytes are sent waits for the answer instead (answerTimeoutMs, 10 min by
+ * default): s3rver answers a part once it is stored, so a freeze at 99 % can land there.
  */
 const FREEZE: typeof FAST = {
   ...FAST,
   stallTimeoutMs: 1500,
-  providerOverrides: { sftp: { timeoutMs: 1000 }, smb: { timeoutSeconds: 2 } },
+  providerOverrides: { sftp: { timeoutMs: 1000 }, smb: { timeoutSeconds: 2 }, s3: { answerTimeoutMs: 3000 } },
 };
 
 let pg: TestPostgres;

@@ -6,6 +6,8 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 
 const S3RVER = resolve('node_modules/s3rver/bin/s3rver.js');
+/** s3rver's command line with objects stored whole before a PUT is answered (why: its header comment). */
+const S3RVER_ATOMIC = resolve('test/services/s3rver-atomic.cjs');
 
 export interface S3Service {
   endpoint: string;
@@ -31,7 +33,7 @@ export async function startS3(options: { bucket?: string } = {}): Promise<S3Serv
   const root = await mkdtemp(join(tmpdir(), 'gem-s3-'));
   const child: ChildProcess = spawn(
     process.execPath,
-    [S3RVER, '-d', root, '-a', '127.0.0.1', '-p', '0', '-s', '--configure-bucket', bucket],
+    [S3RVER_ATOMIC, S3RVER, '-d', root, '-a', '127.0.0.1', '-p', '0', '-s', '--configure-bucket', bucket],
     { stdio: ['ignore', 'pipe', 'pipe'] },
   );
   let log = '';
