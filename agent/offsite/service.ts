@@ -140,6 +140,8 @@ export interface SyncResult {
   pruneStopped?: string;
   /** Remote copies found damaged (not fetched, not counted as kept), each with why. */
   damaged?: { filename: string; reason: string }[];
+  /** Transfers not tried: a transfer before them found the destination not answering, so the sync stopped there. */
+  notAttempted?: string[];
 }
 
 /**
@@ -158,6 +160,13 @@ export function damagedCopiesMessage(
 /** Why a copy is damaged, without the "the backup is damaged: " its message starts with. */
 function damageOf(error: AppError): string {
   return error.message.replace(/^the backup is damaged: /, '');
+}
+
+/** Whether a sync moves this backup: ours on one side only (a backup that failed verification is not spread). */
+function needsTransfer(candidate: SyncCandidate): boolean {
+  if (candidate.foreign) return false;
+  if (candidate.local && !candidate.remote) return candidate.local.verifyResult !== 'failed';
+  return candidate.remote !== undefined && candidate.local === undefined;
 }
 
 /** A download refused for what the remote copy holds (damaged), not for reaching it. */
@@ -554,7 +563,8 @@ export class OffsiteService {
           ...this.transferOptions(ctx),
           stillConfigured: () => watch.stillConfigured('retrying a transfer'),
         };
-        for (const candidate of plan.keep.sort((a, b) => a.createdAt.localeCompare(b.createdAt))) {
+        const ordered = plan.keep.sort((a, b) => a.createdAt.localeCompare(b.createdAt));
+        for (const [index, candidate] of ordered.entries()) {
           ctx.throwIfCancelled();
           const name = candidate.filename;
           if (candidate.foreign) continue; // another installation's: neither fetched nor spread
@@ -615,9 +625,24 @@ export class OffsiteService {
               });
               continue;
             }
-            const { message } = describeDestinationError(kind, section, error);
+            const { code, message } = describeDestinationError(kind, section, error);
             failures.push(`${name}: ${message}`);
             ctx.log.warn('a sync transfer failed', { destination: kind, filename: name, error: message });
+            // Not answering (its retries spent): each further transfer would wait out the same timeouts.
+            if (code === 'unreachable') {
+              const rest = ordered
+                .slice(index + 1)
+                .filter((c) => needsTransfer(c) && !taken.has(c.filename))
+                .map((c) => c.filename);
+              if (rest.length > 0) {
+                result.notAttempted = rest;
+                ctx.log.warn('the destination is not answering: the other transfers were not attempted', {
+                  destination: kind,
+                  notAttempted: rest,
+                });
+              }
+              break;
+            }
           }
         }
         // Turned off or changed: its earlier failures are moot, and nothing is pruned on either side.
@@ -626,9 +651,14 @@ export class OffsiteService {
         if (damaged.length > 0) result.damaged = damaged;
         if (failures.length > 0) {
           const also = damaged.length > 0 ? ` Also ${damagedCopiesMessage(kind, damaged)}.` : '';
+          const rest = result.notAttempted ?? [];
+          const skipped =
+            rest.length > 0
+              ? ` ${rest.length} other transfer${rest.length === 1 ? ' was' : 's were'} not attempted (the destination is not answering): ${rest.join(', ')}.`
+              : '';
           throw new AppError(
             'dependency_down',
-            `${failures.length} transfer${failures.length === 1 ? '' : 's'} failed; nothing was pruned. ${failures.join(' ')}${also}`,
+            `${failures.length} transfer${failures.length === 1 ? '' : 's'} failed; nothing was pruned. ${failures.join(' ')}${skipped}${also}`,
           );
         }
         // A damaged copy is no kept copy: the plan made without it deletes only what both plans delete,
