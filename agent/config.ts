@@ -39,12 +39,20 @@ function token(name: string) {
     .optional();
 }
 
+/** Said for any PORT that is not a port number ("abc", 70000, 80.5): what to give instead. */
+const PORT_WORDS = 'must be a port number from 0 to 65535, e.g. PORT=8080 (unset: 8080)';
+
 const env = z.object({
   DATABASE_URL: z.string().url().optional(),
   GEM_DATA_DIR: z.string().min(1).default('./data'),
   GEM_SCRIPTS_DIR: z.string().min(1).optional(),
   GEM_CONFIG_DIR: z.string().min(1).optional(),
-  PORT: z.coerce.number().int().min(0).max(65535).default(8080),
+  PORT: z.coerce
+    .number({ error: PORT_WORDS })
+    .int(PORT_WORDS)
+    .min(0, PORT_WORDS)
+    .max(65535, PORT_WORDS)
+    .default(8080),
   HOST: z.string().min(1).default('127.0.0.1'),
   GEM_AGENT_TOKEN: token('GEM_AGENT_TOKEN'),
   GEM_DR_URL: z.string().url().optional(),

@@ -69,6 +69,8 @@ function timingContext(phases: Array<[string, number]>, steps: Array<[string, nu
     phase: (name) => {
       phases.push([name, Math.round(performance.now() - started)]);
     },
+    // A phase's own steps (a restore's safety backup) are timed as part of the phase.
+    step: () => {},
     progress: () => {},
     notice: () => {},
     target: () => {},

@@ -1,5 +1,6 @@
 /** What a CLI command gets: its arguments, output channels, and a way to open the agent in-process. */
 import { existsSync, statSync } from 'node:fs';
+import { rmdir } from 'node:fs/promises';
 import { userInfo } from 'node:os';
 import type { Agent } from '../agent';
 import { type DataPaths, dataPaths, loadConfig } from '../config';
@@ -29,7 +30,7 @@ export interface CliContext {
    * A progress printer for jobs: one line per phase, a percentage when the total is known, and for a
    * step in bytes (`unit`, default bytes) going at a steady pace about how long it has left.
    */
-  progress(phase: string, done: number, total: number, unit?: ProgressUnit): void;
+  progress(phase: string, done: number, total: number, unit?: ProgressUnit, step?: string): void;
   /** Clears the progress line on a terminal (before a result or an error line). */
   endProgress(): void;
   /** After a Ctrl-C or SIGTERM: the one line that says what happened; undefined if none came. */
@@ -65,6 +66,19 @@ function whoRuns(): { user: string; sudoUser?: string; pid: number } {
   }
   const sudoUser = process.env.SUDO_USER;
   return { user, ...(sudoUser ? { sudoUser } : {}), pid: process.pid };
+}
+
+/**
+ * Removes the command's own work folder (`work/p<pid>n…`) once its agent closed, on a Ctrl-C too: the
+ * next start of the service would sweep it, and until then it is an empty folder that says nothing.
+ * Only an empty one: what a job left in it on purpose (a restore's staging kept for the next start)
+ * stays for that start.
+ */
+async function removeWorkFolder(agent: Agent): Promise<void> {
+  await rmdir(agent.paths.work).catch((error: NodeJS.ErrnoException) => {
+    if (error.code !== 'ENOENT' && error.code !== 'ENOTEMPTY' && error.code !== 'EEXIST')
+      agent.log.warn('could not remove the command’s work folder', { path: agent.paths.work, error });
+  });
 }
 
 /** The audit record of a CLI command: what ran, how it ended, and by whom. */
@@ -137,8 +151,8 @@ export function createCliContext(
   let redraw: NodeJS.Timeout | undefined;
   const drawProgress = () => {
     if (!latest) return;
-    const { phase, bytesDone, bytesTotal } = latest;
-    const line = progressWords(phase, bytesDone, bytesTotal, timeLeft(latest, Date.now()));
+    const { phase, bytesDone, bytesTotal, step } = latest;
+    const line = progressWords(phase, bytesDone, bytesTotal, timeLeft(latest, Date.now()), step);
     if (line !== lastLine) {
       process.stderr.write(`\r\x1b[K${line}`);
       lastLine = line;
@@ -264,6 +278,7 @@ export function createCliContext(
           // started just after it, too) is followed to its end, so the line says what became of it.
           try {
             await open.close();
+            await removeWorkFolder(open);
           } finally {
             off();
           }
@@ -290,9 +305,15 @@ export function createCliContext(
         }
       }
     },
-    progress(phase, done, total, unit) {
+    progress(phase, done, total, unit, step) {
       if (!process.stderr.isTTY) return;
-      latest = { phase, bytesDone: done, bytesTotal: total, ...(unit ? { unit } : {}) };
+      latest = {
+        phase,
+        bytesDone: done,
+        bytesTotal: total,
+        ...(unit ? { unit } : {}),
+        ...(step ? { step } : {}),
+      };
       drawProgress();
       redraw ??= setInterval(drawProgress, 1000).unref();
     },

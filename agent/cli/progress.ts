@@ -10,11 +10,13 @@ export interface StepProgress {
   bytesDone: number;
   bytesTotal: number;
   unit?: ProgressUnit;
+  /** The step within the phase whose count this is (a restore's safety backup: "verify"). */
+  step?: string;
 }
 
 interface PageFormat {
-  /** A job step in the owner's words ("dump" -> "Exporting the database"). */
-  phase(name: string): string;
+  /** A job step in the owner's words ("dump" -> "Exporting the database"), with its own step's if any. */
+  phase(name: string, step?: string): string;
   /** An estimator of the current step's time left ("about 40 s left", or '' when it cannot say). */
   timeLeftEstimator(): (progress: StepProgress, now: number) => string;
 }
@@ -25,10 +27,11 @@ const format = (await import(new URL('../ui/format.js', import.meta.url).href)) 
 
 /**
  * "Exporting the database 4.1 MiB", "Encrypting and packing the backup 36%", with the step's time
- * left if one is given ("Uploading … 36%, about 40 s left"), or only the words when nothing is counted.
+ * left if one is given ("Uploading … 36%, about 40 s left"), or only the words when nothing is counted;
+ * a phase's own step is named after it ("Taking a safety backup of the current data: verifying 36%").
  */
-export function progressWords(phase: string, done: number, total: number, left = ''): string {
-  const words = format.phase(phase) || phase;
+export function progressWords(phase: string, done: number, total: number, left = '', step?: string): string {
+  const words = format.phase(phase, step) || phase;
   if (total > 0)
     return `${words} ${Math.floor((100 * Math.min(done, total)) / total)}%${left ? `, ${left}` : ''}`;
   if (done > 0) return `${words} ${(done / 1048576).toFixed(1)} MiB`;

@@ -59,7 +59,8 @@ export async function restoreCommand(cli: CliContext): Promise<void> {
             );
           });
     const off = agent.jobs.subscribe(started.id, (e) => {
-      if (e.type === 'update') cli.progress(e.job.phase, e.job.bytesDone, e.job.bytesTotal, e.job.unit);
+      if (e.type === 'update')
+        cli.progress(e.job.phase, e.job.bytesDone, e.job.bytesTotal, e.job.unit, e.job.step);
     });
     const done = await agent.jobs.waitFor(started.id);
     off();
@@ -79,5 +80,20 @@ export async function restoreCommand(cli: CliContext): Promise<void> {
   cli.out(`restored ${result.restoredFrom} (${result.rows} rows)`);
   for (const warning of result.warnings ?? []) cli.err(`warning: ${warning}`);
   if (result.safetyBackup) cli.out(`the state before the restore is kept in ${result.safetyBackup}`);
-  if (result.restart.ran && !result.restart.ok) cli.out(`warning: ${result.restart.error}`);
+  const restart = restartWarning(result.restart);
+  if (restart) cli.err(`warning: ${restart}`);
+}
+
+/**
+ * What is left to do about GEM's restart after a restore, in the page's words (agent/ui/backups.js
+ * restartOutcome), or nothing when the restart command ran and succeeded.
+ */
+function restartWarning(restart: { ran: boolean; ok?: boolean; error?: string }): string | undefined {
+  if (restart.ran && restart.ok) return undefined;
+  if (restart.ran) {
+    // A command's stderr ends in a newline, or is empty after "exited with 1: ".
+    const why = (restart.error ?? 'unknown error').trim().replace(/[.:]$/, '');
+    return `GEM could not be restarted: ${why}; the data is restored: restart GEM by hand so it uses it`;
+  }
+  return 'the data is restored, but GEM was not restarted: no restart command is set up on this controller (GEM_RESTART_COMMAND); restart GEM now so it uses the restored data';
 }

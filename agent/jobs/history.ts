@@ -35,6 +35,7 @@ const jobSchema = z.object({
   ]),
   state: z.enum(['queued', 'running', 'succeeded', 'failed', 'cancelled']),
   phase: z.string(),
+  step: z.string().optional(),
   bytesDone: z.number(),
   bytesTotal: z.number(),
   // Files written before progress had a unit: every count was bytes.

@@ -39,7 +39,12 @@ export interface Job {
   kind: JobKind;
   state: JobState;
   phase: string;
-  /** Done within the phase, in `unit`; never more than bytesTotal once that is known. */
+  /**
+   * The step within the phase, when the phase runs steps of its own whose counts each start at 0 (a
+   * restore's safety backup: dump, folders, pack, verify); absent otherwise, and in earlier versions.
+   */
+  step?: string;
+  /** Done within the phase (or its step), in `unit`; never more than bytesTotal once that is known. */
   bytesDone: number;
   /** The phase's total in `unit` (0 = unknown). */
   bytesTotal: number;
@@ -59,6 +64,11 @@ export interface JobContext {
   readonly log: Logger;
   /** Enters a new phase; bytesDone restarts at 0 with the given total (0 = unknown), counted in `unit` (default bytes). */
   phase(name: string, bytesTotal?: number, unit?: ProgressUnit): void;
+  /**
+   * Enters a step within the phase (the phase stays): bytesDone restarts at 0 with the given total, so
+   * each count shown goes with its own step's words, never backwards under the phase's.
+   */
+  step(name: string, bytesTotal?: number, unit?: ProgressUnit): void;
   /** Sets how much is done within the phase (in the phase's unit), and its total if given. */
   progress(bytesDone: number, bytesTotal?: number): void;
   /** Publishes an event to listeners without a state change (e.g. "restore is about to swap"). */
@@ -77,10 +87,11 @@ type Listener = (event: JobEvent) => void;
 /** A context for running job code outside the runner (CLI, tests): progress goes to `onProgress`. */
 export function standaloneContext(
   log: Logger,
-  onProgress?: (phase: string, done: number, total: number, unit: ProgressUnit) => void,
+  onProgress?: (phase: string, done: number, total: number, unit: ProgressUnit, step?: string) => void,
   signal: AbortSignal = new AbortController().signal,
 ): JobContext {
   let phase = '';
+  let step: string | undefined;
   let total = 0;
   let unit: ProgressUnit = 'bytes';
   return {
@@ -88,13 +99,20 @@ export function standaloneContext(
     log,
     phase(name, bytesTotal = 0, phaseUnit = 'bytes') {
       phase = name;
+      step = undefined;
       total = bytesTotal;
       unit = phaseUnit;
       onProgress?.(phase, 0, total, unit);
     },
+    step(name, bytesTotal = 0, stepUnit = 'bytes') {
+      step = name;
+      total = bytesTotal;
+      unit = stepUnit;
+      onProgress?.(phase, 0, total, unit, step);
+    },
     progress(done, bytesTotal) {
       if (bytesTotal !== undefined) total = bytesTotal;
-      onProgress?.(phase, clampDone(done, total), total, unit);
+      onProgress?.(phase, clampDone(done, total), total, unit, step);
     },
     notice() {},
     target() {},
@@ -265,15 +283,28 @@ export class JobRunner {
     let lastEmit = 0;
     /** An update held back by the throttle, sent when its turn comes: the last count never stays unsent. */
     let trailing: NodeJS.Timeout | undefined;
+    /** The phase the work last entered: where a cancelled job stopped, once its `cancelling` is over. */
+    let reached = job.phase;
     const ctx: JobContext = {
       signal: controller.signal,
       log,
       phase: (name, bytesTotal = 0, unit = 'bytes') => {
         job.phase = name;
+        reached = name;
+        delete job.step;
         job.bytesDone = 0;
         job.bytesTotal = bytesTotal;
         job.unit = unit;
         log.info('job phase', { phase: name });
+        void this.persist();
+        this.emit(job);
+      },
+      step: (name, bytesTotal = 0, unit = 'bytes') => {
+        job.step = name;
+        job.bytesDone = 0;
+        job.bytesTotal = bytesTotal;
+        job.unit = unit;
+        log.info('job step', { phase: job.phase, step: name });
         void this.persist();
         this.emit(job);
       },
@@ -335,6 +366,7 @@ export class JobRunner {
         const result = await work(ctx);
         job.state = 'succeeded';
         job.phase = 'done';
+        delete job.step;
         if (result !== undefined) job.result = result;
         log.info('job succeeded', took());
       } catch (error) {
@@ -347,6 +379,8 @@ export class JobRunner {
               message: isAppError(error, 'cancelled') ? error.message : 'the job was cancelled',
             }
           : describeError(error);
+        // `cancelling` says what a running job is about; an ended one shows the phase it stopped in.
+        if (job.phase === 'cancelling') job.phase = reached;
         log.warn(`job ${job.state}`, { error: job.error, ...took() });
       } finally {
         job.endedAt = new Date().toISOString();
@@ -445,6 +479,7 @@ export class JobRunner {
     if (job.endedAt) throw new AppError('conflict', `job ${id} has already ended (${job.state})`);
     this.controllers.get(id)?.abort();
     job.phase = 'cancelling';
+    delete job.step;
     this.emit(job);
     return { ...job };
   }

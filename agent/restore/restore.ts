@@ -429,7 +429,8 @@ export async function restoreFromFile(
       ctx.phase('safety');
       const inner: JobContext = {
         ...ctx,
-        phase: (_name, total) => ctx.progress(0, total),
+        // The backup's own phases are the safety phase's steps: each count starts with its own words.
+        phase: (name, total, unit) => ctx.step(name, total, unit),
         progress: ctx.progress,
         // The restore job's target stays the backup it restores: the safety backup is not in use by it.
         target: () => {},

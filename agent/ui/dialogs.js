@@ -158,7 +158,7 @@ export async function showJobProgress(
     if (over || job.endedAt) return;
     current = job;
     // A cancel that came too late to stop the job does not make it read "Cancelling…": its step stays.
-    if (!(tooLate && job.phase === 'cancelling')) step = phase(job.phase);
+    if (!(tooLate && job.phase === 'cancelling')) step = phase(job.phase, job.step);
     const total = job.bytesTotal || 0;
     // Cancel pressed: the dialog says so until the job takes it or it comes too late, whatever the job reports meanwhile.
     text.textContent =

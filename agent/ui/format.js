@@ -77,7 +77,7 @@ export function timeLeftEstimator() {
     const total = job.bytesTotal || 0;
     const done = job.bytesDone || 0;
     const unit = job.unit ?? 'bytes';
-    const key = `${job.phase}\n${unit}\n${total}`;
+    const key = `${job.phase}\n${job.step ?? ''}\n${unit}\n${total}`;
     const last = moves.at(-1);
     if (key !== step || (last && done < last.done)) {
       step = key;
@@ -187,13 +187,29 @@ export function phaseWords(name) {
   return undefined;
 }
 
-/** A job step as the progress dialog shows it: its words, or for a step of a newer agent "some-step" -> "Some step". */
-export function phase(name) {
+/**
+ * The steps a phase runs within itself (a job's `step`: the safety backup a restore takes goes through
+ * a backup's steps), in the words that follow the phase's: "Taking a safety backup…: verifying".
+ */
+const STEP_WORDS = {
+  dump: 'exporting the database',
+  folders: 'copying the scripts and configuration folders',
+  pack: 'encrypting and packing',
+  verify: 'verifying',
+};
+
+/**
+ * A job step as the progress dialog shows it: its words, or for a step of a newer agent "some-step" ->
+ * "Some step"; with the phase's own step if it has one ("Taking a safety backup of the current data:
+ * verifying"), so that each count shown goes with the words of what it counts.
+ */
+export function phase(name, step) {
   if (!name) return '';
-  const known = phaseWords(name);
-  if (known) return known;
-  const text = String(name).replace(/[-_]+/g, ' ');
-  return text.charAt(0).toUpperCase() + text.slice(1);
+  const text = phaseWords(name) ?? String(name).replace(/[-_]+/g, ' ');
+  const words = text.charAt(0).toUpperCase() + text.slice(1);
+  if (!step) return words;
+  const stepText = Object.hasOwn(STEP_WORDS, step) ? STEP_WORDS[step] : String(step).replace(/[-_]+/g, ' ');
+  return `${words}: ${stepText}`;
 }
 
 /** Creates an element with attributes and children (strings become text, never HTML). */

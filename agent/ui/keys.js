@@ -135,6 +135,27 @@ function setupKeysDialog() {
   });
 }
 
+/**
+ * What is wrong with a file chosen for import, as the agent would say it (agent/keys/keyring.ts
+ * parseKeysExport), read here before the owner is asked to replace the active keys; '' when it looks
+ * like a keys export or a data dir's keyring.json (the agent checks the rest on import).
+ */
+export function keysFileProblem(text, passphrase) {
+  let json;
+  try {
+    // A UTF-8 byte order mark (Notepad's JSON files begin with one) is not part of the JSON, as for the agent.
+    json = JSON.parse(text.replace(/^\uFEFF/, ''));
+  } catch {
+    return 'This is not a GEM encryption keys file (it is not JSON). Choose the gem-encryption-keys-….json file you downloaded.';
+  }
+  const format = json?.format;
+  if (format !== 'gem-encryption-keys' && format !== 'gem-keyring')
+    return 'This is not a GEM encryption keys file. Choose the gem-encryption-keys-….json file you downloaded, or a data folder’s keyring.json.';
+  if (format === 'gem-encryption-keys' && json.protected && !passphrase)
+    return 'This keys file is protected by a passphrase: enter the passphrase, then import again.';
+  return '';
+}
+
 /** Wires the banner and the import form; `onError` shows a failure at the top of the page. */
 export function setupKeys(onError) {
   report = onError;
@@ -191,6 +212,17 @@ export function setupKeys(onError) {
     const result = $('import-result');
     const file = chosenFile('import');
     if (!file) return;
+    const passphrase = $('import-passphrase').value;
+    // The file is read and checked first: one that cannot be a keys file is said at the field, not
+    // after the owner has agreed to replace the active keys with it.
+    const text = await file.text();
+    const problem = keysFileProblem(text, passphrase);
+    if (problem) {
+      $('import-file-error').textContent = problem;
+      fileInput.setAttribute('aria-invalid', 'true');
+      fileInput.focus();
+      return;
+    }
     const ok = await confirmAction({
       title: 'Replace the active keys?',
       body: [
@@ -201,10 +233,9 @@ export function setupKeys(onError) {
     });
     if (!ok) return;
     try {
-      const passphrase = $('import-passphrase').value;
       const answer = await api('/keys/import', {
         method: 'POST',
-        json: { file: await file.text(), ...(passphrase ? { passphrase } : {}) },
+        json: { file: text, ...(passphrase ? { passphrase } : {}) },
       });
       result.className = 'result ok';
       result.textContent = `Keys imported. Active key: ${answer.activeKeyId}${answer.retiredKeyIds?.length ? `; ${answer.retiredKeyIds.length} retired key(s) kept` : ''}.`;

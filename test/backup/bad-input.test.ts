@@ -144,9 +144,53 @@ describe('uploads', () => {
     expect((await upload('../../evil.tar.gz', 'x')).status).toBe(400);
     expect((await upload(good, 'x')).status).toBe(409);
   });
+
+  it('says the filename is missing, and how to give it, for an upload without ?filename=; keeps nothing', async () => {
+    const before = await backupFiles();
+    const bytes = await readFile(`${t.agent.paths.backups}/${good}`);
+    for (const path of ['/api/v1/backups/upload', '/api/v1/backups/upload?filename=']) {
+      const res = await t.request(path, { method: 'POST', body: bytes, duplex: 'half' } as RequestInit);
+      expect(res.status, path).toBe(400);
+      const { error } = (await res.json()) as { error: { code: string; message: string } };
+      expect(error.code).toBe('bad_request');
+      expect(error.message).toBe(
+        'filename missing: name the backup in the URL, e.g. POST /api/v1/backups/upload?filename=gem-backup-2026-11-28-231400.tar.gz',
+      );
+    }
+    expect(await backupFiles()).toEqual(before);
+  });
 });
 
 describe('JSON bodies', () => {
+  it('says what to send for a keys import without a file, and changes no key', async () => {
+    const active = t.agent.keyring.activeKey.id;
+    const post = (body: string) =>
+      t.request('/api/v1/keys/import', {
+        method: 'POST',
+        body,
+        headers: { 'content-type': 'application/json' },
+      });
+    for (const [body, message] of [
+      [
+        '{}',
+        'file: no keys file was sent: give the text of a gem-encryption-keys-YYYY-MM-DD.json export (or its JSON object) as "file"',
+      ],
+      [
+        '{"file": 5}',
+        'file: must be the text of a gem-encryption-keys-YYYY-MM-DD.json export, or its JSON object',
+      ],
+      [
+        '{"file": ["a"]}',
+        'file: must be the text of a gem-encryption-keys-YYYY-MM-DD.json export, or its JSON object',
+      ],
+    ] as const) {
+      const res = await post(body);
+      expect(res.status, body).toBe(422);
+      expect(((await res.json()) as { error: { message: string } }).error.message, body).toBe(message);
+    }
+    expect(t.agent.keyring.activeKey.id).toBe(active);
+  });
+
   it('answers malformed JSON with 400, a wrong type with 422 naming the field, an oversize body with 413', async () => {
     const post = (body: string, headers: Record<string, string> = {}) =>
       t.request('/api/v1/keys/banner', {

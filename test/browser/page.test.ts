@@ -512,14 +512,37 @@ describe('the Backup & Restore page in a real browser, against a real agent and 
     expect(await page.locator('#confirm-dialog').isVisible()).toBe(false);
   });
 
-  it('imports keys from a file after a warning, and shows the API message for a file that is not a keys file', async () => {
+  it('imports keys from a file after a warning; a file that is not a keys file is said at once, without asking', async () => {
     const form = page.locator('#import-keys-form');
-    await form.getByLabel('Keys file (.json)').setInputFiles(downloadedCopy);
-    await form.getByRole('button', { name: 'Import Keys' }).click();
+    const importButton = form.getByRole('button', { name: 'Import Keys' });
+    const fieldError = page.locator('#import-file-error');
+    const activeBefore = t.agent.keyring.activeKey.id;
+    // A backup file (not JSON), then JSON that is not a keys file: said at the field, no "Replace the active keys?".
+    const notKeys = join(dirname(keysFilePath), 'settings.json');
+    await writeFile(notKeys, JSON.stringify({ retention: { keep: 7 } }));
+    for (const [file, words] of [
+      [downloadedCopy, 'This is not a GEM encryption keys file (it is not JSON).'],
+      [notKeys, 'This is not a GEM encryption keys file. Choose the gem-encryption-keys-'],
+    ] as const) {
+      await form.getByLabel('Keys file (.json)').setInputFiles(file);
+      await importButton.click();
+      await fieldError.getByText(words).waitFor();
+      expect(await form.getByLabel('Keys file (.json)').getAttribute('aria-invalid')).toBe('true');
+      expect(await page.locator('#confirm-dialog').isVisible()).toBe(false);
+    }
+    expect(t.agent.keyring.activeKey.id).toBe(activeBefore);
+
+    // A file that looks like one but that the agent refuses: asked first, then the API's message.
+    const corrupt = join(dirname(keysFilePath), 'keyring.json');
+    await writeFile(corrupt, JSON.stringify({ format: 'gem-keyring' }));
+    await form.getByLabel('Keys file (.json)').setInputFiles(corrupt);
+    await importButton.click();
     await page.locator('#confirm-dialog').getByRole('button', { name: 'Yes, Import Keys' }).click();
     const result = page.locator('#import-result');
     await expect.poll(() => result.getAttribute('class')).toBe('result bad');
-    expect((await result.textContent())?.length).toBeGreaterThan(5);
+    expect(await result.textContent()).toMatch(/keyring\.json is corrupt: /i);
+    expect(await fieldError.textContent()).toBe('');
+    expect(t.agent.keyring.activeKey.id).toBe(activeBefore);
 
     await form.getByLabel('Keys file (.json)').setInputFiles(keysFilePath);
     await form.getByRole('button', { name: 'Import Keys' }).click();

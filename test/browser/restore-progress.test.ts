@@ -1,5 +1,6 @@
 // The page's progress dialog during a restore's loading step, in a real browser against a real agent and
-// PostgreSQL: "N of M steps" under a bar that moves, never bytes ("0 B of 0 B") and never past the total.
+// PostgreSQL: "N of M steps" under a bar that moves, never bytes ("0 B of 0 B") and never past the total;
+// and during its safety backup, each step's count under its own words, never going back.
 import { mkdir } from 'node:fs/promises';
 import type { Browser, Page } from 'playwright-core';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
@@ -53,8 +54,15 @@ interface Shown {
   max: number;
 }
 
+/** The bytes an amount line counts so far: "21 MB of 284 MB" -> 21 MiB, "264 MB so far" -> 264 MiB. */
+function amountBytes(amount: string): number {
+  const match = /^([\d.]+) (B|KB|MB|GB) (of|so far)/.exec(amount);
+  if (!match) throw new Error(`not an amount in bytes: ${amount}`);
+  return Number(match[1]) * 1024 ** ['B', 'KB', 'MB', 'GB'].indexOf(match[2]!);
+}
+
 describe('a restore’s progress on the page', () => {
-  it('shows the loading step as "N of M steps" under a bar that fills, never as bytes', async () => {
+  it('shows the loading step as "N of M steps" under a bar that fills, and the safety backup step by step, never going back', async () => {
     // Every change of the dialog's amount line, with the step and the bar as they were then.
     await page.evaluate(() => {
       const amount = document.getElementById('progress-bytes')!;
@@ -94,5 +102,21 @@ describe('a restore’s progress on the page', () => {
       last = done;
     }
     expect(counted.at(-1)!.amount).toMatch(/^(\d+) of \1 steps$/);
+
+    // The safety backup's own steps (export, pack, verify) each count under their own words: under one
+    // text the amount never goes back ("264 MB so far" then "0 B of 284 MB" did, under one phase).
+    const safety = shown.filter((s) => s.step.startsWith('Taking a safety backup') && s.amount !== '');
+    const texts = [...new Set(safety.map((s) => s.step))];
+    expect(texts, JSON.stringify(shown)).toEqual(
+      expect.arrayContaining([
+        'Taking a safety backup of the current data: exporting the database…',
+        'Taking a safety backup of the current data: verifying…',
+      ]),
+    );
+    for (const text of texts) {
+      const amounts = safety.filter((s) => s.step === text).map((s) => amountBytes(s.amount));
+      for (let i = 1; i < amounts.length; i++)
+        expect(amounts[i], `${text} ${JSON.stringify(amounts)}`).toBeGreaterThanOrEqual(amounts[i - 1]!);
+    }
   }, 120_000);
 });

@@ -48,6 +48,16 @@ describe('the environment', () => {
     ]);
   });
 
+  it('says what PORT must be, not zod\'s "expected number, received NaN"', () => {
+    for (const value of ['abc', '70000', '80.5', '-1']) {
+      expect(configError({ PORT: value }), value).toBe(
+        'invalid environment: PORT: must be a port number from 0 to 65535, e.g. PORT=8080 (unset: 8080)',
+      );
+    }
+    expect(loadConfig({ PORT: '9090' }).port).toBe(9090);
+    expect(loadConfig({}).port).toBe(8080);
+  });
+
   it('the CLI prints such a mistake as its one line on stderr', async () => {
     const res = await runProcess(process.execPath, ['bin/gem-backup.js', 'list'], {
       env: { ...process.env, GEM_RESTART_COMMAND: '["systemctl", ' },

@@ -134,8 +134,10 @@ describe('output and signals', () => {
       child.once('close', (code, signal) => resolve({ code, signal })),
     );
     const deadline = Date.now() + 30_000;
-    while (!(await jobRunning()) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 5));
-    expect(await jobRunning()).toBe(true);
+    // Its job runs, and has made the command's work folder (which the command must remove again).
+    const started = async () => (await jobRunning()) && (await workFoldersOf(child.pid!)).length > 0;
+    while (!(await started()) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 5));
+    expect(await started()).toBe(true);
     child.kill('SIGINT');
     // A CLI that never exits after Ctrl-C fails here with what it said, instead of the whole test
     // timing out and leaving the job lock to the next test.
@@ -144,7 +146,24 @@ describe('output and signals', () => {
       const jobs = await readFile(join(dataDir, 'jobs.json'), 'utf8').catch(() => '');
       throw new Error(`${error.message}\nstderr: ${stderr}\njobs.json: ${jobs}`);
     });
-    return { ...ended, stdout, stderr };
+    return { ...ended, stdout, stderr, pid: child.pid! };
+  }
+
+  /** The work folders (`work/p<pid>…`) the CLI process `pid` left in the data dir. */
+  async function workFoldersOf(pid: number): Promise<string[]> {
+    const names = await readdir(join(dataDir, 'work')).catch(() => []);
+    return names.filter((name) => name === `p${pid}` || name.startsWith(`p${pid}n`));
+  }
+
+  /** The phase the history file records for the newest job of `kind`. */
+  async function recordedPhase(kind: string): Promise<string | undefined> {
+    const file = JSON.parse(await readFile(join(dataDir, 'jobs.json'), 'utf8')) as {
+      jobs: Array<{ job: { kind: string; phase: string; startedAt: string } }>;
+    };
+    return file.jobs
+      .filter((entry) => entry.job.kind === kind)
+      .sort((a, b) => a.job.startedAt.localeCompare(b.job.startedAt))
+      .at(-1)?.job.phase;
   }
 
   it('Ctrl-C during create or restore cancels the job, closes the agent, says so in one line, exit 130', async () => {
@@ -160,10 +179,15 @@ describe('output and signals', () => {
     // The job was cancelled through its own path: no lock and no temp file left behind.
     expect(existsSync(join(dataDir, 'job.lock'))).toBe(false);
     expect((await readdir(join(dataDir, 'backups'))).filter((n) => n.startsWith('.tmp'))).toEqual([]);
+    // Nor its own work folder, which made the backup's scratch space; and the job's record says the
+    // step it stopped in, not `cancelling`.
+    expect(await workFoldersOf(created.pid)).toEqual([]);
+    expect(await recordedPhase('backup')).toMatch(/^(starting|dump|folders|pack|verify)$/);
 
     // The backup restored would drop the table: it is still there, the restore said it changed nothing.
     const restored = await interruptedRun('restore', before[0]!, '--yes');
     expect(restored).toMatchObject({ code: 130, signal: null, stdout: '' });
+    expect(await workFoldersOf(restored.pid)).toEqual([]);
     expect(oneLine(restored.stderr)).toBe(
       'gem-backup: cancelled: the restore stopped before the switch-over; the current data was not changed',
     );

@@ -67,8 +67,15 @@ describe('jobs', () => {
     });
     const cancel = await t.request(`/api/v1/jobs/${jobId}/cancel`, { method: 'POST' });
     expect(cancel.status).toBe(200);
+    expect(((await cancel.json()) as { phase: string }).phase).toBe('cancelling');
     const job = await t.agent.jobs.waitFor(jobId);
     expect(job.state).toBe('cancelled');
+    // Once it ended, the job shows the step it stopped in, not a `cancelling` that never ends.
+    const ended = (await (await t.request(`/api/v1/jobs/${jobId}`)).json()) as {
+      phase: string;
+      state: string;
+    };
+    expect(ended).toMatchObject({ state: 'cancelled', phase: 'dump' });
     expect(await readdir(t.agent.paths.backups)).toEqual(before);
     expect(await readdir(t.agent.paths.work).catch(() => [])).toEqual([]);
     // The lock is free again: the next backup starts.

@@ -36,7 +36,7 @@ afterAll(async () => {
 });
 
 describe('a restore’s progress', () => {
-  it('counts the staging step by step, from 0 to its total and never past it', async () => {
+  it('counts the staging step by step, from 0 to its total and never past it; the safety backup step by step too', async () => {
     // The job as the runner holds it after every phase and progress call of the restore: the events the
     // page gets are these, at most five a second, so they would test how fast this machine is.
     const updates: Job[] = [];
@@ -53,6 +53,10 @@ describe('a restore’s progress', () => {
             ...ctx,
             phase: (...args) => {
               ctx.phase(...args);
+              snapshot();
+            },
+            step: (...args) => {
+              ctx.step(...args);
               snapshot();
             },
             progress: (...args) => {
@@ -87,6 +91,20 @@ describe('a restore’s progress', () => {
     for (let i = 1; i < done.length; i++) expect(done[i]).toBeGreaterThanOrEqual(done[i - 1]!);
     // Item after item as pg_restore finishes them, not only once it is done.
     expect(new Set(done.filter((d) => d > 0 && d < total)).size).toBeGreaterThan(2);
+
+    // The safety backup goes through a backup's own steps under its one phase, each counted from 0 under
+    // its own name, so a count never goes back under one name (the page words it by the step).
+    const safety = updates.filter((u) => u.phase === 'safety');
+    const steps = safety.map((u) => u.step ?? '').filter((name, i, all) => name !== all[i - 1]);
+    expect(steps).toEqual(['', 'dump', 'folders', 'pack', 'verify']);
+    for (const name of steps.slice(1)) {
+      const counts = safety.filter((u) => u.step === name).map((u) => u.bytesDone);
+      expect(counts[0], name).toBe(0);
+      for (let i = 1; i < counts.length; i++) expect(counts[i], name).toBeGreaterThanOrEqual(counts[i - 1]!);
+    }
+    expect(safety.filter((u) => u.step === 'verify').at(-1)).toMatchObject({ unit: 'bytes' });
+    // The next phase has no step of the safety backup's.
+    expect(stage.every((u) => u.step === undefined)).toBe(true);
 
     // The other steps still count bytes: the check reads the whole file.
     const check = updates.filter((u) => u.phase === 'check');
@@ -133,5 +151,8 @@ describe('a restore’s progress', () => {
   it('reads in the CLI as the step and how far it got', () => {
     expect(progressWords('stage', 0, 0)).toBe('Loading the backup (current data untouched)');
     expect(progressWords('stage', 12, 48)).toBe('Loading the backup (current data untouched) 25%');
+    expect(progressWords('safety', 5, 10, '', 'verify')).toBe(
+      'Taking a safety backup of the current data: verifying 50%',
+    );
   });
 });

@@ -73,7 +73,14 @@ export function backupRoutes(agent: Agent): Hono {
   });
 
   app.post('/upload', async (c) => {
-    const name = checkBackupName(c.req.query('filename') ?? '');
+    const filename = c.req.query('filename');
+    if (!filename) {
+      throw new AppError(
+        'bad_request',
+        'filename missing: name the backup in the URL, e.g. POST /api/v1/backups/upload?filename=gem-backup-2026-11-28-231400.tar.gz',
+      );
+    }
+    const name = checkBackupName(filename);
     const declared = c.req.header('content-length');
     const body = c.req.raw.body;
     if (!body)

@@ -8,10 +8,22 @@ import { LastRestoreStore } from '../../restore/last-restore';
 import { checkKeysFile } from '../../verification/key-check';
 import { jsonBody } from '../body';
 
+/** A keys file as the page and scripts send it: its text, or its JSON object. */
+const keysFile = z.custom<string | Record<string, unknown>>(
+  (value) =>
+    typeof value === 'string' || (typeof value === 'object' && value !== null && !Array.isArray(value)),
+  {
+    error: (issue) =>
+      issue.input === undefined
+        ? 'no keys file was sent: give the text of a gem-encryption-keys-YYYY-MM-DD.json export (or its JSON object) as "file"'
+        : 'must be the text of a gem-encryption-keys-YYYY-MM-DD.json export, or its JSON object',
+  },
+);
+
 const importBody = z.union([
   z
     .object({
-      file: z.union([z.string(), z.record(z.string(), z.unknown())]),
+      file: keysFile,
       passphrase: z.string().max(1024).optional(),
     })
     .strict(),
