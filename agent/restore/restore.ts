@@ -50,6 +50,7 @@ import {
   type RestoreFaults,
   restoreNames,
   restoreSettled,
+  settleEarlierRestore,
   swapIntoPlace,
 } from './swap';
 
@@ -299,6 +300,9 @@ export async function restoreFromFile(
   await checkInstallation(agent.keyring, header, options.otherInstallation);
   // A previous restore's cleanup still running here must end before this one's journal is written.
   await restoreSettled(agent.config.dataDir);
+  // An earlier committed restore's journal, its cleanup failed, is not replaced by this one's while it
+  // names what it replaced: cleaned up again, or carried to the leftovers file (before the disk check).
+  await settleEarlierRestore({ config: agent.config, sources, log: ctx.log });
   // How long each step took, logged: where a restore's time goes is then visible in the agent's log.
   const timed = async <T>(step: string, run: () => Promise<T>): Promise<T> => {
     const started = performance.now();

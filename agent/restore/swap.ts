@@ -414,32 +414,222 @@ export async function swapIntoPlace(
   }
 }
 
+/** What a committed restore replaced, by the names its journal recorded (a leftovers entry's too). */
+interface ReplacedNames {
+  id: string;
+  live: string;
+  previous: string;
+  folders: { live: string; staging: string; previous: string }[];
+}
+
+/** Runs `run`; its failure is added to `failed` as `what (why)`, never thrown. */
+async function attempt(failed: string[], what: string, run: () => Promise<void>): Promise<void> {
+  await run().catch((error: unknown) => {
+    failed.push(`${what} (${describeError(error).message})`);
+  });
+}
+
+/**
+ * Removes what a committed restore replaced: its staging folders (a copy swap leaves them; its entries
+ * were copied into the live one) and, unless it keeps the previous state aside, its previous database and
+ * folders. Every part is tried; returns those that could not be removed, each with why. The live
+ * database is never dropped, whatever a journal or leftovers file names.
+ */
+async function removeReplaced(
+  deps: SwapDeps,
+  names: ReplacedNames,
+  keepPrevious: boolean,
+): Promise<string[]> {
+  const conn = deps.sources.conn;
+  const failed: string[] = [];
+  for (const folder of names.folders) await attempt(failed, folder.staging, () => removeTree(folder.staging));
+  if (keepPrevious) return failed;
+  await attempt(failed, `database ${names.previous}`, async () => {
+    if (names.previous === conn.database) throw new Error('it is the live database');
+    await dropDatabase(conn, names.previous);
+  });
+  for (const folder of names.folders)
+    await attempt(failed, folder.previous, () => removeTree(folder.previous));
+  return failed;
+}
+
 /**
  * Drops the previous database and folders of a committed restore, or keeps them if asked; then its
  * journal goes. Every part is tried, one failing or not (an undeletable file in a previous folder must
  * not keep a database of gigabytes); if any failed, it throws naming them and the journal stays, for the
- * next try. Only disk space is at stake: the live data is the restored one either way.
+ * next try (a later restore carries them to the leftovers file: settleEarlierRestore). Only disk space
+ * is at stake: the live data is the restored one either way.
  */
 async function cleanupPrevious(deps: SwapDeps, names: RestoreNames, keepPrevious: boolean): Promise<void> {
-  const conn = deps.sources.conn;
-  const failed: string[] = [];
-  const attempt = (what: string, run: () => Promise<void>) =>
-    run().catch((error: unknown) => {
-      failed.push(`${what} (${describeError(error).message})`);
-    });
-  // A copy swap leaves its staging folder (its entries were copied into the live one).
-  for (const folder of names.folders) await attempt(folder.staging, () => removeTree(folder.staging));
-  if (!keepPrevious) {
-    await attempt(`database ${names.previous}`, () => dropDatabase(conn, names.previous));
-    for (const folder of names.folders) await attempt(folder.previous, () => removeTree(folder.previous));
-  } else {
+  const failed = await removeReplaced(deps, names, keepPrevious);
+  if (keepPrevious) {
     // Only the newest previous state is kept aside: older ones go.
-    await attempt('the older previous states', () => dropPreviousExcept(conn, deps.sources, names.id));
+    await attempt(failed, 'the older previous states', () =>
+      dropPreviousExcept(deps.sources.conn, deps.sources, names.id),
+    );
   }
   // The roles it created stay: they own the restored objects. Before the journal, which says it committed.
-  await attempt('its record of the roles it created', () => clearRoleRecord(deps.config.dataDir, names.id));
+  await attempt(failed, 'its record of the roles it created', () =>
+    clearRoleRecord(deps.config.dataDir, names.id),
+  );
   if (failed.length > 0) throw new Error(`could not remove ${failed.join('; ')}`);
   await removeJournal(deps.config.dataDir, names.id);
+}
+
+/**
+ * One earlier committed restore in the leftovers file: what it replaced and could not all be removed.
+ * Its names must be those restoreNames gives its id (a `_gem_previous_<id>` database, `.gem-previous-<id>`
+ * and `.gem-restore-staging-<id>` folders beside the recorded live ones): an entry naming anything else
+ * is never acted on.
+ */
+const leftoverSchema = z
+  .object({
+    id: z.string().regex(/^[0-9a-f]+$/),
+    keepPrevious: z.boolean(),
+    live: z.string(),
+    previous: z.string(),
+    folders: z.array(z.object({ live: z.string(), staging: z.string(), previous: z.string() })),
+  })
+  .refine(
+    (names) =>
+      names.previous === `${dbPrefix(names.live)}${PREVIOUS_DB_MARK}${names.id}` &&
+      names.folders.every(
+        (folder) =>
+          folder.previous === `${folder.live}${PREVIOUS_FOLDER_MARK}${names.id}` &&
+          folder.staging === `${folder.live}${STAGING_FOLDER_MARK}${names.id}`,
+      ),
+    { message: 'not the names a restore gives what it replaced' },
+  );
+
+const leftoversFileSchema = z.object({
+  format: z.literal('gem-restore-leftovers'),
+  version: z.literal(1),
+  // Each entry is checked on its own: one that does not pass stays in the file, never acted on.
+  restores: z.array(z.unknown()),
+});
+
+/**
+ * The leftovers file (restore-leftovers.json in the data dir): earlier committed restores whose previous
+ * database or folders could not be removed, carried there when a later restore's journal took the place
+ * of theirs. The cleanup after each restore, each start and each restore before it begins try again.
+ */
+export function leftoversPath(dataDir: string): string {
+  return join(dataDir, 'restore-leftovers.json');
+}
+
+/** The leftovers file's entries (none if there is no file); throws if it cannot be read. */
+async function readLeftovers(dataDir: string): Promise<unknown[]> {
+  const text = await readFile(leftoversPath(dataDir), 'utf8').catch((error: NodeJS.ErrnoException) => {
+    if (error.code === 'ENOENT') return undefined;
+    throw error;
+  });
+  if (text === undefined) return [];
+  return leftoversFileSchema.parse(JSON.parse(text)).restores;
+}
+
+/** Writes the leftovers file (temp, fsync, rename), or removes it when nothing is left. */
+async function writeLeftovers(dataDir: string, restores: unknown[]): Promise<void> {
+  if (restores.length === 0) {
+    await rm(leftoversPath(dataDir), { force: true });
+    await fsyncDir(dataDir);
+    return;
+  }
+  const file = { format: 'gem-restore-leftovers', version: 1, restores };
+  await writeSmallFileAtomic(leftoversPath(dataDir), `${JSON.stringify(file, null, 2)}\n`, 0o600);
+}
+
+/**
+ * Tries again to remove what the leftovers file names; what goes leaves the file, what still cannot go
+ * stays in it, logged. Never throws: only disk space is at stake (a failure is logged, the file kept).
+ */
+async function retryLeftovers(deps: SwapDeps): Promise<void> {
+  const dataDir = deps.config.dataDir;
+  try {
+    const restores = await readLeftovers(dataDir);
+    if (restores.length === 0) return;
+    const left: unknown[] = [];
+    for (const entry of restores) {
+      const names = leftoverSchema.safeParse(entry);
+      if (!names.success) {
+        deps.log.error('a restore leftover names what a restore does not replace; it is left alone', {
+          entry,
+        });
+        left.push(entry);
+        continue;
+      }
+      const failed = await removeReplaced(deps, names.data, names.data.keepPrevious);
+      if (failed.length === 0) {
+        deps.log.info('removed what an earlier restore replaced', { restoreId: names.data.id });
+        continue;
+      }
+      deps.log.warn(
+        'could not remove all that an earlier restore replaced; the next cleanup or start tries again',
+        {
+          restoreId: names.data.id,
+          failed,
+        },
+      );
+      left.push(entry);
+    }
+    if (left.length < restores.length) await writeLeftovers(dataDir, left);
+  } catch (error) {
+    deps.log.warn(
+      "could not retry the removal of earlier restores' leftovers; the next cleanup or start tries again",
+      {
+        error,
+      },
+    );
+  }
+}
+
+/**
+ * Before a restore begins (before its checks, so that the space freed counts): an earlier restore whose
+ * journal says it committed, its cleanup having failed, is cleaned up again; what still cannot go is
+ * carried to the leftovers file and its journal goes, so that this restore's journal replaces none that
+ * still names something. Earlier leftovers are tried again first. Disk leftovers never refuse a restore;
+ * only a data dir in which the earlier journal cannot be set aside does (this restore could write no
+ * journal of its own either), and then nothing was changed.
+ */
+export async function settleEarlierRestore(deps: SwapDeps): Promise<void> {
+  const dataDir = deps.config.dataDir;
+  await retryLeftovers(deps);
+  const journal = await readJournal(dataDir, deps.log);
+  if (!journal?.committed) return;
+  const failure = await cleanupPrevious(deps, journal, journal.keepPrevious).then(
+    () => undefined,
+    (error: unknown) => error,
+  );
+  if (failure === undefined) {
+    deps.log.info('finished the cleanup of an earlier restore', { restoreId: journal.id });
+    return;
+  }
+  try {
+    // Its role record goes before its journal: a record with no committed journal is taken back.
+    await clearRoleRecord(dataDir, journal.id);
+    const { id, keepPrevious, live, previous } = journal;
+    const folders = journal.folders.map(({ live, staging, previous }) => ({ live, staging, previous }));
+    const earlier = await readLeftovers(dataDir).catch(async (error: unknown) => {
+      // Ours, written whole: unreadable only if damaged. Kept aside, as it is, for a person to look at.
+      const aside = `${leftoversPath(dataDir)}.unreadable-${Date.now()}`;
+      deps.log.error('the restore leftovers file is unreadable; it is kept aside', { error, aside });
+      await rename(leftoversPath(dataDir), aside);
+      return [];
+    });
+    const others = earlier.filter((entry) => (entry as { id?: unknown } | null)?.id !== id);
+    await writeLeftovers(dataDir, [...others, { id, keepPrevious, live, previous, folders }]);
+    await removeJournal(dataDir, id);
+  } catch (error) {
+    throw new AppError(
+      'restore_failed',
+      `the restore did not start: the journal of an earlier restore could not be set aside (${describeError(error).message}); ` +
+        'nothing was changed',
+      { cause: error },
+    );
+  }
+  deps.log.warn(
+    'could not remove all that an earlier restore replaced; named in the leftovers file, the next cleanup or start tries again',
+    { restoreId: journal.id, error: failure },
+  );
 }
 
 /** Cleanups still running after their restore reported success, by data dir. */
@@ -459,12 +649,14 @@ export function cleanupAfterReport(deps: SwapDeps, names: RestoreNames, keepPrev
     .then(() => new Promise<void>((resolve) => setImmediate(resolve)))
     .then(async () => {
       const started = performance.now();
-      await cleanupPrevious(deps, names, keepPrevious);
+      await cleanupPrevious(deps, names, keepPrevious).catch((error) =>
+        deps.log.warn('could not remove all that the restore replaced; the next start tries again', {
+          error,
+        }),
+      );
+      await retryLeftovers(deps);
       deps.log.info('restore step', { step: 'cleanup', ms: Math.round(performance.now() - started) });
     })
-    .catch((error) =>
-      deps.log.warn('could not remove all that the restore replaced; the next start tries again', { error }),
-    )
     .finally(() => {
       if (pendingCleanups.get(dataDir) === run) pendingCleanups.delete(dataDir);
     });
@@ -599,6 +791,7 @@ export async function recoverInterruptedRestore(
       await removeJournal(deps.config.dataDir);
     }
   }
+  await retryLeftovers(deps);
   // Leftovers are only disk space: failing to drop them (database down) must not stop the agent starting.
   const leftoversGone = await dropStagingLeftovers(deps.sources).then(
     (removed) => {
