@@ -1,6 +1,10 @@
 /** Each health area's source: one small function per area, reading what the rest of the agent records. */
 import { statfs } from 'node:fs/promises';
-import type { Schedule, VerificationSchedule } from '../../shared/api/settings';
+import {
+  destinationFieldProblems,
+  type Schedule,
+  type VerificationSchedule,
+} from '../../shared/api/settings';
 import type { Agent } from '../agent';
 import { type BackupInfo, datedInFuture, newestGoodBackup } from '../backup/catalog';
 import type { DrService } from '../dr/service';
@@ -199,6 +203,14 @@ export function offsiteArea(
         Date.parse(d.lastSuccessfulUpload?.at ?? '') || 0,
         d.lastSync?.ok ? Date.parse(d.lastSync.at) || 0 : 0,
       );
+      // Saved by an earlier version that took any text: named here, since a PUT would now refuse it.
+      const invalid = destinationFieldProblems(kind, agent.settings.get().offsite[kind]);
+      if (invalid.length > 0) {
+        findings.push({
+          status: 'failing',
+          reason: `The ${title} settings hold ${invalid.length === 1 ? 'a value' : 'values'} that ${invalid.length === 1 ? 'is' : 'are'} not valid: ${invalid.map((p) => `the ${p.field} ${p.message}`).join('; ')}. Correct ${invalid.length === 1 ? 'it' : 'them'} in the settings and save`,
+        });
+      }
       const { error: unreachable, names: remote } = await probe(kind, now.getTime(), reachedAt);
       if (unreachable)
         findings.push({ status: 'failing', reason: `${title} cannot be reached: ${unreachable}` });

@@ -61,6 +61,100 @@ const SftpAuthInput = z.union([
   z.object({ privateKey: SecretInput, passphrase: SecretInput.optional() }).strict(),
 ]);
 
+/** What a destination's host must be (SFTP, SMB): a name or an address, never an option of a tool. */
+export const HOST_RULE = 'must be a host name, an IPv4 address or an [IPv6] address (and not start with "-")';
+
+const IPV4 = /^(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(\.(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)){3}$/;
+/** A DNS (or NetBIOS) name: labels of letters, digits, '-' and '_', none starting with '-'; an ending dot allowed. */
+const HOST_NAME = /^(?=.{1,253}\.?$)[A-Za-z0-9_][A-Za-z0-9_-]{0,62}(\.[A-Za-z0-9_][A-Za-z0-9_-]{0,62})*\.?$/;
+
+/** True if `address` (without brackets) is an IPv6 address, as the URL parser reads one. */
+function isIpv6(address: string): boolean {
+  if (!/^[0-9A-Fa-f:.]+$/.test(address) || !address.includes(':')) return false;
+  try {
+    new URL(`http://[${address}]/`);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * True if `host` (surrounding spaces aside) is a host name, an IPv4 address, or an IPv6 address in
+ * brackets; also bare, as earlier versions saved it. Digits and dots alone must make an IPv4 address.
+ */
+export function isHost(host: string): boolean {
+  const h = host.trim();
+  if (h.startsWith('[') && h.endsWith(']')) return isIpv6(h.slice(1, -1));
+  if (h.includes(':')) return isIpv6(h);
+  if (/^[\d.]+$/.test(h)) return IPV4.test(h);
+  return HOST_NAME.test(h);
+}
+
+/** What an S3 bucket name must be (isBucketName). */
+export const BUCKET_RULE =
+  'must be 3 to 63 letters, digits, dots or hyphens, starting and ending with a letter or digit (as the storage names it)';
+
+/**
+ * True if `bucket` is a bucket name by the S3 rules as MinIO's client checks an existing bucket's name
+ * (3–63 characters; letters, digits, '.', '-', '_', ':'; a letter or digit at each end; no '..', '.-'
+ * or '-.'; not an IPv4 address). New buckets on AWS take lowercase letters, digits, '.' and '-' only;
+ * the others are accepted for older buckets and S3-compatible servers that allow them.
+ */
+export function isBucketName(bucket: string): boolean {
+  const b = bucket.trim();
+  return (
+    /^[A-Za-z0-9][A-Za-z0-9._:-]{1,61}[A-Za-z0-9]$/.test(b) &&
+    !/\.\.|\.-|-\./.test(b) &&
+    !/^(\d+\.){3}\d+$/.test(b)
+  );
+}
+
+/** What an S3 endpoint must be (isHttpEndpoint). */
+export const ENDPOINT_SCHEME_RULE = 'must be an http:// or https:// address';
+
+/** True if `endpoint` is an http:// or https:// URL. */
+export function isHttpEndpoint(endpoint: string): boolean {
+  try {
+    const { protocol } = new URL(endpoint);
+    return protocol === 'http:' || protocol === 'https:';
+  } catch {
+    return false;
+  }
+}
+
+/** A field of a destination section and why its value is refused. */
+export interface FieldProblem {
+  field: string;
+  message: string;
+}
+
+/**
+ * The fields of a destination section (a PUT's, or one saved by an earlier version that accepted
+ * anything) whose value is not of its kind: host, bucket, endpoint. Empty values are left to the
+ * "required when enabled" rule.
+ */
+export function destinationFieldProblems(
+  kind: 'sftp' | 's3' | 'smb',
+  section: { host?: string; bucket?: string; endpoint?: string | undefined },
+): FieldProblem[] {
+  const problems: FieldProblem[] = [];
+  if (kind === 's3') {
+    if (section.endpoint && !isHttpEndpoint(section.endpoint))
+      problems.push({ field: 'endpoint', message: ENDPOINT_SCHEME_RULE });
+    if (section.bucket?.trim() && !isBucketName(section.bucket))
+      problems.push({ field: 'bucket', message: BUCKET_RULE });
+  } else if (section.host?.trim() && !isHost(section.host)) {
+    problems.push({ field: 'host', message: HOST_RULE });
+  }
+  return problems;
+}
+
+/** Adds an issue for each field `destinationFieldProblems` refuses. */
+function refuseFieldProblems(problems: FieldProblem[], ctx: z.RefinementCtx): void {
+  for (const { field, message } of problems) ctx.addIssue({ code: 'custom', path: [field], message });
+}
+
 export const SftpInput = z
   .object({
     enabled: z.boolean().default(false),
@@ -85,6 +179,7 @@ export const SftpInput = z
   })
   .strict()
   .superRefine((s, ctx) => {
+    refuseFieldProblems(destinationFieldProblems('sftp', s), ctx);
     if (!s.enabled) return;
     for (const field of ['host', 'username', 'remotePath'] as const) {
       if (!s[field]) ctx.addIssue({ code: 'custom', path: [field], message: 'required when enabled' });
@@ -139,6 +234,7 @@ export const S3Input = z
     if (s.endpoint && endpointHoldsCredentials(s.endpoint)) {
       ctx.addIssue({ code: 'custom', path: ['endpoint'], message: ENDPOINT_CREDENTIALS_RULE });
     }
+    refuseFieldProblems(destinationFieldProblems('s3', s), ctx);
     // Only for a destination in use: the page saves every section, and an older installation may keep a
     // turned-off one that was saved before this rule (it could never upload).
     if (!s.enabled) return;
@@ -164,6 +260,7 @@ export const SmbInput = z
   })
   .strict()
   .superRefine((s, ctx) => {
+    refuseFieldProblems(destinationFieldProblems('smb', s), ctx);
     if (!s.enabled) return;
     for (const field of ['host', 'share', 'username'] as const) {
       if (!s[field]) ctx.addIssue({ code: 'custom', path: [field], message: 'required when enabled' });

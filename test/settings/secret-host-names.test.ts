@@ -50,7 +50,7 @@ describe('the host a saved password belongs to', () => {
 
   it.each([
     ['nas.example.com', 'nas.example.net'],
-    ['nas.example.com', 'nas.example.com..'],
+    ['nas.example.com', 'nas.example.co'],
     ['fd00::10', 'fd00::11'],
     ['192.168.1.10', '192.168.1.100'],
   ])('refuses it from %s to %s (another server)', (saved, typed) => {
