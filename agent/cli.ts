@@ -70,7 +70,9 @@ const USAGES: Record<string, string[]> = {
     '                                            backup and how old it is; warns when older than a day)',
     'dr push --data-is-current                   push although the keys were imported with no restore since',
     "                                            (the data here is the installation's: only the data dir was lost)",
-    'dr recover --installation-id ID             recover this installation from the cloud',
+    'dr recover --installation-id ID [--yes]     recover this installation from the cloud; on a box that is not',
+    '                                            a fresh install (its own backups, enrolled) it replaces its data,',
+    '                                            keys and identity: --yes confirms it',
     "dr recover --abandon                        give up an unfinished recovery: back to this box's own identity",
   ],
 };

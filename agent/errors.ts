@@ -69,6 +69,11 @@ export class AppError extends Error {
   }
 }
 
+/** Whether `code` (a job record's, say) is one of the agent's error codes. */
+export function isErrorCode(code: string): code is ErrorCode {
+  return Object.hasOwn(STATUS, code);
+}
+
 export function isAppError(error: unknown, code?: ErrorCode): error is AppError {
   return error instanceof AppError && (code === undefined || error.code === code);
 }

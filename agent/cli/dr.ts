@@ -1,11 +1,14 @@
-/** CLI: gem-backup dr status | dr push | dr recover --installation-id ID | dr recover --abandon. */
+/**
+ * CLI: gem-backup dr status | dr push | dr recover --installation-id ID [--yes] | dr recover --abandon
+ * (--yes: needed on a box that is not a fresh install).
+ */
 import { parseArgs } from 'node:util';
 import type { Agent } from '../agent';
 import type { PushBackupNotice, PushResult } from '../dr/push';
 import type { DrStatus } from '../dr/service';
 import type { DrPushRecord } from '../dr/state';
 import { normalizeInstallationId, unfinishedMessage } from '../dr/unfinished';
-import { AppError } from '../errors';
+import { AppError, isErrorCode } from '../errors';
 import type { Job } from '../jobs/runner';
 import { installationIdPrefix, shortInstallationId } from '../keys/keyring';
 import { AWAITING_RESTORE_REASON, LastRestoreStore } from '../restore/last-restore';
@@ -13,7 +16,7 @@ import type { CliContext } from './context';
 import { formatAge, formatIn, formatSize } from './format';
 
 const USAGE =
-  'usage: gem-backup dr status [--json] [--show-installation-id] | dr push | dr recover --installation-id ID | dr recover --abandon';
+  'usage: gem-backup dr status [--json] [--show-installation-id] | dr push | dr recover --installation-id ID [--yes] | dr recover --abandon';
 
 /** The agent's DR service, its module loaded only by a dr command that opens the agent. */
 async function drService(agent: Agent) {
@@ -35,8 +38,9 @@ async function follow(
   off();
   if (process.stderr.isTTY) process.stderr.write('\n');
   if (done.state !== 'succeeded') {
-    const error = new AppError('internal', done.error?.message ?? `${done.kind} ${done.state}`);
-    throw error;
+    // With the job's own code (a refusal such as the cloud's 404 is `not_found`), which the audit records.
+    const code = done.error && isErrorCode(done.error.code) ? done.error.code : 'internal';
+    throw new AppError(code, done.error?.message ?? `${done.kind} ${done.state}`);
   }
   return done;
 }
@@ -250,6 +254,7 @@ export async function drCommand(cli: CliContext): Promise<void> {
       'data-is-current': { type: 'boolean' },
       json: { type: 'boolean' },
       'show-installation-id': { type: 'boolean' },
+      yes: { type: 'boolean' },
     },
   });
   if (sub === 'status') {
@@ -289,7 +294,14 @@ export async function drCommand(cli: CliContext): Promise<void> {
       );
     }
     const job = await cli.withAgent(async (agent) =>
-      follow(cli, agent, await (await drService(agent)).startRecover(id)),
+      follow(
+        cli,
+        agent,
+        await (await drService(agent)).startRecover(id, {
+          confirmed: values.yes ?? false,
+          howToConfirm: 'add --yes to confirm',
+        }),
+      ),
     );
     const r = job.result as {
       installationId: string;

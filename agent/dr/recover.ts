@@ -5,7 +5,7 @@ import { mkdir, mkdtemp, rm, stat } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { Transform } from 'node:stream';
 import type { JWK } from 'jose';
-import { RECOVER_FILE_KEY_HEADER, RECOVER_KEYRING_HEADER } from '../../shared/api/cloud';
+import { RECOVER_FILE_KEY_HEADER, RECOVER_KEYRING_HEADER, SLOT_HEADERS } from '../../shared/api/cloud';
 import {
   installationTag,
   type MasterKey,
@@ -19,7 +19,7 @@ import { receiveUpload } from '../backup/upload';
 import { hasGemSchema } from '../db/seed';
 import { AppError } from '../errors';
 import type { JobContext } from '../jobs/runner';
-import { type KeyringFile, keyringFileSchema } from '../keys/keyring';
+import { type KeyringFile, keyringFileSchema, shortInstallationId } from '../keys/keyring';
 import { type RestoreFaults, type RestoreResult, restoreFromFile } from '../restore/restore';
 import { TEMP_PREFIX, writeFileAtomic } from '../system/atomic-file';
 import type { DrClient } from './client';
@@ -71,6 +71,20 @@ function headerValue(headers: Record<string, string | string[] | undefined>, nam
   return value;
 }
 
+/**
+ * The download's size for its progress: the content-length, or the slot's size the cloud names beside
+ * a streamed answer (SLOT_HEADERS.size); undefined when neither says it.
+ */
+function downloadSize(
+  headers: Record<string, string | string[] | undefined>,
+  declared: number,
+): number | undefined {
+  if (Number.isSafeInteger(declared) && declared >= 0) return declared;
+  const slot = headers[SLOT_HEADERS.size.toLowerCase()];
+  const size = typeof slot === 'string' && /^\d+$/.test(slot) ? Number(slot) : Number.NaN;
+  return Number.isSafeInteger(size) ? size : undefined;
+}
+
 /** The recovered keyring, checked to be a keyring of installation `installationId`; a clear error otherwise. */
 function parseRecoveredKeyring(bytes: Uint8Array, installationId: string): KeyringFile {
   let json: unknown;
@@ -119,6 +133,40 @@ async function checkKeyringOpensBackup(
 }
 
 /**
+ * What a recovery would replace here, or null on a fresh install: a box that holds no backup of its own
+ * installation, never enrolled with nor pushed to the DR cloud as it, and was not recovered before. Its
+ * own installation is the keyring's, or, while an unfinished recovery carries the recovered identity,
+ * the one the box had before it (so a retry is judged as the first attempt was).
+ */
+export async function whatRecoveryReplaces(
+  deps: Pick<RecoverDeps, 'agent' | 'state' | 'unfinished'>,
+): Promise<string | null> {
+  const { keyring, catalog } = deps.agent;
+  const record = await deps.unfinished.read().catch(() => null);
+  const own =
+    record !== null && keyring.installationId === record.installationId
+      ? record.previousInstallationId
+      : keyring.installationId;
+  const tag = installationTag(own);
+  const backups = (await catalog.list()).filter((b) => b.installationTag === tag);
+  const state = await deps.state.get();
+  const facts: string[] = [];
+  if (backups.length > 0) {
+    const count = backups.length === 1 ? 'a backup' : `${backups.length} backups`;
+    facts.push(
+      `${count} of its own installation ${shortInstallationId(own)} (the newest ${backups[0]!.filename})`,
+    );
+  }
+  if (state.enrollment?.installationId === own) {
+    facts.push(`enrolled with the DR cloud as ${shortInstallationId(own)} since ${state.enrollment.at}`);
+  }
+  if (state.lastSuccess) facts.push(`pushed to the DR cloud ${state.lastSuccess.at}`);
+  if (state.recovered) facts.push(`recovered from the DR cloud ${state.recovered.at}`);
+  if (facts.length === 0) return null;
+  return `this box is not a fresh install (${facts.join('; ')}): a recovery replaces its database, scripts and config with the recovered installation's, and its keys and identity with that installation's`;
+}
+
+/**
  * Recovers installation `installationId` onto this agent. The backup is downloaded and checked with
  * the recovered file key, and the recovered keyring must open it, before anything changes; then the
  * recovery is recorded as unfinished (pushes are refused until it is done), the recovered keyring
@@ -139,6 +187,9 @@ export async function recoverFromCloud(
   const recipient = oneTimeKeyPair();
   const res = await client.recover(id, recipient.publicJwk, ctx.signal);
   const declared = Number(res.headers['content-length'] ?? Number.NaN);
+  // Known as soon as the answer starts: the page and the CLI can show a percentage and the time left.
+  const expected = downloadSize(res.headers, declared);
+  if (expected !== undefined) ctx.progress(0, expected);
   let fileKey: Uint8Array;
   let recovered: KeyringFile;
   try {

@@ -7,7 +7,7 @@ import type { Job } from '../jobs/runner';
 import { AWAITING_RESTORE_REASON, LastRestoreStore } from '../restore/last-restore';
 import { DrClient, type DrFaults } from './client';
 import { DEFAULT_TUNING, type PushTuning, pushToCloud } from './push';
-import { abandonRecovery, type RecoverFaults, recoverFromCloud } from './recover';
+import { abandonRecovery, type RecoverFaults, recoverFromCloud, whatRecoveryReplaces } from './recover';
 import { type NightlyTimer, nextNightlyRun, scheduleNightly } from './schedule';
 import { type DrPushRecord, type DrRecoveredCopy, type DrState, DrStateStore } from './state';
 import {
@@ -262,14 +262,29 @@ export class DrService {
   /**
    * Starts a recovery job (kind 'dr-recover', exclusive): see recoverFromCloud. The id may be typed in
    * upper case and grouped with spaces or dashes. A push still running is cancelled first: its requests
-   * would be signed with the recovered identity once the keys change.
+   * would be signed with the recovered identity once the keys change. On a box that is not a fresh
+   * install (whatRecoveryReplaces) it needs `confirmed`, as a restore does: refused otherwise (400,
+   * nothing changed) with what would be replaced and `howToConfirm` (the API's or the CLI's words).
    */
-  async startRecover(installationId: string): Promise<Job> {
+  async startRecover(
+    installationId: string,
+    options: { confirmed?: boolean; howToConfirm?: string } = {},
+  ): Promise<Job> {
     if (!this.client) {
       throw new AppError('unprocessable', 'Cloud DR recovery needs an endpoint: GEM_DR_URL is not set');
     }
     const id = normalizeInstallationId(installationId);
     if (id === undefined) throw new AppError('bad_request', INSTALLATION_ID_RULE);
+    if (!options.confirmed) {
+      const replaced = await whatRecoveryReplaces({
+        agent: this.agent,
+        state: this.state,
+        unfinished: this.unfinished,
+      });
+      if (replaced) {
+        throw new AppError('bad_request', `${replaced}: ${options.howToConfirm ?? 'confirm to recover'}`);
+      }
+    }
     const client = this.client;
     await this.pushEnded();
     return this.agent.jobs.start(

@@ -129,7 +129,8 @@ async function recoverViaApi(t: TestAgent, installationId: string): Promise<Job>
   const res = await t.request('/api/v1/dr/recover', {
     method: 'POST',
     headers: { 'content-type': 'application/json' },
-    body: JSON.stringify({ installationId }),
+    // B has a backup of its own: not a fresh install, so the recovery is confirmed.
+    body: JSON.stringify({ installationId, confirm: installationId }),
   });
   if (res.status !== 202) throw new Error(`recover refused: ${res.status} ${await res.text()}`);
   return t.agent.jobs.waitFor(((await res.json()) as { jobId: string }).jobId);
