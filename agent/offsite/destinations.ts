@@ -51,6 +51,15 @@ function required(kind: OffsiteKind, value: string | undefined, field: string, l
 }
 
 /**
+ * A host as ssh2 and smbclient take it: an IPv6 address bare (`::1`), since both would look up the
+ * bracketed form the settings also accept (`[::1]`) as a name.
+ */
+function hostOf(kind: OffsiteKind, value: string | undefined, label: string): string {
+  const host = required(kind, value, 'host', label);
+  return /^\[.*\]$/.test(host) ? host.slice(1, -1) : host;
+}
+
+/**
  * The S3 options of a section under its provider preset: AWS takes no endpoint; B2 needs its
  * `https://s3.<region>.backblazeb2.com` endpoint with the same region; Wasabi's endpoint is filled in
  * from the region; MinIO always uses path-style URLs; Other needs an endpoint.
@@ -134,7 +143,7 @@ export function s3Options(s3: DestinationSettings<'s3'>): S3Options {
 }
 
 function sftpOptions(sftp: DestinationSettings<'sftp'>): SftpOptions {
-  const host = required('sftp', sftp.host, 'host', 'server’s host name');
+  const host = hostOf('sftp', sftp.host, 'server’s host name');
   const username = required('sftp', sftp.username, 'username', 'username');
   const remotePath = required('sftp', sftp.remotePath, 'remotePath', 'remote folder');
   const auth = sftp.auth;
@@ -159,7 +168,7 @@ function sftpOptions(sftp: DestinationSettings<'sftp'>): SftpOptions {
 
 function smbOptions(smb: DestinationSettings<'smb'>): SmbOptions {
   return {
-    host: required('smb', smb.host, 'host', 'host name of the PC or NAS'),
+    host: hostOf('smb', smb.host, 'host name of the PC or NAS'),
     share: required('smb', smb.share, 'share', 'share name').replace(/^[\\/]+|[\\/]+$/g, ''),
     username: required('smb', smb.username, 'username', 'username'),
     password: required('smb', smb.password, 'password', 'password'),
