@@ -297,6 +297,15 @@ export class BackupCatalog {
   }
 
   /**
+   * The names the records pin, their file here or not: a pinned backup removed by hand (rm) keeps its
+   * record, and offsite retention still keeps its copies by it (a pin outlives the local file).
+   */
+  async pinnedNames(): Promise<Set<string>> {
+    const records = await this.loadRecords();
+    return new Set(Object.keys(records).filter((name) => records[name]?.pinned === true));
+  }
+
+  /**
    * Merges `patch` into a backup's record (undefined removes the record). Updates queue one after
    * another and each starts from the file as it is now, so neither a concurrent update of this process
    * nor one written by another process on the same data dir (the CLI) is lost. A patch that depends on

@@ -16,7 +16,7 @@ function pinCommandOf(pinned: boolean) {
     const backup = await cli.withAgent((agent) => setPinned(agent, name, pinned));
     cli.out(
       pinned
-        ? `pinned ${backup.filename}: retention never deletes it`
+        ? `pinned ${backup.filename}: retention never deletes it, here or offsite; unpin it to delete it`
         : `unpinned ${backup.filename}: retention may delete it when it is among the oldest`,
     );
   };

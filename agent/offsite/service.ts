@@ -545,6 +545,7 @@ export class OffsiteService {
         if (foreign.size > 0) ctx.log.info('left alone: backups that are not ours', { names: [...foreign] });
         // Our name, another backup: not "there" (and never replaced); reported below as a failure.
         const taken = await this.takenNames(kind, provider, local, remote, ctx.signal);
+        const pinned = await this.agent.catalog.pinnedNames();
         const candidates = syncCandidates(local, remote).map((c): SyncCandidate => {
           if (foreign.has(c.filename)) return { ...c, foreign: true };
           // The remote object is not our copy: never counted nor pruned as one.
@@ -552,6 +553,8 @@ export class OffsiteService {
             const { remote: _, ...ours } = c;
             return ours;
           }
+          // Its local file removed by hand, the pin stays in the records: the copy is kept (and comes back).
+          if (pinned.has(c.filename)) return { ...c, pinned: true };
           return c;
         });
         const maxBackups = this.agent.settings.get().autoBackup.maxBackups;
@@ -894,7 +897,9 @@ export class OffsiteService {
     const foreign = await this.foreignNames(provider, local, remote, signal);
     // A different backup under one of our names is not our copy either: never pruned.
     const taken = await this.takenNames(undefined, provider, local, remote, signal);
-    const ours = remote.filter((o) => !foreign.has(o.name) && !taken.has(o.name));
+    // A pinned name is never pruned, its local file here or removed by hand (the pin outlives it).
+    const pinned = await this.agent.catalog.pinnedNames();
+    const ours = remote.filter((o) => !foreign.has(o.name) && !taken.has(o.name) && !pinned.has(o.name));
     const doomed = planRemotePrune(local, ours, maxBackups, [...protect, ...busyBackupNames(this.agent)]);
     // The plan follows the local pins: unknown while pruning is held (asked after the list, which finds
     // a damaged records file), so nothing is deleted.

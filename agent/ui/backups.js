@@ -159,6 +159,9 @@ export async function loadBackups() {
               type: 'button',
               className: 'btn btn-small btn-quiet-danger',
               'aria-label': `Delete ${name}`,
+              // A pin keeps it here and offsite: the agent refuses its deletion until it is unpinned.
+              disabled: backup.pinned,
+              title: backup.pinned ? 'Pinned: unpin it first to delete it' : undefined,
               onclick: () => remove(name),
             },
             'Delete',

@@ -75,7 +75,9 @@ describe('gem-backup pin / unpin', () => {
     const res = await cli('pin', oldest);
     expect(res.stderr).toBe('');
     expect(res.code).toBe(0);
-    expect(res.stdout).toBe(`pinned ${oldest}: retention never deletes it`);
+    expect(res.stdout).toBe(
+      `pinned ${oldest}: retention never deletes it, here or offsite; unpin it to delete it`,
+    );
     expect((await listed()).find((b) => b.filename === oldest)?.pinned).toBe(true);
     // The plain row says so after the kind.
     const rows = (await cli('list')).stdout.split('\n');

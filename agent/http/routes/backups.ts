@@ -125,6 +125,13 @@ export function backupRoutes(agent: Agent): Hono {
         'job_running',
         `${name} is in use by a running ${user.kind} job; try again when it ends`,
       );
+    // A pin promises the backup stays, here and offsite: deleted with its record, the pin would go too
+    // and the next offsite prune could take its copies. The owner unpins it first, knowingly.
+    if ((await agent.catalog.info(name)).pinned)
+      throw new AppError(
+        'conflict',
+        `${name} is pinned: unpin it first (the Unpin button, or gem-backup unpin ${name}), then delete it`,
+      );
     await agent.catalog.delete(name);
     return c.json({ deleted: name });
   });
