@@ -76,6 +76,8 @@ export interface CreateBackupOptions {
   now?: Date;
   /** Envelope chunk size (default BACKUP_CHUNK_SIZE); tests set it small to get many chunks. */
   chunkSize?: number;
+  /** Called with the backup's name before anything is written under it (a restore records its safety backup's). */
+  beforeWrite?: (name: string) => Promise<void>;
 }
 
 async function readGemVersion(configDir: string): Promise<string | undefined> {
@@ -245,6 +247,7 @@ export async function createBackup(
     const name = await catalog.freeName(now);
     // Recorded before the file is written: a crash after its rename tells from this name that it was kept.
     ctx.target(name);
+    await options.beforeWrite?.(name);
     const fileKey = generateFileKey();
     const core = newCore({
       installationId: keyring.installationId,

@@ -44,6 +44,7 @@ import {
 import { extractionSinks, type LiveFolder } from './extract';
 import { LastRestoreStore } from './last-restore';
 import { clearRoleRecord, takeBackRecordedRoles, takeBackRoles, writeRoleRecord } from './role-record';
+import { clearSafetyRecord, writeSafetyRecord } from './safety-record';
 import {
   cleanupAfterReport,
   committedRestoreId,
@@ -442,6 +443,8 @@ export async function restoreFromFile(
       const backup = await createBackup(backupDeps(agent, { sources }), inner, {
         kind: 'safety',
         label: `before restore of ${label}`,
+        // Named before it is written: killed before the swap, the next start removes it (safety-record.ts).
+        beforeWrite: (name) => writeSafetyRecord(agent.config.dataDir, names.id, name),
       });
       safetyBackup = backup.filename;
       ctx.throwIfCancelled();
@@ -539,7 +542,9 @@ export async function restoreFromFile(
       ctx.throwIfCancelled();
 
       // 4. Swap, in a short critical section; the page hears about it first. Recorded first: every
-      // backup made before now holds data that no longer runs (the DR push must not reuse one).
+      // backup made before now holds data that no longer runs (the DR push must not reuse one). The
+      // record of the safety backup goes before: a start never removes that of a restore that may commit.
+      await clearSafetyRecord(agent.config.dataDir, names.id);
       ctx.phase('swap');
       await new LastRestoreStore(agent.paths.lastRestore, ctx.log).record(
         new Date(),
@@ -634,6 +639,13 @@ export async function restoreFromFile(
     }
     throw failure;
   } finally {
+    // Not committed, the safety backup is removed or kept above (or was never written): the record goes.
+    if (!committed)
+      await clearSafetyRecord(agent.config.dataDir, names.id).catch((error: unknown) =>
+        ctx.log.warn("the record of this restore's safety backup could not be removed; the next start does", {
+          error,
+        }),
+      );
     await counter?.close().catch(() => {});
     // Never the restore's failure (nor, after the commit, a restore that happened said to have failed):
     // the next start removes what a process left in the work folder.

@@ -4,11 +4,11 @@
  * committed leaves them to the next start, which takes them back. A restore that committed keeps them
  * (they own the restored objects): its record goes with its journal (swap.ts cleanupPrevious).
  */
-import { readdir, readFile, rm } from 'node:fs/promises';
+import { readdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { z } from 'zod';
 import type { Logger } from '../log';
-import { fsyncDir, writeSmallFileAtomic } from '../system/atomic-file';
+import { removeSmallFile, writeSmallFileAtomic } from '../system/atomic-file';
 import type { PgConnection } from '../system/postgres-tools';
 import { dropRestoreRoles, type MadeRoles } from './database';
 
@@ -41,14 +41,7 @@ export async function writeRoleRecord(dataDir: string, id: string, made: MadeRol
 
 /** Removes restore `id`'s record, if there is one. */
 export async function clearRoleRecord(dataDir: string, id: string): Promise<void> {
-  const gone = await rm(roleRecordPath(dataDir, id)).then(
-    () => true,
-    (error: NodeJS.ErrnoException) => {
-      if (error.code === 'ENOENT') return false;
-      throw error;
-    },
-  );
-  if (gone) await fsyncDir(dataDir);
+  await removeSmallFile(roleRecordPath(dataDir, id));
 }
 
 /**

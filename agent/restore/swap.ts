@@ -22,6 +22,7 @@ import {
   terminateSessions,
 } from './database';
 import { clearRoleRecord, takeBackRecordedRoles } from './role-record';
+import { removeRecordedSafetyBackups } from './safety-record';
 
 /**
  * How a live folder is swapped: `rename` moves it aside and the staged folder into its place;
@@ -816,6 +817,12 @@ export async function recoverInterruptedRestore(
       }),
     );
   }
+  // And the safety backup a restore killed before its swap made: that restore changed nothing.
+  await removeRecordedSafetyBackups(deps.config.dataDir, deps.log).catch((error: unknown) =>
+    deps.log.warn('could not remove the safety backup of an interrupted restore; the next start retries', {
+      error,
+    }),
+  );
   return outcome;
 }
 

@@ -140,6 +140,18 @@ export async function fsyncDir(dir: string | Buffer): Promise<void> {
   }
 }
 
+/** Removes a small file, if it is there, and fsyncs its folder so that the removal survives a power cut. */
+export async function removeSmallFile(path: string): Promise<void> {
+  const gone = await rm(path).then(
+    () => true,
+    (error: NodeJS.ErrnoException) => {
+      if (error.code === 'ENOENT') return false;
+      throw error;
+    },
+  );
+  if (gone) await fsyncDir(dirname(path));
+}
+
 /**
  * fsync a file (or folder) by path, text or bytes (a name that is not UTF-8); opened read-only, so a
  * read-only file (a restored 0o444 one) can be synced too.
