@@ -284,13 +284,13 @@ export class JobRunner {
     /** An update held back by the throttle, sent when its turn comes: the last count never stays unsent. */
     let trailing: NodeJS.Timeout | undefined;
     /** The phase the work last entered: where a cancelled job stopped, once its `cancelling` is over. */
-    let reached = job.phase;
+    let lastPhase = job.phase;
     const ctx: JobContext = {
       signal: controller.signal,
       log,
       phase: (name, bytesTotal = 0, unit = 'bytes') => {
         job.phase = name;
-        reached = name;
+        lastPhase = name;
         delete job.step;
         job.bytesDone = 0;
         job.bytesTotal = bytesTotal;
@@ -380,7 +380,7 @@ export class JobRunner {
             }
           : describeError(error);
         // `cancelling` says what a running job is about; an ended one shows the phase it stopped in.
-        if (job.phase === 'cancelling') job.phase = reached;
+        if (job.phase === 'cancelling') job.phase = lastPhase;
         log.warn(`job ${job.state}`, { error: job.error, ...took() });
       } finally {
         job.endedAt = new Date().toISOString();
