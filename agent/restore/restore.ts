@@ -470,7 +470,7 @@ export async function restoreFromFile(
         conn,
         agent.config.dataDir,
         ctx.log,
-        await committedRestoreId(agent.config.dataDir),
+        await committedRestoreId(agent.config.dataDir, ctx.log),
       ),
     );
     // The roles the backup's objects name: those missing are created, so owners and privileges come back.

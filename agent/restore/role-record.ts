@@ -60,10 +60,9 @@ export async function takeBackRecordedRoles(
   for (const name of await readdir(dataDir)) {
     const id = RECORD_NAME.exec(name)?.[1];
     if (id === undefined || id === committedId) continue;
-    const text = await readFile(join(dataDir, name), 'utf8');
     let record: z.infer<typeof recordSchema>;
     try {
-      record = recordSchema.parse(JSON.parse(text));
+      record = recordSchema.parse(JSON.parse(await readFile(join(dataDir, name), 'utf8')));
     } catch {
       log.error(
         `the record of the roles a restore created (${name}) is unreadable: check the server's roles, then delete it`,

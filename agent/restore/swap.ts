@@ -8,7 +8,7 @@ import type { AgentConfig } from '../config';
 import { AppError, describeError } from '../errors';
 import { heldByOtherProcess } from '../jobs/lock';
 import type { Logger } from '../log';
-import { fsyncDir, writeSmallFileAtomic } from '../system/atomic-file';
+import { fsyncDir, removeSmallFile, writeSmallFileAtomic } from '../system/atomic-file';
 import { isMountPoint } from '../system/mounts';
 import { type PgConnection, PostgresTools, parseDatabaseUrl } from '../system/postgres-tools';
 import { removeTree } from '../system/remove-tree';
@@ -184,11 +184,9 @@ export async function journalState(dataDir: string): Promise<'none' | 'committed
 }
 
 /** The id of the restore whose journal says it committed (its cleanup still to come), if any. */
-export async function committedRestoreId(dataDir: string): Promise<string | undefined> {
-  const text = await readFile(journalPath(dataDir), 'utf8').catch(() => undefined);
-  if (text === undefined) return undefined;
-  const parsed = journalSchema.safeParse(JSON.parse(text));
-  return parsed.success && parsed.data.committed ? parsed.data.id : undefined;
+export async function committedRestoreId(dataDir: string, log: Logger): Promise<string | undefined> {
+  const journal = await readJournal(dataDir, log);
+  return journal?.committed ? journal.id : undefined;
 }
 
 /** Removes the journal; with `id`, only if it is still that restore's (a newer restore's journal stays). */
@@ -531,8 +529,7 @@ async function readLeftovers(dataDir: string): Promise<unknown[]> {
 /** Writes the leftovers file (temp, fsync, rename), or removes it when nothing is left. */
 async function writeLeftovers(dataDir: string, restores: unknown[]): Promise<void> {
   if (restores.length === 0) {
-    await rm(leftoversPath(dataDir), { force: true });
-    await fsyncDir(dataDir);
+    await removeSmallFile(leftoversPath(dataDir));
     return;
   }
   const file = { format: 'gem-restore-leftovers', version: 1, restores };
