@@ -142,10 +142,51 @@ export function checkBackupName(name: string): string {
   return name;
 }
 
+/**
+ * The refusal of a delete of a pinned backup (`what`: "it", "its copy on the SFTP server"): a pin
+ * promises the backup stays, here and offsite, until its owner unpins it, knowingly. `fileHere`: its
+ * file is in the local backups (else it was removed by hand and only the CLI lists its pin).
+ */
+export function pinnedRefusal(name: string, what: string, fileHere = true): AppError {
+  const how = fileHere
+    ? `the Unpin button, or gem-backup unpin ${name}`
+    : `gem-backup unpin ${name}: its file here was removed, so the page does not list it`;
+  return new AppError('conflict', `${name} is pinned: unpin it first (${how}), then delete ${what}`);
+}
+
 /** The backup name for a moment, in UTC: gem-backup-YYYY-MM-DD-HHMMSS.tar.gz. */
 export function backupNameFor(date: Date): string {
   const iso = date.toISOString();
   return `gem-backup-${iso.slice(0, 10)}-${iso.slice(11, 13)}${iso.slice(14, 16)}${iso.slice(17, 19)}.tar.gz`;
+}
+
+/** When a backup was made, read from its name (UTC): for remote copies whose header we do not have. */
+export function createdAtFromName(name: string): string | undefined {
+  const m = /^gem-backup-(\d{4})-(\d{2})-(\d{2})-(\d{2})(\d{2})(\d{2})\.tar\.gz$/.exec(name);
+  return m ? `${m[1]}-${m[2]}-${m[3]}T${m[4]}:${m[5]}:${m[6]}.000Z` : undefined;
+}
+
+/** How far after its header's time a backup's name may be: freeName bumps a taken name a second at a time. */
+const NAME_BUMP_LIMIT_MS = 60_000;
+
+/**
+ * Refuses a backup stored under `name` whose header says it was made at another time (a file renamed by
+ * hand): offsite retention and the remote lists date a copy by its name, the local list by its header,
+ * so the two would keep and prune it out of turn. The name is the header's time floored to the second,
+ * or a little after it (freeName bumps a name already taken); anything else is 422 naming both dates
+ * and the name it should have.
+ */
+export function checkNameFitsHeader(name: string, createdAt: string): void {
+  const named = Date.parse(createdAtFromName(name) ?? '');
+  const made = Date.parse(createdAt);
+  if (Number.isNaN(named) || Number.isNaN(made)) return;
+  const floored = Math.floor(made / 1000) * 1000;
+  if (named >= floored && named - floored <= NAME_BUMP_LIMIT_MS) return;
+  const utc = (ms: number) => `${new Date(ms).toISOString().slice(0, 19).replace('T', ' ')} UTC`;
+  throw new AppError(
+    'unprocessable',
+    `${name} is dated ${utc(named)} by its name, but the backup in it was made ${utc(made)} (its header): a backup is kept or pruned by the date in its name, so it would be out of turn. Upload it under its own name, ${backupNameFor(new Date(made))}; nothing was kept`,
+  );
 }
 
 export class BackupCatalog {
@@ -294,6 +335,11 @@ export class BackupCatalog {
     if (!content) return undefined;
     const s = await stat(this.pathOf(name)).catch(() => undefined);
     return s && s.size === content.size && s.mtimeMs === content.mtimeMs ? content.sha256 : undefined;
+  }
+
+  /** Whether the records hold an entry for `name` (its file here or not: a file removed by hand keeps it). */
+  async hasRecord(name: string): Promise<boolean> {
+    return Object.hasOwn(await this.loadRecords(), name);
   }
 
   /**

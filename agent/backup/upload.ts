@@ -6,6 +6,7 @@ import { HeaderScanner, stanzaKeyIds } from '../../shared/envelope';
 import type { Agent } from '../agent';
 import { AppError } from '../errors';
 import { writeFileAtomic } from '../system/atomic-file';
+import { checkNameFitsHeader } from './catalog';
 import { envelopeToAppError, readBackup, readHeaderOfFile } from './reader';
 
 /** Free and total bytes of the file system holding a folder. */
@@ -81,6 +82,11 @@ export async function receiveUpload(
     signal?: AbortSignal;
     onProgress?: (bytes: number) => void;
     space?: SpaceProbe;
+    /**
+     * Refuse (422, as soon as the header has arrived) a backup whose header's time contradicts the date
+     * in `name` (checkNameFitsHeader): a file uploaded by a person, who chose the name.
+     */
+    nameFitsHeader?: boolean;
   } = {},
 ): Promise<ReceivedBackup> {
   if (await agent.catalog.exists(name))
@@ -114,8 +120,11 @@ export async function receiveUpload(
             `the backup is longer than the ${declared} bytes it was announced with; it was stopped and nothing was kept`,
           );
         if (head) {
-          if (head.push(chunk)) head = undefined;
-          else if (head.full)
+          const scanned = head.push(chunk);
+          if (scanned) {
+            head = undefined;
+            if (options.nameFitsHeader) checkNameFitsHeader(name, scanned.header.core.createdAt);
+          } else if (head.full)
             throw new AppError('not_a_backup', 'not a GEM backup file: its header does not end');
         }
         if (received > room) throw noSpace(`it is over ${Math.floor(room / 1048576)} MB`, room);

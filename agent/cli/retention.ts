@@ -17,7 +17,9 @@ function pinCommandOf(pinned: boolean) {
     cli.out(
       pinned
         ? `pinned ${backup.filename}: retention never deletes it, here or offsite; unpin it to delete it`
-        : `unpinned ${backup.filename}: retention may delete it when it is among the oldest`,
+        : 'local' in backup
+          ? `unpinned ${backup.filename} (its file here was removed): offsite retention may delete its copies when they are among the oldest`
+          : `unpinned ${backup.filename}: retention may delete it when it is among the oldest`,
     );
   };
 }

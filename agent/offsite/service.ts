@@ -6,7 +6,7 @@ import { type EnvelopeHeader, stanzaKeyIds } from '../../shared/envelope';
 import type { StorageProvider, StoredObject } from '../../shared/storage/index';
 import { isBackupName } from '../../shared/storage/names';
 import type { AfterBackupHook, Agent } from '../agent';
-import { type BackupInfo, checkBackupName } from '../backup/catalog';
+import { type BackupInfo, checkBackupName, pinnedRefusal } from '../backup/catalog';
 import { readHeaderOfFile } from '../backup/reader';
 import { busyBackupNames, planPrune } from '../backup/retention';
 import { AppError, describeError } from '../errors';
@@ -78,6 +78,8 @@ export interface RemoteBackup {
   sha256?: string;
   /** True if the local catalog has a backup of the same name. */
   local: boolean;
+  /** Pinned (in the records, its local file here or not): its delete is refused until it is unpinned. */
+  pinned?: boolean;
   /**
    * The first 8 characters of the id of the installation that made it: the local copy's, else the
    * remote header's (read once per object). Not the whole id: that is the installation's DR recovery
@@ -375,7 +377,11 @@ export class OffsiteService {
     const section = this.enabled(kind);
     const provider = this.provider(kind, section);
     try {
-      const [remote, local] = await Promise.all([provider.list(), this.agent.catalog.list()]);
+      const [remote, local, pinned] = await Promise.all([
+        provider.list(),
+        this.agent.catalog.list(),
+        this.agent.catalog.pinnedNames(),
+      ]);
       const localOwners = new Map(
         local.map((b) => [b.filename, { installationTag: b.installationTag, installation: b.installation }]),
       );
@@ -393,6 +399,7 @@ export class OffsiteService {
             ...(o.modifiedAt ? { modifiedAt: o.modifiedAt } : {}),
             ...(o.sha256 ? { sha256: o.sha256 } : {}),
             local: localOwners.has(o.name),
+            ...(pinned.has(o.name) ? { pinned: true } : {}),
             ...(owner
               ? {
                   installation: owner.installation,
@@ -409,10 +416,19 @@ export class OffsiteService {
     }
   }
 
-  /** Deletes one remote backup (404 if it is not there). */
+  /**
+   * Deletes one remote backup (404 if it is not there). A pinned one is refused (409, nothing deleted):
+   * the pin keeps its copies as it keeps the backup here, also once its local file was removed by hand.
+   */
   async deleteRemote(kind: OffsiteKind, filename: string): Promise<void> {
     const name = checkBackupName(filename);
     const section = this.enabled(kind);
+    if ((await this.agent.catalog.pinnedNames()).has(name))
+      throw pinnedRefusal(
+        name,
+        `its copy on the ${DESTINATION_TITLES[kind]}`,
+        await this.agent.catalog.exists(name),
+      );
     const provider = this.provider(kind, section);
     try {
       await provider.delete(name);

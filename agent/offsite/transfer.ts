@@ -19,7 +19,7 @@ import type {
 } from '../../shared/storage/index';
 import { isStorageError, StorageError } from '../../shared/storage/index';
 import type { Agent } from '../agent';
-import type { BackupInfo } from '../backup/catalog';
+import { type BackupInfo, createdAtFromName } from '../backup/catalog';
 import { envelopeToAppError, readHeaderOfFile } from '../backup/reader';
 import { type PruneCandidate, planPrune } from '../backup/retention';
 import { type ReceivedBackup, receiveUpload, usableSpace } from '../backup/upload';
@@ -459,11 +459,8 @@ export async function downloadToFile(
   );
 }
 
-/** When a backup was made, read from its name (UTC), for remote copies whose header we do not have. */
-export function createdAtFromName(name: string): string | undefined {
-  const m = /^gem-backup-(\d{4})-(\d{2})-(\d{2})-(\d{2})(\d{2})(\d{2})\.tar\.gz$/.exec(name);
-  return m ? `${m[1]}-${m[2]}-${m[3]}T${m[4]}:${m[5]}:${m[6]}.000Z` : undefined;
-}
+// When a backup was made, read from its name: beside backupNameFor, whose inverse it is; still importable from here.
+export { createdAtFromName };
 
 /** One backup as retention sees it across both sides: local facts (kind, pinned, verification) win. */
 export interface SyncCandidate extends PruneCandidate {

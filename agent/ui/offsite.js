@@ -301,6 +301,13 @@ function remoteTable(provider, list, refresh, allowed) {
             type: 'button',
             className: 'btn btn-small btn-quiet-danger',
             'aria-label': `Delete remote ${name}`,
+            // A pin keeps its copies too: the agent refuses the delete until it is unpinned.
+            disabled: item.pinned,
+            title: item.pinned
+              ? item.local
+                ? 'Pinned: unpin it first to delete it'
+                : `Pinned: unpin it first (gem-backup unpin ${name}: its file here was removed) to delete it`
+              : undefined,
             onclick: async () => (await allowed('Delete')) && deleteRemote(provider, name, refresh),
           },
           'Delete',

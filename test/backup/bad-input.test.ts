@@ -1,5 +1,6 @@
 import { readdir, readFile } from 'node:fs/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { backupNameFor } from '../../agent/backup/catalog';
 import { startTestAgent, TEST_TOKEN, type TestAgent } from '../services/agent';
 import { startPostgres, type TestPostgres } from '../services/postgres';
 
@@ -101,12 +102,17 @@ describe('uploads', () => {
       duplex: 'half',
     } as RequestInit);
 
-  it('accepts a real backup under a new name, verified', async () => {
+  /** A name `seconds` after the good backup's time: one an upload of it may take (a name taken, bumped). */
+  const later = async (seconds: number) =>
+    backupNameFor(new Date(Date.parse((await t.agent.catalog.info(good)).createdAt) + seconds * 1000));
+
+  it('accepts a real backup under a new name that fits its date, verified', async () => {
     const bytes = await readFile(`${t.agent.paths.backups}/${good}`);
-    const res = await upload('gem-backup-2020-01-01-000000.tar.gz', bytes);
+    const name = await later(30);
+    const res = await upload(name, bytes);
     expect(res.status).toBe(201);
     expect(await res.json()).toMatchObject({ verified: true, size: bytes.length });
-    expect(await backupFiles()).toContain('gem-backup-2020-01-01-000000.tar.gz');
+    expect(await backupFiles()).toContain(name);
   });
 
   it('refuses a file that is not a backup and keeps nothing', async () => {
@@ -123,7 +129,7 @@ describe('uploads', () => {
   it('refuses a truncated backup and keeps nothing', async () => {
     const before = await backupFiles();
     const bytes = await readFile(`${t.agent.paths.backups}/${good}`);
-    const res = await upload('gem-backup-2020-01-03-000000.tar.gz', bytes.subarray(0, bytes.length - 1000));
+    const res = await upload(await later(31), bytes.subarray(0, bytes.length - 1000));
     expect(res.status).toBe(422);
     expect(((await res.json()) as { error: { code: string } }).error.code).toBe('corrupt_backup');
     expect(await backupFiles()).toEqual(before);
@@ -132,7 +138,7 @@ describe('uploads', () => {
   it('refuses an upload whose body is shorter than its Content-Length', async () => {
     const before = await backupFiles();
     const bytes = await readFile(`${t.agent.paths.backups}/${good}`);
-    const res = await upload('gem-backup-2020-01-04-000000.tar.gz', bytes.subarray(0, 5000), {
+    const res = await upload(await later(32), bytes.subarray(0, 5000), {
       'content-length': String(bytes.length),
     });
     expect(res.status).toBeGreaterThanOrEqual(400);

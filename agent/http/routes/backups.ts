@@ -4,7 +4,7 @@ import { Readable } from 'node:stream';
 import { Hono } from 'hono';
 import { z } from 'zod';
 import type { Agent } from '../../agent';
-import { type BackupInfo, checkBackupName } from '../../backup/catalog';
+import { type BackupInfo, checkBackupName, pinnedRefusal } from '../../backup/catalog';
 import { startBackup, startVerify } from '../../backup/operations';
 import { receiveUpload } from '../../backup/upload';
 import { AppError } from '../../errors';
@@ -53,9 +53,30 @@ function listed(agent: Agent, info: BackupInfo): ListedBackup {
 export const backupList = async (agent: Agent): Promise<ListedBackup[]> =>
   (await agent.catalog.list()).map((info) => listed(agent, info));
 
-/** Pins or unpins a backup (the routes, `gem-backup pin|unpin`); answers its entry as the list shows it. */
-export async function setPinned(agent: Agent, filename: string, pinned: boolean) {
+/** What unpinning a backup whose file was removed by hand answers: only its record was there. */
+export interface UnpinnedRecord {
+  filename: string;
+  pinned: false;
+  /** Its file is not in the local backups. */
+  local: false;
+}
+
+/**
+ * Pins or unpins a backup (the routes, `gem-backup pin|unpin`); answers its entry as the list shows it.
+ * A backup whose file was removed by hand (rm) keeps its record, and its pin with it (offsite retention
+ * keeps its copies by it, a Sync brings it back): unpinning works from the record. A pin needs the file;
+ * a name with neither file nor record is 404 either way.
+ */
+export async function setPinned(
+  agent: Agent,
+  filename: string,
+  pinned: boolean,
+): Promise<ListedBackup | UnpinnedRecord> {
   const name = checkBackupName(filename);
+  if (!pinned && !(await agent.catalog.exists(name)) && (await agent.catalog.hasRecord(name))) {
+    await agent.catalog.updateRecord(name, { pinned: undefined });
+    return { filename: name, pinned: false, local: false };
+  }
   await agent.catalog.info(name);
   await agent.catalog.updateRecord(name, { pinned: pinned || undefined });
   return listed(agent, await agent.catalog.info(name));
@@ -91,6 +112,8 @@ export function backupRoutes(agent: Agent): Hono {
       Readable.fromWeb(body as import('node:stream/web').ReadableStream),
       {
         declaredSize: declared === undefined ? undefined : Number(declared),
+        // The uploader chose the name: one that contradicts the backup's own date is refused.
+        nameFitsHeader: true,
       },
     );
     return c.json(result, 201);
@@ -127,11 +150,7 @@ export function backupRoutes(agent: Agent): Hono {
       );
     // A pin promises the backup stays, here and offsite: deleted with its record, the pin would go too
     // and the next offsite prune could take its copies. The owner unpins it first, knowingly.
-    if ((await agent.catalog.info(name)).pinned)
-      throw new AppError(
-        'conflict',
-        `${name} is pinned: unpin it first (the Unpin button, or gem-backup unpin ${name}), then delete it`,
-      );
+    if ((await agent.catalog.info(name)).pinned) throw pinnedRefusal(name, 'it');
     await agent.catalog.delete(name);
     return c.json({ deleted: name });
   });

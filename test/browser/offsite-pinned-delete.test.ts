@@ -1,0 +1,74 @@
+// The page's offsite list in a real Chromium: the Delete button of a pinned backup's copy is off, saying
+// why; one pinned after the list was shown (by the CLI, another tab) is refused by the agent, the page
+// shows its sentence, and the copy stays.
+import { mkdir, readdir } from 'node:fs/promises';
+import { join } from 'node:path';
+import type { Browser, Page } from 'playwright-core';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { uploadBackup } from '../../agent/offsite/index';
+import { backupNow, filenameOf } from '../offsite/helpers';
+import { MidUploadFixture } from '../offsite/mid-upload';
+import { launchBrowser, openSignedIn, type ServedApp, serveApp } from '../services/browser';
+import { startPostgres, type TestPostgres } from '../services/postgres';
+import { type SshdService, startSshd } from '../services/sshd';
+import { startAll } from '../services/start-all';
+
+const SHOTS = 'test-artifacts/screenshots';
+const FOLDER = 'page-pinned';
+
+let pg: TestPostgres;
+let sshd: SshdService;
+let m: MidUploadFixture;
+let served: ServedApp;
+let browser: Browser;
+let page: Page;
+
+const sftp = () => page.locator('#offsite-sftp');
+
+beforeAll(async () => {
+  await mkdir(SHOTS, { recursive: true });
+  ({ pg, sshd, browser } = await startAll({ pg: startPostgres, sshd: startSshd, browser: launchBrowser }));
+  m = await MidUploadFixture.start(pg, sshd);
+  served = await serveApp(m.t.app);
+  page = await (await browser.newContext({ viewport: { width: 1100, height: 900 } })).newPage();
+  page.setDefaultTimeout(20_000);
+});
+afterEach(async (context) => {
+  if (context.task.result?.state === 'fail')
+    await page.screenshot({ path: `${SHOTS}/failed-offsite-pinned-delete.png` });
+});
+afterAll(async () => {
+  await browser?.close();
+  await served?.close();
+  await m?.t.close();
+  await Promise.all([pg?.stop(), sshd?.stop()]);
+});
+
+describe('deleting the offsite copy of a pinned backup on the page', () => {
+  it('turns its Delete button off with the reason, and shows the refusal of one pinned meanwhile', async () => {
+    const { agent } = m.t;
+    const pinned = filenameOf(await backupNow(m.t));
+    const other = filenameOf(await backupNow(m.t));
+    await agent.settings.update({ offsite: { sftp: m.sftp(FOLDER) } });
+    for (const name of [pinned, other]) await uploadBackup(agent, m.sftpProvider(FOLDER), name);
+    await agent.catalog.updateRecord(pinned, { pinned: true });
+
+    await openSignedIn(page, served.url);
+    await sftp().getByRole('button', { name: 'List Remote Backups' }).click();
+    const button = sftp().getByRole('button', { name: `Delete remote ${pinned}` });
+    await expect.poll(() => button.isDisabled()).toBe(true);
+    expect(await button.getAttribute('title')).toBe('Pinned: unpin it first to delete it');
+    const unpinned = sftp().getByRole('button', { name: `Delete remote ${other}` });
+    expect(await unpinned.isDisabled()).toBe(false);
+
+    // Pinned after the list was drawn: the confirmed delete is refused, and the copy stays.
+    await agent.catalog.updateRecord(other, { pinned: true });
+    await unpinned.click();
+    await page.locator('#confirm-ok').click();
+    await page
+      .locator('#sftp-remote-status')
+      .getByText(`${other} is pinned: unpin it first (the Unpin button, or gem-backup unpin ${other})`)
+      .waitFor();
+    expect((await readdir(join(sshd.root, FOLDER))).sort()).toEqual([pinned, other].sort());
+  });
+});
