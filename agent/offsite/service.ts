@@ -586,17 +586,18 @@ export class OffsiteService {
         for (const [index, candidate] of ordered.entries()) {
           ctx.throwIfCancelled();
           const name = candidate.filename;
-          if (candidate.foreign) continue; // another installation's: neither fetched nor spread
           const namesake = taken.get(name);
-          if (namesake !== undefined) {
+          // Another installation's is neither fetched nor spread, whatever is under its name.
+          if (namesake !== undefined && !candidate.foreign) {
             const message = nameTakenMessage(name, namesake.installation, namesake.ours);
             failures.push(`${name}: ${message}`);
             ctx.log.warn('a sync transfer failed', { destination: kind, filename: name, error: message });
             continue;
           }
+          // The one rule of what moves: below, the side it is on says which way.
+          if (!needsTransfer(candidate)) continue;
           try {
-            if (candidate.local && !candidate.remote) {
-              if (candidate.local.verifyResult === 'failed') continue; // a bad backup is not spread
+            if (candidate.local) {
               if (!watch.stillConfigured(`uploading ${name}`)) break;
               ctx.phase(`uploading ${name}`, candidate.local.size);
               // Just listed without this name: no other backup to look for under it.
@@ -616,7 +617,7 @@ export class OffsiteService {
                     error: describeError(error).message,
                   }),
                 );
-            } else if (candidate.remote && !candidate.local) {
+            } else if (candidate.remote) {
               const key = remoteHeaderKey(provider, candidate.remote);
               const known = this.damagedCopies.get(key);
               if (known !== undefined) {
