@@ -32,9 +32,10 @@ const name = 'gem-backup-2026-05-06-070809.tar.gz';
 /** Three parts of 5 MiB (the last one short). */
 const SIZE = 11 * MIB + 123;
 const LAST_PART = 3;
-const STALL_MS = 2500;
-/** How long a slow answer is held: well past the stall limit. */
-const SLOW_MS = 5000;
+/** The stall limit: 1.5 s, as test/faults/remote gives a frozen upload (5 min by default). */
+const STALL_MS = 1500;
+/** How long a slow answer is held: twice the stall limit, so a guard that counted it would fire. */
+const SLOW_MS = 3000;
 
 /** Which request the proxy holds, by name. */
 type Held = 'complete' | 'last part' | 'head';
