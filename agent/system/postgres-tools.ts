@@ -51,13 +51,35 @@ export class PostgresTools {
     return join(this.binDir, tool);
   }
 
-  /** The major version of a tool, e.g. 15 for "pg_dump (PostgreSQL) 15.18". */
+  /**
+   * The major version of a tool, e.g. 15 for "pg_dump (PostgreSQL) 15.18". "Not found" only when the
+   * file is missing; a tool that is there but does not run (a missing library, no permission, a
+   * wrapper that fails) is named by its path with what it did instead, so nobody reinstalls in vain.
+   */
   async majorVersion(tool: 'pg_dump' | 'pg_restore'): Promise<{ major: number; text: string }> {
-    const result = await runProcess(this.path(tool), ['--version']);
+    const path = this.path(tool);
+    const result = await runProcess(path, ['--version']).catch((error: NodeJS.ErrnoException) => {
+      if (error.code === 'ENOENT') {
+        throw new Error(`${tool} not found in ${this.binDir}: apt-get install -y postgresql-client-15`);
+      }
+      throw new Error(`${tool} at ${path} did not run: ${error.message}`);
+    });
     const match = /(\d+)(?:\.(\d+))?/.exec(result.stdout);
     if (result.code !== 0 || !match) {
-      throw new Error(`${tool} not found in ${this.binDir}: apt-get install -y postgresql-client-15`);
+      const how =
+        result.code !== 0
+          ? result.code === null
+            ? `killed by ${result.signal}`
+            : `exit code ${result.code}`
+          : 'no version printed';
+      const said = firstLine(result.stderr) || firstLine(result.stdout);
+      throw new Error(`${tool} at ${path} did not run: ${how}${said ? `: ${said}` : ''}`);
     }
     return { major: Number(match[1]), text: result.stdout.trim() };
   }
+}
+
+/** The first non-empty line of a program's output, cut to 200 characters. */
+function firstLine(text: string): string {
+  return (text.split('\n').find((l) => l.trim()) ?? '').trim().slice(0, 200);
 }
