@@ -68,14 +68,17 @@ const DEFAULT_STALL_TIMEOUT_MS = 5 * 60_000;
  * Runs one transfer attempt under a stall watchdog: a server that freezes mid-transfer may never answer
  * again (nor let the provider clean up), so after `stallMs` without progress the attempt's own signal is
  * aborted and the attempt is given up at once as a retryable 'unreachable', whatever the provider does.
- * An attempt that calls `onAwaitingAnswer` (every byte sent; the provider bounds its wait for the answer
- * itself) pauses the watchdog until its next progress.
+ * `onActivity` re-arms it without progress: bytes leaving that the provider's progress counts only once
+ * the server acknowledges them (S3's parts). An attempt that calls `onAwaitingAnswer` (every byte sent;
+ * the provider bounds its wait for the answers itself) stops the watchdog for good: the answers it then
+ * gets still move its progress, but no byte is left to send.
  */
 export async function guardStall<T>(
   attempt: (
     signal: AbortSignal,
     onProgress: (bytes: number) => void,
     onAwaitingAnswer: () => void,
+    onActivity: () => void,
   ) => Promise<T>,
   options: Pick<TransferOptions, 'signal' | 'onProgress' | 'stallTimeoutMs'>,
 ): Promise<T> {
@@ -102,13 +105,20 @@ export async function guardStall<T>(
     }, stallMs);
   };
   arm();
+  let awaiting = false;
   const work = attempt(
     controller.signal,
     (bytes) => {
-      arm();
+      if (!awaiting) arm();
       options.onProgress?.(bytes);
     },
-    () => clearTimeout(timer),
+    () => {
+      awaiting = true;
+      clearTimeout(timer);
+    },
+    () => {
+      if (!awaiting) arm();
+    },
   );
   work.catch(() => {}); // given up on a stall: its late failure is not news
   try {
@@ -264,11 +274,12 @@ export async function uploadBackup(
     withRetry((attempt) => {
       checkBeforeRetry(attempt, options);
       return guardStall(
-        (signal, onProgress, onAwaitingAnswer) =>
+        (signal, onProgress, onAwaitingAnswer, onActivity) =>
           provider.put(name, source, {
             signal,
             onProgress,
             onAwaitingAnswer,
+            onActivity,
             ...(exclusive ? { exclusive } : {}),
           }),
         options,

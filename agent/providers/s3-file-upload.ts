@@ -37,10 +37,17 @@ export interface FileUploadOptions {
   metadata?: Record<string, string>;
   signal?: AbortSignal;
   /**
-   * Bytes sent so far, each byte counted once: a retried part counts only past where its earlier tries
-   * got, so a server that takes no new byte moves no progress (the provider's stall guard reads it).
+   * Bytes the server has acknowledged: a part's once its UploadPart is answered. The whole size only once
+   * the upload is complete (the Complete, or the single PutObject, answered): never 100 % while parts
+   * or the Complete are still in flight.
    */
   onProgress?: (bytes: number) => void;
+  /**
+   * Bytes handed to part requests so far, each byte counted once: a retried part counts only past where
+   * its earlier tries got, so a server that takes no new byte moves nothing (the provider's stall guard
+   * reads it).
+   */
+  onSending?: (bytes: number) => void;
   /**
    * Called once every byte of a multipart upload is handed to its part requests: what remains is
    * waiting for answers (the last parts', the Complete's), which the provider bounds apart from stalls.
@@ -104,14 +111,16 @@ export async function uploadFile(options: FileUploadOptions): Promise<void> {
   let sent = 0;
   /** Per part, the most bytes any of its tries sent. */
   const reached: number[] = [];
-  const progress = (index: number, bytes: number) => {
+  const sending = (index: number, bytes: number) => {
     const before = reached[index] ?? 0;
     if (bytes <= before) return;
     reached[index] = bytes;
     sent += bytes - before;
-    options.onProgress?.(sent);
+    options.onSending?.(sent);
     if (sent === size) options.onSent?.();
   };
+  /** Bytes of the parts the server answered; the last of them counts once the Complete is answered. */
+  let acknowledged = 0;
   let uploadId: string | undefined;
   try {
     const created = await client.send(
@@ -134,7 +143,7 @@ export async function uploadFile(options: FileUploadOptions): Promise<void> {
       const length = Math.min(partSize, size - start);
       etags[index] = await withRetry(
         async () => {
-          const counter = new PartCounter(() => progress(index, counter.bytes));
+          const counter = new PartCounter(() => sending(index, counter.bytes));
           const file = createReadStream(path, {
             start,
             end: start + length - 1,
@@ -187,6 +196,8 @@ export async function uploadFile(options: FileUploadOptions): Promise<void> {
         },
         { attempts: 3, baseDelayMs: 500, signal: controller.signal },
       );
+      acknowledged += length;
+      if (acknowledged < size) options.onProgress?.(acknowledged);
     };
     const worker = async (): Promise<void> => {
       while (next < count) {
@@ -236,6 +247,7 @@ export async function uploadFile(options: FileUploadOptions): Promise<void> {
       }),
       signal ? { abortSignal: signal } : {},
     );
+    options.onProgress?.(size);
   } catch (error) {
     controller.abort(error);
     const id = uploadId;
@@ -277,7 +289,8 @@ async function putSingle(options: FileUploadOptions): Promise<void> {
       throw new StorageError('integrity', 'source sha256 does not match the declared sha256');
     }
   }
-  options.onProgress?.(size);
+  // Handed to the request whole: sent for the stall guard, acknowledged once the server answers.
+  options.onSending?.(size);
   try {
     await options.client.send(
       new PutObjectCommand({
@@ -293,4 +306,5 @@ async function putSingle(options: FileUploadOptions): Promise<void> {
   } catch (error) {
     throw options.classify(error, signal);
   }
+  options.onProgress?.(size);
 }

@@ -238,12 +238,14 @@ export class S3Provider implements StorageProvider {
 
   /**
    * Uploads under a stall guard: each new byte the upload hands to the server (a byte counted once,
-   * however often its part is retried) re-arms it; once every byte is sent, the answers still awaited
-   * (the last parts', the Complete's, the check's) have answerTimeoutMs instead. When it fires,
-   * everything in flight is aborted and the put fails at once, permanently, naming the endpoint.
-   * Whatever the server received stays as an incomplete multipart upload until sweepTemp() (or its
-   * lifecycle rule): nothing under `name`, unless a Complete the server was still working on goes
-   * through (then the whole object, its bytes checked before the Complete was sent).
+   * however often its part is retried) re-arms it, and is `onActivity` for the caller's own watchdog;
+   * once every byte is sent, the answers still awaited (the last parts', the Complete's, the check's)
+   * have answerTimeoutMs instead. When it fires, everything in flight is aborted and the put fails at
+   * once, permanently, naming the endpoint. Whatever the server received stays as an incomplete
+   * multipart upload until sweepTemp() (or its lifecycle rule): nothing under `name`, unless a Complete
+   * the server was still working on goes through (then the whole object, its bytes checked before the
+   * Complete was sent). `onProgress` counts only what the server acknowledged (answered parts), and the
+   * whole size once the upload is complete: never 100 % while parts are in flight.
    */
   async put(
     name: string,
@@ -251,6 +253,7 @@ export class S3Provider implements StorageProvider {
     options: {
       signal?: AbortSignal;
       onProgress?: (bytes: number) => void;
+      onActivity?: () => void;
       onAwaitingAnswer?: () => void;
     } = {},
   ): Promise<StoredObject> {
@@ -292,20 +295,21 @@ export class S3Provider implements StorageProvider {
     };
     let reached = 0;
     arm();
-    const progress = (bytes: number) => {
+    const sending = (bytes: number) => {
       if (bytes > reached) {
         reached = bytes;
         arm();
+        options.onActivity?.();
       }
-      options.onProgress?.(bytes);
     };
+    const acknowledged = (bytes: number) => options.onProgress?.(bytes);
     const allSent = () => {
       if (sent) return;
       sent = true;
       arm();
       options.onAwaitingAnswer?.();
     };
-    const work = this.putUnguarded(name, source, controller.signal, progress, allSent);
+    const work = this.putUnguarded(name, source, controller.signal, { sending, acknowledged, allSent });
     work.catch(() => {}); // given up on a stall: its late failure (the abort) is not news
     try {
       return await Promise.race([work, watchdog]);
@@ -318,13 +322,21 @@ export class S3Provider implements StorageProvider {
     }
   }
 
+  /**
+   * The upload itself. `sending`: bytes handed to requests (each once); `acknowledged`: bytes the server
+   * answered for, the whole size once the upload is complete; `allSent`: only answers are awaited.
+   */
   private async putUnguarded(
     name: string,
     source: BackupSource,
     signal: AbortSignal,
-    onProgress: (bytes: number) => void,
-    onSent: () => void,
+    report: {
+      sending: (bytes: number) => void;
+      acknowledged: (bytes: number) => void;
+      allSent: () => void;
+    },
   ): Promise<StoredObject> {
+    const onSent = report.allSent;
     if (source.localPath !== undefined) {
       // Straight from disk: ranged reads per part instead of parts buffered in memory.
       await uploadFile({
@@ -338,7 +350,8 @@ export class S3Provider implements StorageProvider {
         queueSize: QUEUE_SIZE,
         metadata: source.sha256 ? { sha256: source.sha256.toLowerCase() } : undefined,
         signal,
-        onProgress,
+        onProgress: report.acknowledged,
+        onSending: report.sending,
         onSent,
         classify: (error, failSignal) => this.classify(error, name, failSignal),
       });
@@ -347,7 +360,7 @@ export class S3Provider implements StorageProvider {
     }
     // The check fails the body stream at its end on a size/sha256 mismatch, before the single
     // PutObject is sent or the multipart upload is completed, so nothing appears under `name`.
-    const body = verifyingStream(source, onProgress);
+    const body = verifyingStream(source, report.sending);
     // pipeline (unlike pipe) fails `body` when the source fails, so the upload sees the error and aborts.
     pipeline(Readable.fromWeb(source.open() as never), body, () => {});
     const upload = new Upload({
@@ -363,10 +376,12 @@ export class S3Provider implements StorageProvider {
       queueSize: QUEUE_SIZE,
       leavePartsOnError: false,
     });
-    // In Node this fires as each part (or the one PutObject) is answered: once it counts every byte,
-    // only the Complete is left.
+    // In Node this fires as each part (or the one PutObject) is answered: what the server acknowledged.
+    // Once it counts every byte, only the Complete is left: the whole size is reported once it is done.
     upload.on('httpUploadProgress', ({ loaded }) => {
-      if (loaded !== undefined && loaded >= source.size) onSent();
+      if (loaded === undefined) return;
+      if (loaded >= source.size) onSent();
+      else report.acknowledged(loaded);
     });
     let bodyError: unknown;
     body.once('error', (error) => {
@@ -399,6 +414,7 @@ export class S3Provider implements StorageProvider {
     } finally {
       signal?.removeEventListener('abort', onAbort);
     }
+    report.acknowledged(source.size);
     return this.checkStored(name, source, signal);
   }
 

@@ -55,6 +55,11 @@ export interface StorageProvider {
     options?: {
       signal?: AbortSignal;
       onProgress?: (bytes: number) => void;
+      /**
+       * Called by a provider whose `onProgress` counts only what the server acknowledged (S3: answered
+       * parts) as more bytes leave: a caller's no-progress watchdog counts it as progress.
+       */
+      onActivity?: () => void;
       exclusive?: boolean;
       /**
        * Called by a provider that, once every byte is sent, waits for the server's answers under a time

@@ -45,8 +45,9 @@ beforeAll(async () => {
   t = await startOffsiteAgent(pg, {
     providerOverrides: { s3: { stallTimeoutMs: 2000, partSize: 5 * MIB } },
   });
-  // Random bytes do not compress: a backup of several parts (five; more would only make every step slower).
-  await writeFile(join(t.agent.sources.scriptsDir, 'noise.bin'), randomBytes(24 * MIB));
+  // Random bytes do not compress: a backup of eight parts, so that parts are still to be sent when the
+  // first is acknowledged (four in flight); more would only make every step slower.
+  await writeFile(join(t.agent.sources.scriptsDir, 'noise.bin'), randomBytes(40 * MIB));
   await t.agent.settings.update({ offsite: { s3: s3Section(s3, { prefix: 'stall' }) } });
 }, 120_000);
 
@@ -60,12 +61,12 @@ describe('an S3 server frozen during an upload', () => {
   it('ends the sync failed with a line naming the endpoint; the next sync, once it runs again, uploads it', async () => {
     const name = filenameOf(await backupNow(t));
     const started = await offsiteServiceFor(t.agent).startSync('s3');
-    // Frozen once the upload is well under way (past its first part).
+    // Frozen once the upload is well under way: its first part acknowledged (progress counts those).
     for (;;) {
       const job = t.agent.jobs.get(started.id)!;
       if (job.state !== 'running')
         throw new Error(`the sync ended before the freeze: ${JSON.stringify(job)}`);
-      if (job.phase === `uploading ${name}` && job.bytesDone > 6 * MIB) break;
+      if (job.phase === `uploading ${name}` && job.bytesDone > 0) break;
       await new Promise((resolve) => setTimeout(resolve, 20));
     }
     frozen = s3rverPid();
