@@ -1,4 +1,10 @@
-/** The job watchdog: marks a job stalled when it runs far longer than its kind's history, or stops progressing. */
+/**
+ * The job watchdog: marks a job stalled when it runs far longer than its kind's history, or its work stops
+ * moving. Progress is the job's count going up within one phase and step (bytes sent or read, items or
+ * rows done). Entering a new phase or step is not, nor is a count going back (a transfer retried from its
+ * first byte): a job whose every transfer hangs until its timeout moves on from one to the next without
+ * moving a byte.
+ */
 import type { Job, JobKind, JobRunner } from '../jobs/runner';
 
 export interface WatchdogThresholds {
@@ -6,7 +12,7 @@ export interface WatchdogThresholds {
   minRunMs: number;
   /** ...nor below this many times the longest recent successful run of its kind (default 3). */
   historyFactor: number;
-  /** A job whose phase and byte count have not moved for this long is stalled (default 30 min). */
+  /** A job whose count (bytes, items, rows) has not gone up for this long is stalled, whatever its phases did (default 30 min). */
   noProgressMs: number;
   /** Successful runs remembered per kind (default 10). */
   historySize: number;
@@ -34,11 +40,15 @@ interface StalledJob {
 
 interface Tracked {
   job: Job;
-  lastChangeAt: number;
-  fingerprint: string;
+  /** When the job's count last went up (or when the watchdog first saw the job). */
+  lastProgressAt: number;
+  /** What the count counts: its phase, step and unit; counts of different ones are never compared. */
+  counting: string;
+  /** The count as last seen. */
+  done: number;
 }
 
-const fingerprint = (job: Job) => `${job.phase}:${job.bytesDone}:${job.bytesTotal}`;
+const countingOf = (job: Job) => JSON.stringify([job.phase, job.step ?? null, job.unit]);
 
 /** Watches every job's events (subscribeAll) and remembers how long successful runs of each kind take. */
 export class JobWatchdog {
@@ -79,9 +89,9 @@ export class JobWatchdog {
   /** Running jobs that look stuck right now. */
   stalled(now = this.clock()): StalledJob[] {
     const out: StalledJob[] = [];
-    for (const { job, lastChangeAt } of this.tracked.values()) {
+    for (const { job, lastProgressAt } of this.tracked.values()) {
       const runningForMs = now - Date.parse(job.startedAt);
-      const sinceProgressMs = now - lastChangeAt;
+      const sinceProgressMs = now - lastProgressAt;
       const limit = this.limitFor(job.kind);
       let reason: string | undefined;
       if (runningForMs > limit) {
@@ -120,12 +130,16 @@ export class JobWatchdog {
       }
       return;
     }
-    const print = fingerprint(job);
+    const counting = countingOf(job);
     const known = this.tracked.get(job.id);
-    if (!known || known.fingerprint !== print) {
-      this.tracked.set(job.id, { job, lastChangeAt: this.clock(), fingerprint: print });
-    } else {
-      known.job = job;
+    if (!known) {
+      this.tracked.set(job.id, { job, lastProgressAt: this.clock(), counting, done: job.bytesDone });
+      return;
     }
+    // Only the same count going up is work done; a new phase or step starts its count at 0.
+    if (known.counting === counting && job.bytesDone > known.done) known.lastProgressAt = this.clock();
+    known.job = job;
+    known.counting = counting;
+    known.done = job.bytesDone;
   }
 }
