@@ -2,14 +2,31 @@
 import { existsSync } from 'node:fs';
 import type { AddressInfo } from 'node:net';
 import { serve } from '@hono/node-server';
-import { type Browser, chromium, type Page } from 'playwright-core';
+import { type Browser, type BrowserContext, chromium, type Page } from 'playwright-core';
 import { TEST_TOKEN } from './agent';
 
 const CHROMIUM = '/usr/bin/chromium';
 
-/** Launches headless Chromium as SERVICES.md says. Throws with the apt command if it is missing. */
+/**
+ * Chromium for this worker process, launched by its first file that asks: a worker runs its files one
+ * after another (isolate: false in vitest.config.ts), so the next file gets the same browser instead of
+ * launching another. Each file works in browser contexts of its own (their own cookies, storage and
+ * cache); a browser that went away is launched again.
+ */
+let running: Promise<Browser> | undefined;
+
+/**
+ * Headless Chromium as SERVICES.md says, as one file sees it: close() closes the contexts the file
+ * opened and leaves Chromium to the worker's next file. Throws with the apt command if it is missing.
+ */
 export async function launchBrowser(): Promise<Browser> {
   if (!existsSync(CHROMIUM)) throw new Error('Chromium is not installed: apt-get install -y chromium');
+  const current = await running?.catch(() => undefined);
+  if (!current?.isConnected()) running = launch();
+  return forOneFile(await running!);
+}
+
+function launch(): Promise<Browser> {
   return chromium.launch({
     executablePath: CHROMIUM,
     args: [
@@ -22,6 +39,34 @@ export async function launchBrowser(): Promise<Browser> {
       '--disable-component-update',
       '--disable-sync',
     ],
+  });
+}
+
+/** `browser` for one file: the contexts it opens (newContext, newPage) are what its close() closes. */
+function forOneFile(browser: Browser): Browser {
+  const contexts = new Set<BrowserContext>();
+  const own: Partial<Browser> = {
+    newContext: async (options) => {
+      const context = await browser.newContext(options);
+      contexts.add(context);
+      return context;
+    },
+    newPage: async (options) => {
+      const page = await browser.newPage(options);
+      contexts.add(page.context());
+      return page;
+    },
+    close: async () => {
+      await Promise.all([...contexts].map((context) => context.close().catch(() => {})));
+      contexts.clear();
+    },
+  };
+  return new Proxy(browser, {
+    get(target, key) {
+      if (key in own) return own[key as keyof Browser];
+      const value = Reflect.get(target, key, target);
+      return typeof value === 'function' ? value.bind(target) : value;
+    },
   });
 }
 
