@@ -107,6 +107,9 @@ interface StatusView {
 
 async function statusView(agent: Agent): Promise<StatusView> {
   const dr = await drService(agent);
+  // The cloud is asked whether its copy is still the one this box pushed (another box holding the id
+  // may have pushed over it); an unreachable cloud is said so, and the rest is shown.
+  await dr.checkCloudCopy().catch(() => null);
   const [status, state, awaitingRestore, jobs] = await Promise.all([
     dr.status(),
     dr.state.get(),
@@ -139,7 +142,7 @@ function statusLines(view: StatusView, showId: boolean): string[] {
   lines.push(
     `Cloud DR: ${
       !s.configured
-        ? 'off: no endpoint is configured (GEM_DR_URL is not set)'
+        ? "cannot tell from here: GEM_DR_URL is not set in this command's environment (the service reads its own: run `dr status` with the service's GEM_DR_URL, or look at the page)"
         : s.enabled
           ? `on, endpoint ${s.url}`
           : `turned off in the settings (endpoint ${s.url})`
@@ -170,11 +173,16 @@ function statusLines(view: StatusView, showId: boolean): string[] {
     lines.push(`last push: ${pushWhen(last)}: ${last.reason ?? 'no reason recorded'}`);
   }
   const copy = s.lastSuccess;
+  const check = s.cloudCheck;
   if (s.pendingDeletion) {
-    const tries = s.pendingDeletion.attempts;
+    const { attempts: tries, refused, lastError } = s.pendingDeletion;
     lines.push(
-      `cloud copy: being deleted since ${s.pendingDeletion.since} (Cloud DR was turned off; ${tries} attempt${tries === 1 ? '' : 's'} so far, retried until the cloud confirms)`,
+      refused
+        ? `cloud copy: not deleted: the cloud refused the deletion (${lastError?.message ?? 'refused'}); not retried until the agent restarts`
+        : `cloud copy: being deleted since ${s.pendingDeletion.since} (Cloud DR was turned off; ${tries} attempt${tries === 1 ? '' : 's'} so far, retried until the cloud confirms)`,
     );
+  } else if (check?.ok === false) {
+    lines.push(`cloud copy: NOT this box's: ${check.problem}`);
   } else if (recovered) {
     lines.push(
       `cloud copy: the backup this box was recovered from ${formatAge(recovered.at)} (here ${recovered.backup}), made ${formatAge(recovered.createdAt)} (${recovered.createdAt}); the next push replaces it`,
@@ -185,6 +193,12 @@ function statusLines(view: StatusView, showId: boolean): string[] {
     lines.push(`cloud copy: ${copy.backup}, ${made}${size}pushed ${formatAge(copy.at)}`);
   } else {
     lines.push('cloud copy: none pushed from this data dir');
+  }
+  if (check?.ok === null) lines.push(`cloud check: ${check.problem}`);
+  for (const former of s.formerCopies) {
+    lines.push(
+      `former installation ${former.installation}: its cloud copy (pushed ${former.pushedAt ?? 'at an unknown time'}) stays in the cloud until Cloud DR is turned off, which deletes it with that id's retired key`,
+    );
   }
   if (s.upload) lines.push(`unfinished upload: ${s.upload.backup} (the next push resumes it)`);
   const unfinished = s.unfinishedRecovery;
@@ -200,7 +214,9 @@ function statusLines(view: StatusView, showId: boolean): string[] {
   }
   if (view.awaitingRestore) lines.push(`pushes held: ${AWAITING_RESTORE_REASON}`);
   const held = unfinished !== null || view.awaitingRestore;
-  if (!s.enabled) {
+  if (!s.configured) {
+    lines.push('next push: cannot tell from here (GEM_DR_URL is not set in this environment)');
+  } else if (!s.enabled) {
     lines.push('next push: none (Cloud DR is off)');
   } else if (s.nextRunAt) {
     const skipped = held

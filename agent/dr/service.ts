@@ -4,12 +4,22 @@ import type { Agent } from '../agent';
 import { AppError, describeError } from '../errors';
 import { acquireLock } from '../jobs/lock';
 import type { Job } from '../jobs/runner';
+import { shortInstallationId } from '../keys/keyring';
 import { AWAITING_RESTORE_REASON, LastRestoreStore } from '../restore/last-restore';
+import { headSlot, slotDifferences } from '../verification/cloud-slot';
 import { DrClient, type DrFaults } from './client';
 import { DEFAULT_TUNING, type PushTuning, pushToCloud } from './push';
 import { abandonRecovery, type RecoverFaults, recoverFromCloud, whatRecoveryReplaces } from './recover';
 import { type NightlyTimer, nextNightlyRun, scheduleNightly } from './schedule';
-import { type DrPushRecord, type DrRecoveredCopy, type DrState, DrStateStore } from './state';
+import {
+  type DrCloudCheck,
+  type DrPushRecord,
+  type DrRecoveredCopy,
+  type DrSlotState,
+  type DrState,
+  DrStateStore,
+  slotStateOf,
+} from './state';
 import {
   INSTALLATION_ID_RULE,
   normalizeInstallationId,
@@ -50,7 +60,24 @@ export interface DrStatus {
    * the recovery, or none made: null).
    */
   recovered: DrRecoveredCopy | null;
+  /**
+   * The last look at the slot (a signed HEAD, at most every CLOUD_CHECK_MS at status time, and at `dr
+   * status`) against the copy this box pushed or recovered: `ok` false when the cloud holds another (a
+   * box that recovered this installation's id and pushed from there) or none. Null: not looked yet.
+   */
+  cloudCheck: DrCloudCheck | null;
+  /** The opt-out deletion still owed: this id's slot's, else a former id's (see formerCopies). */
   pendingDeletion: DrState['pendingDeletion'] | null;
+  /**
+   * Cloud copies pushed under ids this box had before a keys import or recovery (`installation`: the
+   * id's first 8 characters): they stay in the cloud until Cloud DR is turned off, which deletes them
+   * signed with the retired key that owns each.
+   */
+  formerCopies: {
+    installation: string;
+    pushedAt: string | null;
+    pendingDeletion: DrState['pendingDeletion'] | null;
+  }[];
   escrowKid: string | null;
   upload: { backup: string; uploadId: string } | null;
   /**
@@ -72,12 +99,21 @@ export class DrService {
   private started = false;
   private deletionTimer: NodeJS.Timeout | undefined;
   private deletion: Promise<void> | undefined;
+  /** The push start() runs for a nightly slot missed while the agent was down. */
+  private catchUp: Promise<void> | undefined;
+  /** A look at the slot in flight (see checkCloudCopy). */
+  private checking: Promise<DrCloudCheck | null> | undefined;
 
   constructor(
     private readonly agent: Agent,
     private readonly options: DrServiceOptions = {},
   ) {
-    this.state = new DrStateStore(`${agent.config.dataDir}/dr-state.json`);
+    // Per installation id: after a keys import the status is the new id's, and the old id's copy is
+    // remembered (`former`) for the opt-out to delete.
+    this.state = new DrStateStore(
+      `${agent.config.dataDir}/dr-state.json`,
+      () => agent.keyring.installationId,
+    );
     this.unfinished = new UnfinishedRecoveryFile(agent.paths.drRecovery);
     this.tuning = { ...DEFAULT_TUNING, ...options.tuning };
     if (agent.config.drUrl) {
@@ -110,15 +146,15 @@ export class DrService {
   async start(): Promise<void> {
     this.started = true;
     this.armNightly();
+    await this.catchUpMissedNightly();
     const s = await this.state.get();
-    if (!s.pendingDeletion && !this.agent.settings.get().cloudDr.enabled && cloudCopyMayExist(s)) {
+    const undeleted = slotStates(s).filter(([, slot]) => !slot.pendingDeletion && cloudCopyMayExist(slot));
+    if (undeleted.length > 0 && !this.agent.settings.get().cloudDr.enabled) {
       this.agent.log.warn(
         'Cloud DR is turned off but its cloud copy was not deleted: completing the opt-out',
       );
       try {
-        await this.state.update((x) => {
-          x.pendingDeletion ??= { since: this.now().toISOString(), attempts: 0 };
-        });
+        await this.state.update((x) => this.oweDeletion(x));
       } catch (error) {
         // Nothing recorded, nothing lost: the next start finds the same state and tries again.
         this.agent.log.error('the unfinished Cloud DR opt-out could not be recorded', {
@@ -126,7 +162,7 @@ export class DrService {
         });
       }
     }
-    if ((await this.state.get()).pendingDeletion) this.kickDeletion();
+    if (slotStates(await this.state.get()).some(([, slot]) => slot.pendingDeletion)) this.kickDeletion();
   }
 
   stop(): void {
@@ -164,6 +200,17 @@ export class DrService {
     const reason = this.disabledReason();
     const job = this.pushJobId ? this.agent.jobs.get(this.pushJobId) : undefined;
     const running = job !== undefined && !job.endedAt;
+    const formerCopies = Object.entries(s.former ?? {})
+      .filter(([, slot]) => cloudCopyMayExist(slot) || slot.pendingDeletion)
+      .map(([id, slot]) => ({
+        installation: shortInstallationId(id),
+        pushedAt: slot.lastSuccess?.at ?? slot.recovered?.at ?? null,
+        pendingDeletion: slot.pendingDeletion ?? null,
+      }));
+    const cloudCheck = this.currentCheck(s);
+    if (!reason && !s.pendingDeletion && knownCopy(s) && !this.fresh(cloudCheck)) {
+      void this.checkCloudCopy().catch(() => {});
+    }
     const next = reason
       ? null
       : nextNightlyRun(this.agent.keyring.installationId, this.timezone(), this.now());
@@ -180,11 +227,68 @@ export class DrService {
       lastPush: s.lastPush ?? null,
       lastSuccess: s.lastSuccess ?? null,
       recovered: recoveredCopy(s),
-      pendingDeletion: s.pendingDeletion ?? null,
+      pendingDeletion:
+        s.pendingDeletion ?? formerCopies.find((c) => c.pendingDeletion)?.pendingDeletion ?? null,
+      formerCopies,
+      cloudCheck,
       escrowKid: s.escrow?.kid ?? null,
       upload: s.upload ? { backup: s.upload.backupName, uploadId: s.upload.uploadId } : null,
       unfinishedRecovery,
     };
+  }
+
+  /** The recorded look at the slot, if it was of the copy this box knows now. */
+  private currentCheck(s: DrState): DrCloudCheck | null {
+    const copy = knownCopy(s);
+    return copy && s.cloudCheck?.copyAt === copy.at ? s.cloudCheck : null;
+  }
+
+  private fresh(check: DrCloudCheck | null): boolean {
+    return check !== null && this.now().getTime() - Date.parse(check.at) < CLOUD_CHECK_MS;
+  }
+
+  /**
+   * Looks at the slot (signed HEAD) and compares it with the copy this box pushed or recovered: size,
+   * created-at and sha256. Recorded for the status and health; null when there is nothing to compare
+   * (DR off, nothing pushed). One look at a time.
+   */
+  checkCloudCopy(): Promise<DrCloudCheck | null> {
+    this.checking ??= this.lookAtSlot().finally(() => {
+      this.checking = undefined;
+    });
+    return this.checking;
+  }
+
+  private async lookAtSlot(): Promise<DrCloudCheck | null> {
+    const s = await this.state.get();
+    const copy = knownCopy(s);
+    const url = this.agent.config.drUrl;
+    if (!copy || !url || this.disabledReason() || s.pendingDeletion) return null;
+    const id = s.installationId;
+    let check: DrCloudCheck;
+    try {
+      const slot = await headSlot(this.agent, url, this.options.timeoutMs ?? 10_000);
+      const problems = slotDifferences(slot, copy);
+      check = { at: this.now().toISOString(), copyAt: copy.at, ok: problems.length === 0 };
+      if (problems.length > 0) {
+        check.problem = slot
+          ? `the cloud copy is not the one this box pushed (${problems.join('; ')}): another box holding this installation's id pushed over it (after a \`dr recover\` there), or this one's push was lost`
+          : 'the cloud holds no copy of this installation, though this box pushed one: it was deleted (an opt-out from another box holding the id)';
+        this.agent.log.warn('the Cloud DR copy is not the one this box pushed', { problems });
+      }
+    } catch (error) {
+      check = {
+        at: this.now().toISOString(),
+        copyAt: copy.at,
+        ok: null,
+        problem: `the DR cloud could not be asked about its copy: ${describeError(error).message}`,
+      };
+    }
+    await this.state.update((x) => {
+      // Another push or a key import meanwhile: this look is of a copy no longer current.
+      if (x.installationId === id && knownCopy(x)?.at === copy.at) x.cloudCheck = check;
+    });
+    return check;
   }
 
   /** Starts a push job (kind 'dr-push'); refused when DR is off or a push is already running. */
@@ -367,9 +471,37 @@ export class DrService {
     }
   }
 
-  /** Resolves when no opt-out deletion attempt is in flight (tests, shutdown). */
+  /** Whether a retry of a failed opt-out deletion is armed (none after a refusal for good). */
+  get deletionRetryArmed(): boolean {
+    return this.deletionTimer !== undefined;
+  }
+
+  /** Resolves when no opt-out deletion attempt nor catch-up push is in flight (tests, shutdown). */
   async settled(): Promise<void> {
-    while (this.deletion) await this.deletion;
+    while (this.deletion || this.catchUp || this.checking)
+      await (this.deletion ?? this.catchUp ?? this.checking);
+  }
+
+  /**
+   * A nightly slot passed since the last push (the agent was down at 03:00): the push runs now, once,
+   * as a missed scheduled backup does. Never pushed: nothing is caught up (the first night pushes).
+   */
+  private async catchUpMissedNightly(): Promise<void> {
+    if (this.disabledReason()) return;
+    const last = (await this.state.get()).lastPush?.at;
+    if (!last) return;
+    const slot = nextNightlyRun(this.agent.keyring.installationId, this.timezone(), new Date(last));
+    if (!slot || slot > this.now()) return;
+    this.agent.log.info('a nightly Cloud DR push was missed while the agent was down: it runs now', {
+      missedSlot: slot.toISOString(),
+    });
+    this.catchUp = this.runNightly()
+      .catch((error: unknown) =>
+        this.agent.log.warn('the missed nightly Cloud DR push failed', { error: describeError(error) }),
+      )
+      .finally(() => {
+        this.catchUp = undefined;
+      });
   }
 
   private onSettingsChanged(previous: Settings, next: Settings): Promise<void> | void {
@@ -380,9 +512,7 @@ export class DrService {
 
   /** Records the deletion as owed before trying it, so that no failure or restart can lose it. */
   private async optOut(): Promise<void> {
-    await this.state.update((s) => {
-      s.pendingDeletion = { since: this.now().toISOString(), attempts: 0 };
-    });
+    await this.state.update((s) => this.oweDeletion(s, true));
     const push = this.pushJobId ? this.agent.jobs.get(this.pushJobId) : undefined;
     if (push && !push.endedAt) this.agent.jobs.cancel(push.id);
     this.agent.log.info('Cloud DR turned off: the cloud copy will be deleted');
@@ -401,10 +531,23 @@ export class DrService {
     await this.agent.jobs.waitFor(push.id);
   }
 
+  /**
+   * Records the deletion of this id's slot (`always`: even with no copy known, the opt-out's own) and of
+   * every former id's slot that may hold a copy, as owed.
+   */
+  private oweDeletion(s: DrState, always = false): void {
+    const since = this.now().toISOString();
+    for (const [id, slot] of slotStates(s)) {
+      if (id === s.installationId ? always || cloudCopyMayExist(slot) : cloudCopyMayExist(slot)) {
+        slot.pendingDeletion ??= { since, attempts: 0 };
+      }
+    }
+  }
+
   private async optBackIn(): Promise<void> {
-    if (!(await this.state.get()).pendingDeletion) return;
+    if (!slotStates(await this.state.get()).some(([, slot]) => slot.pendingDeletion)) return;
     await this.state.update((s) => {
-      delete s.pendingDeletion;
+      for (const [, slot] of slotStates(s)) delete slot.pendingDeletion;
     });
     this.agent.log.info(
       'Cloud DR turned back on before the cloud copy was deleted; the deletion is called off',
@@ -420,49 +563,75 @@ export class DrService {
     });
   }
 
+  /** Deletes every slot whose deletion is owed (this id's, former ids'), one after another. */
   private async attemptDeletion(): Promise<void> {
     // A push cancelled by the opt-out may still be completing its upload: the delete waits for it to
     // end, or that completion could land after the delete and fill the slot again.
     await this.pushEnded();
+    const owed = slotStates(await this.state.get()).filter(([, slot]) => slot.pendingDeletion);
+    for (const [id] of owed) await this.deleteSlotOf(id);
+  }
+
+  /**
+   * Deletes the slot of installation `id` (this box's, or one it had before a keys import), signed with
+   * the key that owns it. A transient failure is retried with backoff; a refusal that will not change
+   * (a 4xx, the key gone) is recorded as refused and not retried until the next start.
+   */
+  private async deleteSlotOf(id: string): Promise<void> {
     const s = await this.state.get();
-    if (!s.pendingDeletion) return;
-    if (!s.enrollment) {
+    const slot = slotStateOf(s, id);
+    if (!slot?.pendingDeletion) return;
+    const forget = (x: DrState) => {
+      const mine = slotStateOf(x, id);
+      if (!mine) return;
+      delete mine.pendingDeletion;
+      delete mine.lastSuccess;
+      delete mine.recovered;
+      delete mine.upload;
+    };
+    if (!slot.enrollment) {
       // Never enrolled from this data dir: nothing was ever pushed, there is nothing to delete.
-      await this.state.update((x) => {
-        delete x.pendingDeletion;
-        delete x.lastSuccess;
-        delete x.recovered;
-      });
+      await this.state.update(forget);
       return;
     }
     try {
-      if (!this.client)
-        throw new AppError('unprocessable', 'GEM_DR_URL is not set: the cloud copy cannot be deleted yet');
-      if (s.upload) {
-        await this.client.abortUpload(s.upload.uploadId);
-        const temporary = s.upload.temporary ? s.upload.backupName : undefined;
+      const client = this.clientFor(id);
+      if (slot.upload) {
+        await client.abortUpload(slot.upload.uploadId);
+        const temporary = slot.upload.temporary ? slot.upload.backupName : undefined;
         await this.state.update((x) => {
-          delete x.upload;
+          delete slotStateOf(x, id)?.upload;
         });
         if (temporary) await this.agent.catalog.delete(temporary).catch(() => {});
       }
-      const deleted = await this.client.deleteSlot();
+      const deleted = await client.deleteSlot();
       // The cloud holds no copy now: a last success would be checked against an empty slot, and would
       // make start() take the opt-out as unfinished. The last push stays as history.
-      await this.state.update((x) => {
-        delete x.pendingDeletion;
-        delete x.lastSuccess;
-        delete x.recovered;
+      await this.state.update(forget);
+      this.agent.log.info('the Cloud DR copy was deleted', {
+        hadBackup: deleted,
+        ...(id === s.installationId ? {} : { formerInstallation: shortInstallationId(id) }),
       });
-      this.agent.log.info('the Cloud DR copy was deleted', { hadBackup: deleted });
     } catch (error) {
+      const refused = refusedForGood(error);
       const updated = await this.state.update((x) => {
-        if (!x.pendingDeletion) return;
-        x.pendingDeletion.attempts += 1;
-        x.pendingDeletion.lastAttemptAt = this.now().toISOString();
-        x.pendingDeletion.lastError = describeError(error);
+        const pending = slotStateOf(x, id)?.pendingDeletion;
+        if (!pending) return;
+        pending.attempts += 1;
+        pending.lastAttemptAt = this.now().toISOString();
+        pending.lastError = describeError(error);
+        if (refused) pending.refused = true;
+        else delete pending.refused;
       });
-      const attempts = updated.pendingDeletion?.attempts ?? 1;
+      const pending = slotStateOf(updated, id)?.pendingDeletion;
+      if (refused) {
+        this.agent.log.error(
+          'deleting the Cloud DR copy was refused; it is not retried until the agent restarts',
+          { error: describeError(error) },
+        );
+        return;
+      }
+      const attempts = pending?.attempts ?? 1;
       const { firstMs, maxMs } = this.options.deletionRetry ?? { firstMs: 60_000, maxMs: 3600_000 };
       const delay = Math.min(maxMs, firstMs * 2 ** (attempts - 1));
       this.agent.log.warn('deleting the Cloud DR copy failed; it will be retried', {
@@ -470,11 +639,31 @@ export class DrService {
         retryInMs: delay,
         error: describeError(error),
       });
-      if (updated.pendingDeletion) {
+      if (pending && !this.deletionTimer) {
         this.deletionTimer = setTimeout(() => this.kickDeletion(), delay);
         this.deletionTimer.unref();
       }
     }
+  }
+
+  /** A client signing as installation `id`: this box's identity, or a retired one its keyring kept. */
+  private clientFor(id: string): DrClient {
+    if (!this.client || !this.agent.config.drUrl)
+      throw new AppError('unprocessable', 'GEM_DR_URL is not set: the cloud copy cannot be deleted yet');
+    if (id === this.agent.keyring.installationId) return this.client;
+    const retired = this.agent.keyring.toFile().retiredIdentities.find((i) => i.installationId === id);
+    if (!retired) {
+      throw new AppError(
+        'unprocessable',
+        `the key of installation ${shortInstallationId(id)}, which pushed this cloud copy, is no longer in the keyring: import that installation's keys file to delete it`,
+        { details: { refused: true } },
+      );
+    }
+    return new DrClient({
+      baseUrl: this.agent.config.drUrl,
+      identity: () => ({ installationId: retired.installationId, signingKey: retired.signingKey }),
+      ...(this.options.timeoutMs ? { timeoutMs: this.options.timeoutMs } : {}),
+    });
   }
 
   /** When the armed nightly timer fires next (null: not armed); it follows the current installation id. */
@@ -542,6 +731,21 @@ export class DrService {
   }
 }
 
+/** How long a look at the slot stands before status() looks again. */
+const CLOUD_CHECK_MS = 10 * 60_000;
+
+/**
+ * The copy this box knows the slot holds: its last successful push, or the copy it was recovered from
+ * while no push replaced it (with `at`, and whichever of size, sha256 and created-at it recorded).
+ */
+function knownCopy(
+  s: DrSlotState,
+): { at: string; size?: number; sha256?: string; createdAt?: string } | undefined {
+  const recovered =
+    s.recovered && (!s.lastSuccess || s.lastSuccess.at < s.recovered.at) ? s.recovered : undefined;
+  return recovered ?? s.lastSuccess;
+}
+
 /** Every installation's nightly slot lies in the same hour (03:00 plus its offset): a slot within it is tonight's. */
 const NIGHTLY_HOUR_MS = 3600_000;
 
@@ -561,8 +765,27 @@ export function recoveredCopy(s: DrState): DrRecoveredCopy | null {
  * A push succeeded or a recovery came from the slot (and no confirmed deletion followed), or a
  * multipart upload was left open.
  */
-function cloudCopyMayExist(s: DrState): boolean {
+function cloudCopyMayExist(s: DrSlotState): boolean {
   return s.lastSuccess !== undefined || s.recovered !== undefined || s.upload !== undefined;
+}
+
+/** This id's slot state and every former id's, by id (for updates: the objects inside `s`). */
+function slotStates(s: DrState): [string, DrSlotState][] {
+  return [
+    ...(s.installationId ? [[s.installationId, s] as [string, DrSlotState]] : []),
+    ...Object.entries(s.former ?? {}),
+  ];
+}
+
+/**
+ * A refusal that asking again will not change: the cloud's 4xx (401 bad_signature: the slot is not this
+ * key's; 403), or no key to sign with. Not a 404, 408 or 429, nor an unreachable cloud.
+ */
+function refusedForGood(error: unknown): boolean {
+  if (!(error instanceof AppError)) return false;
+  const status = (error.details as { cloudStatus?: number } | undefined)?.cloudStatus;
+  if (status === undefined) return error.details?.refused === true;
+  return status >= 400 && status < 500 && status !== 404 && status !== 408 && status !== 429;
 }
 
 const services = new WeakMap<Agent, DrService>();

@@ -44,9 +44,9 @@ export interface DrUploadInProgress {
   oldHeaderLength: number;
 }
 
-export interface DrState {
+/** What dr-state.json knows of one installation id's slot: its enrollment, pushes, recovery, work owed. */
+export interface DrSlotState {
   enrollment?: { installationId: string; publicKeyX: string; at: string };
-  escrow?: { kid: string; publicJwk: JWK; pinnedAt: string };
   lastPush?: DrPushRecord;
   lastSuccess?: DrPushRecord;
   /**
@@ -54,19 +54,112 @@ export interface DrState {
    * then, until a push from here replaces it. `backup`: its local name here.
    */
   recovered?: DrRecoveredCopy;
-  /** Set when Cloud DR was turned off: the slot must be deleted; cleared only when the cloud confirms. */
+  /**
+   * Set when Cloud DR was turned off: the slot must be deleted; cleared only when the cloud confirms.
+   * `refused`: the cloud refused it for good (a 4xx such as 401 bad_signature, or the id's key is gone):
+   * not retried until the next start, shown in the status and health.
+   */
   pendingDeletion?: {
     since: string;
     attempts: number;
     lastAttemptAt?: string;
     lastError?: { code: string; message: string };
+    refused?: boolean;
   };
   upload?: DrUploadInProgress;
+  /** The last look at the slot (HEAD) against the copy this box pushed or recovered (`copyAt`: its time). */
+  cloudCheck?: DrCloudCheck;
 }
 
-/** Reads and updates dr-state.json; updates are serialized and written temp-then-rename. */
+/** What the slot held when looked at: the copy this box knows (`ok`), another (`problem` says how), or unknown. */
+export interface DrCloudCheck {
+  at: string;
+  /** The push (or recovery) the slot was compared with: a later one makes this check stale. */
+  copyAt: string;
+  /** null: the cloud could not be asked (`problem` says why). */
+  ok: boolean | null;
+  problem?: string;
+}
+
+/** The fields of DrSlotState: what follows the installation id. */
+const SLOT_FIELDS = [
+  'enrollment',
+  'lastPush',
+  'lastSuccess',
+  'recovered',
+  'pendingDeletion',
+  'upload',
+  'cloudCheck',
+] as const;
+
+export interface DrState extends DrSlotState {
+  /**
+   * The installation id the slot fields belong to (files from before it: the enrollment's or the
+   * upload's). A keys import or a recovery changes the id: those fields move to `former`.
+   */
+  installationId?: string;
+  escrow?: { kid: string; publicJwk: JWK; pinnedAt: string };
+  /**
+   * The slot state of ids this box had before (a keys import, a recovery), by id: a cloud copy pushed
+   * under one stays in the cloud until the opt-out deletes it, signed with that id's retired key.
+   */
+  former?: Record<string, DrSlotState>;
+}
+
+/** Whose slot fields `s` holds: its installationId, or in older files the enrollment's or upload's id. */
+function ownerOf(s: DrState): string | undefined {
+  return s.installationId ?? s.enrollment?.installationId ?? s.upload?.installationId;
+}
+
+/**
+ * Makes `s` (in place) the state of installation `id`: when its slot fields belong to another id, they
+ * move to `former` and the fields `former` kept for `id` (an id this box had before) come back.
+ */
+export function bindToInstallation(s: DrState, id: string): DrState {
+  const owner = ownerOf(s);
+  if (owner !== undefined && owner !== id) {
+    const former = { ...s.former };
+    const theirs: Record<string, unknown> = {};
+    for (const field of SLOT_FIELDS) {
+      if (s[field] !== undefined) theirs[field] = s[field];
+      delete s[field];
+    }
+    if (Object.keys(theirs).length > 0) former[owner] = theirs as DrSlotState;
+    Object.assign(s, former[id]);
+    delete former[id];
+    if (Object.keys(former).length > 0) s.former = former;
+    else delete s.former;
+  }
+  s.installationId = id;
+  return s;
+}
+
+/** The slot fields of installation `id` inside `s` (the current ones, or a former id's), if any. */
+export function slotStateOf(s: DrState, id: string): DrSlotState | undefined {
+  return s.installationId === id ? s : s.former?.[id];
+}
+
+/**
+ * Reads and updates dr-state.json; updates are serialized and written temp-then-rename. Given the
+ * installation id (read at each use), what it returns is that id's: see bindToInstallation.
+ */
 export class DrStateStore extends JsonStateFile<DrState> {
-  constructor(path: string) {
+  constructor(
+    path: string,
+    private readonly installationId?: () => string,
+  ) {
     super(path, () => ({}));
+  }
+
+  override async get(): Promise<DrState> {
+    const s = await super.get();
+    return this.installationId ? bindToInstallation(s, this.installationId()) : s;
+  }
+
+  override update(change: (state: DrState) => void): Promise<DrState> {
+    return super.update((s) => {
+      if (this.installationId) bindToInstallation(s, this.installationId());
+      change(s);
+    });
   }
 }

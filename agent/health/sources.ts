@@ -285,9 +285,12 @@ export function drArea(dr: DrService, state: HealthStateStore): AreaSource {
     // Pushes are refused until it is finished or abandoned (agent/dr/unfinished.ts): the cloud copy ages.
     if (s.unfinishedRecovery) return { status: 'failing', reason: s.unfinishedRecovery.reason, ...details };
     if (s.pendingDeletion) {
+      const { attempts, refused, lastError } = s.pendingDeletion;
       return {
         status: 'warning',
-        reason: `Cloud DR was turned off but the cloud copy is not deleted yet (${s.pendingDeletion.attempts} attempts)`,
+        reason: refused
+          ? `Cloud DR was turned off but the cloud refused to delete its copy (not retried until the agent restarts): ${lastError?.message ?? 'refused'}`
+          : `Cloud DR was turned off but the cloud copy is not deleted yet (${attempts} attempts)`,
         ...details,
       };
     }
@@ -304,6 +307,11 @@ export function drArea(dr: DrService, state: HealthStateStore): AreaSource {
     if (s.lastPush?.outcome === 'failed') {
       status = worst([status, 'warning']);
       reason = `The last Cloud DR push failed: ${s.lastPush.error?.message ?? 'unknown error'}. ${reason}`;
+    }
+    // Another box holding this installation's id pushed over the copy (dr/service.ts checkCloudCopy).
+    if (s.cloudCheck?.ok === false) {
+      status = worst([status, 'warning']);
+      reason = `${s.cloudCheck.problem}. ${reason}`;
     }
     return { status, reason, ...details };
   };
