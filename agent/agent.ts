@@ -63,7 +63,7 @@ export interface Agent {
   afterBackup: AfterBackupHook[];
   /** The saved settings (gem_backup.settings), their change hooks and the schedules' last runs. */
   settings: SettingsService;
-  /** Stops what open() started (jobs, pool, the embedded cluster if we own it). */
+  /** Stops what open() started (jobs, pool) and ends its use of the embedded cluster (stopped if ours). */
   close(): Promise<void>;
 }
 
@@ -90,7 +90,8 @@ export async function loadOrCreateToken(path: string): Promise<string> {
 
 /**
  * Opens the agent over `config.dataDir`. Without DATABASE_URL it starts (and on first start creates
- * and seeds) its own cluster; `ownCluster` says whether close() stops it even if it was running before;
+ * and seeds) its own cluster; `ownCluster` (the agent serving the data dir) says close() stops it
+ * even if it was running before (adopted), otherwise only if this process started it;
  * `pool` tunes the pool on GEM's database (agent.sql).
  */
 export async function openAgent(
@@ -108,96 +109,113 @@ export async function openAgent(
 
   let cluster: ClusterHandle | undefined;
   let databaseUrl = config.databaseUrl;
-  if (!databaseUrl) {
-    cluster = await startCluster({ dir: paths.cluster, binDir: config.pgBinDir, log });
-    await ensureDatabase(cluster.url('postgres'), EMBEDDED_DATABASE);
-    databaseUrl = cluster.url(EMBEDDED_DATABASE);
-  }
-  const sql = openSql(databaseUrl, 5, options.pool);
-  const scriptsDir = config.scriptsDir ?? paths.sampleScripts;
-  const configDir = config.configDir ?? paths.sampleConfig;
-  const restoreRecovery = await recoverRestoreAtStart(config, log, { databaseUrl, scriptsDir, configDir });
-  if (!config.databaseUrl && !(await hasGemSchema(sql))) {
-    log.info('seeding the embedded database with a sample GEM installation');
-    await seedGemDatabase(sql, keyring.activeKey);
-  }
-  // Samples go only into the agent's own default folders, never into a configured (real) one.
-  if (!config.scriptsDir && !existsSync(scriptsDir)) {
-    await writeSampleFolders(scriptsDir, config.configDir || existsSync(configDir) ? undefined : configDir);
-  }
-
-  // The agent's own schema (gem_backup), brought up to date before anything reads settings.
-  await migrateAgentSchema(databaseUrl);
-  const settings = await SettingsService.open({ sql, keyring, log, dataDir: config.dataDir });
-
-  const catalog = new BackupCatalog(paths.backups, paths.backupRecords, log);
-  const lockPath = `${config.dataDir}/job.lock`;
-  await clearStaleLock(lockPath);
-  // Temp files and work folders are named after the process that writes them: only what a dead
-  // process left is removed, so the CLI starting beside a busy agent never breaks its jobs.
-  await catalog.init();
-  const workRoot = paths.work;
-  await removeAbandoned(workRoot, { all: true });
-  // A state file's (or the keyring's) temp copy a process killed before its rename left.
-  await removeAbandoned(config.dataDir);
-  // Named after this process and its PID namespace, and kept fresh: a sweep in another container spares it.
-  paths.work = processWorkFolder(workRoot);
-  // An SMB password file (or spooled backup) a killed process left in the temp dir.
-  const smbLeftovers = await removeAbandonedSmbTemp();
-  if (smbLeftovers.length > 0) {
-    log.info('removed what a stopped process left of SMB transfers in the temp dir', {
-      removed: smbLeftovers,
-    });
-  }
-  // The recent jobs survive a restart; one a crash interrupted is listed as failed `interrupted`.
-  const jobs = new JobRunner({
-    lockPath,
-    log,
-    history: new JobHistory(join(config.dataDir, 'jobs.json'), log),
-  });
-  // A backup killed after its rename, before its next phase was written, is told as kept.
-  await jobs.loadHistory(restoreRecovery, async (name) =>
-    isBackupName(name) ? existsSync(join(paths.backups, name)) : false,
-  );
-  const token = config.agentToken ?? (await loadOrCreateToken(paths.token));
-
-  const audit = new AuditLog(paths.audit);
-  const agent: Agent = {
-    config,
-    paths,
-    log,
-    token,
-    keyring,
-    keyState: new KeyStateStore(paths.state, log),
-    catalog,
-    jobs,
-    audit,
-    sources: {
-      conn: parseDatabaseUrl(databaseUrl),
-      tools: new PostgresTools(config.pgBinDir),
-      scriptsDir,
-      configDir,
-    },
-    sql,
-    databaseUrl,
-    ...(cluster ? { cluster } : {}),
-    afterBackup: [],
-    settings,
-    close: async () => {
-      await jobs.shutdown();
-      // A restore removes what it replaced after reporting success: done before the database closes
-      // (a CLI that started the embedded cluster stops it next), or a whole copy of the old data stays.
-      await restoreSettled(config.dataDir);
-      await audit.flush();
-      await sql.end({ timeout: 5 });
-      if (cluster && (options.ownCluster || cluster.startedHere)) await cluster.stop();
-    },
+  // The embedded cluster's end with this process: stopped if it is ours (see ClusterHandle), else
+  // only this process's use of it ends. Never called for a DATABASE_URL's server.
+  const endCluster = async () => {
+    if (cluster) await (options.ownCluster ? cluster.stop() : cluster.release());
   };
-  // Retention prunes only after a new backup completed and verified (after-backup hooks run only then).
-  agent.afterBackup.push(retentionHook(agent));
-  // Then the new backup goes to every offsite destination with auto-upload on (failures recorded, never fatal).
-  agent.afterBackup.push(offsiteUploadHook(agent));
-  return agent;
+  let pool: postgres.Sql | undefined;
+  try {
+    if (!databaseUrl) {
+      cluster = await startCluster({ dir: paths.cluster, binDir: config.pgBinDir, log });
+      await ensureDatabase(cluster.url('postgres'), EMBEDDED_DATABASE);
+      databaseUrl = cluster.url(EMBEDDED_DATABASE);
+    }
+    const sql = openSql(databaseUrl, 5, options.pool);
+    pool = sql;
+    const scriptsDir = config.scriptsDir ?? paths.sampleScripts;
+    const configDir = config.configDir ?? paths.sampleConfig;
+    const restoreRecovery = await recoverRestoreAtStart(config, log, { databaseUrl, scriptsDir, configDir });
+    if (!config.databaseUrl && !(await hasGemSchema(sql))) {
+      log.info('seeding the embedded database with a sample GEM installation');
+      await seedGemDatabase(sql, keyring.activeKey);
+    }
+    // Samples go only into the agent's own default folders, never into a configured (real) one.
+    if (!config.scriptsDir && !existsSync(scriptsDir)) {
+      await writeSampleFolders(scriptsDir, config.configDir || existsSync(configDir) ? undefined : configDir);
+    }
+
+    // The agent's own schema (gem_backup), brought up to date before anything reads settings.
+    await migrateAgentSchema(databaseUrl);
+    const settings = await SettingsService.open({ sql, keyring, log, dataDir: config.dataDir });
+
+    const catalog = new BackupCatalog(paths.backups, paths.backupRecords, log);
+    const lockPath = `${config.dataDir}/job.lock`;
+    await clearStaleLock(lockPath);
+    // Temp files and work folders are named after the process that writes them: only what a dead
+    // process left is removed, so the CLI starting beside a busy agent never breaks its jobs.
+    await catalog.init();
+    const workRoot = paths.work;
+    await removeAbandoned(workRoot, { all: true });
+    // A state file's (or the keyring's) temp copy a process killed before its rename left.
+    await removeAbandoned(config.dataDir);
+    // Named after this process and its PID namespace, and kept fresh: a sweep in another container spares it.
+    paths.work = processWorkFolder(workRoot);
+    // An SMB password file (or spooled backup) a killed process left in the temp dir.
+    const smbLeftovers = await removeAbandonedSmbTemp();
+    if (smbLeftovers.length > 0) {
+      log.info('removed what a stopped process left of SMB transfers in the temp dir', {
+        removed: smbLeftovers,
+      });
+    }
+    // The recent jobs survive a restart; one a crash interrupted is listed as failed `interrupted`.
+    const jobs = new JobRunner({
+      lockPath,
+      log,
+      history: new JobHistory(join(config.dataDir, 'jobs.json'), log),
+    });
+    // A backup killed after its rename, before its next phase was written, is told as kept.
+    await jobs.loadHistory(restoreRecovery, async (name) =>
+      isBackupName(name) ? existsSync(join(paths.backups, name)) : false,
+    );
+    const token = config.agentToken ?? (await loadOrCreateToken(paths.token));
+
+    const audit = new AuditLog(paths.audit);
+    const agent: Agent = {
+      config,
+      paths,
+      log,
+      token,
+      keyring,
+      keyState: new KeyStateStore(paths.state, log),
+      catalog,
+      jobs,
+      audit,
+      sources: {
+        conn: parseDatabaseUrl(databaseUrl),
+        tools: new PostgresTools(config.pgBinDir),
+        scriptsDir,
+        configDir,
+      },
+      sql,
+      databaseUrl,
+      ...(cluster ? { cluster } : {}),
+      afterBackup: [],
+      settings,
+      close: async () => {
+        await jobs.shutdown();
+        // A restore removes what it replaced after reporting success: done before the database closes
+        // (a CLI that started the embedded cluster stops it next), or a whole copy of the old data stays.
+        await restoreSettled(config.dataDir);
+        await audit.flush();
+        await sql.end({ timeout: 5 });
+        await endCluster();
+      },
+    };
+    // Retention prunes only after a new backup completed and verified (after-backup hooks run only then).
+    agent.afterBackup.push(retentionHook(agent));
+    // Then the new backup goes to every offsite destination with auto-upload on (failures recorded, never fatal).
+    agent.afterBackup.push(offsiteUploadHook(agent));
+    return agent;
+  } catch (error) {
+    // A start that fails half-way ends what it opened: the pool (which would keep a CLI command
+    // waiting after its error line) and the embedded cluster if it is ours to stop.
+    await pool?.end({ timeout: 5 }).catch(() => {});
+    await endCluster().catch((stopError: unknown) =>
+      log.warn('could not stop the embedded PostgreSQL after the failed start', { error: stopError }),
+    );
+    throw error;
+  }
 }
 
 /** A lock left by a process that no longer runs (a crash) is removed at start; true if a live process holds it. */

@@ -118,9 +118,10 @@ async function main(): Promise<void> {
         (text) => text.trim(),
         () => undefined,
       );
-  // The embedded cluster is stopped at exit only if this start started it: one already running was
-  // started by someone else (a CLI command still using it, an agent that crashed) and is left running.
-  const agent = await openAgent(config, log, { ownCluster: false });
+  // The embedded cluster is the agent's, whether this start started it or adopted it (a killed
+  // agent's, a CLI command's): it is stopped at exit, unless another process (a CLI command) still
+  // uses it, whose end then stops it. Never a DATABASE_URL's server: there is no cluster then.
+  const agent = await openAgent(config, log, { ownCluster: true });
   closeAll = () => agent.close();
   const tokenCreated = !config.agentToken && tokenBefore !== agent.token;
   // An outage of GEM's database heals without a restart: the embedded server started again, a

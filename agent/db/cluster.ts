@@ -17,7 +17,7 @@ import {
 import { createServer } from 'node:net';
 import { dirname, join, resolve } from 'node:path';
 import { AppError } from '../errors';
-import { acquireLock, heldByOtherProcess } from '../jobs/lock';
+import { acquireLock, clearStaleLock, heldByOtherProcess, lockHolderPid } from '../jobs/lock';
 import type { Logger } from '../log';
 import {
   createSmallFileExclusive,
@@ -47,7 +47,20 @@ export interface ClusterHandle {
    * it was running. Throws if another process took the port meanwhile: the pool's URL names it.
    */
   restart(): Promise<boolean>;
+  /**
+   * Ends this process's use of the cluster and stops the server, as its owner: the agent serving the
+   * data dir (whether it started or adopted the cluster), or a process that started it. Left running
+   * while another live process uses it (another handle, a CLI command, the agent serving the data
+   * dir): the last of them stops it (see release()).
+   */
   stop(): Promise<void>;
+  /**
+   * Ends this process's use of the cluster: stops it as stop() does if this process started it
+   * (startedHere) or an owner that stopped meanwhile left it to the processes still using it, and
+   * nobody else uses it now; otherwise (it was running when this one came: started by hand, or an
+   * agent serves it) leaves it running.
+   */
+  release(): Promise<void>;
 }
 
 const SUPERUSER = 'postgres';
@@ -373,6 +386,60 @@ async function acquireStartLock(dir: string): Promise<() => Promise<void>> {
   }
 }
 
+/**
+ * Beside the cluster folder: one lock file per process using the cluster (`<pid>-<id>`, the job lock's
+ * format, so a killed user's file counts as gone), made under the start lock. An owner stopping the
+ * cluster leaves it running while another one is there.
+ */
+function usersFolder(dir: string): string {
+  return `${dir}.users`;
+}
+
+/** A user's lock file in usersFolder (the lock's temp files and takeover claims hold a dot). */
+const USER_FILE = /^\d+-[0-9a-f]+$/;
+
+/** Registers this handle as a user of the cluster in `dir`; returns its release. */
+async function registerUser(dir: string): Promise<{ path: string; release: () => Promise<void> }> {
+  const folder = usersFolder(dir);
+  await mkdir(folder, { recursive: true, mode: 0o700 });
+  const path = join(folder, `${process.pid}-${randomBytes(6).toString('hex')}`);
+  return { path, release: await acquireLock(path, 'using the embedded PostgreSQL cluster') };
+}
+
+/** The pids of the live processes (this one too, for another handle) using the cluster in `dir` but `mine`; dead users' files are removed. */
+async function otherUsers(dir: string, mine: string): Promise<number[]> {
+  const folder = usersFolder(dir);
+  const names = await readdir(folder).catch(() => [] as string[]);
+  const pids: number[] = [];
+  for (const name of names) {
+    const path = join(folder, name);
+    if (!USER_FILE.test(name) || path === mine) continue;
+    if (await clearStaleLock(path)) pids.push((await lockHolderPid(path)) ?? 0);
+  }
+  return pids;
+}
+
+/**
+ * Written by an owner that left the cluster running to the processes still using it: the server's
+ * pid (postmaster.pid's first line), so the last of them stops that server, and never one started
+ * since by someone else.
+ */
+function handoverPath(dir: string): string {
+  return join(usersFolder(dir), 'owner-left');
+}
+
+/** The running server's pid, from its postmaster.pid; undefined when none runs. */
+async function serverPid(dir: string): Promise<string | undefined> {
+  const text = await readFile(join(dir, 'postmaster.pid'), 'utf8').catch(() => '');
+  return text.split('\n')[0]?.trim() || undefined;
+}
+
+/** True if an owner left the server now running to the processes using it. */
+async function handedOver(dir: string): Promise<boolean> {
+  const left = (await readFile(handoverPath(dir), 'utf8').catch(() => '')).trim();
+  return left !== '' && left === (await serverPid(dir));
+}
+
 /** The line our postgresql.conf ends with: the port and listen address live in gem-cluster.conf. */
 const INCLUDE_LINE = "include_if_exists = 'gem-cluster.conf'";
 
@@ -402,6 +469,7 @@ export async function startCluster(options: {
   let running: boolean;
   let port: number;
   let password: string;
+  let user: Awaited<ReturnType<typeof registerUser>>;
   try {
     await ensureCluster(dir, initdb, await loadOrCreatePassword(passwordPath), log);
     await prepareOwnership(dir);
@@ -434,11 +502,53 @@ export async function startCluster(options: {
       );
     }
     password = encodeURIComponent(await loadOrCreatePassword(passwordPath));
+    // Under the start lock: an owner stopping the cluster meanwhile sees this process use it.
+    user = await registerUser(dir);
   } finally {
     await release();
   }
   const url = (database: string) => `postgres://${SUPERUSER}:${password}@127.0.0.1:${port}/${database}`;
   let startedHere = !running;
+  /** Ends this handle's use; stops the server if `owner` (or it was handed over) and nobody else uses it. */
+  const finish = async (owner: boolean) => {
+    // Under the start lock: an agent starting meanwhile adopts the cluster only once this is settled.
+    const releaseStart = await acquireStartLock(dir);
+    try {
+      await user.release();
+      if (!owner && !(await handedOver(dir))) return;
+      // A CLI command that started the cluster while no agent ran leaves it to an agent that
+      // started since and serves it now (the service lock of the data dir holding the cluster).
+      const agentLock = serviceLockPath(dirname(options.dir));
+      if (await heldByOtherProcess(agentLock)) {
+        log?.info('embedded PostgreSQL left running: the agent uses it', { lock: agentLock });
+        return;
+      }
+      const others = await otherUsers(dir, user.path);
+      if (others.length > 0) {
+        // The last of them stops it: the server now running is theirs to stop.
+        const pid = await serverPid(dir);
+        if (pid) await writeSmallFileAtomic(handoverPath(dir), `${pid}\n`, 0o600);
+        log?.info('embedded PostgreSQL left running: other processes use it', { pids: others });
+        return;
+      }
+      // A cluster already down (stopped by hand, or it crashed) is a clean stop, not a failure.
+      if (!(await clusterRunning(pgCtl, dir))) {
+        log?.info('embedded PostgreSQL was already stopped');
+        return;
+      }
+      try {
+        await run(pgCtl, ['stop', '-D', dir, '-m', 'fast', '-w', '-t', '60'], 'stopping PostgreSQL');
+      } catch (error) {
+        // Stopped by someone else between the check and the stop.
+        if (await clusterRunning(pgCtl, dir)) throw error;
+        log?.info('embedded PostgreSQL was already stopped');
+        return;
+      }
+      log?.info('embedded PostgreSQL stopped');
+    } finally {
+      await releaseStart();
+    }
+  };
   return {
     url,
     port,
@@ -463,40 +573,15 @@ export async function startCluster(options: {
         await releaseStart();
       }
     },
-    stop: async () => {
-      // Under the start lock: an agent starting meanwhile adopts the cluster only once this is settled.
-      const releaseStart = await acquireStartLock(dir);
-      try {
-        // A CLI command that started the cluster while no agent ran leaves it to an agent that
-        // started since and serves it now (the service lock of the data dir holding the cluster).
-        const agentLock = serviceLockPath(dirname(options.dir));
-        if (await heldByOtherProcess(agentLock)) {
-          log?.info('embedded PostgreSQL left running: the agent uses it', { lock: agentLock });
-          return;
-        }
-        // A cluster already down (stopped by hand, or it crashed) is a clean stop, not a failure.
-        if (!(await clusterRunning(pgCtl, dir))) {
-          log?.info('embedded PostgreSQL was already stopped');
-          return;
-        }
-        try {
-          await run(pgCtl, ['stop', '-D', dir, '-m', 'fast', '-w', '-t', '60'], 'stopping PostgreSQL');
-        } catch (error) {
-          // Stopped by someone else between the check and the stop.
-          if (await clusterRunning(pgCtl, dir)) throw error;
-          log?.info('embedded PostgreSQL was already stopped');
-          return;
-        }
-        log?.info('embedded PostgreSQL stopped');
-      } finally {
-        await releaseStart();
-      }
-    },
+    stop: () => finish(true),
+    release: () => finish(startedHere),
   };
 }
 
 /** Starts the server of the cluster in `dir` with the port and settings its gem-cluster.conf holds. */
 async function startServer(pgCtl: string, dir: string): Promise<void> {
+  // A handover an owner wrote for an earlier server names no server now: this one is the starter's.
+  await rm(handoverPath(dir), { force: true });
   await run(
     pgCtl,
     ['start', '-D', dir, '-l', join(dir, 'server.log'), '-w', '-t', '60'],

@@ -3,19 +3,18 @@
  * process serves the data dir (its service lock); a cluster already down is a clean stop.
  * A real cluster and a real process holding the service lock.
  */
-import { type ChildProcess, spawn } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import { chmod, mkdir, mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { pathToFileURL } from 'node:url';
 import { afterAll, describe, expect, it } from 'vitest';
 import { findPgBinDir } from '../../agent/config';
 import { asClusterOwner, startCluster } from '../../agent/db/cluster';
 import { createLogger } from '../../agent/log';
 import { runProcess } from '../../agent/system/spawn';
+import { agentModule, holderProcess } from './holder-process';
 
 const binDir = findPgBinDir(process.env.GEM_PG_BIN);
-const LOCK_MODULE = pathToFileURL(join(process.cwd(), 'agent', 'system', 'service-lock.ts')).href;
 const roots: string[] = [];
 const children: ChildProcess[] = [];
 const clusterDirs: string[] = [];
@@ -33,26 +32,12 @@ function pgCtl(dir: string, ...args: string[]) {
 }
 
 /** Another process holding the agent's service lock on `dataDir`, as a running agent does. */
-async function holdServiceLock(dataDir: string): Promise<ChildProcess> {
-  const code = `
-import { acquireServiceLock } from ${JSON.stringify(LOCK_MODULE)};
-await acquireServiceLock(${JSON.stringify(dataDir)});
-process.stdout.write('held\\n');
-setInterval(() => {}, 1000);
-`;
-  const child = spawn(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', code], {
-    cwd: process.cwd(),
-    stdio: ['ignore', 'pipe', 'inherit'],
-  });
-  children.push(child);
-  await new Promise<void>((resolve, reject) => {
-    child.stdout!.on('data', (chunk: Buffer) => {
-      if (chunk.toString('utf8').includes('held')) resolve();
-    });
-    child.once('exit', (c) => reject(new Error(`the lock holder exited (${c})`)));
-  });
-  return child;
-}
+const holdServiceLock = (dataDir: string) =>
+  holderProcess(
+    `import { acquireServiceLock } from ${agentModule('system', 'service-lock.ts')};
+await acquireServiceLock(${JSON.stringify(dataDir)});`,
+    children,
+  );
 
 describe('stopping the embedded cluster', () => {
   it('leaves it running while an agent serves the data dir; stops it once that agent is gone; already down is clean', async () => {
@@ -95,14 +80,20 @@ describe('stopping the embedded cluster', () => {
     await mkdir(dataDir, { recursive: true, mode: 0o700 });
     const dir = join(dataDir, 'postgres');
     clusterDirs.push(dir);
-    const first = await startCluster({ dir, binDir });
-    expect(first.startedHere).toBe(true);
-    // An agent started after a crash adopts the running cluster: not its to stop at exit.
+    // Started by a process that was then killed (an agent): the cluster keeps running.
+    const killed = await holderProcess(
+      `import { startCluster } from ${agentModule('db', 'cluster.ts')};
+await startCluster({ dir: ${JSON.stringify(dir)}, binDir: ${JSON.stringify(binDir)} });`,
+      children,
+    );
+    killed.kill('SIGKILL');
+    await new Promise((resolve) => killed.once('exit', resolve));
+    // The next process finds it running: not started here (a CLI command's release leaves it running).
     const adopted = await startCluster({ dir, binDir });
     expect(adopted.startedHere).toBe(false);
     expect(await adopted.restart()).toBe(false);
     expect(adopted.startedHere).toBe(false);
-    // Stopped by hand; the agent's database watch starts it again: now the agent's, stopped with it.
+    // Stopped by hand; the agent's database watch starts it again: now started here, stopped with it.
     expect((await pgCtl(dir, 'stop', '-m', 'fast', '-w')).code).toBe(0);
     expect(await adopted.restart()).toBe(true);
     expect(adopted.startedHere).toBe(true);

@@ -53,7 +53,11 @@ async function fillDiskTo(left: number): Promise<void> {
 /** Frees the database's tmpfs again, and starts its server if the full disk stopped it (or waits for its recovery). */
 async function freeDisk(): Promise<void> {
   await rm(join(disk, 'filler'), { force: true });
-  if (!(await cluster.running())) cluster = await startCluster({ dir: clusterDir, binDir });
+  if (!(await cluster.running())) {
+    // The stopped server's handle ends its use first: a live one would keep the new one running at the end.
+    await cluster.release();
+    cluster = await startCluster({ dir: clusterDir, binDir });
+  }
   for (let tries = 0; ; tries++) {
     try {
       await withSql(cluster.url('postgres'), (sql) => sql`select 1`);
