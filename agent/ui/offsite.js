@@ -306,12 +306,25 @@ function remoteTable(provider, list, refresh, allowed) {
             title: item.pinned
               ? item.local
                 ? 'Pinned: unpin it first to delete it'
-                : `Pinned: unpin it first (gem-backup unpin ${name}: its file here was removed) to delete it`
+                : 'Pinned: unpin it first (Unpin, beside it: its file here was removed) to delete it'
               : undefined,
             onclick: async () => (await allowed('Delete')) && deleteRemote(provider, name, refresh),
           },
           'Delete',
         ),
+        // Its file here was removed by hand, so the local list no longer shows it: unpinned from here.
+        item.pinned && !item.local
+          ? el(
+              'button',
+              {
+                type: 'button',
+                className: 'btn btn-small',
+                'aria-label': `Unpin ${name}`,
+                onclick: () => unpinRemoved(provider, name, refresh),
+              },
+              'Unpin',
+            )
+          : null,
       ),
     );
   });
@@ -374,13 +387,34 @@ async function deleteRemote(provider, name, refresh) {
     ],
     confirmLabel: 'Delete',
   });
-  if (!ok) return;
-  const out = document.getElementById(`${provider}-remote-status`);
+  if (ok) await listAction(provider, `/offsite/${provider}/backups/${encodeURIComponent(name)}`, refresh);
+}
+
+/** Unpins a backup whose file here was removed (the agent unpins it from its record), once confirmed. */
+async function unpinRemoved(provider, name, refresh) {
+  const ok = await confirmAction({
+    title: 'Unpin this backup?',
+    body: [
+      el(
+        'p',
+        {},
+        el('strong', {}, name),
+        ' is pinned, and its file on this controller was removed. The pin is all that keeps its offsite copies.',
+      ),
+      'Once it is unpinned, offsite retention may prune its copies at the next sync or backup, like those of any older backup.',
+    ],
+    confirmLabel: 'Unpin',
+  });
+  if (ok) await listAction(provider, `/backups/${encodeURIComponent(name)}/pin`, refresh);
+}
+
+/** A confirmed DELETE from the remote list: the list is drawn again, or the agent's refusal is shown. */
+async function listAction(provider, path, refresh) {
   try {
-    await api(`/offsite/${provider}/backups/${encodeURIComponent(name)}`, { method: 'DELETE' });
+    await api(path, { method: 'DELETE' });
     await refresh();
   } catch (error) {
-    tell(out, error.message, 'bad');
+    tell(document.getElementById(`${provider}-remote-status`), error.message, 'bad');
   }
 }
 

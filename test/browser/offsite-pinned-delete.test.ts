@@ -1,7 +1,8 @@
 // The page's offsite list in a real Chromium: the Delete button of a pinned backup's copy is off, saying
 // why; one pinned after the list was shown (by the CLI, another tab) is refused by the agent, the page
-// shows its sentence, and the copy stays.
-import { mkdir, readdir } from 'node:fs/promises';
+// shows its sentence, and the copy stays. A pinned backup whose file here was removed by hand (so the
+// local list no longer shows it) is unpinned from its copy's Unpin button, and its Delete comes on.
+import { mkdir, readdir, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Browser, Page } from 'playwright-core';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
@@ -60,6 +61,12 @@ describe('deleting the offsite copy of a pinned backup on the page', () => {
     expect(await button.getAttribute('title')).toBe('Pinned: unpin it first to delete it');
     const unpinned = sftp().getByRole('button', { name: `Delete remote ${other}` });
     expect(await unpinned.isDisabled()).toBe(false);
+    // Its file is here: it is unpinned from the local list, not from its copy.
+    expect(
+      await sftp()
+        .getByRole('button', { name: `Unpin ${pinned}` })
+        .count(),
+    ).toBe(0);
 
     // Pinned after the list was drawn: the confirmed delete is refused, and the copy stays.
     await agent.catalog.updateRecord(other, { pinned: true });
@@ -70,5 +77,54 @@ describe('deleting the offsite copy of a pinned backup on the page', () => {
       .getByText(`${other} is pinned: unpin it first (the Unpin button, or gem-backup unpin ${other})`)
       .waitFor();
     expect((await readdir(join(sshd.root, FOLDER))).sort()).toEqual([pinned, other].sort());
+  });
+
+  it('unpins a backup whose file here was removed from its copy, after a confirmation, and its Delete comes on', async () => {
+    const { agent } = m.t;
+    const folder = 'page-unpin-removed';
+    const removed = filenameOf(await backupNow(m.t));
+    await agent.settings.update({ offsite: { sftp: m.sftp(folder) } });
+    await uploadBackup(agent, m.sftpProvider(folder), removed);
+    await agent.catalog.updateRecord(removed, { pinned: true });
+    await unlink(agent.catalog.pathOf(removed));
+
+    await openSignedIn(page, served.url);
+    await sftp().getByRole('button', { name: 'List Remote Backups' }).click();
+    const remove = sftp().getByRole('button', { name: `Delete remote ${removed}` });
+    await expect.poll(() => remove.isDisabled()).toBe(true);
+    expect(await remove.getAttribute('title')).toBe(
+      'Pinned: unpin it first (Unpin, beside it: its file here was removed) to delete it',
+    );
+
+    // Cancelled: nothing asked of the agent, still pinned.
+    const unpins: string[] = [];
+    page.on('request', (request) => {
+      if (request.method() === 'DELETE' && request.url().endsWith('/pin')) unpins.push(request.url());
+    });
+    const unpin = sftp().getByRole('button', { name: `Unpin ${removed}` });
+    await unpin.click();
+    await expect
+      .poll(() => page.locator('#confirm-body').textContent())
+      .toContain(
+        `${removed} is pinned, and its file on this controller was removed. The pin is all that keeps its offsite copies.`,
+      );
+    await page.locator('#confirm-cancel').click();
+    // A request of the page's made after the dialog closed: an unpin the cancel started was sent before it.
+    await page.evaluate(() => fetch(location.href).then((response) => response.status));
+    expect(unpins).toEqual([]);
+    expect((await agent.catalog.pinnedNames()).has(removed)).toBe(true);
+
+    await unpin.click();
+    await page.locator('#confirm-ok').click();
+    await expect.poll(() => unpins.length).toBe(1);
+    // The list is drawn again from the agent: not pinned any more, so its copy may be deleted.
+    await expect.poll(() => remove.isDisabled()).toBe(false);
+    expect(await remove.getAttribute('title')).toBe(null);
+    expect(await unpin.count()).toBe(0);
+    expect((await agent.catalog.pinnedNames()).has(removed)).toBe(false);
+
+    await remove.click();
+    await page.locator('#confirm-ok').click();
+    await expect.poll(() => m.remoteNames(folder)).toEqual([]);
   });
 });
