@@ -5,16 +5,15 @@ import {
   type ChunkCipher,
   EnvelopeError,
   type EnvelopeHeader,
+  HeaderScanner,
   PayloadOpener,
+  type ScannedHeader,
   TAG_LENGTH,
-  tryParseHeader,
 } from '../../shared/envelope';
 import { nodeChunkCipher } from '../keys/envelope-node';
 
-/** First read of the header; a header with big stanzas is read again, larger. */
+/** Each read of the header's bytes (headers are a few KiB; one with big stanzas takes more reads). */
 const HEADER_READ = 64 * 1024;
-/** Upper bound of a valid header (FORMAT.md: magic, core ≤ 64 KiB, stanzas ≤ 1 MiB, MAC). */
-const MAX_HEADER = 8 + 4 + 65536 + 4 + 1048576 + 32;
 /** About 1 MiB per read, in whole sealed chunks, so each chunk lies in one read (no gathering copy). */
 const READ_TARGET = 1 << 20;
 /** Reads in flight ahead of the one being consumed (they run on libuv's threads). */
@@ -42,7 +41,9 @@ interface FilePlaintext {
 export async function openBackupFile(path: string, options: FilePlaintextOptions): Promise<FilePlaintext> {
   const handle = await open(path, 'r');
   try {
-    const { header, length } = await readFileHeader(handle);
+    const scanned = await scanHeaderOf(handle);
+    if (!scanned) throw new EnvelopeError('truncated', 'the file ends inside the backup header');
+    const { header, length } = scanned;
     const fileKey = await options.resolveFileKey(header);
     const opener = await PayloadOpener.create(header, fileKey, options.cipher ?? nodeChunkCipher);
     options.onProgress?.(length);
@@ -57,15 +58,22 @@ export async function openBackupFile(path: string, options: FilePlaintextOptions
   }
 }
 
-async function readFileHeader(handle: FileHandle): Promise<{ header: EnvelopeHeader; length: number }> {
-  for (let size = HEADER_READ; ; size *= 4) {
-    const buf = Buffer.allocUnsafe(Math.min(size, MAX_HEADER));
-    const { bytesRead } = await handle.read(buf, 0, buf.length, 0);
-    const parsed = tryParseHeader(buf.subarray(0, bytesRead));
-    if (parsed) return parsed;
-    if (bytesRead < buf.length)
-      throw new EnvelopeError('truncated', 'the file ends inside the backup header');
+/**
+ * Reads an open backup file's header from its first byte, at most HEADER_SCAN_LIMIT bytes of it; undefined
+ * when the file ends first (each caller words that). Throws EnvelopeError on bytes that cannot start a header,
+ * and bad_header past the limit (the format's limits keep a header below it).
+ */
+export async function scanHeaderOf(handle: FileHandle): Promise<ScannedHeader | undefined> {
+  const scanner = new HeaderScanner();
+  while (!scanner.full) {
+    // A new buffer each read: the scanner keeps the chunks it was given.
+    const chunk = Buffer.alloc(HEADER_READ);
+    const { bytesRead } = await handle.read(chunk, 0, HEADER_READ, scanner.length);
+    const found = scanner.push(chunk.subarray(0, bytesRead));
+    if (found) return found;
+    if (bytesRead < HEADER_READ) return undefined;
   }
+  throw scanner.notEnded();
 }
 
 type Step = { plaintext: Promise<Uint8Array[]> } | 'end';

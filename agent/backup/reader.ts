@@ -6,7 +6,6 @@ import tar from 'tar-stream';
 import {
   EnvelopeError,
   type EnvelopeHeader,
-  HeaderScanner,
   type MasterKey,
   stanzaKeyIds,
   unwrapWithMasterKeys,
@@ -14,7 +13,7 @@ import {
 import { AppError } from '../errors';
 import { createOpenTransform } from '../keys/envelope-node';
 import { checkEntryName, checkEntryType, checkLinkTarget, linkedAncestor } from './archive';
-import { openBackupFile } from './file-plaintext';
+import { openBackupFile, scanHeaderOf } from './file-plaintext';
 import { createBackupGunzip } from './gunzip';
 import {
   MANIFEST_NAME,
@@ -58,15 +57,8 @@ export function envelopeToAppError(error: unknown, header?: EnvelopeHeader): unk
 export async function readHeaderOfFile(path: string): Promise<EnvelopeHeader> {
   const handle = await open(path, 'r');
   try {
-    const scanner = new HeaderScanner();
-    const step = 64 * 1024;
-    while (!scanner.full) {
-      const chunk = Buffer.alloc(step);
-      const { bytesRead } = await handle.read(chunk, 0, step, scanner.length);
-      const found = scanner.push(chunk.subarray(0, bytesRead));
-      if (found) return found.header;
-      if (bytesRead < step) break;
-    }
+    const found = await scanHeaderOf(handle);
+    if (found) return found.header;
     throw new EnvelopeError('truncated', 'the file ends inside its header');
   } catch (error) {
     throw envelopeToAppError(error);

@@ -174,10 +174,7 @@ export function createOpenTransform(opts: OpenOptions, headerLimit = HEADER_SCAN
     const found = scanner!.push(chunk);
     if (!found) {
       if (!scanner!.full) return [];
-      throw new EnvelopeError(
-        'bad_header',
-        `the backup header does not end within its first ${headerLimit} bytes`,
-      );
+      throw scanner!.notEnded();
     }
     scanner = undefined;
     opener = await PayloadOpener.create(

@@ -112,6 +112,11 @@ export async function encodeHeader(
 export function tryParseHeader(bytes: Uint8Array): { header: EnvelopeHeader; length: number } | null {
   const layout = readLayout(bytes);
   if (typeof layout === 'number' || bytes.length < layout.length) return null;
+  return parseLaidOut(bytes, layout);
+}
+
+/** Parses the header `layout` describes from the start of `bytes`, which hold all of it. */
+function parseLaidOut(bytes: Uint8Array, layout: HeaderLayout): { header: EnvelopeHeader; length: number } {
   const { version, coreLength, stanzasStart, stanzasLength, length } = layout;
   const core = checkCore(parseJson(bytes.subarray(CORE_START, CORE_START + coreLength), 'core'), version);
   const stanzas = checkStanzas(
@@ -208,16 +213,24 @@ export class HeaderScanner {
     this.length += chunk.length;
     if (this.length < this.needed) return null;
     const bytes = this.held();
-    const parsed = tryParseHeader(bytes);
-    if (parsed) return { ...parsed, bytes };
+    // Worked out once per length that tells more: how many bytes to wait for, or the whole header.
     const layout = readLayout(bytes);
     this.needed = typeof layout === 'number' ? layout : layout.length;
-    return null;
+    if (typeof layout === 'number' || bytes.length < layout.length) return null;
+    return { ...parseLaidOut(bytes, layout), bytes };
   }
 
   /** Whether `limit` bytes arrived without a whole header among them: the caller gives up on them. */
   get full(): boolean {
     return this.length >= this.limit;
+  }
+
+  /** The error of a reader that gives up once `full`: bad_header, naming the limit. */
+  notEnded(): EnvelopeError {
+    return new EnvelopeError(
+      'bad_header',
+      `the backup header does not end within its first ${this.limit} bytes`,
+    );
   }
 
   /** Every byte pushed so far, as one array. */
@@ -243,11 +256,7 @@ export async function readHeader(
       if (done) throw new EnvelopeError('truncated', 'the file ends inside the backup header');
       const found = scanner.push(value);
       if (found) return { header: found.header, rest: restOf(found.bytes.subarray(found.length), reader) };
-      if (scanner.full)
-        throw new EnvelopeError(
-          'bad_header',
-          `the backup header does not end within its first ${limit} bytes`,
-        );
+      if (scanner.full) throw scanner.notEnded();
     }
   } catch (error) {
     reader.cancel(error).catch(() => {});
