@@ -11,9 +11,10 @@ import type { Job } from '../../agent/jobs/runner';
 import { offsiteServiceFor } from '../../agent/offsite/service';
 import { startTestAgent, type TestAgent } from '../services/agent';
 import { startPostgres, type TestPostgres } from '../services/postgres';
-import { type SmbdService, startSmbd } from '../services/smbd';
+import { type SmbdService, smbOptionsFor, startSmbd } from '../services/smbd';
 import { type SshdService, startSshd } from '../services/sshd';
 import { startAll } from '../services/start-all';
+import { until } from '../services/wait';
 import { backupNow, call, downloadKeys, sftpSection } from './helpers';
 
 let pg: TestPostgres;
@@ -46,31 +47,13 @@ afterAll(async () => {
   await Promise.all([pg?.stop(), sshd?.stop(), smbd?.stop()]);
 });
 
-async function until<T>(f: () => Promise<T | undefined>, what: string, tries = 600): Promise<T> {
-  for (let i = 0; i < tries; i++) {
-    const v = await f();
-    if (v !== undefined) return v;
-    await new Promise((r) => setTimeout(r, 100));
-  }
-  throw new Error(`timed out waiting for ${what}`);
-}
-
 describe('the job watchdog and hung transfers', () => {
   it('flags a job whose transfers hang one after another, whatever phase it moved on to', async () => {
     await backupNow(t);
     await t.agent.settings.update({
       offsite: {
         sftp: sftpSection(sshd, 'gem-backups'),
-        smb: {
-          enabled: true,
-          host: smbd.host,
-          port: smbd.port,
-          share: smbd.share,
-          username: smbd.username,
-          password: smbd.password,
-          remotePath: '/gem-backups/',
-          autoUpload: false,
-        },
+        smb: { enabled: true, ...smbOptionsFor(smbd, '/gem-backups/'), autoUpload: false },
       },
     });
     // A copy at each destination, for the verification to read.
@@ -97,19 +80,24 @@ describe('the job watchdog and hung transfers', () => {
       expect(started.status).toBe(202);
       const jobId = started.body.jobId as string;
       // The SFTP read was given up, the job went on to the SMB copy: from here on it must show as stalled.
-      await until(async () => (paused.has(smbd) ? true : undefined), 'the SMB read to begin');
-      const stalled = await until(async () => {
-        const health = await call(t, 'GET', '/health');
-        const found = (health.body.areas.jobs.stalled as Array<Record<string, unknown>>).find(
-          (s) => s.id === jobId,
-        );
-        if (found) return { health: health.body, found };
-        if (t.agent.jobs.get(jobId)?.endedAt) throw new Error(`the job ended unflagged (phases ${phases})`);
-        return undefined;
-      }, 'the watchdog to flag the job');
-      expect(stalled.health.areas.jobs.status).toBe('failing');
-      expect(stalled.found).toMatchObject({ kind: 'verification', phase: 'verify smb' });
-      expect(stalled.found.reason).toMatch(/made no progress/);
+      await until(async () => paused.has(smbd), 'the SMB read to begin', 600);
+      let status: unknown;
+      let found: Record<string, unknown> | undefined;
+      await until(
+        async () => {
+          const { jobs } = (await call(t, 'GET', '/health')).body.areas;
+          status = jobs.status;
+          found = (jobs.stalled as Array<Record<string, unknown>>).find((s) => s.id === jobId);
+          if (!found && t.agent.jobs.get(jobId)?.endedAt)
+            throw new Error(`the job ended unflagged (phases ${phases})`);
+          return found !== undefined;
+        },
+        'the watchdog to flag the job',
+        600,
+      );
+      expect(status).toBe('failing');
+      expect(found).toMatchObject({ kind: 'verification', phase: 'verify smb' });
+      expect(found!.reason).toMatch(/made no progress/);
       // Both reads are given up (the servers still frozen), and the job ends.
       ended = await t.agent.jobs.waitFor(jobId);
     } finally {
