@@ -9,7 +9,7 @@ import type { TestAgent } from '../services/agent';
 import { startPostgres, type TestPostgres } from '../services/postgres';
 import { type SmbdService, startSmbd } from '../services/smbd';
 import { startAll } from '../services/start-all';
-import { backupNow, filenameOf, runJob, startOffsiteAgent } from './helpers';
+import { backupNow, FAST, filenameOf, runJob, startOffsiteAgent } from './helpers';
 
 let pg: TestPostgres;
 let smbd: SmbdService;
@@ -60,12 +60,16 @@ describe('a sync whose destination stops answering', () => {
         paused = true;
       }
     });
+    // Once smbd is frozen each upload attempt ends only at the stall limit: 1 s without progress for
+    // this sync (as test/offsite/interrupted), FAST's 3 s again for the next one.
+    offsiteServiceFor(t.agent, { ...FAST, stallTimeoutMs: 1000 });
     let job: Awaited<ReturnType<typeof runJob>>;
     try {
       job = await runJob(t, 'POST', '/offsite/smb/sync');
     } finally {
       off();
       resume();
+      offsiteServiceFor(t.agent, FAST);
     }
     expect(job.state).toBe('failed');
     // One transfer tried; the two after it never started.
