@@ -201,15 +201,18 @@ describe('output and signals', () => {
   it('create warns on stderr, with the reason, about an auto-upload that failed; exit 0', async () => {
     const t = await startTestAgent(pg, { dataDir, databaseUrl: env.DATABASE_URL! });
     try {
+      // A failure the upload gives up on at once (a key in PuTTY format: permanent, not retried). An
+      // unreachable server fails the same way but only after the product's retry backoff (~5 s here), and
+      // the CLI has no setting to shorten it; test/offsite covers the retries themselves.
       await t.agent.settings.update({
         offsite: {
           sftp: {
             enabled: true,
             host: '127.0.0.1',
-            port: 18651, // nothing listens here
+            port: 18651, // nothing listens here: never reached
             username: 'gem',
             remotePath: 'backups',
-            auth: { password: 'a password' },
+            auth: { privateKey: 'PuTTY-User-Key-File-3: ssh-ed25519\nEncryption: none\n' },
             autoUpload: true,
           },
         },
@@ -220,7 +223,9 @@ describe('output and signals', () => {
     const res = await cli('create');
     expect(res.code).toBe(0);
     expect(res.stdout).toMatch(/^created gem-backup-\S+\.tar\.gz/);
-    expect(oneLine(res.stderr)).toMatch(/^warning: the upload to SFTP server failed: \S/);
+    expect(oneLine(res.stderr)).toMatch(
+      /^warning: the upload to SFTP server failed: The private key is in PuTTY format \(\.ppk\); \S/,
+    );
   });
 
   it('on a terminal the progress line uses the page words, no "0.0 MiB", and is cleared before the result', async () => {
