@@ -4,13 +4,15 @@
  *   started again on its port;
  * - once the database answers again after an outage, what the outage left is finished as a start
  *   would: a restore whose swap could not be undone (its journal) is rolled back or completed, and
- *   restore staging leftovers are dropped. Under the job lock: never beside a running job.
+ *   restore staging leftovers are dropped. Under the job lock: never beside a running job;
+ * - a restore whose process died (a CLI restore killed while the service runs) is settled as a start
+ *   would: its journal rolled back, its staging and roles taken back, its safety backup removed.
  */
 import type { Agent } from '../agent';
 import { describeError, isAppError } from '../errors';
 import { acquireLock } from '../jobs/lock';
 import { withMaintenance } from '../restore/database';
-import { journalState, recoverInterruptedRestore } from '../restore/swap';
+import { journalState, recoverInterruptedRestore, uncommittedSafetyRecordLeft } from '../restore/swap';
 
 const DATABASE_WATCH_MS = 10_000;
 
@@ -93,7 +95,9 @@ export function watchDatabase(agent: Agent, options: { intervalMs?: number } = {
     // A journal with the job lock free is a swap whose undo failed or whose process died (a swap in
     // progress holds the lock; a committed one may still be cleaning up, and is left alone).
     const uncommitted = (await journalState(agent.config.dataDir)) === 'uncommitted';
-    if ((outage && !outage.finished) || uncommitted) {
+    // So is the record of a safety backup of a restore that did not commit (one killed before its swap).
+    const uncommittedSafety = await uncommittedSafetyRecordLeft(agent.config.dataDir, log);
+    if ((outage && !outage.finished) || uncommitted || uncommittedSafety) {
       if (!(await finishAfterOutage())) return; // a job runs: the next check tries again
       if (outage) outage.finished = true;
     }

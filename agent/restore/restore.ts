@@ -443,7 +443,7 @@ export async function restoreFromFile(
       const backup = await createBackup(backupDeps(agent, { sources }), inner, {
         kind: 'safety',
         label: `before restore of ${label}`,
-        // Named before it is written: killed before the swap, the next start removes it (safety-record.ts).
+        // Named before it is written: killed before its swap committed, it is removed (safety-record.ts).
         beforeWrite: (name) => writeSafetyRecord(agent.config.dataDir, names.id, name),
       });
       safetyBackup = backup.filename;
@@ -543,8 +543,8 @@ export async function restoreFromFile(
 
       // 4. Swap, in a short critical section; the page hears about it first. Recorded first: every
       // backup made before now holds data that no longer runs (the DR push must not reuse one). The
-      // record of the safety backup goes before: a start never removes that of a restore that may commit.
-      await clearSafetyRecord(agent.config.dataDir, names.id);
+      // record of the safety backup stays until the commit: killed in the swap, the start rolls the
+      // journal back and removes the safety backup; once the journal says committed, it is never removed.
       ctx.phase('swap');
       await new LastRestoreStore(agent.paths.lastRestore, ctx.log).record(
         new Date(),
@@ -579,6 +579,10 @@ export async function restoreFromFile(
       cleanupAfterReport({ config: agent.config, sources, log: ctx.log }, names, keepPrevious);
     const step = (name: AfterCommitStep, run: () => Promise<void>) =>
       afterCommitStep(ctx, warnings, options.faults, name, run);
+    // Its safety backup stays (the data it replaced): its record goes now, while the committed journal
+    // beside it keeps a start or the database watch from removing the safety backup. If it stays, the
+    // cleanup removes it.
+    if (safetyBackup) await step('safety-record', () => clearSafetyRecord(agent.config.dataDir, names.id));
     // The roles it created stay (they own the restored objects): the record that would take them back
     // goes now, not with the cleanup, so that no later restore or start can find it without this
     // restore's committed journal beside it. If it stays, the cleanup removes it.
@@ -639,8 +643,10 @@ export async function restoreFromFile(
     }
     throw failure;
   } finally {
-    // Not committed, the safety backup is removed or kept above (or was never written): the record goes.
-    if (!committed)
+    // Not committed, the safety backup is removed or kept above (or was never written): the record goes;
+    // unless an undo failed: whoever finishes the journal then removes the safety backup (rolled back) or
+    // keeps it (committed), as after a crash in the swap.
+    if (!committed && !keepStaging)
       await clearSafetyRecord(agent.config.dataDir, names.id).catch((error: unknown) =>
         ctx.log.warn("the record of this restore's safety backup could not be removed; the next start does", {
           error,
@@ -697,9 +703,14 @@ async function finishUnfinishedRecovery(agent: Agent, ctx: JobContext, restored:
 }
 
 /** The steps after the swap committed that can fail, each with its own words (afterCommitStep). */
-type AfterCommitStep = 'role-record' | 'dr-recovery' | 'prune';
+type AfterCommitStep = 'safety-record' | 'role-record' | 'dr-recovery' | 'prune';
 
 const AFTER_COMMIT_WORDS: Record<AfterCommitStep, { log: string; what: string; next: string }> = {
+  'safety-record': {
+    log: "the record of this restore's safety backup could not be removed; its cleanup removes it",
+    what: "the record of this restore's safety backup could not be removed",
+    next: 'the agent removes it with the replaced data, or at its next start; the safety backup stays',
+  },
   'role-record': {
     log: 'the record of the roles this restore created could not be removed; its cleanup removes it',
     what: 'the record of the roles this restore created could not be removed',

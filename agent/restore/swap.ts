@@ -22,7 +22,7 @@ import {
   terminateSessions,
 } from './database';
 import { clearRoleRecord, takeBackRecordedRoles } from './role-record';
-import { removeRecordedSafetyBackups } from './safety-record';
+import { clearSafetyRecord, hasUncommittedSafetyRecord, removeRecordedSafetyBackups } from './safety-record';
 
 /**
  * How a live folder is swapped: `rename` moves it aside and the staged folder into its place;
@@ -84,7 +84,8 @@ export interface RestoreFaults {
   /** Called after each swap step's action took effect; throwing here fails the step after it acted (as an fsync failing after its rename). */
   afterSwapStep?: (step: string) => void | Promise<void>;
   /**
-   * Called at the start of each step after the swap committed (`role-record`, `dr-recovery`, `prune`);
+   * Called at the start of each step after the swap committed (`safety-record`, `role-record`,
+   * `dr-recovery`, `prune`);
    * throwing here fails that step, as its own failure would (the restore is done: a warning says so).
    */
   afterCommit?: (step: string) => void | Promise<void>;
@@ -187,6 +188,16 @@ export async function journalState(dataDir: string): Promise<'none' | 'committed
 export async function committedRestoreId(dataDir: string, log: Logger): Promise<string | undefined> {
   const journal = await readJournal(dataDir, log);
   return journal?.committed ? journal.id : undefined;
+}
+
+/**
+ * Whether a restore that did not commit left the record of its safety backup (safety-record.ts): with the
+ * job lock free, its process died (a CLI restore killed while the service runs), and the database watch
+ * settles it (recoverInterruptedRestore) instead of leaving it to the next start.
+ */
+export async function uncommittedSafetyRecordLeft(dataDir: string, log: Logger): Promise<boolean> {
+  const committedId = await committedRestoreId(dataDir, log).catch(() => undefined);
+  return hasUncommittedSafetyRecord(dataDir, committedId);
 }
 
 /** Removes the journal; with `id`, only if it is still that restore's (a newer restore's journal stays). */
@@ -467,9 +478,13 @@ async function cleanupPrevious(deps: SwapDeps, names: RestoreNames, keepPrevious
       dropPreviousExcept(deps.sources.conn, deps.sources, names.id),
     );
   }
-  // The roles it created stay: they own the restored objects. Before the journal, which says it committed.
+  // The roles it created and its safety backup stay. Their records go before the journal, which says it
+  // committed: a record with no committed journal beside it is of a restore that did not commit.
   await attempt(failed, 'its record of the roles it created', () =>
     clearRoleRecord(deps.config.dataDir, names.id),
+  );
+  await attempt(failed, 'its record of its safety backup', () =>
+    clearSafetyRecord(deps.config.dataDir, names.id),
   );
   if (failed.length > 0) throw new Error(`could not remove ${failed.join('; ')}`);
   await removeJournal(deps.config.dataDir, names.id);
@@ -581,18 +596,56 @@ async function retryLeftovers(deps: SwapDeps): Promise<void> {
 }
 
 /**
- * Before a restore begins (before its checks, so that the space freed counts): an earlier restore whose
- * journal says it committed, its cleanup having failed, is cleaned up again; what still cannot go is
- * carried to the leftovers file and its journal goes, so that this restore's journal replaces none that
- * still names something. Earlier leftovers are tried again first. Disk leftovers never refuse a restore;
- * only a data dir in which the earlier journal cannot be set aside does (this restore could write no
- * journal of its own either), and then nothing was changed.
+ * Before a restore begins (before its checks, so that the space freed counts), under the job lock (no
+ * other restore runs): this restore's journal replaces none that still names something.
+ * - An earlier restore whose journal does not say committed (its undo failed, or its process died in the
+ *   swap) is undone first, as a start would, with what it left (staging, roles, safety backup). If that
+ *   cannot be done, this restore is refused, its journal left in place, and nothing was changed.
+ * - One whose journal says committed, its cleanup having failed, is cleaned up again; what still cannot go
+ *   is carried to the leftovers file and its journal goes. Earlier leftovers are tried again first. Disk
+ *   leftovers never refuse a restore; only a data dir in which the earlier journal cannot be set aside
+ *   does (this restore could write no journal of its own either), and then nothing was changed.
+ * - The safety backups of restores that died before their swap go (safety-record.ts).
  */
 export async function settleEarlierRestore(deps: SwapDeps): Promise<void> {
-  const dataDir = deps.config.dataDir;
+  const journal = await readJournal(deps.config.dataDir, deps.log);
+  if (journal && !journal.committed) {
+    await undoEarlierRestore(deps, journal);
+    await settleUncommittedRestores(deps, undefined);
+    return;
+  }
   await retryLeftovers(deps);
-  const journal = await readJournal(dataDir, deps.log);
-  if (!journal?.committed) return;
+  if (journal?.committed) await settleCommittedRestore(deps, journal);
+  await removeUncommittedSafetyBackups(deps, undefined);
+}
+
+/** Rolls back an earlier restore's uncommitted swap and removes its journal; refuses this restore if it cannot. */
+async function undoEarlierRestore(deps: SwapDeps, journal: RestoreJournal): Promise<void> {
+  deps.log.warn('undoing an earlier restore that stopped during its swap, before this one starts', {
+    restoreId: journal.id,
+    step: journal.step,
+  });
+  try {
+    await rollBackFromJournal(deps, journal);
+    await removeJournal(deps.config.dataDir, journal.id);
+  } catch (error) {
+    throw new AppError(
+      'restore_failed',
+      `the restore did not start: an earlier restore${journal.filename ? ` of ${journal.filename}` : ''} ` +
+        `stopped during its swap (step ${journal.step}) and undoing it failed (${describeError(error).message}); ` +
+        'nothing was changed: the agent finishes that undo from its journal as soon as the database answers ' +
+        'again (or at its next start); try again then',
+      { cause: error, details: { earlierRestoreId: journal.id, step: journal.step } },
+    );
+  }
+}
+
+/**
+ * An earlier restore whose journal says committed: cleaned up again, or what cannot go carried to the
+ * leftovers file and its journal removed (settleEarlierRestore).
+ */
+async function settleCommittedRestore(deps: SwapDeps, journal: RestoreJournal): Promise<void> {
+  const dataDir = deps.config.dataDir;
   const failure = await cleanupPrevious(deps, journal, journal.keepPrevious).then(
     () => undefined,
     (error: unknown) => error,
@@ -602,8 +655,10 @@ export async function settleEarlierRestore(deps: SwapDeps): Promise<void> {
     return;
   }
   try {
-    // Its role record goes before its journal: a record with no committed journal is taken back.
+    // Its records go before its journal: a record with no committed journal is of a restore that did not
+    // commit (its roles are taken back, its safety backup removed).
     await clearRoleRecord(dataDir, journal.id);
+    await clearSafetyRecord(dataDir, journal.id);
     const { id, keepPrevious, live, previous } = journal;
     const folders = journal.folders.map(({ live, staging, previous }) => ({ live, staging, previous }));
     const earlier = await readLeftovers(dataDir).catch(async (error: unknown) => {
@@ -765,10 +820,15 @@ export async function recoverInterruptedRestore(
     return 'skipped';
   }
   const journal = await readJournal(deps.config.dataDir, deps.log);
+  const committedId = journal?.committed ? journal.id : undefined;
   // While agents run (the database watch), a committed restore may still be cleaning up in the
   // process that made it (a CLI command), after its job ended: that is only disk space, left to it
-  // or to the next start, and so are the staging leftovers meanwhile.
-  if (options.whileRunning && journal?.committed) return 'skipped';
+  // or to the next start, and so are the staging leftovers meanwhile. The safety backups of restores
+  // that died uncommitted go (never that one's).
+  if (options.whileRunning && journal?.committed) {
+    await removeUncommittedSafetyBackups(deps, committedId);
+    return 'skipped';
+  }
   const outcome = !journal ? 'none' : journal.committed ? 'completed' : 'rolled-back';
   if (journal) {
     if (journal.committed) {
@@ -789,6 +849,16 @@ export async function recoverInterruptedRestore(
       await removeJournal(deps.config.dataDir);
     }
   }
+  await settleUncommittedRestores(deps, committedId);
+  return outcome;
+}
+
+/**
+ * What restores that did not commit left, once none can be running and the journal is settled (rolled
+ * back, or restore `committedId`'s committed): earlier leftovers retried, staging leftovers dropped, the
+ * roles they created taken back, their safety backups removed. Never throws: each part is only logged.
+ */
+async function settleUncommittedRestores(deps: SwapDeps, committedId: string | undefined): Promise<void> {
   await retryLeftovers(deps);
   // Leftovers are only disk space: failing to drop them (database down) must not stop the agent starting.
   const leftoversGone = await dropStagingLeftovers(deps.sources).then(
@@ -803,24 +873,41 @@ export async function recoverInterruptedRestore(
   );
   // Then the roles a restore that did not commit created (the staging databases' objects were theirs).
   if (leftoversGone) {
-    await takeBackRecordedRoles(
-      deps.sources.conn,
-      deps.config.dataDir,
-      deps.log,
-      journal?.committed ? journal.id : undefined,
-    ).catch((error) =>
-      deps.log.warn('could not take back the roles an interrupted restore created; the next start retries', {
-        error,
-      }),
+    await takeBackRecordedRoles(deps.sources.conn, deps.config.dataDir, deps.log, committedId).catch(
+      (error) =>
+        deps.log.warn(
+          'could not take back the roles an interrupted restore created; the next start retries',
+          {
+            error,
+          },
+        ),
     );
   }
-  // And the safety backup a restore killed before its swap made: that restore changed nothing.
-  await removeRecordedSafetyBackups(deps.config.dataDir, deps.log).catch((error: unknown) =>
+  // And the safety backups they made: a restore that did not commit changed nothing.
+  await removeUncommittedSafetyBackups(deps, committedId);
+}
+
+/**
+ * removeRecordedSafetyBackups, its failure logged (the next start retries). Not while a journal that is
+ * not restore `committedId`'s committed one is on disk (one that cannot be read): whether its restore
+ * committed is unknown, and the safety backup of one that did is the only copy of the data it replaced.
+ */
+async function removeUncommittedSafetyBackups(
+  deps: SwapDeps,
+  committedId: string | undefined,
+): Promise<void> {
+  const journal = await journalState(deps.config.dataDir);
+  if (journal === 'uncommitted' || (journal === 'committed' && committedId === undefined)) {
+    deps.log.warn(
+      'kept the safety backups of interrupted restores: the restore journal cannot be read, so whether they committed is unknown',
+    );
+    return;
+  }
+  await removeRecordedSafetyBackups(deps.config.dataDir, deps.log, committedId).catch((error: unknown) =>
     deps.log.warn('could not remove the safety backup of an interrupted restore; the next start retries', {
       error,
     }),
   );
-  return outcome;
 }
 
 /**

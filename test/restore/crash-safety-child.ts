@@ -1,7 +1,9 @@
 /**
  * A separate agent process that restores a backup WITH its safety backup and dies by SIGKILL at a
  * chosen point (for crash-safety.test.ts): CRASH_AT is a step before the swap (`copy-settings`: killed
- * just before it) or one after the swap's commit (`role-record`: killed just before it).
+ * just before it), a swap step, or one after the swap's commit (`role-record`: killed just before it).
+ * With HOLD=1 it stops there instead, still running and holding the job lock, and prints `holding`
+ * (the test kills it).
  */
 import { openAgent } from '../../agent/agent';
 import { loadConfig } from '../../agent/config';
@@ -15,8 +17,11 @@ const job = await agent.jobs.start(
   (ctx) =>
     restoreFromFile(agent, ctx, process.env.BACKUP_PATH ?? '', {
       faults: {
-        beforeSwapStep: (step) => {
-          if (step === crashAt) process.kill(process.pid, 'SIGKILL');
+        beforeSwapStep: async (step) => {
+          if (step !== crashAt) return;
+          if (process.env.HOLD !== '1') process.kill(process.pid, 'SIGKILL');
+          process.stdout.write('holding\n');
+          await new Promise(() => setInterval(() => {}, 60_000));
         },
         afterCommit: (step) => {
           if (step === crashAt) process.kill(process.pid, 'SIGKILL');

@@ -41,6 +41,24 @@ export async function runRestore(agent: Agent, path: string, options: RestoreOpt
   return agent.jobs.waitFor(job.id);
 }
 
+/** The environment of a crash child restoring `backupPath` over `agent`'s data dir, stopped at `crashAt`. */
+export function crashChildEnv(
+  agent: Agent,
+  options: { pgBinDir: string; backupPath: string; crashAt: string },
+): NodeJS.ProcessEnv {
+  return {
+    ...process.env,
+    DATABASE_URL: databaseUrl(agent.sources.conn),
+    GEM_DATA_DIR: agent.config.dataDir,
+    GEM_SCRIPTS_DIR: agent.sources.scriptsDir,
+    GEM_CONFIG_DIR: agent.sources.configDir,
+    GEM_AGENT_TOKEN: agent.token,
+    GEM_PG_BIN: options.pgBinDir,
+    BACKUP_PATH: options.backupPath,
+    CRASH_AT: options.crashAt,
+  };
+}
+
 /**
  * Runs a restore of `backupPath` (no safety backup) in another agent process over the same database,
  * data dir and folders, SIGKILLed just before swap step `crashAt` (test/restore/crash-child.ts through
@@ -51,19 +69,7 @@ export async function crashingRestore(
   options: { pgBinDir: string; backupPath: string; crashAt: string; entry?: string },
 ): Promise<void> {
   const args = options.entry ? [options.entry] : ['--import', 'tsx', 'test/restore/crash-child.ts'];
-  const result = await runProcess(process.execPath, args, {
-    env: {
-      ...process.env,
-      DATABASE_URL: databaseUrl(agent.sources.conn),
-      GEM_DATA_DIR: agent.config.dataDir,
-      GEM_SCRIPTS_DIR: agent.sources.scriptsDir,
-      GEM_CONFIG_DIR: agent.sources.configDir,
-      GEM_AGENT_TOKEN: agent.token,
-      GEM_PG_BIN: options.pgBinDir,
-      BACKUP_PATH: options.backupPath,
-      CRASH_AT: options.crashAt,
-    },
-  });
+  const result = await runProcess(process.execPath, args, { env: crashChildEnv(agent, options) });
   // Killed as planned: a child that failed before its restore began also exits badly with no output.
   expect(result.signal, result.stderr).toBe('SIGKILL');
   expect(result.stdout).toBe('');

@@ -1,14 +1,21 @@
 // A restore that changed nothing (cancelled, or failed before its swap committed or with the swap undone)
 // removes its own safety backup: only SAFETY_BACKUPS_KEPT are kept, and one of a cancelled restore would
 // push out the safety backup of an earlier restore that did complete. A committed restore keeps its own.
-import { readFile } from 'node:fs/promises';
+import { existsSync } from 'node:fs';
+import { readdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Agent } from '../../agent/agent';
 import { startBackup } from '../../agent/backup/operations';
 import type { Job } from '../../agent/jobs/runner';
 import { createLogger } from '../../agent/log';
-import { type RestoreOptions, recoverInterruptedRestore, startRestore } from '../../agent/restore/restore';
+import {
+  type RestoreOptions,
+  recoverInterruptedRestore,
+  restoreSettled,
+  startRestore,
+} from '../../agent/restore/restore';
+import { journalPath } from '../../agent/restore/swap';
 import { runProcess } from '../../agent/system/spawn';
 import { SAFETY_BACKUPS_KEPT } from '../../shared/api/settings';
 import { startTestAgent, type TestAgent } from '../services/agent';
@@ -28,6 +35,10 @@ let t: TestAgent;
 let backupName: string;
 const lines: Record<string, unknown>[] = [];
 
+/** The records of restores' safety backups in the data dir (restore-safety-<id>.json). */
+const safetyRecords = async () =>
+  (await readdir(t.dataDir)).filter((name) => name.startsWith('restore-safety-'));
+
 const safetyBackups = async (agent: Agent) =>
   (await agent.catalog.list()).filter((b) => b.kind === 'safety').map((b) => b.filename);
 
@@ -40,6 +51,20 @@ async function restore(
   const job = await startRestore(t.agent, backupName, options ? { faults: options } : {});
   id = job.id;
   return t.agent.jobs.waitFor(job.id);
+}
+
+/**
+ * A restore whose swap fails with the server stopped (the live database renamed aside), so its undo fails
+ * too and its journal stays; the server is left down. Returns the safety backups it made (not in `earlier`).
+ */
+async function restoreWhoseUndoFails(earlier: string[]): Promise<string[]> {
+  const job = await restore(() => ({
+    beforeSwapStep: async (step) => {
+      if (step === 'rename-staging-database') await pg.cluster.stop();
+    },
+  }));
+  expect(job.error?.message).toMatch(/undoing it failed/);
+  return (await safetyBackups(t.agent)).filter((name) => !earlier.includes(name));
 }
 
 beforeAll(async () => {
@@ -172,26 +197,54 @@ describe('the safety backup of a restore', () => {
     await t.agent.catalog.delete(pinned!);
   });
 
-  it('stays when the swap could not be undone (the undo is finished later)', async () => {
+  it('stays while the swap could not be undone, and goes with the undo: the recovery finishes it', async () => {
     const before = await liveState(t.agent);
     const safety = await safetyBackups(t.agent);
     let made: string[];
     try {
-      const job = await restore(() => ({
-        beforeSwapStep: async (step) => {
-          // The live database is renamed aside; with the server down the undo fails too.
-          if (step === 'rename-staging-database') await pg.cluster.stop();
-        },
-      }));
-      expect(job.error?.message).toMatch(/undoing it failed/);
-      made = (await safetyBackups(t.agent)).filter((name) => !safety.includes(name));
+      made = await restoreWhoseUndoFails(safety);
     } finally {
       await pg.cluster.restart();
       await recoverInterruptedRestore(t.agent);
     }
     expect(await liveState(t.agent)).toEqual(before);
     expect(made).toHaveLength(1);
-    await t.agent.catalog.delete(made[0]!);
+    // Rolled back, the restore changed nothing: its safety backup went with the undo.
+    expect(await safetyBackups(t.agent)).toEqual(safety);
+  });
+
+  it('of a restore whose undo failed: a restore started meanwhile is refused, changing nothing; once it can, a restore undoes it first', async () => {
+    const before = await liveState(t.agent);
+    const safety = await safetyBackups(t.agent);
+    let made: string[] = [];
+    try {
+      made = await restoreWhoseUndoFails(safety);
+      const journal = await readFile(journalPath(t.dataDir), 'utf8');
+      // The server still down: the earlier swap cannot be undone, so this restore does not start.
+      const refused = await restore();
+      expect(refused.state).toBe('failed');
+      expect(refused.error?.message).toMatch(
+        new RegExp(
+          `^the restore did not start: an earlier restore of ${backupName} stopped during its swap ` +
+            '\\(step rename-staging-database\\) and undoing it failed \\(.+\\); nothing was changed: ',
+        ),
+      );
+      expect(await readFile(journalPath(t.dataDir), 'utf8')).toBe(journal);
+      expect((await safetyBackups(t.agent)).sort()).toEqual([...made, ...safety].sort());
+    } finally {
+      await pg.cluster.restart();
+    }
+    expect(made).toHaveLength(1);
+    // The server back: the next restore undoes the earlier swap (its safety backup goes), then runs.
+    const done = await restore();
+    expect(done.state, done.error?.message).toBe('succeeded');
+    const kept = (done.result as { safetyBackup: string }).safetyBackup;
+    expect(await safetyBackups(t.agent)).toEqual([kept, ...safety]);
+    // Its own journal goes with its cleanup after the report; the earlier one's was undone before it.
+    await restoreSettled(t.dataDir);
+    expect(existsSync(journalPath(t.dataDir))).toBe(false);
+    expect(await leftovers(t.agent)).toEqual([]);
+    expect(await liveState(t.agent)).toEqual(before);
   });
 
   it('of a committed restore stays although its restart command fails and a cancel comes meanwhile', async () => {
@@ -218,6 +271,29 @@ describe('the safety backup of a restore', () => {
     } finally {
       t.agent.config.restartCommand = undefined;
     }
+  });
+
+  it("of a committed restore stays when its record could not be removed at the commit: the job's warning says so, its cleanup removes the record", async () => {
+    let recordsAtPrune: string[] | undefined;
+    const job = await restore(() => ({
+      afterCommit: async (step) => {
+        if (step === 'prune') recordsAtPrune = await safetyRecords();
+        if (step === 'safety-record') throw new Error('record kept');
+      },
+    }));
+    expect(job.state, job.error?.message).toBe('succeeded');
+    const result = job.result as { safetyBackup: string; warnings?: string[] };
+    expect(result.warnings).toContainEqual(
+      "the record of this restore's safety backup could not be removed (record kept): " +
+        'the agent removes it with the replaced data, or at its next start; the safety backup stays',
+    );
+    expect(recordsAtPrune).toHaveLength(1);
+    // The cleanup after the report removes it, before the journal that says the restore committed.
+    await restoreSettled(t.dataDir);
+    expect(existsSync(journalPath(t.dataDir))).toBe(false);
+    expect(await safetyRecords()).toEqual([]);
+    await recoverInterruptedRestore(t.agent);
+    expect(await safetyBackups(t.agent)).toContain(result.safetyBackup);
   });
 
   it('beyond SAFETY_BACKUPS_KEPT are pruned by the restore that committed: pins, the hold, the backup restored from stay', async () => {
