@@ -6,6 +6,7 @@ import { describeError } from '../errors';
 import type { AreaHealth, HealthArea, HealthReport, HealthStatus } from '../health/model';
 import { HEALTH_AREAS } from '../health/model';
 import type { HealthService } from '../health/service';
+import { type AlertChannel, alertChannels } from './channels';
 import { type SmtpOptions, sendMail } from './smtp';
 import { AlertStateStore, type DeliveryState, DeliveryStateStore } from './state';
 import { type Delivery, postWebhook } from './webhook';
@@ -29,6 +30,13 @@ interface AlertPayload {
   at: string;
   overall: HealthStatus;
   details?: Record<string, unknown>;
+  /**
+   * Only on an alert raised before this channel was set up (or turned on) and still current, sent to
+   * it once when it was: true, with `since`, when the area was first alerted (to the log, or to
+   * another channel). `at` is when it was sent.
+   */
+  earlier?: true;
+  since?: string;
 }
 
 interface AlertOptions {
@@ -63,7 +71,8 @@ const SUBJECTS: Record<AlertEvent, string> = {
 /** What an alert says, in short: the e-mail's subject, and in the log when it could not be delivered. */
 function alertTitle(payload: AlertPayload): string {
   const area = payload.area === 'test' ? 'GEM Backup' : `GEM Backup: ${payload.area}`;
-  return `[${payload.status.toUpperCase()}] ${area} ${SUBJECTS[payload.event]}`;
+  const earlier = payload.earlier ? ' (earlier alert, raised before this channel was set up)' : '';
+  return `[${payload.status.toUpperCase()}] ${area} ${SUBJECTS[payload.event]}${earlier}`;
 }
 
 export class AlertNotifier {
@@ -72,6 +81,7 @@ export class AlertNotifier {
   readonly delivery: DeliveryStateStore;
   private timer: NodeJS.Timeout | undefined;
   private unsubscribe: (() => void) | undefined;
+  private unsubscribeSettings: (() => void) | undefined;
   private queue: Promise<unknown> = Promise.resolve();
   private readonly afterJob = new Set<NodeJS.Timeout>();
   private deliveryStateFailed = false;
@@ -119,12 +129,18 @@ export class AlertNotifier {
       t.unref();
       this.afterJob.add(t);
     });
+    // A channel set up (or turned on) gets the alerts still current now, not at the next check.
+    this.unsubscribeSettings = this.agent.settings.subscribe((previous, next) => {
+      const before = new Set(alertChannels(previous.alerts).map((c) => c.key));
+      if (alertChannels(next.alerts).some((c) => !before.has(c.key))) void this.check();
+    });
   }
 
   stop(): void {
     if (this.timer) clearInterval(this.timer);
     this.timer = undefined;
     this.unsubscribe?.();
+    this.unsubscribeSettings?.();
     for (const t of this.afterJob) clearTimeout(t);
     this.afterJob.clear();
   }
@@ -152,6 +168,9 @@ export class AlertNotifier {
     const sent: AlertResult[] = [];
     const known = await this.state.get();
     const now = this.now();
+    // Taken once: which delivery went to which channel, for the channels set up since the last check.
+    const channels = alertChannels(this.agent.settings.get().alerts);
+    const received = new Map<string, Set<HealthArea>>();
     for (const area of HEALTH_AREAS) {
       const current = report.areas[area];
       const last = known[area];
@@ -169,6 +188,7 @@ export class AlertNotifier {
             status: current.status,
             reason: current.reason,
             sentAt: now.toISOString(),
+            since: now.toISOString(),
           });
         // An alert still waiting for a channel is no longer due (the area went back to what was last sent).
         await this.noteDelivery((d) => {
@@ -178,7 +198,12 @@ export class AlertNotifier {
         continue;
       }
       const payload = this.payload(area, event, current, last?.status ?? null, report);
-      const deliveries = await this.deliver(payload);
+      const deliveries = await this.deliver(payload, channels);
+      deliveries.forEach((d, i) => {
+        if (!d.ok) return;
+        const areas = received.get(channels[i]!.key) ?? new Set();
+        received.set(channels[i]!.key, areas.add(area));
+      });
       // Nobody reached (every channel failed): keep the old state so the next check tries again.
       if (deliveries.length && deliveries.every((d) => !d.ok)) {
         await this.noteDelivery((d) => this.undelivered(d, payload));
@@ -188,6 +213,8 @@ export class AlertNotifier {
         status: current.status,
         reason: current.reason,
         sentAt: now.toISOString(),
+        // A reminder is about the same status: it keeps since when.
+        since: event === 'reminder' ? (last?.since ?? last?.sentAt) : now.toISOString(),
       });
       let waited: { undeliveredSince: string; attempts: number } | undefined;
       await this.noteDelivery((d) => {
@@ -208,7 +235,63 @@ export class AlertNotifier {
       );
       sent.push({ area, event, deliveries });
     }
+    await this.tellNewChannels(channels, report, received);
     return sent;
+  }
+
+  /**
+   * A channel set up (or turned on) since the last check is sent, once, the alerts still current that
+   * it did not receive: each area that is not ok, as last alerted (to another channel, or to none while
+   * none was set up), marked `earlier`. At most one alert per area; a channel that fails is tried again
+   * at the next check. The channels found at the first check since this is kept (a new installation,
+   * an upgrade) count as told: they had every alert.
+   */
+  private async tellNewChannels(
+    channels: AlertChannel[],
+    report: HealthReport,
+    received: Map<string, Set<HealthArea>>,
+  ): Promise<void> {
+    const told = (await this.delivery.current()).toldChannels;
+    const keys = channels.map((c) => c.key);
+    if (told === undefined) {
+      await this.noteDelivery((d) => {
+        d.toldChannels = keys;
+      });
+      return;
+    }
+    const alerted = await this.state.get();
+    const nowTold: string[] = [];
+    for (const channel of channels.filter((c) => !told.includes(c.key))) {
+      const current = HEALTH_AREAS.filter(
+        (area) =>
+          report.areas[area].status !== 'ok' &&
+          alerted[area]?.status === report.areas[area].status &&
+          !received.get(channel.key)?.has(area),
+      );
+      let ok = true;
+      for (const area of current) {
+        const health = report.areas[area];
+        const payload: AlertPayload = {
+          ...this.payload(area, health.status as AlertEvent, health, null, report),
+          earlier: true,
+          since: alerted[area]!.since ?? alerted[area]!.sentAt,
+        };
+        const [delivery] = await this.deliver(payload, channels, [channel]);
+        ok = delivery!.ok;
+        if (!ok) break;
+        this.agent.log.info('an earlier alert sent to a new channel', {
+          area,
+          channel: channel.name,
+          alert: alertTitle(payload),
+          since: payload.since,
+        });
+      }
+      if (ok) nowTold.push(channel.key);
+    }
+    // Channels no longer set up are forgotten: set up again, they are told again.
+    await this.noteDelivery((d) => {
+      d.toldChannels = keys.filter((k) => told.includes(k) || nowTold.includes(k));
+    });
   }
 
   /** Sends a test alert to every configured channel now; the result says which ones received it. */
@@ -275,26 +358,32 @@ export class AlertNotifier {
     });
   }
 
-  /** Sends to every webhook and, if on, by e-mail; one channel failing does not stop the others. */
-  private async deliver(payload: AlertPayload): Promise<Delivery[]> {
-    const alerts = this.agent.settings.get().alerts;
+  /**
+   * Sends to `to` (every channel set up: each webhook and, if on, e-mail); one channel failing does not
+   * stop the others. The deliveries are in the order of `to`.
+   */
+  private async deliver(
+    payload: AlertPayload,
+    channels = alertChannels(this.agent.settings.get().alerts),
+    to = channels,
+  ): Promise<Delivery[]> {
     const body = JSON.stringify(payload);
-    const keys = alerts.webhooks.map((w) => channelKey(`webhook\n${w.url}`));
     const deliveries = await Promise.all(
-      alerts.webhooks.map((w) =>
-        // Signed at the real time (not the injectable clock): receivers compare it with theirs.
-        postWebhook(w.url, w.secret ?? '', body, { timeoutMs: this.options.webhookTimeoutMs ?? 10_000 }),
+      to.map((c) =>
+        'webhook' in c
+          ? // Signed at the real time (not the injectable clock): receivers compare it with theirs.
+            postWebhook(c.webhook.url, c.webhook.secret ?? '', body, {
+              timeoutMs: this.options.webhookTimeoutMs ?? 10_000,
+            })
+          : this.email(c.email, payload),
       ),
     );
-    if (alerts.email.enabled) {
-      keys.push(channelKey(`e-mail\n${alerts.email.host}:${alerts.email.port}`));
-      deliveries.push(await this.email(alerts.email, payload));
-    }
+    const keys = channels.map((c) => c.key);
     await this.noteDelivery((state) => {
       // A channel no longer configured is forgotten (changed, it is a new channel).
       for (const key of Object.keys(state.channels)) if (!keys.includes(key)) delete state.channels[key];
       deliveries.forEach((d, i) => {
-        this.channelResult(state, keys[i]!, d, payload);
+        this.channelResult(state, to[i]!.key, d, payload);
       });
     });
     return deliveries;
@@ -365,6 +454,9 @@ export class AlertNotifier {
             `Status: ${payload.status}${payload.previousStatus ? ` (was ${payload.previousStatus})` : ''}`,
             `Installation: ${payload.installationTag}`,
             `At: ${payload.at}`,
+            ...(payload.earlier
+              ? [`Earlier alert: raised ${payload.since}, before this channel was set up, and still current`]
+              : []),
           ].join('\n'),
         },
       );
@@ -373,11 +465,6 @@ export class AlertNotifier {
       return { channel, ok: false, error: (error as Error).message };
     }
   }
-}
-
-/** A channel's key in the delivery state: from its full address, which may hold a token, so hashed. */
-function channelKey(identity: string): string {
-  return createHash('sha256').update(identity).digest('hex').slice(0, 16);
 }
 
 /**

@@ -11,6 +11,8 @@ interface AreaAlertState {
   reason: string;
   /** When the last alert about this status was sent (the daily reminder counts from it). */
   sentAt: string;
+  /** When this status was first alerted (a reminder keeps it); absent in states saved before it was kept. */
+  since?: string;
 }
 
 type AlertState = Partial<Record<HealthArea, AreaAlertState>>;
@@ -59,6 +61,11 @@ export interface DeliveryState {
   /** By a key derived from the channel's full address (never the address itself: its path may hold a token). */
   channels: Record<string, ChannelFailure>;
   undelivered: Partial<Record<HealthArea, UndeliveredAlert>>;
+  /**
+   * The keys of the channels that were sent the alerts still current when they were set up (the
+   * channels set up at the first check since this was kept count as told). Absent: not kept yet.
+   */
+  toldChannels?: string[];
 }
 
 const ALERT_DELIVERY_FILE = 'alerts-delivery.json';
@@ -87,6 +94,7 @@ const deliveryStateSchema = z.object({
       }),
     )
     .catch({}),
+  toldChannels: z.array(z.string()).optional().catch(undefined),
 });
 
 /** How the alert channels fared (alerts-delivery.json in the data dir): what the log was already told. */
@@ -100,19 +108,23 @@ export class DeliveryStateStore extends JsonStateFile<DeliveryState> {
 
   private changes: Promise<unknown> = Promise.resolve();
 
+  /** The state as saved, a part not understood read as empty. */
+  async current(): Promise<DeliveryState> {
+    return deliveryStateSchema.parse(await this.get());
+  }
+
   /**
    * Applies `change` to the state (a part not understood reads as empty) and saves it if that changed
    * anything (a check with nothing to tell writes nothing); changes queue.
    */
   change(change: (state: DeliveryState) => void): Promise<void> {
     const run = this.changes.then(async () => {
-      const next: DeliveryState = deliveryStateSchema.parse(await this.get());
+      const next = await this.current();
       const before = JSON.stringify(next);
       change(next);
       if (JSON.stringify(next) === before) return;
       await this.update((state) => {
-        state.channels = next.channels;
-        state.undelivered = next.undelivered;
+        Object.assign(state, next);
       });
     });
     this.changes = run.catch(() => {});

@@ -1,6 +1,15 @@
 /** Sends one alert to one webhook: JSON, signed, with a timeout; a refusal or no answer is a failed delivery. */
 import { SIGNATURE_HEADER, signAlert } from './signature';
 
+/** How logs, health and Test alert name a webhook: by its origin only (its path may hold a token). */
+export function webhookChannelName(url: string): string {
+  try {
+    return `webhook ${new URL(url).origin}`;
+  } catch {
+    return 'webhook';
+  }
+}
+
 export interface Delivery {
   channel: string;
   ok: boolean;
@@ -24,7 +33,7 @@ export async function postWebhook(
   } catch {
     return { channel: 'webhook', ok: false, error: 'the webhook address is not a valid URL' };
   }
-  const channel = `webhook ${address.origin}`;
+  const channel = webhookChannelName(url);
   // fetch refuses such an address with an error that repeats it whole, password included.
   if (address.username || address.password) {
     return {

@@ -3,7 +3,16 @@
 export const HEALTH_STATUSES = ['ok', 'warning', 'failing'] as const;
 export type HealthStatus = (typeof HEALTH_STATUSES)[number];
 
-export const HEALTH_AREAS = ['backups', 'offsite', 'dr', 'verification', 'disk', 'keys', 'jobs'] as const;
+export const HEALTH_AREAS = [
+  'backups',
+  'offsite',
+  'dr',
+  'verification',
+  'disk',
+  'keys',
+  'jobs',
+  'alerts',
+] as const;
 export type HealthArea = (typeof HEALTH_AREAS)[number];
 
 /** One area's verdict: a status, a sentence a person can act on, and any details worth showing. */

@@ -1,5 +1,6 @@
 /** HealthService: evaluates every area's source and reports the worst; one per agent, with its watchdog. */
 import type { Agent } from '../agent';
+import { DeliveryStateStore } from '../alerts/state';
 import { drServiceFor } from '../dr/service';
 import { describeError } from '../errors';
 import { connectionFailure, connectionWords } from '../http/errors';
@@ -14,6 +15,7 @@ import {
   worst,
 } from './model';
 import {
+  alertsArea,
   backupsArea,
   diskArea,
   drArea,
@@ -60,6 +62,7 @@ export class HealthService {
       disk: diskArea(agent, options.freeSpace),
       keys: keysArea(agent),
       jobs: jobsArea(agent, this.watchdog),
+      alerts: alertsArea(agent, new DeliveryStateStore(agent.config.dataDir, agent.log)),
       ...options.sources,
     };
   }

@@ -6,6 +6,8 @@ import {
   type VerificationSchedule,
 } from '../../shared/api/settings';
 import type { Agent } from '../agent';
+import { alertChannels } from '../alerts/channels';
+import type { DeliveryStateStore } from '../alerts/state';
 import { type BackupInfo, datedInFuture, newestGoodBackup } from '../backup/catalog';
 import type { DrService } from '../dr/service';
 import { heldByOtherProcess } from '../jobs/lock';
@@ -452,6 +454,44 @@ export function jobsArea(agent: Agent, watchdog: JobWatchdog): AreaSource {
       reason: running.length ? `${running.length} job(s) running normally` : 'No job is running',
       stalled,
       running,
+    };
+  };
+}
+
+/**
+ * Alerts: a channel whose last delivery (an alert or the Test alert) failed is a warning naming it and
+ * its error, until a delivery gets through again. A channel is named as the log names it (a webhook by
+ * its origin, e-mail by its server), never by its address or credentials.
+ */
+export function alertsArea(agent: Agent, delivery: DeliveryStateStore): AreaSource {
+  return async (now) => {
+    const failures = (await delivery.current()).channels;
+    const channels = alertChannels(agent.settings.get().alerts).map(({ key, name }) => {
+      const failure = failures[key];
+      if (!failure) return { channel: name, ok: true };
+      const { error, since, attempts } = failure;
+      return { channel: name, ok: false, error, failingSince: since, attempts };
+    });
+    if (!channels.length) {
+      return {
+        status: 'ok',
+        reason:
+          'No alert channel is set up (a webhook or e-mail): health changes are only logged, and the ones still current are sent to a channel once you set one up',
+        channels,
+      };
+    }
+    const failing = channels.filter((c) => !c.ok);
+    const working = channels.filter((c) => c.ok).map((c) => c.channel);
+    if (!failing.length) return { status: 'ok', reason: `Alerts go to ${working.join(', ')}`, channels };
+    const failed = failing.map(
+      (c) =>
+        `${c.channel} failed: ${c.error} (failing for ${formatAge(now.getTime() - Date.parse(c.failingSince!))})`,
+    );
+    const reach = working.length ? `Alerts still go to ${working.join(', ')}` : 'No alert reaches you';
+    return {
+      status: 'warning',
+      reason: `The alert channel ${failed.join('; the alert channel ')}. ${reach}: fix ${failing.length > 1 ? 'them' : 'it'}, then send a Test alert`,
+      channels,
     };
   };
 }

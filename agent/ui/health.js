@@ -16,6 +16,7 @@ const AREA_NAMES = {
   disk: 'Disk space',
   keys: 'Encryption keys',
   jobs: 'Jobs',
+  alerts: 'Alerts',
 };
 
 /** The overall state in words: colour repeats it, never replaces it. */

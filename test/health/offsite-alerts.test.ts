@@ -78,7 +78,7 @@ describe('offsite health and alerts against a real SFTP server', () => {
     expect(health.body.status, JSON.stringify(health.body.areas)).toBe('ok');
     expect(health.body.areas.offsite.destinations.sftp.status).toBe('ok');
     expect(Object.keys(health.body.areas).sort()).toEqual(
-      ['backups', 'disk', 'dr', 'jobs', 'keys', 'offsite', 'verification'].sort(),
+      ['alerts', 'backups', 'disk', 'dr', 'jobs', 'keys', 'offsite', 'verification'].sort(),
     );
     expect(await notifier().check()).toEqual([]);
     expect(hooks.received).toHaveLength(0);

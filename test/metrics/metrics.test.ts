@@ -66,7 +66,7 @@ describe('GET /metrics', () => {
     expect(families.get('gem_backup_uploaded_bytes_total')?.type).toBe('counter');
     const health = families.get('gem_backup_health_status')!.samples;
     expect(health.map((s) => s.labels.area).sort()).toEqual(
-      ['backups', 'disk', 'dr', 'jobs', 'keys', 'offsite', 'verification'].sort(),
+      ['alerts', 'backups', 'disk', 'dr', 'jobs', 'keys', 'offsite', 'verification'].sort(),
     );
     // Keys never downloaded: a warning (1).
     expect(health.find((s) => s.labels.area === 'keys')?.value).toBe(1);
