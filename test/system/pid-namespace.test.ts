@@ -1,6 +1,8 @@
 // Locks and temp sweeps across PID namespaces: the agent in one container and a CLI command in another
 // on the same data dir. A holder's pid names no process (or an unrelated one) in the other namespace, so
-// it is judged by its file's freshness instead. Real processes in new PID namespaces (unshare -p -f).
+// it is judged by its file's freshness instead. Real processes in new PID namespaces (unshare -p -f),
+// pid-namespace-child.ts bundled once for the file by the build itself (test/faults/built-child.ts): each
+// child starts without tsx's loader.
 import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
 import { existsSync, readFileSync, readlinkSync } from 'node:fs';
 import { mkdir, mkdtemp, readdir, readFile, rm, stat, utimes, writeFile } from 'node:fs/promises';
@@ -12,11 +14,12 @@ import { acquireLock, clearStaleLock, heldByOtherProcess, lockTiming } from '../
 import { JobRunner } from '../../agent/jobs/runner';
 import { silentLogger } from '../../agent/log';
 import { removeAbandoned, TEMP_PREFIX } from '../../agent/system/atomic-file';
+import { type BuiltChildren, buildChildren } from '../faults/built-child';
 
-const CHILD = join(import.meta.dirname, 'pid-namespace-child.ts');
 const BOOT = readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').trim();
 
 let dir: string;
+let built: BuiltChildren<'child'>;
 beforeAll(async () => {
   // Never skipped: without namespaces these cases are not tested at all.
   const probe = spawnSync('unshare', ['-p', '-f', '--mount-proc', 'true'], { encoding: 'utf8' });
@@ -25,9 +28,11 @@ beforeAll(async () => {
       `these tests need 'unshare -p -f --mount-proc' (util-linux) run as root to make PID namespaces: install util-linux and run the tests as root (unshare said: ${probe.error?.message ?? probe.stderr.trim()})`,
     );
   dir = await mkdtemp(join(tmpdir(), 'gem-pidns-'));
+  built = await buildChildren({ child: 'test/system/pid-namespace-child.ts' });
 });
 afterAll(async () => {
-  await rm(dir, { recursive: true, force: true });
+  if (dir) await rm(dir, { recursive: true, force: true });
+  await built?.remove();
 });
 
 interface Other {
@@ -48,7 +53,7 @@ afterEach(async () => {
  * namespace's last pid and starts it), for a pid that names no process here, as in a real container.
  */
 async function inOtherNamespace(args: string[], options: { pid?: number } = {}): Promise<Other> {
-  const node = [process.execPath, '--import', 'tsx', CHILD, ...args];
+  const node = [process.execPath, built.paths.child, ...args];
   const command =
     options.pid === undefined
       ? node
