@@ -1,7 +1,7 @@
 // The Backup & Restore page: sign-in, then every section loads its state from the agent's API.
 import { api, token, whenUnauthorized } from './api.js';
 import { backupProgress, loadBackups, restoreProgress, setupBackups } from './backups.js';
-import { showJobProgress } from './dialogs.js';
+import { forgetOwnJobs, showJobProgress, startedHere } from './dialogs.js';
 import { clearHealth, loadHealth, setupHealth } from './health.js';
 import { loadKeys, setupKeys } from './keys.js';
 import { syncSummary } from './offsite.js';
@@ -91,8 +91,16 @@ function progressFor(job) {
 }
 
 /**
- * Asks the agent which jobs run and shows each one's progress until it ends (one dialog at a time,
- * oldest first), then `afterJobs()` refreshes what they may have changed.
+ * Jobs that change the data under the whole page (a restore, a DR recovery): found running, they are
+ * shown in the progress dialog, whoever started them; the page reloads once they are done.
+ */
+const PAGE_WIDE_KINDS = new Set(['restore', 'dr-recover']);
+
+/**
+ * Asks the agent which jobs run and shows each one's progress until it ends (one at a time, oldest
+ * first), then `afterJobs()` refreshes what they may have changed. A job this tab started (before a
+ * reload) is shown in the progress dialog as its starter did; one started elsewhere (the schedule, the
+ * CLI, another tab) in the job panel, which leaves the page usable.
  */
 async function showRunningJobs(afterJobs) {
   const jobs = await api('/jobs');
@@ -100,7 +108,8 @@ async function showRunningJobs(afterJobs) {
     .filter((job) => !job.endedAt)
     .sort((a, b) => String(a.startedAt).localeCompare(String(b.startedAt)));
   for (const job of running) {
-    await showJobProgress(job.id, progressFor(job));
+    const modal = startedHere(job.id) || PAGE_WIDE_KINDS.has(job.kind);
+    await showJobProgress(job.id, { ...progressFor(job), modal });
     await afterJobs?.();
   }
 }
@@ -135,6 +144,7 @@ $('sign-in-form').addEventListener('submit', async (event) => {
 
 $('sign-out').addEventListener('click', () => {
   token.clear();
+  forgetOwnJobs();
   showSignIn();
 });
 

@@ -305,6 +305,10 @@ export function backupProgress() {
   let uploads;
   return {
     title: 'Creating a backup',
+    cancelQuestion: {
+      title: 'Cancel the running backup?',
+      body: 'The backup stops and nothing of it is kept. The backups made before stay as they are.',
+    },
     onNotice: (notice, data) => {
       if (notice === 'offsite-upload') uploads = data;
     },
@@ -406,6 +410,10 @@ export function restoreProgress(name) {
   return {
     title: `Restoring ${name}`,
     cancellable: true,
+    cancelQuestion: {
+      title: 'Cancel the restore?',
+      body: 'The restore stops before it switches the data over: GEM keeps its current data.',
+    },
     onJob: (job, ui) => {
       if (SWITCH_PHASES.has(job.phase)) switchOver(ui);
     },

@@ -1,11 +1,14 @@
 // The two dialogs: a confirmation for destructive actions, and a job's progress fed by its events.
 import { api, followJob } from './api.js';
-import { el, phase, progressAmount, timeLeftEstimator } from './format.js';
+import { dateTime, el, phase, progressAmount, timeLeftEstimator } from './format.js';
 
 const $ = (id) => document.getElementById(id);
 
-/** Asks before a destructive action. `body` is text or nodes. Resolves true only on the confirm button. */
-export function confirmAction({ title, body, confirmLabel, danger = true }) {
+/**
+ * Asks before a destructive action. `body` is text or nodes; `cancelLabel` names the way out (default
+ * "Cancel"). Resolves true only on the confirm button.
+ */
+export function confirmAction({ title, body, confirmLabel, cancelLabel = 'Cancel', danger = true }) {
   const dialog = $('confirm-dialog');
   $('confirm-title').textContent = title;
   const content = $('confirm-body');
@@ -17,6 +20,7 @@ export function confirmAction({ title, body, confirmLabel, danger = true }) {
   const ok = $('confirm-ok');
   ok.textContent = confirmLabel;
   ok.className = danger ? 'btn btn-danger' : 'btn btn-primary';
+  $('confirm-cancel').textContent = cancelLabel;
   const opener = document.activeElement;
   dialog.returnValue = '';
   dialog.showModal();
@@ -56,8 +60,63 @@ function duration(ms) {
   return seconds < 60 ? `${seconds} s` : `${Math.floor(seconds / 60)} min ${seconds % 60} s`;
 }
 
+/** The jobs this tab started (ids): found running after a reload, they are shown as their starter did. */
+const OWN_JOBS_KEY = 'gem-backup-own-jobs';
+/** How many of them are remembered: the newest only, a tab starts few jobs. */
+const OWN_JOBS_KEPT = 20;
+
+function ownJobs() {
+  try {
+    const ids = JSON.parse(sessionStorage.getItem(OWN_JOBS_KEY) ?? '[]');
+    return Array.isArray(ids) ? ids : [];
+  } catch {
+    return [];
+  }
+}
+
+/** True if this tab started the job (before a reload too). */
+export const startedHere = (jobId) => ownJobs().includes(jobId);
+
+function rememberOwnJob(jobId) {
+  const ids = [...ownJobs().filter((id) => id !== jobId), jobId].slice(-OWN_JOBS_KEPT);
+  try {
+    sessionStorage.setItem(OWN_JOBS_KEY, JSON.stringify(ids));
+  } catch {
+    // Storage refused: after a reload the job shows in the panel instead of the dialog.
+  }
+}
+
+/** Signing out ends what this tab remembers: the next one signed in here did not start those jobs. */
+export function forgetOwnJobs() {
+  sessionStorage.removeItem(OWN_JOBS_KEY);
+}
+
 /**
- * Shows a job's progress until it ends. `describe(job)` gives the success text (or a promise of it);
+ * The panel for a job the page did not start (the schedule, the CLI, another tab): the progress dialog's
+ * parts under ids of their own (`job-panel-…`), shown without a backdrop in a corner of the page, which
+ * stays usable meanwhile. Made from the dialog on first use.
+ */
+function jobPanel() {
+  const existing = $('job-panel');
+  if (existing) return existing;
+  const panel = $('progress-dialog').cloneNode(true);
+  panel.id = 'job-panel';
+  panel.className = 'job-panel';
+  panel.removeAttribute('tabindex');
+  for (const node of panel.querySelectorAll('[id]')) node.id = node.id.replace(/^progress-/, 'job-panel-');
+  panel.setAttribute('aria-labelledby', 'job-panel-title');
+  $('progress-dialog').after(panel);
+  return panel;
+}
+
+/** What Cancel asks before it stops a job: a title, and what stopping it means. */
+const CANCEL_QUESTION = {
+  title: 'Cancel the running job?',
+  body: 'The job stops where it is. Whatever it finished stays as it is.',
+};
+
+/**
+ * Shows a job's progress until it ends. `describe(job, ui)` gives the success text (or a promise of it);
  * `problems(job)` lists what went wrong in a job that still succeeded (shown under it, marked as a
  * problem); `onJob(job, ui)` sees each state of the running job and `onNotice(name, data, ui)` its
  * notices, and may reword the dialog (`ui`: `{ text, title, endCancel(reason) }`; `endCancel` takes
@@ -65,38 +124,65 @@ function duration(ms) {
  * `failed(job)` gives the words for a job that failed or was cancelled (default: its error);
  * `afterSuccess(job, { text, untilClosed })` runs on success (e.g. reload; `untilClosed()` shows Close and
  * resolves once the dialog is closed); `afterInterrupted(job)` runs when an agent restart cut the job
- * short (e.g. reload the page's data). Resolves to the final job; `lostContact: true` on one the page
- * stopped following because the agent did not answer.
+ * short (e.g. reload the page's data). `cancelQuestion` ({title, body}): what Cancel asks before it
+ * stops the job. `modal: false` (a job the page did not start) shows it in the job panel instead,
+ * which leaves the page usable and resolves once the job ended, without waiting for Close. Resolves to
+ * the final job; `lostContact: true` on one the page stopped following because the agent did not answer.
  */
 export async function showJobProgress(
   jobId,
-  { title, describe, problems, onJob, onNotice, failed, afterSuccess, afterInterrupted, cancellable = true },
+  {
+    title,
+    describe,
+    problems,
+    onJob,
+    onNotice,
+    failed,
+    afterSuccess,
+    afterInterrupted,
+    cancellable = true,
+    cancelQuestion = CANCEL_QUESTION,
+    modal = true,
+  },
 ) {
-  const dialog = $('progress-dialog');
-  const text = $('progress-text');
-  const bar = $('progress-bar');
-  const amount = $('progress-bytes');
-  const state = $('progress-state');
-  const cancel = $('progress-cancel');
-  const close = $('progress-close');
-  const problemList = $('progress-problems');
-  const contact = $('progress-contact');
+  const dialog = modal ? $('progress-dialog') : jobPanel();
+  const part = (name) => $(`${modal ? 'progress' : 'job-panel'}-${name}`);
+  const text = part('text');
+  const bar = part('bar');
+  const amount = part('bytes');
+  const elapsed = part('elapsed');
+  const state = part('state');
+  const cancel = part('cancel');
+  const close = part('close');
+  const problemList = part('problems');
+  const contact = part('contact');
   const opener = document.activeElement;
+  if (modal) rememberOwnJob(jobId);
   problemList.replaceChildren();
   problemList.hidden = true;
   contact.textContent = '';
   contact.hidden = true;
-  $('progress-title').textContent = title;
+  part('title').textContent = title;
   state.dataset.state = 'running';
-  $('progress-icon').textContent = '';
+  part('icon').textContent = '';
   text.textContent = 'Starting…';
   bar.removeAttribute('value');
   amount.textContent = '';
+  elapsed.textContent = '';
   cancel.hidden = !cancellable;
   cancel.disabled = false;
   close.hidden = true;
-  dialog.showModal();
-  (cancellable ? cancel : dialog).focus();
+  if (modal) {
+    dialog.showModal();
+    // Never on Cancel: an Enter meant for something else must not stop the job.
+    dialog.focus();
+  } else {
+    // show() puts the focus on the panel's first button (Cancel): it goes back to where the user was.
+    dialog.show();
+    if (opener && !dialog.contains(opener)) opener.focus?.();
+    // The page's body (the sign-in form just went) takes no focus: then none has it.
+    if (dialog.contains(document.activeElement)) document.activeElement.blur();
+  }
 
   const closed = new Promise((resolve) => {
     close.onclick = () => dialog.close();
@@ -113,7 +199,21 @@ export async function showJobProgress(
   // Set while the agent does not answer: the dialog says so instead of its last figure.
   let lostSince;
   cancel.onclick = async () => {
+    // The question's answer gives the focus back to where it was: not to Cancel, where an Enter stops the job.
+    if (document.activeElement === cancel) {
+      if (modal) dialog.focus();
+      else cancel.blur();
+    }
     cancel.disabled = true;
+    const sure = await confirmAction({
+      ...cancelQuestion,
+      confirmLabel: 'Yes, Cancel It',
+      cancelLabel: 'Keep It Running',
+    });
+    if (!sure || over || cancel.hidden) {
+      cancel.disabled = false;
+      return;
+    }
     cancelAsked = true;
     text.textContent = 'Cancelling…';
     try {
@@ -128,7 +228,7 @@ export async function showJobProgress(
   };
   const ui = {
     text,
-    title: $('progress-title'),
+    title: part('title'),
     endCancel: (reason) => {
       if (!cancel.hidden) {
         if (document.activeElement === cancel) dialog.focus();
@@ -150,6 +250,10 @@ export async function showJobProgress(
   const timeLeft = timeLeftEstimator();
   const showAmount = (job) => {
     amount.textContent = [progressAmount(job), timeLeft(job, Date.now())].filter(Boolean).join(' · ');
+    const since = Date.parse(job.startedAt);
+    elapsed.textContent = Number.isFinite(since)
+      ? `Running for ${duration(Date.now() - since)} (started ${dateTime(job.startedAt)}).`
+      : '';
   };
   const ticking = setInterval(() => {
     if (current && !lostSince) showAmount(current);
@@ -209,14 +313,17 @@ export async function showJobProgress(
   dialog.removeEventListener('cancel', blockEscape);
   cancel.hidden = true;
   state.dataset.state = job.state;
+  document.dispatchEvent(new Event('gem-job-ended'));
   bar.max = 1;
   bar.value = job.state === 'succeeded' ? 1 : 0;
   amount.textContent = '';
+  elapsed.textContent = '';
+  const icon = part('icon');
   if (job.state === 'succeeded') {
     const issues = problems?.(job) ?? [];
-    $('progress-icon').textContent = issues.length ? '!' : '✓';
+    icon.textContent = issues.length ? '!' : '✓';
     // `describe` may ask the agent for more (e.g. the keep limit): the dialog waits for its words.
-    text.textContent = (await describe?.(job)) ?? DONE_TEXT.succeeded;
+    text.textContent = (await describe?.(job, ui)) ?? DONE_TEXT.succeeded;
     if (issues.length) {
       // Done, but not all of it: the dialog says so instead of a plain success.
       state.dataset.state = 'problems';
@@ -224,15 +331,15 @@ export async function showJobProgress(
       problemList.hidden = false;
     }
   } else if (job.state === 'interrupted') {
-    $('progress-icon').textContent = '!';
+    icon.textContent = '!';
     text.textContent = interruptedText(job);
   } else if (job.lostContact) {
     // The page stopped asking: how the job ended is not known here, and nothing is claimed about it.
-    $('progress-icon').textContent = '?';
+    icon.textContent = '?';
     state.dataset.state = 'unknown';
     text.textContent = `Lost contact with the agent${lostSince ? ` for ${duration(Date.now() - lostSince)}` : ''} (${job.error.message}): this page cannot tell how the job ended. Reload the page once the agent runs again to see.`;
   } else {
-    $('progress-icon').textContent = job.state === 'cancelled' ? '■' : '✕';
+    icon.textContent = job.state === 'cancelled' ? '■' : '✕';
     text.textContent =
       failed?.(job) ??
       (job.error?.message
@@ -242,15 +349,17 @@ export async function showJobProgress(
   if (job.state === 'succeeded' && afterSuccess) {
     const untilClosed = async () => {
       close.hidden = false;
-      close.focus();
+      if (modal) close.focus();
       await closed;
     };
     await afterSuccess(job, { text, untilClosed });
     return job;
   }
   close.hidden = false;
-  close.focus();
+  if (modal) close.focus();
   if (job.state === 'interrupted') await afterInterrupted?.(job);
+  // The panel says how the job ended until it is closed; the page need not wait for that.
+  if (!modal) return job;
   await closed;
   opener?.focus?.();
   return job;

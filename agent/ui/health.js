@@ -151,20 +151,15 @@ function refreshIfWatching(minAgeMs = 0) {
 
 /**
  * Keeps the panel fresh: every HEALTH_REFRESH_MS while visible, on coming back into view if it is
- * older than that, whenever a job shown in the progress dialog ends (its state leaves 'running';
- * every job the page follows goes through that dialog, whoever started it), and after the keys are
+ * older than that, whenever a job shown in the progress dialog or the job panel ends (every job the
+ * page follows goes through one of them, whoever started it), and after the keys are
  * downloaded or the settings saved.
  */
 export function setupHealth() {
   setInterval(() => refreshIfWatching(), HEALTH_REFRESH_MS);
   document.addEventListener('visibilitychange', () => refreshIfWatching(HEALTH_REFRESH_MS));
-  const state = $('progress-state');
-  let previous = state.dataset.state;
-  new MutationObserver(() => {
-    const current = state.dataset.state;
-    if (previous === 'running' && current !== 'running') refreshIfWatching();
-    previous = current;
-  }).observe(state, { attributes: true, attributeFilter: ['data-state'] });
+  // dialogs.js says when a job it showed (in the progress dialog or the job panel) ended.
+  document.addEventListener('gem-job-ended', () => refreshIfWatching());
   // Downloading the keys and saving the settings change areas too (keys; backups off, a destination
   // on): the page shows both, so the panel follows rather than contradict them for up to a minute.
   const keysTitle = $('keys-banner-title');

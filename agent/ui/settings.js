@@ -745,9 +745,9 @@ export function pushProgress() {
     onNotice: (notice, data, { title }) => {
       if (notice === 'dr-push-backup' && data) title.textContent = `Pushing ${pushedBackupText(data)}`;
     },
-    describe: (done) => {
+    describe: (done, { title }) => {
       // Also when the push ended before this page heard its notice (a small upload, a slow reload).
-      $('progress-title').textContent = `Pushed ${pushedBackupText(done.result)}`;
+      title.textContent = `Pushed ${pushedBackupText(done.result)}`;
       return `In the cloud now: ${pushedBackupText(done.result)}.`;
     },
     problems: pushProblems,

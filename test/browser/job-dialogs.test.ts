@@ -216,6 +216,7 @@ describe('job dialogs in the owner’s words', () => {
         .waitForResponse((response) => response.url().endsWith('/cancel'))
         .then((response) => response.status());
       await dialog().getByRole('button', { name: 'Cancel' }).click();
+      await page.locator('#confirm-dialog').getByRole('button', { name: 'Yes, Cancel It' }).click();
       await progressText().getByText('Cancelling…').waitFor();
     } finally {
       await unblock();
@@ -251,6 +252,7 @@ describe('job dialogs in the owner’s words', () => {
         (window as unknown as { shownTexts: string[] }).shownTexts.length = 0;
       });
       await dialog().getByRole('button', { name: 'Cancel' }).click();
+      await page.locator('#confirm-dialog').getByRole('button', { name: 'Yes, Cancel It' }).click();
       await progressText().getByText('Cancelling…').waitFor();
     } finally {
       await unblock();

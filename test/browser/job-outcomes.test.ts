@@ -36,6 +36,11 @@ const locks = new Set<() => Promise<void>>();
 const dialog = () => page.locator('#progress-dialog');
 const progressText = () => page.locator('#progress-text');
 const cancelButton = () => dialog().getByRole('button', { name: 'Cancel' });
+/** Cancel, and Yes in the question it asks first. */
+async function cancelJob(): Promise<void> {
+  await cancelButton().click();
+  await page.locator('#confirm-dialog').getByRole('button', { name: 'Yes, Cancel It' }).click();
+}
 
 /** Serves the agent's app on PORT (a real HTTP server); close() drops every open connection, event streams too. */
 function startServing(): Promise<void> {
@@ -283,7 +288,7 @@ describe('a restore’s end says what happened to GEM', () => {
         cancelled = id;
         await route.continue();
       });
-      await cancelButton().click();
+      await cancelJob();
       await progressText().getByText('Cancelling…').waitFor();
       await unlock();
       await progressText().getByText('Too late to cancel: the data is being switched over.').waitFor({
@@ -331,7 +336,7 @@ describe('a restore that did not finish says whether the current data was change
     const unlock = await lockUsers();
     await restoreFromPage(backupName);
     await progressText().getByText('Taking a safety backup of the current data').waitFor({ timeout: 30_000 });
-    await cancelButton().click();
+    await cancelJob();
     await unlock();
     await dialog().getByRole('button', { name: 'Close' }).waitFor({ timeout: 60_000 });
     expect(await progressText().textContent()).toBe(
