@@ -146,6 +146,7 @@ function fill(settings) {
   syncOffsiteView(settings);
   secretHints();
   showDrAvailability();
+  showZone();
   const auto = settings.status?.autoBackup;
   const result = auto?.lastResult;
   $('auto-last').textContent = auto?.lastRunAt
@@ -153,6 +154,52 @@ function fill(settings) {
     : 'Never';
   $('auto-next').textContent =
     settings.autoBackup?.enabled && auto?.nextRunAt ? dateTime(auto.nextRunAt) : 'Off';
+}
+
+/** The schedules' words; `{zone}` is the clock they run by. */
+const SCHEDULE_WORDS = {
+  hourly: 'Hourly (on the hour)',
+  daily: 'Daily (02:00, {zone})',
+  weekly: 'Weekly (Sunday 02:00, {zone})',
+  monthly: 'Monthly (1st, 02:00, {zone})',
+};
+
+/** True for a time zone name the browser knows (as the agent checks it: Intl). */
+function isTimeZone(zone) {
+  try {
+    new Intl.DateTimeFormat('en-US', { timeZone: zone });
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * The time zone the schedules run in (autoBackup.timezone, also maintenance's and verification's):
+ * the one typed, when it is a zone, else the saved one; undefined for the controller's own.
+ */
+function scheduleZone() {
+  const typed = $('f-autoBackup-timezone').value.trim();
+  if (typed && isTimeZone(typed)) return typed;
+  return loaded.autoBackup?.timezone || undefined;
+}
+
+/** The schedule's options and the maintenance line say the clock they run by. */
+function showZone() {
+  const zone = scheduleZone();
+  for (const option of $('f-autoBackup-schedule').options)
+    if (SCHEDULE_WORDS[option.value])
+      option.textContent = SCHEDULE_WORDS[option.value].replace(
+        '{zone}',
+        zone ? `${zone} time` : 'controller time',
+      );
+  $('maint-zone').textContent = zone ? `${zone} time` : 'the controller’s time';
+}
+
+/** The zones the browser knows, offered as the time zone field is typed in. */
+function listZones() {
+  const zones = typeof Intl.supportedValuesOf === 'function' ? Intl.supportedValuesOf('timeZone') : [];
+  $('time-zones').replaceChildren(...zones.map((zone) => el('option', { value: zone })));
 }
 
 /** False once the agent said it has no Cloud DR endpoint (DrStatus.configured), true until then. */
@@ -528,6 +575,50 @@ async function confirmFewerBackups(settings, status) {
   return ok;
 }
 
+/**
+ * Turning the history clean-up on, or keeping fewer days while it is on, deletes history at its next
+ * run without anything else asking: so this asks first, with the cut-off the setting means (rows
+ * recorded before it go; the agent has no count of them before the run). Resolves true to save; false
+ * when the user cancelled (the status says so). Nothing more deleted than before, or than the
+ * `agreedDays` the user already saved with: true without asking.
+ */
+async function confirmHistoryPurge(settings, status, agreedDays) {
+  const from = loaded.maintenance ?? {};
+  const to = settings.maintenance ?? {};
+  const days = to.retentionDays;
+  // Out of range, the agent refuses the save itself (422, marked at the field): nothing to ask.
+  if (!to.enabled || !Number.isInteger(days) || days < 1) return true;
+  if (from.enabled && Number.isInteger(from.retentionDays) && days >= from.retentionDays) return true;
+  if (agreedDays !== undefined && days >= agreedDays) return true;
+  const cutoff = new Date(Date.now() - days * 86_400_000).toISOString();
+  const zone = scheduleZone();
+  const ok = await confirmAction({
+    title: `Delete history older than ${plural(days, 'day')}?`,
+    body: [
+      from.enabled
+        ? `“Keep history for” goes down from ${from.retentionDays} to ${plural(days, 'day')}.`
+        : `The automatic clean-up of history is turned on, keeping ${plural(days, 'day')}.`,
+      el(
+        'p',
+        {},
+        'At its next run (daily at 03:00, ',
+        zone ? `${zone} time` : 'the controller’s time',
+        '), every history row older than that is permanently deleted: as of now, everything recorded before ',
+        el('strong', { id: 'purge-cutoff' }, dateTime(cutoff)),
+        ' (attribute history, request history and access log).',
+      ),
+      'They cannot be brought back except by restoring an older backup. Configuration and current values are not touched.',
+    ],
+    confirmLabel: `Save: Keep ${plural(days, 'Day')} of History`,
+  });
+  if (!ok)
+    tell(
+      status,
+      'Not saved: the history clean-up is as it was, and no history is deleted. Your changes are still in the form.',
+    );
+  return ok;
+}
+
 /** An edit after a save makes "Settings saved." untrue for what the form shows: it goes. */
 function clearSavedStatus() {
   const status = $('settings-status');
@@ -552,8 +643,9 @@ async function save(event) {
   const settings = collectSettings();
   button.disabled = true;
   const fewer = await confirmFewerBackups(settings, status);
+  const purge = fewer && (await confirmHistoryPurge(settings, status));
   button.disabled = false;
-  if (!fewer) return;
+  if (!purge) return;
   if (loaded.cloudDr?.enabled === true && settings.cloudDr?.enabled === false) {
     button.disabled = true;
     const ok = await confirmCloudDrOff();
@@ -580,6 +672,10 @@ async function save(event) {
         if (merged || !(error instanceof ApiError && error.code === 'settings_changed')) throw error;
         if (!(await reloadAfterConflict(status))) return;
         merged = true;
+        // The change made elsewhere (fewer days kept) may make the merged save delete more history than
+        // the form did: asked again then.
+        const agreed = settings.maintenance?.enabled ? settings.maintenance.retentionDays : undefined;
+        if (!(await confirmHistoryPurge(collectSettings(), status, agreed))) return;
       }
     }
     loaded = answer && typeof answer === 'object' && answer.autoBackup ? answer : await api('/settings');
@@ -868,6 +964,8 @@ export function setupSettings() {
   setupOffsite((provider) => collectSettings().offsite?.[provider] ?? {});
   $('settings-form').addEventListener('submit', save);
   $('settings-form').addEventListener('input', secretHints);
+  $('f-autoBackup-timezone').addEventListener('input', showZone);
+  listZones();
   $('settings-form').addEventListener('input', clearSavedStatus);
   $('settings-form').addEventListener('input', clearFieldError);
   $('settings-form').addEventListener('change', clearFieldError);

@@ -184,6 +184,11 @@ describe('Save All Settings when the settings changed elsewhere, in a real brows
     }));
     await page.getByText('Clean up history automatically').click();
     await page.getByRole('button', { name: 'Save All Settings' }).click();
+    // Turning the clean-up on asks first (with the days the form had: the merge keeps more).
+    await page
+      .locator('#confirm-dialog')
+      .getByRole('button', { name: /^Save: Keep \d+ Days of History$/ })
+      .click();
     await status()
       .getByText(/^Settings saved/)
       .waitFor();
