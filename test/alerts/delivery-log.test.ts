@@ -1,7 +1,6 @@
 // Alert channels that stay unreachable: the log says which alert could not go out once, reminds at most
 // hourly, says once when a channel works again, and does not repeat itself after a restart.
 import { createServer, type Server } from 'node:http';
-import net from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { AlertNotifier } from '../../agent/alerts/notifier';
 import { healthFor } from '../../agent/health/service';
@@ -10,6 +9,7 @@ import { createLogger } from '../../agent/log';
 import { startTestAgent, type TestAgent } from '../services/agent';
 import { freePort } from '../services/ports';
 import { startPostgres, type TestPostgres } from '../services/postgres';
+import { type SmtpReceiver, startSmtp } from './receivers';
 
 const SECRET = 'webhook-secret-for-the-test-0123';
 const PATH_TOKEN = 'T0KEN-in-the-path-never-logged-5d1e';
@@ -26,7 +26,7 @@ let t: TestAgent;
 let hookPort: number;
 let smtpPort: number;
 let hookServer: Server | undefined;
-let smtpServer: net.Server | undefined;
+let smtp: SmtpReceiver | undefined;
 const raw: string[] = [];
 const all: string[] = [];
 let offset = 0;
@@ -50,38 +50,6 @@ async function closeWebhook(): Promise<void> {
   hookServer?.closeAllConnections();
   await new Promise((resolve) => (hookServer ? hookServer.close(resolve) : resolve(undefined)));
   hookServer = undefined;
-}
-
-/** A plain SMTP receiver (no STARTTLS, no AUTH) that accepts every message. */
-async function serveSmtp(): Promise<void> {
-  smtpServer = net.createServer((socket) => {
-    let buffer = '';
-    let inData = false;
-    socket.on('error', () => {});
-    socket.on('data', (chunk: Buffer) => {
-      buffer += chunk.toString('utf8');
-      for (let i = buffer.indexOf('\r\n'); i >= 0; i = buffer.indexOf('\r\n')) {
-        const line = buffer.slice(0, i);
-        buffer = buffer.slice(i + 2);
-        if (inData) {
-          if (line === '.') {
-            inData = false;
-            socket.write('250 queued\r\n');
-          }
-          continue;
-        }
-        const verb = line.split(' ')[0]!.toUpperCase();
-        if (verb === 'EHLO') socket.write('250-test.local\r\n250 8BITMIME\r\n');
-        else if (verb === 'DATA') {
-          inData = true;
-          socket.write('354 end with .\r\n');
-        } else if (verb === 'QUIT') socket.end('221 bye\r\n');
-        else socket.write('250 ok\r\n');
-      }
-    });
-    socket.write('220 test.local ESMTP\r\n');
-  });
-  await new Promise<void>((resolve) => smtpServer!.listen(smtpPort, '127.0.0.1', resolve));
 }
 
 beforeAll(async () => {
@@ -112,10 +80,7 @@ beforeAll(async () => {
 afterAll(async () => {
   await t?.close();
   await closeWebhook();
-  await Promise.all([
-    pg?.stop(),
-    new Promise((resolve) => (smtpServer ? smtpServer.close(resolve) : resolve(0))),
-  ]);
+  await Promise.all([pg?.stop(), smtp?.close()]);
 });
 
 const notifier = () => new AlertNotifier(t.agent, healthFor(t.agent), { now, webhookTimeoutMs: 5000 });
@@ -221,7 +186,7 @@ describe('alert channels that keep failing', () => {
   });
 
   it('e-mail back: told once, at the next alert (here the Test alert)', async () => {
-    await serveSmtp();
+    smtp = await startSmtp(smtpPort);
     const n = notifier();
     expect((await n.sendTest()).deliveries.every((d) => d.ok)).toBe(true);
     expect((await n.sendTest()).deliveries.every((d) => d.ok)).toBe(true);

@@ -1,7 +1,8 @@
 // Alert contents: a webhook body and an e-mail never carry the installation id (it recovers the keys from the DR cloud).
 import { createHash } from 'node:crypto';
 import { createServer } from 'node:http';
-import net, { type AddressInfo } from 'node:net';
+import type net from 'node:net';
+import type { AddressInfo } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { AlertNotifier, installationTag } from '../../agent/alerts/notifier';
 import { healthFor } from '../../agent/health/service';
@@ -9,46 +10,13 @@ import { alertsModule } from '../../agent/http/routes/alerts';
 import { settingsModule } from '../../agent/http/routes/settings';
 import { startTestAgent, type TestAgent } from '../services/agent';
 import { startPostgres, type TestPostgres } from '../services/postgres';
+import { type SmtpReceiver, startSmtp } from './receivers';
 
 let pg: TestPostgres;
 let t: TestAgent;
 const hooks: string[] = [];
-const mails: string[] = [];
 let hookServer: ReturnType<typeof createServer>;
-let smtpServer: net.Server;
-
-/** A plain SMTP receiver on loopback (no STARTTLS offered, no AUTH): records each message's DATA. */
-function serveSmtp(socket: net.Socket): void {
-  let buffer = '';
-  let data: string | undefined;
-  const send = (line: string) => socket.write(`${line}\r\n`);
-  socket.on('error', () => {});
-  socket.on('data', (chunk: Buffer) => {
-    buffer += chunk.toString('utf8');
-    for (let i = buffer.indexOf('\r\n'); i >= 0; i = buffer.indexOf('\r\n')) {
-      const line = buffer.slice(0, i);
-      buffer = buffer.slice(i + 2);
-      if (data !== undefined) {
-        if (line === '.') {
-          mails.push(data);
-          data = undefined;
-          send('250 queued');
-        } else data += `${line}\n`;
-        continue;
-      }
-      const verb = line.split(' ')[0]!.toUpperCase();
-      if (verb === 'EHLO') socket.write('250-test.local\r\n250 8BITMIME\r\n');
-      else if (verb === 'DATA') {
-        data = '';
-        send('354 end with .');
-      } else if (verb === 'QUIT') {
-        send('221 bye');
-        socket.end();
-      } else send('250 ok');
-    }
-  });
-  send('220 test.local ESMTP');
-}
+let smtp: SmtpReceiver;
 
 async function listen(server: net.Server): Promise<number> {
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
@@ -66,8 +34,8 @@ beforeAll(async () => {
       res.writeHead(204).end();
     });
   });
-  smtpServer = net.createServer(serveSmtp);
-  const [hookPort, smtpPort] = await Promise.all([listen(hookServer), listen(smtpServer)]);
+  const [hookPort, receiver] = await Promise.all([listen(hookServer), startSmtp()]);
+  smtp = receiver;
   const res = await t.request('/api/v1/settings', {
     method: 'PUT',
     headers: { 'content-type': 'application/json' },
@@ -77,7 +45,7 @@ beforeAll(async () => {
         email: {
           enabled: true,
           host: '127.0.0.1',
-          port: smtpPort,
+          port: smtp.port,
           from: 'gem@example.com',
           to: ['ops@example.com'],
         },
@@ -89,11 +57,7 @@ beforeAll(async () => {
 
 afterAll(async () => {
   await t?.close();
-  await Promise.all([
-    pg?.stop(),
-    new Promise((resolve) => hookServer?.close(resolve)),
-    new Promise((resolve) => smtpServer?.close(resolve)),
-  ]);
+  await Promise.all([pg?.stop(), new Promise((resolve) => hookServer?.close(resolve)), smtp?.close()]);
 });
 
 describe('what an alert says about the installation', () => {
@@ -109,12 +73,12 @@ describe('what an alert says about the installation', () => {
       expect.objectContaining({ ok: true }),
     ]);
     expect(hooks).toHaveLength(1);
-    expect(mails).toHaveLength(1);
+    expect(smtp.messages).toHaveLength(1);
     expect(hooks[0]).not.toContain(id);
     expect(JSON.parse(hooks[0]!)).toMatchObject({ event: 'test', installationTag: tag });
     expect(JSON.parse(hooks[0]!)).not.toHaveProperty('installationId');
-    expect(mails[0]).not.toContain(id);
-    expect(mails[0]).toContain(`Installation: ${tag}`);
+    expect(smtp.messages[0]).not.toContain(id);
+    expect(smtp.messages[0]).toContain(`Installation: ${tag}`);
   });
 
   it('a health alert (webhook and e-mail) does not carry it either', async () => {
@@ -123,8 +87,8 @@ describe('what an alert says about the installation', () => {
     const sent = await new AlertNotifier(t.agent, healthFor(t.agent), { webhookTimeoutMs: 5000 }).check();
     expect(sent.length).toBeGreaterThan(0);
     expect(hooks.length).toBeGreaterThan(1);
-    expect(mails.length).toBeGreaterThan(1);
-    for (const text of [...hooks, ...mails]) expect(text).not.toContain(id);
+    expect(smtp.messages.length).toBeGreaterThan(1);
+    for (const text of [...hooks, ...smtp.messages]) expect(text).not.toContain(id);
     for (const hook of hooks) expect(JSON.parse(hook).installationTag).toBe(installationTag(id));
   });
 });

@@ -46,11 +46,11 @@ export interface SmtpReceiver {
   close(): Promise<void>;
 }
 
-/** A plain SMTP server on 127.0.0.1 (no STARTTLS, no AUTH). */
-export async function startSmtp(): Promise<SmtpReceiver> {
+/** A plain SMTP server on 127.0.0.1 (no STARTTLS, no AUTH), on `port` (default: a free one). */
+export async function startSmtp(port = 0): Promise<SmtpReceiver> {
   const server = net.createServer((socket) => converse(socket, receiver));
   const receiver: SmtpReceiver = {
-    port: await listen(server),
+    port: await listen(server, port),
     messages: [],
     refuseRecipients: undefined,
     close: () => new Promise((resolve) => server.close(() => resolve())),
@@ -91,7 +91,7 @@ function converse(socket: net.Socket, receiver: SmtpReceiver): void {
   reply('220 test.local ESMTP');
 }
 
-async function listen(server: net.Server): Promise<number> {
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+async function listen(server: net.Server, port = 0): Promise<number> {
+  await new Promise<void>((resolve) => server.listen(port, '127.0.0.1', resolve));
   return (server.address() as AddressInfo).port;
 }
