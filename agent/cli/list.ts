@@ -1,6 +1,6 @@
 /** CLI: gem-backup list [--json] [--from sftp|s3|smb]: the local backups (or a destination's), newest first. */
 import { parseArgs } from 'node:util';
-import type { BackupInfo } from '../backup/catalog';
+import type { ListedBackup } from '../http/routes/backups';
 import { DESTINATION_TITLES, type OffsiteKind, parseOffsiteKind } from '../offsite/destinations';
 import type { RemoteBackup } from '../offsite/service';
 import type { CliContext } from './context';
@@ -16,12 +16,17 @@ interface Widths {
   size: number;
 }
 
-function row(b: BackupInfo, w: Widths): string {
-  return `${b.filename.padEnd(w.filename)}  ${b.createdAt.padEnd(w.createdAt)}  ${formatSize(b.size).padStart(w.size)}  ${b.kind}${b.pinned ? ' pinned' : ''}${b.label ? ` "${b.label}"` : ''}`;
+/** A backup of another installation than the active keys' (after a keys import: this box's own from before it). */
+const otherInstallation = (b: { installation?: string; ofThisInstallation?: boolean }): string =>
+  b.installation && b.ofThisInstallation === false ? `  another installation (${b.installation}…)` : '';
+
+function row(b: ListedBackup, w: Widths): string {
+  return `${b.filename.padEnd(w.filename)}  ${b.createdAt.padEnd(w.createdAt)}  ${formatSize(b.size).padStart(w.size)}  ${b.kind}${b.pinned ? ' pinned' : ''}${b.label ? ` "${b.label}"` : ''}${otherInstallation(b)}`;
 }
 
 /**
- * `list`: one row per backup, and on a terminal a header line over aligned columns. `list --json`:
+ * `list`: one row per backup (one of another installation marked as `list --from` marks it), and on a
+ * terminal a header line over aligned columns. `list --json`:
  * one JSON array, exactly what GET /api/v1/backups answers (the same function builds it), sizes in bytes.
  */
 export async function listCommand(cli: CliContext): Promise<void> {
@@ -78,10 +83,8 @@ async function listRemote(cli: CliContext, kind: OffsiteKind, json: boolean): Pr
   }
   const width = Math.max(...list.map((b) => b.filename.length));
   for (const b of list) {
-    const other =
-      b.installation && b.ofThisInstallation === false ? `  another installation (${b.installation}…)` : '';
     cli.out(
-      `${b.filename.padEnd(width)}  ${formatSize(b.size).padStart(SIZE_WIDTH)}  ${b.local ? 'here too' : 'only there'}${other}`,
+      `${b.filename.padEnd(width)}  ${formatSize(b.size).padStart(SIZE_WIDTH)}  ${b.local ? 'here too' : 'only there'}${otherInstallation(b)}`,
     );
   }
 }

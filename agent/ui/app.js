@@ -148,7 +148,7 @@ $('sign-out').addEventListener('click', () => {
   showSignIn();
 });
 
-setupKeys(showError);
+setupKeys(showError, refreshAfterJob);
 setupBackups(showError, () => Promise.all([loadKeys(), loadBackups(), loadSettings(), loadDrStatus()]));
 setupSettings();
 setupHealth();

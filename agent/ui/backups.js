@@ -99,10 +99,19 @@ export async function loadBackups() {
       const pinned = backup.pinned
         ? el('span', { className: 'tag tag-pin', title: 'Pinned: retention never removes it' }, 'Pinned')
         : null;
+      const other = otherInstallation(backup);
       return el(
         'tr',
         { 'data-filename': name },
-        el('th', { scope: 'row', className: 'filename' }, el('span', {}, name), kind, label, pinned),
+        el(
+          'th',
+          { scope: 'row', className: 'filename' },
+          el('span', {}, name),
+          kind,
+          label,
+          pinned,
+          otherInstallationTag(other),
+        ),
         el('td', { className: 'date' }, dateTime(backup.createdAt)),
         el('td', { className: 'num' }, bytes(backup.size)),
         el('td', {}, verifiedCell(backup)),
@@ -135,7 +144,7 @@ export async function loadBackups() {
               type: 'button',
               className: 'btn btn-small btn-warn',
               'aria-label': `Restore ${name}`,
-              onclick: () => restore(name),
+              onclick: () => restore(name, other),
             },
             'Restore',
           ),
@@ -508,8 +517,40 @@ function restoreFailedText(job, switching) {
   return `Failed: ${sentence(message)} ${unchanged} ${next}`;
 }
 
-function restore(name) {
-  return restoreWithProgress(`/backups/${encodeURIComponent(name)}/restore`, name, 'a local backup');
+/**
+ * The installation that made a backup or an offsite copy as the lists show it ("72d26…"), when it is
+ * known to be another than the one whose keys are active (another controller's, or after a keys import
+ * this controller's own from before it); '' otherwise.
+ */
+export function otherInstallation(item) {
+  return item.installation && item.ofThisInstallation === false ? `${item.installation.slice(0, 5)}…` : '';
+}
+
+/** The lists' mark of a backup of another installation (`other`, see otherInstallation); null for none. */
+export function otherInstallationTag(other) {
+  return other
+    ? el(
+        'span',
+        { className: 'tag tag-other', title: 'Not made by the installation whose keys are active' },
+        `another installation (${other})`,
+      )
+    : null;
+}
+
+/**
+ * Restores a local backup; one of another installation (`other`, see otherInstallation) only after the
+ * confirmation says so, and with `otherInstallation: true`, without which the agent refuses it.
+ */
+function restore(name, other) {
+  return restoreWithProgress(
+    `/backups/${encodeURIComponent(name)}/restore`,
+    name,
+    'a local backup',
+    other
+      ? `This backup was made by another installation (${other}), not the one whose keys are active: after a keys import, this controller’s own backups from before it are such backups. Restore it only if that is the data you want. It does not end the hold on Cloud DR pushes after a keys import: only a backup of the installation whose keys are active does.`
+      : undefined,
+    other ? { otherInstallation: true } : {},
+  );
 }
 
 async function togglePin(name, pin) {

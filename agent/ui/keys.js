@@ -1,7 +1,7 @@
 // The encryption-keys banner (red until downloaded once, then green and collapsible) and key import.
 import { api } from './api.js';
 import { confirmAction } from './dialogs.js';
-import { dateTime } from './format.js';
+import { dateTime, el } from './format.js';
 
 const $ = (id) => document.getElementById(id);
 let status;
@@ -156,8 +156,41 @@ export function keysFileProblem(text, passphrase) {
   return '';
 }
 
-/** Wires the banner and the import form; `onError` shows a failure at the top of the page. */
-export function setupKeys(onError) {
+/** The installation id a keys file names (both formats have it at the top); undefined if none. */
+function fileInstallation(text) {
+  try {
+    const id = JSON.parse(text.replace(/^\uFEFF/, ''))?.installationId;
+    return typeof id === 'string' ? id : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * What importing the keys of another installation than this one also does (agent/http/routes/keys.ts
+ * importKeysFile, agent/restore/last-restore.ts): the sentences the import confirmation adds, none for
+ * this installation's own keys.
+ */
+function identityChange(installation) {
+  if (!installation || !status?.installationId || installation === status.installationId) return [];
+  const short = (id) => `${id.slice(0, 5)}…`;
+  return [
+    el(
+      'p',
+      { className: 'warning' },
+      `These are the keys of another installation (${short(installation)}): this controller takes its identity, and the installation id changes from ${short(status.installationId)} to ${short(installation)}.`,
+    ),
+    'Cloud DR pushes are held until one of that installation’s backups is restored here (from its offsite copies), so that this controller’s data never replaces that installation’s cloud copy.',
+    'This controller’s own backups, here and offsite, then count as another installation’s: they are marked so, and restoring one asks again.',
+  ];
+}
+
+/**
+ * Wires the banner and the import form; `onError` shows a failure at the top of the page, `onImported`
+ * reloads what an import changes besides the keys (which backups count as another installation's, the
+ * Cloud DR status).
+ */
+export function setupKeys(onError, onImported) {
   report = onError;
   setupKeysDialog();
   $('download-keys').addEventListener('click', openKeysDialog);
@@ -228,6 +261,7 @@ export function setupKeys(onError) {
       body: [
         `The keys in “${file.name}” will become the active keys. New backups will be encrypted with them.`,
         'The current keys are kept as retired keys, so existing backups stay readable.',
+        ...identityChange(fileInstallation(text)),
       ],
       confirmLabel: 'Yes, Import Keys',
     });
@@ -241,7 +275,7 @@ export function setupKeys(onError) {
       result.textContent = `Keys imported. Active key: ${answer.activeKeyId}${answer.retiredKeyIds?.length ? `; ${answer.retiredKeyIds.length} retired key(s) kept` : ''}.`;
       $('import-passphrase').value = '';
       fileInput.value = '';
-      await loadKeys();
+      await Promise.all([loadKeys(), onImported?.()]);
     } catch (error) {
       result.className = 'result bad';
       result.textContent = error.message;

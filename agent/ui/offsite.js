@@ -1,6 +1,6 @@
 // Offsite destinations (SFTP, S3-compatible, SMB): their fields, Test Connection, Sync Now and the remote list.
 import { api } from './api.js';
-import { loadBackups, restoreWithProgress } from './backups.js';
+import { loadBackups, otherInstallation, otherInstallationTag, restoreWithProgress } from './backups.js';
 import { confirmAction, showJobProgress } from './dialogs.js';
 import { bytes, dateTime, el, tell } from './format.js';
 
@@ -243,22 +243,11 @@ function remoteTable(provider, list, refresh, allowed) {
     const when = item.createdAt ?? item.modifiedAt ?? item.lastModified;
     const base = `/offsite/${provider}/backups/${encodeURIComponent(name)}`;
     // Known to be another installation's (another controller's, or this one's before a keys import).
-    const other = item.installation && item.ofThisInstallation === false ? short(item.installation) : '';
+    const other = otherInstallation(item);
     return el(
       'tr',
       { 'data-filename': name },
-      el(
-        'th',
-        { scope: 'row', className: 'filename' },
-        el('span', {}, name),
-        other
-          ? el(
-              'span',
-              { className: 'tag tag-other', title: 'Not made by the installation whose keys are active' },
-              `another installation (${other})`,
-            )
-          : null,
-      ),
+      el('th', { scope: 'row', className: 'filename' }, el('span', {}, name), otherInstallationTag(other)),
       el('td', {}, dateTime(when)),
       el('td', { className: 'num' }, bytes(item.size)),
       el(
@@ -350,11 +339,6 @@ function remoteTable(provider, list, refresh, allowed) {
       el('tbody', {}, rows),
     ),
   );
-}
-
-/** An installation id as the page shows it: its first five characters ("72d26…"). */
-function short(installation) {
-  return `${installation.slice(0, 5)}…`;
 }
 
 async function copyToLocal(provider, name) {

@@ -77,6 +77,10 @@ describe('gem-backup restore of a backup another installation made', () => {
     await box.cli('keys', 'import', keys);
     expect(await box.held()).toBe(true);
     const before = await box.backups();
+    // The list marks it, as `list --from` marks such a copy offsite.
+    expect((await box.cli('list')).stdout).toMatch(
+      new RegExp(`^${own}  .*  another installation \\(${box.id.slice(0, 8)}…\\)$`, 'm'),
+    );
 
     // Its own backup (now another installation's): refused, one line, nothing changed (no safety backup).
     const refused = await box.run('restore', own, '--yes');
