@@ -4,16 +4,24 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { acquireLock, clearStaleLock, withJobLock } from '../../agent/jobs/lock';
+import { type BuiltChildren, buildChildren } from '../faults/built-child';
 
 const CHILDREN = 6;
 const ROUNDS = 25;
 
 let dir: string;
+/**
+ * lock-child.ts bundled once for the file by the build itself (test/faults/built-child.ts): each racer
+ * (six at once, twice) starts without tsx's loader.
+ */
+let built: BuiltChildren<'racer'>;
 beforeAll(async () => {
   dir = await mkdtemp(join(tmpdir(), 'gem-lock-'));
+  built = await buildChildren({ racer: 'test/jobs/lock-child.ts' });
 });
 afterAll(async () => {
-  await rm(dir, { recursive: true, force: true });
+  if (dir) await rm(dir, { recursive: true, force: true });
+  await built?.remove();
 });
 
 /** A pid that certainly belongs to no process: one that ran and exited. */
@@ -30,8 +38,8 @@ interface Racer {
 }
 
 function startRacer(): Racer {
-  const child = fork(join(import.meta.dirname, 'lock-child.ts'), [], {
-    execArgv: ['--import', 'tsx'],
+  const child = fork(built.paths.racer, [], {
+    execArgv: [],
     stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
   });
   const queue: Record<string, unknown>[] = [];
