@@ -22,12 +22,19 @@ const report = faultReport('remote', 'server freezes');
  * byte moved (3 s there; 5 min by default) and the retry's sign-in after 1 s (SFTP) or 2 s (smbclient's
  * -t), so each freeze costs a few seconds of waiting instead of seven. The retry is kept (2 attempts).
  * An S3 upload frozen once all its bytes are sent waits for the answer instead (answerTimeoutMs, 10 min by
- * default): s3rver answers a part once it is stored, so a freeze at 99 % can land there.
+ * default): s3rver answers a part once it is stored, so a freeze late in an upload can land there. The S3
+ * provider's own stall limit (1 s) is below the transfer's, so a freeze while bytes are still to be sent
+ * ends at the provider's guard, with its message; its parts are 5 MiB, so the 30 MB backup has six, four
+ * in flight at a time.
  */
 const FREEZE: typeof FAST = {
   ...FAST,
   stallTimeoutMs: 1500,
-  providerOverrides: { sftp: { timeoutMs: 1000 }, smb: { timeoutSeconds: 2 }, s3: { answerTimeoutMs: 3000 } },
+  providerOverrides: {
+    sftp: { timeoutMs: 1000 },
+    smb: { timeoutSeconds: 2 },
+    s3: { answerTimeoutMs: 3000, stallTimeoutMs: 1000, partSize: 5 * 1024 * 1024 },
+  },
 };
 
 let pg: TestPostgres;
@@ -55,6 +62,11 @@ async function rawNames(dir: string): Promise<string[]> {
   return out;
 }
 
+/** The ids of the multipart uploads s3rver holds (a folder each, made when the upload is started). */
+async function multipartUploads(): Promise<string[]> {
+  return readdir(join(s3.root, s3.bucket, '._S3rver_uploads')).catch(() => [] as string[]);
+}
+
 /** Bytes of the SMB provider's temp files on the share (an upload in flight). */
 async function smbTempBytes(): Promise<number> {
   const dir = join(smbd.root, 'faults');
@@ -65,14 +77,21 @@ async function smbTempBytes(): Promise<number> {
   return bytes;
 }
 
-/** s3rver has no pause: SIGSTOP the process listening on its port, as a hung server. */
+let s3Pid: number | undefined;
+/**
+ * s3rver has no pause: SIGSTOP the process listening on its port, as a hung server. Looked up once, so
+ * that a freeze is one signal (s3rver takes megabytes in the time `ss` takes to run).
+ */
 async function s3Signal(signal: 'SIGSTOP' | 'SIGCONT'): Promise<void> {
-  const port = new URL(s3.endpoint).port;
-  const { stdout } = await runProcess('ss', ['-ltnpH', `sport = :${port}`]);
-  const pid = Number(/pid=(\d+)/.exec(stdout)?.[1]);
-  if (!pid)
-    throw new Error(`no process listens on ${port} (ss from the iproute2 package is needed): ${stdout}`);
-  process.kill(pid, signal);
+  if (s3Pid === undefined) {
+    const port = new URL(s3.endpoint).port;
+    const { stdout } = await runProcess('ss', ['-ltnpH', `sport = :${port}`]);
+    const pid = Number(/pid=(\d+)/.exec(stdout)?.[1]);
+    if (!pid)
+      throw new Error(`no process listens on ${port} (ss from the iproute2 package is needed): ${stdout}`);
+    s3Pid = pid;
+  }
+  process.kill(s3Pid, signal);
 }
 
 const destinations = {
@@ -190,7 +209,9 @@ describe.concurrent('a destination that stops answering mid-upload', () => {
   for (const at of [0.1, 0.5, 0.99]) {
     for (const kind of KINDS) {
       it(
-        `${kind} frozen at ${at * 100} %: no partial object under the final name, the next sync completes`,
+        kind === 's3' && at === S3_MID_SEND
+          ? 's3 frozen as its upload starts, its parts still to send (progress counts answered parts: 99 % is never shown mid-upload): ended by the stall guard, no partial object, the next sync completes'
+          : `${kind} frozen at ${at * 100} %: no partial object under the final name, the next sync completes`,
         inTurn(kind, () => freezeCase(kind, at)),
       );
     }
@@ -277,18 +298,33 @@ describe.concurrent('a destination that stops answering mid-upload', () => {
   });
 });
 
+/**
+ * S3's 99 % case. Its progress counts only the parts the server answered (and the whole size once the
+ * Complete is), so 99 % is never shown while bytes are being sent and a freeze there would land after the
+ * upload. s3rver is frozen instead as soon as this upload is started (its folder appears): no part can be
+ * answered, so the fifth and sixth parts never start and bytes are still to send. (Frozen once 2 MiB of
+ * its parts were stored, the freeze came too late in 3 runs of 4: all six parts had been sent.)
+ */
+const S3_MID_SEND = 0.99;
+
 /** One case: `kind`'s server frozen once `at` of the upload is done; the checks; the next sync; cleanup. */
 async function freezeCase(kind: Kind, at: number): Promise<void> {
   const { t, name } = agents[kind];
   const d = destinations[kind];
   const local = await readFile(t.agent.catalog.pathOf(name));
+  const midSend = kind === 's3' && at === S3_MID_SEND;
+  // The uploads s3rver holds already: those of earlier frozen attempts stay (it cannot abort them).
+  const before = new Set(midSend ? await multipartUploads() : []);
   const res = await call(t, 'POST', `/offsite/${kind}/sync`);
   expect(res.status).toBe(202);
   const id = res.body.jobId as string;
   for (;;) {
     const job = t.agent.jobs.get(id)!;
     if (job.endedAt) break;
-    if (job.phase?.startsWith('uploading') && job.bytesTotal && job.bytesDone / job.bytesTotal >= at) break;
+    if (midSend) {
+      if ((await multipartUploads()).some((id) => !before.has(id))) break;
+    } else if (job.phase?.startsWith('uploading') && job.bytesTotal && job.bytesDone / job.bytesTotal >= at)
+      break;
     // The SMB provider reports what smbclient has read every 250 ms, so a fast upload shows no
     // middle in its progress: the share's temp file tells how far the upload is.
     if (kind === 'smb' && (await smbTempBytes()) >= at * local.length) break;
@@ -330,9 +366,20 @@ async function freezeCase(kind: Kind, at: number): Promise<void> {
     `${kind} frozen at ${at * 100} %: first sync ${job.state} ${job.error?.code ?? ''}, raw ${raw.join(', ')}`,
   );
   expect(partial, raw.join(', ')).toBe(false);
+  if (midSend) {
+    // What the user sees: the job failed at the provider's stall limit, naming the endpoint.
+    expect(job.state).toBe('failed');
+    expect(job.error?.code).toBe('dependency_down');
+    expect(job.error?.message).toBe(
+      `1 transfer failed; nothing was pruned. ${name}: The storage at ${s3.endpoint} stopped answering during the upload of ${name}: it took no data for 1 s, so the upload was given up (nothing was stored under its name). Check that the server is running and reachable; the next sync or backup uploads it again.`,
+    );
+  }
   expect(next.state, JSON.stringify(next.error)).toBe('succeeded');
   expect(after).toContain(name);
-  expect(leftovers, 'temp files left after the next sync').toEqual([]);
+  expect(
+    leftovers,
+    `temp files left after the next sync (the frozen attempt's: ${raw.filter((n) => n.startsWith('.tmp-')).join(', ') || 'none'})`,
+  ).toEqual([]);
   // Start the next case from an empty destination.
   expect((await call(t, 'DELETE', `/offsite/${kind}/backups/${name}`)).status).toBeLessThan(300);
 }
