@@ -2,7 +2,8 @@
  * The record of what a restore made of the server's roles (restore-roles-<id>.json in the data dir),
  * written before each role is created or membership granted: a restore killed before its swap
  * committed leaves them to the next start, which takes them back. A restore that committed keeps them
- * (they own the restored objects): its record goes with its journal (swap.ts cleanupPrevious).
+ * (they own the restored objects): its record goes with its journal (swap.ts cleanupPrevious). While a
+ * journal that cannot be read is on disk, no record is acted on (swap.ts takeBackUncommittedRoles).
  */
 import { readdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -44,12 +45,22 @@ export async function clearRoleRecord(dataDir: string, id: string): Promise<void
   await removeSmallFile(roleRecordPath(dataDir, id));
 }
 
+/** The file names of the records in the data dir (restore-roles-<id>.json), with their restores' ids. */
+export async function roleRecords(dataDir: string): Promise<{ name: string; id: string }[]> {
+  return (await readdir(dataDir)).flatMap((name) => {
+    const id = RECORD_NAME.exec(name)?.[1];
+    return id === undefined ? [] : [{ name, id }];
+  });
+}
+
 /**
  * At start (and once a database outage is over), after the staging leftovers are dropped (their
  * objects are owned by these roles): takes back what each recorded restore made of the roles, by
  * dropRestoreRoles' rules (only a role still as the restore made it; one something depends on is kept,
- * logged), then removes its record. Never restore `committedId`'s, whose swap committed. A record that
- * cannot be read stays, logged; the database failing throws, and the records stay for the next time.
+ * logged), then removes its record. Never restore `committedId`'s, whose swap committed; the caller
+ * makes sure no journal that cannot be read is on disk (else any record may be a committed restore's).
+ * A record that cannot be read stays, logged; the database failing throws, and the records stay for the
+ * next time.
  */
 export async function takeBackRecordedRoles(
   conn: PgConnection,
@@ -57,9 +68,8 @@ export async function takeBackRecordedRoles(
   log: Logger,
   committedId?: string,
 ): Promise<void> {
-  for (const name of await readdir(dataDir)) {
-    const id = RECORD_NAME.exec(name)?.[1];
-    if (id === undefined || id === committedId) continue;
+  for (const { name, id } of await roleRecords(dataDir)) {
+    if (id === committedId) continue;
     let record: z.infer<typeof recordSchema>;
     try {
       record = recordSchema.parse(JSON.parse(await readFile(join(dataDir, name), 'utf8')));

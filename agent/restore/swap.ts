@@ -21,7 +21,7 @@ import {
   setAllowConnections,
   terminateSessions,
 } from './database';
-import { clearRoleRecord, takeBackRecordedRoles } from './role-record';
+import { clearRoleRecord, roleRecords, takeBackRecordedRoles } from './role-record';
 import { clearSafetyRecord, hasUncommittedSafetyRecord, removeRecordedSafetyBackups } from './safety-record';
 
 /**
@@ -165,7 +165,14 @@ async function writeJournal(dataDir: string, journal: RestoreJournal): Promise<v
 async function readJournal(dataDir: string, log: Logger): Promise<RestoreJournal | undefined> {
   const text = await readFile(journalPath(dataDir), 'utf8').catch(() => undefined);
   if (text === undefined) return undefined;
-  const parsed = journalSchema.safeParse(JSON.parse(text));
+  // Damaged: no JSON at all (cut short, zeroed) is as unreadable as JSON that is no journal.
+  let json: unknown;
+  try {
+    json = JSON.parse(text);
+  } catch {
+    json = undefined;
+  }
+  const parsed = journalSchema.safeParse(json);
   if (!parsed.success) {
     log.error('the restore journal is unreadable; checking the databases and folders by name instead');
     return undefined;
@@ -183,6 +190,26 @@ export async function journalState(dataDir: string): Promise<'none' | 'committed
     return 'uncommitted';
   }
 }
+
+/**
+ * Whether a restore journal is on disk that is not restore `committedId`'s committed one, where any readable
+ * one has been settled (a start, the database watch, a restore under the job lock): one that cannot be
+ * read. Whether its restore committed is then unknown, and so whether the records restores left are of
+ * restores that did not commit: none is acted on (takeBackUncommittedRoles, removeUncommittedSafetyBackups),
+ * for a committed restore's roles own the data it restored, and its safety backup is the only copy of the
+ * data it replaced.
+ */
+async function journalUnknown(dataDir: string, committedId: string | undefined): Promise<boolean> {
+  const journal = await journalState(dataDir);
+  return journal === 'uncommitted' || (journal === 'committed' && committedId === undefined);
+}
+
+/** What a person does about a restore journal that cannot be read (journalUnknown): only they can tell. */
+const UNREADABLE_JOURNAL_ADVICE =
+  "check whether the restore it belongs to replaced GEM's data: if it did, delete that restore's " +
+  'restore-roles-<id>.json and restore-safety-<id>.json from the data dir (its roles and safety backup ' +
+  'stay); then move restore-journal.json out of the data dir, and the next start takes back the roles and ' +
+  'removes the safety backups that the records left name';
 
 /** The id of the restore whose journal says it committed (its cleanup still to come), if any. */
 export async function committedRestoreId(dataDir: string, log: Logger): Promise<string | undefined> {
@@ -609,6 +636,15 @@ async function retryLeftovers(deps: SwapDeps): Promise<void> {
  */
 export async function settleEarlierRestore(deps: SwapDeps): Promise<void> {
   const journal = await readJournal(deps.config.dataDir, deps.log);
+  if (!journal && (await journalUnknown(deps.config.dataDir, undefined))) {
+    // This restore's journal would replace it, and with it what holds back the records it may own.
+    throw new AppError(
+      'restore_failed',
+      'the restore did not start: the journal of an earlier restore (restore-journal.json) cannot be read, ' +
+        'so whether that restore replaced the data, and which roles and safety backups must stay, is ' +
+        `unknown; nothing was changed: ${UNREADABLE_JOURNAL_ADVICE}, then restore again`,
+    );
+  }
   if (journal && !journal.committed) {
     await undoEarlierRestore(deps, journal);
     await settleUncommittedRestores(deps, undefined);
@@ -872,32 +908,46 @@ async function settleUncommittedRestores(deps: SwapDeps, committedId: string | u
     },
   );
   // Then the roles a restore that did not commit created (the staging databases' objects were theirs).
-  if (leftoversGone) {
-    await takeBackRecordedRoles(deps.sources.conn, deps.config.dataDir, deps.log, committedId).catch(
-      (error) =>
-        deps.log.warn(
-          'could not take back the roles an interrupted restore created; the next start retries',
-          {
-            error,
-          },
-        ),
-    );
-  }
+  if (leftoversGone) await takeBackUncommittedRoles(deps, committedId);
   // And the safety backups they made: a restore that did not commit changed nothing.
   await removeUncommittedSafetyBackups(deps, committedId);
 }
 
 /**
- * removeRecordedSafetyBackups, its failure logged (the next start retries). Not while a journal that is
- * not restore `committedId`'s committed one is on disk (one that cannot be read): whether its restore
- * committed is unknown, and the safety backup of one that did is the only copy of the data it replaced.
+ * takeBackRecordedRoles, its failure logged (the next start retries). Not while a journal that cannot be
+ * read is on disk (journalUnknown): the roles of a restore that committed own the data it restored.
+ */
+async function takeBackUncommittedRoles(deps: SwapDeps, committedId: string | undefined): Promise<void> {
+  const dataDir = deps.config.dataDir;
+  if (await journalUnknown(dataDir, committedId)) {
+    const records = (await roleRecords(dataDir)).map((record) => record.name);
+    if (records.length > 0) {
+      deps.log.warn(
+        'kept the roles that interrupted restores created: the restore journal (restore-journal.json) ' +
+          "cannot be read, so whether their restore committed is unknown (a committed one's roles own the " +
+          `data it restored); ${UNREADABLE_JOURNAL_ADVICE}`,
+        { records },
+      );
+    }
+    return;
+  }
+  await takeBackRecordedRoles(deps.sources.conn, dataDir, deps.log, committedId).catch((error) =>
+    deps.log.warn('could not take back the roles an interrupted restore created; the next start retries', {
+      error,
+    }),
+  );
+}
+
+/**
+ * removeRecordedSafetyBackups, its failure logged (the next start retries). Not while a journal that cannot
+ * be read is on disk (journalUnknown): the safety backup of a restore that committed is the only copy of
+ * the data it replaced.
  */
 async function removeUncommittedSafetyBackups(
   deps: SwapDeps,
   committedId: string | undefined,
 ): Promise<void> {
-  const journal = await journalState(deps.config.dataDir);
-  if (journal === 'uncommitted' || (journal === 'committed' && committedId === undefined)) {
+  if (await journalUnknown(deps.config.dataDir, committedId)) {
     deps.log.warn(
       'kept the safety backups of interrupted restores: the restore journal cannot be read, so whether they committed is unknown',
     );

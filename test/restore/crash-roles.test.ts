@@ -2,21 +2,23 @@
  * A restore killed mid-way (SIGKILL: a power cut) leaves no role nor membership of its own behind: it
  * records them before making them (restore-roles-<id>.json), and the next start takes back those of a
  * restore that did not commit, after its staging database. One that committed keeps them (they own the
- * restored objects). A real agent process is killed; a real start of the agent follows.
+ * restored objects), also when its journal is damaged: whether it committed is then unknown, so no start,
+ * database watch or restore takes back what a record names (a restore is refused, changing nothing). A
+ * real agent process is killed; a real start of the agent follows.
  */
 import { existsSync } from 'node:fs';
-import { readdir } from 'node:fs/promises';
+import { readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { openAgent } from '../../agent/agent';
 import { loadConfig } from '../../agent/config';
-import { silentLogger } from '../../agent/log';
-import { journalPath } from '../../agent/restore/swap';
+import { createLogger } from '../../agent/log';
+import { journalPath, recoverInterruptedRestore } from '../../agent/restore/swap';
 import { databaseUrl } from '../../agent/system/postgres-tools';
 import { type BuiltChildren, buildChildren } from '../faults/built-child';
 import { startTestAgent, type TestAgent } from '../services/agent';
 import { startPostgres, type TestPostgres, withSql } from '../services/postgres';
 import { startAll } from '../services/start-all';
-import { agentEnv, backupNow, crashingRestore, leftovers, liveState } from './helpers';
+import { agentEnv, backupNow, crashingRestore, leftovers, liveState, runRestore } from './helpers';
 
 let pg: TestPostgres;
 let children: BuiltChildren<'crash-child'>;
@@ -50,13 +52,25 @@ async function roles(): Promise<{ roles: string[]; memberships: string[] }> {
   }));
 }
 
+/** The roles and memberships once a restore of the backup committed. */
+const RESTORED = { roles: ['r_owner', 'r_pre1', 'r_pre2', 'r_reader'], memberships: ['r_pre1 to r_pre2'] };
+
+/** The warning of a start or the database watch that keeps the recorded roles while the journal is damaged. */
+const KEPT =
+  "kept the roles that interrupted restores created: the restore journal (restore-journal.json) cannot be read, so whether their restore committed is unknown (a committed one's roles own the data it restored); check whether the restore it belongs to replaced GEM's data: if it did, delete that restore's restore-roles-<id>.json and restore-safety-<id>.json from the data dir (its roles and safety backup stay); then move restore-journal.json out of the data dir, and the next start takes back the roles and removes the safety backups that the records left name";
+
 /** The restore records in the data dir. */
 const records = async () => (await readdir(t.dataDir)).filter((name) => name.startsWith('restore-roles-'));
 
-/** Opens an agent over the data dir, as the service starts (its recovery runs), and closes it. */
-async function start(): Promise<void> {
-  const agent = await openAgent(loadConfig({ ...agentEnv(t, pg), NODE_ENV: 'test' }), silentLogger);
+/** Opens an agent over the data dir, as the service starts (its recovery runs), and closes it; its log lines. */
+async function start(): Promise<{ msg: string; records?: string[] }[]> {
+  const lines: string[] = [];
+  const agent = await openAgent(
+    loadConfig({ ...agentEnv(t, pg), NODE_ENV: 'test' }),
+    createLogger({ write: (line) => lines.push(line) }),
+  );
   await agent.close();
+  return lines.map((line) => JSON.parse(line));
 }
 
 /** A restore of the backup in another agent process, SIGKILLed at `crashAt` (test/restore/crash-child.ts). */
@@ -132,4 +146,51 @@ describe('a restore killed mid-way', () => {
       await withSql(t.agent.databaseUrl, (sql) => sql.unsafe(AFTER_BACKUP));
     },
   );
+
+  it('after its commit, its journal damaged before its record went: a start, the database watch and a restore (refused) keep the roles; once a person settles the journal, the next start too', async () => {
+    await killedRestore('role-record');
+    expect(await roles()).toEqual(RESTORED);
+    const [record, ...others] = await records();
+    expect(record).toBeDefined();
+    expect(others).toEqual([]);
+    // What it replaced, left to its cleanup (which the journal names).
+    const replaced = await leftovers(t.agent);
+    expect(replaced).toHaveLength(3);
+    // Damaged: cut short (no JSON any more), as a disk fault may leave it.
+    const journal = await readFile(journalPath(t.dataDir), 'utf8');
+    expect(JSON.parse(journal).committed).toBe(true);
+    const damaged = journal.slice(0, journal.length / 2);
+    await writeFile(journalPath(t.dataDir), damaged);
+
+    const log = await start();
+    expect(await roles()).toEqual(RESTORED);
+    expect(await records()).toEqual([record]);
+    expect(log).toContainEqual(expect.objectContaining({ msg: KEPT, records: [record] }));
+
+    // What the service's database watch runs under the job lock (the journal looks uncommitted to it).
+    await recoverInterruptedRestore(t.agent, { whileRunning: true });
+    expect(await roles()).toEqual(RESTORED);
+    expect(await records()).toEqual([record]);
+
+    // A restore would take back the recorded roles first (its 'earlier-roles' step), then replace the journal.
+    const refused = await runRestore(t.agent, backupPath);
+    expect(refused.state).toBe('failed');
+    expect(refused.error?.message).toMatch(
+      /^the restore did not start: the journal of an earlier restore \(restore-journal\.json\) cannot be read, .*; nothing was changed: check whether the restore it belongs to replaced GEM's data/,
+    );
+    expect(await roles()).toEqual(RESTORED);
+    expect(await records()).toEqual([record]);
+    expect(await readFile(journalPath(t.dataDir), 'utf8')).toBe(damaged);
+    expect(await leftovers(t.agent)).toEqual(replaced);
+
+    // As the log says: it replaced the data, so its record goes, then the journal is moved out.
+    await rm(`${t.dataDir}/${record}`);
+    await rm(journalPath(t.dataDir));
+    await start();
+    expect(await roles()).toEqual(RESTORED);
+    expect(existsSync(journalPath(t.dataDir))).toBe(false);
+    // And a restore runs again.
+    expect(await runRestore(t.agent, backupPath)).toMatchObject({ state: 'succeeded' });
+    expect(await roles()).toEqual(RESTORED);
+  });
 });
