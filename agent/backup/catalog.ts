@@ -145,12 +145,13 @@ export function checkBackupName(name: string): string {
 /**
  * The refusal of a delete of a pinned backup (`what`: "it", "its copy on the SFTP server"): a pin
  * promises the backup stays, here and offsite, until its owner unpins it, knowingly. `fileHere`: its
- * file is in the local backups (else it was removed by hand and only the CLI lists its pin).
+ * file is in the local backups (else it was removed by hand: the page's local list no longer shows it, its
+ * offsite lists do, with an Unpin button).
  */
 export function pinnedRefusal(name: string, what: string, fileHere = true): AppError {
   const how = fileHere
     ? `the Unpin button, or gem-backup unpin ${name}`
-    : `gem-backup unpin ${name}: its file here was removed, so the page does not list it`;
+    : `its file here was removed: the Unpin button beside its copy in the page's Offsite list, or gem-backup unpin ${name}`;
   return new AppError('conflict', `${name} is pinned: unpin it first (${how}), then delete ${what}`);
 }
 

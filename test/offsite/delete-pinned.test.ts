@@ -58,7 +58,7 @@ describe('deleting the offsite copy of a pinned backup', () => {
     const stillRefused = await call(t, 'DELETE', `/offsite/sftp/backups/${b1}`);
     expect(stillRefused.status).toBe(409);
     expect(stillRefused.body.error.message).toBe(
-      `${b1} is pinned: unpin it first (gem-backup unpin ${b1}: its file here was removed, so the page does not list it), then delete its copy on the SFTP server`,
+      `${b1} is pinned: unpin it first (its file here was removed: the Unpin button beside its copy in the page's Offsite list, or gem-backup unpin ${b1}), then delete its copy on the SFTP server`,
     );
     expect(await m.remoteNames(folder)).toEqual([b1, b2]);
     expect((await call(t, 'GET', '/offsite/sftp/backups')).body.backups[1]).toMatchObject({
