@@ -25,6 +25,11 @@ export function whenUnauthorized(handler) {
   onUnauthorized = handler;
 }
 
+/** This page's requests that change something (a POST may start a job) and are not answered yet. */
+let changesUnanswered = 0;
+/** True while one is: a job found running may be the one it started, whose id the page does not know yet. */
+export const changeUnanswered = () => changesUnanswered > 0;
+
 function authHeaders(extra = {}) {
   return { authorization: `Bearer ${token.get() ?? ''}`, ...extra };
 }
@@ -61,6 +66,8 @@ export async function api(
   const noAnswer = () =>
     new ApiError(0, 'no_answer', `The agent did not answer within ${Math.round(timeoutMs / 1000)} s.`);
   const both = timer ? (signal ? AbortSignal.any([signal, timer.signal]) : timer.signal) : signal;
+  const changing = method !== 'GET';
+  if (changing) changesUnanswered++;
   try {
     let response;
     try {
@@ -90,6 +97,7 @@ export async function api(
     }
   } finally {
     clearTimeout(timeout);
+    if (changing) changesUnanswered--;
   }
 }
 

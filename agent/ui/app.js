@@ -1,5 +1,5 @@
 // The Backup & Restore page: sign-in, then every section loads its state from the agent's API.
-import { api, token, whenUnauthorized } from './api.js';
+import { api, changeUnanswered, token, whenUnauthorized } from './api.js';
 import { backupProgress, loadBackups, restoreProgress, setupBackups } from './backups.js';
 import { forgetOwnJobs, showJobProgress, startedHere } from './dialogs.js';
 import { clearHealth, loadHealth, setupHealth } from './health.js';
@@ -16,6 +16,7 @@ function showError(error) {
 }
 
 function showSignIn(message = '') {
+  stopWatchingJobs();
   for (const dialog of document.querySelectorAll('dialog[open]')) dialog.close();
   $('app').hidden = true;
   clearHealth();
@@ -37,8 +38,9 @@ async function showApp() {
   // Not awaited: the status may contact offsite destinations; the rest of the page need not wait.
   loadHealth();
   await Promise.all([loadBackups().catch(showError), loadSettings(), loadDrStatus()]);
-  // A job started before a reload (or in another tab) still runs: show it again, as its starter did.
-  showRunningJobs(refreshAfterJob).catch((error) => error.status !== 401 && showError(error));
+  // A job started before a reload (or in another tab) still runs: show it again, as its starter did;
+  // and one that starts while the page is open (the schedule, the CLI) shows as it starts.
+  watchJobs();
 }
 
 /** What a job may have changed: the backups list and the Cloud DR status. */
@@ -46,7 +48,8 @@ async function refreshAfterJob() {
   await Promise.all([loadBackups().catch(showError), loadDrStatus()]);
 }
 
-// Jobs already running when the page opens (a reload, a second tab): their progress is shown again.
+// Jobs running when the page opens (a reload, a second tab) or starting while it is open (the schedule,
+// the CLI): their progress is shown.
 const OFFSITE_NAMES = { sftp: 'SFTP server', s3: 'S3-compatible storage', smb: 'Windows share (SMB)' };
 
 /** The progress dialog's title and texts for a job the page did not start itself. */
@@ -98,21 +101,65 @@ const PAGE_WIDE_KINDS = new Set(['restore', 'dr-recover']);
 
 /**
  * Asks the agent which jobs run and shows each one's progress until it ends (one at a time, oldest
- * first), then `afterJobs()` refreshes what they may have changed. A job this tab started (before a
- * reload) is shown in the progress dialog as its starter did; one started elsewhere (the schedule, the
- * CLI, another tab) in the job panel, which leaves the page usable.
+ * first), then `afterJobs()` refreshes what they may have changed; `going()` false (signed out
+ * meanwhile) stops it. A job this tab started (before a reload) is shown in the progress
+ * dialog as its starter did; one started elsewhere (the schedule, the CLI, another tab) in the job
+ * panel, which leaves the page usable.
  */
-async function showRunningJobs(afterJobs) {
+async function showRunningJobs(afterJobs, going = () => true) {
   const jobs = await api('/jobs');
+  // A job this page is starting may be among them before its starter has its id: the next look sees.
+  if (changeUnanswered()) return;
   const running = jobs
     .filter((job) => !job.endedAt)
     .sort((a, b) => String(a.startedAt).localeCompare(String(b.startedAt)));
   for (const job of running) {
+    if (!going()) return;
     const modal = startedHere(job.id) || PAGE_WIDE_KINDS.has(job.kind);
+    // The dialog is taken (by this tab's own job, which may be this one, or by how a job ended): this
+    // one waits for the next look. The panel shows only what these looks find, one at a time.
+    if (modal && $('progress-dialog').open) continue;
     await showJobProgress(job.id, { ...progressFor(job), modal });
-    await afterJobs?.();
+    if (going()) await afterJobs?.();
   }
 }
+
+/** How often the signed-in page, while in view, looks for jobs it does not show yet. */
+const JOBS_LOOK_MS = 4000;
+
+/** The current sign-in's look for running jobs: `stopped` at sign-out, `busy` while it shows what it found. */
+let jobWatch;
+
+/**
+ * Looks for running jobs now (what it cannot reach is told), then every JOBS_LOOK_MS while the page is
+ * in view and at once when it comes back into view (quietly: the next look tries again). One look at a
+ * time: the jobs it found are shown one after another before it looks again.
+ */
+function watchJobs() {
+  stopWatchingJobs();
+  const watch = { stopped: false, busy: false };
+  watch.look = (report = false) => {
+    if (watch.stopped || watch.busy || document.visibilityState === 'hidden') return;
+    watch.busy = true;
+    showRunningJobs(refreshAfterJob, () => !watch.stopped)
+      .catch((error) => report && error.status !== 401 && showError(error))
+      .finally(() => {
+        watch.busy = false;
+      });
+  };
+  watch.timer = setInterval(() => watch.look(), JOBS_LOOK_MS);
+  jobWatch = watch;
+  watch.look(true);
+}
+
+function stopWatchingJobs() {
+  if (!jobWatch) return;
+  jobWatch.stopped = true;
+  clearInterval(jobWatch.timer);
+  jobWatch = undefined;
+}
+
+document.addEventListener('visibilitychange', () => jobWatch?.look());
 
 /** The agent's lower-case words ("invalid admin token") as the start of a sentence. */
 const sentenceStart = (text) => text.charAt(0).toUpperCase() + text.slice(1).replace(/\.$/, '');
