@@ -28,20 +28,59 @@ export function withoutQueryParams(text: string): string {
   return `${text.slice(0, at)}\nparams: [not logged]${stack < 0 ? '' : text.slice(stack)}`;
 }
 
-/** Replaces the value of every field whose name looks secret, at any depth, and a query's values in any text. */
-function redact(value: unknown, depth = 0): unknown {
-  if (typeof value === 'string') return withoutQueryParams(value);
-  if (depth > 6 || value === null || typeof value !== 'object') return value;
-  if (value instanceof Error)
-    return {
-      name: value.name,
-      message: withoutQueryParams(value.message),
-      code: (value as { code?: unknown }).code,
-    };
-  if (Array.isArray(value)) return value.map((v) => redact(v, depth + 1));
-  const out: Record<string, unknown> = {};
-  for (const [k, v] of Object.entries(value))
-    out[k] = SECRET_KEY.test(k) ? '[redacted]' : redact(v, depth + 1);
+/**
+ * How far a logged value is walked. Past these limits a mark is written instead of the value, never the
+ * value itself: left as it is, it would be written unredacted, and a cyclic one (a socket, an SSH client)
+ * makes the line fail. The budget of values bounds the time and size of each field whatever is logged (a
+ * graph of a few objects each pointing at the others is exponential in the depth, and a list may hold
+ * millions of items): past it, the rest of a list or object is left out.
+ */
+const MAX_DEPTH = 6;
+const MAX_VALUES = 1000;
+const TOO_LARGE = '[not logged: too large]';
+
+/** One field of a log line, its secret-looking fields replaced at any depth and a query's values cut from any text. */
+function redactField(value: unknown): unknown {
+  let values = 0;
+  const ancestors = new WeakSet<object>();
+  const walk = (v: unknown, depth: number): unknown => {
+    if (typeof v === 'string') return withoutQueryParams(v);
+    if (v === null || typeof v !== 'object') return v;
+    if (v instanceof Error)
+      return { name: v.name, message: withoutQueryParams(v.message), code: (v as { code?: unknown }).code };
+    if (v instanceof Date) return v;
+    if (ArrayBuffer.isView(v) || v instanceof ArrayBuffer) return `[${v.byteLength} bytes]`;
+    // Only plain data is walked: a class instance (a stream, a socket, a client) is named, not written.
+    const proto = Object.getPrototypeOf(v);
+    if (!Array.isArray(v) && proto !== Object.prototype && proto !== null)
+      return `[${proto?.constructor?.name || 'object'}]`;
+    if (ancestors.has(v)) return '[cycle]';
+    if (depth > MAX_DEPTH) return TOO_LARGE;
+    ancestors.add(v);
+    try {
+      const keys = Array.isArray(v) ? v.keys() : Object.keys(v);
+      const out = (Array.isArray(v) ? [] : {}) as Record<string | number, unknown>;
+      for (const k of keys) {
+        if (++values > MAX_VALUES) {
+          // The rest of this list or object is left out, with a mark where it was cut.
+          out[Array.isArray(v) ? k : '…'] = TOO_LARGE;
+          break;
+        }
+        const item = (v as Record<string | number, unknown>)[k];
+        out[k] = typeof k === 'string' && SECRET_KEY.test(k) ? '[redacted]' : walk(item, depth + 1);
+      }
+      return out;
+    } finally {
+      ancestors.delete(v);
+    }
+  };
+  return walk(value, 0);
+}
+
+/** The fields of a log line, redacted; each one has its own budget, so a huge one cannot push the others out. */
+function redact(fields: LogFields): LogFields {
+  const out: LogFields = {};
+  for (const [k, v] of Object.entries(fields)) out[k] = SECRET_KEY.test(k) ? '[redacted]' : redactField(v);
   return out;
 }
 
@@ -59,7 +98,7 @@ export function createLogger(
         time: new Date().toISOString(),
         level,
         msg,
-        ...(redact({ ...base, ...fields }) as LogFields),
+        ...redact({ ...base, ...fields }),
       }),
     );
   };
