@@ -134,7 +134,10 @@ export interface SyncResult {
   uploaded: string[];
   downloaded: string[];
   deleted: { remote: string[]; local: string[] };
-  /** Temp leftovers of earlier failed uploads removed at the start (absent when none). */
+  /**
+   * Temp leftovers of failed uploads removed: earlier ones at the start, and after the transfers those of
+   * this sync's attempts given up and retried (absent when none).
+   */
   sweptTemp?: number;
   /** Turned off (or changed) during the sync: it stopped there and pruned nothing more on either side. */
   skipped?: DestinationSkip;
@@ -578,8 +581,14 @@ export class OffsiteService {
         const plan = planPrune(candidates, { maxBackups });
         const failures: string[] = [];
         const damaged: { filename: string; reason: string }[] = [];
+        const options = this.transferOptions(ctx);
+        let retried = false;
         const transfer = {
-          ...this.transferOptions(ctx),
+          ...options,
+          onRetry: (...args: Parameters<typeof options.onRetry>) => {
+            retried = true;
+            options.onRetry(...args);
+          },
           stillConfigured: () => watch.stillConfigured('retrying a transfer'),
         };
         const ordered = plan.keep.sort((a, b) => a.createdAt.localeCompare(b.createdAt));
@@ -667,6 +676,13 @@ export class OffsiteService {
         }
         // Turned off or changed: its earlier failures are moot, and nothing is pruned on either side.
         if (watch.skipped) return;
+        // An attempt given up on a stall may have left its temp file: the server that stopped answering let
+        // it neither finish nor remove it. Every transfer went through, so the server answers again: swept
+        // now, not left in the folder until the next sync.
+        if (retried && failures.length === 0) {
+          const swept = await this.sweep(kind, section, provider, 0, ctx);
+          if (swept > 0) result.sweptTemp = (result.sweptTemp ?? 0) + swept;
+        }
         this.forgetDamaged(provider, remote);
         if (damaged.length > 0) result.damaged = damaged;
         if (failures.length > 0) {

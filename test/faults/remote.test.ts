@@ -1,13 +1,15 @@
-/** Remote faults: the SFTP, SMB and S3 servers frozen at 10 %, 50 % and 99 % of an upload: no partial object under a final name; the next sync completes and leaves no temp file. */
+/** Remote faults: the SFTP, SMB and S3 servers frozen at 10 %, 50 % and 99 % of an upload: no partial object under a final name; the next sync completes and leaves no temp file; nor does a sync whose upload is retried after a moment's freeze. */
 import { readdir, readFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { s3Options, testConnection } from '../../agent/offsite/index';
+import { offsiteModule } from '../../agent/http/routes/offsite';
+import { createLogger } from '../../agent/log';
+import { offsiteServiceFor, s3Options, testConnection } from '../../agent/offsite/index';
 import { withRetry } from '../../agent/providers/retry';
 import { S3Provider } from '../../agent/providers/s3';
 import { runProcess } from '../../agent/system/spawn';
-import { backupNow, call, FAST, filenameOf, runJob, startOffsiteAgent } from '../offsite/helpers';
-import type { TestAgent } from '../services/agent';
+import { backupNow, call, FAST, filenameOf, runJob } from '../offsite/helpers';
+import { startTestAgent, type TestAgent } from '../services/agent';
 import { startPostgres, type TestPostgres, withSql } from '../services/postgres';
 import { type S3Service, startS3 } from '../services/s3';
 import { type SmbdService, startSmbd } from '../services/smbd';
@@ -49,6 +51,12 @@ const KINDS: Kind[] = ['sftp', 'smb', 's3'];
  * its time waiting out the frozen server's limits.
  */
 let agents: Record<Kind, { t: TestAgent; name: string }>;
+/**
+ * The transfer retries each agent has logged. The job shows none (its phase and progress stay as the
+ * frozen attempt left them), and the moment's freeze must end once its retry has started: frozen
+ * longer than the retry's sign-in limit, the retry fails too.
+ */
+const retries: Record<Kind, number> = { sftp: 0, smb: 0, s3: 0 };
 /** The S3 destination's agent, for the frozen-S3 tests after the freezes. */
 let t: TestAgent;
 
@@ -158,7 +166,16 @@ beforeAll(async () => {
   }));
   const started = await Promise.all(
     KINDS.map(async (kind) => {
-      const agent = await startOffsiteAgent(pg, FREEZE);
+      const agent = await startTestAgent(pg, {
+        modules: [offsiteModule],
+        log: createLogger({
+          level: 'warn',
+          write: (line) => {
+            if (line.includes('"a transfer failed and is retried"')) retries[kind]++;
+          },
+        }),
+      });
+      offsiteServiceFor(agent.agent, FREEZE);
       // About 30 MB that no compression shrinks, so the upload takes a while: 28 000 rows of 1 KiB of
       // random bytes, read by the server from /dev/urandom (gen_random_uuid() 64 times a row took 4.5 s).
       await withSql(agent.agent.databaseUrl, (sql) =>
@@ -216,6 +233,55 @@ describe.concurrent('a destination that stops answering mid-upload', () => {
       );
     }
   }
+
+  it(
+    'sftp stops answering for a moment during a sync: the retry completes it, and the attempt given up leaves no temp file',
+    inTurn('sftp', async () => {
+      const { t, name } = agents.sftp;
+      const d = destinations.sftp;
+      const local = await readFile(t.agent.catalog.pathOf(name));
+      // Whatever copy an earlier case left is removed, so that this sync uploads.
+      await call(t, 'DELETE', `/offsite/sftp/backups/${name}`);
+      const before = retries.sftp;
+      // The attempt given up removes its own temp file, for as long as a sign-in may take (1 s): the
+      // freeze must outlast that, yet end before the retry's sign-in gives up. So the retry waits 2-4 s
+      // here (25-50 ms otherwise), and the server answers again 1.8 s after the retry is announced.
+      offsiteServiceFor(t.agent, { ...FREEZE, retry: { attempts: 2, baseDelayMs: 4000, maxDelayMs: 4000 } });
+      const job = await oneSync().finally(() => offsiteServiceFor(t.agent, FREEZE));
+      expect(retries.sftp, 'no retry: the freeze missed the upload').toBeGreaterThan(before);
+      expect(job.state, JSON.stringify(job.error)).toBe('succeeded');
+      expect((job.result as { uploaded: string[] }).uploaded).toEqual([name]);
+      // Buffer.equals: toEqual walks a Buffer's entries one by one (out of memory on 30 MB).
+      expect((await d.bytesOf(name))?.equals(local)).toBe(true);
+      expect(await d.leftovers(), 'the temp file of the attempt given up').toEqual([]);
+      expect((await call(t, 'DELETE', `/offsite/sftp/backups/${name}`)).status).toBeLessThan(300);
+
+      async function oneSync() {
+        const res = await call(t, 'POST', '/offsite/sftp/sync');
+        expect(res.status).toBe(202);
+        const id = res.body.jobId as string;
+        const ended = () => t.agent.jobs.get(id)!.endedAt !== undefined;
+        const until = async (done: () => boolean) => {
+          while (!ended() && !done()) await new Promise((r) => setTimeout(r, 2));
+        };
+        await until(() => {
+          const job = t.agent.jobs.get(id)!;
+          return (
+            job.phase.startsWith('uploading') && job.bytesTotal > 0 && job.bytesDone >= 0.1 * job.bytesTotal
+          );
+        });
+        await d.freeze();
+        try {
+          // Frozen until the stall guard gives the attempt up and its retry is announced, then 1.8 s more.
+          await until(() => retries.sftp > before);
+          if (retries.sftp > before) await new Promise((r) => setTimeout(r, 1800));
+        } finally {
+          await d.thaw();
+        }
+        return t.agent.jobs.waitFor(id);
+      }
+    }),
+  );
 
   describe('a frozen S3 server: list, Test Connection and cancel end', () => {
     /**
