@@ -154,11 +154,11 @@ async function main(): Promise<void> {
   closeAll = async () => {
     server.close();
     scheduler.stop();
-    dr.stop();
+    const drStopped = dr.stop();
     verification.stop();
     alerts.stop();
     health.stop();
-    await databaseWatch.stop();
+    await Promise.all([databaseWatch.stop(), drStopped]);
     await agent.close();
     // Released only once the cluster is stopped: the next agent never adopts a cluster being stopped.
     await releaseServiceLock();

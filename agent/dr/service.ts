@@ -165,12 +165,17 @@ export class DrService {
     if (slotStates(await this.state.get()).some(([, slot]) => slot.pendingDeletion)) this.kickDeletion();
   }
 
-  stop(): void {
+  /**
+   * Stops the timers, then waits for a look at the slot or an opt-out deletion attempt in flight (each
+   * bounded by the request time limit): neither writes the DR state after the agent closed.
+   */
+  async stop(): Promise<void> {
     this.started = false;
     this.nightly?.stop();
     this.nightly = undefined;
     if (this.deletionTimer) clearTimeout(this.deletionTimer);
     this.deletionTimer = undefined;
+    await Promise.allSettled([this.checking, this.deletion]);
   }
 
   /** Why pushes cannot happen now, or null. */
@@ -789,6 +794,11 @@ function refusedForGood(error: unknown): boolean {
 }
 
 const services = new WeakMap<Agent, DrService>();
+
+/** Stops the agent's DR service, if it has one, as DrService.stop does. */
+export function stopDrService(agent: Agent): Promise<void> {
+  return services.get(agent)?.stop() ?? Promise.resolve();
+}
 
 /**
  * The agent's one DR service, created on first call. Options can only be given on that first call:

@@ -7,6 +7,7 @@ import { createApp, type RouteModule } from '../../agent/app';
 import { loadConfig } from '../../agent/config';
 import type { SqlOptions } from '../../agent/db/connect';
 import { seedGemDatabase, writeSampleFolders } from '../../agent/db/seed';
+import { stopDrService } from '../../agent/dr/service';
 import { Keyring } from '../../agent/keys/keyring';
 import { type Logger, silentLogger } from '../../agent/log';
 import type { TestPostgres } from './postgres';
@@ -68,6 +69,8 @@ export async function startTestAgent(
       return Promise.resolve(app.request(path, { ...init, headers }));
     },
     close: async () => {
+      // A look at the DR slot that a status request started writes the DR state when it ends.
+      await stopDrService(agent);
       await agent.close();
       if (!options.dataDir) await rm(dataDir, { recursive: true, force: true });
     },
