@@ -15,13 +15,22 @@ import { withMaintenance } from '../restore/database';
 import { journalState, recoverInterruptedRestore, uncommittedSafetyRecordLeft } from '../restore/swap';
 
 const DATABASE_WATCH_MS = 10_000;
+/**
+ * How long a check waits for its `select 1`. postgres.js gives a query on an open connection no time
+ * limit: one that never answers (every pool connection busy or hung) would stop the watch for good,
+ * and the agent's shutdown waiting for it.
+ */
+const CHECK_LIMIT_MS = 15_000;
 
 export interface DatabaseWatch {
   /** Stops the checks and waits for one in progress. */
   stop(): Promise<void>;
 }
 
-export function watchDatabase(agent: Agent, options: { intervalMs?: number } = {}): DatabaseWatch {
+export function watchDatabase(
+  agent: Agent,
+  options: { intervalMs?: number; checkLimitMs?: number } = {},
+): DatabaseWatch {
   const log = agent.log.child({ area: 'database-watch' });
   /**
    * Since the last check that found GEM's database answering: when it stopped, how many checks in a
@@ -32,15 +41,30 @@ export function watchDatabase(agent: Agent, options: { intervalMs?: number } = {
   /** The check in progress: a slow one (a connect timeout) is not stacked with the next. */
   let checking: Promise<void> | undefined;
 
+  const limitMs = options.checkLimitMs ?? CHECK_LIMIT_MS;
+  /** `query`'s answer, or a failure once it has not come in `limitMs` (the query itself is left to end). */
+  const limited = (query: Promise<unknown>): Promise<unknown> => {
+    let timer: NodeJS.Timeout | undefined;
+    const limit = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new Error(`no answer in ${limitMs / 1000} s`)), limitMs);
+    });
+    return Promise.race([query, limit]).finally(() => clearTimeout(timer));
+  };
+  /** The pool's `select 1` not answered yet: the next check waits on it rather than queueing another. */
+  let poolQuery: Promise<unknown> | undefined;
   /** Why GEM's database does not answer through the agent's pool; undefined if it does. */
-  const poolFailure = () =>
-    agent.sql`select 1`.then(
+  const poolFailure = () => {
+    poolQuery ??= Promise.resolve(agent.sql`select 1`).finally(() => {
+      poolQuery = undefined;
+    });
+    return limited(poolQuery).then(
       () => undefined,
       (error: unknown) => describeError(error).message,
     );
+  };
   /** The server answers, though GEM's database may not (renamed aside by a swap cut off, or fenced). */
   const serverAnswers = () =>
-    withMaintenance(agent.sources.conn, (sql) => sql`select 1`).then(
+    limited(withMaintenance(agent.sources.conn, (sql) => sql`select 1`)).then(
       () => true,
       () => false,
     );
