@@ -7,12 +7,22 @@
  *   restore staging leftovers are dropped. Under the job lock: never beside a running job;
  * - a restore whose process died (a CLI restore killed while the service runs) is settled as a start
  *   would: its journal rolled back, its staging and roles taken back, its safety backup removed.
+ * A restore journal that cannot be read (restores refused, nothing settled until a person sees to it) is
+ * logged at the first check that finds it and once when it is gone, not at each check.
  */
+import { existsSync } from 'node:fs';
 import type { Agent } from '../agent';
 import { describeError, isAppError } from '../errors';
 import { acquireLock } from '../jobs/lock';
+import { type Logger, silentLogger } from '../log';
 import { withMaintenance } from '../restore/database';
-import { journalState, recoverInterruptedRestore, uncommittedSafetyRecordLeft } from '../restore/swap';
+import {
+  journalPath,
+  journalState,
+  journalUnreadable,
+  recoverInterruptedRestore,
+  uncommittedSafetyRecordLeft,
+} from '../restore/swap';
 
 const DATABASE_WATCH_MS = 10_000;
 /**
@@ -29,7 +39,12 @@ export interface DatabaseWatch {
 
 export function watchDatabase(
   agent: Agent,
-  options: { intervalMs?: number; checkLimitMs?: number } = {},
+  options: {
+    intervalMs?: number;
+    checkLimitMs?: number;
+    /** Called after each check (tests count them). */
+    afterCheck?: () => void;
+  } = {},
 ): DatabaseWatch {
   const log = agent.log.child({ area: 'database-watch' });
   /**
@@ -40,6 +55,12 @@ export function watchDatabase(
   let stopped = false;
   /** The check in progress: a slow one (a connect timeout) is not stacked with the next. */
   let checking: Promise<void> | undefined;
+  /**
+   * Whether the recovery's lines about a restore journal that cannot be read were logged (at the first
+   * check that ran it while the journal was so): not again at each check (one every 10 s for as long as
+   * the file stays would bury the rest of the log), until it is gone.
+   */
+  let unreadableJournalLogged = false;
 
   const limitMs = options.checkLimitMs ?? CHECK_LIMIT_MS;
   /** `query`'s answer, or a failure once it has not come in `limitMs` (the query itself is left to end). */
@@ -80,24 +101,27 @@ export function watchDatabase(
     }
   };
 
-  /** Rolls back or completes a restore the outage cut off, and drops staging leftovers; false if busy. */
-  const finishAfterOutage = async (): Promise<boolean> => {
+  /**
+   * Rolls back or completes a restore the outage cut off, and drops staging leftovers; what recovery did,
+   * or 'busy' (a job holds the job lock). Its lines about a journal that cannot be read go to `journalLog`.
+   */
+  const finishAfterOutage = async (journalLog: Logger) => {
     let release: () => Promise<void>;
     try {
       release = await acquireLock(agent.jobs.lockPath, 'finishing what a database outage left');
     } catch (error) {
-      if (isAppError(error, 'job_running')) return false;
+      if (isAppError(error, 'job_running')) return 'busy';
       throw error;
     }
     try {
       const outcome = await recoverInterruptedRestore(
         { config: agent.config, log, sources: agent.sources },
-        { whileRunning: true },
+        { whileRunning: true, journalLog },
       );
       if (outcome === 'rolled-back' || outcome === 'completed') {
         log.warn('finished a restore that the database outage had cut off', { outcome });
       }
-      return true;
+      return outcome;
     } finally {
       await release();
     }
@@ -116,14 +140,28 @@ export function watchDatabase(
       return;
     }
     if (outage) outage.serverDown = 0;
+    const dataDir = agent.config.dataDir;
+    const unreadable = await journalUnreadable(dataDir);
+    if (unreadableJournalLogged && !unreadable) {
+      unreadableJournalLogged = false;
+      log.info(
+        existsSync(journalPath(dataDir))
+          ? 'the restore journal can be read again'
+          : 'the restore journal that could not be read is gone from the data dir',
+      );
+    }
     // A journal with the job lock free is a swap whose undo failed or whose process died (a swap in
     // progress holds the lock; a committed one may still be cleaning up, and is left alone).
-    const uncommitted = (await journalState(agent.config.dataDir)) === 'uncommitted';
+    const uncommitted = (await journalState(dataDir)) === 'uncommitted';
     // So is the record of a safety backup of a restore that did not commit (one killed before its swap).
-    const uncommittedSafety = await uncommittedSafetyRecordLeft(agent.config.dataDir, log);
+    // Its only line (the journal cannot be read) is also the recovery's, which runs then: logged there.
+    const uncommittedSafety = await uncommittedSafetyRecordLeft(dataDir, silentLogger);
     if ((outage && !outage.finished) || uncommitted || uncommittedSafety) {
-      if (!(await finishAfterOutage())) return; // a job runs: the next check tries again
+      const outcome = await finishAfterOutage(unreadableJournalLogged ? silentLogger : log);
+      if (outcome === 'busy') return; // a job runs: the next check tries again
       if (outage) outage.finished = true;
+      // Left to another process holding the job lock, recovery did not look at the journal.
+      if (unreadable && outcome !== 'skipped') unreadableJournalLogged = true;
     }
     if (failure === undefined && outage) {
       log.info("GEM's database answers again", {
@@ -139,6 +177,7 @@ export function watchDatabase(
       .catch((error: unknown) => log.error('the database watch failed', { error }))
       .finally(() => {
         checking = undefined;
+        options.afterCheck?.();
       });
   }, options.intervalMs ?? DATABASE_WATCH_MS);
   timer.unref();

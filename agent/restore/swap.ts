@@ -162,10 +162,8 @@ async function writeJournal(dataDir: string, journal: RestoreJournal): Promise<v
   await writeSmallFileAtomic(journalPath(dataDir), `${JSON.stringify(journal, null, 2)}\n`, 0o600);
 }
 
-async function readJournal(dataDir: string, log: Logger): Promise<RestoreJournal | undefined> {
-  const text = await readFile(journalPath(dataDir), 'utf8').catch(() => undefined);
-  if (text === undefined) return undefined;
-  // Damaged: no JSON at all (cut short, zeroed) is as unreadable as JSON that is no journal.
+/** The journal `text` holds; undefined if it is damaged (no JSON at all, cut short or zeroed, or JSON that is no journal). */
+function parseJournal(text: string): RestoreJournal | undefined {
   let json: unknown;
   try {
     json = JSON.parse(text);
@@ -173,11 +171,23 @@ async function readJournal(dataDir: string, log: Logger): Promise<RestoreJournal
     json = undefined;
   }
   const parsed = journalSchema.safeParse(json);
-  if (!parsed.success) {
+  return parsed.success ? parsed.data : undefined;
+}
+
+async function readJournal(dataDir: string, log: Logger): Promise<RestoreJournal | undefined> {
+  const text = await readFile(journalPath(dataDir), 'utf8').catch(() => undefined);
+  if (text === undefined) return undefined;
+  const journal = parseJournal(text);
+  if (!journal) {
     log.error('the restore journal is unreadable; checking the databases and folders by name instead');
-    return undefined;
   }
-  return parsed.data;
+  return journal;
+}
+
+/** Whether a restore journal is on disk that cannot be read (damaged): what readJournal logs an error about. */
+export async function journalUnreadable(dataDir: string): Promise<boolean> {
+  const text = await readFile(journalPath(dataDir), 'utf8').catch(() => undefined);
+  return text !== undefined && parseJournal(text) === undefined;
 }
 
 /** Whether a restore journal is on disk, and whether it says committed (an unreadable one: uncommitted). */
@@ -647,12 +657,12 @@ export async function settleEarlierRestore(deps: SwapDeps): Promise<void> {
   }
   if (journal && !journal.committed) {
     await undoEarlierRestore(deps, journal);
-    await settleUncommittedRestores(deps, undefined);
+    await settleUncommittedRestores(deps, undefined, deps.log);
     return;
   }
   await retryLeftovers(deps);
   if (journal?.committed) await settleCommittedRestore(deps, journal);
-  await removeUncommittedSafetyBackups(deps, undefined);
+  await removeUncommittedSafetyBackups(deps, undefined, deps.log);
 }
 
 /** Rolls back an earlier restore's uncommitted swap and removes its journal; refuses this restore if it cannot. */
@@ -847,22 +857,30 @@ async function rollBackFromJournal(deps: SwapDeps, journal: RestoreJournal): Pro
  */
 export async function recoverInterruptedRestore(
   deps: SwapDeps,
-  options: { whileRunning?: boolean } = {},
+  options: {
+    whileRunning?: boolean;
+    /**
+     * Where its lines about a restore journal that cannot be read go (deps.log by default): the database
+     * watch logs them at the first check that finds it, not at each one (silentLogger after).
+     */
+    journalLog?: Logger;
+  } = {},
 ): Promise<'none' | 'rolled-back' | 'completed' | 'skipped'> {
+  const journalLog = options.journalLog ?? deps.log;
   await restoreSettled(deps.config.dataDir);
   // Another live process holding the job lock may be restoring right now (the lock module's rule).
   if (await heldByOtherProcess(join(deps.config.dataDir, 'job.lock'))) {
     deps.log.info('another process holds the job lock; restore recovery is left to it');
     return 'skipped';
   }
-  const journal = await readJournal(deps.config.dataDir, deps.log);
+  const journal = await readJournal(deps.config.dataDir, journalLog);
   const committedId = journal?.committed ? journal.id : undefined;
   // While agents run (the database watch), a committed restore may still be cleaning up in the
   // process that made it (a CLI command), after its job ended: that is only disk space, left to it
   // or to the next start, and so are the staging leftovers meanwhile. The safety backups of restores
   // that died uncommitted go (never that one's).
   if (options.whileRunning && journal?.committed) {
-    await removeUncommittedSafetyBackups(deps, committedId);
+    await removeUncommittedSafetyBackups(deps, committedId, journalLog);
     return 'skipped';
   }
   const outcome = !journal ? 'none' : journal.committed ? 'completed' : 'rolled-back';
@@ -885,7 +903,7 @@ export async function recoverInterruptedRestore(
       await removeJournal(deps.config.dataDir);
     }
   }
-  await settleUncommittedRestores(deps, committedId);
+  await settleUncommittedRestores(deps, committedId, journalLog);
   return outcome;
 }
 
@@ -893,8 +911,13 @@ export async function recoverInterruptedRestore(
  * What restores that did not commit left, once none can be running and the journal is settled (rolled
  * back, or restore `committedId`'s committed): earlier leftovers retried, staging leftovers dropped, the
  * roles they created taken back, their safety backups removed. Never throws: each part is only logged.
+ * `journalLog` takes the lines about a journal that cannot be read (recoverInterruptedRestore).
  */
-async function settleUncommittedRestores(deps: SwapDeps, committedId: string | undefined): Promise<void> {
+async function settleUncommittedRestores(
+  deps: SwapDeps,
+  committedId: string | undefined,
+  journalLog: Logger,
+): Promise<void> {
   await retryLeftovers(deps);
   // Leftovers are only disk space: failing to drop them (database down) must not stop the agent starting.
   const leftoversGone = await dropStagingLeftovers(deps.sources).then(
@@ -908,21 +931,25 @@ async function settleUncommittedRestores(deps: SwapDeps, committedId: string | u
     },
   );
   // Then the roles a restore that did not commit created (the staging databases' objects were theirs).
-  if (leftoversGone) await takeBackUncommittedRoles(deps, committedId);
+  if (leftoversGone) await takeBackUncommittedRoles(deps, committedId, journalLog);
   // And the safety backups they made: a restore that did not commit changed nothing.
-  await removeUncommittedSafetyBackups(deps, committedId);
+  await removeUncommittedSafetyBackups(deps, committedId, journalLog);
 }
 
 /**
  * takeBackRecordedRoles, its failure logged (the next start retries). Not while a journal that cannot be
  * read is on disk (journalUnknown): the roles of a restore that committed own the data it restored.
  */
-async function takeBackUncommittedRoles(deps: SwapDeps, committedId: string | undefined): Promise<void> {
+async function takeBackUncommittedRoles(
+  deps: SwapDeps,
+  committedId: string | undefined,
+  journalLog: Logger,
+): Promise<void> {
   const dataDir = deps.config.dataDir;
   if (await journalUnknown(dataDir, committedId)) {
     const records = (await roleRecords(dataDir)).map((record) => record.name);
     if (records.length > 0) {
-      deps.log.warn(
+      journalLog.warn(
         'kept the roles that interrupted restores created: the restore journal (restore-journal.json) ' +
           "cannot be read, so whether their restore committed is unknown (a committed one's roles own the " +
           `data it restored); ${UNREADABLE_JOURNAL_ADVICE}`,
@@ -946,9 +973,10 @@ async function takeBackUncommittedRoles(deps: SwapDeps, committedId: string | un
 async function removeUncommittedSafetyBackups(
   deps: SwapDeps,
   committedId: string | undefined,
+  journalLog: Logger,
 ): Promise<void> {
   if (await journalUnknown(deps.config.dataDir, committedId)) {
-    deps.log.warn(
+    journalLog.warn(
       'kept the safety backups of interrupted restores: the restore journal cannot be read, so whether they committed is unknown',
     );
     return;
