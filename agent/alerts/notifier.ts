@@ -8,7 +8,7 @@ import { HEALTH_AREAS } from '../health/model';
 import type { HealthService } from '../health/service';
 import { type AlertChannel, alertChannels } from './channels';
 import { type SmtpOptions, sendMail } from './smtp';
-import { AlertStateStore, type DeliveryState, DeliveryStateStore } from './state';
+import { AlertStateStore, type DeliveryState, DeliveryStateStore, type EarlierAlert } from './state';
 import { type Delivery, postWebhook } from './webhook';
 
 /** What happened to an area: it turned warning/failing, it recovered, it is still failing a day later, or a test. */
@@ -242,16 +242,18 @@ export class AlertNotifier {
   /**
    * A channel set up (or turned on) since the last check is sent, once, the alerts still current that
    * it did not receive: each area that is not ok, as last alerted (to another channel, or to none while
-   * none was set up), marked `earlier`. At most one alert per area; a channel that fails is tried again
-   * at the next check. The channels found at the first check since this is kept (a new installation,
-   * an upgrade) count as told: they had every alert.
+   * none was set up), marked `earlier`. At most one alert per area; what it received is recorded per
+   * alert (`earlierSent`, as each one gets through), so a channel that fails part-way is sent only the
+   * others at the next check. The channels found at the first check since this is kept (a new
+   * installation, an upgrade) count as told: they had every alert.
    */
   private async tellNewChannels(
     channels: AlertChannel[],
     report: HealthReport,
     received: Map<string, Set<HealthArea>>,
   ): Promise<void> {
-    const told = (await this.delivery.current()).toldChannels;
+    const saved = await this.delivery.current();
+    const told = saved.toldChannels;
     const keys = channels.map((c) => c.key);
     if (told === undefined) {
       await this.noteDelivery((d) => {
@@ -263,22 +265,40 @@ export class AlertNotifier {
     const nowTold: string[] = [];
     for (const channel of channels.filter((c) => !told.includes(c.key))) {
       const current = HEALTH_AREAS.filter(
-        (area) =>
-          report.areas[area].status !== 'ok' &&
-          alerted[area]?.status === report.areas[area].status &&
-          !received.get(channel.key)?.has(area),
+        (area) => report.areas[area].status !== 'ok' && alerted[area]?.status === report.areas[area].status,
       );
+      const alertOf = (area: HealthArea): EarlierAlert => ({
+        status: alerted[area]!.status,
+        since: alerted[area]!.since ?? alerted[area]!.sentAt,
+      });
+      const had = saved.earlierSent?.[channel.key] ?? {};
+      const record = (areas: HealthArea[]) =>
+        this.noteDelivery((d) => {
+          const all = d.earlierSent ?? {};
+          const sent = all[channel.key] ?? {};
+          for (const area of areas) sent[area] = alertOf(area);
+          all[channel.key] = sent;
+          d.earlierSent = all;
+        });
+      // What it received at this check (an alert to every channel) it has: kept, should a later one fail.
+      const justReceived = current.filter((area) => received.get(channel.key)?.has(area));
+      if (justReceived.length) await record(justReceived);
       let ok = true;
       for (const area of current) {
+        if (justReceived.includes(area)) continue;
+        const before = had[area];
+        if (before && before.status === alertOf(area).status && before.since === alertOf(area).since)
+          continue;
         const health = report.areas[area];
         const payload: AlertPayload = {
           ...this.payload(area, health.status as AlertEvent, health, null, report),
           earlier: true,
-          since: alerted[area]!.since ?? alerted[area]!.sentAt,
+          since: alertOf(area).since,
         };
         const [delivery] = await this.deliver(payload, channels, [channel]);
         ok = delivery!.ok;
         if (!ok) break;
+        await record([area]);
         this.agent.log.info('an earlier alert sent to a new channel', {
           area,
           channel: channel.name,
@@ -291,6 +311,10 @@ export class AlertNotifier {
     // Channels no longer set up are forgotten: set up again, they are told again.
     await this.noteDelivery((d) => {
       d.toldChannels = keys.filter((k) => told.includes(k) || nowTold.includes(k));
+      for (const key of Object.keys(d.earlierSent ?? {})) {
+        if (!keys.includes(key) || d.toldChannels.includes(key)) delete d.earlierSent![key];
+      }
+      if (d.earlierSent && !Object.keys(d.earlierSent).length) delete d.earlierSent;
     });
   }
 

@@ -66,6 +66,19 @@ export interface DeliveryState {
    * channels set up at the first check since this was kept count as told). Absent: not kept yet.
    */
   toldChannels?: string[];
+  /**
+   * For each channel still being sent them (not in `toldChannels` yet), the alerts still current it
+   * already received, per area: the status and `since` of that alert (a later alert about the area is
+   * another one), so a retry sends only the others. Absent in files written before it was kept.
+   */
+  earlierSent?: Record<string, Partial<Record<HealthArea, EarlierAlert>>>;
+}
+
+/** One alert still current, as a channel being caught up received it. */
+export interface EarlierAlert {
+  status: HealthStatus;
+  /** When the area was first alerted about this status. */
+  since: string;
 }
 
 const ALERT_DELIVERY_FILE = 'alerts-delivery.json';
@@ -95,6 +108,13 @@ const deliveryStateSchema = z.object({
     )
     .catch({}),
   toldChannels: z.array(z.string()).optional().catch(undefined),
+  earlierSent: z
+    .record(
+      z.string(),
+      z.partialRecord(z.enum(HEALTH_AREAS), z.object({ status: z.enum(HEALTH_STATUSES), since: z.string() })),
+    )
+    .optional()
+    .catch(undefined),
 });
 
 /** How the alert channels fared (alerts-delivery.json in the data dir): what the log was already told. */
@@ -125,6 +145,10 @@ export class DeliveryStateStore extends JsonStateFile<DeliveryState> {
       if (JSON.stringify(next) === before) return;
       await this.update((state) => {
         Object.assign(state, next);
+        // A part `change` removed is removed from the file too (parts not understood are kept).
+        for (const key of Object.keys(deliveryStateSchema.shape) as Array<keyof DeliveryState>) {
+          if (!(key in next)) delete state[key];
+        }
       });
     });
     this.changes = run.catch(() => {});

@@ -146,6 +146,68 @@ describe('alerts raised before a channel was set up', () => {
     ]);
   });
 
+  it('a new channel that fails part-way is sent only the ones it missed, each once', async () => {
+    const partial = await webhook();
+    // The first earlier alert gets through, the second is refused once.
+    partial.answers = [204, 500];
+    await setUp([hooks[0]!, hooks[1]!, partial], true);
+    const others = () => [hooks[0]!.received.length, hooks[1]!.received.length, smtp.messages.length];
+    const before = others();
+    await notifier().check();
+    expect(partial.requests).toBe(2);
+    expect(partial.received).toHaveLength(1);
+    const first = partial.received[0]!;
+    expect(first).toMatchObject({ earlier: true });
+    // What it received is kept per alert, on disk (each check here is a new notifier, as after a restart).
+    const saved = JSON.parse(await readFile(deliveryFile(), 'utf8'));
+    const records = Object.values(saved.earlierSent) as Array<Record<string, unknown>>;
+    expect(records).toHaveLength(1);
+    expect(Object.keys(records[0]!)).toEqual([first.area]);
+    // The next check sends it only the ones it missed (and the alerts area's warning about it, as to all).
+    await notifier().check();
+    const retried = partial.received.slice(1).filter((body) => body.earlier);
+    expect(retried.map((body) => body.area).sort()).toEqual(current.filter((a) => a !== first.area));
+    expect(earlierTo(partial)).toEqual(current);
+    await notifier().check();
+    await notifier().check();
+    // Over the whole run, each alert once: the earlier ones, and the alerts area's warning and recovery.
+    expect(earlierTo(partial)).toEqual(current);
+    const rest = partial.received.filter((body) => !body.earlier).map((body) => `${body.area} ${body.event}`);
+    expect(rest).toEqual(['alerts warning', 'alerts recovered']);
+    // The channels already told heard only of the alerts area.
+    const after = others();
+    expect(after.map((n, i) => n - before[i]!)).toEqual([2, 2, 2]);
+    expect(JSON.parse(await readFile(deliveryFile(), 'utf8')).earlierSent).toBeUndefined();
+  });
+
+  it('a delivery file of the previous version (toldChannels only) loads; its told channels are not sent them again', async () => {
+    const saved = JSON.parse(await readFile(deliveryFile(), 'utf8'));
+    expect(saved.toldChannels).toHaveLength(4);
+    await writeFile(
+      deliveryFile(),
+      JSON.stringify({ channels: {}, undelivered: {}, toldChannels: saved.toldChannels }),
+    );
+    const n = notifier();
+    expect(await n.delivery.current()).toEqual({
+      channels: {},
+      undelivered: {},
+      toldChannels: saved.toldChannels,
+    });
+    const told = [...hooks];
+    expect(told).toHaveLength(3);
+    const counts = () => [...told.map((h) => h.requests), smtp.messages.length];
+    const before = counts();
+    // One more webhook beside them: it alone is sent the ones still current.
+    const late = await webhook();
+    await setUp([...told, late], true);
+    expect(await n.check()).toEqual([]);
+    expect(counts()).toEqual(before);
+    expect(earlierTo(late)).toEqual(current);
+    await notifier().check();
+    expect(counts()).toEqual(before);
+    expect(late.received).toHaveLength(current.length);
+  });
+
   it('after an upgrade, the channels found at the first check count as told', async () => {
     const saved = JSON.parse(await readFile(deliveryFile(), 'utf8'));
     delete saved.toldChannels;

@@ -11,6 +11,8 @@ export interface WebhookReceiver {
   requests: number;
   /** What the next requests are answered (204 at first). */
   answer: number;
+  /** The answers of the next requests, in order, before `answer` again (each taken by one request). */
+  answers: number[];
   close(): Promise<void>;
 }
 
@@ -21,6 +23,7 @@ export async function startWebhook(path = '/hook'): Promise<WebhookReceiver> {
     received: [],
     requests: 0,
     answer: 204,
+    answers: [],
     close: () => new Promise((resolve) => server.close(() => resolve())),
   };
   const server: Server = createServer((req, res) => {
@@ -28,7 +31,7 @@ export async function startWebhook(path = '/hook'): Promise<WebhookReceiver> {
     req.on('data', (c: Buffer) => parts.push(c));
     req.on('end', () => {
       receiver.requests += 1;
-      const status = receiver.answer;
+      const status = receiver.answers.shift() ?? receiver.answer;
       if (status < 300) receiver.received.push(JSON.parse(Buffer.concat(parts).toString('utf8')));
       res.writeHead(status).end();
     });
