@@ -17,6 +17,7 @@ import { describeDestinationError } from '../offsite/messages';
 import type { OffsiteService } from '../offsite/service';
 import { currentTargetResults, type VerificationStateStore } from '../verification/state';
 import { type AreaHealth, type AreaSource, formatAge, type HealthStatus, worst } from './model';
+import { type RestoreLeftover, restoreLeftoversCheck, restoreLeftoversReason } from './restore-leftovers';
 import type { HealthStateStore } from './state';
 import type { JobWatchdog } from './watchdog';
 
@@ -371,8 +372,30 @@ export const statfsFreeSpace: FreeSpace = async (dir) => {
 /** Room a backup needs besides its own file: the compressed dump staged before packing, and a margin. */
 export const STAGING_MARGIN_BYTES = 64 * 1024 * 1024;
 
-/** Disk: free space of the data dir against the next backup (last size x 1.2) plus its staging room. */
-export function diskArea(agent: Agent, freeSpace: FreeSpace = statfsFreeSpace): AreaSource {
+/**
+ * Disk: free space of the data dir against the next backup (last size x 1.2) plus its staging room; what
+ * restores set aside and no restore accounts for any more is a warning first (restore-leftovers.ts).
+ */
+export function diskArea(
+  agent: Agent,
+  freeSpace: FreeSpace = statfsFreeSpace,
+  restoreLeftovers: () => Promise<RestoreLeftover[]> = restoreLeftoversCheck(agent),
+): AreaSource {
+  const area = freeSpaceArea(agent, freeSpace);
+  return async (now) => {
+    const [health, leftovers] = await Promise.all([area(now), restoreLeftovers()]);
+    if (leftovers.length === 0) return health;
+    return {
+      ...health,
+      status: worst([health.status, 'warning']),
+      reason: `${restoreLeftoversReason(leftovers, now)}. ${health.reason}`,
+      restoreLeftovers: leftovers,
+    };
+  };
+}
+
+/** Free space of the data dir against the next backup (last size x 1.2) plus its staging room. */
+function freeSpaceArea(agent: Agent, freeSpace: FreeSpace): AreaSource {
   return async () => {
     const free = await freeSpace(agent.config.dataDir);
     const last = (await agent.catalog.list())[0];

@@ -792,6 +792,76 @@ async function siblings(live: string, mark: string): Promise<string[]> {
   return entries.filter((e) => e.startsWith(start)).map((e) => join(dir, e));
 }
 
+/** A restore's id as it makes one (`randomBytes(4)` in hex): only names ending in one are a restore's. */
+const RESTORE_ID = /^[0-9a-f]{8}$/;
+
+/** A database or folder named exactly as a restore names the previous state it sets aside (restoreNames). */
+export interface PreviousStateName {
+  id: string;
+  kind: 'database' | 'folder';
+  /** The database's name, or the folder's path. */
+  name: string;
+}
+
+/**
+ * Of `databases` (names on GEM's cluster) and the entries beside the live folders, those named as a
+ * restore's previous state: `<db>_gem_previous_<id>` and `<folder>.gem-previous-<id>` folders, with an id
+ * as restores make them. Nothing else (a `.part` copy, a name a person chose) counts.
+ */
+export async function previousStateNames(
+  sources: BackupSources,
+  databases: string[],
+): Promise<PreviousStateName[]> {
+  const found: PreviousStateName[] = [];
+  const prefix = `${dbPrefix(sources.conn.database)}${PREVIOUS_DB_MARK}`;
+  for (const name of databases) {
+    const id = name.startsWith(prefix) ? name.slice(prefix.length) : '';
+    if (RESTORE_ID.test(id)) found.push({ id, kind: 'database', name });
+  }
+  for (const configured of [sources.scriptsDir, sources.configDir]) {
+    const live = await liveFolderPath(configured);
+    for (const path of await siblings(live, PREVIOUS_FOLDER_MARK)) {
+      const id = basename(path).slice(`${basename(live)}${PREVIOUS_FOLDER_MARK}`.length);
+      if (RESTORE_ID.test(id)) found.push({ id, kind: 'folder', name: path });
+    }
+  }
+  return found;
+}
+
+/**
+ * The ids of restores whose previous state the agent still accounts for itself: the journal's (a swap
+ * under way, or a committed one whose cleanup is to come) and the leftovers file's (removed again at each
+ * start and restore). `unknown` while a journal is on disk that cannot be read (it may be of a swap to be
+ * undone from that very state), or a cleanup runs in this process. A leftovers file that cannot be read
+ * accounts for nothing: nothing retries what it names.
+ */
+export async function accountedRestoreIds(dataDir: string): Promise<Set<string> | 'unknown'> {
+  if (pendingCleanups.has(dataDir)) return 'unknown';
+  const ids = new Set<string>();
+  const text = await readFile(journalPath(dataDir), 'utf8').catch((error: NodeJS.ErrnoException) => {
+    if (error.code === 'ENOENT') return undefined;
+    throw error;
+  });
+  if (text !== undefined) {
+    const journal = journalSchema.safeParse(parseJson(text));
+    if (!journal.success) return 'unknown';
+    ids.add(journal.data.id);
+  }
+  for (const entry of await readLeftovers(dataDir).catch(() => [])) {
+    const names = leftoverSchema.safeParse(entry);
+    if (names.success) ids.add(names.data.id);
+  }
+  return ids;
+}
+
+function parseJson(text: string): unknown {
+  try {
+    return JSON.parse(text);
+  } catch {
+    return undefined;
+  }
+}
+
 /** Removes staging leftovers: `<db>_gem_restore_*` databases and `<folder>.gem-restore-staging-*` folders. */
 export async function dropStagingLeftovers(sources: BackupSources): Promise<string[]> {
   const removed: string[] = [];

@@ -1,0 +1,130 @@
+/** Health's look for what restores set aside and nothing accounts for any more: named, never removed. */
+import { lstat } from 'node:fs/promises';
+import type { Agent } from '../agent';
+import { heldByOtherProcess } from '../jobs/lock';
+import { accountedRestoreIds, PREVIOUS_DB_MARK, previousStateNames } from '../restore/swap';
+import { formatAge } from './model';
+
+/** One restore's previous state found with no journal, leftovers entry or kept-previous job behind it. */
+export interface RestoreLeftover {
+  restoreId: string;
+  /** Its database, with its size when it could be read. */
+  database: { name: string; sizeBytes: number | null } | null;
+  folders: string[];
+  /** When its folders were set aside (their change time), if it has any. */
+  setAsideAt: string | null;
+  /** What removes it, once a person has checked that nothing in it is needed. */
+  commands: string[];
+}
+
+/** The names a restore asked to keep (`keepPrevious`) recorded by its job: `keptPrevious`, the database. */
+async function keptPreviousIds(agent: Agent): Promise<Set<string>> {
+  const ids = new Set<string>();
+  for (const job of await agent.jobs.listWithOthers()) {
+    const kept = (job.result as { keptPrevious?: unknown } | undefined)?.keptPrevious;
+    if (job.kind !== 'restore' || typeof kept !== 'string') continue;
+    const at = kept.lastIndexOf(PREVIOUS_DB_MARK);
+    if (at >= 0) ids.add(kept.slice(at + PREVIOUS_DB_MARK.length));
+  }
+  return ids;
+}
+
+function shellQuoted(text: string): string {
+  return `'${text.replaceAll("'", `'\\''`)}'`;
+}
+
+/**
+ * A check, cheap enough for every evaluation, of the previous states restores set aside (a
+ * `<db>_gem_previous_<id>` database, `<folder>.gem-previous-<id>` folders) that no restore accounts for:
+ * a committed restore's journal lost before its cleanup ran. They are never removed here, whatever they
+ * hold: they may be the only copy of the data before that restore. Nothing of a restore that may be
+ * running counts: while the job lock is held, a cleanup runs or a journal that cannot be read is on disk,
+ * the last finding stands. The database's size is read once per name.
+ */
+export function restoreLeftoversCheck(agent: Agent): () => Promise<RestoreLeftover[]> {
+  let last: RestoreLeftover[] = [];
+  const sizes = new Map<string, number | null>();
+  const look = async (): Promise<RestoreLeftover[]> => {
+    const databases = await agent.sql<{ datname: string }[]>`
+      select datname from pg_database where position(${PREVIOUS_DB_MARK} in datname) > 0`;
+    const names = await previousStateNames(
+      agent.sources,
+      databases.map((d) => d.datname),
+    );
+    if (names.length === 0) {
+      last = [];
+      return last;
+    }
+    const busy =
+      agent.jobs.active().length > 0 || (await heldByOtherProcess(agent.jobs.lockPath).catch(() => true));
+    const accounted = busy ? 'unknown' : await accountedRestoreIds(agent.config.dataDir);
+    if (accounted === 'unknown') return last;
+    const kept = await keptPreviousIds(agent);
+    const unaccounted = names.filter((n) => !accounted.has(n.id) && !kept.has(n.id));
+    const unsized = unaccounted.filter((n) => n.kind === 'database' && !sizes.has(n.name)).map((n) => n.name);
+    for (const name of unsized) {
+      const [row] = await agent.sql<{ size: string | null }[]>`
+        select case when has_database_privilege(datname, 'CONNECT') then pg_database_size(datname) end as size
+        from pg_database where datname = ${name}`;
+      sizes.set(name, row?.size == null ? null : Number(row.size));
+    }
+    const byId = new Map<string, RestoreLeftover>();
+    for (const { id, kind, name } of unaccounted) {
+      let leftover = byId.get(id);
+      if (!leftover) {
+        leftover = { restoreId: id, database: null, folders: [], setAsideAt: null, commands: [] };
+        byId.set(id, leftover);
+      }
+      if (kind === 'database') {
+        leftover.database = { name, sizeBytes: sizes.get(name) ?? null };
+        leftover.commands.unshift(`DROP DATABASE "${name.replaceAll('"', '""')}";`);
+        continue;
+      }
+      leftover.folders.push(name);
+      leftover.commands.push(`rm -r -- ${shellQuoted(name)}`);
+      const changed = await lstat(name).then(
+        (s) => s.ctime.toISOString(),
+        () => null,
+      );
+      if (changed && (!leftover.setAsideAt || changed < leftover.setAsideAt)) leftover.setAsideAt = changed;
+    }
+    last = [...byId.values()];
+    return last;
+  };
+  // GEM's database not answering is the other areas' to tell: the last finding stands meanwhile.
+  return () =>
+    look().catch((error: unknown) => {
+      agent.log.debug('could not look for what restores set aside', { error });
+      return last;
+    });
+}
+
+const mb = (n: number) => `${Math.max(1, Math.round(n / 1048576))} MB`;
+
+/** The sentence health gives about `leftovers` at `now`: what they are, why they stay, how they go. */
+export function restoreLeftoversReason(leftovers: RestoreLeftover[], now: Date): string {
+  const each = leftovers.map((l) => {
+    const size = l.database?.sizeBytes;
+    const parts = [
+      ...(l.database ? [`the database ${l.database.name}${size == null ? '' : ` (${mb(size)})`}`] : []),
+      ...l.folders.map((f) => `the folder ${f}`),
+    ];
+    const when = l.setAsideAt ? `, set aside ${formatAge(now.getTime() - Date.parse(l.setAsideAt))} ago` : '';
+    const named = parts.length > 1 ? `${parts.slice(0, -1).join(', ')} and ${parts.at(-1)}` : parts[0];
+    return `${named} (restore ${l.restoreId}${when})`;
+  });
+  const commands = leftovers.flatMap((l) =>
+    l.commands.map((c) =>
+      c.startsWith('DROP DATABASE')
+        ? `${c} (in psql as GEM's database user, or dropdb ${l.database!.name})`
+        : c,
+    ),
+  );
+  return (
+    `Data a restore set aside is still here, taking disk space: ${each.join('; ')}. A restore sets the ` +
+    'data it replaces aside under such names and removes it once done; here its journal ' +
+    '(restore-journal.json in the data dir) was lost before that (deleted, or the data dir restored from ' +
+    "elsewhere), so the agent leaves it alone: it may be the only copy of GEM's data from before that " +
+    `restore. Once you have checked that nothing in it is needed, remove it: ${commands.join(' and ')}`
+  );
+}

@@ -1,0 +1,109 @@
+/**
+ * Health's disk area names what a committed restore set aside when its journal was lost before its
+ * cleanup ran (a real restore killed after its commit, then its journal deleted): the previous database
+ * and folders, with the commands that remove them, which the agent never runs itself. Once a person ran
+ * them, the warning is gone. A restore's own journal, a kept previous state and names that are not a
+ * restore's are never named.
+ */
+import { existsSync } from 'node:fs';
+import { mkdir, rm } from 'node:fs/promises';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { RestoreLeftover } from '../../agent/health/restore-leftovers';
+import { recoverInterruptedRestore } from '../../agent/restore/restore';
+import { journalPath } from '../../agent/restore/swap';
+import { databaseUrl } from '../../agent/system/postgres-tools';
+import { runProcess } from '../../agent/system/spawn';
+import { crashingRestore, leftovers, runRestore } from '../restore/helpers';
+import { startTestAgent, type TestAgent } from '../services/agent';
+import { startPostgres, type TestPostgres, withSql } from '../services/postgres';
+import { backupNow, call } from './helpers';
+
+let pg: TestPostgres;
+let t: TestAgent;
+let backupPath: string;
+
+beforeAll(async () => {
+  pg = await startPostgres();
+  t = await startTestAgent(pg);
+  backupPath = t.agent.catalog.pathOf(await backupNow(t));
+}, 120_000);
+
+afterAll(async () => {
+  await t?.close();
+  await pg?.stop();
+});
+
+async function disk(): Promise<{ status: string; reason: string; restoreLeftovers?: RestoreLeftover[] }> {
+  const res = await call(t, 'GET', '/health');
+  expect(res.status).toBe(200);
+  return res.body.areas.disk;
+}
+
+const maintenanceSql = <T>(fn: Parameters<typeof withSql<T>>[1]) =>
+  withSql(databaseUrl(t.agent.sources.conn, 'postgres'), fn);
+
+describe('health after a restore whose journal was lost before its cleanup', () => {
+  it('names the previous database and folders and how to remove them, until they are removed', async () => {
+    const live = t.agent.sources.conn.database;
+    const { scriptsDir, configDir } = t.agent.sources;
+    // Names like a restore's that are not (an id no restore makes, a partial copy): never counted.
+    const lookalikes = [`${scriptsDir}.gem-previous-notanid`, `${configDir}.gem-previous-0123abcd.part`];
+    for (const path of lookalikes) await mkdir(path);
+    await maintenanceSql((sql) => sql.unsafe(`create database "${live}_gem_previous_mine"`));
+    expect((await disk()).restoreLeftovers).toBeUndefined();
+
+    // Killed after its commit, before its cleanup: the committed journal says what to finish.
+    await crashingRestore(t.agent, { pgBinDir: pg.binDir, backupPath, crashAt: 'dr-recovery' });
+    const setAside = (await leftovers(t.agent)).filter((n) => !n.includes('mine') && !n.includes('notanid'));
+    const id = /_gem_previous_([0-9a-f]{8})$/.exec(setAside.find((n) => n.includes('_gem_previous_'))!)![1]!;
+    const database = `${live}_gem_previous_${id}`;
+    const folders = [`${scriptsDir}.gem-previous-${id}`, `${configDir}.gem-previous-${id}`];
+    expect(existsSync(journalPath(t.dataDir))).toBe(true);
+    for (const folder of folders) expect(existsSync(folder)).toBe(true);
+    // The journal accounts for them: the next start (or restore) removes them, nobody needs telling.
+    expect((await disk()).restoreLeftovers).toBeUndefined();
+
+    // A person deletes the journal; the next start finds nothing to finish and leaves them.
+    await rm(journalPath(t.dataDir));
+    expect(await recoverInterruptedRestore(t.agent)).toBe('none');
+    const warned = await disk();
+    expect(warned.status).not.toBe('ok');
+    expect(warned.restoreLeftovers).toEqual([
+      {
+        restoreId: id,
+        database: { name: database, sizeBytes: expect.any(Number) },
+        folders,
+        setAsideAt: expect.stringMatching(/^\d{4}-\d\d-\d\dT/),
+        commands: [`DROP DATABASE "${database}";`, ...folders.map((f) => `rm -r -- '${f}'`)],
+      },
+    ]);
+    expect(warned.restoreLeftovers![0]!.database!.sizeBytes).toBeGreaterThan(1_000_000);
+    expect(warned.reason).toMatch(/^Data a restore set aside is still here, taking disk space: /);
+    for (const name of [database, ...folders]) expect(warned.reason).toContain(name);
+    expect(warned.reason).toContain('journal (restore-journal.json in the data dir) was lost');
+    expect(warned.reason).toContain(`remove it: DROP DATABASE "${database}";`);
+    expect(warned.reason).not.toMatch(/mine|notanid|\.part/);
+    // Never removed by the agent: the same at the next look.
+    expect((await disk()).restoreLeftovers).toEqual(warned.restoreLeftovers);
+    for (const folder of folders) expect(existsSync(folder)).toBe(true);
+
+    // Removed as advised, the warning is gone.
+    for (const command of warned.restoreLeftovers![0]!.commands) {
+      if (command.startsWith('DROP DATABASE')) await maintenanceSql((sql) => sql.unsafe(command));
+      else expect((await runProcess('sh', ['-c', command])).code).toBe(0);
+    }
+    const after = await disk();
+    expect(after.restoreLeftovers).toBeUndefined();
+    expect(after.reason).not.toContain('set aside');
+    for (const path of lookalikes) await rm(path, { recursive: true });
+    await maintenanceSql((sql) => sql.unsafe(`drop database "${live}_gem_previous_mine"`));
+  }, 120_000);
+
+  it('does not name the previous state a restore kept on request', async () => {
+    const job = await runRestore(t.agent, backupPath, { keepPrevious: true, skipSafetyBackup: true });
+    expect(job.state, JSON.stringify(job.error)).toBe('succeeded');
+    const kept = (job.result as { keptPrevious: string }).keptPrevious;
+    expect(await leftovers(t.agent)).toContain(kept);
+    expect((await disk()).restoreLeftovers).toBeUndefined();
+  }, 120_000);
+});
