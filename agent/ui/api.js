@@ -25,6 +25,22 @@ export function whenUnauthorized(handler) {
   onUnauthorized = handler;
 }
 
+/**
+ * The current sign-in: signing out (or a 401 that sends the page back to sign-in) ends it, and with it
+ * everything the signed-in page started (the look for running jobs, the event streams and polls of the
+ * jobs it follows); the next sign-in is a new one.
+ */
+let signIn = new AbortController();
+/** Aborted once the current sign-in ends. */
+export const signInSignal = () => signIn.signal;
+/** Ends the current sign-in; what follows a job for it rejects with an ApiError `signed_out`. */
+export function endSignIn() {
+  signIn.abort();
+  signIn = new AbortController();
+}
+/** True for the error of a follow that the end of its sign-in stopped: nothing to tell. */
+export const signedOut = (error) => error?.code === 'signed_out';
+
 /** This page's requests that change something (a POST may start a job) and are not answered yet. */
 let changesUnanswered = 0;
 /** True while one is: a job found running may be the one it started, whose id the page does not know yet. */
@@ -174,7 +190,12 @@ function settled(job) {
 /** Failed polls in a row before the page says it lost contact with the agent (about 2 s): one is a blip. */
 const LOST_AFTER = 2;
 
-export async function followJob(jobId, { onJob, onNotice, onContact, signal } = {}) {
+export async function followJob(jobId, { onJob, onNotice, onContact, signal: given } = {}) {
+  // The follow belongs to the sign-in it started in: signing out ends its stream (or its polls).
+  const ended = signIn.signal;
+  const signal = given ? AbortSignal.any([given, ended]) : ended;
+  const stopped = (error) =>
+    ended.aborted ? new ApiError(0, 'signed_out', 'Signed out: the page no longer follows this job.') : error;
   let last;
   try {
     const response = await fetch(`/api/v1/jobs/${encodeURIComponent(jobId)}/events`, {
@@ -194,7 +215,7 @@ export async function followJob(jobId, { onJob, onNotice, onContact, signal } = 
       }
     }
   } catch (error) {
-    if (signal?.aborted) throw error;
+    if (signal.aborted) throw stopped(error);
     if (error instanceof ApiError && error.status !== 0 && error.status < 500) throw error;
   }
   // The stream ended early or broke: poll until the job is over or the agent is back. `onContact(false,
@@ -203,7 +224,7 @@ export async function followJob(jobId, { onJob, onNotice, onContact, signal } = 
   let lostSince;
   let toldLost = false;
   for (let failures = 0; ; ) {
-    if (signal?.aborted) throw new DOMException('aborted', 'AbortError');
+    if (signal.aborted) throw stopped(new DOMException('aborted', 'AbortError'));
     try {
       const job = await api(`/jobs/${encodeURIComponent(jobId)}`, { signal });
       failures = 0;
@@ -213,7 +234,7 @@ export async function followJob(jobId, { onJob, onNotice, onContact, signal } = 
       last = job;
       if (job.endedAt) return settled(job);
     } catch (error) {
-      if (error.name === 'AbortError') throw error;
+      if (error.name === 'AbortError') throw stopped(error);
       // A job the agent no longer knows was cut short by a restart (jobs live in its memory): say so,
       // rather than guess how it ended. Anything else but "unreachable" is a real answer.
       if (error.status === 404 && last) {

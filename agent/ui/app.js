@@ -1,5 +1,5 @@
 // The Backup & Restore page: sign-in, then every section loads its state from the agent's API.
-import { api, changeUnanswered, token, whenUnauthorized } from './api.js';
+import { api, changeUnanswered, endSignIn, signInSignal, token, whenUnauthorized } from './api.js';
 import { backupProgress, loadBackups, restoreProgress, setupBackups } from './backups.js';
 import { forgetOwnJobs, showJobProgress, startedHere } from './dialogs.js';
 import { clearHealth, loadHealth, setupHealth } from './health.js';
@@ -16,7 +16,8 @@ function showError(error) {
 }
 
 function showSignIn(message = '') {
-  stopWatchingJobs();
+  // Ends what the signed-in page started: the look for running jobs, the follows of jobs.
+  endSignIn();
   for (const dialog of document.querySelectorAll('dialog[open]')) dialog.close();
   $('app').hidden = true;
   clearHealth();
@@ -29,6 +30,7 @@ function showSignIn(message = '') {
 }
 
 async function showApp() {
+  const signIn = signInSignal();
   $('sign-in').hidden = true;
   $('app').hidden = false;
   $('sign-out').hidden = false;
@@ -39,8 +41,9 @@ async function showApp() {
   loadHealth();
   await Promise.all([loadBackups().catch(showError), loadSettings(), loadDrStatus()]);
   // A job started before a reload (or in another tab) still runs: show it again, as its starter did;
-  // and one that starts while the page is open (the schedule, the CLI) shows as it starts.
-  watchJobs();
+  // and one that starts while the page is open (the schedule, the CLI) shows as it starts. Not if
+  // signed out meanwhile (the sign-in ended).
+  watchJobs(signIn);
 }
 
 /** What a job may have changed: the backups list and the Cloud DR status. */
@@ -101,13 +104,14 @@ const PAGE_WIDE_KINDS = new Set(['restore', 'dr-recover']);
 
 /**
  * Asks the agent which jobs run and shows each one's progress until it ends (one at a time, oldest
- * first), then `afterJobs()` refreshes what they may have changed; `going()` false (signed out
- * meanwhile) stops it. A job this tab started (before a reload) is shown in the progress
- * dialog as its starter did; one started elsewhere (the schedule, the CLI, another tab) in the job
- * panel, which leaves the page usable.
+ * first), then `afterJobs()` refreshes what they may have changed; the end of the sign-in `signIn`
+ * (its AbortSignal: signed out meanwhile) stops it, the follow of the job it shows too (rejecting).
+ * A job this tab started (before a reload) is shown in the progress dialog as its starter did; one
+ * started elsewhere (the schedule, the CLI, another tab) in the job panel, which leaves the page usable.
  */
-async function showRunningJobs(afterJobs, going = () => true) {
-  const jobs = await api('/jobs');
+async function showRunningJobs(afterJobs, signIn) {
+  const going = () => !signIn.aborted;
+  const jobs = await api('/jobs', { signal: signIn });
   // A job this page is starting may be among them before its starter has its id: the next look sees.
   if (changeUnanswered()) return;
   const running = jobs
@@ -127,39 +131,38 @@ async function showRunningJobs(afterJobs, going = () => true) {
 /** How often the signed-in page, while in view, looks for jobs it does not show yet. */
 const JOBS_LOOK_MS = 4000;
 
-/** The current sign-in's look for running jobs: `stopped` at sign-out, `busy` while it shows what it found. */
-let jobWatch;
-
 /**
- * Looks for running jobs now (what it cannot reach is told), then every JOBS_LOOK_MS while the page is
- * in view and at once when it comes back into view (quietly: the next look tries again). One look at a
- * time: the jobs it found are shown one after another before it looks again.
+ * For the sign-in `signIn` (its AbortSignal): looks for running jobs now (what it cannot reach is
+ * told), then every JOBS_LOOK_MS while the page is in view and at once when it comes back into view
+ * (quietly: the next look tries again), until the sign-in ends; the follow of a job it shows ends with
+ * it too (api.js followJob). One look at a time: the jobs it found are shown one after another before
+ * it looks again.
  */
-function watchJobs() {
-  stopWatchingJobs();
-  const watch = { stopped: false, busy: false };
-  watch.look = (report = false) => {
-    if (watch.stopped || watch.busy || document.visibilityState === 'hidden') return;
-    watch.busy = true;
-    showRunningJobs(refreshAfterJob, () => !watch.stopped)
-      .catch((error) => report && error.status !== 401 && showError(error))
+function watchJobs(signIn) {
+  if (signIn.aborted) return;
+  let busy = false;
+  const look = (report = false) => {
+    if (signIn.aborted || busy || document.visibilityState === 'hidden') return;
+    busy = true;
+    showRunningJobs(refreshAfterJob, signIn)
+      .catch((error) => report && !signIn.aborted && error.status !== 401 && showError(error))
       .finally(() => {
-        watch.busy = false;
+        busy = false;
       });
   };
-  watch.timer = setInterval(() => watch.look(), JOBS_LOOK_MS);
-  jobWatch = watch;
-  watch.look(true);
+  const timer = setInterval(() => look(), JOBS_LOOK_MS);
+  const onVisibility = () => look();
+  document.addEventListener('visibilitychange', onVisibility);
+  signIn.addEventListener(
+    'abort',
+    () => {
+      clearInterval(timer);
+      document.removeEventListener('visibilitychange', onVisibility);
+    },
+    { once: true },
+  );
+  look(true);
 }
-
-function stopWatchingJobs() {
-  if (!jobWatch) return;
-  jobWatch.stopped = true;
-  clearInterval(jobWatch.timer);
-  jobWatch = undefined;
-}
-
-document.addEventListener('visibilitychange', () => jobWatch?.look());
 
 /** The agent's lower-case words ("invalid admin token") as the start of a sentence. */
 const sentenceStart = (text) => text.charAt(0).toUpperCase() + text.slice(1).replace(/\.$/, '');

@@ -1,5 +1,5 @@
 // Local backups: the list, Create, Download (one-time link), Verify, Restore, Delete and Upload.
-import { api, uploadFile } from './api.js';
+import { api, signedOut, uploadFile } from './api.js';
 import { confirmAction, showJobProgress } from './dialogs.js';
 import { bytes, dateTime, el } from './format.js';
 import { offsiteNotes } from './offsite.js';
@@ -244,6 +244,8 @@ async function create() {
     const { jobId } = await api('/backups', { method: 'POST' });
     await showJobProgress(jobId, backupProgress());
   } catch (error) {
+    // Signed out meanwhile: the job goes on unfollowed, and what follows it belongs to that sign-in.
+    if (signedOut(error)) return;
     report(error);
   }
   await loadBackups().catch(report);
@@ -360,6 +362,7 @@ async function verify(name) {
       describe: () => 'The backup is intact: every file decrypted and matched its checksum.',
     });
   } catch (error) {
+    if (signedOut(error)) return;
     report(error);
   }
   await loadBackups().catch(report);
@@ -400,7 +403,7 @@ export async function restoreWithProgress(
     const { jobId } = await api(path, { method: 'POST', json: { ...extra, confirm: name } });
     await showJobProgress(jobId, restoreProgress(name));
   } catch (error) {
-    report(error);
+    if (!signedOut(error)) report(error);
   }
 }
 

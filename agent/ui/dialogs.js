@@ -1,5 +1,5 @@
 // The two dialogs: a confirmation for destructive actions, and a job's progress fed by its events.
-import { api, followJob } from './api.js';
+import { api, followJob, signedOut } from './api.js';
 import { dateTime, el, phase, progressAmount, timeLeftEstimator } from './format.js';
 
 const $ = (id) => document.getElementById(id);
@@ -128,6 +128,8 @@ const CANCEL_QUESTION = {
  * stops the job. `modal: false` (a job the page did not start) shows it in the job panel instead,
  * which leaves the page usable and resolves once the job ended, without waiting for Close. Resolves to
  * the final job; `lostContact: true` on one the page stopped following because the agent did not answer.
+ * Signing out meanwhile stops following it: rejects with the `signed_out` error (api.js signedOut), which
+ * its starter tells no one.
  */
 export async function showJobProgress(
   jobId,
@@ -302,6 +304,13 @@ export async function showJobProgress(
       onContact,
     });
   } catch (error) {
+    if (signedOut(error)) {
+      // Signed out meanwhile: the sign-in form closed the dialog; the job goes on, no longer followed.
+      clearInterval(ticking);
+      dialog.removeEventListener('cancel', blockEscape);
+      if (dialog.open) dialog.close();
+      throw error;
+    }
     job = {
       state: 'failed',
       lostContact: true,

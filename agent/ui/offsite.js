@@ -1,5 +1,5 @@
 // Offsite destinations (SFTP, S3-compatible, SMB): their fields, Test Connection, Sync Now and the remote list.
-import { api } from './api.js';
+import { api, signedOut } from './api.js';
 import { loadBackups, otherInstallation, otherInstallationTag, restoreWithProgress } from './backups.js';
 import { confirmAction, showJobProgress } from './dialogs.js';
 import { bytes, dateTime, el, tell } from './format.js';
@@ -353,7 +353,7 @@ async function copyToLocal(provider, name) {
     });
     await loadBackups();
   } catch (error) {
-    tell(out, error.message, 'bad');
+    if (!signedOut(error)) tell(out, error.message, 'bad');
   }
 }
 
@@ -642,7 +642,7 @@ function providerSection(provider) {
       await loadBackups();
       if (remoteList.childElementCount) await refresh();
     } catch (error) {
-      tell(remoteStatus, error.message, 'bad');
+      if (!signedOut(error)) tell(remoteStatus, error.message, 'bad');
     }
   });
   const list = el(

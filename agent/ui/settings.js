@@ -1,5 +1,5 @@
 // The settings form: load, Save All Settings with field errors from the API, DR status and maintenance.
-import { ApiError, api } from './api.js';
+import { ApiError, api, signedOut } from './api.js';
 import { confirmAction, showJobProgress } from './dialogs.js';
 import { bytes, dateTime, el, tell } from './format.js';
 import { setupOffsite, sftpMethod, syncOffsiteView } from './offsite.js';
@@ -859,6 +859,8 @@ async function pushNow() {
     if (job.state === 'succeeded') tell(out, `Cloud copy updated: ${pushedBackupText(job.result)}.`, 'ok');
     else tell(out, pushFailureText(job), 'bad');
   } catch (error) {
+    // Signed out meanwhile: the job goes on unfollowed, and what follows it belongs to that sign-in.
+    if (signedOut(error)) return;
     tell(out, `Push failed: ${error.message}`, 'bad');
   }
   await loadDrStatus();
@@ -951,6 +953,7 @@ async function runMaintenance() {
       else tell(out, job.error?.message ?? 'maintenance did not finish', 'bad');
     } else showMaintenance(answer);
   } catch (error) {
+    if (signedOut(error)) return;
     out.className = 'result bad';
     tell(out, error.message, 'bad');
   } finally {

@@ -179,3 +179,88 @@ describe('a job that starts while the page is open', () => {
     expect(await panel().isVisible()).toBe(false);
   }, 120_000);
 });
+
+describe('signing out and in again in the same tab', () => {
+  it('follows a running job once, and signing out leaves no events stream open and no look running', async () => {
+    const looks = countRequests((path) => path === '/api/v1/jobs');
+    const streams = countRequests((path) => /^\/api\/v1\/jobs\/[^/]+\/events$/.test(path));
+    const open = () => streams.sent - streams.answered;
+    // Each follow of a job that ends says so once (showJobProgress): a second follow says it twice.
+    await page.evaluate(() => {
+      const counted = window as { jobsEnded?: number };
+      counted.jobsEnded = 0;
+      document.addEventListener('gem-job-ended', () => {
+        counted.jobsEnded = (counted.jobsEnded ?? 0) + 1;
+      });
+    });
+    const jobsEnded = () => page.evaluate(() => (window as { jobsEnded?: number }).jobsEnded);
+    const signOut = async () => {
+      await page.getByRole('button', { name: 'Sign out' }).click();
+      await page.getByRole('heading', { name: 'Sign in' }).waitFor();
+    };
+    const signIn = async () => {
+      await page.getByLabel('Admin token').fill(TEST_TOKEN);
+      await page.getByRole('button', { name: 'Sign in' }).click();
+      await page.getByRole('heading', { name: 'Local backups' }).waitFor();
+    };
+    // Signed out and in again with nothing running, then a backup starts elsewhere: one follow.
+    await signOut();
+    await signIn();
+    const first = await backupStartedElsewhere();
+    await page.clock.fastForward(LOOK_MS);
+    await panel().getByText('Exporting the database…').waitFor({ timeout: 30_000 });
+    // Looks' worth of time while it is shown (the watch looks again once it ended).
+    await page.clock.fastForward(LOOK_MS);
+    await page.clock.fastForward(LOOK_MS);
+    expect(streams.sent).toBe(1);
+    expect(open()).toBe(1);
+
+    // Signed out while it runs: its stream ends with the sign-in; signed in again, it is followed once.
+    await signOut();
+    await signIn();
+    await panel().getByText('Exporting the database…').waitFor({ timeout: 30_000 });
+    await expect.poll(() => streams.sent).toBe(2);
+    await page.clock.fastForward(LOOK_MS);
+    expect(open()).toBe(1);
+    const filename = await finish(first);
+    await panel().getByText(`Backup created: ${filename}`).waitFor({ timeout: 30_000 });
+    await page.locator('#backups-body').getByText(filename).waitFor();
+    await expect.poll(open).toBe(0);
+    expect(await jobsEnded()).toBe(1);
+    expect(await page.locator('#job-panel').count()).toBe(1);
+    await panel().getByRole('button', { name: 'Close' }).click();
+
+    // One look at a time: a look's worth of time makes one request, coming back into view one more.
+    await expect.poll(() => looks.answered).toBe(looks.sent);
+    const before = looks.sent;
+    await page.clock.fastForward(LOOK_MS);
+    await expect.poll(() => looks.answered).toBe(before + 1);
+    await page.evaluate(() => document.dispatchEvent(new Event('visibilitychange')));
+    await expect.poll(() => looks.answered).toBe(before + 2);
+    expect(looks.sent).toBe(before + 2);
+
+    // A second backup elsewhere, and signed out while it runs: no stream stays open, no look is made.
+    const second = await backupStartedElsewhere();
+    await page.clock.fastForward(LOOK_MS);
+    await panel().getByText('Exporting the database…').waitFor({ timeout: 30_000 });
+    expect(open()).toBe(1);
+    await signOut();
+    await expect.poll(open).toBe(0);
+    await expect.poll(() => looks.answered).toBe(looks.sent);
+    const signedOut = looks.sent;
+    for (let i = 0; i < 3; i++) await page.clock.fastForward(LOOK_MS);
+    await page.evaluate(() => document.dispatchEvent(new Event('visibilitychange')));
+    await finish(second);
+    await page.clock.fastForward(LOOK_MS);
+    expect(looks.sent).toBe(signedOut);
+    expect(streams.sent).toBe(3);
+    expect(await jobsEnded()).toBe(1);
+    // Nothing of that sign-in answered 401 meanwhile, which would say "You are signed out".
+    expect(await page.locator('#sign-in-error').textContent()).toBe('');
+
+    // Signed in again, the page looks once and shows nothing: the job ended meanwhile.
+    await signIn();
+    await expect.poll(() => looks.answered).toBe(signedOut + 1);
+    expect(await panel().isVisible()).toBe(false);
+  }, 180_000);
+});
