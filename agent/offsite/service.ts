@@ -554,8 +554,8 @@ export class OffsiteService {
         ctx.phase('listing');
         if (!watch.stillConfigured('removing temp leftovers')) return;
         // Inside a mutating job no upload of ours is in flight: every temp leftover is garbage.
-        const swept = await this.sweep(kind, section, provider, 0, ctx);
-        if (swept > 0) result.sweptTemp = swept;
+        const startSweep = await this.sweep(kind, section, provider, 0, ctx);
+        if (startSweep.removed > 0) result.sweptTemp = startSweep.removed;
         const [local, remote] = await Promise.all([
           this.agent.catalog.list(),
           withRetryList(provider, this.options.retry, ctx.signal),
@@ -677,11 +677,12 @@ export class OffsiteService {
         // Turned off or changed: its earlier failures are moot, and nothing is pruned on either side.
         if (watch.skipped) return;
         // An attempt given up on a stall may have left its temp file: the server that stopped answering let
-        // it neither finish nor remove it. Every transfer went through, so the server answers again: swept
-        // now, not left in the folder until the next sync.
-        if (retried && failures.length === 0) {
-          const swept = await this.sweep(kind, section, provider, 0, ctx);
-          if (swept > 0) result.sweptTemp = (result.sweptTemp ?? 0) + swept;
+        // it neither finish nor remove it. And the sweep at the start may have failed on one a dead session
+        // of a server that just answered again still held open (SMB refuses to delete an open file). Every
+        // transfer went through, so the server answers now: swept again, not left until the next sync.
+        if ((retried || startSweep.failed) && failures.length === 0) {
+          const { removed } = await this.sweep(kind, section, provider, 0, ctx);
+          if (removed > 0) result.sweptTemp = (result.sweptTemp ?? 0) + removed;
         }
         this.forgetDamaged(provider, remote);
         if (damaged.length > 0) result.damaged = damaged;
@@ -788,7 +789,13 @@ export class OffsiteService {
             ...(watch.skipped ? { skipped: watch.skipped } : {}),
           });
           if (!watch.stillConfigured('removing temp leftovers')) return left();
-          const sweptTemp = await this.sweep(kind, section, provider, AUTO_UPLOAD_SWEEP_AGE_MS, ctx);
+          const { removed: sweptTemp } = await this.sweep(
+            kind,
+            section,
+            provider,
+            AUTO_UPLOAD_SWEEP_AGE_MS,
+            ctx,
+          );
           const swept = sweptTemp > 0 ? { sweptTemp } : {};
           if (!watch.stillConfigured(`uploading ${backup.filename}`)) return left(swept);
           const stored = await uploadBackup(this.agent, provider, backup.filename, {
@@ -885,8 +892,8 @@ export class OffsiteService {
 
   /**
    * Removes a destination's temp leftovers of earlier failed uploads (at least `olderThanMs` old);
-   * returns how many. Best effort: a failed sweep is logged and the job goes on (a down server fails
-   * the transfer that follows anyway).
+   * returns how many, and whether the sweep failed. Best effort: a failed sweep is logged and the job
+   * goes on (a down server fails the transfer that follows anyway).
    */
   private async sweep(
     kind: OffsiteKind,
@@ -894,7 +901,7 @@ export class OffsiteService {
     provider: StorageProvider,
     olderThanMs: number,
     ctx: JobContext,
-  ): Promise<number> {
+  ): Promise<{ removed: number; failed: boolean }> {
     try {
       const { removed, skipped } = await sweepLeftovers(provider, {
         olderThanMs,
@@ -904,14 +911,14 @@ export class OffsiteService {
       if (skipped) ctx.log.info('temp leftovers not swept', { destination: kind, reason: skipped });
       if (removed.length > 0)
         ctx.log.info('removed temp leftovers of failed uploads', { destination: kind, removed });
-      return removed.length;
+      return { removed: removed.length, failed: false };
     } catch (error) {
       ctx.throwIfCancelled();
       ctx.log.warn('removing temp leftovers of failed uploads failed', {
         destination: kind,
         error: describeDestinationError(kind, section, error).message,
       });
-      return 0;
+      return { removed: 0, failed: true };
     }
   }
 

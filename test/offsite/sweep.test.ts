@@ -1,5 +1,8 @@
 // Temp leftovers of failed uploads are swept at every destination and by sync / auto-upload; foreign files always stay.
-import { chown, mkdir, readdir, utimes, writeFile } from 'node:fs/promises';
+import { spawn } from 'node:child_process';
+import { createWriteStream, existsSync } from 'node:fs';
+import { chmod, chown, mkdir, mkdtemp, readdir, rm, utimes, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import {
   CreateBucketCommand,
@@ -11,19 +14,23 @@ import {
   UploadPartCommand,
 } from '@aws-sdk/client-s3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { offsiteModule } from '../../agent/http/routes/offsite';
+import { createLogger } from '../../agent/log';
+import { offsiteServiceFor } from '../../agent/offsite/index';
 import { LocalFolderProvider } from '../../agent/providers/local';
 import { type S3Options, S3Provider } from '../../agent/providers/s3';
 import { SftpProvider } from '../../agent/providers/sftp';
 import { SmbProvider } from '../../agent/providers/smb';
+import { runProcess } from '../../agent/system/spawn';
 import { isStorageError } from '../../shared/storage/index';
-import type { TestAgent } from '../services/agent';
+import { startTestAgent, type TestAgent } from '../services/agent';
 import { type MotoService, startMoto } from '../services/moto';
 import { startPostgres, type TestPostgres } from '../services/postgres';
 import { type S3Service, startS3 } from '../services/s3';
-import { type SmbdService, startSmbd } from '../services/smbd';
+import { type SmbdService, smbOptionsFor, startSmbd } from '../services/smbd';
 import { type SshdService, startSshd, unixIds } from '../services/sshd';
 import { startAll } from '../services/start-all';
-import { backupNow, filenameOf, runJob, startOffsiteAgent } from './helpers';
+import { backupNow, FAST, filenameOf, runJob, startOffsiteAgent } from './helpers';
 
 const BACKUP = 'gem-backup-2026-01-02-030405.tar.gz';
 /** Temp names exactly as a failed put() leaves them. */
@@ -235,6 +242,77 @@ describe('sync and auto-upload sweep the destination first', () => {
     } finally {
       off();
       await t.agent.settings.update({ offsite: { sftp: sftp('auto-sweep', false) } });
+    }
+  });
+});
+
+describe('a temp leftover the server still holds open when a sync starts', () => {
+  it('Sync Now sweeps it again once its transfers went through (SMB refuses to delete an open file)', async () => {
+    // The agent's warning that the sweep at its start failed: then the session holding the file dies,
+    // as the session of an attempt given up on a frozen server does once the server answers again.
+    let holder: ReturnType<typeof spawn> | undefined;
+    let sweepFailed = 0;
+    const held = await startTestAgent(pg, {
+      modules: [offsiteModule],
+      log: createLogger({
+        level: 'warn',
+        write: (line) => {
+          if (!line.includes('"removing temp leftovers of failed uploads failed"')) return;
+          sweepFailed++;
+          holder?.kill('SIGKILL');
+        },
+      }),
+    });
+    offsiteServiceFor(held.agent, FAST);
+    const dir = join(smbd.root, 'held');
+    const work = await mkdtemp(join(tmpdir(), 'gem-smb-holder-'));
+    const fifo = join(work, 'holder.fifo');
+    try {
+      // A live smbclient session writing OLD_TEMP from a pipe that is never closed: the file stays open.
+      await mkdir(dir, { recursive: true, mode: 0o777 });
+      await chmod(dir, 0o777); // the share's user writes in it
+      expect((await runProcess('mkfifo', [fifo])).code).toBe(0);
+      const auth = join(work, 'holder.auth');
+      await writeFile(auth, `username = ${smbd.username}\npassword = ${smbd.password}\n`, { mode: 0o600 });
+      holder = spawn(
+        'smbclient',
+        [
+          '-m',
+          'SMB3',
+          '-A',
+          auth,
+          '-p',
+          String(smbd.port),
+          `//${smbd.host}/${smbd.share}`,
+          '-c',
+          `put ${fifo} held/${OLD_TEMP}`,
+        ],
+        { stdio: 'ignore' },
+      );
+      const exited = new Promise((resolve) => holder!.once('exit', resolve));
+      const writer = createWriteStream(fifo);
+      writer.on('error', () => {});
+      writer.write(Buffer.alloc(MIB));
+      await expect.poll(() => existsSync(join(dir, OLD_TEMP)), { timeout: 10_000 }).toBe(true);
+
+      const name = filenameOf(await backupNow(held));
+      await held.agent.settings.update({
+        offsite: {
+          smb: { enabled: true, ...smbOptionsFor(smbd, '/held/'), autoUpload: false },
+        },
+      });
+      const job = await runJob(held, 'POST', '/offsite/smb/sync');
+      await exited;
+      writer.destroy();
+      expect(sweepFailed).toBe(1);
+      expect(job.state, JSON.stringify(job.error)).toBe('succeeded');
+      expect(job.result).toMatchObject({ uploaded: [name], sweptTemp: 1 });
+      expect(await sorted(dir)).toEqual([name]);
+    } finally {
+      holder?.kill('SIGKILL');
+      await held.close();
+      await rm(dir, { recursive: true, force: true });
+      await rm(work, { recursive: true, force: true });
     }
   });
 });
