@@ -2,10 +2,14 @@
 import { lstat } from 'node:fs/promises';
 import type { Agent } from '../agent';
 import { heldByOtherProcess } from '../jobs/lock';
-import { accountedRestoreIds, PREVIOUS_DB_MARK, previousStateNames } from '../restore/swap';
+import { accountedRestoreIds, PREVIOUS_DB_MARK, previousStateNames, removalFailure } from '../restore/swap';
 import { formatAge } from './model';
 
-/** One restore's previous state found with no journal, leftovers entry or kept-previous job behind it. */
+/**
+ * One restore's previous state still on disk that a person must see to: found with no journal, leftovers
+ * entry or kept-previous job behind it (nothing will remove it), or one the agent tried to remove and
+ * could not (`couldNotRemove`).
+ */
 export interface RestoreLeftover {
   restoreId: string;
   /** Its database, with its size when it could be read. */
@@ -13,8 +17,14 @@ export interface RestoreLeftover {
   folders: string[];
   /** When its folders were set aside (their change time), if it has any. */
   setAsideAt: string | null;
-  /** What removes it, once a person has checked that nothing in it is needed. */
+  /** What removes it, once a person has checked that nothing in it is needed (none: the agent removes it). */
   commands: string[];
+  /**
+   * Present when the agent removes it itself (its journal or the leftovers file names it) and its last
+   * try in this process failed: what it could not remove, each with why. It tries again at each start
+   * and before each restore.
+   */
+  couldNotRemove?: string[];
 }
 
 /** The names a restore asked to keep (`keepPrevious`) recorded by its job: `keptPrevious`, the database. */
@@ -35,9 +45,11 @@ function shellQuoted(text: string): string {
 
 /**
  * A check, cheap enough for every evaluation, of the previous states restores set aside (a
- * `<db>_gem_previous_<id>` database, `<folder>.gem-previous-<id>` folders) that no restore accounts for:
- * a committed restore's journal lost before its cleanup ran. They are never removed here, whatever they
- * hold: they may be the only copy of the data before that restore. Nothing of a restore that may be
+ * `<db>_gem_previous_<id>` database, `<folder>.gem-previous-<id>` folders) that no restore accounts for
+ * (a committed restore's journal lost before its cleanup ran), or that the agent's own last try in this
+ * process could not remove (`couldNotRemove`: an undeletable file, a database in use). They are never
+ * removed here, whatever they hold: those nothing accounts for may be the only copy of the data before
+ * that restore. Nothing of a restore that may be
  * running counts: while the job lock is held, a cleanup runs or a journal that cannot be read is on disk,
  * the last finding stands. The database's size is read once per name.
  */
@@ -60,7 +72,11 @@ export function restoreLeftoversCheck(agent: Agent): () => Promise<RestoreLeftov
     const accounted = busy ? 'unknown' : await accountedRestoreIds(agent.config.dataDir);
     if (accounted === 'unknown') return last;
     const kept = await keptPreviousIds(agent);
-    const unaccounted = names.filter((n) => !accounted.has(n.id) && !kept.has(n.id));
+    const dataDir = agent.config.dataDir;
+    const unaccounted = names.filter(
+      (n) =>
+        (!accounted.has(n.id) && !kept.has(n.id)) || (accounted.has(n.id) && removalFailure(dataDir, n.id)),
+    );
     const unsized = unaccounted.filter((n) => n.kind === 'database' && !sizes.has(n.name)).map((n) => n.name);
     for (const name of unsized) {
       const [row] = await agent.sql<{ size: string | null }[]>`
@@ -71,17 +87,19 @@ export function restoreLeftoversCheck(agent: Agent): () => Promise<RestoreLeftov
     const byId = new Map<string, RestoreLeftover>();
     for (const { id, kind, name } of unaccounted) {
       let leftover = byId.get(id);
+      const failed = accounted.has(id) ? removalFailure(dataDir, id) : undefined;
       if (!leftover) {
         leftover = { restoreId: id, database: null, folders: [], setAsideAt: null, commands: [] };
+        if (failed) leftover.couldNotRemove = failed;
         byId.set(id, leftover);
       }
       if (kind === 'database') {
         leftover.database = { name, sizeBytes: sizes.get(name) ?? null };
-        leftover.commands.unshift(`DROP DATABASE "${name.replaceAll('"', '""')}";`);
+        if (!failed) leftover.commands.unshift(`DROP DATABASE "${name.replaceAll('"', '""')}";`);
         continue;
       }
       leftover.folders.push(name);
-      leftover.commands.push(`rm -r -- ${shellQuoted(name)}`);
+      if (!failed) leftover.commands.push(`rm -r -- ${shellQuoted(name)}`);
       const changed = await lstat(name).then(
         (s) => s.ctime.toISOString(),
         () => null,
@@ -101,30 +119,44 @@ export function restoreLeftoversCheck(agent: Agent): () => Promise<RestoreLeftov
 
 const mb = (n: number) => `${Math.max(1, Math.round(n / 1048576))} MB`;
 
-/** The sentence health gives about `leftovers` at `now`: what they are, why they stay, how they go. */
+/** The sentences health gives about `leftovers` at `now`: what they are, why they stay, how they go. */
 export function restoreLeftoversReason(leftovers: RestoreLeftover[], now: Date): string {
-  const each = leftovers.map((l) => {
+  const named = (l: RestoreLeftover) => {
     const size = l.database?.sizeBytes;
     const parts = [
       ...(l.database ? [`the database ${l.database.name}${size == null ? '' : ` (${mb(size)})`}`] : []),
       ...l.folders.map((f) => `the folder ${f}`),
     ];
     const when = l.setAsideAt ? `, set aside ${formatAge(now.getTime() - Date.parse(l.setAsideAt))} ago` : '';
-    const named = parts.length > 1 ? `${parts.slice(0, -1).join(', ')} and ${parts.at(-1)}` : parts[0];
-    return `${named} (restore ${l.restoreId}${when})`;
-  });
-  const commands = leftovers.flatMap((l) =>
-    l.commands.map((c) =>
-      c.startsWith('DROP DATABASE')
-        ? `${c} (in psql as GEM's database user, or dropdb ${l.database!.name})`
-        : c,
-    ),
-  );
-  return (
-    `Data a restore set aside is still here, taking disk space: ${each.join('; ')}. A restore sets the ` +
-    'data it replaces aside under such names and removes it once done; here its journal ' +
-    '(restore-journal.json in the data dir) was lost before that (deleted, or the data dir restored from ' +
-    "elsewhere), so the agent leaves it alone: it may be the only copy of GEM's data from before that " +
-    `restore. Once you have checked that nothing in it is needed, remove it: ${commands.join(' and ')}`
-  );
+    const all = parts.length > 1 ? `${parts.slice(0, -1).join(', ')} and ${parts.at(-1)}` : parts[0];
+    return `${all} (restore ${l.restoreId}${when})`;
+  };
+  const sentences: string[] = [];
+  const stuck = leftovers.filter((l) => l.couldNotRemove);
+  if (stuck.length > 0) {
+    const each = stuck.map((l) => `${named(l)}: could not remove ${l.couldNotRemove!.join('; ')}`);
+    sentences.push(
+      `Data a restore replaced could not be removed and takes disk space: ${each.join('; and ')}. The agent ` +
+        'tries again at each start and before each restore: once what stops it is mended, restart the agent ' +
+        'and it goes',
+    );
+  }
+  const lost = leftovers.filter((l) => !l.couldNotRemove);
+  if (lost.length > 0) {
+    const commands = lost.flatMap((l) =>
+      l.commands.map((c) =>
+        c.startsWith('DROP DATABASE')
+          ? `${c} (in psql as GEM's database user, or dropdb ${l.database!.name})`
+          : c,
+      ),
+    );
+    sentences.push(
+      `Data a restore set aside is still here, taking disk space: ${lost.map(named).join('; ')}. A restore ` +
+        'sets the data it replaces aside under such names and removes it once done; here its journal ' +
+        '(restore-journal.json in the data dir) was lost before that (deleted, or the data dir restored from ' +
+        "elsewhere), so the agent leaves it alone: it may be the only copy of GEM's data from before that " +
+        `restore. Once you have checked that nothing in it is needed, remove it: ${commands.join(' and ')}`,
+    );
+  }
+  return sentences.join('. ');
 }

@@ -487,17 +487,42 @@ async function removeReplaced(
   names: ReplacedNames,
   keepPrevious: boolean,
 ): Promise<string[]> {
-  const conn = deps.sources.conn;
   const failed: string[] = [];
   for (const folder of names.folders) await attempt(failed, folder.staging, () => removeTree(folder.staging));
-  if (keepPrevious) return failed;
+  if (!keepPrevious) await removePrevious(deps, names, failed);
+  noteRemoval(deps.config.dataDir, names.id, failed);
+  return failed;
+}
+
+/** Drops the previous database and removes the previous folders of `names`; what fails is added to `failed`. */
+async function removePrevious(deps: SwapDeps, names: ReplacedNames, failed: string[]): Promise<void> {
+  const conn = deps.sources.conn;
   await attempt(failed, `database ${names.previous}`, async () => {
     if (names.previous === conn.database) throw new Error('it is the live database');
     await dropDatabase(conn, names.previous);
   });
   for (const folder of names.folders)
     await attempt(failed, folder.previous, () => removeTree(folder.previous));
-  return failed;
+}
+
+/** What the last try in this process could not remove of each restore's replaced state, by data dir and id. */
+const removalFailures = new Map<string, Map<string, string[]>>();
+
+function noteRemoval(dataDir: string, id: string, failed: string[]): void {
+  const byId = removalFailures.get(dataDir) ?? new Map<string, string[]>();
+  if (failed.length > 0) byId.set(id, failed);
+  else byId.delete(id);
+  if (byId.size > 0) removalFailures.set(dataDir, byId);
+  else removalFailures.delete(dataDir);
+}
+
+/**
+ * What the last try in this process to remove restore `id`'s replaced state could not remove, each as
+ * `what (why)`; undefined if it was all removed, or not tried since this process started (each start
+ * tries again, so an agent that has started has tried).
+ */
+export function removalFailure(dataDir: string, id: string): string[] | undefined {
+  return removalFailures.get(dataDir)?.get(id);
 }
 
 /**

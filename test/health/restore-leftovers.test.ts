@@ -3,10 +3,12 @@
  * cleanup ran (a real restore killed after its commit, then its journal deleted): the previous database
  * and folders, with the commands that remove them, which the agent never runs itself. Once a person ran
  * them, the warning is gone. A restore's own journal, a kept previous state and names that are not a
- * restore's are never named.
+ * restore's are never named. What the agent itself could not remove (an undeletable file, a database
+ * PostgreSQL refuses to drop) is named with why, until a start removes it.
  */
 import { existsSync } from 'node:fs';
-import { mkdir, rm } from 'node:fs/promises';
+import { mkdir, readdir, rm, writeFile } from 'node:fs/promises';
+import { basename, dirname, join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { RestoreLeftover } from '../../agent/health/restore-leftovers';
 import { recoverInterruptedRestore } from '../../agent/restore/restore';
@@ -104,6 +106,77 @@ describe('health after a restore whose journal was lost before its cleanup', () 
     expect(job.state, JSON.stringify(job.error)).toBe('succeeded');
     const kept = (job.result as { keptPrevious: string }).keptPrevious;
     expect(await leftovers(t.agent)).toContain(kept);
+    expect((await disk()).restoreLeftovers).toBeUndefined();
+  }, 120_000);
+
+  it('names what the agent could not remove of what a restore replaced, and why, until a start removes it', async () => {
+    const live = t.agent.sources.conn.database;
+    // The state the case before kept on request goes first.
+    for (const name of await leftovers(t.agent)) {
+      // Folders by their name beside the live ones, databases by theirs.
+      if (name.includes('.gem-'))
+        await rm(join(dirname(t.agent.sources.scriptsDir), name), { recursive: true });
+      else await maintenanceSql((sql) => sql.unsafe(`drop database "${name}"`));
+    }
+    // In the live scripts folder, moved aside by the swap: it keeps that folder from being removed.
+    const stuck = join(t.agent.sources.scriptsDir, 'stuck.lua');
+    await writeFile(stuck, '-- stuck\n');
+    await runProcess('chattr', ['+i', stuck]).then((r) => expect(r.code, r.stderr).toBe(0));
+    let database: string | undefined;
+    let folder: string | undefined;
+    try {
+      const job = await runRestore(t.agent, backupPath, {
+        faults: {
+          // Once it committed, its previous database is made a template, which PostgreSQL refuses to drop.
+          afterCommit: async (step) => {
+            if (step !== 'prune') return;
+            const rows = await maintenanceSql(
+              (sql) =>
+                sql<
+                  { datname: string }[]
+                >`select datname from pg_database where datname like ${`${live}_gem_previous_%`}`,
+            );
+            database = rows[0]!.datname;
+            await maintenanceSql((sql) => sql.unsafe(`alter database "${database}" is_template true`));
+          },
+        },
+      });
+      expect(job.state, JSON.stringify(job.error)).toBe('succeeded');
+      const id = /_gem_previous_([0-9a-f]{8})$/.exec(database!)![1]!;
+      folder = `${t.agent.sources.scriptsDir}.gem-previous-${id}`;
+      expect(await leftovers(t.agent)).toEqual([database, basename(folder)]);
+      const warned = await disk();
+      expect(warned.status).not.toBe('ok');
+      expect(warned.restoreLeftovers).toEqual([
+        {
+          restoreId: id,
+          database: { name: database, sizeBytes: expect.any(Number) },
+          folders: [folder],
+          setAsideAt: expect.stringMatching(/^\d{4}-\d\d-\d\dT/),
+          // The agent removes it itself: no commands for a person.
+          commands: [],
+          couldNotRemove: [
+            expect.stringMatching(new RegExp(`^database ${database} \\(.*template`)),
+            expect.stringMatching(new RegExp(`^${folder} \\(.*chattr -i`)),
+          ],
+        },
+      ]);
+      expect(warned.reason).toMatch(/^Data a restore replaced could not be removed and takes disk space: /);
+      for (const name of [database!, folder, 'chattr -i', 'restart the agent'])
+        expect(warned.reason).toContain(name);
+      expect(warned.reason).not.toContain('was lost');
+    } finally {
+      const gemDir = dirname(t.agent.sources.scriptsDir);
+      const aside = (await readdir(gemDir)).filter((name) => name.startsWith('scripts.gem-previous-'));
+      for (const path of [stuck, ...aside.map((name) => join(gemDir, name, 'stuck.lua'))]) {
+        if (existsSync(path)) await runProcess('chattr', ['-i', path]);
+      }
+      if (database)
+        await maintenanceSql((sql) => sql.unsafe(`alter database "${database}" is_template false`));
+    }
+    // Mended, the next start removes it all, and the warning is gone.
+    await recoverInterruptedRestore(t.agent);
+    expect(await leftovers(t.agent)).toEqual([]);
     expect((await disk()).restoreLeftovers).toBeUndefined();
   }, 120_000);
 });
