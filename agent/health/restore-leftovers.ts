@@ -49,9 +49,9 @@ function shellQuoted(text: string): string {
  * (a committed restore's journal lost before its cleanup ran), or that the agent's own last try in this
  * process could not remove (`couldNotRemove`: an undeletable file, a database in use). They are never
  * removed here, whatever they hold: those nothing accounts for may be the only copy of the data before
- * that restore. Nothing of a restore that may be
- * running counts: while the job lock is held, a cleanup runs or a journal that cannot be read is on disk,
- * the last finding stands. The database's size is read once per name.
+ * that restore. Nothing of a restore that may be running counts: while the job lock is held, a cleanup
+ * runs or a journal that cannot be read is on disk, the last finding stands. The database's size is read
+ * once per name.
  */
 export function restoreLeftoversCheck(agent: Agent): () => Promise<RestoreLeftover[]> {
   let last: RestoreLeftover[] = [];

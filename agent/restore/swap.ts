@@ -490,7 +490,8 @@ async function removeReplaced(
   const failed: string[] = [];
   for (const folder of names.folders) await attempt(failed, folder.staging, () => removeTree(folder.staging));
   if (!keepPrevious) await removePrevious(deps, names, failed);
-  noteRemoval(deps.config.dataDir, names.id, failed);
+  // Health names a previous state that should have gone and did not; one kept on request is not that.
+  noteRemoval(deps.config.dataDir, names.id, keepPrevious ? [] : failed);
   return failed;
 }
 
