@@ -72,11 +72,10 @@ export function restoreLeftoversCheck(agent: Agent): () => Promise<RestoreLeftov
     const accounted = busy ? 'unknown' : await accountedRestoreIds(agent.config.dataDir);
     if (accounted === 'unknown') return last;
     const kept = await keptPreviousIds(agent);
-    const dataDir = agent.config.dataDir;
-    const unaccounted = names.filter(
-      (n) =>
-        (!accounted.has(n.id) && !kept.has(n.id)) || (accounted.has(n.id) && removalFailure(dataDir, n.id)),
-    );
+    // What the agent itself could not remove of a restore it accounts for (undefined: nothing, or not tried).
+    const failedFor = (id: string) =>
+      accounted.has(id) ? removalFailure(agent.config.dataDir, id) : undefined;
+    const unaccounted = names.filter((n) => (!accounted.has(n.id) && !kept.has(n.id)) || failedFor(n.id));
     const unsized = unaccounted.filter((n) => n.kind === 'database' && !sizes.has(n.name)).map((n) => n.name);
     for (const name of unsized) {
       const [row] = await agent.sql<{ size: string | null }[]>`
@@ -87,7 +86,7 @@ export function restoreLeftoversCheck(agent: Agent): () => Promise<RestoreLeftov
     const byId = new Map<string, RestoreLeftover>();
     for (const { id, kind, name } of unaccounted) {
       let leftover = byId.get(id);
-      const failed = accounted.has(id) ? removalFailure(dataDir, id) : undefined;
+      const failed = failedFor(id);
       if (!leftover) {
         leftover = { restoreId: id, database: null, folders: [], setAsideAt: null, commands: [] };
         if (failed) leftover.couldNotRemove = failed;
