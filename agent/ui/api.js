@@ -50,7 +50,13 @@ function authHeaders(extra = {}) {
   return { authorization: `Bearer ${token.get() ?? ''}`, ...extra };
 }
 
-async function failure(response) {
+/**
+ * The error of an answer that is not ok. A 401 sends the page back to sign-in, once: only if the sign-in the
+ * request was made in (`madeIn`, its signInSignal) is still the current one. A request of a sign-in that a
+ * first 401 already ended (the page's other calls on their way with the same token) says nothing more, so
+ * the words of that first 401 stay on the sign-in form.
+ */
+async function failure(response, madeIn) {
   let body;
   try {
     body = await response.json();
@@ -64,7 +70,7 @@ async function failure(response) {
     error?.message ?? `the agent answered ${response.status} ${response.statusText}`,
     error?.details,
   );
-  if (response.status === 401) onUnauthorized(apiError);
+  if (response.status === 401 && !madeIn.aborted) onUnauthorized(apiError);
   return apiError;
 }
 
@@ -83,6 +89,7 @@ export async function api(
     new ApiError(0, 'no_answer', `The agent did not answer within ${Math.round(timeoutMs / 1000)} s.`);
   const both = timer ? (signal ? AbortSignal.any([signal, timer.signal]) : timer.signal) : signal;
   const changing = method !== 'GET';
+  const madeIn = signIn.signal;
   if (changing) changesUnanswered++;
   try {
     let response;
@@ -100,7 +107,7 @@ export async function api(
       if (error.name === 'AbortError') throw error;
       throw new ApiError(0, 'unreachable', 'The agent cannot be reached. Is it running?');
     }
-    if (!response.ok) throw await failure(response);
+    if (!response.ok) throw await failure(response, madeIn);
     if (raw) return response;
     if (response.status === 204) return undefined;
     const type = response.headers.get('content-type') ?? '';
@@ -120,6 +127,7 @@ export async function api(
 /** Uploads a file as the raw body with progress (fetch has no upload progress, XHR does). */
 export function uploadFile(path, file, onProgress) {
   return new Promise((resolve, reject) => {
+    const madeIn = signIn.signal;
     const xhr = new XMLHttpRequest();
     xhr.open('POST', `/api/v1${path}`);
     xhr.setRequestHeader('authorization', `Bearer ${token.get() ?? ''}`);
@@ -142,7 +150,7 @@ export function uploadFile(path, file, onProgress) {
         error?.message ?? `upload failed (${xhr.status})`,
         error?.details,
       );
-      if (xhr.status === 401) onUnauthorized(apiError);
+      if (xhr.status === 401 && !madeIn.aborted) onUnauthorized(apiError);
       reject(apiError);
     };
     xhr.send(file);
@@ -202,7 +210,7 @@ export async function followJob(jobId, { onJob, onNotice, onContact, signal: giv
       headers: authHeaders({ accept: 'text/event-stream' }),
       signal,
     });
-    if (!response.ok) throw await failure(response);
+    if (!response.ok) throw await failure(response, ended);
     for await (const record of sseRecords(response.body)) {
       if (record.event === 'ping') continue;
       const data = JSON.parse(record.data);
@@ -234,7 +242,8 @@ export async function followJob(jobId, { onJob, onNotice, onContact, signal: giv
       last = job;
       if (job.endedAt) return settled(job);
     } catch (error) {
-      if (error.name === 'AbortError') throw stopped(error);
+      // Signed out, or a 401 (this poll's or another call's) ended the sign-in: the follow ends with it.
+      if (error.name === 'AbortError' || signal.aborted) throw stopped(error);
       // A job the agent no longer knows was cut short by a restart (jobs live in its memory): say so,
       // rather than guess how it ended. Anything else but "unreachable" is a real answer.
       if (error.status === 404 && last) {

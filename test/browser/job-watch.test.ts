@@ -263,4 +263,61 @@ describe('signing out and in again in the same tab', () => {
     await expect.poll(() => looks.answered).toBe(signedOut + 1);
     expect(await panel().isVisible()).toBe(false);
   }, 180_000);
+
+  it('a token refused while the Create Backup dialog follows its backup: sign-in in words, no failure shown, then followed again once', async () => {
+    const polls = countRequests((path) => /^\/api\/v1\/jobs\/[^/]+$/.test(path));
+    await hold('users');
+    // The events stream cannot be had (a proxy that drops it): the dialog follows the job by polling it.
+    await page.route('**/api/v1/jobs/*/events', (route) => route.abort('connectionreset'));
+    try {
+      const dialog = page.locator('#progress-dialog');
+      await page.getByRole('button', { name: 'Create Backup' }).click();
+      await expect.poll(() => polls.answered).toBeGreaterThan(0);
+      await dialog.getByText('Exporting the database…').waitFor({ timeout: 30_000 });
+      const [backup] = t.agent.jobs.active();
+      expect(backup?.kind).toBe('backup');
+
+      // The admin token changes on the agent (this tab's no longer matches): the next poll answers 401.
+      await page.evaluate(() => sessionStorage.setItem('gem-backup-token', 'a-token-the-agent-changed'));
+      await page.clock.fastForward(1000);
+      await page.getByRole('heading', { name: 'Sign in' }).waitFor();
+      expect(await page.locator('#sign-in-error').textContent()).toBe(
+        'Invalid admin token. Please sign in again.',
+      );
+      expect(await dialog.evaluate((node: HTMLDialogElement) => node.open)).toBe(false);
+      // Not the job's end: neither a failure nor lost contact was told, and the job runs on in the agent.
+      expect(await page.locator('#progress-state').getAttribute('data-state')).not.toBe('failed');
+      expect(await page.locator('#page-error').isHidden()).toBe(true);
+      expect(t.agent.jobs.active().map((job) => job.id)).toEqual([backup!.id]);
+      // Nothing polls for the sign-in that ended.
+      await expect.poll(() => polls.answered).toBe(polls.sent);
+      const pollsAtSignIn = polls.sent;
+      for (let i = 0; i < 3; i++) await page.clock.fastForward(1000);
+      expect(polls.sent).toBe(pollsAtSignIn);
+
+      // Signed in again in this tab (a refused token is not a sign-out: the tab still knows it started the
+      // backup): the running backup is followed once more, in the dialog as after a reload, to its end.
+      await page.evaluate(() => {
+        const counted = window as { endedAfterSignIn?: number };
+        counted.endedAfterSignIn = 0;
+        document.addEventListener('gem-job-ended', () => {
+          counted.endedAfterSignIn = (counted.endedAfterSignIn ?? 0) + 1;
+        });
+      });
+      await page.getByLabel('Admin token').fill(TEST_TOKEN);
+      await page.getByRole('button', { name: 'Sign in' }).click();
+      await page.getByRole('heading', { name: 'Local backups' }).waitFor();
+      await page.clock.fastForward(LOOK_MS);
+      await dialog.getByText('Exporting the database…').waitFor({ timeout: 30_000 });
+      const filename = await finish(backup!.id);
+      await page.clock.fastForward(1000);
+      await dialog.getByText(`Backup created: ${filename}`).waitFor({ timeout: 30_000 });
+      expect(await page.evaluate(() => (window as { endedAfterSignIn?: number }).endedAfterSignIn)).toBe(1);
+      expect(await panel().isVisible()).toBe(false);
+      await dialog.getByRole('button', { name: 'Close' }).click();
+      await page.locator('#backups-body').getByText(filename).waitFor();
+    } finally {
+      await page.unroute('**/api/v1/jobs/*/events');
+    }
+  }, 120_000);
 });
