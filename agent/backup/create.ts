@@ -309,6 +309,8 @@ export async function createBackup(
               onProgress: (bytes) => ctx.progress(bytes),
             });
           },
+          // An upload or a download may have brought a backup of this name since freeName: never replaced.
+          exclusive: true,
         },
       ),
     ]);
@@ -320,6 +322,11 @@ export async function createBackup(
         throw new AppError('no_space', 'the disk is full: free some space and try again');
       throw failure;
     }
+    if (written.status === 'fulfilled' && !written.value)
+      throw new AppError(
+        'conflict',
+        `a backup named ${name} arrived (an upload or a download) while this one was being written: it was kept as it is, and this backup was not kept; run the backup again`,
+      );
     const onDisk = await stat(catalog.pathOf(name));
     await catalog.updateRecord(name, {
       verifiedAt: new Date().toISOString(),

@@ -5,8 +5,11 @@ import { pipeline } from 'node:stream/promises';
 import { createGunzip } from 'node:zlib';
 import tar from 'tar-stream';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createdAtFromName } from '../../agent/backup/catalog';
+import { backupDeps, createBackup } from '../../agent/backup/create';
 import { SEED_COUNTS } from '../../agent/db/seed';
-import type { Job } from '../../agent/jobs/runner';
+import { type Job, standaloneContext } from '../../agent/jobs/runner';
+import { silentLogger } from '../../agent/log';
 import { runProcess } from '../../agent/system/spawn';
 import { startTestAgent, type TestAgent } from '../services/agent';
 import { startPostgres, type TestPostgres } from '../services/postgres';
@@ -103,6 +106,34 @@ describe('creating and verifying a backup against a real PostgreSQL', () => {
     const listing = await runProcess(join(pg.binDir, 'pg_restore'), ['--list', join(out, 'database.dump')]);
     expect(listing.code).toBe(0);
     expect(listing.stdout).toContain('TABLE DATA public devices');
+  });
+
+  it('never replaces a backup that arrived under its name while it was being written: 409, the arrival kept', async () => {
+    // A real backup, moved out of the folder: its name is free again, and its bytes are another backup of that name.
+    const { filename } = await createOne();
+    const path = join(t.agent.paths.backups, filename);
+    const arrival = await readFile(path);
+    await t.agent.catalog.delete(filename);
+    const failure = await createBackup(backupDeps(t.agent), standaloneContext(silentLogger), {
+      now: new Date(Date.parse(createdAtFromName(filename) ?? '')),
+      // Once the new backup has its name, and before its file is in place, the arrival lands: an upload.
+      beforeWrite: async (name) => {
+        expect(name).toBe(filename);
+        const uploaded = await t.request(`/api/v1/backups/upload?filename=${name}`, {
+          method: 'POST',
+          headers: { 'content-length': String(arrival.length) },
+          body: arrival,
+        });
+        expect(uploaded.status).toBeLessThan(300);
+      },
+    }).then(
+      () => undefined,
+      (error: unknown) => error,
+    );
+    expect(failure).toMatchObject({ code: 'conflict' });
+    expect((failure as Error).message).toMatch(/it was kept as it is, and this backup was not kept/);
+    expect((await readFile(path)).equals(arrival)).toBe(true);
+    expect((await t.agent.catalog.list()).map((b) => b.filename)).toContain(filename);
   });
 
   it("leaves no temp files in the backups folder, and only the agent's user may read it", async () => {

@@ -43,8 +43,12 @@ afterAll(async () => {
   if (traceDir) await rm(traceDir, { recursive: true, force: true });
 });
 
-/** One completed system call of the trace, in the order they completed. */
-type Call = { name: 'fsync'; path: string } | { name: 'rename'; from: string; to: string };
+/**
+ * One completed system call of the trace, in the order they completed. A file that must never replace
+ * another (a backup, an upload) is published by a hard link from its temp name instead of a rename: the
+ * same rules hold for both.
+ */
+type Call = { name: 'fsync'; path: string } | { name: 'rename' | 'link'; from: string; to: string };
 
 let traces = 0;
 // --seccomp-bpf: the traced processes stop at the calls traced, not at every system call (-f follows them all).
@@ -56,7 +60,7 @@ const STRACE = [
   '-s',
   '4096',
   '-e',
-  'trace=fsync,fdatasync,rename,renameat,renameat2',
+  'trace=fsync,fdatasync,rename,renameat,renameat2,link,linkat',
 ];
 
 /** Runs the CLI under strace; returns its result and the fsyncs and renames it made, in order. */
@@ -99,12 +103,17 @@ function parseTrace(text: string): Call[] {
       /^renameat2?\(AT_FDCWD, "((?:[^"\\]|\\.)*)", AT_FDCWD, "((?:[^"\\]|\\.)*)"/.exec(line);
     if (rename) calls.push({ name: 'rename', from: rename[1]!, to: rename[2]! });
     else if (/^rename/.test(line)) throw new Error(`a rename this test cannot read: ${line}`);
+    const link =
+      /^link\("((?:[^"\\]|\\.)*)", "((?:[^"\\]|\\.)*)"/.exec(line) ??
+      /^linkat\(AT_FDCWD, "((?:[^"\\]|\\.)*)", AT_FDCWD, "((?:[^"\\]|\\.)*)"/.exec(line);
+    if (link) calls.push({ name: 'link', from: link[1]!, to: link[2]! });
+    else if (/^link/.test(line)) throw new Error(`a link this test cannot read: ${line}`);
   }
   return calls;
 }
 
 /**
- * Every rename into `under`: the renamed path fsynced before it (under its old name), and the folder
+ * Every rename (or link, but a lock's) into `under`: the renamed path fsynced before it (under its old name), and the folder
  * it went into fsynced after it. A live folder moved aside (to its previous name) is exempt from the
  * first: its content is already on disk, and the rename only gives up its name. Returns the broken
  * ones, described.
@@ -112,7 +121,9 @@ function parseTrace(text: string): Call[] {
 function unsafeRenames(calls: Call[], under: string): string[] {
   const broken: string[] = [];
   calls.forEach((call, at) => {
-    if (call.name !== 'rename' || !call.to.startsWith(`${under}/`)) return;
+    if (call.name === 'fsync' || !call.to.startsWith(`${under}/`)) return;
+    // A lock is taken by a hard link (agent/jobs/lock.ts): it holds nothing a crash must keep.
+    if (call.name === 'link' && call.to.endsWith('.lock')) return;
     const before = calls.slice(0, at);
     const after = calls.slice(at + 1);
     const movedAside = call.to.includes(PREVIOUS_FOLDER_MARK);
@@ -129,8 +140,8 @@ describe('durability at the system calls', () => {
     const created = await tracedCli('create', '--label', 'durable');
     expect(created.stderr).toBe('');
     expect(created.code).toBe(0);
-    const renames = created.calls.filter((c) => c.name === 'rename');
-    expect(renames.some((c) => c.name === 'rename' && /gem-backup-.*\.tar\.gz$/.test(c.to))).toBe(true);
+    // The backup is linked into place (it never replaces a file of its name), not renamed.
+    expect(created.calls.some((c) => c.name === 'link' && /gem-backup-.*\.tar\.gz$/.test(c.to))).toBe(true);
     expect(unsafeRenames(created.calls, dataDir)).toEqual([]);
     const name = /created (gem-backup-\S+\.tar\.gz)/.exec(created.stdout)?.[1];
     const verified = await tracedCli('verify', name!);
@@ -234,8 +245,8 @@ describe('durability of the service at the system calls', () => {
       await api('PUT', '/keys/banner', { collapsed: true });
       await waitFor(await api('POST', '/health/verification/run'));
     });
-    const written = calls.flatMap((c) => (c.name === 'rename' ? [c.to] : []));
-    // The backup, its records (made, then pinned), the key state (the banner), the verification's state.
+    const written = calls.flatMap((c) => (c.name === 'fsync' ? [] : [c.to]));
+    // The backup (linked into place), its records (made, then pinned), the key state (the banner), the verification's state.
     expect(written.some((to) => /\/backups\/gem-backup-.*\.tar\.gz$/.test(to))).toBe(true);
     for (const file of ['backup-records.json', 'state.json', 'verification-state.json'])
       expect(written).toContain(join(dataDir, file));
@@ -252,6 +263,7 @@ describe('parseTrace', () => {
         '101   rename("/d/.tmp-x", "/d/x") = 0',
         '102   <... renameat2 resumed>) = 0',
         '101   fdatasync(22</d>)                     = 0',
+        '103   link("/d/.tmp-z", "/d/z") = 0',
         '101   rename("/d/a", "/d/b") = -1 ENOENT (No such file or directory)',
       ].join('\n'),
     );
@@ -260,7 +272,12 @@ describe('parseTrace', () => {
       { name: 'rename', from: '/d/.tmp-x', to: '/d/x' },
       { name: 'rename', from: '/d/.tmp-y', to: '/d/y' },
       { name: 'fsync', path: '/d' },
+      { name: 'link', from: '/d/.tmp-z', to: '/d/z' },
     ]);
-    expect(unsafeRenames(calls, '/d')).toEqual(['/d/.tmp-y -> /d/y: not fsynced before the rename']);
+    expect(unsafeRenames(calls, '/d')).toEqual([
+      '/d/.tmp-y -> /d/y: not fsynced before the rename',
+      '/d/.tmp-z -> /d/z: not fsynced before the rename',
+      '/d/.tmp-z -> /d/z: its folder not fsynced after the rename',
+    ]);
   });
 });
