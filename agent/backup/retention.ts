@@ -87,8 +87,14 @@ export function planPrune<T extends PruneCandidate>(
   return { keep, delete: remove };
 }
 
-/** The local backups as retention sees them: one of another installation (uploaded by hand) is foreign. */
-async function localCandidates(agent: Agent): Promise<BackupInfo[]> {
+/** A local backup as retention sees it: `foreign` when another installation's. */
+export type LocalCandidate = BackupInfo & Pick<PruneCandidate, 'foreign'>;
+
+/**
+ * The local backups as retention sees them, here and at a destination (Sync Now, an auto-upload's prune):
+ * one of another installation (uploaded by hand) is foreign.
+ */
+export async function localCandidates(agent: Pick<Agent, 'catalog' | 'keyring'>): Promise<LocalCandidate[]> {
   return (await agent.catalog.list()).map((b) =>
     agent.keyring.owns(b.installationTag, b.keyIds) ? b : { ...b, foreign: true },
   );

@@ -8,7 +8,7 @@ import { isBackupName } from '../../shared/storage/names';
 import type { AfterBackupHook, Agent } from '../agent';
 import { type BackupInfo, checkBackupName, pinnedRefusal } from '../backup/catalog';
 import { readHeaderOfFile } from '../backup/reader';
-import { busyBackupNames, planPrune } from '../backup/retention';
+import { busyBackupNames, localCandidates, planPrune } from '../backup/retention';
 import { AppError, describeError } from '../errors';
 import { validationError } from '../http/errors';
 import type { Job, JobContext } from '../jobs/runner';
@@ -167,7 +167,11 @@ function damageOf(error: AppError): string {
   return error.message.replace(/^the backup is damaged: /, '');
 }
 
-/** Whether a sync moves this backup: ours on one side only (a backup that failed verification is not spread). */
+/**
+ * Whether a sync moves this backup: ours on one side only. Another installation's, here or there, is
+ * neither fetched nor spread (at the destination no prune of ours would ever delete it), and a backup
+ * that failed verification is not spread.
+ */
 function needsTransfer(candidate: SyncCandidate): boolean {
   if (candidate.foreign) return false;
   if (candidate.local && !candidate.remote) return candidate.local.verifyResult !== 'failed';
@@ -556,8 +560,10 @@ export class OffsiteService {
         // Inside a mutating job no upload of ours is in flight: every temp leftover is garbage.
         const startSweep = await this.sweep(kind, section, provider, 0, ctx);
         if (startSweep.removed > 0) result.sweptTemp = startSweep.removed;
+        // As local retention sees them: another installation's backup uploaded here by hand is foreign
+        // (syncCandidates carries it), never counted toward maxBackups, never pruned, never spread.
         const [local, remote] = await Promise.all([
-          this.agent.catalog.list(),
+          localCandidates(this.agent),
           withRetryList(provider, this.options.retry, ctx.signal),
         ]);
         const foreign = await this.foreignNames(provider, local, remote, ctx.signal);
@@ -933,7 +939,8 @@ export class OffsiteService {
     signal?: AbortSignal,
     stillConfigured: (name: string) => boolean = () => true,
   ): Promise<string[]> {
-    const [local, remote] = await Promise.all([this.agent.catalog.list(), provider.list({ signal })]);
+    // Another installation's backup here is foreign (localCandidates): its copy there is not counted nor pruned.
+    const [local, remote] = await Promise.all([localCandidates(this.agent), provider.list({ signal })]);
     const foreign = await this.foreignNames(provider, local, remote, signal);
     // A different backup under one of our names is not our copy either: never pruned.
     const taken = await this.takenNames(undefined, provider, local, remote, signal);

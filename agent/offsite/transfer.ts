@@ -21,7 +21,7 @@ import { isStorageError, StorageError } from '../../shared/storage/index';
 import type { Agent } from '../agent';
 import { type BackupInfo, createdAtFromName } from '../backup/catalog';
 import { envelopeToAppError, readHeaderOfFile } from '../backup/reader';
-import { type PruneCandidate, planPrune } from '../backup/retention';
+import { type LocalCandidate, type PruneCandidate, planPrune } from '../backup/retention';
 import { type ReceivedBackup, receiveUpload, usableSpace } from '../backup/upload';
 import { AppError } from '../errors';
 import { hashFile } from '../providers/checks';
@@ -473,14 +473,14 @@ export async function downloadToFile(
 // When a backup was made, read from its name: beside backupNameFor, whose inverse it is; still importable from here.
 export { createdAtFromName };
 
-/** One backup as retention sees it across both sides: local facts (kind, pinned, verification) win. */
+/** One backup as retention sees it across both sides: local facts (kind, pinned, verification, foreign) win. */
 export interface SyncCandidate extends PruneCandidate {
   local?: BackupInfo;
   remote?: StoredObject;
 }
 
 /** The union of local and remote backups, by name, each dated by its name when it is a backup name. */
-export function syncCandidates(local: BackupInfo[], remote: StoredObject[]): SyncCandidate[] {
+export function syncCandidates(local: LocalCandidate[], remote: StoredObject[]): SyncCandidate[] {
   const byName = new Map<string, SyncCandidate>();
   for (const object of remote) {
     byName.set(object.name, {
@@ -500,6 +500,8 @@ export function syncCandidates(local: BackupInfo[], remote: StoredObject[]): Syn
       kind: info.kind,
       ...(info.pinned ? { pinned: true } : {}),
       ...(info.verifyResult ? { verifyResult: info.verifyResult } : {}),
+      // Another installation's backup uploaded here by hand: its copy at the destination is not ours either.
+      ...(info.foreign ? { foreign: true } : {}),
       local: info,
       ...(entry?.remote ? { remote: entry.remote } : {}),
     });
@@ -509,10 +511,10 @@ export function syncCandidates(local: BackupInfo[], remote: StoredObject[]): Syn
 
 /**
  * The remote backups retention removes at a destination under `maxBackups` (oldest first), knowing
- * kinds and pins from the local catalog; `protect` names are never removed.
+ * kinds, pins and foreign backups from the local catalog (localCandidates); `protect` names are never removed.
  */
 export function planRemotePrune(
-  local: BackupInfo[],
+  local: LocalCandidate[],
   remote: StoredObject[],
   maxBackups: number,
   protect: string[] = [],
