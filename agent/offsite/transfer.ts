@@ -373,6 +373,12 @@ export async function downloadToCatalog(
         declaredSize: remote.size,
         signal,
         onProgress,
+      }).catch((error: unknown) => {
+        // Refused before reading a byte (no room for it, the name taken meanwhile), the download would
+        // stay open at the destination: an SFTP connection never given back, an smbclient blocked for good.
+        // Destroyed, the pipeline cancels it. After a failed read it is already gone, and this does nothing.
+        body.destroy();
+        throw error;
       });
     }, options);
   }, retry);
