@@ -313,15 +313,46 @@ export class BackupCatalog {
     };
   }
 
-  async delete(name: string): Promise<void> {
+  /**
+   * Deletes a backup's file and its record; `not_found` if there is no such file. `unlessPinned`: a
+   * backup whose record pins it stays, and the answer is false. The record is read, the file unlinked and
+   * the record dropped under the records file's lock, as a pin is written (setPinned): a pin made while
+   * a prune runs either comes first and keeps the backup, or finds it gone. Read before, a pin written
+   * meanwhile would be deleted with the record, and the backup it promised to keep with it.
+   */
+  async delete(name: string, options: { unlessPinned?: boolean } = {}): Promise<boolean> {
     const path = this.pathOf(name);
-    // unlink, not rm: rm takes an EPERM on a file for a folder and tries to list it (ENOTDIR).
-    await unlink(path).catch((error: NodeJS.ErrnoException) => {
-      if (error.code === 'ENOENT') throw new AppError('not_found', `no backup named ${name}`);
-      throw error;
+    return this.withRecords(async (records) => {
+      if (options.unlessPinned && records[name]?.pinned) return false;
+      // unlink, not rm: rm takes an EPERM on a file for a folder and tries to list it (ENOTDIR).
+      await unlink(path).catch((error: NodeJS.ErrnoException) => {
+        if (error.code === 'ENOENT') throw new AppError('not_found', `no backup named ${name}`);
+        throw error;
+      });
+      this.headers.delete(name);
+      if (Object.hasOwn(records, name)) {
+        delete records[name];
+        await this.saveRecords(records);
+      }
+      return true;
     });
-    this.headers.delete(name);
-    await this.updateRecord(name, undefined);
+  }
+
+  /**
+   * Pins or unpins a backup whose file is here; `not_found` if it is not. Under the records file's lock,
+   * as a deletion is: a pin that finds the file deleted (by a prune that ran first) writes nothing, so no
+   * pin is left on a record of a backup already gone (offsite retention would keep its copies by it).
+   */
+  async setPinned(name: string, pinned: boolean): Promise<void> {
+    const path = this.pathOf(name);
+    return this.withRecords(async (records) => {
+      await stat(path).catch((error: NodeJS.ErrnoException) => {
+        if (error.code === 'ENOENT') throw new AppError('not_found', `no backup named ${name}`);
+        throw error;
+      });
+      records[name] = { ...records[name], pinned: pinned || undefined };
+      await this.saveRecords(records);
+    });
   }
 
   /** Records the sha256 of a backup file as it is now (size and mtime), so uploads need no hashing pass. */
@@ -364,22 +395,34 @@ export class BackupCatalog {
     name: string,
     patch: Partial<BackupRecord> | ((record: BackupRecord | undefined) => Partial<BackupRecord>) | undefined,
   ): Promise<void> {
-    // Across processes too: the service pinning a backup while the CLI records a new one both stay.
+    return this.withRecords(async (records) => {
+      if (patch === undefined) delete records[name];
+      else
+        records[name] = {
+          ...records[name],
+          ...(typeof patch === 'function' ? patch(records[name]) : patch),
+        };
+      await this.saveRecords(records);
+    });
+  }
+
+  /**
+   * Runs `work` on the records as the file holds them now, holding the file's lock: after this
+   * process's earlier updates, and across processes too (the service pinning a backup while the CLI
+   * records a new one both stay). `work` saves what it changed with saveRecords.
+   */
+  private withRecords<R>(work: (records: Record<string, BackupRecord>) => Promise<R>): Promise<R> {
     const run = this.queue.then(() =>
-      withFileUpdateLock(this.recordsPath, async () => {
-        const records = await this.readRecordsFile(true);
-        if (patch === undefined) delete records[name];
-        else
-          records[name] = {
-            ...records[name],
-            ...(typeof patch === 'function' ? patch(records[name]) : patch),
-          };
-        await writeSmallFileAtomic(this.recordsPath, `${JSON.stringify(records, null, 2)}\n`, 0o600);
-        this.records = undefined;
-      }),
+      withFileUpdateLock(this.recordsPath, async () => work(await this.readRecordsFile(true))),
     );
     this.queue = run.catch(() => {});
     return run;
+  }
+
+  /** Writes the records file (the caller holds its lock: withRecords). */
+  private async saveRecords(records: Record<string, BackupRecord>): Promise<void> {
+    await writeSmallFileAtomic(this.recordsPath, `${JSON.stringify(records, null, 2)}\n`, 0o600);
+    this.records = undefined;
   }
 
   /** The records as the file holds them now; re-read only when the file changed (another process wrote it). */

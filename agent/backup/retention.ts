@@ -145,28 +145,31 @@ export function busyBackupNames(agent: Pick<Agent, 'jobs'>): Set<string> {
 }
 
 /**
- * Deletes one local backup. One already gone (the CLI or a person deleted it after the plan was made) is
- * the outcome wanted, not a failure: its record goes too, as with a deletion of ours (a person's rm leaves
+ * Deletes one local backup unless it is pinned now (pinned since the plan was made: it stays, and the
+ * answer is false). One already gone (the CLI or a person deleted it after the plan was made) is the
+ * outcome wanted, not a failure: its record goes too, as with a deletion of ours (a person's rm leaves
  * it), so a later file of that name inherits no pin or verification.
  */
-async function deleteLocalBackup(agent: Agent, name: string): Promise<void> {
+async function deleteLocalBackup(agent: Agent, name: string): Promise<boolean> {
   try {
-    await agent.catalog.delete(name);
+    return await agent.catalog.delete(name, { unlessPinned: true });
   } catch (error) {
     if (!(error instanceof AppError && error.code === 'not_found')) throw error;
     agent.log.info('a backup to prune was already gone (deleted meanwhile by another process)', { name });
     await agent.catalog.updateRecord(name, undefined);
+    return true;
   }
 }
 
 /**
  * Deletes the local backups the plan names, oldest first (never those in `protect`, nor one a running
- * job targets: it stays until a later prune); returns their names, with any another process deleted
- * meanwhile (gone as planned). A backup that cannot be deleted stays and the others are still tried;
- * then it fails naming what stayed and what went (its details: `deleted`, `failed` with each one's
- * reason). Nothing while pruning is held (catalog.hold: the records, and so the pins, were damaged)
- * until the owner resumes it. `only: 'safety'`: the plan's safety backups only (a restore's prune),
- * regular ones are left to the next backup's.
+ * job targets: it stays until a later prune, nor one pinned since the plan was made); returns their
+ * names, with any another process deleted meanwhile (gone as planned), never one that stayed. A backup
+ * that cannot be deleted stays and the others are still tried; then it fails naming what stayed and
+ * what went (its details: `deleted`, `failed` with each one's reason). Nothing while pruning is held
+ * (catalog.hold: the records, and so the pins, were damaged) until the owner resumes it. `only:
+ * 'safety'`: the plan's safety backups only (a restore's prune), regular ones are left to the next
+ * backup's.
  */
 export async function pruneLocal(agent: Agent, protect: string[] = [], only?: 'safety'): Promise<string[]> {
   const planned = agent.settings.get().autoBackup.maxBackups;
@@ -200,8 +203,9 @@ export async function pruneLocal(agent: Agent, protect: string[] = [], only?: 's
     if (busyBackupNames(agent).has(backup.filename)) continue;
     // One that cannot be deleted (immutable, its folder's permissions) stays; the others still go.
     try {
-      await deleteLocalBackup(agent, backup.filename);
-      deleted.push(backup.filename);
+      // The pin is read with the deletion, under the records' lock: one made since the plan keeps it.
+      if (await deleteLocalBackup(agent, backup.filename)) deleted.push(backup.filename);
+      else agent.log.info('retention kept a backup pinned while it pruned', { name: backup.filename });
     } catch (error) {
       failed.push({ filename: backup.filename, error: describeError(error).message });
     }

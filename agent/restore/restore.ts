@@ -757,16 +757,15 @@ async function afterCommitStep(
  */
 async function removeSafetyBackup(agent: Agent, ctx: JobContext, name: string): Promise<string | undefined> {
   try {
-    const info = await agent.catalog.info(name);
-    if (info.pinned) {
-      ctx.log.info(`the safety backup ${name} was kept: it was pinned`);
-      return undefined;
-    }
     if (busyBackupNames(agent).has(name)) {
       ctx.log.info(`the safety backup ${name} was kept: a running job uses it`);
       return undefined;
     }
-    await agent.catalog.delete(name);
+    // The pin is read with the deletion, under the records' lock: one made a moment ago keeps it too.
+    if (!(await agent.catalog.delete(name, { unlessPinned: true }))) {
+      ctx.log.info(`the safety backup ${name} was kept: it was pinned`);
+      return undefined;
+    }
   } catch (error) {
     ctx.log.warn(`could not remove the safety backup ${name}; delete it by hand if it is not wanted`, {
       error,

@@ -92,24 +92,20 @@ export async function removeRecordedSafetyBackups(
       if (isAppError(error, 'not_found') || isAppError(error, 'invalid_name')) return undefined;
       throw error;
     });
-    if (info?.pinned) {
-      log.info('kept the safety backup of an interrupted restore that did not commit: it is pinned', {
-        restoreId: id,
-        safetyBackup: name,
-      });
-    } else if (info && info.kind !== 'safety') {
+    if (info && info.kind !== 'safety') {
       log.warn("left alone: the backup a restore's record names is not a safety backup", {
         restoreId: id,
         backup: name,
       });
     } else if (info) {
-      await catalog.delete(name);
+      // The pin is read with the deletion, under the records' lock: one made a moment ago (the CLI
+      // beside the agent) keeps it too.
+      const removed = await catalog.delete(name, { unlessPinned: true });
       log.info(
-        'removed the safety backup of an interrupted restore that did not commit: nothing was changed',
-        {
-          restoreId: id,
-          safetyBackup: name,
-        },
+        removed
+          ? 'removed the safety backup of an interrupted restore that did not commit: nothing was changed'
+          : 'kept the safety backup of an interrupted restore that did not commit: it is pinned',
+        { restoreId: id, safetyBackup: name },
       );
     }
     await clearSafetyRecord(dataDir, id);

@@ -197,6 +197,38 @@ describe('the safety backup of a restore', () => {
     await t.agent.catalog.delete(pinned!);
   });
 
+  it('stays when it is pinned as the restore removes it, and the job does not say it was removed', async () => {
+    const safety = await safetyBackups(t.agent);
+    const catalog = t.agent.catalog;
+    const remove = catalog.delete.bind(catalog);
+    let pinned: string | undefined;
+    // The restore has decided to remove its safety backup; the owner pins it that moment (the page's Pin).
+    catalog.delete = async (name, options) => {
+      catalog.delete = remove;
+      pinned = name;
+      const res = await t.request(`/api/v1/backups/${name}/pin`, { method: 'POST' });
+      expect(res.status).toBe(200);
+      return remove(name, options);
+    };
+    let job: Job;
+    try {
+      job = await restore((id) => ({
+        beforeSwapStep: (step) => {
+          if (step === 'copy-settings') t.agent.jobs.cancel(id());
+        },
+      }));
+    } finally {
+      catalog.delete = remove;
+    }
+    expect(job.state).toBe('cancelled');
+    expect(job.error?.message).toBe('the job was cancelled');
+    expect(pinned).toBeDefined();
+    expect(safety).not.toContain(pinned);
+    expect(await safetyBackups(t.agent)).toContain(pinned);
+    expect((await t.agent.catalog.info(pinned!)).pinned).toBe(true);
+    await t.agent.catalog.delete(pinned!);
+  });
+
   it('stays while the swap could not be undone, and goes with the undo: the recovery finishes it', async () => {
     const before = await liveState(t.agent);
     const safety = await safetyBackups(t.agent);

@@ -129,10 +129,11 @@ describe('retention of local backups', () => {
     const catalog = t.agent.catalog;
     const remove = catalog.delete.bind(catalog);
     // The first deletion is followed by a save raising the number back to 5, as a person might do.
-    catalog.delete = async (name: string) => {
+    catalog.delete = async (name, options) => {
       catalog.delete = remove;
-      await remove(name);
+      const deleted = await remove(name, options);
       await t.agent.settings.update({ autoBackup: { maxBackups: 5 } });
+      return deleted;
     };
     try {
       const deleted = await pruneLocal(t.agent);
@@ -159,11 +160,11 @@ describe('retention of local backups', () => {
     const catalog = t.agent.catalog;
     const remove = catalog.delete.bind(catalog);
     // While the prune deletes its first backup, another process (a person's rm) deletes the second one.
-    catalog.delete = async (name: string) => {
+    catalog.delete = async (name, options) => {
       catalog.delete = remove;
       const rm = await runProcess('rm', [catalog.pathOf(gone)]);
       expect(rm.code, rm.stderr).toBe(0);
-      await remove(name);
+      return remove(name, options);
     };
     try {
       // Not a failure: the backup is gone, as the prune wanted; it is named with those deleted.

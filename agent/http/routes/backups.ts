@@ -78,7 +78,9 @@ export async function setPinned(
     return { filename: name, pinned: false, local: false };
   }
   await agent.catalog.info(name);
-  await agent.catalog.updateRecord(name, { pinned: pinned || undefined });
+  // Written only if the file is still there, under the lock a deletion holds: a pin that comes after a
+  // prune deleted the backup is 404, not a pin of nothing.
+  await agent.catalog.setPinned(name, pinned);
   return listed(agent, await agent.catalog.info(name));
 }
 
@@ -151,7 +153,8 @@ export function backupRoutes(agent: Agent): Hono {
     // A pin promises the backup stays, here and offsite: deleted with its record, the pin would go too
     // and the next offsite prune could take its copies. The owner unpins it first, knowingly.
     if ((await agent.catalog.info(name)).pinned) throw pinnedRefusal(name, 'it');
-    await agent.catalog.delete(name);
+    // Asked again with the deletion, under the records' lock: it may have been pinned since.
+    if (!(await agent.catalog.delete(name, { unlessPinned: true }))) throw pinnedRefusal(name, 'it');
     return c.json({ deleted: name });
   });
 
