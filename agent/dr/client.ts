@@ -22,13 +22,21 @@ export interface DrFaults {
   cutUploads?: { after: number; times: number; afterBytes: number };
 }
 
+/** Whom the cloud takes a request for: the installation id and the key that signs as it. */
+export interface DrIdentity {
+  installationId: string;
+  signingKey: SigningKey;
+}
+
 export interface DrClientOptions {
   baseUrl: string;
   /** Read at each request: a recovery changes the installation's identity. */
-  identity: () => { installationId: string; signingKey: SigningKey };
+  identity: () => DrIdentity;
   enrollmentToken?: string;
   timeoutMs?: number;
   faults?: DrFaults;
+  /** Asked before each signed request is signed; throwing refuses it (see pinnedTo). */
+  beforeSigned?: () => Promise<void>;
 }
 
 /** A body to sign and send: its hash and length are known before the first byte goes. */
@@ -73,6 +81,19 @@ export class DrClient {
 
   get baseUrl(): string {
     return this.options.baseUrl;
+  }
+
+  /** The identity the next request is signed with. */
+  identity(): DrIdentity {
+    return this.options.identity();
+  }
+
+  /**
+   * This client for one push: every request signed as `identity`, whatever the keyring holds by then (a
+   * keys import while the push runs), and each signed request sent only once `beforeSigned` resolved.
+   */
+  pinnedTo(identity: DrIdentity, beforeSigned: () => Promise<void>): DrClient {
+    return new DrClient({ ...this.options, identity: () => identity, beforeSigned });
   }
 
   /** Binds this installation's signing key to its id (201 new, 200 already bound to the same key). */
@@ -201,6 +222,7 @@ export class DrClient {
         cutAfterBytes = cut.afterBytes;
       }
     }
+    await this.options.beforeSigned?.();
     const { installationId, signingKey } = this.options.identity();
     const token = await signRequest({
       installationId,

@@ -66,11 +66,16 @@ export type PushBackupNotice = Pick<
 
 interface PushDeps {
   agent: Agent;
+  /** Signs as the installation the push started as (DrClient.pinnedTo), not as the keyring's now. */
   client: DrClient;
+  /** That installation's DR state. */
   state: DrStateStore;
   tuning: PushTuning;
   now?: () => Date;
-  /** Asked right before the first byte is sent; throwing stops the push (an unfinished recovery). */
+  /**
+   * Asked right before the first byte is sent; throwing stops the push (an unfinished recovery, the
+   * keys of another installation imported meanwhile).
+   */
   beforeUpload?: () => Promise<void>;
 }
 
@@ -174,9 +179,12 @@ export async function pushToCloud(deps: PushDeps, ctx: JobContext): Promise<Push
       ...sent,
     };
   } catch (error) {
-    // A temporary backup stays only while a multipart upload of it can be resumed.
+    // A temporary backup stays only while a multipart upload of it can be resumed: not once the keyring
+    // holds another installation (resumableUpload).
     const pending = (await state.get()).upload;
-    if (backup.temporary && pending?.backupName !== backup.name) {
+    const resumable =
+      pending?.backupName === backup.name && pending.installationId === agent.keyring.installationId;
+    if (backup.temporary && !resumable) {
       await agent.catalog.delete(backup.name).catch(() => {});
     }
     throw error;
@@ -186,13 +194,13 @@ export async function pushToCloud(deps: PushDeps, ctx: JobContext): Promise<Push
 }
 
 async function ensureEnrolled(deps: PushDeps): Promise<void> {
-  const { keyring } = deps.agent;
+  const { installationId, signingKey } = deps.client.identity();
   const current = (await deps.state.get()).enrollment;
-  const x = keyring.signingKey.publicJwk.x;
-  if (current?.installationId === keyring.installationId && current.publicKeyX === x) return;
+  const x = signingKey.publicJwk.x;
+  if (current?.installationId === installationId && current.publicKeyX === x) return;
   await deps.client.enroll();
   await deps.state.update((s) => {
-    s.enrollment = { installationId: keyring.installationId, publicKeyX: x, at: new Date().toISOString() };
+    s.enrollment = { installationId, publicKeyX: x, at: new Date().toISOString() };
   });
   // Not the installation id: it is the recovery credential, and logs are not the place for it.
   deps.agent.log.info('enrolled with the DR cloud');
@@ -228,7 +236,7 @@ async function resumableUpload(
   });
   if (
     current &&
-    upload.installationId === agent.keyring.installationId &&
+    upload.installationId === deps.client.identity().installationId &&
     (await agent.catalog.exists(upload.backupName))
   ) {
     return upload;
@@ -343,7 +351,7 @@ async function sendMultipart(
     partHashes?: PartHashes | undefined;
   },
 ): Promise<{ partsSent: number; partsSkipped: number; retries: number }> {
-  const { client, state, agent } = deps;
+  const { client, state } = deps;
   let upload = input.upload;
   let received = new Map<number, number>();
   if (upload) {
@@ -368,7 +376,7 @@ async function sendMultipart(
       uploadId: created.uploadId,
       backupName: input.backup.name,
       temporary: input.backup.temporary,
-      installationId: agent.keyring.installationId,
+      installationId: client.identity().installationId,
       size: source.size,
       sha256: input.sha256,
       createdAt: input.backup.createdAt,

@@ -110,10 +110,7 @@ export class DrService {
   ) {
     // Per installation id: after a keys import the status is the new id's, and the old id's copy is
     // remembered (`former`) for the opt-out to delete.
-    this.state = new DrStateStore(
-      `${agent.config.dataDir}/dr-state.json`,
-      () => agent.keyring.installationId,
-    );
+    this.state = new DrStateStore(drStatePath(agent), () => agent.keyring.installationId);
     this.unfinished = new UnfinishedRecoveryFile(agent.paths.drRecovery);
     this.tuning = { ...DEFAULT_TUNING, ...options.tuning };
     if (agent.config.drUrl) {
@@ -197,6 +194,20 @@ export class DrService {
   private async refuseWhileRecoveryUnfinished(): Promise<void> {
     const unfinished = await this.unfinishedRecovery();
     if (unfinished) throw new AppError('unprocessable', unfinished.message);
+  }
+
+  /**
+   * Throws when a push that started as installation `installationId` may no longer send: a recovery is
+   * unfinished, the keyring holds another installation now (its keys were imported, here or by the CLI
+   * beside the service), or that installation's keys were imported with no restore since (startPush's hold).
+   */
+  private async refuseToSendAs(installationId: string): Promise<void> {
+    await this.refuseWhileRecoveryUnfinished();
+    if (this.agent.keyring.installationId !== installationId)
+      throw new AppError('conflict', IDENTITY_CHANGED_REASON);
+    const restores = new LastRestoreStore(this.agent.paths.lastRestore, this.agent.log);
+    if (await restores.awaitingRestore(installationId))
+      throw new AppError('unprocessable', AWAITING_RESTORE_REASON);
   }
 
   async status(): Promise<DrStatus> {
@@ -311,30 +322,36 @@ export class DrService {
     if (current && !current.endedAt) throw new AppError('job_running', 'a Cloud DR push is already running');
     await this.refuseWhileRecoveryUnfinished();
     const restores = new LastRestoreStore(this.agent.paths.lastRestore, this.agent.log);
-    const installationId = this.agent.keyring.installationId;
+    // Pinned for the whole push, read in one go: a keys import while it runs (the page's, or `gem-backup
+    // keys import` beside the service, which the keyring notices at its next use) must not make its
+    // requests go as the imported installation, into that installation's slot.
+    const { installationId, signingKey } = this.agent.keyring.toFile();
     if (options.dataIsCurrent && (await restores.awaitingRestore(installationId))) {
       await restores.confirmCurrent(this.now(), installationId);
       this.agent.log.info("the owner confirmed the data as the installation's after a keys import");
     }
     if (await restores.awaitingRestore(installationId))
       throw new AppError('unprocessable', AWAITING_RESTORE_REASON);
-    const client = this.client;
+    const client = this.client.pinnedTo({ installationId, signingKey }, () =>
+      this.refuseToSendAs(installationId),
+    );
+    const state = new DrStateStore(drStatePath(this.agent), () => installationId);
     // Not exclusive: a push only reads local backups (through an open handle) and adds a temporary one.
     const job = await this.agent.jobs.start(
       'dr-push',
       async (ctx) => {
         const at = this.now().toISOString();
         try {
-          // Asked again once the bytes are chosen: a recovery may have run while this push waited for
-          // the job lock to make its temporary backup.
+          // Asked again once the bytes are chosen, and before each upload request: a recovery or a keys
+          // import may have run while this push made its temporary backup or sent its parts.
           const result = await pushToCloud(
             {
               agent: this.agent,
               client,
-              state: this.state,
+              state,
               tuning: this.tuning,
               now: () => this.now(),
-              beforeUpload: () => this.refuseWhileRecoveryUnfinished(),
+              beforeUpload: () => this.refuseToSendAs(installationId),
             },
             ctx,
           );
@@ -349,14 +366,15 @@ export class DrService {
             reused: result.reused,
             multipart: result.multipart,
           };
-          await this.state.update((s) => {
+          // The pinned installation's record: its slot holds this copy, whichever keys are here now.
+          await state.update((s) => {
             s.lastPush = record;
             s.lastSuccess = record;
           });
           ctx.log.info('Cloud DR push succeeded', { backup: result.backup, size: result.size });
           return result;
         } catch (error) {
-          await this.state.update((s) => {
+          await state.update((s) => {
             s.lastPush = { at, trigger, outcome: 'failed', error: describeError(error) };
           });
           throw error;
@@ -734,6 +752,15 @@ export class DrService {
   private now(): Date {
     return this.options.now?.() ?? new Date();
   }
+}
+
+/** Why a push stopped when the installation id changed under it (no id in it: it is the recovery credential). */
+export const IDENTITY_CHANGED_REASON =
+  "this box's installation id changed while the push ran (another installation's keys were imported, or it was recovered from the DR cloud): the push stopped, and no cloud copy was replaced by it";
+
+/** dr-state.json in the agent's data dir. */
+function drStatePath(agent: Agent): string {
+  return `${agent.config.dataDir}/dr-state.json`;
 }
 
 /** How long a look at the slot stands before status() looks again. */

@@ -15,21 +15,33 @@ import { DR_ENROLLMENT_TOKEN } from '../services/dr-cloud';
 import type { TestPostgres } from '../services/postgres';
 import { withSql } from '../services/postgres';
 
-/** A test agent (no DR endpoint when `drUrl` is undefined) whose DR service has `options`, and an app with the DR and settings routes. */
+/**
+ * A test agent (no DR endpoint when `drUrl` is undefined) whose DR service has `options`, and an app with
+ * the DR and settings routes; `dataDir` and `databaseUrl` as startTestAgent takes them (a seededEnvironment's,
+ * for a CLI run beside it).
+ */
 export async function startDrAgent(
   pg: TestPostgres,
   drUrl: string | undefined,
-  options: DrServiceOptions & { seed?: boolean; env?: Record<string, string> } = {},
+  options: DrServiceOptions & {
+    seed?: boolean;
+    env?: Record<string, string>;
+    dataDir?: string;
+    databaseUrl?: string;
+  } = {},
 ): Promise<TestAgent> {
+  const { seed, env, dataDir, databaseUrl, ...dr } = options;
   const t = await startTestAgent(pg, {
-    ...(options.seed === false ? { seed: false } : {}),
+    ...(seed === false ? { seed: false } : {}),
+    ...(dataDir ? { dataDir } : {}),
+    ...(databaseUrl ? { databaseUrl } : {}),
     env: {
       ...(drUrl ? { GEM_DR_URL: drUrl } : {}),
       GEM_DR_ENROLLMENT_TOKEN: DR_ENROLLMENT_TOKEN,
-      ...options.env,
+      ...env,
     },
   });
-  drServiceFor(t.agent, options);
+  drServiceFor(t.agent, dr);
   const app = createApp(t.agent, [drModule, settingsModule]);
   return {
     ...t,

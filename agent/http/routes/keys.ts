@@ -3,7 +3,8 @@ import { Hono } from 'hono';
 import { z } from 'zod';
 import type { Agent } from '../../agent';
 import { AppError } from '../../errors';
-import { buildKeysExport, exportFileName, parseKeysExport } from '../../keys/keyring';
+import { acquireLock } from '../../jobs/lock';
+import { buildKeysExport, exportFileName, type KeyringFile, parseKeysExport } from '../../keys/keyring';
 import { LastRestoreStore } from '../../restore/last-restore';
 import { checkKeysFile } from '../../verification/key-check';
 import { jsonBody } from '../body';
@@ -46,9 +47,25 @@ async function keyStatus(agent: Agent) {
   };
 }
 
-/** Validates a keys file fully, then makes its keys active (ours kept as retired). Nothing changes on any error. */
+/**
+ * Validates a keys file fully, then makes its keys active (ours kept as retired). Nothing changes on any
+ * error. Refused (409) while a Cloud DR push runs or a job holds the job lock, here or in another process:
+ * a backup, restore or recovery reads the keys at several points (a backup would dump as one installation
+ * and seal as another).
+ */
 export async function importKeysFile(agent: Agent, text: string, passphrase?: string) {
   const imported = await parseKeysExport(text, passphrase);
+  await refuseWhileDrPushRuns(agent);
+  const release = await acquireLock(agent.jobs.lockPath, 'keys import');
+  try {
+    return await importUnderLock(agent, imported);
+  } finally {
+    await release();
+  }
+}
+
+/** The import itself, once no job can be reading the keys. */
+async function importUnderLock(agent: Agent, imported: KeyringFile) {
   const before = agent.keyring.activeKey.id;
   // Another installation's identity, with this box's own data until one of its backups is restored:
   // recorded first, so that no DR push can send that data under its name (agent/restore/last-restore).
@@ -64,6 +81,22 @@ export async function importKeysFile(agent: Agent, text: string, passphrase?: st
     activeKeyId: agent.keyring.activeKey.id,
     retiredKeyIds: agent.keyring.masterKeys.slice(1).map((k) => k.id),
   };
+}
+
+/**
+ * Refuses while a Cloud DR push runs, here or in another process. It would stop at its next upload
+ * request (DrService refuses to send once the keyring holds another installation), and cancelling it
+ * first, as a recovery does, is not possible from `gem-backup keys import` beside the service: the page
+ * and the CLI both wait for its end. A push starting after this look is stopped the same way.
+ */
+async function refuseWhileDrPushRuns(agent: Agent): Promise<void> {
+  const push = (await agent.jobs.listWithOthers()).find((j) => j.kind === 'dr-push' && !j.endedAt);
+  if (push) {
+    throw new AppError(
+      'job_running',
+      `a Cloud DR push is running (job ${push.id}): import the keys once it has ended, or cancel it first`,
+    );
+  }
 }
 
 export function keyRoutes(agent: Agent): Hono {
