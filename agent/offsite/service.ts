@@ -729,13 +729,20 @@ export class OffsiteService {
           if (!watch.stillConfigured(`deleting ${candidate.filename}`)) break;
           // Raised meanwhile: the new count may keep it (and the older ones after it) on both sides.
           if (!keep.stillPrunes(candidate.filename)) break;
+          // Pinned since the plan was made (the page, the CLI): kept on both sides. The local delete asks
+          // again under the records' lock, for a pin that lands while the remote copy goes.
+          if ((await this.agent.catalog.pinnedNames()).has(candidate.filename)) {
+            ctx.log.info('kept a backup pinned while the sync ran', { filename: candidate.filename });
+            continue;
+          }
           if (candidate.remote) {
             await provider.delete(candidate.filename, { signal: ctx.signal });
             result.deleted.remote.push(candidate.filename);
           }
           if (candidate.local) {
-            await this.agent.catalog.delete(candidate.filename);
-            result.deleted.local.push(candidate.filename);
+            if (await this.agent.catalog.delete(candidate.filename, { unlessPinned: true }))
+              result.deleted.local.push(candidate.filename);
+            else ctx.log.info('kept a backup pinned while the sync ran', { filename: candidate.filename });
           }
         }
       });

@@ -61,4 +61,34 @@ describe('a pinned backup and its offsite copies', () => {
     const b5 = filenameOf(await backupNow(t));
     expect(await m.remoteNames('pinned')).toEqual([b1, b4, b5]);
   });
+
+  it('keeps on both sides a backup pinned while the Sync prunes, and does not name it deleted', async () => {
+    await t.agent.settings.update({ offsite: { sftp: m.sftp('pinned', { enabled: false }) } });
+    for (const backup of await t.agent.catalog.list())
+      if (backup.pinned) await t.agent.catalog.setPinned(backup.filename, false);
+    const [b1, b2, b3, b4] = await m.fourBackups('pinning');
+    // The Sync's plan deletes b1 and b2 on both sides; as it deletes b1 here, the owner pins b2.
+    const catalog = t.agent.catalog;
+    const remove = catalog.delete.bind(catalog);
+    catalog.delete = async (name, options) => {
+      catalog.delete = remove;
+      expect(name).toBe(b1);
+      expect((await call(t, 'POST', `/backups/${b2}/pin`)).status).toBe(200);
+      return remove(name, options);
+    };
+    try {
+      const sync = await runJob(t, 'POST', '/offsite/sftp/sync');
+      expect(sync.state, JSON.stringify(sync.error)).toBe('succeeded');
+      expect(sync.result).toEqual({
+        uploaded: [b3, b4],
+        downloaded: [],
+        deleted: { remote: [b1], local: [b1] },
+      });
+    } finally {
+      catalog.delete = remove;
+    }
+    expect(await m.remoteNames('pinning')).toEqual([b2, b3, b4]);
+    expect(await m.localNames()).toEqual([b2, b3, b4]);
+    expect((await t.agent.catalog.info(b2)).pinned).toBe(true);
+  });
 });
