@@ -328,11 +328,21 @@ export async function createBackup(
         `a backup named ${name} arrived (an upload or a download) while this one was being written: it was kept as it is, and this backup was not kept; run the backup again`,
       );
     const onDisk = await stat(catalog.pathOf(name));
-    await catalog.updateRecord(name, {
-      verifiedAt: new Date().toISOString(),
-      verifyResult: 'ok',
-      content: { sha256: fileHash.digest('hex'), size: onDisk.size, mtimeMs: onDisk.mtimeMs },
-    });
+    // The backup is in place and verified: a record that cannot be written now (its file's lock held too
+    // long by another process, a full disk) costs only what it saves (an upload hashes the file, the next
+    // verify records it), never the backup, which a failed job would leave unaccounted for.
+    await catalog
+      .updateRecord(name, {
+        verifiedAt: new Date().toISOString(),
+        verifyResult: 'ok',
+        content: { sha256: fileHash.digest('hex'), size: onDisk.size, mtimeMs: onDisk.mtimeMs },
+      })
+      .catch((error: unknown) =>
+        ctx.log.warn(
+          'the backup is kept, but its record (verified, sha256) could not be written; its next verify writes it',
+          { filename: name, error },
+        ),
+      );
     ctx.log.info('backup created', {
       filename: name,
       bytes: onDisk.size,

@@ -136,6 +136,24 @@ describe('creating and verifying a backup against a real PostgreSQL', () => {
     expect((await t.agent.catalog.list()).map((b) => b.filename)).toContain(filename);
   });
 
+  it('keeps a backup whose record cannot be written once it is in place, and its next verify records it', async () => {
+    await createOne();
+    const records = t.agent.paths.backupRecords;
+    // Written by the backup before: immutable, it cannot be replaced (as with its lock held too long, or a full disk).
+    await runProcess('chattr', ['+i', records]).then((r) => expect(r.code, r.stderr).toBe(0));
+    let filename: string;
+    try {
+      ({ filename } = await createOne());
+      expect((await t.agent.catalog.list()).map((b) => b.filename)).toContain(filename);
+      expect((await t.agent.catalog.info(filename)).verifiedAt).toBeUndefined();
+    } finally {
+      await runProcess('chattr', ['-i', records]);
+    }
+    const verify = await t.request(`/api/v1/backups/${filename}/verify`, { method: 'POST' });
+    expect((await waitJob(t, ((await verify.json()) as { jobId: string }).jobId)).state).toBe('succeeded');
+    expect((await t.agent.catalog.info(filename)).verifiedAt).toBeDefined();
+  });
+
   it("leaves no temp files in the backups folder, and only the agent's user may read it", async () => {
     const files = await readdir(t.agent.paths.backups);
     expect(files.filter((f) => !/^gem-backup-.*\.tar\.gz$/.test(f))).toEqual([]);
