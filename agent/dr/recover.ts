@@ -361,7 +361,8 @@ async function storedEarlier(
  * Gives up an unfinished recovery: this box goes back to its own identity and active key (the recovered
  * keys stay, retired, so the recovered backup stays readable), the enrollment and any upload of the
  * recovered id are forgotten, and the record is cleared. Its data was never replaced (or only partly:
- * a restore either completes or rolls back), so nothing else changes. False if nothing was unfinished.
+ * a restore either completes or rolls back), so nothing else changes. False if nothing was unfinished;
+ * refused (nothing changed) if the record is damaged.
  */
 export async function abandonRecovery(
   deps: Pick<RecoverDeps, 'agent' | 'state' | 'unfinished'>,
@@ -370,10 +371,15 @@ export async function abandonRecovery(
   let record: UnfinishedRecoveryRecord | null;
   try {
     record = await deps.unfinished.read();
-  } catch {
-    // A damaged record: there is nothing to go back to but this box's identity as it is now.
-    await deps.unfinished.clear();
-    return true;
+  } catch (error) {
+    // A damaged record no longer says which identity was this box's own: cleared, it would leave the
+    // recovered one active with nothing holding pushes back, whose next one would send this box's data
+    // over that installation's only cloud copy. Refused; the record (and its hold) stay.
+    if (!(error instanceof AppError)) throw error;
+    throw new AppError(
+      'unprocessable',
+      `${error.message}; giving it up is refused, because the record no longer says which identity was this box's own: nothing was changed`,
+    );
   }
   if (!record) return false;
   const file = keyring.toFile();

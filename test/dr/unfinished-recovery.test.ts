@@ -5,7 +5,7 @@
 // finishes it; `--abandon` takes another box back to its own identity instead.
 
 import { createHash } from 'node:crypto';
-import { readFile } from 'node:fs/promises';
+import { readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { backupDeps, createBackup } from '../../agent/backup/create';
@@ -211,6 +211,27 @@ describe('an unfinished DR recovery', () => {
     const pushed = await pushViaApi(c);
     expect(pushed.error).toBeUndefined();
     expect(await cloud.listSlotObjects(cOwnId)).toHaveLength(1);
+  });
+
+  it('--abandon refuses a damaged record of an unfinished recovery, and changes nothing', async () => {
+    const dr = drServiceFor(c.agent);
+    const ownId = c.agent.keyring.installationId;
+    const path = c.agent.paths.drRecovery;
+    await writeFile(path, '{"installationId": "damaged');
+    try {
+      await expect(dr.abandonRecovery()).rejects.toMatchObject({
+        code: 'unprocessable',
+        message: expect.stringMatching(
+          /is damaged: .*; giving it up is refused, because the record no longer says which identity was this box's own: nothing was changed$/,
+        ),
+      });
+      expect(await readFile(path, 'utf8')).toBe('{"installationId": "damaged');
+      expect(c.agent.keyring.installationId).toBe(ownId);
+      // Its hold stays: no push goes while the record cannot be read.
+      expect((await status(c)).unfinishedRecovery).not.toBeNull();
+    } finally {
+      await rm(path, { force: true });
+    }
   });
 
   it("the cloud copy is still A's, byte for byte", async () => {
