@@ -3,7 +3,6 @@
 // provider's close() then ends it) and its smbclient is ended, rather than left blocked for good. A
 // sparse file larger than the free space at a real sshd (through a relay that counts connections) and a
 // real smbd.
-import { readdirSync, readFileSync } from 'node:fs';
 import { chown, mkdir, mkdtemp, open, readdir, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -17,7 +16,7 @@ import { SftpProvider } from '../../agent/providers/sftp';
 import { SmbProvider } from '../../agent/providers/smb';
 import type { StorageProvider } from '../../shared/storage/index';
 import { type Relay, startRelay } from '../services/relay';
-import { type SmbdService, smbOptionsFor, startSmbd } from '../services/smbd';
+import { type SmbdService, smbclientChildren, smbOptionsFor, startSmbd } from '../services/smbd';
 import { type SshdService, startSshd } from '../services/sshd';
 import { startAll } from '../services/start-all';
 import { until, within } from '../services/wait';
@@ -72,22 +71,6 @@ async function refusedForSpace(provider: StorageProvider): Promise<void> {
   expect(await readdir(catalog.dir)).toEqual([]);
 }
 
-/** The pids of the smbclients this process runs against the test's smbd. */
-function smbclients(): number[] {
-  return readdirSync(`/proc/${process.pid}/task`)
-    .flatMap((task) => readFileSync(`/proc/${process.pid}/task/${task}/children`, 'utf8').split(' '))
-    .filter((pid) => /^\d+$/.test(pid))
-    .filter((pid) => {
-      try {
-        const argv = readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0');
-        return argv[0]?.endsWith('smbclient') && argv.includes(String(smbd.port));
-      } catch {
-        return false; // ended while we looked
-      }
-    })
-    .map(Number);
-}
-
 describe('a download into the local backups refused before its first byte', () => {
   it('gives its SFTP connection back: the provider closed, the connection ends', async () => {
     const sftp = new SftpProvider({
@@ -110,6 +93,6 @@ describe('a download into the local backups refused before its first byte', () =
     const smb: StorageProvider = new SmbProvider(smbOptionsFor(smbd, '/big/'));
     await refusedForSpace(smb);
     await smb.close?.();
-    await until(async () => smbclients().length === 0, 'the smbclient of the download to end', 50);
+    await until(async () => smbclientChildren(smbd).length === 0, 'the smbclient of the download to end', 50);
   });
 });

@@ -1,13 +1,13 @@
 // The SMB provider's get() streams smbclient's output (no local copy first), against a real smbd.
 import { createHash } from 'node:crypto';
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync } from 'node:fs';
 import { chown, copyFile, mkdir, mkdtemp, readdir, rm, stat, truncate } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { SmbProvider } from '../../agent/providers/smb';
 import { isStorageError } from '../../shared/storage/index';
-import { type SmbdService, smbOptionsFor, startSmbd } from '../services/smbd';
+import { type SmbdService, smbclientChildren, smbOptionsFor, startSmbd } from '../services/smbd';
 import { randomFile } from './random-file';
 
 const MIB = 1024 * 1024;
@@ -35,22 +35,6 @@ afterAll(async () => {
 
 function provider(): SmbProvider {
   return new SmbProvider(smbOptionsFor(smbd, '/big/'));
-}
-
-/** The pids of the smbclients this process runs against the test's smbd. */
-function smbclientChildren(): number[] {
-  const children = readFileSync(`/proc/${process.pid}/task/${process.pid}/children`, 'utf8').split(' ');
-  return children
-    .filter((pid) => /^\d+$/.test(pid))
-    .filter((pid) => {
-      try {
-        const argv = readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0');
-        return argv[0]?.endsWith('smbclient') && argv.includes(String(smbd.port));
-      } catch {
-        return false;
-      }
-    })
-    .map(Number);
 }
 
 /** The provider's spool folders (gem-smb-spool-*) in the temp dir. */
@@ -81,7 +65,7 @@ describe('smb provider, get', () => {
     const before = await spoolFolders();
     const stream = await provider().get(name);
     // smbclient is still sending (held by the pipe), not done copying the whole file somewhere.
-    const running = smbclientChildren();
+    const running = smbclientChildren(smbd);
     expect(running).toHaveLength(1);
     expect(await spooled(before)).toBe(0);
     const reader = stream.getReader();
@@ -96,7 +80,7 @@ describe('smb provider, get', () => {
     expect(await spooled(before)).toBe(0);
     await reader.cancel();
     expect(await until(() => !existsSync(`/proc/${running[0]}`))).toBe(true);
-    expect(smbclientChildren()).toEqual([]);
+    expect(smbclientChildren(smbd)).toEqual([]);
   });
 
   it('a full get gives the file byte for byte', async () => {
@@ -108,7 +92,7 @@ describe('smb provider, get', () => {
     }
     expect(bytes).toBe(SIZE);
     expect(hash.digest('hex')).toBe(sha256);
-    expect(await until(() => smbclientChildren().length === 0)).toBe(true);
+    expect(await until(() => smbclientChildren(smbd).length === 0)).toBe(true);
   });
 
   it('a file cut short on the share during the get is refused, not passed on short', async () => {

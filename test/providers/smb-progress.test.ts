@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { fileSource, guardStall } from '../../agent/offsite/transfer';
 import { SmbProvider } from '../../agent/providers/smb';
-import { type SmbdService, smbOptionsFor, startSmbd } from '../services/smbd';
+import { type SmbdService, smbclientChildren, smbOptionsFor, startSmbd } from '../services/smbd';
 import { randomFile } from './random-file';
 
 const MIB = 1024 * 1024;
@@ -36,21 +36,6 @@ afterAll(async () => {
 
 function provider(folder: string): SmbProvider {
   return new SmbProvider(smbOptionsFor(smbd, `/${folder}/`));
-}
-
-/** The pid of the smbclient this process runs against the test's smbd, if one runs. */
-function smbclientChild(): number | undefined {
-  const children = readFileSync(`/proc/${process.pid}/task/${process.pid}/children`, 'utf8').split(' ');
-  for (const pid of children) {
-    if (!/^\d+$/.test(pid)) continue;
-    try {
-      const argv = readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0');
-      if (argv[0]?.endsWith('smbclient') && argv.includes(String(smbd.port))) return Number(pid);
-    } catch {
-      // gone meanwhile
-    }
-  }
-  return undefined;
 }
 
 /** The /proc fdinfo path of `pid`'s descriptor open on `file`, if it has one. */
@@ -90,7 +75,7 @@ function throttle(local: string, bytesPerSecond = BYTES_PER_SECOND): { stop(): v
     stopped = false;
   };
   const timer = setInterval(() => {
-    pid ??= smbclientChild();
+    pid ??= smbclientChildren(smbd)[0];
     if (pid === undefined) return;
     if (fdinfo === undefined) {
       fdinfo = fdinfoOf(pid, file);

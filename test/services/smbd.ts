@@ -1,7 +1,7 @@
 // A real Samba smbd on 127.0.0.1 for SMB tests: its own smb.conf, a free port, share `gem`, one user.
 import { type ChildProcess, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { existsSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { chmod, chown, mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -10,6 +10,22 @@ import { serviceProcesses, signalAll, stopTree } from './process-tree';
 import { createUnixUser, deleteUnixUser, unixIds } from './sshd';
 
 const SMBD = '/usr/sbin/smbd';
+
+/** The pids of the smbclients this process (any of its threads) runs against `smbd`. */
+export function smbclientChildren(smbd: Pick<SmbdService, 'port'>): number[] {
+  return readdirSync(`/proc/${process.pid}/task`)
+    .flatMap((task) => readFileSync(`/proc/${process.pid}/task/${task}/children`, 'utf8').split(' '))
+    .filter((pid) => /^\d+$/.test(pid))
+    .filter((pid) => {
+      try {
+        const argv = readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0');
+        return argv[0]?.endsWith('smbclient') && argv.includes(String(smbd.port));
+      } catch {
+        return false; // ended while we looked
+      }
+    })
+    .map(Number);
+}
 
 export interface SmbdService {
   host: string;
