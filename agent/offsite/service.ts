@@ -938,6 +938,7 @@ export class OffsiteService {
   /**
    * Deletes the remote backups retention drops under `maxBackups`; returns the names deleted (none while
    * pruning is held). `stillConfigured` is asked before each deletion: false stops the pruning there.
+   * The pins are read again before each deletion: a backup pinned meanwhile keeps its copy there.
    */
   async pruneRemote(
     provider: StorageProvider,
@@ -970,6 +971,14 @@ export class OffsiteService {
     const deleted: string[] = [];
     for (const name of doomed) {
       if (!stillConfigured(name)) break;
+      // Pinned since the plan was made (the page, the CLI): its copy there is kept.
+      if ((await this.agent.catalog.pinnedNames()).has(name)) {
+        this.agent.log.info('kept the copy of a backup pinned while retention pruned a destination', {
+          destination: provider.id,
+          filename: name,
+        });
+        continue;
+      }
       await provider.delete(name, { signal });
       deleted.push(name);
     }

@@ -4,6 +4,8 @@
 import { unlink } from 'node:fs/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { backupNameFor } from '../../agent/backup/catalog';
+import { offsiteServiceFor, uploadBackup } from '../../agent/offsite/index';
+import type { StorageProvider } from '../../shared/storage/index';
 import type { TestAgent } from '../services/agent';
 import { startPostgres, type TestPostgres } from '../services/postgres';
 import { type SshdService, startSshd } from '../services/sshd';
@@ -89,6 +91,26 @@ describe('a pinned backup and its offsite copies', () => {
     }
     expect(await m.remoteNames('pinning')).toEqual([b2, b3, b4]);
     expect(await m.localNames()).toEqual([b2, b3, b4]);
+    expect((await t.agent.catalog.info(b2)).pinned).toBe(true);
+  });
+
+  it("keeps at the destination the copy of a backup pinned while an auto-upload's retention prunes there", async () => {
+    await t.agent.settings.update({ offsite: { sftp: m.sftp('pinning', { enabled: false }) } });
+    for (const backup of await t.agent.catalog.list())
+      if (backup.pinned) await t.agent.catalog.setPinned(backup.filename, false);
+    const [b1, b2, b3, b4] = await m.fourBackups('pruning');
+    const provider: StorageProvider = m.sftpProvider('pruning');
+    for (const name of [b3, b4]) await uploadBackup(t.agent, provider, name);
+    // Retention's plan under maxBackups 2 deletes b1 and b2 there; as b1 goes, the owner pins b2.
+    const remove = provider.delete.bind(provider);
+    provider.delete = async (name, options) => {
+      provider.delete = remove;
+      expect(name).toBe(b1);
+      expect((await call(t, 'POST', `/backups/${b2}/pin`)).status).toBe(200);
+      return remove(name, options);
+    };
+    expect(await offsiteServiceFor(t.agent).pruneRemote(provider, 2)).toEqual([b1]);
+    expect(await m.remoteNames('pruning')).toEqual([b2, b3, b4]);
     expect((await t.agent.catalog.info(b2)).pinned).toBe(true);
   });
 });
