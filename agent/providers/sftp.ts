@@ -15,6 +15,7 @@ import type {
 import { StorageError } from '../../shared/storage/index';
 import { isBackupName } from '../../shared/storage/names';
 import {
+  abortedError,
   asStorageError,
   assertObjectName,
   CLEANUP_TIMEOUT_MS,
@@ -683,6 +684,11 @@ export class SftpProvider implements StorageProvider {
         throw this.classify(error, name);
       }),
     );
+    // Cancelled while the server answered the stat: nothing is read, the connection is given back.
+    if (options.signal?.aborted) {
+      lease.release(false);
+      throw abortedError(options.signal.reason);
+    }
     const stream = lease.connection.sftp.createReadStream(this.path(name), { highWaterMark: 256 * 1024 });
     let failed = false;
     // Reported through downloadStream; this stops late ones crashing and retires the connection it failed on.

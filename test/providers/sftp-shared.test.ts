@@ -154,4 +154,23 @@ describe('SFTP operations share one connection', () => {
     relay.drop(); // the frozen one
     await closeAll(sftp);
   }, 30_000);
+
+  it('gives its connection back to a read cancelled while the server answered its stat', async () => {
+    const before = relay.connections;
+    // Kept far longer than this test may take: only its retirement ends it in time.
+    const sftp = provider({ idleCloseMs: 10 * 60_000 });
+    await readsHeader(sftp, names[0]!);
+    relay.pause();
+    const controller = new AbortController();
+    const reading = sftp.get(names[1]!, { signal: controller.signal });
+    await sleep(300); // its stat is at the server; the answer is held back
+    controller.abort();
+    relay.resume();
+    await expect(reading).rejects.toMatchObject({ code: 'aborted' });
+    // Retired by the cancel (it might have been frozen) and no longer held: it ends now, not at close().
+    await within(relay.closed(), 5_000, 'the cancelled read to give its connection back');
+    await readsHeader(sftp, names[2]!);
+    expect(relay.connections - before).toBe(2);
+    await closeAll(sftp);
+  }, 20_000);
 });

@@ -1,6 +1,7 @@
 // A TCP relay in front of a test server that counts what passes: the connections clients make and the bytes
 // the server sends them. It can also freeze the connections open so far (as a server that stops answering)
-// or drop them (as a server that went away), while new connections go through as usual.
+// or drop them (as a server that went away), or hold back the server's answers for a while (as a server
+// that stalls, then answers), while new connections go through as usual.
 import { connect, createServer, type Socket } from 'node:net';
 
 export interface Relay {
@@ -14,6 +15,9 @@ export interface Relay {
   readonly open: number;
   /** Stops passing anything on every connection open now: they hang. Later connections relay as usual. */
   freeze(): void;
+  /** Holds back what the server sends on every connection open now (kept, not lost) until resume(). */
+  pause(): void;
+  resume(): void;
   /** Resets every connection open now, on both sides. */
   drop(): void;
   /** Resolves once no connection is open (the clients closed theirs). */
@@ -25,6 +29,8 @@ interface Pair {
   client: Socket;
   server: Socket;
   frozen: boolean;
+  /** The server's answers held back (pause()). */
+  held: boolean;
 }
 
 /** Starts a relay on a free port of 127.0.0.1 to `target` (a port on 127.0.0.1). */
@@ -46,7 +52,7 @@ export async function startRelay(target: number): Promise<Relay> {
       if (!to.write(data)) {
         from.pause();
         to.once('drain', () => {
-          if (!pair.frozen) from.resume();
+          if (!pair.frozen && !(from === pair.server && pair.held)) from.resume();
         });
       }
     });
@@ -55,7 +61,7 @@ export async function startRelay(target: number): Promise<Relay> {
   const server = createServer((client) => {
     connections += 1;
     const upstream = connect(target, '127.0.0.1');
-    const pair: Pair = { client, server: upstream, frozen: false };
+    const pair: Pair = { client, server: upstream, frozen: false, held: false };
     pairs.add(pair);
     const end = () => {
       client.destroy();
@@ -92,6 +98,18 @@ export async function startRelay(target: number): Promise<Relay> {
         pair.frozen = true;
         pair.client.pause();
         pair.server.pause();
+      }
+    },
+    pause() {
+      for (const pair of pairs) {
+        pair.held = true;
+        pair.server.pause();
+      }
+    },
+    resume() {
+      for (const pair of pairs) {
+        pair.held = false;
+        if (!pair.frozen) pair.server.resume();
       }
     },
     drop() {
