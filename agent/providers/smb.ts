@@ -159,6 +159,11 @@ const UNREACHABLE = [
   'END_OF_FILE',
 ];
 const MISSING = ['OBJECT_NAME_NOT_FOUND', 'NO_SUCH_FILE', 'OBJECT_PATH_NOT_FOUND', 'NOT_FOUND'];
+/**
+ * What sweepTemp() lists, in one smbclient run: our temp files (backups' and the probe's) and Test
+ * Connection's probe. isOwnTempName then picks ours; a look-alike the patterns match stays.
+ */
+const SWEEP_PATTERNS = ['.tmp-gem-*', 'gem-connection-test-*'];
 
 interface RunResult {
   output: string;
@@ -915,13 +920,19 @@ export class SmbProvider implements StorageProvider {
     this.check(await this.run([`del ${quote(this.path(name))}`]), name);
   }
 
-  /** Removes our own `.tmp-gem-backup-…` files from the backup folder (see StorageProvider.sweepTemp). */
+  /**
+   * Removes our own leftovers from the backup folder (see StorageProvider.sweepTemp and isOwnTempName):
+   * put()'s `.tmp-gem-…` temp files and Test Connection's `gem-connection-test-….probe`.
+   */
   async sweepTemp(options: { olderThanMs?: number; signal?: AbortSignal } = {}): Promise<TempSweepResult> {
     const { signal } = options;
-    const listing = await this.run([`ls ${quote(this.path('.tmp-gem-backup-*'))}`], signal);
-    // No match (or no folder yet) is reported as a missing file: nothing to sweep.
-    if (listing.statuses.some((status) => MISSING.includes(status))) return { removed: [] };
-    this.check(listing, this.folders.join('/') || '/');
+    const listing = await this.run(
+      SWEEP_PATTERNS.map((pattern) => `ls ${quote(this.path(pattern))}`),
+      signal,
+    );
+    // A pattern with no match (or no folder yet) is reported as a missing file: nothing of that kind to
+    // sweep, while the other pattern's listing still counts.
+    this.check(listing, this.folders.join('/') || '/', MISSING);
     const removed: string[] = [];
     for (const entry of this.parseListing(listing.output)) {
       if (!isOwnTempName(entry.name) || !oldEnough(entry.modifiedAt, options.olderThanMs)) continue;
