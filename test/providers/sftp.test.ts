@@ -1,19 +1,18 @@
 // The SFTP provider against a real OpenSSH sshd started for this file.
 import { createHash, randomBytes } from 'node:crypto';
 import { readdirSync, statSync } from 'node:fs';
-import { mkdir, readdir, readFile, rm, utimes, writeFile } from 'node:fs/promises';
+import { mkdir, readdir, readFile, rm } from 'node:fs/promises';
 import { createRequire } from 'node:module';
 import { join } from 'node:path';
 import { Client } from 'ssh2';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { probeName } from '../../agent/offsite/connection';
-import { tempNameFor } from '../../agent/providers/checks';
 import { withRetry } from '../../agent/providers/retry';
 import { EARLY_FLUSH_BYTES, type SftpOptions, SftpProvider } from '../../agent/providers/sftp';
 import { runStorageProviderSuite } from '../../shared/storage/conformance';
 import { isStorageError, type StorageErrorCode } from '../../shared/storage/index';
 import { freePort } from '../services/ports';
 import { type SshdService, startSshd } from '../services/sshd';
+import { expectProbeLeftoversSwept } from './probe-sweep';
 
 /** ssh2's SFTP channel class: the tests below watch the fsync requests the provider sends through it. */
 const { SFTP } = createRequire(import.meta.url)('ssh2/lib/protocol/SFTP.js') as {
@@ -203,22 +202,9 @@ describe('sftp provider', () => {
 
   it("sweeps Test Connection's leftover probe and its temp file as ours, by the same age rule", async () => {
     const remotePath = 'probe-sweep';
-    const local = join(sshd.root, remotePath);
     const provider = new SftpProvider(options({ remotePath }));
     await provider.put(name, source);
-    const probe = probeName();
-    const probeTemp = tempNameFor(probeName());
-    const lookAlikes = [
-      'gem-connection-test-notes.probe',
-      `${probe}.txt`,
-      '.tmp-gem-connection-test-x.probe.1',
-    ];
-    for (const file of [probe, probeTemp, ...lookAlikes]) await writeFile(join(local, file), 'probe');
-    const hourAgo = new Date(Date.now() - 3600_000);
-    await utimes(join(local, probe), hourAgo, hourAgo);
-    expect(await provider.sweepTemp({ olderThanMs: 10 * 60_000 })).toEqual({ removed: [probe] });
-    expect(await provider.sweepTemp()).toEqual({ removed: [probeTemp] });
-    expect((await readdir(local)).sort()).toEqual([name, ...lookAlikes].sort());
+    await expectProbeLeftoversSwept(provider, join(sshd.root, remotePath), name);
   });
 
   it('creates a missing remote folder, however deep', async () => {

@@ -1,14 +1,14 @@
 // The SMB provider against a real Samba smbd started for this file.
-import { readdir, rm, utimes, writeFile } from 'node:fs/promises';
+import { readdir, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { probeName } from '../../agent/offsite/connection';
-import { tempNameFor } from '../../agent/providers/checks';
 import { type SmbOptions, SmbProvider } from '../../agent/providers/smb';
 import { runStorageProviderSuite } from '../../shared/storage/conformance';
 import { isStorageError, type StorageErrorCode } from '../../shared/storage/index';
 import { freePort } from '../services/ports';
 import { type SmbdService, smbOptionsFor, startSmbd } from '../services/smbd';
+import { expectProbeLeftoversSwept } from './probe-sweep';
 
 let smbd: SmbdService;
 beforeAll(async () => {
@@ -48,22 +48,9 @@ describe('smb provider', () => {
 
   it("sweeps Test Connection's leftover probe and its temp file as ours, by the same age rule", async () => {
     const remotePath = 'probe-sweep';
-    const local = join(smbd.root, remotePath);
     const provider = new SmbProvider(options({ remotePath }));
     await provider.put(name, source);
-    const probe = probeName();
-    const probeTemp = tempNameFor(probeName());
-    const lookAlikes = [
-      'gem-connection-test-notes.probe',
-      `${probe}.txt`,
-      '.tmp-gem-connection-test-x.probe.1',
-    ];
-    for (const file of [probe, probeTemp, ...lookAlikes]) await writeFile(join(local, file), 'probe');
-    const hourAgo = new Date(Date.now() - 3600_000);
-    await utimes(join(local, probe), hourAgo, hourAgo);
-    expect(await provider.sweepTemp({ olderThanMs: 10 * 60_000 })).toEqual({ removed: [probe] });
-    expect(await provider.sweepTemp()).toEqual({ removed: [probeTemp] });
-    expect((await readdir(local)).sort()).toEqual([name, ...lookAlikes].sort());
+    await expectProbeLeftoversSwept(provider, join(smbd.root, remotePath), name);
   });
 
   it('sweeps a leftover probe from a folder that holds no temp file', async () => {
