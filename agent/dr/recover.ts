@@ -276,10 +276,16 @@ export async function recoverFromCloud(
       ctx.log.info('the recovered backup was stored by an earlier attempt: reused', { backup: name });
     } else {
       name = await agent.catalog.freeName(new Date(manifest.createdAt));
-      await receiveUpload(agent, name, createReadStream(downloaded), {
+      const copy = createReadStream(downloaded);
+      await receiveUpload(agent, name, copy, {
         declaredSize: size,
         signal: ctx.signal,
         onProgress: (b) => ctx.progress(b),
+      }).catch(async (error: unknown) => {
+        // Refused before reading a byte (no room, the name taken meanwhile), the file would stay open,
+        // its disk space held after the work folder is removed, until the agent stops. Closed first.
+        if (!copy.closed) await new Promise<void>((closed) => copy.once('close', () => closed()).destroy());
+        throw error;
       });
       await deps.unfinished.write({ ...record, backup: name, sha256 });
     }
