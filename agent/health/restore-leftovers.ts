@@ -2,27 +2,41 @@
 import { lstat } from 'node:fs/promises';
 import type { Agent } from '../agent';
 import { heldByOtherProcess } from '../jobs/lock';
-import { accountedRestoreIds, PREVIOUS_DB_MARK, previousStateNames, removalFailure } from '../restore/swap';
+import {
+  accountedRestoreIds,
+  PREVIOUS_DB_MARK,
+  previousStateNames,
+  removalFailure,
+  stagingFolderNames,
+  stagingRemovalFailure,
+} from '../restore/swap';
 import { formatAge } from './model';
 
 /**
- * One restore's previous state still on disk that a person must see to: found with no journal, leftovers
- * entry or kept-previous job behind it (nothing will remove it), or one the agent tried to remove and
- * could not (`couldNotRemove`).
+ * One restore's previous state or staging folders still on disk that a person must see to: found with no
+ * journal, leftovers entry or kept-previous job behind it (nothing will remove it), or one the agent tried
+ * to remove and could not (`couldNotRemove`).
  */
 export interface RestoreLeftover {
   restoreId: string;
   /** Its database, with its size when it could be read. */
   database: { name: string; sizeBytes: number | null } | null;
+  /** Its previous folders. */
   folders: string[];
+  /**
+   * Present on an entry for its staging folders instead (then it has no database or previous folders):
+   * where it unpacked the backup's files beside the live folders (a copy swap's stay until its cleanup).
+   * Only ever a copy: nothing in one is the only copy of GEM's data.
+   */
+  stagingFolders?: string[];
   /** When its folders were set aside (their change time), if it has any. */
   setAsideAt: string | null;
   /** What removes it, once a person has checked that nothing in it is needed (none: the agent removes it). */
   commands: string[];
   /**
-   * Present when the agent removes it itself (its journal or the leftovers file names it) and its last
-   * try in this process failed: what it could not remove, each with why. It tries again at each start
-   * and before each restore.
+   * Present when the agent removes it itself (its journal or the leftovers file names it, or it is a
+   * staging folder) and its last try in this process failed: what it could not remove, each with why. It
+   * tries again at each start (and a previous state before each restore).
    */
   couldNotRemove?: string[];
 }
@@ -47,11 +61,13 @@ function shellQuoted(text: string): string {
  * A check, cheap enough for every evaluation, of the previous states restores set aside (a
  * `<db>_gem_previous_<id>` database, `<folder>.gem-previous-<id>` folders) that no restore accounts for
  * (a committed restore's journal lost before its cleanup ran), or that the agent's own last try in this
- * process could not remove (`couldNotRemove`: an undeletable file, a database in use). They are never
- * removed here, whatever they hold: those nothing accounts for may be the only copy of the data before
- * that restore. Nothing of a restore that may be running counts: while the job lock is held, a cleanup
- * runs or a journal that cannot be read is on disk, the last finding stands. The database's size is read
- * once per name.
+ * process could not remove (`couldNotRemove`: an undeletable file, a database in use). The same for
+ * restores' staging folders (`<folder>.gem-restore-staging-<id>`): one no journal or leftovers entry
+ * accounts for is left by a restore that stopped (its process killed, or its removal failed) and only the
+ * agent's next start removes it. They are never removed here, whatever they hold: those nothing accounts
+ * for may be the only copy of the data before that restore. Nothing of a restore that may be running
+ * counts: while the job lock is held, a cleanup runs or a journal that cannot be read is on disk, the last
+ * finding stands. The database's size is read once per name.
  */
 export function restoreLeftoversCheck(agent: Agent): () => Promise<RestoreLeftover[]> {
   let last: RestoreLeftover[] = [];
@@ -63,7 +79,8 @@ export function restoreLeftoversCheck(agent: Agent): () => Promise<RestoreLeftov
       agent.sources,
       databases.map((d) => d.datname),
     );
-    if (names.length === 0) {
+    const staging = await stagingFolderNames(agent.sources);
+    if (names.length === 0 && staging.length === 0) {
       last = [];
       return last;
     }
@@ -83,15 +100,34 @@ export function restoreLeftoversCheck(agent: Agent): () => Promise<RestoreLeftov
         from pg_database where datname = ${name}`;
       sizes.set(name, row?.size == null ? null : Number(row.size));
     }
-    const byId = new Map<string, RestoreLeftover>();
-    for (const { id, kind, name } of unaccounted) {
-      let leftover = byId.get(id);
-      const failed = failedFor(id);
+    // A staging folder counts once nothing accounts for its restore, or the agent's last try to remove it failed.
+    const stuckStaging = staging.filter((s) => !accounted.has(s.id) || stagingRemovalFailure(s.name));
+    // One entry per restore for its previous state, and apart from it one for its staging folders that the
+    // agent could not remove and one for those a person removes: each is either the agent's to retry
+    // (couldNotRemove) or a person's (commands), never both.
+    const byPart = new Map<string, RestoreLeftover>();
+    const leftoverOf = (id: string, part: 'previous' | 'staging' | 'staging-stuck') => {
+      let leftover = byPart.get(`${id} ${part}`);
       if (!leftover) {
         leftover = { restoreId: id, database: null, folders: [], setAsideAt: null, commands: [] };
-        if (failed) leftover.couldNotRemove = failed;
-        byId.set(id, leftover);
+        if (part !== 'previous') leftover.stagingFolders = [];
+        if (part === 'staging-stuck') leftover.couldNotRemove = [];
+        byPart.set(`${id} ${part}`, leftover);
       }
+      return leftover;
+    };
+    /** Its change time, kept if it is the leftover's earliest. */
+    const noteSetAside = async (leftover: RestoreLeftover, folder: string) => {
+      const changed = await lstat(folder).then(
+        (s) => s.ctime.toISOString(),
+        () => null,
+      );
+      if (changed && (!leftover.setAsideAt || changed < leftover.setAsideAt)) leftover.setAsideAt = changed;
+    };
+    for (const { id, kind, name } of unaccounted) {
+      const leftover = leftoverOf(id, 'previous');
+      const failed = failedFor(id);
+      if (failed) leftover.couldNotRemove = failed;
       if (kind === 'database') {
         leftover.database = { name, sizeBytes: sizes.get(name) ?? null };
         if (!failed) leftover.commands.unshift(`DROP DATABASE "${name.replaceAll('"', '""')}";`);
@@ -99,13 +135,17 @@ export function restoreLeftoversCheck(agent: Agent): () => Promise<RestoreLeftov
       }
       leftover.folders.push(name);
       if (!failed) leftover.commands.push(`rm -r -- ${shellQuoted(name)}`);
-      const changed = await lstat(name).then(
-        (s) => s.ctime.toISOString(),
-        () => null,
-      );
-      if (changed && (!leftover.setAsideAt || changed < leftover.setAsideAt)) leftover.setAsideAt = changed;
+      await noteSetAside(leftover, name);
     }
-    last = [...byId.values()];
+    for (const { id, name } of stuckStaging) {
+      const failed = stagingRemovalFailure(name);
+      const leftover = leftoverOf(id, failed ? 'staging-stuck' : 'staging');
+      leftover.stagingFolders!.push(name);
+      if (failed) leftover.couldNotRemove!.push(failed);
+      else leftover.commands.push(`rm -r -- ${shellQuoted(name)}`);
+      await noteSetAside(leftover, name);
+    }
+    last = [...byPart.values()];
     return last;
   };
   // GEM's database not answering is the other areas' to tell: the last finding stands meanwhile.
@@ -125,13 +165,15 @@ export function restoreLeftoversReason(leftovers: RestoreLeftover[], now: Date):
     const parts = [
       ...(l.database ? [`the database ${l.database.name}${size == null ? '' : ` (${mb(size)})`}`] : []),
       ...l.folders.map((f) => `the folder ${f}`),
+      ...(l.stagingFolders ?? []).map((f) => `the staging folder ${f}`),
     ];
     const when = l.setAsideAt ? `, set aside ${formatAge(now.getTime() - Date.parse(l.setAsideAt))} ago` : '';
     const all = parts.length > 1 ? `${parts.slice(0, -1).join(', ')} and ${parts.at(-1)}` : parts[0];
     return `${all} (restore ${l.restoreId}${when})`;
   };
   const sentences: string[] = [];
-  const stuck = leftovers.filter((l) => l.couldNotRemove);
+  const staged = leftovers.filter((l) => l.stagingFolders);
+  const stuck = leftovers.filter((l) => l.couldNotRemove && !l.stagingFolders);
   if (stuck.length > 0) {
     const each = stuck.map((l) => `${named(l)}: could not remove ${l.couldNotRemove!.join('; ')}`);
     sentences.push(
@@ -140,7 +182,7 @@ export function restoreLeftoversReason(leftovers: RestoreLeftover[], now: Date):
         'and it goes',
     );
   }
-  const lost = leftovers.filter((l) => !l.couldNotRemove);
+  const lost = leftovers.filter((l) => !l.couldNotRemove && !l.stagingFolders);
   if (lost.length > 0) {
     const commands = lost.flatMap((l) =>
       l.commands.map((c) =>
@@ -155,6 +197,36 @@ export function restoreLeftoversReason(leftovers: RestoreLeftover[], now: Date):
         '(restore-journal.json in the data dir) was lost before that (deleted, or the data dir restored from ' +
         "elsewhere), so the agent leaves it alone: it may be the only copy of GEM's data from before that " +
         `restore. Once you have checked that nothing in it is needed, remove it: ${commands.join(' and ')}`,
+    );
+  }
+  if (staged.length > 0) sentences.push(stagingReason(staged, named));
+  return sentences.join('. ');
+}
+
+/**
+ * The sentences about restores' staging folders: only ever a copy (the backup's files, or a live folder's
+ * entries a swap put aside), so what a person removes needs no check beyond that no restore runs.
+ */
+function stagingReason(leftovers: RestoreLeftover[], named: (l: RestoreLeftover) => string): string {
+  const sentences: string[] = [];
+  const stuck = leftovers.filter((l) => l.couldNotRemove);
+  if (stuck.length > 0) {
+    const each = stuck.map((l) => `${named(l)}: could not remove ${l.couldNotRemove!.join('; ')}`);
+    sentences.push(
+      `What a restore staged could not be removed and takes disk space: ${each.join('; and ')}. It is only a ` +
+        "copy (of the backup it restored, or of a live folder), never the only copy of GEM's data. The agent " +
+        'tries again at each start: once what stops it is mended, restart the agent and it goes',
+    );
+  }
+  const left = leftovers.filter((l) => !l.couldNotRemove);
+  if (left.length > 0) {
+    sentences.push(
+      `What a restore staged is still here, taking disk space: ${left.map(named).join('; ')}. A restore ` +
+        "unpacks the backup's files into a staging folder beside the live one and removes it when it ends; " +
+        'this one was not removed (its restore stopped first, its process ended, or the removal failed in ' +
+        "another process) and nothing removes it before the agent's next start. It is only a copy (of the " +
+        "backup it restored, or of a live folder), never the only copy of GEM's data: restart the agent, or " +
+        `remove it: ${left.flatMap((l) => l.commands).join(' and ')}`,
     );
   }
   return sentences.join('. ');

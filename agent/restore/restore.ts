@@ -18,7 +18,6 @@ import { type Keyring, shortInstallationId } from '../keys/keyring';
 import type { Logger } from '../log';
 import { TEMP_PREFIX } from '../system/atomic-file';
 import type { PgConnection } from '../system/postgres-tools';
-import { removeTree } from '../system/remove-tree';
 import { runProcess } from '../system/spawn';
 import { checkCopyable } from './copy-tree';
 import { compareRowCounts, StagingRowCounter } from './counts';
@@ -49,6 +48,7 @@ import {
   cleanupAfterReport,
   committedRestoreId,
   type RestoreFaults,
+  removeStagingFolder,
   restoreNames,
   restoreSettled,
   settleEarlierRestore,
@@ -667,7 +667,15 @@ export async function restoreFromFile(
           () => false,
         );
       }
-      for (const folder of names.folders) await removeTree(folder.staging);
+      // Each one tried; one that cannot go is only disk space, never this restore's failure: the next start
+      // tries again, and health names it meanwhile (removeStagingFolder notes why).
+      for (const folder of names.folders)
+        await removeStagingFolder(folder.staging).catch((error: unknown) =>
+          ctx.log.warn("the restore's staging folder could not be removed; the next start tries again", {
+            folder: folder.staging,
+            error,
+          }),
+        );
     }
     // After the staging database is gone (its objects are owned by them); never once the swap committed,
     // nor while an undo that failed leaves the journal to the next start (it may roll forward). Whatever

@@ -487,12 +487,16 @@ async function removeReplaced(
   names: ReplacedNames,
   keepPrevious: boolean,
 ): Promise<string[]> {
+  // A staging folder's failure is noted by its path (removeStagingFolder), apart from the previous state's.
+  const stagingFailed: string[] = [];
+  for (const folder of names.folders)
+    await attempt(stagingFailed, folder.staging, () => removeStagingFolder(folder.staging));
   const failed: string[] = [];
-  for (const folder of names.folders) await attempt(failed, folder.staging, () => removeTree(folder.staging));
   if (!keepPrevious) await removePrevious(deps, names, failed);
-  // Health names a previous state that should have gone and did not; one kept on request is not that.
-  noteRemoval(deps.config.dataDir, names.id, keepPrevious ? [] : failed);
-  return failed;
+  // Health names a previous state that should have gone and did not; one kept on request is not that
+  // (and was not tried).
+  noteRemoval(deps.config.dataDir, names.id, failed);
+  return [...stagingFailed, ...failed];
 }
 
 /** Drops the previous database and removes the previous folders of `names`; what fails is added to `failed`. */
@@ -515,6 +519,31 @@ function noteRemoval(dataDir: string, id: string, failed: string[]): void {
   else byId.delete(id);
   if (byId.size > 0) removalFailures.set(dataDir, byId);
   else removalFailures.delete(dataDir);
+}
+
+/** Why the last try in this process to remove each restore staging folder failed, by its path. */
+const stagingFailures = new Map<string, string>();
+
+/**
+ * Removes a restore's staging folder (any `<folder>.gem-restore-staging-*` name). Its failure is noted
+ * for health (stagingRemovalFailure) and thrown; its success clears the note.
+ */
+export async function removeStagingFolder(path: string): Promise<void> {
+  try {
+    await removeTree(path);
+    stagingFailures.delete(path);
+  } catch (error) {
+    stagingFailures.set(path, `${path} (${describeError(error).message})`);
+    throw error;
+  }
+}
+
+/**
+ * Why the last try in this process to remove staging folder `path` failed, as `path (why)`; undefined
+ * if it was removed, or not tried since this process started.
+ */
+export function stagingRemovalFailure(path: string): string | undefined {
+  return stagingFailures.get(path);
 }
 
 /**
@@ -854,6 +883,35 @@ export async function previousStateNames(
   return found;
 }
 
+/** A restore's staging folder as rollback and the copy swap name it too: `<id>`, `<id>r`, `<id>-discarded`. */
+const STAGING_FOLDER_ID = /^([0-9a-f]{8})(?:r|-discarded)?$/;
+
+/** A folder named exactly as a restore names a staging folder beside a live one (restoreNames). */
+export interface StagingFolderName {
+  id: string;
+  /** The folder's path. */
+  name: string;
+}
+
+/**
+ * The entries beside the live folders named as a restore's staging folder (`<folder>.gem-restore-staging-<id>`,
+ * and the `r` and `-discarded` names a rollback and a copy swap give one), with an id as restores make
+ * them. Nothing else counts.
+ */
+export async function stagingFolderNames(sources: BackupSources): Promise<StagingFolderName[]> {
+  const found: StagingFolderName[] = [];
+  for (const configured of [sources.scriptsDir, sources.configDir]) {
+    const live = await liveFolderPath(configured);
+    for (const path of await siblings(live, STAGING_FOLDER_MARK)) {
+      const id = STAGING_FOLDER_ID.exec(
+        basename(path).slice(`${basename(live)}${STAGING_FOLDER_MARK}`.length),
+      );
+      if (id) found.push({ id: id[1]!, name: path });
+    }
+  }
+  return found;
+}
+
 /**
  * The ids of restores whose previous state the agent still accounts for itself: the journal's (a swap
  * under way, or a committed one whose cleanup is to come) and the leftovers file's (removed again at each
@@ -899,12 +957,17 @@ export async function dropStagingLeftovers(sources: BackupSources): Promise<stri
       removed.push(name);
     }
   }
+  // Every folder is tried, one failing or not (each failure is noted for health); the first is thrown.
+  const failures: unknown[] = [];
   for (const configured of [sources.scriptsDir, sources.configDir]) {
     for (const path of await siblings(await liveFolderPath(configured), STAGING_FOLDER_MARK)) {
-      await removeTree(path);
-      removed.push(path);
+      await removeStagingFolder(path).then(
+        () => removed.push(path),
+        (error: unknown) => failures.push(error),
+      );
     }
   }
+  if (failures.length > 0) throw failures[0];
   return removed;
 }
 

@@ -4,7 +4,9 @@
  * and folders, with the commands that remove them, which the agent never runs itself. Once a person ran
  * them, the warning is gone. A restore's own journal, a kept previous state and names that are not a
  * restore's are never named. What the agent itself could not remove (an undeletable file, a database
- * PostgreSQL refuses to drop) is named with why, until a start removes it.
+ * PostgreSQL refuses to drop) is named with why, until a start removes it. So is a restore's staging
+ * folder that it could not remove or that a killed restore left (only the next start removes those),
+ * never one of a restore still running.
  */
 import { existsSync } from 'node:fs';
 import { mkdir, readdir, rm, writeFile } from 'node:fs/promises';
@@ -175,6 +177,94 @@ describe('health after a restore whose journal was lost before its cleanup', () 
         await maintenanceSql((sql) => sql.unsafe(`alter database "${database}" is_template false`));
     }
     // Mended, the next start removes it all, and the warning is gone.
+    await recoverInterruptedRestore(t.agent);
+    expect(await leftovers(t.agent)).toEqual([]);
+    expect((await disk()).restoreLeftovers).toBeUndefined();
+  }, 120_000);
+});
+
+describe('health after a restore that left its staging folder', () => {
+  it('names a staging folder the restore could not remove, alone and with why, and nothing while a restore runs', async () => {
+    expect(await leftovers(t.agent)).toEqual([]);
+    const { scriptsDir, configDir } = t.agent.sources;
+    const gemDir = dirname(scriptsDir);
+    // A name like a restore's that is not (an id no restore makes): never counted.
+    const lookalike = `${configDir}.gem-restore-staging-notanid`;
+    await mkdir(lookalike);
+    let staging: string[] = [];
+    let whileRunning: Awaited<ReturnType<typeof disk>> | undefined;
+    let stuck: string | undefined;
+    try {
+      const job = await runRestore(t.agent, backupPath, {
+        skipSafetyBackup: true,
+        faults: {
+          beforeSwapStep: async (step) => {
+            if (step !== 'copy-settings') return;
+            // Its own staging folders are on disk, as yet accounted for by nothing but the running job.
+            staging = (await readdir(gemDir))
+              .filter((name) => /^(scripts|config)\.gem-restore-staging-[0-9a-f]{8}$/.test(name))
+              .map((name) => join(gemDir, name));
+            whileRunning = await disk();
+            // An undeletable file in its scripts staging folder; then it stops before its swap.
+            stuck = join(staging.find((path) => path.startsWith(`${scriptsDir}.`))!, 'stuck.lua');
+            await writeFile(stuck, '-- stuck\n');
+            await runProcess('chattr', ['+i', stuck]).then((r) => expect(r.code, r.stderr).toBe(0));
+            throw new Error('injected: stopped before the swap');
+          },
+        },
+      });
+      expect(staging).toHaveLength(2);
+      expect(whileRunning!.restoreLeftovers).toBeUndefined();
+      // Its failure is the one it stopped for, not the staging folder it could not remove afterwards.
+      expect(job.state).toBe('failed');
+      expect(job.error?.message).toContain('injected: stopped before the swap');
+      const folder = dirname(stuck!);
+      const id = folder.slice(`${scriptsDir}.gem-restore-staging-`.length);
+      // Its staging database and its config staging folder went; the scripts one stays, named alone.
+      expect(await leftovers(t.agent)).toEqual([basename(folder), basename(lookalike)]);
+      const warned = await disk();
+      expect(warned.status).not.toBe('ok');
+      expect(warned.restoreLeftovers).toEqual([
+        {
+          restoreId: id,
+          database: null,
+          folders: [],
+          stagingFolders: [folder],
+          setAsideAt: expect.stringMatching(/^\d{4}-\d\d-\d\dT/),
+          // The agent removes it itself (at its next start): no commands for a person.
+          commands: [],
+          couldNotRemove: [expect.stringMatching(new RegExp(`^${folder} \\(.*chattr -i`))],
+        },
+      ]);
+      expect(warned.reason).toMatch(/^What a restore staged could not be removed and takes disk space: /);
+      for (const words of [`the staging folder ${folder}`, 'chattr -i', 'restart the agent'])
+        expect(warned.reason).toContain(words);
+      expect(warned.reason).not.toMatch(/was lost|notanid/);
+
+      // One a restore killed before its swap left (nothing tried to remove it): named with its command.
+      const killed = `${configDir}.gem-restore-staging-0badcafe`;
+      await mkdir(killed);
+      await writeFile(join(killed, 'gem.conf'), 'a = 1\n');
+      const both = await disk();
+      expect(both.restoreLeftovers).toEqual([
+        warned.restoreLeftovers![0],
+        {
+          restoreId: '0badcafe',
+          database: null,
+          folders: [],
+          stagingFolders: [killed],
+          setAsideAt: expect.stringMatching(/^\d{4}-\d\d-\d\dT/),
+          commands: [`rm -r -- '${killed}'`],
+        },
+      ]);
+      expect(both.reason).toContain(
+        `What a restore staged is still here, taking disk space: the staging folder ${killed}`,
+      );
+      expect(both.reason).toContain(`restart the agent, or remove it: rm -r -- '${killed}'`);
+    } finally {
+      if (stuck && existsSync(stuck)) await runProcess('chattr', ['-i', stuck]);
+    }
+    // Mended, the next start removes them all, and the warning is gone.
     await recoverInterruptedRestore(t.agent);
     expect(await leftovers(t.agent)).toEqual([]);
     expect((await disk()).restoreLeftovers).toBeUndefined();
