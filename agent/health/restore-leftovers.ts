@@ -64,7 +64,7 @@ function shellQuoted(text: string): string {
  * process could not remove (`couldNotRemove`: an undeletable file, a database in use). The same for
  * restores' staging folders (`<folder>.gem-restore-staging-<id>`): one no journal or leftovers entry
  * accounts for is left by a restore that stopped (its process killed, or its removal failed) and only the
- * agent's next start removes it. They are never removed here, whatever they hold: those nothing accounts
+ * next restore or the agent's next start removes it. They are never removed here, whatever they hold: those nothing accounts
  * for may be the only copy of the data before that restore. Nothing of a restore that may be running
  * counts: while the job lock is held, a cleanup runs or a journal that cannot be read is on disk, the last
  * finding stands. The database's size is read once per name.
@@ -215,7 +215,8 @@ function stagingReason(leftovers: RestoreLeftover[], named: (l: RestoreLeftover)
     sentences.push(
       `What a restore staged could not be removed and takes disk space: ${each.join('; and ')}. It is only a ` +
         "copy (of the backup it restored, or of a live folder), never the only copy of GEM's data. The agent " +
-        'tries again at each start: once what stops it is mended, restart the agent and it goes',
+        'tries again at each start and before each restore: once what stops it is mended, restart the agent ' +
+        'and it goes',
     );
   }
   const left = leftovers.filter((l) => !l.couldNotRemove);
@@ -224,8 +225,9 @@ function stagingReason(leftovers: RestoreLeftover[], named: (l: RestoreLeftover)
       `What a restore staged is still here, taking disk space: ${left.map(named).join('; ')}. A restore ` +
         "unpacks the backup's files into a staging folder beside the live one and removes it when it ends; " +
         'this one was not removed (its restore stopped first, its process ended, or the removal failed in ' +
-        "another process) and nothing removes it before the agent's next start. It is only a copy (of the " +
-        "backup it restored, or of a live folder), never the only copy of GEM's data: restart the agent, or " +
+        "another process) and nothing removes it before the next restore or the agent's next start. It is " +
+        "only a copy (of the backup it restored, or of a live folder), never the only copy of GEM's data: " +
+        'restart the agent, or ' +
         `remove it: ${left.flatMap((l) => l.commands).join(' and ')}`,
     );
   }

@@ -667,14 +667,17 @@ export async function restoreFromFile(
           () => false,
         );
       }
-      // Each one tried; one that cannot go is only disk space, never this restore's failure: the next start
-      // tries again, and health names it meanwhile (removeStagingFolder notes why).
+      // Each one tried; one that cannot go is only disk space, never this restore's failure: the next restore
+      // or start tries again, and health names it meanwhile (removeStagingFolder notes why).
       for (const folder of names.folders)
         await removeStagingFolder(folder.staging).catch((error: unknown) =>
-          ctx.log.warn("the restore's staging folder could not be removed; the next start tries again", {
-            folder: folder.staging,
-            error,
-          }),
+          ctx.log.warn(
+            "the restore's staging folder could not be removed; the next restore or start tries again",
+            {
+              folder: folder.staging,
+              error,
+            },
+          ),
         );
     }
     // After the staging database is gone (its objects are owned by them); never once the swap committed,

@@ -697,7 +697,8 @@ async function retryLeftovers(deps: SwapDeps): Promise<void> {
  *   is carried to the leftovers file and its journal goes. Earlier leftovers are tried again first. Disk
  *   leftovers never refuse a restore; only a data dir in which the earlier journal cannot be set aside
  *   does (this restore could write no journal of its own either), and then nothing was changed.
- * - The safety backups of restores that died before their swap go (safety-record.ts).
+ * - What restores that died before their swap left goes: their staging database and folders, the roles
+ *   they created and their safety backups (safety-record.ts), as at a start.
  */
 export async function settleEarlierRestore(deps: SwapDeps): Promise<void> {
   const journal = await readJournal(deps.config.dataDir, deps.log);
@@ -717,7 +718,9 @@ export async function settleEarlierRestore(deps: SwapDeps): Promise<void> {
   }
   await retryLeftovers(deps);
   if (journal?.committed) await settleCommittedRestore(deps, journal);
-  await removeUncommittedSafetyBackups(deps, undefined, deps.log);
+  // None can be running: what restores that died before their swap left (staging database and folders,
+  // the roles they created, their safety backups) goes now, not at the next start, and its space counts.
+  await dropUncommittedLeftovers(deps, journal?.committed ? journal.id : undefined, deps.log);
 }
 
 /** Rolls back an earlier restore's uncommitted swap and removes its journal; refuses this restore if it cannot. */
@@ -946,7 +949,10 @@ function parseJson(text: string): unknown {
   }
 }
 
-/** Removes staging leftovers: `<db>_gem_restore_*` databases and `<folder>.gem-restore-staging-*` folders. */
+/**
+ * Removes staging leftovers: `<db>_gem_restore_*` databases and the `<folder>.gem-restore-staging-<id>`
+ * folders restores name (stagingFolderNames).
+ */
 export async function dropStagingLeftovers(sources: BackupSources): Promise<string[]> {
   const removed: string[] = [];
   const prefix = `${dbPrefix(sources.conn.database)}${STAGING_DB_MARK}`;
@@ -959,13 +965,12 @@ export async function dropStagingLeftovers(sources: BackupSources): Promise<stri
   }
   // Every folder is tried, one failing or not (each failure is noted for health); the first is thrown.
   const failures: unknown[] = [];
-  for (const configured of [sources.scriptsDir, sources.configDir]) {
-    for (const path of await siblings(await liveFolderPath(configured), STAGING_FOLDER_MARK)) {
-      await removeStagingFolder(path).then(
-        () => removed.push(path),
-        (error: unknown) => failures.push(error),
-      );
-    }
+  // Only names a restore makes (stagingFolderNames): a look-alike a person made is not ours to remove.
+  for (const { name: path } of await stagingFolderNames(sources)) {
+    await removeStagingFolder(path).then(
+      () => removed.push(path),
+      (error: unknown) => failures.push(error),
+    );
   }
   if (failures.length > 0) throw failures[0];
   return removed;
@@ -1078,6 +1083,18 @@ async function settleUncommittedRestores(
   journalLog: Logger,
 ): Promise<void> {
   await retryLeftovers(deps);
+  await dropUncommittedLeftovers(deps, committedId, journalLog);
+}
+
+/**
+ * The part of settleUncommittedRestores after the earlier leftovers: staging leftovers dropped, then the
+ * roles restores that did not commit created taken back, then their safety backups removed. Never throws.
+ */
+async function dropUncommittedLeftovers(
+  deps: SwapDeps,
+  committedId: string | undefined,
+  journalLog: Logger,
+): Promise<void> {
   // Leftovers are only disk space: failing to drop them (database down) must not stop the agent starting.
   const leftoversGone = await dropStagingLeftovers(deps.sources).then(
     (removed) => {

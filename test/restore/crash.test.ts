@@ -10,7 +10,13 @@ import { type BuiltChildren, buildChildren } from '../faults/built-child';
 import { startTestAgent, type TestAgent } from '../services/agent';
 import { startPostgres, type TestPostgres, withSql } from '../services/postgres';
 import { startAll } from '../services/start-all';
-import { crashingRestore as crashInRestore, databaseFingerprint, leftovers, liveState } from './helpers';
+import {
+  crashingRestore as crashInRestore,
+  databaseFingerprint,
+  leftovers,
+  liveState,
+  runRestore,
+} from './helpers';
 
 let pg: TestPostgres;
 /** crash-child.ts and the CLI bundled once for the file: each child starts without tsx's loader. */
@@ -95,6 +101,21 @@ describe('a restore interrupted by a crash', () => {
       await expect(withSql(databaseUrl(t.agent.sources.conn), (sql) => sql`select 1`)).resolves.toBeTruthy();
     });
   }
+
+  it('leaves its staging database and folders, when the process dies before its swap, to the next restore', async () => {
+    await change('before-swap');
+    await crashingRestore('copy-settings');
+    // No journal yet: nothing but a start or the next restore removes what it staged.
+    expect(existsSync(journalPath(t.dataDir))).toBe(false);
+    const left = await leftovers(t.agent);
+    expect(left.filter((name) => name.includes('_gem_restore_'))).toHaveLength(1);
+    expect(left.filter((name) => name.includes('.gem-restore-staging-'))).toHaveLength(2);
+    // The service still runs; a restore through it removes them before its checks, and itself succeeds.
+    const job = await runRestore(t.agent, backupPath, { skipSafetyBackup: true });
+    expect(job.state, JSON.stringify(job.error)).toBe('succeeded');
+    expect(await leftovers(t.agent)).toEqual([]);
+    expect(await liveState(t.agent)).toEqual(atBackup);
+  });
 
   it('is rolled back at the next start when the commit fails and the process dies while undoing it', async () => {
     // The commit record was on disk when the undo began: a next start that believed it would finish
