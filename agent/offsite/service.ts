@@ -38,7 +38,6 @@ import {
 } from './messages';
 import { type DestinationState, OffsiteStateStore, type SyncRecord, type UploadRecord } from './state';
 import {
-  AUTO_UPLOAD_SWEEP_AGE_MS,
   createdAtFromName,
   DestinationLeftAlone,
   downloadToCatalog,
@@ -50,11 +49,13 @@ import {
   type RetryPolicy,
   readRemoteHeader,
   refuseWithoutKey,
+  SWEEP_AGE_MS,
   type SyncCandidate,
   sameHeader,
   sweepLeftovers,
   syncCandidates,
   uploadBackup,
+  uploadTempTag,
 } from './transfer';
 
 // Moved to transfer.ts (uploadBackup reads it too); still importable from here.
@@ -557,8 +558,9 @@ export class OffsiteService {
       await this.withProvider(kind, section, async (provider) => {
         ctx.phase('listing');
         if (!watch.stillConfigured('removing temp leftovers')) return;
-        // Inside a mutating job no upload of ours is in flight: every temp leftover is garbage.
-        const startSweep = await this.sweep(kind, section, provider, 0, ctx);
+        // Inside a mutating job no upload of ours is in flight: every temp leftover of ours is garbage. One
+        // of another controller backing up into the same folder may be its upload in flight: only old ones.
+        const startSweep = await this.sweep(kind, section, provider, 'own-at-any-age', ctx);
         if (startSweep.removed > 0) result.sweptTemp = startSweep.removed;
         // As local retention sees them: another installation's backup uploaded here by hand is foreign
         // (syncCandidates carries it), never counted toward maxBackups, never pruned, never spread.
@@ -687,7 +689,7 @@ export class OffsiteService {
         // of a server that just answered again still held open (SMB refuses to delete an open file). Every
         // transfer went through, so the server answers now: swept again, not left until the next sync.
         if ((retried || startSweep.failed) && failures.length === 0) {
-          const { removed } = await this.sweep(kind, section, provider, 0, ctx);
+          const { removed } = await this.sweep(kind, section, provider, 'own-at-any-age', ctx);
           if (removed > 0) result.sweptTemp = (result.sweptTemp ?? 0) + removed;
         }
         this.forgetDamaged(provider, remote);
@@ -802,13 +804,7 @@ export class OffsiteService {
             ...(watch.skipped ? { skipped: watch.skipped } : {}),
           });
           if (!watch.stillConfigured('removing temp leftovers')) return left();
-          const { removed: sweptTemp } = await this.sweep(
-            kind,
-            section,
-            provider,
-            AUTO_UPLOAD_SWEEP_AGE_MS,
-            ctx,
-          );
+          const { removed: sweptTemp } = await this.sweep(kind, section, provider, 'old-only', ctx);
           const swept = sweptTemp > 0 ? { sweptTemp } : {};
           if (!watch.stillConfigured(`uploading ${backup.filename}`)) return left(swept);
           const stored = await uploadBackup(this.agent, provider, backup.filename, {
@@ -904,20 +900,22 @@ export class OffsiteService {
   }
 
   /**
-   * Removes a destination's temp leftovers of earlier failed uploads (at least `olderThanMs` old);
-   * returns how many, and whether the sweep failed. Best effort: a failed sweep is logged and the job
-   * goes on (a down server fails the transfer that follows anyway).
+   * Removes a destination's temp leftovers of earlier failed uploads: those at least SWEEP_AGE_MS old, and
+   * with 'own-at-any-age' (only where none of this installation's uploads can be in flight) its own of any
+   * age (uploadTempTag); returns how many, and whether the sweep failed. Best effort: a failed sweep is
+   * logged and the job goes on (a down server fails the transfer that follows anyway).
    */
   private async sweep(
     kind: OffsiteKind,
     section: DestinationSettings,
     provider: StorageProvider,
-    olderThanMs: number,
+    which: 'own-at-any-age' | 'old-only',
     ctx: JobContext,
   ): Promise<{ removed: number; failed: boolean }> {
     try {
       const { removed, skipped } = await sweepLeftovers(provider, {
-        olderThanMs,
+        olderThanMs: SWEEP_AGE_MS,
+        ...(which === 'own-at-any-age' ? { tempTag: uploadTempTag(this.agent.keyring.installationId) } : {}),
         signal: ctx.signal,
         ...(this.options.stallTimeoutMs ? { stallTimeoutMs: this.options.stallTimeoutMs } : {}),
       });

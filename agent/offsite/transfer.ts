@@ -11,6 +11,7 @@ import {
   type MasterKey,
   unwrapWithMasterKeys,
 } from '../../shared/envelope';
+import { installationTag } from '../../shared/envelope/installation-tag';
 import type {
   BackupSource,
   StorageProvider,
@@ -255,7 +256,7 @@ async function refuseNameTaken(
  * already under the name is never replaced: NameTakenError (unless `absent` says nothing is there).
  */
 export async function uploadBackup(
-  agent: Pick<Agent, 'catalog'>,
+  agent: Pick<Agent, 'catalog' | 'keyring'>,
   provider: StorageProvider,
   name: string,
   options: TransferOptions = {},
@@ -269,6 +270,7 @@ export async function uploadBackup(
     await agent.catalog.recordSha256(name, sha256);
   }
   const source = fileSource(path, size, sha256);
+  const tempTag = uploadTempTag(agent.keyring.installationId);
   const retry = { ...options.retry, signal: options.signal, onRetry: options.onRetry };
   const send = (exclusive: boolean) =>
     withRetry((attempt) => {
@@ -280,6 +282,7 @@ export async function uploadBackup(
             onProgress,
             onAwaitingAnswer,
             onActivity,
+            tempTag,
             ...(exclusive ? { exclusive } : {}),
           }),
         options,
@@ -306,8 +309,21 @@ export async function uploadBackup(
   return { ...stored, sha256: stored.sha256 ?? sha256 };
 }
 
-/** Sweeps on the auto-upload path leave younger leftovers alone, in case some other upload is still writing them. */
-export const AUTO_UPLOAD_SWEEP_AGE_MS = 10 * 60_000;
+/**
+ * Sweeps leave younger leftovers alone, in case some other upload is still writing them (another job's, or
+ * another controller's backing up into the same folder), unless their temp name says they are this
+ * installation's own and the sweep knows none of its uploads is in flight (Sync Now: see uploadTempTag).
+ */
+export const SWEEP_AGE_MS = 10 * 60_000;
+
+/**
+ * The `tempTag` an installation's uploads give their temp names: the first 8 hex characters of its
+ * installation tag (never the installation id, which is the DR recovery credential), so that its sweeps
+ * can tell its own leftovers from those of another controller writing into the same folder.
+ */
+export function uploadTempTag(installationId: string): string {
+  return installationTag(installationId).slice(0, 8);
+}
 
 /**
  * Removes the temp leftovers of earlier failed uploads at a destination (provider.sweepTemp), under the
@@ -316,11 +332,12 @@ export const AUTO_UPLOAD_SWEEP_AGE_MS = 10 * 60_000;
  */
 export async function sweepLeftovers(
   provider: StorageProvider,
-  options: Pick<TransferOptions, 'signal' | 'stallTimeoutMs'> & { olderThanMs: number },
+  options: Pick<TransferOptions, 'signal' | 'stallTimeoutMs'> & { olderThanMs: number; tempTag?: string },
 ): Promise<TempSweepResult> {
   const sweep = provider.sweepTemp?.bind(provider);
   if (!sweep) return { removed: [] };
-  return guardStall((signal) => sweep({ olderThanMs: options.olderThanMs, signal }), options);
+  const { olderThanMs, tempTag } = options;
+  return guardStall((signal) => sweep({ olderThanMs, ...(tempTag ? { tempTag } : {}), signal }), options);
 }
 
 /**

@@ -1,8 +1,8 @@
 // What every provider does the same way: safe object names, byte-count and sha256 checks while streaming.
-import { createHash } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { open } from 'node:fs/promises';
 import { Transform, type TransformCallback } from 'node:stream';
-import { StorageError } from '../../shared/storage/index';
+import { StorageError, type TempSweepOptions } from '../../shared/storage/index';
 import { TEMP_PREFIX } from '../system/atomic-file';
 
 /** Bytes per read of hashFile. */
@@ -62,9 +62,18 @@ export function assertObjectName(name: string): void {
   }
 }
 
-/** A unique temp name beside `name`, hidden from list() by its prefix. */
-export function tempNameFor(name: string): string {
-  return `${TEMP_PREFIX}${name}.${Math.random().toString(16).slice(2, 10)}`;
+/** What put()'s `tempTag` must be: it goes into the hex part of the temp name. */
+const TEMP_TAG = /^[0-9a-f]{8}$/;
+
+/**
+ * A unique temp name beside `name`, hidden from list() by its prefix: `.tmp-<name>.<tag><8 random hex>`,
+ * `tag` (put()'s `tempTag`, eight hex characters) naming whose upload it is to sweepTemp().
+ */
+export function tempNameFor(name: string, tag = ''): string {
+  if (tag && !TEMP_TAG.test(tag)) {
+    throw new StorageError('io', `not a valid temp tag: ${JSON.stringify(tag)}`, { permanent: true });
+  }
+  return `${TEMP_PREFIX}${name}.${tag}${randomBytes(4).toString('hex')}`;
 }
 
 const OWN_TEMP_NAME = /^\.tmp-gem-backup-\d{4}-\d{2}-\d{2}-\d{6}\.tar\.gz\.(?:p\d+\.)?[0-9a-f]+$/;
@@ -84,6 +93,23 @@ export function isProbeName(name: string): boolean {
  */
 export function isOwnTempName(name: string): boolean {
   return OWN_TEMP_NAME.test(name) || PROBE_NAME.test(name) || PROBE_TEMP_NAME.test(name);
+}
+
+/**
+ * True if a sweep with these options removes the leftover `name` (one isOwnTempName accepts) modified at
+ * `modifiedAt`: its temp name carries the sweep's `tempTag`, or it is old enough.
+ */
+export function sweepTakes(
+  name: string,
+  modifiedAt: string | number | undefined,
+  options: Pick<TempSweepOptions, 'olderThanMs' | 'tempTag'>,
+): boolean {
+  const { tempTag } = options;
+  // The random part follows the tag: a name carrying it has more hex after it.
+  const hex = name.slice(name.lastIndexOf('.') + 1);
+  if (tempTag && TEMP_TAG.test(tempTag) && hex.length > tempTag.length && hex.startsWith(tempTag))
+    return true;
+  return oldEnough(modifiedAt, options.olderThanMs);
 }
 
 /** True if a leftover modified at `modifiedAt` (ISO or ms) is old enough for a sweep with `olderThanMs`. */

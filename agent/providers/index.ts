@@ -4,6 +4,7 @@ import type {
   ProviderProperties,
   StorageProvider,
   StoredObject,
+  TempSweepOptions,
   TempSweepResult,
 } from '../../shared/storage/index';
 import { type LocalFolderOptions, LocalFolderProvider } from './local';
@@ -82,7 +83,7 @@ class LazyProvider implements StorageProvider {
     return (await this.provider()).delete(name, options);
   }
 
-  async sweepTemp(options?: { olderThanMs?: number; signal?: AbortSignal }): Promise<TempSweepResult> {
+  async sweepTemp(options?: TempSweepOptions): Promise<TempSweepResult> {
     const provider = await this.provider();
     if (!provider.sweepTemp) return { removed: [] };
     return provider.sweepTemp(options);

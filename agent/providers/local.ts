@@ -8,6 +8,7 @@ import type {
   ProviderProperties,
   StorageProvider,
   StoredObject,
+  TempSweepOptions,
   TempSweepResult,
 } from '../../shared/storage/index';
 import { StorageError } from '../../shared/storage/index';
@@ -123,7 +124,7 @@ export class LocalFolderProvider implements StorageProvider {
   }
 
   /** Removes temp files a crash mid-put left in the folder (see StorageProvider.sweepTemp). */
-  async sweepTemp(options: { olderThanMs?: number; signal?: AbortSignal } = {}): Promise<TempSweepResult> {
+  async sweepTemp(options: TempSweepOptions = {}): Promise<TempSweepResult> {
     let names: string[];
     try {
       names = await readdir(this.folder);

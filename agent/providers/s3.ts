@@ -16,6 +16,7 @@ import type {
   ProviderProperties,
   StorageProvider,
   StoredObject,
+  TempSweepOptions,
   TempSweepResult,
 } from '../../shared/storage/index';
 import { StorageError } from '../../shared/storage/index';
@@ -527,9 +528,10 @@ export class S3Provider implements StorageProvider {
   /**
    * Aborts the incomplete multipart uploads of backups under the prefix (see StorageProvider.sweepTemp);
    * `removed` holds the backup name of each aborted upload. A server without ListMultipartUploads
-   * (s3rver) answers 'skipped' instead of failing.
+   * (s3rver) answers 'skipped' instead of failing. `tempTag` does not apply: an incomplete upload carries
+   * no name of ours, so only `olderThanMs` tells a leftover from another controller's upload in flight.
    */
-  async sweepTemp(options: { olderThanMs?: number; signal?: AbortSignal } = {}): Promise<TempSweepResult> {
+  async sweepTemp(options: TempSweepOptions = {}): Promise<TempSweepResult> {
     const { signal } = options;
     const sendOptions = this.small(signal);
     const bucket = this.options.bucket;

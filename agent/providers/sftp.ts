@@ -8,8 +8,10 @@ import SftpClient from 'ssh2-sftp-client';
 import type {
   BackupSource,
   ProviderProperties,
+  PutOptions,
   StorageProvider,
   StoredObject,
+  TempSweepOptions,
   TempSweepResult,
 } from '../../shared/storage/index';
 import { StorageError } from '../../shared/storage/index';
@@ -22,8 +24,8 @@ import {
   downloadStream,
   isOwnTempName,
   NETWORK_CODES,
-  oldEnough,
   SourceCheck,
+  sweepTakes,
   tempNameFor,
   throwIfAborted,
   tryCleanup,
@@ -502,7 +504,7 @@ export class SftpProvider implements StorageProvider {
   async put(
     name: string,
     source: BackupSource,
-    options: { signal?: AbortSignal; onProgress?: (bytes: number) => void; exclusive?: boolean } = {},
+    options: Pick<PutOptions, 'signal' | 'onProgress' | 'exclusive' | 'tempTag'> = {},
   ): Promise<StoredObject> {
     assertObjectName(name);
     throwIfAborted(options.signal);
@@ -512,7 +514,7 @@ export class SftpProvider implements StorageProvider {
       await this.ensureDir(client).catch((error) => {
         throw this.classify(error, this.dir);
       });
-      const temp = this.path(tempNameFor(name));
+      const temp = this.path(tempNameFor(name, options.tempTag));
       const final = this.path(name);
       const check = new SourceCheck(options.onProgress);
       const handle = await call<Buffer>((done) => sftp.open(temp, 'w', { mode: 0o600 }, done));
@@ -597,7 +599,7 @@ export class SftpProvider implements StorageProvider {
   }
 
   /** Removes our own `.tmp-gem-backup-…` files from the backup folder (see StorageProvider.sweepTemp). */
-  async sweepTemp(options: { olderThanMs?: number; signal?: AbortSignal } = {}): Promise<TempSweepResult> {
+  async sweepTemp(options: TempSweepOptions = {}): Promise<TempSweepResult> {
     throwIfAborted(options.signal);
     return this.session({ signal: options.signal }, async ({ client, sftp }) => {
       if (!(await client.exists(this.dir))) return { removed: [] };
@@ -607,7 +609,7 @@ export class SftpProvider implements StorageProvider {
         this.dir,
         this.where(),
         (entry) =>
-          entry.file && isOwnTempName(entry.name) && oldEnough(entry.modifyTime, options.olderThanMs),
+          entry.file && isOwnTempName(entry.name) && sweepTakes(entry.name, entry.modifyTime, options),
         options.signal,
         this.options.listLimits,
       );

@@ -8,8 +8,10 @@ import { pipeline } from 'node:stream/promises';
 import type {
   BackupSource,
   ProviderProperties,
+  PutOptions,
   StorageProvider,
   StoredObject,
+  TempSweepOptions,
   TempSweepResult,
 } from '../../shared/storage/index';
 import { StorageError } from '../../shared/storage/index';
@@ -22,8 +24,8 @@ import {
   downloadStream,
   hashFile,
   isOwnTempName,
-  oldEnough,
   SourceCheck,
+  sweepTakes,
   tempNameFor,
   throwIfAborted,
   tryCleanup,
@@ -604,17 +606,22 @@ export class SmbProvider implements StorageProvider {
   async put(
     name: string,
     source: BackupSource,
-    options: { signal?: AbortSignal; onProgress?: (bytes: number) => void; exclusive?: boolean } = {},
+    options: Pick<PutOptions, 'signal' | 'onProgress' | 'exclusive' | 'tempTag'> = {},
   ): Promise<StoredObject> {
     assertObjectName(name);
-    const { signal } = options;
+    const { signal, tempTag } = options;
     const exclusive = options.exclusive ?? false;
     throwIfAborted(signal);
     if (source.localPath !== undefined) {
       // smbclient reads the file itself; it is hashed on the other core meanwhile and checked before we answer.
       const hashing = checkLocalFile(source.localPath, signal);
       hashing.catch(() => {}); // awaited below; a failed put must not also report it unhandled
-      return this.putFile(name, source, source.localPath, hashing, exclusive, signal, options.onProgress);
+      return this.putFile(name, source, source.localPath, hashing, {
+        exclusive,
+        tempTag,
+        signal,
+        onProgress: options.onProgress,
+      });
     }
     // smbclient uploads from a file: spool and check first, so a bad source never reaches the share.
     const spool = await smbTempDir('spool');
@@ -636,7 +643,12 @@ export class SmbProvider implements StorageProvider {
       // Spooling reported the source's bytes; smbclient's reads of the spool then repeat the size, which
       // says nothing new but keeps a stall guard from taking the upload for a dead server.
       const onProgress = options.onProgress && (() => options.onProgress?.(source.size));
-      return await this.putFile(name, source, local, Promise.resolve(check), exclusive, signal, onProgress);
+      return await this.putFile(name, source, local, Promise.resolve(check), {
+        exclusive,
+        tempTag,
+        signal,
+        onProgress,
+      });
     } finally {
       await rm(spool, { recursive: true, force: true });
     }
@@ -657,12 +669,16 @@ export class SmbProvider implements StorageProvider {
     source: BackupSource,
     local: string,
     hashing: Promise<FileCheck>,
-    /** Refuse a taken final name ('exists') instead of replacing it. */
-    exclusive: boolean,
-    signal?: AbortSignal,
-    onProgress?: (bytes: number) => void,
+    options: {
+      /** Refuse a taken final name ('exists') instead of replacing it. */
+      exclusive: boolean;
+      tempTag: string | undefined;
+      signal: AbortSignal | undefined;
+      onProgress: ((bytes: number) => void) | undefined;
+    },
   ): Promise<StoredObject> {
-    const temp = this.path(tempNameFor(name));
+    const { exclusive, signal, onProgress } = options;
+    const temp = this.path(tempNameFor(name, options.tempTag));
     const final = this.path(name);
     const timeoutMs = (this.options.timeoutSeconds ?? 30) * 1000;
     let renamed = false;
@@ -924,7 +940,7 @@ export class SmbProvider implements StorageProvider {
    * Removes our own leftovers from the backup folder (see StorageProvider.sweepTemp and isOwnTempName):
    * put()'s `.tmp-gem-…` temp files and Test Connection's `gem-connection-test-….probe`.
    */
-  async sweepTemp(options: { olderThanMs?: number; signal?: AbortSignal } = {}): Promise<TempSweepResult> {
+  async sweepTemp(options: TempSweepOptions = {}): Promise<TempSweepResult> {
     const { signal } = options;
     const listing = await this.run(
       SWEEP_PATTERNS.map((pattern) => `ls ${quote(this.path(pattern))}`),
@@ -935,7 +951,7 @@ export class SmbProvider implements StorageProvider {
     this.check(listing, this.folders.join('/') || '/', MISSING);
     const removed: string[] = [];
     for (const entry of this.parseListing(listing.output)) {
-      if (!isOwnTempName(entry.name) || !oldEnough(entry.modifiedAt, options.olderThanMs)) continue;
+      if (!isOwnTempName(entry.name) || !sweepTakes(entry.name, entry.modifiedAt, options)) continue;
       const deleted = await this.run([`del ${quote(this.path(entry.name))}`], signal);
       if (deleted.statuses.some((status) => MISSING.includes(status))) continue; // gone meanwhile
       this.check(deleted, entry.name);

@@ -38,6 +38,30 @@ export interface ProviderProperties {
   maxPartSize?: number;
 }
 
+/** put()'s options (see StorageProvider.put). */
+export interface PutOptions {
+  signal?: AbortSignal;
+  onProgress?: (bytes: number) => void;
+  /**
+   * Called by a provider whose `onProgress` counts only what the server acknowledged (S3: answered
+   * parts) as more bytes leave: a caller's no-progress watchdog counts it as progress.
+   */
+  onActivity?: () => void;
+  exclusive?: boolean;
+  /**
+   * Called by a provider that, once every byte is sent, waits for the server's answers under a time
+   * bound of its own (S3: completing a multipart upload may take minutes): a caller's no-progress
+   * watchdog leaves the wait to it.
+   */
+  onAwaitingAnswer?: () => void;
+  /**
+   * Eight lower-case hex characters the temp name carries (providers that write a temp name: SFTP,
+   * SMB), so that sweepTemp() with the same `tempTag` can tell this installation's leftovers from those
+   * of another controller writing into the same folder. Ignored by providers without temp names.
+   */
+  tempTag?: string;
+}
+
 /**
  * Contract every provider keeps (checked by the conformance suite in ./conformance.ts):
  * - put() never leaves a partial object under the final name: temp name + rename, or multipart + complete.
@@ -49,26 +73,7 @@ export interface ProviderProperties {
 export interface StorageProvider {
   readonly id: string;
   readonly properties: ProviderProperties;
-  put(
-    name: string,
-    source: BackupSource,
-    options?: {
-      signal?: AbortSignal;
-      onProgress?: (bytes: number) => void;
-      /**
-       * Called by a provider whose `onProgress` counts only what the server acknowledged (S3: answered
-       * parts) as more bytes leave: a caller's no-progress watchdog counts it as progress.
-       */
-      onActivity?: () => void;
-      exclusive?: boolean;
-      /**
-       * Called by a provider that, once every byte is sent, waits for the server's answers under a time
-       * bound of its own (S3: completing a multipart upload may take minutes): a caller's no-progress
-       * watchdog leaves the wait to it.
-       */
-      onAwaitingAnswer?: () => void;
-    },
-  ): Promise<StoredObject>;
+  put(name: string, source: BackupSource, options?: PutOptions): Promise<StoredObject>;
   get(name: string, options?: { signal?: AbortSignal }): Promise<ReadableStream<Uint8Array>>;
   /** `signal` (optional; providers may ignore it) ends a call still waiting on the server as 'aborted'. */
   stat(name: string, options?: { signal?: AbortSignal }): Promise<StoredObject>;
@@ -80,13 +85,21 @@ export interface StorageProvider {
    * uploads under the configured prefix whose key is a backup name (ListMultipartUploads +
    * AbortMultipartUpload). Foreign files, other temp-looking names and complete backups are never
    * touched. Only leftovers at least `olderThanMs` old (default 0: all) are removed, so a sweep
-   * cannot pull the ground from under an upload still in progress. Once `signal` fires no further
-   * removal starts. `skipped` says why nothing could be swept when the server does not support it
+   * cannot pull the ground from under an upload still in progress, except those whose temp name carries
+   * `tempTag` (put()'s: the caller's own, when it knows none of its own uploads is in flight). Once
+   * `signal` fires no further removal starts. `skipped` says why nothing could be swept when the server does not support it
    * (e.g. an S3 server without ListMultipartUploads).
    */
-  sweepTemp?(options?: { olderThanMs?: number; signal?: AbortSignal }): Promise<TempSweepResult>;
+  sweepTemp?(options?: TempSweepOptions): Promise<TempSweepResult>;
   /** Releases connections; the provider may not be used afterwards. */
   close?(): Promise<void>;
+}
+
+/** Which leftovers sweepTemp() removes (see there). */
+export interface TempSweepOptions {
+  olderThanMs?: number;
+  tempTag?: string;
+  signal?: AbortSignal;
 }
 
 /** What sweepTemp() removed: temp file names, or on S3 the backup name of each aborted multipart upload. */

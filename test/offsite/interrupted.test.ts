@@ -105,12 +105,17 @@ describe('a server frozen mid-upload', () => {
     expect(await sha256(local)).toBe(digest);
     const after = await readdir(folder);
     expect(after).not.toContain(name);
+    // The temp file of the upload given up on, which the frozen server let it neither finish nor remove.
+    const leftovers = after.filter((entry) => entry.startsWith('.tmp-'));
+    expect(leftovers).toHaveLength(1);
     const list = await call(t, 'GET', '/offsite/sftp/backups');
     expect(list.body.backups).toEqual([]);
 
     const next = await runJob(t, 'POST', '/offsite/sftp/sync');
     expect(next.state, JSON.stringify(next.error)).toBe('succeeded');
-    expect(next.result).toMatchObject({ uploaded: [name] });
+    // It carries this installation's tag: the next sync removes it though it is minutes old, not hours.
+    expect(next.result).toMatchObject({ uploaded: [name], sweptTemp: 1 });
+    expect(await readdir(folder)).toEqual([name]);
     expect(await sha256(join(folder, name))).toBe(digest);
     const verify = await runJob(t, 'POST', `/backups/${name}/verify`);
     expect(verify.state).toBe('succeeded');

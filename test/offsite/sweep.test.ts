@@ -1,5 +1,6 @@
 // Temp leftovers of failed uploads are swept at every destination and by sync / auto-upload; foreign files always stay.
 import { spawn } from 'node:child_process';
+import { randomBytes, randomUUID } from 'node:crypto';
 import { createWriteStream, existsSync } from 'node:fs';
 import { chmod, chown, mkdir, mkdtemp, readdir, rm, utimes, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -17,6 +18,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { offsiteModule } from '../../agent/http/routes/offsite';
 import { createLogger } from '../../agent/log';
 import { offsiteServiceFor } from '../../agent/offsite/index';
+import { uploadTempTag } from '../../agent/offsite/transfer';
 import { LocalFolderProvider } from '../../agent/providers/local';
 import { type S3Options, S3Provider } from '../../agent/providers/s3';
 import { SftpProvider } from '../../agent/providers/sftp';
@@ -33,9 +35,15 @@ import { startAll } from '../services/start-all';
 import { backupNow, FAST, filenameOf, runJob, startOffsiteAgent } from './helpers';
 
 const BACKUP = 'gem-backup-2026-01-02-030405.tar.gz';
+/** Another controller's backup, uploaded into the same folder. */
+const OTHER_BACKUP = 'gem-backup-2026-01-03-030405.tar.gz';
 /** Temp names exactly as a failed put() leaves them. */
 const OLD_TEMP = `.tmp-${BACKUP}.0a1b2c3d`;
 const FRESH_TEMP = `.tmp-${BACKUP}.ffee0011`;
+/** The `tempTag` of a fresh temp file a sweep given it removes at any age, and one it does not. */
+const TAG = 'a1b2c3d4';
+const TAGGED_TEMP = `.tmp-${BACKUP}.${TAG}0badf00d`;
+const OTHER_TAGGED_TEMP = `.tmp-${BACKUP}.99887766deadbeef`;
 /** Not ours, however much some of them look like it. */
 const FOREIGN = ['.tmp-gem-backup-notes.txt', '.tmp-other', 'notes.txt'];
 const HOUR_AGO = new Date(Date.now() - 3600_000);
@@ -84,6 +92,20 @@ async function sshdFolder(name: string): Promise<string> {
 
 const sorted = async (dir: string) => (await readdir(dir)).sort();
 
+/**
+ * With a `tempTag`, a sweep given an age also removes the fresh temp files that carry the tag (an upload
+ * of the sweeper's own that failed), never a fresh one without it (another controller's, maybe in flight).
+ */
+async function expectTaggedSwept(provider: SftpProvider | SmbProvider, dir: string): Promise<void> {
+  for (const name of [TAGGED_TEMP, OTHER_TAGGED_TEMP, FRESH_TEMP]) {
+    await writeFile(join(dir, name), 'partial upload', { mode: 0o666 });
+  }
+  expect(await provider.sweepTemp({ olderThanMs: TEN_MINUTES, tempTag: TAG })).toEqual({
+    removed: [TAGGED_TEMP],
+  });
+  expect((await provider.sweepTemp()).removed.sort()).toEqual([OTHER_TAGGED_TEMP, FRESH_TEMP].sort());
+}
+
 describe('sweepTemp at each destination', () => {
   it('sftp: removes only our temp files, the old ones first when given an age', async () => {
     const provider = new SftpProvider({
@@ -99,6 +121,8 @@ describe('sweepTemp at each destination', () => {
     expect(await provider.sweepTemp({ olderThanMs: TEN_MINUTES })).toEqual({ removed: [OLD_TEMP] });
     expect(await provider.sweepTemp()).toEqual({ removed: [FRESH_TEMP] });
     expect(await sorted(join(sshd.root, 'sweep'))).toEqual([...FOREIGN, BACKUP].sort());
+    await expectTaggedSwept(provider, join(sshd.root, 'sweep'));
+    await provider.close();
   });
 
   it('smb: removes only our temp files, the old ones first when given an age', async () => {
@@ -116,6 +140,7 @@ describe('sweepTemp at each destination', () => {
     expect(await provider.sweepTemp({ olderThanMs: TEN_MINUTES })).toEqual({ removed: [OLD_TEMP] });
     expect(await provider.sweepTemp()).toEqual({ removed: [FRESH_TEMP] });
     expect(await sorted(join(smbd.root, 'sweep'))).toEqual([...FOREIGN, BACKUP].sort());
+    await expectTaggedSwept(provider, join(smbd.root, 'sweep'));
   });
 
   it('local folder: removes only our temp files', async () => {
@@ -216,15 +241,61 @@ describe('sync and auto-upload sweep the destination first', () => {
     autoUpload,
   });
 
-  it('Sync Now removes every temp leftover of ours and records the count', async () => {
+  it("Sync Now removes every temp leftover of ours, and only old ones of others: another controller's upload in flight finishes", async () => {
     const dir = await sshdFolder('synced');
+    // An old leftover, a fresh one without this installation's tag, and a fresh one with it (an upload of
+    // its own that failed: Sync Now knows none of its uploads is in flight).
     await plant(dir);
-    const name = filenameOf(await backupNow(t));
-    await t.agent.settings.update({ offsite: { sftp: sftp('synced', false) } });
-    const job = await runJob(t, 'POST', '/offsite/sftp/sync');
-    expect(job.state, JSON.stringify(job.error)).toBe('succeeded');
-    expect(job.result).toMatchObject({ uploaded: [name], sweptTemp: 2 });
-    expect(await sorted(dir)).toEqual([...FOREIGN, name].sort());
+    const ownFresh = `.tmp-${BACKUP}.${uploadTempTag(t.agent.keyring.installationId)}0badf00d`;
+    await writeFile(join(dir, ownFresh), 'partial upload', { mode: 0o666 });
+    // Another controller backing up into the same folder, its upload in flight: its source holds back
+    // everything after the first KiB until the sync is done.
+    const other = new SftpProvider({
+      host: sshd.host,
+      port: sshd.port,
+      username: sshd.passwordUser.username,
+      password: sshd.passwordUser.password,
+      remotePath: 'synced',
+    });
+    const otherTag = uploadTempTag(randomUUID());
+    const body = randomBytes(256 * 1024);
+    let release!: () => void;
+    const held = new Promise<void>((resolve) => {
+      release = resolve;
+    });
+    let pulls = 0;
+    const source = {
+      size: body.length,
+      open: () =>
+        new ReadableStream<Uint8Array>({
+          async pull(controller) {
+            if (pulls++ === 0) return controller.enqueue(body.subarray(0, 1024));
+            await held;
+            controller.enqueue(body.subarray(1024));
+            controller.close();
+          },
+        }),
+    };
+    const putting = other.put(OTHER_BACKUP, source, { tempTag: otherTag });
+    putting.catch(() => {}); // awaited below
+    try {
+      await expect
+        .poll(async () =>
+          (await readdir(dir)).filter((n) => n.startsWith(`.tmp-${OTHER_BACKUP}.${otherTag}`)),
+        )
+        .toHaveLength(1);
+      const name = filenameOf(await backupNow(t));
+      await t.agent.settings.update({ offsite: { sftp: sftp('synced', false) } });
+      const job = await runJob(t, 'POST', '/offsite/sftp/sync');
+      expect(job.state, JSON.stringify(job.error)).toBe('succeeded');
+      expect(job.result).toMatchObject({ uploaded: [name], sweptTemp: 2 });
+      release();
+      expect((await putting).size).toBe(body.length);
+      expect(await sorted(dir)).toEqual([...FOREIGN, FRESH_TEMP, name, OTHER_BACKUP].sort());
+    } finally {
+      release();
+      await other.close();
+    }
   });
 
   it('auto-upload removes only leftovers older than 10 minutes, then uploads', async () => {
@@ -264,11 +335,13 @@ describe('a temp leftover the server still holds open when a sync starts', () =>
       }),
     });
     offsiteServiceFor(held.agent, FAST);
+    // An upload of this installation's own that failed, the session of its given-up attempt still alive.
+    const leftover = `.tmp-${BACKUP}.${uploadTempTag(held.agent.keyring.installationId)}0a1b2c3d`;
     const dir = join(smbd.root, 'held');
     const work = await mkdtemp(join(tmpdir(), 'gem-smb-holder-'));
     const fifo = join(work, 'holder.fifo');
     try {
-      // A live smbclient session writing OLD_TEMP from a pipe that is never closed: the file stays open.
+      // A live smbclient session writing the leftover from a pipe that is never closed: the file stays open.
       await mkdir(dir, { recursive: true, mode: 0o777 });
       await chmod(dir, 0o777); // the share's user writes in it
       expect((await runProcess('mkfifo', [fifo])).code).toBe(0);
@@ -285,7 +358,7 @@ describe('a temp leftover the server still holds open when a sync starts', () =>
           String(smbd.port),
           `//${smbd.host}/${smbd.share}`,
           '-c',
-          `put ${fifo} held/${OLD_TEMP}`,
+          `put ${fifo} held/${leftover}`,
         ],
         { stdio: 'ignore' },
       );
@@ -293,7 +366,7 @@ describe('a temp leftover the server still holds open when a sync starts', () =>
       const writer = createWriteStream(fifo);
       writer.on('error', () => {});
       writer.write(Buffer.alloc(MIB));
-      await expect.poll(() => existsSync(join(dir, OLD_TEMP)), { timeout: 10_000 }).toBe(true);
+      await expect.poll(() => existsSync(join(dir, leftover)), { timeout: 10_000 }).toBe(true);
 
       const name = filenameOf(await backupNow(held));
       await held.agent.settings.update({
