@@ -7,6 +7,8 @@ import {
   PREVIOUS_DB_MARK,
   previousStateNames,
   removalFailure,
+  STAGING_DB_MARK,
+  stagingDatabaseNames,
   stagingFolderNames,
   stagingRemovalFailure,
 } from '../restore/swap';
@@ -24,11 +26,16 @@ export interface RestoreLeftover {
   /** Its previous folders. */
   folders: string[];
   /**
-   * Present on an entry for its staging folders instead (then it has no database or previous folders):
-   * where it unpacked the backup's files beside the live folders (a copy swap's stay until its cleanup).
-   * Only ever a copy: nothing in one is the only copy of GEM's data.
+   * Present on an entry for what it staged instead (then it has no database or previous folders): where
+   * it unpacked the backup's files beside the live folders (a copy swap's stay until its cleanup). Only
+   * ever a copy: nothing in one is the only copy of GEM's data.
    */
   stagingFolders?: string[];
+  /**
+   * On such an entry, the database it loaded the backup into (`<db>_gem_restore_<id>`, with its size when
+   * it could be read), left by a restore that stopped before its swap: as large as GEM's own database.
+   */
+  stagingDatabase?: { name: string; sizeBytes: number | null };
   /** When its folders were set aside (their change time), if it has any. */
   setAsideAt: string | null;
   /** What removes it, once a person has checked that nothing in it is needed (none: the agent removes it). */
@@ -62,9 +69,9 @@ function shellQuoted(text: string): string {
  * `<db>_gem_previous_<id>` database, `<folder>.gem-previous-<id>` folders) that no restore accounts for
  * (a committed restore's journal lost before its cleanup ran), or that the agent's own last try in this
  * process could not remove (`couldNotRemove`: an undeletable file, a database in use). The same for
- * restores' staging folders (`<folder>.gem-restore-staging-<id>`): one no journal or leftovers entry
- * accounts for is left by a restore that stopped (its process killed, or its removal failed) and only the
- * next restore or the agent's next start removes it. They are never removed here, whatever they hold: those nothing accounts
+ * restores' staging folders (`<folder>.gem-restore-staging-<id>`) and databases (`<db>_gem_restore_<id>`):
+ * one no journal or leftovers entry accounts for is left by a restore that stopped (its process killed, or
+ * its removal failed) and only the next restore or the agent's next start removes it. They are never removed here, whatever they hold: those nothing accounts
  * for may be the only copy of the data before that restore. Nothing of a restore that may be running
  * counts: while the job lock is held, a cleanup runs or a journal that cannot be read is on disk, the last
  * finding stands. The database's size is read once per name.
@@ -73,14 +80,15 @@ export function restoreLeftoversCheck(agent: Agent): () => Promise<RestoreLeftov
   let last: RestoreLeftover[] = [];
   const sizes = new Map<string, number | null>();
   const look = async (): Promise<RestoreLeftover[]> => {
-    const databases = await agent.sql<{ datname: string }[]>`
-      select datname from pg_database where position(${PREVIOUS_DB_MARK} in datname) > 0`;
-    const names = await previousStateNames(
-      agent.sources,
-      databases.map((d) => d.datname),
-    );
+    const databases = (
+      await agent.sql<{ datname: string }[]>`
+        select datname from pg_database
+        where position(${PREVIOUS_DB_MARK} in datname) > 0 or position(${STAGING_DB_MARK} in datname) > 0`
+    ).map((d) => d.datname);
+    const names = await previousStateNames(agent.sources, databases);
     const staging = await stagingFolderNames(agent.sources);
-    if (names.length === 0 && staging.length === 0) {
+    const stagingDatabases = stagingDatabaseNames(agent.sources, databases);
+    if (names.length === 0 && staging.length === 0 && stagingDatabases.length === 0) {
       last = [];
       return last;
     }
@@ -93,7 +101,12 @@ export function restoreLeftoversCheck(agent: Agent): () => Promise<RestoreLeftov
     const failedFor = (id: string) =>
       accounted.has(id) ? removalFailure(agent.config.dataDir, id) : undefined;
     const unaccounted = names.filter((n) => (!accounted.has(n.id) && !kept.has(n.id)) || failedFor(n.id));
-    const unsized = unaccounted.filter((n) => n.kind === 'database' && !sizes.has(n.name)).map((n) => n.name);
+    // A staging database is never in a journal's swap (the swap renames it live): nothing else accounts for it.
+    const leftStagingDatabases = stagingDatabases.filter((s) => !accounted.has(s.id));
+    const unsized = [
+      ...unaccounted.filter((n) => n.kind === 'database').map((n) => n.name),
+      ...leftStagingDatabases.map((s) => s.name),
+    ].filter((name) => !sizes.has(name));
     for (const name of unsized) {
       const [row] = await agent.sql<{ size: string | null }[]>`
         select case when has_database_privilege(datname, 'CONNECT') then pg_database_size(datname) end as size
@@ -137,6 +150,11 @@ export function restoreLeftoversCheck(agent: Agent): () => Promise<RestoreLeftov
       if (!failed) leftover.commands.push(`rm -r -- ${shellQuoted(name)}`);
       await noteSetAside(leftover, name);
     }
+    for (const { id, name } of leftStagingDatabases) {
+      const leftover = leftoverOf(id, 'staging');
+      leftover.stagingDatabase = { name, sizeBytes: sizes.get(name) ?? null };
+      leftover.commands.unshift(`DROP DATABASE "${name.replaceAll('"', '""')}";`);
+    }
     for (const { id, name } of stuckStaging) {
       const failed = stagingRemovalFailure(name);
       const leftover = leftoverOf(id, failed ? 'staging-stuck' : 'staging');
@@ -157,14 +175,22 @@ export function restoreLeftoversCheck(agent: Agent): () => Promise<RestoreLeftov
 }
 
 const mb = (n: number) => `${Math.max(1, Math.round(n / 1048576))} MB`;
+const sized = (database: { sizeBytes: number | null }) =>
+  database.sizeBytes == null ? '' : ` (${mb(database.sizeBytes)})`;
+
+/** A DROP DATABASE command, with where to run it. */
+const withWhereToRun = (command: string, database: string) =>
+  `${command} (in psql as GEM's database user, or dropdb ${database})`;
 
 /** The sentences health gives about `leftovers` at `now`: what they are, why they stay, how they go. */
 export function restoreLeftoversReason(leftovers: RestoreLeftover[], now: Date): string {
   const named = (l: RestoreLeftover) => {
-    const size = l.database?.sizeBytes;
     const parts = [
-      ...(l.database ? [`the database ${l.database.name}${size == null ? '' : ` (${mb(size)})`}`] : []),
+      ...(l.database ? [`the database ${l.database.name}${sized(l.database)}`] : []),
       ...l.folders.map((f) => `the folder ${f}`),
+      ...(l.stagingDatabase
+        ? [`the staging database ${l.stagingDatabase.name}${sized(l.stagingDatabase)}`]
+        : []),
       ...(l.stagingFolders ?? []).map((f) => `the staging folder ${f}`),
     ];
     const when = l.setAsideAt ? `, set aside ${formatAge(now.getTime() - Date.parse(l.setAsideAt))} ago` : '';
@@ -185,11 +211,7 @@ export function restoreLeftoversReason(leftovers: RestoreLeftover[], now: Date):
   const lost = leftovers.filter((l) => !l.couldNotRemove && !l.stagingFolders);
   if (lost.length > 0) {
     const commands = lost.flatMap((l) =>
-      l.commands.map((c) =>
-        c.startsWith('DROP DATABASE')
-          ? `${c} (in psql as GEM's database user, or dropdb ${l.database!.name})`
-          : c,
-      ),
+      l.commands.map((c) => (c.startsWith('DROP DATABASE') ? withWhereToRun(c, l.database!.name) : c)),
     );
     sentences.push(
       `Data a restore set aside is still here, taking disk space: ${lost.map(named).join('; ')}. A restore ` +
@@ -223,12 +245,18 @@ function stagingReason(leftovers: RestoreLeftover[], named: (l: RestoreLeftover)
   if (left.length > 0) {
     sentences.push(
       `What a restore staged is still here, taking disk space: ${left.map(named).join('; ')}. A restore ` +
-        "unpacks the backup's files into a staging folder beside the live one and removes it when it ends; " +
-        'this one was not removed (its restore stopped first, its process ended, or the removal failed in ' +
-        "another process) and nothing removes it before the next restore or the agent's next start. It is " +
-        "only a copy (of the backup it restored, or of a live folder), never the only copy of GEM's data: " +
-        'restart the agent, or ' +
-        `remove it: ${left.flatMap((l) => l.commands).join(' and ')}`,
+        'loads the backup into a staging database and unpacks its files into staging folders beside the live ' +
+        'ones, and removes them when it ends; these were not removed (their restore stopped first, its ' +
+        'process ended, or the removal failed in another process) and nothing removes them before the next ' +
+        "restore or the agent's next start. They are only a copy (of the backup restored, or of a live " +
+        "folder), never the only copy of GEM's data: restart the agent, or remove them: " +
+        left
+          .flatMap((l) =>
+            l.commands.map((c) =>
+              c.startsWith('DROP DATABASE') ? withWhereToRun(c, l.stagingDatabase!.name) : c,
+            ),
+          )
+          .join(' and '),
     );
   }
   return sentences.join('. ');

@@ -111,7 +111,7 @@ function dbPrefix(live: string): string {
 
 export { isMountPoint } from '../system/mounts';
 
-const STAGING_DB_MARK = '_gem_restore_';
+export const STAGING_DB_MARK = '_gem_restore_';
 export const PREVIOUS_DB_MARK = '_gem_previous_';
 export const STAGING_FOLDER_MARK = '.gem-restore-staging-';
 export const PREVIOUS_FOLDER_MARK = '.gem-previous-';
@@ -886,13 +886,25 @@ export async function previousStateNames(
   return found;
 }
 
+/**
+ * Of `databases` (names on GEM's cluster), those named as a restore's staging database
+ * (`<db>_gem_restore_<id>`, restoreNames), with an id as restores make them.
+ */
+export function stagingDatabaseNames(sources: BackupSources, databases: string[]): StagingName[] {
+  const prefix = `${dbPrefix(sources.conn.database)}${STAGING_DB_MARK}`;
+  return databases.flatMap((name) => {
+    const id = name.startsWith(prefix) ? name.slice(prefix.length) : '';
+    return RESTORE_ID.test(id) ? [{ id, name }] : [];
+  });
+}
+
 /** A restore's staging folder as rollback and the copy swap name it too: `<id>`, `<id>r`, `<id>-discarded`. */
 const STAGING_FOLDER_ID = /^([0-9a-f]{8})(?:r|-discarded)?$/;
 
-/** A folder named exactly as a restore names a staging folder beside a live one (restoreNames). */
-export interface StagingFolderName {
+/** A folder (or database) named exactly as a restore names a staging folder beside a live one (restoreNames). */
+export interface StagingName {
   id: string;
-  /** The folder's path. */
+  /** The folder's path (the database's name). */
   name: string;
 }
 
@@ -901,8 +913,8 @@ export interface StagingFolderName {
  * and the `r` and `-discarded` names a rollback and a copy swap give one), with an id as restores make
  * them. Nothing else counts.
  */
-export async function stagingFolderNames(sources: BackupSources): Promise<StagingFolderName[]> {
-  const found: StagingFolderName[] = [];
+export async function stagingFolderNames(sources: BackupSources): Promise<StagingName[]> {
+  const found: StagingName[] = [];
   for (const configured of [sources.scriptsDir, sources.configDir]) {
     const live = await liveFolderPath(configured);
     for (const path of await siblings(live, STAGING_FOLDER_MARK)) {
@@ -950,18 +962,15 @@ function parseJson(text: string): unknown {
 }
 
 /**
- * Removes staging leftovers: `<db>_gem_restore_*` databases and the `<folder>.gem-restore-staging-<id>`
- * folders restores name (stagingFolderNames).
+ * Removes staging leftovers: the `<db>_gem_restore_<id>` databases and `<folder>.gem-restore-staging-<id>`
+ * folders restores name (stagingDatabaseNames, stagingFolderNames).
  */
 export async function dropStagingLeftovers(sources: BackupSources): Promise<string[]> {
   const removed: string[] = [];
-  const prefix = `${dbPrefix(sources.conn.database)}${STAGING_DB_MARK}`;
-  await endDatabaseCreations(sources.conn, prefix);
-  for (const name of await listDatabases(sources.conn)) {
-    if (name.startsWith(prefix)) {
-      await dropDatabase(sources.conn, name);
-      removed.push(name);
-    }
+  await endDatabaseCreations(sources.conn, `${dbPrefix(sources.conn.database)}${STAGING_DB_MARK}`);
+  for (const { name } of stagingDatabaseNames(sources, await listDatabases(sources.conn))) {
+    await dropDatabase(sources.conn, name);
+    removed.push(name);
   }
   // Every folder is tried, one failing or not (each failure is noted for health); the first is thrown.
   const failures: unknown[] = [];

@@ -5,8 +5,8 @@
  * them, the warning is gone. A restore's own journal, a kept previous state and names that are not a
  * restore's are never named. What the agent itself could not remove (an undeletable file, a database
  * PostgreSQL refuses to drop) is named with why, until a start removes it. So is a restore's staging
- * folder that it could not remove or that a killed restore left (only the next start removes those),
- * never one of a restore still running.
+ * folder that it could not remove, and the staging database and folders a killed restore left (only the
+ * next restore or start removes those), never one of a restore still running.
  */
 import { existsSync } from 'node:fs';
 import { mkdir, readdir, rm, writeFile } from 'node:fs/promises';
@@ -183,6 +183,16 @@ describe('health after a restore whose journal was lost before its cleanup', () 
   }, 120_000);
 });
 
+/** Health's entry for restore `id`'s staging folders; `named` adds its database, commands or why. */
+const stagingEntry = (id: string, stagingFolders: string[], named: Partial<RestoreLeftover>) => ({
+  restoreId: id,
+  database: null,
+  folders: [],
+  stagingFolders,
+  setAsideAt: expect.stringMatching(/^\d{4}-\d\d-\d\dT/),
+  ...named,
+});
+
 describe('health after a restore that left its staging folder', () => {
   it('names a staging folder the restore could not remove, alone and with why, and nothing while a restore runs', async () => {
     expect(await leftovers(t.agent)).toEqual([]);
@@ -225,16 +235,11 @@ describe('health after a restore that left its staging folder', () => {
       const warned = await disk();
       expect(warned.status).not.toBe('ok');
       expect(warned.restoreLeftovers).toEqual([
-        {
-          restoreId: id,
-          database: null,
-          folders: [],
-          stagingFolders: [folder],
-          setAsideAt: expect.stringMatching(/^\d{4}-\d\d-\d\dT/),
+        stagingEntry(id, [folder], {
           // The agent removes it itself (at its next start): no commands for a person.
           commands: [],
           couldNotRemove: [expect.stringMatching(new RegExp(`^${folder} \\(.*chattr -i`))],
-        },
+        }),
       ]);
       expect(warned.reason).toMatch(/^What a restore staged could not be removed and takes disk space: /);
       for (const words of [`the staging folder ${folder}`, 'chattr -i', 'restart the agent'])
@@ -248,19 +253,12 @@ describe('health after a restore that left its staging folder', () => {
       const both = await disk();
       expect(both.restoreLeftovers).toEqual([
         warned.restoreLeftovers![0],
-        {
-          restoreId: '0badcafe',
-          database: null,
-          folders: [],
-          stagingFolders: [killed],
-          setAsideAt: expect.stringMatching(/^\d{4}-\d\d-\d\dT/),
-          commands: [`rm -r -- '${killed}'`],
-        },
+        stagingEntry('0badcafe', [killed], { commands: [`rm -r -- '${killed}'`] }),
       ]);
       expect(both.reason).toContain(
         `What a restore staged is still here, taking disk space: the staging folder ${killed}`,
       );
-      expect(both.reason).toContain(`restart the agent, or remove it: rm -r -- '${killed}'`);
+      expect(both.reason).toContain(`restart the agent, or remove them: rm -r -- '${killed}'`);
     } finally {
       if (stuck && existsSync(stuck)) await runProcess('chattr', ['-i', stuck]);
     }
@@ -270,5 +268,46 @@ describe('health after a restore that left its staging folder', () => {
     expect(await leftovers(t.agent)).toEqual([basename(lookalike)]);
     expect((await disk()).restoreLeftovers).toBeUndefined();
     await rm(lookalike, { recursive: true });
+  }, 120_000);
+
+  it('names the staging database and folders a restore killed before its swap left, until the next restore removes them', async () => {
+    const live = t.agent.sources.conn.database;
+    const { scriptsDir, configDir } = t.agent.sources;
+    // A database named like a restore's staging database that is not (an id no restore makes).
+    const lookalike = `${live}_gem_restore_mine`;
+    await maintenanceSql((sql) => sql.unsafe(`create database "${lookalike}"`));
+    expect((await disk()).restoreLeftovers).toBeUndefined();
+
+    // Another process's restore, killed once its database and files are staged, before its swap.
+    await crashingRestore(t.agent, { pgBinDir: pg.binDir, backupPath, crashAt: 'copy-settings' });
+    const database = (await leftovers(t.agent)).find((name) => /_gem_restore_[0-9a-f]{8}$/.test(name))!;
+    const id = database.slice(-8);
+    const folders = [`${scriptsDir}.gem-restore-staging-${id}`, `${configDir}.gem-restore-staging-${id}`];
+    for (const folder of folders) expect(existsSync(folder)).toBe(true);
+    const warned = await disk();
+    expect(warned.status).not.toBe('ok');
+    expect(warned.restoreLeftovers).toEqual([
+      stagingEntry(id, folders, {
+        stagingDatabase: { name: database, sizeBytes: expect.any(Number) },
+        commands: [`DROP DATABASE "${database}";`, ...folders.map((folder) => `rm -r -- '${folder}'`)],
+      }),
+    ]);
+    expect(warned.restoreLeftovers![0]!.stagingDatabase!.sizeBytes).toBeGreaterThan(1024 * 1024);
+    expect(warned.reason).toMatch(
+      new RegExp(
+        `^What a restore staged is still here, taking disk space: the staging database ${database} \\(\\d+ MB\\), `,
+      ),
+    );
+    expect(warned.reason).toContain(
+      `remove them: DROP DATABASE "${database}"; (in psql as GEM's database user, or dropdb ${database}) and rm -r -- `,
+    );
+    expect(warned.reason).not.toContain(lookalike);
+
+    // The next restore removes them before its own and succeeds; the look-alike stays.
+    const job = await runRestore(t.agent, backupPath, { skipSafetyBackup: true });
+    expect(job.state, JSON.stringify(job.error)).toBe('succeeded');
+    expect(await leftovers(t.agent)).toEqual([lookalike]);
+    expect((await disk()).restoreLeftovers).toBeUndefined();
+    await maintenanceSql((sql) => sql.unsafe(`drop database "${lookalike}"`));
   }, 120_000);
 });

@@ -484,7 +484,7 @@ describe('restore', () => {
     // The server finishes a CREATE DATABASE whose client died; recovery must not list the databases
     // before it ends. Here the creation is held on a lock on its template until recovery has run.
     const url = databaseUrl(t.agent.sources.conn);
-    const staging = `${t.agent.sources.conn.database}_gem_restore_killed`;
+    const staging = `${t.agent.sources.conn.database}_gem_restore_0badcafe`;
     const holder = postgres(url, { max: 1, onnotice: () => {} });
     const creator = postgres(url, { max: 1, onnotice: () => {} });
     // pg_stat_activity is read once per transaction: watched from outside the holding one.
