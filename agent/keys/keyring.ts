@@ -82,6 +82,16 @@ export const keyringFileSchema = z.object({
 export type KeyringFile = z.infer<typeof keyringFileSchema>;
 export type SigningKey = z.infer<typeof signingKeySchema>;
 
+/**
+ * A keyring as a keys file brings it: also no key id twice (GEM never writes one). An import keeps one
+ * key per id, so one of the two would be lost without a word, or no key left active.
+ */
+const importedKeyringSchema = keyringFileSchema.superRefine((keyring, ctx) => {
+  const ids = keyring.masterKeys.map((k) => k.id);
+  const twice = ids.find((id, index) => ids.indexOf(id) !== index);
+  if (twice) ctx.addIssue({ code: 'custom', path: ['masterKeys'], message: `key id ${twice} appears twice` });
+});
+
 const exportSchema = z.object({
   format: z.literal('gem-encryption-keys'),
   version: z.literal(1),
@@ -203,7 +213,7 @@ export async function parseKeysExport(text: string, passphrase?: string): Promis
     throw new AppError('bad_keys_file', 'this is not a GEM encryption keys file (it is not JSON)');
   }
   if ((json as { format?: unknown } | null)?.format === 'gem-keyring') {
-    const keyring = keyringFileSchema.safeParse(json);
+    const keyring = importedKeyringSchema.safeParse(json);
     if (keyring.success) return keyring.data;
     throw new AppError('bad_keys_file', `this keyring.json is corrupt: ${issueWords(keyring.error)}`);
   }
@@ -240,7 +250,7 @@ export async function parseKeysExport(text: string, passphrase?: string): Promis
       throw new AppError('wrong_passphrase', 'wrong passphrase for this keys file (or the file is corrupt)');
     }
   }
-  const keyring = keyringFileSchema.safeParse(inner);
+  const keyring = importedKeyringSchema.safeParse(inner);
   if (!keyring.success) {
     throw new AppError('bad_keys_file', `the keys file is corrupt: ${issueWords(keyring.error)}`);
   }

@@ -107,6 +107,22 @@ describe('the keyring', () => {
         'bad_keys_file',
         /different key under our key id/,
       ],
+      // GEM never writes one key id twice: an import keeps one key per id, so one of the two was lost
+      // (a 200) or no key was left active (a 500 with zod's issues, over many lines).
+      ...(['active first', 'retired first'] as const).map(
+        (order): [string, () => Promise<unknown>, string, RegExp] => [
+          `a keys file holding one key id twice (${order})`,
+          async () => {
+            const other = createKeyringFile();
+            const twin = { ...other.masterKeys[0]!, key: createKeyringFile().masterKeys[0]!.key };
+            const retired = { ...twin, status: 'retired' as const };
+            other.masterKeys = order === 'active first' ? [twin, retired] : [retired, twin];
+            return { file: await buildKeysExport(other, 'right passphrase'), passphrase: 'right passphrase' };
+          },
+          'bad_keys_file',
+          /^the keys file is corrupt: masterKeys: .*key id mk-[0-9a-f]{16}.* twice/,
+        ],
+      ),
       [
         'a protected file without passphrase',
         async () => ({ file: await buildKeysExport(createKeyringFile(), 'right passphrase') }),
