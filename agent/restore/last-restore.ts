@@ -50,6 +50,18 @@ export class LastRestoreStore extends JsonStateFile<LastRestore> {
   }
 
   /**
+   * Puts the record of an identity change back as it was before recordIdentityChange (`previous`, or
+   * none): the keys import it was made for failed, and the box kept its identity.
+   */
+  undoIdentityChange(previous: string | undefined): Promise<LastRestore> {
+    return this.update((state) => {
+      if (previous === undefined) delete state.identityChangedAt;
+      else state.identityChangedAt = previous;
+      return state;
+    });
+  }
+
+  /**
    * The owner says the data here is installation `installationId`'s (the keyring's): as if one of its
    * backups were restored now (older backups are not reused).
    */

@@ -2,6 +2,9 @@ import { readFile, stat } from 'node:fs/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { buildKeysExport, createKeyringFile } from '../../agent/keys/keyring';
 import { openSecret, sealSecret } from '../../agent/keys/secrets';
+import { silentLogger } from '../../agent/log';
+import { LastRestoreStore } from '../../agent/restore/last-restore';
+import { runProcess } from '../../agent/system/spawn';
 import { startTestAgent, type TestAgent } from '../services/agent';
 import { startPostgres, type TestPostgres } from '../services/postgres';
 
@@ -49,6 +52,30 @@ describe('the keyring', () => {
     expect(res.status).toBe(200);
     const status = (await (await t.request('/api/v1/keys/status')).json()) as Record<string, unknown>;
     expect(status.bannerCollapsed).toBe(true);
+  });
+
+  it('holds no DR push after an import of another installation that failed: nothing was imported', async () => {
+    const restores = new LastRestoreStore(t.agent.paths.lastRestore, silentLogger);
+    const held = () => restores.awaitingRestore(t.agent.keyring.installationId);
+    expect(await held()).toBe(false);
+    // Refused by the merge, once the file itself was found good: a key under our key id with other bytes.
+    const clash = createKeyringFile();
+    clash.masterKeys[0]!.id = t.agent.keyring.activeKey.id;
+    const refused = await t.request('/api/v1/keys/import', json({ file: await buildKeysExport(clash) }));
+    expect(refused.status).toBe(422);
+    expect(await held()).toBe(false);
+    // The keyring's write fails: keyring.json cannot be replaced (immutable).
+    const before = await readFile(t.agent.paths.keyring, 'utf8');
+    expect((await runProcess('chattr', ['+i', t.agent.paths.keyring])).code).toBe(0);
+    try {
+      const body = json({ file: await buildKeysExport(createKeyringFile()) });
+      expect((await t.request('/api/v1/keys/import', body)).status).not.toBe(200);
+    } finally {
+      await runProcess('chattr', ['-i', t.agent.paths.keyring]);
+    }
+    expect(await readFile(t.agent.paths.keyring, 'utf8')).toBe(before);
+    expect(await held()).toBe(false);
+    expect((await restores.get()).identityChangedAt).toBeUndefined();
   });
 
   it('imports another installation: its keys become active, ours stay readable as retired', async () => {

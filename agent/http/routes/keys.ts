@@ -69,10 +69,22 @@ async function importUnderLock(agent: Agent, imported: KeyringFile) {
   const before = agent.keyring.activeKey.id;
   // Another installation's identity, with this box's own data until one of its backups is restored:
   // recorded first, so that no DR push can send that data under its name (agent/restore/last-restore).
-  if (imported.installationId !== agent.keyring.installationId) {
-    await new LastRestoreStore(agent.paths.lastRestore, agent.log).recordIdentityChange(new Date());
+  const restores = new LastRestoreStore(agent.paths.lastRestore, agent.log);
+  const changesIdentity = imported.installationId !== agent.keyring.installationId;
+  const earlierChange = changesIdentity ? (await restores.get()).identityChangedAt : undefined;
+  if (changesIdentity) await restores.recordIdentityChange(new Date());
+  try {
+    await agent.keyring.importKeys(imported);
+  } catch (error) {
+    // Nothing imported (the keyring, as its file holds it, kept its identity): the record would hold
+    // every DR push back until a restore, for an import that did not happen.
+    if (changesIdentity && agent.keyring.installationId !== imported.installationId) {
+      await restores.undoIdentityChange(earlierChange).catch((undo: unknown) => {
+        agent.log.warn('could not undo the record of a failed keys import', { error: undo });
+      });
+    }
+    throw error;
   }
-  await agent.keyring.importKeys(imported);
   // Not the installation id: it is the Cloud DR recovery credential.
   agent.log.info('keys imported', { previousKeyId: before, activeKeyId: agent.keyring.activeKey.id });
   return {
