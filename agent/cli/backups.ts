@@ -113,8 +113,9 @@ function isFilePath(arg: string): boolean {
  */
 export async function verifyCommand(cli: CliContext): Promise<void> {
   const { positionals } = parseArgs({ args: cli.args, allowPositionals: true });
-  const arg = positionals[0];
-  if (!arg)
+  // One file: `verify A B` must not answer for B after checking A only.
+  const [arg, ...extra] = positionals;
+  if (!arg || extra.length > 0)
     throw new AppError(
       'bad_request',
       'usage: gem-backup verify FILE (a backup name from "gem-backup list", or a path)',
@@ -172,8 +173,9 @@ export async function decryptCommand(cli: CliContext): Promise<void> {
       ...PASSPHRASE_FILE_OPTION,
     },
   });
-  const file = positionals[0];
-  if (!file || !values.keys)
+  // One file, and the output only by -o: `decrypt FILE OUT` would ignore OUT.
+  const [file, ...extra] = positionals;
+  if (!file || extra.length > 0 || !values.keys)
     throw new AppError(
       'bad_request',
       'usage: gem-backup decrypt FILE --keys KEYS.json [-o OUT.tar.gz [--force]] [--passphrase-file PATH]',

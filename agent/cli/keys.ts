@@ -32,6 +32,8 @@ export async function keysCommand(cli: CliContext): Promise<void> {
     },
   });
   if (sub === 'export') {
+    // `keys export PATH` would otherwise write to the default name and say where: the file goes to -o only.
+    if (positionals.length > 0) throw new AppError('bad_request', USAGE);
     // Before a passphrase is asked for: a data dir without an installation has no keys to export.
     cli.requireInstallation();
     const given = await passphraseToProtect(values['passphrase-file']);
@@ -66,8 +68,9 @@ export async function keysCommand(cli: CliContext): Promise<void> {
   }
   /** The keys file named on the command line, and its passphrase when it has one (import, check). */
   const givenKeysFile = async () => {
-    const file = positionals[0];
-    if (!file) throw new AppError('bad_request', USAGE);
+    // One file: a second would be ignored, and the person told it was checked or imported.
+    const [file, ...extra] = positionals;
+    if (!file || extra.length > 0) throw new AppError('bad_request', USAGE);
     const text = await readKeysFile(file);
     return { text, passphrase: await passphraseToOpen(text, values['passphrase-file']) };
   };

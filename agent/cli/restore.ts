@@ -22,8 +22,8 @@ export async function restoreCommand(cli: CliContext): Promise<void> {
       'other-installation': { type: 'boolean' },
     },
   });
-  const file = positionals[0];
-  if (!file)
+  const [file, ...extra] = positionals;
+  if (!file || extra.length > 0)
     throw new AppError(
       'bad_request',
       'usage: gem-backup restore FILE --yes [--keep-previous] [--from sftp|s3|smb] [--other-installation]',

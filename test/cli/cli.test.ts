@@ -458,6 +458,37 @@ describe('the gem-backup CLI (the package bin)', () => {
     expect(lines[0]).toMatch(/^gem-backup: cannot reach the database at 127\.0\.0\.1:9 \(ECONNREFUSED\)/);
     expect(down.stderr).not.toContain('s3cret-pw');
   });
+  it('refuses an argument a command does not take, with its usage, and does nothing', async () => {
+    const name = 'gem-backup-2001-01-02-000000.tar.gz';
+    const keysFile = join(dataDir, 'keyring.json');
+    const keyring = await readFile(keysFile);
+    const work = await mkdtemp(join(tmpdir(), 'gem-cli-extra-'));
+    try {
+      const cases: string[][] = [
+        // Each would have done the first part and said so, leaving the rest undone without a word.
+        ['verify', name, 'gem-backup-2001-01-01-000000.tar.gz'],
+        ['decrypt', join(work, name), 'out.tar.gz', '--keys', keysFile],
+        ['restore', name, 'gem-backup-2001-01-01-000000.tar.gz', '--yes'],
+        ['keys', 'export', join(work, 'keys.json')],
+        ['keys', 'import', keysFile, join(work, 'other.json')],
+        ['keys', 'check', keysFile, join(work, 'other.json')],
+      ];
+      for (const args of cases) {
+        // In an empty folder: an export or a decrypt to its default name would land there.
+        const res = await runProcess(process.execPath, [built.path, ...args], { env, cwd: work });
+        expect(res.code, args.join(' ')).toBe(1);
+        const lines = res.stderr.trim().split('\n');
+        expect(lines, res.stderr).toHaveLength(1);
+        expect(lines[0], args.join(' ')).toMatch(/^gem-backup: usage: gem-backup /);
+        expect(res.stdout, args.join(' ')).toBe('');
+        expect(await readdir(work), args.join(' ')).toEqual([]);
+      }
+      expect(await readFile(keysFile)).toEqual(keyring);
+    } finally {
+      await rm(work, { recursive: true, force: true });
+    }
+  });
+
   it("refuses a command run by another user than the installation's, naming the command line that works, and changes nothing", async () => {
     if (process.getuid?.() !== 0)
       throw new Error('this test gives files to user nobody: run the suite as root (as CI does)');
