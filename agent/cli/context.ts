@@ -108,6 +108,17 @@ function installationOwner(dataDir: string): number | 'denied' | undefined {
 }
 
 /**
+ * The command line's words with the value of `--installation-id` (the DR recovery credential, which the
+ * CLI never prints whole) written as ID: a refusal repeats the command, and stderr may go to a log.
+ */
+function withoutInstallationId(words: string[]): string[] {
+  return words.map((word, index) => {
+    if (words[index - 1] === '--installation-id') return 'ID';
+    return word.startsWith('--installation-id=') ? '--installation-id=ID' : word;
+  });
+}
+
+/**
  * Refuses, with the command line that works, a command run by another user than the one the
  * installation belongs to (the service's). What root would write there (a backup, a state file, the
  * keyring) is root's and 0600, so the service could no longer read it; another user cannot read the
@@ -123,7 +134,7 @@ function requireInstallationUser(dataDir: string): void {
       `cannot reach the installation in ${dataDir} as user ${userNameOf(me)} (permission denied): run gem-backup as the user the service runs as`,
     );
   }
-  const command = process.argv.slice(2).map(shellWord).join(' ');
+  const command = withoutInstallationId(process.argv.slice(2)).map(shellWord).join(' ');
   const name = userNameOf(owner);
   const whose = owner === 0 ? 'root' : `user ${name}`;
   const as = runAsOwner(owner, me);

@@ -1,3 +1,4 @@
+import { randomUUID } from 'node:crypto';
 import {
   chmod,
   chown,
@@ -505,11 +506,15 @@ describe('the gem-backup CLI (the package bin)', () => {
       // Root on an installation that belongs to the service's user: a backup written now would be root's.
       await chown(keyring, nobody.uid, nobody.gid);
       const before = await readdir(other.dataDir);
-      for (const args of [
-        ['create', '--label', 'by root'],
-        ['keys', 'export'],
-        ['keys', 'import', keyring],
-      ]) {
+      const installationId = randomUUID();
+      for (const [args, repeated] of [
+        [['create', '--label', 'by root'], "create --label 'by root'"],
+        [['keys', 'export'], 'keys export'],
+        [['keys', 'import', keyring], `keys import ${keyring}`],
+        // The DR recovery credential is never repeated whole: the command says where it goes.
+        [['dr', 'recover', '--installation-id', installationId], 'dr recover --installation-id ID'],
+        [['dr', 'recover', `--installation-id=${installationId}`], 'dr recover --installation-id=ID'],
+      ] as const) {
         const res = await runProcess(process.execPath, [built.path, ...args], { env: other.env, cwd: '/' });
         expect(res.code, res.stderr).toBe(1);
         const lines = res.stderr.trim().split('\n');
@@ -517,7 +522,7 @@ describe('the gem-backup CLI (the package bin)', () => {
         expect(lines[0]).toBe(
           `gem-backup: the installation in ${other.dataDir} belongs to user nobody and this command runs as root: ` +
             'run it as user nobody, so that what it writes stays readable to the service: ' +
-            `runuser -u nobody -- gem-backup ${args[0] === 'create' ? "create --label 'by root'" : args.join(' ')}`,
+            `runuser -u nobody -- gem-backup ${repeated}`,
         );
       }
       // Nothing written: no backup, no audit line, no state, and the keyring still the service user's.
