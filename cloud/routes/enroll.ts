@@ -15,7 +15,7 @@ export const enrollRoutes = new Hono<{ Variables: CloudVariables }>().post('/v1/
   }
   const body = await parseJsonBody(c.req.raw, EnrollRequest);
   const state = c.get('deps').installation(await installationHash(body.installationId));
-  const outcome = await state.enroll(body.installationId, body.publicKey);
+  const outcome = await state.enroll(body.publicKey);
   if (outcome === 'conflict') {
     throw new CloudError(409, 'already_enrolled', 'this installation is enrolled with another key');
   }

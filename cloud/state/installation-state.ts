@@ -37,8 +37,8 @@ export class InstallationState extends DurableObject<WorkerEnv> implements Insta
     this.ledger = new InstallationLedger(adapter, uploadIdleMs(env));
   }
 
-  enroll(installationId: string, publicKey: JWK): Promise<EnrollOutcome> {
-    return this.ledger.enroll(installationId, publicKey);
+  enroll(publicKey: JWK): Promise<EnrollOutcome> {
+    return this.ledger.enroll(publicKey);
   }
   publicKey(): Promise<JWK | null> {
     return this.ledger.publicKey();

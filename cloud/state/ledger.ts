@@ -45,7 +45,8 @@ export type CommitOutcome =
 
 /** The methods the routes call; the Durable Object exposes exactly these over RPC. */
 export interface InstallationStateApi {
-  enroll(installationId: string, publicKey: JWK): Promise<EnrollOutcome>;
+  /** binds the installation (whose id hashes to this state's name) to `publicKey` */
+  enroll(publicKey: JWK): Promise<EnrollOutcome>;
   publicKey(): Promise<JWK | null>;
   /** records a request id until `expiresAtMs`; false when it was already seen (a replay) */
   admitRequest(jti: string, expiresAtMs: number): Promise<boolean>;
@@ -100,13 +101,14 @@ export class InstallationLedger implements InstallationStateApi {
     private readonly uploadIdleMs: number,
   ) {}
 
-  async enroll(installationId: string, publicKey: JWK): Promise<EnrollOutcome> {
-    const current = await this.storage.get<{ installationId: string; publicKey: JWK }>(KEY);
+  /**
+   * Keeps the public key only: the installation id is the recovery credential, and this state is
+   * stored under its hash so that storage reveals no id (on Node, in the bucket beside the slots).
+   */
+  async enroll(publicKey: JWK): Promise<EnrollOutcome> {
+    const current = await this.storage.get<{ publicKey: JWK }>(KEY);
     if (current) return current.publicKey.x === publicKey.x ? 'same' : 'conflict';
-    await this.storage.put(KEY, {
-      installationId,
-      publicKey: { kty: 'OKP', crv: 'Ed25519', x: publicKey.x },
-    });
+    await this.storage.put(KEY, { publicKey: { kty: 'OKP', crv: 'Ed25519', x: publicKey.x } });
     return 'created';
   }
 
@@ -117,6 +119,10 @@ export class InstallationLedger implements InstallationStateApi {
   async admitRequest(jti: string, expiresAtMs: number): Promise<boolean> {
     const seen = await this.storage.get<number>(JTI + jti);
     if (seen !== undefined) return false;
+    // Enrollments once stored the installation id beside the key: forget it at the next signed request.
+    const enrolled = await this.storage.get<{ installationId?: string; publicKey: JWK }>(KEY);
+    if (enrolled?.installationId !== undefined)
+      await this.storage.put(KEY, { publicKey: enrolled.publicKey });
     await this.storage.put(JTI + jti, expiresAtMs);
     await this.storage.wakeBy(expiresAtMs);
     return true;

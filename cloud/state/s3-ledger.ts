@@ -30,7 +30,7 @@ export class S3InstallationStates {
       (...args: A) =>
         this.serialized(hash, () => this.withLedger(hash, (ledger) => fn(ledger, ...args)));
     return {
-      enroll: call((l, id: string, key) => l.enroll(id, key)),
+      enroll: call((l, key) => l.enroll(key)),
       publicKey: call((l) => l.publicKey()),
       admitRequest: call((l, jti: string, exp: number) => l.admitRequest(jti, exp)),
       slot: call((l) => l.slot()),

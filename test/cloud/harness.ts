@@ -19,6 +19,8 @@ export const ENROLLMENT_TOKEN = 'test-enrollment-token';
 export interface CloudUnderTest {
   url: string;
   mf: Miniflare;
+  /** where Miniflare persists the Worker's R2 objects and Durable Object storage */
+  stateDir: string;
   listSlotObjects(installationId: string): Promise<string[]>;
   dispose(): Promise<void>;
 }
@@ -40,6 +42,7 @@ export async function startCloud(bindings: Record<string, string> = {}): Promise
   return {
     url,
     mf,
+    stateDir: dir,
     async listSlotObjects(installationId) {
       const bucket = (await mf.getR2Bucket('SLOTS')) as unknown as R2Bucket;
       const hash = createHash('sha256').update(installationId).digest('hex');
