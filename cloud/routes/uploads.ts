@@ -3,7 +3,7 @@ import { Hono } from 'hono';
 import { CreateUploadRequest, type UploadStatusResponse } from '../../shared/api/cloud';
 import { toHex } from '../../shared/signing';
 import { type CloudVariables, requireSignature } from '../auth/signed';
-import { CloudError } from '../errors';
+import { CloudError, storageUnavailable } from '../errors';
 import type { UploadRecord } from '../state/ledger';
 import { parseJsonBody } from './json-body';
 import { newBackupKey, refuseFutureBackup, refuseIfOlder, settleCommit } from './slot-commit';
@@ -125,9 +125,17 @@ export const uploadRoutes = new Hono<{ Variables: CloudVariables }>()
     return c.json({ slot }, 201);
   })
   .delete('/v1/dr/uploads/:id', async (c) => {
-    const upload = await c.get('signed').state.takeUpload(c.req.param('id'));
+    const { state } = c.get('signed');
+    const upload = await state.takeUpload(c.req.param('id'));
     if (!upload) throw noSuchUpload();
-    await c.get('deps').store.abortMultipart(upload.objectKey, upload.storeUploadId);
+    try {
+      await c.get('deps').store.abortMultipart(upload.objectKey, upload.storeUploadId);
+    } catch (err) {
+      // Recorded again, so the agent's retry (or the idle sweep) aborts it: forgotten here, its
+      // stored parts would stay with nothing left to name them.
+      await state.createUpload(upload);
+      throw storageUnavailable('aborting a multipart upload', err);
+    }
     return c.json({ aborted: true });
   });
 

@@ -3,6 +3,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import {
   CreateBucketCommand,
   GetObjectCommand,
+  ListMultipartUploadsCommand,
   ListObjectsV2Command,
   PutObjectCommand,
   type S3Client,
@@ -170,6 +171,8 @@ describe('the Node entry over S3 (moto), with faults injected around the real le
   let cloud: ServedCloud;
   /** deletes in the bucket that fail before reaching it */
   let failDeletes = 0;
+  /** multipart aborts that fail before reaching the bucket */
+  let failAborts = 0;
   /** commits that fail as a Durable Object reset would, before reaching the ledger */
   let failCommits = 0;
   /** a commit of a backup created at `createdAt` waits for `open` before it runs */
@@ -185,6 +188,13 @@ describe('the Node entry over S3 (moto), with faults injected around the real le
         throw new Error('injected: storage refused the delete');
       }
       return super.delete(key);
+    }
+    override async abortMultipart(key: string, uploadId: string): Promise<void> {
+      if (failAborts > 0) {
+        failAborts--;
+        throw new Error('injected: storage refused the abort');
+      }
+      return super.abortMultipart(key, uploadId);
     }
   }
 
@@ -224,6 +234,14 @@ describe('the Node entry over S3 (moto), with faults injected around the real le
   async function keysOf(inst: TestInstallation): Promise<string[]> {
     const out = await client.send(new ListObjectsV2Command({ Bucket: BUCKET, Prefix: prefixOf(inst) }));
     return (out.Contents ?? []).map((o) => o.Key!);
+  }
+
+  /** The multipart uploads the bucket still holds under the installation's prefix. */
+  async function openUploadsOf(inst: TestInstallation): Promise<string[]> {
+    const out = await client.send(
+      new ListMultipartUploadsCommand({ Bucket: BUCKET, Prefix: prefixOf(inst) }),
+    );
+    return (out.Uploads ?? []).map((u) => u.UploadId!);
   }
 
   /** The installation's ledger document as the Node entry keeps it in the bucket. */
@@ -354,5 +372,26 @@ describe('the Node entry over S3 (moto), with faults injected around the real le
     expect((await signedEmpty(cloud, inst, 'HEAD', '/v1/dr/backup')).status).toBe(404);
     const again = await signedEmpty(cloud, inst, 'DELETE', '/v1/dr/backup');
     expect(again.json()).toEqual({ deleted: false });
+  });
+
+  it('an abort that storage fails keeps the upload recorded: 503, and the retry aborts it', async () => {
+    const inst = await enrolled();
+    const uploadId = await multipartWithoutComplete(cloud, inst, 6 * MiB, 31, '2026-11-01T00:00:00.000Z');
+    expect(await openUploadsOf(inst)).toHaveLength(1);
+    const path = `/v1/dr/uploads/${uploadId}`;
+
+    failAborts = 1;
+    const refused = await signedEmpty(cloud, inst, 'DELETE', path);
+    expect(refused.status).toBe(503);
+    expect(refused.json().error.code).toBe('storage_unavailable');
+    // Still recorded with its parts in storage: the agent's retry, or the idle sweep, aborts it.
+    expect((await signedEmpty(cloud, inst, 'GET', path)).status).toBe(200);
+    expect(await openUploadsOf(inst)).toHaveLength(1);
+
+    const aborted = await signedEmpty(cloud, inst, 'DELETE', path);
+    expect(aborted.status).toBe(200);
+    expect(aborted.json()).toEqual({ aborted: true });
+    expect(await openUploadsOf(inst)).toEqual([]);
+    expect((await signedEmpty(cloud, inst, 'GET', path)).status).toBe(404);
   });
 });
