@@ -28,6 +28,9 @@ async function verifyLocal(agent: Agent, ctx: JobContext): Promise<TargetResult>
   const newest = list.find((b) => !datedInFuture(b, Date.now())) ?? list[0];
   if (!newest)
     return { target: 'local', at, ok: true, check: 'none', skipped: 'there is no local backup yet' };
+  // Named as the job's target, as a verify job names its backup: no prune (a backup made meanwhile) nor
+  // DELETE takes it while it is read.
+  ctx.target(newest.filename);
   try {
     const r = await verifyBackup(agent, ctx, newest.filename);
     return {
