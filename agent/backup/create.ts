@@ -218,7 +218,9 @@ export async function createBackup(
       },
       ...folders,
     ];
-    const gemVersion = await readGemVersion(sources.configDir);
+    // From the snapshot's copy, not the live folder: a gem.json there that is a FIFO (opening it waits for
+    // a writer, for ever), a device or a link out of the folder was left out, and is never opened.
+    const gemVersion = await readGemVersion(join(work, 'config'));
     const databaseSize = await databaseBytes;
     const manifest: Manifest = {
       format: 'gem-backup-manifest',

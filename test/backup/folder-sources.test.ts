@@ -1,9 +1,12 @@
 // Real backups of the scripts and config folders as they are found: behind a symlink, missing, changing while read.
+import { execFileSync } from 'node:child_process';
+import { constants } from 'node:fs';
 import {
   appendFile,
   lstat,
   mkdir,
   mkdtemp,
+  open,
   rename,
   rm,
   symlink,
@@ -31,6 +34,8 @@ let pg: TestPostgres;
 let t: TestAgent;
 let original: BackupSources;
 let scratch: string;
+/** A FIFO a test made: opened for writing after it, so a reader still blocked on it (the bug) lets go. */
+let fifo: string | undefined;
 
 beforeAll(async () => {
   pg = await startPostgres({ fsync: false });
@@ -38,8 +43,14 @@ beforeAll(async () => {
   original = { ...t.agent.sources };
   scratch = await mkdtemp(join(tmpdir(), 'gem-folder-sources-'));
 });
-afterEach(() => {
+afterEach(async () => {
   Object.assign(t.agent.sources, original);
+  if (fifo) {
+    // ENXIO when no reader waits on it: nothing to let go.
+    const writer = await open(fifo, constants.O_WRONLY | constants.O_NONBLOCK).catch(() => undefined);
+    await writer?.close();
+    fifo = undefined;
+  }
 });
 afterAll(async () => {
   await t?.close();
@@ -137,6 +148,31 @@ describe('the folders a backup holds', () => {
       expect(members).toContain('scripts/log.js');
       await t.agent.catalog.delete(made.filename);
     }
+  });
+
+  it('a config gem.json that is a FIFO is skipped, never opened: the backup completes and says so', async () => {
+    // As found, a regular gem.json gives the manifest GEM's version.
+    const plain = await backup();
+    const read = (filename: string) =>
+      readBackup(t.agent.catalog.pathOf(filename), { keys: t.agent.keyring.masterKeys });
+    expect((await read(plain.filename)).manifest.gemVersion).toBe('4.2.1');
+
+    const config = join(scratch, 'fifo-config');
+    await mkdir(config);
+    await writeFile(join(config, 'network.json'), '{"dhcp":true}\n');
+    fifo = join(config, 'gem.json');
+    execFileSync('mkfifo', [fifo]);
+    t.agent.sources.configDir = config;
+    // Opening a FIFO for reading waits for a writer, for ever: the backup must never open it.
+    const made = await backup();
+    expect(made.verifyResult).toBe('ok');
+    expect(made.skipped).toEqual({ count: 1, paths: ['config/gem.json'] });
+    const { manifest } = await read(made.filename);
+    expect(manifest.gemVersion).toBeUndefined();
+    expect(manifest.members.map((m) => m.path).filter((p) => p.startsWith('config'))).toEqual([
+      'config',
+      'config/network.json',
+    ]);
   });
 
   it("each member's tar header carries its source's own mtime (to the second)", async () => {
