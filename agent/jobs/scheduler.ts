@@ -48,8 +48,14 @@ export function missedRun(
   return c.previousRuns(1, new Date(now.getTime() + 1))[0] ?? first;
 }
 
-/** Waits for the lock this long when another mutating job holds it, then tries once more. */
+/** Waits for the lock this long when another mutating job holds it, then tries again. */
 const BUSY_RETRY_MS = 5 * 60_000;
+/**
+ * How many times a slot tries again while another job holds the lock: up to 55 minutes, before an hourly
+ * task's next slot. Once was not enough: hourly backups that take longer than 5 minutes hold the lock at
+ * 03:00 every night, and the maintenance there was skipped every night (the history never purged).
+ */
+const BUSY_RETRIES = 11;
 
 interface TaskDef {
   task: ScheduledTask;
@@ -91,7 +97,7 @@ export class Scheduler {
 
   constructor(
     private readonly agent: Agent,
-    private readonly options: { retryMs?: number; now?: () => Date } = {},
+    private readonly options: { retryMs?: number; busyRetries?: number; now?: () => Date } = {},
   ) {}
 
   /**
@@ -174,10 +180,16 @@ export class Scheduler {
   }
 
   /**
-   * Starts a task's job; if another mutating job holds the lock, tries once more after `retryMs`.
-   * Resolves when the job has ended (or was given up), recording the run for the catch-up rule.
+   * Starts a task's job; while another mutating job holds the lock, tries again every `retryMs`, up to
+   * `busyRetries` times (`retry` false: never). Resolves when the job has ended (or was given up),
+   * recording the run for the catch-up rule.
    */
-  async fire(def: TaskDef | ScheduledTask, retry: boolean, firedAt?: Date): Promise<Job | undefined> {
+  async fire(
+    def: TaskDef | ScheduledTask,
+    retry: boolean,
+    firedAt?: Date,
+    retriesLeft = this.options.busyRetries ?? BUSY_RETRIES,
+  ): Promise<Job | undefined> {
     const d = typeof def === 'string' ? TASKS.find((t) => t.task === def)! : def;
     if (this.stopped) return undefined;
     const startedAt = this.options.now?.() ?? new Date();
@@ -186,7 +198,7 @@ export class Scheduler {
     try {
       job = await d.start(this.agent);
     } catch (error) {
-      if (isAppError(error, 'job_running') && retry) {
+      if (isAppError(error, 'job_running') && retry && retriesLeft > 0) {
         this.agent.log.info('another job is running; trying the scheduled task again later', {
           task: d.task,
         });
@@ -199,7 +211,7 @@ export class Scheduler {
               resolve(undefined);
               return;
             }
-            resolve(this.fire(d, false, slotFiredAt));
+            resolve(this.fire(d, retriesLeft > 1, slotFiredAt, retriesLeft - 1));
           }, this.options.retryMs ?? BUSY_RETRY_MS);
           this.retries.set(timer, { task: d.task, giveUp: () => resolve(undefined) });
         });
@@ -210,7 +222,7 @@ export class Scheduler {
       if (this.stopped) return undefined;
       // Recorded so the status and health show it (hourly backups and maintenance both fire at 03:00).
       const reason = isAppError(error, 'job_running')
-        ? 'skipped: another job was running at the scheduled time and still at the retry'
+        ? `skipped: another job was running at the scheduled time${firedAt ? ' and still at the last retry' : ''}`
         : `could not start: ${describeError(error).message}`;
       await this.agent.settings.state
         .recordSkip(d.task, slotFiredAt, { ok: false, error: reason })

@@ -69,7 +69,7 @@ describe('schedule records during a restore', () => {
     );
     expect(row?.lastResult).toEqual({
       ok: false,
-      error: 'skipped: another job was running at the scheduled time and still at the retry',
+      error: 'skipped: another job was running at the scheduled time',
     });
     // The status shows it too, and the slot still counts as missed (no last run).
     const view = await t.agent.settings.view();

@@ -71,7 +71,7 @@ describe('the scheduler', () => {
     expect((await t.agent.catalog.list()).length).toBe(1);
   });
 
-  it('never overlaps another mutating job: retries once a little later', async () => {
+  it('never overlaps another mutating job: tries again a little later, until it is free', async () => {
     const scheduler = new Scheduler(t.agent, { retryMs: 300 });
     const release = await holdLock();
     const run = scheduler.fire('autoBackup', true);
@@ -81,12 +81,27 @@ describe('the scheduler', () => {
     expect(job?.state).toBe('succeeded');
     expect((await t.agent.catalog.list()).length).toBe(2);
 
-    // Still busy at the retry: given up (no second retry), nothing made.
-    const releaseAgain = await holdLock();
-    expect(await scheduler.fire('autoBackup', true)).toBeUndefined();
-    await releaseAgain();
-    expect((await t.agent.catalog.list()).length).toBe(2);
+    // Busy for longer than one retry (a backup of an hourly schedule holding the lock at the 03:00
+    // maintenance): the slot keeps trying and runs once the lock is free.
+    const releaseLater = await holdLock();
+    const late = scheduler.fire('autoBackup', true);
+    await new Promise((r) => setTimeout(r, 1000)); // the retries at 300, 600 and 900 ms find it busy
+    await releaseLater();
+    expect((await late)?.state).toBe('succeeded');
+    expect((await t.agent.catalog.list()).length).toBe(3);
     scheduler.stop();
+
+    // Still busy at the last retry: given up, nothing made, and recorded as skipped.
+    const brief = new Scheduler(t.agent, { retryMs: 300, busyRetries: 2 });
+    const releaseAgain = await holdLock();
+    expect(await brief.fire('autoBackup', true)).toBeUndefined();
+    await releaseAgain();
+    expect((await t.agent.catalog.list()).length).toBe(3);
+    expect((await t.agent.settings.state.get('autoBackup'))?.lastResult).toEqual({
+      ok: false,
+      error: 'skipped: another job was running at the scheduled time and still at the last retry',
+    });
+    brief.stop();
   });
 
   it('gives up a busy retry when the task is turned off meanwhile: nothing purged', async () => {
