@@ -197,6 +197,44 @@ describe('bodies a script may send', () => {
       expect(JSON.stringify(error)).not.toMatch(/Invalid input/);
     }
   });
+
+  it("a keys file's passphrase beside a format field is checked as in {file, passphrase}: a 422, never a 500", async () => {
+    const exported = await call('/api/v1/keys/export', {
+      method: 'POST',
+      body: JSON.stringify({ passphrase: 'correct horse battery' }),
+      headers: { 'content-type': 'application/json' },
+    });
+    const file = JSON.parse(await exported.text()) as Record<string, unknown>;
+    const keyring = JSON.stringify(t.agent.keyring.toFile());
+    const cases: Array<[unknown, string]> = [
+      [123, 'passphrase: must be text'],
+      [true, 'passphrase: must be text'],
+      [{ text: 'correct horse battery' }, 'passphrase: must be text'],
+      ['x'.repeat(2000), 'passphrase: must be at most 1024 characters long'],
+    ];
+    for (const route of ['import', 'check']) {
+      for (const [passphrase, message] of cases) {
+        const res = await call(`/api/v1/keys/${route}`, {
+          method: 'POST',
+          body: JSON.stringify({ format: file.format, file, passphrase }),
+          headers: { 'content-type': 'application/json' },
+        });
+        expect(`${route} ${JSON.stringify(passphrase).slice(0, 20)}: ${res.status}`).toBe(
+          `${route} ${JSON.stringify(passphrase).slice(0, 20)}: 422`,
+        );
+        expect((await errorOf(res)).message).toBe(message);
+      }
+    }
+    expect(JSON.stringify(t.agent.keyring.toFile())).toBe(keyring);
+    // The right passphrase in that form still opens the file (check imports nothing).
+    const res = await call('/api/v1/keys/check', {
+      method: 'POST',
+      body: JSON.stringify({ format: file.format, file, passphrase: 'correct horse battery' }),
+      headers: { 'content-type': 'application/json' },
+    });
+    expect(res.status).toBe(200);
+    expect(await res.json()).toMatchObject({ ok: true, sameInstallation: true });
+  });
 });
 
 describe('the Authorization header', () => {
