@@ -5,7 +5,7 @@
  * X-Forwarded-For of 15 KB on a request without a token (each one is an audit line), headers over 16 KB and
  * bytes that are not HTTP.
  */
-import { readFile, stat } from 'node:fs/promises';
+import { appendFile, readdir, readFile, readlink, rm, stat, writeFile } from 'node:fs/promises';
 import { connect } from 'node:net';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -86,6 +86,43 @@ describe('HEAD on a route whose GET does something', () => {
     const again = await fetch(`${base}${link.url}`);
     expect(again.status).toBe(404);
     expect((await errorOf(again)).message).toMatch(/expired or was already used/);
+  });
+
+  it('HEAD on a backup download (the API route, a one-time link) leaves no descriptor of the file open', async () => {
+    // Larger than what a stream reads before it waits for its reader (1 MiB chunks): a few MiB.
+    const big = 'gem-backup-2020-01-01-000000.tar.gz';
+    const path = t.agent.catalog.pathOf(big);
+    await writeFile(path, await readFile(t.agent.catalog.pathOf(good)));
+    await appendFile(path, Buffer.alloc(8 << 20));
+    const openOnFile = async () => {
+      let open = 0;
+      for (const fd of await readdir('/proc/self/fd')) {
+        if ((await readlink(`/proc/self/fd/${fd}`).catch(() => '')) === path) open++;
+      }
+      return open;
+    };
+    try {
+      const size = (await stat(path)).size;
+      const link = (await (
+        await call(`/api/v1/backups/${big}/download-link`, { method: 'POST' })
+      ).json()) as {
+        url: string;
+      };
+      for (let i = 0; i < 5; i++) {
+        const head = await call(`/api/v1/backups/${big}`, { method: 'HEAD' });
+        expect(head.status).toBe(200);
+        expect(head.headers.get('content-length')).toBe(String(size));
+        const viaLink = await fetch(`${base}${link.url}`, { method: 'HEAD' });
+        expect(viaLink.status).toBe(200);
+        expect(viaLink.headers.get('content-length')).toBe(String(size));
+      }
+      // None opened the file: one left open stays open for good (a deleted backup's space never freed).
+      expect(await openOnFile()).toBe(0);
+      const get = await fetch(`${base}${link.url}`);
+      expect((await get.arrayBuffer()).byteLength).toBe(size);
+    } finally {
+      await rm(path, { force: true });
+    }
   });
 
   it('HEAD on a running job events answers at once and leaves no subscription behind', async () => {

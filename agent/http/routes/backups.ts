@@ -24,19 +24,24 @@ export const createBody = z
   })
   .strict();
 
-/** A backup file as a streamed attachment with its exact Content-Length (API download and one-time links). */
-export async function backupFileResponse(agent: Agent, name: string): Promise<Response> {
+/**
+ * A backup file as a streamed attachment with its exact Content-Length (API download and one-time links).
+ * `method` HEAD: the headers only. Hono answers HEAD with the GET handler and drops its body unread, never
+ * cancelled: a file opened for it stayed open for good (a descriptor per HEAD, and a deleted backup's
+ * space never freed), so a HEAD opens nothing.
+ */
+export async function backupFileResponse(agent: Agent, name: string, method = 'GET'): Promise<Response> {
   const info = await agent.catalog.info(name);
+  const headers = {
+    'content-type': 'application/octet-stream',
+    'content-length': String(info.size),
+    'content-disposition': `attachment; filename="${name}"`,
+    'cache-control': 'no-store',
+    'x-content-type-options': 'nosniff',
+  };
+  if (method === 'HEAD') return new Response(null, { headers });
   const stream = Readable.toWeb(createReadStream(agent.catalog.pathOf(name), { highWaterMark: 1 << 20 }));
-  return new Response(stream as ReadableStream, {
-    headers: {
-      'content-type': 'application/octet-stream',
-      'content-length': String(info.size),
-      'content-disposition': `attachment; filename="${name}"`,
-      'cache-control': 'no-store',
-      'x-content-type-options': 'nosniff',
-    },
-  });
+  return new Response(stream as ReadableStream, { headers });
 }
 
 /**
@@ -121,7 +126,9 @@ export function backupRoutes(agent: Agent): Hono {
     return c.json(result, 201);
   });
 
-  app.get('/:filename', (c) => backupFileResponse(agent, checkBackupName(c.req.param('filename'))));
+  app.get('/:filename', (c) =>
+    backupFileResponse(agent, checkBackupName(c.req.param('filename')), c.req.method),
+  );
 
   // A one-time link (60 s) the page can hand to the browser's own downloader: large files stream to disk.
   app.post('/:filename/download-link', async (c) => {

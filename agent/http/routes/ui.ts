@@ -67,7 +67,7 @@ export function uiRoutes(agent: Agent): Hono {
     const ticket = c.req.param('ticket');
     const name = c.req.method === 'HEAD' ? tickets.peek(ticket) : tickets.redeem(ticket);
     if (!name) throw new AppError('not_found', 'this download link has expired or was already used');
-    return backupFileResponse(agent, name);
+    return backupFileResponse(agent, name, c.req.method);
   });
 
   return app;
