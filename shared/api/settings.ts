@@ -61,6 +61,10 @@ const SftpAuthInput = z.union([
   z.object({ privateKey: SecretInput, passphrase: SecretInput.optional() }).strict(),
 ]);
 
+/** What SMB's user name, password and domain must be: smbclient reads them from a file of `key = value` lines. */
+export const ONE_LINE_RULE =
+  'must be one line (no line break or NUL): smbclient reads the user name, password and domain from a file of lines';
+
 /** What a destination's host must be (SFTP, SMB): a name or an address, never an option of a tool. */
 export const HOST_RULE = 'must be a host name, an IPv4 address or an [IPv6] address (and not start with "-")';
 
@@ -136,9 +140,24 @@ export interface FieldProblem {
  */
 export function destinationFieldProblems(
   kind: 'sftp' | 's3' | 'smb',
-  section: { host?: string; bucket?: string; endpoint?: string | undefined },
+  section: {
+    host?: string;
+    bucket?: string;
+    endpoint?: string | undefined;
+    username?: string;
+    domain?: string | undefined;
+    password?: unknown;
+  },
 ): FieldProblem[] {
   const problems: FieldProblem[] = [];
+  if (kind === 'smb') {
+    // A line break would end the line and start another: `domain = …` added to the file, or the password cut.
+    for (const field of ['username', 'password', 'domain'] as const) {
+      const value = section[field];
+      if (typeof value === 'string' && /[\r\n\u0000]/.test(value))
+        problems.push({ field, message: ONE_LINE_RULE });
+    }
+  }
   if (kind === 's3') {
     if (section.endpoint && !isHttpEndpoint(section.endpoint))
       problems.push({ field: 'endpoint', message: ENDPOINT_SCHEME_RULE });

@@ -9,12 +9,14 @@ import { healthFor } from '../../agent/health/service';
 import { healthModule } from '../../agent/http/routes/health';
 import { offsiteModule } from '../../agent/http/routes/offsite';
 import { settingsModule } from '../../agent/http/routes/settings';
+import { SmbProvider } from '../../agent/providers/smb';
 import {
   BUCKET_RULE,
   ENDPOINT_SCHEME_RULE,
   HOST_RULE,
   isBucketName,
   isHost,
+  ONE_LINE_RULE,
 } from '../../shared/api/settings';
 import { startTestAgent, type TestAgent } from '../services/agent';
 import { startPostgres, type TestPostgres } from '../services/postgres';
@@ -75,6 +77,10 @@ describe('offsite values on save', () => {
     ['smb', smb('-N'), 'offsite.smb.host'],
     ['smb', smb('nas local'), 'offsite.smb.host'],
     ['smb', smb('10.0.0.256'), 'offsite.smb.host'],
+    // smbclient reads these from a file of `key = value` lines: a line break would write a line of its own.
+    ['smb', { ...smb('nas'), username: 'gem\ndomain = OTHER' }, 'offsite.smb.username'],
+    ['smb', { ...smb('nas'), password: 'pw\r\nusername = admin' }, 'offsite.smb.password'],
+    ['smb', { ...smb('nas'), domain: 'WORK\u0000' }, 'offsite.smb.domain'],
     ['s3', s3({ endpoint: 'ftp://x' }), 'offsite.s3.endpoint'],
     ['s3', s3({ bucket: 'Bad_Bucket!' }), 'offsite.s3.bucket'],
     ['s3', s3({ bucket: 'ab' }), 'offsite.s3.bucket'],
@@ -92,6 +98,21 @@ describe('offsite values on save', () => {
     const tested = await call('POST', `/offsite/${kind}/test`, section);
     expect(tested.status).toBe(422);
     expect(tested.body.error.details.field).toBe(field.replace(/^offsite\.\w+\./, ''));
+  });
+
+  it('the SMB provider refuses a user name, password or domain with a line break before it writes its auth file', async () => {
+    for (const fields of [{ username: 'gem\nx = y' }, { password: 'pw\nx = y' }, { domain: 'W\rORK' }]) {
+      const provider = new SmbProvider({
+        host: '127.0.0.1',
+        share: 'gem',
+        username: 'gem',
+        password: 'pw',
+        ...fields,
+      });
+      await expect(provider.list(), JSON.stringify(fields)).rejects.toThrow(
+        `the SMB user name, password or domain ${ONE_LINE_RULE}`,
+      );
+    }
   });
 
   it('takes host names, IPv4 and IPv6 addresses, http(s) endpoints and the bucket names S3 servers take', async () => {
