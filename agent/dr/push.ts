@@ -222,7 +222,10 @@ async function pinnedEscrowKey(deps: PushDeps): Promise<EscrowKey> {
   return key;
 }
 
-/** The upload a previous push left half done, if its backup is still here; otherwise it is dropped. */
+/**
+ * The upload a previous push left half done, if its backup is still here and its verify has not failed
+ * since; otherwise it is dropped.
+ */
 async function resumableUpload(
   deps: PushDeps,
   connected: Promise<unknown>,
@@ -234,22 +237,24 @@ async function resumableUpload(
     filename: upload.backupName,
     createdAt: upload.createdAt,
   });
-  if (
-    current &&
-    upload.installationId === deps.client.identity().installationId &&
-    (await agent.catalog.exists(upload.backupName))
-  ) {
+  const listed = (await agent.catalog.list()).find((b) => b.filename === upload.backupName);
+  // A verify that failed since the first attempt (rot found meanwhile): the parts still to send would
+  // carry the damage into the slot, over a good copy. chooseBackup never picks such a backup either.
+  const failed = listed?.verifyResult === 'failed';
+  if (current && upload.installationId === deps.client.identity().installationId && listed && !failed) {
     return upload;
   }
   await connected;
   agent.log.info(
-    current
-      ? 'dropping an unfinished DR upload whose backup is gone'
-      : 'dropping an unfinished DR upload of a backup made before the last restore',
+    !current
+      ? 'dropping an unfinished DR upload of a backup made before the last restore'
+      : failed
+        ? 'dropping an unfinished DR upload of a backup whose verify failed'
+        : 'dropping an unfinished DR upload whose backup is gone',
     { backup: upload.backupName },
   );
   // A temporary backup made for it was kept only for the resume.
-  if (!current && upload.temporary) await agent.catalog.delete(upload.backupName).catch(() => {});
+  if ((!current || failed) && upload.temporary) await agent.catalog.delete(upload.backupName).catch(() => {});
   await deps.client.abortUpload(upload.uploadId).catch(() => {});
   await deps.state.update((s) => {
     delete s.upload;
