@@ -265,7 +265,7 @@ async function resumableUpload(
 /**
  * A local backup of this installation younger than 24 h, else a new temporary one (kind 'dr'). Never a
  * backup whose last verify failed, nor a safety backup: that holds the data a restore replaced, not
- * what runs now.
+ * what runs now; nor one older than the copy in the slot.
  */
 async function chooseBackup(
   deps: PushDeps,
@@ -275,6 +275,12 @@ async function chooseBackup(
   const { agent } = deps;
   const now = (deps.now ?? (() => new Date()))().getTime();
   const held = new Set(agent.keyring.masterKeys.map((k) => k.id));
+  // The copy this box put in the slot (or recovered from it): the cloud refuses anything older
+  // (older_backup). After a restore of an older backup that backup is what runs, yet cannot go: a new one does.
+  const s = await deps.state.get();
+  const inSlot = Math.max(
+    ...[s.lastSuccess?.createdAt, s.recovered?.createdAt].map((at) => Date.parse(at ?? '') || 0),
+  );
   const candidates = (await agent.catalog.list()).filter(
     (b: BackupInfo) =>
       agent.keyring.isActive(b.installationTag) &&
@@ -283,6 +289,7 @@ async function chooseBackup(
       now - Date.parse(b.createdAt) <= REUSE_MAX_AGE_MS &&
       // Dated after the clock (made while it was ahead): not recent, however it compares.
       !datedInFuture(b, now) &&
+      Date.parse(b.createdAt) >= inSlot &&
       b.keyIds.some((id) => held.has(id)),
   );
   // Not one made before the last restore (other than the one it restored): it holds data that no
