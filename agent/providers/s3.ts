@@ -8,6 +8,7 @@ import {
   HeadObjectCommand,
   ListMultipartUploadsCommand,
   ListObjectsV2Command,
+  ListPartsCommand,
   S3Client,
 } from '@aws-sdk/client-s3';
 import { Upload } from '@aws-sdk/lib-storage';
@@ -529,7 +530,8 @@ export class S3Provider implements StorageProvider {
    * Aborts the incomplete multipart uploads of backups under the prefix (see StorageProvider.sweepTemp);
    * `removed` holds the backup name of each aborted upload. A server without ListMultipartUploads
    * (s3rver) answers 'skipped' instead of failing. `tempTag` does not apply: an incomplete upload carries
-   * no name of ours, so only `olderThanMs` tells a leftover from another controller's upload in flight.
+   * no name of ours, so only `olderThanMs` tells a leftover from another controller's upload in flight:
+   * an upload's age is that of its latest part (of its start, before its first part arrives).
    */
   async sweepTemp(options: TempSweepOptions = {}): Promise<TempSweepResult> {
     const { signal } = options;
@@ -575,6 +577,12 @@ export class S3Provider implements StorageProvider {
     for (const { name, key, uploadId } of doomed) {
       throwIfAborted(signal);
       try {
+        // Initiated is when the upload began: one still sending the parts of a large backup (another
+        // controller's, into this folder) is as old by it. Its latest part says whether it is left over.
+        if ((options.olderThanMs ?? 0) > 0) {
+          const latest = await this.latestPartAt(key, uploadId, signal);
+          if (latest !== undefined && !oldEnough(latest, options.olderThanMs)) continue;
+        }
         await this.client.send(
           new AbortMultipartUploadCommand({ Bucket: bucket, Key: key, UploadId: uploadId }),
           sendOptions,
@@ -587,6 +595,48 @@ export class S3Provider implements StorageProvider {
       }
     }
     return { removed };
+  }
+
+  /**
+   * When the latest part of an incomplete upload arrived (ListParts); undefined when none did yet, or the
+   * server cannot list parts or the keys may not (then the upload's own age decides, as before).
+   */
+  private async latestPartAt(
+    key: string,
+    uploadId: string,
+    signal?: AbortSignal,
+  ): Promise<number | undefined> {
+    const bound = new ListBound(
+      `the parts of an incomplete upload in ${this.where()}`,
+      this.options.listLimits,
+    );
+    let latest: number | undefined;
+    let marker: string | undefined;
+    try {
+      do {
+        throwIfAborted(signal);
+        const page = await this.client.send(
+          new ListPartsCommand({
+            Bucket: this.options.bucket,
+            Key: key,
+            UploadId: uploadId,
+            PartNumberMarker: marker,
+          }),
+          this.small(signal),
+        );
+        for (const part of page.Parts ?? []) {
+          const at = part.LastModified?.getTime();
+          if (at !== undefined && !Number.isNaN(at) && (latest === undefined || at > latest)) latest = at;
+        }
+        marker = page.IsTruncated ? page.NextPartNumberMarker : undefined;
+        bound.page(marker !== undefined, marker);
+      } while (marker);
+    } catch (error) {
+      const status = (error as { $metadata?: { httpStatusCode?: number } })?.$metadata?.httpStatusCode;
+      if (notImplemented(error) || status === 403) return undefined;
+      throw error;
+    }
+    return latest;
   }
 
   /** Deletes Test Connection probe objects under the prefix at least `olderThanMs` old; returns their names. */
