@@ -66,6 +66,24 @@ async function download(p: S3Provider): Promise<Buffer> {
 }
 
 describe('s3 provider, local file source', () => {
+  it('uploads a file of many parts without piling listeners on its signal (no leak warning)', async () => {
+    const warnings: Error[] = [];
+    const onWarning = (warning: Error) => warnings.push(warning);
+    process.on('warning', onWarning);
+    try {
+      // Twelve parts: one abort listener per part, left on, passed Node's limit of ten.
+      const file = await randomFile(dir, 'many', 56 * MIB);
+      const p = provider('file-many/');
+      const stored = await p.put(name, fileSource(file.path, file.bytes.length, file.sha256));
+      expect(stored).toMatchObject({ name, size: file.bytes.length, sha256: file.sha256 });
+      await new Promise((resolve) => setImmediate(resolve)); // warnings are emitted on the next tick
+      expect(warnings.map((w) => `${w.name}: ${w.message}`)).toEqual([]);
+      await p.close();
+    } finally {
+      process.off('warning', onWarning);
+    }
+  });
+
   it('uploads a file of several parts (the last one short) byte for byte, with its sha256 in the metadata', async () => {
     const file = await randomFile(dir, 'multi', 17 * MIB + 123);
     const p = provider('file-multi/');
