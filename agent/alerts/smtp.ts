@@ -188,8 +188,20 @@ function connect(options: SmtpOptions): Promise<net.Socket> {
 function upgrade(socket: net.Socket, options: SmtpOptions): Promise<tls.TLSSocket> {
   return new Promise((resolve, reject) => {
     const secure = tls.connect({ socket, servername: options.host, ...options.tls });
-    secure.once('secureConnect', () => resolve(secure));
-    secure.once('error', (e) => reject(new SmtpError(`STARTTLS failed: ${e.message}`)));
+    // A server that answers 220 and never completes the handshake would hold the send, and with it
+    // every alert check after it, for ever: the handshake has the same time as a reply.
+    const timer = setTimeout(() => {
+      secure.destroy();
+      reject(new SmtpError('STARTTLS failed: the SMTP server did not complete the TLS handshake in time'));
+    }, options.timeoutMs ?? 20_000);
+    secure.once('secureConnect', () => {
+      clearTimeout(timer);
+      resolve(secure);
+    });
+    secure.once('error', (e) => {
+      clearTimeout(timer);
+      reject(new SmtpError(`STARTTLS failed: ${e.message}`));
+    });
   });
 }
 

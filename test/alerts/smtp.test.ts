@@ -227,4 +227,37 @@ describe('the SMTP client', () => {
       await new Promise((resolve) => injector.close(resolve));
     }
   });
+
+  it('gives up on a server that answers STARTTLS and never completes the TLS handshake, instead of waiting for ever', async () => {
+    // It offers STARTTLS, says 220 and then reads the client's hello without a word: the send (and with
+    // it every alert check after it) must not wait on it for good.
+    const handshakes: net.Socket[] = [];
+    const silent = net.createServer((socket) => {
+      socket.on('error', () => {});
+      socket.write('220 silent ESMTP\r\n');
+      socket.on('data', (chunk: Buffer) => {
+        const line = chunk.toString('utf8');
+        if (line.startsWith('EHLO')) socket.write('250-silent\r\n250 STARTTLS\r\n');
+        else if (line.startsWith('STARTTLS')) {
+          socket.write('220 go ahead\r\n');
+          handshakes.push(socket);
+          socket.removeAllListeners('data');
+          socket.resume();
+        }
+      });
+    });
+    await new Promise<void>((resolve) => silent.listen(0, '127.0.0.1', resolve));
+    try {
+      await expect(
+        sendMail(
+          { ...options(), port: (silent.address() as net.AddressInfo).port, timeoutMs: 2000 },
+          { from: 'gem@example.com', to: ['ops@example.com'], subject: 's', text: 't' },
+        ),
+      ).rejects.toThrow(/STARTTLS failed: the SMTP server did not complete the TLS handshake in time/);
+      expect(handshakes).toHaveLength(1);
+    } finally {
+      silent.close();
+      for (const s of handshakes) s.destroy();
+    }
+  }, 30_000);
 });
