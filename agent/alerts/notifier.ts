@@ -8,7 +8,14 @@ import { HEALTH_AREAS } from '../health/model';
 import type { HealthService } from '../health/service';
 import { type AlertChannel, alertChannels } from './channels';
 import { type SmtpOptions, sendMail } from './smtp';
-import { AlertStateStore, type DeliveryState, DeliveryStateStore, type EarlierAlert } from './state';
+import {
+  type AlertState,
+  AlertStateStore,
+  type AreaAlertState,
+  type DeliveryState,
+  DeliveryStateStore,
+  type EarlierAlert,
+} from './state';
 import { type Delivery, postWebhook } from './webhook';
 
 /** What happened to an area: it turned warning/failing, it recovered, it is still failing a day later, or a test. */
@@ -85,6 +92,13 @@ export class AlertNotifier {
   private queue: Promise<unknown> = Promise.resolve();
   private readonly afterJob = new Set<NodeJS.Timeout>();
   private deliveryStateFailed = false;
+  /**
+   * What was alerted (or first seen) but could not be saved (a full disk, the file's lock held by a
+   * hung process): the checks go by it as if saved, so the alert is not sent again at every check, and
+   * each check tries to save it. Only a restart before it is saved may send it again.
+   */
+  private unsaved: AlertState = {};
+  private alertStateFailed = false;
 
   constructor(
     private readonly agent: Agent,
@@ -113,6 +127,35 @@ export class AlertNotifier {
 
   private now(): Date {
     return this.options.now?.() ?? new Date();
+  }
+
+  /** Records what was alerted about `area`: saved if it can be, else kept by `unsaved` (said once). */
+  private async remember(area: HealthArea, value: AreaAlertState): Promise<void> {
+    this.unsaved[area] = value;
+    await this.saveUnsaved();
+  }
+
+  /** Saves what `unsaved` holds; a failure leaves it there for the next check and does not stop this one. */
+  private async saveUnsaved(): Promise<void> {
+    const pending = this.unsaved;
+    if (!Object.keys(pending).length) return;
+    try {
+      await this.state.update((state) => Object.assign(state, pending));
+      this.unsaved = {};
+      this.alertStateFailed = false;
+    } catch (error) {
+      if (this.alertStateFailed) return;
+      this.alertStateFailed = true;
+      this.agent.log.warn(
+        'the alert state could not be saved; what was alerted is kept in memory and not sent again (a restart may send it again)',
+        { error: describeError(error) },
+      );
+    }
+  }
+
+  /** What was last alerted per area: as saved, and what could not be saved yet. */
+  private async alerted(): Promise<AlertState> {
+    return { ...(await this.state.get()), ...this.unsaved };
   }
 
   /** Evaluates every `intervalMs` and shortly after each job ends. */
@@ -166,7 +209,8 @@ export class AlertNotifier {
   private async runCheck(): Promise<AlertResult[]> {
     const report = await this.health.evaluate();
     const sent: AlertResult[] = [];
-    const known = await this.state.get();
+    await this.saveUnsaved();
+    const known = await this.alerted();
     const now = this.now();
     // Taken once: which delivery went to which channel, for the channels set up since the last check.
     const channels = alertChannels(this.agent.settings.get().alerts);
@@ -184,7 +228,7 @@ export class AlertNotifier {
       if (!event) {
         // First sight of a healthy area: remember it quietly, so nothing is sent at start.
         if (!last)
-          await this.state.set(area, {
+          await this.remember(area, {
             status: current.status,
             reason: current.reason,
             sentAt: now.toISOString(),
@@ -209,7 +253,7 @@ export class AlertNotifier {
         await this.noteDelivery((d) => this.undelivered(d, payload));
         continue;
       }
-      await this.state.set(area, {
+      await this.remember(area, {
         status: current.status,
         reason: current.reason,
         sentAt: now.toISOString(),
@@ -261,7 +305,7 @@ export class AlertNotifier {
       });
       return;
     }
-    const alerted = await this.state.get();
+    const alerted = await this.alerted();
     const nowTold: string[] = [];
     for (const channel of channels.filter((c) => !told.includes(c.key))) {
       const current = HEALTH_AREAS.filter(

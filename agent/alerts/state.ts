@@ -5,7 +5,7 @@ import { HEALTH_AREAS, HEALTH_STATUSES, type HealthArea, type HealthStatus } fro
 import type { Logger } from '../log';
 import { JsonStateFile } from '../system/json-state';
 
-interface AreaAlertState {
+export interface AreaAlertState {
   /** The status the last alert (or the silent first observation) was about. */
   status: HealthStatus;
   reason: string;
@@ -15,7 +15,7 @@ interface AreaAlertState {
   since?: string;
 }
 
-type AlertState = Partial<Record<HealthArea, AreaAlertState>>;
+export type AlertState = Partial<Record<HealthArea, AreaAlertState>>;
 
 const ALERT_STATE_FILE = 'alerts-state.json';
 
