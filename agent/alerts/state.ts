@@ -24,12 +24,6 @@ export class AlertStateStore extends JsonStateFile<AlertState> {
   constructor(dataDir: string, log: Logger) {
     super(join(dataDir, ALERT_STATE_FILE), () => ({}), { setAsideDamaged: { log } });
   }
-
-  async set(area: HealthArea, value: AreaAlertState): Promise<void> {
-    await this.update((state) => {
-      state[area] = value;
-    });
-  }
 }
 
 /**
