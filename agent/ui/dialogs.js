@@ -6,10 +6,13 @@ const $ = (id) => document.getElementById(id);
 
 /**
  * Asks before a destructive action. `body` is text or nodes; `cancelLabel` names the way out (default
- * "Cancel"). Resolves true only on the confirm button.
+ * "Cancel"). Resolves true only on the confirm button. One question at a time: one asked while another
+ * is on screen (a second row's button clicked while the first waited for the agent) resolves false at
+ * once, so that one answer never confirms two actions, nor one the dialog does not name.
  */
 export function confirmAction({ title, body, confirmLabel, cancelLabel = 'Cancel', danger = true }) {
   const dialog = $('confirm-dialog');
+  if (dialog.open) return Promise.resolve(false);
   $('confirm-title').textContent = title;
   const content = $('confirm-body');
   content.replaceChildren(
