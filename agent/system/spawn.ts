@@ -56,27 +56,43 @@ export function observeProgram(
   );
 }
 
-/** Spawns `command` with `args`; kills it (SIGTERM, then SIGKILL) when `signal` aborts. */
+/** Sends `sig` to every process of the group `pid` leads; one already gone is no error. */
+function killGroup(pid: number | undefined, sig: NodeJS.Signals): void {
+  if (pid === undefined) return;
+  try {
+    process.kill(-pid, sig);
+  } catch {}
+}
+
+/**
+ * Spawns `command` with `args`; kills it (SIGTERM, then SIGKILL) when `signal` aborts. With a signal the
+ * program runs in a process group of its own and the whole group is killed: what it started (a restart
+ * script's own commands, pg_restore's workers) goes with it, instead of living on and holding its
+ * output open (the run would wait for it without end, its timeout or cancel notwithstanding).
+ */
 export function spawnProcess(
   command: string,
   args: string[],
   options: SpawnOptions & { signal?: AbortSignal; logArgs?: boolean } = {},
 ): ChildProcess {
   const { signal, logArgs = true, ...rest } = options;
-  const child = spawn(command, args, { ...rest, shell: false });
+  const child = spawn(command, args, { ...rest, ...(signal ? { detached: true } : {}), shell: false });
   // An operator's own command (GEM_RESTART_COMMAND) may carry anything in its arguments: not logged.
   observeProgram(child, command, logArgs ? args : 'not logged');
   if (signal) {
+    // Closed: the child has exited and nothing of its group holds its output any more.
+    let closed = false;
     const onAbort = () => {
-      child.kill('SIGTERM');
-      setTimeout(
-        () => child.exitCode === null && child.signalCode === null && child.kill('SIGKILL'),
-        3000,
-      ).unref();
+      killGroup(child.pid, 'SIGTERM');
+      // Only while something of it is still there: a group gone for good may have its id taken again.
+      setTimeout(() => closed || killGroup(child.pid, 'SIGKILL'), 3000).unref();
     };
     if (signal.aborted) onAbort();
     else signal.addEventListener('abort', onAbort, { once: true });
-    child.once('close', () => signal.removeEventListener('abort', onAbort));
+    child.once('close', () => {
+      closed = true;
+      signal.removeEventListener('abort', onAbort);
+    });
   }
   return child;
 }
