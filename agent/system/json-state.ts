@@ -90,16 +90,21 @@ export class JsonStateFile<T extends object> {
    * a JSON object (damaged) is an error naming the file, never quoting it: JSON.parse's message shows
    * the text around the fault, and state files hold an installation id (the DR recovery credential).
    */
-  async get(): Promise<T> {
+  get(): Promise<T> {
+    return this.stateNow(false);
+  }
+
+  /** What get() answers; `locked` when this process holds the file's lock (an update). */
+  private async stateNow(locked: boolean): Promise<T> {
     // Read again when the file is not the one last seen: a CLI command beside the service (dr push,
     // keys export) writes the same files, and an update from a stale copy would undo what it wrote.
     const version = await fileVersion(this.path);
-    if (this.cache?.version !== version) this.cache = { state: await this.read(version), version };
+    if (this.cache?.version !== version) this.cache = { state: await this.read(version, locked), version };
     return structuredClone(this.cache.state);
   }
 
-  /** The state in the file, which was at `version` when looked at. */
-  private read(version: string): Promise<T> {
+  /** The state in the file, which was at `version` when looked at; `locked` as in stateNow(). */
+  private read(version: string, locked: boolean): Promise<T> {
     return readFile(this.path, 'utf8').then(
       async (text) => {
         const parsed = this.parse(text);
@@ -108,10 +113,20 @@ export class JsonStateFile<T extends object> {
         if (!setAside) {
           throw new Error(`${this.path} is damaged (not a JSON object): move it aside to start it afresh`);
         }
+        // Set aside only holding the file's lock: a reader beside an update (or another reader) that
+        // renamed without it could take away the good file the update has just written, or find the
+        // damaged one gone under its rename (ENOENT). Under the lock it is read again first.
+        if (!locked) {
+          return withFileUpdateLock(
+            this.path,
+            async () => this.read(await fileVersion(this.path), true),
+            this.options.lockWaitMs,
+          );
+        }
         // Another process may have written a good file since this one read the damaged bytes: that
         // one is read instead of being set aside.
         const now = await fileVersion(this.path);
-        if (now !== version) return this.read(now);
+        if (now !== version) return this.read(now, true);
         const aside = `${this.path}.damaged-${new Date().toISOString().replaceAll(':', '')}`;
         await rename(this.path, aside);
         setAside.log.warn('a damaged state file was set aside; that state starts afresh', {
@@ -150,7 +165,8 @@ export class JsonStateFile<T extends object> {
    * lock files of agent/jobs/lock.ts), so the service and a CLI command updating one file at the
    * same moment both keep their change. A lock a killed process left is taken over by the next
    * update; a live holder is waited for up to `lockWaitMs`, then the update fails naming its pid.
-   * Reads take no lock: every write is a rename, so a read always sees a whole file.
+   * Reads take no lock: every write is a rename, so a read always sees a whole file (only one that
+   * finds the file damaged takes it, to set it aside).
    */
   update(change: (state: T) => void): Promise<T> {
     const run = this.queue.then(() =>
@@ -162,7 +178,7 @@ export class JsonStateFile<T extends object> {
 
   /** The read-modify-write of an update, run holding the lock. */
   private async applyLocked(change: (state: T) => void): Promise<T> {
-    const next = await this.get();
+    const next = await this.stateNow(true);
     change(next);
     // The version of the file as written, taken before the rename keeps its inode and time: a stat
     // after it could see another process's newer file and take it for ours.

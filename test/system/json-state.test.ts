@@ -79,6 +79,40 @@ describe('a state file', () => {
     expect(lines[0]).not.toContain(INSTALLATION_ID.slice(0, 8));
   });
 
+  it('that is damaged, read at once by several stores and updated meanwhile, is set aside once; none fails and the update stays', async () => {
+    // The service's stores and a CLI command's, on one damaged file: each read finds it damaged. A
+    // read that set it aside without the file's lock found it gone under its rename (ENOENT, the
+    // first look at the state failed), or took away the file an update had just written.
+    for (let round = 0; round < 10; round++) {
+      const sub = await mkdtemp(join(dir, 'aside-at-once-'));
+      const path = join(sub, 'alerts-state.json');
+      await writeFile(path, `{"backups":{"status":"error"`);
+      const lines: string[] = [];
+      const log = createLogger({ write: (line) => lines.push(line) });
+      const store = () =>
+        new JsonStateFile<{ n: number }>(path, () => ({ n: 0 }), { setAsideDamaged: { log } });
+      const [service, cli, other] = [store(), store(), store()];
+      const results = await Promise.allSettled([
+        service.get(),
+        cli.get(),
+        other.update((s) => {
+          s.n = 5;
+        }),
+        service.get(),
+      ]);
+      expect(results.map((r) => (r.status === 'rejected' ? String(r.reason) : 'ok'))).toEqual([
+        'ok',
+        'ok',
+        'ok',
+        'ok',
+      ]);
+      expect(JSON.parse(await readFile(path, 'utf8'))).toEqual({ n: 5 });
+      expect(await cli.get()).toEqual({ n: 5 });
+      expect((await readdir(sub)).filter((name) => name.includes('.damaged-'))).toHaveLength(1);
+      expect(lines).toHaveLength(1);
+    }
+  });
+
   it('that is missing reads as the initial state, and an update writes it', async () => {
     const path = join(dir, 'fresh.json');
     const state = new JsonStateFile<{ n: number }>(path, () => ({ n: 0 }));
