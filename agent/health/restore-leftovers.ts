@@ -71,8 +71,9 @@ function shellQuoted(text: string): string {
  * process could not remove (`couldNotRemove`: an undeletable file, a database in use). The same for
  * restores' staging folders (`<folder>.gem-restore-staging-<id>`) and databases (`<db>_gem_restore_<id>`):
  * one no journal or leftovers entry accounts for is left by a restore that stopped (its process killed, or
- * its removal failed) and only the next restore or the agent's next start removes it. They are never removed here, whatever they hold: those nothing accounts
- * for may be the only copy of the data before that restore. Nothing of a restore that may be running
+ * its removal failed) and only the next restore or the agent's next start removes it. They are never
+ * removed here, whatever they hold: those nothing accounts for may be the only copy of the data before
+ * that restore. Nothing of a restore that may be running
  * counts: while the job lock is held, a cleanup runs or a journal that cannot be read is on disk, the last
  * finding stands. The database's size is read once per name.
  */
@@ -178,9 +179,13 @@ const mb = (n: number) => `${Math.max(1, Math.round(n / 1048576))} MB`;
 const sized = (database: { sizeBytes: number | null }) =>
   database.sizeBytes == null ? '' : ` (${mb(database.sizeBytes)})`;
 
-/** A DROP DATABASE command, with where to run it. */
-const withWhereToRun = (command: string, database: string) =>
-  `${command} (in psql as GEM's database user, or dropdb ${database})`;
+/** A leftover's commands as a person reads them: a DROP DATABASE with where to run it. */
+const spelledOut = (l: RestoreLeftover) =>
+  l.commands.map((c) =>
+    c.startsWith('DROP DATABASE')
+      ? `${c} (in psql as GEM's database user, or dropdb ${(l.database ?? l.stagingDatabase)!.name})`
+      : c,
+  );
 
 /** The sentences health gives about `leftovers` at `now`: what they are, why they stay, how they go. */
 export function restoreLeftoversReason(leftovers: RestoreLeftover[], now: Date): string {
@@ -210,9 +215,7 @@ export function restoreLeftoversReason(leftovers: RestoreLeftover[], now: Date):
   }
   const lost = leftovers.filter((l) => !l.couldNotRemove && !l.stagingFolders);
   if (lost.length > 0) {
-    const commands = lost.flatMap((l) =>
-      l.commands.map((c) => (c.startsWith('DROP DATABASE') ? withWhereToRun(c, l.database!.name) : c)),
-    );
+    const commands = lost.flatMap(spelledOut);
     sentences.push(
       `Data a restore set aside is still here, taking disk space: ${lost.map(named).join('; ')}. A restore ` +
         'sets the data it replaces aside under such names and removes it once done; here its journal ' +
@@ -250,13 +253,7 @@ function stagingReason(leftovers: RestoreLeftover[], named: (l: RestoreLeftover)
         'process ended, or the removal failed in another process) and nothing removes them before the next ' +
         "restore or the agent's next start. They are only a copy (of the backup restored, or of a live " +
         "folder), never the only copy of GEM's data: restart the agent, or remove them: " +
-        left
-          .flatMap((l) =>
-            l.commands.map((c) =>
-              c.startsWith('DROP DATABASE') ? withWhereToRun(c, l.stagingDatabase!.name) : c,
-            ),
-          )
-          .join(' and '),
+        left.flatMap(spelledOut).join(' and '),
     );
   }
   return sentences.join('. ');

@@ -5,7 +5,7 @@ import { readdir, readFile, readlink, realpath, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import { ONE_LINE_RULE } from '../../shared/api/settings';
+import { isOneLine, ONE_LINE_RULE } from '../../shared/api/settings';
 import type {
   BackupSource,
   ProviderProperties,
@@ -490,7 +490,7 @@ export class SmbProvider implements StorageProvider {
     const lines = [`username = ${this.options.username}`, `password = ${this.options.password}`];
     if (this.options.domain) lines.push(`domain = ${this.options.domain}`);
     // Settings refuse them (ONE_LINE_RULE); a value with a line break would write lines of its own.
-    if (lines.some((line) => /[\r\n\u0000]/.test(line))) {
+    if (!lines.every(isOneLine)) {
       throw new StorageError('io', `the SMB user name, password or domain ${ONE_LINE_RULE}`, {
         permanent: true,
       });

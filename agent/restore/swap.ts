@@ -870,12 +870,9 @@ export async function previousStateNames(
   sources: BackupSources,
   databases: string[],
 ): Promise<PreviousStateName[]> {
-  const found: PreviousStateName[] = [];
-  const prefix = `${dbPrefix(sources.conn.database)}${PREVIOUS_DB_MARK}`;
-  for (const name of databases) {
-    const id = name.startsWith(prefix) ? name.slice(prefix.length) : '';
-    if (RESTORE_ID.test(id)) found.push({ id, kind: 'database', name });
-  }
+  const found: PreviousStateName[] = restoreDatabases(sources, databases, PREVIOUS_DB_MARK).map(
+    ({ id, name }) => ({ id, kind: 'database', name }),
+  );
   for (const configured of [sources.scriptsDir, sources.configDir]) {
     const live = await liveFolderPath(configured);
     for (const path of await siblings(live, PREVIOUS_FOLDER_MARK)) {
@@ -886,16 +883,21 @@ export async function previousStateNames(
   return found;
 }
 
+/** Of `databases`, those named `<db><mark><id>` with an id as restores make them. */
+function restoreDatabases(sources: BackupSources, databases: string[], mark: string): StagingName[] {
+  const prefix = `${dbPrefix(sources.conn.database)}${mark}`;
+  return databases.flatMap((name) => {
+    const id = name.startsWith(prefix) ? name.slice(prefix.length) : '';
+    return RESTORE_ID.test(id) ? [{ id, name }] : [];
+  });
+}
+
 /**
  * Of `databases` (names on GEM's cluster), those named as a restore's staging database
  * (`<db>_gem_restore_<id>`, restoreNames), with an id as restores make them.
  */
 export function stagingDatabaseNames(sources: BackupSources, databases: string[]): StagingName[] {
-  const prefix = `${dbPrefix(sources.conn.database)}${STAGING_DB_MARK}`;
-  return databases.flatMap((name) => {
-    const id = name.startsWith(prefix) ? name.slice(prefix.length) : '';
-    return RESTORE_ID.test(id) ? [{ id, name }] : [];
-  });
+  return restoreDatabases(sources, databases, STAGING_DB_MARK);
 }
 
 /** A restore's staging folder as rollback and the copy swap name it too: `<id>`, `<id>r`, `<id>-discarded`. */

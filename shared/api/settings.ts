@@ -65,6 +65,11 @@ const SftpAuthInput = z.union([
 export const ONE_LINE_RULE =
   'must be one line (no line break or NUL): smbclient reads the user name, password and domain from a file of lines';
 
+/** True for text without a line break or NUL (ONE_LINE_RULE). */
+export function isOneLine(text: string): boolean {
+  return !/[\r\n\u0000]/.test(text);
+}
+
 /** What a destination's host must be (SFTP, SMB): a name or an address, never an option of a tool. */
 export const HOST_RULE = 'must be a host name, an IPv4 address or an [IPv6] address (and not start with "-")';
 
@@ -154,8 +159,7 @@ export function destinationFieldProblems(
     // A line break would end the line and start another: `domain = …` added to the file, or the password cut.
     for (const field of ['username', 'password', 'domain'] as const) {
       const value = section[field];
-      if (typeof value === 'string' && /[\r\n\u0000]/.test(value))
-        problems.push({ field, message: ONE_LINE_RULE });
+      if (typeof value === 'string' && !isOneLine(value)) problems.push({ field, message: ONE_LINE_RULE });
     }
   }
   if (kind === 's3') {

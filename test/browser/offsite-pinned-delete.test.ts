@@ -2,9 +2,13 @@
 // why; one pinned after the list was shown (by the CLI, another tab) is refused by the agent, the page
 // shows its sentence, and the copy stays. A pinned backup whose file here was removed by hand (so the
 // local list no longer shows it) is unpinned from its copy's Unpin button, and its Delete comes on.
+//
+// One answer of the confirmation dialog confirms one action, the one it names: Delete first asks the
+// agent for the saved settings, then opens the dialog, so a click on another row's Delete meanwhile (the
+// agent slow to answer) asks a second question while the first is on screen.
 import { mkdir, readdir, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
-import type { Browser, Page } from 'playwright-core';
+import type { Browser, Page, Route } from 'playwright-core';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { uploadBackup } from '../../agent/offsite/index';
 import { backupNow, filenameOf } from '../offsite/helpers';
@@ -126,5 +130,62 @@ describe('deleting the offsite copy of a pinned backup on the page', () => {
     await remove.click();
     await page.locator('#confirm-ok').click();
     await expect.poll(() => m.remoteNames(folder)).toEqual([]);
+  });
+});
+
+describe('the confirmation dialog', () => {
+  it('answers only the question it shows when a second Delete is clicked while the first waits for the agent', async () => {
+    const { agent } = m.t;
+    const folder = 'page-one-question';
+    const first = filenameOf(await backupNow(m.t));
+    const second = filenameOf(await backupNow(m.t));
+    await agent.settings.update({ offsite: { sftp: m.sftp(folder) } });
+    for (const name of [first, second]) await uploadBackup(agent, m.sftpProvider(folder), name);
+
+    await openSignedIn(page, served.url);
+    await sftp().getByRole('button', { name: 'List Remote Backups' }).click();
+    await sftp()
+      .getByRole('button', { name: `Delete remote ${second}` })
+      .waitFor();
+
+    // The saved settings each Delete asks for first are held until both Deletes were clicked.
+    const held: Route[] = [];
+    await page.route('**/api/v1/settings', (route) => {
+      held.push(route);
+    });
+    const deletes: string[] = [];
+    page.on('request', (request) => {
+      if (request.method() === 'DELETE') deletes.push(decodeURIComponent(request.url()));
+    });
+    await sftp()
+      .getByRole('button', { name: `Delete remote ${first}` })
+      .click();
+    await expect.poll(() => held.length).toBe(1);
+    await sftp()
+      .getByRole('button', { name: `Delete remote ${second}` })
+      .click();
+    await expect.poll(() => held.length).toBe(2);
+
+    // The first answer comes: its question is shown. Then the second's.
+    await held[0]!.continue();
+    await page.locator('#confirm-dialog[open]').waitFor();
+    await held[1]!.continue();
+    await page.unroute('**/api/v1/settings');
+    // The second Delete has had its answer and gone on (to its own question, or to nothing).
+    await page.evaluate(() => fetch(location.href).then((response) => response.status));
+
+    const named = await page.locator('#confirm-body strong').textContent();
+    expect([first, second]).toContain(named);
+    const other = named === first ? second : first;
+    await page.locator('#confirm-ok').click();
+    await expect.poll(() => m.remoteNames(folder)).toEqual([other]);
+    // A request of the page's made after the delete's: a second delete the confirm started was sent before it.
+    await page.evaluate(() => fetch(location.href).then((response) => response.status));
+    expect(deletes.filter((url) => url.includes('/offsite/'))).toHaveLength(1);
+    expect(deletes[0]).toContain(named);
+    expect(await m.remoteNames(folder)).toEqual([other]);
+    expect(await page.locator('#confirm-dialog').evaluate((dialog: HTMLDialogElement) => dialog.open)).toBe(
+      false,
+    );
   });
 });
