@@ -2,6 +2,8 @@
 import {
   createCipheriv,
   createDecipheriv,
+  createPrivateKey,
+  createPublicKey,
   generateKeyPairSync,
   randomBytes,
   scrypt as scryptCb,
@@ -83,13 +85,45 @@ export type KeyringFile = z.infer<typeof keyringFileSchema>;
 export type SigningKey = z.infer<typeof signingKeySchema>;
 
 /**
+ * Whether a signing key is one Ed25519 key pair: a private key Node reads, whose public half is the one
+ * written beside it (both `x`).
+ */
+function isKeyPair(key: SigningKey): boolean {
+  try {
+    const derived = createPublicKey(createPrivateKey({ key: key.privateJwk, format: 'jwk' })).export({
+      format: 'jwk',
+    });
+    return derived.x === key.publicJwk.x && key.privateJwk.x === key.publicJwk.x;
+  } catch {
+    return false;
+  }
+}
+
+/**
  * A keyring as a keys file brings it: also no key id twice (GEM never writes one). An import keeps one
- * key per id, so one of the two would be lost without a word, or no key left active.
+ * key per id, so one of the two would be lost without a word, or no key left active. And each signing
+ * key one key pair: a damaged one would be taken, and every Cloud DR push after it refused.
  */
 const importedKeyringSchema = keyringFileSchema.superRefine((keyring, ctx) => {
   const ids = keyring.masterKeys.map((k) => k.id);
   const twice = ids.find((id, index) => ids.indexOf(id) !== index);
   if (twice) ctx.addIssue({ code: 'custom', path: ['masterKeys'], message: `key id ${twice} appears twice` });
+  if (!isKeyPair(keyring.signingKey)) {
+    ctx.addIssue({
+      code: 'custom',
+      path: ['signingKey'],
+      message: 'the signing key is not one Ed25519 key pair',
+    });
+  }
+  for (const [i, retired] of keyring.retiredIdentities.entries()) {
+    if (!isKeyPair(retired.signingKey)) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['retiredIdentities', i, 'signingKey'],
+        message: 'the signing key is not one Ed25519 key pair',
+      });
+    }
+  }
 });
 
 const exportSchema = z.object({

@@ -1,6 +1,6 @@
 import { readFile, stat } from 'node:fs/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { buildKeysExport, createKeyringFile } from '../../agent/keys/keyring';
+import { buildKeysExport, createKeyringFile, type SigningKey } from '../../agent/keys/keyring';
 import { openSecret, sealSecret } from '../../agent/keys/secrets';
 import { silentLogger } from '../../agent/log';
 import { LastRestoreStore } from '../../agent/restore/last-restore';
@@ -150,6 +150,40 @@ describe('the keyring', () => {
           /^the keys file is corrupt: masterKeys: .*key id mk-[0-9a-f]{16}.* twice/,
         ],
       ),
+      // Taken as they were, a damaged signing key made every Cloud DR push after the import fail.
+      ...(
+        [
+          ['a private half of another key', (k, o) => Object.assign(k.privateJwk, { d: o.privateJwk.d })],
+          ['a public half of another key', (k, o) => Object.assign(k, { publicJwk: o.publicJwk })],
+          [
+            'a private half cut short',
+            (k) => Object.assign(k.privateJwk, { d: k.privateJwk.d.slice(0, 20) }),
+          ],
+        ] as const satisfies ReadonlyArray<readonly [string, (key: SigningKey, other: SigningKey) => void]>
+      ).map(([damage, apply]): [string, () => Promise<unknown>, string, RegExp] => [
+        `a keys file whose signing key has ${damage}`,
+        async () => {
+          const file = createKeyringFile();
+          apply(file.signingKey, createKeyringFile().signingKey);
+          return { file: await buildKeysExport(file) };
+        },
+        'bad_keys_file',
+        /^the keys file is corrupt: signingKey: the signing key is not one Ed25519 key pair/,
+      ]),
+      [
+        'a retired identity whose signing key has a public half of another key',
+        async () => {
+          const file = createKeyringFile();
+          const retired = createKeyringFile();
+          retired.signingKey.publicJwk = createKeyringFile().signingKey.publicJwk;
+          file.retiredIdentities = [
+            { installationId: retired.installationId, signingKey: retired.signingKey },
+          ];
+          return { file: await buildKeysExport(file) };
+        },
+        'bad_keys_file',
+        /^the keys file is corrupt: retiredIdentities\.0\.signingKey: the signing key is not one Ed25519 key pair/,
+      ],
       [
         'a protected file without passphrase',
         async () => ({ file: await buildKeysExport(createKeyringFile(), 'right passphrase') }),
