@@ -4,7 +4,7 @@ import { CreateUploadRequest, type UploadStatusResponse } from '../../shared/api
 import { toHex } from '../../shared/signing';
 import { type CloudVariables, requireSignature } from '../auth/signed';
 import { CloudError, storageUnavailable } from '../errors';
-import type { UploadRecord } from '../state/ledger';
+import { abortDropped, type UploadRecord } from '../state/ledger';
 import { parseJsonBody } from './json-body';
 import { newBackupKey, refuseFutureBackup, refuseIfOlder, settleCommit } from './slot-commit';
 
@@ -95,7 +95,7 @@ export const uploadRoutes = new Hono<{ Variables: CloudVariables }>()
       refuseFutureBackup(claimed.createdAt);
     } catch (err) {
       await state.takeUpload(claimed.uploadId);
-      await deps.store.abortMultipart(claimed.objectKey, claimed.storeUploadId).catch(() => {});
+      await abortDropped(deps.store, [claimed], (upload) => state.createUpload(upload));
       throw err;
     }
     const stored = await completeInStore(deps, state, claimed, parts);

@@ -4,6 +4,7 @@ import type { JWK } from 'jose';
 import { R2SlotStore } from '../store/r2';
 import type { WorkerEnv } from '../worker-env';
 import {
+  abortDropped,
   type CommitOutcome,
   type EnrollOutcome,
   InstallationLedger,
@@ -97,17 +98,17 @@ export class InstallationState extends DurableObject<WorkerEnv> implements Insta
   }
 
   /**
-   * Forgets expired request ids, aborts uploads idle for longer than the limit (24 h by default)
-   * and deletes the objects of puts whose commit never came within it.
+   * Forgets expired request ids, aborts uploads idle for longer than the limit (24 h by default; one
+   * whose abort fails stays for the next sweep) and deletes the objects of puts whose commit never came
+   * within it.
    */
   async alarm(): Promise<void> {
     const { abandoned, stalePuts, nextAtMs } = await this.ledger.sweep(Date.now());
-    const store = new R2SlotStore(this.env.SLOTS);
-    for (const upload of abandoned) {
-      await store.abortMultipart(upload.objectKey, upload.storeUploadId).catch(() => {});
-    }
-    for (const key of stalePuts) await store.delete(key).catch(() => {});
+    // Set first: an upload recorded again after a failed abort wakes the alarm no later than its turn.
     if (nextAtMs !== null) await this.ctx.storage.setAlarm(nextAtMs);
+    const store = new R2SlotStore(this.env.SLOTS);
+    await abortDropped(store, abandoned, (upload) => this.ledger.createUpload(upload));
+    for (const key of stalePuts) await store.delete(key).catch(() => {});
   }
 }
 

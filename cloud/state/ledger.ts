@@ -1,6 +1,7 @@
 // One installation's durable state: its enrolled key, seen request ids, the slot pointer and open uploads.
 import type { JWK } from 'jose';
 import type { SlotMetadata } from '../../shared/api/cloud';
+import type { SlotStore } from '../store/slot-store';
 
 /** The slot's metadata plus the object key that holds the backup. */
 export interface SlotRecord extends SlotMetadata {
@@ -298,6 +299,30 @@ export class InstallationLedger implements InstallationStateApi {
       } else later(staleAt);
     }
     return { abandoned, stalePuts, nextAtMs: next };
+  }
+}
+
+/**
+ * Aborts the stored parts of uploads taken out of the state (idle past the limit, or refused at their
+ * completion). One whose abort fails is recorded again, idle from now, so the next sweep (or the agent's
+ * own abort) tries again: forgotten, its parts would stay in the bucket with nothing left to name them.
+ */
+export async function abortDropped(
+  store: Pick<SlotStore, 'abortMultipart'>,
+  uploads: UploadRecord[],
+  recordAgain: (upload: UploadRecord) => Promise<void>,
+): Promise<void> {
+  for (const upload of uploads) {
+    try {
+      await store.abortMultipart(upload.objectKey, upload.storeUploadId);
+    } catch (err) {
+      console.error(
+        'cloud: aborting a multipart upload failed; it stays recorded for the next sweep',
+        err instanceof Error ? err.message : String(err),
+      );
+      const { completingSince: _, ...kept } = upload;
+      await recordAgain({ ...kept, lastActivityAt: Date.now() }).catch(() => {});
+    }
   }
 }
 

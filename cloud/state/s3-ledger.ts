@@ -1,7 +1,7 @@
 // Per-installation state for the self-hosted Node entry: one JSON document per installation in the bucket.
 import type { S3Client } from '@aws-sdk/client-s3';
 import type { SlotStore } from '../store/slot-store';
-import { InstallationLedger, type InstallationStateApi, type LedgerStorage } from './ledger';
+import { abortDropped, InstallationLedger, type InstallationStateApi, type LedgerStorage } from './ledger';
 import { type UpdateOptions, updateJsonObject } from './s3-conditional';
 
 /**
@@ -98,9 +98,9 @@ export class S3InstallationStates {
     );
     // The write that forgot them won: no other process saw them still there after it, so each is
     // cleaned up by exactly one caller (a lost race re-ran the sweep on the newer document instead).
-    for (const upload of abandoned) {
-      await this.store.abortMultipart(upload.objectKey, upload.storeUploadId).catch(() => {});
-    }
+    await abortDropped(this.store, abandoned, (upload) =>
+      this.withLedger(hash, (ledger) => ledger.createUpload(upload)),
+    );
     for (const key of stalePuts) await this.store.delete(key).catch(() => {});
     return structuredClone(result);
   }

@@ -374,6 +374,49 @@ describe('the Node entry over S3 (moto), with faults injected around the real le
     expect(again.json()).toEqual({ deleted: false });
   });
 
+  it('an idle upload whose abort storage fails stays recorded, and the next sweep aborts it', async () => {
+    const inst = await enrolled();
+    const uploadId = await multipartWithoutComplete(cloud, inst, 6 * MiB, 37, '2026-11-01T00:00:00.000Z');
+    const path = `/v1/dr/uploads/${uploadId}`;
+    // The same bucket's states with a 300 ms idle limit: each call sweeps the installation first.
+    const hash = createHash('sha256').update(inst.installationId).digest('hex');
+    const sweeping = new S3InstallationStates(client, BUCKET, new FlakyStore(client, BUCKET), 300);
+    await new Promise((r) => setTimeout(r, 400));
+
+    failAborts = 1;
+    await sweeping.installation(hash).slot();
+    expect(failAborts).toBe(0);
+    // Forgotten after a failed abort, its parts would stay in the bucket with nothing to name them.
+    expect((await signedEmpty(cloud, inst, 'GET', path)).status).toBe(200);
+    expect(await openUploadsOf(inst)).toHaveLength(1);
+
+    await new Promise((r) => setTimeout(r, 400));
+    await sweeping.installation(hash).slot();
+    expect(await openUploadsOf(inst)).toEqual([]);
+    expect((await signedEmpty(cloud, inst, 'GET', path)).status).toBe(404);
+  });
+
+  it('a completion refused for a future date whose abort storage fails keeps the upload recorded', async () => {
+    const inst = await enrolled();
+    const future = new Date(Date.now() + 3 * 24 * 3600_000).toISOString();
+    const uploadId = await multipartWithoutComplete(cloud, inst, 6 * MiB, 41, future);
+    const path = `/v1/dr/uploads/${uploadId}`;
+
+    failAborts = 1;
+    const refused = await signedEmpty(cloud, inst, 'POST', `${path}/complete`);
+    expect(refused.status).toBe(400);
+    expect(refused.json().error.code).toBe('future_backup');
+    expect(failAborts).toBe(0);
+    expect((await signedEmpty(cloud, inst, 'GET', path)).status).toBe(200);
+    expect(await openUploadsOf(inst)).toHaveLength(1);
+
+    // Asked again (the agent's retry, or its DELETE), the parts go.
+    const again = await signedEmpty(cloud, inst, 'POST', `${path}/complete`);
+    expect(again.json().error.code).toBe('future_backup');
+    expect(await openUploadsOf(inst)).toEqual([]);
+    expect((await signedEmpty(cloud, inst, 'GET', path)).status).toBe(404);
+  });
+
   it('an abort that storage fails keeps the upload recorded: 503, and the retry aborts it', async () => {
     const inst = await enrolled();
     const uploadId = await multipartWithoutComplete(cloud, inst, 6 * MiB, 31, '2026-11-01T00:00:00.000Z');
