@@ -15,7 +15,7 @@ import { DESTINATION_TITLES, type OffsiteKind } from '../offsite/destinations';
 import { writeFileAtomic } from '../system/atomic-file';
 import type { CliContext } from './context';
 import { formatSize } from './format';
-import { checkOutputPath } from './output';
+import { checkOutputPath, outputExists } from './output';
 import {
   PASSPHRASE_FILE_OPTION,
   passphraseToOpen,
@@ -220,8 +220,13 @@ export async function decryptCommand(cli: CliContext): Promise<void> {
   const opener = createOpenTransform({
     resolveFileKey: (header) => unwrapWithMasterKeys(header.stanzas, keys),
   });
-  await writeFileAtomic(output, [createReadStream(file), opener], { mode: 0o600 }).catch((error) => {
+  // Without --force only a name still free is taken: a file made there while this decrypted stays.
+  const published = await writeFileAtomic(output, [createReadStream(file), opener], {
+    mode: 0o600,
+    exclusive: !values.force,
+  }).catch((error) => {
     throw envelopeToAppError(error);
   });
+  if (!published) throw outputExists(output);
   cli.out(`decrypted to ${output}`);
 }

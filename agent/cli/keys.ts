@@ -4,9 +4,9 @@ import { AppError } from '../errors';
 import { KeyStateStore } from '../keys/key-state';
 import { buildKeysExport, exportFileName, Keyring, shortInstallationId } from '../keys/keyring';
 import { createLogger } from '../log';
-import { writeSmallFileAtomic } from '../system/atomic-file';
+import { createSmallFileExclusive, writeSmallFileAtomic } from '../system/atomic-file';
 import type { CliContext } from './context';
-import { checkOutputPath } from './output';
+import { checkOutputPath, outputExists } from './output';
 import {
   PASSPHRASE_ENV,
   PASSPHRASE_FILE_OPTION,
@@ -52,7 +52,10 @@ export async function keysCommand(cli: CliContext): Promise<void> {
     // the embedded cluster is down, when a person is most likely to need them.
     await cli.withDataDir(async (paths) => {
       const keyring = await Keyring.load(paths.keyring);
-      await writeSmallFileAtomic(path, await buildKeysExport(keyring.toFile(), passphrase, now), 0o600);
+      const exported = await buildKeysExport(keyring.toFile(), passphrase, now);
+      // Without --force only a name still free is taken: a file made there meanwhile stays.
+      if (values.force) await writeSmallFileAtomic(path, exported, 0o600);
+      else if (!(await createSmallFileExclusive(path, exported, 0o600))) throw outputExists(path);
       await new KeyStateStore(paths.state, createLogger({ level: 'warn' })).merge({
         lastDownloadedAt: now.toISOString(),
       });

@@ -20,10 +20,16 @@ export async function checkOutputPath(path: string, options: { force?: boolean }
   if (there?.isDirectory()) {
     throw new AppError('bad_request', `${path} is a folder: give a file name with -o (nothing was written)`);
   }
-  if (there && !options.force) {
-    throw new AppError(
-      'conflict',
-      `${path} already exists: choose another -o, or add --force to replace it (nothing was written)`,
-    );
-  }
+  if (there && !options.force) throw outputExists(path);
+}
+
+/**
+ * The refusal of an output that exists: found by the check, or made by someone else while the command
+ * wrote its temp file (without `--force` the file is published only if its name is still free).
+ */
+export function outputExists(path: string): AppError {
+  return new AppError(
+    'conflict',
+    `${path} already exists: choose another -o, or add --force to replace it (nothing was written)`,
+  );
 }

@@ -21,6 +21,7 @@ import { seededEnvironment, startTestAgent } from '../services/agent';
 import { startPostgres, type TestPostgres } from '../services/postgres';
 import { startAll } from '../services/start-all';
 import { tempDirForTest } from '../services/temp-dir';
+import { until } from '../services/wait';
 import { type BuiltCli, buildCli } from './built-cli';
 
 let pg: TestPostgres;
@@ -291,6 +292,45 @@ describe('the gem-backup CLI (the package bin)', () => {
     const intoFolder = await cliWith(passphrase, ...decrypt, '-o', join(dataDir, 'backups'));
     expect(intoFolder.code).toBe(1);
     expect(intoFolder.stderr).toContain('is a folder: give a file name with -o');
+  });
+
+  it('without --force never replaces a file made at the -o path while it wrote: keys export -o and decrypt -o', async () => {
+    const probe = await runProcess('strace', ['-V']).catch(() => undefined);
+    if (probe?.code !== 0)
+      throw new Error('strace is missing: apt-get install -y strace (scripts/setup.sh does)');
+    const passphrase = { GEM_KEYS_PASSPHRASE: 'an output passphrase' };
+    const keys = join(dataDir, 'keys-for-race.json');
+    expect((await cliWith(passphrase, 'keys', 'export', '-o', keys)).code).toBe(0);
+    const backup = /created (gem-backup-\S+\.tar\.gz)/.exec((await cli('create')).stdout)?.[1];
+    expect(backup).toBeDefined();
+    for (const args of [
+      ['keys', 'export'],
+      ['decrypt', join(dataDir, 'backups', backup!), '--keys', keys],
+    ]) {
+      const folder = await mkdtemp(join(tmpdir(), 'gem-cli-race-'));
+      const out = join(folder, 'out');
+      // strace holds each fsync 1 s: the command's temp file is there, its name not yet published.
+      const running = runProcess(
+        'strace',
+        [
+          ...['-f', '--seccomp-bpf', '-qq', '-o', '/dev/null'],
+          ...['-e', 'trace=fsync,fdatasync', '-e', 'inject=fsync,fdatasync:delay_enter=1000000'],
+          ...[process.execPath, built.path, ...args, '-o', out],
+        ],
+        { env: { ...env, ...passphrase }, cwd: process.cwd() },
+      );
+      await until(async () => (await readdir(folder)).length > 0, 'the temp file', 200);
+      await writeFile(out, 'made by someone else meanwhile', { flag: 'wx' });
+      const res = await running;
+      expect(res.code).toBe(1);
+      expect(res.stderr.trim()).toBe(
+        `gem-backup: ${out} already exists: choose another -o, or add --force to replace it (nothing was written)`,
+      );
+      expect(await readFile(out, 'utf8')).toBe('made by someone else meanwhile');
+      // Its temp file is gone too.
+      expect(await readdir(folder)).toEqual(['out']);
+      await rm(folder, { recursive: true });
+    }
   });
 
   it('records each command that opens the agent in the audit log: what, by whom, how it ended', async () => {
