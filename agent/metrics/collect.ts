@@ -63,15 +63,17 @@ export async function collectMetrics(
   );
 
   // Last success per destination: local (newest good backup), each offsite destination (last upload), the cloud slot.
+  // Only destinations that are on, as health judges them: the records of one turned off would alert for ever.
   const offsite = await offsiteServiceFor(agent).status();
+  const offsiteOn = OFFSITE_KINDS.filter((kind) => offsite[kind].enabled);
   const dr = await drServiceFor(agent).status();
   const lastSuccess: Sample[] = [];
   if (newest) lastSuccess.push({ labels: { destination: 'local' }, value: seconds(newest.createdAt)! });
-  for (const kind of OFFSITE_KINDS) {
+  for (const kind of offsiteOn) {
     const at = seconds(offsite[kind].lastSuccessfulUpload?.at);
     if (at !== undefined) lastSuccess.push({ labels: { destination: kind }, value: at });
   }
-  const drAt = seconds(dr.lastSuccess?.at);
+  const drAt = dr.enabled ? seconds(dr.lastSuccess?.at) : undefined;
   if (drAt !== undefined) lastSuccess.push({ labels: { destination: 'cloud' }, value: drAt });
   m.family(
     'gem_backup_destination_last_success_timestamp_seconds',
@@ -83,11 +85,11 @@ export async function collectMetrics(
     'gem_backup_destination_last_upload_ok',
     'gauge',
     'Whether the last upload to each destination succeeded (1) or failed (0).',
-    samples([...OFFSITE_KINDS], (kind) => {
+    samples(offsiteOn, (kind) => {
       const u = offsite[kind].lastUpload;
       return u ? { labels: { destination: kind }, value: u.ok ? 1 : 0 } : undefined;
     }).concat(
-      dr.lastPush && dr.lastPush.outcome !== 'skipped'
+      dr.enabled && dr.lastPush && dr.lastPush.outcome !== 'skipped'
         ? [{ labels: { destination: 'cloud' }, value: dr.lastPush.outcome === 'succeeded' ? 1 : 0 }]
         : [],
     ),

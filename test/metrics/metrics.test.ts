@@ -1,6 +1,8 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { drServiceFor } from '../../agent/dr/service';
 import { healthFor } from '../../agent/health/service';
 import { metricsRoutes } from '../../agent/http/routes/metrics';
+import { offsiteServiceFor } from '../../agent/offsite/service';
 import { backupNow } from '../health/helpers';
 import { startTestAgent, type TestAgent } from '../services/agent';
 import { startPostgres, type TestPostgres } from '../services/postgres';
@@ -87,5 +89,53 @@ describe('GET /metrics', () => {
         .get('gem_backup_destination_last_success_timestamp_seconds')!
         .samples.find((s) => s.labels.destination === 'local')?.value,
     ).toBe(Date.parse(goodInfo.createdAt) / 1000);
+  }, 60_000);
+
+  it('leaves out destinations that are turned off, as health does: their last upload no longer alerts', async () => {
+    const sftp = {
+      enabled: true,
+      host: '127.0.0.1',
+      port: 2222,
+      username: 'gem',
+      remotePath: 'gem-backups',
+      auth: { password: 'sftp-password-for-the-test' },
+      autoUpload: false,
+    };
+    await t.agent.settings.update({ offsite: { sftp } });
+    const day = 86_400_000;
+    const success = { at: new Date(Date.now() - 2 * day).toISOString(), backup: 'gem-backup-a', ok: true };
+    const state = offsiteServiceFor(t.agent).state;
+    await state.recordUpload('sftp', success);
+    await state.recordUpload('sftp', {
+      at: new Date(Date.now() - day).toISOString(),
+      backup: 'gem-backup-b',
+      ok: false,
+      error: { code: 'unreachable', message: 'Cannot reach the storage' },
+    });
+    // The cloud slot's records from before Cloud DR was turned off (here it has no cloud URL at all).
+    await drServiceFor(t.agent).state.update((s) => {
+      s.lastSuccess = { at: success.at, trigger: 'nightly', outcome: 'succeeded', size: 1000 };
+      s.lastPush = { at: new Date().toISOString(), trigger: 'nightly', outcome: 'failed' };
+    });
+    expect((await drServiceFor(t.agent).status()).enabled).toBe(false);
+    const destinations = async () => {
+      const families = parsePrometheusText(await (await scrape(METRICS_TOKEN)).text());
+      const of = (name: string) =>
+        Object.fromEntries(families.get(name)!.samples.map((s) => [s.labels.destination, s.value]));
+      return {
+        ok: of('gem_backup_destination_last_upload_ok'),
+        lastSuccess: of('gem_backup_destination_last_success_timestamp_seconds'),
+      };
+    };
+
+    const on = await destinations();
+    expect(on.ok).toEqual({ sftp: 0 });
+    expect(on.lastSuccess.sftp).toBe(Date.parse(success.at) / 1000);
+    expect(on.lastSuccess.cloud).toBeUndefined();
+
+    await t.agent.settings.update({ offsite: { sftp: { ...sftp, enabled: false } } });
+    const off = await destinations();
+    expect(off.ok).toEqual({});
+    expect(Object.keys(off.lastSuccess)).toEqual(['local']);
   }, 60_000);
 });
