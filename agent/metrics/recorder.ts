@@ -27,7 +27,7 @@ export class MetricsRecorder {
     this.unsubscribe = undefined;
   }
 
-  /** Adds bytes sent to a destination (offsite uploads report through the backup job's notice; others may call this). */
+  /** Adds bytes sent to a destination (offsite uploads report through the backup job's or Sync Now's notices; others may call this). */
   recordUpload(destination: string, bytes: number): void {
     if (!Number.isFinite(bytes) || bytes <= 0) return;
     this.uploadedBytes.set(destination, (this.uploadedBytes.get(destination) ?? 0) + bytes);
@@ -41,6 +41,12 @@ export class MetricsRecorder {
         )) {
           if (r?.ok && typeof r.size === 'number') this.recordUpload(destination, r.size);
         }
+      }
+      // Sync Now says each upload as it lands.
+      if (event.name === 'offsite-sync-upload') {
+        const d = event.data as { destination?: unknown; size?: unknown } | undefined;
+        if (typeof d?.destination === 'string' && typeof d.size === 'number')
+          this.recordUpload(d.destination, d.size);
       }
       return;
     }

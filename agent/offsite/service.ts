@@ -620,6 +620,7 @@ export class OffsiteService {
               // Just listed without this name: no other backup to look for under it.
               const stored = await uploadBackup(this.agent, provider, name, { ...transfer, absent: true });
               result.uploaded.push(name);
+              ctx.notice('offsite-sync-upload', { destination: kind, backup: name, size: stored.size });
               // Counted like an auto-upload (health, metrics), as soon as it lands: oldest first, so the newest last.
               await this.state
                 .recordSyncUpload(kind, {

@@ -4,6 +4,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { backupNameFor } from '../../agent/backup/catalog';
 import { startBackup } from '../../agent/backup/operations';
+import { metricsFor } from '../../agent/metrics/recorder';
 import { offsiteServiceFor } from '../../agent/offsite/index';
 import { createdAtFromName } from '../../agent/offsite/transfer';
 import { SftpProvider } from '../../agent/providers/sftp';
@@ -131,6 +132,8 @@ describe('Sync Now', () => {
     await t.agent.catalog.delete(b2);
     await t.agent.settings.update({ autoBackup: { maxBackups: 3 }, offsite: { sftp: sftp('synced') } });
 
+    const metrics = metricsFor(t.agent);
+    const bytesBefore = metrics.uploadedBytes.get('sftp') ?? 0;
     const phases: string[] = [];
     const res = await call(t, 'POST', '/offsite/sftp/sync');
     expect(res.status).toBe(202);
@@ -150,6 +153,9 @@ describe('Sync Now', () => {
     );
     expect(await remoteNames('synced')).toEqual([b2, b3, b4]);
     expect(await localNames()).toEqual([b2, b3, b4]);
+    // Counted in gem_backup_uploaded_bytes_total as an auto-upload is.
+    const sizes = await Promise.all([b3, b4].map(async (b) => (await t.agent.catalog.info(b)).size));
+    expect(metrics.uploadedBytes.get('sftp')).toBe(bytesBefore + sizes[0]! + sizes[1]!);
     // The downloaded copy was verified end to end on arrival.
     expect(await t.agent.catalog.info(b2)).toMatchObject({ verifyResult: 'ok' });
     expect(await readFile(join(sshd.root, 'synced', b2))).toEqual(await readFile(t.agent.catalog.pathOf(b2)));
