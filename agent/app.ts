@@ -67,7 +67,8 @@ export function createApp(agent: Agent, modules: RouteModule[] = API_MODULES): H
 
 /**
  * Options of the agent's HTTP server. No request timeout: an upload of a large backup
- * (POST /api/v1/backups/upload) may last far longer than Node's default 300 s. The headers timeout
+ * (POST /api/v1/backups/upload) may last far longer than Node's default 300 s (one whose sender goes
+ * silent is ended by receiveUpload's idle limit, uploadTiming). The headers timeout
  * stays Node's 60 s, given explicitly since Node derives its default from requestTimeout (0 would
  * turn it off too): a client that never finishes its headers is still cut off.
  */

@@ -46,6 +46,13 @@ export async function usableSpace(
   return { room: space.free - reserve, reserve };
 }
 
+/**
+ * How long an upload through the API may go without a byte arriving before it is ended (and its temp
+ * file removed): a sender gone without a word (a laptop asleep, a network that drops) would otherwise
+ * hold the temp file, and its disk space, until the agent restarts (its server has no request timeout).
+ */
+export const uploadTiming = { idleMs: 5 * 60_000 };
+
 /** Free space is measured again after this many bytes, as other writers (the database) use it too. */
 const RECHECK_BYTES = 64 * 1024 * 1024;
 
@@ -87,6 +94,8 @@ export async function receiveUpload(
      * in `name` (checkNameFitsHeader): a file uploaded by a person, who chose the name.
      */
     nameFitsHeader?: boolean;
+    /** Ends the upload (400, nothing kept) when no byte arrives for this long (uploadTiming). */
+    idleMs?: number;
   } = {},
 ): Promise<ReceivedBackup> {
   if (await agent.catalog.exists(name))
@@ -106,12 +115,14 @@ export async function receiveUpload(
 
   let received = 0;
   let nextCheck = RECHECK_BYTES;
+  let idle: NodeJS.Timeout | undefined;
   // The first bytes are checked as they arrive: anything but a backup's header ends the upload early.
   // Past its limit (HEADER_SCAN_LIMIT), a header still unparsed cannot be a backup's.
   let head: HeaderScanner | undefined = new HeaderScanner();
   const counter = new Transform({
     async transform(chunk: Buffer, _e, cb) {
       try {
+        arm();
         received += chunk.length;
         // Never past what it said it is: a sender (a destination's server) that goes on would fill the disk.
         if (declared !== undefined && received > declared)
@@ -140,6 +151,24 @@ export async function receiveUpload(
       }
     },
   });
+  // Re-armed by every chunk; once the body has ended (the checks below take their time) no longer.
+  const arm = () => {
+    if (options.idleMs === undefined) return;
+    clearTimeout(idle);
+    idle = setTimeout(
+      () =>
+        counter.destroy(
+          new AppError(
+            'bad_request',
+            `the upload stopped: nothing arrived for ${options.idleMs! / 1000} s; nothing was kept: send it again`,
+          ),
+        ),
+      options.idleMs,
+    ).unref();
+  };
+  // Ended either way, the counter closes (a write that failed before it was piped: the timer is unref'd).
+  counter.on('close', () => clearTimeout(idle));
+  arm();
   let result: ReceivedBackup | undefined;
   const kept = await writeFileAtomic(agent.catalog.pathOf(name), [body, counter], {
     ...(options.signal ? { signal: options.signal } : {}),

@@ -6,7 +6,7 @@ import { z } from 'zod';
 import type { Agent } from '../../agent';
 import { type BackupInfo, checkBackupName, pinnedRefusal } from '../../backup/catalog';
 import { startBackup, startVerify } from '../../backup/operations';
-import { receiveUpload } from '../../backup/upload';
+import { receiveUpload, uploadTiming } from '../../backup/upload';
 import { AppError } from '../../errors';
 import { jsonBody } from '../body';
 import { ticketsFor } from '../download-tickets';
@@ -121,6 +121,8 @@ export function backupRoutes(agent: Agent): Hono {
         declaredSize: declared === undefined ? undefined : Number(declared),
         // The uploader chose the name: one that contradicts the backup's own date is refused.
         nameFitsHeader: true,
+        // A sender gone without a word would hold the temp file until the agent restarts.
+        idleMs: uploadTiming.idleMs,
       },
     );
     return c.json(result, 201);
