@@ -70,6 +70,15 @@ export function isOneLine(text: string): boolean {
   return !/[\r\n\u0000]/.test(text);
 }
 
+/** What an SMB folder must be: smbclient takes it in its `-c` commands, quoted, where ';' ends a command. */
+export const SMB_FOLDER_RULE =
+  'must be a folder path without a double quote ("), a semicolon (;) or a control character: smbclient takes the folder in its commands';
+
+/** True for a folder smbclient's commands can take (SMB_FOLDER_RULE); spaces around it are trimmed before use. */
+export function isSmbFolder(path: string): boolean {
+  return !/[";\u0000-\u001f]/.test(path.trim());
+}
+
 /** What a destination's host must be (SFTP, SMB): a name or an address, never an option of a tool. */
 export const HOST_RULE = 'must be a host name, an IPv4 address or an [IPv6] address (and not start with "-")';
 
@@ -152,6 +161,7 @@ export function destinationFieldProblems(
     username?: string;
     domain?: string | undefined;
     password?: unknown;
+    remotePath?: string;
   },
 ): FieldProblem[] {
   const problems: FieldProblem[] = [];
@@ -161,6 +171,8 @@ export function destinationFieldProblems(
       const value = section[field];
       if (typeof value === 'string' && !isOneLine(value)) problems.push({ field, message: ONE_LINE_RULE });
     }
+    if (section.remotePath !== undefined && !isSmbFolder(section.remotePath))
+      problems.push({ field: 'remotePath', message: SMB_FOLDER_RULE });
   }
   if (kind === 's3') {
     if (section.endpoint && !isHttpEndpoint(section.endpoint))

@@ -17,6 +17,7 @@ import {
   isBucketName,
   isHost,
   ONE_LINE_RULE,
+  SMB_FOLDER_RULE,
 } from '../../shared/api/settings';
 import { startTestAgent, type TestAgent } from '../services/agent';
 import { startPostgres, type TestPostgres } from '../services/postgres';
@@ -81,6 +82,10 @@ describe('offsite values on save', () => {
     ['smb', { ...smb('nas'), username: 'gem\ndomain = OTHER' }, 'offsite.smb.username'],
     ['smb', { ...smb('nas'), password: 'pw\r\nusername = admin' }, 'offsite.smb.password'],
     ['smb', { ...smb('nas'), domain: 'WORK\u0000' }, 'offsite.smb.domain'],
+    // smbclient takes the folder inside its `-c` commands: a ';' would end the command, a '"' its quoting.
+    ['smb', { ...smb('nas'), remotePath: '/gem;backups/' }, 'offsite.smb.remotePath'],
+    ['smb', { ...smb('nas'), remotePath: '/gem"x/' }, 'offsite.smb.remotePath'],
+    ['smb', { ...smb('nas'), enabled: false, remotePath: '/gem\tx/' }, 'offsite.smb.remotePath'],
     ['s3', s3({ endpoint: 'ftp://x' }), 'offsite.s3.endpoint'],
     ['s3', s3({ bucket: 'Bad_Bucket!' }), 'offsite.s3.bucket'],
     ['s3', s3({ bucket: 'ab' }), 'offsite.s3.bucket'],
@@ -132,7 +137,7 @@ describe('offsite values on save', () => {
     const saved = await call('PUT', '/settings', {
       offsite: {
         sftp: sftp('[::1]'),
-        smb: smb('nas.example.com'),
+        smb: { ...smb('nas.example.com'), remotePath: '/Backups GEM/été/' },
         s3: s3({ endpoint: 'https://minio.example.com:9000', bucket: 'gem.backups-1' }),
       },
     });
@@ -146,7 +151,7 @@ describe('values an earlier version saved', () => {
     // Stored as an earlier version stored them: it took any text.
     await t.agent.settings.change((current) => {
       Object.assign(current.offsite.sftp, sftp('-oProxyCommand=x'));
-      Object.assign(current.offsite.smb, smb('h;rm -rf /'));
+      Object.assign(current.offsite.smb, { ...smb('h;rm -rf /'), remotePath: '/gem;x/' });
       Object.assign(current.offsite.s3, s3({ endpoint: 'ftp://x', bucket: 'Bad_Bucket!' }));
       return current;
     });
@@ -168,7 +173,7 @@ describe('values an earlier version saved', () => {
       `The SFTP server settings hold a value that is not valid: the host ${HOST_RULE}. Correct it in the settings and save`,
     );
     expect(reasons('smb')).toContain(
-      `Windows share (SMB) settings hold a value that is not valid: the host ${HOST_RULE}.`,
+      `Windows share (SMB) settings hold values that are not valid: the remotePath ${SMB_FOLDER_RULE}; the host ${HOST_RULE}. Correct them`,
     );
     expect(reasons('s3')).toContain(
       `S3 storage settings hold values that are not valid: the endpoint ${ENDPOINT_SCHEME_RULE}; the bucket ${BUCKET_RULE}. Correct them`,
