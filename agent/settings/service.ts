@@ -276,7 +276,8 @@ export class SettingsService {
     if (text === undefined) return;
     let legacy: LegacyB2Settings;
     try {
-      legacy = LegacyB2Settings.parse(JSON.parse(text));
+      // A byte order mark (the file edited in Notepad or written by PowerShell) is not part of the JSON.
+      legacy = LegacyB2Settings.parse(JSON.parse(text.replace(/^\uFEFF/, '')));
     } catch {
       this.deps.log.warn('a legacy settings.json was found but is not a B2 configuration; left as is', {
         path,

@@ -343,6 +343,22 @@ describe('the legacy B2 configuration', () => {
     }
   });
 
+  it('is moved too when the file begins with a byte order mark (saved by Notepad or PowerShell)', async () => {
+    const dataDir = await mkdtemp(join(tmpdir(), 'gem-legacy-bom-'));
+    const legacyPath = join(dataDir, 'settings.json');
+    const b2 = { keyId: '0041a2b3c4d5e6f0000000003', applicationKey: 'K004editedByHand', bucket: 'old-gem' };
+    await writeFile(legacyPath, `\uFEFF${JSON.stringify({ b2 }, null, 2)}`);
+    const legacy = await startTestAgent(pg, { modules, dataDir });
+    try {
+      expect((await get(legacy)).offsite.s3).toMatchObject({ provider: 'b2', accessKeyId: b2.keyId });
+      expect(legacy.agent.settings.get().offsite.s3.secretAccessKey).toBe(b2.applicationKey);
+      await expect(access(legacyPath)).rejects.toThrow();
+    } finally {
+      await legacy.close();
+      await rm(dataDir, { recursive: true, force: true });
+    }
+  });
+
   it('is left in place, with a warning saying so, when an S3 destination is already configured', async () => {
     const configured = await startTestAgent(pg, { modules });
     const dataDir = await mkdtemp(join(tmpdir(), 'gem-legacy-kept-'));
