@@ -79,7 +79,7 @@ export function isSmbFolder(path: string): boolean {
   return !/[";\u0000-\u001f]/.test(path.trim());
 }
 
-/** What a destination's host must be (SFTP, SMB): a name or an address, never an option of a tool. */
+/** What a destination's host (SFTP, SMB) and the alerts' SMTP server must be: a name or an address, never an option of a tool. */
 export const HOST_RULE = 'must be a host name, an IPv4 address or an [IPv6] address (and not start with "-")';
 
 const IPV4 = /^(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(\.(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)){3}$/;
@@ -382,6 +382,9 @@ const EmailAlertsInput = z
   })
   .strict()
   .superRefine((e, ctx) => {
+    // Refused whether or not it is on, as a destination's host: `smtp.example.com:587` reaches no server.
+    if (e.host.trim() && !isHost(e.host))
+      ctx.addIssue({ code: 'custom', path: ['host'], message: HOST_RULE });
     if (!e.enabled) return;
     if (!e.host) ctx.addIssue({ code: 'custom', path: ['host'], message: 'required when enabled' });
     if (!e.from) ctx.addIssue({ code: 'custom', path: ['from'], message: 'required when enabled' });

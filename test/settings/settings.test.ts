@@ -8,7 +8,12 @@ import { retentionModule, settingsModule } from '../../agent/http/routes/setting
 import { openSecret } from '../../agent/keys/secrets';
 import { createLogger } from '../../agent/log';
 import { SettingsService } from '../../agent/settings/service';
-import type { Settings, SettingsPutResponse, SettingsView } from '../../shared/api/settings';
+import {
+  HOST_RULE,
+  type Settings,
+  type SettingsPutResponse,
+  type SettingsView,
+} from '../../shared/api/settings';
 import { startTestAgent, type TestAgent } from '../services/agent';
 import { startPostgres, type TestPostgres, withSql } from '../services/postgres';
 
@@ -219,6 +224,24 @@ describe('settings', () => {
     expect(after!.doc).toBe(before!.doc);
     expect(after!.updated_at.getTime()).toBe(before!.updated_at.getTime());
     expect(t.agent.settings.get().cloudDr.enabled).toBe(true);
+  });
+
+  it('the SMTP server of e-mail alerts must be a host name or an address, as a destination’s host: 422 otherwise', async () => {
+    const email = { enabled: true, host: '', from: 'gem@example.com', to: ['ops@example.com'] };
+    const before = await storedRow();
+    // The port typed into the host, a URL, a space inside, an option: each reached no server, every alert lost.
+    for (const host of ['smtp.example.com:587', 'smtp://smtp.example.com', 'smtp example.com', '-oX']) {
+      const res = await put({ alerts: { webhooks: [], email: { ...email, host } } });
+      expect(res.status, host).toBe(422);
+      const error = ((await res.json()) as { error: { message: string } }).error;
+      expect(error.message).toBe(`alerts.email.host: ${HOST_RULE}`);
+    }
+    expect((await storedRow())!.doc).toBe(before!.doc);
+    for (const host of ['smtp.example.com', '192.0.2.25', 'fd00::25']) {
+      const res = await put({ alerts: { webhooks: [], email: { ...email, enabled: false, host } } });
+      expect(res.status, host).toBe(200);
+      expect(t.agent.settings.get().alerts.email.host).toBe(host);
+    }
   });
 
   it('turning Cloud DR off is announced as a warning and reaches the change listeners', async () => {
