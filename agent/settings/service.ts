@@ -269,7 +269,7 @@ export class SettingsService {
   /**
    * Moves a legacy plaintext B2 configuration into the S3 destination, then removes the file. When an
    * S3 destination is already configured nothing is moved, and the file, the only copy of the B2 key,
-   * is left where it is (a warning at each start says so).
+   * is left where it is (a warning at each start says so), unless that destination holds the same key.
    */
   private async importLegacy(path: string): Promise<void> {
     const text = await readFile(path, 'utf8').catch(() => undefined);
@@ -285,6 +285,16 @@ export class SettingsService {
       return;
     }
     const s3 = this.current.offsite.s3;
+    if (
+      s3.provider === 'b2' &&
+      s3.accessKeyId === legacy.b2.keyId &&
+      s3.secretAccessKey === legacy.b2.applicationKey
+    ) {
+      // Moved by an earlier start that stopped before removing the file: its key is stored (sealed) already.
+      this.deps.log.info('legacy B2 settings were already moved to the S3 destination; removing the file');
+      await rm(path, { force: true });
+      return;
+    }
     if (s3.enabled || s3.accessKeyId) {
       this.deps.log.warn(
         'legacy B2 settings not migrated: an S3 destination is already configured. The file is left in ' +

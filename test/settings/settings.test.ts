@@ -7,6 +7,7 @@ import { maintenanceModule } from '../../agent/http/routes/maintenance';
 import { retentionModule, settingsModule } from '../../agent/http/routes/settings';
 import { openSecret } from '../../agent/keys/secrets';
 import { createLogger } from '../../agent/log';
+import { migrateLegacyB2 } from '../../agent/settings/legacy';
 import { SettingsService } from '../../agent/settings/service';
 import {
   HOST_RULE,
@@ -378,6 +379,39 @@ describe('the legacy B2 configuration', () => {
       await expect(access(legacyPath)).rejects.toThrow();
     } finally {
       await legacy.close();
+      await rm(dataDir, { recursive: true, force: true });
+    }
+  });
+
+  it('is removed at the next start when a start stopped after moving it, before removing the file', async () => {
+    const configured = await startTestAgent(pg, { modules });
+    const dataDir = await mkdtemp(join(tmpdir(), 'gem-legacy-moved-'));
+    try {
+      const b2 = {
+        keyId: '0041a2b3c4d5e6f0000000004',
+        applicationKey: 'K004movedNotRemoved',
+        bucket: 'old-gem',
+      };
+      // What the interrupted start saved: the S3 destination made of the file, endpoint and region still to fill in.
+      await configured.agent.settings.change((current) => {
+        current.offsite.s3 = migrateLegacyB2({ b2 });
+        return current;
+      });
+      const legacyPath = join(dataDir, 'settings.json');
+      await writeFile(legacyPath, JSON.stringify({ b2 }), { mode: 0o600 });
+      const lines: { level: string; msg: string }[] = [];
+      const log = createLogger({ level: 'debug', write: (line) => lines.push(JSON.parse(line)) });
+      const service = await SettingsService.open({
+        sql: configured.agent.sql,
+        keyring: configured.agent.keyring,
+        log,
+        dataDir,
+      });
+      expect(service.get().offsite.s3).toMatchObject({ provider: 'b2', secretAccessKey: b2.applicationKey });
+      await expect(access(legacyPath)).rejects.toThrow();
+      expect(lines.filter((line) => line.level === 'warn')).toEqual([]);
+    } finally {
+      await configured.close();
       await rm(dataDir, { recursive: true, force: true });
     }
   });
