@@ -92,6 +92,8 @@ export class Scheduler {
   private readonly retries = new Map<NodeJS.Timeout, { task: ScheduledTask; giveUp: () => void }>();
   private unsubscribe: (() => void) | undefined;
   private stopped = false;
+  /** Whether arm() ran once: the timers then say which tasks were on before a settings change. */
+  private armedOnce = false;
   /** Runs started by start() (catch-ups) and by the timers, until they end: for shutdown and tests. */
   private readonly inFlight = new Set<Promise<Job | undefined>>();
 
@@ -112,7 +114,10 @@ export class Scheduler {
       const timing = def.timing(this.agent);
       if (!timing) continue;
       const state = await this.agent.settings.state.get(def.task);
-      const since = state ? (state.lastRunAt ?? state.armedAt) : undefined;
+      // From the last run, or from when the task was turned on if that came later (rearm).
+      const since = state
+        ? new Date(Math.max(state.lastRunAt?.getTime() ?? 0, state.armedAt.getTime()))
+        : undefined;
       const missed = missedRun(timing.schedule, timing.tz, since, now);
       if (missed) {
         this.agent.log.info('catching up a run missed while the agent was down', {
@@ -129,11 +134,15 @@ export class Scheduler {
 
   /**
    * (Re)creates the timers from the current settings, and marks each enabled task armed (if nothing
-   * is recorded for it yet), so a task turned on later also gets its catch-up after downtime. A busy
-   * retry of a task now turned off is given up: the user's "off" wins over a slot that fired before.
+   * is recorded for it yet), so a task turned on later also gets its catch-up after downtime; one
+   * turned on again after being off is armed from now (the slots it was off for are not caught up).
+   * A busy retry of a task now turned off is given up: the user's "off" wins over a slot that fired
+   * before.
    */
   arm(): void {
     if (this.stopped) return;
+    const wasOn = this.armedOnce ? new Set(this.timers.keys()) : undefined;
+    this.armedOnce = true;
     for (const c of this.timers.values()) c.stop();
     this.timers.clear();
     const now = this.options.now?.() ?? new Date();
@@ -149,9 +158,11 @@ export class Scheduler {
         }
         continue;
       }
-      const marked = this.agent.settings.state
-        .arm(def.task, now)
-        .catch((error: unknown) => this.agent.log.warn('could not mark a scheduled task armed', { error }));
+      const state = this.agent.settings.state;
+      const turnedOn = wasOn !== undefined && !wasOn.has(def.task);
+      const marked = (turnedOn ? state.rearm(def.task, now) : state.arm(def.task, now)).catch(
+        (error: unknown) => this.agent.log.warn('could not mark a scheduled task armed', { error }),
+      );
       this.track(marked.then(() => undefined));
       const c = new Cron(
         CRON_PATTERNS[timing.schedule],

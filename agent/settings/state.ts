@@ -45,6 +45,20 @@ export class ScheduleStateStore {
   }
 
   /**
+   * Records that the task is scheduled from `at` on again (turned on after being off): the slots that
+   * passed while it was off were not missed, and the catch-up rule counts from the later of this and
+   * the last run.
+   */
+  async rearm(task: ScheduledTask, at: Date): Promise<void> {
+    await this.hold(() =>
+      this.db
+        .insert(scheduleState)
+        .values({ task, armedAt: at })
+        .onConflictDoUpdate({ target: scheduleState.task, set: { armedAt: at } }),
+    );
+  }
+
+  /**
    * Records a scheduled run that did not happen (another job held the lock through the retry), so the
    * status shows it; the last run stays as it was, so the slot counts as missed and is caught up.
    */

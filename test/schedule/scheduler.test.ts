@@ -50,6 +50,8 @@ describe('the scheduler', () => {
 
   it('catches up once at start after days of missed daily slots, as a scheduled backup', async () => {
     const threeDaysAgo = new Date(Date.now() - 3 * 86_400_000);
+    // On since four days ago, last run three days ago.
+    await t.agent.settings.state.rearm('autoBackup', new Date(Date.now() - 4 * 86_400_000));
     await t.agent.settings.state.recordRun('autoBackup', threeDaysAgo, { ok: true });
     const scheduler = new Scheduler(t.agent);
     await scheduler.start();
@@ -150,6 +152,25 @@ describe('the scheduler', () => {
     expect((job!.result as { total: number }).total).toBeGreaterThan(0);
     const state = await t.agent.settings.state.get('maintenance');
     expect(state?.lastResult).toEqual({ ok: true, jobId: job!.id });
+  });
+
+  it('catches up no slot that passed while the task was off: turned on again, it is armed from then', async () => {
+    expect((await put({ autoBackup: { enabled: true, schedule: 'daily' } })).status).toBe(200);
+    await t.agent.settings.state.recordRun('autoBackup', new Date(Date.now() - 7 * 86_400_000), { ok: true });
+    const before = (await t.agent.catalog.list()).length;
+    const scheduler = new Scheduler(t.agent);
+    // Started with the task off (the week it was off), turned on while it runs, then a restart.
+    expect((await put({ autoBackup: { enabled: false, schedule: 'daily' } })).status).toBe(200);
+    await scheduler.start();
+    expect((await put({ autoBackup: { enabled: true, schedule: 'daily' } })).status).toBe(200);
+    await scheduler.settled();
+    scheduler.stop();
+    const again = new Scheduler(t.agent);
+    await again.start();
+    await again.settled();
+    again.stop();
+    expect((await t.agent.catalog.list()).length).toBe(before);
+    expect(t.agent.jobs.list().filter((j) => j.kind === 'backup' && !j.endedAt)).toEqual([]);
   });
 
   it('takes schedule changes on save, without a restart', async () => {
