@@ -1,6 +1,6 @@
 /** AlertNotifier: evaluates health periodically and after each job, and tells webhooks and e-mail when an area changes. */
 import { createHash } from 'node:crypto';
-import type { Settings } from '../../shared/api/settings';
+import { bareHost, type Settings } from '../../shared/api/settings';
 import type { Agent } from '../agent';
 import { describeError } from '../errors';
 import type { AreaHealth, HealthArea, HealthReport, HealthStatus } from '../health/model';
@@ -505,7 +505,7 @@ export class AlertNotifier {
     try {
       await sendMail(
         {
-          host: email.host,
+          host: bareHost(email.host),
           port: email.port,
           secure: email.secure,
           ...(email.username ? { username: email.username, password: email.password ?? '' } : {}),

@@ -1,6 +1,7 @@
 // The three offsite destinations: their names, and provider options built from a settings section (S3 presets checked).
 import {
   AWS_ENDPOINT_RULE,
+  bareHost,
   ENDPOINT_CREDENTIALS_RULE,
   endpointHoldsCredentials,
   isAwsEndpoint,
@@ -50,13 +51,9 @@ function required(kind: OffsiteKind, value: string | undefined, field: string, l
   return text;
 }
 
-/**
- * A host as ssh2 and smbclient take it: an IPv6 address bare (`::1`), since both would look up the
- * bracketed form the settings also accept (`[::1]`) as a name.
- */
+/** A host as ssh2 and smbclient take it (bareHost). */
 function hostOf(kind: OffsiteKind, value: string | undefined, label: string): string {
-  const host = required(kind, value, 'host', label);
-  return /^\[.*\]$/.test(host) ? host.slice(1, -1) : host;
+  return bareHost(required(kind, value, 'host', label));
 }
 
 /**

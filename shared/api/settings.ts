@@ -109,6 +109,15 @@ export function isHost(host: string): boolean {
   return HOST_NAME.test(h);
 }
 
+/**
+ * A host the settings accept (isHost) as a connection takes it: spaces around it trimmed, an IPv6
+ * address bare (`::1`), since ssh2, smbclient and Node's sockets would look up `[::1]` as a name.
+ */
+export function bareHost(host: string): string {
+  const h = host.trim();
+  return /^\[.*\]$/.test(h) ? h.slice(1, -1) : h;
+}
+
 /** What an S3 bucket name must be (isBucketName). */
 export const BUCKET_RULE =
   'must be 3 to 63 letters, digits, dots or hyphens, starting and ending with a letter or digit (as the storage names it)';

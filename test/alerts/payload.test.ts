@@ -91,4 +91,30 @@ describe('what an alert says about the installation', () => {
     for (const text of [...hooks, ...smtp.messages]) expect(text).not.toContain(id);
     for (const hook of hooks) expect(JSON.parse(hook).installationTag).toBe(installationTag(id));
   });
+
+  it('reaches the SMTP server saved as the settings accept it: spaces around its host', async () => {
+    const res = await t.request('/api/v1/settings', {
+      method: 'PUT',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({
+        alerts: {
+          email: {
+            enabled: true,
+            host: ' 127.0.0.1 ',
+            port: smtp.port,
+            from: 'gem@example.com',
+            to: ['ops@example.com'],
+          },
+        },
+      }),
+    });
+    expect(res.status, await res.clone().text()).toBe(200);
+    const before = smtp.messages.length;
+    const sent = await t.request('/api/v1/alerts/test', { method: 'POST' });
+    expect(sent.status).toBe(200);
+    expect(((await sent.json()) as { deliveries: { ok: boolean }[] }).deliveries).toEqual([
+      expect.objectContaining({ ok: true }),
+    ]);
+    expect(smtp.messages.length).toBe(before + 1);
+  });
 });
