@@ -227,7 +227,24 @@ export async function recoverFromCloud(
         done(null, chunk);
       },
     });
-    await writeFileAtomic(downloaded, [res.body, counter], { signal: ctx.signal, mode: 0o600 });
+    await writeFileAtomic(downloaded, [res.body, counter], { signal: ctx.signal, mode: 0o600 }).catch(
+      (error: unknown) => {
+        // A connection lost (or stalled past the timeout) mid-answer ends it with Node's bare "aborted".
+        if (
+          ctx.signal.aborted ||
+          res.body.complete ||
+          (error as NodeJS.ErrnoException).code !== 'ECONNRESET'
+        ) {
+          throw error;
+        }
+        const of = expected === undefined ? '' : ` of ${expected}`;
+        throw new AppError(
+          'dependency_down',
+          `the recovery download from the DR cloud was cut off after ${received}${of} bytes (the connection was lost or stalled): nothing was changed; run the recovery again`,
+          { cause: error },
+        );
+      },
+    );
     const size = (await stat(downloaded)).size;
     if (Number.isFinite(declared) && size !== declared) {
       throw new AppError(
