@@ -48,9 +48,12 @@ class Interrupted extends AppError {
 function describeStopped(job: Job): string {
   const what = job.kind.replaceAll('-', ' ');
   if (job.state === 'cancelled') {
-    return job.kind === 'restore'
-      ? 'cancelled: the restore stopped before the switch-over; the current data was not changed'
-      : 'cancelled: nothing was changed';
+    if (job.kind === 'restore') {
+      return 'cancelled: the restore stopped before the switch-over; the current data was not changed';
+    }
+    // A recovery cancelled after its keys step says what holds the box now (recoverFromCloud).
+    const after = job.kind === 'dr-recover' && job.error?.message.startsWith('the recovery was cancelled');
+    return after ? `cancelled: ${job.error?.message}` : 'cancelled: nothing was changed';
   }
   if (job.state === 'succeeded') return `interrupted too late to cancel: the ${what} had completed`;
   return `interrupted: the ${what} failed: ${job.error?.message ?? 'unknown error'}`;

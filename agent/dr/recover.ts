@@ -17,7 +17,7 @@ import type { Agent } from '../agent';
 import { readBackup } from '../backup/reader';
 import { receiveUpload } from '../backup/upload';
 import { hasGemSchema } from '../db/seed';
-import { AppError } from '../errors';
+import { AppError, describeError, isAppError, isErrorCode } from '../errors';
 import type { JobContext } from '../jobs/runner';
 import { type KeyringFile, keyringFileSchema, shortInstallationId } from '../keys/keyring';
 import { type RestoreFaults, type RestoreResult, restoreFromFile } from '../restore/restore';
@@ -215,6 +215,7 @@ export async function recoverFromCloud(
   // 1. Download to a temp file and check it end to end with the recovered file key: nothing changed yet.
   await mkdir(agent.paths.work, { recursive: true });
   const work = await mkdtemp(join(agent.paths.work, `${TEMP_PREFIX}dr-recover-`));
+  let keysInstalled = false;
   try {
     const downloaded = join(work, 'backup.bin');
     let received = 0;
@@ -274,6 +275,7 @@ export async function recoverFromCloud(
     ctx.phase('keys');
     const record = await recordUnfinished(deps, id);
     await agent.keyring.importKeys(recovered);
+    keysInstalled = true;
     await deps.state.update((s) => {
       // The cloud holds a slot for this id, so the id is enrolled with the recovered signing key.
       s.enrollment = {
@@ -331,10 +333,37 @@ export async function recoverFromCloud(
       backupCreatedAt: manifest.createdAt,
       restore,
     };
+  } catch (error) {
+    // From the keys step on, this box carries the recovered identity until the recovery is run again or
+    // given up: its end says so, beside the step's own words (a restore's "nothing was changed").
+    throw keysInstalled ? await stillUnfinished(deps, ctx, error) : error;
   } finally {
     fileKey.fill(0);
     await rm(work, { recursive: true, force: true });
   }
+}
+
+/**
+ * `error` of a recovery that stopped after installing the recovered keys, with the sentence of the
+ * unfinished recovery that now holds this box added (same code; `cancelled` when it was cancelled);
+ * unchanged if nothing holds it (the restore finished the recovery after all).
+ */
+async function stillUnfinished(deps: RecoverDeps, ctx: JobContext, error: unknown): Promise<unknown> {
+  const held = await deps.unfinished.current(deps.agent.keyring).catch(() => null);
+  if (!held) return error;
+  const words = `this box now carries the recovered installation's keys and identity: ${held.message}`;
+  if (ctx.signal.aborted) {
+    const own =
+      isAppError(error, 'cancelled') && error.message !== 'the job was cancelled' ? `${error.message}; ` : '';
+    return new AppError('cancelled', `the recovery was cancelled after its keys step; ${own}${words}`, {
+      cause: error,
+    });
+  }
+  const { code, message } = describeError(error);
+  return new AppError(isErrorCode(code) ? code : 'internal', `${message}; ${words}`, {
+    cause: error,
+    ...(isAppError(error) && error.details ? { details: error.details } : {}),
+  });
 }
 
 /**

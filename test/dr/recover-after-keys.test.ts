@@ -1,0 +1,116 @@
+// A DR recovery that fails or is cancelled after it installed the recovered keys (its store or restore
+// step) leaves this box under the recovered identity, with backups and pushes held until it is run
+// again or given up. Its end says so, on the page (the job's error) and in the CLI (after a Ctrl-C
+// too), instead of the restore's "nothing was changed" or the CLI's "cancelled: nothing was changed".
+import { spawn } from 'node:child_process';
+import { once } from 'node:events';
+import { readFile } from 'node:fs/promises';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { RecoverFaults } from '../../agent/dr/recover';
+import { drServiceFor } from '../../agent/dr/service';
+import type { Job } from '../../agent/jobs/runner';
+import { databaseUrl } from '../../agent/system/postgres-tools';
+import { type BuiltCli, buildCli } from '../cli/built-cli';
+import type { TestAgent } from '../services/agent';
+import { type DrCloud, startDrCloud } from '../services/dr-cloud';
+import { startPostgres, type TestPostgres } from '../services/postgres';
+import { startAll } from '../services/start-all';
+import { addRandomData, pushViaApi, startDrAgent } from './helpers';
+
+let pg: TestPostgres;
+let cloud: DrCloud;
+let built: BuiltCli;
+let a: TestAgent;
+let b: TestAgent;
+let aId = '';
+const bFaults: RecoverFaults = {};
+
+beforeAll(async () => {
+  ({ pg, cloud, built } = await startAll({ pg: startPostgres, cloud: startDrCloud, built: buildCli }));
+  [a, b] = await Promise.all([
+    startDrAgent(pg, cloud.url),
+    startDrAgent(pg, cloud.url, { recoverFaults: bFaults }),
+  ]);
+  aId = a.agent.keyring.installationId;
+  // Enough data that the restore takes a while: the CLI is interrupted in the middle of it.
+  await addRandomData(a.agent, 8);
+  expect((await pushViaApi(a)).error).toBeUndefined();
+});
+afterAll(async () => {
+  await b?.close().catch(() => {});
+  await a?.close().catch(() => {});
+  await cloud?.dispose();
+  await pg?.stop();
+  await built?.remove();
+});
+
+const SENTENCE = () =>
+  `a recovery from the DR cloud of installation ${aId.slice(0, 8)}… did not finish: run \`gem-backup dr recover --installation-id ID\` again`;
+
+async function recover(): Promise<Job> {
+  return b.agent.jobs.waitFor((await drServiceFor(b.agent).startRecover(aId)).id);
+}
+
+describe('a DR recovery that stops after its keys step', () => {
+  it('failed in its restore, says the box carries the recovered identity now', async () => {
+    bFaults.restore = { requiredBytes: Number.MAX_SAFE_INTEGER };
+    const job = await recover();
+    delete bFaults.restore;
+    expect(job.state).toBe('failed');
+    expect(job.error?.code).toBe('no_space');
+    expect(b.agent.keyring.installationId).toBe(aId);
+    expect(job.error?.message).toContain(SENTENCE());
+    expect(job.error?.message).not.toContain(aId);
+    expect(await drServiceFor(b.agent).abandonRecovery()).toBe(true);
+  });
+
+  it('cancelled once its keys are in, says so too', async () => {
+    const off = b.agent.jobs.subscribeAll((e) => {
+      const { job } = e;
+      if (job.kind === 'dr-recover' && job.phase === 'store' && !job.endedAt) b.agent.jobs.cancel(job.id);
+    });
+    const job = await recover();
+    off();
+    expect(job.state).toBe('cancelled');
+    expect(b.agent.keyring.installationId).toBe(aId);
+    expect(job.error?.message).toContain(SENTENCE());
+    expect(job.error?.message).not.toContain(aId);
+    expect(await drServiceFor(b.agent).abandonRecovery()).toBe(true);
+  });
+
+  it('interrupted by Ctrl-C in the CLI once its keys are in, does not say "nothing was changed"', async () => {
+    const env = {
+      ...process.env,
+      GEM_DATA_DIR: b.dataDir,
+      DATABASE_URL: databaseUrl(b.agent.sources.conn),
+      GEM_SCRIPTS_DIR: b.agent.sources.scriptsDir,
+      GEM_CONFIG_DIR: b.agent.sources.configDir,
+      GEM_PG_BIN: pg.binDir,
+      GEM_DR_URL: cloud.url,
+      NODE_ENV: 'test',
+    };
+    expect(b.agent.keyring.installationId).not.toBe(aId);
+    const child = spawn(process.execPath, [built.path, 'dr', 'recover', '--installation-id', aId, '--yes'], {
+      env,
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let stderr = '';
+    child.stderr.on('data', (chunk: Buffer) => {
+      stderr += chunk.toString('utf8');
+    });
+    const exited = once(child, 'close') as Promise<[number | null]>;
+    // The keys go in right after dr-recovery.json is written; the restore of 8 MiB takes seconds after.
+    for (let i = 0; i < 600; i++) {
+      const keyring = await readFile(b.agent.paths.keyring, 'utf8');
+      if (JSON.parse(keyring).installationId === aId) break;
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    child.kill('SIGINT');
+    const [code] = await exited;
+    expect(code, stderr).toBe(130);
+    expect(b.agent.keyring.installationId).toBe(aId);
+    expect(stderr).not.toContain('nothing was changed');
+    expect(stderr).toContain(SENTENCE());
+    expect(stderr).not.toContain(aId);
+  });
+});
