@@ -23,7 +23,7 @@ import { type KeyringFile, keyringFileSchema, shortInstallationId } from '../key
 import { type RestoreFaults, type RestoreResult, restoreFromFile } from '../restore/restore';
 import { TEMP_PREFIX, writeFileAtomic } from '../system/atomic-file';
 import type { DrClient } from './client';
-import type { DrStateStore } from './state';
+import { type DrStateStore, slotStateOf } from './state';
 import {
   INSTALLATION_ID_RULE,
   normalizeInstallationId,
@@ -149,7 +149,8 @@ export async function whatRecoveryReplaces(
       : keyring.installationId;
   const tag = installationTag(own);
   const backups = (await catalog.list()).filter((b) => b.installationTag === tag);
-  const state = await deps.state.get();
+  // Its own id's slot fields: while the recovered identity is active, they are kept as a former id's.
+  const state = slotStateOf(await deps.state.get(), own) ?? {};
   const facts: string[] = [];
   if (backups.length > 0) {
     const count = backups.length === 1 ? 'a backup' : `${backups.length} backups`;

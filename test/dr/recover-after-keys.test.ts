@@ -114,3 +114,42 @@ describe('a DR recovery that stops after its keys step', () => {
     expect(stderr).not.toContain(aId);
   });
 });
+
+describe('running a recovery that stopped after its keys step again', () => {
+  it('asks for the confirmation the first attempt needed: the box is still enrolled and pushed as its own id', async () => {
+    const faults: RecoverFaults = {};
+    const c = await startDrAgent(pg, cloud.url, { recoverFaults: faults });
+    try {
+      const ownId = c.agent.keyring.installationId;
+      // Enrolled and pushed as its own id, with no backup of its own kept here (the push's was temporary).
+      expect((await pushViaApi(c)).error).toBeUndefined();
+      expect(await c.agent.catalog.list()).toEqual([]);
+      const recover = (body: Record<string, unknown>) =>
+        c.request('/api/v1/dr/recover', {
+          method: 'POST',
+          headers: { 'content-type': 'application/json' },
+          body: JSON.stringify(body),
+        });
+      const first = await recover({ installationId: aId });
+      expect(first.status).toBe(400);
+      const asked = ((await first.json()) as { error: { message: string } }).error.message;
+      expect(asked).toContain(`enrolled with the DR cloud as ${ownId.slice(0, 8)}…`);
+
+      faults.restore = { requiredBytes: Number.MAX_SAFE_INTEGER };
+      const confirmed = await recover({ installationId: aId, confirm: aId });
+      expect(confirmed.status).toBe(202);
+      const job = await c.agent.jobs.waitFor(((await confirmed.json()) as { jobId: string }).jobId);
+      delete faults.restore;
+      expect(job.state).toBe('failed');
+      expect(c.agent.keyring.installationId).toBe(aId);
+
+      // Run again, the box's data is still its own: judged as the first attempt was.
+      const again = await recover({ installationId: aId });
+      expect(again.status).toBe(400);
+      expect(((await again.json()) as { error: { message: string } }).error.message).toBe(asked);
+      expect(c.agent.jobs.list().filter((j) => j.kind === 'dr-recover')).toHaveLength(1);
+    } finally {
+      await c.close().catch(() => {});
+    }
+  });
+});
