@@ -260,19 +260,35 @@ function statusJson(view: StatusView, showId: boolean): string {
   return text;
 }
 
+/**
+ * The dr command's options. parseArgs quotes an argument it refuses, which may be the installation id
+ * typed without its option (`dr recover <id>`): the DR recovery credential, written as ID instead.
+ */
+function parseDrArgs(args: string[]) {
+  try {
+    return parseArgs({
+      args,
+      options: {
+        'installation-id': { type: 'string' },
+        abandon: { type: 'boolean' },
+        'data-is-current': { type: 'boolean' },
+        json: { type: 'boolean' },
+        'show-installation-id': { type: 'boolean' },
+        yes: { type: 'boolean' },
+      },
+    });
+  } catch (error) {
+    if (!(error instanceof Error)) throw error;
+    const message = error.message.replace(/'([^']*)'/g, (quoted, arg: string) =>
+      normalizeInstallationId(arg) === undefined ? quoted : "'ID'",
+    );
+    throw new AppError('bad_request', message);
+  }
+}
+
 export async function drCommand(cli: CliContext): Promise<void> {
   const [sub, ...rest] = cli.args;
-  const { values } = parseArgs({
-    args: rest,
-    options: {
-      'installation-id': { type: 'string' },
-      abandon: { type: 'boolean' },
-      'data-is-current': { type: 'boolean' },
-      json: { type: 'boolean' },
-      'show-installation-id': { type: 'boolean' },
-      yes: { type: 'boolean' },
-    },
-  });
+  const { values } = parseDrArgs(rest);
   if (sub === 'status') {
     const view = await cli.withAgent(statusView);
     const showId = values['show-installation-id'] ?? false;
