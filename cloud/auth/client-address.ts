@@ -42,9 +42,12 @@ function expandIpv6(text: string): string[] | undefined {
 /**
  * The client's address behind a reverse proxy the operator trusts (TRUST_PROXY=1 on the self-hosted
  * entry): the last X-Forwarded-For entry, the one that proxy appended; whatever the client sent comes
- * before it. Undefined when there is none.
+ * before it. Undefined when there is none. A port some proxies add (`203.0.113.9:51234`,
+ * `[2001:db8::1]:443`) is dropped: counted with it, each new connection would be a new client.
  */
 export function forwardedClient(header: string | undefined): string | undefined {
   const last = header?.split(',').at(-1)?.trim();
-  return last ? last : undefined;
+  if (!last) return undefined;
+  const ported = /^(\d{1,3}(?:\.\d{1,3}){3}):\d+$/.exec(last) ?? /^\[([^\]]+)\](?::\d+)?$/.exec(last);
+  return ported ? ported[1]! : last;
 }

@@ -37,4 +37,14 @@ describe('forwardedClient', () => {
     expect(forwardedClient(undefined)).toBeUndefined();
     expect(forwardedClient('')).toBeUndefined();
   });
+
+  it("drops the client's port a proxy adds (IP:port, [IPv6]:port): each connection is not a new client", () => {
+    expect(forwardedClient('198.51.100.1, 203.0.113.9:51234')).toBe('203.0.113.9');
+    expect(rateLimitKey(forwardedClient('203.0.113.9:51235')!)).toBe('203.0.113.9');
+    expect(forwardedClient('[2001:db8:1:2::a]:443')).toBe('2001:db8:1:2::a');
+    expect(forwardedClient('[2001:db8:1:2::a]')).toBe('2001:db8:1:2::a');
+    expect(rateLimitKey(forwardedClient('[2001:db8:1:2::b]:50000')!)).toBe('2001:db8:1:2::/64');
+    // A bare IPv6 address keeps its last group.
+    expect(forwardedClient('2001:db8:1:2::a')).toBe('2001:db8:1:2::a');
+  });
 });

@@ -98,6 +98,14 @@ describe('the cloud on Node over S3', () => {
       expect(one.slice(0, 2)).not.toContain(429);
       expect(one[2], JSON.stringify(one)).toBe(429);
       expect(await attempt('203.0.113.2')).not.toBe(429);
+      // A proxy that adds the client's port (IP:port) counts the address, not each connection.
+      const ported = [
+        await attempt('203.0.113.3:40001'),
+        await attempt('203.0.113.3:40002'),
+        await attempt('203.0.113.3:40003'),
+      ];
+      expect(ported.slice(0, 2)).not.toContain(429);
+      expect(ported[2], JSON.stringify(ported)).toBe(429);
     } finally {
       await proxied.close();
     }
