@@ -200,6 +200,22 @@ async function loadOrCreatePassword(path: string): Promise<string> {
   return password;
 }
 
+/**
+ * The password of a cluster that already asks for one: only the one in its file gets in, so a file
+ * missing or empty is an error that names it (a new random password would be turned away).
+ */
+async function savedPassword(path: string, dir: string): Promise<string> {
+  const saved = await readFile(path, 'utf8').catch((error: NodeJS.ErrnoException) => {
+    if (error.code === 'ENOENT') return undefined;
+    throw error;
+  });
+  if (saved?.trim()) return saved.trim();
+  throw new Error(
+    `the embedded PostgreSQL cluster in ${dir} needs its password file ${path}, which is ${saved === undefined ? 'missing' : 'empty'}: ` +
+      'put back the file from when the cluster was created',
+  );
+}
+
 // Every connection, TCP or socket, must give the superuser's password: any local process (another OS
 // user, a device script) could otherwise get in as superuser.
 const SCRAM_HBA = [
@@ -291,7 +307,12 @@ const CREATION_WAIT_MS = 180_000;
  * holds data: the agent starts a cluster only after its creation finished. The folder itself is kept
  * (it may be a mount point or a symlink's target), and a folder holding anything else is refused.
  */
-async function ensureCluster(dir: string, initdb: string, password: string, log?: Logger): Promise<void> {
+async function ensureCluster(
+  dir: string,
+  initdb: string,
+  password: () => Promise<string>,
+  log?: Logger,
+): Promise<void> {
   const marker = creatingMarkerPath(dir);
   for (const deadline = Date.now() + CREATION_WAIT_MS; ; ) {
     const owner = Number((await readFile(marker, 'utf8').catch(() => '')).trim());
@@ -335,7 +356,7 @@ async function ensureCluster(dir: string, initdb: string, password: string, log?
   // beside the cluster folder (the data dir may be closed to it).
   const pwfile = tempPathFor(clusterPasswordPath(dir));
   try {
-    await writeFile(pwfile, `${password}\n`, { mode: 0o600, flag: 'wx' });
+    await writeFile(pwfile, `${await password()}\n`, { mode: 0o600, flag: 'wx' });
     await ownLikeCluster(pwfile, dir);
     await run(
       initdb,
@@ -471,8 +492,12 @@ export async function startCluster(options: {
   let password: string;
   let user: Awaited<ReturnType<typeof registerUser>>;
   try {
-    await ensureCluster(dir, initdb, await loadOrCreatePassword(passwordPath), log);
+    // The password is made only with the cluster: an existing one's is in its file, or nowhere.
+    await ensureCluster(dir, initdb, () => loadOrCreatePassword(passwordPath), log);
     await prepareOwnership(dir);
+    // Checked before the server starts, so that a start refused for it leaves no server running.
+    const trust = allowsTrust(await readFile(join(dir, 'pg_hba.conf'), 'utf8'));
+    const saved = trust ? undefined : await savedPassword(passwordPath, dir);
     running = await clusterRunning(pgCtl, dir);
     port = Number(
       /^port = (\d+)/m.exec(existsSync(confPath) ? await readFile(confPath, 'utf8') : '')?.[1] ?? 0,
@@ -494,14 +519,13 @@ export async function startCluster(options: {
     } else {
       log?.info('embedded PostgreSQL already running', { port });
     }
-    if (allowsTrust(await readFile(join(dir, 'pg_hba.conf'), 'utf8'))) {
-      await requirePassword(dir, port, await loadOrCreatePassword(passwordPath), log);
-    } else if (!existsSync(passwordPath)) {
-      throw new Error(
-        `the embedded PostgreSQL cluster in ${dir} needs its password file ${passwordPath}, which is missing`,
-      );
+    if (saved === undefined) {
+      const made = await loadOrCreatePassword(passwordPath);
+      await requirePassword(dir, port, made, log);
+      password = encodeURIComponent(made);
+    } else {
+      password = encodeURIComponent(saved);
     }
-    password = encodeURIComponent(await loadOrCreatePassword(passwordPath));
     // Under the start lock: an owner stopping the cluster meanwhile sees this process use it.
     user = await registerUser(dir);
   } finally {

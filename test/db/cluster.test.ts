@@ -168,6 +168,40 @@ describe('embedded cluster authentication', () => {
   });
 });
 
+describe('embedded cluster password file', () => {
+  it('missing or empty, is refused naming the file: no new password written, no server left running', async () => {
+    const dir = join(await tempRoot(), 'data', 'postgres');
+    const passwordFile = `${dir}.password`;
+    const first = await startCluster({ dir, binDir });
+    clusters.push(first);
+    await first.stop();
+    const password = await readFile(passwordFile, 'utf8');
+    const pgCtl = join(binDir, 'pg_ctl');
+    const status = () => runProcess(...asUser('postgres', pgCtl, ['status', '-D', dir]), { cwd: '/' });
+
+    await rm(passwordFile);
+    await expect(startCluster({ dir, binDir })).rejects.toThrow(
+      `needs its password file ${passwordFile}, which is missing`,
+    );
+    await expect(stat(passwordFile)).rejects.toMatchObject({ code: 'ENOENT' });
+    expect((await status()).code).toBe(3);
+
+    await writeFile(passwordFile, '\n', { mode: 0o600 });
+    await expect(startCluster({ dir, binDir })).rejects.toThrow(
+      `needs its password file ${passwordFile}, which is empty`,
+    );
+    expect(await readFile(passwordFile, 'utf8')).toBe('\n');
+    expect((await status()).code).toBe(3);
+
+    // The file put back, the cluster starts and gets in as before.
+    await writeFile(passwordFile, password, { mode: 0o600 });
+    const again = await startCluster({ dir, binDir });
+    clusters.push(again);
+    await expectPasswordRequired(again, dir);
+    await again.stop();
+  });
+});
+
 describe('embedded cluster location', () => {
   it('a data dir under a folder user postgres cannot enter gets its cluster where postgres can reach it', async () => {
     // Like a checkout in Debian's /root (0700): the README's run command must work from there too.
