@@ -17,7 +17,14 @@ import {
 import { createServer } from 'node:net';
 import { dirname, join, resolve } from 'node:path';
 import { AppError } from '../errors';
-import { acquireLock, clearStaleLock, heldByOtherProcess, lockHolderPid } from '../jobs/lock';
+import {
+  acquireLock,
+  clearStaleLock,
+  heldByOtherProcess,
+  heldInNamespace,
+  lockHolderPid,
+  PID_NAMESPACE,
+} from '../jobs/lock';
 import type { Logger } from '../log';
 import {
   createSmallFileExclusive,
@@ -441,6 +448,42 @@ async function otherUsers(dir: string, mine: string): Promise<number[]> {
 }
 
 /**
+ * The pid of a live process of another PID namespace using the cluster in `dir` (the agent in one
+ * container, a CLI command in another, on one data dir); undefined if none. A server it runs is one
+ * pg_ctl cannot see from here (postmaster.pid's pid names nothing, or another process, in this
+ * namespace), nor PostgreSQL itself when the IPC namespace differs too (Docker's default): a server
+ * started here would be a second one on the same files.
+ */
+async function userInOtherNamespace(dir: string): Promise<number | undefined> {
+  const folder = usersFolder(dir);
+  for (const name of await readdir(folder).catch(() => [] as string[])) {
+    if (!USER_FILE.test(name)) continue;
+    const path = join(folder, name);
+    let holder: { pid?: unknown; ns?: unknown } | null;
+    try {
+      holder = JSON.parse(await readFile(path, 'utf8'));
+    } catch {
+      continue;
+    }
+    const { pid, ns } = holder ?? {};
+    if (typeof pid !== 'number' || typeof ns !== 'string' || !PID_NAMESPACE || ns === PID_NAMESPACE) continue;
+    if (await heldInNamespace(path, pid, ns)) return pid;
+  }
+  return undefined;
+}
+
+/** Refuses to start a server while a process of another PID namespace uses the cluster (see userInOtherNamespace). */
+async function checkNoUserElsewhere(dir: string): Promise<void> {
+  const pid = await userInOtherNamespace(dir);
+  if (pid === undefined) return;
+  throw new Error(
+    `the embedded PostgreSQL cluster in ${dir} is in use by process ${pid} of another PID namespace (another container), ` +
+      'whose server cannot be seen from here: starting one here would run a second server on the same files. ' +
+      'Run the command in that container (docker exec), or stop that process first',
+  );
+}
+
+/**
  * Written by an owner that left the cluster running to the processes still using it: the server's
  * pid (postmaster.pid's first line), so the last of them stops that server, and never one started
  * since by someone else.
@@ -503,6 +546,7 @@ export async function startCluster(options: {
       /^port = (\d+)/m.exec(existsSync(confPath) ? await readFile(confPath, 'utf8') : '')?.[1] ?? 0,
     );
     if (!running) {
+      await checkNoUserElsewhere(dir);
       if (!port || !(await portIsFree(port))) port = await freePort();
       // Atomic: a write cut short would leave the server without its port and listen address.
       const settings = [
@@ -584,6 +628,7 @@ export async function startCluster(options: {
       const releaseStart = await acquireStartLock(dir);
       try {
         if (await clusterRunning(pgCtl, dir)) return false;
+        await checkNoUserElsewhere(dir);
         if (!(await portIsFree(port))) {
           throw new Error(
             `the embedded PostgreSQL cluster is down and another process now uses its port ${port}: restart the agent`,
