@@ -651,6 +651,8 @@ export async function startCluster(options: {
 async function startServer(pgCtl: string, dir: string): Promise<void> {
   // A handover an owner wrote for an earlier server names no server now: this one is the starter's.
   await rm(handoverPath(dir), { force: true });
+  // PostgreSQL refuses to start while the pid in postmaster.pid runs, whatever that process is.
+  if (await staleServerPid(dir)) await rm(join(dir, 'postmaster.pid'), { force: true });
   await run(
     pgCtl,
     ['start', '-D', dir, '-l', join(dir, 'server.log'), '-w', '-t', '60'],
@@ -660,10 +662,28 @@ async function startServer(pgCtl: string, dir: string): Promise<void> {
 
 /** True if a server runs on the cluster in `dir` (`pg_ctl status`: 3 when none, 4 when no cluster there). */
 async function clusterRunning(pgCtl: string, dir: string): Promise<boolean> {
-  return run(pgCtl, ['status', '-D', dir], 'pg_ctl status').then(
+  const running = await run(pgCtl, ['status', '-D', dir], 'pg_ctl status').then(
     () => true,
     () => false,
   );
+  return running && !(await staleServerPid(dir));
+}
+
+/**
+ * True if postmaster.pid names a live process that is no server of the cluster in `dir`: the file of a
+ * server that died with the machine (a power cut), its pid taken since by another process of the
+ * cluster's owner (a system PostgreSQL's, say). pg_ctl takes any live pid for the server: the cluster
+ * was adopted with nothing listening, and `pg_ctl stop` signalled that process. A server of the cluster
+ * works in its folder (PostgreSQL changes into its data directory): a process elsewhere is not one.
+ * False when that cannot be read (another user's process: pg_ctl does not count it either).
+ */
+async function staleServerPid(dir: string): Promise<boolean> {
+  const pid = await serverPid(dir);
+  if (!pid || !/^\d+$/.test(pid)) return false;
+  // By identity, not path: a mount seen at another path from here is the same folder.
+  const cwd = await stat(`/proc/${pid}/cwd`).catch(() => undefined);
+  const folder = await stat(dir).catch(() => undefined);
+  return cwd !== undefined && folder !== undefined && (cwd.dev !== folder.dev || cwd.ino !== folder.ino);
 }
 
 async function chownFile(path: string, like: string): Promise<void> {

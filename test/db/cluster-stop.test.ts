@@ -3,8 +3,9 @@
  * process serves the data dir (its service lock); a cluster already down is a clean stop.
  * A real cluster and a real process holding the service lock.
  */
-import type { ChildProcess } from 'node:child_process';
-import { chmod, mkdir, mkdtemp, rm } from 'node:fs/promises';
+import { type ChildProcess, spawn } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import { chmod, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -12,6 +13,7 @@ import { findPgBinDir } from '../../agent/config';
 import { asClusterOwner, startCluster } from '../../agent/db/cluster';
 import { createLogger } from '../../agent/log';
 import { runProcess } from '../../agent/system/spawn';
+import { withSql } from '../services/postgres';
 import { agentModule, holderProcess } from './holder-process';
 
 const binDir = findPgBinDir(process.env.GEM_PG_BIN);
@@ -99,5 +101,40 @@ await startCluster({ dir: ${JSON.stringify(dir)}, binDir: ${JSON.stringify(binDi
     expect(adopted.startedHere).toBe(true);
     await adopted.stop();
     expect((await pgCtl(dir, 'status')).code).not.toBe(0);
+  }, 120_000);
+
+  it('a postmaster.pid a power cut left, its pid now another process of the owner, is started over, that process untouched', async () => {
+    const root = await mkdtemp(join(tmpdir(), 'gem-cluster-stale-'));
+    roots.push(root);
+    await chmod(root, 0o755);
+    const dir = join(root, 'data', 'postgres');
+    clusterDirs.push(dir);
+    const first = await startCluster({ dir, binDir });
+    const pidFile = await readFile(join(dir, 'postmaster.pid'), 'utf8');
+    await first.stop();
+    // After the reboot the server's pid names another process of the cluster's owner (a system
+    // PostgreSQL's, say): pg_ctl alone takes it for the server, and `pg_ctl stop` would signal it.
+    const [cmd, argv] = asClusterOwner('sleep', ['600']);
+    const other = spawn(cmd, argv, { stdio: 'ignore' });
+    children.push(other);
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    const otherPid =
+      cmd === 'sleep'
+        ? other.pid!
+        : Number(readFileSync(`/proc/${other.pid}/task/${other.pid}/children`, 'utf8').trim().split(' ')[0]);
+    await writeFile(join(dir, 'postmaster.pid'), pidFile.replace(/^\d+/, String(otherPid)));
+
+    try {
+      const cluster = await startCluster({ dir, binDir });
+      expect(cluster.startedHere).toBe(true);
+      await withSql(cluster.url('postgres'), (sql) => sql`select 1`);
+      await cluster.stop();
+      expect((await pgCtl(dir, 'status')).code).not.toBe(0);
+      // The other process was never signalled.
+      expect(() => process.kill(otherPid, 0)).not.toThrow();
+      expect(other.exitCode).toBe(null);
+    } finally {
+      process.kill(otherPid, 'SIGKILL');
+    }
   }, 120_000);
 });
