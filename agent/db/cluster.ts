@@ -26,13 +26,7 @@ import {
   PID_NAMESPACE,
 } from '../jobs/lock';
 import type { Logger } from '../log';
-import {
-  createSmallFileExclusive,
-  fsyncDir,
-  processAlive,
-  tempPathFor,
-  writeSmallFileAtomic,
-} from '../system/atomic-file';
+import { createSmallFileExclusive, fsyncDir, tempPathFor, writeSmallFileAtomic } from '../system/atomic-file';
 import { userNamed } from '../system/passwd';
 import { serviceLockPath } from '../system/service-lock';
 import { runProcess } from '../system/spawn';
@@ -313,6 +307,8 @@ const CREATION_WAIT_MS = 180_000;
  * are done, says "unfinished": the next start empties the folder and creates it again. It never
  * holds data: the agent starts a cluster only after its creation finished. The folder itself is kept
  * (it may be a mount point or a symlink's target), and a folder holding anything else is refused.
+ * Called under the start lock, which a process creating the cluster holds: a marker found here is a dead
+ * creator's, whatever process its pid names now (another one after a reboot).
  */
 async function ensureCluster(
   dir: string,
@@ -321,17 +317,6 @@ async function ensureCluster(
   log?: Logger,
 ): Promise<void> {
   const marker = creatingMarkerPath(dir);
-  for (const deadline = Date.now() + CREATION_WAIT_MS; ; ) {
-    const owner = Number((await readFile(marker, 'utf8').catch(() => '')).trim());
-    if (!owner || owner === process.pid || !processAlive(owner)) break;
-    if (Date.now() > deadline) {
-      throw new Error(
-        `process ${owner} has been creating the embedded PostgreSQL cluster in ${dir} for minutes; ` +
-          `if no agent is starting, remove ${marker} and start again`,
-      );
-    }
-    await new Promise((resolve) => setTimeout(resolve, 250));
-  }
   const unfinished = existsSync(marker);
   if (existsSync(join(dir, 'PG_VERSION')) && !unfinished) {
     const conf = await readFile(join(dir, 'postgresql.conf'), 'utf8').catch(() => '');

@@ -1,5 +1,5 @@
 /** A first start of the embedded cluster cut short leaves nothing under the cluster's name: the next start creates it. */
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { chmod, mkdir, mkdtemp, readdir, rm, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -8,6 +8,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { findPgBinDir } from '../../agent/config';
 import { type ClusterHandle, startCluster } from '../../agent/db/cluster';
 import { withSql } from '../services/postgres';
+import { within } from '../services/wait';
 
 const binDir = findPgBinDir(process.env.GEM_PG_BIN);
 const roots: string[] = [];
@@ -82,6 +83,26 @@ describe('creating the embedded cluster', () => {
       await again.stop();
     });
   }
+
+  it('an unfinished creation whose process id now names another live process is created again at once', async () => {
+    const root = await tempRoot();
+    const dir = join(root, 'data', 'cluster');
+    await expect(startCluster({ dir, binDir: await interruptedBin(root, 'midway') })).rejects.toThrow(
+      /initdb failed/,
+    );
+    // After a reboot, the pid the marker names is another process's (no start holds the start lock).
+    const other = spawn('sleep', ['600'], { stdio: 'ignore' });
+    try {
+      await writeFile(`${dir}.creating`, `${other.pid}\n`);
+      const cluster = await within(startCluster({ dir, binDir }), 30_000, 'the start');
+      clusters.push(cluster);
+      await expectWorking(cluster);
+      expect(existsSync(`${dir}.creating`)).toBe(false);
+      await cluster.stop();
+    } finally {
+      other.kill('SIGKILL');
+    }
+  });
 
   it('two starts at once (the service and a CLI command) share one cluster, port and password', async () => {
     const root = await tempRoot();
