@@ -682,7 +682,15 @@ export async function ensureDatabase(serverUrl: string, database: string): Promi
   try {
     const rows = await sql`select 1 from pg_database where datname = ${database}`;
     if (rows.length > 0) return false;
-    await sql.unsafe(`create database "${database.replace(/"/g, '""')}"`);
+    try {
+      await sql.unsafe(`create database "${database.replace(/"/g, '""')}"`);
+    } catch (error) {
+      // Another process starting at the same moment (the service and a CLI command) created it first:
+      // 42P04 if it committed before this check, pg_database's unique index if both ran together.
+      const code = (error as { code?: string }).code;
+      if (code === '42P04' || code === '23505') return false;
+      throw error;
+    }
     return true;
   } finally {
     await sql.end({ timeout: 5 });

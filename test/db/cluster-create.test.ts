@@ -6,7 +6,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { findPgBinDir } from '../../agent/config';
-import { type ClusterHandle, startCluster } from '../../agent/db/cluster';
+import { type ClusterHandle, ensureDatabase, startCluster } from '../../agent/db/cluster';
 import { withSql } from '../services/postgres';
 import { within } from '../services/wait';
 
@@ -116,6 +116,22 @@ describe('creating the embedded cluster', () => {
     await expectWorking(b);
     expect(existsSync(`${dir}.start.lock`)).toBe(false);
     await a.stop();
+  });
+
+  it('two starts at once both make sure of a database: both succeed, one of them created it', async () => {
+    const root = await tempRoot();
+    const dir = join(root, 'data', 'cluster');
+    const cluster = await startCluster({ dir, binDir });
+    clusters.push(cluster);
+    // Several rounds: the two CREATE DATABASE must land together for the old code to fail.
+    for (let round = 0; round < 5; round++) {
+      const created = await Promise.all([
+        ensureDatabase(cluster.url('postgres'), `gem${round}`),
+        ensureDatabase(cluster.url('postgres'), `gem${round}`),
+      ]);
+      expect(created.sort()).toEqual([false, true]);
+    }
+    await cluster.stop();
   });
 
   it('a cluster an earlier version left unfinished (no include of our settings) is refused, not removed', async () => {
