@@ -1,7 +1,7 @@
 /** A representative GEM database and sample device-scripts/config folders, for the embedded default and tests. */
 import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import type { Sql } from 'postgres';
+import type { Sql, TransactionSql } from 'postgres';
 import type { MasterKey } from '../../shared/envelope';
 import { sealSecret } from '../keys/secrets';
 
@@ -46,7 +46,7 @@ export const SEED_COUNTS = {
 } as const;
 
 /** True if the database already holds GEM's tables. */
-export async function hasGemSchema(sql: Sql): Promise<boolean> {
+export async function hasGemSchema(sql: Sql | TransactionSql): Promise<boolean> {
   const rows =
     await sql`select 1 from information_schema.tables where table_schema = 'public' and table_name = 'devices'`;
   return rows.length > 0;
@@ -54,10 +54,14 @@ export async function hasGemSchema(sql: Sql): Promise<boolean> {
 
 /**
  * Creates GEM's tables and fills them: a few thousand rows, history spread over 200 days, and secure
- * attributes sealed under `secureKey` (as GEM does with the installation's active key).
+ * attributes sealed under `secureKey` (as GEM does with the installation's active key). Once: a
+ * second process seeding at the same moment (the service and a CLI command on a fresh data dir) waits
+ * for the first and finds its tables.
  */
 export async function seedGemDatabase(sql: Sql, secureKey: MasterKey): Promise<void> {
   await sql.begin(async (tx) => {
+    await tx`select pg_advisory_xact_lock(hashtext('gem_backup.seed'))`;
+    if (await hasGemSchema(tx)) return;
     await tx.unsafe(GEM_SCHEMA_SQL);
     await tx.unsafe(`
       insert into system_info values ('gem_version', '4.2.1'), ('site_name', 'Sample Residence');

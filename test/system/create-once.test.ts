@@ -1,10 +1,11 @@
 // What is created once per data dir (the keyring, the admin token) is the same for processes starting together.
-import { mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { chmod, mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { openAgent } from '../../agent/agent';
-import { loadConfig } from '../../agent/config';
+import { findPgBinDir, loadConfig } from '../../agent/config';
+import { SEED_COUNTS } from '../../agent/db/seed';
 import { Keyring } from '../../agent/keys/keyring';
 import { silentLogger } from '../../agent/log';
 import { createSmallFileExclusive } from '../../agent/system/atomic-file';
@@ -77,6 +78,30 @@ describe('created once per data dir', () => {
       }
     } finally {
       await pg.stop();
+    }
+  });
+
+  it('two agents opened at once on a fresh data dir with the embedded cluster both open; GEM is seeded once', async () => {
+    await chmod(dir, 0o755);
+    const config = loadConfig({ GEM_DATA_DIR: join(dir, 'data'), GEM_PG_BIN: findPgBinDir(undefined) });
+    // Two rounds: the two starts must reach the database and the seed together for the old code to fail.
+    for (let round = 0; round < 2; round++) {
+      await rm(join(dir, 'data'), { recursive: true, force: true });
+      const opened = await Promise.allSettled([
+        openAgent(config, silentLogger),
+        openAgent(config, silentLogger),
+      ]);
+      const agents = opened.flatMap((o) => (o.status === 'fulfilled' ? [o.value] : []));
+      try {
+        expect(opened.map((o) => (o.status === 'fulfilled' ? 'opened' : String(o.reason)))).toEqual([
+          'opened',
+          'opened',
+        ]);
+        const users = await agents[0]!.sql`select count(*)::int as n from users`;
+        expect(users[0]!.n).toBe(SEED_COUNTS.users);
+      } finally {
+        for (const agent of agents) await agent.close();
+      }
     }
   });
 });
