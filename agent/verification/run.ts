@@ -241,10 +241,11 @@ export async function runVerification(
 
 /** Starts the verification as a job (kind 'verification'); it only reads, so it may run beside others. */
 export function startVerification(agent: Agent): Promise<Job> {
-  let id = 'standalone';
-  const job = agent.jobs.start('verification', (ctx) => runVerification(agent, ctx, id), { mutating: false });
-  return job.then((j) => {
-    id = j.id;
-    return j;
-  });
+  // The work begins before start() has answered with the job: it takes its id from that answer.
+  const job: Promise<Job> = agent.jobs.start(
+    'verification',
+    async (ctx) => runVerification(agent, ctx, (await job).id),
+    { mutating: false },
+  );
+  return job;
 }

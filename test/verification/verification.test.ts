@@ -70,6 +70,12 @@ describe('the scheduled verification', () => {
     expect(health.body.areas.verification.status).toBe('ok');
   }, 60_000);
 
+  it('records its run under the id of the job that ran it, as GET /health/verification answers', async () => {
+    const job = await runVerificationJob();
+    const state = (await call(t, 'GET', '/health/verification')).body;
+    expect(state.lastRun).toMatchObject({ jobId: job.id, ok: true });
+  }, 60_000);
+
   it('catches a tampered remote copy (one flipped byte at the SFTP server)', async () => {
     const path = join(sshd.root, 'gem-backups', newest);
     const handle = await open(path, 'r+');
