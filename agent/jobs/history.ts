@@ -261,7 +261,8 @@ export class JobHistory {
 
   /**
    * Writes `mine` (this runner's view, which wins for the jobs it holds) merged with what other
-   * processes wrote (a CLI command beside the service), keeping the newest HISTORY_KEEP.
+   * processes wrote (a CLI command beside the service), keeping the newest HISTORY_KEEP and those of
+   * `mine` still running.
    */
   async save(mine: HistoryEntry[]): Promise<void> {
     // Read, merge and write under the file's update lock: without it, two processes saving at once
@@ -288,9 +289,11 @@ export class JobHistory {
       if (there?.job.endedAt && !entry.job.endedAt) continue;
       byId.set(entry.job.id, { ...entry, job: forFile(entry.job) });
     }
-    const jobs = [...byId.values()]
-      .sort((a, b) => a.job.startedAt.localeCompare(b.job.startedAt))
-      .slice(-HISTORY_KEEP);
+    // The newest HISTORY_KEEP, and every job of ours still running however many started after it: a
+    // crash during a long backup must still find it in the file, to list it as interrupted.
+    const running = new Set(mine.filter((e) => !e.job.endedAt).map((e) => e.job.id));
+    const sorted = [...byId.values()].sort((a, b) => a.job.startedAt.localeCompare(b.job.startedAt));
+    const jobs = sorted.filter((e, i) => i >= sorted.length - HISTORY_KEEP || running.has(e.job.id));
     await writeSmallFileAtomic(
       this.path,
       `${JSON.stringify({ format: 'gem-job-history', version: 1, jobs })}\n`,

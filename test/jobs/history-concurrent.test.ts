@@ -5,8 +5,9 @@ import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promis
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
-import { afterAll, beforeAll, expect, it } from 'vitest';
-import { JobHistory } from '../../agent/jobs/history';
+import { afterAll, beforeAll, expect, it, onTestFinished } from 'vitest';
+import { JobHistory, runnerClosed } from '../../agent/jobs/history';
+import { type Job, JobRunner } from '../../agent/jobs/runner';
 import { createLogger } from '../../agent/log';
 
 const run = promisify(execFile);
@@ -69,4 +70,34 @@ it('a damaged jobs.json is said once however often the list is read, and set asi
     '{"format":"gem-job-history","version":1,"jobs":[{"pid":1,',
   );
   expect(names.sort()).toEqual(['jobs.json', aside[0]]);
+});
+
+it('keeps a running job in the file however many jobs start after it: a crash then still lists it as interrupted', async () => {
+  const sub = join(dir, 'long-running');
+  await mkdir(sub);
+  const path = join(sub, 'jobs.json');
+  const log = createLogger({ level: 'error' });
+  const runner = new JobRunner({ lockPath: join(sub, 'job.lock'), log, history: new JobHistory(path, log) });
+  let release = () => {};
+  const long = await runner.start('backup', () => new Promise<void>((r) => (release = r)));
+  onTestFinished(async () => {
+    release();
+    await runner.shutdown();
+  });
+  // A long backup while a script verifies the backups one by one: more jobs than the file keeps.
+  for (let i = 0; i < 55; i++) await runner.run('verify', async () => ({ i }), { mutating: false });
+  const read = () => new JobHistory(path, log).entries();
+  // A job's end is written as it ends (waitFor may answer a moment before).
+  await expect.poll(async () => (await read()).at(-1)?.job.result).toEqual({ i: 54 });
+  const entries = await read();
+  expect(entries.length).toBeLessThanOrEqual(51);
+  const entry = entries.find((e) => e.job.id === long.id);
+  expect(entry?.job.state).toBe('running');
+
+  // The agent dies here (its runner gone without ending the job); the next start lists the backup.
+  runnerClosed(entry!.runner);
+  const next = new JobRunner({ lockPath: join(sub, 'job.lock'), log, history: new JobHistory(path, log) });
+  const interrupted: Job[] = await next.loadHistory('none');
+  expect(interrupted.map((j) => [j.id, j.error?.code])).toEqual([[long.id, 'interrupted']]);
+  await next.shutdown();
 });
