@@ -1,6 +1,8 @@
 /** The scheduled verification: the newest local backup in full, then each offsite destination's newest copy, then the Cloud DR slot's metadata. */
 import { Readable } from 'node:stream';
 import type { ReadableStream as NodeReadableStream } from 'node:stream/web';
+import { stanzaKeyIds } from '../../shared/envelope';
+import type { StorageProvider, StoredObject } from '../../shared/storage/index';
 import { isBackupName } from '../../shared/storage/names';
 import type { Agent } from '../agent';
 import { type BackupCatalog, datedInFuture } from '../backup/catalog';
@@ -11,8 +13,9 @@ import { AppError, describeError } from '../errors';
 import type { Job, JobContext } from '../jobs/runner';
 import { OFFSITE_KINDS, type OffsiteKind } from '../offsite/destinations';
 import { offsiteServiceFor } from '../offsite/service';
-import { createdAtFromName } from '../offsite/transfer';
+import { createdAtFromName, notABackup, readRemoteHeader } from '../offsite/transfer';
 import { headSlot, slotDifferences } from './cloud-slot';
+import { HEADERS_READ_PER_DESTINATION } from './key-check';
 import { activeTargets, type TargetResult, type VerificationTarget, verificationStateFor } from './state';
 
 /** Each target's result of this run; the job fails (after recording all of them) if any one failed. */
@@ -54,6 +57,34 @@ async function verifyLocal(agent: Agent, ctx: JobContext): Promise<TargetResult>
   }
 }
 
+/**
+ * The destination's newest copy of this installation: the newest by name, not one dated after the clock
+ * (made while it was ahead) unless only such are there, passing over another controller's copies in the
+ * same folder (their header names an installation or keys we do not hold; retention and sync pass over
+ * them too), at most HEADERS_READ_PER_DESTINATION headers read. A copy whose header cannot be read is
+ * taken: its check then says what is wrong with it.
+ */
+async function newestOfOurs(
+  agent: Agent,
+  provider: StorageProvider,
+  objects: StoredObject[],
+  signal: AbortSignal,
+): Promise<StoredObject | undefined> {
+  const future = (o: StoredObject) =>
+    datedInFuture({ createdAt: createdAtFromName(o.name) ?? '' }, Date.now());
+  const sorted = [...objects].sort((a, b) => b.name.localeCompare(a.name));
+  const candidates = [...sorted.filter((o) => !future(o)), ...sorted.filter(future)];
+  for (const object of candidates.slice(0, HEADERS_READ_PER_DESTINATION)) {
+    const header = await readRemoteHeader(provider, object.name, signal).catch((error: unknown) => {
+      if (notABackup(error)) return undefined;
+      throw error;
+    });
+    if (!header || agent.keyring.owns(header.core.installationTag, stanzaKeyIds(header.stanzas)))
+      return object;
+  }
+  return undefined;
+}
+
 /** Streams a destination's newest copy through readBackup: every chunk decrypted and every checksum checked, no temp copy. */
 async function verifyOffsite(agent: Agent, ctx: JobContext, kind: OffsiteKind): Promise<TargetResult> {
   const at = new Date().toISOString();
@@ -62,13 +93,16 @@ async function verifyOffsite(agent: Agent, ctx: JobContext, kind: OffsiteKind): 
     const provider = offsiteServiceFor(agent).provider(kind);
     try {
       const objects = (await provider.list()).filter((o) => isBackupName(o.name));
-      // The newest by name, not one dated after the clock (made while it was ahead), unless only such are there.
-      const sorted = objects.sort((a, b) => b.name.localeCompare(a.name));
-      const newest =
-        sorted.find((o) => !datedInFuture({ createdAt: createdAtFromName(o.name) ?? '' }, Date.now())) ??
-        sorted[0];
-      if (!newest)
+      if (objects.length === 0)
         return { target: kind, at, ok: true, check: 'none', skipped: 'the destination holds no backup yet' };
+      const newest = await newestOfOurs(agent, provider, objects, ctx.signal);
+      if (!newest) {
+        const looked =
+          objects.length > HEADERS_READ_PER_DESTINATION
+            ? `none of the newest ${HEADERS_READ_PER_DESTINATION} backups there is`
+            : 'none of the backups there is';
+        return { target: kind, at, ok: true, check: 'none', skipped: `${looked} of this installation` };
+      }
       filename = newest.name;
       ctx.phase(`verify ${kind}`, newest.size);
       const stream = await provider.get(newest.name, { signal: ctx.signal });

@@ -1,6 +1,7 @@
-import { chown, copyFile, mkdir, open } from 'node:fs/promises';
+import { chown, copyFile, mkdir, open, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { backupNameFor, createdAtFromName } from '../../agent/backup/catalog';
 import { planLocalPrune } from '../../agent/backup/retention';
 import { healthFor } from '../../agent/health/service';
 import { healthModule } from '../../agent/http/routes/health';
@@ -10,6 +11,7 @@ import { collectMetrics } from '../../agent/metrics/collect';
 import { metricsFor } from '../../agent/metrics/recorder';
 import { offsiteServiceFor } from '../../agent/offsite/service';
 import { backupNow, call, downloadKeys, sftpSection } from '../health/helpers';
+import { foreignBackup } from '../offsite/helpers';
 import { startTestAgent, type TestAgent } from '../services/agent';
 import { startPostgres, type TestPostgres } from '../services/postgres';
 import { type SshdService, startSshd, unixIds } from '../services/sshd';
@@ -74,6 +76,21 @@ describe('the scheduled verification', () => {
     const job = await runVerificationJob();
     const state = (await call(t, 'GET', '/health/verification')).body;
     expect(state.lastRun).toMatchObject({ jobId: job.id, ok: true });
+  }, 60_000);
+
+  it("verifies this installation's newest copy at a destination another controller also writes to", async () => {
+    // Another controller's backup, newer than ours, in the same folder: sealed with keys we do not hold.
+    const theirs = backupNameFor(new Date(Date.now() + 60_000));
+    const path = join(sshd.root, 'gem-backups', theirs);
+    await writeFile(path, await foreignBackup(createdAtFromName(theirs)!));
+    try {
+      const job = await runVerificationJob();
+      expect(job.state, JSON.stringify(job.error)).toBe('succeeded');
+      const state = (await call(t, 'GET', '/health/verification')).body;
+      expect(state.targets.sftp).toMatchObject({ ok: true, check: 'full', filename: newest });
+    } finally {
+      await rm(path, { force: true });
+    }
   }, 60_000);
 
   it('catches a tampered remote copy (one flipped byte at the SFTP server)', async () => {
