@@ -186,7 +186,8 @@ export function offsiteArea(
   };
   return async (now) => {
     const status = await offsite.status();
-    const verified = (await verification.get()).targets;
+    // Of the places the destinations point to now (not a folder or server they were moved from).
+    const verified = currentTargetResults(await verification.get(), agent.settings.get());
     const newest = newestAutoUploaded(agent, await agent.catalog.list(), now.getTime());
     // A backup or a sync running (here, or a CLI's holding the job lock) may be sending it right now.
     let busy: boolean | undefined;

@@ -11,12 +11,12 @@ import { readBackup } from '../backup/reader';
 import { drServiceFor } from '../dr/service';
 import { AppError, describeError } from '../errors';
 import type { Job, JobContext } from '../jobs/runner';
-import { OFFSITE_KINDS, type OffsiteKind } from '../offsite/destinations';
+import { destinationLabel, OFFSITE_KINDS, type OffsiteKind } from '../offsite/destinations';
 import { offsiteServiceFor } from '../offsite/service';
 import { createdAtFromName, notABackup, readRemoteHeader } from '../offsite/transfer';
 import { headSlot, slotDifferences } from './cloud-slot';
 import { HEADERS_READ_PER_DESTINATION } from './key-check';
-import { activeTargets, type TargetResult, type VerificationTarget, verificationStateFor } from './state';
+import { currentTargetResults, type TargetResult, verificationStateFor } from './state';
 
 /** Each target's result of this run; the job fails (after recording all of them) if any one failed. */
 interface VerificationSummary {
@@ -88,20 +88,35 @@ async function newestOfOurs(
 /** Streams a destination's newest copy through readBackup: every chunk decrypted and every checksum checked, no temp copy. */
 async function verifyOffsite(agent: Agent, ctx: JobContext, kind: OffsiteKind): Promise<TargetResult> {
   const at = new Date().toISOString();
+  const destination = destinationLabel(kind, agent.settings.get().offsite[kind]);
   let filename: string | undefined;
   try {
     const provider = offsiteServiceFor(agent).provider(kind);
     try {
       const objects = (await provider.list()).filter((o) => isBackupName(o.name));
       if (objects.length === 0)
-        return { target: kind, at, ok: true, check: 'none', skipped: 'the destination holds no backup yet' };
+        return {
+          target: kind,
+          destination,
+          at,
+          ok: true,
+          check: 'none',
+          skipped: 'the destination holds no backup yet',
+        };
       const newest = await newestOfOurs(agent, provider, objects, ctx.signal);
       if (!newest) {
         const looked =
           objects.length > HEADERS_READ_PER_DESTINATION
             ? `none of the newest ${HEADERS_READ_PER_DESTINATION} backups there is`
             : 'none of the backups there is';
-        return { target: kind, at, ok: true, check: 'none', skipped: `${looked} of this installation` };
+        return {
+          target: kind,
+          destination,
+          at,
+          ok: true,
+          check: 'none',
+          skipped: `${looked} of this installation`,
+        };
       }
       filename = newest.name;
       ctx.phase(`verify ${kind}`, newest.size);
@@ -113,6 +128,7 @@ async function verifyOffsite(agent: Agent, ctx: JobContext, kind: OffsiteKind): 
       });
       return {
         target: kind,
+        destination,
         at,
         ok: true,
         check: 'full',
@@ -126,6 +142,7 @@ async function verifyOffsite(agent: Agent, ctx: JobContext, kind: OffsiteKind): 
     if (ctx.signal.aborted) throw error;
     return {
       target: kind,
+      destination,
       at,
       ok: false,
       check: 'full',
@@ -233,7 +250,10 @@ export async function runVerification(
   const record = async (result: TargetResult) => {
     results.push(result);
     await store.update((s) => {
-      if (!result.skipped || !s.targets[result.target]) s.targets[result.target] = result;
+      // A skip keeps the last real verdict of the same place; one of another place (moved since) goes.
+      const kept = s.targets[result.target];
+      if (!result.skipped || !kept || kept.destination !== result.destination)
+        s.targets[result.target] = result;
     });
     if (
       result.target !== 'local' &&
@@ -254,13 +274,10 @@ export async function runVerification(
   ctx.throwIfCancelled();
   await record(await verifyCloud(agent, ctx));
   const ok = results.every((r) => r.ok);
-  const active = activeTargets(agent.settings.get());
   await store.update((s) => {
     s.lastRun = { jobId, startedAt, endedAt: new Date().toISOString(), ok, results };
-    // Results of copies that are gone (a destination turned off, Cloud DR opted out) are dropped.
-    for (const target of Object.keys(s.targets) as VerificationTarget[]) {
-      if (!active.has(target)) delete s.targets[target];
-    }
+    // Results of copies that are gone (a destination turned off or moved, Cloud DR opted out) are dropped.
+    s.targets = currentTargetResults(s, agent.settings.get());
   });
   if (!ok) {
     const failed = results.filter((r) => !r.ok);

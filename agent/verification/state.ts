@@ -1,7 +1,12 @@
 /** The scheduled verification's memory (verification-state.json in the data dir): last run and each target's last result. */
 import { join } from 'node:path';
 import type { Logger } from '../log';
-import { OFFSITE_KINDS, type OffsiteKind } from '../offsite/destinations';
+import {
+  type DestinationSettings,
+  destinationLabel,
+  OFFSITE_KINDS,
+  type OffsiteKind,
+} from '../offsite/destinations';
 import { JsonStateFile } from '../system/json-state';
 
 /** Where a verified copy lives: the local folder, an offsite destination, or the Cloud DR slot. */
@@ -20,6 +25,8 @@ export interface TargetResult {
   skipped?: string;
   error?: { code: string; message: string };
   details?: Record<string, unknown>;
+  /** An offsite target's place when it was checked (destinationLabel): absent in earlier versions' files. */
+  destination?: string;
 }
 
 interface VerificationRun {
@@ -38,9 +45,9 @@ interface VerificationState {
   targets: Partial<Record<VerificationTarget, TargetResult>>;
 }
 
-/** The settings that say which copies exist now. */
+/** The settings that say which copies exist now, and where. */
 interface TargetSettings {
-  offsite: Record<OffsiteKind, { enabled: boolean }>;
+  offsite: { [K in OffsiteKind]: DestinationSettings<K> };
   cloudDr: { enabled: boolean };
 }
 
@@ -54,7 +61,8 @@ export function activeTargets(settings: TargetSettings): Set<VerificationTarget>
 
 /**
  * The recorded results of the copies that count now: a destination turned off (or Cloud DR after
- * the opt-out) keeps no verdict, so an old failure there never keeps health failing.
+ * the opt-out) keeps no verdict, nor one now pointing to another place (another server, bucket or
+ * folder) than the copy checked, so an old failure there never keeps health failing.
  */
 export function currentTargetResults(
   state: VerificationState,
@@ -62,8 +70,20 @@ export function currentTargetResults(
 ): Partial<Record<VerificationTarget, TargetResult>> {
   const active = activeTargets(settings);
   return Object.fromEntries(
-    Object.entries(state.targets).filter(([target]) => active.has(target as VerificationTarget)),
+    Object.entries(state.targets).filter(
+      ([target, result]) => active.has(target as VerificationTarget) && !checkedElsewhere(result, settings),
+    ),
   ) as Partial<Record<VerificationTarget, TargetResult>>;
+}
+
+/** Whether an offsite target's result is of another place than its destination's settings name now. */
+function checkedElsewhere(result: TargetResult | undefined, settings: TargetSettings): boolean {
+  if (result?.destination === undefined || !isOffsiteKind(result.target)) return false;
+  return result.destination !== destinationLabel(result.target, settings.offsite[result.target]);
+}
+
+function isOffsiteKind(target: VerificationTarget): target is OffsiteKind {
+  return (OFFSITE_KINDS as readonly string[]).includes(target);
 }
 
 const VERIFICATION_STATE_FILE = 'verification-state.json';

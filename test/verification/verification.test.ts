@@ -124,6 +124,29 @@ describe('the scheduled verification', () => {
     expect(health.areas.offsite.reason).toMatch(/failed verification/);
   }, 60_000);
 
+  it('forgets the verdict of a destination once it points to another folder: the old failure fails nothing there', async () => {
+    expect((await call(t, 'GET', '/health')).body.areas.verification.status).toBe('failing');
+    const moved = join(sshd.root, 'gem-moved');
+    await mkdir(moved, { recursive: true });
+    const { uid, gid } = await unixIds(sshd.passwordUser.username);
+    await chown(moved, uid, gid);
+    const saved = await call(t, 'PUT', '/settings', { offsite: { sftp: sftpSection(sshd, 'gem-moved') } });
+    expect(saved.status, JSON.stringify(saved.body)).toBe(200);
+    // Already before the next run: the failure was of the copy in the other folder.
+    const health = (await call(t, 'GET', '/health')).body;
+    expect(health.areas.verification.status, health.areas.verification.reason).toBe('ok');
+    expect(health.areas.offsite.destinations.sftp.lastVerified).toBeNull();
+    // The next run finds nothing there to check: that is what it records, not the old failure.
+    const job = await runVerificationJob();
+    expect(job.state, JSON.stringify(job.error)).toBe('succeeded');
+    const state = (await call(t, 'GET', '/health/verification')).body;
+    expect(state.targets.sftp).toMatchObject({ ok: true, check: 'none', skipped: expect.any(String) });
+    // Back at the folder of the tampered copy, its failure is found again.
+    const back = await call(t, 'PUT', '/settings', { offsite: { sftp: sftpSection(sshd) } });
+    expect(back.status, JSON.stringify(back.body)).toBe(200);
+    expect((await runVerificationJob()).state).toBe('failed');
+  }, 60_000);
+
   it('forgets the failure of a destination once it is turned off: health and metrics leave it out', async () => {
     const metricsBefore = await collectMetrics(t.agent, metricsFor(t.agent));
     expect(metricsBefore).toMatch(/gem_backup_verification_ok\{target="sftp"\} 0/);
