@@ -27,10 +27,16 @@ interface VerificationSummary {
 async function verifyLocal(agent: Agent, ctx: JobContext): Promise<TargetResult> {
   const at = new Date().toISOString();
   const list = await agent.catalog.list();
-  // The newest real backup: one dated after the clock (made while it was ahead) is not the newest.
-  const newest = list.find((b) => !datedInFuture(b, Date.now())) ?? list[0];
-  if (!newest)
-    return { target: 'local', at, ok: true, check: 'none', skipped: 'there is no local backup yet' };
+  // The newest real backup of this installation: one dated after the clock (made while it was ahead)
+  // is not the newest, nor is one another installation made (copied here, made with keys we do not hold).
+  const ours = list.filter((b) => agent.keyring.owns(b.installationTag, b.keyIds));
+  const newest = ours.find((b) => !datedInFuture(b, Date.now())) ?? ours[0];
+  if (!newest) {
+    const skipped = list.length
+      ? 'there is no local backup of this installation yet'
+      : 'there is no local backup yet';
+    return { target: 'local', at, ok: true, check: 'none', skipped };
+  }
   // Named as the job's target, as a verify job names its backup: no prune (a backup made meanwhile) nor
   // DELETE takes it while it is read.
   ctx.target(newest.filename);

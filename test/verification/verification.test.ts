@@ -93,6 +93,21 @@ describe('the scheduled verification', () => {
     }
   }, 60_000);
 
+  it("verifies this installation's newest local backup when a newer one of another installation was copied here", async () => {
+    const theirs = backupNameFor(new Date(Date.now() + 60_000));
+    const path = t.agent.catalog.pathOf(theirs);
+    await writeFile(path, await foreignBackup(createdAtFromName(theirs)!), { mode: 0o600 });
+    try {
+      expect((await t.agent.catalog.list())[0]?.filename).toBe(theirs);
+      const job = await runVerificationJob();
+      expect(job.state, JSON.stringify(job.error)).toBe('succeeded');
+      const state = (await call(t, 'GET', '/health/verification')).body;
+      expect(state.targets.local).toMatchObject({ ok: true, check: 'full', filename: newest });
+    } finally {
+      await rm(path, { force: true });
+    }
+  }, 60_000);
+
   it('catches a tampered remote copy (one flipped byte at the SFTP server)', async () => {
     const path = join(sshd.root, 'gem-backups', newest);
     const handle = await open(path, 'r+');
