@@ -16,6 +16,8 @@ const VERIFICATION_CRON: Record<VerificationSchedule, string> = {
 
 export class VerificationScheduler {
   private timer: Cron | undefined;
+  /** Whether arm() ran once: the timer then says whether the schedule was on before a settings change. */
+  private armedOnce = false;
   private unsubscribe: (() => void) | undefined;
   private readonly inFlight = new Set<Promise<Job | undefined>>();
 
@@ -39,7 +41,10 @@ export class VerificationScheduler {
       });
       return;
     }
-    const since = new Date(state.lastRun?.startedAt ?? state.armedAt);
+    // From the last run, or from when it was turned on if that came later (arm).
+    const since = new Date(
+      Math.max(Date.parse(state.lastRun?.startedAt ?? state.armedAt), Date.parse(state.armedAt)),
+    );
     const next = new Cron(VERIFICATION_CRON[v.schedule], { paused: true, ...this.tz() }).nextRun(since);
     if (next && next <= now) {
       this.agent.log.info('catching up a verification missed while the agent was down');
@@ -52,8 +57,14 @@ export class VerificationScheduler {
     return tz ? { timezone: tz } : {};
   }
 
-  /** (Re)creates the timer; marks the schedule armed if it never was, so a later-enabled one gets its catch-up. */
+  /**
+   * (Re)creates the timer; marks the schedule armed if it never was, so a later-enabled one gets its
+   * catch-up, and armed from now when turned on again after being off (the slots it was off for are
+   * not caught up).
+   */
   arm(): void {
+    const turnedOn = this.armedOnce && this.timer === undefined;
+    this.armedOnce = true;
     this.timer?.stop();
     this.timer = undefined;
     const v = this.agent.settings.get().verification;
@@ -61,7 +72,7 @@ export class VerificationScheduler {
     const now = this.options.now?.() ?? new Date();
     const marked = verificationStateFor(this.agent)
       .update((s) => {
-        s.armedAt ??= now.toISOString();
+        s.armedAt = turnedOn ? now.toISOString() : (s.armedAt ?? now.toISOString());
       })
       .catch((error: unknown) => this.agent.log.warn('could not mark the verification armed', { error }));
     this.track(marked.then(() => undefined));

@@ -203,4 +203,56 @@ describe('scheduled runs that did not happen as planned', () => {
       await t.close();
     }
   });
+
+  it('arms a task turned off and on again from then: the slots it was off for are not caught up', async () => {
+    const t = await openAgent();
+    try {
+      await t.agent.settings.update({
+        maintenance: { enabled: true, retentionDays: 90 },
+        verification: { enabled: true, schedule: 'weekly' },
+      });
+      // Both last ran three weeks ago, then were turned off.
+      const threeWeeksAgo = new Date(Date.now() - 21 * DAY);
+      await t.agent.settings.state.rearm('maintenance', new Date(threeWeeksAgo.getTime() - DAY));
+      await t.agent.settings.state.recordRun('maintenance', threeWeeksAgo, { ok: true });
+      await verificationStateFor(t.agent).update((s) => {
+        s.armedAt = new Date(threeWeeksAgo.getTime() - DAY).toISOString();
+        s.lastRun = {
+          jobId: 'earlier',
+          startedAt: threeWeeksAgo.toISOString(),
+          endedAt: threeWeeksAgo.toISOString(),
+          ok: true,
+          results: [],
+        };
+      });
+      await t.agent.settings.update({
+        maintenance: { enabled: false, retentionDays: 90 },
+        verification: { enabled: false, schedule: 'weekly' },
+      });
+      const scheduler = new Scheduler(t.agent);
+      const verification = new VerificationScheduler(t.agent);
+      await scheduler.start();
+      await verification.start();
+      // Turned on again while the agent runs, then the agent restarts.
+      await t.agent.settings.update({
+        maintenance: { enabled: true, retentionDays: 90 },
+        verification: { enabled: true, schedule: 'weekly' },
+      });
+      await scheduler.settled();
+      await verification.settled();
+      scheduler.stop();
+      verification.stop();
+      const again = new Scheduler(t.agent);
+      const verificationAgain = new VerificationScheduler(t.agent);
+      await again.start();
+      await verificationAgain.start();
+      await again.settled();
+      await verificationAgain.settled();
+      again.stop();
+      verificationAgain.stop();
+      expect(t.agent.jobs.list()).toEqual([]);
+    } finally {
+      await t.close();
+    }
+  });
 });
