@@ -77,17 +77,36 @@ export async function purgeHistory(sql: Sql, options: PurgeOptions): Promise<Pur
   for (const { key, table, column } of HISTORY_TABLES) {
     const t = sql('public.' + table);
     const c = sql(column);
+    // GEM appends history in time order, so the old rows sit at the start of the table, and a sub-select
+    // scanning from the start would re-read every row the earlier batches deleted (not yet vacuumed):
+    // time quadratic in the backlog. So each batch resumes after the highest ctid the one before deleted
+    // (a Tid Range Scan on PostgreSQL 14+). Rows out of physical order (an index scan, a synchronized
+    // seq scan starting mid-table, an old row in a reused page) may sit behind that bound: once a bounded
+    // batch comes up short, unbounded batches finish the table, until one comes up short.
+    let after: string | undefined;
+    let finishing = false;
     for (;;) {
       if (options.signal?.aborted) throw new AppError('cancelled', 'the maintenance run was cancelled');
+      const bound = after === undefined ? sql`` : sql`and ctid > ${after}::tid`;
       // ctid picks exactly the rows the indexed sub-select found; a row inserted meanwhile is newer than
-      // the cut-off and never matches.
-      const pending = sql`
-        delete from ${t} where ctid = any(array(
-          select ctid from ${t} where ${c} < ${cutoff.toISOString()}::timestamptz limit ${batch}))`;
-      const result = await untilCancelled(pending, options.signal);
-      deleted[key] += result.count;
-      options.onBatch?.(key, result.count, deleted[key]);
-      if (result.count < batch) break;
+      // the cut-off and never matches. The highest ctid deleted is found here: shipping every one back
+      // more than doubled a batch's time, and max(tid) needs PostgreSQL 14.
+      const pending = sql<{ count: number; highest: string | null }[]>`
+        with gone as (
+          delete from ${t} where ctid = any(array(
+            select ctid from ${t} where ${c} < ${cutoff.toISOString()}::timestamptz ${bound} limit ${batch}))
+          returning ctid)
+        select count(*)::int as count, (select ctid from gone order by ctid desc limit 1)::text as highest from gone`;
+      const { count, highest } = (await untilCancelled(pending, options.signal))[0]!;
+      deleted[key] += count;
+      options.onBatch?.(key, count, deleted[key]);
+      if (count < batch) {
+        if (after === undefined) break;
+        after = undefined;
+        finishing = true;
+      } else if (!finishing) {
+        after = highest!;
+      }
     }
   }
   const total = deleted.attributeHistory + deleted.requestHistory + deleted.accessLog;
