@@ -56,7 +56,8 @@ export const uploadTiming = { idleMs: 5 * 60_000 };
 /** Free space is measured again after this many bytes, as other writers (the database) use it too. */
 const RECHECK_BYTES = 64 * 1024 * 1024;
 
-function noSpace(need: string, room: number): AppError {
+/** The refusal of a backup that does not fit: `need` says how big it is, `room` what may be used. */
+export function noSpace(need: string, room: number): AppError {
   const mb = (n: number) => `${Math.max(0, Math.floor(n / 1048576))} MB`;
   return new AppError(
     'no_space',

@@ -15,7 +15,7 @@ import {
 } from '../../shared/envelope';
 import type { Agent } from '../agent';
 import { readBackup } from '../backup/reader';
-import { receiveUpload } from '../backup/upload';
+import { noSpace, receiveUpload, usableSpace } from '../backup/upload';
 import { hasGemSchema } from '../db/seed';
 import { AppError, describeError, isAppError, isErrorCode } from '../errors';
 import type { JobContext } from '../jobs/runner';
@@ -214,8 +214,20 @@ export async function recoverFromCloud(
   }
 
   // 1. Download to a temp file and check it end to end with the recovered file key: nothing changed yet.
-  await mkdir(agent.paths.work, { recursive: true });
-  const work = await mkdtemp(join(agent.paths.work, `${TEMP_PREFIX}dr-recover-`));
+  // Never past the room its disk has (the database shares it) nor past the size the cloud announced.
+  let work: string;
+  let limit: number;
+  try {
+    await mkdir(agent.paths.work, { recursive: true });
+    const { room } = await usableSpace(agent.paths.work);
+    if (expected !== undefined && expected > room)
+      throw noSpace(`it is ${Math.ceil(expected / 1048576)} MB`, room);
+    limit = Math.min(room, expected ?? room);
+    work = await mkdtemp(join(agent.paths.work, `${TEMP_PREFIX}dr-recover-`));
+  } catch (error) {
+    res.body.destroy();
+    throw error;
+  }
   let keysInstalled = false;
   try {
     const downloaded = join(work, 'backup.bin');
@@ -224,6 +236,17 @@ export async function recoverFromCloud(
     const counter = new Transform({
       transform(chunk: Buffer, _encoding, done) {
         received += chunk.length;
+        if (received > limit) {
+          done(
+            received > (expected ?? Number.POSITIVE_INFINITY)
+              ? new AppError(
+                  'dependency_down',
+                  `the DR cloud sent more than the ${expected} bytes it announced: nothing was changed; run the recovery again`,
+                )
+              : noSpace(`it is over ${Math.floor(limit / 1048576)} MB`, limit),
+          );
+          return;
+        }
         hash.update(chunk);
         ctx.progress(received);
         done(null, chunk);
