@@ -77,7 +77,11 @@ export interface RemoteBackup {
   createdAt?: string;
   modifiedAt?: string;
   sha256?: string;
-  /** True if the local catalog has a backup of the same name. */
+  /**
+   * True if the local catalog has this backup: one of the same name, unless the copy's header was read
+   * and is not the local file's (another controller's backup made in the same second, or one of ours
+   * from before the clock was set back).
+   */
   local: boolean;
   /** Pinned (in the records, its local file here or not): its delete is refused until it is unpinned. */
   pinned?: boolean;
@@ -101,6 +105,11 @@ interface RemoteOwner {
   installationTag: string;
   installation: string;
   keyIds: string[];
+}
+
+/** How many headers not yet known one list may still read (shared by its looks, counted down). */
+interface HeaderReads {
+  reads: number;
 }
 
 /** A remote object's identity for the header cache: destination, name, size, time. */
@@ -396,17 +405,22 @@ export class OffsiteService {
       // The local copy says whose it is; the others' headers are read once per object (remembered).
       // Bounded: a first list of a folder of many copies (each header one request) stays quick; the
       // later ones fill in the rest, the page's newest rows first.
-      const owners = await this.remoteOwners(provider, local, remote, undefined, LIST_HEADER_READS);
+      const budget = { reads: LIST_HEADER_READS };
+      const owners = await this.remoteOwners(provider, local, remote, undefined, budget);
+      // A different backup under one of our names is not the local one: its own header says whose it is.
+      const namesakes = await this.takenNames(undefined, provider, local, remote, undefined, budget);
       return remote
         .map((o): RemoteBackup => {
-          const owner = localOwners.get(o.name) ?? owners.get(o.name);
+          const namesake = namesakes.get(o.name);
+          const here = localOwners.has(o.name) && !namesake;
+          const owner = namesake ?? (here ? localOwners.get(o.name) : owners.get(o.name));
           return {
             filename: o.name,
             size: o.size,
             ...(createdAtFromName(o.name) ? { createdAt: createdAtFromName(o.name) } : {}),
             ...(o.modifiedAt ? { modifiedAt: o.modifiedAt } : {}),
             ...(o.sha256 ? { sha256: o.sha256 } : {}),
-            local: localOwners.has(o.name),
+            local: here,
             ...(pinned.has(o.name) ? { pinned: true } : {}),
             ...(owner
               ? {
@@ -1016,20 +1030,19 @@ export class OffsiteService {
     local: BackupInfo[],
     remote: StoredObject[],
     signal?: AbortSignal,
-    /** At most this many headers not yet known are read (newest first); the others stay unknown for now. */
-    maxReads = Number.POSITIVE_INFINITY,
+    /** Headers not yet known left to read (newest first; counted down); the others stay unknown for now. */
+    budget: HeaderReads = { reads: Number.POSITIVE_INFINITY },
   ): Promise<Map<string, RemoteOwner | undefined>> {
     const localNames = new Set(local.map((b) => b.filename));
     const owners = new Map<string, RemoteOwner | undefined>();
-    let reads = 0;
     for (const object of [...remote].sort((a, b) => b.name.localeCompare(a.name))) {
       if (localNames.has(object.name) || !isBackupName(object.name)) continue;
       const known = this.remoteHeaders.has(remoteHeaderKey(provider, object));
-      if (!known && reads >= maxReads) {
+      if (!known && budget.reads <= 0) {
         owners.set(object.name, undefined);
         continue;
       }
-      if (!known) reads++;
+      if (!known) budget.reads--;
       const header = await this.knownOrReadHeader(provider, object, signal);
       owners.set(
         object.name,
@@ -1049,7 +1062,7 @@ export class OffsiteService {
   /**
    * Our backups whose name the destination holds with a DIFFERENT backup (its header is not the local
    * file's: another controller made one in the same second), each with that backup's installation
-   * (the prefix its header names).
+   * (the prefix its header names, and its tag).
    * An object that is no backup is not a different backup (an upload replaces it).
    */
   private async takenNames(
@@ -1058,17 +1071,24 @@ export class OffsiteService {
     local: BackupInfo[],
     remote: StoredObject[],
     signal?: AbortSignal,
-  ): Promise<Map<string, { installation: string; ours: boolean }>> {
+    /** As remoteOwners': a header not read for want of it counts as our copy for now (`kind` then unset). */
+    budget: HeaderReads = { reads: Number.POSITIVE_INFINITY },
+  ): Promise<Map<string, { installation: string; installationTag: string; ours: boolean }>> {
     const localNames = new Set(local.map((b) => b.filename));
-    const taken = new Map<string, { installation: string; ours: boolean }>();
-    for (const object of remote) {
+    const taken = new Map<string, { installation: string; installationTag: string; ours: boolean }>();
+    for (const object of [...remote].sort((a, b) => b.name.localeCompare(a.name))) {
       if (!localNames.has(object.name)) continue;
+      if (!this.remoteHeaders.has(remoteHeaderKey(provider, object))) {
+        if (budget.reads <= 0) continue;
+        budget.reads--;
+      }
       const header = await this.knownOrReadHeader(provider, object, signal);
       if (!header) continue;
       const mine = await readHeaderOfFile(this.agent.catalog.pathOf(object.name)).catch(() => undefined);
       if (mine && !sameHeader(header, mine)) {
         taken.set(object.name, {
           installation: header.core.installationPrefix,
+          installationTag: header.core.installationTag,
           ours: header.core.installationTag === mine.core.installationTag,
         });
       }

@@ -159,6 +159,38 @@ describe('a backup of the same name from another controller in the folder', () =
     await t.agent.catalog.delete(name);
   });
 
+  it('the remote list does not take a different backup under our name for ours: not here, of its own installation', async () => {
+    await t.agent.settings.update({ offsite: { sftp: sftp('list-same') } });
+    // Theirs under the name of ours (the same second); and our older backup under the name of a newer one
+    // of ours (the clock set back since): neither is the backup here.
+    const when = new Date(Date.now() - 7 * 3600_000);
+    const name = backupNameFor(when);
+    await theirs('list-same', name);
+    expect(filenameOf(await backupAt(when))).toBe(name);
+    const earlier = new Date(Date.now() - 9 * 3600_000);
+    const older = filenameOf(await backupAt(earlier));
+    await uploadBackup(t.agent, provider('list-same'), older);
+    await t.agent.catalog.delete(older);
+    expect(filenameOf(await backupAt(earlier))).toBe(older);
+    const same = filenameOf(await backupNow(t));
+    await uploadBackup(t.agent, provider('list-same'), same);
+
+    const list = await call(t, 'GET', '/offsite/sftp/backups');
+    expect(list.status).toBe(200);
+    const rows = Object.fromEntries(
+      (list.body.backups as { filename: string }[]).map(({ filename, ...row }) => [filename, row]),
+    );
+    expect(rows[name]).toMatchObject({
+      local: false,
+      installation: OTHER_INSTALLATION.slice(0, 8),
+      ofThisInstallation: false,
+    });
+    expect(rows[older]).toMatchObject({ local: false, ofThisInstallation: true });
+    expect(rows[same]).toMatchObject({ local: true, ofThisInstallation: true });
+    await t.agent.settings.update({ offsite: { sftp: sftp('list-same', false) } });
+    for (const n of [name, older, same]) await t.agent.catalog.delete(n);
+  });
+
   it('an exclusive put refuses a taken name in its rename: the object stays, no temp is left', async () => {
     const name = filenameOf(await backupAt(new Date(Date.UTC(2026, 2, 3, 2))));
     const before = await theirs('exclusive', name);
