@@ -142,7 +142,12 @@ interface FileCheck {
   sha256(): string;
   verify(source: { size: number; sha256?: string }): void;
 }
-const LS_LINE = /^ {2}(.+?)\s+([ADHSRNV]*)\s+(\d+)\s+(\w{3} \w{3} [ \d]\d \d\d:\d\d:\d\d \d{4})$/;
+/**
+ * One entry of smbclient's `ls`: name, attribute letters, size, write time. The attributes are any of
+ * smbclient's letters, upper case (`D` a folder, `A`, `H`...) and lower case (`s` sparse, `o` offline,
+ * `r` reparse point, `c` compressed...: what Windows deduplication, tiering and compression set).
+ */
+const LS_LINE = /^ {2}(.+?)\s+([A-Za-z]*)\s+(\d+)\s+(\w{3} \w{3} [ \d]\d \d\d:\d\d:\d\d \d{4})$/;
 const AUTH = [
   'LOGON_FAILURE',
   'WRONG_PASSWORD',

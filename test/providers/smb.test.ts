@@ -1,4 +1,5 @@
 // The SMB provider against a real Samba smbd started for this file.
+import { execFileSync } from 'node:child_process';
 import { readdir, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -67,6 +68,32 @@ describe('smb provider', () => {
   it('creates a missing folder path inside the share, however deep', async () => {
     await new SmbProvider(options({ remotePath: '/x/y/z/' })).put(name, source);
     expect(await readdir(join(smbd.root, 'x', 'y', 'z'))).toEqual([name]);
+  });
+
+  it('lists, stats and deletes backups the server marks sparse or offline (as Windows deduplication and tiering do)', async () => {
+    const local = join(smbd.root, 'marked');
+    const provider = new SmbProvider(options({ remotePath: 'marked' }));
+    await provider.put(name, source); // the folder, as the share's user makes it
+    await rm(join(local, name));
+    // Samba shows the DOS attributes its user.DOSATTRIB xattr holds (set here as Samba's hex form, with
+    // the python3 Samba depends on): ARCHIVE plus SPARSE_FILE, OFFLINE or both; smbclient's ls prints
+    // them as `As`, `Ao`, `Aso`.
+    const marked = ['0x220', '0x1020', '0x1220'];
+    const names = marked.map((_, i) => `gem-backup-2026-07-08-09101${i}.tar.gz`);
+    for (const [i, attributes] of marked.entries()) {
+      const file = join(local, names[i]!);
+      await writeFile(file, 'abc');
+      execFileSync('/usr/bin/python3', [
+        '-c',
+        'import os, sys; os.setxattr(sys.argv[1], "user.DOSATTRIB", sys.argv[2].encode() + b"\\0")',
+        file,
+        attributes,
+      ]);
+    }
+    expect((await provider.list()).map((object) => object.name).sort()).toEqual(names);
+    expect(await provider.stat(names[0]!)).toMatchObject({ name: names[0], size: 3 });
+    await provider.delete(names[1]!);
+    expect((await readdir(local)).sort()).toEqual([names[0], names[2]]);
   });
 
   it("reports a wrong password as permanent 'auth_failed'", async () => {
