@@ -52,7 +52,8 @@ export interface SftpOptions {
    */
   onHostKey?: (fingerprint: string) => void | Promise<void>;
   /**
-   * Connect and handshake timeout (default 20 s); a frozen server fails after it as 'unreachable'. Keepalives
+   * Connect and handshake timeout (default 20 s), and again for the SFTP service to answer once signed
+   * in; a frozen server fails after it as 'unreachable'. Keepalives
    * go every timeout/2 (at most 10 s), so a server that freezes mid-transfer fails after about 3 of them.
    */
   timeoutMs?: number;
@@ -353,7 +354,7 @@ export class SftpProvider implements StorageProvider {
       quiet,
     );
     try {
-      const sftp = (await client.connect({
+      const sftp = await this.sftpAnswered(client, {
         host: this.options.host,
         port: this.options.port ?? 22,
         username: this.options.username,
@@ -371,7 +372,7 @@ export class SftpProvider implements StorageProvider {
           seenHostKey = hostKeyFingerprint(key);
           return pinned === undefined || seenHostKey === pinned;
         },
-      })) as unknown as SFTPWrapper;
+      });
       if (pinned === undefined && seenHostKey !== undefined) {
         this.pinned = seenHostKey;
         await Promise.resolve(this.options.onHostKey?.(seenHostKey)).catch(() => undefined);
@@ -388,6 +389,31 @@ export class SftpProvider implements StorageProvider {
       }
       throw this.classify(error);
     }
+  }
+
+  /**
+   * client.connect(), whose SFTP channel must answer within timeoutMs of the sign-in: readyTimeout bounds
+   * only the SSH handshake, and a server whose SFTP service hangs (a home on a dead network mount, a shell
+   * start-up file waiting for input) still answers keepalives, so nothing else would end the wait.
+   */
+  private sftpAnswered(client: SftpClient, config: SftpClient.ConnectOptions): Promise<SFTPWrapper> {
+    const ssh = sshOf(client);
+    const timeoutMs = this.options.timeoutMs ?? 20_000;
+    let timer: NodeJS.Timeout | undefined;
+    return new Promise<SFTPWrapper>((resolve, reject) => {
+      ssh.once('ready', () => {
+        timer = setTimeout(() => {
+          reject(
+            new StorageError(
+              'unreachable',
+              `${this.options.host}:${this.options.port ?? 22} signed in but its SFTP service did not answer within ${timeoutMs / 1000} s`,
+            ),
+          );
+          ssh.destroy();
+        }, timeoutMs);
+      });
+      client.connect(config).then((sftp) => resolve(sftp as unknown as SFTPWrapper), reject);
+    }).finally(() => clearTimeout(timer));
   }
 
   /**
