@@ -714,10 +714,11 @@ export class SmbProvider implements StorageProvider {
       } finally {
         stopWatching();
       }
-      // Statuses of the login, the put and the temp's allinfo; an existing folder is no failure.
+      // Statuses of the login, the mkdirs, the put and the temp's allinfo; an existing folder (a name
+      // collision) is no failure, but one that may not be made is (else the put's "path not found" hides why).
       const putStatuses = result.output
         .split('\n')
-        .filter((line) => !/making remote directory/.test(line))
+        .filter((line) => !/OBJECT_NAME_COLLISION making remote directory/.test(line))
         .flatMap((line) => statusesIn(line));
       this.check({ output: result.output, statuses: putStatuses }, name);
       if (result.ended) throw this.endedEarly(result);

@@ -1,6 +1,6 @@
 // The SMB provider against a real Samba smbd started for this file.
 import { execFileSync } from 'node:child_process';
-import { readdir, rm, writeFile } from 'node:fs/promises';
+import { mkdir, readdir, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { probeName } from '../../agent/offsite/connection';
@@ -94,6 +94,14 @@ describe('smb provider', () => {
     expect(await provider.stat(names[0]!)).toMatchObject({ name: names[0], size: 3 });
     await provider.delete(names[1]!);
     expect((await readdir(local)).sort()).toEqual([names[0], names[2]]);
+  });
+
+  it("reports a folder it may not create as 'permission_denied', leaving nothing", async () => {
+    // Made by root, not the share's user: the share's user may not create the backup folder in it.
+    await mkdir(join(smbd.root, 'root-only'));
+    const provider = new SmbProvider(options({ remotePath: '/root-only/gem/' }));
+    expect(await failure(provider.put(name, source))).toEqual({ code: 'permission_denied', permanent: true });
+    expect(await readdir(join(smbd.root, 'root-only'))).toEqual([]);
   });
 
   it("reports a wrong password as permanent 'auth_failed'", async () => {
