@@ -15,8 +15,8 @@ const OWNED = /^gem-smb-(auth|spool)\.p(\d+)\.[A-Za-z0-9]{6}$/;
 /** What earlier versions named them (`gem-smb-XXXXXX`, `gem-smb-spool-XXXXXX`, no owner): removed once this old. */
 const UNOWNED = /^gem-smb-(spool-)?[A-Za-z0-9]{6}$/;
 const UNOWNED_MAX_AGE_MS = 3600_000;
-/** The only files these folders ever hold: the auth file and the spooled backup. */
-const KNOWN_FILES = ['auth', 'backup'];
+/** The only files these folders ever hold: the auth file, the password file and the spooled backup. */
+const KNOWN_FILES = ['auth', 'password', 'backup'];
 
 /** A new temp folder of this process (mode 0700, as mkdtemp makes it). */
 export function smbTempDir(kind: keyof typeof PREFIXES): Promise<string> {
@@ -26,19 +26,26 @@ export function smbTempDir(kind: keyof typeof PREFIXES): Promise<string> {
 export interface AuthFile {
   dir: string;
   file: string;
+  /** The 0600 file holding only the password, when it is given (smbclient reads it as PASSWD_FILE). */
+  passwordFile?: string;
 }
 
-/** Writes `lines` to a new 0600 auth file; remove its `dir` once smbclient has read it. */
-export async function writeAuthFile(lines: string[]): Promise<AuthFile> {
+/**
+ * Writes `lines` to a new 0600 auth file, and `password` if given to a 0600 file of its own beside it;
+ * remove their `dir` once smbclient has read them.
+ */
+export async function writeAuthFile(lines: string[], password?: string): Promise<AuthFile> {
   const dir = await smbTempDir('auth');
   const file = join(dir, 'auth');
+  const passwordFile = password === undefined ? undefined : join(dir, 'password');
   try {
     await writeFile(file, `${lines.join('\n')}\n`, { mode: 0o600 });
+    if (passwordFile) await writeFile(passwordFile, `${password}\n`, { mode: 0o600 });
   } catch (error) {
     await rm(dir, { recursive: true, force: true });
     throw error;
   }
-  return { dir, file };
+  return { dir, file, ...(passwordFile ? { passwordFile } : {}) };
 }
 
 /**

@@ -490,17 +490,23 @@ export class SmbProvider implements StorageProvider {
     return [...this.folders, name].join('/');
   }
 
-  /** Writes the 0600 auth file smbclient reads the password from (never the command line, so not in `ps`). */
+  /**
+   * Writes the 0600 auth file smbclient reads the password from (never the command line, so not in `ps`).
+   * smbclient drops the blanks a value there begins with: a password that begins with a space or tab goes
+   * to a 0600 file of its own instead, which smbclient reads as it is (PASSWD_FILE, see spawnClient).
+   */
   private writeAuthFile(): Promise<AuthFile> {
-    const lines = [`username = ${this.options.username}`, `password = ${this.options.password}`];
-    if (this.options.domain) lines.push(`domain = ${this.options.domain}`);
+    const { username, password, domain } = this.options;
+    const ownFile = /^[ \t]/.test(password);
+    const lines = [`username = ${username}`, ...(ownFile ? [] : [`password = ${password}`])];
+    if (domain) lines.push(`domain = ${domain}`);
     // Settings refuse them (ONE_LINE_RULE); a value with a line break would write lines of its own.
-    if (!lines.every(isOneLine)) {
+    if (![...lines, password].every(isOneLine)) {
       throw new StorageError('io', `the SMB user name, password or domain ${ONE_LINE_RULE}`, {
         permanent: true,
       });
     }
-    return writeAuthFile(lines);
+    return writeAuthFile(lines, ownFile ? password : undefined);
   }
 
   private connectArgs(authFile: string): string[] {
@@ -517,12 +523,19 @@ export class SmbProvider implements StorageProvider {
     ];
   }
 
-  /** Starts smbclient (as `command` says) with `args`, its messages in the C locale that the parsers read. */
-  private spawnClient(args: string[], signal: AbortSignal | undefined): ChildProcessWithoutNullStreams {
+  /**
+   * Starts smbclient (as `command` says) with `args` and the credentials of `auth`, its messages in the C
+   * locale that the parsers read.
+   */
+  private spawnClient(
+    args: string[],
+    auth: AuthFile,
+    signal: AbortSignal | undefined,
+  ): ChildProcessWithoutNullStreams {
     const [program, ...prefix] = this.options.command ?? SMBCLIENT;
     const child = spawn(program, [...prefix, ...args], {
       stdio: ['pipe', 'pipe', 'pipe'],
-      env: { ...process.env, LC_ALL: 'C' },
+      env: { ...process.env, LC_ALL: 'C', ...(auth.passwordFile ? { PASSWD_FILE: auth.passwordFile } : {}) },
       signal,
     });
     observeProgram(child, program, [...prefix, ...args]);
@@ -537,7 +550,7 @@ export class SmbProvider implements StorageProvider {
       const args = [...this.connectArgs(auth.file), '-c', commands.join('; ')];
       const { output, code } = await new Promise<{ output: string; code: number | null }>(
         (resolve, reject) => {
-          const child = this.spawnClient(args, signal);
+          const child = this.spawnClient(args, auth, signal);
           child.stdin.on('error', () => {}).end(); // -c: no input
           let text = '';
           const take = (chunk: string) => {
@@ -580,7 +593,7 @@ export class SmbProvider implements StorageProvider {
     const auth = await this.writeAuthFile();
     try {
       // -E: smbclient's messages on stderr, which it does not buffer, so each step's output arrives as it is printed.
-      const child = this.spawnClient([...this.connectArgs(auth.file), '-E'], signal);
+      const child = this.spawnClient([...this.connectArgs(auth.file), '-E'], auth, signal);
       return new SmbSession(child, signal, () => rm(auth.dir, { recursive: true, force: true }));
     } catch (error) {
       await rm(auth.dir, { recursive: true, force: true });
@@ -805,6 +818,7 @@ export class SmbProvider implements StorageProvider {
     try {
       child = this.spawnClient(
         [...this.connectArgs(auth.file), '-E', '-c', `allinfo ${remote}; get ${remote} -`],
+        auth,
         signal,
       );
     } catch (error) {

@@ -215,6 +215,8 @@ describe('after a crash', () => {
       await mkdir(join(temp, name), { mode: 0o700 });
       await writeFile(join(temp, name, 'auth'), 'password = secret\n', { mode: 0o600 });
     }
+    // A password that begins with a blank has a file of its own beside the auth file.
+    await writeFile(join(temp, smb.deadAuth, 'password'), ' secret\n', { mode: 0o600 });
     const twoHoursAgo = new Date(Date.now() - 2 * 3600_000);
     await utimes(join(temp, smb.oldUnowned), twoHoursAgo, twoHoursAgo);
     const reopened = await openAgent(t.agent.config, silentLogger).finally(() => {

@@ -104,6 +104,19 @@ describe('smb provider', () => {
     expect(await readdir(join(smbd.root, 'root-only'))).toEqual([]);
   });
 
+  it('signs in with a password that begins with blanks, which an auth file line would drop', async () => {
+    const password = ` \t${smbd.password}`;
+    await smbd.setPassword(password);
+    try {
+      const provider = new SmbProvider(options({ remotePath: 'blank-password', password }));
+      await provider.put(name, source);
+      expect((await provider.list()).map((object) => object.name)).toEqual([name]);
+      expect(await new Response(await provider.get(name)).text()).toBe('abc');
+    } finally {
+      await smbd.setPassword(smbd.password);
+    }
+  });
+
   it("reports a wrong password as permanent 'auth_failed'", async () => {
     expect(await failure(new SmbProvider(options({ password: 'wrong' })).list())).toEqual({
       code: 'auth_failed',

@@ -37,6 +37,8 @@ export interface SmbdService {
   /** The share's folder on this machine. */
   root: string;
   stop(): Promise<void>;
+  /** Gives the share's user a new password (`password` above stays the first one). */
+  setPassword(password: string): Promise<void>;
   /** SIGSTOP / SIGCONT smbd and its per-connection children: a server that stops answering. */
   pause(): void;
   resume(): void;
@@ -153,6 +155,7 @@ export async function startSmbd(): Promise<SmbdService> {
       password,
       root,
       stop: cleanup,
+      setPassword: (next) => runWithInput('smbpasswd', ['-c', config, '-s', username], `${next}\n${next}\n`),
       pause: () => signalAll(serviceProcesses(pid, userUid), 'SIGSTOP'),
       resume: () => signalAll(serviceProcesses(pid, userUid), 'SIGCONT'),
     };
