@@ -314,9 +314,8 @@ class SmbSession {
       this.mark = this.text.length;
       return { output: rest, statuses: statusesIn(rest), ended: true };
     }, timeoutMs);
-    return done.finally(() => {
-      void this.releaseAuth();
-    });
+    // Gone before the caller writes the next step: a kill during that step leaves no password behind.
+    return done.finally(() => this.releaseAuth());
   }
 
   private async releaseAuth(): Promise<void> {
@@ -710,6 +709,12 @@ export class SmbProvider implements StorageProvider {
     let session: SmbSession | undefined;
     try {
       session = await this.openSession(signal);
+      // The sign-in alone first: once it is answered smbclient has read the auth file, which then goes
+      // (SmbSession), so the password neither waits in the temp dir for the whole upload nor stays there
+      // if the agent is killed during it.
+      const login = await session.step([], timeoutMs);
+      this.check(login, name);
+      if (login.ended) throw this.endedEarly(login);
       // The bytes smbclient read of the file, short of the whole: all of it is reported only once the
       // share holds it (the temp's size checked below); reading the last byte is not having sent it.
       const stopWatching = onProgress

@@ -109,9 +109,11 @@ describe('smb provider, one session per put', () => {
     expect(await poll(async () => ((await smbclients()).length === 0 ? true : undefined))).toBe(true);
   });
 
-  it('an agent that dies during the put leaves smbclient to exit without renaming: only the temp is left', async () => {
+  it('an agent that dies during the put leaves smbclient to exit without renaming: only the temp is left, and no password file', async () => {
     const file = await randomFile(dir, 'dies', 64 * MIB);
     const folder = join(smbd.root, 'dies');
+    // The agent's temp dir (os.tmpdir() reads TMPDIR), where its auth file goes.
+    const agentTemp = await mkdtemp(join(dir, 'agent-tmp-'));
     // The agent's side in a process of its own, killed outright once the put is under way.
     const script = [
       "import { SmbProvider } from './agent/providers/smb.ts';",
@@ -125,6 +127,7 @@ describe('smb provider, one session per put', () => {
       stdio: ['ignore', 'pipe', 'inherit'],
       env: {
         ...process.env,
+        TMPDIR: agentTemp,
         SMB_PUT_JOB: JSON.stringify({
           options: options('dies'),
           name,
@@ -148,5 +151,7 @@ describe('smb provider, one session per put', () => {
     expect(await poll(async () => ((await smbclients()).length === 0 ? true : undefined))).toBe(true);
     expect(await readdir(folder)).toEqual([temp]);
     expect((await readFile(join(folder, temp!))).equals(file.bytes)).toBe(true);
+    // Removed once smbclient signed in, long before the kill: no password was left behind.
+    expect((await readdir(agentTemp)).filter((entry) => entry.startsWith('gem-smb-'))).toEqual([]);
   });
 });
