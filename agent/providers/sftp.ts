@@ -524,7 +524,23 @@ export class SftpProvider implements StorageProvider {
   }
 
   private async ensureDir(client: SftpClient): Promise<void> {
-    if (!(await client.exists(this.dir))) await client.mkdir(this.dir, true);
+    if (!(await this.folderExists(client))) await client.mkdir(this.dir, true);
+  }
+
+  /**
+   * Whether the backup folder exists yet. A file in its place is refused by name: the server's answer to
+   * using it as a folder ("no such file") would say it does not exist.
+   */
+  private async folderExists(client: SftpClient): Promise<boolean> {
+    const kind = await client.exists(this.dir);
+    if (kind === '-') {
+      throw new StorageError(
+        'io',
+        `the backup ${this.where()} is a file, not a folder: choose another folder, or move the file away`,
+        { permanent: true },
+      );
+    }
+    return kind !== false;
   }
 
   async put(
@@ -628,7 +644,7 @@ export class SftpProvider implements StorageProvider {
   async sweepTemp(options: TempSweepOptions = {}): Promise<TempSweepResult> {
     throwIfAborted(options.signal);
     return this.session({ signal: options.signal }, async ({ client, sftp }) => {
-      if (!(await client.exists(this.dir))) return { removed: [] };
+      if (!(await this.folderExists(client))) return { removed: [] };
       const removed: string[] = [];
       const leftovers = await readFolder(
         sftp,
@@ -749,7 +765,7 @@ export class SftpProvider implements StorageProvider {
   async list(options: { signal?: AbortSignal } = {}): Promise<StoredObject[]> {
     throwIfAborted(options.signal);
     return this.session({ signal: options.signal, retry: true }, async ({ client, sftp }) => {
-      if (!(await client.exists(this.dir))) return [];
+      if (!(await this.folderExists(client))) return [];
       const entries = await readFolder(
         sftp,
         this.dir,

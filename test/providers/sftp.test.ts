@@ -1,7 +1,7 @@
 // The SFTP provider against a real OpenSSH sshd started for this file.
 import { createHash, randomBytes } from 'node:crypto';
 import { readdirSync, statSync } from 'node:fs';
-import { mkdir, readdir, readFile, rm } from 'node:fs/promises';
+import { mkdir, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { createRequire } from 'node:module';
 import { join } from 'node:path';
 import { Client } from 'ssh2';
@@ -140,6 +140,23 @@ describe('sftp provider', () => {
     await mkdir(join(sshd.root, '..', 'root-only'), { recursive: true });
     const provider = new SftpProvider(options({ remotePath: join(sshd.root, '..', 'root-only', 'gem') }));
     expect((await failure(provider.put(name, source))).code).toBe('permission_denied');
+  });
+
+  it('says a backup folder that is a file is a file, not a missing folder, and writes nothing', async () => {
+    await writeFile(join(sshd.root, 'a-file'), 'not a folder');
+    const provider = new SftpProvider(options({ remotePath: 'a-file' }));
+    for (const attempt of [
+      () => provider.list(),
+      () => provider.put(name, source),
+      () => provider.sweepTemp(),
+    ]) {
+      const refused = await failure(attempt());
+      expect(refused.code).toBe('io');
+      expect(refused.permanent).toBe(true);
+      expect(refused.message).toMatch(/a-file .*is a file, not a folder/);
+    }
+    expect(await readFile(join(sshd.root, 'a-file'), 'utf8')).toBe('not a folder');
+    await provider.close();
   });
 
   it('uploads once the frozen server comes back, retrying with a fresh source', async () => {
