@@ -254,6 +254,20 @@ async function renameFolder(from: string, to: string): Promise<void> {
   await fsyncDir(dirname(to));
 }
 
+/**
+ * Undoes a rename swap's move of the live folder aside, if it happened (`previous` exists). Whatever
+ * holds the live name now is not the old state (the staged folder, or one something made there
+ * meanwhile, which would keep the old one from coming back): it goes to a staging name first.
+ */
+async function putPreviousFolderBack(folder: FolderNames): Promise<void> {
+  if (!existsSync(folder.previous)) return;
+  if (existsSync(folder.live)) {
+    const aside = existsSync(folder.staging) ? `${folder.staging}r` : folder.staging;
+    await renameFolder(folder.live, aside);
+  }
+  await renameFolder(folder.previous, folder.live);
+}
+
 /** Where a copy-swapped folder's previous entries are copied before the copy is complete. */
 function partialPrevious(folder: FolderNames): string {
   return `${folder.previous}.part`;
@@ -402,7 +416,7 @@ export async function swapIntoPlace(
         await step(
           `move-live-folder:${folder.root}`,
           () => renameFolder(folder.live, folder.previous),
-          () => renameFolderBack(folder.previous, folder.live),
+          () => putPreviousFolderBack(folder),
         );
       }
       await step(
@@ -1015,11 +1029,7 @@ async function rollBackFromJournal(deps: SwapDeps, journal: RestoreJournal): Pro
       }
       continue;
     }
-    if (existsSync(folder.live)) {
-      const aside = existsSync(folder.staging) ? `${folder.staging}r` : folder.staging;
-      await renameFolder(folder.live, aside);
-    }
-    await renameFolder(folder.previous, folder.live);
+    await putPreviousFolderBack(folder);
   }
 }
 
