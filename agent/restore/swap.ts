@@ -12,7 +12,7 @@ import { fsyncDir, removeSmallFile, writeSmallFileAtomic } from '../system/atomi
 import { isMountPoint } from '../system/mounts';
 import { type PgConnection, PostgresTools, parseDatabaseUrl } from '../system/postgres-tools';
 import { removeTree } from '../system/remove-tree';
-import { copyEntries, emptyFolder } from './copy-tree';
+import { checkCopyable, copyEntries, emptyFolder } from './copy-tree';
 import {
   dropDatabase,
   endDatabaseCreations,
@@ -26,8 +26,9 @@ import { clearSafetyRecord, hasUncommittedSafetyRecord, removeRecordedSafetyBack
 
 /**
  * How a live folder is swapped: `rename` moves it aside and the staged folder into its place;
- * `copy`, for a live folder that is a mount point (a Docker volume: it cannot be renamed), copies its
- * entries aside, then empties it and copies the staged entries into it.
+ * `copy`, for a live folder that cannot be renamed (a mount point, such as a Docker volume; a folder of
+ * a container image's layer, which overlayfs refuses to rename: EXDEV), copies its entries aside, then
+ * empties it and copies the staged entries into it.
  */
 type FolderSwap = 'rename' | 'copy';
 
@@ -396,6 +397,21 @@ export async function swapIntoPlace(
       () => renameDatabaseBack(names.live, names.staging),
     );
     for (const folder of folders) {
+      if (folder.swap === 'rename' && folder.liveExisted) {
+        await step(
+          `move-live-folder:${folder.root}`,
+          () =>
+            renameFolder(folder.live, folder.previous).catch((error: NodeJS.ErrnoException) => {
+              // Nothing moved: overlayfs refuses to rename a folder of the image's layer (a container's
+              // own file system), whose entries can still be swapped by copy (journaled at the next step).
+              if (error.code !== 'EXDEV') throw error;
+              return checkCopyable(folder.live).then(() => {
+                folder.swap = 'copy';
+              });
+            }),
+          () => putPreviousFolderBack(folder),
+        );
+      }
       if (folder.swap === 'copy') {
         // The live entries are copied aside first; its undo (run last) removes that copy.
         await step(
@@ -411,13 +427,6 @@ export async function swapIntoPlace(
         );
         await step(`fill-live-folder:${folder.root}`, () => refillLiveFolder(folder, folder.staging));
         continue;
-      }
-      if (folder.liveExisted) {
-        await step(
-          `move-live-folder:${folder.root}`,
-          () => renameFolder(folder.live, folder.previous),
-          () => putPreviousFolderBack(folder),
-        );
       }
       await step(
         `move-staging-folder:${folder.root}`,

@@ -1,6 +1,9 @@
-// The folder part of the swap when something else writes beside it: an undo puts the previous folder back
-// whatever took its name meanwhile, so the live folder is never left holding neither state.
-import { mkdir, writeFile } from 'node:fs/promises';
+// The folder part of the swap where a plain rename does not do: an undo puts the previous folder back
+// whatever took its name meanwhile, so the live folder is never left holding neither state; a folder of a
+// container's own file system (overlayfs), which cannot be renamed, is swapped by copy.
+import { spawnSync } from 'node:child_process';
+import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { recoverInterruptedRestore } from '../../agent/restore/restore';
@@ -10,15 +13,18 @@ import { backupNow, leftovers, liveState, runRestore } from './helpers';
 
 let pg: TestPostgres;
 let t: TestAgent;
+let scratch: string;
 
 beforeAll(async () => {
   pg = await startPostgres({ fsync: false });
   t = await startTestAgent(pg);
+  scratch = await mkdtemp(join(tmpdir(), 'gem-swap-folders-'));
 }, 120_000);
 
 afterAll(async () => {
   await t?.close();
   await pg?.stop();
+  if (scratch) await rm(scratch, { recursive: true, force: true });
 });
 
 describe('a swap whose live folder is made again while it is set aside', () => {
@@ -45,5 +51,73 @@ describe('a swap whose live folder is made again while it is set aside', () => {
     await recoverInterruptedRestore(t.agent);
     expect(await leftovers(t.agent)).toEqual([]);
     expect(await liveState(t.agent)).toEqual(before);
+  });
+});
+
+describe("restoring a folder of a container's own file system (overlayfs)", () => {
+  let merged: string | undefined;
+  let configured: string | undefined;
+  let filename: string;
+  let atBackup: Awaited<ReturnType<typeof liveState>>;
+
+  /** The live scripts after changes made since the backup: one edited, one added, a folder removed. */
+  async function changeSinceBackup(tag: string) {
+    await writeFile(join(merged!, 'scripts/lights.js'), `changed ${tag}\n`);
+    await writeFile(join(merged!, `scripts/added-${tag}.js`), 'x\n');
+    await rm(join(merged!, 'scripts/drivers'), { recursive: true, force: true });
+    return liveState(t.agent);
+  }
+
+  beforeAll(async () => {
+    if (process.getuid?.() !== 0) throw new Error('these tests run as root: they mount an overlayfs');
+    // GEM in a container, its scripts folder part of the image: a lower layer of the overlay.
+    const layers = join(scratch, 'overlay');
+    for (const dir of ['lower/scripts/drivers', 'upper', 'work', 'merged'])
+      await mkdir(join(layers, dir), { recursive: true });
+    await writeFile(join(layers, 'lower/scripts/lights.js'), 'turnOn()\n');
+    await writeFile(join(layers, 'lower/scripts/drivers/hue.js'), 'connect()\n');
+    const options = `lowerdir=${layers}/lower,upperdir=${layers}/upper,workdir=${layers}/work`;
+    const mount = spawnSync('mount', ['-t', 'overlay', 'overlay', '-o', options, join(layers, 'merged')], {
+      encoding: 'utf8',
+    });
+    expect(mount.stderr).toBe('');
+    merged = join(layers, 'merged');
+    configured = t.agent.sources.scriptsDir;
+    t.agent.sources.scriptsDir = join(merged, 'scripts');
+    filename = await backupNow(t.agent, 'scripts in the image');
+    atBackup = await liveState(t.agent);
+  });
+
+  afterAll(() => {
+    if (configured) t.agent.sources.scriptsDir = configured;
+    if (merged) spawnSync('umount', [merged]);
+  });
+
+  it("is swapped by copy: a folder of the image's layer cannot be renamed (EXDEV)", async () => {
+    await changeSinceBackup('restored');
+    const steps: string[] = [];
+    const job = await runRestore(t.agent, t.agent.catalog.pathOf(filename), {
+      skipSafetyBackup: true,
+      faults: { beforeSwapStep: (step) => void steps.push(step) },
+    });
+    expect(job.error).toBeUndefined();
+    expect(steps).toContain('fill-live-folder:scripts');
+    expect(await liveState(t.agent)).toEqual(atBackup);
+    expect(await leftovers(t.agent)).toEqual([]);
+  });
+
+  it('is put back as it was when the copy swap fails after emptying it', async () => {
+    const before = await changeSinceBackup('undone');
+    const job = await runRestore(t.agent, t.agent.catalog.pathOf(filename), {
+      skipSafetyBackup: true,
+      faults: {
+        beforeSwapStep: (step) => {
+          if (step === 'fill-live-folder:scripts') throw new Error('injected failure before the refill');
+        },
+      },
+    });
+    expect(job.error?.message).toContain('live system is unchanged');
+    expect(await liveState(t.agent)).toEqual(before);
+    expect(await leftovers(t.agent)).toEqual([]);
   });
 });
