@@ -9,7 +9,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { recoverInterruptedRestore } from '../../agent/restore/restore';
 import { startTestAgent, type TestAgent } from '../services/agent';
 import { startPostgres, type TestPostgres } from '../services/postgres';
-import { backupNow, leftovers, liveState, runRestore } from './helpers';
+import { backupNow, crashingRestore, folderFingerprint, leftovers, liveState, runRestore } from './helpers';
 
 let pg: TestPostgres;
 let t: TestAgent;
@@ -117,6 +117,19 @@ describe("restoring a folder of a container's own file system (overlayfs)", () =
       },
     });
     expect(job.error?.message).toContain('live system is unchanged');
+    expect(await liveState(t.agent)).toEqual(before);
+    expect(await leftovers(t.agent)).toEqual([]);
+  });
+
+  it('is rolled back at the next start when the process dies before commit: the journal says it was copied', async () => {
+    const before = await changeSinceBackup('crashed');
+    await crashingRestore(t.agent, {
+      pgBinDir: pg.binDir,
+      backupPath: t.agent.catalog.pathOf(filename),
+      crashAt: 'commit',
+    });
+    expect(await liveState(t.agent)).not.toEqual(before);
+    await recoverInterruptedRestore(t.agent);
     expect(await liveState(t.agent)).toEqual(before);
     expect(await leftovers(t.agent)).toEqual([]);
   });
