@@ -1,7 +1,7 @@
 /** The swap: staging database and folders take the live ones' place by rename (a mount point's entries by copy), journaled so a crash can be undone. */
 import { existsSync } from 'node:fs';
-import { lutimes, mkdir, readdir, readFile, realpath, rename, rm, stat } from 'node:fs/promises';
-import { basename, dirname, join } from 'node:path';
+import { lutimes, mkdir, readdir, readFile, readlink, realpath, rename, rm, stat } from 'node:fs/promises';
+import { basename, dirname, join, resolve } from 'node:path';
 import { z } from 'zod';
 import type { BackupSources } from '../backup/create';
 import type { AgentConfig } from '../config';
@@ -121,12 +121,17 @@ export const PREVIOUS_FOLDER_MARK = '.gem-previous-';
  * The folder a configured path names, links resolved. A folder configured through a symlink
  * (/opt/gem/scripts -> /data/scripts) is staged, swapped and set aside beside the folder itself: the
  * link stays as it is, and every rename stays on the folder's own filesystem. A path that does not
- * exist (yet) is used as configured.
+ * exist (yet) is used as configured; a link to one that does not (a new machine's /data/scripts), as the
+ * path it points to: the restore makes that folder, not a folder in the link's place (which a rename
+ * over the link refuses: ENOTDIR).
  */
 export async function liveFolderPath(configured: string): Promise<string> {
-  return realpath(configured).catch((error: NodeJS.ErrnoException) => {
-    if (error.code === 'ENOENT' || error.code === 'ENOTDIR') return configured;
-    throw error;
+  return realpath(configured).catch(async (error: NodeJS.ErrnoException) => {
+    if (error.code !== 'ENOENT' && error.code !== 'ENOTDIR') throw error;
+    const target = await readlink(configured).catch(() => undefined);
+    if (target === undefined) return configured;
+    // Relative to the folder the link is in, as the kernel resolves it (its own links resolved).
+    return liveFolderPath(resolve(await realpath(dirname(configured)), target));
   });
 }
 

@@ -2,14 +2,14 @@
 // whatever took its name meanwhile, so the live folder is never left holding neither state; a folder of a
 // container's own file system (overlayfs), which cannot be renamed, is swapped by copy.
 import { spawnSync } from 'node:child_process';
-import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { lstat, mkdir, mkdtemp, readlink, rm, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { recoverInterruptedRestore } from '../../agent/restore/restore';
 import { startTestAgent, type TestAgent } from '../services/agent';
 import { startPostgres, type TestPostgres } from '../services/postgres';
-import { backupNow, crashingRestore, folderFingerprint, leftovers, liveState, runRestore } from './helpers';
+import { backupNow, folderFingerprint, leftovers, liveState, runRestore } from './helpers';
 
 let pg: TestPostgres;
 let t: TestAgent;
@@ -132,5 +132,31 @@ describe("restoring a folder of a container's own file system (overlayfs)", () =
     await recoverInterruptedRestore(t.agent);
     expect(await liveState(t.agent)).toEqual(before);
     expect(await leftovers(t.agent)).toEqual([]);
+  });
+});
+
+describe('restoring a folder configured through a symlink to a folder that does not exist yet', () => {
+  it('makes the folder the link points to, and the link stays', async () => {
+    // A new machine set up for a disaster recovery: /opt/gem/scripts -> /data/scripts, not made yet.
+    const filename = await backupNow(t.agent, 'scripts to recover');
+    const atBackup = await folderFingerprint(t.agent.sources.scriptsDir);
+    const configured = t.agent.sources.scriptsDir;
+    const data = join(scratch, 'recovered', 'data');
+    const opt = join(scratch, 'recovered', 'opt');
+    await mkdir(data, { recursive: true });
+    await mkdir(opt);
+    // Relative, as such links often are: resolved from the folder the link is in.
+    await symlink('../data/scripts', join(opt, 'scripts'));
+    t.agent.sources.scriptsDir = join(opt, 'scripts');
+    try {
+      const job = await runRestore(t.agent, t.agent.catalog.pathOf(filename), { skipSafetyBackup: true });
+      expect(job.error).toBeUndefined();
+      expect((await lstat(join(opt, 'scripts'))).isSymbolicLink()).toBe(true);
+      expect(await readlink(join(opt, 'scripts'))).toBe('../data/scripts');
+      expect(await folderFingerprint(join(data, 'scripts'))).toEqual(atBackup);
+      expect(await leftovers(t.agent)).toEqual([]);
+    } finally {
+      t.agent.sources.scriptsDir = configured;
+    }
   });
 });
