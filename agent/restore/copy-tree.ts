@@ -87,7 +87,8 @@ function uncopyable(path: Buffer): AppError {
 /**
  * Refuses (`unprocessable`), before a restore stages anything, a live folder a copy swap could not
  * both copy and empty: one holding a FIFO, socket or device, a mount point (a file or folder mounted
- * into it), or, for an agent not running as root, a folder it may not write to that it does not own.
+ * into it), or, for an agent not running as root, the folder itself if it may not write to it, or a
+ * folder in it that it may not write to and does not own.
  */
 export async function checkCopyable(folder: string): Promise<void> {
   const mounts = await mountPointsInside(folder);
@@ -99,18 +100,19 @@ export async function checkCopyable(folder: string): Promise<void> {
       { details: { path: mounts[0] } },
     );
   }
-  await checkEntries(Buffer.from(folder));
+  await checkEntries(Buffer.from(folder), true);
 }
 
-async function checkEntries(folder: Buffer): Promise<void> {
+async function checkEntries(folder: Buffer, top = false): Promise<void> {
   if (!asRoot) {
     const info = await lstat(folder);
-    // removeTree opens up folders the agent owns; any other one must already let it remove entries.
+    // removeTree opens up the folders it removes that the agent owns; any other one, and the folder
+    // emptied itself (never removed, so never opened up), must already let it remove entries.
     const writable = await access(folder, constants.W_OK | constants.X_OK).then(
       () => true,
       () => false,
     );
-    if (!writable && info.uid !== process.getuid?.()) {
+    if (!writable && (top || info.uid !== process.getuid?.())) {
       throw new AppError(
         'unprocessable',
         `cannot swap the folder by copy: the agent may not remove entries of ${shown(folder)}; give its user ` +

@@ -1,0 +1,67 @@
+// The copy swap's check of a live folder that is a mount point, for an agent that does not run as root:
+// it refuses a folder the swap could not empty, before anything is removed from it.
+import { spawn } from 'node:child_process';
+import { chmod, chown, mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { pathToFileURL } from 'node:url';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { folderFingerprint } from './helpers';
+
+/** The unprivileged user the agent runs as here (the test itself runs as root, which no mode stops). */
+const NOBODY = 65534;
+let dir: string;
+
+beforeAll(async () => {
+  if (process.getuid?.() !== 0) throw new Error('this test runs as root: it hands its folder to uid 65534');
+  dir = await mkdtemp(join(tmpdir(), 'gem-copy-tree-'));
+  await chown(dir, NOBODY, NOBODY);
+});
+afterAll(async () => {
+  if (dir) await rm(dir, { recursive: true, force: true });
+});
+
+/** As nobody, in a child process: checkCopyable on `folder`, then emptyFolder as the swap's empty step; resolves with what failed. */
+function checkThenEmptyAsNobody(folder: string): Promise<{ code: number | null; stderr: string }> {
+  const module = pathToFileURL(resolve('agent/restore/copy-tree.ts')).href;
+  const code = `import(${JSON.stringify(module)}).then(async (m) => { await m.checkCopyable(process.env.FOLDER); await m.emptyFolder(process.env.FOLDER); })`;
+  const child = spawn(
+    process.execPath,
+    ['--import', 'tsx', '-e', `${code}.catch((e) => { console.error(e.code); process.exit(1); })`],
+    {
+      uid: NOBODY,
+      gid: NOBODY,
+      env: { ...process.env, FOLDER: folder, HOME: dir },
+      stdio: ['ignore', 'ignore', 'pipe'],
+    },
+  );
+  let stderr = '';
+  child.stderr.on('data', (chunk) => {
+    stderr += chunk;
+  });
+  return new Promise((done) => child.on('close', (exit) => done({ code: exit, stderr })));
+}
+
+describe('checkCopyable, for an agent not running as root', () => {
+  it('refuses a read-only folder it owns, which the swap could not empty, and nothing is removed', async () => {
+    // A volume's root the agent's user owns, read-only (0o555): its entries cannot be unlinked, and the
+    // swap empties it entry by entry (a folder inside would lose its files before its own removal failed).
+    const volume = join(dir, 'volume');
+    await mkdir(join(volume, 'devices'), { recursive: true });
+    await writeFile(join(volume, 'devices', 'hue.json'), '{"bridge":"10.0.0.2"}\n');
+    await writeFile(join(volume, 'gem.json'), '{}\n');
+    for (const path of [
+      volume,
+      join(volume, 'devices'),
+      join(volume, 'devices', 'hue.json'),
+      join(volume, 'gem.json'),
+    ])
+      await chown(path, NOBODY, NOBODY);
+    await chmod(volume, 0o555);
+    const before = await folderFingerprint(volume);
+
+    const result = await checkThenEmptyAsNobody(volume);
+    expect(await folderFingerprint(volume)).toEqual(before);
+    expect(result.stderr.trim()).toBe('unprocessable');
+  });
+});
