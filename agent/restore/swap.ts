@@ -858,15 +858,15 @@ export async function restoreSettled(dataDir: string): Promise<void> {
   }
 }
 
+/**
+ * Drops the previous states restores set aside (previousStateNames) but restore `keepId`'s. Only names a
+ * restore makes: a look-alike a person made (`<db>_gem_previous_mine`, a `.bak` copy) is not ours to remove.
+ */
 async function dropPreviousExcept(conn: PgConnection, sources: BackupSources, keepId: string): Promise<void> {
-  const prefix = `${dbPrefix(conn.database)}${PREVIOUS_DB_MARK}`;
-  for (const name of await listDatabases(conn)) {
-    if (name.startsWith(prefix) && name !== `${prefix}${keepId}`) await dropDatabase(conn, name);
-  }
-  for (const configured of [sources.scriptsDir, sources.configDir]) {
-    for (const path of await siblings(await liveFolderPath(configured), PREVIOUS_FOLDER_MARK)) {
-      if (!path.endsWith(`${PREVIOUS_FOLDER_MARK}${keepId}`)) await removeTree(path);
-    }
+  for (const { id, kind, name } of await previousStateNames(sources, await listDatabases(conn))) {
+    if (id === keepId) continue;
+    if (kind === 'database') await dropDatabase(conn, name);
+    else await removeTree(name);
   }
 }
 

@@ -2,14 +2,17 @@
 // whatever took its name meanwhile, so the live folder is never left holding neither state; a folder of a
 // container's own file system (overlayfs), which cannot be renamed, is swapped by copy.
 import { spawnSync } from 'node:child_process';
+import { existsSync } from 'node:fs';
 import { lstat, mkdir, mkdtemp, readlink, rm, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { recoverInterruptedRestore } from '../../agent/restore/restore';
+import { restoreSettled } from '../../agent/restore/swap';
+import { databaseUrl } from '../../agent/system/postgres-tools';
 import { startTestAgent, type TestAgent } from '../services/agent';
-import { startPostgres, type TestPostgres } from '../services/postgres';
-import { backupNow, folderFingerprint, leftovers, liveState, runRestore } from './helpers';
+import { startPostgres, type TestPostgres, withSql } from '../services/postgres';
+import { backupNow, crashingRestore, folderFingerprint, leftovers, liveState, runRestore } from './helpers';
 
 let pg: TestPostgres;
 let t: TestAgent;
@@ -157,6 +160,60 @@ describe('restoring a folder configured through a symlink to a folder that does 
       expect(await leftovers(t.agent)).toEqual([]);
     } finally {
       t.agent.sources.scriptsDir = configured;
+    }
+  });
+});
+
+describe('keeping the previous state aside', () => {
+  it('removes the older previous states restores made, never a look-alike a person made', async () => {
+    const filename = await backupNow(t.agent, 'kept aside');
+    const database = t.agent.sources.conn.database;
+    const admin = databaseUrl(t.agent.sources.conn, 'postgres');
+    // A person kept an earlier previous state under a name of their own, as a restore's look-alike.
+    const mineDb = `${database}_gem_previous_mine`;
+    const mineFolder = `${t.agent.sources.scriptsDir}.gem-previous-1a2b3c4d.bak`;
+    await withSql(admin, (sql) => sql.unsafe(`create database "${mineDb}"`));
+    await mkdir(mineFolder);
+    await writeFile(join(mineFolder, 'lights.js'), 'kept by hand\n');
+    // An older previous state a restore made (an 8-hex id): only the newest one is kept aside.
+    const olderDb = `${database}_gem_previous_0badc0de`;
+    const olderFolder = `${t.agent.sources.scriptsDir}.gem-previous-0badc0de`;
+    await withSql(admin, (sql) => sql.unsafe(`create database "${olderDb}"`));
+    await mkdir(olderFolder);
+    try {
+      const job = await runRestore(t.agent, t.agent.catalog.pathOf(filename), {
+        skipSafetyBackup: true,
+        keepPrevious: true,
+      });
+      expect(job.error).toBeUndefined();
+      await restoreSettled(t.agent.config.dataDir);
+      const databases = await withSql(
+        admin,
+        (sql) => sql<{ datname: string }[]>`select datname from pg_database`,
+      );
+      const names = databases.map((row) => row.datname);
+      expect(names).toContain(mineDb);
+      expect(names).not.toContain(olderDb);
+      expect(await folderFingerprint(mineFolder)).toMatchObject({
+        'lights.js': expect.stringMatching(/^file:/),
+      });
+      expect(existsSync(olderFolder)).toBe(false);
+    } finally {
+      await withSql(admin, (sql) => sql.unsafe(`drop database if exists "${mineDb}"`));
+      await withSql(admin, (sql) => sql.unsafe(`drop database if exists "${olderDb}"`));
+      await rm(mineFolder, { recursive: true, force: true });
+      await rm(olderFolder, { recursive: true, force: true });
+      const kept = (await leftovers(t.agent)).filter(
+        (name) => name.includes('gem_previous_') || name.includes('.gem-previous-'),
+      );
+      for (const name of kept) {
+        if (name.includes('_gem_previous_'))
+          await withSql(admin, (sql) => sql.unsafe(`drop database "${name}"`));
+      }
+      for (const dir of [t.agent.sources.scriptsDir, t.agent.sources.configDir]) {
+        for (const name of kept.filter((n) => n.includes('.gem-previous-')))
+          await rm(join(dirname(dir), name), { recursive: true, force: true });
+      }
     }
   });
 });
