@@ -98,31 +98,24 @@ async function verifyOffsite(agent: Agent, ctx: JobContext, kind: OffsiteKind): 
   let filename: string | undefined;
   try {
     const provider = offsiteServiceFor(agent).provider(kind);
+    const skipped = (reason: string): TargetResult => ({
+      target: kind,
+      destination,
+      at,
+      ok: true,
+      check: 'none',
+      skipped: reason,
+    });
     try {
       const objects = (await provider.list()).filter((o) => isBackupName(o.name));
-      if (objects.length === 0)
-        return {
-          target: kind,
-          destination,
-          at,
-          ok: true,
-          check: 'none',
-          skipped: 'the destination holds no backup yet',
-        };
+      if (objects.length === 0) return skipped('the destination holds no backup yet');
       const newest = await newestOfOurs(agent, provider, objects, ctx.signal);
       if (!newest) {
-        const looked =
+        return skipped(
           objects.length > HEADERS_READ_PER_DESTINATION
-            ? `none of the newest ${HEADERS_READ_PER_DESTINATION} backups there is`
-            : 'none of the backups there is';
-        return {
-          target: kind,
-          destination,
-          at,
-          ok: true,
-          check: 'none',
-          skipped: `${looked} of this installation`,
-        };
+            ? `none of the newest ${HEADERS_READ_PER_DESTINATION} backups there is of this installation`
+            : 'none of the backups there is of this installation',
+        );
       }
       filename = newest.name;
       ctx.phase(`verify ${kind}`, newest.size);

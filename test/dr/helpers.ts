@@ -1,6 +1,6 @@
 /** DR test helpers: an agent wired to the test cloud, row counts, folder fingerprints, secure attributes, big data. */
 import { createHash } from 'node:crypto';
-import { readdir, readFile } from 'node:fs/promises';
+import { readdir, readFile, readlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Agent } from '../../agent/agent';
 import { createApp } from '../../agent/app';
@@ -110,4 +110,28 @@ export async function addRandomData(agent: Agent, mib: number): Promise<void> {
                  from generate_series(1, 262144) where g > 0)
       from generate_series(1, ${mib}) g`;
   });
+}
+
+/** The files under `folder` this process holds open (deleted ones too). */
+export async function openFilesUnder(folder: string): Promise<string[]> {
+  const open: string[] = [];
+  for (const fd of await readdir('/proc/self/fd')) {
+    const target = await readlink(join('/proc/self/fd', fd)).catch(() => '');
+    if (target.startsWith(folder)) open.push(target);
+  }
+  return open;
+}
+
+/** The environment of a built CLI run on test agent `t`'s data dir, database and folders, with `drUrl` as its DR endpoint. */
+export function cliEnvOf(t: TestAgent, pg: TestPostgres, drUrl: string): NodeJS.ProcessEnv {
+  return {
+    ...process.env,
+    GEM_DATA_DIR: t.dataDir,
+    DATABASE_URL: databaseUrl(t.agent.sources.conn),
+    GEM_SCRIPTS_DIR: t.agent.sources.scriptsDir,
+    GEM_CONFIG_DIR: t.agent.sources.configDir,
+    GEM_PG_BIN: pg.binDir,
+    GEM_DR_URL: drUrl,
+    NODE_ENV: 'test',
+  };
 }

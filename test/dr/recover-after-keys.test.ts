@@ -9,13 +9,12 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { RecoverFaults } from '../../agent/dr/recover';
 import { drServiceFor } from '../../agent/dr/service';
 import type { Job } from '../../agent/jobs/runner';
-import { databaseUrl } from '../../agent/system/postgres-tools';
 import { type BuiltCli, buildCli } from '../cli/built-cli';
 import type { TestAgent } from '../services/agent';
 import { type DrCloud, startDrCloud } from '../services/dr-cloud';
 import { startPostgres, type TestPostgres } from '../services/postgres';
 import { startAll } from '../services/start-all';
-import { addRandomData, pushViaApi, startDrAgent } from './helpers';
+import { addRandomData, cliEnvOf, pushViaApi, startDrAgent } from './helpers';
 
 let pg: TestPostgres;
 let cloud: DrCloud;
@@ -79,16 +78,7 @@ describe('a DR recovery that stops after its keys step', () => {
   });
 
   it('interrupted by Ctrl-C in the CLI once its keys are in, does not say "nothing was changed"', async () => {
-    const env = {
-      ...process.env,
-      GEM_DATA_DIR: b.dataDir,
-      DATABASE_URL: databaseUrl(b.agent.sources.conn),
-      GEM_SCRIPTS_DIR: b.agent.sources.scriptsDir,
-      GEM_CONFIG_DIR: b.agent.sources.configDir,
-      GEM_PG_BIN: pg.binDir,
-      GEM_DR_URL: cloud.url,
-      NODE_ENV: 'test',
-    };
+    const env = cliEnvOf(b, pg, cloud.url);
     expect(b.agent.keyring.installationId).not.toBe(aId);
     const child = spawn(process.execPath, [built.path, 'dr', 'recover', '--installation-id', aId, '--yes'], {
       env,

@@ -18,7 +18,7 @@ import type { TestAgent } from '../services/agent';
 import { type DrCloud, startDrCloud } from '../services/dr-cloud';
 import { startPostgres, type TestPostgres, withSql } from '../services/postgres';
 import { startAll } from '../services/start-all';
-import { pushViaApi, rowCounts, startDrAgent } from './helpers';
+import { cliEnvOf, pushViaApi, rowCounts, startDrAgent } from './helpers';
 
 let pg: TestPostgres;
 let cloud: DrCloud;
@@ -92,16 +92,7 @@ async function cliAudit(t: TestAgent): Promise<Record<string, unknown>[]> {
 
 describe('dr recover on a box that is not a fresh install', () => {
   it('the CLI refuses without --yes, saying what would be replaced; refusals are audited with their code', async () => {
-    const env = {
-      ...process.env,
-      GEM_DATA_DIR: live.dataDir,
-      DATABASE_URL: databaseUrl(live.agent.sources.conn),
-      GEM_SCRIPTS_DIR: live.agent.sources.scriptsDir,
-      GEM_CONFIG_DIR: live.agent.sources.configDir,
-      GEM_PG_BIN: pg.binDir,
-      GEM_DR_URL: cloud.url,
-      NODE_ENV: 'test',
-    };
+    const env = cliEnvOf(live, pg, cloud.url);
     const cli = (...args: string[]) => runProcess(process.execPath, [built.path, ...args], { env });
     const before = await snapshot(live);
     const liveId = live.agent.keyring.installationId;

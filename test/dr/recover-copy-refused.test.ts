@@ -1,7 +1,7 @@
 // A DR recovery whose copy into the local backups is refused before its first byte (here: the backups'
 // disk has no room for it) fails with no_space and keeps no file of the downloaded backup open: its work
 // folder is removed, and the disk space of the download is given back at once, not at the agent's exit.
-import { mkdir, mkdtemp, readdir, readlink, rm } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -11,7 +11,7 @@ import type { TestAgent } from '../services/agent';
 import { type DrCloud, startDrCloud } from '../services/dr-cloud';
 import { startPostgres, type TestPostgres } from '../services/postgres';
 import { startAll } from '../services/start-all';
-import { pushViaApi, startDrAgent } from './helpers';
+import { openFilesUnder, pushViaApi, startDrAgent } from './helpers';
 
 let pg: TestPostgres;
 let cloud: DrCloud;
@@ -58,16 +58,6 @@ afterAll(async () => {
   await cloud?.dispose();
   await pg?.stop();
 });
-
-/** The files under `folder` this process holds open (deleted ones too). */
-async function openFilesUnder(folder: string): Promise<string[]> {
-  const open: string[] = [];
-  for (const fd of await readdir('/proc/self/fd')) {
-    const target = await readlink(join('/proc/self/fd', fd)).catch(() => '');
-    if (target.startsWith(folder)) open.push(target);
-  }
-  return open;
-}
 
 describe('a DR recovery whose copy into the backups is refused', () => {
   it('fails with no_space and keeps no file of the download open', async () => {

@@ -2,10 +2,9 @@
 // client's timeout) fails with a clear dependency_down error that says so, not Node's bare "aborted":
 // nothing of the download is left (work folder, open files), the keys and backups are as they were,
 // and the same recovery run again completes. A real HTTP server in front of the Worker cuts the answer.
-import { readdir, readFile, readlink } from 'node:fs/promises';
+import { readdir, readFile } from 'node:fs/promises';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { drServiceFor } from '../../agent/dr/service';
 import type { Job } from '../../agent/jobs/runner';
@@ -13,7 +12,7 @@ import type { TestAgent } from '../services/agent';
 import { type DrCloud, startDrCloud } from '../services/dr-cloud';
 import { startPostgres, type TestPostgres } from '../services/postgres';
 import { startAll } from '../services/start-all';
-import { pushViaApi, startDrAgent } from './helpers';
+import { openFilesUnder, pushViaApi, startDrAgent } from './helpers';
 
 /** What the stand-in does with the recovery's body after its first CUT_AT bytes. */
 let mode: 'cut' | 'stall' | 'pass' = 'pass';
@@ -79,16 +78,6 @@ afterAll(async () => {
   await cloud?.dispose();
   await pg?.stop();
 });
-
-/** The files under `folder` this process holds open (deleted ones too). */
-async function openFilesUnder(folder: string): Promise<string[]> {
-  const open: string[] = [];
-  for (const fd of await readdir('/proc/self/fd')) {
-    const target = await readlink(join('/proc/self/fd', fd)).catch(() => '');
-    if (target.startsWith(folder)) open.push(target);
-  }
-  return open;
-}
 
 async function recover(t: TestAgent): Promise<Job> {
   return t.agent.jobs.waitFor((await drServiceFor(t.agent).startRecover(a.agent.keyring.installationId)).id);

@@ -26,7 +26,7 @@ import type { TestAgent } from '../services/agent';
 import { type DrCloud, startDrCloud, x25519Pair } from '../services/dr-cloud';
 import { startPostgres, type TestPostgres, withSql } from '../services/postgres';
 import { startAll } from '../services/start-all';
-import { pushViaApi, rowCounts, startDrAgent } from './helpers';
+import { cliEnvOf, pushViaApi, rowCounts, startDrAgent } from './helpers';
 
 let pg: TestPostgres;
 let cloud: DrCloud;
@@ -162,16 +162,7 @@ describe('an unfinished DR recovery', () => {
   });
 
   it('the CLI refuses dr push with the same sentence, shows it in dr status, names its option for a bad id', async () => {
-    const env = {
-      ...process.env,
-      GEM_DATA_DIR: b.dataDir,
-      DATABASE_URL: databaseUrl(b.agent.sources.conn),
-      GEM_SCRIPTS_DIR: b.agent.sources.scriptsDir,
-      GEM_CONFIG_DIR: b.agent.sources.configDir,
-      GEM_PG_BIN: pg.binDir,
-      GEM_DR_URL: cloud.url,
-      NODE_ENV: 'test',
-    };
+    const env = cliEnvOf(b, pg, cloud.url);
     const cli = (...args: string[]) => runProcess(process.execPath, [built.path, ...args], { env });
     const push = await cli('dr', 'push');
     expect(push.code).toBe(1);
