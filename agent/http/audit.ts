@@ -5,6 +5,7 @@
 import { appendFile, rename, stat } from 'node:fs/promises';
 import { getConnInfo } from '@hono/node-server/conninfo';
 import type { Context, MiddlewareHandler } from 'hono';
+import { pathForLogs } from './download-tickets';
 
 /** The size at which audit.log becomes audit.log.1 (replacing the one before): at most twice this on disk. */
 const AUDIT_ROTATE_BYTES = 8 * 1024 * 1024;
@@ -93,7 +94,7 @@ export function auditRoutes(audit: AuditLog): MiddlewareHandler {
       const forwarded = c.req.header('x-forwarded-for');
       void audit.record({
         method: c.req.method,
-        route: clip(c.req.path),
+        route: clip(pathForLogs(c.req.path)),
         status,
         outcome: failed || (status !== undefined && status >= 400) ? 'error' : 'ok',
         client: socketAddress(c),

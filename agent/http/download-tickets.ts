@@ -1,6 +1,14 @@
 /** One-time download tickets: lets the browser save a large backup natively without putting the admin token in a URL. */
 import { randomBytes } from 'node:crypto';
 
+/**
+ * `path` as logs may record it: a download link's ticket is the credential (a HEAD leaves it usable), so
+ * the audit log and the error log name the link, not the ticket. The POST that issued it names the backup.
+ */
+export function pathForLogs(path: string): string {
+  return path.replace(/^\/download\/[^/]*/, '/download/(ticket)');
+}
+
 /** How long a ticket stays valid after it was issued. */
 export const TICKET_LIFETIME_MS = 60_000;
 

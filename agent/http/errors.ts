@@ -12,6 +12,7 @@ import {
   underlyingCause,
 } from '../errors';
 import type { Logger } from '../log';
+import { pathForLogs } from './download-tickets';
 
 export function errorBody(code: string, message: string, details?: Record<string, unknown>) {
   return { error: { code, message, ...(details ? { details } : {}) } };
@@ -215,14 +216,14 @@ export function onError(log: Logger) {
     // clear sentence, as uploads and backup jobs say it, wherever the write was.
     if (!(error instanceof AppError) && isBareNoSpace(error)) {
       // The system's words (ENOSPC, or what PostgreSQL said of its disk) for the log, never a query's values.
-      log.warn('the disk is full', { error, cause: underlyingCause(error), route: c.req.path });
+      log.warn('the disk is full', { error, cause: underlyingCause(error), route: pathForLogs(c.req.path) });
       error = noSpaceError(error);
     }
     // A folder or file of the agent's that is not its own (made by root, immutable): the one sentence
     // that names it and whose it must be, as jobs say it.
     const denied = error instanceof AppError ? undefined : barePermissionDenied(error);
     if (denied) {
-      log.warn('permission denied', { error, route: c.req.path });
+      log.warn('permission denied', { error, route: pathForLogs(c.req.path) });
       error = permissionDeniedError(denied);
     }
     // An AppError already names what failed (an offsite destination that is down, with its cause):
@@ -231,7 +232,7 @@ export function onError(log: Logger) {
     if (lost) {
       // API.md: 503 when a dependency is down (the database, mostly; a socket error does not say
       // which service it was, its address does). The request can be tried again once it runs.
-      log.warn('a dependency is unreachable', { error, route: c.req.path });
+      log.warn('a dependency is unreachable', { error, route: pathForLogs(c.req.path) });
       error = new AppError(
         'dependency_down',
         `a service the agent depends on (the database, most likely) is unreachable: ${lost.code}` +
@@ -258,7 +259,7 @@ export function onError(log: Logger) {
       return c.json(errorBody(code, error.message || code), status);
     }
     // The wrapper of a failed query names only its text: what the database said is its cause.
-    log.error('unexpected error', { error, cause: underlyingCause(error), route: c.req.path });
+    log.error('unexpected error', { error, cause: underlyingCause(error), route: pathForLogs(c.req.path) });
     return c.json(errorBody('internal', 'internal error; see the agent log'), 500);
   };
 }

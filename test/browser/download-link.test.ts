@@ -1,4 +1,4 @@
-import { stat } from 'node:fs/promises';
+import { readFile, stat } from 'node:fs/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { DownloadTickets, TICKET_LIFETIME_MS } from '../../agent/http/download-tickets';
 import type { Job } from '../../agent/jobs/runner';
@@ -61,6 +61,29 @@ describe('one-time download links and the public page routes', () => {
       /expired or was already used/,
     );
     expect((await t.app.request('/download/not-a-ticket')).status).toBe(404);
+  });
+
+  it('keeps the ticket out of the audit log: a HEAD leaves the link usable, so the log must not hold it', async () => {
+    const issued = await t.request(`/api/v1/backups/${filename}/download-link`, { method: 'POST' });
+    const { url } = (await issued.json()) as { url: string };
+    const ticket = url.slice('/download/'.length);
+    expect((await t.app.request(url, { method: 'HEAD' })).status).toBe(200);
+    await t.agent.audit.flush();
+    const log = await readFile(t.agent.paths.audit, 'utf8');
+    expect(log).not.toContain(ticket);
+    const lines = log
+      .split('\n')
+      .filter(Boolean)
+      .map((line) => JSON.parse(line) as Record<string, unknown>);
+    expect(lines.at(-2)).toMatchObject({
+      method: 'POST',
+      route: `/api/v1/backups/${filename}/download-link`,
+    });
+    expect(lines.at(-1)).toMatchObject({ method: 'HEAD', route: '/download/(ticket)', status: 200 });
+    // The link still works once: the HEAD did not use it up.
+    expect((await t.app.request(url)).status).toBe(200);
+    await t.agent.audit.flush();
+    expect(await readFile(t.agent.paths.audit, 'utf8')).not.toContain(ticket);
   });
 
   it('refuses a link for an unknown or badly named backup', async () => {
