@@ -5,6 +5,7 @@ import { join } from 'node:path';
 import { drizzle, type PostgresJsDatabase } from 'drizzle-orm/postgres-js';
 import type { Sql } from 'postgres';
 import {
+  isTimeZone,
   type Settings,
   SettingsUpdate,
   type SettingsView,
@@ -232,7 +233,19 @@ export class SettingsService {
     const rows = await this.db.select().from(settingsTable);
     const row = rows[0];
     if (!row?.doc) return { settings: withDefaults(undefined), revision: UNSAVED_REVISION };
-    return { settings: this.openSecrets(row.doc), revision: revisionOf(row.doc, row.updatedAt) };
+    const settings = this.openSecrets(row.doc);
+    const zone = settings.autoBackup.timezone;
+    if (zone !== undefined && !isTimeZone(zone)) {
+      // Saved where the runtime knew it (a newer Node's time zone data, a database restored from
+      // another controller): every schedule would fail to arm, and the agent with them. The server's
+      // time zone stands in, shown as such, until a known zone is saved.
+      this.deps.log.warn(
+        "the saved time zone is unknown to this machine's Node; schedules use the server's time zone until one is chosen again",
+        { timezone: zone },
+      );
+      delete settings.autoBackup.timezone;
+    }
+    return { settings, revision: revisionOf(row.doc, row.updatedAt) };
   }
 
   /** The stored document with its secrets opened (one that cannot be opened is left out, with a warning). */

@@ -14,7 +14,7 @@ const MAINTENANCE_DEFAULT_RETENTION_DAYS = 90;
 export const SAFETY_BACKUPS_KEPT = 3;
 
 /** True if `tz` is an IANA time zone this runtime knows (Intl works in Node and in workerd). */
-function isTimeZone(tz: string): boolean {
+export function isTimeZone(tz: string): boolean {
   try {
     new Intl.DateTimeFormat('en-US', { timeZone: tz });
     return true;

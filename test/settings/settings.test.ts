@@ -3,12 +3,15 @@ import { access, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { drServiceFor } from '../../agent/dr/service';
 import { maintenanceModule } from '../../agent/http/routes/maintenance';
 import { retentionModule, settingsModule } from '../../agent/http/routes/settings';
+import { Scheduler } from '../../agent/jobs/scheduler';
 import { openSecret } from '../../agent/keys/secrets';
 import { createLogger } from '../../agent/log';
 import { migrateLegacyB2 } from '../../agent/settings/legacy';
 import { SettingsService } from '../../agent/settings/service';
+import { VerificationScheduler } from '../../agent/verification/schedule';
 import {
   HOST_RULE,
   type Settings,
@@ -278,6 +281,58 @@ describe('settings', () => {
       });
     } finally {
       await again.agent.close();
+    }
+  });
+
+  it("a saved time zone this machine's Node does not know: the agent starts, its schedules arm on the server's zone, a warning names it", async () => {
+    // Saved where the zone was known (a newer Node's time zone data, a database restored from another
+    // controller); before, GET /settings answered 500 and every schedule's start threw, the agent's too.
+    const url = await pg.createDatabase();
+    const first = await startTestAgent(pg, { modules, databaseUrl: url, seed: false });
+    try {
+      expect(
+        (await put({ autoBackup: { ...fullBody.autoBackup, timezone: 'Europe/Berlin' } }, first)).status,
+      ).toBe(200);
+    } finally {
+      await first.close();
+    }
+    await withSql(
+      url,
+      (sql) =>
+        sql`update gem_backup.settings set doc = jsonb_set(doc, '{autoBackup,timezone}', '"Mars/Olympus"')`,
+    );
+    const lines: { level: string; msg: string; timezone?: string }[] = [];
+    const log = createLogger({ level: 'debug', write: (line) => lines.push(JSON.parse(line)) });
+    const again = await startTestAgent(pg, { modules, databaseUrl: url, seed: false, log });
+    try {
+      const view = await again.request('/api/v1/settings');
+      expect(view.status).toBe(200);
+      const shown = (await view.json()) as SettingsView;
+      expect(shown.autoBackup).toEqual({ ...fullBody.autoBackup, timezone: undefined });
+      expect(shown.status.autoBackup.nextRunAt).toEqual(expect.any(String));
+      expect(lines).toContainEqual(
+        expect.objectContaining({
+          level: 'warn',
+          msg: expect.stringMatching(/time zone is unknown/),
+          timezone: 'Mars/Olympus',
+        }),
+      );
+      const scheduler = new Scheduler(again.agent);
+      await scheduler.start();
+      scheduler.stop();
+      const verification = new VerificationScheduler(again.agent);
+      await verification.start();
+      verification.stop();
+      const dr = drServiceFor(again.agent);
+      await dr.start();
+      await dr.stop();
+      // A zone it knows is saved and used as before.
+      expect(
+        (await put({ autoBackup: { ...fullBody.autoBackup, timezone: 'Asia/Tokyo' } }, again)).status,
+      ).toBe(200);
+      expect(again.agent.settings.get().autoBackup.timezone).toBe('Asia/Tokyo');
+    } finally {
+      await again.close();
     }
   });
 
