@@ -1,6 +1,6 @@
 /** Environment -> typed config, failing at boot with a clear message. */
 import { existsSync } from 'node:fs';
-import { resolve } from 'node:path';
+import { resolve, sep } from 'node:path';
 import { z } from 'zod';
 
 export interface AgentConfig {
@@ -99,24 +99,30 @@ export function findPgBinDir(preferred?: string): string {
   return PG_BIN_CANDIDATES.find((dir) => existsSync(`${dir}/pg_dump`)) ?? PG_BIN_CANDIDATES[0]!;
 }
 
+/** One bad variable: one line (the CLI prints a failure as one line); several: one line each. */
+function environmentError(lines: string[]): Error {
+  return new Error(
+    lines.length === 1 ? `invalid environment: ${lines[0]}` : `invalid environment:\n  ${lines.join('\n  ')}`,
+  );
+}
+
 /** Reads the agent's configuration from the environment; throws one readable line per bad variable. */
 export function loadConfig(source: NodeJS.ProcessEnv = process.env): AgentConfig {
   const parsed = env.safeParse(source);
   if (!parsed.success) {
-    const lines = parsed.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`);
-    // One bad variable: one line (the CLI prints a failure as one line); several: one line each.
-    throw new Error(
-      lines.length === 1
-        ? `invalid environment: ${lines[0]}`
-        : `invalid environment:\n  ${lines.join('\n  ')}`,
-    );
+    throw environmentError(parsed.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`));
   }
   const e = parsed.data;
+  const dataDir = resolve(e.GEM_DATA_DIR);
+  const scriptsDir = e.GEM_SCRIPTS_DIR ? resolve(e.GEM_SCRIPTS_DIR) : undefined;
+  const configDir = e.GEM_CONFIG_DIR ? resolve(e.GEM_CONFIG_DIR) : undefined;
+  const overlaps = folderOverlaps(dataDir, scriptsDir, configDir);
+  if (overlaps.length > 0) throw environmentError(overlaps);
   return {
     databaseUrl: e.DATABASE_URL,
-    dataDir: resolve(e.GEM_DATA_DIR),
-    scriptsDir: e.GEM_SCRIPTS_DIR ? resolve(e.GEM_SCRIPTS_DIR) : undefined,
-    configDir: e.GEM_CONFIG_DIR ? resolve(e.GEM_CONFIG_DIR) : undefined,
+    dataDir,
+    scriptsDir,
+    configDir,
     port: e.PORT,
     host: e.HOST,
     agentToken: e.GEM_AGENT_TOKEN,
@@ -128,6 +134,43 @@ export function loadConfig(source: NodeJS.ProcessEnv = process.env): AgentConfig
     pgBinDir: findPgBinDir(e.GEM_PG_BIN),
     logLevel: e.GEM_LOG_LEVEL,
   };
+}
+
+/** True if `inner` is `outer` or a path inside it (both absolute, resolved). */
+function isWithin(inner: string, outer: string): boolean {
+  return inner === outer || inner.startsWith(outer.endsWith(sep) ? outer : `${outer}${sep}`);
+}
+
+/**
+ * What is wrong with where the backed-up folders are (unset: the sample folders in the data dir): a
+ * backup packs each folder as its own part and a restore swaps each as a whole, so they must be two
+ * folders apart from each other and from what the agent keeps for itself. Paths as given (symlinks are
+ * not followed: a folder may not exist yet).
+ */
+function folderOverlaps(dataDir: string, scripts: string | undefined, config: string | undefined): string[] {
+  const paths = dataPaths(dataDir);
+  const folders = [
+    { name: 'GEM_SCRIPTS_DIR', dir: scripts ?? paths.sampleScripts },
+    { name: 'GEM_CONFIG_DIR', dir: config ?? paths.sampleConfig },
+  ] as const;
+  const [a, b] = folders;
+  const problems: string[] = [];
+  if (isWithin(a.dir, b.dir) || isWithin(b.dir, a.dir)) {
+    problems.push(
+      `${a.name}, ${b.name}: ${a.dir} and ${b.dir} must be two separate folders, neither inside the other: a backup would hold those files twice and a restore could not put both back`,
+    );
+  }
+  for (const { name, dir } of folders) {
+    if (isWithin(dataDir, dir)) {
+      problems.push(
+        `${name}: ${dir} must not be or contain the data dir ${dataDir}: backups would carry the agent's keys and its own backups, and a restore would replace them`,
+      );
+      continue;
+    }
+    const own = [paths.backups, paths.work, paths.cluster].find((folder) => isWithin(dir, folder));
+    if (own) problems.push(`${name}: ${dir} must not be inside ${own}, which the agent manages itself`);
+  }
+  return problems;
 }
 
 /** Where things live inside the data dir. */

@@ -58,6 +58,63 @@ describe('the environment', () => {
     expect(loadConfig({}).port).toBe(8080);
   });
 
+  it('refuses backed-up folders that overlap each other or the data dir, naming both', () => {
+    const data = '/srv/gem-data';
+    const cases: [Record<string, string>, RegExp][] = [
+      [
+        { GEM_SCRIPTS_DIR: '/srv/gem', GEM_CONFIG_DIR: '/srv/gem' },
+        /GEM_SCRIPTS_DIR, GEM_CONFIG_DIR: \/srv\/gem and \/srv\/gem must be two separate folders/,
+      ],
+      [
+        { GEM_SCRIPTS_DIR: '/srv/gem', GEM_CONFIG_DIR: '/srv/gem/config' },
+        /two separate folders, neither inside the other/,
+      ],
+      [{ GEM_SCRIPTS_DIR: '/srv/gem/scripts/', GEM_CONFIG_DIR: '/srv/gem/' }, /two separate folders/],
+      [
+        { GEM_SCRIPTS_DIR: '/srv', GEM_CONFIG_DIR: '/etc/gem' },
+        /^invalid environment: GEM_SCRIPTS_DIR: \/srv must not be or contain the data dir \/srv\/gem-data: backups would carry the agent's keys/,
+      ],
+      [
+        { GEM_SCRIPTS_DIR: '/opt/scripts', GEM_CONFIG_DIR: '/' },
+        /GEM_CONFIG_DIR: \/ must not be or contain the data dir/,
+      ],
+      [
+        { GEM_SCRIPTS_DIR: data, GEM_CONFIG_DIR: '/etc/gem' },
+        /GEM_SCRIPTS_DIR: \/srv\/gem-data must not be or contain/,
+      ],
+      [
+        { GEM_SCRIPTS_DIR: `${data}/backups/scripts`, GEM_CONFIG_DIR: '/etc/gem' },
+        /GEM_SCRIPTS_DIR: \/srv\/gem-data\/backups\/scripts must not be inside \/srv\/gem-data\/backups, which the agent manages itself/,
+      ],
+      [
+        { GEM_CONFIG_DIR: `${data}/postgres` },
+        /GEM_CONFIG_DIR: \/srv\/gem-data\/postgres must not be inside/,
+      ],
+      // Unset, the scripts are the sample folder in the data dir: a config folder holding it is refused too.
+      [
+        { GEM_CONFIG_DIR: `${data}/gem` },
+        /GEM_SCRIPTS_DIR, GEM_CONFIG_DIR: \/srv\/gem-data\/gem\/scripts and \/srv\/gem-data\/gem/,
+      ],
+    ];
+    for (const [folders, message] of cases) {
+      expect(configError({ GEM_DATA_DIR: data, ...folders }), JSON.stringify(folders)).toMatch(message);
+    }
+    // Two problems: one line each.
+    expect(
+      configError({ GEM_DATA_DIR: data, GEM_SCRIPTS_DIR: '/', GEM_CONFIG_DIR: '/' }).split('\n'),
+    ).toHaveLength(4);
+    // Apart (a name that only begins like the other is apart too), inside the data dir's sample place, or unset.
+    for (const folders of [
+      { GEM_SCRIPTS_DIR: '/srv/gem/scripts', GEM_CONFIG_DIR: '/srv/gem/scripts-config' },
+      { GEM_SCRIPTS_DIR: '/srv/gem-data-scripts', GEM_CONFIG_DIR: '/etc/gem' },
+      { GEM_SCRIPTS_DIR: `${data}/gem/scripts`, GEM_CONFIG_DIR: `${data}/gem/config` },
+      { GEM_SCRIPTS_DIR: `${data}/my-scripts` },
+      {},
+    ]) {
+      expect(() => loadConfig({ GEM_DATA_DIR: data, ...folders }), JSON.stringify(folders)).not.toThrow();
+    }
+  });
+
   it('the CLI prints such a mistake as its one line on stderr', async () => {
     const res = await runProcess(process.execPath, ['bin/gem-backup.js', 'list'], {
       env: { ...process.env, GEM_RESTART_COMMAND: '["systemctl", ' },
