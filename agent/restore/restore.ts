@@ -45,6 +45,7 @@ import { LastRestoreStore } from './last-restore';
 import { clearRoleRecord, takeBackRecordedRoles, takeBackRoles, writeRoleRecord } from './role-record';
 import { clearSafetyRecord, writeSafetyRecord } from './safety-record';
 import {
+  checkStageable,
   cleanupAfterReport,
   committedRestoreId,
   type RestoreFaults,
@@ -360,8 +361,11 @@ export async function restoreFromFile(
   let safetyBackup: string | undefined;
   const id = randomBytes(4).toString('hex');
   const names = await restoreNames(sources, id);
-  // A live folder that is a mount point is swapped by copying its entries: all must be copyable.
-  for (const folder of names.folders) if (folder.swap === 'copy') await checkCopyable(folder.live);
+  for (const folder of names.folders) {
+    await checkStageable(folder);
+    // A live folder that is a mount point is swapped by copying its entries: all must be copyable.
+    if (folder.swap === 'copy') await checkCopyable(folder.live);
+  }
   const work = await mkdtemp(join(agent.paths.work, `${TEMP_PREFIX}restore-`));
   let stagingDb: Promise<void> | undefined;
   let keepStaging = false;

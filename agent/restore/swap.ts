@@ -1,6 +1,17 @@
 /** The swap: staging database and folders take the live ones' place by rename (a mount point's entries by copy), journaled so a crash can be undone. */
-import { existsSync } from 'node:fs';
-import { lutimes, mkdir, readdir, readFile, readlink, realpath, rename, rm, stat } from 'node:fs/promises';
+import { constants, existsSync } from 'node:fs';
+import {
+  access,
+  lutimes,
+  mkdir,
+  readdir,
+  readFile,
+  readlink,
+  realpath,
+  rename,
+  rm,
+  stat,
+} from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
 import { z } from 'zod';
 import type { BackupSources } from '../backup/create';
@@ -10,6 +21,7 @@ import { heldByOtherProcess } from '../jobs/lock';
 import type { Logger } from '../log';
 import { fsyncDir, removeSmallFile, writeSmallFileAtomic } from '../system/atomic-file';
 import { isMountPoint } from '../system/mounts';
+import { userNameOf } from '../system/passwd';
 import { type PgConnection, PostgresTools, parseDatabaseUrl } from '../system/postgres-tools';
 import { removeTree } from '../system/remove-tree';
 import { checkCopyable, copyEntries, emptyFolder } from './copy-tree';
@@ -158,6 +170,33 @@ export async function restoreNames(sources: BackupSources, id: string): Promise<
       await folder('config', await liveFolderPath(sources.configDir)),
     ],
   };
+}
+
+/**
+ * Refuses, before anything is staged, a folder whose restore could not be staged: the staging folder
+ * is made beside the live one, in its parent, and renamed into place (a mount point's too: its copy
+ * aside is made there), so the agent's user must be able to add and rename entries there. Without this,
+ * mkdir failed with EACCES after the checks and the safety backup, and the message said to chown the
+ * parent (/etc, /opt). A parent that does not exist yet is the restore's to report as before.
+ */
+export async function checkStageable(folder: { root: 'scripts' | 'config'; live: string }): Promise<void> {
+  const parent = dirname(folder.live);
+  const error = await access(parent, constants.W_OK | constants.X_OK).then(
+    () => undefined,
+    (e: NodeJS.ErrnoException) => e,
+  );
+  if (!error || error.code === 'ENOENT') return;
+  const setting = folder.root === 'scripts' ? 'GEM_SCRIPTS_DIR' : 'GEM_CONFIG_DIR';
+  const why =
+    error.code === 'EROFS'
+      ? `${parent} is on a read-only file system`
+      : `the agent's user ${userNameOf(process.geteuid?.() ?? 0)} may not create folders in ${parent}`;
+  throw new AppError(
+    error.code === 'EROFS' ? 'unprocessable' : 'permission_denied',
+    `cannot restore the ${folder.root} folder ${folder.live}: a restore stages it beside the live folder and renames it into place, and ${why}. ` +
+      `Give the agent's user write access to ${parent} only if it holds nothing else; otherwise set ${setting} to a folder inside one that user owns. Nothing was changed`,
+    { details: { folder: folder.root, path: parent }, cause: error },
+  );
 }
 
 export function journalPath(dataDir: string): string {

@@ -1,5 +1,6 @@
-// The copy swap's check of a live folder that is a mount point, for an agent that does not run as root:
-// it refuses a folder the swap could not empty, before anything is removed from it.
+// The restore's checks of a live folder for an agent that does not run as root: the copy swap refuses a
+// mount point it could not empty, and any swap a folder whose parent it may not stage in, before
+// anything is staged or removed.
 import { spawn } from 'node:child_process';
 import { chmod, chown, mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -63,5 +64,48 @@ describe('checkCopyable, for an agent not running as root', () => {
     const result = await checkThenEmptyAsNobody(volume);
     expect(await folderFingerprint(volume)).toEqual(before);
     expect(result.stderr.trim()).toBe('unprocessable');
+  });
+});
+
+/** As nobody, in a child process: checkStageable on the scripts folder `live`; resolves with what failed. */
+function checkStageableAsNobody(live: string): Promise<{ code: number | null; stderr: string }> {
+  const module = pathToFileURL(resolve('agent/restore/swap.ts')).href;
+  const code = `import(${JSON.stringify(module)}).then((m) => m.checkStageable({ root: 'scripts', live: process.env.FOLDER }))`;
+  const child = spawn(
+    process.execPath,
+    ['--import', 'tsx', '-e', `${code}.catch((e) => { console.error(e.code, e.message); process.exit(1); })`],
+    {
+      uid: NOBODY,
+      gid: NOBODY,
+      env: { ...process.env, FOLDER: live, HOME: dir },
+      stdio: ['ignore', 'ignore', 'pipe'],
+    },
+  );
+  let stderr = '';
+  child.stderr.on('data', (chunk) => {
+    stderr += chunk;
+  });
+  return new Promise((done) => child.on('close', (exit) => done({ code: exit, stderr })));
+}
+
+describe('checkStageable, for an agent not running as root', () => {
+  it('refuses a folder whose parent it may not write, saying so without telling it to chown the parent', async () => {
+    // GEM_SCRIPTS_DIR=/opt/gem-scripts as an agent user: the folder is the user's, /opt is root's.
+    const opt = join(dir, 'opt');
+    const live = join(opt, 'gem-scripts');
+    await mkdir(live, { recursive: true });
+    await chown(live, NOBODY, NOBODY);
+    await chmod(opt, 0o755);
+    const result = await checkStageableAsNobody(live);
+    expect(result.code).toBe(1);
+    expect(result.stderr).toContain('permission_denied');
+    expect(result.stderr).toContain(
+      `cannot restore the scripts folder ${live}: a restore stages it beside the live folder and renames it into place, and the agent's user nobody may not create folders in ${opt}`,
+    );
+    expect(result.stderr).toContain('otherwise set GEM_SCRIPTS_DIR to a folder inside one that user owns');
+    expect(result.stderr).not.toContain('chown');
+    // A parent it owns: nothing to say.
+    await chown(opt, NOBODY, NOBODY);
+    expect(await checkStageableAsNobody(live)).toEqual({ code: 0, stderr: '' });
   });
 });

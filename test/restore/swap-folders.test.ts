@@ -217,3 +217,48 @@ describe('keeping the previous state aside', () => {
     }
   });
 });
+
+describe('a live folder whose parent is on a read-only file system', () => {
+  let mountPoint: string | undefined;
+  let configured: string | undefined;
+
+  afterAll(() => {
+    if (configured) t.agent.sources.configDir = configured;
+    if (mountPoint) spawnSync('umount', [mountPoint]);
+  });
+
+  it('is refused in the check, before anything is staged or backed up, saying why', async () => {
+    if (process.getuid?.() !== 0) throw new Error('this test runs as root: it mounts a tmpfs');
+    // GEM's config on a volume mounted read-only into the controller (its parent is the volume).
+    mountPoint = join(scratch, 'ro-volume');
+    await mkdir(mountPoint);
+    const mount = spawnSync('mount', ['-t', 'tmpfs', '-o', 'size=4m', 'tmpfs', mountPoint], {
+      encoding: 'utf8',
+    });
+    expect(mount.stderr).toBe('');
+    const live = join(mountPoint, 'config');
+    await mkdir(join(live, 'devices'), { recursive: true });
+    await writeFile(join(live, 'gem.json'), '{"site":"ro"}\n');
+    configured = t.agent.sources.configDir;
+    t.agent.sources.configDir = live;
+    const filename = await backupNow(t.agent, 'config on a volume');
+    await writeFile(join(live, 'gem.json'), '{"site":"ro","changed":true}\n');
+    expect(spawnSync('mount', ['-o', 'remount,ro', mountPoint], { encoding: 'utf8' }).stderr).toBe('');
+    const before = await liveState(t.agent);
+    const backupsBefore = (await t.agent.catalog.list()).map((b) => b.filename);
+
+    const job = await runRestore(t.agent, t.agent.catalog.pathOf(filename));
+    expect(job.state).toBe('failed');
+    expect(job.error).toMatchObject({
+      code: 'unprocessable',
+      message: expect.stringContaining(
+        `cannot restore the config folder ${live}: a restore stages it beside the live folder and renames it into place, and ${mountPoint} is on a read-only file system.`,
+      ),
+    });
+    expect(job.error?.message).toMatch(/Nothing was changed$/);
+    expect(await liveState(t.agent)).toEqual(before);
+    // No safety backup was taken for a restore that could not go ahead.
+    expect((await t.agent.catalog.list()).map((b) => b.filename)).toEqual(backupsBefore);
+    expect(await leftovers(t.agent)).toEqual([]);
+  });
+});
