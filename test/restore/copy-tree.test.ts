@@ -1,16 +1,14 @@
 // The restore's checks of a live folder for an agent that does not run as root: the copy swap refuses a
 // mount point it could not empty, and any swap a folder whose parent it may not stage in, before
 // anything is staged or removed.
-import { spawn } from 'node:child_process';
 import { chmod, chown, mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { NOBODY, runAsNobody } from '../services/as-nobody';
 import { folderFingerprint } from './helpers';
 
-/** The unprivileged user the agent runs as here (the test itself runs as root, which no mode stops). */
-const NOBODY = 65534;
 let dir: string;
 
 beforeAll(async () => {
@@ -23,24 +21,10 @@ afterAll(async () => {
 });
 
 /** As nobody, in a child process: checkCopyable on `folder`, then emptyFolder as the swap's empty step; resolves with what failed. */
-function checkThenEmptyAsNobody(folder: string): Promise<{ code: number | null; stderr: string }> {
+function checkThenEmptyAsNobody(folder: string) {
   const module = pathToFileURL(resolve('agent/restore/copy-tree.ts')).href;
   const code = `import(${JSON.stringify(module)}).then(async (m) => { await m.checkCopyable(process.env.FOLDER); await m.emptyFolder(process.env.FOLDER); })`;
-  const child = spawn(
-    process.execPath,
-    ['--import', 'tsx', '-e', `${code}.catch((e) => { console.error(e.code); process.exit(1); })`],
-    {
-      uid: NOBODY,
-      gid: NOBODY,
-      env: { ...process.env, FOLDER: folder, HOME: dir },
-      stdio: ['ignore', 'ignore', 'pipe'],
-    },
-  );
-  let stderr = '';
-  child.stderr.on('data', (chunk) => {
-    stderr += chunk;
-  });
-  return new Promise((done) => child.on('close', (exit) => done({ code: exit, stderr })));
+  return runAsNobody(code, { FOLDER: folder, HOME: dir });
 }
 
 describe('checkCopyable, for an agent not running as root', () => {
@@ -63,29 +47,15 @@ describe('checkCopyable, for an agent not running as root', () => {
 
     const result = await checkThenEmptyAsNobody(volume);
     expect(await folderFingerprint(volume)).toEqual(before);
-    expect(result.stderr.trim()).toBe('unprocessable');
+    expect(result.stderr).toMatch(/^unprocessable cannot swap/);
   });
 });
 
 /** As nobody, in a child process: checkStageable on the scripts folder `live`; resolves with what failed. */
-function checkStageableAsNobody(live: string): Promise<{ code: number | null; stderr: string }> {
+function checkStageableAsNobody(live: string) {
   const module = pathToFileURL(resolve('agent/restore/swap.ts')).href;
   const code = `import(${JSON.stringify(module)}).then((m) => m.checkStageable({ root: 'scripts', live: process.env.FOLDER }))`;
-  const child = spawn(
-    process.execPath,
-    ['--import', 'tsx', '-e', `${code}.catch((e) => { console.error(e.code, e.message); process.exit(1); })`],
-    {
-      uid: NOBODY,
-      gid: NOBODY,
-      env: { ...process.env, FOLDER: live, HOME: dir },
-      stdio: ['ignore', 'ignore', 'pipe'],
-    },
-  );
-  let stderr = '';
-  child.stderr.on('data', (chunk) => {
-    stderr += chunk;
-  });
-  return new Promise((done) => child.on('close', (exit) => done({ code: exit, stderr })));
+  return runAsNobody(code, { FOLDER: live, HOME: dir });
 }
 
 describe('checkStageable, for an agent not running as root', () => {

@@ -1,13 +1,11 @@
 // removeTree: an agent that does not run as root still removes a replaced copy holding read-only folders.
-import { spawn } from 'node:child_process';
 import { chmod, chown, mkdir, mkdtemp, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { NOBODY, runAsNobody } from '../services/as-nobody';
 
-/** The unprivileged user the removals run as (the test itself runs as root, which no mode stops). */
-const NOBODY = 65534;
 let dir: string;
 
 beforeAll(async () => {
@@ -37,30 +35,13 @@ async function plantTree(name: string): Promise<string> {
 }
 
 /** Runs `how` on `path` in a child process as nobody; resolves with its exit code and stderr. */
-function removeAsNobody(
-  how: 'rm' | 'removeTree',
-  path: string,
-): Promise<{ code: number | null; stderr: string }> {
+function removeAsNobody(how: 'rm' | 'removeTree', path: string) {
   const module = pathToFileURL(resolve('agent/system/remove-tree.ts')).href;
   const code =
     how === 'rm'
       ? `require('node:fs/promises').rm(process.env.TREE, { recursive: true, force: true })`
       : `import(${JSON.stringify(module)}).then((m) => m.removeTree(process.env.TREE))`;
-  const child = spawn(
-    process.execPath,
-    ['--import', 'tsx', '-e', `${code}.catch((e) => { console.error(e.code); process.exit(1); })`],
-    {
-      uid: NOBODY,
-      gid: NOBODY,
-      env: { ...process.env, TREE: path, HOME: dir },
-      stdio: ['ignore', 'ignore', 'pipe'],
-    },
-  );
-  let stderr = '';
-  child.stderr.on('data', (chunk) => {
-    stderr += chunk;
-  });
-  return new Promise((done) => child.on('close', (exit) => done({ code: exit, stderr })));
+  return runAsNobody(code, { TREE: path, HOME: dir });
 }
 
 describe('removeTree', () => {
