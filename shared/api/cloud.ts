@@ -1,10 +1,11 @@
 // Schemas of the DR cloud's request and response bodies, shared by the Worker and the agent's DR client.
 import { z } from 'zod';
+import { isIsoUtc } from '../envelope/header';
 
 /** 128-bit installation id, lower-case hex. */
 const InstallationId = z.string().regex(/^[0-9a-f]{32}$/, 'installationId must be 32 lower-case hex chars');
 const Sha256Hex = z.string().regex(/^[0-9a-f]{64}$/, 'sha256 must be 64 lower-case hex chars');
-const IsoDate = z.string().refine((s) => !Number.isNaN(Date.parse(s)), 'must be an ISO-8601 date');
+const IsoDate = z.string().refine(isIsoUtc, 'must be an ISO-8601 date in UTC, e.g. 2026-12-03T15:00:00.000Z');
 
 /** An Ed25519 public JWK (no private part). */
 const Ed25519PublicJwk = z

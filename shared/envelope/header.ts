@@ -355,10 +355,20 @@ function parseJson(bytes: Uint8Array, what: string): unknown {
   }
 }
 
+const ISO_UTC = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?Z$/;
+
+/**
+ * True if `text` is a date and time in UTC as `Date.prototype.toISOString` writes it (fractions of a
+ * second optional): the one form a backup's created-at takes in its header, in signed DR requests and
+ * in the cloud's slot metadata. Not whatever `Date.parse` accepts ("2026", "Thu, 03 Dec 2026 …").
+ */
+export function isIsoUtc(text: unknown): text is string {
+  return typeof text === 'string' && ISO_UTC.test(text) && !Number.isNaN(Date.parse(text));
+}
+
 const HEX32 = /^[0-9a-f]{32}$/;
 const HEX64 = /^[0-9a-f]{64}$/;
 const HEX8 = /^[0-9a-f]{8}$/;
-const ISO_UTC = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?Z$/;
 const SALT = /^[A-Za-z0-9_-]{22}$/;
 
 /**
@@ -386,9 +396,7 @@ function checkCore(value: unknown, version: 1 | 2): EnvelopeCore {
     if (typeof prefix !== 'string' || !HEX8.test(prefix)) throw bad('installationPrefix');
     installation = { installationTag: tag, installationPrefix: prefix };
   }
-  if (typeof createdAt !== 'string' || !ISO_UTC.test(createdAt) || Number.isNaN(Date.parse(createdAt))) {
-    throw bad('createdAt');
-  }
+  if (!isIsoUtc(createdAt)) throw bad('createdAt');
   if (
     typeof chunkSize !== 'number' ||
     !Number.isInteger(chunkSize) ||

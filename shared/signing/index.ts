@@ -1,5 +1,6 @@
 // Signed agent → cloud requests: a compact EdDSA JWS binding installation, method, path, body and time.
 import { base64url, CompactSign, compactVerify, decodeProtectedHeader, importJWK, type JWK } from 'jose';
+import { isIsoUtc } from '../envelope/header';
 
 /** The JWS `typ` every request signature carries. */
 export const REQUEST_TOKEN_TYPE = 'gem-request+jwt';
@@ -209,7 +210,7 @@ function parseClaims(payload: Uint8Array): RequestClaims {
     Number.isSafeInteger(c.iat) &&
     typeof c.jti === 'string' &&
     /^[A-Za-z0-9_-]{16,128}$/.test(c.jti) &&
-    (c.bca === undefined || (typeof c.bca === 'string' && !Number.isNaN(Date.parse(c.bca))));
+    (c.bca === undefined || isIsoUtc(c.bca));
   if (!ok) throw new SignatureError('malformed', 'the request signature claims are incomplete');
   return c as unknown as RequestClaims;
 }

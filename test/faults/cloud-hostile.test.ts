@@ -509,6 +509,9 @@ async function claimCases(): Promise<Case[]> {
       'garbage',
       junk(int(5, 30)),
       '2026-13-45T99:99:99Z',
+      // Newer than the slot, and a date Date.parse reads, but not the ISO form a backup's created-at takes.
+      new Date(Date.now() - int(1, 100) * 1000).toUTCString(),
+      new Date(Date.now() - int(1, 100) * 1000).toISOString().replace('Z', '+00:00'),
       '',
       12345,
       null,
@@ -1450,6 +1453,7 @@ async function multipartCases(): Promise<{ cases: Case[]; check: () => Promise<s
     ['sha256 upper-case', createBody({ sha256: hex(64).toUpperCase() })],
     ['sha256 short', createBody({ sha256: hex(63) })],
     ['createdAt garbage', createBody({ createdAt: junk(12) })],
+    ['createdAt not in ISO form', createBody({ createdAt: new Date(Date.now() - 60_000).toUTCString() })],
     ['createdAt older than the slot', createBody({ createdAt: '2000-01-01T00:00:00.000Z' })],
     ['partSize 0', createBody({ partSize: 0 })],
     ['partSize -5', createBody({ partSize: -5 })],
