@@ -5,6 +5,7 @@ import { toHex } from '../../shared/signing';
 import { type CloudVariables, requireSignature } from '../auth/signed';
 import { CloudError, storageUnavailable } from '../errors';
 import { abortDropped, type UploadRecord } from '../state/ledger';
+import { ContentMismatchError } from '../store/slot-store';
 import { parseJsonBody } from './json-body';
 import { newBackupKey, refuseFutureBackup, refuseIfOlder, settleCommit } from './slot-commit';
 
@@ -65,7 +66,10 @@ export const uploadRoutes = new Hono<{ Variables: CloudVariables }>()
       // Storage may hold these refused bytes under part n now, in place of a good part recorded
       // before: un-record it, so the status shows it missing and the agent sends it again.
       await state.forgetPart(upload.uploadId, n);
-      throw err;
+      // Bytes that differ from the signed ones are the client's fault (400); anything else is storage's,
+      // retryable, and its own text (hosts, ports) stays in the log.
+      if (err instanceof CloudError || err instanceof ContentMismatchError) throw err;
+      throw storageUnavailable('storing a part', err);
     }
     const part = { size: claims.bln, etag };
     if (!(await state.recordPart(upload.uploadId, n, part))) throw noSuchUpload();

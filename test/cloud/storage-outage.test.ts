@@ -23,6 +23,25 @@ let slotS3: S3Service;
 const clients: S3Client[] = [];
 let cloud: ServedCloud;
 let inst: TestInstallation;
+/** A multipart upload begun while storage was up. */
+let uploadId: string;
+let slotStopped = false;
+
+/** Takes the backups' storage down (once; the cases below run without it). */
+async function stopSlotStorage(): Promise<void> {
+  if (!slotStopped) await slotS3.stop();
+  slotStopped = true;
+}
+
+async function signedJson(path: string, value: unknown) {
+  const body = Buffer.from(JSON.stringify(value));
+  const headers = await signedHeaders(inst, 'POST', path, { sha256: sha256(body), length: body.length });
+  return httpRequest(`${cloud.url}${path}`, {
+    method: 'POST',
+    headers: { ...headers, 'content-type': 'application/json' },
+    body,
+  });
+}
 
 function s3Client(s3: S3Service): S3Client {
   const client = s3ClientFor(s3);
@@ -38,6 +57,15 @@ beforeAll(async () => {
   cloud = await serveCloud(nodeCloudDeps(store, (hash) => states.installation(hash)));
   inst = await newInstallation();
   expect((await enroll(cloud, inst)).status).toBe(201);
+  const created = await signedJson('/v1/dr/uploads', {
+    size: 12 * 1024 * 1024,
+    sha256: sha256(randomBytes(16)),
+    createdAt: '2026-11-04T00:00:00.000Z',
+    agentVersion: 'test',
+    partSize: 5 * 1024 * 1024,
+  });
+  expect(created.status).toBe(201);
+  uploadId = created.json().uploadId;
 });
 afterAll(async () => {
   await cloud?.close();
@@ -71,7 +99,7 @@ describe('PUT /v1/dr/backup when storage fails', () => {
     expect(mismatch.json().error.code).toBe('body_mismatch');
 
     // Storage down, a correctly signed body: retryable, and nothing of storage's own text leaks.
-    await slotS3.stop();
+    await stopSlotStorage();
     const outage = await putBackup(cloud, inst, next, '2026-11-03T00:00:00.000Z');
     expect(outage.status).toBe(503);
     const { error } = outage.json();
@@ -88,5 +116,29 @@ describe('PUT /v1/dr/backup when storage fails', () => {
     // The slot still holds the earlier backup; its record was never touched.
     const head = await signedEmpty(cloud, inst, 'HEAD', '/v1/dr/backup');
     expect(head.status).toBe(200);
+  });
+});
+
+describe('PUT /v1/dr/uploads/:id/parts/:n when storage fails', () => {
+  it('answers 503 storage_unavailable with the same fixed message, and the part is not recorded', async () => {
+    await stopSlotStorage();
+    const part = randomBytes(5 * 1024 * 1024);
+    const path = `/v1/dr/uploads/${uploadId}/parts/1`;
+    const headers = await signedHeaders(inst, 'PUT', path, { sha256: sha256(part), length: part.length });
+    const outage = await httpRequest(`${cloud.url}${path}`, { method: 'PUT', headers, body: part });
+    expect(outage.status).toBe(503);
+    expect(outage.json().error).toEqual({
+      code: 'storage_unavailable',
+      message: 'the backup storage is not available; try again later',
+    });
+    expect(outage.body.toString('utf8')).not.toContain(new URL(slotS3.endpoint).port);
+    const statusPath = `/v1/dr/uploads/${uploadId}`;
+    const empty = { sha256: sha256(new Uint8Array(0)), length: 0 };
+    const status = await httpRequest(`${cloud.url}${statusPath}`, {
+      method: 'GET',
+      headers: await signedHeaders(inst, 'GET', statusPath, empty),
+    });
+    expect(status.status).toBe(200);
+    expect(status.json().parts).toEqual([]);
   });
 });
