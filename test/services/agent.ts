@@ -72,7 +72,10 @@ export async function startTestAgent(
       // A look at the DR slot that a status request started writes the DR state when it ends.
       await stopDrService(agent);
       await agent.close();
-      if (!options.dataDir) await rm(dataDir, { recursive: true, force: true });
+      // A request a test's HTTP server let run on after its close (a page's last poll) may still add a
+      // line to the audit log or a job to jobs.json while the folder is removed: rm retries then.
+      if (!options.dataDir)
+        await rm(dataDir, { recursive: true, force: true, maxRetries: 5, retryDelay: 200 });
     },
   };
 }
