@@ -111,9 +111,15 @@ function setsUpInstallation(name: string, args: string[]): boolean {
 }
 
 // `gem-backup list | head -1`: a reader that stops early is not an error; the rest goes nowhere.
+// A terminal hung up (EIO: the SSH session was lost, SIGHUP stops the job) takes no more output
+// either, but the command goes on to its clean end: leaving here would leave its job half done.
 process.stdout.on('error', (error: NodeJS.ErrnoException) => {
+  if (error.code === 'EIO') return;
   if (error.code !== 'EPIPE') throw error;
   process.exit(process.exitCode ?? 0);
+});
+process.stderr.on('error', (error: NodeJS.ErrnoException) => {
+  if (error.code !== 'EIO' && error.code !== 'EPIPE') throw error;
 });
 
 async function main(argv: string[]): Promise<number> {
@@ -147,7 +153,7 @@ async function main(argv: string[]): Promise<number> {
     await command(cli);
   } catch (error) {
     cli.endProgress();
-    // Stopped by Ctrl-C or SIGTERM: the line says what happened to the job, not "the job was cancelled".
+    // Stopped by Ctrl-C, SIGTERM or SIGHUP: the line says what happened to the job, not "the job was cancelled".
     if (!cli.interruption()) {
       process.stderr.write(`gem-backup: ${describeError(error).message}\n`);
       return 1;

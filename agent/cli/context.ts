@@ -10,13 +10,16 @@ import { createLogger } from '../log';
 import { runAsOwner, shellWord, userNameOf } from '../system/passwd';
 import { progressWords, type StepProgress, timeLeftEstimator } from './progress';
 
+/** The signals that stop a command cleanly: its jobs cancelled and followed to their end. */
+const STOP_SIGNALS: NodeJS.Signals[] = ['SIGINT', 'SIGTERM', 'SIGHUP'];
+
 export interface CliContext {
   args: string[];
   out: (line: string) => void;
   err: (line: string) => void;
   /**
    * Opens the agent over GEM_DATA_DIR (starting the embedded cluster if needed), runs fn, closes it.
-   * Ctrl-C or SIGTERM meanwhile cancels the jobs it runs, waits for them, and closes the agent.
+   * Ctrl-C, SIGTERM or SIGHUP meanwhile cancels the jobs it runs, waits for them, and closes the agent.
    */
   withAgent<T>(fn: (agent: Agent) => Promise<T>): Promise<T>;
   /**
@@ -33,7 +36,7 @@ export interface CliContext {
   progress(phase: string, done: number, total: number, unit?: ProgressUnit, step?: string): void;
   /** Clears the progress line on a terminal (before a result or an error line). */
   endProgress(): void;
-  /** After a Ctrl-C or SIGTERM: the one line that says what happened; undefined if none came. */
+  /** After a Ctrl-C, SIGTERM or SIGHUP: the one line that says what happened; undefined if none came. */
   interruption(): string | undefined;
 }
 
@@ -243,8 +246,8 @@ export function createCliContext(
         signalled = signal;
         if (agent && cancelAll(agent) === 0) stop(new Interrupted());
       };
-      process.on('SIGINT', onSignal);
-      process.on('SIGTERM', onSignal);
+      // SIGHUP: the SSH session the command ran in was lost; its job is stopped as cleanly as by Ctrl-C.
+      for (const signal of STOP_SIGNALS) process.on(signal, onSignal);
       try {
         // The agent (most of the code base) loads here, when a command opens it, not at start-up.
         const [{ openAgent }, { connectionFailure }] = await Promise.all([
@@ -299,8 +302,7 @@ export function createCliContext(
         }
       } finally {
         closing = true;
-        process.off('SIGINT', onSignal);
-        process.off('SIGTERM', onSignal);
+        for (const signal of STOP_SIGNALS) process.off(signal, onSignal);
       }
     },
     async withDataDir(fn) {

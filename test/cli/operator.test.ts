@@ -198,6 +198,64 @@ describe('output and signals', () => {
     });
   });
 
+  it('a hangup (the SSH session lost) during a restore stops it as cleanly as Ctrl-C: cancelled, nothing left behind', async () => {
+    await withSql(env.DATABASE_URL!, async (sql) => {
+      await sql`create table public.bulk as select g as id, repeat(md5(g::text), 8) as payload from generate_series(1, 400000) g`;
+    });
+    const made = await cli('create');
+    expect(made.code, made.stderr).toBe(0);
+    const newest = (await backups()).at(-1)!;
+    await withSql(env.DATABASE_URL!, (sql) => sql`insert into public.bulk values (0, 'after the backup')`);
+    // The restore runs on a terminal (`script` gives it one), which is then lost, as when an SSH
+    // connection drops: the kernel sends SIGHUP, and every later write to the terminal fails (EIO).
+    const command = [process.execPath, BIN, 'restore', newest, '--yes'];
+    const terminal = spawn('script', ['-qec', command.map((w) => `'${w}'`).join(' '), '/dev/null'], {
+      env,
+      cwd: scratch,
+      stdio: ['pipe', 'ignore', 'ignore'],
+    });
+    const deadline = Date.now() + 30_000;
+    let pid: number | undefined;
+    while (pid === undefined && Date.now() < deadline) {
+      const folder = (await readdir(join(dataDir, 'work')).catch(() => [])).find((n) => /^p\d+/.test(n));
+      if (folder && (await jobRunning())) pid = Number(/^p(\d+)/.exec(folder)![1]);
+      else await new Promise((r) => setTimeout(r, 5));
+    }
+    expect(pid).toBeDefined();
+    terminal.kill('SIGKILL');
+    const alive = () => {
+      try {
+        process.kill(pid!, 0);
+        return true;
+      } catch {
+        return false;
+      }
+    };
+    const ends = Date.now() + 60_000;
+    while (alive() && Date.now() < ends) await new Promise((r) => setTimeout(r, 50));
+    expect(alive()).toBe(false);
+    // Its job ended as cancelled (a crash would leave it running, for the next start to call interrupted).
+    const history = JSON.parse(await readFile(join(dataDir, 'jobs.json'), 'utf8')) as {
+      jobs: Array<{ job: { kind: string; state: string; startedAt: string; endedAt?: string } }>;
+    };
+    const restore = history.jobs
+      .map((entry) => entry.job)
+      .filter((job) => job.kind === 'restore')
+      .sort((a, b) => a.startedAt.localeCompare(b.startedAt))
+      .at(-1);
+    expect(restore).toMatchObject({ state: 'cancelled', endedAt: expect.any(String) });
+    expect(await workFoldersOf(pid!)).toEqual([]);
+    expect(existsSync(join(dataDir, 'job.lock'))).toBe(false);
+    // Nothing a crash would leave for the next start: no staging database or folder, no journal.
+    expect(existsSync(join(dataDir, 'restore-journal.json'))).toBe(false);
+    await withSql(env.DATABASE_URL!, async (sql) => {
+      expect(await sql`select count(*)::int as n from public.bulk`).toEqual([{ n: 400001 }]);
+      const staging = await sql`select datname from pg_database where datname like '%gem_restore%'`;
+      expect(staging).toEqual([]);
+      await sql`drop table public.bulk`;
+    });
+  });
+
   it('create warns on stderr, with the reason, about an auto-upload that failed; exit 0', async () => {
     const t = await startTestAgent(pg, { dataDir, databaseUrl: env.DATABASE_URL! });
     try {
