@@ -10,7 +10,11 @@ import { createLogger } from '../log';
 import { runAsOwner, shellWord, userNameOf } from '../system/passwd';
 import { progressWords, type StepProgress, timeLeftEstimator } from './progress';
 
-/** The signals that stop a command cleanly: its jobs cancelled and followed to their end. */
+/**
+ * The signals that stop a command cleanly: its jobs cancelled and followed to their end. SIGHUP: the
+ * terminal was lost (an SSH session dropped). `nohup` cannot keep a Node process alive past it (Node
+ * sets every signal but SIGPIPE and SIGXFSZ back to its default at start); `setsid` or tmux can.
+ */
 const STOP_SIGNALS: NodeJS.Signals[] = ['SIGINT', 'SIGTERM', 'SIGHUP'];
 
 export interface CliContext {

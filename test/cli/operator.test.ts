@@ -198,18 +198,13 @@ describe('output and signals', () => {
     });
   });
 
-  it('a hangup (the SSH session lost) during a restore stops it as cleanly as Ctrl-C: cancelled, nothing left behind', async () => {
-    await withSql(env.DATABASE_URL!, async (sql) => {
-      await sql`create table public.bulk as select g as id, repeat(md5(g::text), 8) as payload from generate_series(1, 400000) g`;
-    });
-    const made = await cli('create');
-    expect(made.code, made.stderr).toBe(0);
-    const newest = (await backups()).at(-1)!;
-    await withSql(env.DATABASE_URL!, (sql) => sql`insert into public.bulk values (0, 'after the backup')`);
-    // The restore runs on a terminal (`script` gives it one), which is then lost, as when an SSH
-    // connection drops: the kernel sends SIGHUP, and every later write to the terminal fails (EIO).
-    const command = [process.execPath, BIN, 'restore', newest, '--yes'];
-    const terminal = spawn('script', ['-qec', command.map((w) => `'${w}'`).join(' '), '/dev/null'], {
+  /**
+   * Runs `words` on a terminal (`script` gives it one) and takes the terminal away once its job runs, as
+   * when an SSH connection drops: the kernel sends SIGHUP, and every later write to it fails (EIO).
+   * Resolves when the command's process has ended, with its newest job of `kind` as jobs.json records it.
+   */
+  async function runOnLostTerminal(kind: string, words: string[]) {
+    const terminal = spawn('script', ['-qec', words.map((w) => `'${w}'`).join(' '), '/dev/null'], {
       env,
       cwd: scratch,
       stdio: ['pipe', 'ignore', 'ignore'],
@@ -231,20 +226,33 @@ describe('output and signals', () => {
         return false;
       }
     };
-    const ends = Date.now() + 60_000;
+    const ends = Date.now() + 120_000;
     while (alive() && Date.now() < ends) await new Promise((r) => setTimeout(r, 50));
     expect(alive()).toBe(false);
-    // Its job ended as cancelled (a crash would leave it running, for the next start to call interrupted).
     const history = JSON.parse(await readFile(join(dataDir, 'jobs.json'), 'utf8')) as {
       jobs: Array<{ job: { kind: string; state: string; startedAt: string; endedAt?: string } }>;
     };
-    const restore = history.jobs
+    const job = history.jobs
       .map((entry) => entry.job)
-      .filter((job) => job.kind === 'restore')
+      .filter((one) => one.kind === kind)
       .sort((a, b) => a.startedAt.localeCompare(b.startedAt))
       .at(-1);
-    expect(restore).toMatchObject({ state: 'cancelled', endedAt: expect.any(String) });
-    expect(await workFoldersOf(pid!)).toEqual([]);
+    return { pid: pid!, job };
+  }
+
+  it('a hangup (the SSH session lost) during a restore stops it as cleanly as Ctrl-C: cancelled, nothing left behind', async () => {
+    await withSql(env.DATABASE_URL!, async (sql) => {
+      await sql`create table public.bulk as select g as id, repeat(md5(g::text), 8) as payload from generate_series(1, 400000) g`;
+    });
+    const made = await cli('create');
+    expect(made.code, made.stderr).toBe(0);
+    const newest = (await backups()).at(-1)!;
+    await withSql(env.DATABASE_URL!, (sql) => sql`insert into public.bulk values (0, 'after the backup')`);
+    const restore = [process.execPath, BIN, 'restore', newest, '--yes'];
+    const hungUp = await runOnLostTerminal('restore', restore);
+    // Its job ended as cancelled (a crash would leave it running, for the next start to call interrupted).
+    expect(hungUp.job).toMatchObject({ state: 'cancelled', endedAt: expect.any(String) });
+    expect(await workFoldersOf(hungUp.pid)).toEqual([]);
     expect(existsSync(join(dataDir, 'job.lock'))).toBe(false);
     // Nothing a crash would leave for the next start: no staging database or folder, no journal.
     expect(existsSync(join(dataDir, 'restore-journal.json'))).toBe(false);
