@@ -41,11 +41,12 @@ interface Run {
 
 /**
  * Starts the bundled agent/main.ts as `npm start` does (its own process), runs `whileUp` against it,
- * then stops it with SIGINT and returns everything it wrote.
+ * then stops it with `signal` (SIGINT: Ctrl-C) and returns everything it wrote.
  */
 async function runAgent(
   env: Record<string, string>,
   whileUp: (url: string) => Promise<void> = async () => {},
+  signal: NodeJS.Signals = 'SIGINT',
 ) {
   const childEnv: NodeJS.ProcessEnv = {
     ...process.env,
@@ -77,7 +78,7 @@ async function runAgent(
     void exited.then((code) => reject(new Error(`the agent exited (${code}) before listening:\n${output}`)));
   });
   await whileUp(url);
-  child.kill('SIGINT');
+  child.kill(signal);
   expect(await exited).toBe(0);
   return { output, url } satisfies Run;
 }
@@ -121,5 +122,16 @@ describe('startup output', () => {
     expect(third.output).not.toContain(fromEnvironment);
     expect(third.output).not.toContain(token);
     expect(third.output).not.toContain(installationId);
+  });
+
+  it('stops cleanly on SIGTERM and on SIGHUP (the terminal `npm start` ran in was lost), as on Ctrl-C', async () => {
+    for (const signal of ['SIGTERM', 'SIGHUP'] as const) {
+      const run = await runAgent({}, async () => {}, signal);
+      const lines = run.output.split('\n').filter((line) => line.startsWith('{'));
+      expect(
+        lines.some((line) => line.includes('"shutting down"') && line.includes(`"signal":"${signal}"`)),
+      ).toBe(true);
+      expect(lines.some((line) => line.includes('"msg":"stopped"'))).toBe(true);
+    }
   });
 });
