@@ -157,4 +157,11 @@ export function installFatalHandlers(
   };
   process.on('unhandledRejection', (reason) => die('unhandledRejection', reason));
   process.on('uncaughtException', (error) => die('uncaughtException', error));
+  // A log that can no longer be written (the terminal `npm start` ran in was lost: EIO; a pipe whose
+  // reader went away: EPIPE) is no reason to stop taking backups: its lines go nowhere.
+  for (const stream of [process.stdout, process.stderr]) {
+    stream.on('error', (error: NodeJS.ErrnoException) => {
+      if (error.code !== 'EPIPE' && error.code !== 'EIO') die('uncaughtException', error);
+    });
+  }
 }

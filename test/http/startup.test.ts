@@ -45,7 +45,7 @@ interface Run {
  */
 async function runAgent(
   env: Record<string, string>,
-  whileUp: (url: string) => Promise<void> = async () => {},
+  whileUp: (url: string, child: ChildProcess) => Promise<void> = async () => {},
   signal: NodeJS.Signals = 'SIGINT',
 ) {
   const childEnv: NodeJS.ProcessEnv = {
@@ -77,7 +77,7 @@ async function runAgent(
     child.stderr!.on('data', onData);
     void exited.then((code) => reject(new Error(`the agent exited (${code}) before listening:\n${output}`)));
   });
-  await whileUp(url);
+  await whileUp(url, child);
   child.kill(signal);
   expect(await exited).toBe(0);
   return { output, url } satisfies Run;
@@ -133,5 +133,21 @@ describe('startup output', () => {
       ).toBe(true);
       expect(lines.some((line) => line.includes('"msg":"stopped"'))).toBe(true);
     }
+  });
+
+  it('keeps running, and stops cleanly, when its output can no longer be written (the terminal or pipe gone)', async () => {
+    // Both ends read nothing more: every later log line fails (EPIPE; a lost terminal gives EIO).
+    const run = await runAgent(
+      {},
+      async (url, child) => {
+        child.stdout!.destroy();
+        child.stderr!.destroy();
+        // Requests that log (a refused token is logged as a warning) still get their answers.
+        for (let i = 0; i < 3; i++) expect((await fetch(`${url}api/v1/backups`)).status).toBe(401);
+        expect((await fetch(`${url}healthz`)).status).toBe(200);
+      },
+      'SIGTERM',
+    );
+    expect(run.output).toContain('is running at');
   });
 });
