@@ -57,6 +57,13 @@ export interface SftpOptions {
    * go every timeout/2 (at most 10 s), so a server that freezes mid-transfer fails after about 3 of them.
    */
   timeoutMs?: number;
+  /**
+   * How long the server may take to answer one SFTP request (default REQUEST_TIMEOUT_MS, 60 s), or, while
+   * an upload's writes or a download's reads are in flight, between two answers. A server that answers
+   * keepalives but no request (its sftp-server stuck on a dead mount or a failing disk) fails then as
+   * 'unreachable', and the connection is closed.
+   */
+  requestTimeoutMs?: number;
   /** Use posix-rename@openssh.com when the server offers it (default true); false forces plain SFTP rename. */
   posixRename?: boolean;
   /** How far a listing is read before it is refused (default LIST_LIMITS: 10 000 answers, 100 000 names). */
@@ -96,6 +103,22 @@ interface Session {
   sftp: SFTPWrapper;
 }
 
+/** How long a server may take to answer one SFTP request (SftpOptions.requestTimeoutMs), as S3's requests. */
+export const REQUEST_TIMEOUT_MS = 60_000;
+
+/** How long a server may leave a request unanswered, and the server's `host:port` to name when it does. */
+interface AnswerLimit {
+  ms: number;
+  server: string;
+}
+
+function unanswered(limit: AnswerLimit): StorageError {
+  return new StorageError(
+    'unreachable',
+    `${limit.server} did not answer an SFTP request within ${limit.ms / 1000} s`,
+  );
+}
+
 /** ssh2's connection under an ssh2-sftp-client. */
 function sshOf(client: SftpClient): Client {
   return (client as unknown as { client: Client }).client;
@@ -119,6 +142,7 @@ async function writePipelined(
   sftp: SFTPWrapper,
   handle: Buffer,
   chunks: AsyncIterable<Buffer>,
+  limit: AnswerLimit,
   onSent?: (bytes: number) => void,
 ): Promise<void> {
   const piece = Math.max(
@@ -130,29 +154,51 @@ async function writePipelined(
   let offset = 0;
   let failure: unknown;
   let wake: (() => void) | undefined;
-  const settle = (error: unknown) => {
-    inFlight--;
-    if (error && failure === undefined) failure = error;
+  const wakeUp = () => {
     const waiter = wake;
     wake = undefined;
     waiter?.();
+  };
+  // While writes are in flight the server must answer one of them within the limit (a slow link answers
+  // them one after another, never the whole window at once).
+  let silence: NodeJS.Timeout | undefined;
+  const watch = () => {
+    clearTimeout(silence);
+    silence =
+      inFlight > 0
+        ? setTimeout(() => {
+            failure ??= unanswered(limit);
+            wakeUp();
+          }, limit.ms)
+        : undefined;
+  };
+  const settle = (error: unknown) => {
+    inFlight--;
+    if (error && failure === undefined) failure = error;
+    watch();
+    wakeUp();
   };
   const until = async (ready: () => boolean) => {
     while (!ready() && failure === undefined) await new Promise<void>((resolve) => (wake = resolve));
     if (failure !== undefined) throw failure;
   };
-  for await (const chunk of chunks) {
-    const buffer = Buffer.isBuffer(chunk) ? chunk : Buffer.from(chunk as Uint8Array);
-    for (let at = 0; at < buffer.length; at += piece) {
-      await until(() => inFlight < maxInFlight);
-      const part = buffer.subarray(at, Math.min(buffer.length, at + piece));
-      inFlight++;
-      sftp.write(handle, part, 0, part.length, offset, settle);
-      offset += part.length;
-      onSent?.(offset);
+  try {
+    for await (const chunk of chunks) {
+      const buffer = Buffer.isBuffer(chunk) ? chunk : Buffer.from(chunk as Uint8Array);
+      for (let at = 0; at < buffer.length; at += piece) {
+        await until(() => inFlight < maxInFlight);
+        const part = buffer.subarray(at, Math.min(buffer.length, at + piece));
+        inFlight++;
+        if (inFlight === 1) watch();
+        sftp.write(handle, part, 0, part.length, offset, settle);
+        offset += part.length;
+        onSent?.(offset);
+      }
     }
+    await until(() => inFlight === 0);
+  } finally {
+    clearTimeout(silence);
   }
-  await until(() => inFlight === 0);
 }
 
 /** Bytes sent between two early flushes of an upload (EarlyFlush). */
@@ -181,16 +227,20 @@ class EarlyFlush {
   private nextAt = EARLY_FLUSH_BYTES;
   private done = false;
 
-  constructor(client: Client, path: string) {
+  constructor(
+    client: Client,
+    path: string,
+    private readonly limit: AnswerLimit,
+  ) {
     new Promise<SFTPWrapper>((resolve, reject) =>
       client.sftp((error, side) => (error ? reject(error) : resolve(side))),
     )
       .then(async (side) => {
         this.side = side;
         if (this.done || !hasFsync(side)) return this.end();
-        const handle = await call<Buffer>((cb) => side.open(path, 'r', cb));
+        const handle = await call<Buffer>((cb) => side.open(path, 'r', cb), limit);
         if (!this.done) this.handle = handle;
-        else await call<void>((cb) => side.close(handle, cb as never)).finally(() => this.end());
+        else await call<void>((cb) => side.close(handle, cb as never), limit).finally(() => this.end());
       })
       .catch(() => undefined);
   }
@@ -200,7 +250,7 @@ class EarlyFlush {
     if (bytes < this.nextAt || this.running || this.done || !this.side || !this.handle) return;
     const { side, handle } = this;
     this.nextAt = bytes + EARLY_FLUSH_BYTES;
-    this.running = call<void>((cb) => side.ext_openssh_fsync(handle, cb as never))
+    this.running = call<void>((cb) => side.ext_openssh_fsync(handle, cb as never), this.limit)
       .catch(() => undefined)
       .finally(() => {
         this.running = undefined;
@@ -216,7 +266,8 @@ class EarlyFlush {
     await this.running;
     const { side, handle } = this;
     this.handle = undefined;
-    if (side && handle) await call<void>((cb) => side.close(handle, cb as never)).catch(() => undefined);
+    if (side && handle)
+      await call<void>((cb) => side.close(handle, cb as never), this.limit).catch(() => undefined);
     if (side) this.end();
   }
 
@@ -234,8 +285,48 @@ class EarlyFlush {
   }
 }
 
-function call<T>(run: (callback: (error: Error | null | undefined, value: T) => void) => void): Promise<T> {
-  return new Promise((resolve, reject) => run((error, value) => (error ? reject(error) : resolve(value))));
+/** One SFTP request; with a `limit`, one the server leaves unanswered that long fails as 'unreachable'. */
+function call<T>(
+  run: (callback: (error: Error | null | undefined, value: T) => void) => void,
+  limit?: AnswerLimit,
+): Promise<T> {
+  return new Promise((resolve, reject) => {
+    const timer = limit && setTimeout(() => reject(unanswered(limit)), limit.ms);
+    run((error, value) => {
+      clearTimeout(timer);
+      if (error) reject(error);
+      else resolve(value);
+    });
+  });
+}
+
+/** `request` (an ssh2-sftp-client call, one or a few SFTP requests), failed as call() fails it past `limit`. */
+function answered<T>(request: Promise<T>, limit: AnswerLimit): Promise<T> {
+  return call<T>((done) => {
+    request.then(
+      (value) => done(undefined, value),
+      (error: Error) => done(error, undefined as T),
+    );
+  }, limit);
+}
+
+/**
+ * `stream`'s chunks for downloadStream, each of which the server must send within `limit` of being waited
+ * for (a reader that takes its time may), else it fails as 'unreachable'; `failed` is called first on any
+ * failure. (Destroying the stream would not end the wait: ssh2 ends it once the server answers its CLOSE.)
+ */
+function answeredChunks(stream: Readable, limit: AnswerLimit, failed: () => void): AsyncIterable<Buffer> {
+  const chunks = stream[Symbol.asyncIterator]();
+  return {
+    [Symbol.asyncIterator]: () => ({
+      next: () =>
+        answered(chunks.next(), limit).catch((error: unknown) => {
+          failed();
+          throw error;
+        }),
+      return: () => chunks.return?.() ?? Promise.resolve({ done: true, value: undefined }),
+    }),
+  };
 }
 
 /** SSH_FX_EOF: READDIR's answer once a folder has no more entries. */
@@ -263,20 +354,23 @@ async function readFolder(
   where: string,
   keep: (entry: FolderEntry) => boolean,
   signal: AbortSignal | undefined,
-  limits?: ListLimits,
+  limits: ListLimits | undefined,
+  limit: AnswerLimit,
 ): Promise<FolderEntry[]> {
-  const handle = await call<Buffer>((done) => sftp.opendir(dir, done));
+  const handle = await call<Buffer>((done) => sftp.opendir(dir, done), limit);
   const bound = new ListBound(where, limits);
   const kept: FolderEntry[] = [];
   try {
     for (;;) {
       throwIfAborted(signal);
-      const answer = await call<{ filename: string; longname: string; attrs: Stats }[] | undefined>((done) =>
-        sftp.readdir(handle, (error, list) =>
-          (error as { code?: unknown } | undefined)?.code === SFTP_EOF
-            ? done(undefined, undefined)
-            : done(error, list as never),
-        ),
+      const answer = await call<{ filename: string; longname: string; attrs: Stats }[] | undefined>(
+        (done) =>
+          sftp.readdir(handle, (error, list) =>
+            (error as { code?: unknown } | undefined)?.code === SFTP_EOF
+              ? done(undefined, undefined)
+              : done(error, list as never),
+          ),
+        limit,
       );
       if (answer === undefined) break;
       bound.page(true);
@@ -293,7 +387,7 @@ async function readFolder(
       }
     }
   } finally {
-    await call<void>((done) => sftp.close(handle, done as never)).catch(() => undefined);
+    await call<void>((done) => sftp.close(handle, done as never), limit).catch(() => undefined);
   }
   return kept;
 }
@@ -309,12 +403,17 @@ export class SftpProvider implements StorageProvider {
   private pinned: string | undefined;
   /** The connection this provider's operations share (see session). */
   private readonly connection: SharedConnection<Session>;
+  private readonly limit: AnswerLimit;
 
   constructor(options: SftpOptions) {
     this.options = options;
     this.id = options.id ?? 'sftp';
     this.dir = posix.normalize(options.remotePath.trim() === '' ? '.' : options.remotePath.trim());
     this.pinned = options.hostKeyFingerprint?.trim() || undefined;
+    this.limit = {
+      ms: options.requestTimeoutMs ?? REQUEST_TIMEOUT_MS,
+      server: `${options.host}:${options.port ?? 22}`,
+    };
     this.connection = new SharedConnection<Session>(
       {
         open: () => this.connect(),
@@ -524,7 +623,7 @@ export class SftpProvider implements StorageProvider {
   }
 
   private async ensureDir(client: SftpClient): Promise<void> {
-    if (!(await this.folderExists(client))) await client.mkdir(this.dir, true);
+    if (!(await this.folderExists(client))) await answered(client.mkdir(this.dir, true), this.limit);
   }
 
   /**
@@ -532,7 +631,7 @@ export class SftpProvider implements StorageProvider {
    * using it as a folder ("no such file") would say it does not exist.
    */
   private async folderExists(client: SftpClient): Promise<boolean> {
-    const kind = await client.exists(this.dir);
+    const kind = await answered(client.exists(this.dir), this.limit);
     if (kind === '-') {
       throw new StorageError(
         'io',
@@ -559,11 +658,13 @@ export class SftpProvider implements StorageProvider {
       const temp = this.path(tempNameFor(name, options.tempTag));
       const final = this.path(name);
       const check = new SourceCheck(options.onProgress);
-      const handle = await call<Buffer>((done) => sftp.open(temp, 'w', { mode: 0o600 }, done));
+      const handle = await call<Buffer>((done) => sftp.open(temp, 'w', { mode: 0o600 }, done), this.limit);
       let handleOpen = true;
       const fsync = hasFsync(sftp);
       const early =
-        fsync && source.size > 2 * EARLY_FLUSH_BYTES ? new EarlyFlush(sshOf(client), temp) : undefined;
+        fsync && source.size > 2 * EARLY_FLUSH_BYTES
+          ? new EarlyFlush(sshOf(client), temp, this.limit)
+          : undefined;
       // The server's answer to a failed WRITE: the pipeline itself reports only the abort it caused.
       let writeFailure: unknown;
       try {
@@ -571,7 +672,7 @@ export class SftpProvider implements StorageProvider {
           Readable.fromWeb(source.open() as never),
           check,
           (chunks: AsyncIterable<Buffer>) =>
-            writePipelined(sftp, handle, chunks, early && ((bytes) => early.sent(bytes))).catch(
+            writePipelined(sftp, handle, chunks, this.limit, early && ((bytes) => early.sent(bytes))).catch(
               (error: unknown) => {
                 writeFailure = error;
                 throw error;
@@ -582,9 +683,9 @@ export class SftpProvider implements StorageProvider {
         check.verify(source);
         await early?.finish();
         // Ask the server to flush to disk before the rename makes the backup visible.
-        if (fsync) await call<void>((done) => sftp.ext_openssh_fsync(handle, done as never));
+        if (fsync) await call<void>((done) => sftp.ext_openssh_fsync(handle, done as never), this.limit);
         handleOpen = false;
-        await call<void>((done) => sftp.close(handle, done as never));
+        await call<void>((done) => sftp.close(handle, done as never), this.limit);
         throwIfAborted(signal);
         if (exclusive) await this.renameExclusive(sftp, temp, final, name);
         else await this.rename(sftp, temp, final);
@@ -597,7 +698,7 @@ export class SftpProvider implements StorageProvider {
         if (writeFailure !== undefined && !signal?.aborted) throw this.writeFailed(writeFailure, name);
         throw this.classify(error, name, signal);
       }
-      const stats = await call<Stats>((done) => sftp.stat(final, done));
+      const stats = await call<Stats>((done) => sftp.stat(final, done), this.limit);
       if (stats.size !== source.size) {
         throw new StorageError(
           'integrity',
@@ -625,12 +726,13 @@ export class SftpProvider implements StorageProvider {
     lease: Lease<Session>,
   ): Promise<void> {
     const unlink = (on: SFTPWrapper) =>
-      call<void>((done) => on.unlink(temp, done as never)).catch((error) => {
+      call<void>((done) => on.unlink(temp, done as never), this.limit).catch((error) => {
         if (error?.code !== SFTP_NO_SUCH_FILE) throw error;
       });
     await tryCleanup(
       async () => {
-        if (handle) await call<void>((done) => sftp.close(handle, done as never)).catch(() => undefined);
+        if (handle)
+          await call<void>((done) => sftp.close(handle, done as never), this.limit).catch(() => undefined);
         await unlink(sftp).catch(() => {
           lease.retire();
           return this.session({}, (fresh) => unlink(fresh.sftp));
@@ -654,10 +756,11 @@ export class SftpProvider implements StorageProvider {
           entry.file && isOwnTempName(entry.name) && sweepTakes(entry.name, entry.modifyTime, options),
         options.signal,
         this.options.listLimits,
+        this.limit,
       );
       for (const entry of leftovers) {
         throwIfAborted(options.signal);
-        await call<void>((done) => sftp.unlink(this.path(entry.name), done as never)).then(
+        await call<void>((done) => sftp.unlink(this.path(entry.name), done as never), this.limit).then(
           () => removed.push(entry.name),
           (error) => {
             if (error?.code !== SFTP_NO_SUCH_FILE) throw error; // gone meanwhile is fine
@@ -675,9 +778,11 @@ export class SftpProvider implements StorageProvider {
   private async renameExclusive(sftp: SFTPWrapper, from: string, to: string, name: string): Promise<void> {
     await this.options.faults?.beforeReplace?.();
     try {
-      await call<void>((done) => sftp.rename(from, to, done as never));
+      await call<void>((done) => sftp.rename(from, to, done as never), this.limit);
     } catch (error) {
-      const taken = await call<Stats>((done) => sftp.stat(to, done)).then(
+      // Unanswered, the rename may yet happen: the name says nothing.
+      if (error instanceof StorageError) throw error;
+      const taken = await call<Stats>((done) => sftp.stat(to, done), this.limit).then(
         () => true,
         () => false,
       );
@@ -695,14 +800,14 @@ export class SftpProvider implements StorageProvider {
   private async rename(sftp: SFTPWrapper, from: string, to: string): Promise<void> {
     const extensions = (sftp as unknown as { _extensions: Record<string, string> })._extensions;
     if (this.options.posixRename !== false && extensions['posix-rename@openssh.com'] === '1') {
-      await call<void>((done) => sftp.ext_openssh_rename(from, to, done as never));
+      await call<void>((done) => sftp.ext_openssh_rename(from, to, done as never), this.limit);
       return;
     }
     const aside = posix.join(
       posix.dirname(to),
       `.replaced-${posix.basename(to)}.${randomBytes(4).toString('hex')}`,
     );
-    const movedAside = await call<void>((done) => sftp.rename(to, aside, done as never)).then(
+    const movedAside = await call<void>((done) => sftp.rename(to, aside, done as never), this.limit).then(
       () => true,
       (error) => {
         if (error?.code === SFTP_NO_SUCH_FILE) return false; // nothing to replace
@@ -711,20 +816,21 @@ export class SftpProvider implements StorageProvider {
     );
     try {
       await this.options.faults?.beforeReplace?.();
-      await call<void>((done) => sftp.rename(from, to, done as never));
+      await call<void>((done) => sftp.rename(from, to, done as never), this.limit);
     } catch (error) {
       if (movedAside)
-        await call<void>((done) => sftp.rename(aside, to, done as never)).catch(() => undefined);
+        await call<void>((done) => sftp.rename(aside, to, done as never), this.limit).catch(() => undefined);
       throw error;
     }
-    if (movedAside) await call<void>((done) => sftp.unlink(aside, done as never)).catch(() => undefined);
+    if (movedAside)
+      await call<void>((done) => sftp.unlink(aside, done as never), this.limit).catch(() => undefined);
   }
 
   async get(name: string, options: { signal?: AbortSignal } = {}): Promise<ReadableStream<Uint8Array>> {
     assertObjectName(name);
     throwIfAborted(options.signal);
     const { lease } = await this.held({ signal: options.signal, retry: true }, ({ sftp }) =>
-      call<Stats>((done) => sftp.stat(this.path(name), done)).catch((error) => {
+      call<Stats>((done) => sftp.stat(this.path(name), done), this.limit).catch((error) => {
         throw this.classify(error, name);
       }),
     );
@@ -742,7 +848,9 @@ export class SftpProvider implements StorageProvider {
     if (options.signal) options.signal.addEventListener('abort', () => stream.destroy(), { once: true });
     // The connection is held as long as the download: released when the reader finishes, fails or cancels.
     return downloadStream(
-      stream,
+      answeredChunks(stream, this.limit, () => {
+        failed = true;
+      }),
       (error) => this.classify(error, name, options.signal),
       () => {
         stream.destroy();
@@ -754,9 +862,11 @@ export class SftpProvider implements StorageProvider {
   async stat(name: string): Promise<StoredObject> {
     assertObjectName(name);
     return this.session({ retry: true }, async ({ sftp }) => {
-      const stats = await call<Stats>((done) => sftp.stat(this.path(name), done)).catch((error) => {
-        throw this.classify(error, name);
-      });
+      const stats = await call<Stats>((done) => sftp.stat(this.path(name), done), this.limit).catch(
+        (error) => {
+          throw this.classify(error, name);
+        },
+      );
       if (!stats.isFile()) throw new StorageError('not_found', `${name} is not a file`);
       return { name, size: stats.size, modifiedAt: new Date(stats.mtime * 1000).toISOString() };
     });
@@ -773,6 +883,7 @@ export class SftpProvider implements StorageProvider {
         (entry) => entry.file && isBackupName(entry.name),
         options.signal,
         this.options.listLimits,
+        this.limit,
       );
       return entries.map((entry) => ({
         name: entry.name,
@@ -790,7 +901,7 @@ export class SftpProvider implements StorageProvider {
   async delete(name: string): Promise<void> {
     assertObjectName(name);
     await this.session({}, async ({ sftp }) => {
-      await call<void>((done) => sftp.unlink(this.path(name), done as never)).catch((error) => {
+      await call<void>((done) => sftp.unlink(this.path(name), done as never), this.limit).catch((error) => {
         throw this.classify(error, name);
       });
     });
