@@ -422,8 +422,17 @@ export class SftpProvider implements StorageProvider {
           sftp.on('close', lost);
         },
         end: ({ client }, broken) => {
-          if (broken) sshOf(client).destroy();
-          else void client.end().catch(() => undefined);
+          const ssh = sshOf(client);
+          if (broken) {
+            ssh.destroy();
+            return;
+          }
+          // A server that froze meanwhile never closes its side: ours would stay half-closed for ever
+          // (ssh2's destroy() leaves a socket alone once it was ended).
+          const socket = (ssh as unknown as { _sock?: { destroy(): void } })._sock;
+          const closing = setTimeout(() => socket?.destroy(), options.timeoutMs ?? 20_000).unref();
+          ssh.once('close', () => clearTimeout(closing));
+          void client.end().catch(() => undefined);
         },
         // The cheapest request the server must answer itself (no file is opened).
         check: async ({ sftp }) => {
