@@ -151,6 +151,40 @@ async function verifyOffsite(agent: Agent, ctx: JobContext, kind: OffsiteKind): 
   }
 }
 
+/** What the last successful push (or the recovery) recorded about the copy the slot should hold. */
+type PushedCopy = { at: string; size?: number; sha256?: string; createdAt?: string; backup?: string };
+
+/** The slot's metadata and how it differs from `pushed` (empty when they agree). */
+async function compareSlot(agent: Agent, url: string, pushed: PushedCopy) {
+  const slot = await headSlot(agent, url);
+  // Records from before the push kept createdAt name the backup: its catalog record knows when it was made.
+  const local =
+    !pushed.createdAt && pushed.backup
+      ? await agent.catalog.info(pushed.backup).catch(() => undefined)
+      : undefined;
+  const problems = slotDifferences(slot, {
+    size: pushed.size,
+    sha256: pushed.sha256,
+    createdAt: pushed.createdAt ?? local?.createdAt,
+  });
+  return { slot, problems };
+}
+
+/** Resolves once job `id` has ended; throws `cancelled` once `ctx`'s job is cancelled. */
+async function jobEnded(agent: Agent, ctx: JobContext, id: string): Promise<void> {
+  let onAbort: (() => void) | undefined;
+  const aborted = new Promise<void>((resolve) => {
+    onAbort = resolve;
+    ctx.signal.addEventListener('abort', onAbort, { once: true });
+  });
+  try {
+    await Promise.race([agent.jobs.waitFor(id), aborted]);
+  } finally {
+    if (onAbort) ctx.signal.removeEventListener('abort', onAbort);
+  }
+  ctx.throwIfCancelled();
+}
+
 /** The slot's size, created-at and sha256 against the last successful push's record (each when recorded), or the recovered copy's created-at. */
 async function verifyCloud(agent: Agent, ctx: JobContext): Promise<TargetResult> {
   const at = new Date().toISOString();
@@ -160,22 +194,24 @@ async function verifyCloud(agent: Agent, ctx: JobContext): Promise<TargetResult>
     return { target: 'cloud', at, ok: true, check: 'none', skipped: status.reason ?? 'Cloud DR is off' };
   }
   // After a finished recovery with no push since, the slot holds the copy recovered: its created-at is known.
-  const pushed: { at: string; size?: number; sha256?: string; createdAt?: string; backup?: string } | null =
-    status.recovered ?? status.lastSuccess;
+  let pushed: PushedCopy | null = status.recovered ?? status.lastSuccess;
   if (!pushed) return { target: 'cloud', at, ok: true, check: 'none', skipped: 'nothing was pushed yet' };
   ctx.phase('verify cloud');
   try {
-    const slot = await headSlot(agent, status.url);
-    // Records from before the push kept createdAt name the backup: its catalog record knows when it was made.
-    const local =
-      !pushed.createdAt && pushed.backup
-        ? await agent.catalog.info(pushed.backup).catch(() => undefined)
-        : undefined;
-    const problems = slotDifferences(slot, {
-      size: pushed.size,
-      sha256: pushed.sha256,
-      createdAt: pushed.createdAt ?? local?.createdAt,
-    });
+    let { slot, problems } = await compareSlot(agent, status.url, pushed);
+    if (problems.length) {
+      // A push may have replaced the slot since its record was read, or be replacing it now (its bytes
+      // in the slot, its success not recorded yet): no damage. Once it has ended, the slot is compared
+      // again with the copy recorded then, if that is another.
+      const now = await dr.status();
+      if (now.running && now.jobId) await jobEnded(agent, ctx, now.jobId);
+      const after = await dr.status();
+      const latest: PushedCopy | null = after.recovered ?? after.lastSuccess;
+      if (after.url && latest && latest.at !== pushed.at) {
+        pushed = latest;
+        ({ slot, problems } = await compareSlot(agent, after.url, pushed));
+      }
+    }
     const details = {
       slot,
       pushed: {
