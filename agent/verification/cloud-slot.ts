@@ -12,11 +12,12 @@ interface SlotMetadata {
   sha256: string;
 }
 
-/** HEAD of the installation's slot; null if the cloud holds no backup for it. */
+/** HEAD of the installation's slot; null if the cloud holds no backup for it. `signal` gives it up. */
 export async function headSlot(
   agent: Agent,
   baseUrl: string,
   timeoutMs = 30_000,
+  signal?: AbortSignal,
 ): Promise<SlotMetadata | null> {
   const path = '/v1/dr/backup';
   const token = await signRequest({
@@ -34,6 +35,7 @@ export async function headSlot(
       method: 'HEAD',
       headers: { authorization: `${SIGNATURE_SCHEME} ${token}` },
       timeoutMs,
+      ...(signal ? { signal } : {}),
     });
   } catch (error) {
     throw new AppError(

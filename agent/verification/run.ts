@@ -155,8 +155,8 @@ async function verifyOffsite(agent: Agent, ctx: JobContext, kind: OffsiteKind): 
 type PushedCopy = { at: string; size?: number; sha256?: string; createdAt?: string; backup?: string };
 
 /** The slot's metadata and how it differs from `pushed` (empty when they agree). */
-async function compareSlot(agent: Agent, url: string, pushed: PushedCopy) {
-  const slot = await headSlot(agent, url);
+async function compareSlot(agent: Agent, url: string, pushed: PushedCopy, signal: AbortSignal) {
+  const slot = await headSlot(agent, url, undefined, signal);
   // Records from before the push kept createdAt name the backup: its catalog record knows when it was made.
   const local =
     !pushed.createdAt && pushed.backup
@@ -198,7 +198,7 @@ async function verifyCloud(agent: Agent, ctx: JobContext): Promise<TargetResult>
   if (!pushed) return { target: 'cloud', at, ok: true, check: 'none', skipped: 'nothing was pushed yet' };
   ctx.phase('verify cloud');
   try {
-    let { slot, problems } = await compareSlot(agent, status.url, pushed);
+    let { slot, problems } = await compareSlot(agent, status.url, pushed, ctx.signal);
     if (problems.length) {
       // A push may have replaced the slot since its record was read, or be replacing it now (its bytes
       // in the slot, its success not recorded yet): no damage. Once it has ended, the slot is compared
@@ -209,7 +209,7 @@ async function verifyCloud(agent: Agent, ctx: JobContext): Promise<TargetResult>
       const latest: PushedCopy | null = after.recovered ?? after.lastSuccess;
       if (after.url && latest && latest.at !== pushed.at) {
         pushed = latest;
-        ({ slot, problems } = await compareSlot(agent, after.url, pushed));
+        ({ slot, problems } = await compareSlot(agent, after.url, pushed, ctx.signal));
       }
     }
     const details = {

@@ -1,5 +1,6 @@
 // The scheduled verification's Cloud DR check beside a push, against the real Worker: a push whose upload
-// has landed in the slot, but whose success the agent has not recorded yet, is not a damaged cloud copy.
+// has landed in the slot, but whose success the agent has not recorded yet, is not a damaged cloud copy;
+// and a Cancel of the verification ends it while the cloud does not answer its look at the slot.
 import http from 'node:http';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { drServiceFor } from '../../agent/dr/service';
@@ -7,6 +8,7 @@ import { isAppError } from '../../agent/errors';
 import { standaloneContext } from '../../agent/jobs/runner';
 import { silentLogger } from '../../agent/log';
 import { runVerification } from '../../agent/verification';
+import { startVerification } from '../../agent/verification/run';
 import type { TargetResult } from '../../agent/verification/state';
 import { pushViaApi, startDrAgent } from '../dr/helpers';
 import type { TestAgent } from '../services/agent';
@@ -20,10 +22,12 @@ let t: TestAgent;
 
 /**
  * A proxy in front of the Worker. With `holdUploads`, the Worker's answer to a single-request upload is
- * kept back (the slot already holds the new bytes) until `release()`.
+ * kept back (the slot already holds the new bytes) until `release()`; with `hangLooks`, a HEAD of the
+ * slot is never answered.
  */
 const proxy = {
   holdUploads: false,
+  hangLooks: false,
   looksAnswered: 0,
   uploadLanded: undefined as (() => void) | undefined,
   release: () => {},
@@ -34,6 +38,7 @@ let proxyUrl: string;
 beforeAll(async () => {
   ({ pg, cloud } = await startAll({ pg: startPostgres, cloud: startDrCloud }));
   server = http.createServer((req, res) => {
+    if (proxy.hangLooks && req.method === 'HEAD') return;
     const upstream = http.request(
       { host: '127.0.0.1', port: cloud.port, method: req.method, path: req.url, headers: req.headers },
       (answer) => {
@@ -108,4 +113,26 @@ describe('the Cloud DR slot check beside a push', () => {
     expect(after.sha256).not.toBe(before.sha256);
     expect((result.details as { slot: { sha256: string } }).slot.sha256).toBe(after.sha256);
   }, 120_000);
+
+  it('ends at once when cancelled while the cloud does not answer its look at the slot', async () => {
+    proxy.hangLooks = true;
+    try {
+      const job = await startVerification(t.agent);
+      await new Promise<void>((resolve) => {
+        const off = t.agent.jobs.subscribe(job.id, (e) => {
+          if (e.type !== 'update' || e.job.phase !== 'verify cloud') return;
+          off();
+          resolve();
+        });
+      });
+      await new Promise((r) => setTimeout(r, 500));
+      const cancelledAt = Date.now();
+      t.agent.jobs.cancel(job.id);
+      const ended = await t.agent.jobs.waitFor(job.id);
+      expect(ended.state).toBe('cancelled');
+      expect(Date.now() - cancelledAt).toBeLessThan(5000);
+    } finally {
+      proxy.hangLooks = false;
+    }
+  }, 60_000);
 });
