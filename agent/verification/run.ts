@@ -285,9 +285,10 @@ export async function runVerification(
   const record = async (result: TargetResult) => {
     results.push(result);
     await store.update((s) => {
-      // A skip keeps the last real verdict of the same place; one of another place (moved since) goes.
+      // A skip keeps the last real verdict of the same place when it was ok; one of another place (moved
+      // since) goes, and so does a failure: it was of a copy this run found no more (deleted, Cloud DR off).
       const kept = s.targets[result.target];
-      if (!result.skipped || !kept || kept.destination !== result.destination)
+      if (!result.skipped || !kept?.ok || kept.destination !== result.destination)
         s.targets[result.target] = result;
     });
     if (

@@ -41,7 +41,7 @@ interface VerificationState {
   /** When the schedule was first armed: the "overdue" baseline before the first run. */
   armedAt?: string;
   lastRun?: VerificationRun;
-  /** Each target's newest result (a run that skipped a target keeps its older result). */
+  /** Each target's newest result (a run that skipped a target keeps its older result if that was ok). */
   targets: Partial<Record<VerificationTarget, TargetResult>>;
 }
 

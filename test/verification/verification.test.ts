@@ -183,6 +183,21 @@ describe('the scheduled verification', () => {
     expect(metrics).toMatch(/gem_backup_verification_ok\{target="local"\} 1/);
     expect(metrics).not.toMatch(/target="sftp"/);
   }, 60_000);
+
+  it('forgets the failure of a copy once a run finds none there: the skip is what it records', async () => {
+    const on = await call(t, 'PUT', '/settings', { offsite: { sftp: sftpSection(sshd) } });
+    expect(on.status, JSON.stringify(on.body)).toBe(200);
+    expect((await runVerificationJob()).state).toBe('failed');
+    // The owner deletes the damaged copy at the server: the run finds nothing there to check.
+    await rm(join(sshd.root, 'gem-backups', newest));
+    const job = await runVerificationJob();
+    expect(job.state, JSON.stringify(job.error)).toBe('succeeded');
+    const state = (await call(t, 'GET', '/health/verification')).body;
+    expect(state.targets.sftp).toMatchObject({ ok: true, check: 'none', skipped: expect.any(String) });
+    const health = (await call(t, 'GET', '/health')).body;
+    expect(health.areas.verification.status, health.areas.verification.reason).toBe('ok');
+    expect(health.areas.offsite.reason).not.toMatch(/failed verification/);
+  }, 60_000);
 });
 
 describe('the key check', () => {
