@@ -28,8 +28,9 @@ async function verifyLocal(agent: Agent, ctx: JobContext): Promise<TargetResult>
   const at = new Date().toISOString();
   const list = await agent.catalog.list();
   // The newest real backup of this installation: one dated after the clock (made while it was ahead)
-  // is not the newest, nor is one another installation made (copied here, made with keys we do not hold).
-  const ours = list.filter((b) => agent.keyring.owns(b.installationTag, b.keyIds));
+  // is not the newest, nor is one another installation made (copied here, made with keys we do not hold),
+  // nor a DR push's temporary copy (kind 'dr': deleted once it is in the cloud, not a backup kept here).
+  const ours = list.filter((b) => b.kind !== 'dr' && agent.keyring.owns(b.installationTag, b.keyIds));
   const newest = ours.find((b) => !datedInFuture(b, Date.now())) ?? ours[0];
   if (!newest) {
     const skipped = list.length

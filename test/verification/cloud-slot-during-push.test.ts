@@ -3,6 +3,7 @@
 // and a Cancel of the verification ends it while the cloud does not answer its look at the slot.
 import http from 'node:http';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { backupDeps, createBackup } from '../../agent/backup/create';
 import { drServiceFor } from '../../agent/dr/service';
 import { isAppError } from '../../agent/errors';
 import { standaloneContext } from '../../agent/jobs/runner';
@@ -135,4 +136,35 @@ describe('the Cloud DR slot check beside a push', () => {
       proxy.hangLooks = false;
     }
   }, 60_000);
+
+  it('checks the newest real local backup, not the temporary copy a push made for the cloud', async () => {
+    const real = await createBackup(backupDeps(t.agent), standaloneContext(silentLogger), {
+      now: new Date(Date.now() - 2 * 24 * 3600_000),
+    });
+    proxy.holdUploads = true;
+    const landed = new Promise<void>((resolve) => {
+      proxy.uploadLanded = resolve;
+    });
+    const res = await t.request('/api/v1/dr/push', { method: 'POST' });
+    expect(res.status).toBe(202);
+    const { jobId } = (await res.json()) as { jobId: string };
+    await landed;
+    // No local backup is younger than 24 h: the push made a temporary one, the newest in the folder.
+    const temporary = (await t.agent.catalog.list())[0]!;
+    expect(temporary).toMatchObject({ kind: 'dr' });
+
+    const looksBefore = proxy.looksAnswered;
+    const verifying = runVerification(t.agent, standaloneContext(silentLogger));
+    while (proxy.looksAnswered === looksBefore) await new Promise((r) => setTimeout(r, 20));
+    proxy.holdUploads = false;
+    proxy.release();
+    expect((await t.agent.jobs.waitFor(jobId)).error).toBeUndefined();
+    const { results } = await verifying;
+    expect(results.find((r) => r.target === 'local')).toMatchObject({
+      ok: true,
+      check: 'full',
+      filename: real.filename,
+    });
+    expect(await t.agent.catalog.exists(temporary.filename)).toBe(false);
+  }, 120_000);
 });
