@@ -108,7 +108,7 @@ async function verifyOffsite(agent: Agent, ctx: JobContext, kind: OffsiteKind): 
       skipped: reason,
     });
     try {
-      const objects = (await provider.list()).filter((o) => isBackupName(o.name));
+      const objects = (await provider.list({ signal: ctx.signal })).filter((o) => isBackupName(o.name));
       if (objects.length === 0) return skipped('the destination holds no backup yet');
       const newest = await newestOfOurs(agent, provider, objects, ctx.signal);
       if (!newest) {
