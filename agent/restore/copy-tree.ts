@@ -19,6 +19,7 @@ import { mountPointsInside } from '../system/mounts';
 import { removeTree } from '../system/remove-tree';
 
 const asRoot = process.getuid?.() === 0;
+const BLOCK = 4096;
 
 // Names are read and used as bytes: Linux allows any byte but NUL and '/' in a name, and one that is
 // not UTF-8 (a Latin-1 "caf\xe9") read as a string would name nothing (lstat: ENOENT).
@@ -127,6 +128,21 @@ async function checkEntries(folder: Buffer, top = false): Promise<void> {
     if (info.isDirectory()) await checkEntries(path);
     else if (!info.isFile() && !info.isSymbolicLink()) throw uncopyable(path);
   }
+}
+
+/**
+ * What copyEntries writes of the entries inside `folder`, at least: each file's bytes rounded up to
+ * whole 4 KiB blocks, one block for each folder and link (as a restore's disk check counts a backup's).
+ */
+export async function copiedBytes(folder: string | Buffer): Promise<number> {
+  let bytes = 0;
+  for (const name of await entriesOf(bytesOf(folder))) {
+    const path = join(bytesOf(folder), name);
+    const info = await lstat(path);
+    bytes += info.isFile() ? Math.ceil(Math.max(info.size, 1) / BLOCK) * BLOCK : BLOCK;
+    if (info.isDirectory()) bytes += await copiedBytes(path);
+  }
+  return bytes;
 }
 
 /** Removes every entry inside `folder`, leaving the folder itself (a mount point stays mounted). */

@@ -1,7 +1,7 @@
 /** Restore as a job: check, safety backup, stage, swap, restart, cleanup; any failure leaves the live system as it was (and no safety backup). */
 import { randomBytes } from 'node:crypto';
 import { mkdir, mkdtemp, rm, stat, statfs } from 'node:fs/promises';
-import { basename, join } from 'node:path';
+import { basename, dirname, join } from 'node:path';
 import { stanzaKeyIds, unwrapWithMasterKeys, verifyHeaderMac } from '../../shared/envelope';
 import type { Agent } from '../agent';
 import { FOLDER_ROOTS, type FolderRoot } from '../backup/archive';
@@ -19,7 +19,7 @@ import type { Logger } from '../log';
 import { TEMP_PREFIX } from '../system/atomic-file';
 import type { PgConnection } from '../system/postgres-tools';
 import { runProcess } from '../system/spawn';
-import { checkCopyable } from './copy-tree';
+import { checkCopyable, copiedBytes } from './copy-tree';
 import { compareRowCounts, StagingRowCounter } from './counts';
 import {
   checkRights,
@@ -163,6 +163,20 @@ function unpackedBytes(manifest: Pick<Manifest, 'members'>): { dump: number } & 
     bytes[root] += member.type === 'file' ? onDisk(member.size) : BLOCK;
   }
   return bytes;
+}
+
+/** statfs's type of overlayfs: a container's own file system. */
+const OVERLAYFS = 0x794c7630;
+
+/**
+ * Whether the swap may copy live folder `folder` aside instead of renaming it: a mount point (known
+ * now), or a folder on overlayfs (a folder of the image's layer: known only when the swap's rename is
+ * refused, so counted as copied).
+ */
+async function mayBeCopied(folder: { live: string; swap: 'rename' | 'copy' }): Promise<boolean> {
+  if (folder.swap === 'copy') return true;
+  const disk = await statfs(folder.live).catch(() => undefined);
+  return disk?.type === OVERLAYFS;
 }
 
 /**
@@ -330,20 +344,29 @@ export async function restoreFromFile(
   /**
    * What the backup unpacks to, where it is staged (the manifest's member sizes, not the file's): the
    * dump in the work folder, beside the safety backup (about the file's size); each folder root's
-   * members in its staging folder beside the live one. The database's file system holds the staging
+   * members in its staging folder beside the live one, and, for a live folder swapped by copy, its
+   * live entries copied aside there too (the swap's first step). The database's file system holds the staging
    * copy: its size when the backup was made (the manifest's; a backup made before it was recorded: the
    * live database's), and its WAL (as much again, up to max_wal_size, before a checkpoint recycles
    * it). A database on this machine whose folder is not known is counted on the data dir's file
    * system (as before); one on another machine not. Checked once the manifest is read, before any
    * other member is written.
    */
-  const checkSpace = async (manifest: Manifest, folders: { root: FolderRoot; staging: string }[]) => {
+  const checkSpace = async (
+    manifest: Manifest,
+    folders: { root: FolderRoot; staging: string; live: string; swap: 'rename' | 'copy' }[],
+  ) => {
     const required = options.faults?.requiredBytes;
     const unpacked = unpackedBytes(manifest);
     const safety = options.skipSafetyBackup ? 0 : size;
     const needs: SpaceNeed[] = [{ dir: agent.paths.work, bytes: required ?? unpacked.dump + safety }];
     if (required === undefined) {
-      for (const folder of folders) needs.push({ dir: folder.staging, bytes: unpacked[folder.root] });
+      for (const folder of folders) {
+        needs.push({ dir: folder.staging, bytes: unpacked[folder.root] });
+        // A folder swapped by copy has its live entries copied aside first, beside it (copyLiveAside).
+        if (await mayBeCopied(folder))
+          needs.push({ dir: dirname(folder.live), bytes: await copiedBytes(folder.live) });
+      }
     }
     if (required === undefined && storage.local) {
       const database = manifest.postgres.databaseBytes ?? (await databaseSize(conn));

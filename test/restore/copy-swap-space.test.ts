@@ -1,0 +1,153 @@
+/**
+ * The disk check of a restore whose live folder is swapped by copy (a mount point: a Docker volume):
+ * its live entries are copied aside beside it, on its parent's file system, before the staged ones are
+ * copied in, so that file system must have room for the live folder's contents as well as its staging
+ * copy. A folder of a container image's layer (overlayfs) may turn out to be swapped by copy too (its
+ * rename refused): it is counted so. GEM's folders sit on a small tmpfs of their own here, the config
+ * folder a volume mounted into it; a restore that would not fit is refused up front, nothing changed.
+ */
+
+import { spawnSync } from 'node:child_process';
+import { chmod, mkdir, mkdtemp, rm, statfs, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { runProcess } from '../../agent/system/spawn';
+import { startTestAgent, type TestAgent } from '../services/agent';
+import { startPostgres, type TestPostgres } from '../services/postgres';
+import { backupNow, leftovers, liveState, runRestore } from './helpers';
+
+const MiB = 1048576;
+
+let pg: TestPostgres;
+let t: TestAgent;
+let root: string;
+let gemDisk: string;
+let volume: string;
+let backupName: string;
+const mounted: string[] = [];
+
+async function mountTmpfs(dir: string, size: string): Promise<void> {
+  const result = await runProcess('mount', ['-t', 'tmpfs', '-o', `size=${size},mode=755`, 'tmpfs', dir]);
+  if (result.code !== 0) throw new Error(`mounting a tmpfs needs root: ${result.stderr.trim()}`);
+  mounted.push(dir);
+}
+
+async function freeOn(dir: string): Promise<number> {
+  const s = await statfs(dir);
+  return Number(s.bavail) * Number(s.bsize);
+}
+
+/** Fills the file system of `dir` until `left` bytes are free; returns the filler's path. */
+async function fillTo(dir: string, left: number): Promise<string> {
+  const filler = join(dir, 'filler');
+  const size = (await freeOn(dir)) - left;
+  expect(size).toBeGreaterThan(0);
+  const result = await runProcess('fallocate', ['-l', String(size), filler]);
+  if (result.code !== 0) throw new Error(`fallocate: ${result.stderr.trim()}`);
+  return filler;
+}
+
+beforeAll(async () => {
+  pg = await startPostgres();
+  root = await mkdtemp(join(tmpdir(), 'gem-copy-swap-space-'));
+  await chmod(root, 0o755);
+  const dataDir = join(root, 'data');
+  gemDisk = join(dataDir, 'gem');
+  await mkdir(gemDisk, { recursive: true });
+  // The live scripts folder and the volume's mount point (so the staging folders) on 16 MiB.
+  await mountTmpfs(gemDisk, '16m');
+  t = await startTestAgent(pg, { dataDir });
+  volume = join(gemDisk, 'volume');
+  await mkdir(volume);
+  await mountTmpfs(volume, '32m');
+  await writeFile(join(volume, 'gem.json'), '{"live":"at backup"}\n');
+  t.agent.sources.configDir = volume;
+  backupName = await backupNow(t.agent, 'config on a volume');
+}, 180_000);
+
+afterAll(async () => {
+  await t?.close().catch(() => {});
+  for (const dir of mounted.reverse()) await runProcess('umount', [dir]);
+  if (root) await rm(root, { recursive: true, force: true });
+  await pg?.stop();
+});
+
+describe('a live folder swapped by copy', () => {
+  it("is refused up front when its parent's file system has room for its staging copy but not for the copy aside", async () => {
+    // Recordings written into the volume since the backup: 10 MiB to copy aside at the swap.
+    const recordings = join(volume, 'recordings.bin');
+    await writeFile(recordings, Buffer.alloc(10 * MiB, 1));
+    const filler = await fillTo(gemDisk, 4 * MiB);
+    try {
+      const before = await liveState(t.agent);
+      const backups = (await t.agent.catalog.list()).length;
+      const job = await runRestore(t.agent, t.agent.catalog.pathOf(backupName));
+      expect(job.error?.code, job.error?.message).toBe('no_space');
+      expect(job.error?.message).toMatch(
+        new RegExp(
+          `^not enough free disk space to restore: about .* needed, .* free on the file system of ${gemDisk}/`,
+        ),
+      );
+      // Refused before the safety backup and before a member was staged: nothing made, nothing changed.
+      expect((await t.agent.catalog.list()).length).toBe(backups);
+      expect(await liveState(t.agent)).toEqual(before);
+      expect(await leftovers(t.agent)).toEqual([]);
+    } finally {
+      await rm(filler, { force: true });
+      await rm(recordings, { force: true });
+    }
+  });
+});
+
+describe("a folder of a container's own file system (overlayfs)", () => {
+  let merged: string | undefined;
+  let configured: string | undefined;
+  let upperDisk: string;
+  let filename: string;
+
+  beforeAll(async () => {
+    // GEM in a container, its scripts (10 MiB of them) part of the image: a lower layer of the overlay,
+    // whose writable layer is on a small disk.
+    const layers = join(root, 'overlay');
+    upperDisk = join(layers, 'rw');
+    for (const dir of ['lower/scripts', 'rw', 'merged']) await mkdir(join(layers, dir), { recursive: true });
+    await writeFile(join(layers, 'lower/scripts/firmware.bin'), Buffer.alloc(10 * MiB, 2));
+    await mountTmpfs(upperDisk, '32m');
+    for (const dir of ['upper', 'work']) await mkdir(join(upperDisk, dir));
+    const options = `lowerdir=${layers}/lower,upperdir=${upperDisk}/upper,workdir=${upperDisk}/work`;
+    const mount = spawnSync('mount', ['-t', 'overlay', 'overlay', '-o', options, join(layers, 'merged')], {
+      encoding: 'utf8',
+    });
+    expect(mount.stderr).toBe('');
+    merged = join(layers, 'merged');
+    mounted.push(merged);
+    configured = t.agent.sources.scriptsDir;
+    t.agent.sources.scriptsDir = join(merged, 'scripts');
+    filename = await backupNow(t.agent, 'scripts in the image');
+  });
+
+  afterAll(() => {
+    if (configured) t.agent.sources.scriptsDir = configured;
+  });
+
+  it('is counted as copied aside: refused up front when its staging copy fits but the copy aside does not', async () => {
+    const filler = await fillTo(upperDisk, 14 * MiB);
+    try {
+      const before = await liveState(t.agent);
+      const backups = (await t.agent.catalog.list()).length;
+      const job = await runRestore(t.agent, t.agent.catalog.pathOf(filename));
+      expect(job.error?.code, job.error?.message).toBe('no_space');
+      expect(job.error?.message).toMatch(
+        new RegExp(
+          `^not enough free disk space to restore: about .* needed, .* free on the file system of ${merged}/`,
+        ),
+      );
+      expect((await t.agent.catalog.list()).length).toBe(backups);
+      expect(await liveState(t.agent)).toEqual(before);
+      expect(await leftovers(t.agent)).toEqual([]);
+    } finally {
+      await rm(filler, { force: true });
+    }
+  });
+});
