@@ -422,11 +422,26 @@ export async function restoreFromFile(
       if (info?.isDirectory()) live[folder.root] = { mode: info.mode, uid: info.uid, gid: info.gid };
     }
     const { openMember, onDirectory, onSymlink, finish } = extractionSinks({ dumpPath, folders, live });
+    // Where the member being read is staged, so that a disk filling up is named where it filled: the
+    // work folder (the dump), or beside the live folder (a folder's members, in its staging copy).
+    let filling = { dir: agent.paths.work, what: '' };
+    const stagedAt = (member: { path: string }) => {
+      const folder = names.folders.find((f) => member.path.split('/')[0] === f.root);
+      filling = folder
+        ? { dir: dirname(folder.staging), what: ` (the ${folder.root} folder's staging copy)` }
+        : { dir: agent.paths.work, what: '' };
+    };
     const { manifest } = await timed('check-and-extract', async () => {
       const read = await readBackup(path, {
         ...readOptions,
-        openMember,
-        onDirectory,
+        openMember: (member, header) => {
+          stagedAt(member);
+          return openMember(member, header);
+        },
+        onDirectory: (member, header) => {
+          stagedAt(member);
+          return onDirectory(member, header);
+        },
         onSymlink,
         onManifest: async (m) => {
           await checkVersions(conn, sources.tools, m.postgres);
@@ -443,9 +458,9 @@ export async function restoreFromFile(
       if (error.code === 'ENOSPC' || error.code === 'EDQUOT')
         throw new AppError(
           'no_space',
-          `the disk filled up while staging the restore under ${agent.paths.work}; nothing was changed; ` +
+          `the disk filled up while staging the restore under ${filling.dir}${filling.what}; nothing was changed; ` +
             'free some space (old backups, logs) and try again',
-          { cause: error },
+          { cause: error, details: { dir: filling.dir } },
         );
       throw error;
     });

@@ -197,6 +197,7 @@ describe('the work folder filling up while the backup is extracted', () => {
       report.inject();
       expect(job.error?.code, job.error?.message).toBe('no_space');
       expect(job.error?.message).toMatch(/^the disk filled up while staging the restore/);
+      expect(job.error?.message).toContain(`under ${t.agent.paths.work}; nothing was changed`);
       expect(job.error?.message).not.toMatch(/damaged/);
     } finally {
       await runProcess('umount', [t.agent.paths.work]);

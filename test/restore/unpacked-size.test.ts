@@ -136,6 +136,25 @@ describe("a backup that unpacks to more than the disk holds (the manifest's size
   });
 });
 
+describe('a disk filling up while the backup is staged (the check told to pass)', () => {
+  it("names the staging folder's file system, beside the live folder, not the work folder", async () => {
+    const path = await resealed('gem-backup-2026-11-30-200003.tar.gz', (entries, manifest) =>
+      withManifest(manifest, [...entries, zeros('scripts/zeros.bin', 24 * MiB)]),
+    );
+    const before = await liveState(t.agent);
+    const job = await runRestore(t.agent, path, { skipSafetyBackup: true, faults: { requiredBytes: 0 } });
+    expect(job.error?.code, job.error?.message).toBe('no_space');
+    expect(job.error?.message).toMatch(
+      new RegExp(
+        `^the disk filled up while staging the restore under ${gemDisk} \\(the scripts folder's staging copy\\); nothing was changed`,
+      ),
+    );
+    expect(job.error?.message).not.toContain(t.agent.paths.work);
+    expect(await liveState(t.agent)).toEqual(before);
+    expect(await leftovers(t.agent)).toEqual([]);
+  });
+});
+
 describe('a member longer than its manifest says', () => {
   const SAID = 1000;
   let path: string;
