@@ -345,9 +345,9 @@ export async function restoreFromFile(
    * What the backup unpacks to, where it is staged (the manifest's member sizes, not the file's): the
    * dump in the work folder, beside the safety backup (about the file's size); each folder root's
    * members in its staging folder beside the live one, and, for a live folder swapped by copy, its
-   * live entries copied aside there too (the swap's first step). The database's file system holds the staging
-   * copy: its size when the backup was made (the manifest's; a backup made before it was recorded: the
-   * live database's), and its WAL (as much again, up to max_wal_size, before a checkpoint recycles
+   * live entries copied aside there too (the swap's first step) and the staged entries copied into it.
+   * The database's file system holds the staging copy: its size when the backup was made (the
+   * manifest's; a backup made before it was recorded: the live database's), and its WAL (as much again, up to max_wal_size, before a checkpoint recycles
    * it). A database on this machine whose folder is not known is counted on the data dir's file
    * system (as before); one on another machine not. Checked once the manifest is read, before any
    * other member is written.
@@ -362,10 +362,19 @@ export async function restoreFromFile(
     const needs: SpaceNeed[] = [{ dir: agent.paths.work, bytes: required ?? unpacked.dump + safety }];
     if (required === undefined) {
       for (const folder of folders) {
-        needs.push({ dir: folder.staging, bytes: unpacked[folder.root] });
-        // A folder swapped by copy has its live entries copied aside first, beside it (copyLiveAside).
-        if (await mayBeCopied(folder))
-          needs.push({ dir: dirname(folder.live), bytes: await copiedBytes(folder.live) });
+        const staged = unpacked[folder.root];
+        needs.push({ dir: folder.staging, bytes: staged });
+        if (await mayBeCopied(folder)) {
+          // A folder swapped by copy has its live entries copied aside first, beside it (copyLiveAside),
+          // then is emptied and the staged entries copied into it: emptying a mount point frees its live
+          // entries, an overlayfs folder's entries of the image's layer free nothing (they are only hidden).
+          const live = await copiedBytes(folder.live);
+          needs.push({ dir: dirname(folder.live), bytes: live });
+          needs.push({
+            dir: folder.live,
+            bytes: folder.swap === 'copy' ? Math.max(0, staged - live) : staged,
+          });
+        }
       }
     }
     if (required === undefined && storage.local) {

@@ -2,9 +2,11 @@
  * The disk check of a restore whose live folder is swapped by copy (a mount point: a Docker volume):
  * its live entries are copied aside beside it, on its parent's file system, before the staged ones are
  * copied in, so that file system must have room for the live folder's contents as well as its staging
- * copy. A folder of a container image's layer (overlayfs) may turn out to be swapped by copy too (its
- * rename refused): it is counted so. GEM's folders sit on a small tmpfs of their own here, the config
- * folder a volume mounted into it; a restore that would not fit is refused up front, nothing changed.
+ * copy, and the folder's own file system room for the staged entries once its live ones are gone. A
+ * folder of a container image's layer (overlayfs) may turn out to be swapped by copy too (its rename
+ * refused): it is counted so, and its entries of the image's layer free nothing when it is emptied.
+ * GEM's folders sit on a small tmpfs of their own here, the config folder a volume mounted into it; a
+ * restore that would not fit is refused up front, nothing changed.
  */
 
 import { spawnSync } from 'node:child_process';
@@ -100,6 +102,57 @@ describe('a live folder swapped by copy', () => {
   });
 });
 
+describe('a live folder swapped by copy, on a disk of its own', () => {
+  it('is refused up front when the staged entries would not fit into it once emptied', async () => {
+    // A backup of the volume holding 6 MiB that it no longer does, and the volume since made 4 MiB.
+    const recordings = join(volume, 'recordings.bin');
+    await writeFile(recordings, Buffer.alloc(6 * MiB, 1));
+    const name = await backupNow(t.agent, 'a full volume');
+    await rm(recordings);
+    const remount = (size: string) =>
+      expect(spawnSync('mount', ['-o', `remount,size=${size}`, volume], { encoding: 'utf8' }).stderr).toBe(
+        '',
+      );
+    remount('4m');
+    try {
+      const before = await liveState(t.agent);
+      const backups = (await t.agent.catalog.list()).length;
+      const job = await runRestore(t.agent, t.agent.catalog.pathOf(name));
+      expect(job.error?.code, job.error?.message).toBe('no_space');
+      expect(job.error?.message).toMatch(
+        new RegExp(
+          `^not enough free disk space to restore: about .* needed, .* free on the file system of ${volume};`,
+        ),
+      );
+      expect((await t.agent.catalog.list()).length).toBe(backups);
+      expect(await liveState(t.agent)).toEqual(before);
+      expect(await leftovers(t.agent)).toEqual([]);
+    } finally {
+      remount('32m');
+    }
+  });
+
+  it('is restored when the staged entries fit once its own live entries are gone', async () => {
+    // 6 MiB at the backup, 6 MiB others now, on an 8 MiB volume: the swap empties it before the fill.
+    const recordings = join(volume, 'recordings.bin');
+    await writeFile(recordings, Buffer.alloc(6 * MiB, 1));
+    const name = await backupNow(t.agent, 'recordings of the day');
+    const atBackup = await liveState(t.agent);
+    await rm(recordings);
+    await writeFile(join(volume, 'recordings-later.bin'), Buffer.alloc(6 * MiB, 2));
+    expect(spawnSync('mount', ['-o', 'remount,size=8m', volume], { encoding: 'utf8' }).stderr).toBe('');
+    try {
+      const job = await runRestore(t.agent, t.agent.catalog.pathOf(name), { skipSafetyBackup: true });
+      expect(job.error).toBeUndefined();
+      expect(await liveState(t.agent)).toEqual(atBackup);
+      expect(await leftovers(t.agent)).toEqual([]);
+    } finally {
+      await rm(recordings, { force: true });
+      expect(spawnSync('mount', ['-o', 'remount,size=32m', volume], { encoding: 'utf8' }).stderr).toBe('');
+    }
+  });
+});
+
 describe("a folder of a container's own file system (overlayfs)", () => {
   let merged: string | undefined;
   let configured: string | undefined;
@@ -144,6 +197,25 @@ describe("a folder of a container's own file system (overlayfs)", () => {
         ),
       );
       expect((await t.agent.catalog.list()).length).toBe(backups);
+      expect(await liveState(t.agent)).toEqual(before);
+      expect(await leftovers(t.agent)).toEqual([]);
+    } finally {
+      await rm(filler, { force: true });
+    }
+  });
+
+  it('is counted as filled again: its image entries emptied free nothing, the staged ones are written beside them', async () => {
+    // Room for the staging copy and the copy aside (20 MiB), not for the staged entries copied in too.
+    const filler = await fillTo(upperDisk, 24 * MiB);
+    try {
+      const before = await liveState(t.agent);
+      const job = await runRestore(t.agent, t.agent.catalog.pathOf(filename), { skipSafetyBackup: true });
+      expect(job.error?.code, job.error?.message).toBe('no_space');
+      expect(job.error?.message).toMatch(
+        new RegExp(
+          `^not enough free disk space to restore: about .* needed, .* free on the file system of ${merged}/`,
+        ),
+      );
       expect(await liveState(t.agent)).toEqual(before);
       expect(await leftovers(t.agent)).toEqual([]);
     } finally {
