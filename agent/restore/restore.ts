@@ -343,14 +343,15 @@ export async function restoreFromFile(
   const databaseDir = storage.dir;
   /**
    * What the backup unpacks to, where it is staged (the manifest's member sizes, not the file's): the
-   * dump in the work folder, beside the safety backup (about the file's size); each folder root's
-   * members in its staging folder beside the live one, and, for a live folder swapped by copy, its
-   * live entries copied aside there too (the swap's first step) and the staged entries copied into it.
-   * The database's file system holds the staging copy: its size when the backup was made (the
-   * manifest's; a backup made before it was recorded: the live database's), and its WAL (as much again, up to max_wal_size, before a checkpoint recycles
-   * it). A database on this machine whose folder is not known is counted on the data dir's file
-   * system (as before); one on another machine not. Checked once the manifest is read, before any
-   * other member is written.
+   * dump in the work folder; the safety backup (about the file's size) in the backups folder, which
+   * may be a disk of its own; each folder root's members in its staging folder beside the live one,
+   * and, for a live folder swapped by copy, its live entries copied aside there too (the swap's first
+   * step) and the staged entries copied into it. The database's file system holds the staging copy:
+   * its size when the backup was made (the manifest's; a backup made before it was recorded: the live
+   * database's), and its WAL (as much again, up to max_wal_size, before a checkpoint recycles it). A
+   * database on this machine whose folder is not known is counted on the data dir's file system (as
+   * before); one on another machine not. Checked once the manifest is read, before any other member
+   * is written.
    */
   const checkSpace = async (
     manifest: Manifest,
@@ -359,8 +360,9 @@ export async function restoreFromFile(
     const required = options.faults?.requiredBytes;
     const unpacked = unpackedBytes(manifest);
     const safety = options.skipSafetyBackup ? 0 : size;
-    const needs: SpaceNeed[] = [{ dir: agent.paths.work, bytes: required ?? unpacked.dump + safety }];
+    const needs: SpaceNeed[] = [{ dir: agent.paths.work, bytes: required ?? unpacked.dump }];
     if (required === undefined) {
+      needs.push({ dir: agent.paths.backups, bytes: safety });
       for (const folder of folders) {
         const staged = unpacked[folder.root];
         needs.push({ dir: folder.staging, bytes: staged });

@@ -6,6 +6,7 @@
  * before a byte past that size reaches its sink. GEM's folders (and then the work folder) sit on a small
  * tmpfs of their own here; each time nothing was changed.
  */
+import { randomBytes } from 'node:crypto';
 import { chmod, mkdir, mkdtemp, rm, statfs } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -198,5 +199,35 @@ describe('a member longer than its manifest says', () => {
     expect(job.error?.message).toContain('scripts/long.bin is larger than the manifest');
     expect(await liveState(t.agent)).toEqual(before);
     expect(await leftovers(t.agent)).toEqual([]);
+  });
+});
+
+describe('the safety backup, counted where it is written', () => {
+  it('a work folder with room for the dump but not for a backup file is not what refuses the restore', async () => {
+    // An 8 MiB backup file (8 MiB that do not compress): the safety backup before it is about that size,
+    // written into the backups folder, on another file system than the 4 MiB work folder.
+    const path = await resealed('gem-backup-2026-11-30-200004.tar.gz', (entries, manifest) =>
+      withManifest(manifest, [
+        ...entries,
+        {
+          header: { name: 'scripts/noise.bin', type: 'file', size: 8 * MiB, mode: 0o644 },
+          data: randomBytes(8 * MiB),
+        },
+      ]),
+    );
+    const work = t.agent.paths.work;
+    await mkdir(work, { recursive: true });
+    await mountTmpfs(work, '4m');
+    try {
+      const job = await runRestore(t.agent, path);
+      expect(job.error, job.error?.message).toBeUndefined();
+      expect(job.result).toMatchObject({ safetyBackup: expect.any(String) });
+    } finally {
+      await runProcess('umount', [work]);
+      mounted.pop();
+    }
+    // Back to the state before, for the tests after this one.
+    const back = await runRestore(t.agent, t.agent.catalog.pathOf(backupName), { skipSafetyBackup: true });
+    expect(back.error).toBeUndefined();
   });
 });
