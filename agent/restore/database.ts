@@ -1,5 +1,6 @@
 /** The PostgreSQL side of a restore: rights, versions, staging database, pg_restore, renames, drops. */
 import { availableParallelism } from 'node:os';
+import { dirname } from 'node:path';
 import type postgres from 'postgres';
 import { AGENT_SCHEMA } from '../backup/dump';
 import type { DatabaseSetting, ManifestMembership, ManifestRole } from '../backup/manifest';
@@ -969,6 +970,17 @@ export async function copyAgentSchema(options: {
     { env: connectionEnv(conn) },
   );
   if (dump.code !== 0) {
+    // Its output file is the one thing pg_dump writes: a full disk there is the work folder's, not the database's.
+    const full = dump.stderr.split('\n').find((l) => DISK_FULL.test(l) && /output file/.test(l));
+    if (full) {
+      const dir = dirname(options.filePath);
+      throw new AppError(
+        'no_space',
+        `the disk filled up under ${dir} while the agent's settings were copied into the restored database ` +
+          `(${full.trim().slice(0, 300)}); nothing was changed; free some space (old backups, logs) and try again`,
+        { details: { dir } },
+      );
+    }
     throw new AppError(
       'restore_failed',
       `could not copy the agent's settings: pg_dump: ${dump.stderr || `exit ${dump.code}`}; the live system is unchanged`,

@@ -4,7 +4,9 @@
  * - after data loss the live database is small, but the backup's is not: the pre-flight check estimates
  *   from the backup's manifest and looks at the database's file system, refusing up front;
  * - the database's disk filling up while the staging copy is restored: `no_space` saying so;
- * - the work folder filling up while the backup is extracted: `no_space`, not "the backup is damaged".
+ * - the work folder filling up while the backup is extracted: `no_space`, not "the backup is damaged";
+ * - the work folder filling up while the agent's settings are copied: `no_space` naming it, not the
+ *   database's disk.
  * Each time nothing was changed.
  */
 import { chmod, mkdir, mkdtemp, rm, statfs } from 'node:fs/promises';
@@ -208,6 +210,39 @@ describe('the work folder filling up while the backup is extracted', () => {
     expect(res.status).toBe(202);
     const verify = await t.agent.jobs.waitFor(((await res.json()) as { jobId: string }).jobId);
     expect(verify.error).toBeUndefined();
+    report.tried(true);
+  });
+});
+
+describe("the work folder filling up while the agent's settings are copied into the staging database", () => {
+  it("fails with no_space naming the work folder, not the database's disk, and nothing was changed", async () => {
+    const before = await liveState(t.agent);
+    const work = t.agent.paths.work;
+    await mkdir(work, { recursive: true });
+    await mountTmpfs(work, '64m');
+    try {
+      const job = await runRestore(t.agent, t.agent.catalog.pathOf(backupName), {
+        skipSafetyBackup: true,
+        faults: {
+          // The dump is staged and restored; then something else fills the work folder's disk.
+          beforeSwapStep: async (step) => {
+            if (step !== 'copy-settings') return;
+            const left = await freeOn(work);
+            const filled = await runProcess('fallocate', ['-l', String(left), join(work, 'filler')]);
+            if (filled.code !== 0) throw new Error(`fallocate: ${filled.stderr.trim()}`);
+          },
+        },
+      });
+      report.inject();
+      expect(job.error?.code, job.error?.message).toBe('no_space');
+      expect(job.error?.message, job.error?.message).not.toMatch(/database's disk/);
+      expect(job.error?.message).toContain(work);
+      expect(job.error?.message).toMatch(/nothing was changed/);
+    } finally {
+      await runProcess('umount', [work]);
+      mounted.pop();
+    }
+    expect(await liveState(t.agent)).toEqual(before);
     report.tried(true);
   });
 });
