@@ -1,6 +1,6 @@
 /** The embedded PostgreSQL cluster: created under the data dir with the machine's binaries, started and stopped by us. */
 import { createHash, createHmac, pbkdf2Sync, randomBytes } from 'node:crypto';
-import { existsSync } from 'node:fs';
+import { createReadStream, existsSync } from 'node:fs';
 import {
   chmod,
   chown,
@@ -12,6 +12,7 @@ import {
   rm,
   stat,
   symlink,
+  truncate,
   writeFile,
 } from 'node:fs/promises';
 import { createServer } from 'node:net';
@@ -26,7 +27,13 @@ import {
   PID_NAMESPACE,
 } from '../jobs/lock';
 import type { Logger } from '../log';
-import { createSmallFileExclusive, fsyncDir, tempPathFor, writeSmallFileAtomic } from '../system/atomic-file';
+import {
+  createSmallFileExclusive,
+  fsyncDir,
+  tempPathFor,
+  writeFileAtomic,
+  writeSmallFileAtomic,
+} from '../system/atomic-file';
 import { userNamed } from '../system/passwd';
 import { serviceLockPath } from '../system/service-lock';
 import { runProcess } from '../system/spawn';
@@ -523,6 +530,7 @@ export async function startCluster(options: {
     // The password is made only with the cluster: an existing one's is in its file, or nowhere.
     await ensureCluster(dir, initdb, () => loadOrCreatePassword(passwordPath), log);
     await prepareOwnership(dir);
+    await boundServerLog(dir, log);
     // Checked before the server starts, so that a start refused for it leaves no server running.
     const trust = allowsTrust(await readFile(join(dir, 'pg_hba.conf'), 'utf8'));
     const saved = trust ? undefined : await savedPassword(passwordPath, dir);
@@ -562,8 +570,19 @@ export async function startCluster(options: {
   }
   const url = (database: string) => `postgres://${SUPERUSER}:${password}@127.0.0.1:${port}/${database}`;
   let startedHere = !running;
+  // For as long as this process uses the cluster (the agent: for years); two processes cutting it
+  // at the same moment lose at most a few lines.
+  let cutting: Promise<void> | undefined;
+  const logCheck = setInterval(() => {
+    cutting ??= boundServerLog(dir, log).finally(() => {
+      cutting = undefined;
+    });
+  }, serverLogBound.checkMs);
+  logCheck.unref();
   /** Ends this handle's use; stops the server if `owner` (or it was handed over) and nobody else uses it. */
   const finish = async (owner: boolean) => {
+    clearInterval(logCheck);
+    await cutting;
     // Under the start lock: an agent starting meanwhile adopts the cluster only once this is settled.
     const releaseStart = await acquireStartLock(dir);
     try {
@@ -630,6 +649,41 @@ export async function startCluster(options: {
     stop: () => finish(true),
     release: () => finish(startedHere),
   };
+}
+
+/**
+ * The server's log (pg_ctl -l) is kept to itself and the one before it (server.log.1), each at most
+ * `limitBytes` (server.log: give or take what the server writes between two checks every `checkMs`).
+ * Left as it was, it grew for as long as the controller ran, on the disk that holds the backups.
+ * Mutable for tests.
+ */
+export const serverLogBound = { limitBytes: 10 * 1024 * 1024, checkMs: 60_000 };
+
+/**
+ * Over the limit, server.log's newest `limitBytes` become server.log.1 (replacing the one before) and
+ * server.log is emptied in place. In place, not renamed: a running server keeps writing into the file
+ * it opened, and it opened it to append (pg_ctl's `>>`), so it goes on at its new end, the start.
+ * PostgreSQL's own logging_collector cannot do this: its rotation by size never truncates a file of a
+ * fixed name, it appends to it. What the server writes between the copy and the truncate is lost.
+ */
+async function boundServerLog(dir: string, log?: Logger): Promise<void> {
+  const file = join(dir, 'server.log');
+  try {
+    const size = (await stat(file).catch(() => undefined))?.size ?? 0;
+    if (size <= serverLogBound.limitBytes) return;
+    await writeFileAtomic(
+      `${file}.1`,
+      [createReadStream(file, { start: size - serverLogBound.limitBytes, end: size - 1 })],
+      { mode: 0o600, check: (temp) => ownLikeCluster(temp, dir) },
+    );
+    await truncate(file, 0);
+  } catch (error) {
+    // A log left long (a full disk refused the copy) is no reason to stop the database: tried again at the next check.
+    log?.warn('the embedded PostgreSQL server log could not be cut to its limit', {
+      file,
+      error: (error as Error).message,
+    });
+  }
 }
 
 /** Starts the server of the cluster in `dir` with the port and settings its gem-cluster.conf holds. */
