@@ -197,11 +197,32 @@ export function clusterPasswordPath(dir: string): string {
   return `${dir}.password`;
 }
 
+/**
+ * A password file others may read (copied by hand, restored by a tool that dropped its mode) is made
+ * 0600 again, with a warning: it was used as it was, open to every local user. One this process may
+ * not change (another user's) is refused, naming it.
+ */
+async function keepPasswordPrivate(path: string, log?: Logger): Promise<void> {
+  const info = await stat(path).catch(() => undefined);
+  if (!info || (info.mode & 0o077) === 0) return;
+  const mode = (info.mode & 0o777).toString(8);
+  await chmod(path, 0o600).catch((error: Error) => {
+    throw new Error(
+      `the embedded PostgreSQL cluster's password file ${path} may be read by other users (mode ${mode}) and cannot be made 0600 here (${error.message}): chmod 600 it as its owner`,
+    );
+  });
+  log?.warn('the embedded PostgreSQL password file could be read by other users: made 0600', {
+    file: path,
+    mode,
+  });
+}
+
 /** Reads the superuser's password, creating a random one (0600, written atomically) the first time. */
-async function loadOrCreatePassword(path: string): Promise<string> {
+async function loadOrCreatePassword(path: string, log?: Logger): Promise<string> {
   const password = randomBytes(32).toString('base64url');
   // Exclusive: two processes starting at once on a fresh data dir must both use the same password.
   if (!existsSync(path) && (await createSmallFileExclusive(path, `${password}\n`, 0o600))) return password;
+  await keepPasswordPrivate(path, log);
   const saved = (await readFile(path, 'utf8')).trim();
   if (saved) return saved;
   await writeSmallFileAtomic(path, `${password}\n`, 0o600);
@@ -212,7 +233,8 @@ async function loadOrCreatePassword(path: string): Promise<string> {
  * The password of a cluster that already asks for one: only the one in its file gets in, so a file
  * missing or empty is an error that names it (a new random password would be turned away).
  */
-async function savedPassword(path: string, dir: string): Promise<string> {
+async function savedPassword(path: string, dir: string, log?: Logger): Promise<string> {
+  await keepPasswordPrivate(path, log);
   const saved = await readFile(path, 'utf8').catch((error: NodeJS.ErrnoException) => {
     if (error.code === 'ENOENT') return undefined;
     throw error;
@@ -528,12 +550,12 @@ export async function startCluster(options: {
   let user: Awaited<ReturnType<typeof registerUser>>;
   try {
     // The password is made only with the cluster: an existing one's is in its file, or nowhere.
-    await ensureCluster(dir, initdb, () => loadOrCreatePassword(passwordPath), log);
+    await ensureCluster(dir, initdb, () => loadOrCreatePassword(passwordPath, log), log);
     await prepareOwnership(dir);
     await boundServerLog(dir, log);
     // Checked before the server starts, so that a start refused for it leaves no server running.
     const trust = allowsTrust(await readFile(join(dir, 'pg_hba.conf'), 'utf8'));
-    const saved = trust ? undefined : await savedPassword(passwordPath, dir);
+    const saved = trust ? undefined : await savedPassword(passwordPath, dir, log);
     running = await clusterRunning(pgCtl, dir);
     port = Number(
       /^port = (\d+)/m.exec(existsSync(confPath) ? await readFile(confPath, 'utf8') : '')?.[1] ?? 0,
@@ -557,7 +579,7 @@ export async function startCluster(options: {
       log?.info('embedded PostgreSQL already running', { port });
     }
     if (saved === undefined) {
-      const made = await loadOrCreatePassword(passwordPath);
+      const made = await loadOrCreatePassword(passwordPath, log);
       await requirePassword(dir, port, made, log);
       password = encodeURIComponent(made);
     } else {

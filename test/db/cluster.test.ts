@@ -18,6 +18,7 @@ import postgres from 'postgres';
 import { afterAll, describe, expect, it } from 'vitest';
 import { findPgBinDir } from '../../agent/config';
 import { type ClusterHandle, REACHABLE_CLUSTERS_DIR, startCluster } from '../../agent/db/cluster';
+import { createLogger } from '../../agent/log';
 import { runProcess } from '../../agent/system/spawn';
 import { withSql } from '../services/postgres';
 
@@ -199,6 +200,33 @@ describe('embedded cluster password file', () => {
     clusters.push(again);
     await expectPasswordRequired(again, dir);
     await again.stop();
+  });
+});
+
+describe('embedded cluster password file mode', () => {
+  it('readable by others (copied by hand, restored without its mode) is made 0600 again, with a warning', async () => {
+    const dir = join(await tempRoot(), 'data', 'postgres');
+    const passwordFile = `${dir}.password`;
+    const first = await startCluster({ dir, binDir });
+    clusters.push(first);
+    await first.stop();
+    const password = await readFile(passwordFile, 'utf8');
+    await chmod(passwordFile, 0o644);
+
+    const messages: string[] = [];
+    const cluster = await startCluster({
+      dir,
+      binDir,
+      log: createLogger({ write: (line) => messages.push(line) }),
+    });
+    clusters.push(cluster);
+    expect((await stat(passwordFile)).mode & 0o777).toBe(0o600);
+    expect(await readFile(passwordFile, 'utf8')).toBe(password);
+    const warning = messages.map((line) => JSON.parse(line)).find((line) => line.level === 'warn');
+    expect(warning).toMatchObject({ file: passwordFile, mode: '644' });
+    expect(JSON.stringify(messages)).not.toContain(password.trim());
+    await expectPasswordRequired(cluster, dir);
+    await cluster.stop();
   });
 });
 
