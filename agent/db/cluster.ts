@@ -6,6 +6,7 @@ import {
   chown,
   lstat,
   mkdir,
+  open,
   readdir,
   readFile,
   realpath,
@@ -714,11 +715,32 @@ async function startServer(pgCtl: string, dir: string): Promise<void> {
   await rm(handoverPath(dir), { force: true });
   // PostgreSQL refuses to start while the pid in postmaster.pid runs, whatever that process is.
   if (await staleServerPid(dir)) await rm(join(dir, 'postmaster.pid'), { force: true });
-  await run(
-    pgCtl,
-    ['start', '-D', dir, '-l', join(dir, 'server.log'), '-w', '-t', '60'],
-    'starting PostgreSQL',
+  const log = join(dir, 'server.log');
+  const before = (await stat(log).catch(() => undefined))?.size ?? 0;
+  await run(pgCtl, ['start', '-D', dir, '-l', log, '-w', '-t', '60'], 'starting PostgreSQL').catch(
+    async (error: Error) => {
+      // pg_ctl says only "Examine the log output": why (a bad setting, a full disk) is in the log.
+      throw new Error(
+        `${error.message.trim()}\n${log}, at this start:\n${await linesSince(log, before).catch(() => '(unreadable)')}`,
+      );
+    },
   );
+}
+
+/** The last lines (at most 4 KiB) written to `file` after its first `offset` bytes. */
+async function linesSince(file: string, offset: number): Promise<string> {
+  const handle = await open(file, 'r').catch(() => undefined);
+  if (!handle) return '(no log)';
+  try {
+    const { size } = await handle.stat();
+    const start = Math.max(offset, size - 4096);
+    const length = Math.max(0, size - start);
+    const { buffer, bytesRead } = await handle.read(Buffer.alloc(length), 0, length, start);
+    const text = buffer.subarray(0, bytesRead).toString('utf8').trim();
+    return text ? text.split('\n').slice(-10).join('\n') : '(nothing)';
+  } finally {
+    await handle.close();
+  }
 }
 
 /** True if a server runs on the cluster in `dir` (`pg_ctl status`: 3 when none, 4 when no cluster there). */

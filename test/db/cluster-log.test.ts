@@ -60,6 +60,23 @@ describe('the embedded server log', () => {
     await cluster.stop();
   });
 
+  it('a server that cannot start is refused with what its log says, naming the log', async () => {
+    const dir = await clusterDir();
+    const first = await startCluster({ dir, binDir });
+    clusters.push(first);
+    await first.stop();
+    await appendFile(join(dir, 'postgresql.auto.conf'), "shared_buffers = 'lots'\n");
+    const failed = await startCluster({ dir, binDir }).then(
+      () => undefined,
+      (error: Error) => error.message,
+    );
+    expect(failed).toContain(join(dir, 'server.log'));
+    expect(failed).toMatch(/invalid value for parameter "shared_buffers": "lots"/);
+    expect(failed).toMatch(/postgresql\.auto\.conf" contains errors/);
+    // Only what this start wrote: not the lines of the start before.
+    expect(failed).not.toContain('database system is shut down');
+  });
+
   it('a running server filling its log is cut while it runs: never more than the log and the one before it', async () => {
     serverLogBound.limitBytes = 64 * 1024;
     serverLogBound.checkMs = 200;
