@@ -574,9 +574,11 @@ export async function startCluster(options: {
         '',
       ].join('\n');
       await writeSmallFileAtomic(confPath, settings, 0o600, (temp) => ownLikeCluster(temp, dir));
-      await startServer(pgCtl, dir);
+      await startServer(pgCtl, dir, log);
       log?.info('embedded PostgreSQL started', { port });
     } else {
+      // Left starting (an agent killed during its start, a start pg_ctl gave up waiting on).
+      await waitUntilStarted(pgCtl, dir, log);
       log?.info('embedded PostgreSQL already running', { port });
     }
     if (saved === undefined) {
@@ -661,7 +663,7 @@ export async function startCluster(options: {
             `the embedded PostgreSQL cluster is down and another process now uses its port ${port}: restart the agent`,
           );
         }
-        await startServer(pgCtl, dir);
+        await startServer(pgCtl, dir, log);
         // Started by this process now: stopped with it, like one it started at first.
         startedHere = true;
         return true;
@@ -709,22 +711,58 @@ async function boundServerLog(dir: string, log?: Logger): Promise<void> {
   }
 }
 
+/** How long `pg_ctl start` waits for the server (seconds) before the start waits on by itself. Mutable for tests. */
+export const serverStartWait = { pgCtlSeconds: 60 };
+
 /** Starts the server of the cluster in `dir` with the port and settings its gem-cluster.conf holds. */
-async function startServer(pgCtl: string, dir: string): Promise<void> {
+async function startServer(pgCtl: string, dir: string, log?: Logger): Promise<void> {
   // A handover an owner wrote for an earlier server names no server now: this one is the starter's.
   await rm(handoverPath(dir), { force: true });
   // PostgreSQL refuses to start while the pid in postmaster.pid runs, whatever that process is.
   if (await staleServerPid(dir)) await rm(join(dir, 'postmaster.pid'), { force: true });
-  const log = join(dir, 'server.log');
-  const before = (await stat(log).catch(() => undefined))?.size ?? 0;
-  await run(pgCtl, ['start', '-D', dir, '-l', log, '-w', '-t', '60'], 'starting PostgreSQL').catch(
-    async (error: Error) => {
-      // pg_ctl says only "Examine the log output": why (a bad setting, a full disk) is in the log.
-      throw new Error(
-        `${error.message.trim()}\n${log}, at this start:\n${await linesSince(log, before).catch(() => '(unreadable)')}`,
-      );
-    },
+  const file = join(dir, 'server.log');
+  const before = (await stat(file).catch(() => undefined))?.size ?? 0;
+  const args = ['start', '-D', dir, '-l', file, '-w', '-t', String(serverStartWait.pgCtlSeconds)];
+  const failed = await run(pgCtl, args, 'starting PostgreSQL').then(
+    () => undefined,
+    (error: Error) => error,
   );
+  if (!failed) return;
+  // pg_ctl gave up waiting on a server still recovering after a crash, which goes on: wait for it.
+  if ((await serverStatus(dir)) === 'starting' && (await clusterRunning(pgCtl, dir))) {
+    await waitUntilStarted(pgCtl, dir, log);
+    return;
+  }
+  // pg_ctl says only "Examine the log output": why (a bad setting, a full disk) is in the log.
+  throw new Error(
+    `${failed.message.trim()}\n${file}, at this start:\n${await linesSince(file, before).catch(() => '(unreadable)')}`,
+  );
+}
+
+/** The running server's state (postmaster.pid's 8th line): starting, ready, standby or stopping; undefined when none runs. */
+async function serverStatus(dir: string): Promise<string | undefined> {
+  const text = await readFile(join(dir, 'postmaster.pid'), 'utf8').catch(() => '');
+  return text.split('\n')[7]?.trim() || undefined;
+}
+
+/**
+ * Waits while the running server is starting: after a crash (a power cut, a killed server) it replays
+ * the WAL since its last checkpoint first, which on a slow disk takes longer than pg_ctl waits, and
+ * turns every connection away meanwhile ("the database system is starting up"). However long it takes:
+ * the server is unusable until then. Throws if the server ends instead.
+ */
+async function waitUntilStarted(pgCtl: string, dir: string, log?: Logger): Promise<void> {
+  for (let seconds = 0; (await serverStatus(dir)) === 'starting'; seconds++) {
+    if (!(await clusterRunning(pgCtl, dir))) break;
+    if (seconds % 60 === 0)
+      log?.info('embedded PostgreSQL is still starting (recovering after a crash): waiting', { dir });
+    await new Promise((resolve) => setTimeout(resolve, 1000));
+  }
+  if (!(await clusterRunning(pgCtl, dir))) {
+    throw new Error(
+      `the embedded PostgreSQL server in ${dir} ended while it was starting: see ${join(dir, 'server.log')}`,
+    );
+  }
 }
 
 /** The last lines (at most 4 KiB) written to `file` after its first `offset` bytes. */
