@@ -13,6 +13,7 @@ import { rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { describeLost, prepareRoles, restoreDump } from '../../agent/restore/database';
+import { restoreSettled } from '../../agent/restore/restore';
 import { databaseUrl } from '../../agent/system/postgres-tools';
 import { runProcess } from '../../agent/system/spawn';
 import { startTestAgent, type TestAgent } from '../services/agent';
@@ -71,6 +72,9 @@ async function extras(): Promise<unknown> {
 }
 
 async function dropReader(): Promise<void> {
+  // A restore drops the database it replaced after it reports success; until then that database's
+  // objects still depend on the role (roles are the server's, DROP OWNED only this database's).
+  await restoreSettled(t.agent.config.dataDir);
   await withSql(url, async (sql) => {
     await sql.unsafe(
       'reassign owned by app_reader to app_owner; drop owned by app_reader; drop role app_reader',
