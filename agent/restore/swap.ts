@@ -176,8 +176,8 @@ export async function restoreNames(sources: BackupSources, id: string): Promise<
  * Refuses, before anything is staged, a folder whose restore could not be staged: the staging folder
  * is made beside the live one, in its parent, and renamed into place (a mount point's too: its copy
  * aside is made there), so the agent's user must be able to add and rename entries there. Without this,
- * mkdir failed with EACCES after the checks and the safety backup, and the message said to chown the
- * parent (/etc, /opt). A parent that does not exist yet is the restore's to report as before.
+ * the staging mkdir failed with EACCES (EROFS) once the restore had begun, and the message said to chown
+ * the parent (/etc, /opt). A parent that does not exist yet is the restore's to report as before.
  */
 export async function checkStageable(folder: { root: 'scripts' | 'config'; live: string }): Promise<void> {
   const parent = dirname(folder.live);
