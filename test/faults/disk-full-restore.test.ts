@@ -9,7 +9,7 @@
  *   database's disk.
  * Each time nothing was changed.
  */
-import { chmod, mkdir, mkdtemp, rm, statfs } from 'node:fs/promises';
+import { chmod, mkdir, mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -19,6 +19,7 @@ import { runProcess } from '../../agent/system/spawn';
 import { backupNow, liveState, runRestore } from '../restore/helpers';
 import { startTestAgent, type TestAgent } from '../services/agent';
 import { testPostgresOn, withSql } from '../services/postgres';
+import { fillTo, freeOn, TmpfsMounts } from '../services/tmpfs';
 import { faultReport } from './report';
 
 const report = faultReport('disk-full-restore', 'full disks');
@@ -31,26 +32,7 @@ let binDir: string;
 let cluster: ClusterHandle;
 let t: TestAgent;
 let backupName: string;
-const mounted: string[] = [];
-
-async function mountTmpfs(dir: string, size: string): Promise<void> {
-  const result = await runProcess('mount', ['-t', 'tmpfs', '-o', `size=${size},mode=755`, 'tmpfs', dir]);
-  if (result.code !== 0) throw new Error(`mounting a tmpfs needs root: ${result.stderr.trim()}`);
-  mounted.push(dir);
-}
-
-async function freeOn(dir: string): Promise<number> {
-  const s = await statfs(dir);
-  return Number(s.bavail) * Number(s.bsize);
-}
-
-/** Fills the database's tmpfs until `left` bytes are free. */
-async function fillDiskTo(left: number): Promise<void> {
-  const size = (await freeOn(disk)) - left;
-  expect(size).toBeGreaterThan(0);
-  const result = await runProcess('fallocate', ['-l', String(size), join(disk, 'filler')]);
-  if (result.code !== 0) throw new Error(`fallocate: ${result.stderr.trim()}`);
-}
+const mounts = new TmpfsMounts();
 
 /** Frees the database's tmpfs again, and starts its server if the full disk stopped it (or waits for its recovery). */
 async function freeDisk(): Promise<void> {
@@ -77,7 +59,7 @@ beforeAll(async () => {
   await chmod(root, 0o755);
   disk = join(root, 'disk');
   await mkdir(disk);
-  await mountTmpfs(disk, '256m');
+  await mounts.mount(disk, '256m');
   clusterDir = join(disk, 'cluster');
   cluster = await startCluster({ dir: clusterDir, binDir });
   t = await startTestAgent(testPostgresOn(cluster, binDir, 'gem_full'));
@@ -98,7 +80,7 @@ afterAll(async () => {
   report.print();
   await t?.close().catch(() => {});
   await cluster?.stop().catch(() => {});
-  for (const dir of mounted.reverse()) await runProcess('umount', [dir]);
+  await mounts.unmountAll();
   if (root) await rm(root, { recursive: true, force: true });
 });
 
@@ -108,7 +90,7 @@ describe('a restore onto a database disk too small for the backup', () => {
     const backups = (await t.agent.catalog.list()).length;
     // Twice the live (shrunk) database fits; the backup's database does not (the staging restore
     // would fill the disk under the live database).
-    await fillDiskTo(21 * MiB);
+    await fillTo(disk, 21 * MiB);
     try {
       const job = await runRestore(t.agent, t.agent.catalog.pathOf(backupName));
       report.inject();
@@ -131,7 +113,7 @@ describe('a restore onto a database disk too small for the backup', () => {
 describe('the database disk filling up during the staging restore', () => {
   it("fails with no_space saying the database's disk filled up, and nothing was changed", async () => {
     const before = await liveState(t.agent);
-    await fillDiskTo(20 * MiB);
+    await fillTo(disk, 20 * MiB);
     try {
       // The pre-flight check is told to pass: the staging restore itself runs into the full disk.
       const job = await runRestore(t.agent, t.agent.catalog.pathOf(backupName), {
@@ -161,7 +143,7 @@ describe('the database disk filling up during the staging restore', () => {
           // disk stops it), then let go: it finds the connection gone.
           onStagingRestore: (pid) => {
             process.kill(pid, 'SIGSTOP');
-            stopped = fillDiskTo(MiB)
+            stopped = fillTo(disk, MiB)
               .then(() => cluster.stop())
               .finally(() => process.kill(pid, 'SIGCONT'));
           },
@@ -190,7 +172,7 @@ describe('the work folder filling up while the backup is extracted', () => {
     const before = await liveState(t.agent);
     await mkdir(t.agent.paths.work, { recursive: true });
     // Far smaller than the backup's dump.
-    await mountTmpfs(t.agent.paths.work, '256k');
+    await mounts.mount(t.agent.paths.work, '256k');
     try {
       const job = await runRestore(t.agent, t.agent.catalog.pathOf(backupName), {
         skipSafetyBackup: true,
@@ -202,8 +184,7 @@ describe('the work folder filling up while the backup is extracted', () => {
       expect(job.error?.message).toContain(`under ${t.agent.paths.work}; nothing was changed`);
       expect(job.error?.message).not.toMatch(/damaged/);
     } finally {
-      await runProcess('umount', [t.agent.paths.work]);
-      mounted.pop();
+      await mounts.unmount(t.agent.paths.work);
     }
     expect(await liveState(t.agent)).toEqual(before);
     const res = await t.request(`/api/v1/backups/${backupName}/verify`, { method: 'POST' });
@@ -219,7 +200,7 @@ describe("the work folder filling up while the agent's settings are copied into 
     const before = await liveState(t.agent);
     const work = t.agent.paths.work;
     await mkdir(work, { recursive: true });
-    await mountTmpfs(work, '64m');
+    await mounts.mount(work, '64m');
     try {
       const job = await runRestore(t.agent, t.agent.catalog.pathOf(backupName), {
         skipSafetyBackup: true,
@@ -239,8 +220,7 @@ describe("the work folder filling up while the agent's settings are copied into 
       expect(job.error?.message).toContain(work);
       expect(job.error?.message).toMatch(/nothing was changed/);
     } finally {
-      await runProcess('umount', [work]);
-      mounted.pop();
+      await mounts.unmount(work);
     }
     expect(await liveState(t.agent)).toEqual(before);
     report.tried(true);

@@ -10,13 +10,13 @@
  */
 
 import { spawnSync } from 'node:child_process';
-import { chmod, mkdir, mkdtemp, rm, statfs, writeFile } from 'node:fs/promises';
+import { chmod, mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { runProcess } from '../../agent/system/spawn';
 import { startTestAgent, type TestAgent } from '../services/agent';
 import { startPostgres, type TestPostgres } from '../services/postgres';
+import { fillTo, TmpfsMounts } from '../services/tmpfs';
 import { backupNow, leftovers, liveState, runRestore } from './helpers';
 
 const MiB = 1048576;
@@ -27,28 +27,7 @@ let root: string;
 let gemDisk: string;
 let volume: string;
 let backupName: string;
-const mounted: string[] = [];
-
-async function mountTmpfs(dir: string, size: string): Promise<void> {
-  const result = await runProcess('mount', ['-t', 'tmpfs', '-o', `size=${size},mode=755`, 'tmpfs', dir]);
-  if (result.code !== 0) throw new Error(`mounting a tmpfs needs root: ${result.stderr.trim()}`);
-  mounted.push(dir);
-}
-
-async function freeOn(dir: string): Promise<number> {
-  const s = await statfs(dir);
-  return Number(s.bavail) * Number(s.bsize);
-}
-
-/** Fills the file system of `dir` until `left` bytes are free; returns the filler's path. */
-async function fillTo(dir: string, left: number): Promise<string> {
-  const filler = join(dir, 'filler');
-  const size = (await freeOn(dir)) - left;
-  expect(size).toBeGreaterThan(0);
-  const result = await runProcess('fallocate', ['-l', String(size), filler]);
-  if (result.code !== 0) throw new Error(`fallocate: ${result.stderr.trim()}`);
-  return filler;
-}
+const mounts = new TmpfsMounts();
 
 beforeAll(async () => {
   pg = await startPostgres();
@@ -58,11 +37,11 @@ beforeAll(async () => {
   gemDisk = join(dataDir, 'gem');
   await mkdir(gemDisk, { recursive: true });
   // The live scripts folder and the volume's mount point (so the staging folders) on 16 MiB.
-  await mountTmpfs(gemDisk, '16m');
+  await mounts.mount(gemDisk, '16m');
   t = await startTestAgent(pg, { dataDir });
   volume = join(gemDisk, 'volume');
   await mkdir(volume);
-  await mountTmpfs(volume, '32m');
+  await mounts.mount(volume, '32m');
   await writeFile(join(volume, 'gem.json'), '{"live":"at backup"}\n');
   t.agent.sources.configDir = volume;
   backupName = await backupNow(t.agent, 'config on a volume');
@@ -70,7 +49,7 @@ beforeAll(async () => {
 
 afterAll(async () => {
   await t?.close().catch(() => {});
-  for (const dir of mounted.reverse()) await runProcess('umount', [dir]);
+  await mounts.unmountAll();
   if (root) await rm(root, { recursive: true, force: true });
   await pg?.stop();
 });
@@ -166,7 +145,7 @@ describe("a folder of a container's own file system (overlayfs)", () => {
     upperDisk = join(layers, 'rw');
     for (const dir of ['lower/scripts', 'rw', 'merged']) await mkdir(join(layers, dir), { recursive: true });
     await writeFile(join(layers, 'lower/scripts/firmware.bin'), Buffer.alloc(10 * MiB, 2));
-    await mountTmpfs(upperDisk, '32m');
+    await mounts.mount(upperDisk, '32m');
     for (const dir of ['upper', 'work']) await mkdir(join(upperDisk, dir));
     const options = `lowerdir=${layers}/lower,upperdir=${upperDisk}/upper,workdir=${upperDisk}/work`;
     const mount = spawnSync('mount', ['-t', 'overlay', 'overlay', '-o', options, join(layers, 'merged')], {
@@ -174,7 +153,7 @@ describe("a folder of a container's own file system (overlayfs)", () => {
     });
     expect(mount.stderr).toBe('');
     merged = join(layers, 'merged');
-    mounted.push(merged);
+    mounts.adopt(merged);
     configured = t.agent.sources.scriptsDir;
     t.agent.sources.scriptsDir = join(merged, 'scripts');
     filename = await backupNow(t.agent, 'scripts in the image');

@@ -7,7 +7,7 @@
  * tmpfs of their own here; each time nothing was changed.
  */
 import { randomBytes } from 'node:crypto';
-import { chmod, mkdir, mkdtemp, rm, statfs } from 'node:fs/promises';
+import { chmod, mkdir, mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
@@ -15,9 +15,9 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { MANIFEST_NAME, type Manifest } from '../../agent/backup/manifest';
 import { readBackup } from '../../agent/backup/reader';
 import type { AppError } from '../../agent/errors';
-import { runProcess } from '../../agent/system/spawn';
 import { startTestAgent, type TestAgent } from '../services/agent';
 import { startPostgres, type TestPostgres } from '../services/postgres';
+import { freeOn, TmpfsMounts } from '../services/tmpfs';
 import {
   type ArchiveEntry,
   backupNow,
@@ -36,18 +36,7 @@ let t: TestAgent;
 let root: string;
 let gemDisk: string;
 let backupName: string;
-const mounted: string[] = [];
-
-async function mountTmpfs(dir: string, size: string): Promise<void> {
-  const result = await runProcess('mount', ['-t', 'tmpfs', '-o', `size=${size},mode=755`, 'tmpfs', dir]);
-  if (result.code !== 0) throw new Error(`mounting a tmpfs needs root: ${result.stderr.trim()}`);
-  mounted.push(dir);
-}
-
-async function freeOn(dir: string): Promise<number> {
-  const s = await statfs(dir);
-  return Number(s.bavail) * Number(s.bsize);
-}
+const mounts = new TmpfsMounts();
 
 /** The entries of the real backup, with `change` applied, sealed with the installation's key as `name`. */
 async function resealed(
@@ -78,14 +67,14 @@ beforeAll(async () => {
   gemDisk = join(dataDir, 'gem');
   await mkdir(gemDisk, { recursive: true });
   // The live scripts and config folders (and so their staging folders, beside them) on 16 MiB.
-  await mountTmpfs(gemDisk, '16m');
+  await mounts.mount(gemDisk, '16m');
   t = await startTestAgent(pg, { dataDir });
   backupName = await backupNow(t.agent, 'real');
 }, 180_000);
 
 afterAll(async () => {
   await t?.close().catch(() => {});
-  for (const dir of mounted.reverse()) await runProcess('umount', [dir]);
+  await mounts.unmountAll();
   if (root) await rm(root, { recursive: true, force: true });
   await pg?.stop();
 });
@@ -127,12 +116,11 @@ describe("a backup that unpacks to more than the disk holds (the manifest's size
     );
     const work = t.agent.paths.work;
     await mkdir(work, { recursive: true });
-    await mountTmpfs(work, '16m');
+    await mounts.mount(work, '16m');
     try {
       await expectRefusedUpFront(path, work);
     } finally {
-      await runProcess('umount', [work]);
-      mounted.pop();
+      await mounts.unmount(work);
     }
   });
 });
@@ -217,14 +205,13 @@ describe('the safety backup, counted where it is written', () => {
     );
     const work = t.agent.paths.work;
     await mkdir(work, { recursive: true });
-    await mountTmpfs(work, '4m');
+    await mounts.mount(work, '4m');
     try {
       const job = await runRestore(t.agent, path);
       expect(job.error, job.error?.message).toBeUndefined();
       expect(job.result).toMatchObject({ safetyBackup: expect.any(String) });
     } finally {
-      await runProcess('umount', [work]);
-      mounted.pop();
+      await mounts.unmount(work);
     }
     // Back to the state before, for the tests after this one.
     const back = await runRestore(t.agent, t.agent.catalog.pathOf(backupName), { skipSafetyBackup: true });
