@@ -3,40 +3,24 @@
 // half-closed for ever, one socket kept per freeze. The provider gives up waiting after its timeout and
 // closes its side. ssh2's Server, in this file, frozen by no longer reading its socket.
 import { readFile } from 'node:fs/promises';
-import type { AddressInfo, Socket } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { Server, utils } from 'ssh2';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { SftpProvider } from '../../agent/providers/sftp';
+import { type InProcessSshServer, startInProcessSshServer } from '../services/ssh-server';
 
-let server: Server;
-let port: number;
-const sockets: Socket[] = [];
+let server: InProcessSshServer;
 
 beforeAll(async () => {
-  const hostKey = utils.generateKeyPairSync('ed25519');
-  server = new Server({ hostKeys: [hostKey.private] }, (client) => {
-    sockets.push((client as unknown as { _sock: Socket })._sock);
-    client.on('authentication', (ctx) => ctx.accept());
-    client.on('error', () => {});
-    client.on('ready', () => {
-      client.on('session', (acceptSession) => {
-        acceptSession().on('sftp', (acceptSftp) => {
-          const sftp = acceptSftp();
-          sftp.on('REALPATH', (id) => sftp.name(id, [{ filename: '/', longname: '/', attrs: {} as never }]));
-          // The backup folder does not exist yet: list() answers [].
-          sftp.on('LSTAT', (id) => sftp.status(id, 2));
-        });
-      });
-    });
+  server = await startInProcessSshServer((acceptSftp) => {
+    const sftp = acceptSftp();
+    sftp.on('REALPATH', (id) => sftp.name(id, [{ filename: '/', longname: '/', attrs: {} as never }]));
+    // The backup folder does not exist yet: list() answers [].
+    sftp.on('LSTAT', (id) => sftp.status(id, 2));
   });
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  port = (server.address() as AddressInfo).port;
 });
 
 afterAll(async () => {
-  for (const socket of sockets) socket.destroy();
-  await new Promise<void>((resolve) => server?.close(() => resolve()));
+  await server?.close();
 });
 
 /** Whether a socket of this process still holds the connection from local port `from` to the server. */
@@ -48,7 +32,9 @@ async function held(from: number): Promise<boolean> {
     .map((line) => line.trim().split(/\s+/))
     .some(
       (fields) =>
-        fields[1] === `0100007F:${hex(from)}` && fields[2] === `0100007F:${hex(port)}` && fields[9] !== '0',
+        fields[1] === `0100007F:${hex(from)}` &&
+        fields[2] === `0100007F:${hex(server.port)}` &&
+        fields[9] !== '0',
     );
 }
 
@@ -56,14 +42,14 @@ describe('a connection whose server froze while unused', () => {
   it('is closed on our side after the timeout when the provider ends it', async () => {
     const provider = new SftpProvider({
       host: '127.0.0.1',
-      port,
+      port: server.port,
       username: 'gem',
       password: 'any',
       remotePath: '/gem',
       timeoutMs: 1000,
     });
     expect(await provider.list()).toEqual([]);
-    const socket = sockets.at(-1)!;
+    const socket = server.sockets.at(-1)!;
     const from = socket.remotePort!;
     expect(await held(from)).toBe(true);
     socket.pause(); // frozen: reads nothing more, answers nothing, never closes

@@ -2,49 +2,27 @@
 // a home on a dead network mount, a shell start-up file waiting for input): ssh2's Server, in this file,
 // whose transport stays alive (keepalives are answered). The provider gives up after its timeout with a
 // clear error and closes the connection, instead of waiting for ever. (The real server: sftp.test.ts.)
-import type { AddressInfo } from 'node:net';
-import { Server, utils } from 'ssh2';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { SftpProvider } from '../../agent/providers/sftp';
+import { type InProcessSshServer, startInProcessSshServer } from '../services/ssh-server';
 import { within } from '../services/wait';
 
-let server: Server;
-let port: number;
-let open = 0;
-const clients = new Set<{ end(): void }>();
+let server: InProcessSshServer;
 
+// The SFTP request is never answered, neither accepted nor refused.
 beforeAll(async () => {
-  const hostKey = utils.generateKeyPairSync('ed25519');
-  server = new Server({ hostKeys: [hostKey.private] }, (client) => {
-    open += 1;
-    clients.add(client);
-    client.on('close', () => {
-      open -= 1;
-      clients.delete(client);
-    });
-    client.on('authentication', (ctx) => ctx.accept());
-    client.on('error', () => {});
-    client.on('ready', () => {
-      client.on('session', (acceptSession) => {
-        // The SFTP request is never answered, neither accepted nor refused.
-        acceptSession().on('sftp', () => {});
-      });
-    });
-  });
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  port = (server.address() as AddressInfo).port;
+  server = await startInProcessSshServer(() => {});
 });
 
 afterAll(async () => {
-  for (const client of clients) client.end(); // one the provider left open
-  await new Promise<void>((resolve) => server?.close(() => resolve()));
+  await server?.close();
 });
 
 describe('an SSH server whose SFTP service never answers', () => {
   it('is given up after the timeout as unreachable, and its connection closed', async () => {
     const provider = new SftpProvider({
       host: '127.0.0.1',
-      port,
+      port: server.port,
       username: 'gem',
       password: 'any',
       remotePath: '/gem',
@@ -57,13 +35,7 @@ describe('an SSH server whose SFTP service never answers', () => {
     );
     expect(failure).toMatchObject({ code: 'unreachable' });
     expect((failure as Error).message).toMatch(/SFTP .*did not answer within 1 s/);
-    await within(
-      (async () => {
-        while (open > 0) await new Promise((resolve) => setTimeout(resolve, 50));
-      })(),
-      5_000,
-      'the connection to close',
-    );
+    await within(server.allClosed(), 5_000, 'the connection to close');
     await provider.close();
   });
 });

@@ -4,10 +4,10 @@
 // clear 'unreachable' error and closes the connection, instead of waiting for ever.
 // (The server that never opens its SFTP service: sftp-silent.test.ts; the real server: sftp.test.ts.)
 import { constants } from 'node:fs';
-import type { AddressInfo } from 'node:net';
-import { Server, utils } from 'ssh2';
+import { utils } from 'ssh2';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { SftpProvider } from '../../agent/providers/sftp';
+import { type InProcessSshServer, startInProcessSshServer } from '../services/ssh-server';
 import { within } from '../services/wait';
 
 const STATUS_OK = 0;
@@ -20,10 +20,7 @@ const NAME = 'gem-backup-2026-01-01-000000.tar.gz';
 const unanswered = new Set<string>();
 /** The folder's files by full path. */
 const files = new Map<string, Buffer>();
-let server: Server;
-let port: number;
-let open = 0;
-const clients = new Set<{ end(): void }>();
+let server: InProcessSshServer;
 
 const dirAttrs = { mode: constants.S_IFDIR | 0o700, size: 0, uid: 0, gid: 0, atime: 0, mtime: 0 };
 const fileAttrs = (data: Buffer) => ({
@@ -36,89 +33,72 @@ const fileAttrs = (data: Buffer) => ({
 });
 
 beforeAll(async () => {
-  const hostKey = utils.generateKeyPairSync('ed25519');
-  server = new Server({ hostKeys: [hostKey.private] }, (client) => {
-    open += 1;
-    clients.add(client);
-    client.on('close', () => {
-      open -= 1;
-      clients.delete(client);
+  server = await startInProcessSshServer((acceptSftp) => {
+    const sftp = acceptSftp();
+    /** Answers a request with `answer` unless its kind is left unanswered. */
+    const on = (request: string, answer: (id: number, ...args: never[]) => void) =>
+      sftp.on(
+        request as never,
+        ((id: number, ...args: never[]) => {
+          if (!unanswered.has(request)) answer(id, ...args);
+        }) as never,
+      );
+    const attrs = (id: number, path: string) => {
+      const data = files.get(path);
+      if (path === FOLDER) sftp.attrs(id, dirAttrs);
+      else if (data) sftp.attrs(id, fileAttrs(data));
+      else sftp.status(id, STATUS_NO_SUCH_FILE);
+    };
+    const listed = new Set<string>();
+    on('REALPATH', (id) => sftp.name(id, [{ filename: '/', longname: '/', attrs: dirAttrs }]));
+    on('STAT', (id, path: string) => attrs(id, path));
+    on('LSTAT', (id, path: string) => attrs(id, path));
+    on('OPENDIR', (id) => sftp.handle(id, Buffer.from('dir')));
+    on('READDIR', (id, handle: Buffer) => {
+      if (listed.has(handle.toString())) return sftp.status(id, STATUS_EOF);
+      listed.add(handle.toString());
+      sftp.name(
+        id,
+        [...files].map(([path, data]) => {
+          const filename = path.slice(FOLDER.length + 1);
+          return { filename, longname: `-rw------- 1 gem gem ${filename}`, attrs: fileAttrs(data) };
+        }),
+      );
     });
-    client.on('authentication', (ctx) => ctx.accept());
-    client.on('error', () => {});
-    client.on('ready', () => {
-      client.on('session', (acceptSession) => {
-        acceptSession().on('sftp', (acceptSftp) => {
-          const sftp = acceptSftp();
-          /** Answers a request with `answer` unless its kind is left unanswered. */
-          const on = (request: string, answer: (id: number, ...args: never[]) => void) =>
-            sftp.on(
-              request as never,
-              ((id: number, ...args: never[]) => {
-                if (!unanswered.has(request)) answer(id, ...args);
-              }) as never,
-            );
-          const attrs = (id: number, path: string) => {
-            const data = files.get(path);
-            if (path === FOLDER) sftp.attrs(id, dirAttrs);
-            else if (data) sftp.attrs(id, fileAttrs(data));
-            else sftp.status(id, STATUS_NO_SUCH_FILE);
-          };
-          const listed = new Set<string>();
-          on('REALPATH', (id) => sftp.name(id, [{ filename: '/', longname: '/', attrs: dirAttrs }]));
-          on('STAT', (id, path: string) => attrs(id, path));
-          on('LSTAT', (id, path: string) => attrs(id, path));
-          on('OPENDIR', (id) => sftp.handle(id, Buffer.from('dir')));
-          on('READDIR', (id, handle: Buffer) => {
-            if (listed.has(handle.toString())) return sftp.status(id, STATUS_EOF);
-            listed.add(handle.toString());
-            sftp.name(
-              id,
-              [...files].map(([path, data]) => {
-                const filename = path.slice(FOLDER.length + 1);
-                return { filename, longname: `-rw------- 1 gem gem ${filename}`, attrs: fileAttrs(data) };
-              }),
-            );
-          });
-          on('OPEN', (id, path: string, flags: number) => {
-            if (flags & utils.sftp.OPEN_MODE.WRITE) files.set(path, Buffer.alloc(0));
-            if (!files.has(path)) return sftp.status(id, STATUS_NO_SUCH_FILE);
-            sftp.handle(id, Buffer.from(path));
-          });
-          on('WRITE', (id, handle: Buffer, offset: number, data: Buffer) => {
-            const path = handle.toString();
-            const old = files.get(path) ?? Buffer.alloc(0);
-            const grown = Buffer.alloc(Math.max(old.length, offset + data.length));
-            old.copy(grown);
-            data.copy(grown, offset);
-            files.set(path, grown);
-            sftp.status(id, STATUS_OK);
-          });
-          on('READ', (id, handle: Buffer, offset: number, length: number) => {
-            const data = files.get(handle.toString()) ?? Buffer.alloc(0);
-            if (offset >= data.length) return sftp.status(id, STATUS_EOF);
-            sftp.data(id, data.subarray(offset, offset + length));
-          });
-          on('CLOSE', (id, handle: Buffer) => {
-            listed.delete(handle.toString());
-            sftp.status(id, STATUS_OK);
-          });
-          on('REMOVE', (id, path: string) => {
-            sftp.status(id, files.delete(path) ? STATUS_OK : STATUS_NO_SUCH_FILE);
-          });
-          on('RENAME', (id, from: string, to: string) => {
-            const data = files.get(from);
-            if (!data) return sftp.status(id, STATUS_NO_SUCH_FILE);
-            files.delete(from);
-            files.set(to, data);
-            sftp.status(id, STATUS_OK);
-          });
-        });
-      });
+    on('OPEN', (id, path: string, flags: number) => {
+      if (flags & utils.sftp.OPEN_MODE.WRITE) files.set(path, Buffer.alloc(0));
+      if (!files.has(path)) return sftp.status(id, STATUS_NO_SUCH_FILE);
+      sftp.handle(id, Buffer.from(path));
+    });
+    on('WRITE', (id, handle: Buffer, offset: number, data: Buffer) => {
+      const path = handle.toString();
+      const old = files.get(path) ?? Buffer.alloc(0);
+      const grown = Buffer.alloc(Math.max(old.length, offset + data.length));
+      old.copy(grown);
+      data.copy(grown, offset);
+      files.set(path, grown);
+      sftp.status(id, STATUS_OK);
+    });
+    on('READ', (id, handle: Buffer, offset: number, length: number) => {
+      const data = files.get(handle.toString()) ?? Buffer.alloc(0);
+      if (offset >= data.length) return sftp.status(id, STATUS_EOF);
+      sftp.data(id, data.subarray(offset, offset + length));
+    });
+    on('CLOSE', (id, handle: Buffer) => {
+      listed.delete(handle.toString());
+      sftp.status(id, STATUS_OK);
+    });
+    on('REMOVE', (id, path: string) => {
+      sftp.status(id, files.delete(path) ? STATUS_OK : STATUS_NO_SUCH_FILE);
+    });
+    on('RENAME', (id, from: string, to: string) => {
+      const data = files.get(from);
+      if (!data) return sftp.status(id, STATUS_NO_SUCH_FILE);
+      files.delete(from);
+      files.set(to, data);
+      sftp.status(id, STATUS_OK);
     });
   });
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  port = (server.address() as AddressInfo).port;
 });
 
 afterEach(() => {
@@ -127,14 +107,13 @@ afterEach(() => {
 });
 
 afterAll(async () => {
-  for (const client of clients) client.end(); // one the provider left open
-  await new Promise<void>((resolve) => server?.close(() => resolve()));
+  await server?.close();
 });
 
 function provider(): SftpProvider {
   return new SftpProvider({
     host: '127.0.0.1',
-    port,
+    port: server.port,
     username: 'gem',
     password: 'any',
     remotePath: FOLDER,
@@ -188,13 +167,7 @@ describe('an SFTP server that leaves a request unanswered', () => {
       expect((failure as Error).message).toMatch(
         /127\.0\.0\.1:\d+ did not answer an SFTP request within 1 s/,
       );
-      await within(
-        (async () => {
-          while (open > 0) await new Promise((resolve) => setTimeout(resolve, 50));
-        })(),
-        5_000,
-        'the connection to close',
-      );
+      await within(server.allClosed(), 5_000, 'the connection to close');
       await second.close();
     },
   );
