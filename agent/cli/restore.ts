@@ -9,6 +9,7 @@ import { parseArgs } from 'node:util';
 import { AppError, isAppError } from '../errors';
 import type { Job } from '../jobs/runner';
 import { parseOffsiteKind } from '../offsite/destinations';
+import { shellQuoted } from '../system/spawn';
 import type { CliContext } from './context';
 
 export async function restoreCommand(cli: CliContext): Promise<void> {
@@ -67,7 +68,12 @@ export async function restoreCommand(cli: CliContext): Promise<void> {
     return done;
   });
   if (job.state !== 'succeeded') {
-    throw new AppError('restore_failed', job.error?.message ?? `restore ${job.state}`);
+    // A refused backup of another installation: the command that asks for it is the user's own, flag added.
+    const { OTHER_INSTALLATION_HINT } = await import('../restore/restore');
+    const word = /^[\w@%+=:,./-]+$/.test(file) ? file : shellQuoted(file);
+    const again = `gem-backup restore ${word}${from ? ` --from ${from}` : ''} --yes --other-installation`;
+    const message = job.error?.message.replace(OTHER_INSTALLATION_HINT, `(\`${again}\`)`);
+    throw new AppError('restore_failed', message ?? `restore ${job.state}`);
   }
   const result = job.result as {
     restoredFrom: string;

@@ -12,6 +12,7 @@ import {
   stagingFolderNames,
   stagingRemovalFailure,
 } from '../restore/swap';
+import { shellQuoted } from '../system/spawn';
 import { formatAge } from './model';
 
 /**
@@ -58,10 +59,6 @@ async function keptPreviousIds(agent: Agent): Promise<Set<string>> {
     if (at >= 0) ids.add(kept.slice(at + PREVIOUS_DB_MARK.length));
   }
   return ids;
-}
-
-function shellQuoted(text: string): string {
-  return `'${text.replaceAll("'", `'\\''`)}'`;
 }
 
 /**

@@ -253,6 +253,10 @@ function damagedRefused(error: AppError): AppError {
   );
 }
 
+/** How checkInstallation's refusal says to ask for such a backup; the CLI puts its user's own command in its place. */
+export const OTHER_INSTALLATION_HINT =
+  '(`gem-backup restore NAME --other-installation`, or "otherInstallation": true in the request)';
+
 /**
  * The installation that made a backup (its header's tag: a file holds no installation id, FORMAT.md
  * "Version 2"), checked against the keyring's: a backup of another installation is refused (409
@@ -283,7 +287,7 @@ async function checkInstallation(
     `this backup was made by installation ${header.core.installationPrefix}…, not by installation ` +
       `${shortInstallationId(keyring.installationId)} whose keys are active here, so nothing was changed: restore the newest ` +
       "copy not marked 'another installation' instead, or, if you do want this one's data here, ask for " +
-      'it explicitly (`gem-backup restore NAME --other-installation`, or "otherInstallation": true in the request)',
+      `it explicitly ${OTHER_INSTALLATION_HINT}`,
     { details: { otherInstallation: true } },
   );
 }

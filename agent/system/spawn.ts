@@ -133,3 +133,8 @@ export async function runProcess(
   }
   return done;
 }
+
+/** `text` as one word of a command shown for a user to type into a shell (never run through one here). */
+export function shellQuoted(text: string): string {
+  return `'${text.replaceAll("'", `'\\''`)}'`;
+}

@@ -1,9 +1,10 @@
 // The CLI on a controller whose backups are only on an offsite destination: it lists them and restores one (real sshd).
 import { existsSync } from 'node:fs';
-import { mkdtemp, readdir, rm } from 'node:fs/promises';
+import { mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { buildKeysExport, createKeyringFile } from '../../agent/keys/keyring';
 import { journalPath, PREVIOUS_DB_MARK, PREVIOUS_FOLDER_MARK } from '../../agent/restore/swap';
 import { databaseUrl } from '../../agent/system/postgres-tools';
 import { runProcess } from '../../agent/system/spawn';
@@ -101,5 +102,18 @@ describe('gem-backup list --from, restore --from', () => {
       const beside = await readdir(dirname(folder));
       expect(beside.filter((n) => n.includes(PREVIOUS_FOLDER_MARK))).toEqual([]);
     }
+
+    // After a keys import the copy there is another installation's: refused, and the command the
+    // refusal gives is the user's own, --from included (it said `gem-backup restore NAME ...`).
+    const keys = join(dataDir, 'other-keys.json');
+    await writeFile(keys, await buildKeysExport(createKeyringFile()), { mode: 0o600 });
+    const imported = await cli('keys', 'import', keys);
+    expect(imported.code, imported.stderr).toBe(0);
+    const refused = await cli('restore', name, '--from', 'sftp', '--yes');
+    expect(refused.code).toBe(1);
+    expect(refused.stderr).toContain(
+      `ask for it explicitly (\`gem-backup restore ${name} --from sftp --yes --other-installation\`)`,
+    );
+    expect(await marks()).toEqual([1, 2, 3]);
   });
 });

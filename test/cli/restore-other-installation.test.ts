@@ -87,7 +87,7 @@ describe('gem-backup restore of a backup another installation made', () => {
     expect(refused.code).toBe(1);
     const line = oneLine(refused.stderr);
     expect(line).toBe(
-      `gem-backup: this backup was made by installation ${box.id.slice(0, 8)}…, not by installation ${old.id.slice(0, 8)}… whose keys are active here, so nothing was changed: restore the newest copy not marked 'another installation' instead, or, if you do want this one's data here, ask for it explicitly (\`gem-backup restore NAME --other-installation\`, or "otherInstallation": true in the request)`,
+      `gem-backup: this backup was made by installation ${box.id.slice(0, 8)}…, not by installation ${old.id.slice(0, 8)}… whose keys are active here, so nothing was changed: restore the newest copy not marked 'another installation' instead, or, if you do want this one's data here, ask for it explicitly (\`gem-backup restore ${own} --yes --other-installation\`)`,
     );
     expect(line).not.toContain(box.id);
     expect(line).not.toContain(old.id);
