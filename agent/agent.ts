@@ -29,6 +29,7 @@ import { recoverRestoreAtStart, restoreSettled } from './restore/swap';
 import { SettingsService } from './settings/service';
 import {
   createSmallFileExclusive,
+  mkdirDurable,
   processWorkFolder,
   removeAbandoned,
   writeSmallFileAtomic,
@@ -104,7 +105,7 @@ export async function openAgent(
   // GEM_LOG_LEVEL=debug: every program the agent runs (pg_dump, pg_restore, smbclient, ...) and how it ended.
   logProgramsTo(log);
   const paths = dataPaths(config.dataDir);
-  await mkdir(config.dataDir, { recursive: true, mode: 0o700 });
+  await mkdirDurable(config.dataDir, 0o700);
   const keyring = await Keyring.loadOrCreate(paths.keyring, log);
 
   let cluster: ClusterHandle | undefined;

@@ -1,12 +1,12 @@
 /** The local backup catalog: the folder is the truth; each entry's facts come from its header. */
-import { chmod, mkdir, readdir, readFile, rename, stat, unlink } from 'node:fs/promises';
+import { chmod, readdir, readFile, rename, stat, unlink } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { z } from 'zod';
 import { type EnvelopeHeader, stanzaKeyIds } from '../../shared/envelope';
 import { isBackupName } from '../../shared/storage/names';
 import { AppError, unreadableFolder } from '../errors';
 import type { Logger } from '../log';
-import { removeAbandoned, writeSmallFileAtomic } from '../system/atomic-file';
+import { mkdirDurable, removeAbandoned, writeSmallFileAtomic } from '../system/atomic-file';
 import { withFileUpdateLock } from '../system/json-state';
 import { readHeaderOfFile } from './reader';
 import { RetentionHold } from './retention-hold';
@@ -216,7 +216,7 @@ export class BackupCatalog {
    */
   async init(): Promise<void> {
     // Only the agent's user reads backups (encrypted, but their names, sizes and records are its own).
-    await mkdir(this.dir, { recursive: true, mode: 0o700 });
+    await mkdirDurable(this.dir, 0o700);
     await this.closeToOthers();
     for (const name of await removeAbandoned(this.dir)) {
       this.log?.warn('removed a temp file left by an interrupted job', { name });

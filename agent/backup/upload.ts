@@ -1,11 +1,11 @@
 /** Receiving a backup file from outside (page upload, offsite download): streamed to a temp file, checked, then listed. */
-import { mkdir, stat, statfs } from 'node:fs/promises';
+import { stat, statfs } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { type Readable, Transform } from 'node:stream';
 import { HeaderScanner, stanzaKeyIds } from '../../shared/envelope';
 import type { Agent } from '../agent';
 import { AppError } from '../errors';
-import { writeFileAtomic } from '../system/atomic-file';
+import { mkdirDurable, writeFileAtomic } from '../system/atomic-file';
 import { checkNameFitsHeader } from './catalog';
 import { envelopeToAppError, readBackup, readHeaderOfFile } from './reader';
 
@@ -103,7 +103,7 @@ export async function receiveUpload(
     throw new AppError('conflict', `a backup named ${name} already exists`);
   // Refused before a byte is written when it cannot fit beside the database.
   const dir = dirname(agent.catalog.pathOf(name));
-  await mkdir(dir, { recursive: true });
+  await mkdirDurable(dir);
   const probe = options.space ?? statfsSpace;
   const { room, reserve } = await usableSpace(dir, probe);
   const declared =

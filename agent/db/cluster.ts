@@ -31,6 +31,7 @@ import type { Logger } from '../log';
 import {
   createSmallFileExclusive,
   fsyncDir,
+  mkdirDurable,
   tempPathFor,
   writeFileAtomic,
   writeSmallFileAtomic,
@@ -179,8 +180,8 @@ async function clusterFolder(dir: string, log?: Logger): Promise<string> {
     createHash('sha256').update(resolve(dir)).digest('hex').slice(0, 16),
   );
   await mkdir(REACHABLE_CLUSTERS_DIR, { recursive: true, mode: 0o755 });
-  await mkdir(real, { recursive: true, mode: 0o700 });
-  await mkdir(dataDir, { recursive: true, mode: 0o700 });
+  await mkdirDurable(real, 0o700);
+  await mkdirDurable(dataDir, 0o700);
   await symlink(real, dir).catch(async (error: NodeJS.ErrnoException) => {
     // Another process starting at the same moment made the same link: that is the one wanted.
     if (error.code !== 'EEXIST' || (await realpath(dir).catch(() => '')) !== (await realpath(real)))
@@ -356,7 +357,7 @@ async function ensureCluster(
         'finish (no gem-cluster.conf in its postgresql.conf): it never held data; remove what the folder holds to create it again',
     );
   }
-  await mkdir(dir, { recursive: true, mode: 0o700 });
+  await mkdirDurable(dir, 0o700);
   const entries = await readdir(dir);
   if (unfinished) {
     log?.warn('the embedded PostgreSQL cluster was not finished at a previous start: it is created again', {

@@ -21,7 +21,7 @@ import { AppError, describeError, isAppError, isErrorCode } from '../errors';
 import type { JobContext } from '../jobs/runner';
 import { type KeyringFile, keyringFileSchema, shortInstallationId } from '../keys/keyring';
 import { type RestoreFaults, type RestoreResult, restoreFromFile } from '../restore/restore';
-import { TEMP_PREFIX, writeFileAtomic } from '../system/atomic-file';
+import { mkdirDurable, TEMP_PREFIX, writeFileAtomic } from '../system/atomic-file';
 import type { DrClient } from './client';
 import { type DrStateStore, slotStateOf } from './state';
 import {
@@ -338,7 +338,7 @@ export async function recoverFromCloud(
     const skipSafetyBackup = !(await hasGemSchema(agent.sql));
     // A fresh install may not have the folders' parent yet; the restore puts its staging copies beside them.
     for (const live of [agent.sources.scriptsDir, agent.sources.configDir]) {
-      await mkdir(dirname(live), { recursive: true });
+      await mkdirDurable(dirname(live));
     }
     const restore = await restoreFromFile(agent, ctx, agent.catalog.pathOf(name), {
       filename: name,

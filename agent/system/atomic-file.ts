@@ -3,7 +3,7 @@ import { randomBytes } from 'node:crypto';
 import { once } from 'node:events';
 import { createWriteStream, readlinkSync, type WriteStream } from 'node:fs';
 import { link, lstat, mkdir, open, readdir, rename, rm, utimes } from 'node:fs/promises';
-import { basename, dirname, join } from 'node:path';
+import { basename, dirname, join, resolve } from 'node:path';
 import type { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 
@@ -140,6 +140,21 @@ export async function fsyncDir(dir: string | Buffer): Promise<void> {
   }
 }
 
+/**
+ * `mkdir -p` whose new folders survive a power cut: the parent of each folder it made is fsynced, so a
+ * file later fsynced into a new folder is not lost with that folder's own name. A folder that was
+ * there already changes nothing.
+ */
+export async function mkdirDurable(dir: string, mode?: number): Promise<void> {
+  const first = await mkdir(dir, { recursive: true, ...(mode === undefined ? {} : { mode }) });
+  if (first === undefined) return;
+  const top = resolve(first);
+  for (let made = resolve(dir); ; made = dirname(made)) {
+    await fsyncDir(dirname(made));
+    if (made === top || dirname(made) === made) return;
+  }
+}
+
 /** Removes a small file, if it is there, and fsyncs its folder so that the removal survives a power cut. */
 export async function removeSmallFile(path: string): Promise<void> {
   const gone = await rm(path).then(
@@ -185,7 +200,7 @@ export async function writeFileAtomic(
     exclusive?: boolean;
   } = {},
 ): Promise<boolean> {
-  await mkdir(dirname(finalPath), { recursive: true });
+  await mkdirDurable(dirname(finalPath));
   const temp = tempPathFor(finalPath);
   let sink: WriteStream | undefined;
   // A long check (or a stalled source) writes nothing for a while: the temp stays fresh for a sweep
@@ -246,7 +261,7 @@ export async function writeSmallFileAtomic(
   mode = 0o644,
   prepare?: (tempPath: string) => Promise<void>,
 ): Promise<void> {
-  await mkdir(dirname(finalPath), { recursive: true });
+  await mkdirDurable(dirname(finalPath));
   const temp = tempPathFor(finalPath);
   try {
     await writeNewFileSynced(temp, data, mode);
@@ -277,7 +292,7 @@ export async function createSmallFileExclusive(
   mode = 0o600,
   prepare?: (tempPath: string) => Promise<void>,
 ): Promise<boolean> {
-  await mkdir(dirname(finalPath), { recursive: true });
+  await mkdirDurable(dirname(finalPath));
   const temp = tempPathFor(finalPath);
   try {
     await writeNewFileSynced(temp, data, mode);

@@ -3,12 +3,12 @@
  * service) has replaced it, updates serialized across processes by a lock file beside it
  * (`<file>.lock`) and written temp-then-rename (0600).
  */
-import { mkdir, readFile, rename, stat } from 'node:fs/promises';
+import { readFile, rename, stat } from 'node:fs/promises';
 import { basename, dirname } from 'node:path';
 import { AppError } from '../errors';
 import { lockHolderPid, removeAbandonedLockFiles, withJobLock } from '../jobs/lock';
 import type { Logger } from '../log';
-import { writeSmallFileAtomic } from './atomic-file';
+import { mkdirDurable, writeSmallFileAtomic } from './atomic-file';
 
 interface JsonStateOptions {
   /**
@@ -54,7 +54,7 @@ export async function withFileUpdateLock<R>(
   waitMs = LOCK_WAIT_MS,
 ): Promise<R> {
   const lockPath = `${path}.lock`;
-  await mkdir(dirname(path), { recursive: true });
+  await mkdirDurable(dirname(path));
   if (!sweptLocks.has(lockPath)) {
     // A process killed while creating the lock leaves its temp (`<file>.lock.<nonce>.tmp`) beside it,
     // one killed taking over a lock its claim (`<file>.lock.takeover-<id>`).

@@ -3,10 +3,11 @@
  * a manual `npm start`) would adopt its cluster and run its own startup recovery beside it; it is
  * refused before it touches anything. The CLI does not take this lock: it works beside the service.
  */
-import { mkdir, readFile } from 'node:fs/promises';
+import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { AppError } from '../errors';
 import { acquireLock } from '../jobs/lock';
+import { mkdirDurable } from './atomic-file';
 
 /** The service's lock file in the data dir: the job lock's format (pid, start time, boot id). */
 export function serviceLockPath(dataDir: string): string {
@@ -29,7 +30,7 @@ async function holderPid(path: string): Promise<number | undefined> {
  * Returns its release.
  */
 export async function acquireServiceLock(dataDir: string): Promise<() => Promise<void>> {
-  await mkdir(dataDir, { recursive: true, mode: 0o700 });
+  await mkdirDurable(dataDir, 0o700);
   const path = serviceLockPath(dataDir);
   try {
     return await acquireLock(path, 'serving the data dir');

@@ -48,7 +48,7 @@ afterAll(async () => {
  * another (a backup, an upload) is published by a hard link from its temp name instead of a rename: the
  * same rules hold for both.
  */
-type Call = { name: 'fsync'; path: string } | { name: 'rename' | 'link'; from: string; to: string };
+type Call = { name: 'fsync' | 'mkdir'; path: string } | { name: 'rename' | 'link'; from: string; to: string };
 
 let traces = 0;
 // --seccomp-bpf: the traced processes stop at the calls traced, not at every system call (-f follows them all).
@@ -60,11 +60,19 @@ const STRACE = [
   '-s',
   '4096',
   '-e',
-  'trace=fsync,fdatasync,rename,renameat,renameat2,link,linkat',
+  'trace=fsync,fdatasync,rename,renameat,renameat2,link,linkat,mkdir,mkdirat',
 ];
 
 /** Runs the CLI under strace; returns its result and the fsyncs and renames it made, in order. */
 async function tracedCli(
+  ...args: string[]
+): Promise<{ code: number | null; stdout: string; stderr: string; calls: Call[] }> {
+  return tracedCliIn(env, ...args);
+}
+
+/** tracedCli with its own environment. */
+async function tracedCliIn(
+  env: NodeJS.ProcessEnv,
   ...args: string[]
 ): Promise<{ code: number | null; stdout: string; stderr: string; calls: Call[] }> {
   const out = join(traceDir, `trace-${++traces}`);
@@ -98,6 +106,13 @@ function parseTrace(text: string): Call[] {
       calls.push({ name: 'fsync', path: sync[1]! });
       continue;
     }
+    const made =
+      /^mkdir\("((?:[^"\\]|\\.)*)"/.exec(line) ?? /^mkdirat\(AT_FDCWD, "((?:[^"\\]|\\.)*)"/.exec(line);
+    if (made) {
+      calls.push({ name: 'mkdir', path: made[1]! });
+      continue;
+    }
+    if (/^mkdir/.test(line)) throw new Error(`a mkdir this test cannot read: ${line}`);
     const rename =
       /^rename\("((?:[^"\\]|\\.)*)", "((?:[^"\\]|\\.)*)"/.exec(line) ??
       /^renameat2?\(AT_FDCWD, "((?:[^"\\]|\\.)*)", AT_FDCWD, "((?:[^"\\]|\\.)*)"/.exec(line);
@@ -115,13 +130,14 @@ function parseTrace(text: string): Call[] {
 /**
  * Every rename (or link, but a lock's) into `under`: the renamed path fsynced before it (under its old name), and the folder
  * it went into fsynced after it. A live folder moved aside (to its previous name) is exempt from the
- * first: its content is already on disk, and the rename only gives up its name. Returns the broken
- * ones, described.
+ * first: its content is already on disk, and the rename only gives up its name. A folder it went into
+ * (or one above it) that this process made: its own parent fsynced between the mkdir and the rename,
+ * or the folder, and the file in it, could be gone after a power cut. Returns the broken ones, described.
  */
 function unsafeRenames(calls: Call[], under: string): string[] {
   const broken: string[] = [];
   calls.forEach((call, at) => {
-    if (call.name === 'fsync' || !call.to.startsWith(`${under}/`)) return;
+    if (!('to' in call) || !call.to.startsWith(`${under}/`)) return;
     // A lock is taken by a hard link (agent/jobs/lock.ts): it holds nothing a crash must keep.
     if (call.name === 'link' && call.to.endsWith('.lock')) return;
     const before = calls.slice(0, at);
@@ -131,6 +147,16 @@ function unsafeRenames(calls: Call[], under: string): string[] {
       broken.push(`${call.from} -> ${call.to}: not fsynced before the rename`);
     if (!after.some((c) => c.name === 'fsync' && c.path === dirname(call.to)))
       broken.push(`${call.from} -> ${call.to}: its folder not fsynced after the rename`);
+    before.forEach((made, madeAt) => {
+      if (made.name !== 'mkdir' || !call.to.startsWith(`${made.path}/`)) return;
+      const parentSynced = calls
+        .slice(madeAt + 1, at)
+        .some((c) => c.name === 'fsync' && c.path === dirname(made.path));
+      if (!parentSynced)
+        broken.push(
+          `${call.from} -> ${call.to}: the folder ${made.path} made for it, its parent not fsynced`,
+        );
+    });
   });
   return broken;
 }
@@ -182,11 +208,12 @@ describe('durability at the system calls', () => {
  */
 async function tracedAgent(
   whileUp: (api: (method: string, path: string, body?: unknown) => Promise<unknown>) => Promise<void>,
+  agentDataDir = dataDir,
 ) {
   const out = join(traceDir, `trace-${++traces}`);
   const tracer = spawn('strace', [...STRACE, '-o', out, process.execPath, built.paths.main], {
     cwd: process.cwd(),
-    env: { ...env, PORT: '0', HOST: '127.0.0.1', NODE_ENV: 'test' },
+    env: { ...env, GEM_DATA_DIR: agentDataDir, PORT: '0', HOST: '127.0.0.1', NODE_ENV: 'test' },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   let output = '';
@@ -201,7 +228,7 @@ async function tracedAgent(
     tracer.stderr.on('data', onData);
     void exited.then((code) => reject(new Error(`the agent exited (${code}) before listening:\n${output}`)));
   });
-  const token = (await readFile(join(dataDir, 'agent-token'), 'utf8')).trim();
+  const token = (await readFile(join(agentDataDir, 'agent-token'), 'utf8')).trim();
   const api = async (method: string, path: string, body?: unknown) => {
     const res = await fetch(`${url}api/v1${path}`, {
       method,
@@ -246,17 +273,27 @@ describe('durability of the service at the system calls', () => {
       await api('PUT', '/keys/banner', { collapsed: true });
       await waitFor(await api('POST', '/health/verification/run'));
     });
-    const written = calls.flatMap((c) => (c.name === 'fsync' ? [] : [c.to]));
+    const written = calls.flatMap((c) => ('to' in c ? [c.to] : []));
     // The backup (linked into place), its records (made, then pinned), the key state (the banner), the verification's state.
     expect(written.some((to) => /\/backups\/gem-backup-.*\.tar\.gz$/.test(to))).toBe(true);
     for (const file of ['backup-records.json', 'state.json', 'verification-state.json'])
       expect(written).toContain(join(dataDir, file));
     expect(unsafeRenames(calls, dataDir)).toEqual([]);
   });
+
+  it('a first start on a data dir not made yet names each folder it made durably before writing in it', async () => {
+    const fresh = join(dataDir, 'fresh', 'data');
+    const calls = await tracedAgent(async (api) => {
+      await api('GET', '/backups');
+    }, fresh);
+    expect(calls).toContainEqual({ name: 'mkdir', path: fresh });
+    expect(calls).toContainEqual(expect.objectContaining({ to: join(fresh, 'keyring.json') }));
+    expect(unsafeRenames(calls, dataDir)).toEqual([]);
+  });
 });
 
 describe('parseTrace', () => {
-  it('reads fsyncs and renames, joins calls split by another thread, and drops failed ones', () => {
+  it('reads fsyncs, mkdirs and renames, joins calls split by another thread, and drops failed ones', () => {
     const calls = parseTrace(
       [
         '101   fsync(21</d/.tmp-x>) = 0',
@@ -264,6 +301,16 @@ describe('parseTrace', () => {
         '101   rename("/d/.tmp-x", "/d/x") = 0',
         '102   <... renameat2 resumed>) = 0',
         '101   fdatasync(22</d>)                     = 0',
+        '101   mkdir("/d/n", 0700)                    = 0',
+        '101   mkdirat(AT_FDCWD, "/d/x", 0755) = -1 EEXIST (File exists)',
+        '101   fsync(23</d/n/.tmp-w>) = 0',
+        '101   rename("/d/n/.tmp-w", "/d/n/w") = 0',
+        '101   fsync(24</d/n>) = 0',
+        '101   mkdirat(AT_FDCWD, "/d/m", 0700) = 0',
+        '101   fsync(25</d>) = 0',
+        '101   fsync(26</d/m/.tmp-v>) = 0',
+        '101   rename("/d/m/.tmp-v", "/d/m/v") = 0',
+        '101   fsync(27</d/m>) = 0',
         '103   link("/d/.tmp-z", "/d/z") = 0',
         '101   rename("/d/a", "/d/b") = -1 ENOENT (No such file or directory)',
       ].join('\n'),
@@ -273,10 +320,20 @@ describe('parseTrace', () => {
       { name: 'rename', from: '/d/.tmp-x', to: '/d/x' },
       { name: 'rename', from: '/d/.tmp-y', to: '/d/y' },
       { name: 'fsync', path: '/d' },
+      { name: 'mkdir', path: '/d/n' },
+      { name: 'fsync', path: '/d/n/.tmp-w' },
+      { name: 'rename', from: '/d/n/.tmp-w', to: '/d/n/w' },
+      { name: 'fsync', path: '/d/n' },
+      { name: 'mkdir', path: '/d/m' },
+      { name: 'fsync', path: '/d' },
+      { name: 'fsync', path: '/d/m/.tmp-v' },
+      { name: 'rename', from: '/d/m/.tmp-v', to: '/d/m/v' },
+      { name: 'fsync', path: '/d/m' },
       { name: 'link', from: '/d/.tmp-z', to: '/d/z' },
     ]);
     expect(unsafeRenames(calls, '/d')).toEqual([
       '/d/.tmp-y -> /d/y: not fsynced before the rename',
+      '/d/n/.tmp-w -> /d/n/w: the folder /d/n made for it, its parent not fsynced',
       '/d/.tmp-z -> /d/z: not fsynced before the rename',
       '/d/.tmp-z -> /d/z: its folder not fsynced after the rename',
     ]);
