@@ -1,7 +1,7 @@
 /** Opens an agent over a data dir: embedded cluster (or DATABASE_URL), keyring, catalog, jobs. Used by main.ts and the CLI. */
 import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { mkdir, readFile } from 'node:fs/promises';
+import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type postgres from 'postgres';
 import { isBackupName } from '../shared/storage/names';
