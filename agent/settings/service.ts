@@ -156,6 +156,7 @@ export class SettingsService {
     options: UpdateOptions = {},
   ): Promise<{ previous: Settings; settings: Settings; warnings: SettingsWarning[] }> {
     return this.hold(async () => {
+      await this.adoptStored();
       if (options.ifRevision && !options.ifRevision.includes(this.currentRevision))
         throw new SettingsChangedError(this.currentRevision);
       const parsed = SettingsUpdate.safeParse(body);
@@ -181,6 +182,7 @@ export class SettingsService {
    */
   change(fn: (current: Settings) => Settings | undefined): Promise<Settings | undefined> {
     return this.hold(async () => {
+      await this.adoptStored();
       const previous = this.current;
       const next = fn(structuredClone(previous));
       if (!next) return undefined;
@@ -229,10 +231,40 @@ export class SettingsService {
     }
   }
 
-  private async load(): Promise<{ settings: Settings; revision: string }> {
+  /**
+   * Takes the stored settings as the current ones if another process saved them since this one last
+   * read or wrote them (a CLI command pinning an SFTP host key beside the service), and tells the
+   * listeners. Runs inside the queue before every save, so a save changes the stored settings, never
+   * an older copy of them: what the other process saved is kept, and an If-Match is checked against it.
+   */
+  private async adoptStored(): Promise<void> {
+    const row = await this.storedRow();
+    if (this.revisionOfRow(row) === this.currentRevision) return;
+    const previous = this.current;
+    ({ settings: this.current, revision: this.currentRevision } = this.settingsOfRow(row));
+    this.deps.log.info('the settings were changed by another process; using the saved ones');
+    await this.notify(previous, this.current);
+  }
+
+  private async storedRow(): Promise<{ doc: unknown; updatedAt: Date } | undefined> {
     const rows = await this.db.select().from(settingsTable);
-    const row = rows[0];
-    if (!row?.doc) return { settings: withDefaults(undefined), revision: UNSAVED_REVISION };
+    return rows[0]?.doc ? rows[0] : undefined;
+  }
+
+  private revisionOfRow(row: { doc: unknown; updatedAt: Date } | undefined): string {
+    return row ? revisionOf(row.doc, row.updatedAt) : UNSAVED_REVISION;
+  }
+
+  private async load(): Promise<{ settings: Settings; revision: string }> {
+    return this.settingsOfRow(await this.storedRow());
+  }
+
+  /** The settings a stored row holds (the defaults for none), secrets opened, and its revision. */
+  private settingsOfRow(row: { doc: unknown; updatedAt: Date } | undefined): {
+    settings: Settings;
+    revision: string;
+  } {
+    if (!row) return { settings: withDefaults(undefined), revision: UNSAVED_REVISION };
     const settings = this.openSecrets(row.doc);
     const zone = settings.autoBackup.timezone;
     if (zone !== undefined && !isTimeZone(zone)) {
@@ -245,7 +277,7 @@ export class SettingsService {
       );
       delete settings.autoBackup.timezone;
     }
-    return { settings, revision: revisionOf(row.doc, row.updatedAt) };
+    return { settings, revision: this.revisionOfRow(row) };
   }
 
   /** The stored document with its secrets opened (one that cannot be opened is left out, with a warning). */

@@ -153,6 +153,51 @@ describe('settings revision (ETag / If-Match)', () => {
     expect((await get()).etag).toBe(after.etag);
   });
 
+  it('keeps what another process saved (the CLI pinning a host key) and makes an earlier ETag stale', async () => {
+    const { etag } = await get();
+    // The CLI's own SettingsService on the same database, as `gem-backup list --from sftp` pins a key.
+    const cli = await SettingsService.open({
+      sql: t.agent.sql,
+      keyring: t.agent.keyring,
+      log: createLogger({ write: () => {} }),
+    });
+    const pin = 'SHA256:cliPinnedHostKeyFingerprintAAAAAAAAAAAAAAAA';
+    await cli.change((current) => {
+      current.offsite.sftp.hostKeyFingerprint = pin;
+      current.maintenance.retentionDays = 801;
+      return current;
+    });
+    // The page's form, read before it: its tag is stale, nothing is saved.
+    expect((await put(retention(802), etag)).status).toBe(412);
+    // The agent now holds the stored settings: the GET shows them, and listeners were told once.
+    const now = await get();
+    expect(now.etag).toBe(`"${cli.revision}"`);
+    expect(now.view.maintenance.retentionDays).toBe(801);
+    // A save without a tag (or with the new one) changes the stored settings: the pin stays.
+    const calls = await listenerCalls(async () => {
+      expect((await put(keepBackups(9))).status).toBe(200);
+    });
+    expect(calls).toBe(1);
+    const after = await SettingsService.open({
+      sql: t.agent.sql,
+      keyring: t.agent.keyring,
+      log: createLogger({ write: () => {} }),
+    });
+    expect(after.get().offsite.sftp.hostKeyFingerprint).toBe(pin);
+    expect(after.get().maintenance.retentionDays).toBe(801);
+    expect(after.get().autoBackup.maxBackups).toBe(9);
+    // The agent's own changes start from the stored settings too.
+    await cli.change((current) => {
+      current.maintenance.retentionDays = 803;
+      return current;
+    });
+    await t.agent.settings.change((current) => {
+      current.autoBackup.maxBackups = 10;
+      return current;
+    });
+    expect((await get()).view.maintenance.retentionDays).toBe(803);
+  });
+
   it('checks the revision in turn with other saves: of two PUTs with the same If-Match, exactly one saves', async () => {
     const { etag } = await get();
     const [a, b] = await Promise.all([put(retention(601), etag), put(retention(602), etag)]);
