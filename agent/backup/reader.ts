@@ -324,6 +324,25 @@ export async function readBackup(source: string | Readable, options: ReadOptions
 }
 
 /**
+ * Reads only a backup's manifest (its first member, authenticated with the chunks that hold it): the
+ * rest of the file is neither read nor checked. For a size recorded in it, not to judge the backup.
+ */
+export async function readManifestOf(path: string, keys: ReadOptions['keys']): Promise<Manifest> {
+  let manifest: Manifest | undefined;
+  const enough = new Error('the manifest is read');
+  await readBackup(path, {
+    keys,
+    onManifest: (m) => {
+      manifest = m;
+      throw enough;
+    },
+  }).catch((error: unknown) => {
+    if (error !== enough) throw error;
+  });
+  return manifest!;
+}
+
+/**
  * Refuses a manifest listing a member under one of its own links (a link `scripts/x -> /etc` and a
  * file `scripts/x/passwd`), or a link as a folder root: such an archive is hostile, as a backup never
  * holds one. Checked on the manifest, so the order of the archive's entries does not matter.

@@ -5,11 +5,11 @@ import { basename, dirname, join } from 'node:path';
 import { stanzaKeyIds, unwrapWithMasterKeys, verifyHeaderMac } from '../../shared/envelope';
 import type { Agent } from '../agent';
 import { FOLDER_ROOTS, type FolderRoot } from '../backup/archive';
-import { checkBackupName } from '../backup/catalog';
+import { checkBackupName, newestGoodBackup } from '../backup/catalog';
 import { backupDeps, createBackup } from '../backup/create';
 import { DUMP_NAME, type Manifest } from '../backup/manifest';
 import { prepareArchiveHasher } from '../backup/member-hasher';
-import { type ReadOptions, readBackup, readHeaderOfFile } from '../backup/reader';
+import { type ReadOptions, readBackup, readHeaderOfFile, readManifestOf } from '../backup/reader';
 import { busyBackupNames, pruneLocal } from '../backup/retention';
 import { UnfinishedRecoveryFile } from '../dr/unfinished';
 import { AppError, describeError, isAppError } from '../errors';
@@ -34,6 +34,7 @@ import {
   dropDatabase,
   listDump,
   type MadeRoles,
+  ownDatabaseSize,
   prepareRoles,
   RESTORE_JOBS,
   restoreDump,
@@ -134,10 +135,11 @@ async function databaseStorage(
   return { local: true, dir: found.dir, maxWalBytes: found.maxWalBytes };
 }
 
-/** What a restore writes where: the bytes each folder's file system must have free. */
+/** What a restore writes where: the bytes each folder's file system must have free, and what for. */
 interface SpaceNeed {
   dir: string;
   bytes: number;
+  what: string;
 }
 
 /** What a file or folder takes on disk at least: its bytes rounded up to whole 4 KiB blocks. */
@@ -165,6 +167,47 @@ function unpackedBytes(manifest: Pick<Manifest, 'members'>): { dump: number } & 
   return bytes;
 }
 
+/** A backup's file size, and the database size its manifest recorded (none before it was recorded). */
+interface SizedBackup {
+  size: number;
+  databaseBytes?: number | undefined;
+}
+
+/**
+ * The newest backup of this installation here, not a safety backup (that holds what a restore replaced,
+ * not what runs now), with the database size its manifest recorded: what a backup of the live state
+ * came to last. Undefined when there is none.
+ */
+async function newestOwnBackup(agent: Agent, log: Logger): Promise<SizedBackup | undefined> {
+  const newest = newestGoodBackup(await agent.catalog.list(), (tag, keyIds) =>
+    agent.keyring.owns(tag, keyIds),
+  );
+  if (!newest) return undefined;
+  const databaseBytes = await readManifestOf(
+    agent.catalog.pathOf(newest.filename),
+    agent.keyring.masterKeys,
+  ).then(
+    (manifest) => manifest.postgres.databaseBytes,
+    (error: unknown) => {
+      log.debug("the newest backup's manifest was not read: the database's growth since is not counted", {
+        filename: newest.filename,
+        error,
+      });
+      return undefined;
+    },
+  );
+  return { size: newest.size, databaseBytes };
+}
+
+/**
+ * About what a backup of the live state (the safety backup) comes to: `reference`'s file, plus what the
+ * database has grown since it was made (the live size against the recorded one), counted uncompressed.
+ */
+function liveBackupBytes(reference: SizedBackup, liveDatabase: number | undefined): number {
+  if (reference.databaseBytes === undefined || liveDatabase === undefined) return reference.size;
+  return reference.size + Math.max(0, liveDatabase - reference.databaseBytes);
+}
+
 /** statfs's type of overlayfs: a container's own file system. */
 const OVERLAYFS = 0x794c7630;
 
@@ -184,20 +227,22 @@ async function mayBeCopied(folder: { live: string; swap: 'rename' | 'copy' }): P
  * system (the data dir's and the database's, often) add up.
  */
 async function checkFreeSpace(needs: SpaceNeed[]): Promise<void> {
-  const byDevice = new Map<number, SpaceNeed>();
+  const byDevice = new Map<number, { dir: string; bytes: number; whats: string[] }>();
   for (const need of needs) {
     const device = (await stat(need.dir)).dev;
-    const same = byDevice.get(device);
-    if (same) same.bytes += need.bytes;
-    else byDevice.set(device, { ...need });
+    const same = byDevice.get(device) ?? { dir: need.dir, bytes: 0, whats: [] };
+    byDevice.set(device, same);
+    same.bytes += need.bytes;
+    if (need.bytes > 0) same.whats.push(`${need.what}, about ${formatBytes(need.bytes)}`);
   }
-  for (const { dir, bytes } of byDevice.values()) {
+  for (const { dir, bytes, whats } of byDevice.values()) {
     const { free } = await diskOf(dir);
     if (free < bytes) {
       throw new AppError(
         'no_space',
         `not enough free disk space to restore: about ${formatBytes(bytes)} needed, ${formatBytes(free)} free ` +
-          `on the file system of ${dir}; free some space (old backups, logs) and try again`,
+          `on the file system of ${dir} (${whats.join('; ')}); nothing was changed; free some space ` +
+          '(old backups, logs) and try again',
         { details: { dir, neededBytes: bytes, freeBytes: free } },
       );
     }
@@ -345,10 +390,22 @@ export async function restoreFromFile(
   await mkdir(agent.paths.work, { recursive: true });
   const storage = await databaseStorage(conn, ctx.log);
   const databaseDir = storage.dir;
+  // The safety backup is a backup of the live state, not of the backup restored: its size comes from the
+  // newest backup of this installation here (or, with none, the one restored) and the database's growth since.
+  const [ownNewest, liveDatabase] = options.skipSafetyBackup
+    ? [undefined, undefined]
+    : await Promise.all([
+        newestOwnBackup(agent, ctx.log),
+        ownDatabaseSize(conn).catch((error: unknown) => {
+          ctx.log.debug("the live database's size is unknown: its growth is not counted", { error });
+          return undefined;
+        }),
+      ]);
   /**
    * What the backup unpacks to, where it is staged (the manifest's member sizes, not the file's): the
-   * dump in the work folder; the safety backup (about the file's size) in the backups folder, which
-   * may be a disk of its own; each folder root's members in its staging folder beside the live one,
+   * dump in the work folder; the safety backup (liveBackupBytes) in the backups folder, which may be a
+   * disk of its own, and meanwhile its dump and folder copies in the work folder (about as much again,
+   * beside the restored dump); each folder root's members in its staging folder beside the live one,
    * and, for a live folder swapped by copy, its live entries copied aside there too (the swap's first
    * step) and the staged entries copied into it. The database's file system holds the staging copy:
    * its size when the backup was made (the manifest's; a backup made before it was recorded: the live
@@ -363,22 +420,36 @@ export async function restoreFromFile(
   ) => {
     const required = options.faults?.requiredBytes;
     const unpacked = unpackedBytes(manifest);
-    const safety = options.skipSafetyBackup ? 0 : size;
-    const needs: SpaceNeed[] = [{ dir: agent.paths.work, bytes: required ?? unpacked.dump }];
+    const safety = options.skipSafetyBackup
+      ? 0
+      : liveBackupBytes(ownNewest ?? { size, databaseBytes: manifest.postgres.databaseBytes }, liveDatabase);
+    const needs: SpaceNeed[] = [
+      { dir: agent.paths.work, bytes: required ?? unpacked.dump, what: "the backup's database dump" },
+    ];
     if (required === undefined) {
-      needs.push({ dir: agent.paths.backups, bytes: safety });
+      needs.push({ dir: agent.paths.backups, bytes: safety, what: 'the safety backup of the live state' });
+      needs.push({
+        dir: agent.paths.work,
+        bytes: safety,
+        what: "the safety backup's dump and folder copies",
+      });
       for (const folder of folders) {
         const staged = unpacked[folder.root];
-        needs.push({ dir: folder.staging, bytes: staged });
+        needs.push({ dir: folder.staging, bytes: staged, what: `the ${folder.root} folder's staging copy` });
         if (await mayBeCopied(folder)) {
           // A folder swapped by copy has its live entries copied aside first, beside it (copyLiveAside),
           // then is emptied and the staged entries copied into it: emptying a mount point frees its live
           // entries, an overlayfs folder's entries of the image's layer free nothing (they are only hidden).
           const live = await copiedBytes(folder.live);
-          needs.push({ dir: dirname(folder.live), bytes: live });
+          needs.push({
+            dir: dirname(folder.live),
+            bytes: live,
+            what: `the live ${folder.root} folder copied aside`,
+          });
           needs.push({
             dir: folder.live,
             bytes: folder.swap === 'copy' ? Math.max(0, staged - live) : staged,
+            what: `the ${folder.root} folder's restored entries`,
           });
         }
       }
@@ -386,12 +457,17 @@ export async function restoreFromFile(
     if (required === undefined && storage.local) {
       const database = manifest.postgres.databaseBytes ?? (await databaseSize(conn));
       if (databaseDir) {
-        needs.push({ dir: databaseDir, bytes: database + Math.min(database, storage.maxWalBytes) });
-      } else needs[0]!.bytes += database;
+        needs.push({
+          dir: databaseDir,
+          bytes: database + Math.min(database, storage.maxWalBytes),
+          what: 'the staging database and its WAL',
+        });
+      } else needs.push({ dir: agent.paths.work, bytes: database, what: 'the staging database' });
     }
     ctx.log.debug('restore disk check', {
       needs,
       fromManifest: manifest.postgres.databaseBytes !== undefined,
+      safetyFrom: ownNewest ? 'the newest backup here' : 'the backup restored',
     });
     await checkFreeSpace(needs);
   };

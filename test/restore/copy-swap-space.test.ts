@@ -100,7 +100,7 @@ describe('a live folder swapped by copy, on a disk of its own', () => {
       expect(job.error?.code, job.error?.message).toBe('no_space');
       expect(job.error?.message).toMatch(
         new RegExp(
-          `^not enough free disk space to restore: about .* needed, .* free on the file system of ${volume};`,
+          `^not enough free disk space to restore: about .* needed, .* free on the file system of ${volume} \\(the config folder's restored entries, `,
         ),
       );
       expect((await t.agent.catalog.list()).length).toBe(backups);
