@@ -578,6 +578,16 @@ export async function restoreFromFile(
         label: `before restore of ${label}`,
         // Named before it is written: killed before its swap committed, it is removed (safety-record.ts).
         beforeWrite: (name) => writeSafetyRecord(agent.config.dataDir, names.id, name),
+      }).catch((error: unknown) => {
+        // A disk filled since the check (createBackup removed its temp file and work folder): said as the
+        // safety backup's, where it writes, and that the restore changed nothing.
+        if (!(error instanceof AppError && error.code === 'no_space')) throw error;
+        throw new AppError(
+          'no_space',
+          `the disk filled up while writing the safety backup of the live state (its dump under ${agent.paths.work}, ` +
+            `its file in ${agent.paths.backups}); nothing was changed; free some space (old backups, logs) and try again`,
+          { cause: error, details: { dirs: [agent.paths.work, agent.paths.backups] } },
+        );
       });
       safetyBackup = backup.filename;
       ctx.throwIfCancelled();

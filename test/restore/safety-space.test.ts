@@ -3,7 +3,9 @@
  * grown since the backup being restored (an old, small one) needs more than that backup's file. The
  * backups folder sits on a small tmpfs of its own here; the database grows by ~30 MB after the only
  * backup. A restore that would not fit is refused up front, saying where and why, nothing changed:
- * the safety backup's file in the backups folder, and its dump in the work folder meanwhile.
+ * the safety backup's file in the backups folder, and its dump in the work folder meanwhile. A safety
+ * backup that fills the disk despite the check (filled meanwhile) stops the restore with an error that
+ * says so, nothing changed, no partial file left.
  */
 import { chmod, mkdir, mkdtemp, readdir, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -114,6 +116,59 @@ describe('restoring an old, small backup over a database that has grown since', 
       await t.agent.catalog.delete(safety);
     } finally {
       await rm(filler, { force: true });
+    }
+  });
+});
+
+describe('the safety backup filling the disk despite the check (filled meanwhile)', () => {
+  it('stops the restore with no_space naming the safety backup, nothing changed, no partial file left', async () => {
+    const filler = await fillTo(backups, 2 * MiB);
+    try {
+      const before = await liveState(t.agent);
+      const files = await readdir(backups);
+      const free = await freeOn(backups);
+      // The check is told to pass: the safety backup itself runs into the full disk.
+      const job = await runRestore(t.agent, t.agent.catalog.pathOf(oldBackup), {
+        faults: { requiredBytes: 0 },
+      });
+      expect(job.error?.code, job.error?.message).toBe('no_space');
+      expect(job.error?.message).toMatch(
+        /^the disk filled up while writing the safety backup of the live state/,
+      );
+      expect(job.error?.message).toContain(`its file in ${backups}); nothing was changed; free some space`);
+      // No temp file, no record of a safety backup, the disk as free as before.
+      expect(await readdir(backups)).toEqual(files);
+      expect((await readdir(t.agent.config.dataDir)).filter((f) => f.startsWith('restore-'))).toEqual([]);
+      expect(Math.abs((await freeOn(backups)) - free)).toBeLessThan(MiB);
+      expect(await liveState(t.agent)).toEqual(before);
+      expect(await leftovers(t.agent)).toEqual([]);
+    } finally {
+      await rm(filler, { force: true });
+    }
+  });
+
+  it('says the same when the work folder fills under its dump, and nothing was changed', async () => {
+    const work = t.agent.paths.work;
+    await mkdir(work, { recursive: true });
+    // Room for the old backup's dump, not for the safety backup's dump of the live database.
+    await mounts.mount(work, '4m');
+    try {
+      const before = await liveState(t.agent);
+      const files = await readdir(backups);
+      const job = await runRestore(t.agent, t.agent.catalog.pathOf(oldBackup), {
+        faults: { requiredBytes: 0 },
+      });
+      expect(job.error?.code, job.error?.message).toBe('no_space');
+      expect(job.error?.message).toMatch(
+        /^the disk filled up while writing the safety backup of the live state \(its dump under /,
+      );
+      expect(job.error?.message).toContain(`${work}, its file in ${backups}); nothing was changed`);
+      expect(await readdir(backups)).toEqual(files);
+      expect(await readdir(work)).toEqual([]);
+      expect(await liveState(t.agent)).toEqual(before);
+      expect(await leftovers(t.agent)).toEqual([]);
+    } finally {
+      await mounts.unmount(work);
     }
   });
 });
