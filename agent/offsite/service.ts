@@ -15,7 +15,7 @@ import type { Job, JobContext } from '../jobs/runner';
 import type { Logger } from '../log';
 import { createProvider } from '../providers/index';
 import { withRetry } from '../providers/retry';
-import { type RestoreOptions, restoreFromFile } from '../restore/restore';
+import { checkInstallation, type RestoreOptions, restoreFromFile } from '../restore/restore';
 import { applySettingsUpdate } from '../settings/model';
 import { TEMP_PREFIX } from '../system/atomic-file';
 import { type ConnectionTestResult, testConnection } from './connection';
@@ -523,7 +523,9 @@ export class OffsiteService {
             await downloadToFile(provider, name, path, {
               ...this.transferOptions(ctx),
               checkHeader: async (header) => {
-                if (!options.resolveFileKey) await refuseWithoutKey(this.agent.keyring.masterKeys, header);
+                if (options.resolveFileKey) return;
+                await refuseWithoutKey(this.agent.keyring.masterKeys, header);
+                await checkInstallation(this.agent.keyring, header, options.otherInstallation);
               },
             });
           });

@@ -2,7 +2,12 @@
 import { randomBytes } from 'node:crypto';
 import { mkdir, mkdtemp, rm, stat, statfs } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
-import { stanzaKeyIds, unwrapWithMasterKeys, verifyHeaderMac } from '../../shared/envelope';
+import {
+  type EnvelopeHeader,
+  stanzaKeyIds,
+  unwrapWithMasterKeys,
+  verifyHeaderMac,
+} from '../../shared/envelope';
 import type { Agent } from '../agent';
 import { FOLDER_ROOTS, type FolderRoot } from '../backup/archive';
 import { checkBackupName, newestGoodBackup } from '../backup/catalog';
@@ -310,9 +315,9 @@ export const OTHER_INSTALLATION_HINT =
  * one by mistake would leave the box's own data under the imported identity. One the keyring holds no
  * key for is left to the read, whose error says which keys file to import.
  */
-async function checkInstallation(
+export async function checkInstallation(
   keyring: Keyring,
-  header: Awaited<ReturnType<typeof readHeaderOfFile>>,
+  header: EnvelopeHeader,
   allowed = false,
 ): Promise<void> {
   if (allowed || keyring.isActive(header.core.installationTag)) return;

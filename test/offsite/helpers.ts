@@ -4,7 +4,13 @@ import { expect } from 'vitest';
 import { offsiteModule } from '../../agent/http/routes/offsite';
 import type { Job } from '../../agent/jobs/runner';
 import { type OffsiteServiceOptions, offsiteServiceFor } from '../../agent/offsite/index';
-import { generateFileKey, newCore, sealStream, wrapForMasterKey } from '../../shared/envelope';
+import {
+  generateFileKey,
+  type MasterKey,
+  newCore,
+  sealStream,
+  wrapForMasterKey,
+} from '../../shared/envelope';
 import { startTestAgent, type TestAgent } from '../services/agent';
 import type { TestPostgres } from '../services/postgres';
 import type { S3Service } from '../services/s3';
@@ -83,15 +89,15 @@ export const OTHER_INSTALLATION = randomBytes(16).toString('hex');
 
 /**
  * A backup of another installation (OTHER_INSTALLATION unless named), sealed with a master key we do not
- * hold, of `payloadBytes` random bytes (20 000 unless given).
+ * hold unless given one, of `payloadBytes` random bytes (20 000 unless given).
  */
 export async function foreignBackup(
   createdAt: string,
   installationId = OTHER_INSTALLATION,
   payloadBytes = 20_000,
+  key: MasterKey = { id: `mk-${randomBytes(8).toString('hex')}`, key: randomBytes(32) },
 ): Promise<Buffer> {
   const fileKey = generateFileKey();
-  const key = { id: `mk-${randomBytes(8).toString('hex')}`, key: randomBytes(32) };
   const core = newCore({
     installationId,
     createdAt,

@@ -20,6 +20,7 @@ const SIZE = 32 * 1024 * 1024;
 const HEADER_READ_BOUND = 2 * 1024 * 1024;
 const withoutKey = 'gem-backup-2026-02-03-040506.tar.gz';
 const noBackup = 'gem-backup-2026-02-03-040507.tar.gz';
+const otherInstallation = 'gem-backup-2026-02-03-040508.tar.gz';
 
 let pg: TestPostgres;
 let sshd: SshdService;
@@ -37,6 +38,11 @@ beforeAll(async () => {
     await foreignBackup(createdAtFromName(withoutKey)!, undefined, SIZE),
   );
   await writeFile(join(folder, noBackup), randomBytes(SIZE));
+  // Another installation's, sealed with a key this one holds (its own from before a keys import, say).
+  await writeFile(
+    join(folder, otherInstallation),
+    await foreignBackup(createdAtFromName(otherInstallation)!, undefined, SIZE, t.agent.keyring.activeKey),
+  );
   await t.agent.settings.update({
     offsite: { sftp: { ...sftpSection(sshd, 'refused'), port: relay.port } },
   });
@@ -48,10 +54,10 @@ afterAll(async () => {
 });
 
 /** Restores `name` from the SFTP copy; returns the failed job's error and the bytes the server sent for it. */
-async function refusedRestore(name: string) {
+async function refusedRestore(name: string, body: Record<string, unknown> = {}) {
   const before = relay.bytesFromServer;
   const catalog = await t.agent.catalog.list();
-  const job = await runJob(t, 'POST', `/offsite/sftp/backups/${name}/restore`, { confirm: name });
+  const job = await runJob(t, 'POST', `/offsite/sftp/backups/${name}/restore`, { confirm: name, ...body });
   expect(job.state).toBe('failed');
   // Nothing changed: no safety backup, nothing downloaded left in the work folder.
   expect(await t.agent.catalog.list()).toEqual(catalog);
@@ -69,6 +75,19 @@ describe('a restore from an offsite copy it could not open', () => {
       /^this backup was made with key mk-[0-9a-f]{16}; import that installation's keys file$/,
     );
     expect(read).toBeLessThan(HEADER_READ_BOUND);
+  });
+
+  it("refuses another installation's backup, unless asked for, after reading its header", async () => {
+    const { error, read } = await refusedRestore(otherInstallation);
+    expect(error?.code).toBe('conflict');
+    expect(error?.message).toMatch(
+      /^this backup was made by installation [0-9a-f]{8}…, not by installation /,
+    );
+    expect(read).toBeLessThan(HEADER_READ_BOUND);
+    // Asked for: downloaded whole, and refused only by the restore's own read (its payload is no archive).
+    const asked = await refusedRestore(otherInstallation, { otherInstallation: true });
+    expect(asked.error?.code).not.toBe('conflict');
+    expect(asked.read).toBeGreaterThan(SIZE);
   });
 
   it('refuses a file that is not a backup after reading its first bytes', async () => {
