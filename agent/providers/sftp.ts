@@ -416,7 +416,7 @@ export class SftpProvider implements StorageProvider {
     };
     this.connection = new SharedConnection<Session>(
       {
-        open: () => this.connect(),
+        open: (signal) => this.connect(signal),
         watch: ({ client, sftp }, lost) => {
           sshOf(client).on('error', lost).on('end', lost).on('close', lost);
           sftp.on('close', lost);
@@ -447,8 +447,11 @@ export class SftpProvider implements StorageProvider {
     );
   }
 
-  /** A new connection, its host key checked (pinned, or trusted on first use). */
-  private async connect(): Promise<Session> {
+  /**
+   * A new connection, its host key checked (pinned, or trusted on first use). `signal` firing before it
+   * is ready ends it at once as 'aborted'.
+   */
+  private async connect(signal: AbortSignal): Promise<Session> {
     const { privateKey } = this.options;
     const pinned = this.pinned;
     if (privateKey !== undefined && /^\s*PuTTY-User-Key-File-/.test(privateKey)) {
@@ -462,7 +465,7 @@ export class SftpProvider implements StorageProvider {
       quiet,
     );
     try {
-      const sftp = await this.sftpAnswered(client, {
+      const sftp = await this.sftpAnswered(client, signal, {
         host: this.options.host,
         port: this.options.port ?? 22,
         username: this.options.username,
@@ -503,12 +506,24 @@ export class SftpProvider implements StorageProvider {
    * client.connect(), whose SFTP channel must answer within timeoutMs of the sign-in: readyTimeout bounds
    * only the SSH handshake, and a server whose SFTP service hangs (a home on a dead network mount, a shell
    * start-up file waiting for input) still answers keepalives, so nothing else would end the wait.
+   * `signal` firing meanwhile destroys the connection, half-done handshake and all.
    */
-  private sftpAnswered(client: SftpClient, config: SftpClient.ConnectOptions): Promise<SFTPWrapper> {
+  private sftpAnswered(
+    client: SftpClient,
+    signal: AbortSignal,
+    config: SftpClient.ConnectOptions,
+  ): Promise<SFTPWrapper> {
     const ssh = sshOf(client);
     const timeoutMs = this.options.timeoutMs ?? 20_000;
     let timer: NodeJS.Timeout | undefined;
+    let onAbort = () => {};
     return new Promise<SFTPWrapper>((resolve, reject) => {
+      onAbort = () => {
+        reject(abortedError(signal.reason));
+        ssh.destroy();
+      };
+      if (signal.aborted) return onAbort();
+      signal.addEventListener('abort', onAbort, { once: true });
       ssh.once('ready', () => {
         timer = setTimeout(() => {
           reject(
@@ -521,7 +536,10 @@ export class SftpProvider implements StorageProvider {
         }, timeoutMs);
       });
       client.connect(config).then((sftp) => resolve(sftp as unknown as SFTPWrapper), reject);
-    }).finally(() => clearTimeout(timer));
+    }).finally(() => {
+      clearTimeout(timer);
+      signal.removeEventListener('abort', onAbort);
+    });
   }
 
   /**
