@@ -285,29 +285,41 @@ class EarlyFlush {
   }
 }
 
-/** One SFTP request; with a `limit`, one the server leaves unanswered that long fails as 'unreachable'. */
+/**
+ * One SFTP request; with a `limit`, one the server leaves unanswered that long fails as 'unreachable'.
+ * `signal` firing first ends the wait as 'aborted' (the operation's lease then retires the connection).
+ */
 function call<T>(
   run: (callback: (error: Error | null | undefined, value: T) => void) => void,
   limit?: AnswerLimit,
+  signal?: AbortSignal,
 ): Promise<T> {
   return new Promise((resolve, reject) => {
+    throwIfAborted(signal);
+    const onAbort = () => reject(abortedError(signal?.reason));
+    signal?.addEventListener('abort', onAbort, { once: true });
     const timer = limit && setTimeout(() => reject(unanswered(limit)), limit.ms);
     run((error, value) => {
       clearTimeout(timer);
+      signal?.removeEventListener('abort', onAbort);
       if (error) reject(error);
       else resolve(value);
     });
   });
 }
 
-/** `request` (an ssh2-sftp-client call, one or a few SFTP requests), failed as call() fails it past `limit`. */
-function answered<T>(request: Promise<T>, limit: AnswerLimit): Promise<T> {
-  return call<T>((done) => {
-    request.then(
-      (value) => done(undefined, value),
-      (error: Error) => done(error, undefined as T),
-    );
-  }, limit);
+/** `request` (an ssh2-sftp-client call, one or a few SFTP requests), failed as call() fails it. */
+function answered<T>(request: Promise<T>, limit: AnswerLimit, signal?: AbortSignal): Promise<T> {
+  return call<T>(
+    (done) => {
+      request.then(
+        (value) => done(undefined, value),
+        (error: Error) => done(error, undefined as T),
+      );
+    },
+    limit,
+    signal,
+  );
 }
 
 /**
@@ -345,8 +357,8 @@ interface FolderEntry {
 /**
  * Reads the folder `dir` one READDIR answer at a time and returns the entries `keep` takes: at most
  * MAX_LISTED_NAMES of them from at most MAX_LIST_PAGES answers (ListBound), so a server that sends an
- * endless folder gets a clear error instead of the agent's memory. Stops between answers once `signal`
- * fires.
+ * endless folder gets a clear error instead of the agent's memory. Stops once `signal` fires, an answer
+ * still awaited included.
  */
 async function readFolder(
   sftp: SFTPWrapper,
@@ -357,7 +369,7 @@ async function readFolder(
   limits: ListLimits | undefined,
   limit: AnswerLimit,
 ): Promise<FolderEntry[]> {
-  const handle = await call<Buffer>((done) => sftp.opendir(dir, done), limit);
+  const handle = await call<Buffer>((done) => sftp.opendir(dir, done), limit, signal);
   const bound = new ListBound(where, limits);
   const kept: FolderEntry[] = [];
   try {
@@ -371,6 +383,7 @@ async function readFolder(
               : done(error, list as never),
           ),
         limit,
+        signal,
       );
       if (answer === undefined) break;
       bound.page(true);
@@ -387,7 +400,7 @@ async function readFolder(
       }
     }
   } finally {
-    await call<void>((done) => sftp.close(handle, done as never), limit).catch(() => undefined);
+    await call<void>((done) => sftp.close(handle, done as never), limit, signal).catch(() => undefined);
   }
   return kept;
 }
@@ -657,8 +670,8 @@ export class SftpProvider implements StorageProvider {
    * Whether the backup folder exists yet. A file in its place is refused by name: the server's answer to
    * using it as a folder ("no such file") would say it does not exist.
    */
-  private async folderExists(client: SftpClient): Promise<boolean> {
-    const kind = await answered(client.exists(this.dir), this.limit);
+  private async folderExists(client: SftpClient, signal?: AbortSignal): Promise<boolean> {
+    const kind = await answered(client.exists(this.dir), this.limit, signal);
     if (kind === '-') {
       throw new StorageError(
         'io',
@@ -773,7 +786,7 @@ export class SftpProvider implements StorageProvider {
   async sweepTemp(options: TempSweepOptions = {}): Promise<TempSweepResult> {
     throwIfAborted(options.signal);
     return this.session({ signal: options.signal }, async ({ client, sftp }) => {
-      if (!(await this.folderExists(client))) return { removed: [] };
+      if (!(await this.folderExists(client, options.signal))) return { removed: [] };
       const removed: string[] = [];
       const leftovers = await readFolder(
         sftp,
@@ -787,7 +800,12 @@ export class SftpProvider implements StorageProvider {
       );
       for (const entry of leftovers) {
         throwIfAborted(options.signal);
-        await call<void>((done) => sftp.unlink(this.path(entry.name), done as never), this.limit).then(
+        const removal = call<void>(
+          (done) => sftp.unlink(this.path(entry.name), done as never),
+          this.limit,
+          options.signal,
+        );
+        await removal.then(
           () => removed.push(entry.name),
           (error) => {
             if (error?.code !== SFTP_NO_SUCH_FILE) throw error; // gone meanwhile is fine
@@ -886,10 +904,12 @@ export class SftpProvider implements StorageProvider {
     );
   }
 
-  async stat(name: string): Promise<StoredObject> {
+  async stat(name: string, options: { signal?: AbortSignal } = {}): Promise<StoredObject> {
     assertObjectName(name);
-    return this.session({ retry: true }, async ({ sftp }) => {
-      const stats = await call<Stats>((done) => sftp.stat(this.path(name), done), this.limit).catch(
+    throwIfAborted(options.signal);
+    const { signal } = options;
+    return this.session({ signal, retry: true }, async ({ sftp }) => {
+      const stats = await call<Stats>((done) => sftp.stat(this.path(name), done), this.limit, signal).catch(
         (error) => {
           throw this.classify(error, name);
         },
@@ -902,7 +922,7 @@ export class SftpProvider implements StorageProvider {
   async list(options: { signal?: AbortSignal } = {}): Promise<StoredObject[]> {
     throwIfAborted(options.signal);
     return this.session({ signal: options.signal, retry: true }, async ({ client, sftp }) => {
-      if (!(await this.folderExists(client))) return [];
+      if (!(await this.folderExists(client, options.signal))) return [];
       const entries = await readFolder(
         sftp,
         this.dir,
@@ -925,10 +945,13 @@ export class SftpProvider implements StorageProvider {
     return `folder ${this.dir} on ${this.options.host}:${this.options.port ?? 22}`;
   }
 
-  async delete(name: string): Promise<void> {
+  async delete(name: string, options: { signal?: AbortSignal } = {}): Promise<void> {
     assertObjectName(name);
-    await this.session({}, async ({ sftp }) => {
-      await call<void>((done) => sftp.unlink(this.path(name), done as never), this.limit).catch((error) => {
+    throwIfAborted(options.signal);
+    const { signal } = options;
+    await this.session({ signal }, async ({ sftp }) => {
+      const removal = call<void>((done) => sftp.unlink(this.path(name), done as never), this.limit, signal);
+      await removal.catch((error) => {
         throw this.classify(error, name);
       });
     });

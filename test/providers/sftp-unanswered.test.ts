@@ -8,7 +8,7 @@ import { utils } from 'ssh2';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { SftpProvider } from '../../agent/providers/sftp';
 import { type InProcessSshServer, startInProcessSshServer } from '../services/ssh-server';
-import { within } from '../services/wait';
+import { until, within } from '../services/wait';
 
 const STATUS_OK = 0;
 const STATUS_EOF = 1;
@@ -18,6 +18,8 @@ const NAME = 'gem-backup-2026-01-01-000000.tar.gz';
 
 /** The requests the server leaves unanswered (by ssh2's event names). */
 const unanswered = new Set<string>();
+/** The kinds of request the server was sent (answered or not). */
+const asked = new Set<string>();
 /** The folder's files by full path. */
 const files = new Map<string, Buffer>();
 let server: InProcessSshServer;
@@ -40,6 +42,7 @@ beforeAll(async () => {
       sftp.on(
         request as never,
         ((id: number, ...args: never[]) => {
+          asked.add(request);
           if (!unanswered.has(request)) answer(id, ...args);
         }) as never,
       );
@@ -103,6 +106,7 @@ beforeAll(async () => {
 
 afterEach(() => {
   unanswered.clear();
+  asked.clear();
   files.clear();
 });
 
@@ -169,6 +173,46 @@ describe('an SFTP server that leaves a request unanswered', () => {
       );
       await within(server.allClosed(), 5_000, 'the connection to close');
       await second.close();
+    },
+  );
+});
+
+/** Cancellable operations, each with a request it cannot do without. */
+const cancellable: [string, string, (p: SftpProvider, signal: AbortSignal) => Promise<unknown>][] = [
+  ['a stat', 'STAT', (p, signal) => p.stat(NAME, { signal })],
+  ['a delete', 'REMOVE', (p, signal) => p.delete(NAME, { signal })],
+  ['a listing', 'LSTAT', (p, signal) => p.list({ signal })],
+  ['a listing', 'OPENDIR', (p, signal) => p.list({ signal })],
+  ['a listing', 'READDIR', (p, signal) => p.list({ signal })],
+  ['a sweep of temp files', 'READDIR', (p, signal) => p.sweepTemp({ signal })],
+];
+
+describe('an SFTP server that leaves a request unanswered, the job cancelled meanwhile', () => {
+  it.each(cancellable)(
+    'ends %s waiting for its %s at once as aborted, and closes the connection',
+    async (what, request, run) => {
+      files.set(`${FOLDER}/${NAME}`, BACKUP);
+      unanswered.add(request);
+      // The product's default request limit: the test shows the cancel does not wait for it.
+      const sftp = new SftpProvider({
+        host: '127.0.0.1',
+        port: server.port,
+        username: 'gem',
+        password: 'any',
+        remotePath: FOLDER,
+        timeoutMs: 5000,
+      });
+      const controller = new AbortController();
+      const running = run(sftp, controller.signal).then(
+        () => new Error('it succeeded'),
+        (error: unknown) => error,
+      );
+      await until(async () => asked.has(request), `the ${request} to reach the server`);
+      controller.abort();
+      const failure = await within(running, 3_000, `${what} cancelled while its ${request} is unanswered`);
+      expect(failure).toMatchObject({ code: 'aborted' });
+      await within(server.allClosed(), 3_000, 'the connection to close');
+      await sftp.close();
     },
   );
 });
