@@ -112,8 +112,15 @@ interface AnswerLimit {
   server: string;
 }
 
+/**
+ * A request the server left unanswered past its limit. The connection it was sent on is taken for dead
+ * (its operation fails and the connection is closed): a request sent after it would wait as long again,
+ * as OpenSSH's sftp-server answers a session's requests one after another.
+ */
+class UnansweredError extends StorageError {}
+
 function unanswered(limit: AnswerLimit): StorageError {
-  return new StorageError(
+  return new UnansweredError(
     'unreachable',
     `${limit.server} did not answer an SFTP request within ${limit.ms / 1000} s`,
   );
@@ -372,6 +379,7 @@ async function readFolder(
   const handle = await call<Buffer>((done) => sftp.opendir(dir, done), limit, signal);
   const bound = new ListBound(where, limits);
   const kept: FolderEntry[] = [];
+  let dead = false;
   try {
     for (;;) {
       throwIfAborted(signal);
@@ -399,8 +407,13 @@ async function readFolder(
         kept.push(entry);
       }
     }
+  } catch (error) {
+    dead = error instanceof UnansweredError;
+    throw error;
   } finally {
-    await call<void>((done) => sftp.close(handle, done as never), limit, signal).catch(() => undefined);
+    // A dead connection is closed next, handle and all.
+    if (!dead)
+      await call<void>((done) => sftp.close(handle, done as never), limit, signal).catch(() => undefined);
   }
   return kept;
 }

@@ -216,3 +216,36 @@ describe('an SFTP server that leaves a request unanswered, the job cancelled mea
     },
   );
 });
+
+describe('an SFTP server that stops answering altogether', () => {
+  it.each([
+    ['a listing', (p: SftpProvider) => p.list()],
+    ['a sweep of temp files', (p: SftpProvider) => p.sweepTemp()],
+  ])('fails %s after one request limit, sending nothing more on the dead connection', async (what, run) => {
+    files.set(`${FOLDER}/${NAME}`, BACKUP);
+    // Stuck from the folder's first READDIR on: its CLOSE would wait as long again.
+    unanswered.add('READDIR').add('CLOSE');
+    const limitMs = 3_000;
+    const sftp = new SftpProvider({
+      host: '127.0.0.1',
+      port: server.port,
+      username: 'gem',
+      password: 'any',
+      remotePath: FOLDER,
+      timeoutMs: 5000,
+      requestTimeoutMs: limitMs,
+    });
+    const failure = await within(
+      run(sftp).then(
+        () => new Error('it succeeded'),
+        (error: unknown) => error,
+      ),
+      limitMs * 1.7,
+      `${what} on a server stuck from its READDIR`,
+    );
+    expect(failure).toMatchObject({ code: 'unreachable' });
+    expect(asked.has('CLOSE')).toBe(false);
+    await within(server.allClosed(), 5_000, 'the connection to close');
+    await sftp.close();
+  });
+});
