@@ -331,15 +331,21 @@ function answered<T>(request: Promise<T>, limit: AnswerLimit, signal?: AbortSign
 
 /**
  * `stream`'s chunks for downloadStream, each of which the server must send within `limit` of being waited
- * for (a reader that takes its time may), else it fails as 'unreachable'; `failed` is called first on any
- * failure. (Destroying the stream would not end the wait: ssh2 ends it once the server answers its CLOSE.)
+ * for (a reader that takes its time may), else it fails as 'unreachable', or as 'aborted' once `signal`
+ * fires; `failed` is called first on any failure. (Destroying the stream would not end the wait: ssh2 ends
+ * it once the server answers its CLOSE.)
  */
-function answeredChunks(stream: Readable, limit: AnswerLimit, failed: () => void): AsyncIterable<Buffer> {
+function answeredChunks(
+  stream: Readable,
+  limit: AnswerLimit,
+  signal: AbortSignal | undefined,
+  failed: () => void,
+): AsyncIterable<Buffer> {
   const chunks = stream[Symbol.asyncIterator]();
   return {
     [Symbol.asyncIterator]: () => ({
       next: () =>
-        answered(chunks.next(), limit).catch((error: unknown) => {
+        answered(chunks.next(), limit, signal).catch((error: unknown) => {
           failed();
           throw error;
         }),
@@ -888,7 +894,7 @@ export class SftpProvider implements StorageProvider {
     assertObjectName(name);
     throwIfAborted(options.signal);
     const { lease } = await this.held({ signal: options.signal, retry: true }, ({ sftp }) =>
-      call<Stats>((done) => sftp.stat(this.path(name), done), this.limit).catch((error) => {
+      call<Stats>((done) => sftp.stat(this.path(name), done), this.limit, options.signal).catch((error) => {
         throw this.classify(error, name);
       }),
     );
@@ -906,7 +912,7 @@ export class SftpProvider implements StorageProvider {
     if (options.signal) options.signal.addEventListener('abort', () => stream.destroy(), { once: true });
     // The connection is held as long as the download: released when the reader finishes, fails or cancels.
     return downloadStream(
-      answeredChunks(stream, this.limit, () => {
+      answeredChunks(stream, this.limit, options.signal, () => {
         failed = true;
       }),
       (error) => this.classify(error, name, options.signal),

@@ -185,6 +185,12 @@ const cancellable: [string, string, (p: SftpProvider, signal: AbortSignal) => Pr
   ['a listing', 'OPENDIR', (p, signal) => p.list({ signal })],
   ['a listing', 'READDIR', (p, signal) => p.list({ signal })],
   ['a sweep of temp files', 'READDIR', (p, signal) => p.sweepTemp({ signal })],
+  ['a download', 'STAT', (p, signal) => p.get(NAME, { signal })],
+  [
+    'a download',
+    'OPEN',
+    (p, signal) => p.get(NAME, { signal }).then((stream) => new Response(stream).arrayBuffer()),
+  ],
 ];
 
 describe('an SFTP server that leaves a request unanswered, the job cancelled meanwhile', () => {
