@@ -143,13 +143,15 @@ export const WRITE_WINDOW_BYTES = 4 * 1024 * 1024;
 /**
  * Writes a stream of chunks to an open remote file with many WRITE requests in flight at increasing
  * offsets (ssh2's own write waits for each ack before sending the next piece of a buffer). Each piece is
- * at most the server's write limit; the first failed write fails the whole upload.
+ * at most the server's write limit; the first failed write fails the whole upload, and `signal` firing
+ * fails it as 'aborted' (the pipeline's own signal ends nothing while it waits for the server's answers).
  */
 async function writePipelined(
   sftp: SFTPWrapper,
   handle: Buffer,
   chunks: AsyncIterable<Buffer>,
   limit: AnswerLimit,
+  signal: AbortSignal | undefined,
   onSent?: (bytes: number) => void,
 ): Promise<void> {
   const piece = Math.max(
@@ -189,6 +191,12 @@ async function writePipelined(
     while (!ready() && failure === undefined) await new Promise<void>((resolve) => (wake = resolve));
     if (failure !== undefined) throw failure;
   };
+  const onAbort = () => {
+    failure ??= abortedError(signal?.reason);
+    wakeUp();
+  };
+  if (signal?.aborted) onAbort();
+  else signal?.addEventListener('abort', onAbort, { once: true });
   try {
     for await (const chunk of chunks) {
       const buffer = Buffer.isBuffer(chunk) ? chunk : Buffer.from(chunk as Uint8Array);
@@ -205,6 +213,7 @@ async function writePipelined(
     await until(() => inFlight === 0);
   } finally {
     clearTimeout(silence);
+    signal?.removeEventListener('abort', onAbort);
   }
 }
 
@@ -681,8 +690,9 @@ export class SftpProvider implements StorageProvider {
     return posix.join(this.dir, name);
   }
 
-  private async ensureDir(client: SftpClient): Promise<void> {
-    if (!(await this.folderExists(client))) await answered(client.mkdir(this.dir, true), this.limit);
+  private async ensureDir(client: SftpClient, signal: AbortSignal | undefined): Promise<void> {
+    if (!(await this.folderExists(client, signal)))
+      await answered(client.mkdir(this.dir, true), this.limit, signal);
   }
 
   /**
@@ -711,13 +721,17 @@ export class SftpProvider implements StorageProvider {
     const { signal } = options;
     const exclusive = options.exclusive ?? false;
     return this.session({ signal }, async ({ client, sftp }, lease) => {
-      await this.ensureDir(client).catch((error) => {
+      await this.ensureDir(client, signal).catch((error) => {
         throw this.classify(error, this.dir);
       });
       const temp = this.path(tempNameFor(name, options.tempTag));
       const final = this.path(name);
       const check = new SourceCheck(options.onProgress);
-      const handle = await call<Buffer>((done) => sftp.open(temp, 'w', { mode: 0o600 }, done), this.limit);
+      const handle = await call<Buffer>(
+        (done) => sftp.open(temp, 'w', { mode: 0o600 }, done),
+        this.limit,
+        signal,
+      );
       let handleOpen = true;
       const fsync = hasFsync(sftp);
       const early =
@@ -731,12 +745,17 @@ export class SftpProvider implements StorageProvider {
           Readable.fromWeb(source.open() as never),
           check,
           (chunks: AsyncIterable<Buffer>) =>
-            writePipelined(sftp, handle, chunks, this.limit, early && ((bytes) => early.sent(bytes))).catch(
-              (error: unknown) => {
-                writeFailure = error;
-                throw error;
-              },
-            ),
+            writePipelined(
+              sftp,
+              handle,
+              chunks,
+              this.limit,
+              signal,
+              early && ((bytes) => early.sent(bytes)),
+            ).catch((error: unknown) => {
+              writeFailure = error;
+              throw error;
+            }),
           signal ? { signal } : {},
         );
         check.verify(source);

@@ -185,6 +185,9 @@ const cancellable: [string, string, (p: SftpProvider, signal: AbortSignal) => Pr
   ['a listing', 'OPENDIR', (p, signal) => p.list({ signal })],
   ['a listing', 'READDIR', (p, signal) => p.list({ signal })],
   ['a sweep of temp files', 'READDIR', (p, signal) => p.sweepTemp({ signal })],
+  ['an upload', 'LSTAT', (p, signal) => p.put(NAME, source, { signal })],
+  ['an upload', 'OPEN', (p, signal) => p.put(NAME, source, { signal })],
+  ['an upload', 'WRITE', (p, signal) => p.put(NAME, source, { signal })],
   ['a download', 'STAT', (p, signal) => p.get(NAME, { signal })],
   [
     'a download',
@@ -217,6 +220,8 @@ describe('an SFTP server that leaves a request unanswered, the job cancelled mea
       controller.abort();
       const failure = await within(running, 3_000, `${what} cancelled while its ${request} is unanswered`);
       expect(failure).toMatchObject({ code: 'aborted' });
+      // Nothing changed: the backup is still there, and no temp file was left.
+      expect([...files.keys()]).toEqual([`${FOLDER}/${NAME}`]);
       await within(server.allClosed(), 3_000, 'the connection to close');
       await sftp.close();
     },
