@@ -939,9 +939,9 @@ export class SmbProvider implements StorageProvider {
     );
   }
 
-  async stat(name: string): Promise<StoredObject> {
+  async stat(name: string, options: { signal?: AbortSignal } = {}): Promise<StoredObject> {
     assertObjectName(name);
-    const result = await this.run([`ls ${quote(this.path(name))}`]);
+    const result = await this.run([`ls ${quote(this.path(name))}`], options.signal);
     this.check(result, name);
     const entry = this.parseListing(result.output).find((object) => object.name === name);
     if (!entry) throw new StorageError('not_found', `${name} does not exist on the share`);
@@ -963,9 +963,9 @@ export class SmbProvider implements StorageProvider {
     return `folder /${this.folders.join('/')} of //${this.options.host}/${this.options.share}`;
   }
 
-  async delete(name: string): Promise<void> {
-    await this.stat(name);
-    this.check(await this.run([`del ${quote(this.path(name))}`]), name);
+  async delete(name: string, options: { signal?: AbortSignal } = {}): Promise<void> {
+    await this.stat(name, options);
+    this.check(await this.run([`del ${quote(this.path(name))}`], options.signal), name);
   }
 
   /**
