@@ -3,7 +3,7 @@ import { mkdir, mkdtemp, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { S3Input, SftpInput, SmbInput } from '../../shared/api/settings';
 import { type EnvelopeHeader, stanzaKeyIds } from '../../shared/envelope';
-import type { StorageProvider, StoredObject } from '../../shared/storage/index';
+import { StorageError, type StorageProvider, type StoredObject } from '../../shared/storage/index';
 import { isBackupName } from '../../shared/storage/names';
 import type { AfterBackupHook, Agent } from '../agent';
 import { type BackupInfo, checkBackupName, pinnedRefusal } from '../backup/catalog';
@@ -293,19 +293,27 @@ export class OffsiteService {
     return {
       onHostKey: async (hostKeyFingerprint) => {
         // Checked and merged on the settings as they are when the change runs (inside the settings
-        // queue): a PUT saved meanwhile (SFTP off, another host, a pin typed in) wins, nothing is pinned.
+        // queue, read from the database): a PUT saved meanwhile (SFTP off, another host) wins, nothing
+        // is pinned. A pin saved meanwhile (typed in, or by a CLI command's first connection beside the
+        // service) decides: a key that is not it is refused, as if it had been pinned all along.
+        let pinned: string | undefined;
         const saved = await this.agent.settings.change((current) => {
           const now = current.offsite.sftp;
-          if (
-            !now.enabled ||
-            now.hostKeyFingerprint ||
-            now.host.trim() !== host.trim() ||
-            (now.port || 22) !== (port || 22)
-          )
+          if (!now.enabled || now.host.trim() !== host.trim() || (now.port || 22) !== (port || 22))
             return undefined;
+          if (now.hostKeyFingerprint) {
+            pinned = now.hostKeyFingerprint;
+            return undefined;
+          }
           now.hostKeyFingerprint = hostKeyFingerprint;
           return current;
         });
+        if (pinned !== undefined && pinned !== hostKeyFingerprint) {
+          throw new StorageError(
+            'auth_failed',
+            `the server's host key ${hostKeyFingerprint} is not the pinned ${pinned}; refusing to connect`,
+          );
+        }
         if (!saved) return;
         this.agent.log.info('pinned the SFTP server host key (first connection)', {
           host: saved.offsite.sftp.host,

@@ -48,7 +48,9 @@ export interface SftpOptions {
   hostKeyFingerprint?: string;
   /**
    * Trust on first use: with no key pinned, called once with the server's key after the first successful
-   * sign-in; that key is then pinned for this provider's later connections. A failure here is ignored.
+   * sign-in; that key is then pinned for this provider's later connections. A StorageError it throws
+   * refuses the connection (a pin saved elsewhere meanwhile that is not this key); any other failure is
+   * ignored (the key could not be saved: it is offered again at the next connection).
    */
   onHostKey?: (fingerprint: string) => void | Promise<void>;
   /**
@@ -526,8 +528,10 @@ export class SftpProvider implements StorageProvider {
         },
       });
       if (pinned === undefined && seenHostKey !== undefined) {
+        await Promise.resolve(this.options.onHostKey?.(seenHostKey)).catch((error: unknown) => {
+          if (error instanceof StorageError) throw error;
+        });
         this.pinned = seenHostKey;
-        await Promise.resolve(this.options.onHostKey?.(seenHostKey)).catch(() => undefined);
       }
       return { client, sftp };
     } catch (error) {

@@ -4,7 +4,9 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { offsiteModule } from '../../agent/http/routes/offsite';
 import { settingsModule } from '../../agent/http/routes/settings';
+import { createLogger } from '../../agent/log';
 import { offsiteServiceFor } from '../../agent/offsite/index';
+import { SettingsService } from '../../agent/settings/service';
 import { startTestAgent, type TestAgent } from '../services/agent';
 import { startPostgres, type TestPostgres } from '../services/postgres';
 import { type SshdService, startSshd } from '../services/sshd';
@@ -121,6 +123,31 @@ describe('SFTP host-key pinning', () => {
     expect(await savedPin()).toBeUndefined();
     const res = await call(t, 'GET', '/settings');
     expect(res.body.offsite.sftp.enabled).toBe(false);
+  });
+
+  it("honours a pin another process saved (the CLI's first connection) that the running agent has not read", async () => {
+    await save(sftp({ remotePath: 'cli-pinned/gem' }));
+    expect(await savedPin()).toBeUndefined();
+    // `gem-backup list --from sftp` beside the service met the server first and pinned its key; here
+    // it pinned another server's, so the server the agent now reaches shows a key that is not the pin.
+    const cli = await SettingsService.open({
+      sql: t.agent.sql,
+      keyring: t.agent.keyring,
+      log: createLogger({ write: () => {} }),
+    });
+    await cli.change((current) => {
+      current.offsite.sftp.hostKeyFingerprint = other.hostKeyFingerprint;
+      return current;
+    });
+    expect(t.agent.settings.get().offsite.sftp.hostKeyFingerprint).toBeUndefined();
+    const list = await call(t, 'GET', '/offsite/sftp/backups');
+    expect(list.status, JSON.stringify(list.body)).toBe(503);
+    expect(list.body.error.details.code).toBe('auth_failed');
+    expect(list.body.error.message).toContain(
+      `The server's identity changed: the server's host key ${sshd.hostKeyFingerprint} is not the pinned ${other.hostKeyFingerprint}`,
+    );
+    expect(existsSync(join(sshd.root, 'cli-pinned'))).toBe(false);
+    expect(await savedPin()).toBe(other.hostKeyFingerprint);
   });
 
   it('rejects a fingerprint that is not SHA256:base64 (422 naming the field)', async () => {
