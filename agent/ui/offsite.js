@@ -297,7 +297,8 @@ function remoteTable(provider, list, refresh, allowed) {
                 ? 'Pinned: unpin it first to delete it'
                 : 'Pinned: unpin it first (Unpin, beside it: its file here was removed) to delete it'
               : undefined,
-            onclick: async () => (await allowed('Delete')) && deleteRemote(provider, name, refresh),
+            onclick: async () =>
+              (await allowed('Delete')) && deleteRemote(provider, name, refresh, item.local === false, other),
           },
           'Delete',
         ),
@@ -357,7 +358,12 @@ async function copyToLocal(provider, name) {
   }
 }
 
-async function deleteRemote(provider, name, refresh) {
+/**
+ * A remote copy's Delete, once confirmed. The question says when the copy is not on this controller
+ * (`onlyThere`: it may be the backup's last copy) and when another installation made it (`other`, see
+ * otherInstallation: another controller sharing the folder may count on it), as the list's row does.
+ */
+async function deleteRemote(provider, name, refresh, onlyThere, other) {
   const ok = await confirmAction({
     title: 'Delete the remote copy?',
     body: [
@@ -365,8 +371,16 @@ async function deleteRemote(provider, name, refresh) {
         'p',
         {},
         el('strong', {}, name),
-        ` will be deleted from ${PROVIDERS[provider].title}. Local backups are not affected.`,
+        ` will be deleted from ${PROVIDERS[provider].title}.`,
+        onlyThere
+          ? ' It is not on this controller: this may be the last copy of this backup.'
+          : ' Its copy on this controller stays.',
       ),
+      ...(other
+        ? [
+            `It was made by another installation (${other}), not the one whose keys are active: another controller using this folder may count on it.`,
+          ]
+        : []),
       'This cannot be undone.',
     ],
     confirmLabel: 'Delete',

@@ -6,12 +6,13 @@
 // One answer of the confirmation dialog confirms one action, the one it names: Delete first asks the
 // agent for the saved settings, then opens the dialog, so a click on another row's Delete meanwhile (the
 // agent slow to answer) asks a second question while the first is on screen.
-import { mkdir, readdir, unlink } from 'node:fs/promises';
+import { mkdir, readdir, unlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Browser, Page, Route } from 'playwright-core';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { uploadBackup } from '../../agent/offsite/index';
-import { backupNow, filenameOf } from '../offsite/helpers';
+import { createdAtFromName } from '../../agent/offsite/transfer';
+import { backupNow, filenameOf, foreignBackup } from '../offsite/helpers';
 import { MidUploadFixture } from '../offsite/mid-upload';
 import { launchBrowser, openSignedIn, type ServedApp, serveApp } from '../services/browser';
 import { startPostgres, type TestPostgres } from '../services/postgres';
@@ -75,6 +76,10 @@ describe('deleting the offsite copy of a pinned backup on the page', () => {
     // Pinned after the list was drawn: the confirmed delete is refused, and the copy stays.
     await agent.catalog.updateRecord(other, { pinned: true });
     await unpinned.click();
+    // Its file is here too: the question says so.
+    await expect
+      .poll(() => page.locator('#confirm-body').textContent())
+      .toBe(`${other} will be deleted from SFTP server. Its copy on this controller stays.This cannot be undone.`);
     await page.locator('#confirm-ok').click();
     await page
       .locator('#sftp-remote-status')
@@ -127,9 +132,38 @@ describe('deleting the offsite copy of a pinned backup on the page', () => {
     expect(await unpin.count()).toBe(0);
     expect((await agent.catalog.pinnedNames()).has(removed)).toBe(false);
 
+    // Its file here was removed: the question says this may be its last copy.
     await remove.click();
+    await expect
+      .poll(() => page.locator('#confirm-body').textContent())
+      .toBe(
+        `${removed} will be deleted from SFTP server. It is not on this controller: this may be the last copy of this backup.This cannot be undone.`,
+      );
     await page.locator('#confirm-ok').click();
     await expect.poll(() => m.remoteNames(folder)).toEqual([]);
+  });
+
+  it("says so when the copy is another installation's (another controller's, sharing the folder)", async () => {
+    const folder = 'page-delete-foreign';
+    const name = 'gem-backup-2026-02-03-040509.tar.gz';
+    await mkdir(join(sshd.root, folder), { recursive: true });
+    await writeFile(join(sshd.root, folder, name), await foreignBackup(createdAtFromName(name)!));
+    await m.t.agent.settings.update({ offsite: { sftp: m.sftp(folder) } });
+
+    await openSignedIn(page, served.url);
+    await sftp().getByRole('button', { name: 'List Remote Backups' }).click();
+    await sftp()
+      .getByRole('button', { name: `Delete remote ${name}` })
+      .click();
+    await expect
+      .poll(() => page.locator('#confirm-body').textContent())
+      .toMatch(
+        new RegExp(
+          `^${name.replaceAll('.', '\\.')} will be deleted from SFTP server\\. It is not on this controller: this may be the last copy of this backup\\.It was made by another installation \\([0-9a-f]{5}…\\), not the one whose keys are active: another controller using this folder may count on it\\.This cannot be undone\\.$`,
+        ),
+      );
+    await page.locator('#confirm-cancel').click();
+    expect(await m.remoteNames(folder)).toEqual([name]);
   });
 });
 
