@@ -79,7 +79,9 @@ describe('deleting the offsite copy of a pinned backup on the page', () => {
     // Its file is here too: the question says so.
     await expect
       .poll(() => page.locator('#confirm-body').textContent())
-      .toBe(`${other} will be deleted from SFTP server. Its copy on this controller stays.This cannot be undone.`);
+      .toBe(
+        `${other} will be deleted from SFTP server. Its copy on this controller stays.This cannot be undone.`,
+      );
     await page.locator('#confirm-ok').click();
     await page
       .locator('#sftp-remote-status')
