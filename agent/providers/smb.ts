@@ -167,6 +167,8 @@ const UNREACHABLE = [
   'END_OF_FILE',
 ];
 const MISSING = ['OBJECT_NAME_NOT_FOUND', 'NO_SUCH_FILE', 'OBJECT_PATH_NOT_FOUND', 'NOT_FOUND'];
+/** What the server answers when a folder of a path is missing, or is a file (see refuseFileAsFolder). */
+const NO_FOLDER = [...MISSING, 'NOT_A_DIRECTORY'];
 /**
  * What sweepTemp() lists, in one smbclient run: our temp files (backups' and the probe's) and Test
  * Connection's probe. isOwnTempName then picks ours; a look-alike the patterns match stays.
@@ -623,6 +625,29 @@ export class SmbProvider implements StorageProvider {
     throw new StorageError('io', `smbclient: NT_STATUS_${status} for ${what}`);
   }
 
+  /**
+   * Throws, naming it, when a folder of the backup folder's path is a file on the share: the server's
+   * answer to using it as a folder ("path not found") would otherwise say the folder does not exist, or
+   * that it holds no backups. Asked only once such an answer came.
+   */
+  private async refuseFileAsFolder(signal: AbortSignal | undefined): Promise<void> {
+    const paths = this.folders.map((_, index) => this.folders.slice(0, index + 1).join('/'));
+    if (paths.length === 0) return;
+    const listing = await this.run(
+      paths.map((path) => `ls ${quote(path)}`),
+      signal,
+    );
+    // A listing of a name lists that entry; parseListing keeps the entries that are not folders.
+    const files = new Set(this.parseListing(listing.output).map((entry) => entry.name));
+    const file = paths.find((path) => files.has(path.slice(path.lastIndexOf('/') + 1)));
+    if (file === undefined) return;
+    throw new StorageError(
+      'io',
+      `/${file} on //${this.options.host}/${this.options.share} is a file, not a folder: choose another folder, or move the file away`,
+      { permanent: true },
+    );
+  }
+
   private mkdirCommands(): string[] {
     return this.folders.map((_, index) => `mkdir ${quote(this.folders.slice(0, index + 1).join('/'))}`);
   }
@@ -738,6 +763,7 @@ export class SmbProvider implements StorageProvider {
         .split('\n')
         .filter((line) => !/OBJECT_NAME_COLLISION making remote directory/.test(line))
         .flatMap((line) => statusesIn(line));
+      if (putStatuses.some((status) => NO_FOLDER.includes(status))) await this.refuseFileAsFolder(signal);
       this.check({ output: result.output, statuses: putStatuses }, name);
       if (result.ended) throw this.endedEarly(result);
       const uploaded = parseAllinfo(result.output)[0];
@@ -950,7 +976,9 @@ export class SmbProvider implements StorageProvider {
 
   async list(options: { signal?: AbortSignal } = {}): Promise<StoredObject[]> {
     const result = await this.run([`ls ${quote(this.path('*'))}`], options.signal);
-    // A folder nothing was written to yet holds no backups.
+    // A folder nothing was written to yet holds no backups (one that is a file is named as such).
+    if (result.statuses.some((status) => NO_FOLDER.includes(status)))
+      await this.refuseFileAsFolder(options.signal);
     if (result.statuses.some((status) => MISSING.includes(status))) return [];
     this.check(result, this.folders.join('/') || '/');
     const backups = this.parseListing(result.output).filter((entry) => isBackupName(entry.name));

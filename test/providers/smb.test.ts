@@ -1,6 +1,6 @@
 // The SMB provider against a real Samba smbd started for this file.
 import { execFileSync } from 'node:child_process';
-import { mkdir, readdir, rm, writeFile } from 'node:fs/promises';
+import { mkdir, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { probeName } from '../../agent/offsite/connection';
@@ -94,6 +94,29 @@ describe('smb provider', () => {
     expect(await provider.stat(names[0]!)).toMatchObject({ name: names[0], size: 3 });
     await provider.delete(names[1]!);
     expect((await readdir(local)).sort()).toEqual([names[0], names[2]]);
+  });
+
+  it('says a backup folder that is a file is a file, not a missing folder or an empty one, and writes nothing', async () => {
+    await mkdir(join(smbd.root, 'holder'), { recursive: true });
+    await writeFile(join(smbd.root, 'holder', 'a-file'), 'not a folder');
+    for (const remotePath of ['/holder/a-file/', '/holder/a-file/gem/']) {
+      const provider = new SmbProvider(options({ remotePath }));
+      for (const attempt of [() => provider.list(), () => provider.put(name, source)]) {
+        const refused = await attempt().then(
+          () => undefined,
+          (caught: unknown) => caught,
+        );
+        if (!isStorageError(refused))
+          throw new Error(`${remotePath}: expected a StorageError, got ${refused}`);
+        expect(refused.code).toBe('io');
+        expect(refused.permanent, refused.message).toBe(true);
+        expect(refused.message).toBe(
+          `/holder/a-file on //${smbd.host}/${smbd.share} is a file, not a folder: choose another folder, or move the file away`,
+        );
+      }
+    }
+    expect(await readdir(join(smbd.root, 'holder'))).toEqual(['a-file']);
+    expect(await readFile(join(smbd.root, 'holder', 'a-file'), 'utf8')).toBe('not a folder');
   });
 
   it("reports a folder it may not create as 'permission_denied', leaving nothing", async () => {
