@@ -44,6 +44,11 @@ export interface SnapshotOptions {
    * socket, a device), by its member name (`scripts/run/gem.sock`): the job result lists them.
    */
   onSkipped?: (path: string) => void;
+  /**
+   * For tests: called after each entry's lstat, before it is read, with its member name
+   * (`scripts/sub`), so that a test can swap the entry in between.
+   */
+  afterLstat?: (path: string) => Promise<void> | void;
 }
 
 /**
@@ -108,22 +113,43 @@ export async function snapshotFolder(
       : { path: `${root}/${rel.toString('utf8')}` };
   // A clean name's copy keeps a string path (as before); another's, its bytes.
   const local = (path: Buffer, rel: Buffer) => (needsRawName(rel) ? path : path.toString('utf8'));
-  const walk = async (rel: Buffer): Promise<void> => {
-    const entries = await readdir(under(baseBytes, rel), { encoding: 'buffer' }).catch(
-      (error: NodeJS.ErrnoException) => {
-        // The folder itself stays in the backup, as the empty folder it became.
-        if (rel.length === 0 || error.code !== 'ENOENT') throw error;
-        vanished(under(baseBytes, rel));
-        return [] as Buffer[];
-      },
-    );
+  // Each folder is opened once, never through a link, and its entries are reached through that open
+  // folder (`/proc/self/fd/<fd>/<name>`, which is openat()): the agent runs as root and the folder
+  // may be writable by others, so a folder swapped for a link to /etc after its lstat fails to open
+  // (vanished), and one swapped while its entries are read is still the folder opened. No path the
+  // walk reads by crosses a name that may have been replaced since it was looked at.
+  const walk = async (rel: Buffer, opening: Buffer): Promise<void> => {
+    const folder = await open(
+      opening,
+      constants.O_RDONLY | constants.O_DIRECTORY | constants.O_NOFOLLOW,
+    ).catch((error: NodeJS.ErrnoException) => {
+      // Removed, or replaced by a link or a file, since its lstat: the folder itself stays in the
+      // backup, empty, as it was listed.
+      if (rel.length === 0 || !['ENOENT', 'ELOOP', 'ENOTDIR'].includes(error.code ?? '')) throw error;
+      vanished(under(baseBytes, rel));
+      return undefined;
+    });
+    if (!folder) return;
+    try {
+      await walkOpened(rel, Buffer.from(`/proc/self/fd/${folder.fd}`));
+    } finally {
+      await folder.close();
+    }
+  };
+  const walkOpened = async (rel: Buffer, folder: Buffer): Promise<void> => {
+    const entries = await readdir(folder, { encoding: 'buffer' }).catch((error: NodeJS.ErrnoException) => {
+      if (rel.length === 0 || error.code !== 'ENOENT') throw error;
+      vanished(under(baseBytes, rel));
+      return [] as Buffer[];
+    });
     entries.sort(Buffer.compare);
     for (const entry of entries) {
       options.signal?.throwIfAborted();
       const childRel = rel.length === 0 ? entry : Buffer.concat([rel, SLASH, entry]);
       const from = under(baseBytes, childRel);
       const to = under(targetBytes, childRel);
-      const info = await lstat(from).catch((error: NodeJS.ErrnoException) => {
+      const at = Buffer.concat([folder, SLASH, entry]);
+      const info = await lstat(at).catch((error: NodeJS.ErrnoException) => {
         if (error.code !== 'ENOENT') throw error;
         return undefined;
       });
@@ -131,6 +157,7 @@ export async function snapshotFolder(
         vanished(from);
         continue;
       }
+      await options.afterLstat?.(named(childRel).path);
       if (info.isDirectory()) {
         await mkdir(to);
         members.push({
@@ -141,17 +168,16 @@ export async function snapshotFolder(
           localPath: local(to, childRel),
           mtime: info.mtime,
         });
-        await walk(childRel);
+        await walk(childRel, at);
       } else if (info.isFile()) {
         // Opened without following a link and without blocking: the name may have been replaced
         // since lstat (by a link, a FIFO); what is read is checked to be the regular file it was.
-        const handle = await open(
-          from,
-          constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK,
-        ).catch((error: NodeJS.ErrnoException) => {
-          if (error.code !== 'ENOENT' && error.code !== 'ELOOP') throw error;
-          return undefined;
-        });
+        const handle = await open(at, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK).catch(
+          (error: NodeJS.ErrnoException) => {
+            if (error.code !== 'ENOENT' && error.code !== 'ELOOP') throw error;
+            return undefined;
+          },
+        );
         if (!handle) {
           vanished(from);
           continue;
@@ -189,7 +215,7 @@ export async function snapshotFolder(
         });
       } else if (info.isSymbolicLink()) {
         // Kept as a link: its text as it is (relative or absolute, dangling or not), never followed.
-        const linkTarget = await readlink(from, { encoding: 'buffer' }).catch(
+        const linkTarget = await readlink(at, { encoding: 'buffer' }).catch(
           (error: NodeJS.ErrnoException) => {
             if (error.code !== 'ENOENT' && error.code !== 'EINVAL') throw error;
             return undefined;
@@ -218,6 +244,6 @@ export async function snapshotFolder(
       }
     }
   };
-  await walk(Buffer.alloc(0));
+  await walk(Buffer.alloc(0), baseBytes);
   return members;
 }

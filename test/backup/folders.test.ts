@@ -1,5 +1,6 @@
-// snapshotFolder: a folder root reached through a symlink, a missing or wrong root, links inside.
-import { mkdir, mkdtemp, readFile, rm, symlink, writeFile } from 'node:fs/promises';
+// snapshotFolder: a folder root reached through a symlink, a missing or wrong root, links inside,
+// a folder swapped for a link while the walk reads it.
+import { mkdir, mkdtemp, readdir, readFile, rename, rm, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
@@ -70,6 +71,68 @@ describe('snapshotFolder', () => {
     await expect(snapshotFolder('scripts', join(base, 'scripts'), join(base, 'snap'))).rejects.toMatchObject({
       code: 'unprocessable',
       message: expect.stringContaining('is not a folder'),
+    });
+  });
+
+  // The agent runs as root; the folder may be writable by a script author, who could swap a folder
+  // the walk has seen for a link to /etc between two steps: what is read must stay inside the folder.
+  describe('a folder replaced by a link to outside while the walk reads it', () => {
+    const SECRET = 'root:$6$secret-hash:19000:0:99999:7:::';
+    let scripts: string;
+    let outside: string;
+
+    beforeEach(async () => {
+      scripts = join(base, 'scripts');
+      outside = join(base, 'etc');
+      await mkdir(join(scripts, 'sub'), { recursive: true });
+      await writeFile(join(scripts, 'sub', 'run.js'), 'run()');
+      await writeFile(join(scripts, 'top.js'), 'top()');
+      await mkdir(outside);
+      await writeFile(join(outside, 'run.js'), SECRET);
+      await writeFile(join(outside, 'shadow'), SECRET);
+    });
+
+    const swapSub = async () => {
+      await rename(join(scripts, 'sub'), join(base, 'moved-away'));
+      await symlink(outside, join(scripts, 'sub'));
+    };
+
+    /** Every byte of the snapshot on disk, to see nothing from outside was copied. */
+    const snapshotText = async (dir: string): Promise<string> => {
+      const names = await readdir(dir, { recursive: true, withFileTypes: true });
+      const files = names.filter((n) => n.isFile()).map((n) => join(n.parentPath, n.name));
+      return (await Promise.all(files.map((f) => readFile(f, 'utf8')))).join('\n');
+    };
+
+    it('lists nothing from outside when the folder is swapped after its lstat, and still succeeds', async () => {
+      const snap = join(base, 'snap');
+      const members = await snapshotFolder('scripts', scripts, snap, {
+        log,
+        afterLstat: async (path) => {
+          if (path === 'scripts/sub') await swapSub();
+        },
+      });
+      const paths = members.map((m) => m.path);
+      expect(paths).not.toContain('scripts/sub/shadow');
+      expect(paths.filter((p) => p.startsWith('scripts/sub/'))).toEqual([]);
+      expect(paths).toEqual(expect.arrayContaining(['scripts', 'scripts/top.js']));
+      expect(await snapshotText(snap)).not.toContain('secret-hash');
+      expect(warnings).toEqual([expect.stringContaining('removed or replaced')]);
+    });
+
+    it('reads nothing from outside when the folder is swapped after a file in it was seen', async () => {
+      const snap = join(base, 'snap');
+      const members = await snapshotFolder('scripts', scripts, snap, {
+        log,
+        afterLstat: async (path) => {
+          if (path === 'scripts/sub/run.js') await swapSub();
+        },
+      });
+      expect(await snapshotText(snap)).not.toContain('secret-hash');
+      expect(members.map((m) => m.path)).not.toContain('scripts/sub/shadow');
+      // The file read is the one the walk found, in the folder it opened (now moved away).
+      const run = members.find((m) => m.path === 'scripts/sub/run.js');
+      expect(await readFile(run!.localPath, 'utf8')).toBe('run()');
     });
   });
 });
