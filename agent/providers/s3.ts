@@ -365,8 +365,17 @@ export class S3Provider implements StorageProvider {
     const body = verifyingStream(source, report.sending);
     // pipeline (unlike pipe) fails `body` when the source fails, so the upload sees the error and aborts.
     pipeline(Readable.fromWeb(source.open() as never), body, () => {});
+    // lib-storage sends its requests without a signal: its abort() ends done() but leaves the parts in
+    // flight sending (or waiting for an answer until the idle timeout, then retried), and a part the
+    // server still stores after our AbortMultipartUpload is kept, unlisted. Each request takes ours.
+    const client = Object.create(this.client, {
+      send: {
+        value: (command: never, options?: object) =>
+          this.client.send(command, { ...options, abortSignal: signal }),
+      },
+    }) as S3Client;
     const upload = new Upload({
-      client: this.client,
+      client,
       params: {
         Bucket: this.options.bucket,
         Key: this.key(name),

@@ -38,6 +38,8 @@ export interface AnswerProxy {
   rule: { matches: HeldRequest; answer: Answer; delayMs?: number } | undefined;
   /** Requests the rule held. */
   held: number;
+  /** Held requests whose client has not yet closed its connection. */
+  heldOpen: number;
   close(): Promise<void>;
 }
 
@@ -76,10 +78,16 @@ function forward(
 /** Starts the proxy on 127.0.0.1 in front of the server at `endpoint`, holding nothing. */
 export async function startAnswerProxy(endpoint: string): Promise<AnswerProxy> {
   const port = Number(new URL(endpoint).port);
-  const proxy: AnswerProxy = { endpoint: '', rule: undefined, held: 0, close: async () => {} };
+  const proxy: AnswerProxy = { endpoint: '', rule: undefined, held: 0, heldOpen: 0, close: async () => {} };
   const server: Server = createServer((req, res) => {
     const rule = proxy.rule?.matches(req) ? proxy.rule : undefined;
-    if (rule) proxy.held += 1;
+    if (rule) {
+      proxy.held += 1;
+      proxy.heldOpen += 1;
+      res.once('close', () => {
+        proxy.heldOpen -= 1;
+      });
+    }
     const delayMs = rule?.delayMs ?? 0;
     switch (rule?.answer) {
       case 'frozen':
