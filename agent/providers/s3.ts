@@ -158,9 +158,17 @@ export class S3Provider implements StorageProvider {
     return this.prefix + name;
   }
 
-  /** Options for a metadata request (list, stat, delete): the total time limit, and the caller's signal. */
-  private small(signal: AbortSignal | undefined): { requestTimeout: number; abortSignal?: AbortSignal } {
-    return { requestTimeout: this.requestTimeout, ...(signal ? { abortSignal: signal } : {}) };
+  /**
+   * Options for a metadata request (list, stat, delete): the total time limit, and the caller's signal.
+   * The SDK tries a request that timed out again (3 attempts): its requestTimeout alone let one request
+   * take three times the limit, so the limit also ends the whole call (classify: 'unreachable').
+   */
+  private small(signal: AbortSignal | undefined): { requestTimeout: number; abortSignal: AbortSignal } {
+    const limit = AbortSignal.timeout(this.requestTimeout);
+    return {
+      requestTimeout: this.requestTimeout,
+      abortSignal: signal ? AbortSignal.any([signal, limit]) : limit,
+    };
   }
 
   /** Maps SDK and network failures to StorageError codes. */
@@ -219,6 +227,15 @@ export class S3Provider implements StorageProvider {
         {
           cause: error,
         },
+      );
+    }
+    // small()'s limit ended the call (the caller's signal did not fire: see above).
+    if (name === 'AbortError' && (err as { cause?: { name?: string } })?.cause?.name === 'TimeoutError') {
+      const seconds = Math.round(this.requestTimeout / 1000);
+      return new StorageError(
+        'unreachable',
+        `cannot reach ${this.options.endpoint ?? 'S3'}: no answer about ${what} within ${seconds} s`,
+        { cause: error },
       );
     }
     if (name === 'AbortError') return abortedError(error);
@@ -544,7 +561,6 @@ export class S3Provider implements StorageProvider {
    */
   async sweepTemp(options: TempSweepOptions = {}): Promise<TempSweepResult> {
     const { signal } = options;
-    const sendOptions = this.small(signal);
     const bucket = this.options.bucket;
     const skipped = `the S3 server does not implement listing or aborting multipart uploads; incomplete uploads in bucket ${bucket} are not removed (a bucket lifecycle rule "AbortIncompleteMultipartUpload" does it)`;
     // Test Connection probes left by a test that failed half way: complete objects, not uploads.
@@ -563,7 +579,7 @@ export class S3Provider implements StorageProvider {
             KeyMarker: keyMarker,
             UploadIdMarker: uploadIdMarker,
           }),
-          sendOptions,
+          this.small(signal),
         );
         for (const upload of page.Uploads ?? []) {
           const key = upload.Key ?? '';
@@ -594,7 +610,7 @@ export class S3Provider implements StorageProvider {
         }
         await this.client.send(
           new AbortMultipartUploadCommand({ Bucket: bucket, Key: key, UploadId: uploadId }),
-          sendOptions,
+          this.small(signal),
         );
         removed.push(name);
       } catch (error) {

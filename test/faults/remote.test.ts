@@ -286,7 +286,7 @@ describe.concurrent('a destination that stops answering mid-upload', () => {
   describe('a frozen S3 server: list, Test Connection and cancel end', () => {
     /**
      * Short limits instead of the defaults (20 s connect, 60 s idle and per metadata request): a frozen
-     * server never answers, so any limit ends the wait; the SDK tries each request 3 times.
+     * server never answers, so any limit ends the wait (requestTimeoutMs ends all of a request's attempts).
      */
     const SHORT = { connectTimeoutMs: 150, idleTimeoutMs: 250, requestTimeoutMs: 250 };
 
