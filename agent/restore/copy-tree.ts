@@ -8,6 +8,7 @@ import {
   lstat,
   lutimes,
   mkdir,
+  open,
   readdir,
   readlink,
   symlink,
@@ -48,32 +49,91 @@ async function copyAttributes(
  * Each file and folder is fsynced before this returns. An entry of another kind (a socket, a FIFO, a
  * device) is refused with `unprocessable`; an entry already in `to` fails the copy (EEXIST).
  */
-export async function copyEntries(from: string | Buffer, to: string | Buffer): Promise<void> {
-  await copyTree(bytesOf(from), bytesOf(to));
+export async function copyEntries(
+  from: string | Buffer,
+  to: string | Buffer,
+  options: CopyOptions = {},
+): Promise<void> {
+  await copyTree(bytesOf(from), bytesOf(to), options);
 }
 
-async function copyTree(from: Buffer, to: Buffer): Promise<void> {
-  for (const name of await entriesOf(from)) {
-    const source = join(from, name);
-    const target = join(to, name);
-    const info = await lstat(source);
-    if (info.isDirectory()) {
-      await mkdir(target, { mode: 0o700 });
-      await copyTree(source, target);
-      await copyAttributes(target, info, false);
-      await fsyncFile(target);
-    } else if (info.isFile()) {
-      await copyFile(source, target, constants.COPYFILE_EXCL);
-      await copyAttributes(target, info, false);
-      await fsyncFile(target);
-    } else if (info.isSymbolicLink()) {
-      await symlink(await readlink(source, { encoding: 'buffer' }), target);
-      await copyAttributes(target, info, true);
-    } else {
-      throw uncopyable(source);
+export interface CopyOptions {
+  /** For tests: called after each entry's lstat, before it is copied, with its path, so that a test can swap it. */
+  afterLstat?: (path: Buffer) => Promise<void> | void;
+}
+
+// The folder copied from may be writable by others (a live folder; the agent runs as root). Each of its
+// folders is opened once, never through a link (but the top one, as configured), and its entries are
+// reached through that open folder (`/proc/self/fd/<fd>/<name>`, which is openat()): an entry swapped
+// for a link after its lstat is refused, never followed, and no path read crosses a replaced name.
+const FOLDER = constants.O_RDONLY | constants.O_DIRECTORY;
+const opened = (fd: number) => Buffer.from(`/proc/self/fd/${fd}`);
+
+async function copyTree(from: Buffer, to: Buffer, options: CopyOptions, opening?: Buffer): Promise<void> {
+  const folder = await open(opening ?? from, opening ? FOLDER | constants.O_NOFOLLOW : FOLDER).catch(
+    (error: NodeJS.ErrnoException) => {
+      throw error.code === 'ELOOP' || error.code === 'ENOTDIR' ? changed(from) : error;
+    },
+  );
+  try {
+    const inside = opened(folder.fd);
+    for (const name of await entriesOf(inside)) {
+      const source = join(from, name);
+      const entry = join(inside, name);
+      const target = join(to, name);
+      const info = await lstat(entry);
+      await options.afterLstat?.(source);
+      if (info.isDirectory()) {
+        await mkdir(target, { mode: 0o700 });
+        await copyTree(source, target, options, entry);
+        await copyAttributes(target, info, false);
+        await fsyncFile(target);
+      } else if (info.isFile()) {
+        await copyFileAt(entry, info, source, target);
+        await copyAttributes(target, info, false);
+        await fsyncFile(target);
+      } else if (info.isSymbolicLink()) {
+        const text = await readlink(entry, { encoding: 'buffer' }).catch((error: NodeJS.ErrnoException) => {
+          throw error.code === 'EINVAL' ? changed(source) : error;
+        });
+        await symlink(text, target);
+        await copyAttributes(target, info, true);
+      } else {
+        throw uncopyable(source);
+      }
     }
+  } finally {
+    await folder.close();
   }
   await fsyncFile(to);
+}
+
+/**
+ * Copies file `entry` (reached through its open folder) to `target`: opened without following a link
+ * or blocking (a FIFO), and refused unless it is still the file lstat saw (`info`).
+ */
+async function copyFileAt(entry: Buffer, info: { dev: number; ino: number }, source: Buffer, target: Buffer) {
+  const file = await open(entry, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK).catch(
+    (error: NodeJS.ErrnoException) => {
+      throw error.code === 'ELOOP' ? changed(source) : error;
+    },
+  );
+  try {
+    const now = await file.stat();
+    if (!now.isFile() || now.dev !== info.dev || now.ino !== info.ino) throw changed(source);
+    await copyFile(opened(file.fd), target, constants.COPYFILE_EXCL);
+  } finally {
+    await file.close();
+  }
+}
+
+function changed(path: Buffer): AppError {
+  return new AppError(
+    'conflict',
+    `cannot copy ${shown(path)}: it changed while it was copied (replaced by a link or another entry); ` +
+      'try again once nothing else changes the folder',
+    { details: { path: shown(path) } },
+  );
 }
 
 function uncopyable(path: Buffer): AppError {

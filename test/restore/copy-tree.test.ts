@@ -1,11 +1,24 @@
 // The restore's checks of a live folder for an agent that does not run as root: the copy swap refuses a
 // mount point it could not empty, and any swap a folder whose parent it may not stage in, before
-// anything is staged or removed.
-import { chmod, chown, mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+// anything is staged or removed. The copy swap's copy and emptying of a live folder whose entries are
+// swapped for links to outside while they run (the agent runs as root; the folder may be others').
+import {
+  chmod,
+  chown,
+  mkdir,
+  mkdtemp,
+  readdir,
+  readFile,
+  rename,
+  rm,
+  symlink,
+  writeFile,
+} from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { copyEntries } from '../../agent/restore/copy-tree';
 import { NOBODY, runAsNobody } from '../services/as-nobody';
 import { folderFingerprint } from './helpers';
 
@@ -77,5 +90,69 @@ describe('checkStageable, for an agent not running as root', () => {
     // A parent it owns: nothing to say.
     await chown(opt, NOBODY, NOBODY);
     expect(await checkStageableAsNobody(live)).toEqual({ code: 0, stderr: '' });
+  });
+});
+
+// A script author who may write in the live scripts folder swaps an entry the root agent has lstat()ed
+// for a link to outside: nothing from outside may be copied (the copy aside is owned by that author).
+describe('copyEntries, an entry swapped for a link to outside after its lstat', () => {
+  const SECRET = 'root:$6$secret-hash:19000:0:99999:7:::';
+  let live: string;
+  let outside: string;
+  let copy: string;
+
+  beforeAll(async () => {
+    live = join(dir, 'swapped-live');
+    outside = join(dir, 'swapped-etc');
+    await mkdir(outside);
+    await writeFile(join(outside, 'shadow'), SECRET);
+    await writeFile(join(outside, 'run.js'), SECRET);
+  });
+
+  const plant = async (name: string) => {
+    await rm(live, { recursive: true, force: true });
+    await mkdir(join(live, 'sub'), { recursive: true });
+    await writeFile(join(live, 'sub', 'run.js'), 'run()');
+    await writeFile(join(live, 'top.js'), 'top()');
+    copy = join(dir, `copy-${name}`);
+    await mkdir(copy);
+  };
+
+  /** Every byte of the copy, to see nothing from outside was copied. */
+  const copiedText = async (): Promise<string> => {
+    const names = await readdir(copy, { recursive: true, withFileTypes: true });
+    const files = names.filter((n) => n.isFile()).map((n) => join(n.parentPath, n.name));
+    return (await Promise.all(files.map((f) => readFile(f, 'utf8')))).join('\n');
+  };
+
+  /** Copies `live` into `copy`, swapping `swapped` (a path under live) for a link to `to` right after its lstat. */
+  const copySwapping = (swapped: string, to: string) =>
+    copyEntries(live, copy, {
+      afterLstat: async (path) => {
+        if (path.toString() !== join(live, swapped)) return;
+        await rename(join(live, swapped), join(dir, `moved-${swapped.replaceAll('/', '-')}`));
+        await symlink(to, join(live, swapped));
+      },
+    });
+
+  it('refuses a file swapped for a link to a secret file, copying none of its bytes', async () => {
+    await plant('file');
+    const failure = await copySwapping('top.js', join(outside, 'shadow')).catch((error: unknown) => error);
+    expect(await copiedText()).not.toContain('secret-hash');
+    expect(failure).toMatchObject({
+      code: 'conflict',
+      message: expect.stringContaining(`cannot copy ${join(live, 'top.js')}: it changed while it was copied`),
+    });
+  });
+
+  it('refuses a folder swapped for a link to an outside folder, copying nothing from it', async () => {
+    await plant('folder');
+    const failure = await copySwapping('sub', outside).catch((error: unknown) => error);
+    expect(await copiedText()).not.toContain('secret-hash');
+    expect(await readdir(join(copy, 'sub')).catch(() => [])).not.toContain('shadow');
+    expect(failure).toMatchObject({
+      code: 'conflict',
+      message: expect.stringContaining(`cannot copy ${join(live, 'sub')}: it changed while it was copied`),
+    });
   });
 });
