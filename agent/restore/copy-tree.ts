@@ -17,7 +17,7 @@ import { standInName } from '../backup/manifest';
 import { AppError } from '../errors';
 import { fsyncFile } from '../system/atomic-file';
 import { mountPointsInside } from '../system/mounts';
-import { removeTree } from '../system/remove-tree';
+import { type RemoveOptions, removeTree } from '../system/remove-tree';
 
 const asRoot = process.getuid?.() === 0;
 const BLOCK = 4096;
@@ -206,8 +206,8 @@ export async function copiedBytes(folder: string | Buffer): Promise<number> {
 }
 
 /** Removes every entry inside `folder`, leaving the folder itself (a mount point stays mounted). */
-export async function emptyFolder(folder: string): Promise<void> {
+export async function emptyFolder(folder: string, options: RemoveOptions = {}): Promise<void> {
   const bytes = Buffer.from(folder);
-  for (const name of await entriesOf(bytes)) await removeTree(join(bytes, name));
+  for (const name of await entriesOf(bytes)) await removeTree(join(bytes, name), options);
   await fsyncFile(bytes);
 }

@@ -18,7 +18,7 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { copyEntries } from '../../agent/restore/copy-tree';
+import { copyEntries, emptyFolder } from '../../agent/restore/copy-tree';
 import { NOBODY, runAsNobody } from '../services/as-nobody';
 import { folderFingerprint } from './helpers';
 
@@ -136,7 +136,7 @@ describe('copyEntries, an entry swapped for a link to outside after its lstat', 
     });
 
   it('refuses a file swapped for a link to a secret file, copying none of its bytes', async () => {
-    await plant('file');
+    await plant('during');
     const failure = await copySwapping('top.js', join(outside, 'shadow')).catch((error: unknown) => error);
     expect(await copiedText()).not.toContain('secret-hash');
     expect(failure).toMatchObject({
@@ -154,5 +154,53 @@ describe('copyEntries, an entry swapped for a link to outside after its lstat', 
       code: 'conflict',
       message: expect.stringContaining(`cannot copy ${join(live, 'sub')}: it changed while it was copied`),
     });
+  });
+});
+
+// The swap empties the live folder as root: a folder in it swapped for a link to outside while the
+// removal walks it must not lead the removal outside (Node's recursive rm walks by path).
+describe('emptyFolder, a folder swapped for a link to outside while it is removed', () => {
+  let live: string;
+  let outside: string;
+
+  const plant = async (name: string) => {
+    live = join(dir, `emptied-${name}`);
+    outside = join(dir, `emptied-${name}-etc`);
+    await mkdir(join(live, 'sub'), { recursive: true });
+    await mkdir(outside);
+    for (const file of ['a.js', 'b.js', 'c.js']) {
+      await writeFile(join(live, 'sub', file), 'run()');
+      await writeFile(join(outside, file), 'keep me');
+    }
+    await mkdir(join(live, 'sub', 'inner'));
+    await writeFile(join(live, 'sub', 'inner', 'd.js'), 'run()');
+    await writeFile(join(live, 'top.js'), 'top()');
+  };
+
+  /** Empties `live`, swapping its `sub` for a link to `outside` once folder `when` is found to be one. */
+  const emptySwapping = (when: string) =>
+    emptyFolder(live, {
+      beforeOpen: async (path) => {
+        if (path.toString() !== join(live, when)) return;
+        await rename(join(live, 'sub'), `${live}-moved`);
+        await symlink(outside, join(live, 'sub'));
+      },
+    });
+
+  it('removes the link a folder became once found to be one, and nothing outside', async () => {
+    await plant('folder');
+    const failure = await emptySwapping('sub').catch((error: unknown) => error);
+    expect((await readdir(outside)).sort()).toEqual(['a.js', 'b.js', 'c.js']);
+    expect(failure).toBeUndefined();
+    expect(await readdir(live)).toEqual([]);
+  });
+
+  it('removes nothing outside when the folder is swapped while its entries are removed', async () => {
+    await plant('during');
+    const failure = await emptySwapping('sub/inner').catch((error: unknown) => error);
+    expect((await readdir(outside)).sort()).toEqual(['a.js', 'b.js', 'c.js']);
+    // The files removed are those of the folder opened (moved away); the link left names the cause.
+    expect(await readdir(`${live}-moved`)).toEqual([]);
+    expect(failure).toMatchObject({ code: 'ENOTDIR', path: join(live, 'sub') });
   });
 });

@@ -1,9 +1,22 @@
-// removeTree: an agent that does not run as root still removes a replaced copy holding read-only folders.
-import { chmod, chown, mkdir, mkdtemp, rm, stat, writeFile } from 'node:fs/promises';
+// removeTree: an agent that does not run as root still removes a replaced copy holding read-only folders;
+// one running as root never removes outside the tree when a folder in it is swapped for a link.
+import {
+  chmod,
+  chown,
+  mkdir,
+  mkdtemp,
+  readdir,
+  rename,
+  rm,
+  stat,
+  symlink,
+  writeFile,
+} from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { removeTree } from '../../agent/system/remove-tree';
 import { NOBODY, runAsNobody } from '../services/as-nobody';
 
 let dir: string;
@@ -78,6 +91,27 @@ describe('removeTree', () => {
     const result = await removeAsNobody('removeTree', tree);
     expect(result.stderr).toBe('');
     expect(result.code).toBe(0);
+    await expect(stat(tree)).rejects.toMatchObject({ code: 'ENOENT' });
+  });
+});
+
+describe('removeTree, a folder in the tree swapped for a link to outside once found to be one', () => {
+  it('removes the link it became, and nothing outside', async () => {
+    const tree = join(dir, 'swapped');
+    const outside = join(dir, 'swapped-etc');
+    await mkdir(join(tree, 'drivers'), { recursive: true });
+    await writeFile(join(tree, 'drivers', 'driver.js'), '// driver\n');
+    await mkdir(outside);
+    await writeFile(join(outside, 'driver.js'), 'keep me');
+    const failure = await removeTree(tree, {
+      beforeOpen: async (path) => {
+        if (path.toString() !== join(tree, 'drivers')) return;
+        await rename(join(tree, 'drivers'), join(dir, 'swapped-moved'));
+        await symlink(outside, join(tree, 'drivers'));
+      },
+    }).catch((error: unknown) => error);
+    expect((await readdir(outside)).sort()).toEqual(['driver.js']);
+    expect(failure).toBeUndefined();
     await expect(stat(tree)).rejects.toMatchObject({ code: 'ENOENT' });
   });
 });
