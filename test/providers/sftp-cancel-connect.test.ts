@@ -2,43 +2,29 @@
 // before its banner, a middlebox that accepts and drops): a job cancelled meanwhile ends at once as
 // 'aborted' and the half-open connection is closed, instead of both waiting out the 20 s connect timeout.
 // The next operation opens a new connection. (A server that never opens its SFTP service: sftp-silent.)
-import { createServer, type Server, type Socket } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { SftpProvider } from '../../agent/providers/sftp';
+import { type SilentServer, startSilentServer } from '../services/silent-server';
 import { until, within } from '../services/wait';
 
 const NAME = 'gem-backup-2026-01-01-000000.tar.gz';
 const BACKUP = Buffer.alloc(1000, 7);
 const source = { size: BACKUP.length, open: () => new Blob([BACKUP]).stream() };
 
-let server: Server;
-/** The server's side of each connection, in the order they came. */
-const sockets: Socket[] = [];
-let open = 0;
+let server: SilentServer;
 
 beforeAll(async () => {
-  server = createServer((socket) => {
-    sockets.push(socket);
-    open += 1;
-    socket.on('close', () => {
-      open -= 1;
-    });
-    socket.on('error', () => {});
-    // Reads and drops what the client sends (its banner), never answering: so it sees the client close.
-    socket.resume();
-  });
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  server = await startSilentServer();
 });
 
 afterAll(async () => {
-  for (const socket of sockets) socket.destroy();
-  await new Promise<void>((resolve) => server.close(() => resolve()));
+  await server?.close();
 });
 
 function provider(): SftpProvider {
   return new SftpProvider({
     host: '127.0.0.1',
-    port: (server.address() as { port: number }).port,
+    port: server.port,
     username: 'gem',
     password: 'any',
     remotePath: '/gem',
@@ -58,13 +44,13 @@ async function cancelledWhileConnecting(
   what: string,
   run: (signal: AbortSignal) => Promise<unknown>,
 ): Promise<unknown> {
-  const accepted = sockets.length;
+  const accepted = server.accepted();
   const controller = new AbortController();
   const running = run(controller.signal).then(
     () => new Error('it succeeded'),
     (error: unknown) => error,
   );
-  await until(async () => sockets.length > accepted, `${what} to connect`);
+  await until(async () => server.accepted() > accepted, `${what} to connect`);
   controller.abort();
   return within(running, 3_000, `${what} cancelled during the SSH handshake to end`);
 }
@@ -78,16 +64,16 @@ describe('an SFTP server that accepts the connection but never completes the SSH
         const failure = await cancelledWhileConnecting(what, (signal) => run(sftp, signal));
         expect(failure).toMatchObject({ code: 'aborted' });
         await within(
-          until(async () => open === 0, 'no connection open'),
+          until(async () => server.open() === 0, 'no connection open'),
           3_000,
           'the half-open connection to close',
         );
 
         // The cancelled connection serves no later operation: the next one connects anew.
-        const connections = sockets.length;
+        const connections = server.accepted();
         const again = await cancelledWhileConnecting(`${what} again`, (signal) => run(sftp, signal));
         expect(again).toMatchObject({ code: 'aborted' });
-        expect(sockets.length).toBe(connections + 1);
+        expect(server.accepted()).toBe(connections + 1);
       } finally {
         await sftp.close();
       }

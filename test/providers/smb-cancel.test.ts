@@ -1,35 +1,21 @@
 // An SMB server that accepts the connection but never answers (a NAS stuck before its negotiate answer):
 // a stat or a delete whose job is cancelled meanwhile ends at once as 'aborted' and smbclient is stopped,
 // instead of both waiting out smbclient's 30 s timeout. (The real share: test/providers/smb.test.ts.)
-import { createServer, type Server, type Socket } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { SmbProvider } from '../../agent/providers/smb';
+import { type SilentServer, startSilentServer } from '../services/silent-server';
 import { until, within } from '../services/wait';
 
 const NAME = 'gem-backup-2026-01-01-000000.tar.gz';
 
-let server: Server;
-/** The server's side of each connection, in the order they came. */
-const sockets: Socket[] = [];
-let open = 0;
+let server: SilentServer;
 
 beforeAll(async () => {
-  server = createServer((socket) => {
-    sockets.push(socket);
-    open += 1;
-    socket.on('close', () => {
-      open -= 1;
-    });
-    socket.on('error', () => {});
-    // Reads and drops what smbclient sends, never answering: so it sees smbclient go.
-    socket.resume();
-  });
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  server = await startSilentServer();
 });
 
 afterAll(async () => {
-  for (const socket of sockets) socket.destroy();
-  await new Promise<void>((resolve) => server.close(() => resolve()));
+  await server?.close();
 });
 
 const cases: [string, (p: SmbProvider, signal: AbortSignal) => Promise<unknown>][] = [
@@ -41,23 +27,23 @@ describe('an SMB server that accepts the connection but never answers', () => {
   it.each(cases)('ends %s cancelled meanwhile at once, and smbclient goes', async (what, run) => {
     const smb = new SmbProvider({
       host: '127.0.0.1',
-      port: (server.address() as { port: number }).port,
+      port: server.port,
       share: 'backups',
       username: 'gem',
       password: 'any',
     });
-    const accepted = sockets.length;
+    const accepted = server.accepted();
     const controller = new AbortController();
     const running = run(smb, controller.signal).then(
       () => new Error('it succeeded'),
       (error: unknown) => error,
     );
-    await until(async () => sockets.length > accepted, `${what} to connect`);
+    await until(async () => server.accepted() > accepted, `${what} to connect`);
     controller.abort();
     const failure = await within(running, 3_000, `${what} cancelled while the server is silent`);
     expect(failure).toMatchObject({ code: 'aborted' });
     await within(
-      until(async () => open === 0, 'no connection open'),
+      until(async () => server.open() === 0, 'no connection open'),
       3_000,
       'smbclient to go and its connection to close',
     );

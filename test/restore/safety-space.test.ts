@@ -11,6 +11,7 @@ import { chmod, mkdir, mkdtemp, readdir, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { RestoreOptions } from '../../agent/restore/restore';
 import { startTestAgent, type TestAgent } from '../services/agent';
 import { startPostgres, type TestPostgres, withSql } from '../services/postgres';
 import { fillTo, freeOn, TmpfsMounts } from '../services/tmpfs';
@@ -50,6 +51,21 @@ afterAll(async () => {
   await pg?.stop();
 });
 
+/**
+ * Restores the old backup (with `options`), which must fail with no_space and a message matching
+ * `message`, having changed nothing: the backups folder's files, the live state, no leftovers.
+ */
+async function refusedForSpace(message: RegExp, options: RestoreOptions = {}): Promise<void> {
+  const before = await liveState(t.agent);
+  const files = await readdir(backups);
+  const job = await runRestore(t.agent, t.agent.catalog.pathOf(oldBackup), options);
+  expect(job.error?.code, job.error?.message).toBe('no_space');
+  expect(job.error?.message).toMatch(message);
+  expect(await readdir(backups)).toEqual(files);
+  expect(await liveState(t.agent)).toEqual(before);
+  expect(await leftovers(t.agent)).toEqual([]);
+}
+
 describe('restoring an old, small backup over a database that has grown since', () => {
   it("is refused up front when the backups folder lacks room for the live state's safety backup", async () => {
     const filler = await fillTo(backups, 4 * MiB);
@@ -57,22 +73,15 @@ describe('restoring an old, small backup over a database that has grown since', 
       const old = (await t.agent.catalog.list()).find((b) => b.filename === oldBackup)!;
       // The old backup's file fits many times over; a backup of the live database does not.
       expect(old.size * 4).toBeLessThan(4 * MiB);
-      const before = await liveState(t.agent);
-      const files = await readdir(backups);
       const free = await freeOn(backups);
-      const job = await runRestore(t.agent, t.agent.catalog.pathOf(oldBackup));
-      expect(job.error?.code, job.error?.message).toBe('no_space');
-      expect(job.error?.message).toMatch(
+      // Refused before the safety backup and before a member was staged.
+      await refusedForSpace(
         new RegExp(
           `^not enough free disk space to restore: about .* needed, .* free on the file system of ${backups} ` +
             '\\(the safety backup of the live state, .*\\); nothing was changed; free some space',
         ),
       );
-      // Refused before the safety backup and before a member was staged.
-      expect(await readdir(backups)).toEqual(files);
       expect(Math.abs((await freeOn(backups)) - free)).toBeLessThan(MiB);
-      expect(await liveState(t.agent)).toEqual(before);
-      expect(await leftovers(t.agent)).toEqual([]);
     } finally {
       await rm(filler, { force: true });
     }
@@ -84,19 +93,12 @@ describe('restoring an old, small backup over a database that has grown since', 
     // Room for the old backup's dump, not for a dump of the live database.
     await mounts.mount(work, '4m');
     try {
-      const before = await liveState(t.agent);
-      const files = await readdir(backups);
-      const job = await runRestore(t.agent, t.agent.catalog.pathOf(oldBackup));
-      expect(job.error?.code, job.error?.message).toBe('no_space');
-      expect(job.error?.message).toMatch(
+      await refusedForSpace(
         new RegExp(
           `^not enough free disk space to restore: about .* needed, .* free on the file system of ${work} ` +
             "\\(the backup's database dump, about .*; the safety backup's dump and folder copies, about .*\\); nothing was changed",
         ),
       );
-      expect(await readdir(backups)).toEqual(files);
-      expect(await liveState(t.agent)).toEqual(before);
-      expect(await leftovers(t.agent)).toEqual([]);
     } finally {
       await mounts.unmount(work);
     }
@@ -124,24 +126,18 @@ describe('the safety backup filling the disk despite the check (filled meanwhile
   it('stops the restore with no_space naming the safety backup, nothing changed, no partial file left', async () => {
     const filler = await fillTo(backups, 2 * MiB);
     try {
-      const before = await liveState(t.agent);
-      const files = await readdir(backups);
       const free = await freeOn(backups);
-      // The check is told to pass: the safety backup itself runs into the full disk.
-      const job = await runRestore(t.agent, t.agent.catalog.pathOf(oldBackup), {
-        faults: { requiredBytes: 0 },
-      });
-      expect(job.error?.code, job.error?.message).toBe('no_space');
-      expect(job.error?.message).toMatch(
-        /^the disk filled up while writing the safety backup of the live state/,
+      // The check is told to pass: the safety backup itself runs into the full disk. No temp file, no
+      // record of a safety backup, the disk as free as before.
+      await refusedForSpace(
+        new RegExp(
+          '^the disk filled up while writing the safety backup of the live state .*' +
+            `its file in ${backups}\\); nothing was changed; free some space`,
+        ),
+        { faults: { requiredBytes: 0 } },
       );
-      expect(job.error?.message).toContain(`its file in ${backups}); nothing was changed; free some space`);
-      // No temp file, no record of a safety backup, the disk as free as before.
-      expect(await readdir(backups)).toEqual(files);
       expect((await readdir(t.agent.config.dataDir)).filter((f) => f.startsWith('restore-'))).toEqual([]);
       expect(Math.abs((await freeOn(backups)) - free)).toBeLessThan(MiB);
-      expect(await liveState(t.agent)).toEqual(before);
-      expect(await leftovers(t.agent)).toEqual([]);
     } finally {
       await rm(filler, { force: true });
     }
@@ -153,20 +149,14 @@ describe('the safety backup filling the disk despite the check (filled meanwhile
     // Room for the old backup's dump, not for the safety backup's dump of the live database.
     await mounts.mount(work, '4m');
     try {
-      const before = await liveState(t.agent);
-      const files = await readdir(backups);
-      const job = await runRestore(t.agent, t.agent.catalog.pathOf(oldBackup), {
-        faults: { requiredBytes: 0 },
-      });
-      expect(job.error?.code, job.error?.message).toBe('no_space');
-      expect(job.error?.message).toMatch(
-        /^the disk filled up while writing the safety backup of the live state \(its dump under /,
+      await refusedForSpace(
+        new RegExp(
+          `^the disk filled up while writing the safety backup of the live state \\(its dump under ${work}, ` +
+            `its file in ${backups}\\); nothing was changed`,
+        ),
+        { faults: { requiredBytes: 0 } },
       );
-      expect(job.error?.message).toContain(`${work}, its file in ${backups}); nothing was changed`);
-      expect(await readdir(backups)).toEqual(files);
       expect(await readdir(work)).toEqual([]);
-      expect(await liveState(t.agent)).toEqual(before);
-      expect(await leftovers(t.agent)).toEqual([]);
     } finally {
       await mounts.unmount(work);
     }
