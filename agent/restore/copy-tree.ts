@@ -2,8 +2,8 @@
 import { constants } from 'node:fs';
 import {
   access,
-  chmod,
   copyFile,
+  type FileHandle,
   lchown,
   lstat,
   lutimes,
@@ -31,18 +31,6 @@ const entriesOf = (folder: Buffer) => readdir(folder, { encoding: 'buffer' });
 /** A path's bytes for a message: as UTF-8 text, bytes that are not shown as `%XX` (manifest.ts). */
 const shown = (path: Buffer) => standInName(path);
 
-/** Gives `to` the mode, owner (as root only) and times of `info`; never through a link. */
-async function copyAttributes(
-  to: Buffer,
-  info: { mode: number; uid: number; gid: number; atime: Date; mtime: Date },
-  isLink: boolean,
-) {
-  if (asRoot) await lchown(to, info.uid, info.gid);
-  // A mode after the owner: chown clears setuid and setgid bits.
-  if (!isLink) await chmod(to, info.mode & 0o7777);
-  await lutimes(to, info.atime, info.mtime);
-}
-
 /**
  * Copies every entry inside folder `from` into the existing folder `to` (on any file system): files
  * with their bytes, mode, times and (as root) owner, folders recursively, symbolic links as links.
@@ -54,22 +42,42 @@ export async function copyEntries(
   to: string | Buffer,
   options: CopyOptions = {},
 ): Promise<void> {
-  await copyTree(bytesOf(from), bytesOf(to), options);
+  const folder = await open(bytesOf(to), FOLDER);
+  try {
+    await copyTree(bytesOf(from), bytesOf(to), folder, options);
+    await folder.sync();
+  } finally {
+    await folder.close();
+  }
 }
 
 export interface CopyOptions {
   /** For tests: called after each entry's lstat, before it is copied, with its path, so that a test can swap it. */
   afterLstat?: (path: Buffer) => Promise<void> | void;
+  /** For tests: called after each target entry is made, before its attributes are set, with its path, so that a test can swap it. */
+  afterCreate?: (path: Buffer) => Promise<void> | void;
 }
 
 // The folder copied from may be writable by others (a live folder; the agent runs as root). Each of its
 // folders is opened once, never through a link (but the top one, as configured), and its entries are
 // reached through that open folder (`/proc/self/fd/<fd>/<name>`, which is openat()): an entry swapped
 // for a link after its lstat is refused, never followed, and no path read crosses a replaced name.
+// The folder copied into may be too (the live folder refilled): its entries are made the same way, in
+// its folders opened as made, a file created O_EXCL|O_NOFOLLOW, and a file's or folder's owner, mode
+// and times are set and fsynced through it open. An entry made there that is swapped for a link (to
+// /etc/cron.d, /etc/shadow) never leads a write outside, and fails the copy (`conflict`).
 const FOLDER = constants.O_RDONLY | constants.O_DIRECTORY;
+const CREATE = constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW;
 const opened = (fd: number) => Buffer.from(`/proc/self/fd/${fd}`);
 
-async function copyTree(from: Buffer, to: Buffer, options: CopyOptions, opening?: Buffer): Promise<void> {
+/** Copies the entries of `from` into `to`, open as `into`; `opening` reaches `from` through its open parent. */
+async function copyTree(
+  from: Buffer,
+  to: Buffer,
+  into: FileHandle,
+  options: CopyOptions,
+  opening?: Buffer,
+): Promise<void> {
   const folder = await open(opening ?? from, opening ? FOLDER | constants.O_NOFOLLOW : FOLDER).catch(
     (error: NodeJS.ErrnoException) => {
       throw error.code === 'ELOOP' || error.code === 'ENOTDIR' ? changed(from) : error;
@@ -77,27 +85,38 @@ async function copyTree(from: Buffer, to: Buffer, options: CopyOptions, opening?
   );
   try {
     const inside = opened(folder.fd);
+    const intoInside = opened(into.fd);
     for (const name of await entriesOf(inside)) {
       const source = join(from, name);
       const entry = join(inside, name);
       const target = join(to, name);
+      const made = join(intoInside, name);
       const info = await lstat(entry);
       await options.afterLstat?.(source);
       if (info.isDirectory()) {
-        await mkdir(target, { mode: 0o700 });
-        await copyTree(source, target, options, entry);
-        await copyAttributes(target, info, false);
-        await fsyncFile(target);
+        await mkdir(made, { mode: 0o700 }).catch(naming(target));
+        await options.afterCreate?.(target);
+        const copy = await open(made, FOLDER | constants.O_NOFOLLOW).catch((error: NodeJS.ErrnoException) => {
+          throw error.code === 'ELOOP' || error.code === 'ENOTDIR' ? changed(target) : naming(target)(error);
+        });
+        try {
+          await copyTree(source, target, copy, options, entry);
+          await setAttributes(copy, info, made, target);
+        } finally {
+          await copy.close();
+        }
       } else if (info.isFile()) {
-        await copyFileAt(entry, info, source, target);
-        await copyAttributes(target, info, false);
-        await fsyncFile(target);
+        await copyFileAt(entry, info, source, made, target, options);
       } else if (info.isSymbolicLink()) {
         const text = await readlink(entry, { encoding: 'buffer' }).catch((error: NodeJS.ErrnoException) => {
           throw error.code === 'EINVAL' ? changed(source) : error;
         });
-        await symlink(text, target);
-        await copyAttributes(target, info, true);
+        await symlink(text, made).catch(naming(target));
+        await options.afterCreate?.(target);
+        // A link has no handle to set it through (and chmod would follow it): its owner and times are
+        // set on the name, which lchown and lutimes never follow, in the folder opened as made.
+        if (asRoot) await lchown(made, info.uid, info.gid).catch(naming(target));
+        await lutimes(made, info.atime, info.mtime).catch(naming(target));
       } else {
         throw uncopyable(source);
       }
@@ -105,14 +124,21 @@ async function copyTree(from: Buffer, to: Buffer, options: CopyOptions, opening?
   } finally {
     await folder.close();
   }
-  await fsyncFile(to);
 }
 
 /**
- * Copies file `entry` (reached through its open folder) to `target`: opened without following a link
- * or blocking (a FIFO), and refused unless it is still the file lstat saw (`info`).
+ * Copies file `entry` (reached through its open folder) to `made` (`target`, reached through its open
+ * folder): opened without following a link or blocking (a FIFO), and refused unless it is still the
+ * file lstat saw (`info`); the copy is created new, never through a link, and written through it open.
  */
-async function copyFileAt(entry: Buffer, info: { dev: number; ino: number }, source: Buffer, target: Buffer) {
+async function copyFileAt(
+  entry: Buffer,
+  info: Attributes & { dev: number; ino: number },
+  source: Buffer,
+  made: Buffer,
+  target: Buffer,
+  options: CopyOptions,
+) {
   const file = await open(entry, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK).catch(
     (error: NodeJS.ErrnoException) => {
       throw error.code === 'ELOOP' ? changed(source) : error;
@@ -121,10 +147,57 @@ async function copyFileAt(entry: Buffer, info: { dev: number; ino: number }, sou
   try {
     const now = await file.stat();
     if (!now.isFile() || now.dev !== info.dev || now.ino !== info.ino) throw changed(source);
-    await copyFile(opened(file.fd), target, constants.COPYFILE_EXCL);
+    const copy = await open(made, CREATE, 0o600).catch(naming(target));
+    try {
+      // Both reached as the files open: the bytes go into the file created, whatever its name is now.
+      await copyFile(opened(file.fd), opened(copy.fd)).catch(naming(source, target));
+      await options.afterCreate?.(target);
+      await setAttributes(copy, info, made, target);
+    } finally {
+      await copy.close();
+    }
   } finally {
     await file.close();
   }
+}
+
+type Attributes = { mode: number; uid: number; gid: number; atime: Date; mtime: Date };
+
+/**
+ * Gives the file or folder made at `made` (`target`), open as `copy`, the mode, owner (as root only) and
+ * times of `info`, and fsyncs it; then refuses it unless `made` still names it (swapped since).
+ */
+async function setAttributes(copy: FileHandle, info: Attributes, made: Buffer, target: Buffer) {
+  try {
+    if (asRoot) await copy.chown(info.uid, info.gid);
+    // A mode after the owner: chown clears setuid and setgid bits.
+    await copy.chmod(info.mode & 0o7777);
+    await copy.utimes(info.atime, info.mtime);
+    await copy.sync();
+  } catch (error) {
+    naming(target)(error as NodeJS.ErrnoException);
+  }
+  const [now, named] = await Promise.all([copy.stat(), lstat(made).catch(() => undefined)]);
+  if (named?.dev !== now.dev || named.ino !== now.ino) throw changed(target);
+}
+
+/**
+ * For an error of a call reaching `path` (and `dest`) through its open folder or as a file open: the
+ * error, naming them rather than `/proc/self/fd/...`.
+ */
+function naming(path: Buffer, dest?: Buffer) {
+  return (error: NodeJS.ErrnoException & { dest?: string }): never => {
+    const named = path.toString();
+    if (error.path !== undefined)
+      error.message = error.message.replace(`'${String(error.path)}'`, `'${named}'`);
+    else error.message += ` '${named}'`;
+    error.path = named;
+    if (dest !== undefined && error.dest !== undefined) {
+      error.message = error.message.replace(`'${String(error.dest)}'`, `'${dest.toString()}'`);
+      error.dest = dest.toString();
+    }
+    throw error;
+  };
 }
 
 function changed(path: Buffer): AppError {

@@ -11,6 +11,7 @@ import {
   readFile,
   rename,
   rm,
+  stat,
   symlink,
   writeFile,
 } from 'node:fs/promises';
@@ -153,6 +154,57 @@ describe('copyEntries, an entry swapped for a link to outside after its lstat', 
     expect(failure).toMatchObject({
       code: 'conflict',
       message: expect.stringContaining(`cannot copy ${join(live, 'sub')}: it changed while it was copied`),
+    });
+  });
+});
+
+// Refilling the live folder, the agent (root) writes into a folder a script author may write in: an
+// entry the copy has just made, swapped for a link to outside, must not lead root's writes outside.
+describe('copyEntries, a target entry swapped for a link to outside once made', () => {
+  let live: string;
+  let outside: string;
+  let copy: string;
+
+  const plant = async (name: string) => {
+    live = join(dir, `made-${name}`);
+    outside = join(dir, `made-${name}-etc`);
+    copy = join(dir, `made-${name}-copy`);
+    await mkdir(join(live, 'sub'), { recursive: true });
+    await writeFile(join(live, 'sub', 'run.js'), 'run()');
+    await writeFile(join(live, 'top.js'), 'top()', { mode: 0o644 });
+    await mkdir(outside);
+    await writeFile(join(outside, 'shadow'), 'root:$6$secret-hash:19000:0:99999:7:::', { mode: 0o600 });
+    await chmod(join(outside, 'shadow'), 0o600);
+    await mkdir(copy);
+  };
+
+  /** Copies `live` into `copy`, swapping `swapped` (a path under copy) for a link to `to` right after it is made. */
+  const copySwapping = (swapped: string, to: string) =>
+    copyEntries(live, copy, {
+      afterCreate: async (path) => {
+        if (path.toString() !== join(copy, swapped)) return;
+        await rename(join(copy, swapped), `${copy}-moved`);
+        await symlink(to, join(copy, swapped));
+      },
+    });
+
+  it('creates nothing in the outside folder a made folder was swapped for, and fails', async () => {
+    await plant('folder');
+    const failure = await copySwapping('sub', outside).catch((error: unknown) => error);
+    expect(await readdir(outside)).toEqual(['shadow']);
+    expect(failure).toMatchObject({
+      code: 'conflict',
+      message: expect.stringContaining(`cannot copy ${join(copy, 'sub')}: it changed while it was copied`),
+    });
+  });
+
+  it('leaves the mode of the outside file a made file was swapped for, and fails', async () => {
+    await plant('file');
+    const failure = await copySwapping('top.js', join(outside, 'shadow')).catch((error: unknown) => error);
+    expect((await stat(join(outside, 'shadow'))).mode & 0o7777).toBe(0o600);
+    expect(failure).toMatchObject({
+      code: 'conflict',
+      message: expect.stringContaining(`cannot copy ${join(copy, 'top.js')}: it changed while it was copied`),
     });
   });
 });
