@@ -205,9 +205,12 @@ describe('the confirmation dialog', () => {
     // The first answer comes: its question is shown. Then the second's.
     await held[0]!.continue();
     await page.locator('#confirm-dialog[open]').waitFor();
+    // The second Delete has had its answer (read whole: the agent may answer it after a later request
+    // of the page's, on a loaded machine) and gone on (to its own question, or to nothing).
+    const secondAnswer = page.waitForResponse((response) => response.request() === held[1]!.request());
     await held[1]!.continue();
+    await (await secondAnswer).finished();
     await page.unroute('**/api/v1/settings');
-    // The second Delete has had its answer and gone on (to its own question, or to nothing).
     await page.evaluate(() => fetch(location.href).then((response) => response.status));
 
     const named = await page.locator('#confirm-body strong').textContent();
