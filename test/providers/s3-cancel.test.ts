@@ -9,7 +9,13 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { fileSource } from '../../agent/offsite/transfer';
 import { S3Provider } from '../../agent/providers/s3';
 import { isStorageError } from '../../shared/storage/index';
-import { incompleteUploads, type MotoService, motoClient, startMoto } from '../services/moto';
+import {
+  incompleteUploads,
+  type MotoService,
+  motoClient,
+  motoProviderOptions,
+  startMoto,
+} from '../services/moto';
 import { partRequest, startAnswerProxy } from '../services/s3-answer-proxy';
 import { until, within } from '../services/wait';
 import { randomFile } from './random-file';
@@ -44,16 +50,12 @@ describe('an S3 upload cancelled while a part gets no answer', () => {
       const prefix = `cancel-${kind}/`;
       // A proxy of its own: its count of open held requests starts at 0.
       const proxy = await startAnswerProxy(moto.endpoint);
-      const p = new S3Provider({
-        endpoint: proxy.endpoint,
-        region: 'us-east-1',
-        bucket: BUCKET,
-        accessKeyId: 'moto',
-        secretAccessKey: 'moto',
-        forcePathStyle: true,
-        partSize: 5 * MIB,
-        prefix,
-      });
+      const p = new S3Provider(
+        motoProviderOptions(proxy.endpoint, BUCKET, {
+          partSize: 5 * MIB,
+          prefix,
+        }),
+      );
       proxy.rule = { matches: partRequest(2), answer: 'silent' };
       try {
         const fromFile = fileSource(file.path, SIZE, file.sha256);

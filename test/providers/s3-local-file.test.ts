@@ -9,7 +9,13 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { fileSource } from '../../agent/offsite/transfer';
 import { S3Provider } from '../../agent/providers/s3';
 import { isStorageError } from '../../shared/storage/index';
-import { incompleteUploads, type MotoService, motoClient, startMoto } from '../services/moto';
+import {
+  incompleteUploads,
+  type MotoService,
+  motoClient,
+  motoProviderOptions,
+  startMoto,
+} from '../services/moto';
 import { type S3Service, startS3 } from '../services/s3';
 import { startAll } from '../services/start-all';
 import { randomFile } from './random-file';
@@ -150,16 +156,12 @@ describe('s3 provider, local file source', () => {
 });
 
 function motoProvider(prefix: string): S3Provider {
-  return new S3Provider({
-    endpoint: moto.endpoint,
-    region: 'us-east-1',
-    bucket: MOTO_BUCKET,
-    accessKeyId: 'moto',
-    secretAccessKey: 'moto',
-    forcePathStyle: true,
-    partSize: 5 * MIB,
-    prefix,
-  });
+  return new S3Provider(
+    motoProviderOptions(moto.endpoint, MOTO_BUCKET, {
+      partSize: 5 * MIB,
+      prefix,
+    }),
+  );
 }
 
 describe('s3 provider, local file source, failures leave no incomplete upload (moto)', () => {

@@ -6,7 +6,7 @@ import { CreateBucketCommand } from '@aws-sdk/client-s3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { S3Provider } from '../../agent/providers/s3';
 import { isStorageError } from '../../shared/storage/index';
-import { type MotoService, motoClient, startMoto } from '../services/moto';
+import { type MotoService, motoClient, motoProviderOptions, startMoto } from '../services/moto';
 import { type AnswerProxy, type HeldRequest, startAnswerProxy } from '../services/s3-answer-proxy';
 import { within } from '../services/wait';
 
@@ -39,15 +39,11 @@ describe('an S3 request the server never answers', () => {
     ['a delete (its HeadObject)', head, (p) => p.delete(name)],
     ['a listing (ListObjectsV2)', listing, (p) => p.list()],
   ])("%s fails as 'unreachable' after requestTimeoutMs, sent once", async (_what, matches, call) => {
-    const p = new S3Provider({
-      endpoint: proxy.endpoint,
-      region: 'us-east-1',
-      bucket: BUCKET,
-      accessKeyId: 'moto',
-      secretAccessKey: 'moto',
-      forcePathStyle: true,
-      requestTimeoutMs: LIMIT_MS,
-    });
+    const p = new S3Provider(
+      motoProviderOptions(proxy.endpoint, BUCKET, {
+        requestTimeoutMs: LIMIT_MS,
+      }),
+    );
     proxy.rule = { matches, answer: 'silent' };
     proxy.held = 0;
     try {

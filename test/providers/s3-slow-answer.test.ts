@@ -13,7 +13,13 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { fileSource } from '../../agent/offsite/transfer';
 import { type S3Options, S3Provider } from '../../agent/providers/s3';
 import { isStorageError } from '../../shared/storage/index';
-import { incompleteUploads, type MotoService, motoClient, startMoto } from '../services/moto';
+import {
+  incompleteUploads,
+  type MotoService,
+  motoClient,
+  motoProviderOptions,
+  startMoto,
+} from '../services/moto';
 import {
   type Answer,
   type AnswerProxy,
@@ -78,18 +84,14 @@ async function whileHeld(
   overrides: Partial<S3Options>,
   test: (p: S3Provider) => Promise<void>,
 ): Promise<void> {
-  const p = new S3Provider({
-    endpoint: proxy.endpoint,
-    region: 'us-east-1',
-    bucket: BUCKET,
-    accessKeyId: 'moto',
-    secretAccessKey: 'moto',
-    forcePathStyle: true,
-    partSize: 5 * MIB,
-    stallTimeoutMs: STALL_MS,
-    prefix,
-    ...overrides,
-  });
+  const p = new S3Provider(
+    motoProviderOptions(proxy.endpoint, BUCKET, {
+      partSize: 5 * MIB,
+      stallTimeoutMs: STALL_MS,
+      prefix,
+      ...overrides,
+    }),
+  );
   proxy.rule = rule;
   proxy.held = 0;
   try {

@@ -11,7 +11,7 @@ import {
 } from '@aws-sdk/client-s3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { S3Provider } from '../../agent/providers/s3';
-import { type MotoService, motoClient, startMoto } from '../services/moto';
+import { type MotoService, motoClient, motoProviderOptions, startMoto } from '../services/moto';
 
 const MIB = 1024 * 1024;
 const BUCKET = 'gem-sweep-in-flight';
@@ -34,16 +34,12 @@ afterAll(async () => {
 });
 
 function provider(): S3Provider {
-  return new S3Provider({
-    endpoint: moto.endpoint,
-    region: 'us-east-1',
-    bucket: BUCKET,
-    accessKeyId: 'moto',
-    secretAccessKey: 'moto',
-    forcePathStyle: true,
-    partSize: 5 * MIB,
-    prefix: 'gem/',
-  });
+  return new S3Provider(
+    motoProviderOptions(moto.endpoint, BUCKET, {
+      partSize: 5 * MIB,
+      prefix: 'gem/',
+    }),
+  );
 }
 
 async function uploadsLeft(): Promise<string[]> {

@@ -3,6 +3,7 @@ import { type ChildProcess, spawn } from 'node:child_process';
 import { createServer, request } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { ListMultipartUploadsCommand, S3Client } from '@aws-sdk/client-s3';
+import type { S3Options } from '../../agent/providers/s3';
 
 export interface MotoService {
   endpoint: string;
@@ -106,6 +107,23 @@ async function serialize(port: number): Promise<{ endpoint: string; close(): Pro
         server.closeAllConnections();
         server.close(() => resolve());
       }),
+  };
+}
+
+/** S3Provider options for moto at `endpoint` (moto takes any credentials), backups in `bucket`, and `more`. */
+export function motoProviderOptions(
+  endpoint: string,
+  bucket: string,
+  more: Partial<S3Options> = {},
+): S3Options {
+  return {
+    endpoint,
+    region: 'us-east-1',
+    bucket,
+    accessKeyId: 'moto',
+    secretAccessKey: 'moto',
+    forcePathStyle: true,
+    ...more,
   };
 }
 
