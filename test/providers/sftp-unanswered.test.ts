@@ -114,7 +114,8 @@ afterAll(async () => {
   await server?.close();
 });
 
-function provider(): SftpProvider {
+/** A provider for the test server, its request limit 1 s unless given (`'product default'`: none given). */
+function provider(requestLimit: number | 'product default' = 1000): SftpProvider {
   return new SftpProvider({
     host: '127.0.0.1',
     port: server.port,
@@ -122,7 +123,7 @@ function provider(): SftpProvider {
     password: 'any',
     remotePath: FOLDER,
     timeoutMs: 5000,
-    requestTimeoutMs: 1000,
+    ...(requestLimit === 'product default' ? {} : { requestTimeoutMs: requestLimit }),
   });
 }
 
@@ -203,14 +204,7 @@ describe('an SFTP server that leaves a request unanswered, the job cancelled mea
       files.set(`${FOLDER}/${NAME}`, BACKUP);
       unanswered.add(request);
       // The product's default request limit: the test shows the cancel does not wait for it.
-      const sftp = new SftpProvider({
-        host: '127.0.0.1',
-        port: server.port,
-        username: 'gem',
-        password: 'any',
-        remotePath: FOLDER,
-        timeoutMs: 5000,
-      });
+      const sftp = provider('product default');
       const controller = new AbortController();
       const running = run(sftp, controller.signal).then(
         () => new Error('it succeeded'),
@@ -237,15 +231,7 @@ describe('an SFTP server that stops answering altogether', () => {
     // Stuck from the folder's first READDIR on: its CLOSE would wait as long again.
     unanswered.add('READDIR').add('CLOSE');
     const limitMs = 3_000;
-    const sftp = new SftpProvider({
-      host: '127.0.0.1',
-      port: server.port,
-      username: 'gem',
-      password: 'any',
-      remotePath: FOLDER,
-      timeoutMs: 5000,
-      requestTimeoutMs: limitMs,
-    });
+    const sftp = provider(limitMs);
     const failure = await within(
       run(sftp).then(
         () => new Error('it succeeded'),
