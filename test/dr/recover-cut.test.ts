@@ -1,5 +1,6 @@
-// A DR recovery whose download from the cloud is cut halfway (the connection lost, or stalled past the
-// client's timeout) fails with a clear dependency_down error that says so, not Node's bare "aborted":
+// A DR recovery whose download from the cloud is cut halfway (the connection lost, stalled past the
+// client's timeout, or ended cleanly but short) fails with a clear dependency_down error that says so,
+// not Node's bare "aborted" nor a damaged backup:
 // nothing of the download is left (work folder, open files), the keys and backups are as they were,
 // and the same recovery run again completes. A real HTTP server in front of the Worker cuts the answer.
 import { readdir, readFile } from 'node:fs/promises';
@@ -15,7 +16,7 @@ import { startAll } from '../services/start-all';
 import { openFilesUnder, pushViaApi, startDrAgent } from './helpers';
 
 /** What the stand-in does with the recovery's body after its first CUT_AT bytes. */
-let mode: 'cut' | 'stall' | 'pass' = 'pass';
+let mode: 'cut' | 'stall' | 'end' | 'pass' = 'pass';
 const CUT_AT = 50_000;
 
 let pg: TestPostgres;
@@ -38,20 +39,28 @@ async function startCuttingCloud(target: string): Promise<http.Server> {
         (answer) => {
           res.writeHead(answer.statusCode ?? 502, answer.headers);
           let sent = 0;
+          let cut = false;
           answer.on('data', (chunk: Buffer) => {
+            if (cut) return;
             if (mode === 'pass' || sent + chunk.length < CUT_AT) {
               sent += chunk.length;
               res.write(chunk);
               return;
             }
             // Cut once the head and the first bytes are on their way: the agent has begun its download.
+            cut = true;
             res.write(chunk.subarray(0, CUT_AT - sent), () => {
               if (mode === 'cut') setTimeout(() => res.destroy(), 100);
             });
-            sent = CUT_AT;
+            // 'end': the answer ends cleanly (its last chunk sent), as a server whose read failed may end it.
+            if (mode === 'end') res.end();
             answer.destroy();
           });
-          answer.on('end', () => res.end());
+          // Only an answer passed whole ends: the Worker's end, already on its way when the answer was
+          // cut, would otherwise end a cut or stalled one cleanly.
+          answer.on('end', () => {
+            if (!cut) res.end();
+          });
         },
       );
       out.on('error', () => res.destroy());
@@ -102,6 +111,21 @@ describe('a DR recovery whose download is cut halfway', () => {
       expect(await drServiceFor(b.agent).unfinished.read()).toBeNull();
     });
   }
+
+  it('(ended cleanly but short) fails saying it was cut short, not that the backup is corrupt, and changes nothing', async () => {
+    const keyring = await readFile(b.agent.paths.keyring);
+    mode = 'end';
+    const job = await recover(b);
+    expect(job.state).toBe('failed');
+    expect(job.error?.code).toBe('dependency_down');
+    expect(job.error?.message).toMatch(
+      /^the recovery download from the DR cloud was cut short: \d+ of \d+ bytes: nothing was changed; run the recovery again$/,
+    );
+    expect(await readdir(b.agent.paths.work).catch(() => [])).toEqual([]);
+    expect((await readFile(b.agent.paths.keyring)).equals(keyring)).toBe(true);
+    expect(await b.agent.catalog.list()).toEqual([]);
+    expect(await drServiceFor(b.agent).unfinished.read()).toBeNull();
+  });
 
   it('run again over a whole connection, recovers', async () => {
     mode = 'pass';
