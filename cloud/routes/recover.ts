@@ -119,15 +119,32 @@ async function rewrapForRecipient(
   escrowKeys: JWK[],
   recipient: JWK,
 ): Promise<{ fileKey: string; keyring: string }> {
+  // A stanza that does not open, or a header that does not verify, is this stored backup's fault (or
+  // an escrow key configured under the wrong kid): a 422 that says so, never a 500 to retry in vain.
   const open = async (type: 'escrow' | 'escrow-keyring'): Promise<Uint8Array> => {
     for (const stanza of header.stanzas.filter((s) => s.type === type)) {
       const key = escrowKeys.find((k) => k.kid === stanza.kid);
-      if (key) return unwrapWithX25519(stanza, key);
+      if (key) {
+        return unwrapWithX25519(stanza, key).catch(() => {
+          throw new CloudError(
+            422,
+            'not_recoverable',
+            `the backup's ${type} stanza does not open with the escrow key ${stanza.kid}`,
+          );
+        });
+      }
     }
     throw new CloudError(422, 'not_recoverable', `the backup has no ${type} stanza for a current escrow key`);
   };
   const fileKey = await open('escrow');
-  await verifyHeaderMac(header, fileKey);
+  await verifyHeaderMac(header, fileKey).catch(() => {
+    fileKey.fill(0);
+    throw new CloudError(
+      422,
+      'not_recoverable',
+      "the backup's header does not verify with its escrowed file key: it was damaged or tampered with",
+    );
+  });
   const keyring = await open('escrow-keyring');
   const to: JWK = { kty: 'OKP', crv: 'X25519', x: recipient.x, kid: recipient.kid ?? 'recovery' };
   const [a, b] = await Promise.all([

@@ -8,6 +8,7 @@ import {
   generateFileKey,
   newCore,
   openStream,
+  type Stanza,
   sealStream,
   unwrapWithX25519,
   wrapForX25519,
@@ -114,6 +115,52 @@ describe('recovery', () => {
     );
     expect(sha256(await collect(opened.plaintext))).toBe(sha256(plaintext));
     expect(JSON.stringify(res.headers)).not.toContain(escrowPrivate.d);
+  });
+
+  it('answers 422 not_recoverable, not a 500, for a backup whose escrow data does not open or verify', async () => {
+    const cases: [string, (fileKey: Uint8Array) => Promise<{ stanzas: Stanza[]; sealKey: Uint8Array }>][] = [
+      [
+        "the file key's stanza names the current escrow key but was wrapped to another",
+        async (fileKey) => {
+          const other = await x25519Pair('escrow-2026');
+          return {
+            stanzas: [
+              await wrapForX25519(fileKey, other.publicJwk, 'escrow'),
+              await wrapForX25519(keyring, escrowPublic, 'escrow-keyring'),
+            ],
+            sealKey: fileKey,
+          };
+        },
+      ],
+      [
+        'the header was sealed with another file key than the escrowed one (its MAC does not verify)',
+        async (fileKey) => ({
+          stanzas: [
+            await wrapForX25519(fileKey, escrowPublic, 'escrow'),
+            await wrapForX25519(keyring, escrowPublic, 'escrow-keyring'),
+          ],
+          sealKey: generateFileKey(),
+        }),
+      ],
+    ];
+    const oneTime = await x25519Pair('recovery');
+    for (const [what, build] of cases) {
+      const owner = await newInstallation();
+      expect((await enroll(cloud, owner)).status).toBe(201);
+      const { stanzas, sealKey } = await build(generateFileKey());
+      const core = newCore({ installationId: owner.installationId, meta: { kind: 'dr' }, chunkSize: 16384 });
+      const sealed = await collect(
+        sealStream(new Blob([plaintext]).stream() as ReadableStream<Uint8Array>, {
+          core,
+          stanzas,
+          fileKey: sealKey,
+        }),
+      );
+      expect((await putBackup(cloud, owner, sealed, core.createdAt)).status, what).toBe(201);
+      const res = await recover(owner.installationId, oneTime.publicJwk, '198.51.100.21');
+      expect(res.status, what).toBe(422);
+      expect(res.json().error.code, what).toBe('not_recoverable');
+    }
   });
 
   it('answers an unknown id and an enrolled id without a backup the same way', async () => {
