@@ -66,7 +66,8 @@ beforeAll(async () => {
   escrowPublic = escrow.publicJwk;
   cloud = await startCloud({
     ESCROW_PRIVATE_KEYS: JSON.stringify([escrow.privateJwk, retired.privateJwk]),
-    UPLOAD_IDLE_SECONDS: '2',
+    // Long enough that the abandoned-uploads case reads its upload's status before the alarm, under load.
+    UPLOAD_IDLE_SECONDS: '5',
   });
   inst = await newInstallation();
   expect((await enroll(cloud, inst)).status).toBe(201);
@@ -241,7 +242,7 @@ describe('abandoned uploads', () => {
     };
     expect(await status()).toBe(200);
     let last = 200;
-    for (let i = 0; i < 40 && last === 200; i++) {
+    for (let i = 0; i < 80 && last === 200; i++) {
       await sleep(250);
       last = await status();
     }
