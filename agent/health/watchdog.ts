@@ -65,10 +65,13 @@ export class JobWatchdog {
     this.thresholds = { ...DEFAULT_WATCHDOG_THRESHOLDS, ...thresholds };
   }
 
-  /** Starts watching (jobs already running are picked up as of now). */
+  /**
+   * Starts watching (jobs already running are picked up as of now). The run times of each kind are those
+   * of the successful runs the jobs list holds, also those before a restart (jobs.json).
+   */
   start(): this {
     if (this.unsubscribe) return this;
-    for (const job of this.jobs.active()) this.observe(job);
+    for (const job of this.jobs.list().reverse()) this.observe(job);
     this.unsubscribe = this.jobs.subscribeAll((event) => {
       if (event.type === 'update') this.observe(event.job);
     });
