@@ -61,7 +61,7 @@ export function backupsArea(agent: Agent): AreaSource {
   };
 }
 
-/** The backups' age against the auto-backup schedule, and the last scheduled run. */
+/** The backups' age against the auto-backup schedule, and the last scheduled run (a failed one until a good backup is newer). */
 function backupAge(agent: Agent): AreaSource {
   return async (now) => {
     const auto = agent.settings.get().autoBackup;
@@ -94,7 +94,13 @@ function backupAge(agent: Agent): AreaSource {
       : `No backup has been made yet (${auto.schedule} schedule since ${formatAge(age)} ago)`;
     if (status !== 'ok') reason = `${reason}: backups are overdue`;
     const last = state?.lastResult;
-    if (last && !last.ok) {
+    // A run that failed (not a slot skipped: that records no run) is over once a good backup is newer.
+    const mended =
+      last?.jobId !== undefined &&
+      latest !== undefined &&
+      state?.lastEndedAt != null &&
+      Date.parse(latest.createdAt) > state.lastEndedAt.getTime();
+    if (last && !last.ok && !mended) {
       status = worst([status, 'warning']);
       const skipped = last.error?.startsWith('skipped: ');
       reason = skipped
