@@ -45,12 +45,9 @@ export async function collectMetrics(
     'When the newest good local backup was made (verification not failed, ours).',
     [{ value: seconds(newest?.createdAt) ?? 0 }],
   );
-  m.family(
-    'gem_backup_last_backup_duration_seconds',
-    'gauge',
-    'How long the last backup job took (since start).',
-    [{ value: recorder.lastBackup?.durationSeconds ?? 0 }],
-  );
+  m.family('gem_backup_last_backup_duration_seconds', 'gauge', 'How long the last backup job took.', [
+    { value: recorder.lastBackup?.durationSeconds ?? 0 },
+  ]);
   m.histogram(
     'gem_backup_backup_duration_seconds',
     'Backup job durations (since start).',

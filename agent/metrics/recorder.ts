@@ -1,5 +1,5 @@
 /** MetricsRecorder: counts jobs by kind and outcome, backup durations and sizes, and bytes uploaded, from job events. */
-import type { JobEvent, JobRunner } from '../jobs/runner';
+import type { Job, JobEvent, JobRunner } from '../jobs/runner';
 import { Histogram } from './text-format';
 
 /** Seconds: 10 s to 2 h. */
@@ -16,9 +16,15 @@ export class MetricsRecorder {
   lastBackup: { durationSeconds: number; size: number; endedAt: string } | undefined;
   private unsubscribe: (() => void) | undefined;
 
-  /** Listens to every job's events. */
+  /**
+   * Listens to every job's events. The last backup is the jobs list's newest successful one, also one
+   * before a restart (jobs.json): a gauge, not a count since start.
+   */
   start(jobs: JobRunner): this {
-    this.unsubscribe ??= jobs.subscribeAll((event) => this.onEvent(event));
+    if (this.unsubscribe) return this;
+    const before = jobs.list().find((j) => j.kind === 'backup' && j.state === 'succeeded' && j.endedAt);
+    if (before) this.lastBackup = lastBackupOf(before);
+    this.unsubscribe = jobs.subscribeAll((event) => this.onEvent(event));
     return this;
   }
 
@@ -57,14 +63,22 @@ export class MetricsRecorder {
     if (job.state !== 'succeeded') return;
     const result = job.result as Record<string, unknown> | undefined;
     if (job.kind === 'backup') {
-      const seconds = (Date.parse(job.endedAt) - Date.parse(job.startedAt)) / 1000;
-      const size = Number((result?.backup as { size?: number } | undefined)?.size ?? 0);
-      this.backupDuration.observe(seconds);
-      this.backupSize.observe(size);
-      this.lastBackup = { durationSeconds: seconds, size, endedAt: job.endedAt };
+      this.lastBackup = lastBackupOf(job);
+      this.backupDuration.observe(this.lastBackup.durationSeconds);
+      this.backupSize.observe(this.lastBackup.size);
     }
     if (job.kind === 'dr-push' && typeof result?.size === 'number') this.recordUpload('cloud', result.size);
   }
+}
+
+/** A successful backup job's duration and size. */
+function lastBackupOf(job: Job): NonNullable<MetricsRecorder['lastBackup']> {
+  const result = job.result as { backup?: { size?: number } } | undefined;
+  return {
+    durationSeconds: (Date.parse(job.endedAt!) - Date.parse(job.startedAt)) / 1000,
+    size: Number(result?.backup?.size ?? 0),
+    endedAt: job.endedAt!,
+  };
 }
 
 const recorders = new WeakMap<object, MetricsRecorder>();
