@@ -335,15 +335,17 @@ export function verificationArea(agent: Agent, store: VerificationStateStore): A
     // Only copies that exist now count: not a destination turned off, nor Cloud DR after the opt-out.
     const targets = currentTargetResults(state, agent.settings.get());
     const details = { lastRun: state.lastRun ?? null, targets };
-    if (!v.enabled) return { status: 'warning', reason: 'Scheduled verification is off', ...details };
+    // A damaged copy found by a run a person started is failing also while the schedule is off.
     const failed = Object.values(targets).filter((t) => t && !t.ok && !t.skipped);
     if (failed.length) {
+      const reason = failed.map((t) => `${t!.target}: ${t!.error?.message ?? 'failed'}`).join('; ');
       return {
         status: 'failing',
-        reason: failed.map((t) => `${t!.target}: ${t!.error?.message ?? 'failed'}`).join('; '),
+        reason: v.enabled ? reason : `${reason}. Scheduled verification is off`,
         ...details,
       };
     }
+    if (!v.enabled) return { status: 'warning', reason: 'Scheduled verification is off', ...details };
     const interval = SCHEDULE_INTERVAL_MS[v.schedule];
     const since = state.lastRun
       ? Date.parse(state.lastRun.endedAt)

@@ -1,0 +1,60 @@
+/**
+ * A copy that failed verification is failing in the verification area also while the scheduled
+ * verification is off (a person ran it with Verify now): turning the schedule off does not hide a
+ * damaged backup behind the warning that it is off.
+ */
+import { open } from 'node:fs/promises';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { healthModule } from '../../agent/http/routes/health';
+import { settingsModule } from '../../agent/http/routes/settings';
+import { startTestAgent, type TestAgent } from '../services/agent';
+import { startPostgres, type TestPostgres } from '../services/postgres';
+import { backupNow, call, downloadKeys } from './helpers';
+
+let pg: TestPostgres;
+let t: TestAgent;
+
+beforeAll(async () => {
+  pg = await startPostgres();
+  t = await startTestAgent(pg, { modules: [settingsModule, healthModule] });
+  await downloadKeys(t);
+}, 60_000);
+
+afterAll(async () => {
+  await t?.close();
+  await pg?.stop();
+});
+
+describe('the verification area with the schedule off', () => {
+  it('is failing when the last verification found the newest backup damaged', async () => {
+    const saved = await call(t, 'PUT', '/settings', { verification: { enabled: false } });
+    expect(saved.status, JSON.stringify(saved.body)).toBe(200);
+    const off = await call(t, 'GET', '/health');
+    expect(off.body.areas.verification).toMatchObject({
+      status: 'warning',
+      reason: 'Scheduled verification is off',
+    });
+
+    await backupNow(t);
+    const damaged = await backupNow(t);
+    // Bytes in the middle of the file turned over: the disk damaged it.
+    const file = await open(t.agent.catalog.pathOf(damaged), 'r+');
+    try {
+      const { size } = await file.stat();
+      await file.write(Buffer.alloc(64, 0xa5), 0, 64, Math.floor(size / 2));
+    } finally {
+      await file.close();
+    }
+    const run = await call(t, 'POST', '/health/verification/run');
+    expect(run.status).toBe(202);
+    const job = await t.agent.jobs.waitFor(run.body.jobId);
+    expect(job.state).toBe('failed');
+    expect(job.error).toMatchObject({ code: 'corrupt_backup' });
+    expect(job.error!.message).toContain(damaged);
+
+    const health = await call(t, 'GET', '/health');
+    expect(health.body.areas.verification.status).toBe('failing');
+    expect(health.body.areas.verification.reason).toMatch(/^local: /);
+    expect(health.body.status).toBe('failing');
+  }, 120_000);
+});
