@@ -51,6 +51,8 @@ export function statusRank(status: HealthStatus): number {
  * ages are: 60 h is "2 days" on the page and in `gem-backup`, never "3 days" (the overdue threshold).
  */
 export function formatAge(ms: number): string {
+  // A time a little after the clock (set back since) is just now, never "-3 min".
+  if (ms < 0) ms = 0;
   const min = Math.floor(ms / 60_000);
   if (min < 90) return `${min} min`;
   const h = Math.floor(ms / 3_600_000);

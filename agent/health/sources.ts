@@ -87,7 +87,8 @@ function backupAge(agent: Agent): AreaSource {
     const interval = SCHEDULE_INTERVAL_MS[auto.schedule];
     const state = await agent.settings.state.get('autoBackup');
     const since = latest ? Date.parse(latest.createdAt) : (state?.armedAt.getTime() ?? now.getTime());
-    const age = now.getTime() - since;
+    // The newest may be dated a little after the clock (set back since, within CLOCK_AHEAD_TOLERANCE_MS).
+    const age = Math.max(0, now.getTime() - since);
     let status = ageStatus(age, interval);
     let reason = latest
       ? `The last backup was made ${formatAge(age)} ago (${auto.schedule} schedule)`
