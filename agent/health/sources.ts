@@ -66,7 +66,9 @@ function backupAge(agent: Agent): AreaSource {
   return async (now) => {
     const auto = agent.settings.get().autoBackup;
     const list = await agent.catalog.list();
-    const latest = newestGoodBackup(list, (id, keyIds) => agent.keyring.owns(id, keyIds), now.getTime());
+    const owns = (id: string, keyIds: readonly string[]) => agent.keyring.owns(id, keyIds);
+    const latest = newestGoodBackup(list, owns, now.getTime());
+    const none = !latest && list.length ? noGoodBackup(list, owns) : undefined;
     const ahead = list.filter((b) => datedInFuture(b, now.getTime()));
     const details = {
       lastBackup: latest
@@ -82,7 +84,13 @@ function backupAge(agent: Agent): AreaSource {
             reason: 'Automatic backups are off: only backups you start are made',
             ...details,
           }
-        : { status: 'failing', reason: 'There is no backup and automatic backups are off', ...details };
+        : {
+            status: 'failing',
+            reason: none
+              ? `${none}, and automatic backups are off`
+              : 'There is no backup and automatic backups are off',
+            ...details,
+          };
     }
     const interval = SCHEDULE_INTERVAL_MS[auto.schedule];
     const state = await agent.settings.state.get('autoBackup');
@@ -92,7 +100,7 @@ function backupAge(agent: Agent): AreaSource {
     let status = ageStatus(age, interval);
     let reason = latest
       ? `The last backup was made ${formatAge(age)} ago (${auto.schedule} schedule)`
-      : `No backup has been made yet (${auto.schedule} schedule since ${formatAge(age)} ago)`;
+      : `${none ?? 'No backup has been made yet'} (${auto.schedule} schedule since ${formatAge(age)} ago)`;
     if (status !== 'ok') reason = `${reason}: backups are overdue`;
     const last = state?.lastResult;
     // A run that failed (not a slot skipped: that records no run) is over once a good backup is newer.
@@ -114,6 +122,32 @@ function backupAge(agent: Agent): AreaSource {
     }
     return { status, reason, ageSeconds: Math.round(age / 1000), ...details };
   };
+}
+
+/**
+ * Why none of the backups in the folder (there are some) is a good one of this installation, each under
+ * the first reason newestGoodBackup would pass it over for: "No backup has been made yet" would be
+ * untrue, and the reasons say what to do (verify again, make a backup, look at the clock).
+ */
+function noGoodBackup(
+  list: BackupInfo[],
+  owns: (installationTag: string, keyIds: readonly string[]) => boolean,
+): string {
+  const counts = { safety: 0, failed: 0, other: 0, ahead: 0 };
+  for (const b of list) {
+    if (b.kind === 'safety') counts.safety++;
+    else if (b.verifyResult === 'failed') counts.failed++;
+    else if (!owns(b.installationTag, b.keyIds)) counts.other++;
+    else counts.ahead++;
+  }
+  const words = [
+    counts.failed && `${counts.failed} failed verification`,
+    counts.other && `${counts.other} made by another installation`,
+    counts.safety &&
+      `${counts.safety} ${counts.safety === 1 ? 'is a safety backup' : 'are safety backups'} (made before a restore)`,
+    counts.ahead && `${counts.ahead} dated after this machine's clock`,
+  ].filter(Boolean);
+  return `No good backup of this installation: of the ${list.length} here, ${words.join(', ')}`;
 }
 
 /**
