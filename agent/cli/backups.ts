@@ -221,12 +221,17 @@ export async function decryptCommand(cli: CliContext): Promise<void> {
     resolveFileKey: (header) => unwrapWithMasterKeys(header.stanzas, keys),
   });
   // Without --force only a name still free is taken: a file made there while this decrypted stays.
-  const published = await writeFileAtomic(output, [createReadStream(file), opener], {
-    mode: 0o600,
-    exclusive: !values.force,
-  }).catch((error) => {
-    throw envelopeToAppError(error);
-  });
+  // Stopped (Ctrl-C) before it is published, its temp file of plaintext is removed, also while synced.
+  const published = await cli.whileStoppable((signal) =>
+    writeFileAtomic(output, [createReadStream(file), opener], {
+      mode: 0o600,
+      exclusive: !values.force,
+      signal,
+      check: async () => signal.throwIfAborted(),
+    }).catch((error) => {
+      throw envelopeToAppError(error);
+    }),
+  );
   if (!published) throw outputExists(output);
   cli.out(`decrypted to ${output}`);
 }

@@ -31,6 +31,11 @@ export interface CliContext {
    * records it in the audit log as withAgent does: what, by whom, how it ended.
    */
   withDataDir<T>(fn: (paths: DataPaths) => Promise<T>): Promise<T>;
+  /**
+   * Runs a command that writes a file itself, with no agent (decrypt): Ctrl-C, SIGTERM or SIGHUP
+   * meanwhile aborts `signal`, so that it removes its temp file instead of dying with it left behind.
+   */
+  whileStoppable<T>(fn: (signal: AbortSignal) => Promise<T>): Promise<T>;
   /** Refuses, with one line, a data dir that holds no installation (unless this command sets one up). */
   requireInstallation(): void;
   /**
@@ -306,6 +311,29 @@ export function createCliContext(
         }
       } finally {
         closing = true;
+        for (const signal of STOP_SIGNALS) process.off(signal, onSignal);
+      }
+    },
+    async whileStoppable(fn) {
+      const stop = new AbortController();
+      let caught: NodeJS.Signals | undefined;
+      const onSignal = (signal: NodeJS.Signals) => {
+        if (pressed++ > 0) {
+          endProgress();
+          process.stderr.write(`gem-backup: ${signal} again: stopped at once\n`);
+          process.exit(130);
+        }
+        caught = signal;
+        stop.abort(new Interrupted());
+      };
+      for (const signal of STOP_SIGNALS) process.on(signal, onSignal);
+      try {
+        return await fn(stop.signal);
+      } catch (error) {
+        // Stopped before it was done: main says so and exits 130. A signal after that changed nothing.
+        signalled = caught;
+        throw error;
+      } finally {
         for (const signal of STOP_SIGNALS) process.off(signal, onSignal);
       }
     },

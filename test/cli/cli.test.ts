@@ -1,3 +1,4 @@
+import { spawn } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import {
   chmod,
@@ -331,6 +332,40 @@ describe('the gem-backup CLI (the package bin)', () => {
       expect(await readdir(folder)).toEqual(['out']);
       await rm(folder, { recursive: true });
     }
+  });
+
+  it('decrypt stopped by Ctrl-C leaves no plaintext behind: its temp file removed, one line, exit 130', async () => {
+    const passphrase = { GEM_KEYS_PASSPHRASE: 'a ctrl-c passphrase' };
+    const keys = join(dataDir, 'keys-for-ctrl-c.json');
+    expect((await cliWith(passphrase, 'keys', 'export', '-o', keys)).code).toBe(0);
+    const backup = /created (gem-backup-\S+\.tar\.gz)/.exec((await cli('create')).stdout)?.[1];
+    expect(backup).toBeDefined();
+    const folder = await mkdtemp(join(tmpdir(), 'gem-cli-ctrl-c-'));
+    // strace holds each fsync 1 s: the decrypted temp file is there, not yet published, when Ctrl-C comes.
+    const tracer = spawn(
+      'strace',
+      [
+        ...['-f', '--seccomp-bpf', '-qq', '-o', '/dev/null'],
+        ...['-e', 'trace=fsync,fdatasync', '-e', 'inject=fsync,fdatasync:delay_enter=1000000'],
+        ...[process.execPath, built.path, 'decrypt', join(dataDir, 'backups', backup!), '--keys', keys],
+        ...['-o', join(folder, 'out.tar.gz')],
+      ],
+      { env: { ...env, ...passphrase }, stdio: ['ignore', 'pipe', 'pipe'] },
+    );
+    let stdout = '';
+    let stderr = '';
+    tracer.stdout.on('data', (d: Buffer) => (stdout += d));
+    tracer.stderr.on('data', (d: Buffer) => (stderr += d));
+    const exited = new Promise<number | null>((done) => tracer.once('close', (code) => done(code)));
+    await until(async () => (await readdir(folder)).length > 0, 'the temp file', 200);
+    // The CLI is strace's child: the signal goes to it, as a terminal's Ctrl-C would.
+    const children = await readFile(`/proc/${tracer.pid}/task/${tracer.pid}/children`, 'utf8');
+    process.kill(Number(children.trim().split(' ')[0]), 'SIGINT');
+    expect(await exited).toBe(130);
+    expect(stdout).toBe('');
+    expect(stderr.trim()).toBe('gem-backup: cancelled: nothing was changed');
+    expect(await readdir(folder)).toEqual([]);
+    await rm(folder, { recursive: true });
   });
 
   it('records each command that opens the agent in the audit log: what, by whom, how it ended', async () => {
