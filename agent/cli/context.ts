@@ -24,8 +24,10 @@ export interface CliContext {
   /**
    * Opens the agent over GEM_DATA_DIR (starting the embedded cluster if needed), runs fn, closes it.
    * Ctrl-C, SIGTERM or SIGHUP meanwhile cancels the jobs it runs, waits for them, and closes the agent.
+   * `finishes`: what fn changes itself, with no job to cancel (the keys import): a signal lets it run to
+   * its end, as stopped half-way it would leave its files half changed, and the line says how it ended.
    */
-  withAgent<T>(fn: (agent: Agent) => Promise<T>): Promise<T>;
+  withAgent<T>(fn: (agent: Agent) => Promise<T>, options?: { finishes?: string }): Promise<T>;
   /**
    * Runs a command that needs only the data dir's files, no agent or database (keys export), and
    * records it in the audit log as withAgent does: what, by whom, how it ended.
@@ -190,6 +192,8 @@ export function createCliContext(
   let pressed = 0;
   /** Jobs that were running (or started) after the signal, by id, with their latest record. */
   const stopped = new Map<string, Job>();
+  /** What a `finishes` command changed after a signal came, and its error if it failed. */
+  let finished: { what: string; error?: string } | undefined;
   const endProgress = () => {
     clearInterval(redraw);
     redraw = undefined;
@@ -223,10 +227,16 @@ export function createCliContext(
     interruption() {
       if (!signalled) return undefined;
       const jobs = [...stopped.values()];
+      if (jobs.length === 0 && finished) {
+        const { what, error } = finished;
+        return error
+          ? `interrupted: the ${what} failed: ${error}`
+          : `interrupted too late to cancel: the ${what} had completed`;
+      }
       if (jobs.length === 0) return 'cancelled: nothing was changed';
       return jobs.map(describeStopped).join('; ');
     },
-    async withAgent(fn) {
+    async withAgent(fn, { finishes } = {}) {
       requireInstallation();
       const config = loadConfig();
       let agent: Agent | undefined;
@@ -253,7 +263,7 @@ export function createCliContext(
         // While closing after the command ended there is nothing left to cancel: the close goes on.
         if (closing) return;
         signalled = signal;
-        if (agent && cancelAll(agent) === 0) stop(new Interrupted());
+        if (agent && cancelAll(agent) === 0 && !finishes) stop(new Interrupted());
       };
       // SIGHUP: the SSH session the command ran in was lost; its job is stopped as cleanly as by Ctrl-C.
       for (const signal of STOP_SIGNALS) process.on(signal, onSignal);
@@ -288,11 +298,16 @@ export function createCliContext(
           if (signalled) throw new Interrupted();
           const running = fn(open);
           running.catch(() => {});
-          return await Promise.race([running, stopNow]);
+          const result = await Promise.race([running, stopNow]);
+          if (signalled && finishes) finished = { what: finishes };
+          return result;
         } catch (error) {
-          outcome = signalled
-            ? { outcome: 'cancelled' }
-            : { outcome: 'error', error: describeError(error).code };
+          if (signalled && finishes && !(error instanceof Interrupted))
+            finished = { what: finishes, error: describeError(error).message };
+          outcome =
+            signalled && !finished
+              ? { outcome: 'cancelled' }
+              : { outcome: 'error', error: describeError(error).code };
           throw error;
         } finally {
           closing = true;

@@ -79,10 +79,13 @@ export async function keysCommand(cli: CliContext): Promise<void> {
   };
   if (sub === 'import') {
     const { text, passphrase } = await givenKeysFile();
-    const result = await cli.withAgent(async (agent) => {
-      const { importKeysFile } = await import('../http/routes/keys');
-      return importKeysFile(agent, text, passphrase);
-    });
+    const result = await cli.withAgent(
+      async (agent) => {
+        const { importKeysFile } = await import('../http/routes/keys');
+        return importKeysFile(agent, text, passphrase);
+      },
+      { finishes: 'keys import' },
+    );
     // The whole id is the installation's DR recovery credential: its first 8 characters tell it apart.
     cli.out(
       `keys imported: installation ${shortInstallationId(result.installationId)} (the whole id: gem-backup dr status --show-installation-id), active key ${result.activeKeyId}`,

@@ -15,7 +15,7 @@ import {
 import { tmpdir, userInfo } from 'node:os';
 import { dirname, join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { Keyring } from '../../agent/keys/keyring';
+import { buildKeysExport, createKeyringFile, Keyring } from '../../agent/keys/keyring';
 import { userNamed } from '../../agent/system/passwd';
 import { runProcess } from '../../agent/system/spawn';
 import { seededEnvironment, startTestAgent } from '../services/agent';
@@ -366,6 +366,45 @@ describe('the gem-backup CLI (the package bin)', () => {
     expect(stderr.trim()).toBe('gem-backup: cancelled: nothing was changed');
     expect(await readdir(folder)).toEqual([]);
     await rm(folder, { recursive: true });
+  });
+
+  it('keys import stopped by Ctrl-C half-way is finished, not left half done, and says so: exit 130', async () => {
+    // A box of its own: the import gives it another installation's identity.
+    const own = await seededEnvironment(pg, 'gem-cli-import-ctrl-c-');
+    const other = createKeyringFile();
+    const keys = join(own.dataDir, 'other-installation.json');
+    await writeFile(keys, await buildKeysExport(other), { mode: 0o600 });
+    // strace holds each fsync 1 s: the import has recorded the identity change (its temp file is being
+    // synced) and not yet replaced the keyring when Ctrl-C comes.
+    const tracer = spawn(
+      'strace',
+      [
+        ...['-f', '--seccomp-bpf', '-qq', '-o', '/dev/null'],
+        ...['-e', 'trace=fsync,fdatasync', '-e', 'inject=fsync,fdatasync:delay_enter=1000000'],
+        ...[process.execPath, built.path, 'keys', 'import', keys],
+      ],
+      { env: own.env, stdio: ['ignore', 'pipe', 'pipe'] },
+    );
+    let stdout = '';
+    let stderr = '';
+    tracer.stdout.on('data', (d: Buffer) => (stdout += d));
+    tracer.stderr.on('data', (d: Buffer) => (stderr += d));
+    const exited = new Promise<number | null>((done) => tracer.once('close', (code) => done(code)));
+    const recording = async () =>
+      (await readdir(own.dataDir)).some((n) => n.startsWith('.tmp-last-restore.json'));
+    await until(recording, 'the record of the identity change', 200);
+    const children = await readFile(`/proc/${tracer.pid}/task/${tracer.pid}/children`, 'utf8');
+    process.kill(Number(children.trim().split(' ')[0]), 'SIGINT');
+    expect(await exited).toBe(130);
+    expect(stdout).toMatch(`keys imported: installation ${other.installationId.slice(0, 8)}…`);
+    expect(stderr.trim()).toBe('gem-backup: interrupted too late to cancel: the keys import had completed');
+    // Both halves are there: the other installation's keys, and the hold of pushes that goes with them.
+    const keyring = JSON.parse(await readFile(join(own.dataDir, 'keyring.json'), 'utf8'));
+    expect(keyring.installationId).toBe(other.installationId);
+    const lastRestore = JSON.parse(await readFile(join(own.dataDir, 'last-restore.json'), 'utf8'));
+    expect(lastRestore.identityChangedAt).toEqual(expect.any(String));
+    expect((await readdir(own.dataDir)).filter((n) => n.startsWith('.tmp-') || n === 'job.lock')).toEqual([]);
+    await rm(own.dataDir, { recursive: true, force: true });
   });
 
   it('records each command that opens the agent in the audit log: what, by whom, how it ended', async () => {
