@@ -15,6 +15,7 @@ import {
 import { tmpdir, userInfo } from 'node:os';
 import { dirname, join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { UnfinishedRecoveryFile } from '../../agent/dr/unfinished';
 import { buildKeysExport, createKeyringFile, Keyring } from '../../agent/keys/keyring';
 import { userNamed } from '../../agent/system/passwd';
 import { runProcess } from '../../agent/system/spawn';
@@ -404,6 +405,57 @@ describe('the gem-backup CLI (the package bin)', () => {
     const lastRestore = JSON.parse(await readFile(join(own.dataDir, 'last-restore.json'), 'utf8'));
     expect(lastRestore.identityChangedAt).toEqual(expect.any(String));
     expect((await readdir(own.dataDir)).filter((n) => n.startsWith('.tmp-') || n === 'job.lock')).toEqual([]);
+    await rm(own.dataDir, { recursive: true, force: true });
+  });
+
+  it('dr recover --abandon stopped by Ctrl-C half-way is finished, not left half done, and says so: exit 130', async () => {
+    const own = await seededEnvironment(pg, 'gem-cli-abandon-ctrl-c-');
+    // Read now: a Keyring follows its file, which the import replaces.
+    const ownKeyring = await Keyring.load(join(own.dataDir, 'keyring.json'));
+    const [ownId, ownKeyId] = [ownKeyring.installationId, ownKeyring.activeKey.id];
+    const recovered = createKeyringFile();
+    const keys = join(own.dataDir, 'recovered.json');
+    await writeFile(keys, await buildKeysExport(recovered), { mode: 0o600 });
+    // As a recovery that stopped after installing the recovered keys leaves the box.
+    const imported = await runProcess(process.execPath, [built.path, 'keys', 'import', keys], {
+      env: own.env,
+    });
+    expect(imported.code, imported.stderr).toBe(0);
+    await new UnfinishedRecoveryFile(join(own.dataDir, 'dr-recovery.json')).write({
+      installationId: recovered.installationId,
+      startedAt: new Date().toISOString(),
+      previousInstallationId: ownId,
+      previousActiveKeyId: ownKeyId,
+    });
+    // strace holds each fsync 1 s: Ctrl-C comes while the box's own keyring is being put back.
+    const tracer = spawn(
+      'strace',
+      [
+        ...['-f', '--seccomp-bpf', '-qq', '-o', '/dev/null'],
+        ...['-e', 'trace=fsync,fdatasync', '-e', 'inject=fsync,fdatasync:delay_enter=1000000'],
+        ...[process.execPath, built.path, 'dr', 'recover', '--abandon'],
+      ],
+      { env: own.env, stdio: ['ignore', 'pipe', 'pipe'] },
+    );
+    let stdout = '';
+    let stderr = '';
+    tracer.stdout.on('data', (d: Buffer) => (stdout += d));
+    tracer.stderr.on('data', (d: Buffer) => (stderr += d));
+    const exited = new Promise<number | null>((done) => tracer.once('close', (code) => done(code)));
+    const replacing = async () => (await readdir(own.dataDir)).some((n) => n.startsWith('.tmp-keyring.json'));
+    await until(replacing, 'the keyring being put back', 200);
+    const children = await readFile(`/proc/${tracer.pid}/task/${tracer.pid}/children`, 'utf8');
+    process.kill(Number(children.trim().split(' ')[0]), 'SIGINT');
+    expect(await exited).toBe(130);
+    expect(stdout).toMatch(/^the unfinished recovery was given up: /);
+    expect(stderr.trim()).toBe(
+      'gem-backup: interrupted too late to cancel: the giving up of the recovery had completed',
+    );
+    // The box's own identity back, and no record left to hold its pushes.
+    expect((await Keyring.load(join(own.dataDir, 'keyring.json'))).installationId).toBe(ownId);
+    expect(
+      (await readdir(own.dataDir)).filter((n) => /^\.tmp-|^job\.lock$|^dr-recovery\.json$/.test(n)),
+    ).toEqual([]);
     await rm(own.dataDir, { recursive: true, force: true });
   });
 
