@@ -13,7 +13,10 @@ function pinCommandOf(pinned: boolean) {
     const [name, ...extra] = positionals;
     if (!name || extra.length > 0) throw new AppError('bad_request', PIN_USAGE);
     const { setPinned } = await import('../http/routes/backups');
-    const backup = await cli.withAgent((agent) => setPinned(agent, name, pinned));
+    // A signal lets the change finish (it is one write) and the line says so, never "nothing was changed".
+    const backup = await cli.withAgent((agent) => setPinned(agent, name, pinned), {
+      finishes: pinned ? 'pin' : 'unpin',
+    });
     cli.out(
       pinned
         ? `pinned ${backup.filename}: retention never deletes it, here or offsite; unpin it to delete it`
@@ -62,13 +65,16 @@ export async function retentionCommand(cli: CliContext): Promise<void> {
     cli.out(wouldDelete('the next backup deletes', preview.nextBackup.delete));
     return;
   }
-  const result = await cli.withAgent(async (agent) => {
-    const preview = await retentionPreview(agent);
-    if (!preview.held) return { held: false as const };
-    if (!values.yes) return { held: true as const, preview };
-    await resumePruning(agent);
-    return { held: true as const, resumed: true, preview };
-  });
+  const result = await cli.withAgent(
+    async (agent) => {
+      const preview = await retentionPreview(agent);
+      if (!preview.held) return { held: false as const };
+      if (!values.yes) return { held: true as const, preview };
+      await resumePruning(agent);
+      return { held: true as const, resumed: true, preview };
+    },
+    values.yes ? { finishes: 'resume of pruning' } : {},
+  );
   if (!result.held) {
     cli.out('pruning is not paused: nothing to resume');
     return;
