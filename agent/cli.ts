@@ -1,5 +1,6 @@
 /** gem-backup: the command line, for when the page is not reachable. Exit 0 on success, one clear line otherwise. */
 import type { CliContext } from './cli/context';
+import { PromptCancelled } from './cli/passphrase';
 import { describeError } from './errors';
 
 type Command = (cli: CliContext) => Promise<void>;
@@ -153,6 +154,10 @@ async function main(argv: string[]): Promise<number> {
     await command(cli);
   } catch (error) {
     cli.endProgress();
+    if (error instanceof PromptCancelled) {
+      process.stderr.write(`gem-backup: ${error.message}\n`);
+      return 130;
+    }
     // Stopped by Ctrl-C, SIGTERM or SIGHUP: the line says what happened to the job, not "the job was cancelled".
     if (!cli.interruption()) {
       process.stderr.write(`gem-backup: ${describeError(error).message}\n`);

@@ -42,6 +42,16 @@ async function passphraseFromOptions(file: string | undefined): Promise<string |
   return process.env[PASSPHRASE_ENV] || undefined;
 }
 
+/**
+ * Ctrl-C at a passphrase prompt: asked before the command changes anything, so nothing was changed, and
+ * the CLI exits 130 as after any other Ctrl-C (raw mode turns it into a key press, not a signal).
+ */
+export class PromptCancelled extends AppError {
+  constructor() {
+    super('cancelled', 'cancelled: nothing was changed');
+  }
+}
+
 /** True when a person is at the terminal to answer a prompt. */
 function canPrompt(): boolean {
   return Boolean(process.stdin.isTTY && process.stderr.isTTY);
@@ -67,7 +77,7 @@ function promptHidden(question: string): Promise<string> {
     const onData = (chunk: string) => {
       for (const ch of chunk) {
         if (ch === '\r' || ch === '\n' || ch === '\u0004') return done();
-        if (ch === '\u0003') return done(new AppError('cancelled', 'cancelled'));
+        if (ch === '\u0003') return done(new PromptCancelled());
         if (ch === '\u007f' || ch === '\b') answer = answer.slice(0, -1);
         else answer += ch;
       }

@@ -13,7 +13,7 @@ import { runProcess } from '../../agent/system/spawn';
 import { seededEnvironment, startTestAgent } from '../services/agent';
 import { startPostgres, type TestPostgres, withSql } from '../services/postgres';
 import { startAll } from '../services/start-all';
-import { within } from '../services/wait';
+import { until, within } from '../services/wait';
 import { type BuiltCli, buildCli } from './built-cli';
 
 let pg: TestPostgres;
@@ -339,6 +339,34 @@ describe('messages that say what to do', () => {
       expect(line).toContain('GEM_KEYS_PASSPHRASE');
       expect(line).toContain('--passphrase-file');
     }
+  });
+
+  it('Ctrl-C at the passphrase prompt: one line, exit 130, nothing imported', async () => {
+    const out = join(scratch, 'protected-for-prompt.json');
+    const exported = await cliIn(
+      { GEM_KEYS_PASSPHRASE: 'long enough passphrase' },
+      'keys',
+      'export',
+      '-o',
+      out,
+    );
+    expect(exported.code, exported.stderr).toBe(0);
+    const keyringBefore = await readFile(join(dataDir, 'keyring.json'), 'utf8');
+    // `script` gives the CLI a terminal; -e makes its exit status the CLI's.
+    const command = [process.execPath, BIN, 'keys', 'import', out];
+    const terminal = spawn('script', ['-qec', command.map((w) => `'${w}'`).join(' '), '/dev/null'], {
+      env,
+      cwd: scratch,
+      stdio: ['pipe', 'pipe', 'ignore'],
+    });
+    let seen = '';
+    terminal.stdout.on('data', (d: Buffer) => (seen += d));
+    const exited = new Promise<number | null>((done) => terminal.once('close', (code) => done(code)));
+    await until(async () => seen.includes('Passphrase of the keys file: '), 'the passphrase prompt', 150);
+    terminal.stdin.write('\u0003');
+    expect(await within(exited, 15_000, 'the CLI to end')).toBe(130);
+    expect(seen).toContain('gem-backup: cancelled: nothing was changed');
+    expect(await readFile(join(dataDir, 'keyring.json'), 'utf8')).toBe(keyringBefore);
   });
 
   it('a missing keys file, verify without a file, not a backup, and <command> --help', async () => {
