@@ -111,13 +111,12 @@ function setsUpInstallation(name: string, args: string[]): boolean {
   );
 }
 
-// `gem-backup list | head -1`: a reader that stops early is not an error; the rest goes nowhere.
+// `gem-backup list | head -1`: a reader that stops early (EPIPE) is not an error; the rest goes nowhere.
 // A terminal hung up (EIO: the SSH session was lost, SIGHUP stops the job) takes no more output
-// either, but the command goes on to its clean end: leaving here would leave its job half done.
+// either. In both the command goes on to its clean end and exits as it ended: leaving at the write
+// would leave a job half done (`dr push | true` stopped at its "pushing" line, exit 0).
 process.stdout.on('error', (error: NodeJS.ErrnoException) => {
-  if (error.code === 'EIO') return;
-  if (error.code !== 'EPIPE') throw error;
-  process.exit(process.exitCode ?? 0);
+  if (error.code !== 'EIO' && error.code !== 'EPIPE') throw error;
 });
 process.stderr.on('error', (error: NodeJS.ErrnoException) => {
   if (error.code !== 'EIO' && error.code !== 'EPIPE') throw error;

@@ -153,6 +153,21 @@ describe('gem-backup dr push', () => {
     expect(await backupFiles()).toEqual([old.filename]);
   });
 
+  it('`dr push | true` (a reader gone before the first line) still pushes to the end, exit 0', async () => {
+    await onlyBackupMadeAgo(2 * HOUR);
+    const started = Date.now();
+    const res = await runProcess(
+      'bash',
+      ['-c', `"${process.execPath}" "${built.path}" dr push | true; echo "exit=\${PIPESTATUS[0]}" >&2`],
+      { env, cwd: process.cwd() },
+    );
+    expect(res.stderr.trim()).toBe('exit=0');
+    // Its "pushing" line went nowhere; the push went on to its end instead of stopping half-way.
+    const pushed = await lastPush();
+    expect(pushed.outcome).toBe('succeeded');
+    expect(Date.parse(pushed.at)).toBeGreaterThanOrEqual(started);
+  });
+
   it('on a terminal, the backup is named before its checksum is taken and its upload starts', async () => {
     const made = await onlyBackupMadeAgo(0);
     const command = [process.execPath, built.path, 'dr', 'push'].map((a) => `'${a}'`).join(' ');
