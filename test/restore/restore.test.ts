@@ -128,6 +128,16 @@ describe('restore', () => {
     expect(((await malformed.json()) as { error: { message: string } }).error.message).toMatch(
       /^keepPrevious: /,
     );
+    // A misspelt option is refused, never dropped: the restore would run without the previous state kept.
+    const misspelt = await t.request(url, {
+      method: 'POST',
+      body: JSON.stringify({ confirm: backupName, keepPrevous: true }),
+    });
+    expect(misspelt.status).toBe(422);
+    expect(((await misspelt.json()) as { error: { message: string } }).error.message).toBe(
+      'body: unknown field: keepPrevous',
+    );
+    expect(t.agent.jobs.list().filter((job) => job.kind === 'restore')).toEqual([]);
     let release!: () => void;
     const gate = new Promise<void>((resolve) => {
       release = resolve;

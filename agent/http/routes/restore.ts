@@ -15,13 +15,14 @@ const restoreBody = z
     keepPrevious: z.boolean().optional(),
     otherInstallation: z.boolean().optional(),
   })
-  .passthrough();
+  .strict();
 
 /**
  * The body of a restore request (local or offsite): `{confirm: "<the backup's name>", keepPrevious?,
  * otherInstallation?}` (the last: a backup another installation made than the active keys' is wanted).
  * A restore replaces everything, so it needs the name typed back exactly (400 otherwise); a malformed
- * field is a 422 naming it, not a hint about the confirm.
+ * field is a 422 naming it, not a hint about the confirm, and so is an unknown one (a misspelt
+ * `keepPrevous` dropped would restore without keeping the previous state).
  */
 export function parseRestoreBody(
   body: unknown,
