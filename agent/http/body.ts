@@ -1,6 +1,6 @@
 /** Reading JSON request bodies: size-limited, parsed, and validated with a zod schema (400 / 413 / 422). */
 import type { Context } from 'hono';
-import type { z } from 'zod';
+import { z } from 'zod';
 import { AppError } from '../errors';
 import { validationError } from './errors';
 
@@ -78,4 +78,16 @@ export async function jsonBody<S extends z.ZodType>(
   const parsed = schema.safeParse(json);
   if (!parsed.success) throw validationError(parsed.error);
   return parsed.data;
+}
+
+/** The body of a route that takes no options: none, or `{}`. */
+const NO_OPTIONS = z.object({}).strict();
+
+/**
+ * Refuses a body that names any field (422 naming it) on a route that takes no options: an option the
+ * route does not have (`{"retentionDays": 365}` to Run maintenance now) would be dropped and the work
+ * done as saved. No body, or `{}`, is fine.
+ */
+export async function noOptions(c: Context): Promise<void> {
+  await jsonBody(c, NO_OPTIONS, { optional: true });
 }

@@ -5,7 +5,7 @@ import type { Agent } from '../../agent';
 import type { RouteModule } from '../../app';
 import { checkBackupName } from '../../backup/catalog';
 import { offsiteServiceFor, parseOffsiteKind } from '../../offsite/index';
-import { jsonBody } from '../body';
+import { jsonBody, noOptions } from '../body';
 import { parseRestoreBody } from './restore';
 
 /** The routes under /api/v1/offsite/:provider (sftp | s3 | smb; anything else is 404). */
@@ -21,8 +21,11 @@ function offsiteRoutes(agent: Agent): Hono {
     return c.json(await offsite.test(kind, body));
   });
 
+  // Two-way, with the saved retention: a body naming an option (a dry run, one direction) is a 422.
   app.post('/:provider/sync', async (c) => {
-    const job = await offsite.startSync(parseOffsiteKind(c.req.param('provider')));
+    const kind = parseOffsiteKind(c.req.param('provider'));
+    await noOptions(c);
+    const job = await offsite.startSync(kind);
     return c.json({ jobId: job.id }, 202);
   });
 
