@@ -2,6 +2,7 @@ import { mkdir, readdir, readFile, rm, utimes, writeFile } from 'node:fs/promise
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it, onTestFinished } from 'vitest';
 import { openAgent } from '../../agent/agent';
+import type { Job } from '../../agent/jobs/runner';
 import { silentLogger } from '../../agent/log';
 import { startTestAgent, type TestAgent } from '../services/agent';
 import { startPostgres, type TestPostgres, withSql } from '../services/postgres';
@@ -154,6 +155,35 @@ describe('jobs', () => {
     expect(t.agent.jobs.get(job.id)?.state).toBe('running');
     finish();
     await t.agent.jobs.waitFor(job.id);
+  });
+
+  it('answers every field API.md lists for a running job, endedAt null until it ends', async () => {
+    let finish!: () => void;
+    const held = new Promise<void>((resolve) => {
+      finish = resolve;
+    });
+    onTestFinished(() => finish());
+    const job = await t.agent.jobs.start('verify', () => held, { mutating: false });
+    const fields = ['id', 'kind', 'state', 'phase', 'bytesDone', 'bytesTotal', 'startedAt', 'endedAt'];
+    const running = (answer: unknown) => {
+      expect(Object.keys(answer as object)).toEqual(expect.arrayContaining(fields));
+      expect(answer).toMatchObject({ id: job.id, endedAt: null });
+    };
+    running(
+      ((await (await t.request('/api/v1/jobs')).json()) as unknown[]).find((j) => (j as Job).id === job.id),
+    );
+    running(await (await t.request(`/api/v1/jobs/${job.id}`)).json());
+    const res = await t.request(`/api/v1/jobs/${job.id}/events`);
+    const reader = res.body!.getReader();
+    let text = '';
+    while (!text.includes('\n\n')) text += new TextDecoder().decode((await reader.read()).value);
+    running((await readEvents(new Response(text)))[0]!.data);
+    await reader.cancel();
+    running(await (await t.request(`/api/v1/jobs/${job.id}/cancel`, { method: 'POST' })).json());
+    finish();
+    await t.agent.jobs.waitFor(job.id);
+    const ended = (await (await t.request(`/api/v1/jobs/${job.id}`)).json()) as { endedAt: unknown };
+    expect(typeof ended.endedAt).toBe('string');
   });
 
   it('answers 404 for an unknown job and 409 when cancelling a finished one', async () => {

@@ -5,17 +5,23 @@ import type { Agent } from '../../agent';
 import { AppError } from '../../errors';
 import type { Job, JobEvent } from '../../jobs/runner';
 
+/**
+ * A job as the API answers it: every field API.md lists, `endedAt` null while it runs (the runner leaves
+ * it out until then, and a script reading `job['endedAt']` of a running job would meet no such key).
+ */
+const jobView = (job: Job) => ({ ...job, endedAt: job.endedAt ?? null });
+
 export function jobRoutes(agent: Agent): Hono {
   const app = new Hono();
 
   // With the jobs of a CLI command run beside the service (its own process and runner), from jobs.json.
-  app.get('/', async (c) => c.json(await agent.jobs.listWithOthers()));
+  app.get('/', async (c) => c.json((await agent.jobs.listWithOthers()).map(jobView)));
 
   app.get('/:id', async (c) => {
     const id = c.req.param('id');
     const job = agent.jobs.get(id) ?? (await agent.jobs.ofOtherProcess(id))?.job;
     if (!job) throw new AppError('not_found', 'no such job');
-    return c.json(job);
+    return c.json(jobView(job));
   });
 
   app.get('/:id/events', async (c) => {
@@ -44,12 +50,12 @@ export function jobRoutes(agent: Agent): Hono {
       const current = agent.jobs.get(id) ?? first;
       const earlier = current.endedAt ? [] : agent.jobs.noticesOf(id);
       try {
-        await stream.writeSSE({ event: 'job', data: JSON.stringify(current) });
+        await stream.writeSSE({ event: 'job', data: JSON.stringify(jobView(current)) });
         // What the job announced before this stream began (which backup a push sends), as it was sent.
         for (const notice of earlier) {
           await stream.writeSSE({
             event: notice.name,
-            data: JSON.stringify({ job: current, data: notice.data ?? null }),
+            data: JSON.stringify({ job: jobView(current), data: notice.data ?? null }),
           });
         }
         let ended = Boolean(current.endedAt);
@@ -69,10 +75,10 @@ export function jobRoutes(agent: Agent): Hono {
           if (event.type === 'notice') {
             await stream.writeSSE({
               event: event.name,
-              data: JSON.stringify({ job: event.job, data: event.data ?? null }),
+              data: JSON.stringify({ job: jobView(event.job), data: event.data ?? null }),
             });
           } else {
-            await stream.writeSSE({ event: 'job', data: JSON.stringify(event.job) });
+            await stream.writeSSE({ event: 'job', data: JSON.stringify(jobView(event.job)) });
             ended = Boolean(event.job.endedAt);
           }
         }
@@ -93,7 +99,7 @@ export function jobRoutes(agent: Agent): Hono {
     }
     // Ended, as for a job of this agent's own.
     if (other) throw new AppError('conflict', `job ${id} has already ended (${other.job.state})`);
-    return c.json(agent.jobs.cancel(id));
+    return c.json(jobView(agent.jobs.cancel(id)));
   });
 
   return app;
@@ -112,7 +118,7 @@ async function followOtherProcess(
   first: Job,
   stream: SSEStreamingApi,
 ): Promise<void> {
-  let last = JSON.stringify(first);
+  let last = JSON.stringify(jobView(first));
   await stream.writeSSE({ event: 'job', data: last });
   let quiet = 0;
   let ended = Boolean(first.endedAt);
@@ -121,7 +127,7 @@ async function followOtherProcess(
     const job = (await agent.jobs.ofOtherProcess(id))?.job;
     // Gone from the file (pushed out by newer jobs) or taken over by this runner: nothing more to tell.
     if (!job) return;
-    const text = JSON.stringify(job);
+    const text = JSON.stringify(jobView(job));
     if (text !== last) {
       last = text;
       quiet = 0;
