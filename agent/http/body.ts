@@ -31,6 +31,38 @@ function jsonDepthOver(text: string, limit: number): boolean {
   return false;
 }
 
+/**
+ * How long a JSON body may send nothing before it is given up (400). The server sets no limit of its
+ * own on a request's body (uploads of backups take as long as they take, with an idle limit of theirs),
+ * so without it a client that stopped half-way through a body held its request, and its socket, for
+ * good. Mutable for tests.
+ */
+export const jsonBodyTiming = { idleMs: 30_000 };
+
+/** `reader`'s next chunk, or a 400 once nothing came for jsonBodyTiming.idleMs (the read cancelled). */
+async function readWithin(
+  reader: ReadableStreamDefaultReader<Uint8Array>,
+): Promise<ReadableStreamReadResult<Uint8Array>> {
+  let timer: NodeJS.Timeout | undefined;
+  const stalled = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => {
+      // Rejected first: the cancel ends the pending read as if the body were whole.
+      reject(
+        new AppError(
+          'bad_request',
+          `the request body stopped: nothing arrived for ${jsonBodyTiming.idleMs / 1000} s`,
+        ),
+      );
+      reader.cancel().catch(() => {});
+    }, jsonBodyTiming.idleMs);
+  });
+  try {
+    return await Promise.race([reader.read(), stalled]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
 /** Parses and validates the JSON body; `optional` accepts an empty body as undefined. */
 export async function jsonBody<S extends z.ZodType>(
   c: Context,
@@ -45,7 +77,7 @@ export async function jsonBody<S extends z.ZodType>(
   let size = 0;
   if (reader) {
     for (;;) {
-      const { done, value } = await reader.read();
+      const { done, value } = await readWithin(reader);
       if (done) break;
       size += value.length;
       if (size > limit) {

@@ -10,9 +10,11 @@ import { connect } from 'node:net';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { serveApp } from '../../agent/app';
+import { jsonBodyTiming } from '../../agent/http/body';
 import type { JobEvent } from '../../agent/jobs/runner';
 import { startTestAgent, TEST_TOKEN, type TestAgent } from '../services/agent';
 import { startPostgres, type TestPostgres } from '../services/postgres';
+import { within } from '../services/wait';
 
 let pg: TestPostgres;
 let t: TestAgent;
@@ -345,6 +347,33 @@ describe('requests Node turns away before the app', () => {
     expect(error.code).toBe('too_large');
     expect(error.message).toMatch(/headers are larger than the 16 KB/);
     expect((await call('/api/v1/backups')).status).toBe(200);
+  });
+
+  it('a JSON body that stops half-way is given up after the idle limit: a 400, and the connection closes', async () => {
+    const before = jsonBodyTiming.idleMs;
+    jsonBodyTiming.idleMs = 500;
+    try {
+      const started = Date.now();
+      // Content-Length 100, then 10 bytes, then nothing: a client that stopped sending.
+      const answer = await within(
+        raw(
+          `PUT /api/v1/settings HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${TEST_TOKEN}\r\n` +
+            'Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{"autoBack',
+        ),
+        15_000,
+        'the agent to answer and close the connection',
+      );
+      expect(Date.now() - started).toBeGreaterThanOrEqual(450);
+      expect(answer).toMatch(/^HTTP\/1\.1 400 Bad Request\r\n/);
+      const body = answer.slice(answer.indexOf('\r\n\r\n') + 4);
+      expect(JSON.parse(body).error).toEqual({
+        code: 'bad_request',
+        message: 'the request body stopped: nothing arrived for 0.5 s',
+      });
+    } finally {
+      jsonBodyTiming.idleMs = before;
+    }
+    expect((await call('/api/v1/settings')).status).toBe(200);
   });
 
   it('bytes that are not HTTP get a 400 in the API error shape, and the connection closes', async () => {
