@@ -1,4 +1,3 @@
-import { spawn } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import {
   chmod,
@@ -24,7 +23,7 @@ import { startPostgres, type TestPostgres } from '../services/postgres';
 import { startAll } from '../services/start-all';
 import { tempDirForTest } from '../services/temp-dir';
 import { until } from '../services/wait';
-import { type BuiltCli, buildCli } from './built-cli';
+import { type BuiltCli, buildCli, interruptedWhileSyncing } from './built-cli';
 
 let pg: TestPostgres;
 let dataDir: string;
@@ -342,27 +341,15 @@ describe('the gem-backup CLI (the package bin)', () => {
     const backup = /created (gem-backup-\S+\.tar\.gz)/.exec((await cli('create')).stdout)?.[1];
     expect(backup).toBeDefined();
     const folder = await mkdtemp(join(tmpdir(), 'gem-cli-ctrl-c-'));
-    // strace holds each fsync 1 s: the decrypted temp file is there, not yet published, when Ctrl-C comes.
-    const tracer = spawn(
-      'strace',
-      [
-        ...['-f', '--seccomp-bpf', '-qq', '-o', '/dev/null'],
-        ...['-e', 'trace=fsync,fdatasync', '-e', 'inject=fsync,fdatasync:delay_enter=1000000'],
-        ...[process.execPath, built.path, 'decrypt', join(dataDir, 'backups', backup!), '--keys', keys],
-        ...['-o', join(folder, 'out.tar.gz')],
-      ],
-      { env: { ...env, ...passphrase }, stdio: ['ignore', 'pipe', 'pipe'] },
+    // Each fsync held 1 s: the decrypted temp file is there, not yet published, when Ctrl-C comes.
+    const { code, stdout, stderr } = await interruptedWhileSyncing(
+      built,
+      ['decrypt', join(dataDir, 'backups', backup!), '--keys', keys, '-o', join(folder, 'out.tar.gz')],
+      { ...env, ...passphrase },
+      async () => (await readdir(folder)).length > 0,
+      'the temp file',
     );
-    let stdout = '';
-    let stderr = '';
-    tracer.stdout.on('data', (d: Buffer) => (stdout += d));
-    tracer.stderr.on('data', (d: Buffer) => (stderr += d));
-    const exited = new Promise<number | null>((done) => tracer.once('close', (code) => done(code)));
-    await until(async () => (await readdir(folder)).length > 0, 'the temp file', 200);
-    // The CLI is strace's child: the signal goes to it, as a terminal's Ctrl-C would.
-    const children = await readFile(`/proc/${tracer.pid}/task/${tracer.pid}/children`, 'utf8');
-    process.kill(Number(children.trim().split(' ')[0]), 'SIGINT');
-    expect(await exited).toBe(130);
+    expect(code).toBe(130);
     expect(stdout).toBe('');
     expect(stderr.trim()).toBe('gem-backup: cancelled: nothing was changed');
     expect(await readdir(folder)).toEqual([]);
@@ -375,28 +362,16 @@ describe('the gem-backup CLI (the package bin)', () => {
     const other = createKeyringFile();
     const keys = join(own.dataDir, 'other-installation.json');
     await writeFile(keys, await buildKeysExport(other), { mode: 0o600 });
-    // strace holds each fsync 1 s: the import has recorded the identity change (its temp file is being
-    // synced) and not yet replaced the keyring when Ctrl-C comes.
-    const tracer = spawn(
-      'strace',
-      [
-        ...['-f', '--seccomp-bpf', '-qq', '-o', '/dev/null'],
-        ...['-e', 'trace=fsync,fdatasync', '-e', 'inject=fsync,fdatasync:delay_enter=1000000'],
-        ...[process.execPath, built.path, 'keys', 'import', keys],
-      ],
-      { env: own.env, stdio: ['ignore', 'pipe', 'pipe'] },
+    // Each fsync held 1 s: the import has recorded the identity change (its temp file is being synced)
+    // and not yet replaced the keyring when Ctrl-C comes.
+    const { code, stdout, stderr } = await interruptedWhileSyncing(
+      built,
+      ['keys', 'import', keys],
+      own.env,
+      async () => (await readdir(own.dataDir)).some((n) => n.startsWith('.tmp-last-restore.json')),
+      'the record of the identity change',
     );
-    let stdout = '';
-    let stderr = '';
-    tracer.stdout.on('data', (d: Buffer) => (stdout += d));
-    tracer.stderr.on('data', (d: Buffer) => (stderr += d));
-    const exited = new Promise<number | null>((done) => tracer.once('close', (code) => done(code)));
-    const recording = async () =>
-      (await readdir(own.dataDir)).some((n) => n.startsWith('.tmp-last-restore.json'));
-    await until(recording, 'the record of the identity change', 200);
-    const children = await readFile(`/proc/${tracer.pid}/task/${tracer.pid}/children`, 'utf8');
-    process.kill(Number(children.trim().split(' ')[0]), 'SIGINT');
-    expect(await exited).toBe(130);
+    expect(code).toBe(130);
     expect(stdout).toMatch(`keys imported: installation ${other.installationId.slice(0, 8)}…`);
     expect(stderr.trim()).toBe('gem-backup: interrupted too late to cancel: the keys import had completed');
     // Both halves are there: the other installation's keys, and the hold of pushes that goes with them.
@@ -427,26 +402,15 @@ describe('the gem-backup CLI (the package bin)', () => {
       previousInstallationId: ownId,
       previousActiveKeyId: ownKeyId,
     });
-    // strace holds each fsync 1 s: Ctrl-C comes while the box's own keyring is being put back.
-    const tracer = spawn(
-      'strace',
-      [
-        ...['-f', '--seccomp-bpf', '-qq', '-o', '/dev/null'],
-        ...['-e', 'trace=fsync,fdatasync', '-e', 'inject=fsync,fdatasync:delay_enter=1000000'],
-        ...[process.execPath, built.path, 'dr', 'recover', '--abandon'],
-      ],
-      { env: own.env, stdio: ['ignore', 'pipe', 'pipe'] },
+    // Each fsync held 1 s: Ctrl-C comes while the box's own keyring is being put back.
+    const { code, stdout, stderr } = await interruptedWhileSyncing(
+      built,
+      ['dr', 'recover', '--abandon'],
+      own.env,
+      async () => (await readdir(own.dataDir)).some((n) => n.startsWith('.tmp-keyring.json')),
+      'the keyring being put back',
     );
-    let stdout = '';
-    let stderr = '';
-    tracer.stdout.on('data', (d: Buffer) => (stdout += d));
-    tracer.stderr.on('data', (d: Buffer) => (stderr += d));
-    const exited = new Promise<number | null>((done) => tracer.once('close', (code) => done(code)));
-    const replacing = async () => (await readdir(own.dataDir)).some((n) => n.startsWith('.tmp-keyring.json'));
-    await until(replacing, 'the keyring being put back', 200);
-    const children = await readFile(`/proc/${tracer.pid}/task/${tracer.pid}/children`, 'utf8');
-    process.kill(Number(children.trim().split(' ')[0]), 'SIGINT');
-    expect(await exited).toBe(130);
+    expect(code).toBe(130);
     expect(stdout).toMatch(/^the unfinished recovery was given up: /);
     expect(stderr.trim()).toBe(
       'gem-backup: interrupted too late to cancel: the giving up of the recovery had completed',

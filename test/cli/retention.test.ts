@@ -1,7 +1,6 @@
 // `gem-backup pin|unpin NAME` and `gem-backup retention [resume]`: what the page's pin buttons, retention
 // preview and "Resume pruning" do, for an owner who only has a shell; `list` shows the pins.
-import { spawn } from 'node:child_process';
-import { readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { readdir, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { BackupInfo } from '../../agent/backup/catalog';
@@ -13,8 +12,7 @@ import { runProcess } from '../../agent/system/spawn';
 import { seededEnvironment, startTestAgent } from '../services/agent';
 import { startPostgres, type TestPostgres } from '../services/postgres';
 import { startAll } from '../services/start-all';
-import { until } from '../services/wait';
-import { type BuiltCli, buildCli } from './built-cli';
+import { type BuiltCli, buildCli, interruptedWhileSyncing } from './built-cli';
 
 let pg: TestPostgres;
 let dataDir: string;
@@ -105,28 +103,15 @@ describe('gem-backup pin / unpin', () => {
 
   it('a pin stopped by Ctrl-C is finished and says so: exit 130, no temp file or lock left', async () => {
     const [oldest] = made as [string, string, string];
-    // strace holds each fsync 1 s: the records' temp file is being synced when Ctrl-C comes.
-    const tracer = spawn(
-      'strace',
-      [
-        ...['-f', '--seccomp-bpf', '-qq', '-o', '/dev/null'],
-        ...['-e', 'trace=fsync,fdatasync', '-e', 'inject=fsync,fdatasync:delay_enter=1000000'],
-        ...[process.execPath, built.path, 'pin', oldest],
-      ],
-      { env, stdio: ['ignore', 'pipe', 'pipe'] },
+    // Each fsync held 1 s: the records' temp file is being synced when Ctrl-C comes.
+    const { code, stdout, stderr } = await interruptedWhileSyncing(
+      built,
+      ['pin', oldest],
+      env,
+      async () => (await readdir(dataDir)).some((n) => n.startsWith('.tmp-backup-records.json')),
+      'the records temp file',
     );
-    let stdout = '';
-    let stderr = '';
-    tracer.stdout.on('data', (d: Buffer) => (stdout += d));
-    tracer.stderr.on('data', (d: Buffer) => (stderr += d));
-    const exited = new Promise<number | null>((done) => tracer.once('close', (code) => done(code)));
-    const writing = async () =>
-      (await readdir(dataDir)).some((n) => n.startsWith('.tmp-backup-records.json'));
-    await until(writing, 'the records temp file', 200);
-    // The CLI is strace's child: the signal goes to it, as a terminal's Ctrl-C would.
-    const children = await readFile(`/proc/${tracer.pid}/task/${tracer.pid}/children`, 'utf8');
-    process.kill(Number(children.trim().split(' ')[0]), 'SIGINT');
-    expect(await exited).toBe(130);
+    expect(code).toBe(130);
     expect(stdout).toMatch(new RegExp(`^pinned ${oldest.replaceAll('.', '\\.')}: `));
     expect(stderr.trim()).toBe('gem-backup: interrupted too late to cancel: the pin had completed');
     expect((await listed()).find((b) => b.filename === oldest)?.pinned).toBe(true);

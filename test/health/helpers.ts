@@ -1,4 +1,5 @@
 // Helpers of the health, alerts, metrics and verification tests: a webhook receiver on loopback, API calls, backups.
+import { open } from 'node:fs/promises';
 import { createServer, type IncomingHttpHeaders } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { expect } from 'vitest';
@@ -67,6 +68,25 @@ export async function backupNow(t: TestAgent): Promise<string> {
   const job: Job = await t.agent.jobs.waitFor(res.body.jobId);
   expect(job.state, JSON.stringify(job.error)).toBe('succeeded');
   return (job.result as { backup: { filename: string } }).backup.filename;
+}
+
+/**
+ * Turns 64 bytes in the middle of backup `name` over (the disk damaged it) and runs Verify now, which
+ * fails on it: returns that verification's job.
+ */
+export async function damageAndVerify(t: TestAgent, name: string): Promise<Job> {
+  const file = await open(t.agent.catalog.pathOf(name), 'r+');
+  try {
+    const { size } = await file.stat();
+    await file.write(Buffer.alloc(64, 0xa5), 0, 64, Math.floor(size / 2));
+  } finally {
+    await file.close();
+  }
+  const run = await call(t, 'POST', '/health/verification/run');
+  expect(run.status).toBe(202);
+  const job = await t.agent.jobs.waitFor(run.body.jobId);
+  expect(job.state).toBe('failed');
+  return job;
 }
 
 /** The settings section of the test sshd as an SFTP destination, backups in `remotePath` under its home. */

@@ -3,7 +3,7 @@
  * why (failed verification, another installation's), not "No backup has been made yet", which sent a
  * user looking for a backup job that never ran.
  */
-import { mkdtemp, open, rm } from 'node:fs/promises';
+import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -15,7 +15,7 @@ import { Keyring } from '../../agent/keys/keyring';
 import { silentLogger } from '../../agent/log';
 import { startTestAgent, type TestAgent } from '../services/agent';
 import { startPostgres, type TestPostgres } from '../services/postgres';
-import { backupNow, call, downloadKeys } from './helpers';
+import { backupNow, call, damageAndVerify, downloadKeys } from './helpers';
 
 let pg: TestPostgres;
 let t: TestAgent;
@@ -45,17 +45,7 @@ describe('the backups area with no good backup of this installation in the folde
   it('says the one backup failed verification, then that the other is another installation’s', async () => {
     expect((await backupsArea()).reason).toMatch(/^No backup has been made yet \(daily schedule since/);
 
-    const damaged = await backupNow(t);
-    const file = await open(t.agent.catalog.pathOf(damaged), 'r+');
-    try {
-      const { size } = await file.stat();
-      await file.write(Buffer.alloc(64, 0xa5), 0, 64, Math.floor(size / 2));
-    } finally {
-      await file.close();
-    }
-    const run = await call(t, 'POST', '/health/verification/run');
-    expect(run.status).toBe(202);
-    expect((await t.agent.jobs.waitFor(run.body.jobId)).state).toBe('failed');
+    await damageAndVerify(t, await backupNow(t));
     const failed = await backupsArea();
     expect(failed.count).toBe(1);
     expect(failed.reason).toMatch(

@@ -3,13 +3,12 @@
  * verification is off (a person ran it with Verify now): turning the schedule off does not hide a
  * damaged backup behind the warning that it is off.
  */
-import { open } from 'node:fs/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { healthModule } from '../../agent/http/routes/health';
 import { settingsModule } from '../../agent/http/routes/settings';
 import { startTestAgent, type TestAgent } from '../services/agent';
 import { startPostgres, type TestPostgres } from '../services/postgres';
-import { backupNow, call, downloadKeys } from './helpers';
+import { backupNow, call, damageAndVerify, downloadKeys } from './helpers';
 
 let pg: TestPostgres;
 let t: TestAgent;
@@ -37,18 +36,7 @@ describe('the verification area with the schedule off', () => {
 
     await backupNow(t);
     const damaged = await backupNow(t);
-    // Bytes in the middle of the file turned over: the disk damaged it.
-    const file = await open(t.agent.catalog.pathOf(damaged), 'r+');
-    try {
-      const { size } = await file.stat();
-      await file.write(Buffer.alloc(64, 0xa5), 0, 64, Math.floor(size / 2));
-    } finally {
-      await file.close();
-    }
-    const run = await call(t, 'POST', '/health/verification/run');
-    expect(run.status).toBe(202);
-    const job = await t.agent.jobs.waitFor(run.body.jobId);
-    expect(job.state).toBe('failed');
+    const job = await damageAndVerify(t, damaged);
     expect(job.error).toMatchObject({ code: 'corrupt_backup' });
     expect(job.error!.message).toContain(damaged);
 
