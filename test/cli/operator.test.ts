@@ -311,8 +311,9 @@ describe('output and signals', () => {
 });
 
 describe('messages that say what to do', () => {
-  it('a protected keys file without a terminal names GEM_KEYS_PASSPHRASE and --passphrase-file', async () => {
-    const out = join(scratch, 'protected.json');
+  /** The keys exported, protected by a passphrase, to `name` in the scratch folder; returns its path. */
+  async function exportProtected(name: string): Promise<string> {
+    const out = join(scratch, name);
     const exported = await cliIn(
       { GEM_KEYS_PASSPHRASE: 'long enough passphrase' },
       'keys',
@@ -321,6 +322,11 @@ describe('messages that say what to do', () => {
       out,
     );
     expect(exported.code, exported.stderr).toBe(0);
+    return out;
+  }
+
+  it('a protected keys file without a terminal names GEM_KEYS_PASSPHRASE and --passphrase-file', async () => {
+    const out = await exportProtected('protected.json');
     for (const args of [
       ['keys', 'import', out],
       [
@@ -342,15 +348,7 @@ describe('messages that say what to do', () => {
   });
 
   it('Ctrl-C at the passphrase prompt: one line, exit 130, nothing imported', async () => {
-    const out = join(scratch, 'protected-for-prompt.json');
-    const exported = await cliIn(
-      { GEM_KEYS_PASSPHRASE: 'long enough passphrase' },
-      'keys',
-      'export',
-      '-o',
-      out,
-    );
-    expect(exported.code, exported.stderr).toBe(0);
+    const out = await exportProtected('protected-for-prompt.json');
     const keyringBefore = await readFile(join(dataDir, 'keyring.json'), 'utf8');
     // `script` gives the CLI a terminal; -e makes its exit status the CLI's.
     const command = [process.execPath, BIN, 'keys', 'import', out];
