@@ -260,7 +260,13 @@ export function offsiteArea(
       if (unreachable)
         findings.push({ status: 'failing', reason: `${title} cannot be reached: ${unreachable}` });
       const last = d.lastSuccessfulUpload;
-      if (d.lastUpload && !d.lastUpload.ok) {
+      // A failed upload is over once a whole Sync Now ended after it (what it missed is there now; a
+      // sync that had nothing to send records no upload).
+      const syncedSince =
+        d.lastSync?.ok &&
+        !d.lastSync.skipped &&
+        Date.parse(d.lastSync.at) > Date.parse(d.lastUpload?.at ?? '');
+      if (d.lastUpload && !d.lastUpload.ok && !syncedSince) {
         findings.push({
           status: 'failing',
           reason: `The last upload to ${title} failed: ${d.lastUpload.error?.message ?? 'unknown error'}`,

@@ -12,6 +12,7 @@ import { healthModule } from '../../agent/http/routes/health';
 import { offsiteModule } from '../../agent/http/routes/offsite';
 import { settingsModule } from '../../agent/http/routes/settings';
 import { offsiteServiceFor } from '../../agent/offsite/service';
+import { OffsiteStateStore } from '../../agent/offsite/state';
 import { type BuiltChildren, buildChildren } from '../faults/built-child';
 import { runChild } from '../faults/child';
 import { FAST, runJob } from '../offsite/helpers';
@@ -142,4 +143,27 @@ describe('offsite health against what reached the destination', () => {
     expect(after.status, after.reason).toBe('ok');
     expect(after.lastSuccessfulUpload.backup).toBe(cut);
   }, 180_000);
+
+  it('a failed upload whose backup landed after all is over once Sync Now finds everything there', async () => {
+    const newest = (await remote()).at(-1)!;
+    // The upload of the newest failed after its file had landed (its last check went unanswered).
+    await new OffsiteStateStore(dataDir, t.agent.log).recordUpload('sftp', {
+      at: new Date().toISOString(),
+      backup: newest,
+      ok: false,
+      error: { code: 'dependency_down', message: 'the server did not answer the final check' },
+    });
+    const failed = await sftpHealth();
+    expect(failed.status).toBe('failing');
+    expect(failed.reason).toBe(
+      'The last upload to SFTP server failed: the server did not answer the final check',
+    );
+
+    // Sync Now, as the page advises: nothing is missing, so nothing is sent, and the failure is over.
+    const job = await runJob(t, 'POST', '/offsite/sftp/sync');
+    expect(job.state, JSON.stringify(job.error)).toBe('succeeded');
+    expect((job.result as { uploaded: string[] }).uploaded).toEqual([]);
+    const after = await sftpHealth();
+    expect(after.status, after.reason).toBe('ok');
+  }, 120_000);
 });
