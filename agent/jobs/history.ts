@@ -8,6 +8,7 @@ import { readdir, readFile, rename, rm } from 'node:fs/promises';
 import { uptime } from 'node:os';
 import { basename, dirname, join } from 'node:path';
 import { z } from 'zod';
+import { CLOCK_AHEAD_TOLERANCE_MS } from '../backup/catalog';
 import type { Logger } from '../log';
 import { isAbandonedTemp, processAlive, TEMP_PREFIX, writeSmallFileAtomic } from '../system/atomic-file';
 import { withFileUpdateLock } from '../system/json-state';
@@ -77,6 +78,17 @@ const fileSchema = z.object({
   version: z.literal(1),
   jobs: z.array(z.unknown()),
 });
+
+/**
+ * Oldest first by start; a job dated after this machine's clock (run while the clock was ahead, a wrong
+ * year put right since) counts as older than any other: as the newest, the 50 kept would be those
+ * and every job ended since would be dropped from the file at its next save.
+ */
+function byStart(a: HistoryEntry, b: HistoryEntry): number {
+  const now = Date.now() + CLOCK_AHEAD_TOLERANCE_MS;
+  const ahead = (e: HistoryEntry) => (Date.parse(e.job.startedAt) > now ? 1 : 0);
+  return ahead(b) - ahead(a) || a.job.startedAt.localeCompare(b.job.startedAt);
+}
 
 /** Runners open in this process (a test may open two agents over one data dir in one process). */
 const liveRunners = new Set<string>();
@@ -240,7 +252,7 @@ export class JobHistory {
       }
       this.warned = undefined;
       return {
-        entries: entries.sort((a, b) => a.job.startedAt.localeCompare(b.job.startedAt)),
+        entries: entries.sort(byStart),
         damaged: false,
       };
     } catch (error) {
@@ -292,7 +304,7 @@ export class JobHistory {
     // The newest HISTORY_KEEP, and every job of ours still running however many started after it: a
     // crash during a long backup must still find it in the file, to list it as interrupted.
     const running = new Set(mine.filter((e) => !e.job.endedAt).map((e) => e.job.id));
-    const sorted = [...byId.values()].sort((a, b) => a.job.startedAt.localeCompare(b.job.startedAt));
+    const sorted = [...byId.values()].sort(byStart);
     const jobs = sorted.filter((e, i) => i >= sorted.length - HISTORY_KEEP || running.has(e.job.id));
     await writeSmallFileAtomic(
       this.path,
