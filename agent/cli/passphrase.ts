@@ -103,13 +103,17 @@ export async function passphraseToOpen(text: string, file: string | undefined): 
   return (await promptHidden('Passphrase of the keys file: ')) || undefined;
 }
 
-/** The text of the keys file at `path`; a missing or unreadable one is one line naming it. */
+/**
+ * The text of the keys file at `path`, without a UTF-8 byte order mark (Notepad, PowerShell); a missing
+ * or unreadable one is one line naming it.
+ */
 export async function readKeysFile(path: string): Promise<string> {
-  return readFile(path, 'utf8').catch((error: NodeJS.ErrnoException) => {
+  const text = await readFile(path, 'utf8').catch((error: NodeJS.ErrnoException) => {
     if (error.code === 'ENOENT') throw new AppError('not_found', `no such keys file: ${path}`);
     if (error.code === 'EISDIR') throw new AppError('bad_request', `${path} is a folder, not a keys file`);
     throw new AppError('bad_request', `cannot read the keys file ${path}: ${error.code ?? error.message}`);
   });
+  return text.replace(/^\uFEFF/, '');
 }
 
 /**

@@ -242,7 +242,8 @@ function mergeImported(current: KeyringFile, imported: KeyringFile): KeyringFile
 export async function parseKeysExport(text: string, passphrase?: string): Promise<KeyringFile> {
   let json: unknown;
   try {
-    json = JSON.parse(text);
+    // A UTF-8 byte order mark (a keys file saved by Notepad or PowerShell) is not part of the JSON.
+    json = JSON.parse(text.replace(/^\uFEFF/, ''));
   } catch {
     throw new AppError('bad_keys_file', 'this is not a GEM encryption keys file (it is not JSON)');
   }

@@ -258,6 +258,38 @@ describe('the gem-backup CLI (the package bin)', () => {
     await expect(stat(join(away, 'x'))).rejects.toMatchObject({ code: 'ENOENT' });
   });
 
+  it('takes a keys file saved with a byte order mark (Notepad, PowerShell) for decrypt and keys check', async () => {
+    const created = await cli('create');
+    expect(created.code, created.stderr).toBe(0);
+    const backup = /created (gem-backup-\S+\.tar\.gz)/.exec(created.stdout)?.[1];
+    const away = await tempDirForTest('gem-keys-bom-');
+    const exported = join(away, 'exported.json');
+    expect((await cli('keys', 'export', '-o', exported)).code).toBe(0);
+    const withBom = join(away, 'saved-in-notepad.json');
+    await writeFile(withBom, `\uFEFF${await readFile(exported, 'utf8')}`);
+    const out = join(away, 'decrypted.tar.gz');
+    const decrypted = await cli('decrypt', join(dataDir, 'backups', backup!), '--keys', withBom, '-o', out);
+    expect(decrypted.stderr).toBe('');
+    expect(decrypted.code).toBe(0);
+    expect((await stat(out)).size).toBeGreaterThan(1000);
+    const checked = await cli('keys', 'check', withBom);
+    expect(checked.stderr).toBe('');
+    expect(checked.stdout).toBe(`These keys open ${backup}: every chunk and checksum verified`);
+    // A protected one is known as such: without a passphrase, the sources of one are named.
+    const passphrase = { GEM_KEYS_PASSPHRASE: 'a passphrase for the bom' };
+    const sealed = join(away, 'sealed.json');
+    expect((await cliWith(passphrase, 'keys', 'export', '-o', sealed)).code).toBe(0);
+    await writeFile(sealed, `\uFEFF${await readFile(sealed, 'utf8')}`);
+    const asked = await cli('keys', 'check', sealed);
+    expect(asked.code).toBe(1);
+    expect(asked.stderr).toMatch(
+      /protected by a passphrase and there is no terminal to ask on: set GEM_KEYS_PASSPHRASE/,
+    );
+    const opened = await cliWith(passphrase, 'keys', 'check', sealed);
+    expect(opened.stderr).toBe('');
+    expect(opened.code).toBe(0);
+  });
+
   it('never writes over an existing file, into a folder or into a missing folder: keys export -o and decrypt -o', async () => {
     const passphrase = { GEM_KEYS_PASSPHRASE: 'an output passphrase' };
     const keysOut = join(dataDir, 'keys-once.json');

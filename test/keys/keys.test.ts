@@ -78,6 +78,18 @@ describe('the keyring', () => {
     expect((await restores.get()).identityChangedAt).toBeUndefined();
   });
 
+  it('imports a keys file whose text begins with a byte order mark (saved by Notepad or PowerShell)', async () => {
+    const own = await buildKeysExport(t.agent.keyring.toFile(), 'correct horse battery');
+    const res = await t.request(
+      '/api/v1/keys/import',
+      json({ file: `\uFEFF${own}`, passphrase: 'correct horse battery' }),
+    );
+    expect(res.status, await res.clone().text()).toBe(200);
+    expect(((await res.json()) as { installationId: string }).installationId).toBe(
+      t.agent.keyring.installationId,
+    );
+  });
+
   it('imports another installation: its keys become active, ours stay readable as retired', async () => {
     const mine = t.agent.keyring.activeKey;
     const sealedBefore = sealSecret('door-code-1234', mine, 'secure-attribute');
