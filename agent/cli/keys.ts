@@ -1,6 +1,6 @@
 import { resolve } from 'node:path';
 import { parseArgs } from 'node:util';
-import { AppError } from '../errors';
+import { AppError, describeError } from '../errors';
 import { KeyStateStore } from '../keys/key-state';
 import { buildKeysExport, exportFileName, Keyring, shortInstallationId } from '../keys/keyring';
 import { createLogger } from '../log';
@@ -50,17 +50,27 @@ export async function keysCommand(cli: CliContext): Promise<void> {
     await checkOutputPath(path, { force: values.force });
     // The keyring file and the key state only, no agent: the keys can be saved while GEM's database or
     // the embedded cluster is down, when a person is most likely to need them.
-    await cli.withDataDir(async (paths) => {
+    const unrecorded = await cli.withDataDir(async (paths) => {
       const keyring = await Keyring.load(paths.keyring);
       const exported = await buildKeysExport(keyring.toFile(), passphrase, now);
       // Without --force only a name still free is taken: a file made there meanwhile stays.
       if (values.force) await writeSmallFileAtomic(path, exported, 0o600);
       else if (!(await createSmallFileExclusive(path, exported, 0o600))) throw outputExists(path);
-      await new KeyStateStore(paths.state, createLogger({ level: 'warn' })).merge({
-        lastDownloadedAt: now.toISOString(),
-      });
+      // The keys are saved; a data dir that cannot take the record (full, read-only) only keeps the
+      // page and health asking for the download.
+      return new KeyStateStore(paths.state, createLogger({ level: 'warn' }))
+        .merge({ lastDownloadedAt: now.toISOString() })
+        .then(
+          () => undefined,
+          (error: unknown) => describeError(error).message,
+        );
     });
     cli.out(`keys exported to ${path}${passphrase ? ' (passphrase protected)' : ''}`);
+    if (unrecorded) {
+      cli.err(
+        `warning: the download could not be recorded (${unrecorded}): the page and health still ask for the keys to be downloaded`,
+      );
+    }
     // Chosen by the lack of a passphrase source, not by the person: say so where a script's log shows it.
     if (!passphrase) {
       cli.err(

@@ -9,9 +9,12 @@ import { mkdir, mkdtemp, open, readdir, readFile, rm, utimes, writeFile } from '
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { databaseUrl } from '../../agent/system/postgres-tools';
 import { runProcess } from '../../agent/system/spawn';
+import { buildCli } from '../cli/built-cli';
 import { startTestAgent, type TestAgent } from '../services/agent';
 import { startPostgres, type TestPostgres } from '../services/postgres';
+import { tempDirForTest } from '../services/temp-dir';
 import { faultReport } from './report';
 
 const SIZE_MB = 8;
@@ -102,6 +105,55 @@ describe('the data folder is full', () => {
     report.inject();
     // Nothing half-written stays beside the state file.
     expect((await readdir(dataDir)).filter((n) => !before.includes(n))).toEqual([]);
+    report.tried(true);
+  });
+
+  it('downloading the keys still gives the keys (plain and protected); the download is not recorded', async () => {
+    const before = await readdir(dataDir);
+    const plain = await t.request('/api/v1/keys/export');
+    expect(plain.status, await plain.clone().text()).toBe(200);
+    const file = (await plain.json()) as { keyring: { installationId: string } };
+    expect(file.keyring.installationId).toBe(t.agent.keyring.installationId);
+    const sealed = await t.request('/api/v1/keys/export', {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ passphrase: 'a passphrase on a full disk' }),
+    });
+    expect(sealed.status, await sealed.clone().text()).toBe(200);
+    expect(await sealed.json()).toHaveProperty('protected.kdf', 'scrypt');
+    report.inject();
+    // Not recorded: the page and health keep asking for the download, which is true of no saved file here.
+    const status = (await (await t.request('/api/v1/keys/status')).json()) as { downloaded: boolean };
+    expect(status.downloaded).toBe(false);
+    expect((await readdir(dataDir)).filter((n) => !before.includes(n))).toEqual([]);
+    report.tried(true);
+  });
+
+  it('gem-backup keys export -o elsewhere writes the keys and exits 0, warning that the download was not recorded', async () => {
+    const built = await buildCli();
+    const away = await tempDirForTest('gem-faults-nospace-keys-');
+    const out = join(away, 'keys.json');
+    const res = await runProcess(process.execPath, [built.path, 'keys', 'export', '-o', out], {
+      env: {
+        ...process.env,
+        GEM_DATA_DIR: dataDir,
+        DATABASE_URL: databaseUrl(t.agent.sources.conn),
+        GEM_SCRIPTS_DIR: t.agent.sources.scriptsDir,
+        GEM_CONFIG_DIR: t.agent.sources.configDir,
+        GEM_PG_BIN: pg.binDir,
+        NODE_ENV: 'test',
+      },
+    }).finally(() => built.remove());
+    report.inject();
+    expect(res.code, res.stderr).toBe(0);
+    expect(res.stdout.trim()).toBe(`keys exported to ${out}`);
+    expect(JSON.parse(await readFile(out, 'utf8'))).toHaveProperty(
+      'keyring.installationId',
+      t.agent.keyring.installationId,
+    );
+    expect(res.stderr).toContain(
+      'warning: the download could not be recorded (the disk is full: free some space and try again)',
+    );
     report.tried(true);
   });
 

@@ -124,7 +124,11 @@ export function keyRoutes(agent: Agent): Hono {
   const sendExport = async (passphrase: string | undefined) => {
     const now = new Date();
     const text = await buildKeysExport(agent.keyring.toFile(), passphrase, now);
-    await agent.keyState.merge({ lastDownloadedAt: now.toISOString() });
+    // The keys are sent even when the download cannot be recorded (a full or read-only disk): a dying
+    // controller is when they are needed most. Unrecorded, the page and health keep asking for it.
+    await agent.keyState.merge({ lastDownloadedAt: now.toISOString() }).catch((error: unknown) => {
+      agent.log.warn('the keys were downloaded, but the download could not be recorded', { error });
+    });
     return new Response(text, { headers: exportHeaders(now) });
   };
   // Hono answers HEAD with the GET handler: a HEAD (a link checker, `curl -I`) receives no keys, so it
