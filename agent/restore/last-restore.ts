@@ -26,6 +26,12 @@ export interface LastRestore {
    * would replace that installation's only cloud copy with it.
    */
   identityChangedAt?: string;
+  /**
+   * The installation whose keys that import brought. Recorded before the keyring is written: while the
+   * keyring holds another (the import failed, or a crash stopped it first), no import happened. Absent
+   * in records written before it was kept.
+   */
+  identityChangedTo?: string;
 }
 
 /** The sentence of a DR push refused after a keys import with no restore since (no installation id in it). */
@@ -45,18 +51,25 @@ export class LastRestoreStore extends JsonStateFile<LastRestore> {
     );
   }
 
-  recordIdentityChange(at: Date): Promise<LastRestore> {
-    return this.update((state) => Object.assign(state, { identityChangedAt: at.toISOString() }));
+  /** A keys import about to make installation `to` this box's identity. */
+  recordIdentityChange(at: Date, to: string): Promise<LastRestore> {
+    return this.update((state) =>
+      Object.assign(state, { identityChangedAt: at.toISOString(), identityChangedTo: to }),
+    );
   }
 
   /**
-   * Puts the record of an identity change back as it was before recordIdentityChange (`previous`, or
-   * none): the keys import it was made for failed, and the box kept its identity.
+   * Puts the record of an identity change back as it was before recordIdentityChange (`previous`): the
+   * keys import it was made for failed, and the box kept its identity.
    */
-  undoIdentityChange(previous: string | undefined): Promise<LastRestore> {
+  undoIdentityChange(
+    previous: Pick<LastRestore, 'identityChangedAt' | 'identityChangedTo'>,
+  ): Promise<LastRestore> {
     return this.update((state) => {
-      if (previous === undefined) delete state.identityChangedAt;
-      else state.identityChangedAt = previous;
+      delete state.identityChangedAt;
+      delete state.identityChangedTo;
+      if (previous.identityChangedAt !== undefined) state.identityChangedAt = previous.identityChangedAt;
+      if (previous.identityChangedTo !== undefined) state.identityChangedTo = previous.identityChangedTo;
       return state;
     });
   }
@@ -76,11 +89,13 @@ export class LastRestoreStore extends JsonStateFile<LastRestore> {
    * True after a keys import of another installation with no restore (or confirmation) since of a
    * backup made by `installationId`, the installation now in the keyring: a restore of another
    * installation's backup (this box's own from before the import, the newest on its destinations)
-   * leaves data here that is not that installation's.
+   * leaves data here that is not that installation's. Never while the keyring holds another installation
+   * than the import recorded: that import did not happen (it failed, or a crash stopped it first).
    */
   async awaitingRestore(installationId: string): Promise<boolean> {
-    const { at, identityChangedAt, installationId: restored } = await this.get();
+    const { at, identityChangedAt, identityChangedTo, installationId: restored } = await this.get();
     if (identityChangedAt === undefined) return false;
+    if (identityChangedTo !== undefined && identityChangedTo !== installationId) return false;
     if (at === undefined || Date.parse(at) < Date.parse(identityChangedAt)) return true;
     return restored !== undefined && restored !== installationId;
   }

@@ -92,7 +92,10 @@ function inPhase(t: TestAgent, id: string, phase: string): Promise<void> {
  * this is an import whose look came just before the push started.)
  */
 async function importFromAnotherProcess(t: TestAgent): Promise<void> {
-  await new LastRestoreStore(t.agent.paths.lastRestore, t.agent.log).recordIdentityChange(new Date());
+  await new LastRestoreStore(t.agent.paths.lastRestore, t.agent.log).recordIdentityChange(
+    new Date(),
+    old.agent.keyring.installationId,
+  );
   const beside = await Keyring.load(t.agent.paths.keyring);
   await beside.importKeys(old.agent.keyring.toFile());
 }
