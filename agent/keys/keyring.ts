@@ -560,6 +560,12 @@ function parseKeyringFile(text: string, path: string): KeyringFile {
     json = undefined;
   }
   const parsed = keyringFileSchema.safeParse(json);
-  if (!parsed.success) throw new Error(`the keyring at ${path} is corrupt; restore it from your keys export`);
+  // Kept aside, not deleted: it may hold keys imported after the export was made. With no keyring,
+  // `keys import` sets one up and makes the export's keys active.
+  if (!parsed.success) {
+    throw new Error(
+      `the keyring at ${path} is corrupt: move it aside (keep it), then import your keys export: gem-backup keys import FILE`,
+    );
+  }
   return parsed.data;
 }

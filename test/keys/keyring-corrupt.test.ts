@@ -33,7 +33,7 @@ function expectNoSecret(message: string, file: KeyringFile): void {
 }
 
 describe('a corrupt keyring.json', () => {
-  it('at start: "corrupt; restore it from your keys export", without a character of its master key', async () => {
+  it('at start: "corrupt: move it aside ... import your keys export", without a character of its master key', async () => {
     const path = await keyringPath();
     const file = (await Keyring.loadOrCreate(path)).toFile();
     const text = await readFile(path, 'utf8');
@@ -41,7 +41,9 @@ describe('a corrupt keyring.json', () => {
       await writeFile(path, unquoted(text, secret));
       const error = (await Keyring.loadOrCreate(path).catch((e: unknown) => e)) as Error;
       expect(error).toBeInstanceOf(Error);
-      expect(error.message).toBe(`the keyring at ${path} is corrupt; restore it from your keys export`);
+      expect(error.message).toBe(
+        `the keyring at ${path} is corrupt: move it aside (keep it), then import your keys export: gem-backup keys import FILE`,
+      );
       expectNoSecret(error.message, file);
       expect(JSON.stringify(error)).not.toContain(secret.slice(0, 6));
     }
@@ -55,7 +57,7 @@ describe('a corrupt keyring.json', () => {
     await writeFile(path, broken);
     const error = (await keyring.importKeys(createKeyringFile()).catch((e: unknown) => e)) as Error;
     expect(error).toBeInstanceOf(Error);
-    expect(error.message).toMatch(/is corrupt; restore it from your keys export/);
+    expect(error.message).toMatch(/is corrupt: move it aside \(keep it\), then import your keys export/);
     expectNoSecret(error.message, file);
     expect(await readFile(path, 'utf8')).toBe(broken);
   });
