@@ -1,7 +1,7 @@
 // The encryption-keys banner (red until downloaded once, then green and collapsible) and key import.
 import { api } from './api.js';
 import { confirmAction } from './dialogs.js';
-import { dateTime, el } from './format.js';
+import { bytes, dateTime, el } from './format.js';
 
 const $ = (id) => document.getElementById(id);
 let status;
@@ -43,6 +43,12 @@ function render() {
   // The id alone recovers the Cloud DR backup on a new controller: the owner must have it elsewhere.
   installation.textContent = `Installation ${status.installationId} (keep this id off the controller: it recovers the DR backup)`;
 }
+
+/**
+ * Far more than a keys file holds (a few KB) and within what the agent takes as a body (1 MiB): a larger
+ * file is a backup or another file chosen by mistake, said before it is read whole or sent.
+ */
+const KEYS_FILE_MAX_BYTES = 512 * 1024;
 
 /** Loads the key status from the agent and draws the banner. */
 export async function loadKeys() {
@@ -197,7 +203,10 @@ export function setupKeys(onError, onImported) {
   $('collapse-banner').addEventListener('click', () => setCollapsed(true, 'keys-pill'));
   $('keys-pill').addEventListener('click', () => setCollapsed(false, 'collapse-banner'));
 
-  /** The chosen keys file, the field's error and the result line cleared; undefined (said at the field) if none. */
+  /**
+   * The chosen keys file, the field's error and the result line cleared; undefined (said at the field) if
+   * none, or one too large to be a keys file.
+   */
   const chosenFile = (doing) => {
     const fileInput = $('import-file');
     const fieldError = $('import-file-error');
@@ -207,10 +216,16 @@ export function setupKeys(onError, onImported) {
     result.textContent = '';
     result.className = 'result';
     const file = fileInput.files?.[0];
-    if (!file) {
-      fieldError.textContent = `Choose the keys file to ${doing}.`;
+    const problem = !file
+      ? `Choose the keys file to ${doing}.`
+      : file.size > KEYS_FILE_MAX_BYTES
+        ? `This is not a GEM encryption keys file (it is ${bytes(file.size)}; a keys file is a few KB). Choose the gem-encryption-keys-….json file you downloaded.`
+        : '';
+    if (problem) {
+      fieldError.textContent = problem;
       fileInput.setAttribute('aria-invalid', 'true');
       fileInput.focus();
+      return undefined;
     }
     return file;
   };
