@@ -1,6 +1,9 @@
 // After a keys import of another installation, the page says what the import does (the installation id
 // changes, DR pushes are held, this box's backups become another installation's), marks those backups in
 // the local list, and restores one after saying so, with the `otherInstallation` the agent asks for.
+// Before that, a backup chosen by mistake where the keys file goes (both lie in the same downloads
+// folder): Check and Import say at the field that it is not a keys file, before reading it whole or
+// sending it.
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -34,6 +37,36 @@ afterAll(async () => {
   await t?.close();
   await pg?.stop();
   if (keysDir) await rm(keysDir, { recursive: true, force: true });
+});
+
+describe('a backup chosen as the keys file', () => {
+  it('is said at the field by Check and by Import; nothing is sent, the keys stay', async () => {
+    // A backup of 3 MiB: past what a request body may hold.
+    const backup = join(keysDir, 'gem-backup-2026-01-02-030405.tar.gz');
+    await writeFile(backup, Buffer.alloc(3 * 1024 * 1024, 7));
+    const activeKey = t.agent.keyring.activeKey.id;
+    const sent: string[] = [];
+    page.on('request', (request) => {
+      if (/\/keys\/(check|import)$/.test(request.url())) sent.push(request.url());
+    });
+    await openSignedIn(page, served.url);
+    await page.getByText('Import keys from a previous installation').click();
+    await page.getByLabel('Keys file (.json)').setInputFiles(backup);
+    const fieldError = page.locator('#import-file-error');
+    const said =
+      /^This is not a GEM encryption keys file \(it is 3\.0 MB; a keys file is a few KB\)\. Choose the gem-encryption-keys-….json file you downloaded\.$/;
+    await page.getByRole('button', { name: 'Check Keys File' }).click();
+    await expect.poll(() => fieldError.textContent()).toMatch(said);
+    expect(await page.locator('#import-result').textContent()).toBe('');
+    await fieldError.evaluate((node) => {
+      node.textContent = '';
+    });
+    await page.getByRole('button', { name: 'Import Keys' }).click();
+    await expect.poll(() => fieldError.textContent()).toMatch(said);
+    expect(await page.getByLabel('Keys file (.json)').getAttribute('aria-invalid')).toBe('true');
+    expect(sent).toEqual([]);
+    expect(t.agent.keyring.activeKey.id).toBe(activeKey);
+  });
 });
 
 describe("this box's own backups after a keys import", () => {
