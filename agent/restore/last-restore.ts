@@ -32,7 +32,15 @@ export interface LastRestore {
    * in records written before it was kept.
    */
   identityChangedTo?: string;
+  /**
+   * The identity change recorded before this one, when the keyring took it: kept while the import above
+   * has not happened (the keyring holds another installation than identityChangedTo), so that an
+   * import stopped half-way does not lift the hold of the one before it.
+   */
+  earlierIdentityChange?: { at: string; to?: string };
 }
+
+type IdentityChange = Pick<LastRestore, 'identityChangedAt' | 'identityChangedTo' | 'earlierIdentityChange'>;
 
 /** The sentence of a DR push refused after a keys import with no restore since (no installation id in it). */
 export const AWAITING_RESTORE_REASON =
@@ -51,25 +59,37 @@ export class LastRestoreStore extends JsonStateFile<LastRestore> {
     );
   }
 
-  /** A keys import about to make installation `to` this box's identity. */
-  recordIdentityChange(at: Date, to: string): Promise<LastRestore> {
-    return this.update((state) =>
-      Object.assign(state, { identityChangedAt: at.toISOString(), identityChangedTo: to }),
-    );
+  /**
+   * A keys import about to make installation `to` this box's identity, the keyring holding installation
+   * `current`. The change recorded before is kept as the earlier one if the keyring took it (or it was
+   * written before identityChangedTo was kept); if it did not (an import stopped half-way), the earlier
+   * one it kept stays.
+   */
+  recordIdentityChange(at: Date, to: string, current: string): Promise<LastRestore> {
+    return this.update((state) => {
+      const { identityChangedAt, identityChangedTo } = state;
+      if (
+        identityChangedAt !== undefined &&
+        (identityChangedTo === undefined || identityChangedTo === current)
+      )
+        state.earlierIdentityChange = { at: identityChangedAt, to: identityChangedTo };
+      return Object.assign(state, { identityChangedAt: at.toISOString(), identityChangedTo: to });
+    });
   }
 
   /**
    * Puts the record of an identity change back as it was before recordIdentityChange (`previous`): the
    * keys import it was made for failed, and the box kept its identity.
    */
-  undoIdentityChange(
-    previous: Pick<LastRestore, 'identityChangedAt' | 'identityChangedTo'>,
-  ): Promise<LastRestore> {
+  undoIdentityChange(previous: IdentityChange): Promise<LastRestore> {
     return this.update((state) => {
       delete state.identityChangedAt;
       delete state.identityChangedTo;
+      delete state.earlierIdentityChange;
       if (previous.identityChangedAt !== undefined) state.identityChangedAt = previous.identityChangedAt;
       if (previous.identityChangedTo !== undefined) state.identityChangedTo = previous.identityChangedTo;
+      if (previous.earlierIdentityChange !== undefined)
+        state.earlierIdentityChange = previous.earlierIdentityChange;
       return state;
     });
   }
@@ -90,14 +110,17 @@ export class LastRestoreStore extends JsonStateFile<LastRestore> {
    * backup made by `installationId`, the installation now in the keyring: a restore of another
    * installation's backup (this box's own from before the import, the newest on its destinations)
    * leaves data here that is not that installation's. Never while the keyring holds another installation
-   * than the import recorded: that import did not happen (it failed, or a crash stopped it first).
+   * than the import recorded: that import did not happen (it failed, or a crash stopped it first), and
+   * the change recorded before it, which the keyring did take, is judged instead.
    */
   async awaitingRestore(installationId: string): Promise<boolean> {
-    const { at, identityChangedAt, identityChangedTo, installationId: restored } = await this.get();
-    if (identityChangedAt === undefined) return false;
-    if (identityChangedTo !== undefined && identityChangedTo !== installationId) return false;
-    if (at === undefined || Date.parse(at) < Date.parse(identityChangedAt)) return true;
-    return restored !== undefined && restored !== installationId;
+    const last = await this.get();
+    const took = (change: { to?: string }) => change.to === undefined || change.to === installationId;
+    const latest = { at: last.identityChangedAt, to: last.identityChangedTo };
+    const change = took(latest) ? latest : last.earlierIdentityChange;
+    if (change?.at === undefined || !took(change)) return false;
+    if (last.at === undefined || Date.parse(last.at) < Date.parse(change.at)) return true;
+    return last.installationId !== undefined && last.installationId !== installationId;
   }
 
   /**

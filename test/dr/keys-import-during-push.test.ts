@@ -95,6 +95,7 @@ async function importFromAnotherProcess(t: TestAgent): Promise<void> {
   await new LastRestoreStore(t.agent.paths.lastRestore, t.agent.log).recordIdentityChange(
     new Date(),
     old.agent.keyring.installationId,
+    t.agent.keyring.installationId,
   );
   const beside = await Keyring.load(t.agent.paths.keyring);
   await beside.importKeys(old.agent.keyring.toFile());

@@ -39,25 +39,7 @@ describe('a keys import killed before its keyring is written', () => {
     const other = createKeyringFile();
     const file = join(dataDir, 'other-keys.json');
     await writeFile(file, await buildKeysExport(other));
-    const renames = 'rename,renameat,renameat2';
-    const killed = await runProcess(
-      'strace',
-      [
-        '-f',
-        '-qq',
-        '-o',
-        '/dev/null',
-        // An import renames twice: last-restore.json's record of the identity change, then keyring.json.
-        ...['-e', `trace=${renames}`, '-e', `inject=${renames}:signal=KILL:when=2`],
-        process.execPath,
-        built.path,
-        'keys',
-        'import',
-        file,
-      ],
-      // strace counts calls per thread: one libuv thread makes both renames.
-      { env: { ...env, UV_THREADPOOL_SIZE: '1' }, cwd: process.cwd() },
-    );
+    const killed = await killedAtKeyringRename(file);
     expect(killed.code, killed.stderr + killed.stdout).not.toBe(0);
     expect(killed.stdout).not.toContain('keys imported');
     expect(await readFile(keyringPath, 'utf8')).toBe(before);
@@ -83,4 +65,54 @@ describe('a keys import killed before its keyring is written', () => {
     expect(own).not.toBe(other.installationId);
     expect(await held()).toBe(true);
   });
+
+  it('of a third installation, after that import: the pushes stay held (the earlier import still awaits a restore)', async () => {
+    const keyringPath = join(dataDir, 'keyring.json');
+    const before = await readFile(keyringPath, 'utf8');
+    const restores = new LastRestoreStore(join(dataDir, 'last-restore.json'), silentLogger);
+    const held = async () => restores.awaitingRestore((await Keyring.load(keyringPath)).installationId);
+    expect(await held()).toBe(true);
+    const third = createKeyringFile();
+    const file = join(dataDir, 'third-keys.json');
+    await writeFile(file, await buildKeysExport(third));
+    const killed = await killedAtKeyringRename(file);
+    expect(killed.code, killed.stderr + killed.stdout).not.toBe(0);
+    expect(await readFile(keyringPath, 'utf8')).toBe(before);
+    expect((await restores.get()).identityChangedTo).toBe(third.installationId);
+    // The keyring still holds the installation imported before, whose backups were never restored here.
+    expect(await held()).toBe(true);
+    const status = await runProcess(process.execPath, [built.path, 'dr', 'status', '--json'], {
+      env,
+      cwd: process.cwd(),
+    });
+    expect(JSON.parse(status.stdout)).toMatchObject({ awaitingRestore: true });
+    // And once more: a second import that never happened does not lose the first either.
+    await writeFile(file, await buildKeysExport(createKeyringFile()));
+    expect((await killedAtKeyringRename(file)).code).not.toBe(0);
+    expect(await readFile(keyringPath, 'utf8')).toBe(before);
+    expect(await held()).toBe(true);
+  });
 });
+
+/** `gem-backup keys import FILE`, killed by strace at its second rename (keyring.json's). */
+function killedAtKeyringRename(file: string) {
+  const renames = 'rename,renameat,renameat2';
+  return runProcess(
+    'strace',
+    [
+      '-f',
+      '-qq',
+      '-o',
+      '/dev/null',
+      // An import renames twice: last-restore.json's record of the identity change, then keyring.json.
+      ...['-e', `trace=${renames}`, '-e', `inject=${renames}:signal=KILL:when=2`],
+      process.execPath,
+      built.path,
+      'keys',
+      'import',
+      file,
+    ],
+    // strace counts calls per thread: one libuv thread makes both renames.
+    { env: { ...env, UV_THREADPOOL_SIZE: '1' }, cwd: process.cwd() },
+  );
+}

@@ -71,17 +71,20 @@ async function importUnderLock(agent: Agent, imported: KeyringFile) {
   // recorded first, so that no DR push can send that data under its name (agent/restore/last-restore).
   const restores = new LastRestoreStore(agent.paths.lastRestore, agent.log);
   const changesIdentity = imported.installationId !== agent.keyring.installationId;
-  const { identityChangedAt, identityChangedTo } = await restores.get();
-  if (changesIdentity) await restores.recordIdentityChange(new Date(), imported.installationId);
+  const { identityChangedAt, identityChangedTo, earlierIdentityChange } = await restores.get();
+  if (changesIdentity)
+    await restores.recordIdentityChange(new Date(), imported.installationId, agent.keyring.installationId);
   try {
     await agent.keyring.importKeys(imported);
   } catch (error) {
     // Nothing imported (the keyring, as its file holds it, kept its identity): the record would hold
     // every DR push back until a restore, for an import that did not happen.
     if (changesIdentity && agent.keyring.installationId !== imported.installationId) {
-      await restores.undoIdentityChange({ identityChangedAt, identityChangedTo }).catch((undo: unknown) => {
-        agent.log.warn('could not undo the record of a failed keys import', { error: undo });
-      });
+      await restores
+        .undoIdentityChange({ identityChangedAt, identityChangedTo, earlierIdentityChange })
+        .catch((undo: unknown) => {
+          agent.log.warn('could not undo the record of a failed keys import', { error: undo });
+        });
     }
     throw error;
   }
