@@ -44,5 +44,15 @@ describe('the verification area with the schedule off', () => {
     expect(health.body.areas.verification.status).toBe('failing');
     expect(health.body.areas.verification.reason).toMatch(/^local: /);
     expect(health.body.status).toBe('failing');
+    expect(health.body.areas.verification.reason).toContain('Verify now');
+
+    // The damaged backup deleted: nothing here is known damaged any more, and nothing but a Verify now
+    // (the schedule is off) would ever replace that result.
+    expect(await t.agent.catalog.delete(damaged)).toBe(true);
+    const after = await call(t, 'GET', '/health');
+    expect(after.body.areas.verification).toMatchObject({
+      status: 'warning',
+      reason: 'Scheduled verification is off',
+    });
   }, 120_000);
 });
