@@ -561,10 +561,11 @@ function parseKeyringFile(text: string, path: string): KeyringFile {
   }
   const parsed = keyringFileSchema.safeParse(json);
   // Kept aside, not deleted: it may hold keys imported after the export was made. With no keyring,
-  // `keys import` sets one up and makes the export's keys active.
+  // `keys import` sets one up and makes the export's keys active; it cannot tell this box from a rebuilt
+  // one, so it holds Cloud DR pushes until the owner says the data here is the installation's.
   if (!parsed.success) {
     throw new Error(
-      `the keyring at ${path} is corrupt: move it aside (keep it), then import your keys export: gem-backup keys import FILE`,
+      `the keyring at ${path} is corrupt: move it aside (keep it), then import your keys export: gem-backup keys import FILE; with Cloud DR on, then confirm the data here is still this installation's: gem-backup dr push --data-is-current`,
     );
   }
   return parsed.data;

@@ -42,7 +42,7 @@ describe('a corrupt keyring.json', () => {
       const error = (await Keyring.loadOrCreate(path).catch((e: unknown) => e)) as Error;
       expect(error).toBeInstanceOf(Error);
       expect(error.message).toBe(
-        `the keyring at ${path} is corrupt: move it aside (keep it), then import your keys export: gem-backup keys import FILE`,
+        `the keyring at ${path} is corrupt: move it aside (keep it), then import your keys export: gem-backup keys import FILE; with Cloud DR on, then confirm the data here is still this installation's: gem-backup dr push --data-is-current`,
       );
       expectNoSecret(error.message, file);
       expect(JSON.stringify(error)).not.toContain(secret.slice(0, 6));

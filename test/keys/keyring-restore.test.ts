@@ -47,12 +47,16 @@ describe('a corrupt keyring.json', () => {
     const refused = await cli('keys', 'import', exported);
     expect(refused.code).toBe(1);
     expect(refused.stderr).toBe(
-      `gem-backup: the keyring at ${keyring} is corrupt: move it aside (keep it), then import your keys export: gem-backup keys import FILE`,
+      `gem-backup: the keyring at ${keyring} is corrupt: move it aside (keep it), then import your keys export: gem-backup keys import FILE; with Cloud DR on, then confirm the data here is still this installation's: gem-backup dr push --data-is-current`,
     );
     await rename(keyring, `${keyring}.corrupt`);
     const imported = await cli('keys', 'import', exported);
     expect(imported.stderr).toBe('');
     expect(imported.code).toBe(0);
+    // The import cannot tell this box from a rebuilt one: Cloud DR pushes wait for the confirmation
+    // the line asks for (test/dr covers `dr push --data-is-current` lifting the hold).
+    const status = await cli('dr', 'status', '--json');
+    expect(JSON.parse(status.stdout)).toMatchObject({ awaitingRestore: true });
     const verified = await cli('verify', backup!);
     expect(verified.stderr).toBe('');
     expect(verified.stdout).toMatch(/: ok \(.*every chunk and checksum verified\)$/);
