@@ -84,10 +84,14 @@ const fileSchema = z.object({
  * year put right since) counts as older than any other: as the newest, the 50 kept would be those
  * and every job ended since would be dropped from the file at its next save.
  */
-function byStart(a: HistoryEntry, b: HistoryEntry): number {
+export function jobsByStart(a: Job, b: Job): number {
   const now = Date.now() + CLOCK_AHEAD_TOLERANCE_MS;
-  const ahead = (e: HistoryEntry) => (Date.parse(e.job.startedAt) > now ? 1 : 0);
-  return ahead(b) - ahead(a) || a.job.startedAt.localeCompare(b.job.startedAt);
+  const ahead = (job: Job) => (Date.parse(job.startedAt) > now ? 1 : 0);
+  return ahead(b) - ahead(a) || a.startedAt.localeCompare(b.startedAt);
+}
+
+function byStart(a: HistoryEntry, b: HistoryEntry): number {
+  return jobsByStart(a.job, b.job);
 }
 
 /** Runners open in this process (a test may open two agents over one data dir in one process). */

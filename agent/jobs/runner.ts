@@ -7,6 +7,7 @@ import {
   interruptedMessage,
   type JobHistory,
   jobOfOtherProcess,
+  jobsByStart,
   ownerGone,
   type RestoreRecovery,
   runnerClosed,
@@ -448,7 +449,7 @@ export class JobRunner {
   async listWithOthers(): Promise<Job[]> {
     const others = await Promise.all((await this.otherEntries()).map((e) => this.asOtherJob(e)));
     if (others.length === 0) return this.list();
-    return [...this.list(), ...others].sort((a, b) => b.startedAt.localeCompare(a.startedAt));
+    return [...this.list(), ...others].sort((a, b) => jobsByStart(b, a));
   }
 
   /** A job another process recorded in the history file and this runner does not hold, with its pid. */

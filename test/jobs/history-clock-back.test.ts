@@ -3,7 +3,7 @@
 // since was dropped from the file at its next save as "the oldest", and after a restart the list held
 // only the year-ahead ones. Jobs dated after the clock are taken as the oldest (as backups dated after
 // it are not "the newest" in the catalog). A real runner and a real file.
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, expect, it } from 'vitest';
@@ -62,5 +62,27 @@ it('a job ended after the clock was set back a year is kept in jobs.json and lis
   const again = openRunner(path);
   await again.loadHistory('none');
   expect(again.list()[0]?.id).toBe(job.id);
+
+  // A `gem-backup create` beside the service recorded a job of its own a minute ago: GET /jobs
+  // (listWithOthers) orders it with this runner's by the same rule.
+  const file = JSON.parse(await readFile(path, 'utf8')) as { jobs: Array<{ job: { startedAt: string } }> };
+  const startedAt = new Date(Date.now() - 60_000).toISOString();
+  const cli = {
+    id: 'cli-backup',
+    kind: 'backup',
+    state: 'succeeded',
+    phase: 'done',
+    bytesDone: 0,
+    bytesTotal: 0,
+  };
+  file.jobs.push({
+    pid: 999_998,
+    runner: 'cli',
+    job: { ...cli, unit: 'bytes', startedAt, endedAt: startedAt },
+  } as never);
+  await writeFile(path, `${JSON.stringify(file)}\n`);
+  const listed = (await again.listWithOthers()).map((j) => j.id);
+  expect(listed.slice(0, 2)).toEqual([job.id, 'cli-backup']);
+  expect(listed).toHaveLength(51);
   await again.shutdown();
 });
