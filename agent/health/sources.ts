@@ -103,12 +103,15 @@ function backupAge(agent: Agent): AreaSource {
       : `${none ?? 'No backup has been made yet'} (${auto.schedule} schedule since ${formatAge(age)} ago)`;
     if (status !== 'ok') reason = `${reason}: backups are overdue`;
     const last = state?.lastResult;
-    // A run that failed (not a slot skipped: that records no run) is over once a good backup is newer.
-    const mended =
-      last?.jobId !== undefined &&
-      latest !== undefined &&
-      state?.lastEndedAt != null &&
-      Date.parse(latest.createdAt) > state.lastEndedAt.getTime();
+    // A run that failed is over once a good backup is newer than its end; a slot skipped or that could
+    // not start (no run: no end) once one is newer than the slot.
+    const over =
+      last?.jobId !== undefined
+        ? state?.lastEndedAt?.getTime()
+        : last?.at !== undefined
+          ? Date.parse(last.at)
+          : undefined;
+    const mended = latest !== undefined && over !== undefined && Date.parse(latest.createdAt) > over;
     if (last && !last.ok && !mended) {
       status = worst([status, 'warning']);
       const skipped = last.error?.startsWith('skipped: ');

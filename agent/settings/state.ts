@@ -63,12 +63,13 @@ export class ScheduleStateStore {
    * status shows it; the last run stays as it was, so the slot counts as missed and is caught up.
    */
   async recordSkip(task: ScheduledTask, firedAt: Date, result: NonNullable<TaskStatus['lastResult']>) {
+    const skipped = { ...result, at: firedAt.toISOString() };
     await this.hold(() =>
       this.db
         .insert(scheduleState)
         // Nothing armed yet: armed just before the slot that fired, so that slot counts as missed.
-        .values({ task, armedAt: new Date(firedAt.getTime() - 1_000), lastResult: result })
-        .onConflictDoUpdate({ target: scheduleState.task, set: { lastResult: result } }),
+        .values({ task, armedAt: new Date(firedAt.getTime() - 1_000), lastResult: skipped })
+        .onConflictDoUpdate({ target: scheduleState.task, set: { lastResult: skipped } }),
     );
   }
 

@@ -528,7 +528,8 @@ export interface SettingsView {
 /** A scheduled task's last and next run (ISO strings; null when none). */
 export interface TaskStatus {
   lastRunAt: string | null;
-  lastResult: { ok: boolean; error?: string; jobId?: string } | null;
+  /** `at`: when a slot that was skipped or could not start fired (it ran no job). */
+  lastResult: { ok: boolean; error?: string; jobId?: string; at?: string } | null;
   nextRunAt: string | null;
 }
 

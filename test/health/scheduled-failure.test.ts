@@ -1,7 +1,8 @@
 /**
  * A failed scheduled backup is a warning in the backups area until a good backup is made after it: the
  * next scheduled run, or one a person starts once the cause is mended (not only the next slot, which a
- * weekly or monthly schedule puts days away). A skipped slot records no run, and stays named.
+ * weekly or monthly schedule puts days away). A slot skipped or that could not start records no run; it
+ * stays named until a good backup is made after the slot.
  */
 import { rename, rm, writeFile } from 'node:fs/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -51,7 +52,8 @@ describe('the backups area after a failed scheduled backup', () => {
     expect(mended.body.areas.backups.reason).toMatch(/^The last backup was made \d+ min ago/);
     expect(mended.body.areas.backups.status).toBe('ok');
 
-    // A slot skipped (another job held the lock at the last retry) is no run: named after any backup.
+    // A slot skipped (another job held the lock at the last retry) is no run: named after any backup
+    // made before it.
     await t.agent.settings.state.recordSkip('autoBackup', new Date(), {
       ok: false,
       error: 'skipped: another job was running at the scheduled time',
@@ -59,5 +61,11 @@ describe('the backups area after a failed scheduled backup', () => {
     const skipped = await call(t, 'GET', '/health');
     expect(skipped.body.areas.backups.status).toBe('warning');
     expect(skipped.body.areas.backups.reason).toMatch(/^The last scheduled backup was skipped: /);
+
+    // A good backup made after that slot: nothing is missing any more.
+    await backupNow(t);
+    const after = await call(t, 'GET', '/health');
+    expect(after.body.areas.backups.reason).toMatch(/^The last backup was made \d+ min ago/);
+    expect(after.body.areas.backups.status).toBe('ok');
   }, 120_000);
 });

@@ -64,12 +64,13 @@ describe('schedule records during a restore', () => {
       databaseUrl(t.agent.sources.conn),
       (sql) =>
         sql<
-          { lastResult: { ok: boolean; error: string } | null }[]
+          { lastResult: { ok: boolean; error: string; at: string } | null }[]
         >`select last_result as "lastResult" from gem_backup.schedule_state where task = 'autoBackup'`,
     );
     expect(row?.lastResult).toEqual({
       ok: false,
       error: 'skipped: another job was running at the scheduled time',
+      at: expect.stringMatching(/^\d{4}-\d\d-\d\dT/),
     });
     // The status shows it too, and the slot still counts as missed (no last run).
     const view = await t.agent.settings.view();
