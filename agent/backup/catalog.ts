@@ -342,14 +342,16 @@ export class BackupCatalog {
    * Pins or unpins a backup whose file is here; `not_found` if it is not. Under the records file's lock,
    * as a deletion is: a pin that finds the file deleted (by a prune that ran first) writes nothing, so no
    * pin is left on a record of a backup already gone (offsite retention would keep its copies by it).
+   * `beforeChange` is called just before the records are written (it may throw: nothing written).
    */
-  async setPinned(name: string, pinned: boolean): Promise<void> {
+  async setPinned(name: string, pinned: boolean, beforeChange?: () => void): Promise<void> {
     const path = this.pathOf(name);
     return this.withRecords(async (records) => {
       await stat(path).catch((error: NodeJS.ErrnoException) => {
         if (error.code === 'ENOENT') throw new AppError('not_found', `no backup named ${name}`);
         throw error;
       });
+      beforeChange?.();
       records[name] = { ...records[name], pinned: pinned || undefined };
       await this.saveRecords(records);
     });

@@ -73,10 +73,14 @@ export class RetentionHold {
     });
   }
 
-  /** Ends the hold (the owner checked the pins); returns the hold that was in force, if any. */
-  async resume(): Promise<RetentionHoldInfo | undefined> {
+  /**
+   * Ends the hold (the owner checked the pins); returns the hold that was in force, if any.
+   * `beforeChange` is called just before the hold is removed (it may throw: nothing removed).
+   */
+  async resume(beforeChange?: () => void): Promise<RetentionHoldInfo | undefined> {
     return withFileUpdateLock(this.path, async () => {
       const was = await this.get();
+      beforeChange?.();
       await rm(this.path, { force: true });
       return was;
     });

@@ -221,13 +221,15 @@ export async function decryptCommand(cli: CliContext): Promise<void> {
     resolveFileKey: (header) => unwrapWithMasterKeys(header.stanzas, keys),
   });
   // Without --force only a name still free is taken: a file made there while this decrypted stays.
-  // Stopped (Ctrl-C) before it is published, its temp file of plaintext is removed, also while synced.
-  const published = await cli.whileStoppable((signal) =>
+  // Stopped (Ctrl-C) before it is published, its temp file of plaintext is removed, also while synced,
+  // and by a second Ctrl-C, which exits at once, before it exits.
+  const published = await cli.whileStoppable((signal, tempFile) =>
     writeFileAtomic(output, [createReadStream(file), opener], {
       mode: 0o600,
       exclusive: !values.force,
       signal,
       check: async () => signal.throwIfAborted(),
+      onTempPath: tempFile,
     }).catch((error) => {
       throw envelopeToAppError(error);
     }),

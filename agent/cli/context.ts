@@ -1,5 +1,5 @@
 /** What a CLI command gets: its arguments, output channels, and a way to open the agent in-process. */
-import { existsSync, statSync } from 'node:fs';
+import { existsSync, rmSync, statSync } from 'node:fs';
 import { rmdir } from 'node:fs/promises';
 import { userInfo } from 'node:os';
 import type { Agent } from '../agent';
@@ -26,8 +26,13 @@ export interface CliContext {
    * Ctrl-C, SIGTERM or SIGHUP meanwhile cancels the jobs it runs, waits for them, and closes the agent.
    * `finishes`: what fn changes itself, with no job to cancel (the keys import): a signal lets it run to
    * its end, as stopped half-way it would leave its files half changed, and the line says how it ended.
+   * Such an fn calls `stopIfInterrupted` just before its first change: after a signal it throws, and the
+   * command ends as cancelled, nothing changed (also when fn ends without reaching it).
    */
-  withAgent<T>(fn: (agent: Agent) => Promise<T>, options?: { finishes?: string }): Promise<T>;
+  withAgent<T>(
+    fn: (agent: Agent, stopIfInterrupted: () => void) => Promise<T>,
+    options?: { finishes?: string },
+  ): Promise<T>;
   /**
    * Runs a command that needs only the data dir's files, no agent or database (keys export), and
    * records it in the audit log as withAgent does: what, by whom, how it ended.
@@ -36,8 +41,10 @@ export interface CliContext {
   /**
    * Runs a command that writes a file itself, with no agent (decrypt): Ctrl-C, SIGTERM or SIGHUP
    * meanwhile aborts `signal`, so that it removes its temp file instead of dying with it left behind.
+   * A second signal exits at once: first it removes the temp file fn named with `tempFile` (its write
+   * may be held in a long fsync that the first could not interrupt).
    */
-  whileStoppable<T>(fn: (signal: AbortSignal) => Promise<T>): Promise<T>;
+  whileStoppable<T>(fn: (signal: AbortSignal, tempFile: (path: string) => void) => Promise<T>): Promise<T>;
   /** Refuses, with one line, a data dir that holds no installation (unless this command sets one up). */
   requireInstallation(): void;
   /**
@@ -241,6 +248,12 @@ export function createCliContext(
       const config = loadConfig();
       let agent: Agent | undefined;
       let closing = false;
+      /** A `finishes` command past its stopIfInterrupted: from here a signal lets it finish. */
+      let changing = false;
+      const stopIfInterrupted = () => {
+        if (signalled) throw new Interrupted();
+        changing = true;
+      };
       let stop: (error: Error) => void = () => {};
       const stopNow = new Promise<never>((_, reject) => {
         stop = reject;
@@ -296,13 +309,17 @@ export function createCliContext(
         let outcome: { outcome: 'ok' | 'error' | 'cancelled'; error?: string } = { outcome: 'ok' };
         try {
           if (signalled) throw new Interrupted();
-          const running = fn(open);
+          const running = fn(open, stopIfInterrupted);
           running.catch(() => {});
           const result = await Promise.race([running, stopNow]);
-          if (signalled && finishes) finished = { what: finishes };
+          if (signalled && finishes) {
+            // Ended before its first change (nothing to change, or only read): a cancel like any other.
+            if (!changing) throw new Interrupted();
+            finished = { what: finishes };
+          }
           return result;
         } catch (error) {
-          if (signalled && finishes && !(error instanceof Interrupted))
+          if (signalled && finishes && changing && !(error instanceof Interrupted))
             finished = { what: finishes, error: describeError(error).message };
           outcome =
             signalled && !finished
@@ -332,8 +349,15 @@ export function createCliContext(
     async whileStoppable(fn) {
       const stop = new AbortController();
       let caught: NodeJS.Signals | undefined;
+      let temp: string | undefined;
       const onSignal = (signal: NodeJS.Signals) => {
         if (pressed++ > 0) {
+          // Synchronously: the exit comes before its write could remove it (plaintext, for decrypt).
+          try {
+            if (temp) rmSync(temp, { force: true });
+          } catch {
+            // Exiting all the same: a second Ctrl-C means now.
+          }
           endProgress();
           process.stderr.write(`gem-backup: ${signal} again: stopped at once\n`);
           process.exit(130);
@@ -343,7 +367,9 @@ export function createCliContext(
       };
       for (const signal of STOP_SIGNALS) process.on(signal, onSignal);
       try {
-        return await fn(stop.signal);
+        return await fn(stop.signal, (path) => {
+          temp = path;
+        });
       } catch (error) {
         // Stopped before it was done: main says so and exits 130. A signal after that changed nothing.
         signalled = caught;

@@ -307,9 +307,12 @@ export async function drCommand(cli: CliContext): Promise<void> {
         'give either --installation-id (to finish a recovery) or --abandon, not both',
       );
     }
-    const abandoned = await cli.withAgent(async (agent) => (await drService(agent)).abandonRecovery(), {
-      finishes: 'giving up of the recovery',
-    });
+    const abandoned = await cli.withAgent(
+      async (agent, stopIfInterrupted) => (await drService(agent)).abandonRecovery(stopIfInterrupted),
+      {
+        finishes: 'giving up of the recovery',
+      },
+    );
     cli.out(
       abandoned
         ? "the unfinished recovery was given up: this box is back on its own identity and keys (the recovered keys are kept, retired); Cloud DR pushes this box's own data again"

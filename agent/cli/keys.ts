@@ -90,9 +90,9 @@ export async function keysCommand(cli: CliContext): Promise<void> {
   if (sub === 'import') {
     const { text, passphrase } = await givenKeysFile();
     const result = await cli.withAgent(
-      async (agent) => {
+      async (agent, stopIfInterrupted) => {
         const { importKeysFile } = await import('../http/routes/keys');
-        return importKeysFile(agent, text, passphrase);
+        return importKeysFile(agent, text, passphrase, stopIfInterrupted);
       },
       { finishes: 'keys import' },
     );

@@ -13,10 +13,13 @@ function pinCommandOf(pinned: boolean) {
     const [name, ...extra] = positionals;
     if (!name || extra.length > 0) throw new AppError('bad_request', PIN_USAGE);
     const { setPinned } = await import('../http/routes/backups');
-    // A signal lets the change finish (it is one write) and the line says so, never "nothing was changed".
-    const backup = await cli.withAgent((agent) => setPinned(agent, name, pinned), {
-      finishes: pinned ? 'pin' : 'unpin',
-    });
+    // A signal before the write cancels it; after, it lets the change finish (one write) and says so.
+    const backup = await cli.withAgent(
+      (agent, stopIfInterrupted) => setPinned(agent, name, pinned, stopIfInterrupted),
+      {
+        finishes: pinned ? 'pin' : 'unpin',
+      },
+    );
     cli.out(
       pinned
         ? `pinned ${backup.filename}: retention never deletes it, here or offsite; unpin it to delete it`
@@ -66,11 +69,11 @@ export async function retentionCommand(cli: CliContext): Promise<void> {
     return;
   }
   const result = await cli.withAgent(
-    async (agent) => {
+    async (agent, stopIfInterrupted) => {
       const preview = await retentionPreview(agent);
       if (!preview.held) return { held: false as const };
       if (!values.yes) return { held: true as const, preview };
-      await resumePruning(agent);
+      await resumePruning(agent, stopIfInterrupted);
       return { held: true as const, resumed: true, preview };
     },
     values.yes ? { finishes: 'resume of pruning' } : {},

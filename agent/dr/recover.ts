@@ -440,10 +440,12 @@ async function storedEarlier(
  * keys stay, retired, so the recovered backup stays readable), the enrollment and any upload of the
  * recovered id are forgotten, and the record is cleared. Its data was never replaced (or only partly:
  * a restore either completes or rolls back), so nothing else changes. False if nothing was unfinished;
- * refused (nothing changed) if the record is damaged.
+ * refused (nothing changed) if the record is damaged. `beforeChange` is called just before the first
+ * change (the CLI's check for a Ctrl-C: it throws to stop with nothing changed).
  */
 export async function abandonRecovery(
   deps: Pick<RecoverDeps, 'agent' | 'state' | 'unfinished'>,
+  beforeChange?: () => void,
 ): Promise<boolean> {
   const { keyring } = deps.agent;
   let record: UnfinishedRecoveryRecord | null;
@@ -460,6 +462,7 @@ export async function abandonRecovery(
     );
   }
   if (!record) return false;
+  beforeChange?.();
   const file = keyring.toFile();
   if (
     file.installationId === record.installationId &&

@@ -440,15 +440,19 @@ export class DrService {
   /**
    * Gives up an unfinished recovery (`dr recover --abandon`): this box goes back to its own identity,
    * see abandonRecovery. Under the job lock, so no recovery or restore runs meanwhile. False: there was none.
+   * `beforeChange`: see abandonRecovery.
    */
-  async abandonRecovery(): Promise<boolean> {
+  async abandonRecovery(beforeChange?: () => void): Promise<boolean> {
     const release = await acquireLock(this.agent.jobs.lockPath, 'dr-recover abandon');
     try {
-      const abandoned = await abandonRecovery({
-        agent: this.agent,
-        state: this.state,
-        unfinished: this.unfinished,
-      });
+      const abandoned = await abandonRecovery(
+        {
+          agent: this.agent,
+          state: this.state,
+          unfinished: this.unfinished,
+        },
+        beforeChange,
+      );
       if (abandoned) this.agent.log.info('an unfinished recovery from the DR cloud was given up');
       return abandoned;
     } finally {

@@ -198,10 +198,13 @@ export async function writeFileAtomic(
     check?: (tempPath: string) => Promise<void>;
     signal?: AbortSignal;
     exclusive?: boolean;
+    /** Told the temp file's path before it is made (for a caller that may have to remove it itself). */
+    onTempPath?: (tempPath: string) => void;
   } = {},
 ): Promise<boolean> {
   await mkdirDurable(dirname(finalPath));
   const temp = tempPathFor(finalPath);
+  options.onTempPath?.(temp);
   let sink: WriteStream | undefined;
   // A long check (or a stalled source) writes nothing for a while: the temp stays fresh for a sweep
   // in another PID namespace, which goes by its age. Stopped (and its last touch awaited) before the

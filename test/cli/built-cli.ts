@@ -7,7 +7,7 @@
  * choice (dist/ or tsx) is tested on its own.
  */
 import { spawn } from 'node:child_process';
-import { readFile } from 'node:fs/promises';
+import { readdir, readFile, readlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import { runProcess } from '../../agent/system/spawn';
 import { buildOnce } from '../services/run-builds';
@@ -41,22 +41,33 @@ export async function buildCli(): Promise<BuiltCli> {
 }
 
 /**
- * The built CLI's `args` run under strace with each fsync held 1 s, and stopped by Ctrl-C once `ready`
- * is true (its temp file is there, say): the SIGINT goes to the CLI, strace's child, as a terminal's
- * Ctrl-C would. Resolves with how it ended.
+ * The built CLI's `args` run under strace with each fsync held 1 s (`holdMs`), and stopped by Ctrl-C
+ * once `ready` is true (its temp file is there, say): the SIGINT goes to the CLI, strace's child, as a
+ * terminal's Ctrl-C would. `twice`: Ctrl-C again once the first has been taken (no longer pending),
+ * as a person does when the first seems to do nothing. `holdOpenOf`: instead of the fsyncs, each
+ * opening of that file is held (once it is open, so `ready` can see it among the CLI's files): a read
+ * the command makes before it changes anything. `ready` is given the CLI's pid. Resolves with how it ended.
  */
 export async function interruptedWhileSyncing(
   built: BuiltCli,
   args: string[],
   env: NodeJS.ProcessEnv,
-  ready: () => Promise<boolean>,
+  ready: (pid: number) => Promise<boolean>,
   what: string,
+  {
+    holdMs = 1000,
+    twice = false,
+    holdOpenOf,
+  }: { holdMs?: number; twice?: boolean; holdOpenOf?: string } = {},
 ): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  const hold = holdOpenOf
+    ? ['-P', holdOpenOf, '-e', 'trace=openat', '-e', `inject=openat:delay_exit=${holdMs * 1000}`]
+    : ['-e', 'trace=fsync,fdatasync', '-e', `inject=fsync,fdatasync:delay_enter=${holdMs * 1000}`];
   const tracer = spawn(
     'strace',
     [
       ...['-f', '--seccomp-bpf', '-qq', '-o', '/dev/null'],
-      ...['-e', 'trace=fsync,fdatasync', '-e', 'inject=fsync,fdatasync:delay_enter=1000000'],
+      ...hold,
       ...[process.execPath, built.path, ...args],
     ],
     { env, stdio: ['ignore', 'pipe', 'pipe'] },
@@ -66,8 +77,47 @@ export async function interruptedWhileSyncing(
   tracer.stdout.on('data', (d: Buffer) => (stdout += d));
   tracer.stderr.on('data', (d: Buffer) => (stderr += d));
   const exited = new Promise<number | null>((done) => tracer.once('close', (code) => done(code)));
-  await until(ready, what, 200);
-  const children = await readFile(`/proc/${tracer.pid}/task/${tracer.pid}/children`, 'utf8');
-  process.kill(Number(children.trim().split(' ')[0]), 'SIGINT');
+  // strace's child, the CLI: looked for at each try, as it is there only once strace has started it.
+  let pid = 0;
+  await until(
+    async () => {
+      const children = await readFile(`/proc/${tracer.pid}/task/${tracer.pid}/children`, 'utf8');
+      pid = Number(children.trim().split(' ')[0]);
+      return pid > 0 && (await ready(pid));
+    },
+    what,
+    200,
+  );
+  process.kill(pid, 'SIGINT');
+  if (twice) {
+    // Taken once no thread has it pending (two pending SIGINTs would be one); its handler then runs
+    // at once, the event loop being idle while the fsync is held.
+    await until(async () => !(await signalPending(pid)), 'the first SIGINT taken', 20);
+    await new Promise((done) => setTimeout(done, 200));
+    process.kill(pid, 'SIGINT');
+  }
   return { code: await exited, stdout, stderr };
+}
+
+/** True while a SIGINT is pending for process `pid` or any of its threads. */
+async function signalPending(pid: number): Promise<boolean> {
+  const SIGINT_BIT = 1n << 1n;
+  const tasks = await readdir(`/proc/${pid}/task`).catch(() => []);
+  for (const task of tasks) {
+    const status = await readFile(`/proc/${pid}/task/${task}/status`, 'utf8').catch(() => '');
+    for (const field of ['SigPnd', 'ShdPnd']) {
+      const hex = new RegExp(`^${field}:\\s*([0-9a-f]+)`, 'm').exec(status)?.[1];
+      if (hex && BigInt(`0x${hex}`) & SIGINT_BIT) return true;
+    }
+  }
+  return false;
+}
+
+/** True while process `pid` has `path` open. */
+export async function hasOpen(pid: number, path: string): Promise<boolean> {
+  const fds = await readdir(`/proc/${pid}/fd`).catch(() => []);
+  for (const fd of fds) {
+    if ((await readlink(`/proc/${pid}/fd/${fd}`).catch(() => '')) === path) return true;
+  }
+  return false;
 }

@@ -388,6 +388,30 @@ describe('the gem-backup CLI (the package bin)', () => {
     await rm(folder, { recursive: true });
   });
 
+  it('decrypt stopped by a second Ctrl-C while the first waits on its fsync leaves no plaintext behind: exit 130', async () => {
+    const passphrase = { GEM_KEYS_PASSPHRASE: 'a second ctrl-c passphrase' };
+    const keys = join(dataDir, 'keys-for-second-ctrl-c.json');
+    expect((await cliWith(passphrase, 'keys', 'export', '-o', keys)).code).toBe(0);
+    const backup = /created (gem-backup-\S+\.tar\.gz)/.exec((await cli('create')).stdout)?.[1];
+    expect(backup).toBeDefined();
+    const folder = await mkdtemp(join(tmpdir(), 'gem-cli-ctrl-c-twice-'));
+    // Each fsync held 3 s: the first Ctrl-C cannot cut the temp file's fsync short, so the second comes
+    // while it is held, and exits at once.
+    const { code, stdout, stderr } = await interruptedWhileSyncing(
+      built,
+      ['decrypt', join(dataDir, 'backups', backup!), '--keys', keys, '-o', join(folder, 'out.tar.gz')],
+      { ...env, ...passphrase },
+      async () => (await readdir(folder)).length > 0,
+      'the temp file',
+      { holdMs: 3000, twice: true },
+    );
+    expect(code).toBe(130);
+    expect(stdout).toBe('');
+    expect(stderr.trim()).toBe('gem-backup: SIGINT again: stopped at once');
+    expect(await readdir(folder)).toEqual([]);
+    await rm(folder, { recursive: true });
+  });
+
   it('keys import stopped by Ctrl-C half-way is finished, not left half done, and says so: exit 130', async () => {
     // A box of its own: the import gives it another installation's identity.
     const own = await seededEnvironment(pg, 'gem-cli-import-ctrl-c-');

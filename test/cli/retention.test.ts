@@ -1,6 +1,6 @@
 // `gem-backup pin|unpin NAME` and `gem-backup retention [resume]`: what the page's pin buttons, retention
 // preview and "Resume pruning" do, for an owner who only has a shell; `list` shows the pins.
-import { readdir, rm, stat, writeFile } from 'node:fs/promises';
+import { readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { BackupInfo } from '../../agent/backup/catalog';
@@ -12,7 +12,7 @@ import { runProcess } from '../../agent/system/spawn';
 import { seededEnvironment, startTestAgent } from '../services/agent';
 import { startPostgres, type TestPostgres } from '../services/postgres';
 import { startAll } from '../services/start-all';
-import { type BuiltCli, buildCli, interruptedWhileSyncing } from './built-cli';
+import { type BuiltCli, buildCli, hasOpen, interruptedWhileSyncing } from './built-cli';
 
 let pg: TestPostgres;
 let dataDir: string;
@@ -117,6 +117,27 @@ describe('gem-backup pin / unpin', () => {
     expect((await listed()).find((b) => b.filename === oldest)?.pinned).toBe(true);
     expect((await readdir(dataDir)).filter((n) => n.startsWith('.tmp-') || n === 'job.lock')).toEqual([]);
     expect((await cli('unpin', oldest)).code).toBe(0);
+  });
+
+  it('a pin stopped by Ctrl-C before it writes is cancelled: nothing was changed, exit 130', async () => {
+    const [oldest] = made as [string, string, string];
+    const backup = join(dataDir, 'backups', oldest);
+    const recordsBefore = await readFile(join(dataDir, 'backup-records.json'), 'utf8');
+    // Each opening of the backup held 2 s: the pin is reading its header when Ctrl-C comes.
+    const { code, stdout, stderr } = await interruptedWhileSyncing(
+      built,
+      ['pin', oldest],
+      env,
+      (pid) => hasOpen(pid, backup),
+      'the backup being read',
+      { holdOpenOf: backup, holdMs: 2000 },
+    );
+    expect(code).toBe(130);
+    expect(stdout).toBe('');
+    expect(stderr.trim()).toBe('gem-backup: cancelled: nothing was changed');
+    expect(await readFile(join(dataDir, 'backup-records.json'), 'utf8')).toBe(recordsBefore);
+    expect((await listed()).find((b) => b.filename === oldest)?.pinned ?? false).toBe(false);
+    expect((await readdir(dataDir)).filter((n) => n.startsWith('.tmp-') || n === 'job.lock')).toEqual([]);
   });
 
   it('refuses a name that is not a backup name, or one not here, and changes nothing', async () => {

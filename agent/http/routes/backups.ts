@@ -70,22 +70,25 @@ export interface UnpinnedRecord {
  * Pins or unpins a backup (the routes, `gem-backup pin|unpin`); answers its entry as the list shows it.
  * A backup whose file was removed by hand (rm) keeps its record, and its pin with it (offsite retention
  * keeps its copies by it, a Sync brings it back): unpinning works from the record. A pin needs the file;
- * a name with neither file nor record is 404 either way.
+ * a name with neither file nor record is 404 either way. `beforeChange`: called just before the
+ * records are written (the CLI's check for a Ctrl-C: it throws to stop with nothing changed).
  */
 export async function setPinned(
   agent: Agent,
   filename: string,
   pinned: boolean,
+  beforeChange?: () => void,
 ): Promise<ListedBackup | UnpinnedRecord> {
   const name = checkBackupName(filename);
   if (!pinned && !(await agent.catalog.exists(name)) && (await agent.catalog.hasRecord(name))) {
+    beforeChange?.();
     await agent.catalog.updateRecord(name, { pinned: undefined });
     return { filename: name, pinned: false, local: false };
   }
   await agent.catalog.info(name);
   // Written only if the file is still there, under the lock a deletion holds: a pin that comes after a
   // prune deleted the backup is 404, not a pin of nothing.
-  await agent.catalog.setPinned(name, pinned);
+  await agent.catalog.setPinned(name, pinned, beforeChange);
   return listed(agent, await agent.catalog.info(name));
 }
 

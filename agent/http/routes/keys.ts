@@ -51,27 +51,34 @@ async function keyStatus(agent: Agent) {
  * Validates a keys file fully, then makes its keys active (ours kept as retired). Nothing changes on any
  * error. Refused (409) while a Cloud DR push runs or a job holds the job lock, here or in another process:
  * a backup, restore or recovery reads the keys at several points (a backup would dump as one installation
- * and seal as another).
+ * and seal as another). `beforeChange`: called just before the first change (the CLI's check for a
+ * Ctrl-C: it throws to stop with nothing changed).
  */
-export async function importKeysFile(agent: Agent, text: string, passphrase?: string) {
+export async function importKeysFile(
+  agent: Agent,
+  text: string,
+  passphrase?: string,
+  beforeChange?: () => void,
+) {
   const imported = await parseKeysExport(text, passphrase);
   await refuseWhileDrPushRuns(agent);
   const release = await acquireLock(agent.jobs.lockPath, 'keys import');
   try {
-    return await importUnderLock(agent, imported);
+    return await importUnderLock(agent, imported, beforeChange);
   } finally {
     await release();
   }
 }
 
 /** The import itself, once no job can be reading the keys. */
-async function importUnderLock(agent: Agent, imported: KeyringFile) {
+async function importUnderLock(agent: Agent, imported: KeyringFile, beforeChange?: () => void) {
   const before = agent.keyring.activeKey.id;
   // Another installation's identity, with this box's own data until one of its backups is restored:
   // recorded first, so that no DR push can send that data under its name (agent/restore/last-restore).
   const restores = new LastRestoreStore(agent.paths.lastRestore, agent.log);
   const changesIdentity = imported.installationId !== agent.keyring.installationId;
   const { identityChangedAt, identityChangedTo, earlierIdentityChange } = await restores.get();
+  beforeChange?.();
   if (changesIdentity)
     await restores.recordIdentityChange(new Date(), imported.installationId, agent.keyring.installationId);
   try {

@@ -140,9 +140,15 @@ export async function retentionPreview(
   };
 }
 
-/** Ends the retention hold (POST /retention/resume, `gem-backup retention resume`); the hold that ended, if any. */
-export async function resumePruning(agent: Agent): Promise<RetentionHoldInfo | undefined> {
-  const was = await agent.catalog.hold.resume();
+/**
+ * Ends the retention hold (POST /retention/resume, `gem-backup retention resume`); the hold that ended,
+ * if any. `beforeChange`: called just before the hold is removed (the CLI's check for a Ctrl-C).
+ */
+export async function resumePruning(
+  agent: Agent,
+  beforeChange?: () => void,
+): Promise<RetentionHoldInfo | undefined> {
+  const was = await agent.catalog.hold.resume(beforeChange);
   if (was) agent.log.info('pruning resumed by the owner', { setAside: was.setAside });
   return was;
 }
