@@ -15,7 +15,7 @@ import type { Job } from '../jobs/runner';
 import { DESTINATION_TITLES, OFFSITE_KINDS, type OffsiteKind } from '../offsite/destinations';
 import { describeDestinationError } from '../offsite/messages';
 import type { OffsiteService } from '../offsite/service';
-import { currentTargetResults, type TargetResult, type VerificationStateStore } from '../verification/state';
+import { currentTargetResults, type VerificationStateStore } from '../verification/state';
 import { type AreaHealth, type AreaSource, formatAge, type HealthStatus, worst } from './model';
 import { type RestoreLeftover, restoreLeftoversCheck, restoreLeftoversReason } from './restore-leftovers';
 import type { HealthStateStore } from './state';
@@ -381,10 +381,15 @@ export function verificationArea(agent: Agent, store: VerificationStateStore): A
     const details = { lastRun: state.lastRun ?? null, targets };
     // A damaged copy found by a run a person started is failing also while the schedule is off. A local
     // backup deleted since is damaged no more: nothing but the next run would replace its result.
-    const local = new Set((await agent.catalog.list()).map((b) => b.filename));
-    const gone = (t: TargetResult) =>
-      t.target === 'local' && t.filename !== undefined && !local.has(t.filename);
-    const failed = Object.values(targets).filter((t) => t && !t.ok && !t.skipped && !gone(t));
+    const local = targets.local;
+    const deleted =
+      local !== undefined &&
+      !local.ok &&
+      local.filename !== undefined &&
+      !(await agent.catalog.exists(local.filename).catch(() => true));
+    const failed = Object.values(targets).filter(
+      (t) => t && !t.ok && !t.skipped && !(t === local && deleted),
+    );
     if (failed.length) {
       const reason = failed.map((t) => `${t!.target}: ${t!.error?.message ?? 'failed'}`).join('; ');
       return {

@@ -366,50 +366,50 @@ describe('the gem-backup CLI (the package bin)', () => {
     }
   });
 
-  it('decrypt stopped by Ctrl-C leaves no plaintext behind: its temp file removed, one line, exit 130', async () => {
-    const passphrase = { GEM_KEYS_PASSPHRASE: 'a ctrl-c passphrase' };
-    const keys = join(dataDir, 'keys-for-ctrl-c.json');
+  /**
+   * decrypt of a new backup into a new folder, under interruptedWhileSyncing with `options`, Ctrl-C once
+   * its temp file of plaintext is there; how it ended and what the folder holds after.
+   */
+  async function decryptInterrupted(tag: string, options: { holdMs?: number; twice?: boolean } = {}) {
+    const passphrase = { GEM_KEYS_PASSPHRASE: `a ${tag} passphrase` };
+    const keys = join(dataDir, `keys-for-${tag}.json`);
     expect((await cliWith(passphrase, 'keys', 'export', '-o', keys)).code).toBe(0);
     const backup = /created (gem-backup-\S+\.tar\.gz)/.exec((await cli('create')).stdout)?.[1];
     expect(backup).toBeDefined();
-    const folder = await mkdtemp(join(tmpdir(), 'gem-cli-ctrl-c-'));
-    // Each fsync held 1 s: the decrypted temp file is there, not yet published, when Ctrl-C comes.
-    const { code, stdout, stderr } = await interruptedWhileSyncing(
+    const folder = await mkdtemp(join(tmpdir(), `gem-cli-${tag}-`));
+    const ended = await interruptedWhileSyncing(
       built,
       ['decrypt', join(dataDir, 'backups', backup!), '--keys', keys, '-o', join(folder, 'out.tar.gz')],
       { ...env, ...passphrase },
       async () => (await readdir(folder)).length > 0,
       'the temp file',
+      options,
     );
+    const left = await readdir(folder);
+    await rm(folder, { recursive: true });
+    return { ...ended, left };
+  }
+
+  it('decrypt stopped by Ctrl-C leaves no plaintext behind: its temp file removed, one line, exit 130', async () => {
+    // Each fsync held 1 s: the decrypted temp file is there, not yet published, when Ctrl-C comes.
+    const { code, stdout, stderr, left } = await decryptInterrupted('ctrl-c');
     expect(code).toBe(130);
     expect(stdout).toBe('');
     expect(stderr.trim()).toBe('gem-backup: cancelled: nothing was changed');
-    expect(await readdir(folder)).toEqual([]);
-    await rm(folder, { recursive: true });
+    expect(left).toEqual([]);
   });
 
   it('decrypt stopped by a second Ctrl-C while the first waits on its fsync leaves no plaintext behind: exit 130', async () => {
-    const passphrase = { GEM_KEYS_PASSPHRASE: 'a second ctrl-c passphrase' };
-    const keys = join(dataDir, 'keys-for-second-ctrl-c.json');
-    expect((await cliWith(passphrase, 'keys', 'export', '-o', keys)).code).toBe(0);
-    const backup = /created (gem-backup-\S+\.tar\.gz)/.exec((await cli('create')).stdout)?.[1];
-    expect(backup).toBeDefined();
-    const folder = await mkdtemp(join(tmpdir(), 'gem-cli-ctrl-c-twice-'));
     // Each fsync held 3 s: the first Ctrl-C cannot cut the temp file's fsync short, so the second comes
     // while it is held, and exits at once.
-    const { code, stdout, stderr } = await interruptedWhileSyncing(
-      built,
-      ['decrypt', join(dataDir, 'backups', backup!), '--keys', keys, '-o', join(folder, 'out.tar.gz')],
-      { ...env, ...passphrase },
-      async () => (await readdir(folder)).length > 0,
-      'the temp file',
-      { holdMs: 3000, twice: true },
-    );
+    const { code, stdout, stderr, left } = await decryptInterrupted('ctrl-c-twice', {
+      holdMs: 3000,
+      twice: true,
+    });
     expect(code).toBe(130);
     expect(stdout).toBe('');
     expect(stderr.trim()).toBe('gem-backup: SIGINT again: stopped at once');
-    expect(await readdir(folder)).toEqual([]);
-    await rm(folder, { recursive: true });
+    expect(left).toEqual([]);
   });
 
   it('keys import stopped by Ctrl-C half-way is finished, not left half done, and says so: exit 130', async () => {
