@@ -43,10 +43,11 @@ export async function buildCli(): Promise<BuiltCli> {
 /**
  * The built CLI's `args` run under strace with each fsync held 1 s (`holdMs`), and stopped by Ctrl-C
  * once `ready` is true (its temp file is there, say): the SIGINT goes to the CLI, strace's child, as a
- * terminal's Ctrl-C would. `twice`: Ctrl-C again once the first has been taken (no longer pending),
- * as a person does when the first seems to do nothing. `holdOpenOf`: instead of the fsyncs, each
- * opening of that file is held (once it is open, so `ready` can see it among the CLI's files): a read
- * the command makes before it changes anything. `ready` is given the CLI's pid. Resolves with how it ended.
+ * terminal's Ctrl-C would. `twice`: the first Ctrl-C once the CLI is also held in an fsync, and again
+ * once the first has been taken (no longer pending), as a person does when the first seems to do
+ * nothing. `holdOpenOf`: instead of the fsyncs, each opening of that file is held (once it is open, so
+ * `ready` can see it among the CLI's files): a read the command makes before it changes anything.
+ * `ready` is given the CLI's pid. Resolves with how it ended.
  */
 export async function interruptedWhileSyncing(
   built: BuiltCli,
@@ -83,7 +84,9 @@ export async function interruptedWhileSyncing(
     async () => {
       const children = await readFile(`/proc/${tracer.pid}/task/${tracer.pid}/children`, 'utf8');
       pid = Number(children.trim().split(' ')[0]);
-      return pid > 0 && (await ready(pid));
+      // Twice: the first Ctrl-C must come while the fsync is held, or it cuts the write short and the
+      // command ends before the second (on a busy machine, `ready` can see the temp file still filling).
+      return pid > 0 && (await ready(pid)) && (!twice || holdOpenOf !== undefined || (await syncing(pid)));
     },
     what,
     200,
@@ -97,6 +100,20 @@ export async function interruptedWhileSyncing(
     process.kill(pid, 'SIGINT');
   }
   return { code: await exited, stdout, stderr };
+}
+
+/** fsync and fdatasync's numbers, by architecture (Linux's syscall tables). */
+const SYNC_CALLS: Record<string, number[]> = { x64: [74, 75], arm64: [82, 83] };
+
+/** True while a thread of process `pid` is in fsync or fdatasync (held there by strace). */
+async function syncing(pid: number): Promise<boolean> {
+  const calls = SYNC_CALLS[process.arch];
+  if (!calls) throw new Error(`fsync's syscall number on ${process.arch} is not known to this test`);
+  for (const task of await readdir(`/proc/${pid}/task`).catch(() => [])) {
+    const call = await readFile(`/proc/${pid}/task/${task}/syscall`, 'utf8').catch(() => '');
+    if (calls.includes(Number(call.split(' ')[0]))) return true;
+  }
+  return false;
 }
 
 /** True while a SIGINT is pending for process `pid` or any of its threads. */

@@ -381,7 +381,7 @@ describe('the gem-backup CLI (the package bin)', () => {
       built,
       ['decrypt', join(dataDir, 'backups', backup!), '--keys', keys, '-o', join(folder, 'out.tar.gz')],
       { ...env, ...passphrase },
-      async () => (await readdir(folder)).length > 0,
+      async () => (await readdir(folder)).some((name) => name.startsWith('.tmp-')),
       'the temp file',
       options,
     );
