@@ -16,6 +16,9 @@ export default defineConfig({
     testTimeout: 120_000,
     hookTimeout: 180_000,
     teardownTimeout: 60_000,
+    // expect.poll waits for a state that must come (a page's round trip to the agent, an SFTP delete, a
+    // job's fsynced record): its default of 1 s is less than a busy two-core machine can take for that.
+    expect: { poll: { timeout: 15_000 } },
     reporters: ['default'],
     // Real services (PostgreSQL, sshd, smbd, s3rver, workerd) start per file; two cores, two files at once.
     maxWorkers: 2,
